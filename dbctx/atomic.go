@@ -1,0 +1,127 @@
+package dbctx
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strconv"
+)
+
+// Atomic runs fn in a transaction on the scope in ctx, the port of
+// Django's transaction.atomic: the transaction commits when fn returns nil
+// and rolls back when it returns an error or panics (the panic goes on
+// after the rollback). Statements run through the scope inside fn are
+// part of the transaction. The transaction begins lazily, at fn's first
+// statement: an fn that never touches the database takes no slot and no
+// connection. A nested Atomic uses a savepoint, so its failure rolls back
+// only its own work.
+//
+// Atomic needs a sync scope: in an [Async] context call it inside [Do].
+// Boundaries ([CloseOld]) inside fn do nothing. The error of a failed
+// commit is returned, wrapped: the work did not happen.
+func Atomic(ctx context.Context, fn func(ctx context.Context) error) (err error) {
+	s := From(ctx)
+	switch {
+	case s == nil:
+		return ErrNoScope
+	case s.async:
+		return ErrAsyncContext
+	case s.ended:
+		return ErrScopeEnded
+	case s.atomic == 0:
+		return s.atomicTx(ctx, fn)
+	}
+	if s.tx == nil {
+		// The outer level has not begun yet: a savepoint needs it.
+		if _, err := s.use(ctx, ""); err != nil {
+			return err
+		}
+	}
+	return s.savepoint(ctx, fn)
+}
+
+func (s *Scope) atomicTx(ctx context.Context, fn func(ctx context.Context) error) (err error) {
+	s.atomic, s.atomicCtx, s.tx = 1, ctx, nil
+	done := false
+	defer func() {
+		tx := s.tx
+		s.atomic, s.atomicCtx, s.tx = 0, nil, nil
+		if !done && tx != nil {
+			// fn panicked: roll back and let the panic go on.
+			tx.Rollback()
+		}
+	}()
+	ferr := fn(ctx)
+	done = true
+	tx := s.tx
+	if tx == nil {
+		return ferr // fn never touched the database
+	}
+	if ferr != nil {
+		if rerr := tx.Rollback(); rerr != nil && !errors.Is(rerr, sql.ErrTxDone) {
+			s.observe(ctx, rerr)
+		}
+		return ferr
+	}
+	if cerr := tx.Commit(); cerr != nil {
+		s.observe(ctx, cerr)
+		return fmt.Errorf("dbctx: commit: %w", cerr)
+	}
+	return nil
+}
+
+// beginAtomic begins the transaction of a pending Atomic on the freshly
+// used connection, with Atomic's context: database/sql rolls a transaction
+// back when its context ends, and a statement's context may be shorter.
+func (s *Scope) beginAtomic() error {
+	tx, err := s.beginTx(s.atomicCtx, nil)
+	if err != nil {
+		return err
+	}
+	s.tx = tx
+	return nil
+}
+
+func (s *Scope) savepoint(ctx context.Context, fn func(ctx context.Context) error) (err error) {
+	if s.conn == nil {
+		return ErrScopeEnded
+	}
+	name := "dbctx_sp_" + strconv.Itoa(s.atomic)
+	if _, err := s.conn.ExecContext(ctx, "SAVEPOINT "+name); err != nil {
+		s.observe(ctx, err)
+		return err
+	}
+	s.atomic++
+	done := false
+	defer func() {
+		s.atomic--
+		if !done {
+			s.rollbackTo(ctx, name)
+		}
+	}()
+	ferr := fn(ctx)
+	done = true
+	if ferr != nil {
+		s.rollbackTo(ctx, name)
+		return ferr
+	}
+	if _, err := s.conn.ExecContext(ctx, "RELEASE SAVEPOINT "+name); err != nil {
+		s.observe(ctx, err)
+		return err
+	}
+	return nil
+}
+
+func (s *Scope) rollbackTo(ctx context.Context, name string) {
+	if s.conn == nil {
+		return
+	}
+	ctx, cancel := cleanupCtx(ctx)
+	defer cancel()
+	if _, err := s.conn.ExecContext(ctx, "ROLLBACK TO SAVEPOINT "+name+"; RELEASE SAVEPOINT "+name); err != nil {
+		// The outer transaction is lost with the connection; its commit
+		// will fail and say so.
+		s.observe(ctx, err)
+	}
+}

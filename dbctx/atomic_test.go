@@ -1,0 +1,111 @@
+package dbctx_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/dbscope/dbscope/dbctx"
+)
+
+func TestAtomic(t *testing.T) {
+	t.Parallel()
+	errFail := errors.New("fail")
+	cases := []struct {
+		name string
+		fn   func(ctx context.Context, s *dbctx.Scope) error
+		want int // rows committed
+		err  error
+	}{
+		{"commit", func(ctx context.Context, s *dbctx.Scope) error {
+			return dbctx.Atomic(ctx, func(ctx context.Context) error { return insert(ctx, s, 1) })
+		}, 1, nil},
+		{"rollback on error", func(ctx context.Context, s *dbctx.Scope) error {
+			return dbctx.Atomic(ctx, func(ctx context.Context) error {
+				if err := insert(ctx, s, 1); err != nil {
+					return err
+				}
+				return errFail
+			})
+		}, 0, errFail},
+		{"rollback on panic", func(ctx context.Context, s *dbctx.Scope) error {
+			return dbctx.Atomic(ctx, func(ctx context.Context) error {
+				insert(ctx, s, 1)
+				panic("boom")
+			})
+		}, 0, &dbctx.PanicError{}},
+		{"nested failure rolls back inner only", func(ctx context.Context, s *dbctx.Scope) error {
+			return dbctx.Atomic(ctx, func(ctx context.Context) error {
+				if err := insert(ctx, s, 1); err != nil {
+					return err
+				}
+				err := dbctx.Atomic(ctx, func(ctx context.Context) error {
+					insert(ctx, s, 2)
+					return errFail
+				})
+				if !errors.Is(err, errFail) {
+					return errors.New("inner error lost")
+				}
+				return dbctx.Atomic(ctx, func(ctx context.Context) error { return insert(ctx, s, 3) })
+			})
+		}, 2, nil},
+		{"failed commit", func(ctx context.Context, s *dbctx.Scope) error {
+			return dbctx.Atomic(ctx, func(ctx context.Context) error {
+				if _, err := s.ExecContext(ctx, "SET CONSTRAINTS ALL DEFERRED"); err != nil {
+					return err
+				}
+				if err := insert(ctx, s, 1); err != nil {
+					return err
+				}
+				return insert(ctx, s, 1) // violates the deferred unique constraint at commit
+			})
+		}, 0, errCommit},
+		{"BeginTx inside", func(ctx context.Context, s *dbctx.Scope) error {
+			return dbctx.Atomic(ctx, func(ctx context.Context) error {
+				_, err := s.BeginTx(ctx, nil)
+				return err
+			})
+		}, 0, dbctx.ErrInAtomic},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			p, env := newPool(t, &dbctx.Options{MaxWorkers: 1})
+			mustExec(t, env.Admin(), "CREATE TABLE "+env.Schema()+
+				".t (n int UNIQUE DEFERRABLE INITIALLY IMMEDIATE)")
+			err := p.Do(context.Background(), tc.fn)
+			switch want := tc.err.(type) {
+			case nil:
+				if err != nil {
+					t.Fatal(err)
+				}
+			case *dbctx.PanicError:
+				if !errors.As(err, &want) {
+					t.Fatalf("got %v, want a panic", err)
+				}
+			default:
+				if want == errCommit {
+					if err == nil || !strings.Contains(err.Error(), "dbctx: commit") {
+						t.Fatalf("got %v, want a commit error", err)
+					}
+				} else if !errors.Is(err, want) {
+					t.Fatalf("got %v, want %v", err, want)
+				}
+			}
+			n, err := dbctx.DoValue(scopeCtx(t, p), func(ctx context.Context, s *dbctx.Scope) (int, error) {
+				return queryInt(ctx, s, "SELECT count(*) FROM t")
+			})
+			if err != nil || n != tc.want {
+				t.Fatalf("committed rows: %d, %v; want %d", n, err, tc.want)
+			}
+		})
+	}
+}
+
+var errCommit = errors.New("commit")
+
+func insert(ctx context.Context, s *dbctx.Scope, n int) error {
+	_, err := s.ExecContext(ctx, "INSERT INTO t VALUES ($1)", n)
+	return err
+}

@@ -1,0 +1,216 @@
+package dbctx
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// CloseOld is the boundary check of the scope in ctx, the port of Django's
+// close_old_connections: a pinned connection that is unusable (closed,
+// killed by the server, a connection-level error seen, a transaction left
+// open that cannot be rolled back, a panic while in use) is discarded; one
+// that is obsolete (pinned longer than [Options.ConnMaxAge]; with 0,
+// always) is given back after any open transaction is rolled back, the
+// session reset if dirty, and [Options.OnRelease] run. A scope with no
+// connection frees its slot.
+//
+// Call it where a long-lived unit of work wakes up (a consumer woken by an
+// event); [Do] and the middleware call it for you. Inside [Atomic] it does
+// nothing. It returns the error of the cleanup that failed (the connection
+// is discarded then), or nil. A ctx without a scope is a no-op.
+func CloseOld(ctx context.Context) error {
+	s := From(ctx)
+	if s == nil || s.async || s.atomic > 0 {
+		return nil
+	}
+	err := s.release(ctx, false)
+	if s.depth == 0 {
+		s.freeIdleSlot()
+	}
+	return err
+}
+
+// release runs a boundary. With final set (the scope's end) the
+// connection is always given back or discarded. The slot is the
+// caller's business.
+func (s *Scope) release(ctx context.Context, final bool) error {
+	if s.conn == nil {
+		return nil
+	}
+	return s.check(ctx, final)
+}
+
+func (s *Scope) check(ctx context.Context, final bool) error {
+	p := s.pool
+	s.closeRows()
+	if s.pg != nil && s.pg.IsBusy() {
+		s.abandon()
+		return nil
+	}
+	if s.bad {
+		s.unpin(s.badWhy)
+		return nil
+	}
+	if s.pg != nil && s.pg.IsClosed() {
+		why := discardBroken
+		if ctx.Err() != nil {
+			why = discardCanceled
+		}
+		s.unpin(why)
+		return nil
+	}
+	if err := s.rollback(ctx); err != nil {
+		s.unpin(discardTx)
+		return err
+	}
+	age := p.opts.ConnMaxAge
+	obsolete := final || age == 0 || (age > 0 && time.Since(s.pinnedAt) >= age)
+	if !obsolete {
+		return nil
+	}
+	return s.giveBack(ctx)
+}
+
+// rollback ends every transaction still open on the pinned connection.
+func (s *Scope) rollback(ctx context.Context) error {
+	var errs []error
+	for _, tx := range s.txs {
+		if err := tx.Rollback(); err == nil {
+			s.pool.c.rolledBack.Add(1)
+		} else if !errors.Is(err, sql.ErrTxDone) {
+			errs = append(errs, err)
+		}
+	}
+	clear(s.txs)
+	s.txs = s.txs[:0]
+	if len(errs) > 0 {
+		return fmt.Errorf("dbctx: rolling back a transaction left open: %w", errors.Join(errs...))
+	}
+	if s.inTxNow() {
+		// Begun in raw SQL, or on the raw connection.
+		ctx, cancel := cleanupCtx(ctx)
+		defer cancel()
+		if _, err := s.conn.ExecContext(ctx, "ROLLBACK"); err != nil {
+			return fmt.Errorf("dbctx: rolling back a transaction left open: %w", err)
+		}
+		s.pool.c.rolledBack.Add(1)
+	}
+	s.rawTx = false
+	return nil
+}
+
+func (s *Scope) inTxNow() bool {
+	if s.pg != nil {
+		return s.pg.TxStatus() != 'I'
+	}
+	return s.rawTx
+}
+
+// giveBack cleans the session and returns the connection to the *sql.DB.
+func (s *Scope) giveBack(ctx context.Context) error {
+	p := s.pool
+	s.closeStmts()
+	if s.dirty || p.opts.ResetAlways || p.opts.OnRelease != nil {
+		var cancel context.CancelFunc
+		ctx, cancel = cleanupCtx(ctx)
+		defer cancel()
+	}
+	if s.dirty || p.opts.ResetAlways {
+		p.c.resets.Add(1)
+		reset := p.opts.ResetSQL
+		for _, name := range s.prepared {
+			// Not DEALLOCATE ALL: that would drop pgx's statement cache.
+			reset += "; DEALLOCATE " + name
+		}
+		if _, err := s.conn.ExecContext(ctx, reset); err != nil {
+			s.unpin(discardReset)
+			return fmt.Errorf("dbctx: resetting session: %w", err)
+		}
+	}
+	if p.opts.OnRelease != nil {
+		if err := p.opts.OnRelease(ctx, s.conn); err != nil {
+			s.unpin(discardHook)
+			return fmt.Errorf("dbctx: OnRelease: %w", err)
+		}
+	}
+	s.conn.Close()
+	p.c.givenBack.Add(1)
+	s.forget()
+	return nil
+}
+
+// cleanupTimeout bounds the statements a boundary runs to clean a
+// connection (rollback, reset, OnRelease): a stalled server costs that
+// much, and the connection is discarded.
+const cleanupTimeout = 5 * time.Second
+
+// cleanupCtx keeps ctx's values but not its cancellation: cleanup must run
+// after the work's context has ended (client gone).
+func cleanupCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+}
+
+// unpin discards the pinned connection.
+func (s *Scope) unpin(why discardReason) {
+	s.closeRows()
+	s.closeStmts()
+	for _, tx := range s.txs {
+		// The connection is going away; this only ends database/sql's
+		// bookkeeping (and its goroutine) for the transaction.
+		tx.Rollback()
+	}
+	clear(s.txs)
+	s.txs = s.txs[:0]
+	s.pool.discard(s.conn, why)
+	s.forget()
+}
+
+// abandon discards a connection that still has a result open that the
+// scope does not know of: a *sql.Row never scanned, or rows read from the
+// raw connection and never closed. database/sql closes a *sql.Conn only
+// once such rows are closed (by their owner, or when their context ends),
+// so the pgx connection is closed now, which frees the server session, and
+// database/sql's bookkeeping is left to finish in the background.
+func (s *Scope) abandon() {
+	conn := s.conn
+	conn.Raw(func(dc any) error {
+		if c, ok := dc.(interface{ Close() error }); ok {
+			c.Close()
+		}
+		return nil
+	})
+	go conn.Raw(s.pool.discardFn)
+	s.pool.c.discarded[discardBroken].Add(1)
+	s.pool.opts.Logger.Warn("dbctx: a result was left open at a boundary (a *sql.Row never scanned, or *sql.Rows never closed); connection discarded")
+	s.forget()
+}
+
+func (s *Scope) forget() {
+	s.conn, s.pg = nil, nil
+	s.dirty, s.rawTx, s.bad = false, false, false
+	clear(s.prepared)
+	s.prepared = s.prepared[:0]
+	s.pool.c.pinned.Add(-1)
+	if s.leak != nil {
+		s.leak.Stop()
+		s.leak = nil
+	}
+}
+
+func (s *Scope) closeRows() {
+	if s.rows != nil {
+		s.rows.Close()
+		s.rows = nil
+	}
+}
+
+func (s *Scope) closeStmts() {
+	for _, st := range s.stmts {
+		st.Close()
+	}
+	clear(s.stmts)
+	s.stmts = s.stmts[:0]
+}

@@ -1,0 +1,158 @@
+package dbctx_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/dbscope/dbscope/dbctx"
+)
+
+// A transaction user code leaves open is rolled back at the boundary,
+// whether begun with BeginTx, in raw SQL or on the raw connection.
+func TestTxLeftOpen(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		name  string
+		begin func(ctx context.Context, s *dbctx.Scope) error
+	}{
+		{"BeginTx", func(ctx context.Context, s *dbctx.Scope) error {
+			_, err := s.BeginTx(ctx, nil)
+			return err
+		}},
+		{"raw BEGIN", func(ctx context.Context, s *dbctx.Scope) error {
+			_, err := s.ExecContext(ctx, "BEGIN")
+			return err
+		}},
+		{"aborted", func(ctx context.Context, s *dbctx.Scope) error {
+			if _, err := s.ExecContext(ctx, "BEGIN"); err != nil {
+				return err
+			}
+			s.ExecContext(ctx, "SELECT 1/0")
+			return nil
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			p, env := newPool(t, &dbctx.Options{MaxWorkers: 1})
+			mustExec(t, env.Admin(), "CREATE TABLE "+env.Schema()+".t (n int)")
+			ctx := context.Background()
+			err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+				if err := tc.begin(ctx, s); err != nil {
+					return err
+				}
+				s.ExecContext(ctx, "INSERT INTO t VALUES (1)")
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n := env.IdleInTransaction(t); n != 0 {
+				t.Fatalf("%d connections idle in transaction after the boundary", n)
+			}
+			n, err := dbctx.DoValue(scopeCtx(t, p), func(ctx context.Context, s *dbctx.Scope) (int, error) {
+				return queryInt(ctx, s, "SELECT count(*) FROM t")
+			})
+			if err != nil || n != 0 {
+				t.Fatalf("rows after rollback: %d, %v; want 0", n, err)
+			}
+			if st := p.Stats(); st.RolledBack == 0 {
+				t.Errorf("RolledBack = 0")
+			}
+		})
+	}
+}
+
+// ConnMaxAge 0 gives the connection back at every boundary; a positive
+// age keeps it pinned across boundaries until it is older than that.
+func TestConnMaxAge(t *testing.T) {
+	t.Parallel()
+	t.Run("zero", func(t *testing.T) {
+		t.Parallel()
+		p, _ := newPool(t, nil)
+		ctx := scopeCtx(t, p)
+		for range 3 {
+			if err := dbctx.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+				_, err := backendPID(ctx, s)
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			if st := p.Stats(); st.Pinned != 0 || st.InUse != 0 {
+				t.Fatalf("connection kept past the boundary: %+v", st)
+			}
+		}
+		if st := p.Stats(); st.GivenBack != 3 {
+			t.Errorf("given back %d, want 3", st.GivenBack)
+		}
+	})
+	t.Run("positive", func(t *testing.T) {
+		t.Parallel()
+		p, _ := newPool(t, &dbctx.Options{ConnMaxAge: time.Hour})
+		ctx, s := p.Scope(context.Background())
+		var first int
+		for i := range 3 {
+			err := dbctx.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+				pid, err := backendPID(ctx, s)
+				if i == 0 {
+					first = pid
+				} else if pid != first {
+					t.Errorf("boundary %d moved to backend %d from %d", i, pid, first)
+				}
+				return err
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st := p.Stats(); st.Pinned != 1 || st.InUse != 1 {
+				t.Fatalf("connection not kept: %+v", st)
+			}
+		}
+		s.End()
+		if st := p.Stats(); st.Pinned != 0 || st.InUse != 0 || st.GivenBack != 1 {
+			t.Fatalf("End did not give the connection back: %+v", st)
+		}
+	})
+	t.Run("expired", func(t *testing.T) {
+		t.Parallel()
+		p, _ := newPool(t, &dbctx.Options{ConnMaxAge: time.Millisecond})
+		ctx, s := p.Scope(context.Background())
+		defer s.End()
+		if _, err := backendPID(ctx, s); err != nil {
+			t.Fatal(err)
+		}
+		pinned := time.Now()
+		eventually(t, "the connection to age", func() bool { return time.Since(pinned) > 2*time.Millisecond })
+		if err := dbctx.CloseOld(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if st := p.Stats(); st.Pinned != 0 || st.GivenBack != 1 {
+			t.Fatalf("obsolete connection kept: %+v", st)
+		}
+	})
+}
+
+// A connection whose backend died while pinned is discarded at the
+// boundary, never given back.
+func TestCloseOldDiscardsDead(t *testing.T) {
+	t.Parallel()
+	p, env := newPool(t, &dbctx.Options{ConnMaxAge: time.Hour})
+	ctx, s := p.Scope(context.Background())
+	defer s.End()
+	if _, err := backendPID(ctx, s); err != nil {
+		t.Fatal(err)
+	}
+	env.Terminate(t)
+	if err := dbctx.CloseOld(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The scope learns of the death at its next statement at the latest:
+	// that statement is retried on a fresh connection.
+	if _, err := backendPID(ctx, s); err != nil {
+		t.Fatalf("after the kill: %v", err)
+	}
+	if st := p.Stats(); st.Discarded.Total() == 0 {
+		t.Errorf("dead connection not discarded: %+v", st)
+	}
+}

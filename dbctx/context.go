@@ -1,0 +1,48 @@
+package dbctx
+
+import "context"
+
+type ctxKey struct{}
+
+// scopeCtx is the context a scope hands out: its parent plus the scope,
+// in the scope's own allocation.
+type scopeCtx struct {
+	context.Context
+	s *Scope
+}
+
+func (c *scopeCtx) Value(key any) any {
+	if key == (ctxKey{}) {
+		return c.s
+	}
+	return c.Context.Value(key)
+}
+
+// From returns the scope that ctx carries, or nil. A nil *Scope is safe to
+// call: every method returns ErrNoScope.
+func From(ctx context.Context) *Scope {
+	s, _ := ctx.Value(ctxKey{}).(*Scope)
+	return s
+}
+
+// Async returns a context whose scope refuses direct use with
+// ErrAsyncContext: database work from it must go through [Do], which runs
+// on a scope of its own. It is for code whose callbacks may run
+// concurrently, such as async websocket consumers; it ports the check
+// behind Django's SynchronousOnlyOperation. ctx must carry a scope.
+func Async(ctx context.Context) context.Context {
+	parent := From(ctx)
+	if parent == nil || parent.async {
+		return ctx
+	}
+	s := &Scope{pool: parent.pool, async: true}
+	s.ctx = scopeCtx{Context: ctx, s: s}
+	return &s.ctx
+}
+
+// IsAsync reports whether ctx was marked with [Async] (and is not inside a
+// [Do] that runs on a scope of its own).
+func IsAsync(ctx context.Context) bool {
+	s := From(ctx)
+	return s != nil && s.async
+}

@@ -1,0 +1,102 @@
+package dbctx
+
+import (
+	"context"
+	"runtime/debug"
+)
+
+// Do runs fn in a worker slot with a usable scope, the port of Channels'
+// database_sync_to_async: it takes a slot (waiting within the pool's queue
+// bound and timeout, or until ctx is done; past either, ErrBusy), runs
+// [CloseOld] before and after fn, and frees what fn left on exit. The
+// context fn gets carries the scope, so [From] and nested calls find it.
+//
+// Where ctx carries a scope that is not async (a request's, a sync
+// consumer's), fn runs on that scope: a nested Do reuses its slot and
+// connection, so it cannot deadlock even with one slot. Otherwise (an
+// [Async] context, a background job's) fn runs on a fresh scope that ends
+// when Do returns. Without a scope in ctx, Do returns ErrNoScope; use
+// [Pool.Do] there.
+//
+// A panic in fn discards the connection fn was using and becomes a
+// *[PanicError] carrying the stack. Do blocks until fn returns.
+func Do(ctx context.Context, fn func(ctx context.Context, s *Scope) error) error {
+	s := From(ctx)
+	if s == nil {
+		return ErrNoScope
+	}
+	return s.pool.Do(ctx, fn)
+}
+
+// DoValue is [Do] for a function that returns a value.
+func DoValue[T any](ctx context.Context, fn func(ctx context.Context, s *Scope) (T, error)) (T, error) {
+	var v T
+	err := Do(ctx, func(ctx context.Context, s *Scope) error {
+		var err error
+		v, err = fn(ctx, s)
+		return err
+	})
+	return v, err
+}
+
+// Do is [Do] on pool p: where ctx carries a usable scope of p, fn runs on
+// it; otherwise on a fresh scope of p that ends when Do returns.
+func (p *Pool) Do(ctx context.Context, fn func(ctx context.Context, s *Scope) error) error {
+	if s := From(ctx); s != nil && s.pool == p && !s.async && !s.ended {
+		return s.do(ctx, fn)
+	}
+	s := &Scope{pool: p}
+	s.ctx = scopeCtx{Context: ctx, s: s}
+	err := s.do(&s.ctx, fn)
+	s.End()
+	return err
+}
+
+func (s *Scope) do(ctx context.Context, fn func(ctx context.Context, s *Scope) error) (err error) {
+	// A transaction already open on the scope belongs to the caller: Do
+	// runs inside it and leaves it alone at both ends.
+	boundary := s.depth == 0 && s.atomic == 0 && !(s.conn != nil && s.inTx())
+	if s.depth == 0 {
+		if !s.slot {
+			if err := s.pool.acquireSlot(ctx); err != nil {
+				return err
+			}
+			s.slot = true
+		}
+		if boundary {
+			if err := s.release(ctx, false); err != nil {
+				s.freeIdleSlot()
+				return err
+			}
+		}
+	}
+	s.depth++
+	defer func() {
+		s.depth--
+		if r := recover(); r != nil {
+			err = &PanicError{Value: r, Stack: debug.Stack()}
+			s.atomic = 0
+			if s.conn != nil {
+				s.unpin(discardPanic)
+			}
+		}
+		if s.depth == 0 {
+			var rerr error
+			if boundary {
+				rerr = s.release(ctx, false)
+			}
+			s.freeIdleSlot()
+			if err == nil {
+				err = rerr
+			}
+		}
+	}()
+	return fn(ctx, s)
+}
+
+// freeIdleSlot frees the slot of a scope that pins no connection.
+func (s *Scope) freeIdleSlot() {
+	if s.conn == nil {
+		s.freeSlot()
+	}
+}

@@ -1,0 +1,134 @@
+package dbctx_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/dbscope/dbscope/dbctx"
+)
+
+func TestDoPanic(t *testing.T) {
+	t.Parallel()
+	p, env := newPool(t, &dbctx.Options{MaxWorkers: 1})
+	mustExec(t, env.Admin(), "CREATE TABLE "+env.Schema()+".t (n int)")
+	ctx := context.Background()
+	err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+		if _, err := s.BeginTx(ctx, nil); err != nil {
+			return err
+		}
+		if _, err := s.ExecContext(ctx, "INSERT INTO t VALUES (1)"); err != nil {
+			return err
+		}
+		panic("boom")
+	})
+	var pe *dbctx.PanicError
+	if !errors.As(err, &pe) || pe.Value != "boom" || !strings.Contains(string(pe.Stack), "TestDoPanic") {
+		t.Fatalf("got %v, want a PanicError carrying the stack", err)
+	}
+	st := p.Stats()
+	if st.Discarded.Panic != 1 {
+		t.Errorf("panic discards = %d, want 1", st.Discarded.Panic)
+	}
+	n, err := dbctx.DoValue(scopeCtx(t, p), func(ctx context.Context, s *dbctx.Scope) (int, error) {
+		return queryInt(ctx, s, "SELECT count(*) FROM t")
+	})
+	if err != nil || n != 0 {
+		t.Fatalf("after panic: %d rows, %v; want 0 rows", n, err)
+	}
+}
+
+// scopeCtx returns a context carrying a scope of p that ends with the test.
+func scopeCtx(t *testing.T, p *dbctx.Pool) context.Context {
+	ctx, s := p.Scope(context.Background())
+	t.Cleanup(s.End)
+	return ctx
+}
+
+// Nested Do reuses the scope's slot and connection: with one slot it must
+// not deadlock, and both levels see the same backend.
+func TestNestedDoOneSlot(t *testing.T) {
+	t.Parallel()
+	p, _ := newPool(t, &dbctx.Options{MaxWorkers: 1, MaxWaiting: -1})
+	ctx := context.Background()
+	err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+		outer, err := backendPID(ctx, s)
+		if err != nil {
+			return err
+		}
+		return dbctx.Do(ctx, func(ctx context.Context, inner *dbctx.Scope) error {
+			if inner != s {
+				t.Error("nested Do got another scope")
+			}
+			pid, err := backendPID(ctx, inner)
+			if err == nil && pid != outer {
+				t.Errorf("nested Do on backend %d, outer on %d", pid, outer)
+			}
+			return err
+		})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestDoWithoutScope(t *testing.T) {
+	t.Parallel()
+	err := dbctx.Do(context.Background(), func(context.Context, *dbctx.Scope) error { return nil })
+	if !errors.Is(err, dbctx.ErrNoScope) {
+		t.Fatalf("got %v, want ErrNoScope", err)
+	}
+	var s *dbctx.Scope
+	if _, err := s.ExecContext(context.Background(), "SELECT 1"); !errors.Is(err, dbctx.ErrNoScope) {
+		t.Fatalf("nil scope: got %v, want ErrNoScope", err)
+	}
+	if err := s.QueryRowContext(context.Background(), "SELECT 1").Scan(new(int)); !errors.Is(err, dbctx.ErrNoScope) {
+		t.Fatalf("nil scope row: got %v, want ErrNoScope", err)
+	}
+}
+
+// An async context refuses direct use; Do runs on a scope of its own.
+func TestAsyncGuard(t *testing.T) {
+	t.Parallel()
+	p, _ := newPool(t, nil)
+	ctx := dbctx.Async(scopeCtx(t, p))
+	if !dbctx.IsAsync(ctx) {
+		t.Fatal("IsAsync = false after Async")
+	}
+	if _, err := queryInt(ctx, dbctx.From(ctx), "SELECT 1"); !errors.Is(err, dbctx.ErrAsyncContext) {
+		t.Fatalf("direct use: got %v, want ErrAsyncContext", err)
+	}
+	if err := dbctx.Atomic(ctx, func(context.Context) error { return nil }); !errors.Is(err, dbctx.ErrAsyncContext) {
+		t.Fatalf("Atomic: got %v, want ErrAsyncContext", err)
+	}
+	n, err := dbctx.DoValue(ctx, func(ctx context.Context, s *dbctx.Scope) (int, error) {
+		if dbctx.IsAsync(ctx) {
+			t.Error("IsAsync inside Do")
+		}
+		return queryInt(ctx, dbctx.From(ctx), "SELECT 7")
+	})
+	if err != nil || n != 7 {
+		t.Fatalf("Do from async context: %d, %v", n, err)
+	}
+}
+
+// A scope that never touches the database takes no slot and no connection.
+func TestLazyScope(t *testing.T) {
+	t.Parallel()
+	p, _ := newPool(t, nil)
+	ctx, s := p.Scope(context.Background())
+	if dbctx.From(ctx) != s {
+		t.Fatal("From does not find the scope")
+	}
+	if err := dbctx.CloseOld(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if st := p.Stats(); st.InUse != 0 || st.Acquired != 0 {
+		t.Fatalf("unused scope took resources: %+v", st)
+	}
+	s.End()
+	if _, err := queryInt(ctx, s, "SELECT 1"); !errors.Is(err, dbctx.ErrScopeEnded) {
+		t.Fatalf("after End: got %v, want ErrScopeEnded", err)
+	}
+}

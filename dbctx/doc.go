@@ -1,0 +1,30 @@
+// Package dbctx gives Go code connection-scoped database handles with the
+// discipline Django Channels gives Python: database work runs in a bounded
+// number of worker slots, and connections are checked and cleaned up at
+// every boundary, so long-lived requests and sockets never leak, pin or
+// reuse a broken connection.
+//
+// A [Pool] wraps one *sql.DB (pgx's stdlib driver gets the most out of it).
+// A [Scope], carried in a context, is the handle user code queries through:
+// it takes a worker slot and a connection on first use and keeps them until
+// a boundary. At each boundary ([CloseOld], the entry and exit of [Do], the
+// end of a request or a websocket message) a connection that is unusable
+// is discarded, and one older than [Options.ConnMaxAge] — with the default
+// 0, every one — is given back clean: open transaction rolled back, session
+// state reset, [Options.OnRelease] run. Before a connection is used it is
+// checked without a round trip, so a backend killed while idle costs no
+// failed statement.
+//
+//	pool := dbctx.New(db, nil)
+//	err := pool.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+//		return s.QueryRowContext(ctx, "SELECT name FROM items WHERE id = $1", id).Scan(&name)
+//	})
+//
+// Past the slots, callers queue up to [Options.MaxWaiting] for at most
+// [Options.WaitTimeout], then get [ErrBusy]: overload is refused, never
+// queued without bound.
+//
+// Packages middleware and wsconsumer put a scope on every HTTP request and
+// websocket; there handlers call [From] (sync code) or [Do] (async code).
+// The examples are the best way to learn the API.
+package dbctx

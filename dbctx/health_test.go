@@ -1,0 +1,234 @@
+package dbctx_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/dbscope/dbscope/dbctx"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// A backend killed while its connection sits idle in the *sql.DB must cost
+// no failed statement: the health check finds it dead before use.
+func TestKilledWhileIdle(t *testing.T) {
+	t.Parallel()
+	p, env := newPool(t, &dbctx.Options{MaxWorkers: 4})
+	ctx := context.Background()
+	const rounds = 20
+	for i := range rounds {
+		// Warm several connections so the *sql.DB holds idle ones.
+		done := make(chan error, 3)
+		for range 3 {
+			go func() {
+				done <- p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+					_, err := s.ExecContext(ctx, "SELECT pg_sleep(0.01)")
+					return err
+				})
+			}()
+		}
+		for range 3 {
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+		}
+		if n := env.Terminate(t); n == 0 {
+			t.Fatalf("round %d: no backend to kill", i)
+		}
+		err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+			n, err := queryInt(ctx, s, "SELECT $1::int", i)
+			if err == nil && n != i {
+				t.Errorf("got %d, want %d", n, i)
+			}
+			return err
+		})
+		if err != nil {
+			t.Fatalf("round %d: statement after idle kill failed: %v", i, err)
+		}
+	}
+	st := p.Stats()
+	if st.Discarded.Dead+st.Retries == 0 {
+		t.Errorf("no dead connection detected: %+v", st)
+	}
+	t.Logf("dead discarded %d, retries %d", st.Discarded.Dead, st.Retries)
+}
+
+// A backend killed while it runs a statement inside a transaction fails
+// that statement with a clear error; the next unit of work succeeds.
+func TestKilledMidQueryInTx(t *testing.T) {
+	t.Parallel()
+	p, env := newPool(t, &dbctx.Options{MaxWorkers: 2})
+	ctx := context.Background()
+	killed := make(chan int, 1)
+	go func() {
+		eventually(t, "pg_sleep to run", func() bool { return activeQueries(t, env, "SELECT pg_sleep") == 1 })
+		killed <- env.Terminate(t)
+	}()
+	err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+		return dbctx.Atomic(ctx, func(ctx context.Context) error {
+			_, err := s.ExecContext(ctx, "SELECT pg_sleep(30)")
+			return err
+		})
+	})
+	if n := <-killed; n != 1 {
+		t.Fatalf("killed %d backends, want 1", n)
+	}
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || pe.Code != "57P01" {
+		t.Fatalf("got %v, want the server's admin_shutdown error", err)
+	}
+	sctx, scope := p.Scope(ctx)
+	defer scope.End()
+	n, err := dbctx.DoValue(sctx, func(ctx context.Context, s *dbctx.Scope) (int, error) {
+		return queryInt(ctx, s, "SELECT 42")
+	})
+	if err != nil || n != 42 {
+		t.Fatalf("next unit of work: %d, %v", n, err)
+	}
+	if st := p.Stats(); st.Discarded.Broken == 0 || st.Retries != 0 {
+		t.Errorf("want a broken discard and no retry: %+v", st)
+	}
+}
+
+// Outside a transaction a statement whose session the server ended had no
+// effect, and is run once more on a fresh connection.
+func TestKilledMidQueryRetried(t *testing.T) {
+	t.Parallel()
+	p, env := newPool(t, &dbctx.Options{MaxWorkers: 2})
+	ctx := context.Background()
+	go func() {
+		eventually(t, "pg_sleep to run", func() bool { return activeQueries(t, env, "SELECT pg_sleep") == 1 })
+		env.Terminate(t)
+	}()
+	err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+		_, err := s.ExecContext(ctx, "SELECT pg_sleep(0.3)")
+		return err
+	})
+	if err != nil {
+		t.Fatalf("statement was not retried: %v", err)
+	}
+	if st := p.Stats(); st.Retries != 1 {
+		t.Errorf("retries = %d, want 1", st.Retries)
+	}
+}
+
+// Rows already delivered are never retried: the caller sees the error.
+func TestNoRetryAfterRows(t *testing.T) {
+	t.Parallel()
+	p, env := newPool(t, &dbctx.Options{MaxWorkers: 2})
+	ctx := context.Background()
+	err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+		// A result far larger than the socket buffers: the server is still
+		// sending it when the first rows arrive.
+		rows, err := s.QueryContext(ctx, "SELECT g, repeat('x', 1000) FROM generate_series(1, 10000000) g")
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		if !rows.Next() {
+			return errors.New("no first row")
+		}
+		env.Terminate(t)
+		for rows.Next() {
+		}
+		return rows.Err()
+	})
+	if err == nil {
+		t.Fatal("want the kill to reach the caller")
+	}
+	if st := p.Stats(); st.Retries != 0 {
+		t.Errorf("retries = %d, want 0", st.Retries)
+	}
+}
+
+// Cutting every TCP connection makes work fail cleanly while the database
+// is unreachable; once it is back the pool recovers by itself.
+func TestProxyCut(t *testing.T) {
+	t.Parallel()
+	env := newEnv(t)
+	proxy := newProxy(t, env)
+	db := openDSN(t, proxy.DSN())
+	p := poolOn(t, env, db, &dbctx.Options{MaxWorkers: 2})
+	ctx := context.Background()
+	ping := func() error {
+		return p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+			_, err := queryInt(ctx, s, "SELECT 1")
+			return err
+		})
+	}
+	if err := ping(); err != nil {
+		t.Fatal(err)
+	}
+	proxy.Cut()
+	if err := ping(); err == nil {
+		t.Fatal("want an error while the database is unreachable")
+	}
+	proxy.Restore()
+	if err := ping(); err != nil {
+		t.Fatalf("after restore: %v", err)
+	}
+}
+
+// A stalled connection holds its caller only until the caller's deadline;
+// the slot is freed and the connection discarded.
+func TestProxyStall(t *testing.T) {
+	t.Parallel()
+	env := newEnv(t)
+	proxy := newProxy(t, env)
+	db := openDSN(t, proxy.DSN())
+	p := poolOn(t, env, db, &dbctx.Options{MaxWorkers: 2})
+	ctx := context.Background()
+	query := func(ctx context.Context) error {
+		return p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+			_, err := queryInt(ctx, s, "SELECT 1")
+			return err
+		})
+	}
+	if err := query(ctx); err != nil {
+		t.Fatal(err)
+	}
+	proxy.Stall()
+	tctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	err := query(tctx)
+	cancel()
+	if !errors.Is(err, context.DeadlineExceeded) && !pgconn.Timeout(err) {
+		t.Fatalf("got %v, want a deadline error", err)
+	}
+	if st := p.Stats(); st.InUse != 0 || st.Pinned != 0 {
+		t.Fatalf("slot or connection held after the deadline: %+v", st)
+	}
+	proxy.Restore()
+	if err := query(ctx); err != nil {
+		t.Fatalf("after restore: %v", err)
+	}
+}
+
+// A canceled context cancels the statement on the server, frees the slot
+// and discards the connection.
+func TestCancelMidQuery(t *testing.T) {
+	t.Parallel()
+	p, env := newPool(t, &dbctx.Options{MaxWorkers: 2})
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		eventually(t, "pg_sleep to run", func() bool { return activeQueries(t, env, "SELECT pg_sleep") == 1 })
+		cancel()
+	}()
+	err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+		_, err := s.ExecContext(ctx, "SELECT pg_sleep(30)")
+		return err
+	})
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("got %v, want context.Canceled", err)
+	}
+	eventually(t, "the statement to stop on the server", func() bool {
+		return activeQueries(t, env, "SELECT pg_sleep") == 0
+	})
+	st := p.Stats()
+	if st.InUse != 0 || st.Pinned != 0 {
+		t.Fatalf("slot or connection held after cancel: %+v", st)
+	}
+	if st.Discarded.Canceled != 1 {
+		t.Errorf("canceled discards = %d, want 1", st.Discarded.Canceled)
+	}
+}

@@ -1,0 +1,104 @@
+package dbctx_test
+
+import (
+	"context"
+	"database/sql"
+	"testing"
+	"time"
+
+	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/internal/pgtest"
+	_ "github.com/jackc/pgx/v5/stdlib"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
+
+// newPool returns a pool over a fresh schema of its own, and checks the
+// invariants of DESIGN.md when the test ends: no slot in use, nothing
+// pinned, nothing of ours idle in a transaction.
+func newPool(t *testing.T, opts *dbctx.Options) (*dbctx.Pool, *pgtest.Env) {
+	t.Helper()
+	env := pgtest.New(t)
+	return poolOn(t, env, env.Open(t), opts), env
+}
+
+func poolOn(t *testing.T, env *pgtest.Env, db *sql.DB, opts *dbctx.Options) *dbctx.Pool {
+	t.Helper()
+	p := dbctx.New(db, opts)
+	t.Cleanup(func() {
+		assertClean(t, p, env)
+		p.Close()
+	})
+	return p
+}
+
+func assertClean(t *testing.T, p *dbctx.Pool, env *pgtest.Env) {
+	t.Helper()
+	st := p.Stats()
+	if st.InUse != 0 || st.Pinned != 0 || st.Waiting != 0 {
+		t.Errorf("pool not clean at end: in use %d, pinned %d, waiting %d", st.InUse, st.Pinned, st.Waiting)
+	}
+	if n := env.IdleInTransaction(t); n != 0 {
+		t.Errorf("%d connections of ours idle in transaction", n)
+	}
+}
+
+func newEnv(t *testing.T) *pgtest.Env { return pgtest.New(t) }
+
+func newProxy(t *testing.T, env *pgtest.Env) *pgtest.Proxy { return pgtest.NewProxy(t, env) }
+
+func openDSN(t *testing.T, dsn string) *sql.DB {
+	t.Helper()
+	db, err := sql.Open("pgx", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+// eventually polls cond until it holds or the deadline passes.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func queryInt(ctx context.Context, s *dbctx.Scope, q string, args ...any) (int, error) {
+	var n int
+	err := s.QueryRowContext(ctx, q, args...).Scan(&n)
+	return n, err
+}
+
+func mustExec(t *testing.T, db interface {
+	ExecContext(context.Context, string, ...any) (sql.Result, error)
+}, q string, args ...any) {
+	t.Helper()
+	if _, err := db.ExecContext(context.Background(), q, args...); err != nil {
+		t.Fatalf("%s: %v", q, err)
+	}
+}
+
+// backendPID returns the server process of the scope's connection.
+func backendPID(ctx context.Context, s *dbctx.Scope) (int, error) {
+	return queryInt(ctx, s, "SELECT pg_backend_pid()")
+}
+
+// activeQueries counts our backends running a statement that starts with
+// prefix.
+func activeQueries(t *testing.T, env *pgtest.Env, prefix string) int {
+	t.Helper()
+	var n int
+	err := env.Admin().QueryRow(`SELECT count(*) FROM pg_stat_activity
+		WHERE application_name = $1 AND state = 'active' AND query LIKE $2`,
+		env.AppName(), prefix+"%").Scan(&n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}

@@ -1,0 +1,119 @@
+package dbctx
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+)
+
+// Pool runs database work over one *sql.DB in a bounded number of worker
+// slots, and hands out connection-scoped handles ([Scope]) that pin a
+// connection lazily and clean it up at every boundary.
+//
+// A Pool is safe for concurrent use. It does not own the *sql.DB: close
+// the *sql.DB yourself after [Pool.Close].
+type Pool struct {
+	db   *sql.DB
+	opts Options
+	sem  chan struct{}
+	c    counters
+
+	closed    atomic.Bool
+	done      chan struct{}
+	closeOnce sync.Once
+
+	checkFn   func(driverConn any) error
+	discardFn func(driverConn any) error
+}
+
+// New returns a Pool over db. A nil opts means defaults (see [Options]).
+//
+// Scopes pin at most one connection per slot, so db must allow at least
+// MaxWorkers open connections: where db's MaxOpenConns is unlimited, New
+// sets it (and MaxIdleConns) to MaxWorkers; where it is lower, New logs a
+// warning, since scopes would then wait inside database/sql instead of
+// being refused with ErrBusy. New panics on invalid options.
+func New(db *sql.DB, opts *Options) *Pool {
+	if db == nil {
+		panic("dbctx: New expects a non-nil *sql.DB")
+	}
+	p := &Pool{
+		db:   db,
+		opts: opts.withDefaults(),
+		done: make(chan struct{}),
+	}
+	p.sem = make(chan struct{}, p.opts.MaxWorkers)
+	p.checkFn = p.check
+	p.discardFn = func(any) error { return driver.ErrBadConn }
+	switch max := db.Stats().MaxOpenConnections; {
+	case max == 0:
+		db.SetMaxOpenConns(p.opts.MaxWorkers)
+		db.SetMaxIdleConns(p.opts.MaxWorkers)
+	case max < p.opts.MaxWorkers:
+		p.opts.Logger.Warn("dbctx: *sql.DB allows fewer open connections than worker slots; scopes may queue inside database/sql",
+			"max_open_conns", max, "max_workers", p.opts.MaxWorkers)
+	}
+	return p
+}
+
+// DB returns the *sql.DB the pool runs on.
+func (p *Pool) DB() *sql.DB { return p.db }
+
+// Close refuses new slots with ErrPoolClosed and wakes queued callers with
+// it. Scopes that hold a slot finish normally. Close does not close the
+// *sql.DB. It is safe to call more than once.
+func (p *Pool) Close() error {
+	p.closeOnce.Do(func() {
+		p.closed.Store(true)
+		close(p.done)
+	})
+	return nil
+}
+
+// connect takes a connection from the *sql.DB and makes sure it is alive
+// before user code sees it: one killed while idle is discarded and another
+// taken, as often as needed. Then OnAcquire runs.
+func (p *Pool) connect(ctx context.Context) (*sql.Conn, error) {
+	// database/sql retries a bad connection a couple of times itself; the
+	// bound here only stops a loop if every connection looks dead, which
+	// means the server is gone and db.Conn will soon fail on its own.
+	const maxDead = 64
+	for dead := 0; ; dead++ {
+		conn, err := p.db.Conn(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if err := conn.Raw(p.checkFn); err != nil {
+			// Raw saw driver.ErrBadConn: database/sql has closed it.
+			conn.Close()
+			p.c.discarded[discardDead].Add(1)
+			if dead < maxDead && ctx.Err() == nil {
+				continue
+			}
+			return nil, fmt.Errorf("dbctx: no live connection after %d tries: %w", dead+1, err)
+		}
+		if p.opts.OnAcquire != nil {
+			if err := p.opts.OnAcquire(ctx, conn); err != nil {
+				p.discard(conn, discardHook)
+				return nil, fmt.Errorf("dbctx: OnAcquire: %w", err)
+			}
+		}
+		p.c.acquired.Add(1)
+		p.c.pinned.Add(1)
+		return conn, nil
+	}
+}
+
+// discard closes conn's driver connection so database/sql never reuses it.
+func (p *Pool) discard(conn *sql.Conn, why discardReason) {
+	if err := conn.Raw(p.discardFn); err != nil && !errors.Is(err, driver.ErrBadConn) {
+		// Already closed (sql.ErrConnDone): database/sql dropped it when the
+		// driver reported it bad.
+		conn.Close()
+	}
+	p.c.discarded[why].Add(1)
+}

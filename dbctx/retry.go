@@ -1,0 +1,153 @@
+package dbctx
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"strings"
+
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+var errNotPgx = errors.New("dbctx: connection is not a pgx stdlib connection")
+
+// retryable reports whether err, the answer to one statement, proves the
+// statement had no effect, so running it again on a fresh connection is
+// safe: nothing was sent (pgx's SafeToRetry, which database/sql sees as
+// driver.ErrBadConn), or the server ended the session (class 57P) while the
+// connection was outside a transaction, so the statement's implicit
+// transaction was rolled back with it.
+func (s *Scope) retryable(ctx context.Context, err error) bool {
+	if s.pg == nil || s.rawTx || s.atomic > 0 || ctx.Err() != nil {
+		return false
+	}
+	// pgx keeps the status of the last ReadyForQuery: the one from before
+	// this statement, since a session ended mid-statement sends none.
+	if s.pg.TxStatus() != 'I' {
+		return false
+	}
+	if errors.Is(err, driver.ErrBadConn) || pgconn.SafeToRetry(err) {
+		return true
+	}
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && strings.HasPrefix(pe.Code, "57P")
+}
+
+// repin discards the scope's broken connection and pins a fresh one for a
+// retry.
+func (s *Scope) repin(ctx context.Context) (*sql.Conn, error) {
+	s.unpin(discardBroken)
+	s.pool.c.retries.Add(1)
+	return s.pinned(ctx)
+}
+
+// observe looks at a statement's error for signs that the connection is
+// unusable. Outside a transaction such a connection is discarded at once,
+// so the next statement gets a fresh one; inside one it stays pinned and
+// failing until the boundary, so later statements cannot silently run
+// outside the transaction they were meant for.
+func (s *Scope) observe(ctx context.Context, err error) {
+	if err == nil || s.conn == nil {
+		return
+	}
+	closed := errors.Is(err, driver.ErrBadConn) || errors.Is(err, sql.ErrConnDone) ||
+		(s.pg != nil && s.pg.IsClosed())
+	if !closed {
+		return
+	}
+	why := discardBroken
+	if ctx.Err() != nil {
+		why = discardCanceled
+	}
+	if s.inTx() {
+		s.bad, s.badWhy = true, why
+		return
+	}
+	s.unpin(why)
+}
+
+// inTx reports whether the pinned connection is, or may be, in a
+// transaction.
+func (s *Scope) inTx() bool {
+	if s.atomic > 0 || s.rawTx {
+		return true
+	}
+	if s.pg != nil {
+		return s.pg.TxStatus() != 'I'
+	}
+	return len(s.txs) > 0
+}
+
+// note marks the scope dirty when query changes session state, and notes a
+// transaction begun in raw SQL. It is a cheap scan, not a parser: it errs
+// towards dirty, which only costs one reset round trip.
+func (s *Scope) note(query string) {
+	kw := firstKeyword(query)
+	switch {
+	case kw == "":
+	case strings.EqualFold(kw, "begin") || strings.EqualFold(kw, "start"):
+		s.rawTx = true
+	case strings.EqualFold(kw, "prepare"):
+		s.dirty = true
+		if name := preparedName(query); name != "" {
+			s.prepared = append(s.prepared, name)
+		}
+	case strings.EqualFold(kw, "set") || strings.EqualFold(kw, "reset") ||
+		strings.EqualFold(kw, "listen") ||
+		strings.EqualFold(kw, "declare") || strings.EqualFold(kw, "load"):
+		s.dirty = true
+	}
+	if !s.dirty && mentionsSessionState(query) {
+		s.dirty = true
+	}
+}
+
+// preparedName returns the statement name of "PREPARE name …", quoted
+// as written.
+func preparedName(q string) string {
+	q = strings.TrimLeft(q, " \t\r\n")
+	q = strings.TrimLeft(q[len("prepare"):], " \t\r\n")
+	if strings.HasPrefix(q, `"`) {
+		if end := strings.IndexByte(q[1:], '"'); end >= 0 {
+			return q[:end+2]
+		}
+		return ""
+	}
+	end := 0
+	for end < len(q) && (q[end] == '_' || q[end] >= '0' && q[end] <= '9' || q[end]|0x20 >= 'a' && q[end]|0x20 <= 'z') {
+		end++
+	}
+	return q[:end]
+}
+
+func firstKeyword(q string) string {
+	i := 0
+	for i < len(q) && (q[i] == ' ' || q[i] == '\t' || q[i] == '\n' || q[i] == '\r' || q[i] == '(') {
+		i++
+	}
+	j := i
+	for j < len(q) && (q[j]|0x20 >= 'a' && q[j]|0x20 <= 'z') {
+		j++
+	}
+	return q[i:j]
+}
+
+// sessionMarkers are lower-case fragments whose presence anywhere in a
+// statement may leave state in the session.
+var sessionMarkers = []string{"set_config", "advisory_lock", "temporary", "temp ", "temp\t", "temp\n"}
+
+func mentionsSessionState(q string) bool {
+	for i := 0; i < len(q); i++ {
+		c := q[i] | 0x20
+		if c != 's' && c != 'a' && c != 't' {
+			continue
+		}
+		for _, m := range sessionMarkers {
+			if len(q)-i >= len(m) && m[0] == c && strings.EqualFold(q[i:i+len(m)], m) {
+				return true
+			}
+		}
+	}
+	return false
+}

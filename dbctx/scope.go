@@ -1,0 +1,372 @@
+package dbctx
+
+import (
+	"context"
+	"database/sql"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/stdlib"
+)
+
+// Scope is a connection-scoped database handle. It takes a worker slot and
+// a connection lazily, on first use, and keeps that connection pinned
+// until a boundary ([CloseOld], entry and exit of [Do], [Scope.End]) finds
+// it unusable (discarded) or obsolete per [Options.ConnMaxAge] (given back,
+// clean). A scope that never touches the database takes neither.
+//
+// Scope satisfies the DBTX interface sqlc generates, so generated queries
+// take it directly: queries.New(dbctx.From(ctx)).
+//
+// Statements that change session state (SET, set_config(…, false),
+// advisory locks, temporary tables, LISTEN, PREPARE, DECLARE … WITH HOLD),
+// raw connection access ([Scope.Conn], [Scope.Pgx]) and [Options.OnAcquire]
+// mark the scope dirty; a dirty connection is reset with
+// [Options.ResetSQL] before it is given back, so nothing leaks to the next
+// scope that gets it.
+//
+// A single statement run outside a transaction whose answer is that the
+// server ended the session (SQLSTATE class 57P) or that it failed before
+// anything was sent is run once more on a fresh connection: it had no
+// effect. Nothing is retried inside a transaction.
+//
+// A Scope is for one goroutine at a time, like the request or message it
+// serves. A nil *Scope is valid: its methods return ErrNoScope.
+type Scope struct {
+	pool  *Pool
+	ctx   scopeCtx
+	async bool
+	ended bool
+
+	slot      bool // holds a worker slot
+	reserved  bool // the slot is held until End (Reserve)
+	depth     int  // Do nesting
+	atomic    int  // Atomic nesting
+	atomicCtx context.Context
+	tx        *sql.Tx // Atomic's transaction, nil until its first statement
+
+	conn     *sql.Conn
+	pg       *pgconn.PgConn // nil for other drivers
+	pinnedAt time.Time
+	dirty    bool
+	rawTx    bool // a BEGIN seen in raw SQL: never retry
+	bad      bool // a connection-level error seen while in a transaction
+	badWhy   discardReason
+	txs      []*sql.Tx
+	rows     *sql.Rows
+	stmts    []*sql.Stmt
+	prepared []string // names of statements PREPAREd in SQL
+	leak     *time.Timer
+
+	queries int           // statements run, for Timing
+	spent   time.Duration // time spent in them, for Timing
+}
+
+// Scope returns a child of ctx carrying a new scope of p, and the scope.
+// Call [Scope.End] when the unit of work (request, socket) is over; until
+// then [From] finds the scope in the returned context.
+func (p *Pool) Scope(ctx context.Context) (context.Context, *Scope) {
+	s := &Scope{pool: p}
+	s.ctx = scopeCtx{Context: ctx, s: s}
+	return &s.ctx, s
+}
+
+// Pool returns the pool the scope belongs to.
+func (s *Scope) Pool() *Pool {
+	if s == nil {
+		return nil
+	}
+	return s.pool
+}
+
+// End releases the scope: an open transaction is rolled back, the
+// connection given back (or discarded when unusable) and the slot freed.
+// The scope refuses use afterwards with ErrScopeEnded. End is idempotent;
+// it must not run concurrently with other use of the scope.
+func (s *Scope) End() {
+	if s == nil || s.ended {
+		return
+	}
+	s.ended = true
+	s.atomic, s.atomicCtx, s.tx = 0, nil, nil
+	s.release(context.Background(), true)
+	s.freeSlot()
+}
+
+// Abort is End for a unit of work that ended abnormally (a panic): the
+// connection, whose state is unknown, is discarded rather than given back.
+func (s *Scope) Abort() {
+	if s == nil || s.ended {
+		return
+	}
+	if s.conn != nil {
+		s.unpin(discardPanic)
+	}
+	s.End()
+}
+
+// Timing returns how many statements the scope has run and the time spent
+// in them, waiting for a slot and a connection included. It feeds the
+// Server-Timing header of package middleware.
+func (s *Scope) Timing() (queries int, spent time.Duration) {
+	if s == nil {
+		return 0, 0
+	}
+	return s.queries, s.spent
+}
+
+func (s *Scope) account(start time.Time) {
+	s.queries++
+	s.spent += time.Since(start)
+}
+
+// pinned returns the scope's connection, taking a slot and a connection
+// first where it has none.
+func (s *Scope) pinned(ctx context.Context) (*sql.Conn, error) {
+	switch {
+	case s == nil:
+		return nil, ErrNoScope
+	case s.conn != nil:
+		return s.conn, nil
+	case s.async:
+		return nil, ErrAsyncContext
+	case s.ended:
+		return nil, ErrScopeEnded
+	}
+	p := s.pool
+	if !s.slot {
+		if err := p.acquireSlot(ctx); err != nil {
+			return nil, err
+		}
+		s.slot = true
+	}
+	conn, err := p.connect(ctx)
+	if err != nil {
+		if s.depth == 0 {
+			s.freeSlot()
+		}
+		return nil, err
+	}
+	s.pin(conn)
+	return conn, nil
+}
+
+func (s *Scope) pin(conn *sql.Conn) {
+	s.conn = conn
+	conn.Raw(func(dc any) error {
+		s.pg = pgConnOf(dc)
+		return nil
+	})
+	if s.pool.opts.ConnMaxAge > 0 {
+		s.pinnedAt = time.Now()
+	}
+	s.dirty = s.pool.opts.OnAcquire != nil
+	if s.pool.opts.LeakTimeout > 0 {
+		s.watchLeak()
+	}
+}
+
+// Reserve takes a worker slot for the scope now, waiting as [Do] does,
+// and holds it until [Scope.End], whatever the boundaries in between: for
+// admission control at the start of a unit of work, so that overload is
+// refused (ErrBusy) before any of it is done. It takes no connection.
+func (s *Scope) Reserve(ctx context.Context) error {
+	switch {
+	case s == nil:
+		return ErrNoScope
+	case s.async:
+		return ErrAsyncContext
+	case s.ended:
+		return ErrScopeEnded
+	case !s.slot:
+		if err := s.pool.acquireSlot(ctx); err != nil {
+			return err
+		}
+		s.slot = true
+	}
+	s.reserved = true
+	return nil
+}
+
+func (s *Scope) freeSlot() {
+	if s.reserved && !s.ended {
+		return
+	}
+	if s.slot {
+		s.slot = false
+		s.pool.releaseSlot()
+	}
+}
+
+// ExecContext executes a statement that returns no rows, on the scope's
+// connection.
+func (s *Scope) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	start := time.Now()
+	c, err := s.use(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	r, err := c.ExecContext(ctx, query, args...)
+	if err != nil && s.retryable(ctx, err) {
+		if c, rerr := s.repin(ctx); rerr == nil {
+			r, err = c.ExecContext(ctx, query, args...)
+		}
+	}
+	s.observe(ctx, err)
+	s.account(start)
+	return r, err
+}
+
+// QueryContext executes a statement that returns rows, on the scope's
+// connection. Close the rows before the next statement; a boundary closes
+// them if you do not.
+func (s *Scope) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	start := time.Now()
+	c, err := s.use(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	rows, err := c.QueryContext(ctx, query, args...)
+	if err != nil && s.retryable(ctx, err) {
+		if c, rerr := s.repin(ctx); rerr == nil {
+			rows, err = c.QueryContext(ctx, query, args...)
+		}
+	}
+	s.observe(ctx, err)
+	if err == nil {
+		s.rows = rows
+	}
+	s.account(start)
+	return rows, err
+}
+
+// QueryRowContext executes a statement that returns at most one row, on the
+// scope's connection. As with database/sql, call Scan on the result: it is
+// what releases the row.
+func (s *Scope) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
+	start := time.Now()
+	c, err := s.use(ctx, query)
+	if err != nil {
+		return errRow(err)
+	}
+	row := c.QueryRowContext(ctx, query, args...)
+	if err := row.Err(); err != nil {
+		if s.retryable(ctx, err) {
+			if c, rerr := s.repin(ctx); rerr == nil {
+				row = c.QueryRowContext(ctx, query, args...)
+				err = row.Err()
+			}
+		}
+		s.observe(ctx, err)
+	}
+	s.account(start)
+	return row
+}
+
+// PrepareContext prepares a statement on the scope's connection. The
+// statement is closed when the connection is given back.
+func (s *Scope) PrepareContext(ctx context.Context, query string) (*sql.Stmt, error) {
+	c, err := s.use(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	st, err := c.PrepareContext(ctx, query)
+	if err != nil && s.retryable(ctx, err) {
+		if c, rerr := s.repin(ctx); rerr == nil {
+			st, err = c.PrepareContext(ctx, query)
+		}
+	}
+	s.observe(ctx, err)
+	if err == nil {
+		s.stmts = append(s.stmts, st)
+	}
+	return st, err
+}
+
+// BeginTx starts a transaction on the scope's connection. Statements run
+// through the scope itself while it is open are part of it too. A
+// transaction still open at the next boundary is rolled back. Inside
+// [Atomic] it returns ErrInAtomic.
+func (s *Scope) BeginTx(ctx context.Context, opts *sql.TxOptions) (*sql.Tx, error) {
+	if s != nil && s.atomic > 0 {
+		return nil, ErrInAtomic
+	}
+	return s.beginTx(ctx, opts)
+}
+
+func (s *Scope) beginTx(ctx context.Context, opts *sql.TxOptions) (*sql.Tx, error) {
+	c, err := s.pinned(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if s.pg != nil && s.pg.TxStatus() == 'I' {
+		// Earlier transactions are over: forget them.
+		clear(s.txs)
+		s.txs = s.txs[:0]
+	}
+	tx, err := c.BeginTx(ctx, opts)
+	if err != nil && s.retryable(ctx, err) {
+		if c, rerr := s.repin(ctx); rerr == nil {
+			tx, err = c.BeginTx(ctx, opts)
+		}
+	}
+	s.observe(ctx, err)
+	if err == nil {
+		s.txs = append(s.txs, tx)
+	}
+	return tx, err
+}
+
+// Conn returns the scope's pinned *sql.Conn, pinning one first if needed.
+// The connection stays the scope's: do not Close it, and end any
+// transaction begun on it yourself before the next boundary (only those
+// begun with [Scope.BeginTx] are rolled back for you). Raw access marks the
+// scope dirty, so the session is reset before the connection is given back.
+func (s *Scope) Conn(ctx context.Context) (*sql.Conn, error) {
+	c, err := s.use(ctx, "")
+	if err != nil {
+		return nil, err
+	}
+	s.dirty = true
+	return c, nil
+}
+
+// Pgx calls fn with the *pgx.Conn under the scope's connection, for what
+// database/sql cannot do (COPY, batches, LISTEN). fn must not close or keep
+// the connection. It marks the scope dirty like [Scope.Conn]. With a driver
+// other than pgx's stdlib it returns an error.
+func (s *Scope) Pgx(ctx context.Context, fn func(*pgx.Conn) error) error {
+	c, err := s.Conn(ctx)
+	if err != nil {
+		return err
+	}
+	err = c.Raw(func(dc any) error {
+		sc, ok := dc.(*stdlib.Conn)
+		if !ok {
+			return errNotPgx
+		}
+		return fn(sc.Conn())
+	})
+	s.observe(ctx, err)
+	return err
+}
+
+// use pins a connection for a statement and notes what the statement does
+// to the session.
+func (s *Scope) use(ctx context.Context, query string) (*sql.Conn, error) {
+	c, err := s.pinned(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if s.atomic > 0 && s.tx == nil {
+		if err := s.beginAtomic(); err != nil {
+			return nil, err
+		}
+		c = s.conn // beginning may have moved to a fresh connection
+	}
+	if !s.dirty || !s.rawTx {
+		s.note(query)
+	}
+	return c, nil
+}

@@ -1,0 +1,98 @@
+package dbctx
+
+import (
+	"sync/atomic"
+	"time"
+)
+
+// Stats is a snapshot of a [Pool]'s counters. Gauges (InUse, Waiting,
+// Pinned) are current values; the rest count since the pool was made.
+type Stats struct {
+	MaxWorkers int // worker slots in all
+
+	InUse   int // slots held now
+	Waiting int // callers queued for a slot now
+	Pinned  int // connections pinned by scopes now
+
+	WaitCount    int64         // callers that had to queue for a slot
+	WaitDuration time.Duration // total time spent queued
+	Busy         int64         // callers refused with ErrBusy
+
+	Acquired   int64 // connections pinned by scopes
+	GivenBack  int64 // connections given back to the *sql.DB clean
+	Retries    int64 // statements run again on a fresh connection
+	Resets     int64 // session resets run before giving back
+	RolledBack int64 // transactions left open that a boundary rolled back
+	Leaks      int64 // scopes reported by the leak detector
+
+	Discarded Discards // connections discarded, by reason
+}
+
+// Discards counts discarded connections by reason. A discarded connection
+// is closed, never reused.
+type Discards struct {
+	Dead     int64 // found dead by the health check before use (killed while idle)
+	Broken   int64 // a connection-level error was seen while pinned
+	Canceled int64 // a context was canceled mid-query (the driver closed it)
+	Tx       int64 // a transaction left open could not be rolled back
+	Panic    int64 // user code panicked while it was pinned
+	Hook     int64 // OnAcquire or OnRelease failed
+	Reset    int64 // the session reset failed
+}
+
+// Total returns the number of discarded connections.
+func (d Discards) Total() int64 {
+	return d.Dead + d.Broken + d.Canceled + d.Tx + d.Panic + d.Hook + d.Reset
+}
+
+type discardReason int
+
+const (
+	discardDead discardReason = iota
+	discardBroken
+	discardCanceled
+	discardTx
+	discardPanic
+	discardHook
+	discardReset
+	numDiscardReasons
+)
+
+type counters struct {
+	inUse, waiting, pinned       atomic.Int64
+	waitCount, waitNanos, busy   atomic.Int64
+	acquired, givenBack, retries atomic.Int64
+	resets, rolledBack, leaks    atomic.Int64
+	discarded                    [numDiscardReasons]atomic.Int64
+}
+
+// Stats returns a snapshot of the pool's counters. It is safe to call
+// concurrently with everything else.
+func (p *Pool) Stats() Stats {
+	c := &p.c
+	d := func(r discardReason) int64 { return c.discarded[r].Load() }
+	return Stats{
+		MaxWorkers:   p.opts.MaxWorkers,
+		InUse:        int(c.inUse.Load()),
+		Waiting:      int(c.waiting.Load()),
+		Pinned:       int(c.pinned.Load()),
+		WaitCount:    c.waitCount.Load(),
+		WaitDuration: time.Duration(c.waitNanos.Load()),
+		Busy:         c.busy.Load(),
+		Acquired:     c.acquired.Load(),
+		GivenBack:    c.givenBack.Load(),
+		Retries:      c.retries.Load(),
+		Resets:       c.resets.Load(),
+		RolledBack:   c.rolledBack.Load(),
+		Leaks:        c.leaks.Load(),
+		Discarded: Discards{
+			Dead:     d(discardDead),
+			Broken:   d(discardBroken),
+			Canceled: d(discardCanceled),
+			Tx:       d(discardTx),
+			Panic:    d(discardPanic),
+			Hook:     d(discardHook),
+			Reset:    d(discardReset),
+		},
+	}
+}

@@ -1,0 +1,244 @@
+package pgtest
+
+import (
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"encoding/hex"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Env is one test's isolated schema on the shared base server, and the
+// application_name that marks the test's connections.
+type Env struct {
+	srv     *server
+	schema  string
+	appName string
+	dsn     string
+}
+
+// New creates a fresh schema named t_<sanitized test name>_<random> on the
+// shared base server and returns an Env for it. At cleanup it terminates any
+// backend still connected with the Env's application name and drops the
+// schema with CASCADE. It fails tb if there is no server.
+func New(tb testing.TB) *Env {
+	tb.Helper()
+	srv := base(tb)
+	adm := admin(tb)
+	name := "t_" + sanitize(tb.Name(), 40) + "_" + randomHex(4)
+	dsn, err := withParams(srv.url, "search_path", name, "application_name", name)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	e := &Env{srv: srv, schema: name, appName: name, dsn: dsn}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := adm.ExecContext(ctx, "CREATE SCHEMA "+quoteIdent(name)); err != nil {
+		tb.Fatalf("pgtest: create schema %s: %v", name, err)
+	}
+	tb.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		// A backend left behind (say, idle in a transaction) could hold
+		// locks that make DROP SCHEMA wait; it is this test's anyway.
+		if _, err := e.terminate(ctx); err != nil {
+			tb.Errorf("pgtest: cleanup: %v", err)
+		}
+		if _, err := adm.ExecContext(ctx, "DROP SCHEMA IF EXISTS "+quoteIdent(name)+" CASCADE"); err != nil {
+			tb.Errorf("pgtest: drop schema %s: %v", name, err)
+		}
+	})
+	return e
+}
+
+// DSN returns a pgx connection string (URL or keyword/value, as the base
+// server's) whose connections use search_path=[Env.Schema] and
+// application_name=[Env.AppName].
+func (e *Env) DSN() string { return e.dsn }
+
+// AppName returns the application_name that [Env.DSN] connections carry,
+// unique to this Env.
+func (e *Env) AppName() string { return e.appName }
+
+// Schema returns the name of this Env's schema. It needs no quoting.
+func (e *Env) Schema() string { return e.schema }
+
+// DSNVia returns [Env.DSN] changed to connect to the TCP address addr
+// ("host:port") instead, such as a [Proxy] that forwards to the base
+// server, whether that server listens on TCP or on a unix socket.
+func (e *Env) DSNVia(addr string) string {
+	dsn, err := withTCPAddr(e.dsn, addr)
+	if err != nil {
+		panic(err) // only for a malformed addr: a bug in the caller
+	}
+	return dsn
+}
+
+// Open opens a database/sql pool on [Env.DSN] with the pgx driver and closes
+// it when tb's test ends. It does not connect until first used.
+func (e *Env) Open(tb testing.TB) *sql.DB {
+	tb.Helper()
+	db, err := sql.Open("pgx", e.dsn)
+	if err != nil {
+		tb.Fatalf("pgtest: open: %v", err)
+	}
+	tb.Cleanup(func() { db.Close() })
+	return db
+}
+
+// Admin returns the process-wide admin pool on the base server, whose
+// connections have their own application_name, for inspecting and
+// disturbing the test's connections. Do not close it.
+func (e *Env) Admin() *sql.DB { return shared.admin }
+
+// Terminate terminates (pg_terminate_backend) every backend whose
+// application_name is [Env.AppName], waits until they are gone from
+// pg_stat_activity, and returns how many it terminated.
+func (e *Env) Terminate(tb testing.TB) int {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	n, err := e.terminate(ctx)
+	if err != nil {
+		tb.Fatalf("pgtest: terminate: %v", err)
+	}
+	return n
+}
+
+func (e *Env) terminate(ctx context.Context) (int, error) {
+	adm := shared.admin
+	pids, err := e.backends(ctx, "")
+	if err != nil || len(pids) == 0 {
+		return 0, err
+	}
+	rows, err := adm.QueryContext(ctx,
+		`SELECT pid FROM unnest($1::int[]) AS pid WHERE pg_terminate_backend(pid)`, pids)
+	if err != nil {
+		return 0, err
+	}
+	var killed []int
+	for rows.Next() {
+		var pid int
+		if err := rows.Scan(&pid); err != nil {
+			rows.Close()
+			return 0, err
+		}
+		killed = append(killed, pid)
+	}
+	if err := rows.Err(); err != nil {
+		return 0, err
+	}
+	// pg_terminate_backend only signals; wait for the backends to exit.
+	err = poll(ctx, func() (bool, error) {
+		var left int
+		err := adm.QueryRowContext(ctx,
+			`SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1::int[])`, killed).Scan(&left)
+		return left == 0, err
+	})
+	return len(killed), err
+}
+
+// Backends returns the process ids of the server backends whose
+// application_name is [Env.AppName].
+func (e *Env) Backends(tb testing.TB) []int {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	pids, err := e.backends(ctx, "")
+	if err != nil {
+		tb.Fatalf("pgtest: backends: %v", err)
+	}
+	return pids
+}
+
+// IdleInTransaction returns how many of [Env.Backends] are idle inside a
+// transaction, aborted or not.
+func (e *Env) IdleInTransaction(tb testing.TB) int {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	pids, err := e.backends(ctx,
+		`AND state IN ('idle in transaction', 'idle in transaction (aborted)')`)
+	if err != nil {
+		tb.Fatalf("pgtest: idle in transaction: %v", err)
+	}
+	return len(pids)
+}
+
+// backends lists the pids of this Env's backends that match the extra
+// condition cond (SQL starting with AND, or "").
+func (e *Env) backends(ctx context.Context, cond string) ([]int, error) {
+	rows, err := shared.admin.QueryContext(ctx,
+		`SELECT pid FROM pg_stat_activity
+		 WHERE application_name = $1 AND pid <> pg_backend_pid() `+cond+`
+		 ORDER BY pid`, e.appName)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var pids []int
+	for rows.Next() {
+		var pid int
+		if err := rows.Scan(&pid); err != nil {
+			return nil, err
+		}
+		pids = append(pids, pid)
+	}
+	return pids, rows.Err()
+}
+
+// poll calls cond until it returns true, fails, or ctx ends.
+func poll(ctx context.Context, cond func() (bool, error)) error {
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		ok, err := cond()
+		if ok || err != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+		}
+	}
+}
+
+// sanitize makes s a lower-case identifier fragment of at most n bytes.
+func sanitize(s string, n int) string {
+	var b strings.Builder
+	under := false
+	for _, r := range strings.ToLower(s) {
+		ok := r >= 'a' && r <= 'z' || r >= '0' && r <= '9'
+		if !ok {
+			if !under && b.Len() > 0 {
+				b.WriteByte('_')
+			}
+			under = true
+			continue
+		}
+		under = false
+		b.WriteRune(r)
+		if b.Len() >= n {
+			break
+		}
+	}
+	out := strings.TrimRight(b.String(), "_")
+	if out == "" {
+		out = "x"
+	}
+	return out
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// quoteIdent quotes a SQL identifier.
+func quoteIdent(s string) string {
+	return `"` + strings.ReplaceAll(s, `"`, `""`) + `"`
+}

@@ -1,0 +1,255 @@
+package pgtest
+
+import (
+	"context"
+	"errors"
+	"net"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Proxy is a TCP proxy in front of the base server for fault injection:
+// it can cut connections ([Proxy.Cut]) or hold their bytes back
+// ([Proxy.Stall]) until [Proxy.Restore].
+type Proxy struct {
+	env     *Env
+	ln      net.Listener
+	network string // how to reach the server: "tcp" or "unix"
+	target  string
+	ctx     context.Context // ended by Close; aborts dials
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+
+	mu      sync.Mutex
+	closed  bool
+	cut     bool
+	flowing chan struct{} // closed while bytes flow; open while stalled
+	links   map[*link]struct{}
+}
+
+// link is one client connection and its connection to the server.
+type link struct {
+	client net.Conn
+	server net.Conn // nil until dialed
+	done   chan struct{}
+	once   sync.Once
+}
+
+// shut closes both sides of l, once.
+func (l *link) shut() {
+	l.once.Do(func() {
+		close(l.done)
+		l.client.Close()
+		if l.server != nil {
+			l.server.Close()
+		}
+	})
+}
+
+// NewProxy starts a proxy on 127.0.0.1:0 that forwards to the base server
+// of e (over TCP or its unix socket). It is closed when tb's test ends,
+// with all its goroutines finished.
+func NewProxy(tb testing.TB, e *Env) *Proxy {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatalf("pgtest: proxy listen: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &Proxy{
+		env:     e,
+		ln:      ln,
+		network: e.srv.network,
+		target:  e.srv.addr,
+		ctx:     ctx,
+		cancel:  cancel,
+		flowing: make(chan struct{}),
+		links:   make(map[*link]struct{}),
+	}
+	close(p.flowing)
+	p.wg.Add(1)
+	go p.accept()
+	tb.Cleanup(p.Close)
+	return p
+}
+
+// Addr returns the proxy's address, host:port.
+func (p *Proxy) Addr() string { return p.ln.Addr().String() }
+
+// DSN returns the Env's DSN routed through the proxy, with sslmode=disable
+// so that TLS negotiation does not get in the way.
+func (p *Proxy) DSN() string {
+	dsn, err := withParams(p.env.DSNVia(p.Addr()), "sslmode", "disable")
+	if err != nil {
+		panic(err) // the Env's DSN was parsed before
+	}
+	return dsn
+}
+
+// Cut closes every connection through the proxy, and closes new ones as soon
+// as they are accepted, until [Proxy.Restore].
+func (p *Proxy) Cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cut = true
+	for l := range p.links {
+		l.shut()
+		delete(p.links, l)
+	}
+}
+
+// Stall stops forwarding bytes in both directions, on live connections and
+// on new ones, without closing anything, until [Proxy.Restore].
+func (p *Proxy) Stall() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	select {
+	case <-p.flowing:
+		p.flowing = make(chan struct{})
+	default: // already stalled
+	}
+}
+
+// Restore undoes [Proxy.Cut] and [Proxy.Stall]: new connections are let
+// through and held bytes flow again. Connections that Cut closed stay closed.
+func (p *Proxy) Restore() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cut = false
+	select {
+	case <-p.flowing:
+	default:
+		close(p.flowing)
+	}
+}
+
+// Conns returns the number of live connections through the proxy.
+func (p *Proxy) Conns() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.links)
+}
+
+// Close stops the proxy, closes all its connections and waits for its
+// goroutines to end. NewProxy arranges for it to be called at cleanup; it
+// may be called more than once.
+func (p *Proxy) Close() {
+	p.mu.Lock()
+	p.closed = true
+	for l := range p.links {
+		l.shut()
+		delete(p.links, l)
+	}
+	p.mu.Unlock()
+	p.cancel()
+	p.ln.Close()
+	p.wg.Wait()
+}
+
+// accept accepts client connections until the listener is closed.
+func (p *Proxy) accept() {
+	defer p.wg.Done()
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			continue // a transient error such as EMFILE; Close ends the loop
+		}
+		l := &link{client: c, done: make(chan struct{})}
+		p.mu.Lock()
+		if p.cut || p.closed {
+			p.mu.Unlock()
+			c.Close()
+			continue
+		}
+		p.links[l] = struct{}{}
+		p.wg.Add(1)
+		p.mu.Unlock()
+		go p.serve(l)
+	}
+}
+
+// serve dials the server for l and forwards bytes both ways until either
+// side closes or the proxy cuts l.
+func (p *Proxy) serve(l *link) {
+	defer p.wg.Done()
+	defer p.drop(l)
+	d := net.Dialer{Timeout: 10 * time.Second}
+	s, err := d.DialContext(p.ctx, p.network, p.target)
+	if err != nil {
+		return
+	}
+	p.mu.Lock()
+	select {
+	case <-l.done: // cut while dialing
+		p.mu.Unlock()
+		s.Close()
+		return
+	default:
+		l.server = s
+	}
+	p.mu.Unlock()
+
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		p.pipe(l, s, l.client)
+	}()
+	p.pipe(l, l.client, s)
+	wg.Wait()
+}
+
+// drop forgets l and closes it.
+func (p *Proxy) drop(l *link) {
+	p.mu.Lock()
+	delete(p.links, l)
+	p.mu.Unlock()
+	l.shut()
+}
+
+// pipe copies src to dst, holding bytes back while the proxy is stalled,
+// and shuts l when either side fails.
+func (p *Proxy) pipe(l *link, dst, src net.Conn) {
+	defer p.drop(l)
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			if !p.waitFlowing(l) {
+				return
+			}
+			if _, err := dst.Write(buf[:n]); err != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// waitFlowing waits until the proxy is not stalled; it reports false if l
+// was closed meanwhile.
+func (p *Proxy) waitFlowing(l *link) bool {
+	for {
+		p.mu.Lock()
+		gate := p.flowing
+		p.mu.Unlock()
+		select {
+		case <-gate:
+			// Stall may have been called again since gate was read; check.
+			p.mu.Lock()
+			same := gate == p.flowing
+			p.mu.Unlock()
+			if same {
+				return true
+			}
+		case <-l.done:
+			return false
+		}
+	}
+}

@@ -1,0 +1,158 @@
+package middleware
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/dbscope/dbscope/dbctx"
+)
+
+// AtomicOptions configures [AtomicWithOpts]. The zero value is the default.
+type AtomicOptions struct {
+	// MaxBuffer bounds the response body held back until the commit.
+	// A handler that writes more gets ErrResponseTooLarge from Write, its
+	// transaction is rolled back and the client gets 500. Default: 4 MiB.
+	MaxBuffer int
+
+	// Logger receives commit failures and misconfiguration. Default:
+	// slog.Default().
+	Logger *slog.Logger
+}
+
+// ErrResponseTooLarge is returned by Write inside [Atomic] once the
+// response outgrows [AtomicOptions].MaxBuffer.
+var ErrResponseTooLarge = errors.New("middleware: response too large to hold until commit")
+
+// Atomic runs the request's database work in one transaction, the port of
+// Django's ATOMIC_REQUESTS; see [AtomicWithOpts].
+func Atomic(next http.Handler) http.Handler {
+	return AtomicWithOpts(nil)(next)
+}
+
+// AtomicWithOpts returns middleware that runs each request's database work
+// through the scope in one transaction (see dbctx.Atomic), begun lazily at
+// the first statement. It must be mounted inside [DB].
+//
+// The transaction commits when the handler returns without panicking and
+// with a status below 500; otherwise it rolls back. The response is held
+// in memory until then and sent only once the commit has succeeded; a
+// failed commit becomes 500 Internal Server Error (503 when the pool was
+// busy), so a client never sees a 2xx for work that was not committed.
+// Headers the handler set are dropped with a failed response.
+//
+// Streaming does not mix with holding the response: Flush inside Atomic
+// does nothing until the commit, Hijack fails, and a body beyond MaxBuffer
+// rolls the transaction back (see [AtomicOptions]). Mount Atomic only on
+// routes that answer with bounded bodies; stream from routes without it.
+func AtomicWithOpts(opts *AtomicOptions) func(http.Handler) http.Handler {
+	var o AtomicOptions
+	if opts != nil {
+		o = *opts
+	}
+	if o.MaxBuffer < 0 {
+		panic("middleware: Atomic expects MaxBuffer >= 0")
+	}
+	if o.MaxBuffer == 0 {
+		o.MaxBuffer = 4 << 20
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			ctx := r.Context()
+			if dbctx.From(ctx) == nil {
+				o.Logger.Error("middleware: Atomic needs middleware.DB mounted outside it", "path", r.URL.Path)
+				http.Error(w, http.StatusText(http.StatusInternalServerError), http.StatusInternalServerError)
+				return
+			}
+			hw := &heldWriter{w: w, header: make(http.Header), max: o.MaxBuffer}
+			err := dbctx.Atomic(ctx, func(ctx context.Context) error {
+				next.ServeHTTP(hw, r)
+				switch {
+				case hw.overflow:
+					return ErrResponseTooLarge
+				case hw.status() >= 500:
+					return errRollback
+				}
+				return nil
+			})
+			switch {
+			case err == nil, errors.Is(err, errRollback):
+				hw.send()
+			case errors.Is(err, dbctx.ErrBusy):
+				serviceUnavailable(w, time.Second)
+			default:
+				o.Logger.Error("middleware: Atomic request not committed", "path", r.URL.Path, "err", err)
+				http.Error(w, http.StatusText(http.StatusInternalServerError), http.StatusInternalServerError)
+			}
+		})
+	}
+}
+
+// errRollback rolls back a request that answered 5xx; its response is
+// still sent as the handler wrote it.
+var errRollback = errors.New("middleware: rolled back on a 5xx response")
+
+// heldWriter holds a response until the transaction's fate is known.
+type heldWriter struct {
+	w        http.ResponseWriter
+	header   http.Header
+	code     int
+	body     bytes.Buffer
+	max      int
+	overflow bool
+}
+
+func (h *heldWriter) Header() http.Header { return h.header }
+
+func (h *heldWriter) WriteHeader(code int) {
+	if h.code == 0 && code >= 200 {
+		h.code = code
+	}
+}
+
+func (h *heldWriter) Write(b []byte) (int, error) {
+	if h.code == 0 {
+		h.code = http.StatusOK
+	}
+	if h.overflow || h.body.Len()+len(b) > h.max {
+		h.overflow = true
+		return 0, ErrResponseTooLarge
+	}
+	return h.body.Write(b)
+}
+
+// Flush does nothing: the response is held until the commit.
+func (h *heldWriter) Flush() {}
+
+// Hijack fails: a hijacked connection cannot wait for the commit.
+func (h *heldWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	return nil, nil, fmt.Errorf("middleware: Hijack inside Atomic: %w", http.ErrNotSupported)
+}
+
+func (h *heldWriter) Unwrap() http.ResponseWriter { return h.w }
+
+func (h *heldWriter) status() int {
+	if h.code == 0 {
+		return http.StatusOK
+	}
+	return h.code
+}
+
+// send writes the held response out.
+func (h *heldWriter) send() {
+	dst := h.w.Header()
+	for k, v := range h.header {
+		dst[k] = v
+	}
+	h.w.WriteHeader(h.status())
+	h.w.Write(h.body.Bytes())
+}

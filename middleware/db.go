@@ -1,0 +1,86 @@
+package middleware
+
+import (
+	"net/http"
+	"time"
+
+	"github.com/dbscope/dbscope/dbctx"
+)
+
+// Options configures [DBWithOpts]. The zero value is the default.
+type Options struct {
+	// Eager takes a worker slot when the request starts, before the
+	// handler runs, and holds it to the end of the request. When none can
+	// be had within the pool's wait bounds the client gets 503 with
+	// Retry-After at once. Use it for routes that always touch the
+	// database: overload is then refused before any work is done. Leave
+	// it off (the default) where some requests never touch the database:
+	// they should not wait for a slot, and a handler answers ErrBusy with
+	// [Busy] where it meets it.
+	Eager bool
+
+	// RetryAfter is the delay announced in the Retry-After header of a 503.
+	// Default: 1s. It is rounded up to whole seconds.
+	RetryAfter time.Duration
+
+	// ServerTiming adds a Server-Timing header with the time the request
+	// spent in the database and its statement count, shown by browser
+	// developer tools: db;dur=<ms>;desc="<n> queries". The header carries
+	// what was spent before the response header was written.
+	ServerTiming bool
+}
+
+// DB returns middleware that gives every request its own scope of pool,
+// released when the request ends. See the package documentation.
+func DB(pool *dbctx.Pool) func(http.Handler) http.Handler {
+	return DBWithOpts(pool, nil)
+}
+
+// DBWithOpts is [DB] with options; nil opts means defaults. It panics on a
+// nil pool or a negative RetryAfter.
+//
+// The scope is released when the handler returns, including when it
+// panics: then the connection, whose state is unknown, is discarded, and
+// the panic goes on unchanged to net/http or an outer recoverer.
+func DBWithOpts(pool *dbctx.Pool, opts *Options) func(http.Handler) http.Handler {
+	if pool == nil {
+		panic("middleware: DB expects a non-nil *dbctx.Pool")
+	}
+	var o Options
+	if opts != nil {
+		o = *opts
+	}
+	if o.RetryAfter < 0 {
+		panic("middleware: DB expects RetryAfter >= 0")
+	}
+	if o.RetryAfter == 0 {
+		o.RetryAfter = time.Second
+	}
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			ctx, scope := pool.Scope(r.Context())
+			if o.Eager {
+				if err := scope.Reserve(ctx); err != nil {
+					scope.End()
+					refuse(w, err, o.RetryAfter)
+					return
+				}
+			}
+			if o.ServerTiming {
+				w = &timingWriter{ResponseWriter: w, scope: scope}
+			}
+			// A flag, not recover: the panic must reach net/http with its
+			// stack intact.
+			normal := false
+			defer func() {
+				if normal {
+					scope.End()
+				} else {
+					scope.Abort()
+				}
+			}()
+			next.ServeHTTP(w, r.WithContext(ctx))
+			normal = true
+		})
+	}
+}

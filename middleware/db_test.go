@@ -1,0 +1,242 @@
+package middleware_test
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"regexp"
+	"sync"
+	"testing"
+
+	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/middleware"
+	"github.com/go-chi/chi/v5"
+)
+
+// pidHandler answers the backend that served the request.
+func pidHandler(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	var pid int
+	if err := dbctx.From(ctx).QueryRowContext(ctx, "SELECT pg_backend_pid()").Scan(&pid); err != nil {
+		if middleware.Busy(w, err) {
+			return
+		}
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	fmt.Fprint(w, pid)
+}
+
+// The middleware works the same on http.ServeMux and on chi.
+func TestRouters(t *testing.T) {
+	t.Parallel()
+	p, _ := newPool(t, nil)
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /pid", pidHandler)
+	r := chi.NewRouter()
+	r.Use(middleware.DB(p))
+	r.Get("/pid", pidHandler)
+	for name, h := range map[string]http.Handler{"ServeMux": middleware.DB(p)(mux), "chi": r} {
+		t.Run(name, func(t *testing.T) {
+			srv := serve(t, h)
+			for range 3 {
+				if code, body, _ := get(t, srv.URL+"/pid"); code != http.StatusOK {
+					t.Fatalf("%d %s", code, body)
+				}
+				if st := p.Stats(); st.InUse != 0 || st.Pinned != 0 {
+					t.Fatalf("request end left %+v", st)
+				}
+			}
+		})
+	}
+}
+
+// A request that never touches the database takes no slot and no
+// connection.
+func TestNoDBNoConnection(t *testing.T) {
+	t.Parallel()
+	p, _ := newPool(t, nil)
+	srv := serve(t, middleware.DBWithOpts(p, &middleware.Options{ServerTiming: true})(
+		http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if dbctx.From(r.Context()) == nil {
+				t.Error("no scope in the request context")
+			}
+			fmt.Fprint(w, "ok")
+		})))
+	if code, body, _ := get(t, srv.URL); code != http.StatusOK || body != "ok" {
+		t.Fatalf("%d %s", code, body)
+	}
+	if st := p.Stats(); st.Acquired != 0 || st.WaitCount != 0 {
+		t.Fatalf("a request without DB work took a connection: %+v", st)
+	}
+}
+
+// A client that goes away mid-query cancels the query on the server and
+// frees the slot and the connection.
+func TestClientGoneMidQuery(t *testing.T) {
+	t.Parallel()
+	p, env := newPool(t, nil)
+	srv := serve(t, middleware.DB(p)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx := r.Context()
+		dbctx.From(ctx).ExecContext(ctx, "SELECT pg_sleep(30)")
+	})))
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		eventually(t, "the query to run", func() bool { return activeQueries(t, env, "SELECT pg_sleep") == 1 })
+		cancel()
+	}()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL, nil)
+	if resp, err := http.DefaultClient.Do(req); err == nil {
+		resp.Body.Close()
+		t.Fatal("request finished although its client left")
+	}
+	eventually(t, "the query to stop", func() bool { return activeQueries(t, env, "SELECT pg_sleep") == 0 })
+	eventually(t, "the scope to end", func() bool {
+		st := p.Stats()
+		return st.InUse == 0 && st.Pinned == 0
+	})
+	if st := p.Stats(); st.Discarded.Canceled != 1 {
+		t.Errorf("canceled discards = %d, want 1", st.Discarded.Canceled)
+	}
+}
+
+// A panicking handler leaves nothing behind, inside or outside a
+// transaction, and the server keeps serving.
+func TestPanic(t *testing.T) {
+	t.Parallel()
+	for _, atomic := range []bool{false, true} {
+		t.Run(fmt.Sprint("atomic=", atomic), func(t *testing.T) {
+			t.Parallel()
+			p, env := newPool(t, nil)
+			createTable(t, env)
+			var h http.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				ctx := r.Context()
+				if r.URL.Path == "/panic" {
+					s := dbctx.From(ctx)
+					if !atomic {
+						s.BeginTx(ctx, nil)
+					}
+					s.ExecContext(ctx, "INSERT INTO t VALUES (1)")
+					panic("boom")
+				}
+				pidHandler(w, r)
+			})
+			if atomic {
+				h = middleware.Atomic(h)
+			}
+			srv := serve(t, middleware.DB(p)(h))
+			if code, _, _ := get(t, srv.URL+"/panic"); code != 0 {
+				t.Fatalf("a panicking handler answered %d", code)
+			}
+			if code, body, _ := get(t, srv.URL+"/pid"); code != http.StatusOK {
+				t.Fatalf("after the panic: %d %s", code, body)
+			}
+			if n := countRows(t, env); n != 0 {
+				t.Fatalf("%d rows of the panicking request committed", n)
+			}
+			if st := p.Stats(); st.Discarded.Panic != 1 {
+				t.Errorf("panic discards = %d, want 1", st.Discarded.Panic)
+			}
+		})
+	}
+}
+
+// A backend killed between two requests costs the second one nothing.
+func TestBackendKilledBetweenRequests(t *testing.T) {
+	t.Parallel()
+	p, env := newPool(t, nil)
+	srv := serve(t, middleware.DB(p)(http.HandlerFunc(pidHandler)))
+	for i := range 10 {
+		if code, body, _ := get(t, srv.URL); code != http.StatusOK {
+			t.Fatalf("request %d: %d %s", i, code, body)
+		}
+		if env.Terminate(t) == 0 {
+			t.Fatal("no backend to kill")
+		}
+	}
+}
+
+// With 10× more concurrent requests than slots every answer is 200 or 503
+// with Retry-After; none hangs.
+func TestOverload(t *testing.T) {
+	t.Parallel()
+	for _, eager := range []bool{false, true} {
+		t.Run(fmt.Sprint("eager=", eager), func(t *testing.T) {
+			t.Parallel()
+			const slots = 2
+			p, _ := newPool(t, &dbctx.Options{MaxWorkers: slots, MaxWaiting: 4, WaitTimeout: 200e6})
+			srv := serve(t, middleware.DBWithOpts(p, &middleware.Options{Eager: eager})(
+				http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					ctx := r.Context()
+					if _, err := dbctx.From(ctx).ExecContext(ctx, "SELECT pg_sleep(0.2)"); err != nil {
+						if !middleware.Busy(w, err) {
+							http.Error(w, err.Error(), http.StatusInternalServerError)
+						}
+					}
+				})))
+			var (
+				wg    sync.WaitGroup
+				mu    sync.Mutex
+				codes = map[int]int{}
+			)
+			for range 10 * slots {
+				wg.Go(func() {
+					code, body, hdr := get(t, srv.URL)
+					if code == http.StatusServiceUnavailable && hdr.Get("Retry-After") != "1" {
+						t.Errorf("503 without Retry-After: %v", hdr)
+					}
+					if code != http.StatusOK && code != http.StatusServiceUnavailable {
+						t.Errorf("got %d %s", code, body)
+					}
+					mu.Lock()
+					codes[code]++
+					mu.Unlock()
+				})
+			}
+			wg.Wait()
+			if codes[http.StatusOK] == 0 || codes[http.StatusServiceUnavailable] == 0 {
+				t.Fatalf("answers: %v", codes)
+			}
+		})
+	}
+}
+
+var serverTimingRE = regexp.MustCompile(`^db;dur=\d+\.\d{3};desc="2 queries"$`)
+
+func TestServerTiming(t *testing.T) {
+	t.Parallel()
+	p, _ := newPool(t, nil)
+	srv := serve(t, middleware.DBWithOpts(p, &middleware.Options{ServerTiming: true})(
+		http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			ctx := r.Context()
+			s := dbctx.From(ctx)
+			s.ExecContext(ctx, "SELECT 1")
+			s.ExecContext(ctx, "SELECT 2")
+			fmt.Fprint(w, "ok")
+		})))
+	code, _, hdr := get(t, srv.URL)
+	if got := hdr.Get("Server-Timing"); code != http.StatusOK || !serverTimingRE.MatchString(got) {
+		t.Fatalf("%d, Server-Timing %q", code, got)
+	}
+}
+
+// The wrapper keeps http.Hijacker, so websocket upgrades work through the
+// middleware.
+func TestHijack(t *testing.T) {
+	t.Parallel()
+	p, _ := newPool(t, nil)
+	srv := serve(t, middleware.DBWithOpts(p, &middleware.Options{ServerTiming: true})(
+		http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			conn, brw, err := http.NewResponseController(w).Hijack()
+			if err != nil {
+				t.Errorf("Hijack: %v", err)
+				return
+			}
+			defer conn.Close()
+			brw.WriteString("HTTP/1.1 200 OK\r\nContent-Length: 8\r\nConnection: close\r\n\r\nhijacked")
+			brw.Flush()
+		})))
+	if code, body, _ := get(t, srv.URL); code != http.StatusOK || body != "hijacked" {
+		t.Fatalf("%d %q", code, body)
+	}
+}
