@@ -3,6 +3,7 @@ module github.com/dbscope/dbscope
 go 1.26.8
 
 require (
+	github.com/coder/websocket v1.8.15
 	github.com/go-chi/chi/v5 v5.5.0
 	github.com/jackc/pgx/v5 v5.12.0
 	go.uber.org/goleak v1.3.0

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/internal/pgtest"
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
@@ -15,6 +16,32 @@ import (
 func TestKilledWhileIdle(t *testing.T) {
 	t.Parallel()
 	p, env := newPool(t, &dbctx.Options{MaxWorkers: 4})
+	killWhileIdle(t, p, env)
+}
+
+// The health check looks under TLS (pgx's default on loopback is
+// sslmode=prefer) at the TCP socket.
+func TestKilledWhileIdleTLS(t *testing.T) {
+	t.Parallel()
+	env := newEnv(t)
+	var ssl string
+	if err := env.Admin().QueryRow("SHOW ssl").Scan(&ssl); err != nil || ssl != "on" {
+		t.Skipf("the server does not offer TLS (ssl=%q, %v)", ssl, err)
+	}
+	dsn, err := pgtest.WithParams(env.DSN(), "sslmode", "require")
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := openDSN(t, dsn)
+	p := poolOn(t, env, db, &dbctx.Options{MaxWorkers: 4})
+	var tls bool
+	if err := db.QueryRow("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").Scan(&tls); err != nil || !tls {
+		t.Fatalf("connection is not TLS: %v %v", tls, err)
+	}
+	killWhileIdle(t, p, env)
+}
+
+func killWhileIdle(t *testing.T, p *dbctx.Pool, env *pgtest.Env) {
 	ctx := context.Background()
 	const rounds = 20
 	for i := range rounds {

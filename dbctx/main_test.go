@@ -4,9 +4,9 @@ import (
 	"context"
 	"database/sql"
 	"testing"
-	"time"
 
 	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/internal/dbtest"
 	"github.com/dbscope/dbscope/internal/pgtest"
 	_ "github.com/jackc/pgx/v5/stdlib"
 )
@@ -26,21 +26,10 @@ func poolOn(t *testing.T, env *pgtest.Env, db *sql.DB, opts *dbctx.Options) *dbc
 	t.Helper()
 	p := dbctx.New(db, opts)
 	t.Cleanup(func() {
-		assertClean(t, p, env)
+		dbtest.Clean(t, p, env)
 		p.Close()
 	})
 	return p
-}
-
-func assertClean(t *testing.T, p *dbctx.Pool, env *pgtest.Env) {
-	t.Helper()
-	st := p.Stats()
-	if st.InUse != 0 || st.Pinned != 0 || st.Waiting != 0 {
-		t.Errorf("pool not clean at end: in use %d, pinned %d, waiting %d", st.InUse, st.Pinned, st.Waiting)
-	}
-	if n := env.IdleInTransaction(t); n != 0 {
-		t.Errorf("%d connections of ours idle in transaction", n)
-	}
 }
 
 func newEnv(t *testing.T) *pgtest.Env { return pgtest.New(t) }
@@ -57,17 +46,7 @@ func openDSN(t *testing.T, dsn string) *sql.DB {
 	return db
 }
 
-// eventually polls cond until it holds or the deadline passes.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
+func eventually(t *testing.T, what string, cond func() bool) { dbtest.Eventually(t, what, cond) }
 
 func queryInt(ctx context.Context, s *dbctx.Scope, q string, args ...any) (int, error) {
 	var n int
@@ -89,16 +68,6 @@ func backendPID(ctx context.Context, s *dbctx.Scope) (int, error) {
 	return queryInt(ctx, s, "SELECT pg_backend_pid()")
 }
 
-// activeQueries counts our backends running a statement that starts with
-// prefix.
 func activeQueries(t *testing.T, env *pgtest.Env, prefix string) int {
-	t.Helper()
-	var n int
-	err := env.Admin().QueryRow(`SELECT count(*) FROM pg_stat_activity
-		WHERE application_name = $1 AND state = 'active' AND query LIKE $2`,
-		env.AppName(), prefix+"%").Scan(&n)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return n
+	return dbtest.ActiveQueries(t, env, prefix)
 }

@@ -11,29 +11,14 @@ import (
 	"time"
 
 	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/internal/dbtest"
 	"github.com/dbscope/dbscope/internal/pgtest"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
 
-// newPool returns a pool over a schema of its own and checks, when the
-// test ends, that nothing is left held: no slot, no pinned connection,
-// nothing of ours idle in a transaction.
 func newPool(t *testing.T, opts *dbctx.Options) (*dbctx.Pool, *pgtest.Env) {
-	t.Helper()
-	env := pgtest.New(t)
-	p := dbctx.New(env.Open(t), opts)
-	t.Cleanup(func() {
-		st := p.Stats()
-		if st.InUse != 0 || st.Pinned != 0 || st.Waiting != 0 {
-			t.Errorf("pool not clean at end: %+v", st)
-		}
-		if n := env.IdleInTransaction(t); n != 0 {
-			t.Errorf("%d connections of ours idle in transaction", n)
-		}
-		p.Close()
-	})
-	return p, env
+	return dbtest.NewPool(t, opts)
 }
 
 // serve starts a real server for h; its error log is kept out of the test
@@ -69,27 +54,10 @@ func do(t *testing.T, method, url string) (int, string, http.Header) {
 	return resp.StatusCode, string(body), resp.Header
 }
 
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
+func eventually(t *testing.T, what string, cond func() bool) { dbtest.Eventually(t, what, cond) }
 
 func activeQueries(t *testing.T, env *pgtest.Env, prefix string) int {
-	t.Helper()
-	var n int
-	err := env.Admin().QueryRow(`SELECT count(*) FROM pg_stat_activity
-		WHERE application_name = $1 AND state = 'active' AND query LIKE $2`,
-		env.AppName(), prefix+"%").Scan(&n)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return n
+	return dbtest.ActiveQueries(t, env, prefix)
 }
 
 func countRows(t *testing.T, env *pgtest.Env) int {

@@ -78,3 +78,8 @@ func quoteValue(v string) string {
 	v = strings.ReplaceAll(v, `'`, `\'`)
 	return "'" + v + "'"
 }
+
+// WithParams returns dsn with the given key/value parameters set, replacing
+// any it already had; dsn may be a postgres:// URL or a keyword/value
+// string.
+func WithParams(dsn string, kv ...string) (string, error) { return withParams(dsn, kv...) }

@@ -1,0 +1,72 @@
+// Package dbtest holds the test helpers shared by the packages that test
+// against a dbctx pool: a pool over a schema of its own whose invariants
+// are checked when the test ends, and polling for conditions.
+package dbtest
+
+import (
+	"testing"
+	"time"
+
+	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/internal/pgtest"
+)
+
+// NewPool returns a pool over a fresh schema, and checks the invariants
+// of DESIGN.md when the test ends: no slot in use, nothing pinned, nobody
+// waiting, nothing of ours idle in a transaction.
+func NewPool(t testing.TB, opts *dbctx.Options) (*dbctx.Pool, *pgtest.Env) {
+	t.Helper()
+	env := pgtest.New(t)
+	p := dbctx.New(env.Open(t), opts)
+	t.Cleanup(func() {
+		Clean(t, p, env)
+		p.Close()
+	})
+	return p, env
+}
+
+// Clean fails t unless the pool holds nothing and nothing of env's is
+// idle in a transaction.
+func Clean(t testing.TB, p *dbctx.Pool, env *pgtest.Env) {
+	t.Helper()
+	st := p.Stats()
+	if st.InUse != 0 || st.Pinned != 0 || st.Waiting != 0 {
+		t.Errorf("pool not clean at end: in use %d, pinned %d, waiting %d", st.InUse, st.Pinned, st.Waiting)
+	}
+	// A backend whose client closed the socket mid-transaction may show
+	// idle in transaction until it notices; wait for it, bounded.
+	deadline := time.Now().Add(5 * time.Second)
+	for n := env.IdleInTransaction(t); n != 0; n = env.IdleInTransaction(t) {
+		if time.Now().After(deadline) {
+			t.Errorf("%d connections of ours idle in transaction", n)
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Eventually polls cond until it holds, failing t after 10 seconds.
+func Eventually(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// ActiveQueries counts env's backends running a statement that starts
+// with prefix.
+func ActiveQueries(t testing.TB, env *pgtest.Env, prefix string) int {
+	t.Helper()
+	var n int
+	err := env.Admin().QueryRow(`SELECT count(*) FROM pg_stat_activity
+		WHERE application_name = $1 AND state = 'active' AND query LIKE $2`,
+		env.AppName(), prefix+"%").Scan(&n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}

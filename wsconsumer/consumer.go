@@ -1,0 +1,70 @@
+package wsconsumer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+
+	"github.com/coder/websocket"
+)
+
+// Consumer is the callbacks of a websocket endpoint, the port of Channels'
+// WebsocketConsumer methods. Every field may be nil.
+//
+// In the sync style ([NewSync]) each callback runs in a worker slot with
+// the socket's scope in ctx: query through dbctx.From(ctx). In the async
+// style ([NewAsync]) callbacks hold no slot and reach the database only
+// through dbctx.Do.
+type Consumer struct {
+	// Connect runs before the websocket is accepted, with the upgrade
+	// request in s.Request(). Returning nil accepts it; an error made with
+	// [Reject] refuses it with that HTTP status; dbctx.ErrBusy refuses it
+	// with 503 and Retry-After; any other error with 500 (logged, not
+	// shown to the client).
+	Connect func(ctx context.Context, s *Session) error
+
+	// Receive runs for each message, one at a time in the sync style. An
+	// error closes the socket: dbctx.ErrBusy with 1013 (try again later),
+	// any other error or a panic with 1011 (internal error), the detail
+	// logged and not sent to the client.
+	Receive func(ctx context.Context, s *Session, typ websocket.MessageType, data []byte) error
+
+	// Disconnect runs once the socket is closed, whatever closed it, with
+	// the close status the peer sent (or -1 when there was none). It runs
+	// after every receive and every goroutine started with [Session.Go]
+	// has returned.
+	Disconnect func(ctx context.Context, s *Session, code websocket.StatusCode)
+}
+
+// RejectError refuses a websocket at Connect with an HTTP status.
+type RejectError struct {
+	Status int
+	Reason string
+}
+
+func (e *RejectError) Error() string {
+	return fmt.Sprintf("wsconsumer: connect rejected: %d %s", e.Status, e.Reason)
+}
+
+// Reject returns the error Connect returns to refuse a websocket with an
+// HTTP status (Channels answers 403 when connect does not accept) and a
+// reason sent as the response body.
+func Reject(status int, reason string) error {
+	if status < 400 || status > 599 {
+		panic("wsconsumer: Reject expects a 4xx or 5xx status")
+	}
+	return &RejectError{Status: status, Reason: reason}
+}
+
+// ErrClosed is returned by Send on a session whose socket is closed or not
+// accepted yet.
+var ErrClosed = errors.New("wsconsumer: websocket closed")
+
+func rejectStatus(err error) (int, string) {
+	var re *RejectError
+	if errors.As(err, &re) {
+		return re.Status, re.Reason
+	}
+	return http.StatusInternalServerError, http.StatusText(http.StatusInternalServerError)
+}

@@ -1,0 +1,405 @@
+package wsconsumer_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/internal/dbtest"
+	"github.com/dbscope/dbscope/wsconsumer"
+)
+
+// lookup answers {"id":k} with the name the database gives k, through
+// the scope (sync) or dbctx.Do (async). Op "sleep" sleeps in the database
+// inside a transaction; "panic" panics; "direct" uses the handle directly.
+func lookup(ctx context.Context, s *wsconsumer.Session, m msg) error {
+	var name string
+	query := func(ctx context.Context, sc *dbctx.Scope) error {
+		switch m.Op {
+		case "sleep":
+			return dbctx.Atomic(ctx, func(ctx context.Context) error {
+				_, err := sc.ExecContext(ctx, "SELECT pg_sleep(30)")
+				return err
+			})
+		case "panic":
+			panic("boom")
+		case "fail":
+			return errors.New("secret internal detail")
+		}
+		return sc.QueryRowContext(ctx, "SELECT 'item-' || $1::int", m.ID).Scan(&name)
+	}
+	var err error
+	switch {
+	case m.Op == "direct":
+		err = query(ctx, dbctx.From(ctx))
+	case dbctx.IsAsync(ctx):
+		err = dbctx.Do(ctx, query)
+	default:
+		err = query(ctx, dbctx.From(ctx))
+	}
+	if errors.Is(err, dbctx.ErrBusy) || m.Op == "fail" {
+		return err
+	}
+	var pe *dbctx.PanicError
+	if errors.As(err, &pe) {
+		panic(pe.Value)
+	}
+	if err != nil {
+		return s.SendJSON(ctx, msg{ID: m.ID, Error: err.Error()})
+	}
+	return s.SendJSON(ctx, msg{ID: m.ID, Name: name})
+}
+
+type styleFn func(*dbctx.Pool, wsconsumer.Consumer, *wsconsumer.Options) *wsconsumer.Handler
+
+var styles = map[string]styleFn{"sync": wsconsumer.NewSync, "async": wsconsumer.NewAsync}
+
+func lookupHandler(p *dbctx.Pool, style styleFn, opts *wsconsumer.Options) *wsconsumer.Handler {
+	if opts == nil {
+		opts = &wsconsumer.Options{}
+	}
+	opts.Logger = quiet()
+	return style(p, wsconsumer.JSON(wsconsumer.JSONConsumer[msg]{Receive: lookup}), opts)
+}
+
+func TestRoundTrip(t *testing.T) {
+	t.Parallel()
+	for name, style := range styles {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			p, _ := dbtest.NewPool(t, nil)
+			c := dial(t, serve(t, lookupHandler(p, style, nil)))
+			for i := range 50 {
+				send(t, c, msg{ID: i})
+			}
+			for i := range 50 { // in order
+				if r, _ := recv(t, c); r.ID != i || r.Name != fmt.Sprint("item-", i) {
+					t.Fatalf("reply %d: %+v", i, r)
+				}
+			}
+			// Between messages an idle socket holds nothing.
+			if st := p.Stats(); st.InUse != 0 || st.Pinned != 0 {
+				t.Fatalf("idle socket holds %+v", st)
+			}
+		})
+	}
+}
+
+func TestAsyncDirectUse(t *testing.T) {
+	t.Parallel()
+	p, _ := dbtest.NewPool(t, nil)
+	c := dial(t, serve(t, lookupHandler(p, wsconsumer.NewAsync, nil)))
+	if r := roundTrip(t, c, msg{ID: 1, Op: "direct"}); r.Error != dbctx.ErrAsyncContext.Error() {
+		t.Fatalf("direct use in async style: %+v", r)
+	}
+	if r := roundTrip(t, c, msg{ID: 2}); r.Name != "item-2" {
+		t.Fatalf("through Do: %+v", r)
+	}
+}
+
+func TestConnectReject(t *testing.T) {
+	t.Parallel()
+	p, _ := dbtest.NewPool(t, nil)
+	url := serve(t, wsconsumer.NewSync(p, wsconsumer.Consumer{
+		Connect: func(ctx context.Context, s *wsconsumer.Session) error {
+			if s.Request().URL.Query().Get("token") != "ok" {
+				return wsconsumer.Reject(http.StatusForbidden, "forbidden")
+			}
+			var one int
+			return dbctx.From(ctx).QueryRowContext(ctx, "SELECT 1").Scan(&one)
+		},
+	}, &wsconsumer.Options{Logger: quiet()}))
+	_, resp, err := websocket.Dial(context.Background(), url, nil)
+	if err == nil || resp == nil || resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("got %v, %v; want 403", err, resp)
+	}
+	dial(t, url+"?token=ok")
+}
+
+// A backend killed between two messages costs the next one nothing; one
+// killed mid-query fails that message only.
+func TestBackendKilled(t *testing.T) {
+	t.Parallel()
+	for name, style := range styles {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			p, env := dbtest.NewPool(t, nil)
+			c := dial(t, serve(t, lookupHandler(p, style, nil)))
+			for i := range 5 {
+				if r := roundTrip(t, c, msg{ID: i}); r.Name == "" {
+					t.Fatalf("message %d: %+v", i, r)
+				}
+				env.Terminate(t)
+			}
+			go func() {
+				dbtest.Eventually(t, "the query", func() bool { return dbtest.ActiveQueries(t, env, "SELECT pg_sleep") == 1 })
+				env.Terminate(t)
+			}()
+			if r := roundTrip(t, c, msg{ID: 9, Op: "sleep"}); r.Error == "" {
+				t.Fatalf("killed mid-query: %+v", r)
+			}
+			if r := roundTrip(t, c, msg{ID: 10}); r.Name != "item-10" {
+				t.Fatalf("after the kill: %+v", r)
+			}
+		})
+	}
+}
+
+// A client that vanishes mid-query cancels the query and frees the slot
+// and connection.
+func TestClientVanishes(t *testing.T) {
+	t.Parallel()
+	for name, style := range styles {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			p, env := dbtest.NewPool(t, nil)
+			var disconnected atomic.Int32
+			h := style(p, wsconsumer.JSON(wsconsumer.JSONConsumer[msg]{
+				Receive:    lookup,
+				Disconnect: func(context.Context, *wsconsumer.Session, websocket.StatusCode) { disconnected.Add(1) },
+			}), &wsconsumer.Options{Logger: quiet()})
+			c := dial(t, serve(t, h))
+			send(t, c, msg{ID: 1, Op: "sleep"})
+			dbtest.Eventually(t, "the query", func() bool { return dbtest.ActiveQueries(t, env, "SELECT pg_sleep") == 1 })
+			c.CloseNow()
+			dbtest.Eventually(t, "the query to stop", func() bool { return dbtest.ActiveQueries(t, env, "SELECT pg_sleep") == 0 })
+			dbtest.Eventually(t, "disconnect", func() bool { return disconnected.Load() == 1 && h.Len() == 0 })
+			dbtest.Eventually(t, "the slot to free", func() bool {
+				st := p.Stats()
+				return st.InUse == 0 && st.Pinned == 0
+			})
+		})
+	}
+}
+
+func TestCloseCodes(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		name string
+		send func(c *websocket.Conn) error
+		want websocket.StatusCode
+	}{
+		{"oversized", func(c *websocket.Conn) error {
+			return c.Write(context.Background(), websocket.MessageText, make([]byte, 2048))
+		}, websocket.StatusMessageTooBig},
+		{"invalid JSON", func(c *websocket.Conn) error {
+			return c.Write(context.Background(), websocket.MessageText, []byte("{nope"))
+		}, websocket.StatusInvalidFramePayloadData},
+		{"binary to JSON", func(c *websocket.Conn) error {
+			return c.Write(context.Background(), websocket.MessageBinary, []byte(`{"id":1}`))
+		}, websocket.StatusUnsupportedData},
+		{"handler error", func(c *websocket.Conn) error {
+			return c.Write(context.Background(), websocket.MessageText, []byte(`{"id":1,"op":"fail"}`))
+		}, websocket.StatusInternalError},
+		{"panic", func(c *websocket.Conn) error {
+			return c.Write(context.Background(), websocket.MessageText, []byte(`{"id":1,"op":"panic"}`))
+		}, websocket.StatusInternalError},
+	}
+	for name, style := range styles {
+		for _, tc := range cases {
+			t.Run(name+"/"+tc.name, func(t *testing.T) {
+				t.Parallel()
+				p, _ := dbtest.NewPool(t, nil)
+				url := serve(t, lookupHandler(p, style, &wsconsumer.Options{ReadLimit: 1024}))
+				c := dial(t, url)
+				if err := tc.send(c); err != nil {
+					t.Fatal(err)
+				}
+				_, code := recv(t, c)
+				if code != tc.want {
+					t.Fatalf("closed with %v, want %v", code, tc.want)
+				}
+				// The server keeps serving.
+				if r := roundTrip(t, dial(t, url), msg{ID: 3}); r.Name != "item-3" {
+					t.Fatalf("after the close: %+v", r)
+				}
+			})
+		}
+	}
+}
+
+// Internal errors never reach the client: the close reason is generic.
+func TestNoDetailToClient(t *testing.T) {
+	t.Parallel()
+	p, _ := dbtest.NewPool(t, nil)
+	c := dial(t, serve(t, lookupHandler(p, wsconsumer.NewSync, nil)))
+	send(t, c, msg{ID: 1, Op: "fail"})
+	_, _, err := c.Read(context.Background())
+	var ce websocket.CloseError
+	if !errors.As(err, &ce) || ce.Code != websocket.StatusInternalError || ce.Reason != "internal error" {
+		t.Fatalf("got %v", err)
+	}
+}
+
+func TestInvalidReply(t *testing.T) {
+	t.Parallel()
+	p, _ := dbtest.NewPool(t, nil)
+	c := dial(t, serve(t, wsconsumer.NewSync(p, wsconsumer.JSON(wsconsumer.JSONConsumer[msg]{
+		Receive: lookup,
+		Invalid: func(ctx context.Context, s *wsconsumer.Session, data []byte, err error) error {
+			return s.SendJSON(ctx, msg{Error: "invalid message"})
+		},
+	}), nil)))
+	c.Write(context.Background(), websocket.MessageText, []byte("{nope"))
+	if r, _ := recv(t, c); r.Error != "invalid message" {
+		t.Fatalf("got %+v", r)
+	}
+	if r := roundTrip(t, c, msg{ID: 4}); r.Name != "item-4" {
+		t.Fatalf("after the invalid message: %+v", r)
+	}
+}
+
+// A client that never reads is closed after the write timeout; others
+// are unaffected.
+func TestSlowReader(t *testing.T) {
+	t.Parallel()
+	p, _ := dbtest.NewPool(t, nil)
+	flood := make(chan error, 1)
+	h := wsconsumer.NewSync(p, wsconsumer.JSON(wsconsumer.JSONConsumer[msg]{
+		Receive: func(ctx context.Context, s *wsconsumer.Session, m msg) error {
+			if m.Op != "flood" {
+				return lookup(ctx, s, m)
+			}
+			s.Go(func(ctx context.Context) {
+				big := make([]byte, 64<<10)
+				for {
+					if err := s.Send(ctx, websocket.MessageBinary, big); err != nil {
+						flood <- err
+						return
+					}
+				}
+			})
+			return nil
+		},
+	}), &wsconsumer.Options{WriteTimeout: 200 * time.Millisecond, Logger: quiet()})
+	url := serve(t, h)
+	slow := dial(t, url)
+	send(t, slow, msg{Op: "flood"})
+	fast := dial(t, url)
+	for i := range 20 {
+		if r := roundTrip(t, fast, msg{ID: i}); r.Name == "" {
+			t.Fatalf("fast client: %+v", r)
+		}
+	}
+	select {
+	case err := <-flood:
+		if err == nil {
+			t.Fatal("flood ended without error")
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("a client that never reads was not closed")
+	}
+	dbtest.Eventually(t, "the slow socket to go", func() bool { return h.Len() == 1 })
+}
+
+// Overload closes the socket with 1013.
+func TestOverload(t *testing.T) {
+	t.Parallel()
+	for name, style := range styles {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			p, _ := dbtest.NewPool(t, &dbctx.Options{MaxWorkers: 1, MaxWaiting: -1})
+			c := dial(t, serve(t, lookupHandler(p, style, nil)))
+			ctx, hold := p.Scope(context.Background())
+			if err := hold.Reserve(ctx); err != nil {
+				t.Fatal(err)
+			}
+			send(t, c, msg{ID: 1})
+			_, code := recv(t, c)
+			hold.End()
+			if code != websocket.StatusTryAgainLater {
+				t.Fatalf("closed with %v, want 1013", code)
+			}
+		})
+	}
+}
+
+func TestPanicInConnectAndDisconnect(t *testing.T) {
+	t.Parallel()
+	p, _ := dbtest.NewPool(t, nil)
+	var disconnects atomic.Int32
+	h := wsconsumer.NewSync(p, wsconsumer.Consumer{
+		Connect: func(ctx context.Context, s *wsconsumer.Session) error {
+			if s.Request().URL.Query().Has("panic") {
+				panic("connect boom")
+			}
+			return nil
+		},
+		Disconnect: func(context.Context, *wsconsumer.Session, websocket.StatusCode) {
+			disconnects.Add(1)
+			panic("disconnect boom")
+		},
+	}, &wsconsumer.Options{Logger: quiet()})
+	url := serve(t, h)
+	if _, resp, err := websocket.Dial(context.Background(), url+"?panic", nil); err == nil || resp.StatusCode != 500 {
+		t.Fatalf("panic in connect: %v %v", err, resp)
+	}
+	c := dial(t, url)
+	c.Close(websocket.StatusNormalClosure, "")
+	dbtest.Eventually(t, "disconnect", func() bool { return disconnects.Load() == 1 && h.Len() == 0 })
+	dial(t, url) // still serving
+}
+
+// Shutdown closes every live socket with 1001 and waits for every
+// disconnect.
+func TestShutdown(t *testing.T) {
+	t.Parallel()
+	// Every disconnect runs a statement at once: let them all queue.
+	p, _ := dbtest.NewPool(t, &dbctx.Options{MaxWaiting: 400, WaitTimeout: 30 * time.Second})
+	var disconnects atomic.Int32
+	var started sync.WaitGroup
+	h := wsconsumer.NewAsync(p, wsconsumer.Consumer{
+		Connect: func(ctx context.Context, s *wsconsumer.Session) error {
+			started.Add(1)
+			s.Go(func(ctx context.Context) { started.Done(); <-ctx.Done() })
+			return nil
+		},
+		Disconnect: func(ctx context.Context, s *wsconsumer.Session, code websocket.StatusCode) {
+			if err := dbctx.Do(ctx, func(ctx context.Context, sc *dbctx.Scope) error {
+				_, err := sc.ExecContext(ctx, "SELECT 1")
+				return err
+			}); err != nil {
+				t.Errorf("disconnect: %v", err)
+			}
+			disconnects.Add(1)
+		},
+	}, &wsconsumer.Options{Logger: quiet()})
+	url := serve(t, h)
+	const n = 200
+	conns := make([]*websocket.Conn, n)
+	for i := range conns {
+		conns[i] = dial(t, url)
+	}
+	dbtest.Eventually(t, "all sockets", func() bool { return h.Len() == n })
+	started.Wait()
+	codes := make(chan websocket.StatusCode, n)
+	for _, c := range conns {
+		go func() {
+			_, _, err := c.Read(context.Background())
+			codes <- websocket.CloseStatus(err)
+		}()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := h.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := disconnects.Load(); got != n {
+		t.Fatalf("%d disconnects ran, want %d", got, n)
+	}
+	for range n {
+		if code := <-codes; code != websocket.StatusGoingAway {
+			t.Fatalf("client saw %v, want 1001", code)
+		}
+	}
+	if _, resp, err := websocket.Dial(context.Background(), url, nil); err == nil || resp.StatusCode != 503 {
+		t.Fatalf("after shutdown: %v %v", err, resp)
+	}
+}

@@ -1,0 +1,35 @@
+// Package wsconsumer runs websocket consumers over github.com/coder/websocket
+// with the database discipline of Django Channels: each socket has a dbctx
+// scope that is closed-old on connect, on every message received and on
+// disconnect (never around sends), and released when the socket goes, so
+// long-lived sockets never pin, leak or reuse a broken connection. With
+// the default ConnMaxAge of 0 an idle socket holds no connection and no
+// slot: 10,000 idle sockets cost the pool nothing.
+//
+// A [Consumer] is three callbacks, Connect, Receive and Disconnect, and
+// [JSON] adapts a typed [JSONConsumer]. Pick the style per endpoint. The
+// sync style ([NewSync]) runs the callbacks of a socket one at a time, in
+// order, each in a worker slot, so handlers query dbctx.From(ctx) directly;
+// a socket waiting for a slot stops reading, which pushes back on its
+// client. The async style ([NewAsync]) holds no slot while a callback
+// runs, may run several messages of a socket at once (Options.InFlight),
+// and reaches the database only through dbctx.Do, so a callback that waits
+// on something else (another service, a timer, a channel) holds no
+// database resource meanwhile; direct use returns dbctx.ErrAsyncContext.
+// Choose sync for database-bound request/response sockets, async for
+// sockets that mostly wait or fan out.
+//
+//	h := wsconsumer.NewSync(pool, wsconsumer.JSON(wsconsumer.JSONConsumer[Msg]{
+//		Receive: func(ctx context.Context, s *wsconsumer.Session, m Msg) error {
+//			var name string
+//			err := dbctx.From(ctx).QueryRowContext(ctx, "SELECT name FROM items WHERE id = $1", m.ID).Scan(&name)
+//			if err != nil {
+//				return err // closes with 1011 (ErrBusy: 1013); details only in the log
+//			}
+//			return s.SendJSON(ctx, Reply{ID: m.ID, Name: name})
+//		},
+//	}), nil)
+//	mux.Handle("GET /ws", h)
+//	…
+//	h.Shutdown(ctx) // close every socket with 1001 and wait for disconnects
+package wsconsumer

@@ -1,0 +1,307 @@
+package wsconsumer
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/dbscope/dbscope/dbctx"
+)
+
+// Options configures a [Handler]. The zero value of every field is a
+// useful default; nil *Options means all defaults.
+type Options struct {
+	// Accept passes through to websocket.Accept: origin patterns,
+	// subprotocols, compression. Default: nil, which refuses cross-origin
+	// requests.
+	Accept *websocket.AcceptOptions
+
+	// ReadLimit is the largest message accepted, in bytes; a larger one
+	// closes the socket with 1009 (message too big). Default: 32 KiB.
+	ReadLimit int64
+
+	// WriteTimeout bounds each Send; a client that does not take a message
+	// in time is closed. Default: 10s.
+	WriteTimeout time.Duration
+
+	// PingInterval is how often a socket that sent nothing is pinged; one
+	// that does not answer within the same interval is closed. A negative
+	// value disables pings. Default: 30s.
+	PingInterval time.Duration
+
+	// IdleTimeout closes with 1001 (going away) a socket that sent no
+	// message for this long, pings aside. Default: 0, never.
+	IdleTimeout time.Duration
+
+	// InFlight is, in the async style, how many messages of one socket are
+	// handled at once; reading stops while that many are in flight. 1
+	// keeps messages in order. Default: 1. The sync style always handles
+	// one at a time.
+	InFlight int
+
+	// DisconnectTimeout bounds the context Disconnect gets. Default: 10s.
+	DisconnectTimeout time.Duration
+
+	// Logger receives the errors and panics of callbacks, which are never
+	// sent to clients. Default: slog.Default().
+	Logger *slog.Logger
+}
+
+func (o *Options) withDefaults() Options {
+	var c Options
+	if o != nil {
+		c = *o
+	}
+	if c.ReadLimit < 0 || c.WriteTimeout < 0 || c.IdleTimeout < 0 || c.InFlight < 0 || c.DisconnectTimeout < 0 {
+		panic("wsconsumer: negative option")
+	}
+	if c.ReadLimit == 0 {
+		c.ReadLimit = 32 << 10
+	}
+	if c.WriteTimeout == 0 {
+		c.WriteTimeout = 10 * time.Second
+	}
+	if c.PingInterval == 0 {
+		c.PingInterval = 30 * time.Second
+	}
+	if c.InFlight == 0 {
+		c.InFlight = 1
+	}
+	if c.DisconnectTimeout == 0 {
+		c.DisconnectTimeout = 10 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return c
+}
+
+// Handler is an http.Handler that accepts websockets and drives a
+// [Consumer] through connect, receive and disconnect for each. It keeps a
+// registry of live sockets for [Handler.Shutdown].
+type Handler struct {
+	pool  *dbctx.Pool
+	c     Consumer
+	async bool
+	opts  Options
+
+	mu       sync.Mutex
+	sessions map[*Session]struct{}
+	closing  bool
+	active   sync.WaitGroup // ServeHTTP calls under way
+	stopTick chan struct{}  // stops the keepalive goroutine; nil when none runs
+}
+
+// NewSync returns a Handler for c in the sync style (Channels'
+// SyncConsumer): callbacks run one at a time, in message order, each in a
+// worker slot of pool with the socket's scope, so they query through
+// dbctx.From(ctx) directly. A socket waiting for a slot stops reading.
+// With a nil pool the pool of the dbctx scope that middleware.DB put in
+// the upgrade request is used.
+func NewSync(pool *dbctx.Pool, c Consumer, opts *Options) *Handler {
+	return newHandler(pool, c, false, opts)
+}
+
+// NewAsync returns a Handler for c in the async style (Channels'
+// AsyncConsumer): callbacks hold no slot, may run concurrently up to
+// Options.InFlight per socket, and reach the database only through
+// dbctx.Do; direct use of dbctx.From(ctx) returns dbctx.ErrAsyncContext.
+func NewAsync(pool *dbctx.Pool, c Consumer, opts *Options) *Handler {
+	return newHandler(pool, c, true, opts)
+}
+
+func newHandler(pool *dbctx.Pool, c Consumer, async bool, opts *Options) *Handler {
+	return &Handler{pool: pool, c: c, async: async, opts: opts.withDefaults(), sessions: map[*Session]struct{}{}}
+}
+
+// ServeHTTP runs one websocket from connect to disconnect; it returns when
+// the socket is closed and Disconnect has run.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if !h.enter() {
+		w.Header().Set("Retry-After", "1")
+		http.Error(w, "shutting down", http.StatusServiceUnavailable)
+		return
+	}
+	defer h.active.Done()
+	pool := h.pool
+	if pool == nil {
+		pool = dbctx.From(r.Context()).Pool()
+	}
+	if pool == nil {
+		h.opts.Logger.Error("wsconsumer: no pool: pass one or mount middleware.DB outside the handler")
+		http.Error(w, http.StatusText(http.StatusInternalServerError), http.StatusInternalServerError)
+		return
+	}
+	// The socket outlives the request's cancellation (hijack), not its
+	// values.
+	ctx, cancel := context.WithCancel(context.WithoutCancel(r.Context()))
+	sctx, scope := pool.Scope(ctx)
+	s := &Session{h: h, req: r, ctx: sctx, cancel: cancel, scope: scope, async: dbctx.Async(sctx)}
+	defer func() {
+		cancel()
+		scope.End()
+	}()
+
+	if err := h.call(pool, s, s.cbCtx(), "connect", func(ctx context.Context) error {
+		if h.c.Connect == nil {
+			return nil
+		}
+		return h.c.Connect(ctx, s)
+	}); err != nil {
+		h.refuse(w, r, err)
+		return
+	}
+	conn, err := websocket.Accept(w, r, h.opts.Accept)
+	if err != nil {
+		// Accept has answered the client (bad handshake, origin refused).
+		h.opts.Logger.Debug("wsconsumer: accept failed", "err", err)
+		h.disconnect(pool, s, -1)
+		return
+	}
+	conn.SetReadLimit(h.opts.ReadLimit)
+	s.conn = conn
+	s.touch()
+	h.register(s)
+	code := h.readLoop(pool, s)
+	h.unregister(s)
+	cancel()
+	s.wg.Wait()
+	h.disconnect(pool, s, code)
+	conn.CloseNow()
+}
+
+// cbCtx is the context callbacks get: the scope's in the sync style, the
+// async-marked one otherwise.
+func (s *Session) cbCtx() context.Context {
+	if s.h.async {
+		return s.async
+	}
+	return s.ctx
+}
+
+// readLoop reads messages and hands each to a goroutine, at most InFlight
+// at once (1 in the sync style, which keeps them in order). Reading on
+// while a message is handled is what notices a client that goes away
+// mid-query: its work is canceled then. Past the limit reading stops, with
+// one message held: the backpressure that reaches the client.
+func (h *Handler) readLoop(pool *dbctx.Pool, s *Session) websocket.StatusCode {
+	limit := 1
+	if h.async {
+		limit = h.opts.InFlight
+	}
+	sem := make(chan struct{}, limit)
+	for {
+		typ, data, err := s.conn.Read(s.ctx)
+		if err != nil {
+			s.cancel() // the client is gone: nobody waits for in-flight work
+			return websocket.CloseStatus(err)
+		}
+		s.touch()
+		select {
+		case sem <- struct{}{}:
+		case <-s.ctx.Done():
+			return -1
+		}
+		s.wg.Add(1)
+		go func() {
+			defer func() {
+				<-sem
+				s.wg.Done()
+			}()
+			err := h.call(pool, s, s.cbCtx(), "receive", func(ctx context.Context) error {
+				if h.c.Receive == nil {
+					return nil
+				}
+				return h.c.Receive(ctx, s, typ, data)
+			})
+			if err != nil {
+				h.fail(s, err)
+			}
+		}()
+	}
+}
+
+// call runs a callback: in the sync style inside dbctx.Do on the socket's
+// scope (a slot, CloseOld before and after), in the async style directly.
+// A panic becomes a *dbctx.PanicError.
+func (h *Handler) call(pool *dbctx.Pool, s *Session, ctx context.Context, what string, fn func(ctx context.Context) error) (err error) {
+	if !h.async {
+		return pool.Do(ctx, func(ctx context.Context, _ *dbctx.Scope) error { return fn(ctx) })
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = &dbctx.PanicError{Value: r, Stack: debug.Stack()}
+		}
+	}()
+	return fn(ctx)
+}
+
+// fail closes the socket after a receive failed.
+func (h *Handler) fail(s *Session, err error) {
+	var ce *closeError
+	switch {
+	case errors.As(err, &ce):
+		s.Close(ce.code, ce.reason)
+	case errors.Is(err, dbctx.ErrBusy):
+		s.Close(websocket.StatusTryAgainLater, "try again later")
+	case s.ctx.Err() != nil && errors.Is(err, context.Canceled):
+		// The socket is going away; nothing failed.
+	default:
+		h.logFailure(s, "receive", err)
+		s.Close(websocket.StatusInternalError, "internal error")
+	}
+}
+
+func (h *Handler) logFailure(s *Session, what string, err error) {
+	attrs := []any{"callback", what, "path", s.req.URL.Path, "err", err}
+	var pe *dbctx.PanicError
+	if errors.As(err, &pe) {
+		attrs = append(attrs, "stack", string(pe.Stack))
+	}
+	h.opts.Logger.Error("wsconsumer: callback failed", attrs...)
+}
+
+func (h *Handler) recoverLog(s *Session, what string) {
+	if r := recover(); r != nil {
+		h.logFailure(s, what, &dbctx.PanicError{Value: r, Stack: debug.Stack()})
+		s.Close(websocket.StatusInternalError, "internal error")
+	}
+}
+
+// refuse answers an upgrade request that Connect did not accept.
+func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, err error) {
+	var re *RejectError
+	switch {
+	case errors.As(err, &re):
+		http.Error(w, re.Reason, re.Status)
+	case errors.Is(err, dbctx.ErrBusy):
+		w.Header().Set("Retry-After", "1")
+		http.Error(w, http.StatusText(http.StatusServiceUnavailable), http.StatusServiceUnavailable)
+	default:
+		h.opts.Logger.Error("wsconsumer: callback failed", "callback", "connect", "path", r.URL.Path, "err", err)
+		status, reason := rejectStatus(err)
+		http.Error(w, reason, status)
+	}
+}
+
+func (h *Handler) disconnect(pool *dbctx.Pool, s *Session, code websocket.StatusCode) {
+	if h.c.Disconnect == nil {
+		return
+	}
+	// The socket's context is canceled by now; Disconnect gets a fresh
+	// deadline with the same values (and scope).
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(s.cbCtx()), h.opts.DisconnectTimeout)
+	defer cancel()
+	err := h.call(pool, s, ctx, "disconnect", func(ctx context.Context) error {
+		h.c.Disconnect(ctx, s, code)
+		return nil
+	})
+	if err != nil {
+		h.logFailure(s, "disconnect", err)
+	}
+}

@@ -1,0 +1,125 @@
+package wsconsumer
+
+import (
+	"context"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+func (h *Handler) enter() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closing {
+		return false
+	}
+	h.active.Add(1)
+	return true
+}
+
+func (h *Handler) register(s *Session) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.sessions[s] = struct{}{}
+	if h.closing {
+		go s.Close(websocket.StatusGoingAway, "server shutting down")
+	}
+	if h.stopTick == nil && (h.opts.PingInterval > 0 || h.opts.IdleTimeout > 0) {
+		h.stopTick = make(chan struct{})
+		go h.keepalive(h.stopTick)
+	}
+}
+
+func (h *Handler) unregister(s *Session) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	delete(h.sessions, s)
+	if len(h.sessions) == 0 && h.stopTick != nil {
+		close(h.stopTick)
+		h.stopTick = nil
+	}
+}
+
+// Len returns the number of live sockets.
+func (h *Handler) Len() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.sessions)
+}
+
+func (h *Handler) snapshot() []*Session {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := make([]*Session, 0, len(h.sessions))
+	for s := range h.sessions {
+		out = append(out, s)
+	}
+	return out
+}
+
+// keepalive pings quiet sockets and closes idle ones, for every socket of
+// the handler from one goroutine, which ends when no socket is left.
+func (h *Handler) keepalive(stop <-chan struct{}) {
+	period := h.opts.PingInterval
+	if period <= 0 || (h.opts.IdleTimeout > 0 && h.opts.IdleTimeout < period) {
+		period = h.opts.IdleTimeout
+	}
+	t := time.NewTicker(period)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		now := time.Now()
+		for _, s := range h.snapshot() {
+			quiet := now.Sub(time.Unix(0, s.lastMsg.Load()))
+			switch {
+			case h.opts.IdleTimeout > 0 && quiet >= h.opts.IdleTimeout:
+				go s.Close(websocket.StatusGoingAway, "idle timeout")
+			case h.opts.PingInterval > 0 && quiet >= h.opts.PingInterval:
+				go s.ping(h.opts.PingInterval)
+			}
+		}
+	}
+}
+
+// ping pings the client; one that does not answer in time is closed
+// (a canceled ping closes the connection).
+func (s *Session) ping(timeout time.Duration) {
+	ctx, cancel := context.WithTimeout(s.ctx, timeout)
+	defer cancel()
+	s.conn.Ping(ctx)
+}
+
+// Shutdown closes every live socket with 1001 (going away), refuses new
+// ones with 503, and waits until every socket's Disconnect has run or ctx
+// ends; then it closes what is left without a handshake and returns ctx's
+// error. Keep the pool open until Shutdown returns: disconnects may use
+// it, all at once, within the pool's wait bounds (Options.MaxWaiting and
+// WaitTimeout of dbctx): size them for the sockets you close. Call it beside http.Server.Shutdown, which does not wait for
+// hijacked connections.
+func (h *Handler) Shutdown(ctx context.Context) error {
+	h.mu.Lock()
+	h.closing = true
+	h.mu.Unlock()
+	for _, s := range h.snapshot() {
+		go s.Close(websocket.StatusGoingAway, "server shutting down")
+	}
+	done := make(chan struct{})
+	go func() {
+		h.active.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		for _, s := range h.snapshot() {
+			s.conn.CloseNow()
+		}
+		<-done
+		return ctx.Err()
+	}
+}

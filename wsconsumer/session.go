@@ -1,0 +1,106 @@
+package wsconsumer
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/dbscope/dbscope/dbctx"
+)
+
+// Session is one websocket connection, handed to every callback of its
+// [Consumer]. Send, SendText, SendJSON, Close and Go are safe to call from
+// several goroutines.
+type Session struct {
+	// State is free for the consumer's per-socket state, typically set in
+	// Connect. Sync callbacks run one at a time; async ones with InFlight
+	// above 1, and goroutines started with Go, must synchronize access.
+	State any
+
+	h       *Handler
+	req     *http.Request
+	conn    *websocket.Conn
+	ctx     context.Context // the socket's context: request values, canceled at disconnect
+	cancel  context.CancelFunc
+	async   context.Context // ctx marked dbctx.Async, for goroutines and async callbacks
+	scope   *dbctx.Scope    // the socket's scope (sync style)
+	wg      sync.WaitGroup  // goroutines started with Go, async receives
+	lastMsg atomic.Int64    // unix nanoseconds of the last message read
+	closing atomic.Bool
+}
+
+// Request returns the upgrade request: its URL, headers and context
+// values (user, tenant). Do not use its Context for work after Connect:
+// net/http may cancel it once the connection is hijacked; use the
+// callbacks' ctx or [Session.Context].
+func (s *Session) Request() *http.Request { return s.req }
+
+// Context returns the socket's context: it carries the upgrade request's
+// values and is canceled when the socket disconnects or the handler shuts
+// down. It is marked dbctx.Async: database work from it goes through
+// dbctx.Do.
+func (s *Session) Context() context.Context { return s.async }
+
+// Subprotocol returns the subprotocol negotiated at accept, or "".
+func (s *Session) Subprotocol() string {
+	if s.conn == nil {
+		return ""
+	}
+	return s.conn.Subprotocol()
+}
+
+// Send writes one message. It blocks until the message is written, ctx
+// ends or the write timeout passes; a write that does not finish in time
+// closes the socket (a slow client never holds up others). Before the
+// socket is accepted or after it closed, Send returns ErrClosed.
+func (s *Session) Send(ctx context.Context, typ websocket.MessageType, data []byte) error {
+	if s.conn == nil || s.closing.Load() {
+		return ErrClosed
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.h.opts.WriteTimeout)
+	defer cancel()
+	return s.conn.Write(ctx, typ, data)
+}
+
+// SendText writes one text message; see [Session.Send].
+func (s *Session) SendText(ctx context.Context, text string) error {
+	return s.Send(ctx, websocket.MessageText, []byte(text))
+}
+
+// SendJSON writes v as one JSON text message; see [Session.Send].
+func (s *Session) SendJSON(ctx context.Context, v any) error {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return s.Send(ctx, websocket.MessageText, data)
+}
+
+// Close closes the socket with a status code and a reason (at most 123
+// bytes, sent to the client; keep internals out of it). It performs the
+// closing handshake, bounded by the write timeout. Disconnect runs after.
+func (s *Session) Close(code websocket.StatusCode, reason string) error {
+	if s.conn == nil {
+		return ErrClosed
+	}
+	s.closing.Store(true)
+	return s.conn.Close(code, reason)
+}
+
+// Go runs fn in a goroutine tied to the socket: its ctx is canceled when
+// the socket disconnects, and Disconnect runs only after fn has returned.
+// ctx is marked dbctx.Async, so fn reaches the database through dbctx.Do.
+func (s *Session) Go(fn func(ctx context.Context)) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		defer s.h.recoverLog(s, "goroutine")
+		fn(s.async)
+	}()
+}
+
+func (s *Session) touch() { s.lastMsg.Store(time.Now().UnixNano()) }
