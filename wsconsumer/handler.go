@@ -164,8 +164,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	conn.SetReadLimit(h.opts.ReadLimit)
-	s.conn = conn
 	s.touch()
+	s.accept(conn)
 	h.register(s)
 	code := h.readLoop(pool, s)
 	h.unregister(s)
@@ -184,45 +184,94 @@ func (s *Session) cbCtx() context.Context {
 	return s.ctx
 }
 
-// readLoop reads messages and hands each to a goroutine, at most InFlight
-// at once (1 in the sync style, which keeps them in order). Reading on
-// while a message is handled is what notices a client that goes away
-// mid-query: its work is canceled then. Past the limit reading stops, with
-// one message held: the backpressure that reaches the client.
+// readLoop reads messages and hands each to a worker goroutine, at most
+// InFlight at once (1 in the sync style, which keeps them in order).
+// Reading on while a message is handled is what notices a client that
+// goes away mid-query: its work is canceled then. Past the limit reading
+// stops, with one message held: the backpressure that reaches the client.
+// Workers stay for workerIdle after their last message, so a busy socket
+// reuses one and an idle socket keeps none.
 func (h *Handler) readLoop(pool *dbctx.Pool, s *Session) websocket.StatusCode {
+	conn := s.conn.Load()
 	limit := 1
 	if h.async {
 		limit = h.opts.InFlight
 	}
-	sem := make(chan struct{}, limit)
+	w := &workers{h: h, pool: pool, s: s, sem: make(chan struct{}, limit), work: make(chan message)}
+	// Close, not cancellation, ends the read: a cancelable context would
+	// cost coder/websocket a context.AfterFunc per message.
+	rctx := context.WithoutCancel(s.ctx)
 	for {
-		typ, data, err := s.conn.Read(s.ctx)
+		typ, data, err := conn.Read(rctx)
 		if err != nil {
 			s.cancel() // the client is gone: nobody waits for in-flight work
 			return websocket.CloseStatus(err)
 		}
 		s.touch()
 		select {
-		case sem <- struct{}{}:
+		case w.sem <- struct{}{}:
 		case <-s.ctx.Done():
 			return -1
 		}
-		s.wg.Add(1)
-		go func() {
-			defer func() {
-				<-sem
-				s.wg.Done()
-			}()
-			err := h.call(pool, s, s.cbCtx(), "receive", func(ctx context.Context) error {
-				if h.c.Receive == nil {
-					return nil
-				}
-				return h.c.Receive(ctx, s, typ, data)
-			})
-			if err != nil {
-				h.fail(s, err)
-			}
-		}()
+		m := message{typ, data}
+		select {
+		case w.work <- m:
+		default:
+			s.wg.Add(1)
+			go w.run(m)
+		}
+	}
+}
+
+type message struct {
+	typ  websocket.MessageType
+	data []byte
+}
+
+// workerIdle is how long a worker waits for the next message of its
+// socket before it exits.
+const workerIdle = time.Second
+
+type workers struct {
+	h    *Handler
+	pool *dbctx.Pool
+	s    *Session
+	sem  chan struct{} // messages in flight
+	work chan message  // hand-off to an idle worker
+}
+
+func (w *workers) run(m message) {
+	defer w.s.wg.Done()
+	var t *time.Timer
+	for {
+		w.receive(m)
+		<-w.sem
+		if t == nil {
+			t = time.NewTimer(workerIdle)
+			defer t.Stop()
+		} else {
+			t.Reset(workerIdle)
+		}
+		select {
+		case m = <-w.work:
+		case <-t.C:
+			return
+		case <-w.s.ctx.Done():
+			return
+		}
+	}
+}
+
+func (w *workers) receive(m message) {
+	h, s := w.h, w.s
+	err := h.call(w.pool, s, s.cbCtx(), "receive", func(ctx context.Context) error {
+		if h.c.Receive == nil {
+			return nil
+		}
+		return h.c.Receive(ctx, s, m.typ, m.data)
+	})
+	if err != nil {
+		h.fail(s, err)
 	}
 }
 

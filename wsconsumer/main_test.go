@@ -21,11 +21,16 @@ func TestMain(m *testing.M) { pgtest.Main(m) }
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
-func serve(t *testing.T, h http.Handler) string {
-	t.Helper()
+func httptestServer(h http.Handler) *httptest.Server {
 	srv := httptest.NewUnstartedServer(h)
 	srv.Config.ErrorLog = log.New(io.Discard, "", 0)
 	srv.Start()
+	return srv
+}
+
+func serve(t *testing.T, h http.Handler) string {
+	t.Helper()
+	srv := httptestServer(h)
 	t.Cleanup(srv.Close)
 	if wh, ok := h.(*wsconsumer.Handler); ok {
 		// Runs before srv.Close: http.Server does not wait for hijacked

@@ -90,7 +90,7 @@ func (h *Handler) keepalive(stop <-chan struct{}) {
 func (s *Session) ping(timeout time.Duration) {
 	ctx, cancel := context.WithTimeout(s.ctx, timeout)
 	defer cancel()
-	s.conn.Ping(ctx)
+	s.conn.Load().Ping(ctx)
 }
 
 // Shutdown closes every live socket with 1001 (going away), refuses new
@@ -117,7 +117,7 @@ func (h *Handler) Shutdown(ctx context.Context) error {
 		return nil
 	case <-ctx.Done():
 		for _, s := range h.snapshot() {
-			s.conn.CloseNow()
+			s.conn.Load().CloseNow()
 		}
 		<-done
 		return ctx.Err()

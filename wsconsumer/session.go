@@ -23,7 +23,7 @@ type Session struct {
 
 	h       *Handler
 	req     *http.Request
-	conn    *websocket.Conn
+	conn    atomic.Pointer[websocket.Conn] // nil until accepted
 	ctx     context.Context // the socket's context: request values, canceled at disconnect
 	cancel  context.CancelFunc
 	async   context.Context // ctx marked dbctx.Async, for goroutines and async callbacks
@@ -31,6 +31,10 @@ type Session struct {
 	wg      sync.WaitGroup  // goroutines started with Go, async receives
 	lastMsg atomic.Int64    // unix nanoseconds of the last message read
 	closing atomic.Bool
+
+	mu       sync.Mutex
+	accepted bool
+	pending  []func(context.Context) // Go calls made before accept
 }
 
 // Request returns the upgrade request: its URL, headers and context
@@ -47,10 +51,11 @@ func (s *Session) Context() context.Context { return s.async }
 
 // Subprotocol returns the subprotocol negotiated at accept, or "".
 func (s *Session) Subprotocol() string {
-	if s.conn == nil {
+	c := s.conn.Load()
+	if c == nil {
 		return ""
 	}
-	return s.conn.Subprotocol()
+	return c.Subprotocol()
 }
 
 // Send writes one message. It blocks until the message is written, ctx
@@ -58,12 +63,13 @@ func (s *Session) Subprotocol() string {
 // closes the socket (a slow client never holds up others). Before the
 // socket is accepted or after it closed, Send returns ErrClosed.
 func (s *Session) Send(ctx context.Context, typ websocket.MessageType, data []byte) error {
-	if s.conn == nil || s.closing.Load() {
+	c := s.conn.Load()
+	if c == nil || s.closing.Load() {
 		return ErrClosed
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.h.opts.WriteTimeout)
 	defer cancel()
-	return s.conn.Write(ctx, typ, data)
+	return c.Write(ctx, typ, data)
 }
 
 // SendText writes one text message; see [Session.Send].
@@ -84,17 +90,45 @@ func (s *Session) SendJSON(ctx context.Context, v any) error {
 // bytes, sent to the client; keep internals out of it). It performs the
 // closing handshake, bounded by the write timeout. Disconnect runs after.
 func (s *Session) Close(code websocket.StatusCode, reason string) error {
-	if s.conn == nil {
+	c := s.conn.Load()
+	if c == nil {
 		return ErrClosed
 	}
 	s.closing.Store(true)
-	return s.conn.Close(code, reason)
+	return c.Close(code, reason)
 }
 
 // Go runs fn in a goroutine tied to the socket: its ctx is canceled when
 // the socket disconnects, and Disconnect runs only after fn has returned.
 // ctx is marked dbctx.Async, so fn reaches the database through dbctx.Do.
+// Called from Connect, fn starts once the socket is accepted (and never
+// if it is not).
 func (s *Session) Go(fn func(ctx context.Context)) {
+	s.mu.Lock()
+	if !s.accepted {
+		s.pending = append(s.pending, fn)
+		s.mu.Unlock()
+		return
+	}
+	s.mu.Unlock()
+	s.start(fn)
+}
+
+// accept publishes the accepted connection and starts what Connect asked
+// to run.
+func (s *Session) accept(c *websocket.Conn) {
+	s.conn.Store(c)
+	s.mu.Lock()
+	s.accepted = true
+	pending := s.pending
+	s.pending = nil
+	s.mu.Unlock()
+	for _, fn := range pending {
+		s.start(fn)
+	}
+}
+
+func (s *Session) start(fn func(ctx context.Context)) {
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()

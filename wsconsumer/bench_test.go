@@ -1,0 +1,183 @@
+package wsconsumer_test
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"net/http"
+	"runtime"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/internal/pgtest"
+	"github.com/dbscope/dbscope/wsconsumer"
+)
+
+// The workload of every benchmark here: each text frame {"id":k} is
+// answered {"id":k,"name":"item-k"} from one SELECT.
+const itemQuery = "SELECT 'item-' || $1::int"
+
+// rawHandler is the baseline: coder/websocket and a plain *sql.DB, no
+// dbscope.
+func rawHandler(db *sql.DB) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := websocket.Accept(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer c.CloseNow()
+		ctx := context.WithoutCancel(r.Context())
+		for {
+			_, data, err := c.Read(ctx)
+			if err != nil {
+				return
+			}
+			var m msg
+			if err := json.Unmarshal(data, &m); err != nil {
+				return
+			}
+			if err := db.QueryRowContext(ctx, itemQuery, m.ID).Scan(&m.Name); err != nil {
+				m.Error = err.Error()
+			}
+			out, _ := json.Marshal(m)
+			if err := c.Write(ctx, websocket.MessageText, out); err != nil {
+				return
+			}
+		}
+	})
+}
+
+func itemsConsumer() wsconsumer.Consumer {
+	return wsconsumer.JSON(wsconsumer.JSONConsumer[msg]{
+		Receive: func(ctx context.Context, s *wsconsumer.Session, m msg) error {
+			var err error
+			if dbctx.IsAsync(ctx) {
+				err = dbctx.Do(ctx, func(ctx context.Context, sc *dbctx.Scope) error {
+					return sc.QueryRowContext(ctx, itemQuery, m.ID).Scan(&m.Name)
+				})
+			} else {
+				err = dbctx.From(ctx).QueryRowContext(ctx, itemQuery, m.ID).Scan(&m.Name)
+			}
+			if err != nil {
+				m.Error = err.Error()
+			}
+			return s.SendJSON(ctx, m)
+		},
+	})
+}
+
+// benchServer returns the handler of one mode over a database of its own
+// with the pool's connection limits in every mode.
+func benchServer(b *testing.B, mode string) (http.Handler, *dbctx.Pool) {
+	db := pgtest.New(b).Open(b)
+	p := dbctx.New(db, nil)
+	switch mode {
+	case "raw":
+		return rawHandler(db), p
+	case "sync":
+		return wsconsumer.NewSync(p, itemsConsumer(), nil), p
+	default:
+		return wsconsumer.NewAsync(p, itemsConsumer(), nil), p
+	}
+}
+
+// benchMessages measures request/response messages per second over 4
+// sockets.
+func benchMessages(b *testing.B, mode string) {
+	h, _ := benchServer(b, mode)
+	url := serveB(b, h)
+	b.ReportAllocs()
+	b.SetParallelism(2) // 2×GOMAXPROCS sockets
+	start := time.Now()
+	b.RunParallel(func(pb *testing.PB) {
+		ctx := context.Background()
+		c, _, err := websocket.Dial(ctx, url, nil)
+		if err != nil {
+			b.Error(err)
+			return
+		}
+		defer c.Close(websocket.StatusNormalClosure, "")
+		i := 0
+		for pb.Next() {
+			i++
+			if err := c.Write(ctx, websocket.MessageText, []byte(`{"id":`+strconv.Itoa(i)+`}`)); err != nil {
+				b.Error(err)
+				return
+			}
+			if _, _, err := c.Read(ctx); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msgs/s")
+}
+
+func BenchmarkMessagesRaw(b *testing.B)   { benchMessages(b, "raw") }
+func BenchmarkMessagesSync(b *testing.B)  { benchMessages(b, "sync") }
+func BenchmarkMessagesAsync(b *testing.B) { benchMessages(b, "async") }
+
+// benchIdle opens idle sockets, each having sent one message, and reports
+// the server-and-client memory per socket and the database connections
+// held meanwhile.
+func benchIdle(b *testing.B, mode string) {
+	const sockets = 1000
+	h, p := benchServer(b, mode)
+	url := serveB(b, h)
+	for b.Loop() {
+	}
+	ctx := context.Background()
+	runtime.GC()
+	var before runtime.MemStats
+	runtime.ReadMemStats(&before)
+	conns := make([]*websocket.Conn, 0, sockets)
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for range sockets / 8 {
+				c, _, err := websocket.Dial(ctx, url, nil)
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				c.Write(ctx, websocket.MessageText, []byte(`{"id":1}`))
+				c.Read(ctx)
+				mu.Lock()
+				conns = append(conns, c)
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	runtime.GC()
+	var after runtime.MemStats
+	runtime.ReadMemStats(&after)
+	used := (after.HeapInuse + after.StackInuse) - (before.HeapInuse + before.StackInuse)
+	b.ReportMetric(float64(used)/sockets, "B/socket")
+	b.ReportMetric(float64(p.DB().Stats().InUse), "db-conns-in-use")
+	b.ReportMetric(float64(p.Stats().Pinned), "pinned")
+	for _, c := range conns {
+		c.CloseNow()
+	}
+}
+
+func BenchmarkIdleSocketsRaw(b *testing.B)  { benchIdle(b, "raw") }
+func BenchmarkIdleSocketsSync(b *testing.B) { benchIdle(b, "sync") }
+
+func serveB(b *testing.B, h http.Handler) string {
+	srv := httptestServer(h)
+	b.Cleanup(func() {
+		if wh, ok := h.(*wsconsumer.Handler); ok {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			wh.Shutdown(ctx)
+		}
+		srv.Close()
+	})
+	return "ws" + srv.URL[len("http"):]
+}
