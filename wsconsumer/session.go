@@ -24,7 +24,7 @@ type Session struct {
 	h       *Handler
 	req     *http.Request
 	conn    atomic.Pointer[websocket.Conn] // nil until accepted
-	ctx     context.Context // the socket's context: request values, canceled at disconnect
+	ctx     context.Context                // the socket's context: request values, canceled at disconnect
 	cancel  context.CancelFunc
 	async   context.Context // ctx marked dbctx.Async, for goroutines and async callbacks
 	scope   *dbctx.Scope    // the socket's scope (sync style)
