@@ -17,15 +17,13 @@ import (
 // connection nothing should be waiting to be read, so data or EOF there
 // means the server has closed the session (pg_terminate_backend, restart).
 // It returns driver.ErrBadConn for a dead connection, which makes
-// database/sql close it.
-func (p *Pool) check(driverConn any) error {
-	c, ok := driverConn.(*stdlib.Conn)
-	if !ok {
+// database/sql close it. pc is nil for drivers other than pgx's stdlib.
+func (p *Pool) check(pc *pgconn.PgConn) error {
+	if pc == nil {
 		// Another driver: database/sql's ResetSession and Validator, and
 		// the statement retry, are what we have.
 		return nil
 	}
-	pc := c.Conn().PgConn()
 	if pc.IsClosed() || pc.TxStatus() != 'I' {
 		return driver.ErrBadConn
 	}

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // Pool runs database work over one *sql.DB in a bounded number of worker
@@ -26,7 +28,6 @@ type Pool struct {
 	done      chan struct{}
 	closeOnce sync.Once
 
-	checkFn   func(driverConn any) error
 	discardFn func(driverConn any) error
 }
 
@@ -47,7 +48,6 @@ func New(db *sql.DB, opts *Options) *Pool {
 		done: make(chan struct{}),
 	}
 	p.sem = make(chan struct{}, p.opts.MaxWorkers)
-	p.checkFn = p.check
 	p.discardFn = func(any) error { return driver.ErrBadConn }
 	switch max := db.Stats().MaxOpenConnections; {
 	case max == 0:
@@ -77,7 +77,7 @@ func (p *Pool) Close() error {
 // connect takes a connection from the *sql.DB and makes sure it is alive
 // before user code sees it: one killed while idle is discarded and another
 // taken, as often as needed. Then OnAcquire runs.
-func (p *Pool) connect(ctx context.Context) (*sql.Conn, error) {
+func (p *Pool) connect(ctx context.Context) (*sql.Conn, *pgconn.PgConn, error) {
 	// database/sql retries a bad connection a couple of times itself; the
 	// bound here only stops a loop if every connection looks dead, which
 	// means the server is gone and db.Conn will soon fail on its own.
@@ -85,26 +85,30 @@ func (p *Pool) connect(ctx context.Context) (*sql.Conn, error) {
 	for dead := 0; ; dead++ {
 		conn, err := p.db.Conn(ctx)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		if err := conn.Raw(p.checkFn); err != nil {
+		var pc *pgconn.PgConn
+		if err := conn.Raw(func(dc any) error {
+			pc = pgConnOf(dc)
+			return p.check(pc)
+		}); err != nil {
 			// Raw saw driver.ErrBadConn: database/sql has closed it.
 			conn.Close()
 			p.c.discarded[discardDead].Add(1)
 			if dead < maxDead && ctx.Err() == nil {
 				continue
 			}
-			return nil, fmt.Errorf("dbctx: no live connection after %d tries: %w", dead+1, err)
+			return nil, nil, fmt.Errorf("dbctx: no live connection after %d tries: %w", dead+1, err)
 		}
 		if p.opts.OnAcquire != nil {
 			if err := p.opts.OnAcquire(ctx, conn); err != nil {
 				p.discard(conn, discardHook)
-				return nil, fmt.Errorf("dbctx: OnAcquire: %w", err)
+				return nil, nil, fmt.Errorf("dbctx: OnAcquire: %w", err)
 			}
 		}
 		p.c.acquired.Add(1)
 		p.c.pinned.Add(1)
-		return conn, nil
+		return conn, pc, nil
 	}
 }
 

@@ -141,23 +141,19 @@ func (s *Scope) pinned(ctx context.Context) (*sql.Conn, error) {
 		}
 		s.slot = true
 	}
-	conn, err := p.connect(ctx)
+	conn, pc, err := p.connect(ctx)
 	if err != nil {
 		if s.depth == 0 {
 			s.freeSlot()
 		}
 		return nil, err
 	}
-	s.pin(conn)
+	s.pin(conn, pc)
 	return conn, nil
 }
 
-func (s *Scope) pin(conn *sql.Conn) {
-	s.conn = conn
-	conn.Raw(func(dc any) error {
-		s.pg = pgConnOf(dc)
-		return nil
-	})
+func (s *Scope) pin(conn *sql.Conn, pc *pgconn.PgConn) {
+	s.conn, s.pg = conn, pc
 	if s.pool.opts.ConnMaxAge > 0 {
 		s.pinnedAt = time.Now()
 	}
