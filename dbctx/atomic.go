@@ -42,33 +42,60 @@ func Atomic(ctx context.Context, fn func(ctx context.Context) error) (err error)
 }
 
 func (s *Scope) atomicTx(ctx context.Context, fn func(ctx context.Context) error) (err error) {
-	s.atomic, s.atomicCtx, s.tx = 1, ctx, nil
+	s.atomic, s.atomicCtx, s.tx, s.onCommit = 1, ctx, nil, nil
 	done := false
 	defer func() {
 		tx := s.tx
 		s.atomic, s.atomicCtx, s.tx = 0, nil, nil
-		if !done && tx != nil {
+		if !done {
 			// fn panicked: roll back and let the panic go on.
-			tx.Rollback()
+			s.onCommit = nil
+			if tx != nil {
+				tx.Rollback()
+			}
 		}
 	}()
 	ferr := fn(ctx)
 	done = true
 	tx := s.tx
-	if tx == nil {
-		return ferr // fn never touched the database
-	}
 	if ferr != nil {
-		if rerr := tx.Rollback(); rerr != nil && !errors.Is(rerr, sql.ErrTxDone) {
-			s.observe(ctx, rerr)
+		s.onCommit = nil
+		if tx != nil {
+			if rerr := tx.Rollback(); rerr != nil && !errors.Is(rerr, sql.ErrTxDone) {
+				s.observe(ctx, rerr)
+			}
 		}
 		return ferr
 	}
-	if cerr := tx.Commit(); cerr != nil {
-		s.observe(ctx, cerr)
-		return fmt.Errorf("dbctx: commit: %w", cerr)
+	if tx != nil {
+		if cerr := tx.Commit(); cerr != nil {
+			s.onCommit = nil
+			s.observe(ctx, cerr)
+			return fmt.Errorf("dbctx: commit: %w", cerr)
+		}
+	}
+	fns := s.onCommit
+	s.onCommit = nil
+	for _, f := range fns {
+		f()
 	}
 	return nil
+}
+
+// OnCommit runs fn once the transaction of the [Atomic] that ctx is in has
+// committed, the port of Django's transaction.on_commit: for side effects
+// others must only see for committed work (pushing a message to sockets,
+// sending an email). If the transaction rolls back, fn never runs; a
+// function registered in a nested Atomic that rolls back is dropped with
+// it. Outside Atomic fn runs at once. fn runs on the goroutine that
+// committed, after the commit, before Atomic returns.
+func OnCommit(ctx context.Context, fn func()) {
+	s := From(ctx)
+	if s == nil || s.atomic == 0 {
+		fn()
+		return
+	}
+	s.onCommit = append(s.onCommit, fn)
 }
 
 // beginAtomic begins the transaction of a pending Atomic on the freshly
@@ -93,16 +120,19 @@ func (s *Scope) savepoint(ctx context.Context, fn func(ctx context.Context) erro
 		return err
 	}
 	s.atomic++
+	mark := len(s.onCommit)
 	done := false
 	defer func() {
 		s.atomic--
 		if !done {
+			s.onCommit = s.onCommit[:mark]
 			s.rollbackTo(ctx, name)
 		}
 	}()
 	ferr := fn(ctx)
 	done = true
 	if ferr != nil {
+		s.onCommit = s.onCommit[:mark]
 		s.rollbackTo(ctx, name)
 		return ferr
 	}

@@ -3,6 +3,7 @@ package dbctx_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -108,4 +109,38 @@ var errCommit = errors.New("commit")
 func insert(ctx context.Context, s *dbctx.Scope, n int) error {
 	_, err := s.ExecContext(ctx, "INSERT INTO t VALUES ($1)", n)
 	return err
+}
+
+func TestOnCommit(t *testing.T) {
+	t.Parallel()
+	p, env := newPool(t, &dbctx.Options{MaxWorkers: 1})
+	mustExec(t, env.Admin(), "CREATE TABLE "+env.Schema()+".t (n int)")
+	var ran []string
+	note := func(s string) func() { return func() { ran = append(ran, s) } }
+	err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+		dbctx.OnCommit(ctx, note("outside"))
+		dbctx.Atomic(ctx, func(ctx context.Context) error {
+			insert(ctx, s, 1)
+			dbctx.OnCommit(ctx, note("committed"))
+			dbctx.Atomic(ctx, func(ctx context.Context) error {
+				dbctx.OnCommit(ctx, note("inner rolled back"))
+				return errors.New("inner fails")
+			})
+			if len(ran) != 1 {
+				t.Errorf("ran before commit: %v", ran)
+			}
+			return nil
+		})
+		return dbctx.Atomic(ctx, func(ctx context.Context) error {
+			insert(ctx, s, 2)
+			dbctx.OnCommit(ctx, note("outer rolled back"))
+			return errors.New("outer fails")
+		})
+	})
+	if err == nil {
+		t.Fatal("want the last Atomic's error")
+	}
+	if fmt.Sprint(ran) != "[outside committed]" {
+		t.Fatalf("ran %v, want [outside committed]", ran)
+	}
 }

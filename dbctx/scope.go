@@ -44,7 +44,8 @@ type Scope struct {
 	depth     int  // Do nesting
 	atomic    int  // Atomic nesting
 	atomicCtx context.Context
-	tx        *sql.Tx // Atomic's transaction, nil until its first statement
+	tx        *sql.Tx  // Atomic's transaction, nil until its first statement
+	onCommit  []func() // OnCommit functions of the running Atomic
 
 	conn     *sql.Conn
 	pg       *pgconn.PgConn // nil for other drivers

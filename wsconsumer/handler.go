@@ -147,19 +147,19 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		scope.End()
 	}()
 
-	if err := h.call(pool, s, s.cbCtx(), "connect", func(ctx context.Context) error {
-		if h.c.Connect == nil {
-			return nil
+	if h.c.Connect != nil {
+		if err := h.call(pool, s, s.cbCtx(), "connect", func(ctx context.Context) error {
+			return h.c.Connect(ctx, s)
+		}); err != nil {
+			h.refuse(w, r, err)
+			return
 		}
-		return h.c.Connect(ctx, s)
-	}); err != nil {
-		h.refuse(w, r, err)
-		return
 	}
 	conn, err := websocket.Accept(w, r, h.opts.Accept)
 	if err != nil {
 		// Accept has answered the client (bad handshake, origin refused).
 		h.opts.Logger.Debug("wsconsumer: accept failed", "err", err)
+		s.finish()
 		h.disconnect(pool, s, -1)
 		return
 	}
@@ -170,6 +170,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	code := h.readLoop(pool, s)
 	h.unregister(s)
 	cancel()
+	s.finish()
 	s.wg.Wait()
 	h.disconnect(pool, s, code)
 	conn.CloseNow()

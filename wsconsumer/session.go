@@ -34,6 +34,7 @@ type Session struct {
 
 	mu       sync.Mutex
 	accepted bool
+	finished bool                    // disconnecting: Go starts nothing
 	pending  []func(context.Context) // Go calls made before accept
 }
 
@@ -58,18 +59,26 @@ func (s *Session) Subprotocol() string {
 	return c.Subprotocol()
 }
 
-// Send writes one message. It blocks until the message is written, ctx
-// ends or the write timeout passes; a write that does not finish in time
-// closes the socket (a slow client never holds up others). Before the
+// Send writes one message. It blocks until the message is written or the
+// write timeout passes; a write that does not finish in time closes the
+// socket (a slow client never holds up others). ctx is checked before the
+// write only: the write itself runs under the socket's own context, so
+// sending to many sockets from one request or socket is safe. Before the
 // socket is accepted or after it closed, Send returns ErrClosed.
 func (s *Session) Send(ctx context.Context, typ websocket.MessageType, data []byte) error {
 	c := s.conn.Load()
 	if c == nil || s.closing.Load() {
 		return ErrClosed
 	}
-	ctx, cancel := context.WithTimeout(ctx, s.h.opts.WriteTimeout)
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	// coder/websocket closes a socket whose write context ends; the
+	// caller's context may belong to another socket or request, so the
+	// write runs under this socket's own context and the write timeout.
+	wctx, cancel := context.WithTimeout(s.ctx, s.h.opts.WriteTimeout)
 	defer cancel()
-	return c.Write(ctx, typ, data)
+	return c.Write(wctx, typ, data)
 }
 
 // SendText writes one text message; see [Session.Send].
@@ -102,16 +111,27 @@ func (s *Session) Close(code websocket.StatusCode, reason string) error {
 // the socket disconnects, and Disconnect runs only after fn has returned.
 // ctx is marked dbctx.Async, so fn reaches the database through dbctx.Do.
 // Called from Connect, fn starts once the socket is accepted (and never
-// if it is not).
+// if it is not); called once the socket is disconnecting, it starts
+// nothing. Go may be called from any goroutine.
 func (s *Session) Go(fn func(ctx context.Context)) {
 	s.mu.Lock()
-	if !s.accepted {
+	defer s.mu.Unlock()
+	switch {
+	case s.finished:
+	case !s.accepted:
 		s.pending = append(s.pending, fn)
-		s.mu.Unlock()
-		return
+	default:
+		s.start(fn)
 	}
+}
+
+// finish makes Go start nothing more, so the wait for its goroutines
+// cannot race a new one.
+func (s *Session) finish() {
+	s.mu.Lock()
+	s.finished = true
+	s.pending = nil
 	s.mu.Unlock()
-	s.start(fn)
 }
 
 // accept publishes the accepted connection and starts what Connect asked
@@ -119,13 +139,12 @@ func (s *Session) Go(fn func(ctx context.Context)) {
 func (s *Session) accept(c *websocket.Conn) {
 	s.conn.Store(c)
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	s.accepted = true
-	pending := s.pending
-	s.pending = nil
-	s.mu.Unlock()
-	for _, fn := range pending {
+	for _, fn := range s.pending {
 		s.start(fn)
 	}
+	s.pending = nil
 }
 
 func (s *Session) start(fn func(ctx context.Context)) {

@@ -1,0 +1,40 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"testing"
+
+	"github.com/dbscope/dbscope/examples/internal/chattest"
+	"github.com/dbscope/dbscope/internal/pgtest"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
+
+// start runs this example on a random port against a fresh schema.
+func start(t *testing.T) *chattest.Server {
+	return chattest.Start(t, func(ctx context.Context, ln net.Listener, dsn string, log *slog.Logger) error {
+		return run(ctx, config{Listener: ln, DSN: dsn, Log: log})
+	})
+}
+
+func TestHTTP(t *testing.T) {
+	t.Parallel()
+	chattest.HTTP(t, start(t))
+}
+
+func TestWebsockets(t *testing.T) {
+	t.Parallel()
+	chattest.Websockets(t, start(t))
+}
+
+func TestShutdown(t *testing.T) {
+	t.Parallel()
+	chattest.Shutdown(t, start(t))
+}
+
+func TestBrowser(t *testing.T) {
+	t.Parallel()
+	chattest.Browser(t, start(t))
+}

@@ -1,0 +1,138 @@
+package chat
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"strings"
+	"time"
+	"unicode/utf8"
+)
+
+// DBTX is what the queries need of a database handle: the interface sqlc
+// generates, which *dbctx.Scope satisfies.
+type DBTX interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+// Message is one stored chat message.
+type Message struct {
+	ID      int64     `json:"id"`
+	Room    string    `json:"room"`
+	Author  string    `json:"author"`
+	Body    string    `json:"body"`
+	Created time.Time `json:"created"`
+}
+
+// Post is a message to create, as clients send it over HTTP or a socket.
+type Post struct {
+	Room   string `json:"room"`
+	Author string `json:"author"`
+	Body   string `json:"body"`
+}
+
+// DefaultRoom is the room of a post or a query that names none.
+const DefaultRoom = "lobby"
+
+// HistoryLen is how many of a room's latest messages History returns.
+const HistoryLen = 100
+
+// ErrInvalid is wrapped by the errors of Check and CheckRoom: the client
+// sent something wrong (HTTP 400, an error frame on a socket).
+var ErrInvalid = errors.New("chat: invalid")
+
+// CheckRoom returns room trimmed, DefaultRoom for "", or an error
+// wrapping ErrInvalid.
+func CheckRoom(room string) (string, error) {
+	room = strings.TrimSpace(room)
+	switch {
+	case room == "":
+		return DefaultRoom, nil
+	case utf8.RuneCountInString(room) > 64:
+		return "", invalid("room name longer than 64 characters")
+	}
+	return room, nil
+}
+
+// Check trims p, fills in defaults (DefaultRoom, author "anonymous") and
+// returns an error wrapping ErrInvalid when p cannot be stored.
+func (p *Post) Check() error {
+	room, err := CheckRoom(p.Room)
+	if err != nil {
+		return err
+	}
+	p.Room = room
+	p.Author = strings.TrimSpace(p.Author)
+	p.Body = strings.TrimSpace(p.Body)
+	if p.Author == "" {
+		p.Author = "anonymous"
+	}
+	switch {
+	case p.Body == "":
+		return invalid("empty message")
+	case utf8.RuneCountInString(p.Body) > 2000:
+		return invalid("message longer than 2000 characters")
+	case utf8.RuneCountInString(p.Author) > 64:
+		return invalid("author name longer than 64 characters")
+	}
+	return nil
+}
+
+type invalidError string
+
+func (e invalidError) Error() string { return string(e) }
+func (e invalidError) Unwrap() error { return ErrInvalid }
+
+func invalid(why string) error { return invalidError(why) }
+
+// Migrate creates the messages table and its index if they do not exist;
+// it is safe to run at every start.
+func Migrate(ctx context.Context, db DBTX) error {
+	for _, stmt := range []string{
+		`CREATE TABLE IF NOT EXISTS messages (
+			id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+			room       text NOT NULL,
+			author     text NOT NULL,
+			body       text NOT NULL,
+			created_at timestamptz NOT NULL DEFAULT now()
+		)`,
+		`CREATE INDEX IF NOT EXISTS messages_room_id ON messages (room, id)`,
+	} {
+		if _, err := db.ExecContext(ctx, stmt); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Insert stores a checked post and returns the message it became.
+func Insert(ctx context.Context, db DBTX, p Post) (Message, error) {
+	m := Message{Room: p.Room, Author: p.Author, Body: p.Body}
+	err := db.QueryRowContext(ctx,
+		`INSERT INTO messages (room, author, body) VALUES ($1, $2, $3) RETURNING id, created_at`,
+		p.Room, p.Author, p.Body).Scan(&m.ID, &m.Created)
+	return m, err
+}
+
+// History returns the latest HistoryLen messages of room, oldest first.
+func History(ctx context.Context, db DBTX, room string) ([]Message, error) {
+	rows, err := db.QueryContext(ctx, `
+		SELECT id, room, author, body, created_at FROM (
+			SELECT * FROM messages WHERE room = $1 ORDER BY id DESC LIMIT $2
+		) latest ORDER BY id`, room, HistoryLen)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	msgs := []Message{}
+	for rows.Next() {
+		var m Message
+		if err := rows.Scan(&m.ID, &m.Room, &m.Author, &m.Body, &m.Created); err != nil {
+			return nil, err
+		}
+		msgs = append(msgs, m)
+	}
+	return msgs, rows.Err()
+}

@@ -1,0 +1,129 @@
+// Package chattest exercises a running chat example server (examples/chi,
+// examples/nethttp) from outside, as its clients do: HTTP requests,
+// websocket clients and a headless browser. Each example's tests start
+// their server with Start and call these checks.
+package chattest
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dbscope/dbscope/internal/pgtest"
+)
+
+// RunFunc runs an example server on ln against dsn until ctx is canceled,
+// then shuts it down and returns: the example's run function.
+type RunFunc func(ctx context.Context, ln net.Listener, dsn string, log *slog.Logger) error
+
+// Server is an example server started by Start.
+type Server struct {
+	URL    string // http://127.0.0.1:port
+	Client *http.Client
+
+	env    *pgtest.Env
+	cancel context.CancelFunc
+	done   chan error
+	err    error
+	closed bool
+}
+
+// Start runs an example server on a random port against a fresh schema,
+// waits until it answers, and stops it at cleanup.
+func Start(t *testing.T, run RunFunc) *Server {
+	t.Helper()
+	env := pgtest.New(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Server{
+		URL:    "http://" + ln.Addr().String(),
+		Client: &http.Client{Transport: &http.Transport{}, Timeout: 10 * time.Second},
+		env:    env,
+		cancel: cancel,
+		done:   make(chan error, 1),
+	}
+	log := slog.New(slog.NewTextHandler(t.Output(), nil))
+	go func() { s.done <- run(ctx, ln, env.DSN(), log) }()
+	t.Cleanup(func() {
+		if err := s.Stop(); err != nil {
+			t.Errorf("run: %v", err)
+		}
+	})
+	eventually(t, "the server to answer", func() bool {
+		select {
+		case err := <-s.done:
+			s.done <- err
+			t.Fatalf("run returned early: %v", err)
+		default:
+		}
+		resp, err := s.Client.Get(s.URL + "/debug/dbstats")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	return s
+}
+
+// Stop cancels the server's context, waits for run to return and returns
+// its error. It may be called more than once.
+func (s *Server) Stop() error {
+	if s.closed {
+		return s.err
+	}
+	s.closed = true
+	s.cancel()
+	select {
+	case s.err = <-s.done:
+	case <-time.After(30 * time.Second):
+		s.err = errors.New("run did not return 30s after cancel")
+	}
+	s.Client.CloseIdleConnections()
+	return s.err
+}
+
+// eventually polls cond until it holds, failing t after 15 seconds.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		<-tick.C
+	}
+}
+
+// do sends one request and returns the response with its body read.
+func (s *Server) do(t *testing.T, method, path, body string) (*http.Response, string) {
+	t.Helper()
+	req, err := http.NewRequest(method, s.URL+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := s.Client.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("%s %s: reading the body: %v", method, path, err)
+	}
+	return resp, string(data)
+}
