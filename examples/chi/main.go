@@ -28,7 +28,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/dbscope/dbscope/dbctx"
 	"github.com/dbscope/dbscope/examples/internal/chat"
-	"github.com/dbscope/dbscope/internal/pgtest"
+	"github.com/dbscope/dbscope/internal/pgserver"
 	"github.com/dbscope/dbscope/middleware"
 	"github.com/dbscope/dbscope/wsconsumer"
 	"github.com/go-chi/chi/v5"
@@ -65,19 +65,19 @@ func run(ctx context.Context, cfg config) error {
 		// $DATABASE_URL, else the local server, else a throwaway
 		// cluster, removed on return; with no PostgreSQL at all the
 		// error says how to get one.
-		url, stopCluster, err := pgtest.Start(ctx, func(format string, args ...any) {
+		pg, err := pgserver.Open(ctx, func(format string, args ...any) {
 			log.Info("postgres: " + fmt.Sprintf(format, args...))
 		})
 		if err != nil {
 			return err
 		}
 		defer func() {
-			stopCluster()
-			if url != pgtest.LocalURL && url != os.Getenv("DATABASE_URL") {
+			pg.Stop()
+			if pg.Throwaway {
 				log.Info("postgres: throwaway cluster removed")
 			}
 		}()
-		cfg.DSN = url
+		cfg.DSN = pg.URL
 	}
 	db, err := sql.Open("pgx", cfg.DSN)
 	if err != nil {

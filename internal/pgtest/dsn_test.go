@@ -56,10 +56,3 @@ func TestSanitize(t *testing.T) {
 		t.Errorf("sanitize did not truncate: %d bytes", len(got))
 	}
 }
-
-func TestCompareVersions(t *testing.T) {
-	t.Parallel()
-	if compareVersions("15", "9.6") <= 0 || compareVersions("9.6", "10") >= 0 || compareVersions("16", "16") != 0 {
-		t.Error("compareVersions orders versions wrongly")
-	}
-}

@@ -3,7 +3,6 @@ package pgtest
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -13,94 +12,27 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dbscope/dbscope/internal/pgserver"
 	"github.com/jackc/pgx/v5/pgconn"
 	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" database/sql driver
 )
 
-// ForceClusterEnv names the environment variable that, when set to a value
-// other than "" or "0", makes [Start] skip $DATABASE_URL and the local server
-// and always start a throwaway cluster. It exists to test that path:
-//
-//	DBSCOPE_PGTEST_FORCE_CLUSTER=1 go test ./internal/pgtest/
-const ForceClusterEnv = "DBSCOPE_PGTEST_FORCE_CLUSTER"
-
-// LocalURL is the local server that [Start] tries when $DATABASE_URL is unset.
-const LocalURL = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
-
-// ErrNoServer is wrapped by the error [Start] returns when it can find no
-// PostgreSQL at all: no $DATABASE_URL, no local server and no binaries to
-// start a cluster with.
-var ErrNoServer = errors.New("pgtest: no PostgreSQL server available")
-
 // adminAppName is the application_name of the shared admin pool.
 const adminAppName = "pgtest_admin"
 
-// Start resolves a PostgreSQL server to test against and returns its
-// connection URL (a postgres:// URL, or whatever $DATABASE_URL holds). It tries,
-// in order, $DATABASE_URL, then [LocalURL] (2 s to connect), then starts a
-// throwaway cluster in a temporary directory, listening on a unix socket
-// there only. stop stops and removes that cluster; it is a no-op when no
-// cluster was started, and safe to call more than once. logf, if not nil,
-// is told what was chosen and why.
-//
-// Unlike the test helpers ([New], [URL]), which share one server per
-// process, every call resolves (and possibly starts a cluster) anew.
+// Start is [pgserver.Start], for callers that already import pgtest.
 func Start(ctx context.Context, logf func(format string, args ...any)) (url string, stop func(), err error) {
-	if logf == nil {
-		logf = func(string, ...any) {}
-	}
-	noop := func() {}
-	var localErr error
-	if forceCluster() {
-		logf("%s is set: skipping DATABASE_URL and %s", ForceClusterEnv, LocalURL)
-	} else {
-		if u := os.Getenv("DATABASE_URL"); u != "" {
-			if err := ping(ctx, u, 10*time.Second); err != nil {
-				return "", nil, fmt.Errorf("pgtest: DATABASE_URL is set but unusable: %w", err)
-			}
-			logf("using the server in DATABASE_URL")
-			return u, noop, nil
-		}
-		localErr = ping(ctx, LocalURL, 2*time.Second)
-		if localErr == nil {
-			logf("using the local server at %s", LocalURL)
-			return LocalURL, noop, nil
-		}
-		logf("no usable server at 127.0.0.1:5432 (%v)", localErr)
-	}
-	c, err := startCluster(ctx, logf)
-	if errors.Is(err, errNoBinaries) {
-		why := "DBSCOPE_PGTEST_FORCE_CLUSTER is set"
-		if localErr != nil {
-			why = fmt.Sprintf("DATABASE_URL is not set, the local server did not accept user postgres (%v)", localErr)
-		}
-		return "", nil, fmt.Errorf("%w: %s, and initdb/pg_ctl were not found on PATH or under %s.\n"+
-			"To get one, install PostgreSQL (Debian/Ubuntu: apt-get install postgresql; a running server on 127.0.0.1:5432 "+
-			"with trust auth for user postgres, or just the binaries, will do), or set DATABASE_URL to a server "+
-			"where the user may create schemas", ErrNoServer, why, binGlob)
-	}
-	if err != nil {
-		return "", nil, err
-	}
-	return c.url, c.stop, nil
+	return pgserver.Start(ctx, logf)
 }
 
-// forceCluster reports whether [ForceClusterEnv] is set.
-func forceCluster() bool {
-	v := os.Getenv(ForceClusterEnv)
-	return v != "" && v != "0"
-}
+// LocalURL is [pgserver.LocalURL].
+const LocalURL = pgserver.LocalURL
 
-// ping connects to dsn and disconnects, giving up after timeout.
-func ping(ctx context.Context, dsn string, timeout time.Duration) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	conn, err := pgconn.Connect(ctx, dsn)
-	if err != nil {
-		return err
-	}
-	return conn.Close(ctx)
-}
+// ForceClusterEnv is [pgserver.ForceClusterEnv].
+const ForceClusterEnv = pgserver.ForceClusterEnv
+
+// ErrNoServer is [pgserver.ErrNoServer].
+var ErrNoServer = pgserver.ErrNoServer
 
 // server is a resolved base server.
 type server struct {

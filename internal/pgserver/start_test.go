@@ -1,4 +1,4 @@
-package pgtest
+package pgserver
 
 import (
 	"errors"
@@ -24,4 +24,11 @@ func TestStartWithoutPostgres(t *testing.T) {
 		}
 	}
 	t.Log(err)
+}
+
+func TestCompareVersions(t *testing.T) {
+	t.Parallel()
+	if compareVersions("15", "9.6") <= 0 || compareVersions("9.6", "10") >= 0 || compareVersions("16", "16") != 0 {
+		t.Error("compareVersions orders versions wrongly")
+	}
 }

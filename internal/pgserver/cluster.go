@@ -1,4 +1,4 @@
-package pgtest
+package pgserver
 
 import (
 	"bytes"
@@ -57,7 +57,7 @@ func startCluster(ctx context.Context, logf func(string, ...any)) (*cluster, err
 	}
 	fail := func(err error) (*cluster, error) {
 		os.RemoveAll(dir)
-		return nil, fmt.Errorf("pgtest: throwaway cluster: %w", err)
+		return nil, fmt.Errorf("pgserver: throwaway cluster: %w", err)
 	}
 	if os.Geteuid() == 0 {
 		// initdb and postgres refuse to run as root.
@@ -191,7 +191,7 @@ func clusterDir() (string, error) {
 	}
 	dir, err := os.MkdirTemp(parent, "pgtest-")
 	if err != nil {
-		return "", fmt.Errorf("pgtest: throwaway cluster: %w", err)
+		return "", fmt.Errorf("pgserver: throwaway cluster: %w", err)
 	}
 	return dir, nil
 }
