@@ -64,9 +64,10 @@ func (s *Scope) do(ctx context.Context, fn func(ctx context.Context, s *Scope) e
 			s.slot = true
 		}
 		if boundary {
+			// A failed cleanup of earlier work has discarded that
+			// connection; fn gets a fresh one and is not failed for it.
 			if err := s.release(ctx, false); err != nil {
-				s.freeIdleSlot()
-				return err
+				s.pool.opts.Logger.Warn("dbctx: cleaning up before Do", "err", err)
 			}
 		}
 	}

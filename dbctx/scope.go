@@ -91,7 +91,10 @@ func (s *Scope) End() {
 	}
 	s.ended = true
 	s.atomic, s.atomicCtx, s.tx = 0, nil, nil
-	s.release(context.Background(), true)
+	if err := s.release(context.Background(), true); err != nil {
+		// The connection was discarded; nobody is left to return this to.
+		s.pool.opts.Logger.Warn("dbctx: ending scope", "err", err)
+	}
 	s.freeSlot()
 }
 
