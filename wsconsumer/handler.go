@@ -141,7 +141,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// values.
 	ctx, cancel := context.WithCancel(context.WithoutCancel(r.Context()))
 	sctx, scope := pool.Scope(ctx)
-	s := &Session{h: h, req: r, ctx: sctx, cancel: cancel, scope: scope, async: dbctx.Async(sctx)}
+	s := &Session{h: h, req: r, ctx: sctx, wctx: context.WithoutCancel(sctx), cancel: cancel, scope: scope}
 	defer func() {
 		cancel()
 		scope.End()
@@ -180,7 +180,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // async-marked one otherwise.
 func (s *Session) cbCtx() context.Context {
 	if s.h.async {
-		return s.async
+		return s.Context()
 	}
 	return s.ctx
 }
@@ -201,9 +201,8 @@ func (h *Handler) readLoop(pool *dbctx.Pool, s *Session) websocket.StatusCode {
 	w := &workers{h: h, pool: pool, s: s, sem: make(chan struct{}, limit), work: make(chan message)}
 	// Close, not cancellation, ends the read: a cancelable context would
 	// cost coder/websocket a context.AfterFunc per message.
-	rctx := context.WithoutCancel(s.ctx)
 	for {
-		typ, data, err := conn.Read(rctx)
+		typ, data, err := conn.Read(s.wctx)
 		if err != nil {
 			s.cancel() // the client is gone: nobody waits for in-flight work
 			return websocket.CloseStatus(err)

@@ -25,11 +25,12 @@ type Session struct {
 	req     *http.Request
 	conn    atomic.Pointer[websocket.Conn] // nil until accepted
 	ctx     context.Context                // the socket's context: request values, canceled at disconnect
+	wctx    context.Context                // ctx without its cancellation, for reads and writes
 	cancel  context.CancelFunc
-	async   context.Context // ctx marked dbctx.Async, for goroutines and async callbacks
-	scope   *dbctx.Scope    // the socket's scope (sync style)
-	wg      sync.WaitGroup  // goroutines started with Go, async receives
-	lastMsg atomic.Int64    // unix nanoseconds of the last message read
+	async   atomic.Pointer[context.Context] // ctx marked dbctx.Async, made on first use
+	scope   *dbctx.Scope                    // the socket's scope (sync style)
+	wg      sync.WaitGroup                  // goroutines started with Go, async receives
+	lastMsg atomic.Int64                    // unix nanoseconds of the last message read
 	closing atomic.Bool
 
 	mu       sync.Mutex
@@ -48,7 +49,18 @@ func (s *Session) Request() *http.Request { return s.req }
 // values and is canceled when the socket disconnects or the handler shuts
 // down. It is marked dbctx.Async: database work from it goes through
 // dbctx.Do.
-func (s *Session) Context() context.Context { return s.async }
+func (s *Session) Context() context.Context {
+	if p := s.async.Load(); p != nil {
+		return *p
+	}
+	// Made on first use: a sync socket that never asks pays nothing. Two
+	// racing first uses get equivalent contexts.
+	ctx := dbctx.Async(s.ctx)
+	if s.async.CompareAndSwap(nil, &ctx) {
+		return ctx
+	}
+	return *s.async.Load()
+}
 
 // Subprotocol returns the subprotocol negotiated at accept, or "".
 func (s *Session) Subprotocol() string {
@@ -75,8 +87,10 @@ func (s *Session) Send(ctx context.Context, typ websocket.MessageType, data []by
 	}
 	// coder/websocket closes a socket whose write context ends; the
 	// caller's context may belong to another socket or request, so the
-	// write runs under this socket's own context and the write timeout.
-	wctx, cancel := context.WithTimeout(s.ctx, s.h.opts.WriteTimeout)
+	// write runs under the write timeout only (a disconnect closes the
+	// socket, which ends the write too). Not deriving from the cancelable
+	// socket context keeps it from growing a children map per socket.
+	wctx, cancel := context.WithTimeout(s.wctx, s.h.opts.WriteTimeout)
 	defer cancel()
 	return c.Write(wctx, typ, data)
 }
@@ -152,7 +166,7 @@ func (s *Session) start(fn func(ctx context.Context)) {
 	go func() {
 		defer s.wg.Done()
 		defer s.h.recoverLog(s, "goroutine")
-		fn(s.async)
+		fn(s.Context())
 	}()
 }
 
