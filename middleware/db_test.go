@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"regexp"
 	"sync"
 	"testing"
@@ -238,5 +239,33 @@ func TestHijack(t *testing.T) {
 		})))
 	if code, body, _ := get(t, srv.URL); code != http.StatusOK || body != "hijacked" {
 		t.Fatalf("%d %q", code, body)
+	}
+}
+
+// The panic reaches an outer recoverer unchanged (http.ErrAbortHandler
+// included), after the scope was released.
+func TestPanicValueUntouched(t *testing.T) {
+	t.Parallel()
+	p, _ := newPool(t, nil)
+	for _, v := range []any{http.ErrAbortHandler, "boom"} {
+		var got any
+		var pinned int
+		outer := func(next http.Handler) http.Handler {
+			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				defer func() {
+					got = recover()
+					pinned = p.Stats().Pinned
+				}()
+				next.ServeHTTP(w, r)
+			})
+		}
+		h := outer(middleware.DB(p)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			pidHandler(httptest.NewRecorder(), r) // pins a connection
+			panic(v)
+		})))
+		h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", "/", nil))
+		if got != v || pinned != 0 {
+			t.Fatalf("recovered %v (pinned %d), want %v with nothing pinned", got, pinned, v)
+		}
 	}
 }
