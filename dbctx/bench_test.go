@@ -40,6 +40,25 @@ func BenchmarkDo(b *testing.B) {
 	}
 }
 
+// BenchmarkDoInScope is Do as handlers call it: on the scope of the
+// request or socket, which it reuses.
+func BenchmarkDoInScope(b *testing.B) {
+	env := pgtest.New(b)
+	p := dbctx.New(env.Open(b), &dbctx.Options{MaxWorkers: 4})
+	ctx, s := p.Scope(context.Background())
+	defer s.End()
+	var n int
+	fn := func(ctx context.Context, s *dbctx.Scope) error {
+		return s.QueryRowContext(ctx, "SELECT 1").Scan(&n)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := dbctx.Do(ctx, fn); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
 // BenchmarkScopeUnused is a request's scope that never touches the
 // database: what every request pays under the middleware.
 func BenchmarkScopeUnused(b *testing.B) {
