@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/internal/pgtest"
 )
 
 type tenantKey struct{}
@@ -141,5 +142,52 @@ func TestCleanScopeNoReset(t *testing.T) {
 	}
 	if st := p.Stats(); st.Resets != 0 {
 		t.Fatalf("resets = %d, want 0", st.Resets)
+	}
+}
+
+// Reset, retry and Atomic work in every pgx query execution mode, the
+// simple protocol included (as PgBouncer setups often use).
+func TestQueryExecModes(t *testing.T) {
+	t.Parallel()
+	for _, mode := range []string{"cache_statement", "cache_describe", "describe_exec", "exec", "simple_protocol"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			env := newEnv(t)
+			dsn, err := pgtest.WithParams(env.DSN(), "default_query_exec_mode", mode)
+			if err != nil {
+				t.Fatal(err)
+			}
+			db := openDSN(t, dsn)
+			db.SetMaxOpenConns(1)
+			p := poolOn(t, env, db, &dbctx.Options{MaxWorkers: 1})
+			mustExec(t, env.Admin(), "CREATE TABLE "+env.Schema()+".t (n int)")
+			ctx := context.Background()
+			err = p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+				if _, err := s.ExecContext(ctx, "SET statement_timeout = '7s'"); err != nil {
+					return err
+				}
+				return dbctx.Atomic(ctx, func(ctx context.Context) error {
+					_, err := s.ExecContext(ctx, "INSERT INTO t VALUES ($1)", 1)
+					return err
+				})
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			env.Terminate(t) // the next scope must not notice
+			n, err := dbctx.DoValue(scopeCtx(t, p), func(ctx context.Context, s *dbctx.Scope) (int, error) {
+				var timeout string
+				if err := s.QueryRowContext(ctx, "SELECT current_setting('statement_timeout')").Scan(&timeout); err != nil {
+					return 0, err
+				}
+				if timeout == "7s" {
+					t.Error("a setting leaked to the next scope")
+				}
+				return queryInt(ctx, s, "SELECT count(*) FROM t WHERE n = $1", 1)
+			})
+			if err != nil || n != 1 {
+				t.Fatalf("%d rows, %v", n, err)
+			}
+		})
 	}
 }
