@@ -34,6 +34,13 @@ func (s *Scope) retryable(ctx context.Context, err error) bool {
 	return errors.As(err, &pe) && strings.HasPrefix(pe.Code, "57P")
 }
 
+// maxRetries bounds the runs of one statement after the first. One is
+// enough for a single backend killed; more cover a round of kills (a
+// failover, pg_terminate_backend of every backend), where the next idle
+// connection may be dying too, its backend not yet gone when checked.
+// Every retried run is proven to have had no effect.
+const maxRetries = 3
+
 // repin discards the scope's broken connection and pins a fresh one for a
 // retry.
 func (s *Scope) repin(ctx context.Context) (*sql.Conn, error) {

@@ -28,8 +28,10 @@ import (
 //
 // A single statement run outside a transaction whose answer is that the
 // server ended the session (SQLSTATE class 57P) or that it failed before
-// anything was sent is run once more on a fresh connection: it had no
-// effect. Nothing is retried inside a transaction.
+// anything was sent had no effect: it is run again on another connection,
+// at most three more times (a round of kills may have reached the next
+// idle connection too). Nothing is retried inside a transaction or once
+// rows were delivered.
 //
 // A Scope is for one goroutine at a time, like the request or message it
 // serves. A nil *Scope is valid: its methods return ErrNoScope.
@@ -208,10 +210,12 @@ func (s *Scope) ExecContext(ctx context.Context, query string, args ...any) (sql
 		return nil, err
 	}
 	r, err := c.ExecContext(ctx, query, args...)
-	if err != nil && s.retryable(ctx, err) {
-		if c, rerr := s.repin(ctx); rerr == nil {
-			r, err = c.ExecContext(ctx, query, args...)
+	for try := 0; err != nil && try < maxRetries && s.retryable(ctx, err); try++ {
+		c, rerr := s.repin(ctx)
+		if rerr != nil {
+			break
 		}
+		r, err = c.ExecContext(ctx, query, args...)
 	}
 	s.observe(ctx, err)
 	s.account(start)
@@ -228,10 +232,12 @@ func (s *Scope) QueryContext(ctx context.Context, query string, args ...any) (*s
 		return nil, err
 	}
 	rows, err := c.QueryContext(ctx, query, args...)
-	if err != nil && s.retryable(ctx, err) {
-		if c, rerr := s.repin(ctx); rerr == nil {
-			rows, err = c.QueryContext(ctx, query, args...)
+	for try := 0; err != nil && try < maxRetries && s.retryable(ctx, err); try++ {
+		c, rerr := s.repin(ctx)
+		if rerr != nil {
+			break
 		}
+		rows, err = c.QueryContext(ctx, query, args...)
 	}
 	s.observe(ctx, err)
 	if err == nil {
@@ -252,11 +258,13 @@ func (s *Scope) QueryRowContext(ctx context.Context, query string, args ...any) 
 	}
 	row := c.QueryRowContext(ctx, query, args...)
 	if err := row.Err(); err != nil {
-		if s.retryable(ctx, err) {
-			if c, rerr := s.repin(ctx); rerr == nil {
-				row = c.QueryRowContext(ctx, query, args...)
-				err = row.Err()
+		for try := 0; err != nil && try < maxRetries && s.retryable(ctx, err); try++ {
+			c, rerr := s.repin(ctx)
+			if rerr != nil {
+				break
 			}
+			row = c.QueryRowContext(ctx, query, args...)
+			err = row.Err()
 		}
 		s.observe(ctx, err)
 	}
@@ -272,10 +280,12 @@ func (s *Scope) PrepareContext(ctx context.Context, query string) (*sql.Stmt, er
 		return nil, err
 	}
 	st, err := c.PrepareContext(ctx, query)
-	if err != nil && s.retryable(ctx, err) {
-		if c, rerr := s.repin(ctx); rerr == nil {
-			st, err = c.PrepareContext(ctx, query)
+	for try := 0; err != nil && try < maxRetries && s.retryable(ctx, err); try++ {
+		c, rerr := s.repin(ctx)
+		if rerr != nil {
+			break
 		}
+		st, err = c.PrepareContext(ctx, query)
 	}
 	s.observe(ctx, err)
 	if err == nil {
@@ -306,10 +316,12 @@ func (s *Scope) beginTx(ctx context.Context, opts *sql.TxOptions) (*sql.Tx, erro
 		s.txs = s.txs[:0]
 	}
 	tx, err := c.BeginTx(ctx, opts)
-	if err != nil && s.retryable(ctx, err) {
-		if c, rerr := s.repin(ctx); rerr == nil {
-			tx, err = c.BeginTx(ctx, opts)
+	for try := 0; err != nil && try < maxRetries && s.retryable(ctx, err); try++ {
+		c, rerr := s.repin(ctx)
+		if rerr != nil {
+			break
 		}
+		tx, err = c.BeginTx(ctx, opts)
 	}
 	s.observe(ctx, err)
 	if err == nil {

@@ -405,3 +405,39 @@ func TestShutdown(t *testing.T) {
 		t.Fatalf("after shutdown: %v %v", err, resp)
 	}
 }
+
+// A sync consumer's reply to a client that does not read holds no worker
+// slot: other sockets are served meanwhile, even with one slot and no
+// queue.
+func TestSlowClientHoldsNoSlot(t *testing.T) {
+	t.Parallel()
+	p, _ := dbtest.NewPool(t, &dbctx.Options{MaxWorkers: 1, MaxWaiting: -1})
+	var bigDone atomic.Bool
+	h := wsconsumer.NewSync(p, wsconsumer.JSON(wsconsumer.JSONConsumer[msg]{
+		Receive: func(ctx context.Context, s *wsconsumer.Session, m msg) error {
+			if m.Op != "big" {
+				return lookup(ctx, s, m)
+			}
+			var n int
+			if err := dbctx.From(ctx).QueryRowContext(ctx, "SELECT 1").Scan(&n); err != nil {
+				return err
+			}
+			err := s.Send(ctx, websocket.MessageBinary, make([]byte, 32<<20)) // more than loopback buffers hold
+			bigDone.Store(true)
+			return err
+		},
+	}), &wsconsumer.Options{WriteTimeout: 20 * time.Second, Logger: quiet()})
+	url := serve(t, h)
+	slow := dial(t, url)
+	send(t, slow, msg{Op: "big"})
+	dbtest.Eventually(t, "the big reply's slot to be released while it is written", func() bool {
+		return bigDone.Load() && p.Stats().InUse == 0
+	})
+	fast := dial(t, url)
+	for i := range 5 {
+		if r := roundTrip(t, fast, msg{ID: i}); r.Name == "" {
+			t.Fatalf("fast client: %+v", r)
+		}
+	}
+	slow.CloseNow()
+}

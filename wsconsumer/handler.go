@@ -238,6 +238,7 @@ type workers struct {
 	s    *Session
 	sem  chan struct{} // messages in flight
 	work chan message  // hand-off to an idle worker
+	out  *outbox       // sync style: sends held until the slot is released
 }
 
 func (w *workers) run(m message) {
@@ -264,13 +265,25 @@ func (w *workers) run(m message) {
 
 func (w *workers) receive(m message) {
 	h, s := w.h, w.s
-	err := h.call(w.pool, s, s.cbCtx(), "receive", func(ctx context.Context) error {
+	ctx := s.cbCtx()
+	if !h.async {
+		// Sends wait for the slot to be released (see Session.Send).
+		if w.out == nil {
+			w.out = &outbox{s: s}
+		}
+		ctx = w.out.begin(ctx)
+		defer w.out.flush()
+	}
+	err := h.call(w.pool, s, ctx, "receive", func(ctx context.Context) error {
 		if h.c.Receive == nil {
 			return nil
 		}
 		return h.c.Receive(ctx, s, m.typ, m.data)
 	})
 	if err != nil {
+		if w.out != nil {
+			w.out.flush() // replies first, then the close
+		}
 		h.fail(s, err)
 	}
 }

@@ -77,7 +77,19 @@ func (s *Session) Subprotocol() string {
 // write only: the write itself runs under the socket's own context, so
 // sending to many sockets from one request or socket is safe. Before the
 // socket is accepted or after it closed, Send returns ErrClosed.
+//
+// In the sync style, what a Receive callback sends with its own ctx is
+// written once the callback has returned and its worker slot and
+// connection are released, in order: a slow client then never holds a
+// database resource. Send returns nil for those at once; a write that
+// fails later closes the socket.
 func (s *Session) Send(ctx context.Context, typ websocket.MessageType, data []byte) error {
+	return s.send(ctx, typ, data, false)
+}
+
+// send is Send; owned says data is the caller's no more, so a deferred
+// send need not copy it.
+func (s *Session) send(ctx context.Context, typ websocket.MessageType, data []byte, owned bool) error {
 	c := s.conn.Load()
 	if c == nil || s.closing.Load() {
 		return ErrClosed
@@ -85,6 +97,18 @@ func (s *Session) Send(ctx context.Context, typ websocket.MessageType, data []by
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	if ob, ok := ctx.Value(outboxKey{}).(*outbox); ok && ob.s == s {
+		if !owned {
+			data = append([]byte(nil), data...)
+		}
+		if ob.add(message{typ, data}) {
+			return nil
+		}
+	}
+	return s.write(c, typ, data)
+}
+
+func (s *Session) write(c *websocket.Conn, typ websocket.MessageType, data []byte) error {
 	// coder/websocket closes a socket whose write context ends; the
 	// caller's context may belong to another socket or request, so the
 	// write runs under the write timeout only (a disconnect closes the
@@ -97,7 +121,7 @@ func (s *Session) Send(ctx context.Context, typ websocket.MessageType, data []by
 
 // SendText writes one text message; see [Session.Send].
 func (s *Session) SendText(ctx context.Context, text string) error {
-	return s.Send(ctx, websocket.MessageText, []byte(text))
+	return s.send(ctx, websocket.MessageText, []byte(text), true)
 }
 
 // SendJSON writes v as one JSON text message; see [Session.Send].
@@ -106,7 +130,7 @@ func (s *Session) SendJSON(ctx context.Context, v any) error {
 	if err != nil {
 		return err
 	}
-	return s.Send(ctx, websocket.MessageText, data)
+	return s.send(ctx, websocket.MessageText, data, true)
 }
 
 // Close closes the socket with a status code and a reason (at most 123
@@ -171,3 +195,52 @@ func (s *Session) start(fn func(ctx context.Context)) {
 }
 
 func (s *Session) touch() { s.lastMsg.Store(time.Now().UnixNano()) }
+
+type outboxKey struct{}
+
+// outbox holds what a sync Receive callback sends until its slot is
+// released.
+type outbox struct {
+	s    *Session
+	mu   sync.Mutex
+	open bool
+	msgs []message
+}
+
+// add queues m, or reports false once the callback is over (its ctx was
+// kept past it): the caller then writes at once.
+func (o *outbox) add(m message) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if !o.open {
+		return false
+	}
+	o.msgs = append(o.msgs, m)
+	return true
+}
+
+// begin opens the outbox for one callback and returns the callback's ctx.
+func (o *outbox) begin(ctx context.Context) context.Context {
+	o.mu.Lock()
+	o.open = true
+	o.mu.Unlock()
+	return context.WithValue(ctx, outboxKey{}, o)
+}
+
+// flush closes the outbox and writes what it holds, in order; the first
+// failed write (which closes the socket) ends it.
+func (o *outbox) flush() {
+	o.mu.Lock()
+	o.open = false
+	msgs := o.msgs
+	o.msgs = o.msgs[:0]
+	o.mu.Unlock()
+	c := o.s.conn.Load()
+	for i, m := range msgs {
+		if o.s.closing.Load() || o.s.write(c, m.typ, m.data) != nil {
+			break
+		}
+		msgs[i] = message{}
+	}
+	clear(msgs)
+}

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"database/sql"
 	"encoding/hex"
+	"github.com/dbscope/dbscope/internal/pgserver"
 	"strings"
 	"testing"
 	"time"
@@ -28,7 +29,7 @@ func New(tb testing.TB) *Env {
 	srv := base(tb)
 	adm := admin(tb)
 	name := "t_" + sanitize(tb.Name(), 40) + "_" + randomHex(4)
-	dsn, err := withParams(srv.url, "search_path", name, "application_name", name)
+	dsn, err := pgserver.WithParams(srv.url, "search_path", name, "application_name", name)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -69,7 +70,7 @@ func (e *Env) Schema() string { return e.schema }
 // ("host:port") instead, such as a [Proxy] that forwards to the base
 // server, whether that server listens on TCP or on a unix socket.
 func (e *Env) DSNVia(addr string) string {
-	dsn, err := withTCPAddr(e.dsn, addr)
+	dsn, err := pgserver.WithTCPAddr(e.dsn, addr)
 	if err != nil {
 		panic(err) // only for a malformed addr: a bug in the caller
 	}

@@ -3,6 +3,7 @@ package pgtest
 import (
 	"context"
 	"errors"
+	"github.com/dbscope/dbscope/internal/pgserver"
 	"net"
 	"sync"
 	"testing"
@@ -80,7 +81,7 @@ func (p *Proxy) Addr() string { return p.ln.Addr().String() }
 // DSN returns the Env's DSN routed through the proxy, with sslmode=disable
 // so that TLS negotiation does not get in the way.
 func (p *Proxy) DSN() string {
-	dsn, err := withParams(p.env.DSNVia(p.Addr()), "sslmode", "disable")
+	dsn, err := pgserver.WithParams(p.env.DSNVia(p.Addr()), "sslmode", "disable")
 	if err != nil {
 		panic(err) // the Env's DSN was parsed before
 	}

@@ -25,6 +25,9 @@ func Start(ctx context.Context, logf func(format string, args ...any)) (url stri
 	return pgserver.Start(ctx, logf)
 }
 
+// WithParams is [pgserver.WithParams].
+func WithParams(dsn string, kv ...string) (string, error) { return pgserver.WithParams(dsn, kv...) }
+
 // LocalURL is [pgserver.LocalURL].
 const LocalURL = pgserver.LocalURL
 
@@ -115,7 +118,7 @@ func admin(tb testing.TB) *sql.DB {
 	tb.Helper()
 	srv := base(tb)
 	shared.adminOnce.Do(func() {
-		dsn, err := withParams(srv.url, "application_name", adminAppName)
+		dsn, err := pgserver.WithParams(srv.url, "application_name", adminAppName)
 		if err != nil {
 			shared.adminErr = err
 			return

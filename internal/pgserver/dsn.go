@@ -1,4 +1,4 @@
-package pgtest
+package pgserver
 
 import (
 	"fmt"
@@ -12,18 +12,18 @@ func isURL(dsn string) bool {
 	return strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://")
 }
 
-// withParams returns dsn with each key set to its value, replacing any value
+// WithParams returns dsn with each key set to its value, replacing any value
 // it already had. dsn may be a postgres:// URL or a keyword/value string; the
 // result has the same form. pgx sends keys it does not know itself (such as
 // search_path) to the server as run-time parameters.
-func withParams(dsn string, kv ...string) (string, error) {
+func WithParams(dsn string, kv ...string) (string, error) {
 	if len(kv)%2 != 0 {
-		panic("pgtest: withParams needs key/value pairs")
+		panic("pgserver: withParams needs key/value pairs")
 	}
 	if isURL(dsn) {
 		u, err := url.Parse(dsn)
 		if err != nil {
-			return "", fmt.Errorf("pgtest: parse connection URL: %w", err)
+			return "", fmt.Errorf("pgserver: parse connection URL: %w", err)
 		}
 		q := u.Query()
 		for i := 0; i < len(kv); i += 2 {
@@ -45,17 +45,17 @@ func withParams(dsn string, kv ...string) (string, error) {
 	return b.String(), nil
 }
 
-// withTCPAddr returns dsn changed to connect to the TCP address addr
+// WithTCPAddr returns dsn changed to connect to the TCP address addr
 // ("host:port") instead of whatever host, port or unix socket it named.
-func withTCPAddr(dsn, addr string) (string, error) {
+func WithTCPAddr(dsn, addr string) (string, error) {
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
-		return "", fmt.Errorf("pgtest: address %q: %w", addr, err)
+		return "", fmt.Errorf("pgserver: address %q: %w", addr, err)
 	}
 	if isURL(dsn) {
 		u, err := url.Parse(dsn)
 		if err != nil {
-			return "", fmt.Errorf("pgtest: parse connection URL: %w", err)
+			return "", fmt.Errorf("pgserver: parse connection URL: %w", err)
 		}
 		u.Host = net.JoinHostPort(host, port)
 		q := u.Query()
@@ -66,7 +66,7 @@ func withTCPAddr(dsn, addr string) (string, error) {
 		return u.String(), nil
 	}
 	// In keyword/value form a later keyword overrides an earlier one.
-	return withParams(dsn, "host", host, "port", port)
+	return WithParams(dsn, "host", host, "port", port)
 }
 
 // quoteValue quotes v for a keyword/value connection string when needed.
@@ -78,8 +78,3 @@ func quoteValue(v string) string {
 	v = strings.ReplaceAll(v, `'`, `\'`)
 	return "'" + v + "'"
 }
-
-// WithParams returns dsn with the given key/value parameters set, replacing
-// any it already had; dsn may be a postgres:// URL or a keyword/value
-// string.
-func WithParams(dsn string, kv ...string) (string, error) { return withParams(dsn, kv...) }

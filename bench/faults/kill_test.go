@@ -1,0 +1,77 @@
+package faults_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/dbscope/dbscope/bench/internal/itemserver"
+	"github.com/dbscope/dbscope/bench/internal/loadgen"
+)
+
+// TestKillUnderLoad terminates every backend of the server each 200 ms
+// for 3 s while 4 clients send messages. Only a message in flight on a
+// killed backend may fail, with an error reply: no socket breaks, and
+// there are no more error replies than backends killed. Raw runs as the
+// baseline and is logged, not held to that.
+func TestKillUnderLoad(t *testing.T) {
+	for _, tc := range []struct{ mode, proto string }{
+		{"raw", "ws"}, {"sync", "ws"}, {"async", "ws"}, {"sync", "http"}, {"atomic", "http"},
+	} {
+		t.Run(tc.mode+"/"+tc.proto, func(t *testing.T) {
+			f := start(t, itemserver.Config{Mode: tc.mode}, nil)
+			res := f.load(loadgen.Config{
+				Proto: tc.proto, Clients: 4, Messages: 1 << 20, Duration: 3 * time.Second,
+				KillEvery: 200 * time.Millisecond,
+			})
+			logResult(t, res)
+			t.Logf("%s/%s: %d error replies for %d backends killed (%d of them in use) in %d rounds: %.3f per kill",
+				tc.mode, tc.proto, res.ErrorReplies, res.Killed, res.KilledInUse, res.KillRounds, res.ErrorsPerKill)
+			if tc.mode == "raw" {
+				return
+			}
+			noFailures(t, res)
+			if res.Killed == 0 || res.Replies == 0 {
+				t.Fatalf("nothing killed (%d) or nothing answered (%d)", res.Killed, res.Replies)
+			}
+			if res.ErrorReplies > res.Killed {
+				t.Errorf("%d error replies for %d backends killed", res.ErrorReplies, res.Killed)
+			}
+			if res.Busy != 0 {
+				t.Errorf("%d refused as busy", res.Busy)
+			}
+		})
+	}
+}
+
+// TestKillIdle terminates the server's backends while they sit idle in
+// the pool, between bursts of messages: a connection killed while idle
+// must cost no message (dbscope checks each connection before use). Raw
+// runs as the baseline and is logged.
+func TestKillIdle(t *testing.T) {
+	const rounds = 8
+	for _, tc := range []struct{ mode, proto string }{
+		{"raw", "ws"}, {"sync", "ws"}, {"async", "ws"}, {"sync", "http"}, {"atomic", "http"},
+	} {
+		t.Run(tc.mode+"/"+tc.proto, func(t *testing.T) {
+			f := start(t, itemserver.Config{Mode: tc.mode}, nil)
+			var errs, killed int64
+			for range rounds {
+				res := f.load(loadgen.Config{Proto: tc.proto, Clients: 4, Messages: 10, SampleEvery: time.Second})
+				if tc.mode != "raw" {
+					noFailures(t, res)
+				}
+				errs += res.ErrorReplies
+				// Terminate waits until the backends are gone: they are
+				// idle, and dead, when the next burst starts.
+				killed += int64(f.env.Terminate(t))
+			}
+			t.Logf("%s/%s: %d error replies for %d backends killed while idle", tc.mode, tc.proto, errs, killed)
+			if killed == 0 {
+				t.Fatal("nothing killed")
+			}
+			if tc.mode != "raw" && errs != 0 {
+				t.Errorf("%d error replies for connections killed while idle, want 0", errs)
+			}
+		})
+	}
+}

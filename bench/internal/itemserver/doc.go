@@ -1,0 +1,24 @@
+// Package itemserver serves the benchmark workload "items" over websocket
+// and HTTP, in one of several modes that share the same *sql.DB settings,
+// so that dbscope can be compared against a hand-written baseline:
+//
+//   - raw: coder/websocket and net/http over a plain *sql.DB, no dbscope;
+//   - sync: a wsconsumer.NewSync consumer, HTTP through middleware.DB;
+//   - async: a wsconsumer.NewAsync consumer (queries through dbctx.Do),
+//     HTTP through middleware.DB;
+//   - atomic: HTTP through middleware.DB and middleware.Atomic, websocket
+//     as in sync.
+//
+// The websocket endpoint /ws/items answers each text frame {"id":k} with
+// {"id":k,"name":"item-k"} from one SELECT; a failed query is answered
+// {"id":k,"error":"..."} and the socket stays open. GET /items/{id} answers
+// the same JSON. Only a refusal of the pool (dbctx.ErrBusy) ends a socket,
+// with close 1013, as it answers HTTP with 503.
+//
+// Start runs a server in-process (tests use 127.0.0.1:0); bench/server is
+// the command around it.
+//
+//	srv, err := itemserver.Start(ctx, itemserver.Config{Mode: "sync", Addr: "127.0.0.1:0", DSN: dsn})
+//	…
+//	srv.Shutdown(ctx)
+package itemserver

@@ -1,0 +1,119 @@
+package itemserver
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"sync"
+
+	"github.com/coder/websocket"
+)
+
+// rawSockets is the registry of the raw mode's sockets, the least a
+// hand-written server needs for a graceful stop.
+type rawSockets struct {
+	mu      sync.Mutex
+	conns   map[*websocket.Conn]struct{}
+	closing bool
+	active  sync.WaitGroup
+}
+
+func (r *rawSockets) add(c *websocket.Conn) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closing {
+		return false
+	}
+	r.conns[c] = struct{}{}
+	r.active.Add(1)
+	return true
+}
+
+func (r *rawSockets) remove(c *websocket.Conn) {
+	r.mu.Lock()
+	delete(r.conns, c)
+	r.mu.Unlock()
+	r.active.Done()
+}
+
+func (r *rawSockets) len() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.conns)
+}
+
+// shutdown closes every socket with 1001 and waits for their handlers, or
+// for ctx; then closes what is left without a handshake.
+func (r *rawSockets) shutdown(ctx context.Context) error {
+	r.mu.Lock()
+	r.closing = true
+	conns := make([]*websocket.Conn, 0, len(r.conns))
+	for c := range r.conns {
+		conns = append(conns, c)
+	}
+	r.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, c := range conns {
+		wg.Go(func() { c.Close(websocket.StatusGoingAway, "server shutting down") })
+	}
+	done := make(chan struct{})
+	go func() {
+		wg.Wait()
+		r.active.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		for _, c := range conns {
+			c.CloseNow()
+		}
+		<-done
+		return ctx.Err()
+	}
+}
+
+// rawWS is the baseline websocket handler: coder/websocket and a plain
+// *sql.DB, one goroutine per socket reading, querying and writing in
+// turn, as wsconsumer's bench_test.go baseline.
+func (s *Server) rawWS() http.Handler {
+	db, testOps := s.db, s.cfg.TestOps
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := websocket.Accept(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer c.CloseNow()
+		if !s.raw.add(c) {
+			c.Close(websocket.StatusGoingAway, "server shutting down")
+			return
+		}
+		defer s.raw.remove(c)
+		ctx := context.WithoutCancel(r.Context())
+		for {
+			typ, data, err := c.Read(ctx)
+			if err != nil {
+				return
+			}
+			var m Msg
+			if typ != websocket.MessageText || json.Unmarshal(data, &m) != nil {
+				c.Close(websocket.StatusInvalidFramePayloadData, "invalid JSON")
+				return
+			}
+			out, _ := json.Marshal(answer(m, lookup(ctx, db, &m, testOps), testOps))
+			if err := c.Write(ctx, websocket.MessageText, out); err != nil {
+				return
+			}
+		}
+	})
+}
+
+// rawHTTP answers GET /items/{id} from the plain *sql.DB.
+func (s *Server) rawHTTP(w http.ResponseWriter, r *http.Request) {
+	m, ok := parseHTTP(w, r, s.cfg.TestOps)
+	if !ok {
+		return
+	}
+	writeHTTP(w, m, lookup(r.Context(), s.db, &m, s.cfg.TestOps))
+}

@@ -1,0 +1,217 @@
+package itemserver
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"runtime"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/internal/pgserver"
+	"github.com/dbscope/dbscope/middleware"
+	"github.com/dbscope/dbscope/wsconsumer"
+	_ "github.com/jackc/pgx/v5/stdlib" // the "pgx" database/sql driver
+)
+
+// Modes lists the values of Config.Mode.
+var Modes = []string{"raw", "sync", "async", "atomic"}
+
+// Config is what Start needs. Zero values are defaults.
+type Config struct {
+	// Mode is raw, sync, async or atomic (see the package comment).
+	Mode string
+
+	// Addr is where to listen. Default: 127.0.0.1:0.
+	Addr string
+
+	// DSN is the database. It is required: the command resolves
+	// $DATABASE_URL or pgserver.Start before calling Start.
+	DSN string
+
+	// App, when set, replaces the application_name of the server's
+	// connections, so that operators and tests find them in
+	// pg_stat_activity.
+	App string
+
+	// MaxWorkers is the slot count of the pool, and MaxOpenConns and
+	// MaxIdleConns of the *sql.DB in every mode. Default: dbctx's,
+	// min(32, NumCPU+4).
+	MaxWorkers int
+
+	// MaxWaiting and WaitTimeout pass through to dbctx.Options.
+	MaxWaiting  int
+	WaitTimeout time.Duration
+
+	// WriteTimeout bounds each websocket send in the dbscope modes.
+	// Default: wsconsumer's, 10s.
+	WriteTimeout time.Duration
+
+	// TestOps honors the "sleep" field of messages (?sleep= on HTTP):
+	// the query holds its connection that long. For fault tests only.
+	TestOps bool
+
+	// Logger receives the server's warnings. Default: slog.Default().
+	Logger *slog.Logger
+}
+
+// Server is a running item server.
+type Server struct {
+	cfg    Config
+	db     *sql.DB
+	pool   *dbctx.Pool         // nil in raw mode
+	ws     *wsconsumer.Handler // nil in raw mode
+	raw    *rawSockets         // raw mode only
+	ln     net.Listener
+	http   *http.Server
+	served chan error
+}
+
+// Start opens the database, creates the items table if missing and serves
+// until Shutdown. It returns once the server is listening.
+func Start(ctx context.Context, cfg Config) (*Server, error) {
+	if cfg.Addr == "" {
+		cfg.Addr = "127.0.0.1:0"
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.MaxWorkers <= 0 {
+		cfg.MaxWorkers = DefaultMaxWorkers()
+	}
+	dsn := cfg.DSN
+	if cfg.App != "" {
+		var err error
+		if dsn, err = pgserver.WithParams(dsn, "application_name", cfg.App); err != nil {
+			return nil, err
+		}
+	}
+	db, err := sql.Open("pgx", dsn)
+	if err != nil {
+		return nil, err
+	}
+	// The same *sql.DB settings in every mode: what dbctx.New would set.
+	db.SetMaxOpenConns(cfg.MaxWorkers)
+	db.SetMaxIdleConns(cfg.MaxWorkers)
+	s := &Server{cfg: cfg, db: db, served: make(chan error, 1)}
+	if err := Setup(ctx, db); err != nil {
+		db.Close()
+		return nil, err
+	}
+	mux := http.NewServeMux()
+	var h http.Handler = mux
+	switch cfg.Mode {
+	case "raw":
+		s.raw = &rawSockets{conns: map[*websocket.Conn]struct{}{}}
+		mux.Handle("GET /ws/items", s.rawWS())
+		mux.HandleFunc("GET /items/{id}", s.rawHTTP)
+	case "sync", "async", "atomic":
+		s.pool = dbctx.New(db, &dbctx.Options{
+			MaxWorkers:  cfg.MaxWorkers,
+			MaxWaiting:  cfg.MaxWaiting,
+			WaitTimeout: cfg.WaitTimeout,
+			Logger:      cfg.Logger,
+		})
+		wsOpts := &wsconsumer.Options{WriteTimeout: cfg.WriteTimeout, Logger: cfg.Logger}
+		if cfg.Mode == "async" {
+			s.ws = wsconsumer.NewAsync(s.pool, s.consumer(), wsOpts)
+		} else {
+			s.ws = wsconsumer.NewSync(s.pool, s.consumer(), wsOpts)
+		}
+		mux.Handle("GET /ws/items", s.ws)
+		var item http.Handler = http.HandlerFunc(s.scopeHTTP)
+		if cfg.Mode == "atomic" {
+			item = middleware.AtomicWithOpts(&middleware.AtomicOptions{Logger: cfg.Logger})(item)
+		}
+		mux.Handle("GET /items/{id}", item)
+		h = middleware.DB(s.pool)(mux)
+	default:
+		db.Close()
+		return nil, fmt.Errorf("itemserver: unknown mode %q (want raw, sync, async or atomic)", cfg.Mode)
+	}
+	if s.ln, err = net.Listen("tcp", cfg.Addr); err != nil {
+		s.closeDB()
+		return nil, err
+	}
+	s.http = &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 10 * time.Second,
+		// Clients that vanish mid-request are part of the fault suite.
+		ErrorLog: log.New(io.Discard, "", 0),
+	}
+	go func() { s.served <- s.http.Serve(s.ln) }()
+	return s, nil
+}
+
+// DefaultMaxWorkers is dbctx's default slot count: $DBCTX_MAX_WORKERS,
+// else min(32, NumCPU+4).
+func DefaultMaxWorkers() int {
+	var n int
+	if _, err := fmt.Sscan(os.Getenv(dbctx.EnvMaxWorkers), &n); err == nil && n > 0 {
+		return n
+	}
+	return min(32, runtime.NumCPU()+4)
+}
+
+// Addr returns the address the server listens on.
+func (s *Server) Addr() string { return s.ln.Addr().String() }
+
+// URL returns the server's base URL, http://host:port.
+func (s *Server) URL() string { return "http://" + s.Addr() }
+
+// Pool returns the server's pool, nil in raw mode.
+func (s *Server) Pool() *dbctx.Pool { return s.pool }
+
+// DB returns the server's *sql.DB.
+func (s *Server) DB() *sql.DB { return s.db }
+
+// MaxWorkers returns the slot count, which bounds the server's database
+// connections in every mode.
+func (s *Server) MaxWorkers() int { return s.cfg.MaxWorkers }
+
+// Sockets returns the number of live websockets.
+func (s *Server) Sockets() int {
+	if s.ws != nil {
+		return s.ws.Len()
+	}
+	return s.raw.len()
+}
+
+// Shutdown closes every websocket with 1001 and waits for their handlers,
+// then shuts the HTTP server down, then closes the pool and the database.
+// What ctx leaves unfinished is closed without a handshake and ctx's error
+// returned.
+func (s *Server) Shutdown(ctx context.Context) error {
+	var errs []error
+	// Sockets first: http.Server.Shutdown does not wait for hijacked
+	// connections, and their disconnects still need the pool.
+	if s.ws != nil {
+		errs = append(errs, s.ws.Shutdown(ctx))
+	} else {
+		errs = append(errs, s.raw.shutdown(ctx))
+	}
+	if err := s.http.Shutdown(ctx); err != nil {
+		errs = append(errs, err)
+		s.http.Close()
+	}
+	if err := <-s.served; !errors.Is(err, http.ErrServerClosed) {
+		errs = append(errs, err)
+	}
+	s.closeDB()
+	return errors.Join(errs...)
+}
+
+func (s *Server) closeDB() {
+	if s.pool != nil {
+		s.pool.Close()
+	}
+	s.db.Close()
+}

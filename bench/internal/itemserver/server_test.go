@@ -1,0 +1,119 @@
+package itemserver_test
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/dbscope/dbscope/bench/internal/itemserver"
+	"github.com/dbscope/dbscope/internal/pgtest"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
+
+// TestModes checks the workload in every mode: answers over websocket and
+// HTTP, an error reply that keeps the socket open, a graceful shutdown.
+func TestModes(t *testing.T) {
+	for _, mode := range itemserver.Modes {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			env := pgtest.New(t)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			srv, err := itemserver.Start(ctx, itemserver.Config{
+				Mode: mode, DSN: env.DSN(), App: env.AppName(), MaxWorkers: 2,
+				Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+
+			c, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(srv.URL(), "http")+"/ws/items", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, tc := range []struct{ send, want string }{
+				{`{"id":7}`, `{"id":7,"name":"item-7"}`},
+				{`{"id":0}`, `{"id":0,"error":"sql: no rows in result set"}`},
+				{`{"id":10000}`, `{"id":10000,"name":"item-10000"}`},
+			} {
+				if err := c.Write(ctx, websocket.MessageText, []byte(tc.send)); err != nil {
+					t.Fatal(err)
+				}
+				_, got, err := c.Read(ctx)
+				if err != nil {
+					t.Fatalf("%s: %v", tc.send, err)
+				}
+				if string(got) != tc.want {
+					t.Errorf("%s: got %s, want %s", tc.send, got, tc.want)
+				}
+			}
+
+			for _, tc := range []struct {
+				path   string
+				status int
+				want   string
+			}{
+				{"/items/3", 200, `{"id":3,"name":"item-3"}`},
+				{"/items/0", 500, `{"id":0,"error":"sql: no rows in result set"}`},
+				{"/items/x", 400, `{"id":0,"error":"id: not a number"}`},
+			} {
+				resp, err := http.Get(srv.URL() + tc.path)
+				if err != nil {
+					t.Fatal(err)
+				}
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != tc.status || string(body) != tc.want {
+					t.Errorf("GET %s: %d %s, want %d %s", tc.path, resp.StatusCode, body, tc.status, tc.want)
+				}
+			}
+			http.DefaultClient.CloseIdleConnections()
+
+			// The client reads while the server closes: the closing
+			// handshake needs its answer.
+			closed := make(chan error, 1)
+			go func() {
+				_, _, err := c.Read(ctx)
+				closed <- err
+			}()
+			if err := srv.Shutdown(ctx); err != nil {
+				t.Fatal(err)
+			}
+			err = <-closed
+			if got := websocket.CloseStatus(err); got != websocket.StatusGoingAway {
+				t.Errorf("after shutdown: %v, want close 1001", err)
+			}
+			c.CloseNow()
+		})
+	}
+}
+
+// TestTestOps checks that "sleep" holds the connection only when allowed.
+func TestTestOps(t *testing.T) {
+	env := pgtest.New(t)
+	ctx := context.Background()
+	srv, err := itemserver.Start(ctx, itemserver.Config{Mode: "sync", DSN: env.DSN(), TestOps: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Shutdown(ctx)
+	start := time.Now()
+	resp, err := http.Get(srv.URL() + "/items/5?sleep=0.2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m itemserver.Msg
+	json.NewDecoder(resp.Body).Decode(&m)
+	resp.Body.Close()
+	http.DefaultClient.CloseIdleConnections()
+	if m.Name != "item-5" || time.Since(start) < 200*time.Millisecond {
+		t.Errorf("got %+v after %v, want item-5 after 200ms", m, time.Since(start))
+	}
+}

@@ -1,0 +1,85 @@
+// Command load drives a bench/server with request/response load and prints
+// one JSON line of results:
+//
+//	go run ./bench/load -url http://127.0.0.1:8090 -clients 8 -messages 5000 \
+//		-app bench-sync -server-pid $PID
+//
+// Fields: msgs_per_s, p50_us/p99_us, error_replies, busy (1013 or 503),
+// broken_sockets, peak_db_conns (the server's connections in
+// pg_stat_activity, found by -app), server_peak_rss_bytes (VmHWM of
+// -server-pid). With -kill-every the server's backends are terminated at
+// that interval while clients run. The database watched is $DATABASE_URL,
+// else the local server at 127.0.0.1:5432: the one the server uses.
+package main
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"time"
+
+	"github.com/dbscope/dbscope/bench/internal/loadgen"
+	"github.com/dbscope/dbscope/internal/pgserver"
+	_ "github.com/jackc/pgx/v5/stdlib" // the "pgx" database/sql driver
+)
+
+func main() {
+	var cfg loadgen.Config
+	flag.StringVar(&cfg.URL, "url", "http://127.0.0.1:8090", "the server's base URL")
+	flag.StringVar(&cfg.Proto, "proto", "ws", "ws (/ws/items) or http (GET /items/{id})")
+	flag.IntVar(&cfg.Clients, "clients", 4, "concurrent clients")
+	flag.IntVar(&cfg.Messages, "messages", 1000, "messages (requests) per client")
+	flag.DurationVar(&cfg.Duration, "duration", 0, "stop every client after this long (0: when its messages are sent)")
+	flag.DurationVar(&cfg.SampleEvery, "sample-every", 20*time.Millisecond, "interval of the pg_stat_activity samples")
+	flag.IntVar(&cfg.Idle, "idle", 0, "extra idle websockets held open during the run")
+	flag.DurationVar(&cfg.KillEvery, "kill-every", 0, "terminate the server's backends at this interval (0: never)")
+	flag.StringVar(&cfg.App, "app", "", "application_name of the server's connections (for peak_db_conns and -kill-every)")
+	flag.IntVar(&cfg.ServerPID, "server-pid", 0, "the server's pid, for its peak RSS")
+	flag.DurationVar(&cfg.Timeout, "timeout", 30*time.Second, "per-message timeout")
+	flag.StringVar(&cfg.Label, "label", "", "name of the run in the output")
+	wait := flag.Duration("wait", 30*time.Second, "how long to wait for the server to answer")
+	flag.Parse()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	if err := run(ctx, cfg, *wait); err != nil {
+		fmt.Fprintln(os.Stderr, "load:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, cfg loadgen.Config, wait time.Duration) error {
+	if cfg.App != "" {
+		url := os.Getenv("DATABASE_URL")
+		if url == "" {
+			url = pgserver.LocalURL
+		}
+		url, err := pgserver.WithParams(url, "application_name", "dbscope-bench-load")
+		if err != nil {
+			return err
+		}
+		db, err := sql.Open("pgx", url)
+		if err != nil {
+			return err
+		}
+		defer db.Close()
+		db.SetMaxOpenConns(2)
+		cfg.Admin = db
+	}
+	if err := loadgen.WaitReady(ctx, cfg.URL, wait); err != nil {
+		return err
+	}
+	if cfg.ServerPID == 0 {
+		// The server is another process whose pid we were not given:
+		// this process's memory would say nothing about it.
+		cfg.ServerPID = -1
+	}
+	res, err := loadgen.Run(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	return json.NewEncoder(os.Stdout).Encode(res)
+}

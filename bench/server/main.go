@@ -1,0 +1,64 @@
+// Command server serves the benchmark workload "items" in one mode, for
+// bench/load to drive:
+//
+//	go run ./bench/server -mode sync -addr 127.0.0.1:8090 -app bench-sync
+//
+// Endpoints: websocket /ws/items ({"id":k} → {"id":k,"name":"item-k"}) and
+// GET /items/{id}. Modes: raw (no dbscope), sync, async, atomic; see package
+// bench/internal/itemserver. It uses $DATABASE_URL; without it the local
+// server at 127.0.0.1:5432, and without that a throwaway cluster it removes
+// on exit. It creates the items table (10,000 rows) if missing, prints
+// "listening on ADDR" once it serves, and stops gracefully on SIGINT or
+// SIGTERM.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/dbscope/dbscope/bench/internal/itemserver"
+	"github.com/dbscope/dbscope/internal/pgserver"
+)
+
+func main() {
+	var cfg itemserver.Config
+	flag.StringVar(&cfg.Mode, "mode", "sync", "raw, sync, async or atomic")
+	flag.StringVar(&cfg.Addr, "addr", "127.0.0.1:8090", "listen address")
+	flag.StringVar(&cfg.App, "app", "dbscope-bench-server", "application_name of the server's database connections")
+	flag.IntVar(&cfg.MaxWorkers, "max-workers", 0, "worker slots and max open connections (default: $DBCTX_MAX_WORKERS, else min(32, NumCPU+4))")
+	flag.DurationVar(&cfg.WaitTimeout, "wait-timeout", 0, "how long a caller waits for a slot (default 2s)")
+	flag.BoolVar(&cfg.TestOps, "test-ops", false, `honor "sleep" in messages (?sleep= in HTTP): for fault tests`)
+	flag.Parse()
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	cfg.Logger = log
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, cfg); err != nil {
+		fmt.Fprintln(os.Stderr, "server:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, cfg itemserver.Config) error {
+	url, stopCluster, err := pgserver.Start(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer stopCluster()
+	cfg.DSN = url
+	srv, err := itemserver.Start(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("listening on %s (mode %s, %d slots)\n", srv.Addr(), cfg.Mode, srv.MaxWorkers())
+	<-ctx.Done()
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return srv.Shutdown(sctx)
+}
