@@ -168,7 +168,7 @@ func benchIdle(b *testing.B, mode string) {
 }
 
 // settle waits until the goroutine count has not changed for 1.5s (a
-// socket's worker stays a second after its last message), at most 15s:
+// socket's worker stays a moment after its last message), at most 15s:
 // the memory of idle sockets is measured at rest.
 func settle() {
 	last, since := runtime.NumGoroutine(), time.Now()

@@ -230,7 +230,7 @@ type message struct {
 
 // workerIdle is how long a worker waits for the next message of its
 // socket before it exits.
-const workerIdle = time.Second
+const workerIdle = 100 * time.Millisecond
 
 type workers struct {
 	h    *Handler
