@@ -156,3 +156,32 @@ func TestCloseOldDiscardsDead(t *testing.T) {
 		t.Errorf("dead connection not discarded: %+v", st)
 	}
 }
+
+// A result user code left open (a *sql.Row never scanned) does not hang
+// the boundary: the connection is discarded, the slot freed, and
+// database/sql's bookkeeping ends once the row's context does (goleak in
+// TestMain checks that).
+func TestRowNeverScanned(t *testing.T) {
+	t.Parallel()
+	p, env := newPool(t, &dbctx.Options{MaxWorkers: 1})
+	ctx, cancel := context.WithCancel(context.Background())
+	err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+		s.QueryRowContext(ctx, "SELECT g FROM generate_series(1, 100000) g") // never scanned
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := p.Stats(); st.InUse != 0 || st.Pinned != 0 || st.Discarded.Broken != 1 {
+		t.Fatalf("after the boundary: %+v", st)
+	}
+	cancel()
+	// The pool goes on with a fresh connection.
+	n, err := dbctx.DoValue(scopeCtx(t, p), func(ctx context.Context, s *dbctx.Scope) (int, error) {
+		return queryInt(ctx, s, "SELECT 5")
+	})
+	if err != nil || n != 5 {
+		t.Fatalf("next Do: %d, %v", n, err)
+	}
+	eventually(t, "the abandoned backend to go", func() bool { return len(env.Backends(t)) <= 1 })
+}

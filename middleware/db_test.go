@@ -269,3 +269,21 @@ func TestPanicValueUntouched(t *testing.T) {
 		}
 	}
 }
+
+// A handler that leaves a *sql.Row unscanned does not hang its request.
+func TestRowNeverScanned(t *testing.T) {
+	t.Parallel()
+	p, _ := newPool(t, nil)
+	srv := serve(t, middleware.DB(p)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx := r.Context()
+		dbctx.From(ctx).QueryRowContext(ctx, "SELECT g FROM generate_series(1, 100000) g")
+		fmt.Fprint(w, "done")
+	})))
+	if code, body, _ := get(t, srv.URL); code != http.StatusOK || body != "done" {
+		t.Fatalf("%d %q", code, body)
+	}
+	eventually(t, "the scope to end", func() bool {
+		st := p.Stats()
+		return st.InUse == 0 && st.Pinned == 0
+	})
+}
