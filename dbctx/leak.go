@@ -15,7 +15,9 @@ func (s *Scope) watchLeak() {
 	pcs = pcs[:runtime.Callers(4, pcs)]
 	pinned := time.Now()
 	s.leak = time.AfterFunc(p.opts.LeakTimeout, func() {
-		p.c.leaks.Add(1)
+		// Counted after the report is written: a reader who sees the
+		// count finds the report.
+		defer p.c.leaks.Add(1)
 		p.opts.Logger.Warn("dbctx: connection pinned longer than LeakTimeout",
 			"pinned_for", time.Since(pinned).Round(time.Millisecond),
 			"leak_timeout", p.opts.LeakTimeout,
