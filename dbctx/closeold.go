@@ -136,7 +136,13 @@ func (s *Scope) giveBack(ctx context.Context) error {
 			return fmt.Errorf("dbctx: OnRelease: %w", err)
 		}
 	}
-	s.conn.Close()
+	if s.handedOut {
+		// User code may still hold a *sql.Tx or *sql.Rows of it, which
+		// keeps *sql.Conn.Close waiting until they end.
+		go s.conn.Close()
+	} else {
+		s.conn.Close()
+	}
 	p.c.givenBack.Add(1)
 	s.forget()
 	return nil
@@ -164,7 +170,13 @@ func (s *Scope) unpin(why discardReason) {
 	}
 	clear(s.txs)
 	s.txs = s.txs[:0]
-	s.pool.discard(s.conn, why)
+	if s.handedOut {
+		// As in giveBack: do not wait for what user code holds.
+		go s.pool.discard(s.conn, -1)
+		s.pool.c.discarded[why].Add(1)
+	} else {
+		s.pool.discard(s.conn, why)
+	}
 	s.forget()
 }
 
@@ -190,7 +202,7 @@ func (s *Scope) abandon() {
 
 func (s *Scope) forget() {
 	s.conn, s.pg = nil, nil
-	s.dirty, s.rawTx, s.bad = false, false, false
+	s.dirty, s.rawTx, s.bad, s.handedOut = false, false, false, false
 	clear(s.prepared)
 	s.prepared = s.prepared[:0]
 	s.pool.c.pinned.Add(-1)

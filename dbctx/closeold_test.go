@@ -185,3 +185,43 @@ func TestRowNeverScanned(t *testing.T) {
 	}
 	eventually(t, "the abandoned backend to go", func() bool { return len(env.Backends(t)) <= 1 })
 }
+
+// A transaction user code begins on the raw *sql.Conn and never ends does
+// not hang the boundary, nor stay open on the server.
+func TestRawConnTxLeftOpen(t *testing.T) {
+	t.Parallel()
+	p, env := newPool(t, &dbctx.Options{MaxWorkers: 1})
+	mustExec(t, env.Admin(), "CREATE TABLE "+env.Schema()+".t (n int)")
+	txCtx, cancel := context.WithCancel(context.Background())
+	err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+		c, err := s.Conn(ctx)
+		if err != nil {
+			return err
+		}
+		tx, err := c.BeginTx(txCtx, nil)
+		if err != nil {
+			return err
+		}
+		_, err = tx.ExecContext(ctx, "INSERT INTO t VALUES (1)")
+		return err // tx never ended
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := p.Stats(); st.InUse != 0 || st.Pinned != 0 {
+		t.Fatalf("after the boundary: %+v", st)
+	}
+	if n := env.IdleInTransaction(t); n != 0 {
+		t.Fatalf("%d connections idle in transaction after the boundary", n)
+	}
+	// database/sql keeps counting the connection open until the
+	// transaction's context ends (for a request: when it finishes); with
+	// MaxOpenConns 1 the next scope would wait for it.
+	cancel()
+	n, err := dbctx.DoValue(scopeCtx(t, p), func(ctx context.Context, s *dbctx.Scope) (int, error) {
+		return queryInt(ctx, s, "SELECT count(*) FROM t")
+	})
+	if err != nil || n != 0 {
+		t.Fatalf("rows after the boundary: %d, %v; want 0", n, err)
+	}
+}

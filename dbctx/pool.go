@@ -112,12 +112,15 @@ func (p *Pool) connect(ctx context.Context) (*sql.Conn, *pgconn.PgConn, error) {
 	}
 }
 
-// discard closes conn's driver connection so database/sql never reuses it.
+// discard closes conn's driver connection so database/sql never reuses it,
+// and counts it under why (a negative why: counted by the caller).
 func (p *Pool) discard(conn *sql.Conn, why discardReason) {
 	if err := conn.Raw(p.discardFn); err != nil && !errors.Is(err, driver.ErrBadConn) {
 		// Already closed (sql.ErrConnDone): database/sql dropped it when the
 		// driver reported it bad.
 		conn.Close()
 	}
-	p.c.discarded[why].Add(1)
+	if why >= 0 {
+		p.c.discarded[why].Add(1)
+	}
 }

@@ -49,18 +49,19 @@ type Scope struct {
 	tx        *sql.Tx  // Atomic's transaction, nil until its first statement
 	onCommit  []func() // OnCommit functions of the running Atomic
 
-	conn     *sql.Conn
-	pg       *pgconn.PgConn // nil for other drivers
-	pinnedAt time.Time
-	dirty    bool
-	rawTx    bool // a BEGIN seen in raw SQL: never retry
-	bad      bool // a connection-level error seen while in a transaction
-	badWhy   discardReason
-	txs      []*sql.Tx
-	rows     *sql.Rows
-	stmts    []*sql.Stmt
-	prepared []string // names of statements PREPAREd in SQL
-	leak     *time.Timer
+	conn      *sql.Conn
+	pg        *pgconn.PgConn // nil for other drivers
+	pinnedAt  time.Time
+	dirty     bool
+	handedOut bool // Conn gave the *sql.Conn to user code
+	rawTx     bool // a BEGIN seen in raw SQL: never retry
+	bad       bool // a connection-level error seen while in a transaction
+	badWhy    discardReason
+	txs       []*sql.Tx
+	rows      *sql.Rows
+	stmts     []*sql.Stmt
+	prepared  []string // names of statements PREPAREd in SQL
+	leak      *time.Timer
 
 	queries int           // statements run, for Timing
 	spent   time.Duration // time spent in them, for Timing
@@ -331,11 +332,22 @@ func (s *Scope) beginTx(ctx context.Context, opts *sql.TxOptions) (*sql.Tx, erro
 }
 
 // Conn returns the scope's pinned *sql.Conn, pinning one first if needed.
-// The connection stays the scope's: do not Close it, and end any
-// transaction begun on it yourself before the next boundary (only those
-// begun with [Scope.BeginTx] are rolled back for you). Raw access marks the
+// The connection stays the scope's: do not Close it. A transaction or
+// rows left open on it are ended on the server at the next boundary (the
+// connection is rolled back, or discarded), and database/sql's side of them
+// when their context ends: until then the *sql.Conn is released in the
+// background rather than blocking the boundary. Raw access marks the
 // scope dirty, so the session is reset before the connection is given back.
 func (s *Scope) Conn(ctx context.Context) (*sql.Conn, error) {
+	c, err := s.raw(ctx)
+	if err == nil {
+		s.handedOut = true
+	}
+	return c, err
+}
+
+// raw pins a connection for raw use, which marks the scope dirty.
+func (s *Scope) raw(ctx context.Context) (*sql.Conn, error) {
 	c, err := s.use(ctx, "")
 	if err != nil {
 		return nil, err
@@ -349,7 +361,7 @@ func (s *Scope) Conn(ctx context.Context) (*sql.Conn, error) {
 // the connection. It marks the scope dirty like [Scope.Conn]. With a driver
 // other than pgx's stdlib it returns an error.
 func (s *Scope) Pgx(ctx context.Context, fn func(*pgx.Conn) error) error {
-	c, err := s.Conn(ctx)
+	c, err := s.raw(ctx)
 	if err != nil {
 		return err
 	}
