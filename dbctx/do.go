@@ -57,11 +57,8 @@ func (s *Scope) do(ctx context.Context, fn func(ctx context.Context, s *Scope) e
 	// runs inside it and leaves it alone at both ends.
 	boundary := s.depth == 0 && s.atomic == 0 && !(s.conn != nil && s.inTx())
 	if s.depth == 0 {
-		if !s.slot {
-			if err := s.pool.acquireSlot(ctx); err != nil {
-				return err
-			}
-			s.slot = true
+		if err := s.takeSlot(ctx); err != nil {
+			return err
 		}
 		if boundary {
 			// A failed cleanup of earlier work has discarded that

@@ -41,6 +41,22 @@ func (s *Scope) retryable(ctx context.Context, err error) bool {
 // Every retried run is proven to have had no effect.
 const maxRetries = 3
 
+// run runs one statement on c, and again on another connection while its
+// failure proves it had no effect (see retryable), at most maxRetries more
+// times; then it looks at the last error for an unusable connection.
+func run[T any](ctx context.Context, s *Scope, c *sql.Conn, stmt func(*sql.Conn) (T, error)) (T, error) {
+	v, err := stmt(c)
+	for try := 0; err != nil && try < maxRetries && s.retryable(ctx, err); try++ {
+		c, rerr := s.repin(ctx)
+		if rerr != nil {
+			break
+		}
+		v, err = stmt(c)
+	}
+	s.observe(ctx, err)
+	return v, err
+}
+
 // repin discards the scope's broken connection and pins a fresh one for a
 // retry.
 func (s *Scope) repin(ctx context.Context) (*sql.Conn, error) {

@@ -141,14 +141,10 @@ func (s *Scope) pinned(ctx context.Context) (*sql.Conn, error) {
 	case s.ended:
 		return nil, ErrScopeEnded
 	}
-	p := s.pool
-	if !s.slot {
-		if err := p.acquireSlot(ctx); err != nil {
-			return nil, err
-		}
-		s.slot = true
+	if err := s.takeSlot(ctx); err != nil {
+		return nil, err
 	}
-	conn, pc, err := p.connect(ctx)
+	conn, pc, err := s.pool.connect(ctx)
 	if err != nil {
 		if s.depth == 0 {
 			s.freeSlot()
@@ -182,13 +178,23 @@ func (s *Scope) Reserve(ctx context.Context) error {
 		return ErrAsyncContext
 	case s.ended:
 		return ErrScopeEnded
-	case !s.slot:
-		if err := s.pool.acquireSlot(ctx); err != nil {
-			return err
-		}
-		s.slot = true
+	}
+	if err := s.takeSlot(ctx); err != nil {
+		return err
 	}
 	s.reserved = true
+	return nil
+}
+
+// takeSlot takes a worker slot for the scope unless it holds one.
+func (s *Scope) takeSlot(ctx context.Context) error {
+	if s.slot {
+		return nil
+	}
+	if err := s.pool.acquireSlot(ctx); err != nil {
+		return err
+	}
+	s.slot = true
 	return nil
 }
 
@@ -210,15 +216,9 @@ func (s *Scope) ExecContext(ctx context.Context, query string, args ...any) (sql
 	if err != nil {
 		return nil, err
 	}
-	r, err := c.ExecContext(ctx, query, args...)
-	for try := 0; err != nil && try < maxRetries && s.retryable(ctx, err); try++ {
-		c, rerr := s.repin(ctx)
-		if rerr != nil {
-			break
-		}
-		r, err = c.ExecContext(ctx, query, args...)
-	}
-	s.observe(ctx, err)
+	r, err := run(ctx, s, c, func(c *sql.Conn) (sql.Result, error) {
+		return c.ExecContext(ctx, query, args...)
+	})
 	s.account(start)
 	return r, err
 }
@@ -232,15 +232,9 @@ func (s *Scope) QueryContext(ctx context.Context, query string, args ...any) (*s
 	if err != nil {
 		return nil, err
 	}
-	rows, err := c.QueryContext(ctx, query, args...)
-	for try := 0; err != nil && try < maxRetries && s.retryable(ctx, err); try++ {
-		c, rerr := s.repin(ctx)
-		if rerr != nil {
-			break
-		}
-		rows, err = c.QueryContext(ctx, query, args...)
-	}
-	s.observe(ctx, err)
+	rows, err := run(ctx, s, c, func(c *sql.Conn) (*sql.Rows, error) {
+		return c.QueryContext(ctx, query, args...)
+	})
 	if err == nil {
 		s.rows = rows
 	}
@@ -257,18 +251,10 @@ func (s *Scope) QueryRowContext(ctx context.Context, query string, args ...any) 
 	if err != nil {
 		return errRow(err)
 	}
-	row := c.QueryRowContext(ctx, query, args...)
-	if err := row.Err(); err != nil {
-		for try := 0; err != nil && try < maxRetries && s.retryable(ctx, err); try++ {
-			c, rerr := s.repin(ctx)
-			if rerr != nil {
-				break
-			}
-			row = c.QueryRowContext(ctx, query, args...)
-			err = row.Err()
-		}
-		s.observe(ctx, err)
-	}
+	row, _ := run(ctx, s, c, func(c *sql.Conn) (*sql.Row, error) {
+		row := c.QueryRowContext(ctx, query, args...)
+		return row, row.Err()
+	})
 	s.account(start)
 	return row
 }
@@ -280,15 +266,9 @@ func (s *Scope) PrepareContext(ctx context.Context, query string) (*sql.Stmt, er
 	if err != nil {
 		return nil, err
 	}
-	st, err := c.PrepareContext(ctx, query)
-	for try := 0; err != nil && try < maxRetries && s.retryable(ctx, err); try++ {
-		c, rerr := s.repin(ctx)
-		if rerr != nil {
-			break
-		}
-		st, err = c.PrepareContext(ctx, query)
-	}
-	s.observe(ctx, err)
+	st, err := run(ctx, s, c, func(c *sql.Conn) (*sql.Stmt, error) {
+		return c.PrepareContext(ctx, query)
+	})
 	if err == nil {
 		s.stmts = append(s.stmts, st)
 	}
@@ -316,15 +296,9 @@ func (s *Scope) beginTx(ctx context.Context, opts *sql.TxOptions) (*sql.Tx, erro
 		clear(s.txs)
 		s.txs = s.txs[:0]
 	}
-	tx, err := c.BeginTx(ctx, opts)
-	for try := 0; err != nil && try < maxRetries && s.retryable(ctx, err); try++ {
-		c, rerr := s.repin(ctx)
-		if rerr != nil {
-			break
-		}
-		tx, err = c.BeginTx(ctx, opts)
-	}
-	s.observe(ctx, err)
+	tx, err := run(ctx, s, c, func(c *sql.Conn) (*sql.Tx, error) {
+		return c.BeginTx(ctx, opts)
+	})
 	if err == nil {
 		s.txs = append(s.txs, tx)
 	}
