@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/http"
 
 	"github.com/coder/websocket"
 )
@@ -60,11 +59,3 @@ func Reject(status int, reason string) error {
 // ErrClosed is returned by Send on a session whose socket is closed or not
 // accepted yet.
 var ErrClosed = errors.New("wsconsumer: websocket closed")
-
-func rejectStatus(err error) (int, string) {
-	var re *RejectError
-	if errors.As(err, &re) {
-		return re.Status, re.Reason
-	}
-	return http.StatusInternalServerError, http.StatusText(http.StatusInternalServerError)
-}

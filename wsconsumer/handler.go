@@ -123,8 +123,7 @@ func newHandler(pool *dbctx.Pool, c Consumer, async bool, opts *Options) *Handle
 // the socket is closed and Disconnect has run.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !h.enter() {
-		w.Header().Set("Retry-After", "1")
-		http.Error(w, "shutting down", http.StatusServiceUnavailable)
+		serviceUnavailable(w, "shutting down")
 		return
 	}
 	defer h.active.Done()
@@ -148,7 +147,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}()
 
 	if h.c.Connect != nil {
-		if err := h.call(pool, s, s.cbCtx(), "connect", func(ctx context.Context) error {
+		if err := h.call(s.cbCtx(), pool, func(ctx context.Context) error {
 			return h.c.Connect(ctx, s)
 		}); err != nil {
 			h.refuse(w, r, err)
@@ -274,7 +273,7 @@ func (w *workers) receive(m message) {
 		ctx = w.out.begin(ctx)
 		defer w.out.flush()
 	}
-	err := h.call(w.pool, s, ctx, "receive", func(ctx context.Context) error {
+	err := h.call(ctx, w.pool, func(ctx context.Context) error {
 		if h.c.Receive == nil {
 			return nil
 		}
@@ -291,7 +290,7 @@ func (w *workers) receive(m message) {
 // call runs a callback: in the sync style inside dbctx.Do on the socket's
 // scope (a slot, CloseOld before and after), in the async style directly.
 // A panic becomes a *dbctx.PanicError.
-func (h *Handler) call(pool *dbctx.Pool, s *Session, ctx context.Context, what string, fn func(ctx context.Context) error) (err error) {
+func (h *Handler) call(ctx context.Context, pool *dbctx.Pool, fn func(ctx context.Context) error) (err error) {
 	if !h.async {
 		return pool.Do(ctx, func(ctx context.Context, _ *dbctx.Scope) error { return fn(ctx) })
 	}
@@ -342,13 +341,17 @@ func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, err error) {
 	case errors.As(err, &re):
 		http.Error(w, re.Reason, re.Status)
 	case errors.Is(err, dbctx.ErrBusy):
-		w.Header().Set("Retry-After", "1")
-		http.Error(w, http.StatusText(http.StatusServiceUnavailable), http.StatusServiceUnavailable)
+		serviceUnavailable(w, http.StatusText(http.StatusServiceUnavailable))
 	default:
 		h.opts.Logger.Error("wsconsumer: callback failed", "callback", "connect", "path", r.URL.Path, "err", err)
-		status, reason := rejectStatus(err)
-		http.Error(w, reason, status)
+		http.Error(w, http.StatusText(http.StatusInternalServerError), http.StatusInternalServerError)
 	}
+}
+
+// serviceUnavailable answers 503 with a Retry-After of one second.
+func serviceUnavailable(w http.ResponseWriter, body string) {
+	w.Header().Set("Retry-After", "1")
+	http.Error(w, body, http.StatusServiceUnavailable)
 }
 
 func (h *Handler) disconnect(pool *dbctx.Pool, s *Session, code websocket.StatusCode) {
@@ -359,7 +362,7 @@ func (h *Handler) disconnect(pool *dbctx.Pool, s *Session, code websocket.Status
 	// deadline with the same values (and scope).
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(s.cbCtx()), h.opts.DisconnectTimeout)
 	defer cancel()
-	err := h.call(pool, s, ctx, "disconnect", func(ctx context.Context) error {
+	err := h.call(ctx, pool, func(ctx context.Context) error {
 		h.c.Disconnect(ctx, s, code)
 		return nil
 	})
