@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/internal/pgserver"
 	"github.com/dbscope/dbscope/internal/pgtest"
 	"github.com/jackc/pgx/v5/pgconn"
 )
@@ -28,7 +29,7 @@ func TestKilledWhileIdleTLS(t *testing.T) {
 	if err := env.Admin().QueryRow("SHOW ssl").Scan(&ssl); err != nil || ssl != "on" {
 		t.Skipf("the server does not offer TLS (ssl=%q, %v)", ssl, err)
 	}
-	dsn, err := pgtest.WithParams(env.DSN(), "sslmode", "require")
+	dsn, err := pgserver.WithParams(env.DSN(), "sslmode", "require")
 	if err != nil {
 		t.Fatal(err)
 	}

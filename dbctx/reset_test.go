@@ -7,7 +7,7 @@ import (
 	"testing"
 
 	"github.com/dbscope/dbscope/dbctx"
-	"github.com/dbscope/dbscope/internal/pgtest"
+	"github.com/dbscope/dbscope/internal/pgserver"
 )
 
 type tenantKey struct{}
@@ -153,7 +153,7 @@ func TestQueryExecModes(t *testing.T) {
 		t.Run(mode, func(t *testing.T) {
 			t.Parallel()
 			env := newEnv(t)
-			dsn, err := pgtest.WithParams(env.DSN(), "default_query_exec_mode", mode)
+			dsn, err := pgserver.WithParams(env.DSN(), "default_query_exec_mode", mode)
 			if err != nil {
 				t.Fatal(err)
 			}

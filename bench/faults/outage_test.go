@@ -7,6 +7,7 @@ import (
 	"github.com/dbscope/dbscope/bench/internal/itemserver"
 	"github.com/dbscope/dbscope/bench/internal/loadgen"
 	"github.com/dbscope/dbscope/internal/dbtest"
+	"github.com/dbscope/dbscope/internal/pgserver"
 	"github.com/dbscope/dbscope/internal/pgtest"
 )
 
@@ -27,7 +28,7 @@ func TestOutage(t *testing.T) {
 		t.Run(tc.mode+"/"+tc.proto, func(t *testing.T) {
 			env := pgtest.New(t)
 			proxy := pgtest.NewProxy(t, env)
-			dsn, err := pgtest.WithParams(proxy.DSN(), "connect_timeout", "1")
+			dsn, err := pgserver.WithParams(proxy.DSN(), "connect_timeout", "1")
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -4,7 +4,7 @@
 //
 // # The base server
 //
-// The server is resolved once per process (see [Start]), in this order:
+// The server is resolved once per process (see [pgserver.Start]), in this order:
 //
 //  1. $DATABASE_URL, if set;
 //  2. the local server at 127.0.0.1:5432, as user postgres, database postgres,
@@ -14,7 +14,7 @@
 //     directory, listening only on a unix socket inside that directory. It is
 //     stopped and removed when the tests end (see [Main]).
 //
-// Setting DBSCOPE_PGTEST_FORCE_CLUSTER=1 ([ForceClusterEnv]) skips steps 1
+// Setting DBSCOPE_PGTEST_FORCE_CLUSTER=1 ([pgserver.ForceClusterEnv]) skips steps 1
 // and 2, which is how the throwaway-cluster path is exercised on a machine
 // that has a server running. If no PostgreSQL can be found at all, the tests
 // that need one fail with a message saying how to get one.

@@ -20,23 +20,6 @@ import (
 // adminAppName is the application_name of the shared admin pool.
 const adminAppName = "pgtest_admin"
 
-// Start is [pgserver.Start], for callers that already import pgtest.
-func Start(ctx context.Context, logf func(format string, args ...any)) (url string, stop func(), err error) {
-	return pgserver.Start(ctx, logf)
-}
-
-// WithParams is [pgserver.WithParams].
-func WithParams(dsn string, kv ...string) (string, error) { return pgserver.WithParams(dsn, kv...) }
-
-// LocalURL is [pgserver.LocalURL].
-const LocalURL = pgserver.LocalURL
-
-// ForceClusterEnv is [pgserver.ForceClusterEnv].
-const ForceClusterEnv = pgserver.ForceClusterEnv
-
-// ErrNoServer is [pgserver.ErrNoServer].
-var ErrNoServer = pgserver.ErrNoServer
-
 // server is a resolved base server.
 type server struct {
 	url     string
@@ -92,7 +75,7 @@ func resolve() (*server, error) {
 	shared.once.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
-		url, stop, err := Start(ctx, stderrLogf)
+		url, stop, err := pgserver.Start(ctx, stderrLogf)
 		if err != nil {
 			shared.err = err
 			return
