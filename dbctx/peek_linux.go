@@ -21,3 +21,15 @@ func peerClosed(fd int) bool {
 	const tcpCloseWait = 8
 	return info.State == tcpCloseWait
 }
+
+// peek reads into buf without consuming and without blocking. The call
+// cannot block (MSG_DONTWAIT), so it skips the scheduler's syscall
+// bookkeeping; it runs once per connection pinned.
+func peek(fd int, buf []byte) (int, error) {
+	n, _, errno := syscall.RawSyscall6(syscall.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)),
+		syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
+	if errno != 0 {
+		return 0, errno
+	}
+	return int(n), nil
+}

@@ -18,7 +18,7 @@ func (s *socket) dead() bool {
 		return false
 	}
 	var buf [1]byte
-	n, _, err := syscall.Recvfrom(s.fd, buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+	n, err := peek(s.fd, buf[:])
 	switch {
 	case err == syscall.EAGAIN || err == syscall.EWOULDBLOCK || err == syscall.EINTR:
 		return false

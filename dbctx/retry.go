@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"database/sql/driver"
 	"errors"
+	"iter"
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -104,22 +105,30 @@ func (s *Scope) inTx() bool {
 
 // note marks the scope dirty when query changes session state, and notes a
 // transaction begun in raw SQL. It is a cheap scan, not a parser: it errs
-// towards dirty, which only costs one reset round trip.
+// towards dirty, which only costs one reset round trip. It runs on every
+// statement, so it dispatches on the keyword's length rather than trying
+// every keyword.
 func (s *Scope) note(query string) {
-	kw := firstKeyword(query)
-	switch {
-	case kw == "":
-	case strings.EqualFold(kw, "begin") || strings.EqualFold(kw, "start"):
-		s.rawTx = true
-	case strings.EqualFold(kw, "prepare"):
-		s.dirty = true
-		if name := preparedName(query); name != "" {
-			s.prepared = append(s.prepared, name)
+	switch kw := firstKeyword(query); len(kw) {
+	case 3:
+		s.dirty = s.dirty || strings.EqualFold(kw, "set")
+	case 4:
+		s.dirty = s.dirty || strings.EqualFold(kw, "load")
+	case 5:
+		if strings.EqualFold(kw, "begin") || strings.EqualFold(kw, "start") {
+			s.rawTx = true
 		}
-	case strings.EqualFold(kw, "set") || strings.EqualFold(kw, "reset") ||
-		strings.EqualFold(kw, "listen") ||
-		strings.EqualFold(kw, "declare") || strings.EqualFold(kw, "load"):
-		s.dirty = true
+		s.dirty = s.dirty || strings.EqualFold(kw, "reset")
+	case 6:
+		s.dirty = s.dirty || strings.EqualFold(kw, "listen")
+	case 7:
+		if strings.EqualFold(kw, "prepare") {
+			s.dirty = true
+			if name := preparedName(query); name != "" {
+				s.prepared = append(s.prepared, name)
+			}
+		}
+		s.dirty = s.dirty || strings.EqualFold(kw, "declare")
 	}
 	if !s.dirty && mentionsSessionState(query) {
 		s.dirty = true
@@ -156,21 +165,48 @@ func firstKeyword(q string) string {
 	return q[i:j]
 }
 
-// sessionMarkers are lower-case fragments whose presence anywhere in a
-// statement may leave state in the session.
-var sessionMarkers = []string{"set_config", "advisory_lock", "temporary", "temp ", "temp\t", "temp\n"}
-
+// mentionsSessionState reports whether q mentions, anywhere, something
+// that may leave state in the session: set_config, an advisory lock, a
+// temporary table (TEMPORARY, or TEMP followed by a space). It looks only
+// around the bytes those words hinge on ('_' and 'p'), which IndexByte finds
+// fast, since it runs on every statement.
 func mentionsSessionState(q string) bool {
-	for i := 0; i < len(q); i++ {
-		c := q[i] | 0x20
-		if c != 's' && c != 'a' && c != 't' {
-			continue
+	for i := range indexes(q, '_') {
+		if i >= 3 && hasFoldPrefix(q[i-3:], "set_config") || i >= 8 && hasFoldPrefix(q[i-8:], "advisory_lock") {
+			return true
 		}
-		for _, m := range sessionMarkers {
-			if len(q)-i >= len(m) && m[0] == c && strings.EqualFold(q[i:i+len(m)], m) {
+	}
+	for _, p := range []byte{'p', 'P'} {
+		for i := range indexes(q, p) {
+			if i < 3 || i+1 >= len(q) || !strings.EqualFold(q[i-3:i+1], "temp") {
+				continue
+			}
+			switch q[i+1] {
+			case ' ', '\t', '\n', '\r':
+				return true
+			}
+			if hasFoldPrefix(q[i+1:], "orary") {
 				return true
 			}
 		}
 	}
 	return false
+}
+
+// indexes yields the index of every c in s.
+func indexes(s string, c byte) iter.Seq[int] {
+	return func(yield func(int) bool) {
+		for off := 0; ; {
+			j := strings.IndexByte(s[off:], c)
+			if j < 0 || !yield(off+j) {
+				return
+			}
+			off += j + 1
+		}
+	}
+}
+
+// hasFoldPrefix is strings.HasPrefix under ASCII case folding.
+func hasFoldPrefix(s, prefix string) bool {
+	return len(s) >= len(prefix) && strings.EqualFold(s[:len(prefix)], prefix)
 }

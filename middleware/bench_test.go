@@ -1,10 +1,12 @@
 package middleware_test
 
 import (
+	"database/sql"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"testing"
+	"time"
 
 	"github.com/dbscope/dbscope/dbctx"
 	"github.com/dbscope/dbscope/internal/pgtest"
@@ -40,25 +42,69 @@ func BenchmarkMiddlewareNoDB(b *testing.B) {
 func BenchmarkRawQueryHandler(b *testing.B) {
 	db := pgtest.New(b).Open(b)
 	dbctx.New(db, nil) // same MaxOpenConns and MaxIdleConns
-	benchHandler(b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var n int
-		if err := db.QueryRowContext(r.Context(), "SELECT 1").Scan(&n); err != nil {
-			http.Error(w, err.Error(), 500)
-			return
-		}
-		fmt.Fprint(w, n)
-	}))
+	raw, _ := queryHandlers(db, nil)
+	benchHandler(b, raw)
 }
 
 func BenchmarkMiddlewareQuery(b *testing.B) {
-	p := dbctx.New(pgtest.New(b).Open(b), nil)
-	benchHandler(b, middleware.DB(p)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ctx := r.Context()
-		var n int
-		if err := dbctx.From(ctx).QueryRowContext(ctx, "SELECT 1").Scan(&n); err != nil {
-			http.Error(w, err.Error(), 500)
-			return
+	_, mw := queryHandlers(nil, dbctx.New(pgtest.New(b).Open(b), nil))
+	benchHandler(b, mw)
+}
+
+// queryHandlers returns two handlers answering SELECT 1: raw on db, and
+// through middleware.DB on pool. The raw one is made only with a non-nil
+// db; where pool is nil, db gets the pool's connection limits.
+func queryHandlers(db *sql.DB, pool *dbctx.Pool) (raw, mw http.Handler) {
+	if db != nil {
+		raw = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			var n int
+			if err := db.QueryRowContext(r.Context(), "SELECT 1").Scan(&n); err != nil {
+				http.Error(w, err.Error(), 500)
+				return
+			}
+			fmt.Fprint(w, n)
+		})
+	}
+	if pool != nil {
+		mw = middleware.DB(pool)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			ctx := r.Context()
+			var n int
+			if err := dbctx.From(ctx).QueryRowContext(ctx, "SELECT 1").Scan(&n); err != nil {
+				http.Error(w, err.Error(), 500)
+				return
+			}
+			fmt.Fprint(w, n)
+		}))
+	}
+	return raw, mw
+}
+
+// BenchmarkMiddlewareQueryPaired runs the two handlers of
+// BenchmarkRawQueryHandler and BenchmarkMiddlewareQuery alternately in one
+// loop, each on its own *sql.DB over the same database, and reports the
+// time of each and the overhead in percent. Pairing makes what the machine
+// does meanwhile (other processes, the server's other core, GC) land on
+// both sides alike: separate benchmarks, run one after the other, differ
+// by more than the overhead from one run to the next. The overhead is
+// meaningful over several runs (-count) only, through its median.
+func BenchmarkMiddlewareQueryPaired(b *testing.B) {
+	env := pgtest.New(b)
+	raw, mw := queryHandlers(env.Open(b), dbctx.New(env.Open(b), nil))
+	req := httptest.NewRequest(http.MethodGet, "/", nil)
+	var spent [2]time.Duration
+	for b.Loop() {
+		for i, h := range [2]http.Handler{raw, mw} {
+			w := httptest.NewRecorder()
+			start := time.Now()
+			h.ServeHTTP(w, req)
+			spent[i] += time.Since(start)
+			if w.Code != http.StatusOK {
+				b.Fatalf("%d %s", w.Code, w.Body)
+			}
 		}
-		fmt.Fprint(w, n)
-	})))
+	}
+	n := float64(b.N)
+	b.ReportMetric(float64(spent[0].Nanoseconds())/n, "raw-ns/req")
+	b.ReportMetric(float64(spent[1].Nanoseconds())/n, "mw-ns/req")
+	b.ReportMetric(100*(float64(spent[1])/float64(spent[0])-1), "overhead-%")
 }
