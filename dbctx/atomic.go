@@ -58,6 +58,7 @@ func (s *Scope) atomicTx(ctx context.Context, fn func(ctx context.Context) error
 	ferr := fn(ctx)
 	done = true
 	tx := s.tx
+	s.disarm() // the end of a transaction runs with its own context
 	if ferr != nil {
 		s.onCommit = nil
 		if tx != nil {
@@ -115,6 +116,7 @@ func (s *Scope) savepoint(ctx context.Context, fn func(ctx context.Context) erro
 		return ErrScopeEnded
 	}
 	name := "dbctx_sp_" + strconv.Itoa(s.atomic)
+	s.disarm()
 	if _, err := s.conn.ExecContext(ctx, "SAVEPOINT "+name); err != nil {
 		s.observe(ctx, err)
 		return err
@@ -144,6 +146,7 @@ func (s *Scope) savepoint(ctx context.Context, fn func(ctx context.Context) erro
 }
 
 func (s *Scope) rollbackTo(ctx context.Context, name string) {
+	s.disarm()
 	if s.conn == nil {
 		return
 	}

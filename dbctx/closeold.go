@@ -62,6 +62,7 @@ func (s *Scope) check(ctx context.Context, final bool) error {
 		s.unpin(why)
 		return nil
 	}
+	s.disarm()
 	if err := s.rollback(ctx); err != nil {
 		s.unpin(discardTx)
 		return err
@@ -112,6 +113,7 @@ func (s *Scope) inTxNow() bool {
 // giveBack cleans the session and returns the connection to the *sql.DB.
 func (s *Scope) giveBack(ctx context.Context) error {
 	p := s.pool
+	s.disarm()
 	s.closeStmts()
 	if s.dirty || p.opts.ResetAlways || p.opts.OnRelease != nil {
 		var cancel context.CancelFunc
@@ -162,6 +164,7 @@ func cleanupCtx(ctx context.Context) (context.Context, context.CancelFunc) {
 // unpin discards the pinned connection.
 func (s *Scope) unpin(why discardReason) {
 	s.closeRows()
+	s.disarm()
 	s.closeStmts()
 	for _, tx := range s.txs {
 		// The connection is going away; this only ends database/sql's
@@ -180,13 +183,16 @@ func (s *Scope) unpin(why discardReason) {
 	s.forget()
 }
 
-// abandon discards a connection that still has a result open that the
-// scope does not know of: a *sql.Row never scanned, or rows read from the
-// raw connection and never closed. database/sql closes a *sql.Conn only
-// once such rows are closed (by their owner, or when their context ends),
-// so the pgx connection is closed now, which frees the server session, and
-// database/sql's bookkeeping is left to finish in the background.
+// abandon discards a connection that still has a result open: a *sql.Row
+// never scanned, or rows read from the raw connection and never closed.
+// database/sql closes a *sql.Conn only once such rows are closed, so the
+// pgx connection is closed now, which frees the server session; the
+// scope's own unscanned row is then scanned, which fails at once and
+// releases it, and database/sql's bookkeeping for rows of the raw
+// connection finishes in the background, when their owner closes them or
+// their context ends.
 func (s *Scope) abandon() {
+	s.disarm()
 	conn := s.conn
 	conn.Raw(func(dc any) error {
 		if c, ok := dc.(interface{ Close() error }); ok {
@@ -194,6 +200,11 @@ func (s *Scope) abandon() {
 		}
 		return nil
 	})
+	if s.row != nil {
+		// A *sql.Row never scanned holds the *sql.Conn until it is: with
+		// the connection closed, scanning it fails at once and frees it.
+		s.row.Scan()
+	}
 	go conn.Raw(s.pool.discardFn)
 	s.pool.c.discarded[discardBroken].Add(1)
 	s.pool.opts.Logger.Warn("dbctx: a result was left open at a boundary (a *sql.Row never scanned, or *sql.Rows never closed); connection discarded")
@@ -201,7 +212,7 @@ func (s *Scope) abandon() {
 }
 
 func (s *Scope) forget() {
-	s.conn, s.pg = nil, nil
+	s.conn, s.pg, s.row = nil, nil, nil
 	s.dirty, s.rawTx, s.bad, s.handedOut = false, false, false, false
 	clear(s.prepared)
 	s.prepared = s.prepared[:0]

@@ -44,15 +44,25 @@ const maxRetries = 3
 
 // run runs one statement on c, and again on another connection while its
 // failure proves it had no effect (see retryable), at most maxRetries more
-// times; then it looks at the last error for an unusable connection.
-func run[T any](ctx context.Context, s *Scope, c *sql.Conn, stmt func(*sql.Conn) (T, error)) (T, error) {
-	v, err := stmt(c)
+// times; then it looks at the last error for an unusable connection. With
+// quiet set, the statement gets ctx through Scope.quiet (see cancel.go).
+func run[T any](ctx context.Context, s *Scope, c *sql.Conn, quiet bool, stmt func(context.Context, *sql.Conn) (T, error)) (T, error) {
+	sctx := ctx
+	if quiet {
+		sctx = s.quiet(ctx)
+	} else {
+		s.disarm()
+	}
+	v, err := stmt(sctx, c)
 	for try := 0; err != nil && try < maxRetries && s.retryable(ctx, err); try++ {
 		c, rerr := s.repin(ctx)
 		if rerr != nil {
 			break
 		}
-		v, err = stmt(c)
+		if quiet {
+			sctx = s.quiet(ctx)
+		}
+		v, err = stmt(sctx, c)
 	}
 	s.observe(ctx, err)
 	return v, err

@@ -3,6 +3,8 @@ package dbctx
 import (
 	"context"
 	"database/sql"
+	"net"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -59,9 +61,18 @@ type Scope struct {
 	badWhy    discardReason
 	txs       []*sql.Tx
 	rows      *sql.Rows
+	row       *sql.Row // the last QueryRowContext's, which may be left unscanned
 	stmts     []*sql.Stmt
 	prepared  []string // names of statements PREPAREd in SQL
 	leak      *time.Timer
+
+	// See cancel.go. armed is written by the scope's goroutine only;
+	// interrupt reads it, and everything else here is shared, under imu.
+	imu       sync.Mutex
+	stopWatch func() bool // ends the watch of the scope's context
+	armed     net.Conn    // the pinned connection's socket, under quiet statements
+	tripped   bool        // interrupt set a deadline on armed
+	canceled  bool        // the scope's context has ended
 
 	queries int           // statements run, for Timing
 	spent   time.Duration // time spent in them, for Timing
@@ -98,6 +109,7 @@ func (s *Scope) End() {
 		// The connection was discarded; nobody is left to return this to.
 		s.pool.opts.Logger.Warn("dbctx: ending scope", "err", err)
 	}
+	s.unwatch()
 	s.freeSlot()
 }
 
@@ -216,7 +228,7 @@ func (s *Scope) ExecContext(ctx context.Context, query string, args ...any) (sql
 	if err != nil {
 		return nil, err
 	}
-	r, err := run(ctx, s, c, func(c *sql.Conn) (sql.Result, error) {
+	r, err := run(ctx, s, c, true, func(ctx context.Context, c *sql.Conn) (sql.Result, error) {
 		return c.ExecContext(ctx, query, args...)
 	})
 	s.account(start)
@@ -232,7 +244,7 @@ func (s *Scope) QueryContext(ctx context.Context, query string, args ...any) (*s
 	if err != nil {
 		return nil, err
 	}
-	rows, err := run(ctx, s, c, func(c *sql.Conn) (*sql.Rows, error) {
+	rows, err := run(ctx, s, c, true, func(ctx context.Context, c *sql.Conn) (*sql.Rows, error) {
 		return c.QueryContext(ctx, query, args...)
 	})
 	if err == nil {
@@ -251,10 +263,13 @@ func (s *Scope) QueryRowContext(ctx context.Context, query string, args ...any) 
 	if err != nil {
 		return errRow(err)
 	}
-	row, _ := run(ctx, s, c, func(c *sql.Conn) (*sql.Row, error) {
+	row, err := run(ctx, s, c, true, func(ctx context.Context, c *sql.Conn) (*sql.Row, error) {
 		row := c.QueryRowContext(ctx, query, args...)
 		return row, row.Err()
 	})
+	if err == nil {
+		s.row = row
+	}
 	s.account(start)
 	return row
 }
@@ -266,7 +281,7 @@ func (s *Scope) PrepareContext(ctx context.Context, query string) (*sql.Stmt, er
 	if err != nil {
 		return nil, err
 	}
-	st, err := run(ctx, s, c, func(c *sql.Conn) (*sql.Stmt, error) {
+	st, err := run(ctx, s, c, true, func(ctx context.Context, c *sql.Conn) (*sql.Stmt, error) {
 		return c.PrepareContext(ctx, query)
 	})
 	if err == nil {
@@ -296,7 +311,9 @@ func (s *Scope) beginTx(ctx context.Context, opts *sql.TxOptions) (*sql.Tx, erro
 		clear(s.txs)
 		s.txs = s.txs[:0]
 	}
-	tx, err := run(ctx, s, c, func(c *sql.Conn) (*sql.Tx, error) {
+	// Not quiet: database/sql's watch of a transaction's context is what
+	// rolls it back when the context ends, even between statements.
+	tx, err := run(ctx, s, c, false, func(ctx context.Context, c *sql.Conn) (*sql.Tx, error) {
 		return c.BeginTx(ctx, opts)
 	})
 	if err == nil {
@@ -327,6 +344,7 @@ func (s *Scope) raw(ctx context.Context) (*sql.Conn, error) {
 		return nil, err
 	}
 	s.dirty = true
+	s.disarm() // user code runs statements on it with contexts of its own
 	return c, nil
 }
 

@@ -121,6 +121,70 @@ func BenchmarkMessagesRaw(b *testing.B)   { benchMessages(b, "raw") }
 func BenchmarkMessagesSync(b *testing.B)  { benchMessages(b, "sync") }
 func BenchmarkMessagesAsync(b *testing.B) { benchMessages(b, "async") }
 
+// benchPaired serves the raw handler and one dbscope mode side by side,
+// each with its own *sql.DB and the pool's limits, and has every client
+// send one message to each in turn, timing both. What the machine does
+// meanwhile (the server's other core, GC, the clients) lands on both sides
+// alike, which separate benchmarks run one after the other cannot give:
+// their figures differ by more than the gap from run to run. It reports the
+// dbscope side's throughput relative to raw (1 = as fast) over 2×GOMAXPROCS
+// sockets of each kind.
+func benchPaired(b *testing.B, mode string) {
+	env := pgtest.New(b)
+	rawDB, db := env.Open(b), env.Open(b)
+	dbctx.New(rawDB, nil) // the pool's limits
+	p := dbctx.New(db, nil)
+	var h http.Handler
+	if mode == "sync" {
+		h = wsconsumer.NewSync(p, itemsConsumer(), nil)
+	} else {
+		h = wsconsumer.NewAsync(p, itemsConsumer(), nil)
+	}
+	urls := [2]string{serveB(b, rawHandler(rawDB)), serveB(b, h)}
+	var mu sync.Mutex
+	var spent [2]time.Duration
+	b.SetParallelism(2)
+	b.RunParallel(func(pb *testing.PB) {
+		ctx := context.Background()
+		var conns [2]*websocket.Conn
+		for i, url := range urls {
+			c, _, err := websocket.Dial(ctx, url, nil)
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			defer c.Close(websocket.StatusNormalClosure, "")
+			conns[i] = c
+		}
+		var mine [2]time.Duration
+		for i := 0; pb.Next(); i++ {
+			msg := []byte(`{"id":` + strconv.Itoa(i) + `}`)
+			for k, c := range conns {
+				start := time.Now()
+				if err := c.Write(ctx, websocket.MessageText, msg); err != nil {
+					b.Error(err)
+					return
+				}
+				if _, _, err := c.Read(ctx); err != nil {
+					b.Error(err)
+					return
+				}
+				mine[k] += time.Since(start)
+			}
+		}
+		mu.Lock()
+		spent[0] += mine[0]
+		spent[1] += mine[1]
+		mu.Unlock()
+	})
+	b.ReportMetric(float64(spent[0])/float64(b.N), "raw-ns/msg")
+	b.ReportMetric(float64(spent[1])/float64(b.N), mode+"-ns/msg")
+	b.ReportMetric(float64(spent[0])/float64(spent[1]), "x-raw")
+}
+
+func BenchmarkMessagesPairedSync(b *testing.B)  { benchPaired(b, "sync") }
+func BenchmarkMessagesPairedAsync(b *testing.B) { benchPaired(b, "async") }
+
 // benchIdle opens 5,000 idle sockets, each having sent one message, and reports
 // the server-and-client memory per socket and the database connections
 // held meanwhile.
