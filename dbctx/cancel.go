@@ -42,7 +42,7 @@ func (s *Scope) quiet(ctx context.Context) context.Context {
 		return ctx
 	}
 	if s.stopWatch == nil {
-		s.stopWatch = context.AfterFunc(s.ctx.Context, s.interrupt)
+		s.stopWatch = afterFunc(s.ctx.Context, s.interrupt)
 	}
 	s.armed = s.pg.Conn()
 	return quietCtx{ctx}

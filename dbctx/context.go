@@ -18,6 +18,26 @@ func (c *scopeCtx) Value(key any) any {
 	return c.Context.Value(key)
 }
 
+// afterFuncer is a context that schedules its own after-functions, as
+// context.AfterFunc looks for.
+type afterFuncer interface {
+	AfterFunc(func()) func() bool
+}
+
+// AfterFunc lets context.AfterFunc, and the cancelable children of the
+// context, register with the nearest parent that has such a method, where
+// they would otherwise start a goroutine each.
+func (c *scopeCtx) AfterFunc(f func()) func() bool { return afterFunc(c.Context, f) }
+
+// afterFunc is context.AfterFunc without its own allocation where ctx
+// schedules after-functions itself.
+func afterFunc(ctx context.Context, f func()) func() bool {
+	if a, ok := ctx.(afterFuncer); ok {
+		return a.AfterFunc(f)
+	}
+	return context.AfterFunc(ctx, f)
+}
+
 // From returns the scope that ctx carries, or nil. A nil *Scope is safe to
 // call: every method returns ErrNoScope.
 func From(ctx context.Context) *Scope {

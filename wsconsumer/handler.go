@@ -25,8 +25,11 @@ type Options struct {
 	// closes the socket with 1009 (message too big). Default: 32 KiB.
 	ReadLimit int64
 
-	// WriteTimeout bounds each Send; a client that does not take a message
-	// in time is closed. Default: 10s.
+	// WriteTimeout bounds how long a socket's writes may stall: a client
+	// that takes no message for this long while one waits to be written
+	// is closed, so it never holds up the senders. It is checked every
+	// WriteTimeout/4, so a stalled socket is closed within 1.25 times it.
+	// Default: 10s.
 	WriteTimeout time.Duration
 
 	// PingInterval is how often a socket that sent nothing is pinged; one
@@ -138,11 +141,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	// The socket outlives the request's cancellation (hijack), not its
 	// values.
-	ctx, cancel := context.WithCancel(context.WithoutCancel(r.Context()))
-	sctx, scope := pool.Scope(ctx)
-	s := &Session{h: h, req: r, ctx: sctx, wctx: context.WithoutCancel(sctx), cancel: cancel, scope: scope}
+	values := context.WithoutCancel(r.Context())
+	sock := newSocketCtx(values)
+	sctx, scope := pool.Scope(sock)
+	s := &Session{h: h, req: r, ctx: sctx, wctx: values, sock: sock, scope: scope}
 	defer func() {
-		cancel()
+		sock.cancel()
 		scope.End()
 	}()
 
@@ -168,7 +172,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.register(s)
 	code := h.readLoop(pool, s)
 	h.unregister(s)
-	cancel()
+	sock.cancel()
 	s.finish()
 	s.wg.Wait()
 	h.disconnect(pool, s, code)
@@ -203,7 +207,7 @@ func (h *Handler) readLoop(pool *dbctx.Pool, s *Session) websocket.StatusCode {
 	for {
 		typ, data, err := conn.Read(s.wctx)
 		if err != nil {
-			s.cancel() // the client is gone: nobody waits for in-flight work
+			s.sock.cancel() // the client is gone: nobody waits for in-flight work
 			return websocket.CloseStatus(err)
 		}
 		s.touch()

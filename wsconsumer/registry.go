@@ -24,7 +24,7 @@ func (h *Handler) register(s *Session) {
 	if h.closing {
 		go s.Close(websocket.StatusGoingAway, "server shutting down")
 	}
-	if h.stopTick == nil && (h.opts.PingInterval > 0 || h.opts.IdleTimeout > 0) {
+	if h.stopTick == nil {
 		h.stopTick = make(chan struct{})
 		go h.keepalive(h.stopTick)
 	}
@@ -57,14 +57,18 @@ func (h *Handler) snapshot() []*Session {
 	return out
 }
 
-// keepalive pings quiet sockets and closes idle ones, for every socket of
-// the handler from one goroutine, which ends when no socket is left.
+// keepalive pings quiet sockets, closes idle ones and closes those whose
+// writes stall, for every socket of the handler from one goroutine, which
+// ends when no socket is left. It looks every WriteTimeout/4, or more often
+// where PingInterval or IdleTimeout ask for it.
 func (h *Handler) keepalive(stop <-chan struct{}) {
-	period := h.opts.PingInterval
-	if period <= 0 || (h.opts.IdleTimeout > 0 && h.opts.IdleTimeout < period) {
-		period = h.opts.IdleTimeout
+	period := h.opts.WriteTimeout / 4
+	for _, d := range []time.Duration{h.opts.PingInterval, h.opts.IdleTimeout} {
+		if d > 0 && d < period {
+			period = d
+		}
 	}
-	t := time.NewTicker(period)
+	t := time.NewTicker(max(period, time.Millisecond))
 	defer t.Stop()
 	for {
 		select {
@@ -72,15 +76,24 @@ func (h *Handler) keepalive(stop <-chan struct{}) {
 			return
 		case <-t.C:
 		}
-		now := time.Now()
-		for _, s := range h.snapshot() {
-			quiet := now.Sub(time.Unix(0, s.lastMsg.Load()))
-			switch {
-			case h.opts.IdleTimeout > 0 && quiet >= h.opts.IdleTimeout:
-				go s.Close(websocket.StatusGoingAway, "idle timeout")
-			case h.opts.PingInterval > 0 && quiet >= h.opts.PingInterval:
-				go s.ping(h.opts.PingInterval)
-			}
+		h.tick(time.Now().UnixNano())
+	}
+}
+
+func (h *Handler) tick(now int64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for s := range h.sessions {
+		quiet := time.Duration(now - s.lastMsg.Load())
+		switch {
+		case s.stalled(now, h.opts.WriteTimeout):
+			// What coder/websocket does when a write's context ends.
+			h.opts.Logger.Debug("wsconsumer: write timeout", "path", s.req.URL.Path)
+			go s.conn.Load().CloseNow()
+		case h.opts.IdleTimeout > 0 && quiet >= h.opts.IdleTimeout:
+			go s.Close(websocket.StatusGoingAway, "idle timeout")
+		case h.opts.PingInterval > 0 && quiet >= h.opts.PingInterval:
+			go s.ping(h.opts.PingInterval)
 		}
 	}
 }

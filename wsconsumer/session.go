@@ -23,15 +23,19 @@ type Session struct {
 
 	h       *Handler
 	req     *http.Request
-	conn    atomic.Pointer[websocket.Conn] // nil until accepted
-	ctx     context.Context                // the socket's context: request values, canceled at disconnect
-	wctx    context.Context                // ctx without its cancellation, for reads and writes
-	cancel  context.CancelFunc
+	conn    atomic.Pointer[websocket.Conn]  // nil until accepted
+	ctx     context.Context                 // the socket's context: request values, canceled at disconnect
+	wctx    context.Context                 // the request's values only, for reads and writes
+	sock    *socketCtx                      // under ctx: cancels it
 	async   atomic.Pointer[context.Context] // ctx marked dbctx.Async, made on first use
 	scope   *dbctx.Scope                    // the socket's scope (sync style)
 	wg      sync.WaitGroup                  // goroutines started with Go, async receives
 	lastMsg atomic.Int64                    // unix nanoseconds of the last message read
 	closing atomic.Bool
+
+	wmu        sync.Mutex
+	writers    int   // writes under way
+	writeSince int64 // unix nanoseconds: the first of them began, or one finished
 
 	mu       sync.Mutex
 	accepted bool
@@ -72,8 +76,8 @@ func (s *Session) Subprotocol() string {
 }
 
 // Send writes one message. It blocks until the message is written or the
-// write timeout passes; a write that does not finish in time closes the
-// socket (a slow client never holds up others). ctx is checked before the
+// socket is closed; a socket whose writes stall for the write timeout is
+// closed (a slow client never holds up others). ctx is checked before the
 // write only: the write itself runs under the socket's own context, so
 // sending to many sockets from one request or socket is safe. Before the
 // socket is accepted or after it closed, Send returns ErrClosed.
@@ -109,14 +113,35 @@ func (s *Session) send(ctx context.Context, typ websocket.MessageType, data []by
 }
 
 func (s *Session) write(c *websocket.Conn, typ websocket.MessageType, data []byte) error {
-	// coder/websocket closes a socket whose write context ends; the
-	// caller's context may belong to another socket or request, so the
-	// write runs under the write timeout only (a disconnect closes the
-	// socket, which ends the write too). Not deriving from the cancelable
-	// socket context keeps it from growing a children map per socket.
-	wctx, cancel := context.WithTimeout(s.wctx, s.h.opts.WriteTimeout)
-	defer cancel()
-	return c.Write(wctx, typ, data)
+	// coder/websocket closes a socket whose write context ends. The
+	// caller's context may belong to another socket or request, and a
+	// context with the write timeout for every write costs a timer and a
+	// registration per message, so the write runs under a context that
+	// never ends, and the handler's keepalive goroutine closes a socket
+	// whose writes stall (see stalled). A disconnect closes the socket,
+	// which ends the write too.
+	s.wmu.Lock()
+	if s.writers == 0 {
+		s.writeSince = time.Now().UnixNano()
+	}
+	s.writers++
+	s.wmu.Unlock()
+	err := c.Write(s.wctx, typ, data)
+	s.wmu.Lock()
+	s.writers--
+	if s.writers > 0 {
+		s.writeSince = time.Now().UnixNano() // progress
+	}
+	s.wmu.Unlock()
+	return err
+}
+
+// stalled reports whether the socket has had writes under way for at
+// least timeout at now, none of them finishing.
+func (s *Session) stalled(now int64, timeout time.Duration) bool {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	return s.writers > 0 && now-s.writeSince >= int64(timeout)
 }
 
 // SendText writes one text message; see [Session.Send].
@@ -135,7 +160,8 @@ func (s *Session) SendJSON(ctx context.Context, v any) error {
 
 // Close closes the socket with a status code and a reason (at most 123
 // bytes, sent to the client; keep internals out of it). It performs the
-// closing handshake, bounded by the write timeout. Disconnect runs after.
+// closing handshake, which coder/websocket bounds at 5s for each side.
+// Disconnect runs after.
 func (s *Session) Close(code websocket.StatusCode, reason string) error {
 	c := s.conn.Load()
 	if c == nil {

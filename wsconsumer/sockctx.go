@@ -1,0 +1,78 @@
+package wsconsumer
+
+import (
+	"context"
+	"slices"
+	"sync"
+)
+
+// socketCtx is a socket's context: the upgrade request's values, not its
+// cancellation, canceled when the socket goes. context.WithCancel would do,
+// but a cancelCtx keeps what registers on it (context.AfterFunc, cancelable
+// children) in a map that, once made, stays for the context's life: a few
+// hundred bytes for every idle socket, since the socket's scope registers
+// once. socketCtx keeps them in a slice instead; context.AfterFunc and
+// context.WithCancel find its AfterFunc method and use it.
+type socketCtx struct {
+	context.Context // the request's values
+	done            chan struct{}
+
+	mu    sync.Mutex
+	after []*func() // nil once canceled
+}
+
+func newSocketCtx(values context.Context) *socketCtx {
+	return &socketCtx{Context: values, done: make(chan struct{})}
+}
+
+func (c *socketCtx) Done() <-chan struct{} { return c.done }
+
+func (c *socketCtx) Err() error {
+	select {
+	case <-c.done:
+		return context.Canceled
+	default:
+		return nil
+	}
+}
+
+// cancel cancels the context and starts what was registered with
+// AfterFunc, each in its own goroutine. Calls after the first do nothing.
+func (c *socketCtx) cancel() {
+	c.mu.Lock()
+	if c.Err() != nil {
+		c.mu.Unlock()
+		return
+	}
+	close(c.done)
+	after := c.after
+	c.after = nil
+	c.mu.Unlock()
+	for _, f := range after {
+		go (*f)()
+	}
+}
+
+// AfterFunc is context.AfterFunc for c, which calls it.
+func (c *socketCtx) AfterFunc(f func()) (stop func() bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.Err() != nil {
+		go f()
+		return func() bool { return false }
+	}
+	p := &f
+	c.after = append(c.after, p)
+	return func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		i := slices.Index(c.after, p)
+		if i < 0 {
+			return false
+		}
+		c.after = slices.Delete(c.after, i, i+1)
+		return true
+	}
+}
+
+func (c *socketCtx) String() string { return "wsconsumer.socketContext" }
