@@ -2,6 +2,7 @@ package dbctx
 
 import (
 	"context"
+	"reflect"
 	"time"
 )
 
@@ -45,7 +46,13 @@ func (s *Scope) quiet(ctx context.Context) context.Context {
 		s.stopWatch = afterFunc(s.ctx.Context, s.interrupt)
 	}
 	s.armed = s.pg.Conn()
-	return quietCtx{ctx}
+	// A socket's callbacks and a request's handler pass the same context
+	// statement after statement. (Comparing contexts of a type that is
+	// not comparable would panic.)
+	if s.quietCtx == nil || !reflect.TypeOf(ctx).Comparable() || s.quietCtx.Context != ctx {
+		s.quietCtx = &quietCtx{ctx}
+	}
+	return s.quietCtx
 }
 
 // interrupt runs when the scope's own context ends: a statement that may

@@ -107,3 +107,25 @@ func TestCancelIdleScope(t *testing.T) {
 		t.Errorf("discards = %+v, want none", st.Discarded)
 	}
 }
+
+// valueCtx is a context type that cannot be compared.
+type valueCtx struct {
+	context.Context
+	tags []string
+}
+
+// Statements may come with contexts of a type that cannot be compared:
+// the scope must not compare them (it would panic).
+func TestUncomparableContext(t *testing.T) {
+	t.Parallel()
+	p, _ := newPool(t, nil)
+	base, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ctx, s := p.Scope(base)
+	defer s.End()
+	for i := range 2 {
+		if _, err := queryInt(valueCtx{ctx, []string{"x"}}, s, "SELECT $1::int", i); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

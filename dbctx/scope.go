@@ -73,6 +73,7 @@ type Scope struct {
 	armed     net.Conn    // the pinned connection's socket, under quiet statements
 	tripped   bool        // interrupt set a deadline on armed
 	canceled  bool        // the scope's context has ended
+	quietCtx  *quietCtx   // the last one quiet made
 
 	queries int           // statements run, for Timing
 	spent   time.Duration // time spent in them, for Timing

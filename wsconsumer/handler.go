@@ -236,12 +236,13 @@ type message struct {
 const workerIdle = 100 * time.Millisecond
 
 type workers struct {
-	h    *Handler
-	pool *dbctx.Pool
-	s    *Session
-	sem  chan struct{} // messages in flight
-	work chan message  // hand-off to an idle worker
-	out  *outbox       // sync style: sends held until the slot is released
+	h      *Handler
+	pool   *dbctx.Pool
+	s      *Session
+	sem    chan struct{}   // messages in flight
+	work   chan message    // hand-off to an idle worker
+	out    *outbox         // sync style: sends held until the slot is released
+	outCtx context.Context // callbacks' context, carrying out
 }
 
 func (w *workers) run(m message) {
@@ -273,8 +274,10 @@ func (w *workers) receive(m message) {
 		// Sends wait for the slot to be released (see Session.Send).
 		if w.out == nil {
 			w.out = &outbox{s: s}
+			w.outCtx = context.WithValue(ctx, outboxKey{}, w.out)
 		}
-		ctx = w.out.begin(ctx)
+		w.out.begin()
+		ctx = w.outCtx
 		defer w.out.flush()
 	}
 	err := h.call(ctx, w.pool, func(ctx context.Context) error {

@@ -245,12 +245,11 @@ func (o *outbox) add(m message) bool {
 	return true
 }
 
-// begin opens the outbox for one callback and returns the callback's ctx.
-func (o *outbox) begin(ctx context.Context) context.Context {
+// begin opens the outbox for one callback.
+func (o *outbox) begin() {
 	o.mu.Lock()
 	o.open = true
 	o.mu.Unlock()
-	return context.WithValue(ctx, outboxKey{}, o)
 }
 
 // flush closes the outbox and writes what it holds, in order; the first
