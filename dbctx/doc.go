@@ -24,6 +24,13 @@
 // [Options.WaitTimeout], then get [ErrBusy]: overload is refused, never
 // queued without bound.
 //
+// A statement is canceled when its context ends, as with database/sql: it
+// returns the context's error, and the connection is closed (pgx asks the
+// server to cancel the statement) and discarded at the next boundary.
+// Statements whose context is the scope's own (a request's, a socket's)
+// are watched once per scope rather than once per statement, which spares
+// database/sql's goroutine and pgx's watch for each of them.
+//
 // Packages middleware and wsconsumer put a scope on every HTTP request and
 // websocket; there handlers call [From] (sync code) or [Do] (async code).
 // The examples are the best way to learn the API.

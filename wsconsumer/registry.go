@@ -76,7 +76,7 @@ func (h *Handler) keepalive(stop <-chan struct{}) {
 			return
 		case <-t.C:
 		}
-		h.tick(time.Now().UnixNano())
+		h.tick(monotonic())
 	}
 }
 

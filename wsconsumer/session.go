@@ -30,12 +30,12 @@ type Session struct {
 	async   atomic.Pointer[context.Context] // ctx marked dbctx.Async, made on first use
 	scope   *dbctx.Scope                    // the socket's scope (sync style)
 	wg      sync.WaitGroup                  // goroutines started with Go, async receives
-	lastMsg atomic.Int64                    // unix nanoseconds of the last message read
+	lastMsg atomic.Int64                    // monotonic() of the last message read
 	closing atomic.Bool
 
 	wmu        sync.Mutex
 	writers    int   // writes under way
-	writeSince int64 // unix nanoseconds: the first of them began, or one finished
+	writeSince int64 // monotonic(): the first of them began, or one finished
 
 	mu       sync.Mutex
 	accepted bool
@@ -122,7 +122,7 @@ func (s *Session) write(c *websocket.Conn, typ websocket.MessageType, data []byt
 	// which ends the write too.
 	s.wmu.Lock()
 	if s.writers == 0 {
-		s.writeSince = time.Now().UnixNano()
+		s.writeSince = monotonic()
 	}
 	s.writers++
 	s.wmu.Unlock()
@@ -130,7 +130,7 @@ func (s *Session) write(c *websocket.Conn, typ websocket.MessageType, data []byt
 	s.wmu.Lock()
 	s.writers--
 	if s.writers > 0 {
-		s.writeSince = time.Now().UnixNano() // progress
+		s.writeSince = monotonic() // progress
 	}
 	s.wmu.Unlock()
 	return err
@@ -220,7 +220,15 @@ func (s *Session) start(fn func(ctx context.Context)) {
 	}()
 }
 
-func (s *Session) touch() { s.lastMsg.Store(time.Now().UnixNano()) }
+func (s *Session) touch() { s.lastMsg.Store(monotonic()) }
+
+// epoch starts the clock of [monotonic].
+var epoch = time.Now()
+
+// monotonic is the time since epoch in nanoseconds: one read of the
+// monotonic clock, where time.Now reads the wall clock too. It runs for
+// every message read and written.
+func monotonic() int64 { return int64(time.Since(epoch)) }
 
 type outboxKey struct{}
 

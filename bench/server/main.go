@@ -19,6 +19,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 	"time"
 
@@ -34,13 +35,26 @@ func main() {
 	flag.IntVar(&cfg.MaxWorkers, "max-workers", 0, "worker slots and max open connections (default: $DBCTX_MAX_WORKERS, else min(32, NumCPU+4))")
 	flag.DurationVar(&cfg.WaitTimeout, "wait-timeout", 0, "how long a caller waits for a slot (default 2s)")
 	flag.BoolVar(&cfg.TestOps, "test-ops", false, `honor "sleep" in messages (?sleep= in HTTP): for fault tests`)
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	flag.Parse()
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err == nil {
+			err = pprof.StartCPUProfile(f)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "server:", err)
+			os.Exit(1)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	cfg.Logger = log
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, cfg); err != nil {
 		fmt.Fprintln(os.Stderr, "server:", err)
+		pprof.StopCPUProfile()
 		os.Exit(1)
 	}
 }
