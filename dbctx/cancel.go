@@ -46,9 +46,9 @@ func (s *Scope) quiet(ctx context.Context) context.Context {
 		s.stopWatch = afterFunc(s.ctx.Context, s.interrupt)
 	}
 	s.armed = s.pg.Conn()
-	// A socket's callbacks and a request's handler pass the same context
-	// statement after statement. (Comparing contexts of a type that is
-	// not comparable would panic.)
+	// A request's handler passes the same context statement after
+	// statement; the last one is kept while the connection is pinned.
+	// (Comparing contexts of a type that is not comparable would panic.)
 	if s.quietCtx == nil || !reflect.TypeOf(ctx).Comparable() || s.quietCtx.Context != ctx {
 		s.quietCtx = &quietCtx{ctx}
 	}

@@ -212,7 +212,9 @@ func (s *Scope) abandon() {
 }
 
 func (s *Scope) forget() {
-	s.conn, s.pg, s.row = nil, nil, nil
+	// quietCtx goes too: an idle socket's scope must not keep its last
+	// callback's context (and what that holds) alive.
+	s.conn, s.pg, s.row, s.quietCtx = nil, nil, nil, nil
 	s.dirty, s.rawTx, s.bad, s.handedOut = false, false, false, false
 	clear(s.prepared)
 	s.prepared = s.prepared[:0]

@@ -441,3 +441,47 @@ func TestSlowClientHoldsNoSlot(t *testing.T) {
 	}
 	slow.CloseNow()
 }
+
+// An async consumer with InFlight 3 runs three messages of a socket at
+// once and no more: the fourth waits, unread beyond the one message the
+// read loop holds, until one of the three is done. Every message is
+// answered once released.
+func TestInFlight(t *testing.T) {
+	t.Parallel()
+	p, _ := dbtest.NewPool(t, nil)
+	const limit, sent = 3, 8
+	gate := make(chan struct{})
+	var running, most atomic.Int32
+	h := wsconsumer.NewAsync(p, wsconsumer.JSON(wsconsumer.JSONConsumer[msg]{
+		Receive: func(ctx context.Context, s *wsconsumer.Session, m msg) error {
+			n := running.Add(1)
+			for {
+				if old := most.Load(); n <= old || most.CompareAndSwap(old, n) {
+					break
+				}
+			}
+			<-gate
+			running.Add(-1)
+			return lookup(ctx, s, m)
+		},
+	}), &wsconsumer.Options{InFlight: limit, Logger: quiet()})
+	c := dial(t, serve(t, h))
+	release := sync.OnceFunc(func() { close(gate) })
+	t.Cleanup(release) // before the server's shutdown, which waits for them
+	for i := range sent {
+		send(t, c, msg{ID: i})
+	}
+	dbtest.Eventually(t, "three messages to run", func() bool { return running.Load() >= limit })
+	release()
+	seen := map[int]bool{}
+	for range sent {
+		r, _ := recv(t, c)
+		if r.Name != fmt.Sprint("item-", r.ID) || seen[r.ID] {
+			t.Fatalf("reply %+v (seen %v)", r, seen)
+		}
+		seen[r.ID] = true
+	}
+	if n := most.Load(); n != limit {
+		t.Errorf("%d messages ran at once, want %d", n, limit)
+	}
+}

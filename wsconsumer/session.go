@@ -33,6 +33,8 @@ type Session struct {
 	lastMsg atomic.Int64                    // monotonic() of the last message read
 	closing atomic.Bool
 
+	dispatch dispatch
+
 	wmu        sync.Mutex
 	writers    int   // writes under way
 	writeSince int64 // monotonic(): the first of them began, or one finished
