@@ -1,6 +1,7 @@
 package middleware_test
 
 import (
+	"context"
 	"database/sql"
 	"fmt"
 	"net/http"
@@ -87,24 +88,45 @@ func queryHandlers(db *sql.DB, pool *dbctx.Pool) (raw, mw http.Handler) {
 // both sides alike: separate benchmarks, run one after the other, differ
 // by more than the overhead from one run to the next. The overhead is
 // meaningful over several runs (-count) only, through its median.
+//
+// With ctx=request the request carries a context that can be canceled, as
+// every request net/http serves does; with ctx=background it carries none,
+// as httptest.NewRequest makes it. database/sql and pgx watch every
+// statement whose context can be canceled, a scope watches its context
+// once (see package dbctx).
 func BenchmarkMiddlewareQueryPaired(b *testing.B) {
-	env := pgtest.New(b)
-	raw, mw := queryHandlers(env.Open(b), dbctx.New(env.Open(b), nil))
-	req := httptest.NewRequest(http.MethodGet, "/", nil)
-	var spent [2]time.Duration
-	for b.Loop() {
-		for i, h := range [2]http.Handler{raw, mw} {
-			w := httptest.NewRecorder()
-			start := time.Now()
-			h.ServeHTTP(w, req)
-			spent[i] += time.Since(start)
-			if w.Code != http.StatusOK {
-				b.Fatalf("%d %s", w.Code, w.Body)
-			}
+	for _, cancelable := range []bool{false, true} {
+		name := "ctx=background"
+		if cancelable {
+			name = "ctx=request"
 		}
+		b.Run(name, func(b *testing.B) {
+			env := pgtest.New(b)
+			raw, mw := queryHandlers(env.Open(b), dbctx.New(env.Open(b), nil))
+			req := httptest.NewRequest(http.MethodGet, "/", nil)
+			var spent [2]time.Duration
+			for b.Loop() {
+				r, cancel := req, context.CancelFunc(func() {})
+				if cancelable {
+					var ctx context.Context
+					ctx, cancel = context.WithCancel(context.Background())
+					r = req.WithContext(ctx)
+				}
+				for i, h := range [2]http.Handler{raw, mw} {
+					w := httptest.NewRecorder()
+					start := time.Now()
+					h.ServeHTTP(w, r)
+					spent[i] += time.Since(start)
+					if w.Code != http.StatusOK {
+						b.Fatalf("%d %s", w.Code, w.Body)
+					}
+				}
+				cancel()
+			}
+			n := float64(b.N)
+			b.ReportMetric(float64(spent[0].Nanoseconds())/n, "raw-ns/req")
+			b.ReportMetric(float64(spent[1].Nanoseconds())/n, "mw-ns/req")
+			b.ReportMetric(100*(float64(spent[1])/float64(spent[0])-1), "overhead-%")
+		})
 	}
-	n := float64(b.N)
-	b.ReportMetric(float64(spent[0].Nanoseconds())/n, "raw-ns/req")
-	b.ReportMetric(float64(spent[1].Nanoseconds())/n, "mw-ns/req")
-	b.ReportMetric(100*(float64(spent[1])/float64(spent[0])-1), "overhead-%")
 }
