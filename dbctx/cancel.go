@@ -28,6 +28,17 @@ type quietCtx struct{ context.Context }
 
 func (quietCtx) Done() <-chan struct{} { return nil }
 
+// stmtCtx is the context a statement runs with on the pinned connection:
+// through quiet, or, for one that must not be run quiet, ctx itself, with
+// the connection disarmed.
+func (s *Scope) stmtCtx(ctx context.Context, quiet bool) context.Context {
+	if quiet {
+		return s.quiet(ctx)
+	}
+	s.disarm()
+	return ctx
+}
+
 // quiet returns the context a statement of the scope runs with on the
 // pinned connection: a quietCtx for ctx when ctx is done exactly when the
 // scope's own context is (the scope's watch covers it), else ctx itself.

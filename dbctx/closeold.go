@@ -62,6 +62,8 @@ func (s *Scope) check(ctx context.Context, final bool) error {
 		s.unpin(why)
 		return nil
 	}
+	// From here on the boundary runs statements of its own (rollback,
+	// reset, OnRelease) and then gives the connection back.
 	s.disarm()
 	if err := s.rollback(ctx); err != nil {
 		s.unpin(discardTx)
@@ -111,9 +113,9 @@ func (s *Scope) inTxNow() bool {
 }
 
 // giveBack cleans the session and returns the connection to the *sql.DB.
+// check has disarmed it.
 func (s *Scope) giveBack(ctx context.Context) error {
 	p := s.pool
-	s.disarm()
 	s.closeStmts()
 	if s.dirty || p.opts.ResetAlways || p.opts.OnRelease != nil {
 		var cancel context.CancelFunc

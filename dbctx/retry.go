@@ -47,22 +47,13 @@ const maxRetries = 3
 // times; then it looks at the last error for an unusable connection. With
 // quiet set, the statement gets ctx through Scope.quiet (see cancel.go).
 func run[T any](ctx context.Context, s *Scope, c *sql.Conn, quiet bool, stmt func(context.Context, *sql.Conn) (T, error)) (T, error) {
-	sctx := ctx
-	if quiet {
-		sctx = s.quiet(ctx)
-	} else {
-		s.disarm()
-	}
-	v, err := stmt(sctx, c)
+	v, err := stmt(s.stmtCtx(ctx, quiet), c)
 	for try := 0; err != nil && try < maxRetries && s.retryable(ctx, err); try++ {
 		c, rerr := s.repin(ctx)
 		if rerr != nil {
 			break
 		}
-		if quiet {
-			sctx = s.quiet(ctx)
-		}
-		v, err = stmt(sctx, c)
+		v, err = stmt(s.stmtCtx(ctx, quiet), c)
 	}
 	s.observe(ctx, err)
 	return v, err
