@@ -6,6 +6,7 @@ import (
 	"net"
 	"testing"
 
+	"github.com/dbscope/dbscope/examples/internal/chatserver"
 	"github.com/dbscope/dbscope/examples/internal/chattest"
 	"github.com/dbscope/dbscope/internal/pgtest"
 )
@@ -15,7 +16,7 @@ func TestMain(m *testing.M) { pgtest.Main(m) }
 // start runs this example on a random port against a fresh schema.
 func start(t *testing.T) *chattest.Server {
 	return chattest.Start(t, func(ctx context.Context, ln net.Listener, dsn string, log *slog.Logger) error {
-		return run(ctx, config{Listener: ln, DSN: dsn, Log: log})
+		return run(ctx, chatserver.Config{Listener: ln, DSN: dsn, Log: log})
 	})
 }
 
