@@ -2,6 +2,7 @@ package wsconsumer_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -483,5 +484,64 @@ func TestInFlight(t *testing.T) {
 	}
 	if n := most.Load(); n != limit {
 		t.Errorf("%d messages ran at once, want %d", n, limit)
+	}
+}
+
+// A message handled for long has its socket read on: the client's ping is
+// answered and its next message read while the first is still handled,
+// and the two are handled, and answered, in order.
+func TestReadOn(t *testing.T) {
+	t.Parallel()
+	for name, style := range styles {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			p, _ := dbtest.NewPool(t, nil)
+			held := make(chan struct{})
+			gate := make(chan struct{})
+			var order []int
+			h := style(p, wsconsumer.JSON(wsconsumer.JSONConsumer[msg]{
+				Receive: func(ctx context.Context, s *wsconsumer.Session, m msg) error {
+					order = append(order, m.ID) // one at a time: no lock needed
+					if m.Op == "hold" {
+						close(held)
+						<-gate
+					}
+					return lookup(ctx, s, m)
+				},
+			}), &wsconsumer.Options{Logger: quiet()})
+			c := dial(t, serve(t, h))
+			release := sync.OnceFunc(func() { close(gate) })
+			t.Cleanup(release) // before the server's shutdown, which waits for it
+			replies := make(chan msg, 2)
+			go func() {
+				for range 2 {
+					_, data, err := c.Read(context.Background())
+					if err != nil {
+						close(replies)
+						return
+					}
+					var m msg
+					json.Unmarshal(data, &m)
+					replies <- m
+				}
+			}()
+			send(t, c, msg{ID: 1, Op: "hold"})
+			<-held
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if err := c.Ping(ctx); err != nil {
+				t.Fatalf("ping while a message is handled: %v", err)
+			}
+			send(t, c, msg{ID: 2})
+			release()
+			for _, want := range []int{1, 2} {
+				if r := <-replies; r.ID != want || r.Name != fmt.Sprint("item-", want) {
+					t.Fatalf("reply %+v, want %d", r, want)
+				}
+			}
+			if fmt.Sprint(order) != "[1 2]" {
+				t.Fatalf("handled %v", order)
+			}
+		})
 	}
 }

@@ -10,24 +10,104 @@ import (
 	"github.com/dbscope/dbscope/dbctx"
 )
 
-// readLoop reads messages and hands each to a worker goroutine, at most
-// InFlight at once (1 in the sync style, which keeps them in order).
-// Reading on while a message is handled is what notices a client that
-// goes away mid-query: its work is canceled then. Past the limit reading
-// stops, with one message held: the backpressure that reaches the client.
-// Workers stay for workerIdle after their last message, so a busy socket
-// reuses one, and an idle socket keeps none, nor anything of theirs: the
-// hand-off state lives in the session (dispatch) and holds no channel at
-// rest.
+// readLoop reads messages and has them handled until the socket closes,
+// and returns the close status (-1: the socket's context ended first).
 func (h *Handler) readLoop(pool *dbctx.Pool, s *Session) websocket.StatusCode {
-	conn := s.conn.Load()
-	limit := 1
-	if h.async {
-		limit = h.opts.InFlight
+	if h.async && h.opts.InFlight > 1 {
+		return h.readConcurrent(pool, s)
 	}
+	return h.readInline(pool, s)
+}
+
+// readInline handles one message at a time (the sync style, and the async
+// one with InFlight 1) on the goroutine that reads them, as a hand-written
+// handler does: no hand-off and no second goroutine to wake per message.
+// Reading stops meanwhile, which is the backpressure that reaches the
+// client. A message still being handled after readOnAfter gets a reader
+// from the keepalive goroutine (see Session.readOn): it reads the next
+// frame, so that a client that goes away mid-message is noticed (its work
+// canceled) and pings and the closing handshake are answered; that frame
+// is the next one handled.
+func (h *Handler) readInline(pool *dbctx.Pool, s *Session) websocket.StatusCode {
+	conn := s.conn.Load()
+	for {
+		var f frame
+		if s.phase.CompareAndSwap(phaseHandling, phaseReading) || s.phase.Load() == phaseReading {
+			// Close, not cancellation, ends the read: a cancelable context
+			// would cost coder/websocket a context.AfterFunc per message.
+			f.typ, f.data, f.err = conn.Read(s.wctx)
+			if f.err != nil {
+				s.sock.cancel() // the client is gone
+			}
+		} else {
+			// A reader took over while the last message was handled.
+			f = <-s.ahead
+			s.ahead = nil
+		}
+		if f.err != nil {
+			return websocket.CloseStatus(f.err)
+		}
+		s.touch()
+		s.phase.Store(phaseHandling)
+		h.receive(pool, s, message{f.typ, f.data})
+	}
+}
+
+// readOnAfter is how long a message is handled before the keepalive
+// goroutine has the socket read on (see readInline).
+const readOnAfter = 250 * time.Millisecond
+
+// The phases of a socket whose messages are handled inline.
+const (
+	phaseReading  = iota // reading, or between two messages
+	phaseHandling        // a message is being handled, nobody reads
+	phaseAhead           // a message is being handled, a reader reads on
+)
+
+// frame is what one read returned.
+type frame struct {
+	typ  websocket.MessageType
+	data []byte
+	err  error
+}
+
+// readOn starts a reader for a socket whose message has been handled for
+// readOnAfter, unless one runs or the message is done. The reader reads
+// one frame and hands it to readInline through s.ahead; a failed read
+// cancels the socket's context first, which cancels the work under way.
+// It is not counted in s.wg: it ends when the socket is closed, which
+// comes after that wait.
+func (s *Session) readOn() {
+	if s.phase.Load() != phaseHandling {
+		return
+	}
+	ch := make(chan frame, 1)
+	s.ahead = ch // read by readInline only once it sees phaseAhead
+	if !s.phase.CompareAndSwap(phaseHandling, phaseAhead) {
+		return
+	}
+	go func() {
+		var f frame
+		f.typ, f.data, f.err = s.conn.Load().Read(s.wctx)
+		ch <- f
+		if f.err != nil {
+			s.sock.cancel()
+		}
+	}()
+}
+
+// readConcurrent reads messages and hands each to a worker goroutine, at
+// most InFlight at once. Past the limit reading stops, with one message
+// held: the backpressure that reaches the client. Reading on while
+// messages are handled is what notices a client that goes away: its work
+// is canceled then. Workers stay for workerIdle after their last message,
+// so a busy socket reuses one, and an idle socket keeps none, nor
+// anything of theirs: the hand-off state lives in the session (dispatch)
+// and holds no channel at rest.
+func (h *Handler) readConcurrent(pool *dbctx.Pool, s *Session) websocket.StatusCode {
+	conn := s.conn.Load()
+	limit := h.opts.InFlight
 	d := &s.dispatch
-	// Close, not cancellation, ends the read: a cancelable context would
-	// cost coder/websocket a context.AfterFunc per message.
 	for {
 		typ, data, err := conn.Read(s.wctx)
 		if err != nil {
@@ -65,7 +145,7 @@ func (h *Handler) readLoop(pool *dbctx.Pool, s *Session) websocket.StatusCode {
 	}
 }
 
-// dispatch is the hand-off between a socket's read loop and its workers.
+// dispatch is the hand-off between readConcurrent and its workers.
 type dispatch struct {
 	mu       sync.Mutex
 	inFlight int
@@ -84,9 +164,7 @@ const workerIdle = 100 * time.Millisecond
 
 // worker is one worker goroutine's state, garbage once it exits.
 type worker struct {
-	next   chan message    // capacity 1: the read loop's hand-off
-	out    *outbox         // sync style: sends held until the slot is released
-	outCtx context.Context // callbacks' context, carrying out
+	next chan message // capacity 1: the read loop's hand-off
 }
 
 // work runs m, then what the read loop hands it, until it has waited
@@ -97,7 +175,7 @@ func (h *Handler) work(pool *dbctx.Pool, s *Session, m message) {
 	w := &worker{next: make(chan message, 1)}
 	var t *time.Timer
 	for {
-		h.receive(pool, s, w, m)
+		h.receive(pool, s, m)
 		d.mu.Lock()
 		d.inFlight--
 		if d.free != nil {
@@ -133,17 +211,14 @@ func (h *Handler) work(pool *dbctx.Pool, s *Session, m message) {
 	}
 }
 
-func (h *Handler) receive(pool *dbctx.Pool, s *Session, w *worker, m message) {
+func (h *Handler) receive(pool *dbctx.Pool, s *Session, m message) {
 	ctx := s.cbCtx()
+	var out *outbox
 	if !h.async {
 		// Sends wait for the slot to be released (see Session.Send).
-		if w.out == nil {
-			w.out = &outbox{s: s}
-			w.outCtx = context.WithValue(ctx, outboxKey{}, w.out)
-		}
-		w.out.begin()
-		ctx = w.outCtx
-		defer w.out.flush()
+		out = newOutbox(ctx, s)
+		ctx = out
+		defer out.flush()
 	}
 	err := h.call(ctx, pool, func(ctx context.Context) error {
 		if h.c.Receive == nil {
@@ -152,8 +227,8 @@ func (h *Handler) receive(pool *dbctx.Pool, s *Session, w *worker, m message) {
 		return h.c.Receive(ctx, s, m.typ, m.data)
 	})
 	if err != nil {
-		if w.out != nil {
-			w.out.flush() // replies first, then the close
+		if out != nil {
+			out.flush() // replies first, then the close
 		}
 		h.fail(s, err)
 	}

@@ -11,7 +11,11 @@
 // sync style ([NewSync]) runs the callbacks of a socket one at a time, in
 // order, each in a worker slot, so handlers query dbctx.From(ctx) directly;
 // a socket waiting for a slot stops reading, which pushes back on its
-// client. The async style ([NewAsync]) holds no slot while a callback
+// client. (A message is handled on the goroutine that read it, and the
+// socket is read again once it is done, as in a hand-written handler; a
+// message that takes longer than 250ms has the next frame read meanwhile,
+// so that pings are answered and a client that goes away has its work
+// canceled.) The async style ([NewAsync]) holds no slot while a callback
 // runs, may run several messages of a socket at once (Options.InFlight),
 // and reaches the database only through dbctx.Do, so a callback that waits
 // on something else (another service, a timer, a channel) holds no

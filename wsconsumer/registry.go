@@ -57,13 +57,14 @@ func (h *Handler) snapshot() []*Session {
 	return out
 }
 
-// keepalive pings quiet sockets, closes idle ones and closes those whose
-// writes stall, for every socket of the handler from one goroutine, which
-// ends when no socket is left. It looks every WriteTimeout/4, or more often
-// where PingInterval or IdleTimeout ask for it.
+// keepalive pings quiet sockets, closes idle ones, closes those whose
+// writes stall and has those whose message takes long read on, for every
+// socket of the handler from one goroutine, which ends when no socket is
+// left. It looks every WriteTimeout/4, or more often where PingInterval,
+// IdleTimeout or readOnAfter ask for it.
 func (h *Handler) keepalive(stop <-chan struct{}) {
 	period := h.opts.WriteTimeout / 4
-	for _, d := range []time.Duration{h.opts.PingInterval, h.opts.IdleTimeout} {
+	for _, d := range []time.Duration{h.opts.PingInterval, h.opts.IdleTimeout, h.readOnDelay()} {
 		if d > 0 && d < period {
 			period = d
 		}
@@ -80,11 +81,30 @@ func (h *Handler) keepalive(stop <-chan struct{}) {
 	}
 }
 
+// readOnDelay is how long a message is handled inline before its socket
+// reads on (see readInline): readOnAfter, or less where pings come sooner,
+// since a pong is read only while the socket reads. It is 0 where messages
+// are not handled inline.
+func (h *Handler) readOnDelay() time.Duration {
+	if h.async && h.opts.InFlight > 1 {
+		return 0
+	}
+	d := readOnAfter
+	if h.opts.PingInterval > 0 && h.opts.PingInterval < d {
+		d = h.opts.PingInterval
+	}
+	return d
+}
+
 func (h *Handler) tick(now int64) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	readOn := h.readOnDelay()
 	for s := range h.sessions {
 		quiet := time.Duration(now - s.lastMsg.Load())
+		if readOn > 0 && quiet >= readOn {
+			s.readOn() // lastMsg is when the message under way was read
+		}
 		switch {
 		case s.stalled(now, h.opts.WriteTimeout):
 			// What coder/websocket does when a write's context ends.

@@ -33,7 +33,9 @@ type Session struct {
 	lastMsg atomic.Int64                    // monotonic() of the last message read
 	closing atomic.Bool
 
-	dispatch dispatch
+	dispatch dispatch     // readConcurrent's
+	phase    atomic.Int32 // readInline's: phaseReading, …
+	ahead    chan frame   // the reader readOn started
 
 	wmu        sync.Mutex
 	writers    int   // writes under way
@@ -235,12 +237,35 @@ func monotonic() int64 { return int64(time.Since(epoch)) }
 type outboxKey struct{}
 
 // outbox holds what a sync Receive callback sends until its slot is
-// released.
+// released. It is the callback's context, so that Send finds it: one
+// allocation per message.
 type outbox struct {
+	context.Context
 	s    *Session
 	mu   sync.Mutex
 	open bool
 	msgs []message
+}
+
+func newOutbox(ctx context.Context, s *Session) *outbox {
+	return &outbox{Context: ctx, s: s, open: true}
+}
+
+func (o *outbox) Value(key any) any {
+	if key == (outboxKey{}) {
+		return o
+	}
+	return o.Context.Value(key)
+}
+
+// AfterFunc forwards to the socket's context (through the scope's), so
+// that context.AfterFunc and the cancelable children of a callback's
+// context start no goroutine each.
+func (o *outbox) AfterFunc(f func()) func() bool {
+	if a, ok := o.Context.(interface{ AfterFunc(func()) func() bool }); ok {
+		return a.AfterFunc(f)
+	}
+	return context.AfterFunc(o.Context, f)
 }
 
 // add queues m, or reports false once the callback is over (its ctx was
@@ -255,27 +280,19 @@ func (o *outbox) add(m message) bool {
 	return true
 }
 
-// begin opens the outbox for one callback.
-func (o *outbox) begin() {
-	o.mu.Lock()
-	o.open = true
-	o.mu.Unlock()
-}
-
 // flush closes the outbox and writes what it holds, in order; the first
-// failed write (which closes the socket) ends it.
+// failed write (which closes the socket) ends it. Calls after the first
+// do nothing.
 func (o *outbox) flush() {
 	o.mu.Lock()
 	o.open = false
 	msgs := o.msgs
-	o.msgs = o.msgs[:0]
+	o.msgs = nil
 	o.mu.Unlock()
 	c := o.s.conn.Load()
-	for i, m := range msgs {
+	for _, m := range msgs {
 		if o.s.closing.Load() || o.s.write(c, m.typ, m.data) != nil {
 			break
 		}
-		msgs[i] = message{}
 	}
-	clear(msgs)
 }
