@@ -140,6 +140,9 @@ func (s *Scope) giveBack(ctx context.Context) error {
 			return fmt.Errorf("dbctx: OnRelease: %w", err)
 		}
 	}
+	if s.pg != nil {
+		socketOf(s.pg).released = monotonic()
+	}
 	if s.handedOut {
 		// User code may still hold a *sql.Tx or *sql.Rows of it, which
 		// keeps *sql.Conn.Close waiting until they end.
@@ -217,7 +220,7 @@ func (s *Scope) forget() {
 	// quietCtx goes too: an idle socket's scope must not keep its last
 	// callback's context (and what that holds) alive.
 	s.conn, s.pg, s.row, s.quietCtx = nil, nil, nil, nil
-	s.dirty, s.rawTx, s.bad, s.handedOut = false, false, false, false
+	s.dirty, s.rawTx, s.bad, s.handedOut, s.unchecked = false, false, false, false, false
 	clear(s.prepared)
 	s.prepared = s.prepared[:0]
 	s.pool.c.pinned.Add(-1)

@@ -5,6 +5,7 @@ import (
 	"database/sql/driver"
 	"net"
 	"syscall"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/stdlib"
@@ -18,26 +19,47 @@ import (
 // means the server has closed the session (pg_terminate_backend, restart).
 // It returns driver.ErrBadConn for a dead connection, which makes
 // database/sql close it. pc is nil for drivers other than pgx's stdlib.
-func (p *Pool) check(pc *pgconn.PgConn) error {
+//
+// A connection a scope gave back less than p.recent ago is not looked at
+// (looked is false): under load that is nearly every check-out, and the
+// look, a system call, costs several percent of a message's CPU. A
+// backend that died in that moment is caught by the statement retry
+// instead (the server's 57P message, see retryable); raw access, which is
+// not retried, looks first (Scope.raw). Once a dead connection has been
+// seen, every connection given back before that is looked at again: a
+// round of kills (a failover, pg_terminate_backend of every backend)
+// costs one retry, not one per connection.
+func (p *Pool) check(pc *pgconn.PgConn) (looked bool, err error) {
 	if pc == nil {
 		// Another driver: database/sql's ResetSession and Validator, and
 		// the statement retry, are what we have.
-		return nil
+		return true, nil
 	}
 	if pc.IsClosed() || pc.TxStatus() != 'I' {
-		return driver.ErrBadConn
+		return true, driver.ErrBadConn
 	}
-	if socketOf(pc).dead() {
-		return driver.ErrBadConn
+	sock := socketOf(pc)
+	if sock.released > time.Duration(p.deathSeen.Load()) && monotonic()-sock.released < p.recent {
+		return false, nil
 	}
-	return nil
+	if sock.dead() {
+		return true, driver.ErrBadConn
+	}
+	return true, nil
 }
+
+// recentlyReleased is Pool.recent: how long after a scope gave a
+// connection back the next check-out skips the socket check. Idle
+// connections that a proxy or the server may close are idle for far
+// longer.
+const recentlyReleased = 10 * time.Millisecond
 
 // socket is what the health check knows of a connection's socket, kept in
 // the connection's CustomData so it is looked up once per connection.
 type socket struct {
-	fd    int  // -1: cannot be looked into
-	plain bool // no TLS: the first byte waiting is a message type
+	fd       int           // -1: cannot be looked into
+	plain    bool          // no TLS: the first byte waiting is a message type
+	released time.Duration // monotonic(): last given back by a scope; 0: never
 }
 
 const socketKey = "github.com/dbscope/dbscope/dbctx.socket"

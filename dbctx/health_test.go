@@ -3,6 +3,7 @@ package dbctx_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -17,7 +18,80 @@ import (
 func TestKilledWhileIdle(t *testing.T) {
 	t.Parallel()
 	p, env := newPool(t, &dbctx.Options{MaxWorkers: 4})
+	p.SetRecent(0) // look at every connection, however recently given back
 	killWhileIdle(t, p, env)
+	if st := p.Stats(); st.Discarded.Dead == 0 {
+		t.Errorf("the socket check found no dead connection: %+v", st)
+	}
+}
+
+// A connection given back a moment ago is pinned without the socket check;
+// if its backend died in that moment, the statement retry covers a
+// statement, Atomic's BEGIN included, and raw access looks first.
+func TestKilledJustAfterRelease(t *testing.T) {
+	t.Parallel()
+	p, env := newPool(t, &dbctx.Options{MaxWorkers: 1}) // one connection
+	p.SetRecent(time.Hour)                              // never look after a give-back
+	ctx := context.Background()
+	warm := func() {
+		t.Helper()
+		// Twice: pgx's stdlib pings a connection at its first reuse.
+		for range 2 {
+			if err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+				_, err := queryInt(ctx, s, "SELECT 1")
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if n := env.Terminate(t); n != 1 {
+			t.Fatalf("killed %d backends, want 1", n)
+		}
+	}
+	cases := []struct {
+		name string
+		use  func(ctx context.Context, s *dbctx.Scope) error
+		want dbctx.Stats // what the case adds
+	}{
+		{"statement", func(ctx context.Context, s *dbctx.Scope) error {
+			n, err := queryInt(ctx, s, "SELECT 2")
+			if err == nil && n != 2 {
+				t.Errorf("got %d", n)
+			}
+			return err
+		}, dbctx.Stats{Retries: 1}},
+		{"atomic", func(ctx context.Context, s *dbctx.Scope) error {
+			return dbctx.Atomic(ctx, func(ctx context.Context) error {
+				_, err := s.ExecContext(ctx, "SELECT 3")
+				return err
+			})
+		}, dbctx.Stats{Retries: 1}},
+		{"raw", func(ctx context.Context, s *dbctx.Scope) error {
+			c, err := s.Conn(ctx)
+			if err != nil {
+				return err
+			}
+			var n int
+			if err := c.QueryRowContext(ctx, "SELECT 4").Scan(&n); err != nil || n != 4 {
+				return fmt.Errorf("raw connection: %d, %w", n, err)
+			}
+			return nil
+		}, dbctx.Stats{Discarded: dbctx.Discards{Dead: 1}}},
+	}
+	for _, tc := range cases {
+		warm()
+		before := p.Stats()
+		if err := p.Do(ctx, tc.use); err != nil {
+			t.Fatalf("%s after the kill: %v", tc.name, err)
+		}
+		st := p.Stats()
+		if got := st.Retries - before.Retries; got != tc.want.Retries {
+			t.Errorf("%s: %d retries, want %d", tc.name, got, tc.want.Retries)
+		}
+		if got := st.Discarded.Dead - before.Discarded.Dead; got != tc.want.Discarded.Dead {
+			t.Errorf("%s: %d discarded dead, want %d", tc.name, got, tc.want.Discarded.Dead)
+		}
+	}
 }
 
 // The health check looks under TLS (pgx's default on loopback is

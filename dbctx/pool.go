@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 )
@@ -29,6 +30,8 @@ type Pool struct {
 	closeOnce sync.Once
 
 	discardFn func(driverConn any) error
+	recent    time.Duration // see check
+	deathSeen atomic.Int64  // monotonic() when a dead connection was last seen
 }
 
 // New returns a Pool over db. A nil opts means defaults (see [Options]).
@@ -43,9 +46,10 @@ func New(db *sql.DB, opts *Options) *Pool {
 		panic("dbctx: New expects a non-nil *sql.DB")
 	}
 	p := &Pool{
-		db:   db,
-		opts: opts.withDefaults(),
-		done: make(chan struct{}),
+		db:     db,
+		opts:   opts.withDefaults(),
+		done:   make(chan struct{}),
+		recent: recentlyReleased,
 	}
 	p.sem = make(chan struct{}, p.opts.MaxWorkers)
 	p.discardFn = func(any) error { return driver.ErrBadConn }
@@ -76,8 +80,9 @@ func (p *Pool) Close() error {
 
 // connect takes a connection from the *sql.DB and makes sure it is alive
 // before user code sees it: one killed while idle is discarded and another
-// taken, as often as needed. Then OnAcquire runs.
-func (p *Pool) connect(ctx context.Context) (*sql.Conn, *pgconn.PgConn, error) {
+// taken, as often as needed. Then OnAcquire runs. looked is false for a
+// connection check did not look at (given back a moment ago).
+func (p *Pool) connect(ctx context.Context) (conn *sql.Conn, pc *pgconn.PgConn, looked bool, err error) {
 	// database/sql retries a bad connection a couple of times itself; the
 	// bound here only stops a loop if every connection looks dead, which
 	// means the server is gone and db.Conn will soon fail on its own.
@@ -85,32 +90,38 @@ func (p *Pool) connect(ctx context.Context) (*sql.Conn, *pgconn.PgConn, error) {
 	for dead := 0; ; dead++ {
 		conn, err := p.db.Conn(ctx)
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, false, err
 		}
-		var pc *pgconn.PgConn
 		if err := conn.Raw(func(dc any) error {
 			pc = pgConnOf(dc)
-			return p.check(pc)
+			var err error
+			looked, err = p.check(pc)
+			return err
 		}); err != nil {
 			// Raw saw driver.ErrBadConn: database/sql has closed it.
 			conn.Close()
 			p.c.discarded[discardDead].Add(1)
+			p.sawDeath()
 			if dead < maxDead && ctx.Err() == nil {
 				continue
 			}
-			return nil, nil, fmt.Errorf("dbctx: no live connection after %d tries: %w", dead+1, err)
+			return nil, nil, false, fmt.Errorf("dbctx: no live connection after %d tries: %w", dead+1, err)
 		}
 		if p.opts.OnAcquire != nil {
 			if err := p.opts.OnAcquire(ctx, conn); err != nil {
 				p.discard(conn, discardHook)
-				return nil, nil, fmt.Errorf("dbctx: OnAcquire: %w", err)
+				return nil, nil, false, fmt.Errorf("dbctx: OnAcquire: %w", err)
 			}
 		}
 		p.c.acquired.Add(1)
 		p.c.pinned.Add(1)
-		return conn, pc, nil
+		return conn, pc, looked, nil
 	}
 }
+
+// sawDeath notes that a connection was found dead or broken: the
+// connections given back before now are looked at when next checked out.
+func (p *Pool) sawDeath() { p.deathSeen.Store(int64(monotonic())) }
 
 // discard closes conn's driver connection so database/sql never reuses it,
 // and counts it under why (a negative why: counted by the caller).

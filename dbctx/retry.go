@@ -20,7 +20,8 @@ var errNotPgx = errors.New("dbctx: connection is not a pgx stdlib connection")
 // connection was outside a transaction, so the statement's implicit
 // transaction was rolled back with it.
 func (s *Scope) retryable(ctx context.Context, err error) bool {
-	if s.pg == nil || s.rawTx || s.atomic > 0 || ctx.Err() != nil {
+	// Inside Atomic only its BEGIN (s.tx not yet set) may run again.
+	if s.pg == nil || s.rawTx || s.atomic > 0 && s.tx != nil || ctx.Err() != nil {
 		return false
 	}
 	// pgx keeps the status of the last ReadyForQuery: the one from before
@@ -44,11 +45,18 @@ const maxRetries = 3
 
 // run runs one statement on c, and again on another connection while its
 // failure proves it had no effect (see retryable), at most maxRetries more
-// times; then it looks at the last error for an unusable connection. With
+// times (one more on a connection pinned without the socket check); then
+// it looks at the last error for an unusable connection. With
 // quiet set, the statement gets ctx through Scope.quiet (see cancel.go).
 func run[T any](ctx context.Context, s *Scope, c *sql.Conn, quiet bool, stmt func(context.Context, *sql.Conn) (T, error)) (T, error) {
+	retries := maxRetries
+	if s.unchecked {
+		// One more for a connection pinned without the socket check,
+		// which would have found it dead (see Pool.check).
+		retries++
+	}
 	v, err := stmt(s.stmtCtx(ctx, quiet), c)
-	for try := 0; err != nil && try < maxRetries && s.retryable(ctx, err); try++ {
+	for try := 0; err != nil && try < retries && s.retryable(ctx, err); try++ {
 		c, rerr := s.repin(ctx)
 		if rerr != nil {
 			break
@@ -62,6 +70,7 @@ func run[T any](ctx context.Context, s *Scope, c *sql.Conn, quiet bool, stmt fun
 // repin discards the scope's broken connection and pins a fresh one for a
 // retry.
 func (s *Scope) repin(ctx context.Context) (*sql.Conn, error) {
+	s.pool.sawDeath()
 	s.unpin(discardBroken)
 	s.pool.c.retries.Add(1)
 	return s.pinned(ctx)
@@ -85,6 +94,7 @@ func (s *Scope) observe(ctx context.Context, err error) {
 	if ctx.Err() != nil {
 		why = discardCanceled
 	}
+	s.pool.sawDeath()
 	if s.inTx() {
 		s.bad, s.badWhy = true, why
 		return
@@ -95,7 +105,7 @@ func (s *Scope) observe(ctx context.Context, err error) {
 // inTx reports whether the pinned connection is, or may be, in a
 // transaction.
 func (s *Scope) inTx() bool {
-	if s.atomic > 0 || s.rawTx {
+	if s.atomic > 0 && s.tx != nil || s.rawTx {
 		return true
 	}
 	if s.pg != nil {

@@ -28,12 +28,13 @@ import (
 // [Options.ResetSQL] before it is given back, so nothing leaks to the next
 // scope that gets it.
 //
-// A single statement run outside a transaction whose answer is that the
-// server ended the session (SQLSTATE class 57P) or that it failed before
-// anything was sent had no effect: it is run again on another connection,
-// at most three more times (a round of kills may have reached the next
-// idle connection too). Nothing is retried inside a transaction or once
-// rows were delivered.
+// A single statement run outside a transaction (the BEGIN of [Atomic]
+// included) whose answer is that the server ended the session (SQLSTATE
+// class 57P) or that it failed before anything was sent had no effect: it
+// is run again on another connection, at most three more times (a round
+// of kills may have reached the next idle connection too; one more where
+// the connection was given back a moment before and so not looked at).
+// Nothing is retried inside a transaction or once rows were delivered.
 //
 // A Scope is for one goroutine at a time, like the request or message it
 // serves. A nil *Scope is valid: its methods return ErrNoScope.
@@ -58,6 +59,7 @@ type Scope struct {
 	handedOut bool // Conn gave the *sql.Conn to user code
 	rawTx     bool // a BEGIN seen in raw SQL: never retry
 	bad       bool // a connection-level error seen while in a transaction
+	unchecked bool // pinned without the socket check (see Pool.check)
 	badWhy    discardReason
 	txs       []*sql.Tx
 	rows      *sql.Rows
@@ -164,7 +166,7 @@ func (s *Scope) pinned(ctx context.Context) (*sql.Conn, error) {
 	if err := s.takeSlot(ctx); err != nil {
 		return nil, err
 	}
-	conn, pc, err := s.pool.connect(ctx)
+	conn, pc, looked, err := s.pool.connect(ctx)
 	if err != nil {
 		if s.depth == 0 {
 			s.freeSlot()
@@ -172,6 +174,7 @@ func (s *Scope) pinned(ctx context.Context) (*sql.Conn, error) {
 		return nil, err
 	}
 	s.pin(conn, pc)
+	s.unchecked = !looked
 	return conn, nil
 }
 
@@ -345,9 +348,21 @@ func (s *Scope) Conn(ctx context.Context) (*sql.Conn, error) {
 	return c, err
 }
 
-// raw pins a connection for raw use, which marks the scope dirty.
+// raw pins a connection for raw use, which marks the scope dirty. What
+// user code runs on it is not retried, so a connection pinned without the
+// socket check is looked at now, unless a transaction on it proves it
+// alive.
 func (s *Scope) raw(ctx context.Context) (*sql.Conn, error) {
 	c, err := s.use(ctx, "")
+	for err == nil && s.unchecked && !s.inTx() {
+		s.unchecked = false
+		if !socketOf(s.pg).dead() {
+			break
+		}
+		s.pool.sawDeath()
+		s.unpin(discardDead)
+		c, err = s.use(ctx, "")
+	}
 	if err != nil {
 		return nil, err
 	}
