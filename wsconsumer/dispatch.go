@@ -74,7 +74,8 @@ type frame struct {
 // readOn starts a reader for a socket whose message has been handled for
 // readOnAfter, unless one runs or the message is done. The reader reads
 // one frame and hands it to readInline through s.ahead; a failed read
-// cancels the socket's context first, which cancels the work under way.
+// (the client is gone) also cancels the socket's context, which cancels
+// the work under way.
 // It is not counted in s.wg: it ends when the socket is closed, which
 // comes after that wait.
 func (s *Session) readOn() {
