@@ -5,7 +5,8 @@ import "context"
 type ctxKey struct{}
 
 // scopeCtx is the context a scope hands out: its parent plus the scope,
-// in the scope's own allocation.
+// in the scope's own allocation (Async's stand alone: its scope is the
+// pool's one async scope).
 type scopeCtx struct {
 	context.Context
 	s *Scope
@@ -55,9 +56,9 @@ func Async(ctx context.Context) context.Context {
 	if parent == nil || parent.async {
 		return ctx
 	}
-	s := &Scope{pool: parent.pool, async: true}
-	s.ctx = scopeCtx{Context: ctx, s: s}
-	return &s.ctx
+	// The async scope holds nothing and refuses everything, so one per
+	// pool serves every context: a socket keeps only the context.
+	return &scopeCtx{Context: ctx, s: parent.pool.async}
 }
 
 // IsAsync reports whether ctx was marked with [Async] (and is not inside a

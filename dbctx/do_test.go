@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/dbscope/dbscope/dbctx"
@@ -110,6 +111,37 @@ func TestAsyncGuard(t *testing.T) {
 	})
 	if err != nil || n != 7 {
 		t.Fatalf("Do from async context: %d, %v", n, err)
+	}
+
+	// Async contexts share their pool's one async scope, which holds
+	// nothing: ending it, from several goroutines at once, changes nothing
+	// for any of them.
+	asyncs := []context.Context{ctx, dbctx.Async(scopeCtx(t, p))}
+	var wg sync.WaitGroup
+	for _, ctx := range asyncs {
+		wg.Go(func() {
+			dbctx.From(ctx).End()
+			dbctx.From(ctx).Abort()
+		})
+	}
+	wg.Wait()
+	for i, ctx := range asyncs {
+		s := dbctx.From(ctx)
+		if err := s.Reserve(ctx); !errors.Is(err, dbctx.ErrAsyncContext) {
+			t.Errorf("%d: Reserve after End: %v, want ErrAsyncContext", i, err)
+		}
+		if _, err := s.BeginTx(ctx, nil); !errors.Is(err, dbctx.ErrAsyncContext) {
+			t.Errorf("%d: BeginTx after End: %v, want ErrAsyncContext", i, err)
+		}
+		if _, err := s.Conn(ctx); !errors.Is(err, dbctx.ErrAsyncContext) {
+			t.Errorf("%d: Conn after End: %v, want ErrAsyncContext", i, err)
+		}
+		if err := dbctx.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+			_, err := queryInt(ctx, s, "SELECT 1")
+			return err
+		}); err != nil {
+			t.Errorf("%d: Do after End: %v", i, err)
+		}
 	}
 }
 

@@ -31,6 +31,7 @@ type Pool struct {
 
 	discardFn func(driverConn any) error
 	recent    time.Duration // see check
+	async     *Scope        // the scope of every Async context: see Async
 	deathSeen atomic.Int64  // monotonic() when a dead connection was last seen
 }
 
@@ -52,6 +53,7 @@ func New(db *sql.DB, opts *Options) *Pool {
 		recent: recentlyReleased,
 	}
 	p.sem = make(chan struct{}, p.opts.MaxWorkers)
+	p.async = &Scope{pool: p, async: true, ended: true}
 	p.discardFn = func(any) error { return driver.ErrBadConn }
 	switch max := db.Stats().MaxOpenConnections; {
 	case max == 0:

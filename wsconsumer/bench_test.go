@@ -234,8 +234,8 @@ func benchIdle(b *testing.B, mode string) {
 	}
 }
 
-// settle waits until the goroutine count has not changed for 1.5s (a
-// socket's worker stays a moment after its last message), at most 15s:
+// settle waits until the goroutine count has not changed for 1.5s (an
+// async socket's worker stays a moment after its last message), at most 15s:
 // the memory of idle sockets is measured at rest.
 func settle() {
 	last, since := runtime.NumGoroutine(), time.Now()
@@ -249,8 +249,9 @@ func settle() {
 	}
 }
 
-func BenchmarkIdleSocketsRaw(b *testing.B)  { benchIdle(b, "raw") }
-func BenchmarkIdleSocketsSync(b *testing.B) { benchIdle(b, "sync") }
+func BenchmarkIdleSocketsRaw(b *testing.B)   { benchIdle(b, "raw") }
+func BenchmarkIdleSocketsSync(b *testing.B)  { benchIdle(b, "sync") }
+func BenchmarkIdleSocketsAsync(b *testing.B) { benchIdle(b, "async") }
 
 func serveB(b *testing.B, h http.Handler) string {
 	srv := httptestServer(h)
