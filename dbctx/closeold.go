@@ -220,7 +220,7 @@ func (s *Scope) forget() {
 	// quietCtx goes too: an idle socket's scope must not keep its last
 	// callback's context (and what that holds) alive.
 	s.conn, s.pg, s.row, s.quietCtx = nil, nil, nil, nil
-	s.dirty, s.rawTx, s.bad, s.handedOut, s.unchecked = false, false, false, false, false
+	s.dirty, s.rawTx, s.bad, s.handedOut, s.unchecked, s.stateful = false, false, false, false, false, false
 	clear(s.prepared)
 	s.prepared = s.prepared[:0]
 	s.pool.c.pinned.Add(-1)

@@ -334,3 +334,102 @@ func TestCancelMidQuery(t *testing.T) {
 		t.Errorf("canceled discards = %d, want 1", st.Discarded.Canceled)
 	}
 }
+
+// Once a scope has set session state, a statement that finds its
+// connection dead is not run again on another connection, which would
+// lack that state: Atomic's BEGIN, a plain statement and raw access all
+// fail instead of running without it.
+func TestNoRetryAfterSessionState(t *testing.T) {
+	t.Parallel()
+	p, env := newPool(t, &dbctx.Options{MaxWorkers: 1})
+	p.SetRecent(time.Hour) // the dead connection is not looked at: the retry decides
+	ctx := context.Background()
+	uses := map[string]func(ctx context.Context, s *dbctx.Scope) error{
+		"statement": func(ctx context.Context, s *dbctx.Scope) error {
+			var v string
+			return s.QueryRowContext(ctx, "SELECT current_setting('app.tenant')").Scan(&v)
+		},
+		"atomic": func(ctx context.Context, s *dbctx.Scope) error {
+			return dbctx.Atomic(ctx, func(ctx context.Context) error {
+				_, err := s.ExecContext(ctx, "SELECT current_setting('app.tenant')")
+				return err
+			})
+		},
+		"raw": func(ctx context.Context, s *dbctx.Scope) error {
+			c, err := s.Conn(ctx)
+			if err != nil {
+				return err
+			}
+			_, err = c.ExecContext(ctx, "SELECT current_setting('app.tenant')")
+			return err
+		},
+	}
+	for name, use := range uses {
+		warmTwice(t, p)
+		err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+			if _, err := s.ExecContext(ctx, "SELECT set_config('app.tenant', '42', false)"); err != nil {
+				return fmt.Errorf("set_config: %w", err)
+			}
+			if n := env.Terminate(t); n != 1 {
+				t.Fatalf("killed %d backends, want 1", n)
+			}
+			return use(ctx, s)
+		})
+		var pe *pgconn.PgError
+		if !errors.As(err, &pe) || pe.Code != "57P01" {
+			t.Errorf("%s after the kill: %v, want the 57P01 of the lost session", name, err)
+		}
+	}
+}
+
+// A statement that sets session state and is run again on another
+// connection leaves that state on the new connection, and it is reset
+// before that connection is given back.
+func TestRetriedStatementKeepsItsState(t *testing.T) {
+	t.Parallel()
+	p, env := newPool(t, &dbctx.Options{MaxWorkers: 1})
+	p.SetRecent(time.Hour)
+	ctx := context.Background()
+	warmTwice(t, p)
+	if n := env.Terminate(t); n != 1 {
+		t.Fatalf("killed %d backends, want 1", n)
+	}
+	before := p.Stats()
+	err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+		if _, err := s.ExecContext(ctx, "SELECT set_config('app.tenant', '42', false)"); err != nil {
+			return err
+		}
+		var v string
+		if err := s.QueryRowContext(ctx, "SELECT current_setting('app.tenant')").Scan(&v); err != nil || v != "42" {
+			return fmt.Errorf("after the retried set_config: %q, %w", v, err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := p.Stats()
+	if st.Retries-before.Retries != 1 || st.Resets-before.Resets != 1 {
+		t.Fatalf("retries +%d, resets +%d; want +1, +1", st.Retries-before.Retries, st.Resets-before.Resets)
+	}
+	var v string
+	if err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+		return s.QueryRowContext(ctx, "SELECT coalesce(current_setting('app.tenant', true), '')").Scan(&v)
+	}); err != nil || v != "" {
+		t.Fatalf("the next scope sees app.tenant = %q (%v), want it reset", v, err)
+	}
+}
+
+// warmTwice uses p's connection twice: pgx's stdlib pings a connection at
+// its first reuse, which would find a killed backend on its own.
+func warmTwice(t *testing.T, p *dbctx.Pool) {
+	t.Helper()
+	for range 2 {
+		if err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+			_, err := queryInt(ctx, s, "SELECT 1")
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

@@ -1,6 +1,7 @@
 package dbctx
 
 import (
+	"errors"
 	"slices"
 	"testing"
 )
@@ -42,9 +43,18 @@ func TestNote(t *testing.T) {
 	} {
 		var s Scope
 		s.note(tc.query)
-		if s.dirty != tc.dirty || s.rawTx != tc.rawTx || !slices.Equal(s.prepared, tc.prepared) {
-			t.Errorf("note(%q): dirty %v, rawTx %v, prepared %q; want %v, %v, %q",
-				tc.query, s.dirty, s.rawTx, s.prepared, tc.dirty, tc.rawTx, tc.prepared)
+		s.ran(nil) // the statement succeeded
+		if s.dirty != tc.dirty || s.stateful != tc.dirty || s.rawTx != tc.rawTx || !slices.Equal(s.prepared, tc.prepared) {
+			t.Errorf("note(%q): dirty %v, stateful %v, rawTx %v, prepared %q; want %v, %[6]v, %v, %q",
+				tc.query, s.dirty, s.stateful, s.rawTx, s.prepared, tc.dirty, tc.rawTx, tc.prepared)
+		}
+		// A statement that failed leaves the session as it was: nothing to
+		// keep across connections, nothing prepared.
+		var f Scope
+		f.note(tc.query)
+		f.ran(errors.New("failed"))
+		if f.stateful || len(f.prepared) > 0 {
+			t.Errorf("note(%q) then failure: stateful %v, prepared %q", tc.query, f.stateful, f.prepared)
 		}
 	}
 }

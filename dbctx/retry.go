@@ -20,8 +20,9 @@ var errNotPgx = errors.New("dbctx: connection is not a pgx stdlib connection")
 // connection was outside a transaction, so the statement's implicit
 // transaction was rolled back with it.
 func (s *Scope) retryable(ctx context.Context, err error) bool {
-	// Inside Atomic only its BEGIN (s.tx not yet set) may run again.
-	if s.pg == nil || s.rawTx || s.atomic > 0 && s.tx != nil || ctx.Err() != nil {
+	// Inside Atomic only its BEGIN (s.tx not yet set) may run again; not
+	// at all once the session holds state another connection would lack.
+	if s.pg == nil || s.rawTx || s.stateful || s.atomic > 0 && s.tx != nil || ctx.Err() != nil {
 		return false
 	}
 	// pgx keeps the status of the last ReadyForQuery: the one from before
@@ -64,6 +65,7 @@ func run[T any](ctx context.Context, s *Scope, c *sql.Conn, quiet bool, stmt fun
 		v, err = stmt(s.stmtCtx(ctx, quiet), c)
 	}
 	s.observe(ctx, err)
+	s.ran(err)
 	return v, err
 }
 
@@ -119,31 +121,49 @@ func (s *Scope) inTx() bool {
 // towards dirty, which only costs one reset round trip. It runs on every
 // statement, so it dispatches on the keyword's length rather than trying
 // every keyword.
+//
+// What the statement does to the session counts once it has run (see
+// run): then the scope is stateful, and a statement that fails later is
+// not run again on another connection, which would not have that state.
 func (s *Scope) note(query string) {
+	state := false
 	switch kw := firstKeyword(query); len(kw) {
 	case 3:
-		s.dirty = s.dirty || strings.EqualFold(kw, "set")
+		state = strings.EqualFold(kw, "set")
 	case 4:
-		s.dirty = s.dirty || strings.EqualFold(kw, "load")
+		state = strings.EqualFold(kw, "load")
 	case 5:
 		if strings.EqualFold(kw, "begin") || strings.EqualFold(kw, "start") {
 			s.rawTx = true
 		}
-		s.dirty = s.dirty || strings.EqualFold(kw, "reset")
+		state = strings.EqualFold(kw, "reset")
 	case 6:
-		s.dirty = s.dirty || strings.EqualFold(kw, "listen")
+		state = strings.EqualFold(kw, "listen")
 	case 7:
 		if strings.EqualFold(kw, "prepare") {
-			s.dirty = true
-			if name := preparedName(query); name != "" {
-				s.prepared = append(s.prepared, name)
-			}
+			state = true
+			s.prepName = preparedName(query)
+		} else {
+			state = strings.EqualFold(kw, "declare")
 		}
-		s.dirty = s.dirty || strings.EqualFold(kw, "declare")
 	}
-	if !s.dirty && mentionsSessionState(query) {
-		s.dirty = true
+	if !state && !s.stateful && mentionsSessionState(query) {
+		state = true
 	}
+	s.pending = state
+	s.dirty = s.dirty || state
+}
+
+// ran records what a statement that succeeded did to the session, on the
+// connection it ran on (which a retry may have changed).
+func (s *Scope) ran(err error) {
+	if err == nil && s.pending {
+		s.dirty, s.stateful = true, true
+		if s.prepName != "" {
+			s.prepared = append(s.prepared, s.prepName)
+		}
+	}
+	s.pending, s.prepName = false, ""
 }
 
 // preparedName returns the statement name of "PREPARE name …", quoted

@@ -34,7 +34,10 @@ import (
 // is run again on another connection, at most three more times (a round
 // of kills may have reached the next idle connection too; one more where
 // the connection was given back a moment before and so not looked at).
-// Nothing is retried inside a transaction or once rows were delivered.
+// Nothing is retried inside a transaction, once rows were delivered, or
+// once the scope has set session state (a SET, set_config, an advisory
+// lock, raw access…) that another connection would lack: the statement
+// fails instead of running without it.
 //
 // A Scope is for one goroutine at a time, like the request or message it
 // serves. A nil *Scope is valid: its methods return ErrNoScope.
@@ -60,6 +63,9 @@ type Scope struct {
 	rawTx     bool // a BEGIN seen in raw SQL: never retry
 	bad       bool // a connection-level error seen while in a transaction
 	unchecked bool // pinned without the socket check (see Pool.check)
+	stateful  bool // the session holds state that statements or raw access set
+	pending   bool // the statement under way changes session state (note)
+	prepName  string
 	badWhy    discardReason
 	txs       []*sql.Tx
 	rows      *sql.Rows
@@ -348,13 +354,13 @@ func (s *Scope) Conn(ctx context.Context) (*sql.Conn, error) {
 	return c, err
 }
 
-// raw pins a connection for raw use, which marks the scope dirty. What
-// user code runs on it is not retried, so a connection pinned without the
-// socket check is looked at now, unless a transaction on it proves it
-// alive.
+// raw pins a connection for raw use, which marks the scope dirty and
+// stateful. What user code runs on it is not retried, so a connection
+// pinned without the socket check is looked at now and, if dead, another
+// pinned, unless a transaction or session state on it would be lost.
 func (s *Scope) raw(ctx context.Context) (*sql.Conn, error) {
 	c, err := s.use(ctx, "")
-	for err == nil && s.unchecked && !s.inTx() {
+	for err == nil && s.unchecked && !s.inTx() && !s.stateful {
 		s.unchecked = false
 		if !socketOf(s.pg).dead() {
 			break
@@ -366,7 +372,7 @@ func (s *Scope) raw(ctx context.Context) (*sql.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.dirty = true
+	s.dirty, s.stateful = true, true
 	s.disarm() // user code runs statements on it with contexts of its own
 	return c, nil
 }
@@ -404,8 +410,6 @@ func (s *Scope) use(ctx context.Context, query string) (*sql.Conn, error) {
 		}
 		c = s.conn // beginning may have moved to a fresh connection
 	}
-	if !s.dirty || !s.rawTx {
-		s.note(query)
-	}
+	s.note(query)
 	return c, nil
 }
