@@ -545,3 +545,113 @@ func TestReadOn(t *testing.T) {
 		})
 	}
 }
+
+// Disconnect gets the status of the closing handshake also when the
+// server closed the socket while handling a message, nobody reading: a
+// failed Receive (1011) and a shutdown mid-message (1001).
+func TestDisconnectCodeServerClose(t *testing.T) {
+	t.Parallel()
+	for name, style := range styles {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			p, _ := dbtest.NewPool(t, nil)
+			codes := make(chan websocket.StatusCode, 1)
+			held := make(chan struct{}, 1)
+			gate := make(chan struct{})
+			h := style(p, wsconsumer.Consumer{
+				Receive: func(ctx context.Context, s *wsconsumer.Session, _ websocket.MessageType, data []byte) error {
+					if string(data) == "fail" {
+						return errors.New("boom")
+					}
+					held <- struct{}{}
+					<-gate
+					return nil
+				},
+				Disconnect: func(_ context.Context, _ *wsconsumer.Session, code websocket.StatusCode) { codes <- code },
+			}, &wsconsumer.Options{Logger: quiet()})
+			url := serve(t, h)
+			ctx := context.Background()
+
+			c := dial(t, url)
+			c.Write(ctx, websocket.MessageText, []byte("fail"))
+			if _, code := recv(t, c); code != websocket.StatusInternalError {
+				t.Fatalf("client saw %v, want 1011", code)
+			}
+			if code := <-codes; code != websocket.StatusInternalError {
+				t.Errorf("after a failed Receive, Disconnect got %v, want 1011", code)
+			}
+
+			c = dial(t, url)
+			seen := make(chan websocket.StatusCode, 1)
+			go func() { // the client answers the close
+				_, _, err := c.Read(ctx)
+				seen <- websocket.CloseStatus(err)
+			}()
+			c.Write(ctx, websocket.MessageText, []byte("hold"))
+			<-held
+			done := make(chan error, 1)
+			go func() {
+				sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+				defer cancel()
+				done <- h.Shutdown(sctx)
+			}()
+			// The handshake is over while the message is still handled.
+			if code := <-seen; code != websocket.StatusGoingAway {
+				t.Fatalf("client saw %v, want 1001", code)
+			}
+			close(gate)
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+			if code := <-codes; code != websocket.StatusGoingAway {
+				t.Errorf("after a shutdown mid-message, Disconnect got %v, want 1001", code)
+			}
+		})
+	}
+}
+
+// A quiet socket is pinged once per PingInterval, also where the
+// keepalive goroutine looks more often (for the read-on, every 250ms);
+// one that answers stays open, one that does not is closed once its ping
+// times out.
+func TestPing(t *testing.T) {
+	t.Parallel()
+	for _, answer := range []bool{true, false} {
+		t.Run(fmt.Sprint("answer=", answer), func(t *testing.T) {
+			t.Parallel()
+			interval := time.Second
+			if !answer {
+				interval = 100 * time.Millisecond
+			}
+			p, _ := dbtest.NewPool(t, nil)
+			h := lookupHandler(p, wsconsumer.NewSync, &wsconsumer.Options{PingInterval: interval})
+			var pings atomic.Int32
+			start := time.Now()
+			c, _, err := websocket.Dial(context.Background(), serve(t, h), &websocket.DialOptions{
+				OnPingReceived: func(context.Context, []byte) bool {
+					pings.Add(1)
+					return answer
+				},
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { c.CloseNow() })
+			go c.Read(context.Background()) // control frames are handled while reading
+			if !answer {
+				dbtest.Eventually(t, "the socket to be closed", func() bool { return h.Len() == 0 })
+				return
+			}
+			dbtest.Eventually(t, "three pings", func() bool { return pings.Load() >= 3 })
+			// The first ping comes an interval after the socket was
+			// accepted, the next ones an interval apart or later (ticks
+			// come late on a busy machine, never early).
+			if took := time.Since(start); took < 5*interval/2 {
+				t.Errorf("three pings in %v, want them an interval apart", took)
+			}
+			if h.Len() != 1 {
+				t.Fatal("a socket that answers pings was closed")
+			}
+		})
+	}
+}

@@ -45,7 +45,7 @@ func (h *Handler) readInline(pool *dbctx.Pool, s *Session) websocket.StatusCode 
 			s.ahead = nil
 		}
 		if f.err != nil {
-			return websocket.CloseStatus(f.err)
+			return s.closeStatus(f.err)
 		}
 		s.touch()
 		s.phase.Store(phaseHandling)

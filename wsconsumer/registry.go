@@ -2,6 +2,7 @@ package wsconsumer
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/coder/websocket"
@@ -60,24 +61,31 @@ func (h *Handler) snapshot() []*Session {
 // keepalive pings quiet sockets, closes idle ones, closes those whose
 // writes stall and has those whose message takes long read on, for every
 // socket of the handler from one goroutine, which ends when no socket is
-// left. It looks every WriteTimeout/4, or more often where PingInterval,
-// IdleTimeout or readOnAfter ask for it.
+// left. It looks for the read-on every readOnDelay, and for the rest every
+// WriteTimeout/4, or more often where PingInterval or IdleTimeout ask for
+// it.
 func (h *Handler) keepalive(stop <-chan struct{}) {
 	period := h.opts.WriteTimeout / 4
-	for _, d := range []time.Duration{h.opts.PingInterval, h.opts.IdleTimeout, h.readOnDelay()} {
+	for _, d := range []time.Duration{h.opts.PingInterval, h.opts.IdleTimeout} {
 		if d > 0 && d < period {
 			period = d
 		}
 	}
-	t := time.NewTicker(max(period, time.Millisecond))
+	period = max(period, time.Millisecond)
+	step := period
+	if d := h.readOnDelay(); d > 0 && d < step {
+		step = max(d, time.Millisecond)
+	}
+	every := int(period / step) // ticks per keepalive look
+	t := time.NewTicker(step)
 	defer t.Stop()
-	for {
+	for n := 1; ; n++ {
 		select {
 		case <-stop:
 			return
 		case <-t.C:
 		}
-		h.tick(monotonic())
+		h.tick(monotonic(), n%every == 0)
 	}
 }
 
@@ -96,34 +104,51 @@ func (h *Handler) readOnDelay() time.Duration {
 	return d
 }
 
-func (h *Handler) tick(now int64) {
+// tick looks at every socket: for the read-on, and with keep for the
+// write watchdog, the idle timeout and pings. A socket being closed is
+// left alone, so that nothing is started twice for it.
+func (h *Handler) tick(now int64, keep bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	readOn := h.readOnDelay()
 	for s := range h.sessions {
+		if s.closing.Load() {
+			continue
+		}
 		quiet := time.Duration(now - s.lastMsg.Load())
 		if readOn > 0 && quiet >= readOn {
 			s.readOn() // lastMsg is when the message under way was read
+		}
+		if !keep {
+			continue
 		}
 		switch {
 		case s.stalled(now, h.opts.WriteTimeout):
 			// What coder/websocket does when a write's context ends.
 			h.opts.Logger.Debug("wsconsumer: write timeout", "path", s.req.URL.Path)
+			s.closing.Store(true)
 			go s.conn.Load().CloseNow()
 		case h.opts.IdleTimeout > 0 && quiet >= h.opts.IdleTimeout:
+			s.closing.Store(true)
 			go s.Close(websocket.StatusGoingAway, "idle timeout")
-		case h.opts.PingInterval > 0 && quiet >= h.opts.PingInterval:
+		case h.opts.PingInterval > 0 && quiet >= h.opts.PingInterval &&
+			time.Duration(now-s.lastPing) >= h.opts.PingInterval:
+			s.lastPing = now
 			go s.ping(h.opts.PingInterval)
 		}
 	}
 }
 
-// ping pings the client; one that does not answer in time is closed
-// (a canceled ping closes the connection).
+// ping pings the client and closes the socket if no pong comes within
+// timeout: coder/websocket's Ping only returns then.
 func (s *Session) ping(timeout time.Duration) {
 	ctx, cancel := context.WithTimeout(s.ctx, timeout)
 	defer cancel()
-	s.conn.Load().Ping(ctx)
+	c := s.conn.Load()
+	if err := c.Ping(ctx); err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		s.h.opts.Logger.Debug("wsconsumer: no pong", "path", s.req.URL.Path)
+		c.CloseNow()
+	}
 }
 
 // Shutdown closes every live socket with 1001 (going away), refuses new

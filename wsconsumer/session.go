@@ -21,17 +21,19 @@ type Session struct {
 	// above 1, and goroutines started with Go, must synchronize access.
 	State any
 
-	h       *Handler
-	req     *http.Request
-	conn    atomic.Pointer[websocket.Conn]  // nil until accepted
-	ctx     context.Context                 // the socket's context: request values, canceled at disconnect
-	wctx    context.Context                 // the request's values only, for reads and writes
-	sock    *socketCtx                      // under ctx: cancels it
-	async   atomic.Pointer[context.Context] // ctx marked dbctx.Async, made on first use
-	scope   *dbctx.Scope                    // the socket's scope (sync style)
-	wg      sync.WaitGroup                  // goroutines started with Go, async receives
-	lastMsg atomic.Int64                    // monotonic() of the last message read
-	closing atomic.Bool
+	h        *Handler
+	req      *http.Request
+	conn     atomic.Pointer[websocket.Conn]  // nil until accepted
+	ctx      context.Context                 // the socket's context: request values, canceled at disconnect
+	wctx     context.Context                 // the request's values only, for reads and writes
+	sock     *socketCtx                      // under ctx: cancels it
+	async    atomic.Pointer[context.Context] // ctx marked dbctx.Async, made on first use
+	scope    *dbctx.Scope                    // the socket's scope (sync style)
+	wg       sync.WaitGroup                  // goroutines started with Go, async receives
+	lastMsg  atomic.Int64                    // monotonic() of the last message read
+	lastPing int64                           // monotonic() of the last ping; the keepalive goroutine's
+	closing  atomic.Bool
+	sent     atomic.Int32 // the close status Close sent first, if any
 
 	dispatch dispatch     // readConcurrent's
 	phase    atomic.Int32 // readInline's: phaseReading, …
@@ -172,6 +174,7 @@ func (s *Session) Close(code websocket.StatusCode, reason string) error {
 		return ErrClosed
 	}
 	s.closing.Store(true)
+	s.sent.CompareAndSwap(0, int32(code))
 	return c.Close(code, reason)
 }
 
@@ -225,6 +228,18 @@ func (s *Session) start(fn func(ctx context.Context)) {
 }
 
 func (s *Session) touch() { s.lastMsg.Store(monotonic()) }
+
+// closeStatus is the close status of the handshake that ended a read with
+// err. When Close ran the handshake itself, while nobody was reading (a
+// message handled inline), the read that follows only finds the socket
+// closed; the peer answered with the status Close sent, as peers do.
+func (s *Session) closeStatus(err error) websocket.StatusCode {
+	code := websocket.CloseStatus(err)
+	if sent := s.sent.Load(); code == -1 && sent != 0 {
+		code = websocket.StatusCode(sent)
+	}
+	return code
+}
 
 // epoch starts the clock of [monotonic].
 var epoch = time.Now()
