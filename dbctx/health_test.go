@@ -33,21 +33,6 @@ func TestKilledJustAfterRelease(t *testing.T) {
 	p, env := newPool(t, &dbctx.Options{MaxWorkers: 1}) // one connection
 	p.SetRecent(time.Hour)                              // never look after a give-back
 	ctx := context.Background()
-	warm := func() {
-		t.Helper()
-		// Twice: pgx's stdlib pings a connection at its first reuse.
-		for range 2 {
-			if err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
-				_, err := queryInt(ctx, s, "SELECT 1")
-				return err
-			}); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if n := env.Terminate(t); n != 1 {
-			t.Fatalf("killed %d backends, want 1", n)
-		}
-	}
 	cases := []struct {
 		name string
 		use  func(ctx context.Context, s *dbctx.Scope) error
@@ -79,7 +64,7 @@ func TestKilledJustAfterRelease(t *testing.T) {
 		}, dbctx.Stats{Discarded: dbctx.Discards{Dead: 1}}},
 	}
 	for _, tc := range cases {
-		warm()
+		killJustReleased(t, p, env)
 		before := p.Stats()
 		if err := p.Do(ctx, tc.use); err != nil {
 			t.Fatalf("%s after the kill: %v", tc.name, err)
@@ -390,10 +375,7 @@ func TestRetriedStatementKeepsItsState(t *testing.T) {
 	p, env := newPool(t, &dbctx.Options{MaxWorkers: 1})
 	p.SetRecent(time.Hour)
 	ctx := context.Background()
-	warmTwice(t, p)
-	if n := env.Terminate(t); n != 1 {
-		t.Fatalf("killed %d backends, want 1", n)
-	}
+	killJustReleased(t, p, env)
 	before := p.Stats()
 	err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
 		if _, err := s.ExecContext(ctx, "SELECT set_config('app.tenant', '42', false)"); err != nil {
@@ -417,6 +399,16 @@ func TestRetriedStatementKeepsItsState(t *testing.T) {
 		return s.QueryRowContext(ctx, "SELECT coalesce(current_setting('app.tenant', true), '')").Scan(&v)
 	}); err != nil || v != "" {
 		t.Fatalf("the next scope sees app.tenant = %q (%v), want it reset", v, err)
+	}
+}
+
+// killJustReleased kills the backend of p's one connection right after a
+// scope gave it back.
+func killJustReleased(t *testing.T, p *dbctx.Pool, env *pgtest.Env) {
+	t.Helper()
+	warmTwice(t, p)
+	if n := env.Terminate(t); n != 1 {
+		t.Fatalf("killed %d backends, want 1", n)
 	}
 }
 

@@ -90,15 +90,13 @@ func (p *Pool) connect(ctx context.Context) (conn *sql.Conn, pc *pgconn.PgConn, 
 	// means the server is gone and db.Conn will soon fail on its own.
 	const maxDead = 64
 	for dead := 0; ; dead++ {
-		conn, err := p.db.Conn(ctx)
-		if err != nil {
+		if conn, err = p.db.Conn(ctx); err != nil {
 			return nil, nil, false, err
 		}
-		if err := conn.Raw(func(dc any) error {
+		if err = conn.Raw(func(dc any) (bad error) {
 			pc = pgConnOf(dc)
-			var err error
-			looked, err = p.check(pc)
-			return err
+			looked, bad = p.check(pc)
+			return bad
 		}); err != nil {
 			// Raw saw driver.ErrBadConn: database/sql has closed it.
 			conn.Close()
@@ -110,7 +108,7 @@ func (p *Pool) connect(ctx context.Context) (conn *sql.Conn, pc *pgconn.PgConn, 
 			return nil, nil, false, fmt.Errorf("dbctx: no live connection after %d tries: %w", dead+1, err)
 		}
 		if p.opts.OnAcquire != nil {
-			if err := p.opts.OnAcquire(ctx, conn); err != nil {
+			if err = p.opts.OnAcquire(ctx, conn); err != nil {
 				p.discard(conn, discardHook)
 				return nil, nil, false, fmt.Errorf("dbctx: OnAcquire: %w", err)
 			}

@@ -234,8 +234,8 @@ func benchIdle(b *testing.B, mode string) {
 	}
 }
 
-// settle waits until the goroutine count has not changed for 1.5s (an
-// async socket's worker stays a moment after its last message), at most 15s:
+// settle waits until the goroutine count has not changed for 1.5s (the
+// goroutines of the connecting and messaging winding down), at most 15s:
 // the memory of idle sockets is measured at rest.
 func settle() {
 	last, since := runtime.NumGoroutine(), time.Now()

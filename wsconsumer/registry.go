@@ -72,9 +72,9 @@ func (h *Handler) keepalive(stop <-chan struct{}) {
 		}
 	}
 	period = max(period, time.Millisecond)
-	step := period
-	if d := h.readOnDelay(); d > 0 && d < step {
-		step = max(d, time.Millisecond)
+	step, readOn := period, h.readOnDelay()
+	if readOn > 0 && readOn < step {
+		step = max(readOn, time.Millisecond)
 	}
 	every := int(period / step) // ticks per keepalive look
 	t := time.NewTicker(step)
@@ -85,7 +85,7 @@ func (h *Handler) keepalive(stop <-chan struct{}) {
 			return
 		case <-t.C:
 		}
-		h.tick(monotonic(), n%every == 0)
+		h.tick(monotonic(), readOn, n%every == 0)
 	}
 }
 
@@ -104,13 +104,13 @@ func (h *Handler) readOnDelay() time.Duration {
 	return d
 }
 
-// tick looks at every socket: for the read-on, and with keep for the
-// write watchdog, the idle timeout and pings. A socket being closed is
-// left alone, so that nothing is started twice for it.
-func (h *Handler) tick(now int64, keep bool) {
+// tick looks at every socket: for the read-on (readOn, see readOnDelay),
+// and with keep for the write watchdog, the idle timeout and pings. A
+// socket being closed is left alone, so that nothing is started twice for
+// it.
+func (h *Handler) tick(now int64, readOn time.Duration, keep bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	readOn := h.readOnDelay()
 	for s := range h.sessions {
 		if s.closing.Load() {
 			continue
