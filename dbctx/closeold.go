@@ -140,14 +140,16 @@ func (s *Scope) giveBack(ctx context.Context) error {
 			return fmt.Errorf("dbctx: OnRelease: %w", err)
 		}
 	}
+	now := monotonic()
 	if s.pg != nil {
-		socketOf(s.pg).released = monotonic()
+		socketOf(s.pg).released = now
 	}
-	if s.handedOut {
+	switch {
+	case s.handedOut:
 		// User code may still hold a *sql.Tx or *sql.Rows of it, which
 		// keeps *sql.Conn.Close waiting until they end.
 		go s.conn.Close()
-	} else {
+	case !p.keep(keptConn{conn: s.conn, pc: s.pg, taken: s.taken, at: now}):
 		s.conn.Close()
 	}
 	p.c.givenBack.Add(1)

@@ -18,6 +18,14 @@
 // in that moment, the statement is run again on another connection, as
 // below, and raw access looks first.)
 //
+// A connection given back clean is kept by the pool for the next scope,
+// for at most 10ms: under load the next scope takes it without going
+// through database/sql's check-out. While kept it counts as in use in the
+// *sql.DB's Stats (and as Kept in [Pool.Stats]); code that uses the
+// *sql.DB directly waits at most those 10ms for it, and every connection
+// goes back through the *sql.DB at least every 500ms, so its limits
+// (SetConnMaxLifetime, SetConnMaxIdleTime) still apply.
+//
 //	pool := dbctx.New(db, nil)
 //	err := pool.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
 //		return s.QueryRowContext(ctx, "SELECT name FROM items WHERE id = $1", id).Scan(&name)

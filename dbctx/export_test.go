@@ -14,3 +14,13 @@ func (s *Scope) WatchFired() bool {
 // (see Pool.check): 0 looks every time, a long one never after a
 // give-back.
 func (p *Pool) SetRecent(d time.Duration) { p.recent = d }
+
+// SetKeepIdle sets how long a connection given back is kept for the next
+// scope before it goes back to the *sql.DB (see keep.go); 0 keeps none.
+// What has been kept d or longer goes back at once.
+func (p *Pool) SetKeepIdle(d time.Duration) {
+	p.kept.mu.Lock()
+	p.keepIdle = d
+	p.kept.mu.Unlock()
+	p.sweep()
+}

@@ -25,9 +25,10 @@ func TestKilledWhileIdle(t *testing.T) {
 	}
 }
 
-// A connection given back a moment ago is pinned without the socket check;
-// if its backend died in that moment, the statement retry covers a
-// statement, Atomic's BEGIN included, and raw access looks first.
+// A connection given back a moment ago (kept by the pool, or back in the
+// *sql.DB) is pinned without the socket check; if its backend died in that
+// moment, the statement retry covers a statement, Atomic's BEGIN included,
+// and raw access looks first.
 func TestKilledJustAfterRelease(t *testing.T) {
 	t.Parallel()
 	p, env := newPool(t, &dbctx.Options{MaxWorkers: 1}) // one connection
@@ -63,18 +64,20 @@ func TestKilledJustAfterRelease(t *testing.T) {
 			return nil
 		}, dbctx.Stats{Discarded: dbctx.Discards{Dead: 1}}},
 	}
-	for _, tc := range cases {
-		killJustReleased(t, p, env)
-		before := p.Stats()
-		if err := p.Do(ctx, tc.use); err != nil {
-			t.Fatalf("%s after the kill: %v", tc.name, err)
-		}
-		st := p.Stats()
-		if got := st.Retries - before.Retries; got != tc.want.Retries {
-			t.Errorf("%s: %d retries, want %d", tc.name, got, tc.want.Retries)
-		}
-		if got := st.Discarded.Dead - before.Discarded.Dead; got != tc.want.Discarded.Dead {
-			t.Errorf("%s: %d discarded dead, want %d", tc.name, got, tc.want.Discarded.Dead)
+	for _, kept := range []bool{true, false} {
+		for _, tc := range cases {
+			killJustReleased(t, p, env, kept)
+			before := p.Stats()
+			if err := p.Do(ctx, tc.use); err != nil {
+				t.Fatalf("%s (kept %v) after the kill: %v", tc.name, kept, err)
+			}
+			st := p.Stats()
+			if got := st.Retries - before.Retries; got != tc.want.Retries {
+				t.Errorf("%s (kept %v): %d retries, want %d", tc.name, kept, got, tc.want.Retries)
+			}
+			if got := st.Discarded.Dead - before.Discarded.Dead; got != tc.want.Discarded.Dead {
+				t.Errorf("%s (kept %v): %d discarded dead, want %d", tc.name, kept, got, tc.want.Discarded.Dead)
+			}
 		}
 	}
 }
@@ -375,7 +378,7 @@ func TestRetriedStatementKeepsItsState(t *testing.T) {
 	p, env := newPool(t, &dbctx.Options{MaxWorkers: 1})
 	p.SetRecent(time.Hour)
 	ctx := context.Background()
-	killJustReleased(t, p, env)
+	killJustReleased(t, p, env, true)
 	before := p.Stats()
 	err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
 		if _, err := s.ExecContext(ctx, "SELECT set_config('app.tenant', '42', false)"); err != nil {
@@ -403,25 +406,36 @@ func TestRetriedStatementKeepsItsState(t *testing.T) {
 }
 
 // killJustReleased kills the backend of p's one connection right after a
-// scope gave it back.
-func killJustReleased(t *testing.T, p *dbctx.Pool, env *pgtest.Env) {
+// scope gave it back: kept by the pool for the next scope, or (kept false)
+// given back to the *sql.DB.
+func killJustReleased(t *testing.T, p *dbctx.Pool, env *pgtest.Env, kept bool) {
 	t.Helper()
 	warmTwice(t, p)
+	if kept {
+		p.SetKeepIdle(time.Hour)
+		warm(t, p)
+	}
 	if n := env.Terminate(t); n != 1 {
 		t.Fatalf("killed %d backends, want 1", n)
 	}
 }
 
-// warmTwice uses p's connection twice: pgx's stdlib pings a connection at
-// its first reuse, which would find a killed backend on its own.
+// warmTwice has p's connection checked out of the *sql.DB twice, the pool
+// keeping none: pgx's stdlib pings a connection at its first reuse, which
+// would find a killed backend on its own.
 func warmTwice(t *testing.T, p *dbctx.Pool) {
 	t.Helper()
-	for range 2 {
-		if err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
-			_, err := queryInt(ctx, s, "SELECT 1")
-			return err
-		}); err != nil {
-			t.Fatal(err)
-		}
+	p.SetKeepIdle(0)
+	warm(t, p)
+	warm(t, p)
+}
+
+func warm(t *testing.T, p *dbctx.Pool) {
+	t.Helper()
+	if err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+		_, err := queryInt(ctx, s, "SELECT 1")
+		return err
+	}); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -9,8 +9,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // Pool runs database work over one *sql.DB in a bounded number of worker
@@ -33,6 +31,8 @@ type Pool struct {
 	recent    time.Duration // see check
 	async     *Scope        // the scope of every Async context: see Async
 	deathSeen atomic.Int64  // monotonic() when a dead connection was last seen
+	kept      keepList      // see keep.go
+	keepIdle  time.Duration // see keep.go
 }
 
 // New returns a Pool over db. A nil opts means defaults (see [Options]).
@@ -47,10 +47,11 @@ func New(db *sql.DB, opts *Options) *Pool {
 		panic("dbctx: New expects a non-nil *sql.DB")
 	}
 	p := &Pool{
-		db:     db,
-		opts:   opts.withDefaults(),
-		done:   make(chan struct{}),
-		recent: recentlyReleased,
+		db:       db,
+		opts:     opts.withDefaults(),
+		done:     make(chan struct{}),
+		recent:   recentlyReleased,
+		keepIdle: keepIdle,
 	}
 	p.sem = make(chan struct{}, p.opts.MaxWorkers)
 	p.async = &Scope{pool: p, async: true, ended: true}
@@ -70,52 +71,67 @@ func New(db *sql.DB, opts *Options) *Pool {
 func (p *Pool) DB() *sql.DB { return p.db }
 
 // Close refuses new slots with ErrPoolClosed and wakes queued callers with
-// it. Scopes that hold a slot finish normally. Close does not close the
+// it, and gives the connections it keeps between scopes back to the
+// *sql.DB. Scopes that hold a slot finish normally. Close does not close the
 // *sql.DB. It is safe to call more than once.
 func (p *Pool) Close() error {
 	p.closeOnce.Do(func() {
 		p.closed.Store(true)
 		close(p.done)
+		p.closeKept()
 	})
 	return nil
 }
 
-// connect takes a connection from the *sql.DB and makes sure it is alive
-// before user code sees it: one killed while idle is discarded and another
-// taken, as often as needed. Then OnAcquire runs. looked is false for a
-// connection check did not look at (given back a moment ago).
-func (p *Pool) connect(ctx context.Context) (conn *sql.Conn, pc *pgconn.PgConn, looked bool, err error) {
+// connect takes a connection kept from an earlier scope, else one from the
+// *sql.DB, and makes sure it is alive before user code sees it: one killed
+// while idle is discarded and another taken, as often as needed. Then
+// OnAcquire runs. looked is false for a connection check did not look at
+// (given back a moment ago).
+func (p *Pool) connect(ctx context.Context) (c keptConn, looked bool, err error) {
+	c, looked, ok := p.takeKept()
+	if !ok {
+		if c, looked, err = p.checkOut(ctx); err != nil {
+			return c, false, err
+		}
+	}
+	if p.opts.OnAcquire != nil {
+		if err = p.opts.OnAcquire(ctx, c.conn); err != nil {
+			p.discard(c.conn, discardHook)
+			return keptConn{}, false, fmt.Errorf("dbctx: OnAcquire: %w", err)
+		}
+	}
+	p.c.acquired.Add(1)
+	p.c.pinned.Add(1)
+	return c, looked, nil
+}
+
+// checkOut takes a live connection from the *sql.DB.
+func (p *Pool) checkOut(ctx context.Context) (c keptConn, looked bool, err error) {
 	// database/sql retries a bad connection a couple of times itself; the
 	// bound here only stops a loop if every connection looks dead, which
 	// means the server is gone and db.Conn will soon fail on its own.
 	const maxDead = 64
 	for dead := 0; ; dead++ {
+		var conn *sql.Conn
 		if conn, err = p.db.Conn(ctx); err != nil {
-			return nil, nil, false, err
+			return keptConn{}, false, err
 		}
+		c = keptConn{conn: conn, taken: monotonic()}
 		if err = conn.Raw(func(dc any) (bad error) {
-			pc = pgConnOf(dc)
-			looked, bad = p.check(pc)
+			c.pc = pgConnOf(dc)
+			looked, bad = p.check(c.pc)
 			return bad
-		}); err != nil {
-			// Raw saw driver.ErrBadConn: database/sql has closed it.
-			conn.Close()
-			p.c.discarded[discardDead].Add(1)
-			p.sawDeath()
-			if dead < maxDead && ctx.Err() == nil {
-				continue
-			}
-			return nil, nil, false, fmt.Errorf("dbctx: no live connection after %d tries: %w", dead+1, err)
+		}); err == nil {
+			return c, looked, nil
 		}
-		if p.opts.OnAcquire != nil {
-			if err = p.opts.OnAcquire(ctx, conn); err != nil {
-				p.discard(conn, discardHook)
-				return nil, nil, false, fmt.Errorf("dbctx: OnAcquire: %w", err)
-			}
+		// Raw saw driver.ErrBadConn: database/sql has closed it.
+		conn.Close()
+		p.c.discarded[discardDead].Add(1)
+		p.sawDeath()
+		if dead >= maxDead || ctx.Err() != nil {
+			return keptConn{}, false, fmt.Errorf("dbctx: no live connection after %d tries: %w", dead+1, err)
 		}
-		p.c.acquired.Add(1)
-		p.c.pinned.Add(1)
-		return conn, pc, looked, nil
 	}
 }
 

@@ -58,6 +58,7 @@ type Scope struct {
 	conn      *sql.Conn
 	pg        *pgconn.PgConn // nil for other drivers
 	pinnedAt  time.Time
+	taken     time.Duration // monotonic() when database/sql handed conn out
 	dirty     bool
 	handedOut bool // Conn gave the *sql.Conn to user code
 	rawTx     bool // a BEGIN seen in raw SQL: never retry
@@ -172,20 +173,20 @@ func (s *Scope) pinned(ctx context.Context) (*sql.Conn, error) {
 	if err := s.takeSlot(ctx); err != nil {
 		return nil, err
 	}
-	conn, pc, looked, err := s.pool.connect(ctx)
+	c, looked, err := s.pool.connect(ctx)
 	if err != nil {
 		if s.depth == 0 {
 			s.freeSlot()
 		}
 		return nil, err
 	}
-	s.pin(conn, pc)
+	s.pin(c)
 	s.unchecked = !looked
-	return conn, nil
+	return c.conn, nil
 }
 
-func (s *Scope) pin(conn *sql.Conn, pc *pgconn.PgConn) {
-	s.conn, s.pg = conn, pc
+func (s *Scope) pin(c keptConn) {
+	s.conn, s.pg, s.taken = c.conn, c.pc, c.taken
 	if s.pool.opts.ConnMaxAge > 0 {
 		s.pinnedAt = time.Now()
 	}

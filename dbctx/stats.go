@@ -13,13 +13,14 @@ type Stats struct {
 	InUse   int // slots held now
 	Waiting int // callers queued for a slot now
 	Pinned  int // connections pinned by scopes now
+	Kept    int // clean connections kept for the next scope now (at most 10ms each)
 
 	WaitCount    int64         // callers that had to queue for a slot
 	WaitDuration time.Duration // total time spent queued
 	Busy         int64         // callers refused with ErrBusy
 
 	Acquired   int64 // connections pinned by scopes
-	GivenBack  int64 // connections given back to the *sql.DB clean
+	GivenBack  int64 // connections given back clean (to the *sql.DB, or kept for the next scope)
 	Retries    int64 // statements run again on a fresh connection
 	Resets     int64 // session resets run before giving back
 	RolledBack int64 // transactions left open that a boundary rolled back
@@ -59,7 +60,7 @@ const (
 )
 
 type counters struct {
-	inUse, waiting, pinned       atomic.Int64
+	inUse, waiting, pinned, kept atomic.Int64
 	waitCount, waitNanos, busy   atomic.Int64
 	acquired, givenBack, retries atomic.Int64
 	resets, rolledBack, leaks    atomic.Int64
@@ -76,6 +77,7 @@ func (p *Pool) Stats() Stats {
 		InUse:        int(c.inUse.Load()),
 		Waiting:      int(c.waiting.Load()),
 		Pinned:       int(c.pinned.Load()),
+		Kept:         int(c.kept.Load()),
 		WaitCount:    c.waitCount.Load(),
 		WaitDuration: time.Duration(c.waitNanos.Load()),
 		Busy:         c.busy.Load(),

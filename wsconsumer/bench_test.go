@@ -133,7 +133,8 @@ func BenchmarkMessagesAsync(b *testing.B) { benchMessages(b, "async") }
 // each with its own *sql.DB and the pool's limits, and has every client
 // send one message to each in turn, timing both. What the machine does
 // meanwhile (the server's other core, GC, the clients) lands on both sides
-// alike, which separate benchmarks run one after the other cannot give:
+// alike, which separate benchmarks run one after the other cannot give
+// (which side goes first alternates, so neither is always second):
 // their figures differ by more than the gap from run to run. Over
 // 2×GOMAXPROCS sockets of each kind it reports each side's time per
 // message and x-raw, raw's over dbscope's (1 = as fast). That is a ratio
@@ -162,7 +163,9 @@ func benchPaired(b *testing.B, mode string) {
 		}
 		var mine [2]time.Duration
 		for i := 0; pb.Next(); i++ {
-			for k, c := range conns {
+			for j := range 2 {
+				k := j ^ i&1 // raw first, then dbscope first
+				c := conns[k]
 				start := time.Now()
 				if err := ask(ctx, c, i); err != nil {
 					b.Error(err)

@@ -1,0 +1,114 @@
+package dbctx_test
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/internal/dbtest"
+)
+
+// poolPID returns the backend a fresh scope of p gets.
+func poolPID(t *testing.T, p *dbctx.Pool) int {
+	t.Helper()
+	var pid int
+	if err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) (err error) {
+		pid, err = backendPID(ctx, s)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return pid
+}
+
+// TestKept: a connection given back clean is kept for the next scope,
+// which gets the same session, and goes back to the *sql.DB when no scope
+// takes it.
+func TestKept(t *testing.T) {
+	t.Parallel()
+	p, _ := newPool(t, nil)
+	db := p.DB()
+	pid := poolPID(t, p)
+	// The keep may already have given it back (a slow machine); then the
+	// *sql.DB hands out the same idle connection, as before.
+	if got := poolPID(t, p); got != pid {
+		t.Errorf("second scope on backend %d, want the kept %d", got, pid)
+	}
+	dbtest.Eventually(t, "the kept connection back in the *sql.DB", func() bool {
+		return p.Stats().Kept == 0 && db.Stats().InUse == 0 && db.Stats().Idle == 1
+	})
+	if got := poolPID(t, p); got != pid {
+		t.Errorf("third scope on backend %d, want %d", got, pid)
+	}
+	st := p.Stats()
+	if st.Acquired != 3 || st.GivenBack != 3 || st.Discarded.Total() != 0 {
+		t.Errorf("stats %+v", st)
+	}
+}
+
+// TestKeptFreeForDirectUse: code using the *sql.DB directly gets a
+// connection even when every connection the *sql.DB may open is kept.
+func TestKeptFreeForDirectUse(t *testing.T) {
+	t.Parallel()
+	p, _ := newPool(t, &dbctx.Options{MaxWorkers: 2}) // the *sql.DB opens at most 2
+	db := p.DB()
+	for range 20 {
+		// Two scopes pin at once, so both connections are kept after.
+		var wg sync.WaitGroup
+		var ready sync.WaitGroup
+		ready.Add(2)
+		for range 2 {
+			wg.Go(func() {
+				if err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+					_, err := queryInt(ctx, s, "SELECT 1")
+					ready.Done()
+					ready.Wait()
+					return err
+				}); err != nil {
+					t.Error(err)
+				}
+			})
+		}
+		wg.Wait()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		var n int
+		err := db.QueryRowContext(ctx, "SELECT 7").Scan(&n)
+		cancel()
+		if err != nil || n != 7 {
+			t.Fatalf("direct query with both connections kept: %d, %v", n, err)
+		}
+	}
+	if st := db.Stats(); st.OpenConnections > 2 {
+		t.Errorf("%d connections open, want at most 2", st.OpenConnections)
+	}
+}
+
+// TestKeptLifetime: connections in constant use still go back to the
+// *sql.DB, so that its own limits apply: here SetConnMaxLifetime, which
+// replaces the session.
+func TestKeptLifetime(t *testing.T) {
+	t.Parallel()
+	p, _ := newPool(t, &dbctx.Options{MaxWorkers: 1})
+	p.DB().SetConnMaxLifetime(50 * time.Millisecond)
+	first := poolPID(t, p)
+	dbtest.Eventually(t, "a new session under constant use", func() bool {
+		return poolPID(t, p) != first
+	})
+}
+
+// TestCloseGivesKeptBack: Close gives kept connections back at once.
+func TestCloseGivesKeptBack(t *testing.T) {
+	t.Parallel()
+	p, _ := newPool(t, nil)
+	p.SetKeepIdle(time.Hour)
+	poolPID(t, p)
+	if st := p.Stats(); st.Kept != 1 || p.DB().Stats().InUse != 1 {
+		t.Fatalf("kept %d, in use in the *sql.DB %d; want 1, 1", st.Kept, p.DB().Stats().InUse)
+	}
+	p.Close()
+	if st := p.Stats(); st.Kept != 0 || p.DB().Stats().InUse != 0 {
+		t.Errorf("after Close: kept %d, in use in the *sql.DB %d; want 0, 0", st.Kept, p.DB().Stats().InUse)
+	}
+}
