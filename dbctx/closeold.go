@@ -112,8 +112,8 @@ func (s *Scope) inTxNow() bool {
 	return s.rawTx
 }
 
-// giveBack cleans the session and returns the connection to the *sql.DB.
-// check has disarmed it.
+// giveBack cleans the session and returns the connection: kept for the
+// next scope (keep.go), else to the *sql.DB. check has disarmed it.
 func (s *Scope) giveBack(ctx context.Context) error {
 	p := s.pool
 	s.closeStmts()
@@ -141,15 +141,15 @@ func (s *Scope) giveBack(ctx context.Context) error {
 		}
 	}
 	now := monotonic()
-	if s.pg != nil {
-		socketOf(s.pg).released = now
+	if s.sock != nil {
+		s.sock.released = now
 	}
 	switch {
 	case s.handedOut:
 		// User code may still hold a *sql.Tx or *sql.Rows of it, which
 		// keeps *sql.Conn.Close waiting until they end.
 		go s.conn.Close()
-	case !p.keep(keptConn{conn: s.conn, pc: s.pg, taken: s.taken, at: now}):
+	case !p.keep(keptConn{conn: s.conn, pc: s.pg, sock: s.sock, taken: s.taken, at: now}):
 		s.conn.Close()
 	}
 	p.c.givenBack.Add(1)
@@ -221,7 +221,7 @@ func (s *Scope) abandon() {
 func (s *Scope) forget() {
 	// quietCtx goes too: an idle socket's scope must not keep its last
 	// callback's context (and what that holds) alive.
-	s.conn, s.pg, s.row, s.quietCtx = nil, nil, nil, nil
+	s.conn, s.pg, s.sock, s.row, s.quietCtx = nil, nil, nil, nil, nil
 	s.dirty, s.rawTx, s.bad, s.handedOut, s.unchecked, s.stateful = false, false, false, false, false, false
 	clear(s.prepared)
 	s.prepared = s.prepared[:0]

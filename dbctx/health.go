@@ -18,7 +18,8 @@ import (
 // connection nothing should be waiting to be read, so data or EOF there
 // means the server has closed the session (pg_terminate_backend, restart).
 // It returns driver.ErrBadConn for a dead connection, which makes
-// database/sql close it. pc is nil for drivers other than pgx's stdlib.
+// database/sql close it. pc is nil for drivers other than pgx's stdlib;
+// sock is pc's (socketOf).
 //
 // A connection a scope gave back less than p.recent ago is not looked at
 // (looked is false): under load that is nearly every check-out, and the
@@ -29,7 +30,7 @@ import (
 // seen, every connection given back before that is looked at again: a
 // round of kills (a failover, pg_terminate_backend of every backend)
 // costs one retry, not one per connection.
-func (p *Pool) check(pc *pgconn.PgConn) (looked bool, err error) {
+func (p *Pool) check(pc *pgconn.PgConn, sock *socket) (looked bool, err error) {
 	if pc == nil {
 		// Another driver: database/sql's ResetSession and Validator, and
 		// the statement retry, are what we have.
@@ -38,7 +39,6 @@ func (p *Pool) check(pc *pgconn.PgConn) (looked bool, err error) {
 	if pc.IsClosed() || pc.TxStatus() != 'I' {
 		return true, driver.ErrBadConn
 	}
-	sock := socketOf(pc)
 	if sock.released > time.Duration(p.deathSeen.Load()) && monotonic()-sock.released < p.recent {
 		return false, nil
 	}

@@ -33,9 +33,10 @@ const (
 
 type keptConn struct {
 	conn  *sql.Conn
-	pc    *pgconn.PgConn
-	taken time.Duration // monotonic() when database/sql handed it out
-	at    time.Duration // monotonic() when a scope gave it back
+	pc    *pgconn.PgConn // nil for other drivers
+	sock  *socket        // pc's; nil with pc
+	taken time.Duration  // monotonic() when database/sql handed it out
+	at    time.Duration  // monotonic() when a scope gave it back
 }
 
 type keepList struct {
@@ -61,7 +62,6 @@ func (p *Pool) keep(k keptConn) bool {
 		return false
 	}
 	kp.conns = append(kp.conns, k)
-	p.c.kept.Add(1)
 	if !kp.armed {
 		kp.armed = true
 		if kp.timer == nil {
@@ -86,7 +86,7 @@ func (p *Pool) takeKept() (k keptConn, looked, ok bool) {
 			continue
 		}
 		var err error
-		if looked, err = p.check(k.pc); err == nil {
+		if looked, err = p.check(k.pc, k.sock); err == nil {
 			return k, looked, true
 		}
 		p.discard(k.conn, discardDead)
@@ -106,7 +106,6 @@ func (p *Pool) unkeep() (keptConn, bool) {
 	k := kp.conns[n-1]
 	kp.conns[n-1] = keptConn{}
 	kp.conns = kp.conns[:n-1]
-	p.c.kept.Add(-1)
 	return k, true
 }
 
@@ -124,7 +123,6 @@ func (p *Pool) sweep() {
 	n := copy(kp.conns, kp.conns[i:])
 	clear(kp.conns[n:])
 	kp.conns = kp.conns[:n]
-	p.c.kept.Add(int64(-i))
 	if kp.armed = n > 0 && !kp.closed; kp.armed {
 		kp.timer.Reset(p.keepIdle - (now - kp.conns[0].at))
 	}
@@ -142,7 +140,6 @@ func (p *Pool) closeKept() {
 	kp.closed = true
 	old := kp.conns
 	kp.conns = nil
-	p.c.kept.Add(int64(-len(old)))
 	if kp.timer != nil {
 		kp.timer.Stop()
 	}
@@ -151,4 +148,11 @@ func (p *Pool) closeKept() {
 	for _, k := range old {
 		k.conn.Close()
 	}
+}
+
+// keptNow counts the connections kept now, for Stats.
+func (p *Pool) keptNow() int {
+	p.kept.mu.Lock()
+	defer p.kept.mu.Unlock()
+	return len(p.kept.conns)
 }

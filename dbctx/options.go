@@ -50,9 +50,10 @@ type Options struct {
 	// given back.
 	OnAcquire func(ctx context.Context, conn *sql.Conn) error
 
-	// OnRelease runs before a connection is given back to the *sql.DB,
-	// after any open transaction was rolled back and the session reset. Its
-	// error discards the connection.
+	// OnRelease runs before a connection is given back (to the *sql.DB,
+	// or kept by the pool for the next scope: see the package doc), after
+	// any open transaction was rolled back and the session reset. Its error
+	// discards the connection.
 	OnRelease func(ctx context.Context, conn *sql.Conn) error
 
 	// LeakTimeout, when positive, logs once through Logger any scope that

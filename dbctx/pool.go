@@ -119,8 +119,10 @@ func (p *Pool) checkOut(ctx context.Context) (c keptConn, looked bool, err error
 		}
 		c = keptConn{conn: conn, taken: monotonic()}
 		if err = conn.Raw(func(dc any) (bad error) {
-			c.pc = pgConnOf(dc)
-			looked, bad = p.check(c.pc)
+			if c.pc = pgConnOf(dc); c.pc != nil {
+				c.sock = socketOf(c.pc)
+			}
+			looked, bad = p.check(c.pc, c.sock)
 			return bad
 		}); err == nil {
 			return c, looked, nil

@@ -57,6 +57,7 @@ type Scope struct {
 
 	conn      *sql.Conn
 	pg        *pgconn.PgConn // nil for other drivers
+	sock      *socket        // pg's (see health.go); nil with pg
 	pinnedAt  time.Time
 	taken     time.Duration // monotonic() when database/sql handed conn out
 	dirty     bool
@@ -186,7 +187,7 @@ func (s *Scope) pinned(ctx context.Context) (*sql.Conn, error) {
 }
 
 func (s *Scope) pin(c keptConn) {
-	s.conn, s.pg, s.taken = c.conn, c.pc, c.taken
+	s.conn, s.pg, s.sock, s.taken = c.conn, c.pc, c.sock, c.taken
 	if s.pool.opts.ConnMaxAge > 0 {
 		s.pinnedAt = time.Now()
 	}
@@ -363,7 +364,7 @@ func (s *Scope) raw(ctx context.Context) (*sql.Conn, error) {
 	c, err := s.use(ctx, "")
 	for err == nil && s.unchecked && !s.inTx() && !s.stateful {
 		s.unchecked = false
-		if !socketOf(s.pg).dead() {
+		if !s.sock.dead() {
 			break
 		}
 		s.pool.sawDeath()

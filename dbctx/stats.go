@@ -60,7 +60,7 @@ const (
 )
 
 type counters struct {
-	inUse, waiting, pinned, kept atomic.Int64
+	inUse, waiting, pinned       atomic.Int64
 	waitCount, waitNanos, busy   atomic.Int64
 	acquired, givenBack, retries atomic.Int64
 	resets, rolledBack, leaks    atomic.Int64
@@ -77,7 +77,7 @@ func (p *Pool) Stats() Stats {
 		InUse:        int(c.inUse.Load()),
 		Waiting:      int(c.waiting.Load()),
 		Pinned:       int(c.pinned.Load()),
-		Kept:         int(c.kept.Load()),
+		Kept:         p.keptNow(),
 		WaitCount:    c.waitCount.Load(),
 		WaitDuration: time.Duration(c.waitNanos.Load()),
 		Busy:         c.busy.Load(),
