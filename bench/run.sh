@@ -78,22 +78,26 @@ if [ "$idle" -gt 0 ]; then
 fi
 
 echo
-echo "# medians over $rounds rounds; ratio = median of the per-round mode/raw msgs/s"
+echo "# medians over $rounds rounds; ratio = median of the per-round mode/raw msgs/s;"
+echo "# cpu_us = server CPU per message while the clients ran, cpu_x = median of the per-round mode/raw cpu_us"
 jq -rs '
 	def median: sort | if length == 0 then null else .[(length - 1) / 2 | floor] end;
 	[.[] | select(.label | test("^(ws|http)/"))] as $runs
 	| ($runs | map(.label | split("/") | {proto: .[0], mode: .[1]}) | unique | sort_by(.proto != "ws", .mode != "raw", .mode)) as $keys
-	| ["proto", "mode", "msgs/s", "p50_us", "p99_us", "ratio", "err", "broken", "db_conns", "rss_MiB"],
+	| ["proto", "mode", "msgs/s", "p50_us", "p99_us", "ratio", "cpu_us", "cpu_x", "err", "broken", "db_conns", "rss_MiB"],
 	  ($keys[] | . as $k
 		| ($runs | map(select(.label | startswith("\($k.proto)/\($k.mode)/")))) as $mine
 		| ($mine | map(. as $run | .label | split("/")[2] as $r
-			| ($runs | map(select(.label == "\($k.proto)/raw/\($r)"))[0].msgs_per_s) as $raw
-			| $run.msgs_per_s / $raw)) as $ratios
+			| ($runs | map(select(.label == "\($k.proto)/raw/\($r)"))[0]) as $raw
+			| {rate: ($run.msgs_per_s / $raw.msgs_per_s),
+			   cpu: (if ($raw.server_cpu_us_per_msg // 0) > 0 then ($run.server_cpu_us_per_msg // 0) / $raw.server_cpu_us_per_msg else null end)})) as $ratios
 		| [$k.proto, $k.mode,
 		   ($mine | map(.msgs_per_s) | median | floor),
 		   ($mine | map(.p50_us) | median),
 		   ($mine | map(.p99_us) | median),
-		   ($ratios | median * 1000 | round / 1000),
+		   ($ratios | map(.rate) | median * 1000 | round / 1000),
+		   ($mine | map(.server_cpu_us_per_msg // 0) | median * 10 | round / 10),
+		   ($ratios | map(.cpu // 0) | median * 1000 | round / 1000),
 		   ($mine | map(.error_replies) | add),
 		   ($mine | map(.broken_sockets) | add),
 		   ($mine | map(.peak_db_conns) | max),

@@ -71,7 +71,8 @@ type Config struct {
 	SampleEvery time.Duration
 
 	// ServerPID, when set, is the server's process id: its peak RSS
-	// (VmHWM) is read from /proc at the end. When zero the server is
+	// (VmHWM) is read from /proc at the end, and the CPU time it spent
+	// while the clients ran. When zero the server is
 	// taken to run in this process and the Go runtime's peak memory of
 	// the process is reported instead.
 	ServerPID int
@@ -102,14 +103,19 @@ type Result struct {
 	Wrong        int64 `json:"wrong_replies"`  // an answer that is not item-<id> for the id sent
 	DialErrors   int64 `json:"dial_errors"`
 
-	KillRounds    int64    `json:"kill_rounds"`
-	Killed        int64    `json:"backends_killed"`
-	KilledInUse   int64    `json:"backends_killed_in_use"` // running a statement or in a transaction when killed
-	ErrorsPerKill float64  `json:"error_replies_per_kill,omitempty"`
-	PeakDBConns   int64    `json:"peak_db_conns"`
-	ServerPeakRSS int64    `json:"server_peak_rss_bytes,omitempty"`
-	InProcessPeak int64    `json:"inprocess_go_heap_stack_peak_bytes,omitempty"` // server and driver together
-	FirstErrors   []string `json:"first_errors,omitempty"`
+	KillRounds    int64   `json:"kill_rounds"`
+	Killed        int64   `json:"backends_killed"`
+	KilledInUse   int64   `json:"backends_killed_in_use"` // running a statement or in a transaction when killed
+	ErrorsPerKill float64 `json:"error_replies_per_kill,omitempty"`
+	PeakDBConns   int64   `json:"peak_db_conns"`
+	ServerPeakRSS int64   `json:"server_peak_rss_bytes,omitempty"`
+	// ServerCPUPerMsg is the server's CPU time (user and system, all
+	// threads) per reply while the clients ran, in µs: on a machine the
+	// server shares with the driver and PostgreSQL, a steadier measure of
+	// its cost than msgs/s, which moves with everything else running.
+	ServerCPUPerMsg float64  `json:"server_cpu_us_per_msg,omitempty"`
+	InProcessPeak   int64    `json:"inprocess_go_heap_stack_peak_bytes,omitempty"` // server and driver together
+	FirstErrors     []string `json:"first_errors,omitempty"`
 }
 
 // Run runs the load described by cfg and returns what it measured. It
@@ -144,6 +150,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		drv = &wsDriver{cfg: cfg}
 	}
 	lat := make([][]time.Duration, cfg.Clients)
+	cpu0 := cpuTicks(cfg.ServerPID)
 	start := time.Now()
 	cctx := ctx
 	if cfg.Duration > 0 {
@@ -157,6 +164,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
+	cpu := cpuTicks(cfg.ServerPID) - cpu0
 	if stopKills != nil {
 		stopKills()
 	}
@@ -185,6 +193,9 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	}
 	if cfg.ServerPID > 0 {
 		res.ServerPeakRSS = vmHWM(cfg.ServerPID)
+		if cpu0 >= 0 && len(all) > 0 {
+			res.ServerCPUPerMsg = float64(cpu) * 1e6 / clockTicks / float64(len(all))
+		}
 	}
 	return *res, nil
 }
@@ -303,6 +314,36 @@ func (r *run) kill(ctx context.Context) (stop func()) {
 		}
 	}()
 	return func() { cancel(); <-done }
+}
+
+// clockTicks is USER_HZ, the unit of the CPU times in /proc/<pid>/stat:
+// 100 on every Linux port that Go supports.
+const clockTicks = 100
+
+// cpuTicks returns the user and system CPU time process pid has used, in
+// clock ticks, or -1.
+func cpuTicks(pid int) int64 {
+	if pid <= 0 {
+		return -1
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return -1
+	}
+	// The command name, in parentheses, may hold spaces: count fields
+	// after it. utime and stime are fields 14 and 15.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return -1
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return -1
+	}
+	var utime, stime int64
+	fmt.Sscan(f[11], &utime)
+	fmt.Sscan(f[12], &stime)
+	return utime + stime
 }
 
 // vmHWM returns the peak resident set size of process pid, or 0.
