@@ -24,7 +24,10 @@
 // *sql.DB's Stats (and as Kept in [Pool.Stats]); code that uses the
 // *sql.DB directly waits at most those 10ms for it, and every connection
 // goes back through the *sql.DB at least every 500ms, so its limits
-// (SetConnMaxLifetime, SetConnMaxIdleTime) still apply.
+// (SetConnMaxLifetime, SetConnMaxIdleTime) still apply, and so does the
+// driver's session reset (pgx's stdlib.OptionResetSession), though at
+// those check-outs only, not at every pin: per-pin work belongs in
+// [Options.OnAcquire].
 //
 //	pool := dbctx.New(db, nil)
 //	err := pool.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
