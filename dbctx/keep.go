@@ -47,12 +47,12 @@ type keepList struct {
 	closed bool
 }
 
-// keep takes a connection a scope gave back clean, at monotonic() now; false
-// means the caller gives it to the *sql.DB.
+// keep takes a connection a scope gave back clean (at k.at); false means
+// the caller gives it to the *sql.DB. A connection of another driver is
+// never kept: its health is what database/sql's check-out looks at
+// (ResetSession, Validator). Nor is one due back (keepFor).
 func (p *Pool) keep(k keptConn) bool {
 	if k.pc == nil || k.at-k.taken >= keepFor {
-		// Another driver: its health is what database/sql's check-out
-		// looks at (ResetSession, Validator), so it goes through it.
 		return false
 	}
 	kp := &p.kept
