@@ -32,7 +32,7 @@ func Atomic(ctx context.Context, fn func(ctx context.Context) error) (err error)
 	case s.atomic == 0:
 		return s.atomicTx(ctx, fn)
 	}
-	if s.tx == nil {
+	if s.x.tx == nil {
 		// The outer level has not begun yet: a savepoint needs it.
 		if _, err := s.use(ctx, ""); err != nil {
 			return err
@@ -42,14 +42,15 @@ func Atomic(ctx context.Context, fn func(ctx context.Context) error) (err error)
 }
 
 func (s *Scope) atomicTx(ctx context.Context, fn func(ctx context.Context) error) (err error) {
-	s.atomic, s.atomicCtx, s.tx, s.onCommit = 1, ctx, nil, nil
+	x := s.extra()
+	s.atomic, x.atomicCtx, x.tx, x.onCommit = 1, ctx, nil, nil
 	done := false
 	defer func() {
-		tx := s.tx
-		s.atomic, s.atomicCtx, s.tx = 0, nil, nil
+		tx := x.tx
+		s.atomic, x.atomicCtx, x.tx = 0, nil, nil
 		if !done {
 			// fn panicked: roll back and let the panic go on.
-			s.onCommit = nil
+			x.onCommit = nil
 			if tx != nil {
 				tx.Rollback()
 			}
@@ -57,10 +58,10 @@ func (s *Scope) atomicTx(ctx context.Context, fn func(ctx context.Context) error
 	}()
 	ferr := fn(ctx)
 	done = true
-	tx := s.tx
+	tx := x.tx
 	s.disarm() // the end of a transaction runs with its own context
 	if ferr != nil {
-		s.onCommit = nil
+		x.onCommit = nil
 		if tx != nil {
 			if rerr := tx.Rollback(); rerr != nil && !errors.Is(rerr, sql.ErrTxDone) {
 				s.observe(ctx, rerr)
@@ -70,13 +71,13 @@ func (s *Scope) atomicTx(ctx context.Context, fn func(ctx context.Context) error
 	}
 	if tx != nil {
 		if cerr := tx.Commit(); cerr != nil {
-			s.onCommit = nil
+			x.onCommit = nil
 			s.observe(ctx, cerr)
 			return fmt.Errorf("dbctx: commit: %w", cerr)
 		}
 	}
-	fns := s.onCommit
-	s.onCommit = nil
+	fns := x.onCommit
+	x.onCommit = nil
 	for _, f := range fns {
 		f()
 	}
@@ -96,18 +97,18 @@ func OnCommit(ctx context.Context, fn func()) {
 		fn()
 		return
 	}
-	s.onCommit = append(s.onCommit, fn)
+	s.x.onCommit = append(s.x.onCommit, fn)
 }
 
 // beginAtomic begins the transaction of a pending Atomic on the freshly
 // used connection, with Atomic's context: database/sql rolls a transaction
 // back when its context ends, and a statement's context may be shorter.
 func (s *Scope) beginAtomic() error {
-	tx, err := s.beginTx(s.atomicCtx, nil)
+	tx, err := s.beginTx(s.x.atomicCtx, nil)
 	if err != nil {
 		return err
 	}
-	s.tx = tx
+	s.x.tx = tx
 	return nil
 }
 
@@ -122,19 +123,20 @@ func (s *Scope) savepoint(ctx context.Context, fn func(ctx context.Context) erro
 		return err
 	}
 	s.atomic++
-	mark := len(s.onCommit)
+	x := s.x
+	mark := len(x.onCommit)
 	done := false
 	defer func() {
 		s.atomic--
 		if !done {
-			s.onCommit = s.onCommit[:mark]
+			x.onCommit = x.onCommit[:mark]
 			s.rollbackTo(ctx, name)
 		}
 	}()
 	ferr := fn(ctx)
 	done = true
 	if ferr != nil {
-		s.onCommit = s.onCommit[:mark]
+		x.onCommit = x.onCommit[:mark]
 		s.rollbackTo(ctx, name)
 		return ferr
 	}

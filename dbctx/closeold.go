@@ -70,7 +70,7 @@ func (s *Scope) check(ctx context.Context, final bool) error {
 		return err
 	}
 	age := p.opts.ConnMaxAge
-	obsolete := final || age == 0 || (age > 0 && time.Since(s.pinnedAt) >= age)
+	obsolete := final || age == 0 || (age > 0 && monotonic()-s.pinnedAt >= age)
 	if !obsolete {
 		return nil
 	}
@@ -80,15 +80,17 @@ func (s *Scope) check(ctx context.Context, final bool) error {
 // rollback ends every transaction still open on the pinned connection.
 func (s *Scope) rollback(ctx context.Context) error {
 	var errs []error
-	for _, tx := range s.txs {
-		if err := tx.Rollback(); err == nil {
-			s.pool.c.rolledBack.Add(1)
-		} else if !errors.Is(err, sql.ErrTxDone) {
-			errs = append(errs, err)
+	if x := s.x; x != nil {
+		for _, tx := range x.txs {
+			if err := tx.Rollback(); err == nil {
+				s.pool.c.rolledBack.Add(1)
+			} else if !errors.Is(err, sql.ErrTxDone) {
+				errs = append(errs, err)
+			}
 		}
+		clear(x.txs)
+		x.txs = x.txs[:0]
 	}
-	clear(s.txs)
-	s.txs = s.txs[:0]
 	if len(errs) > 0 {
 		return fmt.Errorf("dbctx: rolling back a transaction left open: %w", errors.Join(errs...))
 	}
@@ -125,7 +127,7 @@ func (s *Scope) giveBack(ctx context.Context) error {
 	if s.dirty || p.opts.ResetAlways {
 		p.c.resets.Add(1)
 		reset := p.opts.ResetSQL
-		for _, name := range s.prepared {
+		for _, name := range s.preparedNames() {
 			// Not DEALLOCATE ALL: that would drop pgx's statement cache.
 			reset += "; DEALLOCATE " + name
 		}
@@ -173,13 +175,15 @@ func (s *Scope) unpin(why discardReason) {
 	s.closeRows()
 	s.disarm()
 	s.closeStmts()
-	for _, tx := range s.txs {
-		// The connection is going away; this only ends database/sql's
-		// bookkeeping (and its goroutine) for the transaction.
-		tx.Rollback()
+	if x := s.x; x != nil {
+		for _, tx := range x.txs {
+			// The connection is going away; this only ends database/sql's
+			// bookkeeping (and its goroutine) for the transaction.
+			tx.Rollback()
+		}
+		clear(x.txs)
+		x.txs = x.txs[:0]
 	}
-	clear(s.txs)
-	s.txs = s.txs[:0]
 	if s.handedOut {
 		// As in giveBack: do not wait for what user code holds.
 		go s.pool.discard(s.conn, -1)
@@ -223,12 +227,14 @@ func (s *Scope) forget() {
 	// callback's context (and what that holds) alive.
 	s.conn, s.pg, s.sock, s.row, s.quietCtx = nil, nil, nil, nil, nil
 	s.dirty, s.rawTx, s.bad, s.handedOut, s.unchecked, s.stateful = false, false, false, false, false, false
-	clear(s.prepared)
-	s.prepared = s.prepared[:0]
 	s.pool.c.pinned.Add(-1)
-	if s.leak != nil {
-		s.leak.Stop()
-		s.leak = nil
+	if x := s.x; x != nil {
+		clear(x.prepared)
+		x.prepared = x.prepared[:0]
+		if x.leak != nil {
+			x.leak.Stop()
+			x.leak = nil
+		}
 	}
 }
 
@@ -240,9 +246,22 @@ func (s *Scope) closeRows() {
 }
 
 func (s *Scope) closeStmts() {
-	for _, st := range s.stmts {
+	x := s.x
+	if x == nil {
+		return
+	}
+	for _, st := range x.stmts {
 		st.Close()
 	}
-	clear(s.stmts)
-	s.stmts = s.stmts[:0]
+	clear(x.stmts)
+	x.stmts = x.stmts[:0]
+}
+
+// preparedNames returns the names of the statements PREPAREd in SQL on
+// the pinned connection.
+func (s *Scope) preparedNames() []string {
+	if s.x == nil {
+		return nil
+	}
+	return s.x.prepared
 }

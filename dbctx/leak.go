@@ -14,7 +14,7 @@ func (s *Scope) watchLeak() {
 	pcs := make([]uintptr, 32)
 	pcs = pcs[:runtime.Callers(4, pcs)]
 	pinned := time.Now()
-	s.leak = time.AfterFunc(p.opts.LeakTimeout, func() {
+	s.extra().leak = time.AfterFunc(p.opts.LeakTimeout, func() {
 		// Counted after the report is written: a reader who sees the
 		// count finds the report.
 		defer p.c.leaks.Add(1)

@@ -44,17 +44,17 @@ func TestNote(t *testing.T) {
 		var s Scope
 		s.note(tc.query)
 		s.ran(nil) // the statement succeeded
-		if s.dirty != tc.dirty || s.stateful != tc.dirty || s.rawTx != tc.rawTx || !slices.Equal(s.prepared, tc.prepared) {
+		if s.dirty != tc.dirty || s.stateful != tc.dirty || s.rawTx != tc.rawTx || !slices.Equal(s.preparedNames(), tc.prepared) {
 			t.Errorf("note(%q): dirty %v, stateful %v, rawTx %v, prepared %q; want %v, %[6]v, %v, %q",
-				tc.query, s.dirty, s.stateful, s.rawTx, s.prepared, tc.dirty, tc.rawTx, tc.prepared)
+				tc.query, s.dirty, s.stateful, s.rawTx, s.preparedNames(), tc.dirty, tc.rawTx, tc.prepared)
 		}
 		// A statement that failed leaves the session as it was: nothing to
 		// keep across connections, nothing prepared.
 		var f Scope
 		f.note(tc.query)
 		f.ran(errors.New("failed"))
-		if f.stateful || len(f.prepared) > 0 {
-			t.Errorf("note(%q) then failure: stateful %v, prepared %q", tc.query, f.stateful, f.prepared)
+		if f.stateful || len(f.preparedNames()) > 0 {
+			t.Errorf("note(%q) then failure: stateful %v, prepared %q", tc.query, f.stateful, f.preparedNames())
 		}
 	}
 }

@@ -20,9 +20,10 @@ var errNotPgx = errors.New("dbctx: connection is not a pgx stdlib connection")
 // connection was outside a transaction, so the statement's implicit
 // transaction was rolled back with it.
 func (s *Scope) retryable(ctx context.Context, err error) bool {
-	// Inside Atomic only its BEGIN (s.tx not yet set) may run again; not
-	// at all once the session holds state another connection would lack.
-	if s.pg == nil || s.rawTx || s.stateful || s.atomic > 0 && s.tx != nil || ctx.Err() != nil {
+	// Inside Atomic only its BEGIN (its tx not yet set) may run again;
+	// not at all once the session holds state another connection would
+	// lack.
+	if s.pg == nil || s.rawTx || s.stateful || s.atomicTxOpen() || ctx.Err() != nil {
 		return false
 	}
 	// pgx keeps the status of the last ReadyForQuery: the one from before
@@ -107,13 +108,13 @@ func (s *Scope) observe(ctx context.Context, err error) {
 // inTx reports whether the pinned connection is, or may be, in a
 // transaction.
 func (s *Scope) inTx() bool {
-	if s.atomic > 0 && s.tx != nil || s.rawTx {
+	if s.atomicTxOpen() || s.rawTx {
 		return true
 	}
 	if s.pg != nil {
 		return s.pg.TxStatus() != 'I'
 	}
-	return len(s.txs) > 0
+	return s.x != nil && len(s.x.txs) > 0
 }
 
 // note marks the scope dirty when query changes session state, and notes a
@@ -142,7 +143,7 @@ func (s *Scope) note(query string) {
 	case 7:
 		if strings.EqualFold(kw, "prepare") {
 			state = true
-			s.prepName = preparedName(query)
+			s.extra().prepName = preparedName(query)
 		} else {
 			state = strings.EqualFold(kw, "declare")
 		}
@@ -159,11 +160,14 @@ func (s *Scope) note(query string) {
 func (s *Scope) ran(err error) {
 	if err == nil && s.pending {
 		s.dirty, s.stateful = true, true
-		if s.prepName != "" {
-			s.prepared = append(s.prepared, s.prepName)
+		if x := s.x; x != nil && x.prepName != "" {
+			x.prepared = append(x.prepared, x.prepName)
 		}
 	}
-	s.pending, s.prepName = false, ""
+	s.pending = false
+	if s.x != nil {
+		s.x.prepName = ""
+	}
 }
 
 // preparedName returns the statement name of "PREPARE name …", quoted

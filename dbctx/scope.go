@@ -42,24 +42,37 @@ import (
 // A Scope is for one goroutine at a time, like the request or message it
 // serves. A nil *Scope is valid: its methods return ErrNoScope.
 type Scope struct {
-	pool  *Pool
-	ctx   scopeCtx
-	async bool
-	ended bool
+	pool *Pool
+	ctx  scopeCtx
 
+	conn     *sql.Conn
+	pg       *pgconn.PgConn // nil for other drivers
+	sock     *socket        // pg's (see health.go); nil with pg
+	rows     *sql.Rows
+	row      *sql.Row      // the last QueryRowContext's, which may be left unscanned
+	x        *scopeExtra   // nil until needed
+	taken    time.Duration // monotonic() when database/sql handed conn out
+	pinnedAt time.Duration // monotonic() when pinned; only with ConnMaxAge > 0
+	depth    int           // Do nesting
+	atomic   int           // Atomic nesting
+
+	queries int           // statements run, for Timing
+	spent   time.Duration // time spent in them, for Timing
+
+	// See cancel.go. armed is written by the scope's goroutine only;
+	// interrupt reads it, and everything else here is shared, under imu.
+	imu       sync.Mutex
+	stopWatch func() bool // ends the watch of the scope's context
+	armed     net.Conn    // the pinned connection's socket, under quiet statements
+	quietCtx  *quietCtx   // the last one quiet made
+	tripped   bool        // interrupt set a deadline on armed
+	canceled  bool        // the scope's context has ended
+
+	badWhy    discardReason
+	async     bool
+	ended     bool
 	slot      bool // holds a worker slot
 	reserved  bool // the slot is held until End (Reserve)
-	depth     int  // Do nesting
-	atomic    int  // Atomic nesting
-	atomicCtx context.Context
-	tx        *sql.Tx  // Atomic's transaction, nil until its first statement
-	onCommit  []func() // OnCommit functions of the running Atomic
-
-	conn      *sql.Conn
-	pg        *pgconn.PgConn // nil for other drivers
-	sock      *socket        // pg's (see health.go); nil with pg
-	pinnedAt  time.Time
-	taken     time.Duration // monotonic() when database/sql handed conn out
 	dirty     bool
 	handedOut bool // Conn gave the *sql.Conn to user code
 	rawTx     bool // a BEGIN seen in raw SQL: never retry
@@ -67,27 +80,35 @@ type Scope struct {
 	unchecked bool // pinned without the socket check (see Pool.check)
 	stateful  bool // the session holds state that statements or raw access set
 	pending   bool // the statement under way changes session state (note)
-	prepName  string
-	badWhy    discardReason
+}
+
+// scopeExtra is the part of a Scope that most scopes never use (Atomic,
+// transactions and prepared statements on the pinned connection, PREPARE
+// in SQL, the leak detector), allocated on first use: a request's or a
+// socket's scope that runs plain statements stays small, which every idle
+// socket and every request pays for.
+type scopeExtra struct {
+	atomicCtx context.Context
+	tx        *sql.Tx  // Atomic's transaction, nil until its first statement
+	onCommit  []func() // OnCommit functions of the running Atomic
 	txs       []*sql.Tx
-	rows      *sql.Rows
-	row       *sql.Row // the last QueryRowContext's, which may be left unscanned
 	stmts     []*sql.Stmt
 	prepared  []string // names of statements PREPAREd in SQL
+	prepName  string   // the name a PREPARE under way defines (note)
 	leak      *time.Timer
-
-	// See cancel.go. armed is written by the scope's goroutine only;
-	// interrupt reads it, and everything else here is shared, under imu.
-	imu       sync.Mutex
-	stopWatch func() bool // ends the watch of the scope's context
-	armed     net.Conn    // the pinned connection's socket, under quiet statements
-	tripped   bool        // interrupt set a deadline on armed
-	canceled  bool        // the scope's context has ended
-	quietCtx  *quietCtx   // the last one quiet made
-
-	queries int           // statements run, for Timing
-	spent   time.Duration // time spent in them, for Timing
 }
+
+// extra returns s.x, allocating it first if needed.
+func (s *Scope) extra() *scopeExtra {
+	if s.x == nil {
+		s.x = new(scopeExtra)
+	}
+	return s.x
+}
+
+// atomicTxOpen reports whether an Atomic runs and has begun its
+// transaction.
+func (s *Scope) atomicTxOpen() bool { return s.atomic > 0 && s.x.tx != nil }
 
 // Scope returns a child of ctx carrying a new scope of p, and the scope.
 // Call [Scope.End] when the unit of work (request, socket) is over; until
@@ -115,7 +136,10 @@ func (s *Scope) End() {
 		return
 	}
 	s.ended = true
-	s.atomic, s.atomicCtx, s.tx = 0, nil, nil
+	s.atomic = 0
+	if s.x != nil {
+		s.x.atomicCtx, s.x.tx = nil, nil
+	}
 	if err := s.release(context.Background(), true); err != nil {
 		// The connection was discarded; nobody is left to return this to.
 		s.pool.opts.Logger.Warn("dbctx: ending scope", "err", err)
@@ -189,7 +213,7 @@ func (s *Scope) pinned(ctx context.Context) (*sql.Conn, error) {
 func (s *Scope) pin(c keptConn) {
 	s.conn, s.pg, s.sock, s.taken = c.conn, c.pc, c.sock, c.taken
 	if s.pool.opts.ConnMaxAge > 0 {
-		s.pinnedAt = time.Now()
+		s.pinnedAt = monotonic()
 	}
 	s.dirty = s.pool.opts.OnAcquire != nil
 	if s.pool.opts.LeakTimeout > 0 {
@@ -304,7 +328,7 @@ func (s *Scope) PrepareContext(ctx context.Context, query string) (*sql.Stmt, er
 		return c.PrepareContext(ctx, query)
 	})
 	if err == nil {
-		s.stmts = append(s.stmts, st)
+		s.extra().stmts = append(s.extra().stmts, st)
 	}
 	return st, err
 }
@@ -325,10 +349,11 @@ func (s *Scope) beginTx(ctx context.Context, opts *sql.TxOptions) (*sql.Tx, erro
 	if err != nil {
 		return nil, err
 	}
+	x := s.extra()
 	if s.pg != nil && s.pg.TxStatus() == 'I' {
 		// Earlier transactions are over: forget them.
-		clear(s.txs)
-		s.txs = s.txs[:0]
+		clear(x.txs)
+		x.txs = x.txs[:0]
 	}
 	// Not quiet: database/sql's watch of a transaction's context is what
 	// rolls it back when the context ends, even between statements.
@@ -336,7 +361,7 @@ func (s *Scope) beginTx(ctx context.Context, opts *sql.TxOptions) (*sql.Tx, erro
 		return c.BeginTx(ctx, opts)
 	})
 	if err == nil {
-		s.txs = append(s.txs, tx)
+		x.txs = append(x.txs, tx)
 	}
 	return tx, err
 }
@@ -406,7 +431,7 @@ func (s *Scope) use(ctx context.Context, query string) (*sql.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	if s.atomic > 0 && s.tx == nil {
+	if s.atomic > 0 && s.x.tx == nil {
 		if err := s.beginAtomic(); err != nil {
 			return nil, err
 		}

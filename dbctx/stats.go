@@ -46,7 +46,7 @@ func (d Discards) Total() int64 {
 	return d.Dead + d.Broken + d.Canceled + d.Tx + d.Panic + d.Hook + d.Reset
 }
 
-type discardReason int
+type discardReason int8
 
 const (
 	discardDead discardReason = iota
