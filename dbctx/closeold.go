@@ -142,16 +142,15 @@ func (s *Scope) giveBack(ctx context.Context) error {
 			return fmt.Errorf("dbctx: OnRelease: %w", err)
 		}
 	}
-	now := monotonic()
 	if s.sock != nil {
-		s.sock.released = now
+		s.sock.released = monotonic()
 	}
 	switch {
 	case s.handedOut:
 		// User code may still hold a *sql.Tx or *sql.Rows of it, which
 		// keeps *sql.Conn.Close waiting until they end.
 		go s.conn.Close()
-	case !p.keep(keptConn{conn: s.conn, pc: s.pg, sock: s.sock, taken: s.taken, at: now}):
+	case !p.keep(keptConn{conn: s.conn, pc: s.pg, sock: s.sock, taken: s.taken}):
 		s.conn.Close()
 	}
 	p.c.givenBack.Add(1)

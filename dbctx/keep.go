@@ -31,12 +31,13 @@ const (
 	keepFor  = 500 * time.Millisecond
 )
 
+// keptConn is a connection on its way between the *sql.DB, scopes and the
+// keep. While kept, sock.released is when a scope gave it back.
 type keptConn struct {
 	conn  *sql.Conn
 	pc    *pgconn.PgConn // nil for other drivers
 	sock  *socket        // pc's; nil with pc
 	taken time.Duration  // monotonic() when database/sql handed it out
-	at    time.Duration  // monotonic() when a scope gave it back
 }
 
 type keepList struct {
@@ -47,12 +48,13 @@ type keepList struct {
 	closed bool
 }
 
-// keep takes a connection a scope gave back clean (at k.at); false means
-// the caller gives it to the *sql.DB. A connection of another driver is
-// never kept: its health is what database/sql's check-out looks at
-// (ResetSession, Validator). Nor is one due back (keepFor).
+// keep takes a connection a scope has just given back clean (at
+// k.sock.released); false means the caller gives it to the *sql.DB. A
+// connection of another driver is never kept: its health is what
+// database/sql's check-out looks at (ResetSession, Validator). Nor is one
+// due back (keepFor).
 func (p *Pool) keep(k keptConn) bool {
-	if k.pc == nil || k.at-k.taken >= keepFor {
+	if k.pc == nil || k.sock.released-k.taken >= keepFor {
 		return false
 	}
 	kp := &p.kept
@@ -115,7 +117,7 @@ func (p *Pool) sweep() {
 	kp := &p.kept
 	kp.mu.Lock()
 	i := 0
-	for i < len(kp.conns) && now-kp.conns[i].at >= p.keepIdle {
+	for i < len(kp.conns) && now-kp.conns[i].sock.released >= p.keepIdle {
 		i++
 	}
 	old := make([]keptConn, i)
@@ -124,7 +126,7 @@ func (p *Pool) sweep() {
 	clear(kp.conns[n:])
 	kp.conns = kp.conns[:n]
 	if kp.armed = n > 0 && !kp.closed; kp.armed {
-		kp.timer.Reset(p.keepIdle - (now - kp.conns[0].at))
+		kp.timer.Reset(p.keepIdle - (now - kp.conns[0].sock.released))
 	}
 	kp.mu.Unlock()
 	for _, k := range old {
