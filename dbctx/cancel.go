@@ -2,7 +2,6 @@ package dbctx
 
 import (
 	"context"
-	"reflect"
 	"time"
 )
 
@@ -57,13 +56,12 @@ func (s *Scope) quiet(ctx context.Context) context.Context {
 		s.stopWatch = afterFunc(s.ctx.Context, s.interrupt)
 	}
 	s.armed = s.pg.Conn()
-	// A request's handler passes the same context statement after
-	// statement; the last one is kept while the connection is pinned.
-	// (Comparing contexts of a type that is not comparable would panic.)
-	if s.quietCtx == nil || !reflect.TypeOf(ctx).Comparable() || s.quietCtx.Context != ctx {
-		s.quietCtx = &quietCtx{ctx}
-	}
-	return s.quietCtx
+	// One quietCtx per scope, aimed at each statement's ctx in turn: a
+	// statement's context is used while it runs and by its rows, which
+	// are closed before the next statement runs, so a scope needs only one,
+	// and it costs no allocation.
+	s.qctx.Context = ctx
+	return &s.qctx
 }
 
 // interrupt runs when the scope's own context ends: a statement that may

@@ -222,9 +222,10 @@ func (s *Scope) abandon() {
 }
 
 func (s *Scope) forget() {
-	// quietCtx goes too: an idle socket's scope must not keep its last
-	// callback's context (and what that holds) alive.
-	s.conn, s.pg, s.sock, s.row, s.quietCtx = nil, nil, nil, nil, nil
+	// qctx keeps its context until the next quiet statement: for a
+	// socket's scope, the socket's own (wsconsumer's callbacks all get
+	// the same one).
+	s.conn, s.pg, s.sock, s.row = nil, nil, nil, nil
 	s.dirty, s.rawTx, s.bad, s.handedOut, s.unchecked, s.stateful = false, false, false, false, false, false
 	s.pool.c.pinned.Add(-1)
 	if x := s.x; x != nil {

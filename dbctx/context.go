@@ -2,7 +2,11 @@ package dbctx
 
 import "context"
 
-type ctxKey struct{}
+// scopeKey is the context key of a scope: a pointer, so that a lookup
+// compares two words rather than calling the runtime to compare values.
+var scopeKey = &ctxKey{"dbctx.scope"}
+
+type ctxKey struct{ name string }
 
 // scopeCtx is the context a scope hands out: its parent plus the scope,
 // in the scope's own allocation (Async's stand alone: its scope is the
@@ -13,7 +17,7 @@ type scopeCtx struct {
 }
 
 func (c *scopeCtx) Value(key any) any {
-	if key == (ctxKey{}) {
+	if key == any(scopeKey) {
 		return c.s
 	}
 	return c.Context.Value(key)
@@ -42,7 +46,7 @@ func afterFunc(ctx context.Context, f func()) func() bool {
 // From returns the scope that ctx carries, or nil. A nil *Scope is safe to
 // call: every method returns ErrNoScope.
 func From(ctx context.Context) *Scope {
-	s, _ := ctx.Value(ctxKey{}).(*Scope)
+	s, _ := ctx.Value(scopeKey).(*Scope)
 	return s
 }
 

@@ -19,7 +19,7 @@ import (
 // means the server has closed the session (pg_terminate_backend, restart).
 // It returns driver.ErrBadConn for a dead connection, which makes
 // database/sql close it. pc is nil for drivers other than pgx's stdlib;
-// sock is pc's (socketOf).
+// sock is pc's (socketOf); now is monotonic().
 //
 // A connection a scope gave back less than p.recent ago is not looked at
 // (looked is false): under load that is nearly every check-out, and the
@@ -30,7 +30,7 @@ import (
 // seen, every connection given back before that is looked at again: a
 // round of kills (a failover, pg_terminate_backend of every backend)
 // costs one retry, not one per connection.
-func (p *Pool) check(pc *pgconn.PgConn, sock *socket) (looked bool, err error) {
+func (p *Pool) check(pc *pgconn.PgConn, sock *socket, now time.Duration) (looked bool, err error) {
 	if pc == nil {
 		// Another driver: database/sql's ResetSession and Validator, and
 		// the statement retry, are what we have.
@@ -39,7 +39,7 @@ func (p *Pool) check(pc *pgconn.PgConn, sock *socket) (looked bool, err error) {
 	if pc.IsClosed() || pc.TxStatus() != 'I' {
 		return true, driver.ErrBadConn
 	}
-	if sock.released > time.Duration(p.deathSeen.Load()) && monotonic()-sock.released < p.recent {
+	if sock.released > time.Duration(p.deathSeen.Load()) && now-sock.released < p.recent {
 		return false, nil
 	}
 	if sock.dead() {

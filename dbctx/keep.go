@@ -83,12 +83,13 @@ func (p *Pool) takeKept() (k keptConn, looked, ok bool) {
 		if k, ok = p.unkeep(); !ok {
 			return k, false, false
 		}
-		if monotonic()-k.taken >= keepFor {
+		now := monotonic()
+		if now-k.taken >= keepFor {
 			k.conn.Close()
 			continue
 		}
 		var err error
-		if looked, err = p.check(k.pc, k.sock); err == nil {
+		if looked, err = p.check(k.pc, k.sock, now); err == nil {
 			return k, looked, true
 		}
 		p.discard(k.conn, discardDead)

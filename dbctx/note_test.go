@@ -2,7 +2,9 @@ package dbctx
 
 import (
 	"errors"
+	"fmt"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -41,7 +43,7 @@ func TestNote(t *testing.T) {
 		{query: "PREPARE q1 AS SELECT 1", dirty: true, prepared: []string{"q1"}},
 		{query: `prepare "Q 2" AS SELECT 1`, dirty: true, prepared: []string{`"Q 2"`}},
 	} {
-		var s Scope
+		s := Scope{pool: new(Pool)}
 		s.note(tc.query)
 		s.ran(nil) // the statement succeeded
 		if s.dirty != tc.dirty || s.stateful != tc.dirty || s.rawTx != tc.rawTx || !slices.Equal(s.preparedNames(), tc.prepared) {
@@ -50,7 +52,7 @@ func TestNote(t *testing.T) {
 		}
 		// A statement that failed leaves the session as it was: nothing to
 		// keep across connections, nothing prepared.
-		var f Scope
+		f := Scope{pool: new(Pool)}
 		f.note(tc.query)
 		f.ran(errors.New("failed"))
 		if f.stateful || len(f.preparedNames()) > 0 {
@@ -59,8 +61,34 @@ func TestNote(t *testing.T) {
 	}
 }
 
+// The cache of classifications answers as classify does, for the same
+// string, for a copy of it elsewhere in memory, and for queries sharing
+// its slots.
+func TestNoteCache(t *testing.T) {
+	var c noteCache
+	queries := []string{"SELECT 1", "SET x = 1", "begin", "PREPARE q AS SELECT 1", "select set_config('a', 'b', false)"}
+	for i := range 3 * noteSlots {
+		queries = append(queries, fmt.Sprintf("SELECT %d", i), fmt.Sprintf("SET x = %d", i))
+	}
+	for round := range 3 {
+		for _, q := range queries {
+			want := classify(q)
+			if got := c.kind(q); got != want {
+				t.Fatalf("round %d: kind(%q) = %v, classify says %v", round, q, got, want)
+			}
+			if got := c.kind(strings.Clone(q)); got != want {
+				t.Fatalf("round %d: kind of a copy of %q = %v, classify says %v", round, q, got, want)
+			}
+		}
+	}
+	long := "SET x = '" + strings.Repeat("y", noteMaxQuery) + "'"
+	if c.kind(long) != kindState {
+		t.Fatal("a long SET is not stateful")
+	}
+}
+
 func BenchmarkNote(b *testing.B) {
-	var s Scope
+	s := Scope{pool: new(Pool)}
 	for b.Loop() {
 		s.note("SELECT id, body FROM messages WHERE room = $1 ORDER BY id DESC LIMIT 50")
 	}

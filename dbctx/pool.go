@@ -18,10 +18,11 @@ import (
 // A Pool is safe for concurrent use. It does not own the *sql.DB: close
 // the *sql.DB yourself after [Pool.Close].
 type Pool struct {
-	db   *sql.DB
-	opts Options
-	sem  chan struct{}
-	c    counters
+	db    *sql.DB
+	opts  Options
+	c     counters
+	slots slotQueue // callers waiting for a slot; see slots.go
+	notes noteCache // see Scope.note
 
 	closed    atomic.Bool
 	done      chan struct{}
@@ -53,7 +54,6 @@ func New(db *sql.DB, opts *Options) *Pool {
 		recent:   recentlyReleased,
 		keepIdle: keepIdle,
 	}
-	p.sem = make(chan struct{}, p.opts.MaxWorkers)
 	p.async = &Scope{pool: p, async: true, ended: true}
 	p.discardFn = func(any) error { return driver.ErrBadConn }
 	switch max := db.Stats().MaxOpenConnections; {
@@ -122,7 +122,7 @@ func (p *Pool) checkOut(ctx context.Context) (c keptConn, looked bool, err error
 			if c.pc = pgConnOf(dc); c.pc != nil {
 				c.sock = socketOf(c.pc)
 			}
-			looked, bad = p.check(c.pc, c.sock)
+			looked, bad = p.check(c.pc, c.sock, c.taken)
 			return bad
 		}); err == nil {
 			return c, looked, nil

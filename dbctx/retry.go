@@ -7,6 +7,8 @@ import (
 	"errors"
 	"iter"
 	"strings"
+	"sync/atomic"
+	"unsafe"
 
 	"github.com/jackc/pgx/v5/pgconn"
 )
@@ -118,41 +120,102 @@ func (s *Scope) inTx() bool {
 }
 
 // note marks the scope dirty when query changes session state, and notes a
-// transaction begun in raw SQL. It is a cheap scan, not a parser: it errs
-// towards dirty, which only costs one reset round trip. It runs on every
-// statement, so it dispatches on the keyword's length rather than trying
-// every keyword.
+// transaction begun in raw SQL (see classify).
 //
 // What the statement does to the session counts once it has run (see
 // run): then the scope is stateful, and a statement that fails later is
 // not run again on another connection, which would not have that state.
 func (s *Scope) note(query string) {
-	state := false
-	switch kw := firstKeyword(query); len(kw) {
-	case 3:
-		state = strings.EqualFold(kw, "set")
-	case 4:
-		state = strings.EqualFold(kw, "load")
-	case 5:
-		if strings.EqualFold(kw, "begin") || strings.EqualFold(kw, "start") {
-			s.rawTx = true
-		}
-		state = strings.EqualFold(kw, "reset")
-	case 6:
-		state = strings.EqualFold(kw, "listen")
-	case 7:
-		if strings.EqualFold(kw, "prepare") {
-			state = true
-			s.extra().prepName = preparedName(query)
-		} else {
-			state = strings.EqualFold(kw, "declare")
-		}
+	k := s.pool.notes.kind(query)
+	if k&kindBegin != 0 {
+		s.rawTx = true
 	}
-	if !state && !s.stateful && mentionsSessionState(query) {
-		state = true
+	if k&kindPrepare != 0 {
+		s.extra().prepName = preparedName(query)
 	}
+	state := k&kindState != 0
 	s.pending = state
 	s.dirty = s.dirty || state
+}
+
+// queryKind is what a statement's text says it does to the session.
+type queryKind uint8
+
+const (
+	kindState   queryKind = 1 << iota // changes session state
+	kindBegin                         // begins a transaction
+	kindPrepare                       // PREPARE: kindState too
+)
+
+// classify reads what query does to the session. It is a cheap scan, not
+// a parser: it errs towards state, which only costs one reset round trip.
+// It dispatches on the first keyword's length rather than trying every
+// keyword.
+func classify(query string) queryKind {
+	var k queryKind
+	switch kw := firstKeyword(query); len(kw) {
+	case 3:
+		if strings.EqualFold(kw, "set") {
+			k = kindState
+		}
+	case 4:
+		if strings.EqualFold(kw, "load") {
+			k = kindState
+		}
+	case 5:
+		switch {
+		case strings.EqualFold(kw, "begin"), strings.EqualFold(kw, "start"):
+			k = kindBegin
+		case strings.EqualFold(kw, "reset"):
+			k = kindState
+		}
+	case 6:
+		if strings.EqualFold(kw, "listen") {
+			k = kindState
+		}
+	case 7:
+		switch {
+		case strings.EqualFold(kw, "prepare"):
+			k = kindState | kindPrepare
+		case strings.EqualFold(kw, "declare"):
+			k = kindState
+		}
+	}
+	if k&kindState == 0 && mentionsSessionState(query) {
+		k |= kindState
+	}
+	return k
+}
+
+// noteCache remembers classify's answers for the queries seen last,
+// slotted by the address of the query's text: most queries are constants,
+// the same string statement after statement, so the scan runs once per
+// query rather than once per statement. An entry holds its query, which
+// keeps the text alive and unchanged (strings are immutable), and a hit
+// compares the text itself, so a slot shared by two queries only misses.
+type noteCache [noteSlots]atomic.Pointer[noteEntry]
+
+const (
+	noteSlots    = 64
+	noteMaxQuery = 4 << 10 // longer queries are scanned every time, not kept
+)
+
+type noteEntry struct {
+	query string
+	kind  queryKind
+}
+
+func (c *noteCache) kind(query string) queryKind {
+	if len(query) > noteMaxQuery {
+		return classify(query)
+	}
+	slot := &c[(uintptr(unsafe.Pointer(unsafe.StringData(query)))>>3)%noteSlots]
+	if e := slot.Load(); e != nil && e.query == query {
+		return e.kind
+	}
+	k := classify(query)
+	slot.Store(&noteEntry{query, k})
+	return k
 }
 
 // ran records what a statement that succeeded did to the session, on the

@@ -64,7 +64,7 @@ type Scope struct {
 	imu       sync.Mutex
 	stopWatch func() bool // ends the watch of the scope's context
 	armed     net.Conn    // the pinned connection's socket, under quiet statements
-	quietCtx  *quietCtx   // the last one quiet made
+	qctx      quietCtx    // what quiet returns
 	tripped   bool        // interrupt set a deadline on armed
 	canceled  bool        // the scope's context has ended
 

@@ -3,7 +3,10 @@ package dbctx_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"runtime"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -64,14 +67,7 @@ func TestOverload(t *testing.T) {
 func TestQueuedCancel(t *testing.T) {
 	t.Parallel()
 	p, _ := newPool(t, &dbctx.Options{MaxWorkers: 1, WaitTimeout: time.Minute})
-	hold := make(chan struct{})
-	held := make(chan struct{})
-	go p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
-		close(held)
-		<-hold
-		return nil
-	})
-	<-held
+	release := holdSlot(p)
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error)
 	go func() {
@@ -82,7 +78,7 @@ func TestQueuedCancel(t *testing.T) {
 	if err := <-errc; !errors.Is(err, context.Canceled) {
 		t.Fatalf("got %v, want context.Canceled", err)
 	}
-	close(hold)
+	release()
 	eventually(t, "the slot to free", func() bool { return p.Stats().InUse == 0 })
 }
 
@@ -123,4 +119,99 @@ func TestBusyRow(t *testing.T) {
 	if _, err := backendPID(ctx2, s2); !errors.Is(err, dbctx.ErrBusy) {
 		t.Fatalf("got %v, want ErrBusy", err)
 	}
+}
+
+// Slots go to queued callers in the order they queued, not to a newcomer.
+func TestQueueOrder(t *testing.T) {
+	t.Parallel()
+	p, _ := newPool(t, &dbctx.Options{MaxWorkers: 1, WaitTimeout: time.Minute})
+	release := holdSlot(p)
+	order := make(chan int, 3)
+	var wg sync.WaitGroup
+	for i := range 3 {
+		wg.Go(func() {
+			p.Do(context.Background(), func(context.Context, *dbctx.Scope) error {
+				order <- i
+				return nil
+			})
+		})
+		eventually(t, "the caller to queue", func() bool { return p.Stats().Waiting == i+1 })
+	}
+	release()
+	wg.Wait()
+	close(order)
+	var got []int
+	for i := range order {
+		got = append(got, i)
+	}
+	if fmt.Sprint(got) != "[0 1 2]" {
+		t.Fatalf("slots went to the queued callers in order %v, want [0 1 2]", got)
+	}
+}
+
+// Many callers taking and giving back few slots as fast as they can: never
+// more holders than slots, and no caller waits out the timeout (a slot
+// given back just as a caller starts to wait is not missed).
+func TestSlotsUnderContention(t *testing.T) {
+	t.Parallel()
+	const slots, callers, calls = 2, 16, 400
+	p, _ := newPool(t, &dbctx.Options{MaxWorkers: slots, MaxWaiting: callers, WaitTimeout: 30 * time.Second})
+	var holders, most atomic.Int64
+	var wg sync.WaitGroup
+	for range callers {
+		wg.Go(func() {
+			for range calls {
+				err := p.Do(context.Background(), func(context.Context, *dbctx.Scope) error {
+					n := holders.Add(1)
+					for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+					}
+					runtime.Gosched()
+					holders.Add(-1)
+					return nil
+				})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if m := most.Load(); m > slots {
+		t.Fatalf("%d callers held a slot at once, %d slots", m, slots)
+	}
+	if st := p.Stats(); st.InUse != 0 || st.Waiting != 0 || st.Busy != 0 {
+		t.Fatalf("after: %+v", st)
+	}
+}
+
+// A caller queued when the pool closes gets ErrPoolClosed at once.
+func TestQueuedPoolClosed(t *testing.T) {
+	t.Parallel()
+	p, _ := newPool(t, &dbctx.Options{MaxWorkers: 1, WaitTimeout: time.Minute})
+	release := holdSlot(p)
+	errc := make(chan error)
+	go func() {
+		errc <- p.Do(context.Background(), func(context.Context, *dbctx.Scope) error { return nil })
+	}()
+	eventually(t, "the caller to queue", func() bool { return p.Stats().Waiting == 1 })
+	p.Close()
+	if err := <-errc; !errors.Is(err, dbctx.ErrPoolClosed) {
+		t.Fatalf("got %v, want ErrPoolClosed", err)
+	}
+	release()
+	eventually(t, "the slot to free", func() bool { return p.Stats().InUse == 0 && p.Stats().Waiting == 0 })
+}
+
+// holdSlot takes one of p's slots until release is called.
+func holdSlot(p *dbctx.Pool) (release func()) {
+	hold := make(chan struct{})
+	held := make(chan struct{})
+	go p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+		close(held)
+		<-hold
+		return nil
+	})
+	<-held
+	return func() { close(hold) }
 }
