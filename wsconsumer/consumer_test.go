@@ -443,6 +443,51 @@ func TestSlowClientHoldsNoSlot(t *testing.T) {
 	slow.CloseNow()
 }
 
+// A sync callback's replies are written in order once it returns; a send
+// with the context of a callback that has returned, from a goroutine it
+// left behind, is written at once, not held for the next message.
+func TestSendAfterCallback(t *testing.T) {
+	t.Parallel()
+	p, _ := dbtest.NewPool(t, nil)
+	late := make(chan struct{})
+	h := wsconsumer.NewSync(p, wsconsumer.JSON(wsconsumer.JSONConsumer[msg]{
+		Receive: func(ctx context.Context, s *wsconsumer.Session, m msg) error {
+			switch m.Op {
+			case "later":
+				go func() {
+					<-late
+					s.SendJSON(ctx, msg{ID: m.ID, Op: "late"})
+				}()
+			case "three":
+				for i := range 3 {
+					if err := s.SendJSON(ctx, msg{ID: m.ID + i}); err != nil {
+						return err
+					}
+				}
+				return nil
+			}
+			return s.SendJSON(ctx, msg{ID: m.ID})
+		},
+	}), &wsconsumer.Options{Logger: quiet()})
+	c := dial(t, serve(t, h))
+	for round := range 3 {
+		id := 10 * round
+		if r := roundTrip(t, c, msg{ID: id, Op: "later"}); r.ID != id || r.Op != "" {
+			t.Fatalf("round %d: got %+v", round, r)
+		}
+		late <- struct{}{}
+		if r, code := recv(t, c); r.ID != id || r.Op != "late" {
+			t.Fatalf("round %d: got %+v (close %v), want the late reply", round, r, code)
+		}
+		send(t, c, msg{ID: id, Op: "three"})
+		for i := range 3 {
+			if r, code := recv(t, c); r.ID != id+i {
+				t.Fatalf("round %d: reply %d is %+v (close %v)", round, i, r, code)
+			}
+		}
+	}
+}
+
 // An async consumer with InFlight 3 runs three messages of a socket at
 // once and no more: the fourth waits, unread beyond the one message the
 // read loop holds, until one of the three is done. Every message is

@@ -217,7 +217,7 @@ func (h *Handler) receive(pool *dbctx.Pool, s *Session, m message) {
 	var out *outbox
 	if !h.async {
 		// Sends wait for the slot to be released (see Session.Send).
-		out = newOutbox(ctx, s)
+		out = s.outbox()
 		ctx = out
 		defer out.flush()
 	}

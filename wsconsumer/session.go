@@ -38,6 +38,7 @@ type Session struct {
 	dispatch dispatch     // readConcurrent's
 	phase    atomic.Int32 // readInline's: phaseReading, …
 	ahead    chan frame   // the reader readOn started
+	out      *outbox      // sync Receive callbacks' context, made on first use
 
 	wmu        sync.Mutex
 	writers    int   // writes under way
@@ -107,7 +108,9 @@ func (s *Session) send(ctx context.Context, typ websocket.MessageType, data []by
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if ob, ok := ctx.Value(outboxKey{}).(*outbox); ok && ob.s == s {
+	if s.h.async {
+		// No outbox to look for: async callbacks' sends are written at once.
+	} else if ob, ok := ctx.Value(outboxKey).(*outbox); ok && ob.s == s {
 		if !owned {
 			data = append([]byte(nil), data...)
 		}
@@ -249,11 +252,16 @@ var epoch = time.Now()
 // every message read and written.
 func monotonic() int64 { return int64(time.Since(epoch)) }
 
-type outboxKey struct{}
+// outboxKey is the context key of an outbox (a pointer: see dbctx's).
+var outboxKey = &ctxKey{"wsconsumer.outbox"}
+
+type ctxKey struct{ name string }
 
 // outbox holds what a sync Receive callback sends until its slot is
-// released. It is the callback's context, so that Send finds it: one
-// allocation per message.
+// released. It is the callback's context, so that Send finds it. A socket
+// handles one message at a time, so it has one outbox, reused for every
+// message: a send with the context of a callback that has returned is
+// written at once, or, while a later callback runs, after that one.
 type outbox struct {
 	context.Context
 	s    *Session
@@ -262,12 +270,21 @@ type outbox struct {
 	msgs []message
 }
 
-func newOutbox(ctx context.Context, s *Session) *outbox {
-	return &outbox{Context: ctx, s: s, open: true}
+// outbox returns the socket's outbox, open for a callback.
+func (s *Session) outbox() *outbox {
+	o := s.out
+	if o == nil {
+		o = &outbox{Context: s.ctx, s: s}
+		s.out = o
+	}
+	o.mu.Lock()
+	o.open = true
+	o.mu.Unlock()
+	return o
 }
 
 func (o *outbox) Value(key any) any {
-	if key == (outboxKey{}) {
+	if key == any(outboxKey) {
 		return o
 	}
 	return o.Context.Value(key)
@@ -302,12 +319,18 @@ func (o *outbox) flush() {
 	o.mu.Lock()
 	o.open = false
 	msgs := o.msgs
-	o.msgs = nil
+	// The next callback reuses the array: nothing adds to a closed outbox,
+	// and the next callback opens it once this flush is over.
+	o.msgs = msgs[:0]
 	o.mu.Unlock()
+	if len(msgs) == 0 {
+		return
+	}
 	c := o.s.conn.Load()
 	for _, m := range msgs {
 		if o.s.closing.Load() || o.s.write(c, m.typ, m.data) != nil {
 			break
 		}
 	}
+	clear(msgs)
 }

@@ -18,7 +18,16 @@ type socketCtx struct {
 	done            chan struct{}
 
 	mu    sync.Mutex
-	after []*func() // nil once canceled
+	after []afterEntry // nil once canceled
+	next  uint64       // the id of the next entry
+}
+
+// afterEntry is one function registered with AfterFunc; its id is what
+// the stop function finds it by, so registering costs one allocation,
+// the stop function's.
+type afterEntry struct {
+	id uint64
+	f  func()
 }
 
 func newSocketCtx(values context.Context) *socketCtx {
@@ -48,8 +57,8 @@ func (c *socketCtx) cancel() {
 	after := c.after
 	c.after = nil
 	c.mu.Unlock()
-	for _, f := range after {
-		go (*f)()
+	for _, e := range after {
+		go e.f()
 	}
 }
 
@@ -61,12 +70,13 @@ func (c *socketCtx) AfterFunc(f func()) (stop func() bool) {
 		go f()
 		return func() bool { return false }
 	}
-	p := &f
-	c.after = append(c.after, p)
+	id := c.next
+	c.next++
+	c.after = append(c.after, afterEntry{id, f})
 	return func() bool {
 		c.mu.Lock()
 		defer c.mu.Unlock()
-		i := slices.Index(c.after, p)
+		i := slices.IndexFunc(c.after, func(e afterEntry) bool { return e.id == id })
 		if i < 0 {
 			return false
 		}
