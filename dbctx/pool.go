@@ -25,7 +25,6 @@ type Pool struct {
 	notes noteCache // see Scope.note
 
 	closed    atomic.Bool
-	done      chan struct{}
 	closeOnce sync.Once
 
 	discardFn func(driverConn any) error
@@ -50,7 +49,6 @@ func New(db *sql.DB, opts *Options) *Pool {
 	p := &Pool{
 		db:       db,
 		opts:     opts.withDefaults(),
-		done:     make(chan struct{}),
 		recent:   recentlyReleased,
 		keepIdle: keepIdle,
 	}
@@ -77,7 +75,7 @@ func (p *Pool) DB() *sql.DB { return p.db }
 func (p *Pool) Close() error {
 	p.closeOnce.Do(func() {
 		p.closed.Store(true)
-		close(p.done)
+		p.closeSlots()
 		p.closeKept()
 	})
 	return nil

@@ -21,17 +21,35 @@ import (
 // and releaseSlot gives its slot back before it looks at p.c.waiting: one
 // of the two sees the other (the atomics are sequentially consistent), so
 // a slot given back as a caller starts to wait is never missed.
+//
+// Every waiter has the same wait timeout, so the queue is in deadline
+// order too, and one timer per pool, set for the head's deadline, ends
+// the waits that time out: a waiter makes no timer of its own.
 
 // slotQueue holds the callers waiting for a slot.
 type slotQueue struct {
 	mu      sync.Mutex
-	waiters []*slotWaiter // FIFO
+	waiters []*slotWaiter // FIFO, so in deadline order
+	timer   *time.Timer   // runs expireWaits; made on first use
+	armed   bool          // timer is set
+	closed  bool          // the pool is closed: nobody queues
 }
 
 type slotWaiter struct {
-	ready   chan struct{} // closed when granted
-	granted bool          // under slotQueue.mu: the slot is the waiter's
+	ready    chan struct{} // closed when the wait ends, whatever ends it
+	deadline time.Duration // monotonic()
+	end      waitEnd       // under slotQueue.mu
 }
+
+// How a wait in the slot queue ended.
+type waitEnd int8
+
+const (
+	waiting  waitEnd = iota // not yet, or the waiter left (ctx done)
+	granted                 // the slot is the waiter's
+	timedOut                // the wait timeout passed
+	closed                  // the pool was closed
+)
 
 // acquireSlot takes a worker slot, waiting in a bounded FIFO queue for at
 // most the wait timeout. Past the queue bound or the timeout it returns
@@ -53,51 +71,99 @@ func (p *Pool) acquireSlot(ctx context.Context) error {
 	}
 	q := &p.slots
 	q.mu.Lock()
+	if q.closed {
+		q.mu.Unlock()
+		p.c.waiting.Add(-1)
+		return ErrPoolClosed
+	}
 	if len(q.waiters) == 0 && p.grabSlot() {
 		q.mu.Unlock()
 		p.c.waiting.Add(-1)
 		return nil
 	}
-	w := &slotWaiter{ready: make(chan struct{})}
+	start := monotonic()
+	w := &slotWaiter{ready: make(chan struct{}), deadline: start + p.opts.WaitTimeout}
 	q.waiters = append(q.waiters, w)
+	if !q.armed {
+		p.armExpiry(start)
+	}
 	q.mu.Unlock()
 
-	start := time.Now()
-	t := time.NewTimer(p.opts.WaitTimeout)
-	defer func() {
-		t.Stop()
-		p.c.waiting.Add(-1)
-		p.c.waitCount.Add(1)
-		p.c.waitNanos.Add(int64(time.Since(start)))
-	}()
-	var err error
-	timedOut := false
-	select {
-	case <-w.ready:
-		return nil
-	case <-ctx.Done():
-		err = ctx.Err()
-	case <-t.C:
-		timedOut = true
-	case <-p.done:
-		err = ErrPoolClosed
+	if done := ctx.Done(); done == nil {
+		<-w.ready
+	} else {
+		select {
+		case <-w.ready:
+		case <-done:
+		}
 	}
 	q.mu.Lock()
-	granted := w.granted
-	if !granted {
+	end := w.end
+	if end == waiting {
 		q.waiters = slices.DeleteFunc(q.waiters, func(x *slotWaiter) bool { return x == w })
 	}
 	q.mu.Unlock()
-	switch {
-	case granted && timedOut:
-		return nil // the slot came as the wait ended
+	p.c.waiting.Add(-1)
+	p.c.waitCount.Add(1)
+	p.c.waitNanos.Add(int64(monotonic() - start))
+
+	switch end {
 	case granted:
-		p.releaseSlot()
+		if err := ctx.Err(); err != nil {
+			p.releaseSlot()
+			return err
+		}
+		return nil
 	case timedOut:
 		p.c.busy.Add(1)
-		err = fmt.Errorf("%w: no worker slot within %v", ErrBusy, p.opts.WaitTimeout)
+		return fmt.Errorf("%w: no worker slot within %v", ErrBusy, p.opts.WaitTimeout)
+	case closed:
+		return ErrPoolClosed
 	}
-	return err
+	return ctx.Err()
+}
+
+// armExpiry sets the queue's timer for its head's deadline. Under
+// slots.mu, with waiters queued.
+func (p *Pool) armExpiry(now time.Duration) {
+	q := &p.slots
+	d := q.waiters[0].deadline - now
+	if q.timer == nil {
+		q.timer = time.AfterFunc(d, p.expireWaits)
+	} else {
+		q.timer.Reset(d)
+	}
+	q.armed = true
+}
+
+// expireWaits ends the waits whose deadline has passed, and sets the
+// timer for the next one.
+func (p *Pool) expireWaits() {
+	q := &p.slots
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.armed = false
+	now := monotonic()
+	for len(q.waiters) > 0 && q.waiters[0].deadline <= now {
+		q.pop().finish(timedOut)
+	}
+	if len(q.waiters) > 0 && !q.closed {
+		p.armExpiry(now)
+	}
+}
+
+// pop takes the queue's head. Under slots.mu.
+func (q *slotQueue) pop() *slotWaiter {
+	w := q.waiters[0]
+	q.waiters[0] = nil
+	q.waiters = q.waiters[1:]
+	return w
+}
+
+// finish ends w's wait. Under slots.mu.
+func (w *slotWaiter) finish(end waitEnd) {
+	w.end = end
+	close(w.ready)
 }
 
 // grabSlot takes a free slot, if there is one.
@@ -126,10 +192,21 @@ func (p *Pool) handOff() {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	for len(q.waiters) > 0 && p.grabSlot() {
-		w := q.waiters[0]
-		q.waiters[0] = nil
-		q.waiters = q.waiters[1:]
-		w.granted = true
-		close(w.ready)
+		q.pop().finish(granted)
+	}
+}
+
+// closeSlots ends every wait with ErrPoolClosed and queues nobody more
+// (Pool.Close).
+func (p *Pool) closeSlots() {
+	q := &p.slots
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.closed = true
+	for len(q.waiters) > 0 {
+		q.pop().finish(closed)
+	}
+	if q.timer != nil {
+		q.timer.Stop()
 	}
 }

@@ -215,3 +215,42 @@ func holdSlot(p *dbctx.Pool) (release func()) {
 	<-held
 	return func() { close(hold) }
 }
+
+// Callers queued one after the other each wait out their own timeout, no
+// less (the queue's one timer, set for its head, does not end the later
+// waits with the first), and each does get ErrBusy then.
+func TestQueuedTimeouts(t *testing.T) {
+	t.Parallel()
+	const timeout = 300 * time.Millisecond
+	p, _ := newPool(t, &dbctx.Options{MaxWorkers: 1, WaitTimeout: timeout})
+	release := holdSlot(p)
+	type result struct {
+		err  error
+		took time.Duration
+	}
+	results := make(chan result, 3)
+	for i := range 3 {
+		go func() {
+			start := time.Now()
+			err := p.Do(context.Background(), func(context.Context, *dbctx.Scope) error { return nil })
+			results <- result{err, time.Since(start)}
+		}()
+		eventually(t, "the caller to queue", func() bool { return p.Stats().Waiting == i+1 })
+		time.Sleep(timeout / 3) // spread the deadlines
+	}
+	for range 3 {
+		select {
+		case r := <-results:
+			if !errors.Is(r.err, dbctx.ErrBusy) || r.took < timeout {
+				t.Errorf("a queued caller got %v after %v, want ErrBusy after at least %v", r.err, r.took, timeout)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("a queued caller never timed out")
+		}
+	}
+	if st := p.Stats(); st.Waiting != 0 || st.Busy != 3 || st.WaitCount != 3 {
+		t.Fatalf("after: %+v", st)
+	}
+	release()
+	eventually(t, "the slot to free", func() bool { return p.Stats().InUse == 0 })
+}
