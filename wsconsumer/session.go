@@ -110,7 +110,7 @@ func (s *Session) send(ctx context.Context, typ websocket.MessageType, data []by
 	}
 	if s.h.async {
 		// No outbox to look for: async callbacks' sends are written at once.
-	} else if ob, ok := ctx.Value(outboxKey).(*outbox); ok && ob.s == s {
+	} else if ob := s.outboxOf(ctx); ob != nil {
 		if !owned {
 			data = append([]byte(nil), data...)
 		}
@@ -119,6 +119,18 @@ func (s *Session) send(ctx context.Context, typ websocket.MessageType, data []by
 		}
 	}
 	return s.write(c, typ, data)
+}
+
+// outboxOf returns the outbox of s that ctx is or carries, or nil.
+func (s *Session) outboxOf(ctx context.Context) *outbox {
+	ob, ok := ctx.(*outbox) // a callback's ctx passed on as it is: no lookup
+	if !ok {
+		ob, ok = ctx.Value(outboxKey).(*outbox)
+	}
+	if ok && ob.s == s {
+		return ob
+	}
+	return nil
 }
 
 func (s *Session) write(c *websocket.Conn, typ websocket.MessageType, data []byte) error {
