@@ -35,8 +35,16 @@ type afterFuncer interface {
 func (c *scopeCtx) AfterFunc(f func()) func() bool { return afterFunc(c.Context, f) }
 
 // afterFunc is context.AfterFunc without its own allocation where ctx
-// schedules after-functions itself.
+// schedules after-functions itself. Scope contexts, which only add a
+// value, are looked through rather than asked one after the other.
 func afterFunc(ctx context.Context, f func()) func() bool {
+	for {
+		sc, ok := ctx.(*scopeCtx)
+		if !ok {
+			break
+		}
+		ctx = sc.Context
+	}
 	if a, ok := ctx.(afterFuncer); ok {
 		return a.AfterFunc(f)
 	}
