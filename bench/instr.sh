@@ -13,7 +13,7 @@
 # client (each REPEAT times, the least count kept); the difference of the
 # two totals over the difference in messages cancels start-up and
 # shutdown. Needs valgrind,
-# jq, curl and PostgreSQL as run.sh does. A run takes a few minutes.
+# jq, curl and PostgreSQL as run.sh does. A run takes about a minute.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 

@@ -34,9 +34,9 @@
 //		return s.QueryRowContext(ctx, "SELECT name FROM items WHERE id = $1", id).Scan(&name)
 //	})
 //
-// Past the slots, callers queue up to [Options.MaxWaiting] for at most
-// [Options.WaitTimeout], then get [ErrBusy]: overload is refused, never
-// queued without bound.
+// Past the slots, callers queue, first come first served, up to
+// [Options.MaxWaiting] for at most [Options.WaitTimeout], then get
+// [ErrBusy]: overload is refused, never queued without bound.
 //
 // A statement is canceled when its context ends, as with database/sql: it
 // returns the context's error, and the connection is closed (pgx asks the

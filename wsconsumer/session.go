@@ -93,7 +93,9 @@ func (s *Session) Subprotocol() string {
 // written once the callback has returned and its worker slot and
 // connection are released, in order: a slow client then never holds a
 // database resource. Send returns nil for those at once; a write that
-// fails later closes the socket.
+// fails later closes the socket. A send with a callback's ctx once that
+// callback has returned (from a goroutine it started) is written at once,
+// or, while a later callback of the socket runs, after that one.
 func (s *Session) Send(ctx context.Context, typ websocket.MessageType, data []byte) error {
 	return s.send(ctx, typ, data, false)
 }
