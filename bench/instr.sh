@@ -8,6 +8,7 @@
 #
 #   bench/instr.sh                 # 8 clients, 100 then 600 messages each
 #   TOP=30 bench/instr.sh          # and the 30 functions that differ most from raw
+#   PROTO=http MODES="raw sync atomic" bench/instr.sh   # per HTTP request
 #
 # Each mode's server runs under cachegrind for SMALL and BIG messages per
 # client (each REPEAT times, the least count kept); the difference of the
@@ -24,6 +25,7 @@ top=${TOP:-0}
 repeat=${REPEAT:-2}
 port=${PORT:-18190}
 modes=${MODES:-raw sync async}
+proto=${PROTO:-ws}
 
 for c in valgrind jq curl; do
 	command -v "$c" >/dev/null || { echo "instr.sh needs $c" >&2; exit 1; }
@@ -58,7 +60,7 @@ count() {
 		curl -s -o /dev/null "http://127.0.0.1:$port/items/1" && break
 		sleep 0.5
 	done
-	"$tmp/load" -url "http://127.0.0.1:$port" -clients "$clients" -messages "$n" -timeout 120s >"$tmp/load.json"
+	"$tmp/load" -url "http://127.0.0.1:$port" -proto "$proto" -clients "$clients" -messages "$n" -timeout 120s >"$tmp/load.json"
 	jq -e '.replies == .clients * .messages_per_client and .error_replies == 0' "$tmp/load.json" >/dev/null ||
 		{ echo "instr.sh: $mode/$n: load failed: $(cat "$tmp/load.json")" >&2; exit 1; }
 	kill -TERM "$pid"
@@ -70,7 +72,7 @@ count() {
 }
 
 msgs=$((clients * (big - small)))
-echo "# $(go version | cut -d' ' -f3), $(valgrind --version), clients=$clients messages=$small,$big, $(date -u +%FT%TZ)"
+echo "# $(go version | cut -d' ' -f3), $(valgrind --version), proto=$proto clients=$clients messages=$small,$big, $(date -u +%FT%TZ)"
 printf '%-6s %14s %8s\n' mode instr/msg x_raw
 # least MODE N: count's least total over $repeat runs, its functions kept:
 # now and then a run spends far more (the runtime spinning while valgrind
