@@ -43,8 +43,7 @@ type keptConn struct {
 type keepList struct {
 	mu     sync.Mutex
 	conns  []keptConn // oldest give-back first
-	timer  *time.Timer
-	armed  bool // timer runs sweep
+	timer  headTimer  // runs sweep
 	closed bool
 }
 
@@ -64,13 +63,8 @@ func (p *Pool) keep(k keptConn) bool {
 		return false
 	}
 	kp.conns = append(kp.conns, k)
-	if !kp.armed {
-		kp.armed = true
-		if kp.timer == nil {
-			kp.timer = time.AfterFunc(p.keepIdle, p.sweep)
-		} else {
-			kp.timer.Reset(p.keepIdle)
-		}
+	if !kp.timer.armed {
+		kp.timer.set(p.keepIdle)
 	}
 	return true
 }
@@ -117,6 +111,7 @@ func (p *Pool) sweep() {
 	now := monotonic()
 	kp := &p.kept
 	kp.mu.Lock()
+	kp.timer.armed = false
 	i := 0
 	for i < len(kp.conns) && now-kp.conns[i].sock.released >= p.keepIdle {
 		i++
@@ -126,8 +121,8 @@ func (p *Pool) sweep() {
 	n := copy(kp.conns, kp.conns[i:])
 	clear(kp.conns[n:])
 	kp.conns = kp.conns[:n]
-	if kp.armed = n > 0 && !kp.closed; kp.armed {
-		kp.timer.Reset(p.keepIdle - (now - kp.conns[0].sock.released))
+	if n > 0 && !kp.closed {
+		kp.timer.set(p.keepIdle - (now - kp.conns[0].sock.released))
 	}
 	kp.mu.Unlock()
 	for _, k := range old {
@@ -143,10 +138,7 @@ func (p *Pool) closeKept() {
 	kp.closed = true
 	old := kp.conns
 	kp.conns = nil
-	if kp.timer != nil {
-		kp.timer.Stop()
-	}
-	kp.armed = false
+	kp.timer.stop()
 	kp.mu.Unlock()
 	for _, k := range old {
 		k.conn.Close()

@@ -53,6 +53,8 @@ func New(db *sql.DB, opts *Options) *Pool {
 		keepIdle: keepIdle,
 	}
 	p.async = &Scope{pool: p, async: true, ended: true}
+	p.kept.timer.f = p.sweep
+	p.slots.timer.f = p.expireWaits
 	p.discardFn = func(any) error { return driver.ErrBadConn }
 	switch max := db.Stats().MaxOpenConnections; {
 	case max == 0:
@@ -150,4 +152,31 @@ func (p *Pool) discard(conn *sql.Conn, why discardReason) {
 	if why >= 0 {
 		p.c.discarded[why].Add(1)
 	}
+}
+
+// headTimer is the timer of a queue kept in time order (the keep, the
+// slot queue), set for the queue's head and, from f, for the next one:
+// made on first use, guarded by its owner's mutex.
+type headTimer struct {
+	f     func() // what it runs
+	t     *time.Timer
+	armed bool // set, f not yet started
+}
+
+// set has f run after d.
+func (h *headTimer) set(d time.Duration) {
+	if h.t == nil {
+		h.t = time.AfterFunc(d, h.f)
+	} else {
+		h.t.Reset(d)
+	}
+	h.armed = true
+}
+
+// stop stops the timer, if it was ever set.
+func (h *headTimer) stop() {
+	if h.t != nil {
+		h.t.Stop()
+	}
+	h.armed = false
 }

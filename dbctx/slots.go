@@ -30,8 +30,7 @@ import (
 type slotQueue struct {
 	mu      sync.Mutex
 	waiters []*slotWaiter // FIFO, so in deadline order
-	timer   *time.Timer   // runs expireWaits; made on first use
-	armed   bool          // timer is set
+	timer   headTimer     // runs expireWaits
 	closed  bool          // the pool is closed: nobody queues
 }
 
@@ -84,7 +83,7 @@ func (p *Pool) acquireSlot(ctx context.Context) error {
 	start := monotonic()
 	w := &slotWaiter{ready: make(chan struct{}), deadline: start + p.opts.WaitTimeout}
 	q.waiters = append(q.waiters, w)
-	if !q.armed {
+	if !q.timer.armed {
 		p.armExpiry(start)
 	}
 	q.mu.Unlock()
@@ -127,13 +126,7 @@ func (p *Pool) acquireSlot(ctx context.Context) error {
 // slots.mu, with waiters queued.
 func (p *Pool) armExpiry(now time.Duration) {
 	q := &p.slots
-	d := q.waiters[0].deadline - now
-	if q.timer == nil {
-		q.timer = time.AfterFunc(d, p.expireWaits)
-	} else {
-		q.timer.Reset(d)
-	}
-	q.armed = true
+	q.timer.set(q.waiters[0].deadline - now)
 }
 
 // expireWaits ends the waits whose deadline has passed, and sets the
@@ -142,7 +135,7 @@ func (p *Pool) expireWaits() {
 	q := &p.slots
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	q.armed = false
+	q.timer.armed = false
 	now := monotonic()
 	for len(q.waiters) > 0 && q.waiters[0].deadline <= now {
 		q.pop().finish(timedOut)
@@ -206,7 +199,5 @@ func (p *Pool) closeSlots() {
 	for len(q.waiters) > 0 {
 		q.pop().finish(closed)
 	}
-	if q.timer != nil {
-		q.timer.Stop()
-	}
+	q.timer.stop()
 }
