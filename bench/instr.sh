@@ -14,7 +14,7 @@
 # client (each REPEAT times, the least count kept); the difference of the
 # two totals over the difference in messages cancels start-up and
 # shutdown. Needs valgrind,
-# jq, curl and PostgreSQL as run.sh does. A run takes about a minute.
+# jq and PostgreSQL as run.sh does. A run takes about a minute.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -27,16 +27,8 @@ port=${PORT:-18190}
 modes=${MODES:-raw sync async}
 proto=${PROTO:-ws}
 
-for c in valgrind jq curl; do
-	command -v "$c" >/dev/null || { echo "instr.sh needs $c" >&2; exit 1; }
-done
-tmp=$(mktemp -d)
-pid=
-cleanup() {
-	if [ -n "$pid" ]; then kill -TERM "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
-	rm -rf "$tmp"
-}
-trap cleanup EXIT
+source bench/lib.sh
+need valgrind jq
 
 # valgrind 3.19 does not decode RDTSCP, which the Go runtime's cputicks
 # uses where the CPU has it: the server is built with the runtime's
@@ -56,11 +48,8 @@ count() {
 	GODEBUG=asyncpreemptoff=1 valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file="$out" \
 		"$tmp/server" -mode "$mode" -addr "127.0.0.1:$port" -app "instr-$mode" >"$tmp/server.out" 2>&1 &
 	pid=$!
-	for _ in $(seq 1 240); do
-		curl -s -o /dev/null "http://127.0.0.1:$port/items/1" && break
-		sleep 0.5
-	done
-	"$tmp/load" -url "http://127.0.0.1:$port" -proto "$proto" -clients "$clients" -messages "$n" -timeout 120s >"$tmp/load.json"
+	# The driver waits for the server, slow to start under valgrind.
+	"$tmp/load" -url "http://127.0.0.1:$port" -wait 120s -proto "$proto" -clients "$clients" -messages "$n" -timeout 120s >"$tmp/load.json"
 	jq -e '.replies == .clients * .messages_per_client and .error_replies == 0' "$tmp/load.json" >/dev/null ||
 		{ echo "instr.sh: $mode/$n: load failed: $(cat "$tmp/load.json")" >&2; exit 1; }
 	kill -TERM "$pid"

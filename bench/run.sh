@@ -20,14 +20,8 @@ idle=${IDLE:-5000}
 port=${PORT:-18090}
 url=http://127.0.0.1:$port
 
-command -v jq >/dev/null || { echo "run.sh needs jq (apt-get install jq)" >&2; exit 1; }
-tmp=$(mktemp -d)
-pid=
-cleanup() {
-	if [ -n "$pid" ]; then kill -TERM "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
-	rm -rf "$tmp"
-}
-trap cleanup EXIT
+source bench/lib.sh
+need jq
 go build -o "$tmp/server" ./bench/server
 go build -o "$tmp/load" ./bench/load
 results=$tmp/results.jsonl
