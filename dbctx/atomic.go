@@ -64,7 +64,7 @@ func (s *Scope) atomicTx(ctx context.Context, fn func(ctx context.Context) error
 		x.onCommit = nil
 		if tx != nil {
 			if rerr := tx.Rollback(); rerr != nil && !errors.Is(rerr, sql.ErrTxDone) {
-				s.observe(ctx, rerr)
+				s.observe(ctx, rerr, false)
 			}
 		}
 		return ferr
@@ -72,7 +72,7 @@ func (s *Scope) atomicTx(ctx context.Context, fn func(ctx context.Context) error
 	if tx != nil {
 		if cerr := tx.Commit(); cerr != nil {
 			x.onCommit = nil
-			s.observe(ctx, cerr)
+			s.observe(ctx, cerr, false)
 			return fmt.Errorf("dbctx: commit: %w", cerr)
 		}
 	}
@@ -119,8 +119,7 @@ func (s *Scope) savepoint(ctx context.Context, fn func(ctx context.Context) erro
 	name := "dbctx_sp_" + strconv.Itoa(s.atomic)
 	s.disarm()
 	if _, err := s.conn.ExecContext(ctx, "SAVEPOINT "+name); err != nil {
-		s.observe(ctx, err)
-		return err
+		return s.observe(ctx, err, false)
 	}
 	s.atomic++
 	x := s.x
@@ -141,8 +140,7 @@ func (s *Scope) savepoint(ctx context.Context, fn func(ctx context.Context) erro
 		return ferr
 	}
 	if _, err := s.conn.ExecContext(ctx, "RELEASE SAVEPOINT "+name); err != nil {
-		s.observe(ctx, err)
-		return err
+		return s.observe(ctx, err, false)
 	}
 	return nil
 }
@@ -157,6 +155,6 @@ func (s *Scope) rollbackTo(ctx context.Context, name string) {
 	if _, err := s.conn.ExecContext(ctx, "ROLLBACK TO SAVEPOINT "+name+"; RELEASE SAVEPOINT "+name); err != nil {
 		// The outer transaction is lost with the connection; its commit
 		// will fail and say so.
-		s.observe(ctx, err)
+		s.observe(ctx, err, false)
 	}
 }

@@ -37,6 +37,7 @@ func CloseOld(ctx context.Context) error {
 // connection is always given back or discarded. The slot is the
 // caller's business.
 func (s *Scope) release(ctx context.Context, final bool) error {
+	s.lost = false // a new unit of work starts on a fresh session
 	if s.conn == nil {
 		return nil
 	}
@@ -72,6 +73,13 @@ func (s *Scope) check(ctx context.Context, final bool) error {
 	age := p.opts.ConnMaxAge
 	obsolete := final || age == 0 || (age > 0 && monotonic()-s.pinnedAt >= age)
 	if !obsolete {
+		// Kept pinned for the next unit of work, which may come much
+		// later: one killed while idle in between is replaced now, since
+		// nothing run on it later could be retried.
+		if s.sock != nil && s.sock.dead() {
+			p.sawDeath()
+			s.unpin(discardDead)
+		}
 		return nil
 	}
 	return s.giveBack(ctx)
@@ -119,27 +127,33 @@ func (s *Scope) inTxNow() bool {
 func (s *Scope) giveBack(ctx context.Context) error {
 	p := s.pool
 	s.closeStmts()
+	if s.poisoned {
+		s.unpin(discardUnresettable)
+		return nil
+	}
+	if !s.dirty && s.sock != nil && s.sock.changed(s.pg) {
+		// Something the scope ran changed what the server reports
+		// (session authorization, superuser, string syntax) without the
+		// classifier seeing it: a view's or an operator's code, say.
+		s.dirty = true
+	}
 	if s.dirty || p.opts.ResetAlways || p.opts.OnRelease != nil {
 		var cancel context.CancelFunc
 		ctx, cancel = cleanupCtx(ctx)
 		defer cancel()
 	}
-	if s.dirty || p.opts.ResetAlways {
-		p.c.resets.Add(1)
-		reset := p.opts.ResetSQL
-		for _, name := range s.preparedNames() {
-			// Not DEALLOCATE ALL: that would drop pgx's statement cache.
-			reset += "; DEALLOCATE " + name
-		}
-		if _, err := s.conn.ExecContext(ctx, reset); err != nil {
-			s.unpin(discardReset)
-			return fmt.Errorf("dbctx: resetting session: %w", err)
-		}
-	}
 	if p.opts.OnRelease != nil {
 		if err := p.opts.OnRelease(ctx, s.conn); err != nil {
 			s.unpin(discardHook)
 			return fmt.Errorf("dbctx: OnRelease: %w", err)
+		}
+		s.dirty = true // what it ran is not seen
+	}
+	if s.dirty || p.opts.ResetAlways {
+		p.c.resets.Add(1)
+		if err := s.reset(ctx); err != nil {
+			s.unpin(discardReset)
+			return fmt.Errorf("dbctx: resetting session: %w", err)
 		}
 	}
 	if s.sock != nil {
@@ -226,11 +240,9 @@ func (s *Scope) forget() {
 	// socket's scope, the socket's own (wsconsumer's callbacks all get
 	// the same one).
 	s.conn, s.pg, s.sock, s.row = nil, nil, nil, nil
-	s.dirty, s.rawTx, s.bad, s.handedOut, s.unchecked, s.stateful = false, false, false, false, false, false
+	s.dirty, s.poisoned, s.rawTx, s.bad, s.handedOut, s.unchecked, s.used = false, false, false, false, false, false, false
 	s.pool.c.pinned.Add(-1)
 	if x := s.x; x != nil {
-		clear(x.prepared)
-		x.prepared = x.prepared[:0]
 		if x.leak != nil {
 			x.leak.Stop()
 			x.leak = nil
@@ -255,13 +267,4 @@ func (s *Scope) closeStmts() {
 	}
 	clear(x.stmts)
 	x.stmts = x.stmts[:0]
-}
-
-// preparedNames returns the names of the statements PREPAREd in SQL on
-// the pinned connection.
-func (s *Scope) preparedNames() []string {
-	if s.x == nil {
-		return nil
-	}
-	return s.x.prepared
 }

@@ -18,7 +18,10 @@ import (
 // when Do returns. Without a scope in ctx, Do returns ErrNoScope; use
 // [Pool.Do] there.
 //
-// A panic in fn discards the connection fn was using and becomes a
+// Do returns fn's error: a failure of the cleanup after fn (a reset that
+// failed, OnRelease's error) discards the connection, is logged and
+// counted in [Pool.Stats], and is not returned, since fn's work stands. A
+// panic in fn discards the connection fn was using and becomes a
 // *[PanicError] carrying the stack. Do blocks until fn returns.
 func Do(ctx context.Context, fn func(ctx context.Context, s *Scope) error) error {
 	s := From(ctx)
@@ -79,14 +82,16 @@ func (s *Scope) do(ctx context.Context, fn func(ctx context.Context, s *Scope) e
 			}
 		}
 		if s.depth == 0 {
-			var rerr error
 			if boundary {
-				rerr = s.release(ctx, false)
+				// Cleanup never rewrites the outcome: fn's work stands
+				// (or failed) whatever the cleanup after it does; a
+				// failed cleanup has discarded the connection and is
+				// counted in Stats.Discarded.
+				if rerr := s.release(ctx, false); rerr != nil {
+					s.pool.opts.Logger.Warn("dbctx: cleaning up after Do", "err", rerr)
+				}
 			}
 			s.freeIdleSlot()
-			if err == nil {
-				err = rerr
-			}
 		}
 	}()
 	return fn(ctx, s)

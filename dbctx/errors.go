@@ -23,6 +23,17 @@ var (
 	// ErrScopeEnded is returned when a scope is used after [Scope.End].
 	ErrScopeEnded = errors.New("dbctx: scope ended")
 
+	// ErrSessionLost is returned, wrapping the driver's error, for a
+	// statement whose connection was lost (the server ended the session,
+	// the network failed, its context was canceled) after other
+	// statements of the scope had run on it, and then for every statement
+	// of the scope until its next boundary ([CloseOld], the end of the
+	// request, message or [Do]). Whatever those statements left in the
+	// session (a setting, a tenant, a temporary table, a transaction from
+	// BeginTx) is gone with it, so nothing is run again on a fresh
+	// connection, which would lack it.
+	ErrSessionLost = errors.New("dbctx: session lost: the connection failed after statements had run on it; not run on a fresh connection, which would lack their session state")
+
 	// ErrPoolClosed is returned when a slot is asked of a closed [Pool].
 	ErrPoolClosed = errors.New("dbctx: pool closed")
 

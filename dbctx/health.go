@@ -59,7 +59,28 @@ const recentlyReleased = 10 * time.Millisecond
 type socket struct {
 	fd       int           // -1: cannot be looked into
 	plain    bool          // no TLS: the first byte waiting is a message type
+	lexable  bool          // standard_conforming_strings was on (see Scope.note)
 	released time.Duration // monotonic(): last given back by a scope; 0: never
+
+	// What the server reported when the connection was first seen, of
+	// the parameters it reports whenever they change (see changed).
+	auth, super, strings string
+}
+
+// Parameters the server reports to the client whenever they change
+// (GUC_REPORT), compared at every give-back: no round trip, and they catch
+// a change of user or of string syntax that the classifier did not see.
+const (
+	paramAuth    = "session_authorization"
+	paramSuper   = "is_superuser"
+	paramStrings = "standard_conforming_strings"
+)
+
+// changed reports whether pc's session reports a user or a string syntax
+// other than it had when first seen.
+func (s *socket) changed(pc *pgconn.PgConn) bool {
+	return pc.ParameterStatus(paramAuth) != s.auth || pc.ParameterStatus(paramSuper) != s.super ||
+		pc.ParameterStatus(paramStrings) != s.strings
 }
 
 const socketKey = "github.com/dbscope/dbscope/dbctx.socket"
@@ -69,7 +90,14 @@ func socketOf(pc *pgconn.PgConn) *socket {
 	if s, ok := data[socketKey].(*socket); ok {
 		return s
 	}
-	s := &socket{fd: -1, plain: true}
+	s := &socket{
+		fd:      -1,
+		plain:   true,
+		auth:    pc.ParameterStatus(paramAuth),
+		super:   pc.ParameterStatus(paramSuper),
+		strings: pc.ParameterStatus(paramStrings),
+	}
+	s.lexable = s.strings == "on"
 	nc := pc.Conn()
 	if tc, ok := nc.(*tls.Conn); ok {
 		nc, s.plain = tc.NetConn(), false

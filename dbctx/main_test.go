@@ -3,6 +3,8 @@ package dbctx_test
 import (
 	"context"
 	"database/sql"
+	"io"
+	"log/slog"
 	"testing"
 
 	"github.com/dbscope/dbscope/dbctx"
@@ -70,4 +72,18 @@ func backendPID(ctx context.Context, s *dbctx.Scope) (int, error) {
 
 func activeQueries(t *testing.T, env *pgtest.Env, prefix string) int {
 	return dbtest.ActiveQueries(t, env, prefix)
+}
+
+// quiet is a logger that drops what it is told, for tests that provoke
+// warnings.
+func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// onePool returns a pool of one slot over one physical connection of
+// env's, so that consecutive scopes share a session.
+func onePool(t *testing.T, env *pgtest.Env, opts dbctx.Options) *dbctx.Pool {
+	t.Helper()
+	db := env.Open(t)
+	db.SetMaxOpenConns(1)
+	opts.MaxWorkers = 1
+	return poolOn(t, env, db, &opts)
 }

@@ -1,64 +1,153 @@
 package dbctx
 
 import (
-	"errors"
 	"fmt"
-	"slices"
 	"strings"
 	"testing"
 )
 
-// The reset tests check against PostgreSQL that dirty sessions are reset;
-// this one pins the classification itself, including what must stay clean
-// so that ordinary statements cost no reset round trip.
-func TestNote(t *testing.T) {
+// The reset tests check against PostgreSQL that dirty sessions are reset,
+// and TestClassifyOracle that what this calls clean leaves the session as
+// it was; this one pins the classification itself, including what must
+// stay clean so that ordinary statements cost no reset round trip.
+func TestClassify(t *testing.T) {
+	const (
+		S = kindState
+		B = kindBegin
+		O = kindOnce
+		P = kindPoison
+	)
 	for _, tc := range []struct {
-		query        string
-		dirty, rawTx bool
-		prepared     []string
+		query string
+		want  queryKind
 	}{
-		{query: "SELECT 1"},
-		{query: ""},
-		{query: "select temperature, attempts from settings"},
-		{query: "UPDATE t SET x = 1"},
-		{query: "settings"},
-		{query: "select 1 -- temp"},
-		{query: "select p, _x, pg_temp_1.f()"},
-		{query: "advisory_lock(1)", dirty: true},
-		{query: "set_config", dirty: true},
-		{query: "SET search_path = x", dirty: true},
-		{query: " (set local x = 1)", dirty: true},
-		{query: "reset all", dirty: true},
-		{query: "LISTEN ch", dirty: true},
-		{query: "load 'auto_explain'", dirty: true},
-		{query: "DECLARE c CURSOR WITH HOLD FOR SELECT 1", dirty: true},
-		{query: "select set_config('a.b', 'c', false)", dirty: true},
-		{query: "SELECT pg_advisory_lock(1)", dirty: true},
-		{query: "SELECT pg_try_ADVISORY_LOCK(1)", dirty: true},
-		{query: "create temp table t (x int)", dirty: true},
-		{query: "CREATE TEMP\tTABLE t (x int)", dirty: true},
-		{query: "CREATE TEMPORARY TABLE t (x int)", dirty: true},
-		{query: "begin", rawTx: true},
-		{query: "START TRANSACTION", rawTx: true},
-		{query: "PREPARE q1 AS SELECT 1", dirty: true, prepared: []string{"q1"}},
-		{query: `prepare "Q 2" AS SELECT 1`, dirty: true, prepared: []string{`"Q 2"`}},
+		// Clean: what ordinary requests run.
+		{"SELECT 1", 0},
+		{"", 0},
+		{";", 0},
+		{"SELECT name FROM items WHERE id = $1", 0},
+		{"SELECT name FROM items WHERE id = $1;", 0},
+		{"select temperature, attempts from settings", 0},
+		{"-- name: GetItem :one\nSELECT name FROM items WHERE id = $1", 0},
+		{"/* a /* nested */ comment */ SELECT 1", 0},
+		{"SELECT count(*), max(id), coalesce(sum(n), 0), now(), lower($1) FROM t", 0},
+		{"SELECT * FROM t WHERE id = ANY($1) AND EXISTS (SELECT 1) AND x IN (1, 2)", 0},
+		{"SELECT * FROM unnest($1::int[]) AS u(id) JOIN t ON t.id = u.id", 0},
+		{"SELECT row_number() OVER (PARTITION BY a), count(*) FILTER (WHERE b) FROM t GROUP BY a", 0},
+		{"SELECT * FROM a LEFT JOIN (SELECT 1 AS x) b ON true JOIN (c JOIN d USING (id)) ON true", 0},
+		{"SELECT x::numeric(10,2), CAST(y AS varchar(3)), z::character varying(4) FROM t", 0},
+		{"SELECT pg_catalog.lower(x), \"lower\"(y) FROM t", 0},
+		{"SELECT name FROM items, pg_sleep($2) WHERE id = $1", 0},
+		{"SELECT * FROM t WHERE id = $1 FOR UPDATE", 0},
+		{"SELECT * FROM t FOR NO KEY UPDATE SKIP LOCKED", 0},
+		{"SELECT set_config('app.tenant', $1, true)", 0},
+		{"SELECT set_config('app.tenant', (SELECT lower($1)), 'true')", 0},
+		{"SELECT pg_advisory_xact_lock(1)", 0},
+		{"WITH x AS MATERIALIZED (SELECT 1) SELECT * FROM x", 0},
+		{"VALUES (1), (2)", 0},
+		{"TABLE t", 0},
+		{"(SELECT 1) UNION (SELECT 2)", 0},
+		{"SELECT 'SET x = 1; select set_config(a, b, false)'", 0},
+		{"SELECT $$ SET x = 1 $$, $t$ set_config( $t$", 0},
+		{"SELECT E'\\' set_config(', 'x'", 0},
+		{"SHOW search_path", 0},
+		{"SET LOCAL app.tenant = '42'", 0},
+		{"SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", 0},
+		{"set constraints all deferred", 0},
+		{"DECLARE c CURSOR FOR SELECT 1", 0},
+		{"FETCH 10 FROM c", 0},
+		{"NOTIFY ch, 'x'", 0},
+		{"LOCK TABLE t IN SHARE MODE", 0},
+		{"begin", B},
+		{"START TRANSACTION", B},
+		{"BEGIN ISOLATION LEVEL REPEATABLE READ", B},
+		{"COMMIT", O},
+		{"ROLLBACK", O},
+		{"SAVEPOINT a", O},
+
+		// Session state, by statement.
+		{"SET search_path = x", S},
+		{"set session authorization nobody", S},
+		{"SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY", S},
+		{"SET ROLE r", S},
+		{"reset all", S},
+		{"LISTEN ch", S},
+		{"UNLISTEN *", S},
+		{"PREPARE q1 AS SELECT 1", S},
+		{"EXECUTE q1", S},
+		{"DEALLOCATE q1", S},
+		{"DECLARE c CURSOR WITH HOLD FOR SELECT 1", S},
+		{"DISCARD TEMP", S},
+		{"create temp table t (x int)", S | O},
+		{"CREATE TEMPORARY TABLE t (x int)", S | O},
+		{"CREATE TABLE pg_temp.t (x int)", S | O},
+		{"SELECT 1 INTO TEMP t", S},
+		{"INSERT INTO t VALUES (1)", S},
+		{"UPDATE t SET x = 1", S},
+		{"DELETE FROM t", S},
+		{"WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d", S},
+		{"SELECT * FROM pg_temp.t", S},
+		// … by function.
+		{"select set_config('a.b', 'c', false)", S},
+		{"SELECT set_config('a.b', 'c', $3)", S},
+		{"SELECT pg_catalog.set_config('a.b', 'c', false)", S},
+		{"SELECT pg_advisory_lock(1)", S},
+		{"SELECT pg_try_ADVISORY_LOCK(1)", S},
+		{"SELECT nextval('s')", S},
+		{"SELECT app.set_tenant($1)", S},
+		{"SELECT set_tenant($1)", S},
+		{"SELECT * FROM t WHERE x = f(1)", S},
+		{"SELECT * FROM generate_series(1, 3) g, my_srf(g)", S},
+		{"SELECT \"Lower\"(x) FROM t", S},
+		{"SELECT U&\"\\0073et_config\"('a', 'b', false)", S},
+		{"SELECT join(1)", S},
+		{"SELECT x FROM t ORDER BY score(x)", S},
+		{"SELECT public.lower(x) FROM t", S},
+		{"SELECT lower /* c */ (x), f\n(y) FROM t", S},
+		// … by comments, literals and strings that hide the keyword.
+		{"/* tag */ SET app.tenant = '42'", S},
+		{"-- name: SetTenant :exec\nSET app.tenant = '42'", S},
+		{"  (SET x = 1)", S},
+		{"SELECT 1; SET x.y = 1", S | O},
+		{"SELECT 'a''b'; SELECT set_config('a', 'b', false)", S | O},
+		{"SELECT E'\\''; SET x = 1 --'", S | O},
+		{"SELECT $a$ $b$ $a$; SET x = 1", S | O},
+		{"SELECT 1 /* unterminated", S | O},
+		{"SELECT 'unterminated", S | O},
+		// Code the classifier cannot see: state, run at most once.
+		{"DO $$BEGIN PERFORM set_config('a.b', 'c', false); END$$", S | O},
+		{"CALL p()", S | O},
+		{"COPY t FROM STDIN", S | O},
+		{"VACUUM t", S | O},
+		{"frobnicate", S | O},
+		{"\"select\" 1", S | O},
+		// What no reset undoes.
+		{"load 'auto_explain'", S | P | O},
+		{"DISCARD ALL", S | P},
+		{"DEALLOCATE ALL", S | P},
+		{"DEALLOCATE PREPARE ALL", S | P},
+		{"SELECT setseed(0.5)", S | P},
 	} {
-		s := Scope{pool: new(Pool)}
-		s.note(tc.query)
-		s.ran(nil) // the statement succeeded
-		if s.dirty != tc.dirty || s.stateful != tc.dirty || s.rawTx != tc.rawTx || !slices.Equal(s.preparedNames(), tc.prepared) {
-			t.Errorf("note(%q): dirty %v, stateful %v, rawTx %v, prepared %q; want %v, %[6]v, %v, %q",
-				tc.query, s.dirty, s.stateful, s.rawTx, s.preparedNames(), tc.dirty, tc.rawTx, tc.prepared)
-		}
-		// A statement that failed leaves the session as it was: nothing to
-		// keep across connections, nothing prepared.
-		f := Scope{pool: new(Pool)}
-		f.note(tc.query)
-		f.ran(errors.New("failed"))
-		if f.stateful || len(f.preparedNames()) > 0 {
-			t.Errorf("note(%q) then failure: stateful %v, prepared %q", tc.query, f.stateful, f.preparedNames())
+		if got := classify(tc.query); got != tc.want {
+			t.Errorf("classify(%q) = %s, want %s", tc.query, kindString(got), kindString(tc.want))
 		}
 	}
+}
+
+func kindString(k queryKind) string {
+	var parts []string
+	for _, f := range []struct {
+		k    queryKind
+		name string
+	}{{kindState, "state"}, {kindBegin, "begin"}, {kindOnce, "once"}, {kindPoison, "poison"}} {
+		if k&f.k != 0 {
+			parts = append(parts, f.name)
+		}
+	}
+	if len(parts) == 0 {
+		return "clean"
+	}
+	return strings.Join(parts, "|")
 }
 
 // The cache of classifications answers as classify does, for the same
@@ -82,7 +171,7 @@ func TestNoteCache(t *testing.T) {
 		}
 	}
 	long := "SET x = '" + strings.Repeat("y", noteMaxQuery) + "'"
-	if c.kind(long) != kindState {
+	if c.kind(long)&kindState == 0 {
 		t.Fatal("a long SET is not stateful")
 	}
 }

@@ -35,25 +35,36 @@ type Options struct {
 	ConnMaxAge time.Duration
 
 	// ResetAlways runs the session reset before every connection is given
-	// back, not only when the scope did something that changes session
-	// state (see [Scope] for what counts). Default: false.
+	// back, not only when the scope ran something that may leave session
+	// state (see the package doc for what counts). Set it where code the
+	// statement text does not name changes session state: a view or a
+	// row-level-security policy that calls set_config, a user-defined
+	// operator or cast with side effects. Costs one round trip per scope
+	// that used the database. Default: false.
 	ResetAlways bool
 
 	// ResetSQL is the statement that resets session state before a dirty
-	// connection is given back. Default: [DefaultResetSQL].
+	// connection is given back. Default: [DefaultResetSQL]. Whatever it
+	// is, the same round trip then deallocates the statements PREPAREd in
+	// SQL, and under pgx the notifications left unread are dropped.
 	ResetSQL string
 
 	// OnAcquire runs when a scope pins a connection, before user code sees
 	// it: set per-scope state here (set_config('app.tenant', …) from a value
 	// in ctx). Its error discards the connection and is returned to the
 	// caller. A scope whose OnAcquire ran is reset before its connection is
-	// given back.
+	// given back. It may run more than once for one scope: again on
+	// another connection when the one it ran on turns out dead, and when
+	// a statement is retried on a fresh connection. Keep it to setting
+	// session state.
 	OnAcquire func(ctx context.Context, conn *sql.Conn) error
 
 	// OnRelease runs before a connection is given back (to the *sql.DB,
 	// or kept by the pool for the next scope: see the package doc), after
-	// any open transaction was rolled back and the session reset. Its error
-	// discards the connection.
+	// any open transaction was rolled back and before the session reset,
+	// which then always runs, so what OnRelease itself sets does not leak
+	// either. Its error discards the connection; it is logged and counted
+	// (Stats.Discarded.Hook), not returned as the outcome of the work.
 	OnRelease func(ctx context.Context, conn *sql.Conn) error
 
 	// LeakTimeout, when positive, logs once through Logger any scope that
@@ -67,9 +78,23 @@ type Options struct {
 }
 
 // DefaultResetSQL resets what a session can carry over to the next user of
-// its connection. RESET ALL leaves the role alone, hence RESET ROLE; DISCARD
-// ALL is avoided because it drops prepared statements that pgx caches.
-const DefaultResetSQL = "RESET ALL; RESET ROLE; SELECT pg_advisory_unlock_all(); DISCARD TEMP; UNLISTEN *; CLOSE ALL"
+// its connection, in one round trip: the session user and role (SET
+// SESSION AUTHORIZATION DEFAULT resets both; RESET ALL touches neither),
+// every other setting, cursors held open, listened channels, session
+// advisory locks, temporary tables and other objects of pg_temp, and the
+// sequence state of currval and lastval. Statements PREPAREd in SQL are
+// deallocated by name in the same round trip (see [Options.ResetSQL]).
+// DISCARD ALL is not used: it would also drop the statements pgx
+// prepares and caches through the protocol.
+//
+// What it cannot undo: a library LOADed, the seed of random() set by
+// setseed (a scope that runs either has its connection closed instead),
+// and a custom setting that was never defined before (app.tenant) exists
+// afterwards with an empty value, where a fresh session has none:
+// current_setting('app.tenant', true) is ” rather than NULL, so treat
+// both alike (nullif(current_setting('app.tenant', true), ”)).
+const DefaultResetSQL = "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; CLOSE ALL; UNLISTEN *; " +
+	"SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES"
 
 // EnvMaxWorkers names the environment variable read for the default
 // [Options.MaxWorkers].

@@ -88,18 +88,33 @@ func (p *Pool) Close() error {
 // while idle is discarded and another taken, as often as needed. Then
 // OnAcquire runs. looked is false for a connection check did not look at
 // (given back a moment ago).
+//
+// OnAcquire's statements are the first on the connection: where they find
+// it dead (a connection given back a moment ago is not looked at first),
+// it is discarded and OnAcquire runs again on another, a few times at most.
 func (p *Pool) connect(ctx context.Context) (c keptConn, looked bool, err error) {
-	c, looked, ok := p.takeKept()
-	if !ok {
-		if c, looked, err = p.checkOut(ctx); err != nil {
-			return c, false, err
+	for dead := 0; ; dead++ {
+		var ok bool
+		c, looked, ok = p.takeKept()
+		if !ok {
+			if c, looked, err = p.checkOut(ctx); err != nil {
+				return c, false, err
+			}
 		}
-	}
-	if p.opts.OnAcquire != nil {
-		if err = p.opts.OnAcquire(ctx, c.conn); err != nil {
-			p.discard(c.conn, discardHook)
-			return keptConn{}, false, fmt.Errorf("dbctx: OnAcquire: %w", err)
+		if p.opts.OnAcquire == nil {
+			break
 		}
+		err = p.opts.OnAcquire(ctx, c.conn)
+		if err == nil {
+			break
+		}
+		if dead < maxRetries && ctx.Err() == nil && c.pc != nil && c.pc.IsClosed() {
+			p.discard(c.conn, discardDead)
+			p.sawDeath()
+			continue
+		}
+		p.discard(c.conn, discardHook)
+		return keptConn{}, false, fmt.Errorf("dbctx: OnAcquire: %w", err)
 	}
 	p.c.acquired.Add(1)
 	p.c.pinned.Add(1)

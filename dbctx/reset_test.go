@@ -8,6 +8,7 @@ import (
 
 	"github.com/dbscope/dbscope/dbctx"
 	"github.com/dbscope/dbscope/internal/pgserver"
+	"github.com/jackc/pgx/v5"
 )
 
 type tenantKey struct{}
@@ -18,10 +19,7 @@ type tenantKey struct{}
 func TestNoTenantLeak(t *testing.T) {
 	t.Parallel()
 	env := newEnv(t)
-	db := env.Open(t)
-	db.SetMaxOpenConns(1)
-	p := poolOn(t, env, db, &dbctx.Options{
-		MaxWorkers: 1,
+	p := onePool(t, env, dbctx.Options{
 		OnAcquire: func(ctx context.Context, c *sql.Conn) error {
 			tenant, _ := ctx.Value(tenantKey{}).(string)
 			_, err := c.ExecContext(ctx, "SELECT set_config('app.tenant', $1, false)", tenant)
@@ -96,9 +94,7 @@ func TestNoSessionStateLeak(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			env := newEnv(t)
-			db := env.Open(t)
-			db.SetMaxOpenConns(1)
-			p := poolOn(t, env, db, &dbctx.Options{MaxWorkers: 1})
+			p := onePool(t, env, dbctx.Options{})
 			ctx := context.Background()
 			var pids [2]int
 			for i, q := range []string{tc.leave, tc.probe} {
@@ -189,5 +185,154 @@ func TestQueryExecModes(t *testing.T) {
 				t.Fatalf("%d rows, %v", n, err)
 			}
 		})
+	}
+}
+
+// What no reset undoes closes the connection instead: after DISCARD ALL
+// or DEALLOCATE ALL, pgx's cached statements are gone from the session,
+// and the next scope would fail on them; after LOAD, the library stays.
+func TestUnresettableSessionDiscarded(t *testing.T) {
+	t.Parallel()
+	for _, stmt := range []string{"DISCARD ALL", "DEALLOCATE ALL", "LOAD 'auto_explain'", "SELECT setseed(0.5)"} {
+		t.Run(stmt, func(t *testing.T) {
+			t.Parallel()
+			env := newEnv(t)
+			p := onePool(t, env, dbctx.Options{})
+			ctx := context.Background()
+			const cached = "SELECT $1::int + 1" // prepared and cached by pgx
+			use := func(q string) (pid int) {
+				t.Helper()
+				if err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+					if _, err := queryInt(ctx, s, cached, 1); err != nil {
+						return err
+					}
+					if q != "" {
+						if _, err := s.ExecContext(ctx, q); err != nil {
+							return err
+						}
+					}
+					var err error
+					pid, err = backendPID(ctx, s)
+					return err
+				}); err != nil {
+					t.Fatalf("%q: %v", q, err)
+				}
+				return pid
+			}
+			first := use(stmt)
+			if next := use(""); next == first {
+				t.Fatalf("%q: the next scope got the same backend %d", stmt, next)
+			}
+			if st := p.Stats(); st.Discarded.Unresettable != 1 {
+				t.Fatalf("unresettable discards = %d, want 1", st.Discarded.Unresettable)
+			}
+		})
+	}
+}
+
+// A change of role that the classifier cannot see (a view's set_config)
+// is reported by the server as a new is_superuser, and the session is
+// reset.
+func TestReportedParameterForcesReset(t *testing.T) {
+	t.Parallel()
+	env := newEnv(t)
+	mustExec(t, env.Admin(), "CREATE ROLE "+env.Schema()+"_r NOLOGIN")
+	t.Cleanup(func() { env.Admin().Exec("DROP ROLE " + env.Schema() + "_r") })
+	mustExec(t, env.Admin(), "CREATE VIEW "+env.Schema()+".become AS SELECT set_config('role', '"+env.Schema()+"_r', false) AS r")
+	p := onePool(t, env, dbctx.Options{})
+	ctx := context.Background()
+	if err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+		var r string
+		return s.QueryRowContext(ctx, "SELECT r FROM become").Scan(&r)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	var same bool
+	if err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+		return s.QueryRowContext(ctx, "SELECT current_user = session_user").Scan(&same)
+	}); err != nil || !same {
+		t.Fatalf("the next scope runs as another user (%v, %v)", same, err)
+	}
+	if st := p.Stats(); st.Resets != 1 {
+		t.Fatalf("resets = %d, want 1", st.Resets)
+	}
+}
+
+// What the server does not report and the statement's text does not name
+// (a view that sets the tenant) is reset with ResetAlways.
+func TestResetAlwaysCoversViews(t *testing.T) {
+	t.Parallel()
+	env := newEnv(t)
+	mustExec(t, env.Admin(), "CREATE VIEW "+env.Schema()+".tenant AS SELECT set_config('app.tenant', '42', false) AS t")
+	p := onePool(t, env, dbctx.Options{ResetAlways: true})
+	ctx := context.Background()
+	var v sql.NullString
+	for i, q := range []string{"SELECT t FROM tenant", "SELECT nullif(current_setting('app.tenant', true), '')"} {
+		if err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+			return s.QueryRowContext(ctx, q).Scan(&v)
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if i == 1 && v.Valid {
+			t.Fatalf("the next scope sees app.tenant = %q", v.String)
+		}
+	}
+}
+
+// Notifications that reached pgx for a channel the scope listened on, and
+// that it never read, are not handed to the next scope.
+func TestUnreadNotificationsDropped(t *testing.T) {
+	t.Parallel()
+	env := newEnv(t)
+	p := onePool(t, env, dbctx.Options{})
+	ctx := context.Background()
+	if err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+		return s.Pgx(ctx, func(c *pgx.Conn) error {
+			if _, err := c.Exec(ctx, "LISTEN dbscope_ch"); err != nil {
+				return err
+			}
+			// A session gets its own notifications, at its commit: pgx
+			// has this one before Exec returns.
+			_, err := c.Exec(ctx, "NOTIFY dbscope_ch, 'secret'")
+			return err
+		})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+		return s.Pgx(ctx, func(c *pgx.Conn) error {
+			done, cancel := context.WithCancel(ctx)
+			cancel() // returns at once: a notification waiting, or an error
+			if n, err := c.WaitForNotification(done); err == nil {
+				t.Errorf("the next scope got the notification %q", n.Payload)
+			}
+			return nil
+		})
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// What OnRelease itself sets is reset too.
+func TestOnReleaseStateReset(t *testing.T) {
+	t.Parallel()
+	env := newEnv(t)
+	p := onePool(t, env, dbctx.Options{
+		OnRelease: func(ctx context.Context, c *sql.Conn) error {
+			_, err := c.ExecContext(ctx, "SET app.x = 'from-release'")
+			return err
+		},
+	})
+	ctx := context.Background()
+	var v sql.NullString
+	for range 2 {
+		if err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+			return s.QueryRowContext(ctx, "SELECT nullif(current_setting('app.x', true), '')").Scan(&v)
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if v.Valid {
+			t.Fatalf("a scope sees app.x = %q", v.String)
+		}
 	}
 }

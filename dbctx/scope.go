@@ -71,20 +71,22 @@ type Scope struct {
 	badWhy    discardReason
 	async     bool
 	ended     bool
-	slot      bool // holds a worker slot
-	reserved  bool // the slot is held until End (Reserve)
-	dirty     bool
-	handedOut bool // Conn gave the *sql.Conn to user code
-	rawTx     bool // a BEGIN seen in raw SQL: never retry
-	bad       bool // a connection-level error seen while in a transaction
-	unchecked bool // pinned without the socket check (see Pool.check)
-	stateful  bool // the session holds state that statements or raw access set
-	pending   bool // the statement under way changes session state (note)
+	slot      bool      // holds a worker slot
+	reserved  bool      // the slot is held until End (Reserve)
+	dirty     bool      // the session may hold state: reset before giving it back
+	poisoned  bool      // the session holds state no reset undoes: discard it
+	handedOut bool      // Conn gave the *sql.Conn to user code
+	rawTx     bool      // a BEGIN seen in raw SQL: never retry
+	bad       bool      // a connection-level error seen while in a transaction
+	unchecked bool      // pinned without the socket check (see Pool.check)
+	used      bool      // a statement ran on the pinned connection: none is retried
+	lost      bool      // the session was lost after statements ran on it (see observe)
+	kind      queryKind // what the statement under way may do (note)
 }
 
 // scopeExtra is the part of a Scope that most scopes never use (Atomic,
-// transactions and prepared statements on the pinned connection, PREPARE
-// in SQL, the leak detector), allocated on first use: a request's or a
+// transactions and prepared statements on the pinned connection, the leak
+// detector), allocated on first use: a request's or a
 // socket's scope that runs plain statements stays small, which every idle
 // socket and every request pays for.
 type scopeExtra struct {
@@ -93,8 +95,6 @@ type scopeExtra struct {
 	onCommit  []func() // OnCommit functions of the running Atomic
 	txs       []*sql.Tx
 	stmts     []*sql.Stmt
-	prepared  []string // names of statements PREPAREd in SQL
-	prepName  string   // the name a PREPARE under way defines (note)
 	leak      *time.Timer
 }
 
@@ -194,6 +194,8 @@ func (s *Scope) pinned(ctx context.Context) (*sql.Conn, error) {
 		return nil, ErrAsyncContext
 	case s.ended:
 		return nil, ErrScopeEnded
+	case s.lost:
+		return nil, ErrSessionLost
 	}
 	if err := s.takeSlot(ctx); err != nil {
 		return nil, err
@@ -310,10 +312,13 @@ func (s *Scope) QueryRowContext(ctx context.Context, query string, args ...any) 
 		row := c.QueryRowContext(ctx, query, args...)
 		return row, row.Err()
 	})
-	if err == nil {
-		s.row = row
-	}
 	s.account(start)
+	switch {
+	case err == nil:
+		s.row = row
+	case err != row.Err():
+		return errRow(err) // ErrSessionLost around the row's error
+	}
 	return row
 }
 
@@ -337,11 +342,20 @@ func (s *Scope) PrepareContext(ctx context.Context, query string) (*sql.Stmt, er
 // through the scope itself while it is open are part of it too. A
 // transaction still open at the next boundary is rolled back. Inside
 // [Atomic] it returns ErrInAtomic.
+//
+// The scope does not see the statements run on the *sql.Tx, so it counts
+// them as changing session state: the session is reset before the
+// connection is given back (one round trip). [Atomic], whose statements
+// go through the scope, costs a reset only if they need one.
 func (s *Scope) BeginTx(ctx context.Context, opts *sql.TxOptions) (*sql.Tx, error) {
 	if s != nil && s.atomic > 0 {
 		return nil, ErrInAtomic
 	}
-	return s.beginTx(ctx, opts)
+	tx, err := s.beginTx(ctx, opts)
+	if err == nil {
+		s.dirty = true
+	}
+	return tx, err
 }
 
 func (s *Scope) beginTx(ctx context.Context, opts *sql.TxOptions) (*sql.Tx, error) {
@@ -357,6 +371,7 @@ func (s *Scope) beginTx(ctx context.Context, opts *sql.TxOptions) (*sql.Tx, erro
 	}
 	// Not quiet: database/sql's watch of a transaction's context is what
 	// rolls it back when the context ends, even between statements.
+	s.kind = 0
 	tx, err := run(ctx, s, c, false, func(ctx context.Context, c *sql.Conn) (*sql.Tx, error) {
 		return c.BeginTx(ctx, opts)
 	})
@@ -381,13 +396,14 @@ func (s *Scope) Conn(ctx context.Context) (*sql.Conn, error) {
 	return c, err
 }
 
-// raw pins a connection for raw use, which marks the scope dirty and
-// stateful. What user code runs on it is not retried, so a connection
-// pinned without the socket check is looked at now and, if dead, another
-// pinned, unless a transaction or session state on it would be lost.
+// raw pins a connection for raw use, where the scope sees none of the
+// statements user code runs: the scope is dirty, and nothing run on the
+// connection afterwards is retried. So a connection pinned without the
+// socket check is looked at now and, if dead, another pinned, unless
+// statements have run on it already.
 func (s *Scope) raw(ctx context.Context) (*sql.Conn, error) {
 	c, err := s.use(ctx, "")
-	for err == nil && s.unchecked && !s.inTx() && !s.stateful {
+	for err == nil && s.unchecked && !s.used {
 		s.unchecked = false
 		if !s.sock.dead() {
 			break
@@ -399,7 +415,7 @@ func (s *Scope) raw(ctx context.Context) (*sql.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.dirty, s.stateful = true, true
+	s.dirty, s.used = true, true
 	s.disarm() // user code runs statements on it with contexts of its own
 	return c, nil
 }
@@ -420,8 +436,7 @@ func (s *Scope) Pgx(ctx context.Context, fn func(*pgx.Conn) error) error {
 		}
 		return fn(sc.Conn())
 	})
-	s.observe(ctx, err)
-	return err
+	return s.observe(ctx, err, false)
 }
 
 // use pins a connection for a statement and notes what the statement does

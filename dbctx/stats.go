@@ -39,11 +39,16 @@ type Discards struct {
 	Panic    int64 // user code panicked while it was pinned
 	Hook     int64 // OnAcquire or OnRelease failed
 	Reset    int64 // the session reset failed
+
+	// Unresettable counts sessions that held what no reset undoes (a
+	// LOADed library, DISCARD ALL or DEALLOCATE ALL under pgx's statement
+	// cache, setseed), closed rather than given back.
+	Unresettable int64
 }
 
 // Total returns the number of discarded connections.
 func (d Discards) Total() int64 {
-	return d.Dead + d.Broken + d.Canceled + d.Tx + d.Panic + d.Hook + d.Reset
+	return d.Dead + d.Broken + d.Canceled + d.Tx + d.Panic + d.Hook + d.Reset + d.Unresettable
 }
 
 type discardReason int8
@@ -56,6 +61,7 @@ const (
 	discardPanic
 	discardHook
 	discardReset
+	discardUnresettable
 	numDiscardReasons
 )
 
@@ -95,6 +101,8 @@ func (p *Pool) Stats() Stats {
 			Panic:    d(discardPanic),
 			Hook:     d(discardHook),
 			Reset:    d(discardReset),
+
+			Unresettable: d(discardUnresettable),
 		},
 	}
 }

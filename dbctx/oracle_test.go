@@ -1,0 +1,110 @@
+package dbctx
+
+import (
+	"context"
+	"database/sql"
+	"testing"
+	"time"
+
+	"github.com/dbscope/dbscope/internal/pgserver"
+	"github.com/dbscope/dbscope/internal/pgtest"
+	"github.com/dbscope/dbscope/internal/sessiontest"
+)
+
+// oracle runs statements on fresh sessions and asks PostgreSQL whether
+// they changed the session.
+type oracle struct {
+	db *sql.DB
+	*sessiontest.Env
+}
+
+func newOracle(tb testing.TB) *oracle {
+	env := pgtest.New(tb)
+	ctx := context.Background()
+	se, cleanup, err := sessiontest.Setup(ctx, env.Admin(), env.Schema())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(cleanup)
+	// Fuzzed statements may sleep: bound them.
+	dsn, err := pgserver.WithParams(env.DSN(), "statement_timeout", "2s")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	db, err := sql.Open("pgx", dsn)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	db.SetMaxIdleConns(0) // a fresh session for every statement
+	tb.Cleanup(func() { db.Close() })
+	return &oracle{db: db, Env: se}
+}
+
+// run runs stmt on a fresh session, rolls back what it left open as a
+// boundary does, and describes how the session changed ("" if not).
+func (o *oracle) run(tb testing.TB, stmt string) string {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := o.db.Conn(ctx)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer c.Close()
+	before, err := o.Probe(ctx, c)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	c.ExecContext(ctx, stmt) // failing or not, it may leave state
+	if _, err := c.ExecContext(ctx, "ROLLBACK"); err != nil {
+		tb.Fatalf("%q: rolling back: %v", stmt, err)
+	}
+	after, err := o.Probe(ctx, c)
+	if err != nil {
+		tb.Fatalf("%q: %v", stmt, err)
+	}
+	return sessiontest.Diff(before, after)
+}
+
+// PostgreSQL is the oracle of the classifier: a statement it calls clean
+// must leave the session as it found it. The corpus's statements that
+// leave state must be seen to (else the probe is blind), and those that
+// leave none must be classified clean (else they cost a reset).
+func TestClassifyOracle(t *testing.T) {
+	t.Parallel()
+	o := newOracle(t)
+	for _, c := range sessiontest.Cases {
+		stmt := o.Statement(c)
+		k := classify(stmt)
+		diff := o.run(t, stmt)
+		switch {
+		case diff != "" && k&kindState == 0:
+			t.Errorf("%s: %q is classified clean but changed the session: %s", c.Name, stmt, diff)
+		case c.Leaves != sessiontest.None && diff == "":
+			t.Errorf("%s: the probe sees no change after %q", c.Name, stmt)
+		case c.Leaves == sessiontest.None && diff != "":
+			t.Errorf("%s: %q changed the session: %s", c.Name, stmt, diff)
+		case c.Leaves == sessiontest.None && k&kindState != 0:
+			t.Errorf("%s: %q is classified %s: it would cost a reset", c.Name, stmt, kindString(k))
+		}
+	}
+}
+
+// FuzzClassify runs what the classifier calls clean against PostgreSQL,
+// which must find the session unchanged. Without -fuzz it runs the
+// corpus; with it (go test -fuzz FuzzClassify ./dbctx) it looks for a
+// statement that fools the classifier.
+func FuzzClassify(f *testing.F) {
+	for _, c := range sessiontest.Cases {
+		f.Add(c.SQL)
+	}
+	o := newOracle(f)
+	f.Fuzz(func(t *testing.T, stmt string) {
+		if classify(stmt)&kindState != 0 {
+			return // the session will be reset: nothing to check
+		}
+		if diff := o.run(t, stmt); diff != "" {
+			t.Fatalf("%q is classified clean but changed the session: %s", stmt, diff)
+		}
+	})
+}

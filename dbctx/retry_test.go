@@ -1,0 +1,230 @@
+package dbctx_test
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/internal/pgtest"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// A statement that can commit partway (a CALL of a procedure that
+// COMMITs, a DO block that does, a string of several statements with a
+// COMMIT among them) and whose session is ended after its commit is not
+// run again: PostgreSQL, asked, holds its row once.
+func TestNoRetryOfWhatCommitsPartway(t *testing.T) {
+	t.Parallel()
+	cases := map[string]string{
+		"call": "CALL ins_then_sleep()",
+		"do": `DO $$BEGIN INSERT INTO log VALUES ('committed'); COMMIT;
+			PERFORM pg_sleep(30); END$$`,
+		"several": "INSERT INTO log VALUES ('committed'); COMMIT; SELECT pg_sleep(30)",
+	}
+	for name, stmt := range cases {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			p, env := newPool(t, &dbctx.Options{MaxWorkers: 1})
+			adm := env.Admin()
+			mustExec(t, adm, "CREATE TABLE "+env.Schema()+".log (what text)")
+			mustExec(t, adm, "CREATE PROCEDURE "+env.Schema()+`.ins_then_sleep() LANGUAGE plpgsql AS $$
+				BEGIN INSERT INTO log VALUES ('committed'); COMMIT; PERFORM pg_sleep(30); END $$`)
+			done := make(chan error, 1)
+			go func() {
+				done <- p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+					_, err := s.ExecContext(ctx, stmt)
+					return err
+				})
+			}()
+			eventually(t, "the insert to commit", func() bool {
+				var n int
+				if err := adm.QueryRow("SELECT count(*) FROM " + env.Schema() + ".log").Scan(&n); err != nil {
+					t.Fatal(err)
+				}
+				return n == 1
+			})
+			if n := env.Terminate(t); n != 1 {
+				t.Fatalf("killed %d backends, want 1", n)
+			}
+			err := <-done
+			var pe *pgconn.PgError
+			if !errors.As(err, &pe) || pe.Code != "57P01" {
+				t.Fatalf("got %v, want the 57P01 of the ended session", err)
+			}
+			var n int
+			if err := adm.QueryRow("SELECT count(*) FROM " + env.Schema() + ".log").Scan(&n); err != nil || n != 1 {
+				t.Fatalf("%d rows (%v), want the one committed: the statement ran again", n, err)
+			}
+			if st := p.Stats(); st.Retries != 0 {
+				t.Fatalf("retries = %d, want 0", st.Retries)
+			}
+		})
+	}
+}
+
+// Once anything has run on a connection, a statement that finds it dead
+// is not run again elsewhere, whatever the earlier statements were: here
+// a view sets the tenant, which the classifier cannot see. The statement
+// fails with ErrSessionLost, and so does the next of the same unit of
+// work, rather than run without the tenant; the next unit starts afresh.
+func TestNoRetryAfterUnseenState(t *testing.T) {
+	t.Parallel()
+	p, env := newPool(t, &dbctx.Options{MaxWorkers: 1})
+	mustExec(t, env.Admin(), "CREATE VIEW "+env.Schema()+".tenant AS SELECT set_config('app.tenant', '42', false) AS t")
+	ctx := context.Background()
+	err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+		var v string
+		if err := s.QueryRowContext(ctx, "SELECT t FROM tenant").Scan(&v); err != nil {
+			return err
+		}
+		if n := env.Terminate(t); n != 1 {
+			t.Fatalf("killed %d backends, want 1", n)
+		}
+		err := s.QueryRowContext(ctx, "SELECT current_setting('app.tenant', true)").Scan(&v)
+		var pe *pgconn.PgError
+		if !errors.Is(err, dbctx.ErrSessionLost) || !errors.As(err, &pe) || pe.Code != "57P01" {
+			t.Errorf("the statement after the kill: %v (tenant %q), want ErrSessionLost around 57P01", err, v)
+		}
+		err = s.QueryRowContext(ctx, "SELECT current_setting('app.tenant', true)").Scan(&v)
+		if !errors.Is(err, dbctx.ErrSessionLost) {
+			t.Errorf("the next statement: %v (tenant %q), want ErrSessionLost", err, v)
+		}
+		if err := dbctx.Atomic(ctx, func(ctx context.Context) error { return nil }); err != nil {
+			t.Errorf("an Atomic that runs nothing: %v", err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v sql.NullString
+	if err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+		return s.QueryRowContext(ctx, "SELECT current_setting('app.tenant', true)").Scan(&v)
+	}); err != nil || v.String != "" {
+		t.Fatalf("the next unit of work: tenant %q, %v; want a fresh session", v.String, err)
+	}
+	if st := p.Stats(); st.Retries != 0 {
+		t.Fatalf("retries = %d, want 0", st.Retries)
+	}
+}
+
+// OnAcquire's statement is the first on a connection pinned without the
+// socket check: where it finds the connection dead, OnAcquire runs again
+// on another, and the scope's statement never sees the dead one.
+func TestOnAcquireFindsDeadConnection(t *testing.T) {
+	t.Parallel()
+	p, env := newPool(t, &dbctx.Options{
+		MaxWorkers: 1,
+		OnAcquire: func(ctx context.Context, c *sql.Conn) error {
+			_, err := c.ExecContext(ctx, "SELECT set_config('app.tenant', $1, false)", ctx.Value(tenantKey{}))
+			return err
+		},
+	})
+	p.SetRecent(time.Hour) // the dead connection is not looked at
+	killJustReleased(t, p, env, true)
+	ctx := context.WithValue(context.Background(), tenantKey{}, "7")
+	var v string
+	if err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+		return s.QueryRowContext(ctx, "SELECT current_setting('app.tenant')").Scan(&v)
+	}); err != nil || v != "7" {
+		t.Fatalf("tenant %q, %v; want 7, from OnAcquire run again", v, err)
+	}
+	if st := p.Stats(); st.Discarded.Dead != 1 || st.Discarded.Hook != 0 {
+		t.Fatalf("want one connection found dead by OnAcquire: %+v", st)
+	}
+}
+
+// A statement retried on a fresh connection has OnAcquire run there
+// first: here the backend is killed after OnAcquire, before the scope's
+// first statement.
+func TestRetryRunsOnAcquireAgain(t *testing.T) {
+	t.Parallel()
+	var env *pgtest.Env
+	runs := 0
+	p, env := newPool(t, &dbctx.Options{
+		MaxWorkers: 1,
+		OnAcquire: func(ctx context.Context, c *sql.Conn) error {
+			runs++
+			_, err := c.ExecContext(ctx, "SELECT set_config('app.tenant', $1, false)", ctx.Value(tenantKey{}))
+			if runs == 1 && err == nil {
+				if n := env.Terminate(t); n != 1 {
+					return fmt.Errorf("killed %d backends, want 1", n)
+				}
+			}
+			return err
+		},
+	})
+	ctx := context.WithValue(context.Background(), tenantKey{}, "7")
+	var v string
+	if err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+		return s.QueryRowContext(ctx, "SELECT current_setting('app.tenant')").Scan(&v)
+	}); err != nil || v != "7" {
+		t.Fatalf("tenant %q, %v; want 7, retried after OnAcquire ran again", v, err)
+	}
+	if st := p.Stats(); st.Retries != 1 || runs != 2 {
+		t.Fatalf("retries %d, OnAcquire runs %d; want 1, 2", st.Retries, runs)
+	}
+}
+
+// A connection that stays pinned across boundaries (ConnMaxAge) and whose
+// backend is killed while it is idle between two units of work is
+// replaced at the boundary: the next unit's statement, which could not be
+// retried on that connection, does not fail.
+func TestKilledWhilePinnedIdle(t *testing.T) {
+	t.Parallel()
+	p, env := newPool(t, &dbctx.Options{MaxWorkers: 1, ConnMaxAge: -1})
+	ctx, scope := p.Scope(context.Background())
+	defer scope.End()
+	for i := range 5 {
+		n, err := dbctx.DoValue(ctx, func(ctx context.Context, s *dbctx.Scope) (int, error) {
+			return queryInt(ctx, s, "SELECT $1::int", i)
+		})
+		if err != nil || n != i {
+			t.Fatalf("unit %d after an idle kill: %d, %v", i, n, err)
+		}
+		if st := p.Stats(); st.Pinned != 1 {
+			t.Fatalf("unit %d: %d connections pinned, want 1 kept across the boundary", i, st.Pinned)
+		}
+		if n := env.Terminate(t); n != 1 {
+			t.Fatalf("killed %d backends, want 1", n)
+		}
+	}
+	if st := p.Stats(); st.Discarded.Dead < 4 || st.Retries != 0 {
+		t.Fatalf("want the dead connections found at the boundary: %+v", st)
+	}
+}
+
+// A failure of the cleanup after Do's function (here the reset of a dirty
+// session whose backend is gone) does not become Do's error: the work
+// committed, and PostgreSQL holds it once.
+func TestCleanupKeepsTheOutcome(t *testing.T) {
+	t.Parallel()
+	p, env := newPool(t, &dbctx.Options{MaxWorkers: 1, Logger: quiet()})
+	mustExec(t, env.Admin(), "CREATE TABLE "+env.Schema()+".t (n int)")
+	err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+		if _, err := s.ExecContext(ctx, "SET app.x = 'dirty'"); err != nil {
+			return err
+		}
+		if _, err := s.ExecContext(ctx, "INSERT INTO t VALUES (1)"); err != nil {
+			return err
+		}
+		if n := env.Terminate(t); n != 1 {
+			return fmt.Errorf("killed %d backends, want 1", n)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("Do returned %v for work that committed", err)
+	}
+	var n int
+	if err := env.Admin().QueryRow("SELECT count(*) FROM " + env.Schema() + ".t").Scan(&n); err != nil || n != 1 {
+		t.Fatalf("%d rows, %v; want 1", n, err)
+	}
+	if st := p.Stats(); st.Discarded.Reset != 1 || st.GivenBack != 0 {
+		t.Fatalf("want the connection discarded for its failed reset: %+v", st)
+	}
+}
