@@ -2,7 +2,12 @@ package dbctx_test
 
 import (
 	"context"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/dbscope/dbscope/dbctx"
 	"github.com/dbscope/dbscope/internal/pgtest"
@@ -73,4 +78,91 @@ func BenchmarkScopeUnused(b *testing.B) {
 		}
 		s.End()
 	}
+}
+
+// BenchmarkReset prices the session reset, so users can judge
+// Options.ResetAlways: a scope that runs SELECT 1 with and without the
+// reset, and each statement of DefaultResetSQL run alone on a plain
+// connection. pg-µs/op is the CPU time the server's backend spent per
+// operation, read from /proc (when the server runs on this machine).
+//
+//	go test -run x -bench Reset -benchtime 5000x ./dbctx
+func BenchmarkReset(b *testing.B) {
+	env := pgtest.New(b)
+	ctx := context.Background()
+	scope := func(opts dbctx.Options) func(b *testing.B) {
+		return func(b *testing.B) {
+			db := env.Open(b)
+			db.SetMaxOpenConns(1)
+			opts.MaxWorkers = 1
+			p := dbctx.New(db, &opts)
+			defer p.Close()
+			var pid, n int
+			if err := db.QueryRow("SELECT pg_backend_pid()").Scan(&pid); err != nil {
+				b.Fatal(err)
+			}
+			fn := func(ctx context.Context, s *dbctx.Scope) error {
+				return s.QueryRowContext(ctx, "SELECT 1").Scan(&n)
+			}
+			b.ReportAllocs()
+			start := backendCPU(pid)
+			for b.Loop() {
+				if err := p.Do(ctx, fn); err != nil {
+					b.Fatal(err)
+				}
+			}
+			reportBackendCPU(b, pid, start)
+			if st := p.Stats(); opts.ResetAlways && st.Resets == 0 {
+				b.Fatal("no reset ran")
+			}
+		}
+	}
+	b.Run("scope", scope(dbctx.Options{}))
+	b.Run("scope+reset", scope(dbctx.Options{ResetAlways: true}))
+	for _, stmt := range append([]string{"SELECT 1", dbctx.DefaultResetSQL}, strings.Split(dbctx.DefaultResetSQL, "; ")...) {
+		b.Run(stmt, func(b *testing.B) {
+			db := env.Open(b)
+			c, err := db.Conn(ctx)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close()
+			var pid int
+			if err := c.QueryRowContext(ctx, "SELECT pg_backend_pid()").Scan(&pid); err != nil {
+				b.Fatal(err)
+			}
+			start := backendCPU(pid)
+			for b.Loop() {
+				if _, err := c.ExecContext(ctx, stmt); err != nil {
+					b.Fatal(err)
+				}
+			}
+			reportBackendCPU(b, pid, start)
+		})
+	}
+}
+
+// backendCPU returns the CPU time the process pid has used, or -1 where
+// /proc does not show it (the server runs elsewhere).
+func backendCPU(pid int) time.Duration {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return -1
+	}
+	// The fields after the command, which is in parentheses.
+	f := strings.Fields(string(data[strings.LastIndexByte(string(data), ')')+2:]))
+	if len(f) < 13 {
+		return -1
+	}
+	utime, _ := strconv.ParseInt(f[11], 10, 64)
+	stime, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(utime+stime) * (time.Second / 100) // USER_HZ
+}
+
+func reportBackendCPU(b *testing.B, pid int, start time.Duration) {
+	end := backendCPU(pid)
+	if start < 0 || end < 0 {
+		return
+	}
+	b.ReportMetric(float64(end-start)/float64(time.Microsecond)/float64(b.N), "pg-µs/op")
 }

@@ -132,8 +132,7 @@ func (s *Scope) giveBack(ctx context.Context) error {
 		return nil
 	}
 	if !s.dirty && s.sock != nil && s.sock.changed(s.pg) {
-		// Something the scope ran changed what the server reports
-		// (session authorization, superuser, string syntax) without the
+		// Something the scope ran changed the session user without the
 		// classifier seeing it: a view's or an operator's code, say.
 		s.dirty = true
 	}

@@ -40,12 +40,86 @@
 //
 // A statement is canceled when its context ends, as with database/sql: it
 // returns the context's error, and the connection is closed (pgx asks the
-// server to cancel the statement) and discarded at the next boundary.
-// Statements whose context is the scope's own (a request's, a socket's)
-// are watched once per scope rather than once per statement, which spares
-// database/sql's goroutine and pgx's watch for each of them.
+// server to cancel the statement) and discarded (inside a transaction, at
+// the next boundary). Statements whose context is the scope's own (a
+// request's, a socket's) are watched once per scope rather than once per
+// statement, which spares database/sql's goroutine and pgx's watch for
+// each of them.
 //
 // Packages middleware and wsconsumer put a scope on every HTTP request and
 // websocket; there handlers call [From] (sync code) or [Do] (async code).
 // The examples are the best way to learn the API.
+//
+// # Session isolation
+//
+// No session state of one scope reaches the next scope that gets the same
+// physical connection: no setting (tenant, search_path, role, session
+// authorization, time zone…), advisory lock, temporary table or function,
+// listened channel or unread notification, cursor, statement PREPAREd in
+// SQL, or sequence state (currval, lastval). A connection is given back
+// in one of three ways:
+//
+//   - clean, as it was pinned: nothing to do, no round trip;
+//   - dirty: [Options.ResetSQL] ([DefaultResetSQL]) and the deallocation of
+//     SQL-prepared statements run first, in one round trip;
+//   - holding what no reset undoes (LOAD, DISCARD ALL or DEALLOCATE ALL,
+//     which would leave pgx's statement cache pointing at nothing,
+//     setseed): closed, counted in Stats.Discarded.Unresettable.
+//
+// What makes a scope dirty is decided without a round trip, erring toward
+// dirty. Every statement run through the scope's methods is read by a
+// lexer that reads SQL as PostgreSQL does (comments, several statements
+// in one string, ” E” U&” and dollar-quoted strings, quoted and U&""
+// identifiers). A statement is clean only if it is of a kind that leaves
+// nothing (SELECT, VALUES, TABLE, WITH, EXPLAIN, SHOW, DECLARE without
+// HOLD, FETCH, MOVE, CLOSE, LOCK, NOTIFY, transaction control, SET LOCAL,
+// SET TRANSACTION, SET CONSTRAINTS), writes nothing (INSERT, UPDATE,
+// DELETE and MERGE take sequence values and fire triggers; SELECT INTO,
+// pg_temp) and calls only built-in functions that leave nothing: the
+// pg_catalog functions PostgreSQL marks immutable or stable, and a few
+// volatile ones (clocks, random, gen_random_uuid, pg_sleep, pg_notify,
+// transaction-level advisory locks); set_config only as set_config(…, …,
+// true). Everything else is dirty: SET, RESET, LISTEN, PREPARE, EXECUTE,
+// DDL, DO, CALL, a call of any other function (user code may call
+// set_config, take an advisory lock, create a temporary table), any
+// statement the lexer does not know. A scope is dirty too when it ran
+// what it cannot see: a *sql.Tx from [Scope.BeginTx], [Scope.Conn],
+// [Scope.Pgx], [Options.OnAcquire], [Options.OnRelease]. And at every
+// give-back the session user, which the server reports whenever it
+// changes, is compared with the one the connection first reported: a
+// change the text did not show makes it dirty. (Where the server reports
+// standard_conforming_strings off, its strings are not read as the lexer
+// reads them, and every statement counts as dirty.) So a request that runs only
+// "SELECT … WHERE id = $1" costs no reset; one that inserts a row, or
+// begins a transaction with BeginTx rather than [Atomic], costs one round
+// trip at its end (about the price of a trivial statement: see
+// BenchmarkReset).
+//
+// Not seen: session state changed by code PostgreSQL runs for a
+// statement without its text naming it: a view's or a row-level-security
+// policy's functions, a user-defined operator, cast or type input
+// function, a function called in attribute notation (t.f for f(t)), a
+// user function that overloads a built-in's name for its own types. (A
+// change of session user there is still caught, by the parameter the
+// server reports; a SET ROLE is not.) Where a schema has such code, set
+// [Options.ResetAlways].
+// A reset also cannot remove a custom setting it resets: where a fresh
+// session has no app.tenant, a reset one has app.tenant = ” (see
+// [DefaultResetSQL]).
+//
+// # Retry
+//
+// A statement is run again on another connection only when its failure
+// proves it had no effect and the other connection lacks nothing it
+// needs: it is the first statement since the connection was pinned (the
+// other gets OnAcquire first), outside a transaction, and either nothing
+// was sent or the server ended the session (class 57P, which rolls back
+// the statement's implicit transaction) while the statement was one that
+// cannot commit partway (not CALL, DO, several statements in one string,
+// or a statement that works outside transactions, such as VACUUM). Effects
+// that PostgreSQL does not roll back (a sequence value taken, a dblink
+// call) are the caller's to make idempotent. Once anything has run on the
+// connection, a lost session fails the statement with [ErrSessionLost],
+// and the scope's later statements too, until the next boundary: never
+// run on a fresh session without what the earlier ones set.
 package dbctx

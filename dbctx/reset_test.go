@@ -230,15 +230,14 @@ func TestUnresettableSessionDiscarded(t *testing.T) {
 	}
 }
 
-// A change of role that the classifier cannot see (a view's set_config)
-// is reported by the server as a new is_superuser, and the session is
-// reset.
+// A change of session user that the classifier cannot see (a view's
+// set_config) is reported by the server, and the session is reset.
 func TestReportedParameterForcesReset(t *testing.T) {
 	t.Parallel()
 	env := newEnv(t)
 	mustExec(t, env.Admin(), "CREATE ROLE "+env.Schema()+"_r NOLOGIN")
 	t.Cleanup(func() { env.Admin().Exec("DROP ROLE " + env.Schema() + "_r") })
-	mustExec(t, env.Admin(), "CREATE VIEW "+env.Schema()+".become AS SELECT set_config('role', '"+env.Schema()+"_r', false) AS r")
+	mustExec(t, env.Admin(), "CREATE VIEW "+env.Schema()+".become AS SELECT set_config('session_authorization', '"+env.Schema()+"_r', false) AS r")
 	p := onePool(t, env, dbctx.Options{})
 	ctx := context.Background()
 	if err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {

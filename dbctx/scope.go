@@ -21,23 +21,25 @@ import (
 // Scope satisfies the DBTX interface sqlc generates, so generated queries
 // take it directly: queries.New(dbctx.From(ctx)).
 //
-// Statements that change session state (SET, set_config(…, false),
-// advisory locks, temporary tables, LISTEN, PREPARE, DECLARE … WITH HOLD),
-// raw connection access ([Scope.Conn], [Scope.Pgx]) and [Options.OnAcquire]
-// mark the scope dirty; a dirty connection is reset with
-// [Options.ResetSQL] before it is given back, so nothing leaks to the next
-// scope that gets it.
+// Every statement the scope runs is read by a SQL lexer before it runs;
+// one that may leave state in the session (see the package doc, "Session
+// isolation"), the statements of a *sql.Tx from [Scope.BeginTx], raw
+// access ([Scope.Conn], [Scope.Pgx]) and the hooks mark the scope dirty,
+// and a dirty connection is reset before it is given back, so nothing of
+// it reaches the next scope that gets the connection.
 //
-// A single statement run outside a transaction (the BEGIN of [Atomic]
-// included) whose answer is that the server ended the session (SQLSTATE
-// class 57P) or that it failed before anything was sent had no effect: it
-// is run again on another connection, at most three more times (a round
-// of kills may have reached the next idle connection too; one more where
-// the connection was given back a moment before and so not looked at).
-// Nothing is retried inside a transaction, once rows were delivered, or
-// once the scope has set session state (a SET, set_config, an advisory
-// lock, raw access…) that another connection would lack: the statement
-// fails instead of running without it.
+// The first statement on a pinned connection (the BEGIN of [Atomic]
+// included), run outside a transaction, whose answer proves it had no
+// effect (nothing was sent, or the server ended the session, SQLSTATE
+// class 57P, and the statement cannot commit partway: not CALL, DO or
+// several statements in one string) is run again on another connection,
+// after OnAcquire there, at most three more times (a round of kills may
+// have reached the next idle connection too; one more where the
+// connection was given back a moment before and so not looked at).
+// Nothing else is retried: not inside a transaction, not once rows were
+// delivered, and not once any statement has run on the connection, whose
+// session may hold what a fresh one would lack. Such a statement fails
+// with [ErrSessionLost], and so does the rest of the unit of work.
 //
 // A Scope is for one goroutine at a time, like the request or message it
 // serves. A nil *Scope is valid: its methods return ErrNoScope.

@@ -3,6 +3,7 @@ package itemserver_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -115,5 +116,59 @@ func TestTestOps(t *testing.T) {
 	http.DefaultClient.CloseIdleConnections()
 	if m.Name != "item-5" || time.Since(start) < 200*time.Millisecond {
 		t.Errorf("got %+v after %v, want item-5 after 200ms", m, time.Since(start))
+	}
+}
+
+// TestNoResets checks the cost promise of session isolation on the items
+// workload: its one SELECT is classified clean, so 1,000 messages and
+// 1,000 requests cost no reset round trip in any dbscope mode.
+func TestNoResets(t *testing.T) {
+	for _, mode := range itemserver.Modes {
+		if mode == "raw" {
+			continue
+		}
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			env := pgtest.New(t)
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			srv, err := itemserver.Start(ctx, itemserver.Config{
+				Mode: mode, DSN: env.DSN(), App: env.AppName(), MaxWorkers: 2,
+				Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer srv.Shutdown(ctx)
+			c, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(srv.URL(), "http")+"/ws/items", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.CloseNow()
+			const n = 1000
+			for i := range n {
+				if err := c.Write(ctx, websocket.MessageText, []byte(fmt.Sprintf(`{"id":%d}`, i%100+1))); err != nil {
+					t.Fatal(err)
+				}
+				if _, _, err := c.Read(ctx); err != nil {
+					t.Fatal(err)
+				}
+				resp, err := http.Get(fmt.Sprintf("%s/items/%d", srv.URL(), i%100+1))
+				if err != nil {
+					t.Fatal(err)
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					t.Fatalf("GET: %s", resp.Status)
+				}
+			}
+			http.DefaultClient.CloseIdleConnections()
+			c.Close(websocket.StatusNormalClosure, "")
+			st := srv.Pool().Stats()
+			if st.Resets != 0 || st.Acquired < 2*n {
+				t.Fatalf("%d resets for %d messages and %d requests (%d connections pinned)", st.Resets, n, n, st.Acquired)
+			}
+		})
 	}
 }
