@@ -9,12 +9,12 @@ import (
 
 // What a statement's text says it may do to the session.
 //
-// The classifier lexes the text as PostgreSQL does (comments, nested
-// block comments, ” and E” and U&” strings, dollar quoting, quoted and
+// The classifier lexes the text as PostgreSQL does (comments, nested block
+// comments, strings written '…', E'…' and U&'…', dollar quoting, quoted and
 // U&"" identifiers, several statements in one string) and reads each
-// statement's kind and every function it calls. It errs one way only:
-// what it cannot prove leaves the session as it was is kindState, which
-// costs one reset round trip, never a leak.
+// statement's kind and every function it calls. It errs one way only: what
+// it cannot prove leaves the session as it was is kindState, which costs one
+// reset round trip, never a leak.
 //
 // A statement is clean (no kindState) when it is one of
 //   - SELECT, VALUES, TABLE, WITH, EXPLAIN, SHOW, DECLARE without HOLD,

@@ -67,13 +67,13 @@
 //     setseed): closed, counted in Stats.Discarded.Unresettable.
 //
 // What makes a scope dirty is decided without a round trip, erring toward
-// dirty. Every statement run through the scope's methods is read by a
-// lexer that reads SQL as PostgreSQL does (comments, several statements
-// in one string, ” E” U&” and dollar-quoted strings, quoted and U&""
-// identifiers). A statement is clean only if it is of a kind that leaves
-// nothing (SELECT, VALUES, TABLE, WITH, EXPLAIN, SHOW, DECLARE without
-// HOLD, FETCH, MOVE, CLOSE, LOCK, NOTIFY, transaction control, SET LOCAL,
-// SET TRANSACTION, SET CONSTRAINTS), writes nothing (INSERT, UPDATE,
+// dirty. Every statement run through the scope's methods is read by a lexer
+// that reads SQL as PostgreSQL does (comments, several statements in one
+// string, strings written '…', E'…', U&'…' or dollar-quoted, identifiers
+// written "…" or U&"…"). A statement is clean only if it is of a kind that
+// leaves nothing (SELECT, VALUES, TABLE, WITH, EXPLAIN, SHOW, DECLARE
+// without HOLD, FETCH, MOVE, CLOSE, LOCK, NOTIFY, transaction control, SET
+// LOCAL, SET TRANSACTION, SET CONSTRAINTS), writes nothing (INSERT, UPDATE,
 // DELETE and MERGE take sequence values and fire triggers; SELECT INTO,
 // pg_temp) and calls only built-in functions that leave nothing: the
 // pg_catalog functions PostgreSQL marks immutable or stable, and a few
@@ -82,29 +82,27 @@
 // true). Everything else is dirty: SET, RESET, LISTEN, PREPARE, EXECUTE,
 // DDL, DO, CALL, a call of any other function (user code may call
 // set_config, take an advisory lock, create a temporary table), any
-// statement the lexer does not know. A scope is dirty too when it ran
-// what it cannot see: a *sql.Tx from [Scope.BeginTx], [Scope.Conn],
-// [Scope.Pgx], [Options.OnAcquire], [Options.OnRelease]. And at every
-// give-back the session user, which the server reports whenever it
-// changes, is compared with the one the connection first reported: a
-// change the text did not show makes it dirty. (Where the server reports
-// standard_conforming_strings off, its strings are not read as the lexer
-// reads them, and every statement counts as dirty.) So a request that runs only
-// "SELECT … WHERE id = $1" costs no reset; one that inserts a row, or
-// begins a transaction with BeginTx rather than [Atomic], costs one round
-// trip at its end (about the price of a trivial statement: see
-// BenchmarkReset).
+// statement the lexer does not know. A scope is dirty too when it ran what
+// it cannot see: a *sql.Tx from [Scope.BeginTx], [Scope.Conn], [Scope.Pgx],
+// [Options.OnAcquire], [Options.OnRelease]. And at every give-back the
+// session user, which the server reports whenever it changes, is compared
+// with the one the connection first reported: a change the text did not show
+// makes it dirty. (Where the server reports standard_conforming_strings off,
+// its strings are not read as the lexer reads them, and every statement
+// counts as dirty.) So a request that runs only "SELECT … WHERE id = $1"
+// costs no reset; one that inserts a row, or begins a transaction with
+// BeginTx rather than [Atomic], costs one round trip at its end (about the
+// price of a trivial statement: see BenchmarkReset).
 //
-// Not seen: session state changed by code PostgreSQL runs for a
-// statement without its text naming it: a view's or a row-level-security
-// policy's functions, a user-defined operator, cast or type input
-// function, a function called in attribute notation (t.f for f(t)), a
-// user function that overloads a built-in's name for its own types. (A
-// change of session user there is still caught, by the parameter the
-// server reports; a SET ROLE is not.) Where a schema has such code, set
-// [Options.ResetAlways].
-// A reset also cannot remove a custom setting it resets: where a fresh
-// session has no app.tenant, a reset one has app.tenant = ” (see
+// Not seen: session state changed by code PostgreSQL runs for a statement
+// without its text naming it: a view's or a row-level-security policy's
+// functions, a user-defined operator, cast or type input function, a
+// function called in attribute notation (t.f for f(t)), a user function that
+// overloads a built-in's name for its own types. (A change of session user
+// there is still caught, by the parameter the server reports; a SET ROLE is
+// not.) Where a schema has such code, set [Options.ResetAlways]. A reset
+// also cannot remove a custom setting it resets: where a fresh session has
+// no app.tenant, a reset one has it set to the empty string (see
 // [DefaultResetSQL]).
 //
 // # Retry

@@ -91,8 +91,8 @@ type Options struct {
 // setseed (a scope that runs either has its connection closed instead),
 // and a custom setting that was never defined before (app.tenant) exists
 // afterwards with an empty value, where a fresh session has none:
-// current_setting('app.tenant', true) is ” rather than NULL, so treat
-// both alike (nullif(current_setting('app.tenant', true), ”)).
+// current_setting('app.tenant', true) is the empty string rather than
+// NULL, so treat both alike (with nullif).
 const DefaultResetSQL = "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; CLOSE ALL; UNLISTEN *; " +
 	"SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES"
 
