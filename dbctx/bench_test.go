@@ -82,15 +82,15 @@ func BenchmarkScopeUnused(b *testing.B) {
 
 // BenchmarkReset prices the session reset, so users can judge
 // Options.ResetAlways: a scope that runs SELECT 1 with and without the
-// reset, and each statement of DefaultResetSQL run alone on a plain
-// connection. pg-µs/op is the CPU time the server's backend spent per
+// reset, one that runs a SET (and so resets), and the reset's statements,
+// together and each alone, on a plain connection. pg-µs/op is the CPU time the server's backend spent per
 // operation, read from /proc (when the server runs on this machine).
 //
 //	go test -run x -bench Reset -benchtime 5000x ./dbctx
 func BenchmarkReset(b *testing.B) {
 	env := pgtest.New(b)
 	ctx := context.Background()
-	scope := func(opts dbctx.Options) func(b *testing.B) {
+	scope := func(opts dbctx.Options, set bool) func(b *testing.B) {
 		return func(b *testing.B) {
 			db := env.Open(b)
 			db.SetMaxOpenConns(1)
@@ -102,6 +102,10 @@ func BenchmarkReset(b *testing.B) {
 				b.Fatal(err)
 			}
 			fn := func(ctx context.Context, s *dbctx.Scope) error {
+				if set {
+					_, err := s.ExecContext(ctx, "SET app.x = '1'")
+					return err
+				}
 				return s.QueryRowContext(ctx, "SELECT 1").Scan(&n)
 			}
 			b.ReportAllocs()
@@ -112,14 +116,22 @@ func BenchmarkReset(b *testing.B) {
 				}
 			}
 			reportBackendCPU(b, pid, start)
-			if st := p.Stats(); opts.ResetAlways && st.Resets == 0 {
+			if st := p.Stats(); (opts.ResetAlways || set) && st.Resets == 0 {
 				b.Fatal("no reset ran")
 			}
 		}
 	}
-	b.Run("scope", scope(dbctx.Options{}))
-	b.Run("scope+reset", scope(dbctx.Options{ResetAlways: true}))
-	for _, stmt := range append([]string{"SELECT 1", dbctx.DefaultResetSQL}, strings.Split(dbctx.DefaultResetSQL, "; ")...) {
+	b.Run("scope", scope(dbctx.Options{}, false))
+	// A SET makes the scope dirty: the reset, without the sweep of
+	// prepared statements.
+	b.Run("scope,SET", scope(dbctx.Options{}, true))
+	// ResetAlways resets every scope, sweep included (it is for code the
+	// scope cannot see).
+	b.Run("scope+ResetAlways", scope(dbctx.Options{ResetAlways: true}, false))
+	// The reset as a scope runs it: DefaultResetSQL and the sweep of
+	// SQL-prepared statements, in one round trip.
+	reset := dbctx.DefaultResetSQL + "; SELECT name FROM pg_prepared_statements WHERE from_sql"
+	for _, stmt := range append([]string{"SELECT 1", reset}, strings.Split(reset, "; ")...) {
 		b.Run(stmt, func(b *testing.B) {
 			db := env.Open(b)
 			c, err := db.Conn(ctx)

@@ -43,6 +43,10 @@ const (
 	kindBegin                        // begins a transaction
 	kindOnce                         // must not run again once the server may have run it: CALL, DO, several statements, utility
 	kindPoison                       // leaves state no reset undoes (LOAD, DISCARD ALL, DEALLOCATE ALL, setseed)
+	kindCode                         // runs code the classifier does not know, which may PREPARE in SQL
+
+	// kindUnknown is what a statement is where the classifier cannot tell.
+	kindUnknown = kindState | kindOnce | kindCode
 )
 
 // noteCache remembers classify's answers for the queries seen last,
@@ -457,7 +461,7 @@ func (c *classifier) run() {
 			return
 		case tBad:
 			// Unterminated: the server will refuse it, but say the worst.
-			c.kind |= kindState | kindOnce
+			c.kind |= kindUnknown
 			return
 		case tSemi:
 			if c.depth == 0 {
@@ -515,7 +519,7 @@ func (c *classifier) shift(t token) { c.p3, c.p2, c.p1 = c.p2, c.p1, t }
 // startStatement classifies a statement by its first token.
 func (c *classifier) startStatement(t token) {
 	if t.kind != tWord {
-		c.kind |= kindState | kindOnce
+		c.kind |= kindUnknown
 		return
 	}
 	var a [24]byte
@@ -531,17 +535,20 @@ func (c *classifier) startStatement(t token) {
 	case "commit", "end", "rollback", "abort", "savepoint", "release":
 		c.kind |= kindOnce
 	case "insert", "update", "delete", "merge":
+		// Sequence values, and triggers.
 		c.read = true // a call in it is still a call
-		c.kind |= kindState
+		c.kind |= kindState | kindCode
 	case "set", "prepare", "deallocate", "discard":
 		// Decided by the next word (second).
-	case "reset", "listen", "unlisten", "execute":
+	case "reset", "listen", "unlisten":
 		c.kind |= kindState
+	case "execute":
+		c.kind |= kindState | kindCode
 	case "load":
-		c.kind |= kindState | kindPoison | kindOnce
+		c.kind |= kindUnknown | kindPoison
 	default:
 		// DO, CALL, COPY, DDL, VACUUM… and anything unknown.
-		c.kind |= kindState | kindOnce
+		c.kind |= kindUnknown
 	}
 }
 
@@ -556,7 +563,7 @@ func (c *classifier) second(t token) {
 		if t.is("transaction") {
 			c.kind |= kindOnce
 		} else {
-			c.kind |= kindState
+			c.kind |= kindState | kindCode
 		}
 	case c.pos == 1 && c.first.is("discard"):
 		c.kind |= kindState
@@ -584,9 +591,11 @@ func (c *classifier) readWord(t token) {
 	case "update":
 		// FOR UPDATE, FOR NO KEY UPDATE lock rows for the transaction.
 		if !c.p1.is("for") && !c.p1.is("key") {
-			c.kind |= kindState
+			c.kind |= kindState | kindCode
 		}
-	case "insert", "delete", "merge", "into", "pg_temp":
+	case "insert", "delete", "merge":
+		c.kind |= kindState | kindCode
+	case "into", "pg_temp":
 		c.kind |= kindState
 	case "hold":
 		if c.first.is("declare") {
@@ -609,7 +618,7 @@ func (c *classifier) call() {
 			c.builtin(n.text, n.kind == tWord)
 			return
 		}
-		c.kind |= kindState
+		c.kind |= kindState | kindCode
 		return
 	}
 	if n.kind == tWord {
@@ -632,7 +641,7 @@ func (c *classifier) call() {
 	case n.is("materialized") && p.is("not"):
 		return
 	case n.kind == tOpaque:
-		c.kind |= kindState
+		c.kind |= kindState | kindCode
 		return
 	}
 	c.builtin(n.text, n.kind == tWord)
@@ -655,9 +664,29 @@ func (c *classifier) builtin(name string, folded bool) {
 		c.cfgDepth, c.cfgArg, c.cfgToks, c.cfgTrue = c.depth+1, 0, 0, false
 	case eq("setseed"):
 		c.kind |= kindState | kindPoison
-	case !harmless(name, folded):
+	case harmless(name, folded):
+	case stateful(name, folded):
 		c.kind |= kindState
+	default:
+		c.kind |= kindState | kindCode
 	}
+}
+
+// statefulBuiltins are the built-ins that leave session state and run no
+// other code: sequences and session advisory locks.
+var statefulBuiltins = []string{
+	"nextval", "setval", "currval", "lastval",
+	"pg_advisory_lock", "pg_advisory_lock_shared", "pg_try_advisory_lock", "pg_try_advisory_lock_shared",
+	"pg_advisory_unlock", "pg_advisory_unlock_shared", "pg_advisory_unlock_all",
+}
+
+func stateful(name string, folded bool) bool {
+	for _, w := range statefulBuiltins {
+		if name == w || folded && strings.EqualFold(name, w) {
+			return true
+		}
+	}
+	return false
 }
 
 // setConfigArg follows the arguments of a set_config call: only

@@ -134,7 +134,7 @@ func (s *Scope) giveBack(ctx context.Context) error {
 	if !s.dirty && s.sock != nil && s.sock.changed(s.pg) {
 		// Something the scope ran changed the session user without the
 		// classifier seeing it: a view's or an operator's code, say.
-		s.dirty = true
+		s.dirty, s.sweep = true, true
 	}
 	if s.dirty || p.opts.ResetAlways || p.opts.OnRelease != nil {
 		var cancel context.CancelFunc
@@ -146,9 +146,10 @@ func (s *Scope) giveBack(ctx context.Context) error {
 			s.unpin(discardHook)
 			return fmt.Errorf("dbctx: OnRelease: %w", err)
 		}
-		s.dirty = true // what it ran is not seen
+		s.dirty, s.sweep = true, true // what it ran is not seen
 	}
 	if s.dirty || p.opts.ResetAlways {
+		s.sweep = s.sweep || p.opts.ResetAlways
 		p.c.resets.Add(1)
 		if err := s.reset(ctx); err != nil {
 			s.unpin(discardReset)
@@ -239,7 +240,8 @@ func (s *Scope) forget() {
 	// socket's scope, the socket's own (wsconsumer's callbacks all get
 	// the same one).
 	s.conn, s.pg, s.sock, s.row = nil, nil, nil, nil
-	s.dirty, s.poisoned, s.rawTx, s.bad, s.handedOut, s.unchecked, s.used = false, false, false, false, false, false, false
+	s.dirty, s.sweep, s.poisoned, s.rawTx, s.bad = false, false, false, false, false
+	s.handedOut, s.unchecked, s.used = false, false, false
 	s.pool.c.pinned.Add(-1)
 	if x := s.x; x != nil {
 		if x.leak != nil {

@@ -60,8 +60,11 @@
 // in one of three ways:
 //
 //   - clean, as it was pinned: nothing to do, no round trip;
-//   - dirty: [Options.ResetSQL] ([DefaultResetSQL]) and the deallocation of
-//     SQL-prepared statements run first, in one round trip;
+//   - dirty: [Options.ResetSQL] ([DefaultResetSQL]) runs first, in one
+//     round trip; in the same round trip, where the scope ran code the
+//     lexer does not know (DML, whose triggers run code; a function other
+//     than a built-in; DO, CALL, PREPARE, EXECUTE; what it cannot see),
+//     the statements PREPAREd in SQL are listed, and deallocated by name;
 //   - holding what no reset undoes (LOAD, DISCARD ALL or DEALLOCATE ALL,
 //     which would leave pgx's statement cache pointing at nothing,
 //     setseed): closed, counted in Stats.Discarded.Unresettable.

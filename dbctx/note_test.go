@@ -16,6 +16,8 @@ func TestClassify(t *testing.T) {
 		B = kindBegin
 		O = kindOnce
 		P = kindPoison
+		C = kindCode
+		U = kindUnknown // S | O | C
 	)
 	for _, tc := range []struct {
 		query string
@@ -73,19 +75,19 @@ func TestClassify(t *testing.T) {
 		{"reset all", S},
 		{"LISTEN ch", S},
 		{"UNLISTEN *", S},
-		{"PREPARE q1 AS SELECT 1", S},
-		{"EXECUTE q1", S},
+		{"PREPARE q1 AS SELECT 1", S | C},
+		{"EXECUTE q1", S | C},
 		{"DEALLOCATE q1", S},
 		{"DECLARE c CURSOR WITH HOLD FOR SELECT 1", S},
 		{"DISCARD TEMP", S},
-		{"create temp table t (x int)", S | O},
-		{"CREATE TEMPORARY TABLE t (x int)", S | O},
-		{"CREATE TABLE pg_temp.t (x int)", S | O},
+		{"create temp table t (x int)", U},
+		{"CREATE TEMPORARY TABLE t (x int)", U},
+		{"CREATE TABLE pg_temp.t (x int)", U},
 		{"SELECT 1 INTO TEMP t", S},
-		{"INSERT INTO t VALUES (1)", S},
-		{"UPDATE t SET x = 1", S},
-		{"DELETE FROM t", S},
-		{"WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d", S},
+		{"INSERT INTO t VALUES (1)", S | C},
+		{"UPDATE t SET x = 1", S | C},
+		{"DELETE FROM t", S | C},
+		{"WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d", S | C},
 		{"SELECT * FROM pg_temp.t", S},
 		// … by function.
 		{"select set_config('a.b', 'c', false)", S},
@@ -94,16 +96,16 @@ func TestClassify(t *testing.T) {
 		{"SELECT pg_advisory_lock(1)", S},
 		{"SELECT pg_try_ADVISORY_LOCK(1)", S},
 		{"SELECT nextval('s')", S},
-		{"SELECT app.set_tenant($1)", S},
-		{"SELECT set_tenant($1)", S},
-		{"SELECT * FROM t WHERE x = f(1)", S},
-		{"SELECT * FROM generate_series(1, 3) g, my_srf(g)", S},
-		{"SELECT \"Lower\"(x) FROM t", S},
-		{"SELECT U&\"\\0073et_config\"('a', 'b', false)", S},
-		{"SELECT join(1)", S},
-		{"SELECT x FROM t ORDER BY score(x)", S},
-		{"SELECT public.lower(x) FROM t", S},
-		{"SELECT lower /* c */ (x), f\n(y) FROM t", S},
+		{"SELECT app.set_tenant($1)", S | C},
+		{"SELECT set_tenant($1)", S | C},
+		{"SELECT * FROM t WHERE x = f(1)", S | C},
+		{"SELECT * FROM generate_series(1, 3) g, my_srf(g)", S | C},
+		{"SELECT \"Lower\"(x) FROM t", S | C},
+		{"SELECT U&\"\\0073et_config\"('a', 'b', false)", S | C},
+		{"SELECT join(1)", S | C},
+		{"SELECT x FROM t ORDER BY score(x)", S | C},
+		{"SELECT public.lower(x) FROM t", S | C},
+		{"SELECT lower /* c */ (x), f\n(y) FROM t", S | C},
 		// … by comments, literals and strings that hide the keyword.
 		{"/* tag */ SET app.tenant = '42'", S},
 		{"-- name: SetTenant :exec\nSET app.tenant = '42'", S},
@@ -112,17 +114,17 @@ func TestClassify(t *testing.T) {
 		{"SELECT 'a''b'; SELECT set_config('a', 'b', false)", S | O},
 		{"SELECT E'\\''; SET x = 1 --'", S | O},
 		{"SELECT $a$ $b$ $a$; SET x = 1", S | O},
-		{"SELECT 1 /* unterminated", S | O},
-		{"SELECT 'unterminated", S | O},
+		{"SELECT 1 /* unterminated", U},
+		{"SELECT 'unterminated", U},
 		// Code the classifier cannot see: state, run at most once.
-		{"DO $$BEGIN PERFORM set_config('a.b', 'c', false); END$$", S | O},
-		{"CALL p()", S | O},
-		{"COPY t FROM STDIN", S | O},
-		{"VACUUM t", S | O},
-		{"frobnicate", S | O},
-		{"\"select\" 1", S | O},
+		{"DO $$BEGIN PERFORM set_config('a.b', 'c', false); END$$", U},
+		{"CALL p()", U},
+		{"COPY t FROM STDIN", U},
+		{"VACUUM t", U},
+		{"frobnicate", U},
+		{"\"select\" 1", U},
 		// What no reset undoes.
-		{"load 'auto_explain'", S | P | O},
+		{"load 'auto_explain'", U | P},
 		{"DISCARD ALL", S | P},
 		{"DEALLOCATE ALL", S | P},
 		{"DEALLOCATE PREPARE ALL", S | P},
@@ -139,7 +141,7 @@ func kindString(k queryKind) string {
 	for _, f := range []struct {
 		k    queryKind
 		name string
-	}{{kindState, "state"}, {kindBegin, "begin"}, {kindOnce, "once"}, {kindPoison, "poison"}} {
+	}{{kindState, "state"}, {kindBegin, "begin"}, {kindOnce, "once"}, {kindPoison, "poison"}, {kindCode, "code"}} {
 		if k&f.k != 0 {
 			parts = append(parts, f.name)
 		}

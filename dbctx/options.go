@@ -45,8 +45,10 @@ type Options struct {
 
 	// ResetSQL is the statement that resets session state before a dirty
 	// connection is given back. Default: [DefaultResetSQL]. Whatever it
-	// is, the same round trip then deallocates the statements PREPAREd in
-	// SQL, and under pgx the notifications left unread are dropped.
+	// is, the same round trip then looks for statements PREPAREd in SQL,
+	// where the scope ran code that may have prepared one (see the
+	// package doc), and deallocates them; under pgx the notifications
+	// left unread are dropped.
 	ResetSQL string
 
 	// OnAcquire runs when a scope pins a connection, before user code sees
@@ -83,7 +85,8 @@ type Options struct {
 // every other setting, cursors held open, listened channels, session
 // advisory locks, temporary tables and other objects of pg_temp, and the
 // sequence state of currval and lastval. Statements PREPAREd in SQL are
-// deallocated by name in the same round trip (see [Options.ResetSQL]).
+// looked for in the same round trip and deallocated by name (see
+// [Options.ResetSQL]).
 // DISCARD ALL is not used: it would also drop the statements pgx
 // prepares and caches through the protocol.
 //

@@ -3,6 +3,7 @@ package dbctx
 import (
 	"context"
 	"database/sql"
+	"strings"
 	"testing"
 	"time"
 
@@ -80,6 +81,8 @@ func TestClassifyOracle(t *testing.T) {
 		switch {
 		case diff != "" && k&kindState == 0:
 			t.Errorf("%s: %q is classified clean but changed the session: %s", c.Name, stmt, diff)
+		case prepared(diff) && k&kindCode == 0:
+			t.Errorf("%s: %q prepared a statement, but the reset would not look for it: %s", c.Name, stmt, diff)
 		case c.Leaves != sessiontest.None && diff == "":
 			t.Errorf("%s: the probe sees no change after %q", c.Name, stmt)
 		case c.Leaves == sessiontest.None && diff != "":
@@ -100,11 +103,21 @@ func FuzzClassify(f *testing.F) {
 	}
 	o := newOracle(f)
 	f.Fuzz(func(t *testing.T, stmt string) {
-		if classify(stmt)&kindState != 0 {
-			return // the session will be reset: nothing to check
+		k := classify(stmt)
+		if k&(kindCode|kindPoison) != 0 {
+			return // the session will be reset and swept, or closed
 		}
-		if diff := o.run(t, stmt); diff != "" {
+		// What the classifier knows cannot PREPARE; and what it calls
+		// clean must change nothing.
+		diff := o.run(t, stmt)
+		switch {
+		case k&kindState == 0 && diff != "":
 			t.Fatalf("%q is classified clean but changed the session: %s", stmt, diff)
+		case prepared(diff):
+			t.Fatalf("%q prepared a statement, but the reset would not look for it: %s", stmt, diff)
 		}
 	})
 }
+
+// prepared reports whether a probe's diff shows a statement PREPAREd.
+func prepared(diff string) bool { return strings.Contains(diff, `before "prepared: `) }

@@ -80,7 +80,7 @@ func TestNoSessionStateLeak(t *testing.T) {
 		{"role", "SET ROLE pg_read_all_stats",
 			"SELECT (current_user <> session_user)::int"},
 		{"temp table", "CREATE TEMP TABLE scratch (n int)",
-			"SELECT count(*) FROM pg_class WHERE relname = 'scratch' AND relpersistence = 't'"},
+			"SELECT count(*) FROM pg_class WHERE relname = 'scratch' AND relnamespace = pg_my_temp_schema()"},
 		{"advisory lock", "SELECT pg_advisory_lock(42)",
 			"SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"},
 		{"listen", "LISTEN dbscope_test",

@@ -145,7 +145,7 @@ func (s *Scope) note(query string) {
 	if s.sock != nil && !s.sock.lexable {
 		// standard_conforming_strings is off: the text is not read as
 		// the classifier reads it.
-		k |= kindState | kindOnce
+		k |= kindUnknown
 	}
 	s.kind = k
 	s.apply(k)
@@ -159,6 +159,9 @@ func (s *Scope) apply(k queryKind) {
 	}
 	if k&kindState != 0 {
 		s.dirty = true
+	}
+	if k&kindCode != 0 {
+		s.sweep = true
 	}
 	if k&kindPoison != 0 {
 		s.poisoned = true

@@ -76,6 +76,7 @@ type Scope struct {
 	slot      bool      // holds a worker slot
 	reserved  bool      // the slot is held until End (Reserve)
 	dirty     bool      // the session may hold state: reset before giving it back
+	sweep     bool      // and statements PREPAREd in SQL: look for them in the reset
 	poisoned  bool      // the session holds state no reset undoes: discard it
 	handedOut bool      // Conn gave the *sql.Conn to user code
 	rawTx     bool      // a BEGIN seen in raw SQL: never retry
@@ -220,6 +221,7 @@ func (s *Scope) pin(c keptConn) {
 		s.pinnedAt = monotonic()
 	}
 	s.dirty = s.pool.opts.OnAcquire != nil
+	s.sweep = s.dirty
 	if s.pool.opts.LeakTimeout > 0 {
 		s.watchLeak()
 	}
@@ -355,7 +357,7 @@ func (s *Scope) BeginTx(ctx context.Context, opts *sql.TxOptions) (*sql.Tx, erro
 	}
 	tx, err := s.beginTx(ctx, opts)
 	if err == nil {
-		s.dirty = true
+		s.dirty, s.sweep = true, true
 	}
 	return tx, err
 }
@@ -417,7 +419,7 @@ func (s *Scope) raw(ctx context.Context) (*sql.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.dirty, s.used = true, true
+	s.dirty, s.sweep, s.used = true, true, true
 	s.disarm() // user code runs statements on it with contexts of its own
 	return c, nil
 }
