@@ -101,12 +101,13 @@
 // without its text naming it: a view's or a row-level-security policy's
 // functions, a user-defined operator, cast or type input function, a
 // function called in attribute notation (t.f for f(t)), a user function that
-// overloads a built-in's name for its own types. (A change of session user
-// there is still caught, by the parameter the server reports; a SET ROLE is
-// not.) Where a schema has such code, set [Options.ResetAlways]. A reset
-// also cannot remove a custom setting it resets: where a fresh session has
-// no app.tenant, a reset one has it set to the empty string (see
-// [DefaultResetSQL]).
+// overloads a built-in's name for its own types (or for any, where a
+// search_path set for the role or database puts pg_catalog after a schema of
+// the user's). (A change of session user there is still caught, by the
+// parameter the server reports; a SET ROLE is not.) Where a schema has such
+// code, set [Options.ResetAlways]. A reset also cannot remove a custom
+// setting it resets: where a fresh session has no app.tenant, a reset one
+// has it set to the empty string (see [DefaultResetSQL]).
 //
 // # Retry
 //

@@ -2,8 +2,8 @@ package dbctx_test
 
 import (
 	"context"
-	"errors"
 	"database/sql"
+	"errors"
 	"fmt"
 	"testing"
 

@@ -18,22 +18,29 @@ import (
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
 
+// start starts a server of mode with 2 slots over a schema of its own.
+func start(ctx context.Context, t *testing.T, mode string) *itemserver.Server {
+	t.Helper()
+	env := pgtest.New(t)
+	srv, err := itemserver.Start(ctx, itemserver.Config{
+		Mode: mode, DSN: env.DSN(), App: env.AppName(), MaxWorkers: 2,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return srv
+}
+
 // TestModes checks the workload in every mode: answers over websocket and
 // HTTP, an error reply that keeps the socket open, a graceful shutdown.
 func TestModes(t *testing.T) {
 	for _, mode := range itemserver.Modes {
 		t.Run(mode, func(t *testing.T) {
 			t.Parallel()
-			env := pgtest.New(t)
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
-			srv, err := itemserver.Start(ctx, itemserver.Config{
-				Mode: mode, DSN: env.DSN(), App: env.AppName(), MaxWorkers: 2,
-				Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
+			srv := start(ctx, t, mode)
 
 			c, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(srv.URL(), "http")+"/ws/items", nil)
 			if err != nil {
@@ -129,16 +136,9 @@ func TestNoResets(t *testing.T) {
 		}
 		t.Run(mode, func(t *testing.T) {
 			t.Parallel()
-			env := pgtest.New(t)
 			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 			defer cancel()
-			srv, err := itemserver.Start(ctx, itemserver.Config{
-				Mode: mode, DSN: env.DSN(), App: env.AppName(), MaxWorkers: 2,
-				Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
+			srv := start(ctx, t, mode)
 			defer srv.Shutdown(ctx)
 			c, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(srv.URL(), "http")+"/ws/items", nil)
 			if err != nil {
