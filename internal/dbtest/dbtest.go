@@ -63,8 +63,8 @@ func ActiveQueries(t testing.TB, env *pgtest.Env, prefix string) int {
 	t.Helper()
 	var n int
 	err := env.Admin().QueryRow(`SELECT count(*) FROM pg_stat_activity
-		WHERE application_name = $1 AND state = 'active' AND query LIKE $2`,
-		env.AppName(), prefix+"%").Scan(&n)
+		WHERE usename = $1 AND state = 'active' AND query LIKE $2`,
+		env.Role(), prefix+"%").Scan(&n)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -78,3 +78,20 @@ func quoteValue(v string) string {
 	v = strings.ReplaceAll(v, `'`, `\'`)
 	return "'" + v + "'"
 }
+
+// WithUser returns dsn changed to log in as user with password.
+func WithUser(dsn, user, password string) (string, error) {
+	if isURL(dsn) {
+		u, err := url.Parse(dsn)
+		if err != nil {
+			return "", fmt.Errorf("pgserver: parse connection URL: %w", err)
+		}
+		u.User = url.UserPassword(user, password)
+		q := u.Query()
+		q.Del("user")
+		q.Del("password")
+		u.RawQuery = q.Encode()
+		return u.String(), nil
+	}
+	return WithParams(dsn, "user", user, "password", password)
+}

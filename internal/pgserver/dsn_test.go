@@ -38,5 +38,16 @@ func TestDSNForms(t *testing.T) {
 			t.Errorf("%s via proxy = %s: host %s port %d user %s db %s params %v",
 				base, via, cfg2.Host, cfg2.Port, cfg2.User, cfg2.Database, cfg2.RuntimeParams)
 		}
+		as, err := WithUser(via, "t_x_1", "p w'")
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg3, err := pgconn.ParseConfig(as)
+		if err != nil {
+			t.Fatalf("%s: %v", as, err)
+		}
+		if cfg3.User != "t_x_1" || cfg3.Password != "p w'" || cfg3.Host != "127.0.0.1" || cfg3.Database != cfg.Database {
+			t.Errorf("%s as t_x_1 = %s: user %s password %q host %s db %s", base, as, cfg3.User, cfg3.Password, cfg3.Host, cfg3.Database)
+		}
 	}
 }

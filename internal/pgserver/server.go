@@ -11,7 +11,7 @@ import (
 	"os"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5"
 )
 
 // ForceClusterEnv names the environment variable that, when set to a value
@@ -94,7 +94,10 @@ func forceCluster() bool {
 func ping(ctx context.Context, dsn string, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	conn, err := pgconn.Connect(ctx, dsn)
+	// pgx, not pgconn: pgconn would send pgx's own settings in the DSN
+	// (default_query_exec_mode, statement_cache_capacity…) to the server
+	// as run-time parameters, which it refuses.
+	conn, err := pgx.Connect(ctx, dsn)
 	if err != nil {
 		return err
 	}

@@ -34,8 +34,14 @@
 // [Main] also checks for leaked goroutines with go.uber.org/goleak once all
 // tests have run.
 //
-// Every connection made through [Env.DSN] carries a unique application_name
-// ([Env.AppName]), which is how [Env.Terminate], [Env.Backends] and
-// [Env.IdleInTransaction] find this test's backends in pg_stat_activity
-// without touching those of tests running in parallel.
+// Every connection made through [Env.DSN] logs in as a role of the test's
+// own ([Env.Role], a superuser like the base server's user, whose
+// search_path is the schema) and carries a unique application_name
+// ([Env.AppName]). No startup parameter but application_name is needed,
+// so the tests run through a pooler in transaction mode too (PgBouncer
+// refuses search_path there): point $DATABASE_URL at the pooler and
+// [AdminURLEnv] at PostgreSQL itself. [Env.Terminate], [Env.Backends] and
+// [Env.IdleInTransaction] find the test's backends by the role, which a
+// pooler does not rename, without touching those of tests running in
+// parallel.
 package pgtest

@@ -11,8 +11,8 @@ import (
 	"time"
 )
 
-// Env is one test's isolated schema on the shared base server, and the
-// application_name that marks the test's connections.
+// Env is one test's isolated schema on the shared base server, the role
+// the test's connections log in as, and the application_name they carry.
 type Env struct {
 	srv     *server
 	schema  string
@@ -21,23 +21,39 @@ type Env struct {
 }
 
 // New creates a fresh schema named t_<sanitized test name>_<random> on the
-// shared base server and returns an Env for it. At cleanup it terminates any
-// backend still connected with the Env's application name and drops the
-// schema with CASCADE. It fails tb if there is no server.
+// shared base server, owned by a login role of the same name whose
+// search_path is that schema, and returns an Env for it. Nothing of it
+// rides on startup parameters but application_name, so it works through
+// a pooler such as PgBouncer as well as directly. At cleanup it
+// terminates any backend still connected as that role and drops the
+// schema with CASCADE, and the role. It fails tb if there is no server.
 func New(tb testing.TB) *Env {
 	tb.Helper()
 	srv := base(tb)
 	adm := admin(tb)
 	name := "t_" + sanitize(tb.Name(), 40) + "_" + randomHex(4)
-	dsn, err := pgserver.WithParams(srv.url, "search_path", name, "application_name", name)
+	password := randomHex(16)
+	dsn, err := pgserver.WithUser(srv.url, name, password)
+	if err == nil {
+		dsn, err = pgserver.WithParams(dsn, "application_name", name)
+	}
 	if err != nil {
 		tb.Fatal(err)
 	}
 	e := &Env{srv: srv, schema: name, appName: name, dsn: dsn}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if _, err := adm.ExecContext(ctx, "CREATE SCHEMA "+quoteIdent(name)); err != nil {
-		tb.Fatalf("pgtest: create schema %s: %v", name, err)
+	role := quoteIdent(name)
+	for _, q := range []string{
+		// A superuser, as the base server's user is: tests set session
+		// authorization, load libraries, terminate backends.
+		"CREATE ROLE " + role + " LOGIN SUPERUSER PASSWORD '" + password + "'",
+		"CREATE SCHEMA " + role + " AUTHORIZATION " + role,
+		"ALTER ROLE " + role + " SET search_path = " + role,
+	} {
+		if _, err := adm.ExecContext(ctx, q); err != nil {
+			tb.Fatalf("pgtest: create schema and role %s: %v", name, err)
+		}
 	}
 	tb.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -47,17 +63,28 @@ func New(tb testing.TB) *Env {
 		if _, err := e.terminate(ctx); err != nil {
 			tb.Errorf("pgtest: cleanup: %v", err)
 		}
-		if _, err := adm.ExecContext(ctx, "DROP SCHEMA IF EXISTS "+quoteIdent(name)+" CASCADE"); err != nil {
-			tb.Errorf("pgtest: drop schema %s: %v", name, err)
+		for _, q := range []string{
+			"DROP SCHEMA IF EXISTS " + role + " CASCADE",
+			"DROP OWNED BY " + role, // what it was granted elsewhere
+			"DROP ROLE IF EXISTS " + role,
+		} {
+			if _, err := adm.ExecContext(ctx, q); err != nil {
+				tb.Errorf("pgtest: cleanup: %s: %v", q, err)
+			}
 		}
 	})
 	return e
 }
 
 // DSN returns a pgx connection string (URL or keyword/value, as the base
-// server's) whose connections use search_path=[Env.Schema] and
-// application_name=[Env.AppName].
+// server's) whose connections log in as [Env.Role], whose search_path is
+// [Env.Schema], and carry application_name=[Env.AppName].
 func (e *Env) DSN() string { return e.dsn }
+
+// Role returns the role that [Env.DSN] connections log in as: by it
+// [Env.Terminate], [Env.Backends] and [Env.IdleInTransaction] find the
+// test's backends, which a pooler does not rename.
+func (e *Env) Role() string { return e.schema }
 
 // AppName returns the application_name that [Env.DSN] connections carry,
 // unique to this Env.
@@ -89,14 +116,14 @@ func (e *Env) Open(tb testing.TB) *sql.DB {
 	return db
 }
 
-// Admin returns the process-wide admin pool on the base server, whose
-// connections have their own application_name, for inspecting and
-// disturbing the test's connections. Do not close it.
+// Admin returns the process-wide admin pool, straight to PostgreSQL (see
+// [AdminURLEnv]) as the base server's user, for inspecting and disturbing
+// the test's connections. Do not close it.
 func (e *Env) Admin() *sql.DB { return shared.admin }
 
-// Terminate terminates (pg_terminate_backend) every backend whose
-// application_name is [Env.AppName], waits until they are gone from
-// pg_stat_activity, and returns how many it terminated.
+// Terminate terminates (pg_terminate_backend) every backend logged in as
+// [Env.Role], waits until they are gone from pg_stat_activity, and
+// returns how many it terminated.
 func (e *Env) Terminate(tb testing.TB) int {
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -141,8 +168,8 @@ func (e *Env) terminate(ctx context.Context) (int, error) {
 	return len(killed), err
 }
 
-// Backends returns the process ids of the server backends whose
-// application_name is [Env.AppName].
+// Backends returns the process ids of the server backends logged in as
+// [Env.Role].
 func (e *Env) Backends(tb testing.TB) []int {
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -173,8 +200,8 @@ func (e *Env) IdleInTransaction(tb testing.TB) int {
 func (e *Env) backends(ctx context.Context, cond string) ([]int, error) {
 	rows, err := shared.admin.QueryContext(ctx,
 		`SELECT pid FROM pg_stat_activity
-		 WHERE application_name = $1 AND pid <> pg_backend_pid() `+cond+`
-		 ORDER BY pid`, e.appName)
+		 WHERE usename = $1 AND pid <> pg_backend_pid() `+cond+`
+		 ORDER BY pid`, e.schema)
 	if err != nil {
 		return nil, err
 	}

@@ -56,14 +56,15 @@ func TestSchemaIsolation(t *testing.T) {
 		env *pgtest.Env
 	}{{dbA, a}, {dbB, b}} {
 		var n int
-		var schema, app string
+		var schema, app, user string
 		err := c.db.QueryRowContext(ctx,
-			`SELECT (SELECT n FROM items), current_schema(), current_setting('application_name')`).Scan(&n, &schema, &app)
+			`SELECT (SELECT n FROM items), current_schema(), current_setting('application_name'), current_user`).Scan(&n, &schema, &app, &user)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if n != i || schema != c.env.Schema() || app != c.env.AppName() {
-			t.Errorf("env %d sees n=%d schema=%q app=%q; want %d %q %q", i, n, schema, app, i, c.env.Schema(), c.env.AppName())
+		if n != i || schema != c.env.Schema() || app != c.env.AppName() || user != c.env.Role() {
+			t.Errorf("env %d sees n=%d schema=%q app=%q user=%q; want %d %q %q %q",
+				i, n, schema, app, user, i, c.env.Schema(), c.env.AppName(), c.env.Role())
 		}
 	}
 	// The admin pool is not one of the Env's backends.
@@ -87,14 +88,15 @@ func TestSchemaDroppedAtCleanup(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
-	var n int
+	var n, roles int
 	err := admin.QueryRowContext(ctxFor(t, 10*time.Second),
-		`SELECT count(*) FROM pg_namespace WHERE nspname = $1`, schema).Scan(&n)
+		`SELECT (SELECT count(*) FROM pg_namespace WHERE nspname = $1), (SELECT count(*) FROM pg_roles WHERE rolname = $1)`,
+		schema).Scan(&n, &roles)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n != 0 {
-		t.Errorf("schema %s still exists after cleanup", schema)
+	if n != 0 || roles != 0 {
+		t.Errorf("schema %s (%d) or its role (%d) still exists after cleanup", schema, n, roles)
 	}
 }
 

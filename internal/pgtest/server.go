@@ -96,12 +96,22 @@ func URL(tb testing.TB) string {
 	return base(tb).url
 }
 
+// AdminURLEnv names the environment variable with the URL of the admin
+// pool, where $DATABASE_URL goes through a pooler: the admin pool must
+// reach PostgreSQL itself, to see and terminate the backends of the
+// tests. Unset, the admin pool uses the base server's URL.
+const AdminURLEnv = "DBSCOPE_ADMIN_URL"
+
 // admin returns the shared admin pool, opening it on first use.
 func admin(tb testing.TB) *sql.DB {
 	tb.Helper()
 	srv := base(tb)
 	shared.adminOnce.Do(func() {
-		dsn, err := pgserver.WithParams(srv.url, "application_name", adminAppName)
+		url := srv.url
+		if u := os.Getenv(AdminURLEnv); u != "" {
+			url = u
+		}
+		dsn, err := pgserver.WithParams(url, "application_name", adminAppName)
 		if err != nil {
 			shared.adminErr = err
 			return

@@ -71,15 +71,16 @@ func Setup(ctx context.Context, db *sql.DB, schema string) (e *Env, cleanup func
 		"GRANT ALL ON ALL TABLES IN SCHEMA " + q + " TO " + r,
 		"GRANT ALL ON ALL SEQUENCES IN SCHEMA " + q + " TO " + r,
 	}
-	for _, s := range stmts {
-		if _, err := db.ExecContext(ctx, s); err != nil {
-			return nil, nil, fmt.Errorf("sessiontest: setup: %s: %w", s, err)
-		}
-	}
 	cleanup = func() {
 		// DROP OWNED revokes what the role was granted in this database.
 		db.ExecContext(context.Background(), "DROP OWNED BY "+r)
 		db.ExecContext(context.Background(), "DROP ROLE "+r)
+	}
+	for _, s := range stmts {
+		if _, err := db.ExecContext(ctx, s); err != nil {
+			cleanup()
+			return nil, nil, fmt.Errorf("sessiontest: setup: %s: %w", s, err)
+		}
 	}
 	return &Env{Schema: schema, Role: role}, cleanup, nil
 }
