@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/internal/dbtest"
 )
 
 // Statements run with the scope's own context are watched by the scope,
@@ -51,11 +52,10 @@ func TestCancelScopeContext(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
 			ctx, s := p.Scope(ctx)
 			defer s.End()
-			go func() {
-				eventually(t, "pg_sleep to run", func() bool { return activeQueries(t, env, "SELECT") == 1 })
-				cancel()
-			}()
-			if err := tc.run(ctx, s); !errors.Is(err, context.Canceled) {
+			canceled := dbtest.WhenActive(t, env, "SELECT", cancel)
+			err := tc.run(ctx, s)
+			<-canceled
+			if !errors.Is(err, context.Canceled) {
 				t.Fatalf("got %v, want context.Canceled", err)
 			}
 			eventually(t, "the statement to stop on the server", func() bool { return activeQueries(t, env, "SELECT") == 0 })

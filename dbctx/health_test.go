@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/internal/dbtest"
 	"github.com/dbscope/dbscope/internal/pgserver"
 	"github.com/dbscope/dbscope/internal/pgtest"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -150,11 +151,7 @@ func TestKilledMidQueryInTx(t *testing.T) {
 	t.Parallel()
 	p, env := newPool(t, &dbctx.Options{MaxWorkers: 2})
 	ctx := context.Background()
-	killed := make(chan int, 1)
-	go func() {
-		eventually(t, "pg_sleep to run", func() bool { return activeQueries(t, env, "SELECT pg_sleep") == 1 })
-		killed <- env.Terminate(t)
-	}()
+	killed := dbtest.KillWhenActive(t, env, "SELECT pg_sleep")
 	err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
 		return dbctx.Atomic(ctx, func(ctx context.Context) error {
 			_, err := s.ExecContext(ctx, "SELECT pg_sleep(30)")
@@ -187,14 +184,14 @@ func TestKilledMidQueryRetried(t *testing.T) {
 	t.Parallel()
 	p, env := newPool(t, &dbctx.Options{MaxWorkers: 2})
 	ctx := context.Background()
-	go func() {
-		eventually(t, "pg_sleep to run", func() bool { return activeQueries(t, env, "SELECT pg_sleep") == 1 })
-		env.Terminate(t)
-	}()
+	killed := dbtest.KillWhenActive(t, env, "SELECT pg_sleep")
 	err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
 		_, err := s.ExecContext(ctx, "SELECT pg_sleep(0.3)")
 		return err
 	})
+	if n := <-killed; n != 1 {
+		t.Fatalf("killed %d backends, want 1", n)
+	}
 	if err != nil {
 		t.Fatalf("statement was not retried: %v", err)
 	}
@@ -300,10 +297,8 @@ func TestCancelMidQuery(t *testing.T) {
 	t.Parallel()
 	p, env := newPool(t, &dbctx.Options{MaxWorkers: 2})
 	ctx, cancel := context.WithCancel(context.Background())
-	go func() {
-		eventually(t, "pg_sleep to run", func() bool { return activeQueries(t, env, "SELECT pg_sleep") == 1 })
-		cancel()
-	}()
+	canceled := dbtest.WhenActive(t, env, "SELECT pg_sleep", cancel)
+	defer func() { <-canceled }()
 	err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
 		_, err := s.ExecContext(ctx, "SELECT pg_sleep(30)")
 		return err

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/internal/dbtest"
 	"github.com/dbscope/dbscope/middleware"
 	"github.com/go-chi/chi/v5"
 )
@@ -82,10 +83,8 @@ func TestClientGoneMidQuery(t *testing.T) {
 		dbctx.From(ctx).ExecContext(ctx, "SELECT pg_sleep(30)")
 	})))
 	ctx, cancel := context.WithCancel(context.Background())
-	go func() {
-		eventually(t, "the query to run", func() bool { return activeQueries(t, env, "SELECT pg_sleep") == 1 })
-		cancel()
-	}()
+	canceled := dbtest.WhenActive(t, env, "SELECT pg_sleep", cancel)
+	defer func() { <-canceled }()
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL, nil)
 	if resp, err := http.DefaultClient.Do(req); err == nil {
 		resp.Body.Close()

@@ -141,11 +141,12 @@ func TestBackendKilled(t *testing.T) {
 				}
 				env.Terminate(t)
 			}
-			go func() {
-				dbtest.Eventually(t, "the query", func() bool { return dbtest.ActiveQueries(t, env, "SELECT pg_sleep") == 1 })
-				env.Terminate(t)
-			}()
-			if r := roundTrip(t, c, msg{ID: 9, Op: "sleep"}); r.Error == "" {
+			killed := dbtest.KillWhenActive(t, env, "SELECT pg_sleep")
+			r := roundTrip(t, c, msg{ID: 9, Op: "sleep"})
+			if n := <-killed; n != 1 {
+				t.Fatalf("killed %d backends, want 1", n)
+			}
+			if r.Error == "" {
 				t.Fatalf("killed mid-query: %+v", r)
 			}
 			if r := roundTrip(t, c, msg{ID: 10}); r.Name != "item-10" {

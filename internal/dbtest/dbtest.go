@@ -4,6 +4,7 @@
 package dbtest
 
 import (
+	"context"
 	"testing"
 	"time"
 
@@ -61,12 +62,71 @@ func Eventually(t testing.TB, what string, cond func() bool) {
 // with prefix.
 func ActiveQueries(t testing.TB, env *pgtest.Env, prefix string) int {
 	t.Helper()
-	var n int
-	err := env.Admin().QueryRow(`SELECT count(*) FROM pg_stat_activity
-		WHERE usename = $1 AND state = 'active' AND query LIKE $2`,
-		env.Role(), prefix+"%").Scan(&n)
+	n, err := activeQueries(context.Background(), env, prefix)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return n
+}
+
+func activeQueries(ctx context.Context, env *pgtest.Env, prefix string) (int, error) {
+	var n int
+	err := env.Admin().QueryRowContext(ctx, `SELECT count(*) FROM pg_stat_activity
+		WHERE usename = $1 AND state = 'active' AND query LIKE $2`,
+		env.Role(), prefix+"%").Scan(&n)
+	return n, err
+}
+
+// WhenActive calls do, on a goroutine of its own, once one of env's
+// backends runs a statement that starts with prefix, and closes the
+// channel it returns when do has returned. Meanwhile the test's goroutine
+// runs the statement. A failure to see it within 10 seconds is reported
+// with t.Error, as a goroutine other than the test's must (t.Fatal
+// there would not stop the test), and do is not called.
+func WhenActive(t testing.TB, env *pgtest.Env, prefix string, do func()) <-chan struct{} {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		for {
+			n, err := activeQueries(ctx, env, prefix)
+			switch {
+			case err != nil:
+				t.Errorf("waiting for %q to run: %v", prefix, err)
+				return
+			case n > 0:
+				do()
+				return
+			}
+			select {
+			case <-ctx.Done():
+				t.Errorf("waiting for %q to run: %v", prefix, ctx.Err())
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+	}()
+	return done
+}
+
+// KillWhenActive is [WhenActive] that terminates env's backends, and
+// reports on the channel how many it terminated (-1 where it failed).
+func KillWhenActive(t testing.TB, env *pgtest.Env, prefix string) <-chan int {
+	killed := make(chan int, 1)
+	n := -1
+	done := WhenActive(t, env, prefix, func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		var err error
+		if n, err = env.TerminateContext(ctx); err != nil {
+			t.Errorf("terminating the backends: %v", err)
+			n = -1
+		}
+	})
+	go func() {
+		<-done
+		killed <- n
+	}()
+	return killed
 }

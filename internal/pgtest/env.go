@@ -135,6 +135,11 @@ func (e *Env) Terminate(tb testing.TB) int {
 	return n
 }
 
+// TerminateContext is [Env.Terminate] that returns its error rather than
+// failing a test: for goroutines other than the test's, where t.Fatal
+// must not be called.
+func (e *Env) TerminateContext(ctx context.Context) (int, error) { return e.terminate(ctx) }
+
 func (e *Env) terminate(ctx context.Context) (int, error) {
 	adm := shared.admin
 	pids, err := e.backends(ctx, "")
