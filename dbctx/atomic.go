@@ -109,7 +109,8 @@ func (s *Scope) beginAtomic() error {
 		return err
 	}
 	s.x.tx = tx
-	return nil
+	// Atomic rolls it back when this error reaches it.
+	return s.onBegin(s.x.atomicCtx)
 }
 
 func (s *Scope) savepoint(ctx context.Context, fn func(ctx context.Context) error) (err error) {

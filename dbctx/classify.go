@@ -39,14 +39,24 @@ import (
 type queryKind uint8
 
 const (
-	kindState  queryKind = 1 << iota // may leave state in the session
-	kindBegin                        // begins a transaction
-	kindOnce                         // must not run again once the server may have run it: CALL, DO, several statements, utility
-	kindPoison                       // leaves state no reset undoes (LOAD, DISCARD ALL, DEALLOCATE ALL, setseed)
-	kindCode                         // runs code the classifier does not know, which may PREPARE in SQL
+	kindState   queryKind = 1 << iota // may leave state in the session
+	kindBegin                         // begins a transaction
+	kindOnce                          // must not run again once the server may have run it: CALL, DO, several statements, utility
+	kindPoison                        // leaves state no reset undoes (LOAD, DISCARD ALL, DEALLOCATE ALL, setseed)
+	kindCode                          // runs code the classifier does not know, which may PREPARE in SQL
+	kindSession                       // sets what lives in the session beyond its transaction, by its text (see below)
 
 	// kindUnknown is what a statement is where the classifier cannot tell.
 	kindUnknown = kindState | kindOnce | kindCode
+
+	// kindSessionState is what a statement is that visibly sets
+	// session-level state: kindSession, which transaction pooling refuses
+	// (Options.TransactionPooling): settings (SET, RESET, set_config(…,
+	// false)), LISTEN, SQL-level prepared statements, cursors WITH HOLD,
+	// temporary objects (but CREATE TEMP … ON COMMIT DROP), session
+	// advisory locks, LOAD, DISCARD, setseed. What the classifier cannot
+	// see (functions, DO, CALL, DML's triggers) is not refused.
+	kindSessionState = kindState | kindSession
 )
 
 // noteCache remembers classify's answers for the queries seen last,
@@ -440,6 +450,10 @@ type classifier struct {
 	p1, p2, p3 token
 	depth      int
 
+	// A temporary object created (CREATE TEMP, SELECT INTO TEMP), and ON
+	// COMMIT DROP said of it.
+	temp, commitDrop bool
+
 	// set_config(…) under way: the depth inside its parentheses (0: none),
 	// the argument being read, and whether the argument so far is one
 	// token meaning true.
@@ -477,10 +491,14 @@ func (c *classifier) endStatement() {
 	if c.ntok > 0 {
 		c.stmts++
 		if c.cfgDepth > 0 {
-			c.kind |= kindState // set_config( never closed
+			c.kind |= kindSessionState // set_config( never closed
+		}
+		if c.temp && !c.commitDrop {
+			c.kind |= kindSessionState
 		}
 	}
 	c.ntok, c.pos, c.depth, c.cfgDepth, c.read = 0, 0, 0, 0, false
+	c.temp, c.commitDrop = false, false
 	c.first, c.p1, c.p2, c.p3 = token{}, token{}, token{}, token{}
 }
 
@@ -507,11 +525,26 @@ func (c *classifier) token(t token) {
 			c.depth--
 		}
 	case tWord:
+		c.word(t)
 		if c.read {
 			c.readWord(t)
 		}
 	}
 	c.shift(t)
+}
+
+// word looks in every statement for the words of temporary objects.
+func (c *classifier) word(t token) {
+	switch {
+	case t.is("pg_temp"):
+		c.kind |= kindSessionState
+	case t.is("temp") || t.is("temporary"):
+		if c.first.is("create") || c.p1.is("into") {
+			c.temp = true
+		}
+	case t.is("drop") && c.p1.is("commit") && c.p2.is("on"):
+		c.commitDrop = true
+	}
 }
 
 func (c *classifier) shift(t token) { c.p3, c.p2, c.p1 = c.p2, c.p1, t }
@@ -541,11 +574,11 @@ func (c *classifier) startStatement(t token) {
 	case "set", "prepare", "deallocate", "discard":
 		// Decided by the next word (second).
 	case "reset", "listen", "unlisten":
-		c.kind |= kindState
+		c.kind |= kindSessionState
 	case "execute":
-		c.kind |= kindState | kindCode
+		c.kind |= kindSessionState | kindCode
 	case "load":
-		c.kind |= kindUnknown | kindPoison
+		c.kind |= kindUnknown | kindSession | kindPoison
 	default:
 		// DO, CALL, COPY, DDL, VACUUM… and anything unknown.
 		c.kind |= kindUnknown
@@ -557,22 +590,22 @@ func (c *classifier) second(t token) {
 	switch {
 	case c.pos == 1 && c.first.is("set"):
 		if !(t.is("local") || t.is("transaction") || t.is("constraints")) {
-			c.kind |= kindState
+			c.kind |= kindSessionState
 		}
 	case c.pos == 1 && c.first.is("prepare"):
 		if t.is("transaction") {
 			c.kind |= kindOnce
 		} else {
-			c.kind |= kindState | kindCode
+			c.kind |= kindSessionState | kindCode
 		}
 	case c.pos == 1 && c.first.is("discard"):
-		c.kind |= kindState
+		c.kind |= kindSessionState
 		if t.is("all") {
 			c.kind |= kindPoison
 		}
 	case c.first.is("deallocate") && c.pos <= 2:
 		if c.pos == 1 {
-			c.kind |= kindState
+			c.kind |= kindSessionState
 		}
 		if t.is("all") {
 			c.kind |= kindPoison
@@ -595,11 +628,11 @@ func (c *classifier) readWord(t token) {
 		}
 	case "insert", "delete", "merge":
 		c.kind |= kindState | kindCode
-	case "into", "pg_temp":
+	case "into":
 		c.kind |= kindState
 	case "hold":
 		if c.first.is("declare") {
-			c.kind |= kindState
+			c.kind |= kindSessionState
 		}
 	}
 }
@@ -658,13 +691,15 @@ func (c *classifier) builtin(name string, folded bool) {
 	switch {
 	case eq("set_config"):
 		if c.cfgDepth > 0 {
-			c.kind |= kindState // one at a time
+			c.kind |= kindSessionState // one at a time
 			return
 		}
 		c.cfgDepth, c.cfgArg, c.cfgToks, c.cfgTrue = c.depth+1, 0, 0, false
 	case eq("setseed"):
-		c.kind |= kindState | kindPoison
+		c.kind |= kindSessionState | kindPoison
 	case harmless(name, folded):
+	case sessionLock(name, folded):
+		c.kind |= kindSessionState
 	case stateful(name, folded):
 		c.kind |= kindState
 	default:
@@ -672,16 +707,21 @@ func (c *classifier) builtin(name string, folded bool) {
 	}
 }
 
-// statefulBuiltins are the built-ins that leave session state and run no
-// other code: sequences and session advisory locks.
-var statefulBuiltins = []string{
-	"nextval", "setval", "currval", "lastval",
+// sequenceBuiltins leave sequence state and run no other code.
+var sequenceBuiltins = []string{"nextval", "setval", "currval", "lastval"}
+
+// sessionLockBuiltins take or give back session advisory locks and run no
+// other code.
+var sessionLockBuiltins = []string{
 	"pg_advisory_lock", "pg_advisory_lock_shared", "pg_try_advisory_lock", "pg_try_advisory_lock_shared",
 	"pg_advisory_unlock", "pg_advisory_unlock_shared", "pg_advisory_unlock_all",
 }
 
-func stateful(name string, folded bool) bool {
-	for _, w := range statefulBuiltins {
+func stateful(name string, folded bool) bool    { return among(sequenceBuiltins, name, folded) }
+func sessionLock(name string, folded bool) bool { return among(sessionLockBuiltins, name, folded) }
+
+func among(words []string, name string, folded bool) bool {
+	for _, w := range words {
 		if name == w || folded && strings.EqualFold(name, w) {
 			return true
 		}
@@ -698,7 +738,7 @@ func (c *classifier) setConfigArg(t token) {
 	switch {
 	case t.kind == tRParen && c.depth == c.cfgDepth:
 		if c.cfgArg != 2 || c.cfgToks != 1 || !c.cfgTrue {
-			c.kind |= kindState
+			c.kind |= kindSessionState
 		}
 		c.cfgDepth = 0
 	case t.kind == tComma && c.depth == c.cfgDepth:

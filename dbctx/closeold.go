@@ -131,7 +131,8 @@ func (s *Scope) giveBack(ctx context.Context) error {
 		s.unpin(discardUnresettable)
 		return nil
 	}
-	if !s.dirty && s.sock != nil && s.sock.changed(s.pg) {
+	tp := p.opts.TransactionPooling
+	if !tp && !s.dirty && s.sock != nil && s.sock.changed(s.pg) {
 		// Something the scope ran changed the session user without the
 		// classifier seeing it: a view's or an operator's code, say.
 		s.dirty, s.sweep = true, true
@@ -148,7 +149,10 @@ func (s *Scope) giveBack(ctx context.Context) error {
 		}
 		s.dirty, s.sweep = true, true // what it ran is not seen
 	}
-	if s.dirty || p.opts.ResetAlways {
+	// Behind transaction pooling a reset would reach whichever server
+	// connection the pooler picks; what could leak was refused (see
+	// Scope.use).
+	if !tp && (s.dirty || p.opts.ResetAlways) {
 		s.sweep = s.sweep || p.opts.ResetAlways
 		p.c.resets.Add(1)
 		if err := s.reset(ctx); err != nil {

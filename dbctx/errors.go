@@ -34,6 +34,22 @@ var (
 	// connection, which would lack it.
 	ErrSessionLost = errors.New("dbctx: session lost: the connection failed after statements had run on it; not run on a fresh connection, which would lack their session state")
 
+	// ErrSessionState is returned, wrapped with the statement, under
+	// [Options.TransactionPooling] for a statement that sets session-level
+	// state (SET, set_config(…, false), LISTEN, PREPARE, a cursor WITH
+	// HOLD, a temporary table, a session advisory lock…) and for
+	// PrepareContext, before anything is sent: behind a pooler in
+	// transaction mode that state would go to another client, and the
+	// scope's next transaction may run on another server connection.
+	ErrSessionState = errors.New("dbctx: session-level state under transaction pooling: it would reach another client; set it per transaction inside Atomic (SET LOCAL, set_config(…, true), pg_advisory_xact_lock, CREATE TEMP TABLE … ON COMMIT DROP), or in Options.OnBegin")
+
+	// ErrUnavailable wraps the driver's error when no connection to the
+	// database could be had (it refused or timed out connecting): the
+	// database, or the pooler in front of it, is down. Statements fail at
+	// once rather than wait; the pool recovers by itself once it is back.
+	// Package middleware answers it with 503, wsconsumer with close 1013.
+	ErrUnavailable = errors.New("dbctx: database unavailable")
+
 	// ErrPoolClosed is returned when a slot is asked of a closed [Pool].
 	ErrPoolClosed = errors.New("dbctx: pool closed")
 

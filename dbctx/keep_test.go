@@ -8,6 +8,7 @@ import (
 
 	"github.com/dbscope/dbscope/dbctx"
 	"github.com/dbscope/dbscope/internal/dbtest"
+	"github.com/dbscope/dbscope/internal/pgtest"
 )
 
 // poolPID returns the backend a fresh scope of p gets.
@@ -90,6 +91,7 @@ func TestKeptFreeForDirectUse(t *testing.T) {
 // replaces the session.
 func TestKeptLifetime(t *testing.T) {
 	t.Parallel()
+	pgtest.SkipPooled(t, "watches the server session change under SetConnMaxLifetime")
 	p, _ := newPool(t, &dbctx.Options{MaxWorkers: 1})
 	p.DB().SetConnMaxLifetime(50 * time.Millisecond)
 	first := poolPID(t, p)

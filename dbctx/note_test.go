@@ -18,6 +18,7 @@ func TestClassify(t *testing.T) {
 		P = kindPoison
 		C = kindCode
 		U = kindUnknown // S | O | C
+		X = kindSession // with S: set in the session, visibly
 	)
 	for _, tc := range []struct {
 		query string
@@ -68,33 +69,35 @@ func TestClassify(t *testing.T) {
 		{"SAVEPOINT a", O},
 
 		// Session state, by statement.
-		{"SET search_path = x", S},
-		{"set session authorization nobody", S},
-		{"SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY", S},
-		{"SET ROLE r", S},
-		{"reset all", S},
-		{"LISTEN ch", S},
-		{"UNLISTEN *", S},
-		{"PREPARE q1 AS SELECT 1", S | C},
-		{"EXECUTE q1", S | C},
-		{"DEALLOCATE q1", S},
-		{"DECLARE c CURSOR WITH HOLD FOR SELECT 1", S},
-		{"DISCARD TEMP", S},
-		{"create temp table t (x int)", U},
-		{"CREATE TEMPORARY TABLE t (x int)", U},
-		{"CREATE TABLE pg_temp.t (x int)", U},
-		{"SELECT 1 INTO TEMP t", S},
+		{"SET search_path = x", S | X},
+		{"set session authorization nobody", S | X},
+		{"SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY", S | X},
+		{"SET ROLE r", S | X},
+		{"reset all", S | X},
+		{"LISTEN ch", S | X},
+		{"UNLISTEN *", S | X},
+		{"PREPARE q1 AS SELECT 1", S | C | X},
+		{"EXECUTE q1", S | C | X},
+		{"DEALLOCATE q1", S | X},
+		{"DECLARE c CURSOR WITH HOLD FOR SELECT 1", S | X},
+		{"DISCARD TEMP", S | X},
+		{"create temp table t (x int)", U | X},
+		{"CREATE TEMP TABLE t (x int) ON COMMIT DROP", U},
+		{"CREATE TEMPORARY TABLE t (x int)", U | X},
+		{"CREATE TABLE pg_temp.t (x int)", U | X},
+		{"SELECT 1 INTO TEMP t", S | X},
+		{"SELECT 1 INTO t", S},
 		{"INSERT INTO t VALUES (1)", S | C},
 		{"UPDATE t SET x = 1", S | C},
 		{"DELETE FROM t", S | C},
 		{"WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d", S | C},
-		{"SELECT * FROM pg_temp.t", S},
+		{"SELECT * FROM pg_temp.t", S | X},
 		// … by function.
-		{"select set_config('a.b', 'c', false)", S},
-		{"SELECT set_config('a.b', 'c', $3)", S},
-		{"SELECT pg_catalog.set_config('a.b', 'c', false)", S},
-		{"SELECT pg_advisory_lock(1)", S},
-		{"SELECT pg_try_ADVISORY_LOCK(1)", S},
+		{"select set_config('a.b', 'c', false)", S | X},
+		{"SELECT set_config('a.b', 'c', $3)", S | X},
+		{"SELECT pg_catalog.set_config('a.b', 'c', false)", S | X},
+		{"SELECT pg_advisory_lock(1)", S | X},
+		{"SELECT pg_try_ADVISORY_LOCK(1)", S | X},
 		{"SELECT nextval('s')", S},
 		{"SELECT app.set_tenant($1)", S | C},
 		{"SELECT set_tenant($1)", S | C},
@@ -107,13 +110,13 @@ func TestClassify(t *testing.T) {
 		{"SELECT public.lower(x) FROM t", S | C},
 		{"SELECT lower /* c */ (x), f\n(y) FROM t", S | C},
 		// … by comments, literals and strings that hide the keyword.
-		{"/* tag */ SET app.tenant = '42'", S},
-		{"-- name: SetTenant :exec\nSET app.tenant = '42'", S},
-		{"  (SET x = 1)", S},
-		{"SELECT 1; SET x.y = 1", S | O},
-		{"SELECT 'a''b'; SELECT set_config('a', 'b', false)", S | O},
-		{"SELECT E'\\''; SET x = 1 --'", S | O},
-		{"SELECT $a$ $b$ $a$; SET x = 1", S | O},
+		{"/* tag */ SET app.tenant = '42'", S | X},
+		{"-- name: SetTenant :exec\nSET app.tenant = '42'", S | X},
+		{"  (SET x = 1)", S | X},
+		{"SELECT 1; SET x.y = 1", S | O | X},
+		{"SELECT 'a''b'; SELECT set_config('a', 'b', false)", S | O | X},
+		{"SELECT E'\\''; SET x = 1 --'", S | O | X},
+		{"SELECT $a$ $b$ $a$; SET x = 1", S | O | X},
 		{"SELECT 1 /* unterminated", U},
 		{"SELECT 'unterminated", U},
 		// Code the classifier cannot see: state, run at most once.
@@ -124,11 +127,11 @@ func TestClassify(t *testing.T) {
 		{"frobnicate", U},
 		{"\"select\" 1", U},
 		// What no reset undoes.
-		{"load 'auto_explain'", U | P},
-		{"DISCARD ALL", S | P},
-		{"DEALLOCATE ALL", S | P},
-		{"DEALLOCATE PREPARE ALL", S | P},
-		{"SELECT setseed(0.5)", S | P},
+		{"load 'auto_explain'", U | P | X},
+		{"DISCARD ALL", S | P | X},
+		{"DEALLOCATE ALL", S | P | X},
+		{"DEALLOCATE PREPARE ALL", S | P | X},
+		{"SELECT setseed(0.5)", S | P | X},
 	} {
 		if got := classify(tc.query); got != tc.want {
 			t.Errorf("classify(%q) = %s, want %s", tc.query, kindString(got), kindString(tc.want))
@@ -141,7 +144,7 @@ func kindString(k queryKind) string {
 	for _, f := range []struct {
 		k    queryKind
 		name string
-	}{{kindState, "state"}, {kindBegin, "begin"}, {kindOnce, "once"}, {kindPoison, "poison"}, {kindCode, "code"}} {
+	}{{kindState, "state"}, {kindBegin, "begin"}, {kindOnce, "once"}, {kindPoison, "poison"}, {kindCode, "code"}, {kindSession, "session"}} {
 		if k&f.k != 0 {
 			parts = append(parts, f.name)
 		}

@@ -69,6 +69,30 @@ type Options struct {
 	// (Stats.Discarded.Hook), not returned as the outcome of the work.
 	OnRelease func(ctx context.Context, conn *sql.Conn) error
 
+	// OnBegin runs right after a scope begins a transaction (the outermost
+	// [Atomic], [Scope.BeginTx]), before the transaction's first
+	// statement: set transaction-local state here, through the scope s,
+	// whose statements are part of the transaction (set_config('app.tenant',
+	// …, true) from a value in ctx). It is the per-transaction
+	// counterpart of OnAcquire, and the one that works under
+	// TransactionPooling. Its error ends the transaction (rolled back) and
+	// is returned, wrapped, by the statement that began it, or by BeginTx.
+	OnBegin func(ctx context.Context, s *Scope) error
+
+	// TransactionPooling declares that the *sql.DB reaches PostgreSQL
+	// through a pooler in transaction mode (PgBouncer's pool_mode =
+	// transaction), which hands each transaction to whichever server
+	// connection is free: session-level state set on one goes to another
+	// client next, and is not there for the scope's next transaction.
+	// Then statements that set it visibly (see the package doc, "Behind
+	// PgBouncer") fail with [ErrSessionState] before they run, as does
+	// PrepareContext; the session reset, which could only reach some
+	// other server connection, is not run; and pgx's default exec mode,
+	// which prepares statements on the server, is warned about once. It
+	// cannot be combined with OnAcquire (use OnBegin) or ResetAlways: New
+	// panics. Default: false.
+	TransactionPooling bool
+
 	// LeakTimeout, when positive, logs once through Logger any scope that
 	// keeps a connection pinned longer than this, with the stack where it
 	// was pinned. Default: 0, off (capturing the stack costs about 1µs per
@@ -116,6 +140,12 @@ func (o *Options) withDefaults() Options {
 	}
 	if c.LeakTimeout < 0 {
 		panic("dbctx: New expects LeakTimeout >= 0")
+	}
+	if c.TransactionPooling && c.OnAcquire != nil {
+		panic("dbctx: New: OnAcquire sets session state, which transaction pooling hands to other clients; set it per transaction in OnBegin")
+	}
+	if c.TransactionPooling && c.ResetAlways {
+		panic("dbctx: New: ResetAlways cannot reset sessions behind transaction pooling, where each transaction may run on another server connection")
 	}
 	if c.MaxWorkers == 0 {
 		c.MaxWorkers = defaultMaxWorkers()

@@ -73,6 +73,7 @@ func (o *oracle) run(tb testing.TB, stmt string) string {
 // leave none must be classified clean (else they cost a reset).
 func TestClassifyOracle(t *testing.T) {
 	t.Parallel()
+	pgtest.SkipPooled(t, "needs consecutive statements or scopes to share one server session")
 	o := newOracle(t)
 	for _, c := range sessiontest.Cases {
 		stmt := o.Statement(c)
@@ -98,6 +99,7 @@ func TestClassifyOracle(t *testing.T) {
 // corpus; with it (go test -fuzz FuzzClassify ./dbctx) it looks for a
 // statement that fools the classifier.
 func FuzzClassify(f *testing.F) {
+	pgtest.SkipPooled(f, "needs consecutive statements or scopes to share one server session")
 	for _, c := range sessiontest.Cases {
 		f.Add(c.SQL)
 	}

@@ -6,9 +6,14 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/stdlib"
 )
 
 // Pool runs database work over one *sql.DB in a bounded number of worker
@@ -33,6 +38,9 @@ type Pool struct {
 	deathSeen atomic.Int64  // monotonic() when a dead connection was last seen
 	kept      keepList      // see keep.go
 	keepIdle  time.Duration // see keep.go
+
+	execModeOnce sync.Once // see checkExecMode
+	stmtErrOnce  sync.Once // see pgxStatementError
 }
 
 // New returns a Pool over db. A nil opts means defaults (see [Options]).
@@ -130,12 +138,17 @@ func (p *Pool) checkOut(ctx context.Context) (c keptConn, looked bool, err error
 	for dead := 0; ; dead++ {
 		var conn *sql.Conn
 		if conn, err = p.db.Conn(ctx); err != nil {
+			var ce *pgconn.ConnectError
+			if errors.As(err, &ce) {
+				err = fmt.Errorf("%w: %w", ErrUnavailable, err)
+			}
 			return keptConn{}, false, err
 		}
 		c = keptConn{conn: conn, taken: monotonic()}
 		if err = conn.Raw(func(dc any) (bad error) {
 			if c.pc = pgConnOf(dc); c.pc != nil {
 				c.sock = socketOf(c.pc)
+				p.execModeOnce.Do(func() { p.checkExecMode(dc) })
 			}
 			looked, bad = p.check(c.pc, c.sock, c.taken)
 			return bad
@@ -150,6 +163,41 @@ func (p *Pool) checkOut(ctx context.Context) (c keptConn, looked bool, err error
 			return keptConn{}, false, fmt.Errorf("dbctx: no live connection after %d tries: %w", dead+1, err)
 		}
 	}
+}
+
+// checkExecMode warns, under TransactionPooling, of a pgx exec mode that
+// prepares statements on the server and so fails behind PgBouncer before
+// 1.21 (and after, without max_prepared_statements): a statement prepared
+// on one server connection is missing on the next, or there already.
+func (p *Pool) checkExecMode(driverConn any) {
+	sc, ok := driverConn.(*stdlib.Conn)
+	if !ok || !p.opts.TransactionPooling {
+		return
+	}
+	switch mode := sc.Conn().Config().DefaultQueryExecMode; mode {
+	case pgx.QueryExecModeCacheStatement, pgx.QueryExecModeDescribeExec:
+		name := strings.ReplaceAll(mode.String(), " ", "_") // as the connection string spells it
+		p.opts.Logger.Warn("dbctx: TransactionPooling with pgx's default_query_exec_mode "+name+
+			", which prepares statements on the server: behind PgBouncer before 1.21, or without max_prepared_statements, "+
+			"they go missing between transactions; set default_query_exec_mode=exec (or simple_protocol, cache_describe) in the connection string",
+			"default_query_exec_mode", name)
+	}
+}
+
+// pgxStatementError logs, once per pool, an error of pgx's own prepared
+// statements (SQLSTATE 26000 does not exist, 42P05 already exists, for a
+// stmtcache_ name): the mark of a pooler in transaction mode under pgx's
+// default exec mode.
+func (p *Pool) pgxStatementError(err error) {
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || pe.Code != "26000" && pe.Code != "42P05" || !strings.Contains(pe.Message, "stmtcache_") {
+		return
+	}
+	p.stmtErrOnce.Do(func() {
+		p.opts.Logger.Warn("dbctx: pgx's cached prepared statements are missing or duplicated on the server, "+
+			"as behind a pooler in transaction mode (PgBouncer): set default_query_exec_mode=exec (or simple_protocol, cache_describe) "+
+			"in the connection string, and Options.TransactionPooling", "err", err)
+	})
 }
 
 // sawDeath notes that a connection was found dead or broken: the

@@ -9,6 +9,7 @@ import (
 
 	"github.com/dbscope/dbscope/dbctx"
 	"github.com/dbscope/dbscope/internal/pgserver"
+	"github.com/dbscope/dbscope/internal/pgtest"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 )
@@ -195,6 +196,7 @@ func TestQueryExecModes(t *testing.T) {
 // and the next scope would fail on them; after LOAD, the library stays.
 func TestUnresettableSessionDiscarded(t *testing.T) {
 	t.Parallel()
+	pgtest.SkipPooled(t, "tells a discarded session by its backend pid")
 	for _, stmt := range []string{"DISCARD ALL", "DEALLOCATE ALL", "LOAD 'auto_explain'", "SELECT setseed(0.5)"} {
 		t.Run(stmt, func(t *testing.T) {
 			t.Parallel()

@@ -73,6 +73,9 @@ func run[T any](ctx context.Context, s *Scope, c *sql.Conn, quiet bool, stmt fun
 	for try := 0; err != nil && try < retries && s.retryable(ctx, err, first); try++ {
 		c, rerr := s.repin(ctx)
 		if rerr != nil {
+			// No connection to run it again on: that is the news (the
+			// database is down: ErrUnavailable).
+			err = rerr
 			break
 		}
 		s.apply(s.kind) // on the fresh connection
@@ -113,6 +116,7 @@ func (s *Scope) observe(ctx context.Context, err error, first bool) error {
 	if err == nil || s.conn == nil {
 		return err
 	}
+	s.pool.pgxStatementError(err)
 	closed := errors.Is(err, driver.ErrBadConn) || errors.Is(err, sql.ErrConnDone) ||
 		(s.pg != nil && s.pg.IsClosed())
 	if !closed {

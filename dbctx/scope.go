@@ -3,7 +3,9 @@ package dbctx
 import (
 	"context"
 	"database/sql"
+	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"time"
 
@@ -329,6 +331,10 @@ func (s *Scope) QueryRowContext(ctx context.Context, query string, args ...any) 
 // PrepareContext prepares a statement on the scope's connection. The
 // statement is closed when the connection is given back.
 func (s *Scope) PrepareContext(ctx context.Context, query string) (*sql.Stmt, error) {
+	if s != nil && s.pool.opts.TransactionPooling {
+		// A prepared statement lives on one server connection.
+		return nil, fmt.Errorf("%w: PrepareContext", ErrSessionState)
+	}
 	c, err := s.use(ctx, query)
 	if err != nil {
 		return nil, err
@@ -356,10 +362,36 @@ func (s *Scope) BeginTx(ctx context.Context, opts *sql.TxOptions) (*sql.Tx, erro
 		return nil, ErrInAtomic
 	}
 	tx, err := s.beginTx(ctx, opts)
-	if err == nil {
-		s.dirty, s.sweep = true, true
+	if err != nil {
+		return nil, err
 	}
-	return tx, err
+	s.dirty, s.sweep = true, true
+	if err := s.onBegin(ctx); err != nil {
+		tx.Rollback()
+		return nil, err
+	}
+	return tx, nil
+}
+
+// onBegin runs Options.OnBegin in the transaction the scope has just
+// begun.
+func (s *Scope) onBegin(ctx context.Context) error {
+	if h := s.pool.opts.OnBegin; h != nil {
+		if err := h(ctx, s); err != nil {
+			return fmt.Errorf("dbctx: OnBegin: %w", err)
+		}
+	}
+	return nil
+}
+
+// sessionStateError is ErrSessionState for query.
+func sessionStateError(query string) error {
+	const max = 80
+	q := strings.Join(strings.Fields(query), " ")
+	if len(q) > max {
+		q = q[:max] + "…"
+	}
+	return fmt.Errorf("%w: %q", ErrSessionState, q)
 }
 
 func (s *Scope) beginTx(ctx context.Context, opts *sql.TxOptions) (*sql.Tx, error) {
@@ -446,6 +478,9 @@ func (s *Scope) Pgx(ctx context.Context, fn func(*pgx.Conn) error) error {
 // use pins a connection for a statement and notes what the statement does
 // to the session.
 func (s *Scope) use(ctx context.Context, query string) (*sql.Conn, error) {
+	if s != nil && s.pool.opts.TransactionPooling && s.pool.notes.kind(query)&kindSession != 0 {
+		return nil, sessionStateError(query)
+	}
 	c, err := s.pinned(ctx)
 	if err != nil {
 		return nil, err

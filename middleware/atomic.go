@@ -87,7 +87,7 @@ func AtomicWithOpts(opts *AtomicOptions) func(http.Handler) http.Handler {
 			switch {
 			case err == nil, errors.Is(err, errRollback):
 				hw.send()
-			case errors.Is(err, dbctx.ErrBusy):
+			case unavailable(err):
 				serviceUnavailable(w, time.Second)
 			default:
 				o.Logger.Error("middleware: Atomic request not committed", "path", r.URL.Path, "err", err)

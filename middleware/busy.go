@@ -10,8 +10,9 @@ import (
 )
 
 // Busy answers err with 503 Service Unavailable and a Retry-After of one
-// second when err is dbctx.ErrBusy (the pool refused the work), and
-// reports whether it did. Handlers call it on a database error before
+// second when err is dbctx.ErrBusy (the pool refused the work) or
+// dbctx.ErrUnavailable (the database, or the pooler in front of it, is
+// down), and reports whether it did. Handlers call it on a database error before
 // their own error handling:
 //
 //	if err != nil {
@@ -21,7 +22,7 @@ import (
 //		…
 //	}
 func Busy(w http.ResponseWriter, err error) bool {
-	if !errors.Is(err, dbctx.ErrBusy) {
+	if !unavailable(err) {
 		return false
 	}
 	serviceUnavailable(w, time.Second)
@@ -37,10 +38,16 @@ func serviceUnavailable(w http.ResponseWriter, after time.Duration) {
 // refuse answers a request whose slot could not be had at its start.
 func refuse(w http.ResponseWriter, err error, after time.Duration) {
 	switch {
-	case errors.Is(err, dbctx.ErrBusy), errors.Is(err, dbctx.ErrPoolClosed):
+	case unavailable(err), errors.Is(err, dbctx.ErrPoolClosed):
 		serviceUnavailable(w, after)
 	default:
 		// The client is gone (its context ended): nobody reads an answer.
 		w.WriteHeader(http.StatusServiceUnavailable)
 	}
+}
+
+// unavailable reports whether err says the database cannot take the work
+// now: the pool is full, or the database is down.
+func unavailable(err error) bool {
+	return errors.Is(err, dbctx.ErrBusy) || errors.Is(err, dbctx.ErrUnavailable)
 }

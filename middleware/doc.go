@@ -20,7 +20,9 @@
 //	mux.Handle("POST /items", middleware.Atomic(createItem))
 //	http.ListenAndServe(addr, middleware.DB(pool)(mux))
 //
-// When the pool is overloaded, statements fail with dbctx.ErrBusy; answer
-// it with [Busy] (503 Service Unavailable with Retry-After), or set
-// [Options].Eager to refuse the request before the handler runs.
+// When the pool is overloaded, statements fail with dbctx.ErrBusy, and
+// while the database (or the pooler in front of it) is down with
+// dbctx.ErrUnavailable; answer both with [Busy] (503 Service Unavailable
+// with Retry-After), or set [Options].Eager to refuse the request before
+// the handler runs when the pool is full.
 package middleware

@@ -18,15 +18,15 @@ import (
 type Consumer struct {
 	// Connect runs before the websocket is accepted, with the upgrade
 	// request in s.Request(). Returning nil accepts it; an error made with
-	// [Reject] refuses it with that HTTP status; dbctx.ErrBusy refuses it
-	// with 503 and Retry-After; any other error with 500 (logged, not
-	// shown to the client).
+	// [Reject] refuses it with that HTTP status; dbctx.ErrBusy and
+	// dbctx.ErrUnavailable refuse it with 503 and Retry-After; any other
+	// error with 500 (logged, not shown to the client).
 	Connect func(ctx context.Context, s *Session) error
 
 	// Receive runs for each message, one at a time in the sync style. An
-	// error closes the socket: dbctx.ErrBusy with 1013 (try again later),
-	// any other error or a panic with 1011 (internal error), the detail
-	// logged and not sent to the client.
+	// error closes the socket: dbctx.ErrBusy and dbctx.ErrUnavailable with
+	// 1013 (try again later), any other error or a panic with 1011
+	// (internal error), the detail logged and not sent to the client.
 	Receive func(ctx context.Context, s *Session, typ websocket.MessageType, data []byte) error
 
 	// Disconnect runs once the socket is closed, whatever closed it, with

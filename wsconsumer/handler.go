@@ -209,7 +209,7 @@ func (h *Handler) fail(s *Session, err error) {
 	switch {
 	case errors.As(err, &ce):
 		s.Close(ce.code, ce.reason)
-	case errors.Is(err, dbctx.ErrBusy):
+	case errors.Is(err, dbctx.ErrBusy), errors.Is(err, dbctx.ErrUnavailable):
 		s.Close(websocket.StatusTryAgainLater, "try again later")
 	case s.ctx.Err() != nil && errors.Is(err, context.Canceled):
 		// The socket is going away; nothing failed.
@@ -241,7 +241,7 @@ func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, err error) {
 	switch {
 	case errors.As(err, &re):
 		http.Error(w, re.Reason, re.Status)
-	case errors.Is(err, dbctx.ErrBusy):
+	case errors.Is(err, dbctx.ErrBusy), errors.Is(err, dbctx.ErrUnavailable):
 		serviceUnavailable(w, http.StatusText(http.StatusServiceUnavailable))
 	default:
 		h.opts.Logger.Error("wsconsumer: callback failed", "callback", "connect", "path", r.URL.Path, "err", err)

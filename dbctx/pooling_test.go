@@ -1,0 +1,343 @@
+package dbctx_test
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/internal/pgtest"
+)
+
+// Under TransactionPooling a statement that sets session-level state is
+// refused before it is sent: PostgreSQL, asked on the same connection,
+// holds none of it. Transaction-local state works, inside Atomic.
+func TestTransactionPoolingRefusesSessionState(t *testing.T) {
+	t.Parallel()
+	env := newEnv(t)
+	p := onePool(t, env, dbctx.Options{TransactionPooling: true, Logger: quiet()})
+	ctx := context.Background()
+	refused := []string{
+		"SET app.tenant = '42'",
+		"/* tag */ SET search_path = pg_catalog",
+		"SELECT 1; SET app.tenant = '42'",
+		"SELECT set_config('app.tenant', '42', false)",
+		"SELECT set_config('app.tenant', $1, $2)",
+		"SET ROLE pg_read_all_stats",
+		"SET SESSION AUTHORIZATION DEFAULT",
+		"RESET ALL",
+		"LISTEN ch",
+		"PREPARE p AS SELECT 1",
+		"DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+		"CREATE TEMP TABLE scratch (n int)",
+		"SELECT pg_advisory_lock(1)",
+		"DISCARD ALL",
+	}
+	probe := func() string {
+		var s string
+		if err := p.Do(ctx, func(ctx context.Context, s2 *dbctx.Scope) error {
+			return s2.QueryRowContext(ctx, `SELECT concat_ws(' ', nullif(current_setting('app.tenant', true), ''),
+				current_setting('search_path'), current_user, (SELECT count(*) FROM pg_listening_channels()),
+				(SELECT count(*) FROM pg_prepared_statements WHERE from_sql), (SELECT count(*) FROM pg_cursors),
+				(SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()),
+				(SELECT count(*) FROM pg_class WHERE relnamespace = pg_my_temp_schema()))`).Scan(&s)
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	base := probe()
+	for _, q := range refused {
+		for _, inAtomic := range []bool{false, true} {
+			err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+				if !inAtomic {
+					_, err := s.ExecContext(ctx, q, "42", false)
+					return err
+				}
+				return dbctx.Atomic(ctx, func(ctx context.Context) error {
+					_, err := s.ExecContext(ctx, q, "42", false)
+					return err
+				})
+			})
+			if !errors.Is(err, dbctx.ErrSessionState) {
+				t.Errorf("%q (in Atomic: %v): %v, want ErrSessionState", q, inAtomic, err)
+			}
+			if got := probe(); got != base {
+				t.Errorf("%q (in Atomic: %v) reached the session: %q, was %q", q, inAtomic, got, base)
+			}
+		}
+	}
+	err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+		_, err := s.PrepareContext(ctx, "SELECT 1")
+		return err
+	})
+	if !errors.Is(err, dbctx.ErrSessionState) {
+		t.Errorf("PrepareContext: %v, want ErrSessionState", err)
+	}
+	// What stays in the transaction works.
+	err = p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+		return dbctx.Atomic(ctx, func(ctx context.Context) error {
+			for _, q := range []string{
+				"SET LOCAL app.tenant = '7'",
+				"SELECT set_config('app.other', '8', true)",
+				"SELECT pg_advisory_xact_lock(1)",
+				"CREATE TEMP TABLE scratch (n int) ON COMMIT DROP",
+			} {
+				if _, err := s.ExecContext(ctx, q); err != nil {
+					return fmt.Errorf("%s: %w", q, err)
+				}
+			}
+			var v string
+			if err := s.QueryRowContext(ctx, "SELECT current_setting('app.tenant') || current_setting('app.other')").Scan(&v); err != nil || v != "78" {
+				return fmt.Errorf("in the transaction: %q, %v", v, err)
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := probe(); got != base {
+		t.Errorf("transaction-local state outlived its transaction: %q, was %q", got, base)
+	}
+	// No reset: it would reach some other server connection.
+	if st := p.Stats(); st.Resets != 0 {
+		t.Errorf("resets = %d, want 0", st.Resets)
+	}
+}
+
+// TransactionPooling refuses, at New, the options that rely on sessions.
+func TestTransactionPoolingOptions(t *testing.T) {
+	t.Parallel()
+	env := newEnv(t)
+	db := env.Open(t)
+	for name, o := range map[string]dbctx.Options{
+		"OnAcquire":   {TransactionPooling: true, OnAcquire: func(context.Context, *sql.Conn) error { return nil }},
+		"ResetAlways": {TransactionPooling: true, ResetAlways: true},
+	} {
+		func() {
+			defer func() {
+				if r := recover(); r == nil || !strings.HasPrefix(fmt.Sprint(r), "dbctx: New") {
+					t.Errorf("%s: New did not panic (%v)", name, r)
+				}
+			}()
+			dbctx.New(db, &o)
+		}()
+	}
+}
+
+// OnBegin sets transaction-local state in every transaction a scope
+// begins, Atomic's and BeginTx's, and only there; its error rolls the
+// transaction back and is returned.
+func TestOnBegin(t *testing.T) {
+	t.Parallel()
+	env := newEnv(t)
+	mustExec(t, env.Admin(), "CREATE TABLE "+env.Schema()+".t (n int)")
+	fail := errors.New("no tenant")
+	p := onePool(t, env, dbctx.Options{
+		OnBegin: func(ctx context.Context, s *dbctx.Scope) error {
+			tenant, _ := ctx.Value(tenantKey{}).(string)
+			if tenant == "" {
+				return fail
+			}
+			_, err := s.ExecContext(ctx, "SELECT set_config('app.tenant', $1, true)", tenant)
+			return err
+		},
+	})
+	ctx := context.WithValue(context.Background(), tenantKey{}, "7")
+	tenant := func(ctx context.Context, s *dbctx.Scope) (v sql.NullString, err error) {
+		err = s.QueryRowContext(ctx, "SELECT nullif(current_setting('app.tenant', true), '')").Scan(&v)
+		return v, err
+	}
+	err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+		if v, err := tenant(ctx, s); err != nil || v.Valid {
+			return fmt.Errorf("outside a transaction: %v, %v", v, err)
+		}
+		if err := dbctx.Atomic(ctx, func(ctx context.Context) error {
+			v, err := tenant(ctx, s)
+			if err == nil && v.String != "7" {
+				err = fmt.Errorf("in Atomic: %v", v)
+			}
+			return err
+		}); err != nil {
+			return err
+		}
+		tx, err := s.BeginTx(ctx, nil)
+		if err != nil {
+			return err
+		}
+		defer tx.Rollback()
+		var v string
+		if err := tx.QueryRowContext(ctx, "SELECT current_setting('app.tenant')").Scan(&v); err != nil || v != "7" {
+			return fmt.Errorf("in BeginTx's transaction: %q, %v", v, err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+		return dbctx.Atomic(ctx, func(ctx context.Context) error {
+			_, err := s.ExecContext(ctx, "INSERT INTO t VALUES (1)")
+			return err
+		})
+	})
+	if !errors.Is(err, fail) {
+		t.Fatalf("OnBegin's error: %v", err)
+	}
+	var n int
+	if err := env.Admin().QueryRow("SELECT count(*) FROM " + env.Schema() + ".t").Scan(&n); err != nil || n != 0 {
+		t.Fatalf("%d rows (%v): the insert after OnBegin failed was committed", n, err)
+	}
+}
+
+// Behind PgBouncer in transaction mode, with fewer server connections than
+// clients, in each exec mode that works there: no statement fails, and no
+// scope sees another's tenant, set per transaction by OnBegin.
+func TestBehindPgBouncer(t *testing.T) {
+	t.Parallel()
+	bouncer := pgtest.StartPgBouncer(t, &pgtest.PgBouncerOptions{PoolSize: 3})
+	for _, mode := range []string{"exec", "simple_protocol", "cache_describe"} {
+		t.Run(mode, func(t *testing.T) {
+			env := newEnv(t)
+			db := openDSN(t, bouncer.DSN(env, "default_query_exec_mode", mode))
+			const clients, units = 24, 20
+			p := poolOn(t, env, db, &dbctx.Options{
+				MaxWorkers:         clients,
+				TransactionPooling: true,
+				OnBegin: func(ctx context.Context, s *dbctx.Scope) error {
+					_, err := s.ExecContext(ctx, "SELECT set_config('app.tenant', $1, true)", ctx.Value(tenantKey{}))
+					return err
+				},
+			})
+			var leaks, failures atomic.Int64
+			var wg sync.WaitGroup
+			for c := range clients {
+				wg.Go(func() {
+					for u := range units {
+						tenant := fmt.Sprintf("%d-%d", c, u)
+						ctx := context.WithValue(context.Background(), tenantKey{}, tenant)
+						err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+							var v sql.NullString
+							if err := s.QueryRowContext(ctx, "SELECT nullif(current_setting('app.tenant', true), '')").Scan(&v); err != nil {
+								return err
+							}
+							if v.Valid {
+								leaks.Add(1) // a tenant outside any transaction of ours
+							}
+							return dbctx.Atomic(ctx, func(ctx context.Context) error {
+								var got string
+								if err := s.QueryRowContext(ctx, "SELECT current_setting('app.tenant') || ':' || $1::int", u).Scan(&got); err != nil {
+									return err
+								}
+								if got != tenant+":"+fmt.Sprint(u) {
+									leaks.Add(1)
+								}
+								return nil
+							})
+						})
+						if err != nil {
+							failures.Add(1)
+							t.Errorf("client %d, unit %d: %v", c, u, err)
+						}
+					}
+				})
+			}
+			wg.Wait()
+			if leaks.Load() != 0 || failures.Load() != 0 {
+				t.Fatalf("%d leaks, %d failures in %d units", leaks.Load(), failures.Load(), clients*units)
+			}
+		})
+	}
+}
+
+// With pgx's default exec mode, TransactionPooling warns once, naming the
+// fix; behind PgBouncer that mode fails statements, and the first failure
+// of pgx's cached statements is logged once with the fix too.
+func TestBehindPgBouncerCacheStatement(t *testing.T) {
+	t.Parallel()
+	bouncer := pgtest.StartPgBouncer(t, &pgtest.PgBouncerOptions{PoolSize: 2})
+	env := newEnv(t)
+	var log syncBuffer
+	db := openDSN(t, bouncer.DSN(env, "default_query_exec_mode", "cache_statement"))
+	p := poolOn(t, env, db, &dbctx.Options{
+		MaxWorkers:         8,
+		TransactionPooling: true,
+		Logger:             slog.New(slog.NewTextHandler(&log, nil)),
+	})
+	var wg sync.WaitGroup
+	var failed atomic.Int64
+	for c := range 8 {
+		wg.Go(func() {
+			for i := range 20 {
+				err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+					_, err := queryInt(ctx, s, fmt.Sprintf("SELECT %d + $1::int", i%4), c)
+					return err
+				})
+				if err != nil {
+					failed.Add(1)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	out := log.String()
+	if n := strings.Count(out, "default_query_exec_mode=exec"); n < 1 {
+		t.Fatalf("no warning naming the fix in the log:\n%s", out)
+	}
+	if strings.Count(out, "TransactionPooling with pgx's default_query_exec_mode") != 1 {
+		t.Errorf("the exec-mode warning is not logged exactly once:\n%s", out)
+	}
+	if failed.Load() > 0 && strings.Count(out, "cached prepared statements are missing or duplicated") != 1 {
+		t.Errorf("%d statements failed, but their cause is not logged exactly once:\n%s", failed.Load(), out)
+	}
+	t.Logf("%d of 160 statements failed under cache_statement", failed.Load())
+}
+
+// While PgBouncer is down, work fails at once with ErrUnavailable (not a
+// hang); once it is back, nothing fails.
+func TestPgBouncerRestart(t *testing.T) {
+	t.Parallel()
+	bouncer := pgtest.StartPgBouncer(t, nil)
+	env := newEnv(t)
+	db := openDSN(t, bouncer.DSN(env, "default_query_exec_mode", "exec", "connect_timeout", "2"))
+	p := poolOn(t, env, db, &dbctx.Options{MaxWorkers: 4, TransactionPooling: true, Logger: quiet()})
+	query := func() error {
+		return p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+			_, err := queryInt(ctx, s, "SELECT 1")
+			return err
+		})
+	}
+	for range 20 {
+		if err := query(); err != nil {
+			t.Fatalf("before the restart: %v", err)
+		}
+	}
+	bouncer.Stop()
+	for i := range 20 {
+		start := time.Now()
+		err := query()
+		// A statement may be under way on a connection PgBouncer closed,
+		// and fail with its error; from the next on, no connection can
+		// be had.
+		if err == nil || i > 0 && !errors.Is(err, dbctx.ErrUnavailable) {
+			t.Fatalf("%d while PgBouncer is down: %v, want ErrUnavailable", i, err)
+		}
+		if d := time.Since(start); d > 5*time.Second {
+			t.Fatalf("%d while PgBouncer is down: failed after %v, want at once", i, d)
+		}
+	}
+	bouncer.Start()
+	for i := range 50 {
+		if err := query(); err != nil {
+			t.Fatalf("%d after the restart: %v", i, err)
+		}
+	}
+}
