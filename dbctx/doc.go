@@ -124,4 +124,50 @@
 // connection, a lost session fails the statement with [ErrSessionLost],
 // and the scope's later statements too, until the next boundary: never
 // run on a fresh session without what the earlier ones set.
+//
+// # Behind PgBouncer
+//
+// Many instances of a service share PostgreSQL through PgBouncer in
+// transaction pooling mode (pool_mode = transaction), which runs every
+// transaction, and every statement outside one, on whichever server
+// connection is free. Declare it with [Options.TransactionPooling], and
+// choose:
+//
+//   - pgx's exec mode: default_query_exec_mode=exec in the connection
+//     string (or simple_protocol, cache_describe). The default,
+//     cache_statement, and describe_exec prepare statements on the server,
+//     which PgBouncer before 1.21 (Debian 12 has 1.18) does not carry from
+//     one server connection to the next: about half the statements then fail
+//     with prepared statement "stmtcache_…" does not exist, or already
+//     exists. A pool warns once of such a mode under TransactionPooling, and
+//     logs the first such failure once in any case, naming the fix.
+//   - where state goes: per transaction, inside [Atomic] (SET LOCAL,
+//     set_config(…, true), pg_advisory_xact_lock, CREATE TEMP TABLE … ON
+//     COMMIT DROP), and a tenant for row-level security in
+//     [Options.OnBegin], which runs in every transaction a scope begins.
+//     Statements that set session-level state (SET, RESET,
+//     set_config(…, false), SET ROLE, LISTEN, PREPARE, EXECUTE, cursors WITH
+//     HOLD, temporary objects, session advisory locks, LOAD, DISCARD) fail
+//     with [ErrSessionState] before they are sent, and so does
+//     [Scope.PrepareContext]; New panics with OnAcquire or ResetAlways.
+//     What the classifier cannot see (a function that sets a setting,
+//     [Scope.Conn], [Scope.Pgx]) is not refused, and not reset either: it
+//     reaches another client. A statement outside a transaction runs
+//     without OnBegin's state. LISTEN needs a connection of its own,
+//     straight to PostgreSQL.
+//   - the pooler's limits: max_client_conn at least the instances times
+//     MaxWorkers, default_pool_size the server connections you want per
+//     database and user; search_path on the role (ALTER ROLE … SET
+//     search_path), not in the connection string, which PgBouncer refuses.
+//
+// There the session reset is not run (it would reach some other server
+// connection), and the health check looks at the socket to PgBouncer, not
+// at the server's: a server backend killed while idle is PgBouncer's to
+// replace, and one killed mid-statement fails that statement, which is run
+// again under the rules above. While PgBouncer is down, work fails at
+// once with [ErrUnavailable] (middleware answers 503, wsconsumer closes
+// with 1013), and recovers by itself once it is back. Debian 12's
+// PgBouncer 1.18 was seen here to crash on a cancel request (server_proto:
+// server in bad state), which pgx sends when a statement's context ends
+// mid-flight; later versions were not tried.
 package dbctx

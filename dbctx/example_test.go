@@ -145,3 +145,43 @@ func ExampleOptions_hooks() {
 	// tenant: acme
 	// tenant: globex
 }
+
+type exampleTenant struct{}
+
+// Behind PgBouncer in transaction pooling mode (pool_mode = transaction),
+// state goes per transaction: OnBegin sets the tenant in every
+// transaction a scope begins, and session-level state is refused.
+func ExampleOptions_transactionPooling() {
+	// With PgBouncer: "postgres://app@pgbouncer:6432/app?default_query_exec_mode=exec".
+	db := openExample()
+	defer db.Close()
+	pool := dbctx.New(db, &dbctx.Options{
+		TransactionPooling: true,
+		OnBegin: func(ctx context.Context, s *dbctx.Scope) error {
+			tenant, _ := ctx.Value(exampleTenant{}).(string)
+			_, err := s.ExecContext(ctx, "SELECT set_config('app.tenant', $1, true)", tenant)
+			return err
+		},
+	})
+	defer pool.Close()
+
+	ctx := context.WithValue(context.Background(), exampleTenant{}, "acme")
+	err := pool.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+		_, err := s.ExecContext(ctx, "SET app.tenant = 'acme'")
+		fmt.Println(errors.Is(err, dbctx.ErrSessionState))
+		return dbctx.Atomic(ctx, func(ctx context.Context) error {
+			var tenant string
+			if err := s.QueryRowContext(ctx, "SELECT current_setting('app.tenant')").Scan(&tenant); err != nil {
+				return err
+			}
+			fmt.Println(tenant)
+			return nil
+		})
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	// Output:
+	// true
+	// acme
+}

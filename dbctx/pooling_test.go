@@ -232,6 +232,9 @@ func TestBehindPgBouncer(t *testing.T) {
 							if v.Valid {
 								leaks.Add(1) // a tenant outside any transaction of ours
 							}
+							if _, err := s.ExecContext(ctx, "SET app.tenant = 'session'"); !errors.Is(err, dbctx.ErrSessionState) {
+								return fmt.Errorf("a SET: %v, want ErrSessionState", err)
+							}
 							return dbctx.Atomic(ctx, func(ctx context.Context) error {
 								var got string
 								if err := s.QueryRowContext(ctx, "SELECT current_setting('app.tenant') || ':' || $1::int", u).Scan(&got); err != nil {
@@ -301,43 +304,97 @@ func TestBehindPgBouncerCacheStatement(t *testing.T) {
 	t.Logf("%d of 160 statements failed under cache_statement", failed.Load())
 }
 
-// While PgBouncer is down, work fails at once with ErrUnavailable (not a
-// hang); once it is back, nothing fails.
+// PgBouncer stopped and started again under load: work fails only while
+// it is down, at once and, but for a statement caught on a connection it
+// closed, with ErrUnavailable; once a client's work succeeds again,
+// nothing of it fails.
 func TestPgBouncerRestart(t *testing.T) {
 	t.Parallel()
 	bouncer := pgtest.StartPgBouncer(t, nil)
 	env := newEnv(t)
 	db := openDSN(t, bouncer.DSN(env, "default_query_exec_mode", "exec", "connect_timeout", "2"))
-	p := poolOn(t, env, db, &dbctx.Options{MaxWorkers: 4, TransactionPooling: true, Logger: quiet()})
-	query := func() error {
-		return p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
-			_, err := queryInt(ctx, s, "SELECT 1")
-			return err
+	const clients = 8
+	p := poolOn(t, env, db, &dbctx.Options{MaxWorkers: clients, TransactionPooling: true, Logger: quiet()})
+	type client struct {
+		ok, failed       atomic.Int64
+		recovered        atomic.Bool // succeeded after failing
+		lateFailures     atomic.Int64
+		slowest          atomic.Int64 // ns, of a failure
+		otherThanUnavail atomic.Int64
+		mark             int64 // ok when the last phase began
+	}
+	var cs [clients]client
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range clients {
+		c := &cs[i]
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				start := time.Now()
+				err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+					_, err := queryInt(ctx, s, "SELECT $1::int", i)
+					return err
+				})
+				switch {
+				case err == nil && c.failed.Load() > 0:
+					c.recovered.Store(true)
+					c.ok.Add(1)
+				case err == nil:
+					c.ok.Add(1)
+				case c.recovered.Load():
+					c.lateFailures.Add(1)
+				default:
+					if c.failed.Add(1) > 1 && !errors.Is(err, dbctx.ErrUnavailable) {
+						c.otherThanUnavail.Add(1)
+					}
+					if d := int64(time.Since(start)); d > c.slowest.Load() {
+						c.slowest.Store(d)
+					}
+				}
+			}
 		})
 	}
-	for range 20 {
-		if err := query(); err != nil {
-			t.Fatalf("before the restart: %v", err)
+	all := func(what string, cond func(c *client) bool) {
+		eventually(t, what, func() bool {
+			for i := range cs {
+				if !cond(&cs[i]) {
+					return false
+				}
+			}
+			return true
+		})
+	}
+	all("every client to succeed", func(c *client) bool { return c.ok.Load() > 10 })
+	for i := range cs {
+		if n := cs[i].failed.Load(); n != 0 {
+			t.Fatalf("client %d: %d failures before the stop", i, n)
 		}
 	}
 	bouncer.Stop()
-	for i := range 20 {
-		start := time.Now()
-		err := query()
-		// A statement may be under way on a connection PgBouncer closed,
-		// and fail with its error; from the next on, no connection can
-		// be had.
-		if err == nil || i > 0 && !errors.Is(err, dbctx.ErrUnavailable) {
-			t.Fatalf("%d while PgBouncer is down: %v, want ErrUnavailable", i, err)
-		}
-		if d := time.Since(start); d > 5*time.Second {
-			t.Fatalf("%d while PgBouncer is down: failed after %v, want at once", i, d)
-		}
-	}
+	all("every client to fail while PgBouncer is down", func(c *client) bool { return c.failed.Load() > 2 })
 	bouncer.Start()
-	for i := range 50 {
-		if err := query(); err != nil {
-			t.Fatalf("%d after the restart: %v", i, err)
+	all("every client to recover", func(c *client) bool { return c.recovered.Load() })
+	for i := range cs {
+		cs[i].mark = cs[i].ok.Load()
+	}
+	all("every client to run on", func(c *client) bool { return c.ok.Load() > c.mark+20 })
+	close(stop)
+	wg.Wait()
+	for i := range cs {
+		c := &cs[i]
+		if n := c.lateFailures.Load(); n != 0 {
+			t.Errorf("client %d: %d failures after it had recovered", i, n)
+		}
+		if n := c.otherThanUnavail.Load(); n != 0 {
+			t.Errorf("client %d: %d failures while down other than ErrUnavailable", i, n)
+		}
+		if d := time.Duration(c.slowest.Load()); d > 5*time.Second {
+			t.Errorf("client %d: a failure took %v, want at once", i, d)
 		}
 	}
 }
