@@ -43,7 +43,7 @@ func Atomic(ctx context.Context, fn func(ctx context.Context) error) (err error)
 
 func (s *Scope) atomicTx(ctx context.Context, fn func(ctx context.Context) error) (err error) {
 	x := s.extra()
-	s.atomic, x.atomicCtx, x.tx, x.onCommit = 1, ctx, nil, nil
+	s.atomic, x.atomicCtx, x.tx, x.onCommit, x.beginErr = 1, ctx, nil, nil, nil
 	done := false
 	defer func() {
 		tx := x.tx
@@ -109,8 +109,15 @@ func (s *Scope) beginAtomic() error {
 		return err
 	}
 	s.x.tx = tx
-	// Atomic rolls it back when this error reaches it.
-	return s.onBegin(s.x.atomicCtx)
+	if err := s.onBegin(s.x.atomicCtx); err != nil {
+		// Nothing of the transaction runs without what OnBegin sets:
+		// it is rolled back now, and the Atomic's statements, and its
+		// commit, fail.
+		tx.Rollback()
+		s.x.beginErr = err
+		return err
+	}
+	return nil
 }
 
 func (s *Scope) savepoint(ctx context.Context, fn func(ctx context.Context) error) (err error) {

@@ -76,7 +76,9 @@ type Options struct {
 	// …, true) from a value in ctx). It is the per-transaction
 	// counterpart of OnAcquire, and the one that works under
 	// TransactionPooling. Its error ends the transaction (rolled back) and
-	// is returned, wrapped, by the statement that began it, or by BeginTx.
+	// is returned, wrapped, by BeginTx, or by the statement that began
+	// Atomic's transaction and every later one of that Atomic, whose
+	// commit then fails too.
 	OnBegin func(ctx context.Context, s *Scope) error
 
 	// TransactionPooling declares that the *sql.DB reaches PostgreSQL

@@ -192,6 +192,22 @@ func TestOnBegin(t *testing.T) {
 	if !errors.Is(err, fail) {
 		t.Fatalf("OnBegin's error: %v", err)
 	}
+	// A handler that ignores the error gets it from every statement, and
+	// its commit fails: nothing runs in a transaction without OnBegin's
+	// state.
+	var errs []error
+	err = p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+		return dbctx.Atomic(ctx, func(ctx context.Context) error {
+			for range 2 {
+				_, err := s.ExecContext(ctx, "INSERT INTO t VALUES (2)")
+				errs = append(errs, err)
+			}
+			return nil
+		})
+	})
+	if err == nil || len(errs) != 2 || !errors.Is(errs[0], fail) || !errors.Is(errs[1], fail) {
+		t.Fatalf("after OnBegin failed: statements %v, Atomic %v", errs, err)
+	}
 	var n int
 	if err := env.Admin().QueryRow("SELECT count(*) FROM " + env.Schema() + ".t").Scan(&n); err != nil || n != 0 {
 		t.Fatalf("%d rows (%v): the insert after OnBegin failed was committed", n, err)

@@ -96,6 +96,7 @@ type Scope struct {
 // socket and every request pays for.
 type scopeExtra struct {
 	atomicCtx context.Context
+	beginErr  error    // OnBegin's, in the running Atomic: its statements fail with it
 	tx        *sql.Tx  // Atomic's transaction, nil until its first statement
 	onCommit  []func() // OnCommit functions of the running Atomic
 	txs       []*sql.Tx
@@ -485,11 +486,16 @@ func (s *Scope) use(ctx context.Context, query string) (*sql.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	if s.atomic > 0 && s.x.tx == nil {
-		if err := s.beginAtomic(); err != nil {
-			return nil, err
+	if s.atomic > 0 {
+		switch {
+		case s.x.beginErr != nil:
+			return nil, s.x.beginErr
+		case s.x.tx == nil:
+			if err := s.beginAtomic(); err != nil {
+				return nil, err
+			}
+			c = s.conn // beginning may have moved to a fresh connection
 		}
-		c = s.conn // beginning may have moved to a fresh connection
 	}
 	s.note(query)
 	return c, nil
