@@ -5,10 +5,16 @@ import (
 	"crypto/rand"
 	"database/sql"
 	"encoding/hex"
-	"github.com/dbscope/dbscope/internal/pgserver"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/dbscope/dbscope/internal/pgserver"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // Env is one test's isolated schema on the shared base server, the role
@@ -102,6 +108,25 @@ func (e *Env) DSNVia(addr string) string {
 		panic(err) // only for a malformed addr: a bug in the caller
 	}
 	return dsn
+}
+
+// DirectDSN returns [Env.DSN] to PostgreSQL itself, where $DATABASE_URL
+// goes through a pooler (see [AdminURLEnv]): for what must not go through
+// one, such as a LISTEN.
+func (e *Env) DirectDSN(tb testing.TB) string {
+	tb.Helper()
+	u := os.Getenv(AdminURLEnv)
+	if u == "" {
+		return e.dsn
+	}
+	cfg, err := pgconn.ParseConfig(u)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if filepath.IsAbs(cfg.Host) {
+		tb.Fatalf("pgtest: %s on a unix socket: not supported", AdminURLEnv)
+	}
+	return e.DSNVia(net.JoinHostPort(cfg.Host, strconv.Itoa(int(cfg.Port))))
 }
 
 // Open opens a database/sql pool on [Env.DSN] with the pgx driver and closes

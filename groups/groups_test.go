@@ -1,0 +1,401 @@
+package groups_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/groups"
+	"github.com/dbscope/dbscope/internal/dbtest"
+	"github.com/dbscope/dbscope/internal/pgtest"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
+
+// instance is one server instance: a pool and a layer of its own.
+type instance struct {
+	pool  *dbctx.Pool
+	layer *groups.Layer
+}
+
+// instances starts n layers of the engine kind ("memory": they share
+// nothing, so only n = 1 makes sense; "postgres": over env's database,
+// each with its own pool and listener), closed at the test's end with
+// their stats checked back at zero members.
+func instances(t *testing.T, env *pgtest.Env, kind string, n int) []*instance {
+	t.Helper()
+	var out []*instance
+	for range n {
+		db := env.Open(t)
+		p := dbctx.New(db, &dbctx.Options{MaxWorkers: 4})
+		var e groups.Engine
+		switch kind {
+		case "memory":
+			e = groups.NewMemory()
+		case "postgres":
+			e = groups.NewPostgres(p, &groups.PostgresOptions{ListenDSN: env.DirectDSN(t), SampleEvery: 100 * time.Millisecond})
+		}
+		l := groups.New(e, nil)
+		in := &instance{pool: p, layer: l}
+		t.Cleanup(func() {
+			if st := l.Stats(); st.Members != 0 || st.Groups != 0 {
+				t.Errorf("layer not empty at the end: %+v", st)
+			}
+			l.Close()
+			dbtest.Clean(t, p, env)
+			p.Close()
+		})
+		out = append(out, in)
+	}
+	return out
+}
+
+// recorder is a member's callback that keeps what it got.
+type recorder struct {
+	mu     sync.Mutex
+	events []groups.Event
+	n      atomic.Int64
+}
+
+func (r *recorder) handle(e groups.Event) {
+	r.mu.Lock()
+	r.events = append(r.events, e)
+	r.mu.Unlock()
+	r.n.Add(1)
+}
+
+func (r *recorder) got() []groups.Event {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]groups.Event(nil), r.events...)
+}
+
+var kinds = []string{"memory", "postgres"}
+
+// Every member, on either instance, gets every message once, and the
+// messages of each sender in the order sent.
+func TestDelivery(t *testing.T) {
+	t.Parallel()
+	for _, kind := range kinds {
+		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
+			env := pgtest.New(t)
+			n := 2
+			if kind == "memory" {
+				n = 1
+			}
+			ins := instances(t, env, kind, n)
+			ctx := context.Background()
+			const members, senders, perSender = 1000, 4, 25
+			recs := make([]*recorder, members)
+			for i := range recs {
+				recs[i] = &recorder{}
+				m := ins[i%n].layer.NewMember(recs[i].handle, nil)
+				defer m.Close()
+				if err := m.Join(ctx, "room.1"); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var wg sync.WaitGroup
+			for s := range senders {
+				wg.Go(func() {
+					for k := range perSender {
+						if err := ins[s%n].layer.Send(ctx, "room.1", fmt.Appendf(nil, "%d:%d", s, k)); err != nil {
+							t.Errorf("send: %v", err)
+							return
+						}
+					}
+				})
+			}
+			wg.Wait()
+			dbtest.Eventually(t, "every member to get every message", func() bool {
+				for _, r := range recs {
+					if r.n.Load() < senders*perSender {
+						return false
+					}
+				}
+				return true
+			})
+			for i, r := range recs {
+				next := make([]int, senders)
+				for _, e := range r.got() {
+					var s, k int
+					if _, err := fmt.Sscanf(string(e.Data), "%d:%d", &s, &k); err != nil || e.Group != "room.1" || e.Gap {
+						t.Fatalf("member %d got %+v", i, e)
+					}
+					if k != next[s] {
+						t.Fatalf("member %d got %d:%d, want %d:%d: out of order, lost or twice", i, s, k, s, next[s])
+					}
+					next[s]++
+				}
+			}
+			for _, in := range ins {
+				if st := in.layer.Stats(); st.Slow != 0 {
+					t.Errorf("slow members: %+v", st)
+				}
+			}
+		})
+	}
+}
+
+// Members join and leave while messages are sent: a member gets nothing
+// sent after it left, nothing twice, and in order; the layer holds no
+// membership at the end.
+func TestChurn(t *testing.T) {
+	t.Parallel()
+	for _, kind := range kinds {
+		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
+			env := pgtest.New(t)
+			n := 2
+			if kind == "memory" {
+				n = 1
+			}
+			ins := instances(t, env, kind, n)
+			ctx := context.Background()
+			var sent atomic.Int64 // the last message sent, numbered from 1
+			stop := make(chan struct{})
+			var senders sync.WaitGroup
+			senders.Go(func() {
+				for k := int64(1); ; k++ {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					if err := ins[int(k)%n].layer.Send(ctx, "churn", fmt.Appendf(nil, "%d", k)); err != nil {
+						t.Errorf("send: %v", err)
+						return
+					}
+					sent.Store(k)
+				}
+			})
+			var members sync.WaitGroup
+			for i := range 20 {
+				members.Go(func() {
+					l := ins[i%n].layer
+					for range 10 {
+						r := &recorder{}
+						m := l.NewMember(r.handle, nil)
+						if err := m.Join(ctx, "churn"); err != nil {
+							t.Errorf("join: %v", err)
+							return
+						}
+						dbtest.Eventually(t, "a message after the join", func() bool { return r.n.Load() > 0 })
+						m.Leave("churn")
+						after := sent.Load() // sent after the leave: beyond this
+						time.Sleep(time.Millisecond)
+						m.Close()
+						prev := int64(0)
+						for _, e := range r.got() {
+							var k int64
+							fmt.Sscan(string(e.Data), &k)
+							if k <= prev {
+								t.Errorf("got %d after %d: twice or out of order", k, prev)
+							}
+							if k > after+1 { // one may be under way as Leave returns
+								t.Errorf("got %d, sent after the leave (%d sent then)", k, after)
+							}
+							prev = k
+						}
+					}
+				})
+			}
+			members.Wait()
+			close(stop)
+			senders.Wait()
+		})
+	}
+}
+
+// A member that does not keep up is told once and dropped; the others
+// get everything, and the sender is never held up.
+func TestSlowMember(t *testing.T) {
+	t.Parallel()
+	for _, kind := range kinds {
+		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
+			env := pgtest.New(t)
+			l := instances(t, env, kind, 1)[0].layer
+			ctx := context.Background()
+			block := make(chan struct{})
+			var told atomic.Int64
+			slow := l.NewMember(func(groups.Event) { <-block }, &groups.MemberOptions{
+				MaxQueue: 10,
+				OnSlow:   func() { told.Add(1) },
+			})
+			fast := &recorder{}
+			fm := l.NewMember(fast.handle, nil)
+			for _, m := range []*groups.Member{slow, fm} {
+				if err := m.Join(ctx, "g"); err != nil {
+					t.Fatal(err)
+				}
+			}
+			const msgs = 100
+			for k := range msgs {
+				if err := l.Send(ctx, "g", fmt.Appendf(nil, "%d", k)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			dbtest.Eventually(t, "the fast member to get all", func() bool { return fast.n.Load() == msgs })
+			close(block)
+			dbtest.Eventually(t, "the slow member to be told", func() bool { return told.Load() == 1 })
+			slow.Close()
+			fm.Close()
+			if st := l.Stats(); st.Slow != 1 || told.Load() != 1 {
+				t.Fatalf("slow %d, told %d; want 1, 1", st.Slow, told.Load())
+			}
+			if err := slow.Join(ctx, "g"); !errors.Is(err, groups.ErrClosed) {
+				t.Fatalf("a slow member joins again: %v", err)
+			}
+		})
+	}
+}
+
+// A send inside a transaction that rolls back reaches nobody; one that
+// commits reaches each member once.
+func TestSendInAtomic(t *testing.T) {
+	t.Parallel()
+	for _, kind := range kinds {
+		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
+			env := pgtest.New(t)
+			in := instances(t, env, kind, 1)[0]
+			ctx := context.Background()
+			r := &recorder{}
+			m := in.layer.NewMember(r.handle, nil)
+			defer m.Close()
+			if err := m.Join(ctx, "tx"); err != nil {
+				t.Fatal(err)
+			}
+			fail := errors.New("roll back")
+			err := in.pool.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+				return dbctx.Atomic(ctx, func(ctx context.Context) error {
+					if err := in.layer.Send(ctx, "tx", []byte("rolled back")); err != nil {
+						return err
+					}
+					return fail
+				})
+			})
+			if !errors.Is(err, fail) {
+				t.Fatal(err)
+			}
+			err = in.pool.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+				return dbctx.Atomic(ctx, func(ctx context.Context) error {
+					return in.layer.Send(ctx, "tx", []byte("committed"))
+				})
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			// A marker after both: once it arrives, what came before has.
+			if err := in.layer.Send(ctx, "tx", []byte("marker")); err != nil {
+				t.Fatal(err)
+			}
+			dbtest.Eventually(t, "the marker", func() bool { return r.n.Load() >= 2 })
+			got := r.got()
+			if len(got) != 2 || string(got[0].Data) != "committed" || string(got[1].Data) != "marker" {
+				t.Fatalf("got %q, want committed then marker", datas(got))
+			}
+		})
+	}
+}
+
+func datas(es []groups.Event) []string {
+	var out []string
+	for _, e := range es {
+		out = append(out, string(e.Data))
+	}
+	return out
+}
+
+// The listener's backend is terminated: it reconnects by itself, members
+// get a gap, and what is sent afterwards is delivered.
+func TestListenerKilled(t *testing.T) {
+	t.Parallel()
+	env := pgtest.New(t)
+	ins := instances(t, env, "postgres", 2)
+	ctx := context.Background()
+	r := &recorder{}
+	m := ins[0].layer.NewMember(r.handle, nil)
+	defer m.Close()
+	if err := m.Join(ctx, "k"); err != nil {
+		t.Fatal(err)
+	}
+	if err := ins[1].layer.Send(ctx, "k", []byte("before")); err != nil {
+		t.Fatal(err)
+	}
+	dbtest.Eventually(t, "the first message", func() bool { return r.n.Load() == 1 })
+	if n := env.Terminate(t); n < 2 {
+		t.Fatalf("killed %d backends, want the two listeners at least", n)
+	}
+	dbtest.Eventually(t, "the gap", func() bool {
+		for _, e := range r.got() {
+			if e.Gap && e.Group == "k" {
+				return true
+			}
+		}
+		return false
+	})
+	dbtest.Eventually(t, "the listener back", func() bool { return ins[0].layer.Ready() == nil })
+	if err := ins[1].layer.Send(ctx, "k", []byte("after")); err != nil {
+		t.Fatal(err)
+	}
+	dbtest.Eventually(t, "the message after the kill", func() bool {
+		got := r.got()
+		return len(got) > 0 && string(got[len(got)-1].Data) == "after"
+	})
+	if st := ins[0].layer.Stats(); st.Reconnects < 1 || st.Gaps < 1 {
+		t.Fatalf("want a reconnect and a gap counted: %+v", st)
+	}
+}
+
+// Names and sizes are checked; a message of any bytes arrives as sent.
+func TestLimits(t *testing.T) {
+	t.Parallel()
+	env := pgtest.New(t)
+	l := instances(t, env, "postgres", 1)[0].layer
+	ctx := context.Background()
+	for _, bad := range []string{"", "a b", "a|b", "é", strings.Repeat("x", 101)} {
+		if err := l.Send(ctx, bad, nil); !errors.Is(err, groups.ErrGroupName) {
+			t.Errorf("Send to %q: %v, want ErrGroupName", bad, err)
+		}
+		m := l.NewMember(func(groups.Event) {}, nil)
+		if err := m.Join(ctx, bad); !errors.Is(err, groups.ErrGroupName) {
+			t.Errorf("Join %q: %v, want ErrGroupName", bad, err)
+		}
+		m.Close()
+	}
+	if err := l.Send(ctx, "big", bytes.Repeat([]byte("x"), 8000)); !errors.Is(err, groups.ErrTooLarge) {
+		t.Errorf("8000 bytes: %v, want ErrTooLarge", err)
+	}
+	r := &recorder{}
+	m := l.NewMember(r.handle, nil)
+	defer m.Close()
+	if err := m.Join(ctx, "bin"); err != nil {
+		t.Fatal(err)
+	}
+	bin := []byte{0, 1, 2, 0xff, '|', 't'}
+	text := []byte(strings.Repeat("é", 3000)) // 6000 bytes of UTF-8
+	for _, data := range [][]byte{bin, text} {
+		if err := l.Send(ctx, "bin", data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dbtest.Eventually(t, "both messages", func() bool { return r.n.Load() == 2 })
+	got := r.got()
+	if !bytes.Equal(got[0].Data, bin) || !bytes.Equal(got[1].Data, text) {
+		t.Fatalf("got %q", datas(got))
+	}
+	dbtest.Eventually(t, "the queue usage sampled", func() bool {
+		u := l.Stats().QueueUsage
+		return u >= 0 && u < 1
+	})
+}

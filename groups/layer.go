@@ -1,0 +1,325 @@
+package groups
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"unicode/utf8"
+
+	"github.com/dbscope/dbscope/dbctx"
+)
+
+var (
+	// ErrGroupName is returned for a group name that is not 1 to 100
+	// ASCII letters, digits, '-', '_' or '.' (Channels' rule).
+	ErrGroupName = errors.New("groups: invalid group name: want 1 to 100 ASCII letters, digits, '-', '_' or '.'")
+
+	// ErrTooLarge is returned by Send for a message larger than the
+	// engine carries (see Engine.MaxPayload).
+	ErrTooLarge = errors.New("groups: message too large for the engine")
+
+	// ErrClosed is returned by a closed Layer or Member.
+	ErrClosed = errors.New("groups: closed")
+)
+
+// Options configures a [Layer]. A nil *Options means defaults.
+type Options struct {
+	// Logger receives the failures nobody waits for (a send deferred to a
+	// commit). Default: slog.Default().
+	Logger *slog.Logger
+}
+
+// Layer carries messages to named groups of members through an [Engine].
+// It is safe for concurrent use.
+type Layer struct {
+	engine Engine
+	log    *slog.Logger
+	origin [4]byte // this layer's part of every message id
+	seq    atomic.Uint64
+
+	subMu  sync.Mutex // orders the engine's Subscribe and Unsubscribe calls
+	mu     sync.RWMutex
+	groups map[string]map[*Member]struct{}
+	closed atomic.Bool
+
+	c struct {
+		members, sent, delivered, slow, gaps, reconnects atomic.Int64
+	}
+}
+
+// New returns a Layer over engine, which it starts. It panics if engine
+// does not start (see the engine's constructor for what it needs).
+func New(engine Engine, opts *Options) *Layer {
+	var o Options
+	if opts != nil {
+		o = *opts
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	l := &Layer{engine: engine, log: o.Logger, groups: map[string]map[*Member]struct{}{}}
+	rand.Read(l.origin[:])
+	if err := engine.Start(inbox{l}); err != nil {
+		panic(fmt.Sprintf("groups: New: starting the engine: %v", err))
+	}
+	return l
+}
+
+// Close stops the engine. Members are their owners' to close; sends fail
+// with ErrClosed afterwards.
+func (l *Layer) Close() error {
+	if l.closed.Swap(true) {
+		return nil
+	}
+	return l.engine.Close()
+}
+
+// Ready reports the engine's state: nil when it delivers (for a readiness
+// probe).
+func (l *Layer) Ready() error {
+	if l.closed.Load() {
+		return ErrClosed
+	}
+	return l.engine.Ready()
+}
+
+// Event is what a member gets: a message sent to one of its groups, or a
+// gap.
+type Event struct {
+	Group string
+	// Data is the message as sent; nil for a gap. It is shared by every
+	// member of the group: do not modify it.
+	Data []byte
+	// Gap says that messages to Group may have been lost (the engine's
+	// connection broke): reload what they would have told.
+	Gap bool
+}
+
+// CheckGroup returns ErrGroupName unless name is a valid group name.
+func CheckGroup(name string) error {
+	if len(name) == 0 || len(name) > 100 {
+		return ErrGroupName
+	}
+	for i := 0; i < len(name); i++ {
+		switch c := name[i]; {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '-', c == '_', c == '.':
+		default:
+			return ErrGroupName
+		}
+	}
+	return nil
+}
+
+// Send sends data to every member of group, on every instance. It
+// returns once the engine has taken the message; members get it
+// asynchronously. Inside dbctx.Atomic the message goes out only if the
+// transaction commits (a failure then is logged, not returned): with
+// PostgreSQL, NOTIFY is sent on the scope's connection, within the
+// transaction. ctx may carry a scope (an HTTP request's, a consumer's):
+// PostgreSQL sends through it; otherwise through the engine's own pool.
+func (l *Layer) Send(ctx context.Context, group string, data []byte) error {
+	if l.closed.Load() {
+		return ErrClosed
+	}
+	if err := CheckGroup(group); err != nil {
+		return err
+	}
+	payload := l.envelope(group, data)
+	if len(payload) > l.engine.MaxPayload() {
+		return fmt.Errorf("%w: %d bytes, the engine carries %d with the envelope", ErrTooLarge, len(payload), l.engine.MaxPayload())
+	}
+	if l.engine.Transactional() {
+		return l.publish(ctx, group, payload)
+	}
+	var err error
+	now := true
+	deferred := false
+	dbctx.OnCommit(ctx, func() {
+		if !now {
+			deferred = true
+		}
+		err = l.publish(context.WithoutCancel(ctx), group, payload)
+		if deferred && err != nil {
+			l.log.Warn("groups: a send at commit failed", "group", group, "err", err)
+		}
+	})
+	now = false
+	return err
+}
+
+func (l *Layer) publish(ctx context.Context, group string, payload []byte) error {
+	if err := l.engine.Publish(ctx, group, payload); err != nil {
+		return err
+	}
+	l.c.sent.Add(1)
+	return nil
+}
+
+// The envelope of a message: "1|<id>|<group>|<kind><body>", kind 't' for
+// a body sent as it is (UTF-8 text without NUL, as NOTIFY takes), 'b' for
+// one in base64. The id, unique per message, keeps PostgreSQL from
+// folding identical notifications of one transaction into one.
+func (l *Layer) envelope(group string, data []byte) []byte {
+	var id [12]byte
+	copy(id[:4], l.origin[:])
+	binary.BigEndian.PutUint64(id[4:], l.seq.Add(1))
+	text := utf8.Valid(data)
+	for _, c := range data {
+		if c == 0 {
+			text = false
+			break
+		}
+	}
+	n := 2 + hex.EncodedLen(len(id)) + 1 + len(group) + 2
+	if text {
+		n += len(data)
+	} else {
+		n += base64.StdEncoding.EncodedLen(len(data))
+	}
+	b := make([]byte, 0, n)
+	b = append(b, "1|"...)
+	b = hex.AppendEncode(b, id[:])
+	b = append(b, '|')
+	b = append(b, group...)
+	b = append(b, '|')
+	if text {
+		b = append(b, 't')
+		b = append(b, data...)
+	} else {
+		b = append(b, 'b')
+		b = base64.StdEncoding.AppendEncode(b, data)
+	}
+	return b
+}
+
+// open reads an envelope back.
+func open(payload []byte) (group string, data []byte, err error) {
+	bad := errors.New("groups: malformed message")
+	if len(payload) < 2 || string(payload[:2]) != "1|" {
+		return "", nil, bad
+	}
+	rest := payload[2:]
+	i := indexByte(rest, '|')
+	if i < 0 {
+		return "", nil, bad
+	}
+	rest = rest[i+1:]
+	j := indexByte(rest, '|')
+	if j < 0 || j+1 >= len(rest) {
+		return "", nil, bad
+	}
+	group, body := string(rest[:j]), rest[j+1:]
+	switch body[0] {
+	case 't':
+		return group, body[1:], nil
+	case 'b':
+		data, err := base64.StdEncoding.AppendDecode(nil, body[1:])
+		return group, data, err
+	}
+	return "", nil, bad
+}
+
+func indexByte(b []byte, c byte) int {
+	for i, x := range b {
+		if x == c {
+			return i
+		}
+	}
+	return -1
+}
+
+// inbox is where the engine hands what arrives.
+type inbox struct{ l *Layer }
+
+func (in inbox) Deliver(payload []byte) {
+	l := in.l
+	group, data, err := open(payload)
+	if err != nil {
+		l.log.Warn("groups: dropped a message not made by this package", "err", err)
+		return
+	}
+	for _, m := range l.membersOf(group) {
+		m.enqueue(Event{Group: group, Data: data})
+	}
+}
+
+func (in inbox) Gap(groups []string) {
+	l := in.l
+	if groups == nil {
+		l.mu.RLock()
+		for g := range l.groups {
+			groups = append(groups, g)
+		}
+		l.mu.RUnlock()
+	}
+	for _, g := range groups {
+		for _, m := range l.membersOf(g) {
+			if m.enqueue(Event{Group: g, Gap: true}) {
+				l.c.gaps.Add(1)
+			}
+		}
+	}
+}
+
+func (in inbox) Reconnected() { in.l.c.reconnects.Add(1) }
+
+// membersOf returns the members of group now.
+func (l *Layer) membersOf(group string) []*Member {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	ms := l.groups[group]
+	if len(ms) == 0 {
+		return nil
+	}
+	out := make([]*Member, 0, len(ms))
+	for m := range ms {
+		out = append(out, m)
+	}
+	return out
+}
+
+// Stats is a snapshot of a layer's counters. Gauges are current values;
+// the rest count since the layer was made.
+type Stats struct {
+	Groups  int // groups with members in this process
+	Members int // members, each counted once whatever its groups
+
+	Sent       int64 // messages the engine took
+	Delivered  int64 // events members handled
+	Slow       int64 // members that fell behind their queue, told and dropped
+	Gaps       int64 // gap events queued to members
+	Reconnects int64 // reconnections of the engine
+
+	// QueueUsage is PostgreSQL's pg_notification_queue_usage() (0 to 1:
+	// at 1, commits that NOTIFY fail), as last sampled; -1 for other
+	// engines.
+	QueueUsage float64
+}
+
+// Stats returns a snapshot of the layer's counters.
+func (l *Layer) Stats() Stats {
+	l.mu.RLock()
+	groups := len(l.groups)
+	l.mu.RUnlock()
+	st := Stats{
+		Groups:     groups,
+		Members:    int(l.c.members.Load()),
+		Sent:       l.c.sent.Load(),
+		Delivered:  l.c.delivered.Load(),
+		Slow:       l.c.slow.Load(),
+		Gaps:       l.c.gaps.Load(),
+		Reconnects: l.c.reconnects.Load(),
+		QueueUsage: -1,
+	}
+	if q, ok := l.engine.(interface{ QueueUsage() float64 }); ok {
+		st.QueueUsage = q.QueueUsage()
+	}
+	return st
+}

@@ -1,0 +1,402 @@
+package groups
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"math"
+	"math/rand/v2"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/dbscope/dbscope/dbctx"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// PostgresOptions configures [NewPostgres].
+type PostgresOptions struct {
+	// ListenDSN is the connection string of the listener: a connection of
+	// its own, outside the pool's slots, straight to PostgreSQL (LISTEN
+	// does not work through PgBouncer in transaction mode), to the same
+	// database the pool's connections NOTIFY on. Required.
+	ListenDSN string
+
+	// SampleEvery is how often the listener samples
+	// pg_notification_queue_usage() (Stats.QueueUsage), which also checks
+	// its connection. Default: 10s.
+	SampleEvery time.Duration
+
+	// Logger receives the listener's disconnections. Default:
+	// slog.Default().
+	Logger *slog.Logger
+}
+
+// NewPostgres returns an engine that carries messages between instances
+// through PostgreSQL's LISTEN/NOTIFY: a message is a NOTIFY on a channel
+// named after a hash of its group, sent through the scope in Send's ctx
+// (inside its transaction, if any: delivered at commit, never on
+// rollback) or, without one, through pool; each instance's listener
+// LISTENs on the channels of the groups it has members of.
+//
+// Payloads are PostgreSQL's NOTIFY payloads: at most 7,999 bytes,
+// envelope included (about 50 bytes and the group's name; a body that is
+// not UTF-8 text goes in base64). Every notifying commit takes a
+// cluster-wide lock and signals every listening backend of the database:
+// for large deployments, NATS.
+//
+// The listener reconnects forever, with backoff and jitter, and then
+// LISTENs again and gives every member a gap. Start connects once and
+// fails where it cannot.
+func NewPostgres(pool *dbctx.Pool, opts *PostgresOptions) Engine {
+	var o PostgresOptions
+	if opts != nil {
+		o = *opts
+	}
+	if pool == nil || o.ListenDSN == "" {
+		panic("groups: NewPostgres expects a pool and PostgresOptions.ListenDSN")
+	}
+	if o.SampleEvery <= 0 {
+		o.SampleEvery = 10 * time.Second
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	return &postgres{pool: pool, opts: o, refs: map[string]int{}}
+}
+
+// maxNotify is PostgreSQL's limit on a NOTIFY payload (< 8000 bytes).
+const maxNotify = 7999
+
+type postgres struct {
+	pool *dbctx.Pool
+	opts PostgresOptions
+	in   Inbox
+	cfg  *pgconn.Config
+
+	ctx    context.Context // ends at Close
+	cancel context.CancelFunc
+	done   chan struct{} // the listener has returned
+
+	refs map[string]int // channel: subscriptions; the listener's
+
+	mu        sync.Mutex
+	pending   []command          // for the listener
+	interrupt context.CancelFunc // ends the listener's wait, while it waits
+	state     error              // nil while connected
+
+	usage   atomic.Uint64 // math.Float64bits of the last queue usage
+	sampled atomic.Bool
+}
+
+type command struct {
+	channel string
+	listen  bool
+	done    chan error // nil: nobody waits
+}
+
+// channelOf is the NOTIFY channel of group: the first 16 bytes of its
+// SHA-256 in hex, so any group name fits PostgreSQL's 63 and no quoting is
+// needed; groups that share one are told apart by the envelope.
+func channelOf(group string) string {
+	h := sha256.Sum256([]byte(group))
+	return "dbscope_" + hex.EncodeToString(h[:16])
+}
+
+func (e *postgres) Start(in Inbox) error {
+	e.in = in
+	cfg, err := pgx.ParseConfig(e.opts.ListenDSN) // pgx's, so its own settings are not sent
+	if err != nil {
+		return fmt.Errorf("groups: ListenDSN: %w", err)
+	}
+	c := cfg.Config.Copy()
+	c.OnNotification = func(_ *pgconn.PgConn, n *pgconn.Notification) {
+		e.in.Deliver([]byte(n.Payload))
+	}
+	if c.RuntimeParams == nil {
+		c.RuntimeParams = map[string]string{}
+	}
+	if _, ok := c.RuntimeParams["application_name"]; !ok {
+		c.RuntimeParams["application_name"] = "dbscope-groups-listener"
+	}
+	e.cfg = c
+	e.ctx, e.cancel = context.WithCancel(context.Background())
+	ctx, cancel := context.WithTimeout(e.ctx, 10*time.Second)
+	defer cancel()
+	conn, err := pgconn.ConnectConfig(ctx, e.cfg)
+	if err != nil {
+		e.cancel()
+		return fmt.Errorf("groups: the listener's connection: %w", err)
+	}
+	e.done = make(chan struct{})
+	go e.listen(conn)
+	return nil
+}
+
+func (e *postgres) Transactional() bool { return true }
+func (e *postgres) MaxPayload() int     { return maxNotify }
+
+func (e *postgres) Ready() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.state != nil {
+		return fmt.Errorf("groups: the PostgreSQL listener is down: %w", e.state)
+	}
+	return nil
+}
+
+// QueueUsage returns the last sample of pg_notification_queue_usage(), -1
+// before the first.
+func (e *postgres) QueueUsage() float64 {
+	if !e.sampled.Load() {
+		return -1
+	}
+	return math.Float64frombits(e.usage.Load())
+}
+
+func (e *postgres) Close() error {
+	e.cancel()
+	<-e.done
+	return nil
+}
+
+func (e *postgres) Publish(ctx context.Context, group string, payload []byte) error {
+	notify := func(ctx context.Context, s *dbctx.Scope) error {
+		_, err := s.ExecContext(ctx, "SELECT pg_notify($1, $2)", channelOf(group), string(payload))
+		return err
+	}
+	if dbctx.From(ctx) != nil {
+		return dbctx.Do(ctx, notify) // the scope's connection and transaction
+	}
+	return e.pool.Do(ctx, notify)
+}
+
+func (e *postgres) Subscribe(ctx context.Context, group string) error {
+	done := make(chan error, 1)
+	e.mu.Lock()
+	up := e.state == nil
+	c := command{channel: channelOf(group), listen: true}
+	if up {
+		c.done = done
+	}
+	e.push(c)
+	e.mu.Unlock()
+	if !up {
+		return nil // LISTENed on reconnection, after a gap
+	}
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (e *postgres) Unsubscribe(group string) {
+	e.mu.Lock()
+	e.push(command{channel: channelOf(group)})
+	e.mu.Unlock()
+}
+
+// push queues c for the listener and interrupts its wait. e.mu is held.
+func (e *postgres) push(c command) {
+	e.pending = append(e.pending, c)
+	if e.interrupt != nil {
+		e.interrupt()
+	}
+}
+
+// listen runs the listener until Close: serves conn, and reconnects
+// whenever it breaks.
+func (e *postgres) listen(conn *pgconn.PgConn) {
+	defer close(e.done)
+	backoff := minBackoff
+	reconnected := false
+	for {
+		if conn != nil {
+			err := e.serve(conn, reconnected)
+			conn.Close(context.Background())
+			conn = nil
+			if e.ctx.Err() != nil {
+				return
+			}
+			e.setState(err)
+			e.opts.Logger.Warn("groups: the PostgreSQL listener's connection broke; reconnecting", "err", err)
+		}
+		select {
+		case <-e.ctx.Done():
+			return
+		case <-time.After(jitter(backoff)):
+		}
+		ctx, cancel := context.WithTimeout(e.ctx, 10*time.Second)
+		c, err := pgconn.ConnectConfig(ctx, e.cfg)
+		cancel()
+		if err != nil {
+			e.setState(err)
+			backoff = min(2*backoff, maxBackoff)
+			continue
+		}
+		backoff = minBackoff
+		conn, reconnected = c, true
+		e.in.Reconnected()
+	}
+}
+
+const (
+	minBackoff = 100 * time.Millisecond
+	maxBackoff = 5 * time.Second
+)
+
+// jitter returns d give or take half.
+func jitter(d time.Duration) time.Duration {
+	return d/2 + time.Duration(rand.Int64N(int64(d)))
+}
+
+func (e *postgres) setState(err error) {
+	e.mu.Lock()
+	e.state = err
+	e.mu.Unlock()
+}
+
+// serve LISTENs on every channel subscribed, tells members of a gap after
+// a reconnection, then waits for notifications and commands until the
+// connection breaks or Close.
+func (e *postgres) serve(conn *pgconn.PgConn, reconnected bool) error {
+	// Commands queued while disconnected only count: the channels are
+	// LISTENed below, all at once.
+	e.mu.Lock()
+	cmds := e.pending
+	e.pending = nil
+	e.mu.Unlock()
+	for _, c := range cmds {
+		e.count(c)
+	}
+	for ch := range e.refs {
+		if err := e.exec(conn, "LISTEN "+ch); err != nil {
+			return err
+		}
+	}
+	e.setState(nil)
+	for _, c := range cmds {
+		if c.done != nil {
+			c.done <- nil
+		}
+	}
+	if reconnected {
+		e.in.Gap(nil)
+	}
+	sample := time.Time{}
+	for {
+		e.mu.Lock()
+		cmds := e.pending
+		e.pending = nil
+		e.mu.Unlock()
+		for i, c := range cmds {
+			err := e.apply(conn, c)
+			if c.done != nil {
+				// Counted even where the LISTEN failed with the
+				// connection: it is LISTENed again on reconnection.
+				c.done <- nil
+			}
+			if err != nil {
+				// The rest wait for the next connection, counted then.
+				e.mu.Lock()
+				e.pending = append(cmds[i+1:len(cmds):len(cmds)], e.pending...)
+				e.mu.Unlock()
+				return err
+			}
+		}
+		if time.Since(sample) >= e.opts.SampleEvery {
+			if err := e.sampleUsage(conn); err != nil {
+				return err
+			}
+			sample = time.Now()
+		}
+		if err := e.wait(conn, e.opts.SampleEvery-time.Since(sample)); err != nil {
+			return err
+		}
+	}
+}
+
+// count applies c to the subscription counts and reports whether the
+// channel must now be LISTENed (1) or UNLISTENed (-1).
+func (e *postgres) count(c command) int {
+	if c.listen {
+		e.refs[c.channel]++
+		if e.refs[c.channel] == 1 {
+			return 1
+		}
+		return 0
+	}
+	e.refs[c.channel]--
+	if e.refs[c.channel] <= 0 {
+		delete(e.refs, c.channel)
+		return -1
+	}
+	return 0
+}
+
+func (e *postgres) apply(conn *pgconn.PgConn, c command) error {
+	switch e.count(c) {
+	case 1:
+		return e.exec(conn, "LISTEN "+c.channel)
+	case -1:
+		return e.exec(conn, "UNLISTEN "+c.channel)
+	}
+	return nil
+}
+
+func (e *postgres) exec(conn *pgconn.PgConn, sql string) error {
+	ctx, cancel := context.WithTimeout(e.ctx, 10*time.Second)
+	defer cancel()
+	_, err := conn.Exec(ctx, sql).ReadAll()
+	return err
+}
+
+func (e *postgres) sampleUsage(conn *pgconn.PgConn) error {
+	ctx, cancel := context.WithTimeout(e.ctx, 10*time.Second)
+	defer cancel()
+	res, err := conn.Exec(ctx, "SELECT pg_notification_queue_usage()").ReadAll()
+	if err != nil {
+		return err
+	}
+	if len(res) == 1 && len(res[0].Rows) == 1 {
+		if f, err := strconv.ParseFloat(string(res[0].Rows[0][0]), 64); err == nil {
+			e.usage.Store(math.Float64bits(f))
+			e.sampled.Store(true)
+		}
+	}
+	return nil
+}
+
+// wait waits for a notification (OnNotification delivers it) for at most
+// d, or until a command is pushed or Close. A timeout or an interruption
+// keeps the connection: pgconn closes it on other errors only.
+func (e *postgres) wait(conn *pgconn.PgConn, d time.Duration) error {
+	ctx, cancel := context.WithTimeout(e.ctx, max(d, time.Millisecond))
+	defer cancel()
+	e.mu.Lock()
+	if len(e.pending) > 0 {
+		e.mu.Unlock()
+		return nil
+	}
+	e.interrupt = cancel
+	e.mu.Unlock()
+	err := conn.WaitForNotification(ctx)
+	e.mu.Lock()
+	e.interrupt = nil
+	e.mu.Unlock()
+	switch {
+	case err == nil:
+		return nil
+	case e.ctx.Err() != nil:
+		return e.ctx.Err()
+	case ctx.Err() != nil && !conn.IsClosed():
+		return nil
+	}
+	return err
+}
