@@ -79,6 +79,19 @@ func (r *recorder) got() []groups.Event {
 
 var kinds = []string{"memory", "postgres"}
 
+// waitFor polls cond for up to 10 seconds: for goroutines other than the
+// test's, which must not call t.Fatal.
+func waitFor(cond func() bool) bool {
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	return true
+}
+
 // Every member, on either instance, gets every message once, and the
 // messages of each sender in the order sent.
 func TestDelivery(t *testing.T) {
@@ -175,6 +188,9 @@ func TestChurn(t *testing.T) {
 						return
 					}
 					sent.Store(k)
+					// A steady stream, not a flood that would outrun the
+					// members' queues (that is TestSlowMember's).
+					time.Sleep(50 * time.Microsecond)
 				}
 			})
 			var members sync.WaitGroup
@@ -188,7 +204,11 @@ func TestChurn(t *testing.T) {
 							t.Errorf("join: %v", err)
 							return
 						}
-						dbtest.Eventually(t, "a message after the join", func() bool { return r.n.Load() > 0 })
+						if !waitFor(func() bool { return r.n.Load() > 0 }) {
+							t.Error("no message after the join")
+							m.Close()
+							return
+						}
 						m.Leave("churn")
 						after := sent.Load() // sent after the leave: beyond this
 						time.Sleep(time.Millisecond)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/coder/websocket"
+	"github.com/dbscope/dbscope/groups"
 )
 
 // Consumer is the callbacks of a websocket endpoint, the port of Channels'
@@ -28,6 +29,17 @@ type Consumer struct {
 	// 1013 (try again later), any other error or a panic with 1011
 	// (internal error), the detail logged and not sent to the client.
 	Receive func(ctx context.Context, s *Session, typ websocket.MessageType, data []byte) error
+
+	// Event runs for each event of the groups the socket joined
+	// ([Session.Join]): a message sent to one of them, or a gap (e.Gap:
+	// messages may have been lost; reload state). It runs with Receive's
+	// discipline: in the sync style in a worker slot with the socket's
+	// scope, closed-old before and after, one callback of the socket at a
+	// time (receives and events in the order they come); in the async
+	// style with no slot, one event at a time. Its error closes the socket
+	// as Receive's does. A socket whose events pile up beyond its queue
+	// (Options.Member) is closed with [StatusTooSlow].
+	Event func(ctx context.Context, s *Session, e groups.Event) error
 
 	// Disconnect runs once the socket is closed, whatever closed it, with
 	// the close status the peer sent (or -1 when there was none). It runs
@@ -55,6 +67,14 @@ func Reject(status int, reason string) error {
 	}
 	return &RejectError{Status: status, Reason: reason}
 }
+
+// StatusTooSlow is the close status of a socket that did not keep up with
+// the events of its groups: its queue (Options.Member) overflowed. It is
+// counted in the layer's Stats.Slow.
+const StatusTooSlow websocket.StatusCode = 4008
+
+// ErrNoLayer is returned by Join on a handler without Options.Layer.
+var ErrNoLayer = errors.New("wsconsumer: Join needs Options.Layer")
 
 // ErrClosed is returned by Send on a session whose socket is closed or not
 // accepted yet.

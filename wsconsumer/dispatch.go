@@ -8,6 +8,7 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/groups"
 )
 
 // readLoop reads messages and has them handled until the socket closes,
@@ -213,21 +214,36 @@ func (h *Handler) work(pool *dbctx.Pool, s *Session, m message) {
 }
 
 func (h *Handler) receive(pool *dbctx.Pool, s *Session, m message) {
-	ctx := s.cbCtx()
-	var out *outbox
-	if !h.async {
-		// Sends wait for the slot to be released (see Session.Send).
-		out = s.outbox()
-		ctx = out
-		defer out.flush()
-	}
-	err := h.call(ctx, pool, func(ctx context.Context) error {
+	h.callback(pool, s, func(ctx context.Context) error {
 		if h.c.Receive == nil {
 			return nil
 		}
 		return h.c.Receive(ctx, s, m.typ, m.data)
 	})
-	if err != nil {
+}
+
+// event runs the Event callback for e, from the member's goroutine.
+func (h *Handler) event(pool *dbctx.Pool, s *Session, e groups.Event) {
+	if h.c.Event == nil || s.ctx.Err() != nil {
+		return
+	}
+	h.callback(pool, s, func(ctx context.Context) error { return h.c.Event(ctx, s, e) })
+}
+
+// callback runs fn, a Receive or an Event: in the sync style one at a
+// time for the socket (see Session.lockCallbacks), in a worker slot, its
+// sends held until the slot is released; its error closes the socket.
+func (h *Handler) callback(pool *dbctx.Pool, s *Session, fn func(ctx context.Context) error) {
+	ctx := s.cbCtx()
+	var out *outbox
+	if !h.async {
+		defer s.lockCallbacks()()
+		// Sends wait for the slot to be released (see Session.Send).
+		out = s.outbox()
+		ctx = out
+		defer out.flush()
+	}
+	if err := h.call(ctx, pool, fn); err != nil {
 		if out != nil {
 			out.flush() // replies first, then the close
 		}

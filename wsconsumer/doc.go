@@ -23,6 +23,14 @@
 // Choose sync for database-bound request/response sockets, async for
 // sockets that mostly wait or fan out.
 //
+// With Options.Layer (package groups), a socket joins groups
+// ([Session.Join], left at the disconnect) and its Event callback gets
+// what is sent to them, from this process or another instance, with
+// Receive's discipline: the port of a Channels consumer woken by a
+// channel-layer event, which closes old connections before it queries. An
+// idle member holds no slot, no connection and no goroutine; one that
+// falls behind its queue is closed with [StatusTooSlow].
+//
 //	h := wsconsumer.NewSync(pool, wsconsumer.JSON(wsconsumer.JSONConsumer[Msg]{
 //		Receive: func(ctx context.Context, s *wsconsumer.Session, m Msg) error {
 //			var name string

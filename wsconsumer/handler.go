@@ -11,6 +11,7 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/groups"
 )
 
 // Options configures a [Handler]. The zero value of every field is a
@@ -46,6 +47,15 @@ type Options struct {
 	// keeps messages in order. Default: 1. The sync style always handles
 	// one at a time.
 	InFlight int
+
+	// Layer carries the messages of the groups sockets join
+	// ([Session.Join]) to the Event callback. Default: nil, no groups.
+	Layer *groups.Layer
+
+	// Member bounds each socket's queue of events (see
+	// groups.MemberOptions; its OnSlow is wsconsumer's, which closes the
+	// socket with StatusTooSlow). Default: groups' defaults.
+	Member *groups.MemberOptions
 
 	// DisconnectTimeout bounds the context Disconnect gets. Default: 10s.
 	DisconnectTimeout time.Duration
@@ -151,9 +161,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}()
 
 	if h.c.Connect != nil {
-		if err := h.call(s.cbCtx(), pool, func(ctx context.Context) error {
+		unlock := s.lockCallbacks()
+		err := h.call(s.cbCtx(), pool, func(ctx context.Context) error {
 			return h.c.Connect(ctx, s)
-		}); err != nil {
+		})
+		unlock()
+		if err != nil {
+			s.leaveGroups()
 			h.refuse(w, r, err)
 			return
 		}
@@ -163,6 +177,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// Accept has answered the client (bad handshake, origin refused).
 		h.opts.Logger.Debug("wsconsumer: accept failed", "err", err)
 		s.finish()
+		s.leaveGroups()
 		h.disconnect(pool, s, -1)
 		return
 	}
@@ -174,6 +189,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.unregister(s)
 	sock.cancel()
 	s.finish()
+	s.leaveGroups() // waits for an event callback under way
 	s.wg.Wait()
 	h.disconnect(pool, s, code)
 	conn.CloseNow()

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 
 	"github.com/coder/websocket"
+	"github.com/dbscope/dbscope/groups"
 )
 
 // JSONConsumer is a [Consumer] whose messages are JSON text frames decoded
@@ -22,6 +23,9 @@ type JSONConsumer[T any] struct {
 	// why. Returning nil keeps the socket open (send an error reply
 	// here). Nil closes the socket with 1007 (invalid frame payload data).
 	Invalid func(ctx context.Context, s *Session, data []byte, err error) error
+
+	// Event is as in [Consumer]: the events of the socket's groups.
+	Event func(ctx context.Context, s *Session, e groups.Event) error
 }
 
 // JSON returns the [Consumer] that decodes text frames into T for c. A
@@ -30,6 +34,7 @@ func JSON[T any](c JSONConsumer[T]) Consumer {
 	return Consumer{
 		Connect:    c.Connect,
 		Disconnect: c.Disconnect,
+		Event:      c.Event,
 		Receive: func(ctx context.Context, s *Session, typ websocket.MessageType, data []byte) error {
 			if typ != websocket.MessageText {
 				return closeWith(websocket.StatusUnsupportedData, "binary frames not supported", nil)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/groups"
 )
 
 // Session is one websocket connection, handed to every callback of its
@@ -48,6 +49,84 @@ type Session struct {
 	accepted bool
 	finished bool                    // disconnecting: Go starts nothing
 	pending  []func(context.Context) // Go calls made before accept
+	member   *groups.Member          // made by the first Join
+
+	cb sync.Mutex // one sync callback at a time, where events may come (see lockCallbacks)
+}
+
+// lockCallbacks makes a sync callback the only one of the socket running,
+// where the handler has a layer (events come on their own goroutine), and
+// returns its unlock. Elsewhere the read loop runs them one at a time
+// itself, and it costs nothing.
+func (s *Session) lockCallbacks() func() {
+	if s.h.opts.Layer == nil || s.h.async {
+		return func() {}
+	}
+	s.cb.Lock()
+	return s.cb.Unlock
+}
+
+// Join makes the socket a member of group: the Event callback gets the
+// group's messages, and its gaps, until Leave or the disconnect. Once Join
+// returns, a message sent to group reaches the socket (the layer's engine
+// has subscribed, which may take a round trip). It needs Options.Layer;
+// a socket disconnecting joins nothing (ErrClosed).
+func (s *Session) Join(ctx context.Context, group string) error {
+	l := s.h.opts.Layer
+	if l == nil {
+		return ErrNoLayer
+	}
+	s.mu.Lock()
+	if s.finished {
+		s.mu.Unlock()
+		return ErrClosed
+	}
+	if s.member == nil {
+		var o groups.MemberOptions
+		if s.h.opts.Member != nil {
+			o = *s.h.opts.Member
+		}
+		o.OnSlow = func() { s.Close(StatusTooSlow, "too slow for its groups") }
+		pool := s.scope.Pool()
+		s.member = l.NewMember(func(e groups.Event) { s.h.event(pool, s, e) }, &o)
+	}
+	m := s.member
+	s.mu.Unlock()
+	return m.Join(ctx, group)
+}
+
+// Leave takes the socket out of group: once it returns, no event of
+// group reaches it. The disconnect leaves every group.
+func (s *Session) Leave(group string) {
+	s.mu.Lock()
+	m := s.member
+	s.mu.Unlock()
+	if m != nil {
+		m.Leave(group)
+	}
+}
+
+// Groups returns the groups the socket is in.
+func (s *Session) Groups() []string {
+	s.mu.Lock()
+	m := s.member
+	s.mu.Unlock()
+	if m == nil {
+		return nil
+	}
+	return m.Groups()
+}
+
+// leaveGroups leaves every group, at the disconnect, and waits for an
+// event callback under way. s.finished is set, so Join makes no member.
+func (s *Session) leaveGroups() {
+	s.mu.Lock()
+	s.finished = true
+	m := s.member
+	s.mu.Unlock()
+	if m != nil {
+		m.Close()
+	}
 }
 
 // Request returns the upgrade request: its URL, headers and context

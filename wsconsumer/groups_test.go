@@ -1,0 +1,299 @@
+package wsconsumer_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/groups"
+	"github.com/dbscope/dbscope/internal/dbtest"
+	"github.com/dbscope/dbscope/internal/pgtest"
+	"github.com/dbscope/dbscope/wsconsumer"
+)
+
+// groupServer serves sockets that join the group their URL names (?g=)
+// once accepted, answer "ping" frames with "pong", and answer each event
+// with "event <group> <data> <n>" (n: the query the event ran through the
+// database) or "gap <group>". While a callback runs, the socket's count
+// (its State) has it: in the sync style it must never exceed one.
+type groupServer struct {
+	layer   *groups.Layer
+	pool    *dbctx.Pool
+	env     *pgtest.Env
+	overlap atomic.Int32
+	hold    chan struct{} // when not nil, events wait on it
+	url     string
+}
+
+func newGroupServer(t *testing.T, style styleFn, opts *wsconsumer.Options) *groupServer {
+	t.Helper()
+	p, env := dbtest.NewPool(t, nil)
+	layer := groups.New(groups.NewMemory(), nil)
+	t.Cleanup(func() {
+		if st := layer.Stats(); st.Members != 0 {
+			t.Errorf("members left at the end: %+v", st)
+		}
+		layer.Close()
+	})
+	g := &groupServer{layer: layer, pool: p, env: env}
+	if opts == nil {
+		opts = &wsconsumer.Options{}
+	}
+	opts.Layer = layer
+	opts.Logger = quiet()
+	enter := func(s *wsconsumer.Session) func() {
+		busy := s.State.(*atomic.Int32)
+		if busy.Add(1) > 1 {
+			g.overlap.Add(1)
+		}
+		return func() { busy.Add(-1) }
+	}
+	query := func(ctx context.Context, f func(context.Context, *dbctx.Scope) error) error {
+		if dbctx.IsAsync(ctx) {
+			return dbctx.Do(ctx, f)
+		}
+		return f(ctx, dbctx.From(ctx))
+	}
+	h := style(p, wsconsumer.Consumer{
+		Connect: func(ctx context.Context, s *wsconsumer.Session) error {
+			group := s.Request().URL.Query().Get("g")
+			s.State = new(atomic.Int32)
+			s.Go(func(ctx context.Context) {
+				if err := s.Join(ctx, group); err != nil {
+					s.Close(websocket.StatusInternalError, err.Error())
+					return
+				}
+				s.SendText(ctx, "joined "+group)
+			})
+			return nil
+		},
+		Receive: func(ctx context.Context, s *wsconsumer.Session, _ websocket.MessageType, data []byte) error {
+			defer enter(s)()
+			if string(data) == "leave" {
+				for _, g := range s.Groups() {
+					s.Leave(g)
+				}
+				return s.SendText(ctx, "left")
+			}
+			return query(ctx, func(ctx context.Context, sc *dbctx.Scope) error {
+				var n int
+				if err := sc.QueryRowContext(ctx, "SELECT 1").Scan(&n); err != nil {
+					return err
+				}
+				return s.SendText(ctx, "pong")
+			})
+		},
+		Event: func(ctx context.Context, s *wsconsumer.Session, e groups.Event) error {
+			defer enter(s)()
+			if g.hold != nil {
+				<-g.hold
+			}
+			if e.Gap {
+				return s.SendText(ctx, "gap "+e.Group)
+			}
+			return query(ctx, func(ctx context.Context, sc *dbctx.Scope) error {
+				var n int
+				if err := sc.QueryRowContext(ctx, "SELECT $1::int + 1", len(e.Data)).Scan(&n); err != nil {
+					return err
+				}
+				return s.SendText(ctx, fmt.Sprintf("event %s %s %d", e.Group, e.Data, n))
+			})
+		},
+	}, opts)
+	g.url = serve(t, h)
+	return g
+}
+
+func (g *groupServer) dial(t *testing.T, group string) *websocket.Conn {
+	t.Helper()
+	c := dial(t, g.url+"?g="+group)
+	if got := readText(t, c); got != "joined "+group {
+		t.Fatalf("got %q, want joined", got)
+	}
+	return c
+}
+
+func readText(t *testing.T, c *websocket.Conn) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	_, data, err := c.Read(ctx)
+	if err != nil {
+		t.Fatalf("read: %v", err)
+	}
+	return string(data)
+}
+
+// Events reach every socket of the group, in order, with Receive's
+// discipline: sync callbacks one at a time, in a slot, querying the
+// scope; async ones through dbctx.Do. Between events an idle member holds
+// no slot and no connection.
+func TestEvents(t *testing.T) {
+	t.Parallel()
+	for name, style := range styles {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			g := newGroupServer(t, style, nil)
+			const sockets, msgs = 20, 30
+			conns := make([]*websocket.Conn, sockets)
+			for i := range conns {
+				conns[i] = g.dial(t, "room")
+			}
+			ctx := context.Background()
+			for k := range msgs {
+				if err := g.layer.Send(ctx, "room", fmt.Appendf(nil, "m%02d", k)); err != nil {
+					t.Fatal(err)
+				}
+				// Receives interleaved with the events.
+				if err := conns[k%sockets].Write(ctx, websocket.MessageText, []byte("ping")); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for i, c := range conns {
+				k := 0
+				pongs := 0
+				for k < msgs || pongs < (msgs+sockets-1-i)/sockets {
+					switch got := readText(t, c); {
+					case got == "pong":
+						pongs++
+					case got == fmt.Sprintf("event room m%02d 4", k):
+						k++
+					default:
+						t.Fatalf("socket %d: got %q, want event m%02d", i, got, k)
+					}
+				}
+			}
+			if n := g.overlap.Load(); name == "sync" && n != 0 {
+				t.Errorf("%d callbacks of a socket overlapped in the sync style", n)
+			}
+			dbtest.Eventually(t, "idle members to hold nothing", func() bool {
+				st := g.pool.Stats()
+				return st.InUse == 0 && st.Pinned == 0
+			})
+			if st := g.layer.Stats(); st.Members != sockets || st.Delivered != sockets*msgs {
+				t.Errorf("layer: %+v, want %d members and %d delivered", st, sockets, sockets*msgs)
+			}
+		})
+	}
+}
+
+// A socket whose events pile up is closed with StatusTooSlow, and counted;
+// the others of the group get everything.
+func TestSlowSocket(t *testing.T) {
+	t.Parallel()
+	for name, style := range styles {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			g := newGroupServer(t, style, &wsconsumer.Options{Member: &groups.MemberOptions{MaxQueue: 5}})
+			g.hold = make(chan struct{})
+			slow := g.dial(t, "s")
+			ctx := context.Background()
+			for k := range 10 {
+				if err := g.layer.Send(ctx, "s", fmt.Appendf(nil, "%d", k)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// One event is in its callback, five wait: the sixth
+			// overflows.
+			dbtest.Eventually(t, "the overflow", func() bool { return g.layer.Stats().Slow == 1 })
+			close(g.hold)
+			rctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+			defer cancel()
+			for {
+				_, _, err := slow.Read(rctx)
+				if err != nil {
+					if code := websocket.CloseStatus(err); code != wsconsumer.StatusTooSlow {
+						t.Fatalf("closed with %v (%v), want StatusTooSlow", code, err)
+					}
+					break
+				}
+			}
+			// One that keeps up, within its queue of five, gets all.
+			fast := g.dial(t, "s")
+			for k := range 20 {
+				if err := g.layer.Send(ctx, "s", fmt.Appendf(nil, "%d", k%10)); err != nil {
+					t.Fatal(err)
+				}
+				if got, want := readText(t, fast), fmt.Sprintf("event s %d 2", k%10); got != want {
+					t.Fatalf("got %q, want %q", got, want)
+				}
+			}
+			if st := g.layer.Stats(); st.Slow != 1 {
+				t.Fatalf("slow = %d, want 1", st.Slow)
+			}
+		})
+	}
+}
+
+// Leave and the disconnect take the socket out of its groups: nothing
+// reaches it after; the layer holds no member at the end.
+func TestLeaveAndDisconnect(t *testing.T) {
+	t.Parallel()
+	g := newGroupServer(t, wsconsumer.NewSync, nil)
+	a, b := g.dial(t, "x"), g.dial(t, "x")
+	ctx := context.Background()
+	if err := a.Write(ctx, websocket.MessageText, []byte("leave")); err != nil {
+		t.Fatal(err)
+	}
+	if got := readText(t, a); got != "left" {
+		t.Fatalf("got %q", got)
+	}
+	if err := g.layer.Send(ctx, "x", []byte("after")); err != nil {
+		t.Fatal(err)
+	}
+	if got := readText(t, b); got != "event x after 6" {
+		t.Fatalf("b got %q", got)
+	}
+	if err := a.Write(ctx, websocket.MessageText, []byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	if got := readText(t, a); got != "pong" {
+		t.Fatalf("a got %q after leaving, want only its pong", got)
+	}
+	b.Close(websocket.StatusNormalClosure, "")
+	a.Close(websocket.StatusNormalClosure, "")
+	dbtest.Eventually(t, "no member left", func() bool { return g.layer.Stats().Members == 0 })
+}
+
+// Events in the sync style run between boundaries: a backend killed
+// between two events costs nothing.
+func TestEventAfterIdleKill(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "kills server backends and counts what the pool saw; behind a pooler the pooler absorbs the kill")
+	g := newGroupServer(t, wsconsumer.NewSync, nil)
+	c := g.dial(t, "k")
+	ctx := context.Background()
+	for k := range 5 {
+		if err := g.layer.Send(ctx, "k", fmt.Appendf(nil, "%d", k)); err != nil {
+			t.Fatal(err)
+		}
+		if got, want := readText(t, c), fmt.Sprintf("event k %d 2", k); got != want {
+			t.Fatalf("after %d kills: got %q, want %q", k, got, want)
+		}
+		dbtest.Eventually(t, "the event's connection given back", func() bool { return g.pool.Stats().Pinned == 0 })
+		g.env.Terminate(t)
+	}
+}
+
+// Join without a layer says so.
+func TestJoinWithoutLayer(t *testing.T) {
+	t.Parallel()
+	p, _ := dbtest.NewPool(t, nil)
+	joined := make(chan error, 1)
+	h := wsconsumer.NewSync(p, wsconsumer.Consumer{
+		Connect: func(ctx context.Context, s *wsconsumer.Session) error {
+			joined <- s.Join(ctx, "g")
+			return nil
+		},
+	}, &wsconsumer.Options{Logger: quiet()})
+	c := dial(t, serve(t, h))
+	if err := <-joined; !errors.Is(err, wsconsumer.ErrNoLayer) {
+		t.Fatalf("Join: %v, want ErrNoLayer", err)
+	}
+	c.Close(websocket.StatusNormalClosure, "")
+}
