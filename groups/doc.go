@@ -12,7 +12,8 @@
 // dies takes its members with it: nothing expires, nothing is stored per
 // member.
 //
-//	layer := groups.New(groups.NewPostgres(pool, &groups.PostgresOptions{ListenDSN: direct}), nil)
+//	layer, err := groups.New(groups.NewPostgres(pool, &groups.PostgresOptions{ListenDSN: direct}), nil)
+//	…
 //	defer layer.Close()
 //	m := layer.NewMember(func(e groups.Event) { … }, nil)
 //	m.Join(ctx, "room.42")

@@ -40,9 +40,14 @@ func instances(t *testing.T, env *pgtest.Env, kind string, n int) []*instance {
 		case "memory":
 			e = groups.NewMemory()
 		case "postgres":
-			e = groups.NewPostgres(p, &groups.PostgresOptions{ListenDSN: env.DirectDSN(t), SampleEvery: 100 * time.Millisecond})
+			e = groups.NewPostgres(p, &groups.PostgresOptions{
+				ListenDSN: env.DirectDSN(t), Namespace: env.Schema(), SampleEvery: 100 * time.Millisecond,
+			})
 		}
-		l := groups.New(e, nil)
+		l, err := groups.New(e, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
 		in := &instance{pool: p, layer: l}
 		t.Cleanup(func() {
 			if st := l.Stats(); st.Members != 0 || st.Groups != 0 {

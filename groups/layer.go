@@ -54,9 +54,9 @@ type Layer struct {
 	}
 }
 
-// New returns a Layer over engine, which it starts. It panics if engine
-// does not start (see the engine's constructor for what it needs).
-func New(engine Engine, opts *Options) *Layer {
+// New returns a Layer over engine, which it starts: the PostgreSQL engine
+// connects its listener, and fails where it cannot.
+func New(engine Engine, opts *Options) (*Layer, error) {
 	var o Options
 	if opts != nil {
 		o = *opts
@@ -67,9 +67,9 @@ func New(engine Engine, opts *Options) *Layer {
 	l := &Layer{engine: engine, log: o.Logger, groups: map[string]map[*Member]struct{}{}}
 	rand.Read(l.origin[:])
 	if err := engine.Start(inbox{l}); err != nil {
-		panic(fmt.Sprintf("groups: New: starting the engine: %v", err))
+		return nil, err
 	}
-	return l
+	return l, nil
 }
 
 // Close stops the engine. Members are their owners' to close; sends fail

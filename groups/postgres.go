@@ -26,6 +26,11 @@ type PostgresOptions struct {
 	// database the pool's connections NOTIFY on. Required.
 	ListenDSN string
 
+	// Namespace keeps apart layers that share a database (several apps,
+	// the tests of one): groups of the same name in two namespaces never
+	// meet. Default: "", one namespace.
+	Namespace string
+
 	// SampleEvery is how often the listener samples
 	// pg_notification_queue_usage() (Stats.QueueUsage), which also checks
 	// its connection. Default: 10s.
@@ -99,11 +104,12 @@ type command struct {
 	done    chan error // nil: nobody waits
 }
 
-// channelOf is the NOTIFY channel of group: the first 16 bytes of its
-// SHA-256 in hex, so any group name fits PostgreSQL's 63 and no quoting is
-// needed; groups that share one are told apart by the envelope.
-func channelOf(group string) string {
-	h := sha256.Sum256([]byte(group))
+// channelOf is the NOTIFY channel of group: the first 16 bytes of the
+// SHA-256 of the namespace and the group in hex, so any name fits
+// PostgreSQL's 63 bytes and needs no quoting; groups of a namespace that
+// share one are told apart by the envelope.
+func (e *postgres) channelOf(group string) string {
+	h := sha256.Sum256([]byte(e.opts.Namespace + "\x00" + group))
 	return "dbscope_" + hex.EncodeToString(h[:16])
 }
 
@@ -166,7 +172,7 @@ func (e *postgres) Close() error {
 
 func (e *postgres) Publish(ctx context.Context, group string, payload []byte) error {
 	notify := func(ctx context.Context, s *dbctx.Scope) error {
-		_, err := s.ExecContext(ctx, "SELECT pg_notify($1, $2)", channelOf(group), string(payload))
+		_, err := s.ExecContext(ctx, "SELECT pg_notify($1, $2)", e.channelOf(group), string(payload))
 		return err
 	}
 	if dbctx.From(ctx) != nil {
@@ -179,7 +185,7 @@ func (e *postgres) Subscribe(ctx context.Context, group string) error {
 	done := make(chan error, 1)
 	e.mu.Lock()
 	up := e.state == nil
-	c := command{channel: channelOf(group), listen: true}
+	c := command{channel: e.channelOf(group), listen: true}
 	if up {
 		c.done = done
 	}
@@ -198,7 +204,7 @@ func (e *postgres) Subscribe(ctx context.Context, group string) error {
 
 func (e *postgres) Unsubscribe(group string) {
 	e.mu.Lock()
-	e.push(command{channel: channelOf(group)})
+	e.push(command{channel: e.channelOf(group)})
 	e.mu.Unlock()
 }
 

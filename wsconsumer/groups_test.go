@@ -33,7 +33,10 @@ type groupServer struct {
 func newGroupServer(t *testing.T, style styleFn, opts *wsconsumer.Options) *groupServer {
 	t.Helper()
 	p, env := dbtest.NewPool(t, nil)
-	layer := groups.New(groups.NewMemory(), nil)
+	layer, err := groups.New(groups.NewMemory(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() {
 		if st := layer.Stats(); st.Members != 0 {
 			t.Errorf("members left at the end: %+v", st)

@@ -65,5 +65,6 @@ func routes(a *chatserver.App) http.Handler {
 	router.Method(http.MethodGet, "/ws/sync", a.SyncWS)
 	router.Method(http.MethodGet, "/ws/async", a.AsyncWS)
 	router.Get("/debug/dbstats", a.Stats)
+	router.Get("/readyz", a.Ready)
 	return router
 }

@@ -14,10 +14,10 @@ import (
 func TestMain(m *testing.M) { pgtest.Main(m) }
 
 // start runs this example on a random port against a fresh schema.
-func start(t *testing.T) *chattest.Server {
-	return chattest.Start(t, func(ctx context.Context, ln net.Listener, dsn string, log *slog.Logger) error {
-		return run(ctx, chatserver.Config{Listener: ln, DSN: dsn, Log: log})
-	})
+func start(t *testing.T) *chattest.Server { return chattest.Start(t, runOn) }
+
+func runOn(ctx context.Context, ln net.Listener, dsn, listenDSN string, log *slog.Logger) error {
+	return run(ctx, chatserver.Config{Listener: ln, DSN: dsn, ListenDSN: listenDSN, Log: log})
 }
 
 func TestHTTP(t *testing.T) {
@@ -35,7 +35,14 @@ func TestShutdown(t *testing.T) {
 	chattest.Shutdown(t, start(t))
 }
 
+func TestTwoInstances(t *testing.T) {
+	t.Parallel()
+	s := start(t)
+	chattest.TwoInstances(t, s, s.Another(t, runOn))
+}
+
 func TestBrowser(t *testing.T) {
 	t.Parallel()
-	chattest.Browser(t, start(t))
+	s := start(t)
+	chattest.Browser(t, s, s.Another(t, runOn))
 }

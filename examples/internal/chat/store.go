@@ -116,6 +116,14 @@ func Insert(ctx context.Context, db DBTX, p Post) (Message, error) {
 	return m, err
 }
 
+// ByID returns the message id.
+func ByID(ctx context.Context, db DBTX, id int64) (Message, error) {
+	var m Message
+	err := db.QueryRowContext(ctx, `SELECT id, room, author, body, created_at FROM messages WHERE id = $1`, id).
+		Scan(&m.ID, &m.Room, &m.Author, &m.Body, &m.Created)
+	return m, err
+}
+
 // History returns the latest HistoryLen messages of room, oldest first.
 func History(ctx context.Context, db DBTX, room string) ([]Message, error) {
 	rows, err := db.QueryContext(ctx, `

@@ -7,7 +7,9 @@ package chatserver
 
 import (
 	"context"
+	"crypto/sha256"
 	"database/sql"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -20,6 +22,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/dbscope/dbscope/dbctx"
 	"github.com/dbscope/dbscope/examples/internal/chat"
+	"github.com/dbscope/dbscope/groups"
 	"github.com/dbscope/dbscope/internal/pgserver"
 	"github.com/dbscope/dbscope/middleware"
 	"github.com/dbscope/dbscope/wsconsumer"
@@ -32,7 +35,11 @@ type Config struct {
 	Addr     string       // where to listen, when Listener is nil
 	Listener net.Listener // taken over by Run, if set
 	DSN      string       // "": $DATABASE_URL, else the local server, else a throwaway cluster
-	Log      *slog.Logger
+	// ListenDSN is the rooms' listener's connection, straight to
+	// PostgreSQL where DSN goes through PgBouncer. "": $LISTEN_DATABASE_URL,
+	// else DSN.
+	ListenDSN string
+	Log       *slog.Logger
 }
 
 // Run serves the application until ctx is canceled, with the handler
@@ -70,9 +77,28 @@ func Run(ctx context.Context, cfg Config, routes func(*App) http.Handler) error 
 	}); err != nil {
 		return fmt.Errorf("create schema: %w", err)
 	}
+	// The rooms are groups, carried between instances by PostgreSQL
+	// LISTEN/NOTIFY: run two on two ports and they share the rooms. The
+	// schema is the namespace: apps (or tests) in other schemas of the
+	// database do not hear them.
+	listen := cfg.ListenDSN
+	if listen == "" {
+		listen = EnvOr("LISTEN_DATABASE_URL", cfg.DSN)
+	}
+	var schema string
+	if err := db.QueryRowContext(ctx, "SELECT current_schema()").Scan(&schema); err != nil {
+		return fmt.Errorf("current schema: %w", err)
+	}
+	layer, err := groups.New(groups.NewPostgres(pool, &groups.PostgresOptions{
+		ListenDSN: listen, Namespace: schema, Logger: log,
+	}), &groups.Options{Logger: log})
+	if err != nil {
+		return err
+	}
+	defer layer.Close()
 
-	a := &App{Pool: pool, Log: log, Rooms: chat.NewRooms(log)}
-	wsOpts := &wsconsumer.Options{Logger: log}
+	a := &App{Pool: pool, Log: log, Layer: layer}
+	wsOpts := &wsconsumer.Options{Logger: log, Layer: layer}
 	a.SyncWS = wsconsumer.NewSync(pool, a.syncConsumer(), wsOpts)
 	a.AsyncWS = wsconsumer.NewAsync(pool, a.asyncConsumer(), wsOpts)
 	a.Atomic = middleware.AtomicWithOpts(&middleware.AtomicOptions{Logger: log})
@@ -111,28 +137,42 @@ func Run(ctx context.Context, cfg Config, routes func(*App) http.Handler) error 
 		log.Warn("http shutdown", "err", err)
 	}
 	<-served
-	return nil // deferred: pool.Close, db.Close, the cluster's removal
+	return nil // deferred: layer.Close, pool.Close, db.Close, the cluster's removal
 }
 
-// App holds the handlers, the websocket endpoints and the sockets of each
-// room, for routes to mount.
+// App holds the handlers and the websocket endpoints, for routes to mount.
 type App struct {
 	Pool    *dbctx.Pool
 	Log     *slog.Logger
-	Rooms   *chat.Rooms
+	Layer   *groups.Layer       // a group per room
 	SyncWS  *wsconsumer.Handler // /ws/sync?room=, the sync style
 	AsyncWS *wsconsumer.Handler // /ws/async?room=, the async style
 	// Atomic is middleware.Atomic for POST /api/messages: it commits
-	// before the 201 goes out, and dbctx.OnCommit pushes then.
+	// before the 201 goes out, and the room hears of the message then
+	// (its NOTIFY is part of the transaction).
 	Atomic func(http.Handler) http.Handler
 	// RequestAttrs, if set, adds the router's own request attributes
 	// (request ID, client) to the log of a failed request.
 	RequestAttrs func(*http.Request) []any
 }
 
-// Stats answers GET /debug/dbstats with the pool's statistics.
+// Stats answers GET /debug/dbstats with the pool's statistics and the
+// rooms' layer's.
 func (a *App) Stats(w http.ResponseWriter, r *http.Request) {
-	chat.WriteJSON(w, http.StatusOK, a.Pool.Stats())
+	chat.WriteJSON(w, http.StatusOK, struct {
+		dbctx.Stats
+		Groups groups.Stats
+	}{a.Pool.Stats(), a.Layer.Stats()})
+}
+
+// Ready answers GET /readyz: 200 while the rooms' listener is connected,
+// 503 while it is not (it reconnects by itself).
+func (a *App) Ready(w http.ResponseWriter, r *http.Request) {
+	if err := a.Layer.Ready(); err != nil {
+		http.Error(w, err.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	w.Write([]byte("ready\n"))
 }
 
 // ListMessages answers GET /api/messages?room=: the room's history. It
@@ -166,14 +206,73 @@ func (a *App) CreateMessage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	m, err := chat.Insert(ctx, dbctx.From(ctx), p)
+	if err == nil {
+		// In the transaction: the room hears of it only once committed,
+		// so a socket never shows a message that GET /api/messages
+		// does not.
+		err = a.publish(ctx, m)
+	}
 	if err != nil {
 		a.fail(w, r, err)
 		return
 	}
-	// Pushed only once committed: a socket never shows a message that
-	// GET /api/messages does not.
-	dbctx.OnCommit(ctx, func() { a.Rooms.Broadcast(m.Room, chat.MessageFrame(m)) })
 	chat.WriteJSON(w, http.StatusCreated, m)
+}
+
+// group is the group of a room: room names are free text, group names
+// are not.
+func group(room string) string {
+	h := sha256.Sum256([]byte(room))
+	return "chat." + hex.EncodeToString(h[:16])
+}
+
+// publish tells every socket of m's room, on every instance, through the
+// layer: the message itself, or, where it is too large for a NOTIFY, its
+// id, for each receiving socket to read it.
+func (a *App) publish(ctx context.Context, m chat.Message) error {
+	data, err := json.Marshal(chat.MessageFrame(m))
+	if err != nil {
+		return err
+	}
+	err = a.Layer.Send(ctx, group(m.Room), data)
+	if errors.Is(err, groups.ErrTooLarge) {
+		data, _ = json.Marshal(chat.RefFrame(m))
+		err = a.Layer.Send(ctx, group(m.Room), data)
+	}
+	return err
+}
+
+// event is the Event callback of both endpoints: a message pushed to the
+// room goes to the socket as it is; one too large for a NOTIFY is read
+// first; after a gap (the layer's connection to PostgreSQL broke) the
+// socket gets the room's history again. In the sync style ctx carries the
+// socket's scope, closed-old before the query; in the async style the
+// query goes through dbctx.Do.
+func (a *App) event(ctx context.Context, s *wsconsumer.Session, e groups.Event) error {
+	room := s.State.(string)
+	if e.Gap {
+		msgs, err := dbctx.DoValue(ctx, func(ctx context.Context, db *dbctx.Scope) ([]chat.Message, error) {
+			return chat.History(ctx, db, room)
+		})
+		if err != nil {
+			return err
+		}
+		return s.SendJSON(ctx, chat.HistoryFrame(msgs))
+	}
+	var f chat.Out
+	if err := json.Unmarshal(e.Data, &f); err != nil || f.Message == nil || f.Message.Room != room {
+		return nil // not this room's (two rooms may share a group)
+	}
+	if f.Type == "ref" {
+		m, err := dbctx.DoValue(ctx, func(ctx context.Context, db *dbctx.Scope) (chat.Message, error) {
+			return chat.ByID(ctx, db, f.Message.ID)
+		})
+		if err != nil {
+			return err
+		}
+		return s.SendJSON(ctx, chat.MessageFrame(m))
+	}
+	return s.Send(ctx, websocket.MessageText, e.Data)
 }
 
 // fail answers a database error: 503 with Retry-After on overload, else
@@ -206,11 +305,10 @@ func (a *App) syncConsumer() wsconsumer.Consumer {
 			if err != nil {
 				return err // closes with 1011, or 1013 when busy
 			}
-			a.Rooms.Broadcast(m.Room, chat.MessageFrame(m))
-			return nil
+			return a.publish(ctx, m)
 		},
-		Invalid:    a.invalidFrame,
-		Disconnect: a.leave,
+		Event:   a.event,
+		Invalid: a.invalidFrame,
 	})
 }
 
@@ -231,18 +329,17 @@ func (a *App) asyncConsumer() wsconsumer.Consumer {
 			if err != nil {
 				return err
 			}
-			a.Rooms.Broadcast(m.Room, chat.MessageFrame(m))
-			return nil
+			return a.publish(ctx, m)
 		},
-		Invalid:    a.invalidFrame,
-		Disconnect: a.leave,
+		Event:   a.event,
+		Invalid: a.invalidFrame,
 	})
 }
 
 // connect, the Connect of both endpoints, refuses a bad room name with 400
-// and, once the socket is accepted, joins the room and sends its history.
-// Join comes before the history is read, so that no message falls between
-// the two (one may come twice: the page keeps messages by id). The
+// and, once the socket is accepted, joins the room's group and sends its
+// history. Join comes before the history is read, so that no message falls
+// between the two (one may come twice: the page keeps messages by id). The
 // goroutine's ctx is async in both styles: it queries through dbctx.Do.
 func (a *App) connect(_ context.Context, s *wsconsumer.Session) error {
 	room, err := chat.CheckRoom(s.Request().URL.Query().Get("room"))
@@ -251,7 +348,11 @@ func (a *App) connect(_ context.Context, s *wsconsumer.Session) error {
 	}
 	s.State = room
 	s.Go(func(ctx context.Context) {
-		a.Rooms.Join(room, s)
+		if err := s.Join(ctx, group(room)); err != nil {
+			a.Log.Error("joining the room failed", "room", room, "err", err)
+			s.Close(websocket.StatusInternalError, "internal error")
+			return
+		}
 		msgs, err := dbctx.DoValue(ctx, func(ctx context.Context, db *dbctx.Scope) ([]chat.Message, error) {
 			return chat.History(ctx, db, room)
 		})
@@ -280,10 +381,6 @@ func (a *App) post(s *wsconsumer.Session, in chat.In) (chat.Post, error) {
 // invalidFrame answers a frame that is not JSON and keeps the socket open.
 func (a *App) invalidFrame(ctx context.Context, s *wsconsumer.Session, _ []byte, err error) error {
 	return s.SendJSON(ctx, chat.ErrorFrame(errors.New("invalid JSON frame")))
-}
-
-func (a *App) leave(_ context.Context, s *wsconsumer.Session, _ websocket.StatusCode) {
-	a.Rooms.Leave(s)
 }
 
 // EnvOr returns the environment variable key, or def where it is unset.

@@ -19,10 +19,11 @@ import (
 const Chromium = "/usr/bin/chromium"
 
 // Browser drives the page in headless Chromium: a message posted from one
-// tab (on /ws/sync) appears in a second tab (on /ws/async) through the
-// websocket, and again, from the history, after a reload. It saves a
-// screenshot under t.TempDir() and, on failure, logs the browser console.
-func Browser(t *testing.T, s *Server) {
+// tab (on /ws/sync of s1) appears in a second tab (on /ws/async of s2,
+// another instance sharing the rooms) through the websocket, and again,
+// from the history, after a reload. It saves a screenshot under
+// t.TempDir() and, on failure, logs the browser console.
+func Browser(t *testing.T, s1, s2 *Server) {
 	if _, err := os.Stat(Chromium); err != nil {
 		if os.Getenv("CI") != "" {
 			t.Fatalf("no Chromium at %s under CI: .ci/run should have installed it: %v", Chromium, err)
@@ -68,14 +69,14 @@ func Browser(t *testing.T, s *Server) {
 		}
 	}
 
-	do(tab1, "load the page on /ws/sync", chromedp.Navigate(s.URL+"/?ws=sync&room=browser"), chromedp.WaitVisible(live))
-	do(tab2, "load the page on /ws/async", chromedp.Navigate(s.URL+"/?ws=async&room=browser"), chromedp.WaitVisible(live))
+	do(tab1, "load the page on /ws/sync of instance 1", chromedp.Navigate(s1.URL+"/?ws=sync&room=browser"), chromedp.WaitVisible(live))
+	do(tab2, "load the page on /ws/async of instance 2", chromedp.Navigate(s2.URL+"/?ws=async&room=browser"), chromedp.WaitVisible(live))
 	do(tab1, "post from the page",
 		chromedp.SendKeys(chromedp.CSS("#author"), "alice"),
 		chromedp.SendKeys(chromedp.CSS("#body"), text),
 		chromedp.Click(chromedp.CSS(`#send button`)),
 		chromedp.WaitVisible(sent))
-	do(tab2, "see it pushed to the second tab", chromedp.WaitVisible(sent))
+	do(tab2, "see it pushed to the second tab, on the other instance", chromedp.WaitVisible(sent))
 	do(tab2, "see it in the history after a reload",
 		chromedp.Reload(),
 		chromedp.WaitVisible(live),

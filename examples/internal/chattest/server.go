@@ -19,8 +19,10 @@ import (
 )
 
 // RunFunc runs an example server on ln against dsn until ctx is canceled,
-// then shuts it down and returns: the example's run function.
-type RunFunc func(ctx context.Context, ln net.Listener, dsn string, log *slog.Logger) error
+// then shuts it down and returns: the example's run function. listenDSN
+// is for the rooms' listener: straight to PostgreSQL where dsn goes
+// through a pooler.
+type RunFunc func(ctx context.Context, ln net.Listener, dsn, listenDSN string, log *slog.Logger) error
 
 // Server is an example server started by Start.
 type Server struct {
@@ -38,7 +40,19 @@ type Server struct {
 // waits until it answers, and stops it at cleanup.
 func Start(t *testing.T, run RunFunc) *Server {
 	t.Helper()
-	env := pgtest.New(t)
+	return start(t, run, pgtest.New(t))
+}
+
+// Another runs a second instance of the example beside s, on the same
+// schema: the two share the rooms, as instances behind a load balancer
+// do.
+func (s *Server) Another(t *testing.T, run RunFunc) *Server {
+	t.Helper()
+	return start(t, run, s.env)
+}
+
+func start(t *testing.T, run RunFunc, env *pgtest.Env) *Server {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -52,7 +66,8 @@ func Start(t *testing.T, run RunFunc) *Server {
 		done:   make(chan error, 1),
 	}
 	log := slog.New(slog.NewTextHandler(t.Output(), nil))
-	go func() { s.done <- run(ctx, ln, env.DSN(), log) }()
+	listen := env.DirectDSN(t)
+	go func() { s.done <- run(ctx, ln, env.DSN(), listen, log) }()
 	t.Cleanup(func() {
 		if err := s.Stop(); err != nil {
 			t.Errorf("run: %v", err)
