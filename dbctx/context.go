@@ -79,3 +79,15 @@ func IsAsync(ctx context.Context) bool {
 	s := From(ctx)
 	return s != nil && s.async
 }
+
+var patientKey = &ctxKey{"dbctx.patient"}
+
+// Patient returns a context under which [Do] and a scope's statements
+// wait for a worker slot beyond [Options.MaxWaiting], though not beyond
+// WaitTimeout, and do not count against it: for work whose number is
+// bounded elsewhere, which must wait its turn rather than be refused.
+// wsconsumer runs group events under it: a message to a group wakes every
+// member at once, each waits for one slot at a time, and refusing them
+// would close the sockets. Other callers are refused only when as many of
+// their own wait as MaxWaiting allows; they queue behind the patient ones.
+func Patient(ctx context.Context) context.Context { return context.WithValue(ctx, patientKey, true) }

@@ -63,7 +63,14 @@ func (p *Pool) acquireSlot(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if p.c.waiting.Add(1) > int64(p.opts.MaxWaiting) {
+	// Patient callers (see Patient) wait beyond the bound and do not
+	// count against it: the others are refused by their own number only.
+	patient := ctx.Value(patientKey) != nil
+	if patient {
+		p.c.patient.Add(1)
+		defer p.c.patient.Add(-1)
+	}
+	if n := p.c.waiting.Add(1); !patient && n-p.c.patient.Load() > int64(p.opts.MaxWaiting) {
 		p.c.waiting.Add(-1)
 		p.c.busy.Add(1)
 		return fmt.Errorf("%w: %d callers already waiting", ErrBusy, p.opts.MaxWaiting)

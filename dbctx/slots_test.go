@@ -256,3 +256,32 @@ func TestQueuedTimeouts(t *testing.T) {
 	release()
 	eventually(t, "the slot to free", func() bool { return p.Stats().InUse == 0 })
 }
+
+// Patient callers wait beyond MaxWaiting and do not count against it:
+// with one slot held and five patient callers queued, one impatient
+// caller still queues and the next is refused; once the slot is free,
+// every queued caller runs.
+func TestPatient(t *testing.T) {
+	t.Parallel()
+	p, _ := newPool(t, &dbctx.Options{MaxWorkers: 1, MaxWaiting: 1, WaitTimeout: time.Minute})
+	release := holdSlot(p)
+	errs := make(chan error, 6)
+	run := func(ctx context.Context) {
+		errs <- p.Do(ctx, func(context.Context, *dbctx.Scope) error { return nil })
+	}
+	for i := range 5 {
+		go run(dbctx.Patient(context.Background()))
+		eventually(t, "the patient caller to queue", func() bool { return p.Stats().Waiting == i+1 })
+	}
+	go run(context.Background())
+	eventually(t, "the impatient caller to queue", func() bool { return p.Stats().Waiting == 6 })
+	if err := p.Do(context.Background(), func(context.Context, *dbctx.Scope) error { return nil }); !errors.Is(err, dbctx.ErrBusy) {
+		t.Fatalf("a second impatient caller: %v, want ErrBusy", err)
+	}
+	release()
+	for range 6 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+}

@@ -67,6 +67,7 @@ const (
 
 type counters struct {
 	inUse, waiting, pinned       atomic.Int64
+	patient                      atomic.Int64 // of waiting: under Patient
 	waitCount, waitNanos, busy   atomic.Int64
 	acquired, givenBack, retries atomic.Int64
 	resets, rolledBack, leaks    atomic.Int64

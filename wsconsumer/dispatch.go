@@ -214,7 +214,7 @@ func (h *Handler) work(pool *dbctx.Pool, s *Session, m message) {
 }
 
 func (h *Handler) receive(pool *dbctx.Pool, s *Session, m message) {
-	h.callback(pool, s, func(ctx context.Context) error {
+	h.callback(pool, s, false, func(ctx context.Context) error {
 		if h.c.Receive == nil {
 			return nil
 		}
@@ -222,18 +222,21 @@ func (h *Handler) receive(pool *dbctx.Pool, s *Session, m message) {
 	})
 }
 
-// event runs the Event callback for e, from the member's goroutine.
+// event runs the Event callback for e, from the member's goroutine. A
+// message to a group wakes all its members at once: their waits for a
+// slot are dbctx.Patient, bounded by the number of members (each waits
+// for one slot at a time), where refusing them would close the sockets.
 func (h *Handler) event(pool *dbctx.Pool, s *Session, e groups.Event) {
 	if h.c.Event == nil || s.ctx.Err() != nil {
 		return
 	}
-	h.callback(pool, s, func(ctx context.Context) error { return h.c.Event(ctx, s, e) })
+	h.callback(pool, s, true, func(ctx context.Context) error { return h.c.Event(ctx, s, e) })
 }
 
 // callback runs fn, a Receive or an Event: in the sync style one at a
 // time for the socket (see Session.lockCallbacks), in a worker slot, its
 // sends held until the slot is released; its error closes the socket.
-func (h *Handler) callback(pool *dbctx.Pool, s *Session, fn func(ctx context.Context) error) {
+func (h *Handler) callback(pool *dbctx.Pool, s *Session, patient bool, fn func(ctx context.Context) error) {
 	ctx := s.cbCtx()
 	var out *outbox
 	if !h.async {
@@ -242,6 +245,9 @@ func (h *Handler) callback(pool *dbctx.Pool, s *Session, fn func(ctx context.Con
 		out = s.outbox()
 		ctx = out
 		defer out.flush()
+	}
+	if patient {
+		ctx = dbctx.Patient(ctx)
 	}
 	if err := h.call(ctx, pool, fn); err != nil {
 		if out != nil {

@@ -30,9 +30,13 @@ type groupServer struct {
 	url     string
 }
 
-func newGroupServer(t *testing.T, style styleFn, opts *wsconsumer.Options) *groupServer {
+func newGroupServer(t *testing.T, style styleFn, opts *wsconsumer.Options, popts ...dbctx.Options) *groupServer {
 	t.Helper()
-	p, env := dbtest.NewPool(t, nil)
+	var po *dbctx.Options
+	if len(popts) > 0 {
+		po = &popts[0]
+	}
+	p, env := dbtest.NewPool(t, po)
 	layer, err := groups.New(groups.NewMemory(), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -180,6 +184,41 @@ func TestEvents(t *testing.T) {
 			})
 			if st := g.layer.Stats(); st.Members != sockets || st.Delivered != sockets*msgs {
 				t.Errorf("layer: %+v, want %d members and %d delivered", st, sockets, sockets*msgs)
+			}
+		})
+	}
+}
+
+// A message to a large group wakes every member at once: on a pool of one
+// slot with a wait queue of one, they wait their turn (dbctx.Patient)
+// rather than be refused, and every one gets every message, while a
+// receive is still refused only by its own kind's queue.
+func TestFanOutSmallPool(t *testing.T) {
+	t.Parallel()
+	for name, style := range styles {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			g := newGroupServer(t, style, nil, dbctx.Options{MaxWorkers: 1, MaxWaiting: 1})
+			const sockets, msgs = 100, 5
+			conns := make([]*websocket.Conn, sockets)
+			for i := range conns {
+				conns[i] = g.dial(t, "big")
+			}
+			ctx := context.Background()
+			for k := range msgs {
+				if err := g.layer.Send(ctx, "big", fmt.Appendf(nil, "m%d", k)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for i, c := range conns {
+				for k := range msgs {
+					if got, want := readText(t, c), fmt.Sprintf("event big m%d 3", k); got != want {
+						t.Fatalf("socket %d: got %q, want %q", i, got, want)
+					}
+				}
+			}
+			if st := g.pool.Stats(); st.Busy != 0 {
+				t.Fatalf("%d refused: %+v", st.Busy, st)
 			}
 		})
 	}

@@ -10,6 +10,16 @@
 // -server-pid). With -kill-every the server's backends are terminated at
 // that interval while clients run. The database watched is $DATABASE_URL,
 // else the local server at 127.0.0.1:5432: the one the server uses.
+//
+// With -members, it drives the room workload instead (/ws/room/{name},
+// or /ws/fanout/{name} with -endpoint fanout): that many sockets spread
+// over the instances in -urls (comma-separated; default -url) join the
+// room, -senders of them send -messages each, closed-loop, and it prints
+// deliveries_per_s, p50_us/p99_us from the send to each delivery, lost and
+// duplicated:
+//
+//	go run ./bench/load -members 1000 -senders 4 -messages 200 \
+//		-urls http://127.0.0.1:8090,http://127.0.0.1:8091
 package main
 
 import (
@@ -20,6 +30,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"time"
 
 	"github.com/dbscope/dbscope/bench/internal/loadgen"
@@ -42,13 +53,44 @@ func main() {
 	flag.DurationVar(&cfg.Timeout, "timeout", 30*time.Second, "per-message timeout")
 	flag.StringVar(&cfg.Label, "label", "", "name of the run in the output")
 	wait := flag.Duration("wait", 30*time.Second, "how long to wait for the server to answer")
+	var room loadgen.RoomConfig
+	flag.IntVar(&room.Members, "members", 0, "room workload: sockets in the room (0: the item workload)")
+	flag.IntVar(&room.Senders, "senders", 4, "room workload: members that send, closed-loop")
+	flag.StringVar(&room.Endpoint, "endpoint", "room", "room workload: room (with the lookup) or fanout")
+	flag.StringVar(&room.Room, "room", "bench", "room workload: the room's name")
+	urls := flag.String("urls", "", "room workload: the instances' base URLs, comma-separated (default -url)")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
+	if room.Members > 0 {
+		room.URLs = []string{cfg.URL}
+		if *urls != "" {
+			room.URLs = strings.Split(*urls, ",")
+		}
+		room.Messages, room.Label = cfg.Messages, cfg.Label
+		if err := runRoom(ctx, room, *wait); err != nil {
+			fmt.Fprintln(os.Stderr, "load:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(ctx, cfg, *wait); err != nil {
 		fmt.Fprintln(os.Stderr, "load:", err)
 		os.Exit(1)
 	}
+}
+
+func runRoom(ctx context.Context, cfg loadgen.RoomConfig, wait time.Duration) error {
+	for _, u := range cfg.URLs {
+		if err := loadgen.WaitReady(ctx, u, wait); err != nil {
+			return err
+		}
+	}
+	res, err := loadgen.RunRoom(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	return json.NewEncoder(os.Stdout).Encode(res)
 }
 
 func run(ctx context.Context, cfg loadgen.Config, wait time.Duration) error {

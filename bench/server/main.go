@@ -3,8 +3,13 @@
 //
 //	go run ./bench/server -mode sync -addr 127.0.0.1:8090 -app bench-sync
 //
-// Endpoints: websocket /ws/items ({"id":k} → {"id":k,"name":"item-k"}) and
-// GET /items/{id}. Modes: raw (no dbscope), sync, async, atomic; see package
+// Endpoints: websocket /ws/items ({"id":k} → {"id":k,"name":"item-k"}),
+// GET /items/{id}, and the rooms: websocket /ws/room/{name} (the socket
+// joins group name; each frame {"id":k,"seq":n} goes to the group, and
+// every member looks item k up and sends {"id":k,"seq":n,"name":"item-k"})
+// and /ws/fanout/{name} (the same without the lookup). Modes: raw (no
+// dbscope; rooms in an in-process map), sync, async, atomic (sync
+// consumers); -layer memory|postgres picks the rooms' engine. See package
 // bench/internal/itemserver. It uses $DATABASE_URL; without it the local
 // server at 127.0.0.1:5432, and without that a throwaway cluster it removes
 // on exit. It creates the items table (10,000 rows) if missing, prints
@@ -34,6 +39,8 @@ func main() {
 	flag.StringVar(&cfg.App, "app", "dbscope-bench-server", "application_name of the server's database connections")
 	flag.IntVar(&cfg.MaxWorkers, "max-workers", 0, "worker slots and max open connections (default: $DBCTX_MAX_WORKERS, else min(32, NumCPU+4))")
 	flag.DurationVar(&cfg.WaitTimeout, "wait-timeout", 0, "how long a caller waits for a slot (default 2s)")
+	flag.StringVar(&cfg.Layer, "layer", "memory", "groups engine of /ws/room and /ws/fanout in the dbscope modes: memory or postgres")
+	flag.StringVar(&cfg.ListenDSN, "listen-dsn", "", "the postgres layer's listener connection (default: the database's)")
 	flag.BoolVar(&cfg.TestOps, "test-ops", false, `honor "sleep" in messages (?sleep= in HTTP): for fault tests`)
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	flag.Parse()

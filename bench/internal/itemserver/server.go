@@ -16,6 +16,7 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/groups"
 	"github.com/dbscope/dbscope/internal/pgserver"
 	"github.com/dbscope/dbscope/middleware"
 	"github.com/dbscope/dbscope/wsconsumer"
@@ -55,6 +56,12 @@ type Config struct {
 	// Default: wsconsumer's, 10s.
 	WriteTimeout time.Duration
 
+	// Layer is the groups engine of the room endpoints in the dbscope
+	// modes: "memory" (the default) or "postgres" (LISTEN/NOTIFY, through
+	// ListenDSN, default DSN). The raw mode's rooms are always in-process.
+	Layer     string
+	ListenDSN string
+
 	// TestOps honors the "sleep" field of messages (?sleep= on HTTP):
 	// the query holds its connection that long. For fault tests only.
 	TestOps bool
@@ -65,14 +72,17 @@ type Config struct {
 
 // Server is a running item server.
 type Server struct {
-	cfg    Config
-	db     *sql.DB
-	pool   *dbctx.Pool         // nil in raw mode
-	ws     *wsconsumer.Handler // nil in raw mode
-	raw    *rawSockets         // raw mode only
-	ln     net.Listener
-	http   *http.Server
-	served chan error
+	cfg      Config
+	db       *sql.DB
+	pool     *dbctx.Pool           // nil in raw mode
+	ws       *wsconsumer.Handler   // nil in raw mode
+	rooms    []*wsconsumer.Handler // /ws/room and /ws/fanout; nil in raw mode
+	layer    *groups.Layer         // nil in raw mode
+	raw      *rawSockets           // raw mode only
+	rawRooms *rawRooms             // raw mode only
+	ln       net.Listener
+	http     *http.Server
+	served   chan error
 }
 
 // Start opens the database, creates the items table if missing and serves
@@ -111,8 +121,11 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	switch cfg.Mode {
 	case "raw":
 		s.raw = &rawSockets{conns: map[*websocket.Conn]struct{}{}}
+		s.rawRooms = &rawRooms{rooms: map[string]map[*rawMember]struct{}{}}
 		mux.Handle("GET /ws/items", s.rawWS())
 		mux.HandleFunc("GET /items/{id}", s.rawHTTP)
+		mux.Handle("GET /ws/room/{name}", s.rawRoom(true))
+		mux.Handle("GET /ws/fanout/{name}", s.rawRoom(false))
 	case "sync", "async", "atomic":
 		s.pool = dbctx.New(db, &dbctx.Options{
 			MaxWorkers:  cfg.MaxWorkers,
@@ -120,13 +133,22 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 			WaitTimeout: cfg.WaitTimeout,
 			Logger:      cfg.Logger,
 		})
-		wsOpts := &wsconsumer.Options{WriteTimeout: cfg.WriteTimeout, Logger: cfg.Logger}
-		if cfg.Mode == "async" {
-			s.ws = wsconsumer.NewAsync(s.pool, s.consumer(), wsOpts)
-		} else {
-			s.ws = wsconsumer.NewSync(s.pool, s.consumer(), wsOpts)
+		if s.layer, err = s.newLayer(ctx); err != nil {
+			s.closeDB()
+			return nil, err
 		}
+		wsOpts := &wsconsumer.Options{WriteTimeout: cfg.WriteTimeout, Logger: cfg.Logger, Layer: s.layer}
+		style := wsconsumer.NewSync
+		if cfg.Mode == "async" {
+			style = wsconsumer.NewAsync
+		}
+		s.ws = style(s.pool, s.consumer(), wsOpts)
 		mux.Handle("GET /ws/items", s.ws)
+		for path, lookupItem := range map[string]bool{"GET /ws/room/{name}": true, "GET /ws/fanout/{name}": false} {
+			h := style(s.pool, s.roomConsumer(lookupItem), wsOpts)
+			s.rooms = append(s.rooms, h)
+			mux.Handle(path, h)
+		}
 		var item http.Handler = http.HandlerFunc(s.scopeHTTP)
 		if cfg.Mode == "atomic" {
 			item = middleware.AtomicWithOpts(&middleware.AtomicOptions{Logger: cfg.Logger})(item)
@@ -150,6 +172,31 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	go func() { s.served <- s.http.Serve(s.ln) }()
 	return s, nil
 }
+
+// newLayer makes the room endpoints' layer (Config.Layer).
+func (s *Server) newLayer(ctx context.Context) (*groups.Layer, error) {
+	var e groups.Engine
+	switch s.cfg.Layer {
+	case "", "memory":
+		e = groups.NewMemory()
+	case "postgres":
+		listen := s.cfg.ListenDSN
+		if listen == "" {
+			listen = s.cfg.DSN
+		}
+		var schema string
+		if err := s.db.QueryRowContext(ctx, "SELECT current_schema()").Scan(&schema); err != nil {
+			return nil, err
+		}
+		e = groups.NewPostgres(s.pool, &groups.PostgresOptions{ListenDSN: listen, Namespace: schema, Logger: s.cfg.Logger})
+	default:
+		return nil, fmt.Errorf("itemserver: unknown layer %q (want memory or postgres)", s.cfg.Layer)
+	}
+	return groups.New(e, &groups.Options{Logger: s.cfg.Logger})
+}
+
+// Layer returns the room endpoints' layer, nil in raw mode.
+func (s *Server) Layer() *groups.Layer { return s.layer }
 
 // DefaultMaxWorkers is dbctx's default slot count: $DBCTX_MAX_WORKERS,
 // else min(32, NumCPU+4).
@@ -180,7 +227,11 @@ func (s *Server) MaxWorkers() int { return s.cfg.MaxWorkers }
 // Sockets returns the number of live websockets.
 func (s *Server) Sockets() int {
 	if s.ws != nil {
-		return s.ws.Len()
+		n := s.ws.Len()
+		for _, h := range s.rooms {
+			n += h.Len()
+		}
+		return n
 	}
 	return s.raw.len()
 }
@@ -195,6 +246,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	// connections, and their disconnects still need the pool.
 	if s.ws != nil {
 		errs = append(errs, s.ws.Shutdown(ctx))
+		for _, h := range s.rooms {
+			errs = append(errs, h.Shutdown(ctx))
+		}
 	} else {
 		errs = append(errs, s.raw.shutdown(ctx))
 	}
@@ -210,6 +264,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 }
 
 func (s *Server) closeDB() {
+	if s.layer != nil {
+		s.layer.Close()
+	}
 	if s.pool != nil {
 		s.pool.Close()
 	}

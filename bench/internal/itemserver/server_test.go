@@ -13,6 +13,7 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/dbscope/dbscope/bench/internal/itemserver"
+	"github.com/dbscope/dbscope/bench/internal/loadgen"
 	"github.com/dbscope/dbscope/internal/pgtest"
 )
 
@@ -170,5 +171,48 @@ func TestNoResets(t *testing.T) {
 				t.Fatalf("%d resets for %d messages and %d requests (%d connections pinned)", st.Resets, n, n, st.Acquired)
 			}
 		})
+	}
+}
+
+// TestRooms runs the room workload in every mode, with each layer, and
+// over two instances sharing PostgreSQL: every member gets every message
+// once, looked up where asked.
+func TestRooms(t *testing.T) {
+	cases := []struct {
+		mode, layer string
+		instances   int
+	}{
+		{"raw", "", 1}, {"sync", "memory", 1}, {"async", "memory", 1},
+		{"sync", "postgres", 1}, {"async", "postgres", 2}, {"sync", "postgres", 2},
+	}
+	for _, tc := range cases {
+		for _, endpoint := range []string{"room", "fanout"} {
+			t.Run(fmt.Sprintf("%s/%s/%d/%s", tc.mode, tc.layer, tc.instances, endpoint), func(t *testing.T) {
+				t.Parallel()
+				env := pgtest.New(t)
+				ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+				defer cancel()
+				var urls []string
+				for range tc.instances {
+					srv, err := itemserver.Start(ctx, itemserver.Config{
+						Mode: tc.mode, Layer: tc.layer, DSN: env.DSN(), ListenDSN: env.DirectDSN(t), App: env.AppName(), MaxWorkers: 2,
+						Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+					})
+					if err != nil {
+						t.Fatal(err)
+					}
+					defer srv.Shutdown(ctx)
+					urls = append(urls, srv.URL())
+				}
+				res, err := loadgen.RunRoom(ctx, loadgen.RoomConfig{URLs: urls, Endpoint: endpoint, Members: 20, Senders: 2, Messages: 20})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if res.Lost != 0 || res.Duplicated != 0 || res.Wrong != 0 || res.Broken != 0 || res.DialErrors != 0 ||
+					res.Deliveries != 20*2*20 {
+					t.Fatalf("%+v", res)
+				}
+			})
+		}
 	}
 }

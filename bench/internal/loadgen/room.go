@@ -1,0 +1,291 @@
+package loadgen
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// RoomConfig describes a run of the room workload (itemserver's
+// /ws/room/{name} and /ws/fanout/{name}). Zero values are defaults.
+type RoomConfig struct {
+	// URLs are the base URLs of the instances; members are spread over
+	// them in turn. At least one.
+	URLs []string
+
+	// Endpoint is "room" (every delivery looks the item up; the default)
+	// or "fanout" (no lookup).
+	Endpoint string
+
+	// Room names the group. Default: "bench".
+	Room string
+
+	// Members is the number of sockets in the room, Senders of which (the
+	// first, on every instance in turn) send: closed-loop, each sends its
+	// next message once its own has come back to it. Defaults: 100, 4.
+	Members int
+	Senders int
+
+	// Messages per sender. Default: 200.
+	Messages int
+
+	// Timeout is how long a sender waits for its message to come back
+	// before it counts it as lost and sends the next. Default: 10s.
+	Timeout time.Duration
+
+	// Label names the run in the result.
+	Label string
+}
+
+// RoomResult is what a room run measured, printed as one JSON line.
+type RoomResult struct {
+	Label     string `json:"label,omitempty"`
+	Endpoint  string `json:"endpoint"`
+	Instances int    `json:"instances"`
+	Members   int    `json:"members"`
+	Senders   int    `json:"senders"`
+	Messages  int    `json:"messages_per_sender"`
+
+	Sent          int64    `json:"sent"`
+	Deliveries    int64    `json:"deliveries"` // frames members got, duplicates included
+	Seconds       float64  `json:"seconds"`
+	DeliveriesPS  float64  `json:"deliveries_per_s"`
+	P50Micros     int64    `json:"p50_us"` // from the send to each delivery
+	P99Micros     int64    `json:"p99_us"`
+	MaxMicros     int64    `json:"max_us"`
+	Lost          int64    `json:"lost"`       // deliveries expected and never made
+	Duplicated    int64    `json:"duplicated"` // deliveries made twice or more
+	Wrong         int64    `json:"wrong"`      // a name that is not item-<id>, or a frame not ours
+	Broken        int64    `json:"broken_sockets"`
+	DialErrors    int64    `json:"dial_errors"`
+	SenderTimeout int64    `json:"sender_timeouts"`
+	FirstErrors   []string `json:"first_errors,omitempty"`
+}
+
+type roomMsg struct {
+	ID   int    `json:"id"`
+	Seq  int64  `json:"seq"`
+	Name string `json:"name,omitempty"`
+}
+
+// RunRoom runs the room workload: every member joins, then the senders
+// send; each member records every frame it gets, and the run ends once
+// every sender has had its messages come back (or timed out), and the
+// members have had time to get the last ones.
+func RunRoom(ctx context.Context, cfg RoomConfig) (RoomResult, error) {
+	if len(cfg.URLs) == 0 {
+		return RoomResult{}, errors.New("loadgen: RunRoom needs at least one URL")
+	}
+	if cfg.Endpoint == "" {
+		cfg.Endpoint = "room"
+	}
+	if cfg.Room == "" {
+		cfg.Room = "bench"
+	}
+	if cfg.Members <= 0 {
+		cfg.Members = 100
+	}
+	if cfg.Senders <= 0 {
+		cfg.Senders = 4
+	}
+	cfg.Senders = min(cfg.Senders, cfg.Members)
+	if cfg.Messages <= 0 {
+		cfg.Messages = 200
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 10 * time.Second
+	}
+	res := RoomResult{
+		Label: cfg.Label, Endpoint: cfg.Endpoint, Instances: len(cfg.URLs),
+		Members: cfg.Members, Senders: cfg.Senders, Messages: cfg.Messages,
+	}
+	total := int64(cfg.Senders * cfg.Messages)
+	var (
+		sentAt     = make([]atomic.Int64, total) // monotonic ns of each seq's send
+		got        = make([][]uint8, cfg.Members)
+		latMu      sync.Mutex
+		lats       []int64
+		deliveries atomic.Int64
+		wrong      atomic.Int64
+		broken     atomic.Int64
+		errMu      sync.Mutex
+		errs       []string
+	)
+	note := func(err error) {
+		errMu.Lock()
+		if len(errs) < 5 {
+			errs = append(errs, err.Error())
+		}
+		errMu.Unlock()
+	}
+	epoch := time.Now()
+	now := func() int64 { return int64(time.Since(epoch)) }
+	conns := make([]*websocket.Conn, cfg.Members)
+	defer func() {
+		for _, c := range conns {
+			if c != nil {
+				c.CloseNow()
+			}
+		}
+	}()
+	for i := range conns {
+		url := "ws" + strings.TrimPrefix(cfg.URLs[i%len(cfg.URLs)], "http") + "/ws/" + cfg.Endpoint + "/" + cfg.Room
+		dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		c, _, err := websocket.Dial(dctx, url, nil)
+		if err == nil {
+			_, _, err = c.Read(dctx) // {"joined":true}: the member is in
+		}
+		cancel()
+		if err != nil {
+			res.DialErrors++
+			note(err)
+			if c != nil {
+				c.CloseNow()
+			}
+			continue
+		}
+		c.SetReadLimit(1 << 20)
+		conns[i] = c
+		got[i] = make([]uint8, total)
+	}
+	// own[s] receives the seqs sender s's socket gets of its own.
+	own := make([]chan int64, cfg.Senders)
+	for s := range own {
+		own[s] = make(chan int64, 16)
+	}
+	senderOf := func(seq int64) int { return int(seq) / cfg.Messages }
+	var readers sync.WaitGroup
+	rctx, stopReading := context.WithCancel(ctx)
+	defer stopReading()
+	for i, c := range conns {
+		if c == nil {
+			continue
+		}
+		readers.Go(func() {
+			for {
+				_, data, err := c.Read(rctx)
+				if err != nil {
+					if rctx.Err() == nil {
+						broken.Add(1)
+						note(err)
+					}
+					return
+				}
+				at := now()
+				var m roomMsg
+				if json.Unmarshal(data, &m) != nil || m.Seq < 0 || m.Seq >= total {
+					wrong.Add(1)
+					continue
+				}
+				if cfg.Endpoint == "room" && m.Name != fmt.Sprint("item-", m.ID) {
+					wrong.Add(1)
+				}
+				deliveries.Add(1)
+				if got[i][m.Seq] < 255 {
+					got[i][m.Seq]++
+				}
+				latMu.Lock()
+				lats = append(lats, at-sentAt[m.Seq].Load())
+				latMu.Unlock()
+				if i < cfg.Senders && senderOf(m.Seq) == i {
+					own[i] <- m.Seq
+				}
+			}
+		})
+	}
+	start := time.Now()
+	var senders sync.WaitGroup
+	var sent, timeouts atomic.Int64
+	for s := range cfg.Senders {
+		c := conns[s]
+		if c == nil {
+			continue
+		}
+		senders.Go(func() {
+			for k := range cfg.Messages {
+				seq := int64(s*cfg.Messages + k)
+				data, _ := json.Marshal(roomMsg{ID: int(seq)%10000 + 1, Seq: seq})
+				sentAt[seq].Store(now())
+				if err := c.Write(ctx, websocket.MessageText, data); err != nil {
+					note(err)
+					return
+				}
+				sent.Add(1)
+				t := time.NewTimer(cfg.Timeout)
+			wait:
+				for {
+					select {
+					case back := <-own[s]:
+						if back == seq {
+							break wait
+						}
+					case <-t.C:
+						timeouts.Add(1)
+						break wait
+					case <-ctx.Done():
+						t.Stop()
+						return
+					}
+				}
+				t.Stop()
+			}
+		})
+	}
+	senders.Wait()
+	// The last messages reach the members shortly after their senders.
+	deadline := time.Now().Add(cfg.Timeout)
+	expected := func() int64 {
+		var n int64
+		for i := range conns {
+			if conns[i] != nil {
+				n += sent.Load()
+			}
+		}
+		return n
+	}()
+	for deliveries.Load() < expected && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	res.Seconds = time.Since(start).Seconds()
+	stopReading()
+	readers.Wait()
+
+	res.Sent = sent.Load()
+	res.Deliveries = deliveries.Load()
+	res.DeliveriesPS = float64(res.Deliveries) / res.Seconds
+	for i := range conns {
+		if conns[i] == nil {
+			continue
+		}
+		for seq := range total {
+			if sentAt[seq].Load() == 0 {
+				continue // never sent
+			}
+			switch n := got[i][seq]; {
+			case n == 0:
+				res.Lost++
+			case n > 1:
+				res.Duplicated += int64(n - 1)
+			}
+		}
+	}
+	res.Wrong = wrong.Load()
+	res.Broken = broken.Load()
+	res.SenderTimeout = timeouts.Load()
+	slices.Sort(lats)
+	if n := len(lats); n > 0 {
+		res.P50Micros = lats[n/2] / 1e3
+		res.P99Micros = lats[n*99/100] / 1e3
+		res.MaxMicros = lats[n-1] / 1e3
+	}
+	res.FirstErrors = errs
+	return res, nil
+}
