@@ -59,6 +59,7 @@ func main() {
 	flag.StringVar(&room.Endpoint, "endpoint", "room", "room workload: room (with the lookup) or fanout")
 	flag.StringVar(&room.Room, "room", "bench", "room workload: the room's name")
 	urls := flag.String("urls", "", "room workload: the instances' base URLs, comma-separated (default -url)")
+	apps := flag.String("apps", "", "room workload: the application_name of each instance's connections, comma-separated (for peak_db_conns)")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
@@ -67,7 +68,10 @@ func main() {
 		if *urls != "" {
 			room.URLs = strings.Split(*urls, ",")
 		}
-		room.Messages, room.Label = cfg.Messages, cfg.Label
+		if *apps != "" {
+			room.Apps = strings.Split(*apps, ",")
+		}
+		room.Messages, room.Label, room.SampleEvery = cfg.Messages, cfg.Label, cfg.SampleEvery
 		if err := runRoom(ctx, room, *wait); err != nil {
 			fmt.Fprintln(os.Stderr, "load:", err)
 			os.Exit(1)
@@ -81,6 +85,14 @@ func main() {
 }
 
 func runRoom(ctx context.Context, cfg loadgen.RoomConfig, wait time.Duration) error {
+	if len(cfg.Apps) > 0 {
+		db, err := adminDB()
+		if err != nil {
+			return err
+		}
+		defer db.Close()
+		cfg.Admin = db
+	}
 	for _, u := range cfg.URLs {
 		if err := loadgen.WaitReady(ctx, u, wait); err != nil {
 			return err
@@ -95,20 +107,11 @@ func runRoom(ctx context.Context, cfg loadgen.RoomConfig, wait time.Duration) er
 
 func run(ctx context.Context, cfg loadgen.Config, wait time.Duration) error {
 	if cfg.App != "" {
-		url := os.Getenv("DATABASE_URL")
-		if url == "" {
-			url = pgserver.LocalURL
-		}
-		url, err := pgserver.WithParams(url, "application_name", "dbscope-bench-load")
-		if err != nil {
-			return err
-		}
-		db, err := sql.Open("pgx", url)
+		db, err := adminDB()
 		if err != nil {
 			return err
 		}
 		defer db.Close()
-		db.SetMaxOpenConns(2)
 		cfg.Admin = db
 	}
 	if err := loadgen.WaitReady(ctx, cfg.URL, wait); err != nil {
@@ -124,4 +127,23 @@ func run(ctx context.Context, cfg loadgen.Config, wait time.Duration) error {
 		return err
 	}
 	return json.NewEncoder(os.Stdout).Encode(res)
+}
+
+// adminDB opens the connections that watch the server's in
+// pg_stat_activity (and terminate them, for -kill-every).
+func adminDB() (*sql.DB, error) {
+	url := os.Getenv("DATABASE_URL")
+	if url == "" {
+		url = pgserver.LocalURL
+	}
+	url, err := pgserver.WithParams(url, "application_name", "dbscope-bench-load")
+	if err != nil {
+		return nil, err
+	}
+	db, err := sql.Open("pgx", url)
+	if err != nil {
+		return nil, err
+	}
+	db.SetMaxOpenConns(2)
+	return db, nil
 }

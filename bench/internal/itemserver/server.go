@@ -184,6 +184,14 @@ func (s *Server) newLayer(ctx context.Context) (*groups.Layer, error) {
 		if listen == "" {
 			listen = s.cfg.DSN
 		}
+		if s.cfg.App != "" {
+			// Its own name, so that counting the server's connections
+			// (bench/load's peak_db_conns) counts the pool's alone.
+			var err error
+			if listen, err = pgserver.WithParams(listen, "application_name", s.cfg.App+"-listen"); err != nil {
+				return nil, err
+			}
+		}
 		var schema string
 		if err := s.db.QueryRowContext(ctx, "SELECT current_schema()").Scan(&schema); err != nil {
 			return nil, err

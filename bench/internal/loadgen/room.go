@@ -2,6 +2,7 @@ package loadgen
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -43,6 +44,13 @@ type RoomConfig struct {
 
 	// Label names the run in the result.
 	Label string
+
+	// Admin, with Apps (the application_name of each instance's
+	// connections), samples pg_stat_activity every SampleEvery (default
+	// 20ms) for PeakDBConns.
+	Admin       *sql.DB
+	Apps        []string
+	SampleEvery time.Duration
 }
 
 // RoomResult is what a room run measured, printed as one JSON line.
@@ -67,6 +75,7 @@ type RoomResult struct {
 	Broken        int64    `json:"broken_sockets"`
 	DialErrors    int64    `json:"dial_errors"`
 	SenderTimeout int64    `json:"sender_timeouts"`
+	PeakDBConns   int64    `json:"peak_db_conns"` // of one instance, the most seen (with Admin and Apps)
 	FirstErrors   []string `json:"first_errors,omitempty"`
 }
 
@@ -201,6 +210,7 @@ func RunRoom(ctx context.Context, cfg RoomConfig) (RoomResult, error) {
 			}
 		})
 	}
+	stopSampling := sampleConns(ctx, cfg, &res.PeakDBConns)
 	start := time.Now()
 	var senders sync.WaitGroup
 	var sent, timeouts atomic.Int64
@@ -255,6 +265,7 @@ func RunRoom(ctx context.Context, cfg RoomConfig) (RoomResult, error) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	res.Seconds = time.Since(start).Seconds()
+	stopSampling()
 	stopReading()
 	readers.Wait()
 
@@ -288,4 +299,39 @@ func RunRoom(ctx context.Context, cfg RoomConfig) (RoomResult, error) {
 	}
 	res.FirstErrors = errs
 	return res, nil
+}
+
+// sampleConns polls pg_stat_activity for the connections of each of
+// cfg.Apps and keeps the most one instance had in *peak, until the
+// returned function is called. Without cfg.Admin it does nothing.
+func sampleConns(ctx context.Context, cfg RoomConfig, peak *int64) (stop func()) {
+	if cfg.Admin == nil || len(cfg.Apps) == 0 {
+		return func() {}
+	}
+	every := cfg.SampleEvery
+	if every <= 0 {
+		every = 20 * time.Millisecond
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			var n int64
+			err := cfg.Admin.QueryRowContext(ctx, `SELECT coalesce(max(n), 0) FROM (
+				SELECT count(*) AS n FROM pg_stat_activity
+				WHERE application_name = ANY($1) GROUP BY application_name) c`, cfg.Apps).Scan(&n)
+			if err == nil {
+				*peak = max(*peak, n)
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return func() { cancel(); <-done }
 }
