@@ -1,0 +1,70 @@
+// Package dbprom exports the counters of a [dbctx.Pool] and of a
+// [groups.Layer] as Prometheus metrics. It is a module of its own
+// (github.com/dbscope/dbscope/dbctx/dbprom), so that programs that do not
+// use Prometheus do not depend on its client library; without it,
+// [dbctx.Pool.Expvar] and [groups.Layer.Expvar] publish the same numbers
+// through the standard library's expvar.
+//
+// A collector reads Stats() once per scrape: no goroutine runs between
+// scrapes and nothing is added to the work of a query. Register the
+// collectors on a registry and serve it:
+//
+//	reg := prometheus.NewRegistry()
+//	reg.MustRegister(
+//		dbprom.NewCollector(pool, nil),
+//		dbprom.NewGroupsCollector(layer, nil),
+//		collectors.NewDBStatsCollector(pool.DB(), "app"), // database/sql's own counters
+//	)
+//	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+//
+// Several pools on one registry each need [Options.ConstLabels] of their
+// own (pool="primary", pool="replica").
+//
+// # The pool's metrics
+//
+// Gauges, the values now:
+//
+//	dbscope_slots                worker slots in all (Options.MaxWorkers)
+//	dbscope_slots_in_use         worker slots held
+//	dbscope_waiting              callers queued for a slot
+//	dbscope_pinned_connections   connections pinned by scopes
+//	dbscope_kept_connections     clean connections kept for the next scope
+//
+// Counters, since the pool was made:
+//
+//	dbscope_waits_total          callers that queued for a slot
+//	dbscope_wait_seconds_total   time spent queued, in all
+//	dbscope_busy_total           callers refused with ErrBusy
+//	dbscope_acquired_total       connections pinned by scopes
+//	dbscope_given_back_total     connections given back clean
+//	dbscope_retries_total        statements run again on a fresh connection
+//	dbscope_resets_total         session resets
+//	dbscope_rolled_back_total    transactions left open, rolled back at a boundary
+//	dbscope_leaks_total          scopes reported by the leak detector
+//	dbscope_discarded_total{reason="dead|broken|canceled|tx|panic|hook|reset|unresettable"}
+//
+// Every reason of dbscope_discarded_total is exported from the start, at
+// 0, so that rate() and increase() see the first discard.
+//
+// # The layer's metrics
+//
+//	dbscope_groups_groups                     gauge: groups with members in this process
+//	dbscope_groups_members                    gauge: members
+//	dbscope_groups_sent_total                 messages the engine took
+//	dbscope_groups_delivered_total            events members handled
+//	dbscope_groups_slow_total                 members dropped for falling behind
+//	dbscope_groups_gaps_total                 gap events queued to members
+//	dbscope_groups_reconnects_total           reconnections of the engine
+//	dbscope_groups_notification_queue_usage   gauge: pg_notification_queue_usage(), 0 to 1
+//
+// The queue usage is exported only for the PostgreSQL engine, once it
+// has been sampled.
+//
+// # Known gap: no wait-time histogram
+//
+// The pool counts waits and their total time, not their distribution:
+// rate(dbscope_wait_seconds_total[5m]) / rate(dbscope_waits_total[5m]) is
+// the mean wait for a slot, but no quantile of it can be computed from
+// these metrics. A histogram would need a hook in dbctx at every wait,
+// which this package, reading Stats() alone, does not have.
+package dbprom

@@ -1,0 +1,48 @@
+package dbprom
+
+import (
+	"github.com/dbscope/dbscope/groups"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// NewGroupsCollector returns a collector of l's [groups.Stats], read once
+// per scrape: register it on a [prometheus.Registerer]. Its metrics are
+// named namespace_groups_… ([Options.Namespace], default dbscope), carry
+// [Options.ConstLabels] and are listed in the package doc. It panics if
+// l is nil or opts holds a namespace or label Prometheus refuses.
+func NewGroupsCollector(l *groups.Layer, opts *Options) prometheus.Collector {
+	if l == nil {
+		panic("dbprom: NewGroupsCollector expects a non-nil *groups.Layer")
+	}
+	return newCollector("NewGroupsCollector", l.Stats, "groups", opts, groupsFamilies)
+}
+
+type layerStats = groups.Stats
+
+var groupsFamilies = []family[layerStats]{
+	gauge("groups", "Groups with members in this process now.",
+		func(s *layerStats) int { return s.Groups }),
+	gauge("members", "Members now, each counted once whatever its groups.",
+		func(s *layerStats) int { return s.Members }),
+	counter("sent_total", "Messages the engine took.",
+		func(s *layerStats) int64 { return s.Sent }),
+	counter("delivered_total", "Events members handled.",
+		func(s *layerStats) int64 { return s.Delivered }),
+	counter("slow_total", "Members that fell behind their queue, told and dropped.",
+		func(s *layerStats) int64 { return s.Slow }),
+	counter("gaps_total", "Gap events queued to members: the engine may have lost messages.",
+		func(s *layerStats) int64 { return s.Gaps }),
+	counter("reconnects_total", "Reconnections of the engine.",
+		func(s *layerStats) int64 { return s.Reconnects }),
+	{
+		name: "notification_queue_usage",
+		help: "PostgreSQL's pg_notification_queue_usage() as last sampled, 0 to 1: at 1, commits " +
+			"that NOTIFY fail. Absent for other engines and before the first sample.",
+		typ: prometheus.GaugeValue,
+		collect: func(s *layerStats, emit func(float64, ...string)) {
+			if s.QueueUsage >= 0 {
+				emit(s.QueueUsage)
+			}
+		},
+	},
+}

@@ -1,0 +1,63 @@
+package dbprom_test
+
+import (
+	"testing"
+
+	"github.com/dbscope/dbscope/internal/pgtest"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
+
+// gather collects c through a pedantic registry, which also checks that
+// what c collects matches what it describes, and returns every series'
+// value by name and labels, as in `dbscope_busy_total{pool="a"}`.
+func gather(t *testing.T, c prometheus.Collector) map[string]float64 {
+	t.Helper()
+	reg := prometheus.NewPedanticRegistry()
+	if err := reg.Register(c); err != nil {
+		t.Fatal(err)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make(map[string]float64)
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			key := mf.GetName()
+			if len(m.GetLabel()) > 0 {
+				key += "{"
+				for i, l := range m.GetLabel() {
+					if i > 0 {
+						key += ","
+					}
+					key += l.GetName() + "=\"" + l.GetValue() + "\""
+				}
+				key += "}"
+			}
+			switch {
+			case m.Counter != nil:
+				out[key] = m.Counter.GetValue()
+			case m.Gauge != nil:
+				out[key] = m.Gauge.GetValue()
+			default:
+				t.Fatalf("%s: neither a counter nor a gauge", key)
+			}
+		}
+	}
+	return out
+}
+
+// lint fails t for every problem Prometheus' linter finds in c's metrics.
+func lint(t *testing.T, c prometheus.Collector) {
+	t.Helper()
+	problems, err := testutil.CollectAndLint(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("lint: %s: %s", p.Metric, p.Text)
+	}
+}

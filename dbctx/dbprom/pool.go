@@ -1,0 +1,88 @@
+package dbprom
+
+import (
+	"github.com/dbscope/dbscope/dbctx"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// NewCollector returns a collector of p's [dbctx.Stats], read once per
+// scrape: register it on a [prometheus.Registerer]. Its metrics, named
+// with [Options.Namespace] (default dbscope) and carrying
+// [Options.ConstLabels], are listed in the package doc. It panics if p
+// is nil or opts holds a namespace or label Prometheus refuses.
+func NewCollector(p *dbctx.Pool, opts *Options) prometheus.Collector {
+	if p == nil {
+		panic("dbprom: NewCollector expects a non-nil *dbctx.Pool")
+	}
+	return newCollector("NewCollector", p.Stats, "", opts, poolFamilies)
+}
+
+type stats = dbctx.Stats
+
+// discardReasons are the values of the reason label of discarded_total,
+// one per field of dbctx.Discards.
+var discardReasons = []struct {
+	name string
+	n    func(*dbctx.Discards) int64
+}{
+	{"dead", func(d *dbctx.Discards) int64 { return d.Dead }},
+	{"broken", func(d *dbctx.Discards) int64 { return d.Broken }},
+	{"canceled", func(d *dbctx.Discards) int64 { return d.Canceled }},
+	{"tx", func(d *dbctx.Discards) int64 { return d.Tx }},
+	{"panic", func(d *dbctx.Discards) int64 { return d.Panic }},
+	{"hook", func(d *dbctx.Discards) int64 { return d.Hook }},
+	{"reset", func(d *dbctx.Discards) int64 { return d.Reset }},
+	{"unresettable", func(d *dbctx.Discards) int64 { return d.Unresettable }},
+}
+
+var poolFamilies = []family[stats]{
+	gauge("slots", "Worker slots of the pool in all (dbctx.Options.MaxWorkers).",
+		func(s *stats) int { return s.MaxWorkers }),
+	gauge("slots_in_use", "Worker slots held now.",
+		func(s *stats) int { return s.InUse }),
+	gauge("waiting", "Callers queued for a worker slot now.",
+		func(s *stats) int { return s.Waiting }),
+	gauge("pinned_connections", "Connections pinned by scopes now.",
+		func(s *stats) int { return s.Pinned }),
+	gauge("kept_connections", "Clean connections kept for the next scope now (each for at most 10ms).",
+		func(s *stats) int { return s.Kept }),
+
+	counter("waits_total", "Callers that had to queue for a worker slot.",
+		func(s *stats) int64 { return s.WaitCount }),
+	{
+		name: "wait_seconds_total",
+		help: "Seconds callers spent queued for a worker slot, in all (over waits_total: the mean wait).",
+		typ:  prometheus.CounterValue,
+		collect: func(s *stats, emit func(float64, ...string)) {
+			emit(s.WaitDuration.Seconds())
+		},
+	},
+	counter("busy_total", "Callers refused with dbctx.ErrBusy: the wait queue was full or the wait timed out.",
+		func(s *stats) int64 { return s.Busy }),
+	counter("acquired_total", "Connections pinned by scopes.",
+		func(s *stats) int64 { return s.Acquired }),
+	counter("given_back_total", "Connections given back clean, to the *sql.DB or kept for the next scope.",
+		func(s *stats) int64 { return s.GivenBack }),
+	counter("retries_total", "Statements run again on a fresh connection.",
+		func(s *stats) int64 { return s.Retries }),
+	counter("resets_total", "Session resets run before a connection was given back.",
+		func(s *stats) int64 { return s.Resets }),
+	counter("rolled_back_total", "Transactions left open that a boundary rolled back.",
+		func(s *stats) int64 { return s.RolledBack }),
+	counter("leaks_total", "Scopes reported by the leak detector (dbctx.Options.LeakTimeout).",
+		func(s *stats) int64 { return s.Leaks }),
+	{
+		name: "discarded_total",
+		help: "Connections discarded (closed, never reused), by reason: dead before use, broken " +
+			"(a connection-level error), canceled mid-query, tx (a transaction that could not be " +
+			"rolled back), panic in user code, hook (OnAcquire or OnRelease failed), reset " +
+			"(the session reset failed), unresettable (state no reset undoes).",
+		typ:   prometheus.CounterValue,
+		label: "reason",
+		collect: func(s *stats, emit func(float64, ...string)) {
+			for _, r := range discardReasons {
+				emit(float64(r.n(&s.Discarded)), r.name)
+			}
+		},
+	},
+}
