@@ -65,6 +65,7 @@ func routes(a *chatserver.App) http.Handler {
 	router.Method(http.MethodGet, "/ws/sync", a.SyncWS)
 	router.Method(http.MethodGet, "/ws/async", a.AsyncWS)
 	router.Get("/debug/dbstats", a.Stats)
+	router.Method(http.MethodGet, "/metrics", a.Metrics)
 	router.Get("/readyz", a.Ready)
 	return router
 }

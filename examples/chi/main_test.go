@@ -30,6 +30,11 @@ func TestWebsockets(t *testing.T) {
 	chattest.Websockets(t, start(t))
 }
 
+func TestMetrics(t *testing.T) {
+	t.Parallel()
+	chattest.Metrics(t, start(t))
+}
+
 func TestShutdown(t *testing.T) {
 	t.Parallel()
 	chattest.Shutdown(t, start(t))

@@ -53,6 +53,7 @@ func routes(a *chatserver.App) http.Handler {
 	mux.Handle("GET /ws/sync", a.SyncWS)
 	mux.Handle("GET /ws/async", a.AsyncWS)
 	mux.HandleFunc("GET /debug/dbstats", a.Stats)
+	mux.Handle("GET /metrics", a.Metrics)
 	mux.HandleFunc("GET /readyz", a.Ready)
 	return middleware.DBWithOpts(a.Pool, &middleware.Options{ServerTiming: true})(mux)
 }

@@ -21,12 +21,16 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/dbctx/dbprom"
 	"github.com/dbscope/dbscope/examples/internal/chat"
 	"github.com/dbscope/dbscope/groups"
 	"github.com/dbscope/dbscope/internal/pgserver"
 	"github.com/dbscope/dbscope/middleware"
 	"github.com/dbscope/dbscope/wsconsumer"
 	_ "github.com/jackc/pgx/v5/stdlib" // the "pgx" database/sql driver
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 // Config is what Run needs; tests fill it in with their own database and
@@ -98,6 +102,7 @@ func Run(ctx context.Context, cfg Config, routes func(*App) http.Handler) error 
 	defer layer.Close()
 
 	a := &App{Pool: pool, Log: log, Layer: layer}
+	a.Metrics = metrics(db, pool, layer, log)
 	wsOpts := &wsconsumer.Options{Logger: log, Layer: layer}
 	a.SyncWS = wsconsumer.NewSync(pool, a.syncConsumer(), wsOpts)
 	a.AsyncWS = wsconsumer.NewAsync(pool, a.asyncConsumer(), wsOpts)
@@ -147,6 +152,9 @@ type App struct {
 	Layer   *groups.Layer       // a group per room
 	SyncWS  *wsconsumer.Handler // /ws/sync?room=, the sync style
 	AsyncWS *wsconsumer.Handler // /ws/async?room=, the async style
+	// Metrics serves GET /metrics: the pool's, the layer's, database/sql's
+	// and the Go runtime's metrics, for Prometheus to scrape.
+	Metrics http.Handler
 	// Atomic is middleware.Atomic for POST /api/messages: it commits
 	// before the 201 goes out, and the room hears of the message then
 	// (its NOTIFY is part of the transaction).
@@ -163,6 +171,23 @@ func (a *App) Stats(w http.ResponseWriter, r *http.Request) {
 		dbctx.Stats
 		Groups groups.Stats
 	}{a.Pool.Stats(), a.Layer.Stats()})
+}
+
+// metrics returns the handler of GET /metrics. The registry is the
+// server's own, not prometheus.DefaultRegisterer: two instances in one
+// process (as in the tests) each export their own pool.
+func metrics(db *sql.DB, pool *dbctx.Pool, layer *groups.Layer, log *slog.Logger) http.Handler {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		collectors.NewDBStatsCollector(db, "chat"),
+		dbprom.NewCollector(pool, nil),
+		dbprom.NewGroupsCollector(layer, nil),
+	)
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	})
 }
 
 // Ready answers GET /readyz: 200 while the rooms' listener is connected,
