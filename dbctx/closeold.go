@@ -8,21 +8,36 @@ import (
 	"time"
 )
 
-// CloseOld is the boundary check of the scope in ctx, the port of Django's
-// close_old_connections: a pinned connection that is unusable (closed,
-// killed by the server, a connection-level error seen, a transaction left
-// open that cannot be rolled back, a panic while in use) is discarded; one
-// that is obsolete (pinned longer than [Options.ConnMaxAge]; with 0,
-// always) is given back after any open transaction is rolled back, the
-// session reset if dirty, and [Options.OnRelease] run. A scope with no
-// connection frees its slot.
+// CloseOld is the boundary check of the scopes in ctx, the port of
+// Django's close_old_connections: a pinned connection that is unusable
+// (closed, killed by the server, a connection-level error seen, a
+// transaction left open that cannot be rolled back, a panic while in use)
+// is discarded; one that is obsolete (pinned longer than
+// [Options.ConnMaxAge]; with 0, always) is given back after any open
+// transaction is rolled back, the session reset if dirty, and
+// [Options.OnRelease] run. A scope with no connection frees its slot.
 //
-// Call it where a long-lived unit of work wakes up (a consumer woken by an
-// event); [Do] and the middleware call it for you. Inside [Atomic] it does
-// nothing. It returns the error of the cleanup that failed (the connection
-// is discarded then), or nil. A ctx without a scope is a no-op.
+// As Django's covers every database alias, CloseOld covers the innermost
+// scope of every pool ctx carries (see [Pool.CloseOld] for one). Call it
+// where a long-lived unit of work wakes up (a consumer woken by an
+// event); [Do] and the middleware call it for you. Inside [Atomic] it
+// does nothing to that scope. It returns the errors of the cleanups that
+// failed (those connections are discarded), or nil. A ctx without a scope
+// is a no-op.
 func CloseOld(ctx context.Context) error {
-	s := From(ctx)
+	var errs []error
+	for s := range visible(ctx) {
+		if err := s.closeOld(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// CloseOld is [CloseOld] for p's scope in ctx alone.
+func (p *Pool) CloseOld(ctx context.Context) error { return p.From(ctx).closeOld(ctx) }
+
+func (s *Scope) closeOld(ctx context.Context) error {
 	if s == nil || s.async || s.atomic > 0 {
 		return nil
 	}
@@ -31,6 +46,36 @@ func CloseOld(ctx context.Context) error {
 		s.freeIdleSlot()
 	}
 	return err
+}
+
+// visible yields the scopes of ctx that its code reaches: the innermost
+// of each pool, up to a context that refuses direct use (Async).
+func visible(ctx context.Context) func(yield func(*Scope) bool) {
+	return func(yield func(*Scope) bool) {
+		s := From(ctx)
+		if s == nil || s.async {
+			return
+		}
+		if !yield(s) {
+			return
+		}
+		for o := s.outer; o != nil; o = o.outer {
+			if !shadowed(s, o) && !yield(o) {
+				return
+			}
+		}
+	}
+}
+
+// shadowed reports whether a scope of o's pool comes before o in the
+// chain from s: then o is not the one its pool finds.
+func shadowed(s, o *Scope) bool {
+	for c := s; c != o; c = c.outer {
+		if c.pool == o.pool {
+			return true
+		}
+	}
+	return false
 }
 
 // release runs a boundary. With final set (the scope's end) the
@@ -259,6 +304,9 @@ func (s *Scope) closeRows() {
 	if s.rows != nil {
 		s.rows.Close()
 		s.rows = nil
+	}
+	if s.prows != nil || (s.x != nil && s.x.batch != nil) {
+		s.closePgx()
 	}
 }
 

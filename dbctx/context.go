@@ -4,20 +4,23 @@ import "context"
 
 // scopeKey is the context key of a scope: a pointer, so that a lookup
 // compares two words rather than calling the runtime to compare values.
-var scopeKey = &ctxKey{"dbctx.scope"}
+var scopeKey = &ctxKey{name: "dbctx.scope"}
 
-type ctxKey struct{ name string }
+type ctxKey struct {
+	name string
+	pool *Pool // for a pool's key (Pool.From), its pool
+}
 
 // scopeCtx is the context a scope hands out: its parent plus the scope,
-// in the scope's own allocation (Async's stand alone: its scope is the
-// pool's one async scope).
+// in the scope's own allocation. It answers the key of every scope
+// (From) and its pool's key (Pool.From).
 type scopeCtx struct {
 	context.Context
 	s *Scope
 }
 
 func (c *scopeCtx) Value(key any) any {
-	if key == any(scopeKey) {
+	if key == any(scopeKey) || key == any(c.s.pool.key) {
 		return c.s
 	}
 	return c.Context.Value(key)
@@ -35,15 +38,19 @@ type afterFuncer interface {
 func (c *scopeCtx) AfterFunc(f func()) func() bool { return afterFunc(c.Context, f) }
 
 // afterFunc is context.AfterFunc without its own allocation where ctx
-// schedules after-functions itself. Scope contexts, which only add a
-// value, are looked through rather than asked one after the other.
+// schedules after-functions itself. Scope and async contexts, which only
+// add a value, are looked through rather than asked one after the other.
 func afterFunc(ctx context.Context, f func()) func() bool {
 	for {
-		sc, ok := ctx.(*scopeCtx)
-		if !ok {
-			break
+		switch c := ctx.(type) {
+		case *scopeCtx:
+			ctx = c.Context
+			continue
+		case *asyncCtx:
+			ctx = c.Context
+			continue
 		}
-		ctx = sc.Context
+		break
 	}
 	if a, ok := ctx.(afterFuncer); ok {
 		return a.AfterFunc(f)
@@ -51,26 +58,61 @@ func afterFunc(ctx context.Context, f func()) func() bool {
 	return context.AfterFunc(ctx, f)
 }
 
-// From returns the scope that ctx carries, or nil. A nil *Scope is safe to
-// call: every method returns ErrNoScope.
+// From returns the scope that ctx carries, or nil. Where ctx carries
+// scopes of several pools (middleware.DB with several pools, a scope made
+// inside another's), it is the innermost: the one attached last, which
+// for middleware.DB(primary, replica) is primary's. [Pool.From] finds the
+// scope of one pool. A nil *Scope is safe to call: every method returns
+// ErrNoScope.
 func From(ctx context.Context) *Scope {
 	s, _ := ctx.Value(scopeKey).(*Scope)
 	return s
 }
 
-// Async returns a context whose scope refuses direct use with
-// ErrAsyncContext: database work from it must go through [Do], which runs
-// on a scope of its own. It is for code whose callbacks may run
-// concurrently, such as async websocket consumers; it ports the check
-// behind Django's SynchronousOnlyOperation. ctx must carry a scope.
+// From returns the innermost scope of p that ctx carries, or nil: with
+// scopes of several pools in one unit of work (a primary and a replica),
+// each pool finds its own.
+func (p *Pool) From(ctx context.Context) *Scope {
+	s, _ := ctx.Value(p.key).(*Scope)
+	return s
+}
+
+// asyncCtx is the context Async returns: every scope ctx carries answers
+// as its pool's async scope, which refuses direct use.
+type asyncCtx struct {
+	context.Context
+	pool *Pool // of the innermost scope, which From finds
+}
+
+func (c *asyncCtx) Value(key any) any {
+	if key == any(scopeKey) {
+		return c.pool.async
+	}
+	if k, ok := key.(*ctxKey); ok && k.pool != nil {
+		if c.Context.Value(key) == nil {
+			return nil
+		}
+		return k.pool.async
+	}
+	return c.Context.Value(key)
+}
+
+func (c *asyncCtx) AfterFunc(f func()) func() bool { return afterFunc(c.Context, f) }
+
+// Async returns a context whose scopes refuse direct use with
+// ErrAsyncContext: database work from it must go through [Do] (or
+// [Pool.Do]), which runs on a scope of its own. It is for code whose
+// callbacks may run concurrently, such as async websocket consumers; it
+// ports the check behind Django's SynchronousOnlyOperation. ctx must carry
+// a scope; with several pools' scopes, all of them refuse.
 func Async(ctx context.Context) context.Context {
 	parent := From(ctx)
 	if parent == nil || parent.async {
 		return ctx
 	}
-	// The async scope holds nothing and refuses everything, so one per
+	// The async scopes hold nothing and refuse everything, so one per
 	// pool serves every context: a socket keeps only the context.
-	return &scopeCtx{Context: ctx, s: parent.pool.async}
+	return &asyncCtx{Context: ctx, pool: parent.pool}
 }
 
 // IsAsync reports whether ctx was marked with [Async] (and is not inside a
@@ -80,7 +122,17 @@ func IsAsync(ctx context.Context) bool {
 	return s != nil && s.async
 }
 
-var patientKey = &ctxKey{"dbctx.patient"}
+// outerOf returns the scope ctx carries for s.outer: the innermost one,
+// unless it refuses direct use (async), where the chain of boundaries
+// stops.
+func outerOf(ctx context.Context) *Scope {
+	if o := From(ctx); o != nil && !o.async {
+		return o
+	}
+	return nil
+}
+
+var patientKey = &ctxKey{name: "dbctx.patient"}
 
 // Patient returns a context under which [Do] and a scope's statements
 // wait for a worker slot beyond [Options.MaxWaiting], though not beyond

@@ -44,11 +44,15 @@ func DoValue[T any](ctx context.Context, fn func(ctx context.Context, s *Scope) 
 
 // Do is [Do] on pool p: where ctx carries a usable scope of p, fn runs on
 // it; otherwise on a fresh scope of p that ends when Do returns.
+//
+// Where ctx carries scopes of other pools too, Do runs the boundaries of
+// p's alone: the others' connections stay as they are (a panic in fn
+// excepted, which discards every connection fn may have been using).
 func (p *Pool) Do(ctx context.Context, fn func(ctx context.Context, s *Scope) error) error {
-	if s := From(ctx); s != nil && s.pool == p && !s.async && !s.ended {
+	if s := p.From(ctx); s != nil && !s.async && !s.ended {
 		return s.do(ctx, fn)
 	}
-	s := &Scope{pool: p}
+	s := &Scope{pool: p, outer: outerOf(ctx)}
 	s.ctx = scopeCtx{Context: ctx, s: s}
 	err := s.do(&s.ctx, fn)
 	s.End()
@@ -80,6 +84,7 @@ func (s *Scope) do(ctx context.Context, fn func(ctx context.Context, s *Scope) e
 			if s.conn != nil {
 				s.unpin(discardPanic)
 			}
+			discardOthers(ctx, s)
 		}
 		if s.depth == 0 {
 			if boundary {
@@ -101,5 +106,18 @@ func (s *Scope) do(ctx context.Context, fn func(ctx context.Context, s *Scope) e
 func (s *Scope) freeIdleSlot() {
 	if s.conn == nil {
 		s.freeSlot()
+	}
+}
+
+// discardOthers discards, after a panic in a Do on s, the connections that
+// the other pools' scopes in ctx pin, whose state is as unknown as s's:
+// those not inside a Do or Atomic of their own, which see the panic as
+// the error it became and clean up at their own boundary.
+func discardOthers(ctx context.Context, s *Scope) {
+	for o := range visible(ctx) {
+		if o != s && o.pool != s.pool && o.conn != nil && o.depth == 0 && o.atomic == 0 {
+			o.unpin(discardPanic)
+			o.freeSlot()
+		}
 	}
 }

@@ -50,6 +50,23 @@
 // websocket; there handlers call [From] (sync code) or [Do] (async code).
 // The examples are the best way to learn the API.
 //
+// A Scope is the DBTX of sqlc in both of its modes: database/sql's
+// (ExecContext, QueryContext, QueryRowContext, PrepareContext) and pgx's
+// native one (Exec, Query, QueryRow, CopyFrom, SendBatch: sql_package
+// "pgx/v5"), which runs on the *pgx.Conn under the scope's connection with
+// the same discipline.
+//
+// # Several pools
+//
+// A context may carry a scope of each of several pools (a primary and a
+// read replica, two databases): [Pool.From] finds each pool's, [From] the
+// innermost (the one attached last). Each has its own slots, connection and
+// boundaries: [Pool.Do] and [Pool.CloseOld] run those of their own pool
+// alone, [CloseOld] those of every pool's scope in the context, and a panic
+// in a Do discards every pinned connection of the unit of work that is not
+// inside a Do or Atomic of its own. [Async] makes every pool's scope refuse
+// direct use.
+//
 // # Session isolation
 //
 // No session state of one scope reaches the next scope that gets the same

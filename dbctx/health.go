@@ -7,6 +7,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/stdlib"
 )
@@ -65,6 +66,8 @@ type socket struct {
 	// The session user the server reported when the connection was first
 	// seen (see changed).
 	auth string
+
+	px *pgx.Conn // the connection itself, for the Scope's pgx methods
 }
 
 // paramAuth is the session user, which the server reports to the client
@@ -121,11 +124,15 @@ func fdOf(nc net.Conn) int {
 	return fd
 }
 
-// pgConnOf returns the pgx connection under a pinned connection, or nil for
-// another driver.
-func pgConnOf(driverConn any) *pgconn.PgConn {
-	if c, ok := driverConn.(*stdlib.Conn); ok {
-		return c.Conn().PgConn()
+// socketOfDriver returns the pgx connection under a pinned connection and
+// what is known of its socket, or nil for another driver.
+func socketOfDriver(driverConn any) (*pgconn.PgConn, *socket) {
+	c, ok := driverConn.(*stdlib.Conn)
+	if !ok {
+		return nil, nil
 	}
-	return nil
+	pc := c.Conn().PgConn()
+	s := socketOf(pc)
+	s.px = c.Conn()
+	return pc, s
 }

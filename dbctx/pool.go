@@ -35,6 +35,7 @@ type Pool struct {
 	discardFn func(driverConn any) error
 	recent    time.Duration // see check
 	async     *Scope        // the scope of every Async context: see Async
+	key       *ctxKey       // the context key of the pool's scopes: see Pool.From
 	deathSeen atomic.Int64  // monotonic() when a dead connection was last seen
 	kept      keepList      // see keep.go
 	keepIdle  time.Duration // see keep.go
@@ -61,6 +62,7 @@ func New(db *sql.DB, opts *Options) *Pool {
 		keepIdle: keepIdle,
 	}
 	p.async = &Scope{pool: p, async: true, ended: true}
+	p.key = &ctxKey{name: "dbctx.pool", pool: p}
 	p.kept.timer.f = p.sweep
 	p.slots.timer.f = p.expireWaits
 	p.discardFn = func(any) error { return driver.ErrBadConn }
@@ -146,8 +148,7 @@ func (p *Pool) checkOut(ctx context.Context) (c keptConn, looked bool, err error
 		}
 		c = keptConn{conn: conn, taken: monotonic()}
 		if err = conn.Raw(func(dc any) (bad error) {
-			if c.pc = pgConnOf(dc); c.pc != nil {
-				c.sock = socketOf(c.pc)
+			if c.pc, c.sock = socketOfDriver(dc); c.pc != nil {
 				p.execModeOnce.Do(func() { p.checkExecMode(dc) })
 			}
 			looked, bad = p.check(c.pc, c.sock, c.taken)

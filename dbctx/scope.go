@@ -20,8 +20,9 @@ import (
 // it unusable (discarded) or obsolete per [Options.ConnMaxAge] (given back,
 // clean). A scope that never touches the database takes neither.
 //
-// Scope satisfies the DBTX interface sqlc generates, so generated queries
-// take it directly: queries.New(dbctx.From(ctx)).
+// Scope satisfies the DBTX interface sqlc generates, in its database/sql
+// mode and in its pgx/v5 mode (pgx.go), so generated queries take it
+// directly: queries.New(dbctx.From(ctx)).
 //
 // Every statement the scope runs is read by a SQL lexer before it runs;
 // one that may leave state in the session (see the package doc, "Session
@@ -46,14 +47,16 @@ import (
 // A Scope is for one goroutine at a time, like the request or message it
 // serves. A nil *Scope is valid: its methods return ErrNoScope.
 type Scope struct {
-	pool *Pool
-	ctx  scopeCtx
+	pool  *Pool
+	ctx   scopeCtx
+	outer *Scope // the scope the parent context carried (see CloseOld)
 
 	conn     *sql.Conn
 	pg       *pgconn.PgConn // nil for other drivers
 	sock     *socket        // pg's (see health.go); nil with pg
 	rows     *sql.Rows
 	row      *sql.Row      // the last QueryRowContext's, which may be left unscanned
+	prows    *pgxRows      // the last Query's (pgx.go)
 	x        *scopeExtra   // nil until needed
 	taken    time.Duration // monotonic() when database/sql handed conn out
 	pinnedAt time.Duration // monotonic() when pinned; only with ConnMaxAge > 0
@@ -101,6 +104,7 @@ type scopeExtra struct {
 	onCommit  []func() // OnCommit functions of the running Atomic
 	txs       []*sql.Tx
 	stmts     []*sql.Stmt
+	batch     *pgxBatch // SendBatch's results, until closed
 	leak      *time.Timer
 }
 
@@ -119,8 +123,12 @@ func (s *Scope) atomicTxOpen() bool { return s.atomic > 0 && s.x.tx != nil }
 // Scope returns a child of ctx carrying a new scope of p, and the scope.
 // Call [Scope.End] when the unit of work (request, socket) is over; until
 // then [From] finds the scope in the returned context.
+//
+// A context may carry scopes of several pools (a primary and a replica):
+// each has its own slots, connection and boundaries; [Pool.From] finds
+// each, [From] the one made last.
 func (p *Pool) Scope(ctx context.Context) (context.Context, *Scope) {
-	s := &Scope{pool: p}
+	s := &Scope{pool: p, outer: outerOf(ctx)}
 	s.ctx = scopeCtx{Context: ctx, s: s}
 	return &s.ctx, s
 }

@@ -32,8 +32,29 @@ type Options struct {
 
 // DB returns middleware that gives every request its own scope of pool,
 // released when the request ends. See the package documentation.
-func DB(pool *dbctx.Pool) func(http.Handler) http.Handler {
-	return DBWithOpts(pool, nil)
+//
+// With more pools (a read replica, a second database) the request carries
+// a scope of each, with slots, connection and cleanup of its own, all
+// released when the request ends (a panic discards every connection):
+// dbctx.From finds pool's, [dbctx.Pool.From] each one's. It is
+// DB(more[0])(…(DB(pool)(h))), which is also how to give each pool
+// options of its own with [DBWithOpts].
+func DB(pool *dbctx.Pool, more ...*dbctx.Pool) func(http.Handler) http.Handler {
+	mw := DBWithOpts(pool, nil)
+	if len(more) == 0 {
+		return mw
+	}
+	outer := make([]func(http.Handler) http.Handler, len(more))
+	for i, p := range more {
+		outer[i] = DBWithOpts(p, nil)
+	}
+	return func(next http.Handler) http.Handler {
+		h := mw(next)
+		for i := len(outer) - 1; i >= 0; i-- {
+			h = outer[i](h)
+		}
+		return h
+	}
 }
 
 // DBWithOpts is [DB] with options; nil opts means defaults. It panics on a

@@ -57,6 +57,16 @@ type Options struct {
 	// socket with StatusTooSlow). Default: groups' defaults.
 	Member *groups.MemberOptions
 
+	// Pools are more pools (a read replica, a second database) of which
+	// each socket carries a scope beside the handler's pool's, ended with
+	// the socket. In the sync style a callback finds each with
+	// [dbctx.Pool.From], and each gets the boundaries the handler's pool's
+	// scope gets (CloseOld before and after the callback; a panic discards
+	// its connection); its slot is taken on first use and freed after the
+	// callback. In the async style callbacks reach them through
+	// [dbctx.Pool.Do]. dbctx.From finds the handler's pool's scope.
+	Pools []*dbctx.Pool
+
 	// DisconnectTimeout bounds the context Disconnect gets. Default: 10s.
 	DisconnectTimeout time.Duration
 
@@ -153,11 +163,21 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// values.
 	values := context.WithoutCancel(r.Context())
 	sock := newSocketCtx(values)
-	sctx, scope := pool.Scope(sock)
+	base := context.Context(sock)
+	var more []*dbctx.Scope
+	for _, p := range h.opts.Pools {
+		var sc *dbctx.Scope
+		base, sc = p.Scope(base)
+		more = append(more, sc)
+	}
+	sctx, scope := pool.Scope(base)
 	s := &Session{h: h, req: r, ctx: sctx, wctx: values, sock: sock, scope: scope}
 	defer func() {
 		sock.cancel()
 		scope.End()
+		for _, sc := range more {
+			sc.End()
+		}
 	}()
 
 	if h.c.Connect != nil {
@@ -208,8 +228,18 @@ func (s *Session) cbCtx() context.Context {
 // scope (a slot, CloseOld before and after), in the async style directly.
 // A panic becomes a *dbctx.PanicError.
 func (h *Handler) call(ctx context.Context, pool *dbctx.Pool, fn func(ctx context.Context) error) (err error) {
-	if !h.async {
+	switch {
+	case !h.async && len(h.opts.Pools) == 0:
 		return pool.Do(ctx, func(ctx context.Context, _ *dbctx.Scope) error { return fn(ctx) })
+	case !h.async:
+		// The other pools' boundaries inside pool's; a panic in fn
+		// makes Do discard their connections too.
+		return pool.Do(ctx, func(ctx context.Context, _ *dbctx.Scope) error {
+			h.closeOld(ctx)
+			err := fn(ctx)
+			h.closeOld(ctx)
+			return err
+		})
 	}
 	defer func() {
 		if r := recover(); r != nil {
@@ -217,6 +247,15 @@ func (h *Handler) call(ctx context.Context, pool *dbctx.Pool, fn func(ctx contex
 		}
 	}()
 	return fn(ctx)
+}
+
+// closeOld runs the boundary of the scopes of Options.Pools.
+func (h *Handler) closeOld(ctx context.Context) {
+	for _, p := range h.opts.Pools {
+		if err := p.CloseOld(ctx); err != nil {
+			h.opts.Logger.Warn("wsconsumer: cleaning up a scope", "err", err)
+		}
+	}
 }
 
 // fail closes the socket after a receive failed.

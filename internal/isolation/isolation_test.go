@@ -2,7 +2,7 @@
 // that no session state crosses from one scope to the next on the same
 // physical connection: each statement of the sessiontest corpus runs in
 // one unit of work (dbctx.Do and its scope's methods, a *sql.Tx from
-// BeginTx, Scope.Conn, Scope.Pgx, dbctx.Atomic, a request through
+// BeginTx, Scope.Conn, Scope.Pgx, the Scope's pgx methods, dbctx.Atomic, a request through
 // middleware.DB and middleware.Atomic, a message to a sync and to an
 // async consumer), on a pool of one connection, and the next unit of work
 // asks PostgreSQL what the session holds.
@@ -68,6 +68,38 @@ var units = map[string]unit{
 				}
 				return rows.Close()
 			})
+			return nil
+		})
+		return inside
+	},
+	"Do, Exec (pgx)": func(t *testing.T, p *dbctx.Pool, se *sessiontest.Env, stmt string) string {
+		var inside string
+		p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+			s.Exec(ctx, stmt)
+			s.QueryRow(ctx, se.ProbeCleanSQL()).Scan(&inside)
+			return nil
+		})
+		return inside
+	},
+	"Do, Query (pgx)": func(t *testing.T, p *dbctx.Pool, se *sessiontest.Env, stmt string) string {
+		var inside string
+		p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+			if rows, err := s.Query(ctx, stmt); err == nil {
+				rows.Close()
+			}
+			s.QueryRow(ctx, se.ProbeCleanSQL()).Scan(&inside)
+			return nil
+		})
+		return inside
+	},
+	"Do, SendBatch (pgx)": func(t *testing.T, p *dbctx.Pool, se *sessiontest.Env, stmt string) string {
+		var inside string
+		p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+			b := &pgx.Batch{}
+			b.Queue("SELECT 1")
+			b.Queue(stmt)
+			s.SendBatch(ctx, b).Close()
+			s.QueryRow(ctx, se.ProbeCleanSQL()).Scan(&inside)
 			return nil
 		})
 		return inside
@@ -266,11 +298,16 @@ var inert = map[string][]string{
 	"middleware.Atomic": {"multi with commit", "set local in a transaction", "listen", "listen in function"},
 	// LISTEN inside a transaction takes effect at its commit.
 	"BeginTx, left open": {"listen", "listen in function"},
-	// pgx sends a statement with rows through the extended protocol, which
-	// takes one statement per string.
-	"Do, QueryContext": {"second statement", "string then statement", "multi with commit",
-		"two prepares", "prepare, deallocate, prepare"},
+	// pgx sends a statement with rows, and a batch, through the extended
+	// protocol, which takes one statement per string.
+	"Do, QueryContext":    extendedProtocol,
+	"Do, Query (pgx)":     extendedProtocol,
+	"Do, SendBatch (pgx)": extendedProtocol,
 }
+
+// extendedProtocol lists the cases of several statements in one string.
+var extendedProtocol = []string{"second statement", "string then statement", "multi with commit",
+	"two prepares", "prepare, deallocate, prepare"}
 
 func TestNoStateCrossesScopes(t *testing.T) {
 	t.Parallel()

@@ -300,3 +300,29 @@ func randomHex(n int) string {
 func quoteIdent(s string) string {
 	return `"` + strings.ReplaceAll(s, `"`, `""`) + `"`
 }
+
+// Database creates a second database on the base server, owned by
+// [Env.Role], and returns [Env.DSN] changed to connect to it (its schema
+// is public): for tests of one unit of work on two databases. It is
+// dropped when tb's test ends, with whatever is still connected to it.
+func (e *Env) Database(tb testing.TB) string {
+	tb.Helper()
+	name := e.schema + "_db"
+	dsn, err := pgserver.WithParams(e.dsn, "dbname", name)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if _, err := shared.admin.ExecContext(ctx, "CREATE DATABASE "+quoteIdent(name)+" OWNER "+quoteIdent(e.schema)); err != nil {
+		tb.Fatalf("pgtest: create database %s: %v", name, err)
+	}
+	tb.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if _, err := shared.admin.ExecContext(ctx, "DROP DATABASE IF EXISTS "+quoteIdent(name)+" WITH (FORCE)"); err != nil {
+			tb.Errorf("pgtest: cleanup: drop database %s: %v", name, err)
+		}
+	})
+	return dsn
+}

@@ -1,0 +1,288 @@
+package dbctx
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// pgx's own interface on the scope: Exec, Query, QueryRow, CopyFrom and
+// SendBatch, the DBTX that sqlc generates with sql_package "pgx/v5". They
+// run on the *pgx.Conn under the scope's pinned connection with what the
+// database/sql methods have: the lazy slot and pin, the async guard, the
+// scope's cancellation, the session-state tracking and reset, the safe
+// retry and the statement timing.
+
+// Exec runs a statement through pgx's interface on the scope's connection
+// and returns its command tag.
+func (s *Scope) Exec(ctx context.Context, query string, args ...any) (pgconn.CommandTag, error) {
+	start := monotonic()
+	c, err := s.usePgx(ctx, query)
+	if err != nil {
+		return pgconn.CommandTag{}, err
+	}
+	tag, err := run(ctx, s, c, true, func(ctx context.Context, _ *sql.Conn) (pgconn.CommandTag, error) {
+		return s.sock.px.Exec(ctx, query, args...)
+	})
+	s.account(start)
+	return tag, err
+}
+
+// Query runs a statement that returns rows through pgx's interface on the
+// scope's connection. Close the rows before the next statement; a
+// boundary closes them if you do not. As with database/sql's driver, the
+// first row is read before Query returns, so that a connection found dead
+// then can be replaced and the statement run again (see [Scope]).
+func (s *Scope) Query(ctx context.Context, query string, args ...any) (pgx.Rows, error) {
+	start := monotonic()
+	c, err := s.usePgx(ctx, query)
+	if err != nil {
+		return &pgxRows{err: err}, err
+	}
+	rows, err := run(ctx, s, c, true, func(ctx context.Context, _ *sql.Conn) (*pgxRows, error) {
+		r, err := s.sock.px.Query(ctx, query, args...)
+		if err == nil {
+			more := r.Next()
+			if err = r.Err(); err == nil {
+				return &pgxRows{Rows: r, preread: true, more: more}, nil
+			}
+		}
+		r.Close()
+		return nil, err
+	})
+	s.account(start)
+	if err != nil {
+		return &pgxRows{err: err}, err
+	}
+	s.prows = rows
+	return rows, nil
+}
+
+// QueryRow runs a statement that returns at most one row through pgx's
+// interface; its error, or pgx.ErrNoRows, comes from Scan, which releases
+// the row.
+func (s *Scope) QueryRow(ctx context.Context, query string, args ...any) pgx.Row {
+	rows, err := s.Query(ctx, query, args...)
+	if err != nil {
+		return errPgxRow{err}
+	}
+	return (*pgxRow)(rows.(*pgxRows))
+}
+
+// CopyFrom copies rows into a table with the COPY protocol, through pgx's
+// interface on the scope's connection. It is never run again on another
+// connection: rowSrc may have been read.
+func (s *Scope) CopyFrom(ctx context.Context, table pgx.Identifier, columns []string, rowSrc pgx.CopyFromSource) (int64, error) {
+	start := monotonic()
+	if _, err := s.usePgx(ctx, ""); err != nil {
+		return 0, err
+	}
+	first := !s.used
+	n, err := s.sock.px.CopyFrom(s.stmtCtx(ctx, true), table, columns, rowSrc)
+	err = s.observe(ctx, err, first)
+	s.ranOn()
+	s.account(start)
+	return n, err
+}
+
+// SendBatch sends the queued queries of b in one round trip through pgx's
+// interface on the scope's connection. Each query is read for session
+// state as a statement of its own would be; the batch is never run again
+// on another connection. Close the results before the next statement; a
+// boundary closes them if you do not.
+func (s *Scope) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
+	start := monotonic()
+	if s != nil && s.pool.opts.TransactionPooling {
+		for _, q := range b.QueuedQueries {
+			if s.pool.notes.kind(q.SQL)&kindSession != 0 {
+				return errBatch{sessionStateError(q.SQL)}
+			}
+		}
+	}
+	if _, err := s.usePgx(ctx, ""); err != nil {
+		return errBatch{err}
+	}
+	for _, q := range b.QueuedQueries {
+		s.note(q.SQL)
+	}
+	br := &pgxBatch{s: s, ctx: ctx, first: !s.used}
+	br.br = s.sock.px.SendBatch(s.stmtCtx(ctx, true), b)
+	s.ranOn()
+	s.extra().batch = br
+	s.account(start)
+	return br
+}
+
+// usePgx is use for pgx's interface: it needs pgx's stdlib driver.
+func (s *Scope) usePgx(ctx context.Context, query string) (*sql.Conn, error) {
+	c, err := s.use(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	if s.sock == nil || s.sock.px == nil {
+		return nil, fmt.Errorf("dbctx: Scope's pgx methods: %w", errNotPgx)
+	}
+	return c, nil
+}
+
+// closePgx closes the rows and batch results of pgx's interface left open.
+func (s *Scope) closePgx() {
+	if s.prows != nil {
+		s.prows.Close()
+		s.prows = nil
+	}
+	if x := s.x; x != nil && x.batch != nil {
+		x.batch.done = true
+		x.batch.Close()
+		x.batch = nil
+	}
+}
+
+// pgxRows is what Query returns: pgx's rows, of which the first has been
+// read already (preread, more: what that Next returned), or an error.
+type pgxRows struct {
+	pgx.Rows
+	err     error
+	preread bool
+	more    bool
+}
+
+func (r *pgxRows) Next() bool {
+	if r.Rows == nil {
+		return false
+	}
+	if r.preread {
+		r.preread = false
+		return r.more
+	}
+	return r.Rows.Next()
+}
+
+func (r *pgxRows) Err() error {
+	if r.Rows == nil {
+		return r.err
+	}
+	return r.Rows.Err()
+}
+
+func (r *pgxRows) Close() {
+	if r.Rows != nil {
+		r.Rows.Close()
+	}
+}
+
+func (r *pgxRows) CommandTag() pgconn.CommandTag {
+	if r.Rows == nil {
+		return pgconn.CommandTag{}
+	}
+	return r.Rows.CommandTag()
+}
+
+func (r *pgxRows) FieldDescriptions() []pgconn.FieldDescription {
+	if r.Rows == nil {
+		return nil
+	}
+	return r.Rows.FieldDescriptions()
+}
+
+func (r *pgxRows) Values() ([]any, error) {
+	if r.Rows == nil {
+		return nil, r.err
+	}
+	return r.Rows.Values()
+}
+
+func (r *pgxRows) RawValues() [][]byte {
+	if r.Rows == nil {
+		return nil
+	}
+	return r.Rows.RawValues()
+}
+
+func (r *pgxRows) Conn() *pgx.Conn {
+	if r.Rows == nil {
+		return nil
+	}
+	return r.Rows.Conn()
+}
+
+// pgxRow is QueryRow's result: the rows of Query, scanned once.
+type pgxRow pgxRows
+
+// Scan reads the row into dest and closes it, as pgx's own QueryRow does.
+func (r *pgxRow) Scan(dest ...any) error {
+	rows := (*pgxRows)(r)
+	defer rows.Close()
+	if !rows.Next() {
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		return pgx.ErrNoRows
+	}
+	if err := rows.Scan(dest...); err != nil {
+		return err
+	}
+	rows.Close()
+	return rows.Err()
+}
+
+type errPgxRow struct{ err error }
+
+func (r errPgxRow) Scan(...any) error { return r.err }
+
+// pgxBatch is SendBatch's results: an error that shows the connection
+// unusable is looked at as a statement's would be (see Scope.observe),
+// while the scope has not moved on (done: a boundary closed the batch).
+type pgxBatch struct {
+	s      *Scope
+	ctx    context.Context
+	br     pgx.BatchResults
+	first  bool
+	closed bool
+	done   bool
+}
+
+func (b *pgxBatch) Exec() (pgconn.CommandTag, error) {
+	tag, err := b.br.Exec()
+	return tag, b.observe(err)
+}
+
+func (b *pgxBatch) Query() (pgx.Rows, error) {
+	rows, err := b.br.Query()
+	return rows, b.observe(err)
+}
+
+func (b *pgxBatch) QueryRow() pgx.Row { return b.br.QueryRow() }
+
+func (b *pgxBatch) Tx() pgx.Tx { return b.br.Tx() }
+
+func (b *pgxBatch) Close() error {
+	if b.closed {
+		return nil
+	}
+	b.closed = true
+	err := b.br.Close()
+	if b.done {
+		return err
+	}
+	b.s.x.batch = nil
+	return b.s.observe(b.ctx, err, b.first)
+}
+
+func (b *pgxBatch) observe(err error) error {
+	if err == nil || b.done || b.closed {
+		return err
+	}
+	return b.s.observe(b.ctx, err, b.first)
+}
+
+type errBatch struct{ err error }
+
+func (b errBatch) Exec() (pgconn.CommandTag, error) { return pgconn.CommandTag{}, b.err }
+func (b errBatch) Query() (pgx.Rows, error)         { return &pgxRows{err: b.err}, b.err }
+func (b errBatch) QueryRow() pgx.Row                { return errPgxRow{b.err} }
+func (b errBatch) Close() error                     { return b.err }
+func (b errBatch) Tx() pgx.Tx                       { return nil }

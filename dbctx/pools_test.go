@@ -1,0 +1,163 @@
+package dbctx_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+
+	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/internal/pgtest"
+)
+
+// twoPools returns pools over two databases of the same server: env's
+// and a second one.
+func twoPools(t *testing.T) (p1, p2 *dbctx.Pool, env *pgtest.Env) {
+	t.Helper()
+	env = newEnv(t)
+	p1 = poolOn(t, env, env.Open(t), &dbctx.Options{MaxWorkers: 2})
+	p2 = poolOn(t, env, openDSN(t, env.Database(t)), &dbctx.Options{MaxWorkers: 2})
+	return p1, p2, env
+}
+
+func currentDB(ctx context.Context, t *testing.T, s *dbctx.Scope) string {
+	t.Helper()
+	var db string
+	if err := s.QueryRowContext(ctx, "SELECT current_database()").Scan(&db); err != nil {
+		t.Fatal(err)
+	}
+	return db
+}
+
+// A context carries one scope per pool: each pool finds its own, From the
+// innermost; both reach their own database (PostgreSQL says which);
+// CloseOld cleans up both.
+func TestScopesOfTwoPools(t *testing.T) {
+	t.Parallel()
+	p1, p2, _ := twoPools(t)
+	ctx1, s1 := p1.Scope(context.Background())
+	ctx, s2 := p2.Scope(ctx1)
+	defer s1.End()
+	defer s2.End()
+	if dbctx.From(ctx) != s2 || p1.From(ctx) != s1 || p2.From(ctx) != s2 || p2.From(ctx1) != nil {
+		t.Fatal("the pools do not find their own scopes")
+	}
+	if a, b := currentDB(ctx, t, p1.From(ctx)), currentDB(ctx, t, p2.From(ctx)); a == b {
+		t.Fatalf("both scopes reach database %q", a)
+	}
+	if p1.Stats().Pinned != 1 || p2.Stats().Pinned != 1 {
+		t.Fatalf("pinned: %d, %d; want 1, 1", p1.Stats().Pinned, p2.Stats().Pinned)
+	}
+	if err := dbctx.CloseOld(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if st1, st2 := p1.Stats(), p2.Stats(); st1.Pinned+st2.Pinned+st1.InUse+st2.InUse != 0 {
+		t.Fatalf("CloseOld left something: %+v, %+v", st1, st2)
+	}
+}
+
+// Do on one pool runs its own boundaries and leaves the other pool's scope
+// as it is: the same session (PostgreSQL's backend pid) before and after,
+// never given back in between.
+func TestDoLeavesOtherPoolsScope(t *testing.T) {
+	t.Parallel()
+	p1, p2, _ := twoPools(t)
+	ctx1, s1 := p1.Scope(context.Background())
+	ctx, s2 := p2.Scope(ctx1)
+	defer s1.End()
+	defer s2.End()
+	if _, err := s2.ExecContext(ctx, "SET application_name = 'kept'"); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := backendPID(ctx, s2)
+	for range 3 {
+		err := p1.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+			if s != s1 {
+				t.Error("p1.Do did not run on p1's scope")
+			}
+			_, err := s.ExecContext(ctx, "SELECT 1")
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	after, _ := backendPID(ctx, s2)
+	var app string
+	s2.QueryRowContext(ctx, "SELECT current_setting('application_name')").Scan(&app)
+	if before != after || app != "kept" {
+		t.Fatalf("p2's session changed under p1.Do: pid %d -> %d, application_name %q", before, after, app)
+	}
+	if st := p2.Stats(); st.GivenBack != 0 || st.Resets != 0 {
+		t.Fatalf("p1.Do gave p2's connection back: %+v", st)
+	}
+	if st := p1.Stats(); st.Pinned != 0 || st.InUse != 0 {
+		t.Fatalf("p1.Do left its own scope pinned: %+v", st)
+	}
+}
+
+// A panic in a Do discards the connections of both pools that the unit
+// of work was using, and frees both slots.
+func TestPanicDiscardsBothPools(t *testing.T) {
+	t.Parallel()
+	p1, p2, _ := twoPools(t)
+	ctx1, s1 := p1.Scope(context.Background())
+	ctx, s2 := p2.Scope(ctx1)
+	defer s1.End()
+	defer s2.End()
+	err := p1.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+		currentDB(ctx, t, s)
+		currentDB(ctx, t, p2.From(ctx))
+		panic("boom")
+	})
+	var pe *dbctx.PanicError
+	if !errors.As(err, &pe) {
+		t.Fatalf("got %v, want a PanicError", err)
+	}
+	for i, p := range []*dbctx.Pool{p1, p2} {
+		if st := p.Stats(); st.Discarded.Panic != 1 || st.Pinned != 0 || st.InUse != 0 {
+			t.Errorf("pool %d after the panic: %+v", i+1, st)
+		}
+	}
+	// Both scopes go on with fresh connections.
+	if a, b := currentDB(ctx, t, s1), currentDB(ctx, t, s2); a == b {
+		t.Fatal("same database")
+	}
+}
+
+// Under Async every pool's scope refuses direct use; a Do on one pool runs
+// on a fresh scope of it, and the other pool's still refuses there.
+func TestAsyncCoversEveryPool(t *testing.T) {
+	t.Parallel()
+	p1, p2, _ := twoPools(t)
+	ctx1, s1 := p1.Scope(context.Background())
+	ctx2, s2 := p2.Scope(ctx1)
+	defer s1.End()
+	defer s2.End()
+	ctx := dbctx.Async(ctx2)
+	for i, p := range []*dbctx.Pool{p1, p2} {
+		if _, err := p.From(ctx).ExecContext(ctx, "SELECT 1"); !errors.Is(err, dbctx.ErrAsyncContext) {
+			t.Errorf("pool %d under Async: %v, want ErrAsyncContext", i+1, err)
+		}
+	}
+	err := p1.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+		if s == s1 {
+			t.Error("Do under Async ran on the socket's scope")
+		}
+		if _, err := p2.From(ctx).ExecContext(ctx, "SELECT 1"); !errors.Is(err, dbctx.ErrAsyncContext) {
+			t.Errorf("p2 inside p1.Do under Async: %v, want ErrAsyncContext", err)
+		}
+		return p2.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+			currentDB(ctx, t, s)
+			currentDB(ctx, t, p1.From(ctx))
+			return nil
+		})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, p := range []*dbctx.Pool{p1, p2} {
+		if st := p.Stats(); st.Pinned != 0 || st.InUse != 0 {
+			t.Errorf("pool %d: %+v", i+1, st)
+		}
+	}
+}

@@ -1,0 +1,92 @@
+package wsconsumer_test
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"testing"
+
+	"github.com/coder/websocket"
+	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/internal/dbtest"
+	"github.com/dbscope/dbscope/wsconsumer"
+)
+
+// A socket carries a scope of each pool (Options.Pools): a message uses
+// both databases, in the sync style directly and in the async style
+// through each pool's Do; between messages neither pool holds anything;
+// a panic discards both connections.
+func TestTwoPools(t *testing.T) {
+	t.Parallel()
+	for name, style := range styles {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			p1, env := dbtest.NewPool(t, nil)
+			db2, err := sql.Open("pgx", env.Database(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { db2.Close() })
+			p2 := dbctx.New(db2, nil)
+			t.Cleanup(func() {
+				dbtest.Clean(t, p2, env)
+				p2.Close()
+			})
+			currentDB := func(ctx context.Context, p *dbctx.Pool) (string, error) {
+				var db string
+				query := func(ctx context.Context, s *dbctx.Scope) error {
+					return s.QueryRowContext(ctx, "SELECT current_database()").Scan(&db)
+				}
+				if dbctx.IsAsync(ctx) {
+					return db, p.Do(ctx, query)
+				}
+				return db, query(ctx, p.From(ctx))
+			}
+			receive := func(ctx context.Context, s *wsconsumer.Session, m msg) error {
+				a, err := currentDB(ctx, p1)
+				if err != nil {
+					return err
+				}
+				b, err := currentDB(ctx, p2)
+				if err != nil {
+					return err
+				}
+				if m.Op == "panic" {
+					panic("boom")
+				}
+				return s.SendJSON(ctx, msg{ID: m.ID, Name: a + " " + b})
+			}
+			h := style(p1, wsconsumer.JSON(wsconsumer.JSONConsumer[msg]{Receive: receive}),
+				&wsconsumer.Options{Logger: quiet(), Pools: []*dbctx.Pool{p2}})
+			url := serve(t, h)
+			c := dial(t, url)
+			want := ""
+			for i := range 3 {
+				r := roundTrip(t, c, msg{ID: i})
+				if r.Error != "" || (want != "" && r.Name != want) {
+					t.Fatalf("message %d: %+v", i, r)
+				}
+				want = r.Name
+				dbtest.Eventually(t, "both pools to hold nothing between messages", func() bool {
+					s1, s2 := p1.Stats(), p2.Stats()
+					return s1.Pinned+s1.InUse+s2.Pinned+s2.InUse == 0
+				})
+			}
+			var a, b string
+			if n, _ := fmt.Sscan(want, &a, &b); n != 2 || a == b {
+				t.Fatalf("reply %q: want two different databases", want)
+			}
+			send(t, c, msg{ID: 9, Op: "panic"})
+			if _, code := recv(t, c); code != websocket.StatusInternalError {
+				t.Fatalf("after the panic: close %v, want 1011", code)
+			}
+			if name == "sync" {
+				for i, p := range []*dbctx.Pool{p1, p2} {
+					if st := p.Stats(); st.Discarded.Panic != 1 {
+						t.Errorf("pool %d: %d discarded for the panic, want 1", i+1, st.Discarded.Panic)
+					}
+				}
+			}
+		})
+	}
+}
