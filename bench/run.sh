@@ -7,6 +7,7 @@
 #
 #   bench/run.sh                      # 4 rounds, 8 clients x 3000 messages
 #   ROUNDS=6 CLIENTS=4 MESSAGES=5000 IDLE=5000 bench/run.sh
+#   WS_MODES="raw pgxpool sync pgx" HTTP_MODES="raw pgxpool sync pgx" IDLE=0 bench/run.sh
 #
 # Needs jq and PostgreSQL ($DATABASE_URL, else 127.0.0.1:5432 as user
 # postgres). Traffic goes to 127.0.0.1 only.
@@ -18,6 +19,9 @@ clients=${CLIENTS:-8}
 messages=${MESSAGES:-3000}
 idle=${IDLE:-5000}
 port=${PORT:-18090}
+# The modes of each protocol; raw, the baseline of the ratios, must be among them.
+ws_modes=${WS_MODES:-raw sync async}
+http_modes=${HTTP_MODES:-raw sync atomic}
 url=http://127.0.0.1:$port
 
 source bench/lib.sh
@@ -47,9 +51,10 @@ load() { # mode label args...
 
 for r in $(seq 1 "$rounds"); do
 	for proto in ws http; do
-		if [ "$proto" = ws ]; then modes=(raw sync async); else modes=(raw sync atomic); fi
-		for i in 0 1 2; do
-			mode=${modes[$(((i + r) % 3))]}
+		if [ "$proto" = ws ]; then read -ra modes <<<"$ws_modes"; else read -ra modes <<<"$http_modes"; fi
+		n=${#modes[@]}
+		for i in $(seq 0 $((n - 1))); do
+			mode=${modes[$(((i + r) % n))]}
 			serve "$mode"
 			load "$mode" "$proto/$mode/$r" -proto "$proto" -clients "$clients" -messages "$messages" | tee -a "$results"
 			stop

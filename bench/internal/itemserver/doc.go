@@ -8,6 +8,10 @@
 //     HTTP through middleware.DB;
 //   - atomic: HTTP through middleware.DB and middleware.Atomic, websocket
 //     as in sync.
+//   - pgx: as sync, the lookup through the Scope's pgx methods
+//     (Scope.QueryRow: sqlc's pgx/v5 mode) rather than database/sql's;
+//   - pgxpool: the hand-written baseline of pgx users: as raw, the lookup
+//     on a *pgxpool.Pool of as many connections (no rooms).
 //
 // The websocket endpoint /ws/items answers each text frame {"id":k} with
 // {"id":k,"name":"item-k"} from one SELECT; a failed query is answered

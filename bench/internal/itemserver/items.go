@@ -4,6 +4,8 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // Rows is the number of rows of the items table: ids 1..Rows, named
@@ -75,4 +77,18 @@ func lookup(ctx context.Context, q querier, m *Msg, testOps bool) error {
 		return q.QueryRowContext(ctx, sleepQuery, m.ID, m.Sleep).Scan(&m.Name)
 	}
 	return q.QueryRowContext(ctx, itemQuery, m.ID).Scan(&m.Name)
+}
+
+// pgxQuerier is what the pgx modes' lookup runs on: a *pgxpool.Pool
+// (pgxpool) or a scope, through its pgx methods (pgx).
+type pgxQuerier interface {
+	QueryRow(ctx context.Context, query string, args ...any) pgx.Row
+}
+
+// lookupPgx is lookup through pgx's own interface.
+func lookupPgx(ctx context.Context, q pgxQuerier, m *Msg, testOps bool) error {
+	if testOps && m.Sleep > 0 {
+		return q.QueryRow(ctx, sleepQuery, m.ID, m.Sleep).Scan(&m.Name)
+	}
+	return q.QueryRow(ctx, itemQuery, m.ID).Scan(&m.Name)
 }

@@ -78,7 +78,7 @@ func (r *rawSockets) shutdown(ctx context.Context) error {
 // *sql.DB, one goroutine per socket reading, querying and writing in
 // turn, as wsconsumer's bench_test.go baseline.
 func (s *Server) rawWS() http.Handler {
-	db, testOps := s.db, s.cfg.TestOps
+	look, testOps := s.rawLook, s.cfg.TestOps
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		c, err := websocket.Accept(w, r, nil)
 		if err != nil {
@@ -101,7 +101,7 @@ func (s *Server) rawWS() http.Handler {
 				c.Close(websocket.StatusInvalidFramePayloadData, "invalid JSON")
 				return
 			}
-			out, _ := json.Marshal(answer(m, lookup(ctx, db, &m, testOps), testOps))
+			out, _ := json.Marshal(answer(m, look(ctx, &m), testOps))
 			if err := c.Write(ctx, websocket.MessageText, out); err != nil {
 				return
 			}
@@ -109,11 +109,11 @@ func (s *Server) rawWS() http.Handler {
 	})
 }
 
-// rawHTTP answers GET /items/{id} from the plain *sql.DB.
+// rawHTTP answers GET /items/{id} from the plain *sql.DB (or pgxpool).
 func (s *Server) rawHTTP(w http.ResponseWriter, r *http.Request) {
 	m, ok := parseHTTP(w, r, s.cfg.TestOps)
 	if !ok {
 		return
 	}
-	writeHTTP(w, m, lookup(r.Context(), s.db, &m, s.cfg.TestOps))
+	writeHTTP(w, m, s.rawLook(r.Context(), &m))
 }

@@ -18,16 +18,16 @@ import (
 // dbctx.Do. A refusal of the pool ends the socket with 1013; any other
 // failure is an error reply and the socket stays open.
 func (s *Server) consumer() wsconsumer.Consumer {
-	testOps := s.cfg.TestOps
+	look, testOps := s.scopeLook, s.cfg.TestOps
 	return wsconsumer.JSON(wsconsumer.JSONConsumer[Msg]{
 		Receive: func(ctx context.Context, ss *wsconsumer.Session, m Msg) error {
 			var err error
 			if dbctx.IsAsync(ctx) {
 				err = dbctx.Do(ctx, func(ctx context.Context, sc *dbctx.Scope) error {
-					return lookup(ctx, sc, &m, testOps)
+					return look(ctx, sc, &m)
 				})
 			} else {
-				err = lookup(ctx, dbctx.From(ctx), &m, testOps)
+				err = look(ctx, dbctx.From(ctx), &m)
 			}
 			if errors.Is(err, dbctx.ErrBusy) {
 				return err
@@ -64,7 +64,7 @@ func (s *Server) scopeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx := r.Context()
-	err := lookup(ctx, dbctx.From(ctx), &m, s.cfg.TestOps)
+	err := s.scopeLook(ctx, dbctx.From(ctx), &m)
 	if middleware.Busy(w, err) {
 		return
 	}

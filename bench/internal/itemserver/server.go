@@ -20,15 +20,17 @@ import (
 	"github.com/dbscope/dbscope/internal/pgserver"
 	"github.com/dbscope/dbscope/middleware"
 	"github.com/dbscope/dbscope/wsconsumer"
+	"github.com/jackc/pgx/v5/pgxpool"
 	_ "github.com/jackc/pgx/v5/stdlib" // the "pgx" database/sql driver
 )
 
 // Modes lists the values of Config.Mode.
-var Modes = []string{"raw", "sync", "async", "atomic"}
+var Modes = []string{"raw", "sync", "async", "atomic", "pgx", "pgxpool"}
 
 // Config is what Start needs. Zero values are defaults.
 type Config struct {
-	// Mode is raw, sync, async or atomic (see the package comment).
+	// Mode is raw, sync, async, atomic, pgx or pgxpool (see the package
+	// comment).
 	Mode string
 
 	// Addr is where to listen. Default: 127.0.0.1:0.
@@ -78,11 +80,15 @@ type Server struct {
 	ws       *wsconsumer.Handler   // nil in raw mode
 	rooms    []*wsconsumer.Handler // /ws/room and /ws/fanout; nil in raw mode
 	layer    *groups.Layer         // nil in raw mode
-	raw      *rawSockets           // raw mode only
+	raw      *rawSockets           // raw and pgxpool modes only
 	rawRooms *rawRooms             // raw mode only
-	ln       net.Listener
-	http     *http.Server
-	served   chan error
+	pgxp     *pgxpool.Pool         // pgxpool mode only
+
+	rawLook   func(context.Context, *Msg) error               // raw and pgxpool modes
+	scopeLook func(context.Context, *dbctx.Scope, *Msg) error // the others
+	ln        net.Listener
+	http      *http.Server
+	served    chan error
 }
 
 // Start opens the database, creates the items table if missing and serves
@@ -118,15 +124,36 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	mux := http.NewServeMux()
 	var h http.Handler = mux
+	testOps := cfg.TestOps
 	switch cfg.Mode {
-	case "raw":
+	case "raw", "pgxpool":
+		s.rawLook = func(ctx context.Context, m *Msg) error { return lookup(ctx, db, m, testOps) }
+		if cfg.Mode == "pgxpool" {
+			pc, err := pgxpool.ParseConfig(dsn)
+			if err != nil {
+				db.Close()
+				return nil, err
+			}
+			pc.MaxConns = int32(cfg.MaxWorkers)
+			if s.pgxp, err = pgxpool.NewWithConfig(ctx, pc); err != nil {
+				db.Close()
+				return nil, err
+			}
+			s.rawLook = func(ctx context.Context, m *Msg) error { return lookupPgx(ctx, s.pgxp, m, testOps) }
+		}
 		s.raw = &rawSockets{conns: map[*websocket.Conn]struct{}{}}
-		s.rawRooms = &rawRooms{rooms: map[string]map[*rawMember]struct{}{}}
 		mux.Handle("GET /ws/items", s.rawWS())
 		mux.HandleFunc("GET /items/{id}", s.rawHTTP)
-		mux.Handle("GET /ws/room/{name}", s.rawRoom(true))
-		mux.Handle("GET /ws/fanout/{name}", s.rawRoom(false))
-	case "sync", "async", "atomic":
+		if cfg.Mode == "raw" {
+			s.rawRooms = &rawRooms{rooms: map[string]map[*rawMember]struct{}{}}
+			mux.Handle("GET /ws/room/{name}", s.rawRoom(true))
+			mux.Handle("GET /ws/fanout/{name}", s.rawRoom(false))
+		}
+	case "sync", "async", "atomic", "pgx":
+		s.scopeLook = func(ctx context.Context, sc *dbctx.Scope, m *Msg) error { return lookup(ctx, sc, m, testOps) }
+		if cfg.Mode == "pgx" {
+			s.scopeLook = func(ctx context.Context, sc *dbctx.Scope, m *Msg) error { return lookupPgx(ctx, sc, m, testOps) }
+		}
 		s.pool = dbctx.New(db, &dbctx.Options{
 			MaxWorkers:  cfg.MaxWorkers,
 			MaxWaiting:  cfg.MaxWaiting,
@@ -157,7 +184,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		h = middleware.DB(s.pool)(mux)
 	default:
 		db.Close()
-		return nil, fmt.Errorf("itemserver: unknown mode %q (want raw, sync, async or atomic)", cfg.Mode)
+		return nil, fmt.Errorf("itemserver: unknown mode %q (want raw, sync, async, atomic, pgx or pgxpool)", cfg.Mode)
 	}
 	if s.ln, err = net.Listen("tcp", cfg.Addr); err != nil {
 		s.closeDB()
@@ -277,6 +304,9 @@ func (s *Server) closeDB() {
 	}
 	if s.pool != nil {
 		s.pool.Close()
+	}
+	if s.pgxp != nil {
+		s.pgxp.Close()
 	}
 	s.db.Close()
 }
