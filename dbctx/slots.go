@@ -110,8 +110,7 @@ func (p *Pool) acquireSlot(ctx context.Context) error {
 	}
 	q.mu.Unlock()
 	p.c.waiting.Add(-1)
-	p.c.waitCount.Add(1)
-	p.c.waitNanos.Add(int64(monotonic() - start))
+	p.c.noteWait(monotonic() - start)
 
 	switch end {
 	case granted:

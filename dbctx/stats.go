@@ -17,7 +17,11 @@ type Stats struct {
 
 	WaitCount    int64         // callers that had to queue for a slot
 	WaitDuration time.Duration // total time spent queued
-	Busy         int64         // callers refused with ErrBusy
+
+	// WaitsWithin[i] counts the waits of WaitCount that took at most
+	// WaitBuckets[i] (cumulative, as a Prometheus histogram's buckets).
+	WaitsWithin [len(WaitBuckets)]int64
+	Busy        int64 // callers refused with ErrBusy
 
 	Acquired   int64 // connections pinned by scopes
 	GivenBack  int64 // connections given back clean (to the *sql.DB, or kept for the next scope)
@@ -65,6 +69,25 @@ const (
 	numDiscardReasons
 )
 
+// WaitBuckets are the upper bounds of [Stats.WaitsWithin].
+var WaitBuckets = [...]time.Duration{
+	time.Millisecond, 5 * time.Millisecond, 25 * time.Millisecond,
+	100 * time.Millisecond, 500 * time.Millisecond, 2500 * time.Millisecond,
+}
+
+// noteWait counts a wait of d in its bucket (one atomic add: only callers
+// that queued pay it).
+func (c *counters) noteWait(d time.Duration) {
+	c.waitCount.Add(1)
+	c.waitNanos.Add(int64(d))
+	for i, b := range WaitBuckets {
+		if d <= b {
+			c.waitBuckets[i].Add(1)
+			return
+		}
+	}
+}
+
 type counters struct {
 	inUse, waiting, pinned       atomic.Int64
 	patient                      atomic.Int64 // of waiting: under Patient
@@ -72,6 +95,7 @@ type counters struct {
 	acquired, givenBack, retries atomic.Int64
 	resets, rolledBack, leaks    atomic.Int64
 	discarded                    [numDiscardReasons]atomic.Int64
+	waitBuckets                  [len(WaitBuckets)]atomic.Int64 // waits within WaitBuckets[i], not cumulative
 }
 
 // Stats returns a snapshot of the pool's counters. It is safe to call
@@ -79,7 +103,14 @@ type counters struct {
 func (p *Pool) Stats() Stats {
 	c := &p.c
 	d := func(r discardReason) int64 { return c.discarded[r].Load() }
+	var within [len(WaitBuckets)]int64
+	var n int64
+	for i := range within {
+		n += c.waitBuckets[i].Load()
+		within[i] = n
+	}
 	return Stats{
+		WaitsWithin:  within,
 		MaxWorkers:   p.opts.MaxWorkers,
 		InUse:        int(c.inUse.Load()),
 		Waiting:      int(c.waiting.Load()),

@@ -14,6 +14,10 @@ type family[S any] struct {
 	typ        prometheus.ValueType
 	label      string // the variable label, or ""
 	collect    func(s *S, emit func(v float64, labelValue ...string))
+
+	// hist, set for a histogram in place of collect, returns its count,
+	// sum and cumulative buckets.
+	hist func(s *S) (count uint64, sum float64, buckets map[float64]uint64)
 }
 
 func counter[S any](name, help string, v func(*S) int64) family[S] {
@@ -67,6 +71,11 @@ func (c *collector[S]) Collect(ch chan<- prometheus.Metric) {
 	s := c.snapshot()
 	for i, f := range c.families {
 		d := c.descs[i]
+		if f.hist != nil {
+			n, sum, b := f.hist(&s)
+			ch <- prometheus.MustNewConstHistogram(d, n, sum, b)
+			continue
+		}
 		f.collect(&s, func(v float64, labelValue ...string) {
 			ch <- prometheus.MustNewConstMetric(d, f.typ, v, labelValue...)
 		})

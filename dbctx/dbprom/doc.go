@@ -55,16 +55,16 @@
 //	dbscope_groups_slow_total                 members dropped for falling behind
 //	dbscope_groups_gaps_total                 gap events queued to members
 //	dbscope_groups_reconnects_total           reconnections of the engine
-//	dbscope_groups_notification_queue_usage   gauge: pg_notification_queue_usage(), 0 to 1
+//	dbscope_groups_notification_queue_usage_ratio  gauge: pg_notification_queue_usage(), 0 to 1
 //
 // The queue usage is exported only for the PostgreSQL engine, once it
 // has been sampled.
 //
-// # Known gap: no wait-time histogram
+// A histogram, of the waits of the callers that queued:
 //
-// The pool counts waits and their total time, not their distribution:
-// rate(dbscope_wait_seconds_total[5m]) / rate(dbscope_waits_total[5m]) is
-// the mean wait for a slot, but no quantile of it can be computed from
-// these metrics. A histogram would need a hook in dbctx at every wait,
-// which this package, reading Stats() alone, does not have.
+//	dbscope_wait_seconds{le=…}   buckets dbctx.WaitBuckets: 1ms, 5ms, 25ms, 100ms, 500ms, 2.5s
+//
+// histogram_quantile(0.99, rate(dbscope_wait_seconds_bucket[5m])) is the
+// 99th percentile of the wait for a slot. The pool counts each wait in
+// its bucket with one atomic add, on the waiting path only.
 package dbprom

@@ -35,7 +35,7 @@ var groupsFamilies = []family[layerStats]{
 	counter("reconnects_total", "Reconnections of the engine.",
 		func(s *layerStats) int64 { return s.Reconnects }),
 	{
-		name: "notification_queue_usage",
+		name: "notification_queue_usage_ratio",
 		help: "PostgreSQL's pg_notification_queue_usage() as last sampled, 0 to 1: at 1, commits " +
 			"that NOTIFY fail. Absent for other engines and before the first sample.",
 		typ: prometheus.GaugeValue,

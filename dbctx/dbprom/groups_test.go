@@ -77,8 +77,8 @@ dbscope_groups_slow_total 0
 		c := dbprom.NewGroupsCollector(l, &dbprom.Options{Namespace: "app"})
 		dbtest.Eventually(t, "the queue usage to be sampled", func() bool { return l.Stats().QueueUsage >= 0 })
 		m := gather(t, c)
-		if u, ok := m["app_groups_notification_queue_usage"]; !ok || u < 0 || u > 1 {
-			t.Errorf("app_groups_notification_queue_usage = %v (exported: %t), want 0 to 1", u, ok)
+		if u, ok := m["app_groups_notification_queue_usage_ratio"]; !ok || u < 0 || u > 1 {
+			t.Errorf("app_groups_notification_queue_usage_ratio = %v (exported: %t), want 0 to 1", u, ok)
 		}
 		if len(m) != 8 {
 			t.Errorf("%d series, want 8: %v", len(m), m)

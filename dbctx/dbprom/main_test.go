@@ -1,6 +1,7 @@
 package dbprom_test
 
 import (
+	"fmt"
 	"testing"
 
 	"github.com/dbscope/dbscope/internal/pgtest"
@@ -42,6 +43,16 @@ func gather(t *testing.T, c prometheus.Collector) map[string]float64 {
 				out[key] = m.Counter.GetValue()
 			case m.Gauge != nil:
 				out[key] = m.Gauge.GetValue()
+			case m.Histogram != nil:
+				// name_count, name_sum and name_bucket{le="…"}, as the
+				// text format has them (no other labels: the pool's
+				// histogram is tested without ConstLabels).
+				h := m.Histogram
+				out[mf.GetName()+"_count"] = float64(h.GetSampleCount())
+				out[mf.GetName()+"_sum"] = h.GetSampleSum()
+				for _, b := range h.GetBucket() {
+					out[fmt.Sprintf("%s_bucket{le=%q}", mf.GetName(), fmt.Sprint(b.GetUpperBound()))] = float64(b.GetCumulativeCount())
+				}
 			default:
 				t.Fatalf("%s: neither a counter nor a gauge", key)
 			}

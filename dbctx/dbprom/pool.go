@@ -57,6 +57,17 @@ var poolFamilies = []family[stats]{
 			emit(s.WaitDuration.Seconds())
 		},
 	},
+	{
+		name: "wait_seconds",
+		help: "Time callers that queued for a worker slot waited, as a histogram (buckets: dbctx.WaitBuckets).",
+		hist: func(s *stats) (uint64, float64, map[float64]uint64) {
+			b := make(map[float64]uint64, len(dbctx.WaitBuckets))
+			for i, le := range dbctx.WaitBuckets {
+				b[le.Seconds()] = uint64(s.WaitsWithin[i])
+			}
+			return uint64(s.WaitCount), s.WaitDuration.Seconds(), b
+		},
+	},
 	counter("busy_total", "Callers refused with dbctx.ErrBusy: the wait queue was full or the wait timed out.",
 		func(s *stats) int64 { return s.Busy }),
 	counter("acquired_total", "Connections pinned by scopes.",

@@ -3,6 +3,7 @@ package dbprom_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"strings"
@@ -119,8 +120,8 @@ dbscope_waits_total{pool="primary"} 0
 	if _, ok := m[`dbscope_kept_connections{pool="primary"}`]; !ok {
 		t.Error("dbscope_kept_connections not exported")
 	}
-	if n := len(m); n != 14+8 {
-		t.Errorf("%d series, want 14 and the 8 reasons of discarded_total: %v", n, m)
+	if n := len(m); n != 14+8+2+len(dbctx.WaitBuckets) {
+		t.Errorf("%d series, want 14, the 8 reasons of discarded_total and the wait histogram: %v", n, m)
 	}
 
 	lint(t, c)
@@ -167,4 +168,50 @@ dbscope_slots{pool="replica"} 5
 			dbprom.NewCollector(p, &dbprom.Options{ConstLabels: labels})
 		}()
 	}
+}
+
+// The wait histogram counts the callers that queued, each in its bucket:
+// one caller waits while another holds the only slot until the waiter is
+// queued (Stats says so), then lets go.
+func TestWaitHistogram(t *testing.T) {
+	t.Parallel()
+	p, _ := dbtest.NewPool(t, &dbctx.Options{MaxWorkers: 1})
+	c := dbprom.NewCollector(p, nil)
+	ctx := context.Background()
+	waited := make(chan error, 1)
+	err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+		go func() { waited <- p.Do(context.Background(), selectOne) }()
+		dbtest.Eventually(t, "the second caller to queue", func() bool { return p.Stats().Waiting == 1 })
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := <-waited; err != nil {
+		t.Fatal(err)
+	}
+	m, st := gather(t, c), p.Stats()
+	if m["dbscope_wait_seconds_count"] != 1 || st.WaitCount != 1 {
+		t.Fatalf("histogram count %v, Stats.WaitCount %d; want 1", m["dbscope_wait_seconds_count"], st.WaitCount)
+	}
+	if m["dbscope_wait_seconds_sum"] != st.WaitDuration.Seconds() {
+		t.Errorf("sum %v, Stats says %v", m["dbscope_wait_seconds_sum"], st.WaitDuration.Seconds())
+	}
+	prev := 0.0
+	for i, le := range dbctx.WaitBuckets {
+		key := fmt.Sprintf("dbscope_wait_seconds_bucket{le=%q}", fmt.Sprint(le.Seconds()))
+		v, ok := m[key]
+		if !ok || v < prev || v != float64(st.WaitsWithin[i]) {
+			t.Errorf("%s = %v (exported %t), Stats says %d, previous bucket %v", key, v, ok, st.WaitsWithin[i], prev)
+		}
+		want := 0.0
+		if st.WaitDuration <= le {
+			want = 1
+		}
+		if v != want {
+			t.Errorf("%s = %v for one wait of %v", key, v, st.WaitDuration)
+		}
+		prev = v
+	}
+	lint(t, c)
 }
