@@ -6,17 +6,21 @@ import (
 	"testing"
 
 	"github.com/dbscope/dbscope/dbctx"
-	"github.com/dbscope/dbscope/internal/pgtest"
 )
 
-// twoPools returns pools over two databases of the same server: env's
-// and a second one.
-func twoPools(t *testing.T) (p1, p2 *dbctx.Pool, env *pgtest.Env) {
+// twoPools returns pools over two databases of the same server (env's
+// and a second one), and a context carrying a scope of each (p2's
+// innermost), with ctx1 carrying p1's alone; the scopes end with the test.
+func twoPools(t *testing.T) (p1, p2 *dbctx.Pool, ctx1, ctx context.Context, s1, s2 *dbctx.Scope) {
 	t.Helper()
-	env = newEnv(t)
+	env := newEnv(t)
 	p1 = poolOn(t, env, env.Open(t), &dbctx.Options{MaxWorkers: 2})
 	p2 = poolOn(t, env, openDSN(t, env.Database(t)), &dbctx.Options{MaxWorkers: 2})
-	return p1, p2, env
+	ctx1, s1 = p1.Scope(context.Background())
+	ctx, s2 = p2.Scope(ctx1)
+	t.Cleanup(s1.End) // before the pools' checks, which run after
+	t.Cleanup(s2.End)
+	return p1, p2, ctx1, ctx, s1, s2
 }
 
 func currentDB(ctx context.Context, t *testing.T, s *dbctx.Scope) string {
@@ -33,11 +37,7 @@ func currentDB(ctx context.Context, t *testing.T, s *dbctx.Scope) string {
 // CloseOld cleans up both.
 func TestScopesOfTwoPools(t *testing.T) {
 	t.Parallel()
-	p1, p2, _ := twoPools(t)
-	ctx1, s1 := p1.Scope(context.Background())
-	ctx, s2 := p2.Scope(ctx1)
-	defer s1.End()
-	defer s2.End()
+	p1, p2, ctx1, ctx, s1, s2 := twoPools(t)
 	if dbctx.From(ctx) != s2 || p1.From(ctx) != s1 || p2.From(ctx) != s2 || p2.From(ctx1) != nil {
 		t.Fatal("the pools do not find their own scopes")
 	}
@@ -60,11 +60,7 @@ func TestScopesOfTwoPools(t *testing.T) {
 // never given back in between.
 func TestDoLeavesOtherPoolsScope(t *testing.T) {
 	t.Parallel()
-	p1, p2, _ := twoPools(t)
-	ctx1, s1 := p1.Scope(context.Background())
-	ctx, s2 := p2.Scope(ctx1)
-	defer s1.End()
-	defer s2.End()
+	p1, p2, _, ctx, s1, s2 := twoPools(t)
 	if _, err := s2.ExecContext(ctx, "SET application_name = 'kept'"); err != nil {
 		t.Fatal(err)
 	}
@@ -99,11 +95,7 @@ func TestDoLeavesOtherPoolsScope(t *testing.T) {
 // of work was using, and frees both slots.
 func TestPanicDiscardsBothPools(t *testing.T) {
 	t.Parallel()
-	p1, p2, _ := twoPools(t)
-	ctx1, s1 := p1.Scope(context.Background())
-	ctx, s2 := p2.Scope(ctx1)
-	defer s1.End()
-	defer s2.End()
+	p1, p2, _, ctx, s1, s2 := twoPools(t)
 	err := p1.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
 		currentDB(ctx, t, s)
 		currentDB(ctx, t, p2.From(ctx))
@@ -128,11 +120,7 @@ func TestPanicDiscardsBothPools(t *testing.T) {
 // on a fresh scope of it, and the other pool's still refuses there.
 func TestAsyncCoversEveryPool(t *testing.T) {
 	t.Parallel()
-	p1, p2, _ := twoPools(t)
-	ctx1, s1 := p1.Scope(context.Background())
-	ctx2, s2 := p2.Scope(ctx1)
-	defer s1.End()
-	defer s2.End()
+	p1, p2, _, ctx2, s1, _ := twoPools(t)
 	ctx := dbctx.Async(ctx2)
 	for i, p := range []*dbctx.Pool{p1, p2} {
 		if _, err := p.From(ctx).ExecContext(ctx, "SELECT 1"); !errors.Is(err, dbctx.ErrAsyncContext) {

@@ -1,7 +1,6 @@
 package middleware_test
 
 import (
-	"database/sql"
 	"fmt"
 	"net/http"
 	"sync/atomic"
@@ -18,16 +17,7 @@ import (
 func TestTwoPools(t *testing.T) {
 	t.Parallel()
 	p1, env := newPool(t, nil)
-	db2, err := sql.Open("pgx", env.Database(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db2.Close() })
-	p2 := dbctx.New(db2, nil)
-	t.Cleanup(func() {
-		dbtest.Clean(t, p2, env)
-		p2.Close()
-	})
+	p2 := dbtest.NewSecondPool(t, env, nil)
 	var panics atomic.Int64 // net/http's client may retry the request
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ctx := r.Context()

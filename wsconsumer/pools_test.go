@@ -2,7 +2,6 @@ package wsconsumer_test
 
 import (
 	"context"
-	"database/sql"
 	"fmt"
 	"testing"
 
@@ -22,16 +21,7 @@ func TestTwoPools(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			p1, env := dbtest.NewPool(t, nil)
-			db2, err := sql.Open("pgx", env.Database(t))
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { db2.Close() })
-			p2 := dbctx.New(db2, nil)
-			t.Cleanup(func() {
-				dbtest.Clean(t, p2, env)
-				p2.Close()
-			})
+			p2 := dbtest.NewSecondPool(t, env, nil)
 			currentDB := func(ctx context.Context, p *dbctx.Pool) (string, error) {
 				var db string
 				query := func(ctx context.Context, s *dbctx.Scope) error {

@@ -5,6 +5,7 @@ package dbtest
 
 import (
 	"context"
+	"database/sql"
 	"testing"
 	"time"
 
@@ -24,6 +25,24 @@ func NewPool(t testing.TB, opts *dbctx.Options) (*dbctx.Pool, *pgtest.Env) {
 		p.Close()
 	})
 	return p, env
+}
+
+// NewSecondPool returns a pool over a second database of env's server
+// (pgtest.Env.Database), checked as NewPool's is: for tests of one unit
+// of work on two databases.
+func NewSecondPool(t testing.TB, env *pgtest.Env, opts *dbctx.Options) *dbctx.Pool {
+	t.Helper()
+	db, err := sql.Open("pgx", env.Database(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	p := dbctx.New(db, opts)
+	t.Cleanup(func() {
+		Clean(t, p, env)
+		p.Close()
+	})
+	return p
 }
 
 // Clean fails t unless the pool holds nothing and nothing of env's is
