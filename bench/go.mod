@@ -1,0 +1,21 @@
+module github.com/dbscope/dbscope/bench
+
+go 1.26.8
+
+// The benchmarks run against the code beside them.
+replace github.com/dbscope/dbscope => ../
+
+require (
+	github.com/coder/websocket v1.8.15
+	github.com/dbscope/dbscope v0.0.0-00010101000000-000000000000
+	github.com/jackc/pgx/v5 v5.12.0
+)
+
+require (
+	github.com/jackc/pgpassfile v1.0.0 // indirect
+	github.com/jackc/pgservicefile v0.0.0-20240606120523-5a60cdf6a761 // indirect
+	github.com/jackc/puddle/v2 v2.2.3 // indirect
+	go.uber.org/goleak v1.3.0 // indirect
+	golang.org/x/sync v0.22.0 // indirect
+	golang.org/x/text v0.41.0 // indirect
+)
