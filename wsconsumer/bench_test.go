@@ -13,6 +13,7 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/groups"
 	"github.com/dbscope/dbscope/internal/pgtest"
 	"github.com/dbscope/dbscope/wsconsumer"
 )
@@ -268,3 +269,80 @@ func serveB(b *testing.B, h http.Handler) string {
 	})
 	return "ws" + srv.URL[len("http"):]
 }
+
+// benchIdleMembers opens 5,000 idle sockets, then has each join one group
+// (the memory layer), and reports what joining added per socket, at rest:
+// live objects and stacks, and goroutines (an idle member should hold
+// none).
+//
+//	go test -run x -bench IdleMembers -benchtime 1x ./wsconsumer
+func benchIdleMembers(b *testing.B, style func(*dbctx.Pool, wsconsumer.Consumer, *wsconsumer.Options) *wsconsumer.Handler) {
+	const sockets = 5000
+	layer, err := groups.New(groups.NewMemory(), nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer layer.Close()
+	p := dbctx.New(pgtest.New(b).Open(b), nil)
+	defer p.Close()
+	receive := func(ctx context.Context, s *wsconsumer.Session, _ websocket.MessageType, data []byte) error {
+		if string(data) == "join" {
+			if err := s.Join(ctx, "room"); err != nil {
+				return err
+			}
+		}
+		return s.SendText(ctx, "ok")
+	}
+	url := serveB(b, style(p, wsconsumer.Consumer{Receive: receive}, &wsconsumer.Options{Layer: layer}))
+	for b.Loop() {
+	}
+	ctx := context.Background()
+	conns := make([]*websocket.Conn, sockets)
+	each := func(f func(c **websocket.Conn)) {
+		var wg sync.WaitGroup
+		for w := range 8 {
+			wg.Go(func() {
+				for i := w; i < sockets; i += 8 {
+					f(&conns[i])
+				}
+			})
+		}
+		wg.Wait()
+	}
+	each(func(c **websocket.Conn) {
+		var err error
+		if *c, _, err = websocket.Dial(ctx, url, nil); err != nil {
+			b.Error(err)
+			return
+		}
+		(*c).Write(ctx, websocket.MessageText, []byte("hello"))
+		(*c).Read(ctx)
+	})
+	measure := func() (live uint64, goroutines int) {
+		settle()
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return ms.HeapAlloc + ms.StackInuse, runtime.NumGoroutine()
+	}
+	live0, g0 := measure()
+	each(func(c **websocket.Conn) {
+		(*c).Write(ctx, websocket.MessageText, []byte("join"))
+		(*c).Read(ctx)
+	})
+	live1, g1 := measure()
+	if st := layer.Stats(); st.Members != sockets {
+		b.Fatalf("%d members, want %d", st.Members, sockets)
+	}
+	b.ReportMetric((float64(live1)-float64(live0))/sockets, "live-B/member")
+	b.ReportMetric(float64(g1-g0), "goroutines")
+	b.ReportMetric(float64(p.Stats().Pinned), "pinned")
+	for _, c := range conns {
+		if c != nil {
+			c.CloseNow()
+		}
+	}
+}
+
+func BenchmarkIdleMembersSync(b *testing.B)  { benchIdleMembers(b, wsconsumer.NewSync) }
+func BenchmarkIdleMembersAsync(b *testing.B) { benchIdleMembers(b, wsconsumer.NewAsync) }
