@@ -30,6 +30,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"time"
 
@@ -59,6 +60,7 @@ func main() {
 	flag.StringVar(&room.Endpoint, "endpoint", "room", "room workload: room (with the lookup) or fanout")
 	flag.StringVar(&room.Room, "room", "bench", "room workload: the room's name")
 	urls := flag.String("urls", "", "room workload: the instances' base URLs, comma-separated (default -url)")
+	pids := flag.String("server-pids", "", "room workload: the instances' process ids, comma-separated (for server_cpu_us_per_delivery)")
 	apps := flag.String("apps", "", "room workload: the application_name of each instance's connections, comma-separated (for peak_db_conns)")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
@@ -70,6 +72,11 @@ func main() {
 		}
 		if *apps != "" {
 			room.Apps = strings.Split(*apps, ",")
+		}
+		for _, p := range strings.Split(*pids, ",") {
+			if n, err := strconv.Atoi(p); err == nil {
+				room.ServerPIDs = append(room.ServerPIDs, n)
+			}
 		}
 		room.Messages, room.Label, room.SampleEvery = cfg.Messages, cfg.Label, cfg.SampleEvery
 		if err := runRoom(ctx, room, *wait); err != nil {

@@ -34,13 +34,15 @@ import (
 
 func main() {
 	var cfg itemserver.Config
-	flag.StringVar(&cfg.Mode, "mode", "sync", "raw, sync, async or atomic")
+	flag.StringVar(&cfg.Mode, "mode", "sync", "raw, sync, async, atomic, pgx or pgxpool")
 	flag.StringVar(&cfg.Addr, "addr", "127.0.0.1:8090", "listen address")
 	flag.StringVar(&cfg.App, "app", "dbscope-bench-server", "application_name of the server's database connections")
 	flag.IntVar(&cfg.MaxWorkers, "max-workers", 0, "worker slots and max open connections (default: $DBCTX_MAX_WORKERS, else min(32, NumCPU+4))")
 	flag.DurationVar(&cfg.WaitTimeout, "wait-timeout", 0, "how long a caller waits for a slot (default 2s)")
-	flag.StringVar(&cfg.Layer, "layer", "memory", "groups engine of /ws/room and /ws/fanout in the dbscope modes: memory or postgres")
+	flag.StringVar(&cfg.Layer, "layer", "memory", "groups engine of /ws/room and /ws/fanout in the dbscope modes: memory, postgres or nats")
 	flag.StringVar(&cfg.ListenDSN, "listen-dsn", "", "the postgres layer's listener connection (default: the database's)")
+	flag.BoolVar(&cfg.RawNATS, "nats", false, "raw mode: carry the rooms between instances over NATS (a subscription per room)")
+	flag.StringVar(&cfg.NATSURL, "nats-url", "", "the NATS server of -nats and -layer nats (default nats://127.0.0.1:4222)")
 	flag.BoolVar(&cfg.TestOps, "test-ops", false, `honor "sleep" in messages (?sleep= in HTTP): for fault tests`)
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	flag.Parse()

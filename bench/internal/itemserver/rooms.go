@@ -4,12 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"strings"
 	"sync"
 
 	"github.com/coder/websocket"
 	"github.com/dbscope/dbscope/dbctx"
 	"github.com/dbscope/dbscope/groups"
 	"github.com/dbscope/dbscope/wsconsumer"
+	"github.com/nats-io/nats.go"
 )
 
 // The room workload: a socket of /ws/room/{name} joins the group name;
@@ -80,9 +82,75 @@ func (s *Server) roomConsumer(lookupItem bool) wsconsumer.Consumer {
 // of members, each with a buffered channel of messages and a goroutine
 // that takes them, looks the item up on the plain *sql.DB, and writes.
 // A member whose channel is full is dropped.
+//
+// With Config.RawNATS the rooms go between instances over NATS, as a
+// hand-written server would carry them: one subscription per room per
+// instance (subject bench.raw.<room>), made for its first member here and
+// dropped with its last; a frame is published there, and what arrives is
+// fanned out to the members here.
 type rawRooms struct {
 	mu    sync.Mutex
 	rooms map[string]map[*rawMember]struct{}
+	nc    *nats.Conn                    // with RawNATS
+	subs  map[string]*nats.Subscription // with RawNATS: a room's, while it has members here
+}
+
+// join adds m to room.
+func (rr *rawRooms) join(room string, m *rawMember) error {
+	rr.mu.Lock()
+	defer rr.mu.Unlock()
+	if rr.rooms[room] == nil {
+		if rr.nc != nil {
+			sub, err := rr.nc.Subscribe("bench.raw."+room, func(msg *nats.Msg) { rr.fanout(room, msg.Data) })
+			if err == nil {
+				err = rr.nc.Flush() // the server has the interest: nothing sent from now on is missed
+			}
+			if err != nil {
+				return err
+			}
+			rr.subs[room] = sub
+		}
+		rr.rooms[room] = map[*rawMember]struct{}{}
+	}
+	rr.rooms[room][m] = struct{}{}
+	return nil
+}
+
+// leave takes m out of room.
+func (rr *rawRooms) leave(room string, m *rawMember) {
+	rr.mu.Lock()
+	defer rr.mu.Unlock()
+	delete(rr.rooms[room], m)
+	if len(rr.rooms[room]) == 0 {
+		delete(rr.rooms, room)
+		if sub := rr.subs[room]; sub != nil {
+			sub.Unsubscribe()
+			delete(rr.subs, room)
+		}
+	}
+}
+
+// send sends a frame to room: over NATS, or to the members here.
+func (rr *rawRooms) send(room string, data []byte) error {
+	if rr.nc != nil {
+		return rr.nc.Publish("bench.raw."+room, data)
+	}
+	rr.fanout(room, data)
+	return nil
+}
+
+// fanout hands data to every member of room here; one whose channel is
+// full is dropped.
+func (rr *rawRooms) fanout(room string, data []byte) {
+	rr.mu.Lock()
+	defer rr.mu.Unlock()
+	for o := range rr.rooms[room] {
+		select {
+		case o.send <- data:
+		default:
+			o.c.CloseNow() // too slow
+		}
+	}
 }
 
 type rawMember struct {
@@ -94,6 +162,10 @@ func (s *Server) rawRoom(lookupItem bool) http.Handler {
 	db := s.db
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		room := r.PathValue("name")
+		if groups.CheckGroup(room) != nil || strings.Contains(room, ".") {
+			http.Error(w, "bad room name", http.StatusBadRequest)
+			return
+		}
 		c, err := websocket.Accept(w, r, nil)
 		if err != nil {
 			return
@@ -107,20 +179,13 @@ func (s *Server) rawRoom(lookupItem bool) http.Handler {
 		ctx := context.WithoutCancel(r.Context())
 		m := &rawMember{c: c, send: make(chan []byte, 256)}
 		rr := s.rawRooms
-		rr.mu.Lock()
-		if rr.rooms[room] == nil {
-			rr.rooms[room] = map[*rawMember]struct{}{}
+		if err := rr.join(room, m); err != nil {
+			c.Close(websocket.StatusInternalError, "join failed")
+			return
 		}
-		rr.rooms[room][m] = struct{}{}
-		rr.mu.Unlock()
 		done := make(chan struct{})
 		defer func() {
-			rr.mu.Lock()
-			delete(rr.rooms[room], m)
-			if len(rr.rooms[room]) == 0 {
-				delete(rr.rooms, room)
-			}
-			rr.mu.Unlock()
+			rr.leave(room, m)
 			close(done)
 		}()
 		go func() { // the member's writer
@@ -150,15 +215,9 @@ func (s *Server) rawRoom(lookupItem bool) http.Handler {
 			if err != nil {
 				return
 			}
-			rr.mu.Lock()
-			for o := range rr.rooms[room] {
-				select {
-				case o.send <- data:
-				default:
-					o.c.CloseNow() // too slow
-				}
+			if rr.send(room, data) != nil {
+				return
 			}
-			rr.mu.Unlock()
 		}
 	})
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/dbscope/dbscope/middleware"
 	"github.com/dbscope/dbscope/wsconsumer"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go"
 	_ "github.com/jackc/pgx/v5/stdlib" // the "pgx" database/sql driver
 )
 
@@ -63,6 +64,14 @@ type Config struct {
 	// ListenDSN, default DSN). The raw mode's rooms are always in-process.
 	Layer     string
 	ListenDSN string
+
+	// NATSURL is the NATS server of the raw mode's rooms (RawNATS) and of
+	// the nats layer. Default: nats://127.0.0.1:4222.
+	NATSURL string
+
+	// RawNATS carries the raw mode's rooms between instances over NATS
+	// (see rawRooms), as a hand-written server would.
+	RawNATS bool
 
 	// TestOps honors the "sleep" field of messages (?sleep= on HTTP):
 	// the query holds its connection that long. For fault tests only.
@@ -146,6 +155,13 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		mux.HandleFunc("GET /items/{id}", s.rawHTTP)
 		if cfg.Mode == "raw" {
 			s.rawRooms = &rawRooms{rooms: map[string]map[*rawMember]struct{}{}}
+			if cfg.RawNATS {
+				if s.rawRooms.nc, err = nats.Connect(cfg.natsURL(), nats.MaxReconnects(-1)); err != nil {
+					db.Close()
+					return nil, fmt.Errorf("itemserver: NATS: %w", err)
+				}
+				s.rawRooms.subs = map[string]*nats.Subscription{}
+			}
 			mux.Handle("GET /ws/room/{name}", s.rawRoom(true))
 			mux.Handle("GET /ws/fanout/{name}", s.rawRoom(false))
 		}
@@ -230,6 +246,13 @@ func (s *Server) newLayer(ctx context.Context) (*groups.Layer, error) {
 	return groups.New(e, &groups.Options{Logger: s.cfg.Logger})
 }
 
+func (c *Config) natsURL() string {
+	if c.NATSURL == "" {
+		return nats.DefaultURL
+	}
+	return c.NATSURL
+}
+
 // Layer returns the room endpoints' layer, nil in raw mode.
 func (s *Server) Layer() *groups.Layer { return s.layer }
 
@@ -307,6 +330,9 @@ func (s *Server) closeDB() {
 	}
 	if s.pgxp != nil {
 		s.pgxp.Close()
+	}
+	if s.rawRooms != nil && s.rawRooms.nc != nil {
+		s.rawRooms.nc.Close()
 	}
 	s.db.Close()
 }

@@ -51,6 +51,9 @@ type RoomConfig struct {
 	Admin       *sql.DB
 	Apps        []string
 	SampleEvery time.Duration
+
+	// ServerPIDs, the instances' process ids, give ServerCPUPerDelivery.
+	ServerPIDs []int
 }
 
 // RoomResult is what a room run measured, printed as one JSON line.
@@ -76,6 +79,10 @@ type RoomResult struct {
 	DialErrors    int64    `json:"dial_errors"`
 	SenderTimeout int64    `json:"sender_timeouts"`
 	PeakDBConns   int64    `json:"peak_db_conns"` // of one instance, the most seen (with Admin and Apps)
+	// ServerCPUPerDelivery is the instances' CPU time (user and system,
+	// all their threads, summed) while the senders ran, over deliveries,
+	// in µs (with ServerPIDs).
+	ServerCPUPerDelivery float64 `json:"server_cpu_us_per_delivery,omitempty"`
 	FirstErrors   []string `json:"first_errors,omitempty"`
 }
 
@@ -211,6 +218,7 @@ func RunRoom(ctx context.Context, cfg RoomConfig) (RoomResult, error) {
 		})
 	}
 	stopSampling := sampleConns(ctx, cfg, &res.PeakDBConns)
+	cpu0 := serversCPU(cfg.ServerPIDs)
 	start := time.Now()
 	var senders sync.WaitGroup
 	var sent, timeouts atomic.Int64
@@ -265,6 +273,7 @@ func RunRoom(ctx context.Context, cfg RoomConfig) (RoomResult, error) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	res.Seconds = time.Since(start).Seconds()
+	cpu1 := serversCPU(cfg.ServerPIDs)
 	stopSampling()
 	stopReading()
 	readers.Wait()
@@ -272,6 +281,9 @@ func RunRoom(ctx context.Context, cfg RoomConfig) (RoomResult, error) {
 	res.Sent = sent.Load()
 	res.Deliveries = deliveries.Load()
 	res.DeliveriesPS = float64(res.Deliveries) / res.Seconds
+	if cpu0 >= 0 && cpu1 >= 0 && res.Deliveries > 0 && len(cfg.ServerPIDs) > 0 {
+		res.ServerCPUPerDelivery = float64(cpu1-cpu0) * 1e6 / clockTicks / float64(res.Deliveries)
+	}
 	for i := range conns {
 		if conns[i] == nil {
 			continue
@@ -334,4 +346,18 @@ func sampleConns(ctx context.Context, cfg RoomConfig, peak *int64) (stop func())
 		}
 	}()
 	return func() { cancel(); <-done }
+}
+
+// serversCPU is the CPU time of every process of pids, in clock ticks, or
+// -1 if one cannot be read.
+func serversCPU(pids []int) int64 {
+	var n int64
+	for _, pid := range pids {
+		t := cpuTicks(pid)
+		if t < 0 {
+			return -1
+		}
+		n += t
+	}
+	return n
 }
