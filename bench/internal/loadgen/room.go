@@ -65,25 +65,25 @@ type RoomResult struct {
 	Senders   int    `json:"senders"`
 	Messages  int    `json:"messages_per_sender"`
 
-	Sent          int64    `json:"sent"`
-	Deliveries    int64    `json:"deliveries"` // frames members got, duplicates included
-	Seconds       float64  `json:"seconds"`
-	DeliveriesPS  float64  `json:"deliveries_per_s"`
-	P50Micros     int64    `json:"p50_us"` // from the send to each delivery
-	P99Micros     int64    `json:"p99_us"`
-	MaxMicros     int64    `json:"max_us"`
-	Lost          int64    `json:"lost"`       // deliveries expected and never made
-	Duplicated    int64    `json:"duplicated"` // deliveries made twice or more
-	Wrong         int64    `json:"wrong"`      // a name that is not item-<id>, or a frame not ours
-	Broken        int64    `json:"broken_sockets"`
-	DialErrors    int64    `json:"dial_errors"`
-	SenderTimeout int64    `json:"sender_timeouts"`
-	PeakDBConns   int64    `json:"peak_db_conns"` // of one instance, the most seen (with Admin and Apps)
+	Sent          int64   `json:"sent"`
+	Deliveries    int64   `json:"deliveries"` // frames members got, duplicates included
+	Seconds       float64 `json:"seconds"`
+	DeliveriesPS  float64 `json:"deliveries_per_s"`
+	P50Micros     int64   `json:"p50_us"` // from the send to each delivery
+	P99Micros     int64   `json:"p99_us"`
+	MaxMicros     int64   `json:"max_us"`
+	Lost          int64   `json:"lost"`       // deliveries expected and never made
+	Duplicated    int64   `json:"duplicated"` // deliveries made twice or more
+	Wrong         int64   `json:"wrong"`      // a name that is not item-<id>, or a frame not ours
+	Broken        int64   `json:"broken_sockets"`
+	DialErrors    int64   `json:"dial_errors"`
+	SenderTimeout int64   `json:"sender_timeouts"`
+	PeakDBConns   int64   `json:"peak_db_conns"` // of one instance, the most seen (with Admin and Apps)
 	// ServerCPUPerDelivery is the instances' CPU time (user and system,
 	// all their threads, summed) while the senders ran, over deliveries,
 	// in µs (with ServerPIDs).
-	ServerCPUPerDelivery float64 `json:"server_cpu_us_per_delivery,omitempty"`
-	FirstErrors   []string `json:"first_errors,omitempty"`
+	ServerCPUPerDelivery float64  `json:"server_cpu_us_per_delivery,omitempty"`
+	FirstErrors          []string `json:"first_errors,omitempty"`
 }
 
 type roomMsg struct {
