@@ -8,6 +8,7 @@ import (
 
 	"github.com/dbscope/dbscope/examples/internal/chatserver"
 	"github.com/dbscope/dbscope/examples/internal/chattest"
+	"github.com/dbscope/dbscope/groups/natslayer/natstest"
 	"github.com/dbscope/dbscope/internal/pgtest"
 )
 
@@ -50,4 +51,14 @@ func TestBrowser(t *testing.T) {
 	t.Parallel()
 	s := start(t)
 	chattest.Browser(t, s, s.Another(t, runOn))
+}
+
+func TestTwoInstancesNATS(t *testing.T) {
+	t.Parallel()
+	nats := natstest.Start(t)
+	runOnNATS := func(ctx context.Context, ln net.Listener, dsn, listenDSN string, log *slog.Logger) error {
+		return run(ctx, chatserver.Config{Listener: ln, DSN: dsn, Layer: nats.URL, Log: log})
+	}
+	s := chattest.Start(t, runOnNATS)
+	chattest.TwoInstancesNATS(t, s, s.Another(t, runOnNATS), nats)
 }

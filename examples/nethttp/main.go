@@ -6,9 +6,12 @@
 //
 //	go run ./examples/nethttp            # http://127.0.0.1:8080
 //	go run ./examples/nethttp -addr :9000
+//	go run ./examples/nethttp -layer nats://127.0.0.1:4222   # rooms over NATS
 //
 // It uses $DATABASE_URL; without it the local server at 127.0.0.1:5432,
-// and without that a throwaway cluster it removes on exit.
+// and without that a throwaway cluster it removes on exit. The rooms are
+// shared by the instances through PostgreSQL LISTEN/NOTIFY, or with
+// -layer through NATS.
 package main
 
 import (
@@ -28,11 +31,13 @@ import (
 
 func main() {
 	addr := flag.String("addr", chatserver.EnvOr("ADDR", "127.0.0.1:8080"), "listen address (env ADDR)")
+	layer := flag.String("layer", chatserver.EnvOr("LAYER", "postgres"),
+		"what carries the rooms between instances: postgres, memory or a NATS URL such as nats://127.0.0.1:4222 (env LAYER)")
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, chatserver.Config{Addr: *addr, Log: log}); err != nil {
+	if err := run(ctx, chatserver.Config{Addr: *addr, Layer: *layer, Log: log}); err != nil {
 		fmt.Fprintln(os.Stderr, "nethttp:", err)
 		os.Exit(1)
 	}

@@ -17,6 +17,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/coder/websocket"
@@ -24,6 +25,7 @@ import (
 	"github.com/dbscope/dbscope/dbctx/dbprom"
 	"github.com/dbscope/dbscope/examples/internal/chat"
 	"github.com/dbscope/dbscope/groups"
+	"github.com/dbscope/dbscope/groups/natslayer"
 	"github.com/dbscope/dbscope/internal/pgserver"
 	"github.com/dbscope/dbscope/middleware"
 	"github.com/dbscope/dbscope/wsconsumer"
@@ -43,7 +45,13 @@ type Config struct {
 	// PostgreSQL where DSN goes through PgBouncer. "": $LISTEN_DATABASE_URL,
 	// else DSN.
 	ListenDSN string
-	Log       *slog.Logger
+	// Layer is the engine that carries the rooms between instances:
+	// "postgres" (LISTEN/NOTIFY on the database, the default: "" too),
+	// "memory" (this instance alone) or a NATS URL, such as
+	// nats://127.0.0.1:4222 (more than one, comma-separated, for a
+	// cluster). The examples' -layer flag, or $LAYER.
+	Layer string
+	Log   *slog.Logger
 }
 
 // Run serves the application until ctx is canceled, with the handler
@@ -81,21 +89,11 @@ func Run(ctx context.Context, cfg Config, routes func(*App) http.Handler) error 
 	}); err != nil {
 		return fmt.Errorf("create schema: %w", err)
 	}
-	// The rooms are groups, carried between instances by PostgreSQL
-	// LISTEN/NOTIFY: run two on two ports and they share the rooms. The
-	// schema is the namespace: apps (or tests) in other schemas of the
-	// database do not hear them.
-	listen := cfg.ListenDSN
-	if listen == "" {
-		listen = EnvOr("LISTEN_DATABASE_URL", cfg.DSN)
+	engine, err := newEngine(ctx, cfg, db, pool)
+	if err != nil {
+		return err
 	}
-	var schema string
-	if err := db.QueryRowContext(ctx, "SELECT current_schema()").Scan(&schema); err != nil {
-		return fmt.Errorf("current schema: %w", err)
-	}
-	layer, err := groups.New(groups.NewPostgres(pool, &groups.PostgresOptions{
-		ListenDSN: listen, Namespace: schema, Logger: log,
-	}), &groups.Options{Logger: log})
+	layer, err := groups.New(engine, &groups.Options{Logger: log})
 	if err != nil {
 		return err
 	}
@@ -145,6 +143,36 @@ func Run(ctx context.Context, cfg Config, routes func(*App) http.Handler) error 
 	return nil // deferred: layer.Close, pool.Close, db.Close, the cluster's removal
 }
 
+// newEngine returns the engine of cfg.Layer. The rooms are groups,
+// carried between instances: run two on two ports and they share the
+// rooms.
+func newEngine(ctx context.Context, cfg Config, db *sql.DB, pool *dbctx.Pool) (groups.Engine, error) {
+	switch {
+	case cfg.Layer == "" || cfg.Layer == "postgres":
+		// PostgreSQL LISTEN/NOTIFY, on a listener's connection of its
+		// own. The schema is the namespace: apps (or tests) in other
+		// schemas of the database do not hear them.
+		listen := cfg.ListenDSN
+		if listen == "" {
+			listen = EnvOr("LISTEN_DATABASE_URL", cfg.DSN)
+		}
+		var schema string
+		if err := db.QueryRowContext(ctx, "SELECT current_schema()").Scan(&schema); err != nil {
+			return nil, fmt.Errorf("current schema: %w", err)
+		}
+		return groups.NewPostgres(pool, &groups.PostgresOptions{
+			ListenDSN: listen, Namespace: schema, Logger: cfg.Log,
+		}), nil
+	case cfg.Layer == "memory":
+		return groups.NewMemory(), nil
+	case strings.Contains(cfg.Layer, "://"):
+		// NATS: subjects chat.g.<room's group>; apps that share a NATS
+		// server need prefixes of their own.
+		return natslayer.Connect(cfg.Layer, &natslayer.Options{Prefix: "chat", Name: "chat", Logger: cfg.Log})
+	}
+	return nil, fmt.Errorf("layer %q: want postgres, memory or a NATS URL (nats://host:4222)", cfg.Layer)
+}
+
 // App holds the handlers and the websocket endpoints, for routes to mount.
 type App struct {
 	Pool    *dbctx.Pool
@@ -157,7 +185,8 @@ type App struct {
 	Metrics http.Handler
 	// Atomic is middleware.Atomic for POST /api/messages: it commits
 	// before the 201 goes out, and the room hears of the message then
-	// (its NOTIFY is part of the transaction).
+	// (over PostgreSQL its NOTIFY is part of the transaction; other
+	// engines publish at dbctx.OnCommit).
 	Atomic func(http.Handler) http.Handler
 	// RequestAttrs, if set, adds the router's own request attributes
 	// (request ID, client) to the log of a failed request.
@@ -190,8 +219,9 @@ func metrics(db *sql.DB, pool *dbctx.Pool, layer *groups.Layer, log *slog.Logger
 	})
 }
 
-// Ready answers GET /readyz: 200 while the rooms' listener is connected,
-// 503 while it is not (it reconnects by itself).
+// Ready answers GET /readyz: 200 while the rooms' engine is connected
+// (PostgreSQL's listener, NATS), 503 while it is not (it reconnects by
+// itself).
 func (a *App) Ready(w http.ResponseWriter, r *http.Request) {
 	if err := a.Layer.Ready(); err != nil {
 		http.Error(w, err.Error(), http.StatusServiceUnavailable)
@@ -252,8 +282,9 @@ func group(room string) string {
 }
 
 // publish tells every socket of m's room, on every instance, through the
-// layer: the message itself, or, where it is too large for a NOTIFY, its
-// id, for each receiving socket to read it.
+// layer: the message itself, or, where it is too large for the engine (a
+// NOTIFY's 8000 bytes, NATS's max_payload), its id, for each receiving
+// socket to read it.
 func (a *App) publish(ctx context.Context, m chat.Message) error {
 	data, err := json.Marshal(chat.MessageFrame(m))
 	if err != nil {
@@ -268,9 +299,9 @@ func (a *App) publish(ctx context.Context, m chat.Message) error {
 }
 
 // event is the Event callback of both endpoints: a message pushed to the
-// room goes to the socket as it is; one too large for a NOTIFY is read
-// first; after a gap (the layer's connection to PostgreSQL broke) the
-// socket gets the room's history again. In the sync style ctx carries the
+// room goes to the socket as it is; one too large for the engine is read
+// first; after a gap (the engine's connection broke, or it fell behind)
+// the socket gets the room's history again. In the sync style ctx carries the
 // socket's scope, closed-old before the query; in the async style the
 // query goes through dbctx.Do.
 func (a *App) event(ctx context.Context, s *wsconsumer.Session, e groups.Event) error {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/dbscope/dbscope/examples/internal/chat"
+	"github.com/dbscope/dbscope/groups/natslayer/natstest"
 )
 
 // Websockets checks both endpoints with real clients, each way round: a
@@ -93,7 +94,29 @@ func Websockets(t *testing.T, s *Server) {
 // terminated, the sockets get the room's history again (the gap), and
 // messages flow again once the listeners are back.
 func TwoInstances(t *testing.T, s1, s2 *Server) {
-	room := "two instances"
+	shareAndBreak(t, s1, s2, "two instances", func() {
+		if s1.env.Terminate(t) == 0 {
+			t.Fatal("no backend to terminate")
+		}
+	})
+}
+
+// TwoInstancesNATS is TwoInstances for two instances whose rooms go over
+// NATS (the examples' -layer nats://…), with nats-server killed in place
+// of the listeners' connections: meanwhile both answer /readyz with 503,
+// and once it is back on the same port they recover by themselves.
+func TwoInstancesNATS(t *testing.T, s1, s2 *Server, nats *natstest.Server) {
+	shareAndBreak(t, s1, s2, "over NATS", func() {
+		nats.Kill(t)
+		eventually(t, "both instances unready", func() bool { return !s1.ready() && !s2.ready() })
+		nats.Restart(t)
+	})
+}
+
+// shareAndBreak checks that messages said on s1 or posted to it reach
+// the sockets of room on s2, breaks the instances' engine with fault, and
+// checks the gap (the room's history again) and the recovery.
+func shareAndBreak(t *testing.T, s1, s2 *Server, room string, fault func()) {
 	a, _ := s1.Dial(t, "sync", room)
 	b, _ := s2.Dial(t, "sync", room)
 	c, _ := s2.Dial(t, "async", room)
@@ -107,15 +130,13 @@ func TwoInstances(t *testing.T, s1, s2 *Server) {
 			t.Fatalf("pushed %+v, posted %+v", m, posted)
 		}
 	}
-	if s1.env.Terminate(t) == 0 {
-		t.Fatal("no backend to terminate")
-	}
+	fault()
 	for _, conn := range []*websocket.Conn{b, c} {
 		if f := read(t, conn); f.Type != "history" || len(f.Messages) != 2 {
-			t.Fatalf("after the listener's connection broke: %+v, want the history of 2", f)
+			t.Fatalf("after the engine's connection broke: %+v, want the history of 2", f)
 		}
 	}
-	eventually(t, "instance 2 ready again", func() bool { return s2.ready() })
+	eventually(t, "both instances ready again", func() bool { return s1.ready() && s2.ready() })
 	send(t, a, chat.In{Type: "say", Author: "ann", Body: "after the gap"})
 	for _, conn := range []*websocket.Conn{b, c} {
 		for {

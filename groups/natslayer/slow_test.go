@@ -1,0 +1,253 @@
+package natslayer_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/dbscope/dbscope/groups"
+	"github.com/dbscope/dbscope/groups/natslayer"
+	"github.com/dbscope/dbscope/groups/natslayer/natstest"
+	"github.com/nats-io/nats.go"
+)
+
+// A member that does not keep up, on one instance, is told and dropped;
+// it delays nobody: the members of the other instance, and the fast one
+// beside it, get everything while it is still stuck.
+func TestSlowMember(t *testing.T) {
+	t.Parallel()
+	srv := natstest.Start(t)
+	ins := instances(t, srv, 2, nil)
+	ctx := context.Background()
+	block := make(chan struct{})
+	var told atomic.Int64
+	slow := ins[0].layer.NewMember(func(groups.Event) { <-block }, &groups.MemberOptions{
+		MaxQueue: 10,
+		OnSlow:   func() { told.Add(1) },
+	})
+	defer slow.Close()
+	if err := slow.Join(ctx, "g"); err != nil {
+		t.Fatal(err)
+	}
+	var fast []*recorder
+	for i := range 101 {
+		r := &recorder{}
+		m := ins[min(i, 1)].layer.NewMember(r.handle, nil) // one beside the slow member, 100 elsewhere
+		defer m.Close()
+		if err := m.Join(ctx, "g"); err != nil {
+			t.Fatal(err)
+		}
+		fast = append(fast, r)
+	}
+	const msgs = 500
+	for k := 1; k <= msgs; k++ {
+		if err := ins[k%2].layer.Send(ctx, "g", payload(fmt.Sprint(k%2), k, 0)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, "the fast members to get all, the slow one stuck", func() bool {
+		for _, r := range fast {
+			if r.n.Load() < msgs {
+				return false
+			}
+		}
+		return true
+	})
+	close(block)
+	eventually(t, "the slow member to be told", func() bool { return told.Load() == 1 })
+	if st := ins[0].layer.Stats(); st.Slow != 1 {
+		t.Fatalf("instance 0: %+v, want one slow member", st)
+	}
+	if st := ins[1].layer.Stats(); st.Slow != 0 || st.Gaps != 0 {
+		t.Fatalf("instance 1: %+v", st)
+	}
+}
+
+// inbox is an Inbox of the test's, for the engine alone: it records what
+// it is handed, checks that it is never handed two things at once, and
+// holds deliveries of "slow:…" payloads while hold is open.
+type inbox struct {
+	t       *testing.T
+	busy    atomic.Int32
+	hold    chan struct{}
+	holding chan struct{} // closed at the first held delivery
+	once    sync.Once
+
+	mu     sync.Mutex
+	got    []string // payloads, and "gap:<group>" for a gap
+	reconn int
+}
+
+func (in *inbox) enter() {
+	if in.busy.Add(1) != 1 {
+		in.t.Error("the engine handed the inbox two things at once")
+	}
+}
+
+func (in *inbox) Deliver(p []byte) {
+	in.enter()
+	defer in.busy.Add(-1)
+	if strings.HasPrefix(string(p), "slow:") && in.hold != nil {
+		in.once.Do(func() { close(in.holding) })
+		<-in.hold
+	}
+	in.mu.Lock()
+	in.got = append(in.got, string(p))
+	in.mu.Unlock()
+}
+
+func (in *inbox) Gap(groups []string) {
+	in.enter()
+	defer in.busy.Add(-1)
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if groups == nil {
+		in.got = append(in.got, "gap:*")
+	}
+	for _, g := range groups {
+		in.got = append(in.got, "gap:"+g)
+	}
+}
+
+func (in *inbox) Reconnected() {
+	in.mu.Lock()
+	in.reconn++
+	in.mu.Unlock()
+}
+
+func (in *inbox) events() []string {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return append([]string(nil), in.got...)
+}
+
+// count returns how many events start with prefix.
+func (in *inbox) count(prefix string) int {
+	n := 0
+	for _, e := range in.events() {
+		if strings.HasPrefix(e, prefix) {
+			n++
+		}
+	}
+	return n
+}
+
+// A group whose deliveries cannot keep up overflows its own pending
+// limit: what overflows is dropped and counted, and the group gets a gap
+// before its next delivery; another group, waiting meanwhile on its own
+// subscription, loses nothing and gets no gap.
+func TestPendingLimits(t *testing.T) {
+	t.Parallel()
+	srv := natstest.Start(t)
+	log := testLogger(t)
+	const limit = 10
+	e, err := natslayer.Connect(srv.URL, &natslayer.Options{PendingMsgs: limit, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := &inbox{t: t, hold: make(chan struct{}), holding: make(chan struct{})}
+	if err := e.Start(in); err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	ctx := context.Background()
+	for _, g := range []string{"slow", "other"} {
+		if err := e.Subscribe(ctx, g); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pub, err := nats.Connect(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Close()
+	publish := func(group, data string) {
+		t.Helper()
+		if err := pub.Publish(natslayer.Subject("dbscope", group), []byte(data)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publish("slow", "slow:1")
+	await(t, "the first delivery, held", in.holding)
+	const slowMsgs, otherMsgs = 100, 5
+	for k := 2; k <= slowMsgs; k++ {
+		publish("slow", fmt.Sprintf("slow:%d", k))
+	}
+	for k := 1; k <= otherMsgs; k++ {
+		publish("other", fmt.Sprintf("other:%d", k))
+	}
+	// The server sends one publisher's messages to a connection in order:
+	// once a probe sent last reaches it, so have the ones before.
+	probed := make(chan struct{})
+	probe, err := e.Conn().Subscribe(natslayer.Subject("dbscope", "probe"), func(*nats.Msg) { close(probed) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer probe.Unsubscribe()
+	if err := e.Conn().Flush(); err != nil {
+		t.Fatal(err)
+	}
+	publish("probe", "")
+	await(t, "the probe", probed)
+	close(in.hold)
+	eventually(t, "the other group's messages", func() bool { return in.count("other:") == otherMsgs })
+	want := limit // the one held counts against the limit while held
+	eventually(t, "the slow group's pending messages", func() bool { return in.count("slow:") == want })
+	got := in.events()
+	if got[0] != "slow:1" || in.count("gap:") != 1 {
+		t.Fatalf("got %q, want slow:1 first and one gap", got)
+	}
+	for i, ev := range got {
+		if ev == "gap:slow" && (i+1 == len(got) || !strings.HasPrefix(got[i+1], "slow:")) {
+			t.Fatalf("got %q: the gap is not right before a slow delivery", got)
+		}
+	}
+	st := e.Stats()
+	if st.SlowConsumers != 1 || st.Dropped != slowMsgs-limit {
+		t.Fatalf("stats %+v, want 1 slow consumer, %d dropped", st, slowMsgs-limit)
+	}
+}
+
+// Many groups at once: the engine hands the inbox one thing at a time
+// (inbox.enter checks) and every group's messages in order.
+func TestOneAtATime(t *testing.T) {
+	t.Parallel()
+	srv := natstest.Start(t)
+	e, err := natslayer.Connect(srv.URL, &natslayer.Options{Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := &inbox{t: t}
+	if err := e.Start(in); err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	ctx := context.Background()
+	const grps, perGroup = 50, 200
+	for g := range grps {
+		if err := e.Subscribe(ctx, fmt.Sprintf("g.%d", g)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for k := 1; k <= perGroup; k++ {
+		for g := range grps {
+			if err := e.Publish(ctx, fmt.Sprintf("g.%d", g), fmt.Appendf(nil, "%d:%d", g, k)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	eventually(t, "every message", func() bool { return len(in.events()) == grps*perGroup })
+	seqs(t, "the inbox", in.events())
+	if st := e.Stats(); st.Subscriptions != grps || st.SlowConsumers != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+	for g := range grps {
+		e.Unsubscribe(fmt.Sprintf("g.%d", g))
+	}
+	if n := e.Conn().NumSubscriptions(); n != 0 {
+		t.Fatalf("%d subscriptions left", n)
+	}
+}

@@ -1,0 +1,130 @@
+package natslayer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/nats-io/nats.go"
+)
+
+// subscription is the engine's subscription to one group's subject.
+type subscription struct {
+	e     *Engine
+	group string
+	sub   *nats.Subscription // set before e.subs holds s; handle uses its message's
+	refs  int                // under e.mu: Subscribes not yet Unsubscribed
+
+	// Under e.deliver:
+	dropped int  // nats.go's drops seen so far
+	gone    bool // unsubscribed: deliver nothing more
+}
+
+// Subscribe subscribes to group's subject, with the pending limits of
+// Options, and waits (for at most ctx's deadline, else FlushTimeout) for
+// the server to confirm it: a message published anywhere once it
+// returned is delivered. While the connection is down it returns at
+// once; nats.go subscribes on reconnection, and the layer's members get a
+// gap then.
+//
+// nats.go hands each subscription's messages, in order, to a goroutine
+// of the subscription's own; the engine hands them to the layer one at a
+// time, across groups. A group whose messages arrive faster than this
+// instance delivers them fills its own pending limits and loses its own
+// messages only (its members get a gap): other groups wait on their own
+// subscriptions.
+func (e *Engine) Subscribe(ctx context.Context, group string) error {
+	e.mu.Lock()
+	if s := e.subs[group]; s != nil {
+		s.refs++
+		e.mu.Unlock()
+		return nil
+	}
+	e.mu.Unlock()
+	s := &subscription{e: e, group: group, refs: 1}
+	sub, err := e.nc.Subscribe(Subject(e.opts.Prefix, group), s.handle)
+	if err != nil {
+		return fmt.Errorf("natslayer: subscribing to %s: %w", group, err)
+	}
+	if err := sub.SetPendingLimits(e.opts.PendingMsgs, e.opts.PendingBytes); err != nil {
+		sub.Unsubscribe()
+		return fmt.Errorf("natslayer: subscribing to %s: %w", group, err)
+	}
+	s.sub = sub
+	e.mu.Lock()
+	e.subs[group] = s
+	e.mu.Unlock()
+	for {
+		if !e.nc.IsConnected() {
+			return nil // subscribed on reconnection, then a gap
+		}
+		err := e.flush(ctx)
+		if err == nil {
+			return nil
+		}
+		// nats.go fails a flush with ErrConnectionClosed when the
+		// connection breaks under it: the loop looks again.
+		if !errors.Is(err, nats.ErrConnectionClosed) || e.nc.IsClosed() {
+			e.Unsubscribe(group)
+			return fmt.Errorf("natslayer: subscribing to %s: %w", group, err)
+		}
+	}
+}
+
+// Unsubscribe drops group's subscription (the layer calls it once per
+// Subscribe): once it returns, nothing more of group is delivered here.
+func (e *Engine) Unsubscribe(group string) {
+	e.mu.Lock()
+	s := e.subs[group]
+	if s == nil {
+		e.mu.Unlock()
+		return
+	}
+	if s.refs--; s.refs > 0 {
+		e.mu.Unlock()
+		return
+	}
+	delete(e.subs, group)
+	e.mu.Unlock()
+	e.deliver.Lock()
+	s.gone = true
+	s.countDrops(s.sub) // for the count: nobody is left to tell
+	e.deliver.Unlock()
+	s.sub.Unsubscribe()
+}
+
+// handle runs on the subscription's goroutine for each message, in the
+// order they arrived.
+func (s *subscription) handle(m *nats.Msg) {
+	e := s.e
+	e.deliver.Lock()
+	defer e.deliver.Unlock()
+	if e.closed || s.gone {
+		return
+	}
+	// Drops come before the message at hand: the gap goes first.
+	if d := s.countDrops(m.Sub); d > 0 {
+		e.opts.Logger.Warn("natslayer: a group fell behind its pending limits; its members get a gap",
+			"group", s.group, "dropped", d)
+		e.in.Gap([]string{s.group})
+	}
+	e.in.Deliver(m.Data)
+}
+
+// countDrops counts what nats.go dropped since the last call, past the
+// subscription's pending limits, and returns it. nats.go reports a slow
+// consumer only where one starts (ErrSlowConsumer to the connection's
+// error handler, which a connection passed to New may not route here);
+// its count of drops sees every one, and seen from here, in order with
+// the deliveries. e.deliver is held.
+func (s *subscription) countDrops(sub *nats.Subscription) int {
+	n, err := sub.Dropped()
+	if err != nil || n <= s.dropped {
+		return 0
+	}
+	d := n - s.dropped
+	s.dropped = n
+	s.e.c.slow.Add(1)
+	s.e.c.dropped.Add(int64(d))
+	return d
+}
