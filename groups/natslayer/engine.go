@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/dbscope/dbscope/groups"
 	"github.com/nats-io/nats.go"
@@ -87,10 +88,21 @@ func (e *Engine) watch(reconnects uint64) {
 	defer close(e.done)
 	for {
 		var st nats.Status
+		// While down, the state is also read every second: nats.go drops
+		// status events past 10 waiting, and a lost CONNECTED must not
+		// leave the engine down.
+		var recheck <-chan time.Time
+		if e.down.Load() {
+			recheck = time.After(time.Second)
+		}
 		select {
 		case <-e.ctx.Done():
 			return
 		case st = <-e.status:
+		case <-recheck:
+			if st = e.nc.Status(); st != nats.CONNECTED {
+				continue
+			}
 		}
 		switch st {
 		case nats.RECONNECTING, nats.DISCONNECTED, nats.CLOSED:
