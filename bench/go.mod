@@ -3,11 +3,15 @@ module github.com/dbscope/dbscope/bench
 go 1.26.8
 
 // The benchmarks run against the code beside them.
-replace github.com/dbscope/dbscope => ../
+replace (
+	github.com/dbscope/dbscope => ../
+	github.com/dbscope/dbscope/groups/natslayer => ../groups/natslayer
+)
 
 require (
 	github.com/coder/websocket v1.8.15
 	github.com/dbscope/dbscope v0.0.0-00010101000000-000000000000
+	github.com/dbscope/dbscope/groups/natslayer v0.0.0-00010101000000-000000000000
 	github.com/jackc/pgx/v5 v5.12.0
 	github.com/nats-io/nats.go v1.56.0
 )

@@ -17,6 +17,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/dbscope/dbscope/dbctx"
 	"github.com/dbscope/dbscope/groups"
+	"github.com/dbscope/dbscope/groups/natslayer"
 	"github.com/dbscope/dbscope/internal/pgserver"
 	"github.com/dbscope/dbscope/middleware"
 	"github.com/dbscope/dbscope/wsconsumer"
@@ -60,8 +61,9 @@ type Config struct {
 	WriteTimeout time.Duration
 
 	// Layer is the groups engine of the room endpoints in the dbscope
-	// modes: "memory" (the default) or "postgres" (LISTEN/NOTIFY, through
-	// ListenDSN, default DSN). The raw mode's rooms are always in-process.
+	// modes: "memory" (the default), "postgres" (LISTEN/NOTIFY, through
+	// ListenDSN, default DSN) or "nats" (at NATSURL). The raw mode's rooms
+	// are in-process, or with RawNATS over NATS.
 	Layer     string
 	ListenDSN string
 
@@ -240,8 +242,13 @@ func (s *Server) newLayer(ctx context.Context) (*groups.Layer, error) {
 			return nil, err
 		}
 		e = groups.NewPostgres(s.pool, &groups.PostgresOptions{ListenDSN: listen, Namespace: schema, Logger: s.cfg.Logger})
+	case "nats":
+		var err error
+		if e, err = natslayer.Connect(s.cfg.natsURL(), &natslayer.Options{Logger: s.cfg.Logger}); err != nil {
+			return nil, err
+		}
 	default:
-		return nil, fmt.Errorf("itemserver: unknown layer %q (want memory or postgres)", s.cfg.Layer)
+		return nil, fmt.Errorf("itemserver: unknown layer %q (want memory, postgres or nats)", s.cfg.Layer)
 	}
 	return groups.New(e, &groups.Options{Logger: s.cfg.Logger})
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/dbscope/dbscope/bench/internal/itemserver"
 	"github.com/dbscope/dbscope/bench/internal/loadgen"
+	"github.com/dbscope/dbscope/groups/natslayer/natstest"
 	"github.com/dbscope/dbscope/internal/pgtest"
 )
 
@@ -184,8 +185,13 @@ func TestRooms(t *testing.T) {
 	}{
 		{"raw", "", 1}, {"sync", "memory", 1}, {"async", "memory", 1},
 		{"sync", "postgres", 1}, {"async", "postgres", 2}, {"sync", "postgres", 2},
+		{"raw", "nats", 2}, {"sync", "nats", 2}, {"async", "nats", 2},
 	}
+	var nats *natstest.Server // one for every NATS case: each has rooms of its own
 	for _, tc := range cases {
+		if tc.layer == "nats" && nats == nil {
+			nats = natstest.Start(t)
+		}
 		for _, endpoint := range []string{"room", "fanout"} {
 			t.Run(fmt.Sprintf("%s/%s/%d/%s", tc.mode, tc.layer, tc.instances, endpoint), func(t *testing.T) {
 				t.Parallel()
@@ -193,18 +199,28 @@ func TestRooms(t *testing.T) {
 				ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 				defer cancel()
 				var urls []string
+				cfg := itemserver.Config{
+					Mode: tc.mode, Layer: tc.layer, DSN: env.DSN(), ListenDSN: env.DirectDSN(t), App: env.AppName(), MaxWorkers: 2,
+					Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+				}
+				if tc.layer == "nats" {
+					cfg.NATSURL = nats.URL
+					cfg.RawNATS = tc.mode == "raw"
+				}
+				if tc.mode == "raw" {
+					cfg.Layer = ""
+				}
 				for range tc.instances {
-					srv, err := itemserver.Start(ctx, itemserver.Config{
-						Mode: tc.mode, Layer: tc.layer, DSN: env.DSN(), ListenDSN: env.DirectDSN(t), App: env.AppName(), MaxWorkers: 2,
-						Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-					})
+					srv, err := itemserver.Start(ctx, cfg)
 					if err != nil {
 						t.Fatal(err)
 					}
 					defer srv.Shutdown(ctx)
 					urls = append(urls, srv.URL())
 				}
-				res, err := loadgen.RunRoom(ctx, loadgen.RoomConfig{URLs: urls, Endpoint: endpoint, Members: 20, Senders: 2, Messages: 20})
+				// Rooms of their own: the NATS cases share a server.
+				room := strings.NewReplacer("/", "-", "_", "-").Replace(t.Name())
+				res, err := loadgen.RunRoom(ctx, loadgen.RoomConfig{URLs: urls, Endpoint: endpoint, Room: room, Members: 20, Senders: 2, Messages: 20})
 				if err != nil {
 					t.Fatal(err)
 				}
