@@ -1,6 +1,7 @@
 package dbctx
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"fmt"
@@ -24,8 +25,9 @@ func (s *Scope) Exec(ctx context.Context, query string, args ...any) (pgconn.Com
 	if err != nil {
 		return pgconn.CommandTag{}, err
 	}
-	tag, err := run(ctx, s, c, true, func(ctx context.Context, _ *sql.Conn) (pgconn.CommandTag, error) {
-		return s.sock.px.Exec(ctx, query, args...)
+	tag, err := run(ctx, s, c, true, func(ctx context.Context, c *sql.Conn) (tag pgconn.CommandTag, err error) {
+		lerr := s.locked(c, func(px *pgx.Conn) { tag, err = px.Exec(ctx, query, args...) })
+		return tag, cmp.Or(lerr, err)
 	})
 	s.account(start)
 	return tag, err
@@ -42,16 +44,20 @@ func (s *Scope) Query(ctx context.Context, query string, args ...any) (pgx.Rows,
 	if err != nil {
 		return &pgxRows{err: err}, err
 	}
-	rows, err := run(ctx, s, c, true, func(ctx context.Context, _ *sql.Conn) (*pgxRows, error) {
-		r, err := s.sock.px.Query(ctx, query, args...)
-		if err == nil {
-			more := r.Next()
-			if err = r.Err(); err == nil {
-				return &pgxRows{Rows: r, preread: true, more: more}, nil
+	rows, err := run(ctx, s, c, true, func(ctx context.Context, c *sql.Conn) (rows *pgxRows, err error) {
+		lerr := s.locked(c, func(px *pgx.Conn) {
+			r, qerr := px.Query(ctx, query, args...)
+			if qerr == nil {
+				more := r.Next()
+				if qerr = r.Err(); qerr == nil {
+					rows = &pgxRows{Rows: r, conn: c, preread: true, more: more}
+					return
+				}
 			}
-		}
-		r.Close()
-		return nil, err
+			r.Close()
+			err = qerr
+		})
+		return rows, cmp.Or(lerr, err)
 	})
 	s.account(start)
 	if err != nil {
@@ -77,12 +83,15 @@ func (s *Scope) QueryRow(ctx context.Context, query string, args ...any) pgx.Row
 // connection: rowSrc may have been read.
 func (s *Scope) CopyFrom(ctx context.Context, table pgx.Identifier, columns []string, rowSrc pgx.CopyFromSource) (int64, error) {
 	start := monotonic()
-	if _, err := s.usePgx(ctx, ""); err != nil {
+	c, err := s.usePgx(ctx, "")
+	if err != nil {
 		return 0, err
 	}
 	first := !s.used
-	n, err := s.sock.px.CopyFrom(s.stmtCtx(ctx, true), table, columns, rowSrc)
-	err = s.observe(ctx, err, first)
+	var n int64
+	sctx := s.stmtCtx(ctx, true)
+	lerr := s.locked(c, func(px *pgx.Conn) { n, err = px.CopyFrom(sctx, table, columns, rowSrc) })
+	err = s.observe(ctx, cmp.Or(lerr, err), first)
 	s.ranOn()
 	s.account(start)
 	return n, err
@@ -102,14 +111,18 @@ func (s *Scope) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
 			}
 		}
 	}
-	if _, err := s.usePgx(ctx, ""); err != nil {
+	c, err := s.usePgx(ctx, "")
+	if err != nil {
 		return errBatch{err}
 	}
 	for _, q := range b.QueuedQueries {
 		s.note(q.SQL)
 	}
-	br := &pgxBatch{s: s, ctx: ctx, first: !s.used}
-	br.br = s.sock.px.SendBatch(s.stmtCtx(ctx, true), b)
+	br := &pgxBatch{s: s, ctx: ctx, conn: c, first: !s.used}
+	sctx := s.stmtCtx(ctx, true)
+	if err := s.locked(c, func(px *pgx.Conn) { br.br = px.SendBatch(sctx, b) }); err != nil {
+		return errBatch{err}
+	}
 	s.ranOn()
 	s.extra().batch = br
 	s.account(start)
@@ -126,6 +139,30 @@ func (s *Scope) usePgx(ctx context.Context, query string) (*sql.Conn, error) {
 		return nil, fmt.Errorf("dbctx: Scope's pgx methods: %w", errNotPgx)
 	}
 	return c, nil
+}
+
+// locked runs f with the *pgx.Conn under c while holding database/sql's
+// lock of the connection, as database/sql's own statements do: a
+// transaction of c (Atomic's, BeginTx's) is rolled back by database/sql
+// on a goroutine of its own when its context ends, and must not use the
+// connection while f does. It returns database/sql's error where c is
+// closed (f does not run then).
+func (s *Scope) locked(c *sql.Conn, f func(px *pgx.Conn)) error {
+	px := s.sock.px
+	return c.Raw(func(any) error {
+		f(px)
+		return nil
+	})
+}
+
+// lockedRows is locked for what pgx's rows and batch results read from
+// the connection after the statement returned; its error says the
+// connection is closed.
+func lockedRows(c *sql.Conn, f func()) error {
+	return c.Raw(func(any) error {
+		f()
+		return nil
+	})
 }
 
 // closePgx closes the rows and batch results of pgx's interface left open.
@@ -145,6 +182,7 @@ func (s *Scope) closePgx() {
 // read already (preread, more: what that Next returned), or an error.
 type pgxRows struct {
 	pgx.Rows
+	conn    *sql.Conn // whose lock Next and Close take (see Scope.locked)
 	err     error
 	preread bool
 	more    bool
@@ -158,11 +196,15 @@ func (r *pgxRows) Next() bool {
 		r.preread = false
 		return r.more
 	}
-	return r.Rows.Next()
+	var more bool
+	if err := lockedRows(r.conn, func() { more = r.Rows.Next() }); err != nil {
+		r.err = err // the connection is gone (see Err)
+	}
+	return more
 }
 
 func (r *pgxRows) Err() error {
-	if r.Rows == nil {
+	if r.Rows == nil || r.err != nil {
 		return r.err
 	}
 	return r.Rows.Err()
@@ -170,7 +212,7 @@ func (r *pgxRows) Err() error {
 
 func (r *pgxRows) Close() {
 	if r.Rows != nil {
-		r.Rows.Close()
+		lockedRows(r.conn, r.Rows.Close)
 	}
 }
 
@@ -239,23 +281,37 @@ func (r errPgxRow) Scan(...any) error { return r.err }
 type pgxBatch struct {
 	s      *Scope
 	ctx    context.Context
+	conn   *sql.Conn // whose lock reading the results takes (see Scope.locked)
 	br     pgx.BatchResults
 	first  bool
 	closed bool
 	done   bool
 }
 
-func (b *pgxBatch) Exec() (pgconn.CommandTag, error) {
-	tag, err := b.br.Exec()
-	return tag, b.observe(err)
+func (b *pgxBatch) Exec() (tag pgconn.CommandTag, err error) {
+	lerr := lockedRows(b.conn, func() { tag, err = b.br.Exec() })
+	return tag, b.observe(cmp.Or(lerr, err))
 }
 
 func (b *pgxBatch) Query() (pgx.Rows, error) {
-	rows, err := b.br.Query()
-	return rows, b.observe(err)
+	var rows pgx.Rows
+	var err error
+	lerr := lockedRows(b.conn, func() { rows, err = b.br.Query() })
+	if err = cmp.Or(lerr, err); err != nil {
+		err = b.observe(err)
+		return &pgxRows{err: err}, err
+	}
+	return &pgxRows{Rows: rows, conn: b.conn}, nil
 }
 
-func (b *pgxBatch) QueryRow() pgx.Row { return b.br.QueryRow() }
+// QueryRow is Query's rows scanned once, as pgx's own batch QueryRow.
+func (b *pgxBatch) QueryRow() pgx.Row {
+	rows, err := b.Query()
+	if err != nil {
+		return errPgxRow{err}
+	}
+	return (*pgxRow)(rows.(*pgxRows))
+}
 
 func (b *pgxBatch) Tx() pgx.Tx { return b.br.Tx() }
 
@@ -264,7 +320,10 @@ func (b *pgxBatch) Close() error {
 		return nil
 	}
 	b.closed = true
-	err := b.br.Close()
+	var err error
+	if lerr := lockedRows(b.conn, func() { err = b.br.Close() }); lerr != nil && !b.done {
+		err = lerr
+	}
 	if b.done {
 		return err
 	}

@@ -290,3 +290,32 @@ func TestPgxServerError(t *testing.T) {
 		t.Fatalf("got %v, want division_by_zero", err)
 	}
 }
+
+// Canceling the context of an Atomic while a pgx statement of it runs:
+// database/sql's watch rolls the transaction back on its own goroutine,
+// which must not touch the connection while the statement does (the race
+// detector would say so); the statement fails with the context's error
+// and the pool holds nothing afterwards.
+func TestPgxCancelInAtomic(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "cancels statements mid-flight; PgBouncer 1.18 crashes on the cancel request (server_proto: server in bad state)")
+	p, env := newPool(t, &dbctx.Options{MaxWorkers: 2})
+	ctx, cancel := context.WithCancel(context.Background())
+	canceled := dbtest.WhenActive(t, env, "SELECT pg_sleep", cancel)
+	err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+		return dbctx.Atomic(ctx, func(ctx context.Context) error {
+			if _, err := s.Exec(ctx, "SELECT 1"); err != nil {
+				return err
+			}
+			_, err := s.Exec(ctx, "SELECT pg_sleep(30)")
+			return err
+		})
+	})
+	<-canceled
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("got %v, want context.Canceled", err)
+	}
+	eventually(t, "the statement to stop on the server", func() bool {
+		return activeQueries(t, env, "SELECT pg_sleep") == 0
+	})
+}
