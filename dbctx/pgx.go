@@ -50,7 +50,7 @@ func (s *Scope) Query(ctx context.Context, query string, args ...any) (pgx.Rows,
 			if qerr == nil {
 				more := r.Next()
 				if qerr = r.Err(); qerr == nil {
-					rows = &pgxRows{Rows: r, conn: c, preread: true, more: more}
+					rows = &pgxRows{Rows: r, s: s, conn: c, preread: true, more: more}
 					return
 				}
 			}
@@ -182,6 +182,7 @@ func (s *Scope) closePgx() {
 // read already (preread, more: what that Next returned), or an error.
 type pgxRows struct {
 	pgx.Rows
+	s       *Scope
 	conn    *sql.Conn // whose lock Next and Close take (see Scope.locked)
 	err     error
 	preread bool
@@ -244,10 +245,14 @@ func (r *pgxRows) RawValues() [][]byte {
 	return r.Rows.RawValues()
 }
 
+// Conn returns the *pgx.Conn the rows came from while the scope pins it
+// (nil afterwards, when it may be another scope's), and counts it as raw
+// access: what runs on it unseen, the session is reset for.
 func (r *pgxRows) Conn() *pgx.Conn {
-	if r.Rows == nil {
+	if r.Rows == nil || r.s.conn != r.conn {
 		return nil
 	}
+	r.s.rawAccess()
 	return r.Rows.Conn()
 }
 
@@ -301,7 +306,7 @@ func (b *pgxBatch) Query() (pgx.Rows, error) {
 		err = b.observe(err)
 		return &pgxRows{err: err}, err
 	}
-	return &pgxRows{Rows: rows, conn: b.conn}, nil
+	return &pgxRows{Rows: rows, s: b.s, conn: b.conn}, nil
 }
 
 // QueryRow is Query's rows scanned once, as pgx's own batch QueryRow.
@@ -313,7 +318,17 @@ func (b *pgxBatch) QueryRow() pgx.Row {
 	return (*pgxRow)(rows.(*pgxRows))
 }
 
-func (b *pgxBatch) Tx() pgx.Tx { return b.br.Tx() }
+// Tx returns the transaction the batch began (pgx.Batch.BeginTx), or nil.
+// Its statements run on the connection unseen by the scope, which counts
+// them as raw access: the session is reset before the connection is given
+// back, as after a *sql.Tx of Scope.BeginTx.
+func (b *pgxBatch) Tx() pgx.Tx {
+	tx := b.br.Tx()
+	if tx != nil && !b.done && b.s.conn == b.conn {
+		b.s.rawAccess()
+	}
+	return tx
+}
 
 func (b *pgxBatch) Close() error {
 	if b.closed {

@@ -460,9 +460,16 @@ func (s *Scope) raw(ctx context.Context) (*sql.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
+	s.rawAccess()
+	return c, nil
+}
+
+// rawAccess records that user code has the connection itself: the scope
+// sees none of what it runs there, so the session is reset before the
+// connection is given back, and nothing run afterwards is retried.
+func (s *Scope) rawAccess() {
 	s.dirty, s.sweep, s.used = true, true, true
 	s.disarm() // user code runs statements on it with contexts of its own
-	return c, nil
 }
 
 // Pgx calls fn with the *pgx.Conn under the scope's connection, for what

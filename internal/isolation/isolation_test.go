@@ -104,6 +104,41 @@ var units = map[string]unit{
 		})
 		return inside
 	},
+	"Do, Query, rows.Conn (pgx)": func(t *testing.T, p *dbctx.Pool, se *sessiontest.Env, stmt string) string {
+		var inside string
+		p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+			rows, err := s.Query(ctx, "SELECT 1")
+			if err != nil {
+				t.Errorf("Query: %v", err)
+				return err
+			}
+			c := rows.Conn()
+			rows.Close()
+			c.Exec(ctx, stmt)
+			s.QueryRow(ctx, se.ProbeCleanSQL()).Scan(&inside)
+			return nil
+		})
+		return inside
+	},
+	"Do, SendBatch, its Tx (pgx)": func(t *testing.T, p *dbctx.Pool, se *sessiontest.Env, stmt string) string {
+		var inside string
+		p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+			b := &pgx.Batch{}
+			b.BeginTx(pgx.TxOptions{})
+			b.Queue("SELECT 1")
+			br := s.SendBatch(ctx, b)
+			tx := br.Tx()
+			if err := br.Close(); err != nil || tx == nil {
+				t.Errorf("batch with BeginTx: %v (tx %v)", err, tx)
+				return err
+			}
+			tx.Exec(ctx, stmt)
+			tx.Commit(ctx)
+			s.QueryRow(ctx, se.ProbeCleanSQL()).Scan(&inside)
+			return nil
+		})
+		return inside
+	},
 	"BeginTx":            txUnit(true),
 	"BeginTx, left open": txUnit(false),
 	"Conn": func(t *testing.T, p *dbctx.Pool, se *sessiontest.Env, stmt string) string {
@@ -355,7 +390,7 @@ func isInert(unit, name string) bool {
 // see, and so resets every time.
 func alwaysResets(unit string) bool {
 	switch unit {
-	case "BeginTx", "BeginTx, left open", "Conn", "Pgx":
+	case "BeginTx", "BeginTx, left open", "Conn", "Pgx", "Do, Query, rows.Conn (pgx)", "Do, SendBatch, its Tx (pgx)":
 		return true
 	}
 	return false
