@@ -550,3 +550,29 @@ func TestListenerKilledMidStream(t *testing.T) {
 	t.Logf("sent %d (%d sends failed, the sender told), deliveries missed in the outage %d of %d, reported to every member as a gap",
 		sent.Load(), failed.Load(), lost, sent.Load()*int64(len(recs)))
 }
+
+// A send whose context carries a scope of another pool (another
+// database: a request's under middleware.DB(replica, …)) still goes out
+// through the engine's own pool, where the listeners are.
+func TestSendWithAnotherPoolsScope(t *testing.T) {
+	t.Parallel()
+	env := pgtest.New(t)
+	ins := instances(t, env, "postgres", 2)
+	other := dbtest.NewSecondPool(t, env, nil)
+	ctx := context.Background()
+	r := &recorder{}
+	m := ins[1].layer.NewMember(r.handle, nil)
+	defer m.Close()
+	if err := m.Join(ctx, "other"); err != nil {
+		t.Fatal(err)
+	}
+	sctx, s := other.Scope(ctx)
+	defer s.End()
+	if err := ins[0].layer.Send(sctx, "other", []byte("through the engine's pool")); err != nil {
+		t.Fatal(err)
+	}
+	dbtest.Eventually(t, "the message", func() bool { return r.n.Load() == 1 })
+	if st := other.Stats(); st.Acquired != 0 {
+		t.Fatalf("the other pool's scope was used: %+v", st)
+	}
+}

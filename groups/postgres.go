@@ -175,9 +175,9 @@ func (e *postgres) Publish(ctx context.Context, group string, payload []byte) er
 		_, err := s.ExecContext(ctx, "SELECT pg_notify($1, $2)", e.channelOf(group), string(payload))
 		return err
 	}
-	if dbctx.From(ctx) != nil {
-		return dbctx.Do(ctx, notify) // the scope's connection and transaction
-	}
+	// On the scope of the engine's pool that ctx carries, if any (its
+	// connection and transaction), else a scope of its own: never on
+	// another pool's scope, whose database the listeners do not hear.
 	return e.pool.Do(ctx, notify)
 }
 
