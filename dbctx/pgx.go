@@ -357,6 +357,6 @@ type errBatch struct{ err error }
 
 func (b errBatch) Exec() (pgconn.CommandTag, error) { return pgconn.CommandTag{}, b.err }
 func (b errBatch) Query() (pgx.Rows, error)         { return &pgxRows{err: b.err}, b.err }
-func (b errBatch) QueryRow() pgx.Row                { return errPgxRow{b.err} }
+func (b errBatch) QueryRow() pgx.Row                { return errPgxRow(b) }
 func (b errBatch) Close() error                     { return b.err }
 func (b errBatch) Tx() pgx.Tx                       { return nil }
