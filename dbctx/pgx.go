@@ -26,7 +26,7 @@ func (s *Scope) Exec(ctx context.Context, query string, args ...any) (pgconn.Com
 		return pgconn.CommandTag{}, err
 	}
 	tag, err := run(ctx, s, c, true, func(ctx context.Context, c *sql.Conn) (tag pgconn.CommandTag, err error) {
-		lerr := s.locked(c, func(px *pgx.Conn) { tag, err = px.Exec(ctx, query, args...) })
+		lerr := withLock(c, func() { tag, err = s.sock.px.Exec(ctx, query, args...) })
 		return tag, cmp.Or(lerr, err)
 	})
 	s.account(start)
@@ -45,8 +45,8 @@ func (s *Scope) Query(ctx context.Context, query string, args ...any) (pgx.Rows,
 		return &pgxRows{err: err}, err
 	}
 	rows, err := run(ctx, s, c, true, func(ctx context.Context, c *sql.Conn) (rows *pgxRows, err error) {
-		lerr := s.locked(c, func(px *pgx.Conn) {
-			r, qerr := px.Query(ctx, query, args...)
+		lerr := withLock(c, func() {
+			r, qerr := s.sock.px.Query(ctx, query, args...)
 			if qerr == nil {
 				more := r.Next()
 				if qerr = r.Err(); qerr == nil {
@@ -90,7 +90,7 @@ func (s *Scope) CopyFrom(ctx context.Context, table pgx.Identifier, columns []st
 	first := !s.used
 	var n int64
 	sctx := s.stmtCtx(ctx, true)
-	lerr := s.locked(c, func(px *pgx.Conn) { n, err = px.CopyFrom(sctx, table, columns, rowSrc) })
+	lerr := withLock(c, func() { n, err = s.sock.px.CopyFrom(sctx, table, columns, rowSrc) })
 	err = s.observe(ctx, cmp.Or(lerr, err), first)
 	s.ranOn()
 	s.account(start)
@@ -120,7 +120,7 @@ func (s *Scope) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
 	}
 	br := &pgxBatch{s: s, ctx: ctx, conn: c, first: !s.used}
 	sctx := s.stmtCtx(ctx, true)
-	if err := s.locked(c, func(px *pgx.Conn) { br.br = px.SendBatch(sctx, b) }); err != nil {
+	if err := withLock(c, func() { br.br = s.sock.px.SendBatch(sctx, b) }); err != nil {
 		return errBatch{err}
 	}
 	s.ranOn()
@@ -141,24 +141,13 @@ func (s *Scope) usePgx(ctx context.Context, query string) (*sql.Conn, error) {
 	return c, nil
 }
 
-// locked runs f with the *pgx.Conn under c while holding database/sql's
-// lock of the connection, as database/sql's own statements do: a
-// transaction of c (Atomic's, BeginTx's) is rolled back by database/sql
-// on a goroutine of its own when its context ends, and must not use the
-// connection while f does. It returns database/sql's error where c is
-// closed (f does not run then).
-func (s *Scope) locked(c *sql.Conn, f func(px *pgx.Conn)) error {
-	px := s.sock.px
-	return c.Raw(func(any) error {
-		f(px)
-		return nil
-	})
-}
-
-// lockedRows is locked for what pgx's rows and batch results read from
-// the connection after the statement returned; its error says the
-// connection is closed.
-func lockedRows(c *sql.Conn, f func()) error {
+// withLock runs f while holding database/sql's lock of c, as database/sql's
+// own statements do: a transaction of c (Atomic's, BeginTx's) is rolled
+// back by database/sql on a goroutine of its own when its context ends,
+// and must not use the connection while a statement of pgx's interface,
+// or what its rows and batch results read afterwards, does. It returns
+// database/sql's error where c is closed (f does not run then).
+func withLock(c *sql.Conn, f func()) error {
 	return c.Raw(func(any) error {
 		f()
 		return nil
@@ -183,7 +172,7 @@ func (s *Scope) closePgx() {
 type pgxRows struct {
 	pgx.Rows
 	s       *Scope
-	conn    *sql.Conn // whose lock Next and Close take (see Scope.locked)
+	conn    *sql.Conn // whose lock Next and Close take (see withLock)
 	err     error
 	preread bool
 	more    bool
@@ -198,7 +187,7 @@ func (r *pgxRows) Next() bool {
 		return r.more
 	}
 	var more bool
-	if err := lockedRows(r.conn, func() { more = r.Rows.Next() }); err != nil {
+	if err := withLock(r.conn, func() { more = r.Rows.Next() }); err != nil {
 		r.err = err // the connection is gone (see Err)
 	}
 	return more
@@ -213,7 +202,7 @@ func (r *pgxRows) Err() error {
 
 func (r *pgxRows) Close() {
 	if r.Rows != nil {
-		lockedRows(r.conn, r.Rows.Close)
+		withLock(r.conn, r.Rows.Close)
 	}
 }
 
@@ -286,7 +275,7 @@ func (r errPgxRow) Scan(...any) error { return r.err }
 type pgxBatch struct {
 	s      *Scope
 	ctx    context.Context
-	conn   *sql.Conn // whose lock reading the results takes (see Scope.locked)
+	conn   *sql.Conn // whose lock reading the results takes (see withLock)
 	br     pgx.BatchResults
 	first  bool
 	closed bool
@@ -294,14 +283,14 @@ type pgxBatch struct {
 }
 
 func (b *pgxBatch) Exec() (tag pgconn.CommandTag, err error) {
-	lerr := lockedRows(b.conn, func() { tag, err = b.br.Exec() })
+	lerr := withLock(b.conn, func() { tag, err = b.br.Exec() })
 	return tag, b.observe(cmp.Or(lerr, err))
 }
 
 func (b *pgxBatch) Query() (pgx.Rows, error) {
 	var rows pgx.Rows
 	var err error
-	lerr := lockedRows(b.conn, func() { rows, err = b.br.Query() })
+	lerr := withLock(b.conn, func() { rows, err = b.br.Query() })
 	if err = cmp.Or(lerr, err); err != nil {
 		err = b.observe(err)
 		return &pgxRows{err: err}, err
@@ -336,7 +325,7 @@ func (b *pgxBatch) Close() error {
 	}
 	b.closed = true
 	var err error
-	if lerr := lockedRows(b.conn, func() { err = b.br.Close() }); lerr != nil && !b.done {
+	if lerr := withLock(b.conn, func() { err = b.br.Close() }); lerr != nil && !b.done {
 		err = lerr
 	}
 	if b.done {
