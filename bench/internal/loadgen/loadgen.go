@@ -265,10 +265,7 @@ func (r *run) sample(ctx context.Context) (stop func()) {
 		memEvery := max(1, int(100*time.Millisecond/r.cfg.SampleEvery))
 		for i := 0; ; i++ {
 			if r.cfg.Admin != nil && r.cfg.App != "" {
-				var n int64
-				err := r.cfg.Admin.QueryRowContext(ctx,
-					"SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", r.cfg.App).Scan(&n)
-				if err == nil {
+				if n, err := connsOf(ctx, r.cfg.Admin, []string{r.cfg.App}); err == nil {
 					r.res.PeakDBConns = max(r.res.PeakDBConns, n)
 				}
 			}

@@ -331,11 +331,7 @@ func sampleConns(ctx context.Context, cfg RoomConfig, peak *int64) (stop func())
 		t := time.NewTicker(every)
 		defer t.Stop()
 		for {
-			var n int64
-			err := cfg.Admin.QueryRowContext(ctx, `SELECT coalesce(max(n), 0) FROM (
-				SELECT count(*) AS n FROM pg_stat_activity
-				WHERE application_name = ANY($1) GROUP BY application_name) c`, cfg.Apps).Scan(&n)
-			if err == nil {
+			if n, err := connsOf(ctx, cfg.Admin, cfg.Apps); err == nil {
 				*peak = max(*peak, n)
 			}
 			select {
@@ -360,4 +356,14 @@ func serversCPU(pids []int) int64 {
 		n += t
 	}
 	return n
+}
+
+// connsOf returns the most connections in pg_stat_activity under one of
+// the application_names apps.
+func connsOf(ctx context.Context, admin *sql.DB, apps []string) (int64, error) {
+	var n int64
+	err := admin.QueryRowContext(ctx, `SELECT coalesce(max(n), 0) FROM (
+		SELECT count(*) AS n FROM pg_stat_activity
+		WHERE application_name = ANY($1) GROUP BY application_name) c`, apps).Scan(&n)
+	return n, err
 }
