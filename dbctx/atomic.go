@@ -2,7 +2,6 @@ package dbctx
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 	"fmt"
 	"strconv"
@@ -12,76 +11,146 @@ import (
 // Django's transaction.atomic: the transaction commits when fn returns nil
 // and rolls back when it returns an error or panics (the panic goes on
 // after the rollback). Statements run through the scope inside fn are
-// part of the transaction. The transaction begins lazily, at fn's first
-// statement: an fn that never touches the database takes no slot and no
-// connection. A nested Atomic uses a savepoint, so its failure rolls back
-// only its own work.
+// part of the transaction. The transaction begins lazily, with fn's first
+// statement, in the same round trip: an fn that never touches the
+// database takes no slot and no connection. A nested Atomic uses a
+// savepoint, so its failure rolls back only its own work.
 //
 // Atomic needs a sync scope: in an [Async] context call it inside [Do].
 // Boundaries ([CloseOld]) inside fn do nothing. The error of a failed
-// commit is returned, wrapped: the work did not happen.
+// commit is returned, wrapped: the work did not happen. fn's goroutines
+// may run statements on the scope; nested Atomic calls belong on fn's
+// goroutine.
 func Atomic(ctx context.Context, fn func(ctx context.Context) error) (err error) {
 	s := From(ctx)
-	switch {
-	case s == nil:
+	if s == nil {
 		return ErrNoScope
+	}
+	s.mu.Lock()
+	nested, err := s.atomic > 0, s.usableForAtomic()
+	s.mu.Unlock()
+	switch {
+	case err != nil:
+		return err
+	case nested:
+		return s.savepoint(ctx, fn)
+	}
+	return s.atomicTx(ctx, fn)
+}
+
+func (s *Scope) usableForAtomic() error {
+	switch {
 	case s.async:
 		return ErrAsyncContext
 	case s.ended:
 		return ErrScopeEnded
-	case s.atomic == 0:
-		return s.atomicTx(ctx, fn)
 	}
-	if s.x.tx == nil {
-		// The outer level has not begun yet: a savepoint needs it.
-		if _, err := s.use(ctx, ""); err != nil {
-			return err
-		}
-	}
-	return s.savepoint(ctx, fn)
+	return nil
 }
 
+// errCommitRollback is a COMMIT the server answered ROLLBACK: the
+// transaction had failed.
+var errCommitRollback = errors.New("transaction rolled back: an earlier statement in it failed")
+
 func (s *Scope) atomicTx(ctx context.Context, fn func(ctx context.Context) error) (err error) {
-	x := s.extra()
-	s.atomic, x.atomicCtx, x.tx, x.onCommit, x.beginErr = 1, ctx, nil, nil, nil
+	s.mu.Lock()
+	if s.x == nil {
+		s.x = new(scopeExtra)
+	}
+	x := s.x
+	s.atomic, x.atomicCtx, x.begun, x.onCommit, x.beginErr = 1, ctx, false, nil, nil
+	s.mu.Unlock()
 	done := false
 	defer func() {
-		tx := x.tx
-		s.atomic, x.atomicCtx, x.tx = 0, nil, nil
 		if !done {
 			// fn panicked: roll back and let the panic go on.
+			s.mu.Lock()
 			x.onCommit = nil
-			if tx != nil {
-				tx.Rollback()
-			}
+			s.endTx(ctx, false)
+			s.mu.Unlock()
 		}
 	}()
 	ferr := fn(ctx)
 	done = true
-	tx := x.tx
+	s.mu.Lock()
 	s.disarm() // the end of a transaction runs with its own context
 	if ferr != nil {
 		x.onCommit = nil
-		if tx != nil {
-			if rerr := tx.Rollback(); rerr != nil && !errors.Is(rerr, sql.ErrTxDone) {
-				s.observe(ctx, rerr, false)
-			}
-		}
+		s.endTx(ctx, false)
+		s.mu.Unlock()
 		return ferr
 	}
-	if tx != nil {
-		if cerr := tx.Commit(); cerr != nil {
-			x.onCommit = nil
-			s.observe(ctx, cerr, false)
-			return fmt.Errorf("dbctx: commit: %w", cerr)
-		}
+	if cerr := s.endTx(ctx, true); cerr != nil {
+		x.onCommit = nil
+		s.mu.Unlock()
+		return fmt.Errorf("dbctx: commit: %w", cerr)
 	}
 	fns := x.onCommit
 	x.onCommit = nil
+	s.mu.Unlock()
 	for _, f := range fns {
 		f()
 	}
 	return nil
+}
+
+// endTx ends Atomic's transaction, if it began: COMMIT, or ROLLBACK. Under
+// s.mu.
+func (s *Scope) endTx(ctx context.Context, commit bool) error {
+	x := s.x
+	begun := x.begun
+	s.atomic, x.atomicCtx, x.begun = 0, nil, false
+	c := s.c
+	if commit && x.beginErr != nil {
+		// Nothing of it ran (see beginAlone).
+		return x.beginErr
+	}
+	if !begun || c == nil {
+		return nil
+	}
+	c.pin.txSet = nil
+	if commit {
+		var tag string
+		err := s.runTxEnd(ctx, c, "COMMIT", &tag)
+		switch {
+		case err != nil:
+			s.observe(ctx, err, false)
+			if s.c != nil && s.c.pc != nil && s.c.pc.TxStatus() != 'I' {
+				// Not sent (its context ended): roll back.
+				s.rollbackAtomic(ctx)
+			}
+			return err
+		case tag == "ROLLBACK":
+			return errCommitRollback
+		}
+		return nil
+	}
+	return s.rollbackAtomic(ctx)
+}
+
+func (s *Scope) rollbackAtomic(ctx context.Context) error {
+	ctx, cancel := cleanupCtx(ctx)
+	defer cancel()
+	if err := s.runTxEnd(ctx, s.c, "ROLLBACK", nil); err != nil {
+		s.observe(ctx, err, false)
+		return err
+	}
+	return nil
+}
+
+// runTxEnd runs COMMIT or ROLLBACK on c, and keeps its command tag.
+func (s *Scope) runTxEnd(ctx context.Context, c *session, q string, tag *string) error {
+	if c.px == nil {
+		_, err := c.pin.conn.ExecContext(ctx, q)
+		return err
+	}
+	return withLock(c.pin.conn, func() error {
+		t, err := c.px.Exec(ctx, q)
+		if tag != nil {
+			*tag = t.String()
+		}
+		return err
+	})
 }
 
 // OnCommit runs fn once the transaction of the [Atomic] that ctx is in has
@@ -93,76 +162,105 @@ func (s *Scope) atomicTx(ctx context.Context, fn func(ctx context.Context) error
 // committed, after the commit, before Atomic returns.
 func OnCommit(ctx context.Context, fn func()) {
 	s := From(ctx)
-	if s == nil || s.atomic == 0 {
+	if s == nil {
+		fn()
+		return
+	}
+	s.mu.Lock()
+	if s.atomic == 0 {
+		s.mu.Unlock()
 		fn()
 		return
 	}
 	s.x.onCommit = append(s.x.onCommit, fn)
+	s.mu.Unlock()
 }
 
-// beginAtomic begins the transaction of a pending Atomic on the freshly
-// used connection, with Atomic's context: database/sql rolls a transaction
-// back when its context ends, and a statement's context may be shorter.
-func (s *Scope) beginAtomic() error {
-	tx, err := s.beginTx(s.x.atomicCtx, nil)
+// beginAlone begins a pending Atomic's transaction in a round trip of its
+// own, then runs Options.OnBegin in it, which needs the scope unlocked.
+// Its failure is Atomic's: every statement of it fails with it.
+func (s *Scope) beginAlone(ctx context.Context) {
+	s.mu.Lock()
+	st := stmt{query: "BEGIN", how: alone}
+	err := s.execLocked(ctx, &st, func(context.Context, *session, *prefix) error { return nil })
+	x := s.x
+	actx := x.atomicCtx
+	s.mu.Unlock()
+	if err == nil {
+		err = s.onBegin(actx)
+	}
 	if err != nil {
-		return err
+		s.mu.Lock()
+		if x.begun {
+			// Nothing of the transaction runs without what OnBegin
+			// sets: it is rolled back now, and the Atomic's statements,
+			// and its commit, fail.
+			s.rollbackAtomic(actx)
+			x.begun = false
+		}
+		x.beginErr = err
+		s.mu.Unlock()
 	}
-	s.x.tx = tx
-	if err := s.onBegin(s.x.atomicCtx); err != nil {
-		// Nothing of the transaction runs without what OnBegin sets:
-		// it is rolled back now, and the Atomic's statements, and its
-		// commit, fail.
-		tx.Rollback()
-		s.x.beginErr = err
-		return err
-	}
-	return nil
 }
 
 func (s *Scope) savepoint(ctx context.Context, fn func(ctx context.Context) error) (err error) {
-	if s.conn == nil {
-		return ErrScopeEnded
-	}
+	s.mu.Lock()
 	name := "dbctx_sp_" + strconv.Itoa(s.atomic)
-	s.disarm()
-	if _, err := s.conn.ExecContext(ctx, "SAVEPOINT "+name); err != nil {
-		return s.observe(ctx, err, false)
+	s.mu.Unlock()
+	if err := s.txStatement(ctx, "SAVEPOINT "+name); err != nil {
+		return err
 	}
+	s.mu.Lock()
 	s.atomic++
 	x := s.x
 	mark := len(x.onCommit)
+	s.mu.Unlock()
 	done := false
 	defer func() {
+		s.mu.Lock()
 		s.atomic--
+		s.mu.Unlock()
 		if !done {
+			s.mu.Lock()
 			x.onCommit = x.onCommit[:mark]
+			s.mu.Unlock()
 			s.rollbackTo(ctx, name)
 		}
 	}()
 	ferr := fn(ctx)
 	done = true
 	if ferr != nil {
+		s.mu.Lock()
 		x.onCommit = x.onCommit[:mark]
+		s.mu.Unlock()
 		s.rollbackTo(ctx, name)
 		return ferr
 	}
-	if _, err := s.conn.ExecContext(ctx, "RELEASE SAVEPOINT "+name); err != nil {
-		return s.observe(ctx, err, false)
-	}
-	return nil
+	return s.txStatement(ctx, "RELEASE SAVEPOINT "+name)
+}
+
+// txStatement runs a transaction statement of Atomic's own through the
+// scope's path: the first of an Atomic begins it, in the same round trip.
+func (s *Scope) txStatement(ctx context.Context, q string) error {
+	st := stmt{query: q, how: notQuiet}
+	return s.exec(ctx, &st, func(ctx context.Context, c *session, p *prefix) error {
+		if c.px == nil {
+			_, err := c.pin.conn.ExecContext(ctx, q)
+			return err
+		}
+		return withLock(c.pin.conn, func() error {
+			_, err := s.pgxExec(ctx, c, p, q, nil)
+			return err
+		})
+	})
 }
 
 func (s *Scope) rollbackTo(ctx context.Context, name string) {
-	s.disarm()
-	if s.conn == nil {
-		return
-	}
 	ctx, cancel := cleanupCtx(ctx)
 	defer cancel()
-	if _, err := s.conn.ExecContext(ctx, "ROLLBACK TO SAVEPOINT "+name+"; RELEASE SAVEPOINT "+name); err != nil {
-		// The outer transaction is lost with the connection; its commit
-		// will fail and say so.
-		s.observe(ctx, err, false)
+	// The outer transaction is lost with the connection if this fails;
+	// its commit will fail and say so.
+	if s.txStatement(ctx, "ROLLBACK TO SAVEPOINT "+name) == nil {
+		s.txStatement(ctx, "RELEASE SAVEPOINT "+name)
 	}
 }

@@ -30,8 +30,8 @@ func (quietCtx) Done() <-chan struct{} { return nil }
 // stmtCtx is the context a statement runs with on the pinned connection:
 // through quiet, or, for one that must not be run quiet, ctx itself, with
 // the connection disarmed.
-func (s *Scope) stmtCtx(ctx context.Context, quiet bool) context.Context {
-	if quiet {
+func (s *Scope) stmtCtx(ctx context.Context, h how) context.Context {
+	if h&notQuiet == 0 {
 		return s.quiet(ctx)
 	}
 	s.disarm()
@@ -43,7 +43,7 @@ func (s *Scope) stmtCtx(ctx context.Context, quiet bool) context.Context {
 // scope's own context is (the scope's watch covers it), else ctx itself.
 func (s *Scope) quiet(ctx context.Context) context.Context {
 	done := ctx.Done()
-	if s.pg == nil || done == nil || done != s.ctx.Context.Done() || ctx.Err() != nil {
+	if s.c == nil || s.c.pc == nil || done == nil || done != s.ctx.Context.Done() || ctx.Err() != nil {
 		s.disarm()
 		return ctx
 	}
@@ -55,7 +55,7 @@ func (s *Scope) quiet(ctx context.Context) context.Context {
 	if s.stopWatch == nil {
 		s.stopWatch = afterFunc(s.ctx.Context, s.interrupt)
 	}
-	s.armed = s.pg.Conn()
+	s.armed = s.c.pc.Conn()
 	// One quietCtx per scope, aimed at each statement's ctx in turn: a
 	// statement's context is used while it runs and by its rows, which
 	// are closed before the next statement runs, so a scope needs only one,
@@ -81,7 +81,7 @@ func (s *Scope) interrupt() {
 // back or discarded. A deadline interrupt set while nothing was reading is
 // lifted; one that failed a read has made pgx close the connection.
 func (s *Scope) disarm() {
-	if s.armed == nil { // only this goroutine sets armed
+	if s.armed == nil { // set under s.mu, which the caller holds
 		return
 	}
 	s.imu.Lock()

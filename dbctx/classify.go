@@ -45,9 +45,11 @@ const (
 	kindPoison                        // leaves state no reset undoes (LOAD, DISCARD ALL, DEALLOCATE ALL, setseed)
 	kindCode                          // runs code the classifier does not know, which may PREPARE in SQL
 	kindSession                       // sets what lives in the session beyond its transaction, by its text (see below)
+	kindAlone                         // must be the first statement of its implicit transaction: nothing is pipelined before it
+	kindSeqRead                       // reads session sequence state (currval, lastval)
 
 	// kindUnknown is what a statement is where the classifier cannot tell.
-	kindUnknown = kindState | kindOnce | kindCode
+	kindUnknown = kindState | kindOnce | kindCode | kindAlone
 
 	// kindSessionState is what a statement is that visibly sets
 	// session-level state: kindSession, which transaction pooling refuses
@@ -470,7 +472,7 @@ func (c *classifier) run() {
 		case tEOF:
 			c.endStatement()
 			if c.stmts > 1 {
-				c.kind |= kindOnce
+				c.kind |= kindOnce | kindAlone
 			}
 			return
 		case tBad:
@@ -564,9 +566,9 @@ func (c *classifier) startStatement(t token) {
 	case "declare":
 		c.read = true // and HOLD, in readWord
 	case "begin", "start":
-		c.kind |= kindBegin
+		c.kind |= kindBegin | kindAlone
 	case "commit", "end", "rollback", "abort", "savepoint", "release":
-		c.kind |= kindOnce
+		c.kind |= kindOnce | kindAlone
 	case "insert", "update", "delete", "merge":
 		// Sequence values, and triggers.
 		c.read = true // a call in it is still a call
@@ -702,6 +704,9 @@ func (c *classifier) builtin(name string, folded bool) {
 		c.kind |= kindSessionState
 	case stateful(name, folded):
 		c.kind |= kindState
+		if seqRead(name, folded) {
+			c.kind |= kindSeqRead
+		}
 	default:
 		c.kind |= kindState | kindCode
 	}
@@ -717,7 +722,12 @@ var sessionLockBuiltins = []string{
 	"pg_advisory_unlock", "pg_advisory_unlock_shared", "pg_advisory_unlock_all",
 }
 
-func stateful(name string, folded bool) bool    { return among(sequenceBuiltins, name, folded) }
+func stateful(name string, folded bool) bool { return among(sequenceBuiltins, name, folded) }
+func seqRead(name string, folded bool) bool  { return among(sequenceReaders, name, folded) }
+
+// sequenceReaders read the sequence state of the session.
+var sequenceReaders = []string{"currval", "lastval"}
+
 func sessionLock(name string, folded bool) bool { return among(sessionLockBuiltins, name, folded) }
 
 func among(words []string, name string, folded bool) bool {

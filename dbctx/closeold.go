@@ -11,11 +11,12 @@ import (
 // CloseOld is the boundary check of the scopes in ctx, the port of
 // Django's close_old_connections: a pinned connection that is unusable
 // (closed, killed by the server, a connection-level error seen, a
-// transaction left open that cannot be rolled back, a panic while in use)
-// is discarded; one that is obsolete (pinned longer than
-// [Options.ConnMaxAge]; with 0, always) is given back after any open
-// transaction is rolled back, the session reset if dirty, and
-// [Options.OnRelease] run. A scope with no connection frees its slot.
+// transaction left open that cannot be rolled back, a panic while in use,
+// handed to user code as itself) is discarded; one that is obsolete
+// (pinned longer than [Options.ConnMaxAge]; with 0, always) is given back
+// after any open transaction is rolled back and [Options.OnRelease] run,
+// its session reset first by its next user when dirty. A scope with no
+// connection frees its slot.
 //
 // As Django's covers every database alias, CloseOld covers the innermost
 // scope of every pool ctx carries (see [Pool.CloseOld] for one). Call it
@@ -38,7 +39,12 @@ func CloseOld(ctx context.Context) error {
 func (p *Pool) CloseOld(ctx context.Context) error { return p.From(ctx).closeOld(ctx) }
 
 func (s *Scope) closeOld(ctx context.Context) error {
-	if s == nil || s.async || s.atomic > 0 {
+	if s == nil || s.async {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.atomic > 0 {
 		return nil
 	}
 	err := s.release(ctx, false)
@@ -78,29 +84,29 @@ func shadowed(s, o *Scope) bool {
 	return false
 }
 
-// release runs a boundary. With final set (the scope's end) the
-// connection is always given back or discarded. The slot is the
+// release runs a boundary, under s.mu. With final set (the scope's end)
+// the connection is always given back or discarded. The slot is the
 // caller's business.
 func (s *Scope) release(ctx context.Context, final bool) error {
 	s.lost = false // a new unit of work starts on a fresh session
-	if s.conn == nil {
+	if s.c == nil {
 		return nil
 	}
 	return s.check(ctx, final)
 }
 
 func (s *Scope) check(ctx context.Context, final bool) error {
-	p := s.pool
+	p, c := s.pool, s.c
 	s.closeRows()
-	if s.pg != nil && s.pg.IsBusy() {
-		s.abandon()
+	switch {
+	case c.pc != nil && c.pc.IsBusy():
+		// Rows of the raw connection left open.
+		s.abandon(discardBroken)
 		return nil
-	}
-	if s.bad {
-		s.unpin(s.badWhy)
+	case c.pin.bad:
+		s.unpin(c.pin.badWhy)
 		return nil
-	}
-	if s.pg != nil && s.pg.IsClosed() {
+	case c.pc != nil && c.pc.IsClosed():
 		why := discardBroken
 		if ctx.Err() != nil {
 			why = discardCanceled
@@ -108,20 +114,26 @@ func (s *Scope) check(ctx context.Context, final bool) error {
 		s.unpin(why)
 		return nil
 	}
+	age := p.opts.ConnMaxAge
+	obsolete := final || age == 0 || (age > 0 && monotonic()-c.pin.pinnedAt >= age)
+	if c.pin.handedOut && obsolete {
+		// User code may keep what it was handed: it must fail from
+		// now on, not reach the connection's next user.
+		s.abandon(discardRaw)
+		return nil
+	}
 	// From here on the boundary runs statements of its own (rollback,
-	// reset, OnRelease) and then gives the connection back.
+	// OnRelease) and then gives the connection back.
 	s.disarm()
 	if err := s.rollback(ctx); err != nil {
 		s.unpin(discardTx)
 		return err
 	}
-	age := p.opts.ConnMaxAge
-	obsolete := final || age == 0 || (age > 0 && monotonic()-s.pinnedAt >= age)
 	if !obsolete {
 		// Kept pinned for the next unit of work, which may come much
 		// later: one killed while idle in between is replaced now, since
 		// nothing run on it later could be retried.
-		if s.sock != nil && s.sock.dead() {
+		if c.dead() {
 			p.sawDeath()
 			s.unpin(discardDead)
 		}
@@ -132,92 +144,98 @@ func (s *Scope) check(ctx context.Context, final bool) error {
 
 // rollback ends every transaction still open on the pinned connection.
 func (s *Scope) rollback(ctx context.Context) error {
+	c := s.c
 	var errs []error
-	if x := s.x; x != nil {
-		for _, tx := range x.txs {
-			if err := tx.Rollback(); err == nil {
-				s.pool.c.rolledBack.Add(1)
-			} else if !errors.Is(err, sql.ErrTxDone) {
-				errs = append(errs, err)
-			}
+	for _, tx := range c.pin.txs {
+		if err := tx.Rollback(); err == nil {
+			s.pool.c.rolledBack.Add(1)
+		} else if !errors.Is(err, sql.ErrTxDone) {
+			errs = append(errs, err)
 		}
-		clear(x.txs)
-		x.txs = x.txs[:0]
 	}
+	clear(c.pin.txs)
+	c.pin.txs = c.pin.txs[:0]
 	if len(errs) > 0 {
 		return fmt.Errorf("dbctx: rolling back a transaction left open: %w", errors.Join(errs...))
 	}
-	if s.inTxNow() {
+	if c.pc != nil && c.pc.TxStatus() != 'I' || c.pc == nil && c.inRawTx() {
 		// Begun in raw SQL, or on the raw connection.
 		ctx, cancel := cleanupCtx(ctx)
 		defer cancel()
-		if _, err := s.conn.ExecContext(ctx, "ROLLBACK"); err != nil {
+		if err := s.execInternal(ctx, c, "ROLLBACK"); err != nil {
 			return fmt.Errorf("dbctx: rolling back a transaction left open: %w", err)
 		}
 		s.pool.c.rolledBack.Add(1)
 	}
-	s.rawTx = false
+	c.pin.seen &^= kindBegin
+	c.pin.txSet = nil
 	return nil
 }
 
-func (s *Scope) inTxNow() bool {
-	if s.pg != nil {
-		return s.pg.TxStatus() != 'I'
+// execInternal runs a statement of dbscope's own on c: no prefix, no
+// classification.
+func (s *Scope) execInternal(ctx context.Context, c *session, query string) error {
+	if c.px == nil {
+		_, err := c.pin.conn.ExecContext(ctx, query)
+		return err
 	}
-	return s.rawTx
+	return withLock(c.pin.conn, func() error {
+		_, err := c.px.Exec(ctx, query)
+		return err
+	})
 }
 
 // giveBack cleans the session and returns the connection: kept for the
 // next scope (keep.go), else to the *sql.DB. check has disarmed it.
 func (s *Scope) giveBack(ctx context.Context) error {
-	p := s.pool
+	p, c := s.pool, s.c
 	s.closeStmts()
-	if s.poisoned {
+	if c.pin.seen&kindPoison != 0 {
 		s.unpin(discardUnresettable)
 		return nil
 	}
 	tp := p.opts.TransactionPooling
-	if !tp && !s.dirty && s.sock != nil && s.sock.changed(s.pg) {
+	if !tp && !c.dirty() && c.changed() {
 		// Something the scope ran changed the session user without the
 		// classifier seeing it: a view's or an operator's code, say.
-		s.dirty, s.sweep = true, true
-	}
-	if s.dirty || p.opts.ResetAlways || p.opts.OnRelease != nil {
-		var cancel context.CancelFunc
-		ctx, cancel = cleanupCtx(ctx)
-		defer cancel()
+		c.pin.seen |= kindState | kindCode
 	}
 	if p.opts.OnRelease != nil {
-		if err := p.opts.OnRelease(ctx, s.conn); err != nil {
+		ctx, cancel := cleanupCtx(ctx)
+		err := p.opts.OnRelease(ctx, c.pin.conn)
+		cancel()
+		if err != nil {
 			s.unpin(discardHook)
 			return fmt.Errorf("dbctx: OnRelease: %w", err)
 		}
-		s.dirty, s.sweep = true, true // what it ran is not seen
+		c.pin.seen |= kindState | kindCode // what it ran is not seen
 	}
 	// Behind transaction pooling a reset would reach whichever server
 	// connection the pooler picks; what could leak was refused (see
-	// Scope.use).
-	if !tp && (s.dirty || p.opts.ResetAlways) {
-		s.sweep = s.sweep || p.opts.ResetAlways
-		p.c.resets.Add(1)
-		if err := s.reset(ctx); err != nil {
-			s.unpin(discardReset)
-			return fmt.Errorf("dbctx: resetting session: %w", err)
+	// Scope.exec).
+	if !tp && (c.dirty() || p.opts.ResetAlways) {
+		sweep := c.pin.seen&kindCode != 0 || p.opts.ResetAlways
+		if c.px != nil {
+			// Owed by the connection's next user, in its first round
+			// trip (prefix.go), or before it goes back to the *sql.DB.
+			c.resetDue = true
+			c.sweepDue = c.sweepDue || sweep
+		} else {
+			ctx, cancel := cleanupCtx(ctx)
+			err := p.resetOther(ctx, c, sweep)
+			cancel()
+			if err != nil {
+				s.unpin(discardReset)
+				return fmt.Errorf("dbctx: resetting session: %w", err)
+			}
 		}
 	}
-	if s.sock != nil {
-		s.sock.released = monotonic()
-	}
-	switch {
-	case s.handedOut:
-		// User code may still hold a *sql.Tx or *sql.Rows of it, which
-		// keeps *sql.Conn.Close waiting until they end.
-		go s.conn.Close()
-	case !p.keep(keptConn{conn: s.conn, pc: s.pg, sock: s.sock, taken: s.taken}):
-		s.conn.Close()
-	}
+	c.released = monotonic()
 	p.c.givenBack.Add(1)
-	s.forget()
+	s.forget() // before the next scope may take it from the keep
+	if !p.keep(c) {
+		p.giveToDB(c)
+	}
 	return nil
 }
 
@@ -234,53 +252,55 @@ func cleanupCtx(ctx context.Context) (context.Context, context.CancelFunc) {
 
 // unpin discards the pinned connection.
 func (s *Scope) unpin(why discardReason) {
+	c := s.c
 	s.closeRows()
 	s.disarm()
 	s.closeStmts()
-	if x := s.x; x != nil {
-		for _, tx := range x.txs {
-			// The connection is going away; this only ends database/sql's
-			// bookkeeping (and its goroutine) for the transaction.
-			tx.Rollback()
-		}
-		clear(x.txs)
-		x.txs = x.txs[:0]
+	for _, tx := range c.pin.txs {
+		// The connection is going away; this only ends database/sql's
+		// bookkeeping (and its goroutine) for the transaction.
+		tx.Rollback()
 	}
-	if s.handedOut {
-		// As in giveBack: do not wait for what user code holds.
-		go s.pool.discard(s.conn, -1)
-		s.pool.c.discarded[why].Add(1)
-	} else {
-		s.pool.discard(s.conn, why)
+	clear(c.pin.txs)
+	c.pin.txs = c.pin.txs[:0]
+	if c.pin.handedOut {
+		// As in abandon: do not wait for what user code holds.
+		s.abandon(why)
+		return
 	}
+	s.pool.discard(c.pin.conn, why)
 	s.forget()
 }
 
-// abandon discards a connection that still has a result open: a *sql.Row
-// never scanned, or rows read from the raw connection and never closed.
-// database/sql closes a *sql.Conn only once such rows are closed, so the
-// pgx connection is closed now, which frees the server session; the
-// scope's own unscanned row is then scanned, which fails at once and
-// releases it, and database/sql's bookkeeping for rows of the raw
-// connection finishes in the background, when their owner closes them or
-// their context ends.
-func (s *Scope) abandon() {
+// abandon discards a connection user code may still use, or that still
+// has a result open: the driver connection is closed now, which frees the
+// server session and makes whatever user code kept of it fail, and
+// database/sql's bookkeeping finishes in the background, when what user
+// code holds (rows, a transaction) ends.
+func (s *Scope) abandon(why discardReason) {
+	c := s.c
 	s.disarm()
-	conn := s.conn
-	conn.Raw(func(dc any) error {
-		if c, ok := dc.(interface{ Close() error }); ok {
-			c.Close()
-		}
-		return nil
-	})
-	if s.row != nil {
+	conn := c.pin.conn
+	if c.pc != nil {
+		withLock(conn, func() error { c.pc.Close(context.Background()); return nil })
+	} else {
+		conn.Raw(func(dc any) error {
+			if cl, ok := dc.(interface{ Close() error }); ok {
+				cl.Close()
+			}
+			return nil
+		})
+	}
+	if c.pin.row != nil {
 		// A *sql.Row never scanned holds the *sql.Conn until it is: with
 		// the connection closed, scanning it fails at once and frees it.
-		s.row.Scan()
+		c.pin.row.Scan()
 	}
 	go conn.Raw(s.pool.discardFn)
-	s.pool.c.discarded[discardBroken].Add(1)
-	s.pool.opts.Logger.Warn("dbctx: a result was left open at a boundary (a *sql.Row never scanned, or *sql.Rows never closed); connection discarded")
+	s.pool.c.discarded[why].Add(1)
+	if why == discardBroken {
+		s.pool.opts.Logger.Warn("dbctx: a result was left open at a boundary (rows of the raw connection never closed); connection discarded")
+	}
 	s.forget()
 }
 
@@ -288,36 +308,42 @@ func (s *Scope) forget() {
 	// qctx keeps its context until the next quiet statement: for a
 	// socket's scope, the socket's own (wsconsumer's callbacks all get
 	// the same one).
-	s.conn, s.pg, s.sock, s.row = nil, nil, nil, nil
-	s.dirty, s.sweep, s.poisoned, s.rawTx, s.bad = false, false, false, false, false
-	s.handedOut, s.unchecked, s.used = false, false, false
-	s.pool.c.pinned.Add(-1)
-	if x := s.x; x != nil {
-		if x.leak != nil {
-			x.leak.Stop()
-			x.leak = nil
-		}
+	c := s.c
+	if c.pin.leak != nil {
+		c.pin.leak.Stop()
+		c.pin.leak = nil
 	}
+	s.c = nil
+	s.pool.c.pinned.Add(-1)
 }
 
+// closeRows closes what the scope's statements left open.
 func (s *Scope) closeRows() {
-	if s.rows != nil {
-		s.rows.Close()
-		s.rows = nil
+	c := s.c
+	if c.pin.rows != nil {
+		c.pin.rows.Close()
+		c.pin.rows = nil
 	}
-	if s.prows != nil || (s.x != nil && s.x.batch != nil) {
-		s.closePgx()
+	if c.pin.row != nil && c.pc == nil {
+		c.pin.row.Scan()
+		c.pin.row = nil
+	}
+	if r := c.pin.open1; r != nil {
+		c.pin.open1 = nil
+		r.abort()
 	}
 }
 
 func (s *Scope) closeStmts() {
-	x := s.x
-	if x == nil {
-		return
-	}
-	for _, st := range x.stmts {
+	c := s.c
+	for _, st := range c.pin.stmts {
 		st.Close()
 	}
-	clear(x.stmts)
-	x.stmts = x.stmts[:0]
+	clear(c.pin.stmts)
+	c.pin.stmts = c.pin.stmts[:0]
+}
+
+// logCleanup logs a cleanup that failed after the work it followed.
+func (p *Pool) logCleanup(msg string, err error) {
+	p.opts.Logger.Warn(msg, "err", err)
 }

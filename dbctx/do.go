@@ -49,7 +49,7 @@ func DoValue[T any](ctx context.Context, fn func(ctx context.Context, s *Scope) 
 // p's alone: the others' connections stay as they are (a panic in fn
 // excepted, which discards every connection fn may have been using).
 func (p *Pool) Do(ctx context.Context, fn func(ctx context.Context, s *Scope) error) error {
-	if s := p.From(ctx); s != nil && !s.async && !s.ended {
+	if s := p.From(ctx); s != nil && !s.async && !s.isEnded() {
 		return s.do(ctx, fn)
 	}
 	s := &Scope{pool: p, outer: outerOf(ctx)}
@@ -59,52 +59,81 @@ func (p *Pool) Do(ctx context.Context, fn func(ctx context.Context, s *Scope) er
 	return err
 }
 
+func (s *Scope) isEnded() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ended
+}
+
 func (s *Scope) do(ctx context.Context, fn func(ctx context.Context, s *Scope) error) (err error) {
-	// A transaction already open on the scope belongs to the caller: Do
-	// runs inside it and leaves it alone at both ends.
-	boundary := s.depth == 0 && s.atomic == 0 && !(s.conn != nil && s.inTx())
-	if s.depth == 0 {
-		if err := s.takeSlot(ctx); err != nil {
-			return err
-		}
-		if boundary {
-			// A failed cleanup of earlier work has discarded that
-			// connection; fn gets a fresh one and is not failed for it.
-			if err := s.release(ctx, false); err != nil {
-				s.pool.opts.Logger.Warn("dbctx: cleaning up before Do", "err", err)
-			}
-		}
+	if err := s.enterDo(ctx); err != nil {
+		return err
 	}
-	s.depth++
 	defer func() {
+		r := recover()
+		s.mu.Lock()
+		defer s.mu.Unlock()
 		s.depth--
-		if r := recover(); r != nil {
+		if r != nil {
 			err = &PanicError{Value: r, Stack: debug.Stack()}
 			s.atomic = 0
-			if s.conn != nil {
+			if s.c != nil {
 				s.unpin(discardPanic)
 			}
 			discardOthers(ctx, s)
 		}
 		if s.depth == 0 {
-			if boundary {
-				// Cleanup never rewrites the outcome: fn's work stands
-				// (or failed) whatever the cleanup after it does; a
-				// failed cleanup has discarded the connection and is
-				// counted in Stats.Discarded.
-				if rerr := s.release(ctx, false); rerr != nil {
-					s.pool.opts.Logger.Warn("dbctx: cleaning up after Do", "err", rerr)
-				}
-			}
-			s.freeIdleSlot()
+			s.leaveDo(ctx)
 		}
 	}()
 	return fn(ctx, s)
 }
 
+// enterDo takes a slot for the outermost Do of the scope and runs its
+// boundary.
+func (s *Scope) enterDo(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.depth == 0 {
+		if err := s.takeSlot(ctx); err != nil {
+			return err
+		}
+		s.doBoundary = s.boundaryAtDo()
+		if s.doBoundary {
+			// A failed cleanup of earlier work has discarded that
+			// connection; fn gets a fresh one and is not failed for it.
+			if err := s.release(ctx, false); err != nil {
+				s.pool.logCleanup("dbctx: cleaning up before Do", err)
+			}
+		}
+	}
+	s.depth++
+	return nil
+}
+
+// leaveDo runs the boundary after the outermost Do and frees its slot.
+// Cleanup never rewrites the outcome: fn's work stands (or failed)
+// whatever the cleanup after it does; a failed cleanup has discarded the
+// connection and is counted in Stats.Discarded.
+func (s *Scope) leaveDo(ctx context.Context) {
+	if s.doBoundary && s.atomic == 0 {
+		if err := s.release(ctx, false); err != nil {
+			s.pool.logCleanup("dbctx: cleaning up after Do", err)
+		}
+	}
+	s.freeIdleSlot()
+}
+
+// boundaryAtDo reports whether the outermost Do runs boundaries, at both
+// ends: not inside an Atomic, nor inside a transaction of the caller's,
+// which Do leaves alone.
+func (s *Scope) boundaryAtDo() bool {
+	return s.atomic == 0 && !(s.c != nil && s.inTx(s.c))
+}
+
 // freeIdleSlot frees the slot of a scope that pins no connection.
 func (s *Scope) freeIdleSlot() {
-	if s.conn == nil {
+	if s.c == nil {
 		s.freeSlot()
 	}
 }
@@ -115,9 +144,14 @@ func (s *Scope) freeIdleSlot() {
 // the error it became and clean up at their own boundary.
 func discardOthers(ctx context.Context, s *Scope) {
 	for o := range visible(ctx) {
-		if o != s && o.pool != s.pool && o.conn != nil && o.depth == 0 && o.atomic == 0 {
+		if o == s || o.pool == s.pool {
+			continue
+		}
+		o.mu.Lock()
+		if o.c != nil && o.depth == 0 && o.atomic == 0 {
 			o.unpin(discardPanic)
 			o.freeSlot()
 		}
+		o.mu.Unlock()
 	}
 }

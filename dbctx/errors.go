@@ -56,6 +56,20 @@ var (
 	// ErrInAtomic is returned by [Scope.BeginTx] inside [Atomic]: the
 	// connection is already in a transaction; nest [Atomic] instead.
 	ErrInAtomic = errors.New("dbctx: BeginTx inside Atomic")
+
+	// ErrConnBusy is returned, before anything is sent, for a statement
+	// of a scope whose connection still has the rows (or batch results)
+	// of an earlier statement open: from another goroutine of the unit
+	// of work, or from the same one before it closed them. Close rows, or
+	// read them to the end, before the next statement; QueryRowContext
+	// and QueryRow hold nothing.
+	ErrConnBusy = errors.New("dbctx: connection busy: rows of an earlier statement are still open")
+
+	// ErrSettingValue is returned, wrapped with the setting's name, for a
+	// statement whose context declares a setting ([Setting.With]) with a
+	// value PostgreSQL cannot take (a NUL byte): the statement is not
+	// sent.
+	ErrSettingValue = errors.New("dbctx: setting value contains a NUL byte")
 )
 
 // PanicError is the error [Do] returns when its function panicked. The

@@ -1,7 +1,7 @@
 package dbctx
 
 import (
-	"database/sql"
+	"context"
 	"sync"
 	"time"
 
@@ -10,18 +10,20 @@ import (
 
 // Connections kept between scopes.
 //
-// A scope that gives a clean connection back hands it to the pool's keep
-// rather than to the *sql.DB, and the next scope to pin takes it from
-// there: under load, nearly every pin. That skips database/sql's check-out
-// and give-back (its pool lock, the *sql.Conn, the session reset hook, the
-// Raw call that finds the pgx connection), about 2% of a one-query request.
-// The connection goes through the same health check as one from the
-// *sql.DB.
+// A scope that gives a connection back hands it to the pool's keep rather
+// than to the *sql.DB, and the next scope to pin takes it from there:
+// under load, nearly every pin. That skips database/sql's check-out and
+// give-back (its pool lock, the *sql.Conn, the session reset hook, the
+// Raw call that finds the pgx connection). The connection goes through
+// the same health check as one from the *sql.DB, and carries what its
+// last user left owed (a reset, settings to clear): the next user pays it
+// in its first round trip.
 //
 // The keep holds a connection at most keepIdle after its give-back, and
 // at most keepFor after database/sql handed it out; past either it goes
-// back to the *sql.DB. So code that uses the *sql.DB directly waits at most
-// keepIdle for a connection the keep holds, and database/sql's own limits
+// back to the *sql.DB, cleaned first, off the path of any request. So
+// code that uses the *sql.DB directly waits at most keepIdle for a
+// connection the keep holds, and database/sql's own limits
 // (SetConnMaxLifetime, SetConnMaxIdleTime, the driver's session reset)
 // apply to every connection at least every keepFor. A kept connection
 // counts as in use in the *sql.DB's Stats and as Kept in the pool's.
@@ -31,29 +33,19 @@ const (
 	keepFor  = 500 * time.Millisecond
 )
 
-// keptConn is a connection on its way between the *sql.DB, scopes and the
-// keep. While kept, sock.released is when a scope gave it back.
-type keptConn struct {
-	conn  *sql.Conn
-	pc    *pgconn.PgConn // nil for other drivers
-	sock  *socket        // pc's; nil with pc
-	taken time.Duration  // monotonic() when database/sql handed it out
-}
-
 type keepList struct {
 	mu     sync.Mutex
-	conns  []keptConn // oldest give-back first
+	conns  []*session // oldest give-back first
 	timer  headTimer  // runs sweep
 	closed bool
 }
 
-// keep takes a connection a scope has just given back clean (at
-// k.sock.released); false means the caller gives it to the *sql.DB. A
-// connection of another driver is never kept: its health is what
-// database/sql's check-out looks at (ResetSession, Validator). Nor is one
-// due back (keepFor).
-func (p *Pool) keep(k keptConn) bool {
-	if k.pc == nil || k.sock.released-k.taken >= keepFor {
+// keep takes a connection a scope has just given back (at c.released);
+// false means the caller gives it to the *sql.DB. A connection of another
+// driver is never kept: its health is what database/sql's check-out looks
+// at (ResetSession, Validator). Nor is one due back (keepFor).
+func (p *Pool) keep(c *session) bool {
+	if c.pc == nil || c.released-c.pin.taken >= keepFor {
 		return false
 	}
 	kp := &p.kept
@@ -62,7 +54,7 @@ func (p *Pool) keep(k keptConn) bool {
 	if kp.closed || p.keepIdle <= 0 || len(kp.conns) >= p.opts.MaxWorkers {
 		return false
 	}
-	kp.conns = append(kp.conns, k)
+	kp.conns = append(kp.conns, c)
 	if !kp.timer.armed {
 		kp.timer.set(p.keepIdle)
 	}
@@ -72,38 +64,39 @@ func (p *Pool) keep(k keptConn) bool {
 // takeKept returns a kept connection that passes the health check, or ok
 // false when the keep has none. One kept past keepFor goes back to the
 // *sql.DB; a dead one is discarded.
-func (p *Pool) takeKept() (k keptConn, looked, ok bool) {
+func (p *Pool) takeKept() (c *session, looked, ok bool) {
 	for {
-		if k, ok = p.unkeep(); !ok {
-			return k, false, false
+		if c = p.unkeep(); c == nil {
+			return nil, false, false
 		}
 		now := monotonic()
-		if now-k.taken >= keepFor {
-			k.conn.Close()
+		if now-c.pin.taken >= keepFor {
+			p.giveToDB(c)
 			continue
 		}
 		var err error
-		if looked, err = p.check(k.pc, k.sock, now); err == nil {
-			return k, looked, true
+		if looked, err = p.check(c, now); err == nil {
+			c.pin = pin{conn: c.pin.conn, taken: c.pin.taken}
+			return c, looked, true
 		}
-		p.discard(k.conn, discardDead)
+		p.discard(c.pin.conn, discardDead)
 		p.sawDeath()
 	}
 }
 
-// unkeep takes the connection given back last.
-func (p *Pool) unkeep() (keptConn, bool) {
+// unkeep takes the connection given back last, or nil.
+func (p *Pool) unkeep() *session {
 	kp := &p.kept
 	kp.mu.Lock()
 	defer kp.mu.Unlock()
 	n := len(kp.conns)
 	if n == 0 {
-		return keptConn{}, false
+		return nil
 	}
-	k := kp.conns[n-1]
-	kp.conns[n-1] = keptConn{}
+	c := kp.conns[n-1]
+	kp.conns[n-1] = nil
 	kp.conns = kp.conns[:n-1]
-	return k, true
+	return c
 }
 
 // sweep gives the connections kept p.keepIdle or longer back to the *sql.DB.
@@ -113,20 +106,20 @@ func (p *Pool) sweep() {
 	kp.mu.Lock()
 	kp.timer.armed = false
 	i := 0
-	for i < len(kp.conns) && now-kp.conns[i].sock.released >= p.keepIdle {
+	for i < len(kp.conns) && now-kp.conns[i].released >= p.keepIdle {
 		i++
 	}
-	old := make([]keptConn, i)
+	old := make([]*session, i)
 	copy(old, kp.conns)
 	n := copy(kp.conns, kp.conns[i:])
 	clear(kp.conns[n:])
 	kp.conns = kp.conns[:n]
 	if n > 0 && !kp.closed {
-		kp.timer.set(p.keepIdle - (now - kp.conns[0].sock.released))
+		kp.timer.set(p.keepIdle - (now - kp.conns[0].released))
 	}
 	kp.mu.Unlock()
-	for _, k := range old {
-		k.conn.Close()
+	for _, c := range old {
+		p.giveToDB(c)
 	}
 }
 
@@ -140,8 +133,8 @@ func (p *Pool) closeKept() {
 	kp.conns = nil
 	kp.timer.stop()
 	kp.mu.Unlock()
-	for _, k := range old {
-		k.conn.Close()
+	for _, c := range old {
+		p.giveToDB(c)
 	}
 }
 
@@ -150,4 +143,57 @@ func (p *Pool) keptNow() int {
 	p.kept.mu.Lock()
 	defer p.kept.mu.Unlock()
 	return len(p.kept.conns)
+}
+
+// giveToDB gives a connection back to the *sql.DB, after what its last
+// user left owed: the reset and the settings dbscope applied are undone
+// first, on a goroutine of their own, so that no other user of the
+// *sql.DB sees them and no request waits for it.
+func (p *Pool) giveToDB(c *session) {
+	if !c.resetDue && len(c.applied) == 0 {
+		c.pin.conn.Close()
+		return
+	}
+	p.cleaning.Add(1)
+	go func() {
+		defer p.cleaning.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+		defer cancel()
+		if err := p.clean(ctx, c); err != nil {
+			if c.pc.IsClosed() {
+				// It died while kept: nothing to clean, nothing to say.
+				p.discard(c.pin.conn, discardDead)
+				return
+			}
+			p.discard(c.pin.conn, discardReset)
+			p.logCleanup("dbctx: cleaning a connection before giving it back", err)
+			return
+		}
+		c.pin.conn.Close()
+	}()
+}
+
+// clean runs what c's last user left owed, alone: the reset (which clears
+// settings too), or the clearing of the settings dbscope applied.
+func (p *Pool) clean(ctx context.Context, c *session) error {
+	pre := &prefix{reset: c.resetDue, sweep: c.resetDue && c.sweepDue}
+	if !c.resetDue {
+		pre.set = withResets(nil, c.applied)
+	}
+	err := withLock(c.pin.conn, func() error {
+		var b pgconn.Batch
+		p.queuePgconn(&b, pre)
+		_, err := c.pc.ExecBatch(ctx, &b).ReadAll()
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	if pre.reset {
+		p.c.resets.Add(1)
+		c.resetDue, c.sweepDue = false, false
+		dropNotifications(c)
+	}
+	c.applied = nil
+	return nil
 }

@@ -9,12 +9,12 @@ import (
 
 // watchLeak arms the leak detector for a connection just pinned: if it is
 // still pinned after LeakTimeout, the stack that pinned it is logged once.
-func (s *Scope) watchLeak() {
+func (s *Scope) watchLeak(c *session) {
 	p := s.pool
 	pcs := make([]uintptr, 32)
 	pcs = pcs[:runtime.Callers(4, pcs)]
 	pinned := time.Now()
-	s.extra().leak = time.AfterFunc(p.opts.LeakTimeout, func() {
+	c.pin.leak = time.AfterFunc(p.opts.LeakTimeout, func() {
 		// Counted after the report is written: a reader who sees the
 		// count finds the report.
 		defer p.c.leaks.Add(1)

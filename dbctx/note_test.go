@@ -17,7 +17,9 @@ func TestClassify(t *testing.T) {
 		O = kindOnce
 		P = kindPoison
 		C = kindCode
-		U = kindUnknown // S | O | C
+		U = kindUnknown // S | O | C | A
+		A = kindAlone
+		R = kindSeqRead
 		X = kindSession // with S: set in the session, visibly
 	)
 	for _, tc := range []struct {
@@ -61,12 +63,12 @@ func TestClassify(t *testing.T) {
 		{"FETCH 10 FROM c", 0},
 		{"NOTIFY ch, 'x'", 0},
 		{"LOCK TABLE t IN SHARE MODE", 0},
-		{"begin", B},
-		{"START TRANSACTION", B},
-		{"BEGIN ISOLATION LEVEL REPEATABLE READ", B},
-		{"COMMIT", O},
-		{"ROLLBACK", O},
-		{"SAVEPOINT a", O},
+		{"begin", B | A},
+		{"START TRANSACTION", B | A},
+		{"BEGIN ISOLATION LEVEL REPEATABLE READ", B | A},
+		{"COMMIT", O | A},
+		{"ROLLBACK", O | A},
+		{"SAVEPOINT a", O | A},
 
 		// Session state, by statement.
 		{"SET search_path = x", S | X},
@@ -99,6 +101,7 @@ func TestClassify(t *testing.T) {
 		{"SELECT pg_advisory_lock(1)", S | X},
 		{"SELECT pg_try_ADVISORY_LOCK(1)", S | X},
 		{"SELECT nextval('s')", S},
+		{"SELECT currval('s'), lastval()", S | R},
 		{"SELECT app.set_tenant($1)", S | C},
 		{"SELECT set_tenant($1)", S | C},
 		{"SELECT * FROM t WHERE x = f(1)", S | C},
@@ -113,10 +116,10 @@ func TestClassify(t *testing.T) {
 		{"/* tag */ SET app.tenant = '42'", S | X},
 		{"-- name: SetTenant :exec\nSET app.tenant = '42'", S | X},
 		{"  (SET x = 1)", S | X},
-		{"SELECT 1; SET x.y = 1", S | O | X},
-		{"SELECT 'a''b'; SELECT set_config('a', 'b', false)", S | O | X},
-		{"SELECT E'\\''; SET x = 1 --'", S | O | X},
-		{"SELECT $a$ $b$ $a$; SET x = 1", S | O | X},
+		{"SELECT 1; SET x.y = 1", S | O | X | A},
+		{"SELECT 'a''b'; SELECT set_config('a', 'b', false)", S | O | X | A},
+		{"SELECT E'\\''; SET x = 1 --'", S | O | X | A},
+		{"SELECT $a$ $b$ $a$; SET x = 1", S | O | X | A},
 		{"SELECT 1 /* unterminated", U},
 		{"SELECT 'unterminated", U},
 		// Code the classifier cannot see: state, run at most once.
@@ -144,7 +147,7 @@ func kindString(k queryKind) string {
 	for _, f := range []struct {
 		k    queryKind
 		name string
-	}{{kindState, "state"}, {kindBegin, "begin"}, {kindOnce, "once"}, {kindPoison, "poison"}, {kindCode, "code"}, {kindSession, "session"}} {
+	}{{kindState, "state"}, {kindBegin, "begin"}, {kindOnce, "once"}, {kindPoison, "poison"}, {kindCode, "code"}, {kindSession, "session"}, {kindAlone, "alone"}, {kindSeqRead, "seqread"}} {
 		if k&f.k != 0 {
 			parts = append(parts, f.name)
 		}
@@ -184,6 +187,6 @@ func TestNoteCache(t *testing.T) {
 func BenchmarkNote(b *testing.B) {
 	s := Scope{pool: new(Pool)}
 	for b.Loop() {
-		s.note("SELECT id, body FROM messages WHERE room = $1 ORDER BY id DESC LIMIT 50")
+		s.kindOf("SELECT id, body FROM messages WHERE room = $1 ORDER BY id DESC LIMIT 50", nil)
 	}
 }

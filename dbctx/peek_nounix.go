@@ -4,4 +4,4 @@ package dbctx
 
 // dead cannot look into sockets here; pgx's ping after a second idle and
 // the statement retry cover dead connections.
-func (s *socket) dead() bool { return false }
+func (s *session) dead() bool { return false }

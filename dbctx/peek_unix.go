@@ -13,7 +13,7 @@ import "syscall"
 // side. TLS hides the message type, so there only a closed peer counts. A
 // socket that cannot be looked into is reported alive: pgx's ping after a
 // second idle and the statement retry cover it.
-func (s *socket) dead() bool {
+func (s *session) dead() bool {
 	if s.fd < 0 {
 		return false
 	}

@@ -1,169 +1,229 @@
 package dbctx
 
 import (
-	"cmp"
 	"context"
-	"database/sql"
-	"fmt"
+	"errors"
+	"sync"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
 )
 
 // pgx's own interface on the scope: Exec, Query, QueryRow, CopyFrom and
 // SendBatch, the DBTX that sqlc generates with sql_package "pgx/v5". They
-// run on the *pgx.Conn under the scope's pinned connection with what the
-// database/sql methods have: the lazy slot and pin, the async guard, the
-// scope's cancellation, the session-state tracking and reset, the safe
-// retry and the statement timing.
+// run on the *pgx.Conn under the scope's pinned connection through the
+// scope's one path (stmt.go): the lazy slot and pin, the async guard, the
+// scope's cancellation, what is owed before the statement, the
+// session-state tracking, the safe retry and the statement timing.
 
 // Exec runs a statement through pgx's interface on the scope's connection
 // and returns its command tag.
 func (s *Scope) Exec(ctx context.Context, query string, args ...any) (pgconn.CommandTag, error) {
-	start := monotonic()
-	c, err := s.usePgx(ctx, query)
-	if err != nil {
-		return pgconn.CommandTag{}, err
-	}
-	tag, err := run(ctx, s, c, true, func(ctx context.Context, c *sql.Conn) (tag pgconn.CommandTag, err error) {
-		lerr := withLock(c, func() { tag, err = s.sock.px.Exec(ctx, query, args...) })
-		return tag, cmp.Or(lerr, err)
+	st := s.stmtOf(query, args, viaPgx)
+	var tag pgconn.CommandTag
+	err := s.exec(ctx, &st, func(ctx context.Context, c *session, p *prefix) error {
+		return withLock(c.pin.conn, func() (err error) {
+			tag, err = s.pgxExec(ctx, c, p, query, args)
+			return err
+		})
 	})
-	s.account(start)
 	return tag, err
 }
 
 // Query runs a statement that returns rows through pgx's interface on the
-// scope's connection. Close the rows before the next statement; a
-// boundary closes them if you do not. As with database/sql's driver, the
-// first row is read before Query returns, so that a connection found dead
-// then can be replaced and the statement run again (see [Scope]).
+// scope's connection. The rows hold the connection until they are
+// closed, or read to the end: a statement meanwhile fails with
+// ErrConnBusy; a boundary closes them if you do not. As with
+// database/sql's driver, the first row is read before Query returns, so
+// that a connection found dead then can be replaced and the statement run
+// again (see [Scope]).
 func (s *Scope) Query(ctx context.Context, query string, args ...any) (pgx.Rows, error) {
-	start := monotonic()
-	c, err := s.usePgx(ctx, query)
-	if err != nil {
-		return &pgxRows{err: err}, err
-	}
-	rows, err := run(ctx, s, c, true, func(ctx context.Context, c *sql.Conn) (rows *pgxRows, err error) {
-		lerr := withLock(c, func() {
-			r, qerr := s.sock.px.Query(ctx, query, args...)
-			if qerr == nil {
-				more := r.Next()
-				if qerr = r.Err(); qerr == nil {
-					rows = &pgxRows{Rows: r, s: s, conn: c, preread: true, more: more}
-					return
-				}
+	st := s.stmtOf(query, args, viaPgx|rows)
+	var out *pgxRows
+	err := s.exec(ctx, &st, func(ctx context.Context, c *session, p *prefix) error {
+		return withLock(c.pin.conn, func() error {
+			src, finish, err := s.pgxQuery(ctx, c, p, query, args, false)
+			if err != nil {
+				return err
 			}
-			r.Close()
-			err = qerr
+			more := src.Next()
+			if err := src.Err(); err != nil {
+				finish()
+				return err
+			}
+			r := &pgxRows{Rows: src, s: s, c: c, preread: true, more: more}
+			r.done = s.opened(c, r, finish)
+			out = r
+			return nil
 		})
-		return rows, cmp.Or(lerr, err)
 	})
-	s.account(start)
 	if err != nil {
 		return &pgxRows{err: err}, err
 	}
-	s.prows = rows
-	return rows, nil
+	return out, nil
 }
 
 // QueryRow runs a statement that returns at most one row through pgx's
-// interface; its error, or pgx.ErrNoRows, comes from Scan, which releases
-// the row.
+// interface. The row is read before QueryRow returns, so the result holds
+// no connection; its error, or pgx.ErrNoRows, comes from Scan.
 func (s *Scope) QueryRow(ctx context.Context, query string, args ...any) pgx.Row {
-	rows, err := s.Query(ctx, query, args...)
+	st := s.stmtOf(query, args, viaPgx)
+	var out *pgxRow
+	err := s.exec(ctx, &st, func(ctx context.Context, c *session, p *prefix) error {
+		return withLock(c.pin.conn, func() error {
+			src, finish, err := s.pgxQuery(ctx, c, p, query, args, false)
+			if err != nil {
+				return err
+			}
+			r := &pgxRow{m: c.px.TypeMap()}
+			if src.Next() {
+				r.found = true
+				r.fields = copyFields(src.FieldDescriptions())
+				r.values = copyValues(src.RawValues())
+			}
+			if err := finish(); err != nil {
+				return err
+			}
+			out = r
+			return nil
+		})
+	})
 	if err != nil {
 		return errPgxRow{err}
 	}
-	return (*pgxRow)(rows.(*pgxRows))
+	return out
 }
 
 // CopyFrom copies rows into a table with the COPY protocol, through pgx's
 // interface on the scope's connection. It is never run again on another
-// connection: rowSrc may have been read.
+// connection: rowSrc may have been read. COPY FROM fires triggers, takes
+// sequence values and evaluates defaults as INSERT does: the session is
+// reset before the connection is given back. COPY cannot share its round
+// trip: settings the session does not carry yet are applied in one of
+// their own, and under TransactionPooling, outside a transaction, COPY
+// runs in a transaction of its own with them.
 func (s *Scope) CopyFrom(ctx context.Context, table pgx.Identifier, columns []string, rowSrc pgx.CopyFromSource) (int64, error) {
-	start := monotonic()
-	c, err := s.usePgx(ctx, "")
-	if err != nil {
-		return 0, err
+	if s != nil && s.pool.opts.TransactionPooling && len(settingsOf(ctx)) > 0 {
+		s.mu.Lock()
+		wrap := s.atomic == 0
+		s.mu.Unlock()
+		if wrap {
+			var n int64
+			err := s.atomicTx(ctx, func(ctx context.Context) (err error) {
+				n, err = s.CopyFrom(ctx, table, columns, rowSrc)
+				return err
+			})
+			return n, err
+		}
 	}
-	first := !s.used
+	st := stmt{kind: kindState | kindCode, how: viaPgx | alone | noRetry}
 	var n int64
-	sctx := s.stmtCtx(ctx, true)
-	lerr := withLock(c, func() { n, err = s.sock.px.CopyFrom(sctx, table, columns, rowSrc) })
-	err = s.observe(ctx, cmp.Or(lerr, err), first)
-	s.ranOn()
-	s.account(start)
+	err := s.exec(ctx, &st, func(ctx context.Context, c *session, _ *prefix) error {
+		return withLock(c.pin.conn, func() (err error) {
+			n, err = c.px.CopyFrom(ctx, table, columns, rowSrc)
+			return err
+		})
+	})
 	return n, err
 }
 
 // SendBatch sends the queued queries of b in one round trip through pgx's
-// interface on the scope's connection. Each query is read for session
-// state as a statement of its own would be; the batch is never run again
-// on another connection. Close the results before the next statement; a
-// boundary closes them if you do not.
+// interface on the scope's connection, after what is owed before them.
+// Each query is read for session state as a statement of its own would
+// be; the batch is never run again on another connection. The results
+// hold the connection until they are closed (see Query).
 func (s *Scope) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
-	start := monotonic()
-	if s != nil && s.pool.opts.TransactionPooling {
-		for _, q := range b.QueuedQueries {
-			if s.pool.notes.kind(q.SQL)&kindSession != 0 {
-				return errBatch{sessionStateError(q.SQL)}
-			}
+	if s == nil {
+		return errBatch{ErrNoScope}
+	}
+	st := stmt{how: viaPgx | noRetry | rows}
+	for i, q := range b.QueuedQueries {
+		k, h := s.kindOf(q.SQL, q.Arguments)
+		if s.pool.opts.TransactionPooling && k&(kindSession|kindSeqRead) != 0 && st.kind&(kindSession|kindSeqRead) == 0 {
+			st.query = q.SQL // the one refused
+		}
+		st.kind |= k
+		st.how |= h &^ alone // pgx's batch reads rewriters and options itself
+		if i == 0 && k&kindBegin != 0 {
+			// The batch begins its own transaction (Batch.BeginTx): what
+			// is owed goes first, alone, and settings go into the
+			// transaction with the batch's next statement.
+			st.how |= alone
 		}
 	}
-	c, err := s.usePgx(ctx, "")
-	if err != nil {
-		return errBatch{err}
+	if len(b.QueuedQueries) > 1 {
+		st.kind |= kindOnce
 	}
-	for _, q := range b.QueuedQueries {
-		s.note(q.SQL)
-	}
-	br := &pgxBatch{s: s, ctx: ctx, conn: c, first: !s.used}
-	sctx := s.stmtCtx(ctx, true)
-	if err := withLock(c, func() { br.br = s.sock.px.SendBatch(sctx, b) }); err != nil {
-		return errBatch{err}
-	}
-	s.ranOn()
-	s.extra().batch = br
-	s.account(start)
-	return br
-}
-
-// usePgx is use for pgx's interface: it needs pgx's stdlib driver.
-func (s *Scope) usePgx(ctx context.Context, query string) (*sql.Conn, error) {
-	c, err := s.use(ctx, query)
-	if err != nil {
-		return nil, err
-	}
-	if s.sock == nil || s.sock.px == nil {
-		return nil, fmt.Errorf("dbctx: Scope's pgx methods: %w", errNotPgx)
-	}
-	return c, nil
-}
-
-// withLock runs f while holding database/sql's lock of c, as database/sql's
-// own statements do: a transaction of c (Atomic's, BeginTx's) is rolled
-// back by database/sql on a goroutine of its own when its context ends,
-// and must not use the connection while a statement of pgx's interface,
-// or what its rows and batch results read afterwards, does. It returns
-// database/sql's error where c is closed (f does not run then).
-func withLock(c *sql.Conn, f func()) error {
-	return c.Raw(func(any) error {
-		f()
-		return nil
+	var out *pgxBatch
+	err := s.exec(ctx, &st, func(ctx context.Context, c *session, p *prefix) error {
+		return withLock(c.pin.conn, func() error {
+			nb, n := b, 0
+			if !p.empty() {
+				nb = &pgx.Batch{}
+				n = s.pool.queuePgx(nb, p)
+				nb.QueuedQueries = append(nb.QueuedQueries, b.QueuedQueries...)
+			}
+			br := c.px.SendBatch(ctx, nb)
+			for i := range n {
+				if _, err := br.Exec(); err != nil {
+					br.Close()
+					s.prefixDone(c, p, false, i)
+					return err
+				}
+			}
+			out = &pgxBatch{s: s, c: c, br: br}
+			out.done = s.opened(c, out, func() error {
+				err := br.Close()
+				s.prefixDone(c, p, err == nil, all)
+				return err
+			})
+			return nil
+		})
 	})
+	if err != nil {
+		return errBatch{err}
+	}
+	return out
 }
 
-// closePgx closes the rows and batch results of pgx's interface left open.
-func (s *Scope) closePgx() {
-	if s.prows != nil {
-		s.prows.Close()
-		s.prows = nil
+// Pgx calls fn with the *pgx.Conn under the scope's connection, for what
+// the Scope does not cover (LISTEN, large objects, pgx's own transactions),
+// with what is owed applied first (the settings the context declares).
+// fn must not close the connection, nor use the scope. The scope sees none
+// of what fn runs: the connection is discarded at the next boundary,
+// rather than given back, so that a *pgx.Conn kept past it fails. With a
+// driver other than pgx's stdlib it returns an error.
+func (s *Scope) Pgx(ctx context.Context, fn func(*pgx.Conn) error) error {
+	var c *session
+	if err := s.raw(ctx, func(x *session) { c = x }); err != nil {
+		return err
 	}
-	if x := s.x; x != nil && x.batch != nil {
-		x.batch.done = true
-		x.batch.Close()
-		x.batch = nil
+	if c.px == nil {
+		return errNotPgx
+	}
+	err := withLock(c.pin.conn, func() error { return fn(c.px) })
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.observe(ctx, err, false)
+}
+
+// opened registers r as the result open on c until the function it
+// returns runs: statements meanwhile get ErrConnBusy, and a boundary
+// closes it. The function ends the statement, once: finish reads what is
+// left of its round trip, under the connection's lock.
+func (s *Scope) opened(c *session, r closer, finish func() error) func() error {
+	c.pin.open.Add(1)
+	c.pin.open1 = r
+	ended := false
+	return func() error {
+		if ended {
+			return nil
+		}
+		ended = true
+		err := withLock(c.pin.conn, finish)
+		c.pin.open.Add(-1)
+		return err
 	}
 }
 
@@ -172,23 +232,40 @@ func (s *Scope) closePgx() {
 type pgxRows struct {
 	pgx.Rows
 	s       *Scope
-	conn    *sql.Conn // whose lock Next and Close take (see withLock)
+	c       *session
+	done    func() error
 	err     error
 	preread bool
 	more    bool
+
+	mu     sync.Mutex // Close may come from a boundary
+	closed bool
 }
 
 func (r *pgxRows) Next() bool {
 	if r.Rows == nil {
 		return false
 	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return false
+	}
 	if r.preread {
 		r.preread = false
+		if !r.more {
+			r.closeLocked()
+		}
 		return r.more
 	}
 	var more bool
-	if err := withLock(r.conn, func() { more = r.Rows.Next() }); err != nil {
+	if err := withLock(r.c.pin.conn, func() error { more = r.Rows.Next(); return nil }); err != nil {
 		r.err = err // the connection is gone (see Err)
+	}
+	if !more {
+		// pgx closes rows read to the end: so do we, which frees the
+		// connection.
+		r.closeLocked()
 	}
 	return more
 }
@@ -197,14 +274,38 @@ func (r *pgxRows) Err() error {
 	if r.Rows == nil || r.err != nil {
 		return r.err
 	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	return r.Rows.Err()
 }
 
 func (r *pgxRows) Close() {
-	if r.Rows != nil {
-		withLock(r.conn, r.Rows.Close)
+	if r.Rows == nil {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.closeLocked()
+}
+
+func (r *pgxRows) closeLocked() {
+	if r.closed {
+		return
+	}
+	r.closed = true
+	var err error
+	if r.done != nil {
+		err = r.done()
+	} else {
+		// A batch's: closing them ends this result only.
+		err = withLock(r.c.pin.conn, func() error { r.Rows.Close(); return nil })
+	}
+	if err != nil && r.err == nil && r.Rows.Err() == nil {
+		r.err = err
 	}
 }
+
+func (r *pgxRows) abort() { r.Close() }
 
 func (r *pgxRows) CommandTag() pgconn.CommandTag {
 	if r.Rows == nil {
@@ -236,66 +337,148 @@ func (r *pgxRows) RawValues() [][]byte {
 
 // Conn returns the *pgx.Conn the rows came from while the scope pins it
 // (nil afterwards, when it may be another scope's), and counts it as raw
-// access: what runs on it unseen, the session is reset for.
+// access (see [Scope.Pgx]).
 func (r *pgxRows) Conn() *pgx.Conn {
-	if r.Rows == nil || r.s.conn != r.conn {
+	if r.Rows == nil || r.s == nil {
 		return nil
 	}
-	r.s.rawAccess()
-	return r.Rows.Conn()
+	return r.s.handOutPinned(r.c)
 }
 
-// pgxRow is QueryRow's result: the rows of Query, scanned once.
-type pgxRow pgxRows
+// handOutPinned hands c's *pgx.Conn out as raw access, if the scope still
+// pins it.
+func (s *Scope) handOutPinned(c *session) *pgx.Conn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.c != c || c.px == nil {
+		return nil
+	}
+	s.handOut(c)
+	return c.px
+}
 
-// Scan reads the row into dest and closes it, as pgx's own QueryRow does.
+// pgxRow is QueryRow's result: the row read, or none.
+type pgxRow struct {
+	m      *pgtype.Map
+	fields []pgconn.FieldDescription
+	values [][]byte
+	found  bool
+}
+
+// Scan reads the row into dest, as pgx's own QueryRow does.
 func (r *pgxRow) Scan(dest ...any) error {
-	rows := (*pgxRows)(r)
-	defer rows.Close()
-	if !rows.Next() {
-		if err := rows.Err(); err != nil {
-			return err
-		}
+	if !r.found {
 		return pgx.ErrNoRows
 	}
-	if err := rows.Scan(dest...); err != nil {
-		return err
+	if len(dest) == 1 {
+		if rs, ok := dest[0].(pgx.RowScanner); ok {
+			return rs.ScanRow(&rowRows{r: r})
+		}
 	}
-	rows.Close()
-	return rows.Err()
+	return pgx.ScanRow(r.m, r.fields, r.values, dest...)
+}
+
+// rowRows is a pgxRow as the pgx.Rows a pgx.RowScanner reads.
+type rowRows struct {
+	r    *pgxRow
+	next bool
+}
+
+func (rr *rowRows) Close()                                       {}
+func (rr *rowRows) Err() error                                   { return nil }
+func (rr *rowRows) CommandTag() pgconn.CommandTag                { return pgconn.CommandTag{} }
+func (rr *rowRows) FieldDescriptions() []pgconn.FieldDescription { return rr.r.fields }
+func (rr *rowRows) RawValues() [][]byte                          { return rr.r.values }
+func (rr *rowRows) Conn() *pgx.Conn                              { return nil }
+func (rr *rowRows) TypeMap() *pgtype.Map                         { return rr.r.m }
+func (rr *rowRows) Next() bool                                   { n := !rr.next; rr.next = true; return n }
+func (rr *rowRows) Scan(dest ...any) error {
+	return pgx.ScanRow(rr.r.m, rr.r.fields, rr.r.values, dest...)
+}
+
+func (rr *rowRows) Values() ([]any, error) {
+	m := rr.r.m
+	values := make([]any, 0, len(rr.r.fields))
+	for i, fd := range rr.r.fields {
+		buf := rr.r.values[i]
+		if buf == nil {
+			values = append(values, nil)
+			continue
+		}
+		if dt, ok := m.TypeForOID(fd.DataTypeOID); ok {
+			v, err := dt.Codec.DecodeValue(m, fd.DataTypeOID, fd.Format, buf)
+			if err != nil {
+				return nil, err
+			}
+			values = append(values, v)
+			continue
+		}
+		if fd.Format == pgtype.TextFormatCode {
+			values = append(values, string(buf))
+		} else {
+			values = append(values, append([]byte(nil), buf...))
+		}
+	}
+	return values, nil
+}
+
+// copyValues copies a row's raw values out of pgconn's buffer, into one
+// allocation.
+func copyValues(raw [][]byte) [][]byte {
+	n := 0
+	for _, v := range raw {
+		n += len(v)
+	}
+	buf := make([]byte, 0, n)
+	out := make([][]byte, len(raw))
+	for i, v := range raw {
+		if v != nil {
+			buf = append(buf, v...)
+			out[i] = buf[len(buf)-len(v) : len(buf) : len(buf)]
+		}
+	}
+	return out
 }
 
 type errPgxRow struct{ err error }
 
 func (r errPgxRow) Scan(...any) error { return r.err }
 
-// pgxBatch is SendBatch's results: an error that shows the connection
-// unusable is looked at as a statement's would be (see Scope.observe),
-// while the scope has not moved on (done: a boundary closed the batch).
+// pgxBatch is SendBatch's results.
 type pgxBatch struct {
-	s      *Scope
-	ctx    context.Context
-	conn   *sql.Conn // whose lock reading the results takes (see withLock)
-	br     pgx.BatchResults
-	first  bool
+	s    *Scope
+	c    *session
+	br   pgx.BatchResults
+	done func() error
+
+	mu     sync.Mutex
 	closed bool
-	done   bool
 }
 
 func (b *pgxBatch) Exec() (tag pgconn.CommandTag, err error) {
-	lerr := withLock(b.conn, func() { tag, err = b.br.Exec() })
-	return tag, b.observe(cmp.Or(lerr, err))
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return tag, errBatchClosed
+	}
+	lerr := withLock(b.c.pin.conn, func() error { tag, err = b.br.Exec(); return nil })
+	return tag, errors.Join(lerr, err)
 }
 
 func (b *pgxBatch) Query() (pgx.Rows, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return &pgxRows{err: errBatchClosed}, errBatchClosed
+	}
 	var rows pgx.Rows
 	var err error
-	lerr := withLock(b.conn, func() { rows, err = b.br.Query() })
-	if err = cmp.Or(lerr, err); err != nil {
-		err = b.observe(err)
+	lerr := withLock(b.c.pin.conn, func() error { rows, err = b.br.Query(); return nil })
+	if err = errors.Join(lerr, err); err != nil {
 		return &pgxRows{err: err}, err
 	}
-	return &pgxRows{Rows: rows, s: b.s, conn: b.conn}, nil
+	// Closing them ends this result, not the batch.
+	return &pgxRows{Rows: rows, s: b.s, c: b.c}, nil
 }
 
 // QueryRow is Query's rows scanned once, as pgx's own batch QueryRow.
@@ -304,42 +487,50 @@ func (b *pgxBatch) QueryRow() pgx.Row {
 	if err != nil {
 		return errPgxRow{err}
 	}
-	return (*pgxRow)(rows.(*pgxRows))
+	return batchRow{rows}
 }
 
 // Tx returns the transaction the batch began (pgx.Batch.BeginTx), or nil.
 // Its statements run on the connection unseen by the scope, which counts
-// them as raw access: the session is reset before the connection is given
-// back, as after a *sql.Tx of Scope.BeginTx.
+// them as raw access (see [Scope.Pgx]).
 func (b *pgxBatch) Tx() pgx.Tx {
 	tx := b.br.Tx()
-	if tx != nil && !b.done && b.s.conn == b.conn {
-		b.s.rawAccess()
+	if tx != nil && b.s.handOutPinned(b.c) == nil {
+		return nil
 	}
 	return tx
 }
 
 func (b *pgxBatch) Close() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	if b.closed {
 		return nil
 	}
 	b.closed = true
-	var err error
-	if lerr := withLock(b.conn, func() { err = b.br.Close() }); lerr != nil && !b.done {
-		err = lerr
-	}
-	if b.done {
-		return err
-	}
-	b.s.x.batch = nil
-	return b.s.observe(b.ctx, err, b.first)
+	return b.done()
 }
 
-func (b *pgxBatch) observe(err error) error {
-	if err == nil || b.done || b.closed {
+func (b *pgxBatch) abort() { b.Close() }
+
+var errBatchClosed = errors.New("dbctx: batch results closed")
+
+// batchRow is a batch's QueryRow: its rows scanned once.
+type batchRow struct{ rows pgx.Rows }
+
+func (r batchRow) Scan(dest ...any) error {
+	defer r.rows.Close()
+	if !r.rows.Next() {
+		if err := r.rows.Err(); err != nil {
+			return err
+		}
+		return pgx.ErrNoRows
+	}
+	if err := r.rows.Scan(dest...); err != nil {
 		return err
 	}
-	return b.s.observe(b.ctx, err, b.first)
+	r.rows.Close()
+	return r.rows.Err()
 }
 
 type errBatch struct{ err error }

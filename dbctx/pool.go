@@ -42,6 +42,11 @@ type Pool struct {
 
 	execModeOnce sync.Once // see checkExecMode
 	stmtErrOnce  sync.Once // see pgxStatementError
+
+	resetStmts []string       // ResetSQL's statements, sent one by one (prefix.go)
+	cleaning   sync.WaitGroup // connections being cleaned on their way back (keep.go)
+	bridgeOnce sync.Once      // see bridge.go
+	bridgeDB   *sql.DB
 }
 
 // New returns a Pool over db. A nil opts means defaults (see [Options]).
@@ -61,6 +66,7 @@ func New(db *sql.DB, opts *Options) *Pool {
 		recent:   recentlyReleased,
 		keepIdle: keepIdle,
 	}
+	p.resetStmts = splitStatements(p.opts.ResetSQL)
 	p.async = &Scope{pool: p, async: true, ended: true}
 	p.key = &ctxKey{name: "dbctx.pool", pool: p}
 	p.kept.timer.f = p.sweep
@@ -82,13 +88,15 @@ func (p *Pool) DB() *sql.DB { return p.db }
 
 // Close refuses new slots with ErrPoolClosed and wakes queued callers with
 // it, and gives the connections it keeps between scopes back to the
-// *sql.DB. Scopes that hold a slot finish normally. Close does not close the
-// *sql.DB. It is safe to call more than once.
+// *sql.DB, cleaned first. Scopes that hold a slot finish normally. Close
+// does not close the *sql.DB. It is safe to call more than once.
 func (p *Pool) Close() error {
 	p.closeOnce.Do(func() {
 		p.closed.Store(true)
 		p.closeSlots()
 		p.closeKept()
+		p.cleaning.Wait()
+		p.closeBridge()
 	})
 	return nil
 }
@@ -96,35 +104,42 @@ func (p *Pool) Close() error {
 // connect takes a connection kept from an earlier scope, else one from the
 // *sql.DB, and makes sure it is alive before user code sees it: one killed
 // while idle is discarded and another taken, as often as needed. Then
-// OnAcquire runs. looked is false for a connection check did not look at
-// (given back a moment ago).
+// OnAcquire runs, after the reset the connection's last user left owed.
+// looked is false for a connection check did not look at (given back a
+// moment ago).
 //
 // OnAcquire's statements are the first on the connection: where they find
 // it dead (a connection given back a moment ago is not looked at first),
 // it is discarded and OnAcquire runs again on another, a few times at most.
-func (p *Pool) connect(ctx context.Context) (c keptConn, looked bool, err error) {
+func (p *Pool) connect(ctx context.Context) (c *session, looked bool, err error) {
 	for dead := 0; ; dead++ {
 		var ok bool
 		c, looked, ok = p.takeKept()
 		if !ok {
 			if c, looked, err = p.checkOut(ctx); err != nil {
-				return c, false, err
+				return nil, false, err
 			}
 		}
 		if p.opts.OnAcquire == nil {
 			break
 		}
-		err = p.opts.OnAcquire(ctx, c.conn)
+		if c.resetDue {
+			err = p.clean(ctx, c)
+		}
+		if err == nil {
+			c.pin.seen |= kindUnknown // what it runs is not seen
+			err = p.opts.OnAcquire(ctx, c.pin.conn)
+		}
 		if err == nil {
 			break
 		}
 		if dead < maxRetries && ctx.Err() == nil && c.pc != nil && c.pc.IsClosed() {
-			p.discard(c.conn, discardDead)
+			p.discard(c.pin.conn, discardDead)
 			p.sawDeath()
 			continue
 		}
-		p.discard(c.conn, discardHook)
-		return keptConn{}, false, fmt.Errorf("dbctx: OnAcquire: %w", err)
+		p.discard(c.pin.conn, discardHook)
+		return nil, false, fmt.Errorf("dbctx: OnAcquire: %w", err)
 	}
 	p.c.acquired.Add(1)
 	p.c.pinned.Add(1)
@@ -132,7 +147,7 @@ func (p *Pool) connect(ctx context.Context) (c keptConn, looked bool, err error)
 }
 
 // checkOut takes a live connection from the *sql.DB.
-func (p *Pool) checkOut(ctx context.Context) (c keptConn, looked bool, err error) {
+func (p *Pool) checkOut(ctx context.Context) (c *session, looked bool, err error) {
 	// database/sql retries a bad connection a couple of times itself; the
 	// bound here only stops a loop if every connection looks dead, which
 	// means the server is gone and db.Conn will soon fail on its own.
@@ -144,14 +159,16 @@ func (p *Pool) checkOut(ctx context.Context) (c keptConn, looked bool, err error
 			if errors.As(err, &ce) {
 				err = fmt.Errorf("%w: %w", ErrUnavailable, err)
 			}
-			return keptConn{}, false, err
+			return nil, false, err
 		}
-		c = keptConn{conn: conn, taken: monotonic()}
+		taken := monotonic()
 		if err = conn.Raw(func(dc any) (bad error) {
-			if c.pc, c.sock = socketOfDriver(dc); c.pc != nil {
+			c = sessionOfDriver(dc)
+			if c.px != nil {
 				p.execModeOnce.Do(func() { p.checkExecMode(dc) })
 			}
-			looked, bad = p.check(c.pc, c.sock, c.taken)
+			c.pin = pin{conn: conn, taken: taken}
+			looked, bad = p.check(c, taken)
 			return bad
 		}); err == nil {
 			return c, looked, nil
@@ -161,7 +178,7 @@ func (p *Pool) checkOut(ctx context.Context) (c keptConn, looked bool, err error
 		p.c.discarded[discardDead].Add(1)
 		p.sawDeath()
 		if dead >= maxDead || ctx.Err() != nil {
-			return keptConn{}, false, fmt.Errorf("dbctx: no live connection after %d tries: %w", dead+1, err)
+			return nil, false, fmt.Errorf("dbctx: no live connection after %d tries: %w", dead+1, err)
 		}
 	}
 }

@@ -204,7 +204,8 @@ func TestKilledWhilePinnedIdle(t *testing.T) {
 
 // A failure of the cleanup after Do's function (here the reset of a dirty
 // session whose backend is gone) does not become Do's error: the work
-// committed, and PostgreSQL holds it once.
+// committed, and PostgreSQL holds it once; the dirty connection reaches
+// no one (the reset it owes fails, and it is discarded).
 func TestCleanupKeepsTheOutcome(t *testing.T) {
 	t.Parallel()
 	pgtest.SkipPooled(t, "kills server backends and counts what the pool saw; behind a pooler the pooler absorbs the kill")
@@ -229,7 +230,13 @@ func TestCleanupKeepsTheOutcome(t *testing.T) {
 	if err := env.Admin().QueryRow("SELECT count(*) FROM " + env.Schema() + ".t").Scan(&n); err != nil || n != 1 {
 		t.Fatalf("%d rows, %v; want 1", n, err)
 	}
-	if st := p.Stats(); st.Discarded.Reset != 1 || st.GivenBack != 0 {
-		t.Fatalf("want the connection discarded for its failed reset: %+v", st)
+	// The reset is owed by the connection's next user, or paid before it
+	// goes back to the *sql.DB: here, in 10 ms, where it fails.
+	eventually(t, "the dirty connection discarded", func() bool {
+		st := p.Stats()
+		return st.Discarded.Reset+st.Discarded.Dead == 1 && st.Kept == 0
+	})
+	if st := p.Stats(); st.Resets != 0 {
+		t.Fatalf("a reset counted on a dead connection: %+v", st)
 	}
 }

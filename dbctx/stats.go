@@ -26,7 +26,7 @@ type Stats struct {
 	Acquired   int64 // connections pinned by scopes
 	GivenBack  int64 // connections given back clean (to the *sql.DB, or kept for the next scope)
 	Retries    int64 // statements run again on a fresh connection
-	Resets     int64 // session resets run before giving back
+	Resets     int64 // session resets run (owed by a dirty scope, run before the next use of its connection)
 	RolledBack int64 // transactions left open that a boundary rolled back
 	Leaks      int64 // scopes reported by the leak detector
 
@@ -43,6 +43,7 @@ type Discards struct {
 	Panic    int64 // user code panicked while it was pinned
 	Hook     int64 // OnAcquire or OnRelease failed
 	Reset    int64 // the session reset failed
+	Raw      int64 // handed to user code as itself (Scope.Conn, Scope.Pgx): never given to another scope
 
 	// Unresettable counts sessions that held what no reset undoes (a
 	// LOADed library, DISCARD ALL or DEALLOCATE ALL under pgx's statement
@@ -52,7 +53,7 @@ type Discards struct {
 
 // Total returns the number of discarded connections.
 func (d Discards) Total() int64 {
-	return d.Dead + d.Broken + d.Canceled + d.Tx + d.Panic + d.Hook + d.Reset + d.Unresettable
+	return d.Dead + d.Broken + d.Canceled + d.Tx + d.Panic + d.Hook + d.Reset + d.Raw + d.Unresettable
 }
 
 type discardReason int8
@@ -65,6 +66,7 @@ const (
 	discardPanic
 	discardHook
 	discardReset
+	discardRaw
 	discardUnresettable
 	numDiscardReasons
 )
@@ -133,6 +135,7 @@ func (p *Pool) Stats() Stats {
 			Panic:    d(discardPanic),
 			Hook:     d(discardHook),
 			Reset:    d(discardReset),
+			Raw:      d(discardRaw),
 
 			Unresettable: d(discardUnresettable),
 		},

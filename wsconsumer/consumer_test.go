@@ -20,13 +20,18 @@ import (
 
 // lookup answers {"id":k} with the name the database gives k, through
 // the scope (sync) or dbctx.Do (async). Op "sleep" sleeps in the database
-// inside a transaction; "panic" panics; "direct" uses the handle directly.
+// inside a transaction, after a first statement (so that a kill fails it
+// rather than run it again); "panic" panics; "direct" uses the handle
+// directly.
 func lookup(ctx context.Context, s *wsconsumer.Session, m msg) error {
 	var name string
 	query := func(ctx context.Context, sc *dbctx.Scope) error {
 		switch m.Op {
 		case "sleep":
 			return dbctx.Atomic(ctx, func(ctx context.Context) error {
+				if _, err := sc.ExecContext(ctx, "SELECT 1"); err != nil {
+					return err
+				}
 				_, err := sc.ExecContext(ctx, "SELECT pg_sleep(30)")
 				return err
 			})

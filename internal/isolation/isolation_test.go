@@ -365,10 +365,13 @@ func TestNoStateCrossesScopes(t *testing.T) {
 					// still compares against a fresh session.
 					pid = pidNow
 				}
-				resets := p.Stats().Resets - before.Resets - 1
+				st := p.Stats()
+				resets, raw := st.Resets-before.Resets-1, st.Discarded.Raw-before.Discarded.Raw
 				switch {
 				case c.Leaves == sessiontest.State && inside == baseClean && !isInert(name, c.Name):
 					t.Errorf("%s: %q left nothing inside its own unit of work: the case does not test this path", c.Name, stmt)
+				case rawAccess(name) && raw != 1:
+					t.Errorf("%s: %q: %d connections discarded for raw access, want 1", c.Name, stmt, raw)
 				case c.Leaves == sessiontest.None && alwaysResets(name) == (resets == 0):
 					t.Errorf("%s: %q cost %d resets", c.Name, stmt, resets)
 				}
@@ -390,7 +393,18 @@ func isInert(unit, name string) bool {
 // see, and so resets every time.
 func alwaysResets(unit string) bool {
 	switch unit {
-	case "BeginTx", "BeginTx, left open", "Conn", "Pgx", "Do, Query, rows.Conn (pgx)", "Do, SendBatch, its Tx (pgx)":
+	case "BeginTx", "BeginTx, left open":
+		return true
+	}
+	return false
+}
+
+// rawAccess reports whether the unit hands the connection itself to user
+// code, which costs the connection: it is discarded at the boundary, so
+// that nothing user code kept of it reaches the next scope.
+func rawAccess(unit string) bool {
+	switch unit {
+	case "Conn", "Pgx", "Do, Query, rows.Conn (pgx)", "Do, SendBatch, its Tx (pgx)":
 		return true
 	}
 	return false

@@ -1,0 +1,419 @@
+package dbctx
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"reflect"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
+)
+
+// The database/sql results of a pgx connection.
+//
+// On a pgx connection the Scope runs every statement through pgx itself,
+// under database/sql's lock of the pinned *sql.Conn, so that what is owed
+// before a statement (prefix.go) goes out in the same round trip, and a
+// row is read before QueryRowContext returns. database/sql makes *sql.Rows
+// and *sql.Row only from a driver's results, so the results are handed
+// to a database/sql pool of the Pool's own, the bridge, whose driver
+// returns them as they are: database/sql's Scan, ColumnTypes and Close
+// then work as on any connection. The rows convert values as pgx's stdlib
+// driver does (sqlRows, below, follows its Rows), and ask the server for
+// the same result formats, so a Scan sees the same driver.Value.
+
+// sqlResultFormats are the result formats pgx's stdlib driver asks for:
+// binary for the types whose binary form it converts itself, text for
+// every other.
+var sqlResultFormats = pgx.QueryResultFormatsByOID{
+	pgtype.BoolOID:        1,
+	pgtype.ByteaOID:       1,
+	pgtype.CIDOID:         1,
+	pgtype.DateOID:        1,
+	pgtype.Float4OID:      1,
+	pgtype.Float8OID:      1,
+	pgtype.Int2OID:        1,
+	pgtype.Int4OID:        1,
+	pgtype.Int8OID:        1,
+	pgtype.OIDOID:         1,
+	pgtype.TimestampOID:   1,
+	pgtype.TimestamptzOID: 1,
+	pgtype.XIDOID:         1,
+}
+
+// bridge returns the pool's bridge, made on first use.
+func (p *Pool) bridge() *sql.DB {
+	p.bridgeOnce.Do(func() {
+		p.bridgeDB = sql.OpenDB(bridgeConnector{})
+		p.bridgeDB.SetMaxIdleConns(2 * p.opts.MaxWorkers)
+	})
+	return p.bridgeDB
+}
+
+// closeBridge closes the bridge (Pool.Close).
+func (p *Pool) closeBridge() {
+	p.bridgeOnce.Do(func() {}) // none made from now on
+	if p.bridgeDB != nil {
+		p.bridgeDB.Close()
+	}
+}
+
+// sqlRowsOf returns r as *sql.Rows.
+func (p *Pool) sqlRowsOf(r driver.Rows) (*sql.Rows, error) {
+	return p.bridge().QueryContext(context.Background(), "", bridged{r: r})
+}
+
+// sqlRowOf returns r as *sql.Row, or err as a *sql.Row whose Scan returns it.
+func (p *Pool) sqlRowOf(r driver.Rows, err error) *sql.Row {
+	if err != nil {
+		return p.bridge().QueryRowContext(context.Background(), "", bridged{err: err})
+	}
+	return p.bridge().QueryRowContext(context.Background(), "", bridged{r: r, err: nil})
+}
+
+// bridged is the one argument of a bridge query: the result to return.
+type bridged struct {
+	r   driver.Rows
+	err error
+}
+
+type bridgeConnector struct{}
+
+func (bridgeConnector) Connect(context.Context) (driver.Conn, error) { return bridgeConn{}, nil }
+func (bridgeConnector) Driver() driver.Driver                        { return bridgeDriver{} }
+
+type bridgeDriver struct{}
+
+func (bridgeDriver) Open(string) (driver.Conn, error) {
+	return nil, errors.New("dbctx: the bridge is not a driver")
+}
+
+type bridgeConn struct{}
+
+func (bridgeConn) Prepare(string) (driver.Stmt, error) { return nil, errBridge }
+func (bridgeConn) Close() error                        { return nil }
+func (bridgeConn) Begin() (driver.Tx, error)           { return nil, errBridge }
+
+func (bridgeConn) CheckNamedValue(*driver.NamedValue) error { return nil }
+
+func (bridgeConn) QueryContext(_ context.Context, _ string, args []driver.NamedValue) (driver.Rows, error) {
+	b := args[0].Value.(bridged)
+	if b.err != nil {
+		if errors.Is(b.err, driver.ErrBadConn) {
+			// database/sql would try another bridge connection; the
+			// statement's own connection is what failed.
+			return nil, badConnError{b.err}
+		}
+		return nil, b.err
+	}
+	return b.r, nil
+}
+
+var errBridge = errors.New("dbctx: the bridge only carries results")
+
+// badConnError keeps driver.ErrBadConn from database/sql's retries on the
+// bridge, and from errors.Is.
+type badConnError struct{ err error }
+
+func (e badConnError) Error() string { return e.err.Error() }
+
+// sqlRows is a pgx result as database/sql's driver.Rows, converted as
+// pgx's stdlib driver converts it (its Rows: the value of each column by
+// its type, the column types).
+//
+// Either the rows stream from the connection (src, read under the lock of
+// conn, and finished by finish), or, for QueryRowContext, the one row was
+// read before the statement returned (row).
+type sqlRows struct {
+	m      *pgtype.Map
+	fields []pgconn.FieldDescription
+	funcs  []rowValueFunc
+	names  []string
+
+	// Streaming.
+	src     pgx.Rows
+	conn    *sql.Conn
+	done    func() error // ends the statement: see Scope.opened
+	preread bool         // src's first row was read (more: what Next said)
+	more    bool
+
+	// Read already.
+	row  []driver.Value
+	read bool
+
+	mu     sync.Mutex // Close may come from a boundary while a Next runs
+	closed bool
+}
+
+type rowValueFunc func(src []byte) (driver.Value, error)
+
+func (r *sqlRows) Columns() []string {
+	if r.names == nil {
+		r.names = make([]string, len(r.fields))
+		for i, fd := range r.fields {
+			r.names[i] = fd.Name
+		}
+	}
+	return r.names
+}
+
+func (r *sqlRows) Next(dest []driver.Value) error {
+	if r.src == nil {
+		if r.read || r.row == nil {
+			return io.EOF
+		}
+		r.read = true
+		copy(dest, r.row)
+		return nil
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return io.EOF
+	}
+	var err error
+	lerr := withLock(r.conn, func() error {
+		more := r.more
+		if r.preread {
+			r.preread = false
+		} else {
+			more = r.src.Next()
+		}
+		if !more {
+			err = r.src.Err()
+			if err == nil {
+				err = io.EOF
+			}
+			return nil
+		}
+		err = r.convert(dest, r.src.RawValues())
+		return nil
+	})
+	if lerr != nil {
+		return lerr
+	}
+	return err // io.EOF itself at the end: database/sql compares it
+}
+
+func (r *sqlRows) Close() error {
+	if r.src == nil {
+		return nil
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return nil
+	}
+	r.closed = true
+	err := r.done()
+	if errors.Is(err, driver.ErrBadConn) {
+		err = badConnError{err}
+	}
+	return err
+}
+
+// abort ends the rows from a boundary.
+func (r *sqlRows) abort() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.closed {
+		r.closed = true
+		r.done()
+	}
+}
+
+// convert converts one row of raw values into dest.
+func (r *sqlRows) convert(dest []driver.Value, raw [][]byte) error {
+	r.initFuncs()
+	for i, rv := range raw {
+		if rv == nil {
+			dest[i] = nil
+			continue
+		}
+		v, err := r.funcs[i](rv)
+		if err != nil {
+			return fmt.Errorf("convert field %d failed: %w", i, err)
+		}
+		dest[i] = v
+	}
+	return nil
+}
+
+// The rest of sqlRows follows the Rows of github.com/jackc/pgx/v5/stdlib
+// (MIT License, Copyright (c) 2013-2021 Jack Christensen), so that a Scan
+// through a Scope sees what it would see through the driver.
+
+// initFuncs prepares the database/sql representation of each column.
+func (r *sqlRows) initFuncs() {
+	if r.funcs != nil {
+		return
+	}
+	m := r.m
+	r.funcs = make([]rowValueFunc, len(r.fields))
+	for i, fd := range r.fields {
+		oid, format := fd.DataTypeOID, fd.Format
+		switch oid {
+		case pgtype.BoolOID:
+			var d bool
+			plan := m.PlanScan(oid, format, &d)
+			r.funcs[i] = func(src []byte) (driver.Value, error) { err := plan.Scan(src, &d); return d, err }
+		case pgtype.ByteaOID:
+			var d []byte
+			plan := m.PlanScan(oid, format, &d)
+			r.funcs[i] = func(src []byte) (driver.Value, error) { err := plan.Scan(src, &d); return d, err }
+		case pgtype.CIDOID, pgtype.OIDOID, pgtype.XIDOID:
+			var d pgtype.Uint32
+			plan := m.PlanScan(oid, format, &d)
+			r.funcs[i] = func(src []byte) (driver.Value, error) {
+				if err := plan.Scan(src, &d); err != nil {
+					return nil, err
+				}
+				return d.Value()
+			}
+		case pgtype.DateOID:
+			var d pgtype.Date
+			plan := m.PlanScan(oid, format, &d)
+			r.funcs[i] = func(src []byte) (driver.Value, error) {
+				if err := plan.Scan(src, &d); err != nil {
+					return nil, err
+				}
+				return d.Value()
+			}
+		case pgtype.Float4OID:
+			var d float32
+			plan := m.PlanScan(oid, format, &d)
+			r.funcs[i] = func(src []byte) (driver.Value, error) { err := plan.Scan(src, &d); return float64(d), err }
+		case pgtype.Float8OID:
+			var d float64
+			plan := m.PlanScan(oid, format, &d)
+			r.funcs[i] = func(src []byte) (driver.Value, error) { err := plan.Scan(src, &d); return d, err }
+		case pgtype.Int2OID:
+			var d int16
+			plan := m.PlanScan(oid, format, &d)
+			r.funcs[i] = func(src []byte) (driver.Value, error) { err := plan.Scan(src, &d); return int64(d), err }
+		case pgtype.Int4OID:
+			var d int32
+			plan := m.PlanScan(oid, format, &d)
+			r.funcs[i] = func(src []byte) (driver.Value, error) { err := plan.Scan(src, &d); return int64(d), err }
+		case pgtype.Int8OID:
+			var d int64
+			plan := m.PlanScan(oid, format, &d)
+			r.funcs[i] = func(src []byte) (driver.Value, error) { err := plan.Scan(src, &d); return d, err }
+		case pgtype.JSONOID, pgtype.JSONBOID, pgtype.XMLOID:
+			var d []byte
+			plan := m.PlanScan(oid, format, &d)
+			r.funcs[i] = func(src []byte) (driver.Value, error) {
+				if err := plan.Scan(src, &d); err != nil {
+					return nil, err
+				}
+				return d, nil
+			}
+		case pgtype.TimestampOID:
+			var d pgtype.Timestamp
+			plan := m.PlanScan(oid, format, &d)
+			r.funcs[i] = func(src []byte) (driver.Value, error) {
+				if err := plan.Scan(src, &d); err != nil {
+					return nil, err
+				}
+				return d.Value()
+			}
+		case pgtype.TimestamptzOID:
+			var d pgtype.Timestamptz
+			plan := m.PlanScan(oid, format, &d)
+			r.funcs[i] = func(src []byte) (driver.Value, error) {
+				if err := plan.Scan(src, &d); err != nil {
+					return nil, err
+				}
+				return d.Value()
+			}
+		default:
+			var d string
+			plan := m.PlanScan(oid, format, &d)
+			r.funcs[i] = func(src []byte) (driver.Value, error) { err := plan.Scan(src, &d); return d, err }
+		}
+	}
+}
+
+// ColumnTypeDatabaseTypeName returns the database system type name. If the
+// name is unknown the OID is returned.
+func (r *sqlRows) ColumnTypeDatabaseTypeName(index int) string {
+	if dt, ok := r.m.TypeForOID(r.fields[index].DataTypeOID); ok {
+		return strings.ToUpper(dt.Name)
+	}
+	return strconv.FormatInt(int64(r.fields[index].DataTypeOID), 10)
+}
+
+const varHeaderSize = 4
+
+// ColumnTypeLength returns the length of a variable length column type.
+func (r *sqlRows) ColumnTypeLength(index int) (int64, bool) {
+	fd := r.fields[index]
+	switch fd.DataTypeOID {
+	case pgtype.TextOID, pgtype.ByteaOID:
+		return math.MaxInt64, true
+	case pgtype.VarcharOID, pgtype.BPCharOID:
+		return int64(fd.TypeModifier - varHeaderSize), true
+	case pgtype.VarbitOID:
+		return int64(fd.TypeModifier), true
+	default:
+		return 0, false
+	}
+}
+
+// ColumnTypePrecisionScale returns the precision and scale of a numeric
+// column.
+func (r *sqlRows) ColumnTypePrecisionScale(index int) (precision, scale int64, ok bool) {
+	fd := r.fields[index]
+	switch fd.DataTypeOID {
+	case pgtype.NumericOID:
+		mod := fd.TypeModifier - varHeaderSize
+		return int64((mod >> 16) & 0xffff), int64(mod & 0xffff), true
+	default:
+		return 0, 0, false
+	}
+}
+
+// ColumnTypeScanType returns the value type that can be used to scan
+// types into.
+func (r *sqlRows) ColumnTypeScanType(index int) reflect.Type {
+	switch r.fields[index].DataTypeOID {
+	case pgtype.Float8OID:
+		return reflect.TypeFor[float64]()
+	case pgtype.Float4OID:
+		return reflect.TypeFor[float32]()
+	case pgtype.Int8OID:
+		return reflect.TypeFor[int64]()
+	case pgtype.Int4OID:
+		return reflect.TypeFor[int32]()
+	case pgtype.Int2OID:
+		return reflect.TypeFor[int16]()
+	case pgtype.BoolOID:
+		return reflect.TypeFor[bool]()
+	case pgtype.NumericOID:
+		return reflect.TypeFor[float64]()
+	case pgtype.DateOID, pgtype.TimestampOID, pgtype.TimestamptzOID:
+		return reflect.TypeFor[time.Time]()
+	case pgtype.ByteaOID:
+		return reflect.TypeFor[[]byte]()
+	default:
+		return reflect.TypeFor[string]()
+	}
+}
+
+// copyFields copies field descriptions out of pgconn's buffer, which the
+// next statement reuses.
+func copyFields(fds []pgconn.FieldDescription) []pgconn.FieldDescription {
+	out := make([]pgconn.FieldDescription, len(fds))
+	copy(out, fds)
+	return out
+}

@@ -1,0 +1,199 @@
+package dbctx
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// Running a statement on a pgx connection, after what is owed before it.
+//
+// Without a prefix a statement runs as pgx's stdlib driver would run it:
+// pgx's Exec, or its Query with the stdlib's result formats for
+// database/sql's results, in the connection's exec mode. With one, the
+// prefix's statements and the statement are sent in one round trip:
+//
+//   - in the exec modes of the extended protocol (exec, cache_statement,
+//     cache_describe, describe_exec) as one pgconn batch, the statement as
+//     pgx's cache_describe mode sends it: unnamed, with the parameter types
+//     of a description the session caches (one round trip to describe it
+//     the first time the connection runs that text, as pgx's own modes
+//     need), or in the exec mode with none;
+//   - in simple_protocol mode as one pgx batch: pgx writes the parameters
+//     into the text, as it does for every statement in that mode.
+
+// withLock runs f while holding database/sql's lock of c, as database/sql's
+// own statements do: a transaction of c (BeginTx's) is rolled back by
+// database/sql on a goroutine of its own when its context ends, and must
+// not use the connection while a statement of the scope, or what its rows
+// read afterwards, does. It returns database/sql's error where c is closed
+// (f does not run then), else f's.
+func withLock(c *sql.Conn, f func() error) error {
+	var ferr error
+	if err := c.Raw(func(any) error {
+		ferr = f()
+		return nil
+	}); err != nil {
+		return err
+	}
+	return ferr
+}
+
+// pgxQuery runs a statement that returns rows on c, after p: its rows, and
+// finish, which ends it (closes the rows, reads to the end of the round
+// trip, and records what p left) and returns the first error. sqlFormats
+// asks for the result formats of database/sql's results. Under c's lock.
+func (s *Scope) pgxQuery(ctx context.Context, c *session, p *prefix, query string, args []any, sqlFormats bool) (rows pgx.Rows, finish func() error, err error) {
+	if p.empty() {
+		if sqlFormats {
+			args = append([]any{sqlResultFormats}, args...)
+		}
+		rows, err = c.px.Query(ctx, query, args...)
+		if err != nil {
+			return nil, nil, err
+		}
+		return rows, func() error { rows.Close(); return rows.Err() }, nil
+	}
+	if c.mode == pgx.QueryExecModeSimpleProtocol {
+		return s.pgxBatchQuery(ctx, c, p, query, args)
+	}
+	return s.pgconnQuery(ctx, c, p, query, args, sqlFormats)
+}
+
+// pgxBatchQuery is pgxQuery with a prefix, in simple_protocol mode.
+func (s *Scope) pgxBatchQuery(ctx context.Context, c *session, p *prefix, query string, args []any) (pgx.Rows, func() error, error) {
+	b := &pgx.Batch{}
+	n := s.pool.queuePgx(b, p)
+	b.Queue(query, args...)
+	br := c.px.SendBatch(ctx, b)
+	for i := range n {
+		if _, err := br.Exec(); err != nil {
+			br.Close()
+			s.prefixDone(c, p, false, i)
+			return nil, nil, err
+		}
+	}
+	rows, err := br.Query()
+	if err != nil {
+		br.Close()
+		s.prefixDone(c, p, false, all)
+		return nil, nil, err
+	}
+	return rows, func() error {
+		rows.Close()
+		err := errors.Join(rows.Err(), br.Close())
+		s.prefixDone(c, p, err == nil, all)
+		return err
+	}, nil
+}
+
+// pgconnQuery is pgxQuery with a prefix, in the extended protocol's modes.
+func (s *Scope) pgconnQuery(ctx context.Context, c *session, p *prefix, query string, args []any, sqlFormats bool) (pgx.Rows, func() error, error) {
+	var sd *pgconn.StatementDescription
+	if c.mode != pgx.QueryExecModeExec {
+		var err error
+		if sd, err = c.describe(ctx, query); err != nil {
+			return nil, nil, err
+		}
+	}
+	eqb := &c.eqb
+	if err := eqb.Build(c.px.TypeMap(), sd, args); err != nil {
+		return nil, nil, err
+	}
+	var b pgconn.Batch
+	n := s.pool.queuePgconn(&b, p)
+	if sd == nil {
+		b.ExecParams(query, eqb.ParamValues, nil, eqb.ParamFormats, eqb.ResultFormats)
+	} else {
+		formats := eqb.ResultFormats
+		if sqlFormats {
+			formats = make([]int16, len(sd.Fields))
+			for i, f := range sd.Fields {
+				formats[i] = sqlResultFormats[f.DataTypeOID]
+			}
+		}
+		b.ExecParams(query, eqb.ParamValues, sd.ParamOIDs, eqb.ParamFormats, formats)
+	}
+	mrr := c.pc.ExecBatch(ctx, &b)
+	fail := func(err error, reached int) (pgx.Rows, func() error, error) {
+		err = errors.Join(err, mrr.Close())
+		s.prefixDone(c, p, false, reached)
+		c.descs.drop(query)
+		return nil, nil, err
+	}
+	for i := range n {
+		if !mrr.NextResult() {
+			return fail(nil, i)
+		}
+		if _, err := mrr.ResultReader().Close(); err != nil {
+			return fail(err, i)
+		}
+	}
+	if !mrr.NextResult() {
+		return fail(nil, all)
+	}
+	rows := pgx.RowsFromResultReader(c.px.TypeMap(), mrr.ResultReader())
+	return rows, func() error {
+		rows.Close()
+		err := errors.Join(rows.Err(), mrr.Close())
+		s.prefixDone(c, p, err == nil, all)
+		if err != nil {
+			c.descs.drop(query)
+		}
+		return err
+	}, nil
+}
+
+// pgxExec runs a statement that returns no rows on c, after p. Under c's
+// lock.
+func (s *Scope) pgxExec(ctx context.Context, c *session, p *prefix, query string, args []any) (pgconn.CommandTag, error) {
+	if p.empty() {
+		return c.px.Exec(ctx, query, args...)
+	}
+	rows, finish, err := s.pgxQuery(ctx, c, p, query, args, false)
+	if err != nil {
+		return pgconn.CommandTag{}, err
+	}
+	for rows.Next() {
+	}
+	err = finish()
+	return rows.CommandTag(), err
+}
+
+// describe returns the description of query on c: cached, or asked of the
+// server (a round trip, the first time).
+func (c *session) describe(ctx context.Context, query string) (*pgconn.StatementDescription, error) {
+	if sd := c.descs.get(query); sd != nil {
+		return sd, nil
+	}
+	sd, err := c.pc.Prepare(ctx, "", query, nil)
+	if err != nil {
+		return nil, err
+	}
+	c.descs.put(query, sd)
+	return sd, nil
+}
+
+// descCache holds the descriptions of the statements a connection ran
+// after a prefix, as pgx's cache_describe mode does; it is dropped
+// whole when full, and an entry whose statement failed is dropped (its
+// schema may have changed).
+type descCache struct {
+	m map[string]*pgconn.StatementDescription
+}
+
+const descCacheSize = 256
+
+func (d *descCache) get(query string) *pgconn.StatementDescription { return d.m[query] }
+
+func (d *descCache) put(query string, sd *pgconn.StatementDescription) {
+	if d.m == nil || len(d.m) >= descCacheSize {
+		d.m = make(map[string]*pgconn.StatementDescription)
+	}
+	d.m[query] = sd
+}
+
+func (d *descCache) drop(query string) { delete(d.m, query) }

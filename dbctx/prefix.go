@@ -1,0 +1,373 @@
+package dbctx
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// What must run on a connection before a statement, in the statement's own
+// network round trip.
+//
+// Three things can be owed before a statement runs on a pgx connection:
+// the reset of the session that an earlier scope left dirty (the reset is
+// not run when that scope gives the connection back, but by whoever uses
+// the connection next), the BEGIN of an Atomic that begins with this
+// statement, and the settings the statement's context declares
+// (settings.go) where the session does not carry them already. They are
+// queued before the statement and sent with it before one Sync: the
+// extended protocol runs everything up to a Sync in one implicit
+// transaction, so if any of them fails the statement does not run, and
+// behind PgBouncer they all land on one server connection.
+//
+// Settings are applied at session level (set_config(…, false)) outside a
+// transaction on a direct connection, and skipped while the session
+// carries the same values; transaction-locally (set_config(…, true)) in a
+// transaction and under TransactionPooling, where nothing may outlive the
+// transaction. A session-level set_config in the implicit transaction of a
+// statement that fails is rolled back with it, so what the session carries
+// is always known: session.applied.
+
+// prefix is what is owed before one statement.
+type prefix struct {
+	reset, sweep bool      // run the reset of an earlier scope first (and sweep prepared statements)
+	begin        bool      // begin Atomic's transaction
+	set          []setting // set_config calls, in order
+	local        bool      // set_config(…, true)
+	carry        []setting // what the session, or the transaction, carries afterwards
+	keep         bool      // carry is kept: in session.applied (local false) or pin.txSet
+}
+
+func (p *prefix) empty() bool { return p == nil || !p.reset && !p.begin && len(p.set) == 0 }
+
+// resetLen is the number of p's statements up to the end of its reset,
+// which is committed once they have all run (see prefixStatements).
+func (pl *Pool) resetLen(p *prefix) int {
+	if !p.reset {
+		return 0
+	}
+	n := len(pl.resetStmts) + 2
+	if p.sweep {
+		n++
+	}
+	return n
+}
+
+// all is prefixDone's reached for a prefix every statement of which ran.
+const all = int(^uint(0) >> 1)
+
+// prefixFor returns what is owed on c before a statement run with ctx,
+// or nil. inTx says the connection is in a transaction; begin that the
+// statement begins Atomic's.
+func (s *Scope) prefixFor(ctx context.Context, c *session, inTx, begin bool) (*prefix, error) {
+	want := settingsOf(ctx)
+	for _, st := range want {
+		if strings.IndexByte(st.value, 0) >= 0 {
+			return nil, fmt.Errorf("%w: %s", ErrSettingValue, st.name)
+		}
+	}
+	if !inTx && !begin {
+		c.pin.txSet = nil // the transaction they were set for is over
+	}
+	if inTx || begin || s.pool.opts.TransactionPooling {
+		return s.prefixTx(c, want, c.resetDue, inTx, begin), nil
+	}
+	return s.prefixSession(c, want, c.resetDue), nil
+}
+
+// prefixSession is prefixFor outside a transaction on a direct connection:
+// settings at session level, where the session does not carry them.
+func (s *Scope) prefixSession(c *session, want []setting, reset bool) *prefix {
+	base := c.applied
+	if reset {
+		base = nil // the reset clears what was applied
+	}
+	if !reset && !c.pin.unsure && !c.pin.handedOut && sameSettings(base, want) {
+		return nil
+	}
+	p := &prefix{reset: reset, sweep: reset && c.sweepDue, carry: want, keep: true}
+	p.set = withResets(want, base)
+	if !reset && len(p.set) == 0 {
+		return nil
+	}
+	return p
+}
+
+// prefixTx is prefixFor inside a transaction (or one Atomic begins now),
+// and under TransactionPooling: settings transaction-local, where the
+// transaction does not carry them.
+func (s *Scope) prefixTx(c *session, want []setting, reset, inTx, begin bool) *prefix {
+	tp := s.pool.opts.TransactionPooling
+	p := &prefix{reset: reset, sweep: reset && c.sweepDue, begin: begin, local: true, carry: want}
+	switch {
+	case tp && !inTx && !begin:
+		// Outside a transaction behind a pooler: every statement's
+		// implicit transaction gets them anew.
+		p.set = want
+	case c.pin.txSet != nil && !c.pin.unsure && !c.pin.handedOut && !reset:
+		if sameSettings(c.pin.txSet, want) {
+			p.set = nil
+		} else {
+			p.set = withResets(want, c.pin.txSet)
+		}
+		p.keep = true
+	default:
+		// The transaction sees the session's values: those applied
+		// (unless reset first), which the settings override or clear.
+		base := c.applied
+		if reset || tp {
+			base = nil
+		}
+		if !reset && !c.pin.unsure && !c.pin.handedOut && sameSettings(base, want) {
+			p.set = nil
+		} else {
+			p.set = withResets(want, base)
+		}
+		p.keep = true
+	}
+	if p.empty() {
+		if p.keep && c.pin.txSet == nil {
+			c.pin.txSet = want
+		}
+		return nil
+	}
+	return p
+}
+
+// withResets returns want, then a reset for every name of had that want
+// lacks.
+func withResets(want, had []setting) []setting {
+	out := want
+	for _, h := range had {
+		found := false
+		for _, w := range want {
+			if w.name == h.name {
+				found = true
+				break
+			}
+		}
+		if !found {
+			if len(out) == len(want) {
+				out = append(want[:len(want):len(want)], setting{name: h.name, reset: true})
+			} else {
+				out = append(out, setting{name: h.name, reset: true})
+			}
+		}
+	}
+	return out
+}
+
+// prefixDone records what a prefix left on c once the round trip that
+// carried it has ended: ok when it ended without an error, in the
+// transaction state the server reported last; reached counts the
+// statements of p that ran without one (all, if every one did).
+func (s *Scope) prefixDone(c *session, p *prefix, ok bool, reached int) {
+	if p.empty() {
+		return
+	}
+	if p.reset && reached >= s.pool.resetLen(p) {
+		// Committed, in its own transaction (see prefixStatements),
+		// whatever came after it.
+		s.pool.c.resets.Add(1)
+		c.applied = nil
+		c.resetDue, c.sweepDue = false, false
+		dropNotifications(c)
+	}
+	if p.begin {
+		// Begun unless the reset before it failed; whatever happened to
+		// the statement after it, its transaction is open (aborted, on
+		// an error) until Atomic ends it.
+		s.x.begun = c.pc != nil && c.pc.TxStatus() != 'I' || c.pc == nil && ok
+	}
+	if !ok {
+		// The implicit transaction was rolled back, and what the prefix
+		// did with it; inside an explicit one nothing is known until it
+		// ends.
+		if c.pc != nil && c.pc.TxStatus() != 'I' {
+			c.pin.unsure = true
+		}
+		return
+	}
+	if !p.keep {
+		return
+	}
+	if p.local {
+		c.pin.txSet = p.carry
+	} else {
+		c.applied = p.carry
+	}
+	c.pin.unsure = false
+}
+
+// dropNotifications drops the notifications of channels an earlier scope
+// listened on that arrived before the reset unlistened them.
+func dropNotifications(c *session) {
+	if c.px == nil {
+		return
+	}
+	done, cancel := context.WithCancel(context.Background())
+	cancel()
+	for {
+		if _, err := c.px.WaitForNotification(done); err != nil {
+			return
+		}
+	}
+}
+
+// The statements of a prefix.
+
+// sweepSQL deallocates the statements PREPAREd in SQL (pgx's own, made
+// through the protocol, are not from_sql and stay cached), in the reset of
+// a session where code ran that may have prepared one (kindCode).
+const sweepSQL = `DO $dbscope$DECLARE n text; BEGIN FOR n IN SELECT name FROM pg_catalog.pg_prepared_statements WHERE from_sql LOOP EXECUTE pg_catalog.format('DEALLOCATE %I', n); END LOOP; END$dbscope$`
+
+// setConfigSQL returns the statement that applies n settings, its
+// parameters name, value (NULL: reset) and is_local for each.
+func setConfigSQL(n int) string {
+	if n < len(setConfigStmts) {
+		return setConfigStmts[n]
+	}
+	return makeSetConfigSQL(n)
+}
+
+var setConfigStmts = func() (s [8]string) {
+	for i := range s {
+		s[i] = makeSetConfigSQL(i)
+	}
+	return s
+}()
+
+func makeSetConfigSQL(n int) string {
+	var b strings.Builder
+	b.WriteString("SELECT ")
+	for i := range n {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "pg_catalog.set_config($%d, $%d, $%d)", 3*i+1, 3*i+2, 3*i+3)
+	}
+	return b.String()
+}
+
+// setConfigArgs returns the arguments of setConfigSQL(len(set)), as Go
+// values (for pgx) and as text parameters (for pgconn).
+func setConfigArgs(set []setting, local bool) (args []any, params [][]byte) {
+	args = make([]any, 0, 3*len(set))
+	params = make([][]byte, 0, 3*len(set))
+	l, lp := "false", []byte("f")
+	if local {
+		l, lp = "true", []byte("t")
+	}
+	for _, st := range set {
+		var v any
+		var vp []byte
+		if !st.reset {
+			v, vp = st.value, []byte(st.value)
+		}
+		args = append(args, st.name, v, l)
+		params = append(params, []byte(st.name), vp, lp)
+	}
+	return args, params
+}
+
+// prefixStatements yields the statements of p, in order. The reset owed
+// by an earlier scope gets a transaction of its own (BEGIN … COMMIT) in
+// the same round trip: what it undoes at commit (UNLISTEN) is undone
+// before the statement runs, and nothing the statement or its transaction
+// does (an error, Atomic's rollback) can bring the earlier scope's state
+// back; if it fails, the server skips the rest, up to the Sync.
+func (pl *Pool) prefixStatements(p *prefix, yield func(sql string, args []any, params [][]byte)) {
+	if p.reset {
+		yield("BEGIN", nil, nil)
+		for _, q := range pl.resetStmts {
+			yield(q, nil, nil)
+		}
+		if p.sweep {
+			yield(sweepSQL, nil, nil)
+		}
+		yield("COMMIT", nil, nil)
+	}
+	if p.begin {
+		yield("BEGIN", nil, nil)
+	}
+	if len(p.set) > 0 {
+		args, params := setConfigArgs(p.set, p.local)
+		yield(setConfigSQL(len(p.set)), args, params)
+	}
+}
+
+// queuePgconn queues p's statements on b and returns how many.
+func (pl *Pool) queuePgconn(b *pgconn.Batch, p *prefix) (n int) {
+	pl.prefixStatements(p, func(sql string, _ []any, params [][]byte) {
+		b.ExecParams(sql, params, nil, nil, nil)
+		n++
+	})
+	return n
+}
+
+// queuePgx queues p's statements on b and returns how many.
+func (pl *Pool) queuePgx(b *pgx.Batch, p *prefix) (n int) {
+	pl.prefixStatements(p, func(sql string, args []any, _ [][]byte) {
+		b.Queue(sql, args...)
+		n++
+	})
+	return n
+}
+
+// flush runs p alone, in a round trip of its own: before what cannot
+// share a round trip with it (raw access, a statement that must run
+// first in its transaction, COPY).
+func (s *Scope) flush(ctx context.Context, c *session, p *prefix) error {
+	if p.empty() {
+		return nil
+	}
+	var err error
+	reached := all
+	if c.px == nil {
+		reached, err = s.flushOther(ctx, c, p)
+	} else {
+		err = withLock(c.pin.conn, func() error {
+			var b pgconn.Batch
+			s.pool.queuePgconn(&b, p)
+			var res []*pgconn.Result
+			res, err = c.pc.ExecBatch(ctx, &b).ReadAll()
+			reached = okResults(res)
+			return err
+		})
+	}
+	s.prefixDone(c, p, err == nil, reached)
+	if err != nil {
+		return err
+	}
+	c.pin.unchecked = false // it answered
+	return nil
+}
+
+// flushOther is flush through database/sql, for drivers other than pgx:
+// each statement in a round trip of its own.
+func (s *Scope) flushOther(ctx context.Context, c *session, p *prefix) (reached int, err error) {
+	s.pool.prefixStatements(p, func(sql string, args []any, _ [][]byte) {
+		if err == nil {
+			if _, err = c.pin.conn.ExecContext(ctx, sql, args...); err == nil {
+				reached++
+			}
+		}
+	})
+	return reached, err
+}
+
+// okResults counts the results of a batch, read with ReadAll, that ran
+// without an error.
+func okResults(res []*pgconn.Result) int {
+	n := 0
+	for _, r := range res {
+		if r.Err != nil {
+			break
+		}
+		n++
+	}
+	return n
+}

@@ -1,0 +1,156 @@
+package dbctx
+
+import (
+	"crypto/tls"
+	"database/sql"
+	"net"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/stdlib"
+)
+
+// A Scope and the connection it pins are kept apart as database/sql keeps
+// its Conn apart from the driverConn under it: the Scope holds what lasts
+// as long as the unit of work (the pool, the slot, the nesting of Do and
+// Atomic, the watch of its context), a session what lasts as long as the
+// physical connection and what the scope now pinning it has done to it.
+//
+// session is what a Pool knows of one physical connection. For pgx's
+// stdlib driver it is kept in the connection's CustomData, so it lives as
+// long as the connection, across scopes and database/sql's pool: what the
+// health check looks at, and what dbscope itself left in the session for
+// the next user (settings it applied, a reset it owes; see prefix.go).
+// For another driver it is made at each pin and holds the pin alone.
+type session struct {
+	// Fixed for the connection's life.
+	px    *pgx.Conn      // nil for another driver
+	pc    *pgconn.PgConn // px's
+	fd    int            // -1: cannot be looked into
+	plain bool           // no TLS: the first byte waiting is a message type
+	auth  string         // the session user the server reported first (see changed)
+	mode  pgx.QueryExecMode
+
+	eqb pgx.ExtendedQueryBuilder // for the prefixed statements (exec.go)
+
+	released time.Duration // monotonic(): last given back by a scope; 0: never
+
+	// What dbscope left in the session, paid for by the next statement
+	// that runs on it (prefix.go), or before the connection goes back to
+	// the *sql.DB (clean.go).
+	applied  []setting // session-level settings applied, by name
+	resetDue bool      // an earlier scope left state: reset before anything runs
+	sweepDue bool      // and the reset deallocates statements PREPAREd in SQL
+	descs    descCache // statement descriptions, for the prefixed database/sql queries
+
+	pin pin // the state of the scope that pins it now
+}
+
+// pin is what the scope that pins a connection has done to it: reset by
+// one assignment at each pin, so nothing of an earlier scope remains.
+type pin struct {
+	conn     *sql.Conn
+	taken    time.Duration // monotonic() when database/sql handed conn out
+	pinnedAt time.Duration // monotonic() when pinned; only with ConnMaxAge > 0
+
+	// seen collects the kinds of what ran on the connection (classify.go):
+	// kindState makes the session dirty (reset before the next user),
+	// kindCode sweeps SQL-prepared statements in that reset, kindPoison
+	// closes the connection instead, kindBegin says a transaction was begun
+	// in raw SQL (no retry; rolled back at the boundary).
+	seen queryKind
+
+	// open counts the results handed out on the connection and not yet
+	// closed (rows, batch results): a statement meanwhile is refused with
+	// ErrConnBusy. Their Close runs on their own goroutine.
+	open atomic.Int32
+
+	bad       bool // a connection-level error seen while in a transaction
+	badWhy    discardReason
+	handedOut bool      // user code holds the connection itself: discarded at the boundary
+	unchecked bool      // pinned without the socket check (see Pool.check)
+	used      bool      // a statement ran on it: none is retried
+	unsure    bool      // settings may have changed unseen: apply them again (prefix.go)
+	txSet     []setting // settings applied for the transaction under way (prefix.go)
+
+	rows  *sql.Rows   // the last QueryContext's, on another driver
+	row   *sql.Row    // the last QueryRowContext's, on another driver
+	open1 closer      // the result open on a pgx connection (see open)
+	txs   []*sql.Tx   // BeginTx's
+	stmts []*sql.Stmt // PrepareContext's
+	leak  *time.Timer // see leak.go
+}
+
+// closer is a result a boundary closes: rows, batch results.
+type closer interface{ abort() }
+
+// dirty reports whether the session may hold state the next user must not
+// see.
+func (c *session) dirty() bool { return c.pin.seen&kindState != 0 }
+
+// inRawTx reports whether a transaction was begun in raw SQL.
+func (c *session) inRawTx() bool { return c.pin.seen&kindBegin != 0 }
+
+const sessionKey = "github.com/dbscope/dbscope/dbctx.session"
+
+// sessionOf returns the session of a pgx connection, made when first seen.
+func sessionOf(sc *stdlib.Conn) *session {
+	px := sc.Conn()
+	pc := px.PgConn()
+	data := pc.CustomData()
+	if s, ok := data[sessionKey].(*session); ok {
+		return s
+	}
+	s := &session{px: px, pc: pc, fd: -1, plain: true, auth: pc.ParameterStatus(paramAuth),
+		mode: px.Config().DefaultQueryExecMode}
+	nc := pc.Conn()
+	if tc, ok := nc.(*tls.Conn); ok {
+		nc, s.plain = tc.NetConn(), false
+	}
+	s.fd = fdOf(nc)
+	if data != nil {
+		data[sessionKey] = s
+	}
+	return s
+}
+
+// sessionOfDriver returns the session of a database/sql driver connection:
+// pgx's kept one, or a fresh one for another driver.
+func sessionOfDriver(driverConn any) *session {
+	if sc, ok := driverConn.(*stdlib.Conn); ok {
+		return sessionOf(sc)
+	}
+	return &session{fd: -1}
+}
+
+// fdOf returns the file descriptor under nc, or -1. The descriptor stays
+// valid while pgx has not closed the connection, which check verifies
+// before every use: pgx closes the socket only after marking itself closed.
+func fdOf(nc net.Conn) int {
+	sc, ok := nc.(syscall.Conn)
+	if !ok {
+		return -1
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return -1
+	}
+	fd := -1
+	rc.Control(func(f uintptr) { fd = int(f) })
+	return fd
+}
+
+// paramAuth is the session user, which the server reports to the client
+// whenever it changes (GUC_REPORT): compared at every give-back, without
+// a round trip, it catches a change of user the classifier did not see
+// (a view that calls set_config('session_authorization', …)). Each
+// parameter compared costs a map lookup per give-back, so only the one
+// whose leak is a privilege escalation is compared.
+const paramAuth = "session_authorization"
+
+// changed reports whether the session runs as another user than when
+// first seen.
+func (c *session) changed() bool { return c.pc != nil && c.pc.ParameterStatus(paramAuth) != c.auth }

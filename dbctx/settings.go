@@ -1,0 +1,169 @@
+package dbctx
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"sync/atomic"
+)
+
+// A Setting is a PostgreSQL run-time parameter that a unit of work
+// declares for all of its statements: the tenant that row-level-security
+// policies read with current_setting('app.tenant', true), a
+// statement_timeout, a role. Declare it once, at package level:
+//
+//	var tenant = dbctx.NewSetting("app.tenant")
+//
+// then give each unit of work its value where it is known (an HTTP
+// middleware after authentication, a websocket's Connect, a job):
+//
+//	ctx = tenant.With(ctx, "42")
+//
+// Every statement a scope runs with that context, or with one derived from
+// it, runs with app.tenant = '42', and with no value of another unit of
+// work: through the Scope's database/sql and pgx methods, inside and
+// outside transactions, in batches, in a statement retried on a fresh
+// connection, in [Do], in both websocket consumer styles and their group
+// events. A statement whose context declares no value of a setting runs
+// with the setting as a fresh session has it.
+//
+// The value is sent as a parameter of a set_config call that goes out in
+// the same network round trip as the statement, never as SQL text: it
+// costs no round trip of its own, it is skipped when the pinned session
+// already carries the same values, and if it fails the statement does not
+// run. Settings declared this way make no scope dirty: dbscope knows what
+// it applied, and clears it when the next user of the connection wants
+// otherwise, in that user's first round trip. See the package doc,
+// "Settings and tenancy".
+type Setting struct{ name string }
+
+// settingsDeclared is set once a Setting exists in the process: until
+// then statements skip the lookup of settings in their context.
+var settingsDeclared atomic.Bool
+
+// NewSetting declares the setting name: a custom setting ("app.tenant",
+// two or more identifiers joined by dots) or a built-in parameter a
+// session may set ("statement_timeout", "search_path", "role"…). Names
+// are case-insensitive, as PostgreSQL's are. NewSetting panics on a name
+// that is not one, and on those a unit of work cannot declare:
+// session_authorization (the reset relies on it), and the transaction_*
+// parameters, which only SET TRANSACTION may set.
+func NewSetting(name string) Setting {
+	n, err := settingName(name)
+	if err != nil {
+		panic(err)
+	}
+	settingsDeclared.Store(true)
+	return Setting{name: n}
+}
+
+func settingName(name string) (string, error) {
+	n := strings.ToLower(name)
+	for part := range strings.SplitSeq(n, ".") {
+		if !validIdent(part) {
+			return "", fmt.Errorf("dbctx: NewSetting(%q): not a parameter name: want identifiers joined by dots", name)
+		}
+	}
+	switch {
+	case n == "session_authorization":
+		return "", fmt.Errorf("dbctx: NewSetting(%q): the session reset relies on it; use role", name)
+	case strings.HasPrefix(n, "transaction_"):
+		return "", fmt.Errorf("dbctx: NewSetting(%q): only SET TRANSACTION sets it", name)
+	}
+	return n, nil
+}
+
+// validIdent reports whether s is an unquoted identifier: a letter or _,
+// then letters, digits, _ or $.
+func validIdent(s string) bool {
+	if s == "" || len(s) > 63 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= 'a' && c <= 'z', c == '_':
+		case i > 0 && (c >= '0' && c <= '9' || c == '$'):
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// Name returns the setting's name, in lower case.
+func (st Setting) Name() string { return st.name }
+
+// With returns a child of ctx in which the setting has value: every
+// statement run with it, or with a context derived from it, runs with
+// the setting set to value. A later With of the same setting overrides
+// it. The value may come from a client: it is only ever sent as a
+// parameter. A value with a NUL byte, which PostgreSQL cannot store,
+// fails the statements (see [ErrSettingValue]); so does a value the
+// server refuses for the parameter.
+func (st Setting) With(ctx context.Context, value string) context.Context {
+	if st.name == "" {
+		panic("dbctx: Setting.With on a Setting not made by NewSetting")
+	}
+	old := settingsOf(ctx)
+	next := make([]setting, 0, len(old)+1)
+	i, found := slices.BinarySearchFunc(old, st.name, func(s setting, n string) int { return strings.Compare(s.name, n) })
+	next = append(next, old[:i]...)
+	next = append(next, setting{name: st.name, value: value})
+	if found {
+		i++
+	}
+	next = append(next, old[i:]...)
+	return &settingsCtx{Context: ctx, list: next}
+}
+
+// Value returns the setting's value in ctx, and whether ctx declares one.
+func (st Setting) Value(ctx context.Context) (string, bool) {
+	for _, s := range settingsOf(ctx) {
+		if s.name == st.name {
+			return s.value, true
+		}
+	}
+	return "", false
+}
+
+// setting is a setting's value, or its reset where reset is set.
+type setting struct {
+	name, value string
+	reset       bool // back to what a fresh session has (set_config(name, NULL, …))
+}
+
+var settingsKey = &ctxKey{name: "dbctx.settings"}
+
+// settingsCtx carries the settings a unit of work declares, sorted by
+// name.
+type settingsCtx struct {
+	context.Context
+	list []setting
+}
+
+func (c *settingsCtx) Value(key any) any {
+	if key == any(settingsKey) {
+		return c
+	}
+	return c.Context.Value(key)
+}
+
+func (c *settingsCtx) AfterFunc(f func()) func() bool { return afterFunc(c.Context, f) }
+
+// settingsOf returns the settings ctx declares, sorted by name.
+func settingsOf(ctx context.Context) []setting {
+	if !settingsDeclared.Load() {
+		return nil
+	}
+	if c, ok := ctx.Value(settingsKey).(*settingsCtx); ok {
+		return c.list
+	}
+	return nil
+}
+
+// sameSettings reports whether a and b, both sorted, set the same values.
+func sameSettings(a, b []setting) bool {
+	return slices.Equal(a, b)
+}

@@ -1,0 +1,319 @@
+package dbctx
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"fmt"
+)
+
+// database/sql's interface on the scope: the DBTX that sqlc generates in
+// its database/sql mode, and the raw access that database/sql offers.
+
+// stmtOf returns the statement query run with args.
+func (s *Scope) stmtOf(query string, args []any, h how) stmt {
+	st := stmt{query: query, args: args, how: h}
+	if s != nil {
+		var ah how
+		st.kind, ah = s.kindOf(query, args)
+		st.how |= ah
+	}
+	return st
+}
+
+// ExecContext executes a statement that returns no rows, on the scope's
+// connection.
+func (s *Scope) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	st := s.stmtOf(query, args, 0)
+	var res sql.Result
+	err := s.exec(ctx, &st, func(ctx context.Context, c *session, p *prefix) error {
+		if c.px == nil {
+			var err error
+			res, err = c.pin.conn.ExecContext(ctx, query, args...)
+			return err
+		}
+		return withLock(c.pin.conn, func() error {
+			tag, err := s.pgxExec(ctx, c, p, query, sqlArgs(args))
+			if err == nil {
+				res = driver.RowsAffected(tag.RowsAffected())
+			}
+			return err
+		})
+	})
+	if err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+// QueryContext executes a statement that returns rows, on the scope's
+// connection. The rows hold the connection until they are closed, or read
+// to the end: close them before the next statement (one meanwhile fails
+// with ErrConnBusy). A boundary closes them if you do not.
+func (s *Scope) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	st := s.stmtOf(query, args, rows)
+	var out driver.Rows
+	var other *sql.Rows
+	err := s.exec(ctx, &st, func(ctx context.Context, c *session, p *prefix) error {
+		if c.px == nil {
+			var err error
+			other, err = c.pin.conn.QueryContext(ctx, query, args...)
+			c.pin.rows = other
+			return err
+		}
+		return withLock(c.pin.conn, func() error {
+			src, finish, err := s.pgxQuery(ctx, c, p, query, sqlArgs(args), true)
+			if err != nil {
+				return err
+			}
+			// The first row is read now, as pgx's stdlib driver does: a
+			// connection found dead then is replaced, and the statement
+			// run again.
+			more := src.Next()
+			if err := src.Err(); err != nil {
+				finish()
+				return err
+			}
+			r := &sqlRows{m: c.px.TypeMap(), fields: src.FieldDescriptions(), src: src, conn: c.pin.conn, preread: true, more: more}
+			r.done = s.opened(c, r, finish)
+			out = r
+			return nil
+		})
+	})
+	switch {
+	case err != nil:
+		return nil, err
+	case other != nil:
+		return other, nil
+	}
+	rows, err := s.pool.sqlRowsOf(out)
+	if err != nil {
+		out.Close()
+	}
+	return rows, err
+}
+
+// QueryRowContext executes a statement that returns at most one row, on
+// the scope's connection. The row is read before QueryRowContext returns
+// (on pgx's driver): the *sql.Row holds no connection, and Scan, as with
+// database/sql, reports the statement's error, or sql.ErrNoRows.
+func (s *Scope) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
+	if s == nil {
+		return errRow(ErrNoScope)
+	}
+	st := s.stmtOf(query, args, 0)
+	var out *sqlRows
+	var other *sql.Row
+	err := s.exec(ctx, &st, func(ctx context.Context, c *session, p *prefix) error {
+		if c.px == nil {
+			other = c.pin.conn.QueryRowContext(ctx, query, args...)
+			c.pin.row = other
+			return other.Err()
+		}
+		return withLock(c.pin.conn, func() error {
+			src, finish, err := s.pgxQuery(ctx, c, p, query, sqlArgs(args), true)
+			if err != nil {
+				return err
+			}
+			r := &sqlRows{m: c.px.TypeMap()}
+			var cerr error
+			if src.Next() {
+				r.fields = copyFields(src.FieldDescriptions())
+				r.row = make([]driver.Value, len(r.fields))
+				cerr = r.convert(r.row, src.RawValues())
+			} else {
+				r.fields = copyFields(src.FieldDescriptions())
+			}
+			if err := finish(); err != nil {
+				return err
+			}
+			out = r
+			return cerr
+		})
+	})
+	switch {
+	case other != nil && (err == nil || err == other.Err()):
+		return other
+	case err != nil:
+		return s.pool.sqlRowOf(nil, err)
+	}
+	return s.pool.sqlRowOf(out, nil)
+}
+
+// sqlArgs returns database/sql's arguments as pgx's stdlib driver hands
+// them to pgx: the value of a sql.NamedArg (the name is not used), every
+// other as it is.
+func sqlArgs(args []any) []any {
+	for i, a := range args {
+		if _, ok := a.(sql.NamedArg); ok {
+			out := make([]any, len(args))
+			copy(out, args[:i])
+			for j := i; j < len(args); j++ {
+				if na, ok := args[j].(sql.NamedArg); ok {
+					out[j] = na.Value
+				} else {
+					out[j] = args[j]
+				}
+			}
+			return out
+		}
+	}
+	return args
+}
+
+// PrepareContext prepares a statement on the scope's connection. The
+// statement is closed when the connection is given back. Its executions
+// run as database/sql runs them, with the settings the session carries
+// from the scope's last statement, unseen by the scope: the session is
+// reset before the connection is given back.
+func (s *Scope) PrepareContext(ctx context.Context, query string) (*sql.Stmt, error) {
+	if s != nil && s.pool.opts.TransactionPooling {
+		// A prepared statement lives on one server connection.
+		return nil, fmt.Errorf("%w: PrepareContext", ErrSessionState)
+	}
+	st := s.stmtOf(query, nil, alone)
+	st.kind |= kindState | kindCode
+	var out *sql.Stmt
+	err := s.exec(ctx, &st, func(ctx context.Context, c *session, _ *prefix) error {
+		ps, err := c.pin.conn.PrepareContext(ctx, query)
+		if err == nil {
+			c.pin.stmts = append(c.pin.stmts, ps)
+			out = ps
+		}
+		return err
+	})
+	return out, err
+}
+
+// BeginTx starts a transaction on the scope's connection. Statements run
+// through the scope itself while it is open are part of it too. A
+// transaction still open at the next boundary is rolled back, and the
+// *sql.Tx fails afterwards. Inside [Atomic] it returns ErrInAtomic.
+//
+// The scope does not see the statements run on the *sql.Tx, so it counts
+// them as changing session state: the session is reset before the
+// connection is given back (in the next user's first round trip). The
+// settings the context declares are applied after BEGIN, in a round trip
+// of their own where the session does not carry them; [Atomic], whose
+// statements go through the scope, sends its BEGIN and the settings with
+// its first statement.
+func (s *Scope) BeginTx(ctx context.Context, opts *sql.TxOptions) (*sql.Tx, error) {
+	if s == nil {
+		return nil, ErrNoScope
+	}
+	st := stmt{query: "BEGIN", kind: kindState | kindCode | kindBegin, how: alone | notQuiet}
+	var tx *sql.Tx
+	err := s.exec(ctx, &st, func(ctx context.Context, c *session, _ *prefix) error {
+		if s.atomic > 0 {
+			return ErrInAtomic
+		}
+		if err := s.lookFirst(ctx); err != nil {
+			return err
+		}
+		c = s.c
+		if c.pc != nil && c.pc.TxStatus() == 'I' {
+			// Earlier transactions are over: forget them.
+			clear(c.pin.txs)
+			c.pin.txs = c.pin.txs[:0]
+		}
+		var err error
+		if tx, err = c.pin.conn.BeginTx(ctx, opts); err != nil {
+			return err
+		}
+		c.pin.txs = append(c.pin.txs, tx)
+		c.pin.seen &^= kindBegin // database/sql ends it (see rollback)
+		p, err := s.prefixFor(ctx, c, true, false)
+		if err == nil {
+			err = s.flush(ctx, c, p)
+		}
+		if err != nil {
+			tx.Rollback()
+			tx = nil
+		}
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := s.onBegin(ctx); err != nil {
+		tx.Rollback()
+		return nil, err
+	}
+	return tx, nil
+}
+
+// onBegin runs Options.OnBegin in the transaction the scope has just
+// begun. Not under s.mu: OnBegin runs statements through the scope.
+func (s *Scope) onBegin(ctx context.Context) error {
+	if h := s.pool.opts.OnBegin; h != nil {
+		if err := h(ctx, s); err != nil {
+			return fmt.Errorf("dbctx: OnBegin: %w", err)
+		}
+	}
+	return nil
+}
+
+// Conn returns the scope's pinned *sql.Conn, pinning one first if needed,
+// with the settings the context declares applied to its session. The
+// connection stays the scope's: do not Close it. The scope sees none of
+// what runs on it: the connection is discarded at the next boundary,
+// rather than given back, and the *sql.Conn fails from then on.
+func (s *Scope) Conn(ctx context.Context) (*sql.Conn, error) {
+	var out *sql.Conn
+	err := s.raw(ctx, func(c *session) { out = c.pin.conn })
+	return out, err
+}
+
+// raw pins a connection for raw use, where the scope sees none of the
+// statements user code runs: what is owed runs first, the scope is
+// dirty, nothing run on the connection afterwards is retried, and the
+// connection is discarded at the boundary, so that what user code keeps
+// of it fails afterwards (see handOut).
+func (s *Scope) raw(ctx context.Context, got func(*session)) error {
+	st := stmt{kind: kindState | kindCode, how: alone | notQuiet}
+	return s.exec(ctx, &st, func(ctx context.Context, c *session, _ *prefix) error {
+		if err := s.lookFirst(ctx); err != nil {
+			return err
+		}
+		c = s.c
+		s.handOut(c)
+		got(c)
+		return nil
+	})
+}
+
+// lookFirst checks a connection pinned without the socket check before
+// raw use, which is never retried: if it is dead and nothing has run on
+// it, another is pinned. Under s.mu.
+func (s *Scope) lookFirst(ctx context.Context) error {
+	for s.c.pin.unchecked && !s.c.pin.used {
+		c := s.c
+		c.pin.unchecked = false
+		if !c.dead() {
+			return nil
+		}
+		s.pool.sawDeath()
+		s.unpin(discardDead)
+		if _, err := s.pinned(ctx); err != nil {
+			return err
+		}
+		p, err := s.prefixFor(ctx, s.c, s.inTx(s.c), false)
+		if err == nil {
+			err = s.flush(ctx, s.c, p)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// handOut records that user code holds the connection itself: the scope
+// sees none of what it runs there, so the session is reset, settings are
+// applied again before every statement, nothing run afterwards is
+// retried, and the connection is discarded at the next boundary.
+func (s *Scope) handOut(c *session) {
+	c.pin.seen |= kindState | kindCode
+	c.pin.handedOut, c.pin.used = true, true
+	s.disarm() // user code runs statements on it with contexts of its own
+}

@@ -1,0 +1,232 @@
+package dbctx
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// One path for every statement.
+//
+// Every statement method of the Scope, database/sql's and pgx's, goes
+// through exec: under the scope's lock (goroutines of one unit of work run
+// their statements one after another), it refuses what transaction pooling
+// cannot carry, pins a connection (slot, health check), refuses while a
+// result of an earlier statement is still open, begins Atomic's
+// transaction, notes what the statement may leave in the session, works
+// out what is owed before it (prefix.go), runs it — again on a fresh
+// connection where that provably changes nothing (retry.go) — and times it.
+
+// stmt is a statement as exec sees it.
+type stmt struct {
+	query string
+	args  []any
+	kind  queryKind
+	how   how
+}
+
+// how a statement runs.
+type how uint8
+
+const (
+	viaPgx   how = 1 << iota // pgx's interface: needs pgx's driver
+	alone                    // cannot share its round trip with a prefix
+	rows                     // leaves rows open: Atomic's BEGIN is not pipelined with it
+	noRetry                  // never run again (its input may have been read)
+	notQuiet                 // runs with its own context (see stmtCtx)
+)
+
+// runner runs a statement on the pinned connection c, after p (nil where
+// nothing is owed), and records what p left (prefixDone), at once or when
+// its results are finished.
+type runner func(ctx context.Context, c *session, p *prefix) error
+
+// exec is the one path. See above.
+func (s *Scope) exec(ctx context.Context, st *stmt, run runner) error {
+	if s == nil {
+		return ErrNoScope
+	}
+	start := monotonic()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.atomic > 0 && s.pool.opts.OnBegin != nil && !s.x.begun && s.x.beginErr == nil {
+		// OnBegin runs statements through the scope: not under s.mu.
+		s.mu.Unlock()
+		s.beginAlone(ctx)
+		s.mu.Lock()
+	}
+	err := s.execLocked(ctx, st, run)
+	s.account(start)
+	return err
+}
+
+func (s *Scope) execLocked(ctx context.Context, st *stmt, run runner) error {
+	if s.pool.opts.TransactionPooling && st.kind&(kindSession|kindSeqRead) != 0 {
+		return sessionStateError(st.query)
+	}
+	c, err := s.pinned(ctx)
+	if err != nil {
+		return err
+	}
+	if st.how&viaPgx != 0 && c.px == nil {
+		return fmt.Errorf("dbctx: Scope's pgx methods: %w", errNotPgx)
+	}
+	if c.pin.open.Load() > 0 {
+		return ErrConnBusy
+	}
+	begin, err := s.beginning()
+	if err != nil {
+		return err
+	}
+	c.pin.seen |= st.kind
+	first := !c.pin.used
+	p, err := s.owed(ctx, c, st, begin)
+	if err == nil {
+		err = run(s.stmtCtx(ctx, st.how), c, p)
+	}
+	retries := maxRetries
+	if c.pin.unchecked {
+		// One more for a connection pinned without the socket check,
+		// which would have found it dead (see Pool.check).
+		retries++
+	}
+	for try := 0; err != nil && try < retries && st.how&noRetry == 0 && s.retryable(ctx, c, st.kind, err, first); try++ {
+		if c, err = s.repin(ctx); err != nil {
+			// No connection to run it again on: that is the news (the
+			// database is down: ErrUnavailable).
+			break
+		}
+		c.pin.seen |= st.kind
+		if p, err = s.owed(ctx, c, st, begin); err == nil {
+			err = run(s.stmtCtx(ctx, st.how), c, p)
+		}
+	}
+	err = s.observe(ctx, err, first)
+	if c := s.c; c != nil {
+		c.pin.used = true
+		if st.kind&(kindSession|kindCode|kindBegin|kindAlone) != 0 {
+			// It may have changed settings, or ended the transaction
+			// they were set for: apply them again.
+			c.pin.unsure = true
+		}
+	}
+	return err
+}
+
+// owed returns what must run before st on c in the same round trip, or
+// runs it first, alone, where st cannot share its round trip.
+func (s *Scope) owed(ctx context.Context, c *session, st *stmt, begin bool) (*prefix, error) {
+	inTx := s.inTx(c)
+	p, err := s.prefixFor(ctx, c, inTx, begin)
+	if err != nil || p.empty() {
+		return nil, err
+	}
+	share := c.px != nil && st.how&alone == 0 && st.kind&kindAlone == 0 && !(p.begin && st.how&rows != 0)
+	if share {
+		return p, nil
+	}
+	if s.pool.opts.TransactionPooling && !inTx && !p.begin && len(p.set) > 0 && !txControl(st.query) {
+		// Transaction-local settings end with the round trip that sets
+		// them: behind a pooler the statement would run on whichever
+		// server connection comes next, without them.
+		return nil, fmt.Errorf("%w: %s cannot share a transaction with the settings its context declares; run it inside Atomic",
+			ErrSessionState, describeStmt(st))
+	}
+	return nil, s.flush(ctx, c, p)
+}
+
+// beginning reports whether Atomic's transaction is yet to begin: it
+// begins with the statement, in its round trip where it can (prefix.go).
+func (s *Scope) beginning() (bool, error) {
+	if s.atomic == 0 {
+		return false, nil
+	}
+	if err := s.x.beginErr; err != nil {
+		return false, err
+	}
+	return !s.x.begun, nil
+}
+
+// inTx reports whether c is, or may be, in a transaction.
+func (s *Scope) inTx(c *session) bool {
+	if s.atomicTxOpen() || c.inRawTx() {
+		return true
+	}
+	if c.pc != nil {
+		return c.pc.TxStatus() != 'I'
+	}
+	return len(c.pin.txs) > 0
+}
+
+// kindOf returns what a statement run with args may do to the session:
+// its text's kind (classify.go), or unknown where args make pgx run
+// another text than the one classified.
+func (s *Scope) kindOf(query string, args []any) (queryKind, how) {
+	k := s.pool.notes.kind(query)
+	var h how
+options:
+	for _, a := range args {
+		// pgx reads options from the front of the arguments.
+		switch a.(type) {
+		case pgx.NamedArgs, pgx.StrictNamedArgs:
+			// They replace @name with $n and change nothing else of the
+			// text; the prefixed statements do not read them.
+			h |= alone
+		case pgx.QueryRewriter:
+			// The text that runs is not the text classified.
+			k |= kindUnknown
+			h |= alone
+		case pgx.QueryExecMode, pgx.QueryResultFormats, pgx.QueryResultFormatsByOID:
+			h |= alone
+		default:
+			break options
+		}
+	}
+	return k, h
+}
+
+// sessionStateError is ErrSessionState for query.
+func sessionStateError(query string) error {
+	return fmt.Errorf("%w: %q", ErrSessionState, shorten(query))
+}
+
+func describeStmt(st *stmt) string {
+	if st.query == "" {
+		return "this statement"
+	}
+	return fmt.Sprintf("%q", shorten(st.query))
+}
+
+func shorten(query string) string {
+	const max = 80
+	q := strings.Join(strings.Fields(query), " ")
+	if len(q) > max {
+		q = q[:max] + "…"
+	}
+	return q
+}
+
+// txControl reports whether query is one transaction-control statement,
+// which needs no settings of its own.
+func txControl(query string) bool {
+	l := lexer{q: query}
+	t := l.next()
+	if t.kind != tWord {
+		return false
+	}
+	switch strings.ToLower(t.text) {
+	case "begin", "start", "commit", "end", "rollback", "abort", "savepoint", "release":
+	default:
+		return false
+	}
+	for {
+		switch l.next().kind {
+		case tEOF:
+			return true
+		case tSemi, tBad:
+			return false
+		}
+	}
+}
