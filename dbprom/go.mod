@@ -1,4 +1,4 @@
-module github.com/dbscope/dbscope/dbctx/dbprom
+module github.com/dbscope/dbscope/dbprom
 
 go 1.26.8
 
@@ -28,4 +28,4 @@ require (
 
 // For development in this repository; a release requires a tagged
 // github.com/dbscope/dbscope instead.
-replace github.com/dbscope/dbscope => ../..
+replace github.com/dbscope/dbscope => ../

@@ -1,6 +1,6 @@
 // Package dbprom exports the counters of a [dbctx.Pool] and of a
 // [groups.Layer] as Prometheus metrics. It is a module of its own
-// (github.com/dbscope/dbscope/dbctx/dbprom), so that programs that do not
+// (github.com/dbscope/dbscope/dbprom), so that programs that do not
 // use Prometheus do not depend on its client library; without it, the
 // standard library's expvar publishes the same numbers from
 // [dbctx.Pool.Stats] and [groups.Layer.Stats]:
