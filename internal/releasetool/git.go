@@ -45,7 +45,7 @@ func (t *gitTree) Files() ([]string, error) {
 // Time returns the revision's commit time, which a module proxy reports
 // as the version's time.
 func (t *gitTree) Time() (time.Time, error) {
-	out, err := t.git("show", "-s", "--format=%ct", t.rev)
+	out, err := t.git("show", "-s", "--format=%ct", t.rev+"^{commit}")
 	if err != nil {
 		return time.Time{}, err
 	}

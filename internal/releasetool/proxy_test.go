@@ -3,6 +3,7 @@ package main
 import (
 	"archive/zip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -13,7 +14,9 @@ import (
 
 // The proxy serves each module's committed files: the root's without the
 // nested module's, the nested module's with the root's LICENSE; what is
-// on disk and not committed is left out.
+// on disk and not committed is left out. (The zips hash as those the go
+// command makes from the tags themselves: compared once by hand, with
+// git's url.insteadOf pointing github.com/dbscope/dbscope at a clone.)
 func TestWriteProxy(t *testing.T) {
 	tree := repo(t, map[string]string{
 		"LICENSE":    "license",
@@ -25,6 +28,13 @@ func TestWriteProxy(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(tree.dir, "a", "new.go"), []byte("package a\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// An annotated tag names the revision, as scripts/release makes them.
+	tag := exec.Command("git", "-c", "user.name=t", "-c", "user.email=t@example.com", "tag", "-a", "-m", "v0.1.0", "v0.1.0")
+	tag.Dir = tree.dir
+	if out, err := tag.CombinedOutput(); err != nil {
+		t.Fatalf("git tag: %v\n%s", err, out)
+	}
+	tree.rev = "v0.1.0"
 	mods := []pubModule{{".", "example.com/m"}, {"sub", "example.com/m/sub"}}
 	out := t.TempDir()
 	if err := writeProxy(tree, "v0.1.0", out, mods); err != nil {
