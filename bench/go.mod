@@ -10,8 +10,8 @@ replace (
 
 require (
 	github.com/coder/websocket v1.8.15
-	github.com/dbscope/dbscope v0.0.0-00010101000000-000000000000
-	github.com/dbscope/dbscope/groups/natslayer v0.0.0-00010101000000-000000000000
+	github.com/dbscope/dbscope v0.1.0
+	github.com/dbscope/dbscope/groups/natslayer v0.1.0
 	github.com/jackc/pgx/v5 v5.12.0
 	github.com/nats-io/nats.go v1.56.0
 )

@@ -5,9 +5,9 @@ go 1.26.8
 require (
 	github.com/chromedp/chromedp v0.23.0
 	github.com/coder/websocket v1.8.15
-	github.com/dbscope/dbscope v0.0.0-00010101000000-000000000000
-	github.com/dbscope/dbscope/dbctx/dbprom v0.0.0-00010101000000-000000000000
-	github.com/dbscope/dbscope/groups/natslayer v0.0.0-00010101000000-000000000000
+	github.com/dbscope/dbscope v0.1.0
+	github.com/dbscope/dbscope/dbprom v0.1.0
+	github.com/dbscope/dbscope/groups/natslayer v0.1.0
 	github.com/go-chi/chi/v5 v5.5.0
 	github.com/jackc/pgx/v5 v5.12.0
 	github.com/prometheus/client_golang v1.25.0
@@ -40,6 +40,6 @@ require (
 // The examples run against the code beside them.
 replace (
 	github.com/dbscope/dbscope => ../
-	github.com/dbscope/dbscope/dbctx/dbprom => ../dbctx/dbprom
+	github.com/dbscope/dbscope/dbprom => ../dbprom
 	github.com/dbscope/dbscope/groups/natslayer => ../groups/natslayer
 )

@@ -3,7 +3,7 @@ module github.com/dbscope/dbscope/groups/natslayer
 go 1.26.8
 
 require (
-	github.com/dbscope/dbscope v0.0.0-00010101000000-000000000000
+	github.com/dbscope/dbscope v0.1.0
 	github.com/nats-io/nats.go v1.56.0
 	go.uber.org/goleak v1.3.0
 )
@@ -22,6 +22,7 @@ require (
 	golang.org/x/text v0.42.0 // indirect
 )
 
-// For development in this repository; a release requires a tagged
-// github.com/dbscope/dbscope instead.
+// Work on the code beside this module, as go.work does. Dependents ignore
+// replace lines: they get the version required above, released with this
+// module's own (RELEASING.md).
 replace github.com/dbscope/dbscope => ../..

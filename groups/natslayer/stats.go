@@ -1,11 +1,5 @@
 package natslayer
 
-import (
-	"fmt"
-
-	"github.com/dbscope/dbscope/internal/jsonvar"
-)
-
 // Stats is a snapshot of an engine's counters, beside what the layer
 // counts (groups.Stats: Gaps and Reconnects come from the engine). The
 // gauge is a current value; the rest count since the engine was made.
@@ -29,7 +23,10 @@ type Stats struct {
 	Reconnects  int64 // times it came back
 }
 
-// Stats returns a snapshot of the engine's counters.
+// Stats returns a snapshot of the engine's counters. expvar publishes
+// it with one line:
+//
+//	expvar.Publish("dbscope_nats", expvar.Func(func() any { return engine.Stats() }))
 func (e *Engine) Stats() Stats {
 	e.mu.Lock()
 	n := len(e.subs)
@@ -43,13 +40,4 @@ func (e *Engine) Stats() Stats {
 		Disconnects:   e.c.disconnects.Load(),
 		Reconnects:    e.c.reconnects.Load(),
 	}
-}
-
-// Expvar returns the engine's [Stats] as an expvar.Var (a [fmt.Stringer]
-// whose String reads Stats and returns it as JSON), as
-// dbctx.Pool.Expvar does for a pool:
-//
-//	expvar.Publish("dbscope_nats", engine.Expvar())
-func (e *Engine) Expvar() fmt.Stringer {
-	return jsonvar.Func(func() any { return e.Stats() })
 }

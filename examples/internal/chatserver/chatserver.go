@@ -22,7 +22,7 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/dbscope/dbscope/dbctx"
-	"github.com/dbscope/dbscope/dbctx/dbprom"
+	"github.com/dbscope/dbscope/dbprom"
 	"github.com/dbscope/dbscope/examples/internal/chat"
 	"github.com/dbscope/dbscope/groups"
 	"github.com/dbscope/dbscope/groups/natslayer"

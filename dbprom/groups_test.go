@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/dbscope/dbscope/dbctx"
-	"github.com/dbscope/dbscope/dbctx/dbprom"
+	"github.com/dbscope/dbscope/dbprom"
 	"github.com/dbscope/dbscope/groups"
 	"github.com/dbscope/dbscope/internal/dbtest"
 	"github.com/dbscope/dbscope/internal/pgtest"

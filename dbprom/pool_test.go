@@ -10,7 +10,7 @@ import (
 	"testing"
 
 	"github.com/dbscope/dbscope/dbctx"
-	"github.com/dbscope/dbscope/dbctx/dbprom"
+	"github.com/dbscope/dbscope/dbprom"
 	"github.com/dbscope/dbscope/internal/dbtest"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"

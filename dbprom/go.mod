@@ -1,9 +1,9 @@
-module github.com/dbscope/dbscope/dbctx/dbprom
+module github.com/dbscope/dbscope/dbprom
 
 go 1.26.8
 
 require (
-	github.com/dbscope/dbscope v0.0.0-00010101000000-000000000000
+	github.com/dbscope/dbscope v0.1.0
 	github.com/jackc/pgx/v5 v5.12.0
 	github.com/prometheus/client_golang v1.25.0
 )
@@ -26,6 +26,7 @@ require (
 	google.golang.org/protobuf v1.36.12 // indirect
 )
 
-// For development in this repository; a release requires a tagged
-// github.com/dbscope/dbscope instead.
-replace github.com/dbscope/dbscope => ../..
+// Work on the code beside this module, as go.work does. Dependents ignore
+// replace lines: they get the version required above, released with this
+// module's own (RELEASING.md).
+replace github.com/dbscope/dbscope => ..

@@ -1,9 +1,11 @@
 // Package dbprom exports the counters of a [dbctx.Pool] and of a
 // [groups.Layer] as Prometheus metrics. It is a module of its own
-// (github.com/dbscope/dbscope/dbctx/dbprom), so that programs that do not
-// use Prometheus do not depend on its client library; without it,
-// [dbctx.Pool.Expvar] and [groups.Layer.Expvar] publish the same numbers
-// through the standard library's expvar.
+// (github.com/dbscope/dbscope/dbprom), so that programs that do not
+// use Prometheus do not depend on its client library; without it, the
+// standard library's expvar publishes the same numbers from
+// [dbctx.Pool.Stats] and [groups.Layer.Stats]:
+//
+//	expvar.Publish("dbscope", expvar.Func(func() any { return pool.Stats() }))
 //
 // A collector reads Stats() once per scrape: no goroutine runs between
 // scrapes and nothing is added to the work of a query. Register the

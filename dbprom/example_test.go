@@ -11,7 +11,7 @@ import (
 	"strings"
 
 	"github.com/dbscope/dbscope/dbctx"
-	"github.com/dbscope/dbscope/dbctx/dbprom"
+	"github.com/dbscope/dbscope/dbprom"
 	"github.com/dbscope/dbscope/groups"
 	_ "github.com/jackc/pgx/v5/stdlib"
 	"github.com/prometheus/client_golang/prometheus"
