@@ -43,7 +43,7 @@
 //	dbscope_resets_total         session resets
 //	dbscope_rolled_back_total    transactions left open, rolled back at a boundary
 //	dbscope_leaks_total          scopes reported by the leak detector
-//	dbscope_discarded_total{reason="dead|broken|canceled|tx|panic|hook|reset|unresettable"}
+//	dbscope_discarded_total{reason="dead|broken|canceled|tx|panic|hook|reset|raw|unresettable"}
 //
 // Every reason of dbscope_discarded_total is exported from the start, at
 // 0, so that rate() and increase() see the first discard.

@@ -32,6 +32,7 @@ var discardReasons = []struct {
 	{"panic", func(d *dbctx.Discards) int64 { return d.Panic }},
 	{"hook", func(d *dbctx.Discards) int64 { return d.Hook }},
 	{"reset", func(d *dbctx.Discards) int64 { return d.Reset }},
+	{"raw", func(d *dbctx.Discards) int64 { return d.Raw }},
 	{"unresettable", func(d *dbctx.Discards) int64 { return d.Unresettable }},
 }
 
@@ -87,7 +88,7 @@ var poolFamilies = []family[stats]{
 		help: "Connections discarded (closed, never reused), by reason: dead before use, broken " +
 			"(a connection-level error), canceled mid-query, tx (a transaction that could not be " +
 			"rolled back), panic in user code, hook (OnAcquire or OnRelease failed), reset " +
-			"(the session reset failed), unresettable (state no reset undoes).",
+			"(the session reset failed), raw (handed to user code as itself), unresettable (state no reset undoes).",
 		typ:   prometheus.CounterValue,
 		label: "reason",
 		collect: func(s *stats, emit func(float64, ...string)) {

@@ -65,13 +65,14 @@ func TestCollector(t *testing.T) {
 # HELP dbscope_busy_total Callers refused with dbctx.ErrBusy: the wait queue was full or the wait timed out.
 # TYPE dbscope_busy_total counter
 dbscope_busy_total{pool="primary"} 1
-# HELP dbscope_discarded_total Connections discarded (closed, never reused), by reason: dead before use, broken (a connection-level error), canceled mid-query, tx (a transaction that could not be rolled back), panic in user code, hook (OnAcquire or OnRelease failed), reset (the session reset failed), unresettable (state no reset undoes).
+# HELP dbscope_discarded_total Connections discarded (closed, never reused), by reason: dead before use, broken (a connection-level error), canceled mid-query, tx (a transaction that could not be rolled back), panic in user code, hook (OnAcquire or OnRelease failed), reset (the session reset failed), raw (handed to user code as itself), unresettable (state no reset undoes).
 # TYPE dbscope_discarded_total counter
 dbscope_discarded_total{pool="primary",reason="broken"} 0
 dbscope_discarded_total{pool="primary",reason="canceled"} 0
 dbscope_discarded_total{pool="primary",reason="dead"} 0
 dbscope_discarded_total{pool="primary",reason="hook"} 0
 dbscope_discarded_total{pool="primary",reason="panic"} 1
+dbscope_discarded_total{pool="primary",reason="raw"} 0
 dbscope_discarded_total{pool="primary",reason="reset"} 0
 dbscope_discarded_total{pool="primary",reason="tx"} 0
 dbscope_discarded_total{pool="primary",reason="unresettable"} 0
