@@ -121,8 +121,8 @@ dbscope_waits_total{pool="primary"} 0
 	if _, ok := m[`dbscope_kept_connections{pool="primary"}`]; !ok {
 		t.Error("dbscope_kept_connections not exported")
 	}
-	if n := len(m); n != 14+8+2+len(dbctx.WaitBuckets) {
-		t.Errorf("%d series, want 14, the 8 reasons of discarded_total and the wait histogram: %v", n, m)
+	if n := len(m); n != 14+9+2+len(dbctx.WaitBuckets) {
+		t.Errorf("%d series, want 14, the 9 reasons of discarded_total and the wait histogram: %v", n, m)
 	}
 
 	lint(t, c)
