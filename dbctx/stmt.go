@@ -80,10 +80,11 @@ func (s *Scope) execLocked(ctx context.Context, st *stmt, run runner) error {
 	if err != nil {
 		return err
 	}
-	c.pin.seen |= st.kind
 	first := !c.pin.used
 	p, err := s.owed(ctx, c, st, begin)
 	if err == nil {
+		// Noted before it runs: failing or not, it may leave state.
+		c.pin.seen |= st.kind
 		err = run(s.stmtCtx(ctx, st.how), c, p)
 	}
 	retries := maxRetries
@@ -98,8 +99,8 @@ func (s *Scope) execLocked(ctx context.Context, st *stmt, run runner) error {
 			// database is down: ErrUnavailable).
 			break
 		}
-		c.pin.seen |= st.kind
 		if p, err = s.owed(ctx, c, st, begin); err == nil {
+			c.pin.seen |= st.kind
 			err = run(s.stmtCtx(ctx, st.how), c, p)
 		}
 	}

@@ -2,12 +2,15 @@ package pgtest
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
-	"github.com/dbscope/dbscope/internal/pgserver"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/dbscope/dbscope/internal/pgserver"
 )
 
 // Proxy is a TCP proxy in front of the base server for fault injection:
@@ -27,6 +30,8 @@ type Proxy struct {
 	cut     bool
 	flowing chan struct{} // closed while bytes flow; open while stalled
 	links   map[*link]struct{}
+
+	ready atomic.Int64 // ReadyForQuery messages the server sent
 }
 
 // link is one client connection and its connection to the server.
@@ -125,6 +130,13 @@ func (p *Proxy) Restore() {
 	}
 }
 
+// Ready returns how many ReadyForQuery messages the server has sent through
+// the proxy: one per round trip that ended with a Sync (or a simple
+// Query), the server's answer to each, counted as the protocol counts
+// them. Tests compare it before and after a unit of work to count its
+// round trips.
+func (p *Proxy) Ready() int64 { return p.ready.Load() }
+
 // Conns returns the number of live connections through the proxy.
 func (p *Proxy) Conns() int {
 	p.mu.Lock()
@@ -198,10 +210,43 @@ func (p *Proxy) serve(l *link) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		p.pipe(l, s, l.client)
+		p.pipe(l, s, l.client, nil)
 	}()
-	p.pipe(l, l.client, s)
+	p.pipe(l, l.client, s, &messages{count: 'Z', n: &p.ready})
 	wg.Wait()
+}
+
+// messages follows the server's side of the protocol, every message of
+// which is a type byte and a length, and counts those of one type. The
+// proxy's connections never negotiate TLS (see DSN).
+type messages struct {
+	count byte
+	n     *atomic.Int64
+	head  [5]byte
+	have  int // bytes of head read
+	left  int // bytes of the current message's body still to skip
+}
+
+func (m *messages) feed(b []byte) {
+	for len(b) > 0 {
+		if m.left > 0 {
+			k := min(m.left, len(b))
+			m.left -= k
+			b = b[k:]
+			continue
+		}
+		k := copy(m.head[m.have:], b)
+		m.have += k
+		b = b[k:]
+		if m.have < len(m.head) {
+			return
+		}
+		if m.head[0] == m.count {
+			m.n.Add(1)
+		}
+		m.left = int(binary.BigEndian.Uint32(m.head[1:])) - 4
+		m.have = 0
+	}
 }
 
 // drop forgets l and closes it.
@@ -213,8 +258,8 @@ func (p *Proxy) drop(l *link) {
 }
 
 // pipe copies src to dst, holding bytes back while the proxy is stalled,
-// and shuts l when either side fails.
-func (p *Proxy) pipe(l *link, dst, src net.Conn) {
+// and shuts l when either side fails. m, if not nil, follows the messages.
+func (p *Proxy) pipe(l *link, dst, src net.Conn, m *messages) {
 	defer p.drop(l)
 	buf := make([]byte, 32<<10)
 	for {
@@ -222,6 +267,9 @@ func (p *Proxy) pipe(l *link, dst, src net.Conn) {
 		if n > 0 {
 			if !p.waitFlowing(l) {
 				return
+			}
+			if m != nil {
+				m.feed(buf[:n])
 			}
 			if _, err := dst.Write(buf[:n]); err != nil {
 				return

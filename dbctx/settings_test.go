@@ -1,0 +1,581 @@
+package dbctx_test
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/internal/dbtest"
+	"github.com/dbscope/dbscope/internal/pgserver"
+	"github.com/dbscope/dbscope/internal/pgtest"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+var tenant = dbctx.NewSetting("app.tenant")
+
+// rls makes env's schema a multi-tenant one, read by env's role, which is
+// no longer a superuser (a superuser bypasses every policy): items and
+// notes, each under a row-level-security policy on app.tenant forced on
+// the tables' owner; tenants t1 to t5 have 10 items each, and notes takes
+// what the tests write. copied has no policy (COPY FROM refuses one), and
+// takes its tenant from app.tenant too.
+func rls(t *testing.T, env *pgtest.Env) {
+	t.Helper()
+	sch, role := `"`+env.Schema()+`"`, `"`+env.Role()+`"`
+	stmts := []string{"ALTER ROLE " + role + " NOSUPERUSER"}
+	for _, table := range []string{"items", "notes"} {
+		stmts = append(stmts,
+			"CREATE TABLE "+sch+"."+table+" (id int PRIMARY KEY, tenant text NOT NULL DEFAULT current_setting('app.tenant'), name text NOT NULL)",
+			"ALTER TABLE "+sch+"."+table+" OWNER TO "+role,
+			"ALTER TABLE "+sch+"."+table+" ENABLE ROW LEVEL SECURITY",
+			"ALTER TABLE "+sch+"."+table+" FORCE ROW LEVEL SECURITY",
+			"CREATE POLICY tenant_rows ON "+sch+"."+table+" USING (tenant = current_setting('app.tenant', true)) WITH CHECK (tenant = current_setting('app.tenant', true))")
+	}
+	stmts = append(stmts,
+		"CREATE TABLE "+sch+".copied (id int PRIMARY KEY, tenant text NOT NULL DEFAULT current_setting('app.tenant'), name text NOT NULL)",
+		"ALTER TABLE "+sch+".copied OWNER TO "+role,
+		"INSERT INTO "+sch+".items SELECT 100 * k + i, 't' || k, 'item-' || k || '-' || i FROM generate_series(1, 5) k, generate_series(1, 10) i")
+	for _, q := range stmts {
+		mustExec(t, env.Admin(), q)
+	}
+}
+
+// seenSQL is what a statement sees: its app.tenant, and the items the
+// policy lets it see.
+const seenSQL = "SELECT coalesce(current_setting('app.tenant', true), ''), (SELECT count(*) FROM items)"
+
+// seen is what a statement saw: app.tenant and the items visible.
+type seen struct {
+	tenant string
+	items  int
+}
+
+// tenantPaths run one statement each through one way of reaching the
+// database, and return what it saw. Those that write insert item id and
+// read its tenant back as the admin (whom the policy does not bind).
+var tenantPaths = map[string]func(t *testing.T, ctx context.Context, s *dbctx.Scope, env *pgtest.Env, id int) (seen, error){
+	"QueryRowContext": func(t *testing.T, ctx context.Context, s *dbctx.Scope, _ *pgtest.Env, _ int) (v seen, err error) {
+		err = s.QueryRowContext(ctx, seenSQL).Scan(&v.tenant, &v.items)
+		return v, err
+	},
+	"QueryContext": func(t *testing.T, ctx context.Context, s *dbctx.Scope, _ *pgtest.Env, _ int) (v seen, err error) {
+		rows, err := s.QueryContext(ctx, seenSQL)
+		if err != nil {
+			return v, err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			err = rows.Scan(&v.tenant, &v.items)
+		}
+		return v, errors.Join(err, rows.Err())
+	},
+	"ExecContext": func(t *testing.T, ctx context.Context, s *dbctx.Scope, env *pgtest.Env, id int) (v seen, err error) {
+		if _, err := s.ExecContext(ctx, "INSERT INTO notes (id, name) VALUES ($1, 'new')", id); err != nil {
+			return v, err
+		}
+		return inserted(t, env, id), nil
+	},
+	"QueryRow (pgx)": func(t *testing.T, ctx context.Context, s *dbctx.Scope, _ *pgtest.Env, _ int) (v seen, err error) {
+		err = s.QueryRow(ctx, seenSQL).Scan(&v.tenant, &v.items)
+		return v, err
+	},
+	"Query (pgx)": func(t *testing.T, ctx context.Context, s *dbctx.Scope, _ *pgtest.Env, _ int) (v seen, err error) {
+		rows, err := s.Query(ctx, seenSQL)
+		if err != nil {
+			return v, err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			err = rows.Scan(&v.tenant, &v.items)
+		}
+		return v, errors.Join(err, rows.Err())
+	},
+	"Exec (pgx)": func(t *testing.T, ctx context.Context, s *dbctx.Scope, env *pgtest.Env, id int) (v seen, err error) {
+		if _, err := s.Exec(ctx, "INSERT INTO notes (id, name) VALUES ($1, 'new')", id); err != nil {
+			return v, err
+		}
+		return inserted(t, env, id), nil
+	},
+	"SendBatch (pgx)": func(t *testing.T, ctx context.Context, s *dbctx.Scope, _ *pgtest.Env, _ int) (v seen, err error) {
+		b := &pgx.Batch{}
+		b.Queue("SELECT 1")
+		b.Queue(seenSQL)
+		br := s.SendBatch(ctx, b)
+		if _, err := br.Exec(); err != nil {
+			br.Close()
+			return v, err
+		}
+		err = br.QueryRow().Scan(&v.tenant, &v.items)
+		return v, errors.Join(err, br.Close())
+	},
+	"CopyFrom (pgx)": func(t *testing.T, ctx context.Context, s *dbctx.Scope, env *pgtest.Env, id int) (v seen, err error) {
+		if _, err := s.CopyFrom(ctx, pgx.Identifier{"copied"}, []string{"id", "name"}, pgx.CopyFromRows([][]any{{id, "copied"}})); err != nil {
+			return v, err
+		}
+		return inserted(t, env, id), nil
+	},
+	"Atomic": func(t *testing.T, ctx context.Context, s *dbctx.Scope, _ *pgtest.Env, _ int) (v seen, err error) {
+		err = dbctx.Atomic(ctx, func(ctx context.Context) error {
+			return s.QueryRowContext(ctx, seenSQL).Scan(&v.tenant, &v.items)
+		})
+		return v, err
+	},
+	"Atomic, second statement": func(t *testing.T, ctx context.Context, s *dbctx.Scope, env *pgtest.Env, id int) (v seen, err error) {
+		err = dbctx.Atomic(ctx, func(ctx context.Context) error {
+			if _, err := s.ExecContext(ctx, "INSERT INTO notes (id, name) VALUES ($1, 'new')", id); err != nil {
+				return err
+			}
+			return s.QueryRow(ctx, seenSQL).Scan(&v.tenant, &v.items)
+		})
+		if err == nil && inserted(t, env, id).tenant != v.tenant {
+			return v, fmt.Errorf("the insert saw %q, the query %q", inserted(t, env, id).tenant, v.tenant)
+		}
+		return v, err
+	},
+	"Atomic, nested": func(t *testing.T, ctx context.Context, s *dbctx.Scope, _ *pgtest.Env, _ int) (v seen, err error) {
+		err = dbctx.Atomic(ctx, func(ctx context.Context) error {
+			return dbctx.Atomic(ctx, func(ctx context.Context) error {
+				return s.QueryRowContext(ctx, seenSQL).Scan(&v.tenant, &v.items)
+			})
+		})
+		return v, err
+	},
+	"BeginTx": func(t *testing.T, ctx context.Context, s *dbctx.Scope, _ *pgtest.Env, _ int) (v seen, err error) {
+		tx, err := s.BeginTx(ctx, nil)
+		if err != nil {
+			return v, err
+		}
+		defer tx.Rollback()
+		err = tx.QueryRowContext(ctx, seenSQL).Scan(&v.tenant, &v.items)
+		return v, err
+	},
+	"BeginTx, then the scope": func(t *testing.T, ctx context.Context, s *dbctx.Scope, _ *pgtest.Env, _ int) (v seen, err error) {
+		tx, err := s.BeginTx(ctx, nil)
+		if err != nil {
+			return v, err
+		}
+		defer tx.Rollback()
+		err = s.QueryRowContext(ctx, seenSQL).Scan(&v.tenant, &v.items)
+		return v, err
+	},
+	"Do, nested": func(t *testing.T, ctx context.Context, s *dbctx.Scope, _ *pgtest.Env, _ int) (v seen, err error) {
+		err = dbctx.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+			return s.QueryRowContext(ctx, seenSQL).Scan(&v.tenant, &v.items)
+		})
+		return v, err
+	},
+	"Conn": func(t *testing.T, ctx context.Context, s *dbctx.Scope, _ *pgtest.Env, _ int) (v seen, err error) {
+		c, err := s.Conn(ctx)
+		if err != nil {
+			return v, err
+		}
+		err = c.QueryRowContext(ctx, seenSQL).Scan(&v.tenant, &v.items)
+		return v, err
+	},
+	"Pgx": func(t *testing.T, ctx context.Context, s *dbctx.Scope, _ *pgtest.Env, _ int) (v seen, err error) {
+		err = s.Pgx(ctx, func(c *pgx.Conn) error {
+			return c.QueryRow(ctx, seenSQL).Scan(&v.tenant, &v.items)
+		})
+		return v, err
+	},
+	"PrepareContext": func(t *testing.T, ctx context.Context, s *dbctx.Scope, _ *pgtest.Env, _ int) (v seen, err error) {
+		st, err := s.PrepareContext(ctx, seenSQL)
+		if err != nil {
+			return v, err
+		}
+		err = st.QueryRowContext(ctx).Scan(&v.tenant, &v.items)
+		return v, err
+	},
+	"several statements in one string": func(t *testing.T, ctx context.Context, s *dbctx.Scope, env *pgtest.Env, id int) (v seen, err error) {
+		if _, err := s.ExecContext(ctx, fmt.Sprintf("SELECT 1; INSERT INTO notes (id, name) VALUES (%d, 'new')", id)); err != nil {
+			return v, err
+		}
+		return inserted(t, env, id), nil
+	},
+}
+
+// inserted returns the tenant of the note or copied row id as the admin
+// reads it, and whether it exists.
+func inserted(t *testing.T, env *pgtest.Env, id int) seen {
+	t.Helper()
+	var v seen
+	sch := `"` + env.Schema() + `"`
+	err := env.Admin().QueryRow("SELECT tenant, 1 FROM (SELECT id, tenant FROM "+sch+".notes UNION ALL SELECT id, tenant FROM "+sch+".copied) w WHERE id = $1", id).Scan(&v.tenant, &v.items)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		t.Fatal(err)
+	}
+	return v
+}
+
+// the ids a writing path inserts, one per run.
+var nextID = struct {
+	sync.Mutex
+	n int
+}{n: 10000}
+
+func newID() int {
+	nextID.Lock()
+	defer nextID.Unlock()
+	nextID.n++
+	return nextID.n
+}
+
+// Every statement of a unit of work runs with exactly the settings its
+// context declares, on every path, and the next unit on the same
+// connection sees its own or none: PostgreSQL's policy says which items
+// each statement saw, and current_setting what it ran with. On one
+// connection, in every exec mode of pgx, each path runs after a unit of
+// another tenant and before one of none.
+func TestSettingsEveryPath(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "needs consecutive scopes to share one server session")
+	for _, mode := range []string{"cache_statement", "exec", "simple_protocol", "cache_describe", "describe_exec"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			env := newEnv(t)
+			rls(t, env)
+			dsn, err := pgserver.WithParams(env.DSN(), "default_query_exec_mode", mode)
+			if err != nil {
+				t.Fatal(err)
+			}
+			db := openDSN(t, dsn)
+			db.SetMaxOpenConns(1)
+			p := poolOn(t, env, db, &dbctx.Options{MaxWorkers: 1, Logger: quiet()})
+			for name, path := range tenantPaths {
+				id := newID()
+				other := tenant.With(context.Background(), "t2")
+				if v := see(t, p, other); v != (seen{"t2", 10}) {
+					t.Fatalf("%s: the unit before sees %+v", name, v)
+				}
+				var got seen
+				err := p.Do(tenant.With(context.Background(), "t1"), func(ctx context.Context, s *dbctx.Scope) error {
+					var err error
+					got, err = path(t, ctx, s, env, id)
+					return err
+				})
+				if err != nil {
+					t.Errorf("%s: %v", name, err)
+					continue
+				}
+				want := seen{"t1", 10}
+				if got.items == 1 { // a write: its row, read back
+					want.items = 1
+				}
+				if got != want {
+					t.Errorf("%s: the statement saw %+v, want %+v", name, got, want)
+				}
+				if v := see(t, p, context.Background()); v != (seen{"", 0}) {
+					t.Errorf("%s: the next unit, which declares no tenant, sees %+v", name, v)
+				}
+			}
+		})
+	}
+}
+
+// see runs one unit of work of p with ctx and returns what it saw.
+func see(t *testing.T, p *dbctx.Pool, ctx context.Context) seen {
+	t.Helper()
+	var v seen
+	if err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+		return s.QueryRowContext(ctx, seenSQL).Scan(&v.tenant, &v.items)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+// Behind PgBouncer in transaction mode the same declaration holds with no
+// session state: outside a transaction the settings go, transaction-local,
+// into the statement's implicit transaction; in one, with its BEGIN. What
+// cannot share the statement's transaction outside one (raw access,
+// several statements in one string) is refused, saying to use Atomic;
+// COPY gets a transaction of its own.
+func TestSettingsBehindPgBouncer(t *testing.T) {
+	t.Parallel()
+	b := pgtest.StartPgBouncer(t, &pgtest.PgBouncerOptions{PoolSize: 2})
+	env := newEnv(t)
+	rls(t, env)
+	for _, mode := range []string{"exec", "simple_protocol", "cache_describe"} {
+		t.Run(mode, func(t *testing.T) {
+			db := openDSN(t, b.DSN(env, "default_query_exec_mode", mode))
+			p := poolOn(t, env, db, &dbctx.Options{MaxWorkers: 3, TransactionPooling: true, Logger: quiet()})
+			refused := map[string]bool{"Conn": true, "Pgx": true, "PrepareContext": true, "several statements in one string": true}
+			for name, path := range tenantPaths {
+				id := newID()
+				var got seen
+				err := p.Do(tenant.With(context.Background(), "t3"), func(ctx context.Context, s *dbctx.Scope) error {
+					var err error
+					got, err = path(t, ctx, s, env, id)
+					return err
+				})
+				if refused[name] {
+					if !errors.Is(err, dbctx.ErrSessionState) {
+						t.Errorf("%s: %v, want ErrSessionState", name, err)
+					}
+					continue
+				}
+				if err != nil {
+					t.Errorf("%s: %v", name, err)
+					continue
+				}
+				want := seen{"t3", 10}
+				if got.items == 1 {
+					want.items = 1
+				}
+				if got != want {
+					t.Errorf("%s: the statement saw %+v, want %+v", name, got, want)
+				}
+			}
+			// Inside Atomic raw access gets them, transaction-local.
+			err := p.Do(tenant.With(context.Background(), "t4"), func(ctx context.Context, s *dbctx.Scope) error {
+				return dbctx.Atomic(ctx, func(ctx context.Context) error {
+					return s.Pgx(ctx, func(c *pgx.Conn) error {
+						var v seen
+						if err := c.QueryRow(ctx, seenSQL).Scan(&v.tenant, &v.items); err != nil {
+							return err
+						}
+						if v != (seen{"t4", 10}) {
+							return fmt.Errorf("raw access inside Atomic saw %+v", v)
+						}
+						return nil
+					})
+				})
+			})
+			if err != nil {
+				t.Error(err)
+			}
+			// Units without a tenant see none, whichever server
+			// connection PgBouncer gives them.
+			for range 6 {
+				if v := see(t, p, context.Background()); v != (seen{"", 0}) {
+					t.Fatalf("a unit that declares no tenant sees %+v", v)
+				}
+			}
+		})
+	}
+}
+
+// Settings cost no round trip of their own: a unit of work of one lookup
+// takes as many round trips (ReadyForQuery messages, counted by a proxy)
+// with a tenant that changes at every unit as without any, in every exec
+// mode, and no reset.
+func TestSettingsNoRoundTrip(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "counts the round trips to the server")
+	for _, mode := range []string{"cache_statement", "exec", "simple_protocol", "cache_describe"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			env := newEnv(t)
+			rls(t, env)
+			px := newProxy(t, env)
+			dsn, err := pgserver.WithParams(px.DSN(), "default_query_exec_mode", mode)
+			if err != nil {
+				t.Fatal(err)
+			}
+			db := openDSN(t, dsn)
+			db.SetMaxOpenConns(1)
+			p := poolOn(t, env, db, &dbctx.Options{MaxWorkers: 1})
+			lookup := func(ctx context.Context) {
+				if err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+					var name string
+					return s.QueryRowContext(ctx, "SELECT name FROM items WHERE id = $1", 101).Scan(&name)
+				}); err != nil && !errors.Is(err, sql.ErrNoRows) {
+					t.Fatal(err)
+				}
+			}
+			tenants := []string{"t1", "t2", "t3"}
+			// Warm up: statements described and prepared on the
+			// connection, as a running service has them.
+			lookup(context.Background())
+			lookup(tenant.With(context.Background(), "t1"))
+			count := func(withTenant bool) int64 {
+				before := px.Ready()
+				for i := range 12 {
+					ctx := context.Background()
+					if withTenant {
+						ctx = tenant.With(ctx, tenants[i%len(tenants)])
+					}
+					lookup(ctx)
+				}
+				return px.Ready() - before
+			}
+			resets := p.Stats().Resets
+			plain, tenanted := count(false), count(true)
+			if tenanted != plain {
+				t.Errorf("12 lookups: %d round trips with a tenant changing at every unit, %d without", tenanted, plain)
+			}
+			if plain != 12 {
+				t.Errorf("12 lookups took %d round trips", plain)
+			}
+			if n := p.Stats().Resets - resets; n != 0 {
+				t.Errorf("%d resets, want none: settings make no scope dirty", n)
+			}
+		})
+	}
+}
+
+// A setting that fails to apply fails the statement, which does not run;
+// a value that cannot be sent is refused before anything is sent.
+func TestSettingsFailure(t *testing.T) {
+	t.Parallel()
+	env := newEnv(t)
+	rls(t, env)
+	p := poolOn(t, env, env.Open(t), &dbctx.Options{MaxWorkers: 1, Logger: quiet()})
+	timeout := dbctx.NewSetting("statement_timeout")
+	id := newID()
+	ctx := timeout.With(tenant.With(context.Background(), "t1"), "not a duration")
+	err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+		_, err := s.ExecContext(ctx, "INSERT INTO notes (id, name) VALUES ($1, 'x')", id)
+		return err
+	})
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || pe.Code != "22023" {
+		t.Fatalf("got %v, want the server's invalid_parameter_value", err)
+	}
+	if v := inserted(t, env, id); v.items != 0 {
+		t.Fatalf("the statement ran: %+v", v)
+	}
+	err = p.Do(tenant.With(context.Background(), "t1\x00t2"), func(ctx context.Context, s *dbctx.Scope) error {
+		_, err := s.ExecContext(ctx, "INSERT INTO notes (id, name) VALUES ($1, 'x')", id)
+		return err
+	})
+	if !errors.Is(err, dbctx.ErrSettingValue) || !strings.Contains(err.Error(), "app.tenant") {
+		t.Fatalf("got %v, want ErrSettingValue naming the setting", err)
+	}
+	if v := inserted(t, env, id); v.items != 0 {
+		t.Fatalf("the statement ran: %+v", v)
+	}
+	// The pool goes on.
+	if v := see(t, p, tenant.With(context.Background(), "t5")); v != (seen{"t5", 10}) {
+		t.Fatalf("after the failures: %+v", v)
+	}
+}
+
+// Names are checked once, when the setting is declared.
+func TestNewSettingChecksNames(t *testing.T) {
+	for _, name := range []string{"", "app.", ".x", "app tenant", "app.ten-ant", "1app.x", "app.x;drop", "session_authorization", "transaction_isolation", `app."x"`} {
+		func() {
+			defer func() {
+				if recover() == nil {
+					t.Errorf("NewSetting(%q) did not panic", name)
+				}
+			}()
+			dbctx.NewSetting(name)
+		}()
+	}
+	for _, name := range []string{"app.tenant", "App.Tenant_2", "statement_timeout", "search_path", "role", "a.b.c"} {
+		if st := dbctx.NewSetting(name); st.Name() != strings.ToLower(name) {
+			t.Errorf("NewSetting(%q).Name() = %q", name, st.Name())
+		}
+	}
+	ctx := tenant.With(tenant.With(context.Background(), "a"), "b")
+	if v, ok := tenant.Value(ctx); !ok || v != "b" {
+		t.Errorf("the later With: %q, %v", v, ok)
+	}
+}
+
+// Many tenants at once on two connections: every statement sees its own
+// tenant's items and no other's.
+func TestSettingsConcurrentTenants(t *testing.T) {
+	t.Parallel()
+	env := newEnv(t)
+	rls(t, env)
+	p := poolOn(t, env, env.Open(t), &dbctx.Options{MaxWorkers: 2, WaitTimeout: time.Minute})
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for g := range 8 {
+		wg.Go(func() {
+			for i := range 40 {
+				want := fmt.Sprintf("t%d", 1+(g+i)%5)
+				ctx := tenant.With(context.Background(), want)
+				var got string
+				var foreign, own int
+				err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+					return s.QueryRowContext(ctx, `SELECT current_setting('app.tenant', true),
+						count(*) FILTER (WHERE tenant <> current_setting('app.tenant', true)), count(*) FROM items`).Scan(&got, &foreign, &own)
+				})
+				switch {
+				case err != nil:
+					errs <- err
+					return
+				case got != want || foreign != 0 || own != 10:
+					errs <- fmt.Errorf("tenant %s saw tenant %q, %d rows of others, %d in all", want, got, foreign, own)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if st := p.Stats(); st.Resets != 0 {
+		t.Errorf("%d resets: settings must make no scope dirty", st.Resets)
+	}
+}
+
+// A backend killed while idle costs the next statement nothing, and it
+// still runs with its tenant; one killed under the first statement of a
+// unit runs it again, with its tenant, on a fresh connection; one killed
+// after the unit ran something fails it with ErrSessionLost.
+func TestSettingsAcrossKills(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "kills server backends")
+	env := newEnv(t)
+	rls(t, env)
+	p := poolOn(t, env, env.Open(t), &dbctx.Options{MaxWorkers: 1, Logger: quiet()})
+	p.SetRecent(time.Hour) // the kept connection is not looked at: the retry must do it
+	ctx := tenant.With(context.Background(), "t2")
+	if v := see(t, p, ctx); v != (seen{"t2", 10}) {
+		t.Fatalf("before: %+v", v)
+	}
+	env.Terminate(t)
+	if v := see(t, p, tenant.With(context.Background(), "t3")); v != (seen{"t3", 10}) {
+		t.Fatalf("after an idle kill: %+v", v)
+	}
+	pid := backendOf(t, p)
+	killed := dbtest.KillWhenActive(t, env, "SELECT pg_sleep")
+	var v seen
+	err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+		return s.QueryRowContext(ctx, "SELECT pg_sleep(CASE WHEN pg_backend_pid() = $1 THEN 30 ELSE 0 END)::text, current_setting('app.tenant', true), (SELECT count(*) FROM items)",
+			pid).Scan(new(string), &v.tenant, &v.items)
+	})
+	if n := <-killed; n != 1 {
+		t.Fatalf("killed %d backends, want 1", n)
+	}
+	if err != nil || v != (seen{"t2", 10}) {
+		t.Fatalf("killed under the first statement: %+v, %v; want it run again with its tenant", v, err)
+	}
+	err = p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+		if _, err := s.ExecContext(ctx, "SELECT 1"); err != nil {
+			return err
+		}
+		env.Terminate(t)
+		return s.QueryRowContext(ctx, seenSQL).Scan(&v.tenant, &v.items)
+	})
+	if !errors.Is(err, dbctx.ErrSessionLost) {
+		t.Fatalf("killed after a statement: %v, want ErrSessionLost", err)
+	}
+}
+
+// backendOf returns the pid of the one connection p keeps.
+func backendOf(t *testing.T, p *dbctx.Pool) int {
+	t.Helper()
+	var pid int
+	if err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+		var err error
+		pid, err = backendPID(ctx, s)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return pid
+}
