@@ -51,7 +51,8 @@ type Session struct {
 	pending  []func(context.Context) // Go calls made before accept
 	member   *groups.Member          // made by the first Join
 
-	cb sync.Mutex // one sync callback at a time, where events may come (see lockCallbacks)
+	cb  sync.Mutex // one sync callback at a time, where events may come (see lockCallbacks)
+	vmu sync.Mutex // AddValues, one at a time
 }
 
 // lockCallbacks makes a sync callback the only one of the socket running,
@@ -150,6 +151,35 @@ func (s *Session) Context() context.Context {
 		return ctx
 	}
 	return *s.async.Load()
+}
+
+// AddValues gives the socket's context the values f adds to it: every
+// later callback of the socket (Receive, Event, Disconnect), the
+// goroutines of [Session.Go], [Session.Context] and Connect's own ctx
+// carry them, for the socket's life. f is called with the socket's
+// values (the upgrade request's, and those added before) and returns a
+// context derived from that one; only its values count. Call it in
+// Connect, once the socket's user is known, to declare what the whole
+// socket runs with: its tenant, whose settings every statement of its
+// callbacks and group events then runs with, or the attributes of its log
+// records.
+//
+//	Connect: func(ctx context.Context, s *wsconsumer.Session) error {
+//		id, err := tenantOf(s.Request())
+//		if err != nil {
+//			return wsconsumer.Reject(http.StatusForbidden, "no tenant")
+//		}
+//		s.AddValues(func(ctx context.Context) context.Context { return tenant.With(ctx, id) })
+//		return nil
+//	},
+//
+// It is safe to call from any goroutine; a callback under way when it is
+// called sees the values before or after it.
+func (s *Session) AddValues(f func(ctx context.Context) context.Context) {
+	s.vmu.Lock()
+	defer s.vmu.Unlock()
+	v := f(*s.sock.values.Load())
+	s.sock.values.Store(&v)
 }
 
 // Subprotocol returns the subprotocol negotiated at accept, or "".

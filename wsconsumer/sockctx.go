@@ -4,6 +4,8 @@ import (
 	"context"
 	"slices"
 	"sync"
+	"sync/atomic"
+	"time"
 )
 
 // socketCtx is a socket's context: the upgrade request's values, not its
@@ -13,9 +15,12 @@ import (
 // hundred bytes for every idle socket, since the socket's scope registers
 // once. socketCtx keeps them in a slice instead; context.AfterFunc and
 // context.WithCancel find its AfterFunc method and use it.
+//
+// Its values are the request's, which Session.AddValues may extend for
+// the socket's life: they are read through an atomic pointer.
 type socketCtx struct {
-	context.Context // the request's values
-	done            chan struct{}
+	values atomic.Pointer[context.Context]
+	done   chan struct{}
 
 	mu    sync.Mutex
 	after []afterEntry // nil once canceled
@@ -31,10 +36,14 @@ type afterEntry struct {
 }
 
 func newSocketCtx(values context.Context) *socketCtx {
-	return &socketCtx{Context: values, done: make(chan struct{})}
+	c := &socketCtx{done: make(chan struct{})}
+	c.values.Store(&values)
+	return c
 }
 
-func (c *socketCtx) Done() <-chan struct{} { return c.done }
+func (c *socketCtx) Deadline() (time.Time, bool) { return time.Time{}, false }
+func (c *socketCtx) Value(key any) any           { return (*c.values.Load()).Value(key) }
+func (c *socketCtx) Done() <-chan struct{}       { return c.done }
 
 func (c *socketCtx) Err() error {
 	select {
