@@ -427,7 +427,7 @@ func TestSettingsFailure(t *testing.T) {
 	t.Parallel()
 	env := newEnv(t)
 	rls(t, env)
-	p := poolOn(t, env, env.Open(t), &dbctx.Options{MaxWorkers: 1, Logger: quiet()})
+	p := poolOn(t, env, env.Open(t), &dbctx.Options{MaxWorkers: 1, Logger: quiet(), TransactionPooling: pgtest.Pooled()})
 	timeout := dbctx.NewSetting("statement_timeout")
 	id := newID()
 	ctx := timeout.With(tenant.With(context.Background(), "t1"), "not a duration")
@@ -487,7 +487,8 @@ func TestSettingsConcurrentTenants(t *testing.T) {
 	t.Parallel()
 	env := newEnv(t)
 	rls(t, env)
-	p := poolOn(t, env, env.Open(t), &dbctx.Options{MaxWorkers: 2, WaitTimeout: time.Minute})
+	// Behind the CI's PgBouncer, declared as one must.
+	p := poolOn(t, env, env.Open(t), &dbctx.Options{MaxWorkers: 2, WaitTimeout: time.Minute, TransactionPooling: pgtest.Pooled()})
 	var wg sync.WaitGroup
 	errs := make(chan error, 8)
 	for g := range 8 {
@@ -578,4 +579,73 @@ func backendOf(t *testing.T, p *dbctx.Pool) int {
 		t.Fatal(err)
 	}
 	return pid
+}
+
+// A connection that goes back to the *sql.DB carrying settings dbscope
+// applied is cleared first: code using the *sql.DB directly sees none.
+func TestSettingsClearedForTheDB(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "needs the *sql.DB's next user to get the same server session")
+	env := newEnv(t)
+	rls(t, env)
+	db := env.Open(t)
+	db.SetMaxOpenConns(1)
+	p := poolOn(t, env, db, &dbctx.Options{MaxWorkers: 1})
+	if v := see(t, p, tenant.With(context.Background(), "t1")); v != (seen{"t1", 10}) {
+		t.Fatalf("the scope saw %+v", v)
+	}
+	// The pool keeps the connection for its next scope a moment, then
+	// gives it back; db waits for it.
+	var v seen
+	if err := db.QueryRow(seenSQL).Scan(&v.tenant, &v.items); err != nil || v != (seen{"", 0}) {
+		t.Fatalf("the *sql.DB's next user sees %+v (%v), want no tenant", v, err)
+	}
+}
+
+// A pgx.QueryRewriter makes the text that runs differ from the text the
+// classifier reads: the statement counts as unseen, and the session is
+// reset after it. pgx's named arguments, which only number the
+// placeholders, do not.
+func TestQueryRewriterUnseen(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "needs consecutive scopes to share one server session")
+	env := newEnv(t)
+	p := onePool(t, env, dbctx.Options{})
+	err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+		_, err := s.Exec(ctx, "SELECT 1", sneaky{})
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v string
+	if err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+		return s.QueryRowContext(ctx, "SELECT coalesce(current_setting('app.x', true), '')").Scan(&v)
+	}); err != nil || v != "" {
+		t.Fatalf("after a rewritten statement the next scope sees app.x = %q (%v)", v, err)
+	}
+	before := p.Stats().Resets
+	for _, api := range []string{"pgx", "database/sql"} {
+		err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+			var n int
+			if api == "pgx" {
+				return s.QueryRow(ctx, "SELECT @n::int", pgx.NamedArgs{"n": 7}).Scan(&n)
+			}
+			return s.QueryRowContext(ctx, "SELECT @n::int", pgx.NamedArgs{"n": 7}).Scan(&n)
+		})
+		if err != nil {
+			t.Fatalf("%s with named arguments: %v", api, err)
+		}
+	}
+	if n := p.Stats().Resets - before; n != 0 {
+		t.Fatalf("named arguments cost %d resets", n)
+	}
+}
+
+// sneaky rewrites whatever it is given into a statement that sets a
+// setting.
+type sneaky struct{}
+
+func (sneaky) RewriteQuery(context.Context, *pgx.Conn, string, []any) (string, []any, error) {
+	return "SELECT set_config('app.x', 'leaked', false)", nil, nil
 }
