@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"database/sql/driver"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -69,22 +70,16 @@ func (p *Pool) closeBridge() {
 }
 
 // sqlRowsOf returns r as *sql.Rows.
-func (p *Pool) sqlRowsOf(r driver.Rows) (*sql.Rows, error) {
-	return p.bridge().QueryContext(context.Background(), "", bridged{r: r})
+func (p *Pool) sqlRowsOf(r *sqlRows) (*sql.Rows, error) {
+	return p.bridge().QueryContext(context.Background(), "", r)
 }
 
 // sqlRowOf returns r as *sql.Row, or err as a *sql.Row whose Scan returns it.
-func (p *Pool) sqlRowOf(r driver.Rows, err error) *sql.Row {
+func (p *Pool) sqlRowOf(r *sqlRows, err error) *sql.Row {
 	if err != nil {
-		return p.bridge().QueryRowContext(context.Background(), "", bridged{err: err})
+		return p.bridge().QueryRowContext(context.Background(), "", err)
 	}
-	return p.bridge().QueryRowContext(context.Background(), "", bridged{r: r, err: nil})
-}
-
-// bridged is the one argument of a bridge query: the result to return.
-type bridged struct {
-	r   driver.Rows
-	err error
+	return p.bridge().QueryRowContext(context.Background(), "", r)
 }
 
 type bridgeConnector struct{}
@@ -106,17 +101,21 @@ func (bridgeConn) Begin() (driver.Tx, error)           { return nil, errBridge }
 
 func (bridgeConn) CheckNamedValue(*driver.NamedValue) error { return nil }
 
+// QueryContext returns its one argument: the result to hand out, or the
+// error.
 func (bridgeConn) QueryContext(_ context.Context, _ string, args []driver.NamedValue) (driver.Rows, error) {
-	b := args[0].Value.(bridged)
-	if b.err != nil {
-		if errors.Is(b.err, driver.ErrBadConn) {
+	switch v := args[0].Value.(type) {
+	case *sqlRows:
+		return v, nil
+	case error:
+		if errors.Is(v, driver.ErrBadConn) {
 			// database/sql would try another bridge connection; the
 			// statement's own connection is what failed.
-			return nil, badConnError{b.err}
+			return nil, badConnError{v}
 		}
-		return nil, b.err
+		return nil, v
 	}
-	return b.r, nil
+	return nil, errBridge
 }
 
 var errBridge = errors.New("dbctx: the bridge only carries results")
@@ -131,24 +130,23 @@ func (e badConnError) Error() string { return e.err.Error() }
 // pgx's stdlib driver converts it (its Rows: the value of each column by
 // its type, the column types).
 //
-// Either the rows stream from the connection (src, read under the lock of
-// conn, and finished by finish), or, for QueryRowContext, the one row was
-// read before the statement returned (row).
+// Either the rows stream from the connection (res, read under the lock
+// of its connection), or, for QueryRowContext, the one row was read before
+// the statement returned (row).
 type sqlRows struct {
 	m      *pgtype.Map
-	fields []pgconn.FieldDescription
+	fields []pgconn.FieldDescription // streaming only
 	funcs  []rowValueFunc
 	names  []string
 
 	// Streaming.
-	src     pgx.Rows
-	conn    *sql.Conn
-	done    func() error // ends the statement: see Scope.opened
-	preread bool         // src's first row was read (more: what Next said)
+	res     result
+	preread bool // res's first row was read (more: what Next said)
 	more    bool
 
 	// Read already.
 	row  []driver.Value
+	vals [4]driver.Value // row's, when it fits
 	read bool
 
 	mu     sync.Mutex // Close may come from a boundary while a Next runs
@@ -168,7 +166,7 @@ func (r *sqlRows) Columns() []string {
 }
 
 func (r *sqlRows) Next(dest []driver.Value) error {
-	if r.src == nil {
+	if r.res.c == nil {
 		if r.read || r.row == nil {
 			return io.EOF
 		}
@@ -182,21 +180,21 @@ func (r *sqlRows) Next(dest []driver.Value) error {
 		return io.EOF
 	}
 	var err error
-	lerr := withLock(r.conn, func() error {
+	lerr := withLock(r.res.c.pin.conn, func() error {
 		more := r.more
 		if r.preread {
 			r.preread = false
 		} else {
-			more = r.src.Next()
+			more = r.res.Next()
 		}
 		if !more {
-			err = r.src.Err()
+			err = r.res.Err()
 			if err == nil {
 				err = io.EOF
 			}
 			return nil
 		}
-		err = r.convert(dest, r.src.RawValues())
+		err = r.convert(dest, r.res.RawValues())
 		return nil
 	})
 	if lerr != nil {
@@ -206,7 +204,7 @@ func (r *sqlRows) Next(dest []driver.Value) error {
 }
 
 func (r *sqlRows) Close() error {
-	if r.src == nil {
+	if r.res.c == nil {
 		return nil
 	}
 	r.mu.Lock()
@@ -215,22 +213,46 @@ func (r *sqlRows) Close() error {
 		return nil
 	}
 	r.closed = true
-	err := r.done()
+	err := r.res.end()
 	if errors.Is(err, driver.ErrBadConn) {
 		err = badConnError{err}
 	}
 	return err
 }
 
-// abort ends the rows from a boundary.
-func (r *sqlRows) abort() {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if !r.closed {
-		r.closed = true
-		r.done()
+// readRow reads the one row of a QueryRowContext from res (nil if there is
+// none): converted now, while its bytes are the connection's current
+// ones, with the column names.
+func readRow(m *pgtype.Map, res *result) (*sqlRows, error) {
+	r := &sqlRows{m: m}
+	fds := res.FieldDescriptions()
+	r.names = make([]string, len(fds))
+	for i, fd := range fds {
+		r.names[i] = fd.Name
 	}
+	if !res.Next() {
+		return r, nil
+	}
+	r.row = r.vals[:0]
+	if len(fds) > len(r.vals) {
+		r.row = make([]driver.Value, 0, len(fds))
+	}
+	for i, src := range res.RawValues() {
+		if src == nil {
+			r.row = append(r.row, nil)
+			continue
+		}
+		v, err := convertValue(m, &fds[i], src)
+		if err != nil {
+			return r, fmt.Errorf("convert field %d failed: %w", i, err)
+		}
+		r.row = append(r.row, v)
+	}
+	return r, nil
 }
+
+// abort ends the rows from a boundary.
+func (r *sqlRows) abort() { r.Close() }
 
 // convert converts one row of raw values into dest.
 func (r *sqlRows) convert(dest []driver.Value, raw [][]byte) error {
@@ -342,6 +364,28 @@ func (r *sqlRows) initFuncs() {
 			r.funcs[i] = func(src []byte) (driver.Value, error) { err := plan.Scan(src, &d); return d, err }
 		}
 	}
+}
+
+// convertValue converts one non-NULL value as initFuncs's functions do,
+// without making them: for the one row of a QueryRowContext. The common
+// types are decoded here; the rest as initFuncs plans them.
+func convertValue(m *pgtype.Map, fd *pgconn.FieldDescription, src []byte) (driver.Value, error) {
+	oid, format := fd.DataTypeOID, fd.Format
+	switch {
+	case format == pgtype.TextFormatCode && (oid == pgtype.TextOID || oid == pgtype.VarcharOID || oid == pgtype.NameOID || oid == pgtype.BPCharOID):
+		return string(src), nil
+	case format == pgtype.BinaryFormatCode && oid == pgtype.Int4OID && len(src) == 4:
+		return int64(int32(binary.BigEndian.Uint32(src))), nil
+	case format == pgtype.BinaryFormatCode && oid == pgtype.Int8OID && len(src) == 8:
+		return int64(binary.BigEndian.Uint64(src)), nil
+	case format == pgtype.BinaryFormatCode && oid == pgtype.Int2OID && len(src) == 2:
+		return int64(int16(binary.BigEndian.Uint16(src))), nil
+	case format == pgtype.BinaryFormatCode && oid == pgtype.BoolOID && len(src) == 1:
+		return src[0] == 1, nil
+	}
+	r := sqlRows{m: m, fields: []pgconn.FieldDescription{*fd}}
+	r.initFuncs()
+	return r.funcs[0](src)
 }
 
 // ColumnTypeDatabaseTypeName returns the database system type name. If the

@@ -42,66 +42,106 @@ func withLock(c *sql.Conn, f func() error) error {
 	return ferr
 }
 
-// pgxQuery runs a statement that returns rows on c, after p: its rows, and
-// finish, which ends it (closes the rows, reads to the end of the round
-// trip, and records what p left) and returns the first error. sqlFormats
-// asks for the result formats of database/sql's results. Under c's lock.
-func (s *Scope) pgxQuery(ctx context.Context, c *session, p *prefix, query string, args []any, sqlFormats bool) (rows pgx.Rows, finish func() error, err error) {
+// result is a statement's rows on a pgx connection, and what ends its
+// round trip.
+type result struct {
+	pgx.Rows
+	s     *Scope
+	c     *session
+	p     *prefix                   // what went before it, nil if nothing
+	br    pgx.BatchResults          // the batch that carried it (simple_protocol)
+	mrr   *pgconn.MultiResultReader // the batch that carried it (extended protocol)
+	query string
+}
+
+// finish closes the rows, reads to the end of the round trip and records
+// what the prefix left; it returns the first error. Under c's lock.
+func (r *result) finish() error {
+	r.Rows.Close()
+	err := r.Rows.Err()
+	switch {
+	case r.br != nil:
+		err = errors.Join(err, r.br.Close())
+	case r.mrr != nil:
+		err = errors.Join(err, r.mrr.Close())
+	}
+	if r.p != nil {
+		r.s.prefixDone(r.c, r.p, err == nil, all)
+		if err != nil {
+			r.c.descs.drop(r.query)
+		}
+	}
+	return err
+}
+
+// end finishes rows handed out (see Scope.opened), on the goroutine that
+// closes them.
+func (r *result) end() error {
+	err := withLock(r.c.pin.conn, r.finish)
+	r.c.pin.open.Add(-1)
+	return err
+}
+
+// pgxQuery runs a statement that returns rows on c, after p: its rows, to
+// be ended with finish. sqlFormats asks for the result formats of
+// database/sql's results. Under c's lock.
+func (s *Scope) pgxQuery(ctx context.Context, c *session, p *prefix, query string, args []any, sqlFormats bool) (result, error) {
+	res := result{s: s, c: c, query: query}
 	if p.empty() {
 		if sqlFormats {
-			args = append([]any{sqlResultFormats}, args...)
+			a := make([]any, 1+len(args))
+			a[0] = sqlResultFormats
+			copy(a[1:], args)
+			args = a
 		}
-		rows, err = c.px.Query(ctx, query, args...)
-		if err != nil {
-			return nil, nil, err
-		}
-		return rows, func() error { rows.Close(); return rows.Err() }, nil
+		var err error
+		res.Rows, err = c.px.Query(ctx, query, args...)
+		return res, err
 	}
+	res.p = p
 	if c.mode == pgx.QueryExecModeSimpleProtocol {
-		return s.pgxBatchQuery(ctx, c, p, query, args)
+		return res, s.pgxBatchQuery(ctx, &res, args)
 	}
-	return s.pgconnQuery(ctx, c, p, query, args, sqlFormats)
+	return res, s.pgconnQuery(ctx, &res, args, sqlFormats)
 }
 
 // pgxBatchQuery is pgxQuery with a prefix, in simple_protocol mode.
-func (s *Scope) pgxBatchQuery(ctx context.Context, c *session, p *prefix, query string, args []any) (pgx.Rows, func() error, error) {
+func (s *Scope) pgxBatchQuery(ctx context.Context, res *result, args []any) error {
+	c, p := res.c, res.p
 	b := &pgx.Batch{}
 	n := s.pool.queuePgx(b, p)
-	b.Queue(query, args...)
+	b.Queue(res.query, args...)
 	br := c.px.SendBatch(ctx, b)
 	for i := range n {
 		if _, err := br.Exec(); err != nil {
 			br.Close()
 			s.prefixDone(c, p, false, i)
-			return nil, nil, err
+			return err
 		}
 	}
 	rows, err := br.Query()
 	if err != nil {
 		br.Close()
 		s.prefixDone(c, p, false, all)
-		return nil, nil, err
-	}
-	return rows, func() error {
-		rows.Close()
-		err := errors.Join(rows.Err(), br.Close())
-		s.prefixDone(c, p, err == nil, all)
 		return err
-	}, nil
+	}
+	res.Rows, res.br = rows, br
+	return nil
 }
 
 // pgconnQuery is pgxQuery with a prefix, in the extended protocol's modes.
-func (s *Scope) pgconnQuery(ctx context.Context, c *session, p *prefix, query string, args []any, sqlFormats bool) (pgx.Rows, func() error, error) {
+func (s *Scope) pgconnQuery(ctx context.Context, res *result, args []any, sqlFormats bool) error {
+	c, p, query := res.c, res.p, res.query
 	var sd *pgconn.StatementDescription
 	if c.mode != pgx.QueryExecModeExec {
 		var err error
 		if sd, err = c.describe(ctx, query); err != nil {
-			return nil, nil, err
+			return err
 		}
 	}
 	eqb := &c.eqb
 	if err := eqb.Build(c.px.TypeMap(), sd, args); err != nil {
-		return nil, nil, err
+		return err
 	}
 	var b pgconn.Batch
 	n := s.pool.queuePgconn(&b, p)
@@ -118,11 +158,11 @@ func (s *Scope) pgconnQuery(ctx context.Context, c *session, p *prefix, query st
 		b.ExecParams(query, eqb.ParamValues, sd.ParamOIDs, eqb.ParamFormats, formats)
 	}
 	mrr := c.pc.ExecBatch(ctx, &b)
-	fail := func(err error, reached int) (pgx.Rows, func() error, error) {
+	fail := func(err error, reached int) error {
 		err = errors.Join(err, mrr.Close())
 		s.prefixDone(c, p, false, reached)
 		c.descs.drop(query)
-		return nil, nil, err
+		return err
 	}
 	for i := range n {
 		if !mrr.NextResult() {
@@ -135,16 +175,8 @@ func (s *Scope) pgconnQuery(ctx context.Context, c *session, p *prefix, query st
 	if !mrr.NextResult() {
 		return fail(nil, all)
 	}
-	rows := pgx.RowsFromResultReader(c.px.TypeMap(), mrr.ResultReader())
-	return rows, func() error {
-		rows.Close()
-		err := errors.Join(rows.Err(), mrr.Close())
-		s.prefixDone(c, p, err == nil, all)
-		if err != nil {
-			c.descs.drop(query)
-		}
-		return err
-	}, nil
+	res.Rows, res.mrr = pgx.RowsFromResultReader(c.px.TypeMap(), mrr.ResultReader()), mrr
+	return nil
 }
 
 // pgxExec runs a statement that returns no rows on c, after p. Under c's
@@ -153,14 +185,14 @@ func (s *Scope) pgxExec(ctx context.Context, c *session, p *prefix, query string
 	if p.empty() {
 		return c.px.Exec(ctx, query, args...)
 	}
-	rows, finish, err := s.pgxQuery(ctx, c, p, query, args, false)
+	res, err := s.pgxQuery(ctx, c, p, query, args, false)
 	if err != nil {
 		return pgconn.CommandTag{}, err
 	}
-	for rows.Next() {
+	for res.Next() {
 	}
-	err = finish()
-	return rows.CommandTag(), err
+	err = res.finish()
+	return res.CommandTag(), err
 }
 
 // describe returns the description of query on c: cached, or asked of the

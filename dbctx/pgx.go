@@ -43,17 +43,17 @@ func (s *Scope) Query(ctx context.Context, query string, args ...any) (pgx.Rows,
 	var out *pgxRows
 	err := s.exec(ctx, &st, func(ctx context.Context, c *session, p *prefix) error {
 		return withLock(c.pin.conn, func() error {
-			src, finish, err := s.pgxQuery(ctx, c, p, query, args, false)
+			res, err := s.pgxQuery(ctx, c, p, query, args, false)
 			if err != nil {
 				return err
 			}
-			more := src.Next()
-			if err := src.Err(); err != nil {
-				finish()
+			more := res.Next()
+			if err := res.Err(); err != nil {
+				res.finish()
 				return err
 			}
-			r := &pgxRows{Rows: src, s: s, c: c, preread: true, more: more}
-			r.done = s.opened(c, r, finish)
+			r := &pgxRows{Rows: res.Rows, s: s, c: c, res: res, preread: true, more: more}
+			s.opened(c, r)
 			out = r
 			return nil
 		})
@@ -72,17 +72,17 @@ func (s *Scope) QueryRow(ctx context.Context, query string, args ...any) pgx.Row
 	var out *pgxRow
 	err := s.exec(ctx, &st, func(ctx context.Context, c *session, p *prefix) error {
 		return withLock(c.pin.conn, func() error {
-			src, finish, err := s.pgxQuery(ctx, c, p, query, args, false)
+			res, err := s.pgxQuery(ctx, c, p, query, args, false)
 			if err != nil {
 				return err
 			}
 			r := &pgxRow{m: c.px.TypeMap()}
-			if src.Next() {
+			if res.Next() {
 				r.found = true
-				r.fields = copyFields(src.FieldDescriptions())
-				r.values = copyValues(src.RawValues())
+				r.fields = copyFields(res.FieldDescriptions())
+				r.values = copyValues(res.RawValues())
 			}
-			if err := finish(); err != nil {
+			if err := res.finish(); err != nil {
 				return err
 			}
 			out = r
@@ -172,12 +172,8 @@ func (s *Scope) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
 					return err
 				}
 			}
-			out = &pgxBatch{s: s, c: c, br: br}
-			out.done = s.opened(c, out, func() error {
-				err := br.Close()
-				s.prefixDone(c, p, err == nil, all)
-				return err
-			})
+			out = &pgxBatch{s: s, c: c, br: br, p: p}
+			s.opened(c, out)
 			return nil
 		})
 	})
@@ -208,23 +204,12 @@ func (s *Scope) Pgx(ctx context.Context, fn func(*pgx.Conn) error) error {
 	return s.observe(ctx, err, false)
 }
 
-// opened registers r as the result open on c until the function it
-// returns runs: statements meanwhile get ErrConnBusy, and a boundary
-// closes it. The function ends the statement, once: finish reads what is
-// left of its round trip, under the connection's lock.
-func (s *Scope) opened(c *session, r closer, finish func() error) func() error {
+// opened registers r as the result open on c until it ends (once: see
+// result.end): statements meanwhile get ErrConnBusy, and a boundary
+// closes it.
+func (s *Scope) opened(c *session, r closer) {
 	c.pin.open.Add(1)
 	c.pin.open1 = r
-	ended := false
-	return func() error {
-		if ended {
-			return nil
-		}
-		ended = true
-		err := withLock(c.pin.conn, finish)
-		c.pin.open.Add(-1)
-		return err
-	}
 }
 
 // pgxRows is what Query returns: pgx's rows, of which the first has been
@@ -233,7 +218,7 @@ type pgxRows struct {
 	pgx.Rows
 	s       *Scope
 	c       *session
-	done    func() error
+	res     result // its statement's, where the rows are its (not a batch's)
 	err     error
 	preread bool
 	more    bool
@@ -294,8 +279,8 @@ func (r *pgxRows) closeLocked() {
 	}
 	r.closed = true
 	var err error
-	if r.done != nil {
-		err = r.done()
+	if r.res.c != nil {
+		err = r.res.end()
 	} else {
 		// A batch's: closing them ends this result only.
 		err = withLock(r.c.pin.conn, func() error { r.Rows.Close(); return nil })
@@ -446,10 +431,10 @@ func (r errPgxRow) Scan(...any) error { return r.err }
 
 // pgxBatch is SendBatch's results.
 type pgxBatch struct {
-	s    *Scope
-	c    *session
-	br   pgx.BatchResults
-	done func() error
+	s  *Scope
+	c  *session
+	br pgx.BatchResults
+	p  *prefix // what went before the batch's queries
 
 	mu     sync.Mutex
 	closed bool
@@ -508,7 +493,13 @@ func (b *pgxBatch) Close() error {
 		return nil
 	}
 	b.closed = true
-	return b.done()
+	err := withLock(b.c.pin.conn, func() error {
+		err := b.br.Close()
+		b.s.prefixDone(b.c, b.p, err == nil, all)
+		return err
+	})
+	b.c.pin.open.Add(-1)
+	return err
 }
 
 func (b *pgxBatch) abort() { b.Close() }

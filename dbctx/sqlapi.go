@@ -52,7 +52,7 @@ func (s *Scope) ExecContext(ctx context.Context, query string, args ...any) (sql
 // with ErrConnBusy). A boundary closes them if you do not.
 func (s *Scope) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
 	st := s.stmtOf(query, args, rows)
-	var out driver.Rows
+	var out *sqlRows
 	var other *sql.Rows
 	err := s.exec(ctx, &st, func(ctx context.Context, c *session, p *prefix) error {
 		if c.px == nil {
@@ -62,20 +62,20 @@ func (s *Scope) QueryContext(ctx context.Context, query string, args ...any) (*s
 			return err
 		}
 		return withLock(c.pin.conn, func() error {
-			src, finish, err := s.pgxQuery(ctx, c, p, query, sqlArgs(args), true)
+			res, err := s.pgxQuery(ctx, c, p, query, sqlArgs(args), true)
 			if err != nil {
 				return err
 			}
 			// The first row is read now, as pgx's stdlib driver does: a
 			// connection found dead then is replaced, and the statement
 			// run again.
-			more := src.Next()
-			if err := src.Err(); err != nil {
-				finish()
+			more := res.Next()
+			if err := res.Err(); err != nil {
+				res.finish()
 				return err
 			}
-			r := &sqlRows{m: c.px.TypeMap(), fields: src.FieldDescriptions(), src: src, conn: c.pin.conn, preread: true, more: more}
-			r.done = s.opened(c, r, finish)
+			r := &sqlRows{m: c.px.TypeMap(), fields: res.FieldDescriptions(), res: res, preread: true, more: more}
+			s.opened(c, r)
 			out = r
 			return nil
 		})
@@ -111,20 +111,12 @@ func (s *Scope) QueryRowContext(ctx context.Context, query string, args ...any) 
 			return other.Err()
 		}
 		return withLock(c.pin.conn, func() error {
-			src, finish, err := s.pgxQuery(ctx, c, p, query, sqlArgs(args), true)
+			res, err := s.pgxQuery(ctx, c, p, query, sqlArgs(args), true)
 			if err != nil {
 				return err
 			}
-			r := &sqlRows{m: c.px.TypeMap()}
-			var cerr error
-			if src.Next() {
-				r.fields = copyFields(src.FieldDescriptions())
-				r.row = make([]driver.Value, len(r.fields))
-				cerr = r.convert(r.row, src.RawValues())
-			} else {
-				r.fields = copyFields(src.FieldDescriptions())
-			}
-			if err := finish(); err != nil {
+			r, cerr := readRow(c.px.TypeMap(), &res)
+			if err := res.finish(); err != nil {
 				return err
 			}
 			out = r
