@@ -29,6 +29,9 @@ type Pool struct {
 	slots slotQueue // callers waiting for a slot; see slots.go
 	notes noteCache // see Scope.note
 
+	misconfig misconfigLog // the causes logged: see connerr.go
+	bursts    *bursts      // the recurring warnings of opts.Logger: see logging.go
+
 	closed    atomic.Bool
 	closeOnce sync.Once
 
@@ -61,6 +64,7 @@ func New(db *sql.DB, opts *Options) *Pool {
 		recent:   recentlyReleased,
 		keepIdle: keepIdle,
 	}
+	p.opts.Logger, p.bursts = newRecurLogger(p.opts.Logger, recurInterval)
 	p.async = &Scope{pool: p, async: true, ended: true}
 	p.key = &ctxKey{name: "dbctx.pool", pool: p}
 	p.kept.timer.f = p.sweep
@@ -89,6 +93,7 @@ func (p *Pool) Close() error {
 		p.closed.Store(true)
 		p.closeSlots()
 		p.closeKept()
+		p.bursts.flush()
 	})
 	return nil
 }
@@ -140,12 +145,9 @@ func (p *Pool) checkOut(ctx context.Context) (c keptConn, looked bool, err error
 	for dead := 0; ; dead++ {
 		var conn *sql.Conn
 		if conn, err = p.db.Conn(ctx); err != nil {
-			var ce *pgconn.ConnectError
-			if errors.As(err, &ce) {
-				err = fmt.Errorf("%w: %w", ErrUnavailable, err)
-			}
-			return keptConn{}, false, err
+			return keptConn{}, false, p.connectError(ctx, err) // see connerr.go
 		}
+		p.connected()
 		c = keptConn{conn: conn, taken: monotonic()}
 		if err = conn.Raw(func(dc any) (bad error) {
 			if c.pc, c.sock = socketOfDriver(dc); c.pc != nil {
