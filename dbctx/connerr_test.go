@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"net"
 	"strings"
 	"testing"
 	"time"
@@ -25,18 +24,6 @@ const connectTries = 5
 func selectOne(ctx context.Context, s *dbctx.Scope) error {
 	_, err := queryInt(ctx, s, "SELECT 1")
 	return err
-}
-
-// closedAddr returns a loopback address where nothing listens.
-func closedAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
 }
 
 // dsn returns s, a connection string pgserver made; it panics on err,
@@ -71,12 +58,9 @@ func TestConnectErrors(t *testing.T) {
 		want error  // ErrMisconfigured or ErrUnavailable
 		code string // the server's SQLSTATE, if it answered
 	}{
-		{"database does not exist", dsn(pgserver.WithParams(env.DSN(), "dbname", env.Schema()+"_missing")),
-			dbctx.ErrMisconfigured, "3D000"},
-		{"role does not exist", dsn(pgserver.WithUser(env.DSN(), env.Role()+"_missing", "x")),
-			dbctx.ErrMisconfigured, "28000"},
-		{"unknown host", dsn(pgserver.WithTCPAddr(env.DSN(), "db.invalid:5432")),
-			dbctx.ErrMisconfigured, ""},
+		{"database does not exist", env.MissingDatabase(t), dbctx.ErrMisconfigured, "3D000"},
+		{"role does not exist", env.MissingRole(t), dbctx.ErrMisconfigured, "28000"},
+		{"unknown host", env.UnknownHost(t), dbctx.ErrMisconfigured, ""},
 		{"TLS required, the server has none", dsn(pgserver.WithParams(
 			dsn(pgserver.WithTCPAddr(env.DSN(), startingUp.Addr())), "sslmode", "require")),
 			dbctx.ErrMisconfigured, ""},
@@ -84,8 +68,7 @@ func TestConnectErrors(t *testing.T) {
 			dbctx.ErrMisconfigured, ""},
 		{"connection string does not parse", "postgres://postgres@127.0.0.1:notaport/postgres",
 			dbctx.ErrMisconfigured, ""},
-		{"connection refused", dsn(pgserver.WithTCPAddr(env.DSN(), closedAddr(t))),
-			dbctx.ErrUnavailable, ""},
+		{"connection refused", env.Refused(t), dbctx.ErrUnavailable, ""},
 		{"starting up", dsn(pgserver.WithTCPAddr(env.DSN(), startingUp.Addr())),
 			dbctx.ErrUnavailable, "57P03"},
 		{"too many connections", dsn(pgserver.WithUser(env.DSN(), limited, "")),

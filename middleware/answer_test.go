@@ -5,14 +5,12 @@ import (
 	"database/sql"
 	"errors"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"testing"
 
 	"github.com/dbscope/dbscope/dbctx"
 	"github.com/dbscope/dbscope/internal/dbtest"
-	"github.com/dbscope/dbscope/internal/pgserver"
 	"github.com/dbscope/dbscope/internal/pgtest"
 	"github.com/dbscope/dbscope/middleware"
 )
@@ -43,27 +41,16 @@ func TestAnswerConnectFaults(t *testing.T) {
 	t.Parallel()
 	pgtest.SkipPooled(t, "the faults are injected in the connection string, which names PgBouncer")
 	env := pgtest.New(t)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln.Close()
-	dsn := func(s string, err error) string {
-		if err != nil {
-			t.Fatal(err)
-		}
-		return s
-	}
 	const requests = 20
 	for _, tc := range []struct {
 		name string
 		dsn  string
 		code int
 	}{
-		{"missing database", dsn(pgserver.WithParams(env.DSN(), "dbname", env.Schema()+"_missing")), http.StatusInternalServerError},
-		{"missing role", dsn(pgserver.WithUser(env.DSN(), env.Role()+"_missing", "x")), http.StatusInternalServerError},
-		{"unknown host", dsn(pgserver.WithTCPAddr(env.DSN(), "db.invalid:5432")), http.StatusInternalServerError},
-		{"refused port", dsn(pgserver.WithTCPAddr(env.DSN(), ln.Addr().String())), http.StatusServiceUnavailable},
+		{"missing database", env.MissingDatabase(t), http.StatusInternalServerError},
+		{"missing role", env.MissingRole(t), http.StatusInternalServerError},
+		{"unknown host", env.UnknownHost(t), http.StatusInternalServerError},
+		{"refused port", env.Refused(t), http.StatusServiceUnavailable},
 	} {
 		for _, atomic := range []bool{false, true} {
 			name := tc.name

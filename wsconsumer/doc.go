@@ -23,6 +23,17 @@
 // Choose sync for database-bound request/response sockets, async for
 // sockets that mostly wait or fan out.
 //
+// Before any callback runs or any slot is taken, the upgrade is verified
+// as websocket.Accept verifies it (method, headers, version, key, and
+// the Origin against Options.Accept): a cross-site page cannot make a
+// visitor's browser run Connect, and a plain GET runs nothing. At most
+// Options.MaxSockets sockets (default 10,000) are served at once; past
+// it, and for the conditions of package dbctx (overload, an outage, a
+// closed pool: 503 or close 1013, 1001; a misconfiguration: 500 or 1011)
+// a socket is answered as package middleware answers a request. ERROR is
+// logged only for a callback's own error or panic; a client that went
+// away is logged at Debug, and [Handler.Stats] counts each.
+//
 // With Options.Layer (package groups), a socket joins groups
 // ([Session.Join], left at the disconnect) and its Event callback gets
 // what is sent to them, from this process or another instance, with

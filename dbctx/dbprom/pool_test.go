@@ -7,14 +7,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"strings"
 	"testing"
 
 	"github.com/dbscope/dbscope/dbctx"
 	"github.com/dbscope/dbscope/dbctx/dbprom"
 	"github.com/dbscope/dbscope/internal/dbtest"
-	"github.com/dbscope/dbscope/internal/pgserver"
 	"github.com/dbscope/dbscope/internal/pgtest"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -226,19 +224,7 @@ func TestCollectorConnectErrors(t *testing.T) {
 	t.Parallel()
 	pgtest.SkipPooled(t, "the faults are injected in the connection string, which names PgBouncer")
 	env := pgtest.New(t)
-	missing, err := pgserver.WithParams(env.DSN(), "dbname", env.Schema()+"_missing")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln.Close()
-	refused, err := pgserver.WithTCPAddr(env.DSN(), ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
+	missing, refused := env.MissingDatabase(t), env.Refused(t)
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	for _, tc := range []struct {
 		dsn       string
