@@ -36,7 +36,9 @@
 //
 // Past the slots, callers queue, first come first served, up to
 // [Options.MaxWaiting] for at most [Options.WaitTimeout], then get
-// [ErrBusy]: overload is refused, never queued without bound.
+// [ErrBusy]: overload is refused, never queued without bound. A caller
+// whose turn would come too late at the pace the queue moves is refused
+// at once rather than when its wait times out.
 //
 // A connect that fails says why. [ErrUnavailable] is an outage that
 // passes by itself (the server down, starting up or full, the network

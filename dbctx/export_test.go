@@ -40,3 +40,11 @@ func (p *Pool) Bursts() int {
 	defer p.bursts.mu.Unlock()
 	return len(p.bursts.open)
 }
+
+// Pace returns the pace at which slots went to queued callers lately (see
+// slots.go); 0 while unknown.
+func (p *Pool) Pace() time.Duration {
+	p.slots.mu.Lock()
+	defer p.slots.mu.Unlock()
+	return p.slots.pace
+}

@@ -20,8 +20,19 @@ type Options struct {
 	MaxWorkers int
 
 	// MaxWaiting bounds the callers queued for a slot; one more gets
-	// ErrBusy at once. Default: 8×MaxWorkers. Negative: no queue, a caller
-	// that finds every slot taken gets ErrBusy at once.
+	// ErrBusy at once. Default: as many as the slots clear within
+	// WaitTimeout when each unit of work holds its slot 10ms,
+	// MaxWorkers×WaitTimeout/10ms (200 per slot with the default
+	// WaitTimeout): a burst the slots clear in time is queued, not
+	// refused. Negative: no queue, a caller that finds every slot taken
+	// gets ErrBusy at once.
+	//
+	// Whatever the bound, while callers queue the pool measures how fast
+	// slots are handed on to them, and refuses at once a caller whose turn
+	// would come after WaitTimeout at that pace (after three quarters of
+	// it: the rest is slack for the pace to vary): under sustained
+	// overload the excess is refused when it comes rather than when its
+	// wait times out, however long the work holds its slot.
 	MaxWaiting int
 
 	// WaitTimeout bounds how long a caller waits for a slot before it gets
@@ -132,6 +143,10 @@ type Options struct {
 const DefaultResetSQL = "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; CLOSE ALL; UNLISTEN *; " +
 	"SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES"
 
+// assumedHold is how long a unit of work is taken to hold its slot for
+// the default MaxWaiting: a request or a message of a few statements.
+const assumedHold = 10 * time.Millisecond
+
 // EnvMaxWorkers names the environment variable read for the default
 // [Options.MaxWorkers].
 const EnvMaxWorkers = "DBCTX_MAX_WORKERS"
@@ -159,14 +174,14 @@ func (o *Options) withDefaults() Options {
 	if c.MaxWorkers == 0 {
 		c.MaxWorkers = defaultMaxWorkers()
 	}
-	switch {
-	case c.MaxWaiting == 0:
-		c.MaxWaiting = 8 * c.MaxWorkers
-	case c.MaxWaiting < 0:
-		c.MaxWaiting = 0
-	}
 	if c.WaitTimeout == 0 {
 		c.WaitTimeout = 2 * time.Second
+	}
+	switch {
+	case c.MaxWaiting == 0:
+		c.MaxWaiting = c.MaxWorkers * max(1, int(c.WaitTimeout/assumedHold))
+	case c.MaxWaiting < 0:
+		c.MaxWaiting = 0
 	}
 	if c.ResetSQL == "" {
 		c.ResetSQL = DefaultResetSQL
