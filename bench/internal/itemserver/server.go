@@ -182,7 +182,8 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 			s.closeDB()
 			return nil, err
 		}
-		wsOpts := &wsconsumer.Options{WriteTimeout: cfg.WriteTimeout, Logger: cfg.Logger, Layer: s.layer}
+		// No bound on sockets: -idle may ask for more than the default 10,000.
+		wsOpts := &wsconsumer.Options{WriteTimeout: cfg.WriteTimeout, Logger: cfg.Logger, Layer: s.layer, MaxSockets: -1}
 		style := wsconsumer.NewSync
 		if cfg.Mode == "async" {
 			style = wsconsumer.NewAsync
