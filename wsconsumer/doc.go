@@ -15,7 +15,8 @@
 // socket is read again once it is done, as in a hand-written handler; a
 // message that takes longer than 250ms has the next frame read meanwhile,
 // so that pings are answered and a client that goes away has its work
-// canceled.) The async style ([NewAsync]) holds no slot while a callback
+// canceled; that reader then goes on with the socket, which keeps one
+// goroutine once idle.) The async style ([NewAsync]) holds no slot while a callback
 // runs, may run several messages of a socket at once (Options.InFlight),
 // and reaches the database only through dbctx.Do, so a callback that waits
 // on something else (another service, a timer, a channel) holds no

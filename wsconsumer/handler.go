@@ -184,14 +184,25 @@ func newHandler(pool *dbctx.Pool, c Consumer, async bool, opts *Options) *Handle
 }
 
 // ServeHTTP runs one websocket from connect to disconnect; it returns when
-// the socket is closed and Disconnect has run.
+// the socket is closed and Disconnect has run, or, for a socket that
+// goes idle after a message that took long to handle, once it is idle:
+// the goroutine that read on meanwhile goes on with the socket (see
+// readInline), so that an idle socket keeps one goroutine. Shutdown waits
+// for every socket either way.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !h.enter() {
 		h.count.refused.Add(1)
 		answer.HTTP(w, answer.Closed, time.Second)
 		return
 	}
-	defer h.active.Done()
+	// What this goroutine leaves to the one that takes the socket over
+	// where it hands it over (handedOver).
+	handedOver := false
+	defer func() {
+		if !handedOver {
+			h.active.Done()
+		}
+	}()
 	// Nothing runs, and no slot is taken, for a request Accept would
 	// refuse.
 	if ue := verifyUpgrade(w, r, h.opts.Accept); ue != nil {
@@ -207,7 +218,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		answer.HTTP(w, answer.Busy, time.Second)
 		return
 	}
-	defer h.live.Add(-1)
+	defer func() {
+		if !handedOver {
+			h.live.Add(-1)
+		}
+	}()
 	pool := h.pool
 	if pool == nil {
 		pool = dbctx.From(r.Context()).Pool()
@@ -230,12 +245,17 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		more = append(more, sc)
 	}
 	sctx, scope := pool.Scope(base)
-	s := &Session{h: h, req: r, ctx: sctx, wctx: values, sock: sock, scope: scope}
-	defer func() {
+	s := &Session{h: h, req: r, ctx: sctx, wctx: values, sock: sock, scope: scope, pool: pool}
+	s.release = func() {
 		sock.cancel()
 		scope.End()
 		for _, sc := range more {
 			sc.End()
+		}
+	}
+	defer func() {
+		if !handedOver {
+			s.release()
 		}
 	}()
 
@@ -267,14 +287,38 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.touch()
 	s.accept(conn)
 	h.register(s)
-	code := h.readLoop(pool, s)
+	var code websocket.StatusCode
+	if code, handedOver = h.readLoop(pool, s); handedOver {
+		return
+	}
+	h.end(s, code)
+}
+
+// end ends an accepted socket whose read loop has returned code, and
+// releases what it held: from ServeHTTP, or from the goroutine that took
+// the socket over (takeOver).
+func (h *Handler) end(s *Session, code websocket.StatusCode) {
 	h.unregister(s)
-	sock.cancel()
+	s.sock.cancel()
 	s.finish()
 	s.leaveGroups() // waits for an event callback under way
 	s.wg.Wait()
-	h.disconnect(pool, s, code)
-	conn.CloseNow()
+	h.disconnect(s.pool, s, code)
+	s.conn.Load().CloseNow()
+}
+
+// takeOver goes on with a socket whose ServeHTTP has handed it over, from
+// the goroutine that read its frame f, and ends it as ServeHTTP would
+// have.
+func (h *Handler) takeOver(s *Session, f frame) {
+	code, handedOver := h.readInline(s.pool, s, &f)
+	if handedOver {
+		return // to the next reader
+	}
+	h.end(s, code)
+	s.release()
+	h.live.Add(-1)
+	h.active.Done()
 }
 
 // cbCtx is the context callbacks get: the scope's in the sync style, the
