@@ -273,6 +273,6 @@ func (h *Handler) callback(pool *dbctx.Pool, s *Session, patient bool, fn func(c
 		if out != nil {
 			out.flush() // replies first, then the close
 		}
-		h.fail(s, err)
+		h.fail(s, "receive", err)
 	}
 }

@@ -34,19 +34,34 @@ func (s *Session) kindOf(err error) answer.Kind {
 	return answer.Of(err, gone)
 }
 
-// fail closes the socket after a receive or an event failed.
-func (h *Handler) fail(s *Session, err error) {
+// Fail closes the socket as a callback that returned err would close it:
+// for the work of a goroutine started with [Session.Go], which has no
+// callback to return its error to. The conditions of package dbctx get
+// their close statuses (1013 for overload or an outage, 1001 for a
+// closed pool, 1011 for a misconfiguration, which the pool has logged);
+// an error that says the client went away (the socket closed, its
+// context canceled) closes nothing more and is logged at Debug; any
+// other error closes with 1011 and is logged at ERROR. Each is counted in
+// Stats. A nil err does nothing.
+func (s *Session) Fail(err error) {
+	if err != nil {
+		s.h.fail(s, "goroutine", err)
+	}
+}
+
+// fail closes the socket after a callback failed.
+func (h *Handler) fail(s *Session, callback string, err error) {
 	var ce *closeError
 	if errors.As(err, &ce) {
 		s.Close(ce.code, ce.reason)
 		return
 	}
 	k := s.kindOf(err)
-	h.note(s.wctx, k, "receive", err)
+	h.note(s.wctx, k, callback, err)
 	switch k {
 	case answer.Gone:
 	case answer.Other:
-		h.logFailure(s, "receive", err)
+		h.logFailure(s, callback, err)
 		fallthrough
 	default:
 		code, reason := k.Close()

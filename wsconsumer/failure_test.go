@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"testing"
@@ -185,5 +186,37 @@ func TestLogAttrs(t *testing.T) {
 	recs := logs.AtLeast(slog.LevelError)
 	if len(recs) != 1 || recs[0].Attrs["request_id"] != "req-42" || recs[0].Attrs["callback"] != "receive" {
 		t.Errorf("want one ERROR record with request_id=req-42:\n%s", logs)
+	}
+}
+
+// Fail closes the socket from a goroutine of Session.Go as a callback's
+// error would: a condition of the pool with its status, no record above
+// Debug; an error of its own with 1011 and one ERROR record.
+func TestSessionFail(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		err    error
+		code   websocket.StatusCode
+		errors int
+	}{
+		{fmt.Errorf("history: %w", dbctx.ErrBusy), websocket.StatusTryAgainLater, 0},
+		{fmt.Errorf("history: %w", dbctx.ErrPoolClosed), websocket.StatusGoingAway, 0},
+		{errors.New("boom"), websocket.StatusInternalError, 1},
+	} {
+		p, _ := dbtest.NewPool(t, nil)
+		logs, log := dbtest.NewLogs()
+		h := wsconsumer.NewAsync(p, wsconsumer.Consumer{
+			Connect: func(ctx context.Context, s *wsconsumer.Session) error {
+				s.Go(func(ctx context.Context) { s.Fail(tc.err) })
+				return nil
+			},
+		}, &wsconsumer.Options{Logger: log})
+		c := dial(t, serve(t, h))
+		if _, code := recv(t, c); code != tc.code {
+			t.Errorf("%v: closed with %v, want %v", tc.err, code, tc.code)
+		}
+		if n := len(logs.AtLeast(slog.LevelInfo)); n != tc.errors {
+			t.Errorf("%v: %d records above Debug, want %d:\n%s", tc.err, n, tc.errors, logs)
+		}
 	}
 }
