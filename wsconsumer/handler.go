@@ -157,7 +157,7 @@ type Handler struct {
 	mu       sync.Mutex
 	sessions map[*Session]struct{}
 	closing  bool
-	active   sync.WaitGroup // ServeHTTP calls under way
+	active   sync.WaitGroup // sockets under way: ServeHTTP calls, and sockets taken over from them
 	stopTick chan struct{}  // stops the keepalive goroutine; nil when none runs
 }
 
