@@ -122,7 +122,7 @@ func TestPoolConditions(t *testing.T) {
 }
 
 // A client that hangs up mid-reply is no failure of the server's: the
-// error of a send, or of a query, on the socket it left closes nothing,
+// error of a send, of a query or of a join, on the socket it left closes nothing,
 // is logged at Debug only and counted as ClientGone.
 func TestClientGoneNotAnError(t *testing.T) {
 	t.Parallel()
@@ -130,6 +130,10 @@ func TestClientGoneNotAnError(t *testing.T) {
 		for what, after := range map[string]func(ctx context.Context, s *wsconsumer.Session) error{
 			"send":  func(ctx context.Context, s *wsconsumer.Session) error { return s.SendText(ctx, "too late") },
 			"query": func(ctx context.Context, s *wsconsumer.Session) error { return selectOne(ctx) },
+			// What Join returns once the socket is disconnecting.
+			"join": func(ctx context.Context, s *wsconsumer.Session) error {
+				return fmt.Errorf("joining the room: %w", wsconsumer.ErrClosed)
+			},
 		} {
 			t.Run(name+"/"+what, func(t *testing.T) {
 				t.Parallel()
