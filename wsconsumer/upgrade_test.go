@@ -150,3 +150,15 @@ func TestMaxSockets(t *testing.T) {
 	dial(t, url)
 	b.Close(websocket.StatusNormalClosure, "")
 }
+
+// An origin pattern that path.Match refuses panics at construction, where
+// Accept would refuse every cross-origin upgrade with 403 at request time.
+func TestBadOriginPatternPanics(t *testing.T) {
+	defer func() {
+		if r, _ := recover().(string); !strings.HasPrefix(r, "wsconsumer: ") {
+			t.Errorf("panic %q, want one from wsconsumer", r)
+		}
+	}()
+	wsconsumer.NewSync(nil, wsconsumer.Consumer{}, &wsconsumer.Options{
+		Accept: &websocket.AcceptOptions{OriginPatterns: []string{"[example.org"}}})
+}
