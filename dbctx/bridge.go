@@ -52,7 +52,8 @@ var sqlResultFormats = pgx.QueryResultFormatsByOID{
 	pgtype.XIDOID:         1,
 }
 
-// bridge returns the pool's bridge, made on first use.
+// bridge returns the pool's bridge, made on first use; nil once the pool
+// is closed.
 func (p *Pool) bridge() *sql.DB {
 	p.bridgeOnce.Do(func() {
 		p.bridgeDB = sql.OpenDB(bridgeConnector{})
@@ -71,15 +72,26 @@ func (p *Pool) closeBridge() {
 
 // sqlRowsOf returns r as *sql.Rows.
 func (p *Pool) sqlRowsOf(r *sqlRows) (*sql.Rows, error) {
-	return p.bridge().QueryContext(context.Background(), "", r)
+	b := p.bridge()
+	if b == nil {
+		r.Close()
+		return nil, ErrPoolClosed
+	}
+	return b.QueryContext(context.Background(), "", r)
 }
 
 // sqlRowOf returns r as *sql.Row, or err as a *sql.Row whose Scan returns it.
 func (p *Pool) sqlRowOf(r *sqlRows, err error) *sql.Row {
-	if err != nil {
-		return p.bridge().QueryRowContext(context.Background(), "", err)
+	b := p.bridge()
+	switch {
+	case b == nil && err != nil:
+		return errRow(err)
+	case b == nil:
+		return errRow(ErrPoolClosed)
+	case err != nil:
+		return b.QueryRowContext(context.Background(), "", err)
 	}
-	return p.bridge().QueryRowContext(context.Background(), "", r)
+	return b.QueryRowContext(context.Background(), "", r)
 }
 
 type bridgeConnector struct{}

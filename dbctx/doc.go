@@ -36,7 +36,17 @@
 //
 // Past the slots, callers queue, first come first served, up to
 // [Options.MaxWaiting] for at most [Options.WaitTimeout], then get
-// [ErrBusy]: overload is refused, never queued without bound.
+// [ErrBusy]: overload is refused, never queued without bound. A caller
+// whose turn would come too late at the pace the queue moves is refused
+// at once rather than when its wait times out.
+//
+// A connect that fails says why. [ErrUnavailable] is an outage that
+// passes by itself (the server down, starting up or full, the network
+// failing): the caller should come back later. [ErrMisconfigured] is
+// what no retry fixes (a database or role that does not exist, a wrong
+// password, an unknown host, TLS or authentication refused): the pool
+// logs it at ERROR once per cause, and an operator must act. Both are
+// counted in [Stats].
 //
 // A statement is canceled when its context ends, as with database/sql: it
 // returns the context's error, and the connection is closed (pgx asks the

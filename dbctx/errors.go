@@ -17,8 +17,12 @@ var (
 	ErrAsyncContext = errors.New("dbctx: database used from an async context outside Do")
 
 	// ErrNoScope is returned when a context carries no scope (see
-	// [Pool.Scope]) and so no pool to run on.
-	ErrNoScope = errors.New("dbctx: no scope in context")
+	// [Pool.Scope]) and so no pool to run on: [From] found none because
+	// nothing put one there. Mount middleware.DB around the handler (for
+	// a websocket, give wsconsumer's handler a pool or mount
+	// middleware.DB outside it), or run the work in [Pool.Do], which
+	// needs no scope in the context.
+	ErrNoScope = errors.New("dbctx: no scope in context: mount middleware.DB on the route, or use Pool.Do")
 
 	// ErrScopeEnded is returned when a scope is used after [Scope.End].
 	ErrScopeEnded = errors.New("dbctx: scope ended")
@@ -44,11 +48,28 @@ var (
 	ErrSessionState = errors.New("dbctx: session-level state under transaction pooling: it would reach another client; set it per transaction inside Atomic (SET LOCAL, set_config(…, true), pg_advisory_xact_lock, CREATE TEMP TABLE … ON COMMIT DROP), or in Options.OnBegin")
 
 	// ErrUnavailable wraps the driver's error when no connection to the
-	// database could be had (it refused or timed out connecting): the
-	// database, or the pooler in front of it, is down. Statements fail at
-	// once rather than wait; the pool recovers by itself once it is back.
-	// Package middleware answers it with 503, wsconsumer with close 1013.
+	// database could be had for a reason that passes by itself: the
+	// database, or the pooler in front of it, is down, starting up
+	// (SQLSTATE 57P03) or full (53300), or the network refused, reset or
+	// timed out the connection. Statements fail at once rather than wait;
+	// the pool recovers by itself once the database is back. Each failed
+	// connect is counted (Stats.Unavailable) and logged at WARN, the
+	// repeats aggregated. Package middleware answers it with 503 and
+	// Retry-After, wsconsumer with close 1013 (try again later).
 	ErrUnavailable = errors.New("dbctx: database unavailable")
+
+	// ErrMisconfigured wraps the driver's error when no connection to the
+	// database could be had for a reason that retrying will not fix: the
+	// database or the role does not exist (SQLSTATE 3D000, 28000), the
+	// password is wrong (28P01) or pg_hba.conf has no entry for it, the
+	// role lacks CONNECT, the host name does not resolve, TLS or
+	// authentication fails, the connection string does not parse. An
+	// operator must fix the configuration (the DSN, roles, pg_hba.conf,
+	// certificates). The pool logs each cause once at ERROR (again after
+	// a connection has succeeded in between) and counts every such
+	// connect (Stats.Misconfigured); callers need not log it again.
+	// Package middleware answers it with 500, wsconsumer with close 1011.
+	ErrMisconfigured = errors.New("dbctx: cannot connect: misconfiguration")
 
 	// ErrPoolClosed is returned when a slot is asked of a closed [Pool].
 	ErrPoolClosed = errors.New("dbctx: pool closed")

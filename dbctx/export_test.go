@@ -24,3 +24,27 @@ func (p *Pool) SetKeepIdle(d time.Duration) {
 	p.kept.mu.Unlock()
 	p.sweep()
 }
+
+// SetLogInterval sets how long the repeats of a recurring warning are
+// counted before one record reports them (see logging.go).
+func (p *Pool) SetLogInterval(d time.Duration) {
+	p.bursts.mu.Lock()
+	p.bursts.interval = d
+	p.bursts.mu.Unlock()
+}
+
+// Bursts returns how many recurring warnings have an interval under way
+// (see logging.go).
+func (p *Pool) Bursts() int {
+	p.bursts.mu.Lock()
+	defer p.bursts.mu.Unlock()
+	return len(p.bursts.open)
+}
+
+// Pace returns the pace at which slots went to queued callers lately (see
+// slots.go); 0 while unknown.
+func (p *Pool) Pace() time.Duration {
+	p.slots.mu.Lock()
+	defer p.slots.mu.Unlock()
+	return p.slots.pace
+}

@@ -166,12 +166,14 @@ func (p *Pool) giveToDB(c *session) {
 				return
 			}
 			p.discard(c.pin.conn, discardReset)
-			p.logCleanup("dbctx: cleaning a connection before giving it back", err)
+			p.logCleanup(msgCleaning, err)
 			return
 		}
 		c.pin.conn.Close()
 	}()
 }
+
+const msgCleaning = "dbctx: cleaning a connection before giving it back"
 
 // clean runs what c's last user left owed, alone: the reset (which clears
 // settings too), or the clearing of the settings dbscope applied.

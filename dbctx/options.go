@@ -20,8 +20,19 @@ type Options struct {
 	MaxWorkers int
 
 	// MaxWaiting bounds the callers queued for a slot; one more gets
-	// ErrBusy at once. Default: 8×MaxWorkers. Negative: no queue, a caller
-	// that finds every slot taken gets ErrBusy at once.
+	// ErrBusy at once. Default: as many as the slots clear within
+	// WaitTimeout when each unit of work holds its slot 10ms,
+	// MaxWorkers×WaitTimeout/10ms (200 per slot with the default
+	// WaitTimeout): a burst the slots clear in time is queued, not
+	// refused. Negative: no queue, a caller that finds every slot taken
+	// gets ErrBusy at once.
+	//
+	// Whatever the bound, while callers queue the pool measures how fast
+	// slots are handed on to them, and refuses at once a caller whose turn
+	// would come after WaitTimeout at that pace (after three quarters of
+	// it: the rest is slack for the pace to vary): under sustained
+	// overload the excess is refused when it comes rather than when its
+	// wait times out, however long the work holds its slot.
 	MaxWaiting int
 
 	// WaitTimeout bounds how long a caller waits for a slot before it gets
@@ -101,7 +112,14 @@ type Options struct {
 	// pin).
 	LeakTimeout time.Duration
 
-	// Logger receives warnings and leak reports. Default: slog.Default().
+	// Logger receives warnings, leak reports and misconfigurations (at
+	// ERROR, once per cause: see [ErrMisconfigured]). The warnings that
+	// come once per connection or per failed connect (a session reset
+	// that failed as the server went away, a connect refused during an
+	// outage) are aggregated: the first of a burst is logged at once, the
+	// others each 10 seconds as one record with their count
+	// ("repeated") and the attributes of the first held back, its "err"
+	// included. Default: slog.Default().
 	Logger *slog.Logger
 }
 
@@ -124,6 +142,10 @@ type Options struct {
 // NULL, so treat both alike (with nullif).
 const DefaultResetSQL = "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; CLOSE ALL; UNLISTEN *; " +
 	"SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES"
+
+// assumedHold is how long a unit of work is taken to hold its slot for
+// the default MaxWaiting: a request or a message of a few statements.
+const assumedHold = 10 * time.Millisecond
 
 // EnvMaxWorkers names the environment variable read for the default
 // [Options.MaxWorkers].
@@ -152,14 +174,14 @@ func (o *Options) withDefaults() Options {
 	if c.MaxWorkers == 0 {
 		c.MaxWorkers = defaultMaxWorkers()
 	}
-	switch {
-	case c.MaxWaiting == 0:
-		c.MaxWaiting = 8 * c.MaxWorkers
-	case c.MaxWaiting < 0:
-		c.MaxWaiting = 0
-	}
 	if c.WaitTimeout == 0 {
 		c.WaitTimeout = 2 * time.Second
+	}
+	switch {
+	case c.MaxWaiting == 0:
+		c.MaxWaiting = c.MaxWorkers * max(1, int(c.WaitTimeout/assumedHold))
+	case c.MaxWaiting < 0:
+		c.MaxWaiting = 0
 	}
 	if c.ResetSQL == "" {
 		c.ResetSQL = DefaultResetSQL

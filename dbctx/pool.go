@@ -29,6 +29,9 @@ type Pool struct {
 	slots slotQueue // callers waiting for a slot; see slots.go
 	notes noteCache // see Scope.note
 
+	misconfig misconfigLog // the causes logged: see connerr.go
+	bursts    *bursts      // the recurring warnings of opts.Logger: see logging.go
+
 	closed    atomic.Bool
 	closeOnce sync.Once
 
@@ -67,6 +70,7 @@ func New(db *sql.DB, opts *Options) *Pool {
 		keepIdle: keepIdle,
 	}
 	p.resetStmts = splitStatements(p.opts.ResetSQL)
+	p.opts.Logger, p.bursts = newRecurLogger(p.opts.Logger, recurInterval)
 	p.async = &Scope{pool: p, async: true, ended: true}
 	p.key = &ctxKey{name: "dbctx.pool", pool: p}
 	p.kept.timer.f = p.sweep
@@ -97,6 +101,7 @@ func (p *Pool) Close() error {
 		p.closeKept()
 		p.cleaning.Wait()
 		p.closeBridge()
+		p.bursts.flush()
 	})
 	return nil
 }
@@ -155,12 +160,9 @@ func (p *Pool) checkOut(ctx context.Context) (c *session, looked bool, err error
 	for dead := 0; ; dead++ {
 		var conn *sql.Conn
 		if conn, err = p.db.Conn(ctx); err != nil {
-			var ce *pgconn.ConnectError
-			if errors.As(err, &ce) {
-				err = fmt.Errorf("%w: %w", ErrUnavailable, err)
-			}
-			return nil, false, err
+			return nil, false, p.connectError(ctx, err) // see connerr.go
 		}
+		p.connected()
 		taken := monotonic()
 		if err = conn.Raw(func(dc any) (bad error) {
 			c = sessionOfDriver(dc)

@@ -285,3 +285,104 @@ func TestPatient(t *testing.T) {
 		}
 	}
 }
+
+// Once the pace at which slots go to queued callers is known, a caller
+// whose turn would come after the wait timeout at that pace is refused
+// at once, without queueing (Stats.WaitCount does not count it), however
+// large MaxWaiting; a caller whose turn comes in time queues. Here the one
+// slot goes on every 400ms of work, and the wait timeout is 2s, of which
+// the pool counts on three quarters, 1.5s: the third caller in the queue
+// waits at most 1.2s, the fourth would 1.6s.
+func TestRefusedAtOnceAtThePace(t *testing.T) {
+	t.Parallel()
+	const hold, timeout = 400 * time.Millisecond, 2 * time.Second
+	p, _ := newPool(t, &dbctx.Options{MaxWorkers: 1, MaxWaiting: 1000, WaitTimeout: timeout})
+	ctx := context.Background()
+	work := func(ctx context.Context, s *dbctx.Scope) error {
+		time.Sleep(hold) // the work: it holds the slot
+		return nil
+	}
+	hold0, first := p.Scope(ctx)
+	if err := first.Reserve(hold0); err != nil {
+		t.Fatal(err)
+	}
+	// Two callers queue behind the held slot; the slot goes to the
+	// first when it is let go, to the second 400ms later: the pace.
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Go(func() {
+			if err := p.Do(ctx, work); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	eventually(t, "two callers queued", func() bool { return p.Stats().Waiting == 2 })
+	first.End()
+	eventually(t, "the pace measured", func() bool { return p.Pace() > 0 })
+	if pace := p.Pace(); pace < hold/2 {
+		t.Fatalf("pace %v for work of %v", pace, hold)
+	}
+	// The second caller holds the slot now, or will within a moment; a
+	// queue of callers forms behind it.
+	eventually(t, "the second caller served", func() bool { return p.Stats().Waiting == 0 && p.Stats().InUse == 1 })
+	results := make(chan error, 6)
+	queued := p.Stats().WaitCount
+	for i := range 6 {
+		wg.Go(func() { results <- p.Do(ctx, work) })
+		// One at a time, so that each finds the ones before it queued.
+		eventually(t, "the caller queued or refused", func() bool {
+			st := p.Stats()
+			return st.Waiting+int(st.Busy) == i+1 || st.InUse == 0
+		})
+	}
+	wg.Wait()
+	close(results)
+	var ok, busy int
+	for err := range results {
+		switch {
+		case err == nil:
+			ok++
+		case errors.Is(err, dbctx.ErrBusy):
+			busy++
+		default:
+			t.Error(err)
+		}
+	}
+	st := p.Stats()
+	if ok != 3 || busy != 3 || st.WaitCount-queued != 3 {
+		t.Errorf("%d served, %d refused; %d queued: want 3 served, 3 refused without queueing", ok, busy, st.WaitCount-queued)
+	}
+}
+
+// With the default wait bounds, a burst the slots clear well within the
+// wait timeout is queued, not refused: 20× the slots at once, each
+// holding its slot for a 2ms statement (issue 23: the former default
+// queue of 8× the slots refused half of such a burst).
+func TestBurstQueuedByDefault(t *testing.T) {
+	t.Parallel()
+	const slots = 2
+	p, _ := newPool(t, &dbctx.Options{MaxWorkers: slots})
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	errs := make(chan error, 20*slots)
+	for range 20 * slots {
+		wg.Go(func() {
+			<-start
+			errs <- p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+				_, err := s.ExecContext(ctx, "SELECT pg_sleep(0.002)")
+				return err
+			})
+		})
+	}
+	close(start)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Error(err)
+		}
+	}
+	if st := p.Stats(); st.Busy != 0 {
+		t.Errorf("%d of a burst of %d refused", st.Busy, 20*slots)
+	}
+}

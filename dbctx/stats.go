@@ -23,6 +23,14 @@ type Stats struct {
 	WaitsWithin [len(WaitBuckets)]int64
 	Busy        int64 // callers refused with ErrBusy
 
+	// Misconfigured counts connects that failed on a misconfiguration
+	// (ErrMisconfigured: a database or role that does not exist, a wrong
+	// password, an unknown host, TLS or authentication refused), and
+	// Unavailable those that failed on an outage (ErrUnavailable: the
+	// server down, starting up or full, the network failing).
+	Misconfigured int64
+	Unavailable   int64
+
 	Acquired   int64 // connections pinned by scopes
 	GivenBack  int64 // connections given back clean (to the *sql.DB, or kept for the next scope)
 	Retries    int64 // statements run again on a fresh connection
@@ -94,6 +102,8 @@ type counters struct {
 	inUse, waiting, pinned       atomic.Int64
 	patient                      atomic.Int64 // of waiting: under Patient
 	waitCount, waitNanos, busy   atomic.Int64
+	misconfigured, unavailable   atomic.Int64
+	misconfigSeen                atomic.Bool // see Pool.connected
 	acquired, givenBack, retries atomic.Int64
 	resets, rolledBack, leaks    atomic.Int64
 	discarded                    [numDiscardReasons]atomic.Int64
@@ -112,21 +122,23 @@ func (p *Pool) Stats() Stats {
 		within[i] = n
 	}
 	return Stats{
-		WaitsWithin:  within,
-		MaxWorkers:   p.opts.MaxWorkers,
-		InUse:        int(c.inUse.Load()),
-		Waiting:      int(c.waiting.Load()),
-		Pinned:       int(c.pinned.Load()),
-		Kept:         p.keptNow(),
-		WaitCount:    c.waitCount.Load(),
-		WaitDuration: time.Duration(c.waitNanos.Load()),
-		Busy:         c.busy.Load(),
-		Acquired:     c.acquired.Load(),
-		GivenBack:    c.givenBack.Load(),
-		Retries:      c.retries.Load(),
-		Resets:       c.resets.Load(),
-		RolledBack:   c.rolledBack.Load(),
-		Leaks:        c.leaks.Load(),
+		WaitsWithin:   within,
+		MaxWorkers:    p.opts.MaxWorkers,
+		InUse:         int(c.inUse.Load()),
+		Waiting:       int(c.waiting.Load()),
+		Pinned:        int(c.pinned.Load()),
+		Kept:          p.keptNow(),
+		WaitCount:     c.waitCount.Load(),
+		WaitDuration:  time.Duration(c.waitNanos.Load()),
+		Busy:          c.busy.Load(),
+		Misconfigured: c.misconfigured.Load(),
+		Unavailable:   c.unavailable.Load(),
+		Acquired:      c.acquired.Load(),
+		GivenBack:     c.givenBack.Load(),
+		Retries:       c.retries.Load(),
+		Resets:        c.resets.Load(),
+		RolledBack:    c.rolledBack.Load(),
+		Leaks:         c.leaks.Load(),
 		Discarded: Discards{
 			Dead:     d(discardDead),
 			Broken:   d(discardBroken),

@@ -37,6 +37,8 @@
 //	dbscope_waits_total          callers that queued for a slot
 //	dbscope_wait_seconds_total   time spent queued, in all
 //	dbscope_busy_total           callers refused with ErrBusy
+//	dbscope_connect_errors_total{kind="misconfigured|unavailable"}
+//	                             connects that failed: ErrMisconfigured (alert on any), ErrUnavailable
 //	dbscope_acquired_total       connections pinned by scopes
 //	dbscope_given_back_total     connections given back clean
 //	dbscope_retries_total        statements run again on a fresh connection
@@ -45,8 +47,9 @@
 //	dbscope_leaks_total          scopes reported by the leak detector
 //	dbscope_discarded_total{reason="dead|broken|canceled|tx|panic|hook|reset|raw|unresettable"}
 //
-// Every reason of dbscope_discarded_total is exported from the start, at
-// 0, so that rate() and increase() see the first discard.
+// Every reason of dbscope_discarded_total and every kind of
+// dbscope_connect_errors_total is exported from the start, at 0, so that
+// rate() and increase() see the first one.
 //
 // # The layer's metrics
 //

@@ -71,6 +71,18 @@ var poolFamilies = []family[stats]{
 	},
 	counter("busy_total", "Callers refused with dbctx.ErrBusy: the wait queue was full or the wait timed out.",
 		func(s *stats) int64 { return s.Busy }),
+	{
+		name: "connect_errors_total",
+		help: "Connects that failed, by kind: misconfigured (dbctx.ErrMisconfigured: a database or role " +
+			"that does not exist, a wrong password, an unknown host, TLS or authentication refused; an operator " +
+			"must act) or unavailable (dbctx.ErrUnavailable: the database down, starting up or full, the network failing).",
+		typ:   prometheus.CounterValue,
+		label: "kind",
+		collect: func(s *stats, emit func(float64, ...string)) {
+			emit(float64(s.Misconfigured), "misconfigured")
+			emit(float64(s.Unavailable), "unavailable")
+		},
+	},
 	counter("acquired_total", "Connections pinned by scopes.",
 		func(s *stats) int64 { return s.Acquired }),
 	counter("given_back_total", "Connections given back clean, to the *sql.DB or kept for the next scope.",

@@ -2,6 +2,7 @@ package dbprom_test
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +13,7 @@ import (
 	"github.com/dbscope/dbscope/dbctx"
 	"github.com/dbscope/dbscope/dbprom"
 	"github.com/dbscope/dbscope/internal/dbtest"
+	"github.com/dbscope/dbscope/internal/pgtest"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -121,8 +123,8 @@ dbscope_waits_total{pool="primary"} 0
 	if _, ok := m[`dbscope_kept_connections{pool="primary"}`]; !ok {
 		t.Error("dbscope_kept_connections not exported")
 	}
-	if n := len(m); n != 14+9+2+len(dbctx.WaitBuckets) {
-		t.Errorf("%d series, want 14, the 9 reasons of discarded_total and the wait histogram: %v", n, m)
+	if n := len(m); n != 14+9+2+2+len(dbctx.WaitBuckets) {
+		t.Errorf("%d series, want 14, the 9 reasons of discarded_total, the 2 kinds of connect_errors_total and the wait histogram: %v", n, m)
 	}
 
 	lint(t, c)
@@ -215,4 +217,43 @@ func TestWaitHistogram(t *testing.T) {
 		prev = v
 	}
 	lint(t, c)
+}
+
+// Failed connects are exported by kind: a database that does not exist
+// is a misconfiguration, a port where nothing listens an outage.
+func TestCollectorConnectErrors(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "the faults are injected in the connection string, which names PgBouncer")
+	env := pgtest.New(t)
+	missing, refused := env.MissingDatabase(t), env.Refused(t)
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	for _, tc := range []struct {
+		dsn       string
+		misconf   float64
+		unavail   float64
+		failsWith error
+	}{
+		{missing, 2, 0, dbctx.ErrMisconfigured},
+		{refused, 0, 2, dbctx.ErrUnavailable},
+	} {
+		db, err := sql.Open("pgx", tc.dsn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer db.Close()
+		p := dbctx.New(db, &dbctx.Options{Logger: quiet})
+		defer p.Close()
+		for range 2 {
+			if err := p.Do(context.Background(), selectOne); !errors.Is(err, tc.failsWith) {
+				t.Fatalf("got %v, want %v", err, tc.failsWith)
+			}
+		}
+		m := gather(t, dbprom.NewCollector(p, nil))
+		if m[`dbscope_connect_errors_total{kind="misconfigured"}`] != tc.misconf ||
+			m[`dbscope_connect_errors_total{kind="unavailable"}`] != tc.unavail {
+			t.Errorf("%v: misconfigured %v, unavailable %v; want %v, %v", tc.failsWith,
+				m[`dbscope_connect_errors_total{kind="misconfigured"}`], m[`dbscope_connect_errors_total{kind="unavailable"}`],
+				tc.misconf, tc.unavail)
+		}
+	}
 }

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/internal/answer"
+	"github.com/dbscope/dbscope/internal/logattrs"
 )
 
 // AtomicOptions configures [AtomicWithOpts]. The zero value is the default.
@@ -24,6 +26,12 @@ type AtomicOptions struct {
 	// Logger receives commit failures and misconfiguration. Default:
 	// slog.Default().
 	Logger *slog.Logger
+
+	// LogAttrs, if set, returns attributes added to every record logged
+	// about a request (a request id, a user, a tenant), from the
+	// request's context; records are logged with that context too.
+	// Default: none.
+	LogAttrs func(ctx context.Context) []slog.Attr
 }
 
 // ErrResponseTooLarge is returned by Write inside [Atomic] once the
@@ -43,8 +51,10 @@ func Atomic(next http.Handler) http.Handler {
 // The transaction commits when the handler returns without panicking and
 // with a status below 500; otherwise it rolls back. The response is held
 // in memory until then and sent only once the commit has succeeded; a
-// failed commit becomes 500 Internal Server Error (503 when the pool was
-// busy), so a client never sees a 2xx for work that was not committed.
+// failed commit becomes 500 Internal Server Error (or what [Answer] gives
+// a condition of package dbctx: 503 when the pool was busy or the
+// database down), so a client never sees a 2xx for work that was not
+// committed.
 // Headers the handler set are dropped with a failed response.
 //
 // Streaming does not mix with holding the response: Flush inside Atomic
@@ -69,7 +79,8 @@ func AtomicWithOpts(opts *AtomicOptions) func(http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			ctx := r.Context()
 			if dbctx.From(ctx) == nil {
-				o.Logger.Error("middleware: Atomic needs middleware.DB mounted outside it", "path", r.URL.Path)
+				logattrs.Log(ctx, o.Logger, o.LogAttrs, slog.LevelError, "middleware: Atomic needs middleware.DB mounted outside it",
+					slog.String("path", r.URL.Path))
 				http.Error(w, http.StatusText(http.StatusInternalServerError), http.StatusInternalServerError)
 				return
 			}
@@ -84,13 +95,14 @@ func AtomicWithOpts(opts *AtomicOptions) func(http.Handler) http.Handler {
 				}
 				return nil
 			})
-			switch {
+			switch k := answer.Of(err, ctx.Err() != nil); {
 			case err == nil, errors.Is(err, errRollback):
 				hw.send()
-			case unavailable(err):
-				serviceUnavailable(w, time.Second)
+			case k.Handled():
+				answer.HTTP(w, k, time.Second) // as Answer would
 			default:
-				o.Logger.Error("middleware: Atomic request not committed", "path", r.URL.Path, "err", err)
+				logattrs.Log(ctx, o.Logger, o.LogAttrs, slog.LevelError, "middleware: Atomic request not committed",
+					slog.String("path", r.URL.Path), slog.Any("err", err))
 				http.Error(w, http.StatusText(http.StatusInternalServerError), http.StatusInternalServerError)
 			}
 		})

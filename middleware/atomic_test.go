@@ -1,12 +1,16 @@
 package middleware_test
 
 import (
+	"context"
 	"fmt"
+	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 
 	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/internal/dbtest"
 	"github.com/dbscope/dbscope/middleware"
 )
 
@@ -88,5 +92,33 @@ func TestAtomicWithoutDB(t *testing.T) {
 	})))
 	if code, _, _ := get(t, srv.URL); code != http.StatusInternalServerError {
 		t.Fatalf("got %d, want 500", code)
+	}
+}
+
+type requestIDKey struct{}
+
+// LogAttrs puts the caller's attributes, from the request's context, on
+// Atomic's records: here the failed commit's.
+func TestAtomicLogAttrs(t *testing.T) {
+	t.Parallel()
+	p, env := newPool(t, nil)
+	createTable(t, env)
+	logs, log := dbtest.NewLogs()
+	atomic := middleware.AtomicWithOpts(&middleware.AtomicOptions{Logger: log,
+		LogAttrs: func(ctx context.Context) []slog.Attr {
+			id, _ := ctx.Value(requestIDKey{}).(string)
+			return []slog.Attr{slog.String("request_id", id)}
+		}})
+	h := middleware.DB(p)(atomic(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		insert(w, r, 1)
+		insert(w, r, 1) // the deferred unique constraint fails at commit
+	})))
+	req := httptest.NewRequest("POST", "/", nil)
+	req = req.WithContext(context.WithValue(req.Context(), requestIDKey{}, "req-7"))
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	recs := logs.AtLeast(slog.LevelError)
+	if rec.Code != http.StatusInternalServerError || len(recs) != 1 || recs[0].Attrs["request_id"] != "req-7" {
+		t.Fatalf("%d; want 500 and one ERROR record with request_id=req-7:\n%s", rec.Code, logs)
 	}
 }

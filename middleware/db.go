@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/internal/answer"
 )
 
 // Options configures [DBWithOpts]. The zero value is the default.
@@ -16,7 +17,7 @@ type Options struct {
 	// database: overload is then refused before any work is done. Leave
 	// it off (the default) where some requests never touch the database:
 	// they should not wait for a slot, and a handler answers ErrBusy with
-	// [Busy] where it meets it.
+	// [Answer] where it meets it.
 	Eager bool
 
 	// RetryAfter is the delay announced in the Retry-After header of a 503.
@@ -83,7 +84,9 @@ func DBWithOpts(pool *dbctx.Pool, opts *Options) func(http.Handler) http.Handler
 			if o.Eager {
 				if err := scope.Reserve(ctx); err != nil {
 					scope.End()
-					refuse(w, err, o.RetryAfter)
+					// ErrBusy, ErrPoolClosed, or the client's context
+					// ended while it waited.
+					answer.HTTP(w, answer.Of(err, ctx.Err() != nil), o.RetryAfter)
 					return
 				}
 			}

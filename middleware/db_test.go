@@ -21,7 +21,7 @@ func pidHandler(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	var pid int
 	if err := dbctx.From(ctx).QueryRowContext(ctx, "SELECT pg_backend_pid()").Scan(&pid); err != nil {
-		if middleware.Busy(w, err) {
+		if middleware.Answer(w, r, err) {
 			return
 		}
 		http.Error(w, err.Error(), http.StatusInternalServerError)
@@ -172,7 +172,7 @@ func TestOverload(t *testing.T) {
 				http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 					ctx := r.Context()
 					if _, err := dbctx.From(ctx).ExecContext(ctx, "SELECT pg_sleep(0.2)"); err != nil {
-						if !middleware.Busy(w, err) {
+						if !middleware.Answer(w, r, err) {
 							http.Error(w, err.Error(), http.StatusInternalServerError)
 						}
 					}

@@ -20,9 +20,13 @@
 //	mux.Handle("POST /items", middleware.Atomic(createItem))
 //	http.ListenAndServe(addr, middleware.DB(pool)(mux))
 //
-// When the pool is overloaded, statements fail with dbctx.ErrBusy, and
-// while the database (or the pooler in front of it) is down with
-// dbctx.ErrUnavailable; answer both with [Busy] (503 Service Unavailable
-// with Retry-After), or set [Options].Eager to refuse the request before
-// the handler runs when the pool is full.
+// When the pool is overloaded, statements fail with dbctx.ErrBusy, while
+// the database (or the pooler in front of it) is down with
+// dbctx.ErrUnavailable, and when it cannot be connected to until the
+// configuration is fixed (a database or role that does not exist, a
+// wrong password) with dbctx.ErrMisconfigured, which the pool logs once.
+// Answer them with [Answer] (503 Service Unavailable with Retry-After for
+// the first two, 500 for the last, nothing for a client that went away),
+// or set [Options].Eager to refuse the request before the handler runs
+// when the pool is full.
 package middleware

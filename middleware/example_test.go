@@ -31,7 +31,7 @@ func ExampleDB() {
 		var year int
 		err := dbctx.From(ctx).QueryRowContext(ctx, "SELECT extract(year FROM now())::int").Scan(&year)
 		if err != nil {
-			if middleware.Busy(w, err) { // 503 + Retry-After on overload
+			if middleware.Answer(w, r, err) { // 503 + Retry-After on overload
 				return
 			}
 			http.Error(w, "database error", http.StatusInternalServerError)

@@ -17,17 +17,25 @@ import (
 // style ([NewAsync]) callbacks hold no slot and reach the database only
 // through dbctx.Do.
 type Consumer struct {
-	// Connect runs before the websocket is accepted, with the upgrade
-	// request in s.Request(). Returning nil accepts it; an error made with
-	// [Reject] refuses it with that HTTP status; dbctx.ErrBusy and
-	// dbctx.ErrUnavailable refuse it with 503 and Retry-After; any other
-	// error with 500 (logged, not shown to the client).
+	// Connect runs before the websocket is accepted, once the upgrade
+	// request (in s.Request()) has been verified as websocket.Accept
+	// verifies it, Origin included: a request Accept would refuse runs no
+	// callback. Returning nil accepts it; an error made with [Reject]
+	// refuses it with that HTTP status; the conditions of package dbctx
+	// are answered as middleware.Answer answers them: dbctx.ErrBusy,
+	// dbctx.ErrUnavailable and dbctx.ErrPoolClosed with 503 and
+	// Retry-After, dbctx.ErrMisconfigured with 500 (the pool logs it); any
+	// other error with 500 (logged, not shown to the client).
 	Connect func(ctx context.Context, s *Session) error
 
 	// Receive runs for each message, one at a time in the sync style. An
 	// error closes the socket: dbctx.ErrBusy and dbctx.ErrUnavailable with
-	// 1013 (try again later), any other error or a panic with 1011
-	// (internal error), the detail logged and not sent to the client.
+	// 1013 (try again later), dbctx.ErrPoolClosed with 1001 (going away),
+	// any other error or a panic with 1011 (internal error), the detail
+	// logged and not sent to the client. An error that says the client
+	// went away (a send on a socket it closed, a connection reset, the
+	// socket's context canceled) closes nothing more and is logged at
+	// Debug only (Stats.ClientGone).
 	Receive func(ctx context.Context, s *Session, typ websocket.MessageType, data []byte) error
 
 	// Event runs for each event of the groups the socket joined

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -706,6 +707,63 @@ func TestPing(t *testing.T) {
 			if h.Len() != 1 {
 				t.Fatal("a socket that answers pings was closed")
 			}
+		})
+	}
+}
+
+// A socket whose message took longer than the read-on delay (a reader
+// read on meanwhile) keeps one goroutine once idle, not two: the reader
+// takes the socket over. The sockets then serve and disconnect as
+// others. Not parallel: it counts the process's goroutines.
+func TestIdleAfterSlowMessage(t *testing.T) {
+	for name, style := range styles {
+		t.Run(name, func(t *testing.T) {
+			p, _ := dbtest.NewPool(t, nil)
+			var disconnects atomic.Int32
+			h := style(p, wsconsumer.JSON(wsconsumer.JSONConsumer[msg]{
+				Receive: func(ctx context.Context, s *wsconsumer.Session, m msg) error {
+					err := dbctx.Do(ctx, func(ctx context.Context, sc *dbctx.Scope) error {
+						_, err := sc.ExecContext(ctx, "SELECT pg_sleep(0.4)") // past readOnAfter
+						return err
+					})
+					if err != nil {
+						return err
+					}
+					return s.SendJSON(ctx, msg{ID: m.ID})
+				},
+				Disconnect: func(context.Context, *wsconsumer.Session, websocket.StatusCode) { disconnects.Add(1) },
+			}), &wsconsumer.Options{Logger: quiet()})
+			url := serve(t, h)
+			const sockets = 10
+			g0 := runtime.NumGoroutine()
+			var cs []*websocket.Conn
+			for i := range sockets {
+				c := dial(t, url)
+				send(t, c, msg{ID: i})
+				cs = append(cs, c)
+			}
+			for i, c := range cs {
+				if m, code := recv(t, c); code != 0 || m.ID != i {
+					t.Fatalf("socket %d: %+v, %v", i, m, code)
+				}
+			}
+			// One goroutine per socket (its reader) and the keepalive; the
+			// client side reads nothing meanwhile.
+			dbtest.Eventually(t, "one goroutine per idle socket", func() bool {
+				return runtime.NumGoroutine()-g0 <= sockets+1
+			})
+			for i, c := range cs {
+				send(t, c, msg{ID: 100 + i})
+			}
+			for i, c := range cs {
+				if m, code := recv(t, c); code != 0 || m.ID != 100+i {
+					t.Fatalf("socket %d after going idle: %+v, %v", i, m, code)
+				}
+				c.Close(websocket.StatusNormalClosure, "")
+			}
+			dbtest.Eventually(t, "every socket disconnected", func() bool {
+				return disconnects.Load() == sockets && h.Stats().Sockets == 0
+			})
 		})
 	}
 }

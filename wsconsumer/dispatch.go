@@ -12,12 +12,14 @@ import (
 )
 
 // readLoop reads messages and has them handled until the socket closes,
-// and returns the close status (-1: the socket's context ended first).
-func (h *Handler) readLoop(pool *dbctx.Pool, s *Session) websocket.StatusCode {
+// and returns the close status (-1: the socket's context ended first);
+// or it returns handedOver where the socket went on on another goroutine
+// (see readInline).
+func (h *Handler) readLoop(pool *dbctx.Pool, s *Session) (code websocket.StatusCode, handedOver bool) {
 	if h.async && h.opts.InFlight > 1 {
-		return h.readConcurrent(pool, s)
+		return h.readConcurrent(pool, s), false
 	}
-	return h.readInline(pool, s)
+	return h.readInline(pool, s, nil)
 }
 
 // readInline handles one message at a time (the sync style, and the async
@@ -28,25 +30,34 @@ func (h *Handler) readLoop(pool *dbctx.Pool, s *Session) websocket.StatusCode {
 // from the keepalive goroutine (see Session.readOn): it reads the next
 // frame, so that a client that goes away mid-message is noticed (its work
 // canceled) and pings and the closing handshake are answered; that frame
-// is the next one handled.
-func (h *Handler) readInline(pool *dbctx.Pool, s *Session) websocket.StatusCode {
+// is the next one handled. Where the message is done before the reader
+// has a frame, readInline leaves the socket to the reader (handedOver)
+// and returns: the reader goes on with it (Handler.takeOver), and an idle
+// socket keeps one goroutine, not two. first, if not nil, is a frame read
+// already, handled first.
+func (h *Handler) readInline(pool *dbctx.Pool, s *Session, first *frame) (code websocket.StatusCode, handedOver bool) {
 	conn := s.conn.Load()
 	for {
 		var f frame
-		if s.phase.CompareAndSwap(phaseHandling, phaseReading) || s.phase.Load() == phaseReading {
+		switch {
+		case first != nil:
+			f, first = *first, nil
+		case s.phase.CompareAndSwap(phaseHandling, phaseReading) || s.phase.Load() == phaseReading:
 			// Close, not cancellation, ends the read: a cancelable context
 			// would cost coder/websocket a context.AfterFunc per message.
 			f.typ, f.data, f.err = conn.Read(s.wctx)
 			if f.err != nil {
 				s.sock.cancel() // the client is gone
 			}
-		} else {
-			// A reader took over while the last message was handled.
+		case s.phase.CompareAndSwap(phaseAhead, phaseHandedOver):
+			return 0, true // the reader has no frame yet: the socket is its
+		default:
+			// phaseDelivered: the reader has read the next frame.
 			f = <-s.ahead
 			s.ahead = nil
 		}
 		if f.err != nil {
-			return s.closeStatus(f.err)
+			return s.closeStatus(f.err), false
 		}
 		s.touch()
 		s.phase.Store(phaseHandling)
@@ -60,9 +71,11 @@ const readOnAfter = 250 * time.Millisecond
 
 // The phases of a socket whose messages are handled inline.
 const (
-	phaseReading  = iota // reading, or between two messages
-	phaseHandling        // a message is being handled, nobody reads
-	phaseAhead           // a message is being handled, a reader reads on
+	phaseReading    = iota // reading, or between two messages
+	phaseHandling          // a message is being handled, nobody reads
+	phaseAhead             // a message is being handled, a reader reads on
+	phaseDelivered         // a message is being handled, the reader has read the next frame
+	phaseHandedOver        // the message is done, the reader will go on with the socket
 )
 
 // frame is what one read returned.
@@ -74,27 +87,34 @@ type frame struct {
 
 // readOn starts a reader for a socket whose message has been handled for
 // readOnAfter, unless one runs or the message is done. The reader reads
-// one frame and hands it to readInline through s.ahead; a failed read
-// (the client is gone) also cancels the socket's context, which cancels
-// the work under way.
+// one frame; a failed read (the client is gone) also cancels the
+// socket's context, which cancels the work under way. If the message is
+// still being handled, the reader hands the frame to readInline through
+// s.ahead and exits; if readInline has left the socket to it
+// (phaseHandedOver), it goes on with the socket itself.
 // It is not counted in s.wg: it ends when the socket is closed, which
-// comes after that wait.
+// comes after that wait, or it is the socket's goroutine.
 func (s *Session) readOn() {
 	if s.phase.Load() != phaseHandling {
 		return
 	}
 	ch := make(chan frame, 1)
-	s.ahead = ch // read by readInline only once it sees phaseAhead
+	s.ahead = ch // read by readInline only once it sees phaseDelivered
 	if !s.phase.CompareAndSwap(phaseHandling, phaseAhead) {
 		return
 	}
 	go func() {
 		var f frame
 		f.typ, f.data, f.err = s.conn.Load().Read(s.wctx)
-		ch <- f
 		if f.err != nil {
 			s.sock.cancel()
 		}
+		if s.phase.CompareAndSwap(phaseAhead, phaseDelivered) {
+			ch <- f // buffered
+			return
+		}
+		s.phase.Store(phaseReading)
+		s.h.takeOver(s, f)
 	}()
 }
 
@@ -253,6 +273,6 @@ func (h *Handler) callback(pool *dbctx.Pool, s *Session, patient bool, fn func(c
 		if out != nil {
 			out.flush() // replies first, then the close
 		}
-		h.fail(s, err)
+		h.fail(s, "receive", err)
 	}
 }

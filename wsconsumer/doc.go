@@ -15,13 +15,25 @@
 // socket is read again once it is done, as in a hand-written handler; a
 // message that takes longer than 250ms has the next frame read meanwhile,
 // so that pings are answered and a client that goes away has its work
-// canceled.) The async style ([NewAsync]) holds no slot while a callback
+// canceled; that reader then goes on with the socket, which keeps one
+// goroutine once idle.) The async style ([NewAsync]) holds no slot while a callback
 // runs, may run several messages of a socket at once (Options.InFlight),
 // and reaches the database only through dbctx.Do, so a callback that waits
 // on something else (another service, a timer, a channel) holds no
 // database resource meanwhile; direct use returns dbctx.ErrAsyncContext.
 // Choose sync for database-bound request/response sockets, async for
 // sockets that mostly wait or fan out.
+//
+// Before any callback runs or any slot is taken, the upgrade is verified
+// as websocket.Accept verifies it (method, headers, version, key, and
+// the Origin against Options.Accept): a cross-site page cannot make a
+// visitor's browser run Connect, and a plain GET runs nothing. At most
+// Options.MaxSockets sockets (default 10,000) are served at once; past
+// it, and for the conditions of package dbctx (overload, an outage, a
+// closed pool: 503 or close 1013, 1001; a misconfiguration: 500 or 1011)
+// a socket is answered as package middleware answers a request. ERROR is
+// logged only for a callback's own error or panic; a client that went
+// away is logged at Debug, and [Handler.Stats] counts each.
 //
 // With Options.Layer (package groups), a socket joins groups
 // ([Session.Join], left at the disconnect) and its Event callback gets

@@ -2,16 +2,17 @@ package wsconsumer
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"net/http"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
 	"github.com/dbscope/dbscope/dbctx"
 	"github.com/dbscope/dbscope/groups"
+	"github.com/dbscope/dbscope/internal/answer"
 )
 
 // Options configures a [Handler]. The zero value of every field is a
@@ -19,8 +20,23 @@ import (
 type Options struct {
 	// Accept passes through to websocket.Accept: origin patterns,
 	// subprotocols, compression. Default: nil, which refuses cross-origin
-	// requests.
+	// requests. The upgrade is verified as Accept verifies it (method,
+	// headers, version, key, Origin against OriginPatterns unless
+	// InsecureSkipVerify) before Connect runs or a slot is taken, and a
+	// request that fails is answered as Accept answers it (400, 403, 405,
+	// 426, 501) with no callback run. A pattern path.Match refuses makes
+	// the handler's constructor panic.
 	Accept *websocket.AcceptOptions
+
+	// MaxSockets bounds the sockets of the handler, counted from the
+	// verified upgrade (Connect included) to the end of Disconnect; past
+	// it an upgrade is answered 503 with Retry-After before any callback
+	// runs, counted in Stats.Refused. Every socket holds a goroutine, its
+	// buffers and a file descriptor, and one that only answers pings
+	// holds them for as long as it likes: the bound keeps a flood of
+	// sockets from exhausting the process. Default: 10,000; negative: no
+	// bound.
+	MaxSockets int
 
 	// ReadLimit is the largest message accepted, in bytes; a larger one
 	// closes the socket with 1009 (message too big). Default: 32 KiB.
@@ -39,7 +55,13 @@ type Options struct {
 	PingInterval time.Duration
 
 	// IdleTimeout closes with 1001 (going away) a socket that sent no
-	// message for this long, pings aside. Default: 0, never.
+	// message for this long, pings aside. Default: 0, never: a socket
+	// that only listens (a feed, a chat room being read) sends nothing
+	// and must not be closed for it, and MaxSockets bounds what idle
+	// sockets can hold. Set it where clients send on their own (a
+	// heartbeat message every N seconds: then IdleTimeout a few times N),
+	// so that a client that merely answers pings cannot hold a socket
+	// forever.
 	IdleTimeout time.Duration
 
 	// InFlight is, in the async style, how many messages of one socket are
@@ -71,9 +93,21 @@ type Options struct {
 	DisconnectTimeout time.Duration
 
 	// Logger receives the errors and panics of callbacks, which are never
-	// sent to clients. Default: slog.Default().
+	// sent to clients, at ERROR; at Debug what a client does that is no
+	// failure of the server's (it hung up mid-reply, reset the
+	// connection, sent no valid upgrade) and refusals (overload, an
+	// outage, MaxSockets), which Stats counts. Default: slog.Default().
 	Logger *slog.Logger
+
+	// LogAttrs, if set, returns attributes added to every record logged
+	// about a socket (a request id, a user, a tenant), from the upgrade
+	// request's context (values only, once the socket is accepted);
+	// records are logged with that context too. Default: none.
+	LogAttrs func(ctx context.Context) []slog.Attr
 }
+
+// DefaultMaxSockets is the default of [Options.MaxSockets].
+const DefaultMaxSockets = 10000
 
 func (o *Options) withDefaults() Options {
 	var c Options
@@ -95,6 +129,10 @@ func (o *Options) withDefaults() Options {
 	if c.InFlight == 0 {
 		c.InFlight = 1
 	}
+	if c.MaxSockets == 0 {
+		c.MaxSockets = DefaultMaxSockets
+	}
+	checkOriginPatterns(c.Accept)
 	if c.DisconnectTimeout == 0 {
 		c.DisconnectTimeout = 10 * time.Second
 	}
@@ -113,10 +151,13 @@ type Handler struct {
 	async bool
 	opts  Options
 
+	count counters     // see Stats
+	live  atomic.Int64 // sockets admitted: see admit
+
 	mu       sync.Mutex
 	sessions map[*Session]struct{}
 	closing  bool
-	active   sync.WaitGroup // ServeHTTP calls under way
+	active   sync.WaitGroup // sockets under way: ServeHTTP calls, and sockets taken over from them
 	stopTick chan struct{}  // stops the keepalive goroutine; nil when none runs
 }
 
@@ -143,19 +184,52 @@ func newHandler(pool *dbctx.Pool, c Consumer, async bool, opts *Options) *Handle
 }
 
 // ServeHTTP runs one websocket from connect to disconnect; it returns when
-// the socket is closed and Disconnect has run.
+// the socket is closed and Disconnect has run, or, for a socket that
+// goes idle after a message that took long to handle, once it is idle:
+// the goroutine that read on meanwhile goes on with the socket (see
+// readInline), so that an idle socket keeps one goroutine. Shutdown waits
+// for every socket either way.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !h.enter() {
-		serviceUnavailable(w, "shutting down")
+		h.count.refused.Add(1)
+		answer.HTTP(w, answer.Closed, time.Second)
 		return
 	}
-	defer h.active.Done()
+	// What this goroutine leaves to the one that takes the socket over
+	// where it hands it over (handedOver).
+	handedOver := false
+	defer func() {
+		if !handedOver {
+			h.active.Done()
+		}
+	}()
+	// Nothing runs, and no slot is taken, for a request Accept would
+	// refuse.
+	if ue := verifyUpgrade(w, r, h.opts.Accept); ue != nil {
+		h.count.badUpgrade.Add(1)
+		h.log(r.Context(), slog.LevelDebug, "wsconsumer: not a websocket upgrade Accept takes",
+			slog.String("path", r.URL.Path), slog.Int("status", ue.status), slog.Any("err", ue))
+		ue.answer(w)
+		return
+	}
+	if !h.admit() {
+		h.count.refused.Add(1)
+		h.log(r.Context(), slog.LevelDebug, "wsconsumer: MaxSockets reached", slog.String("path", r.URL.Path))
+		answer.HTTP(w, answer.Busy, time.Second)
+		return
+	}
+	defer func() {
+		if !handedOver {
+			h.live.Add(-1)
+		}
+	}()
 	pool := h.pool
 	if pool == nil {
 		pool = dbctx.From(r.Context()).Pool()
 	}
 	if pool == nil {
-		h.opts.Logger.Error("wsconsumer: no pool: pass one or mount middleware.DB outside the handler")
+		h.log(r.Context(), slog.LevelError, "wsconsumer: no pool: pass one or mount middleware.DB outside the handler",
+			slog.String("path", r.URL.Path))
 		http.Error(w, http.StatusText(http.StatusInternalServerError), http.StatusInternalServerError)
 		return
 	}
@@ -171,12 +245,17 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		more = append(more, sc)
 	}
 	sctx, scope := pool.Scope(base)
-	s := &Session{h: h, req: r, ctx: sctx, wctx: values, sock: sock, scope: scope}
-	defer func() {
+	s := &Session{h: h, req: r, ctx: sctx, wctx: values, sock: sock, scope: scope, pool: pool}
+	s.release = func() {
 		sock.cancel()
 		scope.End()
 		for _, sc := range more {
 			sc.End()
+		}
+	}
+	defer func() {
+		if !handedOver {
+			s.release()
 		}
 	}()
 
@@ -194,25 +273,52 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	conn, err := websocket.Accept(w, r, h.opts.Accept)
 	if err != nil {
-		// Accept has answered the client (bad handshake, origin refused).
-		h.opts.Logger.Debug("wsconsumer: accept failed", "err", err)
+		// Accept has answered the client. The request was verified, so
+		// the hijack itself failed: the client is gone.
+		h.count.clientGone.Add(1)
+		h.log(values, slog.LevelDebug, "wsconsumer: accept failed", slog.String("path", r.URL.Path), slog.Any("err", err))
 		s.finish()
 		s.leaveGroups()
 		h.disconnect(pool, s, -1)
 		return
 	}
+	h.count.accepted.Add(1)
 	conn.SetReadLimit(h.opts.ReadLimit)
 	s.touch()
 	s.accept(conn)
 	h.register(s)
-	code := h.readLoop(pool, s)
+	var code websocket.StatusCode
+	if code, handedOver = h.readLoop(pool, s); handedOver {
+		return
+	}
+	h.end(s, code)
+}
+
+// end ends an accepted socket whose read loop has returned code, and
+// releases what it held: from ServeHTTP, or from the goroutine that took
+// the socket over (takeOver).
+func (h *Handler) end(s *Session, code websocket.StatusCode) {
 	h.unregister(s)
-	sock.cancel()
+	s.sock.cancel()
 	s.finish()
 	s.leaveGroups() // waits for an event callback under way
 	s.wg.Wait()
-	h.disconnect(pool, s, code)
-	conn.CloseNow()
+	h.disconnect(s.pool, s, code)
+	s.conn.Load().CloseNow()
+}
+
+// takeOver goes on with a socket whose ServeHTTP has handed it over, from
+// the goroutine that read its frame f, and ends it as ServeHTTP would
+// have.
+func (h *Handler) takeOver(s *Session, f frame) {
+	code, handedOver := h.readInline(s.pool, s, &f)
+	if handedOver {
+		return // to the next reader
+	}
+	h.end(s, code)
+	s.release()
+	h.live.Add(-1)
+	h.active.Done()
 }
 
 // cbCtx is the context callbacks get: the scope's in the sync style, the
@@ -253,76 +359,7 @@ func (h *Handler) call(ctx context.Context, pool *dbctx.Pool, fn func(ctx contex
 func (h *Handler) closeOld(ctx context.Context) {
 	for _, p := range h.opts.Pools {
 		if err := p.CloseOld(ctx); err != nil {
-			h.opts.Logger.Warn("wsconsumer: cleaning up a scope", "err", err)
+			h.log(ctx, slog.LevelWarn, "wsconsumer: cleaning up a scope", slog.Any("err", err))
 		}
-	}
-}
-
-// fail closes the socket after a receive failed.
-func (h *Handler) fail(s *Session, err error) {
-	var ce *closeError
-	switch {
-	case errors.As(err, &ce):
-		s.Close(ce.code, ce.reason)
-	case errors.Is(err, dbctx.ErrBusy), errors.Is(err, dbctx.ErrUnavailable):
-		s.Close(websocket.StatusTryAgainLater, "try again later")
-	case s.ctx.Err() != nil && errors.Is(err, context.Canceled):
-		// The socket is going away; nothing failed.
-	default:
-		h.logFailure(s, "receive", err)
-		s.Close(websocket.StatusInternalError, "internal error")
-	}
-}
-
-func (h *Handler) logFailure(s *Session, what string, err error) {
-	attrs := []any{"callback", what, "path", s.req.URL.Path, "err", err}
-	var pe *dbctx.PanicError
-	if errors.As(err, &pe) {
-		attrs = append(attrs, "stack", string(pe.Stack))
-	}
-	h.opts.Logger.Error("wsconsumer: callback failed", attrs...)
-}
-
-func (h *Handler) recoverLog(s *Session, what string) {
-	if r := recover(); r != nil {
-		h.logFailure(s, what, &dbctx.PanicError{Value: r, Stack: debug.Stack()})
-		s.Close(websocket.StatusInternalError, "internal error")
-	}
-}
-
-// refuse answers an upgrade request that Connect did not accept.
-func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, err error) {
-	var re *RejectError
-	switch {
-	case errors.As(err, &re):
-		http.Error(w, re.Reason, re.Status)
-	case errors.Is(err, dbctx.ErrBusy), errors.Is(err, dbctx.ErrUnavailable):
-		serviceUnavailable(w, http.StatusText(http.StatusServiceUnavailable))
-	default:
-		h.opts.Logger.Error("wsconsumer: callback failed", "callback", "connect", "path", r.URL.Path, "err", err)
-		http.Error(w, http.StatusText(http.StatusInternalServerError), http.StatusInternalServerError)
-	}
-}
-
-// serviceUnavailable answers 503 with a Retry-After of one second.
-func serviceUnavailable(w http.ResponseWriter, body string) {
-	w.Header().Set("Retry-After", "1")
-	http.Error(w, body, http.StatusServiceUnavailable)
-}
-
-func (h *Handler) disconnect(pool *dbctx.Pool, s *Session, code websocket.StatusCode) {
-	if h.c.Disconnect == nil {
-		return
-	}
-	// The socket's context is canceled by now; Disconnect gets a fresh
-	// deadline with the same values (and scope).
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(s.cbCtx()), h.opts.DisconnectTimeout)
-	defer cancel()
-	err := h.call(ctx, pool, func(ctx context.Context) error {
-		h.c.Disconnect(ctx, s, code)
-		return nil
-	})
-	if err != nil {
-		h.logFailure(s, "disconnect", err)
 	}
 }

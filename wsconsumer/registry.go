@@ -3,6 +3,7 @@ package wsconsumer
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"time"
 
 	"github.com/coder/websocket"
@@ -125,7 +126,7 @@ func (h *Handler) tick(now int64, readOn time.Duration, keep bool) {
 		switch {
 		case s.stalled(now, h.opts.WriteTimeout):
 			// What coder/websocket does when a write's context ends.
-			h.opts.Logger.Debug("wsconsumer: write timeout", "path", s.req.URL.Path)
+			h.log(s.wctx, slog.LevelDebug, "wsconsumer: write timeout", slog.String("path", s.req.URL.Path))
 			s.closing.Store(true)
 			go s.conn.Load().CloseNow()
 		case h.opts.IdleTimeout > 0 && quiet >= h.opts.IdleTimeout:
@@ -146,7 +147,7 @@ func (s *Session) ping(timeout time.Duration) {
 	defer cancel()
 	c := s.conn.Load()
 	if err := c.Ping(ctx); err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
-		s.h.opts.Logger.Debug("wsconsumer: no pong", "path", s.req.URL.Path)
+		s.h.log(s.wctx, slog.LevelDebug, "wsconsumer: no pong", slog.String("path", s.req.URL.Path))
 		c.CloseNow()
 	}
 }

@@ -30,6 +30,8 @@ type Session struct {
 	sock     *socketCtx                      // under ctx: cancels it
 	async    atomic.Pointer[context.Context] // ctx marked dbctx.Async, made on first use
 	scope    *dbctx.Scope                    // the socket's scope (sync style)
+	pool     *dbctx.Pool                     // scope's
+	release  func()                          // ends the socket's context and scopes: see Handler.end
 	wg       sync.WaitGroup                  // goroutines started with Go, async receives
 	lastMsg  atomic.Int64                    // monotonic() of the last message read
 	lastPing int64                           // monotonic() of the last ping; the keepalive goroutine's

@@ -8,6 +8,7 @@
 //	go run ./examples/chi            # http://127.0.0.1:8080
 //	go run ./examples/chi -addr :9000
 //	go run ./examples/chi -layer nats://127.0.0.1:4222   # rooms over NATS
+//	go run ./examples/chi -admin-addr 127.0.0.1:9090 -server-timing=false   # as in production
 //
 // It uses $DATABASE_URL; without it the local server at 127.0.0.1:5432,
 // and without that a throwaway cluster it removes on exit. The rooms are
@@ -36,11 +37,15 @@ func main() {
 	addr := flag.String("addr", chatserver.EnvOr("ADDR", "127.0.0.1:8080"), "listen address (env ADDR)")
 	layer := flag.String("layer", chatserver.EnvOr("LAYER", "postgres"),
 		"what carries the rooms between instances: postgres, memory or a NATS URL such as nats://127.0.0.1:4222 (env LAYER)")
+	adminAddr := flag.String("admin-addr", chatserver.EnvOr("ADMIN_ADDR", ""),
+		"serve /metrics and /debug/dbstats here only, not on -addr (env ADMIN_ADDR); keep it off the public network")
+	serverTiming := flag.Bool("server-timing", true, "send every client Server-Timing, its requests' time in the database")
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, chatserver.Config{Addr: *addr, Layer: *layer, Log: log}); err != nil {
+	cfg := chatserver.Config{Addr: *addr, Layer: *layer, AdminAddr: *adminAddr, NoServerTiming: !*serverTiming, Log: log}
+	if err := run(ctx, cfg); err != nil {
 		fmt.Fprintln(os.Stderr, "chi:", err)
 		os.Exit(1)
 	}
@@ -50,12 +55,15 @@ func run(ctx context.Context, cfg chatserver.Config) error {
 	return chatserver.Run(ctx, cfg, routes)
 }
 
-// routes mounts the application on chi, which mounts dbscope's middleware
-// like any func(http.Handler) http.Handler.
+// routes mounts the application's public routes on chi, which mounts
+// dbscope's middleware like any func(http.Handler) http.Handler.
+// chatserver.Run serves /metrics and /debug/dbstats, on the admin
+// listener where there is one.
 func routes(a *chatserver.App) http.Handler {
-	// A failed request's log line carries chi's request ID and client.
-	a.RequestAttrs = func(r *http.Request) []any {
-		return []any{"request_id", chimw.GetReqID(r.Context()), "client", chimw.GetClientIP(r.Context())}
+	// The records of a failed request, and of a socket, carry chi's
+	// request ID and client, which chi's middleware put in the context.
+	a.LogAttrs = func(ctx context.Context) []slog.Attr {
+		return []slog.Attr{slog.String("request_id", chimw.GetReqID(ctx)), slog.String("client", chimw.GetClientIP(ctx))}
 	}
 	router := chi.NewRouter()
 	// chi's middleware goes outside ours: Recoverer then sees a panic
@@ -63,14 +71,12 @@ func routes(a *chatserver.App) http.Handler {
 	// ClientIPFromRemoteAddr replaces RealIP, deprecated since chi v5.5 as
 	// spoofable; behind a proxy use ClientIPFromXFFTrustedProxies.
 	router.Use(chimw.RequestID, chimw.ClientIPFromRemoteAddr, chimw.Recoverer)
-	router.Use(middleware.DBWithOpts(a.Pool, &middleware.Options{ServerTiming: true}))
+	router.Use(middleware.DBWithOpts(a.Pool, &middleware.Options{ServerTiming: a.ServerTiming}))
 	router.Get("/", chat.ServePage)
 	router.Get("/api/messages", a.ListMessages)
 	router.With(a.Atomic).Post("/api/messages", a.CreateMessage)
 	router.Method(http.MethodGet, "/ws/sync", a.SyncWS)
 	router.Method(http.MethodGet, "/ws/async", a.AsyncWS)
-	router.Get("/debug/dbstats", a.Stats)
-	router.Method(http.MethodGet, "/metrics", a.Metrics)
 	router.Get("/readyz", a.Ready)
 	return router
 }

@@ -62,3 +62,15 @@ func TestTwoInstancesNATS(t *testing.T) {
 	s := chattest.Start(t, runOnNATS)
 	chattest.TwoInstancesNATS(t, s, s.Another(t, runOnNATS), nats)
 }
+
+func TestInput(t *testing.T) {
+	t.Parallel()
+	chattest.Input(t, start(t))
+}
+
+func TestAdminApart(t *testing.T) {
+	t.Parallel()
+	chattest.AdminApart(t, func(ctx context.Context, ln, admin net.Listener, dsn, listenDSN string, log *slog.Logger) error {
+		return run(ctx, chatserver.Config{Listener: ln, Admin: admin, NoServerTiming: true, DSN: dsn, ListenDSN: listenDSN, Log: log})
+	})
+}

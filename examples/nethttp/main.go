@@ -7,6 +7,7 @@
 //	go run ./examples/nethttp            # http://127.0.0.1:8080
 //	go run ./examples/nethttp -addr :9000
 //	go run ./examples/nethttp -layer nats://127.0.0.1:4222   # rooms over NATS
+//	go run ./examples/nethttp -admin-addr 127.0.0.1:9090 -server-timing=false   # as in production
 //
 // It uses $DATABASE_URL; without it the local server at 127.0.0.1:5432,
 // and without that a throwaway cluster it removes on exit. The rooms are
@@ -33,11 +34,15 @@ func main() {
 	addr := flag.String("addr", chatserver.EnvOr("ADDR", "127.0.0.1:8080"), "listen address (env ADDR)")
 	layer := flag.String("layer", chatserver.EnvOr("LAYER", "postgres"),
 		"what carries the rooms between instances: postgres, memory or a NATS URL such as nats://127.0.0.1:4222 (env LAYER)")
+	adminAddr := flag.String("admin-addr", chatserver.EnvOr("ADMIN_ADDR", ""),
+		"serve /metrics and /debug/dbstats here only, not on -addr (env ADMIN_ADDR); keep it off the public network")
+	serverTiming := flag.Bool("server-timing", true, "send every client Server-Timing, its requests' time in the database")
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, chatserver.Config{Addr: *addr, Layer: *layer, Log: log}); err != nil {
+	cfg := chatserver.Config{Addr: *addr, Layer: *layer, AdminAddr: *adminAddr, NoServerTiming: !*serverTiming, Log: log}
+	if err := run(ctx, cfg); err != nil {
 		fmt.Fprintln(os.Stderr, "nethttp:", err)
 		os.Exit(1)
 	}
@@ -47,9 +52,11 @@ func run(ctx context.Context, cfg chatserver.Config) error {
 	return chatserver.Run(ctx, cfg, routes)
 }
 
-// routes mounts the application on http.ServeMux, with middleware.DB
-// around the whole mux: every request gets a scope, which costs nothing
-// to those that never touch the database.
+// routes mounts the application's public routes on http.ServeMux, with
+// middleware.DB around the whole mux: every request gets a scope, which
+// costs nothing to those that never touch the database. chatserver.Run
+// serves /metrics and /debug/dbstats, on the admin listener where there
+// is one.
 func routes(a *chatserver.App) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /{$}", chat.ServePage)
@@ -57,8 +64,6 @@ func routes(a *chatserver.App) http.Handler {
 	mux.Handle("POST /api/messages", a.Atomic(http.HandlerFunc(a.CreateMessage)))
 	mux.Handle("GET /ws/sync", a.SyncWS)
 	mux.Handle("GET /ws/async", a.AsyncWS)
-	mux.HandleFunc("GET /debug/dbstats", a.Stats)
-	mux.Handle("GET /metrics", a.Metrics)
 	mux.HandleFunc("GET /readyz", a.Ready)
-	return middleware.DBWithOpts(a.Pool, &middleware.Options{ServerTiming: true})(mux)
+	return middleware.DBWithOpts(a.Pool, &middleware.Options{ServerTiming: a.ServerTiming})(mux)
 }

@@ -6,6 +6,7 @@ package dbtest
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"testing"
 	"time"
 
@@ -68,13 +69,26 @@ func Clean(t testing.TB, p *dbctx.Pool, env *pgtest.Env) {
 // Eventually polls cond until it holds, failing t after 10 seconds.
 func Eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	if Wait(10*time.Second, cond) != nil {
+		t.Fatalf("timed out waiting for %s", what)
+	}
+}
+
+// errTimedOut is Wait's error.
+var errTimedOut = errors.New("dbtest: timed out")
+
+// Wait polls cond until it holds, and returns an error if it does not
+// within timeout: for a caller that says more than Eventually when it
+// fails.
+func Wait(timeout time.Duration, cond func() bool) error {
+	deadline := time.Now().Add(timeout)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
+			return errTimedOut
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+	return nil
 }
 
 // ActiveQueries counts env's backends running a statement that starts

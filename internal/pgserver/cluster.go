@@ -39,7 +39,9 @@ type cluster struct {
 
 // startCluster creates and starts a throwaway cluster. Its server listens
 // on no TCP address, only on a unix socket in the cluster's own directory.
-func startCluster(ctx context.Context, logf func(string, ...any)) (*cluster, error) {
+// hba, if not empty, replaces the pg_hba.conf initdb wrote (trust for
+// everyone).
+func startCluster(ctx context.Context, logf func(string, ...any), hba string) (*cluster, error) {
 	initdb, pgCtl, err := findBinaries()
 	if err != nil {
 		return nil, err
@@ -86,6 +88,11 @@ func startCluster(ctx context.Context, logf func(string, ...any)) (*cluster, err
 		strings.ReplaceAll(dir, "'", "''"), port)
 	if err := appendFile(filepath.Join(c.data, "postgresql.conf"), conf); err != nil {
 		return fail(err)
+	}
+	if hba != "" {
+		if err := os.WriteFile(filepath.Join(c.data, "pg_hba.conf"), []byte(hba), 0o600); err != nil {
+			return fail(err)
+		}
 	}
 	if err := c.run(ctx, pgCtl, "start", "-D", c.data, "-l", c.logFile, "-w", "-t", "60"); err != nil {
 		log, _ := os.ReadFile(c.logFile)

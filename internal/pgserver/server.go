@@ -67,7 +67,7 @@ func start(ctx context.Context, logf func(format string, args ...any)) (url stri
 		}
 		logf("no usable server at 127.0.0.1:5432 (%v)", localErr)
 	}
-	c, err := startCluster(ctx, logf)
+	c, err := startCluster(ctx, logf, "")
 	if errors.Is(err, errNoBinaries) {
 		why := "DBSCOPE_PGTEST_FORCE_CLUSTER is set"
 		if localErr != nil {
@@ -123,4 +123,22 @@ func Open(ctx context.Context, logf func(format string, args ...any)) (*Server, 
 		return nil, err
 	}
 	return &Server{URL: url, Throwaway: throwaway, stop: stop}, nil
+}
+
+// StartCluster starts a throwaway cluster whatever else is available, as
+// user postgres, and returns it: for tests that change a cluster (roles
+// with passwords, authentication), which must not touch the shared
+// server. hba, if not empty, is its pg_hba.conf (its server listens on a
+// unix socket only, so "local" lines apply), in place of trust for
+// everyone; it should let user postgres in, as the URL does. Stop it
+// when done.
+func StartCluster(ctx context.Context, logf func(format string, args ...any), hba string) (*Server, error) {
+	if logf == nil {
+		logf = func(string, ...any) {}
+	}
+	c, err := startCluster(ctx, logf, hba)
+	if err != nil {
+		return nil, err
+	}
+	return &Server{URL: c.url, Throwaway: true, stop: c.stop}, nil
 }

@@ -65,7 +65,7 @@ func (s *Server) scopeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx := r.Context()
 	err := s.scopeLook(ctx, dbctx.From(ctx), &m)
-	if middleware.Busy(w, err) {
+	if middleware.Answer(w, r, err) {
 		return
 	}
 	writeHTTP(w, m, err)

@@ -60,6 +60,10 @@ type Config struct {
 	// Default: wsconsumer's, 10s.
 	WriteTimeout time.Duration
 
+	// PingInterval is how often the dbscope modes ping a quiet socket
+	// (wsconsumer.Options.PingInterval). Default: wsconsumer's, 30s.
+	PingInterval time.Duration
+
 	// Layer is the groups engine of the room endpoints in the dbscope
 	// modes: "memory" (the default), "postgres" (LISTEN/NOTIFY, through
 	// ListenDSN, default DSN) or "nats" (at NATSURL). The raw mode's rooms
@@ -182,7 +186,9 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 			s.closeDB()
 			return nil, err
 		}
-		wsOpts := &wsconsumer.Options{WriteTimeout: cfg.WriteTimeout, Logger: cfg.Logger, Layer: s.layer}
+		// No bound on sockets: -idle may ask for more than the default 10,000.
+		wsOpts := &wsconsumer.Options{WriteTimeout: cfg.WriteTimeout, PingInterval: cfg.PingInterval,
+			Logger: cfg.Logger, Layer: s.layer, MaxSockets: -1}
 		style := wsconsumer.NewSync
 		if cfg.Mode == "async" {
 			style = wsconsumer.NewAsync

@@ -50,10 +50,20 @@ func CheckRoom(room string) (string, error) {
 	switch {
 	case room == "":
 		return DefaultRoom, nil
+	case !storable(room):
+		return "", invalid("room name not valid UTF-8 text")
 	case utf8.RuneCountInString(room) > 64:
 		return "", invalid("room name longer than 64 characters")
 	}
 	return room, nil
+}
+
+// storable reports whether s can be stored as text: PostgreSQL refuses
+// invalid UTF-8 and the NUL character (SQLSTATE 22021, 22P05), which a
+// client can send in a URL (%00, %ff) or a JSON string (\u0000). Refused
+// here, they are the client's error (400), not the database's (500).
+func storable(s string) bool {
+	return utf8.ValidString(s) && !strings.ContainsRune(s, 0)
 }
 
 // Check trims p, fills in defaults (DefaultRoom, author "anonymous") and
@@ -70,6 +80,10 @@ func (p *Post) Check() error {
 		p.Author = "anonymous"
 	}
 	switch {
+	case !storable(p.Body):
+		return invalid("message not valid UTF-8 text")
+	case !storable(p.Author):
+		return invalid("author name not valid UTF-8 text")
 	case p.Body == "":
 		return invalid("empty message")
 	case utf8.RuneCountInString(p.Body) > 2000:

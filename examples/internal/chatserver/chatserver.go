@@ -51,7 +51,18 @@ type Config struct {
 	// nats://127.0.0.1:4222 (more than one, comma-separated, for a
 	// cluster). The examples' -layer flag, or $LAYER.
 	Layer string
-	Log   *slog.Logger
+	// AdminAddr, or Admin (taken over by Run, if set), is where to serve
+	// what only operators should read: GET /metrics and GET
+	// /debug/dbstats. With neither, they are served on the public
+	// listener with the rest, as a development server may. The examples'
+	// -admin-addr flag, or $ADMIN_ADDR.
+	AdminAddr string
+	Admin     net.Listener
+	// NoServerTiming leaves out the Server-Timing header (the time each
+	// request spent in the database), which every client can read. The
+	// examples' -server-timing=false.
+	NoServerTiming bool
+	Log            *slog.Logger
 }
 
 // Run serves the application until ctx is canceled, with the handler
@@ -99,17 +110,38 @@ func Run(ctx context.Context, cfg Config, routes func(*App) http.Handler) error 
 	}
 	defer layer.Close()
 
-	a := &App{Pool: pool, Log: log, Layer: layer}
+	a := &App{Pool: pool, Log: log, Layer: layer, ServerTiming: !cfg.NoServerTiming}
 	a.Metrics = metrics(db, pool, layer, log)
-	wsOpts := &wsconsumer.Options{Logger: log, Layer: layer}
+	// A socket's records carry the attributes routes gives App.LogAttrs
+	// (read when a record is logged: routes runs after this).
+	logAttrs := func(ctx context.Context) []slog.Attr { return a.logAttrs(ctx) }
+	wsOpts := &wsconsumer.Options{Logger: log, Layer: layer, LogAttrs: logAttrs}
 	a.SyncWS = wsconsumer.NewSync(pool, a.syncConsumer(), wsOpts)
 	a.AsyncWS = wsconsumer.NewAsync(pool, a.asyncConsumer(), wsOpts)
-	a.Atomic = middleware.AtomicWithOpts(&middleware.AtomicOptions{Logger: log})
-	srv := &http.Server{
-		Handler:           routes(a),
-		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	a.Atomic = middleware.AtomicWithOpts(&middleware.AtomicOptions{Logger: log, LogAttrs: logAttrs})
+	public := routes(a)
+	admin := a.adminRoutes()
+	var adminLn net.Listener
+	switch {
+	case cfg.Admin != nil:
+		adminLn = cfg.Admin
+	case cfg.AdminAddr != "":
+		if adminLn, err = net.Listen("tcp", cfg.AdminAddr); err != nil {
+			return err
+		}
+	default:
+		// Development: one listener for all.
+		public = withAdmin(public, admin)
+		admin = nil
 	}
+	newServer := func(h http.Handler) *http.Server {
+		return &http.Server{
+			Handler:           h,
+			ReadHeaderTimeout: 10 * time.Second,
+			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		}
+	}
+	srv := newServer(public)
 
 	ln := cfg.Listener
 	if ln == nil {
@@ -118,8 +150,14 @@ func Run(ctx context.Context, cfg Config, routes func(*App) http.Handler) error 
 		}
 	}
 	log.Info("serving", "url", "http://"+ln.Addr().String())
-	served := make(chan error, 1)
+	served := make(chan error, 2)
 	go func() { served <- srv.Serve(ln) }()
+	var adminSrv *http.Server
+	if admin != nil {
+		adminSrv = newServer(admin)
+		log.Info("serving /metrics and /debug/dbstats", "url", "http://"+adminLn.Addr().String())
+		go func() { served <- adminSrv.Serve(adminLn) }()
+	}
 	select {
 	case err := <-served:
 		return err
@@ -140,7 +178,32 @@ func Run(ctx context.Context, cfg Config, routes func(*App) http.Handler) error 
 		log.Warn("http shutdown", "err", err)
 	}
 	<-served
+	if adminSrv != nil {
+		if err := adminSrv.Shutdown(ctx); err != nil {
+			log.Warn("admin http shutdown", "err", err)
+		}
+		<-served
+	}
 	return nil // deferred: layer.Close, pool.Close, db.Close, the cluster's removal
+}
+
+// adminRoutes serves what only operators should read: the pool's and the
+// layer's counters, and the process's metrics. They tell anyone who reads
+// them the load, the sizing and the failures of the service.
+func (a *App) adminRoutes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /debug/dbstats", a.Stats)
+	mux.Handle("GET /metrics", a.Metrics)
+	return mux
+}
+
+// withAdmin serves admin's paths from admin, the rest from public.
+func withAdmin(public, admin http.Handler) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/", public)
+	mux.Handle("/debug/dbstats", admin)
+	mux.Handle("/metrics", admin)
+	return mux
 }
 
 // newEngine returns the engine of cfg.Layer. The rooms are groups,
@@ -181,25 +244,40 @@ type App struct {
 	SyncWS  *wsconsumer.Handler // /ws/sync?room=, the sync style
 	AsyncWS *wsconsumer.Handler // /ws/async?room=, the async style
 	// Metrics serves GET /metrics: the pool's, the layer's, database/sql's
-	// and the Go runtime's metrics, for Prometheus to scrape.
+	// and the Go runtime's metrics, for Prometheus to scrape. Run serves
+	// it, and Stats, on the admin listener where there is one.
 	Metrics http.Handler
 	// Atomic is middleware.Atomic for POST /api/messages: it commits
 	// before the 201 goes out, and the room hears of the message then
 	// (over PostgreSQL its NOTIFY is part of the transaction; other
 	// engines publish at dbctx.OnCommit).
 	Atomic func(http.Handler) http.Handler
-	// RequestAttrs, if set, adds the router's own request attributes
-	// (request ID, client) to the log of a failed request.
-	RequestAttrs func(*http.Request) []any
+	// ServerTiming says whether responses carry Server-Timing
+	// (middleware.Options.ServerTiming): routes passes it on.
+	ServerTiming bool
+	// LogAttrs, if set, returns the router's own request attributes
+	// (request ID, client) from a request's or a socket's context, for
+	// the records logged about it: the app's, middleware.Atomic's and the
+	// websocket handlers'.
+	LogAttrs func(ctx context.Context) []slog.Attr
 }
 
-// Stats answers GET /debug/dbstats with the pool's statistics and the
-// rooms' layer's.
+func (a *App) logAttrs(ctx context.Context) []slog.Attr {
+	if a.LogAttrs == nil {
+		return nil
+	}
+	return a.LogAttrs(ctx)
+}
+
+// Stats answers GET /debug/dbstats with the pool's statistics, the rooms'
+// layer's and the websocket handlers'.
 func (a *App) Stats(w http.ResponseWriter, r *http.Request) {
 	chat.WriteJSON(w, http.StatusOK, struct {
 		dbctx.Stats
-		Groups groups.Stats
-	}{a.Pool.Stats(), a.Layer.Stats()})
+		Groups  groups.Stats
+		SyncWS  wsconsumer.Stats
+		AsyncWS wsconsumer.Stats
+	}{a.Pool.Stats(), a.Layer.Stats(), a.SyncWS.Stats(), a.AsyncWS.Stats()})
 }
 
 // metrics returns the handler of GET /metrics. The registry is the
@@ -331,17 +409,17 @@ func (a *App) event(ctx context.Context, s *wsconsumer.Session, e groups.Event) 
 	return s.Send(ctx, websocket.MessageText, e.Data)
 }
 
-// fail answers a database error: 503 with Retry-After on overload, else
-// 500 with the detail only in the log.
+// fail answers a database error: what middleware.Answer gives the
+// conditions of dbctx (503 with Retry-After on overload or an outage, 500
+// for a misconfiguration the pool has logged, nothing for a client that
+// left), else 500 with the detail only in the log.
 func (a *App) fail(w http.ResponseWriter, r *http.Request, err error) {
-	if middleware.Busy(w, err) {
+	if middleware.Answer(w, r, err) {
 		return
 	}
-	attrs := []any{"method", r.Method, "path", r.URL.Path}
-	if a.RequestAttrs != nil {
-		attrs = append(attrs, a.RequestAttrs(r)...)
-	}
-	a.Log.Error("request failed", append(attrs, "err", err)...)
+	attrs := append([]slog.Attr{slog.String("method", r.Method), slog.String("path", r.URL.Path), slog.Any("err", err)},
+		a.logAttrs(r.Context())...)
+	a.Log.LogAttrs(r.Context(), slog.LevelError, "request failed", attrs...)
 	http.Error(w, http.StatusText(http.StatusInternalServerError), http.StatusInternalServerError)
 }
 
@@ -404,22 +482,22 @@ func (a *App) connect(_ context.Context, s *wsconsumer.Session) error {
 	}
 	s.State = room
 	s.Go(func(ctx context.Context) {
+		// Fail answers an error as a callback's would be: a socket
+		// closed meanwhile (the join or the query canceled) is no
+		// failure, overload closes with 1013, anything else with 1011
+		// and an ERROR record.
 		if err := s.Join(ctx, group(room)); err != nil {
-			a.Log.Error("joining the room failed", "room", room, "err", err)
-			s.Close(websocket.StatusInternalError, "internal error")
+			s.Fail(fmt.Errorf("joining room %q: %w", room, err))
 			return
 		}
 		msgs, err := dbctx.DoValue(ctx, func(ctx context.Context, db *dbctx.Scope) ([]chat.Message, error) {
 			return chat.History(ctx, db, room)
 		})
-		switch {
-		case errors.Is(err, dbctx.ErrBusy):
-			s.Close(websocket.StatusTryAgainLater, "try again later")
-		case err != nil:
-			a.Log.Error("history failed", "room", room, "err", err)
-			s.Close(websocket.StatusInternalError, "internal error")
-		default:
-			s.SendJSON(ctx, chat.HistoryFrame(msgs))
+		if err == nil {
+			err = s.SendJSON(ctx, chat.HistoryFrame(msgs))
+		}
+		if err != nil {
+			s.Fail(fmt.Errorf("history of room %q: %w", room, err))
 		}
 	})
 	return nil

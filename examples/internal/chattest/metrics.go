@@ -123,7 +123,7 @@ func Metrics(t *testing.T, s *Server) {
 		}
 	}
 	slices.Sort(reasons)
-	if want := []string{"broken", "canceled", "dead", "hook", "panic", "reset", "tx", "unresettable"}; !slices.Equal(reasons, want) {
+	if want := []string{"broken", "canceled", "dead", "hook", "panic", "raw", "reset", "tx", "unresettable"}; !slices.Equal(reasons, want) {
 		t.Errorf("dbscope_discarded_total reasons %q, want %q", reasons, want)
 	}
 }

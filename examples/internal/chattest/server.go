@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dbscope/dbscope/internal/dbtest"
 	"github.com/dbscope/dbscope/internal/pgtest"
 )
 
@@ -28,6 +29,7 @@ type RunFunc func(ctx context.Context, ln net.Listener, dsn, listenDSN string, l
 type Server struct {
 	URL    string // http://127.0.0.1:port
 	Client *http.Client
+	Logs   *dbtest.Logs // what the server logged (also written to the test's output)
 
 	env    *pgtest.Env
 	cancel context.CancelFunc
@@ -40,7 +42,7 @@ type Server struct {
 // waits until it answers, and stops it at cleanup.
 func Start(t *testing.T, run RunFunc) *Server {
 	t.Helper()
-	return start(t, run, pgtest.New(t))
+	return start(t, run, pgtest.New(t), "/debug/dbstats")
 }
 
 // Another runs a second instance of the example beside s, on the same
@@ -48,24 +50,28 @@ func Start(t *testing.T, run RunFunc) *Server {
 // do.
 func (s *Server) Another(t *testing.T, run RunFunc) *Server {
 	t.Helper()
-	return start(t, run, s.env)
+	return start(t, run, s.env, "/debug/dbstats")
 }
 
-func start(t *testing.T, run RunFunc, env *pgtest.Env) *Server {
+// start runs run against env, waiting until the server answers GET on
+// ready with 200.
+func start(t *testing.T, run RunFunc, env *pgtest.Env, ready string) *Server {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
+	logs, rec := dbtest.NewLogs()
 	s := &Server{
 		URL:    "http://" + ln.Addr().String(),
 		Client: &http.Client{Transport: &http.Transport{}, Timeout: 10 * time.Second},
+		Logs:   logs,
 		env:    env,
 		cancel: cancel,
 		done:   make(chan error, 1),
 	}
-	log := slog.New(slog.NewTextHandler(t.Output(), nil))
+	log := slog.New(tee{slog.NewTextHandler(t.Output(), nil), rec.Handler()})
 	listen := env.DirectDSN(t)
 	go func() { s.done <- run(ctx, ln, env.DSN(), listen, log) }()
 	t.Cleanup(func() {
@@ -80,7 +86,7 @@ func start(t *testing.T, run RunFunc, env *pgtest.Env) *Server {
 			t.Fatalf("run returned early: %v", err)
 		default:
 		}
-		resp, err := s.Client.Get(s.URL + "/debug/dbstats")
+		resp, err := s.Client.Get(s.URL + ready)
 		if err != nil {
 			return false
 		}
@@ -141,4 +147,28 @@ func (s *Server) do(t *testing.T, method, path, body string) (*http.Response, st
 		t.Fatalf("%s %s: reading the body: %v", method, path, err)
 	}
 	return resp, string(data)
+}
+
+// tee is a slog.Handler that hands every record to both of its handlers.
+type tee [2]slog.Handler
+
+func (h tee) Enabled(ctx context.Context, l slog.Level) bool {
+	return h[0].Enabled(ctx, l) || h[1].Enabled(ctx, l)
+}
+
+func (h tee) Handle(ctx context.Context, r slog.Record) error {
+	for _, x := range h {
+		if x.Enabled(ctx, r.Level) {
+			x.Handle(ctx, r.Clone())
+		}
+	}
+	return nil
+}
+
+func (h tee) WithAttrs(as []slog.Attr) slog.Handler {
+	return tee{h[0].WithAttrs(as), h[1].WithAttrs(as)}
+}
+
+func (h tee) WithGroup(name string) slog.Handler {
+	return tee{h[0].WithGroup(name), h[1].WithGroup(name)}
 }

@@ -1,0 +1,197 @@
+package dbctx_test
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/internal/dbtest"
+	"github.com/dbscope/dbscope/internal/pgserver"
+	"github.com/dbscope/dbscope/internal/pgtest"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+const msgMisconfigured = "dbctx: cannot connect: misconfiguration"
+
+// connectTries is how many units of work each case of the connect tests
+// runs against a database it cannot reach.
+const connectTries = 5
+
+func selectOne(ctx context.Context, s *dbctx.Scope) error {
+	_, err := queryInt(ctx, s, "SELECT 1")
+	return err
+}
+
+// dsn returns s, a connection string pgserver made; it panics on err,
+// which only a base connection string it cannot parse makes.
+func dsn(s string, err error) string {
+	if err != nil {
+		panic(err)
+	}
+	return s
+}
+
+// Each way of failing to connect, injected for real, is told apart: a
+// misconfiguration (ErrMisconfigured) from an outage (ErrUnavailable),
+// each counted in Stats; the misconfiguration logged at ERROR once
+// however many units of work meet it, the outage's warnings aggregated
+// into one record and, at Close, one more with their count.
+func TestConnectErrors(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "the faults are injected in the connection string, which names PgBouncer")
+	env := newEnv(t)
+	admin := env.Admin()
+	// A role that may not connect at all: over its connection limit from
+	// the first connection (superusers, as pgtest's roles are, are exempt).
+	limited := env.Role() + "_limited"
+	mustExec(t, admin, `CREATE ROLE "`+limited+`" LOGIN CONNECTION LIMIT 0`)
+	t.Cleanup(func() { admin.Exec(`DROP ROLE IF EXISTS "` + limited + `"`) })
+	startingUp := pgtest.NewRefuser(t, "57P03", "the database system is starting up")
+
+	for _, tc := range []struct {
+		name string
+		dsn  string
+		want error  // ErrMisconfigured or ErrUnavailable
+		code string // the server's SQLSTATE, if it answered
+	}{
+		{"database does not exist", env.MissingDatabase(t), dbctx.ErrMisconfigured, "3D000"},
+		{"role does not exist", env.MissingRole(t), dbctx.ErrMisconfigured, "28000"},
+		{"unknown host", env.UnknownHost(t), dbctx.ErrMisconfigured, ""},
+		{"TLS required, the server has none", dsn(pgserver.WithParams(
+			dsn(pgserver.WithTCPAddr(env.DSN(), startingUp.Addr())), "sslmode", "require")),
+			dbctx.ErrMisconfigured, ""},
+		{"the server's certificate not trusted", dsn(pgserver.WithParams(env.DSN(), "sslmode", "verify-full")),
+			dbctx.ErrMisconfigured, ""},
+		{"connection string does not parse", "postgres://postgres@127.0.0.1:notaport/postgres",
+			dbctx.ErrMisconfigured, ""},
+		{"connection refused", env.Refused(t), dbctx.ErrUnavailable, ""},
+		{"starting up", dsn(pgserver.WithTCPAddr(env.DSN(), startingUp.Addr())),
+			dbctx.ErrUnavailable, "57P03"},
+		{"too many connections", dsn(pgserver.WithUser(env.DSN(), limited, "")),
+			dbctx.ErrUnavailable, "53300"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			logs, logger := dbtest.NewLogs()
+			p := dbctx.New(openDSN(t, tc.dsn), &dbctx.Options{Logger: logger})
+			p.SetLogInterval(time.Hour) // nothing reported by the clock: Close does
+			for range connectTries {
+				err := p.Do(context.Background(), selectOne)
+				other := dbctx.ErrUnavailable
+				if tc.want == dbctx.ErrUnavailable {
+					other = dbctx.ErrMisconfigured
+				}
+				if !errors.Is(err, tc.want) || errors.Is(err, other) {
+					t.Fatalf("got %v, want %v", err, tc.want)
+				}
+				var pe *pgconn.PgError
+				if tc.code != "" && (!errors.As(err, &pe) || pe.Code != tc.code) {
+					t.Fatalf("got %v, want SQLSTATE %s", err, tc.code)
+				}
+			}
+			st := p.Stats()
+			if st.InUse != 0 || st.Pinned != 0 {
+				t.Errorf("after the failures: %d slots in use, %d pinned", st.InUse, st.Pinned)
+			}
+			misconf, unavail := 0, connectTries
+			if tc.want == dbctx.ErrMisconfigured {
+				misconf, unavail = connectTries, 0
+			}
+			// A unit of work meets the failure once: no retry of a
+			// connect that failed.
+			if st.Misconfigured != int64(misconf) || st.Unavailable != int64(unavail) {
+				t.Errorf("Stats: Misconfigured %d, Unavailable %d; want %d, %d", st.Misconfigured, st.Unavailable, misconf, unavail)
+			}
+			p.Close()
+			errs, warns := logs.Count(slog.LevelError, msgMisconfigured), logs.Count(slog.LevelWarn, "dbctx: database unavailable")
+			if tc.want == dbctx.ErrMisconfigured {
+				if errs != 1 || warns != 0 {
+					t.Errorf("%d ERROR, %d WARN records, want 1 ERROR:\n%s", errs, warns, logs)
+				}
+				return
+			}
+			recs := logs.AtLeast(slog.LevelWarn)
+			if errs != 0 || warns != 2 || len(recs) != 2 || recs[1].Attrs["repeated"] != "4" {
+				t.Errorf("want 2 WARN records, the first failure and, at Close, the 4 others:\n%s", logs)
+			}
+		})
+	}
+}
+
+// A wrong password is a misconfiguration: in a cluster of the test's own
+// that asks for passwords (SCRAM), a role with one logs in with the
+// right password, and is refused with 28P01 with a wrong one, logged
+// once.
+func TestWrongPassword(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	srv, err := pgserver.StartCluster(ctx, t.Logf,
+		"local all postgres trust\nlocal all all scram-sha-256\n")
+	if err != nil {
+		t.Skipf("no throwaway cluster: %v", err)
+	}
+	t.Cleanup(srv.Stop)
+	mustExec(t, openDSN(t, srv.URL), "CREATE ROLE app LOGIN PASSWORD 'right'")
+
+	right := dsn(pgserver.WithUser(srv.URL, "app", "right"))
+	if err := dbctx.New(openDSN(t, right), nil).Do(ctx, selectOne); err != nil {
+		t.Fatalf("the right password: %v", err)
+	}
+	logs, logger := dbtest.NewLogs()
+	wrong := dsn(pgserver.WithUser(srv.URL, "app", "wrong"))
+	p := dbctx.New(openDSN(t, wrong), &dbctx.Options{Logger: logger})
+	for range connectTries {
+		err := p.Do(ctx, selectOne)
+		var pe *pgconn.PgError
+		if !errors.Is(err, dbctx.ErrMisconfigured) || !errors.As(err, &pe) || pe.Code != "28P01" {
+			t.Fatalf("a wrong password: %v, want ErrMisconfigured with SQLSTATE 28P01", err)
+		}
+	}
+	if n := p.Stats().Misconfigured; n != connectTries {
+		t.Errorf("Stats.Misconfigured %d, want %d", n, connectTries)
+	}
+	if n := logs.Count(slog.LevelError, msgMisconfigured); n != 1 || len(logs.Records()) != 1 {
+		t.Errorf("want 1 ERROR record:\n%s", logs)
+	}
+}
+
+// A misconfiguration is logged once per cause until a connection
+// succeeds: then its return is news again. The database named is
+// missing, then made (the pool connects), then dropped.
+func TestMisconfigurationLoggedAgainAfterRecovery(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "the database is named in the connection string, which names PgBouncer")
+	env := newEnv(t)
+	name := env.Schema() + "_later"
+	logs, logger := dbtest.NewLogs()
+	p := dbctx.New(openDSN(t, dsn(pgserver.WithParams(env.DSN(), "dbname", name))), &dbctx.Options{Logger: logger})
+	defer p.Close()
+	ctx := context.Background()
+	fail := func(what string, wantLogged int) {
+		t.Helper()
+		for range 3 {
+			if err := p.Do(ctx, selectOne); !errors.Is(err, dbctx.ErrMisconfigured) {
+				t.Fatalf("%s: %v, want ErrMisconfigured", what, err)
+			}
+		}
+		if n := logs.Count(slog.LevelError, msgMisconfigured); n != wantLogged {
+			t.Fatalf("%s: %d ERROR records, want %d:\n%s", what, n, wantLogged, logs)
+		}
+	}
+	fail("missing", 1)
+	mustExec(t, env.Admin(), `CREATE DATABASE "`+name+`"`)
+	if err := p.Do(ctx, selectOne); err != nil {
+		t.Fatalf("once made: %v", err)
+	}
+	mustExec(t, env.Admin(), `DROP DATABASE "`+name+`" WITH (FORCE)`)
+	p.DB().SetMaxIdleConns(0) // the connection to the dropped database is gone
+	fail("dropped", 2)
+	if !strings.Contains(logs.Records()[1].Attrs["err"], "3D000") {
+		t.Errorf("the second record: %v", logs.Records()[1])
+	}
+}

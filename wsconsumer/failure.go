@@ -1,0 +1,159 @@
+package wsconsumer
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"runtime/debug"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/internal/answer"
+	"github.com/dbscope/dbscope/internal/logattrs"
+)
+
+// How a socket's failures are answered, logged and counted. The conditions
+// of package dbctx get the answer package middleware gives them
+// (internal/answer): at Connect the same HTTP status, later the close
+// status that says the same. ERROR is for what an operator must act on:
+// a callback's own error or panic. A misconfiguration is the pool's to
+// log (once per cause); overload, an outage, a closed pool and a client
+// that went away are logged at Debug and counted (Stats).
+
+// kindOf says what err, a callback's, means for the socket. A read or a
+// send on a socket the client closed or reset is the client going away,
+// whatever the callback made of it; so is a context canceled because the
+// socket went.
+func (s *Session) kindOf(err error) answer.Kind {
+	if errors.Is(err, ErrClosed) || websocket.CloseStatus(err) != -1 {
+		return answer.Gone
+	}
+	gone := s.ctx.Err() != nil || answer.IsGone(err) && !errors.Is(err, context.Canceled)
+	return answer.Of(err, gone)
+}
+
+// Fail closes the socket as a callback that returned err would close it:
+// for the work of a goroutine started with [Session.Go], which has no
+// callback to return its error to. The conditions of package dbctx get
+// their close statuses (1013 for overload or an outage, 1001 for a
+// closed pool, 1011 for a misconfiguration, which the pool has logged);
+// an error that says the client went away (the socket closed, its
+// context canceled) closes nothing more and is logged at Debug; any
+// other error closes with 1011 and is logged at ERROR. Each is counted in
+// Stats. A nil err does nothing.
+func (s *Session) Fail(err error) {
+	if err != nil {
+		s.h.fail(s, "goroutine", err)
+	}
+}
+
+// fail closes the socket after a callback failed.
+func (h *Handler) fail(s *Session, callback string, err error) {
+	var ce *closeError
+	if errors.As(err, &ce) {
+		s.Close(ce.code, ce.reason)
+		return
+	}
+	k := s.kindOf(err)
+	h.note(s.wctx, k, callback, err)
+	switch k {
+	case answer.Gone:
+	case answer.Other:
+		h.logFailure(s, callback, err)
+		fallthrough
+	default:
+		code, reason := k.Close()
+		s.Close(websocket.StatusCode(code), reason)
+	}
+}
+
+// note counts a failure of kind k, and logs at Debug those no ERROR is
+// logged for here.
+func (h *Handler) note(ctx context.Context, k answer.Kind, callback string, err error) {
+	switch k {
+	case answer.Other:
+		h.count.failed.Add(1)
+		return
+	case answer.Misconfigured:
+		h.count.failed.Add(1) // the pool has logged it
+	case answer.Gone:
+		h.count.clientGone.Add(1)
+	default:
+		h.count.busy.Add(1)
+	}
+	h.log(ctx, slog.LevelDebug, "wsconsumer: callback ended by "+k.String(),
+		slog.String("callback", callback), slog.Any("err", err))
+}
+
+func (h *Handler) logFailure(s *Session, what string, err error) {
+	attrs := []slog.Attr{slog.String("callback", what), slog.String("path", s.req.URL.Path), slog.Any("err", err)}
+	var pe *dbctx.PanicError
+	if errors.As(err, &pe) {
+		attrs = append(attrs, slog.String("stack", string(pe.Stack)))
+	}
+	h.log(s.wctx, slog.LevelError, "wsconsumer: callback failed", attrs...)
+}
+
+func (h *Handler) recoverLog(s *Session, what string) {
+	if r := recover(); r != nil {
+		h.count.failed.Add(1)
+		h.logFailure(s, what, &dbctx.PanicError{Value: r, Stack: debug.Stack()})
+		s.Close(websocket.StatusInternalError, "internal error")
+	}
+}
+
+// refuse answers an upgrade request that Connect did not accept.
+func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, err error) {
+	var re *RejectError
+	if errors.As(err, &re) {
+		h.count.rejected.Add(1)
+		http.Error(w, re.Reason, re.Status)
+		return
+	}
+	k := answer.Of(err, r.Context().Err() != nil)
+	h.note(r.Context(), k, "connect", err)
+	if k == answer.Other {
+		h.log(r.Context(), slog.LevelError, "wsconsumer: callback failed",
+			slog.String("callback", "connect"), slog.String("path", r.URL.Path), slog.Any("err", err))
+	}
+	answer.HTTP(w, k, time.Second)
+}
+
+func (h *Handler) disconnect(pool *dbctx.Pool, s *Session, code websocket.StatusCode) {
+	if h.c.Disconnect == nil {
+		return
+	}
+	// The socket's context is canceled by now; Disconnect gets a fresh
+	// deadline with the same values (and scope).
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(s.cbCtx()), h.opts.DisconnectTimeout)
+	defer cancel()
+	err := h.call(ctx, pool, func(ctx context.Context) error {
+		h.c.Disconnect(ctx, s, code)
+		return nil
+	})
+	if err == nil {
+		return
+	}
+	// In the sync style Disconnect did not run where the pool refused its
+	// slot: the consumer's cleanup was skipped, which an operator may
+	// need to know.
+	switch k := answer.Of(err, false); k {
+	case answer.Other:
+		h.count.failed.Add(1)
+		h.logFailure(s, "disconnect", err)
+	case answer.Busy, answer.Unavailable, answer.Closed:
+		h.count.busy.Add(1)
+		h.log(s.wctx, slog.LevelWarn, "wsconsumer: Disconnect not run: "+k.String(),
+			slog.String("path", s.req.URL.Path), slog.Any("err", err))
+	default:
+		h.note(s.wctx, k, "disconnect", err)
+	}
+}
+
+// log logs a record about a socket or an upgrade request, with the
+// attributes Options.LogAttrs finds in ctx.
+func (h *Handler) log(ctx context.Context, level slog.Level, msg string, attrs ...slog.Attr) {
+	logattrs.Log(ctx, h.opts.Logger, h.opts.LogAttrs, level, msg, attrs...)
+}
