@@ -10,9 +10,11 @@ import (
 	"io"
 	"math"
 	"reflect"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -52,21 +54,39 @@ var sqlResultFormats = pgx.QueryResultFormatsByOID{
 	pgtype.XIDOID:         1,
 }
 
+// The bridge is a *sql.DB of the pool's own, made on first use. Rows that
+// stream from the connection each take a connection of it, so that one
+// waiting on the network holds up no other. The rows of QueryRowContext,
+// read already, go through a few *sql.Conn of it, taken in turn: a
+// *sql.Conn skips the *sql.DB's check-out and give-back.
+type bridge struct {
+	db    *sql.DB
+	conns []*sql.Conn
+	next  atomic.Uint32
+}
+
 // bridge returns the pool's bridge, made on first use; nil once the pool
 // is closed.
-func (p *Pool) bridge() *sql.DB {
+func (p *Pool) bridge() *bridge {
 	p.bridgeOnce.Do(func() {
-		p.bridgeDB = sql.OpenDB(bridgeConnector{})
-		p.bridgeDB.SetMaxIdleConns(2 * p.opts.MaxWorkers)
+		db := sql.OpenDB(bridgeConnector{})
+		db.SetMaxIdleConns(2 * p.opts.MaxWorkers)
+		b := &bridge{db: db, conns: make([]*sql.Conn, 2*runtime.GOMAXPROCS(0))}
+		for i := range b.conns {
+			b.conns[i], _ = db.Conn(context.Background()) // the connector cannot fail
+		}
+		p.bridgeDB = b
 	})
 	return p.bridgeDB
 }
 
-// closeBridge closes the bridge (Pool.Close).
+// closeBridge closes the bridge (Pool.Close). Its *sql.Conns are left to
+// the garbage collector: closing one would wait for a *sql.Row of it that
+// user code never scanned.
 func (p *Pool) closeBridge() {
 	p.bridgeOnce.Do(func() {}) // none made from now on
 	if p.bridgeDB != nil {
-		p.bridgeDB.Close()
+		p.bridgeDB.db.Close()
 	}
 }
 
@@ -77,21 +97,23 @@ func (p *Pool) sqlRowsOf(r *sqlRows) (*sql.Rows, error) {
 		r.Close()
 		return nil, ErrPoolClosed
 	}
-	return b.QueryContext(context.Background(), "", r)
+	return b.db.QueryContext(context.Background(), "", r)
 }
 
 // sqlRowOf returns r as *sql.Row, or err as a *sql.Row whose Scan returns it.
-func (p *Pool) sqlRowOf(r *sqlRows, err error) *sql.Row {
+func (p *Pool) sqlRowOf(r *oneRow, err error) *sql.Row {
 	b := p.bridge()
 	switch {
 	case b == nil && err != nil:
 		return errRow(err)
 	case b == nil:
 		return errRow(ErrPoolClosed)
-	case err != nil:
-		return b.QueryRowContext(context.Background(), "", err)
 	}
-	return b.QueryRowContext(context.Background(), "", r)
+	c := b.conns[b.next.Add(1)%uint32(len(b.conns))]
+	if err != nil {
+		return c.QueryRowContext(context.Background(), "", err)
+	}
+	return c.QueryRowContext(context.Background(), "", r)
 }
 
 type bridgeConnector struct{}
@@ -119,6 +141,8 @@ func (bridgeConn) QueryContext(_ context.Context, _ string, args []driver.NamedV
 	switch v := args[0].Value.(type) {
 	case *sqlRows:
 		return v, nil
+	case *oneRow:
+		return v, nil
 	case error:
 		if errors.Is(v, driver.ErrBadConn) {
 			// database/sql would try another bridge connection; the
@@ -142,27 +166,39 @@ func (e badConnError) Error() string { return e.err.Error() }
 // pgx's stdlib driver converts it (its Rows: the value of each column by
 // its type, the column types).
 //
-// Either the rows stream from the connection (res, read under the lock
-// of its connection), or, for QueryRowContext, the one row was read before
-// the statement returned (row).
+// The rows stream from the connection, read under its lock.
 type sqlRows struct {
-	m      *pgtype.Map
-	fields []pgconn.FieldDescription // streaming only
-	funcs  []rowValueFunc
-	names  []string
-
-	// Streaming.
+	m       *pgtype.Map
+	fields  []pgconn.FieldDescription
+	funcs   []rowValueFunc
+	names   []string
 	res     result
 	preread bool // res's first row was read (more: what Next said)
 	more    bool
 
-	// Read already.
-	row  []driver.Value
-	vals [4]driver.Value // row's, when it fits
-	read bool
-
 	mu     sync.Mutex // Close may come from a boundary while a Next runs
 	closed bool
+}
+
+// oneRow is the row of a QueryRowContext, read and converted before the
+// statement returned (as sqlRows converts it), or none.
+type oneRow struct {
+	names []string
+	row   []driver.Value // nil: no row
+	vals  [2]driver.Value
+	read  bool
+}
+
+func (r *oneRow) Columns() []string { return r.names }
+func (r *oneRow) Close() error      { return nil }
+
+func (r *oneRow) Next(dest []driver.Value) error {
+	if r.read || r.row == nil {
+		return io.EOF
+	}
+	r.read = true
+	copy(dest, r.row)
+	return nil
 }
 
 type rowValueFunc func(src []byte) (driver.Value, error)
@@ -178,14 +214,6 @@ func (r *sqlRows) Columns() []string {
 }
 
 func (r *sqlRows) Next(dest []driver.Value) error {
-	if r.res.c == nil {
-		if r.read || r.row == nil {
-			return io.EOF
-		}
-		r.read = true
-		copy(dest, r.row)
-		return nil
-	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.closed {
@@ -216,9 +244,6 @@ func (r *sqlRows) Next(dest []driver.Value) error {
 }
 
 func (r *sqlRows) Close() error {
-	if r.res.c == nil {
-		return nil
-	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.closed {
@@ -235,8 +260,8 @@ func (r *sqlRows) Close() error {
 // readRow reads the one row of a QueryRowContext from res (nil if there is
 // none): converted now, while its bytes are the connection's current
 // ones, with the column names.
-func readRow(m *pgtype.Map, res *result) (*sqlRows, error) {
-	r := &sqlRows{m: m}
+func readRow(m *pgtype.Map, res *result) (*oneRow, error) {
+	r := &oneRow{}
 	fds := res.FieldDescriptions()
 	r.names = make([]string, len(fds))
 	for i, fd := range fds {

@@ -139,12 +139,15 @@ func TestWrongPassword(t *testing.T) {
 	mustExec(t, openDSN(t, srv.URL), "CREATE ROLE app LOGIN PASSWORD 'right'")
 
 	right := dsn(pgserver.WithUser(srv.URL, "app", "right"))
-	if err := dbctx.New(openDSN(t, right), nil).Do(ctx, selectOne); err != nil {
+	rp := dbctx.New(openDSN(t, right), nil)
+	defer rp.Close()
+	if err := rp.Do(ctx, selectOne); err != nil {
 		t.Fatalf("the right password: %v", err)
 	}
 	logs, logger := dbtest.NewLogs()
 	wrong := dsn(pgserver.WithUser(srv.URL, "app", "wrong"))
 	p := dbctx.New(openDSN(t, wrong), &dbctx.Options{Logger: logger})
+	defer p.Close()
 	for range connectTries {
 		err := p.Do(ctx, selectOne)
 		var pe *pgconn.PgError

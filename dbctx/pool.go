@@ -49,7 +49,7 @@ type Pool struct {
 	resetStmts []string       // ResetSQL's statements, sent one by one (prefix.go)
 	cleaning   sync.WaitGroup // connections being cleaned on their way back (keep.go)
 	bridgeOnce sync.Once      // see bridge.go
-	bridgeDB   *sql.DB
+	bridgeDB   *bridge
 }
 
 // New returns a Pool over db. A nil opts means defaults (see [Options]).

@@ -102,7 +102,7 @@ func (s *Scope) QueryRowContext(ctx context.Context, query string, args ...any) 
 		return errRow(ErrNoScope)
 	}
 	st := s.stmtOf(query, args, 0)
-	var out *sqlRows
+	var out *oneRow
 	var other *sql.Row
 	err := s.exec(ctx, &st, func(ctx context.Context, c *session, p *prefix) error {
 		if c.px == nil {
