@@ -89,11 +89,16 @@
 // What makes a scope dirty is decided without a round trip, erring toward
 // dirty. Every statement run through the scope's methods is read by a lexer
 // that reads SQL as PostgreSQL does (comments, several statements in one
-// string, strings written '…', E'…', U&'…' or dollar-quoted, identifiers
-// written "…" or U&"…"). A statement is clean only if it is of a kind that
-// leaves nothing (SELECT, VALUES, TABLE, WITH, EXPLAIN, SHOW, DECLARE
-// without HOLD, FETCH, MOVE, CLOSE, LOCK, NOTIFY, transaction control, SET
-// LOCAL, SET TRANSACTION, SET CONSTRAINTS), writes nothing (INSERT, UPDATE,
+// string, strings written '…', E'…', U&'…', dollar-quoted or continued on
+// the next line, identifiers written "…" or U&"…"), whatever the session's
+// standard_conforming_strings (a text with a backslash is read both ways),
+// and tells names from keywords where PostgreSQL's grammar does (SET
+// local.tenant sets a setting named local.tenant; PREPARE transaction AS …
+// prepares a statement). A statement is clean only if it is of a kind that
+// leaves nothing (SELECT, VALUES, TABLE, WITH, SHOW, DECLARE without HOLD,
+// FETCH, MOVE, CLOSE, LOCK, NOTIFY, transaction control, SET LOCAL, SET
+// TRANSACTION, SET CONSTRAINTS; EXPLAIN, which plans, but with ANALYZE
+// runs its statement and is that statement's kind), writes nothing (INSERT, UPDATE,
 // DELETE and MERGE take sequence values and fire triggers; SELECT INTO,
 // pg_temp) and calls only built-in functions that leave nothing: the
 // pg_catalog functions PostgreSQL marks immutable or stable, and a few
@@ -107,9 +112,7 @@
 // [Options.OnAcquire], [Options.OnRelease]. And at every give-back the
 // session user, which the server reports whenever it changes, is compared
 // with the one the connection first reported: a change the text did not show
-// makes it dirty. (Where the server reports standard_conforming_strings off,
-// its strings are not read as the lexer reads them, and every statement
-// counts as dirty.) So a request that runs only "SELECT … WHERE id = $1"
+// makes it dirty. So a request that runs only "SELECT … WHERE id = $1"
 // costs no reset; one that inserts a row, or begins a transaction with
 // BeginTx rather than [Atomic], costs one round trip at its end (about the
 // price of a trivial statement: see BenchmarkReset).

@@ -60,7 +60,6 @@ const recentlyReleased = 10 * time.Millisecond
 type socket struct {
 	fd       int           // -1: cannot be looked into
 	plain    bool          // no TLS: the first byte waiting is a message type
-	lexable  bool          // standard_conforming_strings was on (see Scope.note)
 	released time.Duration // monotonic(): last given back by a scope; 0: never
 
 	// The session user the server reported when the connection was first
@@ -91,10 +90,9 @@ func socketOf(pc *pgconn.PgConn) *socket {
 		return s
 	}
 	s := &socket{
-		fd:      -1,
-		plain:   true,
-		lexable: pc.ParameterStatus("standard_conforming_strings") == "on",
-		auth:    pc.ParameterStatus(paramAuth),
+		fd:    -1,
+		plain: true,
+		auth:  pc.ParameterStatus(paramAuth),
 	}
 	nc := pc.Conn()
 	if tc, ok := nc.(*tls.Conn); ok {

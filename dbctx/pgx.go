@@ -106,7 +106,7 @@ func (s *Scope) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
 	start := monotonic()
 	if s != nil && s.pool.opts.TransactionPooling {
 		for _, q := range b.QueuedQueries {
-			if s.pool.notes.kind(q.SQL)&kindSession != 0 {
+			if s.pool.notes.kind(q.SQL)&(kindSession|kindSeqRead) != 0 {
 				return errBatch{sessionStateError(q.SQL)}
 			}
 		}

@@ -146,11 +146,6 @@ func (s *Scope) observe(ctx context.Context, err error, first bool) error {
 // advisory lock or a sequence value).
 func (s *Scope) note(query string) {
 	k := s.pool.notes.kind(query)
-	if s.sock != nil && !s.sock.lexable {
-		// standard_conforming_strings is off: the text is not read as
-		// the classifier reads it.
-		k |= kindUnknown
-	}
 	s.kind = k
 	s.apply(k)
 }

@@ -494,7 +494,7 @@ func (s *Scope) Pgx(ctx context.Context, fn func(*pgx.Conn) error) error {
 // use pins a connection for a statement and notes what the statement does
 // to the session.
 func (s *Scope) use(ctx context.Context, query string) (*sql.Conn, error) {
-	if s != nil && s.pool.opts.TransactionPooling && s.pool.notes.kind(query)&kindSession != 0 {
+	if s != nil && s.pool.opts.TransactionPooling && s.pool.notes.kind(query)&(kindSession|kindSeqRead) != 0 {
 		return nil, sessionStateError(query)
 	}
 	c, err := s.pinned(ctx)
