@@ -124,3 +124,18 @@ func Open(ctx context.Context, logf func(format string, args ...any)) (*Server, 
 	}
 	return &Server{URL: url, Throwaway: throwaway, stop: stop}, nil
 }
+
+// StartCluster starts a throwaway cluster whatever $DATABASE_URL and the
+// local server say, for a test that changes the cluster itself (roles,
+// ALTER SYSTEM, databases), and returns its URL. stop stops and removes
+// it; it is safe to call more than once.
+func StartCluster(ctx context.Context, logf func(format string, args ...any)) (url string, stop func(), err error) {
+	if logf == nil {
+		logf = func(string, ...any) {}
+	}
+	c, err := startCluster(ctx, logf)
+	if err != nil {
+		return "", nil, err
+	}
+	return c.url, c.stop, nil
+}
