@@ -137,12 +137,8 @@ func classify(query string) queryKind {
 		// strings end: what is code one way is a string the other.
 		k |= classifyAs(query, true)
 	}
-	return classifyHook(query, k)
+	return k
 }
-
-// classifyHook lets a test reintroduce a class of misreadings (see the
-// corpus oracle's mutation check); it returns k everywhere else.
-var classifyHook = func(query string, k queryKind) queryKind { return k }
 
 // classifyAs reads query with standard_conforming_strings off (escapes)
 // or on.
@@ -689,7 +685,7 @@ func (c *classifier) token(t token) {
 	case tString:
 		// A search_path for SET LOCAL or set_config(…, true), which would
 		// send the CREATE after it to pg_temp.
-		if containsFold(t.text, "pg_temp") {
+		if containsFold(t.text, "pg_temp") || containsFold(t.text, "pg_toast_temp") {
 			c.sk |= kindSessionState
 		}
 	}
@@ -797,9 +793,11 @@ func (c *classifier) word(t token) {
 }
 
 // tempSchema reports whether name may be the session's temporary schema:
-// pg_temp, or pg_temp_N as the catalog names it.
+// pg_temp, or pg_temp_N as the catalog names it, or its pg_toast_temp_N,
+// where a CREATE makes a temporary table too.
 func tempSchema(name string) bool {
-	return len(name) >= 7 && strings.EqualFold(name[:7], "pg_temp")
+	return len(name) >= 7 && strings.EqualFold(name[:7], "pg_temp") ||
+		len(name) >= 13 && strings.EqualFold(name[:13], "pg_toast_temp")
 }
 
 // containsFold reports whether s contains the lower-case ASCII word w,

@@ -137,6 +137,8 @@ func TestClassify(t *testing.T) {
 		{"CREATE TABLE pg_temp.t (x int)", T | X},
 		{"CREATE TABLE \"pg_temp\".t (x int)", T | X},
 		{"CREATE TABLE PG_TEMP_3.t (x int)", T | X},
+		{"CREATE TABLE pg_toast_temp_3.t (x int)", T | X},
+		{"SELECT set_config('search_path', 'pg_toast_temp_3', true)", S | X},
 		{"CREATE TABLE U&\"pg\\005ftemp\".t (x int)", T | X},
 		{"CREATE TABLE t AS EXECUTE q", T},
 		{"SELECT 1 INTO TEMP t", S | X},

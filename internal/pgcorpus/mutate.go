@@ -308,8 +308,15 @@ func KeywordSweep(keywords []string) []Mutant {
 			}
 		}
 	}
-	// The temporary schema, however it is written.
-	for _, w := range []string{"pg_temp", "PG_TEMP", `"pg_temp"`, "pg_temp_1", "pg_temp_2", "pg_temp_3", `"pg_temp_3"`, "Pg_Temp_4", "pg_toast_temp_3"} {
+	return append(out, TempSchema("pg_temp", "PG_TEMP", `"pg_temp"`)...)
+}
+
+// TempSchema makes mutants that create objects in the temporary schema,
+// named as each of names: pg_temp, and the session's own pg_temp_N and
+// pg_toast_temp_N, quoted or not.
+func TempSchema(names ...string) []Mutant {
+	var out []Mutant
+	for _, w := range names {
 		out = append(out,
 			Mutant{"temp schema", []string{"CREATE TABLE " + w + ".kw_t (x int)"}},
 			Mutant{"temp schema", []string{"CREATE FUNCTION " + w + ".kw_f() RETURNS int LANGUAGE sql AS 'SELECT 1'"}},
