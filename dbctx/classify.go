@@ -10,32 +10,46 @@ import (
 // What a statement's text says it may do to the session.
 //
 // The classifier lexes the text as PostgreSQL does (comments, nested block
-// comments, strings written '…', E'…' and U&'…', dollar quoting, quoted and
-// U&"" identifiers, several statements in one string) and reads each
-// statement's kind and every function it calls. It errs one way only: what
-// it cannot prove leaves the session as it was is kindState, which costs one
-// reset round trip, never a leak.
+// comments, strings written '…', E'…' and U&'…' and continued on another
+// line, dollar quoting, quoted and U&"" identifiers, several statements in
+// one string) and reads each statement's kind and every function it calls.
+// It errs one way only: what it cannot prove leaves the session as it was
+// is kindState, which costs one reset round trip, never a leak.
+//
+// PostgreSQL reads a whole query string with the standard_conforming_strings
+// in force when the string arrives, which a statement before it in the same
+// transaction may have changed (SET LOCAL, set_config(…, true)): where the
+// text has a backslash, it is read both ways and the kinds are joined.
 //
 // A statement is clean (no kindState) when it is one of
-//   - SELECT, VALUES, TABLE, WITH, EXPLAIN, SHOW, DECLARE without HOLD,
-//     FETCH, MOVE, CLOSE, LOCK, NOTIFY,
+//   - SELECT, VALUES, TABLE, WITH, SHOW, DECLARE without HOLD, FETCH,
+//     MOVE, CLOSE, LOCK, NOTIFY,
+//   - EXPLAIN, which only plans its statement unless ANALYZE (in any of
+//     its spellings) runs it: then it is its statement's kind,
 //   - transaction control (BEGIN, COMMIT, ROLLBACK, SAVEPOINT, …), SET
 //     LOCAL, SET TRANSACTION, SET CONSTRAINTS,
 //
 // and every function it calls is a built-in that leaves nothing in the
 // session (see harmlessBuiltins; set_config only with its third argument
-// the literal true), and it writes nothing (no INSERT, UPDATE, DELETE,
-// MERGE, SELECT INTO, pg_temp). Everything else is kindState: SET,
-// RESET, DML (it may take sequence values and fire triggers), DDL, LISTEN,
-// PREPARE, EXECUTE, DO, CALL, a call of any other function (user code may
-// call set_config, take advisory locks, create temp tables…), and any
-// statement the classifier does not know.
+// the literal true; currval and lastval read sequence state, kindSeqRead),
+// and it writes nothing (no INSERT, UPDATE, DELETE, MERGE, SELECT INTO,
+// pg_temp). Everything else is kindState: SET, RESET, DML (it may take
+// sequence values and fire triggers), DDL, LISTEN, PREPARE, EXECUTE, DO,
+// CALL, a call of any other function (user code may call set_config, take
+// advisory locks, create temp tables…), and any statement the classifier
+// does not know.
+//
+// Names and keywords are told apart where the grammar does: SET local.x,
+// SET session.x and SET transaction.x name settings; PREPARE transaction AS
+// … prepares a statement named transaction; DECLARE hold CURSOR declares a
+// cursor named hold.
 //
 // What the text cannot show is not seen: code that PostgreSQL runs for a
 // statement without naming it there (a view's or a policy's functions, a
-// user-defined operator or cast, a function called in attribute notation)
-// is taken to leave no session state. Options.ResetAlways covers schemas
-// where it may.
+// user-defined operator or cast, a function called in attribute notation,
+// what planning folds: an immutable function of a column's default under
+// EXPLAIN) is taken to leave no session state. Options.ResetAlways covers
+// schemas where it may.
 type queryKind uint8
 
 const (
@@ -45,19 +59,41 @@ const (
 	kindPoison                        // leaves state no reset undoes (LOAD, DISCARD ALL, DEALLOCATE ALL, setseed)
 	kindCode                          // runs code the classifier does not know, which may PREPARE in SQL
 	kindSession                       // sets what lives in the session beyond its transaction, by its text (see below)
-	kindAlone                         // must be the first statement of its implicit transaction: nothing is pipelined before it
-	kindSeqRead                       // reads session sequence state (currval, lastval)
+
+	// kindAlone is a statement that must be the first of its implicit
+	// transaction, so that nothing may be sent before it in the same
+	// Sync: it ends or begins transactions itself (transaction control,
+	// PREPARE TRANSACTION, COMMIT PREPARED; CALL and DO, whose code may
+	// COMMIT, ending the transaction of what was sent before it), or
+	// PostgreSQL refuses it inside a transaction block
+	// (PreventInTransactionBlock: VACUUM, CLUSTER, REINDEX, CREATE and
+	// DROP DATABASE or TABLESPACE, ALTER DATABASE … SET TABLESPACE,
+	// … CONCURRENTLY, ALTER SYSTEM, DISCARD ALL, subscriptions), or it is
+	// several statements in one string, or the classifier does not know
+	// it.
+	kindAlone
+
+	// kindSeqRead reads the session's sequence state (currval, lastval),
+	// which behind a pooler in transaction mode is whatever the last
+	// client of the server connection left: transaction pooling refuses
+	// it.
+	kindSeqRead
+
+	// kindUtility is what a statement is that the classifier knows but
+	// does not read further: DDL, COPY, ANALYZE, GRANT…
+	kindUtility = kindState | kindOnce | kindCode
 
 	// kindUnknown is what a statement is where the classifier cannot tell.
-	kindUnknown = kindState | kindOnce | kindCode | kindAlone
+	kindUnknown = kindUtility | kindAlone
 
 	// kindSessionState is what a statement is that visibly sets
 	// session-level state: kindSession, which transaction pooling refuses
 	// (Options.TransactionPooling): settings (SET, RESET, set_config(…,
 	// false)), LISTEN, SQL-level prepared statements, cursors WITH HOLD,
-	// temporary objects (but CREATE TEMP … ON COMMIT DROP), session
-	// advisory locks, LOAD, DISCARD, setseed. What the classifier cannot
-	// see (functions, DO, CALL, DML's triggers) is not refused.
+	// temporary objects (but CREATE TEMP … ON COMMIT DROP) and anything
+	// naming pg_temp, session advisory locks, LOAD, DISCARD, setseed. What
+	// the classifier cannot see (functions, DO, CALL, DML's triggers) is
+	// not refused, nor is the sequence state that nextval and DML leave.
 	kindSessionState = kindState | kindSession
 )
 
@@ -92,9 +128,22 @@ func (c *noteCache) kind(query string) queryKind {
 	return k
 }
 
-// classify reads what query may do to the session.
+// classify reads what query may do to the session, whatever the
+// session's standard_conforming_strings.
 func classify(query string) queryKind {
-	c := classifier{lx: lexer{q: query}}
+	k := classifyAs(query, false)
+	if strings.IndexByte(query, '\\') >= 0 {
+		// Off, a backslash escapes a quote in '…' too, which moves where
+		// strings end: what is code one way is a string the other.
+		k |= classifyAs(query, true)
+	}
+	return k
+}
+
+// classifyAs reads query with standard_conforming_strings off (escapes)
+// or on.
+func classifyAs(query string, escapes bool) queryKind {
+	c := classifier{lx: lexer{q: query, escapes: escapes}}
 	c.run()
 	return c.kind
 }
@@ -123,7 +172,7 @@ const (
 
 type token struct {
 	kind tokKind
-	text string // the word, the quoted identifier's content, the string's body
+	text string // the word, the quoted identifier's content, the string's body, the number
 }
 
 // operand reports whether t ends an operand: an identifier that is not a
@@ -154,12 +203,14 @@ func (t token) operand() bool {
 // is reports whether t is the word w (lower case), unquoted.
 func (t token) is(w string) bool { return t.kind == tWord && strings.EqualFold(t.text, w) }
 
-// lexer splits SQL text into tokens as PostgreSQL's scanner does, with
-// standard_conforming_strings on (see Pool.check for the connections
-// where it is off).
+// lexer splits SQL text into tokens as PostgreSQL's scanner does, in the
+// mode standard_conforming_strings gives it: on, a backslash is a
+// character like any other in '…' and N'…'; off (escapes), it escapes the
+// next one there, as it always does in E'…'.
 type lexer struct {
-	q string
-	i int
+	q       string
+	i       int
+	escapes bool
 }
 
 func isIdentStart(c byte) bool {
@@ -229,16 +280,25 @@ func (l *lexer) token() token {
 		word := q[start:j]
 		if j < len(q) && len(word) == 1 {
 			switch {
-			case q[j] == '\'' && (c|0x20 == 'e'):
+			case q[j] == '\'' && c|0x20 == 'e':
 				l.i = j
-				return l.escapeString()
-			case q[j] == '\'' && (c|0x20 == 'b' || c|0x20 == 'x' || c|0x20 == 'n'):
+				return l.str(true)
+			case q[j] == '\'' && (c|0x20 == 'b' || c|0x20 == 'x'):
 				l.i = j
-				return l.quoted('\'', tString)
+				return l.str(false)
+			case q[j] == '\'' && c|0x20 == 'n':
+				// N'…' is a '…' string, read in the lexer's mode.
+				l.i = j
+				return l.str(l.escapes)
 			case q[j] == '&' && c|0x20 == 'u' && j+1 < len(q) && (q[j+1] == '\'' || q[j+1] == '"'):
 				l.i = j + 1
 				if q[j+1] == '\'' {
-					return l.quoted('\'', tString)
+					if l.escapes {
+						// Refused with standard_conforming_strings off.
+						l.i = len(q)
+						return token{kind: tBad}
+					}
+					return l.str(false)
 				}
 				t := l.quoted('"', tOpaque)
 				if t.kind != tBad {
@@ -250,7 +310,7 @@ func (l *lexer) token() token {
 		l.i = j
 		return token{kind: tWord, text: word}
 	case c == '\'':
-		return l.quoted('\'', tString)
+		return l.str(l.escapes)
 	case c == '"':
 		return l.quoted('"', tQuoted)
 	case c == '$':
@@ -295,7 +355,7 @@ func (l *lexer) token() token {
 			}
 		}
 		l.i = j
-		return token{kind: tNumber}
+		return token{kind: tNumber, text: q[start:j]}
 	}
 	l.i++
 	switch c {
@@ -317,8 +377,8 @@ func (l *lexer) token() token {
 	return token{kind: tOp, text: q[start:l.i]}
 }
 
-// quoted reads a constant or identifier delimited by quote, in which a
-// doubled quote stands for one. The token's text is the body as written.
+// quoted reads an identifier delimited by quote, in which a doubled quote
+// stands for one. The token's text is the body as written.
 func (l *lexer) quoted(quote byte, kind tokKind) token {
 	q := l.q
 	start := l.i + 1
@@ -337,18 +397,28 @@ func (l *lexer) quoted(quote byte, kind tokKind) token {
 	return token{kind: tBad}
 }
 
-// escapeString reads an E'…' constant, where a backslash escapes the
-// character after it, a quote included.
-func (l *lexer) escapeString() token {
+// str reads a string constant from its opening quote: a doubled quote
+// stands for one, a backslash escapes the character after it where esc,
+// and a quote that follows the closing one after whitespace holding a
+// newline continues the constant, read the same way (PostgreSQL's
+// quotecontinue). The token's text is the body as written, from the first
+// segment to the last.
+func (l *lexer) str(esc bool) token {
 	q := l.q
 	start := l.i + 1
 	for j := start; j < len(q); j++ {
 		switch q[j] {
 		case '\\':
-			j++
+			if esc {
+				j++
+			}
 		case '\'':
 			if j+1 < len(q) && q[j+1] == '\'' {
 				j++
+				continue
+			}
+			if k := continuation(q, j+1); k > 0 {
+				j = k
 				continue
 			}
 			l.i = j + 1
@@ -357,6 +427,33 @@ func (l *lexer) escapeString() token {
 	}
 	l.i = len(q)
 	return token{kind: tBad}
+}
+
+// continuation returns where the quote is that continues a string
+// constant whose closing quote ends just before j, or -1: PostgreSQL's
+// whitespace_with_newline (spaces, tabs, form feeds and -- comments, a
+// newline, then any whitespace, comments only if a newline ends them)
+// followed by a quote.
+func continuation(q string, j int) int {
+	newline := false
+	for j < len(q) {
+		switch c := q[j]; {
+		case c == ' ' || c == '\t' || c == '\f':
+			j++
+		case c == '\n' || c == '\r':
+			newline = true
+			j++
+		case c == '-' && j+1 < len(q) && q[j+1] == '-':
+			for j < len(q) && q[j] != '\n' && q[j] != '\r' {
+				j++
+			}
+		case c == '\'' && newline:
+			return j
+		default:
+			return -1
+		}
+	}
+	return -1
 }
 
 // Keyword categories, as pg_get_keywords reports them.
@@ -441,20 +538,35 @@ func harmless(name string, folded bool) bool {
 // classifier walks the tokens of a query, statement by statement.
 type classifier struct {
 	lx   lexer
-	kind queryKind
+	kind queryKind // of the statements read so far
 
 	stmts int   // statements with tokens so far
 	ntok  int   // tokens in the statement so far
-	first token // its first word
+	first token // its first word (under EXPLAIN, its statement's)
+	obj   token // the word after it
 	pos   int   // the current token's place after first
-	read  bool
+	read  bool  // a statement that reads: look for words that write
 	// The last three tokens, p1 the latest.
 	p1, p2, p3 token
 	depth      int
 
+	// What the statement does, by its kind (sk) and by the functions it
+	// calls (ck): EXPLAIN without ANALYZE plans its statement without
+	// running it, but planning may call the functions it names.
+	sk, ck queryKind
+
+	explain explainState
+	analyze bool // EXPLAIN runs its statement
+	opt     explainOpt
+
+	// CREATE: still among the words before the object's kind (OR REPLACE,
+	// LOCAL, GLOBAL, TEMP); past the AS of CREATE … AS.
+	createHead, createAs bool
 	// A temporary object created (CREATE TEMP, SELECT INTO TEMP), and ON
 	// COMMIT DROP said of it.
 	temp, commitDrop bool
+	intoAt           int // place of INTO (0: none)
+	cursorAt         int // DECLARE: place of CURSOR (0: not yet)
 
 	// set_config(…) under way: the depth inside its parentheses (0: none),
 	// the argument being read, and whether the argument so far is one
@@ -463,6 +575,23 @@ type classifier struct {
 	cfgArg   int
 	cfgToks  int
 	cfgTrue  bool
+}
+
+// explainState is where a statement is in EXPLAIN's prefix.
+type explainState uint8
+
+const (
+	explainNone    explainState = iota
+	explainPrefix               // after EXPLAIN, ANALYZE, VERBOSE or the options
+	explainOptions              // inside EXPLAIN ( … )
+	explainInner                // in the statement explained
+)
+
+// explainOpt is the option of EXPLAIN ( … ) being read.
+type explainOpt struct {
+	name  token
+	value token
+	toks  int // tokens of its value
 }
 
 func (c *classifier) run() {
@@ -476,6 +605,11 @@ func (c *classifier) run() {
 			}
 			return
 		case tBad:
+			if c.lx.escapes {
+				// Unterminated with standard_conforming_strings off:
+				// PostgreSQL, reading it so, refuses the whole string.
+				return
+			}
 			// Unterminated: the server will refuse it, but say the worst.
 			c.kind |= kindUnknown
 			return
@@ -492,21 +626,28 @@ func (c *classifier) run() {
 func (c *classifier) endStatement() {
 	if c.ntok > 0 {
 		c.stmts++
+		k := c.ck
 		if c.cfgDepth > 0 {
-			c.kind |= kindSessionState // set_config( never closed
+			k |= kindSessionState // set_config( never closed
 		}
-		if c.temp && !c.commitDrop {
-			c.kind |= kindSessionState
+		if c.explain == explainNone || c.explain == explainInner && c.analyze {
+			k |= c.sk
+			if c.temp && !c.commitDrop {
+				k |= kindSessionState
+			}
 		}
+		c.kind |= k
 	}
-	c.ntok, c.pos, c.depth, c.cfgDepth, c.read = 0, 0, 0, 0, false
-	c.temp, c.commitDrop = false, false
-	c.first, c.p1, c.p2, c.p3 = token{}, token{}, token{}, token{}
+	*c = classifier{lx: c.lx, kind: c.kind, stmts: c.stmts}
 }
 
 // token takes the next token of the current statement.
 func (c *classifier) token(t token) {
 	c.ntok++
+	if (c.explain == explainPrefix || c.explain == explainOptions) && c.explainToken(t) {
+		c.shift(t)
+		return
+	}
 	switch {
 	case c.first.kind == tEOF && t.kind == tLParen:
 		// "(SELECT …) UNION …": the kind is the first word's.
@@ -515,6 +656,9 @@ func (c *classifier) token(t token) {
 		c.startStatement(t)
 	default:
 		c.pos++
+		if c.pos == 1 {
+			c.obj = t
+		}
 		c.second(t)
 	}
 	c.setConfigArg(t)
@@ -531,22 +675,140 @@ func (c *classifier) token(t token) {
 		if c.read {
 			c.readWord(t)
 		}
+	case tQuoted:
+		if tempSchema(t.text) {
+			c.sk |= kindSessionState
+		}
+	case tOpaque:
+		// Its name is not decoded: it may be pg_temp.
+		c.sk |= kindSessionState
+	case tString:
+		// A search_path for SET LOCAL or set_config(…, true), which would
+		// send the CREATE after it to pg_temp.
+		if containsFold(t.text, "pg_temp") || containsFold(t.text, "pg_toast_temp") {
+			c.sk |= kindSessionState
+		}
 	}
 	c.shift(t)
 }
 
-// word looks in every statement for the words of temporary objects.
-func (c *classifier) word(t token) {
-	switch {
-	case t.is("pg_temp"):
-		c.kind |= kindSessionState
-	case t.is("temp") || t.is("temporary"):
-		if c.first.is("create") || c.p1.is("into") {
-			c.temp = true
+// explainToken reads t where EXPLAIN's prefix may go on, and reports
+// whether it did; where not, t begins the statement explained.
+func (c *classifier) explainToken(t token) bool {
+	if c.explain == explainOptions {
+		switch t.kind {
+		case tComma, tRParen:
+			if analyzeOption(c.opt) {
+				c.analyze = true
+			}
+			c.opt = explainOpt{}
+			if t.kind == tRParen {
+				c.explain = explainPrefix
+			}
+		default:
+			if c.opt.name.kind == tEOF {
+				c.opt.name = t
+			} else {
+				c.opt.value = t
+				c.opt.toks++
+			}
 		}
-	case t.is("drop") && c.p1.is("commit") && c.p2.is("on"):
-		c.commitDrop = true
+		return true
 	}
+	switch {
+	case t.is("analyze") || t.is("analyse"):
+		c.analyze = true
+		return true
+	case t.is("verbose"):
+		return true
+	case t.kind == tLParen && c.p1.is("explain"):
+		// EXPLAIN (options) …, or EXPLAIN (SELECT …).
+		l := c.lx
+		n := l.next()
+		if !(n.kind == tLParen || n.is("select") || n.is("values") || n.is("table") || n.is("with")) {
+			c.explain = explainOptions
+			return true
+		}
+	}
+	c.explain = explainInner
+	c.first = token{}
+	return false
+}
+
+// analyzeOption reports whether an option of EXPLAIN ( … ) may be
+// ANALYZE set to true: named analyze or ANALYSE unquoted, "analyze"
+// quoted, or not decoded; with no value, or one other than false, off or
+// 0.
+func analyzeOption(o explainOpt) bool {
+	switch n := o.name; {
+	case n.is("analyze") || n.is("analyse"), n.kind == tQuoted && n.text == "analyze", n.kind == tOpaque:
+	default:
+		return false
+	}
+	if o.toks != 1 {
+		return true // none, or not a constant
+	}
+	v := o.value
+	switch v.kind {
+	case tWord, tString:
+		return !strings.EqualFold(v.text, "false") && !strings.EqualFold(v.text, "off")
+	case tNumber:
+		return v.text != "0"
+	}
+	return true
+}
+
+// word looks in every statement for the words of temporary objects and of
+// statements PostgreSQL runs alone.
+func (c *classifier) word(t token) {
+	if tempSchema(t.text) {
+		c.sk |= kindSessionState
+	}
+	switch {
+	case c.createHead && c.pos > 0:
+		switch {
+		case t.is("temp") || t.is("temporary"):
+			c.temp = true
+		case t.is("or") || t.is("replace") || t.is("local") || t.is("global"):
+		default:
+			c.createHead = false
+		}
+	case c.intoAt > 0 && c.pos-c.intoAt <= 2 && (t.is("temp") || t.is("temporary")):
+		// SELECT … INTO [LOCAL | GLOBAL] TEMP t.
+		c.temp = true
+	}
+	if c.depth > 0 {
+		return
+	}
+	switch {
+	case t.is("concurrently") && (c.first.is("create") || c.first.is("drop") || c.first.is("alter") || c.first.is("reindex")):
+		c.sk |= kindAlone
+	case c.first.is("create") && t.is("as"):
+		c.createAs = true
+	case t.is("drop") && c.p1.is("commit") && c.p2.is("on") && c.first.is("create") && !c.createAs:
+		c.commitDrop = true
+	case t.is("tablespace") && c.p1.is("set") && c.first.is("alter") && c.obj.is("database"):
+		c.sk |= kindAlone
+	}
+}
+
+// tempSchema reports whether name may be the session's temporary schema:
+// pg_temp, or pg_temp_N as the catalog names it, or its pg_toast_temp_N,
+// where a CREATE makes a temporary table too.
+func tempSchema(name string) bool {
+	return len(name) >= 7 && strings.EqualFold(name[:7], "pg_temp") ||
+		len(name) >= 13 && strings.EqualFold(name[:13], "pg_toast_temp")
+}
+
+// containsFold reports whether s contains the lower-case ASCII word w,
+// in any case.
+func containsFold(s, w string) bool {
+	for i := 0; i+len(w) <= len(s); i++ {
+		if s[i]|0x20 == w[0] && strings.EqualFold(s[i:i+len(w)], w) {
+			return true
+		}
+	}
+	return false
 }
 
 func (c *classifier) shift(t token) { c.p3, c.p2, c.p1 = c.p2, c.p1, t }
@@ -554,36 +816,50 @@ func (c *classifier) shift(t token) { c.p3, c.p2, c.p1 = c.p2, c.p1, t }
 // startStatement classifies a statement by its first token.
 func (c *classifier) startStatement(t token) {
 	if t.kind != tWord {
-		c.kind |= kindUnknown
+		c.sk |= kindUnknown
 		return
 	}
 	var a [24]byte
 	w, _ := lower(a[:0], t.text)
 	switch string(w) {
-	case "select", "values", "table", "with", "explain":
-		c.read = true
+	case "select", "values", "table", "with", "declare":
+		c.read = true // and DECLARE's HOLD, in second
+	case "explain":
+		if c.explain == explainNone {
+			c.explain = explainPrefix
+			return
+		}
+		c.sk |= kindUnknown
 	case "show", "fetch", "move", "close", "lock", "notify":
-	case "declare":
-		c.read = true // and HOLD, in readWord
 	case "begin", "start":
-		c.kind |= kindBegin | kindAlone
+		c.sk |= kindBegin | kindAlone
 	case "commit", "end", "rollback", "abort", "savepoint", "release":
-		c.kind |= kindOnce | kindAlone
+		c.sk |= kindOnce | kindAlone
 	case "insert", "update", "delete", "merge":
 		// Sequence values, and triggers.
 		c.read = true // a call in it is still a call
-		c.kind |= kindState | kindCode
+		c.sk |= kindState | kindCode
 	case "set", "prepare", "deallocate", "discard":
 		// Decided by the next word (second).
 	case "reset", "listen", "unlisten":
-		c.kind |= kindSessionState
+		c.sk |= kindSessionState
 	case "execute":
-		c.kind |= kindSessionState | kindCode
+		c.sk |= kindSessionState | kindCode
 	case "load":
-		c.kind |= kindUnknown | kindSession | kindPoison
+		c.sk |= kindUtility | kindSession | kindPoison
+	case "create":
+		c.createHead = true
+		c.sk |= kindUtility
+	case "alter", "drop", "analyze", "analyse", "checkpoint", "comment", "copy", "grant",
+		"import", "reassign", "refresh", "revoke", "security", "truncate":
+		c.sk |= kindUtility
+	case "vacuum", "cluster", "reindex", "call", "do":
+		// VACUUM, CLUSTER and REINDEX refuse a transaction block (CLUSTER
+		// and REINDEX of several tables, or a partitioned one); CALL and DO
+		// may COMMIT.
+		c.sk |= kindUnknown
 	default:
-		// DO, CALL, COPY, DDL, VACUUM… and anything unknown.
-		c.kind |= kindUnknown
+		c.sk |= kindUnknown
 	}
 }
 
@@ -591,28 +867,58 @@ func (c *classifier) startStatement(t token) {
 func (c *classifier) second(t token) {
 	switch {
 	case c.pos == 1 && c.first.is("set"):
-		if !(t.is("local") || t.is("transaction") || t.is("constraints")) {
-			c.kind |= kindSessionState
-		}
+		c.setForm(t)
 	case c.pos == 1 && c.first.is("prepare"):
-		if t.is("transaction") {
-			c.kind |= kindOnce
+		// PREPARE TRANSACTION 'gid', or a statement named transaction.
+		if l := c.lx; t.is("transaction") && l.next().kind == tString {
+			c.sk |= kindOnce | kindAlone
 		} else {
-			c.kind |= kindSessionState | kindCode
+			c.sk |= kindSessionState | kindCode
 		}
 	case c.pos == 1 && c.first.is("discard"):
-		c.kind |= kindSessionState
+		c.sk |= kindSessionState
 		if t.is("all") {
-			c.kind |= kindPoison
+			c.sk |= kindPoison | kindAlone
 		}
 	case c.first.is("deallocate") && c.pos <= 2:
 		if c.pos == 1 {
-			c.kind |= kindSessionState
+			c.sk |= kindSessionState
 		}
 		if t.is("all") {
-			c.kind |= kindPoison
+			c.sk |= kindPoison
+		}
+	case c.pos == 1 && (c.first.is("create") || c.first.is("drop")):
+		if t.is("database") || t.is("tablespace") || t.is("subscription") {
+			c.sk |= kindAlone
+		}
+	case c.pos == 1 && c.first.is("alter"):
+		if t.is("system") || t.is("subscription") {
+			c.sk |= kindAlone
+		}
+	case c.first.is("declare") && c.pos >= 2:
+		// DECLARE name [options] CURSOR [WITH HOLD | WITHOUT HOLD] FOR …
+		switch {
+		case c.cursorAt == 0 && t.is("cursor"):
+			c.cursorAt = c.pos
+		case c.cursorAt > 0 && c.pos == c.cursorAt+2 && t.is("hold") && c.p1.is("with"):
+			c.sk |= kindSessionState
 		}
 	}
+}
+
+// setForm reads the word after SET. SET LOCAL, SET TRANSACTION (this
+// transaction's modes) and SET CONSTRAINTS last as long as the
+// transaction; every other form sets the session. Those three words, and
+// SESSION, are keywords only where no dot, = or TO follows them: SET
+// local.tenant = '7' sets a setting named local.tenant.
+func (c *classifier) setForm(t token) {
+	l := c.lx
+	n := l.next()
+	keyword := n.kind != tDot && !(n.kind == tOp && n.text == "=") && !n.is("to")
+	if keyword && (t.is("local") || t.is("transaction") || t.is("constraints")) {
+		return
+	}
+	c.sk |= kindSessionState
 }
 
 // readWord looks in a statement that reads for words that write.
@@ -626,16 +932,13 @@ func (c *classifier) readWord(t token) {
 	case "update":
 		// FOR UPDATE, FOR NO KEY UPDATE lock rows for the transaction.
 		if !c.p1.is("for") && !c.p1.is("key") {
-			c.kind |= kindState | kindCode
+			c.sk |= kindState | kindCode
 		}
 	case "insert", "delete", "merge":
-		c.kind |= kindState | kindCode
+		c.sk |= kindState | kindCode
 	case "into":
-		c.kind |= kindState
-	case "hold":
-		if c.first.is("declare") {
-			c.kind |= kindSessionState
-		}
+		c.sk |= kindState
+		c.intoAt = c.pos
 	}
 }
 
@@ -643,6 +946,9 @@ func (c *classifier) readWord(t token) {
 // called, unless the grammar reads it otherwise.
 func (c *classifier) call() {
 	n := c.p1
+	if c.first.kind == tEOF {
+		return // "(SELECT …", "EXPLAIN VERBOSE (SELECT …"
+	}
 	if n.kind != tWord && n.kind != tQuoted && n.kind != tOpaque {
 		return
 	}
@@ -653,7 +959,7 @@ func (c *classifier) call() {
 			c.builtin(n.text, n.kind == tWord)
 			return
 		}
-		c.kind |= kindState | kindCode
+		c.ck |= kindState | kindCode
 		return
 	}
 	if n.kind == tWord {
@@ -675,8 +981,10 @@ func (c *classifier) call() {
 		return
 	case n.is("materialized") && p.is("not"):
 		return
+	case p.is("execute"):
+		return // EXECUTE name (parameters)
 	case n.kind == tOpaque:
-		c.kind |= kindState | kindCode
+		c.ck |= kindState | kindCode
 		return
 	}
 	c.builtin(n.text, n.kind == tWord)
@@ -693,27 +1001,30 @@ func (c *classifier) builtin(name string, folded bool) {
 	switch {
 	case eq("set_config"):
 		if c.cfgDepth > 0 {
-			c.kind |= kindSessionState // one at a time
+			c.ck |= kindSessionState // one at a time
 			return
 		}
 		c.cfgDepth, c.cfgArg, c.cfgToks, c.cfgTrue = c.depth+1, 0, 0, false
 	case eq("setseed"):
-		c.kind |= kindSessionState | kindPoison
+		c.ck |= kindSessionState | kindPoison
 	case harmless(name, folded):
 	case sessionLock(name, folded):
-		c.kind |= kindSessionState
-	case stateful(name, folded):
-		c.kind |= kindState
-		if seqRead(name, folded) {
-			c.kind |= kindSeqRead
-		}
+		c.ck |= kindSessionState
+	case among(sequenceWriters, name, folded):
+		c.ck |= kindState
+	case among(sequenceReaders, name, folded):
+		c.ck |= kindSeqRead
 	default:
-		c.kind |= kindState | kindCode
+		c.ck |= kindState | kindCode
 	}
 }
 
-// sequenceBuiltins leave sequence state and run no other code.
-var sequenceBuiltins = []string{"nextval", "setval", "currval", "lastval"}
+// sequenceWriters leave sequence state and run no other code;
+// sequenceReaders read it.
+var (
+	sequenceWriters = []string{"nextval", "setval"}
+	sequenceReaders = []string{"currval", "lastval"}
+)
 
 // sessionLockBuiltins take or give back session advisory locks and run no
 // other code.
@@ -721,12 +1032,6 @@ var sessionLockBuiltins = []string{
 	"pg_advisory_lock", "pg_advisory_lock_shared", "pg_try_advisory_lock", "pg_try_advisory_lock_shared",
 	"pg_advisory_unlock", "pg_advisory_unlock_shared", "pg_advisory_unlock_all",
 }
-
-func stateful(name string, folded bool) bool { return among(sequenceBuiltins, name, folded) }
-func seqRead(name string, folded bool) bool  { return among(sequenceReaders, name, folded) }
-
-// sequenceReaders read the sequence state of the session.
-var sequenceReaders = []string{"currval", "lastval"}
 
 func sessionLock(name string, folded bool) bool { return among(sessionLockBuiltins, name, folded) }
 
@@ -748,7 +1053,7 @@ func (c *classifier) setConfigArg(t token) {
 	switch {
 	case t.kind == tRParen && c.depth == c.cfgDepth:
 		if c.cfgArg != 2 || c.cfgToks != 1 || !c.cfgTrue {
-			c.kind |= kindSessionState
+			c.ck |= kindSessionState
 		}
 		c.cfgDepth = 0
 	case t.kind == tComma && c.depth == c.cfgDepth:

@@ -99,30 +99,44 @@
 // What makes a scope dirty is decided without a round trip, erring toward
 // dirty. Every statement run through the scope's methods is read by a lexer
 // that reads SQL as PostgreSQL does (comments, several statements in one
-// string, strings written '…', E'…', U&'…' or dollar-quoted, identifiers
-// written "…" or U&"…"). A statement is clean only if it is of a kind that
-// leaves nothing (SELECT, VALUES, TABLE, WITH, EXPLAIN, SHOW, DECLARE
-// without HOLD, FETCH, MOVE, CLOSE, LOCK, NOTIFY, transaction control, SET
-// LOCAL, SET TRANSACTION, SET CONSTRAINTS), writes nothing (INSERT, UPDATE,
-// DELETE and MERGE take sequence values and fire triggers; SELECT INTO,
-// pg_temp) and calls only built-in functions that leave nothing: the
-// pg_catalog functions PostgreSQL marks immutable or stable, and a few
-// volatile ones (clocks, random, gen_random_uuid, pg_sleep, pg_notify,
-// transaction-level advisory locks); set_config only as set_config(…, …,
-// true). Everything else is dirty: SET, RESET, LISTEN, PREPARE, EXECUTE,
-// DDL, DO, CALL, a call of any other function (user code may call
-// set_config, take an advisory lock, create a temporary table), any
-// statement the lexer does not know. A scope is dirty too when it ran what
-// it cannot see: a *sql.Tx from [Scope.BeginTx], [Scope.Conn], [Scope.Pgx],
-// [Options.OnAcquire], [Options.OnRelease]. And at every give-back the
-// session user, which the server reports whenever it changes, is compared
-// with the one the connection first reported: a change the text did not show
-// makes it dirty. (Where the server reports standard_conforming_strings off,
-// its strings are not read as the lexer reads them, and every statement
-// counts as dirty.) So a request that runs only "SELECT … WHERE id = $1"
-// costs no reset; one that inserts a row, or begins a transaction with
-// BeginTx rather than [Atomic], costs one round trip at its end (about the
-// price of a trivial statement: see BenchmarkReset).
+// string, strings written '…', E'…', U&'…', dollar-quoted or continued on
+// the next line, identifiers written "…" or U&"…"), whatever the session's
+// standard_conforming_strings (a text with a backslash is read both ways,
+// as a statement before it in its transaction may have switched it), and
+// that tells names from keywords where PostgreSQL's grammar does (SET
+// local.tenant sets a setting named local.tenant; PREPARE transaction AS …
+// prepares a statement). A statement is clean only if it is of a kind that
+// leaves nothing (SELECT, VALUES, TABLE, WITH, SHOW, DECLARE without HOLD,
+// FETCH, MOVE, CLOSE, LOCK, NOTIFY, transaction control, SET LOCAL, SET
+// TRANSACTION, SET CONSTRAINTS; EXPLAIN, which plans its statement, but
+// with ANALYZE in any spelling runs it and is that statement's kind),
+// writes nothing (INSERT, UPDATE, DELETE and MERGE take sequence values and
+// fire triggers; SELECT INTO, pg_temp) and calls only built-in functions
+// that leave nothing: the pg_catalog functions PostgreSQL marks immutable
+// or stable, and a few volatile ones (clocks, random, gen_random_uuid,
+// pg_sleep, pg_notify, transaction-level advisory locks, currval and
+// lastval, which only read); set_config only as set_config(…, …, true).
+// Everything else is dirty: SET, RESET, LISTEN, PREPARE, EXECUTE, DDL (it
+// may evaluate expressions and fire event triggers), DO, CALL, a call of
+// any other function (user code may call set_config, take an advisory
+// lock, create a temporary table), any statement the lexer does not know.
+// A scope is dirty too when it ran what it cannot see: a *sql.Tx from
+// [Scope.BeginTx], [Scope.Conn], [Scope.Pgx], [Options.OnAcquire],
+// [Options.OnRelease]. And at every give-back the session user, which the
+// server reports whenever it changes, is compared with the one the
+// connection first reported: a change the text did not show makes it
+// dirty. So a request that runs only "SELECT … WHERE id = $1" costs no
+// reset; one that inserts a row, or begins a transaction with BeginTx
+// rather than [Atomic], costs one round trip at its end (about the price
+// of a trivial statement: see BenchmarkReset).
+//
+// PostgreSQL is the judge of this reading: TestCorpusOracle runs
+// PostgreSQL's own regression SQL, and mutants of it along the axes of
+// its grammar (keywords in every name position, statements inside EXPLAIN
+// ANALYZE, PREPARE and EXECUTE, CREATE … AS, DO and rules, case, quotes
+// and comments, standard_conforming_strings switched before them), and
+// asks PostgreSQL after each whether the session changed; a statement that
+// changed it and was read as clean fails the test.
 //
 // Not seen: session state changed by code PostgreSQL runs for a statement
 // without its text naming it: a view's or a row-level-security policy's
@@ -132,9 +146,13 @@
 // search_path set for the role or database puts pg_catalog after a schema of
 // the user's). (A change of session user there is still caught, by the
 // parameter the server reports; a SET ROLE is not.) Where a schema has such
-// code, set [Options.ResetAlways]. A reset also cannot remove a custom
-// setting it resets: where a fresh session has no app.tenant, a reset one
-// has it set to the empty string (see [DefaultResetSQL]).
+// code, set [Options.ResetAlways]. Nor what planning runs that the text
+// does not name: EXPLAIN without ANALYZE counts the functions it names, as
+// planning may fold them, but not an immutable function of a column's
+// default or a view's. A reset also cannot remove a custom setting it
+// resets: where a fresh session has no app.tenant, a reset one has it set
+// to the empty string (see [DefaultResetSQL]). Behind PgBouncer, what is
+// not refused is listed below.
 //
 // # Retry
 //
@@ -174,14 +192,22 @@
 //     [Options.OnBegin], which runs in every transaction a scope begins.
 //     Statements that set session-level state (SET, RESET,
 //     set_config(…, false), SET ROLE, LISTEN, PREPARE, EXECUTE, cursors WITH
-//     HOLD, temporary objects, session advisory locks, LOAD, DISCARD) fail
-//     with [ErrSessionState] before they are sent, and so does
-//     [Scope.PrepareContext]; New panics with OnAcquire or ResetAlways.
-//     What the classifier cannot see (a function that sets a setting,
-//     [Scope.Conn], [Scope.Pgx]) is not refused, and not reset either: it
-//     reaches another client. A statement outside a transaction runs
-//     without OnBegin's state. LISTEN needs a connection of its own,
-//     straight to PostgreSQL.
+//     HOLD, temporary objects and anything that names pg_temp, session
+//     advisory locks, LOAD, DISCARD, and EXPLAIN ANALYZE of any of these)
+//     fail with [ErrSessionState] before they are sent, and so do those that
+//     read sequence state (currval, lastval: there it is whatever the last
+//     client of the server connection left), and [Scope.PrepareContext];
+//     New panics with OnAcquire or ResetAlways. Not refused, and not reset
+//     either, so that it reaches another client: what the classifier cannot
+//     see (state left by a function, DO, CALL, a trigger or rule of a DML
+//     statement, [Scope.Conn], [Scope.Pgx]; a CREATE without a schema where
+//     the role's or database's search_path begins with pg_temp; an index or
+//     a view made on a temporary table such code left), and the
+//     sequence state that nextval and every INSERT into a table with a
+//     serial or identity column leave (refusing them would refuse most
+//     writes; it is harmless unless a later client reads it, which is
+//     refused). A statement outside a transaction runs without OnBegin's
+//     state. LISTEN needs a connection of its own, straight to PostgreSQL.
 //   - the pooler's limits: max_client_conn at least the instances times
 //     MaxWorkers, default_pool_size the server connections you want per
 //     database and user; search_path on the role (ALTER ROLE … SET

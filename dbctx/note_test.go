@@ -17,10 +17,11 @@ func TestClassify(t *testing.T) {
 		O = kindOnce
 		P = kindPoison
 		C = kindCode
-		U = kindUnknown // S | O | C | A
-		A = kindAlone
-		R = kindSeqRead
 		X = kindSession // with S: set in the session, visibly
+		A = kindAlone
+		Q = kindSeqRead
+		T = kindUtility // S | O | C
+		U = kindUnknown // S | O | C | A
 	)
 	for _, tc := range []struct {
 		query string
@@ -57,9 +58,13 @@ func TestClassify(t *testing.T) {
 		{"SELECT E'\\' set_config(', 'x'", 0},
 		{"SHOW search_path", 0},
 		{"SET LOCAL app.tenant = '42'", 0},
+		{"SET LOCAL local.tenant = '42'", 0},
+		{"SET LOCAL session.x TO '42'", 0},
 		{"SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", 0},
 		{"set constraints all deferred", 0},
 		{"DECLARE c CURSOR FOR SELECT 1", 0},
+		{"DECLARE hold CURSOR FOR SELECT 1", 0},
+		{"DECLARE c CURSOR WITHOUT HOLD FOR WITH hold AS (SELECT 1) SELECT * FROM hold", 0},
 		{"FETCH 10 FROM c", 0},
 		{"NOTIFY ch, 'x'", 0},
 		{"LOCK TABLE t IN SHARE MODE", 0},
@@ -69,9 +74,44 @@ func TestClassify(t *testing.T) {
 		{"COMMIT", O | A},
 		{"ROLLBACK", O | A},
 		{"SAVEPOINT a", O | A},
+		{"ROLLBACK TO SAVEPOINT a", O | A},
+		{"PREPARE TRANSACTION 'x'", O | A},
+		{"COMMIT PREPARED 'x'", O | A},
+		// EXPLAIN plans; with ANALYZE it runs its statement.
+		{"EXPLAIN SELECT 1", 0},
+		{"EXPLAIN (COSTS OFF, FORMAT JSON) INSERT INTO t VALUES (1)", 0},
+		{"EXPLAIN (ANALYZE false, COSTS off) DELETE FROM t", 0},
+		{"explain (analyse 0) UPDATE t SET x = 1", 0},
+		{"EXPLAIN ( \"ANALYZE\" ) CREATE TEMP TABLE t AS SELECT 1", 0},
+		{"EXPLAIN (SELECT 1) UNION (SELECT 2)", 0},
+		{"EXPLAIN VERBOSE (SELECT 1)", 0},
+		{"EXPLAIN CREATE TEMP TABLE t AS SELECT 1", 0},
+		{"EXPLAIN EXECUTE q(1)", 0},
+		{"EXPLAIN SELECT f(1)", S | C}, // planning may fold it
+		{"EXPLAIN ANALYZE SELECT 1", 0},
+		{"EXPLAIN ANALYZE INSERT INTO t VALUES (1)", S | C},
+		{"EXPLAIN ANALYSE VERBOSE DELETE FROM t", S | C},
+		{"EXPLAIN (ANALYZE) CREATE TEMP TABLE t AS SELECT 1", T | X},
+		{"EXPLAIN (costs off, Analyze TRUE) CREATE TEMP TABLE t AS SELECT 1", T | X},
+		{"EXPLAIN (ANALYZE on) SELECT 1 INTO TEMP t", S | X},
+		{"EXPLAIN (ANALYZE '1') SELECT set_config('a.b', 'c', false)", S | X},
+		{"EXPLAIN (ANALYZE 1) EXECUTE q", S | X | C},
+		{"EXPLAIN (\"analyze\") EXECUTE q", S | X | C},
+		{"EXPLAIN (ANALYZE false, ANALYZE) EXECUTE q", S | X | C},
+		{"EXPLAIN (U&\"an\\0061lyze\") EXECUTE q", S | X | C},
+		{"EXPLAIN ANALYZE (SELECT 1 INTO TEMP t)", S | X},
+		{"EXPLAIN ANALYZE DECLARE c CURSOR WITH HOLD FOR SELECT 1", S | X},
 
 		// Session state, by statement.
 		{"SET search_path = x", S | X},
+		{"SET local.tenant = '7'", S | X},
+		{"SET LOCAL.tenant = '7'", S | X},
+		{"set local /* c */ . tenant to '7'", S | X},
+		{"SET session.x = 1", S | X},
+		{"SET transaction.x = 1", S | X},
+		{"SET constraints.x TO 1", S | X},
+		{"SET SESSION local.x = 1", S | X},
+		{"SET \"local\" = 1", S | X},
 		{"set session authorization nobody", S | X},
 		{"SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY", S | X},
 		{"SET ROLE r", S | X},
@@ -79,35 +119,52 @@ func TestClassify(t *testing.T) {
 		{"LISTEN ch", S | X},
 		{"UNLISTEN *", S | X},
 		{"PREPARE q1 AS SELECT 1", S | C | X},
+		{"PREPARE transaction AS SELECT 1", S | C | X},
+		{"PREPARE TRANSACTION (int) AS SELECT $1", S | C | X},
 		{"EXECUTE q1", S | C | X},
 		{"DEALLOCATE q1", S | X},
 		{"DECLARE c CURSOR WITH HOLD FOR SELECT 1", S | X},
+		{"DECLARE hold BINARY NO SCROLL CURSOR WITH /* c */ HOLD FOR SELECT 1", S | X},
 		{"DISCARD TEMP", S | X},
-		{"create temp table t (x int)", U | X},
-		{"CREATE TEMP TABLE t (x int) ON COMMIT DROP", U},
-		{"CREATE TEMPORARY TABLE t (x int)", U | X},
-		{"CREATE TABLE pg_temp.t (x int)", U | X},
+		{"create temp table t (x int)", T | X},
+		{"CREATE TEMP TABLE t (x int) ON COMMIT DROP", T},
+		{"CREATE TEMP TABLE t ON COMMIT DROP AS SELECT 1", T},
+		{"CREATE TEMPORARY TABLE t (x int)", T | X},
+		{"CREATE LOCAL TEMP TABLE t (x int)", T | X},
+		{"CREATE OR REPLACE TEMP VIEW v AS SELECT 1", T | X},
+		{"CREATE TEMP TABLE t (x int, on int, commit int, drop int)", T | X},
+		{"CREATE TABLE t (temp int)", T},
+		{"CREATE TABLE pg_temp.t (x int)", T | X},
+		{"CREATE TABLE \"pg_temp\".t (x int)", T | X},
+		{"CREATE TABLE PG_TEMP_3.t (x int)", T | X},
+		{"CREATE TABLE pg_toast_temp_3.t (x int)", T | X},
+		{"SELECT set_config('search_path', 'pg_toast_temp_3', true)", S | X},
+		{"CREATE TABLE U&\"pg\\005ftemp\".t (x int)", T | X},
+		{"CREATE TABLE t AS EXECUTE q", T},
 		{"SELECT 1 INTO TEMP t", S | X},
+		{"SELECT 1 INTO LOCAL TEMPORARY TABLE t", S | X},
 		{"SELECT 1 INTO t", S},
 		{"INSERT INTO t VALUES (1)", S | C},
 		{"UPDATE t SET x = 1", S | C},
 		{"DELETE FROM t", S | C},
 		{"WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d", S | C},
 		{"SELECT * FROM pg_temp.t", S | X},
+		{"SET LOCAL search_path = 'pg_temp, public'", S | X},
 		// … by function.
 		{"select set_config('a.b', 'c', false)", S | X},
 		{"SELECT set_config('a.b', 'c', $3)", S | X},
 		{"SELECT pg_catalog.set_config('a.b', 'c', false)", S | X},
+		{"SELECT set_config('a.b', 'c', 'tr'\n'ue')", S | X},
 		{"SELECT pg_advisory_lock(1)", S | X},
 		{"SELECT pg_try_ADVISORY_LOCK(1)", S | X},
 		{"SELECT nextval('s')", S},
-		{"SELECT currval('s'), lastval()", S | R},
+		{"SELECT currval('s'), lastval()", Q},
 		{"SELECT app.set_tenant($1)", S | C},
 		{"SELECT set_tenant($1)", S | C},
 		{"SELECT * FROM t WHERE x = f(1)", S | C},
 		{"SELECT * FROM generate_series(1, 3) g, my_srf(g)", S | C},
 		{"SELECT \"Lower\"(x) FROM t", S | C},
-		{"SELECT U&\"\\0073et_config\"('a', 'b', false)", S | C},
+		{"SELECT U&\"\\0073et_config\"('a', 'b', false)", S | C | X},
 		{"SELECT join(1)", S | C},
 		{"SELECT x FROM t ORDER BY score(x)", S | C},
 		{"SELECT public.lower(x) FROM t", S | C},
@@ -120,18 +177,42 @@ func TestClassify(t *testing.T) {
 		{"SELECT 'a''b'; SELECT set_config('a', 'b', false)", S | O | X | A},
 		{"SELECT E'\\''; SET x = 1 --'", S | O | X | A},
 		{"SELECT $a$ $b$ $a$; SET x = 1", S | O | X | A},
+		// A string continued on the next line is read as it began: here,
+		// a backslash escapes the quote, so the call is code.
+		{"SELECT E'a'\n'\\'', set_config('a.b', 'c', false) -- '", S | X},
+		{"SELECT 'a'\n  -- comment\n'b' || set_config('a.b', 'c', false)", S | X},
+		// Strings read either way (standard_conforming_strings on or off).
+		{"SELECT 'a\\', set_config('a.b', 'c', false) --'", S | X},
+		{"SELECT 'a\\'', set_config('a.b', 'c', false) -- '", S | X},
+		{"SELECT N'a\\'', set_config('a.b', 'c', false) -- '", S | X},
+		{"SELECT 'C:\\temp\\' AS path", 0},
 		{"SELECT 1 /* unterminated", U},
 		{"SELECT 'unterminated", U},
 		// Code the classifier cannot see: state, run at most once.
 		{"DO $$BEGIN PERFORM set_config('a.b', 'c', false); END$$", U},
 		{"CALL p()", U},
-		{"COPY t FROM STDIN", U},
-		{"VACUUM t", U},
+		{"COPY t FROM STDIN", T},
+		{"CREATE TABLE t (x int)", T},
+		{"ALTER TABLE t ADD COLUMN y int", T},
 		{"frobnicate", U},
 		{"\"select\" 1", U},
+		// What PostgreSQL runs only outside a transaction block.
+		{"VACUUM t", U},
+		{"CLUSTER", U},
+		{"REINDEX TABLE t", U},
+		{"CREATE DATABASE d", T | A},
+		{"drop database if exists d", T | A},
+		{"CREATE TABLESPACE s LOCATION ''", T | A},
+		{"ALTER SYSTEM SET work_mem = '4MB'", T | A},
+		{"ALTER DATABASE d SET TABLESPACE s", T | A},
+		{"ALTER DATABASE d SET work_mem = '4MB'", T},
+		{"CREATE UNIQUE INDEX CONCURRENTLY i ON t (x)", T | A},
+		{"DROP INDEX CONCURRENTLY i", T | A},
+		{"ALTER TABLE t DETACH PARTITION p CONCURRENTLY", T | A},
+		{"CREATE SUBSCRIPTION s CONNECTION '' PUBLICATION p", T | A},
 		// What no reset undoes.
-		{"load 'auto_explain'", U | P | X},
-		{"DISCARD ALL", S | P | X},
+		{"load 'auto_explain'", T | P | X},
+		{"DISCARD ALL", S | P | X | A},
 		{"DEALLOCATE ALL", S | P | X},
 		{"DEALLOCATE PREPARE ALL", S | P | X},
 		{"SELECT setseed(0.5)", S | P | X},
@@ -147,7 +228,8 @@ func kindString(k queryKind) string {
 	for _, f := range []struct {
 		k    queryKind
 		name string
-	}{{kindState, "state"}, {kindBegin, "begin"}, {kindOnce, "once"}, {kindPoison, "poison"}, {kindCode, "code"}, {kindSession, "session"}, {kindAlone, "alone"}, {kindSeqRead, "seqread"}} {
+	}{{kindState, "state"}, {kindBegin, "begin"}, {kindOnce, "once"}, {kindPoison, "poison"}, {kindCode, "code"}, {kindSession, "session"},
+		{kindAlone, "alone"}, {kindSeqRead, "seqread"}} {
 		if k&f.k != 0 {
 			parts = append(parts, f.name)
 		}
@@ -188,5 +270,21 @@ func BenchmarkNote(b *testing.B) {
 	s := Scope{pool: new(Pool)}
 	for b.Loop() {
 		s.kindOf("SELECT id, body FROM messages WHERE room = $1 ORDER BY id DESC LIMIT 50", nil)
+	}
+}
+
+// BenchmarkClassify is the price of a query's first sight (see noteCache).
+func BenchmarkClassify(b *testing.B) {
+	for _, q := range []string{
+		"SELECT id, body FROM messages WHERE room = $1 ORDER BY id DESC LIMIT 50",
+		"INSERT INTO items (name, price) VALUES ($1, $2) RETURNING id",
+		`SELECT name FROM items WHERE name LIKE E'a\\%' AND id = ANY($1) AND lower(name) <> 'x'`,
+	} {
+		b.Run(strings.Fields(q)[0], func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				classify(q)
+			}
+		})
 	}
 }

@@ -3,10 +3,12 @@ package dbctx
 import (
 	"context"
 	"database/sql"
+	"flag"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/dbscope/dbscope/internal/pgcorpus"
 	"github.com/dbscope/dbscope/internal/pgserver"
 	"github.com/dbscope/dbscope/internal/pgtest"
 	"github.com/dbscope/dbscope/internal/sessiontest"
@@ -103,6 +105,13 @@ func FuzzClassify(f *testing.F) {
 	for _, c := range sessiontest.Cases {
 		f.Add(c.SQL)
 	}
+	if fl := flag.Lookup("test.fuzz"); fl != nil && fl.Value.String() != "" {
+		// Fuzzing: start from the statements of PostgreSQL's regression
+		// SQL too (see TestCorpusOracle), each judged by PostgreSQL first.
+		for _, q := range corpusStatements() {
+			f.Add(q)
+		}
+	}
 	o := newOracle(f)
 	f.Fuzz(func(t *testing.T, stmt string) {
 		k := classify(stmt)
@@ -119,6 +128,35 @@ func FuzzClassify(f *testing.F) {
 			t.Fatalf("%q prepared a statement, but the reset would not look for it: %s", stmt, diff)
 		}
 	})
+}
+
+// corpusStatements returns the query strings of the corpus (see package
+// pgcorpus), each once; none without a corpus.
+func corpusStatements() []string {
+	dir := pgcorpus.Dir()
+	if dir == "" {
+		return nil
+	}
+	files, err := pgcorpus.Files(dir)
+	if err != nil {
+		return nil
+	}
+	seen := map[string]bool{}
+	var out []string
+	for _, f := range files {
+		s := pgcorpus.NewScript(f.SQL)
+		for {
+			st, ok := s.Next(true)
+			if !ok {
+				break
+			}
+			if st.SQL != "" && len(st.SQL) <= 2<<10 && !seen[st.SQL] {
+				seen[st.SQL] = true
+				out = append(out, st.SQL)
+			}
+		}
+	}
+	return out
 }
 
 // prepared reports whether a probe's diff shows a statement PREPAREd.

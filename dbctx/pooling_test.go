@@ -14,6 +14,7 @@ import (
 
 	"github.com/dbscope/dbscope/dbctx"
 	"github.com/dbscope/dbscope/internal/pgtest"
+	"github.com/jackc/pgx/v5"
 )
 
 // Under TransactionPooling a statement that sets session-level state is
@@ -110,6 +111,41 @@ func TestTransactionPoolingRefusesSessionState(t *testing.T) {
 	// No reset: it would reach some other server connection.
 	if st := p.Stats(); st.Resets != 0 {
 		t.Errorf("resets = %d, want 0", st.Resets)
+	}
+}
+
+// Under TransactionPooling a statement that reads sequence state (currval,
+// lastval) is refused before it is sent, through database/sql and through a
+// pgx batch: behind a pooler that state is whatever the last client of the
+// server connection left. Taking a value (nextval, a serial INSERT) is not.
+func TestTransactionPoolingRefusesSequenceReads(t *testing.T) {
+	t.Parallel()
+	env := newEnv(t)
+	p := onePool(t, env, dbctx.Options{TransactionPooling: true, Logger: quiet()})
+	ctx := context.Background()
+	if _, err := env.Admin().ExecContext(ctx, "CREATE SEQUENCE "+env.Schema()+".s"); err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{"SELECT currval('s')", "SELECT lastval()", "SELECT 1, pg_catalog.currval('s')"} {
+		err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+			if _, err := s.ExecContext(ctx, "SELECT nextval('s')"); err != nil {
+				return fmt.Errorf("nextval: %w", err)
+			}
+			_, err := s.ExecContext(ctx, q)
+			return err
+		})
+		if !errors.Is(err, dbctx.ErrSessionState) {
+			t.Errorf("%q: %v, want ErrSessionState", q, err)
+		}
+		err = p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+			b := &pgx.Batch{}
+			b.Queue("SELECT nextval('s')")
+			b.Queue(q)
+			return s.SendBatch(ctx, b).Close()
+		})
+		if !errors.Is(err, dbctx.ErrSessionState) {
+			t.Errorf("%q in a batch: %v, want ErrSessionState", q, err)
+		}
 	}
 }
 

@@ -342,7 +342,8 @@ var inert = map[string][]string{
 
 // extendedProtocol lists the cases of several statements in one string.
 var extendedProtocol = []string{"second statement", "string then statement", "multi with commit",
-	"two prepares", "prepare, deallocate, prepare"}
+	"two prepares", "prepare, deallocate, prepare", "explain analyze execute",
+	"standard_conforming_strings off in a transaction"}
 
 func TestNoStateCrossesScopes(t *testing.T) {
 	t.Parallel()

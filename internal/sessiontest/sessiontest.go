@@ -42,9 +42,26 @@ func Setup(ctx context.Context, db *sql.DB, schema string) (e *Env, cleanup func
 		"CREATE TABLE " + q + ".items (id int PRIMARY KEY, name text)",
 		"INSERT INTO " + q + ".items SELECT g, 'item-' || g FROM generate_series(1, 10) g",
 		"CREATE SEQUENCE " + q + ".seq",
-		// lastval() without its error where nextval never ran.
-		"CREATE FUNCTION " + q + `.probe_lastval() RETURNS bigint LANGUAGE plpgsql AS $$
-			BEGIN RETURN lastval(); EXCEPTION WHEN OTHERS THEN RETURN NULL; END $$`,
+		// Sequence state: lastval(), and currval() of each sequence of the
+		// schema, without their errors where nextval or setval never ran.
+		"CREATE FUNCTION " + q + `.probe_sequences() RETURNS text LANGUAGE plpgsql AS $$
+			DECLARE
+				r text;
+				s regclass;
+			BEGIN
+				BEGIN
+					r := lastval()::text;
+				EXCEPTION WHEN OTHERS THEN
+					r := 'none';
+				END;
+				FOR s IN SELECT oid FROM pg_class WHERE relkind = 'S' AND relnamespace = ` + lit(schema) + `::regnamespace ORDER BY relname LOOP
+					BEGIN
+						r := r || ', ' || s::text || ' ' || currval(s);
+					EXCEPTION WHEN OTHERS THEN
+					END;
+				END LOOP;
+				RETURN r;
+			END $$`,
 		// The row-level-security way of setting a tenant.
 		"CREATE FUNCTION " + q + `.set_tenant(t text) RETURNS text LANGUAGE sql AS
 			$$ SELECT set_config('app.tenant', t, false) $$`,
@@ -95,22 +112,23 @@ const probeSQL = `SELECT concat_ws(E'\n',
 		WHERE name NOT IN ('transaction_isolation', 'transaction_read_only', 'transaction_deferrable')),
 	'users: ' || current_user || ' ' || session_user,
 	'custom: ' || concat_ws(', ', nullif(current_setting('app.tenant', true), ''),
-		nullif(current_setting('app.x', true), '')),
+		nullif(current_setting('app.x', true), ''), nullif(current_setting('local.tenant', true), ''),
+		nullif(current_setting('session.x', true), ''), nullif(current_setting('transaction.x', true), '')),
 	'advisory locks: ' || (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()),
 	'temp objects: ' || (SELECT count(*) FROM pg_class WHERE relnamespace = pg_my_temp_schema())
 		|| ' ' || (SELECT count(*) FROM pg_proc WHERE pronamespace = pg_my_temp_schema()),
 	'listening: ' || coalesce((SELECT string_agg(c, ', ') FROM pg_listening_channels() c), ''),
-	'cursors: ' || coalesce((SELECT string_agg(name, ', ') FROM pg_cursors), ''),
+	'cursors: ' || coalesce((SELECT string_agg(name || CASE WHEN is_holdable THEN ' (holdable)' ELSE '' END, ', ') FROM pg_cursors), ''),
 	'prepared: ' || coalesce((SELECT string_agg(name, ', ') FROM pg_prepared_statements WHERE from_sql), '')%s)`
 
-// lastvalSQL adds sequence state to probeSQL, through a function of the
-// schema (lastval() fails where no nextval ran).
-const lastvalSQL = `,
-	'lastval: ' || coalesce(%s.probe_lastval()::text, 'none')`
+// sequencesSQL adds sequence state to probeSQL, through a function of the
+// schema (lastval() and currval() fail where no nextval ran).
+const sequencesSQL = `,
+	'sequences: ' || %s.probe_sequences()`
 
 // Probe returns what the session of q holds, as text to compare.
 func (e *Env) Probe(ctx context.Context, q Querier) (string, error) {
-	return probe(ctx, q, fmt.Sprintf(probeSQL, fmt.Sprintf(lastvalSQL, `"`+e.Schema+`"`)))
+	return probe(ctx, q, fmt.Sprintf(probeSQL, fmt.Sprintf(sequencesSQL, `"`+e.Schema+`"`)))
 }
 
 // ProbeClean is [Env.Probe] without sequence state, and classified clean
@@ -222,6 +240,27 @@ var Cases = []Case{
 	{"nextval", "SELECT nextval('seq')", Sequence},
 	{"nextval in function", "SELECT do_nextval()", Sequence},
 	{"insert with serial", "INSERT INTO t (x) VALUES (1)", Sequence},
+	{"setval", "SELECT setval('seq', 5)", Sequence},
+
+	// Keywords PostgreSQL takes as names.
+	{"set local.tenant", "SET local.tenant = '7'", State},
+	{"set session.x", "set SESSION.x TO '7'", State},
+	{"set transaction.x", "SET transaction.x = '7'", State},
+	{"prepare named transaction", "PREPARE transaction AS SELECT 1", State},
+	{"cursor named hold", "DECLARE hold CURSOR WITH HOLD FOR SELECT 1", State},
+	// Statements that run statements.
+	{"explain analyze create temp table", "EXPLAIN ANALYZE CREATE TEMP TABLE scratch AS SELECT 1 AS n", State},
+	{"explain (analyze) set_config", "EXPLAIN (costs off, Analyze TRUE) SELECT set_config('app.tenant', '42', false)", State},
+	{"explain analyze execute", "PREPARE p1 AS SELECT set_config('app.tenant', '42', false); " +
+		"EXPLAIN (ANALYZE) EXECUTE p1; DEALLOCATE p1", State},
+	// The lexer's mode: the whole string is read with
+	// standard_conforming_strings on, as it arrived; a string continued on
+	// the next line keeps the escapes of its first line.
+	{"standard_conforming_strings off in a transaction", "BEGIN; SET LOCAL standard_conforming_strings = off; " +
+		`SELECT 'a\'; SELECT set_config('app.tenant', '42', false); --'` + "\n; COMMIT", State},
+	{"E string continued", "SELECT E'a'\n'\\'', set_config('app.tenant', '42', false) -- '", State},
+	// The temporary schema, quoted.
+	{"quoted pg_temp", `CREATE TABLE "pg_temp".scratch (n int)`, State},
 
 	// What leaves nothing, and must cost no reset.
 	{"select", "SELECT name FROM items WHERE id = 1", None},
@@ -234,4 +273,11 @@ var Cases = []Case{
 	{"transaction advisory lock", "SELECT pg_advisory_xact_lock(42)", None},
 	{"for update", "SELECT name FROM items WHERE id = 1 FOR UPDATE", None},
 	{"show", "SHOW search_path", None},
+	{"explain", "EXPLAIN SELECT name FROM items WHERE id = 1", None},
+	{"explain with options", "EXPLAIN (COSTS OFF, FORMAT JSON) SELECT name FROM items", None},
+	{"explain analyze select", "EXPLAIN ANALYZE SELECT name FROM items WHERE id = 1", None},
+	{"set local local.tenant", "SET LOCAL local.tenant = '7'", None},
 }
+
+// lit quotes s as a SQL string constant.
+func lit(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
