@@ -649,3 +649,51 @@ type sneaky struct{}
 func (sneaky) RewriteQuery(context.Context, *pgx.Conn, string, []any) (string, []any, error) {
 	return "SELECT set_config('app.x', 'leaked', false)", nil, nil
 }
+
+// SET TRANSACTION must be the first statement of its transaction: inside
+// Atomic, and after a BEGIN in raw SQL, the settings go with the statement
+// after it, which runs at that isolation level with its tenant.
+func TestSettingsAndSetTransaction(t *testing.T) {
+	t.Parallel()
+	env := newEnv(t)
+	rls(t, env)
+	p := poolOn(t, env, env.Open(t), &dbctx.Options{MaxWorkers: 1, TransactionPooling: pgtest.Pooled()})
+	ctx := tenant.With(context.Background(), "t2")
+	check := func(s *dbctx.Scope, ctx context.Context) error {
+		var iso string
+		var v seen
+		if err := s.QueryRowContext(ctx, "SELECT current_setting('transaction_isolation'), current_setting('app.tenant', true), (SELECT count(*) FROM items)").Scan(&iso, &v.tenant, &v.items); err != nil {
+			return err
+		}
+		if iso != "serializable" || v != (seen{"t2", 10}) {
+			return fmt.Errorf("isolation %s, saw %+v", iso, v)
+		}
+		return nil
+	}
+	err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+		return dbctx.Atomic(ctx, func(ctx context.Context) error {
+			if _, err := s.ExecContext(ctx, "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"); err != nil {
+				return err
+			}
+			return check(s, ctx)
+		})
+	})
+	if err != nil {
+		t.Errorf("Atomic: %v", err)
+	}
+	err = p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+		for _, q := range []string{"BEGIN", "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"} {
+			if _, err := s.ExecContext(ctx, q); err != nil {
+				return err
+			}
+		}
+		if err := check(s, ctx); err != nil {
+			return err
+		}
+		_, err := s.ExecContext(ctx, "COMMIT")
+		return err
+	})
+	if err != nil {
+		t.Errorf("BEGIN in SQL: %v", err)
+	}
+}

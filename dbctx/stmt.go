@@ -124,11 +124,20 @@ func (s *Scope) owed(ctx context.Context, c *session, st *stmt, begin bool) (*pr
 	if err != nil || p.empty() {
 		return nil, err
 	}
+	if len(p.set) > 0 && needsNoSettings(st.query) {
+		// Transaction control runs nothing that reads them, and SET
+		// TRANSACTION must come first in its transaction: the
+		// settings go with the next statement.
+		p.set, p.keep = nil, false
+		if p.empty() {
+			return nil, nil
+		}
+	}
 	share := c.px != nil && st.how&alone == 0 && st.kind&kindAlone == 0 && !(p.begin && st.how&rows != 0)
 	if share {
 		return p, nil
 	}
-	if s.pool.opts.TransactionPooling && !inTx && !p.begin && len(p.set) > 0 && !txControl(st.query) {
+	if s.pool.opts.TransactionPooling && !inTx && !p.begin && len(p.set) > 0 {
 		// Transaction-local settings end with the round trip that sets
 		// them: behind a pooler the statement would run on whichever
 		// server connection comes next, without them.
@@ -209,9 +218,10 @@ func shorten(query string) string {
 	return q
 }
 
-// txControl reports whether query is one transaction-control statement,
-// which needs no settings of its own.
-func txControl(query string) bool {
+// needsNoSettings reports whether query is one transaction-control
+// statement, which needs no settings of its own, or SET TRANSACTION, which
+// must be the first statement of its transaction.
+func needsNoSettings(query string) bool {
 	l := lexer{q: query}
 	t := l.next()
 	if t.kind != tWord {
@@ -219,6 +229,11 @@ func txControl(query string) bool {
 	}
 	switch strings.ToLower(t.text) {
 	case "begin", "start", "commit", "end", "rollback", "abort", "savepoint", "release":
+	case "set":
+		// SET TRANSACTION ISOLATION LEVEL …, not SET transaction.x = ….
+		if !l.next().is("transaction") || l.next().kind != tWord {
+			return false
+		}
 	default:
 		return false
 	}

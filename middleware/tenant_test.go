@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/internal/pgtest"
 	"github.com/dbscope/dbscope/middleware"
 )
 
@@ -45,7 +46,8 @@ func seenHandler(w http.ResponseWriter, r *http.Request) {
 // request that declares none runs with none, on the same connection.
 func TestRequestTenant(t *testing.T) {
 	t.Parallel()
-	p, _ := newPool(t, &dbctx.Options{MaxWorkers: 1})
+	// Behind the CI's PgBouncer, declared as one must.
+	p, _ := newPool(t, &dbctx.Options{MaxWorkers: 1, TransactionPooling: pgtest.Pooled()})
 	h := http.HandlerFunc(seenHandler)
 	for name, handler := range map[string]http.Handler{
 		"auth outside DB":         auth(middleware.DB(p)(h)),

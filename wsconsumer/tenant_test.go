@@ -10,6 +10,7 @@ import (
 	"github.com/dbscope/dbscope/dbctx"
 	"github.com/dbscope/dbscope/groups"
 	"github.com/dbscope/dbscope/internal/dbtest"
+	"github.com/dbscope/dbscope/internal/pgtest"
 	"github.com/dbscope/dbscope/wsconsumer"
 )
 
@@ -89,7 +90,8 @@ func TestSocketTenant(t *testing.T) {
 	for name, style := range styles {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			p, _ := dbtest.NewPool(t, &dbctx.Options{MaxWorkers: 1})
+			// Behind the CI's PgBouncer, declared as one must.
+			p, _ := dbtest.NewPool(t, &dbctx.Options{MaxWorkers: 1, TransactionPooling: pgtest.Pooled()})
 			layer, err := groups.New(groups.NewMemory(), nil)
 			if err != nil {
 				t.Fatal(err)
