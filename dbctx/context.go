@@ -115,13 +115,6 @@ func Async(ctx context.Context) context.Context {
 	return &asyncCtx{Context: ctx, pool: parent.pool}
 }
 
-// IsAsync reports whether ctx was marked with [Async] (and is not inside a
-// [Do] that runs on a scope of its own).
-func IsAsync(ctx context.Context) bool {
-	s := From(ctx)
-	return s != nil && s.async
-}
-
 // outerOf returns the scope ctx carries for s.outer: the innermost one,
 // unless it refuses direct use (async), where the chain of boundaries
 // stops.
@@ -131,15 +124,3 @@ func outerOf(ctx context.Context) *Scope {
 	}
 	return nil
 }
-
-var patientKey = &ctxKey{name: "dbctx.patient"}
-
-// Patient returns a context under which [Do] and a scope's statements
-// wait for a worker slot beyond [Options.MaxWaiting], though not beyond
-// WaitTimeout, and do not count against it: for work whose number is
-// bounded elsewhere, which must wait its turn rather than be refused.
-// wsconsumer runs group events under it: a message to a group wakes every
-// member at once, each waits for one slot at a time, and refusing them
-// would close the sockets. Other callers are refused only when as many of
-// their own wait as MaxWaiting allows; they queue behind the patient ones.
-func Patient(ctx context.Context) context.Context { return context.WithValue(ctx, patientKey, true) }

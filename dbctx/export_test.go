@@ -1,6 +1,16 @@
 package dbctx
 
-import "time"
+import (
+	"context"
+	"time"
+)
+
+// IsAsync reports whether ctx was marked with Async and is not inside a
+// Do that runs on a scope of its own.
+func IsAsync(ctx context.Context) bool {
+	s := From(ctx)
+	return s != nil && s.async
+}
 
 // WatchFired reports whether the scope has seen its own context end (see
 // cancel.go), so tests can wait for it rather than race it.

@@ -147,9 +147,9 @@ const DefaultResetSQL = "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; CLOSE ALL
 // the default MaxWaiting: a request or a message of a few statements.
 const assumedHold = 10 * time.Millisecond
 
-// EnvMaxWorkers names the environment variable read for the default
+// envMaxWorkers names the environment variable read for the default
 // [Options.MaxWorkers].
-const EnvMaxWorkers = "DBCTX_MAX_WORKERS"
+const envMaxWorkers = "DBCTX_MAX_WORKERS"
 
 func (o *Options) withDefaults() Options {
 	var c Options
@@ -193,10 +193,10 @@ func (o *Options) withDefaults() Options {
 }
 
 func defaultMaxWorkers() int {
-	if v := os.Getenv(EnvMaxWorkers); v != "" {
+	if v := os.Getenv(envMaxWorkers); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n <= 0 {
-			panic(fmt.Sprintf("dbctx: %s=%q, want a positive integer", EnvMaxWorkers, v))
+			panic(fmt.Sprintf("dbctx: %s=%q, want a positive integer", envMaxWorkers, v))
 		}
 		return n
 	}

@@ -6,6 +6,8 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/dbscope/dbscope/internal/patient"
 )
 
 // Worker slots.
@@ -99,9 +101,9 @@ func (p *Pool) acquireSlot(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	// Patient callers (see Patient) wait beyond the bound and do not
+	// Patient callers (see internal/patient) wait beyond the bound and do not
 	// count against it: the others are refused by their own number only.
-	patient := ctx.Value(patientKey) != nil
+	patient := patient.Is(ctx)
 	if patient {
 		p.c.patient.Add(1)
 		defer p.c.patient.Add(-1)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/internal/patient"
 )
 
 // With 10× more callers than slots, every caller either succeeds or is
@@ -84,11 +85,11 @@ func TestQueuedCancel(t *testing.T) {
 
 func TestNewSetsMaxOpenConns(t *testing.T) {
 	env := newEnv(t)
-	t.Setenv(dbctx.EnvMaxWorkers, "3")
+	t.Setenv("DBCTX_MAX_WORKERS", "3")
 	db := env.Open(t)
 	p := dbctx.New(db, nil)
 	if got := p.Stats().MaxWorkers; got != 3 {
-		t.Fatalf("MaxWorkers = %d, want 3 from %s", got, dbctx.EnvMaxWorkers)
+		t.Fatalf("MaxWorkers = %d, want 3 from DBCTX_MAX_WORKERS", got)
 	}
 	if got := db.Stats().MaxOpenConnections; got != 3 {
 		t.Fatalf("MaxOpenConns = %d, want 3", got)
@@ -270,7 +271,7 @@ func TestPatient(t *testing.T) {
 		errs <- p.Do(ctx, func(context.Context, *dbctx.Scope) error { return nil })
 	}
 	for i := range 5 {
-		go run(dbctx.Patient(context.Background()))
+		go run(patient.With(context.Background()))
 		eventually(t, "the patient caller to queue", func() bool { return p.Stats().Waiting == i+1 })
 	}
 	go run(context.Background())

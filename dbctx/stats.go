@@ -19,8 +19,8 @@ type Stats struct {
 	WaitDuration time.Duration // total time spent queued
 
 	// WaitsWithin[i] counts the waits of WaitCount that took at most
-	// WaitBuckets[i] (cumulative, as a Prometheus histogram's buckets).
-	WaitsWithin [len(WaitBuckets)]int64
+	// WaitBuckets()[i] (cumulative, as a Prometheus histogram's buckets).
+	WaitsWithin [len(waitBounds)]int64
 	Busy        int64 // callers refused with ErrBusy
 
 	// Misconfigured counts connects that failed on a misconfiguration
@@ -79,8 +79,11 @@ const (
 	numDiscardReasons
 )
 
-// WaitBuckets are the upper bounds of [Stats.WaitsWithin].
-var WaitBuckets = [...]time.Duration{
+// WaitBuckets returns the upper bounds of [Stats.WaitsWithin]: 1ms, 5ms,
+// 25ms, 100ms, 500ms, 2.5s.
+func WaitBuckets() []time.Duration { return append([]time.Duration(nil), waitBounds[:]...) }
+
+var waitBounds = [...]time.Duration{
 	time.Millisecond, 5 * time.Millisecond, 25 * time.Millisecond,
 	100 * time.Millisecond, 500 * time.Millisecond, 2500 * time.Millisecond,
 }
@@ -90,7 +93,7 @@ var WaitBuckets = [...]time.Duration{
 func (c *counters) noteWait(d time.Duration) {
 	c.waitCount.Add(1)
 	c.waitNanos.Add(int64(d))
-	for i, b := range WaitBuckets {
+	for i, b := range waitBounds {
 		if d <= b {
 			c.waitBuckets[i].Add(1)
 			return
@@ -107,7 +110,7 @@ type counters struct {
 	acquired, givenBack, retries atomic.Int64
 	resets, rolledBack, leaks    atomic.Int64
 	discarded                    [numDiscardReasons]atomic.Int64
-	waitBuckets                  [len(WaitBuckets)]atomic.Int64 // waits within WaitBuckets[i], not cumulative
+	waitBuckets                  [len(waitBounds)]atomic.Int64 // waits within waitBounds[i], not cumulative
 }
 
 // Stats returns a snapshot of the pool's counters. It is safe to call
@@ -115,7 +118,7 @@ type counters struct {
 func (p *Pool) Stats() Stats {
 	c := &p.c
 	d := func(r discardReason) int64 { return c.discarded[r].Load() }
-	var within [len(WaitBuckets)]int64
+	var within [len(waitBounds)]int64
 	var n int64
 	for i := range within {
 		n += c.waitBuckets[i].Load()

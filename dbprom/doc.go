@@ -67,7 +67,7 @@
 //
 // A histogram, of the waits of the callers that queued:
 //
-//	dbscope_wait_seconds{le=…}   buckets dbctx.WaitBuckets: 1ms, 5ms, 25ms, 100ms, 500ms, 2.5s
+//	dbscope_wait_seconds{le=…}   buckets dbctx.WaitBuckets(): 1ms, 5ms, 25ms, 100ms, 500ms, 2.5s
 //
 // histogram_quantile(0.99, rate(dbscope_wait_seconds_bucket[5m])) is the
 // 99th percentile of the wait for a slot. The pool counts each wait in

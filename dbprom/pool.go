@@ -60,10 +60,11 @@ var poolFamilies = []family[stats]{
 	},
 	{
 		name: "wait_seconds",
-		help: "Time callers that queued for a worker slot waited, as a histogram (buckets: dbctx.WaitBuckets).",
+		help: "Time callers that queued for a worker slot waited, as a histogram (buckets: dbctx.WaitBuckets()).",
 		hist: func(s *stats) (uint64, float64, map[float64]uint64) {
-			b := make(map[float64]uint64, len(dbctx.WaitBuckets))
-			for i, le := range dbctx.WaitBuckets {
+			bounds := dbctx.WaitBuckets()
+			b := make(map[float64]uint64, len(bounds))
+			for i, le := range bounds {
 				b[le.Seconds()] = uint64(s.WaitsWithin[i])
 			}
 			return uint64(s.WaitCount), s.WaitDuration.Seconds(), b

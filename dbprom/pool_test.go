@@ -123,7 +123,7 @@ dbscope_waits_total{pool="primary"} 0
 	if _, ok := m[`dbscope_kept_connections{pool="primary"}`]; !ok {
 		t.Error("dbscope_kept_connections not exported")
 	}
-	if n := len(m); n != 14+9+2+2+len(dbctx.WaitBuckets) {
+	if n := len(m); n != 14+9+2+2+len(dbctx.WaitBuckets()) {
 		t.Errorf("%d series, want 14, the 9 reasons of discarded_total, the 2 kinds of connect_errors_total and the wait histogram: %v", n, m)
 	}
 
@@ -201,7 +201,7 @@ func TestWaitHistogram(t *testing.T) {
 		t.Errorf("sum %v, Stats says %v", m["dbscope_wait_seconds_sum"], st.WaitDuration.Seconds())
 	}
 	prev := 0.0
-	for i, le := range dbctx.WaitBuckets {
+	for i, le := range dbctx.WaitBuckets() {
 		key := fmt.Sprintf("dbscope_wait_seconds_bucket{le=%q}", fmt.Sprint(le.Seconds()))
 		v, ok := m[key]
 		if !ok || v < prev || v != float64(st.WaitsWithin[i]) {

@@ -46,19 +46,3 @@ func Answer(w http.ResponseWriter, r *http.Request, err error) bool {
 	return true
 }
 
-// Busy is [Answer] for a handler that has no *http.Request at hand: it
-// answers the conditions of package dbctx alike, but cannot tell a client
-// that went away.
-//
-// Deprecated: use Answer.
-func Busy(w http.ResponseWriter, err error) bool {
-	if err == nil {
-		return false
-	}
-	k := answer.Of(err, false)
-	if !k.Handled() {
-		return false
-	}
-	answer.HTTP(w, k, time.Second)
-	return true
-}

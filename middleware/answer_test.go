@@ -102,7 +102,7 @@ func TestAnswerPoolClosed(t *testing.T) {
 	p, _ := newPool(t, nil)
 	appLogs, appLog := dbtest.NewLogs()
 	h := queryOrAnswer(appLog)
-	lazy, eager := middleware.DB(p)(h), middleware.DBWithOpts(p, &middleware.Options{Eager: true})(h)
+	lazy, eager := middleware.DB(p)(h), middleware.DBWithOpts(p, &middleware.DBOptions{Eager: true})(h)
 	p.Close()
 	for name, h := range map[string]http.Handler{"lazy": lazy, "eager": eager} {
 		rec := httptest.NewRecorder()

@@ -8,8 +8,8 @@ import (
 	"github.com/dbscope/dbscope/internal/answer"
 )
 
-// Options configures [DBWithOpts]. The zero value is the default.
-type Options struct {
+// DBOptions configures [DBWithOpts]. The zero value is the default.
+type DBOptions struct {
 	// Eager takes a worker slot when the request starts, before the
 	// handler runs, and holds it to the end of the request. When none can
 	// be had within the pool's wait bounds the client gets 503 with
@@ -64,11 +64,11 @@ func DB(pool *dbctx.Pool, more ...*dbctx.Pool) func(http.Handler) http.Handler {
 // The scope is released when the handler returns, including when it
 // panics: then the connection, whose state is unknown, is discarded, and
 // the panic goes on unchanged to net/http or an outer recoverer.
-func DBWithOpts(pool *dbctx.Pool, opts *Options) func(http.Handler) http.Handler {
+func DBWithOpts(pool *dbctx.Pool, opts *DBOptions) func(http.Handler) http.Handler {
 	if pool == nil {
 		panic("middleware: DB expects a non-nil *dbctx.Pool")
 	}
-	var o Options
+	var o DBOptions
 	if opts != nil {
 		o = *opts
 	}

@@ -59,7 +59,7 @@ func TestRouters(t *testing.T) {
 func TestNoDBNoConnection(t *testing.T) {
 	t.Parallel()
 	p, _ := newPool(t, nil)
-	srv := serve(t, middleware.DBWithOpts(p, &middleware.Options{ServerTiming: true})(
+	srv := serve(t, middleware.DBWithOpts(p, &middleware.DBOptions{ServerTiming: true})(
 		http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if dbctx.From(r.Context()) == nil {
 				t.Error("no scope in the request context")
@@ -168,7 +168,7 @@ func TestOverload(t *testing.T) {
 			t.Parallel()
 			const slots = 2
 			p, _ := newPool(t, &dbctx.Options{MaxWorkers: slots, MaxWaiting: 4, WaitTimeout: 200e6})
-			srv := serve(t, middleware.DBWithOpts(p, &middleware.Options{Eager: eager})(
+			srv := serve(t, middleware.DBWithOpts(p, &middleware.DBOptions{Eager: eager})(
 				http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 					ctx := r.Context()
 					if _, err := dbctx.From(ctx).ExecContext(ctx, "SELECT pg_sleep(0.2)"); err != nil {
@@ -209,7 +209,7 @@ var serverTimingRE = regexp.MustCompile(`^db;dur=\d+\.\d{3};desc="2 queries"$`)
 func TestServerTiming(t *testing.T) {
 	t.Parallel()
 	p, _ := newPool(t, nil)
-	srv := serve(t, middleware.DBWithOpts(p, &middleware.Options{ServerTiming: true})(
+	srv := serve(t, middleware.DBWithOpts(p, &middleware.DBOptions{ServerTiming: true})(
 		http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			ctx := r.Context()
 			s := dbctx.From(ctx)
@@ -228,7 +228,7 @@ func TestServerTiming(t *testing.T) {
 func TestHijack(t *testing.T) {
 	t.Parallel()
 	p, _ := newPool(t, nil)
-	srv := serve(t, middleware.DBWithOpts(p, &middleware.Options{ServerTiming: true})(
+	srv := serve(t, middleware.DBWithOpts(p, &middleware.DBOptions{ServerTiming: true})(
 		http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			conn, brw, err := http.NewResponseController(w).Hijack()
 			if err != nil {

@@ -39,7 +39,7 @@ func ExampleDB() {
 		}
 		fmt.Fprint(w, year > 2000)
 	})
-	handler := middleware.DBWithOpts(pool, &middleware.Options{ServerTiming: true})(mux)
+	handler := middleware.DBWithOpts(pool, &middleware.DBOptions{ServerTiming: true})(mux)
 
 	rec := httptest.NewRecorder()
 	handler.ServeHTTP(rec, httptest.NewRequest("GET", "/now", nil))
@@ -89,7 +89,7 @@ func ExampleOptions_eager() {
 	pool := dbctx.New(db, &dbctx.Options{MaxWorkers: 1, MaxWaiting: -1})
 	defer pool.Close()
 
-	handler := middleware.DBWithOpts(pool, &middleware.Options{Eager: true})(
+	handler := middleware.DBWithOpts(pool, &middleware.DBOptions{Eager: true})(
 		http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			fmt.Fprint(w, "served")
 		}))

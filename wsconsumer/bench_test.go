@@ -52,11 +52,11 @@ func rawHandler(db *sql.DB) http.Handler {
 	})
 }
 
-func itemsConsumer() wsconsumer.Consumer {
+func itemsConsumer(async bool) wsconsumer.Consumer {
 	return wsconsumer.JSON(wsconsumer.JSONConsumer[msg]{
 		Receive: func(ctx context.Context, s *wsconsumer.Session, m msg) error {
 			var err error
-			if dbctx.IsAsync(ctx) {
+			if async {
 				err = dbctx.Do(ctx, func(ctx context.Context, sc *dbctx.Scope) error {
 					return sc.QueryRowContext(ctx, itemQuery, m.ID).Scan(&m.Name)
 				})
@@ -85,9 +85,9 @@ func modeHandler(db *sql.DB, mode string) (http.Handler, *dbctx.Pool) {
 	case "raw":
 		return rawHandler(db), p
 	case "sync":
-		return wsconsumer.NewSync(p, itemsConsumer(), nil), p
+		return wsconsumer.NewSync(p, itemsConsumer(false), nil), p
 	default:
-		return wsconsumer.NewAsync(p, itemsConsumer(), nil), p
+		return wsconsumer.NewAsync(p, itemsConsumer(true), nil), p
 	}
 }
 

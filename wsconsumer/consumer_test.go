@@ -44,13 +44,10 @@ func lookup(ctx context.Context, s *wsconsumer.Session, m msg) error {
 		return sc.QueryRowContext(ctx, "SELECT 'item-' || $1::int", m.ID).Scan(&name)
 	}
 	var err error
-	switch {
-	case m.Op == "direct":
+	if m.Op == "direct" {
 		err = query(ctx, dbctx.From(ctx))
-	case dbctx.IsAsync(ctx):
-		err = dbctx.Do(ctx, query)
-	default:
-		err = query(ctx, dbctx.From(ctx))
+	} else {
+		err = dbctx.Do(ctx, query) // on the callback's scope in the sync style
 	}
 	if errors.Is(err, dbctx.ErrBusy) || m.Op == "fail" {
 		return err

@@ -9,6 +9,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/dbscope/dbscope/dbctx"
 	"github.com/dbscope/dbscope/groups"
+	"github.com/dbscope/dbscope/internal/patient"
 )
 
 // readLoop reads messages and has them handled until the socket closes,
@@ -244,7 +245,7 @@ func (h *Handler) receive(pool *dbctx.Pool, s *Session, m message) {
 
 // event runs the Event callback for e, from the member's goroutine. A
 // message to a group wakes all its members at once: their waits for a
-// slot are dbctx.Patient, bounded by the number of members (each waits
+// slot are patient (internal/patient), bounded by the number of members (each waits
 // for one slot at a time), where refusing them would close the sockets.
 func (h *Handler) event(pool *dbctx.Pool, s *Session, e groups.Event) {
 	if h.c.Event == nil || s.ctx.Err() != nil {
@@ -256,7 +257,7 @@ func (h *Handler) event(pool *dbctx.Pool, s *Session, e groups.Event) {
 // callback runs fn, a Receive or an Event: in the sync style one at a
 // time for the socket (see Session.lockCallbacks), in a worker slot, its
 // sends held until the slot is released; its error closes the socket.
-func (h *Handler) callback(pool *dbctx.Pool, s *Session, patient bool, fn func(ctx context.Context) error) {
+func (h *Handler) callback(pool *dbctx.Pool, s *Session, waits bool, fn func(ctx context.Context) error) {
 	ctx := s.cbCtx()
 	var out *outbox
 	if !h.async {
@@ -266,8 +267,8 @@ func (h *Handler) callback(pool *dbctx.Pool, s *Session, patient bool, fn func(c
 		ctx = out
 		defer out.flush()
 	}
-	if patient {
-		ctx = dbctx.Patient(ctx)
+	if waits {
+		ctx = patient.With(ctx)
 	}
 	if err := h.call(ctx, pool, fn); err != nil {
 		if out != nil {

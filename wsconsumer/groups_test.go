@@ -60,12 +60,8 @@ func newGroupServer(t *testing.T, style styleFn, opts *wsconsumer.Options, popts
 		}
 		return func() { busy.Add(-1) }
 	}
-	query := func(ctx context.Context, f func(context.Context, *dbctx.Scope) error) error {
-		if dbctx.IsAsync(ctx) {
-			return dbctx.Do(ctx, f)
-		}
-		return f(ctx, dbctx.From(ctx))
-	}
+	// Do runs on the callback's scope in the sync style.
+	query := dbctx.Do
 	h := style(p, wsconsumer.Consumer{
 		Connect: func(ctx context.Context, s *wsconsumer.Session) error {
 			group := s.Request().URL.Query().Get("g")
@@ -190,7 +186,7 @@ func TestEvents(t *testing.T) {
 }
 
 // A message to a large group wakes every member at once: on a pool of one
-// slot with a wait queue of one, they wait their turn (dbctx.Patient)
+// slot with a wait queue of one, they wait their turn (internal/patient)
 // rather than be refused, and every one gets every message, while a
 // receive is still refused only by its own kind's queue.
 func TestFanOutSmallPool(t *testing.T) {

@@ -34,12 +34,8 @@ func TestSqlcPgx(t *testing.T) {
 					it, err = q.GetItem(ctx, created.ID)
 					return err
 				}
-				var err error
-				if dbctx.IsAsync(ctx) {
-					err = dbctx.Do(ctx, work)
-				} else {
-					err = work(ctx, dbctx.From(ctx))
-				}
+				// Do runs on the callback's scope in the sync style.
+				err := dbctx.Do(ctx, work)
 				if err != nil {
 					return s.SendJSON(ctx, msg{ID: m.ID, Error: err.Error()})
 				}

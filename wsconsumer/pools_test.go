@@ -27,7 +27,7 @@ func TestTwoPools(t *testing.T) {
 				query := func(ctx context.Context, s *dbctx.Scope) error {
 					return s.QueryRowContext(ctx, "SELECT current_database()").Scan(&db)
 				}
-				if dbctx.IsAsync(ctx) {
+				if name == "async" {
 					return db, p.Do(ctx, query)
 				}
 				return db, query(ctx, p.From(ctx))

@@ -22,7 +22,7 @@ var tenant = dbctx.NewSetting("app.tenant")
 // goroutines of the callback ran with (sync: on the socket's scope;
 // async: each through Do); each event with "event <tenant>" as the
 // event's statement saw it.
-func tenantConsumer() wsconsumer.Consumer {
+func tenantConsumer(style string) wsconsumer.Consumer {
 	query := func(ctx context.Context) (string, error) {
 		var v string
 		err := dbctx.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
@@ -32,6 +32,7 @@ func tenantConsumer() wsconsumer.Consumer {
 	}
 	return wsconsumer.Consumer{
 		Connect: func(ctx context.Context, s *wsconsumer.Session) error {
+			s.State = style
 			t := s.Request().URL.Query().Get("t")
 			s.AddValues(func(ctx context.Context) context.Context { return tenant.With(ctx, t) })
 			s.Go(func(ctx context.Context) { s.Join(ctx, "g") })
@@ -51,7 +52,7 @@ func tenantConsumer() wsconsumer.Consumer {
 				errs := make([]error, 8)
 				for i := range got {
 					wg.Go(func() {
-						if dbctx.IsAsync(ctx) {
+						if s.State == "async" {
 							got[i], errs[i] = query(ctx)
 							return
 						}
@@ -97,7 +98,7 @@ func TestSocketTenant(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Cleanup(func() { layer.Close() })
-			url := serve(t, style(p, tenantConsumer(), &wsconsumer.Options{Layer: layer, Logger: quiet()}))
+			url := serve(t, style(p, tenantConsumer(name), &wsconsumer.Options{Layer: layer, Logger: quiet()}))
 			a, b := dial(t, url+"?t=a"), dial(t, url+"?t=b")
 			for range 3 {
 				for c, want := range map[*websocket.Conn]string{a: "a", b: "b"} {

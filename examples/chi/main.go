@@ -71,7 +71,7 @@ func routes(a *chatserver.App) http.Handler {
 	// ClientIPFromRemoteAddr replaces RealIP, deprecated since chi v5.5 as
 	// spoofable; behind a proxy use ClientIPFromXFFTrustedProxies.
 	router.Use(chimw.RequestID, chimw.ClientIPFromRemoteAddr, chimw.Recoverer)
-	router.Use(middleware.DBWithOpts(a.Pool, &middleware.Options{ServerTiming: a.ServerTiming}))
+	router.Use(middleware.DBWithOpts(a.Pool, &middleware.DBOptions{ServerTiming: a.ServerTiming}))
 	router.Get("/", chat.ServePage)
 	router.Get("/api/messages", a.ListMessages)
 	router.With(a.Atomic).Post("/api/messages", a.CreateMessage)

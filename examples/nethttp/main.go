@@ -65,5 +65,5 @@ func routes(a *chatserver.App) http.Handler {
 	mux.Handle("GET /ws/sync", a.SyncWS)
 	mux.Handle("GET /ws/async", a.AsyncWS)
 	mux.HandleFunc("GET /readyz", a.Ready)
-	return middleware.DBWithOpts(a.Pool, &middleware.Options{ServerTiming: a.ServerTiming})(mux)
+	return middleware.DBWithOpts(a.Pool, &middleware.DBOptions{ServerTiming: a.ServerTiming})(mux)
 }

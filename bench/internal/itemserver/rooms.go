@@ -31,6 +31,7 @@ type RoomMsg struct {
 // dbscope modes: the sync style queries the socket's scope in the Event
 // callback, the async style through dbctx.Do.
 func (s *Server) roomConsumer(lookupItem bool) wsconsumer.Consumer {
+	async := s.cfg.Mode == "async"
 	return wsconsumer.Consumer{
 		Connect: func(ctx context.Context, ss *wsconsumer.Session) error {
 			room := ss.Request().PathValue("name")
@@ -62,7 +63,7 @@ func (s *Server) roomConsumer(lookupItem bool) wsconsumer.Consumer {
 				return nil
 			}
 			var err error
-			if dbctx.IsAsync(ctx) {
+			if async {
 				err = dbctx.Do(ctx, func(ctx context.Context, sc *dbctx.Scope) error {
 					return sc.QueryRowContext(ctx, itemQuery, m.ID).Scan(&m.Name)
 				})

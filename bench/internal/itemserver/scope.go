@@ -18,11 +18,11 @@ import (
 // dbctx.Do. A refusal of the pool ends the socket with 1013; any other
 // failure is an error reply and the socket stays open.
 func (s *Server) consumer() wsconsumer.Consumer {
-	look, testOps := s.scopeLook, s.cfg.TestOps
+	look, testOps, async := s.scopeLook, s.cfg.TestOps, s.cfg.Mode == "async"
 	return wsconsumer.JSON(wsconsumer.JSONConsumer[Msg]{
 		Receive: func(ctx context.Context, ss *wsconsumer.Session, m Msg) error {
 			var err error
-			if dbctx.IsAsync(ctx) {
+			if async {
 				err = dbctx.Do(ctx, func(ctx context.Context, sc *dbctx.Scope) error {
 					return look(ctx, sc, &m)
 				})

@@ -273,7 +273,7 @@ func (s *Server) Layer() *groups.Layer { return s.layer }
 // else min(32, NumCPU+4).
 func DefaultMaxWorkers() int {
 	var n int
-	if _, err := fmt.Sscan(os.Getenv(dbctx.EnvMaxWorkers), &n); err == nil && n > 0 {
+	if _, err := fmt.Sscan(os.Getenv("DBCTX_MAX_WORKERS"), &n); err == nil && n > 0 {
 		return n
 	}
 	return min(32, runtime.NumCPU()+4)

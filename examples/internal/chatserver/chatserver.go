@@ -253,7 +253,7 @@ type App struct {
 	// engines publish at dbctx.OnCommit).
 	Atomic func(http.Handler) http.Handler
 	// ServerTiming says whether responses carry Server-Timing
-	// (middleware.Options.ServerTiming): routes passes it on.
+	// (middleware.DBOptions.ServerTiming): routes passes it on.
 	ServerTiming bool
 	// LogAttrs, if set, returns the router's own request attributes
 	// (request ID, client) from a request's or a socket's context, for
