@@ -45,4 +45,3 @@ func Answer(w http.ResponseWriter, r *http.Request, err error) bool {
 	answer.HTTP(w, k, time.Second)
 	return true
 }
-
