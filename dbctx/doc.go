@@ -2,69 +2,111 @@
 // discipline Django Channels gives Python: database work runs in a bounded
 // number of worker slots, and connections are checked and cleaned up at
 // every boundary, so long-lived requests and sockets never leak, pin or
-// reuse a broken connection.
+// reuse a broken connection, and nothing one unit of work leaves in a
+// session reaches the next.
 //
-// A [Pool] wraps one *sql.DB (pgx's stdlib driver gets the most out of it).
-// A [Scope], carried in a context, is the handle user code queries through:
-// it takes a worker slot and a connection on first use and keeps them until
-// a boundary. At each boundary ([CloseOld], the entry and exit of [Do], the
-// end of a request or a websocket message) a connection that is unusable
-// is discarded, and one older than [Options.ConnMaxAge] — with the default
-// 0, every one — is given back clean: open transaction rolled back, session
-// state reset, [Options.OnRelease] run. Before a connection is used it is
-// checked without a round trip, so a backend killed while idle costs no
-// failed statement. (One a scope gave back less than 10ms before, as
-// under load nearly every one is, is not looked at: if its backend died
-// in that moment, the statement is run again on another connection, as
-// below, and raw access looks first.)
+// A [Pool] wraps one *sql.DB (pgx's stdlib driver gets the most out of it)
+// and owns the worker slots. A [Scope], carried in a context, is a unit of
+// work's handle: it takes a slot and a connection on first use and keeps
+// them until a boundary. Sync code (a request's handler, a sync websocket
+// callback) queries through [From](ctx); async code (an async websocket
+// callback, a background job) through [Do], which runs a function in a
+// slot. A boundary (the end of a request or a websocket message, the entry
+// and exit of [Do], [CloseOld]) discards a connection that is unusable and
+// gives back one that is obsolete per [Options.ConnMaxAge] (with the
+// default 0, every one), its open transaction rolled back. Packages
+// middleware and wsconsumer put a scope on every request and socket.
 //
-// A connection given back clean is kept by the pool for the next scope,
-// for at most 10ms: under load the next scope takes it without going
-// through database/sql's check-out. While kept it counts as in use in the
-// *sql.DB's Stats (and as Kept in [Pool.Stats]); code that uses the
-// *sql.DB directly waits at most those 10ms for it, and every connection
-// goes back through the *sql.DB at least every 500ms, so its limits
-// (SetConnMaxLifetime, SetConnMaxIdleTime) still apply, and so does the
-// driver's session reset (pgx's stdlib.OptionResetSession), though at
-// those check-outs only, not at every pin: per-pin work belongs in
-// [Options.OnAcquire].
-//
-//	pool := dbctx.New(db, nil)
+//	pool := dbctx.New(db, nil) // db: sql.Open("pgx", url)
 //	err := pool.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
 //		return s.QueryRowContext(ctx, "SELECT name FROM items WHERE id = $1", id).Scan(&name)
 //	})
 //
-// Past the slots, callers queue, first come first served, up to
-// [Options.MaxWaiting] for at most [Options.WaitTimeout], then get
-// [ErrBusy]: overload is refused, never queued without bound. A caller
-// whose turn would come too late at the pace the queue moves is refused
-// at once rather than when its wait times out.
-//
-// A connect that fails says why. [ErrUnavailable] is an outage that
-// passes by itself (the server down, starting up or full, the network
-// failing): the caller should come back later. [ErrMisconfigured] is
-// what no retry fixes (a database or role that does not exist, a wrong
-// password, an unknown host, TLS or authentication refused): the pool
-// logs it at ERROR once per cause, and an operator must act. Both are
-// counted in [Stats].
-//
-// A statement is canceled when its context ends, as with database/sql: it
-// returns the context's error, and the connection is closed (pgx asks the
-// server to cancel the statement) and discarded (inside a transaction, at
-// the next boundary). Statements whose context is the scope's own (a
-// request's, a socket's) are watched once per scope rather than once per
-// statement, which spares database/sql's goroutine and pgx's watch for
-// each of them.
-//
-// Packages middleware and wsconsumer put a scope on every HTTP request and
-// websocket; there handlers call [From] (sync code) or [Do] (async code).
-// The examples are the best way to learn the API.
-//
 // A Scope is the DBTX of sqlc in both of its modes: database/sql's
 // (ExecContext, QueryContext, QueryRowContext, PrepareContext) and pgx's
 // native one (Exec, Query, QueryRow, CopyFrom, SendBatch: sql_package
-// "pgx/v5"), which runs on the *pgx.Conn under the scope's connection with
-// the same discipline.
+// "pgx/v5"); on pgx's driver both run through pgx, with the same
+// discipline. The examples are the best way to learn the API.
+//
+// Past the slots, callers queue, first come first served, up to
+// [Options.MaxWaiting] for at most [Options.WaitTimeout], then get
+// [ErrBusy]: overload is refused, never queued without bound; a caller
+// whose turn would come too late at the pace the queue moves is refused at
+// once. A connect that fails says why: [ErrUnavailable] is an outage that
+// passes by itself (come back later), [ErrMisconfigured] what no retry
+// fixes (a missing database or role, a wrong password, an unknown host:
+// logged at ERROR once per cause).
+//
+// Before a connection is used it is checked without a round trip (a look
+// at its socket), so a backend killed while idle costs no failed
+// statement. A connection given back is kept a moment for the pool's next
+// scope, which under load takes it without database/sql's check-out; it
+// goes back to the *sql.DB soon after, so that database/sql's own limits
+// (SetConnMaxLifetime, SetConnMaxIdleTime) still apply.
+//
+// A statement is canceled when its context ends, as with database/sql: it
+// returns the context's error, and the connection is closed (pgx asks the
+// server to cancel the statement) and discarded. Statements whose context
+// is the scope's own (a request's, a socket's) are watched once per scope
+// rather than once per statement.
+//
+// # Settings and tenancy
+//
+// A unit of work declares the run-time parameters all its statements run
+// with ([NewSetting], [Setting.With]): the tenant that row-level-security
+// policies read, a statement_timeout, a role. The usual multi-tenant setup:
+//
+//	-- as the table's owner, once; the service connects as a role
+//	-- without BYPASSRLS (a superuser bypasses every policy)
+//	ALTER TABLE items ENABLE ROW LEVEL SECURITY;
+//	ALTER TABLE items FORCE ROW LEVEL SECURITY;
+//	CREATE POLICY tenant_rows ON items
+//		USING (tenant = current_setting('app.tenant', true));
+//
+//	var tenant = dbctx.NewSetting("app.tenant")
+//
+//	// An HTTP middleware after authentication, inside or outside middleware.DB:
+//	next.ServeHTTP(w, r.WithContext(tenant.With(r.Context(), user.Tenant)))
+//
+//	// A websocket's Connect, for the socket's life (its messages and group events):
+//	s.AddValues(func(ctx context.Context) context.Context { return tenant.With(ctx, t) })
+//
+// Every statement run with such a context — through the Scope's methods
+// of either interface, inside and outside transactions, in batches, COPY,
+// [Scope.Conn] and [Scope.Pgx], a statement retried on a fresh connection,
+// [Do], both consumer styles and their group events — runs with exactly
+// the values its context declares and no other unit's. The values are sent
+// as parameters of set_config, in the same network round trip as the
+// statement, and only where the session does not carry them already; if
+// they fail, the statement does not run. Outside a transaction they are
+// set for the session and cleared, or replaced, in the first round trip of
+// the connection's next user, or before it goes back to the *sql.DB;
+// inside one (and behind PgBouncer always) for the transaction only. They
+// make no scope dirty. A few statements cannot share their round trip
+// (several statements in one string, DO, CALL, VACUUM and the like, COPY):
+// there the settings go in a round trip of their own, or, behind PgBouncer
+// outside a transaction, the statement is refused with [ErrSessionState]
+// (run it inside [Atomic]). [Scope.BeginTx] applies them after its BEGIN,
+// in one more round trip where needed; [Atomic] sends its BEGIN and them
+// with its first statement.
+//
+// [Options.OnAcquire] and [Options.OnBegin] remain for what is not a
+// setting: state that needs SQL of your own, or a driver other than pgx's.
+// OnAcquire's statements make every scope dirty, and it is refused behind
+// PgBouncer; OnBegin runs in every transaction a scope begins, and costs
+// its own round trips.
+//
+// # Concurrency
+//
+// A Scope is safe for concurrent use, as database/sql's *sql.Conn is: the
+// goroutines of one unit of work (an errgroup in a handler, goroutines of
+// a callback) share its one connection, and their statements run on it one
+// after another. QueryRowContext and QueryRow read their row before they
+// return and hold nothing; rows from QueryContext, Query and SendBatch
+// hold the connection until they are closed or read to the end, and a
+// statement meanwhile fails at once with [ErrConnBusy]. Boundaries
+// ([Scope.End], [CloseOld]) must not run while other goroutines still use
+// the scope, and nested [Atomic] calls belong on one goroutine.
 //
 // # Several pools
 //
@@ -84,14 +126,22 @@
 // authorization, time zone…), advisory lock, temporary table or function,
 // listened channel or unread notification, cursor, statement PREPAREd in
 // SQL, or sequence state (currval, lastval). A connection is given back
-// in one of three ways:
+// in one of four ways:
 //
-//   - clean, as it was pinned: nothing to do, no round trip;
-//   - dirty: [Options.ResetSQL] ([DefaultResetSQL]) runs first, in one
-//     round trip; in the same round trip, where the scope ran code the
-//     lexer does not know (DML, whose triggers run code; a function other
-//     than a built-in; DO, CALL, PREPARE, EXECUTE; what it cannot see),
-//     the statements PREPAREd in SQL are listed, and deallocated by name;
+//   - clean, as it was pinned: nothing to do;
+//   - dirty: [Options.ResetSQL] ([DefaultResetSQL]) is owed, and, where the
+//     scope ran code the lexer does not know (DML, whose triggers run code;
+//     a function other than a built-in; DO, CALL, PREPARE, EXECUTE), the
+//     deallocation of the statements PREPAREd in SQL. On pgx's driver the
+//     connection's next user pays it, in a transaction of its own sent
+//     before its first statement in the same round trip, or the pool pays
+//     it before the connection goes back to the *sql.DB: a reset costs no
+//     round trip of its own. On another driver it runs before the
+//     connection is given back;
+//   - handed to user code as itself ([Scope.Conn], [Scope.Pgx], the
+//     *pgx.Conn of rows' Conn and of a batch's Tx): discarded, so that
+//     whatever user code kept of it fails from then on and reaches no
+//     other scope (Stats.Discarded.Raw);
 //   - holding what no reset undoes (LOAD, DISCARD ALL or DEALLOCATE ALL,
 //     which would leave pgx's statement cache pointing at nothing,
 //     setseed): closed, counted in Stats.Discarded.Unresettable.
@@ -117,18 +167,19 @@
 // pg_sleep, pg_notify, transaction-level advisory locks, currval and
 // lastval, which only read); set_config only as set_config(…, …, true).
 // Everything else is dirty: SET, RESET, LISTEN, PREPARE, EXECUTE, DDL (it
-// may evaluate expressions and fire event triggers), DO, CALL, a call of
-// any other function (user code may call set_config, take an advisory
-// lock, create a temporary table), any statement the lexer does not know.
-// A scope is dirty too when it ran what it cannot see: a *sql.Tx from
-// [Scope.BeginTx], [Scope.Conn], [Scope.Pgx], [Options.OnAcquire],
+// may evaluate expressions and fire event triggers), DO, CALL, COPY FROM
+// (triggers, defaults, sequences, as INSERT), a call of any other
+// function (user code may call set_config, take an advisory lock, create a
+// temporary table), any statement the lexer does not know, and a
+// statement given a pgx.QueryRewriter other than pgx's named arguments
+// (the text that runs is not the text read). A scope is dirty too when it
+// ran what it cannot see: a *sql.Tx from [Scope.BeginTx], a statement
+// prepared with [Scope.PrepareContext], [Options.OnAcquire],
 // [Options.OnRelease]. And at every give-back the session user, which the
 // server reports whenever it changes, is compared with the one the
 // connection first reported: a change the text did not show makes it
-// dirty. So a request that runs only "SELECT … WHERE id = $1" costs no
-// reset; one that inserts a row, or begins a transaction with BeginTx
-// rather than [Atomic], costs one round trip at its end (about the price
-// of a trivial statement: see BenchmarkReset).
+// dirty. The settings a unit of work declares ([Setting]) make nothing
+// dirty: dbscope applied them, and knows them.
 //
 // PostgreSQL is the judge of this reading: TestCorpusOracle runs
 // PostgreSQL's own regression SQL, and mutants of it along the axes of
@@ -159,16 +210,18 @@
 // A statement is run again on another connection only when its failure
 // proves it had no effect and the other connection lacks nothing it
 // needs: it is the first statement since the connection was pinned (the
-// other gets OnAcquire first), outside a transaction, and either nothing
-// was sent or the server ended the session (class 57P, which rolls back
-// the statement's implicit transaction) while the statement was one that
-// cannot commit partway (not CALL, DO, several statements in one string,
-// or a statement that works outside transactions, such as VACUUM). Effects
-// that PostgreSQL does not roll back (a sequence value taken, a dblink
-// call) are the caller's to make idempotent. Once anything has run on the
-// connection, a lost session fails the statement with [ErrSessionLost],
-// and the scope's later statements too, until the next boundary: never
-// run on a fresh session without what the earlier ones set.
+// other gets OnAcquire first, and the settings of the statement's
+// context), outside a transaction (or the first of an [Atomic], whose
+// BEGIN goes out with it), and either nothing was sent or the server ended
+// the session (class 57P, which rolls back the statement's transaction)
+// while the statement was one that cannot commit partway (not CALL, DO,
+// several statements in one string, or a statement that works outside
+// transactions, such as VACUUM). Effects that PostgreSQL does not roll
+// back (a sequence value taken, a dblink call) are the caller's to make
+// idempotent. Once anything has run on the connection, a lost session
+// fails the statement with [ErrSessionLost], and the scope's later
+// statements too, until the next boundary: never run on a fresh session
+// without what the earlier ones set.
 //
 // # Behind PgBouncer
 //
@@ -186,28 +239,30 @@
 //     with prepared statement "stmtcache_…" does not exist, or already
 //     exists. A pool warns once of such a mode under TransactionPooling, and
 //     logs the first such failure once in any case, naming the fix.
-//   - where state goes: per transaction, inside [Atomic] (SET LOCAL,
-//     set_config(…, true), pg_advisory_xact_lock, CREATE TEMP TABLE … ON
-//     COMMIT DROP), and a tenant for row-level security in
-//     [Options.OnBegin], which runs in every transaction a scope begins.
-//     Statements that set session-level state (SET, RESET,
-//     set_config(…, false), SET ROLE, LISTEN, PREPARE, EXECUTE, cursors WITH
-//     HOLD, temporary objects and anything that names pg_temp, session
-//     advisory locks, LOAD, DISCARD, and EXPLAIN ANALYZE of any of these)
-//     fail with [ErrSessionState] before they are sent, and so do those that
-//     read sequence state (currval, lastval: there it is whatever the last
-//     client of the server connection left), and [Scope.PrepareContext];
-//     New panics with OnAcquire or ResetAlways. Not refused, and not reset
-//     either, so that it reaches another client: what the classifier cannot
-//     see (state left by a function, DO, CALL, a trigger or rule of a DML
-//     statement, [Scope.Conn], [Scope.Pgx]; a CREATE without a schema where
-//     the role's or database's search_path begins with pg_temp; an index or
-//     a view made on a temporary table such code left), and the
-//     sequence state that nextval and every INSERT into a table with a
-//     serial or identity column leave (refusing them would refuse most
-//     writes; it is harmless unless a later client reads it, which is
-//     refused). A statement outside a transaction runs without OnBegin's
-//     state. LISTEN needs a connection of its own, straight to PostgreSQL.
+//   - where state goes: the settings a unit of work declares ([Setting])
+//     work unchanged, transaction-local, in each statement's own implicit
+//     transaction (the pooler keeps one server connection until the Sync
+//     that ends it) or in [Atomic]'s; other state per transaction, inside
+//     [Atomic] (SET LOCAL, set_config(…, true), pg_advisory_xact_lock,
+//     CREATE TEMP TABLE … ON COMMIT DROP). Statements that set
+//     session-level state (SET, RESET, set_config(…, false), SET ROLE,
+//     LISTEN, PREPARE, EXECUTE, cursors WITH HOLD, temporary objects and
+//     anything that names pg_temp, session advisory locks, LOAD, DISCARD,
+//     and EXPLAIN ANALYZE of any of these) fail with [ErrSessionState]
+//     before they are sent, and so do those that read sequence state
+//     (currval, lastval: there it is whatever the last client of the server
+//     connection left), and [Scope.PrepareContext]; New panics with
+//     OnAcquire or ResetAlways. Not refused, and not reset either, so that
+//     it reaches another client: what the classifier cannot see (state left
+//     by a function, DO, CALL, a trigger or rule of a DML statement,
+//     [Scope.Conn], [Scope.Pgx]; a CREATE without a
+//     schema where the role's or database's search_path begins with
+//     pg_temp; an index or a view made on a temporary table such code
+//     left), and the sequence state that nextval and every INSERT into a
+//     table with a serial or identity column leave (refusing them would
+//     refuse most writes; it is harmless unless a later client reads it,
+//     which is refused). LISTEN needs a connection of its own, straight to
+//     PostgreSQL.
 //   - the pooler's limits: max_client_conn at least the instances times
 //     MaxWorkers, default_pool_size the server connections you want per
 //     database and user; search_path on the role (ALTER ROLE … SET

@@ -45,51 +45,53 @@ type Options struct {
 	// scope ends.
 	ConnMaxAge time.Duration
 
-	// ResetAlways runs the session reset before every connection is given
-	// back, not only when the scope ran something that may leave session
+	// ResetAlways resets the session of every connection given back, not
+	// only of those whose scope ran something that may leave session
 	// state (see the package doc for what counts). Set it where code the
 	// statement text does not name changes session state: a view or a
 	// row-level-security policy that calls set_config, a user-defined
-	// operator or cast with side effects. Costs one round trip per scope
-	// that used the database. Default: false.
+	// operator or cast with side effects. On pgx's driver the reset goes
+	// out with the connection's next statement and costs no round trip
+	// of its own; on another driver it costs one per scope. Default: false.
 	ResetAlways bool
 
-	// ResetSQL is the statement that resets session state before a dirty
-	// connection is given back. Default: [DefaultResetSQL]. Whatever it
-	// is, the same round trip then looks for statements PREPAREd in SQL,
-	// where the scope ran code that may have prepared one (see the
-	// package doc), and deallocates them; under pgx the notifications
-	// left unread are dropped.
+	// ResetSQL is what resets the session of a dirty connection, one or
+	// more statements (on pgx's driver they are sent one by one, in a
+	// transaction of their own: none may refuse to run in a transaction
+	// block). Default: [DefaultResetSQL]. Where the scope ran code that
+	// may have PREPAREd statements in SQL (see the package doc), a DO
+	// block of PL/pgSQL then deallocates them; under pgx the
+	// notifications left unread are dropped.
 	ResetSQL string
 
 	// OnAcquire runs when a scope pins a connection, before user code sees
-	// it: set per-scope state here (set_config('app.tenant', …) from a value
-	// in ctx). Its error discards the connection and is returned to the
-	// caller. A scope whose OnAcquire ran is reset before its connection is
-	// given back. It may run more than once for one scope: again on
-	// another connection when the one it ran on turns out dead, and when
-	// a statement is retried on a fresh connection. Keep it to setting
-	// session state.
+	// it, after the reset the connection's last user left owed: set
+	// per-scope state here that a [Setting] cannot express. Its error
+	// discards the connection and is returned to the caller. What it runs
+	// is not seen: the scope is dirty, and its session reset afterwards.
+	// It may run more than once for one scope: again on another
+	// connection when the one it ran on turns out dead, and when a
+	// statement is retried on a fresh connection. Keep it to setting
+	// session state. For a tenant, declare a [Setting] instead: it costs
+	// no round trip and no reset, and works behind PgBouncer.
 	OnAcquire func(ctx context.Context, conn *sql.Conn) error
 
 	// OnRelease runs before a connection is given back (to the *sql.DB,
-	// or kept by the pool for the next scope: see the package doc), after
-	// any open transaction was rolled back and before the session reset,
-	// which then always runs, so what OnRelease itself sets does not leak
-	// either. Its error discards the connection; it is logged and counted
-	// (Stats.Discarded.Hook), not returned as the outcome of the work.
+	// or kept by the pool for the next scope), after any open transaction
+	// was rolled back; the session is then reset (see ResetSQL), so what
+	// OnRelease itself sets does not leak either. Its error discards the
+	// connection; it is logged and counted (Stats.Discarded.Hook), not
+	// returned as the outcome of the work.
 	OnRelease func(ctx context.Context, conn *sql.Conn) error
 
 	// OnBegin runs right after a scope begins a transaction (the outermost
 	// [Atomic], [Scope.BeginTx]), before the transaction's first
 	// statement: set transaction-local state here, through the scope s,
-	// whose statements are part of the transaction (set_config('app.tenant',
-	// …, true) from a value in ctx). It is the per-transaction
-	// counterpart of OnAcquire, and the one that works under
-	// TransactionPooling. Its error ends the transaction (rolled back) and
-	// is returned, wrapped, by BeginTx, or by the statement that began
-	// Atomic's transaction and every later one of that Atomic, whose
-	// commit then fails too.
+	// whose statements are part of the transaction. With it, Atomic's
+	// BEGIN goes out alone, not with its first statement. For a tenant,
+	// declare a [Setting] instead, which needs neither. Its error ends the
+	// transaction (rolled back) and is returned, wrapped, by BeginTx, or
+	// by every statement of that Atomic, whose commit then fails too.
 	OnBegin func(ctx context.Context, s *Scope) error
 
 	// TransactionPooling declares that the *sql.DB reaches PostgreSQL
@@ -97,13 +99,16 @@ type Options struct {
 	// transaction), which hands each transaction to whichever server
 	// connection is free: session-level state set on one goes to another
 	// client next, and is not there for the scope's next transaction.
-	// Then statements that set it visibly (see the package doc, "Behind
-	// PgBouncer") fail with [ErrSessionState] before they run, as does
-	// PrepareContext; the session reset, which could only reach some
-	// other server connection, is not run; and pgx's default exec mode,
-	// which prepares statements on the server, is warned about once. It
-	// cannot be combined with OnAcquire (use OnBegin) or ResetAlways: New
-	// panics. Default: false.
+	// Then the settings a unit of work declares ([Setting]) are applied
+	// transaction-locally, with every statement outside a transaction and
+	// once in each transaction; statements that set session-level state
+	// visibly (see the package doc, "Behind PgBouncer") fail with
+	// [ErrSessionState] before they run, as does PrepareContext; the
+	// session reset, which could only reach some other server connection,
+	// is not run; and pgx's default exec mode, which prepares statements on
+	// the server, is warned about once. It cannot be combined with
+	// OnAcquire (declare a Setting) or ResetAlways: New panics. Default:
+	// false.
 	TransactionPooling bool
 
 	// LeakTimeout, when positive, logs once through Logger any scope that
@@ -124,13 +129,12 @@ type Options struct {
 }
 
 // DefaultResetSQL resets what a session can carry over to the next user of
-// its connection, in one round trip: the session user and role (SET
+// its connection: the session user and role (SET
 // SESSION AUTHORIZATION DEFAULT resets both; RESET ALL touches neither),
 // every other setting, cursors held open, listened channels, session
 // advisory locks, temporary tables and other objects of pg_temp, and the
 // sequence state of currval and lastval. Statements PREPAREd in SQL are
-// looked for in the same round trip and deallocated by name (see
-// [Options.ResetSQL]).
+// deallocated too where needed (see [Options.ResetSQL]).
 // DISCARD ALL is not used: it would also drop the statements pgx
 // prepares and caches through the protocol.
 //
@@ -166,7 +170,7 @@ func (o *Options) withDefaults() Options {
 		panic("dbctx: New expects LeakTimeout >= 0")
 	}
 	if c.TransactionPooling && c.OnAcquire != nil {
-		panic("dbctx: New: OnAcquire sets session state, which transaction pooling hands to other clients; set it per transaction in OnBegin")
+		panic("dbctx: New: OnAcquire sets session state, which transaction pooling hands to other clients; declare a Setting, or set it per transaction in OnBegin")
 	}
 	if c.TransactionPooling && c.ResetAlways {
 		panic("dbctx: New: ResetAlways cannot reset sessions behind transaction pooling, where each transaction may run on another server connection")
