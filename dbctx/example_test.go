@@ -9,6 +9,7 @@ import (
 	"os"
 
 	"github.com/dbscope/dbscope/dbctx"
+	"github.com/jackc/pgx/v5"
 	_ "github.com/jackc/pgx/v5/stdlib"
 )
 
@@ -109,32 +110,31 @@ func ExampleAtomic() {
 	// rows: 0
 }
 
-type tenantCtxKey struct{}
+// tenant is a run-time parameter every statement of a unit of work runs
+// with: row-level-security policies read it with
+// current_setting('app.tenant', true).
+var exampleTenant = dbctx.NewSetting("app.tenant")
 
-// OnAcquire sets per-scope session state (a tenant for row-level security)
-// from the context; the session is reset before the connection is given
-// back, so the next scope never sees it.
-func ExampleOptions_hooks() {
+// A unit of work declares its tenant in its context (an HTTP middleware
+// after authentication, a websocket's Connect, a job); every statement
+// run with that context runs with it, sent with the statement in the same
+// round trip, and the next unit of work on the connection sees its own or
+// none.
+func ExampleSetting() {
 	db := openExample()
 	defer db.Close()
-	pool := dbctx.New(db, &dbctx.Options{
-		OnAcquire: func(ctx context.Context, conn *sql.Conn) error {
-			tenant, _ := ctx.Value(tenantCtxKey{}).(string)
-			_, err := conn.ExecContext(ctx, "SELECT set_config('app.tenant', $1, false)", tenant)
-			return err
-		},
-		OnRelease: func(ctx context.Context, conn *sql.Conn) error {
-			return nil // the session was already reset; release other resources here
-		},
-	})
+	pool := dbctx.New(db, nil)
 	defer pool.Close()
 
-	for _, tenant := range []string{"acme", "globex"} {
-		ctx := context.WithValue(context.Background(), tenantCtxKey{}, tenant)
+	for _, tenant := range []string{"acme", "globex", ""} {
+		ctx := context.Background()
+		if tenant != "" {
+			ctx = exampleTenant.With(ctx, tenant)
+		}
 		err := pool.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
 			var got string
-			err := s.QueryRowContext(ctx, "SELECT current_setting('app.tenant')").Scan(&got)
-			fmt.Println("tenant:", got)
+			err := s.QueryRowContext(ctx, "SELECT coalesce(current_setting('app.tenant', true), '')").Scan(&got)
+			fmt.Printf("tenant: %q\n", got)
 			return err
 		})
 		if err != nil {
@@ -142,41 +142,31 @@ func ExampleOptions_hooks() {
 		}
 	}
 	// Output:
-	// tenant: acme
-	// tenant: globex
+	// tenant: "acme"
+	// tenant: "globex"
+	// tenant: ""
 }
 
-type exampleTenant struct{}
-
 // Behind PgBouncer in transaction pooling mode (pool_mode = transaction),
-// state goes per transaction: OnBegin sets the tenant in every
-// transaction a scope begins, and session-level state is refused.
+// the settings a unit of work declares go with each statement, for its
+// transaction only, and session-level state is refused.
 func ExampleOptions_transactionPooling() {
 	// With PgBouncer: "postgres://app@pgbouncer:6432/app?default_query_exec_mode=exec".
 	db := openExample()
 	defer db.Close()
-	pool := dbctx.New(db, &dbctx.Options{
-		TransactionPooling: true,
-		OnBegin: func(ctx context.Context, s *dbctx.Scope) error {
-			tenant, _ := ctx.Value(exampleTenant{}).(string)
-			_, err := s.ExecContext(ctx, "SELECT set_config('app.tenant', $1, true)", tenant)
-			return err
-		},
-	})
+	pool := dbctx.New(db, &dbctx.Options{TransactionPooling: true})
 	defer pool.Close()
 
-	ctx := context.WithValue(context.Background(), exampleTenant{}, "acme")
+	ctx := exampleTenant.With(context.Background(), "acme")
 	err := pool.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
 		_, err := s.ExecContext(ctx, "SET app.tenant = 'acme'")
 		fmt.Println(errors.Is(err, dbctx.ErrSessionState))
-		return dbctx.Atomic(ctx, func(ctx context.Context) error {
-			var tenant string
-			if err := s.QueryRowContext(ctx, "SELECT current_setting('app.tenant')").Scan(&tenant); err != nil {
-				return err
-			}
-			fmt.Println(tenant)
-			return nil
-		})
+		var tenant string
+		if err := s.QueryRowContext(ctx, "SELECT current_setting('app.tenant')").Scan(&tenant); err != nil {
+			return err
+		}
+		fmt.Println(tenant)
+		return nil
 	})
 	if err != nil {
 		log.Fatal(err)
@@ -184,4 +174,58 @@ func ExampleOptions_transactionPooling() {
 	// Output:
 	// true
 	// acme
+}
+
+// Pgx hands out the *pgx.Conn under the scope's connection, for what the
+// Scope does not cover; the connection is discarded at the boundary, so
+// that nothing kept of it reaches another scope.
+func ExampleScope_Pgx() {
+	db := openExample()
+	defer db.Close()
+	pool := dbctx.New(db, nil)
+	defer pool.Close()
+
+	err := pool.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+		return s.Pgx(ctx, func(c *pgx.Conn) error {
+			var n int
+			err := c.QueryRow(ctx, "SELECT 6 * 7").Scan(&n)
+			fmt.Println(n, c.PgConn().TxStatus() == 'I')
+			return err
+		})
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("discarded:", pool.Stats().Discarded.Raw)
+	// Output:
+	// 42 true
+	// discarded: 1
+}
+
+// A unit of work may carry a scope of each of several pools, a primary
+// and a read replica: each pool finds its own, with slots, connection and
+// boundaries of its own.
+func ExamplePool_From() {
+	primaryDB, replicaDB := openExample(), openExample() // in production, two servers
+	defer primaryDB.Close()
+	defer replicaDB.Close()
+	primary, replica := dbctx.New(primaryDB, nil), dbctx.New(replicaDB, nil)
+	defer primary.Close()
+	defer replica.Close()
+
+	// What middleware.DB(primary, replica) does for a request.
+	ctx, ps := primary.Scope(context.Background())
+	defer ps.End()
+	ctx, rs := replica.Scope(ctx)
+	defer rs.End()
+
+	var a, b int
+	if err := primary.From(ctx).QueryRowContext(ctx, "SELECT 1").Scan(&a); err != nil {
+		log.Fatal(err)
+	}
+	if err := replica.From(ctx).QueryRowContext(ctx, "SELECT 2").Scan(&b); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(a, b, primary.Stats().Pinned, replica.Stats().Pinned)
+	// Output: 1 2 1 1
 }

@@ -80,7 +80,7 @@ func ExampleAtomic() {
 
 // With Eager, a request takes its worker slot before the handler runs; an
 // overloaded pool answers 503 with Retry-After at once.
-func ExampleOptions_eager() {
+func ExampleDBOptions_eager() {
 	db, err := sql.Open("pgx", os.Getenv("DATABASE_URL"))
 	if err != nil {
 		log.Fatal(err)

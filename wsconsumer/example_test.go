@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"fmt"
 	"log"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"strings"
@@ -13,6 +14,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/coder/websocket/wsjson"
 	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/groups"
 	"github.com/dbscope/dbscope/wsconsumer"
 	_ "github.com/jackc/pgx/v5/stdlib"
 )
@@ -108,4 +110,118 @@ func ExampleNewAsync() {
 	fmt.Println(string(msg))
 	c.Close(websocket.StatusNormalClosure, "")
 	// Output: hello from the database
+}
+
+// A socket joins a group and gets, through its Event callback, what anyone
+// sends to it, on this instance or another (with an engine that spans
+// instances, groups.NewPostgres or natslayer).
+func ExampleSession_Join() {
+	db, err := sql.Open("pgx", os.Getenv("DATABASE_URL"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer db.Close()
+	pool := dbctx.New(db, nil)
+	defer pool.Close()
+	layer, err := groups.New(groups.NewMemory(), nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer layer.Close()
+
+	joined := make(chan struct{})
+	h := wsconsumer.NewSync(pool, wsconsumer.Consumer{
+		Connect: func(ctx context.Context, s *wsconsumer.Session) error {
+			s.Go(func(ctx context.Context) {
+				if err := s.Join(ctx, "room.42"); err == nil {
+					close(joined)
+				}
+			})
+			return nil
+		},
+		Event: func(ctx context.Context, s *wsconsumer.Session, e groups.Event) error {
+			if e.Gap {
+				return nil // messages may have been lost: reload state here
+			}
+			// Run as a message is: in a worker slot, with the socket's scope.
+			var n int
+			if err := dbctx.From(ctx).QueryRowContext(ctx, "SELECT length($1::text)", string(e.Data)).Scan(&n); err != nil {
+				return err
+			}
+			return s.SendText(ctx, fmt.Sprintf("%s (%d bytes)", e.Data, n))
+		},
+	}, &wsconsumer.Options{Layer: layer})
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	defer h.Shutdown(context.Background())
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(srv.URL, "http"), nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.CloseNow()
+	<-joined
+	// From a handler, a consumer, a job; inside dbctx.Atomic it goes out
+	// at commit only.
+	if err := layer.Send(ctx, "room.42", []byte("hello")); err != nil {
+		log.Fatal(err)
+	}
+	_, msg, _ := c.Read(ctx)
+	fmt.Println(string(msg))
+	c.Close(websocket.StatusNormalClosure, "")
+	// Output: hello (5 bytes)
+}
+
+var exampleTenant = dbctx.NewSetting("app.tenant")
+
+// Connect declares what the whole socket runs with: here its tenant, which
+// every statement of its callbacks (and of its group events) then runs
+// with, and no other socket's.
+func ExampleSession_AddValues() {
+	db, err := sql.Open("pgx", os.Getenv("DATABASE_URL"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer db.Close()
+	pool := dbctx.New(db, nil)
+	defer pool.Close()
+
+	h := wsconsumer.NewSync(pool, wsconsumer.Consumer{
+		Connect: func(ctx context.Context, s *wsconsumer.Session) error {
+			t := s.Request().URL.Query().Get("tenant") // in production: from the authenticated user
+			if t == "" {
+				return wsconsumer.Reject(http.StatusForbidden, "no tenant")
+			}
+			s.AddValues(func(ctx context.Context) context.Context { return exampleTenant.With(ctx, t) })
+			return nil
+		},
+		Receive: func(ctx context.Context, s *wsconsumer.Session, _ websocket.MessageType, _ []byte) error {
+			var t string
+			if err := dbctx.From(ctx).QueryRowContext(ctx, "SELECT current_setting('app.tenant')").Scan(&t); err != nil {
+				return err
+			}
+			return s.SendText(ctx, t)
+		},
+	}, nil)
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	defer h.Shutdown(context.Background())
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, t := range []string{"acme", "globex"} {
+		c, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(srv.URL, "http")+"?tenant="+t, nil)
+		if err != nil {
+			log.Fatal(err)
+		}
+		c.Write(ctx, websocket.MessageText, []byte("who am I?"))
+		_, msg, _ := c.Read(ctx)
+		fmt.Println(string(msg))
+		c.Close(websocket.StatusNormalClosure, "")
+	}
+	// Output:
+	// acme
+	// globex
 }
