@@ -72,6 +72,9 @@ func routes(a *chatserver.App) http.Handler {
 	// spoofable; behind a proxy use ClientIPFromXFFTrustedProxies.
 	router.Use(chimw.RequestID, chimw.ClientIPFromRemoteAddr, chimw.Recoverer)
 	router.Use(middleware.DBWithOpts(a.Pool, &middleware.DBOptions{ServerTiming: a.ServerTiming}))
+	// Each request's tenant, and each socket's (a real service takes it
+	// from the signed-in user, after authentication).
+	router.Use(a.Tenant)
 	router.Get("/", chat.ServePage)
 	router.Get("/api/messages", a.ListMessages)
 	router.With(a.Atomic).Post("/api/messages", a.CreateMessage)

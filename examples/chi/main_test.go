@@ -26,6 +26,11 @@ func TestHTTP(t *testing.T) {
 	chattest.HTTP(t, start(t))
 }
 
+func TestTenants(t *testing.T) {
+	t.Parallel()
+	chattest.Tenants(t, start(t))
+}
+
 func TestWebsockets(t *testing.T) {
 	t.Parallel()
 	chattest.Websockets(t, start(t))

@@ -65,5 +65,9 @@ func routes(a *chatserver.App) http.Handler {
 	mux.Handle("GET /ws/sync", a.SyncWS)
 	mux.Handle("GET /ws/async", a.AsyncWS)
 	mux.HandleFunc("GET /readyz", a.Ready)
-	return middleware.DBWithOpts(a.Pool, &middleware.DBOptions{ServerTiming: a.ServerTiming})(mux)
+	// Each request's tenant, and each socket's (a real service takes it
+	// from the signed-in user, after authentication), outside the scope:
+	// statements read their settings from their own context, wherever it
+	// was declared.
+	return a.Tenant(middleware.DBWithOpts(a.Pool, &middleware.DBOptions{ServerTiming: a.ServerTiming})(mux))
 }

@@ -34,7 +34,9 @@ func MessageFrame(m Message) Out { return Out{Type: "message", Message: &m} }
 // RefFrame returns the frame that tells, between servers, of a new message
 // too large to carry: its id, for the receiving server to read it. Clients
 // never get one.
-func RefFrame(m Message) Out { return Out{Type: "ref", Message: &Message{ID: m.ID, Room: m.Room}} }
+func RefFrame(m Message) Out {
+	return Out{Type: "ref", Message: &Message{ID: m.ID, Tenant: m.Tenant, Room: m.Room}}
+}
 
 // ErrorFrame returns the frame that refuses a client's frame.
 func ErrorFrame(err error) Out { return Out{Type: "error", Error: err.Error()} }

@@ -11,7 +11,8 @@ var page []byte
 
 // ServePage serves the chat page: plain HTML and JavaScript, no build
 // step. It opens /ws/sync, or /ws/async with ?ws=async, and joins the
-// room named by ?room= (DefaultRoom without).
+// room named by ?room= (DefaultRoom without) of the tenant named by
+// ?tenant= (DefaultTenant without).
 func ServePage(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.Write(page)

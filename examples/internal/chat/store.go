@@ -17,9 +17,10 @@ type DBTX interface {
 	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
 }
 
-// Message is one stored chat message.
+// Message is one stored chat message, of a tenant's room.
 type Message struct {
 	ID      int64     `json:"id"`
+	Tenant  string    `json:"tenant"`
 	Room    string    `json:"room"`
 	Author  string    `json:"author"`
 	Body    string    `json:"body"`
@@ -101,18 +102,37 @@ func (e invalidError) Unwrap() error { return ErrInvalid }
 
 func invalid(why string) error { return invalidError(why) }
 
-// Migrate creates the messages table and its index if they do not exist;
-// it is safe to run at every start.
+// Migrate creates the messages table, its index and its row-level
+// security if they do not exist; it is safe to run at every start. Each
+// message is a tenant's: its tenant column defaults to the app.tenant
+// setting of the statement that inserts it (an INSERT without one fails),
+// and the policy lets a statement see, and write, its tenant's rows only.
+// The policy binds every role but superusers and those with BYPASSRLS,
+// the table's owner included (FORCE).
 func Migrate(ctx context.Context, db DBTX) error {
 	for _, stmt := range []string{
 		`CREATE TABLE IF NOT EXISTS messages (
 			id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+			tenant     text NOT NULL DEFAULT current_setting('app.tenant'),
 			room       text NOT NULL,
 			author     text NOT NULL,
 			body       text NOT NULL,
 			created_at timestamptz NOT NULL DEFAULT now()
 		)`,
-		`CREATE INDEX IF NOT EXISTS messages_room_id ON messages (room, id)`,
+		// A table made by an earlier version of the example.
+		`ALTER TABLE messages ADD COLUMN IF NOT EXISTS tenant text NOT NULL DEFAULT '` + DefaultTenant + `'`,
+		`ALTER TABLE messages ALTER COLUMN tenant SET DEFAULT current_setting('app.tenant')`,
+		`DROP INDEX IF EXISTS messages_room_id`,
+		`CREATE INDEX IF NOT EXISTS messages_tenant_room_id ON messages (tenant, room, id)`,
+		`ALTER TABLE messages ENABLE ROW LEVEL SECURITY`,
+		`ALTER TABLE messages FORCE ROW LEVEL SECURITY`,
+		`DO $$ BEGIN
+			IF NOT EXISTS (SELECT FROM pg_policies WHERE schemaname = current_schema() AND tablename = 'messages' AND policyname = 'tenant_rows') THEN
+				CREATE POLICY tenant_rows ON messages
+					USING (tenant = current_setting('app.tenant', true))
+					WITH CHECK (tenant = current_setting('app.tenant', true));
+			END IF;
+		END $$`,
 	} {
 		if _, err := db.ExecContext(ctx, stmt); err != nil {
 			return err
@@ -121,27 +141,46 @@ func Migrate(ctx context.Context, db DBTX) error {
 	return nil
 }
 
+// DefaultTenant is the tenant of a request or a socket that names none.
+const DefaultTenant = "demo"
+
+// CheckTenant returns tenant trimmed, DefaultTenant for "", or an error
+// wrapping ErrInvalid.
+func CheckTenant(tenant string) (string, error) {
+	tenant = strings.TrimSpace(tenant)
+	switch {
+	case tenant == "":
+		return DefaultTenant, nil
+	case !storable(tenant):
+		return "", invalid("tenant name not valid UTF-8 text")
+	case utf8.RuneCountInString(tenant) > 64:
+		return "", invalid("tenant name longer than 64 characters")
+	}
+	return tenant, nil
+}
+
 // Insert stores a checked post and returns the message it became.
 func Insert(ctx context.Context, db DBTX, p Post) (Message, error) {
 	m := Message{Room: p.Room, Author: p.Author, Body: p.Body}
 	err := db.QueryRowContext(ctx,
-		`INSERT INTO messages (room, author, body) VALUES ($1, $2, $3) RETURNING id, created_at`,
-		p.Room, p.Author, p.Body).Scan(&m.ID, &m.Created)
+		`INSERT INTO messages (room, author, body) VALUES ($1, $2, $3) RETURNING id, tenant, created_at`,
+		p.Room, p.Author, p.Body).Scan(&m.ID, &m.Tenant, &m.Created)
 	return m, err
 }
 
 // ByID returns the message id.
 func ByID(ctx context.Context, db DBTX, id int64) (Message, error) {
 	var m Message
-	err := db.QueryRowContext(ctx, `SELECT id, room, author, body, created_at FROM messages WHERE id = $1`, id).
-		Scan(&m.ID, &m.Room, &m.Author, &m.Body, &m.Created)
+	err := db.QueryRowContext(ctx, `SELECT id, tenant, room, author, body, created_at FROM messages WHERE id = $1`, id).
+		Scan(&m.ID, &m.Tenant, &m.Room, &m.Author, &m.Body, &m.Created)
 	return m, err
 }
 
-// History returns the latest HistoryLen messages of room, oldest first.
+// History returns the latest HistoryLen messages of room, oldest first:
+// of the tenant the statement runs with, which the policy picks.
 func History(ctx context.Context, db DBTX, room string) ([]Message, error) {
 	rows, err := db.QueryContext(ctx, `
-		SELECT id, room, author, body, created_at FROM (
+		SELECT id, tenant, room, author, body, created_at FROM (
 			SELECT * FROM messages WHERE room = $1 ORDER BY id DESC LIMIT $2
 		) latest ORDER BY id`, room, HistoryLen)
 	if err != nil {
@@ -151,7 +190,7 @@ func History(ctx context.Context, db DBTX, room string) ([]Message, error) {
 	msgs := []Message{}
 	for rows.Next() {
 		var m Message
-		if err := rows.Scan(&m.ID, &m.Room, &m.Author, &m.Body, &m.Created); err != nil {
+		if err := rows.Scan(&m.ID, &m.Tenant, &m.Room, &m.Author, &m.Body, &m.Created); err != nil {
 			return nil, err
 		}
 		msgs = append(msgs, m)

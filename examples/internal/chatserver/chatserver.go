@@ -95,8 +95,14 @@ func Run(ctx context.Context, cfg Config, routes func(*App) http.Handler) error 
 	defer db.Close()
 	pool := dbctx.New(db, &dbctx.Options{Logger: log})
 	defer pool.Close()
+	var asRole string
 	if err := pool.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
-		return chat.Migrate(ctx, s)
+		if err := chat.Migrate(ctx, s); err != nil {
+			return err
+		}
+		var err error
+		asRole, err = policyRole(ctx, s, log)
+		return err
 	}); err != nil {
 		return fmt.Errorf("create schema: %w", err)
 	}
@@ -110,7 +116,7 @@ func Run(ctx context.Context, cfg Config, routes func(*App) http.Handler) error 
 	}
 	defer layer.Close()
 
-	a := &App{Pool: pool, Log: log, Layer: layer, ServerTiming: !cfg.NoServerTiming}
+	a := &App{Pool: pool, Log: log, Layer: layer, ServerTiming: !cfg.NoServerTiming, asRole: asRole}
 	a.Metrics = metrics(db, pool, layer, log)
 	// A socket's records carry the attributes routes gives App.LogAttrs
 	// (read when a record is logged: routes runs after this).
@@ -260,14 +266,86 @@ type App struct {
 	// the records logged about it: the app's, middleware.Atomic's and the
 	// websocket handlers'.
 	LogAttrs func(ctx context.Context) []slog.Attr
+
+	asRole string // see policyRole
 }
 
 func (a *App) logAttrs(ctx context.Context) []slog.Attr {
+	t, _ := tenant.Value(ctx)
+	attrs := []slog.Attr{slog.String("tenant", t)}
 	if a.LogAttrs == nil {
-		return nil
+		return attrs
 	}
-	return a.LogAttrs(ctx)
+	return append(attrs, a.LogAttrs(ctx)...)
 }
+
+// tenant is the tenant every statement of a request or a socket runs
+// with: the messages table's row-level-security policy reads it.
+var tenant = dbctx.NewSetting("app.tenant")
+
+// role is the role they run as, where the service connects as a role the
+// policy does not bind (see policyRole).
+var role = dbctx.NewSetting("role")
+
+// Tenant is the middleware that declares each request's tenant, and so
+// each socket's (a socket keeps its upgrade request's values): the
+// X-Tenant header or ?tenant=, DefaultTenant without. A real service
+// takes it from the signed-in user, after authentication. Mount it before
+// or inside middleware.DB: statements read their settings from their own
+// context.
+func (a *App) Tenant(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		t := r.Header.Get("X-Tenant")
+		if t == "" {
+			t = r.URL.Query().Get("tenant")
+		}
+		t, err := chat.CheckTenant(t)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		ctx := tenant.With(r.Context(), t)
+		if a.asRole != "" {
+			ctx = role.With(ctx, a.asRole)
+		}
+		next.ServeHTTP(w, r.WithContext(ctx))
+	})
+}
+
+// policyRole returns "" where the service's own role is bound by the
+// messages table's policy, as it is in production: a role that is
+// neither a superuser nor BYPASSRLS (and whose connection string names
+// it). A development server connects as a superuser, whom every policy
+// lets through: then the statements run as chatPolicyRole, made here
+// with what it needs, declared as the role setting beside the tenant.
+func policyRole(ctx context.Context, s *dbctx.Scope, log *slog.Logger) (string, error) {
+	var bypass bool
+	if err := s.QueryRowContext(ctx, "SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user").Scan(&bypass); err != nil {
+		return "", err
+	}
+	if !bypass {
+		return "", nil
+	}
+	for _, q := range []string{
+		`DO $$ BEGIN CREATE ROLE ` + chatPolicyRole + ` NOLOGIN;
+			EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$`,
+		`DO $$ BEGIN EXECUTE format('GRANT USAGE ON SCHEMA %I TO ` + chatPolicyRole + `', current_schema()); END $$`,
+		`GRANT SELECT, INSERT ON messages TO ` + chatPolicyRole,
+	} {
+		if _, err := s.ExecContext(ctx, q); err != nil {
+			return "", err
+		}
+	}
+	log.Info("connected as a role that bypasses row-level security: statements run as " + chatPolicyRole +
+		"; in production, connect as a role without BYPASSRLS")
+	return chatPolicyRole, nil
+}
+
+// chatPolicyRole is the role statements run as on a development server.
+const chatPolicyRole = "dbscope_chat"
+
+// room is a socket's room: a room of its tenant.
+type room struct{ tenant, name string }
 
 // Stats answers GET /debug/dbstats with the pool's statistics, the rooms'
 // layer's and the websocket handlers'.
@@ -352,10 +430,10 @@ func (a *App) CreateMessage(w http.ResponseWriter, r *http.Request) {
 	chat.WriteJSON(w, http.StatusCreated, m)
 }
 
-// group is the group of a room: room names are free text, group names
-// are not.
-func group(room string) string {
-	h := sha256.Sum256([]byte(room))
+// group is the group of a tenant's room: room names are free text, group
+// names are not, and two tenants' rooms of the same name are two groups.
+func group(tenant, room string) string {
+	h := sha256.Sum256([]byte(tenant + "\x00" + room))
 	return "chat." + hex.EncodeToString(h[:16])
 }
 
@@ -368,10 +446,10 @@ func (a *App) publish(ctx context.Context, m chat.Message) error {
 	if err != nil {
 		return err
 	}
-	err = a.Layer.Send(ctx, group(m.Room), data)
+	err = a.Layer.Send(ctx, group(m.Tenant, m.Room), data)
 	if errors.Is(err, groups.ErrTooLarge) {
 		data, _ = json.Marshal(chat.RefFrame(m))
-		err = a.Layer.Send(ctx, group(m.Room), data)
+		err = a.Layer.Send(ctx, group(m.Tenant, m.Room), data)
 	}
 	return err
 }
@@ -383,10 +461,10 @@ func (a *App) publish(ctx context.Context, m chat.Message) error {
 // socket's scope, closed-old before the query; in the async style the
 // query goes through dbctx.Do.
 func (a *App) event(ctx context.Context, s *wsconsumer.Session, e groups.Event) error {
-	room := s.State.(string)
+	room := s.State.(room)
 	if e.Gap {
 		msgs, err := dbctx.DoValue(ctx, func(ctx context.Context, db *dbctx.Scope) ([]chat.Message, error) {
-			return chat.History(ctx, db, room)
+			return chat.History(ctx, db, room.name)
 		})
 		if err != nil {
 			return err
@@ -394,7 +472,7 @@ func (a *App) event(ctx context.Context, s *wsconsumer.Session, e groups.Event) 
 		return s.SendJSON(ctx, chat.HistoryFrame(msgs))
 	}
 	var f chat.Out
-	if err := json.Unmarshal(e.Data, &f); err != nil || f.Message == nil || f.Message.Room != room {
+	if err := json.Unmarshal(e.Data, &f); err != nil || f.Message == nil || f.Message.Room != room.name || f.Message.Tenant != room.tenant {
 		return nil // not this room's (two rooms may share a group)
 	}
 	if f.Type == "ref" {
@@ -475,29 +553,36 @@ func (a *App) asyncConsumer() wsconsumer.Consumer {
 // history. Join comes before the history is read, so that no message falls
 // between the two (one may come twice: the page keeps messages by id). The
 // goroutine's ctx is async in both styles: it queries through dbctx.Do.
-func (a *App) connect(_ context.Context, s *wsconsumer.Session) error {
-	room, err := chat.CheckRoom(s.Request().URL.Query().Get("room"))
+func (a *App) connect(ctx context.Context, s *wsconsumer.Session) error {
+	name, err := chat.CheckRoom(s.Request().URL.Query().Get("room"))
 	if err != nil {
 		return wsconsumer.Reject(http.StatusBadRequest, err.Error())
 	}
+	// The tenant the Tenant middleware declared for the upgrade request,
+	// which every statement of the socket runs with.
+	t, ok := tenant.Value(ctx)
+	if !ok {
+		return wsconsumer.Reject(http.StatusForbidden, "no tenant")
+	}
+	room := room{tenant: t, name: name}
 	s.State = room
 	s.Go(func(ctx context.Context) {
 		// Fail answers an error as a callback's would be: a socket
 		// closed meanwhile (the join or the query canceled) is no
 		// failure, overload closes with 1013, anything else with 1011
 		// and an ERROR record.
-		if err := s.Join(ctx, group(room)); err != nil {
-			s.Fail(fmt.Errorf("joining room %q: %w", room, err))
+		if err := s.Join(ctx, group(room.tenant, room.name)); err != nil {
+			s.Fail(fmt.Errorf("joining room %q: %w", room.name, err))
 			return
 		}
 		msgs, err := dbctx.DoValue(ctx, func(ctx context.Context, db *dbctx.Scope) ([]chat.Message, error) {
-			return chat.History(ctx, db, room)
+			return chat.History(ctx, db, room.name)
 		})
 		if err == nil {
 			err = s.SendJSON(ctx, chat.HistoryFrame(msgs))
 		}
 		if err != nil {
-			s.Fail(fmt.Errorf("history of room %q: %w", room, err))
+			s.Fail(fmt.Errorf("history of room %q: %w", room.name, err))
 		}
 	})
 	return nil
@@ -508,7 +593,7 @@ func (a *App) post(s *wsconsumer.Session, in chat.In) (chat.Post, error) {
 	if in.Type != "say" {
 		return chat.Post{}, fmt.Errorf("unknown frame type %q", in.Type)
 	}
-	p := chat.Post{Room: s.State.(string), Author: in.Author, Body: in.Body}
+	p := chat.Post{Room: s.State.(room).name, Author: in.Author, Body: in.Body}
 	return p, p.Check()
 }
 

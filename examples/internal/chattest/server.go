@@ -40,9 +40,17 @@ type Server struct {
 
 // Start runs an example server on a random port against a fresh schema,
 // waits until it answers, and stops it at cleanup.
+//
+// The server connects as a role that is not a superuser (the role of the
+// test's schema, made NOSUPERUSER), as a service should: the messages
+// table's row-level-security policy binds it.
 func Start(t *testing.T, run RunFunc) *Server {
 	t.Helper()
-	return start(t, run, pgtest.New(t), "/debug/dbstats")
+	env := pgtest.New(t)
+	if _, err := env.Admin().Exec(`ALTER ROLE "` + env.Role() + `" NOSUPERUSER`); err != nil {
+		t.Fatal(err)
+	}
+	return start(t, run, env, "/debug/dbstats")
 }
 
 // Another runs a second instance of the example beside s, on the same
@@ -130,9 +138,18 @@ func eventually(t *testing.T, what string, cond func() bool) {
 // do sends one request and returns the response with its body read.
 func (s *Server) do(t *testing.T, method, path, body string) (*http.Response, string) {
 	t.Helper()
+	return s.doAs(t, "", method, path, body)
+}
+
+// doAs is do as tenant's (X-Tenant), or the default tenant's for "".
+func (s *Server) doAs(t *testing.T, tenant, method, path, body string) (*http.Response, string) {
+	t.Helper()
 	req, err := http.NewRequest(method, s.URL+path, strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
+	}
+	if tenant != "" {
+		req.Header.Set("X-Tenant", tenant)
 	}
 	if body != "" {
 		req.Header.Set("Content-Type", "application/json")

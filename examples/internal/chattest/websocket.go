@@ -192,9 +192,19 @@ func Shutdown(t *testing.T, s *Server) {
 // first.
 func (s *Server) Dial(t *testing.T, style, room string) (*websocket.Conn, []chat.Message) {
 	t.Helper()
+	return s.DialAs(t, "", style, room)
+}
+
+// DialAs is Dial as tenant's (?tenant=), or the default tenant's for "".
+func (s *Server) DialAs(t *testing.T, tenant, style, room string) (*websocket.Conn, []chat.Message) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, resp, err := websocket.Dial(ctx, s.wsURL(style, room), nil)
+	u := s.wsURL(style, room)
+	if tenant != "" {
+		u += "&tenant=" + url.QueryEscape(tenant)
+	}
+	c, resp, err := websocket.Dial(ctx, u, nil)
 	if err != nil {
 		t.Fatalf("dial /ws/%s: %v (%v)", style, err, resp)
 	}
