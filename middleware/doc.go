@@ -27,6 +27,6 @@
 // wrong password) with dbctx.ErrMisconfigured, which the pool logs once.
 // Answer them with [Answer] (503 Service Unavailable with Retry-After for
 // the first two, 500 for the last, nothing for a client that went away),
-// or set [Options].Eager to refuse the request before the handler runs
+// or set [DBOptions].Eager to refuse the request before the handler runs
 // when the pool is full.
 package middleware

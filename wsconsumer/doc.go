@@ -6,23 +6,30 @@
 // the default ConnMaxAge of 0 an idle socket holds no connection and no
 // slot: 10,000 idle sockets cost the pool nothing.
 //
-// A [Consumer] is three callbacks, Connect, Receive and Disconnect, and
-// [JSON] adapts a typed [JSONConsumer]. Pick the style per endpoint. The
-// sync style ([NewSync]) runs the callbacks of a socket one at a time, in
-// order, each in a worker slot, so handlers query dbctx.From(ctx) directly;
-// a socket waiting for a slot stops reading, which pushes back on its
-// client. (A message is handled on the goroutine that read it, and the
-// socket is read again once it is done, as in a hand-written handler; a
-// message that takes longer than 250ms has the next frame read meanwhile,
-// so that pings are answered and a client that goes away has its work
-// canceled; that reader then goes on with the socket, which keeps one
-// goroutine once idle.) The async style ([NewAsync]) holds no slot while a callback
-// runs, may run several messages of a socket at once (Options.InFlight),
-// and reaches the database only through dbctx.Do, so a callback that waits
-// on something else (another service, a timer, a channel) holds no
-// database resource meanwhile; direct use returns dbctx.ErrAsyncContext.
-// Choose sync for database-bound request/response sockets, async for
-// sockets that mostly wait or fan out.
+// A [Consumer] is three callbacks, Connect, Receive and Disconnect (and
+// Event, for groups); [JSON] adapts a typed [JSONConsumer]. Pick the style
+// per endpoint:
+//
+//   - Sync ([NewSync]), for sockets that mostly ask the database: a
+//     socket's callbacks run one at a time, in order, each in a worker
+//     slot, and query dbctx.From(ctx) directly. A socket waiting for a slot
+//     stops reading, which pushes back on its client.
+//   - Async ([NewAsync]), for sockets that mostly wait (on another
+//     service, a timer, group events) or fan out: callbacks hold no slot,
+//     may run several messages of a socket at once (Options.InFlight), and
+//     reach the database only through dbctx.Do, so waiting holds no
+//     database resource; direct use returns dbctx.ErrAsyncContext.
+//
+// In the sync style a message is handled on the goroutine that read it,
+// and the socket is read again once it is done, as in a hand-written
+// handler; a message that takes longer than 250ms has the next frame read
+// meanwhile, so that pings are answered and a client that goes away has
+// its work canceled (that reader then goes on with the socket, which keeps
+// one goroutine once idle).
+//
+// The values of the upgrade request's context (a tenant declared with
+// dbctx.Setting, the authenticated user) reach every callback;
+// [Session.AddValues] adds more for the socket's life.
 //
 // Before any callback runs or any slot is taken, the upgrade is verified
 // as websocket.Accept verifies it (method, headers, version, key, and
