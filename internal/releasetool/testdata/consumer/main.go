@@ -59,6 +59,14 @@ func run() error {
 	}); err != nil {
 		return fmt.Errorf("dbctx: SELECT 1 through a Pool (set DATABASE_URL to a PostgreSQL): %w", err)
 	}
+	// dbctx: a setting declared for a unit of work reaches its statements.
+	tenant := dbctx.NewSetting("app.tenant")
+	var seen string
+	if err := pool.Do(tenant.With(ctx, "t1"), func(ctx context.Context, s *dbctx.Scope) error {
+		return s.QueryRowContext(ctx, "SELECT current_setting('app.tenant')").Scan(&seen)
+	}); err != nil || seen != "t1" {
+		return fmt.Errorf("dbctx: a Setting: saw %q: %v", seen, err)
+	}
 
 	layer, err := groups.New(groups.NewMemory(), nil)
 	if err != nil {
