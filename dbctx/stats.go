@@ -13,7 +13,7 @@ type Stats struct {
 	InUse   int // slots held now
 	Waiting int // callers queued for a slot now
 	Pinned  int // connections pinned by scopes now
-	Kept    int // clean connections kept for the next scope now (at most 10ms each)
+	Kept    int // clean connections kept a moment for the next scope
 
 	WaitCount    int64         // callers that had to queue for a slot
 	WaitDuration time.Duration // total time spent queued
