@@ -10,7 +10,7 @@
 #   WS_MODES="raw pgxpool sync pgx" HTTP_MODES="raw pgxpool sync pgx" IDLE=0 bench/run.sh
 #   TENANT=5 IDLE=0 bench/run.sh      # each mode without and with -tenant (5 tenants)
 #   WRITE=1 IDLE=0 bench/run.sh       # the write workload (-write)
-#   TENANT=5 WRITE=1 IDLE=0 bench/run.sh   # both, side by side with the items workload
+#   TENANT=5 WRITE=1 WRITE_MESSAGES=500 IDLE=0 bench/run.sh   # both, side by side with the items workload
 #   VARIANTS="write write+tenant" TENANT=5 bench/run.sh   # the workloads to run, of plain, tenant, write, write+tenant
 #
 # Workloads (VARIANTS): plain is the items workload; tenant adds -tenant
@@ -36,6 +36,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 rounds=${ROUNDS:-4}
 clients=${CLIENTS:-8}
 messages=${MESSAGES:-3000}
+# An INSERT waits for its commit's WAL flush: the write workloads run
+# fewer messages (WRITE_MESSAGES per client).
+write_messages=${WRITE_MESSAGES:-$messages}
 idle=${IDLE:-5000}
 port=${PORT:-18090}
 source bench/lib.sh
@@ -56,7 +59,7 @@ go build -o "$tmp/load" ./bench/load
 results=$tmp/results.jsonl
 
 echo "# $(nproc) cores, $(go version | cut -d' ' -f3), $(psql --version 2>/dev/null || echo PostgreSQL), $(date -u +%FT%TZ), load average $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "# rounds=$rounds clients=$clients messages=$messages idle=$idle variants=\"$variants\" tenants=$tenants"
+echo "# rounds=$rounds clients=$clients messages=$messages write_messages=$write_messages idle=$idle variants=\"$variants\" tenants=$tenants"
 
 # serve MODE [FLAGS...]: starts a server in the background, sets pid.
 serve() {
@@ -86,11 +89,12 @@ for r in $(seq 1 "$rounds"); do
 		n=${#configs[@]}
 		for i in $(seq 0 $((n - 1))); do
 			c=${configs[$(((i + r) % n))]}
-			mode=${c%%/*} v=${c#*/}
+			mode=${c%%/*} v=${c#*/} n=$messages
+			case $v in write*) n=$write_messages ;; esac
 			# shellcheck disable=SC2046 # the flags are words
 			serve "$mode" $(server_flags "$v")
 			# shellcheck disable=SC2046
-			load "$mode" "$proto/$mode/$v/$r" -proto "$proto" -clients "$clients" -messages "$messages" $(load_flags "$v") | tee -a "$results"
+			load "$mode" "$proto/$mode/$v/$r" -proto "$proto" -clients "$clients" -messages "$n" $(load_flags "$v") | tee -a "$results"
 			stop
 		done
 	done
