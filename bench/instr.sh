@@ -7,7 +7,7 @@
 # misses and waiting, which run.sh measures.
 #
 #   bench/instr.sh                 # 8 clients, 100 then 600 messages each
-#   TOP=30 bench/instr.sh          # and the 30 functions that differ most from raw
+#   TOP=30 bench/instr.sh          # and the 30 functions that differ most from raw (and, for a tenant workload, from the same mode without a tenant)
 #   PROTO=http MODES="raw sync atomic" bench/instr.sh   # per HTTP request
 #   TENANT=5 bench/instr.sh        # raw pgxpool sync async pgx, each without and with -tenant (5 tenants)
 #   WRITE=1 bench/instr.sh         # the write workload
@@ -119,16 +119,22 @@ for v in $variants; do
 	done
 done
 
+# topdiff A B TITLE: the $top functions whose instructions per message
+# differ most between $tmp/A.per and $tmp/B.per (B - A).
+topdiff() {
+	echo
+	echo "# $3, instructions per message, the $top functions that differ most"
+	awk -F'\t' 'NR == FNR { r[$1] = $2; next } { d = $2 - r[$1]; delete r[$1]; if (d) printf "%d\t%+8d\t%s\n", d < 0 ? -d : d, d, $1 }
+		END { for (f in r) if (r[f]) printf "%d\t%+8d\t%s\n", r[f] < 0 ? -r[f] : r[f], -r[f], f }' "$tmp/$1.per" "$tmp/$2.per" |
+		sort -t$'\t' -k1,1nr | awk -F'\t' -v n="$top" 'NR <= n { print $2 "\t" $3 }'
+}
+
 if [ "$top" -gt 0 ]; then
 	for v in $variants; do
-		[ -f "$tmp/raw.$v.per" ] || continue
+		b0=$(base_variant "$v")
 		for mode in $modes; do
-			[ "$mode" = raw ] && continue
-			echo
-			echo "# $mode - raw ($v), instructions per message, the $top functions that differ most"
-			awk -F'\t' 'NR == FNR { r[$1] = $2; next } { d = $2 - r[$1]; delete r[$1]; if (d) printf "%d\t%+8d\t%s\n", d < 0 ? -d : d, d, $1 }
-				END { for (f in r) if (r[f]) printf "%d\t%+8d\t%s\n", r[f] < 0 ? -r[f] : r[f], -r[f], f }' "$tmp/raw.$v.per" "$tmp/$mode.$v.per" |
-				sort -t$'\t' -k1,1nr | awk -F'\t' -v n="$top" 'NR <= n { print $2 "\t" $3 }'
+			[ "$mode" != raw ] && [ -f "$tmp/raw.$v.per" ] && topdiff "raw.$v" "$mode.$v" "$mode - raw ($v)"
+			[ -n "$b0" ] && [ -f "$tmp/$mode.$b0.per" ] && topdiff "$mode.$b0" "$mode.$v" "$mode: $v - $b0"
 		done
 	done
 fi
