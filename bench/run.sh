@@ -89,12 +89,12 @@ for r in $(seq 1 "$rounds"); do
 		n=${#configs[@]}
 		for i in $(seq 0 $((n - 1))); do
 			c=${configs[$(((i + r) % n))]}
-			mode=${c%%/*} v=${c#*/} n=$messages
-			case $v in write*) n=$write_messages ;; esac
+			mode=${c%%/*} v=${c#*/} msgs=$messages
+			case $v in write*) msgs=$write_messages ;; esac
 			# shellcheck disable=SC2046 # the flags are words
 			serve "$mode" $(server_flags "$v")
 			# shellcheck disable=SC2046
-			load "$mode" "$proto/$mode/$v/$r" -proto "$proto" -clients "$clients" -messages "$n" $(load_flags "$v") | tee -a "$results"
+			load "$mode" "$proto/$mode/$v/$r" -proto "$proto" -clients "$clients" -messages "$msgs" $(load_flags "$v") | tee -a "$results"
 			stop
 		done
 	done

@@ -50,8 +50,9 @@ func (c *Config) tenants() int {
 	return c.Tenants
 }
 
-// TenantName returns the name of tenant k (1-based): t<k>.
-func TenantName(k int) string { return "t" + strconv.Itoa(k) }
+// tenantName returns the name of tenant k (1-based): t<k>, as bench/load
+// names them.
+func tenantName(k int) string { return "t" + strconv.Itoa(k) }
 
 // tenant is the app.tenant setting of the dbscope modes, declared by the
 // first server with Config.Tenant: a process that serves no tenant
@@ -101,7 +102,7 @@ func setupTenant(ctx context.Context, tx *sql.Tx, schema string, n int) error {
 		return err
 	}
 	for k := 1; k <= n; k++ {
-		t := TenantName(k)
+		t := tenantName(k)
 		var have int
 		if _, err := tx.ExecContext(ctx, "SELECT set_config('app.tenant', $1, true)", t); err != nil {
 			return err
