@@ -7,8 +7,18 @@
 # misses and waiting, which run.sh measures.
 #
 #   bench/instr.sh                 # 8 clients, 100 then 600 messages each
-#   TOP=30 bench/instr.sh          # and the 30 functions that differ most from raw
+#   TOP=30 bench/instr.sh          # and the 30 functions that differ most from raw (and, for a tenant workload, from the same mode without a tenant)
 #   PROTO=http MODES="raw sync atomic" bench/instr.sh   # per HTTP request
+#   TENANT=5 bench/instr.sh        # raw pgxpool sync async pgx, each without and with -tenant (5 tenants)
+#   WRITE=1 bench/instr.sh         # the write workload
+#   VARIANTS="plain tenant write write+tenant" TENANT=5 MODES="raw sync" bench/instr.sh
+#
+# The workloads (VARIANTS, TENANT, WRITE) are run.sh's: plain (items),
+# tenant, write, write+tenant. x_raw is a mode's count over raw's in the
+# same workload, x_plain a tenant workload's over the same mode's without
+# a tenant (tenant over plain, write+tenant over write); resets/1k and
+# wrong_t come from the driver's run of BIG messages (the pool's session
+# resets per 1,000 messages, the replies of another tenant).
 #
 # Each mode's server runs under cachegrind for SMALL and BIG messages per
 # client (each REPEAT times, the least count kept); the difference of the
@@ -24,10 +34,15 @@ big=${BIG:-600}
 top=${TOP:-0}
 repeat=${REPEAT:-2}
 port=${PORT:-18190}
-modes=${MODES:-raw sync async}
 proto=${PROTO:-ws}
-
 source bench/lib.sh
+workloads
+if [ -n "$extended" ]; then
+	modes=${MODES:-raw pgxpool sync async pgx}
+else
+	modes=${MODES:-raw sync async}
+fi
+
 need valgrind jq
 
 # valgrind 3.19 does not decode RDTSCP, which the Go runtime's cputicks
@@ -40,63 +55,86 @@ printf '{"Replace":{"%s":"%s"}}\n' "$asm" "$tmp/asm_amd64.s" >"$tmp/overlay.json
 go build -overlay "$tmp/overlay.json" -o "$tmp/server" ./bench/server
 go build -o "$tmp/load" ./bench/load
 
-# count MODE N: the server's instructions over N messages per client, by
-# function, into $tmp/MODE.N.fn (function<TAB>count); prints the total.
+# count MODE VARIANT N: the server's instructions over N messages per
+# client, by function, into $tmp/MODE.VARIANT.N.fn (function<TAB>count),
+# and the driver's result into $tmp/MODE.VARIANT.N.json; prints the total.
 count() {
-	local mode=$1 n=$2 out=$tmp/cg.$1.$2
+	local mode=$1 v=$2 n=$3 out=$tmp/cg.$1.$2.$3
 	# Asynchronous preemption's signals upset valgrind's signal handling.
+	# shellcheck disable=SC2046 # the flags are words
 	GODEBUG=asyncpreemptoff=1 valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file="$out" \
-		"$tmp/server" -mode "$mode" -addr "127.0.0.1:$port" -app "instr-$mode" >"$tmp/server.out" 2>&1 &
+		"$tmp/server" -mode "$mode" -addr "127.0.0.1:$port" -app "instr-$mode" $(server_flags "$v") >"$tmp/server.out" 2>&1 &
 	pid=$!
 	# The driver waits for the server, slow to start under valgrind.
-	"$tmp/load" -url "http://127.0.0.1:$port" -wait 120s -proto "$proto" -clients "$clients" -messages "$n" -timeout 120s >"$tmp/load.json"
-	jq -e '.replies == .clients * .messages_per_client and .error_replies == 0' "$tmp/load.json" >/dev/null ||
-		{ echo "instr.sh: $mode/$n: load failed: $(cat "$tmp/load.json")" >&2; exit 1; }
+	# shellcheck disable=SC2046
+	"$tmp/load" -url "http://127.0.0.1:$port" -wait 120s -proto "$proto" -clients "$clients" -messages "$n" -timeout 120s \
+		$(load_flags "$v") >"$tmp/load.json"
+	jq -e '.replies == .clients * .messages_per_client and .error_replies == 0 and .wrong_replies == 0 and .wrong_tenants == 0' "$tmp/load.json" >/dev/null ||
+		{ echo "instr.sh: $mode/$v/$n: load failed: $(cat "$tmp/load.json")" >&2; exit 1; }
+	cp "$tmp/load.json" "$tmp/$mode.$v.$n.json"
 	kill -TERM "$pid"
 	wait "$pid" || true
 	pid=
 	awk '/^fn=/ { fn = substr($0, 4); next } NF == 2 && $1 ~ /^[0-9]+$/ { ir[fn] += $2 }
-		END { for (f in ir) printf "%s\t%d\n", f, ir[f] }' "$out" >"$tmp/$mode.$n.fn"
-	awk -F'\t' '{ t += $2 } END { printf "%d\n", t }' "$tmp/$mode.$n.fn"
+		END { for (f in ir) printf "%s\t%d\n", f, ir[f] }' "$out" >"$tmp/$mode.$v.$n.fn"
+	awk -F'\t' '{ t += $2 } END { printf "%d\n", t }' "$tmp/$mode.$v.$n.fn"
 }
 
 msgs=$((clients * (big - small)))
-echo "# $(go version | cut -d' ' -f3), $(valgrind --version), proto=$proto clients=$clients messages=$small,$big, $(date -u +%FT%TZ)"
-printf '%-6s %14s %8s\n' mode instr/msg x_raw
-# least MODE N: count's least total over $repeat runs, its functions kept:
-# now and then a run spends far more (the runtime spinning while valgrind
-# serializes its threads), never less.
+echo "# $(go version | cut -d' ' -f3), $(valgrind --version), proto=$proto clients=$clients messages=$small,$big, $(date -u +%FT%TZ), load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "# variants=\"$variants\" tenants=$tenants"
+printf '%-8s %-12s %14s %8s %8s %10s %8s\n' mode workload instr/msg x_raw x_plain resets/1k wrong_t
+# least MODE VARIANT N: count's least total over $repeat runs, its
+# functions kept: now and then a run spends far more (the runtime spinning
+# while valgrind serializes its threads), never less.
 least() {
-	local best= t
+	local best= t f=$1.$2.$3
 	for _ in $(seq 1 "$repeat"); do
-		t=$(count "$1" "$2")
+		t=$(count "$1" "$2" "$3")
 		if [ -z "$best" ] || [ "$t" -lt "$best" ]; then
 			best=$t
-			cp "$tmp/$1.$2.fn" "$tmp/$1.$2.best"
+			cp "$tmp/$f.fn" "$tmp/$f.best"
 		fi
 	done
-	mv "$tmp/$1.$2.best" "$tmp/$1.$2.fn"
+	mv "$tmp/$f.best" "$tmp/$f.fn"
 	echo "$best"
 }
 
-for mode in $modes; do
-	a=$(least "$mode" "$small")
-	b=$(least "$mode" "$big")
-	per=$(((b - a) / msgs))
-	[ "$mode" = raw ] && rawper=$per
-	# Per function: (big - small) / messages.
-	awk -F'\t' -v m="$msgs" 'NR == FNR { s[$1] = $2; next } { d[$1] = $2 - s[$1] } END { for (f in d) printf "%s\t%.0f\n", f, d[f] / m }' \
-		"$tmp/$mode.$small.fn" "$tmp/$mode.$big.fn" >"$tmp/$mode.per"
-	printf '%-6s %14d %8s\n' "$mode" "$per" "$([ -n "${rawper:-}" ] && awk -v a="$per" -v r="$rawper" 'BEGIN { printf "%.3f", a / r }')"
+# ratio KEY: the count of $mode.$v over that of KEY (mode.variant), or -.
+declare -A per
+ratio() { [ -n "${per[$1]:-}" ] && awk -v a="${per[$mode.$v]}" -v r="${per[$1]}" 'BEGIN { printf "%.3f", a / r }' || echo -; }
+for v in $variants; do
+	for mode in $modes; do
+		a=$(least "$mode" "$v" "$small")
+		b=$(least "$mode" "$v" "$big")
+		per[$mode.$v]=$(((b - a) / msgs))
+		# Per function: (big - small) / messages.
+		awk -F'\t' -v m="$msgs" 'NR == FNR { s[$1] = $2; next } { d[$1] = $2 - s[$1] } END { for (f in d) printf "%s\t%.0f\n", f, d[f] / m }' \
+			"$tmp/$mode.$v.$small.fn" "$tmp/$mode.$v.$big.fn" >"$tmp/$mode.$v.per"
+		b0=$(base_variant "$v")
+		printf '%-8s %-12s %14d %8s %8s %10s %8s\n' "$mode" "$v" "${per[$mode.$v]}" "$(ratio "raw.$v")" \
+			"$([ -n "$b0" ] && ratio "$mode.$b0" || echo -)" \
+			"$(jq -r '.resets_per_1k_msgs // "-" | if type == "number" then (. * 10 | round / 10) else . end' "$tmp/$mode.$v.$big.json")" \
+			"$(jq -r .wrong_tenants "$tmp/$mode.$v.$big.json")"
+	done
 done
 
-if [ "$top" -gt 0 ] && [ -f "$tmp/raw.per" ]; then
-	for mode in $modes; do
-		[ "$mode" = raw ] && continue
-		echo
-		echo "# $mode - raw, instructions per message, the $top functions that differ most"
-		awk -F'\t' 'NR == FNR { r[$1] = $2; next } { d = $2 - r[$1]; delete r[$1]; if (d) printf "%d\t%+8d\t%s\n", d < 0 ? -d : d, d, $1 }
-			END { for (f in r) if (r[f]) printf "%d\t%+8d\t%s\n", r[f] < 0 ? -r[f] : r[f], -r[f], f }' "$tmp/raw.per" "$tmp/$mode.per" |
-			sort -t$'\t' -k1,1nr | awk -F'\t' -v n="$top" 'NR <= n { print $2 "\t" $3 }'
+# topdiff A B TITLE: the $top functions whose instructions per message
+# differ most between $tmp/A.per and $tmp/B.per (B - A).
+topdiff() {
+	echo
+	echo "# $3, instructions per message, the $top functions that differ most"
+	awk -F'\t' 'NR == FNR { r[$1] = $2; next } { d = $2 - r[$1]; delete r[$1]; if (d) printf "%d\t%+8d\t%s\n", d < 0 ? -d : d, d, $1 }
+		END { for (f in r) if (r[f]) printf "%d\t%+8d\t%s\n", r[f] < 0 ? -r[f] : r[f], -r[f], f }' "$tmp/$1.per" "$tmp/$2.per" |
+		sort -t$'\t' -k1,1nr | awk -F'\t' -v n="$top" 'NR <= n { print $2 "\t" $3 }'
+}
+
+if [ "$top" -gt 0 ]; then
+	for v in $variants; do
+		b0=$(base_variant "$v")
+		for mode in $modes; do
+			[ "$mode" != raw ] && [ -f "$tmp/raw.$v.per" ] && topdiff "raw.$v" "$mode.$v" "$mode - raw ($v)"
+			[ -n "$b0" ] && [ -f "$tmp/$mode.$b0.per" ] && topdiff "$mode.$b0" "$mode.$v" "$mode: $v - $b0"
+		done
 	done
 fi

@@ -5,9 +5,11 @@
 //		-app bench-sync -server-pid $PID
 //
 // Fields: msgs_per_s, p50_us/p99_us, error_replies, busy (1013 or 503),
-// broken_sockets, peak_db_conns (the server's connections in
+// broken_sockets, wrong_replies, wrong_tenants (-tenants N: replies not of
+// the client's tenant), peak_db_conns (the server's connections in
 // pg_stat_activity, found by -app), server_peak_rss_bytes (VmHWM of
-// -server-pid). With -kill-every the server's backends are terminated at
+// -server-pid), pool_resets and resets_per_1k_msgs (the session resets the
+// server's pool ran meanwhile, from its /debug/dbstats; dbscope modes). With -kill-every the server's backends are terminated at
 // that interval while clients run. The database watched is $DATABASE_URL,
 // else the local server at 127.0.0.1:5432: the one the server uses.
 //
@@ -53,6 +55,8 @@ func main() {
 	flag.IntVar(&cfg.ServerPID, "server-pid", 0, "the server's pid, for its peak RSS")
 	flag.DurationVar(&cfg.Timeout, "timeout", 30*time.Second, "per-message timeout")
 	flag.StringVar(&cfg.Label, "label", "", "name of the run in the output")
+	flag.IntVar(&cfg.Tenants, "tenants", 0, "the tenant workload (server -tenant): client c is tenant t<c%N+1>, every reply's tenant is checked (wrong_tenants)")
+	flag.BoolVar(&cfg.Write, "write", false, "the write workload (server -write): HTTP requests are POSTs, every reply must carry a row id")
 	wait := flag.Duration("wait", 30*time.Second, "how long to wait for the server to answer")
 	var room loadgen.RoomConfig
 	flag.IntVar(&room.Members, "members", 0, "room workload: sockets in the room (0: the item workload)")

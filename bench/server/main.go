@@ -4,12 +4,16 @@
 //	go run ./bench/server -mode sync -addr 127.0.0.1:8090 -app bench-sync
 //
 // Endpoints: websocket /ws/items ({"id":k} → {"id":k,"name":"item-k"}),
-// GET /items/{id}, and the rooms: websocket /ws/room/{name} (the socket
+// GET /items/{id}, GET /debug/dbstats (the pool's dbctx.Stats, in the
+// dbscope modes), and the rooms: websocket /ws/room/{name} (the socket
 // joins group name; each frame {"id":k,"seq":n} goes to the group, and
 // every member looks item k up and sends {"id":k,"seq":n,"name":"item-k"})
 // and /ws/fanout/{name} (the same without the lookup). Modes: raw (no
 // dbscope; rooms in an in-process map), sync, async, atomic (sync
-// consumers); -layer memory|postgres picks the rooms' engine. See package
+// consumers); -layer memory|postgres picks the rooms' engine. -tenant
+// serves the items multi-tenant under row-level security (?tenant=T, the
+// reply carries "tenant"), -write makes each message and POST
+// /items/{id} insert a row (the reply carries its "row"). See package
 // bench/internal/itemserver. It uses $DATABASE_URL; without it the local
 // server at 127.0.0.1:5432, and without that a throwaway cluster it removes
 // on exit. It creates the items table (10,000 rows) if missing, prints
@@ -44,6 +48,10 @@ func main() {
 	flag.BoolVar(&cfg.RawNATS, "nats", false, "raw mode: carry the rooms between instances over NATS (a subscription per room)")
 	flag.StringVar(&cfg.NATSURL, "nats-url", "", "the NATS server of -nats and -layer nats (default nats://127.0.0.1:4222)")
 	flag.BoolVar(&cfg.TestOps, "test-ops", false, `honor "sleep" in messages (?sleep= in HTTP): for fault tests`)
+	flag.BoolVar(&cfg.Tenant, "tenant", false, "the tenant workload: /ws/items?tenant=T and /items/{id}?tenant=T look up tenant_items under row-level security as the role "+itemserver.TenantRole)
+	flag.IntVar(&cfg.Tenants, "tenants", itemserver.DefaultTenants, "with -tenant: tenants t1..tN that have rows")
+	flag.BoolVar(&cfg.Write, "write", false, "the write workload: each /ws/items frame and POST /items/{id} inserts a row")
+	flag.BoolVar(&cfg.TransactionPooling, "transaction-pooling", false, "dbscope's TransactionPooling: the database is behind PgBouncer in transaction mode")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	flag.Parse()
 	if *cpuProfile != "" {

@@ -76,10 +76,18 @@ func (r *rawSockets) shutdown(ctx context.Context) error {
 
 // rawWS is the baseline websocket handler: coder/websocket and a plain
 // *sql.DB, one goroutine per socket reading, querying and writing in
-// turn, as wsconsumer's bench_test.go baseline.
+// turn, as wsconsumer's bench_test.go baseline. With Config.Tenant the
+// socket's tenant is the upgrade request's ?tenant=.
 func (s *Server) rawWS() http.Handler {
 	look, testOps := s.rawLook, s.cfg.TestOps
+	if s.cfg.Write {
+		look = s.rawWrite
+	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		t, ok := s.rawTenant(w, r)
+		if !ok {
+			return
+		}
 		c, err := websocket.Accept(w, r, nil)
 		if err != nil {
 			return
@@ -101,7 +109,7 @@ func (s *Server) rawWS() http.Handler {
 				c.Close(websocket.StatusInvalidFramePayloadData, "invalid JSON")
 				return
 			}
-			out, _ := json.Marshal(answer(m, look(ctx, &m), testOps))
+			out, _ := json.Marshal(answer(m, look(ctx, t, &m), testOps))
 			if err := c.Write(ctx, websocket.MessageText, out); err != nil {
 				return
 			}
@@ -109,11 +117,32 @@ func (s *Server) rawWS() http.Handler {
 	})
 }
 
-// rawHTTP answers GET /items/{id} from the plain *sql.DB (or pgxpool).
-func (s *Server) rawHTTP(w http.ResponseWriter, r *http.Request) {
-	m, ok := parseHTTP(w, r, s.cfg.TestOps)
-	if !ok {
-		return
+// rawHTTP answers /items/{id} with work on the plain *sql.DB (or
+// pgxpool).
+func (s *Server) rawHTTP(work func(ctx context.Context, tenant string, m *Msg) error) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		t, ok := s.rawTenant(w, r)
+		if !ok {
+			return
+		}
+		m, ok := parseHTTP(w, r, s.cfg.TestOps)
+		if !ok {
+			return
+		}
+		writeHTTP(w, m, work(r.Context(), t, &m))
 	}
-	writeHTTP(w, m, s.rawLook(r.Context(), &m))
+}
+
+// rawTenant returns the tenant of a request (?tenant=) with Config.Tenant,
+// answering 400 where it names none; "" without Config.Tenant.
+func (s *Server) rawTenant(w http.ResponseWriter, r *http.Request) (string, bool) {
+	if !s.cfg.Tenant {
+		return "", true
+	}
+	t := r.URL.Query().Get("tenant")
+	if t == "" {
+		writeJSON(w, http.StatusBadRequest, Msg{Error: "tenant: missing"})
+		return "", false
+	}
+	return t, true
 }

@@ -16,10 +16,15 @@ import (
 // consumer is the websocket consumer of the dbscope modes. In the sync
 // style it queries the socket's scope; in the async style it goes through
 // dbctx.Do. A refusal of the pool ends the socket with 1013; any other
-// failure is an error reply and the socket stays open.
+// failure is an error reply and the socket stays open. With Config.Tenant
+// Connect declares the socket's tenant (?tenant=) for its life, and
+// refuses a socket that names none.
 func (s *Server) consumer() wsconsumer.Consumer {
 	look, testOps, async := s.scopeLook, s.cfg.TestOps, s.cfg.Mode == "async"
-	return wsconsumer.JSON(wsconsumer.JSONConsumer[Msg]{
+	if s.cfg.Write {
+		look = s.scopeWrite
+	}
+	c := wsconsumer.JSONConsumer[Msg]{
 		Receive: func(ctx context.Context, ss *wsconsumer.Session, m Msg) error {
 			var err error
 			if async {
@@ -34,7 +39,19 @@ func (s *Server) consumer() wsconsumer.Consumer {
 			}
 			return ss.SendJSON(ctx, answer(m, err, testOps))
 		},
-	})
+	}
+	if s.cfg.Tenant {
+		setting := tenantSetting()
+		c.Connect = func(ctx context.Context, ss *wsconsumer.Session) error {
+			t := ss.Request().URL.Query().Get("tenant")
+			if t == "" {
+				return wsconsumer.Reject(http.StatusBadRequest, "tenant: missing")
+			}
+			ss.AddValues(func(ctx context.Context) context.Context { return setting.With(ctx, t) })
+			return nil
+		}
+	}
+	return wsconsumer.JSON(c)
 }
 
 // answer is reply for a websocket message, padded as asked with testOps.
@@ -51,24 +68,36 @@ func answer(m Msg, err error, testOps bool) Msg {
 func reply(m Msg, err error) Msg {
 	m.Sleep, m.Pad = 0, 0
 	if err != nil {
-		m.Name = ""
+		m.Name, m.Tenant, m.Row = "", "", 0
 		m.Error = err.Error()
 	}
 	return m
 }
 
-// scopeHTTP answers GET /items/{id} through the request's scope.
-func (s *Server) scopeHTTP(w http.ResponseWriter, r *http.Request) {
-	m, ok := parseHTTP(w, r, s.cfg.TestOps)
-	if !ok {
-		return
+// itemHandler answers /items/{id} with work on the request's scope:
+// inside middleware.Atomic in the atomic mode, and with Config.Tenant
+// after tenantHTTP, which declares the request's tenant (before Atomic,
+// whose BEGIN runs with it).
+func (s *Server) itemHandler(work func(ctx context.Context, sc *dbctx.Scope, m *Msg) error) http.Handler {
+	var h http.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		m, ok := parseHTTP(w, r, s.cfg.TestOps)
+		if !ok {
+			return
+		}
+		ctx := r.Context()
+		err := work(ctx, dbctx.From(ctx), &m)
+		if middleware.Answer(w, r, err) {
+			return
+		}
+		writeHTTP(w, m, err)
+	})
+	if s.cfg.Mode == "atomic" {
+		h = middleware.AtomicWithOpts(&middleware.AtomicOptions{Logger: s.cfg.Logger})(h)
 	}
-	ctx := r.Context()
-	err := s.scopeLook(ctx, dbctx.From(ctx), &m)
-	if middleware.Answer(w, r, err) {
-		return
+	if s.cfg.Tenant {
+		h = tenantHTTP(h)
 	}
-	writeHTTP(w, m, err)
+	return h
 }
 
 // parseHTTP reads the id (and, with testOps, ?sleep=) of an item request,

@@ -80,8 +80,28 @@ type Config struct {
 	RawNATS bool
 
 	// TestOps honors the "sleep" field of messages (?sleep= on HTTP):
-	// the query holds its connection that long. For fault tests only.
+	// the query holds its connection that long. For fault tests only
+	// (the items lookup only: not with Tenant or Write).
 	TestOps bool
+
+	// Tenant serves the tenant workload (tenant.go) on /ws/items and
+	// /items/{id}: every socket and request names its tenant (?tenant=T),
+	// its lookups read tenant_items under a row-level-security policy as
+	// TenantRole, which the server connects as, and replies carry the
+	// tenant the statement saw. The room endpoints are not served.
+	Tenant bool
+
+	// Tenants is how many tenants, t1 to tN, have rows with Tenant.
+	// Default: DefaultTenants.
+	Tenants int
+
+	// Write serves the write workload (write.go): each /ws/items frame,
+	// and each POST /items/{id}, inserts a row.
+	Write bool
+
+	// TransactionPooling passes through to dbctx.Options: the DSN goes
+	// through PgBouncer in transaction mode.
+	TransactionPooling bool
 
 	// Logger receives the server's warnings. Default: slog.Default().
 	Logger *slog.Logger
@@ -98,12 +118,18 @@ type Server struct {
 	raw      *rawSockets           // raw and pgxpool modes only
 	rawRooms *rawRooms             // raw mode only
 	pgxp     *pgxpool.Pool         // pgxpool mode only
+	schema   string                // where Setup made the tables
 
-	rawLook   func(context.Context, *Msg) error               // raw and pgxpool modes
-	scopeLook func(context.Context, *dbctx.Scope, *Msg) error // the others
-	ln        net.Listener
-	http      *http.Server
-	served    chan error
+	// The statement of a message: rawLook and scopeLook answer GET
+	// /items/{id}, and /ws/items frames unless Write; rawWrite and
+	// scopeWrite, with Write, POST /items/{id} and the frames. The raw
+	// ones take the socket's or request's tenant (Tenant), the scope ones
+	// find it in ctx.
+	rawLook, rawWrite     func(ctx context.Context, tenant string, m *Msg) error   // raw and pgxpool modes
+	scopeLook, scopeWrite func(ctx context.Context, sc *dbctx.Scope, m *Msg) error // the others
+	ln                    net.Listener
+	http                  *http.Server
+	served                chan error
 }
 
 // Start opens the database, creates the items table if missing and serves
@@ -129,20 +155,27 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	// The same *sql.DB settings in every mode: what dbctx.New would set.
-	db.SetMaxOpenConns(cfg.MaxWorkers)
-	db.SetMaxIdleConns(cfg.MaxWorkers)
-	s := &Server{cfg: cfg, db: db, served: make(chan error, 1)}
-	if err := Setup(ctx, db); err != nil {
+	schema, err := Setup(ctx, db, cfg)
+	if err == nil && cfg.Tenant {
+		// Setup ran as the DSN's user; the server runs as the role the
+		// tenant policy binds.
+		db.Close()
+		if dsn, err = pgserver.WithUser(dsn, TenantRole, TenantPassword); err == nil {
+			db, err = sql.Open("pgx", dsn)
+		}
+	}
+	if err != nil {
 		db.Close()
 		return nil, err
 	}
+	// The same *sql.DB settings in every mode: what dbctx.New would set.
+	db.SetMaxOpenConns(cfg.MaxWorkers)
+	db.SetMaxIdleConns(cfg.MaxWorkers)
+	s := &Server{cfg: cfg, db: db, schema: schema, served: make(chan error, 1)}
 	mux := http.NewServeMux()
 	var h http.Handler = mux
-	testOps := cfg.TestOps
 	switch cfg.Mode {
 	case "raw", "pgxpool":
-		s.rawLook = func(ctx context.Context, m *Msg) error { return lookup(ctx, db, m, testOps) }
 		if cfg.Mode == "pgxpool" {
 			pc, err := pgxpool.ParseConfig(dsn)
 			if err != nil {
@@ -154,16 +187,19 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 				db.Close()
 				return nil, err
 			}
-			s.rawLook = func(ctx context.Context, m *Msg) error { return lookupPgx(ctx, s.pgxp, m, testOps) }
 		}
+		s.rawWork()
 		s.raw = &rawSockets{conns: map[*websocket.Conn]struct{}{}}
 		mux.Handle("GET /ws/items", s.rawWS())
-		mux.HandleFunc("GET /items/{id}", s.rawHTTP)
-		if cfg.Mode == "raw" {
+		mux.Handle("GET /items/{id}", s.rawHTTP(s.rawLook))
+		if cfg.Write {
+			mux.Handle("POST /items/{id}", s.rawHTTP(s.rawWrite))
+		}
+		if cfg.Mode == "raw" && !cfg.Tenant {
 			s.rawRooms = &rawRooms{rooms: map[string]map[*rawMember]struct{}{}}
 			if cfg.RawNATS {
 				if s.rawRooms.nc, err = nats.Connect(cfg.natsURL(), nats.MaxReconnects(-1)); err != nil {
-					db.Close()
+					s.closeDB()
 					return nil, fmt.Errorf("itemserver: NATS: %w", err)
 				}
 				s.rawRooms.subs = map[string]*nats.Subscription{}
@@ -172,16 +208,14 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 			mux.Handle("GET /ws/fanout/{name}", s.rawRoom(false))
 		}
 	case "sync", "async", "atomic", "pgx":
-		s.scopeLook = func(ctx context.Context, sc *dbctx.Scope, m *Msg) error { return lookup(ctx, sc, m, testOps) }
-		if cfg.Mode == "pgx" {
-			s.scopeLook = func(ctx context.Context, sc *dbctx.Scope, m *Msg) error { return lookupPgx(ctx, sc, m, testOps) }
-		}
 		s.pool = dbctx.New(db, &dbctx.Options{
-			MaxWorkers:  cfg.MaxWorkers,
-			MaxWaiting:  cfg.MaxWaiting,
-			WaitTimeout: cfg.WaitTimeout,
-			Logger:      cfg.Logger,
+			MaxWorkers:         cfg.MaxWorkers,
+			MaxWaiting:         cfg.MaxWaiting,
+			WaitTimeout:        cfg.WaitTimeout,
+			TransactionPooling: cfg.TransactionPooling,
+			Logger:             cfg.Logger,
 		})
+		s.scopeWork()
 		if s.layer, err = s.newLayer(ctx); err != nil {
 			s.closeDB()
 			return nil, err
@@ -195,16 +229,20 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		}
 		s.ws = style(s.pool, s.consumer(), wsOpts)
 		mux.Handle("GET /ws/items", s.ws)
-		for path, lookupItem := range map[string]bool{"GET /ws/room/{name}": true, "GET /ws/fanout/{name}": false} {
-			h := style(s.pool, s.roomConsumer(lookupItem), wsOpts)
-			s.rooms = append(s.rooms, h)
-			mux.Handle(path, h)
+		if !cfg.Tenant {
+			for path, lookupItem := range map[string]bool{"GET /ws/room/{name}": true, "GET /ws/fanout/{name}": false} {
+				h := style(s.pool, s.roomConsumer(lookupItem), wsOpts)
+				s.rooms = append(s.rooms, h)
+				mux.Handle(path, h)
+			}
 		}
-		var item http.Handler = http.HandlerFunc(s.scopeHTTP)
-		if cfg.Mode == "atomic" {
-			item = middleware.AtomicWithOpts(&middleware.AtomicOptions{Logger: cfg.Logger})(item)
+		mux.Handle("GET /items/{id}", s.itemHandler(s.scopeLook))
+		if cfg.Write {
+			mux.Handle("POST /items/{id}", s.itemHandler(s.scopeWrite))
 		}
-		mux.Handle("GET /items/{id}", item)
+		mux.HandleFunc("GET /debug/dbstats", func(w http.ResponseWriter, r *http.Request) {
+			writeJSON(w, http.StatusOK, s.pool.Stats())
+		})
 		h = middleware.DB(s.pool)(mux)
 	default:
 		db.Close()
@@ -243,11 +281,7 @@ func (s *Server) newLayer(ctx context.Context) (*groups.Layer, error) {
 				return nil, err
 			}
 		}
-		var schema string
-		if err := s.db.QueryRowContext(ctx, "SELECT current_schema()").Scan(&schema); err != nil {
-			return nil, err
-		}
-		e = groups.NewPostgres(s.pool, &groups.PostgresOptions{ListenDSN: listen, Namespace: schema, Logger: s.cfg.Logger})
+		e = groups.NewPostgres(s.pool, &groups.PostgresOptions{ListenDSN: listen, Namespace: s.schema, Logger: s.cfg.Logger})
 	case "nats":
 		var err error
 		if e, err = natslayer.Connect(s.cfg.natsURL(), &natslayer.Options{Logger: s.cfg.Logger}); err != nil {

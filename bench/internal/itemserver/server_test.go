@@ -65,25 +65,11 @@ func TestModes(t *testing.T) {
 				}
 			}
 
-			for _, tc := range []struct {
-				path   string
-				status int
-				want   string
-			}{
+			wantGETs(t, srv, []getCase{
 				{"/items/3", 200, `{"id":3,"name":"item-3"}`},
 				{"/items/0", 500, `{"id":0,"error":"` + noRows(mode) + `"}`},
 				{"/items/x", 400, `{"id":0,"error":"id: not a number"}`},
-			} {
-				resp, err := http.Get(srv.URL() + tc.path)
-				if err != nil {
-					t.Fatal(err)
-				}
-				body, _ := io.ReadAll(resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != tc.status || string(body) != tc.want {
-					t.Errorf("GET %s: %d %s, want %d %s", tc.path, resp.StatusCode, body, tc.status, tc.want)
-				}
-			}
+			})
 			http.DefaultClient.CloseIdleConnections()
 
 			// The client reads while the server closes: the closing
@@ -229,6 +215,29 @@ func TestRooms(t *testing.T) {
 					t.Fatalf("%+v", res)
 				}
 			})
+		}
+	}
+}
+
+// getCase is a GET of path and the answer it must get.
+type getCase struct {
+	path   string
+	status int
+	want   string
+}
+
+// wantGETs fails t where a GET of srv is not answered as its case says.
+func wantGETs(t *testing.T, srv *itemserver.Server, cases []getCase) {
+	t.Helper()
+	for _, tc := range cases {
+		resp, err := http.Get(srv.URL() + tc.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != tc.status || string(body) != tc.want {
+			t.Errorf("GET %s: %d %s, want %d %s", tc.path, resp.StatusCode, body, tc.status, tc.want)
 		}
 	}
 }

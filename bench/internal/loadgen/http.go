@@ -10,8 +10,8 @@ import (
 	"time"
 )
 
-// httpDriver runs each client as GET /items/{id} requests in turn, over
-// keep-alive connections (one per client).
+// httpDriver runs each client as GET /items/{id} requests (POST with
+// Config.Write) in turn, over keep-alive connections (one per client).
 type httpDriver struct {
 	cfg Config
 	tr  *http.Transport
@@ -32,16 +32,23 @@ func (d *httpDriver) close() { d.tr.CloseIdleConnections() }
 func (d *httpDriver) client(ctx context.Context, stop <-chan struct{}, r *run, c int) []time.Duration {
 	lat := make([]time.Duration, 0, min(d.cfg.Messages, 1<<14))
 	buf := make([]byte, 0, 512)
+	query, sep, method := d.cfg.query(c), "?", "GET"
+	if query != "" {
+		sep = "&"
+	}
+	if d.cfg.Write {
+		method = "POST"
+	}
 	for i := range d.cfg.Messages {
 		if stopped(ctx, stop) {
 			break
 		}
 		id := r.id(c, i)
-		url := d.cfg.URL + "/items/" + strconv.Itoa(id)
+		url := d.cfg.URL + "/items/" + strconv.Itoa(id) + query
 		if d.cfg.Sleep > 0 {
-			url += "?sleep=" + strconv.FormatFloat(d.cfg.Sleep, 'g', -1, 64)
+			url += sep + "sleep=" + strconv.FormatFloat(d.cfg.Sleep, 'g', -1, 64)
 		}
-		req, _ := http.NewRequestWithContext(ctx, "GET", url, nil)
+		req, _ := http.NewRequestWithContext(ctx, method, url, nil)
 		start := time.Now()
 		resp, err := d.c.Do(req)
 		if err == nil {

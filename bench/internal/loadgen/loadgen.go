@@ -13,12 +13,14 @@ package loadgen
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"os"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -49,6 +51,17 @@ type Config struct {
 	// Sleep, in seconds, asks the server to hold each query's connection
 	// that long (a test op the server must allow).
 	Sleep float64
+
+	// Tenants, when positive, drives the tenant workload of a server
+	// started with itemserver.Config.Tenant: client c (its socket, its
+	// requests) is tenant t<c%Tenants+1> (?tenant=), and every reply must
+	// carry that tenant, or it counts in Result.WrongTenants.
+	Tenants int
+
+	// Write drives the write workload of a server started with
+	// itemserver.Config.Write: websocket frames as usual, HTTP requests
+	// as POST; every reply must carry the new row's id.
+	Write bool
 
 	// Timeout is how long one message may wait for its answer before the
 	// client counts it as hung and drops its socket. Default: 30s.
@@ -100,8 +113,19 @@ type Result struct {
 	Busy         int64 `json:"busy"`           // close 1013 or HTTP 503
 	Broken       int64 `json:"broken_sockets"` // other read failures, HTTP transport errors
 	Hung         int64 `json:"hung"`           // no answer within Timeout (also counted as broken)
-	Wrong        int64 `json:"wrong_replies"`  // an answer that is not item-<id> for the id sent
+	Wrong        int64 `json:"wrong_replies"`  // an answer that is not item-<id> for the id sent (with Write: no row id)
+	WrongTenants int64 `json:"wrong_tenants"`  // with Tenants: an answer of another tenant, or of none
 	DialErrors   int64 `json:"dial_errors"`
+
+	Tenants int  `json:"tenants,omitempty"`
+	Write   bool `json:"write,omitempty"`
+
+	// PoolResets is the number of session resets the server's pool ran
+	// during the run, and ResetsPer1k that per 1,000 replies, from its
+	// GET /debug/dbstats (dbctx's Stats.Resets) before and after; absent
+	// where the server has no pool (raw, pgxpool).
+	PoolResets  *int64   `json:"pool_resets,omitempty"`
+	ResetsPer1k *float64 `json:"resets_per_1k_msgs,omitempty"`
 
 	KillRounds    int64   `json:"kill_rounds"`
 	Killed        int64   `json:"backends_killed"`
@@ -125,10 +149,12 @@ type Result struct {
 func Run(ctx context.Context, cfg Config) (Result, error) {
 	cfg = withDefaults(cfg)
 	r := &run{cfg: cfg}
-	r.res = Result{Label: cfg.Label, Proto: cfg.Proto, Clients: cfg.Clients, Messages: cfg.Messages, Idle: cfg.Idle}
+	r.res = Result{Label: cfg.Label, Proto: cfg.Proto, Clients: cfg.Clients, Messages: cfg.Messages, Idle: cfg.Idle,
+		Tenants: cfg.Tenants, Write: cfg.Write}
+	resets0, haveStats := poolResets(ctx, cfg.URL)
 
 	stopSampling := r.sample(ctx)
-	idle, err := OpenIdle(ctx, cfg.URL, cfg.Idle, cfg.Timeout)
+	idle, err := openIdle(ctx, cfg, cfg.Idle)
 	defer func() {
 		for _, c := range idle {
 			c.CloseNow()
@@ -170,6 +196,10 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	}
 	drv.close()
 	stopSampling()
+	if resets1, ok := poolResets(ctx, cfg.URL); ok && haveStats {
+		n := resets1 - resets0
+		r.res.PoolResets = &n
+	}
 
 	all := slices.Concat(lat...)
 	slices.Sort(all)
@@ -187,6 +217,11 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	res.Broken = r.broken.Load()
 	res.Hung = r.hung.Load()
 	res.Wrong = r.wrong.Load()
+	res.WrongTenants = r.wrongTenants.Load()
+	if res.PoolResets != nil && len(all) > 0 {
+		per := float64(*res.PoolResets) * 1000 / float64(len(all))
+		res.ResetsPer1k = &per
+	}
 	res.DialErrors = r.dialErrors.Load()
 	if res.Killed > 0 {
 		res.ErrorsPerKill = float64(res.ErrorReplies) / float64(res.Killed)
@@ -225,7 +260,7 @@ type run struct {
 	cfg Config
 	res Result // written by the sampler and killer before Run reads it
 
-	errorReplies, busy, broken, hung, wrong, dialErrors atomic.Int64
+	errorReplies, busy, broken, hung, wrong, wrongTenants, dialErrors atomic.Int64
 
 	mu        sync.Mutex
 	firstErrs []string
@@ -243,6 +278,22 @@ func (r *run) note(format string, args ...any) {
 
 // id is the item id of message i of client c: spread over the table.
 func (r *run) id(c, i int) int { return (c*r.cfg.Messages+i)%10000 + 1 }
+
+// tenant is client c's tenant with Config.Tenants, else "".
+func (c *Config) tenant(client int) string {
+	if c.Tenants <= 0 {
+		return ""
+	}
+	return "t" + strconv.Itoa(client%c.Tenants+1)
+}
+
+// query is the query string of client c's URLs: its tenant, or "".
+func (c *Config) query(client int) string {
+	if t := c.tenant(client); t != "" {
+		return "?tenant=" + t
+	}
+	return ""
+}
 
 // driver runs the clients of one protocol.
 type driver interface {
@@ -359,13 +410,33 @@ func vmHWM(pid int) int64 {
 	return 0
 }
 
+// poolResets returns the session resets the server's pool has run, from
+// its GET /debug/dbstats, and false where it has none (raw, pgxpool).
+func poolResets(ctx context.Context, base string) (int64, bool) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", base+"/debug/dbstats", nil)
+	req.Close = true
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, false
+	}
+	defer resp.Body.Close()
+	var st struct{ Resets int64 }
+	if resp.StatusCode != http.StatusOK || json.NewDecoder(resp.Body).Decode(&st) != nil {
+		return 0, false
+	}
+	return st.Resets, true
+}
+
 // WaitReady polls the server's HTTP endpoint until it answers, for at
-// most d.
+// most d. It looks item 1 up as tenant t1, which servers without tenants
+// ignore.
 func WaitReady(ctx context.Context, url string, d time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
 	for {
-		req, _ := http.NewRequestWithContext(ctx, "GET", strings.TrimSuffix(url, "/")+"/items/1", nil)
+		req, _ := http.NewRequestWithContext(ctx, "GET", strings.TrimSuffix(url, "/")+"/items/1?tenant=t1", nil)
 		req.Close = true // leave no keep-alive connection behind
 		resp, err := http.DefaultClient.Do(req)
 		if err == nil {

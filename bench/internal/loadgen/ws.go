@@ -16,9 +16,11 @@ import (
 
 // reply is the JSON of an answer.
 type reply struct {
-	ID    int    `json:"id"`
-	Name  string `json:"name"`
-	Error string `json:"error"`
+	ID     int    `json:"id"`
+	Name   string `json:"name"`
+	Error  string `json:"error"`
+	Tenant string `json:"tenant"`
+	Row    int64  `json:"row"`
 }
 
 func wsURL(base string) string {
@@ -44,7 +46,7 @@ func (d *wsDriver) close() {}
 
 func (d *wsDriver) client(ctx context.Context, stop <-chan struct{}, r *run, c int) []time.Duration {
 	lat := make([]time.Duration, 0, min(d.cfg.Messages, 1<<14))
-	url := wsURL(d.cfg.URL)
+	url := wsURL(d.cfg.URL) + d.cfg.query(c)
 	var conn *websocket.Conn
 	defer func() {
 		if conn != nil {
@@ -88,7 +90,9 @@ func (d *wsDriver) client(ctx context.Context, stop <-chan struct{}, r *run, c i
 	return lat
 }
 
-// check counts an answer: an error reply, or a wrong one.
+// check counts an answer of client c to item id: an error reply, or a
+// wrong one: not item-<id> (with Write: no row id), or, with Tenants, not
+// of the client's tenant.
 func (r *run) check(c, id int, data []byte) {
 	var m reply
 	if err := json.Unmarshal(data, &m); err != nil {
@@ -100,9 +104,12 @@ func (r *run) check(c, id int, data []byte) {
 	case m.Error != "":
 		r.errorReplies.Add(1)
 		r.note("client %d: id %d: error reply: %s", c, id, m.Error)
-	case m.ID != id || m.Name != "item-"+strconv.Itoa(id):
+	case m.ID != id || r.cfg.Write && m.Row <= 0 || !r.cfg.Write && m.Name != "item-"+strconv.Itoa(id):
 		r.wrong.Add(1)
 		r.note("client %d: id %d: wrong reply %q", c, id, data)
+	case m.Tenant != r.cfg.tenant(c):
+		r.wrongTenants.Add(1)
+		r.note("client %d: id %d: wrong tenant, want %q: %q", c, id, r.cfg.tenant(c), data)
 	}
 }
 
@@ -147,10 +154,16 @@ func dial(ctx context.Context, url string, timeout time.Duration) (*websocket.Co
 // each after one message answered, 16 dials at a time. On error it also
 // returns the sockets it opened, for the caller to close.
 func OpenIdle(ctx context.Context, base string, n int, timeout time.Duration) ([]*websocket.Conn, error) {
+	return openIdle(ctx, Config{URL: strings.TrimSuffix(base, "/"), Timeout: timeout}, n)
+}
+
+// openIdle is OpenIdle for the server of cfg: with Tenants, idle socket i
+// is a socket of tenant i%Tenants+1.
+func openIdle(ctx context.Context, cfg Config, n int) ([]*websocket.Conn, error) {
 	if n == 0 {
 		return nil, nil
 	}
-	url := wsURL(strings.TrimSuffix(base, "/"))
+	url, timeout := wsURL(cfg.URL), cfg.Timeout
 	conns := make([]*websocket.Conn, n)
 	var next atomic.Int64
 	var mu sync.Mutex
@@ -163,7 +176,7 @@ func OpenIdle(ctx context.Context, base string, n int, timeout time.Duration) ([
 				if i >= n {
 					return
 				}
-				c, err := dial(ctx, url, timeout)
+				c, err := dial(ctx, url+cfg.query(i), timeout)
 				if err == nil {
 					conns[i] = c
 					_, err = roundTrip(ctx, c, request(i%10000+1, 0), timeout)
