@@ -117,6 +117,14 @@ func (p *Pool) sweep() {
 	if n > 0 && !kp.closed {
 		kp.timer.set(p.keepIdle - (now - kp.conns[0].released))
 	}
+	if len(old) == 0 {
+		kp.mu.Unlock()
+		return
+	}
+	if !kp.closed {
+		p.cleaning.Add(1) // Close waits for this sweep's give-backs too
+		defer p.cleaning.Done()
+	}
 	kp.mu.Unlock()
 	for _, c := range old {
 		p.giveToDB(c)
@@ -154,23 +162,41 @@ func (p *Pool) giveToDB(c *session) {
 		c.pin.conn.Close()
 		return
 	}
-	p.cleaning.Add(1)
+	// Once Close has begun (kept.closed), Close waits on p.cleaning: the
+	// cleanup then runs here, so that none runs after Close returned.
+	kp := &p.kept
+	kp.mu.Lock()
+	late := kp.closed
+	if !late {
+		p.cleaning.Add(1)
+	}
+	kp.mu.Unlock()
+	if late {
+		p.cleanAndClose(c)
+		return
+	}
 	go func() {
 		defer p.cleaning.Done()
-		ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
-		defer cancel()
-		if err := p.clean(ctx, c); err != nil {
-			if c.pc.IsClosed() {
-				// It died while kept: nothing to clean, nothing to say.
-				p.discard(c.pin.conn, discardDead)
-				return
-			}
-			p.discard(c.pin.conn, discardReset)
-			p.logCleanup(msgCleaning, err)
+		p.cleanAndClose(c)
+	}()
+}
+
+// cleanAndClose runs c's owed cleanup and gives it to the *sql.DB, or
+// discards it when the cleanup fails.
+func (p *Pool) cleanAndClose(c *session) {
+	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+	defer cancel()
+	if err := p.clean(ctx, c); err != nil {
+		if c.pc.IsClosed() {
+			// It died while kept: nothing to clean, nothing to say.
+			p.discard(c.pin.conn, discardDead)
 			return
 		}
-		c.pin.conn.Close()
-	}()
+		p.discard(c.pin.conn, discardReset)
+		p.logCleanup(msgCleaning, err)
+		return
+	}
+	c.pin.conn.Close()
 }
 
 const msgCleaning = "dbctx: cleaning a connection before giving it back"
