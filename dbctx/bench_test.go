@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/internal/pgserver"
 	"github.com/dbscope/dbscope/internal/pgtest"
 )
 
@@ -177,4 +178,69 @@ func reportBackendCPU(b *testing.B, pid int, start time.Duration) {
 		return
 	}
 	b.ReportMetric(float64(end-start)/float64(time.Microsecond)/float64(b.N), "pg-µs/op")
+}
+
+// BenchmarkUnitOfWork prices what a unit of work declares or leaves, on a
+// pool of one connection, so that each unit gets the connection the one
+// before used: a lookup alone (plain); with a tenant, always the same
+// (same tenant: the session carries it already) or another than the unit
+// before's (tenant switch: a set_config goes with the lookup); an INSERT
+// into a table with a serial key (write: it leaves the scope dirty, so
+// the next unit's statement carries the reset). pg-µs/op is the server
+// backend's CPU time per unit.
+//
+//	go test -run x -bench UnitOfWork -benchtime 5000x ./dbctx
+func BenchmarkUnitOfWork(b *testing.B) {
+	env := pgtest.New(b)
+	ctx := context.Background()
+	if _, err := env.Admin().Exec("CREATE TABLE " + env.Schema() + ".items (id int PRIMARY KEY, name text); " +
+		"INSERT INTO " + env.Schema() + ".items SELECT i, 'item-' || i FROM generate_series(1, 100) i; " +
+		"CREATE TABLE " + env.Schema() + ".log (id bigserial PRIMARY KEY, n int)"); err != nil {
+		b.Fatal(err)
+	}
+	tenant := dbctx.NewSetting("app.tenant")
+	tenants := []context.Context{tenant.With(ctx, "t1"), tenant.With(ctx, "t2")}
+	for _, mode := range []string{"cache_statement", "cache_describe", "exec"} {
+		for _, kind := range []string{"plain", "same tenant", "tenant switch", "write"} {
+			b.Run(mode+"/"+kind, func(b *testing.B) {
+				dsn, err := pgserver.WithParams(env.DSN(), "default_query_exec_mode", mode)
+				if err != nil {
+					b.Fatal(err)
+				}
+				db := openDSN(b, dsn)
+				db.SetMaxOpenConns(1)
+				p := dbctx.New(db, &dbctx.Options{MaxWorkers: 1})
+				defer p.Close()
+				var pid int
+				if err := db.QueryRow("SELECT pg_backend_pid()").Scan(&pid); err != nil {
+					b.Fatal(err)
+				}
+				var name string
+				i := 0
+				fn := func(ctx context.Context, s *dbctx.Scope) error {
+					i++
+					if kind == "write" {
+						_, err := s.ExecContext(ctx, "INSERT INTO log (n) VALUES ($1)", i)
+						return err
+					}
+					return s.QueryRowContext(ctx, "SELECT name FROM items WHERE id = $1", i%100+1).Scan(&name)
+				}
+				b.ReportAllocs()
+				start := backendCPU(pid)
+				for b.Loop() {
+					uctx := ctx
+					switch kind {
+					case "same tenant":
+						uctx = tenants[0]
+					case "tenant switch":
+						uctx = tenants[i%2]
+					}
+					if err := p.Do(uctx, fn); err != nil {
+						b.Fatal(err)
+					}
+				}
+				reportBackendCPU(b, pid, start)
+			})
+		}
+	}
 }

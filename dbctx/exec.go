@@ -17,11 +17,11 @@ import (
 // prefix's statements and the statement are sent in one round trip:
 //
 //   - in the exec modes of the extended protocol (exec, cache_statement,
-//     cache_describe, describe_exec) as one pgconn batch, the statement as
-//     pgx's cache_describe mode sends it: unnamed, with the parameter types
-//     of a description the session caches (one round trip to describe it
-//     the first time the connection runs that text, as pgx's own modes
-//     need), or in the exec mode with none;
+//     cache_describe, describe_exec) as one pgconn pipeline (pipe.go), the
+//     statement with the parameter types of a description the session
+//     caches (one round trip to describe it the first time the connection
+//     runs that text, as pgx's own modes need), prepared under a name in
+//     cache_statement mode, else unnamed; in the exec mode with none;
 //   - in simple_protocol mode as one pgx batch: pgx writes the parameters
 //     into the text, as it does for every statement in that mode.
 
@@ -48,9 +48,9 @@ type result struct {
 	pgx.Rows
 	s     *Scope
 	c     *session
-	p     *prefix                   // what went before it, nil if nothing
-	br    pgx.BatchResults          // the batch that carried it (simple_protocol)
-	mrr   *pgconn.MultiResultReader // the batch that carried it (extended protocol)
+	p     *prefix          // what went before it, nil if nothing
+	br    pgx.BatchResults // the batch that carried it (simple_protocol)
+	rt    *roundTrip       // the round trip that carried it (extended protocol)
 	query string
 }
 
@@ -62,13 +62,14 @@ func (r *result) finish() error {
 	switch {
 	case r.br != nil:
 		err = errors.Join(err, r.br.Close())
-	case r.mrr != nil:
-		err = errors.Join(err, r.mrr.Close())
+	case r.rt != nil:
+		err = join(err, r.rt.close())
 	}
 	if r.p != nil {
 		r.s.prefixDone(r.c, r.p, err == nil, all)
 		if err != nil {
-			r.c.descs.drop(r.query)
+			r.c.dropDesc(r.query)
+			r.c.lostStatements(err)
 		}
 	}
 	return err
@@ -132,10 +133,11 @@ func (s *Scope) pgxBatchQuery(ctx context.Context, res *result, args []any) erro
 // pgconnQuery is pgxQuery with a prefix, in the extended protocol's modes.
 func (s *Scope) pgconnQuery(ctx context.Context, res *result, args []any, sqlFormats bool) error {
 	c, p, query := res.c, res.p, res.query
+	named := s.pool.named(c)
 	var sd *pgconn.StatementDescription
 	if c.mode != pgx.QueryExecModeExec {
 		var err error
-		if sd, err = c.describe(ctx, query); err != nil {
+		if sd, err = c.describe(ctx, query, named); err != nil {
 			return err
 		}
 	}
@@ -143,40 +145,64 @@ func (s *Scope) pgconnQuery(ctx context.Context, res *result, args []any, sqlFor
 	if err := eqb.Build(c.px.TypeMap(), sd, args); err != nil {
 		return err
 	}
-	var b pgconn.Batch
-	n := s.pool.queuePgconn(&b, p)
-	if sd == nil {
-		b.ExecParams(query, eqb.ParamValues, nil, eqb.ParamFormats, eqb.ResultFormats)
-	} else {
-		formats := eqb.ResultFormats
+	formats := eqb.ResultFormats
+	if sd != nil && (sqlFormats || named) {
+		// A slice of their own: the round trip keeps a named statement's.
+		formats = make([]int16, len(sd.Fields))
 		if sqlFormats {
-			formats = make([]int16, len(sd.Fields))
 			for i, f := range sd.Fields {
 				formats[i] = sqlResultFormats[f.DataTypeOID]
 			}
+		} else {
+			copy(formats, eqb.ResultFormats)
 		}
-		b.ExecParams(query, eqb.ParamValues, sd.ParamOIDs, eqb.ParamFormats, formats)
 	}
-	mrr := c.pc.ExecBatch(ctx, &b)
-	fail := func(err error, reached int) error {
-		err = errors.Join(err, mrr.Close())
+	for {
+		rt := &roundTrip{}
+		rt.start(ctx, c, s.pool.needsPipeline(c, p, named))
+		s.pool.sendPrefix(c, rt, p, named)
+		switch {
+		case sd == nil:
+			rt.sendParams(query, eqb.ParamValues, nil, eqb.ParamFormats, formats)
+		case named:
+			rt.sendStatement(sd, eqb.ParamValues, eqb.ParamFormats, formats)
+		default:
+			rt.sendParams(query, eqb.ParamValues, sd.ParamOIDs, eqb.ParamFormats, formats)
+		}
+		reached := 0
+		err := rt.send(ctx, c)
+		if err == nil {
+			reached, err = s.pool.readPrefix(c, rt)
+		}
+		var rr *pgconn.ResultReader
+		if err == nil {
+			reached = all
+			if rr, _, err = rt.next(); err == nil && rr == nil {
+				err = errOutOfStep
+			}
+		}
+		if err == nil {
+			res.Rows, res.rt = pgx.RowsFromResultReader(c.px.TypeMap(), rr), rt
+			return nil
+		}
+		err = join(err, rt.close())
+		if sweepFound(p, reached, err) {
+			p.check = false // and again, with the full sweep
+			continue
+		}
 		s.prefixDone(c, p, false, reached)
-		c.descs.drop(query)
+		c.dropDesc(query)
+		c.lostStatements(err)
 		return err
 	}
-	for i := range n {
-		if !mrr.NextResult() {
-			return fail(nil, i)
-		}
-		if _, err := mrr.ResultReader().Close(); err != nil {
-			return fail(err, i)
-		}
+}
+
+// join joins two errors of one round trip, b once only where it is a.
+func join(a, b error) error {
+	if b == nil || errors.Is(a, b) {
+		return a
 	}
-	if !mrr.NextResult() {
-		return fail(nil, all)
-	}
-	res.Rows, res.mrr = pgx.RowsFromResultReader(c.px.TypeMap(), mrr.ResultReader()), mrr
-	return nil
+	return errors.Join(a, b)
 }
 
 // pgxExec runs a statement that returns no rows on c, after p. Under c's
@@ -196,36 +222,52 @@ func (s *Scope) pgxExec(ctx context.Context, c *session, p *prefix, query string
 }
 
 // describe returns the description of query on c: cached, or asked of the
-// server (a round trip, the first time).
-func (c *session) describe(ctx context.Context, query string) (*pgconn.StatementDescription, error) {
-	if sd := c.descs.get(query); sd != nil {
+// server (a round trip, the first time), prepared under a name if named.
+func (c *session) describe(ctx context.Context, query string, named bool) (*pgconn.StatementDescription, error) {
+	if sd := c.descs.m[query]; sd != nil {
 		return sd, nil
 	}
-	sd, err := c.pc.Prepare(ctx, "", query, nil)
+	name := ""
+	if named {
+		name = c.newName()
+	}
+	sd, err := c.pc.Prepare(ctx, name, query, nil)
 	if err != nil {
 		return nil, err
 	}
-	c.descs.put(query, sd)
+	c.putDesc(query, sd)
 	return sd, nil
 }
 
 // descCache holds the descriptions of the statements a connection ran
 // after a prefix, as pgx's cache_describe mode does; it is dropped
 // whole when full, and an entry whose statement failed is dropped (its
-// schema may have changed).
+// schema may have changed). A named statement dropped is deallocated with
+// the next prefix.
 type descCache struct {
 	m map[string]*pgconn.StatementDescription
 }
 
 const descCacheSize = 256
 
-func (d *descCache) get(query string) *pgconn.StatementDescription { return d.m[query] }
-
-func (d *descCache) put(query string, sd *pgconn.StatementDescription) {
+func (c *session) putDesc(query string, sd *pgconn.StatementDescription) {
+	d := &c.descs
 	if d.m == nil || len(d.m) >= descCacheSize {
+		for _, old := range d.m {
+			if old.Name != "" {
+				c.stale = append(c.stale, old.Name)
+			}
+		}
 		d.m = make(map[string]*pgconn.StatementDescription)
 	}
 	d.m[query] = sd
 }
 
-func (d *descCache) drop(query string) { delete(d.m, query) }
+func (c *session) dropDesc(query string) {
+	if sd := c.descs.m[query]; sd != nil {
+		if sd.Name != "" {
+			c.stale = append(c.stale, sd.Name)
+		}
+		delete(c.descs.m, query)
+	}
+}

@@ -25,6 +25,10 @@ func (s *Scope) WatchFired() bool {
 // give-back.
 func (p *Pool) SetRecent(d time.Duration) { p.recent = d }
 
+// SetKeepFor sets how long after database/sql handed a connection out
+// the keep holds it at most (see keep.go).
+func (p *Pool) SetKeepFor(d time.Duration) { p.keepFor = d }
+
 // SetKeepIdle sets how long a connection given back is kept for the next
 // scope before it goes back to the *sql.DB (see keep.go); 0 keeps none.
 // What has been kept d or longer goes back at once.

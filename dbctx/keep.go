@@ -4,8 +4,6 @@ import (
 	"context"
 	"sync"
 	"time"
-
-	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // Connections kept between scopes.
@@ -45,7 +43,7 @@ type keepList struct {
 // driver is never kept: its health is what database/sql's check-out looks
 // at (ResetSession, Validator). Nor is one due back (keepFor).
 func (p *Pool) keep(c *session) bool {
-	if c.pc == nil || c.released-c.pin.taken >= keepFor {
+	if c.pc == nil || c.released-c.pin.taken >= p.keepFor {
 		return false
 	}
 	kp := &p.kept
@@ -70,7 +68,7 @@ func (p *Pool) takeKept() (c *session, looked, ok bool) {
 			return nil, false, false
 		}
 		now := monotonic()
-		if now-c.pin.taken >= keepFor {
+		if now-c.pin.taken >= p.keepFor {
 			p.giveToDB(c)
 			continue
 		}
@@ -209,9 +207,7 @@ func (p *Pool) clean(ctx context.Context, c *session) error {
 		pre.set = withResets(nil, c.applied)
 	}
 	err := withLock(c.pin.conn, func() error {
-		var b pgconn.Batch
-		p.queuePgconn(&b, pre)
-		_, err := c.pc.ExecBatch(ctx, &b).ReadAll()
+		_, err := p.runPrefix(ctx, c, pre)
 		return err
 	})
 	if err != nil {

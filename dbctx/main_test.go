@@ -38,7 +38,7 @@ func newEnv(t *testing.T) *pgtest.Env { return pgtest.New(t) }
 
 func newProxy(t *testing.T, env *pgtest.Env) *pgtest.Proxy { return pgtest.NewProxy(t, env) }
 
-func openDSN(t *testing.T, dsn string) *sql.DB {
+func openDSN(t testing.TB, dsn string) *sql.DB {
 	t.Helper()
 	db, err := sql.Open("pgx", dsn)
 	if err != nil {

@@ -42,6 +42,7 @@ type Pool struct {
 	deathSeen atomic.Int64  // monotonic() when a dead connection was last seen
 	kept      keepList      // see keep.go
 	keepIdle  time.Duration // see keep.go
+	keepFor   time.Duration // see keep.go
 
 	execModeOnce sync.Once // see checkExecMode
 	stmtErrOnce  sync.Once // see pgxStatementError
@@ -68,6 +69,7 @@ func New(db *sql.DB, opts *Options) *Pool {
 		opts:     opts.withDefaults(),
 		recent:   recentlyReleased,
 		keepIdle: keepIdle,
+		keepFor:  keepFor,
 	}
 	p.resetStmts = splitStatements(p.opts.ResetSQL)
 	p.opts.Logger, p.bursts = newRecurLogger(p.opts.Logger, recurInterval)

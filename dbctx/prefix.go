@@ -6,7 +6,6 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // What must run on a connection before a statement, in the statement's own
@@ -34,6 +33,7 @@ import (
 // prefix is what is owed before one statement.
 type prefix struct {
 	reset, sweep bool      // run the reset of an earlier scope first (and sweep prepared statements)
+	check        bool      // sweep by a check first, the full sweep only where it fails (pipe.go)
 	begin        bool      // begin Atomic's transaction
 	set          []setting // set_config calls, in order
 	local        bool      // set_config(…, true)
@@ -72,10 +72,16 @@ func (s *Scope) prefixFor(ctx context.Context, c *session, inTx, begin bool) (*p
 	if !inTx && !begin {
 		c.pin.txSet = nil // the transaction they were set for is over
 	}
+	var p *prefix
 	if inTx || begin || s.pool.opts.TransactionPooling {
-		return s.prefixTx(c, want, c.resetDue, inTx, begin), nil
+		p = s.prefixTx(c, want, c.resetDue, inTx, begin)
+	} else {
+		p = s.prefixSession(c, want, c.resetDue)
 	}
-	return s.prefixSession(c, want, c.resetDue), nil
+	if p != nil && p.sweep && c.px != nil && c.mode != pgx.QueryExecModeSimpleProtocol {
+		p.check = true
+	}
+	return p, nil
 }
 
 // prefixSession is prefixFor outside a transaction on a direct connection:
@@ -253,25 +259,43 @@ func makeSetConfigSQL(n int) string {
 }
 
 // setConfigArgs returns the arguments of setConfigSQL(len(set)), as Go
-// values (for pgx) and as text parameters (for pgconn).
-func setConfigArgs(set []setting, local bool) (args []any, params [][]byte) {
-	args = make([]any, 0, 3*len(set))
-	params = make([][]byte, 0, 3*len(set))
-	l, lp := "false", []byte("f")
+// values (for pgx's batch).
+func setConfigArgs(set []setting, local bool) []any {
+	args := make([]any, 0, 3*len(set))
+	l := "false"
 	if local {
-		l, lp = "true", []byte("t")
+		l = "true"
 	}
 	for _, st := range set {
 		var v any
-		var vp []byte
 		if !st.reset {
-			v, vp = st.value, []byte(st.value)
+			v = st.value
 		}
 		args = append(args, st.name, v, l)
+	}
+	return args
+}
+
+// setConfigParams returns the arguments of setConfigSQL(len(set)) as text
+// parameters (for pgconn), in c's buffer.
+func (c *session) setConfigParams(set []setting, local bool) [][]byte {
+	lp := boolFalse
+	if local {
+		lp = boolTrue
+	}
+	params := c.params[:0]
+	for _, st := range set {
+		var vp []byte
+		if !st.reset {
+			vp = []byte(st.value)
+		}
 		params = append(params, []byte(st.name), vp, lp)
 	}
-	return args, params
+	c.params = params
+	return params
 }
+
+var boolTrue, boolFalse = []byte("t"), []byte("f")
 
 // prefixStatements yields the statements of p, in order. The reset owed
 // by an earlier scope gets a transaction of its own (BEGIN … COMMIT) in
@@ -279,38 +303,35 @@ func setConfigArgs(set []setting, local bool) (args []any, params [][]byte) {
 // before the statement runs, and nothing the statement or its transaction
 // does (an error, Atomic's rollback) can bring the earlier scope's state
 // back; if it fails, the server skips the rest, up to the Sync.
-func (pl *Pool) prefixStatements(p *prefix, yield func(sql string, args []any, params [][]byte)) {
+func (pl *Pool) prefixStatements(p *prefix, yield func(sql string, set bool)) {
 	if p.reset {
-		yield("BEGIN", nil, nil)
+		if p.check {
+			yield(sweepCheckSQL, false)
+		}
+		yield("BEGIN", false)
 		for _, q := range pl.resetStmts {
-			yield(q, nil, nil)
+			yield(q, false)
 		}
-		if p.sweep {
-			yield(sweepSQL, nil, nil)
+		if p.sweep && !p.check {
+			yield(sweepSQL, false)
 		}
-		yield("COMMIT", nil, nil)
+		yield("COMMIT", false)
 	}
 	if p.begin {
-		yield("BEGIN", nil, nil)
+		yield("BEGIN", false)
 	}
 	if len(p.set) > 0 {
-		args, params := setConfigArgs(p.set, p.local)
-		yield(setConfigSQL(len(p.set)), args, params)
+		yield(setConfigSQL(len(p.set)), true)
 	}
-}
-
-// queuePgconn queues p's statements on b and returns how many.
-func (pl *Pool) queuePgconn(b *pgconn.Batch, p *prefix) (n int) {
-	pl.prefixStatements(p, func(sql string, _ []any, params [][]byte) {
-		b.ExecParams(sql, params, nil, nil, nil)
-		n++
-	})
-	return n
 }
 
 // queuePgx queues p's statements on b and returns how many.
 func (pl *Pool) queuePgx(b *pgx.Batch, p *prefix) (n int) {
-	pl.prefixStatements(p, func(sql string, args []any, _ [][]byte) {
+	pl.prefixStatements(p, func(sql string, set bool) {
+		var args []any
+		if set {
+			args = setConfigArgs(p.set, p.local)
+		}
 		b.Queue(sql, args...)
 		n++
 	})
@@ -330,11 +351,7 @@ func (s *Scope) flush(ctx context.Context, c *session, p *prefix) error {
 		reached, err = s.flushOther(ctx, c, p)
 	} else {
 		err = withLock(c.pin.conn, func() error {
-			var b pgconn.Batch
-			s.pool.queuePgconn(&b, p)
-			var res []*pgconn.Result
-			res, err = c.pc.ExecBatch(ctx, &b).ReadAll()
-			reached = okResults(res)
+			reached, err = s.pool.runPrefix(ctx, c, p)
 			return err
 		})
 	}
@@ -349,7 +366,11 @@ func (s *Scope) flush(ctx context.Context, c *session, p *prefix) error {
 // flushOther is flush through database/sql, for drivers other than pgx:
 // each statement in a round trip of its own.
 func (s *Scope) flushOther(ctx context.Context, c *session, p *prefix) (reached int, err error) {
-	s.pool.prefixStatements(p, func(sql string, args []any, _ [][]byte) {
+	s.pool.prefixStatements(p, func(sql string, set bool) {
+		var args []any
+		if set {
+			args = setConfigArgs(p.set, p.local)
+		}
 		if err == nil {
 			if _, err = c.pin.conn.ExecContext(ctx, sql, args...); err == nil {
 				reached++
@@ -357,17 +378,4 @@ func (s *Scope) flushOther(ctx context.Context, c *session, p *prefix) (reached 
 		}
 	})
 	return reached, err
-}
-
-// okResults counts the results of a batch, read with ReadAll, that ran
-// without an error.
-func okResults(res []*pgconn.Result) int {
-	n := 0
-	for _, r := range res {
-		if r.Err != nil {
-			break
-		}
-		n++
-	}
-	return n
 }

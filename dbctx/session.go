@@ -46,6 +46,13 @@ type session struct {
 	sweepDue bool      // and the reset deallocates statements PREPAREd in SQL
 	descs    descCache // statement descriptions, for the prefixed database/sql queries
 
+	// The statements prepared on the connection (pipe.go).
+	prep   map[string]*pgconn.StatementDescription // a prefix's, by SQL
+	named  int                                     // statements named so far
+	stale  []string                                // named statements to deallocate
+	reads  []pipeRead                              // what a pipeline sends back
+	params [][]byte                                // a set_config's parameters
+
 	pin pin // the state of the scope that pins it now
 }
 

@@ -382,6 +382,12 @@ func TestSettingsNoRoundTrip(t *testing.T) {
 			db := openDSN(t, dsn)
 			db.SetMaxOpenConns(1)
 			p := poolOn(t, env, db, &dbctx.Options{MaxWorkers: 1})
+			// The connection stays in the pool's keep: on a loaded
+			// machine, its trips back to the *sql.DB (a clearing of
+			// settings, database/sql's ping after a second idle) would
+			// add round trips that are no unit of work's.
+			p.SetKeepIdle(time.Hour)
+			p.SetKeepFor(time.Hour)
 			lookup := func(ctx context.Context) {
 				if err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
 					var name string

@@ -194,7 +194,9 @@ func TestFanOutSmallPool(t *testing.T) {
 	for name, style := range styles {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			g := newGroupServer(t, style, nil, dbctx.Options{MaxWorkers: 1, MaxWaiting: 1})
+			// A wait bounded only by the test: on a loaded machine the last of
+			// 500 events may wait longer than the default 2s for its turn.
+			g := newGroupServer(t, style, nil, dbctx.Options{MaxWorkers: 1, MaxWaiting: 1, WaitTimeout: time.Minute})
 			const sockets, msgs = 100, 5
 			conns := make([]*websocket.Conn, sockets)
 			for i := range conns {

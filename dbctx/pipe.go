@@ -1,0 +1,274 @@
+package dbctx
+
+import (
+	"context"
+	"errors"
+	"strconv"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// Sending a prefix, and the statement after it, in one round trip of the
+// extended protocol.
+//
+// In pgx's cache_statement mode (its default) on a direct connection,
+// each statement of a prefix and each statement sent after one is
+// prepared on the connection under a name of dbscope's (dbscope_N): its
+// Parse goes once per connection, in the round trip of its first use (a
+// pgconn pipeline), and from then on only Bind and Execute (a pgconn
+// batch), as for pgx's own cached statements, so PostgreSQL neither
+// parses nor plans it again. In the other modes of the extended protocol,
+// and under TransactionPooling (a pooler before PgBouncer 1.21 loses named
+// statements), they go unnamed, parsed every time, as pgx sends its own
+// statements in those modes. The names are protocol-level statements, as
+// pgx's are: the sweep of statements PREPAREd in SQL leaves them alone.
+//
+// The sweep itself, where a reset owes one, is first a check that no
+// statement was PREPAREd in SQL (sweepCheckSQL), sent before the reset's
+// transaction: if the check fails, nothing after it ran, the implicit
+// transaction is rolled back, and the round trip goes again with the full
+// sweep (sweepSQL), a DO block, which costs PostgreSQL several times the
+// check.
+
+// named reports whether the statements of a prefix on c, and those sent
+// after one, are prepared on c under a name.
+func (pl *Pool) named(c *session) bool {
+	return c.mode == pgx.QueryExecModeCacheStatement && !pl.opts.TransactionPooling
+}
+
+// sweepCheckSQL fails (division by zero) where a statement PREPAREd in
+// SQL exists.
+const sweepCheckSQL = "SELECT 1 / (pg_catalog.count(*) = 0)::int FROM pg_catalog.pg_prepared_statements WHERE from_sql"
+
+// errSweepFound is a sweep check that failed: statements PREPAREd in SQL
+// are there, the full sweep is owed.
+var errSweepFound = errors.New("dbctx: statements prepared in SQL to sweep")
+
+// sweepFound reports whether err, on p's round trip of which reached
+// statements ran, is p's sweep check failing.
+func sweepFound(p *prefix, reached int, err error) bool {
+	var pe *pgconn.PgError
+	return p != nil && p.check && reached == 0 && errors.As(err, &pe) && pe.Code == "22012"
+}
+
+// pipeRead is what one request of a round trip sends back, in order.
+type pipeRead struct {
+	prepared string // the SQL of a statement being prepared as name; "" for a statement's result
+	name     string
+	closed   bool // a statement deallocated
+}
+
+// newName returns a name for a statement prepared on c.
+func (c *session) newName() string {
+	c.named++
+	return "dbscope_" + strconv.Itoa(c.named)
+}
+
+// roundTrip is one round trip of the extended protocol: a batch where
+// every statement is prepared already (or none is named), else a
+// pipeline, which can prepare and deallocate.
+type roundTrip struct {
+	b   pgconn.Batch
+	pl  *pgconn.Pipeline
+	mrr *pgconn.MultiResultReader
+}
+
+// needsPipeline reports whether sending p on c must prepare or deallocate
+// a statement.
+func (pl *Pool) needsPipeline(c *session, p *prefix, named bool) bool {
+	if len(c.stale) > 0 {
+		return true
+	}
+	if !named {
+		return false
+	}
+	missing := false
+	pl.prefixStatements(p, func(sql string, _ bool) {
+		if c.prep[sql] == nil {
+			missing = true
+		}
+	})
+	return missing
+}
+
+// start begins a round trip on c for p.
+func (rt *roundTrip) start(ctx context.Context, c *session, pipeline bool) {
+	if pipeline {
+		rt.pl = c.pc.StartPipeline(ctx)
+	}
+}
+
+// sendPrefix queues the deallocation of c's stale statements and p's
+// statements, recording in c.reads what each sends back.
+func (pl *Pool) sendPrefix(c *session, rt *roundTrip, p *prefix, named bool) {
+	c.reads = c.reads[:0]
+	if rt.pl != nil {
+		for _, name := range c.stale {
+			rt.pl.SendDeallocate(name)
+			c.reads = append(c.reads, pipeRead{closed: true})
+		}
+		clear(c.stale)
+		c.stale = c.stale[:0]
+	}
+	pl.prefixStatements(p, func(sql string, set bool) {
+		var params [][]byte
+		if set {
+			params = c.setConfigParams(p.set, p.local)
+		}
+		sd := c.prep[sql]
+		switch {
+		case !named:
+			rt.sendParams(sql, params, nil, nil, nil)
+		case sd != nil:
+			rt.sendStatement(sd, params, nil, nil)
+		default: // a pipeline
+			name := c.newName()
+			rt.pl.SendPrepare(name, sql, nil)
+			c.reads = append(c.reads, pipeRead{prepared: sql, name: name})
+			rt.pl.SendQueryPrepared(name, params, nil, nil)
+		}
+		c.reads = append(c.reads, pipeRead{})
+	})
+}
+
+func (rt *roundTrip) sendParams(sql string, params [][]byte, oids []uint32, paramFormats, resultFormats []int16) {
+	if rt.pl != nil {
+		rt.pl.SendQueryParams(sql, params, oids, paramFormats, resultFormats)
+	} else {
+		rt.b.ExecParams(sql, params, oids, paramFormats, resultFormats)
+	}
+}
+
+func (rt *roundTrip) sendStatement(sd *pgconn.StatementDescription, params [][]byte, paramFormats, resultFormats []int16) {
+	if rt.pl != nil {
+		rt.pl.SendQueryStatement(sd, params, paramFormats, resultFormats)
+	} else {
+		rt.b.ExecStatement(sd, params, paramFormats, resultFormats)
+	}
+}
+
+// send sends what was queued.
+func (rt *roundTrip) send(ctx context.Context, c *session) error {
+	if rt.pl == nil {
+		rt.mrr = c.pc.ExecBatch(ctx, &rt.b)
+		return nil
+	}
+	rt.pl.SendPipelineSync()
+	return rt.pl.Flush()
+}
+
+// next returns the next result, or the description of a statement
+// prepared.
+func (rt *roundTrip) next() (*pgconn.ResultReader, *pgconn.StatementDescription, error) {
+	if rt.pl == nil {
+		if !rt.mrr.NextResult() {
+			if err := rt.mrr.Close(); err != nil {
+				return nil, nil, err
+			}
+			return nil, nil, errOutOfStep
+		}
+		return rt.mrr.ResultReader(), nil, nil
+	}
+	res, err := rt.pl.GetResults()
+	if err != nil {
+		return nil, nil, err
+	}
+	switch res := res.(type) {
+	case *pgconn.ResultReader:
+		return res, nil, nil
+	case *pgconn.StatementDescription:
+		return nil, res, nil
+	case *pgconn.CloseComplete:
+		return nil, nil, nil
+	}
+	return nil, nil, errOutOfStep
+}
+
+// close reads the rest of the round trip.
+func (rt *roundTrip) close() error {
+	if rt.pl != nil {
+		return rt.pl.Close()
+	}
+	if rt.mrr != nil {
+		return rt.mrr.Close()
+	}
+	return nil
+}
+
+// errOutOfStep is a round trip that sent back what was not asked.
+var errOutOfStep = errors.New("dbctx: round trip out of step")
+
+// readPrefix reads what sendPrefix queued: the count of p's statements
+// that ran without an error, and the first error.
+func (pl *Pool) readPrefix(c *session, rt *roundTrip) (reached int, err error) {
+	for _, r := range c.reads {
+		rr, sd, err := rt.next()
+		if err != nil {
+			return reached, err
+		}
+		switch {
+		case r.closed:
+		case r.prepared != "":
+			if sd == nil {
+				return reached, errOutOfStep
+			}
+			sd.Name, sd.SQL = r.name, r.prepared
+			if c.prep == nil {
+				c.prep = make(map[string]*pgconn.StatementDescription)
+			}
+			c.prep[r.prepared] = sd
+		default:
+			if rr == nil {
+				return reached, errOutOfStep
+			}
+			if _, err := rr.Close(); err != nil {
+				return reached, err
+			}
+			reached++
+		}
+	}
+	return reached, nil
+}
+
+// runPrefix runs p alone on c, in one round trip (two where its sweep
+// check fails): how many of its statements ran without an error, and the
+// first error.
+func (pl *Pool) runPrefix(ctx context.Context, c *session, p *prefix) (reached int, err error) {
+	for {
+		named := pl.named(c)
+		var rt roundTrip
+		rt.start(ctx, c, pl.needsPipeline(c, p, named))
+		pl.sendPrefix(c, &rt, p, named)
+		if err = rt.send(ctx, c); err == nil {
+			reached, err = pl.readPrefix(c, &rt)
+		}
+		err = errors.Join(err, rt.close())
+		if sweepFound(p, reached, err) {
+			p.check = false // and again, with the full sweep
+			continue
+		}
+		c.lostStatements(err)
+		return reached, err
+	}
+}
+
+// lostStatements forgets the statements prepared on c where err says one
+// of them is gone (user code deallocated it): they are prepared again,
+// and those that remain deallocated.
+func (c *session) lostStatements(err error) {
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || pe.Code != "26000" { // invalid_sql_statement_name
+		return
+	}
+	for _, sd := range c.prep {
+		c.stale = append(c.stale, sd.Name)
+	}
+	c.prep = nil
+	for _, sd := range c.descs.m {
+		if sd.Name != "" {
+			c.stale = append(c.stale, sd.Name)
+		}
+	}
+	c.descs.m = nil
+}
