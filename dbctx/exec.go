@@ -52,6 +52,19 @@ type result struct {
 	br    pgx.BatchResults          // the batch that carried it (simple_protocol)
 	mrr   *pgconn.MultiResultReader // the batch that carried it (extended protocol)
 	query string
+
+	tq   pgx.QueryTracer // told of the statement by dbscope (see observe.go), nil if not
+	tctx context.Context // what tq's TraceQueryStart returned
+}
+
+// traceEnd ends the trace dbscope began of the statement, if any, with its
+// outcome, and returns err.
+func (r *result) traceEnd(tag pgconn.CommandTag, err error) error {
+	if r.tq != nil {
+		r.tq.TraceQueryEnd(r.tctx, r.c.px, pgx.TraceQueryEndData{CommandTag: tag, Err: err})
+		r.tq = nil
+	}
+	return err
 }
 
 // finish closes the rows, reads to the end of the round trip and records
@@ -71,7 +84,7 @@ func (r *result) finish() error {
 			r.c.descs.drop(r.query)
 		}
 	}
-	return err
+	return r.traceEnd(r.Rows.CommandTag(), err)
 }
 
 // end finishes rows handed out (see Scope.opened), on the goroutine that
@@ -111,7 +124,9 @@ func (s *Scope) pgxBatchQuery(ctx context.Context, res *result, args []any) erro
 	b := &pgx.Batch{}
 	n := s.pool.queuePgx(b, p)
 	b.Queue(res.query, args...)
+	c.send = sending{p: p, n: n, batch: true}
 	br := c.px.SendBatch(ctx, b)
+	c.send = sending{}
 	for i := range n {
 		if _, err := br.Exec(); err != nil {
 			br.Close()
@@ -132,16 +147,24 @@ func (s *Scope) pgxBatchQuery(ctx context.Context, res *result, args []any) erro
 // pgconnQuery is pgxQuery with a prefix, in the extended protocol's modes.
 func (s *Scope) pgconnQuery(ctx context.Context, res *result, args []any, sqlFormats bool) error {
 	c, p, query := res.c, res.p, res.query
+	if c.qt != nil {
+		// pgx's tracer does not see what goes through pgconn: told here,
+		// as pgx would tell it, and told what goes before.
+		c.send = sending{p: p, n: s.pool.preludeLen(p)}
+		ctx = c.qt.TraceQueryStart(ctx, c.px, pgx.TraceQueryStartData{SQL: query, Args: args})
+		c.send = sending{}
+		res.tq, res.tctx = c.qt, ctx
+	}
 	var sd *pgconn.StatementDescription
 	if c.mode != pgx.QueryExecModeExec {
 		var err error
 		if sd, err = c.describe(ctx, query); err != nil {
-			return err
+			return res.traceEnd(pgconn.CommandTag{}, err)
 		}
 	}
 	eqb := &c.eqb
 	if err := eqb.Build(c.px.TypeMap(), sd, args); err != nil {
-		return err
+		return res.traceEnd(pgconn.CommandTag{}, err)
 	}
 	var b pgconn.Batch
 	n := s.pool.queuePgconn(&b, p)
@@ -162,7 +185,7 @@ func (s *Scope) pgconnQuery(ctx context.Context, res *result, args []any, sqlFor
 		err = errors.Join(err, mrr.Close())
 		s.prefixDone(c, p, false, reached)
 		c.descs.drop(query)
-		return err
+		return res.traceEnd(pgconn.CommandTag{}, err)
 	}
 	for i := range n {
 		if !mrr.NextResult() {

@@ -183,9 +183,11 @@ func (p *Pool) clean(ctx context.Context, c *session) error {
 		pre.set = withResets(nil, c.applied)
 	}
 	err := withLock(c.pin.conn, func() error {
+		ctx, traced := p.traceAlone(ctx, c, pre)
 		var b pgconn.Batch
 		p.queuePgconn(&b, pre)
 		_, err := c.pc.ExecBatch(ctx, &b).ReadAll()
+		traced(err)
 		return err
 	})
 	if err != nil {

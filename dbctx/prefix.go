@@ -330,11 +330,13 @@ func (s *Scope) flush(ctx context.Context, c *session, p *prefix) error {
 		reached, err = s.flushOther(ctx, c, p)
 	} else {
 		err = withLock(c.pin.conn, func() error {
+			ctx, traced := s.pool.traceAlone(ctx, c, p)
 			var b pgconn.Batch
 			s.pool.queuePgconn(&b, p)
 			var res []*pgconn.Result
 			res, err = c.pc.ExecBatch(ctx, &b).ReadAll()
 			reached = okResults(res)
+			traced(err)
 			return err
 		})
 	}

@@ -33,6 +33,7 @@ type session struct {
 	plain bool           // no TLS: the first byte waiting is a message type
 	auth  string         // the session user the server reported first (see changed)
 	mode  pgx.QueryExecMode
+	qt    pgx.QueryTracer // the config's tracer, told of what pgx does not see (observe.go)
 
 	eqb pgx.ExtendedQueryBuilder // for the prefixed statements (exec.go)
 
@@ -45,6 +46,7 @@ type session struct {
 	resetDue bool      // an earlier scope left state: reset before anything runs
 	sweepDue bool      // and the reset deallocates statements PREPAREd in SQL
 	descs    descCache // statement descriptions, for the prefixed database/sql queries
+	send     sending   // what PreludeOf returns, while a statement is sent (observe.go)
 
 	pin pin // the state of the scope that pins it now
 }
@@ -104,8 +106,10 @@ func sessionOf(sc *stdlib.Conn) *session {
 	if s, ok := data[sessionKey].(*session); ok {
 		return s
 	}
+	cfg := px.Config()
 	s := &session{px: px, pc: pc, fd: -1, plain: true, auth: pc.ParameterStatus(paramAuth),
-		mode: px.Config().DefaultQueryExecMode}
+		mode: cfg.DefaultQueryExecMode}
+	s.qt, _ = cfg.Tracer.(pgx.QueryTracer)
 	nc := pc.Conn()
 	if tc, ok := nc.(*tls.Conn); ok {
 		nc, s.plain = tc.NetConn(), false
