@@ -52,19 +52,6 @@ type result struct {
 	br    pgx.BatchResults          // the batch that carried it (simple_protocol)
 	mrr   *pgconn.MultiResultReader // the batch that carried it (extended protocol)
 	query string
-
-	tq   pgx.QueryTracer // told of the statement by dbscope (see observe.go), nil if not
-	tctx context.Context // what tq's TraceQueryStart returned
-}
-
-// traceEnd ends the trace dbscope began of the statement, if any, with its
-// outcome, and returns err.
-func (r *result) traceEnd(tag pgconn.CommandTag, err error) error {
-	if r.tq != nil {
-		r.tq.TraceQueryEnd(r.tctx, r.c.px, pgx.TraceQueryEndData{CommandTag: tag, Err: err})
-		r.tq = nil
-	}
-	return err
 }
 
 // finish closes the rows, reads to the end of the round trip and records
@@ -83,8 +70,9 @@ func (r *result) finish() error {
 		if err != nil {
 			r.c.descs.drop(r.query)
 		}
+		r.c.traceEnd(r.Rows.CommandTag(), err)
 	}
-	return r.traceEnd(r.Rows.CommandTag(), err)
+	return err
 }
 
 // end finishes rows handed out (see Scope.opened), on the goroutine that
@@ -153,18 +141,18 @@ func (s *Scope) pgconnQuery(ctx context.Context, res *result, args []any, sqlFor
 		c.send = sending{p: p, n: s.pool.preludeLen(p)}
 		ctx = c.qt.TraceQueryStart(ctx, c.px, pgx.TraceQueryStartData{SQL: query, Args: args})
 		c.send = sending{}
-		res.tq, res.tctx = c.qt, ctx
+		c.tctx = ctx
 	}
 	var sd *pgconn.StatementDescription
 	if c.mode != pgx.QueryExecModeExec {
 		var err error
 		if sd, err = c.describe(ctx, query); err != nil {
-			return res.traceEnd(pgconn.CommandTag{}, err)
+			return c.traceEnd(pgconn.CommandTag{}, err)
 		}
 	}
 	eqb := &c.eqb
 	if err := eqb.Build(c.px.TypeMap(), sd, args); err != nil {
-		return res.traceEnd(pgconn.CommandTag{}, err)
+		return c.traceEnd(pgconn.CommandTag{}, err)
 	}
 	var b pgconn.Batch
 	n := s.pool.queuePgconn(&b, p)
@@ -185,7 +173,7 @@ func (s *Scope) pgconnQuery(ctx context.Context, res *result, args []any, sqlFor
 		err = errors.Join(err, mrr.Close())
 		s.prefixDone(c, p, false, reached)
 		c.descs.drop(query)
-		return res.traceEnd(pgconn.CommandTag{}, err)
+		return c.traceEnd(pgconn.CommandTag{}, err)
 	}
 	for i := range n {
 		if !mrr.NextResult() {

@@ -5,6 +5,7 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // Observing the pool: what a pgx tracer is told of the statements dbscope
@@ -95,6 +96,16 @@ func (pl *Pool) preludeLen(p *prefix) int {
 		n++
 	}
 	return n
+}
+
+// traceEnd ends the trace that dbscope began of the statement under way on
+// c, if any, with its outcome, and returns err.
+func (c *session) traceEnd(tag pgconn.CommandTag, err error) error {
+	if c.tctx != nil {
+		c.qt.TraceQueryEnd(c.tctx, c.px, pgx.TraceQueryEndData{CommandTag: tag, Err: err})
+		c.tctx = nil
+	}
+	return err
 }
 
 // traceAlone tells c's query tracer, if any, that p is sent alone, and

@@ -1,6 +1,7 @@
 package dbctx
 
 import (
+	"context"
 	"crypto/tls"
 	"database/sql"
 	"net"
@@ -46,7 +47,10 @@ type session struct {
 	resetDue bool      // an earlier scope left state: reset before anything runs
 	sweepDue bool      // and the reset deallocates statements PREPAREd in SQL
 	descs    descCache // statement descriptions, for the prefixed database/sql queries
-	send     sending   // what PreludeOf returns, while a statement is sent (observe.go)
+
+	// What the connection's tracer is told (observe.go).
+	send sending         // what PreludeOf returns, while a statement is sent
+	tctx context.Context // the trace dbscope began of the statement under way, if any
 
 	pin pin // the state of the scope that pins it now
 }
