@@ -3,13 +3,15 @@ package dbctx
 import (
 	"context"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
-// Observing the pool: what a pgx tracer is told of the statements dbscope
-// sends before a statement of a scope (PreludeOf).
+// Observing the pool: what its hooks are told (Options.OnWait, OnPin,
+// OnDo), and what a pgx tracer is told of the statements dbscope sends
+// before a statement of a scope (PreludeOf).
 //
 // A pgx tracer set on the connection's config (pgx.ConnConfig.Tracer)
 // sees every statement of a scope exactly once: pgx tells it of those it
@@ -20,6 +22,94 @@ import (
 // its text dbscope's statements, with no arguments (the settings' values
 // stay out). In the simple_protocol exec mode pgx itself tells the tracer
 // of the batch that carries a prelude and a statement.
+
+// Wait is a caller's wait for a worker slot, as [Options.OnWait] is told
+// of it.
+type Wait struct {
+	// Queued is false for a caller refused at once with ErrBusy (the
+	// queue full, or its turn too far off at the pace the queue moves),
+	// true for one that queued.
+	Queued bool
+
+	// Waited is how long the caller queued.
+	Waited time.Duration
+
+	// Err is nil when the caller got its slot, else what it gets instead:
+	// ErrBusy, ErrPoolClosed, or its context's error.
+	Err error
+}
+
+// Pin is a connection a scope pinned, as [Options.OnPin] is told of it.
+type Pin struct {
+	// Took is the time from asking for a connection to its being ready:
+	// the health check, a connect by the *sql.DB, the reset an earlier
+	// user left owed where OnAcquire runs, OnAcquire itself.
+	Took time.Duration
+
+	// Kept says the connection was one the pool kept since a scope gave
+	// it back a moment before; else it came from the *sql.DB.
+	Kept bool
+
+	// New says the connection had not been pinned before (with pgx's
+	// driver: other drivers' connections are not told apart): as a rule
+	// the *sql.DB has just opened it.
+	New bool
+
+	// Checked says its socket was looked at for a dead backend; a
+	// connection given back a moment before is not (see the package doc).
+	Checked bool
+
+	// Dead counts the connections found dead, and discarded, before this
+	// one.
+	Dead int
+
+	// Err is the error of a pin that failed (no connection pinned):
+	// ErrUnavailable, ErrMisconfigured, OnAcquire's, ctx's.
+	Err error
+}
+
+// sawDead counts a connection found dead while pinning; a nil *Pin (no
+// OnPin hook) counts nothing.
+func (pn *Pin) sawDead() {
+	if pn != nil {
+		pn.Dead++
+	}
+}
+
+// toldWait tells Options.OnWait of a wait.
+func (p *Pool) toldWait(ctx context.Context, queued bool, waited time.Duration, err error) {
+	if h := p.opts.OnWait; h != nil {
+		h(ctx, Wait{Queued: queued, Waited: waited, Err: err})
+	}
+}
+
+// connectObserved is connect, for a scope's pin, told to Options.OnPin.
+func (p *Pool) connectObserved(ctx context.Context) (c *session, looked bool, err error) {
+	var pn Pin
+	start := monotonic()
+	c, looked, err = p.connect(ctx, &pn)
+	pn.Took = monotonic() - start
+	pn.Err = err
+	if err == nil {
+		pn.Checked = looked
+		pn.New = c.pc != nil && c.released == 0
+	}
+	p.opts.OnPin(ctx, pn)
+	return c, looked, err
+}
+
+// doObserved is Pool.Do on a fresh scope, inside Options.OnDo.
+func (p *Pool) doObserved(ctx context.Context, fn func(ctx context.Context, s *Scope) error) error {
+	ctx, done := p.opts.OnDo(ctx)
+	s := &Scope{pool: p, outer: outerOf(ctx)}
+	s.ctx = scopeCtx{Context: ctx, s: s}
+	err := s.do(&s.ctx, fn)
+	s.End()
+	if done != nil {
+		done(err)
+	}
+	return err
+}
 
 // A Prelude is what dbscope sends on a connection before a statement of a
 // scope: the session reset that an earlier user of the connection left

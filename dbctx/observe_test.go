@@ -2,15 +2,214 @@ package dbctx_test
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/internal/pgtest"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/stdlib"
 )
+
+// waits records what Options.OnWait is told.
+type waits struct {
+	mu   sync.Mutex
+	list []dbctx.Wait
+}
+
+func (w *waits) hook(_ context.Context, x dbctx.Wait) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.list = append(w.list, x)
+}
+
+func (w *waits) take() []dbctx.Wait {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	l := w.list
+	w.list = nil
+	return l
+}
+
+// OnWait is told of each caller that did not find a slot free, and of
+// how its wait ended; not of those that found one.
+func TestOnWait(t *testing.T) {
+	t.Parallel()
+	var w waits
+	env := newEnv(t)
+	db := env.Open(t)
+	p := poolOn(t, env, db, &dbctx.Options{MaxWorkers: 1, WaitTimeout: 50 * time.Millisecond, OnWait: w.hook})
+	noQueue := poolOn(t, env, db, &dbctx.Options{MaxWorkers: 1, MaxWaiting: -1, OnWait: w.hook})
+	ctx := context.Background()
+	nop := func(context.Context, *dbctx.Scope) error { return nil }
+
+	if err := p.Do(ctx, nop); err != nil {
+		t.Fatal(err)
+	}
+	if got := w.take(); len(got) != 0 {
+		t.Fatalf("a free slot was told of as a wait: %+v", got)
+	}
+
+	// Granted after a wait.
+	release := holdSlot(p)
+	done := make(chan error, 1)
+	go func() { done <- p.Do(ctx, nop) }()
+	eventually(t, "a caller queued", func() bool { return p.Stats().Waiting == 1 })
+	release()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	got := w.take()
+	if len(got) != 1 || !got[0].Queued || got[0].Err != nil || got[0].Waited <= 0 {
+		t.Fatalf("granted wait: told %+v", got)
+	}
+
+	// Timed out.
+	release = holdSlot(p)
+	err := p.Do(ctx, nop)
+	release()
+	got = w.take()
+	if !errors.Is(err, dbctx.ErrBusy) || len(got) != 1 || !got[0].Queued || !errors.Is(got[0].Err, dbctx.ErrBusy) ||
+		got[0].Waited < 50*time.Millisecond {
+		t.Fatalf("timed-out wait: Do returned %v, told %+v", err, got)
+	}
+	if st := p.Stats(); st.WaitCount != 2 || st.Busy != 1 {
+		t.Fatalf("stats disagree with what the hook was told: %+v", st)
+	}
+
+	// Refused at once: no queue.
+	release = holdSlot(noQueue)
+	err = noQueue.Do(ctx, nop)
+	release()
+	got = w.take()
+	if !errors.Is(err, dbctx.ErrBusy) || len(got) != 1 || got[0].Queued || got[0].Waited != 0 || !errors.Is(got[0].Err, dbctx.ErrBusy) {
+		t.Fatalf("refused at once: Do returned %v, told %+v", err, got)
+	}
+	eventually(t, "the slots to free", func() bool { return p.Stats().InUse == 0 && noQueue.Stats().InUse == 0 })
+}
+
+// OnPin is told of each pin: from the *sql.DB (new the first time), from
+// the pool's keep, with the dead connections discarded on the way, and of
+// a pin that failed.
+func TestOnPin(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "kills server backends; behind a pooler the pooler absorbs the kill")
+	var mu sync.Mutex
+	var pins []dbctx.Pin
+	hook := func(_ context.Context, pn dbctx.Pin) {
+		mu.Lock()
+		pins = append(pins, pn)
+		mu.Unlock()
+	}
+	take := func() []dbctx.Pin {
+		mu.Lock()
+		defer mu.Unlock()
+		l := pins
+		pins = nil
+		return l
+	}
+	env := newEnv(t)
+	p := onePool(t, env, dbctx.Options{OnPin: hook})
+	p.SetRecent(0) // look at every connection
+	p.SetKeepIdle(0)
+	warm(t, p)
+	if got := take(); len(got) != 1 || !got[0].New || got[0].Kept || !got[0].Checked || got[0].Err != nil || got[0].Took <= 0 {
+		t.Fatalf("first pin: told %+v", got)
+	}
+	p.SetKeepIdle(time.Hour)
+	warm(t, p) // from the *sql.DB, then kept
+	warm(t, p) // from the keep
+	if got := take(); len(got) != 2 || got[0].New || got[0].Kept || !got[1].Kept || !got[1].Checked {
+		t.Fatalf("pins from the *sql.DB, then the keep: told %+v", got)
+	}
+
+	// A backend killed while its connection is kept: the check finds it
+	// dead before use (the pin says so, as Stats does), or, where its
+	// socket has not shown it yet, the statement is retried on another
+	// pin.
+	for round := 0; ; round++ {
+		if n := env.Terminate(t); n != 1 {
+			t.Fatalf("killed %d backends, want 1", n)
+		}
+		before := p.Stats()
+		warm(t, p)
+		got := take()
+		dead := p.Stats().Discarded.Dead - before.Discarded.Dead
+		total := 0
+		for _, pn := range got {
+			total += pn.Dead
+		}
+		if int64(total) != dead {
+			t.Fatalf("pins told of %d dead connections, Stats of %d: %+v", total, dead, got)
+		}
+		if dead == 1 {
+			break
+		}
+		if len(got) != 2 || round == 20 {
+			t.Fatalf("round %d: neither the check nor a retry saw the killed backend: %+v", round, got)
+		}
+	}
+
+	// A pin that fails.
+	bad := poolOn(t, env, openDSN(t, env.Refused(t)), &dbctx.Options{OnPin: hook, Logger: quiet()})
+	err := bad.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+		_, err := queryInt(ctx, s, "SELECT 1")
+		return err
+	})
+	if got := take(); err == nil || len(got) != 1 || !errors.Is(got[0].Err, dbctx.ErrUnavailable) {
+		t.Fatalf("failed pin: Do returned %v, told %+v", err, got)
+	}
+}
+
+type doKey struct{}
+
+// OnDo wraps a Do that runs on a scope of its own, and is done once the
+// scope has ended; a Do that reuses the scope in ctx runs no hook.
+func TestOnDo(t *testing.T) {
+	t.Parallel()
+	var p *dbctx.Pool
+	var started, ended int
+	var endErr error
+	p, _ = newPool(t, &dbctx.Options{OnDo: func(ctx context.Context) (context.Context, func(error)) {
+		started++
+		return context.WithValue(ctx, doKey{}, "hooked"), func(err error) {
+			ended++
+			endErr = err
+			if st := p.Stats(); st.InUse != 0 || st.Pinned != 0 {
+				t.Errorf("done before the scope ended: %+v", st)
+			}
+		}
+	}})
+	errWork := errors.New("work failed")
+	err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+		if ctx.Value(doKey{}) != "hooked" {
+			t.Error("fn did not get the hook's context")
+		}
+		if dbctx.From(ctx) != s {
+			t.Error("the hook's context lost the scope")
+		}
+		if _, err := queryInt(ctx, s, "SELECT 1"); err != nil {
+			return err
+		}
+		return errWork
+	})
+	if !errors.Is(err, errWork) || started != 1 || ended != 1 || !errors.Is(endErr, errWork) {
+		t.Fatalf("Do returned %v; hook started %d, ended %d with %v", err, started, ended, endErr)
+	}
+
+	ctx, scope := p.Scope(context.Background())
+	defer scope.End()
+	if err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+		_, err := queryInt(ctx, s, "SELECT 1")
+		return err
+	}); err != nil || started != 1 {
+		t.Fatalf("a Do on the request's scope: %v, hook started %d times, want once in all", err, started)
+	}
+}
 
 // told is what a pgx tracer on the connections was told: each statement
 // or batch, with the prelude PreludeOf gave at its start.
