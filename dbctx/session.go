@@ -113,7 +113,7 @@ func sessionOf(sc *stdlib.Conn) *session {
 	cfg := px.Config()
 	s := &session{px: px, pc: pc, fd: -1, plain: true, auth: pc.ParameterStatus(paramAuth),
 		mode: cfg.DefaultQueryExecMode}
-	s.qt, _ = cfg.Tracer.(pgx.QueryTracer)
+	s.qt = cfg.Tracer
 	nc := pc.Conn()
 	if tc, ok := nc.(*tls.Conn); ok {
 		nc, s.plain = tc.NetConn(), false
