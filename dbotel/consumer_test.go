@@ -3,6 +3,7 @@ package dbotel_test
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -12,9 +13,12 @@ import (
 	"github.com/dbscope/dbscope/dbctx"
 	"github.com/dbscope/dbscope/dbotel"
 	"github.com/dbscope/dbscope/groups"
+	"github.com/dbscope/dbscope/internal/dbtest"
+	"github.com/dbscope/dbscope/internal/pgtest"
 	"github.com/dbscope/dbscope/internal/sqlcpgx"
 	"github.com/dbscope/dbscope/wsconsumer"
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
+	"go.opentelemetry.io/otel/codes"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
 )
@@ -32,7 +36,7 @@ func TestWebsocket(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			tel := newTelemetry(t)
-			p := tel.newPool(t, nil, 0)
+			p, _ := tel.newPool(t, nil, 0)
 			layer, err := groups.New(groups.NewMemory(), nil)
 			if err != nil {
 				t.Fatal(err)
@@ -120,6 +124,52 @@ func TestWebsocket(t *testing.T) {
 			if n := countNamed(spans, dbotel.SpanDo); n != 0 {
 				t.Fatalf("%d Do spans: a callback's Do adds to the callback's span\n%s", n, dump(spans))
 			}
+		})
+	}
+}
+
+// A socket that goes cancels the statement of its traced callback, in
+// both styles (the span's context passes the socket's cancellation on),
+// and the callback's span ends with the error.
+func TestWebsocketGone(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "cancels statements mid-flight; PgBouncer 1.18 crashes on the cancel request")
+	styles := map[string]func(*dbctx.Pool, wsconsumer.Consumer, *wsconsumer.Options) *wsconsumer.Handler{
+		"sync": wsconsumer.NewSync, "async": wsconsumer.NewAsync,
+	}
+	for name, style := range styles {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			tel := newTelemetry(t)
+			p, env := tel.newPool(t, nil, 0)
+			h := style(p, wsconsumer.Consumer{
+				Receive: func(ctx context.Context, s *wsconsumer.Session, _ websocket.MessageType, _ []byte) error {
+					return dbctx.Do(ctx, func(ctx context.Context, sc *dbctx.Scope) error {
+						_, err := sc.ExecContext(ctx, "SELECT pg_sleep(30)")
+						return err
+					})
+				},
+			}, dbotel.ConsumerOptions(&wsconsumer.Options{Logger: slog.New(slog.DiscardHandler)}, tel.opts))
+			srv := httptest.NewServer(h)
+			defer srv.Close()
+			defer h.Shutdown(context.Background())
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			c, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(srv.URL, "http"), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := c.Write(ctx, websocket.MessageText, []byte("sleep")); err != nil {
+				t.Fatal(err)
+			}
+			dbtest.Eventually(t, "the query", func() bool { return dbtest.ActiveQueries(t, env, "SELECT pg_sleep") == 1 })
+			c.CloseNow()
+			dbtest.Eventually(t, "the query to stop", func() bool { return dbtest.ActiveQueries(t, env, "SELECT pg_sleep") == 0 })
+			receive := tel.waitSpan(t, dbotel.SpanReceive)
+			if receive.Status().Code != codes.Error {
+				t.Fatalf("receive's span: status %v", receive.Status())
+			}
+			wantChildren(t, tel.ended(), receive, "SELECT")
 		})
 	}
 }

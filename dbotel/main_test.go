@@ -47,7 +47,7 @@ func newTelemetry(t *testing.T) *telemetry {
 // newPool returns a pool over a schema of its own, with the items table
 // of internal/sqlcpgx, whose connections are traced by tel's Tracer and
 // which is made with PoolOptions; the invariants are checked at the end.
-func (tel *telemetry) newPool(t *testing.T, opts *dbctx.Options, mode pgx.QueryExecMode) *dbctx.Pool {
+func (tel *telemetry) newPool(t *testing.T, opts *dbctx.Options, mode pgx.QueryExecMode) (*dbctx.Pool, *pgtest.Env) {
 	t.Helper()
 	env := pgtest.New(t)
 	cfg, err := pgx.ParseConfig(env.DSN())
@@ -71,7 +71,7 @@ func (tel *telemetry) newPool(t *testing.T, opts *dbctx.Options, mode pgx.QueryE
 	if _, err := db.Exec(`INSERT INTO items (name) VALUES ('first')`); err != nil {
 		t.Fatal(err)
 	}
-	return p
+	return p, env
 }
 
 // ended returns the spans ended so far.

@@ -57,7 +57,7 @@ func (tel *telemetry) points(t *testing.T) (map[string]int64, *metricdata.Histog
 func TestMetrics(t *testing.T) {
 	t.Parallel()
 	tel := newTelemetry(t)
-	p := tel.newPool(t, &dbctx.Options{MaxWorkers: 1, WaitTimeout: 100 * time.Millisecond}, 0)
+	p, _ := tel.newPool(t, &dbctx.Options{MaxWorkers: 1, WaitTimeout: 100 * time.Millisecond}, 0)
 	reg, err := dbotel.RegisterMetrics(p, tel.opts)
 	if err != nil {
 		t.Fatal(err)

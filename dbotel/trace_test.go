@@ -29,7 +29,7 @@ var tenant = dbctx.NewSetting("app.tenant")
 func TestHTTPRequest(t *testing.T) {
 	t.Parallel()
 	tel := newTelemetry(t)
-	p := tel.newPool(t, &dbctx.Options{MaxWorkers: 1}, 0)
+	p, _ := tel.newPool(t, &dbctx.Options{MaxWorkers: 1}, 0)
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /items/{id}", func(w http.ResponseWriter, r *http.Request) {
 		ctx := tenant.With(r.Context(), "42")
@@ -99,7 +99,7 @@ func TestHTTPRequest(t *testing.T) {
 func TestDo(t *testing.T) {
 	t.Parallel()
 	tel := newTelemetry(t)
-	p := tel.newPool(t, nil, 0)
+	p, _ := tel.newPool(t, nil, 0)
 	errWork := errors.New("work failed")
 	err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
 		if _, err := sqlcpgx.New(s).GetItem(ctx, 1); err != nil {
@@ -157,7 +157,7 @@ func TestPrelude(t *testing.T) {
 		t.Run(mode.String(), func(t *testing.T) {
 			t.Parallel()
 			tel := newTelemetry(t)
-			p := tel.newPool(t, &dbctx.Options{MaxWorkers: 1}, mode)
+			p, _ := tel.newPool(t, &dbctx.Options{MaxWorkers: 1}, mode)
 			p.DB().SetMaxOpenConns(1) // one session: each unit sees what the last left
 			tracer := tel.opts.TracerProvider.Tracer("test")
 			// unit runs fn under a span of its own, and returns the spans
