@@ -9,10 +9,13 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"strings"
 
+	"github.com/coder/websocket"
 	"github.com/dbscope/dbscope/dbctx"
 	"github.com/dbscope/dbscope/dbotel"
 	"github.com/dbscope/dbscope/middleware"
+	"github.com/dbscope/dbscope/wsconsumer"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/stdlib"
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
@@ -73,6 +76,64 @@ func Example() {
 	// Output:
 	// GetAnswer (parent: true)
 	// GET (parent: false) [dbscope.pin]
+}
+
+// Each websocket message gets a span of its own, its statements' spans
+// under it.
+func ExampleConsumerOptions() {
+	spans := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))
+	defer tp.Shutdown(context.Background())
+	o := &dbotel.Options{TracerProvider: tp}
+
+	cfg, err := pgx.ParseConfig(os.Getenv("DATABASE_URL"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	cfg.Tracer = dbotel.NewTracer(o)
+	db := stdlib.OpenDB(*cfg)
+	defer db.Close()
+	pool := dbctx.New(db, dbotel.PoolOptions(nil, o))
+	defer pool.Close()
+
+	replied := make(chan struct{})
+	ws := wsconsumer.NewAsync(pool, wsconsumer.Consumer{
+		Receive: func(ctx context.Context, s *wsconsumer.Session, _ websocket.MessageType, data []byte) error {
+			defer close(replied)
+			n, err := dbctx.DoValue(ctx, func(ctx context.Context, sc *dbctx.Scope) (n int, err error) {
+				err = sc.QueryRowContext(ctx, "-- name: Length :one\nSELECT length($1::text)", string(data)).Scan(&n)
+				return n, err
+			})
+			if err != nil {
+				return err
+			}
+			return s.SendText(ctx, fmt.Sprint(n))
+		},
+	}, dbotel.ConsumerOptions(nil, o))
+	srv := httptest.NewServer(ws)
+	defer srv.Close()
+	defer ws.Shutdown(context.Background())
+
+	ctx := context.Background()
+	c, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(srv.URL, "http"), nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.CloseNow()
+	c.Write(ctx, websocket.MessageText, []byte("hello"))
+	_, reply, _ := c.Read(ctx)
+	<-replied
+	c.Close(websocket.StatusNormalClosure, "")
+	ws.Shutdown(ctx) // the callback's span has ended
+
+	fmt.Println("reply:", string(reply))
+	for _, s := range spans.Ended() {
+		fmt.Printf("%s (parent: %t)\n", s.Name(), s.Parent().IsValid())
+	}
+	// Output:
+	// reply: 5
+	// Length (parent: true)
+	// websocket receive (parent: false)
 }
 
 // RegisterMetrics reports the pool under OpenTelemetry's names for
