@@ -46,7 +46,9 @@ func TestOnCallback(t *testing.T) {
 					if err != nil {
 						t.Errorf("%s: %v", what, err)
 					}
-					if cb.Kind == wsconsumer.CallbackReceive || cb.Kind == wsconsumer.CallbackEvent {
+					// In the sync style nothing else of the socket runs
+					// meanwhile (async callbacks may overlap).
+					if name == "sync" && (cb.Kind == wsconsumer.CallbackReceive || cb.Kind == wsconsumer.CallbackEvent) {
 						if st := g.pool.Stats(); st.InUse != 0 {
 							t.Errorf("%s: done before the slot was released: %+v", what, st)
 						}
