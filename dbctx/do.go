@@ -52,6 +52,9 @@ func (p *Pool) Do(ctx context.Context, fn func(ctx context.Context, s *Scope) er
 	if s := p.From(ctx); s != nil && !s.async && !s.isEnded() {
 		return s.do(ctx, fn)
 	}
+	if p.opts.OnDo != nil {
+		return p.doObserved(ctx, fn)
+	}
 	s := &Scope{pool: p, outer: outerOf(ctx)}
 	s.ctx = scopeCtx{Context: ctx, s: s}
 	err := s.do(&s.ctx, fn)

@@ -119,6 +119,17 @@
 // inside a Do or Atomic of its own. [Async] makes every pool's scope refuse
 // direct use.
 //
+// # Tracing and metrics
+//
+// [Options.OnWait], [Options.OnPin] and [Options.OnDo] tell a tracer or a
+// meter what a unit of work waited for and what it pinned, and let it
+// give a [Do] with no span a span of its own; a pgx tracer on the
+// connections' config (pgx.ConnConfig.Tracer) is told of every statement
+// of a scope once, and [PreludeOf] tells it what dbscope sent before the
+// statement (a reset owed, Atomic's BEGIN, the settings of [Setting]).
+// Package github.com/dbscope/dbscope/dbotel builds OpenTelemetry's spans
+// and metrics on them.
+//
 // # Session isolation
 //
 // No session state of one scope reaches the next scope that gets the same

@@ -71,6 +71,7 @@ func (r *result) finish() error {
 			r.c.dropDesc(r.query)
 			r.c.lostStatements(err)
 		}
+		r.c.traceEnd(r.Rows.CommandTag(), err)
 	}
 	return err
 }
@@ -112,7 +113,9 @@ func (s *Scope) pgxBatchQuery(ctx context.Context, res *result, args []any) erro
 	b := &pgx.Batch{}
 	n := s.pool.queuePgx(b, p)
 	b.Queue(res.query, args...)
+	c.send = sending{p: p, n: n, batch: true}
 	br := c.px.SendBatch(ctx, b)
+	c.send = sending{}
 	for i := range n {
 		if _, err := br.Exec(); err != nil {
 			br.Close()
@@ -133,17 +136,25 @@ func (s *Scope) pgxBatchQuery(ctx context.Context, res *result, args []any) erro
 // pgconnQuery is pgxQuery with a prefix, in the extended protocol's modes.
 func (s *Scope) pgconnQuery(ctx context.Context, res *result, args []any, sqlFormats bool) error {
 	c, p, query := res.c, res.p, res.query
+	if c.qt != nil {
+		// pgx's tracer does not see what goes through pgconn: told here,
+		// as pgx would tell it, and told what goes before.
+		c.send = sending{p: p, n: s.pool.preludeLen(p)}
+		ctx = c.qt.TraceQueryStart(ctx, c.px, pgx.TraceQueryStartData{SQL: query, Args: args})
+		c.send = sending{}
+		c.tctx = ctx
+	}
 	named := s.pool.named(c)
 	var sd *pgconn.StatementDescription
 	if c.mode != pgx.QueryExecModeExec {
 		var err error
 		if sd, err = c.describe(ctx, query, named); err != nil {
-			return err
+			return c.traceEnd(pgconn.CommandTag{}, err)
 		}
 	}
 	eqb := &c.eqb
 	if err := eqb.Build(c.px.TypeMap(), sd, args); err != nil {
-		return err
+		return c.traceEnd(pgconn.CommandTag{}, err)
 	}
 	formats := eqb.ResultFormats
 	if sd != nil && (sqlFormats || named) {
@@ -193,7 +204,7 @@ func (s *Scope) pgconnQuery(ctx context.Context, res *result, args []any, sqlFor
 		s.prefixDone(c, p, false, reached)
 		c.dropDesc(query)
 		c.lostStatements(err)
-		return err
+		return c.traceEnd(pgconn.CommandTag{}, err)
 	}
 }
 

@@ -61,8 +61,8 @@ func (p *Pool) keep(c *session) bool {
 
 // takeKept returns a kept connection that passes the health check, or ok
 // false when the keep has none. One kept past keepFor goes back to the
-// *sql.DB; a dead one is discarded.
-func (p *Pool) takeKept() (c *session, looked, ok bool) {
+// *sql.DB; a dead one is discarded (and counted in pn, if not nil).
+func (p *Pool) takeKept(pn *Pin) (c *session, looked, ok bool) {
 	for {
 		if c = p.unkeep(); c == nil {
 			return nil, false, false
@@ -75,10 +75,14 @@ func (p *Pool) takeKept() (c *session, looked, ok bool) {
 		var err error
 		if looked, err = p.check(c, now); err == nil {
 			c.pin = pin{conn: c.pin.conn, taken: c.pin.taken}
+			if pn != nil {
+				pn.Kept = true
+			}
 			return c, looked, true
 		}
 		p.discard(c.pin.conn, discardDead)
 		p.sawDeath()
+		pn.sawDead()
 	}
 }
 
@@ -207,7 +211,9 @@ func (p *Pool) clean(ctx context.Context, c *session) error {
 		pre.set = withResets(nil, c.applied)
 	}
 	err := withLock(c.pin.conn, func() error {
+		ctx, traced := p.traceAlone(ctx, c, pre)
 		_, err := p.runPrefix(ctx, c, pre)
+		traced(err)
 		return err
 	})
 	if err != nil {

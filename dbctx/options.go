@@ -94,6 +94,31 @@ type Options struct {
 	// by every statement of that Atomic, whose commit then fails too.
 	OnBegin func(ctx context.Context, s *Scope) error
 
+	// OnWait, OnPin and OnDo let a tracer or a meter see the pool at
+	// work (package dbotel sets them for OpenTelemetry; see [Wait],
+	// [Pin]). Each runs on the goroutine of the unit of work, with its
+	// context, and holds it up while it runs: it must not block. Unset,
+	// each costs one nil check.
+	//
+	// OnWait is told of each caller that did not find a worker slot free:
+	// when its wait ends (the slot granted, the wait timed out, its
+	// context ended, the pool closed), or when it is refused at once
+	// with ErrBusy. A caller that finds a slot free is not told of.
+	OnWait func(ctx context.Context, w Wait)
+
+	// OnPin is told of each connection a scope pins, once it is ready
+	// for the statement that asked for it (health check, OnAcquire and
+	// what was found dead on the way included), and of each pin that
+	// failed. ctx is that statement's.
+	OnPin func(ctx context.Context, p Pin)
+
+	// OnDo runs at the start of each [Do] that runs on a scope of its
+	// own (not one that reuses the scope ctx carries): fn gets the
+	// context it returns, which must be ctx or derived from it (a span
+	// added), and done, if not nil, is called with Do's outcome once
+	// the scope has ended, its connection given back.
+	OnDo func(ctx context.Context) (_ context.Context, done func(err error))
+
 	// TransactionPooling declares that the *sql.DB reaches PostgreSQL
 	// through a pooler in transaction mode (PgBouncer's pool_mode =
 	// transaction), which hands each transaction to whichever server

@@ -163,8 +163,10 @@ func (s *Scope) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
 				nb = &pgx.Batch{}
 				n = s.pool.queuePgx(nb, p)
 				nb.QueuedQueries = append(nb.QueuedQueries, b.QueuedQueries...)
+				c.send = sending{p: p, n: n}
 			}
 			br := c.px.SendBatch(ctx, nb)
+			c.send = sending{}
 			for i := range n {
 				if _, err := br.Exec(); err != nil {
 					br.Close()

@@ -118,12 +118,12 @@ func (p *Pool) Close() error {
 // OnAcquire's statements are the first on the connection: where they find
 // it dead (a connection given back a moment ago is not looked at first),
 // it is discarded and OnAcquire runs again on another, a few times at most.
-func (p *Pool) connect(ctx context.Context) (c *session, looked bool, err error) {
+func (p *Pool) connect(ctx context.Context, pn *Pin) (c *session, looked bool, err error) {
 	for dead := 0; ; dead++ {
 		var ok bool
-		c, looked, ok = p.takeKept()
+		c, looked, ok = p.takeKept(pn)
 		if !ok {
-			if c, looked, err = p.checkOut(ctx); err != nil {
+			if c, looked, err = p.checkOut(ctx, pn); err != nil {
 				return nil, false, err
 			}
 		}
@@ -143,6 +143,7 @@ func (p *Pool) connect(ctx context.Context) (c *session, looked bool, err error)
 		if dead < maxRetries && ctx.Err() == nil && c.pc != nil && c.pc.IsClosed() {
 			p.discard(c.pin.conn, discardDead)
 			p.sawDeath()
+			pn.sawDead()
 			continue
 		}
 		p.discard(c.pin.conn, discardHook)
@@ -153,8 +154,9 @@ func (p *Pool) connect(ctx context.Context) (c *session, looked bool, err error)
 	return c, looked, nil
 }
 
-// checkOut takes a live connection from the *sql.DB.
-func (p *Pool) checkOut(ctx context.Context) (c *session, looked bool, err error) {
+// checkOut takes a live connection from the *sql.DB; pn, if not nil,
+// counts those found dead.
+func (p *Pool) checkOut(ctx context.Context, pn *Pin) (c *session, looked bool, err error) {
 	// database/sql retries a bad connection a couple of times itself; the
 	// bound here only stops a loop if every connection looks dead, which
 	// means the server is gone and db.Conn will soon fail on its own.
@@ -181,6 +183,7 @@ func (p *Pool) checkOut(ctx context.Context) (c *session, looked bool, err error
 		conn.Close()
 		p.c.discarded[discardDead].Add(1)
 		p.sawDeath()
+		pn.sawDead()
 		if dead >= maxDead || ctx.Err() != nil {
 			return nil, false, fmt.Errorf("dbctx: no live connection after %d tries: %w", dead+1, err)
 		}

@@ -351,7 +351,9 @@ func (s *Scope) flush(ctx context.Context, c *session, p *prefix) error {
 		reached, err = s.flushOther(ctx, c, p)
 	} else {
 		err = withLock(c.pin.conn, func() error {
+			ctx, traced := s.pool.traceAlone(ctx, c, p)
 			reached, err = s.pool.runPrefix(ctx, c, p)
+			traced(err)
 			return err
 		})
 	}

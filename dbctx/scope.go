@@ -191,7 +191,14 @@ func (s *Scope) pinned(ctx context.Context) (*session, error) {
 	if err := s.takeSlot(ctx); err != nil {
 		return nil, err
 	}
-	c, looked, err := s.pool.connect(ctx)
+	var c *session
+	var looked bool
+	var err error
+	if s.pool.opts.OnPin != nil {
+		c, looked, err = s.pool.connectObserved(ctx)
+	} else {
+		c, looked, err = s.pool.connect(ctx, nil)
+	}
 	if err != nil {
 		if s.depth == 0 {
 			s.freeSlot()

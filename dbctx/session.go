@@ -1,6 +1,7 @@
 package dbctx
 
 import (
+	"context"
 	"crypto/tls"
 	"database/sql"
 	"net"
@@ -33,6 +34,7 @@ type session struct {
 	plain bool           // no TLS: the first byte waiting is a message type
 	auth  string         // the session user the server reported first (see changed)
 	mode  pgx.QueryExecMode
+	qt    pgx.QueryTracer // the config's tracer, told of what pgx does not see (observe.go)
 
 	eqb pgx.ExtendedQueryBuilder // for the prefixed statements (exec.go)
 
@@ -52,6 +54,10 @@ type session struct {
 	stale  []string                                // named statements to deallocate
 	reads  []pipeRead                              // what a pipeline sends back
 	params [][]byte                                // a set_config's parameters
+
+	// What the connection's tracer is told (observe.go).
+	send sending         // what PreludeOf returns, while a statement is sent
+	tctx context.Context // the trace dbscope began of the statement under way, if any
 
 	pin pin // the state of the scope that pins it now
 }
@@ -111,8 +117,10 @@ func sessionOf(sc *stdlib.Conn) *session {
 	if s, ok := data[sessionKey].(*session); ok {
 		return s
 	}
+	cfg := px.Config()
 	s := &session{px: px, pc: pc, fd: -1, plain: true, auth: pc.ParameterStatus(paramAuth),
-		mode: px.Config().DefaultQueryExecMode}
+		mode: cfg.DefaultQueryExecMode}
+	s.qt = cfg.Tracer
 	nc := pc.Conn()
 	if tc, ok := nc.(*tls.Conn); ok {
 		nc, s.plain = tc.NetConn(), false

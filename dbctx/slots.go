@@ -111,7 +111,9 @@ func (p *Pool) acquireSlot(ctx context.Context) error {
 	if n := p.c.waiting.Add(1); !patient && n-p.c.patient.Load() > int64(p.opts.MaxWaiting) {
 		p.c.waiting.Add(-1)
 		p.c.busy.Add(1)
-		return fmt.Errorf("%w: %d callers already waiting", ErrBusy, p.opts.MaxWaiting)
+		err := fmt.Errorf("%w: %d callers already waiting", ErrBusy, p.opts.MaxWaiting)
+		p.toldWait(ctx, false, 0, err)
+		return err
 	}
 	q := &p.slots
 	q.mu.Lock()
@@ -138,7 +140,9 @@ func (p *Pool) acquireSlot(ctx context.Context) error {
 		q.mu.Unlock()
 		p.c.waiting.Add(-1)
 		p.c.busy.Add(1)
-		return fmt.Errorf("%w: %d callers ahead, a slot every %v: no slot within %v", ErrBusy, ahead, pace, p.opts.WaitTimeout)
+		err := fmt.Errorf("%w: %d callers ahead, a slot every %v: no slot within %v", ErrBusy, ahead, pace, p.opts.WaitTimeout)
+		p.toldWait(ctx, false, 0, err)
+		return err
 	}
 	start := monotonic()
 	w := &slotWaiter{ready: make(chan struct{}), deadline: start + p.opts.WaitTimeout}
@@ -163,8 +167,16 @@ func (p *Pool) acquireSlot(ctx context.Context) error {
 	}
 	q.mu.Unlock()
 	p.c.waiting.Add(-1)
-	p.c.noteWait(monotonic() - start)
+	waited := monotonic() - start
+	p.c.noteWait(waited)
+	err := p.waitEnded(ctx, end)
+	p.toldWait(ctx, true, waited, err)
+	return err
+}
 
+// waitEnded returns the outcome of a wait in the slot queue that ended
+// with end.
+func (p *Pool) waitEnded(ctx context.Context, end waitEnd) error {
 	switch end {
 	case granted:
 		if err := ctx.Err(); err != nil {

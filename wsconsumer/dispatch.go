@@ -235,7 +235,7 @@ func (h *Handler) work(pool *dbctx.Pool, s *Session, m message) {
 }
 
 func (h *Handler) receive(pool *dbctx.Pool, s *Session, m message) {
-	h.callback(pool, s, false, func(ctx context.Context) error {
+	h.callback(pool, s, &Callback{Kind: CallbackReceive, Session: s, MessageType: m.typ, Size: len(m.data)}, func(ctx context.Context) error {
 		if h.c.Receive == nil {
 			return nil
 		}
@@ -251,13 +251,15 @@ func (h *Handler) event(pool *dbctx.Pool, s *Session, e groups.Event) {
 	if h.c.Event == nil || s.ctx.Err() != nil {
 		return
 	}
-	h.callback(pool, s, true, func(ctx context.Context) error { return h.c.Event(ctx, s, e) })
+	h.callback(pool, s, &Callback{Kind: CallbackEvent, Session: s, Event: e, Size: len(e.Data)}, func(ctx context.Context) error {
+		return h.c.Event(ctx, s, e)
+	})
 }
 
-// callback runs fn, a Receive or an Event: in the sync style one at a
+// callback runs fn, a Receive or an Event (cb): in the sync style one at a
 // time for the socket (see Session.lockCallbacks), in a worker slot, its
 // sends held until the slot is released; its error closes the socket.
-func (h *Handler) callback(pool *dbctx.Pool, s *Session, waits bool, fn func(ctx context.Context) error) {
+func (h *Handler) callback(pool *dbctx.Pool, s *Session, cb *Callback, fn func(ctx context.Context) error) {
 	ctx := s.cbCtx()
 	var out *outbox
 	if !h.async {
@@ -267,10 +269,10 @@ func (h *Handler) callback(pool *dbctx.Pool, s *Session, waits bool, fn func(ctx
 		ctx = out
 		defer out.flush()
 	}
-	if waits {
+	if cb.Kind == CallbackEvent {
 		ctx = patient.With(ctx)
 	}
-	if err := h.call(ctx, pool, fn); err != nil {
+	if err := h.call(ctx, pool, cb, fn); err != nil {
 		if out != nil {
 			out.flush() // replies first, then the close
 		}

@@ -129,7 +129,7 @@ func (h *Handler) disconnect(pool *dbctx.Pool, s *Session, code websocket.Status
 	// deadline with the same values (and scope).
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(s.cbCtx()), h.opts.DisconnectTimeout)
 	defer cancel()
-	err := h.call(ctx, pool, func(ctx context.Context) error {
+	err := h.call(ctx, pool, &Callback{Kind: CallbackDisconnect, Session: s, Code: code}, func(ctx context.Context) error {
 		h.c.Disconnect(ctx, s, code)
 		return nil
 	})

@@ -104,6 +104,21 @@ type Options struct {
 	// request's context (values only, once the socket is accepted);
 	// records are logged with that context too. Default: none.
 	LogAttrs func(ctx context.Context) []slog.Attr
+
+	// OnCallback, if set, runs around each callback of a socket (Connect,
+	// Receive, Event, Disconnect, those the Consumer has: see
+	// [Callback]), for a tracer (package
+	// dbotel starts a span there) or a meter. It runs on the goroutine
+	// that runs the callback, once the callback is due (after the socket's
+	// earlier callback in the sync style) and before its worker slot is
+	// taken, with the context the callback would get; the callback, and
+	// the wait for its slot, get the context it returns instead, which
+	// must be ctx or derived from it (values added). done, if not nil, is
+	// called with the callback's outcome (its error, a *dbctx.PanicError,
+	// or the error that kept it from running, such as dbctx.ErrBusy) once
+	// it has returned and its slot is released. It must not block: the
+	// socket waits for it. Unset, it costs one nil check per callback.
+	OnCallback func(ctx context.Context, cb Callback) (_ context.Context, done func(err error))
 }
 
 // DefaultMaxSockets is the default of [Options.MaxSockets].
@@ -261,7 +276,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	if h.c.Connect != nil {
 		unlock := s.lockCallbacks()
-		err := h.call(s.cbCtx(), pool, func(ctx context.Context) error {
+		err := h.call(s.cbCtx(), pool, &Callback{Kind: CallbackConnect, Session: s}, func(ctx context.Context) error {
 			return h.c.Connect(ctx, s)
 		})
 		unlock()
@@ -330,10 +345,19 @@ func (s *Session) cbCtx() context.Context {
 	return s.ctx
 }
 
-// call runs a callback: in the sync style inside dbctx.Do on the socket's
+// call runs a callback, cb, as run does, with Options.OnCallback around
+// it where set.
+func (h *Handler) call(ctx context.Context, pool *dbctx.Pool, cb *Callback, fn func(ctx context.Context) error) error {
+	if h.opts.OnCallback != nil {
+		return h.observed(ctx, pool, cb, fn)
+	}
+	return h.run(ctx, pool, fn)
+}
+
+// run runs a callback: in the sync style inside dbctx.Do on the socket's
 // scope (a slot, CloseOld before and after), in the async style directly.
 // A panic becomes a *dbctx.PanicError.
-func (h *Handler) call(ctx context.Context, pool *dbctx.Pool, fn func(ctx context.Context) error) (err error) {
+func (h *Handler) run(ctx context.Context, pool *dbctx.Pool, fn func(ctx context.Context) error) (err error) {
 	switch {
 	case !h.async && len(h.opts.Pools) == 0:
 		return pool.Do(ctx, func(ctx context.Context, _ *dbctx.Scope) error { return fn(ctx) })

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"io"
 	"log/slog"
 	"net"
 	"testing"
@@ -77,5 +78,14 @@ func TestAdminApart(t *testing.T) {
 	t.Parallel()
 	chattest.AdminApart(t, func(ctx context.Context, ln, admin net.Listener, dsn, listenDSN string, log *slog.Logger) error {
 		return run(ctx, chatserver.Config{Listener: ln, Admin: admin, NoServerTiming: true, DSN: dsn, ListenDSN: listenDSN, Log: log})
+	})
+}
+
+func TestOTel(t *testing.T) {
+	t.Parallel()
+	chattest.OTel(t, func(out io.Writer) chattest.RunFunc {
+		return func(ctx context.Context, ln net.Listener, dsn, listenDSN string, log *slog.Logger) error {
+			return run(ctx, chatserver.Config{Listener: ln, DSN: dsn, ListenDSN: listenDSN, Log: log, OTel: true, OTelOut: out})
+		}
 	})
 }

@@ -8,6 +8,8 @@
 //	go run ./examples/nethttp -addr :9000
 //	go run ./examples/nethttp -layer nats://127.0.0.1:4222   # rooms over NATS
 //	go run ./examples/nethttp -admin-addr 127.0.0.1:9090 -server-timing=false   # as in production
+//	go run ./examples/nethttp -otel   # OpenTelemetry: traces and metrics as JSON on stdout
+//	OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 go run ./examples/nethttp -otel   # to a collector
 //
 // It uses $DATABASE_URL; without it the local server at 127.0.0.1:5432,
 // and without that a throwaway cluster it removes on exit. The rooms are
@@ -37,11 +39,13 @@ func main() {
 	adminAddr := flag.String("admin-addr", chatserver.EnvOr("ADMIN_ADDR", ""),
 		"serve /metrics and /debug/dbstats here only, not on -addr (env ADMIN_ADDR); keep it off the public network")
 	serverTiming := flag.Bool("server-timing", true, "send every client Server-Timing, its requests' time in the database")
+	otel := flag.Bool("otel", os.Getenv("OTEL") == "1",
+		"trace requests, sockets and statements and report the pool with OpenTelemetry: over OTLP/HTTP to $OTEL_EXPORTER_OTLP_ENDPOINT where set, else as JSON on stdout (env OTEL=1)")
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	cfg := chatserver.Config{Addr: *addr, Layer: *layer, AdminAddr: *adminAddr, NoServerTiming: !*serverTiming, Log: log}
+	cfg := chatserver.Config{Addr: *addr, Layer: *layer, AdminAddr: *adminAddr, NoServerTiming: !*serverTiming, OTel: *otel, Log: log}
 	if err := run(ctx, cfg); err != nil {
 		fmt.Fprintln(os.Stderr, "nethttp:", err)
 		os.Exit(1)

@@ -1,7 +1,7 @@
 // Command releasetool checks and simulates a release of the repository's
 // published modules, as scripts/release-check runs it:
 //
-//	releasetool proxy -rev HEAD -version v0.1.0 -out DIR . groups/natslayer dbprom
+//	releasetool proxy -rev HEAD -version v0.1.0 -out DIR . groups/natslayer dbprom dbotel
 //
 // checks that every go.mod file committed at the revision requires the
 // repository's modules at that version, then writes a file-system module

@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -62,7 +63,13 @@ type Config struct {
 	// request spent in the database), which every client can read. The
 	// examples' -server-timing=false.
 	NoServerTiming bool
-	Log            *slog.Logger
+	// OTel traces requests, sockets and statements and reports the pool's
+	// metrics with OpenTelemetry (package dbotel): over OTLP/HTTP to
+	// $OTEL_EXPORTER_OTLP_ENDPOINT where set, else as JSON to OTelOut
+	// (nil: stdout). The examples' -otel flag, or $OTEL=1.
+	OTel    bool
+	OTelOut io.Writer
+	Log     *slog.Logger
 }
 
 // Run serves the application until ctx is canceled, with the handler
@@ -88,12 +95,29 @@ func Run(ctx context.Context, cfg Config, routes func(*App) http.Handler) error 
 		}()
 		cfg.DSN = pg.URL
 	}
-	db, err := sql.Open("pgx", cfg.DSN)
+	var tel *telemetry // nil: no -otel
+	if cfg.OTel {
+		var err error
+		if tel, err = newTelemetry(ctx, cfg.OTelOut); err != nil {
+			return fmt.Errorf("otel: %w", err)
+		}
+		defer func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if err := tel.shutdown(ctx); err != nil {
+				log.Warn("otel: shutdown", "err", err)
+			}
+		}()
+	}
+	db, err := tel.openDB(cfg.DSN)
 	if err != nil {
 		return err
 	}
 	defer db.Close()
-	pool := dbctx.New(db, &dbctx.Options{Logger: log})
+	pool, err := tel.pool(db, &dbctx.Options{Logger: log})
+	if err != nil {
+		return err
+	}
 	defer pool.Close()
 	var asRole string
 	if err := pool.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
@@ -121,11 +145,11 @@ func Run(ctx context.Context, cfg Config, routes func(*App) http.Handler) error 
 	// A socket's records carry the attributes routes gives App.LogAttrs
 	// (read when a record is logged: routes runs after this).
 	logAttrs := func(ctx context.Context) []slog.Attr { return a.logAttrs(ctx) }
-	wsOpts := &wsconsumer.Options{Logger: log, Layer: layer, LogAttrs: logAttrs}
+	wsOpts := tel.consumerOptions(&wsconsumer.Options{Logger: log, Layer: layer, LogAttrs: logAttrs})
 	a.SyncWS = wsconsumer.NewSync(pool, a.syncConsumer(), wsOpts)
 	a.AsyncWS = wsconsumer.NewAsync(pool, a.asyncConsumer(), wsOpts)
 	a.Atomic = middleware.AtomicWithOpts(&middleware.AtomicOptions{Logger: log, LogAttrs: logAttrs})
-	public := routes(a)
+	public := tel.handler(routes(a))
 	admin := a.adminRoutes()
 	var adminLn net.Listener
 	switch {

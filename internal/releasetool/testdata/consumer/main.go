@@ -19,14 +19,20 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/dbotel"
 	"github.com/dbscope/dbscope/dbprom"
 	"github.com/dbscope/dbscope/groups"
 	"github.com/dbscope/dbscope/groups/natslayer"
 	"github.com/dbscope/dbscope/middleware"
 	"github.com/dbscope/dbscope/wsconsumer"
-	_ "github.com/jackc/pgx/v5/stdlib"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 )
 
 func main() {
@@ -166,6 +172,60 @@ func run() error {
 	if got["dbscope_slots"] != 2 || got["dbscope_acquired_total"] < 1 || got["dbscope_groups_sent_total"] != 1 {
 		return fmt.Errorf("dbprom: gathered %v", got)
 	}
-	fmt.Printf("consumer: dbctx, middleware, wsconsumer, groups, natslayer and dbprom at work (%d metric families)\n", len(mfs))
+
+	if err := otel(ctx, dsn); err != nil {
+		return fmt.Errorf("dbotel: %w", err)
+	}
+	fmt.Printf("consumer: dbctx, middleware, wsconsumer, groups, natslayer, dbprom and dbotel at work (%d metric families)\n", len(mfs))
+	return nil
+}
+
+// otel traces a Do on a pool of its own and reads its metrics, with the
+// OpenTelemetry SDK's in-memory exporters.
+func otel(ctx context.Context, dsn string) error {
+	spans := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))
+	defer tp.Shutdown(context.Background())
+	reader := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	defer mp.Shutdown(context.Background())
+	o := &dbotel.Options{TracerProvider: tp, MeterProvider: mp}
+
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		return err
+	}
+	cfg.Tracer = dbotel.NewTracer(o)
+	db := stdlib.OpenDB(*cfg)
+	defer db.Close()
+	pool := dbctx.New(db, dbotel.PoolOptions(&dbctx.Options{MaxWorkers: 1}, o))
+	defer pool.Close()
+	reg, err := dbotel.RegisterMetrics(pool, o)
+	if err != nil {
+		return err
+	}
+	defer reg.Unregister()
+	_ = dbotel.ConsumerOptions(nil, o)
+
+	var one int
+	if err := pool.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+		return s.QueryRowContext(ctx, "-- name: GetOne :one\nSELECT 1").Scan(&one)
+	}); err != nil {
+		return err
+	}
+	var names []string
+	for _, s := range spans.Ended() {
+		names = append(names, s.Name())
+	}
+	if strings.Join(names, " ") != "GetOne "+dbotel.SpanDo {
+		return fmt.Errorf("spans %q, want GetOne under %s", names, dbotel.SpanDo)
+	}
+	var rm metricdata.ResourceMetrics
+	if err := reader.Collect(ctx, &rm); err != nil {
+		return err
+	}
+	if len(rm.ScopeMetrics) != 1 || len(rm.ScopeMetrics[0].Metrics) < 4 {
+		return fmt.Errorf("metrics %+v", rm.ScopeMetrics)
+	}
 	return nil
 }

@@ -1,0 +1,4 @@
+package dbotel
+
+// RouteOf is routeOf, for the tests.
+var RouteOf = routeOf

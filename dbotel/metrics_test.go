@@ -1,0 +1,124 @@
+package dbotel_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/dbotel"
+	"github.com/dbscope/dbscope/internal/dbtest"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+)
+
+// points reads tel's metrics: each data point's value by metric name and
+// db.client.connection.state (where it has one), and the wait histogram.
+func (tel *telemetry) points(t *testing.T) (map[string]int64, *metricdata.HistogramDataPoint[float64]) {
+	t.Helper()
+	var rm metricdata.ResourceMetrics
+	if err := tel.reader.Collect(context.Background(), &rm); err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]int64{}
+	var hist *metricdata.HistogramDataPoint[float64]
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			check := func(attrs attribute.Set) string {
+				if v, _ := attrs.Value("db.client.connection.pool.name"); v.AsString() != "test" {
+					t.Errorf("%s: pool name %q", m.Name, v.AsString())
+				}
+				key := m.Name
+				if v, ok := attrs.Value("db.client.connection.state"); ok {
+					key += "{" + v.AsString() + "}"
+				}
+				return key
+			}
+			switch d := m.Data.(type) {
+			case metricdata.Sum[int64]:
+				for _, dp := range d.DataPoints {
+					out[check(dp.Attributes)] = dp.Value
+				}
+			case metricdata.Histogram[float64]:
+				for i := range d.DataPoints {
+					check(d.DataPoints[i].Attributes)
+					hist = &d.DataPoints[i]
+				}
+			default:
+				t.Fatalf("%s: unexpected data %T", m.Name, m.Data)
+			}
+		}
+	}
+	return out, hist
+}
+
+// The pool's metrics, read back against its Stats and its *sql.DB's.
+func TestMetrics(t *testing.T) {
+	t.Parallel()
+	tel := newTelemetry(t)
+	p, _ := tel.newPool(t, &dbctx.Options{MaxWorkers: 1, WaitTimeout: 100 * time.Millisecond}, 0)
+	reg, err := dbotel.RegisterMetrics(p, tel.opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reg.Unregister()
+	nop := func(context.Context, *dbctx.Scope) error { return nil }
+
+	// Compared while nothing moves: one scope pins the one connection,
+	// one caller waits for the slot.
+	release := holdSlot(t, p)
+	waited := make(chan error, 1)
+	go func() { waited <- p.Do(context.Background(), nop) }()
+	dbtest.Eventually(t, "a caller to queue", func() bool { return p.Stats().Waiting == 1 })
+	got, _ := tel.points(t)
+	st, db := p.Stats(), p.DB().Stats()
+	want := map[string]int64{
+		"db.client.connection.count{used}":      int64(st.Pinned), // 1
+		"db.client.connection.count{idle}":      int64(db.Idle + st.Kept),
+		"db.client.connection.max":              int64(db.MaxOpenConnections), // MaxWorkers, set by New
+		"db.client.connection.pending_requests": int64(st.Waiting),
+		"db.client.connection.timeouts":         st.Busy,
+	}
+	if st.Pinned != 1 || db.MaxOpenConnections != 1 {
+		t.Fatalf("not the state the test means to read: %+v, %+v", st, db)
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("%s = %d, want %d (stats %+v, *sql.DB %+v)", k, got[k], v, st, db)
+		}
+	}
+
+	// The wait times out: a timeout, and a wait recorded.
+	if err := <-waited; !errors.Is(err, dbctx.ErrBusy) {
+		t.Fatalf("the wait ended with %v, want ErrBusy", err)
+	}
+	// And one that is granted.
+	go func() { waited <- p.Do(context.Background(), nop) }()
+	dbtest.Eventually(t, "a caller to queue", func() bool { return p.Stats().Waiting == 1 })
+	release()
+	if err := <-waited; err != nil {
+		t.Fatal(err)
+	}
+	got, hist := tel.points(t)
+	st = p.Stats()
+	if got["db.client.connection.timeouts"] != 1 || st.Busy != 1 || got["db.client.connection.pending_requests"] != 0 {
+		t.Errorf("timeouts %d, pending %d; stats %+v", got["db.client.connection.timeouts"], got["db.client.connection.pending_requests"], st)
+	}
+	// The histogram holds each wait, in the buckets of Stats.WaitsWithin.
+	if hist == nil || hist.Count != uint64(st.WaitCount) || st.WaitCount != 2 ||
+		time.Duration(hist.Sum*float64(time.Second)).Round(time.Microsecond) != st.WaitDuration.Round(time.Microsecond) {
+		t.Fatalf("wait_time %+v; stats %+v", hist, st)
+	}
+	bounds := dbctx.WaitBuckets()
+	var within uint64
+	for i, b := range bounds {
+		if hist.Bounds[i] != b.Seconds() {
+			t.Fatalf("bounds %v, want %v", hist.Bounds, bounds)
+		}
+		within += hist.BucketCounts[i]
+		if within != uint64(st.WaitsWithin[i]) {
+			t.Errorf("waits within %v: %d, Stats %d", b, within, st.WaitsWithin[i])
+		}
+	}
+}

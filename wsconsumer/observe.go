@@ -1,0 +1,65 @@
+package wsconsumer
+
+import (
+	"context"
+
+	"github.com/coder/websocket"
+	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/groups"
+)
+
+// Callback is a callback of a socket about to run, as
+// [Options.OnCallback] is told of it.
+type Callback struct {
+	Kind    CallbackKind
+	Session *Session
+
+	// MessageType is the type of the message Receive gets.
+	MessageType websocket.MessageType
+
+	// Size is the length in bytes of the message Receive gets, or of the
+	// data of the event Event gets.
+	Size int
+
+	// Event is the event Event gets. Its Data is shared by every member
+	// of the group: do not modify it.
+	Event groups.Event
+
+	// Code is the close status Disconnect gets.
+	Code websocket.StatusCode
+}
+
+// CallbackKind says which callback of a [Consumer] runs.
+type CallbackKind uint8
+
+// The callbacks of a [Consumer].
+const (
+	CallbackConnect CallbackKind = iota + 1
+	CallbackReceive
+	CallbackEvent
+	CallbackDisconnect
+)
+
+func (k CallbackKind) String() string {
+	switch k {
+	case CallbackConnect:
+		return "connect"
+	case CallbackReceive:
+		return "receive"
+	case CallbackEvent:
+		return "event"
+	case CallbackDisconnect:
+		return "disconnect"
+	}
+	return "unknown"
+}
+
+// observed runs a callback as run does, inside Options.OnCallback.
+func (h *Handler) observed(ctx context.Context, pool *dbctx.Pool, cb *Callback, fn func(ctx context.Context) error) error {
+	ctx, done := h.opts.OnCallback(ctx, *cb)
+	err := h.run(ctx, pool, fn)
+	if done != nil {
+		done(err)
+	}
+	return err
+}
