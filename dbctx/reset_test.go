@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/dbscope/dbscope/dbctx"
 	"github.com/dbscope/dbscope/internal/pgserver"
@@ -347,5 +348,68 @@ func TestOnReleaseStateReset(t *testing.T) {
 		if v.Valid {
 			t.Fatalf("a scope sees app.x = %q", v.String)
 		}
+	}
+}
+
+// The sweep of statements PREPAREd in SQL, owed after code the lexer does
+// not know (here an INSERT, whose triggers could PREPARE), is a check that
+// rides with the next statement, in its round trip; only where the check
+// finds such statements (a PREPARE left by the scope before) does the
+// full sweep go, in a round trip more. PostgreSQL says what is left.
+func TestSweepCheck(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "counts the round trips to the server")
+	for _, mode := range []string{"cache_statement", "exec", "cache_describe"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			env := newEnv(t)
+			mustExec(t, env.Admin(), "CREATE TABLE "+env.Schema()+".log (id serial PRIMARY KEY, n int)")
+			px := newProxy(t, env)
+			dsn, err := pgserver.WithParams(px.DSN(), "default_query_exec_mode", mode)
+			if err != nil {
+				t.Fatal(err)
+			}
+			db := openDSN(t, dsn)
+			db.SetMaxOpenConns(1)
+			p := poolOn(t, env, db, &dbctx.Options{MaxWorkers: 1})
+			p.SetKeepIdle(time.Hour)
+			p.SetKeepFor(time.Hour)
+			ctx := context.Background()
+			run := func(q string) {
+				t.Helper()
+				if err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+					_, err := s.ExecContext(ctx, q)
+					return err
+				}); err != nil {
+					t.Fatalf("%s: %v", q, err)
+				}
+			}
+			// The next unit's lookup: its round trips, and what it sees.
+			next := func() (trips int64, prepared int) {
+				t.Helper()
+				before := px.Ready()
+				n, err := dbctx.DoValue(scopeCtx(t, p), func(ctx context.Context, s *dbctx.Scope) (int, error) {
+					return queryInt(ctx, s, "SELECT count(*) FROM pg_prepared_statements WHERE from_sql AND name <> $1", "")
+				})
+				if err != nil {
+					t.Fatal(err)
+				}
+				return px.Ready() - before, n
+			}
+			next() // warm: the lookup described and prepared
+			run("INSERT INTO log (n) VALUES (1)")
+			next() // the check and the reset's statements prepared
+			run("INSERT INTO log (n) VALUES (2)")
+			if trips, n := next(); trips != 1 || n != 0 {
+				t.Errorf("after an INSERT: %d round trips, %d statements prepared in SQL; want 1, 0", trips, n)
+			}
+			run("PREPARE leftover AS SELECT 1")
+			if trips, n := next(); trips != 2 || n != 0 {
+				t.Errorf("after a PREPARE: %d round trips, %d statements prepared in SQL; want 2 (the check, then the sweep), 0", trips, n)
+			}
+			if st := p.Stats(); st.Resets != 3 {
+				t.Errorf("%d resets, want 3", st.Resets)
+			}
+		})
 	}
 }
