@@ -41,10 +41,6 @@ func (pl *Pool) named(c *session) bool {
 // SQL exists.
 const sweepCheckSQL = "SELECT 1 / (pg_catalog.count(*) = 0)::int FROM pg_catalog.pg_prepared_statements WHERE from_sql"
 
-// errSweepFound is a sweep check that failed: statements PREPAREd in SQL
-// are there, the full sweep is owed.
-var errSweepFound = errors.New("dbctx: statements prepared in SQL to sweep")
-
 // sweepFound reports whether err, on p's round trip of which reached
 // statements ran, is p's sweep check failing.
 func sweepFound(p *prefix, reached int, err error) bool {

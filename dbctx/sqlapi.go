@@ -195,14 +195,14 @@ func (s *Scope) BeginTx(ctx context.Context, opts *sql.TxOptions) (*sql.Tx, erro
 	}
 	st := stmt{query: "BEGIN", kind: kindState | kindCode | kindBegin, how: alone | notQuiet}
 	var tx *sql.Tx
-	err := s.exec(ctx, &st, func(ctx context.Context, c *session, _ *prefix) error {
+	err := s.exec(ctx, &st, func(ctx context.Context, _ *session, _ *prefix) error {
 		if s.atomic > 0 {
 			return ErrInAtomic
 		}
 		if err := s.lookFirst(ctx); err != nil {
 			return err
 		}
-		c = s.c
+		c := s.c // lookFirst may have pinned another
 		if c.pc != nil && c.pc.TxStatus() == 'I' {
 			// Earlier transactions are over: forget them.
 			clear(c.pin.txs)
@@ -263,11 +263,11 @@ func (s *Scope) Conn(ctx context.Context) (*sql.Conn, error) {
 // of it fails afterwards (see handOut).
 func (s *Scope) raw(ctx context.Context, got func(*session)) error {
 	st := stmt{kind: kindState | kindCode, how: alone | notQuiet}
-	return s.exec(ctx, &st, func(ctx context.Context, c *session, _ *prefix) error {
+	return s.exec(ctx, &st, func(ctx context.Context, _ *session, _ *prefix) error {
 		if err := s.lookFirst(ctx); err != nil {
 			return err
 		}
-		c = s.c
+		c := s.c // lookFirst may have pinned another
 		s.handOut(c)
 		got(c)
 		return nil
