@@ -88,7 +88,11 @@
 // outside a transaction, the statement is refused with [ErrSessionState]
 // (run it inside [Atomic]). [Scope.BeginTx] applies them after its BEGIN,
 // in one more round trip where needed; [Atomic] sends its BEGIN and them
-// with its first statement.
+// with its first statement. In pgx's cache_statement mode on a direct
+// connection, what dbscope sends before a statement, and the statement
+// with it, are prepared on the connection under names of dbscope's
+// (dbscope_N), as pgx prepares its own: PostgreSQL parses and plans them
+// once per connection.
 //
 // [Options.OnAcquire] and [Options.OnBegin] remain for what is not a
 // setting: state that needs SQL of your own, or a driver other than pgx's.
@@ -147,7 +151,9 @@
 //     connection's next user pays it, in a transaction of its own sent
 //     before its first statement in the same round trip, or the pool pays
 //     it before the connection goes back to the *sql.DB: a reset costs no
-//     round trip of its own. On another driver it runs before the
+//     round trip of its own. (The deallocation is first a check that no
+//     such statement exists; where one does, the round trip goes again
+//     with the deallocation.) On another driver it runs before the
 //     connection is given back;
 //   - handed to user code as itself ([Scope.Conn], [Scope.Pgx], the
 //     *pgx.Conn of rows' Conn and of a batch's Tx): discarded, so that
