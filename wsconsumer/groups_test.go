@@ -28,6 +28,7 @@ type groupServer struct {
 	overlap atomic.Int32
 	hold    chan struct{} // when not nil, events wait on it
 	url     string
+	last    atomic.Pointer[wsconsumer.Session] // the socket connected last
 }
 
 func newGroupServer(t *testing.T, style styleFn, opts *wsconsumer.Options, popts ...dbctx.Options) *groupServer {
@@ -66,6 +67,7 @@ func newGroupServer(t *testing.T, style styleFn, opts *wsconsumer.Options, popts
 		Connect: func(ctx context.Context, s *wsconsumer.Session) error {
 			group := s.Request().URL.Query().Get("g")
 			s.State = new(atomic.Int32)
+			g.last.Store(s)
 			s.Go(func(ctx context.Context) {
 				if err := s.Join(ctx, group); err != nil {
 					s.Close(websocket.StatusInternalError, err.Error())
@@ -222,14 +224,19 @@ func TestFanOutSmallPool(t *testing.T) {
 	}
 }
 
-// A socket whose events pile up is closed with StatusTooSlow, and counted;
-// the others of the group get everything.
+// A socket whose events pile up is closed with StatusTooSlow, and counted,
+// after the OnSlow of Options.Member has run; from then on it joins
+// nothing (wsconsumer.ErrClosed, not groups'). The others of the group
+// get everything.
 func TestSlowSocket(t *testing.T) {
 	t.Parallel()
 	for name, style := range styles {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			g := newGroupServer(t, style, &wsconsumer.Options{Member: &groups.MemberOptions{MaxQueue: 5}})
+			var g *groupServer
+			joined := make(chan error, 1)
+			onSlow := func() { joined <- g.last.Load().Join(context.Background(), "other") }
+			g = newGroupServer(t, style, &wsconsumer.Options{Member: &groups.MemberOptions{MaxQueue: 5, OnSlow: onSlow}})
 			g.hold = make(chan struct{})
 			slow := g.dial(t, "s")
 			ctx := context.Background()
@@ -252,6 +259,14 @@ func TestSlowSocket(t *testing.T) {
 					}
 					break
 				}
+			}
+			select {
+			case err := <-joined:
+				if err != wsconsumer.ErrClosed {
+					t.Fatalf("Join from OnSlow: %v, want wsconsumer.ErrClosed alone", err)
+				}
+			default:
+				t.Fatal("the socket was closed as too slow without its Member.OnSlow")
 			}
 			// One that keeps up, within its queue of five, gets all.
 			fast := g.dial(t, "s")

@@ -75,8 +75,9 @@ type Options struct {
 	Layer *groups.Layer
 
 	// Member bounds each socket's queue of events (see
-	// groups.MemberOptions; its OnSlow is wsconsumer's, which closes the
-	// socket with StatusTooSlow). Default: groups' defaults.
+	// groups.MemberOptions). A socket that falls behind is closed with
+	// StatusTooSlow, after Member.OnSlow, if set, has run. Default:
+	// groups' defaults.
 	Member *groups.MemberOptions
 
 	// Pools are more pools (a read replica, a second database) of which

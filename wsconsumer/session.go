@@ -3,6 +3,7 @@ package wsconsumer
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -72,8 +73,10 @@ func (s *Session) lockCallbacks() func() {
 // Join makes the socket a member of group: the Event callback gets the
 // group's messages, and its gaps, until Leave or the disconnect. Once Join
 // returns, a message sent to group reaches the socket (the layer's engine
-// has subscribed, which may take a round trip). It needs Options.Layer;
-// a socket disconnecting joins nothing (ErrClosed).
+// has subscribed, which may take a round trip). It needs Options.Layer.
+// ErrClosed means the socket joins nothing: it is disconnecting, it was
+// closed for falling behind its groups (StatusTooSlow), or the layer is
+// closed.
 func (s *Session) Join(ctx context.Context, group string) error {
 	l := s.h.opts.Layer
 	if l == nil {
@@ -89,13 +92,23 @@ func (s *Session) Join(ctx context.Context, group string) error {
 		if s.h.opts.Member != nil {
 			o = *s.h.opts.Member
 		}
-		o.OnSlow = func() { s.Close(StatusTooSlow, "too slow for its groups") }
+		onSlow := o.OnSlow
+		o.OnSlow = func() {
+			if onSlow != nil {
+				onSlow()
+			}
+			s.Close(StatusTooSlow, "too slow for its groups")
+		}
 		pool := s.scope.Pool()
 		s.member = l.NewMember(func(e groups.Event) { s.h.event(pool, s, e) }, &o)
 	}
 	m := s.member
 	s.mu.Unlock()
-	return m.Join(ctx, group)
+	err := m.Join(ctx, group)
+	if errors.Is(err, groups.ErrClosed) {
+		return ErrClosed // one error for one meaning
+	}
+	return err
 }
 
 // Leave takes the socket out of group: once it returns, no event of
