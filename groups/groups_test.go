@@ -65,7 +65,9 @@ func pgInstances(t *testing.T, env *pgtest.Env, n int, opts *groups.PostgresOpti
 
 func newInstance(t *testing.T, env *pgtest.Env, engine func(*dbctx.Pool) groups.Engine) *instance {
 	t.Helper()
-	p := dbctx.New(env.Open(t), &dbctx.Options{MaxWorkers: 4})
+	// Behind a pooler, as its users declare it: the INSERT of a large
+	// message must not be refused.
+	p := dbctx.New(env.Open(t), &dbctx.Options{MaxWorkers: 4, TransactionPooling: pgtest.Pooled()})
 	l, err := groups.New(engine(p), nil)
 	if err != nil {
 		p.Close()

@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -82,12 +83,12 @@ func TestLargePayloads(t *testing.T) {
 	k := 0
 	for _, size := range []int{8 << 10, 64 << 10, 1 << 20} {
 		for _, binary := range []bool{false, true} {
-			for _, atomic := range []bool{false, true} {
+			for _, inTx := range []bool{false, true} {
 				data := body(0, k, size, binary)
 				in := ins[k%2]
 				k++
 				send := func(ctx context.Context) error { return in.layer.Send(ctx, "big", data) }
-				if atomic {
+				if inTx {
 					err := in.pool.Do(ctx, func(ctx context.Context, _ *dbctx.Scope) error {
 						return dbctx.Atomic(ctx, send)
 					})
@@ -340,7 +341,7 @@ func TestLargeTableMissing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pool := dbctx.New(db, &dbctx.Options{MaxWorkers: 2})
+	pool := dbctx.New(db, &dbctx.Options{MaxWorkers: 2, TransactionPooling: pgtest.Pooled()})
 	t.Cleanup(func() {
 		pool.Close()
 		db.Close()
@@ -436,5 +437,46 @@ func TestMaxPayload(t *testing.T) {
 	}
 	if n := rows(t, env, ""); n != 1 {
 		t.Fatalf("%d rows, want the one sent", n)
+	}
+}
+
+// MaxBytes bounds a member's backlog, not one event: an event larger
+// than MaxBytes is taken into an empty queue; one more behind it, while
+// the callback holds the first, makes the member slow.
+func TestMaxBytesBacklog(t *testing.T) {
+	t.Parallel()
+	l, err := groups.New(groups.NewMemory(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	ctx := context.Background()
+	block := make(chan struct{})
+	var got, told atomic.Int64
+	m := l.NewMember(func(groups.Event) { got.Add(1); <-block }, &groups.MemberOptions{
+		MaxBytes: 1000,
+		OnSlow:   func() { told.Add(1) },
+	})
+	defer m.Close()
+	if err := m.Join(ctx, "g"); err != nil {
+		t.Fatal(err)
+	}
+	big := bytes.Repeat([]byte("x"), 5000)
+	for range 2 { // the first to the callback, the second into the empty queue
+		if err := l.Send(ctx, "g", big); err != nil {
+			t.Fatal(err)
+		}
+		dbtest.Eventually(t, "the callback to hold the first", func() bool { return got.Load() == 1 })
+	}
+	if st := l.Stats(); st.Slow != 0 {
+		t.Fatalf("a member with an empty queue dropped for one large event: %+v", st)
+	}
+	if err := l.Send(ctx, "g", big); err != nil { // behind the second: past MaxBytes
+		t.Fatal(err)
+	}
+	close(block)
+	dbtest.Eventually(t, "the member told it is slow", func() bool { return told.Load() == 1 })
+	if st := l.Stats(); st.Slow != 1 {
+		t.Fatalf("want one slow member: %+v", st)
 	}
 }
