@@ -30,7 +30,7 @@ type instance struct {
 // nothing, so only n = 1 makes sense; "postgres": over env's database,
 // each with its own pool and listener), closed at the test's end with
 // their stats checked back at zero members.
-func instances(t *testing.T, env *pgtest.Env, kind string, n int) []*instance {
+func instances(t testing.TB, env *pgtest.Env, kind string, n int) []*instance {
 	t.Helper()
 	if kind == "postgres" {
 		return pgInstances(t, env, n, nil)
@@ -41,7 +41,7 @@ func instances(t *testing.T, env *pgtest.Env, kind string, n int) []*instance {
 // pgInstances starts n layers over PostgreSQL as instances does, with
 // opts, whose ListenDSN, Namespace and SampleEvery are filled in where
 // unset.
-func pgInstances(t *testing.T, env *pgtest.Env, n int, opts *groups.PostgresOptions) []*instance {
+func pgInstances(t testing.TB, env *pgtest.Env, n int, opts *groups.PostgresOptions) []*instance {
 	t.Helper()
 	var o groups.PostgresOptions
 	if opts != nil {
@@ -63,7 +63,7 @@ func pgInstances(t *testing.T, env *pgtest.Env, n int, opts *groups.PostgresOpti
 	return out
 }
 
-func newInstance(t *testing.T, env *pgtest.Env, engine func(*dbctx.Pool) groups.Engine) *instance {
+func newInstance(t testing.TB, env *pgtest.Env, engine func(*dbctx.Pool) groups.Engine) *instance {
 	t.Helper()
 	// Behind a pooler, as its users declare it: the INSERT of a large
 	// message must not be refused.
