@@ -86,8 +86,10 @@ type PostgresOptions struct {
 //
 // Start creates the table where it is missing, UNLOGGED (a crash empties
 // it, as it empties NOTIFY's queue), and fails with [ErrPayloadTable]
-// where the listener's role cannot. Create it beforehand then, granting
-// INSERT to the pool's role and SELECT, DELETE to the listener's:
+// where the listener's role cannot, or may not SELECT and DELETE its
+// rows. Create it beforehand then, granting INSERT to the pool's role (a
+// Send without it fails with PostgreSQL's error) and SELECT, DELETE to
+// the listener's:
 //
 //	CREATE UNLOGGED TABLE dbscope_groups_payloads (
 //		id      uuid PRIMARY KEY,

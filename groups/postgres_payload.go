@@ -19,7 +19,8 @@ import (
 // of the messages past NOTIFY's limit (PostgresOptions.PayloadTable) is
 // missing and the listener's role cannot create it (no CREATE on the
 // schema, as an application role under row-level security often has
-// not). Create it beforehand with the DDL in NewPostgres's doc, or set
+// not), or where that role may not SELECT and DELETE its rows. Create it
+// beforehand with the DDL in NewPostgres's doc, and grant, or set
 // PostgresOptions.MaxPayload to 7,999 or less to go without it.
 var ErrPayloadTable = errors.New("groups: no table for large messages")
 
@@ -34,7 +35,7 @@ type payloadTable struct {
 	perFetch   int // references read in one query at most
 	log        *slog.Logger
 
-	cleanupFailed atomic.Bool // logged once
+	fetchFailed, cleanupFailed atomic.Bool // logged once
 
 	sent, sentBytes, received, receivedBytes, missing atomic.Int64
 }
@@ -85,23 +86,39 @@ func validTable(name string) bool {
 }
 
 // ensure makes the table where it is missing, on the listener's
-// connection at Start.
+// connection at Start, and checks that the listener may read and delete
+// its rows.
 func (t *payloadTable) ensure(ctx context.Context, conn *pgconn.PgConn) error {
-	exists := func() (bool, error) {
-		res := conn.ExecParams(ctx, "SELECT to_regclass($1) IS NOT NULL", [][]byte{[]byte(t.name)}, nil, nil, nil).Read()
-		return res.Err == nil && len(res.Rows) == 1 && string(res.Rows[0][0]) == "t", res.Err
+	// NULL: missing; false: no right to read and delete.
+	check := func() (string, error) {
+		res := conn.ExecParams(ctx, "SELECT CASE WHEN to_regclass($1) IS NOT NULL THEN has_table_privilege($1, 'SELECT, DELETE') END",
+			[][]byte{[]byte(t.name)}, nil, nil, nil).Read()
+		if res.Err != nil || len(res.Rows) != 1 {
+			return "", res.Err
+		}
+		if res.Rows[0][0] == nil {
+			return "missing", nil
+		}
+		return string(res.Rows[0][0]), nil
 	}
-	if ok, err := exists(); ok || err != nil {
+	state, err := check()
+	if err != nil {
 		return err
 	}
-	_, err := conn.Exec(ctx, t.ddl).ReadAll()
-	if err == nil {
-		return nil
+	if state == "missing" {
+		_, err := conn.Exec(ctx, t.ddl).ReadAll()
+		if err == nil {
+			return nil // its owner
+		}
+		// Made meanwhile by another instance?
+		if state, _ = check(); state == "missing" {
+			return fmt.Errorf("%w: %s: %w", ErrPayloadTable, t.name, err)
+		}
 	}
-	if ok, _ := exists(); ok {
-		return nil // another instance made it meanwhile
+	if state != "t" {
+		return fmt.Errorf("%w: %s: the listener's role may not SELECT and DELETE its rows", ErrPayloadTable, t.name)
 	}
-	return fmt.Errorf("%w: %s: %w", ErrPayloadTable, t.name, err)
+	return nil
 }
 
 // refPrefix starts the NOTIFY of a reference, "r|<id>|<group>"; a
@@ -180,7 +197,9 @@ func (t *payloadTable) fetch(ctx context.Context, conn *pgconn.PgConn, ids []str
 		if conn.IsClosed() {
 			return nil, res.Err
 		}
-		t.log.Error("groups: reading large messages from the table failed", "table", t.name, "err", res.Err)
+		if !t.fetchFailed.Swap(true) {
+			t.log.Error("groups: reading large messages from the table failed", "table", t.name, "err", res.Err)
+		}
 		return nil, nil
 	}
 	bodies := make(map[string][]byte, len(res.Rows))

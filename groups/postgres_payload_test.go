@@ -307,7 +307,8 @@ func TestLargeMissingRow(t *testing.T) {
 // A role without CREATE on its schema, and no table: New fails with
 // ErrPayloadTable. Without a table (MaxPayload at NOTIFY's limit) it
 // starts and refuses what NOTIFY cannot carry. With the table made
-// beforehand from NewPostgres's DDL, it carries large messages.
+// beforehand from NewPostgres's DDL, not granted: ErrPayloadTable again;
+// granted: it carries large messages.
 func TestLargeTableMissing(t *testing.T) {
 	t.Parallel()
 	env := pgtest.New(t)
@@ -379,8 +380,18 @@ func TestLargeTableMissing(t *testing.T) {
 	for _, before := range []string{"TABLE ", "ON "} {
 		ddl = strings.ReplaceAll(ddl, before+"dbscope_groups_payloads ", before+schema+".dbscope_groups_payloads ")
 	}
-	ddl = strings.ReplaceAll(ddl, "TO app", "TO "+role)
-	if _, err := adm.ExecContext(ctx, ddl); err != nil {
+	create, grant, _ := strings.Cut(ddl, "GRANT")
+	if _, err := adm.ExecContext(ctx, create); err != nil {
+		t.Fatal(err)
+	}
+	// Made, but not granted: the listener could not read it.
+	if l, err := start(0); !errors.Is(err, groups.ErrPayloadTable) || !strings.Contains(err.Error(), "may not SELECT") {
+		if l != nil {
+			l.Close()
+		}
+		t.Fatalf("New with the table not granted: %v, want ErrPayloadTable", err)
+	}
+	if _, err := adm.ExecContext(ctx, "GRANT"+strings.ReplaceAll(grant, "TO app", "TO "+role)); err != nil {
 		t.Fatal(err)
 	}
 	l, err = start(0)
