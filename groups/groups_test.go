@@ -481,18 +481,7 @@ func killedMidStream(t *testing.T, data func(i int) []byte) {
 	ins := instances(t, env, "postgres", 2)
 	ctx := context.Background()
 	const perInstance = 20
-	var recs []*recorder
-	for _, in := range ins {
-		for range perInstance {
-			r := &recorder{}
-			m := in.layer.NewMember(r.handle, &groups.MemberOptions{MaxBytes: 64 << 20})
-			defer m.Close()
-			if err := m.Join(ctx, "stream"); err != nil {
-				t.Fatal(err)
-			}
-			recs = append(recs, r)
-		}
-	}
+	recs := members(t, ins, perInstance, bigMembers, "stream")
 	var sent, failed atomic.Int64
 	stop := make(chan struct{})
 	done := make(chan struct{})

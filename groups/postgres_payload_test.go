@@ -47,6 +47,27 @@ func body(sender, k, size int, binary bool) []byte {
 	return b
 }
 
+// members makes n members per instance of ins, in groups, closed at the
+// test's end, and returns their recorders.
+func members(t *testing.T, ins []*instance, n int, opts *groups.MemberOptions, gs ...string) []*recorder {
+	t.Helper()
+	var recs []*recorder
+	for _, in := range ins {
+		for range n {
+			r := &recorder{}
+			m := in.layer.NewMember(r.handle, opts)
+			t.Cleanup(m.Close)
+			for _, g := range gs {
+				if err := m.Join(context.Background(), g); err != nil {
+					t.Fatal(err)
+				}
+			}
+			recs = append(recs, r)
+		}
+	}
+	return recs
+}
+
 // rows counts the rows of the table of large messages in env's schema.
 func rows(t *testing.T, env *pgtest.Env, where string) int {
 	t.Helper()
@@ -67,18 +88,7 @@ func TestLargePayloads(t *testing.T) {
 	env := pgtest.New(t)
 	ins := pgInstances(t, env, 2, &groups.PostgresOptions{MaxPayload: 2 << 20})
 	ctx := context.Background()
-	var recs []*recorder
-	for _, in := range ins {
-		for range 2 {
-			r := &recorder{}
-			m := in.layer.NewMember(r.handle, bigMembers)
-			defer m.Close()
-			if err := m.Join(ctx, "big"); err != nil {
-				t.Fatal(err)
-			}
-			recs = append(recs, r)
-		}
-	}
+	recs := members(t, ins, 2, bigMembers, "big")
 	var sent [][]byte
 	k := 0
 	for _, size := range []int{8 << 10, 64 << 10, 1 << 20} {
@@ -163,18 +173,7 @@ func TestLargeOrder(t *testing.T) {
 	env := pgtest.New(t)
 	ins := pgInstances(t, env, 2, nil)
 	ctx := context.Background()
-	var recs []*recorder
-	for _, in := range ins {
-		for range 3 {
-			r := &recorder{}
-			m := in.layer.NewMember(r.handle, bigMembers)
-			defer m.Close()
-			if err := m.Join(ctx, "mixed"); err != nil {
-				t.Fatal(err)
-			}
-			recs = append(recs, r)
-		}
-	}
+	recs := members(t, ins, 3, bigMembers, "mixed")
 	// Across NOTIFY's limit, the envelope's ~50 bytes included.
 	sizes := []int{10, 9000, 7900, 100, 70000, 7990, 8100, 20, 300000}
 	const perSender = 45
@@ -254,18 +253,7 @@ func TestLargeMissingRow(t *testing.T) {
 		logs = append(logs, l)
 	}
 	ctx := context.Background()
-	var recs []*recorder
-	for _, in := range ins {
-		r := &recorder{}
-		m := in.layer.NewMember(r.handle, nil)
-		defer m.Close()
-		for _, g := range []string{"gone", "other"} {
-			if err := m.Join(ctx, g); err != nil {
-				t.Fatal(err)
-			}
-		}
-		recs = append(recs, r)
-	}
+	recs := members(t, ins, 1, nil, "gone", "other")
 	err := ins[0].pool.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
 		return dbctx.Atomic(ctx, func(ctx context.Context) error {
 			if err := ins[0].layer.Send(ctx, "gone", body(0, 0, 20000, false)); err != nil {
