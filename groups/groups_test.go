@@ -15,6 +15,7 @@ import (
 	"github.com/dbscope/dbscope/dbctx"
 	"github.com/dbscope/dbscope/groups"
 	"github.com/dbscope/dbscope/internal/dbtest"
+	"github.com/dbscope/dbscope/internal/pgserver"
 	"github.com/dbscope/dbscope/internal/pgtest"
 )
 
@@ -457,28 +458,40 @@ func TestLimits(t *testing.T) {
 func TestListenerKilledMidStream(t *testing.T) {
 	t.Parallel()
 	pgtest.SkipPooled(t, "terminates the listeners' backends and counts their reconnections")
+	small := func(i int) []byte { return []byte(strconv.Itoa(i)) }
+	mixed := func(i int) []byte {
+		if i%3 != 0 {
+			return small(i)
+		}
+		return append(strconv.AppendInt(nil, int64(i), 10), strings.Repeat(" ", 9000+i%20000)...)
+	}
 	for _, c := range []struct {
-		name string
-		data func(i int) []byte
+		name      string
+		data      func(i int) []byte
+		listeners bool // only the listeners' backends, found by application_name
 	}{
-		{"small", func(i int) []byte { return []byte(strconv.Itoa(i)) }},
-		{"mixed", func(i int) []byte {
-			if i%3 != 0 {
-				return []byte(strconv.Itoa(i))
-			}
-			return append(strconv.AppendInt(nil, int64(i), 10), strings.Repeat(" ", 9000+i%20000)...)
-		}},
+		{"small", small, false},
+		{"mixed", mixed, false},
+		{"mixed-listeners", mixed, true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
-			killedMidStream(t, c.data)
+			killedMidStream(t, c.data, c.listeners)
 		})
 	}
 }
 
-func killedMidStream(t *testing.T, data func(i int) []byte) {
+func killedMidStream(t *testing.T, data func(i int) []byte, listenersOnly bool) {
 	env := pgtest.New(t)
-	ins := instances(t, env, "postgres", 2)
+	listenDSN, err := pgserver.WithParams(env.DirectDSN(t), "application_name", env.AppName()+"_listener")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ins := pgInstances(t, env, 2, &groups.PostgresOptions{ListenDSN: listenDSN})
+	kill := func() int { return env.Terminate(t) }
+	if listenersOnly {
+		kill = func() int { return terminateApp(t, env, env.AppName()+"_listener") }
+	}
 	ctx := context.Background()
 	const perInstance = 20
 	recs := members(t, ins, perInstance, bigMembers, "stream")
@@ -503,7 +516,7 @@ func killedMidStream(t *testing.T, data func(i int) []byte) {
 		}
 	}()
 	dbtest.Eventually(t, "messages flowing", func() bool { return recs[len(recs)-1].n.Load() >= 20 })
-	if n := env.Terminate(t); n < 2 {
+	if n := kill(); n < 2 {
 		t.Fatalf("killed %d backends, want the two listeners at least", n)
 	}
 	gap := func(r *recorder) bool {
@@ -582,8 +595,43 @@ func killedMidStream(t *testing.T, data func(i int) []byte) {
 	if st0.LargeMissing != 0 || st1.LargeMissing != 0 {
 		t.Fatalf("a row was gone: %+v, %+v", st0, st1)
 	}
+	if listenersOnly && failed.Load() != 0 {
+		t.Fatalf("%d sends failed with only the listeners killed", failed.Load())
+	}
 	t.Logf("sent %d (%d sends failed, the sender told), deliveries missed in the outage %d of %d, reported to every member as a gap; large: %d sent, %d and %d read",
 		sent.Load(), failed.Load(), lost, sent.Load()*int64(len(recs)), st0.LargeSent, st0.LargeReceived, st1.LargeReceived)
+}
+
+// terminateApp terminates the backends of env's role whose
+// application_name is app, waits until they are gone, and returns how
+// many.
+func terminateApp(t *testing.T, env *pgtest.Env, app string) int {
+	t.Helper()
+	ctx := context.Background()
+	var pids []int64
+	// Listed first, then terminated: PostgreSQL may call a function of a
+	// WHERE clause before the other conditions.
+	rows, err := env.Admin().QueryContext(ctx, `WITH l AS MATERIALIZED (SELECT pid FROM pg_stat_activity
+		WHERE usename = $1 AND application_name = $2) SELECT pid FROM l WHERE pg_terminate_backend(pid)`, env.Role(), app)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var pid int64
+		if err := rows.Scan(&pid); err != nil {
+			t.Fatal(err)
+		}
+		pids = append(pids, pid)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	dbtest.Eventually(t, "the backends gone", func() bool {
+		var left int
+		err := env.Admin().QueryRowContext(ctx, `SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)`, pids).Scan(&left)
+		return err == nil && left == 0
+	})
+	return len(pids)
 }
 
 // A send whose context carries a scope of another pool (another
