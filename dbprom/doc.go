@@ -64,6 +64,7 @@
 //	dbscope_groups_large_messages_total{event="sent|received|missing"}
 //	                                          messages past NOTIFY's limit, through the table
 //	dbscope_groups_large_bytes_total{event="sent|received"}
+//	                                          their bytes, envelopes included
 //
 // The queue usage is exported only for the PostgreSQL engine, once it
 // has been sampled.
