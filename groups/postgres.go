@@ -47,7 +47,8 @@ type PostgresOptions struct {
 	// found by the search_path of both the pool's and the listener's
 	// connections (qualify it where they differ). Start creates it where
 	// it is missing, if it can (see NewPostgres for its DDL). Layers of
-	// several namespaces may share it. Default: dbscope_groups_payloads.
+	// several namespaces may share it (the shortest PayloadMaxAge among
+	// them applies). Default: dbscope_groups_payloads.
 	PayloadTable string
 
 	// PayloadMaxAge is how long a row of PayloadTable is kept for the
