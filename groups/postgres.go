@@ -37,9 +37,10 @@ type PostgresOptions struct {
 	SampleEvery time.Duration
 
 	// MaxPayload is the largest message the engine carries, envelope
-	// included (see [NewPostgres]): what NOTIFY's 7,999 bytes cannot hold
-	// goes through PayloadTable. Default: 1 MiB. At most 7,999: NOTIFY
-	// only, no table.
+	// included (see [NewPostgres]; a body that is not UTF-8 text takes
+	// 4/3 of its size in base64): what NOTIFY's 7,999 bytes cannot hold
+	// goes through PayloadTable. Default: 1 MiB; below 1 GiB, PostgreSQL's
+	// limit on a value. At most 7,999: NOTIFY only, no table.
 	MaxPayload int
 
 	// PayloadTable is the table of the messages past NOTIFY's limit: a
@@ -114,8 +115,8 @@ func NewPostgres(pool *dbctx.Pool, opts *PostgresOptions) Engine {
 	if pool == nil || o.ListenDSN == "" {
 		panic("groups: NewPostgres expects a pool and PostgresOptions.ListenDSN")
 	}
-	if o.MaxPayload < 0 || o.PayloadMaxAge < 0 {
-		panic("groups: NewPostgres expects MaxPayload, PayloadMaxAge >= 0")
+	if o.MaxPayload < 0 || o.MaxPayload >= 1<<30 || o.PayloadMaxAge < 0 {
+		panic("groups: NewPostgres expects 0 <= MaxPayload < 1 GiB, PayloadMaxAge >= 0")
 	}
 	if o.SampleEvery <= 0 {
 		o.SampleEvery = 10 * time.Second
