@@ -479,3 +479,39 @@ func TestMaxBytesBacklog(t *testing.T) {
 		t.Fatalf("want one slow member: %+v", st)
 	}
 }
+
+// NewPostgres refuses, at construction, a table name it would have to
+// quote and a MaxPayload PostgreSQL cannot store.
+func TestPostgresOptionsPanic(t *testing.T) {
+	t.Parallel()
+	db, err := sql.Open("pgx", "postgres://unused")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	pool := dbctx.New(db, nil)
+	defer pool.Close()
+	for _, o := range []groups.PostgresOptions{
+		{PayloadTable: "Payloads"},
+		{PayloadTable: "a.b.c"},
+		{PayloadTable: "1st"},
+		{PayloadTable: "x; DROP TABLE y"},
+		{PayloadTable: strings.Repeat("x", 56)},
+		{MaxPayload: -1},
+		{MaxPayload: 1 << 30},
+		{PayloadMaxAge: -time.Second},
+	} {
+		o.ListenDSN = "unused"
+		func() {
+			defer func() {
+				if recover() == nil {
+					t.Errorf("NewPostgres(%+v) did not panic", o)
+				}
+			}()
+			groups.NewPostgres(pool, &o)
+		}()
+	}
+	for _, name := range []string{"payloads", "app.group_payloads", "_x9"} {
+		groups.NewPostgres(pool, &groups.PostgresOptions{ListenDSN: "unused", PayloadTable: name})
+	}
+}
