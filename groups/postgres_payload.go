@@ -186,15 +186,16 @@ func (t *payloadTable) batch(notes []string) (int, []string) {
 
 // fetch reads the bodies of ids on the listener's connection, which is
 // idle between waits. A row missing is missing from the map. It fails
-// only where the connection broke; a statement's error (the table
-// dropped, a privilege revoked) is logged, and every body missing.
+// only where the connection broke or ctx ended; a statement's error (the
+// table dropped, a privilege revoked) is logged once, and every body
+// missing.
 func (t *payloadTable) fetch(ctx context.Context, conn *pgconn.PgConn, ids []string) (map[string][]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	arr := "{" + strings.Join(ids, ",") + "}"
 	res := conn.ExecParams(ctx, t.fetchSQL, [][]byte{[]byte(arr)}, nil, nil, nil).Read()
 	if res.Err != nil {
-		if conn.IsClosed() {
+		if conn.IsClosed() || ctx.Err() != nil {
 			return nil, res.Err
 		}
 		if !t.fetchFailed.Swap(true) {
@@ -224,18 +225,18 @@ func (t *payloadTable) missed(groups []string) {
 
 // cleanup deletes the rows past PayloadMaxAge, on the listener's
 // connection at its sampling tick. It fails only where the connection
-// broke; a statement's error is logged once.
+// broke or ctx ended; a statement's error is logged once.
 func (t *payloadTable) cleanup(ctx context.Context, conn *pgconn.PgConn) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	_, err := conn.Exec(ctx, t.cleanupSQL).ReadAll()
-	if err != nil && !conn.IsClosed() {
-		if !t.cleanupFailed.Swap(true) {
-			t.log.Error("groups: deleting old large messages from the table failed", "table", t.name, "err", err)
-		}
-		return nil
+	if err == nil || conn.IsClosed() || ctx.Err() != nil {
+		return err
 	}
-	return err
+	if !t.cleanupFailed.Swap(true) {
+		t.log.Error("groups: deleting old large messages from the table failed", "table", t.name, "err", err)
+	}
+	return nil
 }
 
 // largeStats adds the table's counters to st.
