@@ -166,8 +166,9 @@ func TestLargePayloads(t *testing.T) {
 	}
 }
 
-// Two senders, one per instance, interleave small and large messages:
-// every member gets each sender's in the order sent, each once and whole.
+// Two senders, one per instance, interleave small and large messages,
+// one per transaction or three: every member gets each sender's in the
+// order sent, each once and whole.
 func TestLargeOrder(t *testing.T) {
 	t.Parallel()
 	env := pgtest.New(t)
@@ -180,8 +181,25 @@ func TestLargeOrder(t *testing.T) {
 	var wg sync.WaitGroup
 	for s, in := range ins {
 		wg.Go(func() {
-			for k := range perSender {
-				if err := in.layer.Send(ctx, "mixed", body(s, k, sizes[(k+s)%len(sizes)], k%2 == 0)); err != nil {
+			// Sender 0 sends each message on its own; sender 1 three in a
+			// transaction.
+			per := 1 + 2*s
+			for k := 0; k < perSender; k += per {
+				send := func(ctx context.Context) error {
+					for j := k; j < k+per; j++ {
+						if err := in.layer.Send(ctx, "mixed", body(s, j, sizes[(j+s)%len(sizes)], j%2 == 0)); err != nil {
+							return err
+						}
+					}
+					return nil
+				}
+				var err error
+				if per == 1 {
+					err = send(ctx)
+				} else {
+					err = in.pool.Do(ctx, func(ctx context.Context, _ *dbctx.Scope) error { return dbctx.Atomic(ctx, send) })
+				}
+				if err != nil {
 					t.Errorf("send: %v", err)
 					return
 				}
