@@ -61,6 +61,10 @@
 //	dbscope_groups_gaps_total                 gap events queued to members
 //	dbscope_groups_reconnects_total           reconnections of the engine
 //	dbscope_groups_notification_queue_usage_ratio  gauge: pg_notification_queue_usage(), 0 to 1
+//	dbscope_groups_large_messages_total{event="sent|received|missing"}
+//	                                          messages past NOTIFY's limit, through the table
+//	dbscope_groups_large_bytes_total{event="sent|received"}
+//	                                          their bytes, envelopes included
 //
 // The queue usage is exported only for the PostgreSQL engine, once it
 // has been sampled.

@@ -35,6 +35,29 @@ var groupsFamilies = []family[layerStats]{
 	counter("reconnects_total", "Reconnections of the engine.",
 		func(s *layerStats) int64 { return s.Reconnects }),
 	{
+		name: "large_messages_total",
+		help: "Messages past NOTIFY's limit, through the PostgreSQL engine's table: sent (rows this " +
+			"instance wrote), received (bodies its listener read, once per message), missing (references " +
+			"whose row was gone: a gap for the group). 0 for other engines.",
+		typ:   prometheus.CounterValue,
+		label: "event",
+		collect: func(s *layerStats, emit func(float64, ...string)) {
+			emit(float64(s.LargeSent), "sent")
+			emit(float64(s.LargeReceived), "received")
+			emit(float64(s.LargeMissing), "missing")
+		},
+	},
+	{
+		name:  "large_bytes_total",
+		help:  "Bytes of the messages past NOTIFY's limit (envelopes), sent and received as large_messages_total counts them.",
+		typ:   prometheus.CounterValue,
+		label: "event",
+		collect: func(s *layerStats, emit func(float64, ...string)) {
+			emit(float64(s.LargeSentBytes), "sent")
+			emit(float64(s.LargeReceivedBytes), "received")
+		},
+	},
+	{
 		name: "notification_queue_usage_ratio",
 		help: "PostgreSQL's pg_notification_queue_usage() as last sampled, 0 to 1: at 1, commits " +
 			"that NOTIFY fail. Absent for other engines and before the first sample.",

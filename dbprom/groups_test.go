@@ -47,6 +47,15 @@ dbscope_groups_gaps_total 0
 # HELP dbscope_groups_groups Groups with members in this process now.
 # TYPE dbscope_groups_groups gauge
 dbscope_groups_groups 2
+# HELP dbscope_groups_large_bytes_total Bytes of the messages past NOTIFY's limit (envelopes), sent and received as large_messages_total counts them.
+# TYPE dbscope_groups_large_bytes_total counter
+dbscope_groups_large_bytes_total{event="received"} 0
+dbscope_groups_large_bytes_total{event="sent"} 0
+# HELP dbscope_groups_large_messages_total Messages past NOTIFY's limit, through the PostgreSQL engine's table: sent (rows this instance wrote), received (bodies its listener read, once per message), missing (references whose row was gone: a gap for the group). 0 for other engines.
+# TYPE dbscope_groups_large_messages_total counter
+dbscope_groups_large_messages_total{event="missing"} 0
+dbscope_groups_large_messages_total{event="received"} 0
+dbscope_groups_large_messages_total{event="sent"} 0
 # HELP dbscope_groups_members Members now, each counted once whatever its groups.
 # TYPE dbscope_groups_members gauge
 dbscope_groups_members 1
@@ -75,13 +84,30 @@ dbscope_groups_slow_total 0
 			ListenDSN: env.DirectDSN(t), Namespace: env.Schema(), SampleEvery: 50 * time.Millisecond,
 		}))
 		c := dbprom.NewGroupsCollector(l, &dbprom.Options{Namespace: "app"})
-		dbtest.Eventually(t, "the queue usage to be sampled", func() bool { return l.Stats().QueueUsage >= 0 })
+		// One message past NOTIFY's limit, through the table.
+		ctx := context.Background()
+		mb := l.NewMember(func(groups.Event) {}, nil)
+		defer mb.Close()
+		if err := mb.Join(ctx, "big"); err != nil {
+			t.Fatal(err)
+		}
+		if err := l.Send(ctx, "big", []byte(strings.Repeat("x", 10000))); err != nil {
+			t.Fatal(err)
+		}
+		dbtest.Eventually(t, "the queue usage to be sampled, the large message read", func() bool {
+			st := l.Stats()
+			return st.QueueUsage >= 0 && st.LargeReceived == 1
+		})
 		m := gather(t, c)
 		if u, ok := m["app_groups_notification_queue_usage_ratio"]; !ok || u < 0 || u > 1 {
 			t.Errorf("app_groups_notification_queue_usage_ratio = %v (exported: %t), want 0 to 1", u, ok)
 		}
-		if len(m) != 8 {
-			t.Errorf("%d series, want 8: %v", len(m), m)
+		if m[`app_groups_large_messages_total{event="sent"}`] != 1 || m[`app_groups_large_messages_total{event="received"}`] != 1 ||
+			m[`app_groups_large_bytes_total{event="received"}`] <= 10000 {
+			t.Errorf("the large message not counted: %v", m)
+		}
+		if len(m) != 13 {
+			t.Errorf("%d series, want 13: %v", len(m), m)
 		}
 		lint(t, c)
 	})

@@ -1,11 +1,18 @@
 package groups_test
 
 import (
+	"bytes"
 	"context"
+	"fmt"
 	"runtime"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/dbscope/dbscope/groups"
+	"github.com/dbscope/dbscope/internal/dbtest"
+	"github.com/dbscope/dbscope/internal/pgtest"
 )
 
 // BenchmarkIdleMembers reports what an idle member of a group costs the
@@ -40,5 +47,56 @@ func BenchmarkIdleMembers(b *testing.B) {
 	b.ReportMetric(float64(runtime.NumGoroutine()-goroutines), "goroutines")
 	for _, m := range ms {
 		m.Close()
+	}
+}
+
+// BenchmarkPostgresPayload prices a message through NOTIFY (1 KB, the
+// baseline) and through the table (64 KB, 1 MiB): four senders on one
+// instance, a member on each of two instances (each with its listener),
+// every message delivered to both before the clock stops. ns/op is per
+// message sent; deliveries/s and MB/s count what the members got.
+//
+//	go test -run x -bench PostgresPayload -benchtime 200x ./groups
+func BenchmarkPostgresPayload(b *testing.B) {
+	for _, size := range []int{1 << 10, 64 << 10, 1 << 20} {
+		b.Run(fmt.Sprintf("%dKB", size>>10), func(b *testing.B) {
+			env := pgtest.New(b)
+			ins := pgInstances(b, env, 2, &groups.PostgresOptions{MaxPayload: 2 << 20})
+			ctx := context.Background()
+			var got atomic.Int64
+			for _, in := range ins {
+				m := in.layer.NewMember(func(groups.Event) { got.Add(1) }, &groups.MemberOptions{MaxBytes: 1 << 30})
+				defer m.Close()
+				if err := m.Join(ctx, "bench"); err != nil {
+					b.Fatal(err)
+				}
+			}
+			data := bytes.Repeat([]byte("x"), size)
+			const senders = 4
+			b.ReportAllocs()
+			b.ResetTimer()
+			var wg sync.WaitGroup
+			for s := range senders {
+				wg.Go(func() {
+					for i := s; i < b.N; i += senders {
+						if err := ins[0].layer.Send(ctx, "bench", data); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				})
+			}
+			wg.Wait()
+			if err := dbtest.Wait(time.Minute, func() bool { return got.Load() == 2*int64(b.N) }); err != nil {
+				b.Fatalf("%d of %d deliveries", got.Load(), 2*b.N)
+			}
+			b.StopTimer()
+			sec := b.Elapsed().Seconds()
+			b.ReportMetric(float64(2*b.N)/sec, "deliveries/s")
+			b.ReportMetric(float64(2*b.N*size)/sec/1e6, "MB/s")
+			if st := ins[1].layer.Stats(); size > 8000 && st.LargeReceived != int64(b.N) {
+				b.Errorf("the other instance read %d bodies, want %d", st.LargeReceived, b.N)
+			}
+		})
 	}
 }

@@ -40,5 +40,11 @@
 //     is back: time to reload state from the database.
 //   - Limits: group names of 1 to 100 ASCII letters, digits, '-', '_' or
 //     '.' ([ErrGroupName]); a message may be at most the engine's
-//     [Engine.MaxPayload] bytes ([ErrTooLarge]).
+//     [Engine.MaxPayload] bytes, envelope included ([ErrTooLarge]):
+//     PostgreSQL 1 MiB by default ([PostgresOptions.MaxPayload]), past
+//     NOTIFY's 7,999 bytes through a table, written in the sender's
+//     transaction and read once per instance, in order with the rest
+//     (see [NewPostgres]).
+//   - Size: [MemberOptions.MaxBytes] bounds a member's backlog; a member
+//     with nothing queued takes an event of any size.
 package groups

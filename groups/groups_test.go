@@ -15,6 +15,7 @@ import (
 	"github.com/dbscope/dbscope/dbctx"
 	"github.com/dbscope/dbscope/groups"
 	"github.com/dbscope/dbscope/internal/dbtest"
+	"github.com/dbscope/dbscope/internal/pgserver"
 	"github.com/dbscope/dbscope/internal/pgtest"
 )
 
@@ -30,37 +31,58 @@ type instance struct {
 // nothing, so only n = 1 makes sense; "postgres": over env's database,
 // each with its own pool and listener), closed at the test's end with
 // their stats checked back at zero members.
-func instances(t *testing.T, env *pgtest.Env, kind string, n int) []*instance {
+func instances(t testing.TB, env *pgtest.Env, kind string, n int) []*instance {
 	t.Helper()
+	if kind == "postgres" {
+		return pgInstances(t, env, n, nil)
+	}
+	return []*instance{newInstance(t, env, func(*dbctx.Pool) groups.Engine { return groups.NewMemory() })}
+}
+
+// pgInstances starts n layers over PostgreSQL as instances does, with
+// opts, whose ListenDSN, Namespace and SampleEvery are filled in where
+// unset.
+func pgInstances(t testing.TB, env *pgtest.Env, n int, opts *groups.PostgresOptions) []*instance {
+	t.Helper()
+	var o groups.PostgresOptions
+	if opts != nil {
+		o = *opts
+	}
+	if o.ListenDSN == "" {
+		o.ListenDSN = env.DirectDSN(t)
+	}
+	if o.Namespace == "" {
+		o.Namespace = env.Schema()
+	}
+	if o.SampleEvery == 0 {
+		o.SampleEvery = 100 * time.Millisecond
+	}
 	var out []*instance
 	for range n {
-		db := env.Open(t)
-		p := dbctx.New(db, &dbctx.Options{MaxWorkers: 4})
-		var e groups.Engine
-		switch kind {
-		case "memory":
-			e = groups.NewMemory()
-		case "postgres":
-			e = groups.NewPostgres(p, &groups.PostgresOptions{
-				ListenDSN: env.DirectDSN(t), Namespace: env.Schema(), SampleEvery: 100 * time.Millisecond,
-			})
-		}
-		l, err := groups.New(e, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		in := &instance{pool: p, layer: l}
-		t.Cleanup(func() {
-			if st := l.Stats(); st.Members != 0 || st.Groups != 0 {
-				t.Errorf("layer not empty at the end: %+v", st)
-			}
-			l.Close()
-			dbtest.Clean(t, p, env)
-			p.Close()
-		})
-		out = append(out, in)
+		out = append(out, newInstance(t, env, func(p *dbctx.Pool) groups.Engine { return groups.NewPostgres(p, &o) }))
 	}
 	return out
+}
+
+func newInstance(t testing.TB, env *pgtest.Env, engine func(*dbctx.Pool) groups.Engine) *instance {
+	t.Helper()
+	// Behind a pooler, as its users declare it: the INSERT of a large
+	// message must not be refused.
+	p := dbctx.New(env.Open(t), &dbctx.Options{MaxWorkers: 4, TransactionPooling: pgtest.Pooled()})
+	l, err := groups.New(engine(p), nil)
+	if err != nil {
+		p.Close()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if st := l.Stats(); st.Members != 0 || st.Groups != 0 {
+			t.Errorf("layer not empty at the end: %+v", st)
+		}
+		l.Close()
+		dbtest.Clean(t, p, env)
+		p.Close()
+	})
+	return &instance{pool: p, layer: l}
 }
 
 // recorder is a member's callback that keeps what it got.
@@ -399,8 +421,8 @@ func TestLimits(t *testing.T) {
 		}
 		m.Close()
 	}
-	if err := l.Send(ctx, "big", bytes.Repeat([]byte("x"), 8000)); !errors.Is(err, groups.ErrTooLarge) {
-		t.Errorf("8000 bytes: %v, want ErrTooLarge", err)
+	if err := l.Send(ctx, "big", bytes.Repeat([]byte("x"), 1<<20)); !errors.Is(err, groups.ErrTooLarge) {
+		t.Errorf("1 MiB: %v, want ErrTooLarge (the default MaxPayload is 1 MiB with the envelope)", err)
 	}
 	r := &recorder{}
 	m := l.NewMember(r.handle, nil)
@@ -430,26 +452,51 @@ func TestLimits(t *testing.T) {
 // backend of the test, both listeners among them, is terminated. Every
 // member on both instances gets a gap, delivery resumes by itself, no
 // member gets a message twice or out of order, and what was lost in the
-// outage is counted (and logged).
+// outage is counted (and logged). Small messages only, then every third
+// one past NOTIFY's limit (through the table, its body read by the
+// listener between waits).
 func TestListenerKilledMidStream(t *testing.T) {
 	t.Parallel()
-	pgtest.SkipPooled(t, "terminates the listeners' backends and counts their reconnections")
+	small := func(i int) []byte { return []byte(strconv.Itoa(i)) }
+	mixed := func(i int) []byte {
+		if i%3 != 0 {
+			return small(i)
+		}
+		return append(strconv.AppendInt(nil, int64(i), 10), strings.Repeat(" ", 9000+i%20000)...)
+	}
+	for _, c := range []struct {
+		name      string
+		data      func(i int) []byte
+		listeners bool // only the listeners' backends, found by application_name
+	}{
+		{"small", small, false},
+		{"mixed", mixed, false},
+		{"mixed-listeners", mixed, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			if !c.listeners {
+				pgtest.SkipPooled(t, "terminates every backend of the test, the pool's behind the pooler among them")
+			}
+			killedMidStream(t, c.data, c.listeners)
+		})
+	}
+}
+
+func killedMidStream(t *testing.T, data func(i int) []byte, listenersOnly bool) {
 	env := pgtest.New(t)
-	ins := instances(t, env, "postgres", 2)
+	listenDSN, err := pgserver.WithParams(env.DirectDSN(t), "application_name", env.AppName()+"_listener")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ins := pgInstances(t, env, 2, &groups.PostgresOptions{ListenDSN: listenDSN})
+	kill := func() int { return env.Terminate(t) }
+	if listenersOnly {
+		kill = func() int { return terminateApp(t, env, env.AppName()+"_listener") }
+	}
 	ctx := context.Background()
 	const perInstance = 20
-	var recs []*recorder
-	for _, in := range ins {
-		for range perInstance {
-			r := &recorder{}
-			m := in.layer.NewMember(r.handle, nil)
-			defer m.Close()
-			if err := m.Join(ctx, "stream"); err != nil {
-				t.Fatal(err)
-			}
-			recs = append(recs, r)
-		}
-	}
+	recs := members(t, ins, perInstance, bigMembers, "stream")
 	var sent, failed atomic.Int64
 	stop := make(chan struct{})
 	done := make(chan struct{})
@@ -463,7 +510,7 @@ func TestListenerKilledMidStream(t *testing.T) {
 			}
 			// A failed send (its connection killed) is the sender's
 			// to know about: counted, not lost silently.
-			if ins[0].layer.Send(ctx, "stream", []byte(strconv.Itoa(i))) != nil {
+			if ins[0].layer.Send(ctx, "stream", data(i)) != nil {
 				failed.Add(1)
 				continue
 			}
@@ -471,7 +518,7 @@ func TestListenerKilledMidStream(t *testing.T) {
 		}
 	}()
 	dbtest.Eventually(t, "messages flowing", func() bool { return recs[len(recs)-1].n.Load() >= 20 })
-	if n := env.Terminate(t); n < 2 {
+	if n := kill(); n < 2 {
 		t.Fatalf("killed %d backends, want the two listeners at least", n)
 	}
 	gap := func(r *recorder) bool {
@@ -531,7 +578,7 @@ func TestListenerKilledMidStream(t *testing.T) {
 			if e.Gap || string(e.Data) == "-1" {
 				continue
 			}
-			v, err := strconv.Atoi(string(e.Data))
+			v, err := strconv.Atoi(strings.TrimRight(string(e.Data), " "))
 			if err != nil || v <= prev {
 				t.Fatalf("member %d: %q after %d: twice or out of order", i, e.Data, prev)
 			}
@@ -547,8 +594,46 @@ func TestListenerKilledMidStream(t *testing.T) {
 	if st0.Reconnects < 1 || st1.Reconnects < 1 || st0.Gaps < perInstance || st1.Gaps < perInstance {
 		t.Fatalf("want a reconnect and a gap per member counted on each instance: %+v, %+v", st0, st1)
 	}
-	t.Logf("sent %d (%d sends failed, the sender told), deliveries missed in the outage %d of %d, reported to every member as a gap",
-		sent.Load(), failed.Load(), lost, sent.Load()*int64(len(recs)))
+	if st0.LargeMissing != 0 || st1.LargeMissing != 0 {
+		t.Fatalf("a row was gone: %+v, %+v", st0, st1)
+	}
+	if listenersOnly && failed.Load() != 0 {
+		t.Fatalf("%d sends failed with only the listeners killed", failed.Load())
+	}
+	t.Logf("sent %d (%d sends failed, the sender told), deliveries missed in the outage %d of %d, reported to every member as a gap; large: %d sent, %d and %d read",
+		sent.Load(), failed.Load(), lost, sent.Load()*int64(len(recs)), st0.LargeSent, st0.LargeReceived, st1.LargeReceived)
+}
+
+// terminateApp terminates the backends of env's role whose
+// application_name is app, waits until they are gone, and returns how
+// many.
+func terminateApp(t *testing.T, env *pgtest.Env, app string) int {
+	t.Helper()
+	ctx := context.Background()
+	var pids []int64
+	// Listed first, then terminated: PostgreSQL may call a function of a
+	// WHERE clause before the other conditions.
+	rows, err := env.Admin().QueryContext(ctx, `WITH l AS MATERIALIZED (SELECT pid FROM pg_stat_activity
+		WHERE usename = $1 AND application_name = $2) SELECT pid FROM l WHERE pg_terminate_backend(pid)`, env.Role(), app)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var pid int64
+		if err := rows.Scan(&pid); err != nil {
+			t.Fatal(err)
+		}
+		pids = append(pids, pid)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	dbtest.Eventually(t, "the backends gone", func() bool {
+		var left int
+		err := env.Admin().QueryRowContext(ctx, `SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)`, pids).Scan(&left)
+		return err == nil && left == 0
+	})
+	return len(pids)
 }
 
 // A send whose context carries a scope of another pool (another

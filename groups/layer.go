@@ -301,6 +301,14 @@ type Stats struct {
 	// at 1, commits that NOTIFY fail), as last sampled; -1 for other
 	// engines.
 	QueueUsage float64
+
+	// The PostgreSQL engine's messages past NOTIFY's limit, carried
+	// through its table (see NewPostgres); 0 for other engines.
+	LargeSent          int64 // written by this instance's sends (a rollback undoes the row, not the count)
+	LargeSentBytes     int64
+	LargeReceived      int64 // read by this instance's listener: once per message, whatever the members
+	LargeReceivedBytes int64
+	LargeMissing       int64 // references whose row was gone when read: a gap for the group
 }
 
 // Stats returns a snapshot of the layer's counters.
@@ -320,6 +328,9 @@ func (l *Layer) Stats() Stats {
 	}
 	if q, ok := l.engine.(interface{ QueueUsage() float64 }); ok {
 		st.QueueUsage = q.QueueUsage()
+	}
+	if e, ok := l.engine.(interface{ largeStats(*Stats) }); ok {
+		e.largeStats(&st)
 	}
 	return st
 }

@@ -12,8 +12,11 @@ type MemberOptions struct {
 	// Default: 1,000.
 	MaxQueue int
 
-	// MaxBytes bounds their data, in bytes. Default: 1 MiB (Centrifugo's
-	// default per client).
+	// MaxBytes bounds their data, in bytes: the backlog. An event is
+	// always taken into an empty queue, however large (up to the engine's
+	// MaxPayload), so a member is dropped for falling behind, never for
+	// one message's size; raise it where members get large messages in
+	// bursts. Default: 1 MiB (Centrifugo's default per client).
 	MaxBytes int
 
 	// OnSlow runs once, on the member's own goroutine, when an event found
@@ -229,7 +232,7 @@ func (m *Member) enqueue(e Event) bool {
 	if _, in := m.groups[e.Group]; !in {
 		return false
 	}
-	if len(m.queue)+1 > m.opts.MaxQueue || m.bytes+len(e.Data) > m.opts.MaxBytes {
+	if len(m.queue)+1 > m.opts.MaxQueue || len(m.queue) > 0 && m.bytes+len(e.Data) > m.opts.MaxBytes {
 		m.slow = true
 		m.l.c.slow.Add(1)
 		clear(m.queue)

@@ -36,6 +36,31 @@ type PostgresOptions struct {
 	// its connection. Default: 10s.
 	SampleEvery time.Duration
 
+	// MaxPayload is the largest message the engine carries, envelope
+	// included (see [NewPostgres]; a body that is not UTF-8 text takes
+	// 4/3 of its size in base64): what NOTIFY's 7,999 bytes cannot hold
+	// goes through PayloadTable. Default: 1 MiB; below 1 GiB, PostgreSQL's
+	// limit on a value. At most 7,999: NOTIFY only, no table.
+	MaxPayload int
+
+	// PayloadTable is the table of the messages past NOTIFY's limit: a
+	// name, or schema.name, of lower-case ASCII letters, digits and '_',
+	// found by the search_path of both the pool's and the listener's
+	// connections (qualify it where they differ). Start creates it where
+	// it is missing, if it can (see NewPostgres for its DDL). Layers of
+	// several namespaces may share it (the shortest PayloadMaxAge among
+	// them applies). Default: dbscope_groups_payloads.
+	PayloadTable string
+
+	// PayloadMaxAge is how long a row of PayloadTable is kept for the
+	// listeners to read: each listener deletes older rows every
+	// SampleEvery. A listener that reads a reference after its row went
+	// gives the group a gap. Listeners read within milliseconds of the
+	// commit unless they fall behind; the table holds what was sent in
+	// the last PayloadMaxAge (at 10 messages of 1 MiB a second, 3 GB at
+	// the default): lower it for such rates. Default: 5 minutes.
+	PayloadMaxAge time.Duration
+
 	// Logger receives the listener's disconnections. Default:
 	// slog.Default().
 	Logger *slog.Logger
@@ -48,11 +73,39 @@ type PostgresOptions struct {
 // rollback) or, without one, through pool; each instance's listener
 // LISTENs on the channels of the groups it has members of.
 //
-// Payloads are PostgreSQL's NOTIFY payloads: at most 7,999 bytes,
-// envelope included (about 50 bytes and the group's name; a body that is
-// not UTF-8 text goes in base64). Every notifying commit takes a
-// cluster-wide lock and signals every listening backend of the database:
-// for large deployments, NATS.
+// A message takes its envelope's bytes: about 50 and the group's name,
+// with the body as it is where it is UTF-8 text, in base64 where not.
+// Up to NOTIFY's 7,999 the envelope is the NOTIFY's payload. Past them,
+// up to PostgresOptions.MaxPayload, it goes through a table: Send writes
+// it there and NOTIFYs a reference, in one statement (one round trip) on
+// the same connection, in the same transaction; each listener reads the
+// bodies of the references that arrived in one query, once per instance
+// whatever its members, and hands every message on in arrival order. The
+// cost: the INSERT, after which the sender's connection owes dbctx's
+// session reset (as after any DML); one SELECT per instance per batch of
+// references; the rows, kept PayloadMaxAge and then deleted by the
+// listeners. A reference whose row is gone when read is a gap for its
+// group, counted in Stats.LargeMissing. Behind PgBouncer in transaction
+// mode (dbctx.Options.TransactionPooling) the statement is a transaction
+// of its own or part of the sender's, as the NOTIFY alone is.
+//
+// Start creates the table where it is missing, UNLOGGED (a crash empties
+// it, as it empties NOTIFY's queue), and fails with [ErrPayloadTable]
+// where the listener's role cannot, or may not SELECT and DELETE its
+// rows. Create it beforehand then, granting INSERT to the pool's role (a
+// Send without it fails with PostgreSQL's error) and SELECT, DELETE to
+// the listener's:
+//
+//	CREATE UNLOGGED TABLE dbscope_groups_payloads (
+//		id      uuid PRIMARY KEY,
+//		created timestamptz NOT NULL DEFAULT clock_timestamp(),
+//		body    text NOT NULL
+//	);
+//	CREATE INDEX dbscope_groups_payloads_created ON dbscope_groups_payloads (created);
+//	GRANT INSERT, SELECT, DELETE ON dbscope_groups_payloads TO app;
+//
+// Every notifying commit takes a cluster-wide lock and signals every
+// listening backend of the database: for large deployments, NATS.
 //
 // The listener reconnects forever, with backoff and jitter, and then
 // LISTENs again and gives every member a gap. Start connects once and
@@ -65,13 +118,30 @@ func NewPostgres(pool *dbctx.Pool, opts *PostgresOptions) Engine {
 	if pool == nil || o.ListenDSN == "" {
 		panic("groups: NewPostgres expects a pool and PostgresOptions.ListenDSN")
 	}
+	if o.MaxPayload < 0 || o.MaxPayload >= 1<<30 || o.PayloadMaxAge < 0 {
+		panic("groups: NewPostgres expects 0 <= MaxPayload < 1 GiB, PayloadMaxAge >= 0")
+	}
 	if o.SampleEvery <= 0 {
 		o.SampleEvery = 10 * time.Second
+	}
+	if o.MaxPayload == 0 {
+		o.MaxPayload = 1 << 20
+	}
+	if o.PayloadTable == "" {
+		o.PayloadTable = "dbscope_groups_payloads"
+	}
+	if !validTable(o.PayloadTable) {
+		panic("groups: NewPostgres expects PayloadTable to be name or schema.name, of a-z, 0-9 and '_', 55 bytes at most")
+	}
+	if o.PayloadMaxAge == 0 {
+		o.PayloadMaxAge = 5 * time.Minute
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	return &postgres{pool: pool, opts: o, refs: map[string]int{}}
+	e := &postgres{pool: pool, opts: o, refs: map[string]int{}}
+	e.table = newPayloadTable(o)
+	return e
 }
 
 // maxNotify is PostgreSQL's limit on a NOTIFY payload (< 8000 bytes).
@@ -96,6 +166,9 @@ type postgres struct {
 
 	usage   atomic.Uint64 // math.Float64bits of the last queue usage
 	sampled atomic.Bool
+
+	table *payloadTable // nil where MaxPayload is NOTIFY's
+	notes []string      // arrived, not yet handed on; the listener's
 }
 
 type command struct {
@@ -121,7 +194,9 @@ func (e *postgres) Start(in Inbox) error {
 	}
 	c := cfg.Config.Copy()
 	c.OnNotification = func(_ *pgconn.PgConn, n *pgconn.Notification) {
-		e.in.Deliver([]byte(n.Payload))
+		// Handed on by drain, between waits, when the connection is
+		// free to read the bodies of references.
+		e.notes = append(e.notes, n.Payload)
 	}
 	if c.RuntimeParams == nil {
 		c.RuntimeParams = map[string]string{}
@@ -138,13 +213,20 @@ func (e *postgres) Start(in Inbox) error {
 		e.cancel()
 		return fmt.Errorf("groups: the listener's connection: %w", err)
 	}
+	if e.table != nil {
+		if err := e.table.ensure(ctx, conn); err != nil {
+			conn.Close(context.Background())
+			e.cancel()
+			return err
+		}
+	}
 	e.done = make(chan struct{})
 	go e.listen(conn)
 	return nil
 }
 
 func (e *postgres) Transactional() bool { return true }
-func (e *postgres) MaxPayload() int     { return maxNotify }
+func (e *postgres) MaxPayload() int     { return e.opts.MaxPayload }
 
 func (e *postgres) Ready() error {
 	e.mu.Lock()
@@ -171,9 +253,17 @@ func (e *postgres) Close() error {
 }
 
 func (e *postgres) Publish(ctx context.Context, group string, payload []byte) error {
+	if len(payload) > e.opts.MaxPayload {
+		return fmt.Errorf("%w: %d bytes, the engine carries %d", ErrTooLarge, len(payload), e.opts.MaxPayload)
+	}
 	notify := func(ctx context.Context, s *dbctx.Scope) error {
 		_, err := s.ExecContext(ctx, "SELECT pg_notify($1, $2)", e.channelOf(group), string(payload))
 		return err
+	}
+	if len(payload) > maxNotify {
+		notify = func(ctx context.Context, s *dbctx.Scope) error {
+			return e.table.publish(ctx, s, e.channelOf(group), group, payload)
+		}
 	}
 	// On the scope of the engine's pool that ctx carries, if any (its
 	// connection and transaction), else a scope of its own: never on
@@ -272,6 +362,9 @@ func (e *postgres) setState(err error) {
 // a reconnection, then waits for notifications and commands until the
 // connection breaks or Close.
 func (e *postgres) serve(conn *pgconn.PgConn, reconnected bool) error {
+	// What arrived on a broken connection and was not handed on is
+	// covered by the gap below.
+	e.notes = nil
 	// Commands queued while disconnected only count: the channels are
 	// LISTENed below, all at once.
 	e.mu.Lock()
@@ -320,7 +413,15 @@ func (e *postgres) serve(conn *pgconn.PgConn, reconnected bool) error {
 			if err := e.sampleUsage(conn); err != nil {
 				return err
 			}
+			if e.table != nil {
+				if err := e.table.cleanup(e.ctx, conn); err != nil {
+					return err
+				}
+			}
 			sample = time.Now()
+		}
+		if err := e.drain(conn); err != nil {
+			return err
 		}
 		if err := e.wait(conn, e.opts.SampleEvery-time.Since(sample)); err != nil {
 			return err
@@ -379,7 +480,49 @@ func (e *postgres) sampleUsage(conn *pgconn.PgConn) error {
 	return nil
 }
 
-// wait waits for a notification (OnNotification delivers it) for at most
+// drain hands on the notifications that arrived, in arrival order, first
+// reading the bodies of those that are references: one query for the
+// references of a batch. What arrives during that query queues behind the
+// batch. An error is the connection's: the rest is covered by the gap of
+// the reconnection.
+func (e *postgres) drain(conn *pgconn.PgConn) error {
+	for len(e.notes) > 0 {
+		n, ids := len(e.notes), []string(nil)
+		if e.table != nil {
+			n, ids = e.table.batch(e.notes)
+		}
+		batch := e.notes[:n]
+		e.notes = e.notes[n:]
+		var bodies map[string][]byte
+		if len(ids) > 0 {
+			var err error
+			if bodies, err = e.table.fetch(e.ctx, conn, ids); err != nil {
+				return err
+			}
+		}
+		var missing []string
+		for _, p := range batch {
+			id, group, ok := parseRef(p)
+			if !ok {
+				e.in.Deliver([]byte(p))
+				continue
+			}
+			if body, ok := bodies[id]; ok {
+				e.in.Deliver(body)
+				continue
+			}
+			e.in.Gap([]string{group})
+			missing = append(missing, group)
+		}
+		if len(missing) > 0 {
+			e.table.missed(missing)
+		}
+	}
+	e.notes = nil
+	return nil
+}
+
+// wait waits for a notification (OnNotification queues it) for at most
 // d, or until a command is pushed or Close. A timeout or an interruption
 // keeps the connection: pgconn closes it on other errors only.
 func (e *postgres) wait(conn *pgconn.PgConn, d time.Duration) error {

@@ -253,8 +253,11 @@ func newEngine(ctx context.Context, cfg Config, db *sql.DB, pool *dbctx.Pool) (g
 		if err := db.QueryRowContext(ctx, "SELECT current_schema()").Scan(&schema); err != nil {
 			return nil, fmt.Errorf("current schema: %w", err)
 		}
+		// MaxPayload at NOTIFY's limit: a message too large for it is
+		// in the messages table already, and publish sends its id
+		// rather than a copy through the engine's table.
 		return groups.NewPostgres(pool, &groups.PostgresOptions{
-			ListenDSN: listen, Namespace: schema, Logger: cfg.Log,
+			ListenDSN: listen, Namespace: schema, Logger: cfg.Log, MaxPayload: 7999,
 		}), nil
 	case cfg.Layer == "memory":
 		return groups.NewMemory(), nil
@@ -462,9 +465,9 @@ func group(tenant, room string) string {
 }
 
 // publish tells every socket of m's room, on every instance, through the
-// layer: the message itself, or, where it is too large for the engine (a
-// NOTIFY's 8000 bytes, NATS's max_payload), its id, for each receiving
-// socket to read it.
+// layer: the message itself, or, where it is too large for the engine
+// (NOTIFY's 7,999 bytes, as newEngine sets it; NATS's max_payload), its
+// id, for each receiving socket to read it.
 func (a *App) publish(ctx context.Context, m chat.Message) error {
 	data, err := json.Marshal(chat.MessageFrame(m))
 	if err != nil {

@@ -1,0 +1,253 @@
+package groups
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/dbscope/dbscope/dbctx"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// ErrPayloadTable is returned by [New] over [NewPostgres] where the table
+// of the messages past NOTIFY's limit (PostgresOptions.PayloadTable) is
+// missing and the listener's role cannot create it (no CREATE on the
+// schema, as an application role under row-level security often has
+// not), or where that role may not SELECT and DELETE its rows. Create it
+// beforehand with the DDL in NewPostgres's doc, and grant, or set
+// PostgresOptions.MaxPayload to 7,999 or less to go without it.
+var ErrPayloadTable = errors.New("groups: no table for large messages")
+
+// payloadTable carries the messages past NOTIFY's limit: the statements
+// on the table, and their counters.
+type payloadTable struct {
+	name       string
+	ddl        string
+	insertSQL  string // the row and the NOTIFY of its reference, in one statement
+	fetchSQL   string
+	cleanupSQL string
+	perFetch   int // references read in one query at most
+	log        *slog.Logger
+
+	fetchFailed, cleanupFailed atomic.Bool // logged once
+
+	sent, sentBytes, received, receivedBytes, missing atomic.Int64
+}
+
+func newPayloadTable(o PostgresOptions) *payloadTable {
+	if o.MaxPayload <= maxNotify {
+		return nil
+	}
+	name := o.PayloadTable
+	index := name[strings.LastIndexByte(name, '.')+1:] + "_created"
+	return &payloadTable{
+		name: name,
+		ddl: "CREATE UNLOGGED TABLE IF NOT EXISTS " + name + ` (
+	id      uuid PRIMARY KEY,
+	created timestamptz NOT NULL DEFAULT clock_timestamp(),
+	body    text NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ` + index + " ON " + name + " (created)",
+		insertSQL: "WITH r AS (INSERT INTO " + name + " (id, body) VALUES ($3, $4) RETURNING id) " +
+			"SELECT pg_notify($1, $2) FROM r",
+		fetchSQL: "SELECT id::text, body FROM " + name + " WHERE id = ANY($1::uuid[])",
+		cleanupSQL: fmt.Sprintf("DELETE FROM %s WHERE created < now() - interval '%d microseconds'",
+			name, o.PayloadMaxAge.Microseconds()),
+		// 16 MiB of bodies in memory at most, between 1 and 100 of them.
+		perFetch: min(max((16<<20)/o.MaxPayload, 1), 100),
+		log:      o.Logger,
+	}
+}
+
+// validTable reports whether name is a table name NewPostgres takes: no
+// quoting needed, and room for the index's name beside it.
+func validTable(name string) bool {
+	parts := strings.Split(name, ".")
+	if len(parts) > 2 {
+		return false
+	}
+	for _, p := range parts {
+		if len(p) == 0 || len(p) > 55 || p[0] >= '0' && p[0] <= '9' {
+			return false
+		}
+		for i := 0; i < len(p); i++ {
+			if c := p[i]; !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// ensure makes the table where it is missing, on the listener's
+// connection at Start, and checks that the listener may read and delete
+// its rows.
+func (t *payloadTable) ensure(ctx context.Context, conn *pgconn.PgConn) error {
+	// NULL: missing; false: no right to read and delete.
+	check := func() (string, error) {
+		res := conn.ExecParams(ctx, "SELECT CASE WHEN to_regclass($1) IS NOT NULL THEN has_table_privilege($1, 'SELECT, DELETE') END",
+			[][]byte{[]byte(t.name)}, nil, nil, nil).Read()
+		if res.Err != nil || len(res.Rows) != 1 {
+			return "", res.Err
+		}
+		if res.Rows[0][0] == nil {
+			return "missing", nil
+		}
+		return string(res.Rows[0][0]), nil
+	}
+	state, err := check()
+	if err != nil {
+		return err
+	}
+	if state == "missing" {
+		_, err := conn.Exec(ctx, t.ddl).ReadAll()
+		if err == nil {
+			return nil // its owner
+		}
+		// Made meanwhile by another instance?
+		if state, _ = check(); state == "missing" {
+			return fmt.Errorf("%w: %s: %w", ErrPayloadTable, t.name, err)
+		}
+	}
+	if state != "t" {
+		return fmt.Errorf("%w: %s: the listener's role may not SELECT and DELETE its rows", ErrPayloadTable, t.name)
+	}
+	return nil
+}
+
+// refPrefix starts the NOTIFY of a reference, "r|<id>|<group>"; a
+// layer's envelope starts with "1|".
+const refPrefix = "r|"
+
+// publish writes payload to the table and NOTIFYs its reference on
+// channel, in one statement on s (in its transaction, if any).
+func (t *payloadTable) publish(ctx context.Context, s *dbctx.Scope, channel, group string, payload []byte) error {
+	id := newID()
+	if _, err := s.ExecContext(ctx, t.insertSQL, channel, refPrefix+id+"|"+group, id, string(payload)); err != nil {
+		return err
+	}
+	t.sent.Add(1)
+	t.sentBytes.Add(int64(len(payload)))
+	return nil
+}
+
+// newID returns a random (version 4) UUID as PostgreSQL writes it.
+func newID() string {
+	var b [16]byte
+	rand.Read(b[:])
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	var s [36]byte
+	hex.Encode(s[0:8], b[0:4])
+	s[8] = '-'
+	hex.Encode(s[9:13], b[4:6])
+	s[13] = '-'
+	hex.Encode(s[14:18], b[6:8])
+	s[18] = '-'
+	hex.Encode(s[19:23], b[8:10])
+	s[23] = '-'
+	hex.Encode(s[24:], b[10:])
+	return string(s[:])
+}
+
+// parseRef reads a reference's id and group; ok is false for anything
+// else.
+func parseRef(p string) (id, group string, ok bool) {
+	rest, ok := strings.CutPrefix(p, refPrefix)
+	if !ok {
+		return "", "", false
+	}
+	id, group, ok = strings.Cut(rest, "|")
+	return id, group, ok && len(id) == 36
+}
+
+// batch returns how many of notes to hand on next, and the ids of the
+// references among them: perFetch at most.
+func (t *payloadTable) batch(notes []string) (int, []string) {
+	var ids []string
+	for i, p := range notes {
+		id, _, ok := parseRef(p)
+		if !ok {
+			continue
+		}
+		if len(ids) == t.perFetch {
+			return i, ids
+		}
+		ids = append(ids, id)
+	}
+	return len(notes), ids
+}
+
+// fetch reads the bodies of ids on the listener's connection, which is
+// idle between waits. A row missing is missing from the map. It fails
+// only where the connection broke or ctx ended; a statement's error (the
+// table dropped, a privilege revoked) is logged once, and every body
+// missing.
+func (t *payloadTable) fetch(ctx context.Context, conn *pgconn.PgConn, ids []string) (map[string][]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	arr := "{" + strings.Join(ids, ",") + "}"
+	res := conn.ExecParams(ctx, t.fetchSQL, [][]byte{[]byte(arr)}, nil, nil, nil).Read()
+	if res.Err != nil {
+		if conn.IsClosed() || ctx.Err() != nil {
+			return nil, res.Err
+		}
+		if !t.fetchFailed.Swap(true) {
+			t.log.Error("groups: reading large messages from the table failed", "table", t.name, "err", res.Err)
+		}
+		return nil, nil
+	}
+	bodies := make(map[string][]byte, len(res.Rows))
+	for _, row := range res.Rows {
+		bodies[string(row[0])] = row[1]
+		t.received.Add(1)
+		t.receivedBytes.Add(int64(len(row[1])))
+	}
+	return bodies, nil
+}
+
+// missed counts the references of groups whose rows were gone, and logs
+// them once per batch.
+func (t *payloadTable) missed(groups []string) {
+	if t == nil {
+		return // a reference from an engine with a table, where this one has none
+	}
+	t.missing.Add(int64(len(groups)))
+	t.log.Warn("groups: large messages were gone from the table when read: a gap for their groups",
+		"table", t.name, "missing", len(groups), "groups", groups)
+}
+
+// cleanup deletes the rows past PayloadMaxAge, on the listener's
+// connection at its sampling tick. It fails only where the connection
+// broke or ctx ended; a statement's error is logged once.
+func (t *payloadTable) cleanup(ctx context.Context, conn *pgconn.PgConn) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	_, err := conn.Exec(ctx, t.cleanupSQL).ReadAll()
+	if err == nil || conn.IsClosed() || ctx.Err() != nil {
+		return err
+	}
+	if !t.cleanupFailed.Swap(true) {
+		t.log.Error("groups: deleting old large messages from the table failed", "table", t.name, "err", err)
+	}
+	return nil
+}
+
+// largeStats adds the table's counters to st.
+func (e *postgres) largeStats(st *Stats) {
+	t := e.table
+	if t == nil {
+		return
+	}
+	st.LargeSent = t.sent.Load()
+	st.LargeSentBytes = t.sentBytes.Load()
+	st.LargeReceived = t.received.Load()
+	st.LargeReceivedBytes = t.receivedBytes.Load()
+	st.LargeMissing = t.missing.Load()
+}

@@ -1,0 +1,535 @@
+package groups_test
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/groups"
+	"github.com/dbscope/dbscope/internal/dbtest"
+	"github.com/dbscope/dbscope/internal/pgserver"
+	"github.com/dbscope/dbscope/internal/pgtest"
+)
+
+// bigMembers is what members of the tests of large messages take: room
+// for a burst of them (MaxBytes bounds a member's backlog).
+var bigMembers = &groups.MemberOptions{MaxBytes: 64 << 20}
+
+// body returns size bytes that tell who sent them, which message it is,
+// and its size: UTF-8 text with multi-byte runes, or binary (NULs and
+// bytes that are not UTF-8), which the envelope carries in base64.
+func body(sender, k, size int, binary bool) []byte {
+	b := fmt.Appendf(make([]byte, 0, size), "%d:%d:%d:", sender, k, size)
+	if binary {
+		r := rand.New(rand.NewPCG(uint64(sender), uint64(k)))
+		for len(b) < size {
+			b = append(b, byte(r.Uint32()))
+		}
+		b[len(b)-1] = 0
+		return b
+	}
+	for len(b)+2 <= size {
+		b = append(b, "é"...)
+	}
+	for len(b) < size {
+		b = append(b, 'x')
+	}
+	return b
+}
+
+// members makes n members per instance of ins, in groups, closed at the
+// test's end, and returns their recorders.
+func members(t *testing.T, ins []*instance, n int, opts *groups.MemberOptions, gs ...string) []*recorder {
+	t.Helper()
+	var recs []*recorder
+	for _, in := range ins {
+		for range n {
+			r := &recorder{}
+			m := in.layer.NewMember(r.handle, opts)
+			t.Cleanup(m.Close)
+			for _, g := range gs {
+				if err := m.Join(context.Background(), g); err != nil {
+					t.Fatal(err)
+				}
+			}
+			recs = append(recs, r)
+		}
+	}
+	return recs
+}
+
+// rows counts the rows of the table of large messages in env's schema.
+func rows(t *testing.T, env *pgtest.Env, where string) int {
+	t.Helper()
+	var n int
+	q := "SELECT count(*) FROM " + env.Schema() + ".dbscope_groups_payloads " + where
+	if err := env.Admin().QueryRowContext(context.Background(), q).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// Messages of 8 KB, 64 KB and 1 MiB, text and binary, inside and outside
+// dbctx.Atomic, reach every member on both instances as sent and in
+// order; each instance's listener reads each body once, whatever its
+// members; a rolled-back Atomic delivers nothing and leaves no row.
+func TestLargePayloads(t *testing.T) {
+	t.Parallel()
+	env := pgtest.New(t)
+	ins := pgInstances(t, env, 2, &groups.PostgresOptions{MaxPayload: 2 << 20})
+	ctx := context.Background()
+	recs := members(t, ins, 2, bigMembers, "big")
+	var sent [][]byte
+	k := 0
+	for _, size := range []int{8 << 10, 64 << 10, 1 << 20} {
+		for _, binary := range []bool{false, true} {
+			for _, inTx := range []bool{false, true} {
+				data := body(0, k, size, binary)
+				in := ins[k%2]
+				k++
+				send := func(ctx context.Context) error { return in.layer.Send(ctx, "big", data) }
+				if inTx {
+					err := in.pool.Do(ctx, func(ctx context.Context, _ *dbctx.Scope) error {
+						return dbctx.Atomic(ctx, send)
+					})
+					if err != nil {
+						t.Fatal(err)
+					}
+				} else if err := send(ctx); err != nil {
+					t.Fatal(err)
+				}
+				sent = append(sent, data)
+			}
+		}
+	}
+	fail := errors.New("roll back")
+	err := ins[0].pool.Do(ctx, func(ctx context.Context, _ *dbctx.Scope) error {
+		return dbctx.Atomic(ctx, func(ctx context.Context) error {
+			if err := ins[0].layer.Send(ctx, "big", body(0, -1, 64<<10, false)); err != nil {
+				return err
+			}
+			return fail
+		})
+	})
+	if !errors.Is(err, fail) {
+		t.Fatal(err)
+	}
+	// A marker after all: once it arrives, what came before has.
+	if err := ins[1].layer.Send(ctx, "big", []byte("marker")); err != nil {
+		t.Fatal(err)
+	}
+	dbtest.Eventually(t, "the marker everywhere", func() bool {
+		for _, r := range recs {
+			if r.n.Load() < int64(len(sent))+1 {
+				return false
+			}
+		}
+		return true
+	})
+	for i, r := range recs {
+		got := r.got()
+		if len(got) != len(sent)+1 || string(got[len(sent)].Data) != "marker" {
+			t.Fatalf("member %d got %d events, want %d then the marker", i, len(got), len(sent))
+		}
+		for j, e := range got[:len(sent)] {
+			if e.Gap || e.Group != "big" || !bytes.Equal(e.Data, sent[j]) {
+				t.Fatalf("member %d, event %d: %d bytes %.40q, want %d bytes %.40q", i, j, len(e.Data), e.Data, len(sent[j]), sent[j])
+			}
+		}
+	}
+	var stored int64
+	for i, in := range ins {
+		st := in.layer.Stats()
+		stored += st.LargeSent
+		if st.LargeReceived != int64(len(sent)) || st.LargeMissing != 0 || st.Gaps != 0 || st.Slow != 0 {
+			t.Errorf("instance %d: want each body read once (%d), nothing missing: %+v", i, len(sent), st)
+		}
+		if st.LargeReceivedBytes <= int64(len(sent))*8<<10 {
+			t.Errorf("instance %d: %d bytes read", i, st.LargeReceivedBytes)
+		}
+	}
+	if stored != int64(len(sent))+1 {
+		t.Errorf("%d rows written, want %d (the rolled-back one counted)", stored, len(sent)+1)
+	}
+	if n := rows(t, env, ""); n != len(sent) {
+		t.Errorf("%d rows in the table, want %d: the rolled-back one is not there", n, len(sent))
+	}
+}
+
+// Two senders, one per instance, interleave small and large messages,
+// one per transaction or three: every member gets each sender's in the
+// order sent, each once and whole.
+func TestLargeOrder(t *testing.T) {
+	t.Parallel()
+	env := pgtest.New(t)
+	ins := pgInstances(t, env, 2, nil)
+	ctx := context.Background()
+	recs := members(t, ins, 3, bigMembers, "mixed")
+	// Across NOTIFY's limit, the envelope's ~50 bytes included.
+	sizes := []int{10, 9000, 7900, 100, 70000, 7990, 8100, 20, 300000}
+	const perSender = 45
+	var wg sync.WaitGroup
+	for s, in := range ins {
+		wg.Go(func() {
+			// Sender 0 sends each message on its own; sender 1 three in a
+			// transaction.
+			per := 1 + 2*s
+			for k := 0; k < perSender; k += per {
+				send := func(ctx context.Context) error {
+					for j := k; j < k+per; j++ {
+						if err := in.layer.Send(ctx, "mixed", body(s, j, sizes[(j+s)%len(sizes)], j%2 == 0)); err != nil {
+							return err
+						}
+					}
+					return nil
+				}
+				var err error
+				if per == 1 {
+					err = send(ctx)
+				} else {
+					err = in.pool.Do(ctx, func(ctx context.Context, _ *dbctx.Scope) error { return dbctx.Atomic(ctx, send) })
+				}
+				if err != nil {
+					t.Errorf("send: %v", err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	dbtest.Eventually(t, "every message everywhere", func() bool {
+		for _, r := range recs {
+			if r.n.Load() < 2*perSender {
+				return false
+			}
+		}
+		return true
+	})
+	for i, r := range recs {
+		next := []int{0, 0}
+		for _, e := range r.got() {
+			var s, k, size int
+			if _, err := fmt.Sscanf(string(e.Data), "%d:%d:%d:", &s, &k, &size); err != nil || e.Gap {
+				t.Fatalf("member %d got %+v", i, e)
+			}
+			if k != next[s] || !bytes.Equal(e.Data, body(s, k, size, k%2 == 0)) {
+				t.Fatalf("member %d got %d:%d (%d bytes), want %d:%d: out of order, lost, twice or altered", i, s, k, len(e.Data), s, next[s])
+			}
+			next[s]++
+		}
+	}
+	for _, in := range ins {
+		if st := in.layer.Stats(); st.LargeReceived == 0 || st.LargeMissing != 0 {
+			t.Errorf("want large messages read, none missing: %+v", st)
+		}
+	}
+}
+
+// The listeners delete the rows older than PayloadMaxAge at their
+// sampling tick, and no younger one.
+func TestLargeCleanup(t *testing.T) {
+	t.Parallel()
+	env := pgtest.New(t)
+	in := pgInstances(t, env, 1, &groups.PostgresOptions{PayloadMaxAge: time.Minute})[0]
+	ctx := context.Background()
+	_, err := env.Admin().ExecContext(ctx, "INSERT INTO "+env.Schema()+".dbscope_groups_payloads (id, created, body) "+
+		"VALUES ('00000000-0000-4000-8000-000000000000', now() - interval '61 seconds', 'old')")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// To a group of no member: the row is written, and nobody reads it.
+	if err := in.layer.Send(ctx, "nobody", body(0, 0, 10000, false)); err != nil {
+		t.Fatal(err)
+	}
+	dbtest.Eventually(t, "the old row deleted", func() bool { return rows(t, env, "WHERE body = 'old'") == 0 })
+	if n := rows(t, env, ""); n != 1 {
+		t.Fatalf("%d rows left, want the young one", n)
+	}
+}
+
+// A reference whose row is gone when the listener reads it (deleted in
+// the sender's transaction, after the Send) is a gap for its group on
+// every instance, counted and logged once; what follows arrives.
+func TestLargeMissingRow(t *testing.T) {
+	t.Parallel()
+	env := pgtest.New(t)
+	var ins []*instance
+	var logs []*dbtest.Logs
+	for range 2 {
+		l, log := dbtest.NewLogs()
+		ins = append(ins, pgInstances(t, env, 1, &groups.PostgresOptions{Logger: log})...)
+		logs = append(logs, l)
+	}
+	ctx := context.Background()
+	recs := members(t, ins, 1, nil, "gone", "other")
+	err := ins[0].pool.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+		return dbctx.Atomic(ctx, func(ctx context.Context) error {
+			if err := ins[0].layer.Send(ctx, "gone", body(0, 0, 20000, false)); err != nil {
+				return err
+			}
+			_, err := s.ExecContext(ctx, "DELETE FROM dbscope_groups_payloads")
+			return err
+		})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ins[1].layer.Send(ctx, "gone", []byte("after")); err != nil {
+		t.Fatal(err)
+	}
+	dbtest.Eventually(t, "the gap and the message after it", func() bool {
+		for _, r := range recs {
+			if r.n.Load() < 2 {
+				return false
+			}
+		}
+		return true
+	})
+	for i, r := range recs {
+		got := r.got()
+		if len(got) != 2 || !got[0].Gap || got[0].Group != "gone" || string(got[1].Data) != "after" {
+			t.Fatalf("member %d got %+v, want a gap of gone, then after", i, got)
+		}
+		st := ins[i].layer.Stats()
+		if st.LargeMissing != 1 || st.Gaps != 1 || st.LargeReceived != 0 {
+			t.Errorf("instance %d: want one missing row, one gap: %+v", i, st)
+		}
+		if n := logs[i].Count(slog.LevelWarn, "groups: large messages were gone"); n != 1 {
+			t.Errorf("instance %d: logged %d times, want once:\n%s", i, n, logs[i])
+		}
+	}
+}
+
+// A role without CREATE on its schema, and no table: New fails with
+// ErrPayloadTable. Without a table (MaxPayload at NOTIFY's limit) it
+// starts and refuses what NOTIFY cannot carry. With the table made
+// beforehand from NewPostgres's DDL, not granted: ErrPayloadTable again;
+// granted: it carries large messages.
+func TestLargeTableMissing(t *testing.T) {
+	t.Parallel()
+	env := pgtest.New(t)
+	ctx := context.Background()
+	adm := env.Admin()
+	role, schema := env.Role()+"_app", env.Schema()
+	for _, q := range []string{
+		"CREATE ROLE " + role + " LOGIN PASSWORD 'app'",
+		"GRANT USAGE ON SCHEMA " + schema + " TO " + role,
+		"ALTER ROLE " + role + " SET search_path = " + schema,
+	} {
+		if _, err := adm.ExecContext(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() { // after the pools and layers, closed below
+		for _, q := range []string{"DROP OWNED BY " + role, "DROP ROLE " + role} {
+			if _, err := adm.ExecContext(context.Background(), q); err != nil {
+				t.Errorf("%s: %v", q, err)
+			}
+		}
+	})
+	as := func(dsn string) string {
+		dsn, err := pgserver.WithUser(dsn, role, "app")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return dsn
+	}
+	db, err := sql.Open("pgx", as(env.DSN()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := dbctx.New(db, &dbctx.Options{MaxWorkers: 2, TransactionPooling: pgtest.Pooled()})
+	t.Cleanup(func() {
+		pool.Close()
+		db.Close()
+	})
+	start := func(maxPayload int) (*groups.Layer, error) {
+		return groups.New(groups.NewPostgres(pool, &groups.PostgresOptions{
+			ListenDSN: as(env.DirectDSN(t)), Namespace: schema, MaxPayload: maxPayload,
+		}), nil)
+	}
+
+	if l, err := start(0); !errors.Is(err, groups.ErrPayloadTable) || !strings.Contains(err.Error(), "permission denied") {
+		if l != nil {
+			l.Close()
+		}
+		t.Fatalf("New without the table, nor the right to create it: %v, want ErrPayloadTable", err)
+	}
+
+	l, err := start(7999)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Send(ctx, "g", bytes.Repeat([]byte("x"), 8000)); !errors.Is(err, groups.ErrTooLarge) {
+		t.Errorf("8000 bytes with no table: %v, want ErrTooLarge", err)
+	}
+	l.Close()
+
+	// NewPostgres's DDL, as an administrator runs it.
+	ddl := `CREATE UNLOGGED TABLE dbscope_groups_payloads (
+		id      uuid PRIMARY KEY,
+		created timestamptz NOT NULL DEFAULT clock_timestamp(),
+		body    text NOT NULL
+	);
+	CREATE INDEX dbscope_groups_payloads_created ON dbscope_groups_payloads (created);
+	GRANT INSERT, SELECT, DELETE ON dbscope_groups_payloads TO app;`
+	for _, before := range []string{"TABLE ", "ON "} {
+		ddl = strings.ReplaceAll(ddl, before+"dbscope_groups_payloads ", before+schema+".dbscope_groups_payloads ")
+	}
+	create, grant, _ := strings.Cut(ddl, "GRANT")
+	if _, err := adm.ExecContext(ctx, create); err != nil {
+		t.Fatal(err)
+	}
+	// Made, but not granted: the listener could not read it.
+	if l, err := start(0); !errors.Is(err, groups.ErrPayloadTable) || !strings.Contains(err.Error(), "may not SELECT") {
+		if l != nil {
+			l.Close()
+		}
+		t.Fatalf("New with the table not granted: %v, want ErrPayloadTable", err)
+	}
+	if _, err := adm.ExecContext(ctx, "GRANT"+strings.ReplaceAll(grant, "TO app", "TO "+role)); err != nil {
+		t.Fatal(err)
+	}
+	l, err = start(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	r := &recorder{}
+	m := l.NewMember(r.handle, nil)
+	defer m.Close()
+	if err := m.Join(ctx, "g"); err != nil {
+		t.Fatal(err)
+	}
+	data := body(0, 0, 100000, false)
+	if err := l.Send(ctx, "g", data); err != nil {
+		t.Fatal(err)
+	}
+	dbtest.Eventually(t, "the large message", func() bool { return r.n.Load() == 1 })
+	if got := r.got(); !bytes.Equal(got[0].Data, data) {
+		t.Fatalf("got %.40q", got[0].Data)
+	}
+}
+
+// The size bound: a message past MaxPayload is refused with ErrTooLarge,
+// writes nothing, and one at the bound goes.
+func TestMaxPayload(t *testing.T) {
+	t.Parallel()
+	env := pgtest.New(t)
+	const bound = 64 << 10
+	ins := pgInstances(t, env, 1, &groups.PostgresOptions{MaxPayload: bound})
+	l := ins[0].layer
+	ctx := context.Background()
+	if p := groups.NewPostgres(ins[0].pool, &groups.PostgresOptions{ListenDSN: "unused"}).MaxPayload(); p != 1<<20 {
+		t.Errorf("the default MaxPayload is %d, want 1 MiB", p)
+	}
+	r := &recorder{}
+	m := l.NewMember(r.handle, nil)
+	defer m.Close()
+	if err := m.Join(ctx, "g"); err != nil {
+		t.Fatal(err)
+	}
+	// The envelope of a text body: "1|", a 24-digit id, "|g|t".
+	const envelope = 2 + 24 + 3 + 1
+	if err := l.Send(ctx, "g", bytes.Repeat([]byte("x"), bound-envelope+1)); !errors.Is(err, groups.ErrTooLarge) {
+		t.Fatalf("one byte past MaxPayload: %v, want ErrTooLarge", err)
+	}
+	at := bytes.Repeat([]byte("y"), bound-envelope)
+	if err := l.Send(ctx, "g", at); err != nil {
+		t.Fatalf("at MaxPayload: %v", err)
+	}
+	dbtest.Eventually(t, "the message at the bound", func() bool { return r.n.Load() == 1 })
+	if got := r.got(); !bytes.Equal(got[0].Data, at) {
+		t.Fatalf("got %d bytes", len(got[0].Data))
+	}
+	if n := rows(t, env, ""); n != 1 {
+		t.Fatalf("%d rows, want the one sent", n)
+	}
+}
+
+// MaxBytes bounds a member's backlog, not one event: an event larger
+// than MaxBytes is taken into an empty queue; one more behind it, while
+// the callback holds the first, makes the member slow.
+func TestMaxBytesBacklog(t *testing.T) {
+	t.Parallel()
+	l, err := groups.New(groups.NewMemory(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	ctx := context.Background()
+	block := make(chan struct{})
+	var got, told atomic.Int64
+	m := l.NewMember(func(groups.Event) { got.Add(1); <-block }, &groups.MemberOptions{
+		MaxBytes: 1000,
+		OnSlow:   func() { told.Add(1) },
+	})
+	defer m.Close()
+	if err := m.Join(ctx, "g"); err != nil {
+		t.Fatal(err)
+	}
+	big := bytes.Repeat([]byte("x"), 5000)
+	for range 2 { // the first to the callback, the second into the empty queue
+		if err := l.Send(ctx, "g", big); err != nil {
+			t.Fatal(err)
+		}
+		dbtest.Eventually(t, "the callback to hold the first", func() bool { return got.Load() == 1 })
+	}
+	if st := l.Stats(); st.Slow != 0 {
+		t.Fatalf("a member with an empty queue dropped for one large event: %+v", st)
+	}
+	if err := l.Send(ctx, "g", big); err != nil { // behind the second: past MaxBytes
+		t.Fatal(err)
+	}
+	close(block)
+	dbtest.Eventually(t, "the member told it is slow", func() bool { return told.Load() == 1 })
+	if st := l.Stats(); st.Slow != 1 {
+		t.Fatalf("want one slow member: %+v", st)
+	}
+}
+
+// NewPostgres refuses, at construction, a table name it would have to
+// quote and a MaxPayload PostgreSQL cannot store.
+func TestPostgresOptionsPanic(t *testing.T) {
+	t.Parallel()
+	db, err := sql.Open("pgx", "postgres://unused")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	pool := dbctx.New(db, nil)
+	defer pool.Close()
+	for _, o := range []groups.PostgresOptions{
+		{PayloadTable: "Payloads"},
+		{PayloadTable: "a.b.c"},
+		{PayloadTable: "1st"},
+		{PayloadTable: "x; DROP TABLE y"},
+		{PayloadTable: strings.Repeat("x", 56)},
+		{MaxPayload: -1},
+		{MaxPayload: 1 << 30},
+		{PayloadMaxAge: -time.Second},
+	} {
+		o.ListenDSN = "unused"
+		func() {
+			defer func() {
+				if recover() == nil {
+					t.Errorf("NewPostgres(%+v) did not panic", o)
+				}
+			}()
+			groups.NewPostgres(pool, &o)
+		}()
+	}
+	for _, name := range []string{"payloads", "app.group_payloads", "_x9"} {
+		groups.NewPostgres(pool, &groups.PostgresOptions{ListenDSN: "unused", PayloadTable: name})
+	}
+}
