@@ -1,5 +1,5 @@
-// Package dbprom exports the counters of a [dbctx.Pool] and of a
-// [groups.Layer] as Prometheus metrics. It is a module of its own
+// Package dbprom exports the counters of a [dbctx.Pool], of a
+// [groups.Layer] and of its PostgreSQL engine as Prometheus metrics. It is a module of its own
 // (github.com/dbscope/dbscope/dbprom), so that programs that do not
 // use Prometheus do not depend on its client library; without it, the
 // standard library's expvar publishes the same numbers from
@@ -15,6 +15,7 @@
 //	reg.MustRegister(
 //		dbprom.NewCollector(pool, nil),
 //		dbprom.NewGroupsCollector(layer, nil),
+//		dbprom.NewPostgresCollector(engine, nil), // the layer's engine, over PostgreSQL
 //		collectors.NewDBStatsCollector(pool.DB(), "app"), // database/sql's own counters
 //	)
 //	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
@@ -60,14 +61,16 @@
 //	dbscope_groups_slow_total                 members dropped for falling behind
 //	dbscope_groups_gaps_total                 gap events queued to members
 //	dbscope_groups_reconnects_total           reconnections of the engine
+//
+// # The PostgreSQL engine's metrics
+//
 //	dbscope_groups_notification_queue_usage_ratio  gauge: pg_notification_queue_usage(), 0 to 1
 //	dbscope_groups_large_messages_total{event="sent|received|missing"}
 //	                                          messages past NOTIFY's limit, through the table
 //	dbscope_groups_large_bytes_total{event="sent|received"}
 //	                                          their bytes, envelopes included
 //
-// The queue usage is exported only for the PostgreSQL engine, once it
-// has been sampled.
+// The queue usage is exported once it has been sampled.
 //
 // A histogram, of the waits of the callers that queued:
 //

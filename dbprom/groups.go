@@ -34,14 +34,32 @@ var groupsFamilies = []family[layerStats]{
 		func(s *layerStats) int64 { return s.Gaps }),
 	counter("reconnects_total", "Reconnections of the engine.",
 		func(s *layerStats) int64 { return s.Reconnects }),
+}
+
+// NewPostgresCollector returns a collector of the PostgreSQL engine's own
+// figures ([groups.PostgresStats]), read once per scrape, beside
+// [NewGroupsCollector]'s: the notification queue's usage and the messages
+// carried through the engine's table. Its metrics are named
+// namespace_groups_… and listed in the package doc. It panics if e is
+// nil or opts holds a namespace or label Prometheus refuses.
+func NewPostgresCollector(e *groups.Postgres, opts *Options) prometheus.Collector {
+	if e == nil {
+		panic("dbprom: NewPostgresCollector expects a non-nil *groups.Postgres")
+	}
+	return newCollector("NewPostgresCollector", e.Stats, "groups", opts, postgresFamilies)
+}
+
+type postgresStats = groups.PostgresStats
+
+var postgresFamilies = []family[postgresStats]{
 	{
 		name: "large_messages_total",
 		help: "Messages past NOTIFY's limit, through the PostgreSQL engine's table: sent (rows this " +
 			"instance wrote), received (bodies its listener read, once per message), missing (references " +
-			"whose row was gone: a gap for the group). 0 for other engines.",
+			"whose row was gone: a gap for the group).",
 		typ:   prometheus.CounterValue,
 		label: "event",
-		collect: func(s *layerStats, emit func(float64, ...string)) {
+		collect: func(s *postgresStats, emit func(float64, ...string)) {
 			emit(float64(s.LargeSent), "sent")
 			emit(float64(s.LargeReceived), "received")
 			emit(float64(s.LargeMissing), "missing")
@@ -52,7 +70,7 @@ var groupsFamilies = []family[layerStats]{
 		help:  "Bytes of the messages past NOTIFY's limit (envelopes), sent and received as large_messages_total counts them.",
 		typ:   prometheus.CounterValue,
 		label: "event",
-		collect: func(s *layerStats, emit func(float64, ...string)) {
+		collect: func(s *postgresStats, emit func(float64, ...string)) {
 			emit(float64(s.LargeSentBytes), "sent")
 			emit(float64(s.LargeReceivedBytes), "received")
 		},
@@ -60,9 +78,9 @@ var groupsFamilies = []family[layerStats]{
 	{
 		name: "notification_queue_usage_ratio",
 		help: "PostgreSQL's pg_notification_queue_usage() as last sampled, 0 to 1: at 1, commits " +
-			"that NOTIFY fail. Absent for other engines and before the first sample.",
+			"that NOTIFY fail. Absent before the first sample.",
 		typ: prometheus.GaugeValue,
-		collect: func(s *layerStats, emit func(float64, ...string)) {
+		collect: func(s *postgresStats, emit func(float64, ...string)) {
 			if s.QueueUsage >= 0 {
 				emit(s.QueueUsage)
 			}

@@ -47,15 +47,6 @@ dbscope_groups_gaps_total 0
 # HELP dbscope_groups_groups Groups with members in this process now.
 # TYPE dbscope_groups_groups gauge
 dbscope_groups_groups 2
-# HELP dbscope_groups_large_bytes_total Bytes of the messages past NOTIFY's limit (envelopes), sent and received as large_messages_total counts them.
-# TYPE dbscope_groups_large_bytes_total counter
-dbscope_groups_large_bytes_total{event="received"} 0
-dbscope_groups_large_bytes_total{event="sent"} 0
-# HELP dbscope_groups_large_messages_total Messages past NOTIFY's limit, through the PostgreSQL engine's table: sent (rows this instance wrote), received (bodies its listener read, once per message), missing (references whose row was gone: a gap for the group). 0 for other engines.
-# TYPE dbscope_groups_large_messages_total counter
-dbscope_groups_large_messages_total{event="missing"} 0
-dbscope_groups_large_messages_total{event="received"} 0
-dbscope_groups_large_messages_total{event="sent"} 0
 # HELP dbscope_groups_members Members now, each counted once whatever its groups.
 # TYPE dbscope_groups_members gauge
 dbscope_groups_members 1
@@ -69,7 +60,7 @@ dbscope_groups_sent_total 2
 # TYPE dbscope_groups_slow_total counter
 dbscope_groups_slow_total 0
 `
-		// No metric name given: the whole output, which has no queue usage.
+		// No metric name given: the whole output, with nothing of an engine.
 		if err := testutil.CollectAndCompare(c, strings.NewReader(want)); err != nil {
 			t.Error(err)
 		}
@@ -80,10 +71,12 @@ dbscope_groups_slow_total 0
 		env := pgtest.New(t)
 		p := dbctx.New(env.Open(t), &dbctx.Options{MaxWorkers: 2})
 		t.Cleanup(func() { p.Close() }) // after the layer's
-		l := newLayer(t, groups.NewPostgres(p, &groups.PostgresOptions{
+		e := groups.NewPostgres(p, &groups.PostgresOptions{
 			ListenDSN: env.DirectDSN(t), Namespace: env.Schema(), SampleEvery: 50 * time.Millisecond,
-		}))
+		})
+		l := newLayer(t, e)
 		c := dbprom.NewGroupsCollector(l, &dbprom.Options{Namespace: "app"})
+		pc := dbprom.NewPostgresCollector(e, &dbprom.Options{Namespace: "app"})
 		// One message past NOTIFY's limit, through the table.
 		ctx := context.Background()
 		mb := l.NewMember(func(groups.Event) {}, nil)
@@ -95,10 +88,14 @@ dbscope_groups_slow_total 0
 			t.Fatal(err)
 		}
 		dbtest.Eventually(t, "the queue usage to be sampled, the large message read", func() bool {
-			st := l.Stats()
+			st := e.Stats()
 			return st.QueueUsage >= 0 && st.LargeReceived == 1
 		})
 		m := gather(t, c)
+		if len(m) != 7 {
+			t.Errorf("the layer's collector: %d series, want 7: %v", len(m), m)
+		}
+		m = gather(t, pc)
 		if u, ok := m["app_groups_notification_queue_usage_ratio"]; !ok || u < 0 || u > 1 {
 			t.Errorf("app_groups_notification_queue_usage_ratio = %v (exported: %t), want 0 to 1", u, ok)
 		}
@@ -106,10 +103,11 @@ dbscope_groups_slow_total 0
 			m[`app_groups_large_bytes_total{event="received"}`] <= 10000 {
 			t.Errorf("the large message not counted: %v", m)
 		}
-		if len(m) != 13 {
-			t.Errorf("%d series, want 13: %v", len(m), m)
+		if len(m) != 6 {
+			t.Errorf("the engine's collector: %d series, want 6: %v", len(m), m)
 		}
 		lint(t, c)
+		lint(t, pc)
 	})
 }
 

@@ -94,7 +94,7 @@ func BenchmarkPostgresPayload(b *testing.B) {
 			sec := b.Elapsed().Seconds()
 			b.ReportMetric(float64(2*b.N)/sec, "deliveries/s")
 			b.ReportMetric(float64(2*b.N*size)/sec/1e6, "MB/s")
-			if st := ins[1].layer.Stats(); size > 8000 && st.LargeReceived != int64(b.N) {
+			if st := ins[1].pg.Stats(); size > 8000 && st.LargeReceived != int64(b.N) {
 				b.Errorf("the other instance read %d bodies, want %d", st.LargeReceived, b.N)
 			}
 		})

@@ -17,7 +17,7 @@ import (
 // says so with ErrPayloadTable: create it beforehand with the DDL of
 // NewPostgres's doc. (Not run by go test: it needs a connection straight
 // to PostgreSQL for the listener, and leaves the table behind.)
-func ExampleNewPostgres() {
+func ExamplePostgresOptions_largeMessages() {
 	db, err := sql.Open("pgx", os.Getenv("DATABASE_URL")) // through PgBouncer, say
 	if err != nil {
 		log.Fatal(err)

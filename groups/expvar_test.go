@@ -21,5 +21,5 @@ func ExampleLayer_Stats() {
 	expvar.Publish("dbscope_groups", expvar.Func(func() any { return layer.Stats() }))
 	fmt.Println(expvar.Get("dbscope_groups"))
 	// Output:
-	// {"Groups":0,"Members":0,"Sent":0,"Delivered":0,"Slow":0,"Gaps":0,"Reconnects":0,"QueueUsage":-1,"LargeSent":0,"LargeSentBytes":0,"LargeReceived":0,"LargeReceivedBytes":0,"LargeMissing":0}
+	// {"Groups":0,"Members":0,"Sent":0,"Delivered":0,"Slow":0,"Gaps":0,"Reconnects":0}
 }

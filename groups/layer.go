@@ -285,8 +285,9 @@ func (l *Layer) membersOf(group string) []*Member {
 	return out
 }
 
-// Stats is a snapshot of a layer's counters. Gauges are current values;
-// the rest count since the layer was made.
+// Stats is a snapshot of a layer's counters, whatever its engine (an
+// engine's own figures are its Stats: [Postgres.Stats], natslayer's).
+// Gauges are current values; the rest count since the layer was made.
 type Stats struct {
 	Groups  int // groups with members in this process
 	Members int // members, each counted once whatever its groups
@@ -296,19 +297,6 @@ type Stats struct {
 	Slow       int64 // members that fell behind their queue, told and dropped
 	Gaps       int64 // gap events queued to members
 	Reconnects int64 // reconnections of the engine
-
-	// QueueUsage is PostgreSQL's pg_notification_queue_usage() (0 to 1:
-	// at 1, commits that NOTIFY fail), as last sampled; -1 for other
-	// engines.
-	QueueUsage float64
-
-	// The PostgreSQL engine's messages past NOTIFY's limit, carried
-	// through its table (see NewPostgres); 0 for other engines.
-	LargeSent          int64 // written by this instance's sends (a rollback undoes the row, not the count)
-	LargeSentBytes     int64
-	LargeReceived      int64 // read by this instance's listener: once per message, whatever the members
-	LargeReceivedBytes int64
-	LargeMissing       int64 // references whose row was gone when read: a gap for the group
 }
 
 // Stats returns a snapshot of the layer's counters.
@@ -324,13 +312,6 @@ func (l *Layer) Stats() Stats {
 		Slow:       l.c.slow.Load(),
 		Gaps:       l.c.gaps.Load(),
 		Reconnects: l.c.reconnects.Load(),
-		QueueUsage: -1,
-	}
-	if q, ok := l.engine.(interface{ QueueUsage() float64 }); ok {
-		st.QueueUsage = q.QueueUsage()
-	}
-	if e, ok := l.engine.(interface{ largeStats(*Stats) }); ok {
-		e.largeStats(&st)
 	}
 	return st
 }

@@ -32,7 +32,7 @@ type PostgresOptions struct {
 	Namespace string
 
 	// SampleEvery is how often the listener samples
-	// pg_notification_queue_usage() (Stats.QueueUsage), which also checks
+	// pg_notification_queue_usage() (PostgresStats.QueueUsage), which also checks
 	// its connection. Default: 10s.
 	SampleEvery time.Duration
 
@@ -85,7 +85,7 @@ type PostgresOptions struct {
 // session reset (as after any DML); one SELECT per instance per batch of
 // references; the rows, kept PayloadMaxAge and then deleted by the
 // listeners. A reference whose row is gone when read is a gap for its
-// group, counted in Stats.LargeMissing. Behind PgBouncer in transaction
+// group, counted in PostgresStats.LargeMissing. Behind PgBouncer in transaction
 // mode (dbctx.Options.TransactionPooling) the statement is a transaction
 // of its own or part of the sender's, as the NOTIFY alone is.
 //
@@ -110,7 +110,7 @@ type PostgresOptions struct {
 // The listener reconnects forever, with backoff and jitter, and then
 // LISTENs again and gives every member a gap. Start connects once and
 // fails where it cannot.
-func NewPostgres(pool *dbctx.Pool, opts *PostgresOptions) Engine {
+func NewPostgres(pool *dbctx.Pool, opts *PostgresOptions) *Postgres {
 	var o PostgresOptions
 	if opts != nil {
 		o = *opts
@@ -139,7 +139,7 @@ func NewPostgres(pool *dbctx.Pool, opts *PostgresOptions) Engine {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	e := &postgres{pool: pool, opts: o, refs: map[string]int{}}
+	e := &Postgres{pool: pool, opts: o, refs: map[string]int{}}
 	e.table = newPayloadTable(o)
 	return e
 }
@@ -147,7 +147,9 @@ func NewPostgres(pool *dbctx.Pool, opts *PostgresOptions) Engine {
 // maxNotify is PostgreSQL's limit on a NOTIFY payload (< 8000 bytes).
 const maxNotify = 7999
 
-type postgres struct {
+// Postgres is the engine of [NewPostgres]: give it to [New]; its Stats
+// are its own.
+type Postgres struct {
 	pool *dbctx.Pool
 	opts PostgresOptions
 	in   Inbox
@@ -181,12 +183,12 @@ type command struct {
 // SHA-256 of the namespace and the group in hex, so any name fits
 // PostgreSQL's 63 bytes and needs no quoting; groups of a namespace that
 // share one are told apart by the envelope.
-func (e *postgres) channelOf(group string) string {
+func (e *Postgres) channelOf(group string) string {
 	h := sha256.Sum256([]byte(e.opts.Namespace + "\x00" + group))
 	return "dbscope_" + hex.EncodeToString(h[:16])
 }
 
-func (e *postgres) Start(in Inbox) error {
+func (e *Postgres) Start(in Inbox) error {
 	e.in = in
 	cfg, err := pgx.ParseConfig(e.opts.ListenDSN) // pgx's, so its own settings are not sent
 	if err != nil {
@@ -225,10 +227,10 @@ func (e *postgres) Start(in Inbox) error {
 	return nil
 }
 
-func (e *postgres) Transactional() bool { return true }
-func (e *postgres) MaxPayload() int     { return e.opts.MaxPayload }
+func (e *Postgres) Transactional() bool { return true }
+func (e *Postgres) MaxPayload() int     { return e.opts.MaxPayload }
 
-func (e *postgres) Ready() error {
+func (e *Postgres) Ready() error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.state != nil {
@@ -237,22 +239,22 @@ func (e *postgres) Ready() error {
 	return nil
 }
 
-// QueueUsage returns the last sample of pg_notification_queue_usage(), -1
+// queueUsage returns the last sample of pg_notification_queue_usage(), -1
 // before the first.
-func (e *postgres) QueueUsage() float64 {
+func (e *Postgres) queueUsage() float64 {
 	if !e.sampled.Load() {
 		return -1
 	}
 	return math.Float64frombits(e.usage.Load())
 }
 
-func (e *postgres) Close() error {
+func (e *Postgres) Close() error {
 	e.cancel()
 	<-e.done
 	return nil
 }
 
-func (e *postgres) Publish(ctx context.Context, group string, payload []byte) error {
+func (e *Postgres) Publish(ctx context.Context, group string, payload []byte) error {
 	if len(payload) > e.opts.MaxPayload {
 		return fmt.Errorf("%w: %d bytes, the engine carries %d", ErrTooLarge, len(payload), e.opts.MaxPayload)
 	}
@@ -271,7 +273,7 @@ func (e *postgres) Publish(ctx context.Context, group string, payload []byte) er
 	return e.pool.Do(ctx, notify)
 }
 
-func (e *postgres) Subscribe(ctx context.Context, group string) error {
+func (e *Postgres) Subscribe(ctx context.Context, group string) error {
 	done := make(chan error, 1)
 	e.mu.Lock()
 	up := e.state == nil
@@ -292,14 +294,14 @@ func (e *postgres) Subscribe(ctx context.Context, group string) error {
 	}
 }
 
-func (e *postgres) Unsubscribe(group string) {
+func (e *Postgres) Unsubscribe(group string) {
 	e.mu.Lock()
 	e.push(command{channel: e.channelOf(group)})
 	e.mu.Unlock()
 }
 
 // push queues c for the listener and interrupts its wait. e.mu is held.
-func (e *postgres) push(c command) {
+func (e *Postgres) push(c command) {
 	e.pending = append(e.pending, c)
 	if e.interrupt != nil {
 		e.interrupt()
@@ -308,7 +310,7 @@ func (e *postgres) push(c command) {
 
 // listen runs the listener until Close: serves conn, and reconnects
 // whenever it breaks.
-func (e *postgres) listen(conn *pgconn.PgConn) {
+func (e *Postgres) listen(conn *pgconn.PgConn) {
 	defer close(e.done)
 	backoff := minBackoff
 	reconnected := false
@@ -352,7 +354,7 @@ func jitter(d time.Duration) time.Duration {
 	return d/2 + time.Duration(rand.Int64N(int64(d)))
 }
 
-func (e *postgres) setState(err error) {
+func (e *Postgres) setState(err error) {
 	e.mu.Lock()
 	e.state = err
 	e.mu.Unlock()
@@ -361,7 +363,7 @@ func (e *postgres) setState(err error) {
 // serve LISTENs on every channel subscribed, tells members of a gap after
 // a reconnection, then waits for notifications and commands until the
 // connection breaks or Close.
-func (e *postgres) serve(conn *pgconn.PgConn, reconnected bool) error {
+func (e *Postgres) serve(conn *pgconn.PgConn, reconnected bool) error {
 	// What arrived on a broken connection and was not handed on is
 	// covered by the gap below.
 	e.notes = nil
@@ -431,7 +433,7 @@ func (e *postgres) serve(conn *pgconn.PgConn, reconnected bool) error {
 
 // count applies c to the subscription counts and reports whether the
 // channel must now be LISTENed (1) or UNLISTENed (-1).
-func (e *postgres) count(c command) int {
+func (e *Postgres) count(c command) int {
 	if c.listen {
 		e.refs[c.channel]++
 		if e.refs[c.channel] == 1 {
@@ -447,7 +449,7 @@ func (e *postgres) count(c command) int {
 	return 0
 }
 
-func (e *postgres) apply(conn *pgconn.PgConn, c command) error {
+func (e *Postgres) apply(conn *pgconn.PgConn, c command) error {
 	switch e.count(c) {
 	case 1:
 		return e.exec(conn, "LISTEN "+c.channel)
@@ -457,14 +459,14 @@ func (e *postgres) apply(conn *pgconn.PgConn, c command) error {
 	return nil
 }
 
-func (e *postgres) exec(conn *pgconn.PgConn, sql string) error {
+func (e *Postgres) exec(conn *pgconn.PgConn, sql string) error {
 	ctx, cancel := context.WithTimeout(e.ctx, 10*time.Second)
 	defer cancel()
 	_, err := conn.Exec(ctx, sql).ReadAll()
 	return err
 }
 
-func (e *postgres) sampleUsage(conn *pgconn.PgConn) error {
+func (e *Postgres) sampleUsage(conn *pgconn.PgConn) error {
 	ctx, cancel := context.WithTimeout(e.ctx, 10*time.Second)
 	defer cancel()
 	res, err := conn.Exec(ctx, "SELECT pg_notification_queue_usage()").ReadAll()
@@ -485,7 +487,7 @@ func (e *postgres) sampleUsage(conn *pgconn.PgConn) error {
 // references of a batch. What arrives during that query queues behind the
 // batch. An error is the connection's: the rest is covered by the gap of
 // the reconnection.
-func (e *postgres) drain(conn *pgconn.PgConn) error {
+func (e *Postgres) drain(conn *pgconn.PgConn) error {
 	for len(e.notes) > 0 {
 		n, ids := len(e.notes), []string(nil)
 		if e.table != nil {
@@ -525,7 +527,7 @@ func (e *postgres) drain(conn *pgconn.PgConn) error {
 // wait waits for a notification (OnNotification queues it) for at most
 // d, or until a command is pushed or Close. A timeout or an interruption
 // keeps the connection: pgconn closes it on other errors only.
-func (e *postgres) wait(conn *pgconn.PgConn, d time.Duration) error {
+func (e *Postgres) wait(conn *pgconn.PgConn, d time.Duration) error {
 	ctx, cancel := context.WithTimeout(e.ctx, max(d, time.Millisecond))
 	defer cancel()
 	e.mu.Lock()

@@ -239,15 +239,35 @@ func (t *payloadTable) cleanup(ctx context.Context, conn *pgconn.PgConn) error {
 	return nil
 }
 
-// largeStats adds the table's counters to st.
-func (e *postgres) largeStats(st *Stats) {
+// PostgresStats is a snapshot of the PostgreSQL engine's own figures;
+// the counters count since the engine was made.
+type PostgresStats struct {
+	// QueueUsage is PostgreSQL's pg_notification_queue_usage() (0 to 1:
+	// at 1, commits that NOTIFY fail), as last sampled (see
+	// PostgresOptions.SampleEvery); -1 before the first sample.
+	QueueUsage float64
+
+	// Messages past NOTIFY's limit, carried through the table (see
+	// NewPostgres).
+	LargeSent          int64 // written by this instance's sends (a rollback undoes the row, not the count)
+	LargeSentBytes     int64
+	LargeReceived      int64 // read by this instance's listener: once per message, whatever the members
+	LargeReceivedBytes int64
+	LargeMissing       int64 // references whose row was gone when read: a gap for the group
+}
+
+// Stats returns a snapshot of the engine's figures; the layer's are
+// [Layer.Stats].
+func (e *Postgres) Stats() PostgresStats {
+	st := PostgresStats{QueueUsage: e.queueUsage()}
 	t := e.table
 	if t == nil {
-		return
+		return st
 	}
 	st.LargeSent = t.sent.Load()
 	st.LargeSentBytes = t.sentBytes.Load()
 	st.LargeReceived = t.received.Load()
 	st.LargeReceivedBytes = t.receivedBytes.Load()
 	st.LargeMissing = t.missing.Load()
+	return st
 }

@@ -149,13 +149,13 @@ func TestLargePayloads(t *testing.T) {
 	}
 	var stored int64
 	for i, in := range ins {
-		st := in.layer.Stats()
-		stored += st.LargeSent
-		if st.LargeReceived != int64(len(sent)) || st.LargeMissing != 0 || st.Gaps != 0 || st.Slow != 0 {
-			t.Errorf("instance %d: want each body read once (%d), nothing missing: %+v", i, len(sent), st)
+		st, pg := in.layer.Stats(), in.pg.Stats()
+		stored += pg.LargeSent
+		if pg.LargeReceived != int64(len(sent)) || pg.LargeMissing != 0 || st.Gaps != 0 || st.Slow != 0 {
+			t.Errorf("instance %d: want each body read once (%d), nothing missing: %+v, %+v", i, len(sent), st, pg)
 		}
-		if st.LargeReceivedBytes <= int64(len(sent))*8<<10 {
-			t.Errorf("instance %d: %d bytes read", i, st.LargeReceivedBytes)
+		if pg.LargeReceivedBytes <= int64(len(sent))*8<<10 {
+			t.Errorf("instance %d: %d bytes read", i, pg.LargeReceivedBytes)
 		}
 	}
 	if stored != int64(len(sent))+1 {
@@ -229,7 +229,7 @@ func TestLargeOrder(t *testing.T) {
 		}
 	}
 	for _, in := range ins {
-		if st := in.layer.Stats(); st.LargeReceived == 0 || st.LargeMissing != 0 {
+		if st := in.pg.Stats(); st.LargeReceived == 0 || st.LargeMissing != 0 {
 			t.Errorf("want large messages read, none missing: %+v", st)
 		}
 	}
@@ -300,9 +300,9 @@ func TestLargeMissingRow(t *testing.T) {
 		if len(got) != 2 || !got[0].Gap || got[0].Group != "gone" || string(got[1].Data) != "after" {
 			t.Fatalf("member %d got %+v, want a gap of gone, then after", i, got)
 		}
-		st := ins[i].layer.Stats()
-		if st.LargeMissing != 1 || st.Gaps != 1 || st.LargeReceived != 0 {
-			t.Errorf("instance %d: want one missing row, one gap: %+v", i, st)
+		st, pg := ins[i].layer.Stats(), ins[i].pg.Stats()
+		if pg.LargeMissing != 1 || st.Gaps != 1 || pg.LargeReceived != 0 {
+			t.Errorf("instance %d: want one missing row, one gap: %+v, %+v", i, st, pg)
 		}
 		if n := logs[i].Count(slog.LevelWarn, "groups: large messages were gone"); n != 1 {
 			t.Errorf("instance %d: logged %d times, want once:\n%s", i, n, logs[i])

@@ -141,7 +141,7 @@ func Run(ctx context.Context, cfg Config, routes func(*App) http.Handler) error 
 	defer layer.Close()
 
 	a := &App{Pool: pool, Log: log, Layer: layer, ServerTiming: !cfg.NoServerTiming, asRole: asRole}
-	a.Metrics = metrics(db, pool, layer, log)
+	a.Metrics = metrics(db, pool, layer, engine, log)
 	// A socket's records carry the attributes routes gives App.LogAttrs
 	// (read when a record is logged: routes runs after this).
 	logAttrs := func(ctx context.Context) []slog.Attr { return a.logAttrs(ctx) }
@@ -388,7 +388,7 @@ func (a *App) Stats(w http.ResponseWriter, r *http.Request) {
 // metrics returns the handler of GET /metrics. The registry is the
 // server's own, not prometheus.DefaultRegisterer: two instances in one
 // process (as in the tests) each export their own pool.
-func metrics(db *sql.DB, pool *dbctx.Pool, layer *groups.Layer, log *slog.Logger) http.Handler {
+func metrics(db *sql.DB, pool *dbctx.Pool, layer *groups.Layer, engine groups.Engine, log *slog.Logger) http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
 		collectors.NewGoCollector(),
@@ -397,6 +397,9 @@ func metrics(db *sql.DB, pool *dbctx.Pool, layer *groups.Layer, log *slog.Logger
 		dbprom.NewCollector(pool, nil),
 		dbprom.NewGroupsCollector(layer, nil),
 	)
+	if pg, ok := engine.(*groups.Postgres); ok {
+		reg.MustRegister(dbprom.NewPostgresCollector(pg, nil))
+	}
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	})
