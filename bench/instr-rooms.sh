@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Instructions per delivery of the room workload (bench/server's /ws/room
+# and /ws/fanout, bench/load -members), raw vs sync vs async on the memory
+# engine, one instance: the server's user-space instructions, counted by
+# valgrind's cachegrind, as instr.sh counts them per message. They barely
+# move with what else the machine does, where rooms.sh's deliveries/s
+# and CPU time do; they miss the kernel, cache misses and waiting.
+#
+#   bench/instr-rooms.sh                          # 100 members, 4 senders x 20 then 60 messages
+#   TOP=30 bench/instr-rooms.sh                   # and the 30 functions that differ most from raw
+#   MODES="raw sync" ENDPOINTS=fanout bench/instr-rooms.sh
+#   KEEP=/tmp/before bench/instr-rooms.sh         # keep each run's instructions per function (MODE.ENDPOINT.per)
+#
+# Each server runs under cachegrind for SMALL and BIG messages per sender
+# (each REPEAT times, the least count kept); the difference of the two
+# totals over the difference in deliveries (members x senders x (BIG -
+# SMALL)) cancels start-up, the joins and shutdown. Needs valgrind, jq and
+# PostgreSQL as rooms.sh does.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+members=${MEMBERS:-100}
+senders=${SENDERS:-4}
+small=${SMALL:-20}
+big=${BIG:-60}
+top=${TOP:-0}
+repeat=${REPEAT:-2}
+port=${PORT:-18590}
+modes=${MODES:-raw sync async}
+endpoints=${ENDPOINTS:-fanout room}
+source bench/lib.sh
+need valgrind jq
+
+# As in instr.sh: valgrind does not decode RDTSCP, which the runtime's
+# cputicks uses; the server is built with its other branch.
+asm=$(go env GOROOT)/src/runtime/asm_amd64.s
+awk '/CMPB.*HasRDTSCP/ { print "\tJMP\tfences"; getline; next } { print }' "$asm" >"$tmp/asm_amd64.s"
+grep -q 'JMP	fences' "$tmp/asm_amd64.s" || { echo "instr-rooms.sh: cputicks not found in $asm" >&2; exit 1; }
+printf '{"Replace":{"%s":"%s"}}\n' "$asm" "$tmp/asm_amd64.s" >"$tmp/overlay.json"
+go build -overlay "$tmp/overlay.json" -o "$tmp/server" ./bench/server
+go build -o "$tmp/load" ./bench/load
+
+# count MODE ENDPOINT N: the server's instructions over N messages per
+# sender, by function, into $tmp/MODE.ENDPOINT.N.fn; prints the total.
+count() {
+	local mode=$1 e=$2 n=$3 out=$tmp/cg.$1.$2.$3
+	if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+		echo "instr-rooms.sh: port $port is taken (set PORT)" >&2
+		exit 1
+	fi
+	GODEBUG=asyncpreemptoff=1 valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file="$out" \
+		"$tmp/server" -mode "$mode" -addr "127.0.0.1:$port" -app "instr-rooms-$mode" >"$tmp/server.out" 2>&1 &
+	pid=$!
+	"$tmp/load" -url "http://127.0.0.1:$port" -wait 120s -timeout 120s -members "$members" -senders "$senders" \
+		-messages "$n" -endpoint "$e" >"$tmp/load.json"
+	jq -e '.lost == 0 and .duplicated == 0 and .wrong == 0 and .broken_sockets == 0' "$tmp/load.json" >/dev/null ||
+		{ echo "instr-rooms.sh: $mode/$e/$n: load failed: $(cat "$tmp/load.json")" >&2; exit 1; }
+	kill -TERM "$pid"
+	wait "$pid" || true
+	pid=
+	awk '/^fn=/ { fn = substr($0, 4); next } NF == 2 && $1 ~ /^[0-9]+$/ { ir[fn] += $2 }
+		END { for (f in ir) printf "%s\t%d\n", f, ir[f] }' "$out" >"$tmp/$mode.$e.$n.fn"
+	awk -F'\t' '{ t += $2 } END { printf "%d\n", t }' "$tmp/$mode.$e.$n.fn"
+}
+
+# least MODE ENDPOINT N: count's least total over $repeat runs.
+least() {
+	local best= t f=$1.$2.$3
+	for _ in $(seq 1 "$repeat"); do
+		t=$(count "$1" "$2" "$3")
+		if [ -z "$best" ] || [ "$t" -lt "$best" ]; then
+			best=$t
+			cp "$tmp/$f.fn" "$tmp/$f.best"
+		fi
+	done
+	mv "$tmp/$f.best" "$tmp/$f.fn"
+	echo "$best"
+}
+
+deliveries=$((members * senders * (big - small)))
+echo "# $(go version | cut -d' ' -f3), $(valgrind --version), members=$members senders=$senders messages=$small,$big, $(date -u +%FT%TZ), load average $(cut -d' ' -f1-3 /proc/loadavg)"
+printf '%-8s %-8s %16s %8s\n' endpoint mode instr/delivery x_raw
+declare -A per
+for e in $endpoints; do
+	for mode in $modes; do
+		a=$(least "$mode" "$e" "$small")
+		b=$(least "$mode" "$e" "$big")
+		per[$mode.$e]=$(((b - a) / deliveries))
+		awk -F'\t' -v m="$deliveries" 'NR == FNR { s[$1] = $2; next } { d[$1] = $2 - s[$1] } END { for (f in d) printf "%s\t%.0f\n", f, d[f] / m }' \
+			"$tmp/$mode.$e.$small.fn" "$tmp/$mode.$e.$big.fn" >"$tmp/$mode.$e.per"
+		x=-
+		[ -n "${per[raw.$e]:-}" ] && x=$(awk -v a="${per[$mode.$e]}" -v r="${per[raw.$e]}" 'BEGIN { printf "%.3f", a / r }')
+		printf '%-8s %-8s %16d %8s\n' "$e" "$mode" "${per[$mode.$e]}" "$x"
+		[ -n "${KEEP:-}" ] && mkdir -p "$KEEP" && cp "$tmp/$mode.$e.per" "$KEEP/"
+	done
+done
+
+if [ "$top" -gt 0 ]; then
+	for e in $endpoints; do
+		for mode in $modes; do
+			[ "$mode" != raw ] && [ -f "$tmp/raw.$e.per" ] || continue
+			echo
+			echo "# $e: $mode - raw, instructions per delivery, the $top functions that differ most"
+			awk -F'\t' 'NR == FNR { r[$1] = $2; next } { d = $2 - r[$1]; delete r[$1]; if (d) printf "%d\t%+8d\t%s\n", d < 0 ? -d : d, d, $1 }
+				END { for (f in r) if (r[f]) printf "%d\t%+8d\t%s\n", r[f] < 0 ? -r[f] : r[f], -r[f], f }' "$tmp/raw.$e.per" "$tmp/$mode.$e.per" |
+				sort -t$'\t' -k1,1nr | awk -F'\t' -v n="$top" 'NR <= n { print $2 "\t" $3 }'
+		done
+	done
+fi
