@@ -576,3 +576,36 @@ func TestSendWithAnotherPoolsScope(t *testing.T) {
 		t.Fatalf("the other pool's scope was used: %+v", st)
 	}
 }
+
+// A member's goroutine waits a moment for the next event, then exits: an
+// idle member holds no goroutine, and the layer's sweep stops too. Close
+// ends a waiting goroutine at once.
+func TestIdleMemberHoldsNoGoroutine(t *testing.T) {
+	t.Parallel()
+	l := instances(t, pgtest.New(t), "memory", 1)[0].layer
+	ctx := context.Background()
+	r := &recorder{}
+	m := l.NewMember(r.handle, nil)
+	if err := m.Join(ctx, "g"); err != nil {
+		t.Fatal(err)
+	}
+	send := func(n int64) {
+		t.Helper()
+		for range n {
+			if err := l.Send(ctx, "g", []byte("x")); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	send(10)
+	dbtest.Eventually(t, "10 events", func() bool { return r.n.Load() == 10 })
+	dbtest.Eventually(t, "the member's goroutine to exit", func() bool { return !m.Running() })
+	dbtest.Eventually(t, "the sweep to stop", func() bool { return !l.Sweeping() })
+	send(1)
+	dbtest.Eventually(t, "the 11th event", func() bool { return r.n.Load() == 11 })
+	m.Close()
+	if m.Running() {
+		t.Fatal("the goroutine runs after Close returned")
+	}
+	dbtest.Eventually(t, "the sweep to stop after Close", func() bool { return !l.Sweeping() })
+}

@@ -49,6 +49,12 @@ type Layer struct {
 	groups map[string]map[*Member]struct{}
 	closed atomic.Bool
 
+	// The members whose goroutine runs, for the sweep (see Member.run).
+	lmu      sync.Mutex
+	running  []*Member
+	sweeping bool          // the sweep's goroutine runs
+	ticks    atomic.Uint64 // the sweep's ticks
+
 	c struct {
 		members, sent, delivered, slow, gaps, reconnects atomic.Int64
 	}
