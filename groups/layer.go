@@ -251,7 +251,12 @@ func (in inbox) Deliver(payload []byte) {
 		l.log.Warn("groups: dropped a message not made by this package", "err", err)
 		return
 	}
-	for _, m := range l.membersOf(group) {
+	// Queued under the read lock rather than from a copy of the group's
+	// members: enqueue never blocks, and the copy cost an allocation per
+	// message.
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	for m := range l.groups[group] {
 		m.enqueue(Event{Group: group, Data: data})
 	}
 }
