@@ -257,8 +257,9 @@ func (h *Handler) event(pool *dbctx.Pool, s *Session, e groups.Event) {
 }
 
 // callback runs fn, a Receive or an Event (cb): in the sync style one at a
-// time for the socket (see Session.lockCallbacks), in a worker slot, its
-// sends held until the slot is released; its error closes the socket.
+// time for the socket (see Session.lockCallbacks), in a worker slot (an
+// Event's taken at its first statement), its sends held until the slot is
+// released; its error closes the socket.
 func (h *Handler) callback(pool *dbctx.Pool, s *Session, cb *Callback, fn func(ctx context.Context) error) {
 	ctx := s.cbCtx()
 	var out *outbox
