@@ -278,11 +278,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}()
 
 	if h.c.Connect != nil {
-		unlock := s.lockCallbacks()
+		locked := s.lockCallbacks()
 		err := h.call(s.cbCtx(), pool, &Callback{Kind: CallbackConnect, Session: s}, func(ctx context.Context) error {
 			return h.c.Connect(ctx, s)
 		})
-		unlock()
+		if locked {
+			s.cb.Unlock()
+		}
 		if err != nil {
 			s.leaveGroups()
 			h.refuse(w, r, err)

@@ -52,6 +52,7 @@ type Session struct {
 	finished bool                    // disconnecting: Go starts nothing
 	pending  []func(context.Context) // Go calls made before accept
 	member   *groups.Member          // made by the first Join
+	ev       *events                 // made by the first event; its member's goroutine's
 
 	cb  sync.Mutex // one sync callback at a time, where events may come (see lockCallbacks)
 	vmu sync.Mutex // AddValues, one at a time
@@ -59,14 +60,15 @@ type Session struct {
 
 // lockCallbacks makes a sync callback the only one of the socket running,
 // where the handler has a layer (events come on their own goroutine), and
-// returns its unlock. Elsewhere the read loop runs them one at a time
-// itself, and it costs nothing.
-func (s *Session) lockCallbacks() func() {
+// reports whether it locked s.cb, which the caller then unlocks.
+// Elsewhere the read loop runs them one at a time itself, and it costs
+// nothing.
+func (s *Session) lockCallbacks() bool {
 	if s.h.opts.Layer == nil || s.h.async {
-		return func() {}
+		return false
 	}
 	s.cb.Lock()
-	return s.cb.Unlock
+	return true
 }
 
 // Join makes the socket a member of group: the Event callback gets the
