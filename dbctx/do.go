@@ -65,20 +65,9 @@ func (p *Pool) Do(ctx context.Context, fn func(ctx context.Context, s *Scope) er
 }
 
 func init() {
-	lazyslot.Do = func(ctx context.Context, pool any, fn func(ctx context.Context) error) error {
-		return pool.(*Pool).doLazy(ctx, fn)
+	lazyslot.Do = func(ctx context.Context, scope any, fn func(ctx context.Context) error) error {
+		return scope.(*Scope).do(ctx, func(ctx context.Context, _ *Scope) error { return fn(ctx) }, true)
 	}
-}
-
-// doLazy is Do on the scope of p that ctx carries, where the outermost Do
-// takes the slot at fn's first statement rather than before fn (see
-// internal/lazyslot): fn that runs none takes none.
-func (p *Pool) doLazy(ctx context.Context, fn func(ctx context.Context) error) error {
-	f := func(ctx context.Context, _ *Scope) error { return fn(ctx) }
-	if s := p.From(ctx); s != nil && !s.async && !s.isEnded() {
-		return s.do(ctx, f, true)
-	}
-	return p.Do(ctx, f)
 }
 
 func (s *Scope) isEnded() bool {
@@ -112,11 +101,15 @@ func (s *Scope) do(ctx context.Context, fn func(ctx context.Context, s *Scope) e
 }
 
 // enterDo takes a slot for the outermost Do of the scope, unless lazy
-// (then its first statement takes it, as a request's does), and runs its
+// (internal/lazyslot: then its first statement takes it, as a request's
+// does, and a scope that cannot run statements refuses now), and runs its
 // boundary.
 func (s *Scope) enterDo(ctx context.Context, lazy bool) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if lazy && (s.async || s.ended) {
+		return s.usable()
+	}
 	if s.depth == 0 {
 		if !lazy {
 			if err := s.takeSlot(ctx); err != nil {

@@ -18,7 +18,8 @@ import (
 func TestLazySlot(t *testing.T) {
 	t.Parallel()
 	p, _ := newPool(t, &dbctx.Options{MaxWorkers: 1})
-	ctx := scopeCtx(t, p)
+	ctx, sc := p.Scope(context.Background())
+	t.Cleanup(sc.End)
 	inUse := func(want int) error {
 		if st := p.Stats(); st.InUse != want {
 			return fmt.Errorf("%d slots in use, want %d", st.InUse, want)
@@ -35,14 +36,14 @@ func TestLazySlot(t *testing.T) {
 	})
 	<-held
 	ran := false
-	if err := lazyslot.Do(ctx, p, func(context.Context) error { ran = true; return inUse(1) }); err != nil || !ran {
+	if err := lazyslot.Do(ctx, sc, func(context.Context) error { ran = true; return inUse(1) }); err != nil || !ran {
 		t.Fatalf("without a statement: ran %v, %v", ran, err)
 	}
 	close(release)
 	dbtest.Eventually(t, "the other unit's slot to be free", func() bool { return p.Stats().InUse == 0 })
 
 	// The first statement takes the slot, held to the end, nested Do on it.
-	err := lazyslot.Do(ctx, p, func(ctx context.Context) error {
+	err := lazyslot.Do(ctx, sc, func(ctx context.Context) error {
 		if err := inUse(0); err != nil {
 			return err
 		}
@@ -70,7 +71,7 @@ func TestLazySlot(t *testing.T) {
 	}
 
 	// A panic discards the connection and becomes a PanicError.
-	err = lazyslot.Do(ctx, p, func(ctx context.Context) error {
+	err = lazyslot.Do(ctx, sc, func(ctx context.Context) error {
 		if _, err := backendPID(ctx, dbctx.From(ctx)); err != nil {
 			return err
 		}
@@ -82,5 +83,11 @@ func TestLazySlot(t *testing.T) {
 	}
 	if st := p.Stats(); st.InUse != 0 || st.Pinned != 0 || st.Discarded.Panic != 1 {
 		t.Fatalf("after the panic: %d slots, %d pinned, %d discarded; want 0, 0, 1", st.InUse, st.Pinned, st.Discarded.Panic)
+	}
+
+	// An ended scope refuses, as its statements would.
+	sc.End()
+	if err := lazyslot.Do(ctx, sc, func(context.Context) error { return nil }); !errors.Is(err, dbctx.ErrScopeEnded) {
+		t.Fatalf("on an ended scope: %v, want ErrScopeEnded", err)
 	}
 }

@@ -356,15 +356,15 @@ func (h *Handler) call(ctx context.Context, pool *dbctx.Pool, cb *Callback, fn f
 	if h.opts.OnCallback != nil {
 		return h.observed(ctx, pool, cb, fn)
 	}
-	return h.run(ctx, pool, cb.Kind, fn)
+	return h.run(ctx, pool, cb, fn)
 }
 
-// run runs a callback of kind: in the sync style as dbctx.Do does on the
+// run runs a callback, cb: in the sync style as dbctx.Do does on the
 // socket's scope (a slot, CloseOld before and after), an Event taking its
 // slot at its first statement only (internal/lazyslot: an event passed on
 // to the client takes none); in the async style directly. A panic
 // becomes a *dbctx.PanicError.
-func (h *Handler) run(ctx context.Context, pool *dbctx.Pool, kind CallbackKind, fn func(ctx context.Context) error) (err error) {
+func (h *Handler) run(ctx context.Context, pool *dbctx.Pool, cb *Callback, fn func(ctx context.Context) error) (err error) {
 	if !h.async {
 		if len(h.opts.Pools) > 0 {
 			// The other pools' boundaries inside pool's; a panic in fn
@@ -377,8 +377,8 @@ func (h *Handler) run(ctx context.Context, pool *dbctx.Pool, kind CallbackKind, 
 				return err
 			}
 		}
-		if kind == CallbackEvent {
-			return lazyslot.Do(ctx, pool, fn)
+		if cb.Kind == CallbackEvent {
+			return lazyslot.Do(ctx, cb.Session.scope, fn)
 		}
 		return pool.Do(ctx, func(ctx context.Context, _ *dbctx.Scope) error { return fn(ctx) })
 	}

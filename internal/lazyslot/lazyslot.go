@@ -8,7 +8,7 @@ package lazyslot
 
 import "context"
 
-// Do runs fn on the scope of pool (a *dbctx.Pool) that ctx carries, as
-// pool.Do would, with the slot taken at fn's first statement. Where ctx
-// carries no usable scope of pool, it is pool.Do.
-var Do func(ctx context.Context, pool any, fn func(ctx context.Context) error) error
+// Do runs fn on scope (a *dbctx.Scope, which ctx carries) as scope's
+// pool.Do would, with the slot taken at fn's first statement. A scope
+// that has ended, or an async one, refuses as its statements would.
+var Do func(ctx context.Context, scope any, fn func(ctx context.Context) error) error
