@@ -257,7 +257,7 @@ func (in inbox) Deliver(payload []byte) {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
 	for m := range l.groups[group] {
-		m.enqueue(Event{Group: group, Data: data})
+		m.enqueue(Event{Group: group, Data: data}, true)
 	}
 }
 
@@ -272,7 +272,7 @@ func (in inbox) Gap(groups []string) {
 	}
 	for _, g := range groups {
 		for _, m := range l.membersOf(g) {
-			if m.enqueue(Event{Group: g, Gap: true}) {
+			if m.enqueue(Event{Group: g, Gap: true}, false) {
 				l.c.gaps.Add(1)
 			}
 		}

@@ -137,10 +137,16 @@ func (l *Layer) addExisting(group string, m *Member) bool {
 // group reaches it, those queued included.
 func (m *Member) Leave(group string) {
 	m.mu.Lock()
-	if _, in := m.groups[group]; !in {
-		m.mu.Unlock()
+	_, in := m.groups[group]
+	m.mu.Unlock()
+	if !in {
 		return
 	}
+	// Out of the layer's map first: Deliver queues under the layer's read
+	// lock, so once remove has it, nothing more of group is queued, and
+	// the filter below is the last word.
+	m.l.remove(group, m)
+	m.mu.Lock()
 	delete(m.groups, group)
 	kept := m.queue[:m.head]
 	for _, e := range m.queue[m.head:] {
@@ -153,7 +159,6 @@ func (m *Member) Leave(group string) {
 	clear(m.queue[len(kept):])
 	m.queue = kept
 	m.mu.Unlock()
-	m.l.remove(group, m)
 }
 
 // remove takes m out of the layer's map of group, and has the engine
@@ -236,16 +241,20 @@ func (m *Member) dropQueue() {
 }
 
 // enqueue queues e for the member, if it is in e's group, and reports
-// whether it did. An event that does not fit makes the member slow.
-// m.mu must not be held; the layer's mu may be.
-func (m *Member) enqueue(e Event) bool {
+// whether it did; inGroup says the caller knows it is (Deliver, which
+// found it in the layer's map under its read lock: see Leave). An event
+// that does not fit makes the member slow. m.mu must not be held; the
+// layer's mu may be.
+func (m *Member) enqueue(e Event, inGroup bool) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.closed || m.slow {
 		return false
 	}
-	if _, in := m.groups[e.Group]; !in {
-		return false
+	if !inGroup {
+		if _, in := m.groups[e.Group]; !in {
+			return false
+		}
 	}
 	if len(m.queue)-m.head+1 > m.opts.MaxQueue || m.bytes+len(e.Data) > m.opts.MaxBytes {
 		m.slow = true
