@@ -248,7 +248,7 @@ func (h *Handler) receive(pool *dbctx.Pool, s *Session, m message) {
 // slot are patient (internal/patient), bounded by the number of members (each waits
 // for one slot at a time), where refusing them would close the sockets.
 func (h *Handler) event(pool *dbctx.Pool, s *Session, e groups.Event) {
-	if h.c.Event == nil || s.ctx.Err() != nil {
+	if h.c.Event == nil || s.sock.Err() != nil {
 		return
 	}
 	ev := s.ev

@@ -46,7 +46,7 @@ type Options struct {
 	// WriteTimeout bounds how long a socket's writes may stall: a client
 	// that takes no message for this long while one waits to be written
 	// is closed, so it never holds up the senders. It is checked every
-	// WriteTimeout/4, so a stalled socket is closed within 1.25 times it.
+	// WriteTimeout/8, so a stalled socket is closed within 1.25 times it.
 	// Default: 10s.
 	WriteTimeout time.Duration
 

@@ -43,9 +43,13 @@ type Session struct {
 	ahead    chan frame   // the reader readOn started
 	out      *outbox      // sync Receive callbacks' context, made on first use
 
-	wmu        sync.Mutex
-	writers    int   // writes under way
-	writeSince int64 // monotonic(): the first of them began, or one finished
+	// Write state: the writes under way and those finished (write), and
+	// the write watchdog's view of them (stalled: the keepalive
+	// goroutine's alone).
+	writing   atomic.Int32
+	written   atomic.Uint32
+	seen      uint32 // written at stallFrom
+	stallFrom int64  // monotonic() of the look that found writes under way and no progress since; 0: none
 
 	mu       sync.Mutex
 	accepted bool
@@ -255,29 +259,29 @@ func (s *Session) write(c *websocket.Conn, typ websocket.MessageType, data []byt
 	// registration per message, so the write runs under a context that
 	// never ends, and the handler's keepalive goroutine closes a socket
 	// whose writes stall (see stalled). A disconnect closes the socket,
-	// which ends the write too.
-	s.wmu.Lock()
-	if s.writers == 0 {
-		s.writeSince = monotonic()
-	}
-	s.writers++
-	s.wmu.Unlock()
+	// which ends the write too. Counting writes costs no clock read.
+	s.writing.Add(1)
 	err := c.Write(s.wctx, typ, data)
-	s.wmu.Lock()
-	s.writers--
-	if s.writers > 0 {
-		s.writeSince = monotonic() // progress
-	}
-	s.wmu.Unlock()
+	s.written.Add(1)
+	s.writing.Add(-1)
 	return err
 }
 
-// stalled reports whether the socket has had writes under way for at
-// least timeout at now, none of them finishing.
+// stalled reports whether the socket has had writes under way, none of
+// them finishing, since a look at least timeout before now. The
+// keepalive goroutine alone calls it, every WriteTimeout/8 (see
+// keepalive): a write that stalls is first seen within an eighth of the
+// timeout, so the socket is closed after 1 to 1.25 times it.
 func (s *Session) stalled(now int64, timeout time.Duration) bool {
-	s.wmu.Lock()
-	defer s.wmu.Unlock()
-	return s.writers > 0 && now-s.writeSince >= int64(timeout)
+	if s.writing.Load() == 0 {
+		s.stallFrom = 0
+		return false
+	}
+	if w := s.written.Load(); s.stallFrom == 0 || w != s.seen {
+		s.seen, s.stallFrom = w, now // under way since this look at most
+		return false
+	}
+	return now-s.stallFrom >= int64(timeout)
 }
 
 // SendText writes one text message; see [Session.Send].
