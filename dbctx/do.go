@@ -68,6 +68,12 @@ func init() {
 	lazyslot.Do = func(ctx context.Context, scope any, fn func(ctx context.Context) error) error {
 		return scope.(*Scope).do(ctx, func(ctx context.Context, _ *Scope) error { return fn(ctx) }, true)
 	}
+	lazyslot.Holds = func(scope any) bool {
+		s := scope.(*Scope)
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.slot
+	}
 }
 
 func (s *Scope) isEnded() bool {

@@ -294,7 +294,7 @@ func (h *Handler) callback(pool *dbctx.Pool, s *Session, cb *Callback, fn func(c
 			defer s.cb.Unlock()
 		}
 		// Sends wait for the slot to be released (see Session.Send).
-		out = s.outbox()
+		out = s.outbox(cb.Kind)
 		ctx = out
 		defer out.flush()
 	}

@@ -340,7 +340,8 @@ func TestJoinWithoutLayer(t *testing.T) {
 
 // In the sync style an Event callback takes its worker slot at its first
 // statement: one that only passes the event on reaches the client while
-// every slot is held elsewhere; one that queries waits for the slot.
+// every slot is held elsewhere; one that queries waits for the slot, what
+// it sent before written at once.
 func TestEventTakesSlotAtFirstStatement(t *testing.T) {
 	t.Parallel()
 	p, _ := dbtest.NewPool(t, &dbctx.Options{MaxWorkers: 1})
@@ -358,6 +359,9 @@ func TestEventTakesSlotAtFirstStatement(t *testing.T) {
 		},
 		Event: func(ctx context.Context, s *wsconsumer.Session, e groups.Event) error {
 			if string(e.Data) == "query" {
+				if err := s.SendText(ctx, "before"); err != nil {
+					return err
+				}
 				var n int
 				if err := dbctx.From(ctx).QueryRowContext(ctx, "SELECT 1").Scan(&n); err != nil {
 					return err
@@ -388,8 +392,10 @@ func TestEventTakesSlotAtFirstStatement(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if got := readText(t, c); got != "pass" {
-		t.Fatalf("got %q, want pass", got)
+	for _, want := range []string{"pass", "before"} {
+		if got := readText(t, c); got != want {
+			t.Fatalf("got %q, want %q", got, want)
+		}
 	}
 	dbtest.Eventually(t, "the querying event to wait for the slot", func() bool { return p.Stats().Waiting == 1 })
 	close(release)

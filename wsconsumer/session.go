@@ -11,6 +11,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/dbscope/dbscope/dbctx"
 	"github.com/dbscope/dbscope/groups"
+	"github.com/dbscope/dbscope/internal/lazyslot"
 )
 
 // Session is one websocket connection, handed to every callback of its
@@ -210,7 +211,10 @@ func (s *Session) Subprotocol() string {
 // written once the callback has returned and its worker slot and
 // connection are released, in order: a slow client then never holds a
 // database resource. Send returns nil for those at once; a write that
-// fails later closes the socket. A send with a callback's ctx once that
+// fails later closes the socket. An Event callback, which takes its slot
+// at its first statement, has what it sends before that written at once,
+// as the async style does, and what it sends from then on held so. A send
+// with a callback's ctx once that
 // callback has returned (from a goroutine it started) is written at once,
 // or, while a later callback of the socket runs, after that one.
 func (s *Session) Send(ctx context.Context, typ websocket.MessageType, data []byte) error {
@@ -229,13 +233,8 @@ func (s *Session) send(ctx context.Context, typ websocket.MessageType, data []by
 	}
 	if s.h.async {
 		// No outbox to look for: async callbacks' sends are written at once.
-	} else if ob := s.outboxOf(ctx); ob != nil {
-		if !owned {
-			data = append([]byte(nil), data...)
-		}
-		if ob.add(message{typ, data}) {
-			return nil
-		}
+	} else if ob := s.outboxOf(ctx); ob != nil && ob.add(typ, data, owned) {
+		return nil
 	}
 	return s.write(c, typ, data)
 }
@@ -388,28 +387,32 @@ var outboxKey = &ctxKey{"wsconsumer.outbox"}
 
 type ctxKey struct{ name string }
 
-// outbox holds what a sync Receive callback sends until its slot is
-// released. It is the callback's context, so that Send finds it. A socket
-// handles one message at a time, so it has one outbox, reused for every
-// message: a send with the context of a callback that has returned is
-// written at once, or, while a later callback runs, after that one.
+// outbox holds what a sync callback sends until its slot is released (an
+// Event's, from its first statement on: before it, it holds no slot). It
+// is the callback's context, so that Send finds it. A socket handles one
+// message at a time, so it has one outbox, reused for every message: a
+// send with the context of a callback that has returned is written at
+// once, or, while a later callback runs, after that one.
 type outbox struct {
 	context.Context
-	s    *Session
-	mu   sync.Mutex
-	open bool
-	msgs []message
+	s         *Session
+	mu        sync.Mutex
+	open      bool
+	untilSlot bool // an Event's: written at once until its scope holds a slot (no Options.Pools)
+	msgs      []message
 }
 
-// outbox returns the socket's outbox, open for a callback.
-func (s *Session) outbox() *outbox {
+// outbox returns the socket's outbox, open for a callback of kind.
+func (s *Session) outbox(kind CallbackKind) *outbox {
 	o := s.out
 	if o == nil {
 		o = &outbox{Context: s.ctx, s: s}
 		s.out = o
 	}
 	o.mu.Lock()
-	o.open = true
+	// With Options.Pools, the slots of their scopes would have to be
+	// asked too: an Event's sends are held from its start there.
+	o.open, o.untilSlot = true, kind == CallbackEvent && len(s.h.opts.Pools) == 0
 	o.mu.Unlock()
 	return o
 }
@@ -431,15 +434,19 @@ func (o *outbox) AfterFunc(f func()) func() bool {
 	return context.AfterFunc(o.Context, f)
 }
 
-// add queues m, or reports false once the callback is over (its ctx was
-// kept past it): the caller then writes at once.
-func (o *outbox) add(m message) bool {
+// add queues a message (a copy of data, unless owned), or reports false
+// once the callback is over (its ctx was kept past it) or, for an Event,
+// while it holds no slot: the caller then writes at once.
+func (o *outbox) add(typ websocket.MessageType, data []byte, owned bool) bool {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if !o.open {
+	if !o.open || o.untilSlot && len(o.msgs) == 0 && !lazyslot.Holds(o.s.scope) {
 		return false
 	}
-	o.msgs = append(o.msgs, m)
+	if !owned {
+		data = append([]byte(nil), data...)
+	}
+	o.msgs = append(o.msgs, message{typ, data})
 	return true
 }
 

@@ -12,3 +12,8 @@ import "context"
 // pool.Do would, with the slot taken at fn's first statement. A scope
 // that has ended, or an async one, refuses as its statements would.
 var Do func(ctx context.Context, scope any, fn func(ctx context.Context) error) error
+
+// Holds reports whether scope (a *dbctx.Scope) holds a worker slot now:
+// until it does, what the event sends holds up nothing of the database's,
+// and is written at once.
+var Holds func(scope any) bool
