@@ -38,13 +38,7 @@ endpoints=${ENDPOINTS:-fanout room}
 source bench/lib.sh
 need valgrind jq
 
-# As in instr.sh: valgrind does not decode RDTSCP, which the runtime's
-# cputicks uses; the server is built with its other branch.
-asm=$(go env GOROOT)/src/runtime/asm_amd64.s
-awk '/CMPB.*HasRDTSCP/ { print "\tJMP\tfences"; getline; next } { print }' "$asm" >"$tmp/asm_amd64.s"
-grep -q 'JMP	fences' "$tmp/asm_amd64.s" || { echo "instr-rooms.sh: cputicks not found in $asm" >&2; exit 1; }
-printf '{"Replace":{"%s":"%s"}}\n' "$asm" "$tmp/asm_amd64.s" >"$tmp/overlay.json"
-go build -overlay "$tmp/overlay.json" -o "$tmp/server" ./bench/server
+cachegrind_server
 go build -o "$tmp/load" ./bench/load
 
 # count MODE ENDPOINT N: the server's instructions over N messages per
@@ -68,23 +62,7 @@ count() {
 	kill -TERM "$pid"
 	wait "$pid" || true
 	pid=
-	awk '/^fn=/ { fn = substr($0, 4); next } NF == 2 && $1 ~ /^[0-9]+$/ { ir[fn] += $2 }
-		END { for (f in ir) printf "%s\t%d\n", f, ir[f] }' "$out" >"$tmp/$mode.$e.$n.fn"
-	awk -F'\t' '{ t += $2 } END { printf "%d\n", t }' "$tmp/$mode.$e.$n.fn"
-}
-
-# least MODE ENDPOINT N: count's least total over $repeat runs.
-least() {
-	local best= t f=$1.$2.$3
-	for _ in $(seq 1 "$repeat"); do
-		t=$(count "$1" "$2" "$3")
-		if [ -z "$best" ] || [ "$t" -lt "$best" ]; then
-			best=$t
-			cp "$tmp/$f.fn" "$tmp/$f.best"
-		fi
-	done
-	mv "$tmp/$f.best" "$tmp/$f.fn"
-	echo "$best"
+	fn_counts "$out" "$tmp/$mode.$e.$n.fn"
 }
 
 deliveries=$((members * senders * (big - small)))
@@ -96,24 +74,23 @@ for e in $endpoints; do
 		a=$(least "$mode" "$e" "$small")
 		b=$(least "$mode" "$e" "$big")
 		per[$mode.$e]=$(((b - a) / deliveries))
-		awk -F'\t' -v m="$deliveries" 'NR == FNR { s[$1] = $2; next } { d[$1] = $2 - s[$1] } END { for (f in d) printf "%s\t%.0f\n", f, d[f] / m }' \
-			"$tmp/$mode.$e.$small.fn" "$tmp/$mode.$e.$big.fn" >"$tmp/$mode.$e.per"
+		per_unit "$tmp/$mode.$e.$small.fn" "$tmp/$mode.$e.$big.fn" "$deliveries" >"$tmp/$mode.$e.per"
 		x=-
 		[ -n "${per[raw.$e]:-}" ] && x=$(awk -v a="${per[$mode.$e]}" -v r="${per[raw.$e]}" 'BEGIN { printf "%.3f", a / r }')
 		printf '%-8s %-8s %16d %8s\n' "$e" "$mode" "${per[$mode.$e]}" "$x"
-		[ -n "${KEEP:-}" ] && mkdir -p "$KEEP" && cp "$tmp/$mode.$e.per" "$KEEP/"
+		if [ -n "${KEEP:-}" ]; then
+			mkdir -p "$KEEP"
+			cp "$tmp/$mode.$e.per" "$KEEP/"
+		fi
 	done
 done
 
 if [ "$top" -gt 0 ]; then
 	for e in $endpoints; do
 		for mode in $modes; do
-			[ "$mode" != raw ] && [ -f "$tmp/raw.$e.per" ] || continue
-			echo
-			echo "# $e: $mode - raw, instructions per delivery, the $top functions that differ most"
-			awk -F'\t' 'NR == FNR { r[$1] = $2; next } { d = $2 - r[$1]; delete r[$1]; if (d) printf "%d\t%+8d\t%s\n", d < 0 ? -d : d, d, $1 }
-				END { for (f in r) if (r[f]) printf "%d\t%+8d\t%s\n", r[f] < 0 ? -r[f] : r[f], -r[f], f }' "$tmp/raw.$e.per" "$tmp/$mode.$e.per" |
-				sort -t$'\t' -k1,1nr | awk -F'\t' -v n="$top" 'NR <= n { print $2 "\t" $3 }'
+			if [ "$mode" != raw ] && [ -f "$tmp/raw.$e.per" ]; then
+				topdiff "raw.$e" "$mode.$e" "$e: $mode - raw, instructions per delivery"
+			fi
 		done
 	done
 fi
