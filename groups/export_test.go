@@ -7,6 +7,13 @@ func (m *Member) Running() bool {
 	return m.drain
 }
 
+// QueueCap returns the capacity of the member's queue's array.
+func (m *Member) QueueCap() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return cap(m.queue)
+}
+
 // Sweeping reports whether the layer's sweep runs.
 func (l *Layer) Sweeping() bool {
 	l.lmu.Lock()

@@ -609,3 +609,37 @@ func TestIdleMemberHoldsNoGoroutine(t *testing.T) {
 	}
 	dbtest.Eventually(t, "the sweep to stop after Close", func() bool { return !l.Sweeping() })
 }
+
+// A member whose queue never empties keeps an array of the size of what
+// waits, not of all it has had.
+func TestBusyMemberQueueBounded(t *testing.T) {
+	t.Parallel()
+	l := instances(t, pgtest.New(t), "memory", 1)[0].layer
+	ctx := context.Background()
+	step := make(chan struct{})
+	var got atomic.Int64
+	m := l.NewMember(func(groups.Event) { <-step; got.Add(1) }, &groups.MemberOptions{MaxQueue: 16})
+	defer m.Close()
+	if err := m.Join(ctx, "g"); err != nil {
+		t.Fatal(err)
+	}
+	for range 8 {
+		if err := l.Send(ctx, "g", []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const n = 2000
+	for range n {
+		if err := l.Send(ctx, "g", []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		step <- struct{}{}
+	}
+	if c := m.QueueCap(); c > 32 {
+		t.Fatalf("the queue's array holds %d events, for at most 16 waiting", c)
+	}
+	for range 8 {
+		step <- struct{}{}
+	}
+	dbtest.Eventually(t, "every event", func() bool { return got.Load() == n+8 })
+}

@@ -263,6 +263,13 @@ func (m *Member) enqueue(e Event, inGroup bool) bool {
 		m.kick()
 		return false
 	}
+	if len(m.queue) == cap(m.queue) && m.head > 0 {
+		// A queue that never empties would grow its array for ever
+		// behind head: move what waits to the front first.
+		n := copy(m.queue, m.queue[m.head:])
+		clear(m.queue[n:])
+		m.queue, m.head = m.queue[:n], 0
+	}
 	m.queue = append(m.queue, e)
 	m.bytes += len(e.Data)
 	m.kick()
