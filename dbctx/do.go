@@ -70,7 +70,12 @@ func init() {
 	}
 	lazyslot.Holds = func(scope any) bool {
 		s := scope.(*Scope)
-		s.mu.Lock()
+		if !s.mu.TryLock() {
+			// A statement or boundary is under way (another goroutine of
+			// the callback's): it may be taking the slot, and the send
+			// must not wait for it. Holding the message is the safe side.
+			return true
+		}
 		defer s.mu.Unlock()
 		return s.slot
 	}

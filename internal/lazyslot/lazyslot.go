@@ -15,5 +15,6 @@ var Do func(ctx context.Context, scope any, fn func(ctx context.Context) error) 
 
 // Holds reports whether scope (a *dbctx.Scope) holds a worker slot now:
 // until it does, what the event sends holds up nothing of the database's,
-// and is written at once.
+// and is written at once. It does not wait: while the scope is in use
+// (a statement of another goroutine), it reports true.
 var Holds func(scope any) bool
