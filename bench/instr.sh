@@ -45,14 +45,7 @@ fi
 
 need valgrind jq
 
-# valgrind 3.19 does not decode RDTSCP, which the Go runtime's cputicks
-# uses where the CPU has it: the server is built with the runtime's
-# other branch (MFENCE; LFENCE; RDTSC), through a build overlay.
-asm=$(go env GOROOT)/src/runtime/asm_amd64.s
-awk '/CMPB.*HasRDTSCP/ { print "\tJMP\tfences"; getline; next } { print }' "$asm" >"$tmp/asm_amd64.s"
-grep -q 'JMP	fences' "$tmp/asm_amd64.s" || { echo "instr.sh: cputicks not found in $asm" >&2; exit 1; }
-printf '{"Replace":{"%s":"%s"}}\n' "$asm" "$tmp/asm_amd64.s" >"$tmp/overlay.json"
-go build -overlay "$tmp/overlay.json" -o "$tmp/server" ./bench/server
+cachegrind_server
 go build -o "$tmp/load" ./bench/load
 
 # count MODE VARIANT N: the server's instructions over N messages per
@@ -75,31 +68,13 @@ count() {
 	kill -TERM "$pid"
 	wait "$pid" || true
 	pid=
-	awk '/^fn=/ { fn = substr($0, 4); next } NF == 2 && $1 ~ /^[0-9]+$/ { ir[fn] += $2 }
-		END { for (f in ir) printf "%s\t%d\n", f, ir[f] }' "$out" >"$tmp/$mode.$v.$n.fn"
-	awk -F'\t' '{ t += $2 } END { printf "%d\n", t }' "$tmp/$mode.$v.$n.fn"
+	fn_counts "$out" "$tmp/$mode.$v.$n.fn"
 }
 
 msgs=$((clients * (big - small)))
 echo "# $(go version | cut -d' ' -f3), $(valgrind --version), proto=$proto clients=$clients messages=$small,$big, $(date -u +%FT%TZ), load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "# variants=\"$variants\" tenants=$tenants"
 printf '%-8s %-12s %14s %8s %8s %10s %8s\n' mode workload instr/msg x_raw x_plain resets/1k wrong_t
-# least MODE VARIANT N: count's least total over $repeat runs, its
-# functions kept: now and then a run spends far more (the runtime spinning
-# while valgrind serializes its threads), never less.
-least() {
-	local best= t f=$1.$2.$3
-	for _ in $(seq 1 "$repeat"); do
-		t=$(count "$1" "$2" "$3")
-		if [ -z "$best" ] || [ "$t" -lt "$best" ]; then
-			best=$t
-			cp "$tmp/$f.fn" "$tmp/$f.best"
-		fi
-	done
-	mv "$tmp/$f.best" "$tmp/$f.fn"
-	echo "$best"
-}
-
 # ratio KEY: the count of $mode.$v over that of KEY (mode.variant), or -.
 declare -A per
 ratio() { [ -n "${per[$1]:-}" ] && awk -v a="${per[$mode.$v]}" -v r="${per[$1]}" 'BEGIN { printf "%.3f", a / r }' || echo -; }
@@ -108,9 +83,7 @@ for v in $variants; do
 		a=$(least "$mode" "$v" "$small")
 		b=$(least "$mode" "$v" "$big")
 		per[$mode.$v]=$(((b - a) / msgs))
-		# Per function: (big - small) / messages.
-		awk -F'\t' -v m="$msgs" 'NR == FNR { s[$1] = $2; next } { d[$1] = $2 - s[$1] } END { for (f in d) printf "%s\t%.0f\n", f, d[f] / m }' \
-			"$tmp/$mode.$v.$small.fn" "$tmp/$mode.$v.$big.fn" >"$tmp/$mode.$v.per"
+		per_unit "$tmp/$mode.$v.$small.fn" "$tmp/$mode.$v.$big.fn" "$msgs" >"$tmp/$mode.$v.per"
 		b0=$(base_variant "$v")
 		printf '%-8s %-12s %14d %8s %8s %10s %8s\n' "$mode" "$v" "${per[$mode.$v]}" "$(ratio "raw.$v")" \
 			"$([ -n "$b0" ] && ratio "$mode.$b0" || echo -)" \
@@ -119,22 +92,12 @@ for v in $variants; do
 	done
 done
 
-# topdiff A B TITLE: the $top functions whose instructions per message
-# differ most between $tmp/A.per and $tmp/B.per (B - A).
-topdiff() {
-	echo
-	echo "# $3, instructions per message, the $top functions that differ most"
-	awk -F'\t' 'NR == FNR { r[$1] = $2; next } { d = $2 - r[$1]; delete r[$1]; if (d) printf "%d\t%+8d\t%s\n", d < 0 ? -d : d, d, $1 }
-		END { for (f in r) if (r[f]) printf "%d\t%+8d\t%s\n", r[f] < 0 ? -r[f] : r[f], -r[f], f }' "$tmp/$1.per" "$tmp/$2.per" |
-		sort -t$'\t' -k1,1nr | awk -F'\t' -v n="$top" 'NR <= n { print $2 "\t" $3 }'
-}
-
 if [ "$top" -gt 0 ]; then
 	for v in $variants; do
 		b0=$(base_variant "$v")
 		for mode in $modes; do
-			[ "$mode" != raw ] && [ -f "$tmp/raw.$v.per" ] && topdiff "raw.$v" "$mode.$v" "$mode - raw ($v)"
-			[ -n "$b0" ] && [ -f "$tmp/$mode.$b0.per" ] && topdiff "$mode.$b0" "$mode.$v" "$mode: $v - $b0"
+			[ "$mode" != raw ] && [ -f "$tmp/raw.$v.per" ] && topdiff "raw.$v" "$mode.$v" "$mode - raw ($v), instructions per message"
+			[ -n "$b0" ] && [ -f "$tmp/$mode.$b0.per" ] && topdiff "$mode.$b0" "$mode.$v" "$mode: $v - $b0, instructions per message"
 		done
 	done
 fi

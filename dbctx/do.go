@@ -3,6 +3,8 @@ package dbctx
 import (
 	"context"
 	"runtime/debug"
+
+	"github.com/dbscope/dbscope/internal/lazyslot"
 )
 
 // Do runs fn in a worker slot with a usable scope, the port of Channels'
@@ -50,16 +52,33 @@ func DoValue[T any](ctx context.Context, fn func(ctx context.Context, s *Scope) 
 // excepted, which discards every connection fn may have been using).
 func (p *Pool) Do(ctx context.Context, fn func(ctx context.Context, s *Scope) error) error {
 	if s := p.From(ctx); s != nil && !s.async && !s.isEnded() {
-		return s.do(ctx, fn)
+		return s.do(ctx, fn, false)
 	}
 	if p.opts.OnDo != nil {
 		return p.doObserved(ctx, fn)
 	}
 	s := &Scope{pool: p, outer: outerOf(ctx)}
 	s.ctx = scopeCtx{Context: ctx, s: s}
-	err := s.do(&s.ctx, fn)
+	err := s.do(&s.ctx, fn, false)
 	s.End()
 	return err
+}
+
+func init() {
+	lazyslot.Do = func(ctx context.Context, scope any, fn func(ctx context.Context) error) error {
+		return scope.(*Scope).do(ctx, func(ctx context.Context, _ *Scope) error { return fn(ctx) }, true)
+	}
+	lazyslot.Holds = func(scope any) bool {
+		s := scope.(*Scope)
+		if !s.mu.TryLock() {
+			// A statement or boundary is under way (another goroutine of
+			// the callback's): it may be taking the slot, and the send
+			// must not wait for it. Holding the message is the safe side.
+			return true
+		}
+		defer s.mu.Unlock()
+		return s.slot
+	}
 }
 
 func (s *Scope) isEnded() bool {
@@ -68,8 +87,8 @@ func (s *Scope) isEnded() bool {
 	return s.ended
 }
 
-func (s *Scope) do(ctx context.Context, fn func(ctx context.Context, s *Scope) error) (err error) {
-	if err := s.enterDo(ctx); err != nil {
+func (s *Scope) do(ctx context.Context, fn func(ctx context.Context, s *Scope) error, lazy bool) (err error) {
+	if err := s.enterDo(ctx, lazy); err != nil {
 		return err
 	}
 	defer func() {
@@ -92,14 +111,21 @@ func (s *Scope) do(ctx context.Context, fn func(ctx context.Context, s *Scope) e
 	return fn(ctx, s)
 }
 
-// enterDo takes a slot for the outermost Do of the scope and runs its
+// enterDo takes a slot for the outermost Do of the scope, unless lazy
+// (internal/lazyslot: then its first statement takes it, as a request's
+// does, and a scope that cannot run statements refuses now), and runs its
 // boundary.
-func (s *Scope) enterDo(ctx context.Context) error {
+func (s *Scope) enterDo(ctx context.Context, lazy bool) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if lazy && (s.async || s.ended) {
+		return s.usable()
+	}
 	if s.depth == 0 {
-		if err := s.takeSlot(ctx); err != nil {
-			return err
+		if !lazy {
+			if err := s.takeSlot(ctx); err != nil {
+				return err
+			}
 		}
 		s.doBoundary = s.boundaryAtDo()
 		if s.doBoundary {
@@ -108,6 +134,9 @@ func (s *Scope) enterDo(ctx context.Context) error {
 			if err := s.release(ctx, false); err != nil {
 				s.pool.logCleanup("dbctx: cleaning up before Do", err)
 			}
+		}
+		if lazy {
+			s.freeIdleSlot() // of a connection the boundary gave back
 		}
 	}
 	s.depth++

@@ -103,7 +103,7 @@ func (p *Pool) doObserved(ctx context.Context, fn func(ctx context.Context, s *S
 	ctx, done := p.opts.OnDo(ctx)
 	s := &Scope{pool: p, outer: outerOf(ctx)}
 	s.ctx = scopeCtx{Context: ctx, s: s}
-	err := s.do(&s.ctx, fn)
+	err := s.do(&s.ctx, fn, false)
 	s.End()
 	if done != nil {
 		done(err)

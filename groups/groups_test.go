@@ -670,3 +670,70 @@ func TestSendWithAnotherPoolsScope(t *testing.T) {
 		t.Fatalf("the other pool's scope was used: %+v", st)
 	}
 }
+
+// A member's goroutine waits a moment for the next event, then exits: an
+// idle member holds no goroutine, and the layer's sweep stops too. Close
+// ends a waiting goroutine at once.
+func TestIdleMemberHoldsNoGoroutine(t *testing.T) {
+	t.Parallel()
+	l := instances(t, pgtest.New(t), "memory", 1)[0].layer
+	ctx := context.Background()
+	r := &recorder{}
+	m := l.NewMember(r.handle, nil)
+	if err := m.Join(ctx, "g"); err != nil {
+		t.Fatal(err)
+	}
+	send := func(n int64) {
+		t.Helper()
+		for range n {
+			if err := l.Send(ctx, "g", []byte("x")); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	send(10)
+	dbtest.Eventually(t, "10 events", func() bool { return r.n.Load() == 10 })
+	dbtest.Eventually(t, "the member's goroutine to exit", func() bool { return !m.Running() })
+	dbtest.Eventually(t, "the sweep to stop", func() bool { return !l.Sweeping() })
+	send(1)
+	dbtest.Eventually(t, "the 11th event", func() bool { return r.n.Load() == 11 })
+	m.Close()
+	if m.Running() {
+		t.Fatal("the goroutine runs after Close returned")
+	}
+	dbtest.Eventually(t, "the sweep to stop after Close", func() bool { return !l.Sweeping() })
+}
+
+// A member whose queue never empties keeps an array of the size of what
+// waits, not of all it has had.
+func TestBusyMemberQueueBounded(t *testing.T) {
+	t.Parallel()
+	l := instances(t, pgtest.New(t), "memory", 1)[0].layer
+	ctx := context.Background()
+	step := make(chan struct{})
+	var got atomic.Int64
+	m := l.NewMember(func(groups.Event) { <-step; got.Add(1) }, &groups.MemberOptions{MaxQueue: 16})
+	defer m.Close()
+	if err := m.Join(ctx, "g"); err != nil {
+		t.Fatal(err)
+	}
+	for range 8 {
+		if err := l.Send(ctx, "g", []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const n = 2000
+	for range n {
+		if err := l.Send(ctx, "g", []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		step <- struct{}{}
+	}
+	if c := m.QueueCap(); c > 32 {
+		t.Fatalf("the queue's array holds %d events, for at most 16 waiting", c)
+	}
+	for range 8 {
+		step <- struct{}{}
+	}
+	dbtest.Eventually(t, "every event", func() bool { return got.Load() == n+8 })
+}

@@ -49,6 +49,12 @@ type Layer struct {
 	groups map[string]map[*Member]struct{}
 	closed atomic.Bool
 
+	// The members whose goroutine runs, for the sweep (see Member.run).
+	lmu      sync.Mutex
+	running  []*Member
+	sweeping bool          // the sweep's goroutine runs
+	ticks    atomic.Uint64 // the sweep's ticks
+
 	c struct {
 		members, sent, delivered, slow, gaps, reconnects atomic.Int64
 	}
@@ -245,8 +251,13 @@ func (in inbox) Deliver(payload []byte) {
 		l.log.Warn("groups: dropped a message not made by this package", "err", err)
 		return
 	}
-	for _, m := range l.membersOf(group) {
-		m.enqueue(Event{Group: group, Data: data})
+	// Queued under the read lock rather than from a copy of the group's
+	// members: enqueue never blocks, and the copy cost an allocation per
+	// message.
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	for m := range l.groups[group] {
+		m.enqueue(Event{Group: group, Data: data}, true)
 	}
 }
 
@@ -261,7 +272,7 @@ func (in inbox) Gap(groups []string) {
 	}
 	for _, g := range groups {
 		for _, m := range l.membersOf(g) {
-			if m.enqueue(Event{Group: g, Gap: true}) {
+			if m.enqueue(Event{Group: g, Gap: true}, false) {
 				l.c.gaps.Add(1)
 			}
 		}

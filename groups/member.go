@@ -3,6 +3,7 @@ package groups
 import (
 	"context"
 	"sync"
+	"time"
 )
 
 // MemberOptions configures a [Member]. The zero value of every field is a
@@ -29,7 +30,9 @@ type MemberOptions struct {
 // Member is one recipient of groups' messages: typically a websocket
 // (wsconsumer.Session.Join makes one). Its events are handed to its
 // callback one at a time, in order, on a goroutine of its own that runs
-// only while events wait: an idle member holds no goroutine.
+// while events wait and for a moment after the last (a busy member keeps
+// one goroutine rather than start one per event): an idle member holds no
+// goroutine.
 type Member struct {
 	l       *Layer
 	handle  func(Event)
@@ -38,13 +41,20 @@ type Member struct {
 
 	mu      sync.Mutex
 	groups  map[string]struct{}
-	queue   []Event
+	queue   []Event // from head on; the array is kept while the goroutine runs
+	head    int
 	bytes   int
-	drain   bool // the goroutine runs
 	slow    bool // fell behind: told once (told), then nothing
 	told    bool
 	closed  bool
 	counted bool // in the layer's Members
+
+	// The goroutine's state: see run and Layer.sweep.
+	drain    bool          // it runs
+	parked   bool          // it waits on wake for the next event
+	listed   bool          // in the layer's list of members whose goroutine runs
+	parkedAt uint64        // the sweep's tick when it parked
+	wake     chan struct{} // capacity 1; while it runs
 }
 
 // NewMember returns a member of no group yet, whose events go to handle.
@@ -130,13 +140,19 @@ func (l *Layer) addExisting(group string, m *Member) bool {
 // group reaches it, those queued included.
 func (m *Member) Leave(group string) {
 	m.mu.Lock()
-	if _, in := m.groups[group]; !in {
-		m.mu.Unlock()
+	_, in := m.groups[group]
+	m.mu.Unlock()
+	if !in {
 		return
 	}
+	// Out of the layer's map first: Deliver queues under the layer's read
+	// lock, so once remove has it, nothing more of group is queued, and
+	// the filter below is the last word.
+	m.l.remove(group, m)
+	m.mu.Lock()
 	delete(m.groups, group)
-	kept := m.queue[:0]
-	for _, e := range m.queue {
+	kept := m.queue[:m.head]
+	for _, e := range m.queue[m.head:] {
 		if e.Group == group {
 			m.bytes -= len(e.Data)
 			continue
@@ -146,7 +162,6 @@ func (m *Member) Leave(group string) {
 	clear(m.queue[len(kept):])
 	m.queue = kept
 	m.mu.Unlock()
-	m.l.remove(group, m)
 }
 
 // remove takes m out of the layer's map of group, and has the engine
@@ -197,6 +212,7 @@ func (m *Member) Close() {
 	}
 	m.closed = true
 	groups := m.takeGroups()
+	m.unpark()
 	m.mu.Unlock()
 	for _, g := range groups {
 		m.l.remove(g, m)
@@ -212,8 +228,7 @@ func (m *Member) takeGroups() []string {
 		groups = append(groups, g)
 	}
 	clear(m.groups)
-	clear(m.queue)
-	m.queue, m.bytes = m.queue[:0], 0
+	m.dropQueue()
 	if m.counted {
 		m.counted = false
 		m.l.c.members.Add(-1)
@@ -221,46 +236,81 @@ func (m *Member) takeGroups() []string {
 	return groups
 }
 
+// dropQueue empties the queue, keeping its array for the goroutine.
+// m.mu is held.
+func (m *Member) dropQueue() {
+	clear(m.queue)
+	m.queue, m.head, m.bytes = m.queue[:0], 0, 0
+}
+
 // enqueue queues e for the member, if it is in e's group, and reports
-// whether it did. An event that does not fit makes the member slow.
-func (m *Member) enqueue(e Event) bool {
+// whether it did; inGroup says the caller knows it is (Deliver, which
+// found it in the layer's map under its read lock: see Leave). An event
+// that does not fit makes the member slow. m.mu must not be held; the
+// layer's mu may be.
+func (m *Member) enqueue(e Event, inGroup bool) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.closed || m.slow {
 		return false
 	}
-	if _, in := m.groups[e.Group]; !in {
-		return false
+	if !inGroup {
+		if _, in := m.groups[e.Group]; !in {
+			return false
+		}
 	}
-	if len(m.queue)+1 > m.opts.MaxQueue || len(m.queue) > 0 && m.bytes+len(e.Data) > m.opts.MaxBytes {
+	if waiting := len(m.queue) - m.head; waiting+1 > m.opts.MaxQueue || waiting > 0 && m.bytes+len(e.Data) > m.opts.MaxBytes {
 		m.slow = true
 		m.l.c.slow.Add(1)
-		clear(m.queue)
-		m.queue, m.bytes = m.queue[:0], 0
-		m.start()
+		m.dropQueue()
+		m.kick()
 		return false
+	}
+	if len(m.queue) == cap(m.queue) && m.head > 0 {
+		// A queue that never empties would grow its array for ever
+		// behind head: move what waits to the front first.
+		n := copy(m.queue, m.queue[m.head:])
+		clear(m.queue[n:])
+		m.queue, m.head = m.queue[:n], 0
 	}
 	m.queue = append(m.queue, e)
 	m.bytes += len(e.Data)
-	m.start()
+	m.kick()
 	return true
 }
 
-// start starts the goroutine that drains the queue, unless it runs.
-// m.mu is held.
-func (m *Member) start() {
+// kick has the goroutine drain the queue: it starts it, or wakes it where
+// it lingers. m.mu is held.
+func (m *Member) kick() {
 	if m.drain {
+		m.unpark()
 		return
 	}
 	m.drain = true
+	m.wake = make(chan struct{}, 1)
 	m.running.Add(1)
 	go m.run()
 }
 
-// run hands queued events to the callback, one at a time, until the queue
-// is empty; for a slow member it leaves the groups and runs OnSlow.
+// unpark wakes the goroutine where it waits for the next event; it then
+// handles what is queued, or exits if nothing is. m.mu is held.
+func (m *Member) unpark() {
+	if m.parked {
+		m.parked = false
+		m.wake <- struct{}{} // never blocks: one token per park
+	}
+}
+
+// run hands queued events to the callback, one at a time; for a slow
+// member it leaves the groups and runs OnSlow. Once the queue is empty it
+// waits for the next event (parked) until the layer's sweep finds it has
+// waited for a full tick of lingerTick, or the member closes: then it
+// exits, and the member holds no goroutine and no queue array. Lingering
+// spares a member that gets events in quick succession a new goroutine
+// per event, and that goroutine's stack growth.
 func (m *Member) run() {
 	defer m.running.Done()
+	woken := false // by someone other than enqueue, if the queue is empty
 	for {
 		m.mu.Lock()
 		if m.slow && !m.told {
@@ -275,20 +325,90 @@ func (m *Member) run() {
 			}
 			continue
 		}
-		if len(m.queue) == 0 || m.closed || m.slow {
-			m.drain = false
+		empty := m.head == len(m.queue)
+		if m.closed || m.slow || (empty && woken) {
+			m.drain, m.wake = false, nil
+			m.queue, m.head = nil, 0 // let the array go while idle
 			m.mu.Unlock()
 			return
 		}
-		e := m.queue[0]
-		m.queue[0] = Event{}
-		m.queue = m.queue[1:]
-		m.bytes -= len(e.Data)
-		if len(m.queue) == 0 {
-			m.queue = nil // let the array go while idle
+		if empty {
+			m.parked = true
+			m.parkedAt = m.l.ticks.Load()
+			list := !m.listed
+			m.listed = true
+			wake := m.wake
+			m.mu.Unlock()
+			if list {
+				m.l.lingering(m)
+			}
+			<-wake
+			woken = true
+			continue
 		}
+		woken = false
+		e := m.queue[m.head]
+		m.queue[m.head] = Event{}
+		m.head++
+		if m.head == len(m.queue) {
+			m.queue, m.head = m.queue[:0], 0
+		}
+		m.bytes -= len(e.Data)
 		m.mu.Unlock()
 		m.handle(e)
 		m.l.c.delivered.Add(1)
+	}
+}
+
+// lingerTick is the period of a layer's sweep: a member's goroutine waits
+// between one and two of them for the next event before it exits.
+const lingerTick = 20 * time.Millisecond
+
+// lingering adds m, whose goroutine runs, to the members the sweep looks
+// at, and starts the sweep unless it runs.
+func (l *Layer) lingering(m *Member) {
+	l.lmu.Lock()
+	defer l.lmu.Unlock()
+	l.running = append(l.running, m)
+	if !l.sweeping {
+		l.sweeping = true
+		go l.sweep()
+	}
+}
+
+// sweep ends, every lingerTick, the goroutines of members that have
+// waited for an event since before the last tick, and forgets members
+// whose goroutine has exited. It returns once none runs: an idle layer
+// holds no goroutine. One sweep per layer, where a timer per member
+// would cost a timer's reset for every time a member's queue empties.
+func (l *Layer) sweep() {
+	t := time.NewTicker(lingerTick)
+	defer t.Stop()
+	for range t.C {
+		tick := l.ticks.Add(1)
+		l.lmu.Lock()
+		kept := l.running[:0]
+		for _, m := range l.running {
+			m.mu.Lock()
+			switch {
+			case !m.drain:
+				m.listed = false
+			case m.parked && m.parkedAt+2 <= tick:
+				m.unpark()
+				fallthrough
+			default:
+				kept = append(kept, m)
+			}
+			m.mu.Unlock()
+		}
+		clear(l.running[len(kept):])
+		l.running = kept
+		if len(kept) == 0 {
+			l.running = nil
+			l.sweeping = false
+			l.lmu.Unlock()
+			return
+		}
+		l.lmu.Unlock()
 	}
 }

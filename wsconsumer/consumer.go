@@ -41,9 +41,12 @@ type Consumer struct {
 	// Event runs for each event of the groups the socket joined
 	// ([Session.Join]): a message sent to one of them, or a gap (e.Gap:
 	// messages may have been lost; reload state). It runs with Receive's
-	// discipline: in the sync style in a worker slot with the socket's
-	// scope, closed-old before and after, one callback of the socket at a
-	// time (receives and events in the order they come); in the async
+	// discipline: in the sync style with the socket's scope, closed-old
+	// before and after, one callback of the socket at a time (receives and
+	// events in the order they come), in a worker slot taken at its first
+	// statement (an event passed on without a query takes none, where
+	// Receive's slot is taken before it runs) and held to its end, its
+	// sends from then on held until the slot is released; in the async
 	// style with no slot, one event at a time. Its error closes the socket
 	// as Receive's does. A socket whose events pile up beyond its queue
 	// (Options.Member) is closed with [StatusTooSlow].

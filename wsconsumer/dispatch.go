@@ -248,29 +248,58 @@ func (h *Handler) receive(pool *dbctx.Pool, s *Session, m message) {
 // slot are patient (internal/patient), bounded by the number of members (each waits
 // for one slot at a time), where refusing them would close the sockets.
 func (h *Handler) event(pool *dbctx.Pool, s *Session, e groups.Event) {
-	if h.c.Event == nil || s.ctx.Err() != nil {
+	if h.c.Event == nil || s.sock.Err() != nil {
 		return
 	}
-	h.callback(pool, s, &Callback{Kind: CallbackEvent, Session: s, Event: e, Size: len(e.Data)}, func(ctx context.Context) error {
-		return h.c.Event(ctx, s, e)
-	})
+	ev := s.ev
+	if ev == nil {
+		ev = &events{}
+		ev.fn = func(ctx context.Context) error { return h.c.Event(ctx, s, ev.e) }
+		s.ev = ev
+	}
+	ev.e = e
+	h.callback(pool, s, &Callback{Kind: CallbackEvent, Session: s, Event: e, Size: len(e.Data)}, ev.fn)
+	ev.e = groups.Event{}
+}
+
+// events is what the events of a socket reuse, made at its first: the
+// function that runs Event on the event at hand, and the callbacks'
+// context marked patient, so that an event allocates neither. The
+// member's events run one at a time, and they alone use it.
+type events struct {
+	e      groups.Event
+	fn     func(ctx context.Context) error
+	parent context.Context // what ctx was made from
+	ctx    context.Context
+}
+
+// patient returns parent, the context of the socket's callbacks (the same
+// for each event), marked patient (internal/patient).
+func (ev *events) patient(parent context.Context) context.Context {
+	if ev.parent != parent {
+		ev.parent, ev.ctx = parent, patient.With(parent)
+	}
+	return ev.ctx
 }
 
 // callback runs fn, a Receive or an Event (cb): in the sync style one at a
-// time for the socket (see Session.lockCallbacks), in a worker slot, its
-// sends held until the slot is released; its error closes the socket.
+// time for the socket (see Session.lockCallbacks), in a worker slot (an
+// Event's taken at its first statement), its sends held until the slot is
+// released; its error closes the socket.
 func (h *Handler) callback(pool *dbctx.Pool, s *Session, cb *Callback, fn func(ctx context.Context) error) {
 	ctx := s.cbCtx()
 	var out *outbox
 	if !h.async {
-		defer s.lockCallbacks()()
+		if s.lockCallbacks() {
+			defer s.cb.Unlock()
+		}
 		// Sends wait for the slot to be released (see Session.Send).
-		out = s.outbox()
+		out = s.outbox(cb.Kind)
 		ctx = out
 		defer out.flush()
 	}
 	if cb.Kind == CallbackEvent {
-		ctx = patient.With(ctx)
+		ctx = s.ev.patient(ctx)
 	}
 	if err := h.call(ctx, pool, cb, fn); err != nil {
 		if out != nil {

@@ -352,3 +352,72 @@ func TestJoinWithoutLayer(t *testing.T) {
 	}
 	c.Close(websocket.StatusNormalClosure, "")
 }
+
+// In the sync style an Event callback takes its worker slot at its first
+// statement: one that only passes the event on reaches the client while
+// every slot is held elsewhere; one that queries waits for the slot, what
+// it sent before written at once.
+func TestEventTakesSlotAtFirstStatement(t *testing.T) {
+	t.Parallel()
+	p, _ := dbtest.NewPool(t, &dbctx.Options{MaxWorkers: 1})
+	layer, err := groups.New(groups.NewMemory(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { layer.Close() })
+	h := wsconsumer.NewSync(p, wsconsumer.Consumer{
+		Receive: func(ctx context.Context, s *wsconsumer.Session, _ websocket.MessageType, data []byte) error {
+			if err := s.Join(ctx, "g"); err != nil {
+				return err
+			}
+			return s.SendText(ctx, "joined")
+		},
+		Event: func(ctx context.Context, s *wsconsumer.Session, e groups.Event) error {
+			if string(e.Data) == "query" {
+				if err := s.SendText(ctx, "before"); err != nil {
+					return err
+				}
+				var n int
+				if err := dbctx.From(ctx).QueryRowContext(ctx, "SELECT 1").Scan(&n); err != nil {
+					return err
+				}
+			}
+			return s.SendText(ctx, string(e.Data))
+		},
+	}, &wsconsumer.Options{Layer: layer, Logger: quiet()})
+	c := dial(t, serve(t, h))
+	ctx := context.Background()
+	if err := c.Write(ctx, websocket.MessageText, []byte("join")); err != nil {
+		t.Fatal(err)
+	}
+	if got := readText(t, c); got != "joined" {
+		t.Fatalf("got %q, want joined", got)
+	}
+	held, release, done := make(chan struct{}), make(chan struct{}), make(chan error)
+	go func() {
+		done <- p.Do(ctx, func(context.Context, *dbctx.Scope) error {
+			close(held)
+			<-release
+			return nil
+		})
+	}()
+	<-held
+	for _, data := range []string{"pass", "query"} {
+		if err := layer.Send(ctx, "g", []byte(data)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, want := range []string{"pass", "before"} {
+		if got := readText(t, c); got != want {
+			t.Fatalf("got %q, want %q", got, want)
+		}
+	}
+	dbtest.Eventually(t, "the querying event to wait for the slot", func() bool { return p.Stats().Waiting == 1 })
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if got := readText(t, c); got != "query" {
+		t.Fatalf("got %q, want query", got)
+	}
+}

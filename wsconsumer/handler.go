@@ -13,6 +13,7 @@ import (
 	"github.com/dbscope/dbscope/dbctx"
 	"github.com/dbscope/dbscope/groups"
 	"github.com/dbscope/dbscope/internal/answer"
+	"github.com/dbscope/dbscope/internal/lazyslot"
 )
 
 // Options configures a [Handler]. The zero value of every field is a
@@ -45,7 +46,7 @@ type Options struct {
 	// WriteTimeout bounds how long a socket's writes may stall: a client
 	// that takes no message for this long while one waits to be written
 	// is closed, so it never holds up the senders. It is checked every
-	// WriteTimeout/4, so a stalled socket is closed within 1.25 times it.
+	// WriteTimeout/8, so a stalled socket is closed within 1.25 times it.
 	// Default: 10s.
 	WriteTimeout time.Duration
 
@@ -180,7 +181,9 @@ type Handler struct {
 // NewSync returns a Handler for c in the sync style (Channels'
 // SyncConsumer): callbacks run one at a time, in message order, each in a
 // worker slot of pool with the socket's scope, so they query through
-// dbctx.From(ctx) directly. A socket waiting for a slot stops reading.
+// dbctx.From(ctx) directly; Event takes its slot at its first statement,
+// so an event passed on to the client takes none. A socket waiting for a
+// slot stops reading.
 // With a nil pool the pool of the dbctx scope that middleware.DB put in
 // the upgrade request is used.
 func NewSync(pool *dbctx.Pool, c Consumer, opts *Options) *Handler {
@@ -276,11 +279,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}()
 
 	if h.c.Connect != nil {
-		unlock := s.lockCallbacks()
+		locked := s.lockCallbacks()
 		err := h.call(s.cbCtx(), pool, &Callback{Kind: CallbackConnect, Session: s}, func(ctx context.Context) error {
 			return h.c.Connect(ctx, s)
 		})
-		unlock()
+		if locked {
+			s.cb.Unlock()
+		}
 		if err != nil {
 			s.leaveGroups()
 			h.refuse(w, r, err)
@@ -352,25 +357,31 @@ func (h *Handler) call(ctx context.Context, pool *dbctx.Pool, cb *Callback, fn f
 	if h.opts.OnCallback != nil {
 		return h.observed(ctx, pool, cb, fn)
 	}
-	return h.run(ctx, pool, fn)
+	return h.run(ctx, pool, cb, fn)
 }
 
-// run runs a callback: in the sync style inside dbctx.Do on the socket's
-// scope (a slot, CloseOld before and after), in the async style directly.
-// A panic becomes a *dbctx.PanicError.
-func (h *Handler) run(ctx context.Context, pool *dbctx.Pool, fn func(ctx context.Context) error) (err error) {
-	switch {
-	case !h.async && len(h.opts.Pools) == 0:
+// run runs a callback, cb: in the sync style as dbctx.Do does on the
+// socket's scope (a slot, CloseOld before and after), an Event taking its
+// slot at its first statement only (internal/lazyslot: an event passed on
+// to the client takes none); in the async style directly. A panic
+// becomes a *dbctx.PanicError.
+func (h *Handler) run(ctx context.Context, pool *dbctx.Pool, cb *Callback, fn func(ctx context.Context) error) (err error) {
+	if !h.async {
+		if len(h.opts.Pools) > 0 {
+			// The other pools' boundaries inside pool's; a panic in fn
+			// makes Do discard their connections too.
+			inner := fn
+			fn = func(ctx context.Context) error {
+				h.closeOld(ctx)
+				err := inner(ctx)
+				h.closeOld(ctx)
+				return err
+			}
+		}
+		if cb.Kind == CallbackEvent {
+			return lazyslot.Do(ctx, cb.Session.scope, fn)
+		}
 		return pool.Do(ctx, func(ctx context.Context, _ *dbctx.Scope) error { return fn(ctx) })
-	case !h.async:
-		// The other pools' boundaries inside pool's; a panic in fn
-		// makes Do discard their connections too.
-		return pool.Do(ctx, func(ctx context.Context, _ *dbctx.Scope) error {
-			h.closeOld(ctx)
-			err := fn(ctx)
-			h.closeOld(ctx)
-			return err
-		})
 	}
 	defer func() {
 		if r := recover(); r != nil {

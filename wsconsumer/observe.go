@@ -57,7 +57,7 @@ func (k CallbackKind) String() string {
 // observed runs a callback as run does, inside Options.OnCallback.
 func (h *Handler) observed(ctx context.Context, pool *dbctx.Pool, cb *Callback, fn func(ctx context.Context) error) error {
 	ctx, done := h.opts.OnCallback(ctx, *cb)
-	err := h.run(ctx, pool, fn)
+	err := h.run(ctx, pool, cb, fn)
 	if done != nil {
 		done(err)
 	}

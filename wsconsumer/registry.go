@@ -63,10 +63,10 @@ func (h *Handler) snapshot() []*Session {
 // writes stall and has those whose message takes long read on, for every
 // socket of the handler from one goroutine, which ends when no socket is
 // left. It looks for the read-on every readOnDelay, and for the rest every
-// WriteTimeout/4, or more often where PingInterval or IdleTimeout ask for
-// it.
+// WriteTimeout/8 (see Session.stalled), or more often where PingInterval
+// or IdleTimeout ask for it.
 func (h *Handler) keepalive(stop <-chan struct{}) {
-	period := h.opts.WriteTimeout / 4
+	period := h.opts.WriteTimeout / 8
 	for _, d := range []time.Duration{h.opts.PingInterval, h.opts.IdleTimeout} {
 		if d > 0 && d < period {
 			period = d

@@ -12,6 +12,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/dbscope/dbscope/dbctx"
 	"github.com/dbscope/dbscope/groups"
+	"github.com/dbscope/dbscope/internal/lazyslot"
 )
 
 // Session is one websocket connection, handed to every callback of its
@@ -44,15 +45,20 @@ type Session struct {
 	ahead    chan frame   // the reader readOn started
 	out      *outbox      // sync Receive callbacks' context, made on first use
 
-	wmu        sync.Mutex
-	writers    int   // writes under way
-	writeSince int64 // monotonic(): the first of them began, or one finished
+	// Write state: the writes under way and those finished (write), and
+	// the write watchdog's view of them (stalled: the keepalive
+	// goroutine's alone).
+	writing   atomic.Int32
+	written   atomic.Uint32
+	seen      uint32 // written at stallFrom
+	stallFrom int64  // monotonic() of the look that found writes under way and no progress since; 0: none
 
 	mu       sync.Mutex
 	accepted bool
 	finished bool                    // disconnecting: Go starts nothing
 	pending  []func(context.Context) // Go calls made before accept
 	member   *groups.Member          // made by the first Join
+	ev       *events                 // made by the first event; its member's goroutine's
 
 	cb  sync.Mutex // one sync callback at a time, where events may come (see lockCallbacks)
 	vmu sync.Mutex // AddValues, one at a time
@@ -60,14 +66,15 @@ type Session struct {
 
 // lockCallbacks makes a sync callback the only one of the socket running,
 // where the handler has a layer (events come on their own goroutine), and
-// returns its unlock. Elsewhere the read loop runs them one at a time
-// itself, and it costs nothing.
-func (s *Session) lockCallbacks() func() {
+// reports whether it locked s.cb, which the caller then unlocks.
+// Elsewhere the read loop runs them one at a time itself, and it costs
+// nothing.
+func (s *Session) lockCallbacks() bool {
 	if s.h.opts.Layer == nil || s.h.async {
-		return func() {}
+		return false
 	}
 	s.cb.Lock()
-	return s.cb.Unlock
+	return true
 }
 
 // Join makes the socket a member of group: the Event callback gets the
@@ -217,7 +224,10 @@ func (s *Session) Subprotocol() string {
 // written once the callback has returned and its worker slot and
 // connection are released, in order: a slow client then never holds a
 // database resource. Send returns nil for those at once; a write that
-// fails later closes the socket. A send with a callback's ctx once that
+// fails later closes the socket. An Event callback, which takes its slot
+// at its first statement, has what it sends before that written at once,
+// as the async style does, and what it sends from then on held so. A send
+// with a callback's ctx once that
 // callback has returned (from a goroutine it started) is written at once,
 // or, while a later callback of the socket runs, after that one.
 func (s *Session) Send(ctx context.Context, typ websocket.MessageType, data []byte) error {
@@ -236,13 +246,8 @@ func (s *Session) send(ctx context.Context, typ websocket.MessageType, data []by
 	}
 	if s.h.async {
 		// No outbox to look for: async callbacks' sends are written at once.
-	} else if ob := s.outboxOf(ctx); ob != nil {
-		if !owned {
-			data = append([]byte(nil), data...)
-		}
-		if ob.add(message{typ, data}) {
-			return nil
-		}
+	} else if ob := s.outboxOf(ctx); ob != nil && ob.add(typ, data, owned) {
+		return nil
 	}
 	return s.write(c, typ, data)
 }
@@ -266,29 +271,29 @@ func (s *Session) write(c *websocket.Conn, typ websocket.MessageType, data []byt
 	// registration per message, so the write runs under a context that
 	// never ends, and the handler's keepalive goroutine closes a socket
 	// whose writes stall (see stalled). A disconnect closes the socket,
-	// which ends the write too.
-	s.wmu.Lock()
-	if s.writers == 0 {
-		s.writeSince = monotonic()
-	}
-	s.writers++
-	s.wmu.Unlock()
+	// which ends the write too. Counting writes costs no clock read.
+	s.writing.Add(1)
 	err := c.Write(s.wctx, typ, data)
-	s.wmu.Lock()
-	s.writers--
-	if s.writers > 0 {
-		s.writeSince = monotonic() // progress
-	}
-	s.wmu.Unlock()
+	s.written.Add(1)
+	s.writing.Add(-1)
 	return err
 }
 
-// stalled reports whether the socket has had writes under way for at
-// least timeout at now, none of them finishing.
+// stalled reports whether the socket has had writes under way, none of
+// them finishing, since a look at least timeout before now. The
+// keepalive goroutine alone calls it, every WriteTimeout/8 (see
+// keepalive): a write that stalls is first seen within an eighth of the
+// timeout, so the socket is closed after 1 to 1.25 times it.
 func (s *Session) stalled(now int64, timeout time.Duration) bool {
-	s.wmu.Lock()
-	defer s.wmu.Unlock()
-	return s.writers > 0 && now-s.writeSince >= int64(timeout)
+	if s.writing.Load() == 0 {
+		s.stallFrom = 0
+		return false
+	}
+	if w := s.written.Load(); s.stallFrom == 0 || w != s.seen {
+		s.seen, s.stallFrom = w, now // under way since this look at most
+		return false
+	}
+	return now-s.stallFrom >= int64(timeout)
 }
 
 // SendText writes one text message; see [Session.Send].
@@ -395,28 +400,32 @@ var outboxKey = &ctxKey{"wsconsumer.outbox"}
 
 type ctxKey struct{ name string }
 
-// outbox holds what a sync Receive callback sends until its slot is
-// released. It is the callback's context, so that Send finds it. A socket
-// handles one message at a time, so it has one outbox, reused for every
-// message: a send with the context of a callback that has returned is
-// written at once, or, while a later callback runs, after that one.
+// outbox holds what a sync callback sends until its slot is released (an
+// Event's, from its first statement on: before it, it holds no slot). It
+// is the callback's context, so that Send finds it. A socket handles one
+// message at a time, so it has one outbox, reused for every message: a
+// send with the context of a callback that has returned is written at
+// once, or, while a later callback runs, after that one.
 type outbox struct {
 	context.Context
-	s    *Session
-	mu   sync.Mutex
-	open bool
-	msgs []message
+	s         *Session
+	mu        sync.Mutex
+	open      bool
+	untilSlot bool // an Event's: written at once until its scope holds a slot (no Options.Pools)
+	msgs      []message
 }
 
-// outbox returns the socket's outbox, open for a callback.
-func (s *Session) outbox() *outbox {
+// outbox returns the socket's outbox, open for a callback of kind.
+func (s *Session) outbox(kind CallbackKind) *outbox {
 	o := s.out
 	if o == nil {
 		o = &outbox{Context: s.ctx, s: s}
 		s.out = o
 	}
 	o.mu.Lock()
-	o.open = true
+	// With Options.Pools, the slots of their scopes would have to be
+	// asked too: an Event's sends are held from its start there.
+	o.open, o.untilSlot = true, kind == CallbackEvent && len(s.h.opts.Pools) == 0
 	o.mu.Unlock()
 	return o
 }
@@ -438,15 +447,19 @@ func (o *outbox) AfterFunc(f func()) func() bool {
 	return context.AfterFunc(o.Context, f)
 }
 
-// add queues m, or reports false once the callback is over (its ctx was
-// kept past it): the caller then writes at once.
-func (o *outbox) add(m message) bool {
+// add queues a message (a copy of data, unless owned), or reports false
+// once the callback is over (its ctx was kept past it) or, for an Event,
+// while it holds no slot: the caller then writes at once.
+func (o *outbox) add(typ websocket.MessageType, data []byte, owned bool) bool {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if !o.open {
+	if !o.open || o.untilSlot && len(o.msgs) == 0 && !lazyslot.Holds(o.s.scope) {
 		return false
 	}
-	o.msgs = append(o.msgs, m)
+	if !owned {
+		data = append([]byte(nil), data...)
+	}
+	o.msgs = append(o.msgs, message{typ, data})
 	return true
 }
 

@@ -11,7 +11,29 @@ type key struct{}
 
 // With returns a child of ctx under which a wait for a slot goes beyond
 // Options.MaxWaiting (not beyond WaitTimeout), not counted against it.
-func With(ctx context.Context) context.Context { return context.WithValue(ctx, key{}, true) }
+func With(ctx context.Context) context.Context { return &patientCtx{ctx} }
 
 // Is reports whether ctx is marked with With.
 func Is(ctx context.Context) bool { return ctx.Value(key{}) != nil }
+
+// patientCtx is With's context. It forwards AfterFunc to its parent where
+// the parent has one (a socket's context, through dbctx's scope and async
+// contexts), so that context.AfterFunc, cancelable children and the
+// statement watch of a scope made under it (dbctx.Do in an async event)
+// register there rather than start a goroutine each, as they would
+// under a context.WithValue.
+type patientCtx struct{ context.Context }
+
+func (c *patientCtx) Value(k any) any {
+	if k == any(key{}) {
+		return true
+	}
+	return c.Context.Value(k)
+}
+
+func (c *patientCtx) AfterFunc(f func()) func() bool {
+	if a, ok := c.Context.(interface{ AfterFunc(func()) func() bool }); ok {
+		return a.AfterFunc(f)
+	}
+	return context.AfterFunc(c.Context, f)
+}

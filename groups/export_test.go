@@ -1,0 +1,22 @@
+package groups
+
+// Running reports whether the member's goroutine runs.
+func (m *Member) Running() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.drain
+}
+
+// QueueCap returns the capacity of the member's queue's array.
+func (m *Member) QueueCap() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return cap(m.queue)
+}
+
+// Sweeping reports whether the layer's sweep runs.
+func (l *Layer) Sweeping() bool {
+	l.lmu.Lock()
+	defer l.lmu.Unlock()
+	return l.sweeping
+}
