@@ -6,7 +6,10 @@
 # nats) on two; raw in process and, with -nats, over NATS (a subscription
 # per room: the hand-written NATS fan-out). Prints every run's JSON line,
 # then the medians and the ratios (per round, paired, then the median) to
-# raw in process and to the raw run of the same engine and instances.
+# raw in process and to the raw run of the same engine and instances,
+# with the instances' memory per member at rest, the client's share of the
+# CPU and how busy the machine was (bench/scale.sh runs it with 10,000
+# members).
 #
 #   bench/rooms.sh                                  # 3 rounds, 100 members, 4 senders x 200
 #   ROUNDS=5 MEMBERS=1000 ENDPOINTS="room fanout" bench/rooms.sh
@@ -59,7 +62,7 @@ if [[ " ${configs[*]} " == *"/nats/"* ]] && [ -z "$nats_url" ]; then
 fi
 
 echo "# $(nproc) cores, $(go version | cut -d' ' -f3), $(psql --version 2>/dev/null || echo PostgreSQL), ${nats_url:+nats-server $(${natsd:-nats-server} --version 2>/dev/null | cut -d' ' -f2), }$(date -u +%FT%TZ)"
-echo "# rounds=$rounds members=$members senders=$senders messages=$messages endpoints=$endpoints"
+echo "# rounds=$rounds members=$members senders=$senders messages=$messages endpoints=$endpoints; load average $(cut -d' ' -f1-3 /proc/loadavg)"
 
 for r in $(seq 1 "$rounds"); do
 	for endpoint in $endpoints; do
@@ -95,12 +98,15 @@ done
 echo
 echo "# medians over $rounds rounds; ratio = median of the per-round deliveries/s over raw's in process (raw/memory/1),"
 echo "# ratio_same = the same over the raw run of the same engine and instances where there is one (raw/nats/N), else raw/memory/1;"
-echo "# cpu_us = the instances' CPU per delivery, cpu_x = median of the per-round cpu_us over that same raw run's"
+echo "# cpu_us = the instances' CPU per delivery, cpu_x = median of the per-round cpu_us over that same raw run's,"
+echo "# p99_x likewise for p99; rss_B = the instances' RSS growth per member at rest (from before the first dial);"
+echo "# cli = the client's share of the CPU the client and instances used, busy = the cores' busy share, load = the"
+echo "# 1-minute load average at the start of the run (medians); load average now $(cut -d' ' -f1-3 /proc/loadavg)"
 jq -rs '
 	def median: sort | if length == 0 then null else .[(length - 1) / 2 | floor] end;
 	. as $runs
 	| ($runs | map(.label | split("/") | {e: .[0], c: (.[1:4] | join("/"))}) | unique) as $keys
-	| ["endpoint", "config", "deliveries/s", "p50_us", "p99_us", "ratio", "ratio_same", "cpu_us", "cpu_x", "lost", "dup", "wrong", "broken", "db_conns"],
+	| ["endpoint", "config", "deliveries/s", "p50_us", "p99_us", "p99_x", "ratio", "ratio_same", "cpu_us", "cpu_x", "rss_B", "cli", "busy", "load", "lost", "dup", "wrong", "broken", "db_conns"],
 	  ($keys[] | . as $k
 		| ($k.c | split("/")) as $cp
 		| ("raw/\($cp[1])/\($cp[2])") as $same
@@ -111,15 +117,21 @@ jq -rs '
 			| ($runs | map(select(.label == "\($k.e)/\($base)/\($r)"))[0]) as $b
 			| {rate: ($run.deliveries_per_s / $raw.deliveries_per_s),
 			   same: ($run.deliveries_per_s / $b.deliveries_per_s),
-			   cpu: (if ($b.server_cpu_us_per_delivery // 0) > 0 then ($run.server_cpu_us_per_delivery // 0) / $b.server_cpu_us_per_delivery else null end)})) as $ratios
+			   cpu: (if ($b.server_cpu_us_per_delivery // 0) > 0 then ($run.server_cpu_us_per_delivery // 0) / $b.server_cpu_us_per_delivery else null end),
+			   p99: (if $b.p99_us > 0 then $run.p99_us / $b.p99_us else null end)})) as $ratios
 		| [$k.e, $k.c,
 		   ($mine | map(.deliveries_per_s) | median | floor),
 		   ($mine | map(.p50_us) | median),
 		   ($mine | map(.p99_us) | median),
+		   ($ratios | map(.p99 // 0) | median * 1000 | round / 1000),
 		   ($ratios | map(.rate) | median * 1000 | round / 1000),
 		   ($ratios | map(.same) | median * 1000 | round / 1000),
 		   ($mine | map(.server_cpu_us_per_delivery // 0) | median * 100 | round / 100),
 		   ($ratios | map(.cpu // 0) | median * 1000 | round / 1000),
+		   ($mine | map(.server_rss_per_member_bytes // 0) | median | round),
+		   ($mine | map(.client_cpu_share // 0) | median * 100 | round / 100),
+		   ($mine | map(.machine_busy // 0) | median * 100 | round / 100),
+		   ($mine | map(.loadavg // 0) | median),
 		   ($mine | map(.lost) | add), ($mine | map(.duplicated) | add),
 		   ($mine | map(.wrong) | add), ($mine | map(.broken_sockets) | add),
 		   ($mine | map(.peak_db_conns) | max)])
