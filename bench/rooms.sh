@@ -19,7 +19,10 @@
 # baseline). Needs jq and PostgreSQL ($DATABASE_URL, else 127.0.0.1:5432
 # as user postgres); for the nats configurations, nats-server (a copy of
 # its own on a free port, unless $NATS_URL names one). Traffic goes to
-# 127.0.0.1 only.
+# 127.0.0.1 only. The room is named after this run (rooms<pid>, or $ROOM):
+# two runs on one database or NATS server at once would otherwise get each
+# other's messages; and the ports must be free (PORT+1..., PORT+100),
+# else it stops rather than measure another run's servers.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -29,6 +32,7 @@ senders=${SENDERS:-4}
 messages=${MESSAGES:-200}
 endpoints=${ENDPOINTS:-room fanout}
 port=${PORT:-18290}
+room=${ROOM:-rooms$$}
 read -ra configs <<<"${CONFIGS:-raw/memory/1 sync/memory/1 async/memory/1 sync/postgres/1 async/postgres/1 sync/postgres/2 async/postgres/2 raw/nats/1 sync/nats/1 async/nats/1 raw/nats/2 sync/nats/2 async/nats/2}"
 [[ " ${configs[*]} " == *" raw/memory/1 "* ]] || configs=(raw/memory/1 "${configs[@]}")
 
@@ -46,11 +50,20 @@ stop_all() {
 }
 trap 'stop_all; [ -n "$natspid" ] && kill "$natspid" 2>/dev/null; cleanup' EXIT
 
+# need_free PORT: stops unless nothing listens on 127.0.0.1:PORT.
+need_free() {
+	if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
+		echo "rooms.sh: port $1 is taken (another bench run?): set PORT" >&2
+		exit 1
+	fi
+}
+
 nats_url=${NATS_URL:-}
 if [[ " ${configs[*]} " == *"/nats/"* ]] && [ -z "$nats_url" ]; then
 	natsd=$(command -v nats-server || echo /usr/sbin/nats-server)
 	[ -x "$natsd" ] || { echo "rooms.sh: the nats configurations need nats-server (apt-get install nats-server) or \$NATS_URL" >&2; exit 1; }
 	np=$((port + 100))
+	need_free "$np"
 	"$natsd" -a 127.0.0.1 -p "$np" >"$tmp/nats.out" 2>&1 &
 	natspid=$!
 	for i in $(seq 1 50); do
@@ -81,12 +94,13 @@ for r in $(seq 1 "$rounds"); do
 			urls=() apps=()
 			for k in $(seq 1 "$instances"); do
 				p=$((port + k))
+				need_free "$p"
 				"$tmp/server" "${flags[@]}" -addr "127.0.0.1:$p" -app "dbscope-rooms-$mode-$k" >"$tmp/server.$k.out" 2>&1 &
 				pids+=($!)
 				urls+=("http://127.0.0.1:$p")
 				apps+=("dbscope-rooms-$mode-$k")
 			done
-			"$tmp/load" -members "$members" -senders "$senders" -messages "$messages" -endpoint "$endpoint" \
+			"$tmp/load" -members "$members" -senders "$senders" -messages "$messages" -endpoint "$endpoint" -room "$room" \
 				-urls "$(IFS=,; echo "${urls[*]}")" -apps "$(IFS=,; echo "${apps[*]}")" \
 				-server-pids "$(IFS=,; echo "${pids[*]}")" \
 				-label "$endpoint/$c/$r" | tee -a "$results"
