@@ -14,6 +14,7 @@
 #   bench/rooms.sh                                  # 3 rounds, 100 members, 4 senders x 200
 #   ROUNDS=5 MEMBERS=1000 ENDPOINTS="room fanout" bench/rooms.sh
 #   CONFIGS="raw/nats/2 sync/nats/2 async/nats/2" bench/rooms.sh
+#   SERVER_FLAGS="-wait-timeout 30s" bench/rooms.sh  # flags for every instance (bench/server -h)
 #
 # A configuration is mode/layer/instances; raw/memory/1 is always run (the
 # baseline). Needs jq and PostgreSQL ($DATABASE_URL, else 127.0.0.1:5432
@@ -33,6 +34,7 @@ messages=${MESSAGES:-200}
 endpoints=${ENDPOINTS:-room fanout}
 port=${PORT:-18290}
 room=${ROOM:-rooms$$}
+read -ra server_flags <<<"${SERVER_FLAGS:-}"
 read -ra configs <<<"${CONFIGS:-raw/memory/1 sync/memory/1 async/memory/1 sync/postgres/1 async/postgres/1 sync/postgres/2 async/postgres/2 raw/nats/1 sync/nats/1 async/nats/1 raw/nats/2 sync/nats/2 async/nats/2}"
 [[ " ${configs[*]} " == *" raw/memory/1 "* ]] || configs=(raw/memory/1 "${configs[@]}")
 
@@ -83,7 +85,7 @@ for r in $(seq 1 "$rounds"); do
 		for i in $(seq 0 $((n - 1))); do
 			c=${configs[$(((i + r) % n))]}
 			IFS=/ read -r mode layer instances <<<"$c"
-			flags=(-mode "$mode")
+			flags=(-mode "$mode" "${server_flags[@]}")
 			case $mode/$layer in
 			raw/memory) ;;
 			raw/nats) flags+=(-nats -nats-url "$nats_url") ;;

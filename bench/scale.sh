@@ -14,12 +14,17 @@
 #   ROUNDS=5 INSTANCES=2 bench/scale.sh
 #   MEMBERS=5000 MESSAGES=20 ENDPOINTS="fanout room" bench/scale.sh
 #   IDLE=0 CONFIGS="raw/nats/2 async/nats/2" bench/scale.sh   # no Go benchmarks; raw/memory/1 is added
+#   ENDPOINTS=room MESSAGES=5 INSTANCES=2 SERVER_FLAGS="-wait-timeout 30s" bench/scale.sh   # with the lookup
 #
 # Environment: ROUNDS (3), MEMBERS (10000), SENDERS (4), MESSAGES per
 # sender (10: each message is MEMBERS deliveries; a run then takes 10-30 s
 # on 2 busy cores), ENDPOINTS (fanout), INSTANCES ("2 4"), CONFIGS (the
 # list above), PORT (18290: instances on PORT+1..., nats-server on
-# PORT+100), IDLE (1: run the idle-member benchmarks first; 0: skip them).
+# PORT+100), IDLE (1: run the idle-member benchmarks first; 0: skip them),
+# SERVER_FLAGS (added to every instance's bench/server flags, e.g.
+# "-wait-timeout 30s": with the lookup (ENDPOINTS=room) 10,000 events a
+# message wait for 6 slots per instance, and past the default 2 s the
+# members are closed with 1013).
 # See bench/rooms.sh for the columns.
 #
 # Needs: Go; jq; PostgreSQL at $DATABASE_URL, else 127.0.0.1:5432 as user
