@@ -16,9 +16,11 @@
 // With -members, it drives the room workload instead (/ws/room/{name},
 // or /ws/fanout/{name} with -endpoint fanout): that many sockets spread
 // over the instances in -urls (comma-separated; default -url) join the
-// room, -senders of them send -messages each, closed-loop, and it prints
-// deliveries_per_s, p50_us/p99_us from the send to each delivery, lost and
-// duplicated:
+// room (16 dials at a time), -senders of them send -messages each,
+// closed-loop, and it prints deliveries_per_s, p50_us/p99_us from the send
+// to each delivery, lost and duplicated, the instances' CPU per delivery
+// and RSS per member at rest (-server-pids), the client's own, and how
+// busy the machine was (see loadgen.RoomResult):
 //
 //	go run ./bench/load -members 1000 -senders 4 -messages 200 \
 //		-urls http://127.0.0.1:8090,http://127.0.0.1:8091
@@ -32,6 +34,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"time"
@@ -63,10 +66,23 @@ func main() {
 	flag.IntVar(&room.Senders, "senders", 4, "room workload: members that send, closed-loop")
 	flag.StringVar(&room.Endpoint, "endpoint", "room", "room workload: room (with the lookup) or fanout")
 	flag.StringVar(&room.Room, "room", "bench", "room workload: the room's name")
+	flag.DurationVar(&room.Rest, "rest", time.Second, "room workload: how long the members rest once joined, before the instances' memory is read")
 	urls := flag.String("urls", "", "room workload: the instances' base URLs, comma-separated (default -url)")
 	pids := flag.String("server-pids", "", "room workload: the instances' process ids, comma-separated (for server_cpu_us_per_delivery)")
 	apps := flag.String("apps", "", "room workload: the application_name of each instance's connections, comma-separated (for peak_db_conns)")
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the client to this file")
 	flag.Parse()
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err == nil {
+			err = pprof.StartCPUProfile(f)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "load:", err)
+			os.Exit(1)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 	if room.Members > 0 {
@@ -85,12 +101,14 @@ func main() {
 		room.Messages, room.Label, room.SampleEvery = cfg.Messages, cfg.Label, cfg.SampleEvery
 		if err := runRoom(ctx, room, *wait); err != nil {
 			fmt.Fprintln(os.Stderr, "load:", err)
+			pprof.StopCPUProfile()
 			os.Exit(1)
 		}
 		return
 	}
 	if err := run(ctx, cfg, *wait); err != nil {
 		fmt.Fprintln(os.Stderr, "load:", err)
+		pprof.StopCPUProfile()
 		os.Exit(1)
 	}
 }

@@ -395,13 +395,20 @@ func cpuTicks(pid int) int64 {
 }
 
 // vmHWM returns the peak resident set size of process pid, or 0.
-func vmHWM(pid int) int64 {
+func vmHWM(pid int) int64 { return statusBytes(pid, "VmHWM:") }
+
+// vmRSS returns the resident set size of process pid, or 0.
+func vmRSS(pid int) int64 { return statusBytes(pid, "VmRSS:") }
+
+// statusBytes returns the size in field (e.g. "VmRSS:") of process pid's
+// /proc/<pid>/status, in bytes, or 0.
+func statusBytes(pid int, field string) int64 {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0
 	}
 	for line := range strings.Lines(string(b)) {
-		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+		if rest, ok := strings.CutPrefix(line, field); ok {
 			var kb int64
 			fmt.Sscanf(strings.TrimSpace(rest), "%d kB", &kb)
 			return kb << 10

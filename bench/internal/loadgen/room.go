@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -52,8 +53,14 @@ type RoomConfig struct {
 	Apps        []string
 	SampleEvery time.Duration
 
-	// ServerPIDs, the instances' process ids, give ServerCPUPerDelivery.
+	// ServerPIDs, the instances' process ids, give ServerCPUPerDelivery
+	// and ServerRSSPerMember.
 	ServerPIDs []int
+
+	// Rest is how long the members stay idle once all have joined, before
+	// the servers' resident memory is read and the senders start.
+	// Default: 1s.
+	Rest time.Duration
 }
 
 // RoomResult is what a room run measured, printed as one JSON line.
@@ -82,8 +89,28 @@ type RoomResult struct {
 	// ServerCPUPerDelivery is the instances' CPU time (user and system,
 	// all their threads, summed) while the senders ran, over deliveries,
 	// in µs (with ServerPIDs).
-	ServerCPUPerDelivery float64  `json:"server_cpu_us_per_delivery,omitempty"`
-	FirstErrors          []string `json:"first_errors,omitempty"`
+	ServerCPUPerDelivery float64 `json:"server_cpu_us_per_delivery,omitempty"`
+	// ServerRSSPerMember is what the instances' resident memory (VmRSS,
+	// summed) grew by from before the first dial to the members at rest
+	// (joined, Rest later), per member, in bytes (with ServerPIDs):
+	// sockets, consumers and the layer's members, and the garbage of
+	// connecting that the Go runtime has not given back.
+	ServerRSSPerMember float64 `json:"server_rss_per_member_bytes,omitempty"`
+	// ClientRSSPerMember is the same for this process (the load client's
+	// cost of a socket).
+	ClientRSSPerMember float64 `json:"client_rss_per_member_bytes"`
+	// ClientCPUPerDelivery is this process's CPU time while the senders
+	// ran, over deliveries, in µs; ClientCPUShare is that time over the
+	// instances' and its own: on a machine the client shares with the
+	// servers, the part of the cores that receiving took.
+	ClientCPUPerDelivery float64 `json:"client_cpu_us_per_delivery"`
+	ClientCPUShare       float64 `json:"client_cpu_share,omitempty"`
+	// MachineBusy is the share of all cores' time not idle while the
+	// senders ran (/proc/stat): near 1, the run was bound by CPU.
+	MachineBusy float64 `json:"machine_busy"`
+	// LoadAvg is the machine's 1-minute load average when the run began.
+	LoadAvg     float64  `json:"loadavg"`
+	FirstErrors []string `json:"first_errors,omitempty"`
 }
 
 type roomMsg struct {
@@ -119,16 +146,19 @@ func RunRoom(ctx context.Context, cfg RoomConfig) (RoomResult, error) {
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 10 * time.Second
 	}
+	if cfg.Rest <= 0 {
+		cfg.Rest = time.Second
+	}
 	res := RoomResult{
 		Label: cfg.Label, Endpoint: cfg.Endpoint, Instances: len(cfg.URLs),
 		Members: cfg.Members, Senders: cfg.Senders, Messages: cfg.Messages,
+		LoadAvg: loadAvg(),
 	}
 	total := int64(cfg.Senders * cfg.Messages)
 	var (
 		sentAt     = make([]atomic.Int64, total) // monotonic ns of each seq's send
 		got        = make([][]uint8, cfg.Members)
-		latMu      sync.Mutex
-		lats       []int64
+		lats       = make([][]int64, cfg.Members) // each member's, merged at the end
 		deliveries atomic.Int64
 		wrong      atomic.Int64
 		broken     atomic.Int64
@@ -152,25 +182,45 @@ func RunRoom(ctx context.Context, cfg RoomConfig) (RoomResult, error) {
 			}
 		}
 	}()
-	for i := range conns {
-		url := "ws" + strings.TrimPrefix(cfg.URLs[i%len(cfg.URLs)], "http") + "/ws/" + cfg.Endpoint + "/" + cfg.Room
-		dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		c, _, err := websocket.Dial(dctx, url, nil)
-		if err == nil {
-			_, _, err = c.Read(dctx) // {"joined":true}: the member is in
-		}
-		cancel()
-		if err != nil {
-			res.DialErrors++
-			note(err)
-			if c != nil {
-				c.CloseNow()
+	serverRSS0, clientRSS0 := serversRSS(cfg.ServerPIDs), vmRSS(os.Getpid())
+	var next, dialErrors atomic.Int64
+	var dialers sync.WaitGroup
+	for range min(16, cfg.Members) {
+		dialers.Go(func() {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= cfg.Members {
+					return
+				}
+				url := "ws" + strings.TrimPrefix(cfg.URLs[i%len(cfg.URLs)], "http") + "/ws/" + cfg.Endpoint + "/" + cfg.Room
+				dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+				c, _, err := websocket.Dial(dctx, url, nil)
+				if err == nil {
+					_, _, err = c.Read(dctx) // {"joined":true}: the member is in
+				}
+				cancel()
+				if err != nil {
+					dialErrors.Add(1)
+					note(err)
+					if c != nil {
+						c.CloseNow()
+					}
+					continue
+				}
+				c.SetReadLimit(1 << 20)
+				conns[i] = c
+				got[i] = make([]uint8, total)
 			}
-			continue
+		})
+	}
+	dialers.Wait()
+	res.DialErrors = dialErrors.Load()
+	if joined := int64(cfg.Members) - res.DialErrors; joined > 0 {
+		time.Sleep(cfg.Rest)
+		if serverRSS0 > 0 && len(cfg.ServerPIDs) > 0 {
+			res.ServerRSSPerMember = float64(serversRSS(cfg.ServerPIDs)-serverRSS0) / float64(joined)
 		}
-		c.SetReadLimit(1 << 20)
-		conns[i] = c
-		got[i] = make([]uint8, total)
+		res.ClientRSSPerMember = float64(vmRSS(os.Getpid())-clientRSS0) / float64(joined)
 	}
 	// own[s] receives the seqs sender s's socket gets of its own.
 	own := make([]chan int64, cfg.Senders)
@@ -179,17 +229,27 @@ func RunRoom(ctx context.Context, cfg RoomConfig) (RoomResult, error) {
 	}
 	senderOf := func(seq int64) int { return int(seq) / cfg.Messages }
 	var readers sync.WaitGroup
-	rctx, stopReading := context.WithCancel(ctx)
-	defer stopReading()
+	// The readers read without a context that can end (coder/websocket
+	// then arms no timer per read, a tenth of the client's CPU with 10,000
+	// members): they stop when their sockets are closed.
+	var stopping atomic.Bool
+	stopReading := func() {
+		stopping.Store(true)
+		for _, c := range conns {
+			if c != nil {
+				c.CloseNow()
+			}
+		}
+	}
 	for i, c := range conns {
 		if c == nil {
 			continue
 		}
 		readers.Go(func() {
 			for {
-				_, data, err := c.Read(rctx)
+				_, data, err := c.Read(context.Background())
 				if err != nil {
-					if rctx.Err() == nil {
+					if !stopping.Load() {
 						broken.Add(1)
 						note(err)
 					}
@@ -208,9 +268,7 @@ func RunRoom(ctx context.Context, cfg RoomConfig) (RoomResult, error) {
 				if got[i][m.Seq] < 255 {
 					got[i][m.Seq]++
 				}
-				latMu.Lock()
-				lats = append(lats, at-sentAt[m.Seq].Load())
-				latMu.Unlock()
+				lats[i] = append(lats[i], at-sentAt[m.Seq].Load())
 				if i < cfg.Senders && senderOf(m.Seq) == i {
 					own[i] <- m.Seq
 				}
@@ -218,7 +276,8 @@ func RunRoom(ctx context.Context, cfg RoomConfig) (RoomResult, error) {
 		})
 	}
 	stopSampling := sampleConns(ctx, cfg, &res.PeakDBConns)
-	cpu0 := serversCPU(cfg.ServerPIDs)
+	cpu0, self0 := serversCPU(cfg.ServerPIDs), cpuTicks(os.Getpid())
+	busy0, all0 := machineTicks()
 	start := time.Now()
 	var senders sync.WaitGroup
 	var sent, timeouts atomic.Int64
@@ -273,7 +332,8 @@ func RunRoom(ctx context.Context, cfg RoomConfig) (RoomResult, error) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	res.Seconds = time.Since(start).Seconds()
-	cpu1 := serversCPU(cfg.ServerPIDs)
+	cpu1, self1 := serversCPU(cfg.ServerPIDs), cpuTicks(os.Getpid())
+	busy1, all1 := machineTicks()
 	stopSampling()
 	stopReading()
 	readers.Wait()
@@ -283,6 +343,15 @@ func RunRoom(ctx context.Context, cfg RoomConfig) (RoomResult, error) {
 	res.DeliveriesPS = float64(res.Deliveries) / res.Seconds
 	if cpu0 >= 0 && cpu1 >= 0 && res.Deliveries > 0 && len(cfg.ServerPIDs) > 0 {
 		res.ServerCPUPerDelivery = float64(cpu1-cpu0) * 1e6 / clockTicks / float64(res.Deliveries)
+		if own := self1 - self0; own+cpu1-cpu0 > 0 {
+			res.ClientCPUShare = float64(own) / float64(own+cpu1-cpu0)
+		}
+	}
+	if res.Deliveries > 0 && self0 >= 0 && self1 >= 0 {
+		res.ClientCPUPerDelivery = float64(self1-self0) * 1e6 / clockTicks / float64(res.Deliveries)
+	}
+	if all1 > all0 {
+		res.MachineBusy = float64(busy1-busy0) / float64(all1-all0)
 	}
 	for i := range conns {
 		if conns[i] == nil {
@@ -303,11 +372,12 @@ func RunRoom(ctx context.Context, cfg RoomConfig) (RoomResult, error) {
 	res.Wrong = wrong.Load()
 	res.Broken = broken.Load()
 	res.SenderTimeout = timeouts.Load()
-	slices.Sort(lats)
-	if n := len(lats); n > 0 {
-		res.P50Micros = lats[n/2] / 1e3
-		res.P99Micros = lats[n*99/100] / 1e3
-		res.MaxMicros = lats[n-1] / 1e3
+	sorted := slices.Concat(lats...)
+	slices.Sort(sorted)
+	if n := len(sorted); n > 0 {
+		res.P50Micros = sorted[n/2] / 1e3
+		res.P99Micros = sorted[n*99/100] / 1e3
+		res.MaxMicros = sorted[n-1] / 1e3
 	}
 	res.FirstErrors = errs
 	return res, nil
@@ -356,6 +426,52 @@ func serversCPU(pids []int) int64 {
 		n += t
 	}
 	return n
+}
+
+// serversRSS is the resident memory of every process of pids, summed,
+// in bytes, or 0 if one cannot be read.
+func serversRSS(pids []int) int64 {
+	var n int64
+	for _, pid := range pids {
+		b := vmRSS(pid)
+		if b == 0 {
+			return 0
+		}
+		n += b
+	}
+	return n
+}
+
+// machineTicks returns the time all cores have spent busy and in all,
+// in clock ticks, from /proc/stat (idle and iowait are not busy), or 0, 0.
+func machineTicks() (busy, all int64) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 6 || f[0] != "cpu" {
+		return 0, 0
+	}
+	for k, v := range f[1:] {
+		var t int64
+		fmt.Sscan(v, &t)
+		all += t
+		if k != 3 && k != 4 { // idle, iowait
+			busy += t
+		}
+	}
+	return busy, all
+}
+
+// loadAvg returns the machine's 1-minute load average, or 0.
+func loadAvg() float64 {
+	var l float64
+	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
+		fmt.Sscan(string(b), &l)
+	}
+	return l
 }
 
 // connsOf returns the most connections in pg_stat_activity under one of
