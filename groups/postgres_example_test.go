@@ -18,7 +18,8 @@ import (
 // sent inside a transaction on one reaches the members on the other at
 // commit, and one sent by a transaction that rolls back reaches nobody.
 func ExampleNewPostgres() {
-	dsn := os.Getenv("DATABASE_URL") // straight to PostgreSQL: the listener's LISTEN needs a session
+	dsn := os.Getenv("DATABASE_URL")           // through PgBouncer, say
+	listen := os.Getenv("LISTEN_DATABASE_URL") // straight to PostgreSQL: a LISTEN needs a session of its own
 	instance := func() (*sql.DB, *dbctx.Pool, *groups.Layer) {
 		db, err := sql.Open("pgx", dsn)
 		if err != nil {
@@ -26,7 +27,7 @@ func ExampleNewPostgres() {
 		}
 		pool := dbctx.New(db, nil)
 		layer, err := groups.New(groups.NewPostgres(pool, &groups.PostgresOptions{
-			ListenDSN: dsn,
+			ListenDSN: listen,
 			Namespace: "example-newpostgres", // apart from other apps on this database
 		}), nil)
 		if err != nil {
@@ -69,7 +70,11 @@ func ExampleNewPostgres() {
 	if err := send("committed", nil); err != nil {
 		log.Fatal(err)
 	}
-	e := <-got
-	fmt.Printf("%s: %s\n", e.Group, e.Data)
+	select {
+	case e := <-got:
+		fmt.Printf("%s: %s\n", e.Group, e.Data)
+	case <-ctx.Done():
+		log.Fatal("nothing arrived: is LISTEN_DATABASE_URL straight to PostgreSQL?")
+	}
 	// Output: room.7: committed
 }

@@ -19,7 +19,9 @@ import (
 //
 // Where $DATABASE_URL is unset, Main resolves the server first and sets
 // $DATABASE_URL to it, so that runnable examples, which read
-// $DATABASE_URL as users' code does, run against it too.
+// $DATABASE_URL as users' code does, run against it too; likewise
+// $LISTEN_DATABASE_URL, a connection straight to PostgreSQL (the admin
+// URL behind a pooler), for the listeners of groups' examples.
 func Main(m *testing.M) {
 	if os.Getenv("DATABASE_URL") == "" {
 		srv, err := resolve()
@@ -29,6 +31,15 @@ func Main(m *testing.M) {
 			os.Exit(1)
 		}
 		os.Setenv("DATABASE_URL", srv.url)
+	}
+	if os.Getenv("LISTEN_DATABASE_URL") == "" {
+		// What a LISTEN needs, for the examples of groups: straight to
+		// PostgreSQL where $DATABASE_URL goes through a pooler.
+		direct := os.Getenv(AdminURLEnv)
+		if direct == "" {
+			direct = os.Getenv("DATABASE_URL")
+		}
+		os.Setenv("LISTEN_DATABASE_URL", direct)
 	}
 	code := m.Run()
 	shutdown()
