@@ -39,13 +39,15 @@ func main() {
 	adminAddr := flag.String("admin-addr", chatserver.EnvOr("ADMIN_ADDR", ""),
 		"serve /metrics and /debug/dbstats here only, not on -addr (env ADMIN_ADDR); keep it off the public network")
 	serverTiming := flag.Bool("server-timing", true, "send every client Server-Timing, its requests' time in the database")
+	pooling := flag.Bool("transaction-pooling", os.Getenv("TRANSACTION_POOLING") == "1",
+		"$DATABASE_URL goes through PgBouncer in transaction mode: settings go with each statement (env TRANSACTION_POOLING=1)")
 	otel := flag.Bool("otel", os.Getenv("OTEL") == "1",
 		"trace requests, sockets and statements and report the pool with OpenTelemetry: over OTLP/HTTP to $OTEL_EXPORTER_OTLP_ENDPOINT where set, else as JSON on stdout (env OTEL=1)")
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	cfg := chatserver.Config{Addr: *addr, Layer: *layer, AdminAddr: *adminAddr, NoServerTiming: !*serverTiming, OTel: *otel, Log: log}
+	cfg := chatserver.Config{Addr: *addr, Layer: *layer, AdminAddr: *adminAddr, NoServerTiming: !*serverTiming, TransactionPooling: *pooling, OTel: *otel, Log: log}
 	if err := run(ctx, cfg); err != nil {
 		fmt.Fprintln(os.Stderr, "nethttp:", err)
 		os.Exit(1)

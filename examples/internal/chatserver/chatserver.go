@@ -46,6 +46,13 @@ type Config struct {
 	// PostgreSQL where DSN goes through PgBouncer. "": $LISTEN_DATABASE_URL,
 	// else DSN.
 	ListenDSN string
+	// TransactionPooling says DSN goes through PgBouncer in transaction
+	// mode: the pool declares dbctx.Options.TransactionPooling, so that the
+	// tenant of every statement is set with it, transaction-locally (a
+	// session-level setting would stay on whichever server connection
+	// PgBouncer picked). The examples' -transaction-pooling flag; false:
+	// $TRANSACTION_POOLING=1.
+	TransactionPooling bool
 	// Layer is the engine that carries the rooms between instances:
 	// "postgres" (LISTEN/NOTIFY on the database, the default: "" too),
 	// "memory" (this instance alone) or a NATS URL, such as
@@ -114,7 +121,8 @@ func Run(ctx context.Context, cfg Config, routes func(*App) http.Handler) error 
 		return err
 	}
 	defer db.Close()
-	pool, err := tel.pool(db, &dbctx.Options{Logger: log})
+	tp := cfg.TransactionPooling || os.Getenv("TRANSACTION_POOLING") == "1"
+	pool, err := tel.pool(db, &dbctx.Options{Logger: log, TransactionPooling: tp})
 	if err != nil {
 		return err
 	}

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -24,6 +25,14 @@ import (
 // is for the rooms' listener: straight to PostgreSQL where dsn goes
 // through a pooler.
 type RunFunc func(ctx context.Context, ln net.Listener, dsn, listenDSN string, log *slog.Logger) error
+
+// Behind the CI's PgBouncer the example servers are told so, as their
+// users would tell them (see chatserver.Config.TransactionPooling).
+func init() {
+	if pgtest.Pooled() {
+		os.Setenv("TRANSACTION_POOLING", "1")
+	}
+}
 
 // Server is an example server started by Start.
 type Server struct {
