@@ -7,7 +7,6 @@ import (
 	"testing"
 
 	"github.com/dbscope/dbscope/dbctx"
-	"github.com/dbscope/dbscope/internal/pgserver"
 	"github.com/dbscope/dbscope/internal/pgtest"
 	"github.com/jackc/pgx/v5"
 )
@@ -126,13 +125,7 @@ func TestResetCostsNoRoundTrip(t *testing.T) {
 			env := newEnv(t)
 			mustExec(t, env.Admin(), "CREATE TABLE "+env.Schema()+".t (id serial PRIMARY KEY, n int)")
 			px := newProxy(t, env)
-			dsn, err := pgserver.WithParams(px.DSN(), "default_query_exec_mode", mode)
-			if err != nil {
-				t.Fatal(err)
-			}
-			db := openDSN(t, dsn)
-			db.SetMaxOpenConns(1)
-			p := poolOn(t, env, db, &dbctx.Options{MaxWorkers: 1})
+			p := countedPool(t, env, px, mode)
 			insert := func() {
 				if err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
 					_, err := s.ExecContext(ctx, "INSERT INTO t (n) VALUES ($1)", 1)

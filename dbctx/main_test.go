@@ -6,9 +6,11 @@ import (
 	"io"
 	"log/slog"
 	"testing"
+	"time"
 
 	"github.com/dbscope/dbscope/dbctx"
 	"github.com/dbscope/dbscope/internal/dbtest"
+	"github.com/dbscope/dbscope/internal/pgserver"
 	"github.com/dbscope/dbscope/internal/pgtest"
 	_ "github.com/jackc/pgx/v5/stdlib"
 )
@@ -37,6 +39,25 @@ func poolOn(t *testing.T, env *pgtest.Env, db *sql.DB, opts *dbctx.Options) *dbc
 func newEnv(t *testing.T) *pgtest.Env { return pgtest.New(t) }
 
 func newProxy(t *testing.T, env *pgtest.Env) *pgtest.Proxy { return pgtest.NewProxy(t, env) }
+
+// countedPool returns a pool of one slot and one connection through px, in
+// pgx's exec mode mode, for tests that count the round trips of units of
+// work (px.Ready): the connection stays in the pool's keep, since on a
+// loaded machine its trips back to the *sql.DB (a cleanup, database/sql's
+// ping after a second idle) would add round trips that are no unit's.
+func countedPool(t *testing.T, env *pgtest.Env, px *pgtest.Proxy, mode string) *dbctx.Pool {
+	t.Helper()
+	dsn, err := pgserver.WithParams(px.DSN(), "default_query_exec_mode", mode)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := openDSN(t, dsn)
+	db.SetMaxOpenConns(1)
+	p := poolOn(t, env, db, &dbctx.Options{MaxWorkers: 1})
+	p.SetKeepIdle(time.Hour)
+	p.SetKeepFor(time.Hour)
+	return p
+}
 
 func openDSN(t testing.TB, dsn string) *sql.DB {
 	t.Helper()

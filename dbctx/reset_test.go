@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"testing"
-	"time"
 
 	"github.com/dbscope/dbscope/dbctx"
 	"github.com/dbscope/dbscope/internal/pgserver"
@@ -365,15 +364,7 @@ func TestSweepCheck(t *testing.T) {
 			env := newEnv(t)
 			mustExec(t, env.Admin(), "CREATE TABLE "+env.Schema()+".log (id serial PRIMARY KEY, n int)")
 			px := newProxy(t, env)
-			dsn, err := pgserver.WithParams(px.DSN(), "default_query_exec_mode", mode)
-			if err != nil {
-				t.Fatal(err)
-			}
-			db := openDSN(t, dsn)
-			db.SetMaxOpenConns(1)
-			p := poolOn(t, env, db, &dbctx.Options{MaxWorkers: 1})
-			p.SetKeepIdle(time.Hour)
-			p.SetKeepFor(time.Hour)
+			p := countedPool(t, env, px, mode)
 			ctx := context.Background()
 			run := func(q string) {
 				t.Helper()

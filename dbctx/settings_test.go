@@ -375,19 +375,7 @@ func TestSettingsNoRoundTrip(t *testing.T) {
 			env := newEnv(t)
 			rls(t, env)
 			px := newProxy(t, env)
-			dsn, err := pgserver.WithParams(px.DSN(), "default_query_exec_mode", mode)
-			if err != nil {
-				t.Fatal(err)
-			}
-			db := openDSN(t, dsn)
-			db.SetMaxOpenConns(1)
-			p := poolOn(t, env, db, &dbctx.Options{MaxWorkers: 1})
-			// The connection stays in the pool's keep: on a loaded
-			// machine, its trips back to the *sql.DB (a clearing of
-			// settings, database/sql's ping after a second idle) would
-			// add round trips that are no unit of work's.
-			p.SetKeepIdle(time.Hour)
-			p.SetKeepFor(time.Hour)
+			p := countedPool(t, env, px, mode)
 			lookup := func(ctx context.Context) {
 				if err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
 					var name string
