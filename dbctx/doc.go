@@ -77,8 +77,10 @@
 // [Do], both consumer styles and their group events — runs with exactly
 // the values its context declares and no other unit's. The values are sent
 // as parameters of set_config, in the same network round trip as the
-// statement, and only where the session does not carry them already; if
-// they fail, the statement does not run. Outside a transaction they are
+// statement, and only where the session does not carry them already (of
+// the connections kept between scopes, a scope takes one that carries its
+// values, where there is one: many tenants over a few connections mostly
+// find their own); if they fail, the statement does not run. Outside a transaction they are
 // set for the session and cleared, or replaced, in the first round trip of
 // the connection's next user, or before it goes back to the *sql.DB;
 // inside one (and behind PgBouncer always) for the transaction only. They

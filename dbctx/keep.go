@@ -60,11 +60,13 @@ func (p *Pool) keep(c *session) bool {
 }
 
 // takeKept returns a kept connection that passes the health check, or ok
-// false when the keep has none. One kept past keepFor goes back to the
-// *sql.DB; a dead one is discarded (and counted in pn, if not nil).
-func (p *Pool) takeKept(pn *Pin) (c *session, looked, ok bool) {
+// false when the keep has none: the one given back last among those that
+// owe no reset and carry the settings want, else the one given back last
+// (see unkeep). One kept past keepFor goes back to the *sql.DB; a dead
+// one is discarded (and counted in pn, if not nil).
+func (p *Pool) takeKept(pn *Pin, want []setting) (c *session, looked, ok bool) {
 	for {
-		if c = p.unkeep(); c == nil {
+		if c = p.unkeep(want); c == nil {
 			return nil, false, false
 		}
 		now := monotonic()
@@ -86,8 +88,13 @@ func (p *Pool) takeKept(pn *Pin) (c *session, looked, ok bool) {
 	}
 }
 
-// unkeep takes the connection given back last, or nil.
-func (p *Pool) unkeep() *session {
+// unkeep takes a kept connection, or returns nil. It prefers, newest
+// first, one that owes no reset and whose session carries the settings
+// want already: the scope's statements then need no set_config, and no
+// reset, in their round trip. Many tenants over a few connections find
+// their own under load this way. Otherwise it takes the connection given
+// back last. The keep stays in give-back order (sweep relies on it).
+func (p *Pool) unkeep(want []setting) *session {
 	kp := &p.kept
 	kp.mu.Lock()
 	defer kp.mu.Unlock()
@@ -95,7 +102,15 @@ func (p *Pool) unkeep() *session {
 	if n == 0 {
 		return nil
 	}
-	c := kp.conns[n-1]
+	i := n - 1
+	for j := n - 1; j >= 0; j-- {
+		if c := kp.conns[j]; !c.resetDue && sameSettings(c.applied, want) {
+			i = j
+			break
+		}
+	}
+	c := kp.conns[i]
+	copy(kp.conns[i:], kp.conns[i+1:])
 	kp.conns[n-1] = nil
 	kp.conns = kp.conns[:n-1]
 	return c

@@ -114,3 +114,80 @@ func TestCloseGivesKeptBack(t *testing.T) {
 		t.Errorf("after Close: kept %d, in use in the *sql.DB %d; want 0, 0", st.Kept, p.DB().Stats().InUse)
 	}
 }
+
+// TestKeptForItsSettings: of the connections kept, a scope gets one whose
+// session carries its settings already, not merely the one given back
+// last, and PostgreSQL sees its own tenant on it.
+func TestKeptForItsSettings(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "a session keeps its settings between transactions only on a direct connection")
+	env := newEnv(t)
+	rls(t, env)
+	p := poolOn(t, env, env.Open(t), &dbctx.Options{MaxWorkers: 3, Logger: quiet()})
+	// Nothing goes back to the *sql.DB while the test looks, however
+	// slow the machine.
+	p.SetKeepFor(time.Hour)
+	p.SetKeepIdle(time.Hour)
+	tenants := []string{"t1", "t2", "t3"}
+	type seen struct {
+		pid    int
+		tenant string
+	}
+	lookup := func(ctx context.Context, s *dbctx.Scope) (got seen, err error) {
+		err = s.QueryRowContext(ctx, "SELECT pg_backend_pid(), current_setting('app.tenant')").Scan(&got.pid, &got.tenant)
+		return got, err
+	}
+	// Three scopes at once, one per tenant: three connections, kept after
+	// with their tenants.
+	var (
+		mu    sync.Mutex
+		pids  = map[string]int{}
+		wg    sync.WaitGroup
+		ready sync.WaitGroup
+	)
+	release := make(chan struct{})
+	ready.Add(len(tenants))
+	for _, tn := range tenants {
+		wg.Go(func() {
+			err := p.Do(tenant.With(context.Background(), tn), func(ctx context.Context, s *dbctx.Scope) error {
+				got, err := lookup(ctx, s)
+				mu.Lock()
+				pids[tn] = got.pid
+				mu.Unlock()
+				ready.Done()
+				<-release
+				return err
+			})
+			if err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	ready.Wait()
+	close(release)
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+	if st := p.Stats(); st.Kept != 3 {
+		t.Fatalf("%d connections kept, want 3", st.Kept)
+	}
+	// One after another, never the tenant of the connection given back
+	// last.
+	for i := range 12 {
+		tn := tenants[(2*i)%len(tenants)]
+		var got seen
+		if err := p.Do(tenant.With(context.Background(), tn), func(ctx context.Context, s *dbctx.Scope) (err error) {
+			got, err = lookup(ctx, s)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if got.tenant != tn {
+			t.Fatalf("unit %d of tenant %s saw tenant %q", i, tn, got.tenant)
+		}
+		if got.pid != pids[tn] {
+			t.Errorf("unit %d of tenant %s on backend %d, want %d, which carries its tenant", i, tn, got.pid, pids[tn])
+		}
+	}
+}

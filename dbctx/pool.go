@@ -119,9 +119,14 @@ func (p *Pool) Close() error {
 // it dead (a connection given back a moment ago is not looked at first),
 // it is discarded and OnAcquire runs again on another, a few times at most.
 func (p *Pool) connect(ctx context.Context, pn *Pin) (c *session, looked bool, err error) {
+	var want []setting
+	if !p.opts.TransactionPooling {
+		// Under TransactionPooling no session carries settings.
+		want = settingsOf(ctx)
+	}
 	for dead := 0; ; dead++ {
 		var ok bool
-		c, looked, ok = p.takeKept(pn)
+		c, looked, ok = p.takeKept(pn, want)
 		if !ok {
 			if c, looked, err = p.checkOut(ctx, pn); err != nil {
 				return nil, false, err

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"unsafe"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -287,15 +288,25 @@ func (c *session) setConfigParams(set []setting, local bool) [][]byte {
 	for _, st := range set {
 		var vp []byte
 		if !st.reset {
-			vp = []byte(st.value)
+			vp = stringBytes(st.value)
 		}
-		params = append(params, []byte(st.name), vp, lp)
+		params = append(params, stringBytes(st.name), vp, lp)
 	}
 	c.params = params
 	return params
 }
 
 var boolTrue, boolFalse = []byte("t"), []byte("f")
+
+// stringBytes returns s's bytes without a copy, for a parameter that
+// pgconn only reads (it encodes it into its buffer at once): they must
+// never be written.
+func stringBytes(s string) []byte {
+	if s == "" {
+		return []byte{} // not nil: nil sends NULL
+	}
+	return unsafe.Slice(unsafe.StringData(s), len(s))
+}
 
 // prefixStatements yields the statements of p, in order. The reset owed
 // by an earlier scope gets a transaction of its own (BEGIN … COMMIT) in

@@ -223,13 +223,9 @@ func shorten(query string) string {
 // must be the first statement of its transaction.
 func needsNoSettings(query string) bool {
 	l := lexer{q: query}
-	t := l.next()
-	if t.kind != tWord {
-		return false
-	}
-	switch strings.ToLower(t.text) {
-	case "begin", "start", "commit", "end", "rollback", "abort", "savepoint", "release":
-	case "set":
+	switch t := l.next(); {
+	case t.is("begin"), t.is("start"), t.is("commit"), t.is("end"), t.is("rollback"), t.is("abort"), t.is("savepoint"), t.is("release"):
+	case t.is("set"):
 		// SET TRANSACTION ISOLATION LEVEL …, not SET transaction.x = ….
 		if !l.next().is("transaction") || l.next().kind != tWord {
 			return false
