@@ -1,5 +1,6 @@
 // Package dbprom exports the counters of a [dbctx.Pool], of a
-// [groups.Layer] and of its PostgreSQL engine as Prometheus metrics. It is a module of its own
+// [groups.Layer] and of its PostgreSQL engine, and of a
+// [wsconsumer.Handler], as Prometheus metrics. It is a module of its own
 // (github.com/dbscope/dbscope/dbprom), so that programs that do not
 // use Prometheus do not depend on its client library; without it, the
 // standard library's expvar publishes the same numbers from
@@ -16,12 +17,14 @@
 //		dbprom.NewCollector(pool, nil),
 //		dbprom.NewGroupsCollector(layer, nil),
 //		dbprom.NewPostgresCollector(engine, nil), // the layer's engine, over PostgreSQL
+//		dbprom.NewConsumerCollector(chat, nil),   // a websocket endpoint
 //		collectors.NewDBStatsCollector(pool.DB(), "app"), // database/sql's own counters
 //	)
 //	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 //
 // Several pools on one registry each need [Options.ConstLabels] of their
-// own (pool="primary", pool="replica").
+// own (pool="primary", pool="replica"), as several websocket endpoints do
+// (endpoint="chat").
 //
 // # The pool's metrics
 //
@@ -71,6 +74,17 @@
 //	                                          their bytes, envelopes included
 //
 // The queue usage is exported once it has been sampled.
+//
+// # A websocket endpoint's metrics
+//
+//	dbscope_websocket_sockets                 gauge: sockets counted against MaxSockets
+//	dbscope_websocket_upgrades_total{result="accepted|bad_upgrade|refused|rejected"}
+//	                                          upgrade requests as answered
+//	dbscope_websocket_callback_errors_total{cause="busy|failed|client_gone"}
+//	                                          callbacks that failed: busy (503, 1013, 1001),
+//	                                          failed (500, 1011: alert on a rate), client_gone
+//
+// Every result and cause is exported from the start, at 0.
 //
 // A histogram, of the waits of the callers that queued:
 //

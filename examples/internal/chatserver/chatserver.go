@@ -149,13 +149,13 @@ func Run(ctx context.Context, cfg Config, routes func(*App) http.Handler) error 
 	defer layer.Close()
 
 	a := &App{Pool: pool, Log: log, Layer: layer, ServerTiming: !cfg.NoServerTiming, asRole: asRole}
-	a.Metrics = metrics(db, pool, layer, engine, log)
 	// A socket's records carry the attributes routes gives App.LogAttrs
 	// (read when a record is logged: routes runs after this).
 	logAttrs := func(ctx context.Context) []slog.Attr { return a.logAttrs(ctx) }
 	wsOpts := tel.consumerOptions(&wsconsumer.Options{Logger: log, Layer: layer, LogAttrs: logAttrs})
 	a.SyncWS = wsconsumer.NewSync(pool, a.syncConsumer(), wsOpts)
 	a.AsyncWS = wsconsumer.NewAsync(pool, a.asyncConsumer(), wsOpts)
+	a.Metrics = metrics(db, pool, layer, engine, map[string]*wsconsumer.Handler{"sync": a.SyncWS, "async": a.AsyncWS}, log)
 	a.Atomic = middleware.AtomicWithOpts(&middleware.AtomicOptions{Logger: log, LogAttrs: logAttrs})
 	public := tel.handler(routes(a))
 	admin := a.adminRoutes()
@@ -396,7 +396,7 @@ func (a *App) Stats(w http.ResponseWriter, r *http.Request) {
 // metrics returns the handler of GET /metrics. The registry is the
 // server's own, not prometheus.DefaultRegisterer: two instances in one
 // process (as in the tests) each export their own pool.
-func metrics(db *sql.DB, pool *dbctx.Pool, layer *groups.Layer, engine groups.Engine, log *slog.Logger) http.Handler {
+func metrics(db *sql.DB, pool *dbctx.Pool, layer *groups.Layer, engine groups.Engine, endpoints map[string]*wsconsumer.Handler, log *slog.Logger) http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
 		collectors.NewGoCollector(),
@@ -407,6 +407,9 @@ func metrics(db *sql.DB, pool *dbctx.Pool, layer *groups.Layer, engine groups.En
 	)
 	if pg, ok := engine.(*groups.Postgres); ok {
 		reg.MustRegister(dbprom.NewPostgresCollector(pg, nil))
+	}
+	for name, h := range endpoints {
+		reg.MustRegister(dbprom.NewConsumerCollector(h, &dbprom.Options{ConstLabels: prometheus.Labels{"endpoint": name}}))
 	}
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn),

@@ -15,8 +15,8 @@ import (
 )
 
 // Metrics scrapes GET /metrics as Prometheus does and reads it with
-// Prometheus' own decoder and linter: every metric of the pool and the
-// layer is there with its type, their values agree with /debug/dbstats
+// Prometheus' own decoder and linter: every metric of the pool, the
+// layer and the websocket endpoints is there with its type, their values agree with /debug/dbstats
 // after a message was posted, database/sql's and the Go runtime's
 // metrics are there too, and the linter finds no problem.
 func Metrics(t *testing.T, s *Server) {
@@ -57,30 +57,33 @@ func Metrics(t *testing.T, s *Server) {
 
 	gauge, counter := dto.MetricType_GAUGE, dto.MetricType_COUNTER
 	for name, typ := range map[string]dto.MetricType{
-		"dbscope_slots":                   gauge,
-		"dbscope_slots_in_use":            gauge,
-		"dbscope_waiting":                 gauge,
-		"dbscope_pinned_connections":      gauge,
-		"dbscope_kept_connections":        gauge,
-		"dbscope_waits_total":             counter,
-		"dbscope_wait_seconds_total":      counter,
-		"dbscope_busy_total":              counter,
-		"dbscope_acquired_total":          counter,
-		"dbscope_given_back_total":        counter,
-		"dbscope_retries_total":           counter,
-		"dbscope_resets_total":            counter,
-		"dbscope_rolled_back_total":       counter,
-		"dbscope_leaks_total":             counter,
-		"dbscope_discarded_total":         counter,
-		"dbscope_groups_groups":           gauge,
-		"dbscope_groups_members":          gauge,
-		"dbscope_groups_sent_total":       counter,
-		"dbscope_groups_delivered_total":  counter,
-		"dbscope_groups_slow_total":       counter,
-		"dbscope_groups_gaps_total":       counter,
-		"dbscope_groups_reconnects_total": counter,
-		"go_sql_open_connections":         gauge,
-		"go_goroutines":                   gauge,
+		"dbscope_slots":                           gauge,
+		"dbscope_slots_in_use":                    gauge,
+		"dbscope_waiting":                         gauge,
+		"dbscope_pinned_connections":              gauge,
+		"dbscope_kept_connections":                gauge,
+		"dbscope_waits_total":                     counter,
+		"dbscope_wait_seconds_total":              counter,
+		"dbscope_busy_total":                      counter,
+		"dbscope_acquired_total":                  counter,
+		"dbscope_given_back_total":                counter,
+		"dbscope_retries_total":                   counter,
+		"dbscope_resets_total":                    counter,
+		"dbscope_rolled_back_total":               counter,
+		"dbscope_leaks_total":                     counter,
+		"dbscope_discarded_total":                 counter,
+		"dbscope_groups_groups":                   gauge,
+		"dbscope_groups_members":                  gauge,
+		"dbscope_groups_sent_total":               counter,
+		"dbscope_groups_delivered_total":          counter,
+		"dbscope_groups_slow_total":               counter,
+		"dbscope_groups_gaps_total":               counter,
+		"dbscope_groups_reconnects_total":         counter,
+		"dbscope_websocket_sockets":               gauge,
+		"dbscope_websocket_upgrades_total":        counter,
+		"dbscope_websocket_callback_errors_total": counter,
+		"go_sql_open_connections":                 gauge,
+		"go_goroutines":                           gauge,
 	} {
 		if mf := families[name]; mf == nil || mf.GetType() != typ {
 			t.Errorf("%s: %v, want a %v", name, mf, typ)
@@ -110,6 +113,13 @@ func Metrics(t *testing.T, s *Server) {
 	}
 	if v := value("dbscope_groups_sent_total"); v < 1 {
 		t.Errorf("dbscope_groups_sent_total = %v after a post", v)
+	}
+	// Both endpoints, every result and cause from the start.
+	if n := len(families["dbscope_websocket_upgrades_total"].GetMetric()); n != 8 {
+		t.Errorf("dbscope_websocket_upgrades_total: %d series, want 2 endpoints × 4 results", n)
+	}
+	if n := len(families["dbscope_websocket_callback_errors_total"].GetMetric()); n != 6 {
+		t.Errorf("dbscope_websocket_callback_errors_total: %d series, want 2 endpoints × 3 causes", n)
 	}
 	var reasons []string
 	for _, m := range families["dbscope_discarded_total"].GetMetric() {
