@@ -247,7 +247,9 @@
 // Many instances of a service share PostgreSQL through PgBouncer in
 // transaction pooling mode (pool_mode = transaction), which runs every
 // transaction, and every statement outside one, on whichever server
-// connection is free. Declare it with [Options.TransactionPooling], and
+// connection is free. Declare it with [Options.TransactionPooling] (a pool
+// without it warns once where its first connection finds a pooler between:
+// the server's backend is not the one the connection announced), and
 // choose:
 //
 //   - pgx's exec mode: default_query_exec_mode=exec in the connection

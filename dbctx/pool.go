@@ -6,6 +6,7 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -44,8 +45,8 @@ type Pool struct {
 	keepIdle  time.Duration // see keep.go
 	keepFor   time.Duration // see keep.go
 
-	execModeOnce sync.Once // see checkExecMode
-	stmtErrOnce  sync.Once // see pgxStatementError
+	firstConn   sync.Once // checkExecMode and checkPooler, on the first connection
+	stmtErrOnce sync.Once // see pgxStatementError
 
 	resetStmts []string       // ResetSQL's statements, sent one by one (prefix.go)
 	cleaning   sync.WaitGroup // connections being cleaned on their way back (keep.go)
@@ -176,7 +177,10 @@ func (p *Pool) checkOut(ctx context.Context, pn *Pin) (c *session, looked bool, 
 		if err = conn.Raw(func(dc any) (bad error) {
 			c = sessionOfDriver(dc)
 			if c.px != nil {
-				p.execModeOnce.Do(func() { p.checkExecMode(dc) })
+				p.firstConn.Do(func() {
+					p.checkExecMode(dc)
+					p.checkPooler(ctx, c)
+				})
 			}
 			c.pin = pin{conn: conn, taken: taken}
 			looked, bad = p.check(c, taken)
@@ -212,6 +216,32 @@ func (p *Pool) checkExecMode(driverConn any) {
 			"they go missing between transactions; set default_query_exec_mode=exec (or simple_protocol, cache_describe) in the connection string",
 			"default_query_exec_mode", name)
 	}
+}
+
+// checkPooler warns where the server's backend is not the one that c
+// announced at startup, unless the pool has TransactionPooling: a pooler
+// (PgBouncer, …) sits between, since it announces a backend of its own
+// (BackendKeyData) and hands a server's connection to several clients. In
+// its transaction mode a pool must say so: settings applied for the
+// session, and whatever a scope leaves in it, would go with the server's
+// connection to another client, and a statement after them to another
+// server's connection without them. It costs the first connection one
+// round trip; where that fails, nothing is said.
+func (p *Pool) checkPooler(ctx context.Context, c *session) {
+	if c.pc == nil || p.opts.TransactionPooling {
+		return
+	}
+	res := c.pc.ExecParams(ctx, "SELECT pg_catalog.pg_backend_pid()", nil, nil, nil, nil).Read()
+	if res.Err != nil || len(res.Rows) != 1 || len(res.Rows[0]) != 1 {
+		return
+	}
+	pid, err := strconv.ParseUint(string(res.Rows[0][0]), 10, 32)
+	if err != nil || uint32(pid) == c.pc.PID() {
+		return
+	}
+	p.opts.Logger.Warn("dbctx: the server's backend is not the one the connection announced: a pooler sits between (PgBouncer?); "+
+		"in its transaction pooling mode set Options.TransactionPooling, or settings and session state go to other clients",
+		"announced_pid", c.pc.PID(), "backend_pid", pid)
 }
 
 // pgxStatementError logs, once per pool, an error of pgx's own prepared

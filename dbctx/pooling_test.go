@@ -467,3 +467,50 @@ func TestPgBouncerRestart(t *testing.T) {
 		}
 	}
 }
+
+// A pool behind PgBouncer that does not declare TransactionPooling is
+// told, once, on its first connection; one that declares it, and one
+// straight to PostgreSQL, are told nothing.
+func TestPoolerWarned(t *testing.T) {
+	t.Parallel()
+	bouncer := pgtest.StartPgBouncer(t, nil)
+	const warning = "a pooler sits between"
+	for _, tc := range []struct {
+		name        string
+		via, pooled bool
+		warned      int
+	}{
+		{"behind PgBouncer", true, false, 1},
+		{"behind PgBouncer, TransactionPooling", true, true, 0},
+		{"direct", false, false, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			if !tc.via && pgtest.Pooled() {
+				t.Skip("the suite's server is itself behind a pooler")
+			}
+			env := newEnv(t)
+			db := env.Open(t)
+			if tc.via {
+				db = openDSN(t, bouncer.DSN(env, "default_query_exec_mode", "exec"))
+			}
+			var log syncBuffer
+			p := poolOn(t, env, db, &dbctx.Options{
+				MaxWorkers:         2,
+				TransactionPooling: tc.pooled,
+				Logger:             slog.New(slog.NewTextHandler(&log, nil)),
+			})
+			for range 3 {
+				if err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+					_, err := backendPID(ctx, s)
+					return err
+				}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if n := strings.Count(log.String(), warning); n != tc.warned {
+				t.Errorf("warned %d times, want %d: %s", n, tc.warned, log.String())
+			}
+		})
+	}
+}
