@@ -45,8 +45,9 @@ type Pool struct {
 	keepIdle  time.Duration // see keep.go
 	keepFor   time.Duration // see keep.go
 
-	firstConn   sync.Once // checkExecMode and checkPooler, on the first connection
-	stmtErrOnce sync.Once // see pgxStatementError
+	execModeOnce  sync.Once   // see checkExecMode
+	poolerChecked atomic.Bool // see checkPooler
+	stmtErrOnce   sync.Once   // see pgxStatementError
 
 	resetStmts []string       // ResetSQL's statements, sent one by one (prefix.go)
 	cleaning   sync.WaitGroup // connections being cleaned on their way back (keep.go)
@@ -177,10 +178,11 @@ func (p *Pool) checkOut(ctx context.Context, pn *Pin) (c *session, looked bool, 
 		if err = conn.Raw(func(dc any) (bad error) {
 			c = sessionOfDriver(dc)
 			if c.px != nil {
-				p.firstConn.Do(func() {
-					p.checkExecMode(dc)
+				p.execModeOnce.Do(func() { p.checkExecMode(dc) })
+				if !p.poolerChecked.Load() && p.poolerChecked.CompareAndSwap(false, true) {
+					// Not under a sync.Once: nobody else waits for it.
 					p.checkPooler(ctx, c)
-				})
+				}
 			}
 			c.pin = pin{conn: conn, taken: taken}
 			looked, bad = p.check(c, taken)
@@ -226,11 +228,14 @@ func (p *Pool) checkExecMode(driverConn any) {
 // session, and whatever a scope leaves in it, would go with the server's
 // connection to another client, and a statement after them to another
 // server's connection without them. It costs the first connection one
-// round trip; where that fails, nothing is said.
+// round trip, of at most poolerCheckTimeout; where that fails, nothing is
+// said (and a connection it broke is found dead by the check after it).
 func (p *Pool) checkPooler(ctx context.Context, c *session) {
 	if c.pc == nil || p.opts.TransactionPooling {
 		return
 	}
+	ctx, cancel := context.WithTimeout(ctx, poolerCheckTimeout)
+	defer cancel()
 	res := c.pc.ExecParams(ctx, "SELECT pg_catalog.pg_backend_pid()", nil, nil, nil, nil).Read()
 	if res.Err != nil || len(res.Rows) != 1 || len(res.Rows[0]) != 1 {
 		return
@@ -243,6 +248,8 @@ func (p *Pool) checkPooler(ctx context.Context, c *session) {
 		"in its transaction pooling mode set Options.TransactionPooling, or settings and session state go to other clients",
 		"announced_pid", c.pc.PID(), "backend_pid", pid)
 }
+
+const poolerCheckTimeout = 5 * time.Second
 
 // pgxStatementError logs, once per pool, an error of pgx's own prepared
 // statements (SQLSTATE 26000 does not exist, 42P05 already exists, for a
