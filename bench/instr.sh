@@ -18,7 +18,10 @@
 # same workload, x_plain a tenant workload's over the same mode's without
 # a tenant (tenant over plain, write+tenant over write); resets/1k and
 # wrong_t come from the driver's run of BIG messages (the pool's session
-# resets per 1,000 messages, the replies of another tenant).
+# resets per 1,000 messages, the replies of another tenant), and so does
+# settings/1k (the round trips that carried set_config for the declared
+# tenant, per 1,000 messages: the units that found no connection carrying
+# it).
 #
 # Each mode's server runs under cachegrind for SMALL and BIG messages per
 # client (each REPEAT times, the least count kept); the difference of the
@@ -74,7 +77,7 @@ count() {
 msgs=$((clients * (big - small)))
 echo "# $(go version | cut -d' ' -f3), $(valgrind --version), proto=$proto clients=$clients messages=$small,$big, $(date -u +%FT%TZ), load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "# variants=\"$variants\" tenants=$tenants"
-printf '%-8s %-12s %14s %8s %8s %10s %8s\n' mode workload instr/msg x_raw x_plain resets/1k wrong_t
+printf '%-8s %-12s %14s %8s %8s %10s %12s %8s\n' mode workload instr/msg x_raw x_plain resets/1k settings/1k wrong_t
 # ratio KEY: the count of $mode.$v over that of KEY (mode.variant), or -.
 declare -A per
 ratio() { [ -n "${per[$1]:-}" ] && awk -v a="${per[$mode.$v]}" -v r="${per[$1]}" 'BEGIN { printf "%.3f", a / r }' || echo -; }
@@ -85,9 +88,10 @@ for v in $variants; do
 		per[$mode.$v]=$(((b - a) / msgs))
 		per_unit "$tmp/$mode.$v.$small.fn" "$tmp/$mode.$v.$big.fn" "$msgs" >"$tmp/$mode.$v.per"
 		b0=$(base_variant "$v")
-		printf '%-8s %-12s %14d %8s %8s %10s %8s\n' "$mode" "$v" "${per[$mode.$v]}" "$(ratio "raw.$v")" \
+		printf '%-8s %-12s %14d %8s %8s %10s %12s %8s\n' "$mode" "$v" "${per[$mode.$v]}" "$(ratio "raw.$v")" \
 			"$([ -n "$b0" ] && ratio "$mode.$b0" || echo -)" \
 			"$(jq -r '.resets_per_1k_msgs // "-" | if type == "number" then (. * 10 | round / 10) else . end' "$tmp/$mode.$v.$big.json")" \
+			"$(jq -r '.settings_per_1k_msgs // "-" | if type == "number" then (. * 10 | round / 10) else . end' "$tmp/$mode.$v.$big.json")" \
 			"$(jq -r .wrong_tenants "$tmp/$mode.$v.$big.json")"
 	done
 done

@@ -174,6 +174,10 @@ func TestKeptForItsSettings(t *testing.T) {
 	}
 	// One after another, never the tenant of the connection given back
 	// last.
+	applied := p.Stats().Settings
+	if applied != 3 {
+		t.Errorf("Stats.Settings = %d after three units on fresh connections, want 3", applied)
+	}
 	for i := range 12 {
 		tn := tenants[(2*i)%len(tenants)]
 		var got seen
@@ -189,5 +193,8 @@ func TestKeptForItsSettings(t *testing.T) {
 		if got.pid != pids[tn] {
 			t.Errorf("unit %d of tenant %s on backend %d, want %d, which carries its tenant", i, tn, got.pid, pids[tn])
 		}
+	}
+	if n := p.Stats().Settings - applied; n != 0 {
+		t.Errorf("Stats.Settings: %d more round trips applied settings, want none", n)
 	}
 }

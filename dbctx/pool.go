@@ -195,7 +195,10 @@ func (p *Pool) checkOut(ctx context.Context, pn *Pin) (c *session, looked bool, 
 		p.c.discarded[discardDead].Add(1)
 		p.sawDeath()
 		pn.sawDead()
-		if dead >= maxDead || ctx.Err() != nil {
+		if ctx.Err() != nil {
+			return nil, false, ctx.Err() // the caller gave up: that is the news
+		}
+		if dead >= maxDead {
 			return nil, false, fmt.Errorf("dbctx: no live connection after %d tries: %w", dead+1, err)
 		}
 	}
@@ -228,15 +231,16 @@ func (p *Pool) checkExecMode(driverConn any) {
 // session, and whatever a scope leaves in it, would go with the server's
 // connection to another client, and a statement after them to another
 // server's connection without them. It costs the first connection one
-// round trip, of at most poolerCheckTimeout; where that fails, nothing is
-// said (and a connection it broke is found dead by the check after it).
+// round trip, of at most poolerCheckTimeout, which the caller's context
+// ending does not interrupt; where it fails, nothing is said (and a
+// connection it broke is found dead by the check after it).
 func (p *Pool) checkPooler(ctx context.Context, c *session) {
 	if c.pc == nil || p.opts.TransactionPooling {
 		return
 	}
-	ctx, cancel := context.WithTimeout(ctx, poolerCheckTimeout)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), poolerCheckTimeout)
 	defer cancel()
-	res := c.pc.ExecParams(ctx, "SELECT pg_catalog.pg_backend_pid()", nil, nil, nil, nil).Read()
+	res := c.pc.ExecParams(ctx, poolerCheckSQL, nil, nil, nil, nil).Read()
 	if res.Err != nil || len(res.Rows) != 1 || len(res.Rows[0]) != 1 {
 		return
 	}
@@ -250,6 +254,10 @@ func (p *Pool) checkPooler(ctx context.Context, c *session) {
 }
 
 const poolerCheckTimeout = 5 * time.Second
+
+// poolerCheckSQL is checkPooler's query, named for pg_stat_activity and
+// the server's log.
+const poolerCheckSQL = "/* dbscope: a pooler between? */ SELECT pg_catalog.pg_backend_pid()"
 
 // pgxStatementError logs, once per pool, an error of pgx's own prepared
 // statements (SQLSTATE 26000 does not exist, 42P05 already exists, for a

@@ -175,6 +175,9 @@ func (s *Scope) prefixDone(c *session, p *prefix, ok bool, reached int) {
 	if p.empty() {
 		return
 	}
+	if len(p.set) > 0 {
+		s.pool.c.settings.Add(1)
+	}
 	if p.reset && reached >= s.pool.resetLen(p) {
 		// Committed, in its own transaction (see prefixStatements),
 		// whatever came after it.

@@ -401,7 +401,12 @@ func TestSettingsNoRoundTrip(t *testing.T) {
 				return px.Ready() - before
 			}
 			resets := p.Stats().Resets
-			plain, tenanted := count(false), count(true)
+			plain := count(false)
+			applied := p.Stats().Settings
+			tenanted := count(true)
+			if n := p.Stats().Settings - applied; n != 12 {
+				t.Errorf("Stats.Settings: %d round trips applied settings, want 12 (a tenant changing at every unit on one connection)", n)
+			}
 			if tenanted != plain {
 				t.Errorf("12 lookups: %d round trips with a tenant changing at every unit, %d without", tenanted, plain)
 			}

@@ -38,6 +38,13 @@ type Stats struct {
 	RolledBack int64 // transactions left open that a boundary rolled back
 	Leaks      int64 // scopes reported by the leak detector
 
+	// Settings counts the round trips that carried set_config for the
+	// settings units of work declare ([Setting]) because the connection
+	// did not carry exactly the unit's: with many tenants over few
+	// connections, the units that found no kept connection with their
+	// own. Under TransactionPooling every statement's round trip does.
+	Settings int64
+
 	Discarded Discards // connections discarded, by reason
 }
 
@@ -109,6 +116,7 @@ type counters struct {
 	misconfigSeen                atomic.Bool // see Pool.connected
 	acquired, givenBack, retries atomic.Int64
 	resets, rolledBack, leaks    atomic.Int64
+	settings                     atomic.Int64
 	discarded                    [numDiscardReasons]atomic.Int64
 	waitBuckets                  [len(waitBounds)]atomic.Int64 // waits within waitBounds[i], not cumulative
 }
@@ -142,6 +150,7 @@ func (p *Pool) Stats() Stats {
 		Resets:        c.resets.Load(),
 		RolledBack:    c.rolledBack.Load(),
 		Leaks:         c.leaks.Load(),
+		Settings:      c.settings.Load(),
 		Discarded: Discards{
 			Dead:     d(discardDead),
 			Broken:   d(discardBroken),

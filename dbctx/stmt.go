@@ -223,8 +223,28 @@ func shorten(query string) string {
 // must be the first statement of its transaction.
 func needsNoSettings(query string) bool {
 	l := lexer{q: query}
-	switch t := l.next(); {
-	case t.is("begin"), t.is("start"), t.is("commit"), t.is("end"), t.is("rollback"), t.is("abort"), t.is("savepoint"), t.is("release"):
+	t := l.next()
+	if t.kind != tWord || t.text == "" {
+		return false
+	}
+	// By first letter: most statements are told at a compare or two.
+	var tc bool // transaction control
+	switch t.text[0] | 0x20 {
+	case 'a':
+		tc = t.is("abort")
+	case 'b':
+		tc = t.is("begin")
+	case 'c':
+		tc = t.is("commit")
+	case 'e':
+		tc = t.is("end")
+	case 'r':
+		tc = t.is("rollback") || t.is("release")
+	case 's':
+		tc = t.is("start") || t.is("savepoint")
+	}
+	switch {
+	case tc:
 	case t.is("set"):
 		// SET TRANSACTION ISOLATION LEVEL …, not SET transaction.x = ….
 		if !l.next().is("transaction") || l.next().kind != tWord {

@@ -90,8 +90,11 @@ var poolFamilies = []family[stats]{
 		func(s *stats) int64 { return s.GivenBack }),
 	counter("retries_total", "Statements run again on a fresh connection.",
 		func(s *stats) int64 { return s.Retries }),
-	counter("resets_total", "Session resets run before a connection was given back.",
+	counter("resets_total", "Session resets run, owed by a dirty scope: in the round trip of the connection's next use, or before it went back to the *sql.DB.",
 		func(s *stats) int64 { return s.Resets }),
+	counter("settings_applied_total", "Round trips that carried set_config for the settings units of work declare (dbctx.Setting), "+
+		"their connection not carrying exactly the unit's; under TransactionPooling, every statement's.",
+		func(s *stats) int64 { return s.Settings }),
 	counter("rolled_back_total", "Transactions left open that a boundary rolled back.",
 		func(s *stats) int64 { return s.RolledBack }),
 	counter("leaks_total", "Scopes reported by the leak detector (dbctx.Options.LeakTimeout).",

@@ -18,6 +18,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
+var appName = dbctx.NewSetting("application_name")
+
 func selectOne(ctx context.Context, s *dbctx.Scope) error {
 	var n int
 	return s.QueryRowContext(ctx, "SELECT 1").Scan(&n)
@@ -37,7 +39,12 @@ func TestCollector(t *testing.T) {
 	ctx := context.Background()
 
 	const queries = 3
-	for range queries {
+	for i := range queries {
+		// The first with a setting, which its connection did not carry.
+		ctx := ctx
+		if i == 0 {
+			ctx = appName.With(ctx, "collector-test")
+		}
 		if err := p.Do(ctx, selectOne); err != nil {
 			t.Fatal(err)
 		}
@@ -104,18 +111,22 @@ dbscope_waits_total{pool="primary"} 0
 	// what Stats says.
 	m, st := gather(t, c), p.Stats()
 	for name, v := range map[string]float64{
-		"acquired_total":     float64(st.Acquired),
-		"given_back_total":   float64(st.GivenBack),
-		"retries_total":      float64(st.Retries),
-		"resets_total":       float64(st.Resets),
-		"rolled_back_total":  float64(st.RolledBack),
-		"leaks_total":        float64(st.Leaks),
-		"wait_seconds_total": st.WaitDuration.Seconds(),
+		"acquired_total":         float64(st.Acquired),
+		"given_back_total":       float64(st.GivenBack),
+		"retries_total":          float64(st.Retries),
+		"resets_total":           float64(st.Resets),
+		"settings_applied_total": float64(st.Settings),
+		"rolled_back_total":      float64(st.RolledBack),
+		"leaks_total":            float64(st.Leaks),
+		"wait_seconds_total":     st.WaitDuration.Seconds(),
 	} {
 		key := "dbscope_" + name + `{pool="primary"}`
 		if got, ok := m[key]; !ok || got != v {
 			t.Errorf("%s = %v (exported: %t), Stats says %v", key, got, ok, v)
 		}
+	}
+	if st.Settings == 0 {
+		t.Error("Stats().Settings = 0 after a unit that declared a setting")
 	}
 	if st.Acquired < queries+1 {
 		t.Errorf("Stats().Acquired = %d after %d scopes that queried", st.Acquired, queries+1)
@@ -123,8 +134,8 @@ dbscope_waits_total{pool="primary"} 0
 	if _, ok := m[`dbscope_kept_connections{pool="primary"}`]; !ok {
 		t.Error("dbscope_kept_connections not exported")
 	}
-	if n := len(m); n != 14+9+2+2+len(dbctx.WaitBuckets()) {
-		t.Errorf("%d series, want 14, the 9 reasons of discarded_total, the 2 kinds of connect_errors_total and the wait histogram: %v", n, m)
+	if n := len(m); n != 15+9+2+2+len(dbctx.WaitBuckets()) {
+		t.Errorf("%d series, want 15, the 9 reasons of discarded_total, the 2 kinds of connect_errors_total and the wait histogram: %v", n, m)
 	}
 
 	lint(t, c)

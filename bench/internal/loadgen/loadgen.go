@@ -126,6 +126,10 @@ type Result struct {
 	// where the server has no pool (raw, pgxpool).
 	PoolResets  *int64   `json:"pool_resets,omitempty"`
 	ResetsPer1k *float64 `json:"resets_per_1k_msgs,omitempty"`
+	// SettingsPer1k is the round trips that carried set_config for the
+	// declared settings (dbctx's Stats.Settings) per 1,000 replies: the
+	// units that found no connection carrying their tenant.
+	SettingsPer1k *float64 `json:"settings_per_1k_msgs,omitempty"`
 
 	KillRounds    int64   `json:"kill_rounds"`
 	Killed        int64   `json:"backends_killed"`
@@ -151,7 +155,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	r := &run{cfg: cfg}
 	r.res = Result{Label: cfg.Label, Proto: cfg.Proto, Clients: cfg.Clients, Messages: cfg.Messages, Idle: cfg.Idle,
 		Tenants: cfg.Tenants, Write: cfg.Write}
-	resets0, haveStats := poolResets(ctx, cfg.URL)
+	stats0, haveStats := poolStats(ctx, cfg.URL)
 
 	stopSampling := r.sample(ctx)
 	idle, err := openIdle(ctx, cfg, cfg.Idle)
@@ -196,9 +200,10 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	}
 	drv.close()
 	stopSampling()
-	if resets1, ok := poolResets(ctx, cfg.URL); ok && haveStats {
-		n := resets1 - resets0
-		r.res.PoolResets = &n
+	var settings *int64
+	if stats1, ok := poolStats(ctx, cfg.URL); ok && haveStats {
+		n, m := stats1.Resets-stats0.Resets, stats1.Settings-stats0.Settings
+		r.res.PoolResets, settings = &n, &m
 	}
 
 	all := slices.Concat(lat...)
@@ -221,6 +226,8 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	if res.PoolResets != nil && len(all) > 0 {
 		per := float64(*res.PoolResets) * 1000 / float64(len(all))
 		res.ResetsPer1k = &per
+		sper := float64(*settings) * 1000 / float64(len(all))
+		res.SettingsPer1k = &sper
 	}
 	res.DialErrors = r.dialErrors.Load()
 	if res.Killed > 0 {
@@ -417,23 +424,26 @@ func statusBytes(pid int, field string) int64 {
 	return 0
 }
 
-// poolResets returns the session resets the server's pool has run, from
-// its GET /debug/dbstats, and false where it has none (raw, pgxpool).
-func poolResets(ctx context.Context, base string) (int64, bool) {
+// poolCounts are the counters of the server's pool that a run reports.
+type poolCounts struct{ Resets, Settings int64 }
+
+// poolStats returns the counters of the server's pool, from its GET
+// /debug/dbstats, and false where it has none (raw, pgxpool).
+func poolStats(ctx context.Context, base string) (poolCounts, bool) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, "GET", base+"/debug/dbstats", nil)
 	req.Close = true
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return 0, false
+		return poolCounts{}, false
 	}
 	defer resp.Body.Close()
-	var st struct{ Resets int64 }
+	var st poolCounts
 	if resp.StatusCode != http.StatusOK || json.NewDecoder(resp.Body).Decode(&st) != nil {
-		return 0, false
+		return poolCounts{}, false
 	}
-	return st.Resets, true
+	return st, true
 }
 
 // WaitReady polls the server's HTTP endpoint until it answers, for at
