@@ -1,6 +1,10 @@
 package dbctx
 
-import "context"
+import (
+	"context"
+
+	"github.com/dbscope/dbscope/internal/afterfunc"
+)
 
 // scopeKey is the context key of a scope: a pointer, so that a lookup
 // compares two words rather than calling the runtime to compare values.
@@ -26,12 +30,6 @@ func (c *scopeCtx) Value(key any) any {
 	return c.Context.Value(key)
 }
 
-// afterFuncer is a context that schedules its own after-functions, as
-// context.AfterFunc looks for.
-type afterFuncer interface {
-	AfterFunc(func()) func() bool
-}
-
 // AfterFunc lets context.AfterFunc, and the cancelable children of the
 // context, register with the nearest parent that has such a method, where
 // they would otherwise start a goroutine each.
@@ -52,10 +50,7 @@ func afterFunc(ctx context.Context, f func()) func() bool {
 		}
 		break
 	}
-	if a, ok := ctx.(afterFuncer); ok {
-		return a.AfterFunc(f)
-	}
-	return context.AfterFunc(ctx, f)
+	return afterfunc.Forward(ctx, f)
 }
 
 // From returns the scope that ctx carries, or nil. Where ctx carries

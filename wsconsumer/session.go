@@ -12,6 +12,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/dbscope/dbscope/dbctx"
 	"github.com/dbscope/dbscope/groups"
+	"github.com/dbscope/dbscope/internal/afterfunc"
 	"github.com/dbscope/dbscope/internal/lazyslot"
 )
 
@@ -440,12 +441,7 @@ func (o *outbox) Value(key any) any {
 // AfterFunc forwards to the socket's context (through the scope's), so
 // that context.AfterFunc and the cancelable children of a callback's
 // context start no goroutine each.
-func (o *outbox) AfterFunc(f func()) func() bool {
-	if a, ok := o.Context.(interface{ AfterFunc(func()) func() bool }); ok {
-		return a.AfterFunc(f)
-	}
-	return context.AfterFunc(o.Context, f)
-}
+func (o *outbox) AfterFunc(f func()) func() bool { return afterfunc.Forward(o.Context, f) }
 
 // add queues a message (a copy of data, unless owned), or reports false
 // once the callback is over (its ctx was kept past it) or, for an Event,

@@ -5,7 +5,11 @@
 // (Pool's slot queue); wsconsumer sets it.
 package patient
 
-import "context"
+import (
+	"context"
+
+	"github.com/dbscope/dbscope/internal/afterfunc"
+)
 
 type key struct{}
 
@@ -31,9 +35,4 @@ func (c *patientCtx) Value(k any) any {
 	return c.Context.Value(k)
 }
 
-func (c *patientCtx) AfterFunc(f func()) func() bool {
-	if a, ok := c.Context.(interface{ AfterFunc(func()) func() bool }); ok {
-		return a.AfterFunc(f)
-	}
-	return context.AfterFunc(c.Context, f)
-}
+func (c *patientCtx) AfterFunc(f func()) func() bool { return afterfunc.Forward(c.Context, f) }
