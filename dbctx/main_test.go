@@ -47,13 +47,20 @@ func newProxy(t *testing.T, env *pgtest.Env) *pgtest.Proxy { return pgtest.NewPr
 // ping after a second idle) would add round trips that are no unit's.
 func countedPool(t *testing.T, env *pgtest.Env, px *pgtest.Proxy, mode string) *dbctx.Pool {
 	t.Helper()
+	return countedPoolWith(t, env, px, mode, dbctx.Options{})
+}
+
+// countedPoolWith is countedPool with opts (MaxWorkers set to 1).
+func countedPoolWith(t *testing.T, env *pgtest.Env, px *pgtest.Proxy, mode string, opts dbctx.Options) *dbctx.Pool {
+	t.Helper()
 	dsn, err := pgserver.WithParams(px.DSN(), "default_query_exec_mode", mode)
 	if err != nil {
 		t.Fatal(err)
 	}
 	db := openDSN(t, dsn)
 	db.SetMaxOpenConns(1)
-	p := poolOn(t, env, db, &dbctx.Options{MaxWorkers: 1})
+	opts.MaxWorkers = 1
+	p := poolOn(t, env, db, &opts)
 	p.SetKeepIdle(time.Hour)
 	p.SetKeepFor(time.Hour)
 	return p

@@ -378,14 +378,14 @@ func TestSweepCheck(t *testing.T) {
 			// The next unit's lookup: its round trips, and what it sees.
 			next := func() (trips int64, prepared int) {
 				t.Helper()
-				before := px.Ready()
+				before := px.Trips()
 				n, err := dbctx.DoValue(scopeCtx(t, p), func(ctx context.Context, s *dbctx.Scope) (int, error) {
 					return queryInt(ctx, s, "SELECT count(*) FROM pg_prepared_statements WHERE from_sql AND name <> $1", "")
 				})
 				if err != nil {
 					t.Fatal(err)
 				}
-				return px.Ready() - before, n
+				return px.Trips() - before, n
 			}
 			next() // warm: the lookup described and prepared
 			run("INSERT INTO log (n) VALUES (1)")

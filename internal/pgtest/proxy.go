@@ -32,6 +32,7 @@ type Proxy struct {
 	links   map[*link]struct{}
 
 	ready atomic.Int64 // ReadyForQuery messages the server sent
+	trips atomic.Int64 // the clients' turns to send (see Trips)
 }
 
 // link is one client connection and its connection to the server.
@@ -40,6 +41,7 @@ type link struct {
 	server net.Conn // nil until dialed
 	done   chan struct{}
 	once   sync.Once
+	heard  atomic.Bool // the server sent bytes since the client last did
 }
 
 // shut closes both sides of l, once.
@@ -137,6 +139,14 @@ func (p *Proxy) Restore() {
 // round trips.
 func (p *Proxy) Ready() int64 { return p.ready.Load() }
 
+// Trips returns how many round trips clients began through the proxy:
+// the times a client sent bytes after the server had sent some since it
+// last did (or for the first time). What a client writes at once, however
+// many messages and Syncs, before it reads the answer, is one. A client
+// writes a round trip's messages in one write, which the proxy reads at
+// once on loopback.
+func (p *Proxy) Trips() int64 { return p.trips.Load() }
+
 // Conns returns the number of live connections through the proxy.
 func (p *Proxy) Conns() int {
 	p.mu.Lock()
@@ -172,6 +182,7 @@ func (p *Proxy) accept() {
 			continue // a transient error such as EMFILE; Close ends the loop
 		}
 		l := &link{client: c, done: make(chan struct{})}
+		l.heard.Store(true)
 		p.mu.Lock()
 		if p.cut || p.closed {
 			p.mu.Unlock()
@@ -210,9 +221,13 @@ func (p *Proxy) serve(l *link) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		p.pipe(l, s, l.client, nil)
+		p.pipe(l, s, l.client, nil, func() {
+			if l.heard.Swap(false) {
+				p.trips.Add(1)
+			}
+		})
 	}()
-	p.pipe(l, l.client, s, &messages{count: 'Z', n: &p.ready})
+	p.pipe(l, l.client, s, &messages{count: 'Z', n: &p.ready}, func() { l.heard.Store(true) })
 	wg.Wait()
 }
 
@@ -258,8 +273,9 @@ func (p *Proxy) drop(l *link) {
 }
 
 // pipe copies src to dst, holding bytes back while the proxy is stalled,
-// and shuts l when either side fails. m, if not nil, follows the messages.
-func (p *Proxy) pipe(l *link, dst, src net.Conn, m *messages) {
+// and shuts l when either side fails. m, if not nil, follows the messages;
+// read is called for every read, before its bytes go on.
+func (p *Proxy) pipe(l *link, dst, src net.Conn, m *messages, read func()) {
 	defer p.drop(l)
 	buf := make([]byte, 32<<10)
 	for {
@@ -268,6 +284,7 @@ func (p *Proxy) pipe(l *link, dst, src net.Conn, m *messages) {
 			if !p.waitFlowing(l) {
 				return
 			}
+			read()
 			if m != nil {
 				m.feed(buf[:n])
 			}
