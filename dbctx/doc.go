@@ -155,14 +155,8 @@
 //     it before the connection goes back to the *sql.DB: a reset costs no
 //     round trip of its own. (The deallocation is first a check that no
 //     such statement exists; where one does, the round trip goes again
-//     with the deallocation.) Where it deallocates, the reset goes as one
-//     simple-protocol Query ahead of the statement, which costs the client
-//     far less than its ten statements would; if it fails, the statement
-//     does not run. A connection whose reset changed a parameter the
-//     server reports (a trigger had set TimeZone, say) is then closed at
-//     the scope's boundary, since pgx did not see the report
-//     (Stats.Discarded.Unresettable). On another driver the reset runs
-//     before the connection is given back;
+//     with the deallocation.) On another driver it runs before the
+//     connection is given back;
 //   - handed to user code as itself ([Scope.Conn], [Scope.Pgx], the
 //     *pgx.Conn of rows' Conn and of a batch's Tx): discarded, so that
 //     whatever user code kept of it fails from then on and reaches no

@@ -168,17 +168,9 @@ func (s *Scope) pgconnQuery(ctx context.Context, res *result, args []any, sqlFor
 			copy(formats, eqb.ResultFormats)
 		}
 	}
-	byQuery := s.pool.byQuery(c, p)
-	if byQuery {
-		p.byQuery = true
-		defer func() { p.byQuery = false }()
-	}
 	for {
 		rt := &roundTrip{}
-		rt.start(ctx, c, byQuery || s.pool.needsPipeline(c, p, named))
-		if byQuery {
-			s.pool.sendResetQuery(c, rt, p)
-		}
+		rt.start(ctx, c, s.pool.needsPipeline(c, p, named))
 		s.pool.sendPrefix(c, rt, p, named)
 		switch {
 		case sd == nil:
@@ -191,7 +183,7 @@ func (s *Scope) pgconnQuery(ctx context.Context, res *result, args []any, sqlFor
 		reached := 0
 		err := rt.send(ctx, c)
 		if err == nil {
-			reached, err = s.pool.readPrefix(ctx, c, rt)
+			reached, err = s.pool.readPrefix(c, rt)
 		}
 		var rr *pgconn.ResultReader
 		if err == nil {

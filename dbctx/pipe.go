@@ -3,13 +3,10 @@ package dbctx
 import (
 	"context"
 	"errors"
-	"fmt"
 	"strconv"
-	"strings"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/jackc/pgx/v5/pgproto3"
 )
 
 // Sending a prefix, and the statement after it, in one round trip of the
@@ -33,89 +30,6 @@ import (
 // transaction is rolled back, and the round trip goes again with the full
 // sweep (sweepSQL), a DO block, which costs PostgreSQL several times the
 // check.
-
-// A reset owed after code ran (a write: its triggers could have left
-// anything, so the reset sweeps too) goes before a statement as one
-// simple-protocol Query message, in the same write as the statement's
-// pipeline: ten statements of the extended protocol (BEGIN, the reset's
-// seven, the sweep's check, COMMIT) each cost pgconn a Bind, an Execute
-// and the reading of their results, where the Query's results are a few
-// messages that dbscope reads itself, off pgconn's Frontend, before the
-// pipeline's. The Query is a transaction block of its own (BEGIN … COMMIT)
-// so that where any of it fails the block is left aborted, and everything
-// the pipeline sends after it fails (25P02) up to its Sync: the statement
-// never runs on a session not reset. Reading the Query's results past
-// pgconn means pgconn does not see a ParameterStatus the reset causes (a
-// trigger that had changed TimeZone, say): pgconn's copy of the reported
-// parameters is then out of step, so that connection is closed at the
-// scope's boundary rather than given back (Stats.Discarded.Unresettable).
-// A reset owed for settings alone (SET, no code) stays in the pipeline,
-// where pgconn sees every message: a service that sets TimeZone in every
-// request keeps its connections.
-
-// byQuery reports whether p's reset goes as a Query message before the
-// statement on c (see above).
-func (pl *Pool) byQuery(c *session, p *prefix) bool {
-	return p != nil && p.reset && p.sweep && c.pc != nil && !pl.opts.TransactionPooling &&
-		c.mode != pgx.QueryExecModeSimpleProtocol
-}
-
-// resetQueries returns the reset stmts as one Query, a transaction block
-// of its own: with the sweep's check, and with the sweep.
-func resetQueries(stmts []string) (q [2]string) {
-	reset := strings.Join(stmts, "; ")
-	q[0] = "BEGIN; " + sweepCheckSQL + "; " + reset + "; COMMIT"
-	q[1] = "BEGIN; " + reset + "; " + sweepSQL + "; COMMIT"
-	return q
-}
-
-// sendResetQuery queues p's reset as a Query message on c, before what the
-// round trip queues next; n counts the statements it stands for (resetLen).
-// A round trip again after the check failed first ends the block that
-// failure left aborted.
-func (pl *Pool) sendResetQuery(c *session, rt *roundTrip, p *prefix) {
-	if !c.pc.IsBusy() {
-		return // the pipeline did not start: its Flush says why
-	}
-	q := pl.resetQuery[0]
-	if !p.check {
-		q = pl.resetQuery[1]
-	}
-	if c.pc.TxStatus() == 'E' {
-		q = "ROLLBACK; " + q
-	}
-	c.pc.Frontend().SendQuery(&pgproto3.Query{String: q})
-	rt.query = pl.resetLen(p)
-}
-
-// readResetQuery reads the results of the Query sendResetQuery queued, up
-// to its ReadyForQuery: the first error it reports, or the connection's.
-func (rt *roundTrip) readResetQuery(ctx context.Context, c *session) error {
-	fe := c.pc.Frontend()
-	var first error
-	for {
-		msg, err := fe.Receive()
-		if err != nil {
-			// pgconn cannot read on from the middle of a message it did
-			// not see begin: the connection is closed, and discarded.
-			// What the server said before it went (57P01 of a backend
-			// terminated while idle, say) comes first: it tells whether
-			// the statement may run again (retryable).
-			c.pc.Conn().Close()
-			return fmt.Errorf("dbctx: reading the session reset: %w", errors.Join(first, ctx.Err(), err))
-		}
-		switch m := msg.(type) {
-		case *pgproto3.ReadyForQuery:
-			return first
-		case *pgproto3.ErrorResponse:
-			if first == nil {
-				first = pgconn.ErrorResponseToPgError(m)
-			}
-		case *pgproto3.ParameterStatus:
-			c.pin.seen |= kindPoison // see above
-		}
-	}
-}
 
 // named reports whether the statements of a prefix on c, and those sent
 // after one, are prepared on c under a name.
@@ -151,10 +65,9 @@ func (c *session) newName() string {
 // every statement is prepared already (or none is named), else a
 // pipeline, which can prepare and deallocate.
 type roundTrip struct {
-	b     pgconn.Batch
-	pl    *pgconn.Pipeline
-	mrr   *pgconn.MultiResultReader
-	query int // the statements of a reset sent as a Query before the pipeline (0: none)
+	b   pgconn.Batch
+	pl  *pgconn.Pipeline
+	mrr *pgconn.MultiResultReader
 }
 
 // needsPipeline reports whether sending p on c must prepare or deallocate
@@ -284,13 +197,7 @@ var errOutOfStep = errors.New("dbctx: round trip out of step")
 
 // readPrefix reads what sendPrefix queued: the count of p's statements
 // that ran without an error, and the first error.
-func (pl *Pool) readPrefix(ctx context.Context, c *session, rt *roundTrip) (reached int, err error) {
-	if rt.query > 0 {
-		if err := rt.readResetQuery(ctx, c); err != nil {
-			return 0, err
-		}
-		reached = rt.query
-	}
+func (pl *Pool) readPrefix(c *session, rt *roundTrip) (reached int, err error) {
 	for _, r := range c.reads {
 		rr, sd, err := rt.next()
 		if err != nil {
@@ -330,7 +237,7 @@ func (pl *Pool) runPrefix(ctx context.Context, c *session, p *prefix) (reached i
 		rt.start(ctx, c, pl.needsPipeline(c, p, named))
 		pl.sendPrefix(c, &rt, p, named)
 		if err = rt.send(ctx, c); err == nil {
-			reached, err = pl.readPrefix(ctx, c, &rt)
+			reached, err = pl.readPrefix(c, &rt)
 		}
 		err = errors.Join(err, rt.close())
 		if sweepFound(p, reached, err) {

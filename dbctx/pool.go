@@ -50,7 +50,6 @@ type Pool struct {
 	stmtErrOnce   sync.Once   // see pgxStatementError
 
 	resetStmts []string       // ResetSQL's statements, sent one by one (prefix.go)
-	resetQuery [2]string      // ResetSQL as one Query: with the sweep's check, with the sweep (pipe.go)
 	cleaning   sync.WaitGroup // connections being cleaned on their way back (keep.go)
 	bridgeOnce sync.Once      // see bridge.go
 	bridgeDB   *bridge
@@ -75,7 +74,6 @@ func New(db *sql.DB, opts *Options) *Pool {
 		keepFor:  keepFor,
 	}
 	p.resetStmts = splitStatements(p.opts.ResetSQL)
-	p.resetQuery = resetQueries(p.resetStmts)
 	p.opts.Logger, p.bursts = newRecurLogger(p.opts.Logger, recurInterval)
 	p.async = &Scope{pool: p, async: true, ended: true}
 	p.key = &ctxKey{name: "dbctx.pool", pool: p}

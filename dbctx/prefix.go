@@ -35,7 +35,6 @@ import (
 type prefix struct {
 	reset, sweep bool      // run the reset of an earlier scope first (and sweep prepared statements)
 	check        bool      // sweep by a check first, the full sweep only where it fails (pipe.go)
-	byQuery      bool      // the reset goes as a Query message of its own (pipe.go): not among the statements
 	begin        bool      // begin Atomic's transaction
 	set          []setting // set_config calls, in order
 	local        bool      // set_config(…, true)
@@ -319,7 +318,7 @@ func stringBytes(s string) []byte {
 // does (an error, Atomic's rollback) can bring the earlier scope's state
 // back; if it fails, the server skips the rest, up to the Sync.
 func (pl *Pool) prefixStatements(p *prefix, yield func(sql string, set bool)) {
-	if p.reset && !p.byQuery {
+	if p.reset {
 		if p.check {
 			yield(sweepCheckSQL, false)
 		}

@@ -62,9 +62,7 @@ type Discards struct {
 
 	// Unresettable counts sessions that held what no reset undoes (a
 	// LOADed library, DISCARD ALL or DEALLOCATE ALL under pgx's statement
-	// cache, setseed), or whose reset, read past pgx, changed a parameter
-	// the server reports (see the package doc), closed rather than given
-	// back.
+	// cache, setseed), closed rather than given back.
 	Unresettable int64
 }
 

@@ -8,77 +8,7 @@ import (
 
 	"github.com/dbscope/dbscope/dbctx"
 	"github.com/dbscope/dbscope/internal/pgtest"
-	"github.com/jackc/pgx/v5"
 )
-
-// A reset owed after code ran goes as a Query message of its own before
-// the next statement (pipe.go). Where the reset changes a parameter the
-// server reports, pgconn does not see the report: the connection must
-// not be given to another scope with pgconn's copy out of step, and the
-// statement after the reset sees the session reset.
-func TestResetReportedParameter(t *testing.T) {
-	t.Parallel()
-	pgtest.SkipPooled(t, "resets a session")
-	for _, mode := range []string{"cache_statement", "exec", "cache_describe"} {
-		t.Run(mode, func(t *testing.T) {
-			t.Parallel()
-			env := newEnv(t)
-			p := countedPool(t, env, newProxy(t, env), mode)
-			ctx := context.Background()
-			read := func() (tz string, pid int) {
-				t.Helper()
-				if err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
-					return s.QueryRowContext(ctx, "SELECT current_setting('TimeZone'), pg_backend_pid()").Scan(&tz, &pid)
-				}); err != nil {
-					t.Fatal(err)
-				}
-				return tz, pid
-			}
-			base, _ := read()
-			other := "Asia/Tokyo"
-			if base == other {
-				other = "America/Lima"
-			}
-			// Code (a DO block) changes TimeZone: the reset owed sweeps,
-			// and goes as a Query.
-			if err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
-				_, err := s.ExecContext(ctx, "DO $$BEGIN PERFORM set_config('TimeZone', '"+other+"', false); END$$")
-				return err
-			}); err != nil {
-				t.Fatal(err)
-			}
-			before := p.Stats().Discarded.Unresettable
-			tz, pid := read()
-			if tz != base {
-				t.Fatalf("after the reset the statement sees TimeZone %q, want %q", tz, base)
-			}
-			if n := p.Stats().Discarded.Unresettable - before; n != 1 {
-				t.Fatalf("%d connections closed for a parameter report pgconn did not see, want 1", n)
-			}
-			// The next scope has another connection, whose pgconn knows
-			// what the server reported.
-			var reported string
-			var pid2 int
-			if err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
-				if err := s.QueryRowContext(ctx, "SELECT pg_backend_pid()").Scan(&pid2); err != nil {
-					return err
-				}
-				return s.Pgx(ctx, func(c *pgx.Conn) error {
-					reported = c.PgConn().ParameterStatus("TimeZone")
-					return nil
-				})
-			}); err != nil {
-				t.Fatal(err)
-			}
-			if pid2 == pid {
-				t.Errorf("the connection whose pgconn missed a report was given to the next scope (backend %d)", pid)
-			}
-			if reported != base {
-				t.Errorf("pgconn reports TimeZone %q, want %q", reported, base)
-			}
-		})
-	}
-}
 
 // A reset that fails leaves the statement after it unrun: PostgreSQL
 // counts the rows.
@@ -121,10 +51,10 @@ func TestResetFailsStatementNotRun(t *testing.T) {
 }
 
 // A backend killed while idle, after a write left its reset owed: the next
-// write meets the kill when it reads the reset's answer (the socket check
-// skipped, as it is for a connection given back moments before), is
-// retried on a fresh connection, and runs once.
-func TestResetQueryAfterIdleKill(t *testing.T) {
+// write, with the reset before it in its round trip, meets the kill (the
+// socket check skipped, as it is for a connection given back moments
+// before), is retried on a fresh connection, and runs once.
+func TestResetAfterIdleKill(t *testing.T) {
 	t.Parallel()
 	pgtest.SkipPooled(t, "terminates backends")
 	for _, mode := range []string{"cache_statement", "exec", "cache_describe"} {
