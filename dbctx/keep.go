@@ -92,8 +92,9 @@ func (p *Pool) takeKept(pn *Pin, want []setting) (c *session, looked, ok bool) {
 // first, one that owes no reset and whose session carries the settings
 // want already: the scope's statements then need no set_config, and no
 // reset, in their round trip. Many tenants over a few connections find
-// their own under load this way. Otherwise it takes the connection given
-// back last. The keep stays in give-back order (sweep relies on it).
+// their own under load this way. Otherwise it takes one whose settings
+// are worth least to the scopes to come (see victim). The keep stays in
+// give-back order (sweep relies on it).
 func (p *Pool) unkeep(want []setting) *session {
 	kp := &p.kept
 	kp.mu.Lock()
@@ -102,18 +103,47 @@ func (p *Pool) unkeep(want []setting) *session {
 	if n == 0 {
 		return nil
 	}
-	i := n - 1
+	i := -1
 	for j := n - 1; j >= 0; j-- {
 		if c := kp.conns[j]; !c.resetDue && sameSettings(c.applied, want) {
 			i = j
 			break
 		}
 	}
+	if i < 0 {
+		i = kp.victim()
+	}
 	c := kp.conns[i]
 	copy(kp.conns[i:], kp.conns[i+1:])
 	kp.conns[n-1] = nil
 	kp.conns = kp.conns[:n-1]
 	return c
+}
+
+// victimScan bounds how many of the newest kept connections victim looks
+// at, and compares with each other.
+const victimScan = 8
+
+// victim returns the index of the kept connection a scope whose settings
+// none carries takes: the newest whose settings are lost anyway (a reset
+// owed clears them), whose session carries none, or whose settings
+// another kept connection carries too, so that no tenant loses the only
+// connection that carries it; else the newest. Under kp.mu.
+func (kp *keepList) victim() int {
+	n := len(kp.conns)
+	lo := max(0, n-victimScan)
+	for j := n - 1; j >= lo; j-- {
+		c := kp.conns[j]
+		if c.resetDue || len(c.applied) == 0 {
+			return j
+		}
+		for k := n - 1; k >= lo; k-- {
+			if o := kp.conns[k]; k != j && !o.resetDue && sameSettings(o.applied, c.applied) {
+				return j
+			}
+		}
+	}
+	return n - 1
 }
 
 // sweep gives the connections kept p.keepIdle or longer back to the *sql.DB.

@@ -198,3 +198,81 @@ func TestKeptForItsSettings(t *testing.T) {
 		t.Errorf("Stats.Settings: %d more round trips applied settings, want none", n)
 	}
 }
+
+// A unit whose tenant no kept connection carries takes one whose tenant
+// another kept connection carries too, rather than the only one of a
+// tenant: here the newest kept connection is t2's only one, and the
+// t3 unit takes one of t1's two, so that the t2 unit after it finds its own.
+func TestKeptVictimDuplicate(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "a session keeps its settings between transactions only on a direct connection")
+	env := newEnv(t)
+	rls(t, env)
+	p := poolOn(t, env, env.Open(t), &dbctx.Options{MaxWorkers: 3, Logger: quiet()})
+	p.SetKeepFor(time.Hour)
+	p.SetKeepIdle(time.Hour)
+	lookup := func(tn string) (pid int, seen string) {
+		t.Helper()
+		if err := p.Do(tenant.With(context.Background(), tn), func(ctx context.Context, s *dbctx.Scope) error {
+			return s.QueryRowContext(ctx, "SELECT pg_backend_pid(), current_setting('app.tenant')").Scan(&pid, &seen)
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if seen != tn {
+			t.Fatalf("a unit of tenant %s saw tenant %q", tn, seen)
+		}
+		return pid, seen
+	}
+	// Three scopes at once (t1, t1, t2), given back in that order: t2's
+	// connection is the newest kept.
+	order := []string{"t1", "t1", "t2"}
+	pids := make([]int, len(order))
+	var ready, wg sync.WaitGroup
+	release := make([]chan struct{}, len(order))
+	done := make([]chan struct{}, len(order))
+	ready.Add(len(order))
+	for i, tn := range order {
+		release[i], done[i] = make(chan struct{}), make(chan struct{})
+		wg.Go(func() {
+			defer close(done[i])
+			err := p.Do(tenant.With(context.Background(), tn), func(ctx context.Context, s *dbctx.Scope) error {
+				err := s.QueryRowContext(ctx, "SELECT pg_backend_pid()").Scan(&pids[i])
+				ready.Done()
+				<-release[i]
+				return err
+			})
+			if err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	ready.Wait()
+	for i := range order {
+		close(release[i])
+		<-done[i]
+	}
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+	if st := p.Stats(); st.Kept != 3 {
+		t.Fatalf("%d connections kept, want 3", st.Kept)
+	}
+	applied := p.Stats().Settings
+	if pid, _ := lookup("t3"); pid == pids[2] {
+		t.Errorf("the t3 unit took t2's only connection (backend %d), where t1 had two", pid)
+	}
+	if n := p.Stats().Settings - applied; n != 1 {
+		t.Errorf("the t3 unit: %d round trips applied settings, want 1", n)
+	}
+	applied = p.Stats().Settings
+	if pid, _ := lookup("t2"); pid != pids[2] {
+		t.Errorf("the t2 unit on backend %d, want %d, which carries its tenant", pid, pids[2])
+	}
+	if pid, _ := lookup("t1"); pid != pids[0] && pid != pids[1] {
+		t.Errorf("the t1 unit on backend %d, want %d or %d, which carry its tenant", pid, pids[0], pids[1])
+	}
+	if n := p.Stats().Settings - applied; n != 0 {
+		t.Errorf("the t2 and t1 units: %d round trips applied settings, want none", n)
+	}
+}
