@@ -1,6 +1,7 @@
 package dbctx
 
 import (
+	"iter"
 	"sync/atomic"
 	"time"
 )
@@ -64,6 +65,17 @@ type Discards struct {
 	// LOADed library, DISCARD ALL or DEALLOCATE ALL under pgx's statement
 	// cache, setseed), closed rather than given back.
 	Unresettable int64
+}
+
+// All yields each reason's name and count, in the order of the fields:
+// dead, broken, canceled, tx, panic, hook, reset, raw, unresettable. The
+// metrics modules label their discard counters with these names.
+func (d Discards) All() iter.Seq2[string, int64] {
+	return func(yield func(string, int64) bool) {
+		_ = yield("dead", d.Dead) && yield("broken", d.Broken) && yield("canceled", d.Canceled) &&
+			yield("tx", d.Tx) && yield("panic", d.Panic) && yield("hook", d.Hook) &&
+			yield("reset", d.Reset) && yield("raw", d.Raw) && yield("unresettable", d.Unresettable)
+	}
 }
 
 // Total returns the number of discarded connections.

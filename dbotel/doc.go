@@ -20,7 +20,7 @@
 //	cfg.Tracer = dbotel.NewTracer(o) // a span per statement
 //	db := stdlib.OpenDB(*cfg)
 //	pool := dbctx.New(db, dbotel.PoolOptions(&dbctx.Options{MaxWorkers: 16}, o))
-//	reg, err := dbotel.RegisterMetrics(pool, o) // db.client.connection.*
+//	reg, err := dbotel.RegisterMetrics(pool, o) // db.client.connection.*, dbscope.pool.*
 //	…
 //	defer reg.Unregister()
 //
@@ -32,6 +32,8 @@
 //	handler := otelhttp.NewHandler(middleware.DB(pool)(mux), "http")
 //
 // The metrics follow OpenTelemetry's semantic conventions for database
-// client connection pools (see [RegisterMetrics]); package dbprom reports
-// the same figures, and more of dbscope's own, to Prometheus.
+// client connection pools, with dbscope's own counters beside them
+// (resets, retries, settings applied, discards by reason: see
+// [RegisterMetrics]); package dbprom reports the same figures to
+// Prometheus.
 package dbotel

@@ -137,7 +137,7 @@ func ExampleConsumerOptions() {
 }
 
 // RegisterMetrics reports the pool under OpenTelemetry's names for
-// database connection pools.
+// database connection pools, and dbscope's own counters beside them.
 func ExampleRegisterMetrics() {
 	reader := sdkmetric.NewManualReader() // in place of a periodic reader and an exporter
 	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
@@ -169,4 +169,12 @@ func ExampleRegisterMetrics() {
 	// db.client.connection.max {connection}
 	// db.client.connection.pending_requests {request}
 	// db.client.connection.timeouts {timeout}
+	// dbscope.pool.acquired {connection}
+	// dbscope.pool.retries {statement}
+	// dbscope.pool.resets {reset}
+	// dbscope.pool.settings_applied {round_trip}
+	// dbscope.pool.rolled_back {transaction}
+	// dbscope.pool.leaks {scope}
+	// dbscope.pool.connect_errors {error}
+	// dbscope.pool.discarded {connection}
 }

@@ -23,6 +23,18 @@ import (
 //	                                       wait timed out, or would have (the queue full, or their
 //	                                       turn too far off at the pace it moves)
 //
+// Beside them, with the same pool name, what dbscope does that no
+// convention names, as counters read from the same Stats:
+//
+//	dbscope.pool.acquired          connections pinned by scopes
+//	dbscope.pool.retries           statements run again on a fresh connection
+//	dbscope.pool.resets            session resets run, owed by a dirty scope
+//	dbscope.pool.settings_applied  round trips that carried set_config for declared settings (dbctx.Setting)
+//	dbscope.pool.rolled_back       transactions left open that a boundary rolled back
+//	dbscope.pool.leaks             scopes reported by the leak detector
+//	dbscope.pool.connect_errors{dbscope.connect_error.cause=misconfigured|unavailable}
+//	dbscope.pool.discarded{dbscope.discard.reason=dead|broken|canceled|tx|panic|hook|reset|raw|unresettable}
+//
 // They are read from [dbctx.Pool.Stats] and the *sql.DB's Stats when the
 // reader collects, and cost nothing in between. The histogram
 // db.client.connection.wait_time, each wait of a caller that queued for a
@@ -56,8 +68,38 @@ func RegisterMetrics(p *dbctx.Pool, o *Options) (metric.Registration, error) {
 	pool := metric.WithAttributeSet(attribute.NewSet(name))
 	used := metric.WithAttributeSet(attribute.NewSet(name, count.AttrClientConnectionState(dbconv.ClientConnectionStateUsed)))
 	idle := metric.WithAttributeSet(attribute.NewSet(name, count.AttrClientConnectionState(dbconv.ClientConnectionStateIdle)))
+	own := make([]metric.Int64ObservableCounter, len(poolCounters))
+	for i, pc := range poolCounters {
+		if own[i], err = m.Int64ObservableCounter(pc.name, metric.WithDescription(pc.desc), metric.WithUnit(pc.unit)); err != nil {
+			return nil, err
+		}
+	}
+	connectErrors, err := m.Int64ObservableCounter("dbscope.pool.connect_errors",
+		metric.WithDescription("Connects that failed: misconfigured (dbctx.ErrMisconfigured) or unavailable (dbctx.ErrUnavailable)."),
+		metric.WithUnit("{error}"))
+	if err != nil {
+		return nil, err
+	}
+	discarded, err := m.Int64ObservableCounter("dbscope.pool.discarded",
+		metric.WithDescription("Connections discarded (closed, never reused), by reason."),
+		metric.WithUnit("{connection}"))
+	if err != nil {
+		return nil, err
+	}
+	withAttr := func(k, v string) metric.MeasurementOption {
+		return metric.WithAttributeSet(attribute.NewSet(name, attribute.String(k, v)))
+	}
+	misconfigured, unavailable := withAttr(attrConnectCause, "misconfigured"), withAttr(attrConnectCause, "unavailable")
+	reasons := map[string]metric.MeasurementOption{}
+	for reason := range (dbctx.Discards{}).All() {
+		reasons[reason] = withAttr(attrDiscardReason, reason)
+	}
 	// The SDK takes its own instruments, not dbconv's wrappers.
 	c, mx, pr, to := count.Inst(), maxConns.Inst(), pending.Inst(), timeouts.Inst()
+	insts := []metric.Observable{c, mx, pr, to, connectErrors, discarded}
+	for _, o := range own {
+		insts = append(insts, o)
+	}
 	return m.RegisterCallback(func(_ context.Context, obs metric.Observer) error {
 		st := p.Stats()
 		db := p.DB().Stats()
@@ -71,6 +113,40 @@ func RegisterMetrics(p *dbctx.Pool, o *Options) (metric.Registration, error) {
 		}
 		obs.ObserveInt64(pr, int64(st.Waiting), pool)
 		obs.ObserveInt64(to, st.Busy, pool)
+		for i, pc := range poolCounters {
+			obs.ObserveInt64(own[i], pc.n(&st), pool)
+		}
+		obs.ObserveInt64(connectErrors, st.Misconfigured, misconfigured)
+		obs.ObserveInt64(connectErrors, st.Unavailable, unavailable)
+		for reason, n := range st.Discarded.All() {
+			obs.ObserveInt64(discarded, n, reasons[reason])
+		}
 		return nil
-	}, c, mx, pr, to)
+	}, insts...)
+}
+
+// The attributes of dbscope's own counters.
+const (
+	attrConnectCause  = "dbscope.connect_error.cause"
+	attrDiscardReason = "dbscope.discard.reason"
+)
+
+// poolCounters are dbscope's own counters of RegisterMetrics without an
+// attribute but the pool's name.
+var poolCounters = []struct {
+	name, desc, unit string
+	n                func(*dbctx.Stats) int64
+}{
+	{"dbscope.pool.acquired", "Connections pinned by scopes.", "{connection}",
+		func(s *dbctx.Stats) int64 { return s.Acquired }},
+	{"dbscope.pool.retries", "Statements run again on a fresh connection.", "{statement}",
+		func(s *dbctx.Stats) int64 { return s.Retries }},
+	{"dbscope.pool.resets", "Session resets run, owed by a dirty scope.", "{reset}",
+		func(s *dbctx.Stats) int64 { return s.Resets }},
+	{"dbscope.pool.settings_applied", "Round trips that carried set_config for the settings units of work declare (dbctx.Setting).", "{round_trip}",
+		func(s *dbctx.Stats) int64 { return s.Settings }},
+	{"dbscope.pool.rolled_back", "Transactions left open that a boundary rolled back.", "{transaction}",
+		func(s *dbctx.Stats) int64 { return s.RolledBack }},
+	{"dbscope.pool.leaks", "Scopes reported by the leak detector (dbctx.Options.LeakTimeout).", "{scope}",
+		func(s *dbctx.Stats) int64 { return s.Leaks }},
 }

@@ -3,12 +3,16 @@ package dbotel_test
 import (
 	"context"
 	"errors"
+	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/dbscope/dbscope/dbctx"
 	"github.com/dbscope/dbscope/dbotel"
 	"github.com/dbscope/dbscope/internal/dbtest"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/stdlib"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 )
@@ -30,8 +34,10 @@ func (tel *telemetry) points(t *testing.T) (map[string]int64, *metricdata.Histog
 					t.Errorf("%s: pool name %q", m.Name, v.AsString())
 				}
 				key := m.Name
-				if v, ok := attrs.Value("db.client.connection.state"); ok {
-					key += "{" + v.AsString() + "}"
+				for _, a := range []attribute.Key{"db.client.connection.state", "dbscope.connect_error.cause", "dbscope.discard.reason"} {
+					if v, ok := attrs.Value(a); ok {
+						key += "{" + v.AsString() + "}"
+					}
 				}
 				return key
 			}
@@ -120,5 +126,93 @@ func TestMetrics(t *testing.T) {
 		if within != uint64(st.WaitsWithin[i]) {
 			t.Errorf("waits within %v: %d, Stats %d", b, within, st.WaitsWithin[i])
 		}
+	}
+}
+
+// dbscope's own counters, read back against the pool's Stats after work
+// that moves each: scopes, a reset owed by a SET, a declared setting,
+// raw access (a connection discarded), and a connect to a database that
+// does not exist (misconfigured).
+func TestOwnMetrics(t *testing.T) {
+	t.Parallel()
+	tel := newTelemetry(t)
+	p, env := tel.newPool(t, &dbctx.Options{MaxWorkers: 1}, 0)
+	reg, err := dbotel.RegisterMetrics(p, tel.opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reg.Unregister()
+	ctx := context.Background()
+	tenant := dbctx.NewSetting("app.tenant")
+	units := []func(context.Context, *dbctx.Scope) error{
+		func(ctx context.Context, s *dbctx.Scope) error {
+			_, err := s.ExecContext(ctx, "SET application_name = 'dirty'")
+			return err
+		},
+		func(ctx context.Context, s *dbctx.Scope) error { _, err := s.ExecContext(ctx, "SELECT 1"); return err },
+		func(ctx context.Context, s *dbctx.Scope) error {
+			return s.Pgx(ctx, func(c *pgx.Conn) error { _, err := c.Exec(ctx, "SELECT 1"); return err })
+		},
+	}
+	for _, u := range units {
+		if err := p.Do(tenant.With(ctx, "t1"), u); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, _ := tel.points(t)
+	st := p.Stats()
+	if st.Acquired == 0 || st.Resets == 0 || st.Settings == 0 || st.Discarded.Raw == 0 {
+		t.Fatalf("the work moved not every counter the test reads: %+v", st)
+	}
+	want := map[string]int64{
+		"dbscope.pool.acquired":                    st.Acquired,
+		"dbscope.pool.retries":                     st.Retries,
+		"dbscope.pool.resets":                      st.Resets,
+		"dbscope.pool.settings_applied":            st.Settings,
+		"dbscope.pool.rolled_back":                 st.RolledBack,
+		"dbscope.pool.leaks":                       st.Leaks,
+		"dbscope.pool.connect_errors{unavailable}": st.Unavailable,
+		"dbscope.pool.discarded{raw}":              st.Discarded.Raw,
+	}
+	var discarded int64
+	for k, v := range got {
+		if strings.HasPrefix(k, "dbscope.pool.discarded{") {
+			discarded += v
+		}
+	}
+	if discarded != st.Discarded.Total() {
+		t.Errorf("dbscope.pool.discarded sums to %d, Stats %d: a reason missing", discarded, st.Discarded.Total())
+	}
+	for k, v := range want {
+		if n, ok := got[k]; !ok || n != v {
+			t.Errorf("%s = %d (reported %v), want %d (stats %+v)", k, n, ok, v, st)
+		}
+	}
+
+	// A pool on a database that does not exist: misconfigured. Read
+	// alone, since it reports under the same pool name.
+	if err := reg.Unregister(); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := pgx.ParseConfig(env.DSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Database = "dbotel_no_such_database"
+	db := stdlib.OpenDB(*cfg)
+	t.Cleanup(func() { db.Close() })
+	bad := dbctx.New(db, &dbctx.Options{MaxWorkers: 1, Logger: slog.New(slog.DiscardHandler)})
+	t.Cleanup(func() { bad.Close() })
+	breg, err := dbotel.RegisterMetrics(bad, tel.opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer breg.Unregister()
+	if err := bad.Do(ctx, units[1]); !errors.Is(err, dbctx.ErrMisconfigured) {
+		t.Fatalf("a database that does not exist: %v, want ErrMisconfigured", err)
+	}
+	got, _ = tel.points(t)
+	if n := got["dbscope.pool.connect_errors{misconfigured}"]; n != 1 || got["dbscope.pool.acquired"] != 0 {
+		t.Errorf("connect_errors{misconfigured} = %d, acquired %d; want 1, 0", n, got["dbscope.pool.acquired"])
 	}
 }

@@ -19,23 +19,6 @@ func NewCollector(p *dbctx.Pool, opts *Options) prometheus.Collector {
 
 type stats = dbctx.Stats
 
-// discardReasons are the values of the reason label of discarded_total,
-// one per field of dbctx.Discards.
-var discardReasons = []struct {
-	name string
-	n    func(*dbctx.Discards) int64
-}{
-	{"dead", func(d *dbctx.Discards) int64 { return d.Dead }},
-	{"broken", func(d *dbctx.Discards) int64 { return d.Broken }},
-	{"canceled", func(d *dbctx.Discards) int64 { return d.Canceled }},
-	{"tx", func(d *dbctx.Discards) int64 { return d.Tx }},
-	{"panic", func(d *dbctx.Discards) int64 { return d.Panic }},
-	{"hook", func(d *dbctx.Discards) int64 { return d.Hook }},
-	{"reset", func(d *dbctx.Discards) int64 { return d.Reset }},
-	{"raw", func(d *dbctx.Discards) int64 { return d.Raw }},
-	{"unresettable", func(d *dbctx.Discards) int64 { return d.Unresettable }},
-}
-
 var poolFamilies = []family[stats]{
 	gauge("slots", "Worker slots of the pool in all (dbctx.Options.MaxWorkers).",
 		func(s *stats) int { return s.MaxWorkers }),
@@ -108,8 +91,8 @@ var poolFamilies = []family[stats]{
 		typ:   prometheus.CounterValue,
 		label: "reason",
 		collect: func(s *stats, emit func(float64, ...string)) {
-			for _, r := range discardReasons {
-				emit(float64(r.n(&s.Discarded)), r.name)
+			for reason, n := range s.Discarded.All() {
+				emit(float64(n), reason)
 			}
 		},
 	},
