@@ -2,6 +2,7 @@ package dbotel_test
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"log/slog"
 	"strings"
@@ -11,8 +12,9 @@ import (
 	"github.com/dbscope/dbscope/dbctx"
 	"github.com/dbscope/dbscope/dbotel"
 	"github.com/dbscope/dbscope/internal/dbtest"
+	"github.com/dbscope/dbscope/internal/pgtest"
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/stdlib"
+	_ "github.com/jackc/pgx/v5/stdlib"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 )
@@ -131,12 +133,11 @@ func TestMetrics(t *testing.T) {
 
 // dbscope's own counters, read back against the pool's Stats after work
 // that moves each: scopes, a reset owed by a SET, a declared setting,
-// raw access (a connection discarded), and a connect to a database that
-// does not exist (misconfigured).
+// raw access (a connection discarded).
 func TestOwnMetrics(t *testing.T) {
 	t.Parallel()
 	tel := newTelemetry(t)
-	p, env := tel.newPool(t, &dbctx.Options{MaxWorkers: 1}, 0)
+	p, _ := tel.newPool(t, &dbctx.Options{MaxWorkers: 1}, 0)
 	reg, err := dbotel.RegisterMetrics(p, tel.opts)
 	if err != nil {
 		t.Fatal(err)
@@ -188,31 +189,32 @@ func TestOwnMetrics(t *testing.T) {
 			t.Errorf("%s = %d (reported %v), want %d (stats %+v)", k, n, ok, v, st)
 		}
 	}
+}
 
-	// A pool on a database that does not exist: misconfigured. Read
-	// alone, since it reports under the same pool name.
-	if err := reg.Unregister(); err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := pgx.ParseConfig(env.DSN())
+// A pool on a database that does not exist: connect_errors, by cause.
+func TestOwnMetricsMisconfigured(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "the fault is in the connection string, which names PgBouncer")
+	tel := newTelemetry(t)
+	env := pgtest.New(t)
+	db, err := sql.Open("pgx", env.MissingDatabase(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.Database = "dbotel_no_such_database"
-	db := stdlib.OpenDB(*cfg)
 	t.Cleanup(func() { db.Close() })
 	bad := dbctx.New(db, &dbctx.Options{MaxWorkers: 1, Logger: slog.New(slog.DiscardHandler)})
 	t.Cleanup(func() { bad.Close() })
-	breg, err := dbotel.RegisterMetrics(bad, tel.opts)
+	reg, err := dbotel.RegisterMetrics(bad, tel.opts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer breg.Unregister()
-	if err := bad.Do(ctx, units[1]); !errors.Is(err, dbctx.ErrMisconfigured) {
+	defer reg.Unregister()
+	nop := func(ctx context.Context, s *dbctx.Scope) error { _, err := s.ExecContext(ctx, "SELECT 1"); return err }
+	if err := bad.Do(context.Background(), nop); !errors.Is(err, dbctx.ErrMisconfigured) {
 		t.Fatalf("a database that does not exist: %v, want ErrMisconfigured", err)
 	}
-	got, _ = tel.points(t)
-	if n := got["dbscope.pool.connect_errors{misconfigured}"]; n != 1 || got["dbscope.pool.acquired"] != 0 {
-		t.Errorf("connect_errors{misconfigured} = %d, acquired %d; want 1, 0", n, got["dbscope.pool.acquired"])
+	got, _ := tel.points(t)
+	if n := got["dbscope.pool.connect_errors{misconfigured}"]; n != 1 || got["dbscope.pool.connect_errors{unavailable}"] != 0 {
+		t.Errorf("connect_errors: misconfigured %d, unavailable %d; want 1, 0", n, got["dbscope.pool.connect_errors{unavailable}"])
 	}
 }
