@@ -155,7 +155,14 @@
 //     it before the connection goes back to the *sql.DB: a reset costs no
 //     round trip of its own. (The deallocation is first a check that no
 //     such statement exists; where one does, the round trip goes again
-//     with the deallocation.) On another driver it runs before the
+//     with the deallocation.) The check reads pg_prepared_statements,
+//     whose cost grows with the statements prepared on the connection,
+//     pgx's cached ones included: about 10 µs of server time with few,
+//     50–80 µs with 100, 0.8–0.9 ms with 512, the default
+//     statement_cache_capacity of pgx's cache_statement mode. A service
+//     of many distinct statements that writes often keeps that cache
+//     smaller, or runs in cache_describe mode, where pgx names no
+//     statement on the server. On another driver it runs before the
 //     connection is given back;
 //   - handed to user code as itself ([Scope.Conn], [Scope.Pgx], the
 //     *pgx.Conn of rows' Conn and of a batch's Tx): discarded, so that
