@@ -158,7 +158,7 @@
 //     with the deallocation.) The check reads pg_prepared_statements,
 //     whose cost grows with the statements prepared on the connection,
 //     pgx's cached ones included: about 10 µs of server time with few,
-//     50–80 µs with 100, 0.8–0.9 ms with 512, the default
+//     50–80 µs with 100, 0.7–0.9 ms with 512, the default
 //     statement_cache_capacity of pgx's cache_statement mode. A service
 //     of many distinct statements that writes often keeps that cache
 //     smaller, or runs in cache_describe mode, where pgx names no
