@@ -115,47 +115,32 @@ func TestCloseGivesKeptBack(t *testing.T) {
 	}
 }
 
-// TestKeptForItsSettings: of the connections kept, a scope gets one whose
-// session carries its settings already, not merely the one given back
-// last, and PostgreSQL sees its own tenant on it.
-func TestKeptForItsSettings(t *testing.T) {
-	t.Parallel()
+// keptTenants returns a pool of three slots on a schema under row-level
+// security, whose connections stay kept for good (nothing goes back to
+// the *sql.DB while the test looks, however slow the machine), after one
+// scope per tenant of order, all at once, gave its connection back in
+// that order: order[i]'s on backend pids[i], the last the newest kept.
+func keptTenants(t *testing.T, order ...string) (p *dbctx.Pool, pids []int) {
+	t.Helper()
 	pgtest.SkipPooled(t, "a session keeps its settings between transactions only on a direct connection")
 	env := newEnv(t)
 	rls(t, env)
-	p := poolOn(t, env, env.Open(t), &dbctx.Options{MaxWorkers: 3, Logger: quiet()})
-	// Nothing goes back to the *sql.DB while the test looks, however
-	// slow the machine.
+	p = poolOn(t, env, env.Open(t), &dbctx.Options{MaxWorkers: len(order), Logger: quiet()})
 	p.SetKeepFor(time.Hour)
 	p.SetKeepIdle(time.Hour)
-	tenants := []string{"t1", "t2", "t3"}
-	type seen struct {
-		pid    int
-		tenant string
-	}
-	lookup := func(ctx context.Context, s *dbctx.Scope) (got seen, err error) {
-		err = s.QueryRowContext(ctx, "SELECT pg_backend_pid(), current_setting('app.tenant')").Scan(&got.pid, &got.tenant)
-		return got, err
-	}
-	// Three scopes at once, one per tenant: three connections, kept after
-	// with their tenants.
-	var (
-		mu    sync.Mutex
-		pids  = map[string]int{}
-		wg    sync.WaitGroup
-		ready sync.WaitGroup
-	)
-	release := make(chan struct{})
-	ready.Add(len(tenants))
-	for _, tn := range tenants {
+	pids = make([]int, len(order))
+	var ready, wg sync.WaitGroup
+	release := make([]chan struct{}, len(order))
+	done := make([]chan struct{}, len(order))
+	ready.Add(len(order))
+	for i, tn := range order {
+		release[i], done[i] = make(chan struct{}), make(chan struct{})
 		wg.Go(func() {
+			defer close(done[i])
 			err := p.Do(tenant.With(context.Background(), tn), func(ctx context.Context, s *dbctx.Scope) error {
-				got, err := lookup(ctx, s)
-				mu.Lock()
-				pids[tn] = got.pid
-				mu.Unlock()
+				err := s.QueryRowContext(ctx, "SELECT pg_backend_pid()").Scan(&pids[i])
 				ready.Done()
-				<-release
+				<-release[i]
 				return err
 			})
 			if err != nil {
@@ -164,13 +149,40 @@ func TestKeptForItsSettings(t *testing.T) {
 		})
 	}
 	ready.Wait()
-	close(release)
+	for i := range order {
+		close(release[i])
+		<-done[i]
+	}
 	wg.Wait()
 	if t.Failed() {
-		return
+		t.FailNow()
 	}
-	if st := p.Stats(); st.Kept != 3 {
-		t.Fatalf("%d connections kept, want 3", st.Kept)
+	if st := p.Stats(); st.Kept != len(order) {
+		t.Fatalf("%d connections kept, want %d", st.Kept, len(order))
+	}
+	return p, pids
+}
+
+// TestKeptForItsSettings: of the connections kept, a scope gets one whose
+// session carries its settings already, not merely the one given back
+// last, and PostgreSQL sees its own tenant on it.
+func TestKeptForItsSettings(t *testing.T) {
+	t.Parallel()
+	// Three scopes at once, one per tenant: three connections, kept after
+	// with their tenants.
+	tenants := []string{"t1", "t2", "t3"}
+	p, held := keptTenants(t, tenants...)
+	pids := map[string]int{}
+	for i, tn := range tenants {
+		pids[tn] = held[i]
+	}
+	type seen struct {
+		pid    int
+		tenant string
+	}
+	lookup := func(ctx context.Context, s *dbctx.Scope) (got seen, err error) {
+		err = s.QueryRowContext(ctx, "SELECT pg_backend_pid(), current_setting('app.tenant')").Scan(&got.pid, &got.tenant)
+		return got, err
 	}
 	// One after another, never the tenant of the connection given back
 	// last.
@@ -205,12 +217,9 @@ func TestKeptForItsSettings(t *testing.T) {
 // t3 unit takes one of t1's two, so that the t2 unit after it finds its own.
 func TestKeptVictimDuplicate(t *testing.T) {
 	t.Parallel()
-	pgtest.SkipPooled(t, "a session keeps its settings between transactions only on a direct connection")
-	env := newEnv(t)
-	rls(t, env)
-	p := poolOn(t, env, env.Open(t), &dbctx.Options{MaxWorkers: 3, Logger: quiet()})
-	p.SetKeepFor(time.Hour)
-	p.SetKeepIdle(time.Hour)
+	// Three scopes at once (t1, t1, t2), given back in that order: t2's
+	// connection is the newest kept.
+	p, pids := keptTenants(t, "t1", "t1", "t2")
 	lookup := func(tn string) (pid int, seen string) {
 		t.Helper()
 		if err := p.Do(tenant.With(context.Background(), tn), func(ctx context.Context, s *dbctx.Scope) error {
@@ -222,41 +231,6 @@ func TestKeptVictimDuplicate(t *testing.T) {
 			t.Fatalf("a unit of tenant %s saw tenant %q", tn, seen)
 		}
 		return pid, seen
-	}
-	// Three scopes at once (t1, t1, t2), given back in that order: t2's
-	// connection is the newest kept.
-	order := []string{"t1", "t1", "t2"}
-	pids := make([]int, len(order))
-	var ready, wg sync.WaitGroup
-	release := make([]chan struct{}, len(order))
-	done := make([]chan struct{}, len(order))
-	ready.Add(len(order))
-	for i, tn := range order {
-		release[i], done[i] = make(chan struct{}), make(chan struct{})
-		wg.Go(func() {
-			defer close(done[i])
-			err := p.Do(tenant.With(context.Background(), tn), func(ctx context.Context, s *dbctx.Scope) error {
-				err := s.QueryRowContext(ctx, "SELECT pg_backend_pid()").Scan(&pids[i])
-				ready.Done()
-				<-release[i]
-				return err
-			})
-			if err != nil {
-				t.Error(err)
-			}
-		})
-	}
-	ready.Wait()
-	for i := range order {
-		close(release[i])
-		<-done[i]
-	}
-	wg.Wait()
-	if t.Failed() {
-		return
-	}
-	if st := p.Stats(); st.Kept != 3 {
-		t.Fatalf("%d connections kept, want 3", st.Kept)
 	}
 	applied := p.Stats().Settings
 	if pid, _ := lookup("t3"); pid == pids[2] {

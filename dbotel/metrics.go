@@ -97,8 +97,8 @@ func RegisterMetrics(p *dbctx.Pool, o *Options) (metric.Registration, error) {
 	// The SDK takes its own instruments, not dbconv's wrappers.
 	c, mx, pr, to := count.Inst(), maxConns.Inst(), pending.Inst(), timeouts.Inst()
 	insts := []metric.Observable{c, mx, pr, to, connectErrors, discarded}
-	for _, o := range own {
-		insts = append(insts, o)
+	for _, inst := range own {
+		insts = append(insts, inst)
 	}
 	return m.RegisterCallback(func(_ context.Context, obs metric.Observer) error {
 		st := p.Stats()
