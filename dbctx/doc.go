@@ -30,7 +30,11 @@
 //
 // Past the slots, callers queue, first come first served, up to
 // [Options.MaxWaiting] for at most [Options.WaitTimeout], then get
-// [ErrBusy]: overload is refused, never queued without bound; a caller
+// [ErrBusy]: overload is refused, never queued without bound. (Where units
+// declare settings, a slot given back may go to one of the next three
+// callers behind the head, when a connection kept between scopes carries
+// that caller's values and none carries the head's: it then sends no
+// set_config. No caller is passed over more than twice.) A caller
 // whose turn would come too late at the pace the queue moves is refused at
 // once. A connect that fails says why: [ErrUnavailable] is an outage that
 // passes by itself (come back later), [ErrMisconfigured] what no retry

@@ -120,6 +120,17 @@ func (p *Pool) unkeep(want []setting) *session {
 	return c
 }
 
+// carries reports whether a kept connection owes no reset and carries
+// the settings want. Under kp.mu.
+func (kp *keepList) carries(want []setting) bool {
+	for _, c := range kp.conns {
+		if !c.resetDue && sameSettings(c.applied, want) {
+			return true
+		}
+	}
+	return false
+}
+
 // victimScan bounds how many of the newest kept connections victim looks
 // at, and compares with each other.
 const victimScan = 8

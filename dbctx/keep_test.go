@@ -2,6 +2,7 @@ package dbctx_test
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -115,6 +116,17 @@ func TestCloseGivesKeptBack(t *testing.T) {
 	}
 }
 
+// tenantPool returns a pool on a schema and role of their own
+// under row-level security (rls), on a direct connection: a session carries
+// its settings from one transaction to the next only there.
+func tenantPool(t *testing.T, opts *dbctx.Options) *dbctx.Pool {
+	t.Helper()
+	pgtest.SkipPooled(t, "a session keeps its settings between transactions only on a direct connection")
+	env := newEnv(t)
+	rls(t, env)
+	return poolOn(t, env, env.Open(t), opts)
+}
+
 // keptTenants returns a pool of three slots on a schema under row-level
 // security, whose connections stay kept for good (nothing goes back to
 // the *sql.DB while the test looks, however slow the machine), after one
@@ -122,10 +134,7 @@ func TestCloseGivesKeptBack(t *testing.T) {
 // that order: order[i]'s on backend pids[i], the last the newest kept.
 func keptTenants(t *testing.T, order ...string) (p *dbctx.Pool, pids []int) {
 	t.Helper()
-	pgtest.SkipPooled(t, "a session keeps its settings between transactions only on a direct connection")
-	env := newEnv(t)
-	rls(t, env)
-	p = poolOn(t, env, env.Open(t), &dbctx.Options{MaxWorkers: len(order), Logger: quiet()})
+	p = tenantPool(t, &dbctx.Options{MaxWorkers: len(order), Logger: quiet()})
 	p.SetKeepFor(time.Hour)
 	p.SetKeepIdle(time.Hour)
 	pids = make([]int, len(order))
@@ -248,5 +257,110 @@ func TestKeptVictimDuplicate(t *testing.T) {
 	}
 	if n := p.Stats().Settings - applied; n != 0 {
 		t.Errorf("the t2 and t1 units: %d round trips applied settings, want none", n)
+	}
+}
+
+// TestHandOffToCarriedSettings: a slot given back goes past the head of
+// the queue to a waiter whose tenant the kept connection carries, so that
+// it sends no set_config; the head is passed over twice at most, then
+// served before those behind it. PostgreSQL tells each unit's tenant.
+func TestHandOffToCarriedSettings(t *testing.T) {
+	t.Parallel()
+	p := tenantPool(t, &dbctx.Options{MaxWorkers: 1, WaitTimeout: time.Minute, Logger: quiet()})
+	p.SetKeepFor(time.Hour)
+	p.SetKeepIdle(time.Hour)
+	lookup := func(tn string) func(ctx context.Context, s *dbctx.Scope) error {
+		return func(ctx context.Context, s *dbctx.Scope) error {
+			var seen string
+			if err := s.QueryRowContext(ctx, "SELECT current_setting('app.tenant')").Scan(&seen); err != nil {
+				return err
+			}
+			if seen != tn {
+				t.Errorf("a unit of tenant %s saw tenant %q", tn, seen)
+			}
+			return nil
+		}
+	}
+	// The slot's holder leaves t1 on its connection.
+	hold, held := make(chan struct{}), make(chan struct{})
+	holder := make(chan error, 1)
+	go func() {
+		holder <- p.Do(tenant.With(context.Background(), "t1"), func(ctx context.Context, s *dbctx.Scope) error {
+			err := lookup("t1")(ctx, s)
+			close(held)
+			<-hold
+			return err
+		})
+	}()
+	<-held
+	// Queued in this order: t2 (head), t1, t1, t1.
+	queued := []string{"t2", "t1", "t1", "t1"}
+	order := make(chan int, len(queued))
+	var wg sync.WaitGroup
+	for i, tn := range queued {
+		wg.Go(func() {
+			err := p.Do(tenant.With(context.Background(), tn), func(ctx context.Context, s *dbctx.Scope) error {
+				order <- i
+				return lookup(tn)(ctx, s)
+			})
+			if err != nil {
+				t.Error(err)
+			}
+		})
+		eventually(t, "the caller to queue", func() bool { return p.Stats().Waiting == i+1 })
+	}
+	applied := p.Stats().Settings
+	close(hold)
+	if err := <-holder; err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	close(order)
+	var got []int
+	for i := range order {
+		got = append(got, i)
+	}
+	// Two t1 units go first; the t2 head, passed over twice, then goes
+	// before the last t1 unit, which sets t1 again.
+	if fmt.Sprint(got) != "[1 2 0 3]" {
+		t.Errorf("slots went to the queued callers in order %v, want [1 2 0 3]", got)
+	}
+	if n := p.Stats().Settings - applied; n != 2 {
+		t.Errorf("%d round trips applied settings, want 2 (t2's, then t1's again)", n)
+	}
+}
+
+// TestHandOffUnderContention: many units of a few tenants on two slots,
+// as fast as they can, with slots handed past the queue's head: every
+// statement sees its own tenant, no caller waits out its timeout, and
+// nothing is left queued or held.
+func TestHandOffUnderContention(t *testing.T) {
+	t.Parallel()
+	const slots, callers, calls = 2, 12, 60
+	p := tenantPool(t, &dbctx.Options{MaxWorkers: slots, MaxWaiting: callers, WaitTimeout: time.Minute, Logger: quiet()})
+	var wg sync.WaitGroup
+	for c := range callers {
+		tn := fmt.Sprintf("t%d", c%3+1)
+		wg.Go(func() {
+			ctx := tenant.With(context.Background(), tn)
+			for range calls {
+				var seen string
+				err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+					return s.QueryRowContext(ctx, "SELECT current_setting('app.tenant')").Scan(&seen)
+				})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if seen != tn {
+					t.Errorf("a unit of tenant %s saw tenant %q", tn, seen)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if st := p.Stats(); st.InUse != 0 || st.Waiting != 0 || st.Busy != 0 {
+		t.Fatalf("after: %+v", st)
 	}
 }

@@ -17,7 +17,12 @@ import (
 // back, and a channel used as a semaphore would cost a lock on each side.
 // Callers that find every slot taken queue in FIFO order under slots.mu;
 // a slot given back while anyone queues goes to the queue's head, and a
-// newcomer does not take it past them.
+// newcomer does not take it past them. One exception, where units of work
+// declare settings (a tenant): a slot goes to one of the next few waiters
+// past the head when the keep holds a connection that carries that
+// waiter's settings and none that carries the head's, so that the waiter
+// runs with no set_config to send; a waiter is passed over at most
+// handOffPasses times (see next).
 //
 // A waiter counts itself in p.c.waiting before it looks at the slot count,
 // and releaseSlot gives its slot back before it looks at p.c.waiting: one
@@ -75,6 +80,8 @@ func (q *slotQueue) granted(now time.Duration) {
 type slotWaiter struct {
 	ready    chan struct{} // closed when the wait ends, whatever ends it
 	deadline time.Duration // monotonic()
+	want     []setting     // the settings the caller's context declares
+	passed   int           // grants that went past it (next); under slotQueue.mu
 	end      waitEnd       // under slotQueue.mu
 }
 
@@ -145,7 +152,7 @@ func (p *Pool) acquireSlot(ctx context.Context) error {
 		return err
 	}
 	start := monotonic()
-	w := &slotWaiter{ready: make(chan struct{}), deadline: start + p.opts.WaitTimeout}
+	w := &slotWaiter{ready: make(chan struct{}), deadline: start + p.opts.WaitTimeout, want: settingsOf(ctx)}
 	q.waiters = append(q.waiters, w)
 	if !q.timer.armed {
 		p.armExpiry(start)
@@ -224,6 +231,55 @@ func (q *slotQueue) pop() *slotWaiter {
 	return w
 }
 
+// take takes the waiter at i. Under slots.mu.
+func (q *slotQueue) take(i int) *slotWaiter {
+	if i == 0 {
+		return q.pop()
+	}
+	w := q.waiters[i]
+	q.waiters = slices.Delete(q.waiters, i, i+1)
+	return w
+}
+
+// How far past the queue's head a slot given back may go (next).
+const (
+	handOffScan   = 4 // waiters looked at, the head included
+	handOffPasses = 2 // times a waiter may be passed over
+)
+
+// next returns the index of the waiter that the next free slot goes to:
+// the head, unless the keep holds no connection that carries the head's
+// settings and one that carries those of a waiter among the next
+// handOffScan; that waiter then takes its turn before those ahead of it,
+// each of which counts the pass. A waiter passed over handOffPasses times
+// is passed no more, so a wait grows by at most that many grants and the
+// queue stays in deadline order. Without declared settings, or with one
+// waiter, it is the head. Under slots.mu.
+func (p *Pool) next() int {
+	q := &p.slots
+	if len(q.waiters) < 2 || !settingsDeclared.Load() {
+		return 0
+	}
+	kp := &p.kept
+	kp.mu.Lock()
+	defer kp.mu.Unlock()
+	if len(kp.conns) == 0 {
+		return 0
+	}
+	for i, w := range q.waiters[:min(len(q.waiters), handOffScan)] {
+		if kp.carries(w.want) {
+			for _, a := range q.waiters[:i] {
+				a.passed++
+			}
+			return i
+		}
+		if w.passed >= handOffPasses {
+			break
+		}
+	}
+	return 0
+}
+
 // finish ends w's wait. Under slots.mu.
 func (w *slotWaiter) finish(end waitEnd) {
 	w.end = end
@@ -250,13 +306,13 @@ func (p *Pool) releaseSlot() {
 	}
 }
 
-// handOff gives free slots to the callers queued longest.
+// handOff gives free slots to the callers queued longest (but see next).
 func (p *Pool) handOff() {
 	q := &p.slots
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	for len(q.waiters) > 0 && p.grabSlot() {
-		q.pop().finish(granted)
+		q.take(p.next()).finish(granted)
 		q.granted(monotonic())
 	}
 }
