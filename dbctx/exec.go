@@ -170,8 +170,7 @@ func (s *Scope) pgconnQuery(ctx context.Context, res *result, args []any, sqlFor
 	}
 	for {
 		rt := &roundTrip{}
-		rt.start(ctx, c, s.pool.needsPipeline(c, p, named))
-		s.pool.sendPrefix(c, rt, p, named)
+		s.pool.startPrefix(ctx, c, rt, p, named)
 		switch {
 		case sd == nil:
 			rt.sendParams(query, eqb.ParamValues, nil, eqb.ParamFormats, formats)

@@ -72,34 +72,24 @@ type roundTrip struct {
 	mrr *pgconn.MultiResultReader
 }
 
-// needsPipeline reports whether sending p on c must prepare or deallocate
-// a statement.
-func (pl *Pool) needsPipeline(c *session, p *prefix, named bool) bool {
-	if len(c.stale) > 0 {
-		return true
+// startPrefix begins a round trip on c and queues, first in it, the
+// deallocation of c's stale statements and p's statements, recording in
+// c.reads what each sends back. Each of p's statements is looked up once
+// among those prepared on c: if one is missing (it is prepared now) or a
+// statement is stale, the round trip is a pipeline, else a batch.
+func (pl *Pool) startPrefix(ctx context.Context, c *session, rt *roundTrip, p *prefix, named bool) {
+	c.sds = c.sds[:0]
+	pipeline := len(c.stale) > 0
+	if named {
+		pl.prefixStatements(p, func(sql string, _ bool) {
+			sd := c.prep[sql]
+			c.sds = append(c.sds, sd)
+			pipeline = pipeline || sd == nil
+		})
 	}
-	if !named {
-		return false
-	}
-	missing := false
-	pl.prefixStatements(p, func(sql string, _ bool) {
-		if c.prep[sql] == nil {
-			missing = true
-		}
-	})
-	return missing
-}
-
-// start begins a round trip on c for p.
-func (rt *roundTrip) start(ctx context.Context, c *session, pipeline bool) {
 	if pipeline {
 		rt.pl = c.pc.StartPipeline(ctx)
 	}
-}
-
-// sendPrefix queues the deallocation of c's stale statements and p's
-// statements, recording in c.reads what each sends back.
-func (pl *Pool) sendPrefix(c *session, rt *roundTrip, p *prefix, named bool) {
 	c.reads = c.reads[:0]
 	if rt.pl != nil {
 		for _, name := range c.stale {
@@ -109,17 +99,17 @@ func (pl *Pool) sendPrefix(c *session, rt *roundTrip, p *prefix, named bool) {
 		clear(c.stale)
 		c.stale = c.stale[:0]
 	}
+	i := 0
 	pl.prefixStatements(p, func(sql string, set bool) {
 		var params [][]byte
 		if set {
 			params = c.setConfigParams(p.set, p.local)
 		}
-		sd := c.prep[sql]
 		switch {
 		case !named:
 			rt.sendParams(sql, params, nil, nil, nil)
-		case sd != nil:
-			rt.sendStatement(sd, params, nil, nil)
+		case c.sds[i] != nil:
+			rt.sendStatement(c.sds[i], params, nil, nil)
 		default: // a pipeline
 			name := c.newName()
 			rt.pl.SendPrepare(name, sql, nil)
@@ -127,7 +117,9 @@ func (pl *Pool) sendPrefix(c *session, rt *roundTrip, p *prefix, named bool) {
 			rt.pl.SendQueryPrepared(name, params, nil, nil)
 		}
 		c.reads = append(c.reads, pipeRead{})
+		i++
 	})
+	clear(c.sds) // hold no description past the round trip
 }
 
 func (rt *roundTrip) sendParams(sql string, params [][]byte, oids []uint32, paramFormats, resultFormats []int16) {
@@ -197,7 +189,7 @@ func (rt *roundTrip) close() error {
 // errOutOfStep is a round trip that sent back what was not asked.
 var errOutOfStep = errors.New("dbctx: round trip out of step")
 
-// readPrefix reads what sendPrefix queued: the count of p's statements
+// readPrefix reads what startPrefix queued: the count of p's statements
 // that ran without an error, and the first error.
 func (pl *Pool) readPrefix(c *session, rt *roundTrip) (reached int, err error) {
 	for _, r := range c.reads {
@@ -236,8 +228,7 @@ func (pl *Pool) runPrefix(ctx context.Context, c *session, p *prefix) (reached i
 	for {
 		named := pl.named(c)
 		var rt roundTrip
-		rt.start(ctx, c, pl.needsPipeline(c, p, named))
-		pl.sendPrefix(c, &rt, p, named)
+		pl.startPrefix(ctx, c, &rt, p, named)
 		if err = rt.send(ctx, c); err == nil {
 			reached, err = pl.readPrefix(c, &rt)
 		}

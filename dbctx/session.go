@@ -53,6 +53,7 @@ type session struct {
 	named  int                                     // statements named so far
 	stale  []string                                // named statements to deallocate
 	reads  []pipeRead                              // what a pipeline sends back
+	sds    []*pgconn.StatementDescription          // a prefix's, in order, while it is queued
 	params [][]byte                                // a set_config's parameters
 
 	// What the connection's tracer is told (observe.go).
