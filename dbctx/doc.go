@@ -154,12 +154,19 @@
 //     scope ran code the lexer does not know (DML, whose triggers run code;
 //     a function other than a built-in; DO, CALL, PREPARE, EXECUTE), the
 //     deallocation of the statements PREPAREd in SQL. On pgx's driver the
-//     connection's next user pays it, in a transaction of its own sent
-//     before its first statement in the same round trip, or the pool pays
-//     it before the connection goes back to the *sql.DB: a reset costs no
-//     round trip of its own. (The deallocation is first a check that no
-//     such statement exists; where one does, the round trip goes again
-//     with the deallocation.) The check reads pg_prepared_statements,
+//     connection's next user pays it, sent before its first statement in
+//     the same round trip, or the pool pays it before the connection goes
+//     back to the *sql.DB: a reset costs no round trip of its own. (The
+//     deallocation is first a check that no such statement exists; where
+//     one does, the round trip goes again with the deallocation.) Where
+//     that check goes first as a statement prepared on the connection
+//     (pgx's cache_statement mode) and finds the session listening on no
+//     channel either, the reset shares the statement's implicit
+//     transaction: it commits with it, or rolls back with it and is owed
+//     still. Otherwise
+//     it has a transaction of its own in the round trip (UNLISTEN takes
+//     effect at commit; Atomic's rollback must not undo it). The check
+//     reads pg_prepared_statements,
 //     whose cost grows with the statements prepared on the connection,
 //     pgx's cached ones included: about 10 µs of server time with few,
 //     50–80 µs with 100, 0.7–0.9 ms with 512, the default

@@ -352,6 +352,25 @@ func TestTracerSeesEveryStatement(t *testing.T) {
 				return err
 			}), "SELECT 3", &dbctx.Prelude{Reset: true, Queries: 9})
 
+			// A scope that ran code (DDL here; every write) leaves the
+			// reset owed with the sweep: a check, then BEGIN, the reset,
+			// COMMIT; where the check is prepared on the connection
+			// (cache_statement) the reset shares the statement's
+			// transaction, with no BEGIN and no COMMIT; in the simple
+			// protocol there is no check, and the sweep is a statement.
+			do(func(ctx context.Context, s *dbctx.Scope) error {
+				_, err := s.ExecContext(ctx, "CREATE TEMP TABLE traced_scratch (n int)")
+				return err
+			})
+			afterCode := &dbctx.Prelude{Reset: true, Queries: 10}
+			if mode == pgx.QueryExecModeCacheStatement {
+				afterCode.Queries = 8
+			}
+			want(do(func(ctx context.Context, s *dbctx.Scope) error {
+				_, err := s.Exec(ctx, "SELECT 30")
+				return err
+			}), "SELECT 30", afterCode)
+
 			got := do(func(ctx context.Context, s *dbctx.Scope) error {
 				return dbctx.Atomic(ctx, func(ctx context.Context) error {
 					_, err := s.ExecContext(ctx, "SELECT 4")

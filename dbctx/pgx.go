@@ -160,6 +160,11 @@ func (s *Scope) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
 		return withLock(c.pin.conn, func() error {
 			nb, n := b, 0
 			if !p.empty() {
+				// No sweep check: where it failed, pgx's batch, which
+				// prepares its statements in a round trip of its own
+				// first, could not simply go again (pipe.go). The
+				// reset sweeps at once, in a transaction of its own.
+				p.check = false
 				nb = &pgx.Batch{}
 				n = s.pool.queuePgx(nb, p)
 				nb.QueuedQueries = append(nb.QueuedQueries, b.QueuedQueries...)

@@ -43,6 +43,13 @@ func (pl *Pool) named(c *session) bool {
 // prepared on the connection (see the package doc).
 const sweepCheckSQL = "SELECT 1 / (pg_catalog.count(*) = 0)::int FROM pg_catalog.pg_prepared_statement() WHERE from_sql"
 
+// sweepCheckListenSQL is sweepCheckSQL that fails also where the session
+// listens on a channel: the reset after it then goes again, with the full
+// sweep, in a transaction of its own, since UNLISTEN takes effect at
+// commit (see prefixStatements).
+const sweepCheckListenSQL = "SELECT 1 / (pg_catalog.count(*) = 0 AND NOT EXISTS (SELECT FROM pg_catalog.pg_listening_channels()))::int " +
+	"FROM pg_catalog.pg_prepared_statement() WHERE from_sql"
+
 // sweepFound reports whether err, on p's round trip of which reached
 // statements ran, is p's sweep check failing.
 func sweepFound(p *prefix, reached int, err error) bool {

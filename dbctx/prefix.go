@@ -35,6 +35,7 @@ import (
 type prefix struct {
 	reset, sweep bool      // run the reset of an earlier scope first (and sweep prepared statements)
 	check        bool      // sweep by a check first, the full sweep only where it fails (pipe.go)
+	shareTx      bool      // the reset may share the statement's transaction, if check (ownTx)
 	begin        bool      // begin Atomic's transaction
 	set          []setting // set_config calls, in order
 	local        bool      // set_config(…, true)
@@ -44,18 +45,31 @@ type prefix struct {
 
 func (p *prefix) empty() bool { return p == nil || !p.reset && !p.begin && len(p.set) == 0 }
 
-// resetLen is the number of p's statements up to the end of its reset,
-// which is committed once they have all run (see prefixStatements).
+// resetLen is the number of p's statements up to the end of its reset
+// (see prefixStatements).
 func (pl *Pool) resetLen(p *prefix) int {
 	if !p.reset {
 		return 0
 	}
-	n := len(pl.resetStmts) + 2
+	n := len(pl.resetStmts)
+	if p.ownTx() {
+		n += 2
+	}
 	if p.sweep {
 		n++
 	}
 	return n
 }
+
+// ownTx reports whether p's reset goes in a transaction of its own
+// (BEGIN … COMMIT) rather than in the implicit transaction of what
+// follows it up to the Sync (see prefixStatements): unless the sweep's
+// check goes first, in its form that also finds a channel listened on,
+// and Atomic does not begin. That form is used where the check is a
+// statement prepared once on the connection (Pool.named): PostgreSQL
+// plans its subquery once, where unnamed it would cost more than the
+// BEGIN and COMMIT it saves.
+func (p *prefix) ownTx() bool { return p.begin || !p.check || !p.shareTx }
 
 // all is prefixDone's reached for a prefix every statement of which ran.
 const all = int(^uint(0) >> 1)
@@ -81,6 +95,7 @@ func (s *Scope) prefixFor(ctx context.Context, c *session, inTx, begin bool) (*p
 	}
 	if p != nil && p.sweep && c.px != nil && c.mode != pgx.QueryExecModeSimpleProtocol {
 		p.check = true
+		p.shareTx = s.pool.named(c)
 	}
 	return p, nil
 }
@@ -178,9 +193,10 @@ func (s *Scope) prefixDone(c *session, p *prefix, ok bool, reached int) {
 	if len(p.set) > 0 {
 		s.pool.c.settings.Add(1)
 	}
-	if p.reset && reached >= s.pool.resetLen(p) {
-		// Committed, in its own transaction (see prefixStatements),
-		// whatever came after it.
+	if p.reset && (p.ownTx() && reached >= s.pool.resetLen(p) || !p.ownTx() && ok) {
+		// Committed: in its own transaction, whatever came after it, or
+		// with the implicit transaction it shares, which committed
+		// (see prefixStatements).
 		s.pool.c.resets.Add(1)
 		c.applied = nil
 		c.resetDue, c.sweepDue = false, false
@@ -312,24 +328,42 @@ func stringBytes(s string) []byte {
 }
 
 // prefixStatements yields the statements of p, in order. The reset owed
-// by an earlier scope gets a transaction of its own (BEGIN … COMMIT) in
-// the same round trip: what it undoes at commit (UNLISTEN) is undone
+// by an earlier scope goes first; if it fails, the server skips the rest,
+// up to the Sync, and the statement does not run.
+//
+// The reset gets a transaction of its own (BEGIN … COMMIT) in the same
+// round trip, so that what it undoes at commit (UNLISTEN) is undone
 // before the statement runs, and nothing the statement or its transaction
 // does (an error, Atomic's rollback) can bring the earlier scope's state
-// back; if it fails, the server skips the rest, up to the Sync.
+// back. Where the sweep's check goes before it (code ran: every write),
+// in the form that finds a channel listened on too, and the statement
+// does not begin Atomic's transaction, the reset shares the implicit
+// transaction of the statement instead, two statements fewer (ownTx): the
+// check has found the session listening on no channel, the
+// statement is never transaction control (that goes alone, see
+// Scope.owed), and the reset commits with it, or, where anything after it
+// fails, rolls back with it and is owed still (prefixDone), as if it had
+// not run.
 func (pl *Pool) prefixStatements(p *prefix, yield func(sql string, set bool)) {
 	if p.reset {
-		if p.check {
+		switch {
+		case p.check && !p.ownTx():
+			yield(sweepCheckListenSQL, false)
+		case p.check:
 			yield(sweepCheckSQL, false)
 		}
-		yield("BEGIN", false)
+		if p.ownTx() {
+			yield("BEGIN", false)
+		}
 		for _, q := range pl.resetStmts {
 			yield(q, false)
 		}
 		if p.sweep && !p.check {
 			yield(sweepSQL, false)
 		}
-		yield("COMMIT", false)
+		if p.ownTx() {
+			yield("COMMIT", false)
+		}
 	}
 	if p.begin {
 		yield("BEGIN", false)
