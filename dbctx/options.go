@@ -57,8 +57,10 @@ type Options struct {
 
 	// ResetSQL is what resets the session of a dirty connection, one or
 	// more statements (on pgx's driver they are sent one by one, in a
-	// transaction of their own: none may refuse to run in a transaction
-	// block). Default: [DefaultResetSQL]. Where the scope ran code that
+	// transaction of their own or, after code ran, in cache_statement
+	// mode, in the implicit transaction of the statement after them, see
+	// the package doc: none may refuse to run in a transaction block).
+	// Default: [DefaultResetSQL]. Where the scope ran code that
 	// may have PREPAREd statements in SQL (see the package doc), a DO
 	// block of PL/pgSQL then deallocates them; under pgx the
 	// notifications left unread are dropped.
