@@ -234,39 +234,3 @@ func TestResetRolledBackWithStatement(t *testing.T) {
 		}
 	}
 }
-
-// A pgx batch as the first statement after a scope that PREPAREd a
-// statement in SQL runs, after the reset and the sweep, where it failed
-// with the sweep check's division by zero; PostgreSQL lists no statement
-// of the earlier scope's.
-func TestBatchAfterPrepare(t *testing.T) {
-	t.Parallel()
-	pgtest.SkipPooled(t, "resets a session")
-	for _, mode := range []string{"cache_statement", "exec", "cache_describe", "simple_protocol"} {
-		t.Run(mode, func(t *testing.T) {
-			t.Parallel()
-			env := newEnv(t)
-			p := countedPool(t, env, newProxy(t, env), mode)
-			ctx := context.Background()
-			if err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
-				_, err := s.ExecContext(ctx, "PREPARE dbscope_p AS SELECT 1")
-				return err
-			}); err != nil {
-				t.Fatal(err)
-			}
-			var left int
-			if err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
-				b := &pgx.Batch{}
-				b.Queue("SELECT count(*)::int FROM pg_prepared_statements WHERE from_sql").QueryRow(func(row pgx.Row) error {
-					return row.Scan(&left)
-				})
-				return s.SendBatch(ctx, b).Close()
-			}); err != nil {
-				t.Fatalf("the batch after the PREPARE: %v", err)
-			}
-			if left != 0 {
-				t.Errorf("the batch saw %d statements PREPAREd by the earlier scope", left)
-			}
-		})
-	}
-}
