@@ -27,28 +27,23 @@ func TestFirstUseAfterDirtyScope(t *testing.T) {
 		"write":    "INSERT INTO t (n) VALUES (1)",
 		"function": "SELECT setseed(0.5) FROM t WHERE false", // closes the connection instead
 	}
-	const held = `SELECT (current_setting('statement_timeout') <> '0')::int
-		+ (SELECT count(*) FROM pg_class WHERE relnamespace = pg_my_temp_schema())::int
-		+ (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid())::int
-		+ (SELECT count(*) FROM pg_listening_channels())::int
-		+ (SELECT count(*) FROM pg_prepared_statements WHERE from_sql)::int`
-	// Each use returns what held returned, run by the use itself or after it.
-	type use func(ctx context.Context, s *dbctx.Scope) (int, error)
-	after := func(ctx context.Context, s *dbctx.Scope, err error) (int, error) {
+	// Each use returns what held (see firstUse) returned, run by the use
+	// itself or after it.
+	after := func(ctx context.Context, s *dbctx.Scope, held string, err error) (int, error) {
 		if err != nil {
 			return 0, err
 		}
 		return queryInt(ctx, s, held)
 	}
 	uses := map[string]use{
-		"ExecContext": func(ctx context.Context, s *dbctx.Scope) (int, error) {
+		"ExecContext": func(ctx context.Context, s *dbctx.Scope, held string) (int, error) {
 			_, err := s.ExecContext(ctx, "SELECT 1")
-			return after(ctx, s, err)
+			return after(ctx, s, held, err)
 		},
-		"QueryRowContext": func(ctx context.Context, s *dbctx.Scope) (int, error) {
+		"QueryRowContext": func(ctx context.Context, s *dbctx.Scope, held string) (int, error) {
 			return queryInt(ctx, s, held)
 		},
-		"QueryContext": func(ctx context.Context, s *dbctx.Scope) (int, error) {
+		"QueryContext": func(ctx context.Context, s *dbctx.Scope, held string) (int, error) {
 			rows, err := s.QueryContext(ctx, held)
 			if err != nil {
 				return 0, err
@@ -56,7 +51,7 @@ func TestFirstUseAfterDirtyScope(t *testing.T) {
 			defer rows.Close()
 			return scanInts(rows)
 		},
-		"PrepareContext": func(ctx context.Context, s *dbctx.Scope) (n int, err error) {
+		"PrepareContext": func(ctx context.Context, s *dbctx.Scope, held string) (n int, err error) {
 			st, err := s.PrepareContext(ctx, held)
 			if err != nil {
 				return 0, err
@@ -65,7 +60,7 @@ func TestFirstUseAfterDirtyScope(t *testing.T) {
 			err = st.QueryRowContext(ctx).Scan(&n)
 			return n, err
 		},
-		"BeginTx": func(ctx context.Context, s *dbctx.Scope) (n int, err error) {
+		"BeginTx": func(ctx context.Context, s *dbctx.Scope, held string) (n int, err error) {
 			tx, err := s.BeginTx(ctx, nil)
 			if err != nil {
 				return 0, err
@@ -74,14 +69,14 @@ func TestFirstUseAfterDirtyScope(t *testing.T) {
 			err = tx.QueryRowContext(ctx, held).Scan(&n)
 			return n, errors.Join(err, tx.Commit())
 		},
-		"Atomic": func(ctx context.Context, s *dbctx.Scope) (n int, err error) {
+		"Atomic": func(ctx context.Context, s *dbctx.Scope, held string) (n int, err error) {
 			err = dbctx.Atomic(ctx, func(ctx context.Context) (err error) {
 				n, err = queryInt(ctx, s, held)
 				return err
 			})
 			return n, err
 		},
-		"Conn": func(ctx context.Context, s *dbctx.Scope) (n int, err error) {
+		"Conn": func(ctx context.Context, s *dbctx.Scope, held string) (n int, err error) {
 			c, err := s.Conn(ctx)
 			if err != nil {
 				return 0, err
@@ -89,15 +84,15 @@ func TestFirstUseAfterDirtyScope(t *testing.T) {
 			err = c.QueryRowContext(ctx, held).Scan(&n)
 			return n, err
 		},
-		"Exec": func(ctx context.Context, s *dbctx.Scope) (int, error) {
+		"Exec": func(ctx context.Context, s *dbctx.Scope, held string) (int, error) {
 			_, err := s.Exec(ctx, "SELECT 1")
-			return after(ctx, s, err)
+			return after(ctx, s, held, err)
 		},
-		"QueryRow": func(ctx context.Context, s *dbctx.Scope) (n int, err error) {
+		"QueryRow": func(ctx context.Context, s *dbctx.Scope, held string) (n int, err error) {
 			err = s.QueryRow(ctx, held).Scan(&n)
 			return n, err
 		},
-		"Query": func(ctx context.Context, s *dbctx.Scope) (int, error) {
+		"Query": func(ctx context.Context, s *dbctx.Scope, held string) (int, error) {
 			rows, err := s.Query(ctx, held)
 			if err != nil {
 				return 0, err
@@ -105,16 +100,16 @@ func TestFirstUseAfterDirtyScope(t *testing.T) {
 			defer rows.Close()
 			return scanInts(rows)
 		},
-		"SendBatch": func(ctx context.Context, s *dbctx.Scope) (n int, err error) {
+		"SendBatch": func(ctx context.Context, s *dbctx.Scope, held string) (n int, err error) {
 			b := &pgx.Batch{}
 			b.Queue(held).QueryRow(func(row pgx.Row) error { return row.Scan(&n) })
 			return n, s.SendBatch(ctx, b).Close()
 		},
-		"CopyFrom": func(ctx context.Context, s *dbctx.Scope) (int, error) {
+		"CopyFrom": func(ctx context.Context, s *dbctx.Scope, held string) (int, error) {
 			_, err := s.CopyFrom(ctx, pgx.Identifier{"t"}, []string{"n"}, pgx.CopyFromRows([][]any{{2}}))
-			return after(ctx, s, err)
+			return after(ctx, s, held, err)
 		},
-		"Pgx": func(ctx context.Context, s *dbctx.Scope) (n int, err error) {
+		"Pgx": func(ctx context.Context, s *dbctx.Scope, held string) (n int, err error) {
 			err = s.Pgx(ctx, func(c *pgx.Conn) error {
 				return c.QueryRow(ctx, held).Scan(&n)
 			})
@@ -128,32 +123,57 @@ func TestFirstUseAfterDirtyScope(t *testing.T) {
 			mustExec(t, env.Admin(), "CREATE TABLE "+env.Schema()+".t (id serial PRIMARY KEY, n int)")
 			mustExec(t, env.Admin(), "GRANT ALL ON ALL TABLES IN SCHEMA "+env.Schema()+" TO "+env.Role())
 			mustExec(t, env.Admin(), "GRANT ALL ON ALL SEQUENCES IN SCHEMA "+env.Schema()+" TO "+env.Role())
-			px := newProxy(t, env)
+			// One pool, one connection at a time: each first use pays the
+			// reset of what the leave before it left.
+			p := countedPool(t, env, newProxy(t, env), mode)
 			for leaveName, leave := range leaves {
 				for useName, u := range uses {
-					t.Run(leaveName+"/"+useName, func(t *testing.T) {
-						p := countedPool(t, env, px, mode)
-						ctx := context.Background()
-						if err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
-							_, err := s.ExecContext(ctx, leave)
-							return err
-						}); err != nil {
-							t.Fatal(err)
-						}
-						var left int
-						if err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) (err error) {
-							left, err = u(ctx, s)
-							return err
-						}); err != nil {
-							t.Fatalf("the first use after %q: %v", leave, err)
-						}
-						if left != 0 {
-							t.Errorf("the first use after %q found %d kinds of its state", leave, left)
-						}
-					})
+					for _, tn := range []string{"", "t7"} {
+						t.Run(leaveName+"/"+useName+"/"+tn, func(t *testing.T) {
+							firstUse(t, p, leave, u, tn)
+						})
+					}
 				}
 			}
 		})
+	}
+}
+
+// use is a first use of a scope: it returns what held returned.
+type use func(ctx context.Context, s *dbctx.Scope, held string) (int, error)
+
+// firstUse runs leave in a scope of tenant t1, then u as the first use of
+// the next scope, of tenant tn (none if ""), on the same connection. The
+// query u runs counts the kinds of state the session holds of the earlier
+// scope, plus one if the statement sees a tenant other than tn (the reset
+// leaves app.tenant defined and empty, where a fresh session has none).
+func firstUse(t *testing.T, p *dbctx.Pool, leave string, u use, tn string) {
+	ctx := context.Background()
+	if err := p.Do(tenant.With(ctx, "t1"), func(ctx context.Context, s *dbctx.Scope) error {
+		_, err := s.ExecContext(ctx, leave)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	want := "-"
+	if tn != "" {
+		ctx, want = tenant.With(ctx, tn), tn
+	}
+	held := `SELECT (current_setting('statement_timeout') <> '0')::int
+		+ (coalesce(nullif(current_setting('app.tenant', true), ''), '-') <> '` + want + `')::int
+		+ (SELECT count(*) FROM pg_class WHERE relnamespace = pg_my_temp_schema())::int
+		+ (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid())::int
+		+ (SELECT count(*) FROM pg_listening_channels())::int
+		+ (SELECT count(*) FROM pg_prepared_statements WHERE from_sql)::int`
+	var left int
+	if err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) (err error) {
+		left, err = u(ctx, s, held)
+		return err
+	}); err != nil {
+		t.Fatalf("the first use after %q: %v", leave, err)
+	}
+	if left != 0 {
+		t.Errorf("the first use after %q found %d kinds of the earlier scope's state, or another tenant", leave, left)
 	}
 }
 
