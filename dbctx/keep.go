@@ -103,13 +103,7 @@ func (p *Pool) unkeep(want []setting) *session {
 	if n == 0 {
 		return nil
 	}
-	i := -1
-	for j := n - 1; j >= 0; j-- {
-		if c := kp.conns[j]; !c.resetDue && sameSettings(c.applied, want) {
-			i = j
-			break
-		}
-	}
+	i := kp.carrying(want)
 	if i < 0 {
 		i = kp.victim()
 	}
@@ -120,15 +114,21 @@ func (p *Pool) unkeep(want []setting) *session {
 	return c
 }
 
-// carries reports whether a kept connection owes no reset and carries
-// the settings want. Under kp.mu.
-func (kp *keepList) carries(want []setting) bool {
-	for _, c := range kp.conns {
-		if !c.resetDue && sameSettings(c.applied, want) {
-			return true
+// carries reports whether c's session carries the settings want, with no
+// reset owed to clear them.
+func (c *session) carries(want []setting) bool {
+	return !c.resetDue && sameSettings(c.applied, want)
+}
+
+// carrying returns the index of the newest kept connection that carries
+// the settings want, or -1. Under kp.mu.
+func (kp *keepList) carrying(want []setting) int {
+	for j := len(kp.conns) - 1; j >= 0; j-- {
+		if kp.conns[j].carries(want) {
+			return j
 		}
 	}
-	return false
+	return -1
 }
 
 // victimScan bounds how many of the newest kept connections victim looks
@@ -149,7 +149,7 @@ func (kp *keepList) victim() int {
 			return j
 		}
 		for k := n - 1; k >= lo; k-- {
-			if o := kp.conns[k]; k != j && !o.resetDue && sameSettings(o.applied, c.applied) {
+			if k != j && kp.conns[k].carries(c.applied) {
 				return j
 			}
 		}

@@ -295,34 +295,19 @@ func TestHandOffToCarriedSettings(t *testing.T) {
 	<-held
 	// Queued in this order: t2 (head), t1, t1, t1.
 	queued := []string{"t2", "t1", "t1", "t1"}
-	order := make(chan int, len(queued))
-	var wg sync.WaitGroup
+	ctxs := make([]context.Context, len(queued))
 	for i, tn := range queued {
-		wg.Go(func() {
-			err := p.Do(tenant.With(context.Background(), tn), func(ctx context.Context, s *dbctx.Scope) error {
-				order <- i
-				return lookup(tn)(ctx, s)
-			})
-			if err != nil {
-				t.Error(err)
-			}
-		})
-		eventually(t, "the caller to queue", func() bool { return p.Stats().Waiting == i+1 })
+		ctxs[i] = tenant.With(context.Background(), tn)
 	}
+	ran := queueInOrder(t, p, ctxs, func(i int) func(context.Context, *dbctx.Scope) error { return lookup(queued[i]) })
 	applied := p.Stats().Settings
 	close(hold)
 	if err := <-holder; err != nil {
 		t.Fatal(err)
 	}
-	wg.Wait()
-	close(order)
-	var got []int
-	for i := range order {
-		got = append(got, i)
-	}
 	// Two t1 units go first; the t2 head, passed over twice, then goes
 	// before the last t1 unit, which sets t1 again.
-	if fmt.Sprint(got) != "[1 2 0 3]" {
+	if got := ran(); fmt.Sprint(got) != "[1 2 0 3]" {
 		t.Errorf("slots went to the queued callers in order %v, want [1 2 0 3]", got)
 	}
 	if n := p.Stats().Settings - applied; n != 2 {

@@ -126,14 +126,6 @@ func TestResetRolledBackWithStatement(t *testing.T) {
 		+ (SELECT count(*) FROM pg_listening_channels())::int
 		+ (SELECT count(*) FROM pg_prepared_statements WHERE from_sql)::int`
 	const midway = "SELECT 1 / (3 - g) FROM generate_series(1, 5) g"
-	drain := func(rows interface {
-		Next() bool
-		Err() error
-	}) error {
-		for rows.Next() {
-		}
-		return rows.Err()
-	}
 	fails := map[string]func(ctx context.Context, s *dbctx.Scope) error{
 		"exec": func(ctx context.Context, s *dbctx.Scope) error {
 			_, err := s.ExecContext(ctx, "SELECT 1 / 0")
@@ -145,7 +137,8 @@ func TestResetRolledBackWithStatement(t *testing.T) {
 				return err
 			}
 			defer rows.Close()
-			return drain(rows)
+			_, err = scanInts(rows)
+			return err
 		},
 		"pgx rows": func(ctx context.Context, s *dbctx.Scope) error {
 			rows, err := s.Query(ctx, midway)
@@ -153,7 +146,8 @@ func TestResetRolledBackWithStatement(t *testing.T) {
 				return err
 			}
 			defer rows.Close()
-			return drain(rows)
+			_, err = scanInts(rows)
+			return err
 		},
 		"pgx batch": func(ctx context.Context, s *dbctx.Scope) error {
 			b := &pgx.Batch{}

@@ -267,7 +267,7 @@ func (p *Pool) next() int {
 		return 0
 	}
 	for i, w := range q.waiters[:min(len(q.waiters), handOffScan)] {
-		if kp.carries(w.want) {
+		if kp.carrying(w.want) >= 0 {
 			for _, a := range q.waiters[:i] {
 				a.passed++
 			}

@@ -127,26 +127,44 @@ func TestQueueOrder(t *testing.T) {
 	t.Parallel()
 	p, _ := newPool(t, &dbctx.Options{MaxWorkers: 1, WaitTimeout: time.Minute})
 	release := holdSlot(p)
-	order := make(chan int, 3)
+	ctx := context.Background()
+	ran := queueInOrder(t, p, []context.Context{ctx, ctx, ctx}, func(int) func(context.Context, *dbctx.Scope) error {
+		return func(context.Context, *dbctx.Scope) error { return nil }
+	})
+	release()
+	if got := ran(); fmt.Sprint(got) != "[0 1 2]" {
+		t.Fatalf("slots went to the queued callers in order %v, want [0 1 2]", got)
+	}
+}
+
+// queueInOrder queues one caller of p.Do per context of ctxs, in their
+// order, each once the one before it waits for a slot, running fn(i);
+// after the slots are given back, ran waits for them all and returns the
+// order in which their units began.
+func queueInOrder(t *testing.T, p *dbctx.Pool, ctxs []context.Context, fn func(i int) func(context.Context, *dbctx.Scope) error) (ran func() []int) {
+	t.Helper()
+	order := make(chan int, len(ctxs))
 	var wg sync.WaitGroup
-	for i := range 3 {
+	for i, ctx := range ctxs {
 		wg.Go(func() {
-			p.Do(context.Background(), func(context.Context, *dbctx.Scope) error {
+			err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
 				order <- i
-				return nil
+				return fn(i)(ctx, s)
 			})
+			if err != nil {
+				t.Error(err)
+			}
 		})
 		eventually(t, "the caller to queue", func() bool { return p.Stats().Waiting == i+1 })
 	}
-	release()
-	wg.Wait()
-	close(order)
-	var got []int
-	for i := range order {
-		got = append(got, i)
-	}
-	if fmt.Sprint(got) != "[0 1 2]" {
-		t.Fatalf("slots went to the queued callers in order %v, want [0 1 2]", got)
+	return func() []int {
+		wg.Wait()
+		close(order)
+		var got []int
+		for i := range order {
+			got = append(got, i)
+		}
+		return got
 	}
 }
 
