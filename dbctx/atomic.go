@@ -108,7 +108,7 @@ func (s *Scope) endTx(ctx context.Context, commit bool) error {
 	if !begun || c == nil {
 		return nil
 	}
-	c.pin.txSet = nil
+	c.pin.endTx()
 	if commit {
 		var tag string
 		err := s.runTxEnd(ctx, c, "COMMIT", &tag)
@@ -260,7 +260,14 @@ func (s *Scope) rollbackTo(ctx context.Context, name string) {
 	defer cancel()
 	// The outer transaction is lost with the connection if this fails;
 	// its commit will fail and say so.
-	if s.txStatement(ctx, "ROLLBACK TO SAVEPOINT "+name) == nil {
+	err := s.txStatement(ctx, "ROLLBACK TO SAVEPOINT "+name)
+	s.mu.Lock()
+	if s.c != nil {
+		// The settings the savepoint saw are back: apply them again.
+		s.c.pin.unsure = true
+	}
+	s.mu.Unlock()
+	if err == nil {
 		s.txStatement(ctx, "RELEASE SAVEPOINT "+name)
 	}
 }

@@ -93,8 +93,15 @@
 // there the settings go in a round trip of their own, or, behind PgBouncer
 // outside a transaction, the statement is refused with [ErrSessionState]
 // (run it inside [Atomic]). [Scope.BeginTx] applies them after its BEGIN,
-// in one more round trip where needed; [Atomic] sends its BEGIN and them
-// with its first statement. In pgx's cache_statement mode on a direct
+// in one more round trip where needed (the *sql.Tx's statements all see
+// those of BeginTx's context); [Atomic] sends its BEGIN and them with its
+// first statement. Inside a transaction, a rollback to a savepoint (a
+// nested Atomic that fails, or ROLLBACK TO in SQL) puts back the values
+// the transaction had before it, so the next statement gets its own again;
+// a batch, or a string of several statements, that ends its transaction
+// or rolls back to a savepoint before another of its statements is
+// refused, before anything is sent, where settings are in play, since
+// that statement would run without them: run it on its own. In pgx's cache_statement mode on a direct
 // connection, what dbscope sends before a statement, and the statement
 // with it, are prepared on the connection under names of dbscope's
 // (dbscope_N), as pgx prepares its own: PostgreSQL parses and plans them

@@ -53,14 +53,7 @@ func countedPool(t *testing.T, env *pgtest.Env, px *pgtest.Proxy, mode string) *
 // countedPoolWith is countedPool with opts (MaxWorkers set to 1).
 func countedPoolWith(t *testing.T, env *pgtest.Env, px *pgtest.Proxy, mode string, opts dbctx.Options) *dbctx.Pool {
 	t.Helper()
-	dsn, err := pgserver.WithParams(px.DSN(), "default_query_exec_mode", mode)
-	if err != nil {
-		t.Fatal(err)
-	}
-	db := openDSN(t, dsn)
-	db.SetMaxOpenConns(1)
-	opts.MaxWorkers = 1
-	p := poolOn(t, env, db, &opts)
+	p := poolInMode(t, env, px.DSN(), mode, opts)
 	p.SetKeepIdle(time.Hour)
 	p.SetKeepFor(time.Hour)
 	return p
@@ -105,6 +98,26 @@ func activeQueries(t *testing.T, env *pgtest.Env, prefix string) int {
 // quiet is a logger that drops what it is told, for tests that provoke
 // warnings.
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// onePoolInMode is onePool in pgx's exec mode mode.
+func onePoolInMode(t *testing.T, env *pgtest.Env, mode string, opts dbctx.Options) *dbctx.Pool {
+	t.Helper()
+	return poolInMode(t, env, env.DSN(), mode, opts)
+}
+
+// poolInMode returns a pool of one slot and one connection to dsn in
+// pgx's exec mode mode.
+func poolInMode(t *testing.T, env *pgtest.Env, dsn, mode string, opts dbctx.Options) *dbctx.Pool {
+	t.Helper()
+	dsn, err := pgserver.WithParams(dsn, "default_query_exec_mode", mode)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := openDSN(t, dsn)
+	db.SetMaxOpenConns(1)
+	opts.MaxWorkers = 1
+	return poolOn(t, env, db, &opts)
+}
 
 // onePool returns a pool of one slot over one physical connection of
 // env's, so that consecutive scopes share a session.

@@ -138,8 +138,16 @@ func (s *Scope) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
 		return errBatch{ErrNoScope}
 	}
 	st := stmt{how: viaPgx | noRetry | rows}
+	// Settings go before the batch: where it is all transaction control
+	// (a ROLLBACK TO in a failed transaction, say) they are not needed,
+	// and could not run; where it ends its transaction or rolls back to a
+	// savepoint before another statement, they would not reach that one.
+	control, ends := true, false
 	for i, q := range b.QueuedQueries {
 		k, h := s.kindOf(q.SQL, q.Arguments)
+		tc := k&(kindOnce|kindAlone) != 0 // transaction control is both
+		control = control && tc && needsNoSettings(q.SQL)
+		ends = ends || tc && endsBefore(q.SQL, i == len(b.QueuedQueries)-1)
 		if s.pool.opts.TransactionPooling && k&(kindSession|kindSeqRead) != 0 && st.kind&(kindSession|kindSeqRead) == 0 {
 			st.query = q.SQL // the one refused
 		}
@@ -156,7 +164,13 @@ func (s *Scope) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
 		st.kind |= kindOnce
 	}
 	var out *pgxBatch
+	if control {
+		st.how |= txControl
+	}
 	err := s.exec(ctx, &st, func(ctx context.Context, c *session, p *prefix) error {
+		if ends && settingsInPlay(ctx, c) {
+			return errEndsTxBefore
+		}
 		return withLock(c.pin.conn, func() error {
 			nb, n := b, 0
 			if !p.empty() {

@@ -2,7 +2,9 @@ package dbctx
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"unsafe"
 
@@ -85,7 +87,7 @@ func (s *Scope) prefixFor(ctx context.Context, c *session, inTx, begin bool) (*p
 		}
 	}
 	if !inTx && !begin {
-		c.pin.txSet = nil // the transaction they were set for is over
+		c.pin.endTx() // the transaction they were set for is over
 	}
 	var p *prefix
 	if inTx || begin || s.pool.opts.TransactionPooling {
@@ -146,7 +148,10 @@ func (s *Scope) prefixTx(c *session, want []setting, reset, inTx, begin bool) *p
 		if !reset && !c.pin.unsure && !c.pin.handedOut && sameSettings(base, want) {
 			p.set = nil
 		} else {
-			p.set = withResets(want, base)
+			// Unsure, the transaction may hold any value it was
+			// given (a rollback to a savepoint puts back the one
+			// before it): clear every name it was given.
+			p.set = withResets(want, c.pin.txHad(base))
 		}
 		p.keep = true
 	}
@@ -157,6 +162,43 @@ func (s *Scope) prefixTx(c *session, want []setting, reset, inTx, begin bool) *p
 		return nil
 	}
 	return p
+}
+
+// errEndsTxBefore refuses a batch, or a string of several statements,
+// that would run a statement after the end of the transaction (or a
+// rollback to a savepoint) that the settings it carries were set for.
+var errEndsTxBefore = errors.New("dbctx: a batch or string that ends its transaction, or rolls back to a savepoint, before another of its statements cannot carry the settings of its context to that statement: run the statements after it on their own")
+
+// settingsInPlay reports whether the settings a statement run with ctx on
+// c sees are dbscope's to keep: its context declares some, or the session
+// or the transaction under way was given some.
+func settingsInPlay(ctx context.Context, c *session) bool {
+	return len(settingsOf(ctx)) > 0 || len(c.applied) > 0 || len(c.pin.txNames) > 0
+}
+
+// noSettings is a transaction's settings known to be none.
+var noSettings = []setting{}
+
+// txHad returns base and a reset for every other name applied in the
+// transaction under way.
+func (p *pin) txHad(base []setting) []setting {
+	had := base
+	for _, name := range p.txNames {
+		if !slices.ContainsFunc(had, func(h setting) bool { return h.name == name }) {
+			had = append(had[:len(had):len(had)], setting{name: name, reset: true})
+		}
+	}
+	return had
+}
+
+// noteTxNames adds the names of set to those applied in the transaction
+// under way.
+func (p *pin) noteTxNames(set []setting) {
+	for _, st := range set {
+		if !slices.Contains(p.txNames, st.name) {
+			p.txNames = append(p.txNames, st.name)
+		}
+	}
 }
 
 // withResets returns want, then a reset for every name of had that want
@@ -208,6 +250,9 @@ func (s *Scope) prefixDone(c *session, p *prefix, ok bool, reached int) {
 		// an error) until Atomic ends it.
 		s.x.begun = c.pc != nil && c.pc.TxStatus() != 'I' || c.pc == nil && ok
 	}
+	if p.local && len(p.set) > 0 {
+		c.pin.noteTxNames(p.set)
+	}
 	if !ok {
 		// The implicit transaction was rolled back, and what the prefix
 		// did with it; inside an explicit one nothing is known until it
@@ -221,7 +266,13 @@ func (s *Scope) prefixDone(c *session, p *prefix, ok bool, reached int) {
 		return
 	}
 	if p.local {
+		// Known, even where it is none: nil would send the next
+		// statement back to the session's values, which this one's
+		// resets cleared for the transaction.
 		c.pin.txSet = p.carry
+		if c.pin.txSet == nil {
+			c.pin.txSet = noSettings
+		}
 	} else {
 		c.applied = p.carry
 	}

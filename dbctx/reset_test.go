@@ -8,7 +8,6 @@ import (
 	"testing"
 
 	"github.com/dbscope/dbscope/dbctx"
-	"github.com/dbscope/dbscope/internal/pgserver"
 	"github.com/dbscope/dbscope/internal/pgtest"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -158,16 +157,10 @@ func TestQueryExecModes(t *testing.T) {
 				pgtest.SkipPooled(t, "cache_statement needs one server session")
 			}
 			env := newEnv(t)
-			dsn, err := pgserver.WithParams(env.DSN(), "default_query_exec_mode", mode)
-			if err != nil {
-				t.Fatal(err)
-			}
-			db := openDSN(t, dsn)
-			db.SetMaxOpenConns(1)
-			p := poolOn(t, env, db, &dbctx.Options{MaxWorkers: 1})
+			p := onePoolInMode(t, env, mode, dbctx.Options{})
 			mustExec(t, env.Admin(), "CREATE TABLE "+env.Schema()+".t (n int)")
 			ctx := context.Background()
-			err = p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+			err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
 				if _, err := s.ExecContext(ctx, "SET statement_timeout = '7s'"); err != nil {
 					return err
 				}

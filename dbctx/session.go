@@ -89,6 +89,7 @@ type pin struct {
 	used      bool      // a statement ran on it: none is retried
 	unsure    bool      // settings may have changed unseen: apply them again (prefix.go)
 	txSet     []setting // settings applied for the transaction under way (prefix.go)
+	txNames   []string  // the names of every setting applied in it: what a rollback to a savepoint may put back
 
 	rows  *sql.Rows   // the last QueryContext's, on another driver
 	row   *sql.Row    // the last QueryRowContext's, on another driver
@@ -96,6 +97,12 @@ type pin struct {
 	txs   []*sql.Tx   // BeginTx's
 	stmts []*sql.Stmt // PrepareContext's
 	leak  *time.Timer // see leak.go
+}
+
+// endTx forgets the settings of the transaction that ended.
+func (p *pin) endTx() {
+	p.txSet = nil
+	p.txNames = p.txNames[:0]
 }
 
 // closer is a result a boundary closes: rows, batch results.

@@ -12,7 +12,6 @@ import (
 
 	"github.com/dbscope/dbscope/dbctx"
 	"github.com/dbscope/dbscope/internal/dbtest"
-	"github.com/dbscope/dbscope/internal/pgserver"
 	"github.com/dbscope/dbscope/internal/pgtest"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -241,13 +240,7 @@ func TestSettingsEveryPath(t *testing.T) {
 			t.Parallel()
 			env := newEnv(t)
 			rls(t, env)
-			dsn, err := pgserver.WithParams(env.DSN(), "default_query_exec_mode", mode)
-			if err != nil {
-				t.Fatal(err)
-			}
-			db := openDSN(t, dsn)
-			db.SetMaxOpenConns(1)
-			p := poolOn(t, env, db, &dbctx.Options{MaxWorkers: 1, Logger: quiet()})
+			p := onePoolInMode(t, env, mode, dbctx.Options{Logger: quiet()})
 			for name, path := range tenantPaths {
 				id := newID()
 				other := tenant.With(context.Background(), "t2")

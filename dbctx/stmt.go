@@ -31,11 +31,12 @@ type stmt struct {
 type how uint8
 
 const (
-	viaPgx   how = 1 << iota // pgx's interface: needs pgx's driver
-	alone                    // cannot share its round trip with a prefix
-	rows                     // leaves rows open: Atomic's BEGIN is not pipelined with it
-	noRetry                  // never run again (its input may have been read)
-	notQuiet                 // runs with its own context (see stmtCtx)
+	viaPgx    how = 1 << iota // pgx's interface: needs pgx's driver
+	alone                     // cannot share its round trip with a prefix
+	rows                      // leaves rows open: Atomic's BEGIN is not pipelined with it
+	noRetry                   // never run again (its input may have been read)
+	notQuiet                  // runs with its own context (see stmtCtx)
+	txControl                 // transaction control alone: needs no settings (see needsNoSettings)
 )
 
 // runner runs a statement on the pinned connection c, after p (nil where
@@ -119,12 +120,15 @@ func (s *Scope) execLocked(ctx context.Context, st *stmt, run runner) error {
 // owed returns what must run before st on c in the same round trip, or
 // runs it first, alone, where st cannot share its round trip.
 func (s *Scope) owed(ctx context.Context, c *session, st *stmt, begin bool) (*prefix, error) {
+	if st.kind&kindOnce != 0 && settingsInPlay(ctx, c) && endsBefore(st.query, true) {
+		return nil, errEndsTxBefore
+	}
 	inTx := s.inTx(c)
 	p, err := s.prefixFor(ctx, c, inTx, begin)
 	if err != nil || p.empty() {
 		return nil, err
 	}
-	if len(p.set) > 0 && needsNoSettings(st.query) {
+	if len(p.set) > 0 && (st.how&txControl != 0 || needsNoSettings(st.query)) {
 		// Transaction control runs nothing that reads them, and SET
 		// TRANSACTION must come first in its transaction: the
 		// settings go with the next statement.
@@ -216,6 +220,33 @@ func shorten(query string) string {
 		q = q[:max] + "…"
 	}
 	return q
+}
+
+// endsBefore reports whether one of the statements of query ends a
+// transaction, or rolls back to a savepoint (which puts back the settings
+// the transaction had then), before another statement of query; last says
+// query is the last of its batch.
+func endsBefore(query string, last bool) bool {
+	l := lexer{q: query}
+	start, ends := true, false
+	for {
+		t := l.next()
+		switch {
+		case t.kind == tEOF:
+			return ends && !last
+		case t.kind == tBad:
+			return false
+		case t.kind == tSemi:
+			start = true
+			continue
+		case start && ends:
+			return true // a statement after one that ends
+		case start:
+			ends = t.is("commit") || t.is("end") || t.is("rollback") || t.is("abort") ||
+				t.is("prepare") && l.next().is("transaction")
+		}
+		start = false
+	}
 }
 
 // needsNoSettings reports whether query is one transaction-control

@@ -1,0 +1,381 @@
+package dbctx_test
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"testing"
+
+	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/internal/pgtest"
+	"github.com/jackc/pgx/v5"
+)
+
+var actor = dbctx.NewSetting("app.actor")
+
+// Inside transactions, nested Atomic calls, savepoints of the caller's
+// own, failed statements and rollbacks, each statement sees exactly the
+// settings its context declares: random programs of them (seeded, so a
+// failure replays), through the Scope's database/sql and pgx methods, pgx
+// batches and a
+// BeginTx transaction's (whose statements see BeginTx's), in each exec mode, with PostgreSQL reading back
+// what the statement saw. A rollback to a savepoint puts back the values
+// the transaction had before it, which the settings' bookkeeping must not
+// take for those it applied since (a nested Atomic that set another tenant
+// and rolled back left the next statement of that tenant reading the
+// outer one's).
+func TestSettingsInTransactions(t *testing.T) {
+	t.Parallel()
+	for i, mode := range []string{"cache_statement", "exec", "simple_protocol", "cache_describe"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			if mode == "cache_statement" {
+				// pgx prepares its statements in one transaction and runs
+				// them in later ones, which a pooler in transaction mode
+				// may send to another server connection.
+				pgtest.SkipPooled(t, "cache_statement needs one server session")
+			}
+			env := newEnv(t)
+			p := onePoolInMode(t, env, mode, dbctx.Options{Logger: quiet(), TransactionPooling: pgtest.Pooled()})
+			for n := range 300 {
+				g := &txProgram{t: t, r: rand.New(rand.NewPCG(uint64(i), uint64(n)))}
+				err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+					g.s, g.root = s, ctx
+					for range 1 + g.r.IntN(4) {
+						g.top()
+					}
+					return nil
+				})
+				if err != nil {
+					t.Errorf("program %d: %v\n%s", n, err, g.trace())
+				}
+				if t.Failed() {
+					t.Fatalf("program %d (seed %d, %d):\n%s", n, i, n, g.trace())
+				}
+			}
+		})
+	}
+}
+
+// txProgram runs one random program on a scope and checks what each of
+// its statements sees.
+type txProgram struct {
+	t     *testing.T
+	r     *rand.Rand
+	s     *dbctx.Scope
+	root  context.Context // the scope's, declaring nothing
+	steps []string
+	depth int
+	sp    int // savepoints of the program's own, for names
+	reads int
+}
+
+var (
+	errRollBack = errors.New("roll back")
+	errFailed   = errors.New("a statement failed: the transaction is aborted")
+)
+
+func (g *txProgram) log(format string, args ...any) {
+	g.steps = append(g.steps, strings.Repeat("  ", g.depth)+fmt.Sprintf(format, args...))
+}
+
+func (g *txProgram) trace() string { return strings.Join(g.steps, "\n") }
+
+// declared returns a context of the scope that declares a random tenant
+// and actor (or not), and what a statement run with it must see.
+func (g *txProgram) declared() (context.Context, [2]string) {
+	ctx, want := g.root, [2]string{}
+	if v := []string{"", "A", "B", "C"}[g.r.IntN(4)]; v != "" {
+		ctx, want[0] = tenant.With(ctx, v), v
+	}
+	if v := []string{"", "x", "y"}[g.r.IntN(3)]; v != "" {
+		ctx, want[1] = actor.With(ctx, v), v
+	}
+	return ctx, want
+}
+
+// runner is where a program's statements go: the scope, or a BeginTx
+// transaction.
+type runner interface {
+	row(ctx context.Context, q string) interface{ Scan(...any) error }
+	exec(ctx context.Context, q string) error
+}
+
+// scopeRunner runs through the scope: its database/sql methods (way 0),
+// its pgx methods (1), or a pgx batch (2).
+type scopeRunner struct {
+	s   *dbctx.Scope
+	way int
+}
+
+func (r scopeRunner) row(ctx context.Context, q string) interface{ Scan(...any) error } {
+	switch r.way {
+	case 1:
+		return r.s.QueryRow(ctx, q)
+	case 2:
+		return batchRow{r.s, ctx, q}
+	}
+	return r.s.QueryRowContext(ctx, q)
+}
+
+func (r scopeRunner) exec(ctx context.Context, q string) error {
+	switch r.way {
+	case 1:
+		_, err := r.s.Exec(ctx, q)
+		return err
+	case 2:
+		b := &pgx.Batch{}
+		b.Queue(q)
+		return r.s.SendBatch(ctx, b).Close()
+	}
+	_, err := r.s.ExecContext(ctx, q)
+	return err
+}
+
+// batchRow is a row read by a batch of one query.
+type batchRow struct {
+	s   *dbctx.Scope
+	ctx context.Context
+	q   string
+}
+
+func (r batchRow) Scan(dest ...any) error {
+	b := &pgx.Batch{}
+	b.Queue(r.q).QueryRow(func(row pgx.Row) error { return row.Scan(dest...) })
+	return r.s.SendBatch(r.ctx, b).Close()
+}
+
+// txRunner runs on a *sql.Tx, whose statements the scope does not see:
+// they all see the settings of BeginTx's context (want).
+type txRunner struct {
+	tx   *sql.Tx
+	want [2]string
+}
+
+func (r txRunner) row(ctx context.Context, q string) interface{ Scan(...any) error } {
+	return r.tx.QueryRowContext(ctx, q)
+}
+
+func (r txRunner) exec(ctx context.Context, q string) error {
+	_, err := r.tx.ExecContext(ctx, q)
+	return err
+}
+
+func (g *txProgram) scopeRunner() runner { return scopeRunner{g.s, g.r.IntN(3)} }
+
+// read runs a statement that reads back the settings it sees.
+func (g *txProgram) read(r runner) {
+	ctx, want := g.declared()
+	if tr, ok := r.(txRunner); ok {
+		want = tr.want
+	}
+	var got [2]string
+	err := r.row(ctx, "SELECT coalesce(current_setting('app.tenant', true), ''), coalesce(current_setting('app.actor', true), '')").Scan(&got[0], &got[1])
+	g.reads++
+	g.log("read %q (%T) -> %q %v", want, r, got, err)
+	switch {
+	case err != nil:
+		g.t.Errorf("read %d: %v", g.reads, err)
+	case got != want:
+		g.t.Errorf("read %d: the statement saw tenant %q, actor %q; its context declares %q, %q", g.reads, got[0], got[1], want[0], want[1])
+	}
+}
+
+// top is one step of the program outside a transaction.
+func (g *txProgram) top() {
+	switch g.r.IntN(5) {
+	case 0:
+		g.read(g.scopeRunner())
+	case 1:
+		// Its implicit transaction rolls back, with what was set in it.
+		ctx, want := g.declared()
+		err := g.scopeRunner().exec(ctx, "SELECT 1 / 0")
+		g.log("SELECT 1 / 0 %q -> %v", want, err)
+		if err == nil {
+			g.t.Errorf("SELECT 1 / 0 did not fail")
+		}
+	case 2, 3:
+		ctx, want := g.declared()
+		g.log("Atomic %q {", want)
+		err := dbctx.Atomic(ctx, func(context.Context) error { return g.body(g.scopeRunner, true) })
+		g.log("} -> %v", err)
+		g.wantEnd(err)
+	default:
+		ctx, want := g.declared()
+		tx, err := g.s.BeginTx(ctx, nil)
+		if err != nil {
+			g.t.Errorf("BeginTx: %v", err)
+			return
+		}
+		g.log("BeginTx %q {", want)
+		r := txRunner{tx, want}
+		err = g.body(func() runner { return r }, false)
+		if err == nil && g.r.IntN(3) > 0 {
+			err = tx.Commit()
+			g.log("} Commit -> %v", err)
+			if err != nil {
+				g.t.Errorf("Commit: %v", err)
+			}
+			return
+		}
+		err = tx.Rollback()
+		g.log("} Rollback -> %v", err)
+		if err != nil {
+			g.t.Errorf("Rollback: %v", err)
+		}
+	}
+}
+
+// wantEnd checks how an Atomic the program ran ended: nil, or the error
+// its body returned.
+func (g *txProgram) wantEnd(err error) {
+	if err != nil && !errors.Is(err, errRollBack) && !errors.Is(err, errFailed) {
+		g.t.Errorf("Atomic: %v", err)
+	}
+}
+
+// body runs steps inside a transaction (or savepoint) and returns what
+// ends it: nil to commit (release), errRollBack or errFailed to roll back.
+// atomic says Atomic may nest here.
+func (g *txProgram) body(run func() runner, atomic bool) error {
+	g.depth++
+	defer func() { g.depth-- }()
+	for range g.r.IntN(5) {
+		switch k := g.r.IntN(10); {
+		case k < 5:
+			g.read(run())
+		case k < 7 && atomic && g.depth < 4:
+			ctx, want := g.declared()
+			g.log("Atomic %q {", want)
+			err := dbctx.Atomic(ctx, func(context.Context) error { return g.body(run, true) })
+			g.log("} -> %v", err)
+			g.wantEnd(err)
+		case k < 9 && g.depth < 4:
+			if err := g.savepoint(run); err != nil {
+				return err
+			}
+		default:
+			ctx, want := g.declared()
+			err := run().exec(ctx, "SELECT 1 / 0")
+			g.log("SELECT 1 / 0 %q -> %v", want, err)
+			if err == nil {
+				g.t.Errorf("SELECT 1 / 0 did not fail")
+			}
+			return errFailed
+		}
+	}
+	if g.r.IntN(4) == 0 {
+		return errRollBack
+	}
+	return nil
+}
+
+// savepoint runs steps in a savepoint of the program's own, in SQL, and
+// releases it or rolls back to it: a failure inside is rolled back to it
+// (so the transaction goes on).
+func (g *txProgram) savepoint(run func() runner) error {
+	g.sp++
+	name := fmt.Sprintf("own_%d", g.sp)
+	ctx, want := g.declared()
+	if err := run().exec(ctx, "SAVEPOINT "+name); err != nil {
+		g.t.Errorf("SAVEPOINT: %v", err)
+		return errFailed
+	}
+	g.log("SAVEPOINT %s %q {", name, want)
+	err := g.body(run, false)
+	end := "RELEASE SAVEPOINT "
+	if err != nil {
+		end = "ROLLBACK TO SAVEPOINT "
+	}
+	ctx, want = g.declared()
+	eerr := run().exec(ctx, end+name)
+	g.log("} %s%q -> %v", end, want, eerr)
+	if eerr != nil {
+		g.t.Errorf("%s: %v", end, eerr)
+		return errFailed
+	}
+	return nil
+}
+
+// A batch, or a string of several statements, that ends its transaction
+// or rolls back to a savepoint before another of its statements is
+// refused, before anything is sent, where settings are in play: the
+// statements after that one would run without the settings of their
+// context (with those the savepoint had, or the session's). Where none
+// are, it runs.
+func TestSettingsEndBeforeStatement(t *testing.T) {
+	t.Parallel()
+	p, _ := newPool(t, &dbctx.Options{Logger: quiet(), TransactionPooling: pgtest.Pooled()})
+	readSQL := "SELECT coalesce(current_setting('app.tenant', true), '')"
+	batch := func(ctx context.Context, s *dbctx.Scope, qs ...string) (string, error) {
+		b := &pgx.Batch{}
+		var got string
+		for _, q := range qs {
+			if q == readSQL {
+				b.Queue(q).QueryRow(func(row pgx.Row) error { return row.Scan(&got) })
+			} else {
+				b.Queue(q)
+			}
+		}
+		return got, s.SendBatch(ctx, b).Close()
+	}
+	read := func(ctx context.Context, s *dbctx.Scope) (v string, err error) {
+		err = s.QueryRowContext(ctx, readSQL).Scan(&v)
+		return v, err
+	}
+	a := tenant.With(context.Background(), "A")
+	err := p.Do(a, func(ctx context.Context, s *dbctx.Scope) error {
+		return dbctx.Atomic(ctx, func(ctx context.Context) error {
+			if _, err := s.ExecContext(ctx, "SAVEPOINT sp"); err != nil {
+				return err
+			}
+			b := tenant.With(ctx, "B")
+			for name, run := range map[string]func() (string, error){
+				"batch": func() (string, error) { return batch(b, s, "ROLLBACK TO SAVEPOINT sp", readSQL) },
+				"string": func() (string, error) {
+					_, err := s.ExecContext(b, "ROLLBACK TO SAVEPOINT sp; SELECT 1")
+					return "", err
+				},
+				"commit in a batch": func() (string, error) { return batch(b, s, "SELECT 1", "COMMIT", readSQL) },
+			} {
+				if got, err := run(); err == nil || !strings.Contains(err.Error(), "cannot carry the settings") {
+					t.Errorf("%s: %q, %v; want it refused", name, got, err)
+				}
+			}
+			// Refused before anything was sent: the transaction goes on.
+			if v, err := read(b, s); v != "B" || err != nil {
+				t.Errorf("after the refusals, a statement of tenant B sees %q, %v", v, err)
+			}
+			// Last in its batch, it is allowed.
+			if _, err := batch(b, s, readSQL, "ROLLBACK TO SAVEPOINT sp"); err != nil {
+				t.Errorf("a batch that rolls back last: %v", err)
+			}
+			if v, err := read(b, s); v != "B" || err != nil {
+				t.Errorf("after a rollback to the savepoint, a statement of tenant B sees %q, %v", v, err)
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// No settings in play: it runs.
+	err = p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+		return dbctx.Atomic(ctx, func(ctx context.Context) error {
+			if _, err := s.ExecContext(ctx, "SAVEPOINT sp"); err != nil {
+				return err
+			}
+			got, err := batch(ctx, s, "ROLLBACK TO SAVEPOINT sp", readSQL)
+			if err != nil || got != "" {
+				t.Errorf("without settings: %q, %v", got, err)
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
