@@ -10,6 +10,7 @@ package isolation_test
 
 import (
 	"context"
+	"database/sql"
 	"io"
 	"log"
 	"log/slog"
@@ -23,6 +24,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/dbscope/dbscope/dbctx"
 	"github.com/dbscope/dbscope/internal/dbtest"
+	"github.com/dbscope/dbscope/internal/pgserver"
 	"github.com/dbscope/dbscope/internal/pgtest"
 	"github.com/dbscope/dbscope/internal/sessiontest"
 	"github.com/dbscope/dbscope/middleware"
@@ -291,7 +293,10 @@ func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)
 
 // setup makes a pool of one connection over a schema with sessiontest's
 // objects.
-func setup(t *testing.T) (*dbctx.Pool, *pgtest.Env, *sessiontest.Env) {
+func setup(t *testing.T) (*dbctx.Pool, *pgtest.Env, *sessiontest.Env) { return setupMode(t, "") }
+
+// setupMode is setup in pgx's exec mode mode ("": the DSN's).
+func setupMode(t *testing.T, mode string) (*dbctx.Pool, *pgtest.Env, *sessiontest.Env) {
 	env := pgtest.New(t)
 	se, cleanup, err := sessiontest.Setup(context.Background(), env.Admin(), env.Schema())
 	if err != nil {
@@ -299,6 +304,16 @@ func setup(t *testing.T) (*dbctx.Pool, *pgtest.Env, *sessiontest.Env) {
 	}
 	t.Cleanup(cleanup)
 	db := env.Open(t)
+	if mode != "" {
+		dsn, err := pgserver.WithParams(env.DSN(), "default_query_exec_mode", mode)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if db, err = sql.Open("pgx", dsn); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { db.Close() })
+	}
 	db.SetMaxOpenConns(1)
 	p := dbctx.New(db, &dbctx.Options{MaxWorkers: 1, Logger: quiet()})
 	t.Cleanup(func() {
