@@ -93,8 +93,10 @@
 // there the settings go in a round trip of their own, or, behind PgBouncer
 // outside a transaction, the statement is refused with [ErrSessionState]
 // (run it inside [Atomic]). [Scope.BeginTx] applies them after its BEGIN,
-// in one more round trip where needed (the *sql.Tx's statements all see
-// those of BeginTx's context); [Atomic] sends its BEGIN and them with its
+// in one more round trip where needed (the *sql.Tx's statements, which
+// the scope does not see, run with those applied last: BeginTx's context's,
+// unless a statement through the scope in the transaction declared
+// others); [Atomic] sends its BEGIN and them with its
 // first statement. Inside a transaction, a rollback to a savepoint (a
 // nested Atomic that fails, or ROLLBACK TO in SQL) puts back the values
 // the transaction had before it, so the next statement gets its own again;
