@@ -48,6 +48,10 @@ func (s *Scope) usableForAtomic() error {
 	return nil
 }
 
+// errTxRowsOpen is an Atomic that ended while rows of a statement in its
+// transaction were still open.
+var errTxRowsOpen = fmt.Errorf("%w: the transaction cannot end, and is lost with its connection; the scope's statements fail until its boundary (close rows before Atomic's function returns)", ErrConnBusy)
+
 // errCommitRollback is a COMMIT the server answered ROLLBACK: the
 // transaction had failed.
 var errCommitRollback = errors.New("transaction rolled back: an earlier statement in it failed")
@@ -109,6 +113,17 @@ func (s *Scope) endTx(ctx context.Context, commit bool) error {
 		return nil
 	}
 	c.pin.endTx()
+	if c.pin.open.Load() > 0 {
+		// Rows of a statement in the transaction are still open: neither
+		// COMMIT nor ROLLBACK can be sent. The transaction is lost (later
+		// statements would run in it, to be rolled back with it at the
+		// boundary): the connection goes, and the scope's statements
+		// fail until the boundary.
+		s.unpin(discardBroken)
+		s.lost = true
+		s.pool.opts.Logger.Warn("dbctx: Atomic ended with rows of a statement in its transaction still open; the transaction is lost with its connection, and the scope's statements fail until its boundary", "commit", commit)
+		return errTxRowsOpen
+	}
 	if commit {
 		var tag string
 		err := s.runTxEnd(ctx, c, "COMMIT", &tag)

@@ -2,6 +2,7 @@ package dbctx_test
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"strings"
@@ -142,5 +143,57 @@ func TestOnCommit(t *testing.T) {
 	}
 	if fmt.Sprint(ran) != "[outside committed]" {
 		t.Fatalf("ran %v, want [outside committed]", ran)
+	}
+}
+
+// An Atomic whose function returns with rows of a statement in its
+// transaction still open cannot send COMMIT (nor ROLLBACK): it fails with
+// ErrConnBusy, and the scope's later statements fail with ErrSessionLost
+// until the boundary rather than run in the transaction, which the
+// boundary rolls back, and be lost with it. PostgreSQL is asked what was
+// committed.
+func TestAtomicEndsWithRowsOpen(t *testing.T) {
+	t.Parallel()
+	p, env := newPool(t, &dbctx.Options{Logger: quiet()})
+	mustExec(t, env.Admin(), "CREATE TABLE "+env.Schema()+".t (n int)")
+	mustExec(t, env.Admin(), "GRANT ALL ON "+env.Schema()+".t TO "+env.Role())
+	for _, commit := range []bool{true, false} {
+		err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+			var rows *sql.Rows
+			err := dbctx.Atomic(ctx, func(ctx context.Context) error {
+				if _, err := s.ExecContext(ctx, "INSERT INTO t VALUES (1)"); err != nil {
+					return err
+				}
+				var err error
+				if rows, err = s.QueryContext(ctx, "SELECT generate_series(1, 3)"); err != nil {
+					return err
+				}
+				if !commit {
+					return errors.New("roll back")
+				}
+				return nil // rows left open
+			})
+			if commit && !errors.Is(err, dbctx.ErrConnBusy) {
+				t.Errorf("Atomic with rows open: %v, want ErrConnBusy", err)
+			}
+			rows.Close()
+			if _, err := s.ExecContext(ctx, "INSERT INTO t VALUES (2)"); !errors.Is(err, dbctx.ErrSessionLost) {
+				t.Errorf("commit %v: a statement after the lost transaction: %v, want ErrSessionLost", commit, err)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var n int
+		if err := env.Admin().QueryRow("SELECT count(*) FROM " + env.Schema() + ".t").Scan(&n); err != nil || n != 0 {
+			t.Errorf("commit %v: %d rows committed (%v), want 0", commit, n, err)
+		}
+		if err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+			_, err := s.ExecContext(ctx, "SELECT 1")
+			return err
+		}); err != nil {
+			t.Errorf("commit %v: the next unit of work: %v", commit, err)
+		}
 	}
 }

@@ -123,7 +123,10 @@
 // after another. QueryRowContext and QueryRow read their row before they
 // return and hold nothing; rows from QueryContext, Query and SendBatch
 // hold the connection until they are closed or read to the end, and a
-// statement meanwhile fails at once with [ErrConnBusy]. Boundaries
+// statement meanwhile fails at once with [ErrConnBusy]; so does an
+// [Atomic] that ends with rows of its transaction open, which loses the
+// transaction with the connection (the scope's statements then fail with
+// [ErrSessionLost] until its boundary). Boundaries
 // ([Scope.End], [CloseOld]) must not run while other goroutines still use
 // the scope, and nested [Atomic] calls belong on one goroutine.
 //
