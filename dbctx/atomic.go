@@ -102,8 +102,8 @@ func (s *Scope) atomicTx(ctx context.Context, fn func(ctx context.Context) error
 // s.mu.
 func (s *Scope) endTx(ctx context.Context, commit bool) error {
 	x := s.x
-	begun := x.begun
-	s.atomic, x.atomicCtx, x.begun = 0, nil, false
+	begun, doomed := x.begun, x.doomed
+	s.atomic, x.atomicCtx, x.begun, x.doomed = 0, nil, false, nil
 	c := s.c
 	if commit && x.beginErr != nil {
 		// Nothing of it ran (see beginAlone).
@@ -123,6 +123,9 @@ func (s *Scope) endTx(ctx context.Context, commit bool) error {
 		s.lost = true
 		s.pool.opts.Logger.Warn("dbctx: Atomic ended with rows of a statement in its transaction still open; the transaction is lost with its connection, and the scope's statements fail until its boundary", "commit", commit)
 		return errTxRowsOpen
+	}
+	if commit && doomed != nil {
+		return errors.Join(fmt.Errorf("dbctx: rolled back: a nested Atomic could not end its savepoint: %w", doomed), s.rollbackAtomic(ctx))
 	}
 	if commit {
 		var tag string
@@ -251,7 +254,11 @@ func (s *Scope) savepoint(ctx context.Context, fn func(ctx context.Context) erro
 		s.rollbackTo(ctx, name)
 		return ferr
 	}
-	return s.txStatement(ctx, "RELEASE SAVEPOINT "+name)
+	if err := s.txStatement(ctx, "RELEASE SAVEPOINT "+name); err != nil {
+		s.doom(err)
+		return err
+	}
+	return nil
 }
 
 // txStatement runs a transaction statement of Atomic's own through the
@@ -282,7 +289,20 @@ func (s *Scope) rollbackTo(ctx context.Context, name string) {
 		s.c.pin.unsure = true
 	}
 	s.mu.Unlock()
-	if err == nil {
-		s.txStatement(ctx, "RELEASE SAVEPOINT "+name)
+	if err != nil {
+		s.doom(err)
+		return
 	}
+	s.txStatement(ctx, "RELEASE SAVEPOINT "+name)
+}
+
+// doom marks the running Atomic's transaction for rollback: a nested
+// Atomic's savepoint could not end (rows of a statement in it still open,
+// say), so its work is in the transaction, and must not commit with it.
+func (s *Scope) doom(err error) {
+	s.mu.Lock()
+	if s.x.doomed == nil {
+		s.x.doomed = err
+	}
+	s.mu.Unlock()
 }

@@ -197,3 +197,57 @@ func TestAtomicEndsWithRowsOpen(t *testing.T) {
 		}
 	}
 }
+
+// A nested Atomic that fails while rows of a statement in it are still
+// open cannot roll back to its savepoint: its work would otherwise stay in
+// the outer transaction and commit with it. The outer Atomic's commit
+// rolls back instead, and says so; PostgreSQL counts what was committed.
+func TestNestedAtomicFailsWithRowsOpen(t *testing.T) {
+	t.Parallel()
+	p, env := newPool(t, &dbctx.Options{Logger: quiet()})
+	mustExec(t, env.Admin(), "CREATE TABLE "+env.Schema()+".t (n int)")
+	mustExec(t, env.Admin(), "GRANT ALL ON "+env.Schema()+".t TO "+env.Role())
+	var outer error
+	err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+		outer = dbctx.Atomic(ctx, func(ctx context.Context) error {
+			if _, err := s.ExecContext(ctx, "INSERT INTO t VALUES (1)"); err != nil {
+				return err
+			}
+			var rows *sql.Rows
+			inner := dbctx.Atomic(ctx, func(ctx context.Context) error {
+				if _, err := s.ExecContext(ctx, "INSERT INTO t VALUES (2)"); err != nil {
+					return err
+				}
+				var err error
+				rows, err = s.QueryContext(ctx, "SELECT generate_series(1, 3)")
+				if err != nil {
+					return err
+				}
+				return errors.New("roll back the inner one") // rows left open
+			})
+			if inner == nil {
+				t.Error("the inner Atomic succeeded")
+			}
+			rows.Close()
+			return nil
+		})
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rows []int
+	r, err := env.Admin().Query("SELECT n FROM " + env.Schema() + ".t ORDER BY n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	for r.Next() {
+		var n int
+		r.Scan(&n)
+		rows = append(rows, n)
+	}
+	if len(rows) != 0 || outer == nil {
+		t.Errorf("committed %v, the outer Atomic returned %v; want nothing committed, and an error", rows, outer)
+	}
+}

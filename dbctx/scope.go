@@ -70,6 +70,7 @@ type scopeExtra struct {
 	begun     bool     // Atomic's transaction is open on the connection
 	beginErr  error    // OnBegin's, in the running Atomic: its statements fail with it
 	onCommit  []func() // OnCommit functions of the running Atomic
+	doomed    error    // why the running Atomic's transaction must roll back: a savepoint could not end
 }
 
 // atomicTxOpen reports whether an Atomic runs and has begun its
