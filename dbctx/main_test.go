@@ -99,6 +99,22 @@ func activeQueries(t *testing.T, env *pgtest.Env, prefix string) int {
 // warnings.
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
+// eachExecMode runs f as a parallel subtest in four of pgx's exec modes,
+// with the mode's index (for seeds): cache_statement is skipped behind a
+// pooler, since pgx prepares its statements in one transaction and runs
+// them in later ones, which may go to another server connection.
+func eachExecMode(t *testing.T, f func(t *testing.T, mode string, i int)) {
+	for i, mode := range []string{"cache_statement", "exec", "simple_protocol", "cache_describe"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			if mode == "cache_statement" {
+				pgtest.SkipPooled(t, "cache_statement needs one server session")
+			}
+			f(t, mode, i)
+		})
+	}
+}
+
 // onePoolInMode is onePool in pgx's exec mode mode.
 func onePoolInMode(t *testing.T, env *pgtest.Env, mode string, opts dbctx.Options) *dbctx.Pool {
 	t.Helper()

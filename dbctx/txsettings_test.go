@@ -29,35 +29,26 @@ var actor = dbctx.NewSetting("app.actor")
 // outer one's).
 func TestSettingsInTransactions(t *testing.T) {
 	t.Parallel()
-	for i, mode := range []string{"cache_statement", "exec", "simple_protocol", "cache_describe"} {
-		t.Run(mode, func(t *testing.T) {
-			t.Parallel()
-			if mode == "cache_statement" {
-				// pgx prepares its statements in one transaction and runs
-				// them in later ones, which a pooler in transaction mode
-				// may send to another server connection.
-				pgtest.SkipPooled(t, "cache_statement needs one server session")
-			}
-			env := newEnv(t)
-			p := onePoolInMode(t, env, mode, dbctx.Options{Logger: quiet(), TransactionPooling: pgtest.Pooled()})
-			for n := range 300 {
-				g := &txProgram{t: t, r: rand.New(rand.NewPCG(uint64(i), uint64(n)))}
-				err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
-					g.s, g.root = s, ctx
-					for range 1 + g.r.IntN(4) {
-						g.top()
-					}
-					return nil
-				})
-				if err != nil {
-					t.Errorf("program %d: %v\n%s", n, err, g.trace())
+	eachExecMode(t, func(t *testing.T, mode string, i int) {
+		env := newEnv(t)
+		p := onePoolInMode(t, env, mode, dbctx.Options{Logger: quiet(), TransactionPooling: pgtest.Pooled()})
+		for n := range 300 {
+			g := &txProgram{t: t, r: rand.New(rand.NewPCG(uint64(i), uint64(n)))}
+			err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+				g.s, g.root = s, ctx
+				for range 1 + g.r.IntN(4) {
+					g.top()
 				}
-				if t.Failed() {
-					t.Fatalf("program %d (seed %d, %d):\n%s", n, i, n, g.trace())
-				}
+				return nil
+			})
+			if err != nil {
+				t.Errorf("program %d: %v\n%s", n, err, g.trace())
 			}
-		})
-	}
+			if t.Failed() {
+				t.Fatalf("program %d (seed %d, %d):\n%s", n, i, n, g.trace())
+			}
+		}
+	})
 }
 
 // txProgram runs one random program on a scope and checks what each of
