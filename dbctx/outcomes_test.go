@@ -15,14 +15,16 @@ import (
 )
 
 // What Atomic says is what PostgreSQL committed: random programs (seeded)
-// of inserts (database/sql, pgx, a batch), failing statements, nested Atomic calls that commit or roll
-// back, and rows and batch results left open across statements and past the end of an
-// Atomic, in four exec modes. A row counts as committed where the insert,
-// every Atomic around it, and the outermost one returned nil (an insert
-// outside Atomic where it returned nil); PostgreSQL's table must hold
-// exactly those rows. (An Atomic that ended with rows open reported
-// success while its work was lost; a nested one that failed that way
-// committed its work with the outer one, which reported success.)
+// of inserts (database/sql, pgx, a batch), failing statements, nested
+// Atomic calls that commit or roll back, rows and batch results left open
+// across statements and past the end of an Atomic, and backends killed
+// between statements (on a direct connection), in four exec modes. A row
+// counts as committed where the insert, every Atomic around it, and the
+// outermost one returned nil (an insert outside Atomic where it returned
+// nil); PostgreSQL's table must hold exactly those rows. (An Atomic that
+// ended with rows open reported success while its work was lost; a nested
+// one that failed that way committed its work with the outer one, which
+// reported success.)
 func TestAtomicOutcomesMatchCommits(t *testing.T) {
 	t.Parallel()
 	eachExecMode(t, func(t *testing.T, mode string, i int) {
@@ -31,6 +33,9 @@ func TestAtomicOutcomesMatchCommits(t *testing.T) {
 		mustExec(t, env.Admin(), "GRANT ALL ON "+env.Schema()+".t TO "+env.Role())
 		p := onePoolInMode(t, env, mode, dbctx.Options{Logger: quiet(), TransactionPooling: pgtest.Pooled()})
 		g := &outcomes{r: rand.New(rand.NewPCG(uint64(i), 11))}
+		if !pgtest.Pooled() {
+			g.kill = func() { env.Terminate(t) }
+		}
 		for n := range 150 {
 			g.steps = g.steps[:0]
 			p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
@@ -57,6 +62,10 @@ func TestAtomicOutcomesMatchCommits(t *testing.T) {
 				t.Fatalf("program %d: PostgreSQL holds %v, the calls' results say %v; the program:\n%s", n, got, g.committed, strings.Join(g.steps, "\n"))
 			}
 		}
+		if st := p.Stats(); g.kills > 0 && st.Discarded.Dead+st.Discarded.Broken == 0 {
+			t.Errorf("%d kills, and no dead connection seen: %+v", g.kills, st)
+		}
+		t.Logf("%d kills; %+v", g.kills, p.Stats().Discarded)
 	})
 }
 
@@ -66,6 +75,8 @@ type outcomes struct {
 	next      int
 	committed []int
 	open      []func() // closes results left open
+	kill      func()   // terminates the pool's backends, and waits until they are gone
+	kills     int
 	steps     []string
 	depth     int
 }
@@ -83,6 +94,9 @@ func (g *outcomes) closeAll() {
 
 // top is one step outside a transaction.
 func (g *outcomes) top(ctx context.Context) {
+	if g.maybeKill() {
+		return
+	}
 	if g.r.IntN(3) == 0 {
 		if id, err := g.insert(ctx); err == nil {
 			g.committed = append(g.committed, id)
@@ -122,12 +136,26 @@ func (g *outcomes) insert(ctx context.Context) (int, error) {
 	return id, err
 }
 
+// maybeKill kills the backend, now and then, while the scope is idle.
+func (g *outcomes) maybeKill() bool {
+	if g.kill == nil || g.r.IntN(12) > 0 {
+		return false
+	}
+	g.kill()
+	g.kills++
+	g.log("backend killed")
+	return true
+}
+
 // frame runs steps in a transaction or savepoint: the ids it inserted and
 // kept, and what ends it (nil to commit).
 func (g *outcomes) frame(ctx context.Context) (kept []int, err error) {
 	g.depth++
 	defer func() { g.depth-- }()
 	for range g.r.IntN(6) {
+		if g.maybeKill() {
+			continue
+		}
 		switch k := g.r.IntN(12); {
 		case k < 5:
 			id, err := g.insert(ctx)
