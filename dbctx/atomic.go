@@ -223,7 +223,12 @@ func (s *Scope) beginAlone(ctx context.Context) {
 
 func (s *Scope) savepoint(ctx context.Context, fn func(ctx context.Context) error) (err error) {
 	s.mu.Lock()
-	name := "dbctx_sp_" + strconv.Itoa(s.atomic)
+	// A name of its own, not its depth: where nested Atomic calls run
+	// on several goroutines at once (which they should not), one's
+	// RELEASE or ROLLBACK TO then fails, and dooms the transaction,
+	// rather than end another's savepoint of the same name.
+	s.x.savepoints++
+	name := "dbctx_sp_" + strconv.Itoa(s.x.savepoints)
 	s.mu.Unlock()
 	if err := s.txStatement(ctx, "SAVEPOINT "+name); err != nil {
 		return err

@@ -128,7 +128,10 @@
 // transaction with the connection (the scope's statements then fail with
 // [ErrSessionLost] until its boundary). Boundaries
 // ([Scope.End], [CloseOld]) must not run while other goroutines still use
-// the scope, and nested [Atomic] calls belong on one goroutine.
+// the scope, and nested [Atomic] calls belong on one goroutine: a nested
+// Atomic is a savepoint of the one transaction, and a rollback to it undoes
+// whatever ran after it began, including other goroutines' statements that
+// have already reported success.
 //
 // # Several pools
 //

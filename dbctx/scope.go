@@ -66,11 +66,12 @@ type Scope struct {
 // first use: a request's or a socket's scope that runs plain statements
 // stays small, which every idle socket and every request pays for.
 type scopeExtra struct {
-	atomicCtx context.Context
-	begun     bool     // Atomic's transaction is open on the connection
-	beginErr  error    // OnBegin's, in the running Atomic: its statements fail with it
-	onCommit  []func() // OnCommit functions of the running Atomic
-	doomed    error    // why the running Atomic's transaction must roll back: a savepoint could not end
+	atomicCtx  context.Context
+	begun      bool     // Atomic's transaction is open on the connection
+	beginErr   error    // OnBegin's, in the running Atomic: its statements fail with it
+	onCommit   []func() // OnCommit functions of the running Atomic
+	doomed     error    // why the running Atomic's transaction must roll back: a savepoint could not end
+	savepoints int      // savepoints made, for names
 }
 
 // atomicTxOpen reports whether an Atomic runs and has begun its
