@@ -291,7 +291,7 @@ func (s *Scope) rollbackTo(ctx context.Context, name string) {
 	s.mu.Lock()
 	if s.c != nil {
 		// The settings the savepoint saw are back: apply them again.
-		s.c.pin.unsure = true
+		s.c.pin.txUnsure = true
 	}
 	s.mu.Unlock()
 	if err != nil {

@@ -50,7 +50,7 @@ import (
 // what planning folds: an immutable function of a column's default under
 // EXPLAIN) is taken to leave no session state. Options.ResetAlways covers
 // schemas where it may.
-type queryKind uint8
+type queryKind uint16
 
 const (
 	kindState   queryKind = 1 << iota // may leave state in the session
@@ -78,6 +78,12 @@ const (
 	// client of the server connection left: transaction pooling refuses
 	// it.
 	kindSeqRead
+
+	// kindTxSet sets a setting until the end of its transaction (SET
+	// LOCAL, set_config(…, true)): clean, since nothing of it outlives
+	// the transaction, but in one it changes what the statements after
+	// it see, so the settings a context declares are applied again.
+	kindTxSet
 
 	// kindUtility is what a statement is that the classifier knows but
 	// does not read further: DDL, COPY, ANALYZE, GRANT…
@@ -916,6 +922,9 @@ func (c *classifier) setForm(t token) {
 	n := l.next()
 	keyword := n.kind != tDot && !(n.kind == tOp && n.text == "=") && !n.is("to")
 	if keyword && (t.is("local") || t.is("transaction") || t.is("constraints")) {
+		if t.is("local") {
+			c.sk |= kindTxSet
+		}
 		return
 	}
 	c.sk |= kindSessionState
@@ -1054,6 +1063,8 @@ func (c *classifier) setConfigArg(t token) {
 	case t.kind == tRParen && c.depth == c.cfgDepth:
 		if c.cfgArg != 2 || c.cfgToks != 1 || !c.cfgTrue {
 			c.ck |= kindSessionState
+		} else {
+			c.ck |= kindTxSet
 		}
 		c.cfgDepth = 0
 	case t.kind == tComma && c.depth == c.cfgDepth:

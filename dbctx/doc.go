@@ -99,7 +99,9 @@
 // others); [Atomic] sends its BEGIN and them with its
 // first statement. Inside a transaction, a rollback to a savepoint (a
 // nested Atomic that fails, or ROLLBACK TO in SQL) puts back the values
-// the transaction had before it, so the next statement gets its own again;
+// the transaction had before it, so the next statement gets its own again,
+// as it does after SQL of the unit's own that sets one of them (SET, SET
+// LOCAL, set_config, a function);
 // a batch, or a string of several statements, that ends its transaction
 // or rolls back to a savepoint before another of its statements is
 // refused, before anything is sent, where settings are in play, since

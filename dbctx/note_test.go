@@ -20,6 +20,7 @@ func TestClassify(t *testing.T) {
 		X = kindSession // with S: set in the session, visibly
 		A = kindAlone
 		Q = kindSeqRead
+		L = kindTxSet   // clean, but sets a setting for the rest of the transaction
 		T = kindUtility // S | O | C
 		U = kindUnknown // S | O | C | A
 	)
@@ -46,8 +47,8 @@ func TestClassify(t *testing.T) {
 		{"SELECT name FROM items, pg_sleep($2) WHERE id = $1", 0},
 		{"SELECT * FROM t WHERE id = $1 FOR UPDATE", 0},
 		{"SELECT * FROM t FOR NO KEY UPDATE SKIP LOCKED", 0},
-		{"SELECT set_config('app.tenant', $1, true)", 0},
-		{"SELECT set_config('app.tenant', (SELECT lower($1)), 'true')", 0},
+		{"SELECT set_config('app.tenant', $1, true)", L},
+		{"SELECT set_config('app.tenant', (SELECT lower($1)), 'true')", L},
 		{"SELECT pg_advisory_xact_lock(1)", 0},
 		{"WITH x AS MATERIALIZED (SELECT 1) SELECT * FROM x", 0},
 		{"VALUES (1), (2)", 0},
@@ -57,9 +58,9 @@ func TestClassify(t *testing.T) {
 		{"SELECT $$ SET x = 1 $$, $t$ set_config( $t$", 0},
 		{"SELECT E'\\' set_config(', 'x'", 0},
 		{"SHOW search_path", 0},
-		{"SET LOCAL app.tenant = '42'", 0},
-		{"SET LOCAL local.tenant = '42'", 0},
-		{"SET LOCAL session.x TO '42'", 0},
+		{"SET LOCAL app.tenant = '42'", L},
+		{"SET LOCAL local.tenant = '42'", L},
+		{"SET LOCAL session.x TO '42'", L},
 		{"SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", 0},
 		{"set constraints all deferred", 0},
 		{"DECLARE c CURSOR FOR SELECT 1", 0},
@@ -138,7 +139,7 @@ func TestClassify(t *testing.T) {
 		{"CREATE TABLE \"pg_temp\".t (x int)", T | X},
 		{"CREATE TABLE PG_TEMP_3.t (x int)", T | X},
 		{"CREATE TABLE pg_toast_temp_3.t (x int)", T | X},
-		{"SELECT set_config('search_path', 'pg_toast_temp_3', true)", S | X},
+		{"SELECT set_config('search_path', 'pg_toast_temp_3', true)", S | X | L},
 		{"CREATE TABLE U&\"pg\\005ftemp\".t (x int)", T | X},
 		{"CREATE TABLE t AS EXECUTE q", T},
 		{"SELECT 1 INTO TEMP t", S | X},
@@ -149,7 +150,7 @@ func TestClassify(t *testing.T) {
 		{"DELETE FROM t", S | C},
 		{"WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d", S | C},
 		{"SELECT * FROM pg_temp.t", S | X},
-		{"SET LOCAL search_path = 'pg_temp, public'", S | X},
+		{"SET LOCAL search_path = 'pg_temp, public'", S | X | L},
 		// … by function.
 		{"select set_config('a.b', 'c', false)", S | X},
 		{"SELECT set_config('a.b', 'c', $3)", S | X},
@@ -229,7 +230,7 @@ func kindString(k queryKind) string {
 		k    queryKind
 		name string
 	}{{kindState, "state"}, {kindBegin, "begin"}, {kindOnce, "once"}, {kindPoison, "poison"}, {kindCode, "code"}, {kindSession, "session"},
-		{kindAlone, "alone"}, {kindSeqRead, "seqread"}} {
+		{kindAlone, "alone"}, {kindSeqRead, "seqread"}, {kindTxSet, "txset"}} {
 		if k&f.k != 0 {
 			parts = append(parts, f.name)
 		}

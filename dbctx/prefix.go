@@ -43,6 +43,7 @@ type prefix struct {
 	local        bool      // set_config(…, true)
 	carry        []setting // what the session, or the transaction, carries afterwards
 	keep         bool      // carry is kept: in session.applied (local false) or pin.txSet
+	taints       bool      // the statement after it may change the settings (see owed)
 }
 
 func (p *prefix) empty() bool { return p == nil || !p.reset && !p.begin && len(p.set) == 0 }
@@ -131,7 +132,7 @@ func (s *Scope) prefixTx(c *session, want []setting, reset, inTx, begin bool) *p
 		// Outside a transaction behind a pooler: every statement's
 		// implicit transaction gets them anew.
 		p.set = want
-	case c.pin.txSet != nil && !c.pin.unsure && !c.pin.handedOut && !reset:
+	case c.pin.txSet != nil && !c.pin.txUnsure && !c.pin.handedOut && !reset:
 		if sameSettings(c.pin.txSet, want) {
 			p.set = nil
 		} else {
@@ -145,7 +146,7 @@ func (s *Scope) prefixTx(c *session, want []setting, reset, inTx, begin bool) *p
 		if reset || tp {
 			base = nil
 		}
-		if !reset && !c.pin.unsure && !c.pin.handedOut && sameSettings(base, want) {
+		if !reset && !c.pin.unsure && !c.pin.txUnsure && !c.pin.handedOut && sameSettings(base, want) {
 			p.set = nil
 		} else {
 			// Unsure, the transaction may hold any value it was
@@ -258,7 +259,7 @@ func (s *Scope) prefixDone(c *session, p *prefix, ok bool, reached int) {
 		// did with it; inside an explicit one nothing is known until it
 		// ends.
 		if c.pc != nil && c.pc.TxStatus() != 'I' {
-			c.pin.unsure = true
+			c.pin.txUnsure = true
 		}
 		return
 	}
@@ -273,10 +274,13 @@ func (s *Scope) prefixDone(c *session, p *prefix, ok bool, reached int) {
 		if c.pin.txSet == nil {
 			c.pin.txSet = noSettings
 		}
+		// Known for the transaction; the session's values, which it
+		// sees again once it ends, stay as sure as they were.
+		c.pin.txUnsure = p.taints
 	} else {
 		c.applied = p.carry
+		c.pin.unsure = p.taints
 	}
-	c.pin.unsure = false
 }
 
 // dropNotifications drops the notifications of channels an earlier scope

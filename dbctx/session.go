@@ -87,7 +87,8 @@ type pin struct {
 	handedOut bool      // user code holds the connection itself: discarded at the boundary
 	unchecked bool      // pinned without the socket check (see Pool.check)
 	used      bool      // a statement ran on it: none is retried
-	unsure    bool      // settings may have changed unseen: apply them again (prefix.go)
+	unsure    bool      // the session's settings may have changed unseen: apply them again (prefix.go)
+	txUnsure  bool      // the transaction's may have: apply them again in it
 	txSet     []setting // settings applied for the transaction under way (prefix.go)
 	txNames   []string  // the names of every setting applied in it: what a rollback to a savepoint may put back
 
@@ -101,7 +102,7 @@ type pin struct {
 
 // endTx forgets the settings of the transaction that ended.
 func (p *pin) endTx() {
-	p.txSet = nil
+	p.txSet, p.txUnsure = nil, false
 	p.txNames = p.txNames[:0]
 }
 

@@ -108,14 +108,18 @@ func (s *Scope) execLocked(ctx context.Context, st *stmt, run runner) error {
 	err = s.observe(ctx, err, first)
 	if c := s.c; c != nil {
 		c.pin.used = true
-		if st.kind&(kindSession|kindCode|kindBegin|kindAlone) != 0 {
+		if st.kind&kindTaints != 0 {
 			// It may have changed settings, or ended the transaction
 			// they were set for: apply them again.
-			c.pin.unsure = true
+			c.pin.unsure, c.pin.txUnsure = true, true
 		}
 	}
 	return err
 }
+
+// kindTaints is what a statement may do that changes the settings dbscope
+// applied, or ends the transaction they were applied for.
+const kindTaints = kindSession | kindCode | kindBegin | kindAlone | kindTxSet
 
 // owed returns what must run before st on c in the same round trip, or
 // runs it first, alone, where st cannot share its round trip.
@@ -139,6 +143,9 @@ func (s *Scope) owed(ctx context.Context, c *session, st *stmt, begin bool) (*pr
 	}
 	share := c.px != nil && st.how&alone == 0 && st.kind&kindAlone == 0 && !(p.begin && st.how&rows != 0)
 	if share {
+		// prefixDone may run after the statement's results are read,
+		// after the mark above: it must leave the settings unsure.
+		p.taints = st.kind&kindTaints != 0
 		return p, nil
 	}
 	if s.pool.opts.TransactionPooling && !inTx && !p.begin && len(p.set) > 0 {

@@ -32,7 +32,7 @@ func TestSettingsInTransactions(t *testing.T) {
 	eachExecMode(t, func(t *testing.T, mode string, i int) {
 		env := newEnv(t)
 		p := onePoolInMode(t, env, mode, dbctx.Options{Logger: quiet(), TransactionPooling: pgtest.Pooled()})
-		for n := range 300 {
+		for n := range 1500 {
 			g := &txProgram{t: t, r: rand.New(rand.NewPCG(uint64(i), uint64(n)))}
 			err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
 				g.s, g.root = s, ctx
@@ -60,8 +60,11 @@ type txProgram struct {
 	root  context.Context // the scope's, declaring nothing
 	steps []string
 	depth int
-	sp    int // savepoints of the program's own, for names
-	reads int
+	// tainted says the unit's own SQL set the setting (tenant, actor):
+	// a statement that does not declare it may see that value.
+	tainted [2]bool
+	sp      int // savepoints of the program's own, for names
+	reads   int
 }
 
 var (
@@ -167,6 +170,11 @@ func (g *txProgram) read(r runner) {
 	err := r.row(ctx, "SELECT coalesce(current_setting('app.tenant', true), ''), coalesce(current_setting('app.actor', true), '')").Scan(&got[0], &got[1])
 	g.reads++
 	g.log("read %q (%T) -> %q %v", want, r, got, err)
+	for i := range got {
+		if g.tainted[i] && want[i] == "" {
+			got[i] = "" // undeclared, and set by the unit's own SQL
+		}
+	}
 	switch {
 	case err != nil:
 		g.t.Errorf("read %d: %v", g.reads, err)
@@ -175,9 +183,37 @@ func (g *txProgram) read(r runner) {
 	}
 }
 
+// ownSQL runs, through the scope, a statement of the unit's own that sets
+// or resets the settings: dbscope must apply the declared ones again.
+func (g *txProgram) ownSQL(r runner) {
+	stmts := []struct {
+		q     string
+		taint int // -1: none
+	}{
+		{"SELECT set_config('app.tenant', 'Z', false)", 0},
+		{"SELECT set_config('app.actor', 'Z', true)", 1},
+		{"SET app.tenant = 'Z'", 0},
+		{"SET LOCAL app.actor = 'Z'", 1},
+		{"RESET ALL", -1},
+		{"SET app.tenant TO DEFAULT", -1},
+	}
+	st := stmts[g.r.IntN(len(stmts))]
+	ctx, want := g.declared()
+	err := r.exec(ctx, st.q)
+	g.log("%s %q -> %v", st.q, want, err)
+	if err != nil {
+		g.t.Errorf("%s: %v", st.q, err)
+	}
+	if st.taint >= 0 {
+		g.tainted[st.taint] = true
+	}
+}
+
 // top is one step of the program outside a transaction.
 func (g *txProgram) top() {
-	switch g.r.IntN(5) {
+	switch g.r.IntN(6) {
+	case 5:
+		g.ownSQL(g.scopeRunner())
 	case 0:
 		g.read(g.scopeRunner())
 	case 1:
@@ -235,7 +271,11 @@ func (g *txProgram) body(run func() runner, atomic bool) error {
 	g.depth++
 	defer func() { g.depth-- }()
 	for range g.r.IntN(5) {
-		switch k := g.r.IntN(10); {
+		switch k := g.r.IntN(11); {
+		case k == 10:
+			if r, ok := run().(scopeRunner); ok {
+				g.ownSQL(r)
+			}
 		case k < 5:
 			g.read(run())
 		case k < 7 && atomic && g.depth < 4:
@@ -369,4 +409,76 @@ func TestSettingsEndBeforeStatement(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+}
+
+// The unit's own SQL that sets a declared setting (SET, SET LOCAL,
+// set_config) leaves the settings unsure, however its result is read and
+// whether or not a transaction follows: the next statement declaring the
+// setting gets its own value again. Each case failed before: a batch's
+// SET was forgotten when its results were closed; SET LOCAL and
+// set_config(…, true) were not seen as changing anything; a session-level
+// SET, once a transaction had applied the settings locally, was taken as
+// undone after it.
+func TestSettingsAfterOwnSQL(t *testing.T) {
+	t.Parallel()
+	const q = "SELECT coalesce(current_setting('app.tenant', true), '')"
+	cases := map[string]func(ctx context.Context, s *dbctx.Scope) error{
+		"SET in a batch": func(ctx context.Context, s *dbctx.Scope) error {
+			return scopeRunner{s, 2}.exec(ctx, "SET app.tenant = 'Z'")
+		},
+		"SET LOCAL in Atomic": func(ctx context.Context, s *dbctx.Scope) error {
+			return dbctx.Atomic(ctx, func(ctx context.Context) error {
+				if _, err := s.ExecContext(ctx, "SET LOCAL app.tenant = 'Z'"); err != nil {
+					return err
+				}
+				return wantTenant(ctx, s, q, "C")
+			})
+		},
+		"set_config(…, true) in Atomic": func(ctx context.Context, s *dbctx.Scope) error {
+			return dbctx.Atomic(ctx, func(ctx context.Context) error {
+				if _, err := s.Exec(ctx, "SELECT set_config('app.tenant', 'Z', true)"); err != nil {
+					return err
+				}
+				return wantTenant(ctx, s, q, "C")
+			})
+		},
+		"SET, then a transaction": func(ctx context.Context, s *dbctx.Scope) error {
+			if _, err := s.ExecContext(ctx, "SELECT set_config('app.tenant', 'Z', false)"); err != nil {
+				return err
+			}
+			return dbctx.Atomic(tenant.With(ctx, "A"), func(ctx context.Context) error {
+				return wantTenant(ctx, s, q, "A")
+			})
+		},
+	}
+	eachExecMode(t, func(t *testing.T, mode string, _ int) {
+		env := newEnv(t)
+		p := onePoolInMode(t, env, mode, dbctx.Options{Logger: quiet(), TransactionPooling: pgtest.Pooled()})
+		for name, run := range cases {
+			if pgtest.Pooled() && strings.HasPrefix(name, "SET") {
+				continue // session state: refused behind a pooler
+			}
+			err := p.Do(tenant.With(context.Background(), "C"), func(ctx context.Context, s *dbctx.Scope) error {
+				if err := run(ctx, s); err != nil {
+					return err
+				}
+				return wantTenant(ctx, s, q, "C")
+			})
+			if err != nil {
+				t.Errorf("%s: %v", name, err)
+			}
+		}
+	})
+}
+
+// wantTenant reads app.tenant with q and fails unless it is want.
+func wantTenant(ctx context.Context, s *dbctx.Scope, q, want string) error {
+	var got string
+	if err := (scopeRunner{s, 2}).row(ctx, q).Scan(&got); err != nil {
+		return err
+	}
+	if got != want {
+		return fmt.Errorf("the statement saw tenant %q, its context declares %q", got, want)
+	}
+	return nil
 }
