@@ -112,7 +112,7 @@ func (s *Scope) endTx(ctx context.Context, commit bool) error {
 	if !begun || c == nil {
 		return nil
 	}
-	c.pin.endTx()
+	c.pin.txOver()
 	if c.pin.open.Load() > 0 {
 		// Rows of a statement in the transaction are still open: neither
 		// COMMIT nor ROLLBACK can be sent. The transaction is lost (later
@@ -230,7 +230,7 @@ func (s *Scope) savepoint(ctx context.Context, fn func(ctx context.Context) erro
 	s.x.savepoints++
 	name := "dbctx_sp_" + strconv.Itoa(s.x.savepoints)
 	s.mu.Unlock()
-	if err := s.txStatement(ctx, "SAVEPOINT "+name); err != nil {
+	if err := s.txStatement(ctx, "SAVEPOINT "+name, 0); err != nil {
 		return err
 	}
 	s.mu.Lock()
@@ -259,7 +259,7 @@ func (s *Scope) savepoint(ctx context.Context, fn func(ctx context.Context) erro
 		s.rollbackTo(ctx, name)
 		return ferr
 	}
-	if err := s.txStatement(ctx, "RELEASE SAVEPOINT "+name); err != nil {
+	if err := s.txStatement(ctx, "RELEASE SAVEPOINT "+name, 0); err != nil {
 		s.doom(err)
 		return err
 	}
@@ -268,8 +268,9 @@ func (s *Scope) savepoint(ctx context.Context, fn func(ctx context.Context) erro
 
 // txStatement runs a transaction statement of Atomic's own through the
 // scope's path: the first of an Atomic begins it, in the same round trip.
-func (s *Scope) txStatement(ctx context.Context, q string) error {
-	st := stmt{query: q, how: notQuiet}
+// kind is what it does that the scope must know of.
+func (s *Scope) txStatement(ctx context.Context, q string, kind queryKind) error {
+	st := stmt{query: q, kind: kind, how: notQuiet}
 	return s.exec(ctx, &st, func(ctx context.Context, c *session, p *prefix) error {
 		if c.px == nil {
 			_, err := c.pin.conn.ExecContext(ctx, q)
@@ -287,18 +288,14 @@ func (s *Scope) rollbackTo(ctx context.Context, name string) {
 	defer cancel()
 	// The outer transaction is lost with the connection if this fails;
 	// its commit will fail and say so.
-	err := s.txStatement(ctx, "ROLLBACK TO SAVEPOINT "+name)
-	s.mu.Lock()
-	if s.c != nil {
-		// The settings the savepoint saw are back: apply them again.
-		s.c.pin.txUnsure = true
-	}
-	s.mu.Unlock()
+	// It puts back the settings the savepoint saw, as SET LOCAL would
+	// change them: they are applied again.
+	err := s.txStatement(ctx, "ROLLBACK TO SAVEPOINT "+name, kindTxSet)
 	if err != nil {
 		s.doom(err)
 		return
 	}
-	s.txStatement(ctx, "RELEASE SAVEPOINT "+name)
+	s.txStatement(ctx, "RELEASE SAVEPOINT "+name, 0)
 }
 
 // doom marks the running Atomic's transaction for rollback: a nested

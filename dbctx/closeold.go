@@ -168,7 +168,7 @@ func (s *Scope) rollback(ctx context.Context) error {
 		s.pool.c.rolledBack.Add(1)
 	}
 	c.pin.seen &^= kindBegin
-	c.pin.endTx()
+	c.pin.txOver()
 	return nil
 }
 

@@ -3,10 +3,8 @@ package dbctx_test
 import (
 	"context"
 	"database/sql"
-	"fmt"
 	"math/rand/v2"
 	"slices"
-	"strings"
 	"testing"
 
 	"github.com/dbscope/dbscope/dbctx"
@@ -59,7 +57,7 @@ func TestAtomicOutcomesMatchCommits(t *testing.T) {
 			rows.Close()
 			slices.Sort(g.committed)
 			if !slices.Equal(got, g.committed) {
-				t.Fatalf("program %d: PostgreSQL holds %v, the calls' results say %v; the program:\n%s", n, got, g.committed, strings.Join(g.steps, "\n"))
+				t.Fatalf("program %d: PostgreSQL holds %v, the calls' results say %v; the program:\n%s", n, got, g.committed, g.trace())
 			}
 		}
 		if st := p.Stats(); g.kills > 0 && st.Discarded.Dead+st.Discarded.Broken == 0 {
@@ -77,12 +75,7 @@ type outcomes struct {
 	open      []func() // closes results left open
 	kill      func()   // terminates the pool's backends, and waits until they are gone
 	kills     int
-	steps     []string
-	depth     int
-}
-
-func (g *outcomes) log(format string, args ...any) {
-	g.steps = append(g.steps, strings.Repeat("  ", g.depth)+fmt.Sprintf(format, args...))
+	stepLog
 }
 
 func (g *outcomes) closeAll() {

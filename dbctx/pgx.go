@@ -145,7 +145,7 @@ func (s *Scope) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
 	control, ends := true, false
 	for i, q := range b.QueuedQueries {
 		k, h := s.kindOf(q.SQL, q.Arguments)
-		tc := k&(kindOnce|kindAlone) != 0 // transaction control is both
+		tc := k&(kindOnce|kindAlone) != 0 // as transaction control is: a filter before reading the text
 		control = control && tc && needsNoSettings(q.SQL)
 		ends = ends || tc && endsBefore(q.SQL, i == len(b.QueuedQueries)-1)
 		if s.pool.opts.TransactionPooling && k&(kindSession|kindSeqRead) != 0 && st.kind&(kindSession|kindSeqRead) == 0 {

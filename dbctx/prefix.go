@@ -88,7 +88,7 @@ func (s *Scope) prefixFor(ctx context.Context, c *session, inTx, begin bool) (*p
 		}
 	}
 	if !inTx && !begin {
-		c.pin.endTx() // the transaction they were set for is over
+		c.pin.txOver() // the transaction they were set for is over
 	}
 	var p *prefix
 	if inTx || begin || s.pool.opts.TransactionPooling {

@@ -100,8 +100,8 @@ type pin struct {
 	leak  *time.Timer // see leak.go
 }
 
-// endTx forgets the settings of the transaction that ended.
-func (p *pin) endTx() {
+// txOver forgets the settings of the transaction that ended.
+func (p *pin) txOver() {
 	p.txSet, p.txUnsure = nil, false
 	p.txNames = p.txNames[:0]
 }

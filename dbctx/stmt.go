@@ -144,7 +144,8 @@ func (s *Scope) owed(ctx context.Context, c *session, st *stmt, begin bool) (*pr
 	share := c.px != nil && st.how&alone == 0 && st.kind&kindAlone == 0 && !(p.begin && st.how&rows != 0)
 	if share {
 		// prefixDone may run after the statement's results are read,
-		// after the mark above: it must leave the settings unsure.
+		// after execLocked marked the settings unsure: it must leave
+		// them so.
 		p.taints = st.kind&kindTaints != 0
 		return p, nil
 	}

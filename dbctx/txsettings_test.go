@@ -54,12 +54,11 @@ func TestSettingsInTransactions(t *testing.T) {
 // txProgram runs one random program on a scope and checks what each of
 // its statements sees.
 type txProgram struct {
-	t     *testing.T
-	r     *rand.Rand
-	s     *dbctx.Scope
-	root  context.Context // the scope's, declaring nothing
-	steps []string
-	depth int
+	t    *testing.T
+	r    *rand.Rand
+	s    *dbctx.Scope
+	root context.Context // the scope's, declaring nothing
+	stepLog
 	// tainted says the unit's own SQL set the setting (tenant, actor):
 	// a statement that does not declare it may see that value.
 	tainted [2]bool
@@ -72,11 +71,18 @@ var (
 	errFailed   = errors.New("a statement failed: the transaction is aborted")
 )
 
-func (g *txProgram) log(format string, args ...any) {
-	g.steps = append(g.steps, strings.Repeat("  ", g.depth)+fmt.Sprintf(format, args...))
+// stepLog is what a random program ran, indented by its depth in
+// transactions, for the message of a failure.
+type stepLog struct {
+	steps []string
+	depth int
 }
 
-func (g *txProgram) trace() string { return strings.Join(g.steps, "\n") }
+func (l *stepLog) log(format string, args ...any) {
+	l.steps = append(l.steps, strings.Repeat("  ", l.depth)+fmt.Sprintf(format, args...))
+}
+
+func (l *stepLog) trace() string { return strings.Join(l.steps, "\n") }
 
 // declared returns a context of the scope that declares a random tenant
 // and actor (or not), and what a statement run with it must see.
