@@ -85,8 +85,9 @@ func (s *Scope) execLocked(ctx context.Context, st *stmt, run runner) error {
 	p, err := s.owed(ctx, c, st, begin)
 	if err == nil {
 		// Noted before it runs: failing or not, it may leave state.
-		c.pin.seen |= st.kind
+		c.pin.seen |= s.noteWrite(c, st)
 		err = run(s.stmtCtx(ctx, st.how), c, p)
+		c.dml = dmlTarget{}
 	}
 	retries := maxRetries
 	if c.pin.unchecked {
@@ -101,8 +102,9 @@ func (s *Scope) execLocked(ctx context.Context, st *stmt, run runner) error {
 			break
 		}
 		if p, err = s.owed(ctx, c, st, begin); err == nil {
-			c.pin.seen |= st.kind
+			c.pin.seen |= s.noteWrite(c, st)
 			err = run(s.stmtCtx(ctx, st.how), c, p)
+			c.dml = dmlTarget{}
 		}
 	}
 	err = s.observe(ctx, err, first)

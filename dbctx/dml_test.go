@@ -1,0 +1,224 @@
+package dbctx_test
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/internal/pgtest"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// dmlSchema creates, in env's schema, a table that runs no code of its own
+// (dmlw_plain, and dmlw_fk, whose foreign key only checks) and tables that
+// do, each in a way that leaves session state where it runs: the setting
+// app.leak.
+func dmlSchema(t *testing.T, env *pgtest.Env) {
+	t.Helper()
+	s := env.Schema()
+	for _, q := range []string{
+		`CREATE FUNCTION ` + s + `.dmlw_leak() RETURNS text LANGUAGE sql AS $$ SELECT pg_catalog.set_config('app.leak', 'function', false) $$`,
+		`CREATE FUNCTION ` + s + `.dmlw_leak_bool(int) RETURNS bool LANGUAGE sql AS $$ SELECT pg_catalog.set_config('app.leak', 'check', false) IS NOT NULL $$`,
+		`CREATE FUNCTION ` + s + `.dmlw_leak_int(int) RETURNS int LANGUAGE sql IMMUTABLE AS $$ SELECT length(pg_catalog.set_config('app.leak', 'index', false)) + $1 $$`,
+		`CREATE FUNCTION ` + s + `.dmlw_trigger() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_catalog.set_config('app.leak', 'trigger', false); RETURN NULL; END $$`,
+		`CREATE TABLE ` + s + `.dmlw_plain (id bigserial PRIMARY KEY, n int NOT NULL CHECK (n >= 0),
+			tenant text NOT NULL DEFAULT coalesce(current_setting('app.tenant', true), ''), at timestamptz DEFAULT now())`,
+		`CREATE INDEX ON ` + s + `.dmlw_plain (n)`,
+		`CREATE INDEX ON ` + s + `.dmlw_plain (lower(tenant)) WHERE n > 0`,
+		`CREATE TABLE ` + s + `.dmlw_fk (id serial PRIMARY KEY, n int, plain bigint REFERENCES ` + s + `.dmlw_plain (id))`,
+		`CREATE TABLE ` + s + `.dmlw_trig (id serial, n int)`,
+		`CREATE TRIGGER dmlw_t AFTER INSERT OR UPDATE OR DELETE ON ` + s + `.dmlw_trig FOR EACH ROW EXECUTE FUNCTION ` + s + `.dmlw_trigger()`,
+		`CREATE TABLE ` + s + `.dmlw_stmt_trig (id serial, n int)`,
+		`CREATE TRIGGER dmlw_t AFTER INSERT OR UPDATE OR DELETE ON ` + s + `.dmlw_stmt_trig FOR EACH STATEMENT EXECUTE FUNCTION ` + s + `.dmlw_trigger()`,
+		`CREATE TABLE ` + s + `.dmlw_def (id serial, n int, x text DEFAULT ` + s + `.dmlw_leak())`,
+		`CREATE TABLE ` + s + `.dmlw_defb (id serial, n int, x text DEFAULT pg_catalog.set_config('app.leak', 'builtin', false))`,
+		`CREATE TABLE ` + s + `.dmlw_chk (id serial, n int CHECK (` + s + `.dmlw_leak_bool(n)))`,
+		`CREATE TABLE ` + s + `.dmlw_idx (id serial, n int)`,
+		`CREATE INDEX ON ` + s + `.dmlw_idx (` + s + `.dmlw_leak_int(n))`,
+		`CREATE TABLE ` + s + `.dmlw_rule (id serial, n int)`,
+		`CREATE RULE dmlw_r AS ON INSERT TO ` + s + `.dmlw_rule DO ALSO SELECT pg_catalog.set_config('app.leak', 'rule', false)`,
+		`CREATE TABLE ` + s + `.dmlw_parent (id int PRIMARY KEY, n int)`,
+		`CREATE TABLE ` + s + `.dmlw_child (id serial, parent int REFERENCES ` + s + `.dmlw_parent (id) ON DELETE CASCADE)`,
+		`CREATE TRIGGER dmlw_t AFTER DELETE ON ` + s + `.dmlw_child FOR EACH ROW EXECUTE FUNCTION ` + s + `.dmlw_trigger()`,
+		`CREATE TABLE ` + s + `.dmlw_inh (id serial, n int)`,
+		`CREATE TABLE ` + s + `.dmlw_inh_child (m int) INHERITS (` + s + `.dmlw_inh)`,
+		`CREATE TRIGGER dmlw_t AFTER UPDATE ON ` + s + `.dmlw_inh_child FOR EACH ROW EXECUTE FUNCTION ` + s + `.dmlw_trigger()`,
+		`INSERT INTO ` + s + `.dmlw_inh_child (n, m) VALUES (1, 1)`,
+		`CREATE VIEW ` + s + `.dmlw_view AS SELECT id, n FROM ` + s + `.dmlw_trig`,
+	} {
+		mustExec(t, env.Admin(), q)
+	}
+}
+
+// A write to a table that runs no code of its own leaves only sequence
+// state: the next user of the connection pays DISCARD SEQUENCES alone. A
+// write to a table whose trigger, rule, default, check, index expression
+// or cascade runs code pays the whole reset. PostgreSQL is the judge: the
+// next scope on the connection sees neither the setting the table's code
+// set nor the sequence state.
+func TestWriteResets(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "resets need consecutive scopes to share one server session")
+	cases := []struct {
+		name, query string
+		seqOnly     bool // the reset owed is DISCARD SEQUENCES alone
+	}{
+		{"insert", "INSERT INTO dmlw_plain (n) VALUES (1)", true},
+		{"insert returning", "INSERT INTO dmlw_plain AS p (n) VALUES (2) RETURNING id, tenant", true},
+		{"upsert", "INSERT INTO dmlw_plain (id, n) VALUES (1, 3) ON CONFLICT (id) DO UPDATE SET n = excluded.n RETURNING id", true},
+		{"update", "UPDATE dmlw_plain SET n = n + 1 WHERE id = 1", true},
+		{"update only", "UPDATE ONLY dmlw_plain SET n = n + 1 WHERE id = 1 RETURNING nextval('dmlw_plain_id_seq')", true},
+		{"delete", "DELETE FROM dmlw_plain WHERE id < 0", true},
+		{"foreign key", "INSERT INTO dmlw_fk (n, plain) SELECT 1, min(id) FROM dmlw_plain", true},
+		{"delete referenced", "DELETE FROM dmlw_plain WHERE id = -1", true},
+		{"quoted", `INSERT INTO "dmlw_plain" (n) VALUES (4)`, true},
+		{"trigger", "INSERT INTO dmlw_trig (n) VALUES (1)", false},
+		{"statement trigger", "DELETE FROM dmlw_stmt_trig WHERE false", false},
+		{"default", "INSERT INTO dmlw_def (n) VALUES (1)", false},
+		{"built-in default", "INSERT INTO dmlw_defb (n) VALUES (1)", false},
+		{"check", "INSERT INTO dmlw_chk (n) VALUES (1)", false},
+		{"index expression", "INSERT INTO dmlw_idx (n) VALUES (1)", false},
+		{"rule", "INSERT INTO dmlw_rule (n) VALUES (1)", false},
+		{"cascade", "DELETE FROM dmlw_parent WHERE id = 1", false},
+		{"inheritance", "UPDATE dmlw_inh SET n = n + 1", false},
+		{"view", "UPDATE dmlw_view SET n = 1", false},
+		{"function call", "INSERT INTO dmlw_plain (n, tenant) VALUES (5, dmlw_leak())", false},
+	}
+	eachExecMode(t, func(t *testing.T, mode string, _ int) {
+		env := newEnv(t)
+		dmlSchema(t, env)
+		p := onePoolInMode(t, env, mode, dbctx.Options{})
+		ctx := context.Background()
+		light := mode != "simple_protocol"
+		for i, tc := range cases {
+			if tc.name == "cascade" {
+				mustExec(t, env.Admin(), "INSERT INTO "+env.Schema()+".dmlw_parent VALUES (1, 1); INSERT INTO "+env.Schema()+".dmlw_child (parent) VALUES (1)")
+			}
+			if tc.name == "delete referenced" {
+				mustExec(t, env.Admin(), "INSERT INTO "+env.Schema()+".dmlw_fk (n, plain) SELECT 1, min(id) FROM "+env.Schema()+".dmlw_plain")
+			}
+			via := i % 4
+			err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+				return runWrite(ctx, s, tc.query, via)
+			})
+			if err != nil {
+				t.Fatalf("%s: %v", tc.name, err)
+			}
+			before := p.Stats()
+			err = p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+				var leak sql.NullString
+				if err := s.QueryRowContext(ctx, "SELECT current_setting('app.leak', true)").Scan(&leak); err != nil {
+					return err
+				}
+				if leak.String != "" {
+					t.Errorf("%s (via %d): the next scope sees app.leak = %q", tc.name, via, leak.String)
+				}
+				var n int64
+				err := s.QueryRowContext(ctx, "SELECT lastval()").Scan(&n)
+				var pe *pgconn.PgError
+				if !errors.As(err, &pe) || pe.Code != "55000" {
+					t.Errorf("%s (via %d): lastval() in the next scope: %d, %v; want it undefined", tc.name, via, n, err)
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatalf("%s: probe: %v", tc.name, err)
+			}
+			after := p.Stats()
+			if after.Resets != before.Resets+1 {
+				t.Errorf("%s: %d resets, want 1", tc.name, after.Resets-before.Resets)
+			}
+			want := int64(0)
+			if tc.seqOnly && light {
+				want = 1
+			}
+			if got := after.SequenceResets - before.SequenceResets; got != want {
+				t.Errorf("%s (via %d): %d resets of sequences alone, want %d", tc.name, via, got, want)
+			}
+		}
+	})
+}
+
+// runWrite runs query on s by one of four paths: database/sql's Exec and
+// QueryRow, pgx's Exec and Query.
+func runWrite(ctx context.Context, s *dbctx.Scope, query string, via int) error {
+	returning := strings.Contains(query, "RETURNING")
+	switch {
+	case via == 0 || via == 1 && !returning:
+		_, err := s.ExecContext(ctx, query)
+		return err
+	case via == 1:
+		rows, err := s.QueryContext(ctx, query)
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+		}
+		return errors.Join(rows.Err(), rows.Close())
+	case via == 2:
+		_, err := s.Exec(ctx, query)
+		return err
+	default:
+		rows, err := s.Query(ctx, query)
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+		}
+		rows.Close()
+		return rows.Err()
+	}
+}
+
+// The catalog is asked after every write, not remembered: a trigger added
+// to a table that ran no code makes the next write to it pay the whole
+// reset, and what the trigger set does not reach the next scope.
+func TestWriteResetsTriggerAdded(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "resets need consecutive scopes to share one server session")
+	env := newEnv(t)
+	dmlSchema(t, env)
+	// A table of its own: every table of a name is asked, in every schema.
+	mustExec(t, env.Admin(), "CREATE TABLE "+env.Schema()+".dmlw_added (id serial, n int)")
+	p := onePoolInMode(t, env, "cache_statement", dbctx.Options{})
+	ctx := context.Background()
+	write := func() {
+		t.Helper()
+		if err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+			_, err := s.ExecContext(ctx, "INSERT INTO dmlw_added (n) VALUES (7)")
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	probe := func() string {
+		t.Helper()
+		var leak sql.NullString
+		if err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+			return s.QueryRowContext(ctx, "SELECT current_setting('app.leak', true)").Scan(&leak)
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return leak.String
+	}
+	write()
+	if leak := probe(); leak != "" {
+		t.Fatalf("app.leak = %q", leak)
+	}
+	seq := p.Stats().SequenceResets
+	if seq != 1 {
+		t.Fatalf("%d resets of sequences alone, want 1", seq)
+	}
+	mustExec(t, env.Admin(), fmt.Sprintf("CREATE TRIGGER dmlw_added AFTER INSERT ON %s.dmlw_added FOR EACH ROW EXECUTE FUNCTION %[1]s.dmlw_trigger()", env.Schema()))
+	write()
+	if leak := probe(); leak != "" {
+		t.Errorf("after a trigger was added: app.leak = %q in the next scope", leak)
+	}
+	if got := p.Stats().SequenceResets; got != seq {
+		t.Errorf("after a trigger was added: %d more resets of sequences alone, want 0", got-seq)
+	}
+}
