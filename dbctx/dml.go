@@ -1,6 +1,9 @@
 package dbctx
 
 import (
+	"context"
+	"errors"
+
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 )
@@ -41,6 +44,13 @@ import (
 // 16384) other than set_config, setseed and the session advisory locks.
 // What row-level security policies call is not seen, as for a SELECT
 // (see the package doc).
+//
+// The check reads the catalog tables every role may read unless an
+// administrator revoked that: were it refused, the write's transaction
+// would fail with it. So a pool asks it once alone, outside a transaction,
+// before the first write it follows (Pool.dmlAllowed); refused
+// (insufficient_privilege), the pool never asks it again, warns once, and
+// its writes owe the whole reset as before.
 //
 // The check runs only where the reset is dbscope's to choose: a pgx
 // connection in a mode of the extended protocol, not under
@@ -149,12 +159,12 @@ func nameOf(t token) (string, bool) {
 // (kindSeq) until the check answers otherwise (dmlOpen, dmlChecked). The
 // runner finds the table in c.dml; one that does not run the check
 // leaves the write counted whole at the boundary.
-func (s *Scope) noteWrite(c *session, st *stmt) queryKind {
+func (s *Scope) noteWrite(ctx context.Context, c *session, st *stmt) queryKind {
 	if st.kind&kindDML == 0 || !s.pool.lightWrites(c) {
 		return st.kind
 	}
 	t, ok := writeTarget(st.query)
-	if !ok {
+	if !ok || !s.pool.dmlAllowed(ctx, c) {
 		return st.kind
 	}
 	c.dml = t
@@ -233,3 +243,42 @@ func (r *result) readDMLCheck() (bool, error) {
 	_, err = rr.Close()
 	return inert && err == nil, err
 }
+
+// dmlAllowed reports whether the pool's role may ask the catalog check:
+// asked once alone on c, where c is outside a transaction (see above).
+func (pl *Pool) dmlAllowed(ctx context.Context, c *session) bool {
+	switch pl.dmlCheck.Load() {
+	case dmlCheckOK:
+		return true
+	case dmlCheckRefused:
+		return false
+	}
+	if c.pc.TxStatus() != 'I' {
+		return false // not known yet: the write counts whole
+	}
+	var err error
+	if lerr := withLock(c.pin.conn, func() error {
+		err = c.pc.ExecParams(ctx, dmlCheckSQL, [][]byte{{}, []byte("pg_class")}, nil, nil, nil).Read().Err
+		return nil
+	}); lerr != nil {
+		return false
+	}
+	var pe *pgconn.PgError
+	switch {
+	case err == nil:
+		pl.dmlCheck.Store(dmlCheckOK)
+		return true
+	case errors.As(err, &pe) && pe.Code == "42501": // insufficient_privilege
+		if pl.dmlCheck.Swap(dmlCheckRefused) != dmlCheckRefused {
+			pl.opts.Logger.Warn("dbctx: the role cannot read the catalog tables a write's check reads (pg_class, pg_trigger, pg_attribute, pg_type, pg_attrdef, pg_constraint, pg_index, pg_namespace); every write owes the whole session reset", "err", err)
+		}
+	}
+	return false
+}
+
+// Pool.dmlCheck's states.
+const (
+	dmlCheckUnknown int32 = iota
+	dmlCheckOK
+	dmlCheckRefused
+)

@@ -5,10 +5,12 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"testing"
 
 	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/internal/dbtest"
 	"github.com/dbscope/dbscope/internal/pgtest"
 	"github.com/jackc/pgx/v5/pgconn"
 )
@@ -220,5 +222,61 @@ func TestWriteResetsTriggerAdded(t *testing.T) {
 	}
 	if got := p.Stats().SequenceResets; got != seq {
 		t.Errorf("after a trigger was added: %d more resets of sequences alone, want 0", got-seq)
+	}
+}
+
+// Where the role may not read a catalog table the check reads, writes
+// still succeed: the pool asks the check once alone, is refused, warns
+// once, and its writes owe the whole reset.
+func TestWriteCheckRefused(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "resets need consecutive scopes to share one server session")
+	env := newEnv(t)
+	dsn := env.Database(t)
+	own := openDSN(t, dsn)
+	// Still a superuser here (pgtest's roles are): revoke, in this
+	// database of the test's own, and make a table.
+	mustExec(t, own, "REVOKE SELECT ON pg_catalog.pg_trigger FROM PUBLIC")
+	mustExec(t, own, "CREATE TABLE public.dmlw_refused (id serial, n int)")
+	own.Close()
+	mustExec(t, env.Admin(), `ALTER ROLE "`+env.Role()+`" NOSUPERUSER`)
+
+	logs, logger := dbtest.NewLogs()
+	p := poolInMode(t, env, dsn, "cache_statement", dbctx.Options{Logger: logger})
+	ctx := context.Background()
+	err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+		// The refusal is real: the check alone fails.
+		_, err := s.Exec(ctx, "SELECT count(*) FROM pg_catalog.pg_trigger")
+		var pe *pgconn.PgError
+		if !errors.As(err, &pe) || pe.Code != "42501" {
+			t.Errorf("reading pg_trigger: %v, want insufficient_privilege", err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+			_, err := s.ExecContext(ctx, "INSERT INTO public.dmlw_refused (n) VALUES ($1)", i)
+			return err
+		}); err != nil {
+			t.Fatalf("write %d: %v", i, err)
+		}
+	}
+	var n int
+	if err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+		return s.QueryRowContext(ctx, "SELECT count(*) FROM public.dmlw_refused").Scan(&n)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if n != 3 {
+		t.Errorf("%d rows, want 3", n)
+	}
+	if st := p.Stats(); st.SequenceResets != 0 || st.Resets < 3 {
+		t.Errorf("%d resets, %d of sequences alone; want the 3 writes' whole resets", st.Resets, st.SequenceResets)
+	}
+	if got := logs.Count(slog.LevelWarn, "dbctx: the role cannot read the catalog"); got != 1 {
+		t.Errorf("%d warnings of the refused check, want 1", got)
 	}
 }

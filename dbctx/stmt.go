@@ -85,7 +85,7 @@ func (s *Scope) execLocked(ctx context.Context, st *stmt, run runner) error {
 	p, err := s.owed(ctx, c, st, begin)
 	if err == nil {
 		// Noted before it runs: failing or not, it may leave state.
-		c.pin.seen |= s.noteWrite(c, st)
+		c.pin.seen |= s.noteWrite(ctx, c, st)
 		err = run(s.stmtCtx(ctx, st.how), c, p)
 		c.dml = dmlTarget{}
 	}
@@ -102,7 +102,7 @@ func (s *Scope) execLocked(ctx context.Context, st *stmt, run runner) error {
 			break
 		}
 		if p, err = s.owed(ctx, c, st, begin); err == nil {
-			c.pin.seen |= s.noteWrite(c, st)
+			c.pin.seen |= s.noteWrite(ctx, c, st)
 			err = run(s.stmtCtx(ctx, st.how), c, p)
 			c.dml = dmlTarget{}
 		}
