@@ -623,7 +623,7 @@ func (o *corpusCluster) runFile(t *testing.T, db string, f pgcorpus.File, sample
 		u.sqls = append(u.sqls, step.SQL)
 		u.kind |= o.classify(step.SQL)
 		s.spelled(step.SQL)
-		execErr := s.exec(ctx, step.SQL, script.CopyData)
+		s.exec(ctx, step.SQL, script.CopyData)
 		if s.pc.IsClosed() {
 			tally.count(func() { tally.lost++ })
 			u = corpusUnit{file: f.Name}
@@ -640,13 +640,6 @@ func (o *corpusCluster) runFile(t *testing.T, db string, f pgcorpus.File, sample
 		}
 		u.left, u.hadTemp = s.left(before, after), hasTemp(before)
 		tally.judge(u, false)
-		if len(u.sqls) == 1 && u.kind&kindDML != 0 && execErr == nil {
-			if tgt, ok := writeTarget(step.SQL); ok {
-				if inert, err := s.dmlInert(ctx, tgt); err == nil {
-					tally.judgeWrite(u, inert)
-				}
-			}
-		}
 		if len(u.sqls) == 1 && (len(u.left) > 0 || r.IntN(sample) == 0) {
 			var mutants []pgcorpus.Mutant
 			mutants = append(mutants, pgcorpus.Wrap(step.SQL, n, r)...)
@@ -785,8 +778,6 @@ type corpusTally struct {
 	excusedByPrefix       map[string]int
 	mutantsByAxis         map[string]int
 	explain, explainDirty int // corpus units of EXPLAIN that left nothing, and those classified dirty
-	writes, seqOnly       int // writes the catalog was asked about (dml.go), and those it found running no code
-	writeMisses           int
 }
 
 func newCorpusTally(errorf func(format string, args ...any)) *corpusTally {
@@ -853,36 +844,6 @@ func (c *corpusTally) judge(u corpusUnit, mutant bool) {
 	}
 }
 
-// judgeWrite judges the catalog check of dml.go on u, a write that ran
-// without an error: where the check found its table running no code of
-// its own (inert), what u left must be sequence state alone, all that
-// the reset then owed (DISCARD SEQUENCES) clears.
-func (c *corpusTally) judgeWrite(u corpusUnit, inert bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.writes++
-	if !inert {
-		return
-	}
-	c.seqOnly++
-	if slices.ContainsFunc(u.left, func(item string) bool { return stateClass(item) != "sequence" }) {
-		c.writeMisses++
-		c.misses++
-		c.errorf("write miss (the catalog check found no code): %s", &u)
-	}
-}
-
-// dmlInert runs the catalog check of dml.go for t on s.
-func (s *oracleSession) dmlInert(ctx context.Context, t dmlTarget) (bool, error) {
-	ctx, cancel := context.WithTimeout(ctx, corpusStepTimeout)
-	defer cancel()
-	res := s.pc.ExecParams(ctx, dmlCheckSQL, [][]byte{[]byte(t.schema), []byte(t.name)}, nil, nil, nil).Read()
-	if res.Err != nil {
-		return false, res.Err
-	}
-	return len(res.Rows) == 1 && string(res.Rows[0][0]) == "t", nil
-}
-
 // unitPrefix is the first two words of a unit, upper case, for the report.
 func unitPrefix(u corpusUnit) string {
 	var words []string
@@ -944,8 +905,6 @@ func (c *corpusTally) report(logf func(format string, args ...any), took time.Du
 		logf("  %s: %d", axis, c.mutantsByAxis[axis])
 	}
 	logf("left state: %d; misses: %d; pooling misses: %d", c.leftState, c.misses, c.tpMisses)
-	logf("writes whose catalog was asked (dml.go): %d, of which it found %d running no code (their reset: DISCARD SEQUENCES); write misses: %d",
-		c.writes, c.seqOnly, c.writeMisses)
 	for _, why := range slices.Sorted(maps.Keys(c.excused)) {
 		logf("excused (%s): %d", why, c.excused[why])
 	}

@@ -235,42 +235,13 @@
 // dirty. The settings a unit of work declares ([Setting]) make nothing
 // dirty: dbscope applied them, and knows them.
 //
-// Writes: an INSERT, UPDATE or DELETE of one named table whose text is
-// otherwise clean (no function but those built-ins, nextval and setval; no
-// other write in it; not in a CTE; one statement) is followed, in its own
-// round trip and transaction, by a question to the catalog: does the
-// table run code of its own? If every relation of that name (in the
-// schema named, or in any schema) is a plain table with no trigger but
-// the foreign-key checks that only read, no rule, no child table, no
-// column of a type of the user's but enums, no exclusion constraint, no
-// index on an operator class of the user's, and no default, generated
-// column, check constraint or index expression that calls anything but
-// built-in functions and operators other than set_config, setseed and the
-// session advisory locks, the write left its sequence state alone, and
-// the reset owed is DISCARD SEQUENCES, one statement in the next user's
-// round trip (Stats.SequenceResets); else the whole reset, as for any
-// write. The answer cannot go stale: the write holds its lock on the table
-// until its transaction ends, every change that could add code to it
-// (CREATE TRIGGER, CREATE RULE, ALTER TABLE, CREATE INDEX) waits for that
-// lock, and the question is asked after the write in the same transaction
-// under READ COMMITTED (under REPEATABLE READ or SERIALIZABLE, which read
-// the catalog as of the transaction's start, the answer is no). The
-// question costs PostgreSQL a few index lookups per write; a write whose
-// table name many schemas share asks about each. It is asked on pgx's
-// driver in the extended protocol's modes, with the default
-// [Options.ResetSQL] and without [Options.ResetAlways], not under
-// TransactionPooling (which resets nothing), and not for a write in
-// [Scope.SendBatch] or [Scope.CopyFrom].
-//
 // PostgreSQL is the judge of this reading: TestCorpusOracle runs
 // PostgreSQL's own regression SQL, and mutants of it along the axes of
 // its grammar (keywords in every name position, statements inside EXPLAIN
 // ANALYZE, PREPARE and EXECUTE, CREATE … AS, DO and rules, case, quotes
 // and comments, standard_conforming_strings switched before them), and
 // asks PostgreSQL after each whether the session changed; a statement that
-// changed it and was read as clean fails the test, as does a write whose
-// table the catalog question found running no code and that left more
-// than sequence state.
+// changed it and was read as clean fails the test.
 //
 // Not seen: session state changed by code PostgreSQL runs for a statement
 // without its text naming it: a view's or a row-level-security policy's

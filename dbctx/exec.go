@@ -46,14 +46,12 @@ func withLock(c *sql.Conn, f func() error) error {
 // round trip.
 type result struct {
 	pgx.Rows
-	s           *Scope
-	c           *session
-	p           *prefix          // what went before it, nil if nothing
-	br          pgx.BatchResults // the batch that carried it (simple_protocol)
-	rt          *roundTrip       // the round trip that carried it (extended protocol)
-	query       string
-	dml         dmlTarget // a write's table, whose catalog check follows it in rt (dml.go)
-	dmlPrepared string    // the name the check is prepared under in rt, if it is
+	s     *Scope
+	c     *session
+	p     *prefix          // what went before it, nil if nothing
+	br    pgx.BatchResults // the batch that carried it (simple_protocol)
+	rt    *roundTrip       // the round trip that carried it (extended protocol)
+	query string
 }
 
 // finish closes the rows, reads to the end of the round trip and records
@@ -61,9 +59,6 @@ type result struct {
 func (r *result) finish() error {
 	r.Rows.Close()
 	err := r.Rows.Err()
-	if r.dml.name != "" {
-		err = r.dmlChecked(err)
-	}
 	switch {
 	case r.br != nil:
 		err = errors.Join(err, r.br.Close())
@@ -94,16 +89,7 @@ func (r *result) end() error {
 // database/sql's results. Under c's lock.
 func (s *Scope) pgxQuery(ctx context.Context, c *session, p *prefix, query string, args []any, sqlFormats bool) (result, error) {
 	res := result{s: s, c: c, query: query}
-	if c.dml.name != "" {
-		// A write, its catalog check after it (dml.go).
-		res.dml, c.dml = c.dml, dmlTarget{}
-		if p == nil {
-			c.dmlPrefix = prefix{}
-			p = &c.dmlPrefix
-		}
-		p.dmlCheck = true
-	}
-	if p.empty() && res.dml.name == "" {
+	if p.empty() {
 		if sqlFormats {
 			a := make([]any, 1+len(args))
 			a[0] = sqlResultFormats
@@ -193,9 +179,6 @@ func (s *Scope) pgconnQuery(ctx context.Context, res *result, args []any, sqlFor
 		default:
 			rt.sendParams(query, eqb.ParamValues, sd.ParamOIDs, eqb.ParamFormats, formats)
 		}
-		if res.dml.name != "" {
-			res.dmlPrepared = c.sendDMLCheck(rt, res.dml, named)
-		}
 		reached := 0
 		err := rt.send(ctx, c)
 		if err == nil {
@@ -235,7 +218,7 @@ func join(a, b error) error {
 // pgxExec runs a statement that returns no rows on c, after p. Under c's
 // lock.
 func (s *Scope) pgxExec(ctx context.Context, c *session, p *prefix, query string, args []any) (pgconn.CommandTag, error) {
-	if p.empty() && c.dml.name == "" {
+	if p.empty() {
 		return c.px.Exec(ctx, query, args...)
 	}
 	res, err := s.pgxQuery(ctx, c, p, query, args, false)

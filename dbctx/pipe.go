@@ -93,8 +93,6 @@ func (pl *Pool) startPrefix(ctx context.Context, c *session, rt *roundTrip, p *p
 			c.sds = append(c.sds, sd)
 			pipeline = pipeline || sd == nil
 		})
-		// A write's catalog check, prepared the first time (dml.go).
-		pipeline = pipeline || p.dmlCheck && c.prep[dmlCheckSQL] == nil
 	}
 	if pipeline {
 		rt.pl = c.pc.StartPipeline(ctx)

@@ -50,7 +50,6 @@ type Pool struct {
 	stmtErrOnce   sync.Once   // see pgxStatementError
 
 	resetStmts []string       // ResetSQL's statements, sent one by one (prefix.go)
-	dmlCheck   atomic.Int32   // whether its role may ask a write's catalog check: dmlCheckUnknown, OK or Refused (dml.go)
 	cleaning   sync.WaitGroup // connections being cleaned on their way back (keep.go)
 	bridgeOnce sync.Once      // see bridge.go
 	bridgeDB   *bridge

@@ -46,7 +46,6 @@ type session struct {
 	applied  []setting // session-level settings applied, by name
 	resetDue bool      // an earlier scope left state: reset before anything runs
 	sweepDue bool      // and the reset deallocates statements PREPAREd in SQL
-	seqOnly  bool      // and the reset is DISCARD SEQUENCES alone: writes left only sequence state (dml.go)
 	descs    descCache // statement descriptions, for the prefixed database/sql queries
 
 	// The statements prepared on the connection (pipe.go).
@@ -56,13 +55,6 @@ type session struct {
 	reads  []pipeRead                              // what a pipeline sends back
 	sds    []*pgconn.StatementDescription          // a prefix's, in order, while it is queued
 	params [][]byte                                // a set_config's parameters
-
-	// A write's catalog check (dml.go): the table of the statement about
-	// to run, for the runner to check after it; the prefix it runs with
-	// where nothing else is owed; the check's parameters.
-	dml       dmlTarget
-	dmlPrefix prefix
-	dmlParams [2][]byte
 
 	// What the connection's tracer is told (observe.go).
 	send sending         // what PreludeOf returns, while a statement is sent
@@ -106,10 +98,6 @@ type pin struct {
 	txs   []*sql.Tx   // BeginTx's
 	stmts []*sql.Stmt // PrepareContext's
 	leak  *time.Timer // see leak.go
-
-	// Writes whose catalog check has not answered (dml.go): until it
-	// has, each counts as kindState | kindCode at the boundary.
-	dmlOpen int
 }
 
 // txOver forgets the settings of the transaction that ended.

@@ -85,9 +85,8 @@ func (s *Scope) execLocked(ctx context.Context, st *stmt, run runner) error {
 	p, err := s.owed(ctx, c, st, begin)
 	if err == nil {
 		// Noted before it runs: failing or not, it may leave state.
-		c.pin.seen |= s.noteWrite(ctx, c, st)
+		c.pin.seen |= st.kind
 		err = run(s.stmtCtx(ctx, st.how), c, p)
-		c.dml = dmlTarget{}
 	}
 	retries := maxRetries
 	if c.pin.unchecked {
@@ -102,9 +101,8 @@ func (s *Scope) execLocked(ctx context.Context, st *stmt, run runner) error {
 			break
 		}
 		if p, err = s.owed(ctx, c, st, begin); err == nil {
-			c.pin.seen |= s.noteWrite(ctx, c, st)
+			c.pin.seen |= st.kind
 			err = run(s.stmtCtx(ctx, st.how), c, p)
-			c.dml = dmlTarget{}
 		}
 	}
 	err = s.observe(ctx, err, first)
