@@ -48,10 +48,16 @@ server_flags() {
 	case $1 in
 	plain) ;;
 	tenant) echo "-tenant -tenants $tenants" ;;
-	write) echo "-write" ;;
-	write+tenant) echo "-write -tenant -tenants $tenants" ;;
+	write) echo "-write $(plain_writes)" ;;
+	write+tenant) echo "-write -tenant -tenants $tenants $(plain_writes)" ;;
 	*) echo "$(basename "$0"): unknown workload $1 (want plain, tenant, write or write+tenant)" >&2; exit 1 ;;
 	esac
+}
+# plain_writes: -plain-writes where PLAIN_WRITES=1 (dbctx.Options.PlainWrites
+# in the dbscope modes; raw and pgxpool ignore it).
+plain_writes() {
+	[ "${PLAIN_WRITES:-0}" = 1 ] && echo "-plain-writes"
+	return 0
 }
 load_flags() {
 	case $1 in

@@ -11,6 +11,7 @@
 #   TENANT=5 IDLE=0 bench/run.sh      # each mode without and with -tenant (5 tenants)
 #   WRITE=1 IDLE=0 bench/run.sh       # the write workload (-write)
 #   TENANT=5 WRITE=1 WRITE_MESSAGES=500 IDLE=0 bench/run.sh   # both, side by side with the items workload
+#   PLAIN_WRITES=1 VARIANTS=write IDLE=0 bench/run.sh   # the dbscope modes with dbctx.Options.PlainWrites
 #   VARIANTS="write write+tenant" TENANT=5 bench/run.sh   # the workloads to run, of plain, tenant, write, write+tenant
 #
 # Workloads (VARIANTS): plain is the items workload; tenant adds -tenant

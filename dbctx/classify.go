@@ -85,6 +85,19 @@ const (
 	// it see, so the settings a context declares are applied again.
 	kindTxSet
 
+	// kindDML is an INSERT, UPDATE or DELETE whose text is otherwise
+	// clean (no other statement in it, no other write, no function but
+	// the harmless built-ins, nextval and setval): the state it may leave
+	// is its sequence values and what its table's own code does
+	// (triggers, rules, defaults, constraints). It stays kindState |
+	// kindCode, unless Options.PlainWrites says the schema's code leaves
+	// nothing: then it is kindSeq.
+	kindDML
+
+	// kindSeq leaves sequence state alone: its reset is DISCARD
+	// SEQUENCES. Never the classifier's answer (see kindDML).
+	kindSeq
+
 	// kindUtility is what a statement is that the classifier knows but
 	// does not read further: DDL, COPY, ANALYZE, GRANT…
 	kindUtility = kindState | kindOnce | kindCode
@@ -141,7 +154,11 @@ func classify(query string) queryKind {
 	if strings.IndexByte(query, '\\') >= 0 {
 		// Off, a backslash escapes a quote in '…' too, which moves where
 		// strings end: what is code one way is a string the other.
-		k |= classifyAs(query, true)
+		k2 := classifyAs(query, true)
+		if k&k2&kindDML == 0 {
+			k, k2 = k&^kindDML, k2&^kindDML // kindDML only where both readings say so
+		}
+		k |= k2
 	}
 	return k
 }
@@ -574,6 +591,10 @@ type classifier struct {
 	intoAt           int // place of INTO (0: none)
 	cursorAt         int // DECLARE: place of CURSOR (0: not yet)
 
+	// An INSERT, UPDATE or DELETE (not under EXPLAIN), and whether
+	// anything in it but its own first words writes (see kindDML).
+	dml, dmlOther bool
+
 	// set_config(…) under way: the depth inside its parentheses (0: none),
 	// the argument being read, and whether the argument so far is one
 	// token meaning true.
@@ -608,6 +629,7 @@ func (c *classifier) run() {
 			c.endStatement()
 			if c.stmts > 1 {
 				c.kind |= kindOnce | kindAlone
+				c.kind &^= kindDML
 			}
 			return
 		case tBad:
@@ -641,6 +663,10 @@ func (c *classifier) endStatement() {
 			if c.temp && !c.commitDrop {
 				k |= kindSessionState
 			}
+		}
+		const other = kindCode | kindSession | kindPoison | kindOnce | kindAlone | kindBegin
+		if c.dml && !c.dmlOther && c.ck&other == 0 && c.sk&(other&^kindCode) == 0 && c.cfgDepth == 0 {
+			k |= kindDML
 		}
 		c.kind |= k
 	}
@@ -845,6 +871,7 @@ func (c *classifier) startStatement(t token) {
 		// Sequence values, and triggers.
 		c.read = true // a call in it is still a call
 		c.sk |= kindState | kindCode
+		c.dml = c.explain == explainNone && !t.is("merge")
 	case "set", "prepare", "deallocate", "discard":
 		// Decided by the next word (second).
 	case "reset", "listen", "unlisten":
@@ -937,17 +964,23 @@ func (c *classifier) readWord(t token) {
 	if !ok {
 		return
 	}
+	own := c.dml && c.depth == 0
 	switch string(w) {
 	case "update":
 		// FOR UPDATE, FOR NO KEY UPDATE lock rows for the transaction.
 		if !c.p1.is("for") && !c.p1.is("key") {
 			c.sk |= kindState | kindCode
+			// An UPDATE's first word, and an INSERT's ON CONFLICT DO
+			// UPDATE, which updates its table.
+			c.dmlOther = c.dmlOther || !(own && (c.pos == 0 || c.p1.is("do") && c.first.is("insert")))
 		}
 	case "insert", "delete", "merge":
 		c.sk |= kindState | kindCode
+		c.dmlOther = c.dmlOther || !(own && c.pos == 0)
 	case "into":
 		c.sk |= kindState
 		c.intoAt = c.pos
+		c.dmlOther = c.dmlOther || !(own && c.pos == 1 && c.first.is("insert"))
 	}
 }
 
@@ -960,6 +993,9 @@ func (c *classifier) call() {
 	}
 	if n.kind != tWord && n.kind != tQuoted && n.kind != tOpaque {
 		return
+	}
+	if c.depth == 0 && c.first.is("insert") && c.obj.is("into") && (c.pos == 3 || c.pos == 5 && c.p2.kind == tDot) {
+		return // INSERT INTO [schema.]name (columns)
 	}
 	if c.p2.kind == tDot {
 		// schema.name(…): a built-in only as pg_catalog.name.
@@ -979,6 +1015,8 @@ func (c *classifier) call() {
 	}
 	p := c.p2
 	switch {
+	case n.is("conflict") && p.is("on"):
+		return // ON CONFLICT (columns)
 	case p.operand() || p.is("as"):
 		// An alias with column names: FROM t AS x(a, b), FROM t x(a);
 		// count(*) FILTER (…), … OVER (…), t JOIN (…).

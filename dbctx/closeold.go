@@ -195,6 +195,9 @@ func (s *Scope) giveBack(ctx context.Context) error {
 		return nil
 	}
 	tp := p.opts.TransactionPooling
+	if c.px == nil && c.pin.seen&kindSeq != 0 {
+		c.pin.seen |= kindState // the lighter reset is pgx's only
+	}
 	if !tp && !c.dirty() && c.changed() {
 		// Something the scope ran changed the session user without the
 		// classifier seeing it: a view's or an operator's code, say.
@@ -218,7 +221,7 @@ func (s *Scope) giveBack(ctx context.Context) error {
 		if c.px != nil {
 			// Owed by the connection's next user, in its first round
 			// trip (prefix.go), or before it goes back to the *sql.DB.
-			c.resetDue = true
+			c.resetDue, c.seqOnly = true, false
 			c.sweepDue = c.sweepDue || sweep
 		} else {
 			ctx, cancel := cleanupCtx(ctx)
@@ -229,6 +232,12 @@ func (s *Scope) giveBack(ctx context.Context) error {
 				return fmt.Errorf("dbctx: resetting session: %w", err)
 			}
 		}
+	}
+	if !tp && !c.dirty() && c.pin.seen&kindSeq != 0 {
+		// Writes that left only sequence state (Options.PlainWrites): a
+		// lighter reset, unless a whole one is owed already.
+		c.seqOnly = !c.resetDue || c.seqOnly
+		c.resetDue = true
 	}
 	c.released = monotonic()
 	p.c.givenBack.Add(1)

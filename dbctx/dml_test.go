@@ -9,6 +9,7 @@ import (
 
 	"github.com/dbscope/dbscope/dbctx"
 	"github.com/dbscope/dbscope/internal/pgtest"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
@@ -160,4 +161,102 @@ func runWrite(ctx context.Context, s *dbctx.Scope, query string, via int) error 
 		rows.Close()
 		return rows.Err()
 	}
+}
+
+// With Options.PlainWrites, a write whose text is otherwise clean leaves
+// only its sequence values: the next scope on the connection gets them
+// discarded (lastval undefined), pays DISCARD SEQUENCES alone, and finds
+// the settings it declares still applied (no set_config sent). What the
+// text shows still counts: a call of a user function, a SET beside the
+// write in a batch. And the schema's code is the user's word: a trigger
+// that sets a setting leaks it, as the option says.
+func TestPlainWrites(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "resets need consecutive scopes to share one server session")
+	eachExecMode(t, func(t *testing.T, mode string, _ int) {
+		env := newEnv(t)
+		dmlSchema(t, env)
+		p := onePoolInMode(t, env, mode, dbctx.Options{PlainWrites: true})
+		ctx := tenant.With(context.Background(), "t1")
+		probe := func(what string) (leak string) {
+			t.Helper()
+			err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+				var l, got sql.NullString
+				if err := s.QueryRowContext(ctx, "SELECT current_setting('app.leak', true), current_setting('app.tenant', true)").Scan(&l, &got); err != nil {
+					return err
+				}
+				if got.String != "t1" {
+					t.Errorf("%s: the next scope's tenant is %q, want t1", what, got.String)
+				}
+				var n int64
+				err := s.QueryRowContext(ctx, "SELECT lastval()").Scan(&n)
+				var pe *pgconn.PgError
+				if !errors.As(err, &pe) || pe.Code != "55000" {
+					t.Errorf("%s: lastval() in the next scope: %d, %v; want it undefined", what, n, err)
+				}
+				leak = l.String
+				return nil
+			})
+			if err != nil {
+				t.Fatalf("%s: probe: %v", what, err)
+			}
+			return leak
+		}
+		for i, tc := range []struct {
+			name    string
+			run     func(ctx context.Context, s *dbctx.Scope) error
+			seqOnly bool
+			leak    string
+		}{
+			{"insert", func(ctx context.Context, s *dbctx.Scope) error {
+				return runWrite(ctx, s, "INSERT INTO dmlw_plain (n) VALUES (1) RETURNING id", 1)
+			}, true, ""},
+			{"update by pgx", func(ctx context.Context, s *dbctx.Scope) error {
+				return runWrite(ctx, s, "UPDATE dmlw_plain SET n = n + 1 WHERE id = (SELECT max(id) FROM dmlw_plain) RETURNING nextval('dmlw_plain_id_seq')", 3)
+			}, true, ""},
+			{"insert, select", func(ctx context.Context, s *dbctx.Scope) error {
+				if err := runWrite(ctx, s, "INSERT INTO dmlw_fk (n, plain) SELECT 1, max(id) FROM dmlw_plain", 2); err != nil {
+					return err
+				}
+				var n int
+				return s.QueryRowContext(ctx, "SELECT count(*) FROM dmlw_fk").Scan(&n)
+			}, true, ""},
+			{"a user function in the text", func(ctx context.Context, s *dbctx.Scope) error {
+				return runWrite(ctx, s, "INSERT INTO dmlw_plain (n, tenant) VALUES (5, dmlw_leak())", 0)
+			}, false, ""},
+			{"a SET beside it in a batch", func(ctx context.Context, s *dbctx.Scope) error {
+				b := &pgx.Batch{}
+				b.Queue("SET app.leak = 'batch'")
+				b.Queue("INSERT INTO dmlw_plain (n) VALUES (6)")
+				return s.SendBatch(ctx, b).Close()
+			}, false, ""},
+			{"the user's word on a trigger", func(ctx context.Context, s *dbctx.Scope) error {
+				return runWrite(ctx, s, "INSERT INTO dmlw_trig (n) VALUES (1)", 0)
+			}, true, "trigger"},
+		} {
+			before := p.Stats()
+			if err := p.Do(ctx, tc.run); err != nil {
+				t.Fatalf("%s: %v", tc.name, err)
+			}
+			mid := p.Stats()
+			leak := probe(tc.name)
+			after := p.Stats()
+			if leak != tc.leak {
+				t.Errorf("%s: the next scope sees app.leak = %q, want %q", tc.name, leak, tc.leak)
+			}
+			want := int64(0)
+			if tc.seqOnly {
+				want = 1
+			}
+			if got := after.SequenceResets - before.SequenceResets; got != want || after.Resets-before.Resets != 1 {
+				t.Errorf("%s: %d resets, %d of sequences alone; want 1, %d", tc.name, after.Resets-before.Resets, got, want)
+			}
+			if tc.seqOnly && i > 0 && after.Settings != mid.Settings {
+				t.Errorf("%s: the next scope sent its settings again (%d round trips): DISCARD SEQUENCES keeps them", tc.name, after.Settings-mid.Settings)
+			}
+			if tc.leak != "" {
+				mustExec(t, env.Admin(), "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1", env.AppName())
+			}
+		}
+	})
 }

@@ -235,6 +235,17 @@
 // dirty. The settings a unit of work declares ([Setting]) make nothing
 // dirty: dbscope applied them, and knows them.
 //
+// Writes: an INSERT, UPDATE or DELETE may take sequence values and runs
+// its table's code (triggers, rules, the functions of defaults, checks and
+// index expressions), which the text does not show, so every write makes
+// its scope dirty and pays the whole reset. Where the schema's code is
+// known to leave no session state, [Options.PlainWrites] says so: a write
+// whose text is otherwise clean then owes DISCARD SEQUENCES alone, one
+// statement in the next user's round trip (Stats.SequenceResets); the
+// settings dbscope applied stay applied. (Asking the catalog after each
+// write whether its table runs code was tried: exact, but dearer to
+// PostgreSQL than the reset it spares; bench/README.md, "Writes".)
+//
 // PostgreSQL is the judge of this reading: TestCorpusOracle runs
 // PostgreSQL's own regression SQL, and mutants of it along the axes of
 // its grammar (keywords in every name position, statements inside EXPLAIN

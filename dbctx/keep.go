@@ -262,8 +262,8 @@ const msgCleaning = "dbctx: cleaning a connection before giving it back"
 // clean runs what c's last user left owed, alone: the reset (which clears
 // settings too), or the clearing of the settings dbscope applied.
 func (p *Pool) clean(ctx context.Context, c *session) error {
-	pre := &prefix{reset: c.resetDue, sweep: c.resetDue && c.sweepDue}
-	if !c.resetDue {
+	pre := &prefix{reset: c.resetDue, sweep: c.resetDue && c.sweepDue, seqOnly: c.resetDue && c.seqOnly}
+	if !c.resetDue || c.seqOnly {
 		pre.set = withResets(nil, c.applied)
 	}
 	err := withLock(c.pin.conn, func() error {
@@ -277,8 +277,12 @@ func (p *Pool) clean(ctx context.Context, c *session) error {
 	}
 	if pre.reset {
 		p.c.resets.Add(1)
-		c.resetDue, c.sweepDue = false, false
-		dropNotifications(c)
+		if pre.seqOnly {
+			p.c.seqResets.Add(1)
+		} else {
+			dropNotifications(c)
+		}
+		c.resetDue, c.sweepDue, c.seqOnly = false, false, false
 	}
 	c.applied = nil
 	return nil

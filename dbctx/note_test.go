@@ -21,6 +21,7 @@ func TestClassify(t *testing.T) {
 		A = kindAlone
 		Q = kindSeqRead
 		L = kindTxSet   // clean, but sets a setting for the rest of the transaction
+		D = kindDML     // with S | C: a write of one named table, otherwise clean
 		T = kindUtility // S | O | C
 		U = kindUnknown // S | O | C | A
 	)
@@ -145,9 +146,29 @@ func TestClassify(t *testing.T) {
 		{"SELECT 1 INTO TEMP t", S | X},
 		{"SELECT 1 INTO LOCAL TEMPORARY TABLE t", S | X},
 		{"SELECT 1 INTO t", S},
-		{"INSERT INTO t VALUES (1)", S | C},
-		{"UPDATE t SET x = 1", S | C},
-		{"DELETE FROM t", S | C},
+		{"INSERT INTO t VALUES (1)", S | C | D},
+		{"UPDATE t SET x = 1", S | C | D},
+		{"DELETE FROM t", S | C | D},
+		// Writes whose text is otherwise clean (kindDML): the catalog is
+		// asked about the table after them (dml.go).
+		{"INSERT INTO t (a, b) VALUES ($1, lower($2)) RETURNING id", S | C | D},
+		{`INSERT INTO s."T" (a) SELECT a FROM u WHERE b IN (1, 2)`, S | C | D},
+		{"INSERT INTO t AS x (a) VALUES (1) ON CONFLICT (a) DO UPDATE SET a = x.a + 1", S | C | D},
+		{"INSERT INTO t (id) VALUES (nextval('s'))", S | C | D},
+		{"UPDATE ONLY t SET a = 1 FROM u WHERE t.id = u.id", S | C | D},
+		{"DELETE FROM t USING u WHERE t.id = u.id RETURNING t.id", S | C | D},
+		// Not: a function of the user's, another write, several
+		// statements, a CTE, MERGE, EXPLAIN ANALYZE, pg_temp.
+		{"INSERT INTO t (a) VALUES (f(1))", S | C},
+		{"INSERT INTO t (a) SELECT set_config('x', 'y', false)", S | C | X},
+		{"UPDATE t SET a = (SELECT pg_advisory_lock(1))", S | C | X},
+		{"WITH d AS (DELETE FROM u RETURNING a) INSERT INTO t SELECT a FROM d", S | C},
+		{"INSERT INTO t VALUES (1); INSERT INTO t VALUES (2)", S | C | O | A},
+		{"MERGE INTO t USING u ON t.id = u.id WHEN MATCHED THEN DELETE", S | C},
+		{"EXPLAIN ANALYZE INSERT INTO t VALUES (1)", S | C},
+		{"INSERT INTO pg_temp.t VALUES (1)", S | C | X},
+		{"INSERT INTO t (a) VALUES ((SELECT a FROM u FOR UPDATE))", S | C | D},
+		{"UPDATE t SET (a, b) = (1, 2)", S | C | D},
 		{"WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d", S | C},
 		{"SELECT * FROM pg_temp.t", S | X},
 		{"SET LOCAL search_path = 'pg_temp, public'", S | X | L},
@@ -230,7 +251,7 @@ func kindString(k queryKind) string {
 		k    queryKind
 		name string
 	}{{kindState, "state"}, {kindBegin, "begin"}, {kindOnce, "once"}, {kindPoison, "poison"}, {kindCode, "code"}, {kindSession, "session"},
-		{kindAlone, "alone"}, {kindSeqRead, "seqread"}, {kindTxSet, "txset"}} {
+		{kindAlone, "alone"}, {kindSeqRead, "seqread"}, {kindTxSet, "txset"}, {kindDML, "dml"}} {
 		if k&f.k != 0 {
 			parts = append(parts, f.name)
 		}

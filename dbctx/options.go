@@ -55,6 +55,28 @@ type Options struct {
 	// of its own; on another driver it costs one per scope. Default: false.
 	ResetAlways bool
 
+	// PlainWrites says that the code the schema runs for a write (its
+	// tables' triggers and rules, the functions of their defaults,
+	// checks and index expressions, the views written through) leaves no
+	// session state: no set_config(…, false) or SET, no session advisory
+	// lock, no temporary table, no LISTEN, no PREPARE. The classifier
+	// cannot see that code, so by default every INSERT, UPDATE and DELETE
+	// makes its scope dirty, and the connection's next user pays the
+	// whole reset (the sweep's check, [DefaultResetSQL]'s seven
+	// statements): on a write workload, about as much of PostgreSQL's
+	// time as the write itself. With PlainWrites a write whose text is
+	// otherwise clean (one statement, no other write in it, no function
+	// but the harmless built-ins, nextval and setval) leaves only its
+	// sequence values, and the reset owed is DISCARD SEQUENCES alone
+	// (Stats.SequenceResets), in the same round trip as the next
+	// statement. A schema whose trigger does set a session setting, say,
+	// then leaks it to the next scope on that connection: set it only
+	// where the schema's code is known. It changes nothing under
+	// TransactionPooling, which resets nothing, nor with ResetAlways; on
+	// another driver than pgx's, the whole reset is still run. Default:
+	// false.
+	PlainWrites bool
+
 	// ResetSQL is what resets the session of a dirty connection, one or
 	// more statements (on pgx's driver they are sent one by one, in a
 	// transaction of their own or, after code ran, in cache_statement

@@ -36,6 +36,7 @@ import (
 // prefix is what is owed before one statement.
 type prefix struct {
 	reset, sweep bool      // run the reset of an earlier scope first (and sweep prepared statements)
+	seqOnly      bool      // the reset is DISCARD SEQUENCES alone (Options.PlainWrites)
 	check        bool      // sweep by a check first, the full sweep only where it fails (pipe.go)
 	shareTx      bool      // the reset may share the statement's transaction, if check (ownTx)
 	begin        bool      // begin Atomic's transaction
@@ -53,6 +54,9 @@ func (p *prefix) empty() bool { return p == nil || !p.reset && !p.begin && len(p
 func (pl *Pool) resetLen(p *prefix) int {
 	if !p.reset {
 		return 0
+	}
+	if p.seqOnly {
+		return 1
 	}
 	n := len(pl.resetStmts)
 	if p.ownTx() {
@@ -72,7 +76,7 @@ func (pl *Pool) resetLen(p *prefix) int {
 // statement prepared once on the connection (Pool.named): PostgreSQL
 // plans its subquery once, where unnamed it would cost more than the
 // BEGIN and COMMIT it saves.
-func (p *prefix) ownTx() bool { return p.begin || !p.check || !p.shareTx }
+func (p *prefix) ownTx() bool { return !p.seqOnly && (p.begin || !p.check || !p.shareTx) }
 
 // all is prefixDone's reached for a prefix every statement of which ran.
 const all = int(^uint(0) >> 1)
@@ -96,6 +100,9 @@ func (s *Scope) prefixFor(ctx context.Context, c *session, inTx, begin bool) (*p
 	} else {
 		p = s.prefixSession(c, want, c.resetDue)
 	}
+	if p != nil && p.reset && c.seqOnly {
+		p.seqOnly, p.sweep = true, false
+	}
 	if p != nil && p.sweep && c.px != nil && c.mode != pgx.QueryExecModeSimpleProtocol {
 		p.check = true
 		p.shareTx = s.pool.named(c)
@@ -107,14 +114,17 @@ func (s *Scope) prefixFor(ctx context.Context, c *session, inTx, begin bool) (*p
 // settings at session level, where the session does not carry them.
 func (s *Scope) prefixSession(c *session, want []setting, reset bool) *prefix {
 	base := c.applied
-	if reset {
+	if reset && !c.seqOnly {
 		base = nil // the reset clears what was applied
 	}
-	if !reset && !c.pin.unsure && !c.pin.handedOut && sameSettings(base, want) {
+	same := !c.pin.unsure && !c.pin.handedOut && sameSettings(base, want)
+	if !reset && same {
 		return nil
 	}
 	p := &prefix{reset: reset, sweep: reset && c.sweepDue, carry: want, keep: true}
-	p.set = withResets(want, base)
+	if !same {
+		p.set = withResets(want, base)
+	}
 	if !reset && len(p.set) == 0 {
 		return nil
 	}
@@ -143,7 +153,7 @@ func (s *Scope) prefixTx(c *session, want []setting, reset, inTx, begin bool) *p
 		// The transaction sees the session's values: those applied
 		// (unless reset first), which the settings override or clear.
 		base := c.applied
-		if reset || tp {
+		if reset && !c.seqOnly || tp {
 			base = nil
 		}
 		if !reset && !c.pin.unsure && !c.pin.txUnsure && !c.pin.handedOut && sameSettings(base, want) {
@@ -241,9 +251,13 @@ func (s *Scope) prefixDone(c *session, p *prefix, ok bool, reached int) {
 		// with the implicit transaction it shares, which committed
 		// (see prefixStatements).
 		s.pool.c.resets.Add(1)
-		c.applied = nil
-		c.resetDue, c.sweepDue = false, false
-		dropNotifications(c)
+		if p.seqOnly {
+			s.pool.c.seqResets.Add(1)
+		} else {
+			c.applied = nil
+			dropNotifications(c)
+		}
+		c.resetDue, c.sweepDue, c.seqOnly = false, false, false
 	}
 	if p.begin {
 		// Begun unless the reset before it failed; whatever happened to
@@ -299,6 +313,10 @@ func dropNotifications(c *session) {
 }
 
 // The statements of a prefix.
+
+// discardSequencesSQL is the reset where the scope left only sequence
+// state (Options.PlainWrites).
+const discardSequencesSQL = "DISCARD SEQUENCES"
 
 // sweepSQL deallocates the statements PREPAREd in SQL (pgx's own, made
 // through the protocol, are not from_sql and stay cached), in the reset of
@@ -400,7 +418,9 @@ func stringBytes(s string) []byte {
 // fails, rolls back with it and is owed still (prefixDone), as if it had
 // not run.
 func (pl *Pool) prefixStatements(p *prefix, yield func(sql string, set bool)) {
-	if p.reset {
+	if p.reset && p.seqOnly {
+		yield(discardSequencesSQL, false)
+	} else if p.reset {
 		switch {
 		case p.check && !p.ownTx():
 			yield(sweepCheckListenSQL, false)

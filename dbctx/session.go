@@ -46,6 +46,7 @@ type session struct {
 	applied  []setting // session-level settings applied, by name
 	resetDue bool      // an earlier scope left state: reset before anything runs
 	sweepDue bool      // and the reset deallocates statements PREPAREd in SQL
+	seqOnly  bool      // and the reset is DISCARD SEQUENCES alone: writes left only sequence state (Options.PlainWrites)
 	descs    descCache // statement descriptions, for the prefixed database/sql queries
 
 	// The statements prepared on the connection (pipe.go).

@@ -32,12 +32,16 @@ type Stats struct {
 	Misconfigured int64
 	Unavailable   int64
 
-	Acquired   int64 // connections pinned by scopes
-	GivenBack  int64 // connections given back clean (to the *sql.DB, or kept for the next scope)
-	Retries    int64 // statements run again on a fresh connection
-	Resets     int64 // session resets run (owed by a dirty scope, run before the next use of its connection)
-	RolledBack int64 // transactions left open that a boundary rolled back
-	Leaks      int64 // scopes reported by the leak detector
+	Acquired  int64 // connections pinned by scopes
+	GivenBack int64 // connections given back clean (to the *sql.DB, or kept for the next scope)
+	Retries   int64 // statements run again on a fresh connection
+	Resets    int64 // session resets run (owed by a dirty scope, run before the next use of its connection)
+	// SequenceResets counts, of Resets, those that were DISCARD SEQUENCES
+	// alone: the scope's writes left nothing but sequence state, their
+	// tables running no code of their own (see the package doc, "Writes").
+	SequenceResets int64
+	RolledBack     int64 // transactions left open that a boundary rolled back
+	Leaks          int64 // scopes reported by the leak detector
 
 	// Settings counts the round trips that carried set_config for the
 	// settings units of work declare ([Setting]) because the connection
@@ -128,6 +132,7 @@ type counters struct {
 	misconfigSeen                atomic.Bool // see Pool.connected
 	acquired, givenBack, retries atomic.Int64
 	resets, rolledBack, leaks    atomic.Int64
+	seqResets                    atomic.Int64
 	settings                     atomic.Int64
 	discarded                    [numDiscardReasons]atomic.Int64
 	waitBuckets                  [len(waitBounds)]atomic.Int64 // waits within waitBounds[i], not cumulative
@@ -145,24 +150,25 @@ func (p *Pool) Stats() Stats {
 		within[i] = n
 	}
 	return Stats{
-		WaitsWithin:   within,
-		MaxWorkers:    p.opts.MaxWorkers,
-		InUse:         int(c.inUse.Load()),
-		Waiting:       int(c.waiting.Load()),
-		Pinned:        int(c.pinned.Load()),
-		Kept:          p.keptNow(),
-		WaitCount:     c.waitCount.Load(),
-		WaitDuration:  time.Duration(c.waitNanos.Load()),
-		Busy:          c.busy.Load(),
-		Misconfigured: c.misconfigured.Load(),
-		Unavailable:   c.unavailable.Load(),
-		Acquired:      c.acquired.Load(),
-		GivenBack:     c.givenBack.Load(),
-		Retries:       c.retries.Load(),
-		Resets:        c.resets.Load(),
-		RolledBack:    c.rolledBack.Load(),
-		Leaks:         c.leaks.Load(),
-		Settings:      c.settings.Load(),
+		WaitsWithin:    within,
+		MaxWorkers:     p.opts.MaxWorkers,
+		InUse:          int(c.inUse.Load()),
+		Waiting:        int(c.waiting.Load()),
+		Pinned:         int(c.pinned.Load()),
+		Kept:           p.keptNow(),
+		WaitCount:      c.waitCount.Load(),
+		WaitDuration:   time.Duration(c.waitNanos.Load()),
+		Busy:           c.busy.Load(),
+		Misconfigured:  c.misconfigured.Load(),
+		Unavailable:    c.unavailable.Load(),
+		Acquired:       c.acquired.Load(),
+		GivenBack:      c.givenBack.Load(),
+		Retries:        c.retries.Load(),
+		Resets:         c.resets.Load(),
+		SequenceResets: c.seqResets.Load(),
+		RolledBack:     c.rolledBack.Load(),
+		Leaks:          c.leaks.Load(),
+		Settings:       c.settings.Load(),
 		Discarded: Discards{
 			Dead:     d(discardDead),
 			Broken:   d(discardBroken),

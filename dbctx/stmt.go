@@ -187,6 +187,12 @@ func (s *Scope) inTx(c *session) bool {
 // another text than the one classified.
 func (s *Scope) kindOf(query string, args []any) (queryKind, how) {
 	k := s.pool.notes.kind(query)
+	if k&kindDML != 0 && s.pool.opts.PlainWrites {
+		// Its table's code leaves nothing, the user says: only its
+		// sequence values (see Options.PlainWrites). Before the
+		// arguments, which may make it unknown.
+		k = k&^(kindState|kindCode) | kindSeq
+	}
 	var h how
 options:
 	for _, a := range args {

@@ -172,6 +172,7 @@ func ExampleRegisterMetrics() {
 	// dbscope.pool.acquired {connection}
 	// dbscope.pool.retries {statement}
 	// dbscope.pool.resets {reset}
+	// dbscope.pool.sequence_resets {reset}
 	// dbscope.pool.settings_applied {round_trip}
 	// dbscope.pool.rolled_back {transaction}
 	// dbscope.pool.leaks {scope}

@@ -143,6 +143,8 @@ var poolCounters = []struct {
 		func(s *dbctx.Stats) int64 { return s.Retries }},
 	{"dbscope.pool.resets", "Session resets run, owed by a dirty scope.", "{reset}",
 		func(s *dbctx.Stats) int64 { return s.Resets }},
+	{"dbscope.pool.sequence_resets", "Of the resets, those that were DISCARD SEQUENCES alone: the scope's writes left only sequence state.", "{reset}",
+		func(s *dbctx.Stats) int64 { return s.SequenceResets }},
 	{"dbscope.pool.settings_applied", "Round trips that carried set_config for the settings units of work declare (dbctx.Setting).", "{round_trip}",
 		func(s *dbctx.Stats) int64 { return s.Settings }},
 	{"dbscope.pool.rolled_back", "Transactions left open that a boundary rolled back.", "{transaction}",

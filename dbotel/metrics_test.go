@@ -169,6 +169,7 @@ func TestOwnMetrics(t *testing.T) {
 		"dbscope.pool.acquired":                    st.Acquired,
 		"dbscope.pool.retries":                     st.Retries,
 		"dbscope.pool.resets":                      st.Resets,
+		"dbscope.pool.sequence_resets":             st.SequenceResets,
 		"dbscope.pool.settings_applied":            st.Settings,
 		"dbscope.pool.rolled_back":                 st.RolledBack,
 		"dbscope.pool.leaks":                       st.Leaks,

@@ -47,6 +47,7 @@
 //	dbscope_given_back_total     connections given back clean
 //	dbscope_retries_total        statements run again on a fresh connection
 //	dbscope_resets_total         session resets
+//	dbscope_sequence_resets_total  of them, DISCARD SEQUENCES alone (writes that left only sequence state)
 //	dbscope_settings_applied_total  round trips that carried set_config for declared settings
 //	dbscope_rolled_back_total    transactions left open, rolled back at a boundary
 //	dbscope_leaks_total          scopes reported by the leak detector

@@ -75,6 +75,9 @@ var poolFamilies = []family[stats]{
 		func(s *stats) int64 { return s.Retries }),
 	counter("resets_total", "Session resets run, owed by a dirty scope: in the round trip of the connection's next use, or before it went back to the *sql.DB.",
 		func(s *stats) int64 { return s.Resets }),
+	counter("sequence_resets_total", "Of the resets, those that were DISCARD SEQUENCES alone: "+
+		"the scope's writes left only sequence state, their tables running no code of their own.",
+		func(s *stats) int64 { return s.SequenceResets }),
 	counter("settings_applied_total", "Round trips that carried set_config for the settings units of work declare (dbctx.Setting), "+
 		"their connection not carrying exactly the unit's; under TransactionPooling, every statement's.",
 		func(s *stats) int64 { return s.Settings }),

@@ -51,6 +51,7 @@ func main() {
 	flag.BoolVar(&cfg.Tenant, "tenant", false, "the tenant workload: /ws/items?tenant=T and /items/{id}?tenant=T look up tenant_items under row-level security as the role "+itemserver.TenantRole)
 	flag.IntVar(&cfg.Tenants, "tenants", itemserver.DefaultTenants, "with -tenant: tenants t1..tN that have rows")
 	flag.BoolVar(&cfg.Write, "write", false, "the write workload: each /ws/items frame and POST /items/{id} inserts a row")
+	flag.BoolVar(&cfg.PlainWrites, "plain-writes", false, "dbscope modes: dbctx.Options.PlainWrites (a write owes DISCARD SEQUENCES alone)")
 	flag.BoolVar(&cfg.TransactionPooling, "transaction-pooling", false, "dbscope's TransactionPooling: the database is behind PgBouncer in transaction mode")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	flag.Parse()

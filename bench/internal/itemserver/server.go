@@ -99,6 +99,11 @@ type Config struct {
 	// and each POST /items/{id}, inserts a row.
 	Write bool
 
+	// PlainWrites passes through to dbctx.Options: the writes table's
+	// code leaves no session state, so a write owes DISCARD SEQUENCES
+	// alone.
+	PlainWrites bool
+
 	// TransactionPooling passes through to dbctx.Options: the DSN goes
 	// through PgBouncer in transaction mode.
 	TransactionPooling bool
@@ -213,6 +218,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 			MaxWaiting:         cfg.MaxWaiting,
 			WaitTimeout:        cfg.WaitTimeout,
 			TransactionPooling: cfg.TransactionPooling,
+			PlainWrites:        cfg.PlainWrites,
 			Logger:             cfg.Logger,
 		})
 		s.scopeWork()

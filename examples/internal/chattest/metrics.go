@@ -69,6 +69,7 @@ func Metrics(t *testing.T, s *Server) {
 		"dbscope_given_back_total":                counter,
 		"dbscope_retries_total":                   counter,
 		"dbscope_resets_total":                    counter,
+		"dbscope_sequence_resets_total":           counter,
 		"dbscope_settings_applied_total":          counter,
 		"dbscope_rolled_back_total":               counter,
 		"dbscope_leaks_total":                     counter,
