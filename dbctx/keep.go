@@ -89,9 +89,10 @@ func (p *Pool) takeKept(pn *Pin, want []setting) (c *session, looked, ok bool) {
 }
 
 // unkeep takes a kept connection, or returns nil. It prefers, newest
-// first, one that owes no reset and whose session carries the settings
-// want already: the scope's statements then need no set_config, and no
-// reset, in their round trip. Many tenants over a few connections find
+// first, one whose session carries the settings want already and owes no
+// reset that clears them: the scope's statements then need no set_config
+// (and, but for DISCARD SEQUENCES after writes under
+// Options.PlainWrites, no reset) in their round trip. Many tenants over a few connections find
 // their own under load this way. Otherwise it takes one whose settings
 // are worth least to the scopes to come (see victim). The keep stays in
 // give-back order (sweep relies on it).
@@ -115,9 +116,10 @@ func (p *Pool) unkeep(want []setting) *session {
 }
 
 // carries reports whether c's session carries the settings want, with no
-// reset owed to clear them.
+// reset owed to clear them (DISCARD SEQUENCES, all that writes owe under
+// Options.PlainWrites, leaves them).
 func (c *session) carries(want []setting) bool {
-	return !c.resetDue && sameSettings(c.applied, want)
+	return (!c.resetDue || c.seqOnly) && sameSettings(c.applied, want)
 }
 
 // carrying returns the index of the newest kept connection that carries
@@ -145,7 +147,7 @@ func (kp *keepList) victim() int {
 	lo := max(0, n-victimScan)
 	for j := n - 1; j >= lo; j-- {
 		c := kp.conns[j]
-		if c.resetDue || len(c.applied) == 0 {
+		if c.resetDue && !c.seqOnly || len(c.applied) == 0 {
 			return j
 		}
 		for k := n - 1; k >= lo; k-- {
