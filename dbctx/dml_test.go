@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/internal/pgserver"
 	"github.com/dbscope/dbscope/internal/pgtest"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -259,4 +260,74 @@ func TestPlainWrites(t *testing.T) {
 			}
 		}
 	})
+}
+
+// Under PlainWrites a kept connection that owes DISCARD SEQUENCES alone
+// still carries its settings: a scope of the same tenant takes it over a
+// newer one that owes the same reset for another tenant, and sends no
+// set_config.
+func TestPlainWritesKeepSettings(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "resets need consecutive scopes to share one server session")
+	env := newEnv(t)
+	dmlSchema(t, env)
+	dsn, err := pgserver.WithParams(env.DSN(), "default_query_exec_mode", "cache_statement")
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := openDSN(t, dsn)
+	db.SetMaxOpenConns(2)
+	p := poolOn(t, env, db, &dbctx.Options{MaxWorkers: 2, PlainWrites: true})
+	t1 := tenant.With(context.Background(), "t1")
+	t2 := tenant.With(context.Background(), "t2")
+	write := func(ctx context.Context, s *dbctx.Scope) (int, error) {
+		var pid int
+		if _, err := s.ExecContext(ctx, "INSERT INTO dmlw_plain (n) VALUES (1)"); err != nil {
+			return 0, err
+		}
+		return pid, s.QueryRowContext(ctx, "SELECT pg_backend_pid()").Scan(&pid)
+	}
+	// t2 writes and holds its connection while t1 writes on the other;
+	// t1's is given back first, so t2's is the newest kept.
+	var pid1, pid2 int
+	wrote, release := make(chan struct{}), make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		done <- p.Do(t2, func(ctx context.Context, s *dbctx.Scope) error {
+			var err error
+			pid2, err = write(ctx, s)
+			close(wrote)
+			<-release
+			return err
+		})
+	}()
+	<-wrote
+	err = p.Do(t1, func(ctx context.Context, s *dbctx.Scope) error {
+		var err error
+		pid1, err = write(ctx, s)
+		return err
+	})
+	close(release)
+	if err := errors.Join(err, <-done); err != nil {
+		t.Fatal(err)
+	}
+	if pid1 == pid2 {
+		t.Skip("both units ran on one connection: nothing to choose between")
+	}
+	before := p.Stats()
+	var pid int
+	var got string
+	if err := p.Do(t1, func(ctx context.Context, s *dbctx.Scope) error {
+		return s.QueryRowContext(ctx, "SELECT pg_backend_pid(), current_setting('app.tenant')").Scan(&pid, &got)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	after := p.Stats()
+	if got != "t1" {
+		t.Fatalf("tenant %q, want t1", got)
+	}
+	if pid != pid1 || after.Settings != before.Settings {
+		t.Errorf("t1's next unit ran on backend %d (t1 wrote on %d, t2 on %d), sending set_config %d times; want t1's connection and none",
+			pid, pid1, pid2, after.Settings-before.Settings)
+	}
 }
