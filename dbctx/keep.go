@@ -91,8 +91,8 @@ func (p *Pool) takeKept(pn *Pin, want []setting) (c *session, looked, ok bool) {
 // unkeep takes a kept connection, or returns nil. It prefers, newest
 // first, one whose session carries the settings want already and owes no
 // reset that clears them: the scope's statements then need no set_config
-// (and, but for DISCARD SEQUENCES after writes under
-// Options.PlainWrites, no reset) in their round trip. Many tenants over a few connections find
+// (and, but for DISCARD SEQUENCES after writes under Options.PlainWrites,
+// no reset) in their round trip. Many tenants over a few connections find
 // their own under load this way. Otherwise it takes one whose settings
 // are worth least to the scopes to come (see victim). The keep stays in
 // give-back order (sweep relies on it).
@@ -278,13 +278,7 @@ func (p *Pool) clean(ctx context.Context, c *session) error {
 		return err
 	}
 	if pre.reset {
-		p.c.resets.Add(1)
-		if pre.seqOnly {
-			p.c.seqResets.Add(1)
-		} else {
-			dropNotifications(c)
-		}
-		c.resetDue, c.sweepDue, c.seqOnly = false, false, false
+		p.resetDone(c, pre.seqOnly)
 	}
 	c.applied = nil
 	return nil

@@ -250,14 +250,7 @@ func (s *Scope) prefixDone(c *session, p *prefix, ok bool, reached int) {
 		// Committed: in its own transaction, whatever came after it, or
 		// with the implicit transaction it shares, which committed
 		// (see prefixStatements).
-		s.pool.c.resets.Add(1)
-		if p.seqOnly {
-			s.pool.c.seqResets.Add(1)
-		} else {
-			c.applied = nil
-			dropNotifications(c)
-		}
-		c.resetDue, c.sweepDue, c.seqOnly = false, false, false
+		s.pool.resetDone(c, p.seqOnly)
 	}
 	if p.begin {
 		// Begun unless the reset before it failed; whatever happened to
@@ -295,6 +288,19 @@ func (s *Scope) prefixDone(c *session, p *prefix, ok bool, reached int) {
 		c.applied = p.carry
 		c.pin.unsure = p.taints
 	}
+}
+
+// resetDone records that the reset c owed ran (DISCARD SEQUENCES alone
+// where seqOnly, which leaves the settings applied).
+func (pl *Pool) resetDone(c *session, seqOnly bool) {
+	pl.c.resets.Add(1)
+	if seqOnly {
+		pl.c.seqResets.Add(1)
+	} else {
+		c.applied = nil
+		dropNotifications(c)
+	}
+	c.resetDue, c.sweepDue, c.seqOnly = false, false, false
 }
 
 // dropNotifications drops the notifications of channels an earlier scope

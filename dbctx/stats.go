@@ -37,8 +37,8 @@ type Stats struct {
 	Retries   int64 // statements run again on a fresh connection
 	Resets    int64 // session resets run (owed by a dirty scope, run before the next use of its connection)
 	// SequenceResets counts, of Resets, those that were DISCARD SEQUENCES
-	// alone: the scope's writes left nothing but sequence state, their
-	// tables running no code of their own (see the package doc, "Writes").
+	// alone: the scope's writes left nothing but sequence state
+	// ([Options.PlainWrites]).
 	SequenceResets int64
 	RolledBack     int64 // transactions left open that a boundary rolled back
 	Leaks          int64 // scopes reported by the leak detector
