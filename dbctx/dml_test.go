@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -114,12 +115,7 @@ func TestWriteResets(t *testing.T) {
 				if leak.String != "" {
 					t.Errorf("%s (via %d): the next scope sees app.leak = %q", tc.name, via, leak.String)
 				}
-				var n int64
-				err := s.QueryRowContext(ctx, "SELECT lastval()").Scan(&n)
-				var pe *pgconn.PgError
-				if !errors.As(err, &pe) || pe.Code != "55000" {
-					t.Errorf("%s (via %d): lastval() in the next scope: %d, %v; want it undefined", tc.name, via, n, err)
-				}
+				checkNoLastval(ctx, t, s, fmt.Sprintf("%s (via %d)", tc.name, via))
 				return nil
 			})
 			if err != nil {
@@ -131,6 +127,18 @@ func TestWriteResets(t *testing.T) {
 			}
 		}
 	})
+}
+
+// checkNoLastval fails t unless lastval() is undefined on s: no sequence
+// state reached its scope.
+func checkNoLastval(ctx context.Context, t *testing.T, s *dbctx.Scope, what string) {
+	t.Helper()
+	var n int64
+	err := s.QueryRowContext(ctx, "SELECT lastval()").Scan(&n)
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || pe.Code != "55000" {
+		t.Errorf("%s: lastval() in the next scope: %d, %v; want it undefined", what, n, err)
+	}
 }
 
 // runWrite runs query on s by one of four paths: database/sql's Exec and
@@ -189,12 +197,7 @@ func TestPlainWrites(t *testing.T) {
 				if got.String != "t1" {
 					t.Errorf("%s: the next scope's tenant is %q, want t1", what, got.String)
 				}
-				var n int64
-				err := s.QueryRowContext(ctx, "SELECT lastval()").Scan(&n)
-				var pe *pgconn.PgError
-				if !errors.As(err, &pe) || pe.Code != "55000" {
-					t.Errorf("%s: lastval() in the next scope: %d, %v; want it undefined", what, n, err)
-				}
+				checkNoLastval(ctx, t, s, what)
 				leak = l.String
 				return nil
 			})

@@ -20,9 +20,8 @@ var actor = dbctx.NewSetting("app.actor")
 // own, failed statements and rollbacks, each statement sees exactly the
 // settings its context declares: random programs of them (seeded, so a
 // failure replays), through the Scope's database/sql and pgx methods, pgx
-// batches and a
-// BeginTx transaction's (whose statements see BeginTx's), in each exec mode, with PostgreSQL reading back
-// what the statement saw. A rollback to a savepoint puts back the values
+// batches and a BeginTx transaction's (whose statements see BeginTx's), in
+// each exec mode, with PostgreSQL reading back what the statement saw. A rollback to a savepoint puts back the values
 // the transaction had before it, which the settings' bookkeeping must not
 // take for those it applied since (a nested Atomic that set another tenant
 // and rolled back left the next statement of that tenant reading the

@@ -21,8 +21,8 @@ var tenant = dbctx.NewSetting("app.tenant")
 // order and combinations (seeded, so a failure replays), through the
 // Scope's database/sql and pgx methods and batches, with failed statements
 // between them, some inside Atomic blocks that commit or roll back, some
-// with a tenant declared, statements canceled: the next unit of work on the connection finds
-// the session as a fresh one has it, in each exec mode. Where the corpus
+// with a tenant declared, statements canceled: the next unit of work on the
+// connection finds the session as a fresh one has it, in each exec mode. Where the corpus
 // test runs each statement alone, this one finds what one statement's
 // reset leaves to the next's (the reset owed, the sweep's check, a reset
 // rolled back with the statement that shared its transaction).
