@@ -159,7 +159,7 @@ func (s *Scope) pgconnQuery(ctx context.Context, res *result, args []any, sqlFor
 	formats := eqb.ResultFormats
 	if sd != nil && (sqlFormats || named) {
 		// A slice of their own: the round trip keeps a named statement's.
-		formats = make([]int16, len(sd.Fields))
+		formats = c.resultFormats(len(sd.Fields))
 		if sqlFormats {
 			for i, f := range sd.Fields {
 				formats[i] = sqlResultFormats[f.DataTypeOID]
@@ -169,7 +169,7 @@ func (s *Scope) pgconnQuery(ctx context.Context, res *result, args []any, sqlFor
 		}
 	}
 	for {
-		rt := &roundTrip{}
+		rt := c.roundTrip()
 		s.pool.startPrefix(ctx, c, rt, p, named)
 		switch {
 		case sd == nil:

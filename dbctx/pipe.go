@@ -234,10 +234,10 @@ func (pl *Pool) readPrefix(c *session, rt *roundTrip) (reached int, err error) {
 func (pl *Pool) runPrefix(ctx context.Context, c *session, p *prefix) (reached int, err error) {
 	for {
 		named := pl.named(c)
-		var rt roundTrip
-		pl.startPrefix(ctx, c, &rt, p, named)
+		rt := c.roundTrip()
+		pl.startPrefix(ctx, c, rt, p, named)
 		if err = rt.send(ctx, c); err == nil {
-			reached, err = pl.readPrefix(c, &rt)
+			reached, err = pl.readPrefix(c, rt)
 		}
 		err = errors.Join(err, rt.close())
 		if sweepFound(p, reached, err) {

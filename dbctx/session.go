@@ -56,6 +56,8 @@ type session struct {
 	reads  []pipeRead                              // what a pipeline sends back
 	sds    []*pgconn.StatementDescription          // a prefix's, in order, while it is queued
 	params [][]byte                                // a set_config's parameters
+	rt     roundTrip                               // the round trip of a prefixed statement, its buffers kept (batch.go)
+	fmts   []int16                                 // that statement's result formats
 
 	// What the connection's tracer is told (observe.go).
 	send sending         // what PreludeOf returns, while a statement is sent

@@ -1,0 +1,52 @@
+package dbctx
+
+import (
+	"strings"
+	"testing"
+	"unsafe"
+
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// TestBatchReuse: the mirror of pgconn.Batch matches the pgx this module
+// is built with (if a pgx upgrade fails this, bring batchLayout up to
+// date: until then every prefixed round trip makes its batch anew), and
+// a session's round trip comes back empty, its buffers kept, but for one
+// past maxKeptBatch. That the statements it then carries are right is
+// what every test of a prefix checks (TestSettingsEveryPath,
+// TestWriteResets, TestFirstUseAfterDirtyScope).
+func TestBatchReuse(t *testing.T) {
+	if !batchReuse {
+		t.Fatal("batchLayout does not match pgconn.Batch")
+	}
+	var c session
+	sd := &pgconn.StatementDescription{Name: "dbscope_1"}
+	fill := func(param string) *batchLayout {
+		rt := c.roundTrip()
+		rt.b.ExecStatement(sd, [][]byte{[]byte(param)}, nil, []int16{1})
+		rt.b.ExecParams("SELECT 1", nil, nil, nil, nil)
+		b := (*batchLayout)(unsafe.Pointer(&rt.b))
+		if len(b.buf) == 0 || len(b.statementDescriptions) != 2 || len(b.resultFormats) != 2 || b.statementDescriptions[0] != sd {
+			t.Fatalf("the batch holds %d bytes, %d descriptions, %d formats", len(b.buf), len(b.statementDescriptions), len(b.resultFormats))
+		}
+		return b
+	}
+	b := fill("t1")
+	buf, sds := unsafe.SliceData(b.buf), unsafe.SliceData(b.statementDescriptions)
+	c.roundTrip()
+	if len(b.buf) != 0 || len(b.statementDescriptions) != 0 || len(b.resultFormats) != 0 || b.err != nil {
+		t.Fatalf("emptied, the batch holds %d bytes, %d descriptions, %d formats, err %v", len(b.buf), len(b.statementDescriptions), len(b.resultFormats), b.err)
+	}
+	if d := b.statementDescriptions[:1][0]; d != nil {
+		t.Error("the emptied batch still references the last round trip's statement")
+	}
+	b = fill("t2")
+	if unsafe.SliceData(b.buf) != buf || unsafe.SliceData(b.statementDescriptions) != sds {
+		t.Error("the second round trip did not reuse the first's buffers")
+	}
+	b = fill(strings.Repeat("x", maxKeptBatch+1))
+	c.roundTrip()
+	if cap(b.buf) != 0 || cap(b.statementDescriptions) != 0 {
+		t.Errorf("a batch of %d bytes was kept", maxKeptBatch+1)
+	}
+}
