@@ -183,10 +183,11 @@ type sqlRows struct {
 // oneRow is the row of a QueryRowContext, read and converted before the
 // statement returned (as sqlRows converts it), or none.
 type oneRow struct {
-	names []string
-	row   []driver.Value // nil: no row
-	vals  [2]driver.Value
-	read  bool
+	names  []string
+	row    []driver.Value // nil: no row
+	vals   [2]driver.Value
+	nameAt [2]string // names' array, for up to two columns
+	read   bool
 }
 
 func (r *oneRow) Columns() []string { return r.names }
@@ -263,7 +264,11 @@ func (r *sqlRows) Close() error {
 func readRow(m *pgtype.Map, res *result) (*oneRow, error) {
 	r := &oneRow{}
 	fds := res.FieldDescriptions()
-	r.names = make([]string, len(fds))
+	r.names = r.nameAt[:0]
+	if len(fds) > len(r.nameAt) {
+		r.names = make([]string, 0, len(fds))
+	}
+	r.names = r.names[:len(fds)]
 	for i, fd := range fds {
 		r.names[i] = fd.Name
 	}

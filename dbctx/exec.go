@@ -91,10 +91,17 @@ func (s *Scope) pgxQuery(ctx context.Context, c *session, p *prefix, query strin
 	res := result{s: s, c: c, query: query}
 	if p.empty() {
 		if sqlFormats {
-			a := make([]any, 1+len(args))
-			a[0] = sqlResultFormats
-			copy(a[1:], args)
-			args = a
+			// In the session's buffer: pgx has encoded the arguments
+			// when Query returns (its rows keep them for a batch's
+			// tracer only), and they are not held past it.
+			a := append(c.qargs[:0], sqlResultFormats)
+			args = append(a, args...)
+			defer func() {
+				clear(args)
+				if cap(args) <= 64 {
+					c.qargs = args[:0]
+				}
+			}()
 		}
 		var err error
 		res.Rows, err = c.px.Query(ctx, query, args...)
