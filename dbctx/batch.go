@@ -51,8 +51,14 @@ const maxKeptBatch = 16 << 10
 // roundTrip returns c's round trip, emptied for another: the batch's
 // buffers kept, nothing of the last one's statements or results held.
 // There is one round trip at a time on a connection: the one before has
-// been read to its end (result.finish) before another begins.
+// been read to its end (result.finish) before another begins; where one
+// is still being read (pgconn busy: a caller's mistake, which pgconn
+// refuses), a new round trip is returned, and that one's reader keeps its
+// statements.
 func (c *session) roundTrip() *roundTrip {
+	if c.pc != nil && c.pc.IsBusy() {
+		return &roundTrip{}
+	}
 	rt := &c.rt
 	rt.pl, rt.mrr = nil, nil
 	if !batchReuse {

@@ -1,10 +1,12 @@
 package dbctx
 
 import (
+	"context"
 	"strings"
 	"testing"
 	"unsafe"
 
+	"github.com/dbscope/dbscope/internal/pgtest"
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
@@ -48,5 +50,49 @@ func TestBatchReuse(t *testing.T) {
 	c.roundTrip()
 	if cap(b.buf) != 0 || cap(b.statementDescriptions) != 0 {
 		t.Errorf("a batch of %d bytes was kept", maxKeptBatch+1)
+	}
+}
+
+// TestBatchReuseBusy: where pgconn is still reading a round trip (rows
+// left open: a caller's mistake, which pgconn refuses), the session's
+// round trip is not emptied under that reader: a new one is returned.
+func TestBatchReuseBusy(t *testing.T) {
+	env := pgtest.New(t)
+	ctx := context.Background()
+	pc, err := pgconn.Connect(ctx, env.DSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close(ctx)
+	c := session{pc: pc}
+	rt := c.roundTrip()
+	if rt != &c.rt {
+		t.Fatal("an idle connection's round trip is not the session's")
+	}
+	sd, err := pc.Prepare(ctx, "", "SELECT g FROM generate_series(1, 3) g", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt.b.ExecStatement(sd, nil, nil, nil)
+	mrr := pc.ExecBatch(ctx, &rt.b)
+	if !mrr.NextResult() {
+		t.Fatal(mrr.Close())
+	}
+	rr := mrr.ResultReader()
+	if other := c.roundTrip(); other == &c.rt {
+		t.Fatal("the round trip under way was emptied for another")
+	}
+	n := 0
+	for rr.NextRow() {
+		n++
+	}
+	if _, err := rr.Close(); err != nil || n != 3 {
+		t.Fatalf("the round trip under way read %d rows (%v)", n, err)
+	}
+	if err := mrr.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if c.roundTrip() != &c.rt {
+		t.Error("once read, the session's round trip is not reused")
 	}
 }
