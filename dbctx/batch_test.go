@@ -7,6 +7,7 @@ import (
 	"unsafe"
 
 	"github.com/dbscope/dbscope/internal/pgtest"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
@@ -59,21 +60,18 @@ func TestBatchReuse(t *testing.T) {
 func TestBatchReuseBusy(t *testing.T) {
 	env := pgtest.New(t)
 	ctx := context.Background()
-	pc, err := pgconn.Connect(ctx, env.DSN())
+	px, err := pgx.Connect(ctx, env.DSN()) // pgx: the DSN may carry its exec mode
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer pc.Close(ctx)
+	defer px.Close(ctx)
+	pc := px.PgConn()
 	c := session{pc: pc}
 	rt := c.roundTrip()
 	if rt != &c.rt {
 		t.Fatal("an idle connection's round trip is not the session's")
 	}
-	sd, err := pc.Prepare(ctx, "", "SELECT g FROM generate_series(1, 3) g", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rt.b.ExecStatement(sd, nil, nil, nil)
+	rt.b.ExecParams("SELECT g FROM generate_series(1, 3) g", nil, nil, nil, nil)
 	mrr := pc.ExecBatch(ctx, &rt.b)
 	if !mrr.NextResult() {
 		t.Fatal(mrr.Close())
