@@ -85,3 +85,13 @@ func (c *session) resultFormats(n int) []int16 {
 	c.fmts = c.fmts[:n]
 	return c.fmts
 }
+
+// dropArgs lets go of the arguments of the database/sql query that ended
+// (see Scope.pgxQuery), keeping the buffer unless it grew large.
+func (c *session) dropArgs() {
+	clear(c.qargs)
+	c.qargs = c.qargs[:0]
+	if cap(c.qargs) > 64 {
+		c.qargs = nil
+	}
+}

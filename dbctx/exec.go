@@ -52,12 +52,16 @@ type result struct {
 	br    pgx.BatchResults // the batch that carried it (simple_protocol)
 	rt    *roundTrip       // the round trip that carried it (extended protocol)
 	query string
+	qargs bool // its arguments are c.qargs
 }
 
 // finish closes the rows, reads to the end of the round trip and records
 // what the prefix left; it returns the first error. Under c's lock.
 func (r *result) finish() error {
 	r.Rows.Close()
+	if r.qargs {
+		r.c.dropArgs()
+	}
 	err := r.Rows.Err()
 	switch {
 	case r.br != nil:
@@ -91,20 +95,17 @@ func (s *Scope) pgxQuery(ctx context.Context, c *session, p *prefix, query strin
 	res := result{s: s, c: c, query: query}
 	if p.empty() {
 		if sqlFormats {
-			// In the session's buffer: pgx has encoded the arguments
-			// when Query returns (its rows keep them for a batch's
-			// tracer only), and they are not held past it.
-			a := append(c.qargs[:0], sqlResultFormats)
-			args = append(a, args...)
-			defer func() {
-				clear(args)
-				if cap(args) <= 64 {
-					c.qargs = args[:0]
-				}
-			}()
+			// In the session's buffer, until the rows are closed: a
+			// tracer may keep the arguments it was told of until the
+			// statement ends (pgx's tracelog logs them then).
+			c.qargs = append(append(c.qargs[:0], sqlResultFormats), args...)
+			args, res.qargs = c.qargs, true
 		}
 		var err error
 		res.Rows, err = c.px.Query(ctx, query, args...)
+		if err != nil && res.qargs {
+			c.dropArgs() // the rows are closed: pgx has told its tracer
+		}
 		return res, err
 	}
 	res.p = p

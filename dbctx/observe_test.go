@@ -3,6 +3,7 @@ package dbctx_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -412,4 +413,86 @@ func TestTracerSeesEveryStatement(t *testing.T) {
 func samePrelude(a, b dbctx.Prelude) bool {
 	return a.Reset == b.Reset && a.Begin == b.Begin && slices.Equal(a.Settings, b.Settings) && a.Local == b.Local &&
 		a.Queries == b.Queries && a.Alone == b.Alone && a.InBatch == b.InBatch
+}
+
+// argsTracer keeps the arguments it is told of at a statement's start and
+// reads them at its end, as pgx's tracelog does (it logs them then).
+type argsTracer struct {
+	mu   sync.Mutex
+	ends int
+	bad  []string
+}
+
+type argsSeenKey struct{}
+
+type argsSeen struct {
+	kept  []any  // as told at the start
+	start string // what they were then
+}
+
+func (tr *argsTracer) TraceQueryStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceQueryStartData) context.Context {
+	return context.WithValue(ctx, argsSeenKey{}, &argsSeen{kept: d.Args, start: fmt.Sprint(d.Args...)})
+}
+
+func (tr *argsTracer) TraceQueryEnd(ctx context.Context, _ *pgx.Conn, _ pgx.TraceQueryEndData) {
+	a, ok := ctx.Value(argsSeenKey{}).(*argsSeen)
+	if !ok {
+		return
+	}
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	tr.ends++
+	if end := fmt.Sprint(a.kept...); end != a.start {
+		tr.bad = append(tr.bad, a.start+" at the start, "+end+" at the end")
+	}
+}
+
+// A pgx tracer that keeps the arguments of a database/sql query through a
+// scope until the query ends reads them unchanged then: a row read at
+// once, rows handed out and closed later, a query that fails.
+func TestTracerArgsUntilEnd(t *testing.T) {
+	t.Parallel()
+	env := newEnv(t)
+	cfg, err := pgx.ParseConfig(env.DSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := &argsTracer{}
+	cfg.Tracer = tr
+	db := stdlib.OpenDB(*cfg)
+	t.Cleanup(func() { db.Close() })
+	db.SetMaxOpenConns(1)
+	p := poolOn(t, env, db, &dbctx.Options{MaxWorkers: 1})
+	ctx := context.Background()
+	err = p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+		var n int
+		var text string
+		if err := s.QueryRowContext(ctx, "SELECT $1::int + 1, $2::text", 41, "forty-one").Scan(&n, &text); err != nil {
+			return err
+		}
+		rows, err := s.QueryContext(ctx, "SELECT g FROM generate_series(1, $1::int) g", 3)
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+		}
+		if err := rows.Close(); err != nil {
+			return err
+		}
+		if err := s.QueryRowContext(ctx, "SELECT 1 / $1::int", 0).Scan(&n); err == nil {
+			return errors.New("division by zero succeeded")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	if tr.ends < 3 {
+		t.Fatalf("the tracer was told of %d statements' ends, want 3", tr.ends)
+	}
+	if len(tr.bad) > 0 {
+		t.Errorf("arguments changed under the tracer: %v", tr.bad)
+	}
 }
