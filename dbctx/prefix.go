@@ -47,6 +47,15 @@ type prefix struct {
 	taints       bool      // the statement after it may change the settings (see owed)
 }
 
+// newPrefix returns p in c's own prefix: what is owed before one
+// statement at a time, from prefixFor until prefixDone (there is one
+// statement at a time on a connection: another is refused while its
+// results are open).
+func (c *session) newPrefix(p prefix) *prefix {
+	c.pfx = p
+	return &c.pfx
+}
+
 func (p *prefix) empty() bool { return p == nil || !p.reset && !p.begin && len(p.set) == 0 }
 
 // resetLen is the number of p's statements up to the end of its reset
@@ -121,7 +130,7 @@ func (s *Scope) prefixSession(c *session, want []setting, reset bool) *prefix {
 	if !reset && same {
 		return nil
 	}
-	p := &prefix{reset: reset, sweep: reset && c.sweepDue, carry: want, keep: true}
+	p := c.newPrefix(prefix{reset: reset, sweep: reset && c.sweepDue, carry: want, keep: true})
 	if !same {
 		p.set = withResets(want, base)
 	}
@@ -136,7 +145,7 @@ func (s *Scope) prefixSession(c *session, want []setting, reset bool) *prefix {
 // transaction does not carry them.
 func (s *Scope) prefixTx(c *session, want []setting, reset, inTx, begin bool) *prefix {
 	tp := s.pool.opts.TransactionPooling
-	p := &prefix{reset: reset, sweep: reset && c.sweepDue, begin: begin, local: true, carry: want}
+	p := c.newPrefix(prefix{reset: reset, sweep: reset && c.sweepDue, begin: begin, local: true, carry: want})
 	switch {
 	case tp && !inTx && !begin:
 		// Outside a transaction behind a pooler: every statement's

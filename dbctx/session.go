@@ -56,6 +56,7 @@ type session struct {
 	reads  []pipeRead                              // what a pipeline sends back
 	sds    []*pgconn.StatementDescription          // a prefix's, in order, while it is queued
 	params [][]byte                                // a set_config's parameters
+	pfx    prefix                                  // what is owed before the statement under way (prefix.go)
 	rt     roundTrip                               // the round trip of a prefixed statement, its buffers kept (batch.go)
 	fmts   []int16                                 // that statement's result formats
 	qargs  []any                                   // the arguments of the database/sql query under way, its result formats first (exec.go)
