@@ -186,8 +186,9 @@ func reportBackendCPU(b *testing.B, pid int, start time.Duration) {
 // (same tenant: the session carries it already) or another than the unit
 // before's (tenant switch: a set_config goes with the lookup); an INSERT
 // into a table with a serial key (write: it leaves the scope dirty, so
-// the next unit's statement carries the reset). pg-µs/op is the server
-// backend's CPU time per unit.
+// the next unit's statement carries the reset); three lookups in an
+// Atomic (atomic: BEGIN goes with the first, COMMIT alone). pg-µs/op is
+// the server backend's CPU time per unit.
 //
 //	go test -run x -bench UnitOfWork -benchtime 5000x ./dbctx
 func BenchmarkUnitOfWork(b *testing.B) {
@@ -201,7 +202,7 @@ func BenchmarkUnitOfWork(b *testing.B) {
 	tenant := dbctx.NewSetting("app.tenant")
 	tenants := []context.Context{tenant.With(ctx, "t1"), tenant.With(ctx, "t2")}
 	for _, mode := range []string{"cache_statement", "cache_describe", "exec"} {
-		for _, kind := range []string{"plain", "same tenant", "tenant switch", "write"} {
+		for _, kind := range []string{"plain", "same tenant", "tenant switch", "write", "atomic"} {
 			b.Run(mode+"/"+kind, func(b *testing.B) {
 				dsn, err := pgserver.WithParams(env.DSN(), "default_query_exec_mode", mode)
 				if err != nil {
@@ -219,9 +220,19 @@ func BenchmarkUnitOfWork(b *testing.B) {
 				i := 0
 				fn := func(ctx context.Context, s *dbctx.Scope) error {
 					i++
-					if kind == "write" {
+					switch kind {
+					case "write":
 						_, err := s.ExecContext(ctx, "INSERT INTO log (n) VALUES ($1)", i)
 						return err
+					case "atomic":
+						return dbctx.Atomic(ctx, func(ctx context.Context) error {
+							for range 3 {
+								if err := s.QueryRowContext(ctx, "SELECT name FROM items WHERE id = $1", i%100+1).Scan(&name); err != nil {
+									return err
+								}
+							}
+							return nil
+						})
 					}
 					return s.QueryRowContext(ctx, "SELECT name FROM items WHERE id = $1", i%100+1).Scan(&name)
 				}
