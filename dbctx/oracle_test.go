@@ -4,6 +4,9 @@ import (
 	"context"
 	"database/sql"
 	"flag"
+	"math"
+	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -107,8 +110,10 @@ func FuzzClassify(f *testing.F) {
 	}
 	if fl := flag.Lookup("test.fuzz"); fl != nil && fl.Value.String() != "" {
 		// Fuzzing: start from the statements of PostgreSQL's regression
-		// SQL too (see TestCorpusOracle), each judged by PostgreSQL first.
-		for _, q := range corpusStatements() {
+		// SQL too (see TestCorpusOracle), each judged by PostgreSQL first:
+		// an even sample of them, as the fuzzer runs every seed before it
+		// mutates any (all 34k take about five minutes).
+		for _, q := range sample(corpusStatements(), fuzzSeeds(f)) {
 			f.Add(q)
 		}
 	}
@@ -128,6 +133,35 @@ func FuzzClassify(f *testing.F) {
 			t.Fatalf("%q prepared a statement, but the reset would not look for it: %s", stmt, diff)
 		}
 	})
+}
+
+// fuzzSeeds is how many corpus statements seed FuzzClassify:
+// $DBSCOPE_FUZZ_SEEDS, all of them where it is "all", else 2,000.
+func fuzzSeeds(tb testing.TB) int {
+	switch v := os.Getenv("DBSCOPE_FUZZ_SEEDS"); v {
+	case "":
+		return 2000
+	case "all":
+		return math.MaxInt
+	default:
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			tb.Fatalf("DBSCOPE_FUZZ_SEEDS=%q: want a count or all", v)
+		}
+		return n
+	}
+}
+
+// sample returns n of list, evenly spaced (all of it if it has no more).
+func sample(list []string, n int) []string {
+	if len(list) <= n {
+		return list
+	}
+	out := make([]string, 0, n)
+	for i := range n {
+		out = append(out, list[i*len(list)/n])
+	}
+	return out
 }
 
 // corpusStatements returns the query strings of the corpus (see package
