@@ -269,6 +269,24 @@ func (tr *told) TraceCopyFromEnd(context.Context, *pgx.Conn, pgx.TraceCopyFromEn
 
 var tracedTenant = dbctx.NewSetting("app.traced_tenant")
 
+// tracedPool returns a pool of one connection on env whose pgx config has
+// the tracer tr, and whatever set (if not nil) changes in it.
+func tracedPool(t *testing.T, env *pgtest.Env, tr pgx.QueryTracer, set func(*pgx.ConnConfig)) *dbctx.Pool {
+	t.Helper()
+	cfg, err := pgx.ParseConfig(env.DSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Tracer = tr
+	if set != nil {
+		set(cfg)
+	}
+	db := stdlib.OpenDB(*cfg)
+	t.Cleanup(func() { db.Close() })
+	db.SetMaxOpenConns(1)
+	return poolOn(t, env, db, &dbctx.Options{MaxWorkers: 1})
+}
+
 // A pgx tracer on the connections is told of every statement of a scope
 // once, whatever dbscope sends before it: by pgx where pgx runs it as it
 // is, by dbscope where it goes after a prelude, and PreludeOf says what
@@ -281,17 +299,8 @@ func TestTracerSeesEveryStatement(t *testing.T) {
 		t.Run(mode.String(), func(t *testing.T) {
 			t.Parallel()
 			env := newEnv(t)
-			cfg, err := pgx.ParseConfig(env.DSN())
-			if err != nil {
-				t.Fatal(err)
-			}
-			cfg.DefaultQueryExecMode = mode
 			tr := &told{}
-			cfg.Tracer = tr
-			db := stdlib.OpenDB(*cfg)
-			t.Cleanup(func() { db.Close() })
-			db.SetMaxOpenConns(1)
-			p := poolOn(t, env, db, &dbctx.Options{MaxWorkers: 1})
+			p := tracedPool(t, env, tr, func(cfg *pgx.ConnConfig) { cfg.DefaultQueryExecMode = mode })
 			simple := mode == pgx.QueryExecModeSimpleProtocol
 			ctx := context.Background()
 			do := func(fn func(ctx context.Context, s *dbctx.Scope) error) []toldStmt {
@@ -452,19 +461,10 @@ func (tr *argsTracer) TraceQueryEnd(ctx context.Context, _ *pgx.Conn, _ pgx.Trac
 // once, rows handed out and closed later, a query that fails.
 func TestTracerArgsUntilEnd(t *testing.T) {
 	t.Parallel()
-	env := newEnv(t)
-	cfg, err := pgx.ParseConfig(env.DSN())
-	if err != nil {
-		t.Fatal(err)
-	}
 	tr := &argsTracer{}
-	cfg.Tracer = tr
-	db := stdlib.OpenDB(*cfg)
-	t.Cleanup(func() { db.Close() })
-	db.SetMaxOpenConns(1)
-	p := poolOn(t, env, db, &dbctx.Options{MaxWorkers: 1})
+	p := tracedPool(t, newEnv(t), tr, nil)
 	ctx := context.Background()
-	err = p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+	err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
 		var n int
 		var text string
 		if err := s.QueryRowContext(ctx, "SELECT $1::int + 1, $2::text", 41, "forty-one").Scan(&n, &text); err != nil {
