@@ -75,23 +75,3 @@ func (c *session) roundTrip() *roundTrip {
 	b.buf, b.statementDescriptions, b.resultFormats, b.err = b.buf[:0], b.statementDescriptions[:0], b.resultFormats[:0], nil
 	return rt
 }
-
-// resultFormats returns c's buffer of n result formats, for the statement
-// of a prefixed round trip (the round trip keeps it until it is read).
-func (c *session) resultFormats(n int) []int16 {
-	if cap(c.fmts) < n {
-		c.fmts = make([]int16, n)
-	}
-	c.fmts = c.fmts[:n]
-	return c.fmts
-}
-
-// dropArgs lets go of the arguments of the database/sql query that ended
-// (see Scope.pgxQuery), keeping the buffer unless it grew large.
-func (c *session) dropArgs() {
-	clear(c.qargs)
-	c.qargs = c.qargs[:0]
-	if cap(c.qargs) > 64 {
-		c.qargs = nil
-	}
-}

@@ -264,11 +264,11 @@ func (r *sqlRows) Close() error {
 func readRow(m *pgtype.Map, res *result) (*oneRow, error) {
 	r := &oneRow{}
 	fds := res.FieldDescriptions()
-	r.names = r.nameAt[:0]
-	if len(fds) > len(r.nameAt) {
-		r.names = make([]string, 0, len(fds))
+	if len(fds) <= len(r.nameAt) {
+		r.names = r.nameAt[:len(fds)]
+	} else {
+		r.names = make([]string, len(fds))
 	}
-	r.names = r.names[:len(fds)]
 	for i, fd := range fds {
 		r.names[i] = fd.Name
 	}

@@ -215,6 +215,26 @@ func (s *Scope) pgconnQuery(ctx context.Context, res *result, args []any, sqlFor
 	}
 }
 
+// resultFormats returns c's buffer of n result formats, for the statement
+// of a prefixed round trip (the round trip keeps it until it is read).
+func (c *session) resultFormats(n int) []int16 {
+	if cap(c.fmts) < n {
+		c.fmts = make([]int16, n)
+	}
+	c.fmts = c.fmts[:n]
+	return c.fmts
+}
+
+// dropArgs lets go of the arguments of the database/sql query that ended
+// (see Scope.pgxQuery), keeping the buffer unless it grew large.
+func (c *session) dropArgs() {
+	clear(c.qargs)
+	c.qargs = c.qargs[:0]
+	if cap(c.qargs) > 64 {
+		c.qargs = nil
+	}
+}
+
 // join joins two errors of one round trip, b once only where it is a.
 func join(a, b error) error {
 	if b == nil || errors.Is(a, b) {

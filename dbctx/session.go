@@ -58,7 +58,7 @@ type session struct {
 	params [][]byte                                // a set_config's parameters
 	pfx    prefix                                  // what is owed before the statement under way (prefix.go)
 	rt     roundTrip                               // the round trip of a prefixed statement, its buffers kept (batch.go)
-	fmts   []int16                                 // that statement's result formats
+	fmts   []int16                                 // that statement's result formats (exec.go)
 	qargs  []any                                   // the arguments of the database/sql query under way, its result formats first (exec.go)
 
 	// What the connection's tracer is told (observe.go).
