@@ -112,7 +112,9 @@ func (s *Scope) endTx(ctx context.Context, commit bool) error {
 	if !begun || c == nil {
 		return nil
 	}
-	c.pin.txOver()
+	// Looked at before the pin is touched: the Close of a result handed
+	// out records what its round trip left there, on the goroutine that
+	// closes it, and counts the result closed only after (see opened).
 	if c.pin.open.Load() > 0 {
 		// Rows of a statement in the transaction are still open: neither
 		// COMMIT nor ROLLBACK can be sent. The transaction is lost (later
@@ -124,6 +126,7 @@ func (s *Scope) endTx(ctx context.Context, commit bool) error {
 		s.pool.opts.Logger.Warn("dbctx: Atomic ended with rows of a statement in its transaction still open; the transaction is lost with its connection, and the scope's statements fail until its boundary", "commit", commit)
 		return errTxRowsOpen
 	}
+	c.pin.txOver()
 	if commit && doomed != nil {
 		return errors.Join(fmt.Errorf("dbctx: rolled back: a nested Atomic could not end its savepoint: %w", doomed), s.rollbackAtomic(ctx))
 	}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/dbscope/dbscope/dbctx"
+	"github.com/jackc/pgx/v5"
 )
 
 // noHang runs f and fails t if it has not returned in a minute: what it
@@ -205,6 +206,97 @@ func TestAtomicSharedByGoroutines(t *testing.T) {
 	var n int
 	if err := env.Admin().QueryRow("SELECT count(*) FROM " + env.Schema() + ".t").Scan(&n); err != nil || n != 8 {
 		t.Fatalf("%d rows, %v; want the 8 of the committed Atomic", n, err)
+	}
+}
+
+// A goroutine of Atomic's fn that closes its rows as fn returns (too late:
+// they belong closed before it does) races nothing in the scope: the
+// Close records what the rows' round trip applied (here a setting of
+// their own), and Atomic's end either comes after it and commits, or
+// finds the rows open and fails, its transaction lost with the
+// connection. What PostgreSQL committed agrees with what Atomic returned,
+// through each kind of result a scope hands out; -race judges the rest.
+func TestAtomicEndsAsRowsClose(t *testing.T) {
+	t.Parallel()
+	p, env := newPool(t, &dbctx.Options{MaxWorkers: 1})
+	mustExec(t, env.Admin(), "CREATE TABLE "+env.Schema()+".t (n int)")
+	const q = "SELECT current_setting('app.tenant')"
+	open := map[string]func(ctx context.Context, s *dbctx.Scope) (func(), error){
+		"QueryContext": func(ctx context.Context, s *dbctx.Scope) (func(), error) {
+			rows, err := s.QueryContext(ctx, q)
+			if err != nil {
+				return nil, err
+			}
+			return func() { rows.Close() }, nil
+		},
+		"Query": func(ctx context.Context, s *dbctx.Scope) (func(), error) {
+			rows, err := s.Query(ctx, q)
+			return rows.Close, err
+		},
+		"SendBatch": func(ctx context.Context, s *dbctx.Scope) (func(), error) {
+			b := &pgx.Batch{}
+			b.Queue(q)
+			br := s.SendBatch(ctx, b)
+			return func() { br.Close() }, nil
+		},
+	}
+	reported := map[int]bool{}
+	n := 0
+	for name, open := range open {
+		for range 20 {
+			n++
+			i := n
+			noHang(t, name, func() {
+				err := p.Do(tenant.With(context.Background(), "a"), func(ctx context.Context, s *dbctx.Scope) error {
+					var closed sync.WaitGroup
+					err := dbctx.Atomic(ctx, func(ctx context.Context) error {
+						if _, err := s.ExecContext(ctx, "INSERT INTO t VALUES ($1)", i); err != nil {
+							return err
+						}
+						closeRows, err := open(tenant.With(ctx, "b"), s)
+						if err != nil {
+							return err
+						}
+						release := make(chan struct{})
+						closed.Go(func() {
+							<-release
+							closeRows()
+						})
+						close(release)
+						return nil
+					})
+					closed.Wait()
+					switch {
+					case err == nil:
+						reported[i] = true
+					case !errors.Is(err, dbctx.ErrConnBusy):
+						t.Errorf("%s: Atomic: %v; want nil or ErrConnBusy", name, err)
+					}
+					return nil
+				})
+				if err != nil {
+					t.Errorf("%s: Do: %v", name, err)
+				}
+			})
+		}
+	}
+	rows, err := env.Admin().Query("SELECT n FROM " + env.Schema() + ".t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	committed := map[int]bool{}
+	for rows.Next() {
+		var i int
+		if err := rows.Scan(&i); err != nil {
+			t.Fatal(err)
+		}
+		committed[i] = true
+	}
+	for i := 1; i <= n; i++ {
+		if committed[i] != reported[i] {
+			t.Errorf("unit %d: committed %v, Atomic reported success %v", i, committed[i], reported[i])
+		}
 	}
 }
 
