@@ -9,6 +9,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 )
@@ -30,10 +31,16 @@ import (
 // it: a misconfiguration once per cause (until a connection succeeds
 // again), an outage through the pool's aggregated warnings. An error that
 // came because ctx ended is returned as it is: the caller gave up, the
-// database did nothing wrong.
+// database did nothing wrong. So is one that came as ctx's deadline passed
+// (the dial or the handshake was given that deadline, and timed out),
+// which ctx itself may not have noticed yet: it wraps
+// context.DeadlineExceeded then.
 func (p *Pool) connectError(ctx context.Context, err error) error {
 	if ctx.Err() != nil {
 		return err
+	}
+	if d, ok := ctx.Deadline(); ok && !time.Now().Before(d) {
+		return fmt.Errorf("%w: %w", context.DeadlineExceeded, err)
 	}
 	var ce *pgconn.ConnectError
 	var pe *pgconn.ParseConfigError

@@ -198,3 +198,34 @@ func TestMisconfigurationLoggedAgainAfterRecovery(t *testing.T) {
 		t.Errorf("the second record: %v", logs.Records()[1])
 	}
 }
+
+// lateCtx is a context whose deadline has passed where it has not yet
+// noticed: its Err is still nil, as a context's is for the moment between
+// its deadline and its timer firing, while a dial given that deadline
+// times out.
+type lateCtx struct{ context.Context }
+
+func (lateCtx) Deadline() (time.Time, bool) { return time.Now().Add(-time.Millisecond), true }
+
+// A connect that times out because the caller's deadline passed is the
+// caller's deadline, not an outage: it wraps context.DeadlineExceeded, not
+// ErrUnavailable, and is neither counted nor logged as one.
+func TestConnectPastDeadline(t *testing.T) {
+	t.Parallel()
+	var logs syncBuffer
+	logger := slog.New(slog.NewTextHandler(&logs, nil))
+	p, _ := newPool(t, &dbctx.Options{Logger: logger})
+	err := p.Do(lateCtx{context.Background()}, selectOne)
+	if !errors.Is(err, context.DeadlineExceeded) || errors.Is(err, dbctx.ErrUnavailable) {
+		t.Fatalf("Do past its deadline: %v; want context.DeadlineExceeded, not ErrUnavailable", err)
+	}
+	if n := p.Stats().Unavailable; n != 0 {
+		t.Errorf("Stats.Unavailable = %d, want 0", n)
+	}
+	if strings.Contains(logs.String(), "unavailable") {
+		t.Errorf("logged as an outage:\n%s", logs.String())
+	}
+	if err := p.Do(context.Background(), selectOne); err != nil {
+		t.Fatalf("Do after: %v", err)
+	}
+}
