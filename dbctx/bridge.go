@@ -11,6 +11,7 @@ import (
 	"math"
 	"reflect"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -178,6 +179,7 @@ type sqlRows struct {
 
 	mu     sync.Mutex // Close may come from a boundary while a Next runs
 	closed bool
+	cut    bool // closed by a boundary (abort), not read to the end
 }
 
 // oneRow is the row of a QueryRowContext, read and converted before the
@@ -205,6 +207,14 @@ func (r *oneRow) Next(dest []driver.Value) error {
 type rowValueFunc func(src []byte) (driver.Value, error)
 
 func (r *sqlRows) Columns() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.columns()
+}
+
+// columns returns the column names, read from the fields the first time.
+// Under r.mu.
+func (r *sqlRows) columns() []string {
 	if r.names == nil {
 		r.names = make([]string, len(r.fields))
 		for i, fd := range r.fields {
@@ -218,6 +228,9 @@ func (r *sqlRows) Next(dest []driver.Value) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.closed {
+		if r.cut {
+			return errRowsCut
+		}
 		return io.EOF
 	}
 	var err error
@@ -293,8 +306,20 @@ func readRow(m *pgtype.Map, res *result) (*oneRow, error) {
 	return r, nil
 }
 
-// abort ends the rows from a boundary.
-func (r *sqlRows) abort() { r.Close() }
+// abort ends the rows from a boundary: whoever reads on is told they were
+// cut short (errRowsCut), and what database/sql may still ask of their
+// columns is kept, since the connection's next statement reuses the
+// fields pgconn described them with.
+func (r *sqlRows) abort() {
+	r.mu.Lock()
+	if !r.closed {
+		r.cut = true
+		r.columns()
+		r.fields = slices.Clone(r.fields)
+	}
+	r.mu.Unlock()
+	r.Close()
+}
 
 // convert converts one row of raw values into dest.
 func (r *sqlRows) convert(dest []driver.Value, raw [][]byte) error {
@@ -433,17 +458,25 @@ func convertValue(m *pgtype.Map, fd *pgconn.FieldDescription, src []byte) (drive
 // ColumnTypeDatabaseTypeName returns the database system type name. If the
 // name is unknown the OID is returned.
 func (r *sqlRows) ColumnTypeDatabaseTypeName(index int) string {
-	if dt, ok := r.m.TypeForOID(r.fields[index].DataTypeOID); ok {
+	fd := r.field(index)
+	if dt, ok := r.m.TypeForOID(fd.DataTypeOID); ok {
 		return strings.ToUpper(dt.Name)
 	}
-	return strconv.FormatInt(int64(r.fields[index].DataTypeOID), 10)
+	return strconv.FormatInt(int64(fd.DataTypeOID), 10)
+}
+
+// field returns the description of column index (see abort).
+func (r *sqlRows) field(index int) pgconn.FieldDescription {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.fields[index]
 }
 
 const varHeaderSize = 4
 
 // ColumnTypeLength returns the length of a variable length column type.
 func (r *sqlRows) ColumnTypeLength(index int) (int64, bool) {
-	fd := r.fields[index]
+	fd := r.field(index)
 	switch fd.DataTypeOID {
 	case pgtype.TextOID, pgtype.ByteaOID:
 		return math.MaxInt64, true
@@ -459,7 +492,7 @@ func (r *sqlRows) ColumnTypeLength(index int) (int64, bool) {
 // ColumnTypePrecisionScale returns the precision and scale of a numeric
 // column.
 func (r *sqlRows) ColumnTypePrecisionScale(index int) (precision, scale int64, ok bool) {
-	fd := r.fields[index]
+	fd := r.field(index)
 	switch fd.DataTypeOID {
 	case pgtype.NumericOID:
 		mod := fd.TypeModifier - varHeaderSize
@@ -472,7 +505,7 @@ func (r *sqlRows) ColumnTypePrecisionScale(index int) (precision, scale int64, o
 // ColumnTypeScanType returns the value type that can be used to scan
 // types into.
 func (r *sqlRows) ColumnTypeScanType(index int) reflect.Type {
-	switch r.fields[index].DataTypeOID {
+	switch r.field(index).DataTypeOID {
 	case pgtype.Float8OID:
 		return reflect.TypeFor[float64]()
 	case pgtype.Float4OID:

@@ -99,14 +99,14 @@ func (s *Scope) check(ctx context.Context, final bool) error {
 	p, c := s.pool, s.c
 	s.closeRows()
 	switch {
-	case c.pc != nil && c.pc.IsBusy():
+	case c.pc != nil && c.busy():
 		// Rows of the raw connection left open.
 		s.abandon(discardBroken)
 		return nil
 	case c.pin.bad:
 		s.unpin(c.pin.badWhy)
 		return nil
-	case c.pc != nil && c.pc.IsClosed():
+	case c.pc != nil && c.closed():
 		why := discardBroken
 		if ctx.Err() != nil {
 			why = discardCanceled
@@ -146,19 +146,18 @@ func (s *Scope) check(ctx context.Context, final bool) error {
 func (s *Scope) rollback(ctx context.Context) error {
 	c := s.c
 	var errs []error
-	for _, tx := range c.pin.txs {
-		if err := tx.Rollback(); err == nil {
+	for _, t := range c.pin.txs {
+		if err := t.tx.Rollback(); err == nil {
 			s.pool.c.rolledBack.Add(1)
 		} else if !errors.Is(err, sql.ErrTxDone) {
 			errs = append(errs, err)
 		}
 	}
-	clear(c.pin.txs)
-	c.pin.txs = c.pin.txs[:0]
+	c.pin.forgetTxs()
 	if len(errs) > 0 {
 		return fmt.Errorf("dbctx: rolling back a transaction left open: %w", errors.Join(errs...))
 	}
-	if c.pc != nil && c.pc.TxStatus() != 'I' || c.pc == nil && c.inRawTx() {
+	if c.pc != nil && c.txStatus() != 'I' || c.pc == nil && c.inRawTx() {
 		// Begun in raw SQL, or on the raw connection.
 		ctx, cancel := cleanupCtx(ctx)
 		defer cancel()
@@ -265,13 +264,12 @@ func (s *Scope) unpin(why discardReason) {
 	s.closeRows()
 	s.disarm()
 	s.closeStmts()
-	for _, tx := range c.pin.txs {
+	for _, t := range c.pin.txs {
 		// The connection is going away; this only ends database/sql's
 		// bookkeeping (and its goroutine) for the transaction.
-		tx.Rollback()
+		t.tx.Rollback()
 	}
-	clear(c.pin.txs)
-	c.pin.txs = c.pin.txs[:0]
+	c.pin.forgetTxs()
 	if c.pin.handedOut {
 		// As in abandon: do not wait for what user code holds.
 		s.abandon(why)

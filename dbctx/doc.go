@@ -128,7 +128,18 @@
 // statement meanwhile fails at once with [ErrConnBusy]; so does an
 // [Atomic] that ends with rows of its transaction open, which loses the
 // transaction with the connection (the scope's statements then fail with
-// [ErrSessionLost] until its boundary). Boundaries
+// [ErrSessionLost] until its boundary). What the scope hands out (a
+// *sql.Tx of [Scope.BeginTx], a *sql.Stmt of [Scope.PrepareContext], the
+// connection of [Scope.Conn] and [Scope.Pgx]) may be used on other
+// goroutines alongside the scope's own statements: database/sql and pgx
+// drive the connection under its lock, and the scope reads the
+// connection's state under it too while such handles are out. When the
+// context given to BeginTx ends, the scope rolls the transaction back
+// between its own statements (database/sql would do it on a goroutine of
+// its own, and pgx, failing that rollback under the ended context, would
+// close the connection under the scope). Rows that a boundary closes
+// before they were read to the end report it from Err, rather than read
+// as exhausted. Boundaries
 // ([Scope.End], [CloseOld]) must not run while other goroutines still use
 // the scope, and nested [Atomic] calls belong on one goroutine: a nested
 // Atomic is a savepoint of the one transaction, and a rollback to it undoes

@@ -110,3 +110,8 @@ func (e *PanicError) Unwrap() error {
 	err, _ := e.Value.(error)
 	return err
 }
+
+// errRowsCut is what rows report that a boundary closed before they were
+// read to their end (the unit of work ended, or the Atomic they belong to
+// lost its transaction): they were cut short, not exhausted.
+var errRowsCut = errors.New("dbctx: rows closed by the scope (a boundary, or the end of their Atomic) before they were read to the end")

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"runtime"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -26,20 +27,47 @@ import (
 //     into the text, as it does for every statement in that mode.
 
 // withLock runs f while holding database/sql's lock of c, as database/sql's
-// own statements do: a transaction of c (BeginTx's) is rolled back by
-// database/sql on a goroutine of its own when its context ends, and must
-// not use the connection while a statement of the scope, or what its rows
-// read afterwards, does. It returns database/sql's error where c is closed
-// (f does not run then), else f's.
-func withLock(c *sql.Conn, f func() error) error {
+// own statements do: user code may drive c from another goroutine through
+// what the scope handed out (a *sql.Tx, a *sql.Stmt, c itself), and
+// database/sql does so under that lock. It returns database/sql's error
+// where c is closed (f does not run then), else f's.
+func withLock(c *sql.Conn, f func() error) (err error) {
 	var ferr error
+	entered := false
+	defer func() {
+		if entered {
+			return // f's own panic goes on
+		}
+		if r := recover(); r != nil {
+			// database/sql's Conn.Raw checks that c is open, then takes
+			// its lock and reads its driver connection, which a Close
+			// on another goroutine (database/sql closes a *sql.Conn
+			// whose operation failed with driver.ErrBadConn) may have
+			// set to nil in between: Raw then dereferences nil. c is
+			// closed, and that is the answer.
+			if !closedUnder(c, r) {
+				panic(r)
+			}
+			err = sql.ErrConnDone
+		}
+	}()
 	if err := c.Raw(func(any) error {
+		entered = true
 		ferr = f()
 		return nil
 	}); err != nil {
 		return err
 	}
 	return ferr
+}
+
+// closedUnder reports whether r, a panic out of one of c's methods before
+// any code of dbscope's or the driver's ran, is database/sql's nil
+// dereference on a *sql.Conn that another goroutine closed in the middle
+// of the call (see withLock): a runtime error, and c closed.
+func closedUnder(c *sql.Conn, r any) bool {
+	_, rt := r.(runtime.Error)
+	return rt && errors.Is(c.Raw(func(any) error { return nil }), sql.ErrConnDone)
 }
 
 // result is a statement's rows on a pgx connection, and what ends its

@@ -277,11 +277,14 @@ func (r *pgxRows) Next() bool {
 }
 
 func (r *pgxRows) Err() error {
-	if r.Rows == nil || r.err != nil {
+	if r.Rows == nil {
 		return r.err
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.err != nil {
+		return r.err
+	}
 	return r.Rows.Err()
 }
 
@@ -311,7 +314,19 @@ func (r *pgxRows) closeLocked() {
 	}
 }
 
-func (r *pgxRows) abort() { r.Close() }
+// abort ends the rows from a boundary: whoever reads on is told they were
+// cut short.
+func (r *pgxRows) abort() {
+	if r.Rows == nil {
+		return
+	}
+	r.mu.Lock()
+	if !r.closed && r.err == nil {
+		r.err = errRowsCut
+	}
+	r.closeLocked()
+	r.mu.Unlock()
+}
 
 func (r *pgxRows) CommandTag() pgconn.CommandTag {
 	if r.Rows == nil {

@@ -484,7 +484,7 @@ func (s *Scope) flush(ctx context.Context, c *session, p *prefix) error {
 		return nil
 	}
 	var err error
-	reached := all
+	reached, done := all, false
 	if c.px == nil {
 		reached, err = s.flushOther(ctx, c, p)
 	} else {
@@ -492,10 +492,21 @@ func (s *Scope) flush(ctx context.Context, c *session, p *prefix) error {
 			ctx, traced := s.pool.traceAlone(ctx, c, p)
 			reached, err = s.pool.runPrefix(ctx, c, p)
 			traced(err)
+			// Under the lock: it reads pgconn's state (see shared).
+			s.prefixDone(c, p, err == nil, reached)
+			done = true
 			return err
 		})
 	}
-	s.prefixDone(c, p, err == nil, reached)
+	switch {
+	case c.px == nil:
+		s.prefixDone(c, p, err == nil, reached)
+	case !done:
+		// database/sql has closed the connection: nothing ran, and
+		// pgconn, which what the scope handed out may still drive, is
+		// not to be read.
+		c.pin.unsure, c.pin.txUnsure = true, true
+	}
 	if err != nil {
 		return err
 	}

@@ -100,9 +100,69 @@ type pin struct {
 	rows  *sql.Rows   // the last QueryContext's, on another driver
 	row   *sql.Row    // the last QueryRowContext's, on another driver
 	open1 closer      // the result open on a pgx connection (see open)
-	txs   []*sql.Tx   // BeginTx's
+	txs   []openTx    // BeginTx's
 	stmts []*sql.Stmt // PrepareContext's
 	leak  *time.Timer // see leak.go
+}
+
+// openTx is a *sql.Tx of BeginTx, and the stop of the watch that rolls
+// it back when its context ends (see Scope.beginSQL).
+type openTx struct {
+	tx   *sql.Tx
+	stop func() bool
+}
+
+// forgetTxs forgets BeginTx's transactions, and stops their watches.
+func (p *pin) forgetTxs() {
+	for _, t := range p.txs {
+		t.stop()
+	}
+	clear(p.txs)
+	p.txs = p.txs[:0]
+}
+
+// shared reports whether user code holds a handle that drives the
+// connection from any goroutine: a *sql.Tx or *sql.Stmt of the scope's,
+// or the connection itself ([Scope.Conn], [Scope.Pgx]). database/sql and
+// pgx's fn run under the connection's lock; what dbscope reads of pgconn's
+// state is read under it too then (txStatus, closed). Without handles
+// only the scope drives the connection, under s.mu, and its results under
+// the open count.
+func (c *session) shared() bool {
+	return len(c.pin.txs) > 0 || len(c.pin.stmts) > 0 || c.pin.handedOut
+}
+
+// txStatus is pgconn's transaction status (see shared); 0 where the
+// connection can no longer be reached. Not under the connection's lock.
+func (c *session) txStatus() byte {
+	if !c.shared() {
+		return c.pc.TxStatus()
+	}
+	var st byte
+	withLock(c.pin.conn, func() error { st = c.pc.TxStatus(); return nil })
+	return st
+}
+
+// closed reports whether pgconn has closed the connection (see shared).
+// Not under the connection's lock.
+func (c *session) closed() bool {
+	if !c.shared() {
+		return c.pc.IsClosed()
+	}
+	closed := true
+	withLock(c.pin.conn, func() error { closed = c.pc.IsClosed(); return nil })
+	return closed
+}
+
+// busy reports whether pgconn is still reading a result (see shared). Not
+// under the connection's lock.
+func (c *session) busy() bool {
+	if !c.shared() {
+		return c.pc.IsBusy()
+	}
+	busy := false
+	withLock(c.pin.conn, func() error { busy = c.pc.IsBusy(); return nil })
+	return busy
 }
 
 // txOver forgets the settings of the transaction that ended.

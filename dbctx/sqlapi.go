@@ -5,6 +5,9 @@ import (
 	"database/sql"
 	"database/sql/driver"
 	"fmt"
+	"net"
+	"sync"
+	"time"
 )
 
 // database/sql's interface on the scope: the DBTX that sqlc generates in
@@ -180,7 +183,9 @@ func (s *Scope) PrepareContext(ctx context.Context, query string) (*sql.Stmt, er
 // BeginTx starts a transaction on the scope's connection. Statements run
 // through the scope itself while it is open are part of it too. A
 // transaction still open at the next boundary is rolled back, and the
-// *sql.Tx fails afterwards. Inside [Atomic] it returns ErrInAtomic.
+// *sql.Tx fails afterwards. When ctx ends, the transaction is rolled back,
+// as database/sql does, but by the scope, between its statements: the
+// connection stays the scope's. Inside [Atomic] it returns ErrInAtomic.
 //
 // The scope does not see the statements run on the *sql.Tx, so it counts
 // them as changing session state: the session is reset before the
@@ -203,16 +208,14 @@ func (s *Scope) BeginTx(ctx context.Context, opts *sql.TxOptions) (*sql.Tx, erro
 			return err
 		}
 		c := s.c // lookFirst may have pinned another
-		if c.pc != nil && c.pc.TxStatus() == 'I' {
+		if c.pc != nil && c.txStatus() == 'I' {
 			// Earlier transactions are over: forget them.
-			clear(c.pin.txs)
-			c.pin.txs = c.pin.txs[:0]
+			c.pin.forgetTxs()
 		}
 		var err error
-		if tx, err = c.pin.conn.BeginTx(ctx, opts); err != nil {
+		if tx, err = s.beginSQL(ctx, c, opts); err != nil {
 			return err
 		}
-		c.pin.txs = append(c.pin.txs, tx)
 		c.pin.seen &^= kindBegin // database/sql ends it (see rollback)
 		p, err := s.prefixFor(ctx, c, true, false)
 		if err == nil {
@@ -232,6 +235,91 @@ func (s *Scope) BeginTx(ctx context.Context, opts *sql.TxOptions) (*sql.Tx, erro
 		return nil, err
 	}
 	return tx, nil
+}
+
+// beginSQL begins database/sql's transaction on c, for BeginTx. Left to
+// itself, database/sql rolls a *sql.Tx back on a goroutine of its own
+// when the context given to BeginTx ends; pgx, whose transaction keeps
+// that context, then fails the rollback and closes the connection, and
+// database/sql closes the *sql.Conn: all under the scope's feet, racing
+// its own use of the connection (a *sql.Conn closed under conn.Raw even
+// panics). So database/sql and pgx get ctx without its end. While BEGIN
+// runs, ctx's end interrupts it as pgx would, with a past deadline on the
+// socket; once it ran, the watch registered here rolls the transaction
+// back, under s.mu, so after or before any statement of the scope (where
+// rows of one are still open, pgx refuses the rollback, and the boundary
+// ends the transaction). Under s.mu.
+func (s *Scope) beginSQL(ctx context.Context, c *session, opts *sql.TxOptions) (*sql.Tx, error) {
+	if ctx.Done() == nil {
+		tx, err := beginTx(ctx, c.pin.conn, opts)
+		if err == nil {
+			c.pin.txs = append(c.pin.txs, openTx{tx, func() bool { return false }})
+		}
+		return tx, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	var interrupted func() bool
+	if c.pc != nil {
+		interrupted = interruptOn(ctx, c.pc.Conn())
+	}
+	tx, err := beginTx(context.WithoutCancel(ctx), c.pin.conn, opts)
+	if interrupted != nil && interrupted() {
+		if err == nil {
+			tx.Rollback()
+		}
+		return nil, ctx.Err()
+	}
+	if err != nil {
+		return nil, err
+	}
+	stop := context.AfterFunc(ctx, func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		tx.Rollback()
+	})
+	c.pin.txs = append(c.pin.txs, openTx{tx, stop})
+	return tx, nil
+}
+
+// beginTx is conn.BeginTx, where a Close of conn on another goroutine in
+// the middle of the call is conn closed, not a panic (see withLock).
+func beginTx(ctx context.Context, conn *sql.Conn, opts *sql.TxOptions) (tx *sql.Tx, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			if !closedUnder(conn, r) {
+				panic(r)
+			}
+			tx, err = nil, sql.ErrConnDone
+		}
+	}()
+	return conn.BeginTx(ctx, opts)
+}
+
+// interruptOn sets a past deadline on nc if ctx ends before the returned
+// function is called, which reports whether it did; a deadline set is
+// lifted then (the read it was for may have ended first).
+func interruptOn(ctx context.Context, nc net.Conn) func() bool {
+	var mu sync.Mutex
+	set := false
+	stop := context.AfterFunc(ctx, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		nc.SetDeadline(time.Unix(1, 0))
+		set = true
+	})
+	return func() bool {
+		if stop() {
+			return false
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if set {
+			nc.SetDeadline(time.Time{})
+		}
+		return true
+	}
 }
 
 // onBegin runs Options.OnBegin in the transaction the scope has just

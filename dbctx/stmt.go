@@ -177,7 +177,7 @@ func (s *Scope) inTx(c *session) bool {
 		return true
 	}
 	if c.pc != nil {
-		return c.pc.TxStatus() != 'I'
+		return c.txStatus() != 'I'
 	}
 	return len(c.pin.txs) > 0
 }

@@ -1,0 +1,261 @@
+package dbctx_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/dbscope/dbscope/dbctx"
+	"github.com/jackc/pgx/v5"
+)
+
+// The context of a BeginTx that ends while the scope goes on: the
+// transaction is rolled back (PostgreSQL has none of its rows), by the
+// scope, between its statements, where database/sql would roll it back
+// on a goroutine of its own and pgx, failing that rollback under the dead
+// context, would close the connection under the scope. The scope's
+// statements go on succeeding, on the same backend, and -race sees
+// nothing.
+func TestBeginTxContextEnds(t *testing.T) {
+	t.Parallel()
+	p, env := newPool(t, &dbctx.Options{MaxWorkers: 1})
+	mustExec(t, env.Admin(), "CREATE TABLE "+env.Schema()+".t (n int)")
+	for i := range 20 {
+		noHang(t, "BeginTx", func() {
+			ctx, scope := p.Scope(context.Background())
+			defer scope.End()
+			var pid, other int
+			if err := scope.QueryRowContext(ctx, "SELECT pg_backend_pid()").Scan(&pid); err != nil {
+				t.Fatal(err)
+			}
+			tctx, cancel := context.WithCancel(ctx)
+			tx, err := scope.BeginTx(tctx, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := tx.ExecContext(tctx, "INSERT INTO t VALUES ($1)", i); err != nil {
+				t.Fatal(err)
+			}
+			cancel()
+			// Until the transaction is over, the scope's statements run
+			// in it; then on their own, on the same backend.
+			deadline := time.Now().Add(time.Minute)
+			for {
+				var own bool
+				// The transaction's INSERT took an xid: a statement in it sees it.
+				err := scope.QueryRowContext(ctx, "SELECT pg_backend_pid(), pg_current_xact_id_if_assigned() IS NULL").Scan(&other, &own)
+				if err != nil {
+					t.Fatalf("a statement of the scope after BeginTx's context ended: %v", err)
+				}
+				if other != pid {
+					t.Fatalf("backend %d, then %d: the connection was lost", pid, other)
+				}
+				if own {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("the transaction of a BeginTx whose context ended is still open after a minute")
+				}
+			}
+			if err := tx.Commit(); err == nil {
+				t.Fatal("Commit after BeginTx's context ended: nil, want an error")
+			}
+		})
+	}
+	var n int
+	if err := env.Admin().QueryRow("SELECT count(*) FROM " + env.Schema() + ".t").Scan(&n); err != nil || n != 0 {
+		t.Fatalf("%d rows committed (%v), want 0", n, err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	err := p.Do(context.Background(), func(_ context.Context, s *dbctx.Scope) error {
+		_, err := s.BeginTx(ctx, nil)
+		return err
+	})
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("BeginTx with its context ended: %v, want context.Canceled", err)
+	}
+}
+
+// Rows that a boundary closes before they were read to the end say so:
+// Next stops and Err reports it, where it reported nothing (rows cut
+// short read as rows exhausted); and their column names are those of
+// their own statement, not of the next one the connection ran.
+func TestRowsCutByBoundary(t *testing.T) {
+	t.Parallel()
+	p, _ := newPool(t, nil)
+	const q = "SELECT n FROM generate_series(1, 1000) n"
+	type rowsLike interface {
+		Next() bool
+		Err() error
+	}
+	for name, open := range map[string]func(ctx context.Context, s *dbctx.Scope) (rowsLike, func() []string, error){
+		"QueryContext": func(ctx context.Context, s *dbctx.Scope) (rowsLike, func() []string, error) {
+			rows, err := s.QueryContext(ctx, q)
+			if err != nil {
+				return nil, nil, err
+			}
+			return rows, func() []string { c, _ := rows.Columns(); return c }, nil
+		},
+		"Query": func(ctx context.Context, s *dbctx.Scope) (rowsLike, func() []string, error) {
+			rows, err := s.Query(ctx, q)
+			if err != nil {
+				return nil, nil, err
+			}
+			return rows, func() []string {
+				var c []string
+				for _, fd := range rows.FieldDescriptions() {
+					c = append(c, fd.Name)
+				}
+				return c
+			}, nil
+		},
+	} {
+		ctx, scope := p.Scope(context.Background())
+		rows, columns, err := open(ctx, scope)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		if name == "Query" {
+			// database/sql asks for the columns at the first Next: not
+			// before the boundary for QueryContext.
+			if !rows.Next() {
+				t.Fatalf("%s: no first row: %v", name, rows.Err())
+			}
+			n++
+		}
+		if err := dbctx.CloseOld(ctx); err != nil {
+			t.Fatal(err)
+		}
+		var one int
+		if err := scope.QueryRowContext(ctx, "SELECT 1 AS other").Scan(&one); err != nil {
+			t.Fatal(err)
+		}
+		if name == "QueryContext" {
+			if c := columns(); !slices.Equal(c, []string{"n"}) {
+				t.Errorf("%s: columns %q after the boundary, want [n]", name, c)
+			}
+		}
+		for rows.Next() {
+			n++
+		}
+		if err := rows.Err(); err == nil {
+			t.Errorf("%s: %d of 1000 rows, then Next false and Err nil: rows cut short read as exhausted", name, n)
+		}
+		scope.End()
+	}
+}
+
+// A scope shared by goroutines that also use what it handed out (a
+// *sql.Tx, a *sql.Stmt, the *sql.Conn, the *pgx.Conn) alongside its own
+// statements, with contexts that end mid-statement: database/sql and pgx
+// drive the connection under its lock from any goroutine, and the scope
+// reads the connection's state under that lock too. Nothing races (-race),
+// panics (database/sql's Conn.Raw dereferenced nil on a *sql.Conn closed
+// under it) or hangs, and the next unit of work on the pool finds a clean
+// session.
+func TestScopeSharedWithHandles(t *testing.T) {
+	t.Parallel()
+	p, _ := newPool(t, &dbctx.Options{MaxWorkers: 2, WaitTimeout: time.Minute})
+	for round := range 8 {
+		noHang(t, "a unit of work", func() {
+			ctx, scope := p.Scope(tenant.With(context.Background(), "x"))
+			defer scope.End()
+			var wg sync.WaitGroup
+			for g := range 4 {
+				wg.Go(func() {
+					r := rand.New(rand.NewPCG(uint64(round), uint64(g)))
+					for range 40 {
+						sharedStep(ctx, scope, r)
+					}
+				})
+			}
+			wg.Wait()
+		})
+	}
+	err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+		var y, tn string
+		if err := s.QueryRowContext(ctx, "SELECT coalesce(current_setting('app.y', true), ''), coalesce(current_setting('app.tenant', true), '')").Scan(&y, &tn); err != nil {
+			return err
+		}
+		if y != "" || tn != "" {
+			return fmt.Errorf("the next unit sees app.y %q and app.tenant %q", y, tn)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// sharedStep runs one random step of TestScopeSharedWithHandles; its
+// errors (ErrConnBusy, a context that ended, a connection lost to one)
+// are the scope's answers, not the test's business.
+func sharedStep(ctx context.Context, scope *dbctx.Scope, r *rand.Rand) {
+	c := tenant.With(ctx, []string{"a", "b", "c"}[r.IntN(3)])
+	if r.IntN(4) == 0 {
+		var cancel context.CancelFunc
+		c, cancel = context.WithTimeout(c, time.Duration(r.IntN(2000))*time.Microsecond)
+		defer cancel()
+	}
+	switch r.IntN(10) {
+	case 0:
+		var s string
+		scope.QueryRowContext(c, "SELECT current_setting('app.tenant')").Scan(&s)
+	case 1:
+		if rows, err := scope.Query(c, "SELECT generate_series(1, 100)"); err == nil {
+			for rows.Next() {
+			}
+			rows.Close()
+		}
+	case 2:
+		b := &pgx.Batch{}
+		b.Queue("SELECT 1")
+		b.Queue("SELECT set_config('app.x', 'y', true)")
+		scope.SendBatch(c, b).Close()
+	case 3:
+		dbctx.Atomic(c, func(c context.Context) error {
+			_, err := scope.ExecContext(c, "SELECT 1")
+			return err
+		})
+	case 4:
+		if rows, err := scope.QueryContext(c, "SELECT generate_series(1, 50)"); err == nil {
+			if r.IntN(2) == 0 {
+				for rows.Next() {
+				}
+			}
+			rows.Close()
+		}
+	case 5:
+		if tx, err := scope.BeginTx(c, nil); err == nil {
+			tx.ExecContext(c, "SELECT 1")
+			if r.IntN(2) == 0 {
+				tx.Commit()
+			} else {
+				tx.Rollback()
+			}
+		}
+	case 6:
+		if conn, err := scope.Conn(c); err == nil {
+			conn.ExecContext(c, "SELECT 1")
+		}
+	case 7:
+		scope.Pgx(c, func(pc *pgx.Conn) error {
+			_, err := pc.Exec(c, "SELECT 1")
+			return err
+		})
+	case 8:
+		if st, err := scope.PrepareContext(c, "SELECT $1::int"); err == nil {
+			st.ExecContext(c, 1)
+			st.Close()
+		}
+	case 9:
+		scope.ExecContext(c, "SET app.y = 'z'")
+	}
+}
