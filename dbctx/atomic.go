@@ -50,7 +50,7 @@ func (s *Scope) usableForAtomic() error {
 
 // errTxRowsOpen is an Atomic that ended while rows of a statement in its
 // transaction were still open.
-var errTxRowsOpen = fmt.Errorf("%w: the transaction cannot end, and is lost with its connection; the scope's statements fail until its boundary (close rows before Atomic's function returns)", ErrConnBusy)
+var errTxRowsOpen = fmt.Errorf("%w: the transaction cannot end, and is lost with its connection; the scope's statements fail until its boundary (close rows before Atomic's function returns)", errRowsOpen)
 
 // errCommitRollback is a COMMIT the server answered ROLLBACK: the
 // transaction had failed.

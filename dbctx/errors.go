@@ -83,8 +83,16 @@ var (
 	// of an earlier statement open: from another goroutine of the unit
 	// of work, or from the same one before it closed them. Close rows, or
 	// read them to the end, before the next statement; QueryRowContext
-	// and QueryRow hold nothing.
-	ErrConnBusy = errors.New("dbctx: connection busy: rows of an earlier statement are still open")
+	// and QueryRow hold nothing. So is a statement of the scope while
+	// [Scope.Pgx]'s fn holds the connection (from fn itself, which must
+	// not use the scope, it would wait for itself forever).
+	ErrConnBusy = errors.New("dbctx: connection busy")
+
+	// errRowsOpen is ErrConnBusy for open rows.
+	errRowsOpen = fmt.Errorf("%w: rows of an earlier statement are still open", ErrConnBusy)
+
+	// errInPgxFn is ErrConnBusy while Scope.Pgx's fn runs.
+	errInPgxFn = fmt.Errorf("%w: Scope.Pgx's fn holds the connection (fn must not use the scope)", ErrConnBusy)
 
 	// ErrSettingValue is returned, wrapped with the setting's name, for a
 	// statement whose context declares a setting ([Setting.With]) with a

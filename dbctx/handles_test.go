@@ -262,3 +262,36 @@ func sharedStep(ctx context.Context, scope *dbctx.Scope, r *rand.Rand) {
 		scope.ExecContext(c, "SET app.y = 'z'")
 	}
 }
+
+// Scope.Pgx's fn must not use the scope; where it does, the statement
+// fails at once with ErrConnBusy, where it waited forever for the
+// connection's lock, which fn holds. After fn the scope works as before.
+func TestPgxFnUsesScope(t *testing.T) {
+	t.Parallel()
+	p, _ := newPool(t, nil)
+	noHang(t, "a statement of the scope inside Scope.Pgx's fn", func() {
+		err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+			err := s.Pgx(ctx, func(*pgx.Conn) error {
+				var n int
+				return s.QueryRowContext(ctx, "SELECT 1").Scan(&n)
+			})
+			if !errors.Is(err, dbctx.ErrConnBusy) {
+				return fmt.Errorf("a statement of the scope inside fn: %v, want ErrConnBusy", err)
+			}
+			err = s.Pgx(ctx, func(*pgx.Conn) error {
+				return dbctx.Atomic(ctx, func(ctx context.Context) error {
+					_, err := s.Exec(ctx, "SELECT 1")
+					return err
+				})
+			})
+			if !errors.Is(err, dbctx.ErrConnBusy) {
+				return fmt.Errorf("Atomic inside fn: %v, want ErrConnBusy", err)
+			}
+			var n int
+			return s.QueryRowContext(ctx, "SELECT 1").Scan(&n)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	})
+}

@@ -207,7 +207,8 @@ func (s *Scope) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
 // Pgx calls fn with the *pgx.Conn under the scope's connection, for what
 // the Scope does not cover (LISTEN, large objects, pgx's own transactions),
 // with what is owed applied first (the settings the context declares).
-// fn must not close the connection, nor use the scope. The scope sees none
+// fn must not close the connection, nor use the scope: a statement of the
+// scope while fn runs fails with [ErrConnBusy]. The scope sees none
 // of what fn runs: the connection is discarded at the next boundary,
 // rather than given back, so that a *pgx.Conn kept past it fails. With a
 // driver other than pgx's stdlib it returns an error.
@@ -219,7 +220,11 @@ func (s *Scope) Pgx(ctx context.Context, fn func(*pgx.Conn) error) error {
 	if c.px == nil {
 		return errNotPgx
 	}
-	err := withLock(c.pin.conn, func() error { return fn(c.px) })
+	err := func() error {
+		c.pin.inFn.Store(true)
+		defer c.pin.inFn.Store(false)
+		return withLock(c.pin.conn, func() error { return fn(c.px) })
+	}()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.observe(ctx, err, false)

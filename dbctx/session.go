@@ -87,6 +87,11 @@ type pin struct {
 	// ErrConnBusy. Their Close runs on their own goroutine.
 	open atomic.Int32
 
+	// inFn is set while Scope.Pgx's fn holds the connection: a statement
+	// of the scope meanwhile is refused (ErrConnBusy) rather than wait for
+	// the connection's lock, which, from fn itself, it would do forever.
+	inFn atomic.Bool
+
 	bad       bool // a connection-level error seen while in a transaction
 	badWhy    discardReason
 	handedOut bool      // user code holds the connection itself: discarded at the boundary

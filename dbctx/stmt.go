@@ -75,7 +75,10 @@ func (s *Scope) execLocked(ctx context.Context, st *stmt, run runner) error {
 		return fmt.Errorf("dbctx: Scope's pgx methods: %w", errNotPgx)
 	}
 	if c.pin.open.Load() > 0 {
-		return ErrConnBusy
+		return errRowsOpen
+	}
+	if c.pin.inFn.Load() {
+		return errInPgxFn
 	}
 	begin, err := s.beginning()
 	if err != nil {
