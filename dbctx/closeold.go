@@ -153,11 +153,15 @@ func (s *Scope) rollback(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
+	// Read while the transactions are still known (see shared): under
+	// the connection's lock, which a Commit of one still under way on
+	// another goroutine holds (its Rollback here said ErrTxDone).
+	open := c.pc != nil && c.txStatus() != 'I' || c.pc == nil && c.inRawTx()
 	c.pin.forgetTxs()
 	if len(errs) > 0 {
 		return fmt.Errorf("dbctx: rolling back a transaction left open: %w", errors.Join(errs...))
 	}
-	if c.pc != nil && c.txStatus() != 'I' || c.pc == nil && c.inRawTx() {
+	if open {
 		// Begun in raw SQL, or on the raw connection.
 		ctx, cancel := cleanupCtx(ctx)
 		defer cancel()

@@ -295,3 +295,63 @@ func TestPgxFnUsesScope(t *testing.T) {
 		}
 	})
 }
+
+// A boundary that comes while a goroutine's Commit of a BeginTx
+// transaction is under way (which the doc says not to do: boundaries
+// wait for the unit's goroutines) waits for it rather than read the
+// connection under it: -race sees nothing, the Commit reports what
+// PostgreSQL did, and the scope's next statement runs.
+func TestBoundaryDuringCommit(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "finds the transaction's backend in pg_stat_activity, which a pooler hides")
+	p, env := newPool(t, nil)
+	sch := env.Schema()
+	for _, q := range []string{
+		"CREATE TABLE " + sch + ".t (n int)",
+		"CREATE FUNCTION " + sch + ".slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.2); RETURN NULL; END $$",
+		"CREATE CONSTRAINT TRIGGER slow AFTER INSERT ON " + sch + ".t DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION " + sch + ".slow()",
+	} {
+		mustExec(t, env.Admin(), q)
+	}
+	noHang(t, "a boundary during a Commit", func() {
+		ctx, scope := p.Scope(context.Background())
+		defer scope.End()
+		var pid int
+		if err := scope.QueryRowContext(ctx, "SELECT pg_backend_pid()").Scan(&pid); err != nil {
+			t.Fatal(err)
+		}
+		tx, err := scope.BeginTx(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.ExecContext(ctx, "INSERT INTO t VALUES (1)"); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() { done <- tx.Commit() }()
+		for committing := false; !committing; {
+			err := env.Admin().QueryRow("SELECT count(*) = 1 FROM pg_stat_activity WHERE pid = $1 AND state = 'active' AND query ILIKE 'commit%'", pid).Scan(&committing)
+			if err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case err := <-done:
+				t.Fatalf("Commit returned before it was seen under way: %v", err)
+			default:
+			}
+		}
+		if err := dbctx.CloseOld(ctx); err != nil {
+			t.Fatalf("the boundary: %v", err)
+		}
+		if err := <-done; err != nil {
+			t.Fatalf("Commit: %v", err)
+		}
+		var n int
+		if err := env.Admin().QueryRow("SELECT count(*) FROM " + sch + ".t").Scan(&n); err != nil || n != 1 {
+			t.Fatalf("%d rows committed (%v), want the Commit's 1", n, err)
+		}
+		if err := scope.QueryRowContext(ctx, "SELECT 1").Scan(&n); err != nil {
+			t.Fatalf("the scope after the boundary: %v", err)
+		}
+	})
+}
