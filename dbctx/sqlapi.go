@@ -170,7 +170,7 @@ func (s *Scope) PrepareContext(ctx context.Context, query string) (*sql.Stmt, er
 	st.kind |= kindState | kindCode
 	var out *sql.Stmt
 	err := s.exec(ctx, &st, func(ctx context.Context, c *session, _ *prefix) error {
-		ps, err := c.pin.conn.PrepareContext(ctx, query)
+		ps, err := guarded(c.pin.conn, func() (*sql.Stmt, error) { return c.pin.conn.PrepareContext(ctx, query) })
 		if err == nil {
 			c.pin.stmts = append(c.pin.stmts, ps)
 			out = ps
@@ -283,18 +283,25 @@ func (s *Scope) beginSQL(ctx context.Context, c *session, opts *sql.TxOptions) (
 	return tx, nil
 }
 
-// beginTx is conn.BeginTx, where a Close of conn on another goroutine in
-// the middle of the call is conn closed, not a panic (see withLock).
-func beginTx(ctx context.Context, conn *sql.Conn, opts *sql.TxOptions) (tx *sql.Tx, err error) {
+// beginTx is conn.BeginTx, guarded.
+func beginTx(ctx context.Context, conn *sql.Conn, opts *sql.TxOptions) (*sql.Tx, error) {
+	return guarded(conn, func() (*sql.Tx, error) { return conn.BeginTx(ctx, opts) })
+}
+
+// guarded returns f(), a call of one of conn's methods, where a Close of
+// conn on another goroutine in the middle of the call is conn closed
+// (sql.ErrConnDone), not a panic (see withLock).
+func guarded[T any](conn *sql.Conn, f func() (T, error)) (v T, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			if !closedUnder(conn, r) {
 				panic(r)
 			}
-			tx, err = nil, sql.ErrConnDone
+			var zero T
+			v, err = zero, sql.ErrConnDone
 		}
 	}()
-	return conn.BeginTx(ctx, opts)
+	return f()
 }
 
 // interruptOn sets a past deadline on nc if ctx ends before the returned
