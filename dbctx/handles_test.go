@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -300,18 +301,28 @@ func TestPgxFnUsesScope(t *testing.T) {
 // transaction is under way (which the doc says not to do: boundaries
 // wait for the unit's goroutines) waits for it rather than read the
 // connection under it: -race sees nothing, the Commit reports what
-// PostgreSQL did, and the scope's next statement runs.
+// PostgreSQL did, and the scope's next statement runs. The COMMIT is held
+// by a deferred trigger waiting for an advisory lock the test holds.
 func TestBoundaryDuringCommit(t *testing.T) {
 	t.Parallel()
 	pgtest.SkipPooled(t, "finds the transaction's backend in pg_stat_activity, which a pooler hides")
 	p, env := newPool(t, nil)
 	sch := env.Schema()
+	const key = 917263551
 	for _, q := range []string{
 		"CREATE TABLE " + sch + ".t (n int)",
-		"CREATE FUNCTION " + sch + ".slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.2); RETURN NULL; END $$",
-		"CREATE CONSTRAINT TRIGGER slow AFTER INSERT ON " + sch + ".t DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION " + sch + ".slow()",
+		"CREATE FUNCTION " + sch + ".held() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_advisory_xact_lock(" + strconv.Itoa(key) + "); RETURN NULL; END $$",
+		"CREATE CONSTRAINT TRIGGER held AFTER INSERT ON " + sch + ".t DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION " + sch + ".held()",
 	} {
 		mustExec(t, env.Admin(), q)
+	}
+	lock, err := env.Admin().Conn(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Close()
+	if _, err := lock.ExecContext(context.Background(), "SELECT pg_advisory_lock($1)", key); err != nil {
+		t.Fatal(err)
 	}
 	noHang(t, "a boundary during a Commit", func() {
 		ctx, scope := p.Scope(context.Background())
@@ -327,24 +338,24 @@ func TestBoundaryDuringCommit(t *testing.T) {
 		if _, err := tx.ExecContext(ctx, "INSERT INTO t VALUES (1)"); err != nil {
 			t.Fatal(err)
 		}
-		done := make(chan error, 1)
-		go func() { done <- tx.Commit() }()
-		for committing := false; !committing; {
-			err := env.Admin().QueryRow("SELECT count(*) = 1 FROM pg_stat_activity WHERE pid = $1 AND state = 'active' AND query ILIKE 'commit%'", pid).Scan(&committing)
+		committed := make(chan error, 1)
+		go func() { committed <- tx.Commit() }()
+		for waiting := false; !waiting; {
+			err := env.Admin().QueryRow("SELECT count(*) = 1 FROM pg_stat_activity WHERE pid = $1 AND wait_event_type = 'Lock'", pid).Scan(&waiting)
 			if err != nil {
 				t.Fatal(err)
 			}
-			select {
-			case err := <-done:
-				t.Fatalf("Commit returned before it was seen under way: %v", err)
-			default:
-			}
 		}
-		if err := dbctx.CloseOld(ctx); err != nil {
-			t.Fatalf("the boundary: %v", err)
+		boundary := make(chan error, 1)
+		go func() { boundary <- dbctx.CloseOld(ctx) }()
+		if _, err := lock.ExecContext(context.Background(), "SELECT pg_advisory_unlock($1)", key); err != nil {
+			t.Fatal(err)
 		}
-		if err := <-done; err != nil {
+		if err := <-committed; err != nil {
 			t.Fatalf("Commit: %v", err)
+		}
+		if err := <-boundary; err != nil {
+			t.Fatalf("the boundary: %v", err)
 		}
 		var n int
 		if err := env.Admin().QueryRow("SELECT count(*) FROM " + sch + ".t").Scan(&n); err != nil || n != 1 {
