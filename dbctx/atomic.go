@@ -136,7 +136,7 @@ func (s *Scope) endTx(ctx context.Context, commit bool) error {
 		switch {
 		case err != nil:
 			s.observe(ctx, err, false)
-			if s.c != nil && s.c.pc != nil && s.c.txStatus() != 'I' {
+			if s.c != nil && s.c.pc != nil && s.c.state().tx != 'I' {
 				// Not sent (its context ended): roll back.
 				s.rollbackAtomic(ctx)
 			}

@@ -98,15 +98,19 @@ func (s *Scope) release(ctx context.Context, final bool) error {
 func (s *Scope) check(ctx context.Context, final bool) error {
 	p, c := s.pool, s.c
 	s.closeRows()
+	var st connState // none of pgconn's where the driver is another
+	if c.pc != nil {
+		st = c.state()
+	}
 	switch {
-	case c.pc != nil && c.busy():
+	case st.busy:
 		// Rows of the raw connection left open.
 		s.abandon(discardBroken)
 		return nil
 	case c.pin.bad:
 		s.unpin(c.pin.badWhy)
 		return nil
-	case c.pc != nil && c.closed():
+	case st.closed:
 		why := discardBroken
 		if ctx.Err() != nil {
 			why = discardCanceled
@@ -156,7 +160,7 @@ func (s *Scope) rollback(ctx context.Context) error {
 	// Read while the transactions are still known (see shared): under
 	// the connection's lock, which a Commit of one still under way on
 	// another goroutine holds (its Rollback here said ErrTxDone).
-	open := c.pc != nil && c.txStatus() != 'I' || c.pc == nil && c.inRawTx()
+	open := c.pc != nil && c.state().tx != 'I' || c.pc == nil && c.inRawTx()
 	c.pin.forgetTxs()
 	if len(errs) > 0 {
 		return fmt.Errorf("dbctx: rolling back a transaction left open: %w", errors.Join(errs...))

@@ -45,10 +45,7 @@ func withLock(c *sql.Conn, f func() error) (err error) {
 			// whose operation failed with driver.ErrBadConn) may have
 			// set to nil in between: Raw then dereferences nil. c is
 			// closed, and that is the answer.
-			if !closedUnder(c, r) {
-				panic(r)
-			}
-			err = sql.ErrConnDone
+			err = closedPanic(c, r)
 		}
 	}()
 	if err := c.Raw(func(any) error {
@@ -61,13 +58,16 @@ func withLock(c *sql.Conn, f func() error) (err error) {
 	return ferr
 }
 
-// closedUnder reports whether r, a panic out of one of c's methods before
-// any code of dbscope's or the driver's ran, is database/sql's nil
-// dereference on a *sql.Conn that another goroutine closed in the middle
-// of the call (see withLock): a runtime error, and c closed.
-func closedUnder(c *sql.Conn, r any) bool {
-	_, rt := r.(runtime.Error)
-	return rt && errors.Is(c.Raw(func(any) error { return nil }), sql.ErrConnDone)
+// closedPanic returns sql.ErrConnDone for r, a panic out of one of c's
+// methods before any code of dbscope's or the driver's ran, where it is
+// database/sql's nil dereference on a *sql.Conn that another goroutine
+// closed in the middle of the call (see withLock): a runtime error, and c
+// closed. Any other panic goes on.
+func closedPanic(c *sql.Conn, r any) error {
+	if _, rt := r.(runtime.Error); !rt || !errors.Is(c.Raw(func(any) error { return nil }), sql.ErrConnDone) {
+		panic(r)
+	}
+	return sql.ErrConnDone
 }
 
 // result is a statement's rows on a pgx connection, and what ends its

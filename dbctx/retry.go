@@ -38,7 +38,7 @@ func (s *Scope) retryable(ctx context.Context, c *session, k queryKind, err erro
 	}
 	// pgx keeps the status of the last ReadyForQuery: the one from before
 	// this statement, since a session ended mid-statement sends none.
-	if c.txStatus() != 'I' {
+	if c.state().tx != 'I' {
 		return false
 	}
 	if errors.Is(err, driver.ErrBadConn) || pgconn.SafeToRetry(err) {
@@ -84,7 +84,7 @@ func (s *Scope) observe(ctx context.Context, err error, first bool) error {
 	}
 	s.pool.pgxStatementError(err)
 	closed := errors.Is(err, driver.ErrBadConn) || errors.Is(err, sql.ErrConnDone) ||
-		(c.pc != nil && c.closed())
+		(c.pc != nil && c.state().closed)
 	if !closed {
 		return err
 	}

@@ -130,44 +130,33 @@ func (p *pin) forgetTxs() {
 // connection from any goroutine: a *sql.Tx or *sql.Stmt of the scope's,
 // or the connection itself ([Scope.Conn], [Scope.Pgx]). database/sql and
 // pgx's fn run under the connection's lock; what dbscope reads of pgconn's
-// state is read under it too then (txStatus, closed). Without handles
+// state is read under it too then (state). Without handles
 // only the scope drives the connection, under s.mu, and its results under
 // the open count.
 func (c *session) shared() bool {
 	return len(c.pin.txs) > 0 || len(c.pin.stmts) > 0 || c.pin.handedOut
 }
 
-// txStatus is pgconn's transaction status (see shared); 0 where the
-// connection can no longer be reached. Not under the connection's lock.
-func (c *session) txStatus() byte {
+// connState is what dbscope reads of pgconn's state.
+type connState struct {
+	tx     byte // the transaction status; 0 where the connection can no longer be reached
+	closed bool // pgconn has closed the connection
+	busy   bool // pgconn is still reading a result
+}
+
+// state reads pgconn's state (see shared). Not under the connection's
+// lock.
+func (c *session) state() connState {
 	if !c.shared() {
-		return c.pc.TxStatus()
+		return stateOf(c.pc)
 	}
-	var st byte
-	withLock(c.pin.conn, func() error { st = c.pc.TxStatus(); return nil })
+	st := connState{closed: true}
+	withLock(c.pin.conn, func() error { st = stateOf(c.pc); return nil })
 	return st
 }
 
-// closed reports whether pgconn has closed the connection (see shared).
-// Not under the connection's lock.
-func (c *session) closed() bool {
-	if !c.shared() {
-		return c.pc.IsClosed()
-	}
-	closed := true
-	withLock(c.pin.conn, func() error { closed = c.pc.IsClosed(); return nil })
-	return closed
-}
-
-// busy reports whether pgconn is still reading a result (see shared). Not
-// under the connection's lock.
-func (c *session) busy() bool {
-	if !c.shared() {
-		return c.pc.IsBusy()
-	}
-	busy := false
-	withLock(c.pin.conn, func() error { busy = c.pc.IsBusy(); return nil })
-	return busy
+func stateOf(pc *pgconn.PgConn) connState {
+	return connState{tx: pc.TxStatus(), closed: pc.IsClosed(), busy: pc.IsBusy()}
 }
 
 // txOver forgets the settings of the transaction that ended.

@@ -208,7 +208,7 @@ func (s *Scope) BeginTx(ctx context.Context, opts *sql.TxOptions) (*sql.Tx, erro
 			return err
 		}
 		c := s.c // lookFirst may have pinned another
-		if c.pc != nil && c.txStatus() == 'I' {
+		if c.pc != nil && c.state().tx == 'I' {
 			// Earlier transactions are over: forget them.
 			c.pin.forgetTxs()
 		}
@@ -294,11 +294,8 @@ func beginTx(ctx context.Context, conn *sql.Conn, opts *sql.TxOptions) (*sql.Tx,
 func guarded[T any](conn *sql.Conn, f func() (T, error)) (v T, err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			if !closedUnder(conn, r) {
-				panic(r)
-			}
 			var zero T
-			v, err = zero, sql.ErrConnDone
+			v, err = zero, closedPanic(conn, r)
 		}
 	}()
 	return f()

@@ -180,7 +180,7 @@ func (s *Scope) inTx(c *session) bool {
 		return true
 	}
 	if c.pc != nil {
-		return c.txStatus() != 'I'
+		return c.state().tx != 'I'
 	}
 	return len(c.pin.txs) > 0
 }
