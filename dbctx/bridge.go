@@ -92,7 +92,7 @@ func (p *Pool) closeBridge() {
 }
 
 // sqlRowsOf returns r as *sql.Rows.
-func (p *Pool) sqlRowsOf(r *sqlRows) (*sql.Rows, error) {
+func (p *Pool) sqlRowsOf(r driver.Rows) (*sql.Rows, error) {
 	b := p.bridge()
 	if b == nil {
 		r.Close()
@@ -141,6 +141,8 @@ func (bridgeConn) CheckNamedValue(*driver.NamedValue) error { return nil }
 func (bridgeConn) QueryContext(_ context.Context, _ string, args []driver.NamedValue) (driver.Rows, error) {
 	switch v := args[0].Value.(type) {
 	case *sqlRows:
+		return v, nil
+	case *otherRows:
 		return v, nil
 	case *oneRow:
 		return v, nil

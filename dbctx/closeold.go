@@ -306,11 +306,6 @@ func (s *Scope) abandon(why discardReason) {
 			return nil
 		})
 	}
-	if c.pin.row != nil {
-		// A *sql.Row never scanned holds the *sql.Conn until it is: with
-		// the connection closed, scanning it fails at once and frees it.
-		c.pin.row.Scan()
-	}
 	go conn.Raw(s.pool.discardFn)
 	s.pool.c.discarded[why].Add(1)
 	if why == discardBroken {
@@ -335,14 +330,6 @@ func (s *Scope) forget() {
 // closeRows closes what the scope's statements left open.
 func (s *Scope) closeRows() {
 	c := s.c
-	if c.pin.rows != nil {
-		c.pin.rows.Close()
-		c.pin.rows = nil
-	}
-	if c.pin.row != nil && c.pc == nil {
-		c.pin.row.Scan()
-		c.pin.row = nil
-	}
 	if r := c.pin.open1; r != nil {
 		c.pin.open1 = nil
 		r.abort()

@@ -146,6 +146,15 @@
 // whatever ran after it began, including other goroutines' statements that
 // have already reported success.
 //
+// On another driver than pgx's (lib/pq, or one that wraps pgx's to
+// instrument database/sql) the scope's rows are its own too, and hold the
+// connection as above. database/sql reads a driver's rows a row at a
+// time, locking the connection for each only, so where the scope has
+// handed out a *sql.Tx, *sql.Stmt or its *sql.Conn the rows are read to
+// the end before QueryContext returns; a statement of those handles on
+// another goroutine while the scope reads can still reach the driver
+// between two rows, which pgx's driver alone is safe from.
+//
 // # Several pools
 //
 // A context may carry a scope of each of several pools (a primary and a

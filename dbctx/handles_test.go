@@ -2,6 +2,7 @@ package dbctx_test
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -91,7 +92,11 @@ func TestBeginTxContextEnds(t *testing.T) {
 // their own statement, not of the next one the connection ran.
 func TestRowsCutByBoundary(t *testing.T) {
 	t.Parallel()
-	p, _ := newPool(t, nil)
+	forDrivers(t, testRowsCutByBoundary)
+}
+
+func testRowsCutByBoundary(t *testing.T, drv string) {
+	p, _ := newPoolWith(t, drv, nil)
 	const q = "SELECT n FROM generate_series(1, 1000) n"
 	type rowsLike interface {
 		Next() bool
@@ -119,6 +124,9 @@ func TestRowsCutByBoundary(t *testing.T) {
 			}, nil
 		},
 	} {
+		if drv == otherDriver && name == "Query" {
+			continue // pgx's own interface
+		}
 		ctx, scope := p.Scope(context.Background())
 		rows, columns, err := open(ctx, scope)
 		if err != nil {
@@ -155,6 +163,95 @@ func TestRowsCutByBoundary(t *testing.T) {
 	}
 }
 
+// On another driver than pgx's the scope's rows are its own too: while
+// they are open a statement of the scope fails with ErrConnBusy rather
+// than reach the driver's connection under them (database/sql would let
+// it), and they convert values as the driver does. Where the scope has
+// handed out a *sql.Tx, whose statements it cannot hold back, they are
+// read before QueryContext returns. QueryRowContext's row holds nothing.
+func TestRowsOtherDriver(t *testing.T) {
+	t.Parallel()
+	p, _ := newPoolWith(t, otherDriver, &dbctx.Options{MaxWorkers: 1})
+	ctx, scope := p.Scope(context.Background())
+	defer scope.End()
+	const q = "SELECT g, 'x' || g AS s, NULLIF(g, 2) AS n, now() AS t, '\\x0102'::bytea AS b FROM generate_series(1, 3) g"
+	rows, err := scope.QueryContext(ctx, q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error)
+	noHang(t, "a statement while rows are open", func() {
+		go func() {
+			_, err := queryInt(ctx, scope, "SELECT 1")
+			done <- err
+		}()
+		if err := <-done; !errors.Is(err, dbctx.ErrConnBusy) {
+			t.Errorf("rows open, another goroutine's statement: %v, want ErrConnBusy", err)
+		}
+	})
+	cts, err := rows.ColumnTypes()
+	if err != nil || len(cts) != 5 || cts[0].DatabaseTypeName() != "INT4" || cts[4].DatabaseTypeName() != "BYTEA" {
+		t.Errorf("column types %v, %v", cts, err)
+	}
+	var got []string
+	for rows.Next() {
+		var g int
+		var s string
+		var n sql.NullInt64
+		var tm time.Time
+		var b []byte
+		if err := rows.Scan(&g, &s, &n, &tm, &b); err != nil {
+			t.Fatal(err)
+		}
+		if tm.IsZero() {
+			t.Error("no time")
+		}
+		got = append(got, fmt.Sprintf("%d %s %v %x", g, s, n, b))
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"1 x1 {1 true} 0102", "2 x2 {0 false} 0102", "3 x3 {3 true} 0102"}; !slices.Equal(got, want) {
+		t.Errorf("rows %q, want %q", got, want)
+	}
+	// Read to the end: the connection is free again, without Close.
+	if n, err := queryInt(ctx, scope, "SELECT 2"); err != nil || n != 2 {
+		t.Fatalf("after the rows: %d, %v", n, err)
+	}
+	var none int
+	if err := scope.QueryRowContext(ctx, "SELECT 1 WHERE false").Scan(&none); !errors.Is(err, sql.ErrNoRows) {
+		t.Errorf("QueryRowContext of no row: %v, want sql.ErrNoRows", err)
+	}
+	if err := scope.QueryRowContext(ctx, "SELECT 1 / (2 - g) FROM generate_series(1, 2) g").Scan(&none); err == nil {
+		t.Error("QueryRowContext of a statement failing after its first row: no error")
+	}
+	// A *sql.Tx out: rows read at once, and the Tx's statements meanwhile
+	// (on another goroutine) reach no rows under way.
+	tx, err := scope.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	rows, err = scope.QueryContext(ctx, "SELECT g FROM generate_series(1, 100) g")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		_, err := tx.ExecContext(ctx, "SELECT 1")
+		done <- err
+	}()
+	if err := <-done; err != nil {
+		t.Errorf("the Tx's statement while the scope's rows are out: %v", err)
+	}
+	n := 0
+	for rows.Next() {
+		n++
+	}
+	if err := rows.Err(); err != nil || n != 100 {
+		t.Errorf("%d rows, %v; want 100", n, err)
+	}
+}
+
 // A scope shared by goroutines that also use what it handed out (a
 // *sql.Tx, a *sql.Stmt, the *sql.Conn, the *pgx.Conn) alongside its own
 // statements, with contexts that end mid-statement: database/sql and pgx
@@ -165,8 +262,12 @@ func TestRowsCutByBoundary(t *testing.T) {
 // session.
 func TestScopeSharedWithHandles(t *testing.T) {
 	t.Parallel()
+	forDrivers(t, testScopeSharedWithHandles)
+}
+
+func testScopeSharedWithHandles(t *testing.T, drv string) {
 	pgtest.SkipPooled(t, "cancels statements mid-flight; PgBouncer 1.18 crashes on the cancel request (server_proto: server in bad state)")
-	p, _ := newPool(t, &dbctx.Options{MaxWorkers: 2, WaitTimeout: time.Minute})
+	p, _ := newPoolWith(t, drv, &dbctx.Options{MaxWorkers: 2, WaitTimeout: time.Minute})
 	for round := range 8 {
 		noHang(t, "a unit of work", func() {
 			ctx, scope := p.Scope(tenant.With(context.Background(), "x"))

@@ -197,7 +197,11 @@ func TestKilledMidQueryInTx(t *testing.T) {
 // effect, and is run once more on a fresh connection.
 func TestKilledMidQueryRetried(t *testing.T) {
 	t.Parallel()
-	p, env := newPool(t, &dbctx.Options{MaxWorkers: 2})
+	forDrivers(t, testKilledMidQueryRetried)
+}
+
+func testKilledMidQueryRetried(t *testing.T, drv string) {
+	p, env := newPoolWith(t, drv, &dbctx.Options{MaxWorkers: 2})
 	ctx := context.Background()
 	killed := dbtest.KillWhenActive(t, env, "SELECT pg_sleep")
 	err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
@@ -311,8 +315,12 @@ func TestProxyStall(t *testing.T) {
 // and discards the connection.
 func TestCancelMidQuery(t *testing.T) {
 	t.Parallel()
+	forDrivers(t, testCancelMidQuery)
+}
+
+func testCancelMidQuery(t *testing.T, drv string) {
 	pgtest.SkipPooled(t, "cancels statements mid-flight; PgBouncer 1.18 crashes on the cancel request (server_proto: server in bad state)")
-	p, env := newPool(t, &dbctx.Options{MaxWorkers: 2})
+	p, env := newPoolWith(t, drv, &dbctx.Options{MaxWorkers: 2})
 	ctx, cancel := context.WithCancel(context.Background())
 	canceled := dbtest.WhenActive(t, env, "SELECT pg_sleep", cancel)
 	defer func() { <-canceled }()

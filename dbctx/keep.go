@@ -247,7 +247,7 @@ func (p *Pool) cleanAndClose(c *session) {
 	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
 	defer cancel()
 	if err := p.clean(ctx, c); err != nil {
-		if c.pc.IsClosed() {
+		if c.pc != nil && c.pc.IsClosed() {
 			// It died while kept: nothing to clean, nothing to say.
 			p.discard(c.pin.conn, discardDead)
 			return
@@ -268,12 +268,17 @@ func (p *Pool) clean(ctx context.Context, c *session) error {
 	if !c.resetDue || c.seqOnly {
 		pre.set = withResets(nil, c.applied)
 	}
-	err := withLock(c.pin.conn, func() error {
-		ctx, traced := p.traceAlone(ctx, c, pre)
-		_, err := p.runPrefix(ctx, c, pre)
-		traced(err)
-		return err
-	})
+	var err error
+	if c.px == nil {
+		_, err = p.runOther(ctx, c, pre)
+	} else {
+		err = withLock(c.pin.conn, func() error {
+			ctx, traced := p.traceAlone(ctx, c, pre)
+			_, err := p.runPrefix(ctx, c, pre)
+			traced(err)
+			return err
+		})
+	}
 	if err != nil {
 		return err
 	}

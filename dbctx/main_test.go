@@ -38,6 +38,40 @@ func poolOn(t *testing.T, env *pgtest.Env, db *sql.DB, opts *dbctx.Options) *dbc
 
 func newEnv(t *testing.T) *pgtest.Env { return pgtest.New(t) }
 
+// The drivers a test may open its *sql.DB with: pgx's, and another that
+// wraps it as the drivers that instrument database/sql do
+// (pgtest.Env.OpenWrapped), on which dbctx cannot look into the
+// connection and takes database/sql's paths.
+const (
+	pgxDriver   = "pgx"
+	otherDriver = "another driver"
+)
+
+// forDrivers runs test once per driver, as parallel subtests.
+func forDrivers(t *testing.T, test func(t *testing.T, drv string)) {
+	for _, drv := range []string{pgxDriver, otherDriver} {
+		t.Run(drv, func(t *testing.T) {
+			t.Parallel()
+			test(t, drv)
+		})
+	}
+}
+
+// openWith opens env's *sql.DB with driver drv.
+func openWith(t *testing.T, env *pgtest.Env, drv string) *sql.DB {
+	if drv == otherDriver {
+		return env.OpenWrapped(t)
+	}
+	return env.Open(t)
+}
+
+// newPoolWith is newPool with driver drv.
+func newPoolWith(t *testing.T, drv string, opts *dbctx.Options) (*dbctx.Pool, *pgtest.Env) {
+	t.Helper()
+	env := pgtest.New(t)
+	return poolOn(t, env, openWith(t, env, drv), opts), env
+}
+
 func newProxy(t *testing.T, env *pgtest.Env) *pgtest.Proxy { return pgtest.NewProxy(t, env) }
 
 // countedPool returns a pool of one slot and one connection through px, in

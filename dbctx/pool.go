@@ -147,7 +147,7 @@ func (p *Pool) connect(ctx context.Context, pn *Pin) (c *session, looked bool, e
 		if err == nil {
 			break
 		}
-		if dead < maxRetries && ctx.Err() == nil && c.pc != nil && c.pc.IsClosed() {
+		if dead < maxRetries && ctx.Err() == nil && c.gone(err) {
 			p.discard(c.pin.conn, discardDead)
 			p.sawDeath()
 			pn.sawDead()

@@ -486,7 +486,7 @@ func (s *Scope) flush(ctx context.Context, c *session, p *prefix) error {
 	var err error
 	reached, done := all, false
 	if c.px == nil {
-		reached, err = s.flushOther(ctx, c, p)
+		reached, err = s.pool.runOther(ctx, c, p)
 	} else {
 		err = withLock(c.pin.conn, func() error {
 			ctx, traced := s.pool.traceAlone(ctx, c, p)
@@ -514,10 +514,11 @@ func (s *Scope) flush(ctx context.Context, c *session, p *prefix) error {
 	return nil
 }
 
-// flushOther is flush through database/sql, for drivers other than pgx:
-// each statement in a round trip of its own.
-func (s *Scope) flushOther(ctx context.Context, c *session, p *prefix) (reached int, err error) {
-	s.pool.prefixStatements(p, func(sql string, set bool) {
+// runOther runs the statements of prefix p on c through database/sql,
+// for drivers other than pgx: each in a round trip of its own. It returns
+// how many ran.
+func (pl *Pool) runOther(ctx context.Context, c *session, p *prefix) (reached int, err error) {
+	pl.prefixStatements(p, func(sql string, set bool) {
 		var args []any
 		if set {
 			args = setConfigArgs(p.set, p.local)

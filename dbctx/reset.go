@@ -50,11 +50,17 @@ func splitStatements(query string) []string {
 // resetOther resets the session of a connection of a driver other than
 // pgx's, before it is given back: ResetSQL, then the prepared statements'
 // sweep where sweep is set.
+// It is counted once it has run, and clears what dbscope applied.
 func (p *Pool) resetOther(ctx context.Context, c *session, sweep bool) error {
-	p.c.resets.Add(1)
-	if _, err := c.pin.conn.ExecContext(ctx, p.opts.ResetSQL); err != nil || !sweep {
+	if _, err := c.pin.conn.ExecContext(ctx, p.opts.ResetSQL); err != nil {
 		return err
 	}
-	_, err := c.pin.conn.ExecContext(ctx, sweepSQL)
-	return err
+	if sweep {
+		if _, err := c.pin.conn.ExecContext(ctx, sweepSQL); err != nil {
+			return err
+		}
+	}
+	p.c.resets.Add(1)
+	c.applied = nil
+	return nil
 }

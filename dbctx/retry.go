@@ -31,10 +31,19 @@ var errNotPgx = errors.New("dbctx: connection is not a pgx stdlib connection")
 // which gets the settings of the statement's context, has the same
 // session. That holds whatever the earlier statements were, what the
 // classifier can see and what it cannot.
+//
+// On another driver than pgx's, whose connection dbscope cannot look
+// into, the same holds where the driver says nothing was sent
+// (driver.ErrBadConn) or where the server's error (its SQLSTATE, see
+// sqlState) is of class 57P and the scope knew of no transaction: the
+// statement is the first, and none was begun in SQL or by BeginTx.
 func (s *Scope) retryable(ctx context.Context, c *session, k queryKind, err error, first bool) bool {
 	// Inside Atomic only its BEGIN (not yet begun) may run again.
-	if !first || c.pc == nil || c.inRawTx() || s.atomicTxOpen() || ctx.Err() != nil {
+	if !first || c.inRawTx() || s.atomicTxOpen() || ctx.Err() != nil {
 		return false
+	}
+	if c.pc == nil {
+		return !s.inTx(c) && (errors.Is(err, driver.ErrBadConn) || k&kindOnce == 0 && serverEnded(err))
 	}
 	// pgx keeps the status of the last ReadyForQuery: the one from before
 	// this statement, since a session ended mid-statement sends none.
@@ -84,7 +93,7 @@ func (s *Scope) observe(ctx context.Context, err error, first bool) error {
 	}
 	s.pool.pgxStatementError(err)
 	closed := errors.Is(err, driver.ErrBadConn) || errors.Is(err, sql.ErrConnDone) ||
-		(c.pc != nil && c.state().closed)
+		(c.pc != nil && c.state().closed) || c.pc == nil && (serverEnded(err) || ctx.Err() != nil && !s.pool.alive(c))
 	if !closed {
 		return err
 	}
@@ -103,4 +112,42 @@ func (s *Scope) observe(ctx context.Context, err error, first bool) error {
 		return fmt.Errorf("%w: %w", ErrSessionLost, err)
 	}
 	return err
+}
+
+// gone reports whether c's connection failed for good with err: pgconn
+// says it is closed, or, on another driver, the driver said so
+// (driver.ErrBadConn) or the server ended the session (serverEnded).
+func (c *session) gone(err error) bool {
+	if c.pc != nil {
+		return c.pc.IsClosed()
+	}
+	return errors.Is(err, driver.ErrBadConn) || serverEnded(err)
+}
+
+// serverEnded reports whether err is the server ending the session (class
+// 57P: an administrator's or a crash's shutdown, or a server not yet
+// accepting connections), as a driver reports it: by its SQLSTATE (see
+// sqlState). pgx's connection needs no such guess: pgconn says whether it
+// is closed.
+func serverEnded(err error) bool { return strings.HasPrefix(sqlState(err), "57P") }
+
+// sqlState returns err's SQLSTATE where err, or one it wraps, has the
+// SQLState method that pgx's and lib/pq's errors have; else "".
+func sqlState(err error) string {
+	var se interface{ SQLState() string }
+	if errors.As(err, &se) {
+		return se.SQLState()
+	}
+	return ""
+}
+
+// alive asks a connection of another driver whether it still works, after
+// a statement its context ended: a driver may have closed it (pgx's
+// does), and what it would say of the next statement, driver.ErrBadConn,
+// would come too late to try that one again. It costs a round trip, on
+// that path alone.
+func (p *Pool) alive(c *session) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+	defer cancel()
+	return c.pin.conn.PingContext(ctx) == nil
 }

@@ -118,8 +118,12 @@ func TestNoRetryAfterUnseenState(t *testing.T) {
 // on another, and the scope's statement never sees the dead one.
 func TestOnAcquireFindsDeadConnection(t *testing.T) {
 	t.Parallel()
+	forDrivers(t, testOnAcquireFindsDeadConnection)
+}
+
+func testOnAcquireFindsDeadConnection(t *testing.T, drv string) {
 	pgtest.SkipPooled(t, "kills server backends and counts what the pool saw; behind a pooler the pooler absorbs the kill")
-	p, env := newPool(t, &dbctx.Options{
+	p, env := newPoolWith(t, drv, &dbctx.Options{
 		MaxWorkers: 1,
 		OnAcquire: func(ctx context.Context, c *sql.Conn) error {
 			_, err := c.ExecContext(ctx, "SELECT set_config('app.tenant', $1, false)", ctx.Value(tenantKey{}))
@@ -145,10 +149,14 @@ func TestOnAcquireFindsDeadConnection(t *testing.T) {
 // first statement.
 func TestRetryRunsOnAcquireAgain(t *testing.T) {
 	t.Parallel()
+	forDrivers(t, testRetryRunsOnAcquireAgain)
+}
+
+func testRetryRunsOnAcquireAgain(t *testing.T, drv string) {
 	pgtest.SkipPooled(t, "kills server backends and counts what the pool saw; behind a pooler the pooler absorbs the kill")
 	var env *pgtest.Env
 	runs := 0
-	p, env := newPool(t, &dbctx.Options{
+	p, env := newPoolWith(t, drv, &dbctx.Options{
 		MaxWorkers: 1,
 		OnAcquire: func(ctx context.Context, c *sql.Conn) error {
 			runs++
@@ -208,8 +216,12 @@ func TestKilledWhilePinnedIdle(t *testing.T) {
 // no one (the reset it owes fails, and it is discarded).
 func TestCleanupKeepsTheOutcome(t *testing.T) {
 	t.Parallel()
+	forDrivers(t, testCleanupKeepsTheOutcome)
+}
+
+func testCleanupKeepsTheOutcome(t *testing.T, drv string) {
 	pgtest.SkipPooled(t, "kills server backends and counts what the pool saw; behind a pooler the pooler absorbs the kill")
-	p, env := newPool(t, &dbctx.Options{MaxWorkers: 1, Logger: quiet()})
+	p, env := newPoolWith(t, drv, &dbctx.Options{MaxWorkers: 1, Logger: quiet()})
 	mustExec(t, env.Admin(), "CREATE TABLE "+env.Schema()+".t (n int)")
 	err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
 		if _, err := s.ExecContext(ctx, "SET app.x = 'dirty'"); err != nil {

@@ -102,9 +102,7 @@ type pin struct {
 	txSet     []setting // settings applied for the transaction under way (prefix.go)
 	txNames   []string  // the names of every setting applied in it: what a rollback to a savepoint may put back
 
-	rows  *sql.Rows   // the last QueryContext's, on another driver
-	row   *sql.Row    // the last QueryRowContext's, on another driver
-	open1 closer      // the result open on a pgx connection (see open)
+	open1 closer      // the result open (see open)
 	txs   []openTx    // BeginTx's
 	stmts []*sql.Stmt // PrepareContext's
 	leak  *time.Timer // see leak.go

@@ -235,13 +235,25 @@ func newID() int {
 func TestSettingsEveryPath(t *testing.T) {
 	t.Parallel()
 	pgtest.SkipPooled(t, "needs consecutive scopes to share one server session")
-	for _, mode := range []string{"cache_statement", "exec", "simple_protocol", "cache_describe", "describe_exec"} {
+	for _, mode := range []string{"cache_statement", "exec", "simple_protocol", "cache_describe", "describe_exec", "another driver"} {
 		t.Run(mode, func(t *testing.T) {
 			t.Parallel()
 			env := newEnv(t)
 			rls(t, env)
-			p := onePoolInMode(t, env, mode, dbctx.Options{Logger: quiet()})
+			var p *dbctx.Pool
+			if mode == "another driver" {
+				// One that wraps pgx's, as instrumenting drivers do:
+				// database/sql's paths, a round trip per setting.
+				db := env.OpenWrapped(t)
+				db.SetMaxOpenConns(1)
+				p = poolOn(t, env, db, &dbctx.Options{MaxWorkers: 1, Logger: quiet()})
+			} else {
+				p = onePoolInMode(t, env, mode, dbctx.Options{Logger: quiet()})
+			}
 			for name, path := range tenantPaths {
+				if mode == "another driver" && (name == "Pgx" || name == "Atomic, second statement" || strings.HasSuffix(name, "(pgx)")) {
+					continue // pgx's own interface: ErrNotPgx
+				}
 				id := newID()
 				other := tenant.With(context.Background(), "t2")
 				if v := see(t, p, other); v != (seen{"t2", 10}) {
@@ -521,10 +533,14 @@ func TestSettingsConcurrentTenants(t *testing.T) {
 // after the unit ran something fails it with ErrSessionLost.
 func TestSettingsAcrossKills(t *testing.T) {
 	t.Parallel()
+	forDrivers(t, testSettingsAcrossKills)
+}
+
+func testSettingsAcrossKills(t *testing.T, drv string) {
 	pgtest.SkipPooled(t, "kills server backends")
 	env := newEnv(t)
 	rls(t, env)
-	p := poolOn(t, env, env.Open(t), &dbctx.Options{MaxWorkers: 1, Logger: quiet()})
+	p := poolOn(t, env, openWith(t, env, drv), &dbctx.Options{MaxWorkers: 1, Logger: quiet()})
 	p.SetRecent(time.Hour) // the kept connection is not looked at: the retry must do it
 	ctx := tenant.With(context.Background(), "t2")
 	if v := see(t, p, ctx); v != (seen{"t2", 10}) {

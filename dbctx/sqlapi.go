@@ -55,13 +55,13 @@ func (s *Scope) ExecContext(ctx context.Context, query string, args ...any) (sql
 // with ErrConnBusy). A boundary closes them if you do not.
 func (s *Scope) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
 	st := s.stmtOf(query, args, rows)
-	var out *sqlRows
-	var other *sql.Rows
+	var out driver.Rows
 	err := s.exec(ctx, &st, func(ctx context.Context, c *session, p *prefix) error {
 		if c.px == nil {
-			var err error
-			other, err = c.pin.conn.QueryContext(ctx, query, args...)
-			c.pin.rows = other
+			rows, err := c.pin.conn.QueryContext(ctx, query, args...)
+			if err == nil {
+				out, err = s.openOther(c, rows)
+			}
 			return err
 		}
 		return withLock(c.pin.conn, func() error {
@@ -83,11 +83,8 @@ func (s *Scope) QueryContext(ctx context.Context, query string, args ...any) (*s
 			return nil
 		})
 	})
-	switch {
-	case err != nil:
+	if err != nil {
 		return nil, err
-	case other != nil:
-		return other, nil
 	}
 	rows, err := s.pool.sqlRowsOf(out)
 	if err != nil {
@@ -106,12 +103,11 @@ func (s *Scope) QueryRowContext(ctx context.Context, query string, args ...any) 
 	}
 	st := s.stmtOf(query, args, 0)
 	var out *oneRow
-	var other *sql.Row
 	err := s.exec(ctx, &st, func(ctx context.Context, c *session, p *prefix) error {
 		if c.px == nil {
-			other = c.pin.conn.QueryRowContext(ctx, query, args...)
-			c.pin.row = other
-			return other.Err()
+			var err error
+			out, err = queryRowOther(ctx, c, query, args)
+			return err
 		}
 		return withLock(c.pin.conn, func() error {
 			res, err := s.pgxQuery(ctx, c, p, query, sqlArgs(args), true)
@@ -126,10 +122,7 @@ func (s *Scope) QueryRowContext(ctx context.Context, query string, args ...any) 
 			return cerr
 		})
 	})
-	switch {
-	case other != nil && (err == nil || err == other.Err()):
-		return other
-	case err != nil:
+	if err != nil {
 		return s.pool.sqlRowOf(nil, err)
 	}
 	return s.pool.sqlRowOf(out, nil)

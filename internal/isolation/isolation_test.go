@@ -295,7 +295,13 @@ func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)
 // objects.
 func setup(t *testing.T) (*dbctx.Pool, *pgtest.Env, *sessiontest.Env) { return setupMode(t, "") }
 
-// setupMode is setup in pgx's exec mode mode ("": the DSN's).
+// wrapped is the exec mode of setupMode that opens the pool through
+// pgtest's driver wrapping pgx's (Env.OpenWrapped): another driver, for
+// dbctx.
+const wrapped = "wrapped"
+
+// setupMode is setup in pgx's exec mode mode ("": the DSN's), or through
+// another driver (wrapped).
 func setupMode(t *testing.T, mode string) (*dbctx.Pool, *pgtest.Env, *sessiontest.Env) {
 	env := pgtest.New(t)
 	se, cleanup, err := sessiontest.Setup(context.Background(), env.Admin(), env.Schema())
@@ -304,7 +310,9 @@ func setupMode(t *testing.T, mode string) (*dbctx.Pool, *pgtest.Env, *sessiontes
 	}
 	t.Cleanup(cleanup)
 	db := env.Open(t)
-	if mode != "" {
+	if mode == wrapped {
+		db = env.OpenWrapped(t)
+	} else if mode != "" {
 		dsn, err := pgserver.WithParams(env.DSN(), "default_query_exec_mode", mode)
 		if err != nil {
 			t.Fatal(err)
@@ -376,10 +384,28 @@ var extendedProtocol = []string{"second statement", "string then statement", "mu
 
 func TestNoStateCrossesScopes(t *testing.T) {
 	t.Parallel()
+	noStateCrosses(t, "")
+}
+
+// TestNoStateCrossesScopesOtherDriver is TestNoStateCrossesScopes through
+// a driver that wraps pgx's, as instrumenting drivers do, for the units
+// that database/sql reaches: dbctx sees another driver than pgx's, whose
+// connection it cannot look into, and takes its other paths.
+func TestNoStateCrossesScopesOtherDriver(t *testing.T) {
+	t.Parallel()
+	noStateCrosses(t, wrapped)
+}
+
+// noStateCrosses runs every unit of units over each case of the corpus,
+// in setupMode's mode, and has PostgreSQL say what the next scope finds.
+func noStateCrosses(t *testing.T, mode string) {
 	for name, run := range units {
+		if mode == wrapped && viaPgx(name) {
+			continue
+		}
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			p, _, se := setup(t)
+			p, _, se := setupMode(t, mode)
 			base, pid := probe(t, p, se)
 			baseClean := strings.Join(strings.Split(base, "\n")[:strings.Count(base, "\n")], "\n")
 			for _, c := range sessiontest.Cases {
@@ -409,6 +435,10 @@ func TestNoStateCrossesScopes(t *testing.T) {
 		})
 	}
 }
+
+// viaPgx reports whether the unit uses pgx's own interface, which only
+// pgx's driver offers.
+func viaPgx(unit string) bool { return unit == "Pgx" || strings.HasSuffix(unit, "(pgx)") }
 
 func isInert(unit, name string) bool {
 	for _, n := range inert[unit] {
