@@ -248,7 +248,11 @@ func (h *Handler) receive(pool *dbctx.Pool, s *Session, m message) {
 // slot are patient (internal/patient), bounded by the number of members (each waits
 // for one slot at a time), where refusing them would close the sockets.
 func (h *Handler) event(pool *dbctx.Pool, s *Session, e groups.Event) {
-	if h.c.Event == nil || s.sock.Err() != nil {
+	// An event of a group joined in Connect may come before the socket
+	// is accepted: it waits (the member queues what follows), rather
+	// than find nothing to send to.
+	<-s.opened
+	if h.c.Event == nil || s.sock.Err() != nil || s.conn.Load() == nil {
 		return
 	}
 	ev := s.ev
@@ -305,6 +309,6 @@ func (h *Handler) callback(pool *dbctx.Pool, s *Session, cb *Callback, fn func(c
 		if out != nil {
 			out.flush() // replies first, then the close
 		}
-		h.fail(s, "receive", err)
+		h.fail(s, cb.Kind.String(), err)
 	}
 }

@@ -264,7 +264,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		more = append(more, sc)
 	}
 	sctx, scope := pool.Scope(base)
-	s := &Session{h: h, req: r, ctx: sctx, wctx: values, sock: sock, scope: scope, pool: pool}
+	s := &Session{h: h, req: r, ctx: sctx, wctx: values, sock: sock, scope: scope, pool: pool, opened: make(chan struct{})}
 	s.release = func() {
 		sock.cancel()
 		scope.End()
@@ -287,6 +287,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			s.cb.Unlock()
 		}
 		if err != nil {
+			close(s.opened) // events of groups joined wait no more
 			s.leaveGroups()
 			h.refuse(w, r, err)
 			return
@@ -299,6 +300,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.count.clientGone.Add(1)
 		h.log(values, slog.LevelDebug, "wsconsumer: accept failed", slog.String("path", r.URL.Path), slog.Any("err", err))
 		s.finish()
+		close(s.opened)
 		s.leaveGroups()
 		h.disconnect(pool, s, -1)
 		return

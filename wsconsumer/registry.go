@@ -128,7 +128,7 @@ func (h *Handler) tick(now int64, readOn time.Duration, keep bool) {
 			// What coder/websocket does when a write's context ends.
 			h.log(s.wctx, slog.LevelDebug, "wsconsumer: write timeout", slog.String("path", s.req.URL.Path))
 			s.closing.Store(true)
-			go s.conn.Load().CloseNow()
+			go s.closeNow()
 		case h.opts.IdleTimeout > 0 && quiet >= h.opts.IdleTimeout:
 			s.closing.Store(true)
 			go s.Close(websocket.StatusGoingAway, "idle timeout")
@@ -148,14 +148,25 @@ func (s *Session) ping(timeout time.Duration) {
 	c := s.conn.Load()
 	if err := c.Ping(ctx); err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
 		s.h.log(s.wctx, slog.LevelDebug, "wsconsumer: no pong", slog.String("path", s.req.URL.Path))
-		c.CloseNow()
+		s.closeNow()
 	}
+}
+
+// closeNow closes the socket without a handshake, the client being gone
+// or too slow, and cancels the socket's context: work under way for it
+// stops, where a read that fails would say so only once a reader runs
+// (none does while a message is handled inline).
+func (s *Session) closeNow() {
+	s.closing.Store(true)
+	s.sock.cancel()
+	s.conn.Load().CloseNow()
 }
 
 // Shutdown closes every live socket with 1001 (going away), refuses new
 // ones with 503, and waits until every socket's Disconnect has run or ctx
-// ends; then it closes what is left without a handshake and returns ctx's
-// error. Keep the pool open until Shutdown returns: disconnects may use
+// ends; then it closes what is left without a handshake, cancels their
+// contexts (the work under way for them stops; their Disconnect still
+// runs, after Shutdown may have returned) and returns ctx's error. Keep the pool open until Shutdown returns: disconnects may use
 // it, all at once, within the pool's wait bounds (Options.MaxWaiting and
 // WaitTimeout of dbctx): size them for the sockets you close. Call it beside http.Server.Shutdown, which does not wait for
 // hijacked connections.
@@ -176,9 +187,8 @@ func (h *Handler) Shutdown(ctx context.Context) error {
 		return nil
 	case <-ctx.Done():
 		for _, s := range h.snapshot() {
-			s.conn.Load().CloseNow()
+			s.closeNow()
 		}
-		<-done
 		return ctx.Err()
 	}
 }

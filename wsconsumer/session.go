@@ -28,6 +28,7 @@ type Session struct {
 	h        *Handler
 	req      *http.Request
 	conn     atomic.Pointer[websocket.Conn]  // nil until accepted
+	opened   chan struct{}                   // closed once accepted, or refused (conn nil then): events wait for it
 	ctx      context.Context                 // the socket's context: request values, canceled at disconnect
 	wctx     context.Context                 // the request's values only, for reads and writes
 	sock     *socketCtx                      // under ctx: cancels it
@@ -313,7 +314,9 @@ func (s *Session) SendJSON(ctx context.Context, v any) error {
 
 // Close closes the socket with a status code and a reason (at most 123
 // bytes, sent to the client; keep internals out of it). It performs the
-// closing handshake, which coder/websocket bounds at 5s for each side.
+// closing handshake, which coder/websocket bounds at 5s for each side,
+// and then cancels the socket's context (Session.Context, and the ctx
+// of the callbacks): work still under way for the socket stops.
 // Disconnect runs after.
 func (s *Session) Close(code websocket.StatusCode, reason string) error {
 	c := s.conn.Load()
@@ -322,7 +325,9 @@ func (s *Session) Close(code websocket.StatusCode, reason string) error {
 	}
 	s.closing.Store(true)
 	s.sent.CompareAndSwap(0, int32(code))
-	return c.Close(code, reason)
+	err := c.Close(code, reason)
+	s.sock.cancel()
+	return err
 }
 
 // Go runs fn in a goroutine tied to the socket: its ctx is canceled when
@@ -363,6 +368,7 @@ func (s *Session) accept(c *websocket.Conn) {
 		s.start(fn)
 	}
 	s.pending = nil
+	close(s.opened)
 }
 
 func (s *Session) start(fn func(ctx context.Context)) {

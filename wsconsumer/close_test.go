@@ -1,0 +1,197 @@
+package wsconsumer_test
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/dbscope/dbscope/groups"
+	"github.com/dbscope/dbscope/internal/dbtest"
+	"github.com/dbscope/dbscope/wsconsumer"
+)
+
+// within fails t if f has not returned within a minute, far beyond what
+// it waits for when it works.
+func within(t *testing.T, what string, f func()) {
+	t.Helper()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		f()
+	}()
+	select {
+	case <-done:
+	case <-time.After(time.Minute):
+		t.Fatalf("%s did not return", what)
+	}
+}
+
+// Shutdown returns once its context ends, whatever the callbacks still
+// under way do: a Disconnect that does not return holds no Shutdown.
+func TestShutdownReturnsAtDeadline(t *testing.T) {
+	t.Parallel()
+	for name, style := range styles {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			p, _ := dbtest.NewPool(t, nil)
+			release := make(chan struct{})
+			defer close(release) // before the cleanups, which wait for Disconnect
+			entered := make(chan struct{})
+			h := style(p, wsconsumer.Consumer{
+				Disconnect: func(ctx context.Context, s *wsconsumer.Session, code websocket.StatusCode) {
+					close(entered)
+					<-release // neither returns nor looks at ctx
+				},
+			}, &wsconsumer.Options{Logger: quiet()})
+			c := dial(t, serve(t, h))
+			go c.Read(context.Background())
+			ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+			defer cancel()
+			within(t, "Shutdown", func() {
+				if err := h.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+					t.Errorf("Shutdown: %v, want context.DeadlineExceeded", err)
+				}
+			})
+			<-entered
+		})
+	}
+}
+
+// A socket the server closes (Session.Close from another goroutine, as an
+// admin's kick or Shutdown does) has its context canceled: the callback
+// under way, waiting on it, returns, and Disconnect runs.
+func TestServerCloseCancelsCallback(t *testing.T) {
+	t.Parallel()
+	for name, style := range styles {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			p, _ := dbtest.NewPool(t, nil)
+			sessions := make(chan *wsconsumer.Session, 1)
+			handling := make(chan struct{})
+			disconnected := make(chan struct{})
+			stop := make(chan struct{})
+			defer close(stop) // before the cleanups, should ctx never end
+			h := style(p, wsconsumer.Consumer{
+				Connect: func(ctx context.Context, s *wsconsumer.Session) error {
+					sessions <- s
+					return nil
+				},
+				Receive: func(ctx context.Context, s *wsconsumer.Session, typ websocket.MessageType, data []byte) error {
+					close(handling)
+					select {
+					case <-ctx.Done():
+					case <-stop:
+					}
+					return ctx.Err()
+				},
+				Disconnect: func(ctx context.Context, s *wsconsumer.Session, code websocket.StatusCode) {
+					close(disconnected)
+				},
+			}, &wsconsumer.Options{Logger: quiet()})
+			c := dial(t, serve(t, h))
+			go func() {
+				for {
+					if _, _, err := c.Read(context.Background()); err != nil {
+						return
+					}
+				}
+			}()
+			if err := c.Write(context.Background(), websocket.MessageText, []byte("work")); err != nil {
+				t.Fatal(err)
+			}
+			s := <-sessions
+			<-handling
+			within(t, "the callback and Disconnect", func() {
+				s.Close(websocket.StatusPolicyViolation, "kicked")
+				<-disconnected
+			})
+		})
+	}
+}
+
+// An Event callback's failure is logged as the event's, as OnCallback
+// tells it, not as a message's.
+func TestEventFailureLoggedAsEvent(t *testing.T) {
+	t.Parallel()
+	for name, style := range styles {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			p, _ := dbtest.NewPool(t, nil)
+			layer, err := groups.New(groups.NewMemory(), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer layer.Close()
+			logs, logger := dbtest.NewLogs()
+			h := style(p, wsconsumer.Consumer{
+				Connect: func(ctx context.Context, s *wsconsumer.Session) error {
+					s.Go(func(ctx context.Context) {
+						s.Join(ctx, "room")
+						s.SendText(ctx, "joined")
+					})
+					return nil
+				},
+				Event: func(ctx context.Context, s *wsconsumer.Session, e groups.Event) error {
+					return errors.New("the event's handler failed")
+				},
+			}, &wsconsumer.Options{Logger: logger, Layer: layer})
+			c := dial(t, serve(t, h))
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			if _, _, err := c.Read(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if err := layer.Send(ctx, "room", []byte("x")); err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err := c.Read(ctx); websocket.CloseStatus(err) != websocket.StatusInternalError {
+				t.Fatalf("the client got %v, want 1011", err)
+			}
+			dbtest.Eventually(t, "the failure logged", func() bool { return len(logs.AtLeast(slog.LevelError)) > 0 })
+			for _, r := range logs.AtLeast(slog.LevelError) {
+				if r.Attrs["callback"] != "event" {
+					t.Errorf("an Event callback's failure logged with callback=%q: %+v", r.Attrs["callback"], r)
+				}
+			}
+		})
+	}
+}
+
+// An event of a group joined in Connect reaches the socket, however soon
+// it comes: here it is sent from Connect itself, before the socket is
+// accepted.
+func TestEventBeforeAccept(t *testing.T) {
+	t.Parallel()
+	for name, style := range styles {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			p, _ := dbtest.NewPool(t, nil)
+			layer, err := groups.New(groups.NewMemory(), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer layer.Close()
+			h := style(p, wsconsumer.Consumer{
+				Connect: func(ctx context.Context, s *wsconsumer.Session) error {
+					if err := s.Join(ctx, "room"); err != nil {
+						return err
+					}
+					return layer.Send(ctx, "room", []byte("early"))
+				},
+				Event: func(ctx context.Context, s *wsconsumer.Session, e groups.Event) error {
+					return s.Send(ctx, websocket.MessageText, e.Data)
+				},
+			}, &wsconsumer.Options{Logger: quiet(), Layer: layer})
+			c := dial(t, serve(t, h))
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			_, data, err := c.Read(ctx)
+			if err != nil || string(data) != "early" {
+				t.Fatalf("the client read %q, %v; want the event sent from Connect", data, err)
+			}
+		})
+	}
+}
