@@ -98,6 +98,12 @@ const (
 	// SEQUENCES. Never the classifier's answer (see kindDML).
 	kindSeq
 
+	// kindSetting sets a setting for the session in view (SET, RESET,
+	// set_config(…, false)), with kindSession: one may be a transaction
+	// default, which the reset must not share the next statement's
+	// transaction under (see prefixFor).
+	kindSetting
+
 	// kindUtility is what a statement is that the classifier knows but
 	// does not read further: DDL, COPY, ANALYZE, GRANT…
 	kindUtility = kindState | kindOnce | kindCode
@@ -149,24 +155,58 @@ func (c *noteCache) kind(query string) queryKind {
 
 // classify reads what query may do to the session, whatever the
 // session's standard_conforming_strings.
+//
+// And whatever the client_encoding: in those whose characters of two
+// bytes may end in a backslash's byte (SJIS, BIG5, GBK, GB18030, UHC,
+// JOHAB), PostgreSQL reads E'\x95\x5c' as a string of one character,
+// converted before it is read, where a reading byte by byte sees an
+// escaped quote. A text with a byte above ASCII before a backslash is
+// read that way too.
 func classify(query string) queryKind {
-	k := classifyAs(query, false)
-	if strings.IndexByte(query, '\\') >= 0 {
-		// Off, a backslash escapes a quote in '…' too, which moves where
-		// strings end: what is code one way is a string the other.
-		k2 := classifyAs(query, true)
-		if k&k2&kindDML == 0 {
-			k, k2 = k&^kindDML, k2&^kindDML // kindDML only where both readings say so
-		}
-		k |= k2
+	k := classifyBoth(query, false)
+	if highBeforeBackslash(query) {
+		k = joinKinds(k, classifyBoth(query, true))
 	}
 	return k
 }
 
+// classifyBoth reads query with standard_conforming_strings on and, where
+// a backslash may escape, off; mb reads a byte above ASCII and the byte
+// after it as one character.
+func classifyBoth(query string, mb bool) queryKind {
+	k := classifyAs(query, false, mb)
+	if strings.IndexByte(query, '\\') >= 0 {
+		// Off, a backslash escapes a quote in '…' too, which moves where
+		// strings end: what is code one way is a string the other.
+		k = joinKinds(k, classifyAs(query, true, mb))
+	}
+	return k
+}
+
+// joinKinds is what a statement read two ways may do: what either reading
+// says, but kindDML only where both say so.
+func joinKinds(k, k2 queryKind) queryKind {
+	if k&k2&kindDML == 0 {
+		k, k2 = k&^kindDML, k2&^kindDML
+	}
+	return k | k2
+}
+
+// highBeforeBackslash reports whether a byte above ASCII comes right
+// before a backslash in query.
+func highBeforeBackslash(query string) bool {
+	for i := 1; i < len(query); i++ {
+		if query[i] == '\\' && query[i-1] >= 0x80 {
+			return true
+		}
+	}
+	return false
+}
+
 // classifyAs reads query with standard_conforming_strings off (escapes)
-// or on.
-func classifyAs(query string, escapes bool) queryKind {
-	c := classifier{lx: lexer{q: query, escapes: escapes}}
+// or on, and bytes above ASCII as the first of two (mb) or not.
+func classifyAs(query string, escapes, mb bool) queryKind {
+	c := classifier{lx: lexer{q: query, escapes: escapes, mb: mb}}
 	c.run()
 	return c.kind
 }
@@ -234,6 +274,7 @@ type lexer struct {
 	q       string
 	i       int
 	escapes bool
+	mb      bool // a byte above ASCII in a string is the first of a character of two (see classify)
 }
 
 func isIdentStart(c byte) bool {
@@ -430,6 +471,10 @@ func (l *lexer) str(esc bool) token {
 	q := l.q
 	start := l.i + 1
 	for j := start; j < len(q); j++ {
+		if q[j] >= 0x80 && l.mb {
+			j++ // the second byte of the character, whatever it is
+			continue
+		}
 		switch q[j] {
 		case '\\':
 			if esc {
@@ -602,6 +647,19 @@ type classifier struct {
 	cfgArg   int
 	cfgToks  int
 	cfgTrue  bool
+
+	// OPERATOR( … ) under way: the depth inside its parentheses (0:
+	// none); and the token count at the ) that closed the last one, which
+	// ends an operator, not an operand: a name after it is an operand's,
+	// not an alias ('a' OPERATOR(||) f(…) calls f).
+	opDepth   int
+	opCloseAt int
+
+	// A search_path being set: SET [LOCAL | SESSION] search_path, or
+	// set_config('search_path', …) (cfgPath), whose value must be a plain
+	// string to be read for pg_temp (cfgPlain: the argument so far is one
+	// such string).
+	pathSet, cfgPath, cfgPlain bool
 }
 
 // explainState is where a statement is in EXPLAIN's prefix.
@@ -696,9 +754,16 @@ func (c *classifier) token(t token) {
 	c.setConfigArg(t)
 	switch t.kind {
 	case tLParen:
-		c.call()
+		if c.p1.is("operator") && c.opDepth == 0 {
+			c.opDepth = c.depth + 1
+		} else {
+			c.call()
+		}
 		c.depth++
 	case tRParen:
+		if c.opDepth > 0 && c.depth == c.opDepth {
+			c.opDepth, c.opCloseAt = 0, c.ntok
+		}
 		if c.depth > 0 {
 			c.depth--
 		}
@@ -716,8 +781,10 @@ func (c *classifier) token(t token) {
 		c.sk |= kindSessionState
 	case tString:
 		// A search_path for SET LOCAL or set_config(…, true), which would
-		// send the CREATE after it to pg_temp.
-		if containsFold(t.text, "pg_temp") || containsFold(t.text, "pg_toast_temp") {
+		// send the CREATE after it to pg_temp; written with escapes
+		// (E'pg\x5ftemp', U&'pg\005Ftemp') it cannot be read here.
+		if containsFold(t.text, "pg_temp") || containsFold(t.text, "pg_toast_temp") ||
+			c.pathSet && strings.IndexByte(t.text, '\\') >= 0 {
 			c.sk |= kindSessionState
 		}
 	}
@@ -874,7 +941,9 @@ func (c *classifier) startStatement(t token) {
 		c.dml = c.explain == explainNone && !t.is("merge")
 	case "set", "prepare", "deallocate", "discard":
 		// Decided by the next word (second).
-	case "reset", "listen", "unlisten":
+	case "reset":
+		c.sk |= kindSessionState | kindSetting
+	case "listen", "unlisten":
 		c.sk |= kindSessionState
 	case "execute":
 		c.sk |= kindSessionState | kindCode
@@ -899,8 +968,19 @@ func (c *classifier) startStatement(t token) {
 // second reads the words after the first where they decide the kind.
 func (c *classifier) second(t token) {
 	switch {
+	case c.pos <= 2 && (c.first.is("set") || c.first.is("reset")) && t.is("seed") && (c.pos == 1 || c.p1.is("local") || c.p1.is("session")):
+		// The seed of random(): setting it calls setseed, whose state no
+		// reset undoes, even SET LOCAL, even RESET.
+		if l := c.lx; l.next().kind != tDot {
+			c.sk |= kindSessionState | kindPoison
+		} else if c.pos == 1 && c.first.is("set") {
+			c.setForm(t)
+		}
 	case c.pos == 1 && c.first.is("set"):
 		c.setForm(t)
+		c.pathSet = t.is("search_path")
+	case c.pos == 2 && c.first.is("set") && t.is("search_path") && (c.p1.is("local") || c.p1.is("session")):
+		c.pathSet = true
 	case c.pos == 1 && c.first.is("prepare"):
 		// PREPARE TRANSACTION 'gid', or a statement named transaction.
 		if l := c.lx; t.is("transaction") && l.next().kind == tString {
@@ -954,7 +1034,7 @@ func (c *classifier) setForm(t token) {
 		}
 		return
 	}
-	c.sk |= kindSessionState
+	c.sk |= kindSessionState | kindSetting
 }
 
 // readWord looks in a statement that reads for words that write.
@@ -1005,6 +1085,9 @@ func (c *classifier) call() {
 			return
 		}
 		c.ck |= kindState | kindCode
+		if n.kind == tOpaque || among(unresettable, n.text, n.kind == tWord) {
+			c.ck |= kindSessionState | kindPoison
+		}
 		return
 	}
 	if n.kind == tWord {
@@ -1017,7 +1100,7 @@ func (c *classifier) call() {
 	switch {
 	case n.is("conflict") && p.is("on"):
 		return // ON CONFLICT (columns)
-	case p.operand() || p.is("as"):
+	case p.operand() && c.opCloseAt != c.ntok-2 || p.is("as"):
 		// An alias with column names: FROM t AS x(a, b), FROM t x(a);
 		// count(*) FILTER (…), … OVER (…), t JOIN (…).
 		return
@@ -1031,7 +1114,8 @@ func (c *classifier) call() {
 	case p.is("execute"):
 		return // EXECUTE name (parameters)
 	case n.kind == tOpaque:
-		c.ck |= kindState | kindCode
+		// Its name is not decoded: it may be setseed.
+		c.ck |= kindSessionState | kindCode | kindPoison
 		return
 	}
 	c.builtin(n.text, n.kind == tWord)
@@ -1052,7 +1136,7 @@ func (c *classifier) builtin(name string, folded bool) {
 			return
 		}
 		c.cfgDepth, c.cfgArg, c.cfgToks, c.cfgTrue = c.depth+1, 0, 0, false
-	case eq("setseed"):
+	case among(unresettable, name, folded):
 		c.ck |= kindSessionState | kindPoison
 	case harmless(name, folded):
 	case sessionLock(name, folded):
@@ -1064,6 +1148,17 @@ func (c *classifier) builtin(name string, folded bool) {
 	default:
 		c.ck |= kindState | kindCode
 	}
+}
+
+// unresettable are the functions that leave in the session what no reset
+// undoes: the seed of random(), a dblink connection, a temporary
+// replication slot, a replication origin set up for the session, a backup
+// under way. They are told by name in any schema (dblink's is the
+// extension's).
+var unresettable = []string{
+	"setseed", "dblink_connect", "dblink_connect_u",
+	"pg_create_physical_replication_slot", "pg_create_logical_replication_slot",
+	"pg_replication_origin_session_setup", "pg_backup_start", "pg_start_backup",
 }
 
 // sequenceWriters leave sequence state and run no other code;
@@ -1100,15 +1195,29 @@ func (c *classifier) setConfigArg(t token) {
 	switch {
 	case t.kind == tRParen && c.depth == c.cfgDepth:
 		if c.cfgArg != 2 || c.cfgToks != 1 || !c.cfgTrue {
-			c.ck |= kindSessionState
+			c.ck |= kindSessionState | kindSetting
 		} else {
 			c.ck |= kindTxSet
 		}
-		c.cfgDepth = 0
+		c.cfgDepth, c.cfgPath = 0, false
 	case t.kind == tComma && c.depth == c.cfgDepth:
+		if c.cfgArg == 1 && c.cfgPath && (c.cfgToks != 1 || !c.cfgPlain) {
+			// A search_path computed ('pg_' || 'temp', $1): it may name
+			// pg_temp.
+			c.ck |= kindSessionState
+		}
 		c.cfgArg++
 		c.cfgToks, c.cfgTrue = 0, false
 	default:
+		if c.cfgArg == 0 && c.cfgToks == 0 && t.kind == tString {
+			switch {
+			case strings.EqualFold(t.text, "seed"):
+				c.ck |= kindSessionState | kindPoison // see second
+			case strings.EqualFold(t.text, "search_path"):
+				c.cfgPath = true
+			}
+		}
+		c.cfgPlain = c.cfgToks == 0 && t.kind == tString && strings.IndexByte(t.text, '\\') < 0
 		c.cfgToks++
 		c.cfgTrue = c.depth == c.cfgDepth && (t.is("true") ||
 			t.kind == tString && (strings.EqualFold(t.text, "true") || strings.EqualFold(t.text, "t") || strings.EqualFold(t.text, "on")))

@@ -230,6 +230,7 @@ func (s *Scope) giveBack(ctx context.Context) error {
 			// trip (prefix.go), or before it goes back to the *sql.DB.
 			c.resetDue, c.seqOnly = true, false
 			c.sweepDue = c.sweepDue || sweep
+			c.setDue = c.setDue || c.pin.seen&kindSetting != 0
 		} else {
 			ctx, cancel := cleanupCtx(ctx)
 			err := p.resetOther(ctx, c, sweep)

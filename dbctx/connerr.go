@@ -45,15 +45,20 @@ func (p *Pool) connectError(ctx context.Context, err error) error {
 	var ce *pgconn.ConnectError
 	var pe *pgconn.ParseConfigError
 	switch {
+	case errors.Is(err, errConnectTimeout):
+		// Nothing said what is wrong before ConnectTimeout: taken for an
+		// outage (a host that does not answer).
 	case errors.As(err, &pe):
 		p.misconfigured(pe, err)
 		return fmt.Errorf("%w: %w", ErrMisconfigured, err)
 	case !errors.As(err, &ce):
 		return err // not pgx's, or not connecting
 	}
-	if cause := misconfiguration(ce); cause != nil {
-		p.misconfigured(cause, err)
-		return fmt.Errorf("%w: %w", ErrMisconfigured, err)
+	if ce != nil { // nil: ConnectTimeout's
+		if cause := misconfiguration(ce); cause != nil {
+			p.misconfigured(cause, err)
+			return fmt.Errorf("%w: %w", ErrMisconfigured, err)
+		}
 	}
 	p.c.unavailable.Add(1)
 	p.opts.Logger.Warn(msgUnavailable, "err", err)
@@ -64,6 +69,9 @@ func (p *Pool) connectError(ctx context.Context, err error) error {
 // one per failed connect: the pool's logger aggregates it (see
 // logging.go).
 const msgUnavailable = "dbctx: database unavailable"
+
+// errConnectTimeout is a connect that Options.ConnectTimeout ended.
+var errConnectTimeout = errors.New("dbctx: no connection within ConnectTimeout")
 
 // misconfiguration returns the error in ce's tree that says the
 // configuration is wrong, or nil where none does. With several hosts or

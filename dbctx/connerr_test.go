@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -227,5 +229,55 @@ func TestConnectPastDeadline(t *testing.T) {
 	}
 	if err := p.Do(context.Background(), selectOne); err != nil {
 		t.Fatalf("Do after: %v", err)
+	}
+}
+
+// A host that accepts the connection and never answers holds a unit of
+// work with no deadline of its own for ConnectTimeout at most: then it
+// gets ErrUnavailable, counted and logged as an outage, and its slot is
+// free again.
+func TestConnectTimeout(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	var held []net.Conn
+	var mu sync.Mutex
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			held = append(held, c) // never answered, never closed until the end
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range held {
+			c.Close()
+		}
+	})
+	var logs syncBuffer
+	logger := slog.New(slog.NewTextHandler(&logs, nil))
+	db := openDSN(t, "postgres://nobody@"+ln.Addr().String()+"/x?sslmode=disable")
+	p := dbctx.New(db, &dbctx.Options{MaxWorkers: 1, ConnectTimeout: 200 * time.Millisecond, Logger: logger})
+	t.Cleanup(func() { p.Close() })
+	noHang(t, "a unit of work with no deadline", func() {
+		err = p.Do(context.Background(), selectOne)
+	})
+	if !errors.Is(err, dbctx.ErrUnavailable) {
+		t.Fatalf("Do: %v, want ErrUnavailable", err)
+	}
+	if st := p.Stats(); st.Unavailable != 1 || st.InUse != 0 {
+		t.Errorf("Stats: %+v, want one unavailable and no slot held", st)
+	}
+	if !strings.Contains(logs.String(), "database unavailable") || !strings.Contains(logs.String(), "ConnectTimeout") {
+		t.Errorf("not logged as an outage past ConnectTimeout:\n%s", logs.String())
 	}
 }

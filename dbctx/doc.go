@@ -287,8 +287,23 @@
 // planning may fold them, but not an immutable function of a column's
 // default or a view's. A reset also cannot remove a custom setting it
 // resets: where a fresh session has no app.tenant, a reset one has it set
-// to the empty string (see [DefaultResetSQL]). Behind PgBouncer, what is
-// not refused is listed below.
+// to the empty string (see [DefaultResetSQL]). Nor what an extension's
+// code keeps per session without a function the text names: a foreign
+// table of postgres_fdw read leaves its connection to the remote server
+// cached in the session. Nor transaction defaults
+// (default_transaction_read_only, …) that such code set: the reset undoes
+// them, but the next scope's first statement may share the reset's
+// transaction, begun under them (those a SET or set_config in the text
+// sets are seen, and the reset then takes a transaction of its own). Nor,
+// in pgx's simple protocol with arguments, a text that pgx's own reading
+// of quotes (its sanitizer, which puts the arguments in) reads otherwise
+// than PostgreSQL: the text that runs is then not the text read. What no
+// reset undoes (setseed or the seed setting, dblink_connect, a temporary
+// replication slot, pg_replication_origin_session_setup, a backup
+// started) is told by the function's name in any schema, or the
+// setting's, and costs the connection; a function whose name is written
+// U&"…" is taken for one. Behind PgBouncer, what is not refused is listed
+// below.
 //
 // # Retry
 //
@@ -342,7 +357,8 @@
 //     OnAcquire or ResetAlways. Not refused, and not reset either, so that
 //     it reaches another client: what the classifier cannot see (state left
 //     by a function, DO, CALL, a trigger or rule of a DML statement,
-//     [Scope.Conn], [Scope.Pgx]; a CREATE without a
+//     [Scope.Conn], [Scope.Pgx], the statements of a *sql.Tx of
+//     [Scope.BeginTx]; a CREATE without a
 //     schema where the role's or database's search_path begins with
 //     pg_temp; an index or a view made on a temporary table such code
 //     left), and the sequence state that nextval and every INSERT into a

@@ -186,7 +186,7 @@ func TestClassify(t *testing.T) {
 		{"SELECT * FROM t WHERE x = f(1)", S | C},
 		{"SELECT * FROM generate_series(1, 3) g, my_srf(g)", S | C},
 		{"SELECT \"Lower\"(x) FROM t", S | C},
-		{"SELECT U&\"\\0073et_config\"('a', 'b', false)", S | C | X},
+		{"SELECT U&\"\\0073et_config\"('a', 'b', false)", S | C | X | P}, // its name not decoded: it may be setseed
 		{"SELECT join(1)", S | C},
 		{"SELECT x FROM t ORDER BY score(x)", S | C},
 		{"SELECT public.lower(x) FROM t", S | C},
@@ -238,8 +238,42 @@ func TestClassify(t *testing.T) {
 		{"DEALLOCATE ALL", S | P | X},
 		{"DEALLOCATE PREPARE ALL", S | P | X},
 		{"SELECT setseed(0.5)", S | P | X},
+		// The seed of random(): no reset undoes it, even SET LOCAL's,
+		// even RESET's.
+		{"SET seed = 0.5", S | P | X},
+		{"SET SEED TO 0.5", S | P | X},
+		{"SET LOCAL seed = 0.5", S | P | X | L},
+		{"RESET seed", S | P | X},
+		{"SELECT set_config('seed', '0.5', true)", S | P | X | L},
+		{"SET seed.x = 1", S | X}, // a custom setting named seed.x
+		// What else no reset undoes, in any schema.
+		{"SELECT dblink_connect('c', 'dbname=x')", S | P | X},
+		{"SELECT public.dblink_connect('c', 'dbname=x')", S | P | X | C},
+		{"SELECT pg_catalog.pg_backup_start('b', true)", S | P | X},
+		{"SELECT * FROM pg_create_physical_replication_slot('s', true, true)", S | P | X},
+		{"SELECT pg_replication_origin_session_setup('o')", S | P | X},
+		// A name after OPERATOR( … ) is an operand: a function called,
+		// not an alias.
+		{"SELECT 'a' OPERATOR(||) set_config('app.x', 'leak', false)", S | X},
+		{"SELECT true OPERATOR(pg_catalog.=) pg_try_advisory_lock(42)", S | X},
+		{"SELECT 1 OPERATOR(pg_catalog.+) f(2)", S | C},
+		{"SELECT 'x' OPERATOR(||) setseed(0.5)::text", S | P | X},
+		{"SELECT a OPERATOR(pg_catalog.+) 1 FROM t x(a)", 0}, // the alias with columns still one
+		// A search_path written with escapes, or computed: it may name
+		// pg_temp (refused under TransactionPooling).
+		{"SET LOCAL search_path = E'pg\\x5ftemp'", S | X | L},
+		{"SET search_path TO U&'pg\\005Ftemp'", S | X},
+		{"SELECT set_config('search_path', 'pg_' || 'temp', true)", S | X | L},
+		{"SELECT set_config('search_path', $1, true)", S | X | L},
+		{"SELECT set_config('search_path', 'public', true)", L},
+		{"SET LOCAL search_path = public, 'x'", L},
+		// A character of two bytes whose second is a backslash's (SJIS,
+		// BIG5): the quote after it ends the string.
+		{"SELECT E'\x95\x5c', set_config('app.x', 'leak', false) -- '", S | X},
+		{"SELECT E'\xa4\x5c', pg_advisory_lock(1) -- '", S | X},
+		{"SELECT E'\\\\', 1", 0},
 	} {
-		if got := classify(tc.query); got != tc.want {
+		if got := classify(tc.query) &^ kindSetting; got != tc.want { // kindSetting: TestClassifySetting
 			t.Errorf("classify(%q) = %s, want %s", tc.query, kindString(got), kindString(tc.want))
 		}
 	}
@@ -308,5 +342,26 @@ func BenchmarkClassify(b *testing.B) {
 				classify(q)
 			}
 		})
+	}
+}
+
+// kindSetting marks what sets a setting for the session in view, and
+// nothing else of the session's state.
+func TestClassifySetting(t *testing.T) {
+	for q, want := range map[string]bool{
+		"SET default_transaction_read_only = on":               true,
+		"SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY": true,
+		"RESET ALL": true,
+		"SELECT set_config('default_transaction_isolation', 'serializable', false)": true,
+		"SET LOCAL statement_timeout = 1":                                           false,
+		"SELECT set_config('app.x', '1', true)":                                     false,
+		"CREATE TEMP TABLE x (n int)":                                               false,
+		"LISTEN ch":                                                                 false,
+		"SELECT pg_advisory_lock(1)":                                                false,
+		"SELECT f()":                                                                false,
+	} {
+		if got := classify(q)&kindSetting != 0; got != want {
+			t.Errorf("classify(%q) sets a setting: %v, want %v", q, got, want)
+		}
 	}
 }

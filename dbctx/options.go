@@ -39,6 +39,16 @@ type Options struct {
 	// ErrBusy. Default: 2s.
 	WaitTimeout time.Duration
 
+	// ConnectTimeout bounds how long a scope waits for the *sql.DB to
+	// give it a connection (a new one connects: dial, TLS, startup) where
+	// the caller's context allows longer: past it the scope gets
+	// ErrUnavailable, counted and logged as an outage, rather than hold
+	// its slot while a host that accepts and never answers (or a
+	// firewall that drops) keeps it waiting. pgx's connect_timeout in the
+	// connection string bounds each attempt too. Default: 10s; negative:
+	// none.
+	ConnectTimeout time.Duration
+
 	// ConnMaxAge is how long a scope may keep its connection pinned across
 	// boundaries. It mirrors Django's CONN_MAX_AGE: 0 (the default) gives
 	// the connection back at every boundary; negative keeps it until the
@@ -194,7 +204,11 @@ type Options struct {
 // current_setting('app.tenant', true) is the empty string rather than
 // NULL, so treat both alike (with nullif).
 const DefaultResetSQL = "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; CLOSE ALL; UNLISTEN *; " +
-	"SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES"
+	"SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES"
+
+// defaultConnectTimeout is Options.ConnectTimeout's default: pgx's and
+// libpq's own is none.
+const defaultConnectTimeout = 10 * time.Second
 
 // assumedHold is how long a unit of work is taken to hold its slot for
 // the default MaxWaiting: a request or a message of a few statements.
@@ -229,6 +243,9 @@ func (o *Options) withDefaults() Options {
 	}
 	if c.WaitTimeout == 0 {
 		c.WaitTimeout = 2 * time.Second
+	}
+	if c.ConnectTimeout == 0 {
+		c.ConnectTimeout = defaultConnectTimeout
 	}
 	switch {
 	case c.MaxWaiting == 0:

@@ -41,13 +41,17 @@ func (pl *Pool) named(c *session) bool {
 // SQL exists. It reads the function under the pg_prepared_statements
 // view, which costs PostgreSQL 5-15% less; either lists every statement
 // prepared on the connection (see the package doc).
-const sweepCheckSQL = "SELECT 1 / (pg_catalog.count(*) = 0)::int FROM pg_catalog.pg_prepared_statement() WHERE from_sql"
+//
+// Its operators are named in pg_catalog, as the reset's statements are:
+// it runs before the reset, under the search_path the last scope left,
+// which may find an operator of the user's first.
+const sweepCheckSQL = "SELECT 1 OPERATOR(pg_catalog./) (pg_catalog.count(*) OPERATOR(pg_catalog.=) 0)::int FROM pg_catalog.pg_prepared_statement() WHERE from_sql"
 
 // sweepCheckListenSQL is sweepCheckSQL that fails also where the session
 // listens on a channel: the reset after it then goes again, with the full
 // sweep, in a transaction of its own, since UNLISTEN takes effect at
 // commit (see prefixStatements).
-const sweepCheckListenSQL = "SELECT 1 / (pg_catalog.count(*) = 0 AND NOT EXISTS (SELECT FROM pg_catalog.pg_listening_channels()))::int " +
+const sweepCheckListenSQL = "SELECT 1 OPERATOR(pg_catalog./) (pg_catalog.count(*) OPERATOR(pg_catalog.=) 0 AND NOT EXISTS (SELECT FROM pg_catalog.pg_listening_channels()))::int " +
 	"FROM pg_catalog.pg_prepared_statement() WHERE from_sql"
 
 // sweepFound reports whether err, on p's round trip of which reached

@@ -161,6 +161,22 @@ func (p *Pool) connect(ctx context.Context, pn *Pin) (c *session, looked bool, e
 	return c, looked, nil
 }
 
+// fromDB takes a connection from the *sql.DB within ConnectTimeout,
+// where ctx allows longer; past it, errConnectTimeout.
+func (p *Pool) fromDB(ctx context.Context) (*sql.Conn, error) {
+	d := p.opts.ConnectTimeout
+	if dl, ok := ctx.Deadline(); d < 0 || ok && time.Until(dl) <= d {
+		return p.db.Conn(ctx)
+	}
+	cctx, cancel := context.WithTimeoutCause(ctx, d, errConnectTimeout)
+	defer cancel()
+	conn, err := p.db.Conn(cctx)
+	if err != nil && ctx.Err() == nil && errors.Is(context.Cause(cctx), errConnectTimeout) {
+		err = fmt.Errorf("%w after %v: %w", errConnectTimeout, d, err)
+	}
+	return conn, err
+}
+
 // checkOut takes a live connection from the *sql.DB; pn, if not nil,
 // counts those found dead.
 func (p *Pool) checkOut(ctx context.Context, pn *Pin) (c *session, looked bool, err error) {
@@ -170,7 +186,7 @@ func (p *Pool) checkOut(ctx context.Context, pn *Pin) (c *session, looked bool, 
 	const maxDead = 64
 	for dead := 0; ; dead++ {
 		var conn *sql.Conn
-		if conn, err = p.db.Conn(ctx); err != nil {
+		if conn, err = p.fromDB(ctx); err != nil {
 			return nil, false, p.connectError(ctx, err) // see connerr.go
 		}
 		p.connected()

@@ -40,6 +40,11 @@ func TestTransactionPoolingRefusesSessionState(t *testing.T) {
 		"CREATE TEMP TABLE scratch (n int)",
 		"SELECT pg_advisory_lock(1)",
 		"DISCARD ALL",
+		"SELECT 'a' OPERATOR(||) set_config('app.tenant', '42', false)",
+		"SET LOCAL search_path = E'pg\\x5ftemp'",
+		"SELECT set_config('search_path', 'pg_' || 'temp', true)",
+		"SELECT E'\x95\x5c', set_config('app.tenant', '42', false) -- '",
+		"SET LOCAL seed = 0.5",
 	}
 	probe := func() string {
 		var s string

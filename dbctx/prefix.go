@@ -114,7 +114,10 @@ func (s *Scope) prefixFor(ctx context.Context, c *session, inTx, begin bool) (*p
 	}
 	if p != nil && p.sweep && c.px != nil && c.mode != pgx.QueryExecModeSimpleProtocol {
 		p.check = true
-		p.shareTx = s.pool.named(c)
+		// Not after settings set in view (SET, set_config): they may be
+		// the transaction defaults (default_transaction_read_only, …),
+		// under which a shared transaction would begin.
+		p.shareTx = s.pool.named(c) && !c.setDue
 	}
 	return p, nil
 }
@@ -309,7 +312,7 @@ func (pl *Pool) resetDone(c *session, seqOnly bool) {
 		c.applied = nil
 		dropNotifications(c)
 	}
-	c.resetDue, c.sweepDue, c.seqOnly = false, false, false
+	c.resetDue, c.sweepDue, c.seqOnly, c.setDue = false, false, false, false
 }
 
 // dropNotifications drops the notifications of channels an earlier scope

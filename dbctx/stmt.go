@@ -189,31 +189,47 @@ func (s *Scope) inTx(c *session) bool {
 // its text's kind (classify.go), or unknown where args make pgx run
 // another text than the one classified.
 func (s *Scope) kindOf(query string, args []any) (queryKind, how) {
-	k := s.pool.notes.kind(query)
-	if k&kindDML != 0 && s.pool.opts.PlainWrites {
-		// Its table's code leaves nothing, the user says: only its
-		// sequence values (see Options.PlainWrites). Before the
-		// arguments, which may make it unknown.
-		k = k&^(kindState|kindCode) | kindSeq
-	}
 	var h how
+	var rewritten *string
+	unknown := false
 options:
-	for _, a := range args {
+	for i, a := range args {
 		// pgx reads options from the front of the arguments.
-		switch a.(type) {
+		switch a := a.(type) {
 		case pgx.NamedArgs, pgx.StrictNamedArgs:
-			// They replace @name with $n and change nothing else of the
-			// text; the prefixed statements do not read them.
+			// They replace @name with $n, which may change how the
+			// text around reads ($@a becomes $$1, a dollar quote): the
+			// text that runs is read, as pgx rewrites it. The prefixed
+			// statements do not read them.
+			q, _, err := a.(pgx.QueryRewriter).RewriteQuery(context.Background(), nil, query, args[i+1:])
+			if err != nil {
+				unknown = true // pgx refuses it too
+			}
+			rewritten = &q
 			h |= alone
 		case pgx.QueryRewriter:
 			// The text that runs is not the text classified.
-			k |= kindUnknown
+			unknown = true
 			h |= alone
 		case pgx.QueryExecMode, pgx.QueryResultFormats, pgx.QueryResultFormatsByOID:
 			h |= alone
 		default:
 			break options
 		}
+	}
+	var k queryKind
+	if rewritten != nil {
+		k = classify(*rewritten)
+	} else {
+		k = s.pool.notes.kind(query)
+	}
+	if k&kindDML != 0 && s.pool.opts.PlainWrites {
+		// Its table's code leaves nothing, the user says: only its
+		// sequence values (see Options.PlainWrites).
+		k = k&^(kindState|kindCode) | kindSeq
+	}
+	if unknown {
+		k |= kindUnknown
 	}
 	return k, h
 }

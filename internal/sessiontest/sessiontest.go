@@ -207,6 +207,7 @@ var Cases = []Case{
 	{"set_config qualified", "SELECT pg_catalog.set_config('app.tenant', '42', false)", State},
 	{"set_config quoted", `SELECT "set_config"('app.tenant', '42', false)`, State},
 	{"set_config escaped", `SELECT U&"\0073et_config"('app.tenant', '42', false)`, State},
+	{"set_config after OPERATOR()", "SELECT 'a' OPERATOR(||) set_config('app.tenant', '42', false)", State},
 	{"set_config in CTE", "WITH x AS (SELECT set_config('app.tenant', '42', false)) SELECT * FROM x", State},
 	{"set_config in WHERE", "SELECT 1 FROM items WHERE set_config('app.tenant', '42', false) IS NOT NULL", State},
 	{"set_config, param flag", "SELECT set_config('app.tenant', '42', 1 = 1 AND false)", State},
@@ -227,6 +228,7 @@ var Cases = []Case{
 	{"session authorization", "SET SESSION AUTHORIZATION %[1]s", State},
 	// Locks, temp tables, listeners, cursors, prepared statements, sequences.
 	{"advisory lock", "SELECT pg_advisory_lock(42)", State},
+	{"advisory lock after OPERATOR()", "SELECT 'a' OPERATOR(pg_catalog.||) pg_advisory_lock(42)::text", State},
 	{"advisory lock in function", "SELECT take_lock()", State},
 	{"temp table", "CREATE TEMP TABLE scratch (n int)", State},
 	{"temp table in function", "SELECT make_temp()", State},

@@ -1,0 +1,206 @@
+package dbctx_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+
+	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/internal/pgtest"
+	"github.com/jackc/pgx/v5"
+)
+
+// Ways session state got past the classifier or the reset, each with
+// PostgreSQL asked in the next scope on the same connection (one slot,
+// one connection, every exec mode of pgx's): what it finds must be what a
+// fresh session holds.
+
+var allModes = []string{"cache_statement", "exec", "simple_protocol", "cache_describe", "describe_exec"}
+
+// runThenAsk runs unit in one scope of p and returns what ask reads in
+// the next, with whether both ran on the same backend.
+func runThenAsk(t *testing.T, p *dbctx.Pool, unit func(ctx context.Context, s *dbctx.Scope) error, ask string) (got string, same bool) {
+	t.Helper()
+	var before, after int
+	err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+		var err error
+		if before, err = queryInt(ctx, s, "SELECT pg_backend_pid()"); err != nil {
+			return err
+		}
+		return unit(ctx, s)
+	})
+	if err != nil {
+		t.Fatalf("the unit: %v", err)
+	}
+	err = p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+		if err := s.QueryRowContext(ctx, ask).Scan(&got); err != nil {
+			return err
+		}
+		after, err = queryInt(ctx, s, "SELECT pg_backend_pid()")
+		return err
+	})
+	if err != nil {
+		t.Fatalf("the next unit: %v", err)
+	}
+	return got, before == after
+}
+
+func exec(q string, args ...any) func(ctx context.Context, s *dbctx.Scope) error {
+	return func(ctx context.Context, s *dbctx.Scope) error {
+		_, err := s.ExecContext(ctx, q, args...)
+		return err
+	}
+}
+
+// The seed of random() survives every reset: whatever sets it costs the
+// connection (a fresh session's random() is not the seeded one's).
+func TestSeedCostsTheConnection(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "needs consecutive scopes to share one server session")
+	env := newEnv(t)
+	seeded := func() string {
+		db := env.Open(t)
+		db.SetMaxOpenConns(1)
+		var r string
+		if _, err := db.Exec("SELECT setseed(0.5)"); err != nil {
+			t.Fatal(err)
+		}
+		if err := db.QueryRow("SELECT random()::text").Scan(&r); err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}()
+	units := map[string]func(ctx context.Context, s *dbctx.Scope) error{
+		"SET seed":                    exec("SET seed = 0.5"),
+		"SET SEED TO":                 exec("SET SEED TO 0.5"),
+		"set_config('seed', …, true)": exec("SELECT set_config('seed', '0.5', true)"),
+		"setseed after OPERATOR()":    exec("SELECT 'x' OPERATOR(||) setseed(0.5)::text"),
+		"SET LOCAL seed in Atomic": func(ctx context.Context, s *dbctx.Scope) error {
+			return dbctx.Atomic(ctx, func(ctx context.Context) error { return exec("SET LOCAL seed = 0.5")(ctx, s) })
+		},
+	}
+	for _, mode := range allModes {
+		p := onePoolInMode(t, env, mode, dbctx.Options{Logger: quiet()})
+		for name, unit := range units {
+			before := p.Stats().Discarded.Unresettable
+			got, same := runThenAsk(t, p, unit, "SELECT random()::text")
+			if got == seeded {
+				t.Errorf("%s, %s: the next scope's random() is the seeded one (same backend %v)", mode, name, same)
+			}
+			if same || p.Stats().Discarded.Unresettable != before+1 {
+				t.Errorf("%s, %s: the connection was not closed (same backend %v)", mode, name, same)
+			}
+		}
+	}
+}
+
+// The sweep's check runs before the reset, under the search_path the last
+// scope left: an operator of the user's found first there must not skip
+// the sweep (a statement PREPAREd in SQL would survive it).
+func TestSweepCheckOwnOperators(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "needs consecutive scopes to share one server session")
+	env := newEnv(t)
+	sch := `"` + env.Schema() + `"`
+	for _, q := range []string{
+		"CREATE FUNCTION " + sch + ".div1(integer, integer) RETURNS integer LANGUAGE sql AS 'SELECT 1'",
+		"CREATE OPERATOR " + sch + "./ (LEFTARG = integer, RIGHTARG = integer, FUNCTION = " + sch + ".div1)",
+		"CREATE FUNCTION " + sch + ".eq1(bigint, integer) RETURNS boolean LANGUAGE sql AS 'SELECT true'",
+		"CREATE OPERATOR " + sch + ".= (LEFTARG = bigint, RIGHTARG = integer, FUNCTION = " + sch + ".eq1)",
+		"CREATE FUNCTION " + sch + ".code() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+	} {
+		mustExec(t, env.Admin(), q)
+	}
+	for _, mode := range []string{"cache_statement", "exec", "cache_describe", "describe_exec"} {
+		p := onePoolInMode(t, env, mode, dbctx.Options{Logger: quiet()})
+		got, same := runThenAsk(t, p, func(ctx context.Context, s *dbctx.Scope) error {
+			if err := exec("PREPARE zzp AS SELECT 1")(ctx, s); err != nil {
+				return err
+			}
+			if err := exec("SELECT code()")(ctx, s); err != nil {
+				return err
+			}
+			return exec(fmt.Sprintf("SELECT set_config('search_path', '%s, pg_catalog', false)", env.Schema()))(ctx, s)
+		}, "SELECT count(*)::text FROM pg_prepared_statements WHERE from_sql")
+		if got != "0" || !same {
+			t.Errorf("%s: the next scope finds %s statements PREPAREd in SQL (same backend %v), want 0", mode, got, same)
+		}
+	}
+}
+
+// The transaction defaults a scope set do not make the next scope's first
+// statement read-only (or serializable): the reset that shares its
+// transaction would begin it under them.
+func TestTxDefaultsDoNotCarry(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "needs consecutive scopes to share one server session")
+	env := newEnv(t)
+	mustExec(t, env.Admin(), "CREATE FUNCTION "+env.Schema()+".code() RETURNS int LANGUAGE sql AS 'SELECT 1'")
+	for _, mode := range allModes {
+		p := onePoolInMode(t, env, mode, dbctx.Options{Logger: quiet()})
+		for _, set := range []string{
+			"SET default_transaction_read_only = on",
+			"SET default_transaction_isolation = serializable",
+			"SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
+			"SELECT set_config('default_transaction_deferrable', 'on', false)",
+		} {
+			got, same := runThenAsk(t, p, func(ctx context.Context, s *dbctx.Scope) error {
+				if err := exec("SELECT code()")(ctx, s); err != nil {
+					return err
+				}
+				return exec(set)(ctx, s)
+			}, "SELECT current_setting('transaction_read_only') || ' ' || current_setting('transaction_isolation') || ' ' || current_setting('transaction_deferrable')")
+			if got != "off read committed off" {
+				t.Errorf("%s: after %q the next scope's first statement runs with %q (same backend %v)", mode, set, got, same)
+			}
+		}
+	}
+}
+
+// Where client_encoding is one whose characters of two bytes may end in
+// a backslash's byte (SJIS), E'\x95\x5c' is a string of one character:
+// the quote after it ends the string, and what follows runs.
+func TestTwoByteEncodingString(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "needs consecutive scopes to share one server session")
+	env := newEnv(t)
+	for _, mode := range []string{"cache_statement", "exec", "cache_describe", "describe_exec"} {
+		p := onePoolInMode(t, env, mode, dbctx.Options{Logger: quiet()})
+		got, same := runThenAsk(t, p, func(ctx context.Context, s *dbctx.Scope) error {
+			return dbctx.Atomic(ctx, func(ctx context.Context) error {
+				if err := exec("SET LOCAL client_encoding = 'SJIS'")(ctx, s); err != nil {
+					return err
+				}
+				return exec("SELECT E'\x95\x5c', set_config('app.x', 'leak', false) -- '")(ctx, s)
+			})
+		}, "SELECT coalesce(current_setting('app.x', true), '')")
+		if got != "" {
+			t.Errorf("%s: the next scope sees app.x %q (same backend %v)", mode, got, same)
+		}
+	}
+}
+
+// pgx's named arguments are rewritten before the text runs ($@a becomes
+// $$1, which opens a dollar quote): the text that runs is the one read.
+func TestNamedArgsRewrittenText(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "needs consecutive scopes to share one server session")
+	env := newEnv(t)
+	const q = "SELECT @a::text, $@a, 'x$$, set_config($t$app.x$t$, $t$leak$t$, false) -- '"
+	for _, mode := range allModes {
+		p := onePoolInMode(t, env, mode, dbctx.Options{Logger: quiet()})
+		for name, args := range map[string]any{"NamedArgs": pgx.NamedArgs{"a": "v"}, "StrictNamedArgs": pgx.StrictNamedArgs{"a": "v"}} {
+			got, same := runThenAsk(t, p, func(ctx context.Context, s *dbctx.Scope) error {
+				rows, err := s.Query(ctx, q, args)
+				if err != nil {
+					return err
+				}
+				rows.Close()
+				return rows.Err()
+			}, "SELECT coalesce(current_setting('app.x', true), '')")
+			if got != "" {
+				t.Errorf("%s, %s: the next scope sees app.x %q (same backend %v)", mode, name, got, same)
+			}
+		}
+	}
+}
