@@ -197,7 +197,9 @@ func (s *Scope) execInternal(ctx context.Context, c *session, query string) erro
 func (s *Scope) giveBack(ctx context.Context) error {
 	p, c := s.pool, s.c
 	s.closeStmts()
-	if c.pin.seen&kindPoison != 0 {
+	if c.pin.seen&kindPoison != 0 || c.pc != nil && c.pc.ParameterStatus(paramEncoding) != "UTF8" {
+		// Or a client_encoding other than pgx's: its simple protocol
+		// refuses to send anything then, the reset included.
 		s.unpin(discardUnresettable)
 		return nil
 	}

@@ -218,7 +218,9 @@
 //     other scope (Stats.Discarded.Raw);
 //   - holding what no reset undoes (LOAD, DISCARD ALL or DEALLOCATE ALL,
 //     which would leave pgx's statement cache pointing at nothing,
-//     setseed): closed, counted in Stats.Discarded.Unresettable.
+//     setseed and the seed setting), or a client_encoding other than
+//     UTF8, under which pgx's simple protocol would send nothing, the
+//     reset included: closed, counted in Stats.Discarded.Unresettable.
 //
 // What makes a scope dirty is decided without a round trip, erring toward
 // dirty. Every statement run through the scope's methods is read by a lexer
@@ -293,8 +295,10 @@
 // cached in the session. Nor transaction defaults
 // (default_transaction_read_only, …) that such code set: the reset undoes
 // them, but the next scope's first statement may share the reset's
-// transaction, begun under them (those a SET or set_config in the text
-// sets are seen, and the reset then takes a transaction of its own). Nor,
+// transaction, begun under them, and be described before it, under the
+// settings such code set (those a SET or set_config in the text sets are
+// seen: the reset then takes a transaction of its own, and goes before a
+// statement not yet described on the connection). Nor,
 // in pgx's simple protocol with arguments, a text that pgx's own reading
 // of quotes (its sanitizer, which puts the arguments in) reads otherwise
 // than PostgreSQL: the text that runs is then not the text read. What no

@@ -121,6 +121,20 @@ func (r *result) end() error {
 // database/sql's results. Under c's lock.
 func (s *Scope) pgxQuery(ctx context.Context, c *session, p *prefix, query string, args []any, sqlFormats bool) (result, error) {
 	res := result{s: s, c: c, query: query}
+	if p != nil && p.reset && c.setDue && c.mode != pgx.QueryExecModeExec && c.mode != pgx.QueryExecModeSimpleProtocol && c.descs.m[query] == nil {
+		// The statement is described in a round trip before its own,
+		// which would run under the settings the last scope set and the
+		// reset undoes (its search_path, its statement_timeout): what is
+		// owed goes first, alone.
+		tctx, traced := s.pool.traceAlone(ctx, c, p)
+		reached, err := s.pool.runPrefix(tctx, c, p)
+		traced(err)
+		s.prefixDone(c, p, err == nil, reached)
+		if err != nil {
+			return res, err
+		}
+		p = nil
+	}
 	if p.empty() {
 		if sqlFormats {
 			// In the session's buffer, until the rows are closed: a

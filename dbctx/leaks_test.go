@@ -204,3 +204,48 @@ func TestNamedArgsRewrittenText(t *testing.T) {
 		}
 	}
 }
+
+// A scope that leaves a client_encoding other than UTF8 costs the
+// connection: pgx's simple protocol refuses to send anything on it, the
+// reset included, so every later scope on it would fail.
+func TestClientEncodingCostsTheConnection(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "needs consecutive scopes to share one server session")
+	env := newEnv(t)
+	for _, mode := range allModes {
+		p := onePoolInMode(t, env, mode, dbctx.Options{Logger: quiet()})
+		for range 2 {
+			got, same := runThenAsk(t, p, exec("SET client_encoding = 'LATIN1'"), "SELECT current_setting('client_encoding')")
+			if got != "UTF8" || same {
+				t.Errorf("%s: the next scope runs with client_encoding %s (same backend %v)", mode, got, same)
+			}
+		}
+	}
+}
+
+// A reset that fails (here a statement_timeout of 1 ms the last scope
+// set, under which the sweep's check over 5,000 statements PREPAREd in SQL
+// is canceled) costs the connection, not the next scope's statement: it
+// runs on another connection, and the failing one is used no more.
+func TestFailedResetCostsTheConnection(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "needs consecutive scopes to share one server session")
+	env := newEnv(t)
+	for _, mode := range []string{"cache_statement", "exec", "cache_describe", "describe_exec"} {
+		p := onePoolInMode(t, env, mode, dbctx.Options{Logger: quiet()})
+		before := p.Stats()
+		got, same := runThenAsk(t, p, func(ctx context.Context, s *dbctx.Scope) error {
+			if err := exec("DO $$BEGIN FOR i IN 1..5000 LOOP EXECUTE format('PREPARE p%s AS SELECT %s', i, i); END LOOP; END$$")(ctx, s); err != nil {
+				return err
+			}
+			return exec("SET statement_timeout = 1")(ctx, s)
+		}, "SELECT current_setting('statement_timeout') || ' ' || (SELECT count(*) FROM pg_prepared_statements WHERE from_sql)")
+		st := p.Stats()
+		if got != "0 0" {
+			t.Errorf("%s: the next scope sees statement_timeout and statements %q (same backend %v)", mode, got, same)
+		}
+		if same != (st.Discarded.Reset == before.Discarded.Reset) {
+			t.Errorf("%s: same backend %v, %d connections discarded for a failed reset", mode, same, st.Discarded.Reset-before.Discarded.Reset)
+		}
+	}
+}

@@ -273,6 +273,11 @@ func (s *Scope) prefixDone(c *session, p *prefix, ok bool, reached int) {
 	if p.local && len(p.set) > 0 {
 		c.pin.noteTxNames(p.set)
 	}
+	if !ok && p.reset && reached < s.pool.resetLen(p) {
+		// The reset itself failed (a statement_timeout the last scope
+		// set, say): the connection is given up (see retryable).
+		c.pin.resetBad = true
+	}
 	if !ok {
 		// The implicit transaction was rolled back, and what the prefix
 		// did with it; inside an explicit one nothing is known until it

@@ -42,6 +42,12 @@ func (s *Scope) retryable(ctx context.Context, c *session, k queryKind, err erro
 	if !first || c.inRawTx() || s.atomicTxOpen() || ctx.Err() != nil {
 		return false
 	}
+	if c.pin.resetBad {
+		// The reset owed by the connection's last user failed before
+		// the statement: nothing of it ran, and the connection, which
+		// the last user's state may keep failing so, is given up.
+		return true
+	}
 	if c.pc == nil {
 		return !s.inTx(c) && (errors.Is(err, driver.ErrBadConn) || k&kindOnce == 0 && serverEnded(err))
 	}
@@ -69,12 +75,19 @@ const maxRetries = 3
 
 // repin discards the scope's broken connection and pins a fresh one for a
 // retry.
-func (s *Scope) repin(ctx context.Context) (*session, error) {
-	s.pool.sawDeath()
-	s.unpin(discardBroken)
+func (s *Scope) repin(ctx context.Context, err error) (*session, error) {
+	if s.c.pin.resetBad {
+		s.pool.logCleanup(msgResetFailed, err)
+		s.unpin(discardReset)
+	} else {
+		s.pool.sawDeath()
+		s.unpin(discardBroken)
+	}
 	s.pool.c.retries.Add(1)
 	return s.pinned(ctx)
 }
+
+const msgResetFailed = "dbctx: the session reset owed before a statement failed; connection discarded, statement run on another"
 
 // observe looks at a statement's error for signs that the connection is
 // unusable, and returns the error the caller gets. Under s.mu. Inside a

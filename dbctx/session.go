@@ -98,6 +98,7 @@ type pin struct {
 	handedOut bool      // user code holds the connection itself: discarded at the boundary
 	unchecked bool      // pinned without the socket check (see Pool.check)
 	used      bool      // a statement ran on it: none is retried
+	resetBad  bool      // the reset owed before the first statement failed: the statement did not run, and the connection is not used again
 	unsure    bool      // the session's settings may have changed unseen: apply them again (prefix.go)
 	txUnsure  bool      // the transaction's may have: apply them again in it
 	txSet     []setting // settings applied for the transaction under way (prefix.go)
@@ -232,6 +233,10 @@ func fdOf(nc net.Conn) int {
 // parameter compared costs a map lookup per give-back, so only the one
 // whose leak is a privilege escalation is compared.
 const paramAuth = "session_authorization"
+
+// paramEncoding is the client encoding, which the server reports too:
+// pgx asks for UTF8 at startup.
+const paramEncoding = "client_encoding"
 
 // changed reports whether the session runs as another user than when
 // first seen.

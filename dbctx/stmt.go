@@ -98,7 +98,7 @@ func (s *Scope) execLocked(ctx context.Context, st *stmt, run runner) error {
 		retries++
 	}
 	for try := 0; err != nil && try < retries && st.how&noRetry == 0 && s.retryable(ctx, c, st.kind, err, first); try++ {
-		if c, err = s.repin(ctx); err != nil {
+		if c, err = s.repin(ctx, err); err != nil {
 			// No connection to run it again on: that is the news (the
 			// database is down: ErrUnavailable).
 			break
