@@ -7,27 +7,16 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/internal/dbtest"
 	"github.com/jackc/pgx/v5"
 )
 
-// noHang runs f and fails t if it has not returned in a minute: what it
-// tests must never block forever (a wait inside database/sql, a
-// deadlock), and a minute is beyond any slot wait here.
+// noHang is dbtest.NoHang.
 func noHang(t *testing.T, what string, f func()) {
 	t.Helper()
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		f()
-	}()
-	select {
-	case <-done:
-	case <-time.After(time.Minute):
-		t.Fatalf("%s hung", what)
-	}
+	dbtest.NoHang(t, what, f)
 }
 
 // A scope shared by the goroutines of one unit of work (an errgroup in a

@@ -13,22 +13,6 @@ import (
 	"github.com/dbscope/dbscope/wsconsumer"
 )
 
-// within fails t if f has not returned within a minute, far beyond what
-// it waits for when it works.
-func within(t *testing.T, what string, f func()) {
-	t.Helper()
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		f()
-	}()
-	select {
-	case <-done:
-	case <-time.After(time.Minute):
-		t.Fatalf("%s did not return", what)
-	}
-}
-
 // Shutdown returns once its context ends, whatever the callbacks still
 // under way do: a Disconnect that does not return holds no Shutdown.
 func TestShutdownReturnsAtDeadline(t *testing.T) {
@@ -50,7 +34,7 @@ func TestShutdownReturnsAtDeadline(t *testing.T) {
 			go c.Read(context.Background())
 			ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 			defer cancel()
-			within(t, "Shutdown", func() {
+			dbtest.NoHang(t, "Shutdown", func() {
 				if err := h.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
 					t.Errorf("Shutdown: %v, want context.DeadlineExceeded", err)
 				}
@@ -104,7 +88,7 @@ func TestServerCloseCancelsCallback(t *testing.T) {
 			}
 			s := <-sessions
 			<-handling
-			within(t, "the callback and Disconnect", func() {
+			dbtest.NoHang(t, "the callback and Disconnect", func() {
 				s.Close(websocket.StatusPolicyViolation, "kicked")
 				<-disconnected
 			})

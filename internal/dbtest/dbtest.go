@@ -74,6 +74,24 @@ func Eventually(t testing.TB, what string, cond func() bool) {
 	}
 }
 
+// NoHang runs f and fails t if it has not returned within a minute: what
+// it tests must never block forever (a wait inside database/sql, a
+// deadlock, a callback nothing cancels), and a minute is beyond any wait
+// of the tests' own.
+func NoHang(t testing.TB, what string, f func()) {
+	t.Helper()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		f()
+	}()
+	select {
+	case <-done:
+	case <-time.After(time.Minute):
+		t.Fatalf("%s hung", what)
+	}
+}
+
 // errTimedOut is Wait's error.
 var errTimedOut = errors.New("dbtest: timed out")
 
