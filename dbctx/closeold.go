@@ -197,9 +197,10 @@ func (s *Scope) execInternal(ctx context.Context, c *session, query string) erro
 func (s *Scope) giveBack(ctx context.Context) error {
 	p, c := s.pool, s.c
 	s.closeStmts()
-	if c.pin.seen&kindPoison != 0 || c.pc != nil && c.pc.ParameterStatus(paramEncoding) != "UTF8" {
-		// Or a client_encoding other than pgx's: its simple protocol
-		// refuses to send anything then, the reset included.
+	if c.pin.seen&kindPoison != 0 || c.pc != nil && c.pc.ParameterStatus(paramEncoding) != c.enc {
+		// Or a client_encoding other than the one it began with (pgx's
+		// UTF8): pgx's simple protocol refuses to send anything under
+		// another, the reset included.
 		s.unpin(discardUnresettable)
 		return nil
 	}

@@ -218,9 +218,10 @@
 //     other scope (Stats.Discarded.Raw);
 //   - holding what no reset undoes (LOAD, DISCARD ALL or DEALLOCATE ALL,
 //     which would leave pgx's statement cache pointing at nothing,
-//     setseed and the seed setting), or a client_encoding other than
-//     UTF8, under which pgx's simple protocol would send nothing, the
-//     reset included: closed, counted in Stats.Discarded.Unresettable.
+//     setseed and the seed setting), or a client_encoding other than the
+//     one it began with (pgx's UTF8), under which pgx's simple protocol
+//     would send nothing, the reset included: closed, counted in
+//     Stats.Discarded.Unresettable.
 //
 // What makes a scope dirty is decided without a round trip, erring toward
 // dirty. Every statement run through the scope's methods is read by a lexer

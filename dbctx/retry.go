@@ -76,7 +76,7 @@ const maxRetries = 3
 // repin discards the scope's broken connection and pins a fresh one for a
 // retry.
 func (s *Scope) repin(ctx context.Context, err error) (*session, error) {
-	if s.c.pin.resetBad {
+	if s.c.pin.resetBad && !s.c.gone(err) {
 		s.pool.logCleanup(msgResetFailed, err)
 		s.unpin(discardReset)
 	} else {

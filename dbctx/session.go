@@ -33,6 +33,7 @@ type session struct {
 	fd    int            // -1: cannot be looked into
 	plain bool           // no TLS: the first byte waiting is a message type
 	auth  string         // the session user the server reported first (see changed)
+	enc   string         // the client_encoding it reported first (see Scope.giveBack)
 	mode  pgx.QueryExecMode
 	qt    pgx.QueryTracer // the config's tracer, told of what pgx does not see (observe.go)
 
@@ -187,7 +188,7 @@ func sessionOf(sc *stdlib.Conn) *session {
 	}
 	cfg := px.Config()
 	s := &session{px: px, pc: pc, fd: -1, plain: true, auth: pc.ParameterStatus(paramAuth),
-		mode: cfg.DefaultQueryExecMode}
+		enc: pc.ParameterStatus(paramEncoding), mode: cfg.DefaultQueryExecMode}
 	s.qt = cfg.Tracer
 	nc := pc.Conn()
 	if tc, ok := nc.(*tls.Conn); ok {
@@ -234,8 +235,8 @@ func fdOf(nc net.Conn) int {
 // whose leak is a privilege escalation is compared.
 const paramAuth = "session_authorization"
 
-// paramEncoding is the client encoding, which the server reports too:
-// pgx asks for UTF8 at startup.
+// paramEncoding is the client encoding, which the server reports too
+// (pgx asks for UTF8 at startup).
 const paramEncoding = "client_encoding"
 
 // changed reports whether the session runs as another user than when
