@@ -126,10 +126,15 @@ func (s *Scope) pgxQuery(ctx context.Context, c *session, p *prefix, query strin
 		// which would run under the settings the last scope set and the
 		// reset undoes (its search_path, its statement_timeout): what is
 		// owed goes first, alone.
+		// Described now, the statement rides with what is owed the next
+		// time.
 		tctx, traced := s.pool.traceAlone(ctx, c, p)
 		reached, err := s.pool.runPrefix(tctx, c, p)
 		traced(err)
 		s.prefixDone(c, p, err == nil, reached)
+		if err == nil {
+			_, err = c.describe(ctx, query, s.pool.named(c))
+		}
 		if err != nil {
 			return res, err
 		}

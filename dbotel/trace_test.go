@@ -202,10 +202,17 @@ func TestPrelude(t *testing.T) {
 					_, err := s.Exec(ctx, "SET work_mem = '8MB'")
 					return err
 				})
-				if got := unit("after dirty", func(ctx context.Context, s *dbctx.Scope) error {
+				got := unit("after dirty", func(ctx context.Context, s *dbctx.Scope) error {
 					_, err := sqlcpgx.New(s).CountItems(ctx)
 					return err
-				}); !slices.Equal(got, []string{"CountItems"}) {
+				})
+				if try == 1 && mode == pgx.QueryExecModeCacheStatement && slices.Equal(got, []string{dbotel.SpanPrelude, "CountItems"}) {
+					// Not yet described on the connection after a SET:
+					// the reset went first, alone (see dbctx's package
+					// doc); described now, it rides the next time.
+					continue
+				}
+				if !slices.Equal(got, []string{"CountItems"}) {
 					t.Fatalf("after dirty: %q", got)
 				}
 				a := stmt("CountItems")
