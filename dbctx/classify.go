@@ -967,15 +967,12 @@ func (c *classifier) startStatement(t token) {
 
 // second reads the words after the first where they decide the kind.
 func (c *classifier) second(t token) {
-	switch {
-	case c.pos <= 2 && (c.first.is("set") || c.first.is("reset")) && t.is("seed") && (c.pos == 1 || c.p1.is("local") || c.p1.is("session")):
+	if c.setsSeed(t) {
 		// The seed of random(): setting it calls setseed, whose state no
-		// reset undoes, even SET LOCAL, even RESET.
-		if l := c.lx; l.next().kind != tDot {
-			c.sk |= kindSessionState | kindPoison
-		} else if c.pos == 1 && c.first.is("set") {
-			c.setForm(t)
-		}
+		// reset undoes, even SET LOCAL's, even RESET's.
+		c.sk |= kindSessionState | kindPoison
+	}
+	switch {
 	case c.pos == 1 && c.first.is("set"):
 		c.setForm(t)
 		c.pathSet = t.is("search_path")
@@ -1017,6 +1014,17 @@ func (c *classifier) second(t token) {
 			c.sk |= kindSessionState
 		}
 	}
+}
+
+// setsSeed reports whether t names the setting seed in SET [LOCAL |
+// SESSION] or RESET (not a setting seed.x).
+func (c *classifier) setsSeed(t token) bool {
+	if !t.is("seed") || !(c.first.is("set") || c.first.is("reset")) ||
+		!(c.pos == 1 || c.pos == 2 && (c.p1.is("local") || c.p1.is("session"))) {
+		return false
+	}
+	l := c.lx
+	return l.next().kind != tDot
 }
 
 // setForm reads the word after SET. SET LOCAL, SET TRANSACTION (this

@@ -190,8 +190,7 @@ func (s *Scope) inTx(c *session) bool {
 // another text than the one classified.
 func (s *Scope) kindOf(query string, args []any) (queryKind, how) {
 	var h how
-	var rewritten *string
-	unknown := false
+	text, rewritten, unknown := query, false, false
 options:
 	for i, a := range args {
 		// pgx reads options from the front of the arguments.
@@ -201,11 +200,10 @@ options:
 			// text around reads ($@a becomes $$1, a dollar quote): the
 			// text that runs is read, as pgx rewrites it. The prefixed
 			// statements do not read them.
-			q, _, err := a.(pgx.QueryRewriter).RewriteQuery(context.Background(), nil, query, args[i+1:])
-			if err != nil {
-				unknown = true // pgx refuses it too
-			}
-			rewritten = &q
+			var err error
+			text, _, err = a.(pgx.QueryRewriter).RewriteQuery(context.Background(), nil, query, args[i+1:])
+			unknown = unknown || err != nil // pgx refuses it too
+			rewritten = true
 			h |= alone
 		case pgx.QueryRewriter:
 			// The text that runs is not the text classified.
@@ -218,8 +216,8 @@ options:
 		}
 	}
 	var k queryKind
-	if rewritten != nil {
-		k = classify(*rewritten)
+	if rewritten {
+		k = classify(text) // a text of its own each time: not kept
 	} else {
 		k = s.pool.notes.kind(query)
 	}

@@ -104,11 +104,7 @@ func TestEventFailureLoggedAsEvent(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			p, _ := dbtest.NewPool(t, nil)
-			layer, err := groups.New(groups.NewMemory(), nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer layer.Close()
+			layer := memoryLayer(t)
 			logs, logger := dbtest.NewLogs()
 			h := style(p, wsconsumer.Consumer{
 				Connect: func(ctx context.Context, s *wsconsumer.Session) error {
@@ -153,11 +149,7 @@ func TestEventBeforeAccept(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			p, _ := dbtest.NewPool(t, nil)
-			layer, err := groups.New(groups.NewMemory(), nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer layer.Close()
+			layer := memoryLayer(t)
 			h := style(p, wsconsumer.Consumer{
 				Connect: func(ctx context.Context, s *wsconsumer.Session) error {
 					if err := s.Join(ctx, "room"); err != nil {

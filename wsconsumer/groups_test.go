@@ -360,11 +360,7 @@ func TestJoinWithoutLayer(t *testing.T) {
 func TestEventTakesSlotAtFirstStatement(t *testing.T) {
 	t.Parallel()
 	p, _ := dbtest.NewPool(t, &dbctx.Options{MaxWorkers: 1})
-	layer, err := groups.New(groups.NewMemory(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { layer.Close() })
+	layer := memoryLayer(t)
 	h := wsconsumer.NewSync(p, wsconsumer.Consumer{
 		Receive: func(ctx context.Context, s *wsconsumer.Session, _ websocket.MessageType, data []byte) error {
 			if err := s.Join(ctx, "g"); err != nil {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/dbscope/dbscope/groups"
 	"github.com/dbscope/dbscope/internal/pgtest"
 	"github.com/dbscope/dbscope/wsconsumer"
 )
@@ -103,4 +104,15 @@ func roundTrip(t *testing.T, c *websocket.Conn, m msg) msg {
 		t.Fatalf("socket closed with %v", code)
 	}
 	return r
+}
+
+// memoryLayer returns a groups layer in memory, closed when t ends.
+func memoryLayer(t *testing.T) *groups.Layer {
+	t.Helper()
+	layer, err := groups.New(groups.NewMemory(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { layer.Close() })
+	return layer
 }

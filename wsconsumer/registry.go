@@ -166,9 +166,11 @@ func (s *Session) closeNow() {
 // ones with 503, and waits until every socket's Disconnect has run or ctx
 // ends; then it closes what is left without a handshake, cancels their
 // contexts (the work under way for them stops; their Disconnect still
-// runs, after Shutdown may have returned) and returns ctx's error. Keep the pool open until Shutdown returns: disconnects may use
-// it, all at once, within the pool's wait bounds (Options.MaxWaiting and
-// WaitTimeout of dbctx): size them for the sockets you close. Call it beside http.Server.Shutdown, which does not wait for
+// runs, after Shutdown has returned) and returns ctx's error. Keep the
+// pool open until Shutdown returns: disconnects may use it, all at once,
+// within the pool's wait bounds (Options.MaxWaiting and WaitTimeout of
+// dbctx): size them for the sockets you close. Those that run on after a
+// deadline meet the pool closed if it is closed then (ErrPoolClosed). Call it beside http.Server.Shutdown, which does not wait for
 // hijacked connections.
 func (h *Handler) Shutdown(ctx context.Context) error {
 	h.mu.Lock()

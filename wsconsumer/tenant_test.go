@@ -93,11 +93,7 @@ func TestSocketTenant(t *testing.T) {
 			t.Parallel()
 			// Behind the CI's PgBouncer, declared as one must.
 			p, _ := dbtest.NewPool(t, &dbctx.Options{MaxWorkers: 1, TransactionPooling: pgtest.Pooled()})
-			layer, err := groups.New(groups.NewMemory(), nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { layer.Close() })
+			layer := memoryLayer(t)
 			url := serve(t, style(p, tenantConsumer(name), &wsconsumer.Options{Layer: layer, Logger: quiet()}))
 			a, b := dial(t, url+"?t=a"), dial(t, url+"?t=b")
 			for range 3 {
