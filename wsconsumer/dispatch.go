@@ -26,13 +26,12 @@ func (h *Handler) readLoop(pool *dbctx.Pool, s *Session) (code websocket.StatusC
 // readInline handles one message at a time (the sync style, and the async
 // one with InFlight 1) on the goroutine that reads them, as a hand-written
 // handler does: no hand-off and no second goroutine to wake per message.
-// Reading stops meanwhile, which is the backpressure that reaches the
-// client. A message still being handled after readOnAfter gets a reader
-// from the keepalive goroutine (see Session.readOn): it reads the next
-// frame, so that a client that goes away mid-message is noticed (its work
-// canceled) and pings and the closing handshake are answered; that frame
-// is the next one handled. Where the message is done before the reader
-// has a frame, readInline leaves the socket to the reader (handedOver)
+// A message still being handled after readOnAfter gets a reader from the
+// keepalive goroutine (see Session.readOn): it reads on, so that a client
+// that goes away mid-message is noticed (its work canceled) and pings and
+// the closing handshake are answered, and queues what it reads (see
+// readAhead), handled next, in order. Where a message is done and the
+// queue is empty, readInline leaves the socket to the reader (handedOver)
 // and returns: the reader goes on with it (Handler.takeOver), and an idle
 // socket keeps one goroutine, not two. first, if not nil, is a frame read
 // already, handled first.
@@ -50,18 +49,22 @@ func (h *Handler) readInline(pool *dbctx.Pool, s *Session, first *frame) (code w
 			if f.err != nil {
 				s.sock.cancel() // the client is gone
 			}
-		case s.phase.CompareAndSwap(phaseAhead, phaseHandedOver):
-			return 0, true // the reader has no frame yet: the socket is its
-		default:
-			// phaseDelivered: the reader has read the next frame.
-			f = <-s.ahead
-			s.ahead = nil
+		default: // phaseAhead: a reader reads on
+			var ok bool
+			if f, ok = s.ahead.next(s); !ok {
+				return 0, true // nothing queued: the socket is the reader's
+			}
 		}
 		if f.err != nil {
 			return s.closeStatus(f.err), false
 		}
-		s.touch()
-		s.phase.Store(phaseHandling)
+		if s.sock.Err() != nil {
+			continue // closed meanwhile: what was read ahead is not handled
+		}
+		if s.phase.Load() != phaseAhead {
+			s.touch()
+			s.phase.Store(phaseHandling)
+		}
 		h.receive(pool, s, message{f.typ, f.data})
 	}
 }
@@ -74,9 +77,8 @@ const readOnAfter = 250 * time.Millisecond
 const (
 	phaseReading    = iota // reading, or between two messages
 	phaseHandling          // a message is being handled, nobody reads
-	phaseAhead             // a message is being handled, a reader reads on
-	phaseDelivered         // a message is being handled, the reader has read the next frame
-	phaseHandedOver        // the message is done, the reader will go on with the socket
+	phaseAhead             // a reader reads on (readOn), queueing what it reads; readInline handles the queue
+	phaseHandedOver        // the queue was empty when a message was done: the reader goes on with the socket
 )
 
 // frame is what one read returned.
@@ -86,44 +88,116 @@ type frame struct {
 	err  error
 }
 
+// The bounds of a read-ahead queue: past either, the reader stops
+// reading (the backpressure that reaches the client) until readInline
+// has taken a frame. One frame is always taken, however large.
+const (
+	readAheadFrames = 16
+	readAheadBytes  = 64 << 10
+)
+
+// readAhead is the queue between a socket's reader (readOn) and
+// readInline, made at the socket's first read-on and reused.
+type readAhead struct {
+	mu    sync.Mutex
+	q     []frame
+	bytes int
+	room  chan struct{} // capacity 1: readInline took a frame while the reader waited for room
+	wait  bool          // the reader waits on room
+}
+
+// next takes the next frame read ahead, or, where none is queued, hands
+// the socket over to the reader (phaseHandedOver) and reports false.
+func (ra *readAhead) next(s *Session) (frame, bool) {
+	ra.mu.Lock()
+	defer ra.mu.Unlock()
+	if len(ra.q) == 0 {
+		s.phase.Store(phaseHandedOver)
+		return frame{}, false
+	}
+	f := ra.q[0]
+	ra.q[0] = frame{}
+	ra.q = ra.q[1:]
+	ra.bytes -= len(f.data)
+	if ra.wait {
+		ra.wait = false
+		ra.room <- struct{}{}
+	}
+	return f, true
+}
+
 // readOn starts a reader for a socket whose message has been handled for
 // readOnAfter, unless one runs or the message is done. The reader reads
-// one frame; a failed read (the client is gone) also cancels the
-// socket's context, which cancels the work under way. If the message is
-// still being handled, the reader hands the frame to readInline through
-// s.ahead and exits; if readInline has left the socket to it
-// (phaseHandedOver), it goes on with the socket itself.
+// on and queues what it reads, up to readAheadFrames or readAheadBytes
+// (then it waits for readInline to take one: the socket is paused, which
+// a ping's missing pong is not held against, see Session.ping); a failed
+// read (the client is gone, or closed) cancels the socket's context,
+// which cancels the work under way, and replaces what is queued, not to
+// be handled. Where readInline has found the queue empty and left the
+// socket to it (phaseHandedOver), the reader goes on with the socket
+// itself, from the frame it read.
 // It is not counted in s.wg: it ends when the socket is closed, which
 // comes after that wait, or it is the socket's goroutine.
 func (s *Session) readOn() {
 	if s.phase.Load() != phaseHandling {
 		return
 	}
-	ch := make(chan frame, 1)
-	s.ahead = ch // read by readInline only once it sees phaseDelivered
+	ra := s.ahead
+	if ra == nil {
+		ra = &readAhead{room: make(chan struct{}, 1)}
+		s.ahead = ra // readInline reads it only once it sees phaseAhead
+	}
 	if !s.phase.CompareAndSwap(phaseHandling, phaseAhead) {
 		return
 	}
-	go func() {
+	go s.readAhead(ra)
+}
+
+func (s *Session) readAhead(ra *readAhead) {
+	conn := s.conn.Load()
+	for {
 		var f frame
-		f.typ, f.data, f.err = s.conn.Load().Read(s.wctx)
+		f.typ, f.data, f.err = conn.Read(s.wctx)
 		if f.err != nil {
 			s.sock.cancel()
+		} else {
+			s.touch()
 		}
-		if s.phase.CompareAndSwap(phaseAhead, phaseDelivered) {
-			ch <- f // buffered
+		ra.mu.Lock()
+		if s.phase.Load() == phaseHandedOver {
+			// The queue is empty: readInline has returned.
+			s.phase.Store(phaseReading)
+			ra.mu.Unlock()
+			s.h.takeOver(s, f)
 			return
 		}
-		s.phase.Store(phaseReading)
-		s.h.takeOver(s, f)
-	}()
+		if f.err != nil {
+			clear(ra.q)
+			ra.q, ra.bytes = append(ra.q[:0], f), 0
+			ra.mu.Unlock()
+			return
+		}
+		ra.q = append(ra.q, f)
+		ra.bytes += len(f.data)
+		if len(ra.q) >= readAheadFrames || ra.bytes >= readAheadBytes {
+			s.pause(true)
+			for len(ra.q) >= readAheadFrames || ra.bytes >= readAheadBytes {
+				ra.wait = true
+				ra.mu.Unlock()
+				<-ra.room
+				ra.mu.Lock()
+			}
+			s.pause(false)
+		}
+		ra.mu.Unlock()
+	}
 }
 
 // readConcurrent reads messages and hands each to a worker goroutine, at
 // most InFlight at once. Past the limit reading stops, with one message
-// held: the backpressure that reaches the client. Reading on while
-// messages are handled is what notices a client that goes away: its work
-// is canceled then. Workers stay for workerIdle after their last message,
+// held: the backpressure that reaches the client; the socket is paused
+// meanwhile (see Session.pause). Reading on while messages are handled is
+// what notices a client that goes away: its work is canceled then. Workers stay for workerIdle after their last message,
 // so a busy socket reuses one, and an idle socket keeps none, nor
 // anything of theirs: the hand-off state lives in the session (dispatch)
 // and holds no channel at rest.
@@ -140,18 +214,22 @@ func (h *Handler) readConcurrent(pool *dbctx.Pool, s *Session) websocket.StatusC
 		s.touch()
 		m := message{typ, data}
 		d.mu.Lock()
-		for d.inFlight >= limit {
-			if d.free == nil {
-				d.free = make(chan struct{})
+		if d.inFlight >= limit {
+			s.pause(true) // until a message is done
+			for d.inFlight >= limit {
+				if d.free == nil {
+					d.free = make(chan struct{})
+				}
+				free := d.free
+				d.mu.Unlock()
+				select {
+				case <-free:
+				case <-s.ctx.Done():
+					return -1
+				}
+				d.mu.Lock()
 			}
-			free := d.free
-			d.mu.Unlock()
-			select {
-			case <-free:
-			case <-s.ctx.Done():
-				return -1
-			}
-			d.mu.Lock()
+			s.pause(false)
 		}
 		d.inFlight++
 		if n := len(d.idle); n > 0 {

@@ -23,10 +23,16 @@
 //
 // In the sync style a message is handled on the goroutine that read it,
 // and the socket is read again once it is done, as in a hand-written
-// handler; a message that takes longer than 250ms has the next frame read
-// meanwhile, so that pings are answered and a client that goes away has
-// its work canceled (that reader then goes on with the socket, which keeps
-// one goroutine once idle).
+// handler. A message that takes longer than 250ms has the socket read on
+// meanwhile: what the client sends is queued, to be handled next, in
+// order, so that pings are answered and a client that goes away or
+// closes has the message under way canceled (what it sent after is then
+// not handled). The reader that read on goes on with the socket, which
+// keeps one goroutine once idle. Past 16 messages or 64 KiB queued, or
+// InFlight messages under way in the async style, reading stops (the
+// backpressure that reaches the client): the socket is paused, a pong
+// that waits behind the messages does not close it, and, on Linux, the
+// connection's TCP state tells a client that went away meanwhile.
 //
 // The values of the upgrade request's context (a tenant declared with
 // dbctx.Setting, the authenticated user) reach every callback;

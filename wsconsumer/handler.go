@@ -51,7 +51,9 @@ type Options struct {
 	WriteTimeout time.Duration
 
 	// PingInterval is how often a socket that sent nothing is pinged; one
-	// that does not answer within the same interval is closed. A negative
+	// that does not answer within the same interval is closed, unless
+	// its reading was stopped meanwhile (the pong then waits behind the
+	// messages it sent: see the package doc on reading). A negative
 	// value disables pings. Default: 30s.
 	PingInterval time.Duration
 
@@ -66,8 +68,8 @@ type Options struct {
 	IdleTimeout time.Duration
 
 	// InFlight is, in the async style, how many messages of one socket are
-	// handled at once; reading stops while that many are in flight. 1
-	// keeps messages in order. Default: 1. The sync style always handles
+	// handled at once; reading stops while that many are in flight (see
+	// the package doc on reading). 1 keeps messages in order. Default: 1. The sync style always handles
 	// one at a time.
 	InFlight int
 
@@ -293,7 +295,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	conn, err := websocket.Accept(w, r, h.opts.Accept)
+	hw := &hijackWriter{ResponseWriter: w}
+	conn, err := websocket.Accept(hw, r, h.opts.Accept)
 	if err != nil {
 		// Accept has answered the client. The request was verified, so
 		// the hijack itself failed: the client is gone.
@@ -308,6 +311,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.count.accepted.Add(1)
 	conn.SetReadLimit(h.opts.ReadLimit)
 	s.touch()
+	s.raw = hw.conn
 	s.accept(conn)
 	h.register(s)
 	var code websocket.StatusCode

@@ -116,6 +116,14 @@ func (h *Handler) tick(now int64, readOn time.Duration, keep bool) {
 		if s.closing.Load() {
 			continue
 		}
+		if s.paused.Load() && peerGone(s.raw) {
+			// Nothing reads the socket: its client went away behind the
+			// messages it sent before (see Session.pause).
+			h.log(s.wctx, slog.LevelDebug, "wsconsumer: client gone while its messages wait", slog.String("path", s.req.URL.Path))
+			s.closing.Store(true)
+			go s.closeNow()
+			continue
+		}
 		quiet := time.Duration(now - s.lastMsg.Load())
 		if readOn > 0 && quiet >= readOn {
 			s.readOn() // lastMsg is when the message under way was read
@@ -141,12 +149,17 @@ func (h *Handler) tick(now int64, readOn time.Duration, keep bool) {
 }
 
 // ping pings the client and closes the socket if no pong comes within
-// timeout: coder/websocket's Ping only returns then.
+// timeout (coder/websocket's Ping only returns then), unless the socket
+// was paused meanwhile: the pong then waits, unread, behind the messages
+// the client sent before it (see Session.pause). The ping still keeps
+// the connection alive through proxies.
 func (s *Session) ping(timeout time.Duration) {
 	ctx, cancel := context.WithTimeout(s.ctx, timeout)
 	defer cancel()
 	c := s.conn.Load()
-	if err := c.Ping(ctx); err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+	pauses, paused := s.pauses.Load(), s.paused.Load()
+	if err := c.Ping(ctx); err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) &&
+		!paused && !s.paused.Load() && s.pauses.Load() == pauses {
 		s.h.log(s.wctx, slog.LevelDebug, "wsconsumer: no pong", slog.String("path", s.req.URL.Path))
 		s.closeNow()
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -28,6 +29,7 @@ type Session struct {
 	h        *Handler
 	req      *http.Request
 	conn     atomic.Pointer[websocket.Conn]  // nil until accepted
+	raw      net.Conn                        // the connection conn runs on, for its TCP state (see pause)
 	opened   chan struct{}                   // closed once accepted, or refused (conn nil then): events wait for it
 	ctx      context.Context                 // the socket's context: request values, canceled at disconnect
 	wctx     context.Context                 // the request's values only, for reads and writes
@@ -42,10 +44,12 @@ type Session struct {
 	closing  atomic.Bool
 	sent     atomic.Int32 // the close status Close sent first, if any
 
-	dispatch dispatch     // readConcurrent's
-	phase    atomic.Int32 // readInline's: phaseReading, …
-	ahead    chan frame   // the reader readOn started
-	out      *outbox      // sync Receive callbacks' context, made on first use
+	dispatch dispatch      // readConcurrent's
+	phase    atomic.Int32  // readInline's: phaseReading, …
+	ahead    *readAhead    // the queue of the reader readOn started
+	paused   atomic.Bool   // reading stopped by the server: see pause
+	pauses   atomic.Uint32 // times paused
+	out      *outbox       // sync Receive callbacks' context, made on first use
 
 	// Write state: the writes under way and those finished (write), and
 	// the write watchdog's view of them (stalled: the keepalive
@@ -381,6 +385,20 @@ func (s *Session) start(fn func(ctx context.Context)) {
 }
 
 func (s *Session) touch() { s.lastMsg.Store(monotonic()) }
+
+// pause marks the socket's reading stopped by the server, which reads
+// no more until it has handled what it read (a full read-ahead queue, or
+// InFlight messages in flight), or resumed. A pong comes only to a
+// socket that reads: one that does not come while the socket was paused
+// does not close it (see Session.ping). A client that goes away is
+// noticed by a read that fails, and, while its socket is paused, by the
+// TCP state of the connection (see Handler.tick).
+func (s *Session) pause(on bool) {
+	if on {
+		s.pauses.Add(1)
+	}
+	s.paused.Store(on)
+}
 
 // closeStatus is the close status of the handshake that ended a read with
 // err. When Close ran the handshake itself, while nobody was reading (a
