@@ -102,15 +102,15 @@ func (m *Member) Join(ctx context.Context, group string) error {
 		l.c.members.Add(1)
 	}
 	m.mu.Unlock()
-	if l.addExisting(group, m) {
-		return nil
+	if done, err := l.addExisting(group, m); done {
+		return err
 	}
 	// The group's first member here: the engine subscribes, in order with
 	// the unsubscriptions of other last members.
 	l.subMu.Lock()
 	defer l.subMu.Unlock()
-	if l.addExisting(group, m) {
-		return nil
+	if done, err := l.addExisting(group, m); done {
+		return err
 	}
 	if err := l.engine.Subscribe(ctx, group); err != nil {
 		m.mu.Lock()
@@ -119,21 +119,48 @@ func (m *Member) Join(ctx context.Context, group string) error {
 		return err
 	}
 	l.mu.Lock()
-	l.groups[group] = map[*Member]struct{}{m: {}}
+	in, err := m.stillIn(group)
+	if in {
+		l.groups[group] = map[*Member]struct{}{m: {}}
+	}
 	l.mu.Unlock()
-	return nil
+	if !in {
+		// Closed, or left, meanwhile: nobody here is in the group.
+		l.engine.Unsubscribe(group)
+	}
+	return err
 }
 
-// addExisting adds m to group if group has members here.
-func (l *Layer) addExisting(group string, m *Member) bool {
+// addExisting adds m to group if group has members here, unless m was
+// closed or left group meanwhile (Close and Leave take the member out of
+// the layer's map of what its own holds: what it no longer holds must not
+// be put back). It reports whether it is done, and Join's outcome.
+func (l *Layer) addExisting(group string, m *Member) (bool, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	ms := l.groups[group]
 	if ms == nil {
-		return false
+		return false, nil
 	}
-	ms[m] = struct{}{}
-	return true
+	in, err := m.stillIn(group)
+	if in {
+		ms[m] = struct{}{}
+	}
+	return true, err
+}
+
+// stillIn reports whether m, joining group, is still to be in it: not
+// closed or made slow (ErrClosed then) and not having left it since it
+// began to join. l.mu is held (the layer's lock before the member's, as
+// Deliver takes them).
+func (m *Member) stillIn(group string) (bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed || m.slow {
+		return false, ErrClosed
+	}
+	_, in := m.groups[group]
+	return in, nil
 }
 
 // Leave takes the member out of group: once it returns, no message of
@@ -145,12 +172,16 @@ func (m *Member) Leave(group string) {
 	if !in {
 		return
 	}
-	// Out of the layer's map first: Deliver queues under the layer's read
-	// lock, so once remove has it, nothing more of group is queued, and
-	// the filter below is the last word.
-	m.l.remove(group, m)
+	// Out of the member's groups first, so that a Join of it under way
+	// does not put it back in the layer's map (see stillIn); then out of
+	// the layer's: Deliver queues under the layer's read lock, so once
+	// remove has it, nothing more of group is queued, and the filter
+	// below is the last word.
 	m.mu.Lock()
 	delete(m.groups, group)
+	m.mu.Unlock()
+	m.l.remove(group, m)
+	m.mu.Lock()
 	kept := m.queue[:m.head]
 	for _, e := range m.queue[m.head:] {
 		if e.Group == group {

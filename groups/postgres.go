@@ -290,7 +290,15 @@ func (e *Postgres) Subscribe(ctx context.Context, group string) error {
 	case err := <-done:
 		return err
 	case <-ctx.Done():
+		// The LISTEN is queued, and counted once it runs: undone after
+		// it, in order, so that nothing is left subscribed for a join
+		// that failed.
+		e.mu.Lock()
+		e.push(command{channel: c.channel})
+		e.mu.Unlock()
 		return ctx.Err()
+	case <-e.ctx.Done():
+		return ErrClosed // the listener answers no more
 	}
 }
 

@@ -1,0 +1,131 @@
+package groups_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/dbscope/dbscope/groups"
+	"github.com/dbscope/dbscope/internal/dbtest"
+	"github.com/dbscope/dbscope/internal/pgtest"
+)
+
+// A member closed, or leaving the group, while a Join of it is under way
+// (a socket that goes away as its Connect's goroutine joins a room) is in
+// no group of the layer once both have returned: the layer holds no
+// member (checked by instances at the end) and, over PostgreSQL, its
+// listener no channel for them.
+func TestJoinRacesCloseAndLeave(t *testing.T) {
+	t.Parallel()
+	for _, kind := range kinds {
+		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
+			env := pgtest.New(t)
+			l := instances(t, env, kind, 1)[0].layer
+			ctx := context.Background()
+			dbtest.NoHang(t, "joins racing closes", func() {
+				for i := range 300 {
+					m := l.NewMember(func(groups.Event) {}, nil)
+					g := fmt.Sprint("room.", i)
+					var wg sync.WaitGroup
+					wg.Go(func() {
+						if err := m.Join(ctx, g); err != nil && !errors.Is(err, groups.ErrClosed) {
+							t.Errorf("Join: %v", err)
+						}
+					})
+					wg.Go(func() {
+						for range i % 5 {
+							runtime.Gosched()
+						}
+						if i%2 == 0 {
+							m.Close()
+						} else {
+							m.Leave(g)
+						}
+					})
+					wg.Wait()
+					if in := m.Groups(); i%2 == 1 && len(in) == 0 {
+						// Left before the join was seen, or after it: in
+						// neither case does the layer hold it.
+						if st := l.Stats(); st.Groups != 0 {
+							t.Fatalf("round %d: the member is in no group, the layer holds %d", i, st.Groups)
+						}
+					}
+					m.Close()
+				}
+			})
+			if st := l.Stats(); st.Groups != 0 || st.Members != 0 {
+				t.Errorf("after every member closed: %+v", st)
+			}
+		})
+	}
+}
+
+// A Join whose context ends before the engine has subscribed fails, and
+// leaves this instance listening on nothing for it: a message to the
+// group is not read here (PostgresStats.LargeReceived stays put), while
+// one to a group a member here is in, sent after it, arrives.
+func TestCanceledJoinListensOnNothing(t *testing.T) {
+	t.Parallel()
+	env := pgtest.New(t)
+	in := pgInstances(t, env, 1, &groups.PostgresOptions{MaxPayload: 1 << 20})[0]
+	ctx := context.Background()
+	for i := range 20 {
+		canceled, cancel := context.WithCancel(ctx)
+		cancel()
+		m := in.layer.NewMember(func(groups.Event) {}, nil)
+		m.Join(canceled, fmt.Sprint("gone.", i)) // fails, or joins
+		m.Close()
+	}
+	var rec recorder
+	m := in.layer.NewMember(rec.handle, nil)
+	defer m.Close()
+	if err := m.Join(ctx, "here"); err != nil {
+		t.Fatal(err)
+	}
+	before := in.pg.Stats().LargeReceived
+	for i := range 20 {
+		if err := in.layer.Send(ctx, fmt.Sprint("gone.", i), []byte(strings.Repeat("x", 10000))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := in.layer.Send(ctx, "here", []byte("after")); err != nil {
+		t.Fatal(err)
+	}
+	dbtest.Eventually(t, "the message to the group with a member here", func() bool { return rec.n.Load() == 1 })
+	if n := in.pg.Stats().LargeReceived - before; n != 0 {
+		t.Errorf("the listener read %d messages of groups nobody here is in: still LISTENing", n)
+	}
+}
+
+// Joins under way as the layer closes return, with ErrClosed where they
+// could not finish: none waits for a listener that is gone.
+func TestJoinAtLayerClose(t *testing.T) {
+	t.Parallel()
+	env := pgtest.New(t)
+	for range 5 {
+		in := pgInstances(t, env, 1, nil)[0]
+		var wg sync.WaitGroup
+		var ms []*groups.Member
+		for i := range 20 {
+			m := in.layer.NewMember(func(groups.Event) {}, nil)
+			ms = append(ms, m)
+			wg.Go(func() {
+				err := m.Join(context.Background(), fmt.Sprint("g.", i))
+				if err != nil && !errors.Is(err, groups.ErrClosed) {
+					t.Errorf("Join: %v", err)
+				}
+			})
+		}
+		runtime.Gosched()
+		in.layer.Close()
+		dbtest.NoHang(t, "the joins", wg.Wait)
+		for _, m := range ms {
+			m.Close()
+		}
+	}
+}
