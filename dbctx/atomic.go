@@ -16,11 +16,18 @@ import (
 // database takes no slot and no connection. A nested Atomic uses a
 // savepoint, so its failure rolls back only its own work.
 //
+// Transaction control in SQL inside fn (COMMIT, ROLLBACK, BEGIN, END,
+// ABORT, PREPARE TRANSACTION; SAVEPOINT, RELEASE and ROLLBACK TO are
+// fine) is refused with [ErrInAtomic] before it is sent: what fn ran
+// after it would not be in the transaction Atomic commits or rolls back.
+//
 // Atomic needs a sync scope: in an [Async] context call it inside [Do].
 // Boundaries ([CloseOld]) inside fn do nothing. The error of a failed
 // commit is returned, wrapped: the work did not happen. fn's goroutines
 // may run statements on the scope; nested Atomic calls belong on fn's
-// goroutine.
+// goroutine. Once fn has returned nil the COMMIT is sent whatever ctx has
+// become (canceled by a client that left after the work was done),
+// bounded by a few seconds of its own.
 func Atomic(ctx context.Context, fn func(ctx context.Context) error) (err error) {
 	s := From(ctx)
 	if s == nil {
@@ -131,8 +138,13 @@ func (s *Scope) endTx(ctx context.Context, commit bool) error {
 		return errors.Join(fmt.Errorf("dbctx: rolled back: a nested Atomic could not end its savepoint: %w", doomed), s.rollbackAtomic(ctx))
 	}
 	if commit {
+		// fn returned nil: its work commits, whatever its context
+		// became meanwhile (a request whose client left once the
+		// handler was done), within cleanupTimeout.
+		cctx, cancel := cleanupCtx(ctx)
+		defer cancel()
 		var tag string
-		err := s.runTxEnd(ctx, c, "COMMIT", &tag)
+		err := s.runTxEnd(cctx, c, "COMMIT", &tag)
 		switch {
 		case err != nil:
 			s.observe(ctx, err, false)

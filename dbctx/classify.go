@@ -104,6 +104,21 @@ const (
 	// transaction under (see prefixFor).
 	kindSetting
 
+	// kindResolve changes how the names of the statements after it
+	// resolve: it sets the search_path, or the role (whose name "$user"
+	// puts in it), or makes a temporary object (pg_temp comes first).
+	// With kindSession or kindTxSet: what a statement prepared meanwhile
+	// means changes back at the boundary, so the statements the
+	// connection keeps prepared are dropped then (Scope.giveBack).
+	kindResolve
+
+	// kindPathLate sets a search_path that puts pg_catalog after another
+	// schema, or may (its value not read): the built-in functions and
+	// operators every statement names may then be a user's. Every
+	// statement after it in the scope counts as code (see
+	// Scope.execLocked), as after a declared search_path of that kind.
+	kindPathLate
+
 	// kindUtility is what a statement is that the classifier knows but
 	// does not read further: DDL, COPY, ANALYZE, GRANT…
 	kindUtility = kindState | kindOnce | kindCode
@@ -236,6 +251,67 @@ const (
 type token struct {
 	kind tokKind
 	text string // the word, the quoted identifier's content, the string's body, the number
+	form strForm
+}
+
+// strForm is how a string constant's body is written (see token.value).
+type strForm uint8
+
+const (
+	strQuoted strForm = iota // '…': doubled quotes, maybe continued on another line
+	strCoded                 // and escapes that may encode any character: E'…' or '…' read with escapes, holding a backslash; U&'…'
+	strDollar                // $$…$$: as it is
+)
+
+// value returns the value of the string constant t (of the identifier,
+// for a quoted one), and whether it is known: segments joined and quotes
+// undoubled, not known where escapes may encode any character.
+func (t token) value() (string, bool) {
+	switch {
+	case t.kind == tQuoted:
+		return strings.ReplaceAll(t.text, `""`, `"`), true
+	case t.kind != tString || t.form == strDollar:
+		return t.text, t.kind == tString
+	case t.form == strCoded:
+		return "", false
+	case strings.IndexByte(t.text, '\'') < 0:
+		return t.text, true
+	}
+	var b strings.Builder
+	q := t.text
+	for i := 0; i < len(q); i++ {
+		if q[i] != '\'' {
+			b.WriteByte(q[i])
+			continue
+		}
+		if i+1 < len(q) && q[i+1] == '\'' {
+			b.WriteByte('\'')
+			i++
+			continue
+		}
+		// The end of a segment: the next begins after its quote.
+		j := strings.IndexByte(q[i+1:], '\'')
+		if j < 0 {
+			break
+		}
+		i += j + 1
+	}
+	return b.String(), true
+}
+
+// nameIs reports whether t, a name, may be w: a word or quoted identifier
+// that is, case aside (as setting names are), or a U&"…" one, not decoded.
+func nameIs(t token, w string) bool {
+	switch t.kind {
+	case tWord:
+		return strings.EqualFold(t.text, w)
+	case tQuoted:
+		v, _ := t.value()
+		return strings.EqualFold(v, w)
+	case tOpaque:
+		return true
+	}
+	return false
 }
 
 // operand reports whether t ends an operand: an identifier that is not a
@@ -362,7 +438,11 @@ func (l *lexer) token() token {
 						l.i = len(q)
 						return token{kind: tBad}
 					}
-					return l.str(false)
+					t := l.str(false)
+					if t.kind == tString {
+						t.form = strCoded // \XXXX, or UESCAPE's character
+					}
+					return t
 				}
 				t := l.quoted('"', tOpaque)
 				if t.kind != tBad {
@@ -397,7 +477,7 @@ func (l *lexer) token() token {
 				return token{kind: tBad}
 			}
 			l.i = j + 1 + end + len(tag)
-			return token{kind: tString, text: q[j+1 : j+1+end]}
+			return token{kind: tString, text: q[j+1 : j+1+end], form: strDollar}
 		}
 		l.i = start + 1
 		return token{kind: tOp}
@@ -490,7 +570,11 @@ func (l *lexer) str(esc bool) token {
 				continue
 			}
 			l.i = j + 1
-			return token{kind: tString, text: q[start:j]}
+			t := token{kind: tString, text: q[start:j]}
+			if esc && strings.IndexByte(t.text, '\\') >= 0 {
+				t.form = strCoded
+			}
+			return t
 		}
 	}
 	l.i = len(q)
@@ -648,18 +732,29 @@ type classifier struct {
 	cfgToks  int
 	cfgTrue  bool
 
-	// OPERATOR( … ) under way: the depth inside its parentheses (0:
-	// none); and the token count at the ) that closed the last one, which
-	// ends an operator, not an operand: a name after it is an operand's,
-	// not an alias ('a' OPERATOR(||) f(…) calls f).
-	opDepth   int
-	opCloseAt int
+	// OPERATOR( … ) or DISTINCT ON ( … ) under way: the depth inside its
+	// parentheses (0: none); and the token count at the ) that closed the
+	// last one, which ends an operator or DISTINCT ON's list, not an
+	// operand: a name after it is an operand's, not an alias ('a'
+	// OPERATOR(||) f(…) and SELECT DISTINCT ON (1) f(…) call f).
+	opDepth     int
+	distinctDep int
+	opCloseAt   int
+
+	// The token count at ON conflict( (0: none): ON CONFLICT's columns
+	// where a DO follows in the statement, else a call of a function
+	// named conflict.
+	conflictAt int
 
 	// A search_path being set: SET [LOCAL | SESSION] search_path, or
 	// set_config('search_path', …) (cfgPath), whose value must be a plain
 	// string to be read for pg_temp (cfgPlain: the argument so far is one
 	// such string).
 	pathSet, cfgPath, cfgPlain bool
+	pathAt                     int    // SET search_path: the place of the name
+	pathItems                  int    // and the items of its value read
+	cfgCoded                   bool   // set_config's argument so far is one string written with escapes
+	cfgValue                   string // and its value
 }
 
 // explainState is where a statement is in EXPLAIN's prefix.
@@ -712,14 +807,20 @@ func (c *classifier) run() {
 func (c *classifier) endStatement() {
 	if c.ntok > 0 {
 		c.stmts++
+		if c.conflictAt > 0 {
+			c.ck |= kindState | kindCode // conflict(…) called
+		}
 		k := c.ck
 		if c.cfgDepth > 0 {
 			k |= kindSessionState // set_config( never closed
 		}
 		if c.explain == explainNone || c.explain == explainInner && c.analyze {
 			k |= c.sk
-			if c.temp && !c.commitDrop {
-				k |= kindSessionState
+			if c.temp {
+				k |= kindResolve
+				if !c.commitDrop {
+					k |= kindSessionState
+				}
 			}
 		}
 		const other = kindCode | kindSession | kindPoison | kindOnce | kindAlone | kindBegin
@@ -750,13 +851,19 @@ func (c *classifier) token(t token) {
 			c.obj = t
 		}
 		c.second(t)
+		if c.pathSet && c.pos > c.pathAt {
+			c.pathValue(t)
+		}
 	}
 	c.setConfigArg(t)
 	switch t.kind {
 	case tLParen:
-		if c.p1.is("operator") && c.opDepth == 0 {
+		switch {
+		case c.p1.is("operator") && c.opDepth == 0:
 			c.opDepth = c.depth + 1
-		} else {
+		case c.p1.is("on") && c.p2.is("distinct") && c.distinctDep == 0:
+			c.distinctDep = c.depth + 1
+		default:
 			c.call()
 		}
 		c.depth++
@@ -764,28 +871,35 @@ func (c *classifier) token(t token) {
 		if c.opDepth > 0 && c.depth == c.opDepth {
 			c.opDepth, c.opCloseAt = 0, c.ntok
 		}
+		if c.distinctDep > 0 && c.depth == c.distinctDep {
+			c.distinctDep, c.opCloseAt = 0, c.ntok
+		}
 		if c.depth > 0 {
 			c.depth--
 		}
 	case tWord:
+		if c.conflictAt > 0 && c.depth == 0 && t.is("do") {
+			c.conflictAt = 0 // ON CONFLICT (…) DO
+		}
 		c.word(t)
 		if c.read {
 			c.readWord(t)
 		}
 	case tQuoted:
 		if tempSchema(t.text) {
-			c.sk |= kindSessionState
+			c.sk |= kindSessionState | kindResolve
 		}
 	case tOpaque:
 		// Its name is not decoded: it may be pg_temp.
-		c.sk |= kindSessionState
+		c.sk |= kindSessionState | kindResolve
 	case tString:
 		// A search_path for SET LOCAL or set_config(…, true), which would
 		// send the CREATE after it to pg_temp; written with escapes
-		// (E'pg\x5ftemp', U&'pg\005Ftemp') it cannot be read here.
-		if containsFold(t.text, "pg_temp") || containsFold(t.text, "pg_toast_temp") ||
-			c.pathSet && strings.IndexByte(t.text, '\\') >= 0 {
-			c.sk |= kindSessionState
+		// (E'pg\x5ftemp', U&'pg\005Ftemp', U&'pg!005ftemp' UESCAPE '!') it
+		// cannot be read here.
+		v, known := t.value()
+		if containsFold(v, "pg_temp") || containsFold(v, "pg_toast_temp") || c.pathSet && !known {
+			c.sk |= kindSessionState | kindResolve
 		}
 	}
 	c.shift(t)
@@ -861,7 +975,7 @@ func analyzeOption(o explainOpt) bool {
 // statements PostgreSQL runs alone.
 func (c *classifier) word(t token) {
 	if tempSchema(t.text) {
-		c.sk |= kindSessionState
+		c.sk |= kindSessionState | kindResolve
 	}
 	switch {
 	case c.createHead && c.pos > 0:
@@ -972,12 +1086,15 @@ func (c *classifier) second(t token) {
 		// reset undoes, even SET LOCAL's, even RESET's.
 		c.sk |= kindSessionState | kindPoison
 	}
+	if c.resolves(t) {
+		c.sk |= kindResolve
+	}
 	switch {
 	case c.pos == 1 && c.first.is("set"):
 		c.setForm(t)
-		c.pathSet = t.is("search_path")
-	case c.pos == 2 && c.first.is("set") && t.is("search_path") && (c.p1.is("local") || c.p1.is("session")):
-		c.pathSet = true
+		c.pathSet, c.pathAt = nameIs(t, "search_path"), c.pos
+	case c.pos == 2 && c.first.is("set") && nameIs(t, "search_path") && (c.p1.is("local") || c.p1.is("session")):
+		c.pathSet, c.pathAt = true, c.pos
 	case c.pos == 1 && c.first.is("prepare"):
 		// PREPARE TRANSACTION 'gid', or a statement named transaction.
 		if l := c.lx; t.is("transaction") && l.next().kind == tString {
@@ -1016,10 +1133,48 @@ func (c *classifier) second(t token) {
 	}
 }
 
+// pathValue reads t, a token of the value SET search_path sets, for
+// pg_catalog after another schema (kindPathLate).
+func (c *classifier) pathValue(t token) {
+	switch t.kind {
+	case tWord:
+		if c.pathItems == 0 && (t.is("to") || t.is("default") || t.is("from") || t.is("current")) {
+			return
+		}
+		if t.is("pg_catalog") && c.pathItems > 0 {
+			c.sk |= kindPathLate
+		}
+		c.pathItems++
+	case tQuoted, tString:
+		v, known := t.value()
+		if !known || c.pathItems > 0 && containsFold(v, "pg_catalog") || c.pathItems == 0 && pathLate(v) {
+			c.sk |= kindPathLate
+		}
+		c.pathItems++
+	case tOpaque:
+		c.sk |= kindPathLate
+	}
+}
+
+// resolves reports whether t names, in SET [LOCAL | SESSION] or RESET,
+// a setting of kindResolve's: search_path, role, session authorization,
+// or RESET ALL. A setting named so with a dot after (search_path.x) is
+// another, but is taken for one.
+func (c *classifier) resolves(t token) bool {
+	switch {
+	case c.pos == 1 && c.first.is("reset"):
+		return nameIs(t, "search_path") || nameIs(t, "role") || t.is("session") || nameIs(t, "session_authorization") || t.is("all")
+	case c.first.is("set") && (c.pos == 1 || c.pos == 2 && (c.p1.is("local") || c.p1.is("session"))):
+		return nameIs(t, "search_path") || nameIs(t, "role") || nameIs(t, "session_authorization") ||
+			t.is("authorization") && c.p1.is("session")
+	}
+	return false
+}
+
 // setsSeed reports whether t names the setting seed in SET [LOCAL |
 // SESSION] or RESET (not a setting seed.x).
 func (c *classifier) setsSeed(t token) bool {
-	if !t.is("seed") || !(c.first.is("set") || c.first.is("reset")) ||
+	if !nameIs(t, "seed") || !(c.first.is("set") || c.first.is("reset")) ||
 		!(c.pos == 1 || c.pos == 2 && (c.p1.is("local") || c.p1.is("session"))) {
 		return false
 	}
@@ -1107,7 +1262,12 @@ func (c *classifier) call() {
 	p := c.p2
 	switch {
 	case n.is("conflict") && p.is("on"):
-		return // ON CONFLICT (columns)
+		// ON CONFLICT (columns) DO …, or a function conflict called in a
+		// JOIN's ON: told by the DO to come (see conflictAt).
+		if c.conflictAt == 0 {
+			c.conflictAt = c.ntok
+		}
+		return
 	case p.operand() && c.opCloseAt != c.ntok-2 || p.is("as"):
 		// An alias with column names: FROM t AS x(a, b), FROM t x(a);
 		// count(*) FILTER (…), … OVER (…), t JOIN (…).
@@ -1117,8 +1277,8 @@ func (c *classifier) call() {
 		return
 	case n.is("varying") && (p.is("character") || p.is("char") || p.is("bit") || p.is("national")):
 		return
-	case n.is("materialized") && p.is("not"):
-		return
+	case n.is("materialized") && p.is("not") && c.p3.is("as"):
+		return // WITH x AS NOT MATERIALIZED (…)
 	case p.is("execute"):
 		return // EXECUTE name (parameters)
 	case n.kind == tOpaque:
@@ -1160,12 +1320,14 @@ func (c *classifier) builtin(name string, folded bool) {
 
 // unresettable are the functions that leave in the session what no reset
 // undoes: the seed of random(), a dblink connection, a temporary
-// replication slot, a replication origin set up for the session, a backup
-// under way. They are told by name in any schema (dblink's is the
+// replication slot (made or copied), a replication origin set up for the
+// session, a backup under way, a library loaded. They are told by name in any schema (dblink's is the
 // extension's).
 var unresettable = []string{
 	"setseed", "dblink_connect", "dblink_connect_u",
 	"pg_create_physical_replication_slot", "pg_create_logical_replication_slot",
+	"pg_copy_physical_replication_slot", "pg_copy_logical_replication_slot",
+	"fmgr_c_validator", // loads the library, as LOAD does
 	"pg_replication_origin_session_setup", "pg_backup_start", "pg_start_backup",
 }
 
@@ -1209,6 +1371,16 @@ func (c *classifier) setConfigArg(t token) {
 		}
 		c.cfgDepth, c.cfgPath = 0, false
 	case t.kind == tComma && c.depth == c.cfgDepth:
+		if c.cfgArg == 0 && (c.cfgToks != 1 || !c.cfgPlain) {
+			c.ck |= kindResolve // a name computed: it may be search_path
+			if c.cfgToks == 1 && c.cfgCoded {
+				// A name written with escapes: it may be seed.
+				c.ck |= kindSessionState | kindPoison
+			}
+		}
+		if c.cfgArg == 1 && c.cfgPath && (c.cfgToks != 1 || !c.cfgPlain || pathLate(c.cfgValue)) {
+			c.ck |= kindPathLate
+		}
 		if c.cfgArg == 1 && c.cfgPath && (c.cfgToks != 1 || !c.cfgPlain) {
 			// A search_path computed ('pg_' || 'temp', $1): it may name
 			// pg_temp.
@@ -1217,17 +1389,23 @@ func (c *classifier) setConfigArg(t token) {
 		c.cfgArg++
 		c.cfgToks, c.cfgTrue = 0, false
 	default:
-		if c.cfgArg == 0 && c.cfgToks == 0 && t.kind == tString {
+		v, known := t.value()
+		if c.cfgArg == 0 && c.cfgToks == 0 && t.kind == tString && known {
 			switch {
-			case strings.EqualFold(t.text, "seed"):
+			case strings.EqualFold(v, "seed"):
 				c.ck |= kindSessionState | kindPoison // see second
-			case strings.EqualFold(t.text, "search_path"):
+			case strings.EqualFold(v, "search_path"):
 				c.cfgPath = true
+				c.ck |= kindResolve
+			case strings.EqualFold(v, "role") || strings.EqualFold(v, "session_authorization"):
+				c.ck |= kindResolve
 			}
 		}
-		c.cfgPlain = c.cfgToks == 0 && t.kind == tString && strings.IndexByte(t.text, '\\') < 0
+		c.cfgPlain = c.cfgToks == 0 && t.kind == tString && known && strings.IndexByte(v, '\\') < 0
+		c.cfgValue = v
+		c.cfgCoded = c.cfgToks == 0 && t.kind == tString && !known
 		c.cfgToks++
 		c.cfgTrue = c.depth == c.cfgDepth && (t.is("true") ||
-			t.kind == tString && (strings.EqualFold(t.text, "true") || strings.EqualFold(t.text, "t") || strings.EqualFold(t.text, "on")))
+			t.kind == tString && known && (strings.EqualFold(v, "true") || strings.EqualFold(v, "t") || strings.EqualFold(v, "on")))
 	}
 }

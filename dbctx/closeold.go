@@ -223,6 +223,12 @@ func (s *Scope) giveBack(ctx context.Context) error {
 		}
 		c.pin.seen |= kindState | kindCode // what it ran is not seen
 	}
+	if !tp && c.px != nil && c.pin.seen&kindResolve != 0 {
+		if err := p.dropStatements(ctx, c); err != nil {
+			s.unpin(discardReset)
+			return fmt.Errorf("dbctx: dropping the statements prepared under the scope's search_path: %w", err)
+		}
+	}
 	// Behind transaction pooling a reset would reach whichever server
 	// connection the pooler picks; what could leak was refused (see
 	// Scope.exec).
@@ -233,7 +239,9 @@ func (s *Scope) giveBack(ctx context.Context) error {
 			// trip (prefix.go), or before it goes back to the *sql.DB.
 			c.resetDue, c.seqOnly = true, false
 			c.sweepDue = c.sweepDue || sweep
-			c.setDue = c.setDue || c.pin.seen&kindSetting != 0
+			// A statement not yet described is described after the
+			// reset, not before it, under what the scope set.
+			c.setDue = c.setDue || c.pin.seen&(kindSetting|kindResolve) != 0
 		} else {
 			ctx, cancel := cleanupCtx(ctx)
 			err := p.resetOther(ctx, c, sweep)
@@ -257,6 +265,24 @@ func (s *Scope) giveBack(ctx context.Context) error {
 		p.giveToDB(c)
 	}
 	return nil
+}
+
+// dropStatements drops every statement prepared on c, pgx's and
+// dbscope's, and the descriptions they keep, after a scope that changed
+// how names resolve (kindResolve: a search_path, a role, a temporary
+// table): a statement prepared, or described, or only run under it would
+// otherwise run in the next scope as PostgreSQL re-parses it there, and
+// where what its names reach has another shape there, fail (0A000: its
+// result type changed, 08P01: its cached description no longer matches)
+// or be decoded as the other shape. One round trip, on this path alone;
+// the statements are prepared again as they run.
+func (p *Pool) dropStatements(ctx context.Context, c *session) error {
+	ctx, cancel := cleanupCtx(ctx)
+	defer cancel()
+	return withLock(c.pin.conn, func() error {
+		c.prep, c.stale, c.descs.m = nil, nil, nil
+		return c.px.DeallocateAll(ctx)
+	})
 }
 
 // cleanupTimeout bounds the statements a boundary runs to clean a

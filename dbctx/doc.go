@@ -101,7 +101,13 @@
 // nested Atomic that fails, or ROLLBACK TO in SQL) puts back the values
 // the transaction had before it, so the next statement gets its own again,
 // as it does after SQL of the unit's own that sets one of them (SET, SET
-// LOCAL, set_config, a function);
+// LOCAL, set_config, a function). A transaction begun and ended in SQL
+// (BEGIN … COMMIT, ROLLBACK, AND CHAIN) is followed as the server reports
+// it (on another driver, as the text says): the statements in it, and
+// those after it, each get the settings. A statement whose error is the
+// client's (a Scan into the wrong type) after the server ran it and the
+// settings before it leaves the session's values unknown: the next
+// statement applies every one of them again;
 // a batch, or a string of several statements, that ends its transaction
 // or rolls back to a savepoint before another of its statements is
 // refused, before anything is sent, where settings are in play, since
@@ -223,6 +229,20 @@
 //     would send nothing, the reset included: closed, counted in
 //     Stats.Discarded.Unresettable.
 //
+// A scope that changed how names resolve, by its text (a search_path, a
+// role, SET LOCAL and set_config(…, true) included, or a temporary
+// object), also has the statements the connection keeps prepared
+// dropped at its boundary, pgx's and dbscope's, with the descriptions
+// they keep (pgx's DeallocateAll: one round trip, on that path alone):
+// one prepared or described under it would otherwise, in the next scope,
+// read the next scope's tables as PostgreSQL re-parses it, and fail
+// where their shape differs. A statement whose result type changed since
+// it was prepared (a table another session altered, a search_path set by
+// code the text does not show) is prepared again and run again, once,
+// where PostgreSQL refused it before it ran: outside a transaction. In
+// one it fails (SQLSTATE 0A000, "cached plan must not change result
+// type"), as on pgx alone.
+//
 // What makes a scope dirty is decided without a round trip, erring toward
 // dirty. Every statement run through the scope's methods is read by a lexer
 // that reads SQL as PostgreSQL does (comments, several statements in one
@@ -280,10 +300,16 @@
 // Not seen: session state changed by code PostgreSQL runs for a statement
 // without its text naming it: a view's or a row-level-security policy's
 // functions, a user-defined operator, cast or type input function, a
-// function called in attribute notation (t.f for f(t)), a user function that
-// overloads a built-in's name for its own types (or for any, where a
-// search_path set for the role or database puts pg_catalog after a schema of
-// the user's). (A change of session user there is still caught, by the
+// domain's CHECK, a function called in attribute notation (t.f for f(t)),
+// a user function that overloads a built-in's name for argument types
+// the built-in does not take as they are (its own types, or lower(varchar)
+// where the built-in is lower(text)), or for any, where a search_path set
+// for the role or database puts pg_catalog after a schema of the user's.
+// (A search_path the unit sets so, in its text or declared, makes every
+// statement after it count as code.) A library that the first call of one
+// of its C functions loads stays loaded, with the settings it defines
+// (LOAD and fmgr_c_validator cost the connection). (A change of session
+// user there is still caught, by the
 // parameter the server reports; a SET ROLE is not.) Where a schema has such
 // code, set [Options.ResetAlways]. Nor what planning runs that the text
 // does not name: EXPLAIN without ANALYZE counts the functions it names, as
@@ -304,8 +330,8 @@
 // of quotes (its sanitizer, which puts the arguments in) reads otherwise
 // than PostgreSQL: the text that runs is then not the text read. What no
 // reset undoes (setseed or the seed setting, dblink_connect, a temporary
-// replication slot, pg_replication_origin_session_setup, a backup
-// started) is told by the function's name in any schema, or the
+// replication slot made or copied, pg_replication_origin_session_setup, a
+// backup started) is told by the function's name in any schema, or the
 // setting's, and costs the connection; a function whose name is written
 // U&"…" is taken for one. Behind PgBouncer, what is not refused is listed
 // below.

@@ -74,9 +74,15 @@ var (
 	// ErrPoolClosed is returned when a slot is asked of a closed [Pool].
 	ErrPoolClosed = errors.New("dbctx: pool closed")
 
-	// ErrInAtomic is returned by [Scope.BeginTx] inside [Atomic]: the
-	// connection is already in a transaction; nest [Atomic] instead.
-	ErrInAtomic = errors.New("dbctx: BeginTx inside Atomic")
+	// ErrInAtomic is returned by [Scope.BeginTx] inside [Atomic], and,
+	// before anything is sent, for a statement that would end the
+	// transaction Atomic began or begin another (BEGIN, START
+	// TRANSACTION, COMMIT, END, ROLLBACK but ROLLBACK TO, ABORT,
+	// PREPARE TRANSACTION, in SQL, alone, in a string of several or in a
+	// batch): the statements after it would run outside the transaction
+	// Atomic commits or rolls back. Return an error from Atomic's function
+	// to roll back; nest [Atomic] for a savepoint.
+	ErrInAtomic = errors.New("dbctx: transaction control inside Atomic")
 
 	// ErrConnBusy is returned, before anything is sent, for a statement
 	// of a scope whose connection still has the rows (or batch results)

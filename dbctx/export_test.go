@@ -62,3 +62,8 @@ func (p *Pool) Pace() time.Duration {
 	defer p.slots.mu.Unlock()
 	return p.slots.pace
 }
+
+// TxControlOf is txControlOf's answer, as a word.
+func TxControlOf(query string) string {
+	return [...]string{txUnread: "unread", txNone: "none", txOpen: "open", txClosed: "closed"}[txControlOf(query)]
+}

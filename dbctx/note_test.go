@@ -176,7 +176,9 @@ func TestClassify(t *testing.T) {
 		{"select set_config('a.b', 'c', false)", S | X},
 		{"SELECT set_config('a.b', 'c', $3)", S | X},
 		{"SELECT pg_catalog.set_config('a.b', 'c', false)", S | X},
-		{"SELECT set_config('a.b', 'c', 'tr'\n'ue')", S | X},
+		{"SELECT set_config('a.b', 'c', 'tr'\n'ue')", L}, // a string continued on the next line is read whole
+		{"SELECT set_config('a.b', 'c', 'fal'\n'se')", S | X},
+		{"SELECT set_config('a.b', 'c', E'tr\\x75e')", S | X}, // escapes: not known to be true
 		{"SELECT pg_advisory_lock(1)", S | X},
 		{"SELECT pg_try_ADVISORY_LOCK(1)", S | X},
 		{"SELECT nextval('s')", S},
@@ -259,6 +261,29 @@ func TestClassify(t *testing.T) {
 		{"SELECT 1 OPERATOR(pg_catalog.+) f(2)", S | C},
 		{"SELECT 'x' OPERATOR(||) setseed(0.5)::text", S | P | X},
 		{"SELECT a OPERATOR(pg_catalog.+) 1 FROM t x(a)", 0}, // the alias with columns still one
+		// A name after DISTINCT ON ( … ) begins the select list: a
+		// function called, not an alias.
+		{"SELECT DISTINCT ON (1) set_config('app.x', 'leak', false)", S | X},
+		{"SELECT DISTINCT ON (v.x) pg_try_advisory_lock(4242) FROM (VALUES (1)) v(x)", S | X},
+		{"select distinct on (1) setseed(0.5)", S | P | X},
+		{"SELECT DISTINCT ON (a) a, b FROM t x(a, b)", 0},
+		// Words of the grammar that are also names of functions, where
+		// they are the functions.
+		{"SELECT NOT materialized(1)", S | C},
+		{"WITH x AS NOT MATERIALIZED (SELECT 1) SELECT * FROM x", 0},
+		{"WITH x AS MATERIALIZED (SELECT 1) SELECT * FROM x", 0},
+		{"SELECT * FROM a JOIN b ON conflict(a.x)", S | C},
+		{"SELECT * FROM a JOIN b ON conflict(a.x) WHERE true", S | C},
+		// The seed's name quoted, U&-quoted or continued.
+		{`SET "seed" = 0.5`, S | P | X},
+		{`SET LOCAL "SEED" = 0.5`, S | P | X | L},
+		{`SET LOCAL U&"seed" = 0.5`, S | P | X | L},
+		{"SELECT set_config('se'\n'ed', '0.5', true)", S | P | X | L},
+		{"SELECT set_config(E'se\\x65d', '0.5', true)", S | P | X | L},
+		// pg_temp in a search_path continued or with another escape.
+		{"SET LOCAL search_path = 'pg_'\n'temp'", S | X | L},
+		{"SET LOCAL search_path = U&'pg!005ftemp' UESCAPE '!'", S | X | L},
+		{"SELECT set_config('search_path', 'pg_'\n'temp', true)", S | X | L},
 		// A search_path written with escapes, or computed: it may name
 		// pg_temp (refused under TransactionPooling).
 		{"SET LOCAL search_path = E'pg\\x5ftemp'", S | X | L},
@@ -273,7 +298,7 @@ func TestClassify(t *testing.T) {
 		{"SELECT E'\xa4\x5c', pg_advisory_lock(1) -- '", S | X},
 		{"SELECT E'\\\\', 1", 0},
 	} {
-		if got := classify(tc.query) &^ kindSetting; got != tc.want { // kindSetting: TestClassifySetting
+		if got := classify(tc.query) &^ (kindSetting | kindResolve | kindPathLate); got != tc.want { // TestClassifySetting, TestClassifyResolve, TestClassifyPathLate
 			t.Errorf("classify(%q) = %s, want %s", tc.query, kindString(got), kindString(tc.want))
 		}
 	}
@@ -362,6 +387,78 @@ func TestClassifySetting(t *testing.T) {
 	} {
 		if got := classify(q)&kindSetting != 0; got != want {
 			t.Errorf("classify(%q) sets a setting: %v, want %v", q, got, want)
+		}
+	}
+}
+
+// What changes how names resolve (kindResolve): the search_path, the
+// role, temporary objects, in every form; and nothing else.
+func TestClassifyResolve(t *testing.T) {
+	for q, want := range map[string]bool{
+		"SET search_path = x":                              true,
+		"SET LOCAL search_path TO x":                       true,
+		"SET SESSION search_path TO x":                     true,
+		"set Search_Path to x":                             true,
+		"RESET search_path":                                true,
+		"RESET ALL":                                        true,
+		"SET ROLE r":                                       true,
+		"SET LOCAL ROLE r":                                 true,
+		"SET SESSION AUTHORIZATION r":                      true,
+		"RESET SESSION AUTHORIZATION":                      true,
+		"RESET role":                                       true,
+		"SELECT set_config('search_path', 'x', true)":      true,
+		"SELECT set_config('role', 'r', false)":            true,
+		"SELECT set_config($1, $2, true)":                  true,
+		"SELECT set_config(E'search\\x5fpath', 'x', true)": true,
+		"CREATE TEMP TABLE t (n int)":                      true,
+		"CREATE TEMP TABLE t (n int) ON COMMIT DROP":       true,
+		"SELECT 1 INTO TEMP t":                             true,
+		"CREATE TABLE pg_temp.t (n int)":                   true,
+		"CREATE VIEW \"pg_temp\".v AS SELECT 1":            true,
+		"SET statement_timeout = 1":                        false,
+		"SET LOCAL app.tenant = '7'":                       false,
+		"SELECT set_config('app.tenant', $1, true)":        false,
+		"SELECT set_config('search_path.x', 'a', true)":    false,
+		"CREATE TABLE t (n int)":                           false,
+		"SELECT pg_advisory_lock(1)":                       false,
+		"SELECT * FROM search_path":                        false,
+		"INSERT INTO role VALUES (1)":                      false,
+	} {
+		if got := classify(q)&kindResolve != 0; got != want {
+			t.Errorf("classify(%q) changes how names resolve: %v, want %v", q, got, want)
+		}
+	}
+}
+
+// What sets a search_path that puts pg_catalog after another schema
+// (kindPathLate), or may.
+func TestClassifyPathLate(t *testing.T) {
+	for q, want := range map[string]bool{
+		"SET search_path = s, pg_catalog":                          true,
+		"SET LOCAL search_path TO s, \"pg_catalog\"":               true,
+		"SET search_path = 's', 'pg_catalog'":                      true,
+		"SET search_path = 's, pg_catalog'":                        true,
+		"SET LOCAL search_path = E's, pg\\x5fcatalog'":             true,
+		"SELECT set_config('search_path', 's, pg_catalog', true)":  true,
+		"SELECT set_config('search_path', $1, true)":               true,
+		"SELECT set_config('search_path', 'pg_catalog, s', false)": false,
+		"SET search_path = pg_catalog, s":                          false,
+		"SET search_path TO s, public":                             false,
+		"SET search_path TO DEFAULT":                               false,
+		"SET LOCAL search_path = 's'":                              false,
+		"SELECT set_config('search_path', 's, public', true)":      false,
+		"SET statement_timeout = 1":                                false,
+	} {
+		if got := classify(q)&kindPathLate != 0; got != want {
+			t.Errorf("classify(%q) puts pg_catalog late: %v, want %v", q, got, want)
+		}
+	}
+	for v, want := range map[string]bool{
+		"s, pg_catalog": true, `"$user", PG_CATALOG`: true, `s,"pg_catalog"`: true,
+		"pg_catalog, s": false, "s, public": false, "": false, `"Pg_Catalog", x`: false, `x, "Pg_Catalog"`: false,
+	} {
+		if got := pathLate(v); got != want {
+			t.Errorf("pathLate(%q) = %v, want %v", v, got, want)
 		}
 	}
 }

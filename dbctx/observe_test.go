@@ -377,7 +377,7 @@ func TestTracerSeesEveryStatement(t *testing.T) {
 			// transaction, with no BEGIN and no COMMIT; in the simple
 			// protocol there is no check, and the sweep is a statement.
 			do(func(ctx context.Context, s *dbctx.Scope) error {
-				_, err := s.ExecContext(ctx, "CREATE TEMP TABLE traced_scratch (n int)")
+				_, err := s.ExecContext(ctx, "CREATE TABLE traced_scratch (n int)")
 				return err
 			})
 			afterCode := &dbctx.Prelude{Reset: true, Queries: 10}

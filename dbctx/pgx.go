@@ -143,11 +143,17 @@ func (s *Scope) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
 	// and could not run; where it ends its transaction or rolls back to a
 	// savepoint before another statement, they would not reach that one.
 	control, ends := true, false
+	st.tx = txNone
 	for i, q := range b.QueuedQueries {
 		k, h := s.kindOf(q.SQL, q.Arguments)
 		tc := k&(kindOnce|kindAlone) != 0 // as transaction control is: a filter before reading the text
 		control = control && tc && needsNoSettings(q.SQL)
 		ends = ends || tc && endsBefore(q.SQL, i == len(b.QueuedQueries)-1)
+		if k&kindAlone != 0 {
+			if m := txControlOf(q.SQL); m != txNone {
+				st.tx = m // the batch's last
+			}
+		}
 		if s.pool.opts.TransactionPooling && k&(kindSession|kindSeqRead) != 0 && st.kind&(kindSession|kindSeqRead) == 0 {
 			st.query = q.SQL // the one refused
 		}

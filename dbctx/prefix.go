@@ -99,6 +99,13 @@ func (s *Scope) prefixFor(ctx context.Context, c *session, inTx, begin bool) (*p
 		if strings.IndexByte(st.value, 0) >= 0 {
 			return nil, fmt.Errorf("%w: %s", ErrSettingValue, st.name)
 		}
+		if st.late {
+			// The statement's built-ins may be a user's code.
+			c.pin.seen |= kindState | kindCode
+		}
+		if st.name == "search_path" && s.pool.opts.TransactionPooling && (containsFold(st.value, "pg_temp") || containsFold(st.value, "pg_toast_temp")) {
+			return nil, fmt.Errorf("%w: a search_path naming pg_temp, under which a CREATE makes a temporary table that outlives the transaction on the pooler's server connection", ErrSessionState)
+		}
 	}
 	if !inTx && !begin {
 		c.pin.txOver() // the transaction they were set for is over
@@ -280,8 +287,15 @@ func (s *Scope) prefixDone(c *session, p *prefix, ok bool, reached int) {
 	}
 	if !ok {
 		// The implicit transaction was rolled back, and what the prefix
-		// did with it; inside an explicit one nothing is known until it
-		// ends.
+		// did with it, where the server refused the statement; where the
+		// error was the client's (a Scan's, after the server ran it all),
+		// it committed. Not told apart here: the session's settings are
+		// taken as unknown, every name applied again by the next
+		// statement. Inside an explicit transaction nothing is known
+		// until it ends.
+		if !p.local && p.keep {
+			c.applied = unknownSettings(c.applied, p.carry)
+		}
 		if c.pc != nil && c.pc.TxStatus() != 'I' {
 			c.pin.txUnsure = true
 		}
@@ -305,6 +319,23 @@ func (s *Scope) prefixDone(c *session, p *prefix, ok bool, reached int) {
 		c.applied = p.carry
 		c.pin.unsure = p.taints
 	}
+}
+
+// unknownSettings returns the names of a and b, sorted, each with a value
+// no setting has (a NUL, which values never hold): settings of which the
+// session may carry any value, which match no declared ones, so that the
+// next statement applies, or clears, every one of them.
+func unknownSettings(a, b []setting) []setting {
+	out := make([]setting, 0, len(a)+len(b))
+	for _, l := range [2][]setting{a, b} {
+		for _, st := range l {
+			if !slices.ContainsFunc(out, func(o setting) bool { return o.name == st.name }) {
+				out = append(out, setting{name: st.name, value: "\x00"})
+			}
+		}
+	}
+	slices.SortFunc(out, func(x, y setting) int { return strings.Compare(x.name, y.name) })
+	return out
 }
 
 // resetDone records that the reset c owed ran (DISCARD SEQUENCES alone

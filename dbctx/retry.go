@@ -66,6 +66,31 @@ func (s *Scope) retryable(ctx context.Context, c *session, k queryKind, err erro
 	return errors.As(err, &pe) && strings.HasPrefix(pe.Code, "57P")
 }
 
+// replannable reports whether a statement that failed with err on the
+// scope's connection may run again on it: a statement pgx kept prepared
+// (or a description kept) whose result type changed since (PostgreSQL
+// re-parses a prepared statement where the search_path or the schema
+// changed, and refuses to run it where its result type changed), outside
+// any transaction. PostgreSQL refused it before it ran, its implicit
+// transaction and what was sent before it in its round trip rolled back,
+// and pgx dropped it from its cache on the error: run again, it is
+// prepared anew.
+func (s *Scope) replannable(ctx context.Context, err error) bool {
+	c := s.c
+	if c == nil || c.pc == nil || ctx.Err() != nil || c.inRawTx() || s.atomicTxOpen() || c.state().tx != 'I' {
+		return false
+	}
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) {
+		return false
+	}
+	// Or a description kept (pgx's cache_describe, dbscope's own before a
+	// prefix) that no longer matches the statement as PostgreSQL now
+	// reads it: its Bind is refused, with the description dropped.
+	return pe.Code == "0A000" && pe.Routine == "RevalidateCachedQuery" ||
+		pe.Code == "08P01" && pe.Routine == "exec_bind_message"
+}
+
 // maxRetries bounds the runs of one statement after the first. One is
 // enough for a single backend killed; more cover a round of kills (a
 // failover, pg_terminate_backend of every backend), where the next idle

@@ -48,7 +48,7 @@ type session struct {
 	resetDue bool      // an earlier scope left state: reset before anything runs
 	sweepDue bool      // and the reset deallocates statements PREPAREd in SQL
 	seqOnly  bool      // and the reset is DISCARD SEQUENCES alone: writes left only sequence state (Options.PlainWrites)
-	setDue   bool      // and settings were set in view (SET, set_config): the reset takes a transaction of its own (prefix.go)
+	setDue   bool      // and settings were set in view (SET, set_config) or names resolved otherwise (kindResolve): the reset takes a transaction of its own (prefix.go) and goes before a statement not yet described (exec.go)
 	descs    descCache // statement descriptions, for the prefixed database/sql queries
 
 	// The statements prepared on the connection (pipe.go).

@@ -47,8 +47,21 @@ var settingsDeclared atomic.Bool
 // session may set ("statement_timeout", "search_path", "role"…). Names
 // are case-insensitive, as PostgreSQL's are. NewSetting panics on a name
 // that is not one, and on those a unit of work cannot declare:
-// session_authorization (the reset relies on it), and the transaction_*
-// parameters, which only SET TRANSACTION may set.
+// session_authorization (the reset relies on it), the transaction_*
+// parameters, which only SET TRANSACTION may set, the
+// default_transaction_* ones, which a transaction reads as it begins,
+// before a declared setting applies, client_encoding (pgx speaks UTF8
+// only) and seed (which no reset undoes).
+//
+// A search_path (or a role, which "$user" puts in it) declared with
+// different values for different units reaches, with the same statement
+// text, different tables: pgx keeps each statement prepared, or its
+// description, once per connection, whatever the search_path. The
+// schemas it names must give a statement the same result type (the same
+// columns, of the same types), as the schemas of one service per tenant
+// do; where one differs, a statement prepared under the other fails once
+// (SQLSTATE 0A000, prepared again and retried outside a transaction), or
+// in pgx's cache_describe mode is decoded with the other's description.
 func NewSetting(name string) Setting {
 	n, err := settingName(name)
 	if err != nil {
@@ -70,6 +83,15 @@ func settingName(name string) (string, error) {
 		return "", fmt.Errorf("dbctx: NewSetting(%q): the session reset relies on it; use role", name)
 	case strings.HasPrefix(n, "transaction_"):
 		return "", fmt.Errorf("dbctx: NewSetting(%q): only SET TRANSACTION sets it", name)
+	case strings.HasPrefix(n, "default_transaction_"):
+		// Read when a transaction begins, which is before a setting
+		// declared is applied (in the statement's own implicit
+		// transaction, or after Atomic's BEGIN).
+		return "", fmt.Errorf("dbctx: NewSetting(%q): a transaction reads it as it begins, before a declared setting applies; use SET TRANSACTION, or sql.TxOptions with BeginTx", name)
+	case n == "client_encoding":
+		return "", fmt.Errorf("dbctx: NewSetting(%q): pgx speaks UTF8 only", name)
+	case n == "seed":
+		return "", fmt.Errorf("dbctx: NewSetting(%q): setting it calls setseed, which no reset undoes", name)
 	}
 	return n, nil
 }
@@ -110,12 +132,35 @@ func (st Setting) With(ctx context.Context, value string) context.Context {
 	next := make([]setting, 0, len(old)+1)
 	i, found := slices.BinarySearchFunc(old, st.name, func(s setting, n string) int { return strings.Compare(s.name, n) })
 	next = append(next, old[:i]...)
-	next = append(next, setting{name: st.name, value: value})
+	next = append(next, setting{name: st.name, value: value, late: st.name == "search_path" && pathLate(value)})
 	if found {
 		i++
 	}
 	next = append(next, old[i:]...)
 	return &settingsCtx{Context: ctx, list: next}
+}
+
+// pathLate reports whether the search_path value puts pg_catalog after
+// another schema: the built-in functions and operators a statement names
+// may then be a user's (see kindPathLate). Items are separated by commas,
+// and may be quoted.
+func pathLate(value string) bool {
+	i := 0
+	for item := range strings.SplitSeq(value, ",") {
+		item = strings.TrimSpace(item)
+		if len(item) >= 2 && item[0] == '"' && item[len(item)-1] == '"' {
+			item = item[1 : len(item)-1]
+		} else {
+			item = strings.ToLower(item)
+		}
+		if item == "pg_catalog" {
+			return i > 0
+		}
+		if item != "" {
+			i++
+		}
+	}
+	return false
 }
 
 // Value returns the setting's value in ctx, and whether ctx declares one.
@@ -131,6 +176,7 @@ func (st Setting) Value(ctx context.Context) (string, bool) {
 // setting is a setting's value, or its reset where reset is set.
 type setting struct {
 	name, value string
+	late        bool // a search_path that puts pg_catalog after another schema (see pathLate)
 	reset       bool // back to what a fresh session has (set_config(name, NULL, …))
 }
 

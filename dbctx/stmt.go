@@ -25,6 +25,30 @@ type stmt struct {
 	args  []any
 	kind  queryKind
 	how   how
+	tx    txMove // where kind has kindAlone: whether it ends or begins a transaction in SQL (a batch's, set by SendBatch)
+}
+
+// txMove is what transaction control in SQL does to the transaction
+// (txControlOf).
+type txMove uint8
+
+const (
+	txUnread txMove = iota // not read yet
+	txNone                 // neither begins nor ends one
+	txOpen                 // leaves one open: BEGIN, START TRANSACTION, COMMIT AND CHAIN
+	txClosed               // ends it: COMMIT, ROLLBACK, PREPARE TRANSACTION…
+)
+
+// txMoveOf returns what st does to the transaction, reading its text
+// where it may be transaction control.
+func (st *stmt) txMoveOf() txMove {
+	if st.tx == txUnread {
+		st.tx = txNone
+		if st.kind&kindAlone != 0 && st.query != "" {
+			st.tx = txControlOf(st.query)
+		}
+	}
+	return st.tx
 }
 
 // how a statement runs.
@@ -67,9 +91,18 @@ func (s *Scope) execLocked(ctx context.Context, st *stmt, run runner) error {
 	if s.pool.opts.TransactionPooling && st.kind&(kindSession|kindSeqRead) != 0 {
 		return sessionStateError(st.query)
 	}
+	if s.atomic > 0 && st.txMoveOf() != txNone {
+		return fmt.Errorf("%w: %s", ErrInAtomic, describeStmt(st))
+	}
 	c, err := s.pinned(ctx)
 	if err != nil {
 		return err
+	}
+	if (c.pin.seen|st.kind)&kindPathLate != 0 {
+		// After a search_path that puts pg_catalog after a schema of the
+		// user's (or in the same string), what the statement names may
+		// be the user's code.
+		st.kind |= kindState | kindCode
 	}
 	if st.how&viaPgx != 0 && c.px == nil {
 		return fmt.Errorf("dbctx: Scope's pgx methods: %w", errNotPgx)
@@ -108,7 +141,25 @@ func (s *Scope) execLocked(ctx context.Context, st *stmt, run runner) error {
 			err = run(s.stmtCtx(ctx, st.how), c, p)
 		}
 	}
+	if err != nil && st.how&noRetry == 0 && s.replannable(ctx, err) {
+		// Once, on the same connection: pgx has dropped the statement.
+		c = s.c
+		if p, err = s.owed(ctx, c, st, begin); err == nil {
+			c.pin.seen |= st.kind
+			err = run(s.stmtCtx(ctx, st.how), c, p)
+		}
+	}
 	err = s.observe(ctx, err, first)
+	if c := s.c; c != nil {
+		// A transaction begun or ended in SQL. (BeginTx's BEGIN is not
+		// read so: database/sql ends it, and keeps its own count.)
+		switch st.txMoveOf() {
+		case txOpen:
+			c.pin.seen |= kindBegin
+		case txClosed:
+			c.pin.seen &^= kindBegin
+		}
+	}
 	if c := s.c; c != nil {
 		c.pin.used = true
 		if st.kind&kindTaints != 0 {
@@ -174,15 +225,17 @@ func (s *Scope) beginning() (bool, error) {
 	return !s.x.begun, nil
 }
 
-// inTx reports whether c is, or may be, in a transaction.
+// inTx reports whether c is, or may be, in a transaction: on pgx's
+// driver as the server last said (its ReadyForQuery, after every
+// statement), elsewhere as the scope's statements say.
 func (s *Scope) inTx(c *session) bool {
-	if s.atomicTxOpen() || c.inRawTx() {
+	if s.atomicTxOpen() {
 		return true
 	}
 	if c.pc != nil {
 		return c.state().tx != 'I'
 	}
-	return len(c.pin.txs) > 0
+	return c.inRawTx() || len(c.pin.txs) > 0
 }
 
 // kindOf returns what a statement run with args may do to the session:
@@ -278,6 +331,68 @@ func endsBefore(query string, last bool) bool {
 		}
 		start = false
 	}
+}
+
+// txControlOf reads query's statements for transaction control in SQL
+// and returns what the last that begins or ends a transaction leaves:
+// txOpen, txClosed, or txNone where none does. A ROLLBACK TO a savepoint,
+// COMMIT PREPARED and ROLLBACK PREPARED (which PostgreSQL runs outside
+// transactions only) neither begin nor end the session's.
+func txControlOf(query string) txMove {
+	l := lexer{q: query}
+	move := txNone
+	var w [3]token // the statement's first tokens
+	var prev token
+	n, chain := 0, false
+	for {
+		t := l.next()
+		if t.kind != tEOF && t.kind != tBad && t.kind != tSemi {
+			if n < len(w) {
+				w[n] = t
+			}
+			if t.is("chain") {
+				chain = !prev.is("no") // AND CHAIN, not AND NO CHAIN
+			}
+			prev = t
+			n++
+			continue
+		}
+		if n > 0 {
+			if m := txMoveOfStmt(w, chain); m != txNone {
+				move = m
+			}
+		}
+		if t.kind != tSemi {
+			return move
+		}
+		w, prev, n, chain = [3]token{}, token{}, 0, false
+	}
+}
+
+// txMoveOfStmt is txControlOf for one statement, of first tokens w; chain
+// says it ends AND CHAIN.
+func txMoveOfStmt(w [3]token, chain bool) txMove {
+	switch first := w[0]; {
+	case first.is("begin"):
+		return txOpen
+	case first.is("start"):
+		if w[1].is("transaction") {
+			return txOpen
+		}
+	case first.is("prepare"):
+		if w[1].is("transaction") && w[2].kind == tString {
+			return txClosed
+		}
+	case first.is("commit") || first.is("end") || first.is("rollback") || first.is("abort"):
+		if w[1].is("prepared") || w[1].is("to") || (w[1].is("work") || w[1].is("transaction")) && w[2].is("to") {
+			return txNone
+		}
+		if chain {
+			return txOpen
+		}
+		return txClosed
+	}
+	return txNone
 }
 
 // needsNoSettings reports whether query is one transaction-control

@@ -122,3 +122,44 @@ func TestAtomicLogAttrs(t *testing.T) {
 		t.Fatalf("%d; want 500 and one ERROR record with request_id=req-7:\n%s", rec.Code, logs)
 	}
 }
+
+// A handler whose work is done when its client goes away, and which
+// returns without an error status, has its transaction committed, and
+// its OnCommit run: PostgreSQL has the row.
+func TestAtomicCommitsAfterClientLeft(t *testing.T) {
+	t.Parallel()
+	p, env := newPool(t, nil)
+	createTable(t, env)
+	inserted := make(chan struct{})
+	committed := make(chan struct{})
+	done := make(chan struct{})
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer close(done)
+		ctx := r.Context()
+		if _, err := dbctx.From(ctx).ExecContext(ctx, "INSERT INTO t VALUES (1)"); err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		dbctx.OnCommit(ctx, func() { close(committed) })
+		close(inserted)
+		<-ctx.Done() // the client has gone
+		fmt.Fprint(w, "ok")
+	})
+	srv := serve(t, middleware.DB(p)(middleware.AtomicWithOpts(&middleware.AtomicOptions{Logger: discardLogger()})(h)))
+	ctx, cancel := context.WithCancel(context.Background())
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, srv.URL, nil)
+	go func() {
+		<-inserted
+		cancel()
+	}()
+	if resp, err := http.DefaultClient.Do(req); err == nil {
+		resp.Body.Close()
+	}
+	dbtest.NoHang(t, "the handler, and its OnCommit", func() {
+		<-done
+		<-committed
+	})
+	if n := countRows(t, env); n != 1 {
+		t.Fatalf("%d rows committed, want 1", n)
+	}
+}

@@ -364,10 +364,10 @@ func probe(t *testing.T, p *dbctx.Pool, se *sessiontest.Env) (state string, pid 
 // work cannot see: there the statement fails, or takes effect only at a
 // commit after the probe. The next scope's probe checks them all the same.
 var inert = map[string][]string{
-	// A transaction block of its own, inside one: BEGIN warns, COMMIT ends
-	// the outer transaction, which the unit's COMMIT then finds gone.
-	"Atomic":            {"multi with commit", "set local in a transaction", "listen", "listen in function"},
-	"middleware.Atomic": {"multi with commit", "set local in a transaction", "listen", "listen in function"},
+	// A transaction block of its own, inside one: refused with
+	// ErrInAtomic before it is sent.
+	"Atomic":            {"multi with commit", "set local in a transaction", "listen", "listen in function", "standard_conforming_strings off in a transaction"},
+	"middleware.Atomic": {"multi with commit", "set local in a transaction", "listen", "listen in function", "standard_conforming_strings off in a transaction"},
 	// LISTEN inside a transaction takes effect at its commit.
 	"BeginTx, left open": {"listen", "listen in function"},
 	// pgx sends a statement with rows, and a batch, through the extended

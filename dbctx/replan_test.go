@@ -1,0 +1,157 @@
+package dbctx_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/internal/pgtest"
+)
+
+// A statement prepared (or described) while a scope had another search_path,
+// or a temporary table shadowing the one the next scope reads, is not
+// what the next scope on the connection runs: it gets its own table's
+// rows, inside a transaction too, in every exec mode.
+func TestNameResolutionDoesNotCarry(t *testing.T) {
+	t.Parallel()
+	changes := map[string]string{
+		"SET":        "SET search_path TO OTHER, public",
+		"set_config": "SELECT set_config('search_path', 'OTHER, public', false)",
+		"SET LOCAL":  "SET LOCAL search_path TO OTHER, public",
+		"temp table": "CREATE TEMP TABLE t (a int, c int, d int)",
+	}
+	const query = "SELECT * FROM t WHERE $1::int > 0"
+	for _, mode := range allModes {
+		for name, change := range changes {
+			t.Run(mode+"/"+name, func(t *testing.T) {
+				t.Parallel()
+				env := pgtest.New(t)
+				admin := env.Open(t)
+				other := env.Schema() + "_other"
+				for _, q := range []string{
+					"CREATE TABLE t (a text, b int)", "INSERT INTO t VALUES ('mine', 2)",
+					"CREATE SCHEMA " + other, "CREATE TABLE " + other + ".t (a int)", "INSERT INTO " + other + ".t VALUES (1)",
+				} {
+					if _, err := admin.Exec(q); err != nil {
+						t.Fatal(q, err)
+					}
+				}
+				t.Cleanup(func() { admin.Exec("DROP SCHEMA " + other + " CASCADE") })
+				p := onePoolInMode(t, env, mode, dbctx.Options{})
+				ctx := context.Background()
+				err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+					return dbctx.Atomic(ctx, func(ctx context.Context) error {
+						if _, err := s.ExecContext(ctx, strings.ReplaceAll(change, "OTHER", other)); err != nil {
+							return err
+						}
+						for range 2 { // pgx prepares a statement at its second run in some modes
+							rows, err := s.QueryContext(ctx, query, 1)
+							if err != nil {
+								return err
+							}
+							rows.Close()
+						}
+						return nil
+					})
+				})
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, how := range []string{"alone", "in a transaction", "pgx"} {
+					err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+						var a string
+						var b int
+						var err error
+						switch how {
+						case "alone":
+							err = s.QueryRowContext(ctx, query, 1).Scan(&a, &b)
+						case "in a transaction":
+							err = dbctx.Atomic(ctx, func(ctx context.Context) error {
+								return s.QueryRowContext(ctx, query, 1).Scan(&a, &b)
+							})
+						case "pgx":
+							err = s.QueryRow(ctx, query, 1).Scan(&a, &b)
+						}
+						if err == nil && (a != "mine" || b != 2) {
+							err = fmt.Errorf("read (%q, %d), want the scope's own table's row", a, b)
+						}
+						return err
+					})
+					if err != nil {
+						t.Errorf("%s: %v", how, err)
+					}
+				}
+			})
+		}
+	}
+}
+
+// A statement pgx keeps prepared whose table another session altered
+// since (a migration) runs again, prepared anew, rather than fail with
+// "cached plan must not change result type": outside a transaction,
+// where PostgreSQL refused it before it ran.
+func TestSchemaChangeReplans(t *testing.T) {
+	t.Parallel()
+	for _, mode := range allModes {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			env := pgtest.New(t)
+			admin := env.Open(t)
+			if _, err := admin.Exec("CREATE TABLE t (a int); INSERT INTO t VALUES (1)"); err != nil {
+				t.Fatal(err)
+			}
+			p := onePoolInMode(t, env, mode, dbctx.Options{})
+			ctx := context.Background()
+			const query = "SELECT * FROM t WHERE $1::int > 0"
+			for i, alter := range []string{"", "ALTER TABLE t ADD COLUMN b int DEFAULT 2", "ALTER TABLE t ADD COLUMN c text DEFAULT 'x'",
+				"ALTER TABLE t DROP COLUMN b"} {
+				want := []int{1, 2, 3, 2}[i]
+				if alter != "" {
+					if _, err := admin.Exec(alter); err != nil {
+						t.Fatal(err)
+					}
+				}
+				for _, api := range []string{"database/sql", "pgx"} {
+					err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+						var cols int
+						if api == "pgx" {
+							rows, err := s.Query(ctx, query, 1)
+							if err != nil {
+								return err
+							}
+							defer rows.Close()
+							cols = len(rows.FieldDescriptions())
+							for rows.Next() {
+							}
+							return cmpCols(rows.Err(), cols, want)
+						}
+						rows, err := s.QueryContext(ctx, query, 1)
+						if err != nil {
+							return err
+						}
+						defer rows.Close()
+						names, err := rows.Columns()
+						if err != nil {
+							return err
+						}
+						for rows.Next() {
+						}
+						return cmpCols(rows.Err(), len(names), want)
+					})
+					if err != nil {
+						t.Errorf("%s after %q: %v", api, alter, err)
+					}
+				}
+			}
+		})
+	}
+}
+
+func cmpCols(err error, got, want int) error {
+	if err == nil && got != want {
+		err = fmt.Errorf("%d columns, want %d", got, want)
+	}
+	return err
+}

@@ -1,0 +1,241 @@
+package dbctx_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+
+	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/internal/pgtest"
+	"github.com/jackc/pgx/v5"
+)
+
+// Transaction control written in SQL (BEGIN … COMMIT, ROLLBACK, END,
+// ABORT, AND CHAIN) leaves every statement after it with its context's
+// settings: PostgreSQL, asked by each statement, says which tenant it
+// ran with, on a connection whose session carries another tenant's.
+func TestSettingsAfterTxControlInSQL(t *testing.T) {
+	t.Parallel()
+	for name, stmts := range map[string][]string{
+		"commit":     {"BEGIN", "COMMIT"},
+		"rollback":   {"BEGIN", "ROLLBACK"},
+		"end":        {"START TRANSACTION", "END"},
+		"abort":      {"BEGIN", "ABORT"},
+		"chain":      {"BEGIN", "COMMIT AND CHAIN", "COMMIT"},
+		"one string": {"BEGIN; SELECT 1; COMMIT"},
+		"open":       {"BEGIN"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			forDrivers(t, func(t *testing.T, drv string) {
+				env := pgtest.New(t)
+				db := openWith(t, env, drv)
+				db.SetMaxOpenConns(1)
+				p := poolOn(t, env, db, &dbctx.Options{MaxWorkers: 1, TransactionPooling: pgtest.Pooled()})
+				const ask = "SELECT coalesce(current_setting('app.tenant', true), '')"
+				ctx := context.Background()
+				err := p.Do(tenant.With(ctx, "t3"), func(ctx context.Context, s *dbctx.Scope) error {
+					_, err := s.ExecContext(ctx, ask)
+					return err
+				})
+				if err != nil {
+					t.Fatal(err)
+				}
+				err = p.Do(tenant.With(ctx, "t1"), func(ctx context.Context, s *dbctx.Scope) error {
+					for i, q := range stmts {
+						if _, err := s.ExecContext(ctx, q); err != nil {
+							return err
+						}
+						for j := range 3 {
+							var got string
+							if err := s.QueryRowContext(ctx, ask).Scan(&got); err != nil {
+								return err
+							}
+							if got != "t1" {
+								return fmt.Errorf("statement %d after %q ran with tenant %q, want t1", j, stmts[:i+1], got)
+							}
+						}
+					}
+					return nil
+				})
+				if err != nil {
+					t.Fatal(err)
+				}
+			})
+		})
+	}
+}
+
+// Inside Atomic, SQL that would end its transaction or begin another is
+// refused before it is sent: the statements after it would otherwise run
+// outside the transaction Atomic commits or rolls back. PostgreSQL says
+// the transaction stayed whole: its write is gone with its rollback.
+// Savepoints in SQL are not transaction control of that kind.
+func TestTxControlInAtomic(t *testing.T) {
+	t.Parallel()
+	p, env := newPool(t, nil)
+	db := env.Open(t)
+	if _, err := db.Exec("CREATE TABLE marks (n int)"); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for i, q := range []string{
+		"COMMIT", "commit work", "END", "ROLLBACK", "ROLLBACK AND CHAIN", "ABORT", "BEGIN", "START TRANSACTION",
+		"PREPARE TRANSACTION 'dbscope_x'", "SELECT 1; COMMIT", "/* c */ COMMIT", "batch",
+	} {
+		err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+			return dbctx.Atomic(ctx, func(ctx context.Context) error {
+				if _, err := s.ExecContext(ctx, "INSERT INTO marks VALUES ($1)", i); err != nil {
+					return err
+				}
+				var err error
+				if q == "batch" {
+					b := &pgx.Batch{}
+					b.Queue("SELECT 1")
+					b.Queue("COMMIT")
+					err = s.SendBatch(ctx, b).Close()
+				} else {
+					_, err = s.ExecContext(ctx, q)
+				}
+				if !errors.Is(err, dbctx.ErrInAtomic) {
+					return fmt.Errorf("%q inside Atomic: %v, want ErrInAtomic", q, err)
+				}
+				return err
+			})
+		})
+		if !errors.Is(err, dbctx.ErrInAtomic) {
+			t.Fatal(err)
+		}
+		var n int
+		if err := db.QueryRow("SELECT count(*) FROM marks WHERE n = $1", i).Scan(&n); err != nil || n != 0 {
+			t.Errorf("after %q was refused and Atomic rolled back: %d rows (%v), want none", q, n, err)
+		}
+	}
+	err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+		return dbctx.Atomic(ctx, func(ctx context.Context) error {
+			for _, q := range []string{"SAVEPOINT a", "INSERT INTO marks VALUES (100)", "ROLLBACK TO SAVEPOINT a", "ROLLBACK TO a", "RELEASE a", "INSERT INTO marks VALUES (101)"} {
+				if _, err := s.ExecContext(ctx, q); err != nil {
+					return fmt.Errorf("%s: %w", q, err)
+				}
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got string
+	if err := db.QueryRow("SELECT string_agg(n::text, ',') FROM marks").Scan(&got); err != nil || got != "101" {
+		t.Errorf("savepoints inside Atomic: rows %q (%v), want 101", got, err)
+	}
+}
+
+// A statement whose error is the client's (a Scan into the wrong type,
+// pgx's CollectRows), after the server ran it and the settings before it,
+// leaves the settings dbscope knows the session carries right: the next
+// unit of work, of another tenant, runs with its own.
+func TestClientErrorKeepsSettingsKnown(t *testing.T) {
+	t.Parallel()
+	fails := map[string]func(ctx context.Context, s *dbctx.Scope) error{
+		"pgx Scan": func(ctx context.Context, s *dbctx.Scope) error {
+			var n int
+			return s.QueryRow(ctx, "SELECT 'x'::text").Scan(&n)
+		},
+		"CollectRows": func(ctx context.Context, s *dbctx.Scope) error {
+			rows, err := s.Query(ctx, "SELECT g::text FROM generate_series(1, 3) g")
+			if err != nil {
+				return err
+			}
+			_, err = pgx.CollectRows(rows, pgx.RowTo[int32])
+			return err
+		},
+		"NULL into string": func(ctx context.Context, s *dbctx.Scope) error {
+			var v string
+			return s.QueryRow(ctx, "SELECT NULL::text").Scan(&v)
+		},
+		"batch Scan": func(ctx context.Context, s *dbctx.Scope) error {
+			b := &pgx.Batch{}
+			b.Queue("SELECT 'x'::text")
+			br := s.SendBatch(ctx, b)
+			var n int
+			err := br.QueryRow().Scan(&n)
+			return errors.Join(err, br.Close())
+		},
+		"database/sql Scan": func(ctx context.Context, s *dbctx.Scope) error {
+			var n int
+			return s.QueryRowContext(ctx, "SELECT 'x'::text").Scan(&n)
+		},
+	}
+	for _, mode := range allModes {
+		for name, fail := range fails {
+			t.Run(mode+"/"+name, func(t *testing.T) {
+				t.Parallel()
+				if mode == "cache_statement" {
+					pgtest.SkipPooled(t, "cache_statement needs one server session")
+				}
+				env := pgtest.New(t)
+				p := onePoolInMode(t, env, mode, dbctx.Options{TransactionPooling: pgtest.Pooled()})
+				const ask = "SELECT coalesce(current_setting('app.tenant', true), '')"
+				ctx := context.Background()
+				for _, tn := range []string{"t3", "t1", "t3"} {
+					err := p.Do(tenant.With(ctx, tn), func(ctx context.Context, s *dbctx.Scope) error {
+						var got string
+						if err := s.QueryRowContext(ctx, ask).Scan(&got); err != nil {
+							return err
+						}
+						if got != tn {
+							return fmt.Errorf("ran with tenant %q, want %q", got, tn)
+						}
+						if tn == "t1" {
+							if err := fail(ctx, s); err == nil {
+								return errors.New("the failing statement did not fail")
+							}
+						}
+						return nil
+					})
+					if err != nil {
+						t.Fatalf("unit of %s: %v", tn, err)
+					}
+				}
+			})
+		}
+	}
+}
+
+// txControlOf's reading of transaction control, as PostgreSQL's grammar
+// has it.
+func TestTxControlOf(t *testing.T) {
+	for q, want := range map[string]string{
+		"BEGIN":                              "open",
+		"begin isolation level serializable": "open",
+		"START TRANSACTION READ ONLY":        "open",
+		"COMMIT":                             "closed",
+		"COMMIT WORK AND NO CHAIN":           "closed",
+		"COMMIT AND CHAIN":                   "open",
+		"end transaction":                    "closed",
+		"ROLLBACK":                           "closed",
+		"ROLLBACK AND CHAIN":                 "open",
+		"ABORT WORK":                         "closed",
+		"ROLLBACK TO a":                      "none",
+		"ROLLBACK TO SAVEPOINT a":            "none",
+		"ROLLBACK WORK TO SAVEPOINT a":       "none",
+		"ROLLBACK TRANSACTION TO a":          "none",
+		"COMMIT PREPARED 'x'":                "none",
+		"ROLLBACK PREPARED 'x'":              "none",
+		"PREPARE TRANSACTION 'x'":            "closed",
+		"PREPARE transaction AS SELECT 1":    "none",
+		"SAVEPOINT a":                        "none",
+		"RELEASE a":                          "none",
+		"SELECT 1; COMMIT":                   "closed",
+		"BEGIN; SELECT 1; COMMIT":            "closed",
+		"COMMIT; BEGIN":                      "open",
+		"/* x */ commit -- y":                "closed",
+		"SELECT 'COMMIT'":                    "none",
+		"START something":                    "none",
+	} {
+		if got := dbctx.TxControlOf(q); got != want {
+			t.Errorf("txControlOf(%q) = %s, want %s", q, got, want)
+		}
+	}
+}
