@@ -49,7 +49,8 @@ func Atomic(next http.Handler) http.Handler {
 // the first statement. It must be mounted inside [DB].
 //
 // The transaction commits when the handler returns without panicking and
-// with a status below 500; otherwise it rolls back. The response is held
+// with a status below 500, also where the client has gone meanwhile (the
+// work was done); otherwise it rolls back. The response is held
 // in memory until then and sent only once the commit has succeeded; a
 // failed commit becomes 500 Internal Server Error (or what [Answer] gives
 // a condition of package dbctx: 503 when the pool was busy or the
