@@ -25,9 +25,10 @@ import (
 // Boundaries ([CloseOld]) inside fn do nothing. The error of a failed
 // commit is returned, wrapped: the work did not happen. fn's goroutines
 // may run statements on the scope; nested Atomic calls belong on fn's
-// goroutine. Once fn has returned nil the COMMIT is sent whatever ctx has
-// become (canceled by a client that left after the work was done),
-// bounded by a few seconds of its own.
+// goroutine. The COMMIT is sent with ctx: where ctx has ended by then (a
+// request whose client left, a deadline), the transaction rolls back and
+// Atomic returns ctx's error, OnCommit's functions unrun; so it does where
+// the scope's boundary came while fn ran (ErrScopeEnded).
 func Atomic(ctx context.Context, fn func(ctx context.Context) error) (err error) {
 	s := From(ctx)
 	if s == nil {
@@ -69,7 +70,7 @@ func (s *Scope) atomicTx(ctx context.Context, fn func(ctx context.Context) error
 		s.x = new(scopeExtra)
 	}
 	x := s.x
-	s.atomic, x.atomicCtx, x.begun, x.onCommit, x.beginErr = 1, ctx, false, nil, nil
+	s.atomic, x.atomicCtx, x.begun, x.onCommit, x.beginErr, x.failed = 1, ctx, false, nil, nil, false
 	s.mu.Unlock()
 	done := false
 	defer func() {
@@ -116,6 +117,11 @@ func (s *Scope) endTx(ctx context.Context, commit bool) error {
 		// Nothing of it ran (see beginAlone).
 		return x.beginErr
 	}
+	if commit && s.ended {
+		// The scope's boundary came while fn ran (its request timed out
+		// around it, say), and rolled the transaction back.
+		return ErrScopeEnded
+	}
 	if !begun || c == nil {
 		return nil
 	}
@@ -137,14 +143,21 @@ func (s *Scope) endTx(ctx context.Context, commit bool) error {
 	if commit && doomed != nil {
 		return errors.Join(fmt.Errorf("dbctx: rolled back: a nested Atomic could not end its savepoint: %w", doomed), s.rollbackAtomic(ctx))
 	}
+	if commit && c.pin.bad && ctx.Err() != nil {
+		// A statement of the transaction ended with its context, and
+		// the connection with it (pgx closes it): nothing to commit,
+		// and the same news as that statement's.
+		return fmt.Errorf("dbctx: commit: the transaction was lost with its connection: %w", ctx.Err())
+	}
+	if commit && c.pc == nil && x.failed && s.txAborted(ctx, c) {
+		// Another driver does not say that PostgreSQL answered COMMIT
+		// with ROLLBACK: where a statement failed, the transaction is
+		// asked first.
+		return errors.Join(errCommitRollback, s.rollbackAtomic(ctx))
+	}
 	if commit {
-		// fn returned nil: its work commits, whatever its context
-		// became meanwhile (a request whose client left once the
-		// handler was done), within cleanupTimeout.
-		cctx, cancel := cleanupCtx(ctx)
-		defer cancel()
 		var tag string
-		err := s.runTxEnd(cctx, c, "COMMIT", &tag)
+		err := s.runTxEnd(ctx, c, "COMMIT", &tag)
 		switch {
 		case err != nil:
 			s.observe(ctx, err, false)
@@ -159,6 +172,15 @@ func (s *Scope) endTx(ctx context.Context, commit bool) error {
 		return nil
 	}
 	return s.rollbackAtomic(ctx)
+}
+
+// txAborted reports whether c's transaction is aborted (SQLSTATE 25P02
+// for a statement in it): on another driver, after a statement of the
+// transaction failed and fn went on (a nested Atomic's rollback to its
+// savepoint makes it usable again).
+func (s *Scope) txAborted(ctx context.Context, c *session) bool {
+	_, err := c.pin.conn.ExecContext(ctx, "SELECT 1")
+	return sqlState(err) == "25P02"
 }
 
 func (s *Scope) rollbackAtomic(ctx context.Context) error {

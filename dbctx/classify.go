@@ -742,9 +742,12 @@ type classifier struct {
 	opCloseAt   int
 
 	// The token count at ON conflict( (0: none): ON CONFLICT's columns
-	// where a DO follows in the statement, else a call of a function
-	// named conflict.
-	conflictAt int
+	// where DO follows its ), else a call of a function named conflict
+	// (conflictDep: the depth inside its parentheses; conflictClose: the
+	// token count at its )).
+	conflictAt, conflictDep, conflictClose int
+	// Where a call of conflict was seen: it stays so.
+	conflictCall bool
 
 	// A search_path being set: SET [LOCAL | SESSION] search_path, or
 	// set_config('search_path', …) (cfgPath), whose value must be a plain
@@ -807,7 +810,7 @@ func (c *classifier) run() {
 func (c *classifier) endStatement() {
 	if c.ntok > 0 {
 		c.stmts++
-		if c.conflictAt > 0 {
+		if c.conflictAt > 0 || c.conflictCall {
 			c.ck |= kindState | kindCode // conflict(…) called
 		}
 		k := c.ck
@@ -874,11 +877,14 @@ func (c *classifier) token(t token) {
 		if c.distinctDep > 0 && c.depth == c.distinctDep {
 			c.distinctDep, c.opCloseAt = 0, c.ntok
 		}
+		if c.conflictDep > 0 && c.depth == c.conflictDep {
+			c.conflictDep, c.conflictClose = 0, c.ntok
+		}
 		if c.depth > 0 {
 			c.depth--
 		}
 	case tWord:
-		if c.conflictAt > 0 && c.depth == 0 && t.is("do") {
+		if c.conflictAt > 0 && c.depth == 0 && t.is("do") && c.conflictClose == c.ntok-1 {
 			c.conflictAt = 0 // ON CONFLICT (…) DO
 		}
 		c.word(t)
@@ -1263,14 +1269,17 @@ func (c *classifier) call() {
 	switch {
 	case n.is("conflict") && p.is("on"):
 		// ON CONFLICT (columns) DO …, or a function conflict called in a
-		// JOIN's ON: told by the DO to come (see conflictAt).
-		if c.conflictAt == 0 {
-			c.conflictAt = c.ntok
+		// JOIN's ON: told by a DO right after the ) (see conflictAt).
+		if c.conflictAt > 0 {
+			c.conflictCall = true // the last had no DO after it
 		}
+		c.conflictAt, c.conflictDep = c.ntok, c.depth+1
 		return
-	case p.operand() && c.opCloseAt != c.ntok-2 || p.is("as"):
+	case p.operand() && c.opCloseAt != c.ntok-2 && !nameIs(p, "path") || p.is("as"):
 		// An alias with column names: FROM t AS x(a, b), FROM t x(a);
-		// count(*) FILTER (…), … OVER (…), t JOIN (…).
+		// count(*) FILTER (…), … OVER (…), t JOIN (…). (Not after
+		// XMLTABLE's PATH, an identifier that takes an expression: a
+		// name after it is a call's.)
 		return
 	case n.is("join") && (p.is("left") || p.is("right") || p.is("full") || p.is("inner") ||
 		p.is("outer") || p.is("cross") || p.is("natural")):

@@ -239,9 +239,13 @@
 // where their shape differs. A statement whose result type changed since
 // it was prepared (a table another session altered, a search_path set by
 // code the text does not show) is prepared again and run again, once,
-// where PostgreSQL refused it before it ran: outside a transaction. In
-// one it fails (SQLSTATE 0A000, "cached plan must not change result
-// type"), as on pgx alone.
+// outside a transaction, where PostgreSQL's refusal reaches the scope
+// before the statement returns (an Exec, a query that carries what the
+// connection owes). Where the refusal comes with the rows, or in a
+// transaction, the statement fails (SQLSTATE 0A000, "cached plan must
+// not change result type"), as on pgx alone, and is prepared anew the
+// next time. On another driver than pgx's, what the driver keeps
+// prepared is not dropped.
 //
 // What makes a scope dirty is decided without a round trip, erring toward
 // dirty. Every statement run through the scope's methods is read by a lexer

@@ -121,11 +121,12 @@ func (r *result) end() error {
 // database/sql's results. Under c's lock.
 func (s *Scope) pgxQuery(ctx context.Context, c *session, p *prefix, query string, args []any, sqlFormats bool) (result, error) {
 	res := result{s: s, c: c, query: query}
-	if p != nil && p.reset && c.setDue && c.mode != pgx.QueryExecModeExec && c.mode != pgx.QueryExecModeSimpleProtocol && c.descs.m[query] == nil {
+	if p != nil && (p.reset && c.setDue || s.pathAlone(c, p)) && c.mode != pgx.QueryExecModeExec && c.mode != pgx.QueryExecModeSimpleProtocol && c.descs.m[query] == nil {
 		// The statement is described in a round trip before its own,
 		// which would run under the settings the last scope set and the
-		// reset undoes (its search_path, its statement_timeout): what is
-		// owed goes first, alone.
+		// reset undoes (its search_path, its statement_timeout), or
+		// without the search_path the unit declares: what is owed goes
+		// first, alone.
 		// Described now, the statement rides with what is owed the next
 		// time.
 		tctx, traced := s.pool.traceAlone(ctx, c, p)
@@ -260,6 +261,24 @@ func (s *Scope) pgconnQuery(ctx context.Context, res *result, args []any, sqlFor
 		c.lostStatements(err)
 		return c.traceEnd(pgconn.CommandTag{}, err)
 	}
+}
+
+// pathAlone reports whether p sets a declared search_path or role, under
+// which a statement not yet described must be described (see pgxQuery):
+// not behind a pooler outside a transaction, where settings set alone
+// would not last to the next round trip (there the exec mode, which
+// describes nothing, is the one to use).
+// Under c's lock (pgxQuery's): pgconn's state is read as it is.
+func (s *Scope) pathAlone(c *session, p *prefix) bool {
+	if p.local && !p.begin && s.pool.opts.TransactionPooling && !s.atomicTxOpen() && c.pc.TxStatus() == 'I' {
+		return false
+	}
+	for _, st := range p.set {
+		if st.name == "search_path" || st.name == "role" {
+			return true
+		}
+	}
+	return false
 }
 
 // resultFormats returns c's buffer of n result formats, for the statement

@@ -274,6 +274,12 @@ func TestClassify(t *testing.T) {
 		{"WITH x AS MATERIALIZED (SELECT 1) SELECT * FROM x", 0},
 		{"SELECT * FROM a JOIN b ON conflict(a.x)", S | C},
 		{"SELECT * FROM a JOIN b ON conflict(a.x) WHERE true", S | C},
+		{"SELECT 1 FROM a JOIN b ON conflict(1) UNION ALL SELECT 2 AS do", S | C},
+		{"SELECT 1 FROM a JOIN b ON conflict(1) WHERE a.do = 1", S | C},
+		{"INSERT INTO w SELECT 1 FROM a JOIN b ON conflict(1) ON CONFLICT DO NOTHING", S | C},
+		// XMLTABLE's PATH takes an expression.
+		{"SELECT * FROM XMLTABLE('/r' PASSING '<r/>' COLUMNS a int PATH leak(1))", S | C},
+		{`SELECT * FROM XMLTABLE('/r' PASSING '<r/>' COLUMNS a int "path" leak(1))`, S | C},
 		// The seed's name quoted, U&-quoted or continued.
 		{`SET "seed" = 0.5`, S | P | X},
 		{`SET LOCAL "SEED" = 0.5`, S | P | X | L},

@@ -2,6 +2,7 @@ package dbctx_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -154,4 +155,100 @@ func cmpCols(err error, got, want int) error {
 		err = fmt.Errorf("%d columns, want %d", got, want)
 	}
 	return err
+}
+
+// The retry of a statement whose result type changed is not for what may
+// commit partway (a string of several statements, DO, CALL): PostgreSQL
+// counts the rows its work inserted, once.
+func TestReplanNotForWhatCommitsPartway(t *testing.T) {
+	t.Parallel()
+	for name, q := range map[string]string{
+		"string": "INSERT INTO log VALUES (1); COMMIT; EXECUTE p",
+		"DO":     "DO $$BEGIN INSERT INTO log VALUES (1); COMMIT; EXECUTE 'EXECUTE p'; END$$",
+		"CALL":   "CALL proc()",
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			pgtest.SkipPooled(t, "PREPARE and EXECUTE need one server session")
+			env := pgtest.New(t)
+			admin := env.Open(t)
+			for _, q := range []string{"CREATE TABLE t (a int)", "INSERT INTO t VALUES (1)", "CREATE TABLE log (n int)",
+				"CREATE PROCEDURE proc() LANGUAGE plpgsql AS $$BEGIN INSERT INTO log VALUES (1); COMMIT; EXECUTE 'EXECUTE p'; END$$"} {
+				if _, err := admin.Exec(q); err != nil {
+					t.Fatal(q, err)
+				}
+			}
+			p := onePoolInMode(t, env, "cache_statement", dbctx.Options{})
+			err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+				if _, err := s.ExecContext(ctx, "PREPARE p AS SELECT * FROM t"); err != nil {
+					return err
+				}
+				if _, err := admin.Exec("ALTER TABLE t ADD COLUMN b int"); err != nil {
+					return err
+				}
+				if _, err := s.ExecContext(ctx, q); err == nil {
+					return errors.New("EXECUTE p of a changed table did not fail")
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var n int
+			if err := admin.QueryRow("SELECT count(*) FROM log").Scan(&n); err != nil || n != 1 {
+				t.Errorf("log has %d rows (%v), want 1: the work ran again after it committed", n, err)
+			}
+		})
+	}
+}
+
+var searchPath = dbctx.NewSetting("search_path")
+
+// A statement not yet described on the connection is described under the
+// search_path the unit declares (a schema per tenant), not the role's:
+// the tenant's table, of which the default schema has none, is found, in
+// every exec mode, through both interfaces.
+func TestDeclaredSearchPathDescribed(t *testing.T) {
+	t.Parallel()
+	for _, mode := range allModes {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			pgtest.SkipPooled(t, "a search_path declared outside a transaction needs one server session (behind a pooler: TransactionPooling, TestSettingsBehindPgBouncer)")
+			env := pgtest.New(t)
+			admin := env.Open(t)
+			tenantA := env.Schema() + "_a"
+			for _, q := range []string{"CREATE SCHEMA " + tenantA, "CREATE TABLE " + tenantA + ".items (id int, name text)",
+				"INSERT INTO " + tenantA + ".items VALUES (1, 'a1')"} {
+				if _, err := admin.Exec(q); err != nil {
+					t.Fatal(q, err)
+				}
+			}
+			t.Cleanup(func() { admin.Exec("DROP SCHEMA " + tenantA + " CASCADE") })
+			p := onePoolInMode(t, env, mode, dbctx.Options{})
+			ctx := searchPath.With(context.Background(), tenantA)
+			for _, api := range []string{"database/sql", "pgx", "database/sql in a transaction"} {
+				err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+					var name string
+					var err error
+					switch api {
+					case "pgx":
+						err = s.QueryRow(ctx, "SELECT name FROM items WHERE id = $1", 1).Scan(&name)
+					case "database/sql":
+						err = s.QueryRowContext(ctx, "SELECT name FROM items WHERE id = $1", 1).Scan(&name)
+					default:
+						err = dbctx.Atomic(ctx, func(ctx context.Context) error {
+							return s.QueryRowContext(ctx, "SELECT name FROM items WHERE id = $1 AND true", 1).Scan(&name)
+						})
+					}
+					if err == nil && name != "a1" {
+						err = fmt.Errorf("read %q, want a1", name)
+					}
+					return err
+				})
+				if err != nil {
+					t.Errorf("%s: %v", api, err)
+				}
+			}
+		})
+	}
 }

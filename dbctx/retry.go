@@ -75,9 +75,11 @@ func (s *Scope) retryable(ctx context.Context, c *session, k queryKind, err erro
 // transaction and what was sent before it in its round trip rolled back,
 // and pgx dropped it from its cache on the error: run again, it is
 // prepared anew.
-func (s *Scope) replannable(ctx context.Context, err error) bool {
+func (s *Scope) replannable(ctx context.Context, k queryKind, err error) bool {
 	c := s.c
-	if c == nil || c.pc == nil || ctx.Err() != nil || c.inRawTx() || s.atomicTxOpen() || c.state().tx != 'I' {
+	// Not what may commit partway (CALL, DO, several statements in one
+	// string): its refused statement may come after work committed.
+	if k&kindOnce != 0 || c == nil || c.pc == nil || ctx.Err() != nil || c.inRawTx() || s.atomicTxOpen() || c.state().tx != 'I' {
 		return false
 	}
 	var pe *pgconn.PgError

@@ -72,6 +72,7 @@ type scopeExtra struct {
 	onCommit   []func() // OnCommit functions of the running Atomic
 	doomed     error    // why the running Atomic's transaction must roll back: a savepoint could not end
 	savepoints int      // savepoints made, for names
+	failed     bool     // a statement failed in the running Atomic (on another driver, COMMIT's tag is not seen: see endTx)
 }
 
 // atomicTxOpen reports whether an Atomic runs and has begun its

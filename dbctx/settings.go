@@ -60,8 +60,11 @@ var settingsDeclared atomic.Bool
 // schemas it names must give a statement the same result type (the same
 // columns, of the same types), as the schemas of one service per tenant
 // do; where one differs, a statement prepared under the other fails once
-// (SQLSTATE 0A000, prepared again and retried outside a transaction), or
-// in pgx's cache_describe mode is decoded with the other's description.
+// (SQLSTATE 0A000 or 08P01; it is prepared anew the next time), or in
+// pgx's cache_describe mode may be decoded with the other's description.
+// A statement is described, where it is not yet, after the declared
+// search_path is applied (behind a pooler outside a transaction, use the
+// exec mode, which describes nothing).
 func NewSetting(name string) Setting {
 	n, err := settingName(name)
 	if err != nil {

@@ -141,15 +141,22 @@ func (s *Scope) execLocked(ctx context.Context, st *stmt, run runner) error {
 			err = run(s.stmtCtx(ctx, st.how), c, p)
 		}
 	}
-	if err != nil && st.how&noRetry == 0 && s.replannable(ctx, err) {
+	if err != nil && st.how&noRetry == 0 && s.replannable(ctx, st.kind, err) {
 		// Once, on the same connection: pgx has dropped the statement.
+		// A reset still owed (it shared the refused statement's
+		// transaction) goes first, alone, so that the statement is
+		// described after it (see pgxQuery).
 		c = s.c
+		c.setDue = c.setDue || c.resetDue
 		if p, err = s.owed(ctx, c, st, begin); err == nil {
 			c.pin.seen |= st.kind
 			err = run(s.stmtCtx(ctx, st.how), c, p)
 		}
 	}
 	err = s.observe(ctx, err, first)
+	if err != nil && s.atomic > 0 {
+		s.x.failed = true
+	}
 	if c := s.c; c != nil {
 		// A transaction begun or ended in SQL. (BeginTx's BEGIN is not
 		// read so: database/sql ends it, and keeps its own count.)
@@ -343,21 +350,30 @@ func txControlOf(query string) txMove {
 	move := txNone
 	var w [3]token // the statement's first tokens
 	var prev token
-	n, chain := 0, false
+	n, chain, body := 0, false, 0
 	for {
 		t := l.next()
 		if t.kind != tEOF && t.kind != tBad && t.kind != tSemi {
 			if n < len(w) {
 				w[n] = t
 			}
-			if t.is("chain") {
+			switch {
+			case t.is("chain"):
 				chain = !prev.is("no") // AND CHAIN, not AND NO CHAIN
+			case t.is("atomic") && prev.is("begin") && n > 1:
+				// CREATE FUNCTION … BEGIN ATOMIC …; END: a body of
+				// statements, up to its END.
+				body++
 			}
 			prev = t
 			n++
 			continue
 		}
-		if n > 0 {
+		switch {
+		case body > 0 && n > 0 && w[0].is("end"):
+			body--
+		case body > 0:
+		case n > 0:
 			if m := txMoveOfStmt(w, chain); m != txNone {
 				move = m
 			}

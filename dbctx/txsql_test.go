@@ -237,10 +237,48 @@ func TestTxControlOf(t *testing.T) {
 		"COMMIT; BEGIN":                      "open",
 		"/* x */ commit -- y":                "closed",
 		"SELECT 'COMMIT'":                    "none",
-		"START something":                    "none",
+		"CREATE FUNCTION f() RETURNS int BEGIN ATOMIC SELECT 1; END":        "none",
+		"CREATE PROCEDURE p() BEGIN ATOMIC SELECT 1; SELECT 2; END; COMMIT": "closed",
+		"START something": "none",
 	} {
 		if got := dbctx.TxControlOf(q); got != want {
 			t.Errorf("txControlOf(%q) = %s, want %s", q, got, want)
 		}
 	}
+}
+
+// An Atomic whose function went on after a statement failed, and returned
+// nil, reports the rollback PostgreSQL answered its COMMIT with, on
+// either driver (another driver's COMMIT says nothing of it): PostgreSQL
+// has no row, and Atomic's error says so.
+func TestAtomicReportsRollback(t *testing.T) {
+	t.Parallel()
+	forDrivers(t, func(t *testing.T, drv string) {
+		p, env := newPoolWith(t, drv, nil)
+		db := env.Open(t)
+		if _, err := db.Exec("CREATE TABLE marks (n int)"); err != nil {
+			t.Fatal(err)
+		}
+		var aerr error
+		err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+			aerr = dbctx.Atomic(ctx, func(ctx context.Context) error {
+				if _, err := s.ExecContext(ctx, "INSERT INTO marks VALUES (1)"); err != nil {
+					return err
+				}
+				s.ExecContext(ctx, "SELECT 1 / 0") // failed, and ignored
+				return nil
+			})
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var n int
+		if err := db.QueryRow("SELECT count(*) FROM marks").Scan(&n); err != nil || n != 0 {
+			t.Fatalf("%d rows (%v), want none", n, err)
+		}
+		if aerr == nil {
+			t.Fatal("Atomic returned nil for a transaction PostgreSQL rolled back")
+		}
+	})
 }

@@ -49,8 +49,9 @@ func Atomic(next http.Handler) http.Handler {
 // the first statement. It must be mounted inside [DB].
 //
 // The transaction commits when the handler returns without panicking and
-// with a status below 500, also where the client has gone meanwhile (the
-// work was done); otherwise it rolls back. The response is held
+// with a status below 500, and the request's context has not ended (a
+// client that left, a deadline: the work did not happen, logged at Debug);
+// otherwise it rolls back. The response is held
 // in memory until then and sent only once the commit has succeeded; a
 // failed commit becomes 500 Internal Server Error (or what [Answer] gives
 // a condition of package dbctx: 503 when the pool was busy or the
@@ -100,6 +101,11 @@ func AtomicWithOpts(opts *AtomicOptions) func(http.Handler) http.Handler {
 			case err == nil, errors.Is(err, errRollback):
 				hw.send()
 			case k.Handled():
+				// Not committed for a reason of the client's or the
+				// database's (the request's context ended, an outage):
+				// no failure of the handler's.
+				logattrs.Log(ctx, o.Logger, o.LogAttrs, slog.LevelDebug, "middleware: Atomic request not committed",
+					slog.String("path", r.URL.Path), slog.Any("err", err))
 				answer.HTTP(w, k, time.Second) // as Answer would
 			default:
 				logattrs.Log(ctx, o.Logger, o.LogAttrs, slog.LevelError, "middleware: Atomic request not committed",

@@ -7,7 +7,9 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/dbscope/dbscope/dbctx"
 	"github.com/dbscope/dbscope/internal/dbtest"
@@ -123,16 +125,17 @@ func TestAtomicLogAttrs(t *testing.T) {
 	}
 }
 
-// A handler whose work is done when its client goes away, and which
-// returns without an error status, has its transaction committed, and
-// its OnCommit run: PostgreSQL has the row.
-func TestAtomicCommitsAfterClientLeft(t *testing.T) {
+// A handler whose client goes away before its transaction commits (the
+// work done, the handler returning normally) has its transaction rolled
+// back, not half-kept: PostgreSQL has no row, its OnCommit does not run,
+// and a Debug line says so.
+func TestAtomicRollsBackAfterClientLeft(t *testing.T) {
 	t.Parallel()
 	p, env := newPool(t, nil)
 	createTable(t, env)
 	inserted := make(chan struct{})
-	committed := make(chan struct{})
 	done := make(chan struct{})
+	var committed atomic.Bool
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		defer close(done)
 		ctx := r.Context()
@@ -140,12 +143,13 @@ func TestAtomicCommitsAfterClientLeft(t *testing.T) {
 			http.Error(w, err.Error(), http.StatusInternalServerError)
 			return
 		}
-		dbctx.OnCommit(ctx, func() { close(committed) })
+		dbctx.OnCommit(ctx, func() { committed.Store(true) })
 		close(inserted)
 		<-ctx.Done() // the client has gone
 		fmt.Fprint(w, "ok")
 	})
-	srv := serve(t, middleware.DB(p)(middleware.AtomicWithOpts(&middleware.AtomicOptions{Logger: discardLogger()})(h)))
+	logs, logger := dbtest.NewLogs()
+	srv := serve(t, middleware.DB(p)(middleware.AtomicWithOpts(&middleware.AtomicOptions{Logger: logger})(h)))
 	ctx, cancel := context.WithCancel(context.Background())
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, srv.URL, nil)
 	go func() {
@@ -155,11 +159,103 @@ func TestAtomicCommitsAfterClientLeft(t *testing.T) {
 	if resp, err := http.DefaultClient.Do(req); err == nil {
 		resp.Body.Close()
 	}
-	dbtest.NoHang(t, "the handler, and its OnCommit", func() {
-		<-done
-		<-committed
+	dbtest.NoHang(t, "the handler", func() { <-done })
+	dbtest.Eventually(t, "the Debug line", func() bool {
+		return logs.Count(slog.LevelDebug, "middleware: Atomic request not committed") == 1
 	})
-	if n := countRows(t, env); n != 1 {
-		t.Fatalf("%d rows committed, want 1", n)
+	if errs := logs.AtLeast(slog.LevelWarn); len(errs) > 0 {
+		t.Errorf("logged %+v: a client that left is no failure of the server's", errs)
+	}
+	if n := countRows(t, env); n != 0 || committed.Load() {
+		t.Fatalf("%d rows committed, OnCommit ran: %v; want none", n, committed.Load())
+	}
+}
+
+// A client that leaves mid-statement under Atomic: the statement is
+// canceled, the handler answers as Answer does (499), and the transaction
+// is rolled back with nothing at Warn or above: no failure of the
+// server's.
+func TestAtomicClientLeftMidStatement(t *testing.T) {
+	t.Parallel()
+	p, env := newPool(t, nil)
+	createTable(t, env)
+	logs, logger := dbtest.NewLogs()
+	done := make(chan struct{})
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer close(done)
+		ctx := r.Context()
+		for _, q := range []string{"INSERT INTO t VALUES (1)", "SELECT pg_sleep(30)"} {
+			if _, err := dbctx.From(ctx).ExecContext(ctx, q); err != nil {
+				if !middleware.Answer(w, r, err) {
+					http.Error(w, "failed", http.StatusInternalServerError)
+				}
+				return
+			}
+		}
+	})
+	srv := serve(t, middleware.DB(p)(middleware.AtomicWithOpts(&middleware.AtomicOptions{Logger: logger})(h)))
+	ctx, cancel := context.WithCancel(context.Background())
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, srv.URL, nil)
+	go func() {
+		dbtest.Wait(time.Minute, func() bool { return dbtest.ActiveQueries(t, env, "SELECT pg_sleep") > 0 })
+		cancel()
+	}()
+	if resp, err := http.DefaultClient.Do(req); err == nil {
+		resp.Body.Close()
+	}
+	dbtest.NoHang(t, "the handler", func() { <-done })
+	dbtest.Eventually(t, "the Debug line", func() bool {
+		return logs.Count(slog.LevelDebug, "middleware: Atomic request not committed") == 1
+	})
+	if errs := logs.AtLeast(slog.LevelWarn); len(errs) > 0 {
+		t.Errorf("logged %+v: a client that left is no failure of the server's", errs)
+	}
+	if n := countRows(t, env); n != 0 {
+		t.Fatalf("%d rows committed, want none", n)
+	}
+}
+
+// An Atomic whose scope's boundary came while its function ran (DB's
+// request ended around it: a TimeoutHandler between DB and Atomic) does
+// not report a commit: its OnCommit does not run, and PostgreSQL has no
+// row.
+func TestAtomicScopeEndedUnderIt(t *testing.T) {
+	t.Parallel()
+	p, env := newPool(t, nil)
+	createTable(t, env)
+	dbDone := make(chan struct{})
+	handlerDone := make(chan struct{})
+	var committed atomic.Bool
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer close(handlerDone)
+		ctx := r.Context()
+		if _, err := dbctx.From(ctx).ExecContext(ctx, "INSERT INTO t VALUES (1)"); err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		dbctx.OnCommit(ctx, func() { committed.Store(true) })
+		<-dbDone // the request timed out around us, and DB ended the scope
+		fmt.Fprint(w, "ok")
+	})
+	atomicH := middleware.AtomicWithOpts(&middleware.AtomicOptions{Logger: discardLogger()})(h)
+	atomicDone := make(chan struct{})
+	timed := http.TimeoutHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer close(atomicDone)
+		atomicH.ServeHTTP(w, r)
+	}), 100*time.Millisecond, "timeout")
+	inner := middleware.DB(p)(timed)
+	srv := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		inner.ServeHTTP(w, r)
+		close(dbDone)
+	}))
+	if code, _, _ := get(t, srv.URL); code != http.StatusServiceUnavailable {
+		t.Errorf("status %d, want TimeoutHandler's 503", code)
+	}
+	dbtest.NoHang(t, "the handler, and Atomic after it", func() {
+		<-handlerDone
+		<-atomicDone
+	})
+	if n := countRows(t, env); n != 0 || committed.Load() {
+		t.Fatalf("%d rows committed, OnCommit ran: %v; want neither", n, committed.Load())
 	}
 }
