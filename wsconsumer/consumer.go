@@ -53,7 +53,11 @@ type Consumer struct {
 	Event func(ctx context.Context, s *Session, e groups.Event) error
 
 	// Disconnect runs once the socket is closed, whatever closed it, with
-	// the close status the peer sent (or -1 when there was none). It runs
+	// the close status of the closing handshake: the one the peer sent,
+	// or, where the server closed the socket (Session.Close, Shutdown,
+	// a failed callback), the one the server sent, which a peer echoes
+	// (also where it did not answer in time); -1 when there was none (a
+	// connection cut). It runs
 	// after every receive and every goroutine started with [Session.Go]
 	// has returned.
 	Disconnect func(ctx context.Context, s *Session, code websocket.StatusCode)

@@ -209,7 +209,7 @@ func (h *Handler) readConcurrent(pool *dbctx.Pool, s *Session) websocket.StatusC
 		typ, data, err := conn.Read(s.wctx)
 		if err != nil {
 			s.sock.cancel() // the client is gone: nobody waits for in-flight work
-			return websocket.CloseStatus(err)
+			return s.closeStatus(err)
 		}
 		s.touch()
 		m := message{typ, data}
@@ -225,7 +225,9 @@ func (h *Handler) readConcurrent(pool *dbctx.Pool, s *Session) websocket.StatusC
 				select {
 				case <-free:
 				case <-s.ctx.Done():
-					return -1
+					// Closed while paused (Session.Close, Shutdown, the
+					// watchdog): the status Close sent, if any.
+					return s.closeStatus(nil)
 				}
 				d.mu.Lock()
 			}

@@ -31,8 +31,11 @@
 // keeps one goroutine once idle. Past 16 messages or 64 KiB queued, or
 // InFlight messages under way in the async style, reading stops (the
 // backpressure that reaches the client): the socket is paused, a pong
-// that waits behind the messages does not close it, and, on Linux, the
-// connection's TCP state tells a client that went away meanwhile.
+// that waits behind the messages does not close it, nor does
+// IdleTimeout, and, on Linux, the connection's TCP state tells a client
+// that went away meanwhile (where the connection is net/http's TCP or TLS
+// one: behind a listener that wraps its connections, or for a client
+// that falls silent, the write watchdog or TCP keepalive tells).
 //
 // The values of the upgrade request's context (a tenant declared with
 // dbctx.Setting, the authenticated user) reach every callback;

@@ -2,6 +2,7 @@ package wsconsumer
 
 import (
 	"context"
+	"runtime/debug"
 
 	"github.com/coder/websocket"
 	"github.com/dbscope/dbscope/dbctx"
@@ -54,12 +55,32 @@ func (k CallbackKind) String() string {
 	return "unknown"
 }
 
-// observed runs a callback as run does, inside Options.OnCallback.
+// observed runs a callback as run does, inside Options.OnCallback. A
+// panic of the hook's, or of its done, is the callback's failure (a
+// *dbctx.PanicError, which closes the socket with 1011 and is logged), as
+// one of the callback's own is: it runs on the goroutine that reads the
+// socket, or a worker's, where nothing else would recover it.
 func (h *Handler) observed(ctx context.Context, pool *dbctx.Pool, cb *Callback, fn func(ctx context.Context) error) error {
-	ctx, done := h.opts.OnCallback(ctx, *cb)
+	var done func(error)
+	if err := catch(func() { ctx, done = h.opts.OnCallback(ctx, *cb) }); err != nil {
+		return err // the callback does not run
+	}
 	err := h.run(ctx, pool, cb, fn)
 	if done != nil {
-		done(err)
+		if perr := catch(func() { done(err) }); perr != nil && err == nil {
+			err = perr
+		}
 	}
 	return err
+}
+
+// catch runs f and returns its panic as a *dbctx.PanicError.
+func catch(f func()) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = &dbctx.PanicError{Value: r, Stack: debug.Stack()}
+		}
+	}()
+	f()
+	return nil
 }

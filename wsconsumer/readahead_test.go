@@ -3,6 +3,7 @@ package wsconsumer_test
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"runtime"
 	"slices"
 	"sync"
@@ -222,6 +223,138 @@ func TestClientGoneWhilePaused(t *testing.T) {
 			if n := canceled.Load(); n != int32(rs.inFlight) {
 				t.Errorf("%d messages canceled, want %d", n, rs.inFlight)
 			}
+		})
+	}
+}
+
+// A paused socket whose client keeps sending (heartbeats that wait,
+// unread, behind the messages it sent before) is not idle: IdleTimeout
+// does not close it. A socket that is idle is closed, with a Debug line.
+func TestIdleTimeoutAndPause(t *testing.T) {
+	t.Parallel()
+	for name, rs := range readStyles {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			p, _ := dbtest.NewPool(t, nil)
+			release := make(chan struct{})
+			h := rs.style(p, wsconsumer.Consumer{
+				Receive: func(ctx context.Context, s *wsconsumer.Session, _ websocket.MessageType, data []byte) error {
+					if string(data) == "hold" {
+						select {
+						case <-release:
+						case <-ctx.Done():
+							return ctx.Err()
+						}
+					}
+					return nil
+				},
+			}, &wsconsumer.Options{Logger: quiet(), InFlight: rs.inFlight, IdleTimeout: 300 * time.Millisecond})
+			c := dial(t, serve(t, h))
+			ctx := context.Background()
+			for range rs.inFlight {
+				c.Write(ctx, websocket.MessageText, []byte("hold"))
+			}
+			for i := range 40 { // past what the server reads ahead: paused
+				c.Write(ctx, websocket.MessageText, fmt.Appendf(nil, "m%d", i))
+			}
+			for range 15 { // heartbeats, over five idle timeouts
+				if err := c.Write(ctx, websocket.MessageText, []byte("beat")); err != nil {
+					t.Fatal(err)
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+			if h.Len() != 1 {
+				t.Fatal("a paused socket whose client sends was closed as idle")
+			}
+			close(release)
+		})
+	}
+	t.Run("idle", func(t *testing.T) {
+		t.Parallel()
+		p, _ := dbtest.NewPool(t, nil)
+		logs, logger := dbtest.NewLogs()
+		h := wsconsumer.NewSync(p, wsconsumer.Consumer{}, &wsconsumer.Options{Logger: logger, IdleTimeout: 100 * time.Millisecond})
+		c := dial(t, serve(t, h))
+		if _, _, err := c.Read(context.Background()); websocket.CloseStatus(err) != websocket.StatusGoingAway {
+			t.Fatalf("read: %v, want close 1001", err)
+		}
+		dbtest.Eventually(t, "the Debug line", func() bool { return logs.Count(slog.LevelDebug, "wsconsumer: idle timeout") == 1 })
+	})
+}
+
+// A socket closed by the server while it is paused at the async InFlight
+// limit tells Disconnect the status it was closed with, as the other
+// styles do.
+func TestCloseWhilePausedCode(t *testing.T) {
+	t.Parallel()
+	p, _ := dbtest.NewPool(t, nil)
+	holding := make(chan *wsconsumer.Session, 2)
+	codes := make(chan websocket.StatusCode, 1)
+	h := wsconsumer.NewAsync(p, wsconsumer.Consumer{
+		Receive: func(ctx context.Context, s *wsconsumer.Session, _ websocket.MessageType, data []byte) error {
+			holding <- s
+			<-ctx.Done()
+			return nil
+		},
+		Disconnect: func(_ context.Context, _ *wsconsumer.Session, code websocket.StatusCode) { codes <- code },
+	}, &wsconsumer.Options{Logger: quiet(), InFlight: 2})
+	c := dial(t, serve(t, h))
+	go func() { // the client answers the close
+		for {
+			if _, _, err := c.Read(context.Background()); err != nil {
+				return
+			}
+		}
+	}()
+	for _, m := range []string{"a", "b", "c"} { // the third waits: paused
+		c.Write(context.Background(), websocket.MessageText, []byte(m))
+	}
+	s := <-holding
+	<-holding
+	s.Close(4000, "kicked")
+	dbtest.NoHang(t, "Disconnect", func() {
+		if code := <-codes; code != 4000 {
+			t.Errorf("Disconnect got %v, want 4000", code)
+		}
+	})
+}
+
+// A panic in Options.OnCallback is the callback's failure: the socket is
+// closed with 1011 and Disconnect runs, also where the message runs on the
+// goroutine that took the socket over after a slow one (no recover there
+// but this one).
+func TestOnCallbackPanic(t *testing.T) {
+	t.Parallel()
+	for name, style := range styles {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			p, _ := dbtest.NewPool(t, nil)
+			disconnected := make(chan struct{})
+			h := style(p, wsconsumer.Consumer{
+				Receive: func(ctx context.Context, s *wsconsumer.Session, _ websocket.MessageType, data []byte) error {
+					if string(data) == "slow" {
+						time.Sleep(400 * time.Millisecond) // past the read-on delay: the reader takes over
+					}
+					return s.SendText(ctx, string(data))
+				},
+				Disconnect: func(context.Context, *wsconsumer.Session, websocket.StatusCode) { close(disconnected) },
+			}, &wsconsumer.Options{Logger: quiet(), OnCallback: func(ctx context.Context, cb wsconsumer.Callback) (context.Context, func(error)) {
+				if cb.Kind == wsconsumer.CallbackReceive && cb.Size == len("boom!") {
+					panic("the hook failed")
+				}
+				return ctx, nil
+			}})
+			c := dial(t, serve(t, h))
+			ctx := context.Background()
+			c.Write(ctx, websocket.MessageText, []byte("slow"))
+			if _, data, err := c.Read(ctx); err != nil || string(data) != "slow" {
+				t.Fatalf("%q, %v", data, err)
+			}
+			c.Write(ctx, websocket.MessageText, []byte("boom!"))
+			if _, _, err := c.Read(ctx); websocket.CloseStatus(err) != websocket.StatusInternalError {
+				t.Fatalf("read: %v, want close 1011", err)
+			}
+			dbtest.NoHang(t, "Disconnect", func() { <-disconnected })
 		})
 	}
 }

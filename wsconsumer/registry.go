@@ -137,7 +137,10 @@ func (h *Handler) tick(now int64, readOn time.Duration, keep bool) {
 			h.log(s.wctx, slog.LevelDebug, "wsconsumer: write timeout", slog.String("path", s.req.URL.Path))
 			s.closing.Store(true)
 			go s.closeNow()
-		case h.opts.IdleTimeout > 0 && quiet >= h.opts.IdleTimeout:
+		case h.opts.IdleTimeout > 0 && quiet >= h.opts.IdleTimeout && !s.paused.Load():
+			// (A paused socket reads nothing: what its client sends waits
+			// unread, and is no idleness.)
+			h.log(s.wctx, slog.LevelDebug, "wsconsumer: idle timeout", slog.String("path", s.req.URL.Path))
 			s.closing.Store(true)
 			go s.Close(websocket.StatusGoingAway, "idle timeout")
 		case h.opts.PingInterval > 0 && quiet >= h.opts.PingInterval &&
