@@ -129,3 +129,61 @@ func TestJoinAtLayerClose(t *testing.T) {
 		}
 	}
 }
+
+// gatedEngine is the memory engine with a Subscribe that waits for its
+// gate (a LISTEN's round trip) and says it has begun.
+type gatedEngine struct {
+	*groups.Memory
+	entered chan struct{}
+	gate    chan struct{}
+}
+
+func (e gatedEngine) Subscribe(ctx context.Context, g string) error {
+	e.entered <- struct{}{}
+	select {
+	case <-e.gate:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return e.Memory.Subscribe(ctx, g)
+}
+
+// Two Joins of one member to one group at once (a socket joining from
+// Connect's goroutine and from a message): the second returns once the
+// member is in the group, the first's failure notwithstanding: the
+// member is in it, and a message sent then reaches it.
+func TestConcurrentJoins(t *testing.T) {
+	t.Parallel()
+	e := gatedEngine{groups.NewMemory(), make(chan struct{}, 2), make(chan struct{})}
+	l, err := groups.New(e, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	var rec recorder
+	m := l.NewMember(rec.handle, nil)
+	defer m.Close()
+	ctx1, cancel1 := context.WithCancel(context.Background())
+	first := make(chan error, 1)
+	go func() { first <- m.Join(ctx1, "g") }()
+	<-e.entered
+	second := make(chan error, 1)
+	go func() { second <- m.Join(context.Background(), "g") }()
+	cancel1()
+	if err := <-first; !errors.Is(err, context.Canceled) {
+		t.Fatalf("first Join: %v, want context.Canceled", err)
+	}
+	close(e.gate)
+	var err2 error
+	dbtest.NoHang(t, "the second Join", func() { err2 = <-second })
+	if err2 != nil {
+		t.Fatal(err2)
+	}
+	if g := m.Groups(); len(g) != 1 {
+		t.Fatalf("the second Join returned nil, the member is in %v", g)
+	}
+	if err := l.Send(context.Background(), "g", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	dbtest.Eventually(t, "the message", func() bool { return rec.n.Load() == 1 })
+}

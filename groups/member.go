@@ -41,7 +41,8 @@ type Member struct {
 
 	mu      sync.Mutex
 	groups  map[string]struct{}
-	queue   []Event // from head on; the array is kept while the goroutine runs
+	joining map[string]chan struct{} // the Joins under way, closed when each is done; nil when none
+	queue   []Event                  // from head on; the array is kept while the goroutine runs
 	head    int
 	bytes   int
 	slow    bool // fell behind: told once (told), then nothing
@@ -88,9 +89,24 @@ func (m *Member) Join(ctx context.Context, group string) error {
 		return ErrClosed
 	}
 	m.mu.Lock()
-	if m.closed || m.slow {
+	for {
+		if m.closed || m.slow {
+			m.mu.Unlock()
+			return ErrClosed
+		}
+		ch, busy := m.joining[group]
+		if !busy {
+			break
+		}
+		// Another Join of the member to group is under way: its outcome
+		// first (joined, or failed: then this one joins).
 		m.mu.Unlock()
-		return ErrClosed
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		m.mu.Lock()
 	}
 	if _, in := m.groups[group]; in {
 		m.mu.Unlock()
@@ -101,7 +117,21 @@ func (m *Member) Join(ctx context.Context, group string) error {
 		m.counted = true
 		l.c.members.Add(1)
 	}
+	ch := make(chan struct{})
+	if m.joining == nil {
+		m.joining = map[string]chan struct{}{}
+	}
+	m.joining[group] = ch
 	m.mu.Unlock()
+	defer func() {
+		m.mu.Lock()
+		delete(m.joining, group)
+		if len(m.joining) == 0 {
+			m.joining = nil // an idle member keeps no map
+		}
+		m.mu.Unlock()
+		close(ch)
+	}()
 	if done, err := l.addExisting(group, m); done {
 		return err
 	}
