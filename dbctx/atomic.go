@@ -149,6 +149,11 @@ func (s *Scope) endTx(ctx context.Context, commit bool) error {
 		// and the same news as that statement's.
 		return fmt.Errorf("dbctx: commit: the transaction was lost with its connection: %w", ctx.Err())
 	}
+	if commit && ctx.Err() != nil {
+		// Nothing would be sent (another driver would say the connection
+		// is bad): rolled back, and the context's news.
+		return errors.Join(fmt.Errorf("dbctx: commit: %w", ctx.Err()), s.rollbackAtomic(ctx))
+	}
 	if commit && c.pc == nil && x.failed && s.txAborted(ctx, c) {
 		// Another driver does not say that PostgreSQL answered COMMIT
 		// with ROLLBACK: where a statement failed, the transaction is

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"runtime"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -263,7 +264,8 @@ func (s *Scope) pgconnQuery(ctx context.Context, res *result, args []any, sqlFor
 	}
 }
 
-// pathAlone reports whether p sets a declared search_path or role, under
+// pathAlone reports whether p sets a declared parameter of PostgreSQL's
+// (search_path, role…; not a custom setting such as app.tenant), under
 // which a statement not yet described must be described (see pgxQuery):
 // not behind a pooler outside a transaction, where settings set alone
 // would not last to the next round trip (there the exec mode, which
@@ -274,7 +276,9 @@ func (s *Scope) pathAlone(c *session, p *prefix) bool {
 		return false
 	}
 	for _, st := range p.set {
-		if st.name == "search_path" || st.name == "role" {
+		if strings.IndexByte(st.name, '.') < 0 {
+			// A parameter of PostgreSQL's, not a custom setting: it may
+			// change how the statement reads (search_path, role, DateStyle).
 			return true
 		}
 	}

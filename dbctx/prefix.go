@@ -274,8 +274,10 @@ func (s *Scope) prefixDone(c *session, p *prefix, ok bool, reached int) {
 	if p.begin {
 		// Begun unless the reset before it failed; whatever happened to
 		// the statement after it, its transaction is open (aborted, on
-		// an error) until Atomic ends it.
-		s.x.begun = c.pc != nil && c.pc.TxStatus() != 'I' || c.pc == nil && ok
+		// an error) until Atomic ends it. (On another driver BEGIN runs
+		// right after the reset: where a setting after it failed, it
+		// ran.)
+		s.x.begun = c.pc != nil && c.pc.TxStatus() != 'I' || c.pc == nil && (ok || reached > s.pool.resetLen(p))
 	}
 	if p.local && len(p.set) > 0 {
 		c.pin.noteTxNames(p.set)

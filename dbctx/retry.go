@@ -78,8 +78,10 @@ func (s *Scope) retryable(ctx context.Context, c *session, k queryKind, err erro
 func (s *Scope) replannable(ctx context.Context, k queryKind, err error) bool {
 	c := s.c
 	// Not what may commit partway (CALL, DO, several statements in one
-	// string): its refused statement may come after work committed.
-	if k&kindOnce != 0 || c == nil || c.pc == nil || ctx.Err() != nil || c.inRawTx() || s.atomicTxOpen() || c.state().tx != 'I' {
+	// string), nor what runs code (a function whose refused statement
+	// came after what it did: a sequence value taken): only a statement
+	// PostgreSQL refused as a whole, before it ran.
+	if k&(kindOnce|kindCode) != 0 || c == nil || c.pc == nil || ctx.Err() != nil || c.inRawTx() || s.atomicTxOpen() || c.state().tx != 'I' {
 		return false
 	}
 	var pe *pgconn.PgError

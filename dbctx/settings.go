@@ -51,7 +51,12 @@ var settingsDeclared atomic.Bool
 // parameters, which only SET TRANSACTION may set, the
 // default_transaction_* ones, which a transaction reads as it begins,
 // before a declared setting applies, client_encoding (pgx speaks UTF8
-// only) and seed (which no reset undoes).
+// only), seed (which no reset undoes), and transform_null_equals and
+// standard_conforming_strings, which change how a statement is parsed: a
+// statement prepared once per connection would keep the first unit's
+// reading. (DateStyle and TimeZone, declared, change how a literal in a
+// statement's text is read the same way, where pgx keeps the statement
+// prepared: pass dates and times as arguments.)
 //
 // A search_path (or a role, which "$user" puts in it) declared with
 // different values for different units reaches, with the same statement
@@ -95,6 +100,11 @@ func settingName(name string) (string, error) {
 		return "", fmt.Errorf("dbctx: NewSetting(%q): pgx speaks UTF8 only", name)
 	case n == "seed":
 		return "", fmt.Errorf("dbctx: NewSetting(%q): setting it calls setseed, which no reset undoes", name)
+	case n == "transform_null_equals" || n == "standard_conforming_strings":
+		// A statement prepared under one value would run under another
+		// as parsed then; the second changes how dbscope reads the text
+		// too.
+		return "", fmt.Errorf("dbctx: NewSetting(%q): it changes how statements are parsed, which a statement prepared once per connection keeps", name)
 	}
 	return n, nil
 }

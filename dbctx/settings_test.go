@@ -465,7 +465,7 @@ func TestSettingsFailure(t *testing.T) {
 // Names are checked once, when the setting is declared.
 func TestNewSettingChecksNames(t *testing.T) {
 	for _, name := range []string{"", "app.", ".x", "app tenant", "app.ten-ant", "1app.x", "app.x;drop", "session_authorization", "transaction_isolation", `app."x"`,
-		"default_transaction_read_only", "Default_Transaction_Isolation", "default_transaction_deferrable", "client_encoding", "seed"} {
+		"default_transaction_read_only", "Default_Transaction_Isolation", "default_transaction_deferrable", "client_encoding", "seed", "transform_null_equals", "Standard_Conforming_Strings"} {
 		func() {
 			defer func() {
 				if recover() == nil {

@@ -360,7 +360,7 @@ func txControlOf(query string) txMove {
 			switch {
 			case t.is("chain"):
 				chain = !prev.is("no") // AND CHAIN, not AND NO CHAIN
-			case t.is("atomic") && prev.is("begin") && n > 1:
+			case t.is("atomic") && prev.is("begin") && n > 1 && w[0].is("create"):
 				// CREATE FUNCTION … BEGIN ATOMIC …; END: a body of
 				// statements, up to its END.
 				body++

@@ -238,6 +238,7 @@ func TestTxControlOf(t *testing.T) {
 		"/* x */ commit -- y":                "closed",
 		"SELECT 'COMMIT'":                    "none",
 		"CREATE FUNCTION f() RETURNS int BEGIN ATOMIC SELECT 1; END":        "none",
+		"SELECT x.begin atomic FROM (SELECT 1 AS begin) x; COMMIT":          "closed",
 		"CREATE PROCEDURE p() BEGIN ATOMIC SELECT 1; SELECT 2; END; COMMIT": "closed",
 		"START something": "none",
 	} {
@@ -279,6 +280,49 @@ func TestAtomicReportsRollback(t *testing.T) {
 		}
 		if aerr == nil {
 			t.Fatal("Atomic returned nil for a transaction PostgreSQL rolled back")
+		}
+	})
+}
+
+// An Atomic that cannot go on, on either driver: a declared setting the
+// server refuses (after BEGIN ran), or a context that ended before the
+// commit: it rolls back and says why, and the scope's next statement runs,
+// not in an aborted transaction.
+func TestAtomicFailsCleanly(t *testing.T) {
+	t.Parallel()
+	timeout := dbctx.NewSetting("statement_timeout")
+	forDrivers(t, func(t *testing.T, drv string) {
+		p, _ := newPoolWith(t, drv, nil)
+		err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+			err := dbctx.Atomic(timeout.With(ctx, "bogus"), func(ctx context.Context) error {
+				_, err := s.ExecContext(ctx, "SELECT 1")
+				return err
+			})
+			if err == nil {
+				return errors.New("Atomic with a setting the server refuses: nil")
+			}
+			cctx, cancel := context.WithCancel(ctx)
+			err = dbctx.Atomic(cctx, func(ctx context.Context) error {
+				if _, err := s.ExecContext(ctx, "SELECT 1"); err != nil {
+					return err
+				}
+				cancel()
+				return nil
+			})
+			if !errors.Is(err, context.Canceled) {
+				return fmt.Errorf("Atomic whose context ended before its commit: %v, want context.Canceled", err)
+			}
+			// Not 25P02 (a transaction left open, aborted): and the
+			// pool's check at the test's end finds nothing of ours idle
+			// in a transaction.
+			var one int
+			if err := s.QueryRowContext(ctx, "SELECT 1").Scan(&one); err != nil {
+				return fmt.Errorf("the next statement: %w", err)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
 		}
 	})
 }
