@@ -47,6 +47,11 @@ func (s *Scope) closeOld(ctx context.Context) error {
 	if s.atomic > 0 {
 		return nil
 	}
+	if s.c != nil && s.c.pin.inFn.Load() {
+		// Inside Scope.Pgx's fn, which holds the connection: its
+		// boundary would wait for fn, which waits for it.
+		return errInPgxFn
+	}
 	err := s.release(ctx, false)
 	if s.depth == 0 {
 		s.freeIdleSlot()

@@ -389,6 +389,10 @@ func TestPgxFnUsesScope(t *testing.T) {
 			if !errors.Is(err, dbctx.ErrConnBusy) {
 				return fmt.Errorf("Atomic inside fn: %v, want ErrConnBusy", err)
 			}
+			err = s.Pgx(ctx, func(*pgx.Conn) error { return dbctx.CloseOld(ctx) })
+			if !errors.Is(err, dbctx.ErrConnBusy) {
+				return fmt.Errorf("CloseOld inside fn: %v, want ErrConnBusy", err)
+			}
 			var n int
 			return s.QueryRowContext(ctx, "SELECT 1").Scan(&n)
 		})
