@@ -143,13 +143,14 @@ func (s *Scope) endTx(ctx context.Context, commit bool) error {
 	if commit && doomed != nil {
 		return errors.Join(fmt.Errorf("dbctx: rolled back: a nested Atomic could not end its savepoint: %w", doomed), s.rollbackAtomic(ctx))
 	}
-	if commit && c.pin.bad && ctx.Err() != nil {
-		// A statement of the transaction ended with its context, and
-		// the connection with it (pgx closes it): nothing to commit,
-		// and the same news as that statement's.
-		return fmt.Errorf("dbctx: commit: the transaction was lost with its connection: %w", ctx.Err())
-	}
 	if commit && ctx.Err() != nil {
+		if c.pin.bad {
+			// A statement of the transaction ended with its context,
+			// and the connection with it (pgx closes it): nothing to
+			// commit or roll back, and the same news as that
+			// statement's.
+			return fmt.Errorf("dbctx: commit: the transaction was lost with its connection: %w", ctx.Err())
+		}
 		// Nothing would be sent (another driver would say the connection
 		// is bad): rolled back, and the context's news.
 		return errors.Join(fmt.Errorf("dbctx: commit: %w", ctx.Err()), s.rollbackAtomic(ctx))

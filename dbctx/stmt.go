@@ -166,8 +166,6 @@ func (s *Scope) execLocked(ctx context.Context, st *stmt, run runner) error {
 		case txClosed:
 			c.pin.seen &^= kindBegin
 		}
-	}
-	if c := s.c; c != nil {
 		c.pin.used = true
 		if st.kind&kindTaints != 0 {
 			// It may have changed settings, or ended the transaction

@@ -4,7 +4,6 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
-	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -371,7 +370,7 @@ func (h *Handler) call(ctx context.Context, pool *dbctx.Pool, cb *Callback, fn f
 // slot at its first statement only (internal/lazyslot: an event passed on
 // to the client takes none); in the async style directly. A panic
 // becomes a *dbctx.PanicError.
-func (h *Handler) run(ctx context.Context, pool *dbctx.Pool, cb *Callback, fn func(ctx context.Context) error) (err error) {
+func (h *Handler) run(ctx context.Context, pool *dbctx.Pool, cb *Callback, fn func(ctx context.Context) error) error {
 	if !h.async {
 		if len(h.opts.Pools) > 0 {
 			// The other pools' boundaries inside pool's; a panic in fn
@@ -389,12 +388,7 @@ func (h *Handler) run(ctx context.Context, pool *dbctx.Pool, cb *Callback, fn fu
 		}
 		return pool.Do(ctx, func(ctx context.Context, _ *dbctx.Scope) error { return fn(ctx) })
 	}
-	defer func() {
-		if r := recover(); r != nil {
-			err = &dbctx.PanicError{Value: r, Stack: debug.Stack()}
-		}
-	}()
-	return fn(ctx)
+	return guard(func() error { return fn(ctx) })
 }
 
 // closeOld runs the boundary of the scopes of Options.Pools.

@@ -62,25 +62,29 @@ func (k CallbackKind) String() string {
 // socket, or a worker's, where nothing else would recover it.
 func (h *Handler) observed(ctx context.Context, pool *dbctx.Pool, cb *Callback, fn func(ctx context.Context) error) error {
 	var done func(error)
-	if err := catch(func() { ctx, done = h.opts.OnCallback(ctx, *cb) }); err != nil {
+	err := guard(func() error {
+		ctx, done = h.opts.OnCallback(ctx, *cb)
+		return nil
+	})
+	if err != nil {
 		return err // the callback does not run
 	}
-	err := h.run(ctx, pool, cb, fn)
+	err = h.run(ctx, pool, cb, fn)
 	if done != nil {
-		if perr := catch(func() { done(err) }); perr != nil && err == nil {
+		if perr := guard(func() error { done(err); return nil }); perr != nil && err == nil {
 			err = perr
 		}
 	}
 	return err
 }
 
-// catch runs f and returns its panic as a *dbctx.PanicError.
-func catch(f func()) (err error) {
+// guard runs f and returns its error, or its panic as a
+// *dbctx.PanicError.
+func guard(f func() error) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			err = &dbctx.PanicError{Value: r, Stack: debug.Stack()}
 		}
 	}()
-	f()
-	return nil
+	return f()
 }
