@@ -67,3 +67,12 @@ func (p *Pool) Pace() time.Duration {
 func TxControlOf(query string) string {
 	return [...]string{txUnread: "unread", txNone: "none", txOpen: "open", txClosed: "closed"}[txControlOf(query)]
 }
+
+// Queued returns the number of callers in the slot queue itself (Stats'
+// Waiting counts a caller a moment before it takes its place there).
+func (p *Pool) Queued() int {
+	q := &p.slots
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.waiters)
+}

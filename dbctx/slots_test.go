@@ -155,7 +155,10 @@ func queueInOrder(t *testing.T, p *dbctx.Pool, ctxs []context.Context, fn func(i
 				t.Error(err)
 			}
 		})
-		eventually(t, "the caller to queue", func() bool { return p.Stats().Waiting == i+1 })
+		// Its place in the queue, not the Waiting count, which a caller
+		// joins before it takes its place: the next caller could take
+		// the place before it.
+		eventually(t, "the caller to queue", func() bool { return p.Queued() == i+1 })
 	}
 	return func() []int {
 		wg.Wait()
