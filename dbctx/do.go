@@ -24,7 +24,9 @@ import (
 // failed, OnRelease's error) discards the connection, is logged and
 // counted in [Pool.Stats], and is not returned, since fn's work stands. A
 // panic in fn discards the connection fn was using and becomes a
-// *[PanicError] carrying the stack. Do blocks until fn returns.
+// *[PanicError] carrying the stack. Do blocks until fn returns. Where
+// ctx is done already, Do returns ctx.Err() and runs nothing, as
+// database/sql does.
 func Do(ctx context.Context, fn func(ctx context.Context, s *Scope) error) error {
 	s := From(ctx)
 	if s == nil {
@@ -51,6 +53,9 @@ func DoValue[T any](ctx context.Context, fn func(ctx context.Context, s *Scope) 
 // p's alone: the others' connections stay as they are (a panic in fn
 // excepted, which discards every connection fn may have been using).
 func (p *Pool) Do(ctx context.Context, fn func(ctx context.Context, s *Scope) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	if s := p.From(ctx); s != nil && !s.async && !s.isEnded() {
 		return s.do(ctx, fn, false)
 	}

@@ -164,3 +164,38 @@ func TestLazyScope(t *testing.T) {
 		t.Fatalf("after End: got %v, want ErrScopeEnded", err)
 	}
 }
+
+// Do with a context done already runs nothing and returns its error, on a
+// fresh scope, on a scope the context carries, and nested; a free slot
+// does not make it run.
+func TestDoContextDone(t *testing.T) {
+	t.Parallel()
+	p, _ := newPool(t, &dbctx.Options{MaxWorkers: 2})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	ran := false
+	fn := func(context.Context, *dbctx.Scope) error { ran = true; return nil }
+	if err := p.Do(ctx, fn); !errors.Is(err, context.Canceled) || ran {
+		t.Fatalf("fresh scope: got %v, ran %v; want context.Canceled, not run", err, ran)
+	}
+	sctx, s := p.Scope(context.Background())
+	defer s.End()
+	sctx, cancel = context.WithCancel(sctx)
+	cancel()
+	if err := dbctx.Do(sctx, fn); !errors.Is(err, context.Canceled) || ran {
+		t.Fatalf("request scope: got %v, ran %v; want context.Canceled, not run", err, ran)
+	}
+	var inner error
+	err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+		ctx, cancel := context.WithCancel(ctx)
+		cancel()
+		inner = dbctx.Do(ctx, fn)
+		return nil
+	})
+	if err != nil || !errors.Is(inner, context.Canceled) || ran {
+		t.Fatalf("nested: got %v / %v, ran %v; want context.Canceled, not run", err, inner, ran)
+	}
+	if st := p.Stats(); st.InUse != 0 {
+		t.Errorf("slots in use after: %d", st.InUse)
+	}
+}
