@@ -68,6 +68,9 @@ func TxControlOf(query string) string {
 	return [...]string{txUnread: "unread", txNone: "none", txOpen: "open", txClosed: "closed"}[txControlOf(query)]
 }
 
+// EndsBefore is endsBefore.
+func EndsBefore(query string, last bool) bool { return endsBefore(query, last) }
+
 // Queued returns the number of callers in the slot queue itself (Stats'
 // Waiting counts a caller a moment before it takes its place there).
 func (p *Pool) Queued() int {

@@ -314,28 +314,21 @@ func shorten(query string) string {
 // endsBefore reports whether one of the statements of query ends a
 // transaction, or rolls back to a savepoint (which puts back the settings
 // the transaction had then), before another statement of query; last says
-// query is the last of its batch.
+// query is the last of its batch. A text the lexer cannot read ends
+// nothing here (PostgreSQL refuses it).
 func endsBefore(query string, last bool) bool {
-	l := lexer{q: query}
-	start, ends := true, false
-	for {
-		t := l.next()
-		switch {
-		case t.kind == tEOF:
-			return ends && !last
-		case t.kind == tBad:
+	ends, before := false, false
+	ok := eachStmt(query, func(w [3]token, _ bool) bool {
+		if ends {
+			before = true // a statement after one that ends
 			return false
-		case t.kind == tSemi:
-			start = true
-			continue
-		case start && ends:
-			return true // a statement after one that ends
-		case start:
-			ends = t.is("commit") || t.is("end") || t.is("rollback") || t.is("abort") ||
-				t.is("prepare") && l.next().is("transaction")
 		}
-		start = false
-	}
+		first := w[0]
+		ends = first.is("commit") || first.is("end") || first.is("rollback") || first.is("abort") ||
+			first.is("prepare") && w[1].is("transaction") && w[2].kind == tString
+		return true
+	})
+	return before || ok && ends && !last
 }
 
 // txControlOf reads query's statements for transaction control in SQL
@@ -344,8 +337,24 @@ func endsBefore(query string, last bool) bool {
 // COMMIT PREPARED and ROLLBACK PREPARED (which PostgreSQL runs outside
 // transactions only) neither begin nor end the session's.
 func txControlOf(query string) txMove {
-	l := lexer{q: query}
 	move := txNone
+	eachStmt(query, func(w [3]token, chain bool) bool {
+		if m := txMoveOfStmt(w, chain); m != txNone {
+			move = m
+		}
+		return true
+	})
+	return move
+}
+
+// eachStmt calls fn with the first tokens of each statement of query, in
+// order, and whether it ends AND CHAIN (not AND NO CHAIN), until fn
+// returns false. The statements of a function body (CREATE FUNCTION …
+// BEGIN ATOMIC …; END) are the CREATE's, not statements of their own. It
+// reports whether it read query to its end: false where fn stopped it or
+// the lexer could not read on.
+func eachStmt(query string, fn func(w [3]token, chain bool) bool) bool {
+	l := lexer{q: query}
 	var w [3]token // the statement's first tokens
 	var prev token
 	n, chain, body := 0, false, 0
@@ -357,11 +366,9 @@ func txControlOf(query string) txMove {
 			}
 			switch {
 			case t.is("chain"):
-				chain = !prev.is("no") // AND CHAIN, not AND NO CHAIN
+				chain = !prev.is("no")
 			case t.is("atomic") && prev.is("begin") && n > 1 && w[0].is("create"):
-				// CREATE FUNCTION … BEGIN ATOMIC …; END: a body of
-				// statements, up to its END.
-				body++
+				body++ // a body of statements, up to its END
 			}
 			prev = t
 			n++
@@ -372,12 +379,12 @@ func txControlOf(query string) txMove {
 			body--
 		case body > 0:
 		case n > 0:
-			if m := txMoveOfStmt(w, chain); m != txNone {
-				move = m
+			if !fn(w, chain) {
+				return false
 			}
 		}
 		if t.kind != tSemi {
-			return move
+			return t.kind == tEOF
 		}
 		w, prev, n, chain = [3]token{}, token{}, 0, false
 	}

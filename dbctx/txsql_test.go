@@ -326,3 +326,31 @@ func TestAtomicFailsCleanly(t *testing.T) {
 		}
 	})
 }
+
+// endsBefore: a statement that ends a transaction (or rolls back to a
+// savepoint) before another of the same text, or of a later query of the
+// batch; a function body's END is the CREATE's.
+func TestEndsBefore(t *testing.T) {
+	for _, tc := range []struct {
+		q          string
+		last, want bool
+	}{
+		{"SELECT 1", false, false},
+		{"COMMIT", true, false},
+		{"COMMIT", false, true},
+		{"COMMIT; SELECT 1", true, true},
+		{"SELECT 1; COMMIT", true, false},
+		{"ROLLBACK TO a; SELECT 1", true, true},
+		{"prepare transaction 'x'; SELECT 1", true, true},
+		{"PREPARE transaction AS SELECT 1; EXECUTE transaction", true, false},
+		{"SELECT 'COMMIT; x'", false, false},
+		{"COMMIT;;", true, false},
+		{"CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; END; SELECT f()", true, false},
+		{"CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; END; COMMIT; SELECT 1", true, true},
+		{"end; select 1", true, true},
+	} {
+		if got := dbctx.EndsBefore(tc.q, tc.last); got != tc.want {
+			t.Errorf("endsBefore(%q, %v) = %v, want %v", tc.q, tc.last, got, tc.want)
+		}
+	}
+}
