@@ -1099,7 +1099,7 @@ func (c *classifier) second(t token) {
 	case c.pos == 1 && c.first.is("set"):
 		c.setForm(t)
 		c.pathSet, c.pathAt = nameIs(t, "search_path"), c.pos
-	case c.pos == 2 && c.first.is("set") && nameIs(t, "search_path") && (c.p1.is("local") || c.p1.is("session")):
+	case c.pos == 2 && c.first.is("set") && c.atSettingName() && nameIs(t, "search_path"):
 		c.pathSet, c.pathAt = true, c.pos
 	case c.pos == 1 && c.first.is("prepare"):
 		// PREPARE TRANSACTION 'gid', or a statement named transaction.
@@ -1170,7 +1170,7 @@ func (c *classifier) resolves(t token) bool {
 	switch {
 	case c.pos == 1 && c.first.is("reset"):
 		return nameIs(t, "search_path") || nameIs(t, "role") || t.is("session") || nameIs(t, "session_authorization") || t.is("all")
-	case c.first.is("set") && (c.pos == 1 || c.pos == 2 && (c.p1.is("local") || c.p1.is("session"))):
+	case c.first.is("set") && c.atSettingName():
 		return nameIs(t, "search_path") || nameIs(t, "role") || nameIs(t, "session_authorization") ||
 			t.is("authorization") && c.p1.is("session")
 	}
@@ -1180,12 +1180,17 @@ func (c *classifier) resolves(t token) bool {
 // setsSeed reports whether t names the setting seed in SET [LOCAL |
 // SESSION] or RESET (not a setting seed.x).
 func (c *classifier) setsSeed(t token) bool {
-	if !nameIs(t, "seed") || !(c.first.is("set") || c.first.is("reset")) ||
-		!(c.pos == 1 || c.pos == 2 && (c.p1.is("local") || c.p1.is("session"))) {
+	if !nameIs(t, "seed") || !(c.first.is("set") || c.first.is("reset")) || !c.atSettingName() {
 		return false
 	}
 	l := c.lx
 	return l.next().kind != tDot
+}
+
+// atSettingName reports whether the token at c.pos is where SET [LOCAL |
+// SESSION] (or RESET) names its setting.
+func (c *classifier) atSettingName() bool {
+	return c.pos == 1 || c.pos == 2 && (c.p1.is("local") || c.p1.is("session"))
 }
 
 // setForm reads the word after SET. SET LOCAL, SET TRANSACTION (this
