@@ -28,7 +28,11 @@ import (
 // goroutine. The COMMIT is sent with ctx: where ctx has ended by then (a
 // request whose client left, a deadline), the transaction rolls back and
 // Atomic returns ctx's error, OnCommit's functions unrun; so it does where
-// the scope's boundary came while fn ran (ErrScopeEnded).
+// the scope's boundary came while fn ran (ErrScopeEnded). Where the
+// transaction's session is lost while fn runs (the server ended it, a
+// statement's context ended mid-way, a [Do] inside fn panicked and its
+// connection was discarded), fn's later statements and Atomic return
+// [ErrSessionLost]: nothing of it commits.
 func Atomic(ctx context.Context, fn func(ctx context.Context) error) (err error) {
 	s := From(ctx)
 	if s == nil {
@@ -70,7 +74,7 @@ func (s *Scope) atomicTx(ctx context.Context, fn func(ctx context.Context) error
 		s.x = new(scopeExtra)
 	}
 	x := s.x
-	s.atomic, x.atomicCtx, x.begun, x.onCommit, x.beginErr, x.failed = 1, ctx, false, nil, nil, false
+	s.atomic, x.atomicCtx, x.begun, x.onCommit, x.beginErr, x.failed, x.lost = 1, ctx, false, nil, nil, false, false
 	s.mu.Unlock()
 	done := false
 	defer func() {
@@ -122,6 +126,17 @@ func (s *Scope) endTx(ctx context.Context, commit bool) error {
 		// around it, say), and rolled the transaction back.
 		return ErrScopeEnded
 	}
+	if x.lost {
+		// The transaction, if any, was lost with its connection (the
+		// server ended the session, a context ended mid-statement, a
+		// Do inside fn panicked), or a statement of fn refused for a
+		// session lost before: nothing to commit or roll back, and the
+		// scope's statements fail until its boundary.
+		if commit {
+			return errors.Join(fmt.Errorf("%w: the transaction was lost with its connection", ErrSessionLost), ctx.Err())
+		}
+		return nil
+	}
 	if !begun || c == nil {
 		return nil
 	}
@@ -144,13 +159,6 @@ func (s *Scope) endTx(ctx context.Context, commit bool) error {
 		return errors.Join(fmt.Errorf("dbctx: rolled back: a nested Atomic could not end its savepoint: %w", doomed), s.rollbackAtomic(ctx))
 	}
 	if commit && ctx.Err() != nil {
-		if c.pin.bad {
-			// A statement of the transaction ended with its context,
-			// and the connection with it (pgx closes it): nothing to
-			// commit or roll back, and the same news as that
-			// statement's.
-			return fmt.Errorf("dbctx: commit: the transaction was lost with its connection: %w", ctx.Err())
-		}
 		// Nothing would be sent (another driver would say the connection
 		// is bad): rolled back, and the context's news.
 		return errors.Join(fmt.Errorf("dbctx: commit: %w", ctx.Err()), s.rollbackAtomic(ctx))

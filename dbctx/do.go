@@ -24,7 +24,9 @@ import (
 // failed, OnRelease's error) discards the connection, is logged and
 // counted in [Pool.Stats], and is not returned, since fn's work stands. A
 // panic in fn discards the connection fn was using and becomes a
-// *[PanicError] carrying the stack. Do blocks until fn returns. Where
+// *[PanicError] carrying the stack; where that connection carried the
+// session of the code around Do (a nested Do, an [Atomic] around it),
+// that code's statements get [ErrSessionLost] until the scope's boundary. Do blocks until fn returns. Where
 // ctx is done already, Do returns ctx.Err() and runs nothing, as
 // database/sql does.
 func Do(ctx context.Context, fn func(ctx context.Context, s *Scope) error) error {
@@ -103,9 +105,14 @@ func (s *Scope) do(ctx context.Context, fn func(ctx context.Context, s *Scope) e
 		s.depth--
 		if r != nil {
 			err = &PanicError{Value: r, Stack: debug.Stack()}
-			s.atomic = 0
 			if s.c != nil {
+				// Its session is lost, with what statements left in it
+				// and the transaction of an Atomic around this Do, if
+				// any: the scope's statements fail until its boundary
+				// (at once, for an outermost Do), and that Atomic does
+				// not commit.
 				s.unpin(discardPanic)
+				s.loseSession()
 			}
 			discardOthers(ctx, s)
 		}

@@ -35,7 +35,10 @@ var (
 	// request, message or [Do]). Whatever those statements left in the
 	// session (a setting, a tenant, a temporary table, a transaction from
 	// BeginTx) is gone with it, so nothing is run again on a fresh
-	// connection, which would lack it.
+	// connection, which would lack it. So inside a transaction, where
+	// the first statement lost is ErrSessionLost too, and so is an
+	// [Atomic] whose transaction was lost (also by a panic in a [Do]
+	// inside its function, which discards the connection).
 	ErrSessionLost = errors.New("dbctx: session lost: the connection failed after statements had run on it; not run on a fresh connection, which would lack their session state")
 
 	// ErrSessionState is returned, wrapped with the statement, under

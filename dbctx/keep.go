@@ -270,7 +270,7 @@ func (p *Pool) clean(ctx context.Context, c *session) error {
 	}
 	var err error
 	if c.px == nil {
-		_, err = p.runOther(ctx, c, pre)
+		_, err = p.runOther(ctx, c.pin.conn, pre)
 	} else {
 		err = withLock(c.pin.conn, func() error {
 			ctx, traced := p.traceAlone(ctx, c, pre)

@@ -2,6 +2,7 @@ package dbctx
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"slices"
@@ -521,13 +522,21 @@ func (pl *Pool) queuePgx(b *pgx.Batch, p *prefix) (n int) {
 // share a round trip with it (raw access, a statement that must run
 // first in its transaction, COPY).
 func (s *Scope) flush(ctx context.Context, c *session, p *prefix) error {
+	return s.flushOn(ctx, c, p, c.pin.conn)
+}
+
+// flushOn is flush, run on another driver through on: the *sql.Tx a
+// BeginTx just began, which holds database/sql's lock on the *sql.Conn
+// until it ends (a statement on the *sql.Conn that lost the connection
+// would wait for it to end, and its end waits for the scope).
+func (s *Scope) flushOn(ctx context.Context, c *session, p *prefix, on execer) error {
 	if p.empty() {
 		return nil
 	}
 	var err error
 	reached, done := all, false
 	if c.px == nil {
-		reached, err = s.pool.runOther(ctx, c, p)
+		reached, err = s.pool.runOther(ctx, on, p)
 	} else {
 		err = withLock(c.pin.conn, func() error {
 			ctx, traced := s.pool.traceAlone(ctx, c, p)
@@ -555,17 +564,22 @@ func (s *Scope) flush(ctx context.Context, c *session, p *prefix) error {
 	return nil
 }
 
-// runOther runs the statements of prefix p on c through database/sql,
+// execer is what runOther runs statements on: a *sql.Conn or *sql.Tx.
+type execer interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+}
+
+// runOther runs the statements of prefix p on through database/sql,
 // for drivers other than pgx: each in a round trip of its own. It returns
 // how many ran.
-func (pl *Pool) runOther(ctx context.Context, c *session, p *prefix) (reached int, err error) {
-	pl.prefixStatements(p, func(sql string, set bool) {
+func (pl *Pool) runOther(ctx context.Context, on execer, p *prefix) (reached int, err error) {
+	pl.prefixStatements(p, func(q string, set bool) {
 		var args []any
 		if set {
 			args = setConfigArgs(p.set, p.local)
 		}
 		if err == nil {
-			if _, err = c.pin.conn.ExecContext(ctx, sql, args...); err == nil {
+			if _, err = on.ExecContext(ctx, q, args...); err == nil {
 				reached++
 			}
 		}

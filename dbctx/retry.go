@@ -145,12 +145,19 @@ func (s *Scope) observe(ctx context.Context, err error, first bool) error {
 	}
 	s.pool.sawDeath()
 	if s.inTx(c) {
-		c.pin.bad, c.pin.badWhy = true, why
-		return err
+		// The transaction is lost with the session: the scope's
+		// statements fail until the boundary, which discards the
+		// connection for the first cause seen (a rollback's failure
+		// after a canceled COMMIT is not news).
+		if !c.pin.bad {
+			c.pin.bad, c.pin.badWhy = true, why
+		}
+		s.loseSession()
+		return fmt.Errorf("%w: %w", ErrSessionLost, err)
 	}
 	s.unpin(why)
 	if !first {
-		s.lost = true
+		s.loseSession()
 		return fmt.Errorf("%w: %w", ErrSessionLost, err)
 	}
 	return err

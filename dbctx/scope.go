@@ -73,6 +73,17 @@ type scopeExtra struct {
 	doomed     error    // why the running Atomic's transaction must roll back: a savepoint could not end
 	savepoints int      // savepoints made, for names
 	failed     bool     // a statement failed in the running Atomic (on another driver, COMMIT's tag is not seen: see endTx)
+	lost       bool     // the running Atomic's session was lost, or a statement of it refused for a session lost before (see loseSession)
+}
+
+// loseSession marks the scope's session lost (see observe): its
+// statements fail with ErrSessionLost until its boundary, and a running
+// Atomic does not commit. Under s.mu.
+func (s *Scope) loseSession() {
+	s.lost = true
+	if s.atomic > 0 {
+		s.x.lost = true
+	}
 }
 
 // atomicTxOpen reports whether an Atomic runs and has begun its
@@ -185,10 +196,13 @@ func (s *Scope) usable() error {
 // pinned returns the scope's connection, taking a slot and a connection
 // first where it has none. Under s.mu.
 func (s *Scope) pinned(ctx context.Context) (*session, error) {
-	if s.c != nil {
+	if s.c != nil && !s.lost {
 		return s.c, nil
 	}
 	if err := s.usable(); err != nil {
+		if s.lost {
+			s.loseSession() // a statement of a running Atomic refused
+		}
 		return nil, err
 	}
 	if err := s.takeSlot(ctx); err != nil {

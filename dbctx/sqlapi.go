@@ -212,7 +212,7 @@ func (s *Scope) BeginTx(ctx context.Context, opts *sql.TxOptions) (*sql.Tx, erro
 		c.pin.seen &^= kindBegin // database/sql ends it (see rollback)
 		p, err := s.prefixFor(ctx, c, true, false)
 		if err == nil {
-			err = s.flush(ctx, c, p)
+			err = s.flushOn(ctx, c, p, tx)
 		}
 		if err != nil {
 			tx.Rollback()

@@ -7,6 +7,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"runtime"
 	"testing"
 	"time"
 
@@ -88,7 +89,8 @@ func NoHang(t testing.TB, what string, f func()) {
 	select {
 	case <-done:
 	case <-time.After(time.Minute):
-		t.Fatalf("%s hung", what)
+		buf := make([]byte, 1<<20)
+		t.Fatalf("%s hung; goroutines:\n%s", what, buf[:runtime.Stack(buf, true)])
 	}
 }
 

@@ -1,0 +1,155 @@
+package dbctx_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/internal/dbtest"
+	"github.com/dbscope/dbscope/internal/pgtest"
+)
+
+// A Do nested in an Atomic whose function panics discards the connection,
+// and the Atomic's transaction with it: fn, which took the PanicError and
+// went on, gets ErrSessionLost for its next statements (not a fresh
+// connection outside the transaction, autocommitting), and Atomic returns
+// ErrSessionLost, its OnCommit functions unrun. PostgreSQL holds nothing
+// of it. Both with Atomic inside a Do and with Atomic on a request's scope
+// (middleware.Atomic's shape).
+func TestPanicInDoInsideAtomic(t *testing.T) {
+	t.Parallel()
+	p, env := newPool(t, &dbctx.Options{MaxWorkers: 2})
+	mustExec(t, env.Admin(), "CREATE TABLE "+env.Schema()+".t (n int)")
+	for _, shape := range []string{"Atomic in Do", "Atomic on a request's scope"} {
+		mustExec(t, env.Admin(), "TRUNCATE "+env.Schema()+".t")
+		var inner, after, atomicErr error
+		committed := false
+		unit := func(ctx context.Context) error {
+			atomicErr = dbctx.Atomic(ctx, func(ctx context.Context) error {
+				s := dbctx.From(ctx)
+				dbctx.OnCommit(ctx, func() { committed = true })
+				if _, err := s.ExecContext(ctx, "INSERT INTO t VALUES (1)"); err != nil {
+					return err
+				}
+				inner = dbctx.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error { panic("inner") })
+				_, after = s.ExecContext(ctx, "INSERT INTO t VALUES (2)")
+				return nil // the errors taken and dropped, as careless code does
+			})
+			return nil
+		}
+		if shape == "Atomic in Do" {
+			if err := p.Do(context.Background(), func(ctx context.Context, _ *dbctx.Scope) error { return unit(ctx) }); err != nil {
+				t.Fatal(err)
+			}
+		} else {
+			ctx, s := p.Scope(context.Background())
+			unit(ctx)
+			s.End()
+		}
+		var pe *dbctx.PanicError
+		if !errors.As(inner, &pe) {
+			t.Errorf("%s: the nested Do: %v, want a PanicError", shape, inner)
+		}
+		if !errors.Is(after, dbctx.ErrSessionLost) {
+			t.Errorf("%s: a statement of the Atomic after the panic: %v, want ErrSessionLost", shape, after)
+		}
+		if !errors.Is(atomicErr, dbctx.ErrSessionLost) || committed {
+			t.Errorf("%s: Atomic returned %v, OnCommit ran %v; want ErrSessionLost, not run", shape, atomicErr, committed)
+		}
+		var n int
+		if err := env.Admin().QueryRow("SELECT count(*) FROM " + env.Schema() + ".t").Scan(&n); err != nil || n != 0 {
+			t.Errorf("%s: PostgreSQL holds %d rows (%v), want 0", shape, n, err)
+		}
+	}
+	if st := p.Stats(); st.InUse != 0 || st.Pinned != 0 || st.Discarded.Panic != 2 {
+		t.Errorf("stats %+v: want nothing held, 2 discarded for panics", st)
+	}
+}
+
+// A session that ends inside an Atomic (its backend terminated) is
+// ErrSessionLost for the Atomic's next statement, for Atomic itself and
+// for the scope's statements after it until its boundary; the next unit
+// of work runs.
+func TestSessionLostInAtomic(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "terminates the backend of a transaction; behind a pooler the pooler absorbs the kill")
+	forDrivers(t, func(t *testing.T, drv string) {
+		p, env := newPoolWith(t, drv, &dbctx.Options{MaxWorkers: 1})
+		mustExec(t, env.Admin(), "CREATE TABLE "+env.Schema()+".t (n int)")
+		var inAtomic, atomicErr, afterAtomic error
+		err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+			atomicErr = dbctx.Atomic(ctx, func(ctx context.Context) error {
+				if _, err := s.ExecContext(ctx, "INSERT INTO t VALUES (1)"); err != nil {
+					return err
+				}
+				if n := env.Terminate(t); n != 1 {
+					t.Fatalf("killed %d backends, want 1", n)
+				}
+				_, inAtomic = s.ExecContext(ctx, "INSERT INTO t VALUES (2)")
+				return nil
+			})
+			_, afterAtomic = s.ExecContext(ctx, "SELECT 1")
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for what, err := range map[string]error{"the statement after the kill": inAtomic, "Atomic": atomicErr, "a statement after Atomic": afterAtomic} {
+			if !errors.Is(err, dbctx.ErrSessionLost) {
+				t.Errorf("%s: %v, want ErrSessionLost", what, err)
+			}
+		}
+		var n int
+		if err := env.Admin().QueryRow("SELECT count(*) FROM " + env.Schema() + ".t").Scan(&n); err != nil || n != 0 {
+			t.Errorf("PostgreSQL holds %d rows (%v), want 0", n, err)
+		}
+		if err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+			_, err := queryInt(ctx, s, "SELECT 1")
+			return err
+		}); err != nil {
+			t.Errorf("the next unit of work: %v", err)
+		}
+	})
+}
+
+// A COMMIT its context cancels mid-way (a deferred trigger runs in it) is
+// counted as canceled, not as a broken connection, and nothing commits.
+func TestCommitCanceledCounted(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "cancels a COMMIT mid-flight; PgBouncer 1.18 crashes on the cancel request")
+	p, env := newPool(t, &dbctx.Options{MaxWorkers: 1})
+	sc := env.Schema()
+	mustExec(t, env.Admin(), "CREATE TABLE "+sc+".t (n int); "+
+		"CREATE FUNCTION "+sc+".slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(30); RETURN NULL; END $$; "+
+		"CREATE CONSTRAINT TRIGGER slow AFTER INSERT ON "+sc+".t DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION "+sc+".slow()")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		dbtest.Wait(time.Minute, func() bool {
+			var n int
+			env.Admin().QueryRow("SELECT count(*) FROM pg_stat_activity WHERE usename = $1 AND state = 'active' AND query ILIKE 'commit%'", env.Role()).Scan(&n)
+			return n > 0
+		})
+		cancel()
+	}()
+	committed := false
+	err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+		return dbctx.Atomic(ctx, func(ctx context.Context) error {
+			dbctx.OnCommit(ctx, func() { committed = true })
+			_, err := s.ExecContext(ctx, "INSERT INTO t VALUES (1)")
+			return err
+		})
+	})
+	if !errors.Is(err, context.Canceled) || committed {
+		t.Errorf("Atomic: %v, OnCommit ran %v; want context.Canceled, not run", err, committed)
+	}
+	var n int
+	if err := env.Admin().QueryRow("SELECT count(*) FROM " + sc + ".t").Scan(&n); err != nil || n != 0 {
+		t.Errorf("PostgreSQL holds %d rows (%v), want 0", n, err)
+	}
+	if d := p.Stats().Discarded; d.Canceled != 1 || d.Broken != 0 {
+		t.Errorf("discarded %+v, want Canceled 1, Broken 0", d)
+	}
+}
