@@ -220,7 +220,7 @@ func (s *Scope) giveBack(ctx context.Context) error {
 	}
 	if p.opts.OnRelease != nil {
 		ctx, cancel := cleanupCtx(ctx)
-		err := p.opts.OnRelease(ctx, c.pin.conn)
+		err := callHook("OnRelease", func() error { return p.opts.OnRelease(ctx, c.pin.conn) })
 		cancel()
 		if err != nil {
 			s.unpin(discardHook)

@@ -3,6 +3,7 @@ package dbctx
 import (
 	"errors"
 	"fmt"
+	"runtime/debug"
 )
 
 var (
@@ -115,11 +116,41 @@ var (
 type PanicError struct {
 	Value any    // the value passed to panic
 	Stack []byte // the stack of the panicking goroutine
+	// Hook names the hook of Options that panicked (OnAcquire, OnBegin,
+	// OnRelease, OnWait, OnPin), "" for Do's function. A hook's panic is
+	// its failure: OnAcquire's, OnBegin's and OnRelease's fail what they
+	// were for, as their errors do, wrapping it; OnWait's and OnPin's are
+	// logged, and the wait or pin goes on.
+	Hook string
 }
 
 // Error implements error.
 func (e *PanicError) Error() string {
+	if e.Hook != "" {
+		return fmt.Sprintf("panic: %v", e.Value) // wrapped with the hook's name
+	}
 	return fmt.Sprintf("dbctx: panic in Do: %v", e.Value)
+}
+
+// callHook calls f, a hook of Options named name, and returns its error,
+// or its panic as a *PanicError: a panic unwinding through the pool's
+// bookkeeping would leak the connection or slot at hand (or, from under
+// the scope's lock, crash the process).
+func callHook(name string, f func() error) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = &PanicError{Value: r, Stack: debug.Stack(), Hook: name}
+		}
+	}()
+	return f()
+}
+
+// observeHook calls f, an observing hook of Options named name (OnWait,
+// OnPin), logging its panic.
+func (p *Pool) observeHook(name string, f func()) {
+	if err := callHook(name, func() error { f(); return nil }); err != nil {
+		p.opts.Logger.Error("dbctx: Options."+name+" panicked; ignored", "err", err, "stack", string(err.(*PanicError).Stack))
+	}
 }
 
 // Unwrap returns the panic value when it is an error.

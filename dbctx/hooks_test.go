@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/internal/dbtest"
 )
 
 func TestHookErrors(t *testing.T) {
@@ -92,5 +93,96 @@ func TestLeakDetector(t *testing.T) {
 	out := log.String()
 	if !strings.Contains(out, "pinned longer than LeakTimeout") || !strings.Contains(out, "TestLeakDetector") {
 		t.Fatalf("leak report lacks the message or the pinning stack:\n%s", out)
+	}
+}
+
+// A hook that panics fails what it was for, as its error would, or (an
+// observer's) is logged: it does not crash the process (OnBegin's, from
+// under the scope's lock, did), nor leak the connection or slot at hand
+// (OnAcquire's and OnPin's left the *sql.DB's connection checked out for
+// good, OnRelease's and OnWait's the slot). After it, the pool holds
+// nothing and serves the next unit of work.
+func TestHookPanics(t *testing.T) {
+	t.Parallel()
+	for _, hook := range []string{"OnAcquire", "OnBegin", "OnRelease", "OnPin", "OnWait"} {
+		t.Run(hook, func(t *testing.T) {
+			t.Parallel()
+			var armed sync.Mutex // held while the hook is to panic
+			armed.Lock()
+			boom := func() {
+				if armed.TryLock() {
+					armed.Unlock()
+					return
+				}
+				panic(hook + " boom")
+			}
+			logs, logger := dbtest.NewLogs()
+			opts := &dbctx.Options{MaxWorkers: 1, Logger: logger}
+			switch hook {
+			case "OnAcquire":
+				opts.OnAcquire = func(context.Context, *sql.Conn) error { boom(); return nil }
+			case "OnBegin":
+				opts.OnBegin = func(context.Context, *dbctx.Scope) error { boom(); return nil }
+			case "OnRelease":
+				opts.OnRelease = func(context.Context, *sql.Conn) error { boom(); return nil }
+			case "OnPin":
+				opts.OnPin = func(context.Context, dbctx.Pin) { boom() }
+			case "OnWait":
+				opts.OnWait = func(_ context.Context, w dbctx.Wait) {
+					if w.Err == nil {
+						boom()
+					}
+				}
+			}
+			p, _ := newPool(t, opts)
+			if hook == "OnWait" {
+				// A wait to tell of: the one slot held until the unit
+				// below queues for it.
+				held, release := make(chan struct{}), make(chan struct{})
+				go p.Do(context.Background(), func(context.Context, *dbctx.Scope) error {
+					close(held)
+					<-release
+					return nil
+				})
+				<-held
+				go func() {
+					dbtest.Wait(time.Minute, func() bool { return p.Stats().Waiting == 1 })
+					close(release)
+				}()
+			}
+			err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+				return dbctx.Atomic(ctx, func(ctx context.Context) error {
+					_, err := backendPID(ctx, s)
+					return err
+				})
+			})
+			var pe *dbctx.PanicError
+			switch hook {
+			case "OnAcquire", "OnBegin":
+				if !errors.As(err, &pe) || pe.Hook != hook || !strings.Contains(err.Error(), hook) {
+					t.Errorf("got %v, want the hook's panic as its error", err)
+				}
+			case "OnRelease":
+				// Its failure is the cleanup's, after the work: logged.
+				if err != nil || logs.Count(slog.LevelWarn, "dbctx: cleaning up after Do") != 1 {
+					t.Errorf("got %v, logs %s; want nil, the cleanup's failure logged", err, logs)
+				}
+			default:
+				if err != nil || logs.Count(slog.LevelError, "dbctx: Options."+hook+" panicked") != 1 {
+					t.Errorf("got %v, logs %s; want nil, the panic logged", err, logs)
+				}
+			}
+			armed.Unlock()
+			if st := p.Stats(); st.InUse != 0 || st.Pinned != 0 {
+				t.Errorf("after the panic: %+v, want nothing held", st)
+			}
+			dbtest.Eventually(t, "the *sql.DB's connections back", func() bool { return p.DB().Stats().InUse == 0 })
+			if err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+				_, err := backendPID(ctx, s)
+				return err
+			}); err != nil {
+				t.Errorf("the next unit of work: %v", err)
+			}
+		})
 	}
 }

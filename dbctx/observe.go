@@ -79,7 +79,7 @@ func (pn *Pin) sawDead() {
 // toldWait tells Options.OnWait of a wait.
 func (p *Pool) toldWait(ctx context.Context, queued bool, waited time.Duration, err error) {
 	if h := p.opts.OnWait; h != nil {
-		h(ctx, Wait{Queued: queued, Waited: waited, Err: err})
+		p.observeHook("OnWait", func() { h(ctx, Wait{Queued: queued, Waited: waited, Err: err}) })
 	}
 }
 
@@ -94,7 +94,7 @@ func (p *Pool) connectObserved(ctx context.Context) (c *session, looked bool, er
 		pn.Checked = looked
 		pn.New = c.pc != nil && c.released == 0
 	}
-	p.opts.OnPin(ctx, pn)
+	p.observeHook("OnPin", func() { p.opts.OnPin(ctx, pn) })
 	return c, looked, err
 }
 

@@ -142,7 +142,7 @@ func (p *Pool) connect(ctx context.Context, pn *Pin) (c *session, looked bool, e
 		}
 		if err == nil {
 			c.pin.seen |= kindUnknown // what it runs is not seen
-			err = p.opts.OnAcquire(ctx, c.pin.conn)
+			err = callHook("OnAcquire", func() error { return p.opts.OnAcquire(ctx, c.pin.conn) })
 		}
 		if err == nil {
 			break

@@ -77,10 +77,13 @@ func (s *Scope) exec(ctx context.Context, st *stmt, run runner) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.atomic > 0 && s.pool.opts.OnBegin != nil && !s.x.begun && s.x.beginErr == nil {
-		// OnBegin runs statements through the scope: not under s.mu.
-		s.mu.Unlock()
-		s.beginAlone(ctx)
-		s.mu.Lock()
+		// OnBegin runs statements through the scope: not under s.mu
+		// (taken again however beginAlone ends, for the deferred unlock).
+		func() {
+			s.mu.Unlock()
+			defer s.mu.Lock()
+			s.beginAlone(ctx)
+		}()
 	}
 	err := s.execLocked(ctx, st, run)
 	s.account(start)
