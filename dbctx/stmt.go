@@ -318,49 +318,80 @@ func shorten(query string) string {
 // transaction, or rolls back to a savepoint (which puts back the settings
 // the transaction had then), before another statement of query; last says
 // query is the last of its batch. A text the lexer cannot read ends
-// nothing here (PostgreSQL refuses it).
+// nothing here (PostgreSQL refuses it). Read every way PostgreSQL may
+// read it (see readings), it is true where one reading says so.
 func endsBefore(query string, last bool) bool {
-	ends, before := false, false
-	ok := eachStmt(query, func(w [3]token, _ bool) bool {
-		if ends {
-			before = true // a statement after one that ends
-			return false
-		}
-		first := w[0]
-		ends = first.is("commit") || first.is("end") || first.is("rollback") || first.is("abort") ||
-			first.is("prepare") && w[1].is("transaction") && w[2].kind == tString
-		return true
+	found := false
+	readings(query, func(l lexer) bool {
+		ends, before := false, false
+		ok := eachStmt(l, func(w [3]token, _ bool) bool {
+			if ends {
+				before = true // a statement after one that ends
+				return false
+			}
+			first := w[0]
+			ends = first.is("commit") || first.is("end") || first.is("rollback") || first.is("abort") ||
+				first.is("prepare") && w[1].is("transaction") && w[2].kind == tString
+			return true
+		})
+		found = before || ok && ends && !last
+		return !found
 	})
-	return before || ok && ends && !last
+	return found
 }
 
 // txControlOf reads query's statements for transaction control in SQL
 // and returns what the last that begins or ends a transaction leaves:
 // txOpen, txClosed, or txNone where none does. A ROLLBACK TO a savepoint,
 // COMMIT PREPARED and ROLLBACK PREPARED (which PostgreSQL runs outside
-// transactions only) neither begin nor end the session's.
+// transactions only) neither begin nor end the session's. Where the ways
+// PostgreSQL may read query (see readings) differ, one that finds
+// transaction control is taken.
 func txControlOf(query string) txMove {
 	move := txNone
-	eachStmt(query, func(w [3]token, chain bool) bool {
-		if m := txMoveOfStmt(w, chain); m != txNone {
+	readings(query, func(l lexer) bool {
+		m := txNone
+		eachStmt(l, func(w [3]token, chain bool) bool {
+			if mm := txMoveOfStmt(w, chain); mm != txNone {
+				m = mm
+			}
+			return true
+		})
+		if m != txNone {
 			move = m
 		}
-		return true
+		return move == txNone
 	})
 	return move
 }
 
-// eachStmt calls fn with the first tokens of each statement of query, in
+// readings calls f with a lexer for each way PostgreSQL may read query,
+// as classify does: standard_conforming_strings on, and off where query
+// has a backslash (a statement before it in its transaction may have
+// switched it: SET LOCAL, set_config), each also with bytes above ASCII
+// read as the first of two where one comes before a backslash (a
+// client_encoding whose characters may end in a backslash's byte); until
+// f returns false.
+func readings(query string, f func(l lexer) bool) {
+	if !f(lexer{q: query}) || strings.IndexByte(query, '\\') < 0 {
+		return
+	}
+	if !f(lexer{q: query, escapes: true}) || !highBeforeBackslash(query) {
+		return
+	}
+	_ = f(lexer{q: query, mb: true}) && f(lexer{q: query, escapes: true, mb: true})
+}
+
+// eachStmt calls fn with the first tokens of each statement l reads, in
 // order, and whether it ends AND CHAIN (not AND NO CHAIN), until fn
-// returns false. The statements of a function body (CREATE FUNCTION …
-// BEGIN ATOMIC …; END) are the CREATE's, not statements of their own. It
-// reports whether it read query to its end: false where fn stopped it or
-// the lexer could not read on.
-func eachStmt(query string, fn func(w [3]token, chain bool) bool) bool {
-	l := lexer{q: query}
+// returns false. The statements of a routine's body (CREATE [OR REPLACE]
+// FUNCTION or PROCEDURE … BEGIN ATOMIC …; END) are the CREATE's, not
+// statements of their own. It reports whether it read to the end: false
+// where fn stopped it or the lexer could not read on.
+func eachStmt(l lexer, fn func(w [3]token, chain bool) bool) bool {
 	var w [3]token // the statement's first tokens
 	var prev token
-	n, chain, body := 0, false, 0
+	n, depth, chain, routine, body := 0, 0, false, false, 0
 	for {
 		t := l.next()
 		if t.kind != tEOF && t.kind != tBad && t.kind != tSemi {
@@ -368,9 +399,16 @@ func eachStmt(query string, fn func(w [3]token, chain bool) bool) bool {
 				w[n] = t
 			}
 			switch {
+			case t.kind == tLParen:
+				depth++
+			case t.kind == tRParen:
+				depth--
 			case t.is("chain"):
 				chain = !prev.is("no")
-			case t.is("atomic") && prev.is("begin") && n > 1 && w[0].is("create"):
+			case n == 1, n == 3 && w[1].is("or") && w[2].is("replace"):
+				// CREATE FUNCTION, CREATE OR REPLACE PROCEDURE, …
+				routine = w[0].is("create") && (t.is("function") || t.is("procedure"))
+			case t.is("atomic") && prev.is("begin") && depth == 0 && routine && body == 0:
 				body++ // a body of statements, up to its END
 			}
 			prev = t
@@ -389,7 +427,10 @@ func eachStmt(query string, fn func(w [3]token, chain bool) bool) bool {
 		if t.kind != tSemi {
 			return t.kind == tEOF
 		}
-		w, prev, n, chain = [3]token{}, token{}, 0, false
+		w, prev, n, depth, chain = [3]token{}, token{}, 0, 0, false
+		if body == 0 {
+			routine = false
+		}
 	}
 }
 

@@ -88,6 +88,9 @@ func TestTxControlInAtomic(t *testing.T) {
 	for i, q := range []string{
 		"COMMIT", "commit work", "END", "ROLLBACK", "ROLLBACK AND CHAIN", "ABORT", "BEGIN", "START TRANSACTION",
 		"PREPARE TRANSACTION 'dbscope_x'", "SELECT 1; COMMIT", "/* c */ COMMIT", "batch",
+		// The words begin atomic outside a routine's body; a COMMIT
+		// outside a string once standard_conforming_strings is off.
+		"CREATE TEMP TABLE made AS SELECT begin atomic FROM (SELECT 1 AS begin) s; COMMIT", "escapes",
 	} {
 		err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
 			return dbctx.Atomic(ctx, func(ctx context.Context) error {
@@ -95,6 +98,12 @@ func TestTxControlInAtomic(t *testing.T) {
 					return err
 				}
 				var err error
+				if q == "escapes" {
+					if _, err := s.ExecContext(ctx, "SET LOCAL standard_conforming_strings = off"); err != nil {
+						return err
+					}
+					q = `SELECT 'a\''; COMMIT; SELECT 1`
+				}
 				if q == "batch" {
 					b := &pgx.Batch{}
 					b.Queue("SELECT 1")
@@ -241,6 +250,15 @@ func TestTxControlOf(t *testing.T) {
 		"SELECT x.begin atomic FROM (SELECT 1 AS begin) x; COMMIT":          "closed",
 		"CREATE PROCEDURE p() BEGIN ATOMIC SELECT 1; SELECT 2; END; COMMIT": "closed",
 		"START something": "none",
+		// Not a routine's body: the words begin atomic elsewhere.
+		"CREATE TABLE made AS SELECT begin atomic FROM (SELECT 1 AS begin) s; COMMIT":                                  "closed",
+		"CREATE VIEW v AS SELECT begin atomic FROM (SELECT 1 AS begin) s; COMMIT":                                      "closed",
+		"CREATE FUNCTION f(begin int) RETURNS int LANGUAGE sql RETURN (SELECT begin atomic FROM (SELECT 1) x); COMMIT": "closed",
+		"CREATE OR REPLACE PROCEDURE s.p() LANGUAGE sql BEGIN ATOMIC SELECT 1; END; BEGIN":                             "open",
+		"CREATE FUNCTION s.f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT CASE WHEN true THEN 1 END; END; COMMIT":    "closed",
+		// Read with standard_conforming_strings off too (set earlier in
+		// the transaction), where the COMMIT is no string's.
+		`SELECT 'a\''; COMMIT; SELECT 1`: "closed",
 	} {
 		if got := dbctx.TxControlOf(q); got != want {
 			t.Errorf("txControlOf(%q) = %s, want %s", q, got, want)
@@ -348,6 +366,9 @@ func TestEndsBefore(t *testing.T) {
 		{"CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; END; SELECT f()", true, false},
 		{"CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; END; COMMIT; SELECT 1", true, true},
 		{"end; select 1", true, true},
+		{"CREATE TABLE made AS SELECT begin atomic FROM (SELECT 1 AS begin) s; COMMIT; SELECT 1", true, true},
+		{`SELECT 'a\''; COMMIT; SELECT 1`, true, true},
+		{`SELECT E'a\''; SELECT 1`, true, false},
 	} {
 		if got := dbctx.EndsBefore(tc.q, tc.last); got != tc.want {
 			t.Errorf("endsBefore(%q, %v) = %v, want %v", tc.q, tc.last, got, tc.want)
