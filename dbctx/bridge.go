@@ -69,6 +69,9 @@ type bridge struct {
 // bridge returns the pool's bridge, made on first use; nil once the pool
 // is closed.
 func (p *Pool) bridge() *bridge {
+	if p.closed.Load() {
+		return nil
+	}
 	p.bridgeOnce.Do(func() {
 		db := sql.OpenDB(bridgeConnector{})
 		db.SetMaxIdleConns(2 * p.opts.MaxWorkers)
@@ -93,22 +96,34 @@ func (p *Pool) closeBridge() {
 
 // sqlRowsOf returns r as *sql.Rows.
 func (p *Pool) sqlRowsOf(r driver.Rows) (*sql.Rows, error) {
-	b := p.bridge()
-	if b == nil {
-		r.Close()
-		return nil, ErrPoolClosed
+	if b := p.bridge(); b != nil {
+		rows, err := b.db.QueryContext(context.Background(), "", r)
+		if err == nil || !p.closed.Load() {
+			return rows, err
+		}
+		// Closed under it (database/sql refuses before it reads r).
 	}
-	return b.db.QueryContext(context.Background(), "", r)
+	// The pool is closed, and a scope that held a slot runs on (Close
+	// lets it finish): its statement ran, and its rows are the caller's.
+	db := lastBridge()
+	defer db.Close() // the rows keep their connection until closed
+	return db.QueryContext(context.Background(), "", r)
 }
+
+// lastBridge is a bridge *sql.DB for the rows of one statement of a pool
+// closed already.
+func lastBridge() *sql.DB { return sql.OpenDB(bridgeConnector{}) }
 
 // sqlRowOf returns r as *sql.Row, or err as a *sql.Row whose Scan returns it.
 func (p *Pool) sqlRowOf(r *oneRow, err error) *sql.Row {
 	b := p.bridge()
-	switch {
-	case b == nil && err != nil:
-		return errRow(err)
-	case b == nil:
-		return errRow(ErrPoolClosed)
+	if b == nil {
+		if err != nil {
+			return errRow(err)
+		}
+		db := lastBridge() // see sqlRowsOf
+		defer db.Close()
+		return db.QueryRowContext(context.Background(), "", r)
 	}
 	c := b.conns[b.next.Add(1)%uint32(len(b.conns))]
 	if err != nil {

@@ -2,6 +2,7 @@ package dbctx_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
@@ -348,4 +349,50 @@ func TestHandOffUnderContention(t *testing.T) {
 	if st := p.Stats(); st.InUse != 0 || st.Waiting != 0 || st.Busy != 0 {
 		t.Fatalf("after: %+v", st)
 	}
+}
+
+// Pool.Close lets a scope that holds a slot finish: its statements after
+// Close run and return their results, through every path (QueryRowContext
+// and QueryContext were told ErrPoolClosed for an INSERT PostgreSQL had
+// run), and on both drivers.
+func TestScopeFinishesAfterClose(t *testing.T) {
+	t.Parallel()
+	forDrivers(t, func(t *testing.T, drv string) {
+		env := newEnv(t)
+		mustExec(t, env.Admin(), "CREATE TABLE "+env.Schema()+".t (id serial, n int)")
+		paths := map[string]func(ctx context.Context, s *dbctx.Scope) (int, error){
+			"QueryRowContext": func(ctx context.Context, s *dbctx.Scope) (id int, err error) {
+				err = s.QueryRowContext(ctx, "INSERT INTO t (n) VALUES (1) RETURNING id").Scan(&id)
+				return id, err
+			},
+			"QueryContext": func(ctx context.Context, s *dbctx.Scope) (id int, err error) {
+				rows, err := s.QueryContext(ctx, "INSERT INTO t (n) VALUES (2) RETURNING id")
+				if err != nil {
+					return 0, err
+				}
+				defer rows.Close()
+				for rows.Next() {
+					err = rows.Scan(&id)
+				}
+				return id, errors.Join(err, rows.Err())
+			},
+		}
+		for name, run := range paths {
+			p := poolOn(t, env, openWith(t, env, drv), &dbctx.Options{MaxWorkers: 2})
+			var id int
+			err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+				if _, err := s.ExecContext(ctx, "SELECT 1"); err != nil {
+					return err
+				}
+				p.Close() // a shutdown begins while the unit runs
+				var err error
+				id, err = run(ctx, s)
+				return err
+			})
+			var n int
+			if qerr := env.Admin().QueryRow("SELECT count(*) FROM "+env.Schema()+".t WHERE id = $1", id).Scan(&n); err != nil || qerr != nil || id == 0 || n != 1 {
+				t.Errorf("%s after Close: id %d, %v; PostgreSQL has it %d times (%v)", name, id, err, n, qerr)
+			}
+		}
+	})
 }
