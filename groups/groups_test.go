@@ -671,6 +671,63 @@ func TestSendWithAnotherPoolsScope(t *testing.T) {
 	}
 }
 
+// Inside an Atomic of another pool than the engine's, whose connection
+// its NOTIFY cannot join, a Send goes out at that transaction's commit,
+// and not at all where it rolls back (it went out at once, through the
+// engine's pool: a rolled-back transaction's messages delivered), small
+// or through the payload table.
+func TestSendInAtomicOfAnotherPool(t *testing.T) {
+	t.Parallel()
+	env := pgtest.New(t)
+	in := instances(t, env, "postgres", 1)[0]
+	other := dbtest.NewSecondPool(t, env, nil)
+	ctx := context.Background()
+	r := &recorder{}
+	m := in.layer.NewMember(r.handle, nil)
+	defer m.Close()
+	if err := m.Join(ctx, "tx"); err != nil {
+		t.Fatal(err)
+	}
+	fail := errors.New("roll back")
+	for _, body := range []string{"rolled back", strings.Repeat("r", 9000)} {
+		err := other.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+			return dbctx.Atomic(ctx, func(ctx context.Context) error {
+				if _, err := s.ExecContext(ctx, "SELECT 1"); err != nil {
+					return err
+				}
+				if err := in.layer.Send(ctx, "tx", []byte(body)); err != nil {
+					return err
+				}
+				return fail
+			})
+		})
+		if !errors.Is(err, fail) {
+			t.Fatal(err)
+		}
+	}
+	err := other.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+		return dbctx.Atomic(ctx, func(ctx context.Context) error {
+			if _, err := s.ExecContext(ctx, "SELECT 1"); err != nil {
+				return err
+			}
+			return in.layer.Send(ctx, "tx", []byte("committed"))
+		})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := in.layer.Send(ctx, "tx", []byte("marker")); err != nil {
+		t.Fatal(err)
+	}
+	dbtest.Eventually(t, "the marker", func() bool {
+		got := r.got()
+		return len(got) > 0 && string(got[len(got)-1].Data) == "marker"
+	})
+	if got := datas(r.got()); len(got) != 2 || got[0] != "committed" {
+		t.Fatalf("got %d messages (%.20q), want committed then marker", len(got), got)
+	}
+}
+
 // A member's goroutine waits a moment for the next event, then exits: an
 // idle member holds no goroutine, and the layer's sweep stops too. Close
 // ends a waiting goroutine at once.

@@ -128,7 +128,8 @@ func CheckGroup(name string) error {
 // asynchronously. Inside dbctx.Atomic the message goes out only if the
 // transaction commits (a failure then is logged, not returned): with
 // PostgreSQL, NOTIFY is sent on the scope's connection, within the
-// transaction. ctx may carry a scope (an HTTP request's, a consumer's):
+// transaction, where that scope is of the engine's pool; inside an
+// Atomic of another pool, at its commit. ctx may carry a scope (an HTTP request's, a consumer's):
 // PostgreSQL sends through it; otherwise through the engine's own pool.
 func (l *Layer) Send(ctx context.Context, group string, data []byte) error {
 	if l.closed.Load() {
@@ -142,7 +143,9 @@ func (l *Layer) Send(ctx context.Context, group string, data []byte) error {
 		return fmt.Errorf("%w: %d bytes, the engine carries %d with the envelope", ErrTooLarge, len(payload), l.engine.MaxPayload())
 	}
 	if l.engine.Transactional() {
-		return l.publish(ctx, group, payload)
+		if j, ok := l.engine.(txJoiner); !ok || j.joinsTx(ctx) {
+			return l.publish(ctx, group, payload)
+		}
 	}
 	var err error
 	now := true
@@ -158,6 +161,14 @@ func (l *Layer) Send(ctx context.Context, group string, data []byte) error {
 	})
 	now = false
 	return err
+}
+
+// txJoiner is a Transactional engine that joins ctx's transaction only
+// where ctx's scope is of its own pool (Postgres): elsewhere, Send goes
+// out at that transaction's commit, as with an engine that is not
+// Transactional.
+type txJoiner interface {
+	joinsTx(ctx context.Context) bool
 }
 
 func (l *Layer) publish(ctx context.Context, group string, payload []byte) error {

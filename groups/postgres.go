@@ -228,6 +228,15 @@ func (e *Postgres) Start(in Inbox) error {
 }
 
 func (e *Postgres) Transactional() bool { return true }
+
+// joinsTx reports whether Publish with ctx runs in ctx's transaction, if
+// any: where ctx's scope is of the engine's pool. Inside an Atomic of
+// another pool, whose connection the NOTIFY cannot join, the layer sends
+// at its commit (see txJoiner).
+func (e *Postgres) joinsTx(ctx context.Context) bool {
+	s := dbctx.From(ctx)
+	return s == nil || s.Pool() == e.pool
+}
 func (e *Postgres) MaxPayload() int     { return e.opts.MaxPayload }
 
 func (e *Postgres) Ready() error {
