@@ -1264,6 +1264,14 @@ func (c *classifier) call() {
 		}
 		return
 	}
+	if n.is("treat") {
+		// TREAT(expr AS name) calls pg_catalog's function of the type
+		// name's last part (setseed, nextval, pg_advisory_lock…), which
+		// the text spells as a type: taken for any function, whose state
+		// may be what no reset undoes.
+		c.ck |= kindSessionState | kindCode | kindPoison
+		return
+	}
 	if n.kind == tWord {
 		switch keywordOf(n.text) {
 		case kwReserved, kwColName:
@@ -1386,11 +1394,11 @@ func (c *classifier) setConfigArg(t token) {
 		c.cfgDepth, c.cfgPath = 0, false
 	case t.kind == tComma && c.depth == c.cfgDepth:
 		if c.cfgArg == 0 && (c.cfgToks != 1 || !c.cfgPlain) {
-			c.ck |= kindResolve // a name computed: it may be search_path
-			if c.cfgToks == 1 && c.cfgCoded {
-				// A name written with escapes: it may be seed.
-				c.ck |= kindSessionState | kindPoison
-			}
+			// A name computed ($1, lower('SEED'), 'se' || 'ed') or
+			// written with escapes: it may be search_path, or seed,
+			// whose state no reset undoes (and a search_path naming
+			// pg_temp, refused under TransactionPooling).
+			c.ck |= kindResolve | kindSessionState | kindPoison
 		}
 		if c.cfgArg == 1 && c.cfgPath && (c.cfgToks != 1 || !c.cfgPlain || pathLate(c.cfgValue)) {
 			c.ck |= kindPathLate

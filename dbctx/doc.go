@@ -310,7 +310,8 @@
 // where the built-in is lower(text)), or for any, where a search_path set
 // for the role or database puts pg_catalog after a schema of the user's.
 // (A search_path the unit sets so, in its text or declared, makes every
-// statement after it count as code.) A library that the first call of one
+// statement after it count as code; one in pgx's connection string, as a
+// parameter or in options, every statement of the pool, logged once.) A library that the first call of one
 // of its C functions loads stays loaded, with the settings it defines
 // (LOAD and fmgr_c_validator cost the connection). (A change of session
 // user there is still caught, by the
@@ -337,8 +338,10 @@
 // replication slot made or copied, pg_replication_origin_session_setup, a
 // backup started) is told by the function's name in any schema, or the
 // setting's, and costs the connection; a function whose name is written
-// U&"…" is taken for one. Behind PgBouncer, what is not refused is listed
-// below.
+// U&"…" is taken for one, and so is a set_config whose setting's name is
+// computed or an argument (set_config($1, …)), and TREAT(… AS name),
+// which calls the function of the type's name. Behind PgBouncer, what is
+// not refused is listed below.
 //
 // # Retry
 //
@@ -382,7 +385,8 @@
 //     that ends it) or in [Atomic]'s; other state per transaction, inside
 //     [Atomic] (SET LOCAL, set_config(…, true), pg_advisory_xact_lock,
 //     CREATE TEMP TABLE … ON COMMIT DROP). Statements that set
-//     session-level state (SET, RESET, set_config(…, false), SET ROLE,
+//     session-level state (SET, RESET, set_config(…, false) or with a
+//     name computed or passed as an argument, TREAT(… AS name), SET ROLE,
 //     LISTEN, PREPARE, EXECUTE, cursors WITH HOLD, temporary objects and
 //     anything that names pg_temp, session advisory locks, LOAD, DISCARD,
 //     and EXPLAIN ANALYZE of any of these) fail with [ErrSessionState]

@@ -79,3 +79,6 @@ func (p *Pool) Queued() int {
 	defer q.mu.Unlock()
 	return len(q.waiters)
 }
+
+// StartupSearchPaths is startupSearchPaths.
+var StartupSearchPaths = startupSearchPaths

@@ -286,6 +286,15 @@ func TestClassify(t *testing.T) {
 		{`SET LOCAL U&"seed" = 0.5`, S | P | X | L},
 		{"SELECT set_config('se'\n'ed', '0.5', true)", S | P | X | L},
 		{"SELECT set_config(E'se\\x65d', '0.5', true)", S | P | X | L},
+		// A name computed may be seed (or search_path).
+		{"SELECT set_config($1, $2, true)", S | P | X | L},
+		{"SELECT set_config(lower('SEED'), '0.5', true)", S | P | X | L},
+		{"SELECT set_config('se' || 'ed', '0.5', true)", S | P | X | L},
+		{"SELECT set_config(('seed'), '0.5', true)", S | P | X | L},
+		// TREAT(x AS name) calls pg_catalog.name(x).
+		{"SELECT TREAT(0.5 AS setseed)", S | P | X | C},
+		{"SELECT treat(42::bigint AS pg_advisory_lock)", S | P | X | C},
+		{"SELECT TREAT('s'::regclass AS nextval)", S | P | X | C},
 		// pg_temp in a search_path continued or with another escape.
 		{"SET LOCAL search_path = 'pg_'\n'temp'", S | X | L},
 		{"SET LOCAL search_path = U&'pg!005ftemp' UESCAPE '!'", S | X | L},

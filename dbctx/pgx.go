@@ -3,6 +3,7 @@ package dbctx
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 
 	"github.com/jackc/pgx/v5"
@@ -168,6 +169,24 @@ func (s *Scope) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
 	}
 	if len(b.QueuedQueries) > 1 {
 		st.kind |= kindOnce
+		// In pgx's simple protocol the queries go joined by ";" as one
+		// string, which PostgreSQL reads whole: a quote or comment
+		// opened in one query may close in the next, and what reads as
+		// three texts it cannot run is one it runs. Read as joined too.
+		texts := make([]string, len(b.QueuedQueries))
+		for i, q := range b.QueuedQueries {
+			texts[i] = q.SQL
+		}
+		joined := strings.Join(texts, ";")
+		// What it may leave, not how it must be sent (each query is
+		// its own statement in the other modes).
+		k := classify(joined) & (kindState | kindPoison | kindCode | kindSession | kindSeqRead |
+			kindTxSet | kindSetting | kindResolve | kindPathLate)
+		ends = ends || endsBefore(joined, true)
+		if s.pool.opts.TransactionPooling && k&(kindSession|kindSeqRead) != 0 && st.kind&(kindSession|kindSeqRead) == 0 {
+			st.query = joined
+		}
+		st.kind |= k
 	}
 	var out *pgxBatch
 	if control {

@@ -45,7 +45,8 @@ type Pool struct {
 	keepIdle  time.Duration // see keep.go
 	keepFor   time.Duration // see keep.go
 
-	execModeOnce  sync.Once   // see checkExecMode
+	execModeOnce  sync.Once   // see checkConfig
+	pathLate      atomic.Bool // see checkConfig
 	poolerChecked atomic.Bool // see checkPooler
 	stmtErrOnce   sync.Once   // see pgxStatementError
 
@@ -194,7 +195,7 @@ func (p *Pool) checkOut(ctx context.Context, pn *Pin) (c *session, looked bool, 
 		if err = conn.Raw(func(dc any) (bad error) {
 			c = sessionOfDriver(dc)
 			if c.px != nil {
-				p.execModeOnce.Do(func() { p.checkExecMode(dc) })
+				p.execModeOnce.Do(func() { p.checkConfig(dc) })
 				if !p.poolerChecked.Load() && p.poolerChecked.CompareAndSwap(false, true) {
 					// Not under a sync.Once: nobody else waits for it.
 					p.checkPooler(ctx, c)
@@ -220,16 +221,36 @@ func (p *Pool) checkOut(ctx context.Context, pn *Pin) (c *session, looked bool, 
 	}
 }
 
-// checkExecMode warns, under TransactionPooling, of a pgx exec mode that
-// prepares statements on the server and so fails behind PgBouncer before
-// 1.21 (and after, without max_prepared_statements): a statement prepared
-// on one server connection is missing on the next, or there already.
-func (p *Pool) checkExecMode(driverConn any) {
+// checkConfig reads the connection string of the pool's first
+// connection (pgx's; another driver's is not seen).
+//
+// A search_path there (a parameter, or -c in options) that puts
+// pg_catalog after another schema makes every statement of the pool count
+// as code: a function of that schema may overload a built-in the text
+// names. It is logged once.
+//
+// Under TransactionPooling, it warns of a pgx exec mode that prepares
+// statements on the server and so fails behind PgBouncer before 1.21 (and
+// after, without max_prepared_statements): a statement prepared on one
+// server connection is missing on the next, or there already.
+func (p *Pool) checkConfig(driverConn any) {
 	sc, ok := driverConn.(*stdlib.Conn)
-	if !ok || !p.opts.TransactionPooling {
+	if !ok {
 		return
 	}
-	switch mode := sc.Conn().Config().DefaultQueryExecMode; mode {
+	cfg := sc.Conn().Config()
+	for _, v := range startupSearchPaths(cfg.RuntimeParams) {
+		if pathLate(v) {
+			p.pathLate.Store(true)
+			p.opts.Logger.Warn("dbctx: the connection string's search_path puts pg_catalog after another schema, whose functions may overload the built-ins a statement names: every unit of work is reset after it; put pg_catalog first",
+				"search_path", v)
+			break
+		}
+	}
+	if !p.opts.TransactionPooling {
+		return
+	}
+	switch mode := cfg.DefaultQueryExecMode; mode {
 	case pgx.QueryExecModeCacheStatement, pgx.QueryExecModeDescribeExec:
 		name := strings.ReplaceAll(mode.String(), " ", "_") // as the connection string spells it
 		p.opts.Logger.Warn("dbctx: TransactionPooling with pgx's default_query_exec_mode "+name+
@@ -237,6 +258,62 @@ func (p *Pool) checkExecMode(driverConn any) {
 			"they go missing between transactions; set default_query_exec_mode=exec (or simple_protocol, cache_describe) in the connection string",
 			"default_query_exec_mode", name)
 	}
+}
+
+// startupSearchPaths returns the search_path values that a connection's
+// startup parameters set: the parameter's, and those of -c search_path=…
+// or --search_path=… in options.
+func startupSearchPaths(params map[string]string) []string {
+	var paths []string
+	if v, ok := params["search_path"]; ok {
+		paths = append(paths, v)
+	}
+	args := optionArgs(params["options"])
+	for i := 0; i < len(args); i++ {
+		var kv string
+		switch a := args[i]; {
+		case a == "-c" && i+1 < len(args):
+			i++
+			kv = args[i]
+		case strings.HasPrefix(a, "-c"), strings.HasPrefix(a, "--"):
+			kv = a[2:]
+		default:
+			continue
+		}
+		if name, v, ok := strings.Cut(kv, "="); ok && strings.EqualFold(strings.ReplaceAll(name, "-", "_"), "search_path") {
+			paths = append(paths, v)
+		}
+	}
+	return paths
+}
+
+// optionArgs splits the options startup parameter as PostgreSQL does
+// (pg_split_opts): at spaces, a backslash escaping the character after it.
+func optionArgs(s string) []string {
+	var args []string
+	var b strings.Builder
+	in := false
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v':
+			if in {
+				args = append(args, b.String())
+				b.Reset()
+				in = false
+			}
+		case c == '\\' && i+1 < len(s):
+			i++
+			b.WriteByte(s[i])
+			in = true
+		default:
+			b.WriteByte(c)
+			in = true
+		}
+	}
+	if in {
+		args = append(args, b.String())
+	}
+	return args
 }
 
 // checkPooler warns where the server's backend is not the one that c

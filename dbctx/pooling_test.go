@@ -519,3 +519,48 @@ func TestPoolerWarned(t *testing.T) {
 		})
 	}
 }
+
+// pgx's simple protocol sends a batch's queries joined by ";" as one
+// string, which PostgreSQL reads whole: three queries none of which it
+// could run alone (a quote opened in one closes in the next) are three it
+// runs, the middle one trying a session advisory lock and setting a
+// setting. Under TransactionPooling the batch is refused before it is
+// sent (it was let through, each query read as unknown alone); without,
+// the next unit of work on the connection holds neither.
+func TestBatchReadJoined(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "asks the session of one connection")
+	b := func() *pgx.Batch {
+		b := &pgx.Batch{}
+		b.Queue(`SELECT 1 AS "`)
+		b.Queue(`"; SELECT pg_try_advisory_lock(99), set_config('app.joined', 'leaked', false); SELECT 1 AS "`)
+		b.Queue(`"`)
+		return b
+	}
+	held := func(ctx context.Context, s *dbctx.Scope) (string, error) {
+		var v string
+		err := s.QueryRowContext(ctx, "SELECT coalesce(current_setting('app.joined', true), '') || "+
+			"(SELECT count(*)::text FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid())").Scan(&v)
+		return v, err
+	}
+	for _, tp := range []bool{true, false} {
+		env := newEnv(t)
+		p := onePoolInMode(t, env, "simple_protocol", dbctx.Options{TransactionPooling: tp, Logger: quiet()})
+		err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+			return s.SendBatch(ctx, b()).Close()
+		})
+		if tp && !errors.Is(err, dbctx.ErrSessionState) || !tp && err != nil {
+			t.Errorf("TransactionPooling %v: the batch: %v", tp, err)
+		}
+		err = p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+			v, err := held(ctx, s)
+			if err == nil && v != "0" {
+				err = fmt.Errorf("the next unit holds %q (setting, advisory locks), want none", v)
+			}
+			return err
+		})
+		if err != nil {
+			t.Errorf("TransactionPooling %v: %v", tp, err)
+		}
+	}
+}

@@ -86,6 +86,14 @@ func settingName(name string) (string, error) {
 			return "", fmt.Errorf("dbctx: NewSetting(%q): not a parameter name: want identifiers joined by dots", name)
 		}
 	}
+	// PostgreSQL's old names of two parameters (map_old_guc_names): one
+	// parameter, under the name dbscope tracks it by.
+	switch n {
+	case "sort_mem":
+		n = "work_mem"
+	case "vacuum_mem":
+		n = "maintenance_work_mem"
+	}
 	switch {
 	case n == "session_authorization":
 		return "", fmt.Errorf("dbctx: NewSetting(%q): the session reset relies on it; use role", name)

@@ -5,6 +5,8 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -12,6 +14,7 @@ import (
 
 	"github.com/dbscope/dbscope/dbctx"
 	"github.com/dbscope/dbscope/internal/dbtest"
+	"github.com/dbscope/dbscope/internal/pgserver"
 	"github.com/dbscope/dbscope/internal/pgtest"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -486,6 +489,44 @@ func TestNewSettingChecksNames(t *testing.T) {
 	}
 }
 
+// PostgreSQL's old names of parameters (sort_mem, vacuum_mem) name the
+// same parameter as the new: declared under either, the next unit's
+// declaration of the other is not undone by the reset of the first (a
+// unit declaring work_mem after one declaring sort_mem ran with the
+// default).
+func TestSettingOldNames(t *testing.T) {
+	t.Parallel()
+	if n := dbctx.NewSetting("Sort_Mem").Name(); n != "work_mem" {
+		t.Errorf("NewSetting(Sort_Mem).Name() = %q, want work_mem", n)
+	}
+	p, _ := newPool(t, &dbctx.Options{MaxWorkers: 1})
+	sortMem, workMem := dbctx.NewSetting("sort_mem"), dbctx.NewSetting("work_mem")
+	show := func(ctx context.Context) string {
+		var v string
+		if err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+			return s.QueryRowContext(ctx, "SHOW work_mem").Scan(&v)
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	bg := context.Background()
+	def := show(bg)
+	for _, step := range []struct {
+		ctx  context.Context
+		want string
+	}{
+		{sortMem.With(bg, "64MB"), "64MB"},
+		{workMem.With(bg, "8MB"), "8MB"},
+		{sortMem.With(bg, "16MB"), "16MB"},
+		{bg, def},
+	} {
+		if got := show(step.ctx); got != step.want {
+			t.Errorf("work_mem %s, want %s", got, step.want)
+		}
+	}
+}
+
 // Many tenants at once on two connections: every statement sees its own
 // tenant's items and no other's.
 func TestSettingsConcurrentTenants(t *testing.T) {
@@ -704,5 +745,69 @@ func TestSettingsAndSetTransaction(t *testing.T) {
 	})
 	if err != nil {
 		t.Errorf("BEGIN in SQL: %v", err)
+	}
+}
+
+// A search_path in the connection string (a parameter, or -c in options)
+// that puts pg_catalog after the user's schema makes the user's functions
+// overload the built-ins a statement names: lower('A') ran the schema's
+// lower, which set a setting the next unit of work found on the
+// connection. Every statement then counts as code, and the pool says so
+// once.
+func TestSearchPathInConnectionString(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "PgBouncer refuses search_path in the connection string")
+	env := newEnv(t)
+	sc := env.Schema()
+	mustExec(t, env.Admin(), "CREATE FUNCTION "+sc+".lower(text) RETURNS text LANGUAGE sql AS "+
+		"$$ SELECT set_config('app.leak', 'leaked', false) || pg_catalog.lower($1) $$")
+	for _, kv := range [][2]string{
+		{"search_path", sc + ",pg_catalog"},
+		{"options", "-csearch_path=" + sc + ",pg_catalog"},
+		{"options", "--search-path=" + sc + ",pg_catalog"},
+	} {
+		dsn, err := pgserver.WithParams(env.DSN(), kv[0], kv[1])
+		if err != nil {
+			t.Fatal(err)
+		}
+		logs, logger := dbtest.NewLogs()
+		db := openDSN(t, dsn)
+		db.SetMaxOpenConns(1)
+		p := poolOn(t, env, db, &dbctx.Options{MaxWorkers: 1, Logger: logger})
+		var got string
+		for i, q := range []string{"SELECT lower('A')", "SELECT coalesce(current_setting('app.leak', true), '')"} {
+			if err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+				return s.QueryRowContext(ctx, q).Scan(&got)
+			}); err != nil {
+				t.Fatal(err)
+			}
+			if i == 0 && got != "leakeda" {
+				t.Fatalf("%s: %q, want the schema's lower (the test's premise)", kv, got)
+			}
+		}
+		if got != "" {
+			t.Errorf("%s=%s: the next unit of work sees app.leak %q", kv[0], kv[1], got)
+		}
+		if logs.Count(slog.LevelWarn, "dbctx: the connection string's search_path") != 1 {
+			t.Errorf("%s=%s: not logged once: %s", kv[0], kv[1], logs)
+		}
+	}
+}
+
+func TestStartupSearchPaths(t *testing.T) {
+	for _, tc := range []struct {
+		params map[string]string
+		want   []string
+	}{
+		{map[string]string{"search_path": "a,pg_catalog"}, []string{"a,pg_catalog"}},
+		{map[string]string{"options": "-c search_path=a,pg_catalog -c work_mem=1MB"}, []string{"a,pg_catalog"}},
+		{map[string]string{"options": `-cstatement_timeout=0  --search_path=a,\ pg_catalog`}, []string{"a, pg_catalog"}},
+		{map[string]string{"options": "-c Search-Path=x"}, []string{"x"}},
+		{map[string]string{"options": "-c search_path_x=y -c"}, nil},
+		{map[string]string{"application_name": "x"}, nil},
+	} {
+		if got := dbctx.StartupSearchPaths(tc.params); !slices.Equal(got, tc.want) {
+			t.Errorf("startupSearchPaths(%v) = %q, want %q", tc.params, got, tc.want)
+		}
 	}
 }

@@ -101,10 +101,11 @@ func (s *Scope) execLocked(ctx context.Context, st *stmt, run runner) error {
 	if err != nil {
 		return err
 	}
-	if (c.pin.seen|st.kind)&kindPathLate != 0 {
+	if (c.pin.seen|st.kind)&kindPathLate != 0 || s.pool.pathLate.Load() {
 		// After a search_path that puts pg_catalog after a schema of the
-		// user's (or in the same string), what the statement names may
-		// be the user's code.
+		// user's (or in the same string, or in the connection string:
+		// see checkConfig), what the statement names may be the user's
+		// code.
 		st.kind |= kindState | kindCode
 	}
 	if st.how&viaPgx != 0 && c.px == nil {
