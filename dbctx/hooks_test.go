@@ -186,3 +186,36 @@ func TestHookPanics(t *testing.T) {
 		})
 	}
 }
+
+// A Logger whose handler panics, called where the pool logs under a
+// scope's lock (an Atomic ending with rows open) or from a timer: the
+// pool goes on (Do hung, its lock left held by the panic).
+func TestLoggerPanics(t *testing.T) {
+	t.Parallel()
+	logger := slog.New(panicHandler{})
+	p, _ := newPool(t, &dbctx.Options{MaxWorkers: 1, Logger: logger})
+	noHang(t, "Do with a Logger that panics", func() {
+		err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+			return dbctx.Atomic(ctx, func(ctx context.Context) error {
+				_, err := s.QueryContext(ctx, "SELECT generate_series(1, 10)") // left open
+				return err
+			})
+		})
+		if err == nil {
+			t.Error("Atomic with rows left open: nil, want an error")
+		}
+	})
+	if err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+		_, err := backendPID(ctx, s)
+		return err
+	}); err != nil {
+		t.Errorf("the next unit of work: %v", err)
+	}
+}
+
+type panicHandler struct{}
+
+func (panicHandler) Enabled(context.Context, slog.Level) bool  { return true }
+func (panicHandler) Handle(context.Context, slog.Record) error { panic("handler boom") }
+func (h panicHandler) WithAttrs([]slog.Attr) slog.Handler      { return h }
+func (h panicHandler) WithGroup(string) slog.Handler           { return h }

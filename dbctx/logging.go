@@ -2,6 +2,7 @@ package dbctx
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"sync"
 	"time"
@@ -64,15 +65,35 @@ func newRecurLogger(l *slog.Logger, interval time.Duration) (*slog.Logger, *burs
 	return slog.New(&recurHandler{next: l.Handler(), b: b}), b
 }
 
-func (h *recurHandler) Enabled(ctx context.Context, l slog.Level) bool {
+// The user's handler is called through handle and enabled, which keep
+// its panic from the pool: the pool logs under a scope's lock, and from
+// timers' goroutines, where a panic would leave the lock held (the next
+// Lock hangs) or end the process. slog drops a handler's error.
+
+func (h *recurHandler) Enabled(ctx context.Context, l slog.Level) (on bool) {
+	defer func() {
+		if recover() != nil {
+			on = true // so that Handle tells of it
+		}
+	}()
 	return h.next.Enabled(ctx, l)
 }
 
 func (h *recurHandler) Handle(ctx context.Context, r slog.Record) error {
 	if !recurring[r.Message] || !h.b.hold(r, h.next) {
-		return h.next.Handle(ctx, r)
+		return handle(ctx, h.next, r)
 	}
 	return nil
+}
+
+// handle is to.Handle(ctx, r), its panic an error.
+func handle(ctx context.Context, to slog.Handler, r slog.Record) (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			err = fmt.Errorf("dbctx: the Logger's handler panicked: %v", v)
+		}
+	}()
+	return to.Handle(ctx, r)
 }
 
 func (h *recurHandler) WithAttrs(as []slog.Attr) slog.Handler {
@@ -118,7 +139,7 @@ func (b *bursts) tick(msg string, u *burst) {
 	}
 	b.mu.Unlock()
 	if ok {
-		to.Handle(context.Background(), rec)
+		handle(context.Background(), to, rec)
 	}
 }
 
@@ -156,6 +177,6 @@ func (b *bursts) flush() {
 	}
 	b.mu.Unlock()
 	for _, o := range outs {
-		o.to.Handle(context.Background(), o.rec)
+		handle(context.Background(), o.to, o.rec)
 	}
 }

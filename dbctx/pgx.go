@@ -169,7 +169,7 @@ func (s *Scope) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
 	}
 	if len(b.QueuedQueries) > 1 {
 		st.kind |= kindOnce
-		// In pgx's simple protocol the queries go joined by ";" as one
+		// In pgx's simple protocol the queries go joined by "\n;" as one
 		// string, which PostgreSQL reads whole: a quote or comment
 		// opened in one query may close in the next, and what reads as
 		// three texts it cannot run is one it runs. Read as joined too.
@@ -177,7 +177,7 @@ func (s *Scope) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
 		for i, q := range b.QueuedQueries {
 			texts[i] = q.SQL
 		}
-		joined := strings.Join(texts, ";")
+		joined := strings.Join(texts, "\n;") // as pgx joins them (the newline ends a -- comment)
 		// What it may leave, not how it must be sent (each query is
 		// its own statement in the other modes).
 		k := classify(joined) & (kindState | kindPoison | kindCode | kindSession | kindSeqRead |

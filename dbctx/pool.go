@@ -264,11 +264,15 @@ func (p *Pool) checkConfig(driverConn any) {
 // startup parameters set: the parameter's, and those of -c search_path=…
 // or --search_path=… in options.
 func startupSearchPaths(params map[string]string) []string {
-	var paths []string
-	if v, ok := params["search_path"]; ok {
-		paths = append(paths, v)
+	var paths, args []string
+	for k, v := range params { // names in any case, as PostgreSQL takes them
+		switch {
+		case strings.EqualFold(k, "search_path"):
+			paths = append(paths, v)
+		case strings.EqualFold(k, "options"):
+			args = append(args, optionArgs(v)...)
+		}
 	}
-	args := optionArgs(params["options"])
 	for i := 0; i < len(args); i++ {
 		var kv string
 		switch a := args[i]; {

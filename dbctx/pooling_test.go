@@ -530,12 +530,11 @@ func TestPoolerWarned(t *testing.T) {
 func TestBatchReadJoined(t *testing.T) {
 	t.Parallel()
 	pgtest.SkipPooled(t, "asks the session of one connection")
-	b := func() *pgx.Batch {
-		b := &pgx.Batch{}
-		b.Queue(`SELECT 1 AS "`)
-		b.Queue(`"; SELECT pg_try_advisory_lock(99), set_config('app.joined', 'leaked', false); SELECT 1 AS "`)
-		b.Queue(`"`)
-		return b
+	batches := [][]string{
+		{`SELECT 1 AS "`, `"; SELECT pg_try_advisory_lock(99), set_config('app.joined', 'leaked', false); SELECT 1 AS "`, `"`},
+		// pgx joins them with "\n;": a -- comment at the end of one
+		// ends at the newline.
+		{"SELECT 1 --", "SELECT '", "x'; SELECT pg_try_advisory_lock(99), set_config('app.joined', 'leaked', false)"},
 	}
 	held := func(ctx context.Context, s *dbctx.Scope) (string, error) {
 		var v string
@@ -543,14 +542,18 @@ func TestBatchReadJoined(t *testing.T) {
 			"(SELECT count(*)::text FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid())").Scan(&v)
 		return v, err
 	}
-	for _, tp := range []bool{true, false} {
+	for i, tp := range []bool{true, false, true, false} {
 		env := newEnv(t)
 		p := onePoolInMode(t, env, "simple_protocol", dbctx.Options{TransactionPooling: tp, Logger: quiet()})
 		err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
-			return s.SendBatch(ctx, b()).Close()
+			b := &pgx.Batch{}
+			for _, q := range batches[i/2] {
+				b.Queue(q)
+			}
+			return s.SendBatch(ctx, b).Close()
 		})
 		if tp && !errors.Is(err, dbctx.ErrSessionState) || !tp && err != nil {
-			t.Errorf("TransactionPooling %v: the batch: %v", tp, err)
+			t.Errorf("batch %d, TransactionPooling %v: the batch: %v", i/2, tp, err)
 		}
 		err = p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
 			v, err := held(ctx, s)
@@ -560,7 +563,7 @@ func TestBatchReadJoined(t *testing.T) {
 			return err
 		})
 		if err != nil {
-			t.Errorf("TransactionPooling %v: %v", tp, err)
+			t.Errorf("batch %d, TransactionPooling %v: %v", i/2, tp, err)
 		}
 	}
 }

@@ -765,6 +765,7 @@ func TestSearchPathInConnectionString(t *testing.T) {
 		{"search_path", sc + ",pg_catalog"},
 		{"options", "-csearch_path=" + sc + ",pg_catalog"},
 		{"options", "--search-path=" + sc + ",pg_catalog"},
+		{"SEARCH_PATH", sc + ",pg_catalog"},
 	} {
 		dsn, err := pgserver.WithParams(env.DSN(), kv[0], kv[1])
 		if err != nil {
@@ -805,6 +806,8 @@ func TestStartupSearchPaths(t *testing.T) {
 		{map[string]string{"options": "-c Search-Path=x"}, []string{"x"}},
 		{map[string]string{"options": "-c search_path_x=y -c"}, nil},
 		{map[string]string{"application_name": "x"}, nil},
+		{map[string]string{"Search_Path": "a,pg_catalog"}, []string{"a,pg_catalog"}},
+		{map[string]string{"OPTIONS": "-c search_path=b"}, []string{"b"}},
 	} {
 		if got := dbctx.StartupSearchPaths(tc.params); !slices.Equal(got, tc.want) {
 			t.Errorf("startupSearchPaths(%v) = %q, want %q", tc.params, got, tc.want)

@@ -411,6 +411,8 @@ func eachStmt(l lexer, fn func(w [3]token, chain bool) bool) bool {
 				routine = w[0].is("create") && (t.is("function") || t.is("procedure"))
 			case t.is("atomic") && prev.is("begin") && depth == 0 && routine && body == 0:
 				body++ // a body of statements, up to its END
+			case t.is("end") && prev.is("atomic") && body > 0 && depth == 0:
+				body-- // an empty body: BEGIN ATOMIC END
 			}
 			prev = t
 			n++

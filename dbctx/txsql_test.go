@@ -91,6 +91,7 @@ func TestTxControlInAtomic(t *testing.T) {
 		// The words begin atomic outside a routine's body; a COMMIT
 		// outside a string once standard_conforming_strings is off.
 		"CREATE TEMP TABLE made AS SELECT begin atomic FROM (SELECT 1 AS begin) s; COMMIT", "escapes",
+		"CREATE PROCEDURE pg_temp.zp() LANGUAGE sql BEGIN ATOMIC END; COMMIT",
 	} {
 		err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
 			return dbctx.Atomic(ctx, func(ctx context.Context) error {
@@ -256,6 +257,8 @@ func TestTxControlOf(t *testing.T) {
 		"CREATE FUNCTION f(begin int) RETURNS int LANGUAGE sql RETURN (SELECT begin atomic FROM (SELECT 1) x); COMMIT": "closed",
 		"CREATE OR REPLACE PROCEDURE s.p() LANGUAGE sql BEGIN ATOMIC SELECT 1; END; BEGIN":                             "open",
 		"CREATE FUNCTION s.f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT CASE WHEN true THEN 1 END; END; COMMIT":    "closed",
+		"CREATE OR REPLACE PROCEDURE p() LANGUAGE sql BEGIN ATOMIC END; COMMIT":                                        "closed",
+		"create procedure p() language sql begin atomic\nend\n; begin":                                                 "open",
 		// Read with standard_conforming_strings off too (set earlier in
 		// the transaction), where the COMMIT is no string's.
 		`SELECT 'a\''; COMMIT; SELECT 1`: "closed",
