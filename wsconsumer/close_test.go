@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -167,6 +168,91 @@ func TestEventBeforeAccept(t *testing.T) {
 			_, data, err := c.Read(ctx)
 			if err != nil || string(data) != "early" {
 				t.Fatalf("the client read %q, %v; want the event sent from Connect", data, err)
+			}
+		})
+	}
+}
+
+// What a sync callback's Send accepted (returned nil for) reaches the
+// client before the close frame, however the socket is closed while the
+// reply is held: by the Receive itself, by an Event after its first
+// statement, or by Shutdown while the Receive still runs. The client
+// reads the reply first, then the close.
+func TestSendThenClose(t *testing.T) {
+	t.Parallel()
+	for _, how := range []string{"receive", "event", "shutdown"} {
+		t.Run(how, func(t *testing.T) {
+			t.Parallel()
+			p, _ := dbtest.NewPool(t, nil)
+			layer := memoryLayer(t)
+			sent := make(chan error, 1)
+			h := wsconsumer.NewSync(p, wsconsumer.Consumer{
+				Receive: func(ctx context.Context, s *wsconsumer.Session, typ websocket.MessageType, data []byte) error {
+					if how == "event" {
+						if err := s.Join(ctx, "g"); err != nil {
+							return err
+						}
+						return s.SendText(ctx, "joined")
+					}
+					sent <- s.SendText(ctx, "reply")
+					if how == "receive" {
+						s.Close(websocket.StatusNormalClosure, "done")
+						return nil
+					}
+					<-ctx.Done() // Shutdown's close, while the reply is held
+					return nil
+				},
+				Event: func(ctx context.Context, s *wsconsumer.Session, e groups.Event) error {
+					if err := selectOne(ctx); err != nil { // sends held from here on
+						return err
+					}
+					sent <- s.SendText(ctx, "reply")
+					s.Close(websocket.StatusNormalClosure, "done")
+					return nil
+				},
+			}, &wsconsumer.Options{Logger: quiet(), Layer: layer})
+			c := dial(t, serve(t, h))
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			if err := c.Write(ctx, websocket.MessageText, []byte("go")); err != nil {
+				t.Fatal(err)
+			}
+			read := make(chan string, 2)
+			go func() {
+				for {
+					_, data, err := c.Read(ctx)
+					if err != nil {
+						read <- "close " + websocket.CloseStatus(err).String()
+						return
+					}
+					read <- string(data)
+				}
+			}()
+			switch how {
+			case "event":
+				if got := <-read; got != "joined" {
+					t.Fatalf("got %q, want joined", got)
+				}
+				if err := layer.Send(ctx, "g", []byte("x")); err != nil {
+					t.Fatal(err)
+				}
+			case "shutdown":
+				if err := <-sent; err != nil {
+					t.Fatalf("Send: %v", err)
+				}
+				sent <- nil
+				if err := h.Shutdown(ctx); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := <-sent; err != nil {
+				t.Fatalf("Send: %v", err)
+			}
+			if got := <-read; got != "reply" {
+				t.Fatalf("Send returned nil for a reply; the client got %q first", got)
+			}
+			if got := <-read; !strings.HasPrefix(got, "close ") {
+				t.Fatalf("after the reply the client got %q, want the close", got)
 			}
 		})
 	}

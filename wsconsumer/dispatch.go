@@ -386,9 +386,6 @@ func (h *Handler) callback(pool *dbctx.Pool, s *Session, cb *Callback, fn func(c
 		ctx = s.ev.patient(ctx)
 	}
 	if err := h.call(ctx, pool, cb, fn); err != nil {
-		if out != nil {
-			out.flush() // replies first, then the close
-		}
-		h.fail(s, cb.Kind.String(), err)
+		h.fail(s, cb.Kind.String(), err) // its close writes the replies first
 	}
 }

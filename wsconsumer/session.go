@@ -44,12 +44,12 @@ type Session struct {
 	closing  atomic.Bool
 	sent     atomic.Int32 // the close status Close sent first, if any
 
-	dispatch dispatch      // readConcurrent's
-	phase    atomic.Int32  // readInline's: phaseReading, …
-	ahead    *readAhead    // the queue of the reader readOn started
-	paused   atomic.Bool   // reading stopped by the server: see pause
-	pauses   atomic.Uint32 // times paused
-	out      *outbox       // sync Receive callbacks' context, made on first use
+	dispatch dispatch               // readConcurrent's
+	phase    atomic.Int32           // readInline's: phaseReading, …
+	ahead    *readAhead             // the queue of the reader readOn started
+	paused   atomic.Bool            // reading stopped by the server: see pause
+	pauses   atomic.Uint32          // times paused
+	out      atomic.Pointer[outbox] // sync callbacks' context, made on first use
 
 	// Write state: the writes under way and those finished (write), and
 	// the write watchdog's view of them (stalled: the keepalive
@@ -230,7 +230,9 @@ func (s *Session) Subprotocol() string {
 // written once the callback has returned and its worker slot and
 // connection are released, in order: a slow client then never holds a
 // database resource. Send returns nil for those at once; a write that
-// fails later closes the socket. An Event callback, which takes its slot
+// fails later closes the socket. Where the socket is closed first
+// ([Session.Close], from the callback or elsewhere, Shutdown), they are
+// written before the close frame. An Event callback, which takes its slot
 // at its first statement, has what it sends before that written at once,
 // as the async style does, and what it sends from then on held so. A send
 // with a callback's ctx once that
@@ -252,8 +254,14 @@ func (s *Session) send(ctx context.Context, typ websocket.MessageType, data []by
 	}
 	if s.h.async {
 		// No outbox to look for: async callbacks' sends are written at once.
-	} else if ob := s.outboxOf(ctx); ob != nil && ob.add(typ, data, owned) {
-		return nil
+	} else if ob := s.outboxOf(ctx); ob != nil {
+		if ob.add(typ, data, owned) {
+			return nil
+		}
+		// Written at once, but after what a flush under way writes: the
+		// callback's sends keep their order.
+		ob.wmu.Lock()
+		defer ob.wmu.Unlock()
 	}
 	return s.write(c, typ, data)
 }
@@ -317,18 +325,24 @@ func (s *Session) SendJSON(ctx context.Context, v any) error {
 }
 
 // Close closes the socket with a status code and a reason (at most 123
-// bytes, sent to the client; keep internals out of it). It performs the
-// closing handshake, which coder/websocket bounds at 5s for each side,
-// and then cancels the socket's context (Session.Context, and the ctx
-// of the callbacks): work still under way for the socket stops.
-// Disconnect runs after.
+// bytes, sent to the client; keep internals out of it). It first writes
+// what a sync callback's Send accepted and holds (see [Session.Send]),
+// bounded by the write timeout, then performs the closing handshake,
+// which coder/websocket bounds at 5s for each side, and then cancels the
+// socket's context (Session.Context, and the ctx of the callbacks): work
+// still under way for the socket stops. Disconnect runs after.
 func (s *Session) Close(code websocket.StatusCode, reason string) error {
 	c := s.conn.Load()
 	if c == nil {
 		return ErrClosed
 	}
-	s.closing.Store(true)
 	s.sent.CompareAndSwap(0, int32(code))
+	if o := s.out.Load(); o != nil {
+		// Before closing is set, so that the write watchdog still looks
+		// at the socket: a client that takes nothing holds no Close.
+		o.flush()
+	}
+	s.closing.Store(true)
 	err := c.Close(code, reason)
 	s.sock.cancel()
 	return err
@@ -434,6 +448,7 @@ type ctxKey struct{ name string }
 type outbox struct {
 	context.Context
 	s         *Session
+	wmu       sync.Mutex // held while a flush writes: Close's close frame, and sends at once, come after
 	mu        sync.Mutex
 	open      bool
 	untilSlot bool // an Event's: written at once until its scope holds a slot (no Options.Pools)
@@ -442,10 +457,10 @@ type outbox struct {
 
 // outbox returns the socket's outbox, open for a callback of kind.
 func (s *Session) outbox(kind CallbackKind) *outbox {
-	o := s.out
+	o := s.out.Load()
 	if o == nil {
 		o = &outbox{Context: s.ctx, s: s}
-		s.out = o
+		s.out.Store(o) // the callbacks' goroutine alone makes it; Close reads it
 	}
 	o.mu.Lock()
 	// With Options.Pools, the slots of their scopes would have to be
@@ -485,8 +500,11 @@ func (o *outbox) add(typ websocket.MessageType, data []byte, owned bool) bool {
 
 // flush closes the outbox and writes what it holds, in order; the first
 // failed write (which closes the socket) ends it. Calls after the first
-// do nothing.
+// do nothing. Close calls it too, from any goroutine, so that what Send
+// accepted goes out before the close frame.
 func (o *outbox) flush() {
+	o.wmu.Lock()
+	defer o.wmu.Unlock()
 	o.mu.Lock()
 	o.open = false
 	msgs := o.msgs
@@ -499,7 +517,7 @@ func (o *outbox) flush() {
 	}
 	c := o.s.conn.Load()
 	for _, m := range msgs {
-		if o.s.closing.Load() || o.s.write(c, m.typ, m.data) != nil {
+		if o.s.write(c, m.typ, m.data) != nil {
 			break
 		}
 	}
