@@ -372,11 +372,17 @@ func (ev *events) patient(parent context.Context) context.Context {
 // released; its error closes the socket.
 func (h *Handler) callback(pool *dbctx.Pool, s *Session, cb *Callback, fn func(ctx context.Context) error) {
 	ctx := s.cbCtx()
+	if s.lockCallbacks() {
+		defer s.cb.Unlock()
+	}
+	if cb.Kind == CallbackEvent && !s.eventCurrent() {
+		// Its group was left (or the socket closed) while it waited for
+		// the socket to open or for the callback before it: Leave's
+		// promise covers it.
+		return
+	}
 	var out *outbox
 	if !h.async {
-		if s.lockCallbacks() {
-			defer s.cb.Unlock()
-		}
 		// Sends wait for the slot to be released (see Session.Send).
 		out = s.outbox(cb.Kind)
 		ctx = out

@@ -125,7 +125,8 @@ func (s *Session) Join(ctx context.Context, group string) error {
 }
 
 // Leave takes the socket out of group: once it returns, no event of
-// group reaches it. The disconnect leaves every group.
+// group reaches it, those already sent to it included (an Event callback
+// that began before goes on). The disconnect leaves every group.
 func (s *Session) Leave(group string) {
 	s.mu.Lock()
 	m := s.member
@@ -133,6 +134,17 @@ func (s *Session) Leave(group string) {
 	if m != nil {
 		m.Leave(group)
 	}
+}
+
+// eventCurrent reports whether the event the member's goroutine has in
+// hand is still the socket's, once it has waited its turn: Leave (in a
+// callback before it, or in Connect before the socket opened) takes no
+// event from the member's hands.
+func (s *Session) eventCurrent() bool {
+	s.mu.Lock()
+	m := s.member
+	s.mu.Unlock()
+	return m.Current()
 }
 
 // Groups returns the groups the socket is in.
