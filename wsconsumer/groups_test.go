@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"runtime"
 	"strings"
 	"sync/atomic"
@@ -497,4 +498,56 @@ func TestEventAfterLeave(t *testing.T) {
 func inStack(fn string) bool {
 	buf := make([]byte, 1<<20)
 	return strings.Contains(string(buf[:runtime.Stack(buf, true)]), fn)
+}
+
+// A panic in Options.Member.OnSlow, which runs on the member's goroutine,
+// is the hook's failure, as one in OnCallback is: the socket closes with
+// 1011 and the panic is logged, where it crashed the process.
+func TestOnSlowPanic(t *testing.T) {
+	t.Parallel()
+	for name, style := range styles {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			p, _ := dbtest.NewPool(t, nil)
+			layer := memoryLayer(t)
+			logs, logger := dbtest.NewLogs()
+			handling, release := make(chan struct{}, 1), make(chan struct{})
+			h := style(p, wsconsumer.Consumer{
+				Connect: func(ctx context.Context, s *wsconsumer.Session) error { return s.Join(ctx, "g") },
+				Event: func(ctx context.Context, s *wsconsumer.Session, e groups.Event) error {
+					select {
+					case handling <- struct{}{}:
+					default:
+					}
+					<-release
+					return nil
+				},
+			}, &wsconsumer.Options{Logger: logger, Layer: layer,
+				Member: &groups.MemberOptions{MaxQueue: 2, OnSlow: func() { panic("the hook failed") }}})
+			c := dial(t, serve(t, h))
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			if err := layer.Send(ctx, "g", []byte("0")); err != nil {
+				t.Fatal(err)
+			}
+			<-handling
+			for i := 1; i <= 3; i++ { // the third overflows the queue
+				if err := layer.Send(ctx, "g", []byte("x")); err != nil {
+					t.Fatal(err)
+				}
+			}
+			close(release)
+			if _, _, err := c.Read(ctx); websocket.CloseStatus(err) != websocket.StatusInternalError {
+				t.Fatalf("read: %v, want close 1011", err)
+			}
+			dbtest.Eventually(t, "the panic logged", func() bool {
+				for _, r := range logs.AtLeast(slog.LevelError) {
+					if r.Attrs["callback"] == "OnSlow" && strings.Contains(r.Attrs["err"], "the hook failed") {
+						return true
+					}
+				}
+				return false
+			})
+		})
+	}
 }

@@ -78,7 +78,8 @@ type Options struct {
 
 	// Member bounds each socket's queue of events (see
 	// groups.MemberOptions). A socket that falls behind is closed with
-	// StatusTooSlow, after Member.OnSlow, if set, has run. Default:
+	// StatusTooSlow, after Member.OnSlow, if set, has run (a panic in
+	// it closes with 1011 and is logged, as one in OnCallback). Default:
 	// groups' defaults.
 	Member *groups.MemberOptions
 

@@ -108,7 +108,13 @@ func (s *Session) Join(ctx context.Context, group string) error {
 		onSlow := o.OnSlow
 		o.OnSlow = func() {
 			if onSlow != nil {
-				onSlow()
+				// On the member's goroutine, where nothing else would
+				// recover it: a panic is the hook's failure, as
+				// OnCallback's is (1011, logged).
+				if err := guard(func() error { onSlow(); return nil }); err != nil {
+					s.h.fail(s, "OnSlow", err)
+					return
+				}
 			}
 			s.Close(StatusTooSlow, "too slow for its groups")
 		}
