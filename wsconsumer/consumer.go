@@ -55,7 +55,9 @@ type Consumer struct {
 	// Disconnect runs once the socket is closed, whatever closed it, with
 	// the close status of the closing handshake: the one the peer sent,
 	// or, where the server closed the socket (Session.Close, Shutdown,
-	// a failed callback), the one the server sent, which a peer echoes
+	// a failed callback; coder/websocket itself for a message past
+	// ReadLimit, 1009, or a frame that breaks the protocol, 1002), the
+	// one the server sent, which a peer echoes
 	// (also where it did not answer in time); -1 when there was none (a
 	// connection cut). It runs
 	// after every receive and every goroutine started with [Session.Go]

@@ -14,6 +14,7 @@ import (
 	"github.com/dbscope/dbscope/dbctx"
 	"github.com/dbscope/dbscope/groups"
 	"github.com/dbscope/dbscope/internal/afterfunc"
+	"github.com/dbscope/dbscope/internal/answer"
 	"github.com/dbscope/dbscope/internal/lazyslot"
 )
 
@@ -436,12 +437,28 @@ func (s *Session) pause(on bool) {
 // err. When Close ran the handshake itself, while nobody was reading (a
 // message handled inline), the read that follows only finds the socket
 // closed; the peer answered with the status Close sent, as peers do.
+// Where the read failed on what the client sent (a message past
+// ReadLimit, a frame that breaks the protocol), coder/websocket has sent
+// a close frame itself (1009, 1002) and returned a plain error, or, for
+// a few, sent nothing: Close completes the handshake (sending 1002 where
+// nothing was sent, nothing more where something was) and the client's
+// answer tells its status.
 func (s *Session) closeStatus(err error) websocket.StatusCode {
 	code := websocket.CloseStatus(err)
-	if sent := s.sent.Load(); code == -1 && sent != 0 {
-		code = websocket.StatusCode(sent)
+	if code != -1 {
+		return code
 	}
-	return code
+	if sent := s.sent.Load(); sent != 0 {
+		return websocket.StatusCode(sent)
+	}
+	if err == nil || answer.IsGone(err) || s.closing.Load() {
+		return -1 // the connection broke, or the server closed it without a handshake
+	}
+	const violation = websocket.StatusProtocolError
+	if cerr := s.conn.Load().Close(violation, "protocol error"); cerr != nil {
+		return websocket.CloseStatus(cerr) // the status the library sent, which the client echoed
+	}
+	return violation
 }
 
 // epoch starts the clock of [monotonic].
