@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/dbscope/dbscope/dbctx"
 	"github.com/dbscope/dbscope/groups"
 	"github.com/dbscope/dbscope/internal/dbtest"
 	"github.com/dbscope/dbscope/wsconsumer"
@@ -255,5 +257,116 @@ func TestSendThenClose(t *testing.T) {
 				t.Fatalf("after the reply the client got %q, want the close", got)
 			}
 		})
+	}
+}
+
+// A client that leaves during the upgrade, while Connect runs its query,
+// has the query canceled, as a canceled request's is: the socket's
+// context, which Connect gets, ends with the request's until the upgrade.
+// Nothing is accepted, and it counts as a client gone.
+func TestConnectClientGone(t *testing.T) {
+	t.Parallel()
+	for name, style := range styles {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			p, env := dbtest.NewPool(t, nil)
+			connected := make(chan error, 1)
+			h := style(p, wsconsumer.Consumer{
+				Connect: func(ctx context.Context, s *wsconsumer.Session) error {
+					err := dbctx.Do(ctx, func(ctx context.Context, sc *dbctx.Scope) error {
+						_, err := sc.ExecContext(ctx, "SELECT pg_sleep(45)")
+						return err
+					})
+					connected <- err
+					return err
+				},
+			}, &wsconsumer.Options{Logger: quiet()})
+			url := serve(t, h)
+			ctx, cancel := context.WithCancel(context.Background())
+			dialed := make(chan struct{})
+			go func() {
+				defer close(dialed)
+				if c, _, err := websocket.Dial(ctx, url, nil); err == nil {
+					c.CloseNow()
+				}
+			}()
+			dbtest.Eventually(t, "Connect's query", func() bool { return dbtest.ActiveQueries(t, env, "SELECT pg_sleep") == 1 })
+			cancel() // the client hangs up mid-handshake
+			<-dialed
+			select {
+			case err := <-connected:
+				if err == nil {
+					t.Fatal("Connect's query returned nil")
+				}
+			case <-time.After(30 * time.Second): // the query would run 45s
+				t.Fatal("the client left the upgrade; Connect's query still runs")
+			}
+			dbtest.Eventually(t, "the socket gone", func() bool { return h.Stats().Sockets == 0 })
+			if st := h.Stats(); st.Accepted != 0 || st.ClientGone != 1 || st.Failed != 0 {
+				t.Errorf("Stats %+v, want ClientGone 1, nothing accepted or failed", st)
+			}
+		})
+	}
+}
+
+// At its deadline Shutdown cancels the Connects under way, as it cancels
+// the work of the sockets it closes, and their sockets are not accepted
+// (503) once Connect returns: none outlives Shutdown.
+func TestShutdownDeadlineDuringConnect(t *testing.T) {
+	t.Parallel()
+	for name, style := range styles {
+		for _, returns := range []string{"error", "nil"} {
+			t.Run(name+"/"+returns, func(t *testing.T) {
+				t.Parallel()
+				p, _ := dbtest.NewPool(t, nil)
+				connecting := make(chan struct{})
+				ended, stop := make(chan struct{}), make(chan struct{})
+				h := style(p, wsconsumer.Consumer{
+					Connect: func(ctx context.Context, s *wsconsumer.Session) error {
+						close(connecting)
+						select {
+						case <-ctx.Done():
+							close(ended)
+						case <-stop:
+						}
+						if returns == "nil" {
+							return nil // accepts all the same
+						}
+						return ctx.Err()
+					},
+				}, &wsconsumer.Options{Logger: quiet()})
+				srv := httptestServer(h)
+				defer srv.Close()
+				defer close(stop) // before srv.Close, should ctx never end
+				status := make(chan int, 1)
+				go func() {
+					ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+					defer cancel()
+					c, resp, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(srv.URL, "http"), nil)
+					if err == nil {
+						c.CloseNow()
+					}
+					if resp == nil {
+						status <- 0
+						return
+					}
+					status <- resp.StatusCode
+				}()
+				<-connecting
+				ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+				defer cancel()
+				if err := h.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+					t.Fatalf("Shutdown: %v, want context.DeadlineExceeded", err)
+				}
+				dbtest.NoHang(t, "Connect's context to end", func() { <-ended })
+				if got := <-status; got != http.StatusServiceUnavailable {
+					t.Errorf("the upgrade got %d, want 503", got)
+				}
+				dbtest.NoHang(t, "the socket to end", func() { h.Shutdown(context.Background()) })
+				if st := h.Stats(); st.Accepted != 0 {
+					t.Errorf("Stats %+v: accepted after Shutdown's deadline", st)
+				}
+			})
+		}
 	}
 }

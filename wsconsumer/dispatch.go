@@ -47,7 +47,7 @@ func (h *Handler) readInline(pool *dbctx.Pool, s *Session, first *frame) (code w
 			// would cost coder/websocket a context.AfterFunc per message.
 			f.typ, f.data, f.err = conn.Read(s.wctx)
 			if f.err != nil {
-				s.sock.cancel() // the client is gone
+				s.cancel(endClient) // the client is gone
 			}
 		default: // phaseAhead: a reader reads on
 			var ok bool
@@ -159,7 +159,7 @@ func (s *Session) readAhead(ra *readAhead) {
 		var f frame
 		f.typ, f.data, f.err = conn.Read(s.wctx)
 		if f.err != nil {
-			s.sock.cancel()
+			s.cancel(endClient)
 		} else {
 			s.touch()
 		}
@@ -208,7 +208,7 @@ func (h *Handler) readConcurrent(pool *dbctx.Pool, s *Session) websocket.StatusC
 	for {
 		typ, data, err := conn.Read(s.wctx)
 		if err != nil {
-			s.sock.cancel() // the client is gone: nobody waits for in-flight work
+			s.cancel(endClient) // the client is gone: nobody waits for in-flight work
 			return s.closeStatus(err)
 		}
 		s.touch()

@@ -173,11 +173,13 @@ type Handler struct {
 	count counters     // see Stats
 	live  atomic.Int64 // sockets admitted: see admit
 
-	mu       sync.Mutex
-	sessions map[*Session]struct{}
-	closing  bool
-	active   sync.WaitGroup // sockets under way: ServeHTTP calls, and sockets taken over from them
-	stopTick chan struct{}  // stops the keepalive goroutine; nil when none runs
+	mu        sync.Mutex
+	sessions  map[*Session]struct{}
+	inConnect map[*Session]struct{} // sockets in Connect, not yet accepted; nil until the first
+	closing   bool
+	stopped   bool           // Shutdown's deadline has passed: what is in Connect is not accepted
+	active    sync.WaitGroup // sockets under way: ServeHTTP calls, and sockets taken over from them
+	stopTick  chan struct{}  // stops the keepalive goroutine; nil when none runs
 }
 
 // NewSync returns a Handler for c in the sync style (Channels'
@@ -279,8 +281,19 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			s.release()
 		}
 	}()
+	if !h.connecting(s) {
+		// Shutdown's deadline passed since the request came in.
+		h.count.refused.Add(1)
+		answer.HTTP(w, answer.Closed, time.Second)
+		return
+	}
+	defer h.connected(s) // nothing once registered
 
 	if h.c.Connect != nil {
+		// Until the upgrade, a client that leaves ends the socket, and
+		// Connect's work (the request's context is not Connect's: the
+		// socket's outlives it).
+		stop := context.AfterFunc(r.Context(), func() { s.cancel(endClient) })
 		locked := s.lockCallbacks()
 		err := h.call(s.cbCtx(), pool, &Callback{Kind: CallbackConnect, Session: s}, func(ctx context.Context) error {
 			return h.c.Connect(ctx, s)
@@ -288,12 +301,23 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if locked {
 			s.cb.Unlock()
 		}
+		stop()
 		if err != nil {
 			close(s.opened) // events of groups joined wait no more
 			s.leaveGroups()
-			h.refuse(w, r, err)
+			h.refuse(w, r, s, err)
 			return
 		}
+	}
+	if err := s.sock.Err(); err != nil {
+		// Connect accepted a socket that ended meanwhile: its client
+		// left, or Shutdown's deadline passed.
+		h.refuse(w, r, s, err)
+		s.finish()
+		close(s.opened)
+		s.leaveGroups()
+		h.disconnect(pool, s, -1)
+		return
 	}
 	hw := &hijackWriter{ResponseWriter: w}
 	conn, err := websocket.Accept(hw, r, h.opts.Accept)

@@ -44,6 +44,7 @@ type Session struct {
 	lastPing int64                           // monotonic() of the last ping; the keepalive goroutine's
 	closing  atomic.Bool
 	sent     atomic.Int32 // the close status Close sent first, if any
+	ended    atomic.Int32 // who ended the socket first: endClient, …; 0 while it lives
 
 	dispatch dispatch               // readConcurrent's
 	phase    atomic.Int32           // readInline's: phaseReading, …
@@ -356,6 +357,7 @@ func (s *Session) Close(code websocket.StatusCode, reason string) error {
 		return ErrClosed
 	}
 	s.sent.CompareAndSwap(0, int32(code))
+	s.ended.CompareAndSwap(0, endServer)
 	if o := s.out.Load(); o != nil {
 		// Before closing is set, so that the write watchdog still looks
 		// at the socket: a client that takes nothing holds no Close.
