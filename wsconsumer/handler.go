@@ -2,6 +2,7 @@ package wsconsumer
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net/http"
 	"sync"
@@ -257,8 +258,16 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// The socket outlives the request's cancellation (hijack), not its
-	// values.
-	values := context.WithoutCancel(r.Context())
+	// values, and none of its scopes: an idle socket holds no slot and
+	// no connection, and its callbacks get the socket's scopes or none.
+	values, ok := dbctx.Detach(context.WithoutCancel(r.Context()))
+	if !ok {
+		h.count.failed.Add(1)
+		h.log(r.Context(), slog.LevelError, "wsconsumer: websocket route inside a transaction: mount it outside middleware.Atomic",
+			slog.String("path", r.URL.Path))
+		http.Error(w, http.StatusText(http.StatusInternalServerError), http.StatusInternalServerError)
+		return
+	}
 	sock := newSocketCtx(values)
 	base := context.Context(sock)
 	var more []*dbctx.Scope
@@ -323,9 +332,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	conn, err := websocket.Accept(hw, r, h.opts.Accept)
 	if err != nil {
 		// Accept has answered the client. The request was verified, so
-		// the hijack itself failed: the client is gone.
-		h.count.clientGone.Add(1)
-		h.log(values, slog.LevelDebug, "wsconsumer: accept failed", slog.String("path", r.URL.Path), slog.Any("err", err))
+		// the hijack itself failed: the client is gone, unless a writer
+		// wrapped around the handler's cannot hijack (a misconfiguration).
+		if errors.Is(hw.err, http.ErrNotSupported) {
+			h.count.failed.Add(1)
+			h.log(values, slog.LevelError, "wsconsumer: the ResponseWriter cannot hijack the connection", slog.String("path", r.URL.Path), slog.Any("err", err))
+		} else {
+			h.count.clientGone.Add(1)
+			h.log(values, slog.LevelDebug, "wsconsumer: accept failed", slog.String("path", r.URL.Path), slog.Any("err", err))
+		}
 		s.finish()
 		close(s.opened)
 		s.leaveGroups()
