@@ -444,7 +444,8 @@ func (s *Session) pause(on bool) {
 // a close frame itself (1009, 1002) and returned a plain error, or, for
 // a few, sent nothing: Close completes the handshake (sending 1002 where
 // nothing was sent, nothing more where something was) and the client's
-// answer tells its status.
+// answer tells its status (-1 where it cannot be read: the bad frame's
+// payload, unread, comes before it).
 func (s *Session) closeStatus(err error) websocket.StatusCode {
 	code := websocket.CloseStatus(err)
 	if code != -1 {
