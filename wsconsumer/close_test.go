@@ -370,3 +370,28 @@ func TestShutdownDeadlineDuringConnect(t *testing.T) {
 		}
 	}
 }
+
+// A close that writes held replies first (IdleTimeout's, here, which
+// marks the socket closing before it closes) is bounded by the write
+// timeout: a client that reads nothing has its socket closed, and
+// Disconnect runs, rather than the close waiting on the write for ever.
+func TestCloseWithHeldRepliesStalls(t *testing.T) {
+	t.Parallel()
+	p, _ := dbtest.NewPool(t, nil)
+	disconnected := make(chan struct{})
+	h := wsconsumer.NewSync(p, wsconsumer.Consumer{
+		Receive: func(ctx context.Context, s *wsconsumer.Session, typ websocket.MessageType, data []byte) error {
+			if err := s.Send(ctx, websocket.MessageBinary, make([]byte, 32<<20)); err != nil { // held
+				return err
+			}
+			<-ctx.Done() // past IdleTimeout
+			return nil
+		},
+		Disconnect: func(context.Context, *wsconsumer.Session, websocket.StatusCode) { close(disconnected) },
+	}, &wsconsumer.Options{Logger: quiet(), IdleTimeout: 200 * time.Millisecond, WriteTimeout: time.Second})
+	c := dial(t, serve(t, h)) // and never read
+	if err := c.Write(context.Background(), websocket.MessageText, []byte("go")); err != nil {
+		t.Fatal(err)
+	}
+	dbtest.NoHang(t, "the socket to end", func() { <-disconnected })
+}

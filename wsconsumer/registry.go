@@ -146,6 +146,13 @@ func (h *Handler) tick(now int64, readOn time.Duration, keep bool) {
 	defer h.mu.Unlock()
 	for s := range h.sessions {
 		if s.closing.Load() {
+			// Being closed: nothing more is started for it, but a close
+			// with a handshake first writes the replies a callback's Send
+			// accepted (Session.Close), which the watchdog still bounds.
+			if keep && s.stalled(now, h.opts.WriteTimeout) {
+				h.log(s.wctx, slog.LevelDebug, "wsconsumer: write timeout", slog.String("path", s.req.URL.Path))
+				go s.closeNow(endClient)
+			}
 			continue
 		}
 		if s.paused.Load() && peerGone(s.raw) {
