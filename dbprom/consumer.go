@@ -41,8 +41,9 @@ var consumerFamilies = []family[consumerStats]{
 	{
 		name: "callback_errors_total",
 		help: "Callbacks that failed, by cause: busy (the pool busy, the database unavailable or the pool " +
-			"closed: 503, close 1013 or 1001); failed (their own error, a panic, a misconfigured database: " +
-			"500, close 1011, logged at ERROR); client_gone (the client hung up: not the server's failure).",
+			"closed, or the handler shutting down: 503, close 1013 or 1001); failed (their own error, a panic, " +
+			"a misconfigured database: 500, close 1011, logged at ERROR); client_gone (the client hung up: not " +
+			"the server's failure).",
 		typ:   prometheus.CounterValue,
 		label: "cause",
 		collect: func(s *consumerStats, emit func(float64, ...string)) {

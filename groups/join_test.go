@@ -187,3 +187,94 @@ func TestConcurrentJoins(t *testing.T) {
 	}
 	dbtest.Eventually(t, "the message", func() bool { return rec.n.Load() == 1 })
 }
+
+// The event a member's callback has in hand stops being Current once the
+// member leaves its group, even to join it again, or is closed: a callback
+// that waits before it acts on its event (wsconsumer's, for the socket's
+// turn) asks Current once done waiting, so that what Leave promises holds
+// for the event it holds too. An event of another group, or one queued
+// after the Join again, is Current.
+func TestCurrent(t *testing.T) {
+	t.Parallel()
+	layer, err := groups.New(groups.NewMemory(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer layer.Close()
+	type handed struct {
+		e       groups.Event
+		current chan bool
+	}
+	in := make(chan handed)
+	var m *groups.Member
+	m = layer.NewMember(func(e groups.Event) {
+		h := handed{e, make(chan bool)}
+		in <- h
+		<-h.current              // the test's turn
+		h.current <- m.Current() // what the callback would ask
+	}, nil)
+	ctx := context.Background()
+	for _, g := range []string{"a", "b"} {
+		if err := m.Join(ctx, g); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// next takes the next event in hand, has act run while the callback
+	// waits, and returns what Current said after it.
+	next := func(want string, act func()) bool {
+		t.Helper()
+		h := <-in
+		if string(h.e.Data) != want {
+			t.Fatalf("got %q, want %q", h.e.Data, want)
+		}
+		act()
+		h.current <- true
+		return <-h.current
+	}
+	send := func(g, data string) {
+		t.Helper()
+		if err := layer.Send(ctx, g, []byte(data)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send("a", "1")
+	if !next("1", func() {}) {
+		t.Error("an event of a group the member is in is not Current")
+	}
+	send("a", "2")
+	if next("2", func() { m.Leave("b") }) != true {
+		t.Error("leaving another group made the event in hand not Current")
+	}
+	send("a", "3")
+	if next("3", func() { m.Leave("a") }) {
+		t.Error("the event in hand is Current after Leave of its group returned")
+	}
+	if err := m.Join(ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+	send("a", "4")
+	if next("4", func() {
+		m.Leave("a")
+		if err := m.Join(ctx, "a"); err != nil {
+			t.Error(err)
+		}
+		send("a", "5") // queued after the Join again
+	}) {
+		t.Error("the event in hand is Current after its group was left and joined again")
+	}
+	if !next("5", func() {}) {
+		t.Error("an event sent after the Join again is not Current")
+	}
+	send("a", "6")
+	closed := make(chan struct{})
+	if next("6", func() {
+		go func() { m.Close(); close(closed) }()
+		dbtest.Eventually(t, "the member out of its groups", func() bool { return len(m.Groups()) == 0 })
+	}) {
+		t.Error("the event in hand is Current after Close")
+	}
+	<-closed
+	if m.Current() {
+		t.Error("Current outside the callback")
+	}
+}

@@ -45,6 +45,7 @@ type Member struct {
 	queue   []Event                  // from head on; the array is kept while the goroutine runs
 	head    int
 	bytes   int
+	handing bool // queue[head] is the event in the callback's hands, not waiting (see Current)
 	slow    bool // fell behind: told once (told), then nothing
 	told    bool
 	closed  bool
@@ -194,7 +195,8 @@ func (m *Member) stillIn(group string) (bool, error) {
 }
 
 // Leave takes the member out of group: once it returns, no message of
-// group reaches it, those queued included.
+// group reaches it, those queued included; the one the callback has in
+// hand, if of group, is no longer [Member.Current].
 func (m *Member) Leave(group string) {
 	m.mu.Lock()
 	_, in := m.groups[group]
@@ -213,10 +215,13 @@ func (m *Member) Leave(group string) {
 	m.l.remove(group, m)
 	m.mu.Lock()
 	kept := m.queue[:m.head]
-	for _, e := range m.queue[m.head:] {
+	for i, e := range m.queue[m.head:] {
 		if e.Group == group {
-			m.bytes -= len(e.Data)
-			continue
+			if i > 0 || !m.handing {
+				m.bytes -= len(e.Data)
+				continue
+			}
+			e = Event{} // in hand: no group, so Current says it is left
 		}
 		kept = append(kept, e)
 	}
@@ -301,7 +306,21 @@ func (m *Member) takeGroups() []string {
 // m.mu is held.
 func (m *Member) dropQueue() {
 	clear(m.queue)
-	m.queue, m.head, m.bytes = m.queue[:0], 0, 0
+	m.queue, m.head, m.bytes, m.handing = m.queue[:0], 0, 0, false
+}
+
+// Current reports, from the member's callback, whether the event it was
+// handed is still the member's: false once the member has left the
+// event's group (even to join it again), been closed or fallen behind,
+// since the event was queued. A callback that waits before it acts on
+// its event (for a lock, for a socket to open) asks once done waiting:
+// Leave, which takes the event from the queue while it waits, cannot take
+// it from the callback's hands. Called outside the callback, it reports
+// false.
+func (m *Member) Current() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.handing && m.queue[m.head].Group != ""
 }
 
 // enqueue queues e for the member, if it is in e's group, and reports
@@ -320,7 +339,11 @@ func (m *Member) enqueue(e Event, inGroup bool) bool {
 			return false
 		}
 	}
-	if waiting := len(m.queue) - m.head; waiting+1 > m.opts.MaxQueue || waiting > 0 && m.bytes+len(e.Data) > m.opts.MaxBytes {
+	waiting := len(m.queue) - m.head
+	if m.handing {
+		waiting--
+	}
+	if waiting+1 > m.opts.MaxQueue || waiting > 0 && m.bytes+len(e.Data) > m.opts.MaxBytes {
 		m.slow = true
 		m.l.c.slow.Add(1)
 		m.dropQueue()
@@ -408,16 +431,24 @@ func (m *Member) run() {
 			continue
 		}
 		woken = false
+		// The event stays at the head while the callback has it, so that
+		// Leave and Close reach it there (Current).
 		e := m.queue[m.head]
-		m.queue[m.head] = Event{}
-		m.head++
-		if m.head == len(m.queue) {
-			m.queue, m.head = m.queue[:0], 0
-		}
+		m.handing = true
 		m.bytes -= len(e.Data)
 		m.mu.Unlock()
 		m.handle(e)
 		m.l.c.delivered.Add(1)
+		m.mu.Lock()
+		if m.handing { // not dropped meanwhile
+			m.handing = false
+			m.queue[m.head] = Event{}
+			m.head++
+			if m.head == len(m.queue) {
+				m.queue, m.head = m.queue[:0], 0
+			}
+		}
+		m.mu.Unlock()
 	}
 }
 

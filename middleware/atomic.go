@@ -60,7 +60,8 @@ func Atomic(next http.Handler) http.Handler {
 // Headers the handler set are dropped with a failed response.
 //
 // Streaming does not mix with holding the response: Flush inside Atomic
-// does nothing until the commit, Hijack fails, and a body beyond MaxBuffer
+// does nothing until the commit, Hijack fails (package wsconsumer refuses
+// a websocket route inside Atomic with 500), and a body beyond MaxBuffer
 // rolls the transaction back (see [AtomicOptions]). Mount Atomic only on
 // routes that answer with bounded bodies; stream from routes without it.
 func AtomicWithOpts(opts *AtomicOptions) func(http.Handler) http.Handler {

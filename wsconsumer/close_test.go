@@ -4,10 +4,13 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net/http"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/dbscope/dbscope/dbctx"
 	"github.com/dbscope/dbscope/groups"
 	"github.com/dbscope/dbscope/internal/dbtest"
 	"github.com/dbscope/dbscope/wsconsumer"
@@ -170,4 +173,225 @@ func TestEventBeforeAccept(t *testing.T) {
 			}
 		})
 	}
+}
+
+// What a sync callback's Send accepted (returned nil for) reaches the
+// client before the close frame, however the socket is closed while the
+// reply is held: by the Receive itself, by an Event after its first
+// statement, or by Shutdown while the Receive still runs. The client
+// reads the reply first, then the close.
+func TestSendThenClose(t *testing.T) {
+	t.Parallel()
+	for _, how := range []string{"receive", "event", "shutdown"} {
+		t.Run(how, func(t *testing.T) {
+			t.Parallel()
+			p, _ := dbtest.NewPool(t, nil)
+			layer := memoryLayer(t)
+			sent := make(chan error, 1)
+			h := wsconsumer.NewSync(p, wsconsumer.Consumer{
+				Receive: func(ctx context.Context, s *wsconsumer.Session, typ websocket.MessageType, data []byte) error {
+					if how == "event" {
+						if err := s.Join(ctx, "g"); err != nil {
+							return err
+						}
+						return s.SendText(ctx, "joined")
+					}
+					sent <- s.SendText(ctx, "reply")
+					if how == "receive" {
+						s.Close(websocket.StatusNormalClosure, "done")
+						return nil
+					}
+					<-ctx.Done() // Shutdown's close, while the reply is held
+					return nil
+				},
+				Event: func(ctx context.Context, s *wsconsumer.Session, e groups.Event) error {
+					if err := selectOne(ctx); err != nil { // sends held from here on
+						return err
+					}
+					sent <- s.SendText(ctx, "reply")
+					s.Close(websocket.StatusNormalClosure, "done")
+					return nil
+				},
+			}, &wsconsumer.Options{Logger: quiet(), Layer: layer})
+			c := dial(t, serve(t, h))
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			if err := c.Write(ctx, websocket.MessageText, []byte("go")); err != nil {
+				t.Fatal(err)
+			}
+			read := make(chan string, 2)
+			go func() {
+				for {
+					_, data, err := c.Read(ctx)
+					if err != nil {
+						read <- "close " + websocket.CloseStatus(err).String()
+						return
+					}
+					read <- string(data)
+				}
+			}()
+			switch how {
+			case "event":
+				if got := <-read; got != "joined" {
+					t.Fatalf("got %q, want joined", got)
+				}
+				if err := layer.Send(ctx, "g", []byte("x")); err != nil {
+					t.Fatal(err)
+				}
+			case "shutdown":
+				if err := <-sent; err != nil {
+					t.Fatalf("Send: %v", err)
+				}
+				sent <- nil
+				if err := h.Shutdown(ctx); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := <-sent; err != nil {
+				t.Fatalf("Send: %v", err)
+			}
+			if got := <-read; got != "reply" {
+				t.Fatalf("Send returned nil for a reply; the client got %q first", got)
+			}
+			if got := <-read; !strings.HasPrefix(got, "close ") {
+				t.Fatalf("after the reply the client got %q, want the close", got)
+			}
+		})
+	}
+}
+
+// A client that leaves during the upgrade, while Connect runs its query,
+// has the query canceled, as a canceled request's is: the socket's
+// context, which Connect gets, ends with the request's until the upgrade.
+// Nothing is accepted, and it counts as a client gone.
+func TestConnectClientGone(t *testing.T) {
+	t.Parallel()
+	for name, style := range styles {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			p, env := dbtest.NewPool(t, nil)
+			connected := make(chan error, 1)
+			h := style(p, wsconsumer.Consumer{
+				Connect: func(ctx context.Context, s *wsconsumer.Session) error {
+					err := dbctx.Do(ctx, func(ctx context.Context, sc *dbctx.Scope) error {
+						_, err := sc.ExecContext(ctx, "SELECT pg_sleep(45)")
+						return err
+					})
+					connected <- err
+					return err
+				},
+			}, &wsconsumer.Options{Logger: quiet()})
+			url := serve(t, h)
+			ctx, cancel := context.WithCancel(context.Background())
+			dialed := make(chan struct{})
+			go func() {
+				defer close(dialed)
+				if c, _, err := websocket.Dial(ctx, url, nil); err == nil {
+					c.CloseNow()
+				}
+			}()
+			dbtest.Eventually(t, "Connect's query", func() bool { return dbtest.ActiveQueries(t, env, "SELECT pg_sleep") == 1 })
+			cancel() // the client hangs up mid-handshake
+			<-dialed
+			select {
+			case err := <-connected:
+				if err == nil {
+					t.Fatal("Connect's query returned nil")
+				}
+			case <-time.After(30 * time.Second): // the query would run 45s
+				t.Fatal("the client left the upgrade; Connect's query still runs")
+			}
+			dbtest.Eventually(t, "the socket gone", func() bool { return h.Stats().Sockets == 0 })
+			if st := h.Stats(); st.Accepted != 0 || st.ClientGone != 1 || st.Failed != 0 {
+				t.Errorf("Stats %+v, want ClientGone 1, nothing accepted or failed", st)
+			}
+		})
+	}
+}
+
+// At its deadline Shutdown cancels the Connects under way, as it cancels
+// the work of the sockets it closes, and their sockets are not accepted
+// (503) once Connect returns: none outlives Shutdown.
+func TestShutdownDeadlineDuringConnect(t *testing.T) {
+	t.Parallel()
+	for name, style := range styles {
+		for _, returns := range []string{"error", "nil"} {
+			t.Run(name+"/"+returns, func(t *testing.T) {
+				t.Parallel()
+				p, _ := dbtest.NewPool(t, nil)
+				connecting := make(chan struct{})
+				ended, stop := make(chan struct{}), make(chan struct{})
+				h := style(p, wsconsumer.Consumer{
+					Connect: func(ctx context.Context, s *wsconsumer.Session) error {
+						close(connecting)
+						select {
+						case <-ctx.Done():
+							close(ended)
+						case <-stop:
+						}
+						if returns == "nil" {
+							return nil // accepts all the same
+						}
+						return ctx.Err()
+					},
+				}, &wsconsumer.Options{Logger: quiet()})
+				srv := httptestServer(h)
+				defer srv.Close()
+				defer close(stop) // before srv.Close, should ctx never end
+				status := make(chan int, 1)
+				go func() {
+					ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+					defer cancel()
+					c, resp, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(srv.URL, "http"), nil)
+					if err == nil {
+						c.CloseNow()
+					}
+					if resp == nil {
+						status <- 0
+						return
+					}
+					status <- resp.StatusCode
+				}()
+				<-connecting
+				ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+				defer cancel()
+				if err := h.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+					t.Fatalf("Shutdown: %v, want context.DeadlineExceeded", err)
+				}
+				dbtest.NoHang(t, "Connect's context to end", func() { <-ended })
+				if got := <-status; got != http.StatusServiceUnavailable {
+					t.Errorf("the upgrade got %d, want 503", got)
+				}
+				dbtest.NoHang(t, "the socket to end", func() { h.Shutdown(context.Background()) })
+				if st := h.Stats(); st.Accepted != 0 {
+					t.Errorf("Stats %+v: accepted after Shutdown's deadline", st)
+				}
+			})
+		}
+	}
+}
+
+// A close that writes held replies first (IdleTimeout's, here, which
+// marks the socket closing before it closes) is bounded by the write
+// timeout: a client that reads nothing has its socket closed, and
+// Disconnect runs, rather than the close waiting on the write for ever.
+func TestCloseWithHeldRepliesStalls(t *testing.T) {
+	t.Parallel()
+	p, _ := dbtest.NewPool(t, nil)
+	disconnected := make(chan struct{})
+	h := wsconsumer.NewSync(p, wsconsumer.Consumer{
+		Receive: func(ctx context.Context, s *wsconsumer.Session, typ websocket.MessageType, data []byte) error {
+			if err := s.Send(ctx, websocket.MessageBinary, make([]byte, 32<<20)); err != nil { // held
+				return err
+			}
+			<-ctx.Done() // past IdleTimeout
+			return nil
+		},
+		Disconnect: func(context.Context, *wsconsumer.Session, websocket.StatusCode) { close(disconnected) },
+	}, &wsconsumer.Options{Logger: quiet(), IdleTimeout: 200 * time.Millisecond, WriteTimeout: time.Second})
+	c := dial(t, serve(t, h)) // and never read
+	if err := c.Write(context.Background(), websocket.MessageText, []byte("go")); err != nil {
+		t.Fatal(err)
+	}
+	dbtest.NoHang(t, "the socket to end", func() { <-disconnected })
 }

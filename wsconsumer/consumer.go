@@ -20,7 +20,9 @@ type Consumer struct {
 	// Connect runs before the websocket is accepted, once the upgrade
 	// request (in s.Request()) has been verified as websocket.Accept
 	// verifies it, Origin included: a request Accept would refuse runs no
-	// callback. Returning nil accepts it; an error made with [Reject]
+	// callback. Its ctx ends when the client leaves before the upgrade,
+	// or at Shutdown's deadline; the socket is then not accepted, even
+	// where Connect returns nil (Disconnect runs then, with -1). Returning nil accepts it; an error made with [Reject]
 	// refuses it with that HTTP status; the conditions of package dbctx
 	// are answered as middleware.Answer answers them: dbctx.ErrBusy,
 	// dbctx.ErrUnavailable and dbctx.ErrPoolClosed with 503 and
@@ -55,7 +57,9 @@ type Consumer struct {
 	// Disconnect runs once the socket is closed, whatever closed it, with
 	// the close status of the closing handshake: the one the peer sent,
 	// or, where the server closed the socket (Session.Close, Shutdown,
-	// a failed callback), the one the server sent, which a peer echoes
+	// a failed callback; coder/websocket itself for a message past
+	// ReadLimit, 1009, or a frame that breaks the protocol, 1002), the
+	// one the server sent, which a peer echoes
 	// (also where it did not answer in time); -1 when there was none (a
 	// connection cut). It runs
 	// after every receive and every goroutine started with [Session.Go]

@@ -662,6 +662,36 @@ func TestDisconnectCodeServerClose(t *testing.T) {
 	}
 }
 
+// Disconnect gets the status of a closing handshake that coder/websocket
+// began itself: 1009 for a message past ReadLimit, which the client
+// echoes (it got -1, the library's close being unknown to the handler).
+func TestDisconnectCodeReadLimit(t *testing.T) {
+	t.Parallel()
+	for name, style := range styles {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			p, _ := dbtest.NewPool(t, nil)
+			codes := make(chan websocket.StatusCode, 1)
+			h := style(p, wsconsumer.Consumer{
+				Disconnect: func(_ context.Context, _ *wsconsumer.Session, code websocket.StatusCode) { codes <- code },
+			}, &wsconsumer.Options{Logger: quiet(), ReadLimit: 1024})
+			c := dial(t, serve(t, h))
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			if err := c.Write(ctx, websocket.MessageText, make([]byte, 2000)); err != nil {
+				t.Fatal(err)
+			}
+			_, _, err := c.Read(ctx) // answers the close
+			if code := websocket.CloseStatus(err); code != websocket.StatusMessageTooBig {
+				t.Fatalf("client saw %v, want 1009", err)
+			}
+			if code := <-codes; code != websocket.StatusMessageTooBig {
+				t.Errorf("Disconnect got %v, want 1009", code)
+			}
+		})
+	}
+}
+
 // A quiet socket is pinged once per PingInterval, also where the
 // keepalive goroutine looks more often (for the read-on, every 250ms);
 // one that answers stays open, one that does not is closed once its ping

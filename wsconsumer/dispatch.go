@@ -47,7 +47,7 @@ func (h *Handler) readInline(pool *dbctx.Pool, s *Session, first *frame) (code w
 			// would cost coder/websocket a context.AfterFunc per message.
 			f.typ, f.data, f.err = conn.Read(s.wctx)
 			if f.err != nil {
-				s.sock.cancel() // the client is gone
+				s.cancel(endClient) // the client is gone
 			}
 		default: // phaseAhead: a reader reads on
 			var ok bool
@@ -159,7 +159,7 @@ func (s *Session) readAhead(ra *readAhead) {
 		var f frame
 		f.typ, f.data, f.err = conn.Read(s.wctx)
 		if f.err != nil {
-			s.sock.cancel()
+			s.cancel(endClient)
 		} else {
 			s.touch()
 		}
@@ -208,7 +208,7 @@ func (h *Handler) readConcurrent(pool *dbctx.Pool, s *Session) websocket.StatusC
 	for {
 		typ, data, err := conn.Read(s.wctx)
 		if err != nil {
-			s.sock.cancel() // the client is gone: nobody waits for in-flight work
+			s.cancel(endClient) // the client is gone: nobody waits for in-flight work
 			return s.closeStatus(err)
 		}
 		s.touch()
@@ -372,11 +372,17 @@ func (ev *events) patient(parent context.Context) context.Context {
 // released; its error closes the socket.
 func (h *Handler) callback(pool *dbctx.Pool, s *Session, cb *Callback, fn func(ctx context.Context) error) {
 	ctx := s.cbCtx()
+	if s.lockCallbacks() {
+		defer s.cb.Unlock()
+	}
+	if cb.Kind == CallbackEvent && !s.eventCurrent() {
+		// Its group was left (or the socket closed) while it waited for
+		// the socket to open or for the callback before it: Leave's
+		// promise covers it.
+		return
+	}
 	var out *outbox
 	if !h.async {
-		if s.lockCallbacks() {
-			defer s.cb.Unlock()
-		}
 		// Sends wait for the slot to be released (see Session.Send).
 		out = s.outbox(cb.Kind)
 		ctx = out
@@ -386,9 +392,6 @@ func (h *Handler) callback(pool *dbctx.Pool, s *Session, cb *Callback, fn func(c
 		ctx = s.ev.patient(ctx)
 	}
 	if err := h.call(ctx, pool, cb, fn); err != nil {
-		if out != nil {
-			out.flush() // replies first, then the close
-		}
-		h.fail(s, cb.Kind.String(), err)
+		h.fail(s, cb.Kind.String(), err) // its close writes the replies first
 	}
 }

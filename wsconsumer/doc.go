@@ -39,7 +39,12 @@
 //
 // The values of the upgrade request's context (a tenant declared with
 // dbctx.Setting, the authenticated user) reach every callback;
-// [Session.AddValues] adds more for the socket's life.
+// [Session.AddValues] adds more for the socket's life. Its scopes do not:
+// those middleware.DB put in the request, of every pool, are ended at the
+// upgrade (dbctx.Detach), Eager's slot with them, and callbacks find the
+// socket's own (the handler's pool, Options.Pools) or none. A websocket
+// route inside middleware.Atomic is refused with 500 before Connect, and
+// logged at ERROR: a socket cannot outlive the request's transaction.
 //
 // Before any callback runs or any slot is taken, the upgrade is verified
 // as websocket.Accept verifies it (method, headers, version, key, and

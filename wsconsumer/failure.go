@@ -22,16 +22,46 @@ import (
 // log (once per cause); overload, an outage, a closed pool and a client
 // that went away are logged at Debug and counted (Stats).
 
+// Who ended a socket first (Session.ended), which is what a callback
+// that fails on the end (its context canceled, a send refused) counts as.
+const (
+	endClient   = iota + 1 // the client went, closed, or stopped answering (no pong, writes stalled): Gone
+	endServer              // Session.Close (the consumer, a failed callback, IdleTimeout): no failure
+	endShutdown            // Handler.Shutdown: Closed, as a pool closing
+)
+
+// cancel cancels the socket's context, recording by as who ended the
+// socket unless someone did before.
+func (s *Session) cancel(by int32) {
+	s.ended.CompareAndSwap(0, by)
+	s.sock.cancel()
+}
+
+// endedBy returns who ended the socket where err is what its end makes a
+// callback fail with (ErrClosed, a close status, a canceled context, a
+// broken connection), else 0.
+func (s *Session) endedBy(err error) int32 {
+	if errors.Is(err, ErrClosed) || websocket.CloseStatus(err) != -1 || answer.IsGone(err) {
+		return s.ended.Load()
+	}
+	return 0
+}
+
 // kindOf says what err, a callback's, means for the socket. A read or a
 // send on a socket the client closed or reset is the client going away,
 // whatever the callback made of it; so is a context canceled because the
-// socket went.
+// client went. One canceled by Shutdown is the server closing.
 func (s *Session) kindOf(err error) answer.Kind {
+	switch s.endedBy(err) {
+	case endShutdown:
+		return answer.Closed
+	case endClient:
+		return answer.Gone
+	}
 	if errors.Is(err, ErrClosed) || websocket.CloseStatus(err) != -1 {
 		return answer.Gone
 	}
-	gone := s.ctx.Err() != nil || answer.IsGone(err) && !errors.Is(err, context.Canceled)
-	return answer.Of(err, gone)
+	return answer.Of(err, answer.IsGone(err) && !errors.Is(err, context.Canceled))
 }
 
 // Fail closes the socket as a callback that returned err would close it:
@@ -56,6 +86,14 @@ func (h *Handler) fail(s *Session, callback string, err error) {
 		s.Close(ce.code, ce.reason)
 		return
 	}
+	if s.endedBy(err) == endServer {
+		// The server closed the socket on purpose (Session.Close,
+		// IdleTimeout): the callback ended with it, no failure of
+		// anyone's, counted nowhere.
+		h.log(s.wctx, slog.LevelDebug, "wsconsumer: callback ended by the socket's close",
+			slog.String("callback", callback), slog.Any("err", err))
+		return
+	}
 	k := s.kindOf(err)
 	h.note(s.wctx, k, callback, err)
 	switch k {
@@ -64,8 +102,10 @@ func (h *Handler) fail(s *Session, callback string, err error) {
 		h.logFailure(s, callback, err)
 		fallthrough
 	default:
-		code, reason := k.Close()
-		s.Close(websocket.StatusCode(code), reason)
+		if !s.closing.Load() { // Shutdown's close is under way
+			code, reason := k.Close()
+			s.Close(websocket.StatusCode(code), reason)
+		}
 	}
 }
 
@@ -104,8 +144,9 @@ func (h *Handler) recoverLog(s *Session, what string) {
 	}
 }
 
-// refuse answers an upgrade request that Connect did not accept.
-func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, err error) {
+// refuse answers an upgrade request that Connect did not accept, or
+// whose socket ended while it ran (err then says so).
+func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, s *Session, err error) {
 	var re *RejectError
 	if errors.As(err, &re) {
 		h.count.rejected.Add(1)
@@ -113,6 +154,12 @@ func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, err error) {
 		return
 	}
 	k := answer.Of(err, r.Context().Err() != nil)
+	switch s.endedBy(err) {
+	case endShutdown:
+		k = answer.Closed
+	case endClient:
+		k = answer.Gone
+	}
 	h.note(r.Context(), k, "connect", err)
 	if k == answer.Other {
 		h.log(r.Context(), slog.LevelError, "wsconsumer: callback failed",

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"testing"
+	"time"
 
 	"github.com/coder/websocket"
 	"github.com/dbscope/dbscope/dbctx"
@@ -221,6 +222,68 @@ func TestSessionFail(t *testing.T) {
 		}
 		if n := len(logs.AtLeast(slog.LevelInfo)); n != tc.errors {
 			t.Errorf("%v: %d records above Debug, want %d:\n%s", tc.err, n, tc.errors, logs)
+		}
+	}
+}
+
+// A callback that fails because the server closed its socket is not
+// counted as a client gone (the client stayed): one canceled by Shutdown
+// counts as the server closing (Busy, as a closed pool), one canceled by
+// the server's own close (Session.Close from elsewhere, IdleTimeout)
+// counts nowhere. Neither is logged above Debug.
+func TestServerClosesNotClientGone(t *testing.T) {
+	t.Parallel()
+	for name, style := range styles {
+		for _, how := range []string{"shutdown", "close", "idle"} {
+			t.Run(name+"/"+how, func(t *testing.T) {
+				t.Parallel()
+				p, env := dbtest.NewPool(t, nil)
+				logs, log := dbtest.NewLogs()
+				sessions := make(chan *wsconsumer.Session, 1)
+				opts := &wsconsumer.Options{Logger: log}
+				if how == "idle" {
+					opts.IdleTimeout = 300 * time.Millisecond
+				}
+				h := style(p, wsconsumer.Consumer{
+					Receive: func(ctx context.Context, s *wsconsumer.Session, _ websocket.MessageType, _ []byte) error {
+						sessions <- s
+						return dbctx.Do(ctx, func(ctx context.Context, sc *dbctx.Scope) error {
+							_, err := sc.ExecContext(ctx, "SELECT pg_sleep(60)")
+							return err
+						})
+					},
+				}, opts)
+				c := dial(t, serve(t, h))
+				go func() { // the client stays, and answers the close
+					for {
+						if _, _, err := c.Read(context.Background()); err != nil {
+							return
+						}
+					}
+				}()
+				send(t, c, msg{ID: 1})
+				s := <-sessions
+				dbtest.Eventually(t, "the query", func() bool { return dbtest.ActiveQueries(t, env, "SELECT pg_sleep") == 1 })
+				want := wsconsumer.Stats{Accepted: 1}
+				switch how {
+				case "shutdown":
+					ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+					defer cancel()
+					if err := h.Shutdown(ctx); err != nil {
+						t.Fatal(err)
+					}
+					want.Busy = 1
+				case "close":
+					s.Close(websocket.StatusPolicyViolation, "kicked")
+				}
+				dbtest.Eventually(t, "the socket gone", func() bool { return h.Stats().Sockets == 0 })
+				if st := h.Stats(); st != want {
+					t.Errorf("Stats %+v, want %+v", st, want)
+				}
+				if recs := logs.AtLeast(slog.LevelInfo); len(recs) != 0 {
+					t.Errorf("logged above Debug:\n%s", logs)
+				}
+			})
 		}
 	}
 }

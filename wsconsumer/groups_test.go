@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"runtime"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -415,5 +418,136 @@ func TestEventTakesSlotAtFirstStatement(t *testing.T) {
 	}
 	if got := readText(t, c); got != "query" {
 		t.Fatalf("got %q, want query", got)
+	}
+}
+
+// An event of a group that the socket's member had taken from its queue,
+// and that waited for its turn (the sync Receive under way; the socket
+// not yet open, for a group joined in Connect), does not reach Event once
+// Session.Leave of its group has returned: Leave's "no event of group
+// reaches it" holds for the event in the member's hands too. Not
+// parallel: it looks for the waiting event in every goroutine's stack.
+func TestEventAfterLeave(t *testing.T) {
+	cases := []struct {
+		name  string
+		style styleFn
+		in    string // where Leave runs
+	}{
+		{"sync/receive", wsconsumer.NewSync, "receive"},
+		{"sync/connect", wsconsumer.NewSync, "connect"},
+		{"async/connect", wsconsumer.NewAsync, "connect"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p, _ := dbtest.NewPool(t, nil)
+			layer := memoryLayer(t)
+			receiving, release := make(chan struct{}), make(chan struct{})
+			var events atomic.Int64
+			h := tc.style(p, wsconsumer.Consumer{
+				Connect: func(ctx context.Context, s *wsconsumer.Session) error {
+					if err := s.Join(ctx, "room"); err != nil {
+						return err
+					}
+					if tc.in == "connect" {
+						if err := layer.Send(ctx, "room", []byte("m")); err != nil {
+							return err
+						}
+						// The member's goroutine has the event and waits
+						// for the socket to open.
+						dbtest.Eventually(t, "the event to wait for the socket", func() bool { return inStack("wsconsumer.(*Handler).event(") })
+						s.Leave("room")
+					}
+					return nil
+				},
+				Receive: func(ctx context.Context, s *wsconsumer.Session, typ websocket.MessageType, data []byte) error {
+					close(receiving)
+					<-release
+					s.Leave("room")
+					return s.SendText(ctx, "left")
+				},
+				Event: func(ctx context.Context, s *wsconsumer.Session, e groups.Event) error {
+					events.Add(1)
+					return nil
+				},
+			}, &wsconsumer.Options{Logger: quiet(), Layer: layer})
+			c := dial(t, serve(t, h))
+			if tc.in == "receive" {
+				ctx := context.Background()
+				if err := c.Write(ctx, websocket.MessageText, []byte("leave")); err != nil {
+					t.Fatal(err)
+				}
+				<-receiving
+				if err := layer.Send(ctx, "room", []byte("m")); err != nil {
+					t.Fatal(err)
+				}
+				dbtest.Eventually(t, "the event to wait for the Receive", func() bool { return inStack("wsconsumer.(*Session).lockCallbacks(") })
+				close(release)
+				if got := readText(t, c); got != "left" {
+					t.Fatalf("got %q, want left", got)
+				}
+			}
+			dbtest.Eventually(t, "the event handled", func() bool { return layer.Stats().Delivered == 1 })
+			if n := events.Load(); n != 0 {
+				t.Fatalf("Event ran for an event of a group left (Session.Leave returned) before its turn came")
+			}
+		})
+	}
+}
+
+// inStack reports whether a goroutine's stack has a frame of fn.
+func inStack(fn string) bool {
+	buf := make([]byte, 1<<20)
+	return strings.Contains(string(buf[:runtime.Stack(buf, true)]), fn)
+}
+
+// A panic in Options.Member.OnSlow, which runs on the member's goroutine,
+// is the hook's failure, as one in OnCallback is: the socket closes with
+// 1011 and the panic is logged, where it crashed the process.
+func TestOnSlowPanic(t *testing.T) {
+	t.Parallel()
+	for name, style := range styles {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			p, _ := dbtest.NewPool(t, nil)
+			layer := memoryLayer(t)
+			logs, logger := dbtest.NewLogs()
+			handling, release := make(chan struct{}, 1), make(chan struct{})
+			h := style(p, wsconsumer.Consumer{
+				Connect: func(ctx context.Context, s *wsconsumer.Session) error { return s.Join(ctx, "g") },
+				Event: func(ctx context.Context, s *wsconsumer.Session, e groups.Event) error {
+					select {
+					case handling <- struct{}{}:
+					default:
+					}
+					<-release
+					return nil
+				},
+			}, &wsconsumer.Options{Logger: logger, Layer: layer,
+				Member: &groups.MemberOptions{MaxQueue: 2, OnSlow: func() { panic("the hook failed") }}})
+			c := dial(t, serve(t, h))
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			if err := layer.Send(ctx, "g", []byte("0")); err != nil {
+				t.Fatal(err)
+			}
+			<-handling
+			for i := 1; i <= 3; i++ { // the third overflows the queue
+				if err := layer.Send(ctx, "g", []byte("x")); err != nil {
+					t.Fatal(err)
+				}
+			}
+			close(release)
+			if _, _, err := c.Read(ctx); websocket.CloseStatus(err) != websocket.StatusInternalError {
+				t.Fatalf("read: %v, want close 1011", err)
+			}
+			dbtest.Eventually(t, "the panic logged", func() bool {
+				for _, r := range logs.AtLeast(slog.LevelError) {
+					if r.Attrs["callback"] == "OnSlow" && strings.Contains(r.Attrs["err"], "the hook failed") {
+						return true
+					}
+				}
+				return false
+			})
+		})
 	}
 }

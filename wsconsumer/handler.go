@@ -2,6 +2,7 @@ package wsconsumer
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net/http"
 	"sync"
@@ -78,7 +79,8 @@ type Options struct {
 
 	// Member bounds each socket's queue of events (see
 	// groups.MemberOptions). A socket that falls behind is closed with
-	// StatusTooSlow, after Member.OnSlow, if set, has run. Default:
+	// StatusTooSlow, after Member.OnSlow, if set, has run (a panic in
+	// it closes with 1011 and is logged, as one in OnCallback). Default:
 	// groups' defaults.
 	Member *groups.MemberOptions
 
@@ -172,11 +174,13 @@ type Handler struct {
 	count counters     // see Stats
 	live  atomic.Int64 // sockets admitted: see admit
 
-	mu       sync.Mutex
-	sessions map[*Session]struct{}
-	closing  bool
-	active   sync.WaitGroup // sockets under way: ServeHTTP calls, and sockets taken over from them
-	stopTick chan struct{}  // stops the keepalive goroutine; nil when none runs
+	mu        sync.Mutex
+	sessions  map[*Session]struct{}
+	inConnect map[*Session]struct{} // sockets in Connect, not yet accepted; nil until the first
+	closing   bool
+	stopped   bool           // Shutdown's deadline has passed: what is in Connect is not accepted
+	active    sync.WaitGroup // sockets under way: ServeHTTP calls, and sockets taken over from them
+	stopTick  chan struct{}  // stops the keepalive goroutine; nil when none runs
 }
 
 // NewSync returns a Handler for c in the sync style (Channels'
@@ -254,8 +258,16 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// The socket outlives the request's cancellation (hijack), not its
-	// values.
-	values := context.WithoutCancel(r.Context())
+	// values, and none of its scopes: an idle socket holds no slot and
+	// no connection, and its callbacks get the socket's scopes or none.
+	values, ok := dbctx.Detach(context.WithoutCancel(r.Context()))
+	if !ok {
+		h.count.failed.Add(1)
+		h.log(r.Context(), slog.LevelError, "wsconsumer: websocket route inside a transaction: mount it outside middleware.Atomic",
+			slog.String("path", r.URL.Path))
+		http.Error(w, http.StatusText(http.StatusInternalServerError), http.StatusInternalServerError)
+		return
+	}
 	sock := newSocketCtx(values)
 	base := context.Context(sock)
 	var more []*dbctx.Scope
@@ -278,8 +290,19 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			s.release()
 		}
 	}()
+	if !h.connecting(s) {
+		// Shutdown's deadline passed since the request came in.
+		h.count.refused.Add(1)
+		answer.HTTP(w, answer.Closed, time.Second)
+		return
+	}
+	defer h.connected(s) // nothing once registered
 
 	if h.c.Connect != nil {
+		// Until the upgrade, a client that leaves ends the socket, and
+		// Connect's work (the request's context is not Connect's: the
+		// socket's outlives it).
+		stop := context.AfterFunc(r.Context(), func() { s.cancel(endClient) })
 		locked := s.lockCallbacks()
 		err := h.call(s.cbCtx(), pool, &Callback{Kind: CallbackConnect, Session: s}, func(ctx context.Context) error {
 			return h.c.Connect(ctx, s)
@@ -287,20 +310,37 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if locked {
 			s.cb.Unlock()
 		}
+		stop()
 		if err != nil {
 			close(s.opened) // events of groups joined wait no more
 			s.leaveGroups()
-			h.refuse(w, r, err)
+			h.refuse(w, r, s, err)
 			return
 		}
+	}
+	if err := s.sock.Err(); err != nil {
+		// Connect accepted a socket that ended meanwhile: its client
+		// left, or Shutdown's deadline passed.
+		h.refuse(w, r, s, err)
+		s.finish()
+		close(s.opened)
+		s.leaveGroups()
+		h.disconnect(pool, s, -1)
+		return
 	}
 	hw := &hijackWriter{ResponseWriter: w}
 	conn, err := websocket.Accept(hw, r, h.opts.Accept)
 	if err != nil {
 		// Accept has answered the client. The request was verified, so
-		// the hijack itself failed: the client is gone.
-		h.count.clientGone.Add(1)
-		h.log(values, slog.LevelDebug, "wsconsumer: accept failed", slog.String("path", r.URL.Path), slog.Any("err", err))
+		// the hijack itself failed: the client is gone, unless a writer
+		// wrapped around the handler's cannot hijack (a misconfiguration).
+		if errors.Is(hw.err, http.ErrNotSupported) {
+			h.count.failed.Add(1)
+			h.log(values, slog.LevelError, "wsconsumer: the ResponseWriter cannot hijack the connection", slog.String("path", r.URL.Path), slog.Any("err", err))
+		} else {
+			h.count.clientGone.Add(1)
+			h.log(values, slog.LevelDebug, "wsconsumer: accept failed", slog.String("path", r.URL.Path), slog.Any("err", err))
+		}
 		s.finish()
 		close(s.opened)
 		s.leaveGroups()

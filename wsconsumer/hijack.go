@@ -12,11 +12,12 @@ import (
 type hijackWriter struct {
 	http.ResponseWriter
 	conn net.Conn
+	err  error // the hijack's
 }
 
 func (w *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	c, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
-	w.conn = c
+	w.conn, w.err = c, err
 	return c, brw, err
 }
 

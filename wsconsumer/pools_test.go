@@ -3,11 +3,15 @@ package wsconsumer_test
 import (
 	"context"
 	"fmt"
+	"net/http"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/coder/websocket"
 	"github.com/dbscope/dbscope/dbctx"
 	"github.com/dbscope/dbscope/internal/dbtest"
+	"github.com/dbscope/dbscope/middleware"
 	"github.com/dbscope/dbscope/wsconsumer"
 )
 
@@ -77,6 +81,73 @@ func TestTwoPools(t *testing.T) {
 					}
 				}
 			}
+		})
+	}
+}
+
+// A socket carries none of the scopes middleware.DB put in its upgrade
+// request, of any pool: its callbacks find the socket's own scope of the
+// handler's pool, and none of another pool (before and after a slow
+// message hands the socket over to its reader, which outlives the
+// request's handler); and the request's scopes are ended at the upgrade,
+// so that an idle socket holds no slot, Eager's included.
+func TestRequestScopesNotInSocket(t *testing.T) {
+	t.Parallel()
+	for name, style := range styles {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			primary, env := dbtest.NewPool(t, &dbctx.Options{MaxWorkers: 3})
+			replica := dbtest.NewSecondPool(t, env, nil)
+			var requestScope atomic.Pointer[dbctx.Scope]
+			seen := func(ctx context.Context) string {
+				switch {
+				case replica.From(ctx) != nil:
+					return "the request's scope of another pool"
+				case dbctx.From(ctx) == requestScope.Load():
+					return "the request's scope of the handler's pool"
+				}
+				return "ok"
+			}
+			h := style(primary, wsconsumer.Consumer{
+				Connect: func(ctx context.Context, s *wsconsumer.Session) error {
+					if got := seen(ctx); got != "ok" {
+						return fmt.Errorf("Connect found %s", got)
+					}
+					return nil
+				},
+				Receive: func(ctx context.Context, s *wsconsumer.Session, _ websocket.MessageType, data []byte) error {
+					if string(data) == "slow" {
+						time.Sleep(400 * time.Millisecond) // past the read-on delay: the reader takes over
+					}
+					return s.SendText(ctx, seen(ctx))
+				},
+			}, &wsconsumer.Options{Logger: quiet()})
+			eager := middleware.DBWithOpts(primary, &middleware.DBOptions{Eager: true})
+			record := func(next http.Handler) http.Handler {
+				return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					requestScope.Store(dbctx.From(r.Context()))
+					next.ServeHTTP(w, r)
+				})
+			}
+			url := serve(t, middleware.DB(replica)(eager(record(h))))
+			var cs []*websocket.Conn
+			for range 3 { // as many as the primary's slots
+				cs = append(cs, dial(t, url))
+			}
+			ctx := context.Background()
+			for _, m := range []string{"a", "slow", "b"} {
+				for _, c := range cs {
+					if err := c.Write(ctx, websocket.MessageText, []byte(m)); err != nil {
+						t.Fatal(err)
+					}
+					if got := readText(t, c); got != "ok" {
+						t.Fatalf("after %q, a callback found %s", m, got)
+					}
+				}
+			}
+			dbtest.Eventually(t, "idle sockets to hold no slot", func() bool {
+				return primary.Stats().InUse == 0 && replica.Stats().InUse == 0
+			})
 		})
 	}
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/coder/websocket"
@@ -19,12 +21,42 @@ func (h *Handler) enter() bool {
 	return true
 }
 
+// connecting counts s among the sockets in Connect, which Shutdown's
+// deadline cancels, unless that deadline has passed.
+func (h *Handler) connecting(s *Session) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.stopped {
+		return false
+	}
+	if h.inConnect == nil {
+		h.inConnect = map[*Session]struct{}{}
+	}
+	h.inConnect[s] = struct{}{}
+	return true
+}
+
+// connected takes s out of the sockets in Connect, where it is not
+// accepted.
+func (h *Handler) connected(s *Session) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	delete(h.inConnect, s)
+}
+
+// register makes s, accepted, a live socket. One accepted as Shutdown
+// closes the rest is closed too: with 1001, or, past Shutdown's
+// deadline, at once.
 func (h *Handler) register(s *Session) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	delete(h.inConnect, s)
 	h.sessions[s] = struct{}{}
-	if h.closing {
-		go s.Close(websocket.StatusGoingAway, "server shutting down")
+	switch {
+	case h.stopped:
+		go s.closeNow(endShutdown)
+	case h.closing:
+		go s.shutdown()
 	}
 	if h.stopTick == nil {
 		h.stopTick = make(chan struct{})
@@ -114,6 +146,13 @@ func (h *Handler) tick(now int64, readOn time.Duration, keep bool) {
 	defer h.mu.Unlock()
 	for s := range h.sessions {
 		if s.closing.Load() {
+			// Being closed: nothing more is started for it, but a close
+			// with a handshake first writes the replies a callback's Send
+			// accepted (Session.Close), which the watchdog still bounds.
+			if keep && s.stalled(now, h.opts.WriteTimeout) {
+				h.log(s.wctx, slog.LevelDebug, "wsconsumer: write timeout", slog.String("path", s.req.URL.Path))
+				go s.closeNow(endClient)
+			}
 			continue
 		}
 		if s.paused.Load() && peerGone(s.raw) {
@@ -121,7 +160,7 @@ func (h *Handler) tick(now int64, readOn time.Duration, keep bool) {
 			// messages it sent before (see Session.pause).
 			h.log(s.wctx, slog.LevelDebug, "wsconsumer: client gone while its messages wait", slog.String("path", s.req.URL.Path))
 			s.closing.Store(true)
-			go s.closeNow()
+			go s.closeNow(endClient)
 			continue
 		}
 		quiet := time.Duration(now - s.lastMsg.Load())
@@ -136,7 +175,7 @@ func (h *Handler) tick(now int64, readOn time.Duration, keep bool) {
 			// What coder/websocket does when a write's context ends.
 			h.log(s.wctx, slog.LevelDebug, "wsconsumer: write timeout", slog.String("path", s.req.URL.Path))
 			s.closing.Store(true)
-			go s.closeNow()
+			go s.closeNow(endClient) // a client that takes nothing
 		case h.opts.IdleTimeout > 0 && quiet >= h.opts.IdleTimeout && !s.paused.Load():
 			// (A paused socket reads nothing: what its client sends waits
 			// unread, and is no idleness.)
@@ -164,25 +203,33 @@ func (s *Session) ping(timeout time.Duration) {
 	if err := c.Ping(ctx); err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) &&
 		!paused && !s.paused.Load() && s.pauses.Load() == pauses {
 		s.h.log(s.wctx, slog.LevelDebug, "wsconsumer: no pong", slog.String("path", s.req.URL.Path))
-		s.closeNow()
+		s.closeNow(endClient)
 	}
 }
 
 // closeNow closes the socket without a handshake, the client being gone
-// or too slow, and cancels the socket's context: work under way for it
-// stops, where a read that fails would say so only once a reader runs
-// (none does while a message is handled inline).
-func (s *Session) closeNow() {
+// or too slow (by endClient), or Shutdown's deadline past (endShutdown),
+// and cancels the socket's context: work under way for it stops, where a
+// read that fails would say so only once a reader runs (none does while a
+// message is handled inline).
+func (s *Session) closeNow(by int32) {
 	s.closing.Store(true)
-	s.sock.cancel()
+	s.cancel(by)
 	s.conn.Load().CloseNow()
+}
+
+// shutdown closes the socket for Shutdown.
+func (s *Session) shutdown() {
+	s.ended.CompareAndSwap(0, endShutdown)
+	s.Close(websocket.StatusGoingAway, "server shutting down")
 }
 
 // Shutdown closes every live socket with 1001 (going away), refuses new
 // ones with 503, and waits until every socket's Disconnect has run or ctx
 // ends; then it closes what is left without a handshake, cancels their
 // contexts (the work under way for them stops; their Disconnect still
-// runs, after Shutdown has returned) and returns ctx's error. Keep the
+// runs, after Shutdown has returned), cancels the Connects under way,
+// whose sockets are then not accepted (503), and returns ctx's error. Keep the
 // pool open until Shutdown returns: disconnects may use it, all at once,
 // within the pool's wait bounds (Options.MaxWaiting and WaitTimeout of
 // dbctx): size them for the sockets you close. Those that run on after a
@@ -193,7 +240,7 @@ func (h *Handler) Shutdown(ctx context.Context) error {
 	h.closing = true
 	h.mu.Unlock()
 	for _, s := range h.snapshot() {
-		go s.Close(websocket.StatusGoingAway, "server shutting down")
+		go s.shutdown()
 	}
 	done := make(chan struct{})
 	go func() {
@@ -204,8 +251,15 @@ func (h *Handler) Shutdown(ctx context.Context) error {
 	case <-done:
 		return nil
 	case <-ctx.Done():
+		h.mu.Lock()
+		h.stopped = true
+		connecting := slices.Collect(maps.Keys(h.inConnect))
+		h.mu.Unlock()
+		for _, s := range connecting {
+			s.cancel(endShutdown)
+		}
 		for _, s := range h.snapshot() {
-			s.closeNow()
+			s.closeNow(endShutdown)
 		}
 		return ctx.Err()
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/dbscope/dbscope/dbctx"
 	"github.com/dbscope/dbscope/groups"
 	"github.com/dbscope/dbscope/internal/afterfunc"
+	"github.com/dbscope/dbscope/internal/answer"
 	"github.com/dbscope/dbscope/internal/lazyslot"
 )
 
@@ -43,13 +44,14 @@ type Session struct {
 	lastPing int64                           // monotonic() of the last ping; the keepalive goroutine's
 	closing  atomic.Bool
 	sent     atomic.Int32 // the close status Close sent first, if any
+	ended    atomic.Int32 // who ended the socket first: endClient, …; 0 while it lives
 
-	dispatch dispatch      // readConcurrent's
-	phase    atomic.Int32  // readInline's: phaseReading, …
-	ahead    *readAhead    // the queue of the reader readOn started
-	paused   atomic.Bool   // reading stopped by the server: see pause
-	pauses   atomic.Uint32 // times paused
-	out      *outbox       // sync Receive callbacks' context, made on first use
+	dispatch dispatch               // readConcurrent's
+	phase    atomic.Int32           // readInline's: phaseReading, …
+	ahead    *readAhead             // the queue of the reader readOn started
+	paused   atomic.Bool            // reading stopped by the server: see pause
+	pauses   atomic.Uint32          // times paused
+	out      atomic.Pointer[outbox] // sync callbacks' context, made on first use
 
 	// Write state: the writes under way and those finished (write), and
 	// the write watchdog's view of them (stalled: the keepalive
@@ -108,7 +110,13 @@ func (s *Session) Join(ctx context.Context, group string) error {
 		onSlow := o.OnSlow
 		o.OnSlow = func() {
 			if onSlow != nil {
-				onSlow()
+				// On the member's goroutine, where nothing else would
+				// recover it: a panic is the hook's failure, as
+				// OnCallback's is (1011, logged).
+				if err := guard(func() error { onSlow(); return nil }); err != nil {
+					s.h.fail(s, "OnSlow", err)
+					return
+				}
 			}
 			s.Close(StatusTooSlow, "too slow for its groups")
 		}
@@ -125,7 +133,8 @@ func (s *Session) Join(ctx context.Context, group string) error {
 }
 
 // Leave takes the socket out of group: once it returns, no event of
-// group reaches it. The disconnect leaves every group.
+// group reaches it, those already sent to it included (an Event callback
+// that began before goes on). The disconnect leaves every group.
 func (s *Session) Leave(group string) {
 	s.mu.Lock()
 	m := s.member
@@ -133,6 +142,17 @@ func (s *Session) Leave(group string) {
 	if m != nil {
 		m.Leave(group)
 	}
+}
+
+// eventCurrent reports whether the event the member's goroutine has in
+// hand is still the socket's, once it has waited its turn: Leave (in a
+// callback before it, or in Connect before the socket opened) takes no
+// event from the member's hands.
+func (s *Session) eventCurrent() bool {
+	s.mu.Lock()
+	m := s.member
+	s.mu.Unlock()
+	return m.Current()
 }
 
 // Groups returns the groups the socket is in.
@@ -230,7 +250,9 @@ func (s *Session) Subprotocol() string {
 // written once the callback has returned and its worker slot and
 // connection are released, in order: a slow client then never holds a
 // database resource. Send returns nil for those at once; a write that
-// fails later closes the socket. An Event callback, which takes its slot
+// fails later closes the socket. Where the socket is closed first
+// ([Session.Close], from the callback or elsewhere, Shutdown), they are
+// written before the close frame. An Event callback, which takes its slot
 // at its first statement, has what it sends before that written at once,
 // as the async style does, and what it sends from then on held so. A send
 // with a callback's ctx once that
@@ -252,8 +274,14 @@ func (s *Session) send(ctx context.Context, typ websocket.MessageType, data []by
 	}
 	if s.h.async {
 		// No outbox to look for: async callbacks' sends are written at once.
-	} else if ob := s.outboxOf(ctx); ob != nil && ob.add(typ, data, owned) {
-		return nil
+	} else if ob := s.outboxOf(ctx); ob != nil {
+		if ob.add(typ, data, owned) {
+			return nil
+		}
+		// Written at once, but after what a flush under way writes: the
+		// callback's sends keep their order.
+		ob.wmu.Lock()
+		defer ob.wmu.Unlock()
 	}
 	return s.write(c, typ, data)
 }
@@ -317,18 +345,25 @@ func (s *Session) SendJSON(ctx context.Context, v any) error {
 }
 
 // Close closes the socket with a status code and a reason (at most 123
-// bytes, sent to the client; keep internals out of it). It performs the
-// closing handshake, which coder/websocket bounds at 5s for each side,
-// and then cancels the socket's context (Session.Context, and the ctx
-// of the callbacks): work still under way for the socket stops.
-// Disconnect runs after.
+// bytes, sent to the client; keep internals out of it). It first writes
+// what a sync callback's Send accepted and holds (see [Session.Send]),
+// bounded by the write timeout, then performs the closing handshake,
+// which coder/websocket bounds at 5s for each side, and then cancels the
+// socket's context (Session.Context, and the ctx of the callbacks): work
+// still under way for the socket stops. Disconnect runs after.
 func (s *Session) Close(code websocket.StatusCode, reason string) error {
 	c := s.conn.Load()
 	if c == nil {
 		return ErrClosed
 	}
-	s.closing.Store(true)
 	s.sent.CompareAndSwap(0, int32(code))
+	s.ended.CompareAndSwap(0, endServer)
+	if o := s.out.Load(); o != nil {
+		// Before closing is set, so that the write watchdog still looks
+		// at the socket: a client that takes nothing holds no Close.
+		o.flush()
+	}
+	s.closing.Store(true)
 	err := c.Close(code, reason)
 	s.sock.cancel()
 	return err
@@ -404,12 +439,29 @@ func (s *Session) pause(on bool) {
 // err. When Close ran the handshake itself, while nobody was reading (a
 // message handled inline), the read that follows only finds the socket
 // closed; the peer answered with the status Close sent, as peers do.
+// Where the read failed on what the client sent (a message past
+// ReadLimit, a frame that breaks the protocol), coder/websocket has sent
+// a close frame itself (1009, 1002) and returned a plain error, or, for
+// a few, sent nothing: Close completes the handshake (sending 1002 where
+// nothing was sent, nothing more where something was) and the client's
+// answer tells its status (-1 where it cannot be read: the bad frame's
+// payload, unread, comes before it).
 func (s *Session) closeStatus(err error) websocket.StatusCode {
 	code := websocket.CloseStatus(err)
-	if sent := s.sent.Load(); code == -1 && sent != 0 {
-		code = websocket.StatusCode(sent)
+	if code != -1 {
+		return code
 	}
-	return code
+	if sent := s.sent.Load(); sent != 0 {
+		return websocket.StatusCode(sent)
+	}
+	if err == nil || answer.IsGone(err) || s.closing.Load() {
+		return -1 // the connection broke, or the server closed it without a handshake
+	}
+	const violation = websocket.StatusProtocolError
+	if cerr := s.conn.Load().Close(violation, "protocol error"); cerr != nil {
+		return websocket.CloseStatus(cerr) // the status the library sent, which the client echoed
+	}
+	return violation
 }
 
 // epoch starts the clock of [monotonic].
@@ -434,6 +486,7 @@ type ctxKey struct{ name string }
 type outbox struct {
 	context.Context
 	s         *Session
+	wmu       sync.Mutex // held while a flush writes: Close's close frame, and sends at once, come after
 	mu        sync.Mutex
 	open      bool
 	untilSlot bool // an Event's: written at once until its scope holds a slot (no Options.Pools)
@@ -442,10 +495,10 @@ type outbox struct {
 
 // outbox returns the socket's outbox, open for a callback of kind.
 func (s *Session) outbox(kind CallbackKind) *outbox {
-	o := s.out
+	o := s.out.Load()
 	if o == nil {
 		o = &outbox{Context: s.ctx, s: s}
-		s.out = o
+		s.out.Store(o) // the callbacks' goroutine alone makes it; Close reads it
 	}
 	o.mu.Lock()
 	// With Options.Pools, the slots of their scopes would have to be
@@ -485,8 +538,11 @@ func (o *outbox) add(typ websocket.MessageType, data []byte, owned bool) bool {
 
 // flush closes the outbox and writes what it holds, in order; the first
 // failed write (which closes the socket) ends it. Calls after the first
-// do nothing.
+// do nothing. Close calls it too, from any goroutine, so that what Send
+// accepted goes out before the close frame.
 func (o *outbox) flush() {
+	o.wmu.Lock()
+	defer o.wmu.Unlock()
 	o.mu.Lock()
 	o.open = false
 	msgs := o.msgs
@@ -499,7 +555,7 @@ func (o *outbox) flush() {
 	}
 	c := o.s.conn.Load()
 	for _, m := range msgs {
-		if o.s.closing.Load() || o.s.write(c, m.typ, m.data) != nil {
+		if o.s.write(c, m.typ, m.data) != nil {
 			break
 		}
 	}

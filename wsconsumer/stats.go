@@ -23,8 +23,9 @@ type Stats struct {
 	Rejected int64
 
 	// Busy counts the callbacks that failed because the pool was busy,
-	// the database unavailable or the pool closed: refused 503 at
-	// Connect, closed 1013 (or 1001) later, or Disconnect not run.
+	// the database unavailable or the pool closed, or because Shutdown
+	// closed their socket (canceled their work): refused 503 at Connect,
+	// closed 1013 (or 1001) later, or Disconnect not run.
 	Busy int64
 	// Failed counts the callbacks that failed on an error of their own,
 	// a panic, or a misconfiguration of the database: 500 at Connect,
@@ -32,8 +33,11 @@ type Stats struct {
 	// once per cause).
 	Failed int64
 	// ClientGone counts the callbacks that failed because the client had
-	// gone: it hung up mid-reply, reset the connection, or closed the
-	// socket. Not a failure of the server's: logged at Debug.
+	// gone: it hung up mid-reply (or mid-upgrade, in Connect), reset the
+	// connection, closed the socket, or stopped answering (no pong,
+	// writes stalled past WriteTimeout). Not a failure of the server's:
+	// logged at Debug. A callback that ends because the server closed its
+	// socket itself (Session.Close, IdleTimeout) is counted nowhere.
 	ClientGone int64
 }
 

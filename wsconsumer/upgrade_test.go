@@ -2,14 +2,17 @@ package wsconsumer_test
 
 import (
 	"context"
+	"log/slog"
 	"net/http"
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/coder/websocket"
 	"github.com/dbscope/dbscope/dbctx"
 	"github.com/dbscope/dbscope/internal/dbtest"
+	"github.com/dbscope/dbscope/middleware"
 	"github.com/dbscope/dbscope/wsconsumer"
 )
 
@@ -161,4 +164,38 @@ func TestBadOriginPatternPanics(t *testing.T) {
 	}()
 	wsconsumer.NewSync(nil, wsconsumer.Consumer{}, &wsconsumer.Options{
 		Accept: &websocket.AcceptOptions{OriginPatterns: []string{"[example.org"}}})
+}
+
+// A websocket route under middleware.Atomic (ATOMIC_REQUESTS over the
+// whole mux) cannot work: the socket would outlive the request's
+// transaction, and Atomic's writer cannot hijack. It is refused before
+// Connect runs, with 500 and an ERROR that says what to change, where
+// Connect ran and the failed hijack was taken for a client gone.
+func TestSocketUnderAtomic(t *testing.T) {
+	t.Parallel()
+	for name, style := range styles {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			p, _ := dbtest.NewPool(t, nil)
+			logs, logger := dbtest.NewLogs()
+			var cc callbackCounter
+			h := style(p, cc.consumer(), &wsconsumer.Options{Logger: logger})
+			url := serve(t, middleware.DB(p)(middleware.Atomic(h)))
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			_, resp, err := websocket.Dial(ctx, url, nil)
+			if err == nil || resp == nil || resp.StatusCode != http.StatusInternalServerError {
+				t.Fatalf("dial: %v, %v; want 500", err, resp)
+			}
+			if n := cc.connects.Load() + cc.disconnects.Load(); n != 0 {
+				t.Errorf("%d callbacks ran", n)
+			}
+			if st := h.Stats(); st.Failed != 1 || st.ClientGone != 0 {
+				t.Errorf("Stats %+v, want Failed 1", st)
+			}
+			if n := logs.Count(slog.LevelError, "wsconsumer: websocket route inside a transaction"); n != 1 {
+				t.Errorf("%d errors logged about it:\n%s", n, logs)
+			}
+		})
+	}
 }
