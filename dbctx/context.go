@@ -10,6 +10,10 @@ import (
 // compares two words rather than calling the runtime to compare values.
 var scopeKey = &ctxKey{name: "dbctx.scope"}
 
+// realScopeKey finds the innermost scope ctx carries through an Async
+// context, which answers scopeKey with its pool's async scope (Detach).
+var realScopeKey = &ctxKey{name: "dbctx.scope, through Async"}
+
 type ctxKey struct {
 	name string
 	pool *Pool // for a pool's key (Pool.From), its pool
@@ -24,7 +28,7 @@ type scopeCtx struct {
 }
 
 func (c *scopeCtx) Value(key any) any {
-	if key == any(scopeKey) || key == any(c.s.pool.key) {
+	if key == any(scopeKey) || key == any(c.s.pool.key) || key == any(realScopeKey) {
 		return c.s
 	}
 	return c.Context.Value(key)

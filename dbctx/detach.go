@@ -16,7 +16,8 @@ import "context"
 // transaction that commits when the request ends.
 func Detach(ctx context.Context) (_ context.Context, ok bool) {
 	var scopes []*Scope
-	for s := From(ctx); s != nil && !s.async; s = s.outer {
+	real, _ := ctx.Value(realScopeKey).(*Scope) // under Async too
+	for s := real; s != nil; s = s.outer {
 		s.mu.Lock()
 		inAtomic := s.atomic > 0
 		s.mu.Unlock()
@@ -35,7 +36,7 @@ func Detach(ctx context.Context) (_ context.Context, ok bool) {
 type detachedCtx struct{ context.Context }
 
 func (c *detachedCtx) Value(key any) any {
-	if k, ok := key.(*ctxKey); ok && (k == scopeKey || k.pool != nil) {
+	if k, ok := key.(*ctxKey); ok && (k == scopeKey || k == realScopeKey || k.pool != nil) {
 		return nil
 	}
 	return c.Context.Value(key)

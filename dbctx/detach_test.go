@@ -56,3 +56,31 @@ func TestDetach(t *testing.T) {
 		t.Errorf("a scope made from the detached context: %v", err)
 	}
 }
+
+// Detach of an Async context (which answers From with its pool's async
+// scope) finds the scopes under it: inside Atomic it ends nothing and
+// says so; otherwise it ends them (it hid them, and ended none).
+func TestDetachAsync(t *testing.T) {
+	t.Parallel()
+	p, _ := dbtest.NewPool(t, nil)
+	ctx, s := p.Scope(context.Background())
+	defer s.End()
+	if err := s.Reserve(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := dbctx.Atomic(ctx, func(actx context.Context) error {
+		if _, ok := dbctx.Detach(dbctx.Async(actx)); ok {
+			t.Error("Detach of an Async context inside Atomic reported ok")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	d, ok := dbctx.Detach(dbctx.Async(ctx))
+	if !ok || dbctx.From(d) != nil || p.From(d) != nil {
+		t.Fatalf("Detach(Async(ctx)): ok %v, a scope left %v", ok, dbctx.From(d) != nil || p.From(d) != nil)
+	}
+	if n := p.Stats().InUse; n != 0 {
+		t.Errorf("after Detach: %d slots in use, want 0", n)
+	}
+}

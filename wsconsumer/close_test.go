@@ -395,3 +395,53 @@ func TestCloseWithHeldRepliesStalls(t *testing.T) {
 	}
 	dbtest.NoHang(t, "the socket to end", func() { <-disconnected })
 }
+
+// A close whose held replies could not be written (a client that reads
+// nothing: the write watchdog, or Shutdown's deadline, cuts the
+// connection) sends no close frame: Disconnect gets -1, a connection cut,
+// not the status Close or Shutdown would have sent (4000, 1001).
+func TestHeldRepliesCutStatus(t *testing.T) {
+	t.Parallel()
+	for _, how := range []string{"Close", "Shutdown"} {
+		t.Run(how, func(t *testing.T) {
+			t.Parallel()
+			p, _ := dbtest.NewPool(t, nil)
+			code := make(chan websocket.StatusCode, 1)
+			held := make(chan struct{})
+			opts := &wsconsumer.Options{Logger: quiet(), WriteTimeout: 500 * time.Millisecond}
+			if how == "Shutdown" {
+				opts.WriteTimeout = time.Minute
+			}
+			h := wsconsumer.NewSync(p, wsconsumer.Consumer{
+				Receive: func(ctx context.Context, s *wsconsumer.Session, typ websocket.MessageType, data []byte) error {
+					if err := s.Send(ctx, websocket.MessageBinary, make([]byte, 32<<20)); err != nil { // held
+						return err
+					}
+					if how == "Close" {
+						s.Close(4000, "bye")
+						return nil
+					}
+					close(held)
+					<-ctx.Done()
+					return nil
+				},
+				Disconnect: func(_ context.Context, _ *wsconsumer.Session, c websocket.StatusCode) { code <- c },
+			}, opts)
+			c := dial(t, serve(t, h)) // and never read
+			if err := c.Write(context.Background(), websocket.MessageText, []byte("go")); err != nil {
+				t.Fatal(err)
+			}
+			if how == "Shutdown" {
+				<-held
+				ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+				defer cancel()
+				h.Shutdown(ctx)
+			}
+			var got websocket.StatusCode
+			dbtest.NoHang(t, "Disconnect", func() { got = <-code })
+			if got != -1 {
+				t.Errorf("Disconnect got %v, want -1: no close frame went out", got)
+			}
+		})
+	}
+}

@@ -356,12 +356,19 @@ func (s *Session) Close(code websocket.StatusCode, reason string) error {
 	if c == nil {
 		return ErrClosed
 	}
-	s.sent.CompareAndSwap(0, int32(code))
 	s.ended.CompareAndSwap(0, endServer)
+	flushed := true
 	if o := s.out.Load(); o != nil {
 		// Before closing is set, so that the write watchdog still looks
 		// at the socket: a client that takes nothing holds no Close.
-		o.flush()
+		flushed = o.flush()
+	}
+	if flushed {
+		// Before the frame goes out, for the read that meets the peer's
+		// answer (closeStatus). Where a held reply's write failed (the
+		// watchdog cut the connection), no frame goes out either: the
+		// status is then the one read, or -1.
+		s.sent.CompareAndSwap(0, int32(code))
 	}
 	s.closing.Store(true)
 	err := c.Close(code, reason)
@@ -540,7 +547,9 @@ func (o *outbox) add(typ websocket.MessageType, data []byte, owned bool) bool {
 // failed write (which closes the socket) ends it. Calls after the first
 // do nothing. Close calls it too, from any goroutine, so that what Send
 // accepted goes out before the close frame.
-func (o *outbox) flush() {
+//
+// It reports whether it wrote all it held.
+func (o *outbox) flush() bool {
 	o.wmu.Lock()
 	defer o.wmu.Unlock()
 	o.mu.Lock()
@@ -551,13 +560,16 @@ func (o *outbox) flush() {
 	o.msgs = msgs[:0]
 	o.mu.Unlock()
 	if len(msgs) == 0 {
-		return
+		return true
 	}
 	c := o.s.conn.Load()
+	ok := true
 	for _, m := range msgs {
 		if o.s.write(c, m.typ, m.data) != nil {
+			ok = false
 			break
 		}
 	}
 	clear(msgs)
+	return ok
 }
