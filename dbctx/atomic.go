@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"time"
 )
 
 // Atomic runs fn in a transaction on the scope in ctx, the port of
@@ -161,7 +162,7 @@ func (s *Scope) endTx(ctx context.Context, commit bool) error {
 	if commit && ctx.Err() != nil {
 		// Nothing would be sent (another driver would say the connection
 		// is bad): rolled back, and the context's news.
-		return errors.Join(fmt.Errorf("dbctx: commit: %w", ctx.Err()), s.rollbackAtomic(ctx))
+		return errors.Join(ctx.Err(), s.rollbackAtomic(ctx)) // Atomic says "commit"
 	}
 	if commit && c.pc == nil && x.failed && s.txAborted(ctx, c) {
 		// Another driver does not say that PostgreSQL answered COMMIT
@@ -171,7 +172,9 @@ func (s *Scope) endTx(ctx context.Context, commit bool) error {
 	}
 	if commit {
 		var tag string
-		err := s.runTxEnd(ctx, c, "COMMIT", &tag)
+		start := monotonic()
+		err := s.runCommit(ctx, c, &tag)
+		s.account(start)
 		switch {
 		case err != nil:
 			s.observe(ctx, err, false)
@@ -205,6 +208,50 @@ func (s *Scope) rollbackAtomic(ctx context.Context) error {
 		return err
 	}
 	return nil
+}
+
+// runCommit sends COMMIT on c. Where ctx can end, on pgx's connection,
+// its end does not cut the connection under the COMMIT, which would leave
+// its outcome unknown (PostgreSQL may have committed, its answer not yet
+// read: work reported lost that was done): a cancel request goes to the
+// server instead, and the answer is read. A COMMIT the server had not
+// finished fails (57014) and rolls back; one it had finished stands, and
+// is reported so. Where no answer comes within cleanupTimeout of the
+// cancel, the connection is cut as before.
+func (s *Scope) runCommit(ctx context.Context, c *session, tag *string) error {
+	if c.px == nil || ctx.Done() == nil {
+		return s.runTxEnd(ctx, c, "COMMIT", tag)
+	}
+	if err := ctx.Err(); err != nil {
+		return err // not sent (see endTx)
+	}
+	pc := c.pc
+	answered, watched := make(chan struct{}), make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		defer close(watched)
+		rctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+		pc.CancelRequest(rctx)
+		cancel()
+		t := time.NewTimer(cleanupTimeout)
+		defer t.Stop()
+		select {
+		case <-answered:
+		case <-t.C:
+			pc.Conn().SetDeadline(time.Unix(1, 0))
+		}
+	})
+	err := s.runTxEnd(context.WithoutCancel(ctx), c, "COMMIT", tag)
+	close(answered)
+	if !stop() {
+		// The cancel request was sent: it is over before the connection
+		// runs anything else (one that came late, while the server
+		// waited for a command, it ignores).
+		<-watched
+		if err != nil {
+			err = fmt.Errorf("%w: %w", ctx.Err(), err)
+		}
+	}
+	return err
 }
 
 // runTxEnd runs COMMIT or ROLLBACK on c, and keeps its command tag.

@@ -110,6 +110,7 @@ func (s *Scope) check(ctx context.Context, final bool) error {
 	switch {
 	case st.busy:
 		// Rows of the raw connection left open.
+		s.pool.opts.Logger.Warn("dbctx: a result was left open at a boundary (rows of the raw connection never closed); connection discarded")
 		s.abandon(discardBroken)
 		return nil
 	case c.pin.bad:
@@ -343,9 +344,6 @@ func (s *Scope) abandon(why discardReason) {
 	}
 	go conn.Raw(s.pool.discardFn)
 	s.pool.c.discarded[why].Add(1)
-	if why == discardBroken {
-		s.pool.opts.Logger.Warn("dbctx: a result was left open at a boundary (rows of the raw connection never closed); connection discarded")
-	}
 	s.forget()
 }
 

@@ -3,6 +3,7 @@ package dbctx_test
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"testing"
 	"time"
 
@@ -115,7 +116,9 @@ func TestSessionLostInAtomic(t *testing.T) {
 }
 
 // A COMMIT its context cancels mid-way (a deferred trigger runs in it) is
-// counted as canceled, not as a broken connection, and nothing commits.
+// canceled by the server (a cancel request; the connection stays), and
+// nothing commits: no connection is discarded, none counted broken (the
+// rollback after a cut connection counted it so).
 func TestCommitCanceledCounted(t *testing.T) {
 	t.Parallel()
 	pgtest.SkipPooled(t, "cancels a COMMIT mid-flight; PgBouncer 1.18 crashes on the cancel request")
@@ -149,7 +152,104 @@ func TestCommitCanceledCounted(t *testing.T) {
 	if err := env.Admin().QueryRow("SELECT count(*) FROM " + sc + ".t").Scan(&n); err != nil || n != 0 {
 		t.Errorf("PostgreSQL holds %d rows (%v), want 0", n, err)
 	}
-	if d := p.Stats().Discarded; d.Canceled != 1 || d.Broken != 0 {
-		t.Errorf("discarded %+v, want Canceled 1, Broken 0", d)
+	if d := p.Stats().Discarded; d != (dbctx.Discards{}) {
+		t.Errorf("discarded %+v, want none", d)
+	}
+}
+
+// Where the context ends after PostgreSQL committed but before its answer
+// to COMMIT is read (held back on the way: a stalled proxy stands for the
+// network), Atomic reports the commit PostgreSQL made and runs OnCommit:
+// it reported the work lost (and a 500 went out for it). The end of the
+// context sends a cancel request instead of cutting the connection under
+// the COMMIT, and the answer is read.
+func TestCommitAnswerAfterContextEnded(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "stalls its own proxy to the server")
+	env := newEnv(t)
+	px := newProxy(t, env)
+	db := openDSN(t, px.DSN())
+	p := poolOn(t, env, db, &dbctx.Options{MaxWorkers: 1})
+	sc := env.Schema()
+	mustExec(t, env.Admin(), "CREATE TABLE "+sc+".t (n int); "+
+		"CREATE FUNCTION "+sc+".slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.5); RETURN NULL; END $$; "+
+		"CREATE CONSTRAINT TRIGGER slow AFTER INSERT ON "+sc+".t DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION "+sc+".slow()")
+	count := func() int {
+		var n int
+		if err := env.Admin().QueryRow("SELECT count(*) FROM " + sc + ".t").Scan(&n); err != nil {
+			t.Error(err)
+		}
+		return n
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		defer px.Restore()
+		if dbtest.Wait(time.Minute, func() bool {
+			var n int
+			env.Admin().QueryRow("SELECT count(*) FROM pg_stat_activity WHERE usename = $1 AND state = 'active' AND query ILIKE 'commit%'", env.Role()).Scan(&n)
+			return n > 0
+		}) != nil {
+			return
+		}
+		px.Stall() // the answer to COMMIT is held back
+		if dbtest.Wait(time.Minute, func() bool { return count() == 1 }) != nil {
+			return
+		}
+		conns := px.Conns()
+		cancel()
+		dbtest.Wait(time.Minute, func() bool { return px.Conns() > conns }) // the cancel request's
+	}()
+	committed := false
+	err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+		return dbctx.Atomic(ctx, func(ctx context.Context) error {
+			dbctx.OnCommit(ctx, func() { committed = true })
+			_, err := s.ExecContext(ctx, "INSERT INTO t VALUES (1)")
+			return err
+		})
+	})
+	if n := count(); n != 1 || err != nil || !committed {
+		t.Errorf("PostgreSQL holds %d rows; Atomic returned %v, OnCommit ran %v; want 1 row, nil, true", n, err, committed)
+	}
+}
+
+// A handed-out connection whose backend was terminated is discarded at
+// the boundary with no claim of "a result was left open" (none was): the
+// warning is for rows of the raw connection never closed, which it still
+// reports.
+func TestNoLeftOpenWarningForDeadConn(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "terminates the backend of a handed-out connection")
+	logs, logger := dbtest.NewLogs()
+	p, env := newPool(t, &dbctx.Options{MaxWorkers: 1, Logger: logger})
+	ctx, s := p.Scope(context.Background())
+	conn, err := s.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := env.Terminate(t); n != 1 {
+		t.Fatalf("killed %d backends, want 1", n)
+	}
+	if _, err := conn.ExecContext(ctx, "SELECT 1"); err == nil {
+		t.Fatal("a statement on the terminated backend: nil error")
+	}
+	s.End()
+	if n := logs.Count(slog.LevelWarn, "dbctx: a result was left open"); n != 0 {
+		t.Errorf("warned %d times of a result left open, none was: %s", n, logs)
+	}
+	// Rows left open on the raw connection: still said.
+	ctx, s = p.Scope(context.Background())
+	conn, err = s.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows, err := conn.QueryContext(ctx, "SELECT generate_series(1, 100000)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.End()
+	rows.Close() // database/sql's bookkeeping of the discarded connection waits for it
+	if n := logs.Count(slog.LevelWarn, "dbctx: a result was left open"); n != 1 {
+		t.Errorf("rows left open: warned %d times, want 1: %s", n, logs)
 	}
 }

@@ -101,6 +101,14 @@ func AtomicWithOpts(opts *AtomicOptions) func(http.Handler) http.Handler {
 			switch k := answer.Of(err, ctx.Err() != nil); {
 			case err == nil, errors.Is(err, errRollback):
 				hw.send()
+			case ctx.Err() != nil && errors.Is(err, context.DeadlineExceeded):
+				// The request's deadline (a timeout middleware's) ended it:
+				// not committed, the handler's failure no more than a
+				// client's leaving is; answered as http.TimeoutHandler
+				// answers.
+				logattrs.Log(ctx, o.Logger, o.LogAttrs, slog.LevelDebug, "middleware: Atomic request not committed",
+					slog.String("path", r.URL.Path), slog.Any("err", err))
+				http.Error(w, http.StatusText(http.StatusServiceUnavailable), http.StatusServiceUnavailable)
 			case k.Handled():
 				// Not committed for a reason of the client's or the
 				// database's (the request's context ended, an outage):

@@ -259,3 +259,50 @@ func TestAtomicScopeEndedUnderIt(t *testing.T) {
 		t.Fatalf("%d rows committed, OnCommit ran: %v; want neither", n, committed.Load())
 	}
 }
+
+// A request whose deadline (a timeout middleware's, outside DB) passes
+// before its commit: rolled back, answered 503 as http.TimeoutHandler
+// answers, logged at Debug (it was an ERROR and a 500: the handler's
+// failure), the error said once.
+func TestAtomicDeadlinePassed(t *testing.T) {
+	t.Parallel()
+	p, env := newPool(t, nil)
+	createTable(t, env)
+	var committed atomic.Bool
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx := r.Context()
+		if _, err := dbctx.From(ctx).ExecContext(ctx, "INSERT INTO t VALUES (1)"); err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		dbctx.OnCommit(ctx, func() { committed.Store(true) })
+		<-ctx.Done() // past the deadline
+		fmt.Fprint(w, "ok")
+	})
+	deadline := func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			ctx, cancel := context.WithTimeout(r.Context(), 200*time.Millisecond)
+			defer cancel()
+			next.ServeHTTP(w, r.WithContext(ctx))
+		})
+	}
+	logs, logger := dbtest.NewLogs()
+	srv := serve(t, deadline(middleware.DB(p)(middleware.AtomicWithOpts(&middleware.AtomicOptions{Logger: logger})(h))))
+	resp, err := http.Post(srv.URL, "text/plain", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("status %d, want 503", resp.StatusCode)
+	}
+	if errs := logs.AtLeast(slog.LevelWarn); len(errs) > 0 {
+		t.Errorf("logged %+v: a deadline is no failure of the handler's", errs)
+	}
+	if s := logs.String(); strings.Count(s, "commit:") > 1 {
+		t.Errorf("the error says commit twice: %s", s)
+	}
+	if n := countRows(t, env); n != 0 || committed.Load() {
+		t.Fatalf("%d rows committed, OnCommit ran: %v; want none", n, committed.Load())
+	}
+}

@@ -6,8 +6,10 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"regexp"
+	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/dbscope/dbscope/dbctx"
 	"github.com/dbscope/dbscope/internal/dbtest"
@@ -287,5 +289,70 @@ func TestRowNeverScanned(t *testing.T) {
 	eventually(t, "the scope to end", func() bool {
 		st := p.Stats()
 		return st.InUse == 0 && st.Pinned == 0
+	})
+}
+
+// The header counts what a request waited for and ran before its
+// response went out: under Atomic, the COMMIT (a deferred trigger makes
+// it take 300ms), and with Eager, the wait for the slot (another request
+// holds the only one for 300ms). Both were left out.
+func TestServerTimingCountsCommitAndWait(t *testing.T) {
+	t.Parallel()
+	durOf := func(h string) (float64, string) {
+		var ms float64
+		var n string
+		if i := strings.Index(h, "dur="); i >= 0 {
+			fmt.Sscanf(h[i+4:], "%f", &ms)
+		}
+		if i := strings.Index(h, `desc="`); i >= 0 {
+			n = strings.TrimSuffix(h[i+6:], `"`)
+		}
+		return ms, n
+	}
+	t.Run("Atomic", func(t *testing.T) {
+		t.Parallel()
+		p, env := newPool(t, nil)
+		sc := env.Schema()
+		if _, err := env.Admin().Exec("CREATE TABLE " + sc + ".t (n int); " +
+			"CREATE FUNCTION " + sc + ".slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.3); RETURN NULL; END $$; " +
+			"CREATE CONSTRAINT TRIGGER slow AFTER INSERT ON " + sc + ".t DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION " + sc + ".slow()"); err != nil {
+			t.Fatal(err)
+		}
+		srv := serve(t, middleware.DBWithOpts(p, &middleware.DBOptions{ServerTiming: true})(middleware.Atomic(
+			http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				ctx := r.Context()
+				dbctx.From(ctx).ExecContext(ctx, "INSERT INTO t VALUES (1)")
+				fmt.Fprint(w, "ok")
+			}))))
+		code, _, hdr := get(t, srv.URL)
+		if ms, n := durOf(hdr.Get("Server-Timing")); code != http.StatusOK || ms < 300 || n != "2 queries" {
+			t.Errorf("%d, Server-Timing %q: want at least the COMMIT's 300ms, 2 queries (the INSERT, the COMMIT)", code, hdr.Get("Server-Timing"))
+		}
+	})
+	t.Run("Eager", func(t *testing.T) {
+		t.Parallel()
+		p, _ := newPool(t, &dbctx.Options{MaxWorkers: 1, WaitTimeout: time.Minute})
+		held, release := make(chan struct{}), make(chan struct{})
+		go p.Do(context.Background(), func(context.Context, *dbctx.Scope) error {
+			close(held)
+			<-release
+			return nil
+		})
+		<-held
+		go func() {
+			dbtest.Wait(time.Minute, func() bool { return p.Stats().Waiting == 1 })
+			time.Sleep(300 * time.Millisecond) // a wait of known length, not an assertion
+			close(release)
+		}()
+		srv := serve(t, middleware.DBWithOpts(p, &middleware.DBOptions{ServerTiming: true, Eager: true})(
+			http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				ctx := r.Context()
+				dbctx.From(ctx).ExecContext(ctx, "SELECT 1")
+				fmt.Fprint(w, "ok")
+			})))
+		code, _, hdr := get(t, srv.URL)
+		if ms, _ := durOf(hdr.Get("Server-Timing")); code != http.StatusOK || ms < 300 {
+			t.Errorf("%d, Server-Timing %q: want at least the 300ms waited for the slot", code, hdr.Get("Server-Timing"))
+		}
 	})
 }
