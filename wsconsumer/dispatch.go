@@ -338,7 +338,10 @@ func (h *Handler) event(pool *dbctx.Pool, s *Session, e groups.Event) {
 	ev := s.ev
 	if ev == nil {
 		ev = &events{}
-		ev.fn = func(ctx context.Context) error { return h.c.Event(ctx, s, ev.e) }
+		ev.fn = func(ctx context.Context) error {
+			ev.letGo(s)
+			return h.c.Event(ctx, s, ev.e)
+		}
 		s.ev = ev
 	}
 	ev.e = e
@@ -355,6 +358,15 @@ type events struct {
 	fn     func(ctx context.Context) error
 	parent context.Context // what ctx was made from
 	ctx    context.Context
+	held   bool // s.evGate, read-locked for the event at hand (see callback)
+}
+
+// letGo releases the socket's evGate where the event at hand holds it.
+func (ev *events) letGo(s *Session) {
+	if ev.held {
+		ev.held = false
+		s.evGate.RUnlock()
+	}
 }
 
 // patient returns parent, the context of the socket's callbacks (the same
@@ -375,11 +387,20 @@ func (h *Handler) callback(pool *dbctx.Pool, s *Session, cb *Callback, fn func(c
 	if s.lockCallbacks() {
 		defer s.cb.Unlock()
 	}
-	if cb.Kind == CallbackEvent && !s.eventCurrent() {
-		// Its group was left (or the socket closed) while it waited for
-		// the socket to open or for the callback before it: Leave's
-		// promise covers it.
-		return
+	if cb.Kind == CallbackEvent {
+		s.evGate.RLock()
+		if !s.eventCurrent() {
+			// Its group was left (or the socket closed) while it waited
+			// for the socket to open or for the callback before it:
+			// Leave's promise covers it.
+			s.evGate.RUnlock()
+			return
+		}
+		// Held until the Event callback begins (ev.fn lets it go), or
+		// its run ends without it: a Leave meanwhile waits, so the event
+		// has begun before Leave returned, as Leave promises.
+		s.ev.held = true
+		defer s.ev.letGo(s)
 	}
 	var out *outbox
 	if !h.async {

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime"
+	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -548,6 +550,92 @@ func TestOnSlowPanic(t *testing.T) {
 				}
 				return false
 			})
+		})
+	}
+}
+
+// Leave, then Join again, while events flow, in both styles: no event
+// sent before a Leave begins once that Leave has returned, and none
+// twice. An async Event that had passed the check of its group just
+// before a concurrent Leave could begin after Leave returned (4 runs in
+// 14). What an event saw is read where it begins (OnCallback, which runs
+// before the Event callback, under what Leave waits for), so that the
+// check does not depend on timing.
+func TestLeaveRejoinWhileEventsFlow(t *testing.T) {
+	t.Parallel()
+	for _, style := range []struct {
+		name string
+		new  styleFn
+	}{{"sync", wsconsumer.NewSync}, {"async", wsconsumer.NewAsync}} {
+		t.Run(style.name, func(t *testing.T) {
+			t.Parallel()
+			p, _ := dbtest.NewPool(t, nil)
+			layer := memoryLayer(t)
+			type loKey struct{}
+			var sent, lo atomic.Int64 // lo: every event up to it was sent before the last Leave began
+			var mu sync.Mutex
+			seen := map[int64]int{}
+			var bad []string
+			h := style.new(p, wsconsumer.Consumer{
+				Connect: func(ctx context.Context, s *wsconsumer.Session) error { return s.Join(ctx, "g") },
+				Receive: func(ctx context.Context, s *wsconsumer.Session, typ websocket.MessageType, data []byte) error {
+					before := sent.Load()
+					s.Leave("g")
+					lo.Store(before)
+					if err := s.Join(ctx, "g"); err != nil {
+						return err
+					}
+					return s.SendText(ctx, "ok")
+				},
+				Event: func(ctx context.Context, s *wsconsumer.Session, e groups.Event) error {
+					n, _ := strconv.ParseInt(string(e.Data), 10, 64)
+					mu.Lock()
+					defer mu.Unlock()
+					if seen[n]++; seen[n] > 1 {
+						bad = append(bad, fmt.Sprintf("event %d twice", n))
+					}
+					if l := ctx.Value(loKey{}).(int64); n <= l {
+						bad = append(bad, fmt.Sprintf("event %d began after a Leave that began once it was sent (%d)", n, l))
+					}
+					return nil
+				},
+			}, &wsconsumer.Options{Logger: quiet(), Layer: layer,
+				Member: &groups.MemberOptions{MaxQueue: 1 << 20, MaxBytes: 1 << 30},
+				OnCallback: func(ctx context.Context, cb wsconsumer.Callback) (context.Context, func(error)) {
+					return context.WithValue(ctx, loKey{}, lo.Load()), nil
+				}})
+			c := dial(t, serve(t, h))
+			ctx := context.Background()
+			stop := make(chan struct{})
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					n := sent.Load() + 1
+					layer.Send(ctx, "g", []byte(strconv.FormatInt(n, 10)))
+					sent.Store(n)
+				}
+			}()
+			for range 300 {
+				if err := c.Write(ctx, websocket.MessageText, []byte("x")); err != nil {
+					t.Fatal(err)
+				}
+				if _, _, err := c.Read(ctx); err != nil {
+					t.Fatal(err)
+				}
+			}
+			close(stop)
+			<-done
+			mu.Lock()
+			defer mu.Unlock()
+			if len(bad) > 0 {
+				t.Fatalf("%d violations, the first: %q", len(bad), bad[:min(5, len(bad))])
+			}
 		})
 	}
 }

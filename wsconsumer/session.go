@@ -70,6 +70,11 @@ type Session struct {
 
 	cb  sync.Mutex // one sync callback at a time, where events may come (see lockCallbacks)
 	vmu sync.Mutex // AddValues, one at a time
+
+	// evGate is held (read) by an event from the check that its group is
+	// still the socket's to the start of its Event callback; Leave waits
+	// for it (write), so that an event it did not stop has begun.
+	evGate sync.RWMutex
 }
 
 // lockCallbacks makes a sync callback the only one of the socket running,
@@ -141,6 +146,11 @@ func (s *Session) Leave(group string) {
 	s.mu.Unlock()
 	if m != nil {
 		m.Leave(group)
+		// An event that found its group still the socket's, before
+		// m.Leave, has begun its Event callback once this returns.
+		s.evGate.Lock()
+		//lint:ignore SA2001 a barrier: the events that hold it have begun
+		s.evGate.Unlock()
 	}
 }
 
