@@ -233,6 +233,7 @@ func TestSessionFail(t *testing.T) {
 // counts nowhere. Neither is logged above Debug.
 func TestServerClosesNotClientGone(t *testing.T) {
 	t.Parallel()
+	pgtest.SkipPooled(t, "cancels statements mid-flight; PgBouncer 1.18 crashes on the cancel request (server_proto: server in bad state)")
 	for name, style := range styles {
 		for _, how := range []string{"shutdown", "close", "idle"} {
 			t.Run(name+"/"+how, func(t *testing.T) {
