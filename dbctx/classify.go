@@ -178,24 +178,38 @@ func (c *noteCache) kind(query string) queryKind {
 // escaped quote. A text with a byte above ASCII before a backslash is
 // read that way too.
 func classify(query string) queryKind {
-	k := classifyBoth(query, false)
-	if highBeforeBackslash(query) {
-		k = joinKinds(k, classifyBoth(query, true))
-	}
+	var k queryKind
+	first := true
+	readings(query, func(l lexer) bool {
+		c := classifier{lx: l}
+		c.run()
+		if first {
+			k, first = c.kind, false
+		} else {
+			k = joinKinds(k, c.kind)
+		}
+		return true
+	})
 	return k
 }
 
-// classifyBoth reads query with standard_conforming_strings on and, where
-// a backslash may escape, off; mb reads a byte above ASCII and the byte
-// after it as one character.
-func classifyBoth(query string, mb bool) queryKind {
-	k := classifyAs(query, false, mb)
-	if strings.IndexByte(query, '\\') >= 0 {
-		// Off, a backslash escapes a quote in '…' too, which moves where
-		// strings end: what is code one way is a string the other.
-		k = joinKinds(k, classifyAs(query, true, mb))
+// readings calls f with a lexer for each way PostgreSQL may read query,
+// until f returns false: standard_conforming_strings on, and, where a
+// backslash may escape, off (a statement before it in its transaction
+// may have switched it: SET LOCAL, set_config; off, a backslash escapes
+// a quote in '…' too, which moves where strings end: what is code one
+// way is a string the other); each also with a byte above ASCII and the
+// byte after it read as one character, where such a byte comes before a
+// backslash. classify reads each way, and so does the reading of
+// transaction control (txControlOf, endsBefore).
+func readings(query string, f func(l lexer) bool) {
+	if !f(lexer{q: query}) || strings.IndexByte(query, '\\') < 0 {
+		return
 	}
-	return k
+	if !f(lexer{q: query, escapes: true}) || !highBeforeBackslash(query) {
+		return
+	}
+	_ = f(lexer{q: query, mb: true}) && f(lexer{q: query, escapes: true, mb: true})
 }
 
 // joinKinds is what a statement read two ways may do: what either reading

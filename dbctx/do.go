@@ -26,9 +26,9 @@ import (
 // panic in fn discards the connection fn was using and becomes a
 // *[PanicError] carrying the stack; where that connection carried the
 // session of the code around Do (a nested Do, an [Atomic] around it),
-// that code's statements get [ErrSessionLost] until the scope's boundary. Do blocks until fn returns. Where
-// ctx is done already, Do returns ctx.Err() and runs nothing, as
-// database/sql does.
+// that code's statements get [ErrSessionLost] until the scope's
+// boundary. Do blocks until fn returns. Where ctx is done already, Do
+// returns ctx.Err() and runs nothing, as database/sql does.
 func Do(ctx context.Context, fn func(ctx context.Context, s *Scope) error) error {
 	s := From(ctx)
 	if s == nil {

@@ -65,11 +65,7 @@ func newRecurLogger(l *slog.Logger, interval time.Duration) (*slog.Logger, *burs
 	return slog.New(&recurHandler{next: l.Handler(), b: b}), b
 }
 
-// The user's handler is called through handle and enabled, which keep
-// its panic from the pool: the pool logs under a scope's lock, and from
-// timers' goroutines, where a panic would leave the lock held (the next
-// Lock hangs) or end the process. slog drops a handler's error.
-
+// Enabled asks the user's handler, its panic taken for true (see handle).
 func (h *recurHandler) Enabled(ctx context.Context, l slog.Level) (on bool) {
 	defer func() {
 		if recover() != nil {
@@ -86,7 +82,10 @@ func (h *recurHandler) Handle(ctx context.Context, r slog.Record) error {
 	return nil
 }
 
-// handle is to.Handle(ctx, r), its panic an error.
+// handle is to.Handle(ctx, r), its panic an error: the pool logs under a
+// scope's lock, and from timers' goroutines, where a panic of the user's
+// handler would leave the lock held (the next Lock hangs) or end the
+// process. slog drops a handler's error.
 func handle(ctx context.Context, to slog.Handler, r slog.Record) (err error) {
 	defer func() {
 		if v := recover(); v != nil {

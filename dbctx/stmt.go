@@ -366,23 +366,6 @@ func txControlOf(query string) txMove {
 	return move
 }
 
-// readings calls f with a lexer for each way PostgreSQL may read query,
-// as classify does: standard_conforming_strings on, and off where query
-// has a backslash (a statement before it in its transaction may have
-// switched it: SET LOCAL, set_config), each also with bytes above ASCII
-// read as the first of two where one comes before a backslash (a
-// client_encoding whose characters may end in a backslash's byte); until
-// f returns false.
-func readings(query string, f func(l lexer) bool) {
-	if !f(lexer{q: query}) || strings.IndexByte(query, '\\') < 0 {
-		return
-	}
-	if !f(lexer{q: query, escapes: true}) || !highBeforeBackslash(query) {
-		return
-	}
-	_ = f(lexer{q: query, mb: true}) && f(lexer{q: query, escapes: true, mb: true})
-}
-
 // eachStmt calls fn with the first tokens of each statement l reads, in
 // order, and whether it ends AND CHAIN (not AND NO CHAIN), until fn
 // returns false. The statements of a routine's body (CREATE [OR REPLACE]

@@ -237,7 +237,7 @@ func (e *Postgres) joinsTx(ctx context.Context) bool {
 	s := dbctx.From(ctx)
 	return s == nil || s.Pool() == e.pool
 }
-func (e *Postgres) MaxPayload() int     { return e.opts.MaxPayload }
+func (e *Postgres) MaxPayload() int { return e.opts.MaxPayload }
 
 func (e *Postgres) Ready() error {
 	e.mu.Lock()
