@@ -738,6 +738,12 @@ type classifier struct {
 	// anything in it but its own first words writes (see kindDML).
 	dml, dmlOther bool
 
+	// The word UPDATE, and the name pg_settings (or a name not decoded),
+	// anywhere in the statement: an UPDATE of the view pg_settings,
+	// whose rule calls set_config(name, setting, false) for each row it
+	// updates, the names chosen by its WHERE (see endStatement).
+	update, settingsView bool
+
 	// set_config(…) under way: the depth inside its parentheses (0: none),
 	// the argument being read, and whether the argument so far is one
 	// token meaning true.
@@ -827,6 +833,11 @@ func (c *classifier) endStatement() {
 		if c.conflictAt > 0 || c.conflictCall {
 			c.ck |= kindState | kindCode // conflict(…) called
 		}
+		if c.update && c.settingsView {
+			// As set_config with a name computed: it may be search_path
+			// (to anything), or seed, whose state no reset undoes.
+			c.sk |= kindSessionState | kindSetting | kindResolve | kindPathLate | kindPoison
+		}
 		k := c.ck
 		if c.cfgDepth > 0 {
 			k |= kindSessionState // set_config( never closed
@@ -873,6 +884,9 @@ func (c *classifier) token(t token) {
 		}
 	}
 	c.setConfigArg(t)
+	if nameIs(t, "pg_settings") {
+		c.settingsView = true
+	}
 	switch t.kind {
 	case tLParen:
 		switch {
@@ -997,6 +1011,9 @@ func (c *classifier) word(t token) {
 	if tempSchema(t.text) {
 		c.sk |= kindSessionState | kindResolve
 	}
+	if t.is("update") {
+		c.update = true
+	}
 	switch {
 	case c.createHead && c.pos > 0:
 		switch {
@@ -1112,8 +1129,8 @@ func (c *classifier) second(t token) {
 	switch {
 	case c.pos == 1 && c.first.is("set"):
 		c.setForm(t)
-		c.pathSet, c.pathAt = nameIs(t, "search_path"), c.pos
-	case c.pos == 2 && c.first.is("set") && c.atSettingName() && nameIs(t, "search_path"):
+		c.pathSet, c.pathAt = setsPath(t), c.pos
+	case c.pos == 2 && c.first.is("set") && c.atSettingName() && setsPath(t):
 		c.pathSet, c.pathAt = true, c.pos
 	case c.pos == 1 && c.first.is("prepare"):
 		// PREPARE TRANSACTION 'gid', or a statement named transaction.
@@ -1185,11 +1202,17 @@ func (c *classifier) resolves(t token) bool {
 	case c.pos == 1 && c.first.is("reset"):
 		return nameIs(t, "search_path") || nameIs(t, "role") || t.is("session") || nameIs(t, "session_authorization") || t.is("all")
 	case c.first.is("set") && c.atSettingName():
-		return nameIs(t, "search_path") || nameIs(t, "role") || nameIs(t, "session_authorization") ||
+		return setsPath(t) || nameIs(t, "role") || nameIs(t, "session_authorization") ||
 			t.is("authorization") && c.p1.is("session")
 	}
 	return false
 }
+
+// setsPath reports whether t, a setting's name in SET, names the
+// search_path: as itself, or as SET [LOCAL | SESSION] SCHEMA 'value', the
+// grammar's other spelling of it (a setting schema.x is another, but is
+// taken for it).
+func setsPath(t token) bool { return nameIs(t, "search_path") || t.is("schema") }
 
 // setsSeed reports whether t names the setting seed in SET [LOCAL |
 // SESSION] or RESET (not a setting seed.x).

@@ -212,12 +212,12 @@ func (s *Scope) giveBack(ctx context.Context) error {
 	}
 	tp := p.opts.TransactionPooling
 	if c.px == nil && c.pin.seen&kindSeq != 0 {
-		c.pin.seen |= kindState // the lighter reset is pgx's only
+		c.pin.see(kindState) // the lighter reset is pgx's only
 	}
 	if !tp && !c.dirty() && c.changed() {
 		// Something the scope ran changed the session user without the
 		// classifier seeing it: a view's or an operator's code, say.
-		c.pin.seen |= kindState | kindCode
+		c.pin.see(kindState | kindCode)
 	}
 	if p.opts.OnRelease != nil {
 		ctx, cancel := cleanupCtx(ctx)
@@ -227,7 +227,7 @@ func (s *Scope) giveBack(ctx context.Context) error {
 			s.unpin(discardHook)
 			return fmt.Errorf("dbctx: OnRelease: %w", err)
 		}
-		c.pin.seen |= kindState | kindCode // what it ran is not seen
+		c.pin.see(kindState | kindCode) // what it ran is not seen
 	}
 	if !tp && c.px != nil && c.pin.seen&kindResolve != 0 {
 		if err := p.dropStatements(ctx, c); err != nil {
@@ -245,6 +245,7 @@ func (s *Scope) giveBack(ctx context.Context) error {
 			// trip (prefix.go), or before it goes back to the *sql.DB.
 			c.resetDue, c.seqOnly = true, false
 			c.sweepDue = c.sweepDue || sweep
+			c.apart = c.apart || c.pin.codeApart || p.opts.ResetAlways
 			// A statement not yet described is described after the
 			// reset, not before it, under what the scope set.
 			c.setDue = c.setDue || c.pin.seen&(kindSetting|kindResolve) != 0

@@ -96,7 +96,10 @@
 // in one more round trip where needed (the *sql.Tx's statements, which
 // the scope does not see, run with those applied last: BeginTx's context's,
 // unless a statement through the scope in the transaction declared
-// others); [Atomic] sends its BEGIN and them with its
+// others). Since such statements, and those of a *sql.Stmt of
+// [Scope.PrepareContext], may change the settings at any time (SET
+// LOCAL, set_config, ROLLBACK TO SAVEPOINT), once one is handed out every
+// statement of the scope applies its own again; [Atomic] sends its BEGIN and them with its
 // first statement. Inside a transaction, a rollback to a savepoint (a
 // nested Atomic that fails, or ROLLBACK TO in SQL) puts back the values
 // the transaction had before it, so the next statement gets its own again,
@@ -115,7 +118,13 @@
 // connection, what dbscope sends before a statement, and the statement
 // with it, are prepared on the connection under names of dbscope's
 // (dbscope_N), as pgx prepares its own: PostgreSQL parses and plans them
-// once per connection.
+// once per connection. Code can replace them (DEALLOCATE dbscope_N, then
+// PREPARE dbscope_N AS SELECT, in SQL): the check before a reset, for
+// statements PREPAREd in SQL, finds such replacements and sends the reset
+// unnamed, and after code other than a DML statement's own (DO, CALL, a
+// function) the check itself goes unnamed; after DML alone it stays named,
+// so a trigger written to replace dbscope's statements is not guarded
+// against.
 //
 // [Options.OnAcquire] and [Options.OnBegin] remain for what is not a
 // setting: state that needs SQL of your own, or a driver other than pgx's.
@@ -340,7 +349,9 @@
 // setting's, and costs the connection; a function whose name is written
 // U&"…" is taken for one, and so is a set_config whose setting's name is
 // computed or an argument (set_config($1, …)), and TREAT(… AS name),
-// which calls the function of the type's name. Behind PgBouncer, what is
+// which calls the function of the type's name, and an UPDATE of the view
+// pg_settings, whose rule calls set_config(name, setting, false) for the
+// names its WHERE picks. Behind PgBouncer, what is
 // not refused is listed below.
 //
 // # Retry
@@ -386,7 +397,9 @@
 //     [Atomic] (SET LOCAL, set_config(…, true), pg_advisory_xact_lock,
 //     CREATE TEMP TABLE … ON COMMIT DROP). Statements that set
 //     session-level state (SET, RESET, set_config(…, false) or with a
-//     name computed or passed as an argument, TREAT(… AS name), SET ROLE,
+//     name computed or passed as an argument, TREAT(… AS name), an UPDATE
+//     of pg_settings, a search_path (SET [LOCAL] search_path or SET
+//     [LOCAL] SCHEMA) that names pg_temp or cannot be read, SET ROLE,
 //     LISTEN, PREPARE, EXECUTE, cursors WITH HOLD, temporary objects and
 //     anything that names pg_temp, session advisory locks, LOAD, DISCARD,
 //     and EXPLAIN ANALYZE of any of these) fail with [ErrSessionState]

@@ -264,7 +264,7 @@ const msgCleaning = "dbctx: cleaning a connection before giving it back"
 // clean runs what c's last user left owed, alone: the reset (which clears
 // settings too), or the clearing of the settings dbscope applied.
 func (p *Pool) clean(ctx context.Context, c *session) error {
-	pre := &prefix{reset: c.resetDue, sweep: c.resetDue && c.sweepDue, seqOnly: c.resetDue && c.seqOnly}
+	pre := &prefix{reset: c.resetDue, sweep: c.resetDue && c.sweepDue, seqOnly: c.resetDue && c.seqOnly, checkApart: c.apart}
 	if !c.resetDue || c.seqOnly {
 		pre.set = withResets(nil, c.applied)
 	}

@@ -2,6 +2,7 @@ package dbctx_test
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"testing"
 
@@ -182,6 +183,8 @@ func TestTwoByteEncodingString(t *testing.T) {
 
 // pgx's named arguments are rewritten before the text runs ($@a becomes
 // $$1, which opens a dollar quote): the text that runs is the one read.
+// So through database/sql's methods too, where they come wrapped in a
+// sql.NamedArg, whose value pgx's stdlib hands on as the argument.
 func TestNamedArgsRewrittenText(t *testing.T) {
 	t.Parallel()
 	pgtest.SkipPooled(t, "needs consecutive scopes to share one server session")
@@ -201,7 +204,65 @@ func TestNamedArgsRewrittenText(t *testing.T) {
 			if got != "" {
 				t.Errorf("%s, %s: the next scope sees app.x %q (same backend %v)", mode, name, got, same)
 			}
+			got, same = runThenAsk(t, p, func(ctx context.Context, s *dbctx.Scope) error {
+				_, err := s.ExecContext(ctx, q, sql.Named("p", args))
+				return err
+			}, "SELECT coalesce(current_setting('app.x', true), '')")
+			if got != "" {
+				t.Errorf("%s, %s in a sql.NamedArg: the next scope sees app.x %q (same backend %v)", mode, name, got, same)
+			}
 		}
+	}
+}
+
+// Code in a scope can replace the statements dbscope prepares on the
+// connection (cache_statement mode: the reset's, and the check before it
+// for statements PREPAREd in SQL), by DEALLOCATE and PREPARE of their
+// names in SQL, with statements that do nothing: the reset that binds
+// them must not be fooled. Here a DO block replaces the reset's statements
+// (and, in the second case, the check too) and sets app.x; the next scope
+// must not see it, whichever backend it is on.
+func TestResetStatementsReplaced(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "needs consecutive scopes to share one server session")
+	const replace = `DO $r$ DECLARE r record; BEGIN
+	FOR r IN SELECT name, statement FROM pg_prepared_statements WHERE NOT from_sql AND name LIKE 'dbscope\_%%' LOOP
+		IF r.statement LIKE '%%pg_prepared_statement()%%' AND NOT %v THEN
+			CONTINUE;
+		END IF;
+		EXECUTE format('DEALLOCATE %%I', r.name);
+		EXECUTE format('PREPARE %%I AS SELECT 1', r.name);
+	END LOOP;
+	PERFORM set_config('app.x', 'leak', false);
+	PERFORM pg_advisory_lock(4242);
+END $r$`
+	for _, check := range []bool{false, true} {
+		t.Run(fmt.Sprintf("check replaced %v", check), func(t *testing.T) {
+			t.Parallel()
+			env := newEnv(t)
+			mustExec(t, env.Admin(), "CREATE TABLE "+env.Schema()+".log (n int)")
+			p := onePoolInMode(t, env, "cache_statement", dbctx.Options{Logger: quiet()})
+			// Dirty scopes, each paid for by the next: the reset's
+			// statements, and the check, are prepared on the connection.
+			for _, q := range []string{"SET app.y = '1'", "INSERT INTO log VALUES (1)", "SELECT 1"} {
+				if _, same := runThenAsk(t, p, exec(q), "SELECT 1"); !same {
+					t.Fatalf("%s: the next scope ran on another backend", q)
+				}
+			}
+			got, same := runThenAsk(t, p, func(ctx context.Context, s *dbctx.Scope) error {
+				if err := exec(fmt.Sprintf(replace, check))(ctx, s); err != nil {
+					return err
+				}
+				n, err := queryInt(ctx, s, "SELECT count(*) FROM pg_prepared_statements WHERE from_sql AND name LIKE 'dbscope%'")
+				if err == nil && n < 3 {
+					err = fmt.Errorf("%d statements replaced, want the reset's", n)
+				}
+				return err
+			}, "SELECT concat_ws(' ', current_setting('app.x', true), (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()))")
+			if got != " 0" && got != "0" {
+				t.Errorf("the next scope sees %q (same backend %v), want no app.x and no lock", got, same)
+			}
+		})
 	}
 }
 

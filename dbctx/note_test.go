@@ -307,6 +307,20 @@ func TestClassify(t *testing.T) {
 		{"SELECT set_config('search_path', $1, true)", S | X | L},
 		{"SELECT set_config('search_path', 'public', true)", L},
 		{"SET LOCAL search_path = public, 'x'", L},
+		// SET SCHEMA 'value' is the grammar's other spelling of SET
+		// search_path (a setting schema.x is another).
+		{"SET LOCAL SCHEMA E'pg\\137temp'", S | X | L},
+		{"SET LOCAL SCHEMA U&'pg\\005ftemp'", S | X | L},
+		{"SET LOCAL SCHEMA 'pg_temp'", S | X | L},
+		{"set local schema 'public'", L},
+		{"SET SCHEMA 'public'", S | X},
+		{"SET LOCAL schema.x = 'pg_temp'", S | X | L},
+		// An UPDATE of pg_settings: its rule (pg_settings_u) calls
+		// set_config(name, setting, false), the name chosen by the WHERE.
+		{"UPDATE pg_settings SET setting = '4242' WHERE name = 'work_mem'", S | C | P | X},
+		{`UPDATE ONLY pg_catalog."pg_settings" s SET setting = '1' WHERE s.name = 'seed'`, S | C | P | X},
+		{"WITH u AS (UPDATE pg_settings SET setting = '0' WHERE name = $1 RETURNING 1) SELECT * FROM u", S | C | P | X},
+		{"SELECT setting FROM pg_settings WHERE name = 'work_mem'", 0},
 		// A character of two bytes whose second is a backslash's (SJIS,
 		// BIG5): the quote after it ends the string.
 		{"SELECT E'\x95\x5c', set_config('app.x', 'leak', false) -- '", S | X},

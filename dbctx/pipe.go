@@ -54,6 +54,28 @@ const sweepCheckSQL = "SELECT 1 OPERATOR(pg_catalog./) (pg_catalog.count(*) OPER
 const sweepCheckListenSQL = "SELECT 1 OPERATOR(pg_catalog./) (pg_catalog.count(*) OPERATOR(pg_catalog.=) 0 AND NOT EXISTS (SELECT FROM pg_catalog.pg_listening_channels()))::int " +
 	"FROM pg_catalog.pg_prepared_statement() WHERE from_sql"
 
+// unnamed reports whether p's statement sql goes unnamed where the
+// connection's statements are named (Pool.named). Code the last scope ran
+// may have replaced them: DEALLOCATE dbscope_N and PREPARE dbscope_N AS
+// SELECT, in SQL, and the reset that binds that name runs the code's
+// statement instead of its own. The check that no statement was PREPAREd
+// in SQL sees such a replacement, unless it is the one replaced: after
+// code apart from a DML statement's own (DO, CALL, a function: the
+// session's codeApart), it goes unnamed, parsed and planned anew. Once it
+// failed, every statement of the round trip with the full sweep goes
+// unnamed. After DML alone the check stays named: a trigger written to
+// replace dbscope's statements is not guarded against (see the package
+// doc).
+func (p *prefix) unnamed(sql string) bool {
+	if !p.reset || p.seqOnly {
+		return false
+	}
+	if p.sweep && !p.check {
+		return true
+	}
+	return p.checkApart && (sql == sweepCheckSQL || sql == sweepCheckListenSQL)
+}
+
 // sweepFound reports whether err, on p's round trip of which reached
 // statements ran, is p's sweep check failing.
 func sweepFound(p *prefix, reached int, err error) bool {
@@ -93,9 +115,12 @@ func (pl *Pool) startPrefix(ctx context.Context, c *session, rt *roundTrip, p *p
 	pipeline := len(c.stale) > 0
 	if named {
 		pl.prefixStatements(p, func(sql string, _ bool) {
-			sd := c.prep[sql]
+			var sd *pgconn.StatementDescription
+			if !p.unnamed(sql) {
+				sd = c.prep[sql]
+				pipeline = pipeline || sd == nil
+			}
 			c.sds = append(c.sds, sd)
-			pipeline = pipeline || sd == nil
 		})
 	}
 	if pipeline {
@@ -117,7 +142,7 @@ func (pl *Pool) startPrefix(ctx context.Context, c *session, rt *roundTrip, p *p
 			params = c.setConfigParams(p.set, p.local)
 		}
 		switch {
-		case !named:
+		case !named || p.unnamed(sql):
 			rt.sendParams(sql, params, nil, nil, nil)
 		case c.sds[i] != nil:
 			rt.sendStatement(c.sds[i], params, nil, nil)

@@ -142,7 +142,7 @@ func (p *Pool) connect(ctx context.Context, pn *Pin) (c *session, looked bool, e
 			err = p.clean(ctx, c)
 		}
 		if err == nil {
-			c.pin.seen |= kindUnknown // what it runs is not seen
+			c.pin.see(kindUnknown) // what it runs is not seen
 			err = callHook("OnAcquire", func() error { return p.opts.OnAcquire(ctx, c.pin.conn) })
 		}
 		if err == nil {

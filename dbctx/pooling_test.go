@@ -45,6 +45,8 @@ func TestTransactionPoolingRefusesSessionState(t *testing.T) {
 		"SELECT set_config('search_path', 'pg_' || 'temp', true)",
 		"SELECT E'\x95\x5c', set_config('app.tenant', '42', false) -- '",
 		"SET LOCAL seed = 0.5",
+		"SET LOCAL SCHEMA E'pg\\137temp'",
+		"UPDATE pg_settings SET setting = '4242' WHERE name = 'work_mem'",
 	}
 	probe := func() string {
 		var s string

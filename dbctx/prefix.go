@@ -39,6 +39,7 @@ type prefix struct {
 	reset, sweep bool      // run the reset of an earlier scope first (and sweep prepared statements)
 	seqOnly      bool      // the reset is DISCARD SEQUENCES alone (Options.PlainWrites)
 	check        bool      // sweep by a check first, the full sweep only where it fails (pipe.go)
+	checkApart   bool      // code apart from DML's own ran: the check goes unnamed (see prefix.unnamed)
 	shareTx      bool      // the reset may share the statement's transaction, if check (ownTx)
 	begin        bool      // begin Atomic's transaction
 	set          []setting // set_config calls, in order
@@ -102,7 +103,7 @@ func (s *Scope) prefixFor(ctx context.Context, c *session, inTx, begin bool) (*p
 		}
 		if st.late {
 			// The statement's built-ins may be a user's code.
-			c.pin.seen |= kindState | kindCode
+			c.pin.see(kindState | kindCode)
 		}
 		if st.name == "search_path" && s.pool.opts.TransactionPooling && (containsFold(st.value, "pg_temp") || containsFold(st.value, "pg_toast_temp")) {
 			return nil, fmt.Errorf("%w: a search_path naming pg_temp, under which a CREATE makes a temporary table that outlives the transaction on the pooler's server connection", ErrSessionState)
@@ -121,7 +122,7 @@ func (s *Scope) prefixFor(ctx context.Context, c *session, inTx, begin bool) (*p
 		p.seqOnly, p.sweep = true, false
 	}
 	if p != nil && p.sweep && c.px != nil && c.mode != pgx.QueryExecModeSimpleProtocol {
-		p.check = true
+		p.check, p.checkApart = true, c.apart
 		// Not after settings set in view (SET, set_config): they may be
 		// the transaction defaults (default_transaction_read_only, …),
 		// under which a shared transaction would begin.
@@ -137,7 +138,7 @@ func (s *Scope) prefixSession(c *session, want []setting, reset bool) *prefix {
 	if reset && !c.seqOnly {
 		base = nil // the reset clears what was applied
 	}
-	same := !c.pin.unsure && !c.pin.handedOut && sameSettings(base, want)
+	same := !c.pin.unsure && !c.pin.blind() && sameSettings(base, want)
 	if !reset && same {
 		return nil
 	}
@@ -162,7 +163,7 @@ func (s *Scope) prefixTx(c *session, want []setting, reset, inTx, begin bool) *p
 		// Outside a transaction behind a pooler: every statement's
 		// implicit transaction gets them anew.
 		p.set = want
-	case c.pin.txSet != nil && !c.pin.txUnsure && !c.pin.handedOut && !reset:
+	case c.pin.txSet != nil && !c.pin.txUnsure && !c.pin.blind() && !reset:
 		if sameSettings(c.pin.txSet, want) {
 			p.set = nil
 		} else {
@@ -176,7 +177,7 @@ func (s *Scope) prefixTx(c *session, want []setting, reset, inTx, begin bool) *p
 		if reset && !c.seqOnly || tp {
 			base = nil
 		}
-		if !reset && !c.pin.unsure && !c.pin.txUnsure && !c.pin.handedOut && sameSettings(base, want) {
+		if !reset && !c.pin.unsure && !c.pin.txUnsure && !c.pin.blind() && sameSettings(base, want) {
 			p.set = nil
 		} else {
 			// Unsure, the transaction may hold any value it was
@@ -351,7 +352,7 @@ func (pl *Pool) resetDone(c *session, seqOnly bool) {
 		c.applied = nil
 		dropNotifications(c)
 	}
-	c.resetDue, c.sweepDue, c.seqOnly, c.setDue = false, false, false, false
+	c.resetDue, c.sweepDue, c.seqOnly, c.setDue, c.apart = false, false, false, false, false
 }
 
 // dropNotifications drops the notifications of channels an earlier scope

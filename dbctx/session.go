@@ -47,6 +47,7 @@ type session struct {
 	applied  []setting // session-level settings applied, by name
 	resetDue bool      // an earlier scope left state: reset before anything runs
 	sweepDue bool      // and the reset deallocates statements PREPAREd in SQL
+	apart    bool      // and code apart from DML's own ran (pin.codeApart): its check goes unnamed
 	seqOnly  bool      // and the reset is DISCARD SEQUENCES alone: writes left only sequence state (Options.PlainWrites)
 	setDue   bool      // and settings were set in view (SET, set_config) or names resolved otherwise (kindResolve): the reset takes a transaction of its own (prefix.go) and goes before a statement not yet described (exec.go)
 	descs    descCache // statement descriptions, for the prefixed database/sql queries
@@ -84,6 +85,14 @@ type pin struct {
 	// in raw SQL (no retry; rolled back at the boundary).
 	seen queryKind
 
+	// codeApart is set where code ran that is not a DML statement's own
+	// (kindCode without kindDML: DO, CALL, a function, what is not seen):
+	// code that may have replaced the statements dbscope prepares on the
+	// connection (DEALLOCATE dbscope_N; PREPARE dbscope_N AS …), so that
+	// the reset's check of the statements PREPAREd in SQL goes unnamed
+	// (see prefix.checkApart).
+	codeApart bool
+
 	// open counts the results handed out on the connection and not yet
 	// closed (rows, batch results): a statement meanwhile is refused with
 	// ErrConnBusy. Their Close runs on their own goroutine.
@@ -97,6 +106,7 @@ type pin struct {
 	bad       bool // a connection-level error seen while in a transaction
 	badWhy    discardReason
 	handedOut bool      // user code holds the connection itself: discarded at the boundary
+	unseen    bool      // a handle runs statements the scope does not see (BeginTx's *sql.Tx, PrepareContext's *sql.Stmt): see blind
 	unchecked bool      // pinned without the socket check (see Pool.check)
 	used      bool      // a statement ran on it: none is retried
 	resetBad  bool      // the reset owed before the first statement failed: the statement did not run, and the connection is not used again
@@ -117,6 +127,23 @@ type openTx struct {
 	tx   *sql.Tx
 	stop func() bool
 }
+
+// see notes that a statement of kind k ran (or may have) on the
+// connection.
+func (p *pin) see(k queryKind) {
+	p.seen |= k
+	if k&kindCode != 0 && k&kindDML == 0 {
+		p.codeApart = true
+	}
+}
+
+// blind reports whether what the session's settings are is not known
+// from what the scope ran: user code holds the connection, or a handle
+// the scope handed out (a *sql.Tx, a *sql.Stmt) whose statements it does
+// not see, which may set them (set_config, SET LOCAL), or put back earlier
+// ones (ROLLBACK TO SAVEPOINT), at any time, until the boundary. Each
+// statement of the scope then applies its settings again.
+func (p *pin) blind() bool { return p.handedOut || p.unseen }
 
 // forgetTxs forgets BeginTx's transactions, and stops their watches.
 func (p *pin) forgetTxs() {

@@ -465,6 +465,76 @@ func TestSettingsFailure(t *testing.T) {
 	}
 }
 
+// The statements of a *sql.Tx of BeginTx, or of a *sql.Stmt of
+// PrepareContext, are not the scope's to see: one may set app.tenant, or
+// roll back to a savepoint taken before the scope's statement applied its
+// own, at any time. Every statement of the scope still runs with its
+// context's tenant, and reads that tenant's rows.
+func TestSettingsBesideHandedOutStatements(t *testing.T) {
+	t.Parallel()
+	forDrivers(t, func(t *testing.T, drv string) {
+		env := newEnv(t)
+		rls(t, env)
+		p := poolOn(t, env, openWith(t, env, drv), &dbctx.Options{MaxWorkers: 1, Logger: quiet(), TransactionPooling: pgtest.Pooled()})
+		check := func(ctx context.Context, s *dbctx.Scope, when string) error {
+			var v seen
+			if err := s.QueryRowContext(ctx, seenSQL).Scan(&v.tenant, &v.items); err != nil {
+				return fmt.Errorf("%s: %w", when, err)
+			}
+			if v != (seen{"t1", 10}) {
+				return fmt.Errorf("%s: a statement of tenant t1 saw %+v", when, v)
+			}
+			return nil
+		}
+		err := p.Do(tenant.With(context.Background(), "t2"), func(ctx context.Context, s *dbctx.Scope) error {
+			tx, err := s.BeginTx(ctx, nil)
+			if err != nil {
+				return err
+			}
+			defer tx.Rollback()
+			if _, err := tx.ExecContext(ctx, "SAVEPOINT sp"); err != nil {
+				return err
+			}
+			t1 := tenant.With(ctx, "t1")
+			if err := check(t1, s, "in the transaction"); err != nil {
+				return err
+			}
+			if _, err := tx.ExecContext(ctx, "ROLLBACK TO SAVEPOINT sp"); err != nil {
+				return err
+			}
+			if err := check(t1, s, "after ROLLBACK TO SAVEPOINT"); err != nil {
+				return err
+			}
+			if _, err := tx.ExecContext(ctx, "SET LOCAL app.tenant = 't3'"); err != nil {
+				return err
+			}
+			return check(t1, s, "after the transaction's SET LOCAL")
+		})
+		if err != nil {
+			t.Error(err)
+		}
+		if pgtest.Pooled() {
+			return // PrepareContext is refused there
+		}
+		err = p.Do(tenant.With(context.Background(), "t1"), func(ctx context.Context, s *dbctx.Scope) error {
+			st, err := s.PrepareContext(ctx, "SELECT set_config('app.tenant', 't2', false)")
+			if err != nil {
+				return err
+			}
+			if err := check(ctx, s, "first"); err != nil {
+				return err
+			}
+			if _, err := st.ExecContext(ctx); err != nil {
+				return err
+			}
+			return check(ctx, s, "after the *sql.Stmt's set_config")
+		})
+		if err != nil {
+			t.Error(err)
+		}
+	})
+}
+
 // Names are checked once, when the setting is declared.
 func TestNewSettingChecksNames(t *testing.T) {
 	for _, name := range []string{"", "app.", ".x", "app tenant", "app.ten-ant", "1app.x", "app.x;drop", "session_authorization", "transaction_isolation", `app."x"`,

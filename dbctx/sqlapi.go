@@ -166,6 +166,7 @@ func (s *Scope) PrepareContext(ctx context.Context, query string) (*sql.Stmt, er
 		ps, err := guarded(c.pin.conn, func() (*sql.Stmt, error) { return c.pin.conn.PrepareContext(ctx, query) })
 		if err == nil {
 			c.pin.stmts = append(c.pin.stmts, ps)
+			c.pin.unseen = true
 			out = ps
 		}
 		return err
@@ -210,6 +211,7 @@ func (s *Scope) BeginTx(ctx context.Context, opts *sql.TxOptions) (*sql.Tx, erro
 			return err
 		}
 		c.pin.seen &^= kindBegin // database/sql ends it (see rollback)
+		c.pin.unseen = true
 		p, err := s.prefixFor(ctx, c, true, false)
 		if err == nil {
 			err = s.flushOn(ctx, c, p, tx)
@@ -390,7 +392,7 @@ func (s *Scope) lookFirst(ctx context.Context) error {
 // applied again before every statement, nothing run afterwards is
 // retried, and the connection is discarded at the next boundary.
 func (s *Scope) handOut(c *session) {
-	c.pin.seen |= kindState | kindCode
+	c.pin.see(kindState | kindCode)
 	c.pin.handedOut, c.pin.used = true, true
 	s.disarm() // user code runs statements on it with contexts of its own
 }

@@ -2,6 +2,7 @@ package dbctx
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"strings"
 
@@ -125,7 +126,7 @@ func (s *Scope) execLocked(ctx context.Context, st *stmt, run runner) error {
 	p, err := s.owed(ctx, c, st, begin)
 	if err == nil {
 		// Noted before it runs: failing or not, it may leave state.
-		c.pin.seen |= st.kind
+		c.pin.see(st.kind)
 		err = run(s.stmtCtx(ctx, st.how), c, p)
 	}
 	retries := maxRetries
@@ -141,7 +142,7 @@ func (s *Scope) execLocked(ctx context.Context, st *stmt, run runner) error {
 			break
 		}
 		if p, err = s.owed(ctx, c, st, begin); err == nil {
-			c.pin.seen |= st.kind
+			c.pin.see(st.kind)
 			err = run(s.stmtCtx(ctx, st.how), c, p)
 		}
 	}
@@ -153,7 +154,7 @@ func (s *Scope) execLocked(ctx context.Context, st *stmt, run runner) error {
 		c = s.c
 		c.setDue = c.setDue || c.resetDue
 		if p, err = s.owed(ctx, c, st, begin); err == nil {
-			c.pin.seen |= st.kind
+			c.pin.see(st.kind)
 			err = run(s.stmtCtx(ctx, st.how), c, p)
 		}
 	}
@@ -166,7 +167,7 @@ func (s *Scope) execLocked(ctx context.Context, st *stmt, run runner) error {
 		// read so: database/sql ends it, and keeps its own count.)
 		switch st.txMoveOf() {
 		case txOpen:
-			c.pin.seen |= kindBegin
+			c.pin.see(kindBegin)
 		case txClosed:
 			c.pin.seen &^= kindBegin
 		}
@@ -255,6 +256,11 @@ func (s *Scope) kindOf(query string, args []any) (queryKind, how) {
 	text, rewritten, unknown := query, false, false
 options:
 	for i, a := range args {
+		if na, ok := a.(sql.NamedArg); ok {
+			// database/sql's, whose value pgx's stdlib hands on as
+			// the argument: an option, if it is one.
+			a = na.Value
+		}
 		// pgx reads options from the front of the arguments.
 		switch a := a.(type) {
 		case pgx.NamedArgs, pgx.StrictNamedArgs:
@@ -289,7 +295,7 @@ options:
 		k = k&^(kindState|kindCode) | kindSeq
 	}
 	if unknown {
-		k |= kindUnknown
+		k = k&^kindDML | kindUnknown
 	}
 	return k, h
 }

@@ -225,6 +225,7 @@ var Cases = []Case{
 	// Roles.
 	{"set role", "SET ROLE %[1]s", State},
 	{"set_config role", "SELECT set_config('role', '%[1]s', false)", State},
+	{"update pg_settings", "UPDATE pg_settings SET setting = '4242' WHERE name = 'work_mem'", State},
 	{"session authorization", "SET SESSION AUTHORIZATION %[1]s", State},
 	// Locks, temp tables, listeners, cursors, prepared statements, sequences.
 	{"advisory lock", "SELECT pg_advisory_lock(42)", State},
