@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"strconv"
 	"time"
+
+	"github.com/dbscope/dbscope/internal/scopes"
 )
 
 // Atomic runs fn in a transaction on the scope in ctx, the port of
@@ -106,7 +108,9 @@ func (s *Scope) atomicTx(ctx context.Context, fn func(ctx context.Context) error
 	x.onCommit = nil
 	s.mu.Unlock()
 	for _, f := range fns {
-		f()
+		// Or at the commit of an Atomic of the scope this one is
+		// nested in (another pool's).
+		afterCommits(s.outer, f)
 	}
 	return nil
 }
@@ -276,21 +280,50 @@ func (s *Scope) runTxEnd(ctx context.Context, c *session, q string, tag *string)
 // function registered in a nested Atomic that rolls back is dropped with
 // it. Outside Atomic fn runs at once. fn runs on the goroutine that
 // committed, after the commit, before Atomic returns.
+//
+// With scopes of several pools in one unit of work, fn waits for the
+// commit of every Atomic open in ctx's scope and in the scopes it is
+// nested in: a function registered in a Do of one pool inside an Atomic
+// of another runs once that Atomic commits, never if it rolls back.
 func OnCommit(ctx context.Context, fn func()) {
+	afterCommits(From(ctx), fn)
+}
+
+// afterCommits registers fn with the innermost Atomic open in s or a
+// scope s is nested in (whose commit passes it on outwards: see
+// atomicTx), or runs it where none is.
+func afterCommits(s *Scope, fn func()) {
+	for ; s != nil; s = s.outer {
+		s.mu.Lock()
+		if s.atomic > 0 {
+			s.x.onCommit = append(s.x.onCommit, fn)
+			s.mu.Unlock()
+			return
+		}
+		s.mu.Unlock()
+	}
+	fn()
+}
+
+// atomicOutside reports whether a scope that ctx's innermost scope is
+// nested in has an Atomic open (see scopes.AtomicOutside).
+func atomicOutside(ctx context.Context) bool {
 	s := From(ctx)
 	if s == nil {
-		fn()
-		return
+		return false
 	}
-	s.mu.Lock()
-	if s.atomic == 0 {
-		s.mu.Unlock()
-		fn()
-		return
+	for o := s.outer; o != nil; o = o.outer {
+		o.mu.Lock()
+		open := o.atomic > 0
+		o.mu.Unlock()
+		if open {
+			return true
+		}
 	}
-	s.x.onCommit = append(s.x.onCommit, fn)
-	s.mu.Unlock()
+	return false
 }
+
+func init() { scopes.AtomicOutside = atomicOutside }
 
 // beginAlone begins a pending Atomic's transaction in a round trip of its
 // own, then runs Options.OnBegin in it, which needs the scope unlocked.

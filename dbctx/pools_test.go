@@ -149,3 +149,50 @@ func TestAsyncCoversEveryPool(t *testing.T) {
 		}
 	}
 }
+
+// OnCommit in a scope nested in another pool's Atomic waits for that
+// Atomic, whether or not the nested scope has an Atomic of its own: it
+// runs at the outer commit, and never where the outer Atomic rolls back
+// (after the inner one committed).
+func TestOnCommitWaitsForOuterPools(t *testing.T) {
+	t.Parallel()
+	env := newEnv(t)
+	p1 := poolOn(t, env, env.Open(t), &dbctx.Options{MaxWorkers: 2})
+	p2 := poolOn(t, env, openDSN(t, env.Database(t)), &dbctx.Options{MaxWorkers: 2})
+	fail := errors.New("roll back")
+	for _, innerAtomic := range []bool{false, true} {
+		for _, outerErr := range []error{nil, fail} {
+			var ran, early bool
+			err := p1.Do(context.Background(), func(ctx context.Context, s1 *dbctx.Scope) error {
+				return dbctx.Atomic(ctx, func(ctx context.Context) error {
+					if _, err := s1.ExecContext(ctx, "SELECT 1"); err != nil {
+						return err
+					}
+					err := p2.Do(ctx, func(ctx context.Context, s2 *dbctx.Scope) error {
+						register := func(ctx context.Context) error {
+							_, err := s2.ExecContext(ctx, "SELECT 1")
+							dbctx.OnCommit(ctx, func() { ran = true })
+							return err
+						}
+						if innerAtomic {
+							return dbctx.Atomic(ctx, register)
+						}
+						return register(ctx)
+					})
+					early = ran
+					if err != nil {
+						return err
+					}
+					return outerErr
+				})
+			})
+			if !errors.Is(err, outerErr) {
+				t.Fatalf("inner Atomic %v: %v", innerAtomic, err)
+			}
+			if early || ran != (outerErr == nil) {
+				t.Errorf("inner Atomic %v, outer rolled back %v: ran before the outer commit %v, ran at all %v",
+					innerAtomic, outerErr != nil, early, ran)
+			}
+		}
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"strings"
 	"sync"
@@ -270,8 +271,10 @@ func TestChurn(t *testing.T) {
 	}
 }
 
-// A member that does not keep up is told once and dropped; the others
-// get everything, and the sender is never held up.
+// A member that does not keep up is told once and dropped, at once, while
+// its callback still holds an event (it may never return it: a client
+// that reads nothing); the others get everything, and the sender is never
+// held up.
 func TestSlowMember(t *testing.T) {
 	t.Parallel()
 	for _, kind := range kinds {
@@ -300,8 +303,11 @@ func TestSlowMember(t *testing.T) {
 				}
 			}
 			dbtest.Eventually(t, "the fast member to get all", func() bool { return fast.n.Load() == msgs })
+			dbtest.Eventually(t, "the slow member, its callback blocked, to be told", func() bool { return told.Load() == 1 })
+			if st := l.Stats(); st.Members != 1 || st.Groups != 1 {
+				t.Errorf("with the slow member told: %d members in %d groups, want the fast one alone", st.Members, st.Groups)
+			}
 			close(block)
-			dbtest.Eventually(t, "the slow member to be told", func() bool { return told.Load() == 1 })
 			slow.Close()
 			fm.Close()
 			if st := l.Stats(); st.Slow != 1 || told.Load() != 1 {
@@ -311,6 +317,53 @@ func TestSlowMember(t *testing.T) {
 				t.Fatalf("a slow member joins again: %v", err)
 			}
 		})
+	}
+}
+
+// A panic in a member's callback is logged, with its stack, and the
+// member goes on with its next event; Stats.Members counts the members in
+// some group.
+func TestMemberCallbackPanics(t *testing.T) {
+	t.Parallel()
+	logs, logger := dbtest.NewLogs()
+	l, err := groups.New(groups.NewMemory(), &groups.Options{Logger: logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	ctx := context.Background()
+	r := &recorder{}
+	m := l.NewMember(func(e groups.Event) {
+		if string(e.Data) == "boom" {
+			panic("the callback's bug")
+		}
+		r.handle(e)
+	}, nil)
+	defer m.Close()
+	if err := m.Join(ctx, "g"); err != nil {
+		t.Fatal(err)
+	}
+	if st := l.Stats(); st.Members != 1 {
+		t.Fatalf("joined: %d members, want 1", st.Members)
+	}
+	for _, d := range []string{"boom", "after"} {
+		if err := l.Send(ctx, "g", []byte(d)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dbtest.Eventually(t, "the event after the panic", func() bool { return r.n.Load() == 1 })
+	if recs := logs.AtLeast(slog.LevelError); len(recs) != 1 || recs[0].Attrs["panic"] != "the callback's bug" || !strings.Contains(recs[0].Attrs["stack"], "member.go") {
+		t.Errorf("the panic is not logged once, at Error, with its stack: %+v", recs)
+	}
+	m.Leave("g")
+	if st := l.Stats(); st.Members != 0 {
+		t.Errorf("after leaving its only group: %d members, want 0", st.Members)
+	}
+	if err := m.Join(ctx, "h"); err != nil {
+		t.Fatal(err)
+	}
+	if st := l.Stats(); st.Members != 1 {
+		t.Errorf("joined again: %d members, want 1", st.Members)
 	}
 }
 
@@ -725,6 +778,73 @@ func TestSendInAtomicOfAnotherPool(t *testing.T) {
 	})
 	if got := datas(r.got()); len(got) != 2 || got[0] != "committed" {
 		t.Fatalf("got %d messages (%.20q), want committed then marker", len(got), got)
+	}
+}
+
+// A Send through a scope of one pool nested in an Atomic of another (a
+// Do of the engine's pool inside another pool's Atomic, or the reverse)
+// waits for that Atomic: nothing is delivered where it rolls back, and
+// the message goes out once it commits.
+func TestSendInNestedScopes(t *testing.T) {
+	t.Parallel()
+	for _, kind := range kinds {
+		for _, engineOuter := range []bool{true, false} {
+			t.Run(fmt.Sprintf("%s/engine's Atomic outside %v", kind, engineOuter), func(t *testing.T) {
+				t.Parallel()
+				env := pgtest.New(t)
+				in := instances(t, env, kind, 1)[0]
+				other := dbtest.NewSecondPool(t, env, nil)
+				ctx := context.Background()
+				r := &recorder{}
+				m := in.layer.NewMember(r.handle, nil)
+				defer m.Close()
+				if err := m.Join(ctx, "tx"); err != nil {
+					t.Fatal(err)
+				}
+				outer, inner := other, in.pool
+				if engineOuter {
+					outer, inner = in.pool, other
+				}
+				fail := errors.New("roll back")
+				for _, body := range []string{"rolled back", "committed"} {
+					var sent bool
+					err := outer.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+						return dbctx.Atomic(ctx, func(ctx context.Context) error {
+							if _, err := s.ExecContext(ctx, "SELECT 1"); err != nil {
+								return err
+							}
+							if err := inner.Do(ctx, func(ctx context.Context, _ *dbctx.Scope) error {
+								return in.layer.Send(ctx, "tx", []byte(body))
+							}); err != nil {
+								return err
+							}
+							// Not yet: the Atomic around has not committed.
+							sent = len(r.got()) > 0 || in.layer.Stats().Sent > 0
+							if body == "rolled back" {
+								return fail
+							}
+							return nil
+						})
+					})
+					if body == "rolled back" && !errors.Is(err, fail) || body == "committed" && err != nil {
+						t.Fatal(err)
+					}
+					if sent {
+						t.Errorf("%q went out before the Atomic around its scope ended", body)
+					}
+				}
+				if err := in.layer.Send(ctx, "tx", []byte("marker")); err != nil {
+					t.Fatal(err)
+				}
+				dbtest.Eventually(t, "the marker", func() bool {
+					got := r.got()
+					return len(got) > 0 && string(got[len(got)-1].Data) == "marker"
+				})
+				if got := datas(r.got()); len(got) != 2 || got[0] != "committed" {
+					t.Fatalf("got %q, want committed then marker", got)
+				}
+			})
+		}
 	}
 }
 

@@ -2,6 +2,7 @@ package groups
 
 import (
 	"context"
+	"runtime/debug"
 	"sync"
 	"time"
 )
@@ -20,10 +21,13 @@ type MemberOptions struct {
 	// bursts. Default: 1 MiB (Centrifugo's default per client).
 	MaxBytes int
 
-	// OnSlow runs once, on the member's own goroutine, when an event found
-	// the queue full: the member has left its groups, its queue is
-	// dropped, and it gets nothing more. wsconsumer closes the socket with
-	// StatusTooSlow. Default: nothing.
+	// OnSlow runs once, when an event found the queue full: the member
+	// has left its groups, its queue is dropped, and it gets nothing more.
+	// It runs on the member's own goroutine, or, where the callback still
+	// has an event then (it may never return it: blocked on a client that
+	// reads nothing), on a goroutine of its own at once, beside the
+	// callback. wsconsumer closes the socket with StatusTooSlow. Like the
+	// callback, it must not call the member's Close. Default: nothing.
 	OnSlow func()
 }
 
@@ -60,7 +64,9 @@ type Member struct {
 }
 
 // NewMember returns a member of no group yet, whose events go to handle.
-// handle must not call the member's Close.
+// handle must not call the member's Close. A panic in handle is recovered
+// and logged at Error with its stack; the member goes on with its next
+// event.
 func (l *Layer) NewMember(handle func(Event), opts *MemberOptions) *Member {
 	var o MemberOptions
 	if opts != nil {
@@ -145,7 +151,7 @@ func (m *Member) Join(ctx context.Context, group string) error {
 	}
 	if err := l.engine.Subscribe(ctx, group); err != nil {
 		m.mu.Lock()
-		delete(m.groups, group)
+		m.ungroup(group)
 		m.mu.Unlock()
 		return err
 	}
@@ -210,7 +216,7 @@ func (m *Member) Leave(group string) {
 	// remove has it, nothing more of group is queued, and the filter
 	// below is the last word.
 	m.mu.Lock()
-	delete(m.groups, group)
+	m.ungroup(group)
 	m.mu.Unlock()
 	m.l.remove(group, m)
 	m.mu.Lock()
@@ -286,6 +292,16 @@ func (m *Member) Close() {
 	m.running.Wait()
 }
 
+// ungroup takes group from the member's groups; a member left in none is
+// no longer counted in the layer's Members. m.mu is held.
+func (m *Member) ungroup(group string) {
+	delete(m.groups, group)
+	if len(m.groups) == 0 && m.counted {
+		m.counted = false
+		m.l.c.members.Add(-1)
+	}
+}
+
 // takeGroups empties the member's groups and queue, and returns the
 // groups. m.mu is held.
 func (m *Member) takeGroups() []string {
@@ -346,8 +362,21 @@ func (m *Member) enqueue(e Event, inGroup bool) bool {
 	if waiting+1 > m.opts.MaxQueue || waiting > 0 && m.bytes+len(e.Data) > m.opts.MaxBytes {
 		m.slow = true
 		m.l.c.slow.Add(1)
+		busy := m.handing
 		m.dropQueue()
-		m.kick()
+		if busy {
+			// The callback has an event, and may keep it for good (a
+			// client that reads nothing): the member is told now, on a
+			// goroutine of its own, not once the callback returns.
+			m.told = true
+			m.running.Add(1)
+			go func() {
+				defer m.running.Done()
+				m.tellSlow()
+			}()
+		} else {
+			m.kick()
+		}
 		return false
 	}
 	if len(m.queue) == cap(m.queue) && m.head > 0 {
@@ -399,14 +428,8 @@ func (m *Member) run() {
 		m.mu.Lock()
 		if m.slow && !m.told {
 			m.told = true
-			groups := m.takeGroups()
 			m.mu.Unlock()
-			for _, g := range groups {
-				m.l.remove(g, m)
-			}
-			if m.opts.OnSlow != nil {
-				m.opts.OnSlow()
-			}
+			m.tellSlow()
 			continue
 		}
 		empty := m.head == len(m.queue)
@@ -437,7 +460,7 @@ func (m *Member) run() {
 		m.handing = true
 		m.bytes -= len(e.Data)
 		m.mu.Unlock()
-		m.handle(e)
+		m.call("the callback", e.Group, func() { m.handle(e) })
 		m.l.c.delivered.Add(1)
 		m.mu.Lock()
 		if m.handing { // not dropped meanwhile
@@ -450,6 +473,32 @@ func (m *Member) run() {
 		}
 		m.mu.Unlock()
 	}
+}
+
+// tellSlow takes the member, fallen behind, out of its groups, and runs
+// OnSlow.
+func (m *Member) tellSlow() {
+	m.mu.Lock()
+	groups := m.takeGroups()
+	m.mu.Unlock()
+	for _, g := range groups {
+		m.l.remove(g, m)
+	}
+	if m.opts.OnSlow != nil {
+		m.call("OnSlow", "", m.opts.OnSlow)
+	}
+}
+
+// call runs fn, the member's callback or OnSlow, on a goroutine of the
+// member's where nothing else would recover a panic of it: the panic is
+// logged, with its stack, and the member goes on.
+func (m *Member) call(what, group string, fn func()) {
+	defer func() {
+		if r := recover(); r != nil {
+			m.l.log.Error("groups: a member's "+what+" panicked", "group", group, "panic", r, "stack", string(debug.Stack()))
+		}
+	}()
+	fn()
 }
 
 // lingerTick is the period of a layer's sweep: a member's goroutine waits

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/internal/scopes"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 )
@@ -230,12 +231,14 @@ func (e *Postgres) Start(in Inbox) error {
 func (e *Postgres) Transactional() bool { return true }
 
 // joinsTx reports whether Publish with ctx runs in ctx's transaction, if
-// any: where ctx's scope is of the engine's pool. Inside an Atomic of
-// another pool, whose connection the NOTIFY cannot join, the layer sends
-// at its commit (see txJoiner).
+// any: where ctx's scope is of the engine's pool, and not nested in an
+// Atomic of another pool. Inside an Atomic of another pool, whose
+// connection the NOTIFY cannot join, or around the engine pool's scope,
+// whose commit it would not wait for, the layer sends at its commit (see
+// txJoiner, dbctx.OnCommit).
 func (e *Postgres) joinsTx(ctx context.Context) bool {
 	s := dbctx.From(ctx)
-	return s == nil || s.Pool() == e.pool
+	return s == nil || s.Pool() == e.pool && !scopes.AtomicOutside(ctx)
 }
 func (e *Postgres) MaxPayload() int { return e.opts.MaxPayload }
 

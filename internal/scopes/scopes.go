@@ -1,0 +1,12 @@
+// Package scopes lets the packages of the module ask dbctx what its API
+// does not say: dbctx sets its functions when it is initialized.
+package scopes
+
+import "context"
+
+// AtomicOutside reports whether a scope that ctx's innermost scope is
+// nested in (of another pool) has an Atomic open: a transaction that work
+// done in the innermost scope's own transaction is not part of (see
+// groups' Postgres engine, which sends NOTIFY in its pool's transaction
+// only where no such one is open).
+var AtomicOutside func(ctx context.Context) bool
