@@ -122,7 +122,9 @@
 // PREPARE dbscope_N AS SELECT, in SQL): the check before a reset, for
 // statements PREPAREd in SQL, finds such replacements and sends the reset
 // unnamed, and after code other than a DML statement's own (DO, CALL, a
-// function) the check itself goes unnamed; after DML alone it stays named,
+// function) the check itself goes unnamed (and a batch, whose statements
+// pgx binds by the names of its own cache, sends what is owed alone
+// first); after DML alone it stays named,
 // so a trigger written to replace dbscope's statements is not guarded
 // against.
 //

@@ -3,7 +3,9 @@ package dbctx_test
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/dbscope/dbscope/dbctx"
@@ -215,18 +217,21 @@ func TestNamedArgsRewrittenText(t *testing.T) {
 	}
 }
 
-// Code in a scope can replace the statements dbscope prepares on the
-// connection (cache_statement mode: the reset's, and the check before it
-// for statements PREPAREd in SQL), by DEALLOCATE and PREPARE of their
-// names in SQL, with statements that do nothing: the reset that binds
-// them must not be fooled. Here a DO block replaces the reset's statements
-// (and, in the second case, the check too) and sets app.x; the next scope
-// must not see it, whichever backend it is on.
+// Code in a scope can replace the statements prepared on the connection
+// (cache_statement mode: dbscope's dbscope_N, the reset's and the check
+// before it for statements PREPAREd in SQL, and pgx's cache, where a
+// batch carried a reset) by DEALLOCATE and PREPARE of their names in SQL,
+// with statements that do nothing: the reset that binds them must not be
+// fooled. Here a DO block replaces the reset's statements (and, in one
+// case, the check too) and sets app.x and takes an advisory lock; the
+// next scope, through a statement or a batch, must see neither, whichever
+// backend it is on.
 func TestResetStatementsReplaced(t *testing.T) {
 	t.Parallel()
 	pgtest.SkipPooled(t, "needs consecutive scopes to share one server session")
 	const replace = `DO $r$ DECLARE r record; BEGIN
-	FOR r IN SELECT name, statement FROM pg_prepared_statements WHERE NOT from_sql AND name LIKE 'dbscope\_%%' LOOP
+	FOR r IN SELECT name, statement FROM pg_prepared_statements WHERE NOT from_sql AND (statement LIKE '%%pg_prepared_statement()%%' OR
+		statement IN ('SET SESSION AUTHORIZATION DEFAULT', 'RESET ALL', 'CLOSE ALL', 'UNLISTEN *', 'SELECT pg_catalog.pg_advisory_unlock_all()', 'DISCARD TEMP', 'DISCARD SEQUENCES')) LOOP
 		IF r.statement LIKE '%%pg_prepared_statement()%%' AND NOT %v THEN
 			CONTINUE;
 		END IF;
@@ -236,33 +241,67 @@ func TestResetStatementsReplaced(t *testing.T) {
 	PERFORM set_config('app.x', 'leak', false);
 	PERFORM pg_advisory_lock(4242);
 END $r$`
+	const ask = "SELECT concat_ws(' ', current_setting('app.x', true), (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()))"
+	batch := func(ctx context.Context, s *dbctx.Scope, q string) (string, error) {
+		b := &pgx.Batch{}
+		b.Queue(q)
+		br := s.SendBatch(ctx, b)
+		var got string
+		var err error
+		if strings.HasPrefix(q, "SELECT") {
+			err = br.QueryRow().Scan(&got)
+		} else {
+			_, err = br.Exec()
+		}
+		return got, errors.Join(err, br.Close())
+	}
 	for _, check := range []bool{false, true} {
-		t.Run(fmt.Sprintf("check replaced %v", check), func(t *testing.T) {
-			t.Parallel()
-			env := newEnv(t)
-			mustExec(t, env.Admin(), "CREATE TABLE "+env.Schema()+".log (n int)")
-			p := onePoolInMode(t, env, "cache_statement", dbctx.Options{Logger: quiet()})
-			// Dirty scopes, each paid for by the next: the reset's
-			// statements, and the check, are prepared on the connection.
-			for _, q := range []string{"SET app.y = '1'", "INSERT INTO log VALUES (1)", "SELECT 1"} {
-				if _, same := runThenAsk(t, p, exec(q), "SELECT 1"); !same {
-					t.Fatalf("%s: the next scope ran on another backend", q)
+		for _, via := range []string{"a statement", "a batch"} {
+			t.Run(fmt.Sprintf("check replaced %v, through %s", check, via), func(t *testing.T) {
+				t.Parallel()
+				env := newEnv(t)
+				mustExec(t, env.Admin(), "CREATE TABLE "+env.Schema()+".log (n int)")
+				p := onePoolInMode(t, env, "cache_statement", dbctx.Options{Logger: quiet()})
+				// Dirty scopes, each paid for by the next, through a
+				// statement and a batch: the reset's statements, and
+				// the check, are prepared on the connection, dbscope's
+				// and pgx's.
+				for _, q := range []string{"SET app.y = '1'", "INSERT INTO log VALUES (1)", "SET app.y = '2'"} {
+					if _, same := runThenAsk(t, p, exec(q), "SELECT 1"); !same {
+						t.Fatalf("%s: the next scope ran on another backend", q)
+					}
 				}
-			}
-			got, same := runThenAsk(t, p, func(ctx context.Context, s *dbctx.Scope) error {
-				if err := exec(fmt.Sprintf(replace, check))(ctx, s); err != nil {
+				if err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+					_, err := batch(ctx, s, "SET app.y = '3'")
 					return err
+				}); err != nil {
+					t.Fatal(err)
 				}
-				n, err := queryInt(ctx, s, "SELECT count(*) FROM pg_prepared_statements WHERE from_sql AND name LIKE 'dbscope%'")
-				if err == nil && n < 3 {
-					err = fmt.Errorf("%d statements replaced, want the reset's", n)
+				if err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+					_, err := batch(ctx, s, "SELECT 'warm'")
+					return err
+				}); err != nil {
+					t.Fatal(err)
 				}
-				return err
-			}, "SELECT concat_ws(' ', current_setting('app.x', true), (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()))")
-			if got != " 0" && got != "0" {
-				t.Errorf("the next scope sees %q (same backend %v), want no app.x and no lock", got, same)
-			}
-		})
+				if err := p.Do(context.Background(), exec(fmt.Sprintf(replace, check))); err != nil {
+					t.Fatal(err)
+				}
+				var got string
+				err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) (err error) {
+					if via == "a batch" {
+						got, err = batch(ctx, s, ask)
+						return err
+					}
+					return s.QueryRowContext(ctx, ask).Scan(&got)
+				})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if strings.TrimSpace(got) != "0" { // app.x empty (see DefaultResetSQL), no lock
+					t.Errorf("the next scope sees %q, want no app.x and no lock", got)
+				}
+			})
+		}
 	}
 }
 

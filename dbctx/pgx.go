@@ -197,6 +197,20 @@ func (s *Scope) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
 			return errEndsTxBefore
 		}
 		return withLock(c.pin.conn, func() error {
+			if p != nil && p.reset && !p.seqOnly && c.apart && c.mode == pgx.QueryExecModeCacheStatement {
+				// pgx's batch would bind the reset's statements by the
+				// names of its cache, which code apart from a DML
+				// statement's own may have replaced (see prefix.unnamed):
+				// what is owed goes first, alone, its check unnamed.
+				tctx, traced := s.pool.traceAlone(ctx, c, p)
+				reached, err := s.pool.runPrefix(tctx, c, p)
+				traced(err)
+				s.prefixDone(c, p, err == nil, reached)
+				if err != nil {
+					return err
+				}
+				p = nil
+			}
 			nb, n := b, 0
 			if !p.empty() {
 				// No sweep check: where it failed, pgx's batch, which
