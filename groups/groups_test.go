@@ -769,7 +769,14 @@ func TestSendInAtomicOfAnotherPool(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := in.layer.Send(ctx, "tx", []byte("marker")); err != nil {
+	committedThenMarker(t, in.layer, r)
+}
+
+// committedThenMarker sends a marker to group tx, and checks that r got
+// the message committed, then the marker, and nothing else.
+func committedThenMarker(t *testing.T, l *groups.Layer, r *recorder) {
+	t.Helper()
+	if err := l.Send(context.Background(), "tx", []byte("marker")); err != nil {
 		t.Fatal(err)
 	}
 	dbtest.Eventually(t, "the marker", func() bool {
@@ -833,16 +840,7 @@ func TestSendInNestedScopes(t *testing.T) {
 						t.Errorf("%q went out before the Atomic around its scope ended", body)
 					}
 				}
-				if err := in.layer.Send(ctx, "tx", []byte("marker")); err != nil {
-					t.Fatal(err)
-				}
-				dbtest.Eventually(t, "the marker", func() bool {
-					got := r.got()
-					return len(got) > 0 && string(got[len(got)-1].Data) == "marker"
-				})
-				if got := datas(r.got()); len(got) != 2 || got[0] != "committed" {
-					t.Fatalf("got %q, want committed then marker", got)
-				}
+				committedThenMarker(t, in.layer, r)
 			})
 		}
 	}
