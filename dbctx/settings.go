@@ -26,7 +26,11 @@ import (
 // outside transactions, in batches, in a statement retried on a fresh
 // connection, in [Do], in both websocket consumer styles and their group
 // events. A statement whose context declares no value of a setting runs
-// with the setting as a fresh session has it.
+// without one: a built-in parameter at its default, a custom setting
+// (app.tenant) unset or, on a connection where one was set before,
+// empty, which current_setting('app.tenant', true) reads as '' rather
+// than NULL (PostgreSQL cannot remove a custom setting once made): write
+// policies that treat both as no tenant.
 //
 // The value is sent as a parameter of a set_config call that goes out in
 // the same network round trip as the statement, never as SQL text: it
