@@ -28,9 +28,9 @@ import (
 // events. A statement whose context declares no value of a setting runs
 // without one: a built-in parameter at its default, a custom setting
 // (app.tenant) unset or, on a connection where one was set before,
-// empty, which current_setting('app.tenant', true) reads as '' rather
-// than NULL (PostgreSQL cannot remove a custom setting once made): write
-// policies that treat both as no tenant.
+// empty, which current_setting('app.tenant', true) reads as the empty
+// string rather than NULL (PostgreSQL cannot remove a custom setting once
+// made): write policies that treat both as no tenant.
 //
 // The value is sent as a parameter of a set_config call that goes out in
 // the same network round trip as the statement, never as SQL text: it
