@@ -108,7 +108,10 @@ type PostgresOptions struct {
 // listening backend of the database: for large deployments, NATS.
 //
 // The listener reconnects forever, with backoff and jitter, and then
-// LISTENs again and gives every member a gap. Start connects once and
+// LISTENs again and gives every member a gap. While it is down, a Join of
+// a new group returns at once, as does one that was waiting for its
+// LISTEN when the listener found its connection broken: their groups are
+// LISTENed on reconnection, before that gap. Start connects once and
 // fails where it cannot.
 func NewPostgres(pool *dbctx.Pool, opts *PostgresOptions) *Postgres {
 	var o PostgresOptions
@@ -285,6 +288,10 @@ func (e *Postgres) Publish(ctx context.Context, group string, payload []byte) er
 func (e *Postgres) Subscribe(ctx context.Context, group string) error {
 	done := make(chan error, 1)
 	e.mu.Lock()
+	if e.state == ErrClosed {
+		e.mu.Unlock()
+		return ErrClosed
+	}
 	up := e.state == nil
 	c := command{channel: e.channelOf(group), listen: true}
 	if up {
@@ -329,17 +336,19 @@ func (e *Postgres) push(c command) {
 // whenever it breaks.
 func (e *Postgres) listen(conn *pgconn.PgConn) {
 	defer close(e.done)
+	defer e.down(ErrClosed, ErrClosed)
 	backoff := minBackoff
 	reconnected := false
 	for {
 		if conn != nil {
 			err := e.serve(conn, reconnected)
-			conn.Close(context.Background())
-			conn = nil
 			if e.ctx.Err() != nil {
+				conn.Close(context.Background())
 				return
 			}
-			e.setState(err)
+			e.down(err, nil)
+			conn.Close(context.Background())
+			conn = nil
 			e.opts.Logger.Warn("groups: the PostgreSQL listener's connection broke; reconnecting", "err", err)
 		}
 		select {
@@ -377,32 +386,49 @@ func (e *Postgres) setState(err error) {
 	e.mu.Unlock()
 }
 
-// serve LISTENs on every channel subscribed, tells members of a gap after
-// a reconnection, then waits for notifications and commands until the
+// down marks the engine down with err, and answers the commands queued
+// for the listener that a Subscribe waits for, with answer: nil where the
+// listener reconnects (they are counted then, and their channels LISTENed
+// before the gap that covers the outage, as those of the Joins made while
+// down), so that no Join waits for the outage to end, holding the layer's
+// subscription lock. The commands stay queued, answered.
+func (e *Postgres) down(err, answer error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.state = err
+	for i := range e.pending {
+		if c := &e.pending[i]; c.done != nil {
+			c.done <- answer
+			c.done = nil
+		}
+	}
+}
+
+// serve LISTENs on every channel subscribed, those of the commands queued
+// while the engine was down included, tells members of a gap after a
+// reconnection, then waits for notifications and commands until the
 // connection breaks or Close.
 func (e *Postgres) serve(conn *pgconn.PgConn, reconnected bool) error {
 	// What arrived on a broken connection and was not handed on is
 	// covered by the gap below.
 	e.notes = nil
-	// Commands queued while disconnected only count: the channels are
-	// LISTENed below, all at once.
-	e.mu.Lock()
-	cmds := e.pending
-	e.pending = nil
-	e.mu.Unlock()
-	for _, c := range cmds {
-		e.count(c)
-	}
 	for ch := range e.refs {
 		if err := e.exec(conn, "LISTEN "+ch); err != nil {
 			return err
 		}
 	}
-	e.setState(nil)
-	for _, c := range cmds {
-		if c.done != nil {
-			c.done <- nil
-		}
+	// The commands queued while down (their Subscribe returned at once)
+	// are taken as the engine is marked up, and run before the gap: every
+	// channel a Join that returned while down asked for is LISTENed before
+	// the gap that covers the outage. A Subscribe from now on waits for
+	// its command to run.
+	e.mu.Lock()
+	cmds := e.pending
+	e.pending = nil
+	e.state = nil
+	e.mu.Unlock()
+	if err := e.run(conn, cmds); err != nil {
+		return err
 	}
 	if reconnected {
 		e.in.Gap(nil)
@@ -413,20 +439,8 @@ func (e *Postgres) serve(conn *pgconn.PgConn, reconnected bool) error {
 		cmds := e.pending
 		e.pending = nil
 		e.mu.Unlock()
-		for i, c := range cmds {
-			err := e.apply(conn, c)
-			if c.done != nil {
-				// Counted even where the LISTEN failed with the
-				// connection: it is LISTENed again on reconnection.
-				c.done <- nil
-			}
-			if err != nil {
-				// The rest wait for the next connection, counted then.
-				e.mu.Lock()
-				e.pending = append(cmds[i+1:len(cmds):len(cmds)], e.pending...)
-				e.mu.Unlock()
-				return err
-			}
+		if err := e.run(conn, cmds); err != nil {
+			return err
 		}
 		if time.Since(sample) >= e.opts.SampleEvery {
 			if err := e.sampleUsage(conn); err != nil {
@@ -446,6 +460,26 @@ func (e *Postgres) serve(conn *pgconn.PgConn, reconnected bool) error {
 			return err
 		}
 	}
+}
+
+// run applies cmds in order and answers each one waited for, even where
+// its statement failed with the connection: its channel is counted, and
+// LISTENed again on reconnection. The commands after a failure go back to
+// the front of the queue, for the next connection (down answers them).
+func (e *Postgres) run(conn *pgconn.PgConn, cmds []command) error {
+	for i, c := range cmds {
+		err := e.apply(conn, c)
+		if c.done != nil {
+			c.done <- nil
+		}
+		if err != nil {
+			e.mu.Lock()
+			e.pending = append(cmds[i+1:len(cmds):len(cmds)], e.pending...)
+			e.mu.Unlock()
+			return err
+		}
+	}
+	return nil
 }
 
 // count applies c to the subscription counts and reports whether the
