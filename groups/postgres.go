@@ -260,9 +260,15 @@ func (e *Postgres) queueUsage() float64 {
 	return math.Float64frombits(e.usage.Load())
 }
 
+// Close stops the listener and returns once it has. It may be called in
+// any state: before Start, after a Start that failed, more than once.
 func (e *Postgres) Close() error {
-	e.cancel()
-	<-e.done
+	if e.cancel != nil {
+		e.cancel()
+	}
+	if e.done != nil {
+		<-e.done
+	}
 	return nil
 }
 

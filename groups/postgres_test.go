@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dbscope/dbscope/dbctx"
 	"github.com/dbscope/dbscope/groups"
 	"github.com/dbscope/dbscope/internal/dbtest"
 	"github.com/dbscope/dbscope/internal/pgtest"
@@ -251,6 +252,46 @@ func TestJoinDuringSilentOutage(t *testing.T) {
 		dbtest.Eventually(t, "the message", func() bool { return strings.HasSuffix(events(r), "after") })
 		if got := events(r); got != "gap,after" {
 			t.Fatalf("member %d got %s, want a gap, then the message", i+1, got)
+		}
+	}
+}
+
+// Close is safe in every state of the engine: never started, after a
+// Start that failed (ListenDSN unparsable, the listener unreachable),
+// after a Start that succeeded, and again.
+func TestPostgresCloseInAnyState(t *testing.T) {
+	t.Parallel()
+	env := pgtest.New(t)
+	pool := dbctx.New(env.Open(t), nil)
+	defer pool.Close()
+	for _, c := range []struct {
+		name  string
+		dsn   string
+		start bool
+	}{
+		{"never started", env.DirectDSN(t), false},
+		{"ListenDSN unparsable", "port=notaport", true},
+		{"listener unreachable", env.DSNVia(pgtest.ClosedAddr(t)), true},
+		{"started", env.DirectDSN(t), true},
+	} {
+		e := groups.NewPostgres(pool, &groups.PostgresOptions{ListenDSN: c.dsn, Namespace: env.Schema()})
+		if c.start {
+			_, err := groups.New(e, nil)
+			if (err == nil) != (c.name == "started") {
+				t.Fatalf("%s: New: %v", c.name, err)
+			}
+		}
+		for range 2 {
+			closed := make(chan struct{})
+			go func() {
+				defer close(closed)
+				e.Close()
+			}()
+			select {
+			case <-closed:
+			case <-time.After(10 * time.Second):
+				t.Fatalf("%s: Close hangs", c.name)
+			}
 		}
 	}
 }
