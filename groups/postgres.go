@@ -53,9 +53,10 @@ type PostgresOptions struct {
 	PayloadTable string
 
 	// PayloadMaxAge is how long a row of PayloadTable is kept for the
-	// listeners to read: each listener deletes older rows every
-	// SampleEvery. A listener that reads a reference after its row went
-	// gives the group a gap. Listeners read within milliseconds of the
+	// listeners to read, from its transaction's commit (give or take
+	// SampleEvery), however long that transaction lasted: each listener
+	// deletes older rows every SampleEvery. A listener that reads a
+	// reference after its row went gives the group a gap. Listeners read within milliseconds of the
 	// commit unless they fall behind; the table holds what was sent in
 	// the last PayloadMaxAge (at 10 messages of 1 MiB a second, 3 GB at
 	// the default): lower it for such rates. Default: 5 minutes.
@@ -91,18 +92,21 @@ type PostgresOptions struct {
 //
 // Start creates the table where it is missing, UNLOGGED (a crash empties
 // it, as it empties NOTIFY's queue), and fails with [ErrPayloadTable]
-// where the listener's role cannot, or may not SELECT and DELETE its
-// rows. Create it beforehand then, granting INSERT to the pool's role (a
-// Send without it fails with PostgreSQL's error) and SELECT, DELETE to
-// the listener's:
+// where the listener's role cannot, or may not SELECT, UPDATE and DELETE
+// its rows. Create it beforehand then, granting INSERT to the pool's role
+// (a Send without it fails with PostgreSQL's error) and SELECT, UPDATE,
+// DELETE to the listener's:
 //
 //	CREATE UNLOGGED TABLE dbscope_groups_payloads (
 //		id      uuid PRIMARY KEY,
-//		created timestamptz NOT NULL DEFAULT clock_timestamp(),
+//		created timestamptz NOT NULL DEFAULT 'infinity',
 //		body    text NOT NULL
 //	);
 //	CREATE INDEX dbscope_groups_payloads_created ON dbscope_groups_payloads (created);
-//	GRANT INSERT, SELECT, DELETE ON dbscope_groups_payloads TO app;
+//	GRANT INSERT, SELECT, UPDATE, DELETE ON dbscope_groups_payloads TO app;
+//
+// A row is written with created 'infinity'; the first listener to see it
+// committed stamps it with the time, from which PayloadMaxAge counts.
 //
 // Every notifying commit takes a cluster-wide lock and signals every
 // listening backend of the database: for large deployments, NATS.
