@@ -24,7 +24,7 @@ var groupsFamilies = []family[layerStats]{
 		func(s *layerStats) int { return s.Groups }),
 	gauge("members", "Members now, each counted once whatever its groups.",
 		func(s *layerStats) int { return s.Members }),
-	counter("sent_total", "Messages the engine took.",
+	counter("sent_total", "Messages sent; one inside a transaction is counted at its commit, not if it rolls back.",
 		func(s *layerStats) int64 { return s.Sent }),
 	counter("delivered_total", "Events members handled.",
 		func(s *layerStats) int64 { return s.Delivered }),

@@ -363,6 +363,75 @@ func TestSendInAtomic(t *testing.T) {
 	}
 }
 
+// Stats.Sent counts what went out, whatever the engine: a send inside a
+// transaction at its commit, none that rolled back (the transaction's,
+// or a nested Atomic's inside one that commits).
+func TestSentCountsCommitted(t *testing.T) {
+	t.Parallel()
+	for _, kind := range kinds {
+		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
+			env := pgtest.New(t)
+			in := instances(t, env, kind, 1)[0]
+			ctx := context.Background()
+			r := &recorder{}
+			m := in.layer.NewMember(r.handle, nil)
+			defer m.Close()
+			if err := m.Join(ctx, "tx"); err != nil {
+				t.Fatal(err)
+			}
+			sent := func() int64 { return in.layer.Stats().Sent }
+			fail := errors.New("roll back")
+			inTx := func(fn func(ctx context.Context) error) error {
+				return in.pool.Do(ctx, func(ctx context.Context, _ *dbctx.Scope) error { return dbctx.Atomic(ctx, fn) })
+			}
+			err := inTx(func(ctx context.Context) error {
+				if err := in.layer.Send(ctx, "tx", []byte("rolled back")); err != nil {
+					return err
+				}
+				return fail
+			})
+			if !errors.Is(err, fail) {
+				t.Fatal(err)
+			}
+			if n := sent(); n != 0 {
+				t.Fatalf("Sent %d after a rolled-back send", n)
+			}
+			err = inTx(func(ctx context.Context) error {
+				if err := in.layer.Send(ctx, "tx", []byte("committed")); err != nil {
+					return err
+				}
+				if n := sent(); n != 0 {
+					t.Errorf("Sent %d before the commit", n)
+				}
+				inner := dbctx.Atomic(ctx, func(ctx context.Context) error {
+					if err := in.layer.Send(ctx, "tx", []byte("inner, rolled back")); err != nil {
+						return err
+					}
+					return fail
+				})
+				if !errors.Is(inner, fail) {
+					return inner
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n := sent(); n != 1 {
+				t.Fatalf("Sent %d after a commit of one send, and one rolled back to its savepoint", n)
+			}
+			if err := in.layer.Send(ctx, "tx", []byte("marker")); err != nil {
+				t.Fatal(err)
+			}
+			dbtest.Eventually(t, "the marker", func() bool { return r.n.Load() >= 2 })
+			if got, n := datas(r.got()), sent(); len(got) != 2 || n != 2 {
+				t.Fatalf("got %q, Sent %d: want committed, marker, and 2", got, n)
+			}
+		})
+	}
+}
+
 func datas(es []groups.Event) []string {
 	var out []string
 	for _, e := range es {
