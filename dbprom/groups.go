@@ -56,7 +56,7 @@ var postgresFamilies = []family[postgresStats]{
 		name: "large_messages_total",
 		help: "Messages past NOTIFY's limit, through the PostgreSQL engine's table: sent (rows this " +
 			"instance wrote), received (bodies its listener read, once per message), missing (references " +
-			"whose row was gone: a gap for the group).",
+			"whose row was gone, or that the instance has no table for: a gap for the group).",
 		typ:   prometheus.CounterValue,
 		label: "event",
 		collect: func(s *postgresStats, emit func(float64, ...string)) {

@@ -40,7 +40,9 @@ type PostgresOptions struct {
 	// included (see [NewPostgres]; a body that is not UTF-8 text takes
 	// 4/3 of its size in base64): what NOTIFY's 7,999 bytes cannot hold
 	// goes through PayloadTable. Default: 1 MiB; below 1 GiB, PostgreSQL's
-	// limit on a value. At most 7,999: NOTIFY only, no table.
+	// limit on a value. At most 7,999: NOTIFY only, no table. Set the same
+	// on every instance: one without the table cannot read what another
+	// sends through it (a gap for its group, logged once at ERROR).
 	MaxPayload int
 
 	// PayloadTable is the table of the messages past NOTIFY's limit: a
@@ -178,6 +180,9 @@ type Postgres struct {
 
 	table *payloadTable // nil where MaxPayload is NOTIFY's
 	notes []string      // arrived, not yet handed on; the listener's
+
+	missing   atomic.Int64 // references whose body could not be read
+	tableless atomic.Bool  // a reference arrived with no table: logged once
 }
 
 type command struct {
@@ -578,7 +583,7 @@ func (e *Postgres) drain(conn *pgconn.PgConn) error {
 			missing = append(missing, group)
 		}
 		if len(missing) > 0 {
-			e.table.missed(missing)
+			e.missed(missing)
 		}
 	}
 	e.notes = nil

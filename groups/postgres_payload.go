@@ -37,7 +37,7 @@ type payloadTable struct {
 
 	fetchFailed, cleanupFailed atomic.Bool // logged once
 
-	sent, sentBytes, received, receivedBytes, missing atomic.Int64
+	sent, sentBytes, received, receivedBytes atomic.Int64
 }
 
 func newPayloadTable(o PostgresOptions) *payloadTable {
@@ -216,13 +216,21 @@ func (t *payloadTable) fetch(ctx context.Context, conn *pgconn.PgConn, ids []str
 	return bodies, nil
 }
 
-// missed counts the references of groups whose rows were gone, and logs
-// them once per batch.
-func (t *payloadTable) missed(groups []string) {
+// missed counts the references of groups whose bodies could not be read,
+// and logs them once per batch: their rows were gone. Where this engine
+// has no table (MaxPayload at NOTIFY's limit, larger on a sender) it logs
+// that misconfiguration once, at ERROR.
+func (e *Postgres) missed(groups []string) {
+	e.missing.Add(int64(len(groups)))
+	t := e.table
 	if t == nil {
-		return // a reference from an engine with a table, where this one has none
+		if !e.tableless.Swap(true) {
+			e.opts.Logger.Error("groups: large messages arrive, and this instance has no table to read them from "+
+				"(PostgresOptions.MaxPayload is at most 7,999 here, larger on a sender): each is a gap for its group; "+
+				"set the same MaxPayload on every instance", "groups", groups)
+		}
+		return
 	}
-	t.missing.Add(int64(len(groups)))
 	t.log.Warn("groups: large messages were gone from the table when read: a gap for their groups",
 		"table", t.name, "missing", len(groups), "groups", groups)
 }
@@ -265,13 +273,13 @@ type PostgresStats struct {
 	LargeSentBytes     int64
 	LargeReceived      int64 // read by this instance's listener: once per message, whatever the members
 	LargeReceivedBytes int64
-	LargeMissing       int64 // references whose row was gone when read: a gap for the group
+	LargeMissing       int64 // references whose row was gone when read, or that this instance has no table for: a gap for the group
 }
 
 // Stats returns a snapshot of the engine's figures; the layer's are
 // [Layer.Stats].
 func (e *Postgres) Stats() PostgresStats {
-	st := PostgresStats{QueueUsage: e.queueUsage()}
+	st := PostgresStats{QueueUsage: e.queueUsage(), LargeMissing: e.missing.Load()}
 	t := e.table
 	if t == nil {
 		return st
@@ -280,6 +288,5 @@ func (e *Postgres) Stats() PostgresStats {
 	st.LargeSentBytes = t.sentBytes.Load()
 	st.LargeReceived = t.received.Load()
 	st.LargeReceivedBytes = t.receivedBytes.Load()
-	st.LargeMissing = t.missing.Load()
 	return st
 }

@@ -354,6 +354,38 @@ func TestLargeMissingRow(t *testing.T) {
 	}
 }
 
+// An instance without the table (MaxPayload at NOTIFY's limit) that gets
+// the reference of a large message from one with it gives the group a
+// gap, counted in LargeMissing and logged once, at ERROR, saying what to
+// set; what follows arrives.
+func TestLargeWithoutTable(t *testing.T) {
+	t.Parallel()
+	env := pgtest.New(t)
+	snd := pgInstances(t, env, 1, nil)[0]
+	logs, log := dbtest.NewLogs()
+	rcv := pgInstances(t, env, 1, &groups.PostgresOptions{MaxPayload: 7999, Logger: log})[0]
+	recs := members(t, []*instance{rcv}, 1, nil, "mixed")
+	ctx := context.Background()
+	for k := range 2 {
+		if err := snd.layer.Send(ctx, "mixed", body(0, k, 10000, false)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := snd.layer.Send(ctx, "mixed", []byte("small")); err != nil {
+		t.Fatal(err)
+	}
+	dbtest.Eventually(t, "three events", func() bool { return recs[0].n.Load() == 3 })
+	if got := events(recs[0]); got != "gap,gap,small" {
+		t.Fatalf("got %s, want a gap for each large message, then the small one", got)
+	}
+	if st := rcv.pg.Stats(); st.LargeMissing != 2 {
+		t.Errorf("LargeMissing %d, want 2: %+v", st.LargeMissing, st)
+	}
+	if n := logs.Count(slog.LevelError, "groups: large messages arrive, and this instance has no table"); n != 1 {
+		t.Errorf("logged %d times at ERROR, want once:\n%s", n, logs)
+	}
+}
+
 // A role without CREATE on its schema, and no table: New fails with
 // ErrPayloadTable. Without a table (MaxPayload at NOTIFY's limit) it
 // starts and refuses what NOTIFY cannot carry. With the table made
