@@ -207,8 +207,8 @@ func TestJoinDuringSilentOutage(t *testing.T) {
 	if dbtest.Wait(30*time.Second, func() bool { return in.layer.Ready() != nil }) != nil {
 		t.Fatal("the listener never found its connection broken")
 	}
-	// within returns whether f returned within 5s: at once, or the test's
-	// end frees it (the layer closed).
+	// within fails the test unless f returns within 5s (at once, on the
+	// fix), freeing it first (the network back, the layer closed).
 	within := func(what string, f func()) {
 		t.Helper()
 		done := make(chan struct{})
