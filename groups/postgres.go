@@ -58,10 +58,11 @@ type PostgresOptions struct {
 	// listeners to read, from its transaction's commit (give or take
 	// SampleEvery), however long that transaction lasted: each listener
 	// deletes older rows every SampleEvery. A listener that reads a
-	// reference after its row went gives the group a gap. Listeners read within milliseconds of the
-	// commit unless they fall behind; the table holds what was sent in
-	// the last PayloadMaxAge (at 10 messages of 1 MiB a second, 3 GB at
-	// the default): lower it for such rates. Default: 5 minutes.
+	// reference after its row went gives the group a gap. Listeners read
+	// within milliseconds of the commit unless they fall behind; the
+	// table holds what was sent in the last PayloadMaxAge (at 10 messages
+	// of 1 MiB a second, 3 GB at the default): lower it for such rates.
+	// Default: 5 minutes.
 	PayloadMaxAge time.Duration
 
 	// Logger receives the listener's disconnections. Default:
