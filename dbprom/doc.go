@@ -61,7 +61,7 @@
 //
 //	dbscope_groups_groups                     gauge: groups with members in this process
 //	dbscope_groups_members                    gauge: members
-//	dbscope_groups_sent_total                 messages the engine took
+//	dbscope_groups_sent_total                 messages sent (in a transaction: at its commit)
 //	dbscope_groups_delivered_total            events members handled
 //	dbscope_groups_slow_total                 members dropped for falling behind
 //	dbscope_groups_gaps_total                 gap events queued to members

@@ -24,7 +24,7 @@ var groupsFamilies = []family[layerStats]{
 		func(s *layerStats) int { return s.Groups }),
 	gauge("members", "Members now, each counted once whatever its groups.",
 		func(s *layerStats) int { return s.Members }),
-	counter("sent_total", "Messages the engine took.",
+	counter("sent_total", "Messages sent; one inside a transaction is counted at its commit, not if it rolls back.",
 		func(s *layerStats) int64 { return s.Sent }),
 	counter("delivered_total", "Events members handled.",
 		func(s *layerStats) int64 { return s.Delivered }),
@@ -56,7 +56,7 @@ var postgresFamilies = []family[postgresStats]{
 		name: "large_messages_total",
 		help: "Messages past NOTIFY's limit, through the PostgreSQL engine's table: sent (rows this " +
 			"instance wrote), received (bodies its listener read, once per message), missing (references " +
-			"whose row was gone: a gap for the group).",
+			"whose row was gone, or that the instance has no table for: a gap for the group).",
 		typ:   prometheus.CounterValue,
 		label: "event",
 		collect: func(s *postgresStats, emit func(float64, ...string)) {

@@ -53,7 +53,7 @@ dbscope_groups_members 1
 # HELP dbscope_groups_reconnects_total Reconnections of the engine.
 # TYPE dbscope_groups_reconnects_total counter
 dbscope_groups_reconnects_total 0
-# HELP dbscope_groups_sent_total Messages the engine took.
+# HELP dbscope_groups_sent_total Messages sent; one inside a transaction is counted at its commit, not if it rolls back.
 # TYPE dbscope_groups_sent_total counter
 dbscope_groups_sent_total 2
 # HELP dbscope_groups_slow_total Members that fell behind their queue, told and dropped.

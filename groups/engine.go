@@ -16,7 +16,9 @@ type Engine interface {
 	// the layer calls it when group gets its first local member, and
 	// waits: a message sent once it returned is delivered. Where the
 	// engine is not connected, it returns at once, and the group is
-	// subscribed on reconnection (after a gap).
+	// subscribed on reconnection, before the gap that covers the outage;
+	// one that was waiting when the engine found its connection broken
+	// returns then, and is subscribed so too.
 	Subscribe(ctx context.Context, group string) error
 
 	// Unsubscribe stops it; the layer calls it when the last local member

@@ -20,3 +20,10 @@ func (l *Layer) Sweeping() bool {
 	defer l.lmu.Unlock()
 	return l.sweeping
 }
+
+// Queued returns how many commands wait for the listener.
+func (e *Postgres) Queued() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return len(e.pending)
+}

@@ -367,8 +367,10 @@ func TestMemberCallbackPanics(t *testing.T) {
 	}
 }
 
-// A send inside a transaction that rolls back reaches nobody; one that
-// commits reaches each member once.
+// A send inside a transaction that rolls back reaches nobody, nor one in
+// a nested Atomic that rolls back; one that commits reaches each member
+// once. Stats.Sent counts what went out, whatever the engine: at the
+// commit, none rolled back.
 func TestSendInAtomic(t *testing.T) {
 	t.Parallel()
 	for _, kind := range kinds {
@@ -383,6 +385,7 @@ func TestSendInAtomic(t *testing.T) {
 			if err := m.Join(ctx, "tx"); err != nil {
 				t.Fatal(err)
 			}
+			sent := func() int64 { return in.layer.Stats().Sent }
 			fail := errors.New("roll back")
 			err := in.pool.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
 				return dbctx.Atomic(ctx, func(ctx context.Context) error {
@@ -395,13 +398,34 @@ func TestSendInAtomic(t *testing.T) {
 			if !errors.Is(err, fail) {
 				t.Fatal(err)
 			}
+			if n := sent(); n != 0 {
+				t.Fatalf("Sent %d after a rolled-back send", n)
+			}
 			err = in.pool.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
 				return dbctx.Atomic(ctx, func(ctx context.Context) error {
-					return in.layer.Send(ctx, "tx", []byte("committed"))
+					if err := in.layer.Send(ctx, "tx", []byte("committed")); err != nil {
+						return err
+					}
+					if n := sent(); n != 0 {
+						t.Errorf("Sent %d before the commit", n)
+					}
+					inner := dbctx.Atomic(ctx, func(ctx context.Context) error {
+						if err := in.layer.Send(ctx, "tx", []byte("rolled back to its savepoint")); err != nil {
+							return err
+						}
+						return fail
+					})
+					if !errors.Is(inner, fail) {
+						return inner
+					}
+					return nil
 				})
 			})
 			if err != nil {
 				t.Fatal(err)
+			}
+			if n := sent(); n != 1 {
+				t.Fatalf("Sent %d after the commit of one send, another rolled back to its savepoint", n)
 			}
 			// A marker after both: once it arrives, what came before has.
 			if err := in.layer.Send(ctx, "tx", []byte("marker")); err != nil {
@@ -411,6 +435,9 @@ func TestSendInAtomic(t *testing.T) {
 			got := r.got()
 			if len(got) != 2 || string(got[0].Data) != "committed" || string(got[1].Data) != "marker" {
 				t.Fatalf("got %q, want committed then marker", datas(got))
+			}
+			if n := sent(); n != 2 {
+				t.Fatalf("Sent %d, want the 2 that went out", n)
 			}
 		})
 	}

@@ -58,6 +58,7 @@ type Layer struct {
 	c struct {
 		members, sent, delivered, slow, gaps, reconnects atomic.Int64
 	}
+	countSent func() // adds to c.sent; made once, for dbctx.OnCommit
 }
 
 // New returns a Layer over engine, which it starts: the PostgreSQL engine
@@ -71,6 +72,7 @@ func New(engine Engine, opts *Options) (*Layer, error) {
 		o.Logger = slog.Default()
 	}
 	l := &Layer{engine: engine, log: o.Logger, groups: map[string]map[*Member]struct{}{}}
+	l.countSent = func() { l.c.sent.Add(1) }
 	rand.Read(l.origin[:])
 	if err := engine.Start(inbox{l}); err != nil {
 		return nil, err
@@ -129,8 +131,11 @@ func CheckGroup(name string) error {
 // transaction commits (a failure then is logged, not returned): with
 // PostgreSQL, NOTIFY is sent on the scope's connection, within the
 // transaction, where that scope is of the engine's pool; inside an
-// Atomic of another pool, at its commit. ctx may carry a scope (an HTTP request's, a consumer's):
-// PostgreSQL sends through it; otherwise through the engine's own pool.
+// Atomic of another pool (around the scope, or the scope's own), at that
+// Atomic's commit: a message goes out once every Atomic it was sent in
+// has committed (see dbctx.OnCommit). ctx may carry a scope (an HTTP
+// request's, a consumer's): PostgreSQL sends through it; otherwise
+// through the engine's own pool.
 func (l *Layer) Send(ctx context.Context, group string, data []byte) error {
 	if l.closed.Load() {
 		return ErrClosed
@@ -144,7 +149,13 @@ func (l *Layer) Send(ctx context.Context, group string, data []byte) error {
 	}
 	if l.engine.Transactional() {
 		if j, ok := l.engine.(txJoiner); !ok || j.joinsTx(ctx) {
-			return l.publish(ctx, group, payload)
+			if err := l.engine.Publish(ctx, group, payload); err != nil {
+				return err
+			}
+			// It goes out at the commit of ctx's transaction, if any:
+			// counted then, as a deferred send is.
+			dbctx.OnCommit(ctx, l.countSent)
+			return nil
 		}
 	}
 	var err error
@@ -175,7 +186,7 @@ func (l *Layer) publish(ctx context.Context, group string, payload []byte) error
 	if err := l.engine.Publish(ctx, group, payload); err != nil {
 		return err
 	}
-	l.c.sent.Add(1)
+	l.countSent()
 	return nil
 }
 
@@ -314,7 +325,7 @@ type Stats struct {
 	Groups  int // groups with members in this process
 	Members int // members, each counted once whatever its groups
 
-	Sent       int64 // messages the engine took
+	Sent       int64 // messages sent: inside a transaction, at its commit (none rolled back)
 	Delivered  int64 // events members handled
 	Slow       int64 // members that fell behind their queue, told and dropped
 	Gaps       int64 // gap events queued to members

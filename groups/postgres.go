@@ -41,7 +41,9 @@ type PostgresOptions struct {
 	// included (see [NewPostgres]; a body that is not UTF-8 text takes
 	// 4/3 of its size in base64): what NOTIFY's 7,999 bytes cannot hold
 	// goes through PayloadTable. Default: 1 MiB; below 1 GiB, PostgreSQL's
-	// limit on a value. At most 7,999: NOTIFY only, no table.
+	// limit on a value. At most 7,999: NOTIFY only, no table. Set the same
+	// on every instance: one without the table cannot read what another
+	// sends through it (a gap for its group, logged once at ERROR).
 	MaxPayload int
 
 	// PayloadTable is the table of the messages past NOTIFY's limit: a
@@ -54,12 +56,14 @@ type PostgresOptions struct {
 	PayloadTable string
 
 	// PayloadMaxAge is how long a row of PayloadTable is kept for the
-	// listeners to read: each listener deletes older rows every
-	// SampleEvery. A listener that reads a reference after its row went
-	// gives the group a gap. Listeners read within milliseconds of the
-	// commit unless they fall behind; the table holds what was sent in
-	// the last PayloadMaxAge (at 10 messages of 1 MiB a second, 3 GB at
-	// the default): lower it for such rates. Default: 5 minutes.
+	// listeners to read, from its transaction's commit (give or take
+	// SampleEvery), however long that transaction lasted: each listener
+	// deletes older rows every SampleEvery. A listener that reads a
+	// reference after its row went gives the group a gap. Listeners read
+	// within milliseconds of the commit unless they fall behind; the
+	// table holds what was sent in the last PayloadMaxAge (at 10 messages
+	// of 1 MiB a second, 3 GB at the default): lower it for such rates.
+	// Default: 5 minutes.
 	PayloadMaxAge time.Duration
 
 	// Logger receives the listener's disconnections. Default:
@@ -92,24 +96,30 @@ type PostgresOptions struct {
 //
 // Start creates the table where it is missing, UNLOGGED (a crash empties
 // it, as it empties NOTIFY's queue), and fails with [ErrPayloadTable]
-// where the listener's role cannot, or may not SELECT and DELETE its
-// rows. Create it beforehand then, granting INSERT to the pool's role (a
-// Send without it fails with PostgreSQL's error) and SELECT, DELETE to
-// the listener's:
+// where the listener's role cannot, or may not SELECT, UPDATE and DELETE
+// its rows. Create it beforehand then, granting INSERT to the pool's role
+// (a Send without it fails with PostgreSQL's error) and SELECT, UPDATE,
+// DELETE to the listener's:
 //
 //	CREATE UNLOGGED TABLE dbscope_groups_payloads (
 //		id      uuid PRIMARY KEY,
-//		created timestamptz NOT NULL DEFAULT clock_timestamp(),
+//		created timestamptz NOT NULL DEFAULT 'infinity',
 //		body    text NOT NULL
 //	);
 //	CREATE INDEX dbscope_groups_payloads_created ON dbscope_groups_payloads (created);
-//	GRANT INSERT, SELECT, DELETE ON dbscope_groups_payloads TO app;
+//	GRANT INSERT, SELECT, UPDATE, DELETE ON dbscope_groups_payloads TO app;
+//
+// A row is written with created 'infinity'; the first listener to see it
+// committed stamps it with the time, from which PayloadMaxAge counts.
 //
 // Every notifying commit takes a cluster-wide lock and signals every
 // listening backend of the database: for large deployments, NATS.
 //
 // The listener reconnects forever, with backoff and jitter, and then
-// LISTENs again and gives every member a gap. Start connects once and
+// LISTENs again and gives every member a gap. While it is down, a Join of
+// a new group returns at once, as does one that was waiting for its
+// LISTEN when the listener found its connection broken: their groups are
+// LISTENed on reconnection, before that gap. Start connects once and
 // fails where it cannot.
 func NewPostgres(pool *dbctx.Pool, opts *PostgresOptions) *Postgres {
 	var o PostgresOptions
@@ -172,6 +182,9 @@ type Postgres struct {
 
 	table *payloadTable // nil where MaxPayload is NOTIFY's
 	notes []string      // arrived, not yet handed on; the listener's
+
+	missing   atomic.Int64 // references whose body could not be read
+	tableless atomic.Bool  // a reference arrived with no table: logged once
 }
 
 type command struct {
@@ -260,9 +273,15 @@ func (e *Postgres) queueUsage() float64 {
 	return math.Float64frombits(e.usage.Load())
 }
 
+// Close stops the listener and returns once it has. It may be called in
+// any state: before Start, after a Start that failed, more than once.
 func (e *Postgres) Close() error {
-	e.cancel()
-	<-e.done
+	if e.cancel != nil {
+		e.cancel()
+	}
+	if e.done != nil {
+		<-e.done
+	}
 	return nil
 }
 
@@ -288,6 +307,10 @@ func (e *Postgres) Publish(ctx context.Context, group string, payload []byte) er
 func (e *Postgres) Subscribe(ctx context.Context, group string) error {
 	done := make(chan error, 1)
 	e.mu.Lock()
+	if e.state == ErrClosed {
+		e.mu.Unlock()
+		return ErrClosed
+	}
 	up := e.state == nil
 	c := command{channel: e.channelOf(group), listen: true}
 	if up {
@@ -332,17 +355,19 @@ func (e *Postgres) push(c command) {
 // whenever it breaks.
 func (e *Postgres) listen(conn *pgconn.PgConn) {
 	defer close(e.done)
+	defer e.down(ErrClosed, ErrClosed)
 	backoff := minBackoff
 	reconnected := false
 	for {
 		if conn != nil {
 			err := e.serve(conn, reconnected)
-			conn.Close(context.Background())
-			conn = nil
 			if e.ctx.Err() != nil {
+				conn.Close(context.Background())
 				return
 			}
-			e.setState(err)
+			e.down(err, nil)
+			conn.Close(context.Background())
+			conn = nil
 			e.opts.Logger.Warn("groups: the PostgreSQL listener's connection broke; reconnecting", "err", err)
 		}
 		select {
@@ -380,32 +405,49 @@ func (e *Postgres) setState(err error) {
 	e.mu.Unlock()
 }
 
-// serve LISTENs on every channel subscribed, tells members of a gap after
-// a reconnection, then waits for notifications and commands until the
+// down marks the engine down with err, and answers the commands queued
+// for the listener that a Subscribe waits for, with answer: nil where the
+// listener reconnects (they are counted then, and their channels LISTENed
+// before the gap that covers the outage, as those of the Joins made while
+// down), so that no Join waits for the outage to end, holding the layer's
+// subscription lock. The commands stay queued, answered.
+func (e *Postgres) down(err, answer error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.state = err
+	for i := range e.pending {
+		if c := &e.pending[i]; c.done != nil {
+			c.done <- answer
+			c.done = nil
+		}
+	}
+}
+
+// serve LISTENs on every channel subscribed, those of the commands queued
+// while the engine was down included, tells members of a gap after a
+// reconnection, then waits for notifications and commands until the
 // connection breaks or Close.
 func (e *Postgres) serve(conn *pgconn.PgConn, reconnected bool) error {
 	// What arrived on a broken connection and was not handed on is
 	// covered by the gap below.
 	e.notes = nil
-	// Commands queued while disconnected only count: the channels are
-	// LISTENed below, all at once.
-	e.mu.Lock()
-	cmds := e.pending
-	e.pending = nil
-	e.mu.Unlock()
-	for _, c := range cmds {
-		e.count(c)
-	}
 	for ch := range e.refs {
 		if err := e.exec(conn, "LISTEN "+ch); err != nil {
 			return err
 		}
 	}
-	e.setState(nil)
-	for _, c := range cmds {
-		if c.done != nil {
-			c.done <- nil
-		}
+	// The commands queued while down (their Subscribe returned at once)
+	// are taken as the engine is marked up, and run before the gap: every
+	// channel a Join that returned while down asked for is LISTENed before
+	// the gap that covers the outage. A Subscribe from now on waits for
+	// its command to run.
+	e.mu.Lock()
+	cmds := e.pending
+	e.pending = nil
+	e.state = nil
+	e.mu.Unlock()
+	if err := e.run(conn, cmds); err != nil {
+		return err
 	}
 	if reconnected {
 		e.in.Gap(nil)
@@ -416,20 +458,8 @@ func (e *Postgres) serve(conn *pgconn.PgConn, reconnected bool) error {
 		cmds := e.pending
 		e.pending = nil
 		e.mu.Unlock()
-		for i, c := range cmds {
-			err := e.apply(conn, c)
-			if c.done != nil {
-				// Counted even where the LISTEN failed with the
-				// connection: it is LISTENed again on reconnection.
-				c.done <- nil
-			}
-			if err != nil {
-				// The rest wait for the next connection, counted then.
-				e.mu.Lock()
-				e.pending = append(cmds[i+1:len(cmds):len(cmds)], e.pending...)
-				e.mu.Unlock()
-				return err
-			}
+		if err := e.run(conn, cmds); err != nil {
+			return err
 		}
 		if time.Since(sample) >= e.opts.SampleEvery {
 			if err := e.sampleUsage(conn); err != nil {
@@ -449,6 +479,26 @@ func (e *Postgres) serve(conn *pgconn.PgConn, reconnected bool) error {
 			return err
 		}
 	}
+}
+
+// run applies cmds in order and answers each one waited for, even where
+// its statement failed with the connection: its channel is counted, and
+// LISTENed again on reconnection. The commands after a failure go back to
+// the front of the queue, for the next connection (down answers them).
+func (e *Postgres) run(conn *pgconn.PgConn, cmds []command) error {
+	for i, c := range cmds {
+		err := e.apply(conn, c)
+		if c.done != nil {
+			c.done <- nil
+		}
+		if err != nil {
+			e.mu.Lock()
+			e.pending = append(cmds[i+1:len(cmds):len(cmds)], e.pending...)
+			e.mu.Unlock()
+			return err
+		}
+	}
+	return nil
 }
 
 // count applies c to the subscription counts and reports whether the
@@ -537,7 +587,7 @@ func (e *Postgres) drain(conn *pgconn.PgConn) error {
 			missing = append(missing, group)
 		}
 		if len(missing) > 0 {
-			e.table.missed(missing)
+			e.missed(missing)
 		}
 	}
 	e.notes = nil

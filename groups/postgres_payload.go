@@ -19,7 +19,7 @@ import (
 // of the messages past NOTIFY's limit (PostgresOptions.PayloadTable) is
 // missing and the listener's role cannot create it (no CREATE on the
 // schema, as an application role under row-level security often has
-// not), or where that role may not SELECT and DELETE its rows. Create it
+// not), or where that role may not SELECT, UPDATE and DELETE its rows. Create it
 // beforehand with the DDL in NewPostgres's doc, and grant, or set
 // PostgresOptions.MaxPayload to 7,999 or less to go without it.
 var ErrPayloadTable = errors.New("groups: no table for large messages")
@@ -37,7 +37,7 @@ type payloadTable struct {
 
 	fetchFailed, cleanupFailed atomic.Bool // logged once
 
-	sent, sentBytes, received, receivedBytes, missing atomic.Int64
+	sent, sentBytes, received, receivedBytes atomic.Int64
 }
 
 func newPayloadTable(o PostgresOptions) *payloadTable {
@@ -50,14 +50,16 @@ func newPayloadTable(o PostgresOptions) *payloadTable {
 		name: name,
 		ddl: "CREATE UNLOGGED TABLE IF NOT EXISTS " + name + ` (
 	id      uuid PRIMARY KEY,
-	created timestamptz NOT NULL DEFAULT clock_timestamp(),
+	created timestamptz NOT NULL DEFAULT 'infinity',
 	body    text NOT NULL
 );
 CREATE INDEX IF NOT EXISTS ` + index + " ON " + name + " (created)",
-		insertSQL: "WITH r AS (INSERT INTO " + name + " (id, body) VALUES ($3, $4) RETURNING id) " +
+		insertSQL: "WITH r AS (INSERT INTO " + name + " (id, created, body) VALUES ($3, 'infinity', $4) RETURNING id) " +
 			"SELECT pg_notify($1, $2) FROM r",
 		fetchSQL: "SELECT id::text, body FROM " + name + " WHERE id = ANY($1::uuid[])",
-		cleanupSQL: fmt.Sprintf("DELETE FROM %s WHERE created < now() - interval '%d microseconds'",
+		// Two statements, one implicit transaction: one now().
+		cleanupSQL: fmt.Sprintf("UPDATE %[1]s SET created = now() WHERE created = 'infinity'; "+
+			"DELETE FROM %[1]s WHERE created < now() - interval '%[2]d microseconds'",
 			name, o.PayloadMaxAge.Microseconds()),
 		// 16 MiB of bodies in memory at most, between 1 and 100 of them.
 		perFetch: min(max((16<<20)/o.MaxPayload, 1), 100),
@@ -86,12 +88,14 @@ func validTable(name string) bool {
 }
 
 // ensure makes the table where it is missing, on the listener's
-// connection at Start, and checks that the listener may read and delete
-// its rows.
+// connection at Start, and checks that the listener may read, stamp and
+// delete its rows.
 func (t *payloadTable) ensure(ctx context.Context, conn *pgconn.PgConn) error {
-	// NULL: missing; false: no right to read and delete.
+	// NULL: missing; false: no right to read, stamp and delete (a list
+	// of privileges asks for any of them: each is asked for alone).
 	check := func() (string, error) {
-		res := conn.ExecParams(ctx, "SELECT CASE WHEN to_regclass($1) IS NOT NULL THEN has_table_privilege($1, 'SELECT, DELETE') END",
+		res := conn.ExecParams(ctx, "SELECT CASE WHEN to_regclass($1) IS NOT NULL THEN "+
+			"has_table_privilege($1, 'SELECT') AND has_table_privilege($1, 'UPDATE') AND has_table_privilege($1, 'DELETE') END",
 			[][]byte{[]byte(t.name)}, nil, nil, nil).Read()
 		if res.Err != nil || len(res.Rows) != 1 {
 			return "", res.Err
@@ -116,7 +120,7 @@ func (t *payloadTable) ensure(ctx context.Context, conn *pgconn.PgConn) error {
 		}
 	}
 	if state != "t" {
-		return fmt.Errorf("%w: %s: the listener's role may not SELECT and DELETE its rows", ErrPayloadTable, t.name)
+		return fmt.Errorf("%w: %s: the listener's role may not SELECT, UPDATE and DELETE its rows", ErrPayloadTable, t.name)
 	}
 	return nil
 }
@@ -212,20 +216,36 @@ func (t *payloadTable) fetch(ctx context.Context, conn *pgconn.PgConn, ids []str
 	return bodies, nil
 }
 
-// missed counts the references of groups whose rows were gone, and logs
-// them once per batch.
-func (t *payloadTable) missed(groups []string) {
+// missed counts the references of groups whose bodies could not be read,
+// and logs them once per batch: their rows were gone. Where this engine
+// has no table (MaxPayload at NOTIFY's limit, larger on a sender) it logs
+// that misconfiguration once, at ERROR.
+func (e *Postgres) missed(groups []string) {
+	e.missing.Add(int64(len(groups)))
+	t := e.table
 	if t == nil {
-		return // a reference from an engine with a table, where this one has none
+		if !e.tableless.Swap(true) {
+			e.opts.Logger.Error("groups: large messages arrive, and this instance has no table to read them from "+
+				"(PostgresOptions.MaxPayload is at most 7,999 here, larger on a sender): each is a gap for its group; "+
+				"set the same MaxPayload on every instance", "groups", groups)
+		}
+		return
 	}
-	t.missing.Add(int64(len(groups)))
 	t.log.Warn("groups: large messages were gone from the table when read: a gap for their groups",
 		"table", t.name, "missing", len(groups), "groups", groups)
 }
 
-// cleanup deletes the rows past PayloadMaxAge, on the listener's
-// connection at its sampling tick. It fails only where the connection
-// broke or ctx ended; a statement's error is logged once.
+// cleanup stamps the rows committed since the last tick of any listener
+// (their created is 'infinity' until then: a row is seen only once its
+// transaction has committed) with the time, and deletes those stamped
+// more than PayloadMaxAge ago, on the listener's connection at its
+// sampling tick. A row's age thus counts from its commit, give or take a
+// tick, not from its INSERT: one whose transaction lasted longer than
+// PayloadMaxAge is not deleted before every listener that got its
+// NOTIFY, at the commit, had PayloadMaxAge to read it. A row whose
+// transaction rolled back is gone with it, and every committed one is
+// stamped at the next tick: nothing stays for ever. It fails only where
+// the connection broke or ctx ended; a statement's error is logged once.
 func (t *payloadTable) cleanup(ctx context.Context, conn *pgconn.PgConn) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
@@ -253,13 +273,13 @@ type PostgresStats struct {
 	LargeSentBytes     int64
 	LargeReceived      int64 // read by this instance's listener: once per message, whatever the members
 	LargeReceivedBytes int64
-	LargeMissing       int64 // references whose row was gone when read: a gap for the group
+	LargeMissing       int64 // references whose row was gone when read, or that this instance has no table for: a gap for the group
 }
 
 // Stats returns a snapshot of the engine's figures; the layer's are
 // [Layer.Stats].
 func (e *Postgres) Stats() PostgresStats {
-	st := PostgresStats{QueueUsage: e.queueUsage()}
+	st := PostgresStats{QueueUsage: e.queueUsage(), LargeMissing: e.missing.Load()}
 	t := e.table
 	if t == nil {
 		return st
@@ -268,6 +288,5 @@ func (e *Postgres) Stats() PostgresStats {
 	st.LargeSentBytes = t.sentBytes.Load()
 	st.LargeReceived = t.received.Load()
 	st.LargeReceivedBytes = t.receivedBytes.Load()
-	st.LargeMissing = t.missing.Load()
 	return st
 }

@@ -257,6 +257,50 @@ func TestLargeCleanup(t *testing.T) {
 	}
 }
 
+// A large message whose transaction outlived PayloadMaxAge is delivered,
+// not a gap: a row's age counts from its commit, for every instance. The
+// receiver's listener is held (the proxy stalled) from before the commit
+// until another instance's listener, with the same PayloadMaxAge and a
+// short SampleEvery, has run its cleanup since. The row is deleted
+// afterwards.
+func TestLargeTransactionPastMaxAge(t *testing.T) {
+	t.Parallel()
+	env := pgtest.New(t)
+	const maxAge = time.Second
+	rx, cx := pgtest.NewProxy(t, env), pgtest.NewProxy(t, env)
+	in := pgInstances(t, env, 1, &groups.PostgresOptions{ListenDSN: rx.DSN(), SampleEvery: time.Hour, PayloadMaxAge: maxAge})[0]
+	pgInstances(t, env, 1, &groups.PostgresOptions{ListenDSN: cx.DSN(), SampleEvery: 10 * time.Millisecond, PayloadMaxAge: maxAge})
+	recs := members(t, []*instance{in}, 1, bigMembers, "long")
+	ctx := context.Background()
+	data := body(0, 0, 20000, false)
+	err := in.pool.Do(ctx, func(ctx context.Context, _ *dbctx.Scope) error {
+		return dbctx.Atomic(ctx, func(ctx context.Context) error {
+			if err := in.layer.Send(ctx, "long", data); err != nil {
+				return err
+			}
+			time.Sleep(maxAge * 3 / 2) // the row written longer than PayloadMaxAge ago at the commit
+			rx.Stall()
+			return nil
+		})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The other listener's round trips: a sample and a cleanup each tick.
+	before := cx.Ready()
+	dbtest.Eventually(t, "a cleanup since the commit", func() bool { return cx.Ready() >= before+4 })
+	rx.Restore()
+	dbtest.Eventually(t, "the message", func() bool { return recs[0].n.Load() == 1 })
+	if e := recs[0].got()[0]; e.Gap || !bytes.Equal(e.Data, data) {
+		t.Fatalf("got gap=%v, %d bytes: the row went before its reference was read", e.Gap, len(e.Data))
+	}
+	if st := in.pg.Stats(); st.LargeMissing != 0 || st.LargeReceived != 1 {
+		t.Fatalf("want the body read, none missing: %+v", st)
+	}
+	// And the row goes, PayloadMaxAge after the commit.
+	dbtest.Eventually(t, "the row deleted", func() bool { return rows(t, env, "") == 0 })
+}
+
 // A reference whose row is gone when the listener reads it (deleted in
 // the sender's transaction, after the Send) is a gap for its group on
 // every instance, counted and logged once; what follows arrives.
@@ -307,6 +351,38 @@ func TestLargeMissingRow(t *testing.T) {
 		if n := logs[i].Count(slog.LevelWarn, "groups: large messages were gone"); n != 1 {
 			t.Errorf("instance %d: logged %d times, want once:\n%s", i, n, logs[i])
 		}
+	}
+}
+
+// An instance without the table (MaxPayload at NOTIFY's limit) that gets
+// the reference of a large message from one with it gives the group a
+// gap, counted in LargeMissing and logged once, at ERROR, saying what to
+// set; what follows arrives.
+func TestLargeWithoutTable(t *testing.T) {
+	t.Parallel()
+	env := pgtest.New(t)
+	snd := pgInstances(t, env, 1, nil)[0]
+	logs, log := dbtest.NewLogs()
+	rcv := pgInstances(t, env, 1, &groups.PostgresOptions{MaxPayload: 7999, Logger: log})[0]
+	recs := members(t, []*instance{rcv}, 1, nil, "mixed")
+	ctx := context.Background()
+	for k := range 2 {
+		if err := snd.layer.Send(ctx, "mixed", body(0, k, 10000, false)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := snd.layer.Send(ctx, "mixed", []byte("small")); err != nil {
+		t.Fatal(err)
+	}
+	dbtest.Eventually(t, "three events", func() bool { return recs[0].n.Load() == 3 })
+	if got := events(recs[0]); got != "gap,gap,small" {
+		t.Fatalf("got %s, want a gap for each large message, then the small one", got)
+	}
+	if st := rcv.pg.Stats(); st.LargeMissing != 2 {
+		t.Errorf("LargeMissing %d, want 2: %+v", st.LargeMissing, st)
+	}
+	if n := logs.Count(slog.LevelError, "groups: large messages arrive, and this instance has no table"); n != 1 {
+		t.Errorf("logged %d times at ERROR, want once:\n%s", n, logs)
 	}
 }
 
@@ -378,11 +454,11 @@ func TestLargeTableMissing(t *testing.T) {
 	// NewPostgres's DDL, as an administrator runs it.
 	ddl := `CREATE UNLOGGED TABLE dbscope_groups_payloads (
 		id      uuid PRIMARY KEY,
-		created timestamptz NOT NULL DEFAULT clock_timestamp(),
+		created timestamptz NOT NULL DEFAULT 'infinity',
 		body    text NOT NULL
 	);
 	CREATE INDEX dbscope_groups_payloads_created ON dbscope_groups_payloads (created);
-	GRANT INSERT, SELECT, DELETE ON dbscope_groups_payloads TO app;`
+	GRANT INSERT, SELECT, UPDATE, DELETE ON dbscope_groups_payloads TO app;`
 	for _, before := range []string{"TABLE ", "ON "} {
 		ddl = strings.ReplaceAll(ddl, before+"dbscope_groups_payloads ", before+schema+".dbscope_groups_payloads ")
 	}

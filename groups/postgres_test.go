@@ -1,0 +1,297 @@
+package groups_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/groups"
+	"github.com/dbscope/dbscope/internal/dbtest"
+	"github.com/dbscope/dbscope/internal/pgtest"
+)
+
+// proxied starts an instance whose listener goes through a proxy of its
+// own, and another to send from: the proxy holds or cuts the first's
+// listener only. known groups have a member on the first (closed at the
+// test's end): LISTENing them again after a reconnection takes one
+// round trip each, through the proxy.
+func proxied(t *testing.T, known int) (in, snd *instance, px *pgtest.Proxy) {
+	t.Helper()
+	env := pgtest.New(t)
+	px = pgtest.NewProxy(t, env)
+	in = pgInstances(t, env, 1, &groups.PostgresOptions{ListenDSN: px.DSN(), SampleEvery: time.Hour, MaxPayload: 7999})[0]
+	snd = pgInstances(t, env, 1, &groups.PostgresOptions{MaxPayload: 7999})[0]
+	m := in.layer.NewMember(func(groups.Event) {}, nil)
+	t.Cleanup(m.Close)
+	for i := range known {
+		if err := m.Join(context.Background(), fmt.Sprint("known.", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return in, snd, px
+}
+
+// midReListen lets the proxy's connections through again after a cut
+// and waits until the listener has reconnected and is LISTENing its
+// known channels again; then it calls hold (px.Stall or px.Cut), and
+// checks the re-LISTEN had not ended: before is px.Ready() while down.
+func midReListen(t *testing.T, px *pgtest.Proxy, before int64, known int, hold func()) {
+	t.Helper()
+	px.Restore()
+	// The handshake's ReadyForQuery, then one per LISTEN.
+	dbtest.Eventually(t, "the re-LISTEN under way", func() bool { return px.Ready() > before+2 })
+	hold()
+	if n := px.Ready() - before - 1; n >= int64(known) {
+		t.Fatalf("the %d channels were LISTENed again before the proxy held the listener", n)
+	}
+}
+
+// events returns what r got, a gap written "gap".
+func events(r *recorder) string {
+	var out []string
+	for _, e := range r.got() {
+		if e.Gap {
+			out = append(out, "gap")
+		} else {
+			out = append(out, string(e.Data))
+		}
+	}
+	return strings.Join(out, ",")
+}
+
+// Joins of new groups made while the listener LISTENs again after a
+// reconnection return at once (the engine is down), and their channels
+// are LISTENed before the gap that covers the outage: a message sent
+// once a member has its gap reaches it. The listener is held (the proxy
+// stalled) mid re-LISTEN while members join, and again from the moment
+// the member has its gap until the message is sent.
+func TestJoinWhileReconnectingListenedBeforeGap(t *testing.T) {
+	t.Parallel()
+	const known = 500
+	in, snd, px := proxied(t, known)
+	ctx := context.Background()
+	px.Cut()
+	dbtest.Eventually(t, "the listener down", func() bool { return in.layer.Ready() != nil })
+	midReListen(t, px, px.Ready(), known, px.Stall)
+	fill := in.layer.NewMember(func(groups.Event) {}, nil)
+	defer fill.Close()
+	for i := range 100 {
+		if err := fill.Join(ctx, fmt.Sprint("fill.", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	held := make(chan struct{})
+	var once sync.Once
+	r := &recorder{}
+	m := in.layer.NewMember(func(e groups.Event) {
+		if e.Gap && e.Group == "late" {
+			once.Do(func() {
+				px.Stall()
+				close(held)
+			})
+		}
+		r.handle(e)
+	}, nil)
+	defer m.Close()
+	if err := m.Join(ctx, "late"); err != nil {
+		t.Fatal(err)
+	}
+	if in.layer.Ready() == nil {
+		t.Fatal("the engine says it is up while its listener is held")
+	}
+	px.Restore()
+	dbtest.Eventually(t, "the member's gap", func() bool {
+		select {
+		case <-held:
+			return true
+		default:
+			return false
+		}
+	})
+	if err := snd.layer.Send(ctx, "late", []byte("after the gap")); err != nil {
+		t.Fatal(err)
+	}
+	px.Restore()
+	if err := snd.layer.Send(ctx, "late", []byte("marker")); err != nil {
+		t.Fatal(err)
+	}
+	dbtest.Eventually(t, "the marker", func() bool { return strings.HasSuffix(events(r), "marker") })
+	if got := events(r); got != "gap,after the gap,marker" {
+		t.Fatalf("got %s, want the gap, then every message sent after it", got)
+	}
+}
+
+// A Join waiting for its LISTEN when the listener's connection breaks
+// returns, even where the reconnection's own LISTENs fail too, and its
+// group's messages reach the member once the listener is back (after a
+// gap); the layer's subscription lock is free meanwhile. The listener is
+// held sending an UNLISTEN while the Join's LISTEN queues behind it, then
+// cut, then cut again mid re-LISTEN.
+func TestJoinAnsweredAcrossFailedReconnection(t *testing.T) {
+	t.Parallel()
+	const known = 500
+	in, snd, px := proxied(t, known)
+	ctx := context.Background()
+	b := in.layer.NewMember(func(groups.Event) {}, nil)
+	if err := b.Join(ctx, "x"); err != nil {
+		t.Fatal(err)
+	}
+	px.Stall()
+	b.Close() // its UNLISTEN: the listener sends it, and waits
+	dbtest.Eventually(t, "the UNLISTEN taken", func() bool { return in.pg.Queued() == 0 })
+	r := &recorder{}
+	m := in.layer.NewMember(r.handle, nil)
+	defer m.Close()
+	joined := make(chan error, 1)
+	go func() { joined <- m.Join(ctx, "g") }()
+	dbtest.Eventually(t, "the Join's LISTEN queued", func() bool { return in.pg.Queued() == 1 })
+	px.Cut()
+	dbtest.Eventually(t, "the listener down", func() bool { return in.layer.Ready() != nil })
+	midReListen(t, px, px.Ready(), known, px.Cut)
+	px.Restore()
+	if dbtest.Wait(10*time.Second, func() bool { return len(joined) == 1 }) != nil {
+		in.layer.Close() // frees the Join (ErrClosed)
+		t.Fatal("the Join did not return")
+	}
+	if err := <-joined; err != nil {
+		t.Fatal(err)
+	}
+	dbtest.Eventually(t, "the listener back", func() bool { return in.layer.Ready() == nil })
+	if err := snd.layer.Send(ctx, "g", []byte("after")); err != nil {
+		t.Fatal(err)
+	}
+	dbtest.Eventually(t, "the message", func() bool { return strings.HasSuffix(events(r), "after") })
+	if got := events(r); got != "gap,after" {
+		t.Fatalf("got %s, want a gap, then the message", got)
+	}
+	other := in.layer.NewMember(func(groups.Event) {}, nil)
+	dbtest.NoHang(t, "a Join and a last member's Close", func() {
+		if err := other.Join(ctx, "other"); err != nil {
+			t.Error(err)
+		}
+		other.Close()
+	})
+}
+
+// The listener's network goes silent (no RST): the listener finds out
+// when its statement times out (10s). A Join whose LISTEN queued behind
+// that statement returns then; from then on, a Join of a new group and
+// the Close of a group's last member return at once, as whenever the
+// engine is down. Once the network is back, the members get a gap, then
+// what is sent.
+func TestJoinDuringSilentOutage(t *testing.T) {
+	t.Parallel()
+	in, snd, px := proxied(t, 0)
+	ctx := context.Background()
+	var last [2]*groups.Member
+	for i := range last {
+		last[i] = in.layer.NewMember(func(groups.Event) {}, nil)
+		if err := last[i].Join(ctx, fmt.Sprint("last.", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	px.Stall()
+	last[0].Close() // its UNLISTEN: the listener sends it, and waits
+	dbtest.Eventually(t, "the UNLISTEN taken", func() bool { return in.pg.Queued() == 0 })
+	r1, r2 := &recorder{}, &recorder{}
+	m1, m2 := in.layer.NewMember(r1.handle, nil), in.layer.NewMember(r2.handle, nil)
+	defer m1.Close()
+	defer m2.Close()
+	joined := make(chan error, 1)
+	go func() { joined <- m1.Join(ctx, "first") }()
+	dbtest.Eventually(t, "the Join's LISTEN queued", func() bool { return in.pg.Queued() == 1 })
+	if dbtest.Wait(30*time.Second, func() bool { return in.layer.Ready() != nil }) != nil {
+		t.Fatal("the listener never found its connection broken")
+	}
+	// within fails the test unless f returns within 5s (at once, on the
+	// fix), freeing it first (the network back, the layer closed).
+	within := func(what string, f func()) {
+		t.Helper()
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			f()
+		}()
+		if dbtest.Wait(5*time.Second, func() bool {
+			select {
+			case <-done:
+				return true
+			default:
+				return false
+			}
+		}) != nil {
+			px.Restore()
+			in.layer.Close()
+			<-done
+			t.Fatalf("%s waited for the outage to end", what)
+		}
+	}
+	within("the Join waiting for its LISTEN", func() {
+		if err := <-joined; err != nil {
+			t.Error(err)
+		}
+	})
+	within("a Join while down", func() {
+		if err := m2.Join(ctx, "second"); err != nil {
+			t.Error(err)
+		}
+	})
+	within("the Close of a group's last member", last[1].Close)
+	px.Restore()
+	dbtest.Eventually(t, "the listener back", func() bool { return in.layer.Ready() == nil })
+	for _, g := range []string{"first", "second"} {
+		if err := snd.layer.Send(ctx, g, []byte("after")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, r := range []*recorder{r1, r2} {
+		dbtest.Eventually(t, "the message", func() bool { return strings.HasSuffix(events(r), "after") })
+		if got := events(r); got != "gap,after" {
+			t.Fatalf("member %d got %s, want a gap, then the message", i+1, got)
+		}
+	}
+}
+
+// Close is safe in every state of the engine: never started, after a
+// Start that failed (ListenDSN unparsable, the listener unreachable),
+// after a Start that succeeded, and again.
+func TestPostgresCloseInAnyState(t *testing.T) {
+	t.Parallel()
+	env := pgtest.New(t)
+	pool := dbctx.New(env.Open(t), nil)
+	defer pool.Close()
+	for _, c := range []struct {
+		name  string
+		dsn   string
+		start bool
+	}{
+		{"never started", env.DirectDSN(t), false},
+		{"ListenDSN unparsable", "port=notaport", true},
+		{"listener unreachable", env.DSNVia(pgtest.ClosedAddr(t)), true},
+		{"started", env.DirectDSN(t), true},
+	} {
+		e := groups.NewPostgres(pool, &groups.PostgresOptions{ListenDSN: c.dsn, Namespace: env.Schema()})
+		if c.start {
+			_, err := groups.New(e, nil)
+			if (err == nil) != (c.name == "started") {
+				t.Fatalf("%s: New: %v", c.name, err)
+			}
+		}
+		for range 2 {
+			closed := make(chan struct{})
+			go func() {
+				defer close(closed)
+				e.Close()
+			}()
+			select {
+			case <-closed:
+			case <-time.After(10 * time.Second):
+				t.Fatalf("%s: Close hangs", c.name)
+			}
+		}
+	}
+}
