@@ -481,3 +481,69 @@ func TestBoundaryDuringCommit(t *testing.T) {
 		}
 	})
 }
+
+// A unit of work that returns with rows of BeginTx's *sql.Tx still open,
+// under a context that never ends (a forgotten rows.Close). On pgx's
+// driver its boundary cannot roll the transaction back, and discards the
+// connection: it is really closed, its backend leaves pg_stat_activity,
+// and the next unit, on a pool of one connection, gets one, where
+// database/sql kept the closed one counted open for ever (the *sql.Tx
+// held it) and every later unit failed with ErrUnavailable after
+// ConnectTimeout. On another driver database/sql's rollback closes the
+// rows, and the connection is kept.
+func TestTxRowsLeftOpenEnded(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "finds the unit's backend in pg_stat_activity, which a pooler hides")
+	for _, mode := range []string{"cache_statement", "exec", "simple_protocol", otherDriver} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			env := newEnv(t)
+			opts := dbctx.Options{ConnectTimeout: 5 * time.Second, Logger: quiet()}
+			var p *dbctx.Pool
+			if mode == otherDriver {
+				db := env.OpenWrapped(t)
+				db.SetMaxOpenConns(1)
+				opts.MaxWorkers = 1
+				p = poolOn(t, env, db, &opts)
+			} else {
+				p = onePoolInMode(t, env, mode, opts)
+			}
+			var pid int
+			noHang(t, "a unit that leaves a transaction's rows open", func() {
+				err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+					var err error
+					if pid, err = backendPID(ctx, s); err != nil {
+						return err
+					}
+					tx, err := s.BeginTx(ctx, nil)
+					if err != nil {
+						return err
+					}
+					rows, err := tx.QueryContext(ctx, "SELECT g FROM generate_series(1, 100000) g")
+					if err != nil {
+						return err
+					}
+					rows.Next()
+					return nil // rows and transaction left open
+				})
+				if err != nil {
+					t.Fatalf("the unit: %v", err)
+				}
+			})
+			for i := range 3 {
+				err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+					_, err := queryInt(ctx, s, "SELECT 1")
+					return err
+				})
+				if err != nil {
+					t.Fatalf("unit %d after it: %v", i+1, err)
+				}
+			}
+			if mode != otherDriver {
+				eventually(t, "the connection of the unit that left its transaction's rows open is closed", func() bool {
+					return !slices.Contains(env.Backends(t), pid)
+				})
+			}
+		})
+	}
+}
