@@ -96,7 +96,10 @@
 // in one more round trip where needed (the *sql.Tx's statements, which
 // the scope does not see, run with those applied last: BeginTx's context's,
 // unless a statement through the scope in the transaction declared
-// others); [Atomic] sends its BEGIN and them with its
+// others); once the *sql.Tx ends (Commit, Rollback, the end of its
+// context), the scope's statements get theirs outside it again, on every
+// driver (on another, the scope asks database/sql whether it ended,
+// without a round trip). [Atomic] sends its BEGIN and them with its
 // first statement. Inside a transaction, a rollback to a savepoint (a
 // nested Atomic that fails, or ROLLBACK TO in SQL) puts back the values
 // the transaction had before it, so the next statement gets its own again,

@@ -236,7 +236,8 @@ func (s *Scope) beginning() (bool, error) {
 
 // inTx reports whether c is, or may be, in a transaction: on pgx's
 // driver as the server last said (its ReadyForQuery, after every
-// statement), elsewhere as the scope's statements say.
+// statement), elsewhere as the scope's statements, and database/sql's
+// bookkeeping of BeginTx's transactions, say.
 func (s *Scope) inTx(c *session) bool {
 	if s.atomicTxOpen() {
 		return true
@@ -244,7 +245,7 @@ func (s *Scope) inTx(c *session) bool {
 	if c.pc != nil {
 		return c.state().tx != 'I'
 	}
-	return c.inRawTx() || len(c.pin.txs) > 0
+	return c.inRawTx() || c.pin.openTx() != nil
 }
 
 // kindOf returns what a statement run with args may do to the session:
