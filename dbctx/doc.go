@@ -137,7 +137,11 @@
 // statement meanwhile fails at once with [ErrConnBusy]; so does an
 // [Atomic] that ends with rows of its transaction open, which loses the
 // transaction with the connection (the scope's statements then fail with
-// [ErrSessionLost] until its boundary). What the scope hands out (a
+// [ErrSessionLost] until its boundary). A statement of the scope while
+// rows of what it handed out (a *sql.Tx's, the raw connection's) are open
+// fails with ErrConnBusy too; a *sql.Tx still open at the boundary with
+// its rows open is ended there (on pgx's driver its connection closed,
+// and a warning logged). What the scope hands out (a
 // *sql.Tx of [Scope.BeginTx], a *sql.Stmt of [Scope.PrepareContext], the
 // connection of [Scope.Conn] and [Scope.Pgx]) may be used on other
 // goroutines alongside the scope's own statements: database/sql and pgx
@@ -162,7 +166,14 @@
 // handed out a *sql.Tx, *sql.Stmt or its *sql.Conn the rows are read to
 // the end before QueryContext returns; a statement of those handles on
 // another goroutine while the scope reads can still reach the driver
-// between two rows, which pgx's driver alone is safe from.
+// between two rows, which pgx's driver alone is safe from. While a
+// *sql.Tx of BeginTx is open, the scope's statements, and their settings,
+// run in it through the *sql.Tx (database/sql would otherwise close the
+// *sql.Conn under it on a busy connection, and wait for it to end): one
+// while rows of the *sql.Tx are open is refused by the driver, and fails
+// with ErrConnBusy; but pgx's stdlib, under a wrapping driver, then
+// fails those rows too, and the connection, which is discarded at the
+// boundary: close a *sql.Tx's rows before the scope's next statement.
 //
 // # Several pools
 //

@@ -522,6 +522,9 @@ func (pl *Pool) queuePgx(b *pgx.Batch, p *prefix) (n int) {
 // share a round trip with it (raw access, a statement that must run
 // first in its transaction, COPY).
 func (s *Scope) flush(ctx context.Context, c *session, p *prefix) error {
+	if c.px == nil && !p.empty() {
+		return s.flushOn(ctx, c, p, c.sqlOn())
+	}
 	return s.flushOn(ctx, c, p, c.pin.conn)
 }
 
@@ -537,6 +540,9 @@ func (s *Scope) flushOn(ctx context.Context, c *session, p *prefix, on execer) e
 	reached, done := all, false
 	if c.px == nil {
 		reached, err = s.pool.runOther(ctx, on, p)
+		if r, ok := on.(sqlRunner); ok {
+			err = refusedIn(r, err)
+		}
 	} else {
 		err = withLock(c.pin.conn, func() error {
 			ctx, traced := s.pool.traceAlone(ctx, c, p)

@@ -2,6 +2,8 @@ package dbctx
 
 import (
 	"context"
+	"database/sql"
+	"errors"
 	"fmt"
 	"strings"
 
@@ -117,6 +119,11 @@ func (s *Scope) execLocked(ctx context.Context, st *stmt, run runner) error {
 	if c.pin.inFn.Load() {
 		return errInPgxFn
 	}
+	if c.pc != nil && c.shared() && c.state().busy {
+		// Rows of what the scope handed out are open: pgx would say
+		// "conn busy".
+		return errHandleRowsOpen
+	}
 	begin, err := s.beginning()
 	if err != nil {
 		return err
@@ -127,6 +134,16 @@ func (s *Scope) execLocked(ctx context.Context, st *stmt, run runner) error {
 		// Noted before it runs: failing or not, it may leave state.
 		c.pin.seen |= st.kind
 		err = run(s.stmtCtx(ctx, st.how), c, p)
+	}
+	if err != nil && c.px == nil && errors.Is(err, sql.ErrTxDone) {
+		// BeginTx's transaction, which the statement and its settings
+		// run in on another driver (see sqlOn), ended meanwhile (a
+		// Commit on another goroutine): nothing more was sent. Again,
+		// with the settings, outside it.
+		if p, err = s.owed(ctx, c, st, begin); err == nil {
+			c.pin.seen |= st.kind
+			err = run(s.stmtCtx(ctx, st.how), c, p)
+		}
 	}
 	retries := maxRetries
 	if c.pin.unchecked {
