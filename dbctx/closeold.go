@@ -171,6 +171,11 @@ func (s *Scope) rollback(ctx context.Context) error {
 	// the connection's lock, which a Commit of one still under way on
 	// another goroutine holds (its Rollback here said ErrTxDone).
 	open := c.pc != nil && c.state().tx != 'I' || c.pc == nil && c.inRawTx()
+	if c.px == nil && len(c.pin.txs) > 0 {
+		// Settings applied at session level in them (prefixBlind) went
+		// with a rollback.
+		c.applied = unknownSettings(c.applied, nil)
+	}
 	c.pin.forgetTxs()
 	if len(errs) > 0 {
 		return fmt.Errorf("dbctx: rolling back a transaction left open: %w", errors.Join(errs...))

@@ -99,8 +99,10 @@
 // others); once the *sql.Tx ends (Commit, Rollback, the end of its
 // context), the scope's statements get theirs outside it again, on every
 // driver (on another, the scope asks database/sql whether it ended,
-// without a round trip). [Atomic] sends its BEGIN and them with its
-// first statement. Inside a transaction, a rollback to a savepoint (a
+// without a round trip; while it is open, where SQL run in it may have
+// ended its transaction unseen, they go at session level, which holds
+// either way, before every statement of the scope). [Atomic] sends its
+// BEGIN and them with its first statement. Inside a transaction, a rollback to a savepoint (a
 // nested Atomic that fails, or ROLLBACK TO in SQL) puts back the values
 // the transaction had before it, so the next statement gets its own again,
 // as it does after SQL of the unit's own that sets one of them (SET, SET

@@ -46,7 +46,7 @@ type sqlRunner interface {
 // statement (sql.ErrTxDone, see Scope.execLocked) rather than let it run
 // without them. Under s.mu.
 func (c *session) sqlOn() sqlRunner {
-	if tx := c.pin.openTx(); tx != nil {
+	if tx := c.openTx(); tx != nil {
 		return tx
 	}
 	return c.pin.conn

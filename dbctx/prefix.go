@@ -112,7 +112,9 @@ func (s *Scope) prefixFor(ctx context.Context, c *session, inTx, begin bool) (*p
 		c.pin.txOver() // the transaction they were set for is over
 	}
 	var p *prefix
-	if inTx || begin || s.pool.opts.TransactionPooling {
+	if c.px == nil && len(c.pin.txs) > 0 && !begin && !s.pool.opts.TransactionPooling {
+		p = s.prefixBlind(c, want, c.resetDue)
+	} else if inTx || begin || s.pool.opts.TransactionPooling {
 		p = s.prefixTx(c, want, c.resetDue, inTx, begin)
 	} else {
 		p = s.prefixSession(c, want, c.resetDue)
@@ -145,6 +147,22 @@ func (s *Scope) prefixSession(c *session, want []setting, reset bool) *prefix {
 	if !same {
 		p.set = withResets(want, base)
 	}
+	if !reset && len(p.set) == 0 {
+		return nil
+	}
+	return p
+}
+
+// prefixBlind is prefixFor on another driver while a *sql.Tx of BeginTx
+// is open, as database/sql sees it: the scope sees none of what runs in
+// it, and the server's transaction status is not known (SQL run through
+// the *sql.Tx may have ended the transaction). The settings go at session
+// level, which holds whether a transaction is open or not (a rollback
+// puts back the values before it: the session's are unknown from then
+// on, see session.openTx), before every statement.
+func (s *Scope) prefixBlind(c *session, want []setting, reset bool) *prefix {
+	p := c.newPrefix(prefix{reset: reset, sweep: reset && c.sweepDue, carry: want, keep: true})
+	p.set = withResets(want, unknownSettings(c.pin.txHad(c.applied), want))
 	if !reset && len(p.set) == 0 {
 		return nil
 	}

@@ -122,11 +122,17 @@ type openTx struct {
 // openTx forgets BeginTx's transactions that have ended (Commit, Rollback,
 // the watch of their context), and returns the last still open, or nil.
 // Under s.mu.
-func (p *pin) openTx() *sql.Tx {
+func (c *session) openTx() *sql.Tx {
+	p := &c.pin
 	open := p.txs[:0]
 	for _, t := range p.txs {
 		if txDone(t.tx) {
 			t.stop()
+			if c.px == nil {
+				// Settings applied at session level in it (prefixBlind)
+				// went with a rollback.
+				c.applied = unknownSettings(c.applied, nil)
+			}
 		} else {
 			open = append(open, t)
 		}

@@ -208,7 +208,7 @@ func (s *Scope) BeginTx(ctx context.Context, opts *sql.TxOptions) (*sql.Tx, erro
 			// Earlier transactions are over: forget them.
 			c.pin.forgetTxs()
 		}
-		c.pin.openTx() // forgets those database/sql has ended
+		c.openTx() // forgets those database/sql has ended
 		var err error
 		if tx, err = s.beginSQL(ctx, c, opts); err != nil {
 			return err

@@ -262,7 +262,7 @@ func (s *Scope) inTx(c *session) bool {
 	if c.pc != nil {
 		return c.state().tx != 'I'
 	}
-	return c.inRawTx() || c.pin.openTx() != nil
+	return c.inRawTx() || c.openTx() != nil
 }
 
 // kindOf returns what a statement run with args may do to the session:

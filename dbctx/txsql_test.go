@@ -489,3 +489,64 @@ func TestSettingsAfterTxEnds(t *testing.T) {
 		})
 	}
 }
+
+// A *sql.Tx of BeginTx whose transaction SQL run in it ended (COMMIT,
+// ROLLBACK through the *sql.Tx), which database/sql takes for open still:
+// every statement of the scope, of two tenants in turn, runs with its own,
+// before and after the *sql.Tx's own end. On another driver, where the
+// scope cannot read the server's transaction status, it sent the settings
+// transaction-locally, in a round trip of their own, outside any
+// transaction: they were gone before the statement ran.
+func TestSettingsAfterTxEndedInSQL(t *testing.T) {
+	t.Parallel()
+	const ask = "SELECT coalesce(current_setting('app.tenant', true), '')"
+	for _, end := range []string{"COMMIT", "ROLLBACK"} {
+		t.Run(end, func(t *testing.T) {
+			t.Parallel()
+			forDrivers(t, func(t *testing.T, drv string) {
+				if pgtest.Pooled() {
+					t.Skip("behind PgBouncer: a transaction ended in SQL under a *sql.Tx goes to any server connection")
+				}
+				env := pgtest.New(t)
+				db := openWith(t, env, drv)
+				db.SetMaxOpenConns(1)
+				p := poolOn(t, env, db, &dbctx.Options{MaxWorkers: 1, Logger: quiet()})
+				err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+					t1, t2 := tenant.With(ctx, "t1"), tenant.With(ctx, "t2")
+					tx, err := s.BeginTx(t1, nil)
+					if err != nil {
+						return err
+					}
+					defer tx.Rollback()
+					if _, err := tx.ExecContext(ctx, end); err != nil {
+						return err
+					}
+					check := func(when string) error {
+						for i := range 4 {
+							tctx, want := t1, "t1"
+							if i%2 == 1 {
+								tctx, want = t2, "t2"
+							}
+							var got string
+							if err := s.QueryRowContext(tctx, ask).Scan(&got); err != nil {
+								return err
+							}
+							if got != want {
+								return fmt.Errorf("statement %d %s ran with tenant %q, want %s", i, when, got, want)
+							}
+						}
+						return nil
+					}
+					if err := check("after " + end + " in the *sql.Tx"); err != nil {
+						return err
+					}
+					tx.Rollback()
+					return check("after the *sql.Tx's Rollback")
+				})
+				if err != nil {
+					t.Fatal(err)
+				}
+			})
+		})
+	}
+}
