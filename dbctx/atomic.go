@@ -160,6 +160,9 @@ func (s *Scope) endTx(ctx context.Context, commit bool) error {
 		return errTxRowsOpen
 	}
 	c.pin.txOver()
+	// Its COMMIT or ROLLBACK ends a transaction begun in SQL before it
+	// too (its BEGIN was a no-op there).
+	c.pin.seen &^= kindBegin
 	if commit && doomed != nil {
 		return errors.Join(fmt.Errorf("dbctx: rolled back: a nested Atomic could not end its savepoint: %w", doomed), s.rollbackAtomic(ctx))
 	}

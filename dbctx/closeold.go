@@ -109,8 +109,12 @@ func (s *Scope) check(ctx context.Context, final bool) error {
 	}
 	switch {
 	case st.busy:
-		// Rows of the raw connection left open.
-		s.pool.opts.Logger.Warn("dbctx: a result was left open at a boundary (rows of the raw connection never closed); connection discarded")
+		// Rows of the raw connection, or of a *sql.Tx, left open.
+		if len(c.pin.txs) > 0 {
+			s.pool.opts.Logger.Warn("dbctx: a result was left open at a boundary (rows of a transaction of BeginTx never closed); transaction ended, connection discarded")
+		} else {
+			s.pool.opts.Logger.Warn("dbctx: a result was left open at a boundary (rows of the raw connection never closed); connection discarded")
+		}
 		s.abandon(discardBroken)
 		return nil
 	case c.pin.bad:
@@ -167,6 +171,11 @@ func (s *Scope) rollback(ctx context.Context) error {
 	// the connection's lock, which a Commit of one still under way on
 	// another goroutine holds (its Rollback here said ErrTxDone).
 	open := c.pc != nil && c.state().tx != 'I' || c.pc == nil && c.inRawTx()
+	if c.px == nil && len(c.pin.txs) > 0 {
+		// Settings applied at session level in them (prefixBlind) went
+		// with a rollback.
+		c.applied = unknownSettings(c.applied, nil)
+	}
 	c.pin.forgetTxs()
 	if len(errs) > 0 {
 		return fmt.Errorf("dbctx: rolling back a transaction left open: %w", errors.Join(errs...))
@@ -328,7 +337,10 @@ func (s *Scope) unpin(why discardReason) {
 // has a result open: the driver connection is closed now, which frees the
 // server session and makes whatever user code kept of it fail, and
 // database/sql's bookkeeping finishes in the background, when what user
-// code holds (rows, a transaction) ends.
+// code holds (rows, a transaction) ends. BeginTx's transactions are
+// rolled back there: a *sql.Tx holds the *sql.Conn until it ends, and
+// one whose context never ends, with rows left open, would hold it for
+// ever (database/sql's rollback closes its rows, whose reads fail now).
 func (s *Scope) abandon(why discardReason) {
 	c := s.c
 	s.disarm()
@@ -343,7 +355,18 @@ func (s *Scope) abandon(why discardReason) {
 			return nil
 		})
 	}
-	go conn.Raw(s.pool.discardFn)
+	txs := make([]*sql.Tx, len(c.pin.txs))
+	for i, t := range c.pin.txs {
+		txs[i] = t.tx
+	}
+	c.pin.forgetTxs()
+	discardFn := s.pool.discardFn
+	go func() {
+		for _, tx := range txs {
+			tx.Rollback()
+		}
+		conn.Raw(discardFn)
+	}()
 	s.pool.c.discarded[why].Add(1)
 	s.forget()
 }

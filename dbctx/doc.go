@@ -96,11 +96,17 @@
 // in one more round trip where needed (the *sql.Tx's statements, which
 // the scope does not see, run with those applied last: BeginTx's context's,
 // unless a statement through the scope in the transaction declared
-// others). Since such statements, and those of a *sql.Stmt of
-// [Scope.PrepareContext], may change the settings at any time (SET
-// LOCAL, set_config, ROLLBACK TO SAVEPOINT), once one is handed out every
-// statement of the scope applies its own again; [Atomic] sends its BEGIN and them with its
-// first statement. Inside a transaction, a rollback to a savepoint (a
+// others); once the *sql.Tx ends (Commit, Rollback, the end of its
+// context), the scope's statements get theirs outside it again, on every
+// driver (on another, the scope asks database/sql whether it ended,
+// without a round trip; while it is open, where SQL run in it may have
+// ended its transaction unseen, they go at session level, which holds
+// either way, before every statement of the scope). Since the statements
+// of such a *sql.Tx, and those of a *sql.Stmt of [Scope.PrepareContext],
+// may change the settings at any time (SET LOCAL, set_config, ROLLBACK TO
+// SAVEPOINT), once one is handed out every statement of the scope applies
+// its own again. [Atomic] sends its BEGIN and them with its first
+// statement. Inside a transaction, a rollback to a savepoint (a
 // nested Atomic that fails, or ROLLBACK TO in SQL) puts back the values
 // the transaction had before it, so the next statement gets its own again,
 // as it does after SQL of the unit's own that sets one of them (SET, SET
@@ -145,7 +151,11 @@
 // statement meanwhile fails at once with [ErrConnBusy]; so does an
 // [Atomic] that ends with rows of its transaction open, which loses the
 // transaction with the connection (the scope's statements then fail with
-// [ErrSessionLost] until its boundary). What the scope hands out (a
+// [ErrSessionLost] until its boundary). A statement of the scope while
+// rows of what it handed out (a *sql.Tx's, the raw connection's) are open
+// fails with ErrConnBusy too; a *sql.Tx still open at the boundary with
+// its rows open is ended there (on pgx's driver its connection closed,
+// and a warning logged). What the scope hands out (a
 // *sql.Tx of [Scope.BeginTx], a *sql.Stmt of [Scope.PrepareContext], the
 // connection of [Scope.Conn] and [Scope.Pgx]) may be used on other
 // goroutines alongside the scope's own statements: database/sql and pgx
@@ -170,7 +180,14 @@
 // handed out a *sql.Tx, *sql.Stmt or its *sql.Conn the rows are read to
 // the end before QueryContext returns; a statement of those handles on
 // another goroutine while the scope reads can still reach the driver
-// between two rows, which pgx's driver alone is safe from.
+// between two rows, which pgx's driver alone is safe from. While a
+// *sql.Tx of BeginTx is open, the scope's statements, and their settings,
+// run in it through the *sql.Tx (database/sql would otherwise close the
+// *sql.Conn under it on a busy connection, and wait for it to end): one
+// while rows of the *sql.Tx are open is refused by the driver, and fails
+// with ErrConnBusy; but pgx's stdlib, under a wrapping driver, then
+// fails those rows too, and the connection, which is discarded at the
+// boundary: close a *sql.Tx's rows before the scope's next statement.
 //
 // # Several pools
 //

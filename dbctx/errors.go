@@ -95,11 +95,21 @@ var (
 	// read them to the end, before the next statement; QueryRowContext
 	// and QueryRow hold nothing. So is a statement of the scope while
 	// [Scope.Pgx]'s fn holds the connection (from fn itself, which must
-	// not use the scope, it would wait for itself forever).
+	// not use the scope, it would wait for itself forever), and one while
+	// rows of what the scope handed out (the *sql.Tx of [Scope.BeginTx],
+	// the raw connection) are open.
 	ErrConnBusy = errors.New("dbctx: connection busy")
 
 	// errRowsOpen is ErrConnBusy for open rows.
 	errRowsOpen = fmt.Errorf("%w: rows of an earlier statement are still open", ErrConnBusy)
+
+	// errHandleRowsOpen is ErrConnBusy for open rows of a handle.
+	errHandleRowsOpen = fmt.Errorf("%w: rows of a transaction of BeginTx, or of the raw connection, are still open", ErrConnBusy)
+
+	// errTxRefused is ErrConnBusy for a statement that the driver
+	// refused in BeginTx's transaction (driver.ErrBadConn, which pgx's
+	// stdlib says for a connection busy with rows of the *sql.Tx).
+	errTxRefused = fmt.Errorf("%w: the driver refused the statement in the transaction of BeginTx (rows of it still open, or the connection lost)", ErrConnBusy)
 
 	// errInPgxFn is ErrConnBusy while Scope.Pgx's fn runs.
 	errInPgxFn = fmt.Errorf("%w: Scope.Pgx's fn holds the connection (fn must not use the scope)", ErrConnBusy)

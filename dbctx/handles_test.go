@@ -481,3 +481,138 @@ func TestBoundaryDuringCommit(t *testing.T) {
 		}
 	})
 }
+
+// A unit of work that returns with rows of BeginTx's *sql.Tx still open,
+// under a context that never ends (a forgotten rows.Close). On pgx's
+// driver its boundary cannot roll the transaction back, and discards the
+// connection: it is really closed, its backend leaves pg_stat_activity,
+// and the next unit, on a pool of one connection, gets one, where
+// database/sql kept the closed one counted open for ever (the *sql.Tx
+// held it) and every later unit failed with ErrUnavailable after
+// ConnectTimeout. On another driver database/sql's rollback closes the
+// rows, and the connection is kept.
+func TestTxRowsLeftOpenEnded(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "finds the unit's backend in pg_stat_activity, which a pooler hides")
+	for _, mode := range []string{"cache_statement", "exec", "simple_protocol", otherDriver} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			env := newEnv(t)
+			opts := dbctx.Options{ConnectTimeout: 5 * time.Second, Logger: quiet()}
+			var p *dbctx.Pool
+			if mode == otherDriver {
+				db := env.OpenWrapped(t)
+				db.SetMaxOpenConns(1)
+				opts.MaxWorkers = 1
+				p = poolOn(t, env, db, &opts)
+			} else {
+				p = onePoolInMode(t, env, mode, opts)
+			}
+			var pid int
+			noHang(t, "a unit that leaves a transaction's rows open", func() {
+				err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+					var err error
+					if pid, err = backendPID(ctx, s); err != nil {
+						return err
+					}
+					tx, err := s.BeginTx(ctx, nil)
+					if err != nil {
+						return err
+					}
+					rows, err := tx.QueryContext(ctx, "SELECT g FROM generate_series(1, 100000) g")
+					if err != nil {
+						return err
+					}
+					rows.Next()
+					return nil // rows and transaction left open
+				})
+				if err != nil {
+					t.Fatalf("the unit: %v", err)
+				}
+			})
+			for i := range 3 {
+				err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+					_, err := queryInt(ctx, s, "SELECT 1")
+					return err
+				})
+				if err != nil {
+					t.Fatalf("unit %d after it: %v", i+1, err)
+				}
+			}
+			if mode != otherDriver {
+				eventually(t, "the connection of the unit that left its transaction's rows open is closed", func() bool {
+					return !slices.Contains(env.Backends(t), pid)
+				})
+			}
+		})
+	}
+}
+
+// A statement of the scope while rows of BeginTx's *sql.Tx are open, on
+// the goroutine that holds them, returns ErrConnBusy, and the next unit
+// of work finds the pool whole. On another driver it never returned:
+// pgx's stdlib says driver.ErrBadConn for a busy connection, and
+// database/sql's close of the *sql.Conn that follows waits for the
+// *sql.Tx, whose rows only that goroutine could close. On pgx's driver
+// the statement failed with pgx's own "conn busy"; it is now refused
+// before anything is sent, and the rows and the scope work on. (On
+// another driver over pgx's, a query that pgx found busy has broken the
+// rows and the connection: see doc.go.)
+func TestScopeWhileTxRowsOpen(t *testing.T) {
+	t.Parallel()
+	forDrivers(t, func(t *testing.T, drv string) {
+		p, _ := newPoolWith(t, drv, &dbctx.Options{MaxWorkers: 1, Logger: quiet()})
+		noHang(t, "a statement of the scope while rows of its *sql.Tx are open", func() {
+			err := p.Do(tenant.With(context.Background(), "t1"), func(ctx context.Context, s *dbctx.Scope) error {
+				tx, err := s.BeginTx(ctx, nil)
+				if err != nil {
+					return err
+				}
+				defer tx.Rollback()
+				rows, err := tx.QueryContext(ctx, "SELECT g FROM generate_series(1, 1000) g")
+				if err != nil {
+					return err
+				}
+				defer rows.Close()
+				rows.Next()
+				dctx, cancel := context.WithTimeout(tenant.With(ctx, "t2"), 10*time.Second)
+				defer cancel()
+				if _, err := s.ExecContext(dctx, "SELECT 1"); !errors.Is(err, dbctx.ErrConnBusy) {
+					return fmt.Errorf("ExecContext with the rows open: %v, want ErrConnBusy", err)
+				}
+				if _, err := queryInt(dctx, s, "SELECT 1"); !errors.Is(err, dbctx.ErrConnBusy) {
+					return fmt.Errorf("QueryRowContext with the rows open: %v, want ErrConnBusy", err)
+				}
+				if drv == otherDriver {
+					return nil
+				}
+				n := 1
+				for rows.Next() {
+					n++
+				}
+				if n != 1000 || rows.Err() != nil {
+					return fmt.Errorf("the transaction's rows: %d read, %v; want 1000", n, rows.Err())
+				}
+				rows.Close()
+				var got string
+				if err := s.QueryRowContext(tenant.With(ctx, "t2"), "SELECT current_setting('app.tenant')").Scan(&got); err != nil || got != "t2" {
+					return fmt.Errorf("a statement once the rows are closed: %q, %v; want t2", got, err)
+				}
+				return tx.Commit()
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+		})
+		err := p.Do(tenant.With(context.Background(), "t3"), func(ctx context.Context, s *dbctx.Scope) error {
+			var got string
+			if err := s.QueryRowContext(ctx, "SELECT current_setting('app.tenant')").Scan(&got); err != nil || got != "t3" {
+				return fmt.Errorf("%q, %v; want t3", got, err)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("the next unit: %v", err)
+		}
+	})
+}

@@ -27,6 +27,40 @@ import (
 // hold nothing. QueryRowContext always reads its row before it returns,
 // so that a *sql.Row holds nothing.
 
+// sqlRunner is what a statement of the scope runs on, on another driver
+// (see session.sqlOn).
+type sqlRunner interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+}
+
+// sqlOn returns what a statement of the scope runs on, on another
+// driver: the transaction of BeginTx still open, if any, else the
+// *sql.Conn. database/sql closes a *sql.Conn whose driver says a
+// statement found the connection bad (driver.ErrBadConn, which pgx's
+// stdlib also says for a connection busy with the rows of the *sql.Tx),
+// and that close waits for the *sql.Tx to end: for ever where its rows
+// are the caller's to close, on the caller's goroutine. On the *sql.Tx
+// the error comes back (see refusedIn), and the connection stays. And a
+// transaction that ends between the settings and the statement fails the
+// statement (sql.ErrTxDone, see Scope.execLocked) rather than let it run
+// without them. Under s.mu.
+func (c *session) sqlOn() sqlRunner {
+	if tx := c.openTx(); tx != nil {
+		return tx
+	}
+	return c.pin.conn
+}
+
+// refusedIn returns err, of a statement run on on: driver.ErrBadConn in
+// BeginTx's transaction is errTxRefused.
+func refusedIn(on sqlRunner, err error) error {
+	if _, ok := on.(*sql.Tx); ok && errors.Is(err, driver.ErrBadConn) {
+		return errTxRefused
+	}
+	return err
+}
+
 // otherRows is a driver's rows, read through its *sql.Rows value by
 // value as the driver gives them (a Scan into *any keeps the driver's
 // value, a []byte copied), for database/sql's Scan to convert as it
@@ -209,9 +243,10 @@ func (r *otherRows) ColumnTypeScanType(index int) reflect.Type {
 // queryRowOther runs a QueryRowContext on another driver's connection and
 // reads its row (nil if there is none).
 func queryRowOther(ctx context.Context, c *session, query string, args []any) (*oneRow, error) {
-	rows, err := c.pin.conn.QueryContext(ctx, query, args...)
+	on := c.sqlOn()
+	rows, err := on.QueryContext(ctx, query, args...)
 	if err != nil {
-		return nil, err
+		return nil, refusedIn(on, err)
 	}
 	defer rows.Close()
 	names, err := rows.Columns()

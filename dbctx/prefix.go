@@ -113,7 +113,9 @@ func (s *Scope) prefixFor(ctx context.Context, c *session, inTx, begin bool) (*p
 		c.pin.txOver() // the transaction they were set for is over
 	}
 	var p *prefix
-	if inTx || begin || s.pool.opts.TransactionPooling {
+	if c.px == nil && len(c.pin.txs) > 0 && !begin && !s.pool.opts.TransactionPooling {
+		p = s.prefixBlind(c, want, c.resetDue)
+	} else if inTx || begin || s.pool.opts.TransactionPooling {
 		p = s.prefixTx(c, want, c.resetDue, inTx, begin)
 	} else {
 		p = s.prefixSession(c, want, c.resetDue)
@@ -146,6 +148,22 @@ func (s *Scope) prefixSession(c *session, want []setting, reset bool) *prefix {
 	if !same {
 		p.set = withResets(want, base)
 	}
+	if !reset && len(p.set) == 0 {
+		return nil
+	}
+	return p
+}
+
+// prefixBlind is prefixFor on another driver while a *sql.Tx of BeginTx
+// is open, as database/sql sees it: the scope sees none of what runs in
+// it, and the server's transaction status is not known (SQL run through
+// the *sql.Tx may have ended the transaction). The settings go at session
+// level, which holds whether a transaction is open or not (a rollback
+// puts back the values before it: the session's are unknown from then
+// on, see session.openTx), before every statement.
+func (s *Scope) prefixBlind(c *session, want []setting, reset bool) *prefix {
+	p := c.newPrefix(prefix{reset: reset, sweep: reset && c.sweepDue, carry: want, keep: true})
+	p.set = withResets(want, unknownSettings(c.pin.txHad(c.applied), want))
 	if !reset && len(p.set) == 0 {
 		return nil
 	}
@@ -523,6 +541,9 @@ func (pl *Pool) queuePgx(b *pgx.Batch, p *prefix) (n int) {
 // share a round trip with it (raw access, a statement that must run
 // first in its transaction, COPY).
 func (s *Scope) flush(ctx context.Context, c *session, p *prefix) error {
+	if c.px == nil && !p.empty() {
+		return s.flushOn(ctx, c, p, c.sqlOn())
+	}
 	return s.flushOn(ctx, c, p, c.pin.conn)
 }
 
@@ -538,6 +559,9 @@ func (s *Scope) flushOn(ctx context.Context, c *session, p *prefix, on execer) e
 	reached, done := all, false
 	if c.px == nil {
 		reached, err = s.pool.runOther(ctx, on, p)
+		if r, ok := on.(sqlRunner); ok {
+			err = refusedIn(r, err)
+		}
 	} else {
 		err = withLock(c.pin.conn, func() error {
 			ctx, traced := s.pool.traceAlone(ctx, c, p)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"database/sql"
+	"errors"
 	"net"
 	"sync/atomic"
 	"syscall"
@@ -144,6 +145,40 @@ func (p *pin) see(k queryKind) {
 // ones (ROLLBACK TO SAVEPOINT), at any time, until the boundary. Each
 // statement of the scope then applies its settings again.
 func (p *pin) blind() bool { return p.handedOut || p.unseen }
+
+// openTx forgets BeginTx's transactions that have ended (Commit, Rollback,
+// the watch of their context), and returns the last still open, or nil.
+// Under s.mu.
+func (c *session) openTx() *sql.Tx {
+	p := &c.pin
+	open := p.txs[:0]
+	for _, t := range p.txs {
+		if txDone(t.tx) {
+			t.stop()
+			if c.px == nil {
+				// Settings applied at session level in it (prefixBlind)
+				// went with a rollback.
+				c.applied = unknownSettings(c.applied, nil)
+			}
+		} else {
+			open = append(open, t)
+		}
+	}
+	clear(p.txs[len(open):])
+	p.txs = open
+	if len(open) == 0 {
+		return nil
+	}
+	return open[len(open)-1].tx
+}
+
+// txDone reports whether database/sql has ended tx, without a round trip
+// (a *sql.Tx has no Done): Tx.StmtContext of a statement of no *sql.DB
+// fails at once, with sql.ErrTxDone once tx has ended. It waits for a
+// Commit or Rollback under way to close tx's rows.
+func txDone(tx *sql.Tx) bool {
+	return errors.Is(tx.StmtContext(context.Background(), new(sql.Stmt)).Close(), sql.ErrTxDone)
+}
 
 // forgetTxs forgets BeginTx's transactions, and stops their watches.
 func (p *pin) forgetTxs() {

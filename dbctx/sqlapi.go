@@ -31,9 +31,10 @@ func (s *Scope) ExecContext(ctx context.Context, query string, args ...any) (sql
 	var res sql.Result
 	err := s.exec(ctx, &st, func(ctx context.Context, c *session, p *prefix) error {
 		if c.px == nil {
+			on := c.sqlOn()
 			var err error
-			res, err = c.pin.conn.ExecContext(ctx, query, args...)
-			return err
+			res, err = on.ExecContext(ctx, query, args...)
+			return refusedIn(on, err)
 		}
 		return withLock(c.pin.conn, func() error {
 			tag, err := s.pgxExec(ctx, c, p, query, sqlArgs(args))
@@ -58,10 +59,12 @@ func (s *Scope) QueryContext(ctx context.Context, query string, args ...any) (*s
 	var out driver.Rows
 	err := s.exec(ctx, &st, func(ctx context.Context, c *session, p *prefix) error {
 		if c.px == nil {
-			rows, err := c.pin.conn.QueryContext(ctx, query, args...)
-			if err == nil {
-				out, err = s.openOther(c, rows)
+			on := c.sqlOn()
+			rows, err := on.QueryContext(ctx, query, args...)
+			if err != nil {
+				return refusedIn(on, err)
 			}
+			out, err = s.openOther(c, rows)
 			return err
 		}
 		return withLock(c.pin.conn, func() error {
@@ -206,6 +209,7 @@ func (s *Scope) BeginTx(ctx context.Context, opts *sql.TxOptions) (*sql.Tx, erro
 			// Earlier transactions are over: forget them.
 			c.pin.forgetTxs()
 		}
+		c.openTx() // forgets those database/sql has ended
 		var err error
 		if tx, err = s.beginSQL(ctx, c, opts); err != nil {
 			return err

@@ -3,6 +3,7 @@ package dbctx
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"strings"
 
@@ -118,6 +119,11 @@ func (s *Scope) execLocked(ctx context.Context, st *stmt, run runner) error {
 	if c.pin.inFn.Load() {
 		return errInPgxFn
 	}
+	if c.pc != nil && c.shared() && c.state().busy {
+		// Rows of what the scope handed out are open: pgx would say
+		// "conn busy".
+		return errHandleRowsOpen
+	}
 	begin, err := s.beginning()
 	if err != nil {
 		return err
@@ -128,6 +134,16 @@ func (s *Scope) execLocked(ctx context.Context, st *stmt, run runner) error {
 		// Noted before it runs: failing or not, it may leave state.
 		c.pin.see(st.kind)
 		err = run(s.stmtCtx(ctx, st.how), c, p)
+	}
+	if err != nil && c.px == nil && errors.Is(err, sql.ErrTxDone) {
+		// BeginTx's transaction, which the statement and its settings
+		// run in on another driver (see sqlOn), ended meanwhile (a
+		// Commit on another goroutine): nothing more was sent. Again,
+		// with the settings, outside it.
+		if p, err = s.owed(ctx, c, st, begin); err == nil {
+			c.pin.seen |= st.kind
+			err = run(s.stmtCtx(ctx, st.how), c, p)
+		}
 	}
 	retries := maxRetries
 	if c.pin.unchecked {
@@ -237,7 +253,8 @@ func (s *Scope) beginning() (bool, error) {
 
 // inTx reports whether c is, or may be, in a transaction: on pgx's
 // driver as the server last said (its ReadyForQuery, after every
-// statement), elsewhere as the scope's statements say.
+// statement), elsewhere as the scope's statements, and database/sql's
+// bookkeeping of BeginTx's transactions, say.
 func (s *Scope) inTx(c *session) bool {
 	if s.atomicTxOpen() {
 		return true
@@ -245,7 +262,7 @@ func (s *Scope) inTx(c *session) bool {
 	if c.pc != nil {
 		return c.state().tx != 'I'
 	}
-	return c.inRawTx() || len(c.pin.txs) > 0
+	return c.inRawTx() || c.openTx() != nil
 }
 
 // kindOf returns what a statement run with args may do to the session:

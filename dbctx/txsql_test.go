@@ -378,3 +378,175 @@ func TestEndsBefore(t *testing.T) {
 		}
 	}
 }
+
+// Once a transaction other than Atomic's ends — BeginTx's *sql.Tx
+// committed, rolled back, or rolled back by the scope when its context
+// ended; one begun in SQL and ended by an Atomic inside it — every
+// statement of the scope runs with its context's settings again:
+// PostgreSQL, asked by each statement, says which tenant it ran as. On
+// another driver the scope took the transaction for still open, and sent
+// the settings transaction-locally in a round trip of their own, gone
+// before the statement ran: it ran with none, or with the tenant the
+// session carried from an earlier statement.
+func TestSettingsAfterTxEnds(t *testing.T) {
+	t.Parallel()
+	const ask = "SELECT coalesce(current_setting('app.tenant', true), ''), pg_current_xact_id_if_assigned() IS NULL"
+	ends := map[string]func(ctx context.Context, s *dbctx.Scope) error{
+		"commit": func(ctx context.Context, s *dbctx.Scope) error {
+			tx, err := s.BeginTx(ctx, nil)
+			if err != nil {
+				return err
+			}
+			return tx.Commit()
+		},
+		"rollback": func(ctx context.Context, s *dbctx.Scope) error {
+			tx, err := s.BeginTx(ctx, nil)
+			if err != nil {
+				return err
+			}
+			return tx.Rollback()
+		},
+		"context ends": func(ctx context.Context, s *dbctx.Scope) error {
+			tctx, cancel := context.WithCancel(ctx)
+			tx, err := s.BeginTx(tctx, nil)
+			if err != nil {
+				cancel()
+				return err
+			}
+			// An xid, for the statements after to tell whether they
+			// still run in the transaction.
+			if _, err := tx.ExecContext(tctx, "SELECT pg_current_xact_id()"); err != nil {
+				cancel()
+				return err
+			}
+			cancel()
+			return nil
+		},
+		"SQL BEGIN, Atomic commits": func(ctx context.Context, s *dbctx.Scope) error {
+			if _, err := s.ExecContext(ctx, "BEGIN"); err != nil {
+				return err
+			}
+			return dbctx.Atomic(ctx, func(ctx context.Context) error {
+				_, err := s.ExecContext(ctx, "SELECT pg_current_xact_id()")
+				return err
+			})
+		},
+		"SQL BEGIN, Atomic fails": func(ctx context.Context, s *dbctx.Scope) error {
+			if _, err := s.ExecContext(ctx, "BEGIN"); err != nil {
+				return err
+			}
+			dbctx.Atomic(ctx, func(ctx context.Context) error {
+				s.ExecContext(ctx, "SELECT pg_current_xact_id()")
+				return errors.New("fails")
+			})
+			return nil
+		},
+	}
+	for name, end := range ends {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			forDrivers(t, func(t *testing.T, drv string) {
+				if pgtest.Pooled() && drv == otherDriver {
+					t.Skip("behind PgBouncer: refused with ErrSessionState (TestSettingsBehindPgBouncer)")
+				}
+				env := pgtest.New(t)
+				db := openWith(t, env, drv)
+				db.SetMaxOpenConns(1)
+				p := poolOn(t, env, db, &dbctx.Options{MaxWorkers: 1, TransactionPooling: pgtest.Pooled()})
+				err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+					t1, t2 := tenant.With(ctx, "t1"), tenant.With(ctx, "t2")
+					// The session carries t2 at session level.
+					if _, err := s.ExecContext(t2, "SELECT 1"); err != nil {
+						return err
+					}
+					if err := end(t1, s); err != nil {
+						return err
+					}
+					// Until a transaction the context ended is rolled
+					// back, statements run in it: with their settings too.
+					for out, i := false, 0; !out || i < 4; i++ {
+						tctx, want := t1, "t1"
+						if i%2 == 1 {
+							tctx, want = t2, "t2"
+						}
+						var got string
+						if err := s.QueryRowContext(tctx, ask).Scan(&got, &out); err != nil {
+							return err
+						}
+						if got != want {
+							return fmt.Errorf("statement %d after the transaction ended ran with tenant %q, want %s", i, got, want)
+						}
+						if i > 10000 {
+							return errors.New("the transaction is still open after 10000 statements")
+						}
+					}
+					return nil
+				})
+				if err != nil {
+					t.Fatal(err)
+				}
+			})
+		})
+	}
+}
+
+// A *sql.Tx of BeginTx whose transaction SQL run in it ended (COMMIT,
+// ROLLBACK through the *sql.Tx), which database/sql takes for open still:
+// every statement of the scope, of two tenants in turn, runs with its own,
+// before and after the *sql.Tx's own end. On another driver, where the
+// scope cannot read the server's transaction status, it sent the settings
+// transaction-locally, in a round trip of their own, outside any
+// transaction: they were gone before the statement ran.
+func TestSettingsAfterTxEndedInSQL(t *testing.T) {
+	t.Parallel()
+	const ask = "SELECT coalesce(current_setting('app.tenant', true), '')"
+	for _, end := range []string{"COMMIT", "ROLLBACK"} {
+		t.Run(end, func(t *testing.T) {
+			t.Parallel()
+			forDrivers(t, func(t *testing.T, drv string) {
+				if pgtest.Pooled() {
+					t.Skip("behind PgBouncer: a transaction ended in SQL under a *sql.Tx goes to any server connection")
+				}
+				env := pgtest.New(t)
+				db := openWith(t, env, drv)
+				db.SetMaxOpenConns(1)
+				p := poolOn(t, env, db, &dbctx.Options{MaxWorkers: 1, Logger: quiet()})
+				err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+					t1, t2 := tenant.With(ctx, "t1"), tenant.With(ctx, "t2")
+					tx, err := s.BeginTx(t1, nil)
+					if err != nil {
+						return err
+					}
+					defer tx.Rollback()
+					if _, err := tx.ExecContext(ctx, end); err != nil {
+						return err
+					}
+					check := func(when string) error {
+						for i := range 4 {
+							tctx, want := t1, "t1"
+							if i%2 == 1 {
+								tctx, want = t2, "t2"
+							}
+							var got string
+							if err := s.QueryRowContext(tctx, ask).Scan(&got); err != nil {
+								return err
+							}
+							if got != want {
+								return fmt.Errorf("statement %d %s ran with tenant %q, want %s", i, when, got, want)
+							}
+						}
+						return nil
+					}
+					if err := check("after " + end + " in the *sql.Tx"); err != nil {
+						return err
+					}
+					tx.Rollback()
+					return check("after the *sql.Tx's Rollback")
+				})
+				if err != nil {
+					t.Fatal(err)
+				}
+			})
+		})
+	}
+}
