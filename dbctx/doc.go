@@ -397,9 +397,11 @@
 // transaction pooling mode (pool_mode = transaction), which runs every
 // transaction, and every statement outside one, on whichever server
 // connection is free. Declare it with [Options.TransactionPooling] (a pool
-// without it warns once where its first connection finds a pooler between:
-// the server's backend is not the one the connection announced), and
-// choose:
+// without it says so once, at Error, where its first connection finds a
+// pooler between, the server's backend not the one the connection
+// announced, and from then on applies declared settings per transaction,
+// as with TransactionPooling; but what else a scope leaves in the session
+// reaches other clients, and is not refused), and choose:
 //
 //   - pgx's exec mode: default_query_exec_mode=exec in the connection
 //     string (or simple_protocol, cache_describe). The default,

@@ -272,7 +272,7 @@ func (s *Scope) pgconnQuery(ctx context.Context, res *result, args []any, sqlFor
 // describes nothing, is the one to use).
 // Under c's lock (pgxQuery's): pgconn's state is read as it is.
 func (s *Scope) pathAlone(c *session, p *prefix) bool {
-	if p.local && !p.begin && s.pool.opts.TransactionPooling && !s.atomicTxOpen() && c.pc.TxStatus() == 'I' {
+	if p.local && !p.begin && s.pool.localSettings() && !s.atomicTxOpen() && c.pc.TxStatus() == 'I' {
 		return false
 	}
 	for _, st := range p.set {

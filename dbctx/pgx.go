@@ -105,7 +105,7 @@ func (s *Scope) QueryRow(ctx context.Context, query string, args ...any) pgx.Row
 // their own, and under TransactionPooling, outside a transaction, COPY
 // runs in a transaction of its own with them.
 func (s *Scope) CopyFrom(ctx context.Context, table pgx.Identifier, columns []string, rowSrc pgx.CopyFromSource) (int64, error) {
-	if s != nil && s.pool.opts.TransactionPooling && len(settingsOf(ctx)) > 0 {
+	if s != nil && s.pool.localSettings() && len(settingsOf(ctx)) > 0 {
 		s.mu.Lock()
 		wrap := s.atomic == 0
 		s.mu.Unlock()

@@ -48,6 +48,7 @@ type Pool struct {
 	execModeOnce  sync.Once   // see checkConfig
 	pathLate      atomic.Bool // see checkConfig
 	poolerChecked atomic.Bool // see checkPooler
+	pooler        atomic.Bool // checkPooler found one, without TransactionPooling: see localSettings
 	stmtErrOnce   sync.Once   // see pgxStatementError
 
 	resetStmts []string       // ResetSQL's statements, sent one by one (prefix.go)
@@ -123,7 +124,7 @@ func (p *Pool) Close() error {
 // it is discarded and OnAcquire runs again on another, a few times at most.
 func (p *Pool) connect(ctx context.Context, pn *Pin) (c *session, looked bool, err error) {
 	var want []setting
-	if !p.opts.TransactionPooling {
+	if !p.localSettings() {
 		// Under TransactionPooling no session carries settings.
 		want = settingsOf(ctx)
 	}
@@ -345,10 +346,21 @@ func (p *Pool) checkPooler(ctx context.Context, c *session) {
 	if err != nil || uint32(pid) == c.pc.PID() {
 		return
 	}
-	p.opts.Logger.Warn("dbctx: the server's backend is not the one the connection announced: a pooler sits between (PgBouncer?); "+
-		"in its transaction pooling mode set Options.TransactionPooling, or settings and session state go to other clients",
+	// Settings applied for the session would go with the server's
+	// connection to another client: from now on they are applied per
+	// transaction, as under TransactionPooling, which holds in every mode
+	// of a pooler.
+	p.pooler.Store(true)
+	p.opts.Logger.Error("dbctx: the server's backend is not the one the connection announced: a pooler sits between (PgBouncer?); "+
+		"declared settings are applied per transaction from now on, but session state a scope leaves can reach other clients: "+
+		"in its transaction pooling mode set Options.TransactionPooling",
 		"announced_pid", c.pc.PID(), "backend_pid", pid)
 }
+
+// localSettings reports whether settings are applied per transaction,
+// never for the session: under TransactionPooling, or where a pooler was
+// found between without it (checkPooler).
+func (p *Pool) localSettings() bool { return p.opts.TransactionPooling || p.pooler.Load() }
 
 const poolerCheckTimeout = 5 * time.Second
 

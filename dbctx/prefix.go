@@ -105,7 +105,7 @@ func (s *Scope) prefixFor(ctx context.Context, c *session, inTx, begin bool) (*p
 			// The statement's built-ins may be a user's code.
 			c.pin.see(kindState | kindCode)
 		}
-		if st.name == "search_path" && s.pool.opts.TransactionPooling && (containsFold(st.value, "pg_temp") || containsFold(st.value, "pg_toast_temp")) {
+		if st.name == "search_path" && s.pool.localSettings() && (containsFold(st.value, "pg_temp") || containsFold(st.value, "pg_toast_temp")) {
 			return nil, fmt.Errorf("%w: a search_path naming pg_temp, under which a CREATE makes a temporary table that outlives the transaction on the pooler's server connection", ErrSessionState)
 		}
 	}
@@ -113,9 +113,9 @@ func (s *Scope) prefixFor(ctx context.Context, c *session, inTx, begin bool) (*p
 		c.pin.txOver() // the transaction they were set for is over
 	}
 	var p *prefix
-	if c.px == nil && len(c.pin.txs) > 0 && !begin && !s.pool.opts.TransactionPooling {
+	if c.px == nil && len(c.pin.txs) > 0 && !begin && !s.pool.localSettings() {
 		p = s.prefixBlind(c, want, c.resetDue)
-	} else if inTx || begin || s.pool.opts.TransactionPooling {
+	} else if inTx || begin || s.pool.localSettings() {
 		p = s.prefixTx(c, want, c.resetDue, inTx, begin)
 	} else {
 		p = s.prefixSession(c, want, c.resetDue)
@@ -174,7 +174,7 @@ func (s *Scope) prefixBlind(c *session, want []setting, reset bool) *prefix {
 // and under TransactionPooling: settings transaction-local, where the
 // transaction does not carry them.
 func (s *Scope) prefixTx(c *session, want []setting, reset, inTx, begin bool) *prefix {
-	tp := s.pool.opts.TransactionPooling
+	tp := s.pool.localSettings()
 	p := c.newPrefix(prefix{reset: reset, sweep: reset && c.sweepDue, begin: begin, local: true, carry: want})
 	switch {
 	case tp && !inTx && !begin:

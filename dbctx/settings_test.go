@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -297,6 +298,55 @@ func see(t *testing.T, p *dbctx.Pool, ctx context.Context) seen {
 		t.Fatal(err)
 	}
 	return v
+}
+
+// A pool that does not declare TransactionPooling, behind a PgBouncer in
+// transaction mode: its first connection finds the pooler (checkPooler),
+// says so once at Error, and from then on applies the settings per
+// transaction, as it would with TransactionPooling, rather than for a
+// session that the pooler hands to other clients. Two tenants in turn on
+// several goroutines, over fewer server connections than clients: every
+// statement reads its own tenant's rows.
+func TestSettingsBehindUndeclaredPooler(t *testing.T) {
+	t.Parallel()
+	b := pgtest.StartPgBouncer(t, &pgtest.PgBouncerOptions{PoolSize: 2})
+	env := newEnv(t)
+	rls(t, env)
+	db := openDSN(t, b.DSN(env, "default_query_exec_mode", "exec"))
+	logs, logger := dbtest.NewLogs()
+	p := poolOn(t, env, db, &dbctx.Options{MaxWorkers: 4, Logger: logger})
+	var wrong atomic.Int64
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 50 {
+				want := []string{"t1", "t2"}[(g+i)%2]
+				err := p.Do(tenant.With(context.Background(), want), func(ctx context.Context, s *dbctx.Scope) error {
+					var v seen
+					if err := s.QueryRowContext(ctx, seenSQL).Scan(&v.tenant, &v.items); err != nil {
+						return err
+					}
+					if v != (seen{want, 10}) {
+						wrong.Add(1)
+					}
+					return nil
+				})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if n := wrong.Load(); n > 0 {
+		t.Errorf("%d of 200 statements saw another tenant, or none", n)
+	}
+	if n := logs.Count(slog.LevelError, "dbctx: the server's backend is not the one"); n != 1 {
+		t.Errorf("the pooler was told of %d times at Error, want once", n)
+	}
 }
 
 // Behind PgBouncer in transaction mode the same declaration holds with no

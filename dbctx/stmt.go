@@ -229,7 +229,7 @@ func (s *Scope) owed(ctx context.Context, c *session, st *stmt, begin bool) (*pr
 		p.taints = st.kind&kindTaints != 0
 		return p, nil
 	}
-	if s.pool.opts.TransactionPooling && !inTx && !p.begin && len(p.set) > 0 {
+	if s.pool.localSettings() && !inTx && !p.begin && len(p.set) > 0 {
 		// Transaction-local settings end with the round trip that sets
 		// them: behind a pooler the statement would run on whichever
 		// server connection comes next, without them.
