@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/dbscope/dbscope/internal/scopes"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // Atomic runs fn in a transaction on the scope in ctx, the port of
@@ -26,7 +27,9 @@ import (
 //
 // Atomic needs a sync scope: in an [Async] context call it inside [Do].
 // Boundaries ([CloseOld]) inside fn do nothing. The error of a failed
-// commit is returned, wrapped: the work did not happen. fn's goroutines
+// commit is returned, wrapped: the work did not happen; but where the
+// connection failed after the COMMIT was sent, before its answer, the
+// error is [ErrCommitUnknown]: PostgreSQL may have committed. fn's goroutines
 // may run statements on the scope; nested Atomic calls belong on fn's
 // goroutine. The COMMIT is sent with ctx: where ctx has ended by then (a
 // request whose client left, a deadline), the transaction rolls back and
@@ -102,6 +105,9 @@ func (s *Scope) atomicTx(ctx context.Context, fn func(ctx context.Context) error
 	if cerr := s.endTx(ctx, true); cerr != nil {
 		x.onCommit = nil
 		s.mu.Unlock()
+		if errors.Is(cerr, ErrCommitUnknown) {
+			return cerr
+		}
 		return fmt.Errorf("dbctx: commit: %w", cerr)
 	}
 	fns := x.onCommit
@@ -198,6 +204,24 @@ func (s *Scope) endTx(ctx context.Context, commit bool) error {
 	return s.rollbackAtomic(ctx)
 }
 
+// commitUnknown reports whether err, a COMMIT's on a connection open
+// when it was sent, leaves its outcome unknown: the connection failed
+// before the server's answer, which a refusal or a FATAL would have been,
+// was read.
+func commitUnknown(err error) bool {
+	var pe *pgconn.PgError
+	switch {
+	case err == context.Canceled, err == context.DeadlineExceeded:
+		return false // not sent: its context ended first (commitOn)
+	case errors.As(err, &pe):
+		return false // answered
+	}
+	// pgconn's word (SafeToRetry) is no help here: a connection that
+	// fails while its answer is awaited is reported as "conn closed",
+	// safe to retry, and so by database/sql as driver.ErrBadConn.
+	return true
+}
+
 // txAborted reports whether c's transaction is aborted (SQLSTATE 25P02
 // for a statement in it): on another driver, after a statement of the
 // transaction failed and fn went on (a nested Atomic's rollback to its
@@ -224,8 +248,22 @@ func (s *Scope) rollbackAtomic(ctx context.Context) error {
 // server instead, and the answer is read. A COMMIT the server had not
 // finished fails (57014) and rolls back; one it had finished stands, and
 // is reported so. Where no answer comes within cleanupTimeout of the
-// cancel, the connection is cut as before.
+// cancel, the connection is cut as before. Where the connection fails
+// after the COMMIT was sent, before its answer, the error is
+// ErrCommitUnknown.
 func (s *Scope) runCommit(ctx context.Context, c *session, tag *string) error {
+	if c.pc != nil && c.pc.IsClosed() {
+		return s.commitOn(ctx, c, tag) // not sent: its error says so
+	}
+	err := s.commitOn(ctx, c, tag)
+	if err != nil && commitUnknown(err) {
+		return fmt.Errorf("%w: %w", ErrCommitUnknown, err)
+	}
+	return err
+}
+
+// commitOn is runCommit's COMMIT.
+func (s *Scope) commitOn(ctx context.Context, c *session, tag *string) error {
 	if c.px == nil || ctx.Done() == nil {
 		return s.runTxEnd(ctx, c, "COMMIT", tag)
 	}

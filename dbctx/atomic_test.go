@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/internal/pgtest"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 func TestAtomic(t *testing.T) {
@@ -249,5 +251,67 @@ func TestNestedAtomicFailsWithRowsOpen(t *testing.T) {
 	}
 	if len(rows) != 0 || outer == nil {
 		t.Errorf("committed %v, the outer Atomic returned %v; want nothing committed, and an error", rows, outer)
+	}
+}
+
+// A COMMIT that reached the server, whose answer was lost with the
+// connection, leaves its outcome unknown: PostgreSQL committed here (it
+// holds the row), and Atomic says ErrCommitUnknown, not a failure that
+// would mean the work did not happen. One the server refused is its
+// error, and one never sent its context's.
+func TestCommitAnswerLost(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "cuts the connection to the server")
+	env := newEnv(t)
+	mustExec(t, env.Admin(), "CREATE TABLE "+env.Schema()+".lost (n int PRIMARY KEY DEFERRABLE INITIALLY DEFERRED)")
+	px := newProxy(t, env)
+	p := poolOn(t, env, openDSN(t, px.DSN()), &dbctx.Options{MaxWorkers: 1, Logger: quiet()})
+	rows := func() int {
+		var n int
+		if err := env.Admin().QueryRow("SELECT count(*) FROM " + env.Schema() + ".lost").Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	done := make(chan error, 1)
+	go func() {
+		done <- p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+			return dbctx.Atomic(ctx, func(ctx context.Context) error {
+				_, err := s.ExecContext(ctx, "INSERT INTO lost VALUES (1)")
+				px.Mute() // the COMMIT reaches the server, its answer does not come back
+				return err
+			})
+		})
+	}()
+	eventually(t, "the row committed", func() bool { return rows() == 1 })
+	px.Cut()
+	err := <-done
+	if !errors.Is(err, dbctx.ErrCommitUnknown) {
+		t.Fatalf("a COMMIT that PostgreSQL ran, its answer lost: %v, want ErrCommitUnknown", err)
+	}
+	px.Restore()
+
+	// Refused by the server (the deferred key, checked at COMMIT): known.
+	err = p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+		return dbctx.Atomic(ctx, func(ctx context.Context) error {
+			_, err := s.ExecContext(ctx, "INSERT INTO lost VALUES (1)")
+			return err
+		})
+	})
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || pe.Code != "23505" || errors.Is(err, dbctx.ErrCommitUnknown) {
+		t.Fatalf("refused at COMMIT: %v", err)
+	}
+	// Never sent: its context ended first.
+	ctx, cancel := context.WithCancel(context.Background())
+	err = p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+		return dbctx.Atomic(ctx, func(ctx context.Context) error {
+			_, err := s.ExecContext(ctx, "INSERT INTO lost VALUES (2)")
+			cancel()
+			return err
+		})
+	})
+	if !errors.Is(err, context.Canceled) || errors.Is(err, dbctx.ErrCommitUnknown) || rows() != 1 {
+		t.Fatalf("not sent: %v, %d rows", err, rows())
 	}
 }

@@ -42,6 +42,16 @@ var (
 	// inside its function, which discards the connection).
 	ErrSessionLost = errors.New("dbctx: session lost: the connection failed after statements had run on it; not run on a fresh connection, which would lack their session state")
 
+	// ErrCommitUnknown is returned by [Atomic], wrapping the driver's
+	// error, where the connection failed after its COMMIT was sent and
+	// before the server's answer was read (the network cut, the answer
+	// lost): PostgreSQL may have committed, or not, and nothing on the
+	// client can tell. A retry of the unit of work may then do it twice:
+	// make it idempotent, or check what PostgreSQL holds first. A COMMIT
+	// the server refused, or one never sent, is reported as the error it
+	// is: the work did not happen.
+	ErrCommitUnknown = errors.New("dbctx: commit outcome unknown: the connection failed after COMMIT was sent, before its answer; PostgreSQL may have committed")
+
 	// ErrSessionState is returned, wrapped with the statement, under
 	// [Options.TransactionPooling] for a statement that sets session-level
 	// state (SET, set_config(…, false), LISTEN, PREPARE, a cursor WITH

@@ -56,7 +56,9 @@ func Atomic(next http.Handler) http.Handler {
 // failed commit becomes 500 Internal Server Error (or what [Answer] gives
 // a condition of package dbctx: 503 when the pool was busy or the
 // database down), so a client never sees a 2xx for work that was not
-// committed.
+// committed. A commit whose outcome is unknown (dbctx.ErrCommitUnknown:
+// the connection failed after COMMIT was sent, and PostgreSQL may have
+// committed) becomes 500, without Retry-After, logged at Error as such.
 // Headers the handler set are dropped with a failed response.
 //
 // Streaming does not mix with holding the response: Flush inside Atomic
@@ -101,6 +103,13 @@ func AtomicWithOpts(opts *AtomicOptions) func(http.Handler) http.Handler {
 			switch k := answer.Of(err, ctx.Err() != nil); {
 			case err == nil, errors.Is(err, errRollback):
 				hw.send()
+			case errors.Is(err, dbctx.ErrCommitUnknown):
+				// Not "not committed": PostgreSQL may hold the work.
+				// Answered 500, not 503, which invites a retry that
+				// may do it twice.
+				logattrs.Log(ctx, o.Logger, o.LogAttrs, slog.LevelError, "middleware: Atomic request's commit outcome unknown",
+					slog.String("path", r.URL.Path), slog.Any("err", err))
+				http.Error(w, http.StatusText(http.StatusInternalServerError), http.StatusInternalServerError)
 			case ctx.Err() != nil && errors.Is(err, context.DeadlineExceeded):
 				// The request's deadline (a timeout middleware's) ended it:
 				// not committed, the handler's failure no more than a

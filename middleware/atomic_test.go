@@ -2,6 +2,7 @@ package middleware_test
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/dbscope/dbscope/dbctx"
 	"github.com/dbscope/dbscope/internal/dbtest"
+	"github.com/dbscope/dbscope/internal/pgtest"
 	"github.com/dbscope/dbscope/middleware"
 )
 
@@ -304,5 +306,52 @@ func TestAtomicDeadlinePassed(t *testing.T) {
 	}
 	if n := countRows(t, env); n != 0 || committed.Load() {
 		t.Fatalf("%d rows committed, OnCommit ran: %v; want none", n, committed.Load())
+	}
+}
+
+// A request whose COMMIT PostgreSQL ran, its answer lost with the
+// connection, is not told of as "not committed": it is answered 500 (not
+// 503, whose Retry-After invites the retry that would do the work twice),
+// and logged at Error as a commit of unknown outcome.
+func TestAtomicCommitAnswerLost(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "cuts the connection to the server")
+	env := pgtest.New(t)
+	createTable(t, env)
+	px := pgtest.NewProxy(t, env)
+	db, err := sql.Open("pgx", px.DSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	p := dbctx.New(db, &dbctx.Options{MaxWorkers: 1, Logger: discardLogger()})
+	t.Cleanup(func() { p.Close() })
+	logs, logger := dbtest.NewLogs()
+	atomic := middleware.AtomicWithOpts(&middleware.AtomicOptions{Logger: logger})
+	srv := serve(t, middleware.DB(p)(atomic(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, err := dbctx.From(r.Context()).ExecContext(r.Context(), "INSERT INTO t VALUES (7)"); err != nil {
+			middleware.Answer(w, r, err)
+			return
+		}
+		px.Mute() // the COMMIT reaches the server, its answer does not come back
+		w.WriteHeader(http.StatusCreated)
+	}))))
+	go func() {
+		// Once PostgreSQL holds the row, the connection goes (not
+		// t.Fatal here: another goroutine than the test's).
+		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+			var n int
+			if env.Admin().QueryRow("SELECT count(*) FROM "+env.Schema()+".t").Scan(&n) == nil && n == 1 {
+				break
+			}
+		}
+		px.Cut()
+	}()
+	code, _, h := do(t, http.MethodPost, srv.URL)
+	if code != http.StatusInternalServerError || h.Get("Retry-After") != "" || countRows(t, env) != 1 {
+		t.Fatalf("got %d (Retry-After %q) with %d rows, want 500 with no Retry-After, 1 row", code, h.Get("Retry-After"), countRows(t, env))
+	}
+	if n := logs.Count(slog.LevelError, "middleware: Atomic request's commit outcome unknown"); n != 1 {
+		t.Errorf("logged %d times as of unknown outcome: %+v", n, logs.Records())
 	}
 }

@@ -33,7 +33,14 @@ type Proxy struct {
 
 	ready atomic.Int64 // ReadyForQuery messages the server sent
 	trips atomic.Int64 // the clients' turns to send (see Trips)
+	muted atomic.Bool  // the server's bytes are dropped (see Mute)
 }
+
+// Mute drops every byte the server sends from now on, on every
+// connection, while the clients' bytes still reach it: a statement runs,
+// and its answer is lost (then [Proxy.Cut], say). [Proxy.Restore] undoes
+// it for the bytes that follow.
+func (p *Proxy) Mute() { p.muted.Store(true) }
 
 // link is one client connection and its connection to the server.
 type link struct {
@@ -122,6 +129,7 @@ func (p *Proxy) Stall() {
 // Restore undoes [Proxy.Cut] and [Proxy.Stall]: new connections are let
 // through and held bytes flow again. Connections that Cut closed stay closed.
 func (p *Proxy) Restore() {
+	p.muted.Store(false)
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.cut = false
@@ -227,7 +235,7 @@ func (p *Proxy) serve(l *link) {
 			}
 		})
 	}()
-	p.pipe(l, l.client, s, &messages{count: 'Z', n: &p.ready}, func() { l.heard.Store(true) })
+	p.pipe(l, l.client, s, &messages{count: 'Z', n: &p.ready, muted: &p.muted}, func() { l.heard.Store(true) })
 	wg.Wait()
 }
 
@@ -237,6 +245,7 @@ func (p *Proxy) serve(l *link) {
 type messages struct {
 	count byte
 	n     *atomic.Int64
+	muted *atomic.Bool // the bytes are dropped, not forwarded
 	head  [5]byte
 	have  int // bytes of head read
 	left  int // bytes of the current message's body still to skip
@@ -285,6 +294,9 @@ func (p *Proxy) pipe(l *link, dst, src net.Conn, m *messages, read func()) {
 				return
 			}
 			read()
+			if m != nil && m.muted.Load() {
+				continue
+			}
 			if m != nil {
 				m.feed(buf[:n])
 			}
