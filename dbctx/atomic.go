@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime/debug"
 	"strconv"
 	"time"
 
@@ -116,7 +117,7 @@ func (s *Scope) atomicTx(ctx context.Context, fn func(ctx context.Context) error
 	for _, f := range fns {
 		// Or at the commit of an Atomic of the scope this one is
 		// nested in (another pool's).
-		afterCommits(s.outer, f)
+		afterCommits(s.outer, s.pool.guardCommitted(f))
 	}
 	return nil
 }
@@ -320,7 +321,9 @@ func (s *Scope) runTxEnd(ctx context.Context, c *session, q string, tag *string)
 // sending an email). If the transaction rolls back, fn never runs; a
 // function registered in a nested Atomic that rolls back is dropped with
 // it. Outside Atomic fn runs at once. fn runs on the goroutine that
-// committed, after the commit, before Atomic returns.
+// committed, after the commit, before Atomic returns; a panic in it is
+// recovered and logged at Error with its stack (the work is committed:
+// the functions after it run, and Atomic returns nil).
 //
 // With scopes of several pools in one unit of work, fn waits for the
 // commit of every Atomic open in ctx's scope and in the scopes it is
@@ -344,6 +347,20 @@ func afterCommits(s *Scope, fn func()) {
 		s.mu.Unlock()
 	}
 	fn()
+}
+
+// guardCommitted returns fn, an OnCommit function, that recovers its own
+// panic: the work is committed, and the functions after it still run;
+// the panic is logged at Error, with its stack.
+func (p *Pool) guardCommitted(fn func()) func() {
+	return func() {
+		defer func() {
+			if r := recover(); r != nil {
+				p.opts.Logger.Error("dbctx: an OnCommit function panicked after the commit", "panic", r, "stack", string(debug.Stack()))
+			}
+		}()
+		fn()
+	}
 }
 
 // atomicOutside reports whether a scope that ctx's innermost scope is

@@ -5,10 +5,12 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"testing"
 
 	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/internal/dbtest"
 	"github.com/dbscope/dbscope/internal/pgtest"
 	"github.com/jackc/pgx/v5/pgconn"
 )
@@ -313,5 +315,38 @@ func TestCommitAnswerLost(t *testing.T) {
 	})
 	if !errors.Is(err, context.Canceled) || errors.Is(err, dbctx.ErrCommitUnknown) || rows() != 1 {
 		t.Fatalf("not sent: %v, %d rows", err, rows())
+	}
+}
+
+// A panic in an OnCommit function, after the commit, is logged at Error:
+// the work stays committed, Atomic returns nil, and the functions after
+// it run.
+func TestOnCommitPanics(t *testing.T) {
+	t.Parallel()
+	logs, logger := dbtest.NewLogs()
+	p, env := newPool(t, &dbctx.Options{Logger: logger})
+	mustExec(t, env.Admin(), "CREATE TABLE "+env.Schema()+".done (n int)")
+	var ran []int
+	err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+		return dbctx.Atomic(ctx, func(ctx context.Context) error {
+			dbctx.OnCommit(ctx, func() { ran = append(ran, 1) })
+			dbctx.OnCommit(ctx, func() { panic("a callback's bug") })
+			dbctx.OnCommit(ctx, func() { ran = append(ran, 3) })
+			_, err := s.ExecContext(ctx, "INSERT INTO done VALUES (1)")
+			return err
+		})
+	})
+	if err != nil {
+		t.Fatalf("Atomic: %v, want nil: it committed", err)
+	}
+	var n int
+	if err := env.Admin().QueryRow("SELECT count(*) FROM " + env.Schema() + ".done").Scan(&n); err != nil || n != 1 {
+		t.Fatalf("rows: %d, %v", n, err)
+	}
+	if fmt.Sprint(ran) != "[1 3]" {
+		t.Errorf("ran %v, want [1 3]", ran)
+	}
+	if recs := logs.AtLeast(slog.LevelError); len(recs) != 1 || recs[0].Attrs["panic"] != "a callback's bug" || !strings.Contains(recs[0].Attrs["stack"], "atomic_test.go") {
+		t.Errorf("logged %+v, want the panic once at Error with its stack", recs)
 	}
 }

@@ -355,3 +355,35 @@ func TestAtomicCommitAnswerLost(t *testing.T) {
 		t.Errorf("logged %d times as of unknown outcome: %+v", n, logs.Records())
 	}
 }
+
+// DB mounted again inside Atomic (a router's DB, then a route's) keeps the
+// request's one scope of the pool: the handler's statements are in the
+// transaction, and a 5xx rolls them back.
+func TestDBMountedTwice(t *testing.T) {
+	t.Parallel()
+	p, env := newPool(t, &dbctx.Options{Logger: discardLogger()})
+	createTable(t, env)
+	atomicMW := middleware.AtomicWithOpts(&middleware.AtomicOptions{Logger: discardLogger()})
+	var same atomic.Bool
+	srv := serve(t, middleware.DB(p)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		outer := dbctx.From(r.Context())
+		atomicMW(middleware.DB(p)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			s := dbctx.From(r.Context())
+			same.Store(s == outer)
+			if _, err := s.ExecContext(r.Context(), "INSERT INTO t VALUES (1)"); err != nil {
+				middleware.Answer(w, r, err)
+				return
+			}
+			http.Error(w, "rolled back", http.StatusInternalServerError)
+		}))).ServeHTTP(w, r)
+	})))
+	if code, _, _ := get(t, srv.URL); code != http.StatusInternalServerError {
+		t.Fatalf("got %d, want the handler's 500", code)
+	}
+	if !same.Load() {
+		t.Error("the inner DB made a scope of its own")
+	}
+	if n := countRows(t, env); n != 0 {
+		t.Errorf("%d rows: the handler's INSERT escaped the rolled-back transaction", n)
+	}
+}

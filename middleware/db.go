@@ -32,7 +32,9 @@ type DBOptions struct {
 }
 
 // DB returns middleware that gives every request its own scope of pool,
-// released when the request ends. See the package documentation.
+// released when the request ends. See the package documentation. A
+// request that carries a scope of pool already (DB mounted twice on its
+// route, or again inside Atomic) keeps that one.
 //
 // With more pools (a read replica, a second database) the request carries
 // a scope of each, with slots, connection and cleanup of its own, all
@@ -80,6 +82,14 @@ func DBWithOpts(pool *dbctx.Pool, opts *DBOptions) func(http.Handler) http.Handl
 	}
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if pool.From(r.Context()) != nil {
+				// Mounted twice on the route (a router's and a
+				// route's, or again inside Atomic): one scope per
+				// request and pool, the outer one, whose transaction
+				// the handler's statements are in.
+				next.ServeHTTP(w, r)
+				return
+			}
 			ctx, scope := pool.Scope(r.Context())
 			if o.Eager {
 				if err := scope.Reserve(ctx); err != nil {
