@@ -39,7 +39,6 @@
 // Counters, since the pool was made:
 //
 //	dbscope_waits_total          callers that queued for a slot
-//	dbscope_wait_seconds_total   time spent queued, in all
 //	dbscope_busy_total           callers refused with ErrBusy
 //	dbscope_connect_errors_total{kind="misconfigured|unavailable"}
 //	                             connects that failed: ErrMisconfigured (alert on any), ErrUnavailable

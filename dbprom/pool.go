@@ -34,14 +34,6 @@ var poolFamilies = []family[stats]{
 	counter("waits_total", "Callers that had to queue for a worker slot.",
 		func(s *stats) int64 { return s.WaitCount }),
 	{
-		name: "wait_seconds_total",
-		help: "Seconds callers spent queued for a worker slot, in all (over waits_total: the mean wait).",
-		typ:  prometheus.CounterValue,
-		collect: func(s *stats, emit func(float64, ...string)) {
-			emit(s.WaitDuration.Seconds())
-		},
-	},
-	{
 		name: "wait_seconds",
 		help: "Time callers that queued for a worker slot waited, as a histogram (buckets: dbctx.WaitBuckets()).",
 		hist: func(s *stats) (uint64, float64, map[float64]uint64) {
