@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
 )
 
 // Connect errors: an outage or a misconfiguration?
@@ -148,8 +149,13 @@ func isMisconfiguration(e error, tlsOnly bool) bool {
 		verify *tls.CertificateVerificationError
 		alert  tls.AlertError
 		record tls.RecordHeaderError
+		body   *pgproto3.ExceededMaxBodyLenErr
 	)
 	switch {
+	case errors.As(e, &body), strings.HasPrefix(e.Error(), "unknown message type:"):
+		// What answered does not speak PostgreSQL's protocol: another
+		// service at the address (an HTTP server, a Redis…).
+		return true
 	case errors.As(e, &pgErr):
 		for _, c := range misconfiguredClasses {
 			if strings.HasPrefix(pgErr.Code, c) {

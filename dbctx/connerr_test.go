@@ -70,6 +70,8 @@ func TestConnectErrors(t *testing.T) {
 			dbctx.ErrMisconfigured, ""},
 		{"connection string does not parse", "postgres://postgres@127.0.0.1:notaport/postgres",
 			dbctx.ErrMisconfigured, ""},
+		{"not PostgreSQL at the address (an HTTP server)", dsn(pgserver.WithTCPAddr(env.DSN(), notPostgres(t))),
+			dbctx.ErrMisconfigured, ""},
 		{"connection refused", env.Refused(t), dbctx.ErrUnavailable, ""},
 		{"starting up", dsn(pgserver.WithTCPAddr(env.DSN(), startingUp.Addr())),
 			dbctx.ErrUnavailable, "57P03"},
@@ -280,4 +282,30 @@ func TestConnectTimeout(t *testing.T) {
 	if !strings.Contains(logs.String(), "database unavailable") || !strings.Contains(logs.String(), "ConnectTimeout") {
 		t.Errorf("not logged as an outage past ConnectTimeout:\n%s", logs.String())
 	}
+}
+
+// notPostgres returns the address of a server that answers every
+// connection as an HTTP server answers what it cannot read, and closes
+// it: a connection string with the wrong port.
+func notPostgres(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				c.Read(make([]byte, 1024))
+				c.Write([]byte("HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"))
+			}()
+		}
+	}()
+	return ln.Addr().String()
 }

@@ -77,7 +77,9 @@ var (
 	// database or the role does not exist (SQLSTATE 3D000, 28000), the
 	// password is wrong (28P01) or pg_hba.conf has no entry for it, the
 	// role lacks CONNECT, the host name does not resolve, TLS or
-	// authentication fails, the connection string does not parse. An
+	// authentication fails, the connection string does not parse, what
+	// answers at the address does not speak PostgreSQL's protocol (an
+	// HTTP server at the wrong port). An
 	// operator must fix the configuration (the DSN, roles, pg_hba.conf,
 	// certificates). The pool logs each cause once at ERROR (again after
 	// a connection has succeeded in between) and counts every such
