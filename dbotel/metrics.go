@@ -2,6 +2,9 @@ package dbotel
 
 import (
 	"context"
+	"fmt"
+	"reflect"
+	"sync"
 
 	"github.com/dbscope/dbscope/dbctx"
 	"go.opentelemetry.io/otel/attribute"
@@ -41,12 +44,78 @@ import (
 // slot (as Stats.WaitCount counts them: a caller that finds a slot free
 // does not wait), is recorded by the hooks of [PoolOptions], which the
 // pool must be made with. Call Unregister on the registration returned
-// when the pool is closed.
+// when the pool is closed. A second pool registered under the same
+// PoolName on the same MeterProvider is refused (their series would be
+// added together) until the first is unregistered.
 func RegisterMetrics(p *dbctx.Pool, o *Options) (metric.Registration, error) {
 	if p == nil {
 		panic("dbotel: RegisterMetrics expects a non-nil *dbctx.Pool")
 	}
 	oo := o.withDefaults()
+	release, err := claimPoolName(oo.MeterProvider, oo.PoolName)
+	if err != nil {
+		return nil, err
+	}
+	reg, err := registerMetrics(p, oo)
+	if err != nil {
+		release()
+		return nil, err
+	}
+	return &registration{Registration: reg, release: release}, nil
+}
+
+// registered are the pool names registered on each MeterProvider: two
+// pools of one name would have their series added together, unseen.
+var registered struct {
+	sync.Mutex
+	names map[poolKey]bool
+}
+
+type poolKey struct {
+	mp   any // metric.MeterProvider, compared as the value it holds
+	name string
+}
+
+// claimPoolName records name as registered on mp, or fails where it is
+// already; release forgets it.
+func claimPoolName(mp metric.MeterProvider, name string) (release func(), err error) {
+	if t := reflect.TypeOf(mp); t == nil || !t.Comparable() {
+		return func() {}, nil // not a map key: not checked
+	}
+	k := poolKey{mp, name}
+	registered.Lock()
+	defer registered.Unlock()
+	if registered.names[k] {
+		return nil, fmt.Errorf("dbotel: pool name %q is registered already on this MeterProvider: the two pools' series would be added together; give each its own Options.PoolName", name)
+	}
+	if registered.names == nil {
+		registered.names = map[poolKey]bool{}
+	}
+	registered.names[k] = true
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			registered.Lock()
+			delete(registered.names, k)
+			registered.Unlock()
+		})
+	}, nil
+}
+
+// registration is RegisterMetrics', whose Unregister frees the pool's
+// name.
+type registration struct {
+	metric.Registration
+	release func()
+}
+
+func (r *registration) Unregister() error {
+	err := r.Registration.Unregister()
+	r.release()
+	return err
+}
+
+func registerMetrics(p *dbctx.Pool, oo Options) (metric.Registration, error) {
 	m := oo.meter()
 	count, err := dbconv.NewClientConnectionCountObservable(m)
 	if err != nil {

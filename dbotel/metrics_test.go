@@ -219,3 +219,35 @@ func TestOwnMetricsMisconfigured(t *testing.T) {
 		t.Errorf("connect_errors: misconfigured %d, unavailable %d; want 1, 0", n, got["dbscope.pool.connect_errors{unavailable}"])
 	}
 }
+
+// Two pools registered under one name on one MeterProvider would have
+// their series added together: the second registration fails, saying so,
+// until the first is unregistered. Under names of their own both register.
+func TestRegisterMetricsNameTaken(t *testing.T) {
+	t.Parallel()
+	tel := newTelemetry(t)
+	p1, _ := tel.newPool(t, &dbctx.Options{MaxWorkers: 1}, 0)
+	p2, _ := tel.newPool(t, &dbctx.Options{MaxWorkers: 1}, 0)
+	reg, err := dbotel.RegisterMetrics(p1, tel.opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dbotel.RegisterMetrics(p2, tel.opts); err == nil || !strings.Contains(err.Error(), "registered already") {
+		t.Fatalf("a second pool under the same name: %v, want an error", err)
+	}
+	other := *tel.opts
+	other.PoolName = "replica"
+	reg2, err := dbotel.RegisterMetrics(p2, &other)
+	if err != nil {
+		t.Fatalf("under a name of its own: %v", err)
+	}
+	defer reg2.Unregister()
+	if err := reg.Unregister(); err != nil {
+		t.Fatal(err)
+	}
+	reg3, err := dbotel.RegisterMetrics(p2, tel.opts)
+	if err != nil {
+		t.Fatalf("the name once unregistered: %v", err)
+	}
+	reg3.Unregister()
+}
