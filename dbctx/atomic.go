@@ -117,7 +117,7 @@ func (s *Scope) atomicTx(ctx context.Context, fn func(ctx context.Context) error
 	for _, f := range fns {
 		// Or at the commit of an Atomic of the scope this one is
 		// nested in (another pool's).
-		afterCommits(s.outer, s.pool.guardCommitted(f))
+		afterCommits(s.txOuter, s.pool.guardCommitted(f))
 	}
 	return nil
 }
@@ -235,7 +235,7 @@ func (s *Scope) txAborted(ctx context.Context, c *session) bool {
 func (s *Scope) rollbackAtomic(ctx context.Context) error {
 	ctx, cancel := cleanupCtx(ctx)
 	defer cancel()
-	if err := s.runTxEnd(ctx, s.c, "ROLLBACK", nil); err != nil {
+	if err := s.runTxEnd(ctx, s.c, "ROLLBACK", nil, nil); err != nil {
 		s.observe(ctx, err, false)
 		return err
 	}
@@ -253,20 +253,22 @@ func (s *Scope) rollbackAtomic(ctx context.Context) error {
 // after the COMMIT was sent, before its answer, the error is
 // ErrCommitUnknown.
 func (s *Scope) runCommit(ctx context.Context, c *session, tag *string) error {
-	if c.pc != nil && c.pc.IsClosed() {
-		return s.commitOn(ctx, c, tag) // not sent: its error says so
-	}
-	err := s.commitOn(ctx, c, tag)
-	if err != nil && commitUnknown(err) {
+	sent := true
+	err := s.commitOn(ctx, c, tag, &sent)
+	if err != nil && sent && commitUnknown(err) {
 		return fmt.Errorf("%w: %w", ErrCommitUnknown, err)
 	}
 	return err
 }
 
-// commitOn is runCommit's COMMIT.
-func (s *Scope) commitOn(ctx context.Context, c *session, tag *string) error {
+// errNotSent is a COMMIT not sent: the connection was closed, or its
+// peer had closed it, before (see runTxEnd).
+var errNotSent = fmt.Errorf("%w: the connection was closed before COMMIT was sent; the transaction is lost with it", ErrSessionLost)
+
+// commitOn is runCommit's COMMIT; sent is cleared where it was not sent.
+func (s *Scope) commitOn(ctx context.Context, c *session, tag *string, sent *bool) error {
 	if c.px == nil || ctx.Done() == nil {
-		return s.runTxEnd(ctx, c, "COMMIT", tag)
+		return s.runTxEnd(ctx, c, "COMMIT", tag, sent)
 	}
 	if err := ctx.Err(); err != nil {
 		return err // not sent (see endTx)
@@ -286,7 +288,7 @@ func (s *Scope) commitOn(ctx context.Context, c *session, tag *string) error {
 			pc.Conn().SetDeadline(time.Unix(1, 0))
 		}
 	})
-	err := s.runTxEnd(context.WithoutCancel(ctx), c, "COMMIT", tag)
+	err := s.runTxEnd(context.WithoutCancel(ctx), c, "COMMIT", tag, sent)
 	close(answered)
 	if !stop() {
 		// The cancel request was sent: it is over before the connection
@@ -301,12 +303,19 @@ func (s *Scope) commitOn(ctx context.Context, c *session, tag *string) error {
 }
 
 // runTxEnd runs COMMIT or ROLLBACK on c, and keeps its command tag.
-func (s *Scope) runTxEnd(ctx context.Context, c *session, q string, tag *string) error {
+// Where sent is given (a COMMIT, on pgx's connection), a connection found
+// closed, by pgconn or by its peer, is not sent anything: sent is cleared,
+// and the error is errNotSent.
+func (s *Scope) runTxEnd(ctx context.Context, c *session, q string, tag *string, sent *bool) error {
 	if c.px == nil {
 		_, err := c.pin.conn.ExecContext(ctx, q)
 		return err
 	}
 	return withLock(c.pin.conn, func() error {
+		if sent != nil && (c.pc.IsClosed() || c.dead()) {
+			*sent = false
+			return errNotSent
+		}
 		t, err := c.px.Exec(ctx, q)
 		if tag != nil {
 			*tag = t.String()
@@ -330,14 +339,14 @@ func (s *Scope) runTxEnd(ctx context.Context, c *session, q string, tag *string)
 // nested in: a function registered in a Do of one pool inside an Atomic
 // of another runs once that Atomic commits, never if it rolls back.
 func OnCommit(ctx context.Context, fn func()) {
-	afterCommits(From(ctx), fn)
+	afterCommits(realOf(ctx), fn)
 }
 
 // afterCommits registers fn with the innermost Atomic open in s or a
 // scope s is nested in (whose commit passes it on outwards: see
 // atomicTx), or runs it where none is.
 func afterCommits(s *Scope, fn func()) {
-	for ; s != nil; s = s.outer {
+	for ; s != nil; s = s.txOuter {
 		s.mu.Lock()
 		if s.atomic > 0 {
 			s.x.onCommit = append(s.x.onCommit, fn)
@@ -366,11 +375,11 @@ func (p *Pool) guardCommitted(fn func()) func() {
 // atomicOutside reports whether a scope that ctx's innermost scope is
 // nested in has an Atomic open (see scopes.AtomicOutside).
 func atomicOutside(ctx context.Context) bool {
-	s := From(ctx)
+	s := realOf(ctx)
 	if s == nil {
 		return false
 	}
-	for o := s.outer; o != nil; o = o.outer {
+	for o := s.txOuter; o != nil; o = o.txOuter {
 		o.mu.Lock()
 		open := o.atomic > 0
 		o.mu.Unlock()

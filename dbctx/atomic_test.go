@@ -293,6 +293,30 @@ func TestCommitAnswerLost(t *testing.T) {
 	}
 	px.Restore()
 
+	// Cut before the COMMIT, the socket closed by then: not sent, so the
+	// transaction is known lost.
+	err = p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+		return dbctx.Atomic(ctx, func(ctx context.Context) error {
+			pid, err := backendPID(ctx, s)
+			if err != nil {
+				return err
+			}
+			if _, err := s.ExecContext(ctx, "INSERT INTO lost VALUES (3)"); err != nil {
+				return err
+			}
+			px.Cut()
+			eventually(t, "the backend gone", func() bool {
+				var n int
+				return env.Admin().QueryRow("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid).Scan(&n) == nil && n == 0
+			})
+			return nil
+		})
+	})
+	if !errors.Is(err, dbctx.ErrSessionLost) || errors.Is(err, dbctx.ErrCommitUnknown) || rows() != 1 {
+		t.Fatalf("cut before COMMIT: %v, %d rows; want ErrSessionLost, 1 row", err, rows())
+	}
+	px.Restore()
+
 	// Refused by the server (the deferred key, checked at COMMIT): known.
 	err = p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
 		return dbctx.Atomic(ctx, func(ctx context.Context) error {

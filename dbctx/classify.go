@@ -738,11 +738,12 @@ type classifier struct {
 	// anything in it but its own first words writes (see kindDML).
 	dml, dmlOther bool
 
-	// The word UPDATE, and the name pg_settings (or a name not decoded),
-	// anywhere in the statement: an UPDATE of the view pg_settings,
-	// whose rule calls set_config(name, setting, false) for each row it
-	// updates, the names chosen by its WHERE (see endStatement).
-	update, settingsView bool
+	// An UPDATE of the view pg_settings (its target, after UPDATE [ONLY]
+	// [pg_catalog.], is pg_settings or a name not decoded), whose rule
+	// calls set_config(name, setting, false) for each row it updates,
+	// the names chosen by its WHERE (see endStatement); updTarget: the
+	// UPDATE's target is being read (updSchema: after pg_catalog).
+	settingsView, updTarget, updSchema bool
 
 	// set_config(…) under way: the depth inside its parentheses (0: none),
 	// the argument being read, and whether the argument so far is one
@@ -833,7 +834,7 @@ func (c *classifier) endStatement() {
 		if c.conflictAt > 0 || c.conflictCall {
 			c.ck |= kindState | kindCode // conflict(…) called
 		}
-		if c.update && c.settingsView {
+		if c.settingsView {
 			// As set_config with a name computed: it may be search_path
 			// (to anything), or seed, whose state no reset undoes.
 			c.sk |= kindSessionState | kindSetting | kindResolve | kindPathLate | kindPoison
@@ -884,9 +885,7 @@ func (c *classifier) token(t token) {
 		}
 	}
 	c.setConfigArg(t)
-	if nameIs(t, "pg_settings") {
-		c.settingsView = true
-	}
+	c.updateTarget(t)
 	switch t.kind {
 	case tLParen:
 		switch {
@@ -937,6 +936,25 @@ func (c *classifier) token(t token) {
 		}
 	}
 	c.shift(t)
+}
+
+// updateTarget reads t where it may be an UPDATE's target, for
+// settingsView.
+func (c *classifier) updateTarget(t token) {
+	switch {
+	case t.is("update"):
+		c.updTarget, c.updSchema = true, false
+	case !c.updTarget:
+	case t.is("only") || t.kind == tLParen:
+	case !c.updSchema && nameIs(t, "pg_catalog"):
+		c.updSchema = true
+	case c.updSchema && t.kind == tDot:
+	default:
+		if nameIs(t, "pg_settings") {
+			c.settingsView = true
+		}
+		c.updTarget, c.updSchema = false, false
+	}
 }
 
 // explainToken reads t where EXPLAIN's prefix may go on, and reports
@@ -1010,9 +1028,6 @@ func analyzeOption(o explainOpt) bool {
 func (c *classifier) word(t token) {
 	if tempSchema(t.text) {
 		c.sk |= kindSessionState | kindResolve
-	}
-	if t.is("update") {
-		c.update = true
 	}
 	switch {
 	case c.createHead && c.pos > 0:

@@ -114,6 +114,13 @@ func Async(ctx context.Context) context.Context {
 	return &asyncCtx{Context: ctx, pool: parent.pool}
 }
 
+// realOf returns the innermost scope ctx carries, through an Async
+// context, or nil.
+func realOf(ctx context.Context) *Scope {
+	s, _ := ctx.Value(realScopeKey).(*Scope)
+	return s
+}
+
 // outerOf returns the scope ctx carries for s.outer: the innermost one,
 // unless it refuses direct use (async), where the chain of boundaries
 // stops.

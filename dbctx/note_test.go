@@ -321,6 +321,11 @@ func TestClassify(t *testing.T) {
 		{`UPDATE ONLY pg_catalog."pg_settings" s SET setting = '1' WHERE s.name = 'seed'`, S | C | P | X},
 		{"WITH u AS (UPDATE pg_settings SET setting = '0' WHERE name = $1 RETURNING 1) SELECT * FROM u", S | C | P | X},
 		{"SELECT setting FROM pg_settings WHERE name = 'work_mem'", 0},
+		{"WITH s AS (SELECT setting FROM pg_settings) UPDATE log SET v = 1", S | C},
+		{"INSERT INTO log SELECT setting FROM pg_settings ON CONFLICT (v) DO UPDATE SET v = 2", S | C | D},
+		{"SELECT v FROM log WHERE v IN (SELECT setting FROM pg_settings) FOR UPDATE", 0},
+		{"UPDATE settings SET v = 1", S | C | D},
+		{`UPDATE ONLY (pg_catalog . pg_settings) SET setting = '1' WHERE name = 'work_mem'`, S | C | P | X},
 		// A character of two bytes whose second is a backslash's (SJIS,
 		// BIG5): the quote after it ends the string.
 		{"SELECT E'\x95\x5c', set_config('app.x', 'leak', false) -- '", S | X},

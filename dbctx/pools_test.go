@@ -196,3 +196,44 @@ func TestOnCommitWaitsForOuterPools(t *testing.T) {
 		}
 	}
 }
+
+// The same through an Async context made inside the Atomic: OnCommit with
+// it, and a Do of another pool from it, wait for the Atomic around.
+func TestOnCommitThroughAsync(t *testing.T) {
+	t.Parallel()
+	env := newEnv(t)
+	p1 := poolOn(t, env, env.Open(t), &dbctx.Options{MaxWorkers: 2})
+	p2 := poolOn(t, env, openDSN(t, env.Database(t)), &dbctx.Options{MaxWorkers: 2})
+	fail := errors.New("roll back")
+	for _, outerErr := range []error{nil, fail} {
+		var direct, viaDo, early bool
+		err := p1.Do(context.Background(), func(ctx context.Context, s1 *dbctx.Scope) error {
+			return dbctx.Atomic(ctx, func(ctx context.Context) error {
+				if _, err := s1.ExecContext(ctx, "SELECT 1"); err != nil {
+					return err
+				}
+				actx := dbctx.Async(ctx)
+				dbctx.OnCommit(actx, func() { direct = true })
+				err := p2.Do(actx, func(ctx context.Context, s2 *dbctx.Scope) error {
+					return dbctx.Atomic(ctx, func(ctx context.Context) error {
+						_, err := s2.ExecContext(ctx, "SELECT 1")
+						dbctx.OnCommit(ctx, func() { viaDo = true })
+						return err
+					})
+				})
+				early = direct || viaDo
+				if err != nil {
+					return err
+				}
+				return outerErr
+			})
+		})
+		if !errors.Is(err, outerErr) {
+			t.Fatal(err)
+		}
+		if early || direct != (outerErr == nil) || viaDo != (outerErr == nil) {
+			t.Errorf("outer rolled back %v: ran before the outer commit %v; ran: directly %v, in the other pool's Do %v",
+				outerErr != nil, early, direct, viaDo)
+		}
+	}
+}

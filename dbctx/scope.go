@@ -33,6 +33,11 @@ type Scope struct {
 	ctx   scopeCtx
 	outer *Scope // the scope the parent context carried (see CloseOld)
 
+	// txOuter is the scope the parent context carried, through Async
+	// (realOf): whose Atomic, and its outer scopes', OnCommit functions
+	// of this scope wait for.
+	txOuter *Scope
+
 	// mu serializes the statements and boundaries of the scope's
 	// goroutines: what follows, and the pinned session's pin.
 	mu sync.Mutex
@@ -98,7 +103,7 @@ func (s *Scope) atomicTxOpen() bool { return s.atomic > 0 && s.x.begun }
 // each has its own slots, connection and boundaries; [Pool.From] finds
 // each, [From] the one made last.
 func (p *Pool) Scope(ctx context.Context) (context.Context, *Scope) {
-	s := &Scope{pool: p, outer: outerOf(ctx)}
+	s := &Scope{pool: p, outer: outerOf(ctx), txOuter: realOf(ctx)}
 	s.ctx = scopeCtx{Context: ctx, s: s}
 	return &s.ctx, s
 }

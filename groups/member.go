@@ -22,7 +22,9 @@ type MemberOptions struct {
 	MaxBytes int
 
 	// OnSlow runs once, when an event found the queue full: the member
-	// has left its groups, its queue is dropped, and it gets nothing more.
+	// has left its groups, its queue is dropped, and it gets nothing more
+	// (but the event its callback had in hand, whose Current reports
+	// false, which may begin after OnSlow has returned).
 	// It runs on the member's own goroutine, or, where the callback still
 	// has an event then (it may never return it: blocked on a client that
 	// reads nothing), on a goroutine of its own at once, beside the

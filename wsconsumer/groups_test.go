@@ -639,3 +639,73 @@ func TestLeaveRejoinWhileEventsFlow(t *testing.T) {
 		})
 	}
 }
+
+// A socket that joins a group in Connect and falls behind before it is
+// accepted (its first event waits for the socket to open, and the member
+// is told at once) is closed with StatusTooSlow once open, not left open
+// with no groups.
+func TestSlowBeforeAccept(t *testing.T) {
+	for name, style := range styles {
+		t.Run(name, func(t *testing.T) { slowBeforeAccept(t, style) })
+	}
+}
+
+func slowBeforeAccept(t *testing.T, style styleFn) {
+	p, _ := dbtest.NewPool(t, nil)
+	layer := memoryLayer(t)
+	release := make(chan struct{})
+	slowRan := make(chan struct{}, 1)
+	h := style(p, wsconsumer.Consumer{
+		Connect: func(ctx context.Context, s *wsconsumer.Session) error {
+			if err := s.Join(ctx, "c"); err != nil {
+				return err
+			}
+			<-release
+			return nil
+		},
+		Event: func(ctx context.Context, s *wsconsumer.Session, e groups.Event) error {
+			return s.SendText(ctx, "event "+string(e.Data))
+		},
+	}, &wsconsumer.Options{Layer: layer, Logger: quiet(), Member: &groups.MemberOptions{MaxQueue: 5, OnSlow: func() { slowRan <- struct{}{} }}})
+	url := serve(t, h)
+	dialed := make(chan *websocket.Conn, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		c, _, err := websocket.Dial(ctx, url, nil)
+		if err != nil {
+			t.Error(err)
+		}
+		dialed <- c
+	}()
+	dbtest.Eventually(t, "the member in c", func() bool { return layer.Stats().Members == 1 })
+	for k := range 10 {
+		if err := layer.Send(context.Background(), "c", fmt.Appendf(nil, "%d", k)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dbtest.Eventually(t, "the overflow", func() bool { return layer.Stats().Slow == 1 })
+	select {
+	case <-slowRan:
+	case <-time.After(5 * time.Second):
+		t.Fatal("OnSlow did not run")
+	}
+	close(release)
+	c := <-dialed
+	if c == nil {
+		t.Fatal("no socket")
+	}
+	defer c.CloseNow()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for {
+		_, data, err := c.Read(ctx)
+		if err != nil {
+			if code := websocket.CloseStatus(err); code != wsconsumer.StatusTooSlow {
+				t.Fatalf("closed with %v (%v), want StatusTooSlow", code, err)
+			}
+			return
+		}
+		t.Logf("got %q", data)
+	}
+}

@@ -29,9 +29,11 @@ type Session struct {
 
 	h        *Handler
 	req      *http.Request
-	conn     atomic.Pointer[websocket.Conn]  // nil until accepted
-	raw      net.Conn                        // the connection conn runs on, for its TCP state (see pause)
-	opened   chan struct{}                   // closed once accepted, or refused (conn nil then): events wait for it
+	conn     atomic.Pointer[websocket.Conn] // nil until accepted
+	raw      net.Conn                       // the connection conn runs on, for its TCP state (see pause)
+	opened   chan struct{}                  // closed once accepted, or refused (conn nil then): events wait for it
+	closeDue websocket.StatusCode           // a close asked before the socket was accepted (closeOrDue), with closeWhy; under mu
+	closeWhy string
 	ctx      context.Context                 // the socket's context: request values, canceled at disconnect
 	wctx     context.Context                 // the request's values only, for reads and writes
 	sock     *socketCtx                      // under ctx: cancels it
@@ -123,7 +125,7 @@ func (s *Session) Join(ctx context.Context, group string) error {
 					return
 				}
 			}
-			s.Close(StatusTooSlow, "too slow for its groups")
+			s.closeOrDue(StatusTooSlow, "too slow for its groups")
 		}
 		pool := s.scope.Pool()
 		s.member = l.NewMember(func(e groups.Event) { s.h.event(pool, s, e) }, &o)
@@ -414,17 +416,36 @@ func (s *Session) finish() {
 }
 
 // accept publishes the accepted connection and starts what Connect asked
-// to run.
+// to run, and closes the socket where that was asked meanwhile (see
+// closeOrDue).
 func (s *Session) accept(c *websocket.Conn) {
 	s.conn.Store(c)
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.accepted = true
 	for _, fn := range s.pending {
 		s.start(fn)
 	}
 	s.pending = nil
 	close(s.opened)
+	due, why := s.closeDue, s.closeWhy
+	s.mu.Unlock()
+	if due != 0 {
+		go s.Close(due, why)
+	}
+}
+
+// closeOrDue closes the socket with code; where it is not accepted yet
+// (it fell behind its groups while Connect ran), accept closes it once it
+// is.
+func (s *Session) closeOrDue(code websocket.StatusCode, reason string) {
+	s.mu.Lock()
+	if !s.accepted && s.conn.Load() == nil {
+		s.closeDue, s.closeWhy = code, reason
+		s.mu.Unlock()
+		return
+	}
+	s.mu.Unlock()
+	s.Close(code, reason)
 }
 
 func (s *Session) start(fn func(ctx context.Context)) {
