@@ -397,11 +397,16 @@
 // transaction pooling mode (pool_mode = transaction), which runs every
 // transaction, and every statement outside one, on whichever server
 // connection is free. Declare it with [Options.TransactionPooling] (a pool
-// without it says so once, at Error, where its first connection finds a
-// pooler between, the server's backend not the one the connection
-// announced, and from then on applies declared settings per transaction,
-// as with TransactionPooling; but what else a scope leaves in the session
-// reaches other clients, and is not refused), and choose:
+// on pgx's driver without it says so once, at Error, where its first
+// connection finds a pooler between, the server's backend not the one the
+// connection announced, and applies declared settings per transaction, as
+// with TransactionPooling: the connections taken meanwhile wait for that
+// check's answer, and where it gets none the settings go per transaction
+// until one does; a statement that cannot carry them (DO, raw access) is
+// then refused where settings are declared; but what else a scope leaves
+// in the session reaches other clients, and is not refused. Another
+// driver hides the backend the connection announced: there nothing is
+// found, and TransactionPooling must be declared), and choose:
 //
 //   - pgx's exec mode: default_query_exec_mode=exec in the connection
 //     string (or simple_protocol, cache_describe). The default,

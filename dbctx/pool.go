@@ -45,11 +45,12 @@ type Pool struct {
 	keepIdle  time.Duration // see keep.go
 	keepFor   time.Duration // see keep.go
 
-	execModeOnce  sync.Once   // see checkConfig
-	pathLate      atomic.Bool // see checkConfig
-	poolerChecked atomic.Bool // see checkPooler
-	pooler        atomic.Bool // checkPooler found one, without TransactionPooling: see localSettings
-	stmtErrOnce   sync.Once   // see pgxStatementError
+	execModeOnce sync.Once   // see checkConfig
+	pathLate     atomic.Bool // see checkConfig
+	poolerMu     sync.Mutex  // one checkPooler at a time (see checkPoolerOnce)
+	poolerKnown  atomic.Bool // checkPooler answered (or cannot: another driver)
+	pooler       atomic.Bool // checkPooler found one, without TransactionPooling: see localSettings
+	stmtErrOnce  sync.Once   // see pgxStatementError
 
 	resetStmts []string       // ResetSQL's statements, sent one by one (prefix.go)
 	cleaning   sync.WaitGroup // connections being cleaned on their way back (keep.go)
@@ -197,10 +198,12 @@ func (p *Pool) checkOut(ctx context.Context, pn *Pin) (c *session, looked bool, 
 			c = sessionOfDriver(dc)
 			if c.px != nil {
 				p.execModeOnce.Do(func() { p.checkConfig(dc) })
-				if !p.poolerChecked.Load() && p.poolerChecked.CompareAndSwap(false, true) {
-					// Not under a sync.Once: nobody else waits for it.
-					p.checkPooler(ctx, c)
-				}
+				p.checkPoolerOnce(ctx, c)
+			} else {
+				// Another driver's connection hides the backend it
+				// announced: a pooler cannot be told (see the package
+				// doc).
+				p.poolerKnown.Store(true)
 			}
 			c.pin = pin{conn: conn, taken: taken}
 			looked, bad = p.check(c, taken)
@@ -332,19 +335,19 @@ func optionArgs(s string) []string {
 // round trip, of at most poolerCheckTimeout, which the caller's context
 // ending does not interrupt; where it fails, nothing is said (and a
 // connection it broke is found dead by the check after it).
-func (p *Pool) checkPooler(ctx context.Context, c *session) {
-	if c.pc == nil || p.opts.TransactionPooling {
-		return
-	}
+func (p *Pool) checkPooler(ctx context.Context, c *session) (answered bool) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), poolerCheckTimeout)
 	defer cancel()
 	res := c.pc.ExecParams(ctx, poolerCheckSQL, nil, nil, nil, nil).Read()
 	if res.Err != nil || len(res.Rows) != 1 || len(res.Rows[0]) != 1 {
-		return
+		return false
 	}
 	pid, err := strconv.ParseUint(string(res.Rows[0][0]), 10, 32)
-	if err != nil || uint32(pid) == c.pc.PID() {
-		return
+	if err != nil {
+		return false
+	}
+	if uint32(pid) == c.pc.PID() {
+		return true
 	}
 	// Settings applied for the session would go with the server's
 	// connection to another client: from now on they are applied per
@@ -355,12 +358,33 @@ func (p *Pool) checkPooler(ctx context.Context, c *session) {
 		"declared settings are applied per transaction from now on, but session state a scope leaves can reach other clients: "+
 		"in its transaction pooling mode set Options.TransactionPooling",
 		"announced_pid", c.pc.PID(), "backend_pid", pid)
+	return true
+}
+
+// checkPoolerOnce runs checkPooler on c until one check answers: the
+// connections checked out meanwhile wait for that answer, so that none
+// applies settings for a session before it is known whether a pooler
+// hands that session to other clients; where a check fails (no answer
+// within poolerCheckTimeout), the next connection checked out asks again,
+// and meanwhile the settings go per transaction (localSettings).
+func (p *Pool) checkPoolerOnce(ctx context.Context, c *session) {
+	if p.opts.TransactionPooling || p.poolerKnown.Load() {
+		return
+	}
+	p.poolerMu.Lock()
+	defer p.poolerMu.Unlock()
+	if !p.poolerKnown.Load() && p.checkPooler(ctx, c) {
+		p.poolerKnown.Store(true)
+	}
 }
 
 // localSettings reports whether settings are applied per transaction,
 // never for the session: under TransactionPooling, or where a pooler was
-// found between without it (checkPooler).
-func (p *Pool) localSettings() bool { return p.opts.TransactionPooling || p.pooler.Load() }
+// found between without it (checkPooler), or none was yet found not to be
+// (checkPoolerOnce).
+func (p *Pool) localSettings() bool {
+	return p.opts.TransactionPooling || p.pooler.Load() || !p.poolerKnown.Load()
+}
 
 const poolerCheckTimeout = 5 * time.Second
 

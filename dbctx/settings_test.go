@@ -344,6 +344,14 @@ func TestSettingsBehindUndeclaredPooler(t *testing.T) {
 	if n := wrong.Load(); n > 0 {
 		t.Errorf("%d of 200 statements saw another tenant, or none", n)
 	}
+	// Units that declare none see none: no session kept a tenant, not
+	// even those of the first units, which took their connections while
+	// the first one's check ran (they wait for its answer).
+	for range 20 {
+		if v := see(t, p, context.Background()); v != (seen{"", 0}) {
+			t.Fatalf("a unit that declares no tenant sees %+v", v)
+		}
+	}
 	if n := logs.Count(slog.LevelError, "dbctx: the server's backend is not the one"); n != 1 {
 		t.Errorf("the pooler was told of %d times at Error, want once", n)
 	}
