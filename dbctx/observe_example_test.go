@@ -82,9 +82,8 @@ var exampleSetting = dbctx.NewSetting("app.example")
 
 // A pgx tracer on the connections' config is told of every statement of a
 // scope, and PreludeOf says what dbscope sent before it in its round trip:
-// here the settings the context declares. Before the connection goes back
-// to the *sql.DB (here when the pool closes), dbscope clears them, in a
-// round trip of its own.
+// here the BEGIN of Atomic's transaction and the settings the context
+// declares, set for that transaction.
 func ExamplePreludeOf() {
 	cfg, err := pgx.ParseConfig(os.Getenv("DATABASE_URL"))
 	if err != nil {
@@ -98,13 +97,15 @@ func ExamplePreludeOf() {
 
 	ctx := exampleSetting.With(context.Background(), "42")
 	err = pool.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
-		var v string
-		return s.QueryRowContext(ctx, "SELECT current_setting('app.example')").Scan(&v)
+		return dbctx.Atomic(ctx, func(ctx context.Context) error {
+			var v string
+			return s.QueryRowContext(ctx, "SELECT current_setting('app.example')").Scan(&v)
+		})
 	})
 	if err != nil {
 		log.Fatal(err)
 	}
 	// Output:
 	// SELECT current_setting('app.example'), after the settings [app.example]
-	// a round trip of dbscope's own, for the settings [app.example]
+	// COMMIT
 }

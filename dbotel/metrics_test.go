@@ -136,6 +136,7 @@ func TestMetrics(t *testing.T) {
 // raw access (a connection discarded).
 func TestOwnMetrics(t *testing.T) {
 	t.Parallel()
+	pgtest.SkipPooled(t, "asserts what dbscope sends on a direct connection: behind a pooler the pool finds it, and sends the settings per transaction")
 	tel := newTelemetry(t)
 	p, _ := tel.newPool(t, &dbctx.Options{MaxWorkers: 1}, 0)
 	reg, err := dbotel.RegisterMetrics(p, tel.opts)

@@ -12,6 +12,7 @@ import (
 	"github.com/dbscope/dbscope/dbctx"
 	"github.com/dbscope/dbscope/dbotel"
 	"github.com/dbscope/dbscope/internal/dbtest"
+	"github.com/dbscope/dbscope/internal/pgtest"
 	"github.com/dbscope/dbscope/internal/sqlcpgx"
 	"github.com/dbscope/dbscope/middleware"
 	"github.com/jackc/pgx/v5"
@@ -28,6 +29,7 @@ var tenant = dbctx.NewSetting("app.tenant")
 // one in its round trip an attribute of that statement's span.
 func TestHTTPRequest(t *testing.T) {
 	t.Parallel()
+	pgtest.SkipPooled(t, "asserts what dbscope sends on a direct connection: behind a pooler the pool finds it, and sends the settings per transaction")
 	tel := newTelemetry(t)
 	p, _ := tel.newPool(t, &dbctx.Options{MaxWorkers: 1}, 0)
 	mux := http.NewServeMux()
@@ -153,6 +155,7 @@ func countNamed(spans []sdktrace.ReadOnlySpan, name string) int {
 // it goes alone; a batch's span leaves it out.
 func TestPrelude(t *testing.T) {
 	t.Parallel()
+	pgtest.SkipPooled(t, "asserts what dbscope sends on a direct connection: behind a pooler the pool finds it, and sends the settings per transaction")
 	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeCacheStatement, pgx.QueryExecModeExec, pgx.QueryExecModeSimpleProtocol} {
 		t.Run(mode.String(), func(t *testing.T) {
 			t.Parallel()
