@@ -91,11 +91,14 @@ func validTable(name string) bool {
 // connection at Start, and checks that the listener may read, stamp and
 // delete its rows.
 func (t *payloadTable) ensure(ctx context.Context, conn *pgconn.PgConn) error {
-	// NULL: missing; false: no right to read, stamp and delete (a list
-	// of privileges asks for any of them: each is asked for alone).
+	// NULL: missing; else the privileges the listener lacks to read,
+	// stamp and delete, "" for none (a list of privileges asks for any of
+	// them: each is asked for alone).
 	check := func() (string, error) {
-		res := conn.ExecParams(ctx, "SELECT CASE WHEN to_regclass($1) IS NOT NULL THEN "+
-			"has_table_privilege($1, 'SELECT') AND has_table_privilege($1, 'UPDATE') AND has_table_privilege($1, 'DELETE') END",
+		res := conn.ExecParams(ctx, "SELECT CASE WHEN to_regclass($1) IS NOT NULL THEN concat_ws(', ', "+
+			"CASE WHEN NOT has_table_privilege($1, 'SELECT') THEN 'SELECT' END, "+
+			"CASE WHEN NOT has_table_privilege($1, 'UPDATE') THEN 'UPDATE' END, "+
+			"CASE WHEN NOT has_table_privilege($1, 'DELETE') THEN 'DELETE' END) END",
 			[][]byte{[]byte(t.name)}, nil, nil, nil).Read()
 		if res.Err != nil || len(res.Rows) != 1 {
 			return "", res.Err
@@ -119,8 +122,8 @@ func (t *payloadTable) ensure(ctx context.Context, conn *pgconn.PgConn) error {
 			return fmt.Errorf("%w: %s: %w", ErrPayloadTable, t.name, err)
 		}
 	}
-	if state != "t" {
-		return fmt.Errorf("%w: %s: the listener's role may not SELECT, UPDATE and DELETE its rows", ErrPayloadTable, t.name)
+	if state != "" {
+		return fmt.Errorf("%w: %s: the listener's role needs SELECT, UPDATE and DELETE on it, and lacks %s", ErrPayloadTable, t.name, state)
 	}
 	return nil
 }

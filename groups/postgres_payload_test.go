@@ -468,11 +468,21 @@ func TestLargeTableMissing(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Made, but not granted: the listener could not read it.
-	if l, err := start(0); !errors.Is(err, groups.ErrPayloadTable) || !strings.Contains(err.Error(), "may not SELECT") {
+	if l, err := start(0); !errors.Is(err, groups.ErrPayloadTable) || !strings.Contains(err.Error(), "lacks SELECT, UPDATE, DELETE") {
 		if l != nil {
 			l.Close()
 		}
-		t.Fatalf("New with the table not granted: %v, want ErrPayloadTable", err)
+		t.Fatalf("New with the table not granted: %v, want ErrPayloadTable naming what is lacking", err)
+	}
+	// With the grant of before UPDATE was needed: the error names it.
+	if _, err := adm.ExecContext(ctx, "GRANT INSERT, SELECT, DELETE ON "+schema+".dbscope_groups_payloads TO "+role); err != nil {
+		t.Fatal(err)
+	}
+	if l, err := start(0); !errors.Is(err, groups.ErrPayloadTable) || !strings.HasSuffix(err.Error(), "lacks UPDATE") {
+		if l != nil {
+			l.Close()
+		}
+		t.Fatalf("New with the old grant: %v, want ErrPayloadTable naming UPDATE", err)
 	}
 	if _, err := adm.ExecContext(ctx, "GRANT"+strings.ReplaceAll(grant, "TO app", "TO "+role)); err != nil {
 		t.Fatal(err)
