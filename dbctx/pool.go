@@ -332,11 +332,11 @@ func optionArgs(s string) []string {
 // session, and whatever a scope leaves in it, would go with the server's
 // connection to another client, and a statement after them to another
 // server's connection without them. It costs the first connection one
-// round trip, of at most poolerCheckTimeout, which the caller's context
-// ending does not interrupt; where it fails, nothing is said (and a
-// connection it broke is found dead by the check after it).
+// round trip, of at most poolerCheckTimeout or until the caller's context
+// ends; where it fails, nothing is said (and a connection it broke, its
+// context ended mid-check, is found dead by the check after it).
 func (p *Pool) checkPooler(ctx context.Context, c *session) (answered bool) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), poolerCheckTimeout)
+	ctx, cancel := context.WithTimeout(ctx, poolerCheckTimeout)
 	defer cancel()
 	res := c.pc.ExecParams(ctx, poolerCheckSQL, nil, nil, nil, nil).Read()
 	if res.Err != nil || len(res.Rows) != 1 || len(res.Rows[0]) != 1 {
@@ -361,17 +361,23 @@ func (p *Pool) checkPooler(ctx context.Context, c *session) (answered bool) {
 	return true
 }
 
-// checkPoolerOnce runs checkPooler on c until one check answers: the
-// connections checked out meanwhile wait for that answer, so that none
-// applies settings for a session before it is known whether a pooler
-// hands that session to other clients; where a check fails (no answer
-// within poolerCheckTimeout), the next connection checked out asks again,
-// and meanwhile the settings go per transaction (localSettings).
+// checkPoolerOnce runs checkPooler on c until one check answers, one at a
+// time: until then every connection's settings go per transaction
+// (localSettings), so that none is applied for a session before it is
+// known whether a pooler hands that session to other clients; where a
+// check fails (no answer within poolerCheckTimeout, or its context
+// ended), the next connection checked out asks again.
 func (p *Pool) checkPoolerOnce(ctx context.Context, c *session) {
 	if p.opts.TransactionPooling || p.poolerKnown.Load() {
 		return
 	}
-	p.poolerMu.Lock()
+	if !p.poolerMu.TryLock() {
+		// Another connection's check runs: this one goes on, its
+		// settings per transaction until one answers (localSettings),
+		// rather than wait (a pooler whose server connections are all
+		// busy answers late).
+		return
+	}
 	defer p.poolerMu.Unlock()
 	if !p.poolerKnown.Load() && p.checkPooler(ctx, c) {
 		p.poolerKnown.Store(true)

@@ -942,3 +942,64 @@ func TestStartupSearchPaths(t *testing.T) {
 		}
 	}
 }
+
+// The pooler check does not hold other units: behind a PgBouncer whose
+// one server connection another client holds (a transaction left open),
+// the first unit's check waits for it, and units with short deadlines
+// meanwhile end at their deadlines, not after the check.
+func TestPoolerCheckHoldsNoOne(t *testing.T) {
+	t.Parallel()
+	b := pgtest.StartPgBouncer(t, &pgtest.PgBouncerOptions{PoolSize: 1})
+	env := newEnv(t)
+	dsn := b.DSN(env, "default_query_exec_mode", "exec")
+	hog := openDSN(t, dsn)
+	hold, err := hog.Begin() // the pooler's one server connection, until Rollback
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := hold.Exec("SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+	p := poolOn(t, env, openDSN(t, dsn), &dbctx.Options{MaxWorkers: 4, Logger: quiet()})
+	first := make(chan error, 1)
+	go func() {
+		first <- p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+			_, err := s.ExecContext(ctx, "SELECT 1")
+			return err
+		})
+	}()
+	eventually(t, "the first unit's check to wait", func() bool { return p.Stats().InUse == 1 && p.Stats().Pinned == 0 })
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+			defer cancel()
+			start := time.Now()
+			err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+				_, err := s.ExecContext(ctx, "SELECT 1")
+				return err
+			})
+			if !errors.Is(err, context.DeadlineExceeded) {
+				t.Errorf("a unit with a deadline, the pooler busy: %v, want DeadlineExceeded", err)
+			}
+			// Not a speed bound: held behind the first unit's check,
+			// it would end only when that check gives up (5s).
+			if d := time.Since(start); d > 4*time.Second {
+				t.Errorf("a unit with a 500ms deadline ended after %v", d)
+			}
+		})
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case err := <-first:
+		t.Fatalf("the first unit ended (%v) before the others, while the server connection was held", err)
+	}
+	if err := hold.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-first; err != nil {
+		t.Fatalf("the first unit: %v", err)
+	}
+}
