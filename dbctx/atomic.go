@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"runtime/debug"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/dbscope/dbscope/internal/scopes"
@@ -76,6 +77,9 @@ var errTxRowsOpen = fmt.Errorf("%w: the transaction cannot end, and is lost with
 var errCommitRollback = errors.New("transaction rolled back: an earlier statement in it failed")
 
 func (s *Scope) atomicTx(ctx context.Context, fn func(ctx context.Context) error) (err error) {
+	outerRun := runOf(ctx)
+	run := &atomicRun{s: s}
+	ctx = context.WithValue(ctx, atomicRunKey{}, run)
 	s.mu.Lock()
 	if s.x == nil {
 		s.x = new(scopeExtra)
@@ -90,6 +94,7 @@ func (s *Scope) atomicTx(ctx context.Context, fn func(ctx context.Context) error
 			s.mu.Lock()
 			x.onCommit = nil
 			s.endTx(ctx, false)
+			run.ended.Store(runRolledBack)
 			s.mu.Unlock()
 		}
 	}()
@@ -100,11 +105,13 @@ func (s *Scope) atomicTx(ctx context.Context, fn func(ctx context.Context) error
 	if ferr != nil {
 		x.onCommit = nil
 		s.endTx(ctx, false)
+		run.ended.Store(runRolledBack)
 		s.mu.Unlock()
 		return ferr
 	}
 	if cerr := s.endTx(ctx, true); cerr != nil {
 		x.onCommit = nil
+		run.ended.Store(runRolledBack) // or unknown: its functions are dropped
 		s.mu.Unlock()
 		if errors.Is(cerr, ErrCommitUnknown) {
 			return cerr
@@ -113,13 +120,37 @@ func (s *Scope) atomicTx(ctx context.Context, fn func(ctx context.Context) error
 	}
 	fns := x.onCommit
 	x.onCommit = nil
+	run.ended.Store(runCommitted)
 	s.mu.Unlock()
 	for _, f := range fns {
 		// Or at the commit of an Atomic of the scope this one is
 		// nested in (another pool's).
-		afterCommits(s.txOuter, s.pool.guardCommitted(f))
+		afterCommits(s.txOuter, outerRun, s.pool.guardCommitted(f))
 	}
 	return nil
+}
+
+// atomicRun is one outermost Atomic of a scope, marked on the context its
+// function gets: a function registered with OnCommit through that context
+// once the Atomic has ended (from another goroutine, which waited for the
+// scope while the COMMIT ran) goes with its outcome, rather than run as
+// if no Atomic had been open.
+type atomicRun struct {
+	s     *Scope
+	ended atomic.Int32 // 0 while open, then runCommitted or runRolledBack; under s.mu
+}
+
+const (
+	runCommitted = 1 + iota
+	runRolledBack
+)
+
+type atomicRunKey struct{}
+
+// runOf returns the innermost Atomic run ctx was made in, or nil.
+func runOf(ctx context.Context) *atomicRun {
+	r, _ := ctx.Value(atomicRunKey{}).(*atomicRun)
+	return r
 }
 
 // endTx ends Atomic's transaction, if it began: COMMIT, or ROLLBACK. Under
@@ -339,15 +370,25 @@ func (s *Scope) runTxEnd(ctx context.Context, c *session, q string, tag *string,
 // nested in: a function registered in a Do of one pool inside an Atomic
 // of another runs once that Atomic commits, never if it rolls back.
 func OnCommit(ctx context.Context, fn func()) {
-	afterCommits(realOf(ctx), fn)
+	afterCommits(realOf(ctx), runOf(ctx), fn)
 }
 
 // afterCommits registers fn with the innermost Atomic open in s or a
 // scope s is nested in (whose commit passes it on outwards: see
-// atomicTx), or runs it where none is.
-func afterCommits(s *Scope, fn func()) {
+// atomicTx), or runs it where none is. run is the Atomic the caller's
+// context was made in, if any: where it has ended, fn goes with its
+// outcome, dropped on a rollback.
+func afterCommits(s *Scope, run *atomicRun, fn func()) {
 	for ; s != nil; s = s.txOuter {
 		s.mu.Lock()
+		if run != nil && run.s == s && run.ended.Load() != 0 {
+			rolledBack := run.ended.Load() == runRolledBack
+			s.mu.Unlock()
+			if rolledBack {
+				return
+			}
+			continue // committed: the scopes around it decide
+		}
 		if s.atomic > 0 {
 			s.x.onCommit = append(s.x.onCommit, fn)
 			s.mu.Unlock()

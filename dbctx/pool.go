@@ -45,12 +45,13 @@ type Pool struct {
 	keepIdle  time.Duration // see keep.go
 	keepFor   time.Duration // see keep.go
 
-	execModeOnce sync.Once   // see checkConfig
-	pathLate     atomic.Bool // see checkConfig
-	poolerMu     sync.Mutex  // one checkPooler at a time (see checkPoolerOnce)
-	poolerKnown  atomic.Bool // checkPooler answered (or cannot: another driver)
-	pooler       atomic.Bool // checkPooler found one, without TransactionPooling: see localSettings
-	stmtErrOnce  sync.Once   // see pgxStatementError
+	execModeOnce sync.Once     // see checkConfig
+	pathLate     atomic.Bool   // see checkConfig
+	poolerMu     sync.Mutex    // one checkPooler at a time (see checkPoolerOnce)
+	poolerRun    chan struct{} // closed when the check under way ends; nil when none; under poolerMu
+	poolerKnown  atomic.Bool   // checkPooler answered (or cannot: another driver)
+	pooler       atomic.Bool   // checkPooler found one, without TransactionPooling: see localSettings
+	stmtErrOnce  sync.Once     // see pgxStatementError
 
 	resetStmts []string       // ResetSQL's statements, sent one by one (prefix.go)
 	cleaning   sync.WaitGroup // connections being cleaned on their way back (keep.go)
@@ -362,26 +363,43 @@ func (p *Pool) checkPooler(ctx context.Context, c *session) (answered bool) {
 }
 
 // checkPoolerOnce runs checkPooler on c until one check answers, one at a
-// time: until then every connection's settings go per transaction
-// (localSettings), so that none is applied for a session before it is
-// known whether a pooler hands that session to other clients; where a
-// check fails (no answer within poolerCheckTimeout, or its context
+// time: the connections checked out while one runs wait for its end, or
+// their caller's, so that none applies settings for a session before it
+// is known whether a pooler hands that session to other clients; until a
+// check answers, the settings go per transaction (localSettings), and
+// where one fails (no answer within poolerCheckTimeout, or its context
 // ended), the next connection checked out asks again.
 func (p *Pool) checkPoolerOnce(ctx context.Context, c *session) {
 	if p.opts.TransactionPooling || p.poolerKnown.Load() {
 		return
 	}
-	if !p.poolerMu.TryLock() {
-		// Another connection's check runs: this one goes on, its
-		// settings per transaction until one answers (localSettings),
-		// rather than wait (a pooler whose server connections are all
-		// busy answers late).
+	p.poolerMu.Lock()
+	if p.poolerKnown.Load() {
+		p.poolerMu.Unlock()
 		return
 	}
-	defer p.poolerMu.Unlock()
-	if !p.poolerKnown.Load() && p.checkPooler(ctx, c) {
+	if running := p.poolerRun; running != nil {
+		// Another connection's check runs: its answer, or this
+		// caller's end, whichever comes first; without an answer the
+		// settings go per transaction (localSettings).
+		p.poolerMu.Unlock()
+		select {
+		case <-running:
+		case <-ctx.Done():
+		}
+		return
+	}
+	running := make(chan struct{})
+	p.poolerRun = running
+	p.poolerMu.Unlock()
+	answered := p.checkPooler(ctx, c)
+	p.poolerMu.Lock()
+	if answered {
 		p.poolerKnown.Store(true)
 	}
+	p.poolerRun = nil
+	close(running)
+	p.poolerMu.Unlock()
 }
 
 // localSettings reports whether settings are applied per transaction,

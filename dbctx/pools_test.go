@@ -3,7 +3,9 @@ package dbctx_test
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/dbscope/dbscope/dbctx"
 )
@@ -235,5 +237,59 @@ func TestOnCommitThroughAsync(t *testing.T) {
 			t.Errorf("outer rolled back %v: ran before the outer commit %v; ran: directly %v, in the other pool's Do %v",
 				outerErr != nil, early, direct, viaDo)
 		}
+	}
+}
+
+// A function registered, from another goroutine, through the context of
+// an Atomic whose COMMIT is running and then fails (a deferred trigger
+// that raises) never runs: the registration waits for the scope, and then
+// goes with the Atomic's outcome, not as if no Atomic were open. So does
+// one in a Do of another pool made from that context.
+func TestOnCommitDuringFailingCommit(t *testing.T) {
+	t.Parallel()
+	env := newEnv(t)
+	mustExec(t, env.Admin(), `CREATE TABLE `+env.Schema()+`.late (n int);
+		CREATE FUNCTION `+env.Schema()+`.late_fail() RETURNS trigger LANGUAGE plpgsql AS
+			$$BEGIN PERFORM pg_sleep(0.5); RAISE EXCEPTION 'no'; END$$;
+		CREATE CONSTRAINT TRIGGER late_t AFTER INSERT ON `+env.Schema()+`.late
+			DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION `+env.Schema()+`.late_fail()`)
+	p1 := poolOn(t, env, env.Open(t), &dbctx.Options{MaxWorkers: 2})
+	p2 := poolOn(t, env, openDSN(t, env.Database(t)), &dbctx.Options{MaxWorkers: 2})
+	var direct, viaDo atomic.Bool
+	registered := make(chan struct{})
+	err := p1.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+		pid, err := backendPID(ctx, s)
+		if err != nil {
+			return err
+		}
+		return dbctx.Atomic(ctx, func(ctx context.Context) error {
+			if _, err := s.ExecContext(ctx, "INSERT INTO late VALUES (1)"); err != nil {
+				return err
+			}
+			actx := dbctx.Async(ctx)
+			go func() {
+				defer close(registered)
+				// Once the COMMIT runs on the server.
+				for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+					var q string
+					if env.Admin().QueryRow("SELECT query FROM pg_stat_activity WHERE pid = $1 AND state = 'active'", pid).Scan(&q) == nil && q == "COMMIT" {
+						break
+					}
+				}
+				dbctx.OnCommit(actx, func() { direct.Store(true) })
+				p2.Do(actx, func(ctx context.Context, _ *dbctx.Scope) error {
+					dbctx.OnCommit(ctx, func() { viaDo.Store(true) })
+					return nil
+				})
+			}()
+			return nil
+		})
+	})
+	<-registered
+	if err == nil {
+		t.Fatal("the COMMIT succeeded: the trigger did not raise")
+	}
+	if direct.Load() || viaDo.Load() {
+		t.Errorf("registered during a COMMIT that failed, ran: directly %v, in another pool's Do %v", direct.Load(), viaDo.Load())
 	}
 }
