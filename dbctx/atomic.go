@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"runtime/debug"
 	"strconv"
-	"sync/atomic"
 	"time"
 
 	"github.com/dbscope/dbscope/internal/scopes"
@@ -94,7 +93,7 @@ func (s *Scope) atomicTx(ctx context.Context, fn func(ctx context.Context) error
 			s.mu.Lock()
 			x.onCommit = nil
 			s.endTx(ctx, false)
-			run.ended.Store(runRolledBack)
+			run.ended = runRolledBack
 			s.mu.Unlock()
 		}
 	}()
@@ -105,13 +104,13 @@ func (s *Scope) atomicTx(ctx context.Context, fn func(ctx context.Context) error
 	if ferr != nil {
 		x.onCommit = nil
 		s.endTx(ctx, false)
-		run.ended.Store(runRolledBack)
+		run.ended = runRolledBack
 		s.mu.Unlock()
 		return ferr
 	}
 	if cerr := s.endTx(ctx, true); cerr != nil {
 		x.onCommit = nil
-		run.ended.Store(runRolledBack) // or unknown: its functions are dropped
+		run.ended = runRolledBack // or unknown: its functions are dropped
 		s.mu.Unlock()
 		if errors.Is(cerr, ErrCommitUnknown) {
 			return cerr
@@ -120,7 +119,7 @@ func (s *Scope) atomicTx(ctx context.Context, fn func(ctx context.Context) error
 	}
 	fns := x.onCommit
 	x.onCommit = nil
-	run.ended.Store(runCommitted)
+	run.ended = runCommitted
 	s.mu.Unlock()
 	for _, f := range fns {
 		// Or at the commit of an Atomic of the scope this one is
@@ -137,7 +136,7 @@ func (s *Scope) atomicTx(ctx context.Context, fn func(ctx context.Context) error
 // if no Atomic had been open.
 type atomicRun struct {
 	s     *Scope
-	ended atomic.Int32 // 0 while open, then runCommitted or runRolledBack; under s.mu
+	ended int8 // 0 while open, then runCommitted or runRolledBack; under s.mu
 }
 
 const (
@@ -381,8 +380,8 @@ func OnCommit(ctx context.Context, fn func()) {
 func afterCommits(s *Scope, run *atomicRun, fn func()) {
 	for ; s != nil; s = s.txOuter {
 		s.mu.Lock()
-		if run != nil && run.s == s && run.ended.Load() != 0 {
-			rolledBack := run.ended.Load() == runRolledBack
+		if run != nil && run.s == s && run.ended != 0 {
+			rolledBack := run.ended == runRolledBack
 			s.mu.Unlock()
 			if rolledBack {
 				return

@@ -64,8 +64,7 @@ func (p *Pool) Do(ctx context.Context, fn func(ctx context.Context, s *Scope) er
 	if p.opts.OnDo != nil {
 		return p.doObserved(ctx, fn)
 	}
-	s := &Scope{pool: p, outer: outerOf(ctx), txOuter: realOf(ctx)}
-	s.ctx = scopeCtx{Context: ctx, s: s}
+	s := p.newScope(ctx)
 	err := s.do(&s.ctx, fn, false)
 	s.End()
 	return err

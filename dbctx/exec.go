@@ -130,9 +130,7 @@ func (s *Scope) pgxQuery(ctx context.Context, c *session, p *prefix, query strin
 		// first, alone.
 		// Described now, the statement rides with what is owed the next
 		// time.
-		tctx, traced := s.pool.traceAlone(ctx, c, p)
-		reached, err := s.pool.runPrefix(tctx, c, p)
-		traced(err)
+		reached, err := s.pool.runTraced(ctx, c, p)
 		s.prefixDone(c, p, err == nil, reached)
 		if err == nil {
 			_, err = c.describe(ctx, query, s.pool.named(c))

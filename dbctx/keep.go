@@ -273,9 +273,7 @@ func (p *Pool) clean(ctx context.Context, c *session) error {
 		_, err = p.runOther(ctx, c.pin.conn, pre)
 	} else {
 		err = withLock(c.pin.conn, func() error {
-			ctx, traced := p.traceAlone(ctx, c, pre)
-			_, err := p.runPrefix(ctx, c, pre)
-			traced(err)
+			_, err := p.runTraced(ctx, c, pre)
 			return err
 		})
 	}

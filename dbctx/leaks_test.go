@@ -229,9 +229,11 @@ func TestNamedArgsRewrittenText(t *testing.T) {
 func TestResetStatementsReplaced(t *testing.T) {
 	t.Parallel()
 	pgtest.SkipPooled(t, "needs consecutive scopes to share one server session")
-	const replace = `DO $r$ DECLARE r record; BEGIN
+	// The reset's statements, as the pool sends them one by one.
+	resetStmts := "'" + strings.Join(strings.Split(dbctx.DefaultResetSQL, "; "), "', '") + "'"
+	replace := `DO $r$ DECLARE r record; BEGIN
 	FOR r IN SELECT name, statement FROM pg_prepared_statements WHERE NOT from_sql AND (statement LIKE '%%pg_prepared_statement()%%' OR
-		statement IN ('SET SESSION AUTHORIZATION DEFAULT', 'RESET ALL', 'CLOSE ALL', 'UNLISTEN *', 'SELECT pg_catalog.pg_advisory_unlock_all()', 'DISCARD TEMP', 'DISCARD SEQUENCES')) LOOP
+		statement IN (` + resetStmts + `)) LOOP
 		IF r.statement LIKE '%%pg_prepared_statement()%%' AND NOT %v THEN
 			CONTINUE;
 		END IF;

@@ -101,8 +101,7 @@ func (p *Pool) connectObserved(ctx context.Context) (c *session, looked bool, er
 // doObserved is Pool.Do on a fresh scope, inside Options.OnDo.
 func (p *Pool) doObserved(ctx context.Context, fn func(ctx context.Context, s *Scope) error) error {
 	ctx, done := p.opts.OnDo(ctx)
-	s := &Scope{pool: p, outer: outerOf(ctx), txOuter: realOf(ctx)}
-	s.ctx = scopeCtx{Context: ctx, s: s}
+	s := p.newScope(ctx)
 	err := s.do(&s.ctx, fn, false)
 	s.End()
 	if done != nil {

@@ -202,9 +202,7 @@ func (s *Scope) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
 				// names of its cache, which code apart from a DML
 				// statement's own may have replaced (see prefix.unnamed):
 				// what is owed goes first, alone, its check unnamed.
-				tctx, traced := s.pool.traceAlone(ctx, c, p)
-				reached, err := s.pool.runPrefix(tctx, c, p)
-				traced(err)
+				reached, err := s.pool.runTraced(ctx, c, p)
 				s.prefixDone(c, p, err == nil, reached)
 				if err != nil {
 					return err

@@ -278,6 +278,15 @@ func (pl *Pool) runPrefix(ctx context.Context, c *session, p *prefix) (reached i
 	}
 }
 
+// runTraced is runPrefix, told to pgx's tracer as a round trip of
+// dbscope's own (traceAlone). Under c's lock.
+func (pl *Pool) runTraced(ctx context.Context, c *session, p *prefix) (reached int, err error) {
+	tctx, traced := pl.traceAlone(ctx, c, p)
+	reached, err = pl.runPrefix(tctx, c, p)
+	traced(err)
+	return reached, err
+}
+
 // lostStatements forgets the statements prepared on c where err says one
 // of them is gone (user code deallocated it): they are prepared again,
 // and those that remain deallocated.

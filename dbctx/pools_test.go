@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/internal/pgtest"
 )
 
 // twoPools returns pools over two databases of the same server (env's
@@ -15,14 +16,21 @@ import (
 // innermost), with ctx1 carrying p1's alone; the scopes end with the test.
 func twoPools(t *testing.T) (p1, p2 *dbctx.Pool, ctx1, ctx context.Context, s1, s2 *dbctx.Scope) {
 	t.Helper()
-	env := newEnv(t)
-	p1 = poolOn(t, env, env.Open(t), &dbctx.Options{MaxWorkers: 2})
-	p2 = poolOn(t, env, openDSN(t, env.Database(t)), &dbctx.Options{MaxWorkers: 2})
+	p1, p2 = twoDatabases(t, newEnv(t))
 	ctx1, s1 = p1.Scope(context.Background())
 	ctx, s2 = p2.Scope(ctx1)
 	t.Cleanup(s1.End) // before the pools' checks, which run after
 	t.Cleanup(s2.End)
 	return p1, p2, ctx1, ctx, s1, s2
+}
+
+// twoDatabases returns pools over two databases of env's server: env's,
+// and a second one.
+func twoDatabases(t *testing.T, env *pgtest.Env) (p1, p2 *dbctx.Pool) {
+	t.Helper()
+	p1 = poolOn(t, env, env.Open(t), &dbctx.Options{MaxWorkers: 2})
+	p2 = poolOn(t, env, openDSN(t, env.Database(t)), &dbctx.Options{MaxWorkers: 2})
+	return p1, p2
 }
 
 func currentDB(ctx context.Context, t *testing.T, s *dbctx.Scope) string {
@@ -158,9 +166,7 @@ func TestAsyncCoversEveryPool(t *testing.T) {
 // (after the inner one committed).
 func TestOnCommitWaitsForOuterPools(t *testing.T) {
 	t.Parallel()
-	env := newEnv(t)
-	p1 := poolOn(t, env, env.Open(t), &dbctx.Options{MaxWorkers: 2})
-	p2 := poolOn(t, env, openDSN(t, env.Database(t)), &dbctx.Options{MaxWorkers: 2})
+	p1, p2 := twoDatabases(t, newEnv(t))
 	fail := errors.New("roll back")
 	for _, innerAtomic := range []bool{false, true} {
 		for _, outerErr := range []error{nil, fail} {
@@ -203,9 +209,7 @@ func TestOnCommitWaitsForOuterPools(t *testing.T) {
 // it, and a Do of another pool from it, wait for the Atomic around.
 func TestOnCommitThroughAsync(t *testing.T) {
 	t.Parallel()
-	env := newEnv(t)
-	p1 := poolOn(t, env, env.Open(t), &dbctx.Options{MaxWorkers: 2})
-	p2 := poolOn(t, env, openDSN(t, env.Database(t)), &dbctx.Options{MaxWorkers: 2})
+	p1, p2 := twoDatabases(t, newEnv(t))
 	fail := errors.New("roll back")
 	for _, outerErr := range []error{nil, fail} {
 		var direct, viaDo, early bool
@@ -253,8 +257,7 @@ func TestOnCommitDuringFailingCommit(t *testing.T) {
 			$$BEGIN PERFORM pg_sleep(0.5); RAISE EXCEPTION 'no'; END$$;
 		CREATE CONSTRAINT TRIGGER late_t AFTER INSERT ON `+env.Schema()+`.late
 			DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION `+env.Schema()+`.late_fail()`)
-	p1 := poolOn(t, env, env.Open(t), &dbctx.Options{MaxWorkers: 2})
-	p2 := poolOn(t, env, openDSN(t, env.Database(t)), &dbctx.Options{MaxWorkers: 2})
+	p1, p2 := twoDatabases(t, env)
 	var direct, viaDo atomic.Bool
 	registered := make(chan struct{})
 	err := p1.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {

@@ -564,9 +564,7 @@ func (s *Scope) flushOn(ctx context.Context, c *session, p *prefix, on execer) e
 		}
 	} else {
 		err = withLock(c.pin.conn, func() error {
-			ctx, traced := s.pool.traceAlone(ctx, c, p)
-			reached, err = s.pool.runPrefix(ctx, c, p)
-			traced(err)
+			reached, err = s.pool.runTraced(ctx, c, p)
 			// Under the lock: it reads pgconn's state (see shared).
 			s.prefixDone(c, p, err == nil, reached)
 			done = true

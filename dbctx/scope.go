@@ -95,6 +95,14 @@ func (s *Scope) loseSession() {
 // transaction.
 func (s *Scope) atomicTxOpen() bool { return s.atomic > 0 && s.x.begun }
 
+// newScope returns a new scope of p, made in ctx: its context carries it,
+// its outer scopes are those ctx carries.
+func (p *Pool) newScope(ctx context.Context) *Scope {
+	s := &Scope{pool: p, outer: outerOf(ctx), txOuter: realOf(ctx)}
+	s.ctx = scopeCtx{Context: ctx, s: s}
+	return s
+}
+
 // Scope returns a child of ctx carrying a new scope of p, and the scope.
 // Call [Scope.End] when the unit of work (request, socket) is over; until
 // then [From] finds the scope in the returned context.
@@ -103,8 +111,7 @@ func (s *Scope) atomicTxOpen() bool { return s.atomic > 0 && s.x.begun }
 // each has its own slots, connection and boundaries; [Pool.From] finds
 // each, [From] the one made last.
 func (p *Pool) Scope(ctx context.Context) (context.Context, *Scope) {
-	s := &Scope{pool: p, outer: outerOf(ctx), txOuter: realOf(ctx)}
-	s.ctx = scopeCtx{Context: ctx, s: s}
+	s := p.newScope(ctx)
 	return &s.ctx, s
 }
 
