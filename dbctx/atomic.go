@@ -77,7 +77,7 @@ var errCommitRollback = errors.New("transaction rolled back: an earlier statemen
 
 func (s *Scope) atomicTx(ctx context.Context, fn func(ctx context.Context) error) (err error) {
 	outerRun := runOf(ctx)
-	run := &atomicRun{s: s}
+	run := &atomicRun{s: s, outer: outerRun}
 	ctx = context.WithValue(ctx, atomicRunKey{}, run)
 	s.mu.Lock()
 	if s.x == nil {
@@ -129,14 +129,17 @@ func (s *Scope) atomicTx(ctx context.Context, fn func(ctx context.Context) error
 	return nil
 }
 
-// atomicRun is one outermost Atomic of a scope, marked on the context its
-// function gets: a function registered with OnCommit through that context
-// once the Atomic has ended (from another goroutine, which waited for the
-// scope while the COMMIT ran) goes with its outcome, rather than run as
-// if no Atomic had been open.
+// atomicRun is one Atomic of a scope (a transaction, or a nested one's
+// savepoint), marked on the context its function gets: a function
+// registered with OnCommit through that context once the Atomic has ended
+// (from another goroutine, which waited for the scope while the COMMIT
+// ran, or kept a nested Atomic's context) goes with its outcome, rather
+// than run as if no Atomic had been open, or with the transaction around
+// a savepoint rolled back.
 type atomicRun struct {
 	s     *Scope
-	ended int8 // 0 while open, then runCommitted or runRolledBack; under s.mu
+	outer *atomicRun // the run ctx was made in before this one, if any
+	ended int8       // 0 while open, then runCommitted (or released) or runRolledBack; under s.mu
 }
 
 const (
@@ -380,15 +383,19 @@ func OnCommit(ctx context.Context, fn func()) {
 func afterCommits(s *Scope, run *atomicRun, fn func()) {
 	for ; s != nil; s = s.txOuter {
 		s.mu.Lock()
-		if run != nil && run.s == s && run.ended != 0 {
-			rolledBack := run.ended == runRolledBack
-			s.mu.Unlock()
-			if rolledBack {
+		// The runs of s that ctx was made in, innermost first: where one
+		// has ended, fn goes with its outcome.
+		ended := false
+		for run != nil && run.s == s && run.ended != 0 {
+			if run.ended == runRolledBack {
+				s.mu.Unlock()
 				return
 			}
-			continue // committed: the scopes around it decide
+			// Released, or committed: the run around it decides, or,
+			// past the transaction's, the scopes around s.
+			ended, run = true, run.outer
 		}
-		if s.atomic > 0 {
+		if run != nil && run.s == s || !ended && s.atomic > 0 {
 			s.x.onCommit = append(s.x.onCommit, fn)
 			s.mu.Unlock()
 			return
@@ -471,6 +478,7 @@ func (s *Scope) savepoint(ctx context.Context, fn func(ctx context.Context) erro
 	if err := s.txStatement(ctx, "SAVEPOINT "+name, 0); err != nil {
 		return err
 	}
+	run := &atomicRun{s: s, outer: runOf(ctx)}
 	s.mu.Lock()
 	s.atomic++
 	x := s.x
@@ -480,19 +488,24 @@ func (s *Scope) savepoint(ctx context.Context, fn func(ctx context.Context) erro
 	defer func() {
 		s.mu.Lock()
 		s.atomic--
+		switch {
+		case !done: // fn panicked
+			x.onCommit = x.onCommit[:mark]
+			run.ended = runRolledBack
+		case run.ended == 0:
+			run.ended = runCommitted // released (or its release failed: the transaction is doomed)
+		}
 		s.mu.Unlock()
 		if !done {
-			s.mu.Lock()
-			x.onCommit = x.onCommit[:mark]
-			s.mu.Unlock()
 			s.rollbackTo(ctx, name)
 		}
 	}()
-	ferr := fn(ctx)
+	ferr := fn(context.WithValue(ctx, atomicRunKey{}, run))
 	done = true
 	if ferr != nil {
 		s.mu.Lock()
 		x.onCommit = x.onCommit[:mark]
+		run.ended = runRolledBack
 		s.mu.Unlock()
 		s.rollbackTo(ctx, name)
 		return ferr

@@ -150,6 +150,53 @@ func TestOnCommit(t *testing.T) {
 	}
 }
 
+// A function registered with OnCommit through a nested Atomic's context
+// after that Atomic ended (from a goroutine that kept the context) goes
+// with the savepoint's outcome: dropped where it rolled back, though the
+// transaction around it commits; at that transaction's commit, not at
+// once, where it was released.
+func TestOnCommitAfterSavepoint(t *testing.T) {
+	t.Parallel()
+	p, _ := newPool(t, &dbctx.Options{MaxWorkers: 1})
+	var ran []string
+	note := func(s string) func() { return func() { ran = append(ran, s) } }
+	err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+		return dbctx.Atomic(ctx, func(ctx context.Context) error {
+			if _, err := s.ExecContext(ctx, "SELECT 1"); err != nil {
+				return err
+			}
+			var rolledBack, released context.Context
+			dbctx.Atomic(ctx, func(ctx context.Context) error {
+				rolledBack = ctx
+				return errors.New("inner fails")
+			})
+			if err := dbctx.Atomic(ctx, func(ctx context.Context) error {
+				released = ctx
+				return nil
+			}); err != nil {
+				return err
+			}
+			done := make(chan struct{})
+			go func() { // as a goroutine that kept the contexts would
+				defer close(done)
+				dbctx.OnCommit(rolledBack, note("rolled back"))
+				dbctx.OnCommit(released, note("released"))
+			}()
+			<-done
+			if len(ran) != 0 {
+				t.Errorf("ran before the commit: %v", ran)
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(ran) != "[released]" {
+		t.Fatalf("ran %v, want [released]", ran)
+	}
+}
+
 // An Atomic whose function returns with rows of a statement in its
 // transaction still open cannot send COMMIT (nor ROLLBACK): it fails with
 // ErrConnBusy, and the scope's later statements fail with ErrSessionLost

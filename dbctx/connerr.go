@@ -25,7 +25,8 @@ import (
 // password is wrong, the host name does not resolve, TLS or
 // authentication fails, the connection string does not parse. Retrying
 // will not help and an operator must act (ErrMisconfigured: logged at
-// ERROR, 500, close 1011).
+// ERROR, 500, close 1011). Where the server said nothing, the probe of
+// probe.go may tell.
 
 // connectError wraps err, an error of db.Conn, in ErrMisconfigured or
 // ErrUnavailable where it is pgx's error connecting, counts it and logs
@@ -60,6 +61,10 @@ func (p *Pool) connectError(ctx context.Context, err error) error {
 			p.misconfigured(cause, err)
 			return fmt.Errorf("%w: %w", ErrMisconfigured, err)
 		}
+	}
+	if cause := p.probed(err); cause != nil { // see probe.go
+		p.misconfigured(cause, err)
+		return fmt.Errorf("%w: %w: %w", ErrMisconfigured, cause, err)
 	}
 	p.c.unavailable.Add(1)
 	p.opts.Logger.Warn(msgUnavailable, "err", err)
@@ -197,6 +202,12 @@ type misconfigLog struct {
 // succeeds.
 func (p *Pool) misconfigured(cause, err error) {
 	p.c.misconfigured.Add(1)
+	p.logMisconfigured(cause, err)
+}
+
+// logMisconfigured logs err, a failed connect whose cause is a
+// misconfiguration, at ERROR, once per cause until a connection succeeds.
+func (p *Pool) logMisconfigured(cause, err error) {
 	m := &p.misconfig
 	key := cause.Error()
 	m.mu.Lock()
@@ -215,13 +226,14 @@ func (p *Pool) misconfigured(cause, err error) {
 	}
 }
 
-// connected forgets the causes of misconfiguration logged: a connection
-// succeeded, so the next failure is news again. It costs one atomic load
-// while none was seen.
+// connected forgets the causes of misconfiguration logged, and what the
+// probe found: a connection succeeded, so the next failure is news again.
+// It costs one atomic load while none was seen.
 func (p *Pool) connected() {
 	if !p.c.misconfigSeen.Load() {
 		return
 	}
+	p.probe.forget()
 	m := &p.misconfig
 	m.mu.Lock()
 	clear(m.logged)

@@ -3,8 +3,12 @@ package dbctx_test
 import (
 	"context"
 	"errors"
+	"io"
+	"log"
 	"log/slog"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -308,4 +312,119 @@ func notPostgres(t *testing.T) string {
 		}
 	}()
 	return ln.Addr().String()
+}
+
+// fakeServer returns the address of a server that runs serve on every
+// connection it accepts, and closes it after.
+func fakeServer(t *testing.T, serve func(net.Conn)) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var conns []net.Conn
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				serve(c)
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// A connect that fails without a word from the server (it closed the
+// connection, or sent nothing PostgreSQL would before ConnectTimeout) is
+// an outage, until the pool's probe of the address finds another service
+// there: then every later failure is a misconfiguration, logged once at
+// ERROR with what answered. A server that answers as PostgreSQL does, or
+// not at all, stays an outage.
+func TestNotPostgresAtAddress(t *testing.T) {
+	t.Parallel()
+	https := httptest.NewTLSServer(http.NotFoundHandler())
+	t.Cleanup(https.Close)
+	https.Config.ErrorLog = log.New(io.Discard, "", 0)
+	smtp := fakeServer(t, func(c net.Conn) {
+		c.Write([]byte("220 mail.example.com ESMTP\r\n"))
+		io.Copy(io.Discard, c) // as an SMTP server waits for a command line
+	})
+	// A proxy whose backend is down, and a PostgreSQL that answers the
+	// SSLRequest and then closes (one shutting down between the two).
+	gone := fakeServer(t, func(c net.Conn) {})
+	shutting := fakeServer(t, func(c net.Conn) {
+		if _, err := io.ReadFull(c, make([]byte, 8)); err == nil {
+			c.Write([]byte("N"))
+		}
+	})
+	for _, tc := range []struct {
+		name, addr, sslmode string
+		want                error  // after the probe
+		what                string // in the ERROR record
+	}{
+		{"an HTTPS server, sslmode=disable", https.Listener.Addr().String(), "disable", dbctx.ErrMisconfigured, "a TLS server"},
+		{"an HTTPS server, sslmode=prefer", https.Listener.Addr().String(), "prefer", dbctx.ErrMisconfigured, "a TLS server"},
+		{"an HTTPS server, sslmode=require", https.Listener.Addr().String(), "require", dbctx.ErrMisconfigured, "a TLS server"},
+		{"an SMTP server", smtp, "disable", dbctx.ErrMisconfigured, `SSLRequest with "220 mail.example.com ESMTP\r\n"`},
+		{"closed at once", gone, "prefer", dbctx.ErrUnavailable, ""},
+		{"closed after the SSLRequest's answer", shutting, "prefer", dbctx.ErrUnavailable, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			logs, logger := dbtest.NewLogs()
+			db := openDSN(t, "postgres://nobody@"+tc.addr+"/x?sslmode="+tc.sslmode)
+			p := dbctx.New(db, &dbctx.Options{ConnectTimeout: 300 * time.Millisecond, Logger: logger})
+			defer p.Close()
+			// The first failure says nothing of what answered: an outage,
+			// and a probe.
+			if err := p.Do(context.Background(), selectOne); !errors.Is(err, dbctx.ErrUnavailable) {
+				t.Fatalf("the first connect: %v, want ErrUnavailable", err)
+			}
+			dbtest.Eventually(t, "the probe's end", func() bool { return p.ProbesDone() > 0 })
+			for range 3 {
+				err := p.Do(context.Background(), selectOne)
+				if !errors.Is(err, tc.want) {
+					t.Fatalf("after the probe: %v, want %v", err, tc.want)
+				}
+				if tc.what != "" && !strings.Contains(err.Error(), "not PostgreSQL at "+tc.addr) {
+					t.Fatalf("the error does not say what is wrong: %v", err)
+				}
+			}
+			errs := logs.Count(slog.LevelError, msgMisconfigured)
+			if tc.what == "" {
+				if errs != 0 {
+					t.Fatalf("an outage logged as a misconfiguration:\n%s", logs)
+				}
+				return
+			}
+			if errs != 1 || !strings.Contains(logs.AtLeast(slog.LevelError)[0].Attrs["err"], tc.what) {
+				t.Fatalf("want one ERROR record saying %s:\n%s", tc.what, logs)
+			}
+			if st := p.Stats(); st.Misconfigured != 3 || st.Unavailable != 1 {
+				t.Errorf("Stats: Misconfigured %d, Unavailable %d; want 3, 1", st.Misconfigured, st.Unavailable)
+			}
+		})
+	}
 }

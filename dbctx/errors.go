@@ -79,7 +79,13 @@ var (
 	// role lacks CONNECT, the host name does not resolve, TLS or
 	// authentication fails, the connection string does not parse, what
 	// answers at the address does not speak PostgreSQL's protocol (an
-	// HTTP server at the wrong port). An
+	// HTTP server at the wrong port). A connect that fails without a word
+	// from the server (it closed the connection: an HTTPS server does, on
+	// PostgreSQL's first bytes; or nothing PostgreSQL would send came
+	// before ConnectTimeout: an SMTP server's banner) is ErrUnavailable,
+	// until the pool's probe of the address, in the background, finds
+	// another service there: then the later ones are ErrMisconfigured,
+	// saying what answered. An
 	// operator must fix the configuration (the DSN, roles, pg_hba.conf,
 	// certificates). The pool logs each cause once at ERROR (again after
 	// a connection has succeeded in between) and counts every such

@@ -82,3 +82,11 @@ func (p *Pool) Queued() int {
 
 // StartupSearchPaths is startupSearchPaths.
 var StartupSearchPaths = startupSearchPaths
+
+// ProbesDone returns how many probes of an address (see probe.go) have
+// ended.
+func (p *Pool) ProbesDone() int64 {
+	p.probe.mu.Lock()
+	defer p.probe.mu.Unlock()
+	return p.probe.done
+}

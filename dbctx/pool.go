@@ -31,6 +31,7 @@ type Pool struct {
 	notes noteCache // see Scope.note
 
 	misconfig misconfigLog // the causes logged: see connerr.go
+	probe     probes       // what answers at the address: see probe.go
 	bursts    *bursts      // the recurring warnings of opts.Logger: see logging.go
 
 	closed    atomic.Bool
@@ -109,6 +110,7 @@ func (p *Pool) Close() error {
 		p.closeKept()
 		p.cleaning.Wait()
 		p.closeBridge()
+		p.probe.stop()
 		p.bursts.flush()
 	})
 	return nil

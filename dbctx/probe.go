@@ -1,0 +1,231 @@
+package dbctx
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// What answers at the address, where a connect failed without a word?
+//
+// A connect that ends because the server closed the connection (EOF, a
+// reset) or said nothing before ConnectTimeout tells nothing of what is
+// at the address: PostgreSQL restarting, a proxy whose backend is down,
+// or another service. An HTTPS server closes on PostgreSQL's first
+// bytes; an SMTP or FTP server's banner ("220 …") reads as the start of a
+// message of 800 MB, awaited until the timeout. Such a failure is an
+// outage, unless the pool's probe of the address finds another service
+// there.
+//
+// The probe runs in the background, one at a time, at most once per
+// probeEvery: it sends PostgreSQL's SSLRequest, to which PostgreSQL and
+// PgBouncer answer with one byte, 'S', 'N' or 'E'. Any other answer is
+// another service. No answer (the connection closed, or nothing within a
+// second) leads to a TLS handshake, as a client of HTTPS would make it: a
+// server that completes it without PostgreSQL's SSLRequest (PostgreSQL
+// 17's direct TLS demands the ALPN protocol "postgresql", not offered
+// here) is a TLS service, and a server that answers it with other bytes
+// is another service too. Otherwise nothing is known and the failure
+// stays an outage.
+//
+// Where the probe finds another service, it logs at ERROR what answered,
+// as a misconfiguration, and every later connect to that address that
+// fails is ErrMisconfigured, until a connect succeeds. The unit whose
+// failure started the probe got ErrUnavailable.
+
+// probeEvery is how often at most a pool probes an address.
+const probeEvery = 30 * time.Second
+
+// probeWait bounds each step of the probe: the dial, then the answer.
+const probeWait = time.Second
+
+// probes is a pool's state of the probe.
+type probes struct {
+	mu      sync.Mutex
+	running bool
+	closed  bool
+	next    time.Time         // no probe before
+	found   map[string]string // address → what answers there, not PostgreSQL
+	cancel  context.CancelFunc
+	ctx     context.Context
+	wg      sync.WaitGroup
+	done    int64 // probes ended, for tests
+}
+
+// notPostgresError is the cause of a misconfiguration the probe found.
+type notPostgresError struct {
+	addr, what string
+}
+
+func (e *notPostgresError) Error() string {
+	return "not PostgreSQL at " + e.addr + ": " + e.what
+}
+
+// probed returns the cause where the probe found another service at the
+// address err's connect went to, else nil; where err says nothing of
+// what answered and no probe runs or ran lately, it starts one.
+func (p *Pool) probed(err error) error {
+	addr := probeAddr(err)
+	if addr == "" {
+		return nil
+	}
+	pr := &p.probe
+	pr.mu.Lock()
+	defer pr.mu.Unlock()
+	if what, ok := pr.found[addr]; ok {
+		return &notPostgresError{addr: addr, what: what}
+	}
+	now := time.Now()
+	if pr.closed || pr.running || now.Before(pr.next) || !saidNothing(err) {
+		return nil
+	}
+	pr.running, pr.next = true, now.Add(probeEvery)
+	if pr.ctx == nil {
+		pr.ctx, pr.cancel = context.WithCancel(context.Background())
+	}
+	pr.wg.Add(1)
+	go p.runProbe(pr.ctx, addr, err)
+	return nil
+}
+
+// runProbe probes addr; err is the connect failure that started it.
+func (p *Pool) runProbe(ctx context.Context, addr string, err error) {
+	pr := &p.probe
+	defer pr.wg.Done()
+	what := probeAnswer(ctx, addr)
+	pr.mu.Lock()
+	pr.running = false
+	pr.done++
+	if what != "" && !pr.closed {
+		if pr.found == nil {
+			pr.found = map[string]string{}
+		}
+		pr.found[addr] = what
+	}
+	pr.mu.Unlock()
+	if what != "" {
+		cause := &notPostgresError{addr: addr, what: what}
+		p.logMisconfigured(cause, fmt.Errorf("%w; the connect: %w", cause, err))
+	}
+}
+
+// forget drops what the probe found: a connect succeeded.
+func (pr *probes) forget() {
+	pr.mu.Lock()
+	clear(pr.found)
+	pr.mu.Unlock()
+}
+
+// stop ends a probe under way and waits for it.
+func (pr *probes) stop() {
+	pr.mu.Lock()
+	pr.closed = true
+	if pr.cancel != nil {
+		pr.cancel()
+	}
+	pr.mu.Unlock()
+	pr.wg.Wait()
+}
+
+// probeAddr returns the TCP address of err's connect, where it has one
+// (not a Unix socket, not several hosts).
+func probeAddr(err error) string {
+	var ce *pgconn.ConnectError
+	if !errors.As(err, &ce) || ce.Config == nil {
+		return ""
+	}
+	c := ce.Config
+	if c.Host == "" || strings.HasPrefix(c.Host, "/") {
+		return ""
+	}
+	for _, fb := range c.Fallbacks {
+		if fb.Host != c.Host || fb.Port != c.Port {
+			return ""
+		}
+	}
+	return net.JoinHostPort(c.Host, strconv.Itoa(int(c.Port)))
+}
+
+// saidNothing reports whether err is a connect that ended without an
+// answer: the connection closed or reset, or a timeout.
+func saidNothing(err error) bool {
+	found := false
+	walkErrors(err, func(e error) bool {
+		var ne net.Error
+		switch {
+		case e == io.EOF, e == io.ErrUnexpectedEOF, e == syscall.ECONNRESET, e == errConnectTimeout,
+			e == context.DeadlineExceeded, errors.As(e, &ne) && ne.Timeout():
+			found = true
+		}
+		return !found
+	})
+	return found
+}
+
+// sslRequest is PostgreSQL's SSLRequest: length 8, code 80877103.
+var sslRequest = []byte{0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f}
+
+// probeAnswer says what answers at addr where it is not PostgreSQL, else
+// "" (PostgreSQL, or nothing known).
+func probeAnswer(ctx context.Context, addr string) string {
+	d := net.Dialer{Timeout: probeWait}
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return ""
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(probeWait))
+	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
+	defer stop()
+	buf := make([]byte, 64)
+	n := 0
+	if _, err := c.Write(sslRequest); err == nil {
+		n, _ = io.ReadAtLeast(c, buf, 1)
+	}
+	if n > 0 {
+		switch buf[0] {
+		case 'S', 'N', 'E':
+			return ""
+		}
+		return fmt.Sprintf("it answered PostgreSQL's SSLRequest with %s", quoteStart(buf[:n]))
+	}
+	c.Close()
+
+	host, _, _ := net.SplitHostPort(addr)
+	raw, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return ""
+	}
+	defer raw.Close()
+	raw.SetDeadline(time.Now().Add(probeWait))
+	tc := tls.Client(raw, &tls.Config{InsecureSkipVerify: true, ServerName: host})
+	err = tc.HandshakeContext(ctx)
+	var rh tls.RecordHeaderError
+	switch {
+	case err == nil:
+		return "a TLS server (HTTPS?): it completed a TLS handshake without PostgreSQL's SSLRequest"
+	case errors.As(err, &rh) && rh.Conn != nil && rh.RecordHeader[0] != 'E':
+		// ('E': PgBouncer's error for a startup packet it cannot read.)
+		return fmt.Sprintf("it answered a TLS handshake with %s", quoteStart(rh.RecordHeader[:]))
+	}
+	return ""
+}
+
+// quoteStart quotes the start of b for a log line.
+func quoteStart(b []byte) string {
+	const max = 32
+	if len(b) > max {
+		return strconv.Quote(string(b[:max])) + "…"
+	}
+	return strconv.Quote(string(b))
+}
