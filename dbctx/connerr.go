@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -47,6 +48,13 @@ func (p *Pool) connectError(ctx context.Context, err error) error {
 	var ce *pgconn.ConnectError
 	var pe *pgconn.ParseConfigError
 	switch {
+	case errors.Is(err, errConnectTimeout) && p.dbFull():
+		// No connect was tried: the *sql.DB's connections are all in use
+		// (its MaxOpenConns below MaxWorkers, or taken through Pool.DB),
+		// and none came free. The pool is busy; the database may be well.
+		p.c.busy.Add(1)
+		p.opts.Logger.Warn(msgDBFull, "max_open_conns", p.db.Stats().MaxOpenConnections, "max_workers", p.opts.MaxWorkers)
+		return fmt.Errorf("%w: every connection the *sql.DB allows (MaxOpenConns) in use: %w", ErrBusy, err)
 	case errors.Is(err, errConnectTimeout):
 		// Nothing said what is wrong before ConnectTimeout: taken for an
 		// outage (a host that does not answer).
@@ -69,6 +77,17 @@ func (p *Pool) connectError(ctx context.Context, err error) error {
 	p.c.unavailable.Add(1)
 	p.opts.Logger.Warn(msgUnavailable, "err", err)
 	return fmt.Errorf("%w: %w", ErrUnavailable, err)
+}
+
+// msgDBFull is the warning of a unit of work that found every connection
+// the *sql.DB allows in use, one per such unit: the pool's logger
+// aggregates it (see logging.go).
+const msgDBFull = "dbctx: the *sql.DB's connections are all in use (MaxOpenConns); raise it to MaxWorkers at least, and count what else takes them (Pool.DB)"
+
+// dbFull reports whether every connection the *sql.DB allows is in use.
+func (p *Pool) dbFull() bool {
+	st := p.db.Stats()
+	return st.MaxOpenConnections > 0 && st.InUse >= st.MaxOpenConnections
 }
 
 // msgUnavailable is the warning of a connect that failed on an outage,
@@ -132,6 +151,17 @@ func walkErrors(err error, f func(error) bool) bool {
 // shutting down, 08…) are outages.
 var misconfiguredClasses = []string{"28", "3D", "42", "22"}
 
+// misconfiguredCodes are single SQLSTATEs of a refusal at connect that no
+// retry fixes: 55000, the database does not allow connections
+// (datallowconn false, template0).
+var misconfiguredCodes = []string{"55000"}
+
+// poolerRefusals are the refusals of PgBouncer at connect that no retry
+// fixes: it says them with 08P01, the code of its every refusal, outages
+// too ("pgbouncer cannot connect to server", "server login has been
+// failing, try again later"), so they are told by their message.
+var poolerRefusals = []string{"no such user", "no such database"}
+
 // clientRefusals are the steps of pgconn's connect that fail, where the
 // network did not, on what the client was configured to demand or
 // present (their errors carry no type of their own, only this prefix).
@@ -167,7 +197,14 @@ func isMisconfiguration(e error, tlsOnly bool) bool {
 				return true
 			}
 		}
-		return false
+		if pgErr.Code == "08P01" {
+			for _, r := range poolerRefusals {
+				if strings.HasPrefix(pgErr.Message, r) {
+					return true
+				}
+			}
+		}
+		return slices.Contains(misconfiguredCodes, pgErr.Code)
 	case errors.As(e, &dnsErr):
 		return dnsErr.IsNotFound
 	case errors.As(e, &unkCA), errors.As(e, &host), errors.As(e, &inval), errors.As(e, &verify),

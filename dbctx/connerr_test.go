@@ -57,6 +57,10 @@ func TestConnectErrors(t *testing.T) {
 	mustExec(t, admin, `CREATE ROLE "`+limited+`" LOGIN CONNECTION LIMIT 0`)
 	t.Cleanup(func() { admin.Exec(`DROP ROLE IF EXISTS "` + limited + `"`) })
 	startingUp := pgtest.NewRefuser(t, "57P03", "the database system is starting up")
+	// A database that does not allow connections (as template0).
+	closedDB := env.Schema() + "_closed"
+	mustExec(t, admin, `CREATE DATABASE "`+closedDB+`" ALLOW_CONNECTIONS false`)
+	t.Cleanup(func() { admin.Exec(`DROP DATABASE IF EXISTS "` + closedDB + `"`) })
 
 	for _, tc := range []struct {
 		name string
@@ -66,6 +70,8 @@ func TestConnectErrors(t *testing.T) {
 	}{
 		{"database does not exist", env.MissingDatabase(t), dbctx.ErrMisconfigured, "3D000"},
 		{"role does not exist", env.MissingRole(t), dbctx.ErrMisconfigured, "28000"},
+		{"database does not allow connections", dsn(pgserver.WithParams(env.DSN(), "dbname", closedDB)),
+			dbctx.ErrMisconfigured, "55000"},
 		{"unknown host", env.UnknownHost(t), dbctx.ErrMisconfigured, ""},
 		{"TLS required, the server has none", dsn(pgserver.WithParams(
 			dsn(pgserver.WithTCPAddr(env.DSN(), startingUp.Addr())), "sslmode", "require")),
@@ -426,5 +432,62 @@ func TestNotPostgresAtAddress(t *testing.T) {
 				t.Errorf("Stats: Misconfigured %d, Unavailable %d; want 3, 1", st.Misconfigured, st.Unavailable)
 			}
 		})
+	}
+}
+
+// Behind PgBouncer, which refuses with 08P01 whatever the cause, a role it
+// does not know is a misconfiguration, told by PgBouncer's message.
+func TestMisconfiguredBehindPgBouncer(t *testing.T) {
+	t.Parallel()
+	env := newEnv(t)
+	b := pgtest.StartPgBouncer(t, nil)
+	logs, logger := dbtest.NewLogs()
+	p := dbctx.New(openDSN(t, dsn(pgserver.WithUser(b.DSN(env), env.Schema()+"_missing", "x"))),
+		&dbctx.Options{Logger: logger, TransactionPooling: true})
+	defer p.Close()
+	for range connectTries {
+		if err := p.Do(context.Background(), selectOne); !errors.Is(err, dbctx.ErrMisconfigured) {
+			t.Fatalf("a role PgBouncer does not know: %v, want ErrMisconfigured", err)
+		}
+	}
+	if n := logs.Count(slog.LevelError, msgMisconfigured); n != 1 {
+		t.Errorf("want 1 ERROR record:\n%s", logs)
+	}
+}
+
+// A unit of work that finds every connection the *sql.DB allows in use
+// (its MaxOpenConns below MaxWorkers, the others held) gets ErrBusy at
+// ConnectTimeout, counted and logged as such: the database is up, and no
+// connect was tried, so it is not ErrUnavailable.
+func TestSQLDBFull(t *testing.T) {
+	t.Parallel()
+	env := newEnv(t)
+	db := openDSN(t, env.DSN())
+	db.SetMaxOpenConns(1)
+	logs, logger := dbtest.NewLogs()
+	p := poolOn(t, env, db, &dbctx.Options{MaxWorkers: 2, ConnectTimeout: 200 * time.Millisecond, Logger: logger})
+	hold, held := make(chan struct{}), make(chan error, 1)
+	go func() {
+		held <- p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+			_, err := queryInt(ctx, s, "SELECT 1")
+			hold <- struct{}{}
+			<-hold
+			return err
+		})
+	}()
+	<-hold
+	err := p.Do(context.Background(), selectOne)
+	hold <- struct{}{}
+	if herr := <-held; herr != nil {
+		t.Fatal(herr)
+	}
+	if !errors.Is(err, dbctx.ErrBusy) || errors.Is(err, dbctx.ErrUnavailable) {
+		t.Fatalf("the *sql.DB full: %v, want ErrBusy", err)
+	}
+	if st := p.Stats(); st.Busy != 1 || st.Unavailable != 0 {
+		t.Errorf("Stats: Busy %d, Unavailable %d; want 1, 0", st.Busy, st.Unavailable)
+	}
+	if logs.Count(slog.LevelWarn, "dbctx: the *sql.DB's connections are all in use") != 1 || logs.Count(slog.LevelWarn, "dbctx: database unavailable") != 0 {
+		t.Errorf("want one WARN saying the *sql.DB is full:\n%s", logs)
 	}
 }

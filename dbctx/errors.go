@@ -8,8 +8,10 @@ import (
 
 var (
 	// ErrBusy is returned when no worker slot could be had: the wait queue
-	// was full, or the wait timeout passed. The caller should shed the
-	// work (HTTP 503, websocket close 1013) rather than retry at once.
+	// was full, or the wait timeout passed; and when every connection the
+	// *sql.DB allows (its MaxOpenConns) was in use and none came free
+	// within Options.ConnectTimeout. The caller should shed the work
+	// (HTTP 503, websocket close 1013) rather than retry at once.
 	ErrBusy = errors.New("dbctx: pool busy")
 
 	// ErrAsyncContext is returned when a handle is used directly from a
@@ -49,7 +51,12 @@ var (
 	// client can tell. A retry of the unit of work may then do it twice:
 	// make it idempotent, or check what PostgreSQL holds first. A COMMIT
 	// the server refused, or one never sent, is reported as the error it
-	// is: the work did not happen.
+	// is: the work did not happen. So is a statement run outside a
+	// transaction, which commits as it ends, where its connection failed
+	// after it was sent and before the server's answer (a backend
+	// terminated while the commit waited for a synchronous standby, the
+	// network cut): it is not run again, unless the classifier reads it
+	// as changing nothing.
 	ErrCommitUnknown = errors.New("dbctx: commit outcome unknown: the connection failed after COMMIT was sent, before its answer; PostgreSQL may have committed")
 
 	// ErrSessionState is returned, wrapped with the statement, under
@@ -74,7 +81,9 @@ var (
 
 	// ErrMisconfigured wraps the driver's error when no connection to the
 	// database could be had for a reason that retrying will not fix: the
-	// database or the role does not exist (SQLSTATE 3D000, 28000), the
+	// database or the role does not exist (SQLSTATE 3D000, 28000; behind
+	// PgBouncer, 08P01 "no such user" or "no such database") or does not
+	// allow connections (55000), the
 	// password is wrong (28P01) or pg_hba.conf has no entry for it, the
 	// role lacks CONNECT, the host name does not resolve, TLS or
 	// authentication fails, the connection string does not parse, what
@@ -191,3 +200,15 @@ func (e *PanicError) Unwrap() error {
 // read to their end (the unit of work ended, or the Atomic they belong to
 // lost its transaction): they were cut short, not exhausted.
 var errRowsCut = errors.New("dbctx: rows closed by the scope (a boundary, or the end of their Atomic) before they were read to the end")
+
+// errOutcomeUnknown is ErrCommitUnknown for a statement run outside a
+// transaction (see outcomeUnknown), saying so.
+var errOutcomeUnknown error = outcomeUnknownError{}
+
+type outcomeUnknownError struct{}
+
+func (outcomeUnknownError) Error() string {
+	return "dbctx: statement outcome unknown: the connection failed after it was sent, before its answer; PostgreSQL may have run and committed it"
+}
+
+func (outcomeUnknownError) Is(target error) bool { return target == ErrCommitUnknown }

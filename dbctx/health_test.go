@@ -95,6 +95,15 @@ func TestKilledWhileIdleTLS(t *testing.T) {
 	t.Parallel()
 	pgtest.SkipPooled(t, "kills server backends and counts what the pool saw; behind a pooler the pooler absorbs the kill")
 	env := newEnv(t)
+	db := openDSN(t, tlsDSN(t, env))
+	killWhileIdle(t, poolOn(t, env, db, &dbctx.Options{MaxWorkers: 4}), env)
+}
+
+// tlsDSN returns env's connection string with sslmode=require, after
+// checking that the server offers TLS (else the test is skipped) and that
+// a connection made with it uses TLS.
+func tlsDSN(t *testing.T, env *pgtest.Env) string {
+	t.Helper()
 	var ssl string
 	if err := env.Admin().QueryRow("SHOW ssl").Scan(&ssl); err != nil || ssl != "on" {
 		t.Skipf("the server does not offer TLS (ssl=%q, %v)", ssl, err)
@@ -103,13 +112,14 @@ func TestKilledWhileIdleTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	db := openDSN(t, dsn)
-	p := poolOn(t, env, db, &dbctx.Options{MaxWorkers: 4})
 	var tls bool
+	db := openDSN(t, dsn)
 	if err := db.QueryRow("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").Scan(&tls); err != nil || !tls {
 		t.Fatalf("connection is not TLS: %v %v", tls, err)
 	}
-	killWhileIdle(t, p, env)
+	db.Close() // its backend gone before the test counts the role's
+	dbtest.Eventually(t, "the check's backend gone", func() bool { return len(env.Backends(t)) == 0 })
+	return dsn
 }
 
 func killWhileIdle(t *testing.T, p *dbctx.Pool, env *pgtest.Env) {

@@ -26,6 +26,7 @@ import (
 // connection or per connect.
 var recurring = map[string]bool{
 	msgUnavailable:                 true,
+	msgDBFull:                      true,
 	"dbctx: ending scope":          true, // Scope.End: the session reset or give-back failed
 	"dbctx: cleaning up before Do": true,
 	"dbctx: cleaning up after Do":  true,

@@ -19,7 +19,14 @@ var errNotPgx = errors.New("dbctx: connection is not a pgx stdlib connection")
 // seen.
 //
 // No effect: nothing was sent (pgx's SafeToRetry, which database/sql sees
-// as driver.ErrBadConn), or the server ended the session (class 57P)
+// as driver.ErrBadConn; but pgx's "conn closed" only where the connection
+// was closed before the statement went, which open says it was not:
+// pgconn also reports so a connection that failed while the answer to a
+// string sent in the simple protocol was read, where the server may have
+// committed it: a backend terminated while its commit waited for a
+// synchronous standby, a network cut after the commit; then only a
+// statement the classifier reads as changing nothing runs again), or the
+// server ended the session (class 57P)
 // while the connection was outside a transaction, so the statement's
 // implicit transaction was rolled back with it, and what was sent before
 // it in its round trip (prefix.go) too; not for a statement that can
@@ -37,7 +44,7 @@ var errNotPgx = errors.New("dbctx: connection is not a pgx stdlib connection")
 // (driver.ErrBadConn) or where the server's error (its SQLSTATE, see
 // sqlState) is of class 57P and the scope knew of no transaction: the
 // statement is the first, and none was begun in SQL or by BeginTx.
-func (s *Scope) retryable(ctx context.Context, c *session, k queryKind, err error, first bool) bool {
+func (s *Scope) retryable(ctx context.Context, c *session, k queryKind, err error, first, open bool) bool {
 	// Inside Atomic only its BEGIN (not yet begun) may run again.
 	if !first || c.inRawTx() || s.atomicTxOpen() || ctx.Err() != nil {
 		return false
@@ -53,7 +60,7 @@ func (s *Scope) retryable(ctx context.Context, c *session, k queryKind, err erro
 	}
 	// pgx keeps the status of the last ReadyForQuery: the one from before
 	// this statement, since a session ended mid-statement sends none.
-	if c.state().tx != 'I' {
+	if c.state().tx != 'I' || open && k != 0 && errors.Is(err, pgconn.ErrConnClosed) {
 		return false
 	}
 	if errors.Is(err, driver.ErrBadConn) || pgconn.SafeToRetry(err) {
@@ -162,6 +169,26 @@ func (s *Scope) observe(ctx context.Context, err error, first bool) error {
 	}
 	return err
 }
+
+// outcomeUnknown reports whether err, of a statement of kind k sent on
+// c's pgx connection while it was open, leaves unknown whether the
+// statement ran and committed: it may change something (k), it ran
+// outside a transaction (its implicit transaction commits as it ends),
+// the connection failed before the server's answer (no error of the
+// server's, pgconn closed), and not because ctx ended (the caller gave
+// up: that is its news).
+func outcomeUnknown(ctx context.Context, c *session, k queryKind, err error, open bool) bool {
+	var pe *pgconn.PgError
+	if !open || k == 0 || ctx.Err() != nil || errors.As(err, &pe) {
+		return false
+	}
+	st := c.state()
+	return st.closed && st.tx == 'I'
+}
+
+// open reports whether c's pgx connection is open (pgconn has not closed
+// it).
+func (c *session) open() bool { return c.pc != nil && !c.state().closed }
 
 // gone reports whether c's connection failed for good with err: pgconn
 // says it is closed, or, on another driver, the driver said so

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/internal/pgserver"
 	"github.com/dbscope/dbscope/internal/pgtest"
 	"github.com/jackc/pgx/v5/pgconn"
 )
@@ -189,6 +190,20 @@ func TestKilledWhilePinnedIdle(t *testing.T) {
 	t.Parallel()
 	pgtest.SkipPooled(t, "kills server backends and counts what the pool saw; behind a pooler the pooler absorbs the kill")
 	p, env := newPool(t, &dbctx.Options{MaxWorkers: 1, ConnMaxAge: -1})
+	killWhilePinnedIdle(t, p, env)
+}
+
+// The same over TLS, which hides from the socket check the FATAL that
+// comes a few milliseconds before the backend's close.
+func TestKilledWhilePinnedIdleTLS(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "kills server backends and counts what the pool saw; behind a pooler the pooler absorbs the kill")
+	env := newEnv(t)
+	db := openDSN(t, tlsDSN(t, env))
+	killWhilePinnedIdle(t, poolOn(t, env, db, &dbctx.Options{MaxWorkers: 1, ConnMaxAge: -1}), env)
+}
+
+func killWhilePinnedIdle(t *testing.T, p *dbctx.Pool, env *pgtest.Env) {
 	ctx, scope := p.Scope(context.Background())
 	defer scope.End()
 	for i := range 5 {
@@ -250,5 +265,113 @@ func testCleanupKeepsTheOutcome(t *testing.T, drv string) {
 	})
 	if st := p.Stats(); st.Resets != 0 {
 		t.Fatalf("a reset counted on a dead connection: %+v", st)
+	}
+}
+
+// A write outside a transaction whose answer is lost after PostgreSQL
+// committed it (the network cut) is not run again: pgconn reports such a
+// failure, for a statement sent in the simple protocol (pgx's Exec with no
+// arguments), as "conn closed", which it says is safe to retry. It is
+// ErrCommitUnknown, and PostgreSQL holds the row once.
+func TestStatementAnswerLost(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "cuts the connection to the server")
+	env := newEnv(t)
+	mustExec(t, env.Admin(), "CREATE TABLE "+env.Schema()+".lost (n int)")
+	mustExec(t, env.Admin(), "GRANT ALL ON "+env.Schema()+".lost TO "+env.Role())
+	px := newProxy(t, env)
+	p := poolOn(t, env, openDSN(t, px.DSN()), &dbctx.Options{MaxWorkers: 1, Logger: quiet()})
+	rows := func() int {
+		var n int
+		if err := env.Admin().QueryRow("SELECT count(*) FROM " + env.Schema() + ".lost").Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	// The connection made and kept, so that the INSERT is the first
+	// statement of the next unit on it, which a retry would follow.
+	if err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+		_, err := s.ExecContext(ctx, "SELECT 1")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		done <- p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+			px.Mute() // the INSERT reaches the server, its answer does not come back
+			_, err := s.ExecContext(ctx, "INSERT INTO lost VALUES (1)")
+			return err
+		})
+	}()
+	eventually(t, "the row committed", func() bool { return rows() == 1 })
+	px.Cut()
+	px.Restore() // a retry would find the server again
+	var err error
+	noHang(t, "the INSERT", func() { err = <-done })
+	if n := rows(); !errors.Is(err, dbctx.ErrCommitUnknown) || n != 1 {
+		t.Fatalf("an INSERT that PostgreSQL committed, its answer lost: %v, %d rows; want ErrCommitUnknown, 1 row", err, n)
+	}
+	if err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+		_, err := s.ExecContext(ctx, "INSERT INTO lost VALUES (2)")
+		return err
+	}); err != nil || rows() != 2 {
+		t.Fatalf("the next unit of work: %v, %d rows", err, rows())
+	}
+}
+
+// The same where PostgreSQL ends the session after the commit: a backend
+// terminated while its commit waits for a synchronous standby warns that
+// the transaction "has already committed locally" and closes the
+// connection. In a cluster of the test's own, whose commits wait for a
+// standby that never comes.
+func TestStatementCommittedAsSessionEnds(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	srv, err := pgserver.StartCluster(ctx, t.Logf, "")
+	if err != nil {
+		t.Skipf("no throwaway cluster: %v", err)
+	}
+	t.Cleanup(srv.Stop)
+	admin := openDSN(t, srv.URL)
+	mustExec(t, admin, "CREATE TABLE t (n int)")
+	mustExec(t, admin, "ALTER ROLE postgres SET synchronous_commit = local") // admin's own commits do not wait
+	admin.SetMaxIdleConns(0)
+	admin = openDSN(t, srv.URL)
+	mustExec(t, admin, "ALTER SYSTEM SET synchronous_commit = on") // the throwaway cluster's is off
+	mustExec(t, admin, "ALTER SYSTEM SET synchronous_standby_names = 'nosuch'")
+	mustExec(t, admin, "SELECT pg_reload_conf()")
+	mustExec(t, admin, "CREATE ROLE app LOGIN")
+	mustExec(t, admin, "GRANT ALL ON t TO app")
+	p := dbctx.New(openDSN(t, dsn(pgserver.WithParams(dsn(pgserver.WithUser(srv.URL, "app", "")), "application_name", "waits"))),
+		&dbctx.Options{Logger: quiet()})
+	defer p.Close()
+	done := make(chan error, 1)
+	go func() {
+		done <- p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+			_, err := s.ExecContext(ctx, "INSERT INTO t VALUES (1)")
+			return err
+		})
+	}()
+	eventually(t, "the INSERT's commit waiting for the standby, its backend terminated", func() bool {
+		select {
+		case err := <-done:
+			t.Fatalf("the INSERT ended before: %v", err)
+		default:
+		}
+		var n int
+		return admin.QueryRow(`SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+			WHERE application_name = 'waits' AND wait_event = 'SyncRep'`).Scan(&n) == nil && n > 0
+	})
+	mustExec(t, admin, "ALTER SYSTEM SET synchronous_standby_names = ''") // a retry's commit would not wait
+	mustExec(t, admin, "SELECT pg_reload_conf()")
+	noHang(t, "the INSERT", func() { err = <-done })
+	var n int
+	if qerr := admin.QueryRow("SELECT count(*) FROM t").Scan(&n); qerr != nil {
+		t.Fatal(qerr)
+	}
+	if !errors.Is(err, dbctx.ErrCommitUnknown) || n != 1 {
+		t.Fatalf("an INSERT committed as its session ended: %v, %d rows; want ErrCommitUnknown, 1 row", err, n)
 	}
 }

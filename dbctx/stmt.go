@@ -130,9 +130,11 @@ func (s *Scope) execLocked(ctx context.Context, st *stmt, run runner) error {
 	}
 	first := !c.pin.used
 	p, err := s.owed(ctx, c, st, begin)
+	open := false // c's pgx connection was open as the statement went: see retryable
 	if err == nil {
 		// Noted before it runs: failing or not, it may leave state.
 		c.pin.see(st.kind)
+		open = c.open()
 		err = run(s.stmtCtx(ctx, st.how), c, p)
 	}
 	if err != nil && c.px == nil && errors.Is(err, sql.ErrTxDone) {
@@ -142,6 +144,7 @@ func (s *Scope) execLocked(ctx context.Context, st *stmt, run runner) error {
 		// with the settings, outside it.
 		if p, err = s.owed(ctx, c, st, begin); err == nil {
 			c.pin.seen |= st.kind
+			open = c.open()
 			err = run(s.stmtCtx(ctx, st.how), c, p)
 		}
 	}
@@ -151,7 +154,7 @@ func (s *Scope) execLocked(ctx context.Context, st *stmt, run runner) error {
 		// which would have found it dead (see Pool.check).
 		retries++
 	}
-	for try := 0; err != nil && try < retries && st.how&noRetry == 0 && s.retryable(ctx, c, st.kind, err, first); try++ {
+	for try := 0; err != nil && try < retries && st.how&noRetry == 0 && s.retryable(ctx, c, st.kind, err, first, open); try++ {
 		if c, err = s.repin(ctx, err); err != nil {
 			// No connection to run it again on: that is the news (the
 			// database is down: ErrUnavailable).
@@ -159,6 +162,7 @@ func (s *Scope) execLocked(ctx context.Context, st *stmt, run runner) error {
 		}
 		if p, err = s.owed(ctx, c, st, begin); err == nil {
 			c.pin.see(st.kind)
+			open = c.open()
 			err = run(s.stmtCtx(ctx, st.how), c, p)
 		}
 	}
@@ -174,7 +178,11 @@ func (s *Scope) execLocked(ctx context.Context, st *stmt, run runner) error {
 			err = run(s.stmtCtx(ctx, st.how), c, p)
 		}
 	}
+	unknown := err != nil && outcomeUnknown(ctx, c, st.kind, err, open)
 	err = s.observe(ctx, err, first)
+	if unknown {
+		err = fmt.Errorf("%w: %w", errOutcomeUnknown, err)
+	}
 	if err != nil && s.atomic > 0 {
 		s.x.failed = true
 	}
