@@ -21,6 +21,9 @@ type Stats struct {
 
 	// WaitsWithin[i] counts the waits of WaitCount that took at most
 	// WaitBuckets()[i] (cumulative, as a Prometheus histogram's buckets).
+	// The array's length, len(waitBounds) in its type, is that of
+	// [WaitBuckets]: six, for waits of at most 1ms, 5ms, 25ms, 100ms,
+	// 500ms and 2.5s; a longer wait is counted in WaitCount only.
 	WaitsWithin [len(waitBounds)]int64
 	Busy        int64 // callers refused with ErrBusy
 

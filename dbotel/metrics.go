@@ -32,6 +32,7 @@ import (
 //	dbscope.pool.acquired          connections pinned by scopes
 //	dbscope.pool.retries           statements run again on a fresh connection
 //	dbscope.pool.resets            session resets run, owed by a dirty scope
+//	dbscope.pool.sequence_resets   of the resets, those that were DISCARD SEQUENCES alone (dbctx.Options.PlainWrites)
 //	dbscope.pool.settings_applied  round trips that carried set_config for declared settings (dbctx.Setting)
 //	dbscope.pool.rolled_back       transactions left open that a boundary rolled back
 //	dbscope.pool.leaks             scopes reported by the leak detector

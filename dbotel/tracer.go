@@ -28,7 +28,8 @@ const SpanPrelude = "dbscope prelude"
 // A span is named for the statement: sqlc's query name where the text
 // begins with sqlc's comment (-- name: GetItem :one), which is then
 // db.query.summary too; else its first keyword (SELECT). It carries
-// db.system.name, db.namespace, server.address and server.port,
+// db.system.name, db.namespace, server.address, server.port (left out on
+// PostgreSQL's default port, 5432, as OpenTelemetry's conventions say),
 // db.operation.name, db.query.text (see [Options.NoQueryText]; the
 // parameters are never recorded), and for a statement that failed,
 // db.response.status_code and error.type (the SQLSTATE).

@@ -2,8 +2,9 @@ package dbprom
 
 import "github.com/prometheus/client_golang/prometheus"
 
-// Options configures a collector made by [NewCollector] or
-// [NewGroupsCollector]. A nil *Options means all defaults.
+// Options configures a collector made by [NewCollector],
+// [NewGroupsCollector], [NewPostgresCollector] or [NewConsumerCollector].
+// A nil *Options means all defaults.
 type Options struct {
 	// Namespace is the first part of every metric's name, as in
 	// dbscope_slots_in_use. Default: "dbscope".

@@ -2,7 +2,6 @@ package middleware
 
 import (
 	"net/http"
-	"time"
 
 	"github.com/dbscope/dbscope/internal/answer"
 )
@@ -13,7 +12,9 @@ import (
 //   - dbctx.ErrBusy (the pool is overloaded), dbctx.ErrUnavailable (the
 //     database, or the pooler in front of it, is down) and
 //     dbctx.ErrPoolClosed (the server is shutting down): 503 Service
-//     Unavailable with a Retry-After of one second;
+//     Unavailable with a Retry-After of [DBOptions].RetryAfter, that of
+//     the DB that made the request's scope (1s by default; with scopes
+//     of several pools, the longest of their RetryAfter);
 //   - dbctx.ErrMisconfigured (the database cannot be connected to until
 //     an operator fixes the configuration): 500, with no detail; the pool
 //     has logged it once per cause, so the handler need not;
@@ -33,7 +34,8 @@ import (
 //	}
 //
 // Package wsconsumer answers the same conditions the same way at a
-// websocket's Connect, and with close statuses (1013, 1001, 1011) later.
+// websocket's Connect (its Retry-After always 1s), and with close
+// statuses (1013, 1001, 1011) later.
 func Answer(w http.ResponseWriter, r *http.Request, err error) bool {
 	if err == nil {
 		return false
@@ -42,6 +44,6 @@ func Answer(w http.ResponseWriter, r *http.Request, err error) bool {
 	if !k.Handled() {
 		return false
 	}
-	answer.HTTP(w, k, time.Second)
+	answer.HTTP(w, k, retryAfter(r.Context(), nil))
 	return true
 }

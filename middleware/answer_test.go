@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"testing"
+	"time"
 
 	"github.com/dbscope/dbscope/dbctx"
 	"github.com/dbscope/dbscope/internal/dbtest"
@@ -140,5 +141,84 @@ func TestAnswerClientGone(t *testing.T) {
 	}
 	if !<-answered {
 		t.Error("Answer left the error of a client gone to the handler")
+	}
+}
+
+// A refusal of the pool's (ErrBusy here), answered by Answer in a handler
+// or by Atomic itself (its commit failed with it), announces the
+// RetryAfter of the DBOptions that mounted the pool, as an Eager refusal
+// does: the mount that made the request's scope where DB is mounted
+// twice; for Atomic, the pool of its transaction; for Answer with scopes
+// of several pools, the longest of their RetryAfter (the error does not
+// say whose it is); 1s where the options are unknown.
+func TestAnswerRetryAfter(t *testing.T) {
+	t.Parallel()
+	// OnBegin makes Atomic's BEGIN a round trip of its own, whose ErrBusy
+	// fails the transaction's statements and its commit.
+	onBegin := func(context.Context, *dbctx.Scope) error { return nil }
+	busy, env := newPool(t, &dbctx.Options{MaxWorkers: 1, MaxWaiting: -1, OnBegin: onBegin})
+	other := dbtest.NewSecondPool(t, env, nil)
+	// The busy pool's one slot is held for the whole test: every
+	// statement of a request gets ErrBusy at once.
+	hctx, holder := busy.Scope(context.Background())
+	if err := holder.Reserve(hctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(holder.End)
+
+	appLogs, appLog := dbtest.NewLogs()
+	// answered goes through Answer; ignored leaves the error for Atomic's
+	// commit to meet.
+	answered := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx := r.Context()
+		if _, err := busy.From(ctx).ExecContext(ctx, "SELECT 1"); err != nil {
+			if !middleware.Answer(w, r, err) {
+				appLog.Error("not answered", "err", err)
+				http.Error(w, err.Error(), http.StatusInternalServerError)
+			}
+		}
+	})
+	ignored := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx := r.Context()
+		busy.From(ctx).ExecContext(ctx, "SELECT 1")
+		w.Write([]byte("ignored"))
+	})
+	atomic := middleware.AtomicWithOpts(&middleware.AtomicOptions{Logger: appLog})
+	db := func(p *dbctx.Pool, retryAfter time.Duration) func(http.Handler) http.Handler {
+		return middleware.DBWithOpts(p, &middleware.DBOptions{RetryAfter: retryAfter})
+	}
+	for _, tc := range []struct {
+		name string
+		h    http.Handler
+		want string
+	}{
+		{"Answer", db(busy, 30*time.Second)(answered), "30"},
+		{"Answer rounds up", db(busy, 1500*time.Millisecond)(answered), "2"},
+		{"Answer default", middleware.DB(busy)(answered), "1"},
+		{"Answer inside Atomic", db(busy, 30*time.Second)(atomic(answered)), "30"},
+		{"Atomic", db(busy, 30*time.Second)(atomic(ignored)), "30"},
+		{"Atomic default", middleware.DB(busy)(atomic(ignored)), "1"},
+		{"Eager", middleware.DBWithOpts(busy, &middleware.DBOptions{Eager: true, RetryAfter: 30 * time.Second})(answered), "30"},
+		{"mounted twice: the outer mount's scope", db(busy, 30*time.Second)(db(busy, 5*time.Second)(answered)), "30"},
+		{"two pools: Answer takes the longest", db(other, 5*time.Second)(db(busy, 30*time.Second)(answered)), "30"},
+		{"two pools: Answer takes the longest, outer", db(busy, 30*time.Second)(db(other, 5*time.Second)(answered)), "30"},
+		{"two pools: Answer cannot tell whose", db(other, 30*time.Second)(db(busy, 5*time.Second)(answered)), "30"},
+		{"two pools: Atomic takes its pool's", db(other, 30*time.Second)(db(busy, 10*time.Second)(atomic(ignored))), "10"},
+		{"no options known", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			ctx, s := busy.Scope(r.Context())
+			defer s.End()
+			answered.ServeHTTP(w, r.WithContext(ctx))
+		}), "1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := httptest.NewRecorder()
+			tc.h.ServeHTTP(rec, httptest.NewRequest("GET", "/", nil))
+			if got := rec.Header().Get("Retry-After"); rec.Code != http.StatusServiceUnavailable || got != tc.want {
+				t.Errorf("%d, Retry-After %q; want 503 with Retry-After %s", rec.Code, got, tc.want)
+			}
+		})
+	}
+	if len(appLogs.AtLeast(slog.LevelInfo)) != 0 {
+		t.Errorf("logged:\n%s", appLogs)
 	}
 }

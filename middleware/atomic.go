@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"time"
 
 	"github.com/dbscope/dbscope/dbctx"
 	"github.com/dbscope/dbscope/internal/answer"
@@ -55,7 +54,8 @@ func Atomic(next http.Handler) http.Handler {
 // in memory until then and sent only once the commit has succeeded; a
 // failed commit becomes 500 Internal Server Error (or what [Answer] gives
 // a condition of package dbctx: 503 when the pool was busy or the
-// database down), so a client never sees a 2xx for work that was not
+// database down, with the RetryAfter of the DB that mounted the pool of
+// the transaction), so a client never sees a 2xx for work that was not
 // committed. A commit whose outcome is unknown (dbctx.ErrCommitUnknown:
 // the connection failed after COMMIT was sent, and PostgreSQL may have
 // committed) becomes 500, without Retry-After, logged at Error as such.
@@ -124,7 +124,9 @@ func AtomicWithOpts(opts *AtomicOptions) func(http.Handler) http.Handler {
 				// no failure of the handler's.
 				logattrs.Log(ctx, o.Logger, o.LogAttrs, slog.LevelDebug, "middleware: Atomic request not committed",
 					slog.String("path", r.URL.Path), slog.Any("err", err))
-				answer.HTTP(w, k, time.Second) // as Answer would
+				// As Answer would, with the RetryAfter of the pool
+				// whose transaction it was.
+				answer.HTTP(w, k, retryAfter(ctx, dbctx.From(ctx).Pool()))
 			default:
 				logattrs.Log(ctx, o.Logger, o.LogAttrs, slog.LevelError, "middleware: Atomic request not committed",
 					slog.String("path", r.URL.Path), slog.Any("err", err))

@@ -20,8 +20,16 @@ type DBOptions struct {
 	// [Answer] where it meets it.
 	Eager bool
 
-	// RetryAfter is the delay announced in the Retry-After header of a 503.
-	// Default: 1s. It is rounded up to whole seconds.
+	// RetryAfter is the delay announced in the Retry-After header of the
+	// 503 that answers a refusal of the pool's (dbctx.ErrBusy,
+	// ErrUnavailable, ErrPoolClosed): Eager's, [Answer]'s and [Atomic]'s
+	// (for the pool of its transaction). Where the request carries scopes
+	// of several pools with different RetryAfter, Answer announces the
+	// longest of them: the error does not say which pool refused. Default:
+	// 1s, also where Answer finds no options (a scope not made by DB). It
+	// is rounded up to whole seconds. Package wsconsumer's 503s (at
+	// Connect, past MaxSockets) announce 1s whatever this is: it has no
+	// such option.
 	RetryAfter time.Duration
 
 	// ServerTiming adds a Server-Timing header with the time the request
@@ -78,7 +86,7 @@ func DBWithOpts(pool *dbctx.Pool, opts *DBOptions) func(http.Handler) http.Handl
 		panic("middleware: DB expects RetryAfter >= 0")
 	}
 	if o.RetryAfter == 0 {
-		o.RetryAfter = time.Second
+		o.RetryAfter = defaultRetryAfter
 	}
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -91,6 +99,7 @@ func DBWithOpts(pool *dbctx.Pool, opts *DBOptions) func(http.Handler) http.Handl
 				return
 			}
 			ctx, scope := pool.Scope(r.Context())
+			ctx = &mountCtx{Context: ctx, pool: pool, retryAfter: o.RetryAfter}
 			if o.Eager {
 				if err := scope.Reserve(ctx); err != nil {
 					scope.End()

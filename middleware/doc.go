@@ -26,7 +26,7 @@
 // configuration is fixed (a database or role that does not exist, a
 // wrong password) with dbctx.ErrMisconfigured, which the pool logs once.
 // Answer them with [Answer] (503 Service Unavailable with Retry-After for
-// the first two, 500 for the last, nothing for a client that went away),
+// the first two, 500 for the last, a bare 499 for a client that went away),
 // or set [DBOptions].Eager to refuse the request before the handler runs
 // when the pool is full.
 package middleware

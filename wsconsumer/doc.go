@@ -53,7 +53,9 @@
 // Options.MaxSockets sockets (default 10,000) are served at once; past
 // it, and for the conditions of package dbctx (overload, an outage, a
 // closed pool: 503 or close 1013, 1001; a misconfiguration: 500 or 1011)
-// a socket is answered as package middleware answers a request. ERROR is
+// a socket is answered as package middleware answers a request, a 503's
+// Retry-After always 1s (middleware's DBOptions.RetryAfter does not
+// reach it, and the handler has no such option). ERROR is
 // logged only for a callback's own error or panic; a client that went
 // away is logged at Debug, and [Handler.Stats] counts each.
 //
