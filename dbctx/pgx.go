@@ -246,8 +246,10 @@ func (s *Scope) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
 // with what is owed applied first (the settings the context declares).
 // fn must not close the connection, nor use the scope: a statement of the
 // scope while fn runs fails with [ErrConnBusy]. The scope sees none
-// of what fn runs: the connection is discarded at the next boundary,
-// rather than given back, so that a *pgx.Conn kept past it fails. With a
+// of what fn runs: the connection is discarded at the next boundary that
+// lets it go (the scope's end; CloseOld, where ConnMaxAge is not 0, once
+// the connection is older than it), rather than given back, so that a
+// *pgx.Conn kept past it fails. With a
 // driver other than pgx's stdlib it returns an error.
 func (s *Scope) Pgx(ctx context.Context, fn func(*pgx.Conn) error) error {
 	var c *session

@@ -339,8 +339,10 @@ func (s *Scope) onBegin(ctx context.Context) error {
 // Conn returns the scope's pinned *sql.Conn, pinning one first if needed,
 // with the settings the context declares applied to its session. The
 // connection stays the scope's: do not Close it. The scope sees none of
-// what runs on it: the connection is discarded at the next boundary,
-// rather than given back, and the *sql.Conn fails from then on.
+// what runs on it: the connection is discarded at the next boundary that
+// lets it go (the scope's end; CloseOld, where ConnMaxAge is not 0, once
+// the connection is older than it), rather than given back, and the
+// *sql.Conn fails from then on.
 func (s *Scope) Conn(ctx context.Context) (*sql.Conn, error) {
 	var out *sql.Conn
 	err := s.raw(ctx, func(c *session) { out = c.pin.conn })
@@ -394,7 +396,8 @@ func (s *Scope) lookFirst(ctx context.Context) error {
 // handOut records that user code holds the connection itself: the scope
 // sees none of what it runs there, so the session is reset, settings are
 // applied again before every statement, nothing run afterwards is
-// retried, and the connection is discarded at the next boundary.
+// retried, and the connection is discarded at the next boundary that
+// lets it go.
 func (s *Scope) handOut(c *session) {
 	c.pin.see(kindState | kindCode)
 	c.pin.handedOut, c.pin.used = true, true
