@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -497,7 +498,15 @@ func (s *Session) closeStatus(err error) websocket.StatusCode {
 	}
 	const violation = websocket.StatusProtocolError
 	if cerr := s.conn.Load().Close(violation, "protocol error"); cerr != nil {
-		return websocket.CloseStatus(cerr) // the status the library sent, which the client echoed
+		if code := websocket.CloseStatus(cerr); code != -1 {
+			return code // the status the library sent, which the client echoed
+		}
+		// No echo read (the client did not answer in time, or the bad
+		// frame's unread payload came first): the status the library
+		// sent, told by its error.
+		if strings.Contains(err.Error(), "read limited at") {
+			return websocket.StatusMessageTooBig
+		}
 	}
 	return violation
 }
