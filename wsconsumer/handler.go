@@ -35,8 +35,11 @@ type Options struct {
 	// runs, counted in Stats.Refused. Every socket holds a goroutine, its
 	// buffers and a file descriptor, and one that only answers pings
 	// holds them for as long as it likes: the bound keeps a flood of
-	// sockets from exhausting the process. Default: 10,000; negative: no
-	// bound.
+	// sockets from exhausting the process. Each also keeps its upgrade
+	// request (Session.Request), headers included: up to the
+	// http.Server's MaxHeaderBytes (1 MiB by default) each, so a server
+	// of many sockets should set MaxHeaderBytes to what its clients
+	// send (a few KiB). Default: 10,000; negative: no bound.
 	MaxSockets int
 
 	// ReadLimit is the largest message accepted, in bytes; a larger one

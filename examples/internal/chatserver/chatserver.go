@@ -180,7 +180,10 @@ func Run(ctx context.Context, cfg Config, routes func(*App) http.Handler) error 
 		return &http.Server{
 			Handler:           h,
 			ReadHeaderTimeout: 10 * time.Second,
-			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+			// Each socket keeps its upgrade request: headers of a few
+			// KiB, not net/http's default bound of 1 MiB.
+			MaxHeaderBytes: 64 << 10,
+			ErrorLog:       slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		}
 	}
 	srv := newServer(public)
