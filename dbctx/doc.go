@@ -188,6 +188,13 @@
 // with ErrConnBusy; but pgx's stdlib, under a wrapping driver, then
 // fails those rows too, and the connection, which is discarded at the
 // boundary: close a *sql.Tx's rows before the scope's next statement.
+// The statement retry trusts such a driver's driver.ErrBadConn to mean
+// that nothing was sent, as database/sql's contract says; pgx's stdlib,
+// under a wrapping driver, also returns it for a connection that failed
+// while the answer to a statement sent in the simple protocol (an Exec
+// with no arguments) was read, after the server may have committed it:
+// there, such a write may run twice where pgx's driver itself returns
+// [ErrCommitUnknown].
 //
 // # Several pools
 //
