@@ -289,6 +289,7 @@ func (s *Scope) runCommit(ctx context.Context, c *session, tag *string) error {
 	sent := true
 	err := s.commitOn(ctx, c, tag, &sent)
 	if err != nil && sent && commitUnknown(err) {
+		s.pool.c.outcomesUnknown.Add(1)
 		return fmt.Errorf("%w: %w", ErrCommitUnknown, err)
 	}
 	return err

@@ -338,6 +338,9 @@ func TestCommitAnswerLost(t *testing.T) {
 	if !errors.Is(err, dbctx.ErrCommitUnknown) {
 		t.Fatalf("a COMMIT that PostgreSQL ran, its answer lost: %v, want ErrCommitUnknown", err)
 	}
+	if n := p.Stats().OutcomesUnknown; n != 1 {
+		t.Errorf("Stats.OutcomesUnknown = %d, want 1", n)
+	}
 	px.Restore()
 
 	// Cut before the COMMIT, the socket closed by then: not sent, so the

@@ -312,6 +312,9 @@ func TestStatementAnswerLost(t *testing.T) {
 	if n := rows(); !errors.Is(err, dbctx.ErrCommitUnknown) || n != 1 {
 		t.Fatalf("an INSERT that PostgreSQL committed, its answer lost: %v, %d rows; want ErrCommitUnknown, 1 row", err, n)
 	}
+	if n := p.Stats().OutcomesUnknown; n != 1 {
+		t.Errorf("Stats.OutcomesUnknown = %d, want 1", n)
+	}
 	if err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
 		_, err := s.ExecContext(ctx, "INSERT INTO lost VALUES (2)")
 		return err

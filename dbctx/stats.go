@@ -44,7 +44,12 @@ type Stats struct {
 	// ([Options.PlainWrites]).
 	SequenceResets int64
 	RolledBack     int64 // transactions left open that a boundary rolled back
-	Leaks          int64 // scopes reported by the leak detector
+	// OutcomesUnknown counts the COMMITs, and the statements run outside
+	// a transaction, whose connection failed after they were sent and
+	// before their answer ([ErrCommitUnknown]): work PostgreSQL may have
+	// committed, reported neither done nor undone.
+	OutcomesUnknown int64
+	Leaks           int64 // scopes reported by the leak detector
 
 	// Settings counts the round trips that carried set_config for the
 	// settings units of work declare ([Setting]) because the connection
@@ -136,6 +141,7 @@ type counters struct {
 	acquired, givenBack, retries atomic.Int64
 	resets, rolledBack, leaks    atomic.Int64
 	seqResets                    atomic.Int64
+	outcomesUnknown              atomic.Int64
 	settings                     atomic.Int64
 	discarded                    [numDiscardReasons]atomic.Int64
 	waitBuckets                  [len(waitBounds)]atomic.Int64 // waits within waitBounds[i], not cumulative
@@ -153,25 +159,26 @@ func (p *Pool) Stats() Stats {
 		within[i] = n
 	}
 	return Stats{
-		WaitsWithin:    within,
-		MaxWorkers:     p.opts.MaxWorkers,
-		InUse:          int(c.inUse.Load()),
-		Waiting:        int(c.waiting.Load()),
-		Pinned:         int(c.pinned.Load()),
-		Kept:           p.keptNow(),
-		WaitCount:      c.waitCount.Load(),
-		WaitDuration:   time.Duration(c.waitNanos.Load()),
-		Busy:           c.busy.Load(),
-		Misconfigured:  c.misconfigured.Load(),
-		Unavailable:    c.unavailable.Load(),
-		Acquired:       c.acquired.Load(),
-		GivenBack:      c.givenBack.Load(),
-		Retries:        c.retries.Load(),
-		Resets:         c.resets.Load(),
-		SequenceResets: c.seqResets.Load(),
-		RolledBack:     c.rolledBack.Load(),
-		Leaks:          c.leaks.Load(),
-		Settings:       c.settings.Load(),
+		WaitsWithin:     within,
+		MaxWorkers:      p.opts.MaxWorkers,
+		InUse:           int(c.inUse.Load()),
+		Waiting:         int(c.waiting.Load()),
+		Pinned:          int(c.pinned.Load()),
+		Kept:            p.keptNow(),
+		WaitCount:       c.waitCount.Load(),
+		WaitDuration:    time.Duration(c.waitNanos.Load()),
+		Busy:            c.busy.Load(),
+		Misconfigured:   c.misconfigured.Load(),
+		Unavailable:     c.unavailable.Load(),
+		Acquired:        c.acquired.Load(),
+		GivenBack:       c.givenBack.Load(),
+		Retries:         c.retries.Load(),
+		Resets:          c.resets.Load(),
+		SequenceResets:  c.seqResets.Load(),
+		RolledBack:      c.rolledBack.Load(),
+		OutcomesUnknown: c.outcomesUnknown.Load(),
+		Leaks:           c.leaks.Load(),
+		Settings:        c.settings.Load(),
 		Discarded: Discards{
 			Dead:     d(discardDead),
 			Broken:   d(discardBroken),

@@ -181,6 +181,7 @@ func (s *Scope) execLocked(ctx context.Context, st *stmt, run runner) error {
 	unknown := err != nil && outcomeUnknown(ctx, c, st.kind, err, open)
 	err = s.observe(ctx, err, first)
 	if unknown {
+		s.pool.c.outcomesUnknown.Add(1)
 		err = fmt.Errorf("%w: %w", errOutcomeUnknown, err)
 	}
 	if err != nil && s.atomic > 0 {

@@ -174,6 +174,7 @@ func ExampleRegisterMetrics() {
 	// dbscope.pool.resets {reset}
 	// dbscope.pool.sequence_resets {reset}
 	// dbscope.pool.settings_applied {round_trip}
+	// dbscope.pool.outcomes_unknown {statement}
 	// dbscope.pool.rolled_back {transaction}
 	// dbscope.pool.leaks {scope}
 	// dbscope.pool.connect_errors {error}

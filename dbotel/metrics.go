@@ -35,6 +35,7 @@ import (
 //	dbscope.pool.sequence_resets   of the resets, those that were DISCARD SEQUENCES alone (dbctx.Options.PlainWrites)
 //	dbscope.pool.settings_applied  round trips that carried set_config for declared settings (dbctx.Setting)
 //	dbscope.pool.rolled_back       transactions left open that a boundary rolled back
+//	dbscope.pool.outcomes_unknown  COMMITs and statements whose answer was lost after they were sent (dbctx.ErrCommitUnknown)
 //	dbscope.pool.leaks             scopes reported by the leak detector
 //	dbscope.pool.connect_errors{dbscope.connect_error.cause=misconfigured|unavailable}
 //	dbscope.pool.discarded{dbscope.discard.reason=dead|broken|canceled|tx|panic|hook|reset|raw|unresettable}
@@ -217,6 +218,8 @@ var poolCounters = []struct {
 		func(s *dbctx.Stats) int64 { return s.SequenceResets }},
 	{"dbscope.pool.settings_applied", "Round trips that carried set_config for the settings units of work declare (dbctx.Setting).", "{round_trip}",
 		func(s *dbctx.Stats) int64 { return s.Settings }},
+	{"dbscope.pool.outcomes_unknown", "COMMITs, and statements outside a transaction, whose connection failed after they were sent and before their answer (dbctx.ErrCommitUnknown).", "{statement}",
+		func(s *dbctx.Stats) int64 { return s.OutcomesUnknown }},
 	{"dbscope.pool.rolled_back", "Transactions left open that a boundary rolled back.", "{transaction}",
 		func(s *dbctx.Stats) int64 { return s.RolledBack }},
 	{"dbscope.pool.leaks", "Scopes reported by the leak detector (dbctx.Options.LeakTimeout).", "{scope}",

@@ -172,6 +172,7 @@ func TestOwnMetrics(t *testing.T) {
 		"dbscope.pool.resets":                      st.Resets,
 		"dbscope.pool.sequence_resets":             st.SequenceResets,
 		"dbscope.pool.settings_applied":            st.Settings,
+		"dbscope.pool.outcomes_unknown":            st.OutcomesUnknown,
 		"dbscope.pool.rolled_back":                 st.RolledBack,
 		"dbscope.pool.leaks":                       st.Leaks,
 		"dbscope.pool.connect_errors{unavailable}": st.Unavailable,

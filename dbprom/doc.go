@@ -49,6 +49,7 @@
 //	dbscope_sequence_resets_total  of them, DISCARD SEQUENCES alone (writes that left only sequence state)
 //	dbscope_settings_applied_total  round trips that carried set_config for declared settings
 //	dbscope_rolled_back_total    transactions left open, rolled back at a boundary
+//	dbscope_outcomes_unknown_total  COMMITs and statements whose answer was lost after they were sent (ErrCommitUnknown)
 //	dbscope_leaks_total          scopes reported by the leak detector
 //	dbscope_discarded_total{reason="dead|broken|canceled|tx|panic|hook|reset|raw|unresettable"}
 //

@@ -70,6 +70,9 @@ var poolFamilies = []family[stats]{
 	counter("sequence_resets_total", "Of the resets, those that were DISCARD SEQUENCES alone: "+
 		"the scope's writes left only sequence state, their tables running no code of their own.",
 		func(s *stats) int64 { return s.SequenceResets }),
+	counter("outcomes_unknown_total", "COMMITs, and statements outside a transaction, whose connection failed after they were sent "+
+		"and before their answer (dbctx.ErrCommitUnknown): work PostgreSQL may have committed.",
+		func(s *stats) int64 { return s.OutcomesUnknown }),
 	counter("settings_applied_total", "Round trips that carried set_config for the settings units of work declare (dbctx.Setting), "+
 		"their connection not carrying exactly the unit's; under TransactionPooling, every statement's.",
 		func(s *stats) int64 { return s.Settings }),

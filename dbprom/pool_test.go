@@ -134,8 +134,8 @@ dbscope_waits_total{pool="primary"} 0
 	if _, ok := m[`dbscope_kept_connections{pool="primary"}`]; !ok {
 		t.Error("dbscope_kept_connections not exported")
 	}
-	if n := len(m); n != 15+9+2+2+len(dbctx.WaitBuckets()) {
-		t.Errorf("%d series, want 15, the 9 reasons of discarded_total, the 2 kinds of connect_errors_total and the wait histogram: %v", n, m)
+	if n := len(m); n != 16+9+2+2+len(dbctx.WaitBuckets()) {
+		t.Errorf("%d series, want 16, the 9 reasons of discarded_total, the 2 kinds of connect_errors_total and the wait histogram: %v", n, m)
 	}
 
 	lint(t, c)

@@ -89,6 +89,7 @@ func Metrics(t *testing.T, s *Server) {
 		"dbscope_sequence_resets_total":           counter,
 		"dbscope_settings_applied_total":          counter,
 		"dbscope_rolled_back_total":               counter,
+		"dbscope_outcomes_unknown_total":          counter,
 		"dbscope_leaks_total":                     counter,
 		"dbscope_discarded_total":                 counter,
 		"dbscope_groups_groups":                   gauge,
