@@ -109,10 +109,20 @@ func (s *Scope) atomicTx(ctx context.Context, fn func(ctx context.Context) error
 		return ferr
 	}
 	if cerr := s.endTx(ctx, true); cerr != nil {
+		fns := x.onCommit
 		x.onCommit = nil
-		run.ended = runRolledBack // or unknown: its functions are dropped
+		run.ended = runRolledBack
+		unknown := errors.Is(cerr, ErrCommitUnknown)
+		if unknown {
+			run.ended = runUnknown
+		}
 		s.mu.Unlock()
-		if errors.Is(cerr, ErrCommitUnknown) {
+		if unknown {
+			for _, f := range fns {
+				if f.unknown != nil {
+					s.pool.guardCommitted(f.unknown)()
+				}
+			}
 			return cerr
 		}
 		return fmt.Errorf("dbctx: commit: %w", cerr)
@@ -124,9 +134,46 @@ func (s *Scope) atomicTx(ctx context.Context, fn func(ctx context.Context) error
 	for _, f := range fns {
 		// Or at the commit of an Atomic of the scope this one is
 		// nested in (another pool's).
-		afterCommits(s.txOuter, outerRun, s.pool.guardCommitted(f))
+		g := commitFn{ok: s.pool.guardCommitted(f.ok)}
+		if f.unknown != nil {
+			g.unknown = s.pool.guardCommitted(f.unknown)
+		}
+		afterCommits(s.txOuter, outerRun, g)
 	}
 	return nil
+}
+
+// commitFn is a function registered to run at a commit (ok), and, for
+// the module's own packages (see scopes.OnCommitOrUnknown), one to run
+// where the commit's outcome is unknown (ErrCommitUnknown): groups tells
+// members that a message may be missing.
+type commitFn struct {
+	ok, unknown func()
+	run         *atomicRun // the run of the scope's own it was registered in, if any: see dropIn
+}
+
+// within reports whether r is sp or a run nested in it.
+func (r *atomicRun) within(sp *atomicRun) bool {
+	for ; r != nil; r = r.outer {
+		if r == sp {
+			return true
+		}
+	}
+	return false
+}
+
+// dropIn drops from fns the functions registered in sp (a savepoint that
+// rolled back) or in a run nested in it; those registered through the
+// transaction's own context, or a sibling's, stay, wherever they stand.
+func dropIn(fns []commitFn, sp *atomicRun) []commitFn {
+	out := fns[:0]
+	for _, f := range fns {
+		if !f.run.within(sp) {
+			out = append(out, f)
+		}
+	}
+	clear(fns[len(out):])
+	return out
 }
 
 // atomicRun is one Atomic of a scope (a transaction, or a nested one's
@@ -145,6 +192,7 @@ type atomicRun struct {
 const (
 	runCommitted = 1 + iota
 	runRolledBack
+	runUnknown // the COMMIT's outcome is unknown (ErrCommitUnknown)
 )
 
 type atomicRunKey struct{}
@@ -373,7 +421,13 @@ func (s *Scope) runTxEnd(ctx context.Context, c *session, q string, tag *string,
 // nested in: a function registered in a Do of one pool inside an Atomic
 // of another runs once that Atomic commits, never if it rolls back.
 func OnCommit(ctx context.Context, fn func()) {
-	afterCommits(realOf(ctx), runOf(ctx), fn)
+	afterCommits(realOf(ctx), runOf(ctx), commitFn{ok: fn})
+}
+
+// onCommitOrUnknown is OnCommit with unknown run instead of fn where the
+// commit's outcome is unknown (see scopes.OnCommitOrUnknown).
+func onCommitOrUnknown(ctx context.Context, fn, unknown func()) {
+	afterCommits(realOf(ctx), runOf(ctx), commitFn{ok: fn, unknown: unknown})
 }
 
 // afterCommits registers fn with the innermost Atomic open in s or a
@@ -381,15 +435,22 @@ func OnCommit(ctx context.Context, fn func()) {
 // atomicTx), or runs it where none is. run is the Atomic the caller's
 // context was made in, if any: where it has ended, fn goes with its
 // outcome, dropped on a rollback.
-func afterCommits(s *Scope, run *atomicRun, fn func()) {
+func afterCommits(s *Scope, run *atomicRun, fn commitFn) {
 	for ; s != nil; s = s.txOuter {
 		s.mu.Lock()
 		// The runs of s that ctx was made in, innermost first: where one
 		// has ended, fn goes with its outcome.
 		ended := false
 		for run != nil && run.s == s && run.ended != 0 {
-			if run.ended == runRolledBack {
+			switch run.ended {
+			case runRolledBack:
 				s.mu.Unlock()
+				return
+			case runUnknown:
+				s.mu.Unlock()
+				if fn.unknown != nil {
+					fn.unknown()
+				}
 				return
 			}
 			// Released, or committed: the run around it decides, or,
@@ -397,13 +458,17 @@ func afterCommits(s *Scope, run *atomicRun, fn func()) {
 			ended, run = true, run.outer
 		}
 		if run != nil && run.s == s || !ended && s.atomic > 0 {
+			fn.run = nil
+			if run != nil && run.s == s {
+				fn.run = run
+			}
 			s.x.onCommit = append(s.x.onCommit, fn)
 			s.mu.Unlock()
 			return
 		}
 		s.mu.Unlock()
 	}
-	fn()
+	fn.ok()
 }
 
 // guardCommitted returns fn, an OnCommit function, that recovers its own
@@ -438,7 +503,10 @@ func atomicOutside(ctx context.Context) bool {
 	return false
 }
 
-func init() { scopes.AtomicOutside = atomicOutside }
+func init() {
+	scopes.AtomicOutside = atomicOutside
+	scopes.OnCommitOrUnknown = onCommitOrUnknown
+}
 
 // beginAlone begins a pending Atomic's transaction in a round trip of its
 // own, then runs Options.OnBegin in it, which needs the scope unlocked.
@@ -483,7 +551,6 @@ func (s *Scope) savepoint(ctx context.Context, fn func(ctx context.Context) erro
 	s.mu.Lock()
 	s.atomic++
 	x := s.x
-	mark := len(x.onCommit)
 	s.mu.Unlock()
 	done := false
 	defer func() {
@@ -491,7 +558,7 @@ func (s *Scope) savepoint(ctx context.Context, fn func(ctx context.Context) erro
 		s.atomic--
 		switch {
 		case !done: // fn panicked
-			x.onCommit = x.onCommit[:mark]
+			x.onCommit = dropIn(x.onCommit, run)
 			run.ended = runRolledBack
 		case run.ended == 0:
 			run.ended = runCommitted // released (or its release failed: the transaction is doomed)
@@ -505,7 +572,7 @@ func (s *Scope) savepoint(ctx context.Context, fn func(ctx context.Context) erro
 	done = true
 	if ferr != nil {
 		s.mu.Lock()
-		x.onCommit = x.onCommit[:mark]
+		x.onCommit = dropIn(x.onCommit, run)
 		run.ended = runRolledBack
 		s.mu.Unlock()
 		s.rollbackTo(ctx, name)

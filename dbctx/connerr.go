@@ -49,9 +49,9 @@ func (p *Pool) connectError(ctx context.Context, err error) error {
 	var pe *pgconn.ParseConfigError
 	switch {
 	case errors.Is(err, errConnectTimeout) && p.dbFull():
-		// No connect was tried: the *sql.DB's connections are all in use
-		// (its MaxOpenConns below MaxWorkers, or taken through Pool.DB),
-		// and none came free. The pool is busy; the database may be well.
+		// No connect was tried: the pool's scopes hold every connection
+		// the *sql.DB allows (its MaxOpenConns below MaxWorkers), and none
+		// came free. The pool is busy; the database is well.
 		p.c.busy.Add(1)
 		p.opts.Logger.Warn(msgDBFull, "max_open_conns", p.db.Stats().MaxOpenConnections, "max_workers", p.opts.MaxWorkers)
 		return fmt.Errorf("%w: every connection the *sql.DB allows (MaxOpenConns) in use: %w", ErrBusy, err)
@@ -84,10 +84,12 @@ func (p *Pool) connectError(ctx context.Context, err error) error {
 // aggregates it (see logging.go).
 const msgDBFull = "dbctx: the *sql.DB's connections are all in use (MaxOpenConns); raise it to MaxWorkers at least, and count what else takes them (Pool.DB)"
 
-// dbFull reports whether every connection the *sql.DB allows is in use.
+// dbFull reports whether the pool's scopes hold every connection the
+// *sql.DB allows. (The *sql.DB's own count of those in use would not do:
+// it counts a connect under way, stalled by an outage, as one.)
 func (p *Pool) dbFull() bool {
-	st := p.db.Stats()
-	return st.MaxOpenConnections > 0 && st.InUse >= st.MaxOpenConnections
+	max := p.db.Stats().MaxOpenConnections
+	return max > 0 && int(p.c.pinned.Load()) >= max
 }
 
 // msgUnavailable is the warning of a connect that failed on an outage,

@@ -83,7 +83,7 @@ func TestConnectErrors(t *testing.T) {
 		{"not PostgreSQL at the address (an HTTP server)", dsn(pgserver.WithTCPAddr(env.DSN(), notPostgres(t))),
 			dbctx.ErrMisconfigured, ""},
 		{"connection refused", env.Refused(t), dbctx.ErrUnavailable, ""},
-		{"starting up", dsn(pgserver.WithTCPAddr(env.DSN(), startingUp.Addr())),
+		{"starting up", dsn(pgserver.WithParams(dsn(pgserver.WithTCPAddr(env.DSN(), startingUp.Addr())), "sslmode", "disable")),
 			dbctx.ErrUnavailable, "57P03"},
 		{"too many connections", dsn(pgserver.WithUser(env.DSN(), limited, "")),
 			dbctx.ErrUnavailable, "53300"},

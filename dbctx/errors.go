@@ -55,8 +55,8 @@ var (
 	// transaction, which commits as it ends, where its connection failed
 	// after it was sent and before the server's answer (a backend
 	// terminated while the commit waited for a synchronous standby, the
-	// network cut): it is not run again, unless the classifier reads it
-	// as changing nothing.
+	// network cut): it is not run again (a NOTIFY too leaves no session
+	// state, and is sent as its transaction commits).
 	ErrCommitUnknown = errors.New("dbctx: commit outcome unknown: the connection failed after COMMIT was sent, before its answer; PostgreSQL may have committed")
 
 	// ErrSessionState is returned, wrapped with the statement, under

@@ -20,5 +20,5 @@ func ExamplePool_Stats() {
 	expvar.Publish("dbscope", expvar.Func(func() any { return pool.Stats() }))
 	fmt.Println(expvar.Get("dbscope"))
 	// Output:
-	// {"MaxWorkers":4,"InUse":0,"Waiting":0,"Pinned":0,"Kept":0,"WaitCount":0,"WaitDuration":0,"WaitsWithin":[0,0,0,0,0,0],"Busy":0,"Misconfigured":0,"Unavailable":0,"Acquired":0,"GivenBack":0,"Retries":0,"Resets":0,"SequenceResets":0,"RolledBack":0,"Leaks":0,"Settings":0,"Discarded":{"Dead":0,"Broken":0,"Canceled":0,"Tx":0,"Panic":0,"Hook":0,"Reset":0,"Raw":0,"Unresettable":0}}
+	// {"MaxWorkers":4,"InUse":0,"Waiting":0,"Pinned":0,"Kept":0,"WaitCount":0,"WaitDuration":0,"WaitsWithin":[0,0,0,0,0,0],"Busy":0,"Misconfigured":0,"Unavailable":0,"Acquired":0,"GivenBack":0,"Retries":0,"Resets":0,"SequenceResets":0,"RolledBack":0,"OutcomesUnknown":0,"Leaks":0,"Settings":0,"Discarded":{"Dead":0,"Broken":0,"Canceled":0,"Tx":0,"Panic":0,"Hook":0,"Reset":0,"Raw":0,"Unresettable":0}}
 }

@@ -24,9 +24,9 @@ var errNotPgx = errors.New("dbctx: connection is not a pgx stdlib connection")
 // pgconn also reports so a connection that failed while the answer to a
 // string sent in the simple protocol was read, where the server may have
 // committed it: a backend terminated while its commit waited for a
-// synchronous standby, a network cut after the commit; then only a
-// statement the classifier reads as changing nothing runs again), or the
-// server ended the session (class 57P)
+// synchronous standby, a network cut after the commit; even a statement
+// that leaves no session state may have done what commits, a NOTIFY), or
+// the server ended the session (class 57P)
 // while the connection was outside a transaction, so the statement's
 // implicit transaction was rolled back with it, and what was sent before
 // it in its round trip (prefix.go) too; not for a statement that can
@@ -60,7 +60,7 @@ func (s *Scope) retryable(ctx context.Context, c *session, k queryKind, err erro
 	}
 	// pgx keeps the status of the last ReadyForQuery: the one from before
 	// this statement, since a session ended mid-statement sends none.
-	if c.state().tx != 'I' || open && k != 0 && errors.Is(err, pgconn.ErrConnClosed) {
+	if c.state().tx != 'I' || open && errors.Is(err, pgconn.ErrConnClosed) {
 		return false
 	}
 	if errors.Is(err, driver.ErrBadConn) || pgconn.SafeToRetry(err) {
@@ -170,16 +170,19 @@ func (s *Scope) observe(ctx context.Context, err error, first bool) error {
 	return err
 }
 
-// outcomeUnknown reports whether err, of a statement of kind k sent on
-// c's pgx connection while it was open, leaves unknown whether the
-// statement ran and committed: it may change something (k), it ran
-// outside a transaction (its implicit transaction commits as it ends),
-// the connection failed before the server's answer (no error of the
-// server's, pgconn closed), and not because ctx ended (the caller gave
-// up: that is its news).
-func outcomeUnknown(ctx context.Context, c *session, k queryKind, err error, open bool) bool {
+// outcomeUnknown reports whether err, of a statement sent on c's pgx
+// connection while it was open, leaves unknown whether the statement ran
+// and committed: it ran outside a transaction (its implicit transaction
+// commits as it ends; not after a BEGIN of Atomic's, of SQL or of
+// BeginTx, which the server's last status may not show yet: sent in the
+// statement's round trip), the connection failed before the server's
+// answer (no error of the server's, pgconn closed), and not because ctx
+// ended (the caller gave up: that is its news). c is nil where a retry
+// found no connection: that retry sent nothing.
+func (s *Scope) outcomeUnknown(ctx context.Context, c *session, err error, open bool) bool {
 	var pe *pgconn.PgError
-	if !open || k == 0 || ctx.Err() != nil || errors.As(err, &pe) {
+	if c == nil || !open || ctx.Err() != nil || errors.As(err, &pe) ||
+		s.atomic > 0 || c.inRawTx() || len(c.pin.txs) > 0 {
 		return false
 	}
 	st := c.state()

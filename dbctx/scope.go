@@ -72,13 +72,13 @@ type Scope struct {
 // stays small, which every idle socket and every request pays for.
 type scopeExtra struct {
 	atomicCtx  context.Context
-	begun      bool     // Atomic's transaction is open on the connection
-	beginErr   error    // OnBegin's, in the running Atomic: its statements fail with it
-	onCommit   []func() // OnCommit functions of the running Atomic
-	doomed     error    // why the running Atomic's transaction must roll back: a savepoint could not end
-	savepoints int      // savepoints made, for names
-	failed     bool     // a statement failed in the running Atomic (on another driver, COMMIT's tag is not seen: see endTx)
-	lost       bool     // the running Atomic's session was lost, or a statement of it refused for a session lost before (see loseSession)
+	begun      bool       // Atomic's transaction is open on the connection
+	beginErr   error      // OnBegin's, in the running Atomic: its statements fail with it
+	onCommit   []commitFn // OnCommit functions of the running Atomic
+	doomed     error      // why the running Atomic's transaction must roll back: a savepoint could not end
+	savepoints int        // savepoints made, for names
+	failed     bool       // a statement failed in the running Atomic (on another driver, COMMIT's tag is not seen: see endTx)
+	lost       bool       // the running Atomic's session was lost, or a statement of it refused for a session lost before (see loseSession)
 }
 
 // loseSession marks the scope's session lost (see observe): its

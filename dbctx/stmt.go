@@ -178,7 +178,7 @@ func (s *Scope) execLocked(ctx context.Context, st *stmt, run runner) error {
 			err = run(s.stmtCtx(ctx, st.how), c, p)
 		}
 	}
-	unknown := err != nil && outcomeUnknown(ctx, c, st.kind, err, open)
+	unknown := err != nil && s.outcomeUnknown(ctx, c, err, open)
 	err = s.observe(ctx, err, first)
 	if unknown {
 		s.pool.c.outcomesUnknown.Add(1)

@@ -29,7 +29,11 @@
 //   - Transactions: a Send whose ctx is inside dbctx.Atomic goes out only
 //     if the transaction commits (PostgreSQL: NOTIFY is sent on the
 //     scope's connection and delivered at commit; other engines: at
-//     dbctx.OnCommit), and not at all on rollback.
+//     dbctx.OnCommit), and not at all on rollback. Where the commit's
+//     outcome is unknown (dbctx.ErrCommitUnknown: the connection failed
+//     after COMMIT was sent), a message sent at dbctx.OnCommit does not
+//     go out: every member of the group, on every instance, gets a gap
+//     in its place.
 //   - Never a silent drop: each member has a bounded queue
 //     ([MemberOptions]); a member that falls behind it is told once
 //     ([MemberOptions.OnSlow]: wsconsumer closes the socket with

@@ -14,6 +14,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/internal/scopes"
 )
 
 var (
@@ -133,7 +134,9 @@ func CheckGroup(name string) error {
 // transaction, where that scope is of the engine's pool; inside an
 // Atomic of another pool (around the scope, or the scope's own), at that
 // Atomic's commit: a message goes out once every Atomic it was sent in
-// has committed (see dbctx.OnCommit). ctx may carry a scope (an HTTP
+// has committed (see dbctx.OnCommit); where that commit's outcome is
+// unknown (dbctx.ErrCommitUnknown), every member of the group, on every
+// instance, gets a gap in its place. ctx may carry a scope (an HTTP
 // request's, a consumer's): PostgreSQL sends through it; otherwise
 // through the engine's own pool.
 func (l *Layer) Send(ctx context.Context, group string, data []byte) error {
@@ -161,13 +164,21 @@ func (l *Layer) Send(ctx context.Context, group string, data []byte) error {
 	var err error
 	now := true
 	deferred := false
-	dbctx.OnCommit(ctx, func() {
+	scopes.OnCommitOrUnknown(ctx, func() {
 		if !now {
 			deferred = true
 		}
 		err = l.publish(context.WithoutCancel(ctx), group, payload)
 		if deferred && err != nil {
 			l.log.Warn("groups: a send at commit failed", "group", group, "err", err)
+		}
+	}, func() {
+		// The commit's outcome is unknown (dbctx.ErrCommitUnknown): the
+		// message may be of committed work, and may not go out. Every
+		// member of group, on every instance, gets a gap instead, through
+		// the engine's own pool (the scope's connection failed).
+		if err := l.engine.Publish(context.Background(), group, l.gapEnvelope(group)); err != nil {
+			l.log.Warn("groups: telling members of a send whose commit is unknown failed", "group", group, "err", err)
 		}
 	})
 	now = false
@@ -227,7 +238,24 @@ func (l *Layer) envelope(group string, data []byte) []byte {
 	return b
 }
 
-// open reads an envelope back.
+// gapEnvelope is the envelope that tells members a message to group may
+// be missing: kind 'g', no body.
+func (l *Layer) gapEnvelope(group string) []byte {
+	var id [12]byte
+	copy(id[:4], l.origin[:])
+	binary.BigEndian.PutUint64(id[4:], l.seq.Add(1))
+	b := make([]byte, 0, 2+hex.EncodedLen(len(id))+1+len(group)+2)
+	b = append(b, "1|"...)
+	b = hex.AppendEncode(b, id[:])
+	b = append(b, '|')
+	b = append(b, group...)
+	return append(b, "|g"...)
+}
+
+// errGap is what open returns for a gap envelope.
+var errGap = errors.New("groups: a gap")
+
+// open reads an envelope back; errGap for a gap's (see gapEnvelope).
 func open(payload []byte) (group string, data []byte, err error) {
 	bad := errors.New("groups: malformed message")
 	if len(payload) < 2 || string(payload[:2]) != "1|" {
@@ -250,6 +278,8 @@ func open(payload []byte) (group string, data []byte, err error) {
 	case 'b':
 		data, err := base64.StdEncoding.AppendDecode(nil, body[1:])
 		return group, data, err
+	case 'g':
+		return group, nil, errGap
 	}
 	return "", nil, bad
 }
@@ -269,6 +299,10 @@ type inbox struct{ l *Layer }
 func (in inbox) Deliver(payload []byte) {
 	l := in.l
 	group, data, err := open(payload)
+	if err == errGap {
+		in.Gap([]string{group})
+		return
+	}
 	if err != nil {
 		l.log.Warn("groups: dropped a message not made by this package", "err", err)
 		return

@@ -169,7 +169,9 @@ func (b *PgBouncer) Addr() string { return b.addr }
 // DSN returns env's DSN through this PgBouncer, with the pgx settings
 // kv (say "default_query_exec_mode", "exec") added.
 func (b *PgBouncer) DSN(env *Env, kv ...string) string {
-	dsn, err := pgserver.WithParams(env.DSNVia(b.addr), kv...)
+	// PgBouncer here offers no TLS, whatever the Env's connection string
+	// asks of PostgreSQL.
+	dsn, err := pgserver.WithParams(env.DSNVia(b.addr), append([]string{"sslmode", "disable"}, kv...)...)
 	if err != nil {
 		b.tb.Fatal(err)
 	}

@@ -10,3 +10,9 @@ import "context"
 // groups' Postgres engine, which sends NOTIFY in its pool's transaction
 // only where no such one is open).
 var AtomicOutside func(ctx context.Context) bool
+
+// OnCommitOrUnknown is dbctx.OnCommit, with unknown run instead of fn
+// where the commit's outcome is unknown (dbctx.ErrCommitUnknown: the
+// connection failed after COMMIT was sent): groups tells every member
+// that the message may be missing.
+var OnCommitOrUnknown func(ctx context.Context, fn, unknown func())
