@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math"
@@ -24,7 +25,8 @@ type PostgresOptions struct {
 	// ListenDSN is the connection string of the listener: a connection of
 	// its own, outside the pool's slots, straight to PostgreSQL (LISTEN
 	// does not work through PgBouncer in transaction mode), to the same
-	// database the pool's connections NOTIFY on. Required.
+	// database the pool's connections NOTIFY on. Required. Through a
+	// pooler, Start fails with [ErrPooledListener] (see there).
 	ListenDSN string
 
 	// Namespace keeps apart layers that share a database (several apps,
@@ -112,6 +114,12 @@ type PostgresOptions struct {
 // A row is written with created 'infinity'; the first listener to see it
 // committed stamps it with the time, from which PayloadMaxAge counts.
 //
+// The listener's connection must reach PostgreSQL itself: Start, and
+// each reconnection, compares the backend it announced with
+// pg_backend_pid(), and where they differ (a pooler sits between), Start
+// fails with [ErrPooledListener], and a reconnection is refused (Ready
+// returns it, logged at ERROR) until the listener reaches PostgreSQL.
+//
 // Every notifying commit takes a cluster-wide lock and signals every
 // listening backend of the database: for large deployments, NATS.
 //
@@ -158,6 +166,16 @@ func NewPostgres(pool *dbctx.Pool, opts *PostgresOptions) *Postgres {
 // maxNotify is PostgreSQL's limit on a NOTIFY payload (< 8000 bytes).
 const maxNotify = 7999
 
+// ErrPooledListener is returned by [New] over [NewPostgres] where
+// PostgresOptions.ListenDSN reaches PostgreSQL through a pooler (the
+// backend that answers is not the one the connection announced):
+// PgBouncer in transaction mode hands each statement to any server
+// connection, so the LISTENs go to connections the notifications never
+// reach, and nothing would be delivered. A pooler in session mode is
+// refused too (the check cannot tell the modes apart). Point ListenDSN
+// straight at PostgreSQL; the pool's connections may keep the pooler.
+var ErrPooledListener = errors.New("groups: the listener's connection goes through a pooler (PgBouncer?); LISTEN needs one straight to PostgreSQL (PostgresOptions.ListenDSN)")
+
 // Postgres is the engine of [NewPostgres]: give it to [New]; its Stats
 // are its own.
 type Postgres struct {
@@ -179,6 +197,8 @@ type Postgres struct {
 
 	usage   atomic.Uint64 // math.Float64bits of the last queue usage
 	sampled atomic.Bool
+
+	pooled bool // the listener's: a reconnection found a pooler, logged
 
 	table *payloadTable // nil where MaxPayload is NOTIFY's
 	notes []string      // arrived, not yet handed on; the listener's
@@ -225,8 +245,17 @@ func (e *Postgres) Start(in Inbox) error {
 	ctx, cancel := context.WithTimeout(e.ctx, 10*time.Second)
 	defer cancel()
 	conn, err := pgconn.ConnectConfig(ctx, e.cfg)
+	if err == nil {
+		err = e.direct(ctx, conn)
+		if err != nil {
+			conn.Close(context.Background())
+		}
+	}
 	if err != nil {
 		e.cancel()
+		if errors.Is(err, ErrPooledListener) {
+			return err
+		}
 		return fmt.Errorf("groups: the listener's connection: %w", err)
 	}
 	if e.table != nil {
@@ -238,6 +267,27 @@ func (e *Postgres) Start(in Inbox) error {
 	}
 	e.done = make(chan struct{})
 	go e.listen(conn)
+	return nil
+}
+
+// direct checks that conn reaches PostgreSQL itself, not a pooler: the
+// backend that answers is the one conn announced at startup (its
+// BackendKeyData; a pooler announces one of its own).
+func (e *Postgres) direct(ctx context.Context, conn *pgconn.PgConn) error {
+	res := conn.ExecParams(ctx, "SELECT pg_catalog.pg_backend_pid()", nil, nil, nil, nil).Read()
+	if res.Err != nil {
+		return res.Err
+	}
+	if len(res.Rows) != 1 || len(res.Rows[0]) != 1 {
+		return errors.New("groups: pg_backend_pid() answered no row")
+	}
+	pid, err := strconv.ParseUint(string(res.Rows[0][0]), 10, 32)
+	if err != nil {
+		return fmt.Errorf("groups: pg_backend_pid() answered %q", res.Rows[0][0])
+	}
+	if uint32(pid) != conn.PID() {
+		return fmt.Errorf("%w: the server's backend is %d, the connection announced %d", ErrPooledListener, pid, conn.PID())
+	}
 	return nil
 }
 
@@ -377,12 +427,22 @@ func (e *Postgres) listen(conn *pgconn.PgConn) {
 		}
 		ctx, cancel := context.WithTimeout(e.ctx, 10*time.Second)
 		c, err := pgconn.ConnectConfig(ctx, e.cfg)
+		if err == nil {
+			if err = e.direct(ctx, c); err != nil {
+				c.Close(context.Background())
+			}
+		}
 		cancel()
 		if err != nil {
+			if errors.Is(err, ErrPooledListener) && !e.pooled {
+				e.pooled = true
+				e.opts.Logger.Error("groups: the PostgreSQL listener reconnected through a pooler; it delivers nothing until it reaches PostgreSQL itself", "err", err)
+			}
 			e.setState(err)
 			backoff = min(2*backoff, maxBackoff)
 			continue
 		}
+		e.pooled = false
 		backoff = minBackoff
 		conn, reconnected = c, true
 		e.in.Reconnected()

@@ -2,7 +2,11 @@ package groups_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
+	"log/slog"
+	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -11,6 +15,7 @@ import (
 	"github.com/dbscope/dbscope/dbctx"
 	"github.com/dbscope/dbscope/groups"
 	"github.com/dbscope/dbscope/internal/dbtest"
+	"github.com/dbscope/dbscope/internal/pgserver"
 	"github.com/dbscope/dbscope/internal/pgtest"
 )
 
@@ -293,6 +298,134 @@ func TestPostgresCloseInAnyState(t *testing.T) {
 			case <-time.After(10 * time.Second):
 				t.Fatalf("%s: Close hangs", c.name)
 			}
+		}
+	}
+}
+
+// A listener whose ListenDSN goes through PgBouncer in transaction mode
+// would LISTEN on whatever server connection PgBouncer lends it, and get
+// nothing: New fails with ErrPooledListener. A listener that reconnects
+// through one (its address now leads to PgBouncer) is refused too: down,
+// Ready says why, logged once at ERROR; it comes back once the address
+// leads to PostgreSQL again.
+func TestListenerThroughPooler(t *testing.T) {
+	t.Parallel()
+	env := pgtest.New(t)
+	b := pgtest.StartPgBouncer(t, nil)
+	pool := dbctx.New(env.Open(t), &dbctx.Options{TransactionPooling: pgtest.Pooled()})
+	defer pool.Close()
+	l, err := groups.New(groups.NewPostgres(pool, &groups.PostgresOptions{ListenDSN: b.DSN(env), Namespace: env.Schema()}), nil)
+	if err == nil {
+		l.Close()
+		t.Fatal("New took a listener through PgBouncer")
+	}
+	if !errors.Is(err, groups.ErrPooledListener) {
+		t.Fatalf("New: %v, want ErrPooledListener", err)
+	}
+
+	px := pgtest.NewProxy(t, env)
+	sw := newSwitch(t, px.Addr())
+	logs, log := dbtest.NewLogs()
+	dsn, err := pgserver.WithParams(env.DSNVia(sw.addr()), "sslmode", "disable")
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := pgInstances(t, env, 1, &groups.PostgresOptions{ListenDSN: dsn, MaxPayload: 7999, Logger: log})[0]
+	recs := members(t, []*instance{in}, 1, nil, "g")
+	sw.to(b.Addr())
+	px.Cut()
+	dbtest.Eventually(t, "the listener refused through PgBouncer", func() bool {
+		return errors.Is(in.layer.Ready(), groups.ErrPooledListener)
+	})
+	if n := logs.Count(slog.LevelError, "groups: the PostgreSQL listener reconnected through a pooler"); n != 1 {
+		t.Fatalf("logged %d times at ERROR, want once:\n%s", n, logs)
+	}
+	sw.to(px.Addr())
+	px.Restore()
+	dbtest.Eventually(t, "the listener back", func() bool { return in.layer.Ready() == nil })
+	if err := in.layer.Send(context.Background(), "g", []byte("after")); err != nil {
+		t.Fatal(err)
+	}
+	dbtest.Eventually(t, "the message after", func() bool { return strings.HasSuffix(events(recs[0]), "after") })
+	if got := events(recs[0]); got != "gap,after" {
+		t.Fatalf("got %s, want the gap of the outage, then the message", got)
+	}
+}
+
+// switcher forwards the connections it accepts to a TCP address that
+// the test changes: those made from then on go there.
+type switcher struct {
+	ln     net.Listener
+	mu     sync.Mutex
+	target string
+	conns  []net.Conn
+	closed bool
+	wg     sync.WaitGroup
+}
+
+// newSwitch starts a switcher to target on 127.0.0.1:0, closed with its
+// connections and goroutines at the test's end.
+func newSwitch(t *testing.T, target string) *switcher {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &switcher{ln: ln, target: target}
+	s.wg.Add(1)
+	go s.accept()
+	t.Cleanup(func() {
+		ln.Close()
+		s.mu.Lock()
+		s.closed = true
+		for _, c := range s.conns {
+			c.Close()
+		}
+		s.mu.Unlock()
+		s.wg.Wait()
+	})
+	return s
+}
+
+func (s *switcher) addr() string { return s.ln.Addr().String() }
+
+func (s *switcher) to(target string) {
+	s.mu.Lock()
+	s.target = target
+	s.mu.Unlock()
+}
+
+func (s *switcher) accept() {
+	defer s.wg.Done()
+	for {
+		c, err := s.ln.Accept()
+		if err != nil {
+			return
+		}
+		s.mu.Lock()
+		target := s.target
+		s.mu.Unlock()
+		d, err := net.Dial("tcp", target)
+		if err != nil {
+			c.Close()
+			continue
+		}
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			c.Close()
+			d.Close()
+			return
+		}
+		s.conns = append(s.conns, c, d)
+		s.mu.Unlock()
+		for _, p := range [][2]net.Conn{{c, d}, {d, c}} {
+			s.wg.Add(1)
+			go func() {
+				defer s.wg.Done()
+				io.Copy(p[0], p[1])
+				p[0].Close()
+				p[1].Close()
+			}()
 		}
 	}
 }
