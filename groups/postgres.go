@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math"
@@ -24,7 +25,8 @@ type PostgresOptions struct {
 	// ListenDSN is the connection string of the listener: a connection of
 	// its own, outside the pool's slots, straight to PostgreSQL (LISTEN
 	// does not work through PgBouncer in transaction mode), to the same
-	// database the pool's connections NOTIFY on. Required.
+	// database the pool's connections NOTIFY on. Required. Through a
+	// pooler, Start fails with [ErrPooledListener] (see there).
 	ListenDSN string
 
 	// Namespace keeps apart layers that share a database (several apps,
@@ -41,9 +43,12 @@ type PostgresOptions struct {
 	// included (see [NewPostgres]; a body that is not UTF-8 text takes
 	// 4/3 of its size in base64): what NOTIFY's 7,999 bytes cannot hold
 	// goes through PayloadTable. Default: 1 MiB; below 1 GiB, PostgreSQL's
-	// limit on a value. At most 7,999: NOTIFY only, no table. Set the same
-	// on every instance: one without the table cannot read what another
-	// sends through it (a gap for its group, logged once at ERROR).
+	// limit on a value. At most 7,999: NOTIFY only, no table (in a
+	// database whose encoding is not UTF-8, a text body whose envelope
+	// passes 7,999 bytes in that encoding fails with ErrTooLarge). Set the
+	// same on every instance: one without the table cannot read what
+	// another sends through it (a gap for its group, logged once at
+	// ERROR).
 	MaxPayload int
 
 	// PayloadTable is the table of the messages past NOTIFY's limit: a
@@ -80,7 +85,15 @@ type PostgresOptions struct {
 //
 // A message takes its envelope's bytes: about 50 and the group's name,
 // with the body as it is where it is UTF-8 text, in base64 where not.
-// Up to NOTIFY's 7,999 the envelope is the NOTIFY's payload. Past them,
+// Up to NOTIFY's 7,999 the envelope is the NOTIFY's payload. PostgreSQL
+// counts them in the database's encoding (server_encoding, which the
+// listener reads as it connects): in UTF-8 or SQL_ASCII, and for ASCII in
+// any, as Go does; elsewhere a text body of other characters may take
+// more bytes (up to 4 a character), and an envelope that might pass the
+// limit there is sent with a NOTIFY that PostgreSQL measures first, in
+// the same statement, and through the table where it does not fit (the
+// pool's connections must use client_encoding UTF8, as pgx requires; the
+// listener sets it). Past them,
 // up to PostgresOptions.MaxPayload, it goes through a table: Send writes
 // it there and NOTIFYs a reference, in one statement (one round trip) on
 // the same connection, in the same transaction; each listener reads the
@@ -111,6 +124,12 @@ type PostgresOptions struct {
 //
 // A row is written with created 'infinity'; the first listener to see it
 // committed stamps it with the time, from which PayloadMaxAge counts.
+//
+// The listener's connection must reach PostgreSQL itself: Start, and
+// each reconnection, compares the backend it announced with
+// pg_backend_pid(), and where they differ (a pooler sits between), Start
+// fails with [ErrPooledListener], and a reconnection is refused (Ready
+// returns it, logged at ERROR) until the listener reaches PostgreSQL.
 //
 // Every notifying commit takes a cluster-wide lock and signals every
 // listening backend of the database: for large deployments, NATS.
@@ -155,8 +174,23 @@ func NewPostgres(pool *dbctx.Pool, opts *PostgresOptions) *Postgres {
 	return e
 }
 
-// maxNotify is PostgreSQL's limit on a NOTIFY payload (< 8000 bytes).
+// maxNotify is PostgreSQL's limit on a NOTIFY payload (< 8000 bytes), in
+// the database's encoding.
 const maxNotify = 7999
+
+// ErrPooledListener is returned by [New] over [NewPostgres] where
+// PostgresOptions.ListenDSN reaches PostgreSQL through a pooler (the
+// backend that answers is not the one the connection announced):
+// PgBouncer in transaction mode hands each statement to any server
+// connection, so the LISTENs go to connections the notifications never
+// reach, and nothing would be delivered. A pooler in session mode is
+// refused too (the check cannot tell the modes apart). Point ListenDSN
+// straight at PostgreSQL; the pool's connections may keep the pooler.
+var ErrPooledListener = errors.New("groups: the listener's connection goes through a pooler (PgBouncer?); LISTEN needs one straight to PostgreSQL (PostgresOptions.ListenDSN)")
+
+// notifyFitSQL NOTIFYs only where the payload fits NOTIFY's limit in the
+// database's encoding: one row where it did.
+const notifyFitSQL = "SELECT pg_notify($1, $2) WHERE octet_length($2::text) <= 7999"
 
 // Postgres is the engine of [NewPostgres]: give it to [New]; its Stats
 // are its own.
@@ -179,6 +213,12 @@ type Postgres struct {
 
 	usage   atomic.Uint64 // math.Float64bits of the last queue usage
 	sampled atomic.Bool
+
+	// recoded: the database's encoding is neither UTF8 nor SQL_ASCII, as
+	// the listener's connection last said: a payload's length there may
+	// not be its length in UTF-8.
+	recoded atomic.Bool
+	pooled  bool // the listener's: a reconnection found a pooler, logged
 
 	table *payloadTable // nil where MaxPayload is NOTIFY's
 	notes []string      // arrived, not yet handed on; the listener's
@@ -220,13 +260,25 @@ func (e *Postgres) Start(in Inbox) error {
 	if _, ok := c.RuntimeParams["application_name"]; !ok {
 		c.RuntimeParams["application_name"] = "dbscope-groups-listener"
 	}
+	// The envelopes are UTF-8; a database in another encoding would
+	// otherwise send them in its own (its default client_encoding).
+	c.RuntimeParams["client_encoding"] = "UTF8"
 	e.cfg = c
 	e.ctx, e.cancel = context.WithCancel(context.Background())
 	ctx, cancel := context.WithTimeout(e.ctx, 10*time.Second)
 	defer cancel()
 	conn, err := pgconn.ConnectConfig(ctx, e.cfg)
+	if err == nil {
+		err = e.direct(ctx, conn)
+		if err != nil {
+			conn.Close(context.Background())
+		}
+	}
 	if err != nil {
 		e.cancel()
+		if errors.Is(err, ErrPooledListener) {
+			return err
+		}
 		return fmt.Errorf("groups: the listener's connection: %w", err)
 	}
 	if e.table != nil {
@@ -239,6 +291,51 @@ func (e *Postgres) Start(in Inbox) error {
 	e.done = make(chan struct{})
 	go e.listen(conn)
 	return nil
+}
+
+// direct checks that conn reaches PostgreSQL itself, not a pooler: the
+// backend that answers is the one conn announced at startup (its
+// BackendKeyData; a pooler announces one of its own). It also reads the
+// database's encoding, which PostgreSQL reports at startup.
+func (e *Postgres) direct(ctx context.Context, conn *pgconn.PgConn) error {
+	res := conn.ExecParams(ctx, "SELECT pg_catalog.pg_backend_pid()", nil, nil, nil, nil).Read()
+	if res.Err != nil {
+		return res.Err
+	}
+	if len(res.Rows) != 1 || len(res.Rows[0]) != 1 {
+		return errors.New("groups: pg_backend_pid() answered no row")
+	}
+	pid, err := strconv.ParseUint(string(res.Rows[0][0]), 10, 32)
+	if err != nil {
+		return fmt.Errorf("groups: pg_backend_pid() answered %q", res.Rows[0][0])
+	}
+	if uint32(pid) != conn.PID() {
+		return fmt.Errorf("%w: the server's backend is %d, the connection announced %d", ErrPooledListener, pid, conn.PID())
+	}
+	enc := conn.ParameterStatus("server_encoding")
+	e.recoded.Store(enc != "UTF8" && enc != "SQL_ASCII")
+	return nil
+}
+
+// mayPassNotify reports whether payload, of at most maxNotify bytes, may
+// take more than maxNotify in the database's encoding: never in UTF8 or
+// SQL_ASCII; elsewhere where it may with 4 bytes for each character
+// other than ASCII, the most any encoding of PostgreSQL's takes
+// (MAX_MULTIBYTE_CHAR_LEN). The payload is UTF-8 (the layer's envelope).
+func (e *Postgres) mayPassNotify(payload []byte) bool {
+	if !e.recoded.Load() {
+		return false
+	}
+	n := 0
+	for _, c := range payload {
+		switch {
+		case c < 0x80:
+			n++
+		case c >= 0xc0: // a character's first byte
+			n += 4
+		}
+	}
+	return n > maxNotify
 }
 
 func (e *Postgres) Transactional() bool { return true }
@@ -293,8 +390,26 @@ func (e *Postgres) Publish(ctx context.Context, group string, payload []byte) er
 		_, err := s.ExecContext(ctx, "SELECT pg_notify($1, $2)", e.channelOf(group), string(payload))
 		return err
 	}
-	if len(payload) > maxNotify {
+	switch {
+	case len(payload) > maxNotify:
 		notify = func(ctx context.Context, s *dbctx.Scope) error {
+			return e.table.publish(ctx, s, e.channelOf(group), group, payload)
+		}
+	case e.mayPassNotify(payload):
+		// PostgreSQL measures it, in the database's encoding, and
+		// NOTIFYs only where it fits; else the table.
+		notify = func(ctx context.Context, s *dbctx.Scope) error {
+			res, err := s.ExecContext(ctx, notifyFitSQL, e.channelOf(group), string(payload))
+			if err != nil {
+				return err
+			}
+			if n, err := res.RowsAffected(); err != nil || n == 1 {
+				return err
+			}
+			if e.table == nil {
+				return fmt.Errorf("%w: %d bytes, past NOTIFY's %d in the database's encoding, and the engine has no table (MaxPayload %d)",
+					ErrTooLarge, len(payload), maxNotify, e.opts.MaxPayload)
+			}
 			return e.table.publish(ctx, s, e.channelOf(group), group, payload)
 		}
 	}
@@ -377,12 +492,22 @@ func (e *Postgres) listen(conn *pgconn.PgConn) {
 		}
 		ctx, cancel := context.WithTimeout(e.ctx, 10*time.Second)
 		c, err := pgconn.ConnectConfig(ctx, e.cfg)
+		if err == nil {
+			if err = e.direct(ctx, c); err != nil {
+				c.Close(context.Background())
+			}
+		}
 		cancel()
 		if err != nil {
+			if errors.Is(err, ErrPooledListener) && !e.pooled {
+				e.pooled = true
+				e.opts.Logger.Error("groups: the PostgreSQL listener reconnected through a pooler; it delivers nothing until it reaches PostgreSQL itself", "err", err)
+			}
 			e.setState(err)
 			backoff = min(2*backoff, maxBackoff)
 			continue
 		}
+		e.pooled = false
 		backoff = minBackoff
 		conn, reconnected = c, true
 		e.in.Reconnected()

@@ -1,8 +1,14 @@
 package groups_test
 
 import (
+	"bytes"
 	"context"
+	"database/sql"
+	"errors"
 	"fmt"
+	"io"
+	"log/slog"
+	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -11,6 +17,7 @@ import (
 	"github.com/dbscope/dbscope/dbctx"
 	"github.com/dbscope/dbscope/groups"
 	"github.com/dbscope/dbscope/internal/dbtest"
+	"github.com/dbscope/dbscope/internal/pgserver"
 	"github.com/dbscope/dbscope/internal/pgtest"
 )
 
@@ -293,6 +300,243 @@ func TestPostgresCloseInAnyState(t *testing.T) {
 			case <-time.After(10 * time.Second):
 				t.Fatalf("%s: Close hangs", c.name)
 			}
+		}
+	}
+}
+
+// A listener whose ListenDSN goes through PgBouncer in transaction mode
+// would LISTEN on whatever server connection PgBouncer lends it, and get
+// nothing: New fails with ErrPooledListener. A listener that reconnects
+// through one (its address now leads to PgBouncer) is refused too: down,
+// Ready says why, logged once at ERROR; it comes back once the address
+// leads to PostgreSQL again.
+func TestListenerThroughPooler(t *testing.T) {
+	t.Parallel()
+	env := pgtest.New(t)
+	b := pgtest.StartPgBouncer(t, nil)
+	pool := dbctx.New(env.Open(t), &dbctx.Options{TransactionPooling: pgtest.Pooled()})
+	defer pool.Close()
+	l, err := groups.New(groups.NewPostgres(pool, &groups.PostgresOptions{ListenDSN: b.DSN(env), Namespace: env.Schema()}), nil)
+	if err == nil {
+		l.Close()
+		t.Fatal("New took a listener through PgBouncer")
+	}
+	if !errors.Is(err, groups.ErrPooledListener) {
+		t.Fatalf("New: %v, want ErrPooledListener", err)
+	}
+
+	px := pgtest.NewProxy(t, env)
+	sw := newSwitch(t, px.Addr())
+	logs, log := dbtest.NewLogs()
+	dsn, err := pgserver.WithParams(env.DSNVia(sw.addr()), "sslmode", "disable")
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := pgInstances(t, env, 1, &groups.PostgresOptions{ListenDSN: dsn, MaxPayload: 7999, Logger: log})[0]
+	recs := members(t, []*instance{in}, 1, nil, "g")
+	sw.to(b.Addr())
+	px.Cut()
+	dbtest.Eventually(t, "the listener refused through PgBouncer", func() bool {
+		return errors.Is(in.layer.Ready(), groups.ErrPooledListener)
+	})
+	if n := logs.Count(slog.LevelError, "groups: the PostgreSQL listener reconnected through a pooler"); n != 1 {
+		t.Fatalf("logged %d times at ERROR, want once:\n%s", n, logs)
+	}
+	sw.to(px.Addr())
+	px.Restore()
+	dbtest.Eventually(t, "the listener back", func() bool { return in.layer.Ready() == nil })
+	if err := in.layer.Send(context.Background(), "g", []byte("after")); err != nil {
+		t.Fatal(err)
+	}
+	dbtest.Eventually(t, "the message after", func() bool { return strings.HasSuffix(events(recs[0]), "after") })
+	if got := events(recs[0]); got != "gap,after" {
+		t.Fatalf("got %s, want the gap of the outage, then the message", got)
+	}
+}
+
+// switcher forwards the connections it accepts to a TCP address that
+// the test changes: those made from then on go there.
+type switcher struct {
+	ln     net.Listener
+	mu     sync.Mutex
+	target string
+	conns  []net.Conn
+	closed bool
+	wg     sync.WaitGroup
+}
+
+// newSwitch starts a switcher to target on 127.0.0.1:0, closed with its
+// connections and goroutines at the test's end.
+func newSwitch(t *testing.T, target string) *switcher {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &switcher{ln: ln, target: target}
+	s.wg.Add(1)
+	go s.accept()
+	t.Cleanup(func() {
+		ln.Close()
+		s.mu.Lock()
+		s.closed = true
+		for _, c := range s.conns {
+			c.Close()
+		}
+		s.mu.Unlock()
+		s.wg.Wait()
+	})
+	return s
+}
+
+func (s *switcher) addr() string { return s.ln.Addr().String() }
+
+func (s *switcher) to(target string) {
+	s.mu.Lock()
+	s.target = target
+	s.mu.Unlock()
+}
+
+func (s *switcher) accept() {
+	defer s.wg.Done()
+	for {
+		c, err := s.ln.Accept()
+		if err != nil {
+			return
+		}
+		s.mu.Lock()
+		target := s.target
+		s.mu.Unlock()
+		d, err := net.Dial("tcp", target)
+		if err != nil {
+			c.Close()
+			continue
+		}
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			c.Close()
+			d.Close()
+			return
+		}
+		s.conns = append(s.conns, c, d)
+		s.mu.Unlock()
+		for _, p := range [][2]net.Conn{{c, d}, {d, c}} {
+			s.wg.Add(1)
+			go func() {
+				defer s.wg.Done()
+				io.Copy(p[0], p[1])
+				p[0].Close()
+				p[1].Close()
+			}()
+		}
+	}
+}
+
+// A database whose encoding is EUC_TW, where a CJK character takes 2 or 4
+// bytes (3 in UTF-8): PostgreSQL measures NOTIFY's 7,999 bytes in that
+// encoding. Text messages whose envelopes are up to 7,999 bytes of UTF-8
+// but longer in EUC_TW go through the table (with MaxPayload at 7,999,
+// no table: ErrTooLarge); those that fit there, and ASCII, by NOTIFY;
+// all arrive whole and in order.
+func TestServerEncodingNotifyLimit(t *testing.T) {
+	t.Parallel()
+	env := pgtest.New(t)
+	ctx := context.Background()
+	db := "dbscope_euctw_" + env.Schema()
+	if _, err := env.Admin().ExecContext(ctx, fmt.Sprintf(
+		"CREATE DATABASE %s ENCODING 'EUC_TW' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0 OWNER %s", db, env.Role())); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if _, err := env.Admin().ExecContext(ctx, "DROP DATABASE "+db+" WITH (FORCE)"); err != nil {
+			t.Error(err)
+		}
+	})
+	// The listener sets client_encoding itself; the pool's connections
+	// must (pgx requires UTF8 and does not ask for it).
+	dsn, err := pgserver.WithParams(env.DirectDSN(t), "dbname", db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	poolDSN, err := pgserver.WithParams(dsn, "client_encoding", "UTF8")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sdb, err := sql.Open("pgx", poolDSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sdb.Close()
+	pool := dbctx.New(sdb, nil)
+	defer pool.Close()
+	layer := func(maxPayload int) (*groups.Layer, *groups.Postgres) {
+		e := groups.NewPostgres(pool, &groups.PostgresOptions{ListenDSN: dsn, MaxPayload: maxPayload, PayloadTable: "public.dbscope_groups_payloads"})
+		l, err := groups.New(e, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l, e
+	}
+	l, e := layer(0)
+	defer l.Close()
+	small, _ := layer(7999)
+	defer small.Close()
+	r := &recorder{}
+	m := l.NewMember(r.handle, nil)
+	defer m.Close()
+	if err := m.Join(ctx, "b"); err != nil {
+		t.Fatal(err)
+	}
+	// text returns the body of an envelope of n bytes to group b ("1|",
+	// a 24-digit id, "|b|t"): runes of r, 'x's in front to make up.
+	text := func(n int, r string) []byte {
+		n -= 2 + 24 + 3 + 1
+		b := bytes.Repeat([]byte(r), n/len(r))
+		return append(bytes.Repeat([]byte("x"), n-len(b)), b...)
+	}
+	// 乂 takes 4 bytes in EUC_TW (CNS 11643 plane 2), 中 2 (plane 1).
+	var sent [][]byte
+	for _, c := range []struct {
+		envelope int
+		r        string
+		table    bool
+	}{
+		{7999, "x", false},
+		{3000, "乂", false},
+		{7000, "乂", true},
+		{7999, "乂", true},
+		{7999, "中", false},
+		{8000, "中", true},
+	} {
+		before := e.Stats().LargeSent
+		d := text(c.envelope, c.r)
+		if err := l.Send(ctx, "b", d); err != nil {
+			t.Fatalf("an envelope of %d bytes of %s: %v", c.envelope, c.r, err)
+		}
+		sent = append(sent, d)
+		if table := e.Stats().LargeSent > before; table != c.table {
+			t.Errorf("an envelope of %d bytes of %s: through the table %v, want %v", c.envelope, c.r, table, c.table)
+		}
+		err := small.Send(ctx, "b", d)
+		switch {
+		case c.envelope > 7999 || c.table:
+			if !errors.Is(err, groups.ErrTooLarge) {
+				t.Errorf("without a table, an envelope of %d bytes of %s: %v, want ErrTooLarge", c.envelope, c.r, err)
+			}
+		case err != nil:
+			t.Errorf("without a table, an envelope of %d bytes of %s: %v", c.envelope, c.r, err)
+		default:
+			sent = append(sent, d)
+		}
+	}
+	if err := l.Send(ctx, "b", []byte("marker")); err != nil {
+		t.Fatal(err)
+	}
+	dbtest.Eventually(t, "the marker", func() bool { return r.n.Load() == int64(len(sent))+1 })
+	got := r.got()
+	for i, d := range sent {
+		if got[i].Gap || !bytes.Equal(got[i].Data, d) {
+			t.Fatalf("event %d: gap %v, %d bytes %.20q; want %d bytes %.20q", i, got[i].Gap, len(got[i].Data), got[i].Data, len(d), d)
 		}
 	}
 }

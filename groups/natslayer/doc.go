@@ -21,11 +21,13 @@
 //     its first member here and dropped when its last one leaves.
 //     Subscribe returns once the server has it: a message sent after
 //     Join returned is delivered. Each has explicit pending limits
-//     (Options.PendingMsgs, PendingBytes), and a goroutine of nats.go's: a
-//     goroutine per group, none per member.
+//     (Options.PendingMsgs, PendingBytes: what waits besides the message
+//     being handed over), and a goroutine of nats.go's: a goroutine per
+//     group, none per member.
 //   - At most once, gaps told: a group that falls behind its pending
 //     limits loses what overflows, and its members here get a gap
-//     (groups.Event.Gap), counted in [Stats] (SlowConsumers, Dropped);
+//     (groups.Event.Gap) before the next message, which the overflow
+//     always leaves waiting, counted in [Stats] (SlowConsumers, Dropped);
 //     when the connection breaks, the messages sent meanwhile are lost to
 //     this instance, and once it is back, with every subscription, every
 //     member gets a gap (groups.Stats.Gaps, Reconnects). The connection

@@ -19,10 +19,13 @@ type Options struct {
 	Prefix string
 
 	// PendingMsgs and PendingBytes bound what waits on each group's
-	// subscription for delivery to this instance's members (nats.go's
-	// pending limits): past either, nats.go drops what arrives for that
-	// group, and its members get a gap. Negative: no bound. Defaults:
-	// 10,000 messages and 8 MiB. MaxPayload is at most PendingBytes.
+	// subscription for delivery to this instance's members, besides the
+	// message being handed over (nats.go's pending limits, which count
+	// that one too, are one message and MaxPayload bytes more): past
+	// either, nats.go drops what arrives for that group, and its members
+	// get a gap before the next message, which is always one of those
+	// that wait, counted in Stats. Negative: no bound. Defaults: 10,000
+	// messages and 8 MiB. MaxPayload is at most PendingBytes.
 	PendingMsgs  int
 	PendingBytes int
 

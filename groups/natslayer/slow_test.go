@@ -194,7 +194,7 @@ func TestPendingLimits(t *testing.T) {
 	await(t, "the probe", probed)
 	close(in.hold)
 	eventually(t, "the other group's messages", func() bool { return in.count("other:") == otherMsgs })
-	want := limit // the one held counts against the limit while held
+	want := limit + 1 // the one held, and limit waiting besides it
 	eventually(t, "the slow group's pending messages", func() bool { return in.count("slow:") == want })
 	got := in.events()
 	if got[0] != "slow:1" || in.count("gap:") != 1 {
@@ -206,8 +206,90 @@ func TestPendingLimits(t *testing.T) {
 		}
 	}
 	st := e.Stats()
-	if st.SlowConsumers != 1 || st.Dropped != slowMsgs-limit {
-		t.Fatalf("stats %+v, want 1 slow consumer, %d dropped", st, slowMsgs-limit)
+	if st.SlowConsumers != 1 || st.Dropped != int64(slowMsgs-want) {
+		t.Fatalf("stats %+v, want 1 slow consumer, %d dropped", st, slowMsgs-want)
+	}
+}
+
+// Messages that overflow a group's PendingBytes while the one in hand
+// (held by the inbox) is all that waits before them: each is delivered,
+// or dropped and then counted, with a gap for the group, never lost in
+// silence. nats.go counts the message in hand as pending until its
+// delivery returns; a drop with nothing pending after it would get no
+// later delivery to bring its gap.
+func TestOverflowBehindHeldMessage(t *testing.T) {
+	t.Parallel()
+	big := strings.Repeat("x", 600<<10) // two fit MaxPayload (1 MiB) each, not PendingBytes together
+	for _, n := range []int{2, 4} {
+		t.Run(fmt.Sprint(n), func(t *testing.T) {
+			srv := natstest.Start(t)
+			e, err := natslayer.Connect(srv.URL, &natslayer.Options{PendingBytes: 1 << 20, Logger: testLogger(t)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			in := &inbox{t: t, hold: make(chan struct{}), holding: make(chan struct{})}
+			if err := e.Start(in); err != nil {
+				t.Fatal(err)
+			}
+			defer e.Close()
+			if err := e.Subscribe(context.Background(), "slow"); err != nil {
+				t.Fatal(err)
+			}
+			pub, err := nats.Connect(srv.URL)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer pub.Close()
+			publish := func(k int) {
+				t.Helper()
+				if err := pub.Publish(natslayer.Subject("dbscope", "slow"), fmt.Appendf(nil, "slow:%d:%s", k, big)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			publish(1)
+			await(t, "the first delivery, held", in.holding)
+			for k := 2; k <= n; k++ {
+				publish(k)
+			}
+			// Once a probe published last reaches the engine's
+			// connection, so have the messages before it.
+			probed := make(chan struct{})
+			probe, err := e.Conn().Subscribe(natslayer.Subject("dbscope", "probe"), func(*nats.Msg) { close(probed) })
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer probe.Unsubscribe()
+			if err := e.Conn().Flush(); err != nil {
+				t.Fatal(err)
+			}
+			if err := pub.Publish(natslayer.Subject("dbscope", "probe"), nil); err != nil {
+				t.Fatal(err)
+			}
+			await(t, "the probe", probed)
+			close(in.hold)
+			eventually(t, "every message delivered or counted dropped", func() bool {
+				return int64(in.count("slow:"))+e.Stats().Dropped == int64(n)
+			})
+			st := e.Stats()
+			got := in.count("slow:")
+			t.Logf("%d delivered, %d gaps, stats %+v", got, in.count("gap:"), st)
+			if st.Dropped == 0 {
+				if in.count("gap:") != 0 {
+					t.Fatalf("a gap without a drop: %+v", st)
+				}
+				if n > 2 {
+					t.Fatalf("%d messages of 600 KiB fit PendingBytes of 1 MiB beside the one in hand", n)
+				}
+				return
+			}
+			if in.count("gap:slow") != 1 || st.SlowConsumers != 1 {
+				t.Fatalf("%d dropped: %d gaps, stats %+v; want one gap, one slow consumer", st.Dropped, in.count("gap:"), st)
+			}
+			ev := in.events()
+			if ev[0] != "slow:1:"+big || ev[1] != "gap:slow" {
+				t.Fatalf("want the held message, then the gap, then the rest; got %d events, the second %.20q", len(ev), ev[1])
+			}
+		})
 	}
 }
 

@@ -46,7 +46,7 @@ func (e *Engine) Subscribe(ctx context.Context, group string) error {
 	if err != nil {
 		return fmt.Errorf("natslayer: subscribing to %s: %w", group, err)
 	}
-	if err := sub.SetPendingLimits(e.opts.PendingMsgs, e.opts.PendingBytes); err != nil {
+	if err := sub.SetPendingLimits(pendingLimits(e.opts, e.MaxPayload())); err != nil {
 		sub.Unsubscribe()
 		return fmt.Errorf("natslayer: subscribing to %s: %w", group, err)
 	}
@@ -93,6 +93,28 @@ func (e *Engine) Unsubscribe(group string) {
 	s.sub.Unsubscribe()
 }
 
+// pendingLimits returns nats.go's pending limits for a subscription:
+// Options' PendingMsgs and PendingBytes, plus room for one message of
+// maxPayload bytes, the one in hand. nats.go counts the message it hands
+// to handle as pending until handle returns; without that room, a message
+// that arrived while the one in hand was the only one pending could be
+// dropped with nothing left to deliver after it, so that handle, which
+// tells and counts drops before each delivery, would not run again until
+// the group's next message (maybe never). With it, nats.go drops a
+// message only where PendingMsgs, or PendingBytes (it is at least
+// maxPayload), wait besides the one in hand: a message is always left,
+// and its delivery brings the gap. Negative limits stay unbounded.
+func pendingLimits(o Options, maxPayload int) (msgs, bytes int) {
+	msgs, bytes = o.PendingMsgs, o.PendingBytes
+	if msgs > 0 {
+		msgs++
+	}
+	if bytes > 0 {
+		bytes += maxPayload
+	}
+	return msgs, bytes
+}
+
 // handle runs on the subscription's goroutine for each message, in the
 // order they arrived.
 func (s *subscription) handle(m *nats.Msg) {
@@ -116,7 +138,8 @@ func (s *subscription) handle(m *nats.Msg) {
 // consumer only where one starts (ErrSlowConsumer to the connection's
 // error handler, which a connection passed to New may not route here);
 // its count of drops sees every one, and seen from here, in order with
-// the deliveries. e.deliver is held.
+// the deliveries. A drop always leaves a message pending behind it (see
+// pendingLimits), whose handle calls this first. e.deliver is held.
 func (s *subscription) countDrops(sub *nats.Subscription) int {
 	n, err := sub.Dropped()
 	if err != nil || n <= s.dropped {
