@@ -20,6 +20,12 @@ import (
 // in force when the string arrives, which a statement before it in the same
 // transaction may have changed (SET LOCAL, set_config(…, true)): where the
 // text has a backslash, it is read both ways and the kinds are joined.
+// So with the client_encoding, which may have been set the same ways (or
+// for the session, or by code the text does not show): PostgreSQL splits
+// the text into the encoding's characters before it reads it, and in the
+// client-only ones (SJIS, BIG5, GBK, GB18030) a character may take in
+// the byte of a backslash or of a bracket; where one would, the text is
+// read in that encoding's way too (see encsplit.go).
 //
 // A statement is clean (no kindState) when it is one of
 //   - SELECT, VALUES, TABLE, WITH, SHOW, DECLARE without HOLD, FETCH,
@@ -169,14 +175,12 @@ func (c *noteCache) kind(query string) queryKind {
 }
 
 // classify reads what query may do to the session, whatever the
-// session's standard_conforming_strings.
-//
-// And whatever the client_encoding: in those whose characters of two
-// bytes may end in a backslash's byte (SJIS, BIG5, GBK, GB18030, UHC,
-// JOHAB), PostgreSQL reads E'\x95\x5c' as a string of one character,
-// converted before it is read, where a reading byte by byte sees an
-// escaped quote. A text with a byte above ASCII before a backslash is
-// read that way too.
+// session's standard_conforming_strings, and whatever its
+// client_encoding: in those whose characters of two bytes may end in a
+// backslash's byte (SJIS, BIG5, GBK, GB18030), PostgreSQL reads
+// E'\x95\x5c' as a string of one character, converted before it is
+// read, where a reading byte by byte sees an escaped quote (see
+// encsplit.go).
 func classify(query string) queryKind {
 	var k queryKind
 	first := true
@@ -198,18 +202,23 @@ func classify(query string) queryKind {
 // backslash may escape, off (a statement before it in its transaction
 // may have switched it: SET LOCAL, set_config; off, a backslash escapes
 // a quote in '…' too, which moves where strings end: what is code one
-// way is a string the other); each also with a byte above ASCII and the
-// byte after it read as one character, where such a byte comes before a
-// backslash. classify reads each way, and so does the reading of
-// transaction control (txControlOf, endsBefore).
+// way is a string the other); each also split into characters as a
+// client-only encoding splits it, where that takes a backslash, a
+// bracket or an operator's byte into a character (see splitMatters: the
+// client_encoding too may have been set before it, for the session or
+// the transaction, and the classifier does not follow it). classify
+// reads each way, and so does the reading of transaction control
+// (txControlOf, endsBefore).
 func readings(query string, f func(l lexer) bool) {
-	if !f(lexer{q: query}) || strings.IndexByte(query, '\\') < 0 {
+	backslash := strings.IndexByte(query, '\\') >= 0
+	if !f(lexer{q: query}) || backslash && !f(lexer{q: query, escapes: true}) || !highBeforeMark(query) {
 		return
 	}
-	if !f(lexer{q: query, escapes: true}) || !highBeforeBackslash(query) {
-		return
+	for _, s := range clientSplits {
+		if splitMatters(query, s) && (!f(lexer{q: query, mb: s}) || backslash && !f(lexer{q: query, escapes: true, mb: s})) {
+			return
+		}
 	}
-	_ = f(lexer{q: query, mb: true}) && f(lexer{q: query, escapes: true, mb: true})
 }
 
 // joinKinds is what a statement read two ways may do: what either reading
@@ -221,20 +230,9 @@ func joinKinds(k, k2 queryKind) queryKind {
 	return k | k2
 }
 
-// highBeforeBackslash reports whether a byte above ASCII comes right
-// before a backslash in query.
-func highBeforeBackslash(query string) bool {
-	for i := 1; i < len(query); i++ {
-		if query[i] == '\\' && query[i-1] >= 0x80 {
-			return true
-		}
-	}
-	return false
-}
-
 // classifyAs reads query with standard_conforming_strings off (escapes)
-// or on, and bytes above ASCII as the first of two (mb) or not.
-func classifyAs(query string, escapes, mb bool) queryKind {
+// or on, split into characters as mb says.
+func classifyAs(query string, escapes bool, mb mbSplit) queryKind {
 	c := classifier{lx: lexer{q: query, escapes: escapes, mb: mb}}
 	c.run()
 	return c.kind
@@ -364,7 +362,7 @@ type lexer struct {
 	q       string
 	i       int
 	escapes bool
-	mb      bool // a byte above ASCII in a string is the first of a character of two (see classify)
+	mb      mbSplit // how the client encoding splits the text into characters (see encsplit.go)
 }
 
 func isIdentStart(c byte) bool {
@@ -372,6 +370,17 @@ func isIdentStart(c byte) bool {
 }
 
 func isIdentChar(c byte) bool { return isIdentStart(c) || c >= '0' && c <= '9' || c == '$' }
+
+// identEnd returns where the identifier's characters that begin at
+// q[i] end, in a split other than splitBytes: a character of several
+// bytes is one of them whole, whatever its other bytes are.
+func (l *lexer) identEnd(i int) int {
+	q := l.q
+	for i < len(q) && isIdentChar(q[i]) {
+		i += l.mb.charLen(q, i)
+	}
+	return min(i, len(q))
+}
 
 func isDigit(c byte) bool { return c >= '0' && c <= '9' }
 
@@ -428,8 +437,12 @@ func (l *lexer) token() token {
 	switch {
 	case isIdentStart(c):
 		j := start + 1
-		for j < len(q) && isIdentChar(q[j]) {
-			j++
+		if l.mb == splitBytes {
+			for j < len(q) && isIdentChar(q[j]) {
+				j++
+			}
+		} else {
+			j = l.identEnd(start)
 		}
 		word := q[start:j]
 		if j < len(q) && len(word) == 1 {
@@ -481,8 +494,9 @@ func (l *lexer) token() token {
 			return token{kind: tParam}
 		}
 		for j < len(q) && q[j] != '$' && isIdentChar(q[j]) {
-			j++
+			j += l.mb.charLen(q, j)
 		}
+		j = min(j, len(q))
 		if j < len(q) && q[j] == '$' && (j == start+1 || isIdentStart(q[start+1])) {
 			tag := q[start : j+1]
 			end := strings.Index(q[j+1:], tag)
@@ -565,14 +579,14 @@ func (l *lexer) str(esc bool) token {
 	q := l.q
 	start := l.i + 1
 	for j := start; j < len(q); j++ {
-		if q[j] >= 0x80 && l.mb {
-			j++ // the second byte of the character, whatever it is
+		if l.mb != splitBytes && q[j] >= 0x80 {
+			j += l.mb.charLen(q, j) - 1 // the rest of the character, whatever it is
 			continue
 		}
 		switch q[j] {
 		case '\\':
-			if esc {
-				j++
+			if esc && j+1 < len(q) {
+				j += l.mb.charLen(q, j+1) // the character escaped, whole
 			}
 		case '\'':
 			if j+1 < len(q) && q[j+1] == '\'' {

@@ -105,7 +105,7 @@ func TestCorpusOracleCatches(t *testing.T) {
 			}
 			return classify(q)
 		}},
-		{"standard_conforming_strings on only", func(q string) queryKind { return classifyAs(q, false, false) }},
+		{"standard_conforming_strings on only", func(q string) queryKind { return classifyAs(q, false, splitBytes) }},
 		{`"pg_temp" quoted not seen`, func(q string) queryKind {
 			if strings.Contains(q, `"pg_temp`) {
 				return classify(q) &^ kindSession

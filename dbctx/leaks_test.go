@@ -183,6 +183,156 @@ func TestTwoByteEncodingString(t *testing.T) {
 	}
 }
 
+// Under a client-only client_encoding PostgreSQL splits a text into the
+// encoding's characters before it reads it, and a byte above ASCII may
+// take the byte after it into its character: in SJIS 0x95 0x5C is one
+// character, 0xB1 one of its own, so in E'\xb1\x95\x5c' the quote after
+// them ends the string, and in E'\\\x95\x5c' the backslash escapes the
+// character, not the quote; a dollar quote's tag $\x95[$ is one
+// character long. Each text hides, so, what leaves state in the session
+// (hiddenState), in the encoding named.
+const hiddenState = "SELECT set_config('app.x', 'leak', false), pg_try_advisory_lock(4242); LISTEN enc_chan; PREPARE enc_p AS SELECT 1; --'"
+
+var encodingTexts = []struct{ enc, text string }{
+	{"SJIS", "SELECT E'\xb1\x95\x5c'; " + hiddenState},
+	{"SJIS", "SELECT E'\\\x95\x5c'; " + hiddenState},
+	{"SJIS", "SELECT $\x95[$ ' $\x95[$; " + hiddenState},
+	{"SHIFT_JIS_2004", "SELECT E'\xb1\x95\x5c'; " + hiddenState},
+	{"SHIFT_JIS_2004", "SELECT $\x95[$ ' $\x95[$; " + hiddenState},
+	{"BIG5", "SELECT E'\\\xa4\x5c'; " + hiddenState},
+	{"BIG5", "SELECT $\xa4[$ ' $\xa4[$; " + hiddenState},
+	{"GBK", "SELECT E'\\\x95\x5c'; " + hiddenState},
+	{"GBK", "SELECT $\x95|$ ' $\x95|$; " + hiddenState},
+	{"GB18030", "SELECT E'\x81\x30\x81\x30\\\x95\x5c'; " + hiddenState},
+}
+
+// askHidden reads in a session what hiddenState leaves: "|0|0|0" where
+// nothing.
+const askHidden = `SELECT format('%s|%s|%s|%s', current_setting('app.x', true),
+	(SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()),
+	(SELECT count(*) FROM pg_listening_channels()), (SELECT count(*) FROM pg_prepared_statements WHERE from_sql))`
+
+// hiddenRuns asks PostgreSQL, on a connection of its own, that it runs
+// what text hides under client_encoding enc (else the tests below would
+// see nothing for want of it).
+func hiddenRuns(t *testing.T, db *sql.DB, enc, text string) {
+	t.Helper()
+	ctx := context.Background()
+	c, err := db.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.ExecContext(ctx, "SET client_encoding = '"+enc+"'"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.ExecContext(ctx, text); err != nil {
+		t.Fatalf("%s: %q: %v", enc, text, err)
+	}
+	if _, err := c.ExecContext(ctx, "RESET client_encoding"); err != nil {
+		t.Fatal(err)
+	}
+	var got string
+	if err := c.QueryRowContext(ctx, askHidden).Scan(&got); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(got, "leak|") || strings.HasSuffix(got, "|0|0") {
+		t.Fatalf("%s: %q leaves %q, not what it hides", enc, text, got)
+	}
+}
+
+// Whichever way a unit sets the client_encoding (for the session, put
+// back before its end, or for its transaction, in a string of its own
+// or with another statement), what the text hides is seen: the next
+// scope on the same backend finds none of it, in every exec mode of
+// pgx's.
+func TestClientEncodingSplitsText(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "needs consecutive scopes to share one server session")
+	env := newEnv(t)
+	raw := env.Open(t)
+	raw.SetMaxIdleConns(0) // what a text left goes with its connection
+	ways := []struct {
+		name      string
+		set, back string // back: "" where the encoding is the transaction's (in Atomic)
+	}{
+		{"SET", "SET client_encoding = '%s'", "RESET client_encoding"},
+		{"SET NAMES", "SET NAMES '%s'", "SET NAMES 'UTF8'"},
+		{"set_config", "SELECT set_config('client_encoding', '%s', false)", "SELECT set_config('client_encoding', 'UTF8', false)"},
+		{"SET LOCAL", "SET LOCAL client_encoding = '%s'", ""},
+		{"set_config local", "SELECT set_config('client_encoding', '%s', true)", ""},
+		{"SET LOCAL after another", "SELECT 1; SET LOCAL client_encoding TO '%s'", ""},
+	}
+	pools := map[string]*dbctx.Pool{}
+	for _, mode := range allModes {
+		pools[mode] = onePoolInMode(t, env, mode, dbctx.Options{Logger: quiet()})
+	}
+	for i, tc := range encodingTexts {
+		hiddenRuns(t, raw, tc.enc, tc.text)
+		for j, w := range ways {
+			mode := allModes[(i+j)%len(allModes)]
+			got, same := runThenAsk(t, pools[mode], func(ctx context.Context, s *dbctx.Scope) error {
+				run := func(ctx context.Context) error {
+					if err := exec(fmt.Sprintf(w.set, tc.enc))(ctx, s); err != nil {
+						return err
+					}
+					if err := exec(tc.text)(ctx, s); err != nil {
+						return err
+					}
+					if w.back == "" {
+						return nil
+					}
+					return exec(w.back)(ctx, s)
+				}
+				if w.back == "" {
+					return dbctx.Atomic(ctx, run)
+				}
+				return run(ctx)
+			}, askHidden)
+			if got != "|0|0|0" || !same {
+				t.Errorf("%s, %s, %s: %q: the next scope sees %q (same backend %v), want |0|0|0 on the same", tc.enc, w.name, mode, tc.text, got, same)
+			}
+		}
+	}
+}
+
+// Under TransactionPooling, such a text is refused before it is sent,
+// whichever way the transaction set the encoding.
+func TestClientEncodingSplitsTextPooling(t *testing.T) {
+	t.Parallel()
+	env := newEnv(t)
+	p := onePool(t, env, dbctx.Options{TransactionPooling: true, Logger: quiet()})
+	ctx := context.Background()
+	for _, tc := range encodingTexts {
+		for _, set := range []string{
+			"SET LOCAL client_encoding = '%s'",
+			"SELECT set_config('client_encoding', '%s', true)",
+			"SELECT 1; SET LOCAL client_encoding TO '%s'",
+		} {
+			err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+				return dbctx.Atomic(ctx, func(ctx context.Context) error {
+					if err := exec(fmt.Sprintf(set, tc.enc))(ctx, s); err != nil {
+						return err
+					}
+					return exec(tc.text)(ctx, s)
+				})
+			})
+			if !errors.Is(err, dbctx.ErrSessionState) {
+				t.Errorf("%s, %s: %q: %v, want ErrSessionState", tc.enc, set, tc.text, err)
+			}
+			var got string
+			if err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+				return s.QueryRowContext(ctx, askHidden).Scan(&got)
+			}); err != nil {
+				t.Fatal(err)
+			}
+			if got != "|0|0|0" {
+				t.Errorf("%s, %s: %q: the next unit sees %q, want |0|0|0", tc.enc, set, tc.text, got)
+			}
+		}
+	}
+}
+
 // pgx's named arguments are rewritten before the text runs ($@a becomes
 // $$1, which opens a dollar quote): the text that runs is the one read.
 // So through database/sql's methods too, where they come wrapped in a

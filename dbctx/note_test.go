@@ -338,6 +338,73 @@ func TestClassify(t *testing.T) {
 	}
 }
 
+// Under a client-only client_encoding PostgreSQL splits a text into the
+// encoding's characters (as pg_encoding_mblen says) before it reads it,
+// and a byte above ASCII may take a backslash, a bracket or an
+// operator's byte into its character: each text here hides, from a
+// reading byte by byte, what PostgreSQL runs in the splits named, and
+// is read so by classify, whatever the session's encoding (the
+// classifier does not follow it). Texts in UTF8 that such a split
+// misreads stay clean. TestClientEncodingSplitsText has PostgreSQL run
+// such texts.
+func TestClassifyClientEncodings(t *testing.T) {
+	const (
+		S = kindState
+		X = kindSession
+		C = kindCode
+	)
+	for _, tc := range []struct {
+		text    string
+		escapes bool      // read with standard_conforming_strings off
+		splits  []mbSplit // the encodings' splits where PostgreSQL runs what it hides
+		want    queryKind
+	}{
+		// 0xB1 is a character of one byte in SJIS, 0x95 0x5C one of two:
+		// the quote after them ends the string. (Paired as in BIG5, 0xB1
+		// 0x95 is one and the backslash escapes the quote.)
+		{"SELECT E'\xb1\x95\x5c'; LISTEN c; --'", false, []mbSplit{splitSJIS}, S | X},
+		{"SELECT '\xb1\x95\x5c'; SELECT set_config('a.b', 'c', false); --'", true, []mbSplit{splitSJIS}, S | X},
+		// A backslash escapes a character, all its bytes.
+		{"SELECT E'\\\x95\x5c'; LISTEN c; --'", false, []mbSplit{splitSJIS, splitTwo}, S | X},
+		{"SELECT E'\\\xa4\x5c', 1; SELECT pg_advisory_lock(1); --'", false, []mbSplit{splitTwo}, S | X},
+		// A character of four bytes in GB18030, of two in the others.
+		{"SELECT E'\x81\x30\x81\x30\\\x95\x5c'; LISTEN c; --'", false, []mbSplit{splitGB18030}, S | X},
+		// A dollar quote's tag of one character: what follows runs.
+		{"SELECT $\x95[$ ' $\x95[$; LISTEN c; --'", false, []mbSplit{splitSJIS, splitTwo, splitGB18030}, S | X},
+		{"SELECT $\xa4|$ ' $\xa4|$; PREPARE p AS SELECT 1; --'", false, []mbSplit{splitTwo}, S | X | C},
+		// An identifier of one character called: a user's function.
+		{"SELECT x\x95[(1)", false, []mbSplit{splitSJIS, splitTwo, splitGB18030}, S | C},
+		{"SELECT 1 FROM t WHERE a = \x95`(2)", false, []mbSplit{splitSJIS, splitTwo}, S | C},
+	} {
+		if got := classifyAs(tc.text, tc.escapes, splitBytes); got&tc.want == tc.want {
+			t.Errorf("%q read byte by byte is %s: it hides nothing", tc.text, kindString(got))
+		}
+		for _, sp := range tc.splits {
+			// (GB18030 without a character of four bytes splits as
+			// splitTwo, and is read as it.)
+			if !splitMatters(tc.text, sp) && !(sp == splitGB18030 && splitMatters(tc.text, splitTwo)) {
+				t.Errorf("%q: split %d is not read", tc.text, sp)
+			}
+			if got := classifyAs(tc.text, tc.escapes, sp); got&tc.want != tc.want {
+				t.Errorf("%q in split %d is %s, want %s", tc.text, sp, kindString(got), kindString(tc.want))
+			}
+		}
+		if got := classify(tc.text); got&tc.want != tc.want {
+			t.Errorf("classify(%q) = %s, want %s", tc.text, kindString(got), kindString(tc.want))
+		}
+	}
+	for _, q := range []string{
+		"SELECT 列[1] FROM 表 WHERE 名 = '日本語'",
+		"SELECT E'日本語\\n', '表'",
+		"SELECT E'\\\\表', x ~ '語|表' FROM t",
+		"SELECT $表$ '表 $表$",
+	} {
+		if got := classify(q); got != 0 {
+			t.Errorf("classify(%q) = %s, want clean", q, kindString(got))
+		}
+	}
+}
+
 func kindString(k queryKind) string {
 	var parts []string
 	for _, f := range []struct {
@@ -394,6 +461,8 @@ func BenchmarkClassify(b *testing.B) {
 		"SELECT id, body FROM messages WHERE room = $1 ORDER BY id DESC LIMIT 50",
 		"INSERT INTO items (name, price) VALUES ($1, $2) RETURNING id",
 		`SELECT name FROM items WHERE name LIKE E'a\\%' AND id = ANY($1) AND lower(name) <> 'x'`,
+		"SELECT id FROM 商品 WHERE 名前 = '日本語' AND tags @> ARRAY['東京'] AND note LIKE 'é%ü'",
+		"SELECT id FROM items WHERE note ~ 'é|ü'", // a byte above ASCII before a |: read in two splits more
 	} {
 		b.Run(strings.Fields(q)[0], func(b *testing.B) {
 			b.ReportAllocs()

@@ -99,6 +99,61 @@ func TestClassifyOracle(t *testing.T) {
 	}
 }
 
+// The splits of the client-only encodings are PostgreSQL's: a byte above
+// ASCII and what follows it (a backslash's byte, a bracket's, a digit, a
+// byte above ASCII and a digit) make as many characters for PostgreSQL,
+// where it converts them at all, as charLen says; and where the byte
+// after it is a quote, a newline or a $, PostgreSQL never takes that
+// byte into a character (splitMatters reads no split that does).
+func TestSplitsAsPostgreSQL(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "needs its temporary function on one server session")
+	env := pgtest.New(t)
+	ctx := context.Background()
+	c, err := env.Open(t).Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.ExecContext(ctx, `CREATE FUNCTION pg_temp.chars(b bytea, enc text) RETURNS int LANGUAGE plpgsql AS $$
+		BEGIN
+			RETURN length(convert_from(b, enc));
+		EXCEPTION WHEN others THEN
+			RETURN -1; -- not a text of the encoding's
+		END $$`); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range []struct {
+		name  string
+		split mbSplit
+	}{
+		{"SJIS", splitSJIS}, {"SHIFT_JIS_2004", splitSJIS}, {"BIG5", splitTwo}, {"GBK", splitTwo},
+		{"UHC", splitTwo}, {"GB18030", splitGB18030}, {"JOHAB", splitJOHAB},
+	} {
+		for _, tail := range []string{"\\", "[", "|", "A", "\x30\x81\x30", "\xa1\xa1", "'", "\n", "$"} {
+			var got string
+			if err := c.QueryRowContext(ctx, `SELECT string_agg(pg_temp.chars(set_byte('\x00'::bytea || $1::bytea, 0, l), $2)::text, ',' ORDER BY l)
+				FROM generate_series(128, 255) l`, []byte(tail), e.name).Scan(&got); err != nil {
+				t.Fatal(err)
+			}
+			for i, n := range strings.Split(got, ",") {
+				text := string([]byte{byte(128 + i)}) + tail
+				want := 0
+				for j := 0; j < len(text); j += e.split.charLen(text, j) {
+					want++
+				}
+				switch pg, _ := strconv.Atoi(n); {
+				case pg < 0:
+				case tail[0] < 0x40 && !isDigit(tail[0]) && pg == 1:
+					t.Errorf("%s: PostgreSQL takes %q into one character", e.name, text)
+				case pg != want:
+					t.Errorf("%s: %q is %d characters for PostgreSQL, %d in split %d", e.name, text, pg, want, e.split)
+				}
+			}
+		}
+	}
+}
+
 // FuzzClassify runs what the classifier calls clean against PostgreSQL,
 // which must find the session unchanged. Without -fuzz it runs the
 // corpus; with it (go test -fuzz FuzzClassify ./dbctx) it looks for a
@@ -108,6 +163,11 @@ func FuzzClassify(f *testing.F) {
 	for _, c := range sessiontest.Cases {
 		f.Add(c.SQL)
 	}
+	// Texts that hide statements under a client-only client_encoding
+	// (TestClassifyClientEncodings): the oracle's sessions speak UTF8,
+	// which refuses them, but the fuzzer mutates from them.
+	f.Add("SELECT E'\xb1\x95\x5c'; LISTEN c; --'")
+	f.Add("SELECT $\x95[$ ' $\x95[$; SELECT set_config('a.b', 'c', false); --'")
 	if fl := flag.Lookup("test.fuzz"); fl != nil && fl.Value.String() != "" {
 		// Fuzzing: start from the statements of PostgreSQL's regression
 		// SQL too (see TestCorpusOracle), each judged by PostgreSQL first:
