@@ -110,11 +110,14 @@ const (
 	// transaction under (see prefixFor).
 	kindSetting
 
-	// kindResolve changes how the names of the statements after it
-	// resolve: it sets the search_path, or the role (whose name "$user"
-	// puts in it), or makes a temporary object (pg_temp comes first).
-	// With kindSession or kindTxSet: what a statement prepared meanwhile
-	// means changes back at the boundary, so the statements the
+	// kindResolve changes how the statements after it are read: how
+	// their names resolve (it sets the search_path, or the role, whose
+	// name "$user" puts in it, or makes a temporary object: pg_temp comes
+	// first), or how their text and constants are (it sets a setting
+	// that may change that: DateStyle, TimeZone, transform_null_equals,
+	// standard_conforming_strings…, any but those parseNeutral knows not
+	// to). With kindSession or kindTxSet: what a statement prepared
+	// meanwhile means changes back at the boundary, so the statements the
 	// connection keeps prepared are dropped then (Scope.giveBack).
 	kindResolve
 
@@ -1152,7 +1155,7 @@ func (c *classifier) second(t token) {
 		// reset undoes, even SET LOCAL's, even RESET's.
 		c.sk |= kindSessionState | kindPoison
 	}
-	if c.resolves(t) {
+	if c.resolves(t) || c.setsParsing(t) {
 		c.sk |= kindResolve
 	}
 	switch {
@@ -1235,6 +1238,105 @@ func (c *classifier) resolves(t token) bool {
 			t.is("authorization") && c.p1.is("session")
 	}
 	return false
+}
+
+// setsParsing reports whether t names, in SET [LOCAL | SESSION] or
+// RESET, a setting that may change how PostgreSQL reads a statement's
+// text, its constants or what planning folds (DateStyle, TimeZone,
+// transform_null_equals, standard_conforming_strings…): any but those
+// parseNeutral knows to change none of it, and SET's own words (TIME
+// ZONE, XML OPTION, NAMES) are taken for such settings. A custom
+// setting (app.x) changes nothing of it.
+func (c *classifier) setsParsing(t token) bool {
+	switch {
+	case c.pos == 1 && c.first.is("reset"):
+	case c.pos == 1 && c.first.is("set"):
+		if l := c.lx; (t.is("local") || t.is("session")) && modifierBefore(l.next()) {
+			return false // the name comes next
+		}
+	case c.pos == 2 && c.first.is("set") && (c.p1.is("local") || c.p1.is("session")) && modifierBefore(t):
+	default:
+		return false
+	}
+	if l := c.lx; l.next().kind == tDot {
+		return false // ext.name: a custom setting
+	}
+	switch t.kind {
+	case tWord:
+		return !parseNeutral(t.text)
+	case tQuoted:
+		v, _ := t.value()
+		return !parseNeutral(v)
+	}
+	return true // not decoded
+}
+
+// modifierBefore reports whether LOCAL or SESSION after SET, followed by
+// n, is the keyword rather than a setting's name (see setForm).
+func modifierBefore(n token) bool {
+	return n.kind != tDot && !(n.kind == tOp && n.text == "=") && !n.is("to")
+}
+
+// parseNeutral reports whether the setting name changes nothing of how
+// PostgreSQL reads a statement's text, its constants, or what planning
+// folds into a plan that a statement prepared keeps (extra_float_digits,
+// bytea_output and quote_all_identifiers do: a float's, a bytea's or an
+// identifier's output is folded as an immutable function's): a custom
+// setting (a dot in its name), the words of SET TRANSACTION, SET
+// SESSION CHARACTERISTICS and SET CONSTRAINTS, and the settings of
+// parseNeutralNames, which change what a statement may spend or how it
+// is planned, never its result. Every other name, known or not, may.
+func parseNeutral(name string) bool {
+	if strings.IndexByte(name, '.') >= 0 {
+		return true
+	}
+	var a [64]byte
+	w, ok := lower(a[:0], name)
+	if !ok {
+		return false
+	}
+	if len(w) > len("enable_") && string(w[:len("enable_")]) == "enable_" {
+		return true // the planner's methods
+	}
+	_, ok = parseNeutralNames[string(w)]
+	return ok
+}
+
+// parseNeutralNames are the settings a unit sets for its statements'
+// cost, their planning or its session's bookkeeping, which PostgreSQL
+// reads as a statement runs or is planned and which change no result.
+var parseNeutralNames = map[string]struct{}{
+	// SET TRANSACTION, SET SESSION CHARACTERISTICS, SET CONSTRAINTS.
+	"transaction": {}, "characteristics": {}, "constraints": {},
+	"transaction_isolation": {}, "transaction_read_only": {}, "transaction_deferrable": {},
+	"default_transaction_isolation": {}, "default_transaction_read_only": {}, "default_transaction_deferrable": {},
+	// Timeouts.
+	"statement_timeout": {}, "lock_timeout": {}, "idle_in_transaction_session_timeout": {},
+	"idle_session_timeout": {}, "deadlock_timeout": {}, "client_connection_check_interval": {},
+	"tcp_keepalives_idle": {}, "tcp_keepalives_interval": {}, "tcp_keepalives_count": {}, "tcp_user_timeout": {},
+	// Resources.
+	"work_mem": {}, "sort_mem": {}, "hash_mem_multiplier": {}, "maintenance_work_mem": {}, "vacuum_mem": {},
+	"logical_decoding_work_mem": {}, "temp_buffers": {}, "temp_file_limit": {},
+	"effective_io_concurrency": {}, "maintenance_io_concurrency": {}, "backend_flush_after": {},
+	"max_parallel_workers": {}, "max_parallel_workers_per_gather": {}, "max_parallel_maintenance_workers": {},
+	"parallel_leader_participation": {},
+	// Planning (and enable_*).
+	"seq_page_cost": {}, "random_page_cost": {}, "cpu_tuple_cost": {}, "cpu_index_tuple_cost": {},
+	"cpu_operator_cost": {}, "parallel_setup_cost": {}, "parallel_tuple_cost": {},
+	"min_parallel_table_scan_size": {}, "min_parallel_index_scan_size": {}, "effective_cache_size": {},
+	"jit": {}, "jit_above_cost": {}, "jit_inline_above_cost": {}, "jit_optimize_above_cost": {},
+	"jit_expressions": {}, "jit_tuple_deforming": {},
+	"geqo": {}, "geqo_threshold": {}, "geqo_effort": {}, "geqo_pool_size": {}, "geqo_generations": {},
+	"geqo_selection_bias": {}, "geqo_seed": {},
+	"constraint_exclusion": {}, "cursor_tuple_fraction": {}, "default_statistics_target": {},
+	"from_collapse_limit": {}, "join_collapse_limit": {}, "plan_cache_mode": {}, "recursive_worktable_factor": {},
+	"force_parallel_mode": {}, "debug_parallel_query": {},
+	// Reporting, commit, the objects DDL makes.
+	"application_name": {}, "client_min_messages": {}, "lc_messages": {}, "escape_string_warning": {},
+	"log_min_duration_statement": {}, "log_statement": {}, "log_min_messages": {}, "log_min_error_statement": {},
+	"synchronous_commit": {}, "commit_delay": {}, "commit_siblings": {},
+	"check_function_bodies": {}, "default_tablespace": {}, "temp_tablespaces": {},
+	"default_table_access_method": {}, "default_toast_compression": {},
 }
 
 // setsPath reports whether t, a setting's name in SET, names the
@@ -1485,8 +1587,8 @@ func (c *classifier) setConfigArg(t token) {
 			case strings.EqualFold(v, "search_path"):
 				c.cfgPath = true
 				c.ck |= kindResolve
-			case strings.EqualFold(v, "role") || strings.EqualFold(v, "session_authorization"):
-				c.ck |= kindResolve
+			case strings.EqualFold(v, "role") || strings.EqualFold(v, "session_authorization"), !parseNeutral(v):
+				c.ck |= kindResolve // see setsParsing
 			}
 		}
 		c.cfgPlain = c.cfgToks == 0 && t.kind == tString && known && strings.IndexByte(v, '\\') < 0

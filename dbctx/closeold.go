@@ -241,7 +241,7 @@ func (s *Scope) giveBack(ctx context.Context) error {
 	if !tp && c.px != nil && c.pin.seen&kindResolve != 0 {
 		if err := p.dropStatements(ctx, c); err != nil {
 			s.unpin(discardReset)
-			return fmt.Errorf("dbctx: dropping the statements prepared under the scope's search_path: %w", err)
+			return fmt.Errorf("dbctx: dropping the statements prepared under the scope's search_path or settings: %w", err)
 		}
 	}
 	// Behind transaction pooling a reset would reach whichever server
@@ -290,8 +290,11 @@ func (s *Scope) giveBack(ctx context.Context) error {
 // otherwise run in the next scope as PostgreSQL re-parses it there, and
 // where what its names reach has another shape there, fail (0A000: its
 // result type changed, 08P01: its cached description no longer matches)
-// or be decoded as the other shape. One round trip, on this path alone;
-// the statements are prepared again as they run.
+// or be decoded as the other shape. Or that set a setting that changes
+// how a statement's text and constants are read (kindResolve too:
+// DateStyle, TimeZone…): a statement prepared under it would run in the
+// next scope as parsed then, with no error. One round trip, on this path
+// alone; the statements are prepared again as they run.
 func (p *Pool) dropStatements(ctx context.Context, c *session) error {
 	ctx, cancel := cleanupCtx(ctx)
 	defer cancel()

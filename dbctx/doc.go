@@ -271,7 +271,18 @@
 // they keep (pgx's DeallocateAll: one round trip, on that path alone):
 // one prepared or described under it would otherwise, in the next scope,
 // read the next scope's tables as PostgreSQL re-parses it, and fail
-// where their shape differs. A statement whose result type changed since
+// where their shape differs. So does a scope that set, by its text in
+// any of those forms (RESET and an UPDATE of pg_settings too), a setting
+// that may change how PostgreSQL reads a statement's text or constants,
+// or what its plan folds: DateStyle, IntervalStyle, TimeZone,
+// transform_null_equals, standard_conforming_strings, extra_float_digits…,
+// any setting but a custom one (app.tenant), the timeouts, the resource
+// settings (work_mem…), the planner's (enable_*, random_page_cost…),
+// application_name and the like: a statement pgx kept prepared would run
+// in the next scope as parsed under it (a date read day first, a
+// timestamptz literal in another time zone, v = NULL read as v IS NULL),
+// though the reset puts the setting back. Settings declared with
+// [NewSetting] are not read so (see there). A statement whose result type changed since
 // it was prepared (a table another session altered, a search_path set by
 // code the text does not show) is prepared again and run again, once,
 // outside a transaction, where PostgreSQL's refusal reaches the scope

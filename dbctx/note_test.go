@@ -533,6 +533,85 @@ func TestClassifyResolve(t *testing.T) {
 	}
 }
 
+// What sets a setting that may change how a statement's text or its
+// constants are read (DateStyle, TimeZone, …: any but those known not
+// to) owes what kindResolve owes, the statements the connection keeps
+// prepared dropped at the boundary, in every form: SET, SET LOCAL, RESET,
+// set_config, an UPDATE of pg_settings, in a string of several
+// statements. What sets none, a custom setting, a timeout, a resource or
+// the planner's costs and methods owes nothing new.
+func TestClassifyParseSetting(t *testing.T) {
+	for q, want := range map[string]bool{
+		"SET TIME ZONE 'Asia/Tokyo'":                                    true,
+		"SET LOCAL TIME ZONE 'Asia/Tokyo'":                              true,
+		"SET SESSION TIME ZONE LOCAL":                                   true,
+		"SET timezone = 'UTC'":                                          true,
+		"RESET TIME ZONE":                                               true,
+		"RESET TimeZone":                                                true,
+		"SET LOCAL DateStyle = 'ISO, DMY'":                              true,
+		"set local datestyle to dmy":                                    true,
+		`SET "DateStyle" = 'DMY'`:                                       true,
+		`SET LOCAL U&"DateStyle" = 'DMY'`:                               true,
+		"SET LOCAL IntervalStyle = sql_standard":                        true,
+		"SET transform_null_equals = on":                                true,
+		"SET LOCAL transform_null_equals TO on":                         true,
+		"SET LOCAL standard_conforming_strings = off":                   true,
+		"SET backslash_quote = on":                                      true,
+		"SET array_nulls = off":                                         true,
+		"SET XML OPTION DOCUMENT":                                       true,
+		"SET LOCAL xmloption = document":                                true,
+		"SET timezone_abbreviations = 'India'":                          true,
+		"SET lc_monetary = 'C'":                                         true,
+		"SET default_text_search_config = 'simple'":                     true,
+		"SET extra_float_digits = 0":                                    true, // (0.1::float8 + 0.2::float8)::text is folded
+		"SET LOCAL bytea_output = escape":                               true,
+		"SET quote_all_identifiers = on":                                true,
+		"SET some_setting_not_known = 1":                                true,
+		"SELECT set_config('TimeZone', 'Asia/Tokyo', false)":            true,
+		"SELECT set_config('DATESTYLE', 'DMY', true)":                   true,
+		"SELECT set_config('transform_null_equals', 'on', true)":        true,
+		"SELECT set_config($1, 'on', true)":                             true,
+		"SELECT set_config('Date' || 'Style', 'DMY', true)":             true,
+		"UPDATE pg_settings SET setting = 'DMY' WHERE name = $1":        true,
+		"SELECT 1; SET LOCAL DateStyle = 'DMY'":                         true,
+		"SET LOCAL app.tenant = '7'; SET LOCAL TIME ZONE 'UTC'":         true,
+		"SELECT 1; SELECT set_config('TimeZone', 'UTC', true)":          true,
+		"SET statement_timeout = 1":                                     false,
+		"SET LOCAL statement_timeout = '5s'":                            false,
+		"SET LOCAL lock_timeout TO 100":                                 false,
+		"SET idle_in_transaction_session_timeout = 0":                   false,
+		"SET LOCAL work_mem = '64MB'":                                   false,
+		"SET enable_seqscan = off":                                      false,
+		"SET LOCAL random_page_cost = 1.1":                              false,
+		"SET LOCAL jit = off":                                           false,
+		"SET application_name = 'x'":                                    false,
+		"SET LOCAL synchronous_commit = off":                            false,
+		"SET LOCAL app.tenant = '7'":                                    false,
+		"SET local.tenant = '7'":                                        false,
+		"SET session.x TO '7'":                                          false,
+		"SET LOCAL datestyle.x = '7'":                                   false,
+		`SET LOCAL "app.tenant" = '7'`:                                  false,
+		"RESET app.tenant":                                              false,
+		"RESET statement_timeout":                                       false,
+		"SET TRANSACTION ISOLATION LEVEL SERIALIZABLE":                  false,
+		"SET LOCAL TRANSACTION READ ONLY":                               false,
+		"SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY":          false,
+		"SET default_transaction_isolation = serializable":              false,
+		"SET CONSTRAINTS ALL DEFERRED":                                  false,
+		"SELECT set_config('app.tenant', $1, true)":                     false,
+		"SELECT set_config('statement_timeout', '1s', true)":            false,
+		"SELECT set_config('enable_hashjoin', 'off', false)":            false,
+		"UPDATE t SET timezone = 'UTC'":                                 false,
+		"SELECT current_setting('DateStyle'), now() AT TIME ZONE 'UTC'": false,
+		"SHOW DateStyle":                                                false,
+		"SELECT 1; SET LOCAL statement_timeout = 1":                     false,
+	} {
+		if got := classify(q)&kindResolve != 0; got != want {
+			t.Errorf("classify(%q) owes the prepared statements' drop: %v, want %v", q, got, want)
+		}
+	}
+}
+
 // What sets a search_path that puts pg_catalog after another schema
 // (kindPathLate), or may.
 func TestClassifyPathLate(t *testing.T) {

@@ -89,6 +89,83 @@ func TestNameResolutionDoesNotCarry(t *testing.T) {
 	}
 }
 
+// A statement prepared while a scope had a setting that changes how
+// PostgreSQL reads a statement's text or its constants (TimeZone,
+// DateStyle, transform_null_equals, standard_conforming_strings) runs in
+// the next scope on the connection as a fresh session reads it, in every
+// exec mode: whether the scope set it for its session or for its
+// transaction (SET LOCAL and set_config(…, true) in Atomic), by SET or
+// set_config, alone or in a string of several statements. (The reset
+// puts the setting back; a statement pgx kept prepared would keep what
+// was parsed under it.)
+func TestParseSettingsDoNotCarry(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "needs consecutive scopes to share one server session")
+	env := newEnv(t)
+	admin := env.Open(t)
+	settings := []struct{ name, value, set, query string }{
+		{"TimeZone", "Asia/Tokyo", "SET TIME ZONE 'Asia/Tokyo'", "SELECT extract(epoch FROM '2020-01-01 00:00'::timestamptz)::text"},
+		{"DateStyle", "ISO, DMY", "SET DateStyle = 'ISO, DMY'", "SELECT '01/02/2020'::date::text"},
+		{"transform_null_equals", "on", "SET transform_null_equals = on", "SELECT count(*)::text FROM (VALUES (NULL::text), ('x')) AS n (v) WHERE v = NULL"},
+		{"standard_conforming_strings", "off", "SET standard_conforming_strings = off", `SELECT length('a\tb')::text`},
+	}
+	for _, st := range settings {
+		var fresh string
+		if err := admin.QueryRow(st.query).Scan(&fresh); err != nil {
+			t.Fatal(err)
+		}
+		local := strings.Replace(st.set, "SET ", "SET LOCAL ", 1)
+		ways := []struct {
+			name   string
+			atomic bool
+			set    string
+		}{
+			{"SET", false, st.set},
+			{"SET LOCAL in Atomic", true, local},
+			{"set_config", false, fmt.Sprintf("SELECT set_config('%s', '%s', false)", st.name, st.value)},
+			{"set_config in Atomic", true, fmt.Sprintf("SELECT set_config('%s', '%s', true)", st.name, st.value)},
+			{"several statements", false, "SELECT 1; " + st.set},
+			{"several statements in Atomic", true, "SELECT 1; " + local},
+		}
+		for _, mode := range allModes {
+			for _, way := range ways {
+				t.Run(st.name+"/"+mode+"/"+way.name, func(t *testing.T) {
+					if mode == "simple_protocol" && st.name == "standard_conforming_strings" {
+						t.Skip("pgx's simple protocol runs nothing under standard_conforming_strings off (and prepares nothing)")
+					}
+					p := onePoolInMode(t, env, mode, dbctx.Options{Logger: quiet()})
+					var first string
+					unit := func(ctx context.Context, s *dbctx.Scope) error {
+						if _, err := s.ExecContext(ctx, way.set); err != nil {
+							return err
+						}
+						for range 2 { // pgx prepares a statement at its second run in some modes
+							if err := s.QueryRowContext(ctx, st.query).Scan(&first); err != nil {
+								return err
+							}
+						}
+						return nil
+					}
+					got, same := runThenAsk(t, p, func(ctx context.Context, s *dbctx.Scope) error {
+						if way.atomic {
+							return dbctx.Atomic(ctx, func(ctx context.Context) error { return unit(ctx, s) })
+						}
+						return unit(ctx, s)
+					}, st.query)
+					switch {
+					case first == fresh:
+						t.Fatalf("the unit reads %s under %q, as a fresh session does: the test proves nothing", first, way.set)
+					case !same:
+						t.Fatalf("the next scope ran on another backend: the test proves nothing")
+					case got != fresh:
+						t.Errorf("the next scope reads %s where a fresh session reads %s: the statement ran as parsed under %q", got, fresh, way.set)
+					}
+				})
+			}
+		}
+	}
+}
+
 // A statement pgx keeps prepared whose table another session altered
 // since (a migration) runs again, prepared anew, rather than fail with
 // "cached plan must not change result type": outside a transaction,
