@@ -294,12 +294,21 @@ func (s *Scope) giveBack(ctx context.Context) error {
 // how a statement's text and constants are read (kindResolve too:
 // DateStyle, TimeZone…): a statement prepared under it would run in the
 // next scope as parsed then, with no error. One round trip, on this path
-// alone; the statements are prepared again as they run.
+// alone; the statements are prepared again as they run. Where the scope
+// also ran code the classifier does not know (a PL/pgSQL function), the
+// plans PostgreSQL keeps for that code, analysed under the scope's
+// settings, are dropped too (DISCARD PLANS: analysed again at their next
+// use), in one more round trip.
 func (p *Pool) dropStatements(ctx context.Context, c *session) error {
 	ctx, cancel := cleanupCtx(ctx)
 	defer cancel()
 	return withLock(c.pin.conn, func() error {
 		c.prep, c.stale, c.descs.m = nil, nil, nil
+		if c.pin.seen&kindCode != 0 {
+			if _, err := c.px.Exec(ctx, "DISCARD PLANS"); err != nil {
+				return err
+			}
+		}
 		return c.px.DeallocateAll(ctx)
 	})
 }

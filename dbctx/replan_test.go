@@ -338,3 +338,48 @@ func TestDeclaredSearchPathDescribed(t *testing.T) {
 		})
 	}
 }
+
+// The same for a PL/pgSQL function, whose plans PostgreSQL keeps per
+// session: a scope that set DateStyle or TimeZone and called it leaves no
+// plan read under them to the next scope (DISCARD PLANS at its boundary).
+func TestParseSettingsDoNotCarryIntoFunctions(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "needs consecutive scopes to share one server session")
+	env := newEnv(t)
+	admin := env.Open(t)
+	for _, f := range []string{
+		`CREATE FUNCTION day() RETURNS text LANGUAGE plpgsql AS $$ BEGIN RETURN '01/02/2020'::date::text; END $$`,
+		`CREATE FUNCTION epoch() RETURNS text LANGUAGE plpgsql AS $$ BEGIN RETURN extract(epoch FROM '2020-01-01 00:00'::timestamptz)::text; END $$`,
+	} {
+		if _, err := admin.Exec(f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct{ set, query string }{
+		{"SET DateStyle = 'ISO, DMY'", "SELECT day()"},
+		{"SET TIME ZONE 'Asia/Tokyo'", "SELECT epoch()"},
+	} {
+		t.Run(tc.query, func(t *testing.T) {
+			var fresh string
+			if err := admin.QueryRow(tc.query).Scan(&fresh); err != nil {
+				t.Fatal(err)
+			}
+			p := onePoolInMode(t, env, "exec", dbctx.Options{Logger: quiet()})
+			var first string
+			got, same := runThenAsk(t, p, func(ctx context.Context, s *dbctx.Scope) error {
+				if _, err := s.ExecContext(ctx, tc.set); err != nil {
+					return err
+				}
+				return s.QueryRowContext(ctx, tc.query).Scan(&first)
+			}, tc.query)
+			switch {
+			case first == fresh:
+				t.Fatalf("the unit reads %s under %q, as a fresh session does: the test proves nothing", first, tc.set)
+			case !same:
+				t.Fatalf("the next scope ran on another backend: the test proves nothing")
+			case got != fresh:
+				t.Errorf("the next scope reads %s where a fresh session reads %s: the function's plan was read under %q", got, fresh, tc.set)
+			}
+		})
+	}
+}
