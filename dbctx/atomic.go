@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/dbscope/dbscope/internal/scopes"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
@@ -108,21 +109,27 @@ func (s *Scope) atomicTx(ctx context.Context, fn func(ctx context.Context) error
 		s.mu.Unlock()
 		return ferr
 	}
+	var on *pgx.Conn // the connection of the COMMIT (see whenSettled)
+	if c := s.c; c != nil {
+		on = c.px
+	}
 	if cerr := s.endTx(ctx, true); cerr != nil {
 		fns := x.onCommit
 		x.onCommit = nil
 		run.ended = runRolledBack
 		unknown := errors.Is(cerr, ErrCommitUnknown)
 		if unknown {
-			run.ended = runUnknown
+			run.ended, run.on = runUnknown, on
 		}
 		s.mu.Unlock()
 		if unknown {
+			var later []func()
 			for _, f := range fns {
 				if f.unknown != nil {
-					s.pool.guardCommitted(f.unknown)()
+					later = append(later, s.pool.guardCommitted(f.unknown))
 				}
 			}
+			s.pool.whenSettled(on, later...)
 			return cerr
 		}
 		return fmt.Errorf("dbctx: commit: %w", cerr)
@@ -141,6 +148,68 @@ func (s *Scope) atomicTx(ctx context.Context, fn func(ctx context.Context) error
 		afterCommits(s.txOuter, outerRun, g)
 	}
 	return nil
+}
+
+// whenSettled runs fns, functions of a COMMIT whose outcome is unknown
+// (commitFn.unknown), on the caller's goroutine (before Atomic returns,
+// so that what the unit does next comes after them), once that COMMIT's
+// backend, the one on's connection announced, has ended its transaction:
+// it is gone, or idle. Until then the COMMIT may still be running on the
+// server (waiting for a lock, a synchronous standby), its work not yet
+// visible: a member told at once to reload would miss it. It asks on a
+// connection of its own, made as on's was (the *sql.DB may have none to
+// spare), again while the database cannot be reached (the network that
+// failed), settleWait at most; not behind a pooler (the backend is the
+// pooler's), on another driver (nil on), nor once the pool is closing.
+func (p *Pool) whenSettled(on *pgx.Conn, fns ...func()) {
+	if len(fns) == 0 {
+		return
+	}
+	if on != nil && !p.opts.TransactionPooling && !p.pooler.Load() {
+		p.awaitSettled(on)
+	}
+	for _, f := range fns {
+		f()
+	}
+}
+
+// settleWait bounds how long whenSettled waits for a backend; settlePoll
+// is how often it asks.
+const (
+	settleWait = 30 * time.Second
+	settlePoll = 20 * time.Millisecond
+)
+
+func (p *Pool) awaitSettled(on *pgx.Conn) {
+	ctx, cancel := context.WithTimeout(context.Background(), settleWait)
+	defer cancel()
+	cfg := on.Config()
+	ask := fmt.Sprintf(`SELECT EXISTS (SELECT FROM pg_catalog.pg_stat_activity
+		WHERE pid = %d AND state IS DISTINCT FROM 'idle')`, on.PgConn().PID())
+	tick := time.NewTicker(settlePoll)
+	defer tick.Stop()
+	var side *pgconn.PgConn
+	defer func() {
+		if side != nil {
+			side.Close(context.Background())
+		}
+	}()
+	for !p.closed.Load() {
+		if side == nil || side.IsClosed() {
+			side, _ = pgconn.ConnectConfig(ctx, &cfg.Config)
+		}
+		if side != nil {
+			res, err := side.Exec(ctx, ask).ReadAll()
+			if err == nil && len(res) == 1 && len(res[0].Rows) == 1 && string(res[0].Rows[0][0]) == "f" {
+				return
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
 }
 
 // commitFn is a function registered to run at a commit (ok), and, for
@@ -186,7 +255,8 @@ func dropIn(fns []commitFn, sp *atomicRun) []commitFn {
 type atomicRun struct {
 	s     *Scope
 	outer *atomicRun // the run ctx was made in before this one, if any
-	ended int8       // 0 while open, then runCommitted (or released) or runRolledBack; under s.mu
+	ended int8       // 0 while open, then runCommitted (or released), runRolledBack or runUnknown; under s.mu
+	on    *pgx.Conn  // runUnknown: the connection of the COMMIT (see whenSettled)
 }
 
 const (
@@ -447,9 +517,10 @@ func afterCommits(s *Scope, run *atomicRun, fn commitFn) {
 				s.mu.Unlock()
 				return
 			case runUnknown:
+				on := run.on
 				s.mu.Unlock()
 				if fn.unknown != nil {
-					fn.unknown()
+					s.pool.whenSettled(on, fn.unknown)
 				}
 				return
 			}

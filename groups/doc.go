@@ -33,7 +33,8 @@
 //     outcome is unknown (dbctx.ErrCommitUnknown: the connection failed
 //     after COMMIT was sent), a message sent at dbctx.OnCommit does not
 //     go out: every member of the group, on every instance, gets a gap
-//     in its place.
+//     in its place, once the COMMIT has settled on the server (its work
+//     visible, if done), before Atomic returns.
 //   - Never a silent drop: each member has a bounded queue
 //     ([MemberOptions]); a member that falls behind it is told once
 //     ([MemberOptions.OnSlow]: wsconsumer closes the socket with

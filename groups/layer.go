@@ -175,9 +175,11 @@ func (l *Layer) Send(ctx context.Context, group string, data []byte) error {
 	}, func() {
 		// The commit's outcome is unknown (dbctx.ErrCommitUnknown): the
 		// message may be of committed work, and may not go out. Every
-		// member of group, on every instance, gets a gap instead, through
-		// the engine's own pool (the scope's connection failed).
-		if err := l.engine.Publish(context.Background(), group, l.gapEnvelope(group)); err != nil {
+		// member of group, on every instance, gets a gap instead, where
+		// the message would have come: dbctx runs this once the COMMIT
+		// has settled on the server (its work visible, if done), before
+		// Atomic returns, and it goes out as the message would have.
+		if err := l.engine.Publish(context.WithoutCancel(ctx), group, l.gapEnvelope(group)); err != nil {
 			l.log.Warn("groups: telling members of a send whose commit is unknown failed", "group", group, "err", err)
 		}
 	})

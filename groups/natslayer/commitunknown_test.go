@@ -60,6 +60,7 @@ func TestSendCommitUnknown(t *testing.T) {
 	}()
 	eventually(t, "the row committed", func() bool { return rows() == 1 })
 	px.Cut()
+	px.Restore() // the database can be asked again
 	err = <-done
 	if !errors.Is(err, dbctx.ErrCommitUnknown) {
 		t.Fatalf("want ErrCommitUnknown, got %v", err)

@@ -31,9 +31,10 @@ type Proxy struct {
 	flowing chan struct{} // closed while bytes flow; open while stalled
 	links   map[*link]struct{}
 
-	ready atomic.Int64 // ReadyForQuery messages the server sent
-	trips atomic.Int64 // the clients' turns to send (see Trips)
-	muted atomic.Bool  // the server's bytes are dropped (see Mute)
+	ready   atomic.Int64 // ReadyForQuery messages the server sent
+	trips   atomic.Int64 // the clients' turns to send (see Trips)
+	muted   atomic.Bool  // the server's bytes are dropped (see Mute)
+	refused atomic.Int64 // connections closed at once while cut (see Refused)
 }
 
 // Mute drops every byte the server sends from now on, on every
@@ -140,6 +141,11 @@ func (p *Proxy) Restore() {
 	}
 }
 
+// Refused returns how many connections the proxy closed as soon as it
+// accepted them, being cut: tests wait on it for a client that tries to
+// connect while the network is down.
+func (p *Proxy) Refused() int64 { return p.refused.Load() }
+
 // Ready returns how many ReadyForQuery messages the server has sent through
 // the proxy: one per round trip that ended with a Sync (or a simple
 // Query), the server's answer to each, counted as the protocol counts
@@ -195,6 +201,7 @@ func (p *Proxy) accept() {
 		if p.cut || p.closed {
 			p.mu.Unlock()
 			c.Close()
+			p.refused.Add(1)
 			continue
 		}
 		p.links[l] = struct{}{}
