@@ -239,6 +239,7 @@ func (s *Scope) giveBack(ctx context.Context) error {
 		c.pin.see(kindState | kindCode) // what it ran is not seen
 	}
 	if !tp && c.px != nil && c.pin.seen&kindResolve != 0 {
+		c.dropDue = false // done here
 		if err := p.dropStatements(ctx, c); err != nil {
 			s.unpin(discardReset)
 			return fmt.Errorf("dbctx: dropping the statements prepared under the scope's search_path or settings: %w", err)

@@ -281,8 +281,14 @@
 // application_name and the like: a statement pgx kept prepared would run
 // in the next scope as parsed under it (a date read day first, a
 // timestamptz literal in another time zone, v = NULL read as v IS NULL),
-// though the reset puts the setting back. Settings declared with
-// [NewSetting] are not read so (see there). A statement whose result type changed since
+// though the reset puts the setting back. They are dropped too before
+// the scope's next statement after such a text (one more round trip): a
+// statement pgx prepared earlier, in an earlier scope or this one, would
+// otherwise run as read then, not under the scope's DateStyle, nor
+// reaching its new temporary table. Where the scope also ran code (a
+// PL/pgSQL function), PostgreSQL's plans of that code are dropped too
+// (DISCARD PLANS). Settings declared with [NewSetting] are not read so
+// (see there). A statement whose result type changed since
 // it was prepared (a table another session altered, a search_path set by
 // code the text does not show) is prepared again and run again, once,
 // outside a transaction, where PostgreSQL's refusal reaches the scope

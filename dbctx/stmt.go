@@ -129,6 +129,15 @@ func (s *Scope) execLocked(ctx context.Context, st *stmt, run runner) error {
 		return err
 	}
 	first := !c.pin.used
+	if c.dropDue {
+		// A statement pgx prepared before (in an earlier scope, or this
+		// one) would run as read then: under another scope's DateStyle,
+		// or reaching a table the scope's temporary one now hides.
+		if err := s.pool.dropStatements(ctx, c); err != nil {
+			return err
+		}
+		c.dropDue = false
+	}
 	p, err := s.owed(ctx, c, st, begin)
 	open := false // c's pgx connection was open as the statement went: see retryable
 	if err == nil {
@@ -188,6 +197,9 @@ func (s *Scope) execLocked(ctx context.Context, st *stmt, run runner) error {
 		s.x.failed = true
 	}
 	if c := s.c; c != nil {
+		if st.kind&kindResolve != 0 && c.px != nil && !s.pool.opts.TransactionPooling {
+			c.dropDue = true
+		}
 		// A transaction begun or ended in SQL. (BeginTx's BEGIN is not
 		// read so: database/sql ends it, and keeps its own count.)
 		switch st.txMoveOf() {

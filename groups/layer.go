@@ -212,8 +212,12 @@ func (l *Layer) envelope(group string, data []byte) []byte {
 	copy(id[:4], l.origin[:])
 	binary.BigEndian.PutUint64(id[4:], l.seq.Add(1))
 	text := utf8.Valid(data)
+	ascii := false // text must be ASCII: see asciiText
+	if a, ok := l.engine.(asciiText); ok {
+		ascii = a.asciiText()
+	}
 	for _, c := range data {
-		if c == 0 {
+		if c == 0 || ascii && c >= 0x80 {
 			text = false
 			break
 		}
@@ -256,6 +260,12 @@ func (l *Layer) gapEnvelope(group string) []byte {
 
 // errGap is what open returns for a gap envelope.
 var errGap = errors.New("groups: a gap")
+
+// asciiText is an engine whose messages go as text only where ASCII:
+// PostgreSQL in a database whose encoding is not UTF-8, which may hold no
+// character for a UTF-8 one (LATIN1 has none for 中), and would refuse the
+// NOTIFY or the table's row. A body of other text goes in base64 there.
+type asciiText interface{ asciiText() bool }
 
 // open reads an envelope back; errGap for a gap's (see gapEnvelope).
 func open(payload []byte) (group string, data []byte, err error) {

@@ -84,16 +84,14 @@ type PostgresOptions struct {
 // LISTENs on the channels of the groups it has members of.
 //
 // A message takes its envelope's bytes: about 50 and the group's name,
-// with the body as it is where it is UTF-8 text, in base64 where not.
-// Up to NOTIFY's 7,999 the envelope is the NOTIFY's payload. PostgreSQL
-// counts them in the database's encoding (server_encoding, which the
-// listener reads as it connects): in UTF-8 or SQL_ASCII, and for ASCII in
-// any, as Go does; elsewhere a text body of other characters may take
-// more bytes (up to 4 a character), and an envelope that might pass the
-// limit there is sent with a NOTIFY that PostgreSQL measures first, in
-// the same statement, and through the table where it does not fit (the
-// pool's connections must use client_encoding UTF8, as pgx requires; the
-// listener sets it). Past them,
+// with the body as it is where it is UTF-8 text, in base64 where not;
+// in a database whose encoding (server_encoding, which the listener reads
+// as it connects) is not UTF-8 nor SQL_ASCII, as it is only where it is
+// ASCII: that encoding may hold no character for a UTF-8 one (LATIN1 has
+// none for 中), and counts the others' bytes otherwise (the pool's
+// connections must use client_encoding UTF8, as pgx requires; the
+// listener sets it). Up to NOTIFY's 7,999 the envelope is the NOTIFY's
+// payload. Past them,
 // up to PostgresOptions.MaxPayload, it goes through a table: Send writes
 // it there and NOTIFYs a reference, in one statement (one round trip) on
 // the same connection, in the same transaction; each listener reads the
@@ -316,6 +314,11 @@ func (e *Postgres) direct(ctx context.Context, conn *pgconn.PgConn) error {
 	e.recoded.Store(enc != "UTF8" && enc != "SQL_ASCII")
 	return nil
 }
+
+// asciiText reports whether the database's encoding is not UTF-8 (nor
+// SQL_ASCII): the layer then sends a body of text other than ASCII in
+// base64 (see Layer.envelope).
+func (e *Postgres) asciiText() bool { return e.recoded.Load() }
 
 // mayPassNotify reports whether payload, of at most maxNotify bytes, may
 // take more than maxNotify in the database's encoding: never in UTF8 or

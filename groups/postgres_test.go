@@ -494,19 +494,21 @@ func TestServerEncodingNotifyLimit(t *testing.T) {
 		b := bytes.Repeat([]byte(r), n/len(r))
 		return append(bytes.Repeat([]byte("x"), n-len(b)), b...)
 	}
-	// 乂 takes 4 bytes in EUC_TW (CNS 11643 plane 2), 中 2 (plane 1).
+	// A body of text other than ASCII goes in base64 in a database whose
+	// encoding is not UTF-8 (乂 takes 4 bytes in EUC_TW, 中 2): its
+	// envelope is 4/3 of the UTF-8 one.
 	var sent [][]byte
 	for _, c := range []struct {
-		envelope int
+		envelope int // in UTF-8, as text
 		r        string
 		table    bool
 	}{
 		{7999, "x", false},
 		{3000, "乂", false},
+		{6000, "中", false},
 		{7000, "乂", true},
-		{7999, "乂", true},
-		{7999, "中", false},
-		{8000, "中", true},
+		{7999, "中", true},
+		{8000, "x", true},
 	} {
 		before := e.Stats().LargeSent
 		d := text(c.envelope, c.r)
@@ -538,5 +540,78 @@ func TestServerEncodingNotifyLimit(t *testing.T) {
 		if got[i].Gap || !bytes.Equal(got[i].Data, d) {
 			t.Fatalf("event %d: gap %v, %d bytes %.20q; want %d bytes %.20q", i, got[i].Gap, len(got[i].Data), got[i].Data, len(d), d)
 		}
+	}
+}
+
+// In a database whose encoding cannot hold every character (LATIN1 has
+// none for 中 or an emoji, EUC_JP none for an emoji), text bodies go in
+// base64: every one arrives as sent, through NOTIFY and the table, and a
+// Send inside the user's Atomic leaves the transaction usable. They
+// failed with 22P05 and aborted the user's transaction.
+func TestServerEncodingCannotHoldText(t *testing.T) {
+	t.Parallel()
+	for _, enc := range []string{"LATIN1", "EUC_JP"} {
+		t.Run(enc, func(t *testing.T) {
+			t.Parallel()
+			env := pgtest.New(t)
+			ctx := context.Background()
+			db := "dbscope_" + strings.ToLower(enc) + "_" + env.Schema()
+			if _, err := env.Admin().ExecContext(ctx, fmt.Sprintf(
+				"CREATE DATABASE %s ENCODING '%s' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0 OWNER %s", db, enc, env.Role())); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { env.Admin().ExecContext(ctx, "DROP DATABASE "+db+" WITH (FORCE)") })
+			dsn, err := pgserver.WithParams(env.DirectDSN(t), "dbname", db)
+			if err != nil {
+				t.Fatal(err)
+			}
+			poolDSN, err := pgserver.WithParams(dsn, "client_encoding", "UTF8")
+			if err != nil {
+				t.Fatal(err)
+			}
+			sdb, err := sql.Open("pgx", poolDSN)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer sdb.Close()
+			pool := dbctx.New(sdb, nil)
+			defer pool.Close()
+			l, err := groups.New(groups.NewPostgres(pool, &groups.PostgresOptions{ListenDSN: dsn, PayloadTable: "public.dbscope_groups_payloads"}), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer l.Close()
+			r := &recorder{}
+			m := l.NewMember(r.handle, nil)
+			defer m.Close()
+			if err := m.Join(ctx, "b"); err != nil {
+				t.Fatal(err)
+			}
+			sent := []string{"café", "中文", "emoji 🎉", strings.Repeat("中", 5000)}
+			for _, d := range sent {
+				if err := l.Send(ctx, "b", []byte(d)); err != nil {
+					t.Fatalf("Send of %.12q: %v", d, err)
+				}
+			}
+			if err := pool.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+				return dbctx.Atomic(ctx, func(ctx context.Context) error {
+					if err := l.Send(ctx, "b", []byte("→ arrow")); err != nil {
+						return err
+					}
+					_, err := s.ExecContext(ctx, "SELECT 1")
+					return err
+				})
+			}); err != nil {
+				t.Fatalf("Atomic with a Send of '→': %v", err)
+			}
+			sent = append(sent, "→ arrow", "marker")
+			if err := l.Send(ctx, "b", []byte("marker")); err != nil {
+				t.Fatal(err)
+			}
+			dbtest.Eventually(t, "the marker", func() bool { return strings.HasSuffix(events(r), "marker") })
+			if got, want := events(r), strings.Join(sent, ","); got != want {
+				t.Fatalf("got %.80q…, want %.80q…", got, want)
+			}
+		})
 	}
 }

@@ -21,7 +21,9 @@ type Options struct {
 	// PendingMsgs and PendingBytes bound what waits on each group's
 	// subscription for delivery to this instance's members, besides the
 	// message being handed over (nats.go's pending limits, which count
-	// that one too, are one message and MaxPayload bytes more): past
+	// that one too, are one message and the server's max_payload more,
+	// so that one instance's larger message past another's PendingBytes
+	// is still told there): past
 	// either, nats.go drops what arrives for that group, and its members
 	// get a gap before the next message, which is always one of those
 	// that wait, counted in Stats. Negative: no bound. Defaults: 10,000

@@ -333,3 +333,28 @@ func TestOneAtATime(t *testing.T) {
 		t.Fatalf("%d subscriptions left", n)
 	}
 }
+
+// Instances whose PendingBytes differ (tuned per host): a message another
+// instance may send, past this one's PendingBytes, while the group's
+// subscription holds nothing else, is still delivered, or told as a gap:
+// the room nats.go's limits keep for the message in hand is the server's
+// max_payload, not this instance's limits.
+func TestLargerMessageThanPendingBytes(t *testing.T) {
+	srv := natstest.Start(t)
+	ctx := context.Background()
+	recv := instances(t, srv, 1, &natslayer.Options{PendingBytes: 64 << 10})[0]
+	send := instances(t, srv, 1, nil)[0]
+	r := &recorder{}
+	m := recv.layer.NewMember(r.handle, nil)
+	defer m.Close()
+	if err := m.Join(ctx, "big"); err != nil {
+		t.Fatal(err)
+	}
+	if err := send.layer.Send(ctx, "big", []byte("small")); err != nil {
+		t.Fatal(err)
+	}
+	if err := send.layer.Send(ctx, "big", []byte(strings.Repeat("x", 200<<10))); err != nil {
+		t.Fatalf("the sender refused: %v", err)
+	}
+	eventually(t, "the 200 KiB message, or a gap for it", func() bool { return r.n.Load() >= 2 || r.gaps.Load() > 0 })
+}

@@ -46,7 +46,10 @@ func (e *Engine) Subscribe(ctx context.Context, group string) error {
 	if err != nil {
 		return fmt.Errorf("natslayer: subscribing to %s: %w", group, err)
 	}
-	if err := sub.SetPendingLimits(pendingLimits(e.opts, e.MaxPayload())); err != nil {
+	// Room for the largest message the server carries, whatever this
+	// instance's own limits: another instance's PendingBytes may be larger
+	// than this one's, and its messages so.
+	if err := sub.SetPendingLimits(pendingLimits(e.opts, int(e.nc.MaxPayload()))); err != nil {
 		sub.Unsubscribe()
 		return fmt.Errorf("natslayer: subscribing to %s: %w", group, err)
 	}
@@ -95,7 +98,7 @@ func (e *Engine) Unsubscribe(group string) {
 
 // pendingLimits returns nats.go's pending limits for a subscription:
 // Options' PendingMsgs and PendingBytes, plus room for one message of
-// maxPayload bytes, the one in hand. nats.go counts the message it hands
+// maxPayload bytes (the server's max_payload), the one in hand. nats.go counts the message it hands
 // to handle as pending until handle returns; without that room, a message
 // that arrived while the one in hand was the only one pending could be
 // dropped with nothing left to deliver after it, so that handle, which
