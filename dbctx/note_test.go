@@ -582,6 +582,8 @@ func TestClassifyParseSetting(t *testing.T) {
 		"SET idle_in_transaction_session_timeout = 0":                   false,
 		"SET LOCAL work_mem = '64MB'":                                   false,
 		"SET enable_seqscan = off":                                      false,
+		"SET constraint_exclusion = on":                                 true,
+		"SET LOCAL enable_partition_pruning = off":                      true,
 		"SET LOCAL random_page_cost = 1.1":                              false,
 		"SET LOCAL jit = off":                                           false,
 		"SET application_name = 'x'":                                    false,
