@@ -238,6 +238,11 @@ func (s *Scope) giveBack(ctx context.Context) error {
 		}
 		c.pin.see(kindState | kindCode) // what it ran is not seen
 	}
+	if !tp && c.px != nil && c.pin.seen&kindResolve == 0 && c.dirty() && c.readChanged() {
+		// Code the classifier does not see changed how statements are
+		// read (see parseReported): those prepared under it go too.
+		c.pin.see(kindResolve)
+	}
 	if !tp && c.px != nil && c.pin.seen&kindResolve != 0 {
 		c.dropDue = false // done here
 		if err := p.dropStatements(ctx, c); err != nil {

@@ -183,3 +183,79 @@ func TestTempTableAfterEarlierScope(t *testing.T) {
 		t.Errorf("after CREATE TEMP TABLE t the scope's %q reads %q (the earlier scope's prepared statement), where a fresh session reads its own temporary table's 'mine'", query, got)
 	}
 }
+
+// A setting that changes how statements are read, set by code the
+// classifier does not see and left in force (a DO block, a function, a
+// procedure, a trigger, a SET through a handed-out *sql.Tx): the server
+// reports the change, and the statements pgx prepared under it are
+// dropped at the boundary; the next scope reads what a fresh session
+// reads.
+func TestParseSettingSetByCode(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "needs consecutive scopes to share one server session")
+	env := newEnv(t)
+	admin := env.Open(t)
+	for _, q := range []string{
+		`CREATE FUNCTION dmy() RETURNS void LANGUAGE sql AS $$SELECT set_config('DateStyle', 'ISO, DMY', false)$$`,
+		`CREATE PROCEDURE dmy_proc() LANGUAGE sql AS $$SELECT set_config('DateStyle', 'ISO, DMY', false)$$`,
+		`CREATE TABLE dmy_t (a int)`,
+		`CREATE FUNCTION dmy_trg() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN PERFORM set_config('DateStyle', 'ISO, DMY', false); RETURN NEW; END$$`,
+		`CREATE TRIGGER dmy_trg BEFORE INSERT ON dmy_t FOR EACH ROW EXECUTE FUNCTION dmy_trg()`,
+	} {
+		if _, err := admin.Exec(q); err != nil {
+			t.Fatal(q, err)
+		}
+	}
+	const query = "SELECT '01/02/2020'::date::text"
+	fresh := freshAnswer(t, admin, "", query)
+	ways := map[string]func(ctx context.Context, s *dbctx.Scope) error{
+		"DO": exec(`DO $$BEGIN PERFORM set_config('DateStyle', 'ISO, DMY', false); END$$`),
+		"function": func(ctx context.Context, s *dbctx.Scope) error {
+			_, err := s.ExecContext(ctx, "SELECT dmy()")
+			return err
+		},
+		"CALL":    exec("CALL dmy_proc()"),
+		"trigger": exec("INSERT INTO dmy_t VALUES (1)"),
+		"BeginTx": func(ctx context.Context, s *dbctx.Scope) error {
+			tx, err := s.BeginTx(ctx, nil)
+			if err != nil {
+				return err
+			}
+			if _, err := tx.ExecContext(ctx, "SET DateStyle = 'ISO, DMY'"); err != nil {
+				return err
+			}
+			var x string
+			for range 2 {
+				if err := tx.QueryRowContext(ctx, query).Scan(&x); err != nil {
+					return err
+				}
+			}
+			return tx.Commit()
+		},
+	}
+	for name, way := range ways {
+		t.Run(name, func(t *testing.T) {
+			p := onePoolInMode(t, env, "cache_statement", dbctx.Options{Logger: quiet()})
+			var first string
+			got, same := runThenAsk(t, p, func(ctx context.Context, s *dbctx.Scope) error {
+				if err := way(ctx, s); err != nil {
+					return err
+				}
+				for range 2 {
+					if err := s.QueryRowContext(ctx, query).Scan(&first); err != nil {
+						return err
+					}
+				}
+				return nil
+			}, query)
+			switch {
+			case first == fresh:
+				t.Fatalf("the unit reads %s as a fresh session: proves nothing", first)
+			case !same:
+				t.Fatal("another backend: proves nothing")
+			case got != fresh:
+				t.Errorf("%s: the next scope reads %s where a fresh session reads %s", name, got, fresh)
+			}
+		})
+	}
+}

@@ -29,12 +29,13 @@ import (
 // For another driver it is made at each pin and holds the pin alone.
 type session struct {
 	// Fixed for the connection's life.
-	px    *pgx.Conn      // nil for another driver
-	pc    *pgconn.PgConn // px's
-	fd    int            // -1: cannot be looked into
-	plain bool           // no TLS: the first byte waiting is a message type
-	auth  string         // the session user the server reported first (see changed)
-	enc   string         // the client_encoding it reported first (see Scope.giveBack)
+	px    *pgx.Conn                  // nil for another driver
+	pc    *pgconn.PgConn             // px's
+	fd    int                        // -1: cannot be looked into
+	plain bool                       // no TLS: the first byte waiting is a message type
+	auth  string                     // the session user the server reported first (see changed)
+	enc   string                     // the client_encoding it reported first (see Scope.giveBack)
+	read  [len(parseReported)]string // the settings of parseReported as it reported them first (see readChanged)
 	mode  pgx.QueryExecMode
 	qt    pgx.QueryTracer // the config's tracer, told of what pgx does not see (observe.go)
 
@@ -252,6 +253,9 @@ func sessionOf(sc *stdlib.Conn) *session {
 	cfg := px.Config()
 	s := &session{px: px, pc: pc, fd: -1, plain: true, auth: pc.ParameterStatus(paramAuth),
 		enc: pc.ParameterStatus(paramEncoding), mode: cfg.DefaultQueryExecMode}
+	for i, n := range parseReported {
+		s.read[i] = pc.ParameterStatus(n)
+	}
 	s.qt = cfg.Tracer
 	nc := pc.Conn()
 	if tc, ok := nc.(*tls.Conn); ok {
@@ -288,6 +292,28 @@ func fdOf(nc net.Conn) int {
 	fd := -1
 	rc.Control(func(f uintptr) { fd = int(f) })
 	return fd
+}
+
+// parseReported are the settings that change how PostgreSQL reads a
+// statement's text or constants and that it reports to the client
+// whenever they change (GUC_REPORT): compared at the give-back of a dirty
+// scope, without a round trip, they tell a change that code the
+// classifier does not see made and left in force (a function's or a
+// trigger's set_config, a SET through a handed-out *sql.Tx): the
+// statements prepared under it are dropped (see Scope.giveBack). One
+// made for a transaction alone (SET LOCAL in code) is over by then, and
+// not told.
+var parseReported = [...]string{"DateStyle", "IntervalStyle", "TimeZone", "standard_conforming_strings"}
+
+// readChanged reports whether a setting of parseReported differs from
+// what the server reported first.
+func (c *session) readChanged() bool {
+	for i, n := range parseReported {
+		if c.pc.ParameterStatus(n) != c.read[i] {
+			return true
+		}
+	}
+	return false
 }
 
 // paramAuth is the session user, which the server reports to the client
