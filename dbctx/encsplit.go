@@ -94,6 +94,9 @@ func splitMatters(query string, s mbSplit) bool {
 		if i+n > len(query) {
 			return false // cut by the end of the text
 		}
+		if !s.lead(query[i]) {
+			return false // no character begins so: PostgreSQL refuses the text
+		}
 		for k := 1; k < n; k++ {
 			b := query[i+k]
 			switch {
@@ -118,6 +121,17 @@ func splitMatters(query string, s mbSplit) bool {
 	}
 	// Without a character of four bytes, GB18030 splits as splitTwo.
 	return matters && (four || s != splitGB18030)
+}
+
+// lead reports whether c may begin a character of several bytes in split
+// s: SJIS's verifier takes 0x81–0x9F and 0xE0–0xFC alone (so not the
+// second byte of à or π in UTF-8, 0xA0 and 0x80); no encoding of the
+// others maps a character beginning with 0x80 or 0xFF.
+func (s mbSplit) lead(c byte) bool {
+	if s == splitSJIS {
+		return c >= 0x81 && c <= 0x9f || c >= 0xe0 && c <= 0xfc
+	}
+	return c > 0x80 && c < 0xff
 }
 
 // markByte reports whether b, an ASCII byte a character of several may

@@ -398,6 +398,10 @@ func TestClassifyClientEncodings(t *testing.T) {
 		"SELECT E'日本語\\n', '表'",
 		"SELECT E'\\\\表', x ~ '語|表' FROM t",
 		"SELECT $表$ '表 $表$",
+		// No client-only encoding takes the backslash into a character:
+		// SJIS begins none with the second byte of à (0xA0) or π (0x80).
+		`SELECT E'voilà\'s'`,
+		`SELECT E'Ελλάδα π\''`,
 	} {
 		if got := classify(q); got != 0 {
 			t.Errorf("classify(%q) = %s, want clean", q, kindString(got))
