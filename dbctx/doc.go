@@ -376,7 +376,12 @@
 // to the empty string (see [DefaultResetSQL]). Nor what an extension's
 // code keeps per session without a function the text names: a foreign
 // table of postgres_fdw read leaves its connection to the remote server
-// cached in the session. Nor transaction defaults
+// cached in the session. Nor a PL/pgSQL function compiled under a
+// scope's plpgsql.variable_conflict, or its standard_conforming_strings:
+// PostgreSQL keeps it compiled for the session, and nothing short of
+// DISCARD ALL, which would drop pgx's statements too, undoes it (its
+// plans, read under a DateStyle or a TimeZone, are dropped: DISCARD
+// PLANS). Nor transaction defaults
 // (default_transaction_read_only, …) that such code set: the reset undoes
 // them, but the next scope's first statement may share the reset's
 // transaction, begun under them, and be described before it, under the
