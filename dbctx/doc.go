@@ -381,7 +381,11 @@
 // PostgreSQL keeps it compiled for the session, and nothing short of
 // DISCARD ALL, which would drop pgx's statements too, undoes it (its
 // plans, read under a DateStyle or a TimeZone, are dropped: DISCARD
-// PLANS). Nor transaction defaults
+// PLANS). Nor a text in BIG5, on a server whose encoding is EUC_TW or
+// MULE_INTERNAL, whose conversion from BIG5 takes a quote or a newline
+// into a character after most of BIG5's first bytes: the classifier
+// reads the client-only encodings as PostgreSQL splits them, but does not
+// know the server's. Nor transaction defaults
 // (default_transaction_read_only, …) that such code set: the reset undoes
 // them, but the next scope's first statement may share the reset's
 // transaction, begun under them, and be described before it, under the
