@@ -109,27 +109,7 @@ func TestNotifyAnswerLost(t *testing.T) {
 			env := newEnv(t)
 			ch := "lost_" + env.Schema()
 			q := strings.ReplaceAll(q, "lost_ch", ch)
-			lctx, lcancel := context.WithTimeout(context.Background(), time.Minute)
-			defer lcancel()
-			l, err := pgx.Connect(lctx, env.DSN())
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := l.Exec(lctx, "LISTEN "+ch); err != nil {
-				t.Fatal(err)
-			}
-			var got atomic.Int32
-			ldone := make(chan struct{})
-			defer func() { lcancel(); <-ldone; l.Close(context.Background()) }()
-			go func() {
-				defer close(ldone)
-				for {
-					if _, err := l.WaitForNotification(lctx); err != nil {
-						return
-					}
-					got.Add(1)
-				}
-			}()
+			got := listen(t, env, ch)
 			px := newProxy(t, env)
 			p := poolOn(t, env, openDSN(t, px.DSN()), &dbctx.Options{MaxWorkers: 1, Logger: quiet()})
 			if err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
@@ -151,8 +131,7 @@ func TestNotifyAnswerLost(t *testing.T) {
 			px.Restore()
 			var derr error
 			dbtest.NoHang(t, "the NOTIFY", func() { derr = <-done })
-			// let a second delivery arrive, if any
-			_ = dbtest.Wait(2*time.Second, func() bool { return got.Load() >= 2 })
+			_ = dbtest.Wait(2*time.Second, func() bool { return got.Load() >= 2 }) // a second delivery, if any
 			if n := got.Load(); n != 1 || !errors.Is(derr, dbctx.ErrCommitUnknown) {
 				t.Fatalf("NOTIFY committed, its answer lost: Do %v, %d notifications delivered; want ErrCommitUnknown, 1", derr, n)
 			}
@@ -167,27 +146,7 @@ func TestNotifyArgsAnswerLost(t *testing.T) {
 		pgtest.SkipPooled(t, "cuts the connection")
 		env := newEnv(t)
 		ch := "lost_" + env.Schema()
-		lctx, lcancel := context.WithTimeout(context.Background(), time.Minute)
-		defer lcancel()
-		l, err := pgx.Connect(lctx, env.DSN())
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := l.Exec(lctx, "LISTEN "+ch); err != nil {
-			t.Fatal(err)
-		}
-		var got atomic.Int32
-		ldone := make(chan struct{})
-		defer func() { lcancel(); <-ldone; l.Close(context.Background()) }()
-		go func() {
-			defer close(ldone)
-			for {
-				if _, err := l.WaitForNotification(lctx); err != nil {
-					return
-				}
-				got.Add(1)
-			}
-		}()
+		got := listen(t, env, ch)
 		px := newProxy(t, env)
 		p := poolInMode(t, env, px.DSN(), mode, dbctx.Options{Logger: quiet()})
 		for range 2 { // prepared/described in the modes that keep them
@@ -541,4 +500,33 @@ func TestOutageBehindFewConnections(t *testing.T) {
 	if unavail == 0 {
 		t.Fatalf("an outage (every connect stalled, no work running): %d ErrBusy, %d ErrUnavailable; Stats.Unavailable %d", busy, unavail, st.Unavailable)
 	}
+}
+
+// listen LISTENs on ch on a connection of its own until the test ends,
+// and counts the notifications that arrive.
+func listen(t *testing.T, env *pgtest.Env, ch string) *atomic.Int32 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	l, err := pgx.Connect(ctx, env.DSN())
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	if _, err := l.Exec(ctx, "LISTEN "+ch); err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	got := new(atomic.Int32)
+	done := make(chan struct{})
+	t.Cleanup(func() { cancel(); <-done; l.Close(context.Background()) })
+	go func() {
+		defer close(done)
+		for {
+			if _, err := l.WaitForNotification(ctx); err != nil {
+				return
+			}
+			got.Add(1)
+		}
+	}()
+	return got
 }

@@ -440,35 +440,8 @@ func (s *switcher) accept() {
 // all arrive whole and in order.
 func TestServerEncodingNotifyLimit(t *testing.T) {
 	t.Parallel()
-	env := pgtest.New(t)
 	ctx := context.Background()
-	db := "dbscope_euctw_" + env.Schema()
-	if _, err := env.Admin().ExecContext(ctx, fmt.Sprintf(
-		"CREATE DATABASE %s ENCODING 'EUC_TW' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0 OWNER %s", db, env.Role())); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if _, err := env.Admin().ExecContext(ctx, "DROP DATABASE "+db+" WITH (FORCE)"); err != nil {
-			t.Error(err)
-		}
-	})
-	// The listener sets client_encoding itself; the pool's connections
-	// must (pgx requires UTF8 and does not ask for it).
-	dsn, err := pgserver.WithParams(env.DirectDSN(t), "dbname", db)
-	if err != nil {
-		t.Fatal(err)
-	}
-	poolDSN, err := pgserver.WithParams(dsn, "client_encoding", "UTF8")
-	if err != nil {
-		t.Fatal(err)
-	}
-	sdb, err := sql.Open("pgx", poolDSN)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sdb.Close()
-	pool := dbctx.New(sdb, nil)
-	defer pool.Close()
+	dsn, pool := encodedDatabase(t, "EUC_TW")
 	layer := func(maxPayload int) (*groups.Layer, *groups.Postgres) {
 		e := groups.NewPostgres(pool, &groups.PostgresOptions{ListenDSN: dsn, MaxPayload: maxPayload, PayloadTable: "public.dbscope_groups_payloads"})
 		l, err := groups.New(e, nil)
@@ -553,29 +526,8 @@ func TestServerEncodingCannotHoldText(t *testing.T) {
 	for _, enc := range []string{"LATIN1", "EUC_JP"} {
 		t.Run(enc, func(t *testing.T) {
 			t.Parallel()
-			env := pgtest.New(t)
 			ctx := context.Background()
-			db := "dbscope_" + strings.ToLower(enc) + "_" + env.Schema()
-			if _, err := env.Admin().ExecContext(ctx, fmt.Sprintf(
-				"CREATE DATABASE %s ENCODING '%s' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0 OWNER %s", db, enc, env.Role())); err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { env.Admin().ExecContext(ctx, "DROP DATABASE "+db+" WITH (FORCE)") })
-			dsn, err := pgserver.WithParams(env.DirectDSN(t), "dbname", db)
-			if err != nil {
-				t.Fatal(err)
-			}
-			poolDSN, err := pgserver.WithParams(dsn, "client_encoding", "UTF8")
-			if err != nil {
-				t.Fatal(err)
-			}
-			sdb, err := sql.Open("pgx", poolDSN)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer sdb.Close()
-			pool := dbctx.New(sdb, nil)
-			defer pool.Close()
+			dsn, pool := encodedDatabase(t, enc)
 			l, err := groups.New(groups.NewPostgres(pool, &groups.PostgresOptions{ListenDSN: dsn, PayloadTable: "public.dbscope_groups_payloads"}), nil)
 			if err != nil {
 				t.Fatal(err)
@@ -614,4 +566,39 @@ func TestServerEncodingCannotHoldText(t *testing.T) {
 			}
 		})
 	}
+}
+
+// encodedDatabase makes a database of the test's own in encoding enc and
+// returns its connection string and a pool over it. The listener sets
+// client_encoding itself; the pool's connections must (pgx requires UTF8
+// and does not ask for it).
+func encodedDatabase(t *testing.T, enc string) (dsn string, pool *dbctx.Pool) {
+	t.Helper()
+	env := pgtest.New(t)
+	ctx := context.Background()
+	db := "dbscope_" + strings.ToLower(enc) + "_" + env.Schema()
+	if _, err := env.Admin().ExecContext(ctx, fmt.Sprintf(
+		"CREATE DATABASE %s ENCODING '%s' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0 OWNER %s", db, enc, env.Role())); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if _, err := env.Admin().ExecContext(ctx, "DROP DATABASE "+db+" WITH (FORCE)"); err != nil {
+			t.Error(err)
+		}
+	})
+	dsn, err := pgserver.WithParams(env.DirectDSN(t), "dbname", db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	poolDSN, err := pgserver.WithParams(dsn, "client_encoding", "UTF8")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sdb, err := sql.Open("pgx", poolDSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool = dbctx.New(sdb, nil)
+	t.Cleanup(func() { pool.Close(); sdb.Close() })
+	return dsn, pool
 }

@@ -291,16 +291,13 @@ func wsUnit(async bool) unit {
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
-// setup makes a pool of one connection over a schema with sessiontest's
-// objects.
-func setup(t *testing.T) (*dbctx.Pool, *pgtest.Env, *sessiontest.Env) { return setupMode(t, "") }
-
 // wrapped is the exec mode of setupMode that opens the pool through
 // pgtest's driver wrapping pgx's (Env.OpenWrapped): another driver, for
 // dbctx.
 const wrapped = "wrapped"
 
-// setupMode is setup in pgx's exec mode mode ("": the DSN's), or through
+// setupMode makes a pool of one connection over a schema with
+// sessiontest's objects, in pgx's exec mode mode ("": the DSN's), or through
 // another driver (wrapped).
 func setupMode(t *testing.T, mode string) (*dbctx.Pool, *pgtest.Env, *sessiontest.Env) {
 	env := pgtest.New(t)
