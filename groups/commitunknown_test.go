@@ -20,6 +20,7 @@ import (
 // PostgreSQL having committed): the message does not go out, and the
 // group's members get a gap in its place, before what is sent after.
 func TestSendCommitUnknownOtherPool(t *testing.T) {
+	pgtest.SkipPooled(t, "cuts its own connections to the server, and asks PostgreSQL itself when a COMMIT has settled")
 	env := pgtest.New(t)
 	ctx := context.Background()
 	in := pgInstances(t, env, 1, nil)[0]
@@ -79,6 +80,7 @@ func TestSendCommitUnknownOtherPool(t *testing.T) {
 // stands for the message sent at its commit goes out once the COMMIT has
 // settled, so that a member reloading at its gap reads the work.
 func TestSendCommitUnknownGapAfterCommit(t *testing.T) {
+	pgtest.SkipPooled(t, "cuts its own connections to the server, and asks PostgreSQL itself when a COMMIT has settled")
 	env := pgtest.New(t)
 	ctx := context.Background()
 	in := pgInstances(t, env, 1, nil)[0]
@@ -187,6 +189,7 @@ func TestSendCommitUnknownGapAfterCommit(t *testing.T) {
 // unit of work holds (its pool's only slot), before what the unit sends
 // next.
 func TestSendCommitUnknownOneSlot(t *testing.T) {
+	pgtest.SkipPooled(t, "cuts its own connections to the server, and asks PostgreSQL itself when a COMMIT has settled")
 	env := pgtest.New(t)
 	ctx := context.Background()
 	var eng *groups.Postgres
