@@ -94,27 +94,35 @@ func Run() (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	client, err := freePort()
-	if err != nil {
-		os.RemoveAll(dir)
-		return nil, err
+	// A port free a moment ago may be taken by another test's server
+	// before this one binds it: then again, on other ports.
+	for try := 1; ; try++ {
+		client, err := freePort()
+		if err != nil {
+			os.RemoveAll(dir)
+			return nil, err
+		}
+		monitor, err := freePort()
+		if err != nil {
+			os.RemoveAll(dir)
+			return nil, err
+		}
+		conf := fmt.Sprintf("listen: %q\nhttp: %q\n", client, monitor)
+		if err := os.WriteFile(filepath.Join(dir, "nats.conf"), []byte(conf), 0o600); err != nil {
+			os.RemoveAll(dir)
+			return nil, err
+		}
+		s := &Server{URL: "nats://" + client, bin: bin, dir: dir, monitor: "http://" + monitor}
+		err = s.start()
+		if err == nil {
+			return s, nil
+		}
+		if try == 5 || !strings.Contains(err.Error(), "address already in use") {
+			os.RemoveAll(dir)
+			return nil, err
+		}
+		os.Remove(filepath.Join(dir, "nats.log"))
 	}
-	monitor, err := freePort()
-	if err != nil {
-		os.RemoveAll(dir)
-		return nil, err
-	}
-	conf := fmt.Sprintf("listen: %q\nhttp: %q\n", client, monitor)
-	if err := os.WriteFile(filepath.Join(dir, "nats.conf"), []byte(conf), 0o600); err != nil {
-		os.RemoveAll(dir)
-		return nil, err
-	}
-	s := &Server{URL: "nats://" + client, bin: bin, dir: dir, monitor: "http://" + monitor}
-	if err := s.start(); err != nil {
-		os.RemoveAll(dir)
-		return nil, err
-	}
-	return s, nil
 }
 
 // freePort returns a loopback address that was free a moment ago.
