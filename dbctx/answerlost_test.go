@@ -412,7 +412,10 @@ func TestAnswerLostEveryPath(t *testing.T) {
 // answer lost: nothing can have committed (no COMMIT was sent), and the
 // error is not ErrCommitUnknown.
 func TestAtomicFirstWriteAnswerLost(t *testing.T) {
-	for _, mode := range []string{"simple_protocol", "exec", "cache_statement"} {
+	// (Not cache_statement, whose first run of the INSERT after BEGIN may
+	// wait for its description, which the muted proxy drops: the INSERT
+	// then never runs, and the test waits for it in vain.)
+	for _, mode := range []string{"simple_protocol", "exec"} {
 		t.Run(mode, func(t *testing.T) {
 			t.Parallel()
 			pgtest.SkipPooled(t, "cuts")

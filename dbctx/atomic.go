@@ -129,7 +129,7 @@ func (s *Scope) atomicTx(ctx context.Context, fn func(ctx context.Context) error
 					later = append(later, s.pool.guardCommitted(f.unknown))
 				}
 			}
-			s.pool.whenSettled(on, later...)
+			s.pool.whenSettled(ctx, on, later...)
 			return cerr
 		}
 		return fmt.Errorf("dbctx: commit: %w", cerr)
@@ -160,13 +160,14 @@ func (s *Scope) atomicTx(ctx context.Context, fn func(ctx context.Context) error
 // connection of its own, made as on's was (the *sql.DB may have none to
 // spare), again while the database cannot be reached (the network that
 // failed), settleWait at most; not behind a pooler (the backend is the
-// pooler's), on another driver (nil on), nor once the pool is closing.
-func (p *Pool) whenSettled(on *pgx.Conn, fns ...func()) {
+// pooler's), on another driver (nil on), nor once the pool is closing or
+// ctx, the caller's, has ended.
+func (p *Pool) whenSettled(ctx context.Context, on *pgx.Conn, fns ...func()) {
 	if len(fns) == 0 {
 		return
 	}
 	if on != nil && !p.opts.TransactionPooling && !p.pooler.Load() {
-		p.awaitSettled(on)
+		p.awaitSettled(ctx, on)
 	}
 	for _, f := range fns {
 		f()
@@ -180,9 +181,11 @@ const (
 	settlePoll = 20 * time.Millisecond
 )
 
-func (p *Pool) awaitSettled(on *pgx.Conn) {
-	ctx, cancel := context.WithTimeout(context.Background(), settleWait)
+func (p *Pool) awaitSettled(ctx context.Context, on *pgx.Conn) {
+	// Not past the caller's giving up (ctx), nor the pool's Close.
+	ctx, cancel := context.WithTimeout(ctx, settleWait)
 	defer cancel()
+	defer context.AfterFunc(p.closing, cancel)()
 	cfg := on.Config()
 	ask := fmt.Sprintf(`SELECT EXISTS (SELECT FROM pg_catalog.pg_stat_activity
 		WHERE pid = %d AND state IS DISTINCT FROM 'idle')`, on.PgConn().PID())
@@ -520,7 +523,7 @@ func afterCommits(s *Scope, run *atomicRun, fn commitFn) {
 				on := run.on
 				s.mu.Unlock()
 				if fn.unknown != nil {
-					s.pool.whenSettled(on, fn.unknown)
+					s.pool.whenSettled(context.Background(), on, fn.unknown)
 				}
 				return
 			}

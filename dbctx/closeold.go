@@ -238,9 +238,11 @@ func (s *Scope) giveBack(ctx context.Context) error {
 		}
 		c.pin.see(kindState | kindCode) // what it ran is not seen
 	}
-	if !tp && c.px != nil && c.pin.seen&kindResolve == 0 && c.dirty() && c.readChanged() {
+	if !tp && c.px != nil && c.pin.seen&kindResolve == 0 && c.dirty() && p.opts.OnAcquire == nil && c.readChanged() {
 		// Code the classifier does not see changed how statements are
-		// read (see parseReported): those prepared under it go too.
+		// read (see parseReported): those prepared under it go too. (Not
+		// with OnAcquire, which may set them for every acquire: as a
+		// declared setting, its caveat is documented there.)
 		c.pin.see(kindResolve)
 	}
 	if !tp && c.px != nil && c.pin.seen&kindResolve != 0 {

@@ -36,6 +36,8 @@ type Pool struct {
 
 	closed    atomic.Bool
 	closeOnce sync.Once
+	closing   context.Context // done once Close has begun (see awaitSettled)
+	closeNow  context.CancelFunc
 
 	discardFn func(driverConn any) error
 	recent    time.Duration // see check
@@ -78,6 +80,7 @@ func New(db *sql.DB, opts *Options) *Pool {
 		keepIdle: keepIdle,
 		keepFor:  keepFor,
 	}
+	p.closing, p.closeNow = context.WithCancel(context.Background())
 	p.resetStmts = splitStatements(p.opts.ResetSQL)
 	p.opts.Logger, p.bursts = newRecurLogger(p.opts.Logger, recurInterval)
 	p.async = &Scope{pool: p, async: true, ended: true}
@@ -106,6 +109,7 @@ func (p *Pool) DB() *sql.DB { return p.db }
 func (p *Pool) Close() error {
 	p.closeOnce.Do(func() {
 		p.closed.Store(true)
+		p.closeNow()
 		p.closeSlots()
 		p.closeKept()
 		p.cleaning.Wait()

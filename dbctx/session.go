@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"errors"
 	"net"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -306,10 +307,22 @@ func fdOf(nc net.Conn) int {
 var parseReported = [...]string{"DateStyle", "IntervalStyle", "TimeZone", "standard_conforming_strings"}
 
 // readChanged reports whether a setting of parseReported differs from
-// what the server reported first.
+// what the server reported first; not one a unit declared ([NewSetting]:
+// dbscope applied it, and its caveat is documented there).
 func (c *session) readChanged() bool {
 	for i, n := range parseReported {
-		if c.pc.ParameterStatus(n) != c.read[i] {
+		if c.pc.ParameterStatus(n) != c.read[i] && !c.declares(n) {
+			return true
+		}
+	}
+	return false
+}
+
+// declares reports whether name is among the settings applied for units
+// that declared them.
+func (c *session) declares(name string) bool {
+	for _, st := range c.applied {
+		if strings.EqualFold(st.name, name) {
 			return true
 		}
 	}

@@ -129,10 +129,12 @@ func (s *Scope) execLocked(ctx context.Context, st *stmt, run runner) error {
 		return err
 	}
 	first := !c.pin.used
-	if c.dropDue {
+	if c.dropDue && c.state().tx != 'E' {
 		// A statement pgx prepared before (in an earlier scope, or this
 		// one) would run as read then: under another scope's DateStyle,
-		// or reaching a table the scope's temporary one now hides.
+		// or reaching a table the scope's temporary one now hides. (Not
+		// in a failed transaction, which would refuse it: after its
+		// ROLLBACK, or ROLLBACK TO, which undoes the change anyway.)
 		if err := s.pool.dropStatements(ctx, c); err != nil {
 			return err
 		}
@@ -197,7 +199,9 @@ func (s *Scope) execLocked(ctx context.Context, st *stmt, run runner) error {
 		s.x.failed = true
 	}
 	if c := s.c; c != nil {
-		if st.kind&kindResolve != 0 && c.px != nil && !s.pool.opts.TransactionPooling {
+		if err == nil && st.kind&kindResolve != 0 && c.px != nil && !s.pool.opts.TransactionPooling {
+			// (A statement that failed changed nothing that outlives its
+			// transaction's rollback.)
 			c.dropDue = true
 		}
 		// A transaction begun or ended in SQL. (BeginTx's BEGIN is not
