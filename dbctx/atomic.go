@@ -125,8 +125,8 @@ func (s *Scope) atomicTx(ctx context.Context, fn func(ctx context.Context) error
 		if unknown {
 			var later []func()
 			for _, f := range fns {
-				if f.unknown != nil {
-					later = append(later, s.pool.guardCommitted(f.unknown))
+				if g := s.pool.guardCommitted(f.unknown); g != nil {
+					later = append(later, g)
 				}
 			}
 			s.pool.whenSettled(ctx, on, later...)
@@ -141,11 +141,7 @@ func (s *Scope) atomicTx(ctx context.Context, fn func(ctx context.Context) error
 	for _, f := range fns {
 		// Or at the commit of an Atomic of the scope this one is
 		// nested in (another pool's).
-		g := commitFn{ok: s.pool.guardCommitted(f.ok)}
-		if f.unknown != nil {
-			g.unknown = s.pool.guardCommitted(f.unknown)
-		}
-		afterCommits(s.txOuter, outerRun, g)
+		afterCommits(s.txOuter, outerRun, commitFn{ok: s.pool.guardCommitted(f.ok), unknown: s.pool.guardCommitted(f.unknown)})
 	}
 	return nil
 }
@@ -197,7 +193,7 @@ func (p *Pool) awaitSettled(ctx context.Context, on *pgx.Conn) {
 			side.Close(context.Background())
 		}
 	}()
-	for !p.closed.Load() {
+	for {
 		if side == nil || side.IsClosed() {
 			side, _ = pgconn.ConnectConfig(ctx, &cfg.Config)
 		}
@@ -531,9 +527,9 @@ func afterCommits(s *Scope, run *atomicRun, fn commitFn) {
 			// past the transaction's, the scopes around s.
 			ended, run = true, run.outer
 		}
-		if run != nil && run.s == s || !ended && s.atomic > 0 {
+		if own := run != nil && run.s == s; own || !ended && s.atomic > 0 {
 			fn.run = nil
-			if run != nil && run.s == s {
+			if own {
 				fn.run = run
 			}
 			s.x.onCommit = append(s.x.onCommit, fn)
@@ -547,8 +543,12 @@ func afterCommits(s *Scope, run *atomicRun, fn commitFn) {
 
 // guardCommitted returns fn, an OnCommit function, that recovers its own
 // panic: the work is committed, and the functions after it still run;
-// the panic is logged at Error, with its stack.
+// the panic is logged at Error, with its stack. A nil fn stays nil (a
+// commitFn without unknown).
 func (p *Pool) guardCommitted(fn func()) func() {
+	if fn == nil {
+		return nil
+	}
 	return func() {
 		defer func() {
 			if r := recover(); r != nil {

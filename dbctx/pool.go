@@ -114,7 +114,7 @@ func (p *Pool) Close() error {
 		p.closeKept()
 		p.cleaning.Wait()
 		p.closeBridge()
-		p.probe.stop()
+		p.stopProbe()
 		p.bursts.flush()
 	})
 	return nil

@@ -53,11 +53,8 @@ const probeWait = time.Second
 type probes struct {
 	mu      sync.Mutex
 	running bool
-	closed  bool
 	next    time.Time         // no probe before
 	found   map[string]string // address → what answers there, not PostgreSQL
-	cancel  context.CancelFunc
-	ctx     context.Context
 	wg      sync.WaitGroup
 	done    int64 // probes ended, for tests
 }
@@ -86,15 +83,12 @@ func (p *Pool) probed(err error) error {
 		return &notPostgresError{addr: addr, what: what}
 	}
 	now := time.Now()
-	if pr.closed || pr.running || now.Before(pr.next) || !saidNothing(err) {
+	if p.closing.Err() != nil || pr.running || now.Before(pr.next) || !saidNothing(err) {
 		return nil
 	}
 	pr.running, pr.next = true, now.Add(probeEvery)
-	if pr.ctx == nil {
-		pr.ctx, pr.cancel = context.WithCancel(context.Background())
-	}
 	pr.wg.Add(1)
-	go p.runProbe(pr.ctx, addr, err)
+	go p.runProbe(p.closing, addr, err)
 	return nil
 }
 
@@ -106,7 +100,7 @@ func (p *Pool) runProbe(ctx context.Context, addr string, err error) {
 	pr.mu.Lock()
 	pr.running = false
 	pr.done++
-	if what != "" && !pr.closed {
+	if what != "" && ctx.Err() == nil {
 		if pr.found == nil {
 			pr.found = map[string]string{}
 		}
@@ -126,13 +120,13 @@ func (pr *probes) forget() {
 	pr.mu.Unlock()
 }
 
-// stop ends a probe under way and waits for it.
-func (pr *probes) stop() {
+// stopProbe ends the pool's closing context (Close's, which ends a probe
+// under way) under the probe's mu, which probed checks it under, so that
+// no probe starts after, and waits for the one under way.
+func (p *Pool) stopProbe() {
+	pr := &p.probe
 	pr.mu.Lock()
-	pr.closed = true
-	if pr.cancel != nil {
-		pr.cancel()
-	}
+	p.closeNow()
 	pr.mu.Unlock()
 	pr.wg.Wait()
 }
