@@ -208,9 +208,6 @@ func (l *Layer) publish(ctx context.Context, group string, payload []byte) error
 // one in base64. The id, unique per message, keeps PostgreSQL from
 // folding identical notifications of one transaction into one.
 func (l *Layer) envelope(group string, data []byte) []byte {
-	var id [12]byte
-	copy(id[:4], l.origin[:])
-	binary.BigEndian.PutUint64(id[4:], l.seq.Add(1))
 	text := utf8.Valid(data)
 	ascii := false // text must be ASCII: see asciiText
 	if a, ok := l.engine.(asciiText); ok {
@@ -222,18 +219,11 @@ func (l *Layer) envelope(group string, data []byte) []byte {
 			break
 		}
 	}
-	n := 2 + hex.EncodedLen(len(id)) + 1 + len(group) + 2
+	n := 1 + base64.StdEncoding.EncodedLen(len(data))
 	if text {
-		n += len(data)
-	} else {
-		n += base64.StdEncoding.EncodedLen(len(data))
+		n = 1 + len(data)
 	}
-	b := make([]byte, 0, n)
-	b = append(b, "1|"...)
-	b = hex.AppendEncode(b, id[:])
-	b = append(b, '|')
-	b = append(b, group...)
-	b = append(b, '|')
+	b := l.envelopeHead(group, n)
 	if text {
 		b = append(b, 't')
 		b = append(b, data...)
@@ -244,19 +234,23 @@ func (l *Layer) envelope(group string, data []byte) []byte {
 	return b
 }
 
-// gapEnvelope is the envelope that tells members a message to group may
-// be missing: kind 'g', no body.
-func (l *Layer) gapEnvelope(group string) []byte {
+// envelopeHead returns an envelope's "1|<id>|<group>|", a new id, with
+// room for rest bytes more.
+func (l *Layer) envelopeHead(group string, rest int) []byte {
 	var id [12]byte
 	copy(id[:4], l.origin[:])
 	binary.BigEndian.PutUint64(id[4:], l.seq.Add(1))
-	b := make([]byte, 0, 2+hex.EncodedLen(len(id))+1+len(group)+2)
+	b := make([]byte, 0, 2+hex.EncodedLen(len(id))+1+len(group)+1+rest)
 	b = append(b, "1|"...)
 	b = hex.AppendEncode(b, id[:])
 	b = append(b, '|')
 	b = append(b, group...)
-	return append(b, "|g"...)
+	return append(b, '|')
 }
+
+// gapEnvelope is the envelope that tells members a message to group may
+// be missing: kind 'g', no body.
+func (l *Layer) gapEnvelope(group string) []byte { return append(l.envelopeHead(group, 1), 'g') }
 
 // errGap is what open returns for a gap envelope.
 var errGap = errors.New("groups: a gap")

@@ -43,9 +43,7 @@ type PostgresOptions struct {
 	// included (see [NewPostgres]; a body that is not UTF-8 text takes
 	// 4/3 of its size in base64): what NOTIFY's 7,999 bytes cannot hold
 	// goes through PayloadTable. Default: 1 MiB; below 1 GiB, PostgreSQL's
-	// limit on a value. At most 7,999: NOTIFY only, no table (in a
-	// database whose encoding is not UTF-8, a text body whose envelope
-	// passes 7,999 bytes in that encoding fails with ErrTooLarge). Set the
+	// limit on a value. At most 7,999: NOTIFY only, no table. Set the
 	// same on every instance: one without the table cannot read what
 	// another sends through it (a gap for its group, logged once at
 	// ERROR).
@@ -186,10 +184,6 @@ const maxNotify = 7999
 // straight at PostgreSQL; the pool's connections may keep the pooler.
 var ErrPooledListener = errors.New("groups: the listener's connection goes through a pooler (PgBouncer?); LISTEN needs one straight to PostgreSQL (PostgresOptions.ListenDSN)")
 
-// notifyFitSQL NOTIFYs only where the payload fits NOTIFY's limit in the
-// database's encoding: one row where it did.
-const notifyFitSQL = "SELECT pg_notify($1, $2) WHERE octet_length($2::text) <= 7999"
-
 // Postgres is the engine of [NewPostgres]: give it to [New]; its Stats
 // are its own.
 type Postgres struct {
@@ -213,8 +207,8 @@ type Postgres struct {
 	sampled atomic.Bool
 
 	// recoded: the database's encoding is neither UTF8 nor SQL_ASCII, as
-	// the listener's connection last said: a payload's length there may
-	// not be its length in UTF-8.
+	// the listener's connection last said: text other than ASCII may
+	// have no character there, or take other bytes (see asciiText).
 	recoded atomic.Bool
 	pooled  bool // the listener's: a reconnection found a pooler, logged
 
@@ -320,27 +314,6 @@ func (e *Postgres) direct(ctx context.Context, conn *pgconn.PgConn) error {
 // base64 (see Layer.envelope).
 func (e *Postgres) asciiText() bool { return e.recoded.Load() }
 
-// mayPassNotify reports whether payload, of at most maxNotify bytes, may
-// take more than maxNotify in the database's encoding: never in UTF8 or
-// SQL_ASCII; elsewhere where it may with 4 bytes for each character
-// other than ASCII, the most any encoding of PostgreSQL's takes
-// (MAX_MULTIBYTE_CHAR_LEN). The payload is UTF-8 (the layer's envelope).
-func (e *Postgres) mayPassNotify(payload []byte) bool {
-	if !e.recoded.Load() {
-		return false
-	}
-	n := 0
-	for _, c := range payload {
-		switch {
-		case c < 0x80:
-			n++
-		case c >= 0xc0: // a character's first byte
-			n += 4
-		}
-	}
-	return n > maxNotify
-}
-
 func (e *Postgres) Transactional() bool { return true }
 
 // joinsTx reports whether Publish with ctx runs in ctx's transaction, if
@@ -393,26 +366,8 @@ func (e *Postgres) Publish(ctx context.Context, group string, payload []byte) er
 		_, err := s.ExecContext(ctx, "SELECT pg_notify($1, $2)", e.channelOf(group), string(payload))
 		return err
 	}
-	switch {
-	case len(payload) > maxNotify:
+	if len(payload) > maxNotify {
 		notify = func(ctx context.Context, s *dbctx.Scope) error {
-			return e.table.publish(ctx, s, e.channelOf(group), group, payload)
-		}
-	case e.mayPassNotify(payload):
-		// PostgreSQL measures it, in the database's encoding, and
-		// NOTIFYs only where it fits; else the table.
-		notify = func(ctx context.Context, s *dbctx.Scope) error {
-			res, err := s.ExecContext(ctx, notifyFitSQL, e.channelOf(group), string(payload))
-			if err != nil {
-				return err
-			}
-			if n, err := res.RowsAffected(); err != nil || n == 1 {
-				return err
-			}
-			if e.table == nil {
-				return fmt.Errorf("%w: %d bytes, past NOTIFY's %d in the database's encoding, and the engine has no table (MaxPayload %d)",
-					ErrTooLarge, len(payload), maxNotify, e.opts.MaxPayload)
-			}
 			return e.table.publish(ctx, s, e.channelOf(group), group, payload)
 		}
 	}
