@@ -25,22 +25,7 @@ func TestSendCommitUnknownOtherPool(t *testing.T) {
 	ctx := context.Background()
 	in := pgInstances(t, env, 1, nil)[0]
 	recs := members(t, []*instance{in}, 1, nil, "o")
-	if _, err := env.Admin().ExecContext(ctx, "CREATE TABLE "+env.Schema()+".work (n int)"); err != nil {
-		t.Fatal(err)
-	}
-	px := pgtest.NewProxy(t, env)
-	db, err := sql.Open("pgx", px.DSN())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	other := dbctx.New(db, &dbctx.Options{MaxWorkers: 1})
-	defer other.Close()
-	rowsN := func() int {
-		var n int
-		env.Admin().QueryRowContext(ctx, "SELECT count(*) FROM "+env.Schema()+".work").Scan(&n)
-		return n
-	}
+	px, other, rowsN := otherPool(t, env)
 	done := make(chan error, 1)
 	go func() {
 		done <- other.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
@@ -59,7 +44,7 @@ func TestSendCommitUnknownOtherPool(t *testing.T) {
 	dbtest.Eventually(t, "the row committed", func() bool { return rowsN() == 1 })
 	px.Cut()
 	px.Restore() // the database can be asked again
-	err = <-done
+	err := <-done
 	if !errors.Is(err, dbctx.ErrCommitUnknown) {
 		t.Fatalf("want ErrCommitUnknown, got %v", err)
 	}
@@ -85,19 +70,14 @@ func TestSendCommitUnknownGapAfterCommit(t *testing.T) {
 	ctx := context.Background()
 	in := pgInstances(t, env, 1, nil)[0]
 	sch := env.Schema()
+	px, other, rowsN := otherPool(t, env)
 	for _, q := range []string{
-		"CREATE TABLE " + sch + ".work (n int)",
 		"CREATE FUNCTION " + sch + ".hold() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_advisory_xact_lock(4242); RETURN NULL; END $$",
 		"CREATE CONSTRAINT TRIGGER hold AFTER INSERT ON " + sch + ".work DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION " + sch + ".hold()",
 	} {
 		if _, err := env.Admin().ExecContext(ctx, q); err != nil {
 			t.Fatal(err)
 		}
-	}
-	rowsN := func() int {
-		var n int
-		env.Admin().QueryRowContext(ctx, "SELECT count(*) FROM "+sch+".work").Scan(&n)
-		return n
 	}
 	var mu sync.Mutex
 	var seen []string
@@ -124,14 +104,6 @@ func TestSendCommitUnknownGapAfterCommit(t *testing.T) {
 	if _, err := lock.ExecContext(ctx, "SELECT pg_advisory_lock(4242)"); err != nil {
 		t.Fatal(err)
 	}
-	px := pgtest.NewProxy(t, env)
-	db, err := sql.Open("pgx", px.DSN())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	other := dbctx.New(db, &dbctx.Options{MaxWorkers: 1})
-	defer other.Close()
 	done := make(chan error, 1)
 	go func() {
 		done <- other.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
@@ -207,22 +179,7 @@ func TestSendCommitUnknownOneSlot(t *testing.T) {
 	if err := m.Join(ctx, "o"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := env.Admin().ExecContext(ctx, "CREATE TABLE "+env.Schema()+".work (n int)"); err != nil {
-		t.Fatal(err)
-	}
-	px := pgtest.NewProxy(t, env)
-	db, err := sql.Open("pgx", px.DSN())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	other := dbctx.New(db, &dbctx.Options{MaxWorkers: 1})
-	defer other.Close()
-	rowsN := func() int {
-		var n int
-		env.Admin().QueryRowContext(ctx, "SELECT count(*) FROM "+env.Schema()+".work").Scan(&n)
-		return n
-	}
+	px, other, rowsN := otherPool(t, env)
 	done := make(chan error, 1)
 	go func() {
 		done <- p.Do(ctx, func(ctx context.Context, s0 *dbctx.Scope) error {
@@ -256,5 +213,28 @@ func TestSendCommitUnknownOneSlot(t *testing.T) {
 	dbtest.Eventually(t, "marker", func() bool { return strings.HasSuffix(events(r), "marker") })
 	if got := events(r); got != "gap,marker" {
 		t.Fatalf("member got %q, want gap,marker", got)
+	}
+}
+
+// otherPool makes a table work in env's schema, and a pool of one slot,
+// another than the engine's, over a proxy to env's server that the test
+// may cut; rows counts work's rows, as PostgreSQL holds them.
+func otherPool(t *testing.T, env *pgtest.Env) (px *pgtest.Proxy, other *dbctx.Pool, rows func() int) {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := env.Admin().ExecContext(ctx, "CREATE TABLE "+env.Schema()+".work (n int)"); err != nil {
+		t.Fatal(err)
+	}
+	px = pgtest.NewProxy(t, env)
+	db, err := sql.Open("pgx", px.DSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	other = dbctx.New(db, &dbctx.Options{MaxWorkers: 1})
+	t.Cleanup(func() { other.Close(); db.Close() })
+	return px, other, func() int {
+		var n int
+		env.Admin().QueryRowContext(ctx, "SELECT count(*) FROM "+env.Schema()+".work").Scan(&n)
+		return n
 	}
 }

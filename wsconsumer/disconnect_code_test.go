@@ -1,8 +1,10 @@
 package wsconsumer_test
 
 import (
+	"bufio"
 	"context"
 	"encoding/binary"
+	"net"
 	"testing"
 	"time"
 
@@ -42,12 +44,7 @@ func TestDisconnectCodeBadFrames(t *testing.T) {
 		for what, tc := range cases {
 			t.Run(name+"/"+what, func(t *testing.T) {
 				t.Parallel()
-				p, _ := dbtest.NewPool(t, nil)
-				codes := make(chan websocket.StatusCode, 1)
-				h := style(p, wsconsumer.Consumer{
-					Disconnect: func(_ context.Context, _ *wsconsumer.Session, code websocket.StatusCode) { codes <- code },
-				}, &wsconsumer.Options{Logger: quiet()})
-				c, br := rawUpgrade(t, serve(t, h))
+				c, br, codes := disconnectClient(t, style, &wsconsumer.Options{Logger: quiet()})
 				for _, f := range tc.frames {
 					if _, err := c.Write(f); err != nil {
 						t.Fatal(err)
@@ -56,13 +53,8 @@ func TestDisconnectCodeBadFrames(t *testing.T) {
 				code := readClose(t, c, br)
 				payload := binary.BigEndian.AppendUint16(nil, uint16(code))
 				c.Write(clientFrame(0x8, true, true, payload))
-				select {
-				case got := <-codes:
-					if got != tc.want {
-						t.Errorf("Disconnect got %v, want %v (client was sent %v)", got, tc.want, code)
-					}
-				case <-time.After(20 * time.Second):
-					t.Fatal("no Disconnect")
+				if got := disconnectCode(t, codes, 20*time.Second); got != tc.want {
+					t.Errorf("Disconnect got %v, want %v (client was sent %v)", got, tc.want, code)
 				}
 			})
 		}
@@ -80,21 +72,11 @@ func TestDisconnectCodeNoEcho(t *testing.T) {
 		} {
 			t.Run(name+"/"+what, func(t *testing.T) {
 				t.Parallel()
-				p, _ := dbtest.NewPool(t, nil)
-				codes := make(chan websocket.StatusCode, 1)
-				h := style(p, wsconsumer.Consumer{
-					Disconnect: func(_ context.Context, _ *wsconsumer.Session, code websocket.StatusCode) { codes <- code },
-				}, &wsconsumer.Options{Logger: quiet()})
-				c, br := rawUpgrade(t, serve(t, h))
+				c, br, codes := disconnectClient(t, style, &wsconsumer.Options{Logger: quiet()})
 				c.Write(f)
 				sent := readClose(t, c, br)
-				select {
-				case got := <-codes:
-					if got != sent {
-						t.Errorf("Disconnect got %v; the server sent %v", got, sent)
-					}
-				case <-time.After(30 * time.Second):
-					t.Fatal("no Disconnect")
+				if got := disconnectCode(t, codes, 30*time.Second); got != sent {
+					t.Errorf("Disconnect got %v; the server sent %v", got, sent)
 				}
 			})
 		}
@@ -117,21 +99,11 @@ func TestDisconnectCodeReadLimitNoEcho(t *testing.T) {
 	for name, style := range styles {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			p, _ := dbtest.NewPool(t, nil)
-			codes := make(chan websocket.StatusCode, 1)
-			h := style(p, wsconsumer.Consumer{
-				Disconnect: func(_ context.Context, _ *wsconsumer.Session, code websocket.StatusCode) { codes <- code },
-			}, &wsconsumer.Options{Logger: quiet(), ReadLimit: 1024})
-			c, br := rawUpgrade(t, serve(t, h))
+			c, br, codes := disconnectClient(t, style, &wsconsumer.Options{Logger: quiet(), ReadLimit: 1024})
 			c.Write(bigFrame(2000))
 			sent := readClose(t, c, br)
-			select {
-			case got := <-codes:
-				if got != sent {
-					t.Errorf("Disconnect got %v; the server sent %v", got, sent)
-				}
-			case <-time.After(30 * time.Second):
-				t.Fatal("no Disconnect")
+			if got := disconnectCode(t, codes, 30*time.Second); got != sent {
+				t.Errorf("Disconnect got %v; the server sent %v", got, sent)
 			}
 		})
 	}
@@ -143,22 +115,39 @@ func TestDisconnectCodeIdleNoEcho(t *testing.T) {
 	for name, style := range styles {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			p, _ := dbtest.NewPool(t, nil)
-			codes := make(chan websocket.StatusCode, 1)
-			h := style(p, wsconsumer.Consumer{
-				Disconnect: func(_ context.Context, _ *wsconsumer.Session, code websocket.StatusCode) { codes <- code },
-			}, &wsconsumer.Options{Logger: quiet(), IdleTimeout: 300 * time.Millisecond})
-			c, br := rawUpgrade(t, serve(t, h))
+			c, br, codes := disconnectClient(t, style, &wsconsumer.Options{Logger: quiet(), IdleTimeout: 300 * time.Millisecond})
 			_ = c
 			sent := readClose(t, c, br)
-			select {
-			case got := <-codes:
-				if got != sent {
-					t.Errorf("Disconnect got %v; the server sent %v", got, sent)
-				}
-			case <-time.After(30 * time.Second):
-				t.Fatal("no Disconnect")
+			if got := disconnectCode(t, codes, 30*time.Second); got != sent {
+				t.Errorf("Disconnect got %v; the server sent %v", got, sent)
 			}
 		})
+	}
+}
+
+// disconnectClient serves a consumer of style, on a pool of its own,
+// whose Disconnect sends the code it gets to codes, and upgrades a raw
+// client to it.
+func disconnectClient(t *testing.T, style styleFn, opts *wsconsumer.Options) (c net.Conn, br *bufio.Reader, codes <-chan websocket.StatusCode) {
+	t.Helper()
+	p, _ := dbtest.NewPool(t, nil)
+	ch := make(chan websocket.StatusCode, 1)
+	h := style(p, wsconsumer.Consumer{
+		Disconnect: func(_ context.Context, _ *wsconsumer.Session, code websocket.StatusCode) { ch <- code },
+	}, opts)
+	c, br = rawUpgrade(t, serve(t, h))
+	return c, br, ch
+}
+
+// disconnectCode returns the code Disconnect got, failing t where none
+// comes within bound.
+func disconnectCode(t *testing.T, codes <-chan websocket.StatusCode, bound time.Duration) websocket.StatusCode {
+	t.Helper()
+	select {
+	case got := <-codes:
+		return got
+	case <-time.After(bound):
+		t.Fatal("no Disconnect")
+		return 0
 	}
 }

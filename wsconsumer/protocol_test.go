@@ -2,7 +2,6 @@ package wsconsumer_test
 
 import (
 	"bufio"
-	"context"
 	"encoding/binary"
 	"fmt"
 	"io"
@@ -13,7 +12,6 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
-	"github.com/dbscope/dbscope/internal/dbtest"
 	"github.com/dbscope/dbscope/wsconsumer"
 )
 
@@ -32,12 +30,7 @@ func TestDisconnectCodeProtocolError(t *testing.T) {
 		} {
 			t.Run(name+"/"+what, func(t *testing.T) {
 				t.Parallel()
-				p, _ := dbtest.NewPool(t, nil)
-				codes := make(chan websocket.StatusCode, 1)
-				h := style(p, wsconsumer.Consumer{
-					Disconnect: func(_ context.Context, _ *wsconsumer.Session, code websocket.StatusCode) { codes <- code },
-				}, &wsconsumer.Options{Logger: quiet()})
-				c, br := rawUpgrade(t, serve(t, h))
+				c, br, codes := disconnectClient(t, style, &wsconsumer.Options{Logger: quiet()})
 				if _, err := c.Write(frame); err != nil {
 					t.Fatal(err)
 				}
