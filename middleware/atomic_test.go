@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -278,14 +279,15 @@ func TestAtomicDeadlinePassed(t *testing.T) {
 			return
 		}
 		dbctx.OnCommit(ctx, func() { committed.Store(true) })
-		<-ctx.Done() // past the deadline
+		passDeadline(ctx)
+		<-ctx.Done()
 		fmt.Fprint(w, "ok")
 	})
+	// The deadline passes once the INSERT has run, however slow the
+	// machine: a timer could pass it before.
 	deadline := func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			ctx, cancel := context.WithTimeout(r.Context(), 200*time.Millisecond)
-			defer cancel()
-			next.ServeHTTP(w, r.WithContext(ctx))
+			next.ServeHTTP(w, r.WithContext(withDeadlineToPass(r.Context())))
 		})
 	}
 	logs, logger := dbtest.NewLogs()
@@ -386,4 +388,45 @@ func TestDBMountedTwice(t *testing.T) {
 	if n := countRows(t, env); n != 0 {
 		t.Errorf("%d rows: the handler's INSERT escaped the rolled-back transaction", n)
 	}
+}
+
+// deadlineCtx is a context whose deadline passes when passDeadline is
+// called on it (or on a context derived from it): Done is closed and Err
+// is context.DeadlineExceeded, as under context.WithTimeout, at a point
+// of the test's choosing.
+type deadlineCtx struct {
+	context.Context
+	done chan struct{}
+	once sync.Once
+}
+
+type deadlineKey struct{}
+
+func withDeadlineToPass(parent context.Context) context.Context {
+	return &deadlineCtx{Context: parent, done: make(chan struct{})}
+}
+
+func (c *deadlineCtx) Deadline() (time.Time, bool) { return time.Now().Add(time.Hour), true }
+func (c *deadlineCtx) Done() <-chan struct{}       { return c.done }
+
+func (c *deadlineCtx) Err() error {
+	select {
+	case <-c.done:
+		return context.DeadlineExceeded
+	default:
+		return nil
+	}
+}
+
+func (c *deadlineCtx) Value(key any) any {
+	if key == (deadlineKey{}) {
+		return c
+	}
+	return c.Context.Value(key)
+}
+
+// passDeadline passes the deadline of the deadlineCtx ctx derives from.
+func passDeadline(ctx context.Context) {
+	c := ctx.Value(deadlineKey{}).(*deadlineCtx)
+	c.once.Do(func() { close(c.done) })
 }

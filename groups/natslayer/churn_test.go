@@ -155,14 +155,20 @@ func TestChurn(t *testing.T) {
 	// Everything sent has arrived once the members that stayed in a
 	// group have all of its messages.
 	stayed := func(mb *member) bool { return len(mb.left) == 0 }
-	eventually(t, "the members that stayed to get all", func() bool {
+	delivered := func() (n int64) {
+		for _, mb := range ms {
+			n += mb.rec.n.Load()
+		}
+		return n
+	}
+	eventuallyWhileProgress(t, "the members that stayed to get all", func() bool {
 		for _, mb := range ms {
 			if stayed(mb) && int(mb.rec.n.Load()) < sentTo[fmt.Sprintf("big.%d", mb.cur)] {
 				return false
 			}
 		}
 		return true
-	})
+	}, delivered)
 	moved := 0
 	for i, mb := range ms {
 		byGroup := map[string][]string{}

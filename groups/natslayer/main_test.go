@@ -157,6 +157,22 @@ func waitFor(cond func() bool) bool {
 	return true
 }
 
+// eventuallyWhileProgress polls cond until it holds, failing t once
+// progress has not moved for 20 seconds: a bulk delivery on a loaded
+// machine may take longer than any fixed bound, a lost one stalls.
+func eventuallyWhileProgress(t *testing.T, what string, cond func() bool, progress func() int64) {
+	t.Helper()
+	last, moved := progress(), time.Now()
+	for !cond() {
+		if p := progress(); p != last {
+			last, moved = p, time.Now()
+		} else if time.Since(moved) > 20*time.Second {
+			t.Fatalf("timed out waiting for %s: no progress for 20 s", what)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
 // await waits for ch to be closed, failing t after 20 seconds.
 func await(t *testing.T, what string, ch <-chan struct{}) {
 	t.Helper()
