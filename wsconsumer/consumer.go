@@ -13,7 +13,8 @@ import (
 // WebsocketConsumer methods. Every field may be nil.
 //
 // In the sync style ([NewSync]) each callback runs in a worker slot with
-// the socket's scope in ctx: query through dbctx.From(ctx). In the async
+// the socket's scope in ctx (Event and Disconnect take theirs at their
+// first statement): query through dbctx.From(ctx). In the async
 // style ([NewAsync]) callbacks hold no slot and reach the database only
 // through dbctx.Do.
 type Consumer struct {
@@ -63,7 +64,10 @@ type Consumer struct {
 	// (also where it did not answer in time); -1 when there was none (a
 	// connection cut). It runs
 	// after every receive and every goroutine started with [Session.Go]
-	// has returned.
+	// has returned. In the sync style it takes its worker slot at its
+	// first statement, as Event does: it runs also while every slot is
+	// taken (a cleanup in memory then holds none; a statement waits as
+	// any does, and may get dbctx.ErrBusy).
 	Disconnect func(ctx context.Context, s *Session, code websocket.StatusCode)
 }
 

@@ -183,9 +183,10 @@ func (h *Handler) disconnect(pool *dbctx.Pool, s *Session, code websocket.Status
 	if err == nil {
 		return
 	}
-	// In the sync style Disconnect did not run where the pool refused its
-	// slot: the consumer's cleanup was skipped, which an operator may
-	// need to know.
+	// Disconnect takes its slot at its first statement (see run), so the
+	// pool's load does not keep it from running; a refusal here (the
+	// socket's scope unusable) did, and skipped the consumer's cleanup,
+	// which an operator may need to know.
 	switch k := answer.Of(err, false); k {
 	case answer.Other:
 		h.count.failed.Add(1)

@@ -409,9 +409,10 @@ func (h *Handler) call(ctx context.Context, pool *dbctx.Pool, cb *Callback, fn f
 }
 
 // run runs a callback, cb: in the sync style as dbctx.Do does on the
-// socket's scope (a slot, CloseOld before and after), an Event taking its
-// slot at its first statement only (internal/lazyslot: an event passed on
-// to the client takes none); in the async style directly. A panic
+// socket's scope (a slot, CloseOld before and after), an Event or a
+// Disconnect taking its slot at its first statement only
+// (internal/lazyslot: an event passed on to the client, or a Disconnect
+// that cleans up in memory, takes none); in the async style directly. A panic
 // becomes a *dbctx.PanicError.
 func (h *Handler) run(ctx context.Context, pool *dbctx.Pool, cb *Callback, fn func(ctx context.Context) error) error {
 	if !h.async {
@@ -426,7 +427,10 @@ func (h *Handler) run(ctx context.Context, pool *dbctx.Pool, cb *Callback, fn fu
 				return err
 			}
 		}
-		if cb.Kind == CallbackEvent {
+		if cb.Kind == CallbackEvent || cb.Kind == CallbackDisconnect {
+			// A Disconnect runs whatever the pool's load: one that
+			// cleans up in memory takes no slot, one that queries
+			// meets a refusal at its statement.
 			return lazyslot.Do(ctx, cb.Session.scope, fn)
 		}
 		return pool.Do(ctx, func(ctx context.Context, _ *dbctx.Scope) error { return fn(ctx) })

@@ -25,7 +25,7 @@ type Stats struct {
 	// Busy counts the callbacks that failed because the pool was busy,
 	// the database unavailable or the pool closed, or because Shutdown
 	// closed their socket (canceled their work): refused 503 at Connect,
-	// closed 1013 (or 1001) later, or Disconnect not run.
+	// or closed 1013 (or 1001) later.
 	Busy int64
 	// Failed counts the callbacks that failed on an error of their own,
 	// a panic, or a misconfiguration of the database: 500 at Connect,
