@@ -89,3 +89,8 @@ func TestOTel(t *testing.T) {
 		}
 	})
 }
+
+func TestSaidThenGone(t *testing.T) {
+	t.Parallel()
+	chattest.SaidThenGone(t, start(t))
+}

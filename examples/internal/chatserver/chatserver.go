@@ -561,11 +561,17 @@ func (a *App) syncConsumer() wsconsumer.Consumer {
 			if err != nil {
 				return s.SendJSON(ctx, chat.ErrorFrame(err))
 			}
-			m, err := chat.Insert(ctx, dbctx.From(ctx), p)
-			if err != nil {
-				return err // closes with 1011, or 1013 when busy
-			}
-			return a.publish(ctx, m)
+			// The message and the room's news of it in one transaction,
+			// as POST /api/messages has them: where the client leaves
+			// between the two (its socket's ctx canceled), neither
+			// happens, where a message stored would never reach the room.
+			return dbctx.Atomic(ctx, func(ctx context.Context) error {
+				m, err := chat.Insert(ctx, dbctx.From(ctx), p)
+				if err != nil {
+					return err // closes with 1011, or 1013 when busy
+				}
+				return a.publish(ctx, m)
+			})
 		},
 		Event:   a.event,
 		Invalid: a.invalidFrame,
@@ -583,13 +589,16 @@ func (a *App) asyncConsumer() wsconsumer.Consumer {
 			if err != nil {
 				return s.SendJSON(ctx, chat.ErrorFrame(err))
 			}
-			m, err := dbctx.DoValue(ctx, func(ctx context.Context, db *dbctx.Scope) (chat.Message, error) {
-				return chat.Insert(ctx, db, p)
+			// In one transaction, as in the sync style.
+			return dbctx.Do(ctx, func(ctx context.Context, db *dbctx.Scope) error {
+				return dbctx.Atomic(ctx, func(ctx context.Context) error {
+					m, err := chat.Insert(ctx, db, p)
+					if err != nil {
+						return err
+					}
+					return a.publish(ctx, m)
+				})
 			})
-			if err != nil {
-				return err
-			}
-			return a.publish(ctx, m)
 		},
 		Event:   a.event,
 		Invalid: a.invalidFrame,
