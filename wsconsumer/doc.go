@@ -12,9 +12,9 @@
 //
 //   - Sync ([NewSync]), for sockets that mostly ask the database: a
 //     socket's callbacks run one at a time, in order, each in a worker
-//     slot (a group event's taken at its first statement, if any), and
-//     query dbctx.From(ctx) directly. A socket waiting for a slot stops
-//     reading, which pushes back on its client.
+//     slot (a group event's and Disconnect's taken at their first
+//     statement, if any), and query dbctx.From(ctx) directly. A socket
+//     waiting for a slot stops reading, which pushes back on its client.
 //   - Async ([NewAsync]), for sockets that mostly wait (on another
 //     service, a timer, group events) or fan out: callbacks hold no slot,
 //     may run several messages of a socket at once (Options.InFlight), and

@@ -189,8 +189,9 @@ type Handler struct {
 // NewSync returns a Handler for c in the sync style (Channels'
 // SyncConsumer): callbacks run one at a time, in message order, each in a
 // worker slot of pool with the socket's scope, so they query through
-// dbctx.From(ctx) directly; Event takes its slot at its first statement,
-// so an event passed on to the client takes none. A socket waiting for a
+// dbctx.From(ctx) directly; Event and Disconnect take theirs at their
+// first statement, so an event passed on to the client takes none, and a
+// full pool never keeps Disconnect from running. A socket waiting for a
 // slot stops reading.
 // With a nil pool the pool of the dbctx scope that middleware.DB put in
 // the upgrade request is used.
