@@ -17,6 +17,16 @@ import (
 // first statement): query through dbctx.From(ctx). In the async
 // style ([NewAsync]) callbacks hold no slot and reach the database only
 // through dbctx.Do.
+//
+// A callback's ctx is for the callback's own work, as an http.Request's
+// context is for its handler's. In the sync style the socket's scope
+// lives from one callback to the next, so a goroutine a callback leaves
+// running with its ctx goes on using that scope after the callback
+// returned: its statements take the socket's slot and connection again,
+// pinned until the next callback's boundary, and one that runs while a
+// later callback's [dbctx.Atomic] is open runs in that transaction and is
+// undone with it. Work that outlives a callback belongs in [Session.Go],
+// whose goroutines Disconnect waits for.
 type Consumer struct {
 	// Connect runs before the websocket is accepted, once the upgrade
 	// request (in s.Request()) has been verified as websocket.Accept
