@@ -74,7 +74,7 @@ var errTxRowsOpen = fmt.Errorf("%w: the transaction cannot end, and is lost with
 
 // errCommitRollback is a COMMIT the server answered ROLLBACK: the
 // transaction had failed.
-var errCommitRollback = errors.New("transaction rolled back: an earlier statement in it failed")
+var errCommitRollback = scopes.ErrCommitRollback
 
 func (s *Scope) atomicTx(ctx context.Context, fn func(ctx context.Context) error) (err error) {
 	outerRun := runOf(ctx)

@@ -13,6 +13,7 @@ import (
 	"github.com/dbscope/dbscope/dbctx"
 	"github.com/dbscope/dbscope/internal/answer"
 	"github.com/dbscope/dbscope/internal/logattrs"
+	"github.com/dbscope/dbscope/internal/scopes"
 )
 
 // AtomicOptions configures [AtomicWithOpts]. The zero value is the default.
@@ -56,7 +57,12 @@ func Atomic(next http.Handler) http.Handler {
 // a condition of package dbctx: 503 when the pool was busy or the
 // database down, with the RetryAfter of the DB that mounted the pool of
 // the transaction), so a client never sees a 2xx for work that was not
-// committed. A commit whose outcome is unknown (dbctx.ErrCommitUnknown:
+// committed. A 4xx the handler wrote after a statement of the
+// transaction failed (a unique violation answered 409) is sent as written,
+// logged at Debug: PostgreSQL rolled the transaction back, and nothing of
+// it, the statements before the failed one included, was committed; a 2xx
+// or 3xx written over a failed statement becomes 500, as a failed commit
+// does. A commit whose outcome is unknown (dbctx.ErrCommitUnknown:
 // the connection failed after COMMIT was sent, and PostgreSQL may have
 // committed) becomes 500, without Retry-After, logged at Error as such.
 // Headers the handler set are dropped with a failed response.
@@ -102,6 +108,15 @@ func AtomicWithOpts(opts *AtomicOptions) func(http.Handler) http.Handler {
 			})
 			switch k := answer.Of(err, ctx.Err() != nil); {
 			case err == nil, errors.Is(err, errRollback):
+				hw.send()
+			case errors.Is(err, scopes.ErrCommitRollback) && hw.status() >= 400:
+				// A statement of the transaction failed and the handler
+				// answered it with a 4xx (a unique violation's 409):
+				// nothing committed, which its answer says already. A
+				// success answered over a failed statement goes on to
+				// 500 below: it would tell of work not done.
+				logattrs.Log(ctx, o.Logger, o.LogAttrs, slog.LevelDebug, "middleware: Atomic request not committed",
+					slog.String("path", r.URL.Path), slog.Int("status", hw.status()), slog.Any("err", err))
 				hw.send()
 			case errors.Is(err, dbctx.ErrCommitUnknown):
 				// Not "not committed": PostgreSQL may hold the work.

@@ -430,3 +430,58 @@ func passDeadline(ctx context.Context) {
 	c := ctx.Value(deadlineKey{}).(*deadlineCtx)
 	c.once.Do(func() { close(c.done) })
 }
+
+// A handler that answers a failed statement with a 4xx (a unique
+// violation's 409) gets its answer sent, logged at Debug: PostgreSQL
+// answers the COMMIT of the failed transaction ROLLBACK, and nothing of it
+// was committed, which a 4xx says already. It was replaced by 500 and
+// logged at Error for every duplicate a client sent. A 2xx written over
+// the failed statement still becomes 500: it would tell of work not done.
+func TestAtomicFailedStatementAnswered4xx(t *testing.T) {
+	t.Parallel()
+	p, env := newPool(t, nil)
+	if _, err := env.Admin().Exec("CREATE TABLE " + env.Schema() + ".u (n int UNIQUE)"); err != nil {
+		t.Fatal(err)
+	}
+	logs, logger := dbtest.NewLogs()
+	atomic := middleware.AtomicWithOpts(&middleware.AtomicOptions{Logger: logger})
+	srv := serve(t, middleware.DB(p)(atomic(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx := r.Context()
+		if _, err := dbctx.From(ctx).ExecContext(ctx, "INSERT INTO u VALUES (2)"); err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		if _, err := dbctx.From(ctx).ExecContext(ctx, "INSERT INTO u VALUES (1), (1)"); err == nil {
+			http.Error(w, "the duplicate was inserted", http.StatusInternalServerError)
+			return
+		}
+		if r.URL.Query().Has("ignore") {
+			w.WriteHeader(http.StatusCreated) // over the failed statement
+			return
+		}
+		http.Error(w, "already exists", http.StatusConflict)
+	}))))
+	rows := func() (n int) {
+		t.Helper()
+		if err := env.Admin().QueryRow("SELECT count(*) FROM " + env.Schema() + ".u").Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	code, body, _ := get(t, srv.URL)
+	if code != http.StatusConflict || !strings.Contains(body, "already exists") {
+		t.Errorf("got %d %q, want the handler's 409", code, body)
+	}
+	if errs := logs.AtLeast(slog.LevelWarn); len(errs) > 0 {
+		t.Errorf("logged %+v: the handler answered its statement's failure", errs)
+	}
+	if n := rows(); n != 0 {
+		t.Errorf("%d rows committed, want none", n)
+	}
+	if code, body, _ := get(t, srv.URL+"?ignore"); code != http.StatusInternalServerError {
+		t.Errorf("a 201 over a failed statement: got %d %q, want 500", code, body)
+	}
+	if n := rows(); n != 0 {
+		t.Errorf("%d rows committed, want none", n)
+	}
+}

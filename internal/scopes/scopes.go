@@ -2,7 +2,10 @@
 // does not say: dbctx sets its functions when it is initialized.
 package scopes
 
-import "context"
+import (
+	"context"
+	"errors"
+)
 
 // AtomicOutside reports whether a scope that ctx's innermost scope is
 // nested in (of another pool) has an Atomic open: a transaction that work
@@ -16,3 +19,8 @@ var AtomicOutside func(ctx context.Context) bool
 // connection failed after COMMIT was sent): groups tells every member
 // that the message may be missing.
 var OnCommitOrUnknown func(ctx context.Context, fn, unknown func())
+
+// ErrCommitRollback is in the error of an Atomic whose COMMIT the server
+// answered ROLLBACK: a statement of the transaction had failed, so nothing
+// of it was committed (middleware.Atomic sends a handler's 4xx then).
+var ErrCommitRollback = errors.New("transaction rolled back: an earlier statement in it failed")
