@@ -180,6 +180,10 @@ func Run(ctx context.Context, cfg Config, routes func(*App) http.Handler) error 
 		return &http.Server{
 			Handler:           h,
 			ReadHeaderTimeout: 10 * time.Second,
+			// A keep-alive connection between requests is closed after
+			// two idle minutes (net/http's default: never); websockets,
+			// hijacked, have IdleTimeout of wsconsumer's own.
+			IdleTimeout: 2 * time.Minute,
 			// Each socket keeps its upgrade request: headers of a few
 			// KiB, not net/http's default bound of 1 MiB.
 			MaxHeaderBytes: 64 << 10,
