@@ -62,7 +62,10 @@ func Atomic(next http.Handler) http.Handler {
 // logged at Debug: PostgreSQL rolled the transaction back, and nothing of
 // it, the statements before the failed one included, was committed; a 2xx
 // or 3xx written over a failed statement becomes 500, as a failed commit
-// does. A commit whose outcome is unknown (dbctx.ErrCommitUnknown:
+// does. A transaction whose connection was lost before COMMIT was sent
+// (dbctx.ErrSessionLost: a backend terminated, a failover) committed
+// nothing: 503 with Retry-After, logged at Warn. A commit whose outcome is
+// unknown (dbctx.ErrCommitUnknown:
 // the connection failed after COMMIT was sent, and PostgreSQL may have
 // committed) becomes 500, without Retry-After, logged at Error as such.
 // Headers the handler set are dropped with a failed response.
@@ -125,6 +128,14 @@ func AtomicWithOpts(opts *AtomicOptions) func(http.Handler) http.Handler {
 				logattrs.Log(ctx, o.Logger, o.LogAttrs, slog.LevelError, "middleware: Atomic request's commit outcome unknown",
 					slog.String("path", r.URL.Path), slog.Any("err", err))
 				http.Error(w, http.StatusText(http.StatusInternalServerError), http.StatusInternalServerError)
+			case errors.Is(err, dbctx.ErrSessionLost) && ctx.Err() == nil:
+				// The connection failed before COMMIT was sent (a
+				// backend terminated, idle_in_transaction_session_timeout,
+				// a failover): nothing committed, and the request may be
+				// sent again, as after an outage.
+				logattrs.Log(ctx, o.Logger, o.LogAttrs, slog.LevelWarn, "middleware: Atomic request not committed: its connection was lost",
+					slog.String("path", r.URL.Path), slog.Any("err", err))
+				answer.HTTP(w, answer.Unavailable, retryAfter(ctx, dbctx.From(ctx).Pool()))
 			case ctx.Err() != nil && errors.Is(err, context.DeadlineExceeded):
 				// The request's deadline (a timeout middleware's) ended it:
 				// not committed, the handler's failure no more than a

@@ -485,3 +485,49 @@ func TestAtomicFailedStatementAnswered4xx(t *testing.T) {
 		t.Errorf("%d rows committed, want none", n)
 	}
 }
+
+// A request whose connection was lost before its COMMIT was sent (its
+// backend terminated while the handler worked) committed nothing: it is
+// answered 503 with Retry-After, as an outage is, and logged at Warn. It
+// was a 500, logged at Error as the handler's failure.
+func TestAtomicConnectionLostBeforeCommit(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "terminates the server connection under the pooler")
+	p, env := newPool(t, nil)
+	createTable(t, env)
+	logs, logger := dbtest.NewLogs()
+	atomic := middleware.AtomicWithOpts(&middleware.AtomicOptions{Logger: logger})
+	srv := serve(t, middleware.DB(p)(atomic(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx := r.Context()
+		var pid int
+		if err := dbctx.From(ctx).QueryRowContext(ctx, "INSERT INTO t VALUES (1) RETURNING pg_backend_pid()").Scan(&pid); err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		if _, err := env.Admin().Exec("SELECT pg_terminate_backend($1)", pid); err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		if err := dbtest.Wait(30*time.Second, func() bool {
+			var n int
+			return env.Admin().QueryRow("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid).Scan(&n) == nil && n == 0
+		}); err != nil {
+			http.Error(w, "the backend did not end", http.StatusInternalServerError)
+			return
+		}
+		w.WriteHeader(http.StatusCreated)
+	}))))
+	code, body, hdr := get(t, srv.URL)
+	if code != http.StatusServiceUnavailable || hdr.Get("Retry-After") == "" {
+		t.Errorf("got %d %q (Retry-After %q), want 503 with Retry-After", code, body, hdr.Get("Retry-After"))
+	}
+	if n := logs.Count(slog.LevelError, ""); n > 0 {
+		t.Errorf("logged at Error: %s", logs.String())
+	}
+	if n := logs.Count(slog.LevelWarn, "middleware: Atomic request not committed: its connection was lost"); n != 1 {
+		t.Errorf("%d warnings of the lost connection, want 1: %s", n, logs.String())
+	}
+	if n := countRows(t, env); n != 0 {
+		t.Errorf("%d rows committed, want none", n)
+	}
+}
