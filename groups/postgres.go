@@ -51,9 +51,11 @@ type PostgresOptions struct {
 
 	// PayloadTable is the table of the messages past NOTIFY's limit: a
 	// name, or schema.name, of lower-case ASCII letters, digits and '_',
-	// found by the search_path of both the pool's and the listener's
-	// connections (qualify it where they differ). Start creates it where
-	// it is missing, if it can (see NewPostgres for its DDL). Layers of
+	// found by the search_path of the listener's connection as Start
+	// connects: Start creates it where it is missing, if it can (see
+	// NewPostgres for its DDL), and from then on names it by its schema,
+	// so that a Send reaches it whatever its scope's search_path (a
+	// tenant's, declared with dbctx.NewSetting). Layers of
 	// several namespaces may share it (the shortest PayloadMaxAge among
 	// them applies). Default: dbscope_groups_payloads.
 	PayloadTable string

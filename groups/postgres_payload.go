@@ -32,6 +32,7 @@ type payloadTable struct {
 	insertSQL  string // the row and the NOTIFY of its reference, in one statement
 	fetchSQL   string
 	cleanupSQL string
+	maxAge     time.Duration
 	perFetch   int // references read in one query at most
 	log        *slog.Logger
 
@@ -46,7 +47,7 @@ func newPayloadTable(o PostgresOptions) *payloadTable {
 	}
 	name := o.PayloadTable
 	index := name[strings.LastIndexByte(name, '.')+1:] + "_created"
-	return &payloadTable{
+	t := &payloadTable{
 		name: name,
 		ddl: "CREATE UNLOGGED TABLE IF NOT EXISTS " + name + ` (
 	id      uuid PRIMARY KEY,
@@ -54,17 +55,25 @@ func newPayloadTable(o PostgresOptions) *payloadTable {
 	body    text NOT NULL
 );
 CREATE INDEX IF NOT EXISTS ` + index + " ON " + name + " (created)",
-		insertSQL: "WITH r AS (INSERT INTO " + name + " (id, created, body) VALUES ($3, 'infinity', $4) RETURNING id) " +
-			"SELECT pg_notify($1, $2) FROM r",
-		fetchSQL: "SELECT id::text, body FROM " + name + " WHERE id = ANY($1::uuid[])",
-		// Two statements, one implicit transaction: one now().
-		cleanupSQL: fmt.Sprintf("UPDATE %[1]s SET created = now() WHERE created = 'infinity'; "+
-			"DELETE FROM %[1]s WHERE created < now() - interval '%[2]d microseconds'",
-			name, o.PayloadMaxAge.Microseconds()),
+		maxAge: o.PayloadMaxAge,
 		// 16 MiB of bodies in memory at most, between 1 and 100 of them.
 		perFetch: min(max((16<<20)/o.MaxPayload, 1), 100),
 		log:      o.Logger,
 	}
+	t.statements(name)
+	return t
+}
+
+// statements makes the statements on the table, named table: ensure
+// names it by its schema, as the listener found it.
+func (t *payloadTable) statements(table string) {
+	t.insertSQL = "WITH r AS (INSERT INTO " + table + " (id, created, body) VALUES ($3, 'infinity', $4) RETURNING id) " +
+		"SELECT pg_notify($1, $2) FROM r"
+	t.fetchSQL = "SELECT id::text, body FROM " + table + " WHERE id = ANY($1::uuid[])"
+	// Two statements, one implicit transaction: one now().
+	t.cleanupSQL = fmt.Sprintf("UPDATE %[1]s SET created = now() WHERE created = 'infinity'; "+
+		"DELETE FROM %[1]s WHERE created < now() - interval '%[2]d microseconds'",
+		table, t.maxAge.Microseconds())
 }
 
 // validTable reports whether name is a table name NewPostgres takes: no
@@ -115,7 +124,7 @@ func (t *payloadTable) ensure(ctx context.Context, conn *pgconn.PgConn) error {
 	if state == "missing" {
 		_, err := conn.Exec(ctx, t.ddl).ReadAll()
 		if err == nil {
-			return nil // its owner
+			return t.qualify(ctx, conn) // its owner
 		}
 		// Made meanwhile by another instance?
 		if state, _ = check(); state == "missing" {
@@ -125,6 +134,25 @@ func (t *payloadTable) ensure(ctx context.Context, conn *pgconn.PgConn) error {
 	if state != "" {
 		return fmt.Errorf("%w: %s: the listener's role needs SELECT, UPDATE and DELETE on it, and lacks %s", ErrPayloadTable, t.name, state)
 	}
+	return t.qualify(ctx, conn)
+}
+
+// qualify names the table by the schema the listener's search_path found
+// it in, in every statement on it: a sender's INSERT reaches that table
+// whatever the search_path of its scope (a tenant's, declared with
+// dbctx.NewSetting), where the listener reads and deletes.
+func (t *payloadTable) qualify(ctx context.Context, conn *pgconn.PgConn) error {
+	res := conn.ExecParams(ctx, "SELECT pg_catalog.quote_ident(n.nspname) OPERATOR(pg_catalog.||) '.' OPERATOR(pg_catalog.||) pg_catalog.quote_ident(c.relname) "+
+		"FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace "+
+		"WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass($1)",
+		[][]byte{[]byte(t.name)}, nil, nil, nil).Read()
+	if res.Err != nil {
+		return res.Err
+	}
+	if len(res.Rows) != 1 || res.Rows[0][0] == nil {
+		return fmt.Errorf("%w: %s: not found after it was made", ErrPayloadTable, t.name)
+	}
+	t.statements(string(res.Rows[0][0]))
 	return nil
 }
 

@@ -387,6 +387,67 @@ func TestLargeWithoutTable(t *testing.T) {
 	}
 }
 
+// tenantPath is the search_path a unit of work declares in
+// TestLargeUnderTenantSearchPath.
+var tenantPath = dbctx.NewSetting("search_path")
+
+// A unit of work whose declared search_path (a tenant's schema) is not
+// the listener's sends large messages into the table the listener found,
+// whatever its own search_path finds: without a table there, the Send
+// failed with 42P01 (and failed the unit's transaction); with a tenant's
+// copy of the table (migrations run per schema), every large message was
+// a gap on every instance and its row stayed there for good.
+func TestLargeUnderTenantSearchPath(t *testing.T) {
+	t.Parallel()
+	env := pgtest.New(t)
+	ins := pgInstances(t, env, 2, nil)
+	ctx := context.Background()
+	tenant := env.Schema() + "_tenant"
+	if _, err := env.Admin().ExecContext(ctx, "CREATE SCHEMA "+tenant); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { env.Admin().ExecContext(ctx, "DROP SCHEMA "+tenant+" CASCADE") })
+	recs := members(t, ins, 1, bigMembers, "g")
+	tctx := tenantPath.With(ctx, tenant)
+	send := func(k int) {
+		t.Helper()
+		err := ins[0].pool.Do(tctx, func(ctx context.Context, _ *dbctx.Scope) error {
+			return dbctx.Atomic(ctx, func(ctx context.Context) error {
+				return ins[0].layer.Send(ctx, "g", body(0, k, 20000, false))
+			})
+		})
+		if err != nil {
+			t.Fatalf("a large Send under the tenant's search_path: %v", err)
+		}
+	}
+	send(0)
+	if _, err := env.Admin().ExecContext(ctx, "CREATE TABLE "+tenant+".dbscope_groups_payloads (LIKE "+
+		env.Schema()+".dbscope_groups_payloads INCLUDING ALL)"); err != nil {
+		t.Fatal(err)
+	}
+	send(1)
+	dbtest.Eventually(t, "two events per member", func() bool { return recs[0].n.Load() >= 2 && recs[1].n.Load() >= 2 })
+	for i, r := range recs {
+		for k, e := range r.got() {
+			if e.Gap || !bytes.Equal(e.Data, body(0, k, 20000, false)) {
+				t.Errorf("member %d, event %d: gap %v, %d bytes", i, k, e.Gap, len(e.Data))
+			}
+		}
+	}
+	var n int
+	if err := env.Admin().QueryRowContext(ctx, "SELECT count(*) FROM "+tenant+".dbscope_groups_payloads").Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if n != 0 {
+		t.Errorf("%d rows in the tenant's table, which no listener reads or cleans", n)
+	}
+	for _, in := range ins {
+		if st := in.pg.Stats(); st.LargeMissing != 0 {
+			t.Errorf("LargeMissing %d", st.LargeMissing)
+		}
+	}
+}
+
 // A role without CREATE on its schema, and no table: New fails with
 // ErrPayloadTable. Without a table (MaxPayload at NOTIFY's limit) it
 // starts and refuses what NOTIFY cannot carry. With the table made
