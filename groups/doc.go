@@ -29,11 +29,15 @@
 //   - Transactions: a Send whose ctx is inside dbctx.Atomic goes out only
 //     if the transaction commits (PostgreSQL: NOTIFY is sent on the
 //     scope's connection and delivered at commit; other engines: at
-//     dbctx.OnCommit), and not at all on rollback. Where the commit's
-//     outcome is unknown (dbctx.ErrCommitUnknown: the connection failed
-//     after COMMIT was sent), a message sent at dbctx.OnCommit does not
-//     go out: every member of the group, on every instance, gets a gap
-//     in its place, once the COMMIT has settled on the server (its work
+//     dbctx.OnCommit), and not at all on rollback. A send at
+//     dbctx.OnCommit that fails once the transaction has committed (the
+//     INSERT of a large message refused, the engine unreachable) is
+//     logged, and every member of the group gets a gap in its place, as
+//     far as the engine carries one. Where the commit's outcome is
+//     unknown (dbctx.ErrCommitUnknown: the connection failed after
+//     COMMIT was sent), a message sent at dbctx.OnCommit does not go
+//     out: every member of the group, on every instance, gets a gap in
+//     its place, once the COMMIT has settled on the server (its work
 //     visible, if done), before Atomic returns.
 //   - Never a silent drop: each member has a bounded queue
 //     ([MemberOptions]); a member that falls behind it is told once

@@ -799,6 +799,51 @@ func TestSendInAtomicOfAnotherPool(t *testing.T) {
 	committedThenMarker(t, in.layer, r)
 }
 
+// A Send at the commit of another pool's Atomic whose publish fails
+// once that Atomic has committed (here the INSERT of a large message,
+// refused by a CHECK; a pool role without INSERT on the table, a full
+// NOTIFY queue, the engine's pool unreachable) gives every member a gap in
+// its place: the message was dropped with a WARN alone, and Atomic, which
+// committed, returned nil.
+func TestSendAtCommitFailsGap(t *testing.T) {
+	t.Parallel()
+	env := pgtest.New(t)
+	in := instances(t, env, "postgres", 1)[0]
+	other := dbtest.NewSecondPool(t, env, nil)
+	ctx := context.Background()
+	if _, err := env.Admin().ExecContext(ctx, "ALTER TABLE "+env.Schema()+
+		".dbscope_groups_payloads ADD CONSTRAINT refused CHECK (length(body) < 15000)"); err != nil {
+		t.Fatal(err)
+	}
+	r := &recorder{}
+	m := in.layer.NewMember(r.handle, nil)
+	defer m.Close()
+	if err := m.Join(ctx, "tx"); err != nil {
+		t.Fatal(err)
+	}
+	err := other.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+		return dbctx.Atomic(ctx, func(ctx context.Context) error {
+			if _, err := s.ExecContext(ctx, "SELECT 1"); err != nil {
+				return err
+			}
+			return in.layer.Send(ctx, "tx", []byte(strings.Repeat("r", 20000)))
+		})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := in.layer.Send(ctx, "tx", []byte("marker")); err != nil {
+		t.Fatal(err)
+	}
+	dbtest.Eventually(t, "the marker", func() bool { return r.n.Load() >= 2 || events(r) == "marker" })
+	if got := events(r); got != "gap,marker" {
+		t.Fatalf("got %q, want a gap, then the marker", got)
+	}
+	if st := in.layer.Stats(); st.Sent != 1 || st.Gaps != 1 {
+		t.Errorf("Sent %d, Gaps %d: want 1 (the marker), 1", st.Sent, st.Gaps)
+	}
+}
+
 // committedThenMarker sends a marker to group tx, and checks that r got
 // the message committed, then the marker, and nothing else.
 func committedThenMarker(t *testing.T, l *groups.Layer, r *recorder) {

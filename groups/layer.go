@@ -129,7 +129,8 @@ func CheckGroup(name string) error {
 // Send sends data to every member of group, on every instance. It
 // returns once the engine has taken the message; members get it
 // asynchronously. Inside dbctx.Atomic the message goes out only if the
-// transaction commits (a failure then is logged, not returned): with
+// transaction commits (a failure then is logged, not returned, and every
+// member of the group, on every instance, gets a gap in its place): with
 // PostgreSQL, NOTIFY is sent on the scope's connection, within the
 // transaction, where that scope is of the engine's pool; inside an
 // Atomic of another pool (around the scope, or the scope's own), at that
@@ -170,7 +171,15 @@ func (l *Layer) Send(ctx context.Context, group string, data []byte) error {
 		}
 		err = l.publish(context.WithoutCancel(ctx), group, payload)
 		if deferred && err != nil {
-			l.log.Warn("groups: a send at commit failed", "group", group, "err", err)
+			// Nobody is told of the error: the message of committed
+			// work is lost, and every member of group, on every
+			// instance, gets a gap in its place, where the engine
+			// carries it (a gap is small: where a large message's
+			// INSERT was refused, it goes as a NOTIFY).
+			l.log.Warn("groups: a send at commit failed; its group gets a gap", "group", group, "err", err)
+			if err := l.engine.Publish(context.WithoutCancel(ctx), group, l.gapEnvelope(group)); err != nil {
+				l.log.Warn("groups: telling members of a send at commit that failed failed too", "group", group, "err", err)
+			}
 		}
 	}, func() {
 		// The commit's outcome is unknown (dbctx.ErrCommitUnknown): the
