@@ -27,7 +27,8 @@ var ErrPayloadTable = errors.New("groups: no table for large messages")
 // payloadTable carries the messages past NOTIFY's limit: the statements
 // on the table, and their counters.
 type payloadTable struct {
-	name       string
+	name       string // as PayloadTable gives it
+	quoted     string // each part quoted
 	ddl        string
 	insertSQL  string // the row and the NOTIFY of its reference, in one statement
 	fetchSQL   string
@@ -46,21 +47,25 @@ func newPayloadTable(o PostgresOptions) *payloadTable {
 		return nil
 	}
 	name := o.PayloadTable
-	index := name[strings.LastIndexByte(name, '.')+1:] + "_created"
+	// Each part quoted: a name of the letters PayloadTable takes may be
+	// a keyword PostgreSQL reserves (user, order).
+	quoted := `"` + strings.ReplaceAll(name, ".", `"."`) + `"`
+	index := `"` + name[strings.LastIndexByte(name, '.')+1:] + `_created"`
 	t := &payloadTable{
-		name: name,
-		ddl: "CREATE UNLOGGED TABLE IF NOT EXISTS " + name + ` (
+		name:   name,
+		quoted: quoted,
+		ddl: "CREATE UNLOGGED TABLE IF NOT EXISTS " + quoted + ` (
 	id      uuid PRIMARY KEY,
 	created timestamptz NOT NULL DEFAULT 'infinity',
 	body    text NOT NULL
 );
-CREATE INDEX IF NOT EXISTS ` + index + " ON " + name + " (created)",
+CREATE INDEX IF NOT EXISTS ` + index + " ON " + quoted + " (created)",
 		maxAge: o.PayloadMaxAge,
 		// 16 MiB of bodies in memory at most, between 1 and 100 of them.
 		perFetch: min(max((16<<20)/o.MaxPayload, 1), 100),
 		log:      o.Logger,
 	}
-	t.statements(name)
+	t.statements(quoted)
 	return t
 }
 
@@ -77,7 +82,8 @@ func (t *payloadTable) statements(table string) {
 }
 
 // validTable reports whether name is a table name NewPostgres takes: no
-// quoting needed, and room for the index's name beside it.
+// character that needs quoting but for case (each part is quoted, as a
+// keyword would need), and room for the index's name beside it.
 func validTable(name string) bool {
 	parts := strings.Split(name, ".")
 	if len(parts) > 2 {
@@ -108,7 +114,7 @@ func (t *payloadTable) ensure(ctx context.Context, conn *pgconn.PgConn) error {
 			"CASE WHEN NOT has_table_privilege($1, 'SELECT') THEN 'SELECT' END, "+
 			"CASE WHEN NOT has_table_privilege($1, 'UPDATE') THEN 'UPDATE' END, "+
 			"CASE WHEN NOT has_table_privilege($1, 'DELETE') THEN 'DELETE' END) END",
-			[][]byte{[]byte(t.name)}, nil, nil, nil).Read()
+			[][]byte{[]byte(t.quoted)}, nil, nil, nil).Read()
 		if res.Err != nil || len(res.Rows) != 1 {
 			return "", res.Err
 		}
@@ -145,7 +151,7 @@ func (t *payloadTable) qualify(ctx context.Context, conn *pgconn.PgConn) error {
 	res := conn.ExecParams(ctx, "SELECT pg_catalog.quote_ident(n.nspname) OPERATOR(pg_catalog.||) '.' OPERATOR(pg_catalog.||) pg_catalog.quote_ident(c.relname) "+
 		"FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace "+
 		"WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass($1)",
-		[][]byte{[]byte(t.name)}, nil, nil, nil).Read()
+		[][]byte{[]byte(t.quoted)}, nil, nil, nil).Read()
 	if res.Err != nil {
 		return res.Err
 	}

@@ -387,6 +387,26 @@ func TestLargeWithoutTable(t *testing.T) {
 	}
 }
 
+// A PayloadTable of the letters it takes that PostgreSQL reserves as a
+// keyword (user, order) is made and used: Start failed with a syntax
+// error.
+func TestPayloadTableKeyword(t *testing.T) {
+	t.Parallel()
+	env := pgtest.New(t)
+	for _, name := range []string{"user", "order"} {
+		in := pgInstances(t, env, 1, &groups.PostgresOptions{PayloadTable: name})[0]
+		r := members(t, []*instance{in}, 1, bigMembers, "g")[0]
+		sent := body(0, 0, 20000, false)
+		if err := in.layer.Send(context.Background(), "g", sent); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		dbtest.Eventually(t, "the message", func() bool { return r.n.Load() == 1 })
+		if e := r.got()[0]; e.Gap || !bytes.Equal(e.Data, sent) {
+			t.Errorf("%s: gap %v, %d bytes", name, e.Gap, len(e.Data))
+		}
+	}
+}
+
 // tenantPath is the search_path a unit of work declares in
 // TestLargeUnderTenantSearchPath.
 var tenantPath = dbctx.NewSetting("search_path")
