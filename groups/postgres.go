@@ -132,6 +132,13 @@ type PostgresOptions struct {
 // Every notifying commit takes a cluster-wide lock and signals every
 // listening backend of the database: for large deployments, NATS.
 //
+// NOTIFY asks for no privilege: any role that may connect to the
+// database can send to a group (a channel's name is a hash of the
+// Namespace and the group, not a secret), and its message reaches the
+// members as one of Send's would. Where roles you do not trust share the
+// database, treat Event.Data as the input it is, or use NATS and its
+// authorization.
+//
 // The listener reconnects forever, with backoff and jitter, and then
 // LISTENs again and gives every member a gap. While it is down, a Join of
 // a new group returns at once, as does one that was waiting for its
