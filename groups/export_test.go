@@ -27,3 +27,6 @@ func (e *Postgres) Queued() int {
 	defer e.mu.Unlock()
 	return len(e.pending)
 }
+
+// ChannelOf returns the NOTIFY channel of group.
+func (e *Postgres) ChannelOf(group string) string { return e.channelOf(group) }

@@ -198,14 +198,37 @@ func newID() string {
 }
 
 // parseRef reads a reference's id and group; ok is false for anything
-// else.
+// else. The id must be a UUID as newID writes it: NOTIFY asks for no
+// privilege, and one id PostgreSQL cannot read would fail the fetch of
+// every reference of its batch (a gap for each).
 func parseRef(p string) (id, group string, ok bool) {
 	rest, ok := strings.CutPrefix(p, refPrefix)
 	if !ok {
 		return "", "", false
 	}
 	id, group, ok = strings.Cut(rest, "|")
-	return id, group, ok && len(id) == 36
+	return id, group, ok && isID(id)
+}
+
+// isID reports whether id is a UUID as newID writes it: lower-case hex,
+// dashes at 8, 13, 18 and 23.
+func isID(id string) bool {
+	if len(id) != 36 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		switch c := id[i]; i {
+		case 8, 13, 18, 23:
+			if c != '-' {
+				return false
+			}
+		default:
+			if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // batch returns how many of notes to hand on next, and the ids of the

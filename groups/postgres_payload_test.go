@@ -387,6 +387,55 @@ func TestLargeWithoutTable(t *testing.T) {
 	}
 }
 
+// A reference whose id is not a UUID (NOTIFY asks for no privilege: any
+// role may send one) is dropped as a message not made by the package: it
+// failed the fetch of every reference of its batch (a gap for each, an
+// ERROR that, logged once, then hid the table's real failures).
+func TestLargeMalformedReference(t *testing.T) {
+	t.Parallel()
+	env := pgtest.New(t)
+	in := pgInstances(t, env, 1, nil)[0]
+	r := members(t, []*instance{in}, 1, bigMembers, "g")[0]
+	ch := in.pg.ChannelOf("g")
+	id := "6f1e3b0a-8c1d-4e7f-9a2b-3c4d5e6f7a8b"
+	sent := body(0, 0, 9000, false)
+	ctx := context.Background()
+	tx, err := env.Admin().BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	for _, q := range []struct {
+		sql  string
+		args []any
+	}{
+		{"SELECT pg_notify($1, 'r|zzzzzzzz-zzzz-zzzz-zzzz-zzzzzzzzzzzz|g')", []any{ch}},
+		{"INSERT INTO " + env.Schema() + ".dbscope_groups_payloads (id, body) VALUES ($1, $2)", []any{id, "1|000000000000000000000001|g|t" + string(sent)}},
+		{"SELECT pg_notify($1, 'r|' || $2 || '|g')", []any{ch, id}},
+	} {
+		if _, err := tx.ExecContext(ctx, q.sql, q.args...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if err := in.layer.Send(ctx, "g", []byte("marker")); err != nil {
+		t.Fatal(err)
+	}
+	dbtest.Eventually(t, "the marker", func() bool {
+		got := r.got()
+		return len(got) > 0 && string(got[len(got)-1].Data) == "marker"
+	})
+	got := r.got()
+	if len(got) != 2 || got[0].Gap || !bytes.Equal(got[0].Data, sent) {
+		t.Fatalf("got %d events (first: gap %v), want the large message, then the marker", len(got), got[0].Gap)
+	}
+	if st := in.pg.Stats(); st.LargeMissing != 0 {
+		t.Errorf("LargeMissing %d, want 0", st.LargeMissing)
+	}
+}
+
 // A PayloadTable of the letters it takes that PostgreSQL reserves as a
 // keyword (user, order) is made and used: Start failed with a syntax
 // error.
