@@ -32,8 +32,10 @@
 //     dbctx.OnCommit), and not at all on rollback. A send at
 //     dbctx.OnCommit that fails once the transaction has committed (the
 //     INSERT of a large message refused, the engine unreachable) is
-//     logged, and every member of the group gets a gap in its place, as
-//     far as the engine carries one. Where the commit's outcome is
+//     logged, and every member of the group, on every instance, gets a
+//     gap in its place: at once, or, where the engine cannot carry the gap
+//     either (NATS down, its reconnect buffer full), once it has
+//     reconnected or carried a send again. Where the commit's outcome is
 //     unknown (dbctx.ErrCommitUnknown: the connection failed after
 //     COMMIT was sent), a message sent at dbctx.OnCommit does not go
 //     out: every member of the group, on every instance, gets a gap in

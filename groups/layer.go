@@ -60,6 +60,12 @@ type Layer struct {
 		members, sent, delivered, slow, gaps, reconnects atomic.Int64
 	}
 	countSent func() // adds to c.sent; made once, for dbctx.OnCommit
+
+	// The gaps owed: groups whose gap, in place of a message that could
+	// not go out, could not go out either (see tellGap).
+	owedMu sync.Mutex
+	owed   map[string]struct{}
+	owing  atomic.Bool
 }
 
 // New returns a Layer over engine, which it starts: the PostgreSQL engine
@@ -130,7 +136,8 @@ func CheckGroup(name string) error {
 // returns once the engine has taken the message; members get it
 // asynchronously. Inside dbctx.Atomic the message goes out only if the
 // transaction commits (a failure then is logged, not returned, and every
-// member of the group, on every instance, gets a gap in its place): with
+// member of the group, on every instance, gets a gap in its place, once
+// the engine carries it): with
 // PostgreSQL, NOTIFY is sent on the scope's connection, within the
 // transaction, where that scope is of the engine's pool; inside an
 // Atomic of another pool (around the scope, or the scope's own), at that
@@ -177,9 +184,7 @@ func (l *Layer) Send(ctx context.Context, group string, data []byte) error {
 			// carries it (a gap is small: where a large message's
 			// INSERT was refused, it goes as a NOTIFY).
 			l.log.Warn("groups: a send at commit failed; its group gets a gap", "group", group, "err", err)
-			if err := l.engine.Publish(context.WithoutCancel(ctx), group, l.gapEnvelope(group)); err != nil {
-				l.log.Warn("groups: telling members of a send at commit that failed failed too", "group", group, "err", err)
-			}
+			l.tellGap(context.WithoutCancel(ctx), group)
 		}
 	}, func() {
 		// The commit's outcome is unknown (dbctx.ErrCommitUnknown): the
@@ -188,9 +193,7 @@ func (l *Layer) Send(ctx context.Context, group string, data []byte) error {
 		// the message would have come: dbctx runs this once the COMMIT
 		// has settled on the server (its work visible, if done), before
 		// Atomic returns, and it goes out as the message would have.
-		if err := l.engine.Publish(context.WithoutCancel(ctx), group, l.gapEnvelope(group)); err != nil {
-			l.log.Warn("groups: telling members of a send whose commit is unknown failed", "group", group, "err", err)
-		}
+		l.tellGap(context.WithoutCancel(ctx), group)
 	})
 	now = false
 	return err
@@ -209,7 +212,52 @@ func (l *Layer) publish(ctx context.Context, group string, payload []byte) error
 		return err
 	}
 	l.countSent()
+	if l.owing.Load() {
+		l.payGaps() // the engine carries again
+	}
 	return nil
+}
+
+// tellGap publishes a gap to group, on every instance, in place of a
+// message of committed work that could not be sent (its publish failed,
+// or its commit's outcome is unknown). Where the engine cannot carry it
+// either (NATS down, its reconnect buffer full), the gap is owed: it goes
+// out once the engine has reconnected, or at the next send that goes out,
+// so that members on other instances, whose own connections may have
+// been back before, are told too.
+func (l *Layer) tellGap(ctx context.Context, group string) {
+	if err := l.engine.Publish(ctx, group, l.gapEnvelope(group)); err != nil && l.owe(group) {
+		l.log.Warn("groups: telling members of a send that could not go out failed; the gap goes out once the engine carries again", "group", group, "err", err)
+	}
+}
+
+// owe keeps group's gap for payGaps, and reports whether it was not owed
+// yet.
+func (l *Layer) owe(group string) bool {
+	l.owedMu.Lock()
+	defer l.owedMu.Unlock()
+	if l.owed == nil {
+		l.owed = map[string]struct{}{}
+	}
+	_, was := l.owed[group]
+	l.owed[group] = struct{}{}
+	l.owing.Store(true)
+	return !was
+}
+
+// payGaps publishes the gaps owed (see tellGap); those that fail again
+// stay owed.
+func (l *Layer) payGaps() {
+	l.owedMu.Lock()
+	owed := l.owed
+	l.owed = nil
+	l.owing.Store(false)
+	l.owedMu.Unlock()
+	for g := range owed {
+		if err := l.engine.Publish(context.Background(), g, l.gapEnvelope(g)); err != nil {
+			l.owe(g)
+		}
+	}
 }
 
 // The envelope of a message: "1|<id>|<group>|<kind><body>", kind 't' for
@@ -350,7 +398,14 @@ func (in inbox) Gap(groups []string) {
 	}
 }
 
-func (in inbox) Reconnected() { in.l.c.reconnects.Add(1) }
+func (in inbox) Reconnected() {
+	l := in.l
+	l.c.reconnects.Add(1)
+	if l.owing.Load() {
+		// Not on the engine's goroutine, which hands what arrives.
+		go l.payGaps()
+	}
+}
 
 // membersOf returns the members of group now.
 func (l *Layer) membersOf(group string) []*Member {

@@ -35,7 +35,10 @@
 //   - Publishing while disconnected: into nats.go's reconnect buffer
 //     (Options.ReconnectBuffer, 8 MiB), sent on reconnection, counted in
 //     Stats.Buffered; once it is full, Send fails with
-//     nats.ErrReconnectBufExceeded, counted in Stats.PublishErrors. A
+//     nats.ErrReconnectBufExceeded, counted in Stats.PublishErrors (a Send
+//     inside dbctx.Atomic, published at the commit, cannot fail: the
+//     members of every instance get a gap in its place once the
+//     connection is back, after what the buffer held). A
 //     message is never dropped without a count or an error, with one
 //     exception core NATS has: what a publish handed nats.go in the
 //     instant before its connection broke, not yet written out or not yet
