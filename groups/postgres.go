@@ -83,7 +83,7 @@ type PostgresOptions struct {
 // rollback) or, without one, through pool; each instance's listener
 // LISTENs on the channels of the groups it has members of.
 //
-// A message takes its envelope's bytes: about 50 and the group's name,
+// A message takes its envelope's bytes: 29 and the group's name,
 // with the body as it is where it is UTF-8 text, in base64 where not;
 // in a database whose encoding (server_encoding, which the listener reads
 // as it connects) is not UTF-8 nor SQL_ASCII, as it is only where it is
