@@ -213,7 +213,7 @@ func (l *Layer) publish(ctx context.Context, group string, payload []byte) error
 	}
 	l.countSent()
 	if l.owing.Load() {
-		l.payGaps() // the engine carries again
+		l.payGaps(ctx) // the engine carries again
 	}
 	return nil
 }
@@ -245,16 +245,17 @@ func (l *Layer) owe(group string) bool {
 	return !was
 }
 
-// payGaps publishes the gaps owed (see tellGap); those that fail again
-// stay owed.
-func (l *Layer) payGaps() {
+// payGaps publishes the gaps owed (see tellGap), with ctx (through the
+// scope it carries, if any: it may hold its pool's only slot); those that
+// fail again stay owed.
+func (l *Layer) payGaps(ctx context.Context) {
 	l.owedMu.Lock()
 	owed := l.owed
 	l.owed = nil
 	l.owing.Store(false)
 	l.owedMu.Unlock()
 	for g := range owed {
-		if err := l.engine.Publish(context.Background(), g, l.gapEnvelope(g)); err != nil {
+		if err := l.engine.Publish(ctx, g, l.gapEnvelope(g)); err != nil {
 			l.owe(g)
 		}
 	}
@@ -403,7 +404,7 @@ func (in inbox) Reconnected() {
 	l.c.reconnects.Add(1)
 	if l.owing.Load() {
 		// Not on the engine's goroutine, which hands what arrives.
-		go l.payGaps()
+		go l.payGaps(context.Background())
 	}
 }
 
