@@ -108,9 +108,10 @@ type PostgresOptions struct {
 // Start creates the table where it is missing, UNLOGGED (a crash empties
 // it, as it empties NOTIFY's queue), and fails with [ErrPayloadTable]
 // where the listener's role cannot, or may not SELECT, UPDATE and DELETE
-// its rows. Create it beforehand then, granting INSERT to the pool's role
-// (a Send without it fails with PostgreSQL's error) and SELECT, UPDATE,
-// DELETE to the listener's:
+// its rows, or where the listener's transactions are read-only
+// (default_transaction_read_only, a standby). Create it beforehand then,
+// granting INSERT to the pool's role (a Send without it fails with
+// PostgreSQL's error) and SELECT, UPDATE, DELETE to the listener's:
 //
 //	CREATE UNLOGGED TABLE dbscope_groups_payloads (
 //		id      uuid PRIMARY KEY,

@@ -19,7 +19,9 @@ import (
 // of the messages past NOTIFY's limit (PostgresOptions.PayloadTable) is
 // missing and the listener's role cannot create it (no CREATE on the
 // schema, as an application role under row-level security often has
-// not), or where that role may not SELECT, UPDATE and DELETE its rows. Create it
+// not), or where that role may not SELECT, UPDATE and DELETE its rows, or
+// its transactions are read-only (default_transaction_read_only, a
+// standby: it could not delete old rows). Create it
 // beforehand with the DDL in NewPostgres's doc, and grant, or set
 // PostgresOptions.MaxPayload to 7,999 or less to go without it.
 var ErrPayloadTable = errors.New("groups: no table for large messages")
@@ -139,6 +141,15 @@ func (t *payloadTable) ensure(ctx context.Context, conn *pgconn.PgConn) error {
 	}
 	if state != "" {
 		return fmt.Errorf("%w: %s: the listener's role needs SELECT, UPDATE and DELETE on it, and lacks %s", ErrPayloadTable, t.name, state)
+	}
+	// Privileges are not enough: a read-only session cannot stamp and
+	// delete the rows either, and the table would grow for good.
+	res := conn.ExecParams(ctx, "SELECT pg_catalog.current_setting('transaction_read_only')", nil, nil, nil, nil).Read()
+	if res.Err != nil {
+		return res.Err
+	}
+	if len(res.Rows) == 1 && string(res.Rows[0][0]) == "on" {
+		return fmt.Errorf("%w: %s: the listener's transactions are read-only (default_transaction_read_only, or a standby): it could not stamp and delete the table's rows", ErrPayloadTable, t.name)
 	}
 	return t.qualify(ctx, conn)
 }

@@ -436,6 +436,37 @@ func TestLargeMalformedReference(t *testing.T) {
 	}
 }
 
+// A listener whose transactions are read-only (a role with
+// default_transaction_read_only, as one that only reads may be given; a
+// standby) may hold every privilege on the table and still cannot stamp
+// and delete its rows: New fails with ErrPayloadTable. It started, and
+// the table grew for good, with one ERROR logged.
+func TestLargeReadOnlyListener(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "the listener goes straight to the server either way")
+	env := pgtest.New(t)
+	pgInstances(t, env, 1, nil) // makes the table
+	dsn, err := pgserver.WithParams(env.DirectDSN(t), "default_transaction_read_only", "on")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := dbctx.New(env.Open(t), nil)
+	defer pool.Close()
+	l, err := groups.New(groups.NewPostgres(pool, &groups.PostgresOptions{ListenDSN: dsn, Namespace: env.Schema()}), nil)
+	if err == nil {
+		l.Close()
+	}
+	if !errors.Is(err, groups.ErrPayloadTable) || !strings.Contains(err.Error(), "read-only") {
+		t.Fatalf("New with a read-only listener: %v, want ErrPayloadTable", err)
+	}
+	// Without the table, a read-only listener is fine.
+	l, err = groups.New(groups.NewPostgres(pool, &groups.PostgresOptions{ListenDSN: dsn, Namespace: env.Schema(), MaxPayload: 7999}), nil)
+	if err != nil {
+		t.Fatalf("New with a read-only listener and no table: %v", err)
+	}
+	l.Close()
+}
+
 // A PayloadTable of the letters it takes that PostgreSQL reserves as a
 // keyword (user, order) is made and used: Start failed with a syntax
 // error.
