@@ -10,8 +10,11 @@ var (
 	// ErrBusy is returned when no worker slot could be had: the wait queue
 	// was full, or the wait timeout passed; and when every connection the
 	// *sql.DB allows (its MaxOpenConns) was in use and none came free
-	// within Options.ConnectTimeout. The caller should shed the work
-	// (HTTP 503, websocket close 1013) rather than retry at once.
+	// within Options.ConnectTimeout; and when PgBouncer refused a
+	// statement that waited for a server connection past its
+	// query_wait_timeout (every one of its pool in use). The caller
+	// should shed the work (HTTP 503, websocket close 1013) rather than
+	// retry at once.
 	ErrBusy = errors.New("dbctx: pool busy")
 
 	// ErrAsyncContext is returned when a handle is used directly from a

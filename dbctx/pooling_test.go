@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/internal/dbtest"
 	"github.com/dbscope/dbscope/internal/pgtest"
 	"github.com/jackc/pgx/v5"
 )
@@ -567,5 +568,75 @@ func TestBatchReadJoined(t *testing.T) {
 		if err != nil {
 			t.Errorf("batch %d, TransactionPooling %v: %v", i/2, tp, err)
 		}
+	}
+}
+
+// A statement that waits in PgBouncer for a server connection past its
+// query_wait_timeout (every one of its pool in use) is refused there, before
+// it reaches PostgreSQL: that is overload, ErrBusy (503, close 1013), counted
+// and logged, whether it is the unit's first statement or a later one. It
+// came back as PgBouncer's bare FATAL, which middleware answered with 500 as
+// the handler's own error. The statement did not run; the next unit runs
+// with its own tenant.
+func TestPgBouncerQueryWaitTimeoutBusy(t *testing.T) {
+	t.Parallel()
+	b := pgtest.StartPgBouncer(t, &pgtest.PgBouncerOptions{PoolSize: 1, QueryWaitTimeout: time.Second})
+	env := newEnv(t)
+	rls(t, env)
+	db := openDSN(t, b.DSN(env, "default_query_exec_mode", "exec"))
+	logs, logger := dbtest.NewLogs()
+	p := poolOn(t, env, db, &dbctx.Options{MaxWorkers: 3, TransactionPooling: true, Logger: logger})
+	if v := see(t, p, tenant.With(context.Background(), "t1")); v != (seen{"t1", 10}) {
+		t.Fatalf("before: %+v", v)
+	}
+	for _, later := range []bool{false, true} {
+		// Another unit holds PgBouncer's one server connection, from
+		// before the statement (after the unit's first, where later).
+		start, holding := make(chan struct{}), make(chan struct{})
+		held := make(chan error, 1)
+		go func() {
+			<-start
+			held <- p.Do(tenant.With(context.Background(), "t1"), func(ctx context.Context, s *dbctx.Scope) error {
+				return dbctx.Atomic(ctx, func(ctx context.Context) error {
+					if _, err := s.ExecContext(ctx, "SELECT 1"); err != nil {
+						return err
+					}
+					close(holding)
+					_, err := s.ExecContext(ctx, "SELECT pg_sleep(4)")
+					return err
+				})
+			})
+		}()
+		id := newID()
+		busy := p.Stats().Busy
+		err := p.Do(tenant.With(context.Background(), "t2"), func(ctx context.Context, s *dbctx.Scope) error {
+			if later {
+				if _, err := s.ExecContext(ctx, "SELECT 1"); err != nil {
+					return fmt.Errorf("the first statement: %w", err)
+				}
+			}
+			close(start)
+			<-holding
+			_, err := s.ExecContext(ctx, "INSERT INTO notes (id, name) VALUES ($1, 'x')", id)
+			return err
+		})
+		if !errors.Is(err, dbctx.ErrBusy) {
+			t.Errorf("later %v: %v, want ErrBusy", later, err)
+		}
+		if n := p.Stats().Busy - busy; n < 1 {
+			t.Errorf("later %v: Stats.Busy rose by %d", later, n)
+		}
+		if err := <-held; err != nil {
+			t.Fatalf("the unit holding the server connection: %v", err)
+		}
+		if v := inserted(t, env, id); v.items != 0 {
+			t.Errorf("later %v: the refused statement ran: %+v", later, v)
+		}
+		if v := see(t, p, tenant.With(context.Background(), "t3")); v != (seen{"t3", 10}) {
+			t.Errorf("later %v: the next unit sees %+v", later, v)
+		}
+	}
+	if n := logs.Count(slog.LevelWarn, "dbctx: PgBouncer found no free server connection"); n < 2 {
+		t.Errorf("told at Warn %d times, want once per refusal", n)
 	}
 }

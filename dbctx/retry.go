@@ -135,10 +135,13 @@ const msgResetFailed = "dbctx: the session reset owed before a statement failed;
 // [ErrSessionLost] until the next boundary rather than run them on a
 // fresh connection without that state. Otherwise the next statement gets
 // a fresh connection.
-func (s *Scope) observe(ctx context.Context, err error, first bool) error {
+func (s *Scope) observe(ctx context.Context, err error, first bool) (out error) {
 	c := s.c
 	if err == nil || c == nil {
 		return err
+	}
+	if poolerFull(err) {
+		defer func() { out = s.pool.poolerBusy(out) }()
 	}
 	s.pool.pgxStatementError(err)
 	closed := errors.Is(err, driver.ErrBadConn) || errors.Is(err, sql.ErrConnDone) ||
@@ -169,6 +172,27 @@ func (s *Scope) observe(ctx context.Context, err error, first bool) error {
 	}
 	return err
 }
+
+// poolerFull reports whether err is PgBouncer's refusal of a statement
+// that waited for a server connection past its query_wait_timeout: every
+// one of its pool (default_pool_size) was in use. Nothing was sent to
+// PostgreSQL; PgBouncer closes the client's connection.
+func poolerFull(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && pe.Code == "08P01" && pe.Message == "query_wait_timeout"
+}
+
+// poolerBusy returns err, PgBouncer's query_wait_timeout, as the
+// overload it is (ErrBusy, counted in Stats.Busy), and logs it.
+func (p *Pool) poolerBusy(err error) error {
+	p.c.busy.Add(1)
+	p.opts.Logger.Warn(msgPoolerFull)
+	return fmt.Errorf("%w: PgBouncer's server connections all in use past its query_wait_timeout: %w", ErrBusy, err)
+}
+
+// msgPoolerFull is the warning of a statement PgBouncer refused with
+// query_wait_timeout.
+const msgPoolerFull = "dbctx: PgBouncer found no free server connection within its query_wait_timeout; raise its default_pool_size (or max_db_connections), or shed load"
 
 // outcomeUnknown reports whether err, of a statement sent on c's pgx
 // connection while it was open, leaves unknown whether the statement ran

@@ -57,6 +57,10 @@ type PgBouncerOptions struct {
 	// PoolSize is default_pool_size: the server connections per database
 	// and user. Default: 4.
 	PoolSize int
+	// QueryWaitTimeout is query_wait_timeout: how long a client's
+	// statement waits for a server connection before PgBouncer refuses
+	// it. Default: PgBouncer's (120 s).
+	QueryWaitTimeout time.Duration
 }
 
 // StartPgBouncer starts a PgBouncer (from PATH or /usr/sbin) in front of
@@ -106,6 +110,10 @@ func StartPgBouncer(tb testing.TB, opts *PgBouncerOptions) *PgBouncer {
 			tb.Fatal(err)
 		}
 	}
+	extra := ""
+	if o.QueryWaitTimeout > 0 {
+		extra = fmt.Sprintf("query_wait_timeout = %d\n", max(1, int(o.QueryWaitTimeout/time.Second)))
+	}
 	b.addr = freeAddr(tb)
 	host, port, _ := net.SplitHostPort(b.addr)
 	ini := fmt.Sprintf(`[databases]
@@ -125,8 +133,8 @@ max_client_conn = 2000
 server_login_retry = 1
 logfile = %s
 pidfile = %s
-`, cfg.Host, cfg.Port, host, port, filepath.Join(dir, "users.txt"), cfg.User, o.PoolSize,
-		filepath.Join(dir, "pgbouncer.log"), filepath.Join(dir, "pgbouncer.pid"))
+%s`, cfg.Host, cfg.Port, host, port, filepath.Join(dir, "users.txt"), cfg.User, o.PoolSize,
+		filepath.Join(dir, "pgbouncer.log"), filepath.Join(dir, "pgbouncer.pid"), extra)
 	files := map[string]string{
 		"pgbouncer.ini": ini,
 		"users.txt":     fmt.Sprintf("%q %q\n", cfg.User, cfg.Password),
