@@ -89,8 +89,11 @@
 // the connection's next user, or before it goes back to the *sql.DB;
 // inside one (and behind PgBouncer always) for the transaction only. They
 // make no scope dirty. A few statements cannot share their round trip
-// (several statements in one string, DO, CALL, VACUUM and the like, COPY):
-// there the settings go in a round trip of their own, or, behind PgBouncer
+// (several statements in one string, DO, CALL, VACUUM and the like, COPY,
+// and raw access, [Scope.Conn] and [Scope.Pgx], whose statements the
+// scope does not send): there the settings go in a round trip of their
+// own, where the session does not carry them already (after raw access,
+// whose connection is discarded, the next unit's never does), or, behind PgBouncer
 // outside a transaction, the statement is refused with [ErrSessionState]
 // (run it inside [Atomic]). [Scope.BeginTx] applies them after its BEGIN,
 // in one more round trip where needed (the *sql.Tx's statements, which

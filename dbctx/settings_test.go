@@ -1003,3 +1003,53 @@ func TestPoolerCheckHoldsNoOne(t *testing.T) {
 		t.Fatalf("the first unit: %v", err)
 	}
 }
+
+// BeginTx and raw access (Conn, Pgx), whose statements the scope does not
+// send, apply the settings in one round trip of their own (README,
+// "Tenancy"), also with the same tenant at every unit: the connection
+// they leave is reset (BeginTx) or discarded (raw access), so the next
+// unit's does not carry it. Every other path of tenantPaths costs none.
+func TestSettingsRoundTripsOfHandedOut(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "counts the round trips to the server")
+	env := newEnv(t)
+	rls(t, env)
+	px := newProxy(t, env)
+	p := countedPool(t, env, px, "exec")
+	for name, path := range tenantPaths {
+		run := func(ctx context.Context) {
+			if err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+				_, err := path(t, ctx, s, env, newID())
+				return err
+			}); err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+		}
+		count := func(tenants ...string) int64 {
+			before := px.Ready()
+			for i := range 6 {
+				ctx := context.Background()
+				if len(tenants) > 0 {
+					ctx = tenant.With(ctx, tenants[i%len(tenants)])
+				}
+				run(ctx)
+			}
+			return px.Ready() - before
+		}
+		// Warm up: statements described, app.tenant known to the session
+		// (the writes' DEFAULT reads it).
+		run(tenant.With(context.Background(), "t1"))
+		count()
+		count("t1", "t2", "t3")
+		count("t1")
+		plain, switching, carried := count(), count("t1", "t2", "t3"), count("t1")
+		want := int64(0)
+		switch name {
+		case "BeginTx", "BeginTx, then the scope", "Conn", "Pgx":
+			want = 6
+		}
+		if switching-plain != want || carried-plain > want {
+			t.Errorf("%s: 6 units: %d round trips without a tenant, %d with one switching at every unit (want %d more), %d with one the connection carries", name, plain, switching, want, carried)
+		}
+	}
+}
