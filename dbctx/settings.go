@@ -60,7 +60,14 @@ var settingsDeclared atomic.Bool
 // statement prepared once per connection would keep the first unit's
 // reading. (DateStyle and TimeZone, declared, change how a literal in a
 // statement's text is read the same way, where pgx keeps the statement
-// prepared: pass dates and times as arguments.)
+// prepared: pass dates and times as arguments.) It panics too on a custom
+// setting under a prefix that a module of PostgreSQL's reserves
+// (plpgsql.…, pg_stat_statements.…) and that the module does not define
+// (plpgsql.variable_conflict may be declared), which the module's library
+// removes from the session as it loads (plpgsql's at the first call of a PL/pgSQL
+// function, also one a view calls): the statements after it would run
+// without the value, and no error. An extension of another source may
+// reserve its own prefix the same way: use one of your own (app.tenant).
 //
 // A search_path (or a role, which "$user" puts in it) declared with
 // different values for different units reaches, with the same statement
@@ -112,6 +119,13 @@ func settingName(name string) (string, error) {
 		return "", fmt.Errorf("dbctx: NewSetting(%q): pgx speaks UTF8 only", name)
 	case n == "seed":
 		return "", fmt.Errorf("dbctx: NewSetting(%q): setting it calls setseed, which no reset undoes", name)
+	case reservedUnknown(n):
+		// PostgreSQL removes a placeholder under such a prefix, with a
+		// WARNING, when the module's library loads in the session (the
+		// first call of a PL/pgSQL function, also one a view or a policy
+		// calls): the statements after it would run without the value
+		// dbscope knows it applied, and no error.
+		return "", fmt.Errorf("dbctx: NewSetting(%q): %q is a prefix a module of PostgreSQL's reserves, and it defines no such setting: its library, once loaded, removes it from the session; use a prefix of your own (app.)", name, n[:strings.IndexByte(n, '.')])
 	case n == "transform_null_equals" || n == "standard_conforming_strings":
 		// A statement prepared under one value would run under another
 		// as parsed then; the second changes how dbscope reads the text
@@ -119,6 +133,29 @@ func settingName(name string) (string, error) {
 		return "", fmt.Errorf("dbctx: NewSetting(%q): it changes how statements are parsed, which a statement prepared once per connection keeps", name)
 	}
 	return n, nil
+}
+
+// reservedPrefixes are the prefixes of custom settings that modules of
+// PostgreSQL's own reserve (MarkGUCPrefixReserved) as their library
+// loads, with the settings each defines, which may be declared.
+var reservedPrefixes = map[string][]string{
+	"plpgsql":            {"variable_conflict", "print_strict_params", "check_asserts", "extra_warnings", "extra_errors"},
+	"pg_stat_statements": {"max", "track", "track_utility", "track_planning", "save"},
+	"auto_explain": {"log_min_duration", "log_parameter_max_length", "log_analyze", "log_settings", "log_verbose",
+		"log_buffers", "log_wal", "log_triggers", "log_format", "log_level", "log_nested_statements", "log_timing", "sample_rate"},
+	"pg_trgm":      {"similarity_threshold", "word_similarity_threshold", "strict_word_similarity_threshold"},
+	"postgres_fdw": {"application_name"},
+}
+
+// reservedUnknown reports whether n, lower case, is a custom setting
+// under a prefix of reservedPrefixes that its module does not define.
+func reservedUnknown(n string) bool {
+	prefix, rest, ok := strings.Cut(n, ".")
+	if !ok {
+		return false
+	}
+	known, reserved := reservedPrefixes[prefix]
+	return reserved && !slices.Contains(known, rest)
 }
 
 // validIdent reports whether s is an unquoted identifier: a letter or _,

@@ -596,7 +596,8 @@ func TestSettingsBesideHandedOutStatements(t *testing.T) {
 // Names are checked once, when the setting is declared.
 func TestNewSettingChecksNames(t *testing.T) {
 	for _, name := range []string{"", "app.", ".x", "app tenant", "app.ten-ant", "1app.x", "app.x;drop", "session_authorization", "transaction_isolation", `app."x"`,
-		"default_transaction_read_only", "Default_Transaction_Isolation", "default_transaction_deferrable", "client_encoding", "seed", "transform_null_equals", "Standard_Conforming_Strings"} {
+		"default_transaction_read_only", "Default_Transaction_Isolation", "default_transaction_deferrable", "client_encoding", "seed", "transform_null_equals", "Standard_Conforming_Strings",
+		"plpgsql.tenant", "PLpgSQL.Tenant", "pg_stat_statements.tenant", "auto_explain.x.y"} {
 		func() {
 			defer func() {
 				if recover() == nil {
@@ -606,7 +607,7 @@ func TestNewSettingChecksNames(t *testing.T) {
 			dbctx.NewSetting(name)
 		}()
 	}
-	for _, name := range []string{"app.tenant", "App.Tenant_2", "statement_timeout", "search_path", "role", "a.b.c"} {
+	for _, name := range []string{"app.tenant", "App.Tenant_2", "statement_timeout", "search_path", "role", "a.b.c", "plpgsql.variable_conflict", "pg_trgm.similarity_threshold", "plpgsqlx.tenant"} {
 		if st := dbctx.NewSetting(name); st.Name() != strings.ToLower(name) {
 			t.Errorf("NewSetting(%q).Name() = %q", name, st.Name())
 		}
