@@ -17,6 +17,13 @@
 // default 0, every one), its open transaction rolled back. Packages
 // middleware and wsconsumer put a scope on every request and socket.
 //
+// The pool takes the *sql.DB's connections to be as it left them: code
+// that uses the same *sql.DB directly (db.Conn, db.ExecContext) and leaves
+// session state behind (a session-level set_config, SET, a temporary
+// table) hands that state to the pool's next scope on the connection, a
+// tenant included to a unit that declares none. Give the pool a *sql.DB
+// of its own, or run such code through a scope.
+//
 //	pool := dbctx.New(db, nil) // db: sql.Open("pgx", url)
 //	err := pool.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
 //		return s.QueryRowContext(ctx, "SELECT name FROM items WHERE id = $1", id).Scan(&name)
