@@ -58,7 +58,7 @@ var settingsDeclared atomic.Bool
 // only), seed (which no reset undoes), and transform_null_equals and
 // standard_conforming_strings, which change how a statement is parsed: a
 // statement prepared once per connection would keep the first unit's
-// reading. (DateStyle and TimeZone, declared, change how a literal in a
+// reading. (DateStyle, IntervalStyle and TimeZone, declared, change how a literal in a
 // statement's text is read the same way, where pgx keeps the statement
 // prepared: pass dates and times as arguments.) It panics too on a custom
 // setting under a prefix that a module of PostgreSQL's reserves
