@@ -31,6 +31,7 @@ var recurring = map[string]bool{
 	"dbctx: cleaning up before Do": true,
 	"dbctx: cleaning up after Do":  true,
 	msgCleaning:                    true, // giveToDB: a connection's owed reset failed on its way back
+	msgPoolerFull:                  true, // one per statement PgBouncer refused
 }
 
 // recurInterval is how long the repeats of a recurring warning are

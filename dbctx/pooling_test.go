@@ -636,7 +636,9 @@ func TestPgBouncerQueryWaitTimeoutBusy(t *testing.T) {
 			t.Errorf("later %v: the next unit sees %+v", later, v)
 		}
 	}
-	if n := logs.Count(slog.LevelWarn, "dbctx: PgBouncer found no free server connection"); n < 2 {
-		t.Errorf("told at Warn %d times, want once per refusal", n)
+	// Told at once, its repeats within 10 s aggregated (one per refused
+	// statement would bury the log under a burst).
+	if n := logs.Count(slog.LevelWarn, "dbctx: PgBouncer found no free server connection"); n < 1 {
+		t.Errorf("told at Warn %d times, want the first refusal told", n)
 	}
 }
