@@ -161,8 +161,38 @@ var misconfiguredCodes = []string{"55000"}
 // poolerRefusals are the refusals of PgBouncer at connect that no retry
 // fixes: it says them with 08P01, the code of its every refusal, outages
 // too ("pgbouncer cannot connect to server", "server login has been
-// failing, try again later"), so they are told by their message.
-var poolerRefusals = []string{"no such user", "no such database"}
+// failing, try again later"), so they are told by their message (its
+// start, and where it names a database or role, its end): PgBouncer's
+// own (a role or database it does not know, the password its auth_file
+// or auth_query refuses, a startup parameter it does not pass on, such
+// as search_path outside ignore_startup_parameters), and PostgreSQL's
+// refusals of the server login PgBouncer made for the client, which it
+// passes on with their text under 08P01 (a database its "*" entry sent
+// on that does not exist, a role PostgreSQL refuses). PostgreSQL's are
+// read in English only: under another lc_messages they stay outages.
+var poolerRefusals = []struct{ prefix, suffix string }{
+	{"no such user", ""},
+	{"no such database", ""},
+	{"password authentication failed", ""},
+	{"unsupported startup parameter", ""},
+	{"no pg_hba.conf entry for", ""},
+	{"permission denied for database", ""},
+	{`database "`, `" does not exist`},
+	{`database "`, `" is not currently accepting connections`},
+	{`role "`, `" does not exist`},
+	{`role "`, `" is not permitted to log in`},
+}
+
+// poolerRefusal reports whether msg, the message of an 08P01 at connect,
+// is one of poolerRefusals.
+func poolerRefusal(msg string) bool {
+	for _, r := range poolerRefusals {
+		if strings.HasPrefix(msg, r.prefix) && strings.HasSuffix(msg, r.suffix) && len(msg) >= len(r.prefix)+len(r.suffix) {
+			return true
+		}
+	}
+	return false
+}
 
 // clientRefusals are the steps of pgconn's connect that fail, where the
 // network did not, on what the client was configured to demand or
@@ -199,12 +229,8 @@ func isMisconfiguration(e error, tlsOnly bool) bool {
 				return true
 			}
 		}
-		if pgErr.Code == "08P01" {
-			for _, r := range poolerRefusals {
-				if strings.HasPrefix(pgErr.Message, r) {
-					return true
-				}
-			}
+		if pgErr.Code == "08P01" && poolerRefusal(pgErr.Message) {
+			return true
 		}
 		return slices.Contains(misconfiguredCodes, pgErr.Code)
 	case errors.As(e, &dnsErr):

@@ -455,6 +455,65 @@ func TestMisconfiguredBehindPgBouncer(t *testing.T) {
 	}
 }
 
+// PgBouncer refuses with 08P01 whatever the cause, also a password its
+// auth_file refuses and a startup parameter it does not pass on, and it
+// passes PostgreSQL's refusal of its server login on with that code and
+// the server's text: each that no retry fixes is a misconfiguration, told
+// by its message; its outages stay outages.
+func TestPgBouncerRefusalsClassified(t *testing.T) {
+	for _, tc := range []struct {
+		msg  string
+		want bool
+	}{
+		{"no such user", true},
+		{"no such database: app", true},
+		{"password authentication failed", true},
+		{"unsupported startup parameter: search_path", true},
+		{`database "app_typo" does not exist`, true},
+		{`database "template0" is not currently accepting connections`, true},
+		{`role "app" does not exist`, true},
+		{`role "app" is not permitted to log in`, true},
+		{`no pg_hba.conf entry for host "10.0.0.5", user "app", database "app", no encryption`, true},
+		{`permission denied for database "app"`, true},
+		{"pgbouncer cannot connect to server", false},
+		{"server login has been failing, try again later (server_login_retry)", false},
+		{"query_wait_timeout", false},
+		{"no more connections allowed (max_client_conn)", false},
+		{`database "`, false}, // a prefix and a suffix that overlap are not a match
+	} {
+		got := dbctx.IsMisconfiguration(&pgconn.PgError{Severity: "FATAL", Code: "08P01", Message: tc.msg}, false)
+		if got != tc.want {
+			t.Errorf("08P01 %q: misconfiguration %v, want %v", tc.msg, got, tc.want)
+		}
+	}
+}
+
+// A startup parameter PgBouncer does not pass on (search_path in the
+// connection string, without ignore_startup_parameters) is its own 08P01:
+// a misconfiguration, not an outage. (PostgreSQL's refusals it passes on
+// are TestPgBouncerRefusalsClassified's: this PgBouncer's auth_query
+// holds a client whose database does not exist, without a word.)
+func TestMisconfiguredBehindPgBouncerPassedOn(t *testing.T) {
+	t.Parallel()
+	env := newEnv(t)
+	b := pgtest.StartPgBouncer(t, nil)
+	for _, tc := range []struct{ name, dsn string }{
+		{"a startup parameter PgBouncer does not pass on", b.DSN(env, "search_path", "public")},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			logs, logger := dbtest.NewLogs()
+			p := dbctx.New(openDSN(t, tc.dsn), &dbctx.Options{Logger: logger, TransactionPooling: true})
+			defer p.Close()
+			if err := p.Do(context.Background(), selectOne); !errors.Is(err, dbctx.ErrMisconfigured) {
+				t.Fatalf("%v, want ErrMisconfigured", err)
+			}
+			if n := logs.Count(slog.LevelError, msgMisconfigured); n != 1 {
+				t.Errorf("want 1 ERROR record:\n%s", logs)
+			}
+		})
+	}
+}
+
 // A unit of work that finds every connection the *sql.DB allows in use
 // (its MaxOpenConns below MaxWorkers, the others held) gets ErrBusy at
 // ConnectTimeout, counted and logged as such: the database is up, and no

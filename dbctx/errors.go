@@ -85,8 +85,10 @@ var (
 	// ErrMisconfigured wraps the driver's error when no connection to the
 	// database could be had for a reason that retrying will not fix: the
 	// database or the role does not exist (SQLSTATE 3D000, 28000; behind
-	// PgBouncer, 08P01 "no such user" or "no such database") or does not
-	// allow connections (55000), the
+	// PgBouncer, which says each with 08P01, its "no such user", "no such
+	// database", "password authentication failed", "unsupported startup
+	// parameter", and PostgreSQL's refusals it passes on, read in
+	// English) or does not allow connections (55000), the
 	// password is wrong (28P01) or pg_hba.conf has no entry for it, the
 	// role lacks CONNECT, the host name does not resolve, TLS or
 	// authentication fails, the connection string does not parse, what
@@ -97,7 +99,8 @@ var (
 	// before ConnectTimeout: an SMTP server's banner) is ErrUnavailable,
 	// until the pool's probe of the address, in the background, finds
 	// another service there: then the later ones are ErrMisconfigured,
-	// saying what answered. An
+	// saying what answered, at once, with no connect tried (but one
+	// every 30 s, whose success ends it: see [Options.ConnectTimeout]). An
 	// operator must fix the configuration (the DSN, roles, pg_hba.conf,
 	// certificates). The pool logs each cause once at ERROR (again after
 	// a connection has succeeded in between) and counts every such

@@ -90,3 +90,11 @@ func (p *Pool) ProbesDone() int64 {
 	defer p.probe.mu.Unlock()
 	return p.probe.done
 }
+
+// IsMisconfiguration is isMisconfiguration.
+var IsMisconfiguration = isMisconfiguration
+
+// SetProbeEvery sets how often at most the pool probes an address, and
+// tries a connect for real after the probe found another service there
+// (probeEvery). Call it before the pool's first connect.
+func (p *Pool) SetProbeEvery(d time.Duration) { p.probe.every = d }

@@ -45,8 +45,11 @@ type Options struct {
 	// ErrUnavailable, counted and logged as an outage, rather than hold
 	// its slot while a host that accepts and never answers (or a
 	// firewall that drops) keeps it waiting. pgx's connect_timeout in the
-	// connection string bounds each attempt too. Default: 10s; negative:
-	// none.
+	// connection string bounds each attempt too. Where the pool's probe
+	// of the address has found another service there (see
+	// [ErrMisconfigured]), units of work do not wait for it: they get
+	// ErrMisconfigured at once, and one connect is tried every 30 s
+	// until one succeeds. Default: 10s; negative: none.
 	ConnectTimeout time.Duration
 
 	// ConnMaxAge is how long a scope may keep its connection pinned across

@@ -194,6 +194,10 @@ func (p *Pool) checkOut(ctx context.Context, pn *Pin) (c *session, looked bool, 
 	// bound here only stops a loop if every connection looks dead, which
 	// means the server is gone and db.Conn will soon fail on its own.
 	const maxDead = 64
+	if cause := p.refused(); cause != nil { // see probe.go
+		p.misconfigured(cause, cause)
+		return nil, false, fmt.Errorf("%w: %w (no connect tried: one is, once per %v, until one succeeds)", ErrMisconfigured, cause, p.probe.period())
+	}
 	for dead := 0; ; dead++ {
 		var conn *sql.Conn
 		if conn, err = p.fromDB(ctx); err != nil {

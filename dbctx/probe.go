@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -41,10 +42,25 @@ import (
 // Where the probe finds another service, it logs at ERROR what answered,
 // as a misconfiguration, and every later connect to that address that
 // fails is ErrMisconfigured, until a connect succeeds. The unit whose
-// failure started the probe got ErrUnavailable.
+// failure started the probe got ErrUnavailable. Such a service rarely
+// answers what PostgreSQL's client sends (an HTTP server waits for a
+// line that never comes), so each connect would wait for ConnectTimeout,
+// holding its slot, and a burst would meet ErrBusy rather than the
+// misconfiguration: from the probe's finding on, units of work get
+// ErrMisconfigured at once, without a connect, but for one connect tried
+// for real once per probeEvery (its success ends it), while the *sql.DB
+// holds no idle connection.
 
 // probeEvery is how often at most a pool probes an address.
 const probeEvery = 30 * time.Second
+
+// period is probeEvery, or what a test set.
+func (pr *probes) period() time.Duration {
+	if pr.every > 0 {
+		return pr.every
+	}
+	return probeEvery
+}
 
 // probeWait bounds each step of the probe: the dial, then the answer.
 const probeWait = time.Second
@@ -55,6 +71,10 @@ type probes struct {
 	running bool
 	next    time.Time         // no probe before
 	found   map[string]string // address → what answers there, not PostgreSQL
+	refuse  atomic.Bool       // found is not empty: see refused
+	cause   error             // the latest of found, as refused returns it
+	until   time.Time         // refused fails at once before, then lets one connect through
+	every   time.Duration     // probeEvery; tests shorten it
 	wg      sync.WaitGroup
 	done    int64 // probes ended, for tests
 }
@@ -86,7 +106,7 @@ func (p *Pool) probed(err error) error {
 	if p.closing.Err() != nil || pr.running || now.Before(pr.next) || !saidNothing(err) {
 		return nil
 	}
-	pr.running, pr.next = true, now.Add(probeEvery)
+	pr.running, pr.next = true, now.Add(pr.period())
 	pr.wg.Add(1)
 	go p.runProbe(p.closing, addr, err)
 	return nil
@@ -105,6 +125,9 @@ func (p *Pool) runProbe(ctx context.Context, addr string, err error) {
 			pr.found = map[string]string{}
 		}
 		pr.found[addr] = what
+		pr.cause = &notPostgresError{addr: addr, what: what}
+		pr.until = time.Now().Add(pr.period())
+		pr.refuse.Store(true)
 	}
 	pr.mu.Unlock()
 	if what != "" {
@@ -117,7 +140,33 @@ func (p *Pool) runProbe(ctx context.Context, addr string, err error) {
 func (pr *probes) forget() {
 	pr.mu.Lock()
 	clear(pr.found)
+	pr.cause = nil
+	pr.refuse.Store(false)
 	pr.mu.Unlock()
+}
+
+// refused returns, where the probe found another service at the pool's
+// address and no connect has succeeded since, the error of a connect not
+// tried: ErrMisconfigured with what the probe found. Once per probeEvery
+// it returns nil, and that caller's connect is tried for real (its
+// success forgets what was found); so it does while the *sql.DB holds an
+// idle connection, which needs no connect. It costs one atomic load
+// where nothing was found.
+func (p *Pool) refused() error {
+	pr := &p.probe
+	if !pr.refuse.Load() || p.db.Stats().Idle > 0 {
+		return nil
+	}
+	pr.mu.Lock()
+	defer pr.mu.Unlock()
+	if pr.cause == nil {
+		return nil
+	}
+	if now := time.Now(); !now.Before(pr.until) {
+		pr.until = now.Add(pr.period())
+		return nil
+	}
+	return pr.cause
 }
 
 // stopProbe ends the pool's closing context (Close's, which ends a probe
