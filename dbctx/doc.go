@@ -498,7 +498,16 @@
 // replace, and one killed mid-statement fails that statement, which is run
 // again under the rules above. While PgBouncer is down, work fails at
 // once with [ErrUnavailable] (middleware answers 503, wsconsumer closes
-// with 1013), and recovers by itself once it is back. Debian 12's
+// with 1013), and recovers by itself once it is back. What PgBouncer
+// refuses that no retry fixes (a role or database it does not know, a
+// wrong password, a startup parameter it does not pass on, PostgreSQL's
+// refusal of its server login, which it passes on) is [ErrMisconfigured].
+// After PostgreSQL refused its server login, PgBouncer holds the next
+// clients of that database and user until server_login_retry (15 s by
+// default) without a word: their connects time out at ConnectTimeout as
+// outages, between the misconfigurations; so does every connect where
+// auth_query cannot run (a database its "*" entry sends on that does not
+// exist). Debian 12's
 // PgBouncer 1.18 was seen here to crash on a cancel request (server_proto:
 // server in bad state), which pgx sends when a statement's context ends
 // mid-flight; later versions were not tried.
