@@ -26,7 +26,9 @@ type PostgresOptions struct {
 	// its own, outside the pool's slots, straight to PostgreSQL (LISTEN
 	// does not work through PgBouncer in transaction mode), to the same
 	// database the pool's connections NOTIFY on. Required. Through a
-	// pooler, Start fails with [ErrPooledListener] (see there).
+	// pooler, Start fails with [ErrPooledListener] (see there); on a
+	// standby, with [ErrStandbyListener]; on another database than the
+	// pool's, with [ErrListenerDatabase].
 	ListenDSN string
 
 	// Namespace keeps apart layers that share a database (several apps,
@@ -194,6 +196,24 @@ const maxNotify = 7999
 // straight at PostgreSQL; the pool's connections may keep the pooler.
 var ErrPooledListener = errors.New("groups: the listener's connection goes through a pooler (PgBouncer?); LISTEN needs one straight to PostgreSQL (PostgresOptions.ListenDSN)")
 
+// ErrListenerDatabase is returned by [New] over [NewPostgres] where
+// PostgresOptions.ListenDSN reaches another database than the pool's
+// connections (another database of the cluster, or another cluster, as
+// current_database() and pg_control_system()'s system_identifier tell):
+// the NOTIFYs of the pool's commits would never reach the listener, and
+// nothing would be delivered, without an error. Where either side cannot
+// answer (the pool unavailable, pg_control_system() not granted), the
+// check is skipped.
+var ErrListenerDatabase = errors.New("groups: the listener's connection reaches another database than the pool's; the NOTIFYs of the pool's commits never reach it (PostgresOptions.ListenDSN)")
+
+// ErrStandbyListener is returned by [New] over [NewPostgres] where
+// PostgresOptions.ListenDSN reaches a standby (pg_is_in_recovery(): a
+// read replica): LISTEN cannot run there, and the NOTIFYs of the
+// primary's commits never reach it. Point ListenDSN at the primary. A
+// listener that reconnects to a standby (a failover's old primary, say)
+// is refused as one through a pooler is.
+var ErrStandbyListener = errors.New("groups: the listener's connection reaches a standby (pg_is_in_recovery); LISTEN needs the primary, where the pool's connections NOTIFY (PostgresOptions.ListenDSN)")
+
 // Postgres is the engine of [NewPostgres]: give it to [New]; its Stats
 // are its own.
 type Postgres struct {
@@ -208,6 +228,8 @@ type Postgres struct {
 
 	refs map[string]int // channel: subscriptions; the listener's
 
+	directSQL string // direct's query, where a test changes it
+
 	mu        sync.Mutex
 	pending   []command          // for the listener
 	interrupt context.CancelFunc // ends the listener's wait, while it waits
@@ -220,7 +242,7 @@ type Postgres struct {
 	// the listener's connection last said: text other than ASCII may
 	// have no character there, or take other bytes (see asciiText).
 	recoded atomic.Bool
-	pooled  bool // the listener's: a reconnection found a pooler, logged
+	refused error // the listener's: a reconnection found a pooler or a standby, logged
 
 	table *payloadTable // nil where MaxPayload is NOTIFY's
 	notes []string      // arrived, not yet handed on; the listener's
@@ -278,10 +300,15 @@ func (e *Postgres) Start(in Inbox) error {
 	}
 	if err != nil {
 		e.cancel()
-		if errors.Is(err, ErrPooledListener) {
+		if errors.Is(err, ErrPooledListener) || errors.Is(err, ErrStandbyListener) {
 			return err
 		}
 		return fmt.Errorf("groups: the listener's connection: %w", err)
+	}
+	if err := e.sameDatabase(ctx, conn); err != nil {
+		conn.Close(context.Background())
+		e.cancel()
+		return err
 	}
 	if e.table != nil {
 		if err := e.table.ensure(ctx, conn); err != nil {
@@ -295,16 +322,51 @@ func (e *Postgres) Start(in Inbox) error {
 	return nil
 }
 
+// identitySQL names the database a connection reaches: the cluster's
+// system identifier and the database's name.
+const identitySQL = "SELECT (SELECT system_identifier FROM pg_catalog.pg_control_system())::text, pg_catalog.current_database()::text"
+
+// sameDatabase checks, at Start, that the listener's connection conn
+// reaches the database the pool's connections do: else the NOTIFYs of
+// their commits never reach it (ErrListenerDatabase). Where either cannot
+// tell, it does not judge.
+func (e *Postgres) sameDatabase(ctx context.Context, conn *pgconn.PgConn) error {
+	res := conn.ExecParams(ctx, identitySQL, nil, nil, nil, nil).Read()
+	if res.Err != nil || len(res.Rows) != 1 || len(res.Rows[0]) != 2 {
+		return nil
+	}
+	lsys, ldb := string(res.Rows[0][0]), string(res.Rows[0][1])
+	var psys, pdb string
+	err := e.pool.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+		return s.QueryRowContext(ctx, identitySQL).Scan(&psys, &pdb)
+	})
+	if err != nil {
+		return nil
+	}
+	if lsys != psys || ldb != pdb {
+		return fmt.Errorf("%w: the listener's is database %q of cluster %s, the pool's %q of cluster %s", ErrListenerDatabase, ldb, lsys, pdb, psys)
+	}
+	return nil
+}
+
+// directSQL is direct's query.
+const directSQL = "SELECT pg_catalog.pg_backend_pid(), pg_catalog.pg_is_in_recovery()"
+
 // direct checks that conn reaches PostgreSQL itself, not a pooler: the
 // backend that answers is the one conn announced at startup (its
-// BackendKeyData; a pooler announces one of its own). It also reads the
-// database's encoding, which PostgreSQL reports at startup.
+// BackendKeyData; a pooler announces one of its own); and a primary, not
+// a standby, where LISTEN fails. It also reads the database's encoding,
+// which PostgreSQL reports at startup.
 func (e *Postgres) direct(ctx context.Context, conn *pgconn.PgConn) error {
-	res := conn.ExecParams(ctx, "SELECT pg_catalog.pg_backend_pid()", nil, nil, nil, nil).Read()
+	q := directSQL
+	if e.directSQL != "" {
+		q = e.directSQL
+	}
+	res := conn.ExecParams(ctx, q, nil, nil, nil, nil).Read()
 	if res.Err != nil {
 		return res.Err
 	}
-	if len(res.Rows) != 1 || len(res.Rows[0]) != 1 {
+	if len(res.Rows) != 1 || len(res.Rows[0]) != 2 {
 		return errors.New("groups: pg_backend_pid() answered no row")
 	}
 	pid, err := strconv.ParseUint(string(res.Rows[0][0]), 10, 32)
@@ -313,6 +375,9 @@ func (e *Postgres) direct(ctx context.Context, conn *pgconn.PgConn) error {
 	}
 	if uint32(pid) != conn.PID() {
 		return fmt.Errorf("%w: the server's backend is %d, the connection announced %d", ErrPooledListener, pid, conn.PID())
+	}
+	if string(res.Rows[0][1]) == "t" {
+		return fmt.Errorf("%w: the server at %s is in recovery", ErrStandbyListener, conn.Conn().RemoteAddr())
 	}
 	enc := conn.ParameterStatus("server_encoding")
 	e.recoded.Store(enc != "UTF8" && enc != "SQL_ASCII")
@@ -467,15 +532,19 @@ func (e *Postgres) listen(conn *pgconn.PgConn) {
 		}
 		cancel()
 		if err != nil {
-			if errors.Is(err, ErrPooledListener) && !e.pooled {
-				e.pooled = true
+			switch {
+			case errors.Is(err, ErrPooledListener) && !errors.Is(e.refused, ErrPooledListener):
+				e.refused = err
 				e.opts.Logger.Error("groups: the PostgreSQL listener reconnected through a pooler; it delivers nothing until it reaches PostgreSQL itself", "err", err)
+			case errors.Is(err, ErrStandbyListener) && !errors.Is(e.refused, ErrStandbyListener):
+				e.refused = err
+				e.opts.Logger.Error("groups: the PostgreSQL listener reconnected to a standby; it delivers nothing until it reaches the primary", "err", err)
 			}
 			e.setState(err)
 			backoff = min(2*backoff, maxBackoff)
 			continue
 		}
-		e.pooled = false
+		e.refused = nil
 		backoff = minBackoff
 		conn, reconnected = c, true
 		e.in.Reconnected()
