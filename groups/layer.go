@@ -108,6 +108,8 @@ func (l *Layer) Ready() error {
 // Event is what a member gets: a message sent to one of its groups, or a
 // gap.
 type Event struct {
+	// Group is the group the message was sent to, or whose messages a
+	// gap may have lost.
 	Group string
 	// Data is the message as sent; nil for a gap. It is shared by every
 	// member of the group: do not modify it.

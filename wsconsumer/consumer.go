@@ -83,7 +83,10 @@ type Consumer struct {
 
 // RejectError refuses a websocket at Connect with an HTTP status.
 type RejectError struct {
+	// Status is the HTTP status the upgrade request is answered with.
 	Status int
+	// Reason is the body of that answer (text/plain, as http.Error
+	// writes it): the client reads it.
 	Reason string
 }
 

@@ -12,7 +12,9 @@ import (
 // Callback is a callback of a socket about to run, as
 // [Options.OnCallback] is told of it.
 type Callback struct {
-	Kind    CallbackKind
+	// Kind says which callback is about to run.
+	Kind CallbackKind
+	// Session is the socket's session, as the callback gets it.
 	Session *Session
 
 	// MessageType is the type of the message Receive gets.
@@ -41,6 +43,8 @@ const (
 	CallbackDisconnect
 )
 
+// String returns the callback's name: "connect", "receive", "event" or
+// "disconnect" ("unknown" for another value).
 func (k CallbackKind) String() string {
 	switch k {
 	case CallbackConnect:
