@@ -30,6 +30,7 @@ func (e *Postgres) Queued() int {
 
 // ChannelOf returns the NOTIFY channel of group.
 func (e *Postgres) ChannelOf(group string) string { return e.channelOf(group) }
+
 // SetDirectSQL replaces the query of the listener's check that it reaches
 // a primary straight (its backend's pid, pg_is_in_recovery()), before
 // Start: a test plays a standby with it.
