@@ -1,6 +1,6 @@
 module github.com/dbscope/dbscope/bench
 
-go 1.26.8
+go 1.26.0
 
 // The benchmarks run against the code beside them.
 replace (

@@ -1,6 +1,6 @@
 module github.com/dbscope/dbscope/groups/natslayer
 
-go 1.26.8
+go 1.26.0
 
 require (
 	github.com/dbscope/dbscope v0.1.0
