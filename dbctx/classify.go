@@ -1180,7 +1180,10 @@ func (c *classifier) second(t token) {
 		if c.pos == 1 {
 			c.sk |= kindSessionState
 		}
-		if t.is("all") {
+		if t.is("all") || driverStatement(t) {
+			// As DEALLOCATE ALL, a statement a driver prepared through
+			// the protocol leaves the driver's cache naming what the
+			// session no longer has: the next scope's statement fails.
 			c.sk |= kindPoison
 		}
 	case c.pos == 1 && (c.first.is("create") || c.first.is("drop")):
@@ -1200,6 +1203,47 @@ func (c *classifier) second(t token) {
 			c.sk |= kindSessionState
 		}
 	}
+}
+
+// driverStatement reports whether t, the name DEALLOCATE [PREPARE]
+// drops, may name a statement a driver prepared through the protocol
+// rather than one the unit PREPAREd in SQL: pgx's statement cache names
+// them stmtcache_…, dbscope dbscope_N, and pgx's database/sql driver
+// names a *sql.Stmt by its text, which only a quoted name can spell
+// (or a statement of one word: a Stmt of "commit"), or one not decoded
+// (U&"…"). The word PREPARE of DEALLOCATE PREPARE, read here too, is
+// none of them.
+func driverStatement(t token) bool {
+	var v string
+	switch t.kind {
+	case tOpaque:
+		return true
+	case tWord:
+		if t.is("prepare") {
+			return false
+		}
+		v = strings.ToLower(t.text)
+	case tQuoted:
+		v, _ = t.value()
+	default:
+		return false
+	}
+	if strings.HasPrefix(strings.ToLower(v), "stmtcache_") || strings.HasPrefix(strings.ToLower(v), "dbscope_") {
+		return true
+	}
+	switch v {
+	case "begin", "commit", "end", "abort", "rollback", "checkpoint", "vacuum", "analyze", "analyse", "cluster":
+		return true
+	}
+	// A quoted name that an unquoted one could not spell (a space, an
+	// upper-case letter): a statement's text, maybe.
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		if !(c >= 'a' && c <= 'z' || c == '_' || c >= 0x80 || i > 0 && (isDigit(c) || c == '$')) {
+			return true
+		}
+	}
+	return v == ""
 }
 
 // pathValue reads t, a token of the value SET search_path sets, for

@@ -239,6 +239,18 @@ func TestClassify(t *testing.T) {
 		{"DISCARD ALL", S | P | X | A},
 		{"DEALLOCATE ALL", S | P | X},
 		{"DEALLOCATE PREPARE ALL", S | P | X},
+		// A statement a driver prepared: pgx's cache, dbscope's, a
+		// *sql.Stmt of pgx's stdlib (named by its text), one not decoded.
+		{"DEALLOCATE stmtcache_01ec8e0728552c46", S | P | X},
+		{"deallocate StmtCache_01ec8e0728552c46", S | P | X},
+		{`DEALLOCATE PREPARE "dbscope_3"`, S | P | X},
+		{`DEALLOCATE "SELECT name FROM items WHERE id = $1"`, S | P | X},
+		{`DEALLOCATE "Q1"`, S | P | X},
+		{`DEALLOCATE U&"q1"`, S | P | X},
+		{"DEALLOCATE commit", S | P | X},
+		{`DEALLOCATE PREPARE "q1"`, S | X},
+		{"DEALLOCATE prepare", S | X},
+		{"DEALLOCATE PREPARE q_2$", S | X},
 		{"SELECT setseed(0.5)", S | P | X},
 		// The seed of random(): no reset undoes it, even SET LOCAL's,
 		// even RESET's.

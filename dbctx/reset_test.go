@@ -2,7 +2,9 @@ package dbctx_test
 
 import (
 	"context"
+	"crypto/sha256"
 	"database/sql"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"testing"
@@ -229,6 +231,55 @@ func TestUnresettableSessionDiscarded(t *testing.T) {
 			first := use(stmt)
 			if next := use(""); next == first {
 				t.Fatalf("%q: the next scope got the same backend %d", stmt, next)
+			}
+			if st := p.Stats(); st.Discarded.Unresettable != 1 {
+				t.Fatalf("unresettable discards = %d, want 1", st.Discarded.Unresettable)
+			}
+		})
+	}
+}
+
+// DEALLOCATE of one statement a driver prepared (pgx's cache names them
+// stmtcache_…) leaves pgx's cache naming a statement the session no
+// longer has, as DEALLOCATE ALL does: the next scope's use of it failed
+// ("prepared statement … does not exist"), whichever spelling the text
+// used. The connection is closed instead.
+func TestDeallocateDriverStatementDiscarded(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "tells a discarded session by its backend pid")
+	const cached = "SELECT $1::int + 1" // prepared and cached by pgx
+	sum := sha256.Sum256([]byte(cached))
+	name := "stmtcache_" + hex.EncodeToString(sum[:24]) // as pgx names it
+	for _, stmt := range []string{"DEALLOCATE " + name, `DEALLOCATE PREPARE "` + name + `"`} {
+		t.Run(stmt, func(t *testing.T) {
+			t.Parallel()
+			env := newEnv(t)
+			p := onePoolInMode(t, env, "cache_statement", dbctx.Options{Logger: quiet()})
+			ctx := context.Background()
+			var first int
+			if err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+				if _, err := queryInt(ctx, s, cached, 1); err != nil {
+					return err
+				}
+				if _, err := s.ExecContext(ctx, stmt); err != nil {
+					return err
+				}
+				var err error
+				first, err = backendPID(ctx, s)
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			var next int
+			if err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+				var err error
+				if next, err = backendPID(ctx, s); err != nil {
+					return err
+				}
+				_, err = queryInt(ctx, s, cached, 1)
+				return err
+			}); err != nil {
+				t.Fatalf("the next scope (backend %d, first %d): %v", next, first, err)
 			}
 			if st := p.Stats(); st.Discarded.Unresettable != 1 {
 				t.Fatalf("unresettable discards = %d, want 1", st.Discarded.Unresettable)
