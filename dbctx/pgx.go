@@ -119,6 +119,14 @@ func (s *Scope) CopyFrom(ctx context.Context, table pgx.Identifier, columns []st
 		}
 	}
 	st := stmt{kind: kindState | kindCode, how: viaPgx | alone | noRetry}
+	for _, part := range table {
+		if tempSchema(part) {
+			// As a text that names pg_temp: behind a pooler, whichever
+			// client's temporary table the server connection holds.
+			st.kind |= kindSessionState
+			st.query = "COPY " + table.Sanitize() + " FROM STDIN"
+		}
+	}
 	var n int64
 	err := s.exec(ctx, &st, func(ctx context.Context, c *session, _ *prefix) error {
 		return withLock(c.pin.conn, func() (err error) {

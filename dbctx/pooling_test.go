@@ -640,5 +640,35 @@ func TestPgBouncerQueryWaitTimeoutBusy(t *testing.T) {
 	// statement would bury the log under a burst).
 	if n := logs.Count(slog.LevelWarn, "dbctx: PgBouncer found no free server connection"); n < 1 {
 		t.Errorf("told at Warn %d times, want the first refusal told", n)
+// Under TransactionPooling, CopyFrom into a table of pg_temp is refused
+// as a text that names pg_temp is: behind a pooler the table is whichever
+// client's the server connection holds. One found by the search_path
+// (a temporary table of the unit's own transaction) is not.
+func TestTransactionPoolingRefusesCopyIntoTemp(t *testing.T) {
+	t.Parallel()
+	env := newEnv(t)
+	p := onePool(t, env, dbctx.Options{TransactionPooling: true, Logger: quiet()})
+	ctx := context.Background()
+	rows := func() pgx.CopyFromSource { return pgx.CopyFromRows([][]any{{int32(1)}}) }
+	for _, table := range []pgx.Identifier{{"pg_temp", "scratch"}, {"pg_temp_3", "scratch"}, {"pg_toast_temp_3", "scratch"}} {
+		err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+			_, err := s.CopyFrom(ctx, table, []string{"n"}, rows())
+			return err
+		})
+		if !errors.Is(err, dbctx.ErrSessionState) {
+			t.Errorf("CopyFrom %v: %v, want ErrSessionState", table, err)
+		}
+	}
+	err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+		return dbctx.Atomic(ctx, func(ctx context.Context) error {
+			if _, err := s.ExecContext(ctx, "CREATE TEMP TABLE scratch (n int) ON COMMIT DROP"); err != nil {
+				return err
+			}
+			_, err := s.CopyFrom(ctx, pgx.Identifier{"scratch"}, []string{"n"}, rows())
+			return err
+		})
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }
