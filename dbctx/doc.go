@@ -470,8 +470,9 @@
 //     of pg_settings, a search_path (SET [LOCAL] search_path or SET
 //     [LOCAL] SCHEMA) that names pg_temp or cannot be read, SET ROLE,
 //     LISTEN, PREPARE, EXECUTE, cursors WITH HOLD, temporary objects and
-//     anything that names pg_temp (a CopyFrom's table too), session advisory locks, LOAD, DISCARD,
-//     and EXPLAIN ANALYZE of any of these) fail with [ErrSessionState]
+//     anything that names pg_temp (a CopyFrom's table too), session
+//     advisory locks, LOAD, DISCARD, and EXPLAIN ANALYZE of any of
+//     these) fail with [ErrSessionState]
 //     before they are sent, and so do those that read sequence state
 //     (currval, lastval: there it is whatever the last client of the server
 //     connection left), and [Scope.PrepareContext]; New panics with
