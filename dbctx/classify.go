@@ -903,6 +903,7 @@ func (c *classifier) token(t token) {
 	}
 	c.setConfigArg(t)
 	c.updateTarget(t)
+	c.attribute(t)
 	switch t.kind {
 	case tLParen:
 		switch {
@@ -953,6 +954,37 @@ func (c *classifier) token(t token) {
 		}
 	}
 	c.shift(t)
+}
+
+// attribute reads t where it may call a function in attribute notation:
+// PostgreSQL reads (x).f, and t.f, as f(x) where no field f is found,
+// for an argument of any type ((42::bigint).pg_advisory_lock takes a
+// session lock; (0.5).setseed seeds random()). A user's function so
+// called is not seen (see the package doc), but the built-ins that
+// leave what only dbscope's special handling covers (the seed, a
+// session lock, sequence state, what no reset undoes) are told by
+// name: a name after a dot, with no ( after it, that is one of theirs
+// is taken for their call (a column of that name too).
+func (c *classifier) attribute(t token) {
+	if c.p1.kind != tDot || t.kind != tWord && t.kind != tQuoted && t.kind != tOpaque {
+		return
+	}
+	if l := c.lx; l.next().kind == tLParen {
+		return // schema.f(…): a call, read as one
+	}
+	if t.kind == tOpaque {
+		// Its name is not decoded: it may be setseed.
+		c.ck |= kindSessionState | kindCode | kindPoison
+		return
+	}
+	name, folded := t.text, t.kind == tWord
+	if !folded {
+		name, _ = t.value()
+	}
+	if among(unresettable, name, folded) || sessionLock(name, folded) ||
+		among(sequenceWriters, name, folded) || among(sequenceReaders, name, folded) {
+		c.builtin(name, folded)
+	}
 }
 
 // updateTarget reads t where it may be an UPDATE's target, for

@@ -366,7 +366,9 @@
 // Not seen: session state changed by code PostgreSQL runs for a statement
 // without its text naming it: a view's or a row-level-security policy's
 // functions, a user-defined operator, cast or type input function, a
-// domain's CHECK, a function called in attribute notation (t.f for f(t)),
+// domain's CHECK, a function called in attribute notation (t.f or (x).f
+// for f(x), x of any type; but the built-ins of session advisory locks,
+// sequences, the seed and what no reset undoes are told by name there),
 // a user function that overloads a built-in's name for argument types
 // the built-in does not take as they are (its own types, or lower(varchar)
 // where the built-in is lower(text)), or for any, where a search_path set

@@ -252,6 +252,15 @@ func TestClassify(t *testing.T) {
 		{"DEALLOCATE prepare", S | X},
 		{"DEALLOCATE PREPARE q_2$", S | X},
 		{"SELECT setseed(0.5)", S | P | X},
+		// Attribute notation: (x).f is f(x), for an x of any type.
+		{"SELECT (0.5::float8).setseed", S | P | X},
+		{"SELECT (42::bigint).pg_advisory_lock", S | X},
+		{`SELECT t."pg_advisory_lock_shared" FROM (SELECT 42::bigint) t`, S | X},
+		{"SELECT ('s'::regclass).currval", Q},
+		{"SELECT ('s'::regclass).nextval", S},
+		{`SELECT (1).U&"x"`, S | P | X | C},
+		{"SELECT (t).name FROM pg_namespace t", 0},
+		{"SELECT pg_catalog.pg_advisory_xact_lock(1)", 0},
 		// The seed of random(): no reset undoes it, even SET LOCAL's,
 		// even RESET's.
 		{"SET seed = 0.5", S | P | X},

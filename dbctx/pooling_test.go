@@ -48,6 +48,7 @@ func TestTransactionPoolingRefusesSessionState(t *testing.T) {
 		"SET LOCAL seed = 0.5",
 		"SET LOCAL SCHEMA E'pg\\137temp'",
 		"UPDATE pg_settings SET setting = '4242' WHERE name = 'work_mem'",
+		"SELECT (1::bigint).pg_advisory_lock",
 	}
 	probe := func() string {
 		var s string

@@ -87,6 +87,8 @@ func TestNoSessionStateLeak(t *testing.T) {
 			"SELECT count(*) FROM pg_class WHERE relname = 'scratch' AND relnamespace = pg_my_temp_schema()"},
 		{"advisory lock", "SELECT pg_advisory_lock(42)",
 			"SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"},
+		{"advisory lock in attribute notation", "SELECT (42::bigint).pg_advisory_lock",
+			"SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"},
 		{"listen", "LISTEN dbscope_test",
 			"SELECT count(*) FROM pg_listening_channels()"},
 		{"prepared statement", "PREPARE dbscope_p AS SELECT 1",

@@ -231,6 +231,8 @@ var Cases = []Case{
 	{"advisory lock", "SELECT pg_advisory_lock(42)", State},
 	{"advisory lock after OPERATOR()", "SELECT 'a' OPERATOR(pg_catalog.||) pg_advisory_lock(42)::text", State},
 	{"advisory lock in function", "SELECT take_lock()", State},
+	{"advisory lock in attribute notation", "SELECT (42::bigint).pg_advisory_lock", State},
+	{"advisory lock in attribute notation, quoted", `SELECT (t.x)."pg_try_advisory_lock" FROM (SELECT 42::bigint AS x) t`, State},
 	{"temp table", "CREATE TEMP TABLE scratch (n int)", State},
 	{"temp table in function", "SELECT make_temp()", State},
 	{"temp function", "CREATE FUNCTION pg_temp.tf() RETURNS int LANGUAGE sql AS 'SELECT 1'", State},
@@ -244,6 +246,7 @@ var Cases = []Case{
 	{"nextval in function", "SELECT do_nextval()", Sequence},
 	{"insert with serial", "INSERT INTO t (x) VALUES (1)", Sequence},
 	{"setval", "SELECT setval('seq', 5)", Sequence},
+	{"nextval in attribute notation", "SELECT ('seq'::regclass).nextval", Sequence},
 
 	// Keywords PostgreSQL takes as names.
 	{"set local.tenant", "SET local.tenant = '7'", State},
