@@ -78,3 +78,42 @@ func TestReproPrepareThenResolve(t *testing.T) {
 		t.Errorf("in the same scope: %v", err)
 	}
 }
+
+// Repro (DBSCOPE_REPRO=1): code the text does not show (a DO block, a
+// function) that deallocates a statement pgx prepared (EXECUTE
+// 'DEALLOCATE stmtcache_…') leaves pgx's cache naming what the session
+// no longer has: the sweep that follows code deallocates what was
+// PREPAREd in SQL, but nothing checks that pgx's statements are still
+// there, and the next scope's use of it fails with 26000. The text's own
+// DEALLOCATE of such a name costs the connection (driverStatement).
+func TestReproCodeDeallocatesDriverStatement(t *testing.T) {
+	if os.Getenv("DBSCOPE_REPRO") == "" {
+		t.Skip("a repro of an open class (set DBSCOPE_REPRO=1): code that deallocates pgx's statements")
+	}
+	pgtest.SkipPooled(t, "needs one server session")
+	env := newEnv(t)
+	p := onePoolInMode(t, env, "cache_statement", dbctx.Options{Logger: quiet()})
+	ctx := context.Background()
+	const cached = "SELECT $1::int + 1"
+	err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+		var n int
+		if err := s.QueryRowContext(ctx, cached, 1).Scan(&n); err != nil {
+			return err
+		}
+		_, err := s.ExecContext(ctx, `DO $$DECLARE n text; BEGIN FOR n IN SELECT name FROM pg_prepared_statements WHERE NOT from_sql AND name LIKE 'stmtcache%' LOOP EXECUTE format('DEALLOCATE %I', n); END LOOP; END$$`)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+		var n int
+		if err := s.QueryRowContext(ctx, "SELECT 41").Scan(&n); err != nil { // takes the reset
+			return err
+		}
+		return s.QueryRowContext(ctx, cached, 1).Scan(&n)
+	})
+	if err != nil {
+		t.Errorf("the next scope: %v", err)
+	}
+}
