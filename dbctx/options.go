@@ -207,7 +207,13 @@ type Options struct {
 // and a custom setting that was never defined before (app.tenant) exists
 // afterwards with an empty value, where a fresh session has none:
 // current_setting('app.tenant', true) is the empty string rather than
-// NULL, so treat both alike (with nullif).
+// NULL, so treat both alike (with nullif). Nor the local buffers a
+// session's first use of a temporary table allocates (ON COMMIT DROP
+// too): temp_buffers cannot be changed on the connection afterwards, so
+// a later scope's SET [LOCAL] temp_buffers fails there (22023, invalid
+// value) where on a fresh session it works; and pg_my_temp_schema(),
+// current_schemas(true) name the emptied temporary schema. Where a unit
+// sets temp_buffers, set it in the connection string.
 const DefaultResetSQL = "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; CLOSE ALL; UNLISTEN *; " +
 	"SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES"
 
