@@ -474,10 +474,12 @@
 //     LISTEN, PREPARE, EXECUTE, cursors WITH HOLD, temporary objects and
 //     anything that names pg_temp (a CopyFrom's table too), session
 //     advisory locks, LOAD, DISCARD, and EXPLAIN ANALYZE of any of
-//     these) fail with [ErrSessionState]
-//     before they are sent, and so do those that read sequence state
-//     (currval, lastval: there it is whatever the last client of the server
-//     connection left), and [Scope.PrepareContext]; New panics with
+//     these; so does the text a pgx.QueryRewriter of the user's
+//     rewrites a statement to, read as pgx runs it) fail with
+//     [ErrSessionState] before they are sent, and so do those that
+//     read sequence state (currval, lastval: there it is whatever the
+//     last client of the server connection left), and
+//     [Scope.PrepareContext]; New panics with
 //     OnAcquire or ResetAlways. Not refused, and not reset either, so that
 //     it reaches another client: what the classifier cannot see (state left
 //     by a function, DO, CALL, a trigger or rule of a DML statement,

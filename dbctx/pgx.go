@@ -21,6 +21,7 @@ import (
 // Exec runs a statement through pgx's interface on the scope's connection
 // and returns its command tag.
 func (s *Scope) Exec(ctx context.Context, query string, args ...any) (pgconn.CommandTag, error) {
+	args = s.guardRewriters(args)
 	st := s.stmtOf(query, args, viaPgx)
 	var tag pgconn.CommandTag
 	err := s.exec(ctx, &st, func(ctx context.Context, c *session, p *prefix) error {
@@ -40,6 +41,7 @@ func (s *Scope) Exec(ctx context.Context, query string, args ...any) (pgconn.Com
 // that a connection found dead then can be replaced and the statement run
 // again (see [Scope]).
 func (s *Scope) Query(ctx context.Context, query string, args ...any) (pgx.Rows, error) {
+	args = s.guardRewriters(args)
 	st := s.stmtOf(query, args, viaPgx|rows)
 	var out *pgxRows
 	err := s.exec(ctx, &st, func(ctx context.Context, c *session, p *prefix) error {
@@ -69,6 +71,7 @@ func (s *Scope) Query(ctx context.Context, query string, args ...any) (pgx.Rows,
 // interface. The row is read before QueryRow returns, so the result holds
 // no connection; its error, or pgx.ErrNoRows, comes from Scan.
 func (s *Scope) QueryRow(ctx context.Context, query string, args ...any) pgx.Row {
+	args = s.guardRewriters(args)
 	st := s.stmtOf(query, args, viaPgx)
 	var out *pgxRow
 	err := s.exec(ctx, &st, func(ctx context.Context, c *session, p *prefix) error {
@@ -146,6 +149,7 @@ func (s *Scope) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
 	if s == nil {
 		return errBatch{ErrNoScope}
 	}
+	b = s.guardBatch(b)
 	st := stmt{how: viaPgx | noRetry | rows}
 	// Settings go before the batch: where it is all transaction control
 	// (a ROLLBACK TO in a failed transaction, say) they are not needed,
@@ -245,6 +249,34 @@ func (s *Scope) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
 	})
 	if err != nil {
 		return errBatch{err}
+	}
+	return out
+}
+
+// guardBatch returns b, or under TransactionPooling, where a query of b
+// has a pgx.QueryRewriter of the user's, a copy of b whose queries have
+// it guarded (see guardRewriters); b itself is not changed.
+func (s *Scope) guardBatch(b *pgx.Batch) *pgx.Batch {
+	if !s.pool.opts.TransactionPooling || b == nil {
+		return b
+	}
+	var out *pgx.Batch
+	for i, q := range b.QueuedQueries {
+		args := s.guardRewriters(q.Arguments)
+		if len(args) == 0 || &args[0] == &q.Arguments[0] {
+			continue
+		}
+		if out == nil {
+			nb := *b
+			nb.QueuedQueries = append([]*pgx.QueuedQuery(nil), b.QueuedQueries...)
+			out = &nb
+		}
+		g := *q
+		g.Arguments = args
+		out.QueuedQueries[i] = &g
+	}
+	if out == nil {
+		return b
 	}
 	return out
 }

@@ -673,3 +673,92 @@ func TestTransactionPoolingRefusesCopyIntoTemp(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// rewriteTo is a pgx.QueryRewriter of the user's (not pgx's named
+// arguments): the text pgx runs is its own, not the one dbscope read.
+type rewriteTo string
+
+func (r rewriteTo) RewriteQuery(ctx context.Context, conn *pgx.Conn, sql string, args []any) (string, []any, error) {
+	return string(r), nil, nil
+}
+
+// Under TransactionPooling, a statement given a QueryRewriter of the
+// user's is refused where the text it rewrites to sets session state
+// (or reads sequence state), before any of it is sent, through every
+// path that takes one; it ran, unrefused, and its setting stayed on the
+// server connection for the pooler's next client. A text that leaves
+// nothing runs.
+func TestTransactionPoolingRefusesRewrittenSessionState(t *testing.T) {
+	t.Parallel()
+	env := newEnv(t)
+	p := onePool(t, env, dbctx.Options{TransactionPooling: true, Logger: quiet()})
+	ctx := context.Background()
+	const leak = rewriteTo("SELECT set_config('app.rewritten', 'leak', false)")
+	paths := map[string]func(ctx context.Context, s *dbctx.Scope, rw any) error{
+		"Exec": func(ctx context.Context, s *dbctx.Scope, rw any) error {
+			_, err := s.Exec(ctx, "SELECT 1", rw)
+			return err
+		},
+		"QueryRow": func(ctx context.Context, s *dbctx.Scope, rw any) error {
+			var v string
+			return s.QueryRow(ctx, "SELECT 1", pgx.QueryExecModeExec, rw).Scan(&v)
+		},
+		"Query": func(ctx context.Context, s *dbctx.Scope, rw any) error {
+			rows, err := s.Query(ctx, "SELECT 1", rw)
+			if err != nil {
+				return err
+			}
+			rows.Close()
+			return rows.Err()
+		},
+		"ExecContext, sql.Named": func(ctx context.Context, s *dbctx.Scope, rw any) error {
+			_, err := s.ExecContext(ctx, "SELECT 1", sql.Named("rw", rw))
+			return err
+		},
+		"QueryRowContext": func(ctx context.Context, s *dbctx.Scope, rw any) error {
+			var v string
+			return s.QueryRowContext(ctx, "SELECT 1", rw).Scan(&v)
+		},
+		"QueryContext": func(ctx context.Context, s *dbctx.Scope, rw any) error {
+			rows, err := s.QueryContext(ctx, "SELECT 1", rw)
+			if err != nil {
+				return err
+			}
+			rows.Close()
+			return rows.Err()
+		},
+		"SendBatch": func(ctx context.Context, s *dbctx.Scope, rw any) error {
+			b := &pgx.Batch{}
+			b.Queue("SELECT 1")
+			b.Queue("SELECT 2", rw)
+			return s.SendBatch(ctx, b).Close()
+		},
+	}
+	for name, run := range paths {
+		for _, inAtomic := range []bool{false, true} {
+			err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+				if !inAtomic {
+					return run(ctx, s, leak)
+				}
+				return dbctx.Atomic(ctx, func(ctx context.Context) error { return run(ctx, s, leak) })
+			})
+			if !errors.Is(err, dbctx.ErrSessionState) {
+				t.Errorf("%s (in Atomic: %v): %v, want ErrSessionState", name, inAtomic, err)
+			}
+			var got string
+			if err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+				return s.QueryRowContext(ctx, "SELECT coalesce(current_setting('app.rewritten', true), '')").Scan(&got)
+			}); err != nil {
+				t.Fatal(err)
+			}
+			if got != "" {
+				t.Fatalf("%s (in Atomic: %v): the rewritten text's setting reached the server session: %q", name, inAtomic, got)
+			}
+		}
+		if err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+			return run(ctx, s, rewriteTo("SELECT 'fine'"))
+		}); err != nil {
+			t.Errorf("%s, a clean rewritten text: %v", name, err)
+		}
+	}
+}

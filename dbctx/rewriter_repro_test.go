@@ -7,50 +7,7 @@ import (
 
 	"github.com/dbscope/dbscope/dbctx"
 	"github.com/dbscope/dbscope/internal/pgtest"
-	"github.com/jackc/pgx/v5"
 )
-
-// setRewriter is a pgx.QueryRewriter of the user's own (not pgx's named
-// arguments) whose text sets session state: dbscope classifies the text
-// it was given, not the one pgx runs.
-type setRewriter struct{}
-
-func (setRewriter) RewriteQuery(ctx context.Context, conn *pgx.Conn, sql string, args []any) (string, []any, error) {
-	return "SELECT set_config('app.rewritten', 'leak', false)", nil, nil
-}
-
-// Repro (DBSCOPE_REPRO=1): under TransactionPooling, a statement given a
-// QueryRewriter of the user's is not refused, whatever the text it runs:
-// kindOf takes it for kindUnknown, which transaction pooling does not
-// refuse (as DO and CALL), and the session state the rewritten text sets
-// stays on the server connection, for the pooler's next client. Without
-// TransactionPooling the scope is dirty and reset: no leak there.
-func TestReproRewriterUnderTransactionPooling(t *testing.T) {
-	if os.Getenv("DBSCOPE_REPRO") == "" {
-		t.Skip("a repro of an open class (set DBSCOPE_REPRO=1): a QueryRewriter's text under TransactionPooling")
-	}
-	pgtest.SkipPooled(t, "reads the server session directly")
-	env := newEnv(t)
-	p := onePool(t, env, dbctx.Options{TransactionPooling: true, Logger: quiet()})
-	ctx := context.Background()
-	err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
-		_, err := s.Exec(ctx, "SELECT 1", setRewriter{})
-		return err
-	})
-	if err != nil {
-		t.Logf("refused or failed: %v", err)
-		return
-	}
-	var got string
-	if err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
-		return s.QueryRowContext(ctx, "SELECT coalesce(current_setting('app.rewritten', true), '')").Scan(&got)
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if got != "" {
-		t.Errorf("the rewritten text's setting reached the next scope on the server connection: app.rewritten = %q", got)
-	}
-}
 
 // Repro (DBSCOPE_REPRO=1), of the scope itself, not of isolation: a
 // statement PREPAREd in SQL is gone after a statement of the same scope

@@ -27,6 +27,7 @@ func (s *Scope) stmtOf(query string, args []any, h how) stmt {
 // ExecContext executes a statement that returns no rows, on the scope's
 // connection.
 func (s *Scope) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	args = s.guardRewriters(args)
 	st := s.stmtOf(query, args, 0)
 	var res sql.Result
 	err := s.exec(ctx, &st, func(ctx context.Context, c *session, p *prefix) error {
@@ -55,6 +56,7 @@ func (s *Scope) ExecContext(ctx context.Context, query string, args ...any) (sql
 // to the end: close them before the next statement (one meanwhile fails
 // with ErrConnBusy). A boundary closes them if you do not.
 func (s *Scope) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	args = s.guardRewriters(args)
 	st := s.stmtOf(query, args, rows)
 	var out driver.Rows
 	err := s.exec(ctx, &st, func(ctx context.Context, c *session, p *prefix) error {
@@ -101,6 +103,7 @@ func (s *Scope) QueryContext(ctx context.Context, query string, args ...any) (*s
 // (on pgx's driver): the *sql.Row holds no connection, and Scan, as with
 // database/sql, reports the statement's error, or sql.ErrNoRows.
 func (s *Scope) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
+	args = s.guardRewriters(args)
 	if s == nil {
 		return errRow(ErrNoScope)
 	}

@@ -342,6 +342,61 @@ options:
 	return k, h
 }
 
+// guardRewriters returns args with each pgx.QueryRewriter of the user's
+// among its leading options (not pgx's named arguments, whose text is
+// read before it runs) wrapped so that, under TransactionPooling, the
+// text it rewrites to is read when pgx runs it, before anything of it is
+// sent, and refused with ErrSessionState where it sets session state or
+// reads sequence state: kindOf cannot read it (the rewriter is handed
+// the connection), and takes it for kindUnknown, which transaction
+// pooling does not refuse. args itself is not changed.
+func (s *Scope) guardRewriters(args []any) []any {
+	if s == nil || !s.pool.opts.TransactionPooling {
+		return args
+	}
+	var out []any
+	for i, a := range args {
+		na, named := a.(sql.NamedArg)
+		if named {
+			a = na.Value
+		}
+		switch rw := a.(type) {
+		case pgx.NamedArgs, pgx.StrictNamedArgs, guardedRewriter:
+			continue
+		case pgx.QueryRewriter:
+			if out == nil {
+				out = append([]any(nil), args...)
+			}
+			var g any = guardedRewriter{rw}
+			if named {
+				na.Value = g
+				g = na
+			}
+			out[i] = g
+			continue
+		case pgx.QueryExecMode, pgx.QueryResultFormats, pgx.QueryResultFormatsByOID:
+			continue
+		}
+		break
+	}
+	if out == nil {
+		return args
+	}
+	return out
+}
+
+// guardedRewriter is a user's pgx.QueryRewriter under TransactionPooling
+// (see guardRewriters).
+type guardedRewriter struct{ rw pgx.QueryRewriter }
+
+func (g guardedRewriter) RewriteQuery(ctx context.Context, conn *pgx.Conn, sql string, args []any) (string, []any, error) {
+	sql, args, err := g.rw.RewriteQuery(ctx, conn, sql, args)
+	if err == nil && classify(sql)&(kindSession|kindSeqRead) != 0 {
+		return "", nil, sessionStateError(sql)
+	}
+	return sql, args, err
+}
+
 // sessionStateError is ErrSessionState for query.
 func sessionStateError(query string) error {
 	return fmt.Errorf("%w: %q", ErrSessionState, shorten(query))
