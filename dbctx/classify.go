@@ -471,12 +471,14 @@ func (l *lexer) token() token {
 					t := l.str(false)
 					if t.kind == tString {
 						t.form = strCoded // \XXXX, or UESCAPE's character
+						l.uescape()
 					}
 					return t
 				}
 				t := l.quoted('"', tOpaque)
 				if t.kind != tBad {
 					t.kind = tOpaque
+					l.uescape()
 				}
 				return t
 			}
@@ -550,6 +552,21 @@ func (l *lexer) token() token {
 		return token{kind: tSemi}
 	}
 	return token{kind: tOp, text: q[start:l.i]}
+}
+
+// uescape takes a UESCAPE clause after a U&"…" or U&'…' into its token,
+// as PostgreSQL's parser does (base_yylex): U&"!0073etseed" UESCAPE '!'
+// is one name, and a ( after the clause calls it, (0.5) the function
+// setseed. Without its string after it, UESCAPE is left as it is
+// (PostgreSQL refuses it).
+func (l *lexer) uescape() {
+	m := *l
+	if !m.next().is("uescape") {
+		return
+	}
+	if m.next().kind == tString {
+		*l = m
+	}
 }
 
 // quoted reads an identifier delimited by quote, in which a doubled quote

@@ -74,10 +74,11 @@ func TestSeedCostsTheConnection(t *testing.T) {
 		return r
 	}()
 	units := map[string]func(ctx context.Context, s *dbctx.Scope) error{
-		"SET seed":                    exec("SET seed = 0.5"),
-		"SET SEED TO":                 exec("SET SEED TO 0.5"),
-		"set_config('seed', …, true)": exec("SELECT set_config('seed', '0.5', true)"),
-		"setseed after OPERATOR()":    exec("SELECT 'x' OPERATOR(||) setseed(0.5)::text"),
+		"SET seed":                      exec("SET seed = 0.5"),
+		"SET SEED TO":                   exec("SET SEED TO 0.5"),
+		"set_config('seed', …, true)":   exec("SELECT set_config('seed', '0.5', true)"),
+		"setseed after OPERATOR()":      exec("SELECT 'x' OPERATOR(||) setseed(0.5)::text"),
+		"setseed named U& with UESCAPE": exec(`SELECT U&"!0073etseed" UESCAPE '!'(0.5)`),
 		"SET LOCAL seed in Atomic": func(ctx context.Context, s *dbctx.Scope) error {
 			return dbctx.Atomic(ctx, func(ctx context.Context) error { return exec("SET LOCAL seed = 0.5")(ctx, s) })
 		},

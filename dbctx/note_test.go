@@ -252,6 +252,10 @@ func TestClassify(t *testing.T) {
 		{"DEALLOCATE prepare", S | X},
 		{"DEALLOCATE PREPARE q_2$", S | X},
 		{"SELECT setseed(0.5)", S | P | X},
+		// U&"…" UESCAPE 'c' is one name, as PostgreSQL's parser reads it.
+		{`SELECT U&"!0073etseed" UESCAPE '!'(0.5)`, S | P | X | C},
+		{`SELECT U&"!0073etseed" /* c */ UESCAPE '!' (0.5)`, S | P | X | C},
+		{`SELECT (0.5).U&"!0073etseed" UESCAPE '!'`, S | P | X | C},
 		// Attribute notation: (x).f is f(x), for an x of any type.
 		{"SELECT (0.5::float8).setseed", S | P | X},
 		{"SELECT (42::bigint).pg_advisory_lock", S | X},

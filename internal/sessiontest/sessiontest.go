@@ -241,6 +241,7 @@ var Cases = []Case{
 	{"cursor with hold", "DECLARE c CURSOR WITH HOLD FOR SELECT 1", State},
 	{"two prepares", "PREPARE p1 AS SELECT 1; PREPARE p2 AS SELECT 2", State},
 	{"prepare in function", "SELECT do_prepare()", State},
+	{"prepare in function named U& with UESCAPE", `SELECT U&"!0064o_prepare" UESCAPE '!'()`, State},
 	{"prepare, deallocate, prepare", "PREPARE p1 AS SELECT 1; DEALLOCATE p1; PREPARE p1 AS SELECT 2", State},
 	{"nextval", "SELECT nextval('seq')", Sequence},
 	{"nextval in function", "SELECT do_nextval()", Sequence},
