@@ -921,6 +921,7 @@ func (c *classifier) token(t token) {
 	c.setConfigArg(t)
 	c.updateTarget(t)
 	c.attribute(t)
+	c.language(t)
 	switch t.kind {
 	case tLParen:
 		switch {
@@ -1001,6 +1002,22 @@ func (c *classifier) attribute(t token) {
 	if among(unresettable, name, folded) || sessionLock(name, folded) ||
 		among(sequenceWriters, name, folded) || among(sequenceReaders, name, folded) {
 		c.builtin(name, folded)
+	}
+}
+
+// language reads t where it may name a CREATE's language: a function or
+// procedure of LANGUAGE C is checked by fmgr_c_validator, which loads
+// its library into the session, with the settings it defines, even
+// where the CREATE then fails (its symbol not found): no reset undoes
+// it, as LOAD's.
+func (c *classifier) language(t token) {
+	if c.depth > 0 || !c.first.is("create") || !c.p1.is("language") {
+		return
+	}
+	if v, _ := t.value(); t.kind == tWord && strings.EqualFold(t.text, "c") ||
+		(t.kind == tQuoted || t.kind == tString) && strings.EqualFold(v, "c") || t.kind == tOpaque ||
+		t.kind == tString && t.form == strCoded {
+		c.sk |= kindSessionState | kindPoison
 	}
 }
 

@@ -236,6 +236,11 @@ func TestClassify(t *testing.T) {
 		{"CREATE SUBSCRIPTION s CONNECTION '' PUBLICATION p", T | A},
 		// What no reset undoes.
 		{"load 'auto_explain'", T | P | X},
+		{"CREATE FUNCTION f() RETURNS void LANGUAGE C AS '$libdir/auto_explain', 'f'", T | P | X},
+		{`CREATE OR REPLACE PROCEDURE p() AS 'auto_explain', 'p' LANGUAGE "c"`, T | P | X},
+		{"create function f() returns int language 'C' as 'x', 'y'", T | P | X},
+		{"CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1'", T},
+		{"CREATE FUNCTION f(c int) RETURNS int LANGUAGE plpgsql AS $$ BEGIN RETURN c; END $$", T},
 		{"DISCARD ALL", S | P | X | A},
 		{"DEALLOCATE ALL", S | P | X},
 		{"DEALLOCATE PREPARE ALL", S | P | X},

@@ -290,6 +290,51 @@ func TestDeallocateDriverStatementDiscarded(t *testing.T) {
 	}
 }
 
+// A CREATE of a function of LANGUAGE C loads its library into the session
+// (fmgr_c_validator), with the settings it defines, even where it fails:
+// no reset undoes it, and the connection is closed instead. (auto_explain
+// has no SQL-callable function, so this CREATE fails after the load.)
+func TestCFunctionLibraryDiscarded(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "tells a discarded session by its backend pid")
+	env := newEnv(t)
+	p := onePool(t, env, dbctx.Options{Logger: quiet()})
+	ctx := context.Background()
+	const loaded = "SELECT count(*) FROM pg_settings WHERE name LIKE 'auto_explain.%'"
+	var first int
+	if err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+		var err error
+		if first, err = backendPID(ctx, s); err != nil {
+			return err
+		}
+		_, err = s.ExecContext(ctx, "CREATE FUNCTION h1_c() RETURNS void LANGUAGE C AS '$libdir/auto_explain', 'h1_c'")
+		var pe *pgconn.PgError
+		if errors.As(err, &pe) && pe.Code == "58P01" {
+			t.Skipf("the server lacks auto_explain: %v", err)
+		}
+		if n, err := queryInt(ctx, s, loaded); err != nil || n == 0 {
+			t.Skipf("the CREATE loaded no library here (%d settings, %v)", n, err)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	var next, n int
+	if err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+		var err error
+		if next, err = backendPID(ctx, s); err != nil {
+			return err
+		}
+		n, err = queryInt(ctx, s, loaded)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if n != 0 || next == first {
+		t.Errorf("the next scope (backend %d, first %d) sees the library's %d settings", next, first, n)
+	}
+}
+
 // A change of session user that the classifier cannot see (a view's
 // set_config) is reported by the server, and the session is reset.
 func TestReportedParameterForcesReset(t *testing.T) {
