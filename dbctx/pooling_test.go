@@ -641,6 +641,9 @@ func TestPgBouncerQueryWaitTimeoutBusy(t *testing.T) {
 	// statement would bury the log under a burst).
 	if n := logs.Count(slog.LevelWarn, "dbctx: PgBouncer found no free server connection"); n < 1 {
 		t.Errorf("told at Warn %d times, want the first refusal told", n)
+	}
+}
+
 // Under TransactionPooling, CopyFrom into a table of pg_temp is refused
 // as a text that names pg_temp is: behind a pooler the table is whichever
 // client's the server connection holds. One found by the search_path
