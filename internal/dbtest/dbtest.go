@@ -67,10 +67,12 @@ func Clean(t testing.TB, p *dbctx.Pool, env *pgtest.Env) {
 	}
 }
 
-// Eventually polls cond until it holds, failing t after 10 seconds.
+// Eventually polls cond until it holds, failing t after 30 seconds: a
+// bound for what never comes, far above what a loaded machine takes (CI
+// has seen a load average of 20 on 2 cores).
 func Eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	if Wait(10*time.Second, cond) != nil {
+	if Wait(30*time.Second, cond) != nil {
 		t.Fatalf("timed out waiting for %s", what)
 	}
 }
