@@ -295,7 +295,10 @@
 // the scope's next statement after such a text (one more round trip): a
 // statement pgx prepared earlier, in an earlier scope or this one, would
 // otherwise run as read then, not under the scope's DateStyle, nor
-// reaching its new temporary table. Where the scope also ran code (a
+// reaching its new temporary table. (The drop is pgx's, DEALLOCATE ALL:
+// statements the scope PREPAREd in SQL before such a text are dropped
+// with it, and an EXECUTE of one after it fails with 26000; PREPARE them
+// after the search_path or setting is in place.) Where the scope also ran code (a
 // PL/pgSQL function), PostgreSQL's plans of that code are dropped too
 // (DISCARD PLANS). Settings declared with [NewSetting] are not read so
 // (see there). A statement whose result type changed since
