@@ -438,6 +438,13 @@ func noStateCrosses(t *testing.T, mode string) {
 func viaPgx(unit string) bool { return unit == "Pgx" || strings.HasSuffix(unit, "(pgx)") }
 
 func isInert(unit, name string) bool {
+	// A function named in U& form is one the text cannot name (it may be
+	// set_config of search_path): the statements prepared on the
+	// connection, the function's PREPARE among them, are dropped before
+	// the probe, the scope's next statement.
+	if name == "prepare in function named U& with UESCAPE" {
+		return true
+	}
 	for _, n := range inert[unit] {
 		if n == name {
 			return true
