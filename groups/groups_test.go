@@ -844,6 +844,84 @@ func TestSendAtCommitFailsGap(t *testing.T) {
 	}
 }
 
+// Over PostgreSQL, a gap owed (a Send at another pool's commit whose
+// publish failed, the engine's pool busy, and its gap with it) goes out
+// at the next send the engine's pool carries, as the layer's doc says:
+// a Send without a scope, or in the engine's pool's transaction once it
+// commits (never in one that rolls back). It was paid only by a send
+// through another pool or a reconnection of the listener, which stays up
+// while the pool is busy: with every later Send through the engine's pool
+// the message was lost without a gap.
+func TestOwedGapPaidByEngineSend(t *testing.T) {
+	t.Parallel()
+	env := pgtest.New(t)
+	p := dbctx.New(env.Open(t), &dbctx.Options{MaxWorkers: 1, MaxWaiting: -1, TransactionPooling: pgtest.Pooled()})
+	defer p.Close()
+	l, err := groups.New(groups.NewPostgres(p, &groups.PostgresOptions{
+		ListenDSN: env.DirectDSN(t), Namespace: env.Schema(), MaxPayload: 7999}), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	other := dbtest.NewSecondPool(t, env, nil)
+	ctx := context.Background()
+	r := &recorder{}
+	m := l.NewMember(r.handle, nil)
+	defer m.Close()
+	if err := m.Join(ctx, "tx"); err != nil {
+		t.Fatal(err)
+	}
+	// The engine's pool's only slot is taken: the publish at the other
+	// pool's commit, and its gap, get ErrBusy.
+	hold, held, done := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error { close(held); <-hold; return nil })
+	}()
+	<-held
+	err = other.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+		return dbctx.Atomic(ctx, func(ctx context.Context) error {
+			if _, err := s.ExecContext(ctx, "SELECT 1"); err != nil {
+				return err
+			}
+			return l.Send(ctx, "tx", []byte("lost"))
+		})
+	})
+	close(hold)
+	<-done
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A Send in the engine's pool's transaction, rolled back: nothing
+	// goes out, the gap stays owed.
+	rollback := errors.New("roll back")
+	err = p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+		return dbctx.Atomic(ctx, func(ctx context.Context) error {
+			if _, err := s.ExecContext(ctx, "SELECT 1"); err != nil {
+				return err
+			}
+			if err := l.Send(ctx, "tx", []byte("rolled back")); err != nil {
+				return err
+			}
+			return rollback
+		})
+	})
+	if !errors.Is(err, rollback) {
+		t.Fatal(err)
+	}
+	if err := l.Send(ctx, "tx", []byte("marker")); err != nil {
+		t.Fatal(err)
+	}
+	dbtest.Eventually(t, "the marker and the gap", func() bool { return r.n.Load() >= 2 })
+	time.Sleep(100 * time.Millisecond)
+	if got := events(r); got != "marker,gap" {
+		t.Fatalf("got %q, want the marker, then the gap owed", got)
+	}
+	if st := l.Stats(); st.Sent != 1 || st.Gaps != 1 {
+		t.Errorf("Sent %d, Gaps %d: want 1 (the marker), 1", st.Sent, st.Gaps)
+	}
+}
+
 // committedThenMarker sends a marker to group tx, and checks that r got
 // the message committed, then the marker, and nothing else.
 func committedThenMarker(t *testing.T, l *groups.Layer, r *recorder) {

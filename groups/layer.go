@@ -168,6 +168,12 @@ func (l *Layer) Send(ctx context.Context, group string, data []byte) error {
 			// It goes out at the commit of ctx's transaction, if any:
 			// counted then, as a deferred send is.
 			dbctx.OnCommit(ctx, l.countSent)
+			if l.owing.Load() {
+				// The engine carries again: the gaps owed go out once
+				// this send has (never in its transaction, which may
+				// roll back).
+				dbctx.OnCommit(ctx, func() { l.payGaps(context.WithoutCancel(ctx)) })
+			}
 			return nil
 		}
 	}
