@@ -202,8 +202,8 @@ var ErrPooledListener = errors.New("groups: the listener's connection goes throu
 // current_database() and pg_control_system()'s system_identifier tell):
 // the NOTIFYs of the pool's commits would never reach the listener, and
 // nothing would be delivered, without an error. Where either side cannot
-// answer (the pool unavailable, pg_control_system() not granted), the
-// check is skipped.
+// answer (the pool unavailable, or silent for 3 seconds;
+// pg_control_system() not granted), the check is skipped.
 var ErrListenerDatabase = errors.New("groups: the listener's connection reaches another database than the pool's; the NOTIFYs of the pool's commits never reach it (PostgresOptions.ListenDSN)")
 
 // ErrStandbyListener is returned by [New] over [NewPostgres] where
@@ -305,7 +305,13 @@ func (e *Postgres) Start(in Inbox) error {
 		}
 		return fmt.Errorf("groups: the listener's connection: %w", err)
 	}
-	if err := e.sameDatabase(ctx, conn); err != nil {
+	// The pool may not answer (its pooler down, a host that accepts and
+	// never answers): the check is skipped then, within a bound of its
+	// own, and leaves the table's check its time.
+	sctx, scancel := context.WithTimeout(ctx, sameDatabaseTimeout)
+	err = e.sameDatabase(sctx, conn)
+	scancel()
+	if err != nil {
 		conn.Close(context.Background())
 		e.cancel()
 		return err
@@ -321,6 +327,10 @@ func (e *Postgres) Start(in Inbox) error {
 	go e.listen(conn)
 	return nil
 }
+
+// sameDatabaseTimeout bounds sameDatabase, the pool's side mostly: the
+// check is skipped where the pool does not answer within it.
+const sameDatabaseTimeout = 3 * time.Second
 
 // identitySQL names the database a connection reaches: the cluster's
 // system identifier and the database's name.

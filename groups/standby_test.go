@@ -2,10 +2,14 @@ package groups_test
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"log/slog"
+	"net"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/dbscope/dbscope/dbctx"
 	"github.com/dbscope/dbscope/groups"
@@ -111,4 +115,57 @@ func TestListenerOnAnotherDatabase(t *testing.T) {
 		t.Fatal(err)
 	}
 	l.Close()
+}
+
+// Start's check that the listener reaches the pool's database is skipped
+// where the pool cannot answer, as ErrListenerDatabase's doc says: a pool
+// whose address accepts and never answers (a pooler hung, a host behind
+// a firewall) took the whole of Start's 10 seconds, and New then failed
+// the check of the table of large messages with "context deadline
+// exceeded", though the listener reached the database.
+func TestListenerCheckPoolStalled(t *testing.T) {
+	t.Parallel()
+	env := pgtest.New(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var conns []net.Conn
+	var mu sync.Mutex
+	defer func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c) // accepted, never answered
+			mu.Unlock()
+		}
+	}()
+	db, err := sql.Open("pgx", env.DSNVia(ln.Addr().String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	p := dbctx.New(db, &dbctx.Options{Logger: slog.New(slog.DiscardHandler)})
+	defer p.Close()
+	start := time.Now()
+	l, err := groups.New(groups.NewPostgres(p, &groups.PostgresOptions{
+		ListenDSN: env.DirectDSN(t), Namespace: env.Schema()}), nil)
+	if err != nil {
+		t.Fatalf("New after %v: %v", time.Since(start), err)
+	}
+	l.Close()
+	if d := time.Since(start); d > 8*time.Second {
+		t.Errorf("New took %v", d)
+	}
 }
