@@ -922,6 +922,58 @@ func TestOwedGapPaidByEngineSend(t *testing.T) {
 	}
 }
 
+// A layer closed while it owes a gap (a Send at another pool's commit
+// whose publish failed, and its gap with it, the engine's pool busy)
+// pays it as it closes: members on other instances were never told of
+// the lost message.
+func TestOwedGapPaidAtClose(t *testing.T) {
+	t.Parallel()
+	env := pgtest.New(t)
+	b := instances(t, env, "postgres", 1)[0]
+	r := &recorder{}
+	m := b.layer.NewMember(r.handle, nil)
+	defer m.Close()
+	ctx := context.Background()
+	if err := m.Join(ctx, "tx"); err != nil {
+		t.Fatal(err)
+	}
+	p := dbctx.New(env.Open(t), &dbctx.Options{MaxWorkers: 1, MaxWaiting: -1, TransactionPooling: pgtest.Pooled()})
+	defer p.Close()
+	a, err := groups.New(groups.NewPostgres(p, &groups.PostgresOptions{
+		ListenDSN: env.DirectDSN(t), Namespace: env.Schema(), MaxPayload: 7999}), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	other := dbtest.NewSecondPool(t, env, nil)
+	hold, held, done := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error { close(held); <-hold; return nil })
+	}()
+	<-held
+	err = other.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+		return dbctx.Atomic(ctx, func(ctx context.Context) error {
+			if _, err := s.ExecContext(ctx, "SELECT 1"); err != nil {
+				return err
+			}
+			return a.Send(ctx, "tx", []byte("lost"))
+		})
+	})
+	close(hold)
+	<-done
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	dbtest.Eventually(t, "the gap owed", func() bool { return r.n.Load() >= 1 })
+	if got := events(r); got != "gap" {
+		t.Fatalf("got %q, want the gap owed", got)
+	}
+}
+
 // committedThenMarker sends a marker to group tx, and checks that r got
 // the message committed, then the marker, and nothing else.
 func committedThenMarker(t *testing.T, l *groups.Layer, r *recorder) {

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
+	"time"
 	"unicode/utf8"
 
 	"github.com/dbscope/dbscope/dbctx"
@@ -88,13 +89,29 @@ func New(engine Engine, opts *Options) (*Layer, error) {
 }
 
 // Close stops the engine. Members are their owners' to close; sends fail
-// with ErrClosed afterwards.
+// with ErrClosed afterwards. The gaps owed (see Send) go out first, where
+// the engine carries them within closeGapsTimeout; those that cannot are
+// logged.
 func (l *Layer) Close() error {
 	if l.closed.Swap(true) {
 		return nil
 	}
+	if l.owing.Load() {
+		ctx, cancel := context.WithTimeout(context.Background(), closeGapsTimeout)
+		l.payGaps(ctx)
+		cancel()
+		l.owedMu.Lock()
+		n := len(l.owed)
+		l.owedMu.Unlock()
+		if n > 0 {
+			l.log.Warn("groups: closed with gaps the engine could not carry: the members of other instances are not told of messages lost", "groups", n)
+		}
+	}
 	return l.engine.Close()
 }
+
+// closeGapsTimeout bounds Close's publish of the gaps owed.
+const closeGapsTimeout = 5 * time.Second
 
 // Ready reports the engine's state: nil when it delivers (for a readiness
 // probe).
