@@ -46,6 +46,11 @@ type Layer struct {
 	origin [4]byte // this layer's part of every message id
 	seq    atomic.Uint64
 
+	// Messages dropped as not made by this package (any role may NOTIFY a
+	// group's channel), and when the last warning of them was logged.
+	foreign       atomic.Int64
+	foreignLogged atomic.Int64 // unix nanoseconds
+
 	subMu  sync.Mutex // orders the engine's Subscribe and Unsubscribe calls
 	mu     sync.RWMutex
 	groups map[string]map[*Member]struct{}
@@ -382,6 +387,17 @@ func indexByte(b []byte, c byte) int {
 	return -1
 }
 
+// dropForeign counts a message not made by this package, and warns of
+// it at most once a minute, with how many were dropped in all: whoever
+// may NOTIFY a group's channel must not flood the log.
+func (l *Layer) dropForeign(err error) {
+	n := l.foreign.Add(1)
+	now, last := time.Now().UnixNano(), l.foreignLogged.Load()
+	if (last == 0 || now-last >= int64(time.Minute)) && l.foreignLogged.CompareAndSwap(last, now) {
+		l.log.Warn("groups: dropped a message not made by this package", "err", err, "dropped", n)
+	}
+}
+
 // inbox is where the engine hands what arrives.
 type inbox struct{ l *Layer }
 
@@ -393,7 +409,7 @@ func (in inbox) Deliver(payload []byte) {
 		return
 	}
 	if err != nil {
-		l.log.Warn("groups: dropped a message not made by this package", "err", err)
+		l.dropForeign(err)
 		return
 	}
 	// Queued under the read lock rather than from a copy of the group's

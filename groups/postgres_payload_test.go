@@ -781,3 +781,48 @@ func TestPostgresOptionsPanic(t *testing.T) {
 		groups.NewPostgres(pool, &groups.PostgresOptions{ListenDSN: "unused", PayloadTable: name})
 	}
 }
+
+// Whoever may NOTIFY a group's channel (any role of the database) can
+// send what the package did not make: each is dropped, and the warning
+// of them comes at most once a minute, with how many were dropped, not
+// once each (a role sending thousands would flood the log). The message
+// sent after them arrives.
+func TestForeignMessagesWarnedOnce(t *testing.T) {
+	t.Parallel()
+	env := pgtest.New(t)
+	p := dbctx.New(env.Open(t), &dbctx.Options{MaxWorkers: 2, TransactionPooling: pgtest.Pooled()})
+	e := groups.NewPostgres(p, &groups.PostgresOptions{ListenDSN: env.DirectDSN(t), Namespace: env.Schema(), SampleEvery: 100 * time.Millisecond})
+	logs, logger := dbtest.NewLogs()
+	l, err := groups.New(e, &groups.Options{Logger: logger})
+	if err != nil {
+		p.Close()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		l.Close()
+		dbtest.Clean(t, p, env)
+		p.Close()
+	})
+	r := &recorder{}
+	m := l.NewMember(r.handle, nil)
+	defer m.Close()
+	ctx := context.Background()
+	if err := m.Join(ctx, "g"); err != nil {
+		t.Fatal(err)
+	}
+	const forged = 200
+	if _, err := env.Admin().ExecContext(ctx, "SELECT pg_notify($1, CASE WHEN n % 2 = 0 THEN 'hello ' || n ELSE 'r|zzzzzzzz-zzzz-zzzz-zzzz-zzzzzzzzzzzz|g' END) FROM generate_series(1, $2) AS n",
+		e.ChannelOf("g"), forged); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Send(ctx, "g", []byte("marker")); err != nil {
+		t.Fatal(err)
+	}
+	dbtest.Eventually(t, "the marker", func() bool { return r.n.Load() >= 1 })
+	if got := r.got(); len(got) != 1 || string(got[0].Data) != "marker" {
+		t.Errorf("got %+v, want the marker alone", got)
+	}
+	if n := logs.Count(slog.LevelWarn, "groups: dropped a message not made by this package"); n != 1 {
+		t.Errorf("%d warnings of the %d dropped, want 1", n, forged)
+	}
+}
