@@ -112,8 +112,10 @@ type PostgresOptions struct {
 // where the listener's role cannot, or may not SELECT, UPDATE and DELETE
 // its rows, or where the listener's transactions are read-only
 // (default_transaction_read_only, a standby). Create it beforehand then,
-// granting INSERT to the pool's role (a Send without it fails with
-// PostgreSQL's error) and SELECT, UPDATE, DELETE to the listener's:
+// granting INSERT to the pool's role, with USAGE on the table's schema (a
+// Send names the table by the schema the listener found it in; without
+// either it fails with PostgreSQL's error), and SELECT, UPDATE, DELETE to
+// the listener's:
 //
 //	CREATE UNLOGGED TABLE dbscope_groups_payloads (
 //		id      uuid PRIMARY KEY,
