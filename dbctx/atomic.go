@@ -365,12 +365,24 @@ func commitUnknown(err error) bool {
 	case err == context.Canceled, err == context.DeadlineExceeded:
 		return false // not sent: its context ended first (commitOn)
 	case errors.As(err, &pe):
-		return false // answered
+		// Answered, by the server; not by PgBouncer saying its server
+		// connection failed under the COMMIT (a backend terminated
+		// while its commit waited for a synchronous standby, committed
+		// locally): that is the connection failing before the server's
+		// answer.
+		return poolerLostServer(pe)
 	}
 	// pgconn's word (SafeToRetry) is no help here: a connection that
 	// fails while its answer is awaited is reported as "conn closed",
 	// safe to retry, and so by database/sql as driver.ErrBadConn.
 	return true
+}
+
+// poolerLostServer reports whether pe is PgBouncer's word that the server
+// connection of the client's statement failed while it ran ("server conn
+// crashed?", 08P01): the server's answer, if any, was not read.
+func poolerLostServer(pe *pgconn.PgError) bool {
+	return pe.Code == "08P01" && pe.Message == "server conn crashed?"
 }
 
 // txAborted reports whether c's transaction is aborted (SQLSTATE 25P02
