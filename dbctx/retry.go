@@ -200,12 +200,13 @@ const msgPoolerFull = "dbctx: PgBouncer found no free server connection within i
 // commits as it ends; not after a BEGIN of Atomic's, of SQL or of
 // BeginTx, which the server's last status may not show yet: sent in the
 // statement's round trip), the connection failed before the server's
-// answer (no error of the server's, pgconn closed), and not because ctx
+// answer (no error of the server's, PgBouncer's word that its server
+// connection failed excepted; pgconn closed), and not because ctx
 // ended (the caller gave up: that is its news). c is nil where a retry
 // found no connection: that retry sent nothing.
 func (s *Scope) outcomeUnknown(ctx context.Context, c *session, err error, open bool) bool {
 	var pe *pgconn.PgError
-	if c == nil || !open || ctx.Err() != nil || errors.As(err, &pe) ||
+	if c == nil || !open || ctx.Err() != nil || errors.As(err, &pe) && !poolerLostServer(pe) ||
 		s.atomic > 0 || c.inRawTx() || len(c.pin.txs) > 0 {
 		return false
 	}

@@ -3,8 +3,10 @@ package middleware_test
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -19,13 +21,11 @@ import (
 	"github.com/dbscope/dbscope/middleware"
 )
 
-// Behind PgBouncer, a COMMIT whose backend is terminated while it waits
-// for a synchronous standby (committed locally) is answered by PgBouncer
-// with "server conn crashed?" (08P01), not by the server: its outcome is
-// unknown (dbctx.ErrCommitUnknown), not "not committed". It was reported
-// as a failed commit: the work did not happen, while PostgreSQL held the
-// row. PgBouncer of the test's own, before a cluster of the test's own.
-func TestAtomicCommitUnknownBehindPgBouncer(t *testing.T) {
+// bouncerSyncRep starts a cluster whose commits wait for a standby that
+// never comes, and a PgBouncer (transaction pooling) of its own before it;
+// it returns a superuser's *sql.DB on the cluster and a pool of role app
+// through PgBouncer. Skips where either cannot start.
+func bouncerSyncRep(t *testing.T) (*sql.DB, *dbctx.Pool) {
 	if _, err := exec.LookPath("pgbouncer"); err != nil {
 		t.Skip("no pgbouncer")
 	}
@@ -42,7 +42,12 @@ func TestAtomicCommitUnknownBehindPgBouncer(t *testing.T) {
 	os.Chmod(dir, 0o777)
 	os.Chmod(host, 0o755)
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	bport := 26400 + os.Getpid()%1000
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bport := l.Addr().(*net.TCPAddr).Port
+	l.Close()
 	ini := fmt.Sprintf(`[databases]
 * = host=%s port=%s
 [pgbouncer]
@@ -63,7 +68,13 @@ ignore_startup_parameters = extra_float_digits,application_name
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	time.Sleep(500 * time.Millisecond)
+	eventually(t, "PgBouncer to listen", func() bool {
+		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", bport))
+		if c != nil {
+			c.Close()
+		}
+		return err == nil
+	})
 	admin := openBouncerTest(t, srv.URL)
 	mustBouncerTest(t, admin, "CREATE TABLE t (n int)")
 	mustBouncerTest(t, admin, "ALTER ROLE postgres SET synchronous_commit = local")
@@ -76,7 +87,30 @@ ignore_startup_parameters = extra_float_digits,application_name
 	mustBouncerTest(t, admin, "GRANT ALL ON t TO app")
 	bdsn := fmt.Sprintf("postgres://app@127.0.0.1:%d/postgres?sslmode=disable&default_query_exec_mode=exec", bport)
 	p := dbctx.New(openBouncerTest(t, bdsn), &dbctx.Options{Logger: discardLogger(), TransactionPooling: true})
-	defer p.Close()
+	t.Cleanup(func() { p.Close() })
+	return admin, p
+}
+
+// endSyncRepWait terminates the backend of role app whose commit waits for
+// the standby, then lets later commits go.
+func endSyncRepWait(t *testing.T, admin *sql.DB) {
+	eventually(t, "the COMMIT waiting for the standby, its backend terminated", func() bool {
+		var n int
+		return admin.QueryRow(`SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+			WHERE usename = 'app' AND wait_event = 'SyncRep'`).Scan(&n) == nil && n > 0
+	})
+	mustBouncerTest(t, admin, "ALTER SYSTEM SET synchronous_standby_names = ''")
+	mustBouncerTest(t, admin, "SELECT pg_reload_conf()")
+}
+
+// Behind PgBouncer, a COMMIT whose backend is terminated while it waits
+// for a synchronous standby (committed locally) is answered by PgBouncer
+// with "server conn crashed?" (08P01), not by the server: its outcome is
+// unknown (dbctx.ErrCommitUnknown), not "not committed". It was reported
+// as a failed commit: the work did not happen, while PostgreSQL held the
+// row. PgBouncer of the test's own, before a cluster of the test's own.
+func TestAtomicCommitUnknownBehindPgBouncer(t *testing.T) {
+	admin, p := bouncerSyncRep(t)
 	logs, logger := dbtest.NewLogs()
 	atomic := middleware.AtomicWithOpts(&middleware.AtomicOptions{Logger: logger})
 	h := middleware.DB(p)(atomic(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -98,13 +132,7 @@ ignore_startup_parameters = extra_float_digits,application_name
 		c, b, hd := get(t, s.URL)
 		done <- res{c, hd, b}
 	}()
-	eventually(t, "the COMMIT waiting for the standby, its backend terminated", func() bool {
-		var n int
-		return admin.QueryRow(`SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-			WHERE usename = 'app' AND wait_event = 'SyncRep'`).Scan(&n) == nil && n > 0
-	})
-	mustBouncerTest(t, admin, "ALTER SYSTEM SET synchronous_standby_names = ''")
-	mustBouncerTest(t, admin, "SELECT pg_reload_conf()")
+	endSyncRepWait(t, admin)
 	r := <-done
 	var n int
 	admin.QueryRow("SELECT count(*) FROM t").Scan(&n)
@@ -115,6 +143,30 @@ ignore_startup_parameters = extra_float_digits,application_name
 	if r.code != http.StatusInternalServerError || r.hdr.Get("Retry-After") != "" ||
 		logs.Count(slog.LevelError, "middleware: Atomic request's commit outcome unknown") != 1 {
 		t.Errorf("a committed row answered %d (Retry-After %q), logged: %s; want 500, its outcome unknown", r.code, r.hdr.Get("Retry-After"), logs.String())
+	}
+}
+
+// So for a statement outside a transaction, which commits as it ends.
+func TestStatementCommitUnknownBehindPgBouncer(t *testing.T) {
+	admin, p := bouncerSyncRep(t)
+	done := make(chan error, 1)
+	go func() {
+		done <- p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+			_, err := s.ExecContext(ctx, "INSERT INTO t VALUES (1)")
+			return err
+		})
+	}()
+	endSyncRepWait(t, admin)
+	err := <-done
+	var n int
+	if qerr := admin.QueryRow("SELECT count(*) FROM t").Scan(&n); qerr != nil {
+		t.Fatal(qerr)
+	}
+	if n != 1 {
+		t.Skipf("the INSERT did not commit (%d rows): %v", n, err)
+	}
+	if !errors.Is(err, dbctx.ErrCommitUnknown) {
+		t.Errorf("an INSERT committed as its backend ended: %v; want ErrCommitUnknown", err)
 	}
 }
 
