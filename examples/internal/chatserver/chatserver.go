@@ -182,7 +182,10 @@ func Run(ctx context.Context, cfg Config, routes func(*App) http.Handler) error 
 			ReadHeaderTimeout: 10 * time.Second,
 			// A keep-alive connection between requests is closed after
 			// two idle minutes (net/http's default: never); websockets,
-			// hijacked, have IdleTimeout of wsconsumer's own.
+			// hijacked, are not subject to it: MaxSockets bounds them,
+			// and pings end those whose client is gone
+			// (wsconsumer.Options.IdleTimeout, not set here, would
+			// close a room's silent readers).
 			IdleTimeout: 2 * time.Minute,
 			// Each socket keeps its upgrade request: headers of a few
 			// KiB, not net/http's default bound of 1 MiB.
