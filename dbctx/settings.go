@@ -63,11 +63,17 @@ var settingsDeclared atomic.Bool
 // prepared: pass dates and times as arguments.) It panics too on a custom
 // setting under a prefix that a module of PostgreSQL's reserves
 // (plpgsql.…, pg_stat_statements.…) and that the module does not define
-// (plpgsql.variable_conflict may be declared), which the module's library
+// (plpgsql.variable_conflict may be declared: see below), which the module's library
 // removes from the session as it loads (plpgsql's at the first call of a PL/pgSQL
 // function, also one a view calls): the statements after it would run
 // without the value, and no error. An extension of another source may
 // reserve its own prefix the same way: use one of your own (app.tenant).
+// A setting the module defines for superusers only (plpgsql.variable_conflict,
+// auto_explain's, pg_stat_statements.track…), declared by a role that may
+// not SET it (not a superuser, no GRANT SET ON PARAMETER), is taken as a
+// placeholder until the library loads; then PostgreSQL drops it with a
+// WARNING: the statement that loaded it ran without the value, and no
+// error, and the next ones fail (42501).
 //
 // A search_path (or a role, which "$user" puts in it) declared with
 // different values for different units reaches, with the same statement
