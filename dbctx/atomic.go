@@ -665,6 +665,13 @@ func (s *Scope) savepoint(ctx context.Context, fn func(ctx context.Context) erro
 		return ferr
 	}
 	if err := s.txStatement(ctx, "RELEASE SAVEPOINT "+name, 0); err != nil {
+		if sqlState(err) == "25P02" {
+			// A statement of fn failed, and fn returned nil: the
+			// transaction is aborted, nothing of it commits, as a
+			// COMMIT answered ROLLBACK says (middleware.Atomic mounted
+			// twice sends a handler's 4xx then).
+			err = fmt.Errorf("%w: %w", errCommitRollback, err)
+		}
 		s.doom(err)
 		return err
 	}
