@@ -21,6 +21,7 @@ var AtomicOutside func(ctx context.Context) bool
 var OnCommitOrUnknown func(ctx context.Context, fn, unknown func())
 
 // ErrCommitRollback is in the error of an Atomic whose COMMIT the server
-// answered ROLLBACK: a statement of the transaction had failed, so nothing
-// of it was committed (middleware.Atomic sends a handler's 4xx then).
+// answered ROLLBACK, or of a nested Atomic whose RELEASE it refused
+// (25P02): a statement of the transaction had failed, so nothing of it was
+// committed (middleware.Atomic sends a handler's 4xx then).
 var ErrCommitRollback = errors.New("transaction rolled back: an earlier statement in it failed")
