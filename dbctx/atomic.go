@@ -295,7 +295,11 @@ func (s *Scope) endTx(ctx context.Context, commit bool) error {
 		// session lost before: nothing to commit or roll back, and the
 		// scope's statements fail until its boundary.
 		if commit {
-			return errors.Join(fmt.Errorf("%w: the transaction was lost with its connection", ErrSessionLost), ctx.Err())
+			err := fmt.Errorf("%w: the transaction was lost with its connection", ErrSessionLost)
+			if s.lostWhy == discardBroken || s.lostWhy == discardDead {
+				err = connFailedError{err}
+			}
+			return errors.Join(err, ctx.Err())
 		}
 		return nil
 	}
@@ -426,7 +430,7 @@ func (s *Scope) runCommit(ctx context.Context, c *session, tag *string) error {
 
 // errNotSent is a COMMIT not sent: the connection was closed, or its
 // peer had closed it, before (see runTxEnd).
-var errNotSent = fmt.Errorf("%w: the connection was closed before COMMIT was sent; the transaction is lost with it", ErrSessionLost)
+var errNotSent error = connFailedError{fmt.Errorf("%w: the connection was closed before COMMIT was sent; the transaction is lost with it", ErrSessionLost)}
 
 // commitOn is runCommit's COMMIT; sent is cleared where it was not sent.
 func (s *Scope) commitOn(ctx context.Context, c *session, tag *string, sent *bool) error {

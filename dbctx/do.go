@@ -111,7 +111,7 @@ func (s *Scope) do(ctx context.Context, fn func(ctx context.Context, s *Scope) e
 				// (at once, for an outermost Do), and that Atomic does
 				// not commit.
 				s.unpin(discardPanic)
-				s.loseSession()
+				s.loseSession(discardPanic)
 			}
 			discardOthers(ctx, s)
 		}

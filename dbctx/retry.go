@@ -162,12 +162,12 @@ func (s *Scope) observe(ctx context.Context, err error, first bool) (out error) 
 		if !c.pin.bad {
 			c.pin.bad, c.pin.badWhy = true, why
 		}
-		s.loseSession()
+		s.loseSession(why)
 		return fmt.Errorf("%w: %w", ErrSessionLost, err)
 	}
 	s.unpin(why)
 	if !first {
-		s.loseSession()
+		s.loseSession(why)
 		return fmt.Errorf("%w: %w", ErrSessionLost, err)
 	}
 	return err

@@ -5,6 +5,8 @@ import (
 	"net"
 	"sync"
 	"time"
+
+	"github.com/dbscope/dbscope/internal/scopes"
 )
 
 // Scope is a connection-scoped database handle. It takes a worker slot and
@@ -62,9 +64,10 @@ type Scope struct {
 
 	async    bool
 	ended    bool
-	slot     bool // holds a worker slot
-	reserved bool // the slot is held until End (Reserve)
-	lost     bool // the session was lost after statements ran on it (see observe)
+	slot     bool          // holds a worker slot
+	reserved bool          // the slot is held until End (Reserve)
+	lost     bool          // the session was lost after statements ran on it (see observe)
+	lostWhy  discardReason // why, where lost: the first cause
 }
 
 // scopeExtra is the part of a Scope that only Atomic uses, allocated on
@@ -81,15 +84,26 @@ type scopeExtra struct {
 	lost       bool       // the running Atomic's session was lost, or a statement of it refused for a session lost before (see loseSession)
 }
 
-// loseSession marks the scope's session lost (see observe): its
+// loseSession marks the scope's session lost (see observe) for why: its
 // statements fail with ErrSessionLost until its boundary, and a running
 // Atomic does not commit. Under s.mu.
-func (s *Scope) loseSession() {
-	s.lost = true
+func (s *Scope) loseSession(why discardReason) {
+	if !s.lost {
+		s.lost, s.lostWhy = true, why
+	}
 	if s.atomic > 0 {
 		s.x.lost = true
 	}
 }
+
+// connFailedError is an error of a session lost because its connection
+// failed (the server ended it, the network), not for a cause of the
+// unit's own (a panic, its context ending mid-statement):
+// internal/scopes.ErrConnectionFailed is in it.
+type connFailedError struct{ error }
+
+func (e connFailedError) Unwrap() error      { return e.error }
+func (connFailedError) Is(target error) bool { return target == scopes.ErrConnectionFailed }
 
 // atomicTxOpen reports whether an Atomic runs and has begun its
 // transaction.
@@ -214,7 +228,7 @@ func (s *Scope) pinned(ctx context.Context) (*session, error) {
 	}
 	if err := s.usable(); err != nil {
 		if s.lost {
-			s.loseSession() // a statement of a running Atomic refused
+			s.loseSession(s.lostWhy) // a statement of a running Atomic refused
 		}
 		return nil, err
 	}

@@ -62,9 +62,13 @@ func Atomic(next http.Handler) http.Handler {
 // logged at Debug: PostgreSQL rolled the transaction back, and nothing of
 // it, the statements before the failed one included, was committed; a 2xx
 // or 3xx written over a failed statement becomes 500, as a failed commit
-// does. So where Atomic is mounted twice (the inner one a savepoint). A transaction whose connection was lost before COMMIT was sent
-// (dbctx.ErrSessionLost: a backend terminated, a failover) committed
-// nothing: 503 with Retry-After, logged at Warn. A commit whose outcome is
+// does. So where Atomic is mounted twice (the inner one a savepoint). A
+// transaction whose connection failed before COMMIT was sent
+// (dbctx.ErrSessionLost, the server's or the network's doing: a backend
+// terminated, a failover) committed nothing: 503 with Retry-After, logged
+// at Warn; one lost for a cause of the handler's own (a panic in a
+// dbctx.Do inside it, a context of its own ending mid-statement) is a
+// 500, logged at Error. A commit whose outcome is
 // unknown (dbctx.ErrCommitUnknown:
 // the connection failed after COMMIT was sent, and PostgreSQL may have
 // committed) becomes 500, without Retry-After, logged at Error as such.
@@ -128,7 +132,7 @@ func AtomicWithOpts(opts *AtomicOptions) func(http.Handler) http.Handler {
 				logattrs.Log(ctx, o.Logger, o.LogAttrs, slog.LevelError, "middleware: Atomic request's commit outcome unknown",
 					slog.String("path", r.URL.Path), slog.Any("err", err))
 				http.Error(w, http.StatusText(http.StatusInternalServerError), http.StatusInternalServerError)
-			case errors.Is(err, dbctx.ErrSessionLost) && ctx.Err() == nil:
+			case errors.Is(err, scopes.ErrConnectionFailed) && ctx.Err() == nil:
 				// The connection failed before COMMIT was sent (a
 				// backend terminated, idle_in_transaction_session_timeout,
 				// a failover): nothing committed, and the request may be

@@ -3,6 +3,7 @@ package middleware_test
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -526,6 +527,48 @@ func TestAtomicConnectionLostBeforeCommit(t *testing.T) {
 	}
 	if n := logs.Count(slog.LevelWarn, "middleware: Atomic request not committed: its connection was lost"); n != 1 {
 		t.Errorf("%d warnings of the lost connection, want 1: %s", n, logs.String())
+	}
+	if n := countRows(t, env); n != 0 {
+		t.Errorf("%d rows committed, want none", n)
+	}
+}
+
+// A panic in a dbctx.Do inside Atomic (recovered by Do, the handler told
+// with a *dbctx.PanicError) loses the transaction with its connection,
+// which Do discards: no connection failed, so the request is a 500 logged
+// at Error, not the 503 with Retry-After of a connection the server or
+// the network ended (a retry would meet the same bug).
+func TestAtomicDoPanicNotAnOutage(t *testing.T) {
+	t.Parallel()
+	p, env := newPool(t, nil)
+	createTable(t, env)
+	logs, logger := dbtest.NewLogs()
+	atomicMW := middleware.AtomicWithOpts(&middleware.AtomicOptions{Logger: logger})
+	srv := serve(t, middleware.DB(p)(atomicMW(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx := r.Context()
+		if _, err := dbctx.From(ctx).ExecContext(ctx, "INSERT INTO t VALUES (1)"); err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		err := dbctx.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+			if _, err := s.ExecContext(ctx, "SELECT 1"); err != nil {
+				return err
+			}
+			panic("a bug")
+		})
+		var pe *dbctx.PanicError
+		if !errors.As(err, &pe) {
+			http.Error(w, "no PanicError", http.StatusInternalServerError)
+			return
+		}
+		http.Error(w, "cannot process", http.StatusUnprocessableEntity)
+	}))))
+	code, body, hdr := get(t, srv.URL)
+	if code != http.StatusInternalServerError || hdr.Get("Retry-After") != "" {
+		t.Errorf("got %d %q (Retry-After %q), want 500 without Retry-After", code, body, hdr.Get("Retry-After"))
+	}
+	if logs.Count(slog.LevelError, "middleware: Atomic request not committed") != 1 {
+		t.Errorf("want the request logged at Error: %s", logs.String())
 	}
 	if n := countRows(t, env); n != 0 {
 		t.Errorf("%d rows committed, want none", n)

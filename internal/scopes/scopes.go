@@ -25,3 +25,9 @@ var OnCommitOrUnknown func(ctx context.Context, fn, unknown func())
 // (25P02): a statement of the transaction had failed, so nothing of it was
 // committed (middleware.Atomic sends a handler's 4xx then).
 var ErrCommitRollback = errors.New("transaction rolled back: an earlier statement in it failed")
+
+// ErrConnectionFailed is in the error of an Atomic whose transaction was
+// lost because its connection failed (the server ended the session, the
+// network), not for a cause of the unit's own (a panic in a Do inside it,
+// a context ending mid-statement): middleware.Atomic answers it 503.
+var ErrConnectionFailed = errors.New("the connection failed")
