@@ -873,25 +873,7 @@ func TestOwedGapPaidByEngineSend(t *testing.T) {
 	}
 	// The engine's pool's only slot is taken: the publish at the other
 	// pool's commit, and its gap, get ErrBusy.
-	hold, held, done := make(chan struct{}), make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(done)
-		p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error { close(held); <-hold; return nil })
-	}()
-	<-held
-	err = other.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
-		return dbctx.Atomic(ctx, func(ctx context.Context) error {
-			if _, err := s.ExecContext(ctx, "SELECT 1"); err != nil {
-				return err
-			}
-			return l.Send(ctx, "tx", []byte("lost"))
-		})
-	})
-	close(hold)
-	<-done
-	if err != nil {
-		t.Fatal(err)
-	}
+	sendAtCommitEngineBusy(t, p, other, l, "tx")
 	// A Send in the engine's pool's transaction, rolled back: nothing
 	// goes out, the gap stays owed.
 	rollback := errors.New("roll back")
@@ -946,25 +928,7 @@ func TestOwedGapPaidAtClose(t *testing.T) {
 	}
 	defer a.Close()
 	other := dbtest.NewSecondPool(t, env, nil)
-	hold, held, done := make(chan struct{}), make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(done)
-		p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error { close(held); <-hold; return nil })
-	}()
-	<-held
-	err = other.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
-		return dbctx.Atomic(ctx, func(ctx context.Context) error {
-			if _, err := s.ExecContext(ctx, "SELECT 1"); err != nil {
-				return err
-			}
-			return a.Send(ctx, "tx", []byte("lost"))
-		})
-	})
-	close(hold)
-	<-done
-	if err != nil {
-		t.Fatal(err)
-	}
+	sendAtCommitEngineBusy(t, p, other, a, "tx")
 	if err := a.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -1113,4 +1077,31 @@ func TestBusyMemberQueueBounded(t *testing.T) {
 		step <- struct{}{}
 	}
 	dbtest.Eventually(t, "every event", func() bool { return got.Load() == n+8 })
+}
+
+// sendAtCommitEngineBusy holds the only slot of p, the engine's pool,
+// while an Atomic of other sends "lost" to group through l at its commit:
+// the publish, and its gap, get ErrBusy; the Atomic itself commits.
+func sendAtCommitEngineBusy(t *testing.T, p, other *dbctx.Pool, l *groups.Layer, group string) {
+	t.Helper()
+	ctx := context.Background()
+	hold, held, done := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error { close(held); <-hold; return nil })
+	}()
+	<-held
+	err := other.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+		return dbctx.Atomic(ctx, func(ctx context.Context) error {
+			if _, err := s.ExecContext(ctx, "SELECT 1"); err != nil {
+				return err
+			}
+			return l.Send(ctx, group, []byte("lost"))
+		})
+	})
+	close(hold)
+	<-done
+	if err != nil {
+		t.Fatal(err)
+	}
 }
