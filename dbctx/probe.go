@@ -49,7 +49,9 @@ import (
 // misconfiguration: from the probe's finding on, units of work get
 // ErrMisconfigured at once, without a connect, but for one connect tried
 // for real once per probeEvery (its success ends it), while the *sql.DB
-// holds no idle connection.
+// holds no idle connection; and meanwhile, once a second at most while
+// units are refused so, an SSLRequest asks the address again, in the
+// background, so that PostgreSQL answering there again ends it at once.
 
 // probeEvery is how often at most a pool probes an address.
 const probeEvery = 30 * time.Second
@@ -75,6 +77,9 @@ type probes struct {
 	cause   error             // the latest of found, as refused returns it
 	until   time.Time         // refused fails at once before, then lets one connect through
 	every   time.Duration     // probeEvery; tests shorten it
+	addr    string            // the address of cause
+	recheck time.Time         // no recheck of addr before (see refused)
+	checks  bool              // a recheck runs
 	wg      sync.WaitGroup
 	done    int64 // probes ended, for tests
 }
@@ -125,8 +130,9 @@ func (p *Pool) runProbe(ctx context.Context, addr string, err error) {
 			pr.found = map[string]string{}
 		}
 		pr.found[addr] = what
-		pr.cause = &notPostgresError{addr: addr, what: what}
+		pr.cause, pr.addr = &notPostgresError{addr: addr, what: what}, addr
 		pr.until = time.Now().Add(pr.period())
+		pr.recheck = time.Now().Add(recheckEvery)
 		pr.refuse.Store(true)
 	}
 	pr.mu.Unlock()
@@ -162,11 +168,62 @@ func (p *Pool) refused() error {
 	if pr.cause == nil {
 		return nil
 	}
-	if now := time.Now(); !now.Before(pr.until) {
+	now := time.Now()
+	if !now.Before(pr.until) {
 		pr.until = now.Add(pr.period())
 		return nil
 	}
+	if !pr.checks && !now.Before(pr.recheck) && p.closing.Err() == nil {
+		pr.checks, pr.recheck = true, now.Add(recheckEvery)
+		pr.wg.Add(1)
+		go p.recheckAddr(p.closing, pr.addr)
+	}
 	return pr.cause
+}
+
+// recheckEvery is how often at most, while refused fails units at once,
+// the address is asked again, in the background, whether PostgreSQL
+// answers there now (an SSLRequest: no slot is held, no ConnectTimeout
+// waited): where it does, what the probe found is forgotten, and the
+// next unit connects for real, rather than a probe period later.
+const recheckEvery = time.Second
+
+// recheckAddr forgets what the probe found at addr where PostgreSQL (or
+// PgBouncer) answers there now.
+func (p *Pool) recheckAddr(ctx context.Context, addr string) {
+	pr := &p.probe
+	defer pr.wg.Done()
+	back := postgresAnswers(ctx, addr)
+	pr.mu.Lock()
+	pr.checks = false
+	if back && ctx.Err() == nil && pr.addr == addr {
+		clear(pr.found)
+		pr.cause = nil
+		pr.refuse.Store(false)
+	}
+	pr.mu.Unlock()
+}
+
+// postgresAnswers reports whether what answers at addr answers an
+// SSLRequest as PostgreSQL and PgBouncer do: with one byte, S, N or E.
+func postgresAnswers(ctx context.Context, addr string) bool {
+	d := net.Dialer{Timeout: probeWait}
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return false
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(probeWait))
+	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
+	defer stop()
+	var b [1]byte
+	if _, err := c.Write(sslRequest); err != nil {
+		return false
+	}
+	if _, err := io.ReadFull(c, b[:]); err != nil {
+		return false
+	}
+	return b[0] == 'S' || b[0] == 'N' || b[0] == 'E'
 }
 
 // stopProbe ends the pool's closing context (Close's, which ends a probe

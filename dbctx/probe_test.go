@@ -95,3 +95,62 @@ func TestNotPostgresFailsFast(t *testing.T) {
 		}
 	}
 }
+
+// Where the probe found another service at the address, the pool is used
+// again promptly once PostgreSQL answers there: within a second or two,
+// not only at the next connect tried for real a probe period (30 s) later,
+// every unit meanwhile refused with ErrMisconfigured (a 500) without a
+// connect. A service that answered in PostgreSQL's place a moment (a
+// service moved there for a moment, during a redeploy) made the pool refuse
+// for 30 s.
+func TestNotPostgresRecoversPromptly(t *testing.T) {
+	t.Parallel()
+	env := newEnv(t)
+	cfg, err := pgx.ParseConfig(env.DSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	network, target := "tcp", net.JoinHostPort(cfg.Host, strconv.Itoa(int(cfg.Port)))
+	if strings.HasPrefix(cfg.Host, "/") {
+		network, target = "unix", filepath.Join(cfg.Host, ".s.PGSQL."+strconv.Itoa(int(cfg.Port)))
+	}
+	var postgres atomic.Bool // false: an SMTP server; true: a proxy to PostgreSQL
+	addr := fakeServer(t, func(c net.Conn) {
+		if !postgres.Load() {
+			c.Write([]byte("220 mail.example.com ESMTP\r\n"))
+			io.Copy(io.Discard, c)
+			return
+		}
+		s, err := net.Dial(network, target)
+		if err != nil {
+			return
+		}
+		defer s.Close()
+		go func() { io.Copy(s, c); s.Close() }()
+		io.Copy(c, s)
+	})
+	_, logger := dbtest.NewLogs()
+	db := openDSN(t, dsn(pgserver.WithParams(dsn(pgserver.WithTCPAddr(env.DSN(), addr)), "sslmode", "disable")))
+	p := dbctx.New(db, &dbctx.Options{ConnectTimeout: 2 * time.Second, Logger: logger})
+	defer p.Close()
+	ctx := context.Background()
+	if err := p.Do(ctx, selectOne); !errors.Is(err, dbctx.ErrUnavailable) {
+		t.Fatalf("the first connect: %v, want ErrUnavailable", err)
+	}
+	dbtest.Eventually(t, "the probe's end", func() bool { return p.ProbesDone() > 0 })
+	if err := p.Do(ctx, selectOne); !errors.Is(err, dbctx.ErrMisconfigured) {
+		t.Fatalf("after the probe: %v, want ErrMisconfigured", err)
+	}
+	postgres.Store(true)
+	start := time.Now()
+	for {
+		err := p.Do(ctx, selectOne)
+		if err == nil {
+			break
+		}
+		if d := time.Since(start); d > 5*time.Second {
+			t.Fatalf("PostgreSQL has answered at the address for %v; the pool still says: %v", d, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
