@@ -1256,9 +1256,19 @@ func (c *classifier) second(t token) {
 		if t.is("database") || t.is("tablespace") || t.is("subscription") {
 			c.sk |= kindAlone
 		}
+		if t.is("extension") && c.first.is("create") {
+			// Its script's functions of LANGUAGE C load its library
+			// (fmgr_c_validator), rolled back or dropped too: as such a
+			// CREATE, but not refused under transaction pooling, where a
+			// migration's CREATE EXTENSION IF NOT EXISTS is common.
+			c.sk |= kindPoison
+		}
 	case c.pos == 1 && c.first.is("alter"):
 		if t.is("system") || t.is("subscription") {
 			c.sk |= kindAlone
+		}
+		if t.is("extension") {
+			c.sk |= kindPoison // ALTER EXTENSION … UPDATE: as CREATE EXTENSION
 		}
 	case c.first.is("declare") && c.pos >= 2:
 		// DECLARE name [options] CURSOR [WITH HOLD | WITHOUT HOLD] FOR …

@@ -381,7 +381,8 @@
 // parameter or in options, every statement of the pool, logged once.) A library that the first call of one
 // of its C functions loads stays loaded, with the settings it defines
 // (LOAD, fmgr_c_validator and a CREATE of a function of LANGUAGE C,
-// whose validator loads it, cost the connection). (A change of session
+// whose validator loads it, CREATE or ALTER EXTENSION, whose script's
+// do, cost the connection). (A change of session
 // user there is still caught, by the
 // parameter the server reports; a SET ROLE is not.) Where a schema has such
 // code, set [Options.ResetAlways]. Nor what planning runs that the text

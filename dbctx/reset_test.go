@@ -335,6 +335,61 @@ func TestCFunctionLibraryDiscarded(t *testing.T) {
 	}
 }
 
+// CREATE EXTENSION runs its script's CREATE FUNCTION … LANGUAGE C, whose
+// validator loads the extension's library into the session, with the
+// settings it defines (pg_trgm's three), also where the extension is
+// dropped or its transaction rolled back: as a CREATE of a function of
+// LANGUAGE C, it costs the connection.
+func TestCreateExtensionLibraryDiscarded(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "tells a discarded session by its backend pid")
+	env := newEnv(t)
+	p := onePool(t, env, dbctx.Options{Logger: quiet()})
+	ctx := context.Background()
+	const loaded = "SELECT count(*) FROM pg_settings WHERE name LIKE 'pg\\_trgm.%'"
+	var first int
+	if err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+		var err error
+		if first, err = backendPID(ctx, s); err != nil {
+			return err
+		}
+		if n, err := queryInt(ctx, s, loaded); err != nil || n != 0 {
+			t.Skipf("pg_trgm is loaded already here (%d settings, %v)", n, err)
+		}
+		_, err = s.ExecContext(ctx, "CREATE EXTENSION pg_trgm SCHEMA "+env.Schema())
+		var pe *pgconn.PgError
+		if errors.As(err, &pe) && (pe.Code == "58P01" || pe.Code == "0A000" || pe.Code == "42710") {
+			t.Skipf("the server lacks pg_trgm, or has it: %v", err)
+		}
+		if err != nil {
+			return err
+		}
+		if _, err := s.ExecContext(ctx, "DROP EXTENSION pg_trgm"); err != nil {
+			return err
+		}
+		if n, err := queryInt(ctx, s, loaded); err != nil || n == 0 {
+			t.Skipf("the CREATE loaded no library here (%d settings, %v)", n, err)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	var next, n int
+	if err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+		var err error
+		if next, err = backendPID(ctx, s); err != nil {
+			return err
+		}
+		n, err = queryInt(ctx, s, loaded)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if n != 0 || next == first {
+		t.Errorf("the next scope (backend %d, first %d) sees the library's %d settings", next, first, n)
+	}
+}
+
 // A change of session user that the classifier cannot see (a view's
 // set_config) is reported by the server, and the session is reset.
 func TestReportedParameterForcesReset(t *testing.T) {
