@@ -999,6 +999,17 @@ func (c *classifier) attribute(t token) {
 	if !folded {
 		name, _ = t.value()
 	}
+	if among(noOneArgument, name, folded) {
+		return // no call of one argument: a column (t.lastval)
+	}
+	if among(sequenceReaders, name, folded) && c.p2.kind != tRParen && c.p2.kind != tRBracket && c.p2.kind != tParam {
+		// t.currval is a column of t: t.f is f(t) only where t is a
+		// function of FROM returning a scalar (FROM CAST('s' AS
+		// regclass) t), not worth refusing a column so named for, under
+		// transaction pooling. (x).currval, a[1].currval, $1.currval
+		// call it.
+		return
+	}
 	if among(unresettable, name, folded) || sessionLock(name, folded) ||
 		among(sequenceWriters, name, folded) || among(sequenceReaders, name, folded) {
 		c.builtin(name, folded)
@@ -1652,6 +1663,11 @@ var (
 	sequenceWriters = []string{"nextval", "setval"}
 	sequenceReaders = []string{"currval", "lastval"}
 )
+
+// noOneArgument are the built-ins of attribute's lists that take no
+// call of one argument (lastval(), setval(s, v), pg_advisory_unlock_all()),
+// so that a name after a dot is not theirs.
+var noOneArgument = []string{"lastval", "setval", "pg_advisory_unlock_all"}
 
 // sessionLockBuiltins take or give back session advisory locks and run no
 // other code.

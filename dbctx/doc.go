@@ -371,7 +371,8 @@
 // functions, a user-defined operator, cast or type input function, a
 // domain's CHECK, a function called in attribute notation (t.f or (x).f
 // for f(x), x of any type; but the built-ins of session advisory locks,
-// sequences, the seed and what no reset undoes are told by name there),
+// sequences, the seed and what no reset undoes are told by name there,
+// but currval after a name, t.currval, a column of t),
 // a user function that overloads a built-in's name for argument types
 // the built-in does not take as they are (its own types, or lower(varchar)
 // where the built-in is lower(text)), or for any, where a search_path set

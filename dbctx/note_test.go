@@ -266,6 +266,12 @@ func TestClassify(t *testing.T) {
 		{"SELECT (42::bigint).pg_advisory_lock", S | X},
 		{`SELECT t."pg_advisory_lock_shared" FROM (SELECT 42::bigint) t`, S | X},
 		{"SELECT ('s'::regclass).currval", Q},
+		{"SELECT a[1].currval FROM (SELECT ARRAY['s'::regclass] a) t", Q},
+		{"SELECT $1.currval", Q},
+		// A column so named: t.f is f(t) for a t of FROM only, and then
+		// a whole row (or a function's scalar, FROM CAST('s' AS regclass)
+		// t, not told); lastval, setval take no call of one argument.
+		{"SELECT t.currval, r.lastval, (r).lastval, r.setval FROM t, r", 0},
 		{"SELECT ('s'::regclass).nextval", S},
 		{`SELECT (1).U&"x"`, S | P | X | C},
 		{"SELECT (t).name FROM pg_namespace t", 0},

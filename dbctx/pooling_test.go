@@ -765,3 +765,30 @@ func TestTransactionPoolingRefusesRewrittenSessionState(t *testing.T) {
 		}
 	}
 }
+
+// Under TransactionPooling a column named as a built-in of sequence state
+// (a reading's lastval, currval), read qualified by its table, is read:
+// t.f calls f(t) only for a t of FROM, and lastval takes no argument. It
+// was refused with ErrSessionState, taken for the call in attribute
+// notation that ('s'::regclass).currval is.
+func TestTransactionPoolingReadsColumnNamedLastval(t *testing.T) {
+	t.Parallel()
+	env := newEnv(t)
+	mustExec(t, env.Admin(), "CREATE TABLE "+env.Schema()+".readings (sensor int, lastval float8, currval float8)")
+	mustExec(t, env.Admin(), "INSERT INTO "+env.Schema()+".readings VALUES (1, 2.5, 3.5)")
+	p := onePool(t, env, dbctx.Options{TransactionPooling: true, Logger: quiet()})
+	ctx := context.Background()
+	for _, q := range []string{
+		"SELECT r.lastval + r.currval FROM readings r WHERE r.sensor = 1",
+		"SELECT (r).lastval FROM readings r",
+		"SELECT readings.currval FROM readings",
+	} {
+		err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+			var v float64
+			return s.QueryRowContext(ctx, q).Scan(&v)
+		})
+		if err != nil {
+			t.Errorf("%s: %v", q, err)
+		}
+	}
+}
