@@ -164,7 +164,7 @@ var misconfiguredCodes = []string{"55000"}
 // failing, try again later"), so they are told by their message (its
 // start, and where it names a database or role, its end): PgBouncer's
 // own (a role or database it does not know, the password its auth_file
-// or auth_query refuses, a startup parameter it does not pass on, such
+// or auth_query refuses, by SCRAM too, a startup parameter it does not pass on, such
 // as search_path outside ignore_startup_parameters), and PostgreSQL's
 // refusals of the server login PgBouncer made for the client, which it
 // passes on with their text under 08P01 (a database its "*" entry sent
@@ -174,6 +174,7 @@ var poolerRefusals = []struct{ prefix, suffix string }{
 	{"no such user", ""},
 	{"no such database", ""},
 	{"password authentication failed", ""},
+	{"SASL authentication failed", ""}, // auth_type scram-sha-256's, a role it does not know too
 	{"unsupported startup parameter", ""},
 	{"no pg_hba.conf entry for", ""},
 	{"permission denied for database", ""},

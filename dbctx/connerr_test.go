@@ -468,6 +468,7 @@ func TestPgBouncerRefusalsClassified(t *testing.T) {
 		{"no such user", true},
 		{"no such database: app", true},
 		{"password authentication failed", true},
+		{"SASL authentication failed", true}, // auth_type scram-sha-256: a wrong password, or a role it does not know
 		{"unsupported startup parameter: search_path", true},
 		{`database "app_typo" does not exist`, true},
 		{`database "template0" is not currently accepting connections`, true},
@@ -511,6 +512,29 @@ func TestMisconfiguredBehindPgBouncerPassedOn(t *testing.T) {
 				t.Errorf("want 1 ERROR record:\n%s", logs)
 			}
 		})
+	}
+}
+
+// Behind a PgBouncer of auth_type scram-sha-256, a wrong password is
+// refused with "SASL authentication failed" (and so is a role it does
+// not know: it does not tell them apart): a misconfiguration. It was
+// ErrUnavailable, a 503 for good.
+func TestMisconfiguredBehindScramPgBouncer(t *testing.T) {
+	t.Parallel()
+	env := newEnv(t)
+	b := pgtest.StartPgBouncer(t, &pgtest.PgBouncerOptions{AuthType: "scram-sha-256"})
+	logs, logger := dbtest.NewLogs()
+	p := dbctx.New(openDSN(t, b.DSN(env, "password", "not-the-password")), &dbctx.Options{Logger: logger, TransactionPooling: true})
+	defer p.Close()
+	err := p.Do(context.Background(), selectOne)
+	if !errors.Is(err, dbctx.ErrMisconfigured) {
+		t.Fatalf("%v, want ErrMisconfigured", err)
+	}
+	if !strings.Contains(err.Error(), "SASL authentication failed") {
+		t.Fatalf("%v: not PgBouncer's SCRAM refusal", err)
+	}
+	if n := logs.Count(slog.LevelError, msgMisconfigured); n != 1 {
+		t.Errorf("want 1 ERROR record:\n%s", logs)
 	}
 }
 

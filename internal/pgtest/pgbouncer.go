@@ -61,6 +61,9 @@ type PgBouncerOptions struct {
 	// statement waits for a server connection before PgBouncer refuses
 	// it. Default: PgBouncer's (120 s).
 	QueryWaitTimeout time.Duration
+	// AuthType is auth_type: how PgBouncer checks a client's password
+	// (the role's secret read by auth_query). Default: trust.
+	AuthType string
 }
 
 // StartPgBouncer starts a PgBouncer (from PATH or /usr/sbin) in front of
@@ -110,6 +113,9 @@ func StartPgBouncer(tb testing.TB, opts *PgBouncerOptions) *PgBouncer {
 			tb.Fatal(err)
 		}
 	}
+	if o.AuthType == "" {
+		o.AuthType = "trust"
+	}
 	extra := ""
 	if o.QueryWaitTimeout > 0 {
 		extra = fmt.Sprintf("query_wait_timeout = %d\n", max(1, int(o.QueryWaitTimeout/time.Second)))
@@ -123,7 +129,7 @@ func StartPgBouncer(tb testing.TB, opts *PgBouncerOptions) *PgBouncer {
 listen_addr = %s
 listen_port = %s
 unix_socket_dir =
-auth_type = trust
+auth_type = %s
 auth_file = %s
 auth_user = %s
 auth_query = SELECT usename, passwd FROM pg_shadow WHERE usename = $1
@@ -133,7 +139,7 @@ max_client_conn = 2000
 server_login_retry = 1
 logfile = %s
 pidfile = %s
-%s`, cfg.Host, cfg.Port, host, port, filepath.Join(dir, "users.txt"), cfg.User, o.PoolSize,
+%s`, cfg.Host, cfg.Port, host, port, o.AuthType, filepath.Join(dir, "users.txt"), cfg.User, o.PoolSize,
 		filepath.Join(dir, "pgbouncer.log"), filepath.Join(dir, "pgbouncer.pid"), extra)
 	files := map[string]string{
 		"pgbouncer.ini": ini,
