@@ -558,6 +558,21 @@ type pgxBatch struct {
 
 	mu     sync.Mutex
 	closed bool
+	full   bool // PgBouncer's query_wait_timeout seen, counted: see busy
+}
+
+// busy returns err, of b's results, as ErrBusy where it is PgBouncer's
+// query_wait_timeout (see poolerFull), counted and logged once per batch:
+// every result of the batch, and its Close, report it. b.mu is held.
+func (b *pgxBatch) busy(err error) error {
+	if !poolerFull(err) {
+		return err
+	}
+	if !b.full {
+		b.full = true
+		return b.s.pool.poolerBusy(err)
+	}
+	return poolerBusyError(err)
 }
 
 func (b *pgxBatch) Exec() (tag pgconn.CommandTag, err error) {
@@ -567,7 +582,7 @@ func (b *pgxBatch) Exec() (tag pgconn.CommandTag, err error) {
 		return tag, errBatchClosed
 	}
 	lerr := withLock(b.c.pin.conn, func() error { tag, err = b.br.Exec(); return nil })
-	return tag, errors.Join(lerr, err)
+	return tag, errors.Join(lerr, b.busy(err))
 }
 
 func (b *pgxBatch) Query() (pgx.Rows, error) {
@@ -579,7 +594,7 @@ func (b *pgxBatch) Query() (pgx.Rows, error) {
 	var rows pgx.Rows
 	var err error
 	lerr := withLock(b.c.pin.conn, func() error { rows, err = b.br.Query(); return nil })
-	if err = errors.Join(lerr, err); err != nil {
+	if err = errors.Join(lerr, b.busy(err)); err != nil {
 		return &pgxRows{err: err}, err
 	}
 	// Closing them ends this result, not the batch.
@@ -619,7 +634,7 @@ func (b *pgxBatch) Close() error {
 		return err
 	})
 	b.c.pin.open.Add(-1)
-	return err
+	return b.busy(err)
 }
 
 func (b *pgxBatch) abort() { b.Close() }

@@ -792,3 +792,51 @@ func TestTransactionPoolingReadsColumnNamedLastval(t *testing.T) {
 		}
 	}
 }
+
+// A batch PgBouncer refused with query_wait_timeout is ErrBusy too, from
+// its results and its Close, counted once: its errors came back bare
+// (FATAL 08P01), which middleware answered 500 with, uncounted.
+func TestPgBouncerQueryWaitTimeoutBusyBatch(t *testing.T) {
+	t.Parallel()
+	b := pgtest.StartPgBouncer(t, &pgtest.PgBouncerOptions{PoolSize: 1, QueryWaitTimeout: time.Second})
+	env := newEnv(t)
+	for _, mode := range []string{"exec", "cache_statement"} {
+		db := openDSN(t, b.DSN(env, "default_query_exec_mode", mode))
+		p := poolOn(t, env, db, &dbctx.Options{MaxWorkers: 3, TransactionPooling: true, Logger: quiet()})
+		start, holding := make(chan struct{}), make(chan struct{})
+		held := make(chan error, 1)
+		go func() {
+			<-start
+			held <- p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+				return dbctx.Atomic(ctx, func(ctx context.Context) error {
+					if _, err := s.ExecContext(ctx, "SELECT 1"); err != nil {
+						return err
+					}
+					close(holding)
+					_, err := s.ExecContext(ctx, "SELECT pg_sleep(2)")
+					return err
+				})
+			})
+		}()
+		busy := p.Stats().Busy
+		var execErr error
+		err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+			close(start)
+			<-holding
+			var bt pgx.Batch
+			bt.Queue("SELECT 1")
+			br := s.SendBatch(ctx, &bt)
+			_, execErr = br.Exec()
+			return br.Close()
+		})
+		if !errors.Is(execErr, dbctx.ErrBusy) || !errors.Is(err, dbctx.ErrBusy) {
+			t.Errorf("%s: Exec %v, Close %v; want ErrBusy", mode, execErr, err)
+		}
+		if n := p.Stats().Busy - busy; n != 1 {
+			t.Errorf("%s: Stats.Busy rose by %d, want 1", mode, n)
+		}
+		if err := <-held; err != nil {
+			t.Fatalf("%s: the unit holding the server connection: %v", mode, err)
+		}
+	}
+}

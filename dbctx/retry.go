@@ -187,6 +187,11 @@ func poolerFull(err error) bool {
 func (p *Pool) poolerBusy(err error) error {
 	p.c.busy.Add(1)
 	p.opts.Logger.Warn(msgPoolerFull)
+	return poolerBusyError(err)
+}
+
+// poolerBusyError is err, PgBouncer's query_wait_timeout, as ErrBusy.
+func poolerBusyError(err error) error {
 	return fmt.Errorf("%w: PgBouncer's server connections all in use past its query_wait_timeout: %w", ErrBusy, err)
 }
 
