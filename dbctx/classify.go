@@ -1295,11 +1295,13 @@ func (c *classifier) second(t token) {
 // driverStatement reports whether t, the name DEALLOCATE [PREPARE]
 // drops, may name a statement a driver prepared through the protocol
 // rather than one the unit PREPAREd in SQL: pgx's statement cache names
-// them stmtcache_…, dbscope dbscope_N, and pgx's database/sql driver
-// names a *sql.Stmt by its text, which only a quoted name can spell
-// (or a statement of one word: a Stmt of "commit"), or one not decoded
-// (U&"…"). The word PREPARE of DEALLOCATE PREPARE, read here too, is
-// none of them.
+// them stmtcache_…, dbscope dbscope_N, and pgx's Prepare, which its
+// database/sql driver calls for a *sql.Stmt with the text as the name,
+// stmt_ and 48 hex digits of the text's SHA-256; a name not decoded
+// (U&"…"), and, erring toward closing, a quoted name an unquoted one could
+// not spell or a statement of one word (another driver may name a
+// statement by its text). The word PREPARE of DEALLOCATE PREPARE, read
+// here too, is none of them.
 func driverStatement(t token) bool {
 	var v string
 	switch t.kind {
@@ -1316,6 +1318,9 @@ func driverStatement(t token) bool {
 		return false
 	}
 	if strings.HasPrefix(strings.ToLower(v), "stmtcache_") || strings.HasPrefix(strings.ToLower(v), "dbscope_") {
+		return true
+	}
+	if h, ok := strings.CutPrefix(strings.ToLower(v), "stmt_"); ok && len(h) == 48 && strings.Trim(h, "0123456789abcdef") == "" {
 		return true
 	}
 	switch v {

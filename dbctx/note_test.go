@@ -245,8 +245,11 @@ func TestClassify(t *testing.T) {
 		{"DEALLOCATE ALL", S | P | X},
 		{"DEALLOCATE PREPARE ALL", S | P | X},
 		// A statement a driver prepared: pgx's cache, dbscope's, a
-		// *sql.Stmt of pgx's stdlib (named by its text), one not decoded.
+		// *sql.Stmt of pgx's stdlib (stmt_ and 48 hex digits), one named
+		// by its text (another driver's), one not decoded.
 		{"DEALLOCATE stmtcache_01ec8e0728552c46", S | P | X},
+		{"DEALLOCATE stmt_5b1f7e0d9c2a4b3e8f6a1d0c7b9e2f4a6c8d0e1f3a5b7c9d", S | P | X},
+		{"DEALLOCATE stmt_5b1f", S | X},
 		{"deallocate StmtCache_01ec8e0728552c46", S | P | X},
 		{`DEALLOCATE PREPARE "dbscope_3"`, S | P | X},
 		{`DEALLOCATE "SELECT name FROM items WHERE id = $1"`, S | P | X},
