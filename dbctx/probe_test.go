@@ -16,6 +16,7 @@ import (
 	"github.com/dbscope/dbscope/dbctx"
 	"github.com/dbscope/dbscope/internal/dbtest"
 	"github.com/dbscope/dbscope/internal/pgserver"
+	"github.com/dbscope/dbscope/internal/pgtest"
 	"github.com/jackc/pgx/v5"
 )
 
@@ -28,29 +29,8 @@ import (
 func TestNotPostgresFailsFast(t *testing.T) {
 	t.Parallel()
 	env := newEnv(t)
-	cfg, err := pgx.ParseConfig(env.DSN())
-	if err != nil {
-		t.Fatal(err)
-	}
-	network, target := "tcp", net.JoinHostPort(cfg.Host, strconv.Itoa(int(cfg.Port)))
-	if strings.HasPrefix(cfg.Host, "/") {
-		network, target = "unix", filepath.Join(cfg.Host, ".s.PGSQL."+strconv.Itoa(int(cfg.Port)))
-	}
 	var postgres atomic.Bool // false: an SMTP server; true: a proxy to PostgreSQL
-	addr := fakeServer(t, func(c net.Conn) {
-		if !postgres.Load() {
-			c.Write([]byte("220 mail.example.com ESMTP\r\n"))
-			io.Copy(io.Discard, c)
-			return
-		}
-		s, err := net.Dial(network, target)
-		if err != nil {
-			return
-		}
-		defer s.Close()
-		go func() { io.Copy(s, c); s.Close() }()
-		io.Copy(c, s)
-	})
+	addr := smtpThenPostgres(t, env, &postgres)
 	const every = 1500 * time.Millisecond
 	logs, logger := dbtest.NewLogs()
 	db := openDSN(t, dsn(pgserver.WithParams(dsn(pgserver.WithTCPAddr(env.DSN(), addr)), "sslmode", "disable")))
@@ -106,29 +86,8 @@ func TestNotPostgresFailsFast(t *testing.T) {
 func TestNotPostgresRecoversPromptly(t *testing.T) {
 	t.Parallel()
 	env := newEnv(t)
-	cfg, err := pgx.ParseConfig(env.DSN())
-	if err != nil {
-		t.Fatal(err)
-	}
-	network, target := "tcp", net.JoinHostPort(cfg.Host, strconv.Itoa(int(cfg.Port)))
-	if strings.HasPrefix(cfg.Host, "/") {
-		network, target = "unix", filepath.Join(cfg.Host, ".s.PGSQL."+strconv.Itoa(int(cfg.Port)))
-	}
 	var postgres atomic.Bool // false: an SMTP server; true: a proxy to PostgreSQL
-	addr := fakeServer(t, func(c net.Conn) {
-		if !postgres.Load() {
-			c.Write([]byte("220 mail.example.com ESMTP\r\n"))
-			io.Copy(io.Discard, c)
-			return
-		}
-		s, err := net.Dial(network, target)
-		if err != nil {
-			return
-		}
-		defer s.Close()
-		go func() { io.Copy(s, c); s.Close() }()
-		io.Copy(c, s)
-	})
+	addr := smtpThenPostgres(t, env, &postgres)
 	_, logger := dbtest.NewLogs()
 	db := openDSN(t, dsn(pgserver.WithParams(dsn(pgserver.WithTCPAddr(env.DSN(), addr)), "sslmode", "disable")))
 	p := dbctx.New(db, &dbctx.Options{ConnectTimeout: 2 * time.Second, Logger: logger})
@@ -153,4 +112,33 @@ func TestNotPostgresRecoversPromptly(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// smtpThenPostgres serves, at the address it returns, an SMTP server's
+// banner while postgres is false, and a proxy to env's PostgreSQL once it
+// is true.
+func smtpThenPostgres(t *testing.T, env *pgtest.Env, postgres *atomic.Bool) string {
+	t.Helper()
+	cfg, err := pgx.ParseConfig(env.DSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	network, target := "tcp", net.JoinHostPort(cfg.Host, strconv.Itoa(int(cfg.Port)))
+	if strings.HasPrefix(cfg.Host, "/") {
+		network, target = "unix", filepath.Join(cfg.Host, ".s.PGSQL."+strconv.Itoa(int(cfg.Port)))
+	}
+	return fakeServer(t, func(c net.Conn) {
+		if !postgres.Load() {
+			c.Write([]byte("220 mail.example.com ESMTP\r\n"))
+			io.Copy(io.Discard, c)
+			return
+		}
+		s, err := net.Dial(network, target)
+		if err != nil {
+			return
+		}
+		defer s.Close()
+		go func() { io.Copy(s, c); s.Close() }()
+		io.Copy(c, s)
+	})
 }
