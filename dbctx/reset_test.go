@@ -319,20 +319,7 @@ func TestCFunctionLibraryDiscarded(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	var next, n int
-	if err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
-		var err error
-		if next, err = backendPID(ctx, s); err != nil {
-			return err
-		}
-		n, err = queryInt(ctx, s, loaded)
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if n != 0 || next == first {
-		t.Errorf("the next scope (backend %d, first %d) sees the library's %d settings", next, first, n)
-	}
+	noLibraryNext(t, p, first, loaded)
 }
 
 // CREATE EXTENSION runs its script's CREATE FUNCTION … LANGUAGE C, whose
@@ -374,20 +361,7 @@ func TestCreateExtensionLibraryDiscarded(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	var next, n int
-	if err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
-		var err error
-		if next, err = backendPID(ctx, s); err != nil {
-			return err
-		}
-		n, err = queryInt(ctx, s, loaded)
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if n != 0 || next == first {
-		t.Errorf("the next scope (backend %d, first %d) sees the library's %d settings", next, first, n)
-	}
+	noLibraryNext(t, p, first, loaded)
 }
 
 // A change of session user that the classifier cannot see (a view's
@@ -548,5 +522,26 @@ func TestSweepCheck(t *testing.T) {
 				t.Errorf("%d resets, want 3", st.Resets)
 			}
 		})
+	}
+}
+
+// noLibraryNext checks that the next scope of p, a pool of one
+// connection, is on another backend than first and that loaded, a count
+// of a library's settings, is 0 there.
+func noLibraryNext(t *testing.T, p *dbctx.Pool, first int, loaded string) {
+	t.Helper()
+	var next, n int
+	if err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+		var err error
+		if next, err = backendPID(ctx, s); err != nil {
+			return err
+		}
+		n, err = queryInt(ctx, s, loaded)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if n != 0 || next == first {
+		t.Errorf("the next scope (backend %d, first %d) sees the library's %d settings", next, first, n)
 	}
 }
