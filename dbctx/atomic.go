@@ -296,7 +296,7 @@ func (s *Scope) endTx(ctx context.Context, commit bool) error {
 		// scope's statements fail until its boundary.
 		if commit {
 			err := fmt.Errorf("%w: the transaction was lost with its connection", ErrSessionLost)
-			if s.lostWhy == discardBroken || s.lostWhy == discardDead {
+			if s.lostWhy == discardBroken {
 				err = connFailedError{err}
 			}
 			return errors.Join(err, ctx.Err())
@@ -316,7 +316,7 @@ func (s *Scope) endTx(ctx context.Context, commit bool) error {
 		// boundary): the connection goes, and the scope's statements
 		// fail until the boundary.
 		s.unpin(discardBroken)
-		s.lost = true
+		s.loseSession(discardTx) // the unit's doing: no connection failed
 		s.pool.opts.Logger.Warn("dbctx: Atomic ended with rows of a statement in its transaction still open; the transaction is lost with its connection, and the scope's statements fail until its boundary", "commit", commit)
 		return errTxRowsOpen
 	}

@@ -574,3 +574,53 @@ func TestAtomicDoPanicNotAnOutage(t *testing.T) {
 		t.Errorf("%d rows committed, want none", n)
 	}
 }
+
+// A scope whose session was lost for a cause of the unit's own before the
+// request's Atomic began (a dbctx.Atomic of a middleware outside it ended
+// with rows open, its error dropped) refuses the handler's statements with
+// dbctx.ErrSessionLost: no connection failed, so the request is a 500, not
+// the 503 with Retry-After of an outage. The loss left its cause unset,
+// read as a dead connection.
+func TestAtomicAfterRowsOpenNotAnOutage(t *testing.T) {
+	t.Parallel()
+	p, env := newPool(t, &dbctx.Options{Logger: slog.New(slog.DiscardHandler)})
+	createTable(t, env)
+	logs, logger := dbtest.NewLogs()
+	atomicMW := middleware.AtomicWithOpts(&middleware.AtomicOptions{Logger: logger})
+	rowsOpen := func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			ctx := r.Context()
+			var rows *sql.Rows
+			err := dbctx.Atomic(ctx, func(ctx context.Context) error {
+				var err error
+				rows, err = dbctx.From(ctx).QueryContext(ctx, "SELECT generate_series(1, 3)")
+				return err // rows left open
+			})
+			if !errors.Is(err, dbctx.ErrConnBusy) {
+				t.Errorf("Atomic with rows open: %v, want ErrConnBusy", err)
+			}
+			if rows != nil {
+				rows.Close()
+			}
+			next.ServeHTTP(w, r)
+		})
+	}
+	srv := serve(t, middleware.DB(p)(rowsOpen(atomicMW(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx := r.Context()
+		if _, err := dbctx.From(ctx).ExecContext(ctx, "INSERT INTO t VALUES (1)"); err != nil {
+			http.Error(w, "cannot process", http.StatusUnprocessableEntity)
+			return
+		}
+		w.WriteHeader(http.StatusCreated)
+	})))))
+	code, body, hdr := get(t, srv.URL)
+	if code != http.StatusInternalServerError || hdr.Get("Retry-After") != "" {
+		t.Errorf("got %d %q (Retry-After %q), want 500 without Retry-After", code, body, hdr.Get("Retry-After"))
+	}
+	if logs.Count(slog.LevelError, "middleware: Atomic request not committed") != 1 {
+		t.Errorf("want the request logged at Error: %s", logs.String())
+	}
+	if n := countRows(t, env); n != 0 {
+		t.Errorf("%d rows committed, want none", n)
+	}
+}
