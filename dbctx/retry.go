@@ -150,7 +150,10 @@ func (s *Scope) observe(ctx context.Context, err error, first bool) (out error) 
 		return err
 	}
 	why := discardBroken
-	if ctx.Err() != nil {
+	if ctx.Err() != nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		// A context ended mid-statement: ctx, or one of the user's own
+		// inside Scope.Pgx's function, which the driver cut the
+		// connection for. No connection failed.
 		why = discardCanceled
 	}
 	s.pool.sawDeath()

@@ -18,6 +18,7 @@ import (
 	"github.com/dbscope/dbscope/internal/dbtest"
 	"github.com/dbscope/dbscope/internal/pgtest"
 	"github.com/dbscope/dbscope/middleware"
+	"github.com/jackc/pgx/v5"
 )
 
 func TestAtomic(t *testing.T) {
@@ -619,6 +620,50 @@ func TestAtomicAfterRowsOpenNotAnOutage(t *testing.T) {
 	}
 	if logs.Count(slog.LevelError, "middleware: Atomic request not committed") != 1 {
 		t.Errorf("want the request logged at Error: %s", logs.String())
+	}
+	if n := countRows(t, env); n != 0 {
+		t.Errorf("%d rows committed, want none", n)
+	}
+}
+
+// A statement the handler runs on dbctx.Scope.Pgx's connection with a
+// deadline of its own that ends mid-statement (pgx cuts the connection)
+// loses the transaction for a cause of the handler's: no connection
+// failed, so the request is a 500 logged at Error, not the 503 with
+// Retry-After of an outage. Scope.Pgx looked only at its own context,
+// which had not ended, and took the cut for a failed connection.
+func TestAtomicPgxOwnDeadlineNotAnOutage(t *testing.T) {
+	t.Parallel()
+	p, env := newPool(t, &dbctx.Options{Logger: slog.New(slog.DiscardHandler)})
+	createTable(t, env)
+	logs, logger := dbtest.NewLogs()
+	atomicMW := middleware.AtomicWithOpts(&middleware.AtomicOptions{Logger: logger})
+	srv := serve(t, middleware.DB(p)(atomicMW(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx := r.Context()
+		if _, err := dbctx.From(ctx).ExecContext(ctx, "INSERT INTO t VALUES (1)"); err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		err := dbctx.From(ctx).Pgx(ctx, func(c *pgx.Conn) error {
+			sctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+			defer cancel()
+			_, err := c.Exec(sctx, "SELECT pg_sleep(5)")
+			return err
+		})
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("the statement past its deadline: %v", err)
+		}
+		http.Error(w, "too slow", http.StatusUnprocessableEntity)
+	}))))
+	code, body, hdr := get(t, srv.URL)
+	if code != http.StatusInternalServerError || hdr.Get("Retry-After") != "" {
+		t.Errorf("got %d %q (Retry-After %q), want 500 without Retry-After", code, body, hdr.Get("Retry-After"))
+	}
+	if logs.Count(slog.LevelError, "middleware: Atomic request not committed") != 1 {
+		t.Errorf("want the request logged at Error: %s", logs.String())
+	}
+	if err := dbtest.Wait(10*time.Second, func() bool { return p.Stats().Discarded.Canceled == 1 }); err != nil || p.Stats().Discarded.Broken != 0 {
+		t.Errorf("discarded %+v, want one canceled", p.Stats().Discarded)
 	}
 	if n := countRows(t, env); n != 0 {
 		t.Errorf("%d rows committed, want none", n)
