@@ -484,7 +484,9 @@
 //     rewrites a statement to, read as pgx runs it) fail with
 //     [ErrSessionState] before they are sent, and so do those that
 //     read sequence state (currval, lastval: there it is whatever the
-//     last client of the server connection left), and
+//     last client of the server connection left; a composite's field
+//     named currval read after a parenthesis or a subscript, (r.m).currval,
+//     is refused too: the text cannot tell it from a call), and
 //     [Scope.PrepareContext]; New panics with
 //     OnAcquire or ResetAlways. Not refused, and not reset either, so that
 //     it reaches another client: what the classifier cannot see (state left
