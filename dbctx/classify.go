@@ -1317,10 +1317,11 @@ func driverStatement(t token) bool {
 	default:
 		return false
 	}
-	if strings.HasPrefix(strings.ToLower(v), "stmtcache_") || strings.HasPrefix(strings.ToLower(v), "dbscope_") {
+	lv := strings.ToLower(v)
+	if strings.HasPrefix(lv, "stmtcache_") || strings.HasPrefix(lv, "dbscope_") {
 		return true
 	}
-	if h, ok := strings.CutPrefix(strings.ToLower(v), "stmt_"); ok && len(h) == 48 && strings.Trim(h, "0123456789abcdef") == "" {
+	if h, ok := strings.CutPrefix(lv, "stmt_"); ok && len(h) == 48 && strings.Trim(h, "0123456789abcdef") == "" {
 		return true
 	}
 	switch v {

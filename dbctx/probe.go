@@ -73,7 +73,7 @@ type probes struct {
 	running bool
 	next    time.Time         // no probe before
 	found   map[string]string // address → what answers there, not PostgreSQL
-	refuse  atomic.Bool       // found is not empty: see refused
+	refuse  atomic.Bool       // cause is set: see refused
 	cause   error             // the latest of found, as refused returns it
 	until   time.Time         // refused fails at once before, then lets one connect through
 	every   time.Duration     // probeEvery; tests shorten it
@@ -145,10 +145,15 @@ func (p *Pool) runProbe(ctx context.Context, addr string, err error) {
 // forget drops what the probe found: a connect succeeded.
 func (pr *probes) forget() {
 	pr.mu.Lock()
+	pr.forgetLocked()
+	pr.mu.Unlock()
+}
+
+// forgetLocked is forget, under pr.mu.
+func (pr *probes) forgetLocked() {
 	clear(pr.found)
 	pr.cause = nil
 	pr.refuse.Store(false)
-	pr.mu.Unlock()
 }
 
 // refused returns, where the probe found another service at the pool's
@@ -197,9 +202,7 @@ func (p *Pool) recheckAddr(ctx context.Context, addr string) {
 	pr.mu.Lock()
 	pr.checks = false
 	if back && ctx.Err() == nil && pr.addr == addr {
-		clear(pr.found)
-		pr.cause = nil
-		pr.refuse.Store(false)
+		pr.forgetLocked()
 	}
 	pr.mu.Unlock()
 }

@@ -393,7 +393,7 @@ func indexByte(b []byte, c byte) int {
 func (l *Layer) dropForeign(err error) {
 	n := l.foreign.Add(1)
 	now, last := time.Now().UnixNano(), l.foreignLogged.Load()
-	if (last == 0 || now-last >= int64(time.Minute)) && l.foreignLogged.CompareAndSwap(last, now) {
+	if now-last >= int64(time.Minute) && l.foreignLogged.CompareAndSwap(last, now) {
 		l.log.Warn("groups: dropped a message not made by this package", "err", err, "dropped", n)
 	}
 }
