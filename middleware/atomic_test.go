@@ -564,13 +564,7 @@ func TestAtomicDoPanicNotAnOutage(t *testing.T) {
 		}
 		http.Error(w, "cannot process", http.StatusUnprocessableEntity)
 	}))))
-	code, body, hdr := get(t, srv.URL)
-	if code != http.StatusInternalServerError || hdr.Get("Retry-After") != "" {
-		t.Errorf("got %d %q (Retry-After %q), want 500 without Retry-After", code, body, hdr.Get("Retry-After"))
-	}
-	if logs.Count(slog.LevelError, "middleware: Atomic request not committed") != 1 {
-		t.Errorf("want the request logged at Error: %s", logs.String())
-	}
+	notAnOutage(t, srv.URL, logs)
 	if n := countRows(t, env); n != 0 {
 		t.Errorf("%d rows committed, want none", n)
 	}
@@ -614,13 +608,7 @@ func TestAtomicAfterRowsOpenNotAnOutage(t *testing.T) {
 		}
 		w.WriteHeader(http.StatusCreated)
 	})))))
-	code, body, hdr := get(t, srv.URL)
-	if code != http.StatusInternalServerError || hdr.Get("Retry-After") != "" {
-		t.Errorf("got %d %q (Retry-After %q), want 500 without Retry-After", code, body, hdr.Get("Retry-After"))
-	}
-	if logs.Count(slog.LevelError, "middleware: Atomic request not committed") != 1 {
-		t.Errorf("want the request logged at Error: %s", logs.String())
-	}
+	notAnOutage(t, srv.URL, logs)
 	if n := countRows(t, env); n != 0 {
 		t.Errorf("%d rows committed, want none", n)
 	}
@@ -655,17 +643,25 @@ func TestAtomicPgxOwnDeadlineNotAnOutage(t *testing.T) {
 		}
 		http.Error(w, "too slow", http.StatusUnprocessableEntity)
 	}))))
-	code, body, hdr := get(t, srv.URL)
-	if code != http.StatusInternalServerError || hdr.Get("Retry-After") != "" {
-		t.Errorf("got %d %q (Retry-After %q), want 500 without Retry-After", code, body, hdr.Get("Retry-After"))
-	}
-	if logs.Count(slog.LevelError, "middleware: Atomic request not committed") != 1 {
-		t.Errorf("want the request logged at Error: %s", logs.String())
-	}
+	notAnOutage(t, srv.URL, logs)
 	if err := dbtest.Wait(10*time.Second, func() bool { return p.Stats().Discarded.Canceled == 1 }); err != nil || p.Stats().Discarded.Broken != 0 {
 		t.Errorf("discarded %+v, want one canceled", p.Stats().Discarded)
 	}
 	if n := countRows(t, env); n != 0 {
 		t.Errorf("%d rows committed, want none", n)
+	}
+}
+
+// notAnOutage asks url, a request whose Atomic lost its transaction for a
+// cause of the handler's own, and checks the answer: a 500 without
+// Retry-After, the request logged at Error once.
+func notAnOutage(t *testing.T, url string, logs *dbtest.Logs) {
+	t.Helper()
+	code, body, hdr := get(t, url)
+	if code != http.StatusInternalServerError || hdr.Get("Retry-After") != "" {
+		t.Errorf("got %d %q (Retry-After %q), want 500 without Retry-After", code, body, hdr.Get("Retry-After"))
+	}
+	if logs.Count(slog.LevelError, "middleware: Atomic request not committed") != 1 {
+		t.Errorf("want the request logged at Error: %s", logs.String())
 	}
 }
