@@ -402,6 +402,10 @@ func TestNotPostgresAtAddress(t *testing.T) {
 			logs, logger := dbtest.NewLogs()
 			db := openDSN(t, "postgres://nobody@"+tc.addr+"/x?sslmode="+tc.sslmode)
 			p := dbctx.New(db, &dbctx.Options{ConnectTimeout: 300 * time.Millisecond, Logger: logger})
+			// The probe's TLS handshake with the HTTPS server took more
+			// than probeWait on a loaded machine, and found nothing: the
+			// probe waits here as long as the handshake takes.
+			p.SetProbeWait(time.Minute)
 			defer p.Close()
 			// The first failure says nothing of what answered: an outage,
 			// and a probe.

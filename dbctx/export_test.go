@@ -98,3 +98,7 @@ var IsMisconfiguration = isMisconfiguration
 // tries a connect for real after the probe found another service there
 // (probeEvery). Call it before the pool's first connect.
 func (p *Pool) SetProbeEvery(d time.Duration) { p.probe.every = d }
+
+// SetProbeWait sets how long each step of a probe waits (probeWait). Call
+// it before the pool's first connect.
+func (p *Pool) SetProbeWait(d time.Duration) { p.probe.wait = d }

@@ -31,8 +31,8 @@ import (
 // The probe runs in the background, one at a time, at most once per
 // probeEvery: it sends PostgreSQL's SSLRequest, to which PostgreSQL and
 // PgBouncer answer with one byte, 'S', 'N' or 'E'. Any other answer is
-// another service. No answer (the connection closed, or nothing within a
-// second) leads to a TLS handshake, as a client of HTTPS would make it: a
+// another service. No answer (the connection closed, or nothing within
+// probeWait) leads to a TLS handshake, as a client of HTTPS would make it: a
 // server that completes it without PostgreSQL's SSLRequest (PostgreSQL
 // 17's direct TLS demands the ALPN protocol "postgresql", not offered
 // here) is a TLS service, and a server that answers it with other bytes
@@ -64,8 +64,20 @@ func (pr *probes) period() time.Duration {
 	return probeEvery
 }
 
-// probeWait bounds each step of the probe: the dial, then the answer.
-const probeWait = time.Second
+// probeWait bounds each step of the probe: the dial, then the answer,
+// then the TLS handshake. The probe runs in the background, so a long
+// bound costs no unit of work; a short one made a loaded machine's TLS
+// handshake (an HTTPS server at the address) read as no answer, and the
+// misconfiguration as an outage.
+const probeWait = 5 * time.Second
+
+// waitFor is probeWait, or what a test set.
+func (pr *probes) waitFor() time.Duration {
+	if pr.wait > 0 {
+		return pr.wait
+	}
+	return probeWait
+}
 
 // probes is a pool's state of the probe.
 type probes struct {
@@ -77,6 +89,7 @@ type probes struct {
 	cause   error             // the latest of found, as refused returns it
 	until   time.Time         // refused fails at once before, then lets one connect through
 	every   time.Duration     // probeEvery; tests shorten it
+	wait    time.Duration     // probeWait; tests lengthen it
 	addr    string            // the address of cause
 	recheck time.Time         // no recheck of addr before (see refused)
 	checks  bool              // a recheck runs
@@ -121,7 +134,7 @@ func (p *Pool) probed(err error) error {
 func (p *Pool) runProbe(ctx context.Context, addr string, err error) {
 	pr := &p.probe
 	defer pr.wg.Done()
-	what := probeAnswer(ctx, addr)
+	what := probeAnswer(ctx, addr, pr.waitFor())
 	pr.mu.Lock()
 	pr.running = false
 	pr.done++
@@ -198,7 +211,7 @@ const recheckEvery = time.Second
 func (p *Pool) recheckAddr(ctx context.Context, addr string) {
 	pr := &p.probe
 	defer pr.wg.Done()
-	back := postgresAnswers(ctx, addr)
+	back := postgresAnswers(ctx, addr, pr.waitFor())
 	pr.mu.Lock()
 	pr.checks = false
 	if back && ctx.Err() == nil && pr.addr == addr {
@@ -209,14 +222,14 @@ func (p *Pool) recheckAddr(ctx context.Context, addr string) {
 
 // postgresAnswers reports whether what answers at addr answers an
 // SSLRequest as PostgreSQL and PgBouncer do: with one byte, S, N or E.
-func postgresAnswers(ctx context.Context, addr string) bool {
-	d := net.Dialer{Timeout: probeWait}
+func postgresAnswers(ctx context.Context, addr string, wait time.Duration) bool {
+	d := net.Dialer{Timeout: wait}
 	c, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return false
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(probeWait))
+	c.SetDeadline(time.Now().Add(wait))
 	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
 	defer stop()
 	var b [1]byte
@@ -280,14 +293,14 @@ var sslRequest = []byte{0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f}
 
 // probeAnswer says what answers at addr where it is not PostgreSQL, else
 // "" (PostgreSQL, or nothing known).
-func probeAnswer(ctx context.Context, addr string) string {
-	d := net.Dialer{Timeout: probeWait}
+func probeAnswer(ctx context.Context, addr string, wait time.Duration) string {
+	d := net.Dialer{Timeout: wait}
 	c, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return ""
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(probeWait))
+	c.SetDeadline(time.Now().Add(wait))
 	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
 	defer stop()
 	buf := make([]byte, 64)
@@ -310,7 +323,7 @@ func probeAnswer(ctx context.Context, addr string) string {
 		return ""
 	}
 	defer raw.Close()
-	raw.SetDeadline(time.Now().Add(probeWait))
+	raw.SetDeadline(time.Now().Add(wait))
 	tc := tls.Client(raw, &tls.Config{InsecureSkipVerify: true, ServerName: host})
 	err = tc.HandshakeContext(ctx)
 	var rh tls.RecordHeaderError
