@@ -357,15 +357,22 @@ func TestStatementCommittedAsSessionEnds(t *testing.T) {
 			return err
 		})
 	}()
+	var pid int
 	eventually(t, "the INSERT's commit waiting for the standby, its backend terminated", func() bool {
 		select {
 		case err := <-done:
 			t.Fatalf("the INSERT ended before: %v", err)
 		default:
 		}
+		return admin.QueryRow(`SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity
+			WHERE application_name = 'waits' AND wait_event = 'SyncRep' LIMIT 1`).Scan(&pid, new(bool)) == nil
+	})
+	// Lifted before the backend has seen its termination, the wait would
+	// end as a standby's answer ends it, the COMMIT answered: wait for the
+	// backend's end first.
+	eventually(t, "the terminated backend's end", func() bool {
 		var n int
-		return admin.QueryRow(`SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-			WHERE application_name = 'waits' AND wait_event = 'SyncRep'`).Scan(&n) == nil && n > 0
+		return admin.QueryRow(`SELECT count(*) FROM pg_stat_activity WHERE pid = $1`, pid).Scan(&n) == nil && n == 0
 	})
 	mustExec(t, admin, "ALTER SYSTEM SET synchronous_standby_names = ''") // a retry's commit would not wait
 	mustExec(t, admin, "SELECT pg_reload_conf()")

@@ -92,12 +92,19 @@ ignore_startup_parameters = extra_float_digits,application_name
 }
 
 // endSyncRepWait terminates the backend of role app whose commit waits for
-// the standby, then lets later commits go.
+// the standby, then, once that backend has ended, lets later commits go.
+// (Lifted before the backend has seen its termination, the wait ends as a
+// standby's answer would end it: the COMMIT is answered, then the
+// connection closed. A loaded machine did so.)
 func endSyncRepWait(t *testing.T, admin *sql.DB) {
+	var pid int
 	eventually(t, "the COMMIT waiting for the standby, its backend terminated", func() bool {
+		return admin.QueryRow(`SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity
+			WHERE usename = 'app' AND wait_event = 'SyncRep' LIMIT 1`).Scan(&pid, new(bool)) == nil
+	})
+	eventually(t, "the terminated backend's end", func() bool {
 		var n int
-		return admin.QueryRow(`SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-			WHERE usename = 'app' AND wait_event = 'SyncRep'`).Scan(&n) == nil && n > 0
+		return admin.QueryRow(`SELECT count(*) FROM pg_stat_activity WHERE pid = $1`, pid).Scan(&n) == nil && n == 0
 	})
 	mustBouncerTest(t, admin, "ALTER SYSTEM SET synchronous_standby_names = ''")
 	mustBouncerTest(t, admin, "SELECT pg_reload_conf()")
