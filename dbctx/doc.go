@@ -309,8 +309,14 @@
 // connection owes). Where the refusal comes with the rows, or in a
 // transaction, the statement fails (SQLSTATE 0A000, "cached plan must
 // not change result type"), as on pgx alone, and is prepared anew the
-// next time. On another driver than pgx's, what the driver keeps
-// prepared is not dropped.
+// next time. So, too, a statement pgx kept prepared that code of the
+// user's (DO, a function, CALL) deallocated, in this scope or an
+// earlier one on the connection (EXECUTE 'DEALLOCATE ALL'): PostgreSQL
+// refuses its Bind (SQLSTATE 26000) before it runs, and it is prepared
+// again and run again, once, under the same rules: in a transaction
+// ([Atomic], [Scope.BeginTx]'s), in a batch or through [Scope.Pgx], it
+// fails, once, as on pgx alone. On another driver than pgx's, what the
+// driver keeps prepared is not dropped.
 //
 // What makes a scope dirty is decided without a round trip, erring toward
 // dirty. Every statement run through the scope's methods is read by a lexer

@@ -75,7 +75,8 @@ func (s *Scope) retryable(ctx context.Context, c *session, k queryKind, err erro
 
 // replannable reports whether a statement that failed with err on the
 // scope's connection may run again on it: a statement pgx kept prepared
-// (or a description kept) whose result type changed since (PostgreSQL
+// (or a description kept) that is gone, or whose result type changed
+// since (PostgreSQL
 // re-parses a prepared statement where the search_path or the schema
 // changed, and refuses to run it where its result type changed), outside
 // any transaction. PostgreSQL refused it before it ran, its implicit
@@ -98,8 +99,14 @@ func (s *Scope) replannable(ctx context.Context, k queryKind, err error) bool {
 	// Or a description kept (pgx's cache_describe, dbscope's own before a
 	// prefix) that no longer matches the statement as PostgreSQL now
 	// reads it: its Bind is refused, with the description dropped.
+	// Or a statement pgx kept prepared that code of the user's (DO, a
+	// function, CALL, in this scope or an earlier one) deallocated
+	// (DEALLOCATE ALL): its Bind is refused, and pgx drops it from its
+	// cache as it does on any error. (A statement refused so in SQL,
+	// EXECUTE, is code, not run again above.)
 	return pe.Code == "0A000" && pe.Routine == "RevalidateCachedQuery" ||
-		pe.Code == "08P01" && pe.Routine == "exec_bind_message"
+		pe.Code == "08P01" && pe.Routine == "exec_bind_message" ||
+		pe.Code == "26000" && pe.Routine == "FetchPreparedStatement"
 }
 
 // maxRetries bounds the runs of one statement after the first. One is
