@@ -10,6 +10,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -144,6 +145,13 @@ type PostgresOptions struct {
 // database, treat Event.Data as the input it is, or use NATS and its
 // authorization.
 //
+// The listener's connection waits 5 seconds at most for a lock
+// (lock_timeout, unless ListenDSN sets it): where the table is locked (a
+// VACUUM FULL, a CREATE INDEX), a body it cannot read is a gap for its
+// group, and the cleanup waits 200 milliseconds at most and tries again
+// at the next tick; the listener keeps its connection and delivers the
+// rest.
+//
 // The listener reconnects forever, with backoff and jitter, and then
 // LISTENs again and gives every member a gap. While it is down, a Join of
 // a new group returns at once, as does one that was waiting for its
@@ -246,6 +254,8 @@ type Postgres struct {
 	recoded atomic.Bool
 	refused error // the listener's: a reconnection found a pooler or a standby, logged
 
+	ownLockTimeout bool // ListenDSN sets lock_timeout: direct leaves it
+
 	table *payloadTable // nil where MaxPayload is NOTIFY's
 	notes []string      // arrived, not yet handed on; the listener's
 
@@ -289,6 +299,9 @@ func (e *Postgres) Start(in Inbox) error {
 	// The envelopes are UTF-8; a database in another encoding would
 	// otherwise send them in its own (its default client_encoding).
 	c.RuntimeParams["client_encoding"] = "UTF8"
+	// A ListenDSN that sets lock_timeout keeps its own (see direct).
+	_, set := c.RuntimeParams["lock_timeout"]
+	e.ownLockTimeout = set || mentions(c.RuntimeParams["options"], "lock_timeout")
 	e.cfg = c
 	e.ctx, e.cancel = context.WithCancel(context.Background())
 	ctx, cancel := context.WithTimeout(e.ctx, 10*time.Second)
@@ -328,6 +341,17 @@ func (e *Postgres) Start(in Inbox) error {
 	e.done = make(chan struct{})
 	go e.listen(conn)
 	return nil
+}
+
+// listenerLockTimeout is the listener's lock_timeout (see direct): below
+// the bound of its statements (10 seconds), which closes the connection.
+const listenerLockTimeout = "5s"
+
+// mentions reports whether options, a startup packet's "options" (-c
+// name=value, --name=value), sets the parameter name, which PostgreSQL
+// also reads with '-' for '_'.
+func mentions(options, name string) bool {
+	return strings.Contains(strings.ReplaceAll(options, "-", "_"), name)
 }
 
 // sameDatabaseTimeout bounds sameDatabase, the pool's side mostly: the
@@ -393,6 +417,20 @@ func (e *Postgres) direct(ctx context.Context, conn *pgconn.PgConn) error {
 	}
 	enc := conn.ParameterStatus("server_encoding")
 	e.recoded.Store(enc != "UTF8" && enc != "SQL_ASCII")
+	if !e.ownLockTimeout {
+		// A statement of the listener's that waits for a lock (on the
+		// table of large messages: a VACUUM FULL, a CREATE INDEX, a
+		// migration) gives up before its own bound of 10 seconds: its
+		// error keeps the connection, where that bound would cost it,
+		// and every member a gap, the notifications queued for it lost.
+		// Set once the connection is known to reach PostgreSQL itself (a
+		// pooler refuses it as a startup parameter, and would leave it
+		// on a server connection of its own).
+		res := conn.ExecParams(ctx, "SELECT pg_catalog.set_config('lock_timeout', $1, false)", [][]byte{[]byte(listenerLockTimeout)}, nil, nil, nil).Read()
+		if res.Err != nil {
+			return res.Err
+		}
+	}
 	return nil
 }
 

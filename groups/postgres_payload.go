@@ -39,7 +39,7 @@ type payloadTable struct {
 	perFetch   int // references read in one query at most
 	log        *slog.Logger
 
-	fetchFailed, cleanupFailed atomic.Bool // logged once
+	fetchFailed, cleanupFailed, cleanupLocked atomic.Bool // logged once
 
 	sent, sentBytes, received, receivedBytes atomic.Int64
 }
@@ -77,11 +77,18 @@ func (t *payloadTable) statements(table string) {
 	t.insertSQL = "WITH r AS (INSERT INTO " + table + " (id, created, body) VALUES ($3, 'infinity', $4) RETURNING id) " +
 		"SELECT pg_notify($1, $2) FROM r"
 	t.fetchSQL = "SELECT id::text, body FROM " + table + " WHERE id = ANY($1::uuid[])"
-	// Two statements, one implicit transaction: one now().
-	t.cleanupSQL = fmt.Sprintf("UPDATE %[1]s SET created = now() WHERE created = 'infinity'; "+
+	// Two statements, one implicit transaction: one now(). Where the
+	// table or its rows are locked (by another listener's cleanup, a
+	// VACUUM FULL), the cleanup waits cleanupLockTimeout at most, and the
+	// next tick tries again: the listener delivers meanwhile.
+	t.cleanupSQL = fmt.Sprintf("SET LOCAL lock_timeout = %[3]d; "+
+		"UPDATE %[1]s SET created = now() WHERE created = 'infinity'; "+
 		"DELETE FROM %[1]s WHERE created < now() - interval '%[2]d microseconds'",
-		table, t.maxAge.Microseconds())
+		table, t.maxAge.Microseconds(), cleanupLockTimeout.Milliseconds())
 }
+
+// cleanupLockTimeout bounds the cleanup's wait for a lock on the table.
+const cleanupLockTimeout = 200 * time.Millisecond
 
 // validTable reports whether name is a table name NewPostgres takes: no
 // character that needs quoting but for case (each part is quoted, as a
@@ -323,6 +330,13 @@ func (t *payloadTable) cleanup(ctx context.Context, conn *pgconn.PgConn) error {
 	_, err := conn.Exec(ctx, t.cleanupSQL).ReadAll()
 	if err == nil || conn.IsClosed() || ctx.Err() != nil {
 		return err
+	}
+	if pe := (*pgconn.PgError)(nil); errors.As(err, &pe) && pe.Code == "55P03" {
+		// lock_not_available: the next tick tries again.
+		if !t.cleanupLocked.Swap(true) {
+			t.log.Warn("groups: deleting old large messages from the table waits for a lock on it; trying again at each tick", "table", t.name, "err", err)
+		}
+		return nil
 	}
 	if !t.cleanupFailed.Swap(true) {
 		t.log.Error("groups: deleting old large messages from the table failed", "table", t.name, "err", err)

@@ -1,0 +1,136 @@
+package groups_test
+
+import (
+	"bytes"
+	"context"
+	"testing"
+	"time"
+
+	"github.com/dbscope/dbscope/groups"
+	"github.com/dbscope/dbscope/internal/dbtest"
+	"github.com/dbscope/dbscope/internal/pgserver"
+	"github.com/dbscope/dbscope/internal/pgtest"
+)
+
+// A lock on the table of large messages held for longer than the
+// listener's statements wait (a VACUUM FULL, a CREATE INDEX, a migration
+// on it) fails the listener's cleanup, not its connection: the messages
+// sent meanwhile reach the members, and no gap. The listener waited for
+// the lock, timed out after 10 seconds, dropped its connection and every
+// member got a gap, the notifications queued for it lost. See also
+// TestLargeBodyLocked.
+func TestLargeTableLocked(t *testing.T) {
+	t.Parallel()
+	for _, mode := range []string{"EXCLUSIVE", "ACCESS EXCLUSIVE"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			env := pgtest.New(t)
+			app := env.AppName() + "_listener"
+			listenDSN, err := pgserver.WithParams(env.DirectDSN(t), "application_name", app)
+			if err != nil {
+				t.Fatal(err)
+			}
+			in := pgInstances(t, env, 1, &groups.PostgresOptions{ListenDSN: listenDSN})[0]
+			recs := members(t, []*instance{in}, 1, bigMembers, "locked")
+			ctx := context.Background()
+			tx, err := env.Admin().BeginTx(ctx, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tx.Rollback()
+			if _, err := tx.ExecContext(ctx, "LOCK TABLE "+env.Schema()+".dbscope_groups_payloads IN "+mode+" MODE"); err != nil {
+				t.Fatal(err)
+			}
+			// The cleanup, at the listener's next tick, waits for the lock.
+			waiting := func() bool {
+				var n int
+				err := env.Admin().QueryRowContext(ctx, "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'", app).Scan(&n)
+				if err != nil {
+					t.Error(err)
+				}
+				return n > 0
+			}
+			dbtest.Eventually(t, "the listener waiting for the lock", waiting)
+			large := body(0, 1, 20000, false)
+			want := [][]byte{[]byte("small")}
+			if err := in.layer.Send(ctx, "locked", []byte("small")); err != nil {
+				t.Fatal(err)
+			}
+			if mode == "ACCESS EXCLUSIVE" {
+				// Its INSERT waits for the lock as well: from another
+				// goroutine, and it reaches the listener once the lock
+				// is released.
+				sent := make(chan error, 1)
+				go func() { sent <- in.layer.Send(ctx, "locked", large) }()
+				dbtest.Eventually(t, "the small message", func() bool { return recs[0].n.Load() >= 1 })
+				tx.Rollback()
+				if err := <-sent; err != nil {
+					t.Fatal(err)
+				}
+				want = append(want, large)
+			}
+			if err := in.layer.Send(ctx, "locked", []byte("after")); err != nil {
+				t.Fatal(err)
+			}
+			want = append(want, []byte("after"))
+			dbtest.Eventually(t, "every message", func() bool { return recs[0].n.Load() >= int64(len(want)) })
+			tx.Rollback()
+			got := recs[0].got()
+			for i, e := range got {
+				if e.Gap {
+					t.Fatalf("event %d is a gap: the listener's connection was dropped (reconnects %d)", i, in.layer.Stats().Reconnects)
+				}
+				if i >= len(want) || !bytes.Equal(e.Data, want[i]) {
+					t.Fatalf("event %d: %.20q", i, e.Data)
+				}
+			}
+			if r := in.layer.Stats().Reconnects; r != 0 {
+				t.Fatalf("the listener reconnected %d times", r)
+			}
+		})
+	}
+}
+
+// A large message whose body cannot be read, its table locked (ACCESS
+// EXCLUSIVE) past the listener's lock_timeout as the reference arrives, is
+// a gap for its group, counted; the listener keeps its connection, and
+// the small message after it is delivered. The listener's read of the
+// body timed out after 10 seconds, dropped its connection, and the small
+// message was lost.
+func TestLargeBodyLocked(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "the listener goes through a proxy of the test's, to the server: LISTEN needs a direct connection")
+	env := pgtest.New(t)
+	rx := pgtest.NewProxy(t, env)
+	in := pgInstances(t, env, 1, &groups.PostgresOptions{ListenDSN: rx.DSN(), SampleEvery: time.Hour})[0]
+	recs := members(t, []*instance{in}, 1, bigMembers, "locked")
+	ctx := context.Background()
+	rx.Stall()
+	if err := in.layer.Send(ctx, "locked", body(0, 1, 20000, false)); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := env.Admin().BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, "LOCK TABLE "+env.Schema()+".dbscope_groups_payloads IN ACCESS EXCLUSIVE MODE"); err != nil {
+		t.Fatal(err)
+	}
+	if err := in.layer.Send(ctx, "locked", []byte("after")); err != nil {
+		t.Fatal(err)
+	}
+	rx.Restore()
+	dbtest.Eventually(t, "two events", func() bool { return recs[0].n.Load() >= 2 })
+	tx.Rollback()
+	got := recs[0].got()
+	if !got[0].Gap || got[1].Gap || string(got[1].Data) != "after" {
+		t.Fatalf("got gap=%v, then gap=%v %.20q; want the large message's gap, then the small one", got[0].Gap, got[1].Gap, got[1].Data)
+	}
+	if st := in.layer.Stats(); st.Reconnects != 0 {
+		t.Fatalf("the listener reconnected: %+v", st)
+	}
+	if st := in.pg.Stats(); st.LargeMissing != 1 {
+		t.Fatalf("want the body counted missing: %+v", st)
+	}
+}
