@@ -146,11 +146,12 @@ type PostgresOptions struct {
 // authorization.
 //
 // The listener's connection waits 5 seconds at most for a lock
-// (lock_timeout, unless ListenDSN sets it): where the table is locked (a
-// VACUUM FULL, a CREATE INDEX), a body it cannot read is a gap for its
-// group, and the cleanup waits 200 milliseconds at most and tries again
-// at the next tick; the listener keeps its connection and delivers the
-// rest.
+// (lock_timeout): where the table is locked (a VACUUM FULL, a CREATE
+// INDEX), a body it cannot read is a gap for its group, and the cleanup
+// waits 200 milliseconds at most and tries again at the next tick; the
+// listener keeps its connection and delivers the rest. It is not ended
+// by the idle_session_timeout of the database or the role (it sets 0).
+// A ListenDSN that sets either keeps its own.
 //
 // The listener reconnects forever, with backoff and jitter, and then
 // LISTENs again and gives every member a gap. While it is down, a Join of
@@ -254,7 +255,9 @@ type Postgres struct {
 	recoded atomic.Bool
 	refused error // the listener's: a reconnection found a pooler or a standby, logged
 
-	ownLockTimeout bool // ListenDSN sets lock_timeout: direct leaves it
+	// The listener's settings (listenerSettings) that ListenDSN does not
+	// set, as set_config's arrays of names and values: direct sets them.
+	settingNames, settingValues string
 
 	table *payloadTable // nil where MaxPayload is NOTIFY's
 	notes []string      // arrived, not yet handed on; the listener's
@@ -299,9 +302,16 @@ func (e *Postgres) Start(in Inbox) error {
 	// The envelopes are UTF-8; a database in another encoding would
 	// otherwise send them in its own (its default client_encoding).
 	c.RuntimeParams["client_encoding"] = "UTF8"
-	// A ListenDSN that sets lock_timeout keeps its own (see direct).
-	_, set := c.RuntimeParams["lock_timeout"]
-	e.ownLockTimeout = set || mentions(c.RuntimeParams["options"], "lock_timeout")
+	// A ListenDSN that sets one of the listener's settings keeps its own
+	// (see direct).
+	var names, values []string
+	for _, st := range listenerSettings {
+		if _, set := c.RuntimeParams[st.name]; !set && !mentions(c.RuntimeParams["options"], st.name) {
+			names, values = append(names, st.name), append(values, st.value)
+		}
+	}
+	e.settingNames = "{" + strings.Join(names, ",") + "}"
+	e.settingValues = "{" + strings.Join(values, ",") + "}"
 	e.cfg = c
 	e.ctx, e.cancel = context.WithCancel(context.Background())
 	ctx, cancel := context.WithTimeout(e.ctx, 10*time.Second)
@@ -343,9 +353,20 @@ func (e *Postgres) Start(in Inbox) error {
 	return nil
 }
 
-// listenerLockTimeout is the listener's lock_timeout (see direct): below
-// the bound of its statements (10 seconds), which closes the connection.
-const listenerLockTimeout = "5s"
+// listenerSettings are the settings of the listener's session, against
+// those of the database or the role that would end it, or cost it its
+// connection (see direct).
+var listenerSettings = []struct{ name, value string }{
+	// A statement of the listener's that waits for a lock (on the table
+	// of large messages: a VACUUM FULL, a CREATE INDEX, a migration)
+	// gives up before its own bound of 10 seconds: its error keeps the
+	// connection, where that bound would close it.
+	{"lock_timeout", "5s"},
+	// Waiting for notifications is not the idleness the setting is for
+	// (PostgreSQL 14+): the server ended the session at each quiet spell
+	// longer than it.
+	{"idle_session_timeout", "0"},
+}
 
 // mentions reports whether options, a startup packet's "options" (-c
 // name=value, --name=value), sets the parameter name, which PostgreSQL
@@ -392,7 +413,8 @@ const directSQL = "SELECT pg_catalog.pg_backend_pid(), pg_catalog.pg_is_in_recov
 // backend that answers is the one conn announced at startup (its
 // BackendKeyData; a pooler announces one of its own); and a primary, not
 // a standby, where LISTEN fails. It also reads the database's encoding,
-// which PostgreSQL reports at startup.
+// which PostgreSQL reports at startup, and sets the listener's settings
+// (listenerSettings).
 func (e *Postgres) direct(ctx context.Context, conn *pgconn.PgConn) error {
 	q := directSQL
 	if e.directSQL != "" {
@@ -417,19 +439,21 @@ func (e *Postgres) direct(ctx context.Context, conn *pgconn.PgConn) error {
 	}
 	enc := conn.ParameterStatus("server_encoding")
 	e.recoded.Store(enc != "UTF8" && enc != "SQL_ASCII")
-	if !e.ownLockTimeout {
-		// A statement of the listener's that waits for a lock (on the
-		// table of large messages: a VACUUM FULL, a CREATE INDEX, a
-		// migration) gives up before its own bound of 10 seconds: its
-		// error keeps the connection, where that bound would cost it,
-		// and every member a gap, the notifications queued for it lost.
-		// Set once the connection is known to reach PostgreSQL itself (a
-		// pooler refuses it as a startup parameter, and would leave it
-		// on a server connection of its own).
-		res := conn.ExecParams(ctx, "SELECT pg_catalog.set_config('lock_timeout', $1, false)", [][]byte{[]byte(listenerLockTimeout)}, nil, nil, nil).Read()
-		if res.Err != nil {
-			return res.Err
-		}
+	// The listener's settings, set once the connection is known to reach
+	// PostgreSQL itself (a pooler refuses them as startup parameters, and
+	// would leave them on a server connection of its own); those this
+	// server does not know are left (idle_session_timeout before 14).
+	// Otherwise a lock on the table held past 10 seconds, or a quiet
+	// spell past the database's idle_session_timeout, cost the listener
+	// its connection, and every member a gap, the notifications queued
+	// for it lost.
+	if e.settingNames == "{}" {
+		return nil
+	}
+	res = conn.ExecParams(ctx, "SELECT pg_catalog.set_config(n, v, false) FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[])) AS s(n, v) "+
+		"WHERE pg_catalog.current_setting(n, true) IS NOT NULL", [][]byte{[]byte(e.settingNames), []byte(e.settingValues)}, nil, nil, nil).Read()
+	if res.Err != nil {
+		return res.Err
 	}
 	return nil
 }

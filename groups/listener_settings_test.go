@@ -3,9 +3,11 @@ package groups_test
 import (
 	"bytes"
 	"context"
+	"database/sql"
 	"testing"
 	"time"
 
+	"github.com/dbscope/dbscope/dbctx"
 	"github.com/dbscope/dbscope/groups"
 	"github.com/dbscope/dbscope/internal/dbtest"
 	"github.com/dbscope/dbscope/internal/pgserver"
@@ -132,5 +134,67 @@ func TestLargeBodyLocked(t *testing.T) {
 	}
 	if st := in.pg.Stats(); st.LargeMissing != 1 {
 		t.Fatalf("want the body counted missing: %+v", st)
+	}
+}
+
+// A database (or role) whose idle_session_timeout is shorter than the
+// listener's quiet spells does not end the listener's session: it waits
+// for notifications, which is not the idleness the setting is for. The
+// server ended the session at each quiet spell, and every member got a
+// gap, the messages sent meanwhile lost.
+func TestListenerIdleSessionTimeout(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "names the database in a connection string that names PgBouncer")
+	env := pgtest.New(t)
+	dsn := env.Database(t)
+	name := env.Schema() + "_db"
+	ctx := context.Background()
+	if _, err := env.Admin().ExecContext(ctx, "ALTER DATABASE "+name+" SET idle_session_timeout = '300ms'"); err != nil {
+		t.Fatal(err)
+	}
+	db, err := sql.Open("pgx", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	pool := dbctx.New(db, nil)
+	defer pool.Close()
+	app := env.AppName() + "_listener"
+	listenDSN, err := pgserver.WithParams(dsn, "application_name", app)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := groups.NewPostgres(pool, &groups.PostgresOptions{ListenDSN: listenDSN, SampleEvery: time.Hour, MaxPayload: 7999})
+	l, err := groups.New(e, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	r := &recorder{}
+	m := l.NewMember(r.handle, nil)
+	defer m.Close()
+	if err := m.Join(ctx, "quiet"); err != nil {
+		t.Fatal(err)
+	}
+	// Idle three times the timeout, and still there; or gone.
+	quiet := func() bool {
+		var n int
+		err := env.Admin().QueryRowContext(ctx, "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 "+
+			"AND application_name = $2 AND state = 'idle' AND now() - state_change > interval '900 milliseconds'", name, app).Scan(&n)
+		if err != nil {
+			t.Error(err)
+		}
+		return n > 0 || l.Stats().Reconnects > 0
+	}
+	dbtest.Eventually(t, "a quiet spell of the listener", quiet)
+	if err := l.Send(ctx, "quiet", []byte("hi")); err != nil {
+		t.Fatal(err)
+	}
+	dbtest.Eventually(t, "the message", func() bool { return r.n.Load() > 0 })
+	if st := l.Stats(); st.Reconnects != 0 {
+		t.Fatalf("the listener's session was ended: %+v", st)
+	}
+	if got := r.got(); got[0].Gap || string(got[0].Data) != "hi" {
+		t.Fatalf("got gap=%v %q", got[0].Gap, got[0].Data)
 	}
 }
