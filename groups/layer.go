@@ -51,10 +51,12 @@ type Layer struct {
 	foreign       atomic.Int64
 	foreignLogged atomic.Int64 // unix nanoseconds
 
-	subMu  sync.Mutex // orders the engine's Subscribe and Unsubscribe calls
-	mu     sync.RWMutex
-	groups map[string]map[*Member]struct{}
-	closed atomic.Bool
+	subMu     sync.Mutex // orders the engine's Subscribe and Unsubscribe calls
+	mu        sync.RWMutex
+	groups    map[string]map[*Member]struct{}
+	closed    atomic.Bool
+	closeDone chan struct{} // closed once Close has closed the engine
+	closeErr  error         // the engine's Close's, once closeDone is
 
 	// The members whose goroutine runs, for the sweep (see Member.run).
 	lmu      sync.Mutex
@@ -84,7 +86,7 @@ func New(engine Engine, opts *Options) (*Layer, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	l := &Layer{engine: engine, log: o.Logger, groups: map[string]map[*Member]struct{}{}}
+	l := &Layer{engine: engine, log: o.Logger, groups: map[string]map[*Member]struct{}{}, closeDone: make(chan struct{})}
 	l.countSent = func() { l.c.sent.Add(1) }
 	rand.Read(l.origin[:])
 	if err := engine.Start(inbox{l}); err != nil {
@@ -96,11 +98,14 @@ func New(engine Engine, opts *Options) (*Layer, error) {
 // Close stops the engine. Members are their owners' to close; sends fail
 // with ErrClosed afterwards. The gaps owed (see Send) go out first, where
 // the engine carries them within closeGapsTimeout; those that cannot are
-// logged.
+// logged. It may be called more than once, and concurrently: each call
+// returns once the engine is closed, with its error.
 func (l *Layer) Close() error {
 	if l.closed.Swap(true) {
-		return nil
+		<-l.closeDone
+		return l.closeErr
 	}
+	defer close(l.closeDone)
 	if l.owing.Load() {
 		ctx, cancel := context.WithTimeout(context.Background(), closeGapsTimeout)
 		l.payGaps(ctx)
@@ -112,7 +117,8 @@ func (l *Layer) Close() error {
 			l.log.Warn("groups: closed with gaps the engine could not carry: the members of other instances are not told of messages lost", "groups", n)
 		}
 	}
-	return l.engine.Close()
+	l.closeErr = l.engine.Close()
+	return l.closeErr
 }
 
 // closeGapsTimeout bounds Close's publish of the gaps owed.
