@@ -32,8 +32,9 @@ type Engine struct {
 	cancel context.CancelFunc
 	done   chan struct{} // watch has returned
 
-	mu   sync.Mutex // subs
+	mu   sync.Mutex // subs, shut
 	subs map[string]*subscription
+	shut bool // Close has taken subs: Subscribe refuses (groups.ErrClosed)
 
 	// deliver serializes what the engine hands the layer: Deliver and Gap
 	// from every subscription's goroutine and from watch.
@@ -223,6 +224,9 @@ func (e *Engine) Close() error {
 		return nil
 	}
 	if e.in == nil { // never started
+		e.mu.Lock()
+		e.shut = true
+		e.mu.Unlock()
 		if e.owned {
 			e.nc.Close()
 		}
@@ -234,6 +238,7 @@ func (e *Engine) Close() error {
 	e.mu.Lock()
 	subs := e.subs
 	e.subs = map[string]*subscription{}
+	e.shut = true
 	e.mu.Unlock()
 	var err error
 	for _, s := range subs {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/dbscope/dbscope/groups"
 	"github.com/nats-io/nats.go"
 )
 
@@ -27,6 +28,8 @@ type subscription struct {
 // once; nats.go subscribes on reconnection, and the layer's members get a
 // gap then.
 //
+// After Close it returns groups.ErrClosed, and subscribes nothing.
+//
 // nats.go hands each subscription's messages, in order, to a goroutine
 // of the subscription's own; the engine hands them to the layer one at a
 // time, across groups. A group whose messages arrive faster than this
@@ -35,6 +38,10 @@ type subscription struct {
 // subscriptions.
 func (e *Engine) Subscribe(ctx context.Context, group string) error {
 	e.mu.Lock()
+	if e.shut {
+		e.mu.Unlock()
+		return groups.ErrClosed
+	}
 	if s := e.subs[group]; s != nil {
 		s.refs++
 		e.mu.Unlock()
@@ -44,6 +51,9 @@ func (e *Engine) Subscribe(ctx context.Context, group string) error {
 	s := &subscription{e: e, group: group, refs: 1}
 	sub, err := e.nc.Subscribe(Subject(e.opts.Prefix, group), s.handle)
 	if err != nil {
+		if e.isShut() {
+			return groups.ErrClosed // Close closed Connect's connection meanwhile
+		}
 		return fmt.Errorf("natslayer: subscribing to %s: %w", group, err)
 	}
 	// Room for the largest message the server carries, whatever this
@@ -55,6 +65,12 @@ func (e *Engine) Subscribe(ctx context.Context, group string) error {
 	}
 	s.sub = sub
 	e.mu.Lock()
+	if e.shut {
+		// Closed meanwhile: Close took the subscriptions before this one.
+		e.mu.Unlock()
+		sub.Unsubscribe()
+		return groups.ErrClosed
+	}
 	e.subs[group] = s
 	e.mu.Unlock()
 	for {
@@ -69,9 +85,19 @@ func (e *Engine) Subscribe(ctx context.Context, group string) error {
 		// connection breaks under it: the loop looks again.
 		if !errors.Is(err, nats.ErrConnectionClosed) || e.nc.IsClosed() {
 			e.Unsubscribe(group)
+			if e.isShut() {
+				return groups.ErrClosed
+			}
 			return fmt.Errorf("natslayer: subscribing to %s: %w", group, err)
 		}
 	}
+}
+
+// isShut reports whether Close has taken the subscriptions.
+func (e *Engine) isShut() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.shut
 }
 
 // Unsubscribe drops group's subscription (the layer calls it once per
