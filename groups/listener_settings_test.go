@@ -198,3 +198,50 @@ func TestListenerIdleSessionTimeout(t *testing.T) {
 		t.Fatalf("got gap=%v %q", got[0].Gap, got[0].Data)
 	}
 }
+
+// A cleanup that takes longer than the listener's 10-second bound on a
+// statement (a backlog of rows older than PayloadMaxAge, here made slow by
+// a trigger) fails, logged, and keeps the connection: a message sent
+// meanwhile is delivered, and no gap. The bound closed the connection,
+// every member got a gap, and the next connection's first cleanup did
+// the same, for as long as the backlog lasted: for ever, as each cleanup
+// rolled back.
+func TestListenerSlowCleanup(t *testing.T) {
+	t.Parallel()
+	env := pgtest.New(t)
+	in := pgInstances(t, env, 1, nil)[0]
+	recs := members(t, []*instance{in}, 1, bigMembers, "g")
+	ctx := context.Background()
+	tbl := env.Schema() + ".dbscope_groups_payloads"
+	for _, q := range []string{
+		"CREATE FUNCTION " + env.Schema() + ".slow() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN PERFORM pg_sleep(0.5); RETURN OLD; END$$",
+		"CREATE TRIGGER slow BEFORE DELETE ON " + tbl + " FOR EACH ROW EXECUTE FUNCTION " + env.Schema() + ".slow()",
+		"INSERT INTO " + tbl + " SELECT gen_random_uuid(), now() - interval '1 hour', 'old' FROM generate_series(1, 30)",
+	} {
+		if _, err := env.Admin().ExecContext(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The listener's next cleanup runs into the trigger: a message sent
+	// then waits for it to end.
+	dbtest.Eventually(t, "the cleanup under way", func() bool {
+		var n int
+		err := env.Admin().QueryRowContext(ctx, "SELECT count(*) FROM pg_stat_activity WHERE usename = $1 AND wait_event = 'PgSleep'", env.Role()).Scan(&n)
+		if err != nil {
+			t.Error(err)
+		}
+		return n > 0
+	})
+	if err := in.layer.Send(ctx, "g", []byte("after")); err != nil {
+		t.Fatal(err)
+	}
+	dbtest.Eventually(t, "the message, or a reconnection", func() bool {
+		return recs[0].n.Load() > 0 || in.layer.Stats().Reconnects > 0
+	})
+	if st := in.layer.Stats(); st.Reconnects > 0 {
+		t.Fatalf("the listener reconnected: %+v", st)
+	}
+	if got := recs[0].got(); got[0].Gap || string(got[0].Data) != "after" {
+		t.Fatalf("got gap=%v %q, want the message", got[0].Gap, got[0].Data)
+	}
+}

@@ -146,12 +146,15 @@ type PostgresOptions struct {
 // authorization.
 //
 // The listener's connection waits 5 seconds at most for a lock
-// (lock_timeout): where the table is locked (a VACUUM FULL, a CREATE
-// INDEX), a body it cannot read is a gap for its group, and the cleanup
-// waits 200 milliseconds at most and tries again at the next tick; the
-// listener keeps its connection and delivers the rest. It is not ended
-// by the idle_session_timeout of the database or the role (it sets 0).
-// A ListenDSN that sets either keeps its own.
+// (lock_timeout), and runs no statement longer than 8 seconds
+// (statement_timeout): where the table is locked (a VACUUM FULL, a
+// CREATE INDEX), a body it cannot read is a gap for its group, and the
+// cleanup waits 200 milliseconds at most and tries again at the next
+// tick; a cleanup that cannot finish in time (a backlog of rows) is
+// logged, and tried again at the next tick; the listener keeps its
+// connection and delivers the rest. It is not ended by the
+// idle_session_timeout of the database or the role (it sets 0). A
+// ListenDSN that sets any of these keeps its own.
 //
 // The listener reconnects forever, with backoff and jitter, and then
 // LISTENs again and gives every member a gap. While it is down, a Join of
@@ -362,6 +365,10 @@ var listenerSettings = []struct{ name, value string }{
 	// gives up before its own bound of 10 seconds: its error keeps the
 	// connection, where that bound would close it.
 	{"lock_timeout", "5s"},
+	// Nor does any statement of its outlive that bound (a cleanup of a
+	// backlog of rows, a read of large bodies on a loaded server): the
+	// server cancels it first, and the error keeps the connection.
+	{"statement_timeout", "8s"},
 	// Waiting for notifications is not the idleness the setting is for
 	// (PostgreSQL 14+): the server ended the session at each quiet spell
 	// longer than it.

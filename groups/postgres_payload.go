@@ -77,10 +77,11 @@ func (t *payloadTable) statements(table string) {
 	t.insertSQL = "WITH r AS (INSERT INTO " + table + " (id, created, body) VALUES ($3, 'infinity', $4) RETURNING id) " +
 		"SELECT pg_notify($1, $2) FROM r"
 	t.fetchSQL = "SELECT id::text, body FROM " + table + " WHERE id = ANY($1::uuid[])"
-	// Two statements, one implicit transaction: one now(). Where the
-	// table or its rows are locked (by another listener's cleanup, a
-	// VACUUM FULL), the cleanup waits cleanupLockTimeout at most, and the
-	// next tick tries again: the listener delivers meanwhile.
+	// One implicit transaction for the statements: one now(), and the
+	// SET LOCAL for both. Where the table or its rows are locked (by
+	// another listener's cleanup, a VACUUM FULL), the cleanup waits
+	// cleanupLockTimeout at most, and the next tick tries again: the
+	// listener delivers meanwhile.
 	t.cleanupSQL = fmt.Sprintf("SET LOCAL lock_timeout = %[3]d; "+
 		"UPDATE %[1]s SET created = now() WHERE created = 'infinity'; "+
 		"DELETE FROM %[1]s WHERE created < now() - interval '%[2]d microseconds'",
@@ -322,8 +323,11 @@ func (e *Postgres) missed(groups []string) {
 // PayloadMaxAge is not deleted before every listener that got its
 // NOTIFY, at the commit, had PayloadMaxAge to read it. A row whose
 // transaction rolled back is gone with it, and every committed one is
-// stamped at the next tick: nothing stays for ever. It fails only where
-// the connection broke or ctx ended; a statement's error is logged once.
+// stamped at the next tick: nothing stays for ever, but where a backlog
+// takes longer to delete than the listener's statement_timeout (8 s; see
+// listenerSettings): the statement is canceled, logged once, and tried
+// again at each tick. It fails only where the connection broke or ctx
+// ended; a statement's error is logged once.
 func (t *payloadTable) cleanup(ctx context.Context, conn *pgconn.PgConn) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
