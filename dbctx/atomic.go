@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"time"
 
@@ -20,7 +21,9 @@ import (
 // part of the transaction. The transaction begins lazily, with fn's first
 // statement, in the same round trip: an fn that never touches the
 // database takes no slot and no connection. A nested Atomic uses a
-// savepoint, so its failure rolls back only its own work.
+// savepoint, so its failure rolls back only its own work; the savepoint
+// too goes with the first statement inside it, so a nested fn that runs
+// none sends nothing.
 //
 // Transaction control in SQL inside fn (COMMIT, ROLLBACK, BEGIN, END,
 // ABORT, PREPARE TRANSACTION; SAVEPOINT, RELEASE and ROLLBACK TO are
@@ -85,7 +88,7 @@ func (s *Scope) atomicTx(ctx context.Context, fn func(ctx context.Context) error
 		s.x = new(scopeExtra)
 	}
 	x := s.x
-	s.atomic, x.atomicCtx, x.begun, x.onCommit, x.beginErr, x.failed, x.lost = 1, ctx, false, nil, nil, false, false
+	s.atomic, x.atomicCtx, x.begun, x.onCommit, x.beginErr, x.failed, x.lost, x.due = 1, ctx, false, nil, nil, false, false, nil
 	s.mu.Unlock()
 	done := false
 	defer func() {
@@ -277,7 +280,7 @@ func runOf(ctx context.Context) *atomicRun {
 func (s *Scope) endTx(ctx context.Context, commit bool) error {
 	x := s.x
 	begun, doomed := x.begun, x.doomed
-	s.atomic, x.atomicCtx, x.begun, x.doomed = 0, nil, false, nil
+	s.atomic, x.atomicCtx, x.begun, x.doomed, x.due = 0, nil, false, nil, nil
 	c := s.c
 	if commit && x.beginErr != nil {
 		// Nothing of it ran (see beginAlone).
@@ -609,7 +612,13 @@ func (s *Scope) beginAlone(ctx context.Context) {
 	actx := x.atomicCtx
 	s.mu.Unlock()
 	if err == nil {
+		s.mu.Lock()
+		x.inOnBegin = true
+		s.mu.Unlock()
 		err = s.onBegin(actx)
+		s.mu.Lock()
+		x.inOnBegin = false
+		s.mu.Unlock()
 	}
 	if err != nil {
 		s.mu.Lock()
@@ -633,15 +642,22 @@ func (s *Scope) savepoint(ctx context.Context, fn func(ctx context.Context) erro
 	// rather than end another's savepoint of the same name.
 	s.x.savepoints++
 	name := "dbctx_sp_" + strconv.Itoa(s.x.savepoints)
-	s.mu.Unlock()
-	if err := s.txStatement(ctx, "SAVEPOINT "+name, 0); err != nil {
-		return err
-	}
+	// Sent with the first statement inside it, as Atomic's BEGIN is: a
+	// function that runs none sends nothing, and takes no slot.
+	s.x.due = append(s.x.due, name)
 	run := &atomicRun{s: s, outer: runOf(ctx)}
-	s.mu.Lock()
 	s.atomic++
 	x := s.x
 	s.mu.Unlock()
+	// sent reports whether the savepoint was sent, and forgets it if not:
+	// nothing ran inside it, nothing is to be released or rolled back.
+	sent := func() bool {
+		if i := slices.Index(x.due, name); i >= 0 {
+			x.due = slices.Delete(x.due, i, i+1)
+			return false
+		}
+		return true
+	}
 	done := false
 	defer func() {
 		s.mu.Lock()
@@ -653,18 +669,25 @@ func (s *Scope) savepoint(ctx context.Context, fn func(ctx context.Context) erro
 		case run.ended == 0:
 			run.ended = runCommitted // released (or its release failed: the transaction is doomed)
 		}
+		rollBack := !done && sent()
 		s.mu.Unlock()
-		if !done {
+		if rollBack {
 			s.rollbackTo(ctx, name)
 		}
 	}()
 	ferr := fn(context.WithValue(ctx, atomicRunKey{}, run))
 	done = true
+	s.mu.Lock()
+	wasSent := sent()
 	if ferr != nil {
-		s.mu.Lock()
 		x.onCommit = dropIn(x.onCommit, run)
 		run.ended = runRolledBack
-		s.mu.Unlock()
+	}
+	s.mu.Unlock()
+	switch {
+	case !wasSent:
+		return ferr
+	case ferr != nil:
 		s.rollbackTo(ctx, name)
 		return ferr
 	}
@@ -682,12 +705,34 @@ func (s *Scope) savepoint(ctx context.Context, fn func(ctx context.Context) erro
 	return nil
 }
 
+// sendSavepoints sends the savepoints of the nested Atomic calls a
+// statement is about to run in, before it: each in its own statement,
+// the first with Atomic's BEGIN where the transaction is yet to begin.
+// One that fails stays due. Under s.mu.
+func (s *Scope) sendSavepoints(ctx context.Context) error {
+	x := s.x
+	for len(x.due) > 0 {
+		st := stmt{query: "SAVEPOINT " + x.due[0], how: notQuiet}
+		if err := s.execLocked(ctx, &st, txRunner(s, st.query)); err != nil {
+			return err
+		}
+		x.due = x.due[1:]
+	}
+	return nil
+}
+
 // txStatement runs a transaction statement of Atomic's own through the
 // scope's path: the first of an Atomic begins it, in the same round trip.
 // kind is what it does that the scope must know of.
 func (s *Scope) txStatement(ctx context.Context, q string, kind queryKind) error {
 	st := stmt{query: q, kind: kind, how: notQuiet}
-	return s.exec(ctx, &st, func(ctx context.Context, c *session, p *prefix) error {
+	return s.exec(ctx, &st, txRunner(s, q))
+}
+
+// txRunner runs q, a transaction statement of Atomic's own, on s's
+// connection.
+func txRunner(s *Scope, q string) runner {
+	return func(ctx context.Context, c *session, p *prefix) error {
 		if c.px == nil {
 			_, err := c.pin.conn.ExecContext(ctx, q)
 			return err
@@ -696,7 +741,7 @@ func (s *Scope) txStatement(ctx context.Context, q string, kind queryKind) error
 			_, err := s.pgxExec(ctx, c, p, q, nil)
 			return err
 		})
-	})
+	}
 }
 
 func (s *Scope) rollbackTo(ctx context.Context, name string) {

@@ -1,0 +1,108 @@
+package dbctx_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+
+	"github.com/dbscope/dbscope/dbctx"
+)
+
+// A nested Atomic whose function runs no statement sends nothing, as an
+// outer one does not: its savepoint goes with the first statement inside
+// it. It sent SAVEPOINT (and the outer BEGIN) before its function ran, so
+// a unit of work that touched no database took a slot and a connection,
+// and, with none to be had, got ErrBusy in place of its function's own
+// error (a validation error answered 503).
+func TestNestedAtomicTakesNoSlot(t *testing.T) {
+	t.Parallel()
+	forDrivers(t, func(t *testing.T, drv string) {
+		p, env := newPoolWith(t, drv, &dbctx.Options{MaxWorkers: 1, MaxWaiting: -1})
+		mustExec(t, env.Admin(), "CREATE TABLE "+env.Schema()+".t (n int)")
+		errInvalid := errors.New("invalid input")
+
+		// The pool's only slot held, as by a long request.
+		hctx, holder := p.Scope(context.Background())
+		defer holder.End()
+		if err := holder.Reserve(hctx); err != nil {
+			t.Fatal(err)
+		}
+		ctx, s := p.Scope(context.Background())
+		defer s.End()
+		committed := false
+		err := dbctx.Atomic(ctx, func(ctx context.Context) error {
+			dbctx.OnCommit(ctx, func() { committed = true })
+			if err := dbctx.Atomic(ctx, func(ctx context.Context) error { return nil }); err != nil {
+				return err
+			}
+			return dbctx.Atomic(ctx, func(ctx context.Context) error {
+				return dbctx.Atomic(ctx, func(ctx context.Context) error { return errInvalid })
+			})
+		})
+		if !errors.Is(err, errInvalid) {
+			t.Fatalf("Atomic with nested Atomic calls that touch no database: %v, want the function's error", err)
+		}
+		if committed {
+			t.Error("OnCommit ran for a failed Atomic")
+		}
+		err = dbctx.Atomic(ctx, func(ctx context.Context) error {
+			dbctx.OnCommit(ctx, func() { committed = true })
+			return dbctx.Atomic(ctx, func(ctx context.Context) error { return nil })
+		})
+		if err != nil || !committed {
+			t.Fatalf("Atomic: %v, OnCommit ran: %v", err, committed)
+		}
+		if st := p.Stats(); st.Acquired != 0 || st.Busy != 0 {
+			t.Fatalf("connections pinned %d, refused %d: want none", st.Acquired, st.Busy)
+		}
+		s.End()
+		holder.End()
+
+		// Savepoints still roll back what ran inside them, and only that,
+		// whether the statements came before, inside or after them, and
+		// however deep.
+		ctx, s = p.Scope(context.Background())
+		defer s.End()
+		ins := func(ctx context.Context, n int) error {
+			_, err := s.ExecContext(ctx, "INSERT INTO t VALUES ($1)", n)
+			return err
+		}
+		err = dbctx.Atomic(ctx, func(ctx context.Context) error {
+			dbctx.Atomic(ctx, func(ctx context.Context) error { // nothing, rolled back
+				return dbctx.Atomic(ctx, func(ctx context.Context) error { return errInvalid })
+			})
+			dbctx.Atomic(ctx, func(ctx context.Context) error { // two levels, the inner's row rolled back
+				if err := ins(ctx, 1); err != nil {
+					return err
+				}
+				dbctx.Atomic(ctx, func(ctx context.Context) error {
+					ins(ctx, 100)
+					return errInvalid
+				})
+				return nil
+			})
+			dbctx.Atomic(ctx, func(ctx context.Context) error { // savepoints of both levels with the first statement
+				return dbctx.Atomic(ctx, func(ctx context.Context) error {
+					ins(ctx, 101)
+					return errInvalid
+				})
+			})
+			if err := ins(ctx, 2); err != nil {
+				return err
+			}
+			dbctx.Atomic(ctx, func(ctx context.Context) error { return nil }) // after the transaction began
+			dbctx.Atomic(ctx, func(ctx context.Context) error { return errInvalid })
+			return dbctx.Atomic(ctx, func(ctx context.Context) error { return ins(ctx, 3) })
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var n, sum int
+		if err := s.QueryRowContext(ctx, "SELECT count(*), coalesce(sum(n), 0) FROM t").Scan(&n, &sum); err != nil {
+			t.Fatal(err)
+		}
+		if n != 3 || sum != 6 {
+			t.Fatalf("committed %d rows summing %d, want rows 1, 2, 3", n, sum)
+		}
+	})
+}
