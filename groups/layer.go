@@ -97,9 +97,9 @@ func New(engine Engine, opts *Options) (*Layer, error) {
 
 // Close stops the engine. Members are their owners' to close; sends fail
 // with ErrClosed afterwards. The gaps owed (see Send) go out first, where
-// the engine carries them within closeGapsTimeout; those that cannot are
-// logged. It may be called more than once, and concurrently: each call
-// returns once the engine is closed, with its error.
+// the engine carries them within 5 s; those that cannot are logged. It
+// may be called more than once, and concurrently: each call returns once
+// the engine is closed, with its error.
 func (l *Layer) Close() error {
 	if l.closed.Swap(true) {
 		<-l.closeDone

@@ -214,8 +214,8 @@ func newHandler(pool *dbctx.Pool, c Consumer, async bool, opts *Options) *Handle
 // ServeHTTP runs one websocket from connect to disconnect; it returns when
 // the socket is closed and Disconnect has run, or, for a socket that
 // goes idle after a message that took long to handle, once it is idle:
-// the goroutine that read on meanwhile goes on with the socket (see
-// readInline), so that an idle socket keeps one goroutine. Shutdown waits
+// the goroutine that read on meanwhile goes on with the socket (see the
+// package doc on reading), so that an idle socket keeps one goroutine. Shutdown waits
 // for every socket either way.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !h.enter() {
