@@ -612,12 +612,16 @@ func (s *Scope) beginAlone(ctx context.Context) {
 	actx := x.atomicCtx
 	s.mu.Unlock()
 	if err == nil {
+		// OnBegin's statements are the transaction's, outside the
+		// savepoints due (a nested Atomic's first statement began it):
+		// those go after it.
 		s.mu.Lock()
-		x.inOnBegin = true
+		due := x.due
+		x.due = nil
 		s.mu.Unlock()
 		err = s.onBegin(actx)
 		s.mu.Lock()
-		x.inOnBegin = false
+		x.due = due
 		s.mu.Unlock()
 	}
 	if err != nil {

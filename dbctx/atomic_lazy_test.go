@@ -106,3 +106,49 @@ func TestNestedAtomicTakesNoSlot(t *testing.T) {
 		}
 	})
 }
+
+// Where a nested Atomic's first statement begins the transaction, OnBegin
+// runs before its savepoint: rolling the nested Atomic back keeps what
+// OnBegin set for the transaction.
+func TestNestedAtomicSavepointAfterOnBegin(t *testing.T) {
+	t.Parallel()
+	forDrivers(t, func(t *testing.T, drv string) {
+		p, env := newPoolWith(t, drv, &dbctx.Options{OnBegin: func(ctx context.Context, s *dbctx.Scope) error {
+			_, err := s.ExecContext(ctx, "SELECT set_config('app.on_begin', 'yes', true)")
+			return err
+		}})
+		mustExec(t, env.Admin(), "CREATE TABLE "+env.Schema()+".t (n int)")
+		errInvalid := errors.New("invalid input")
+		err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+			return dbctx.Atomic(ctx, func(ctx context.Context) error {
+				err := dbctx.Atomic(ctx, func(ctx context.Context) error {
+					if _, err := s.ExecContext(ctx, "INSERT INTO t VALUES (1)"); err != nil {
+						return err
+					}
+					return errInvalid
+				})
+				if !errors.Is(err, errInvalid) {
+					t.Errorf("nested Atomic: %v", err)
+				}
+				var v string
+				if err := s.QueryRowContext(ctx, "SELECT coalesce(current_setting('app.on_begin', true), '')").Scan(&v); err != nil {
+					return err
+				}
+				if v != "yes" {
+					t.Errorf("after the nested Atomic rolled back, OnBegin's setting is %q", v)
+				}
+				_, err = s.ExecContext(ctx, "INSERT INTO t VALUES (2)")
+				return err
+			})
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, err := dbctx.DoValue(scopeCtx(t, p), func(ctx context.Context, s *dbctx.Scope) (int, error) {
+			return queryInt(ctx, s, "SELECT coalesce(sum(n), 0) FROM t")
+		})
+		if err != nil || n != 2 {
+			t.Fatalf("committed rows sum to %d (%v), want the row after the nested Atomic alone", n, err)
+		}
+	})
+}

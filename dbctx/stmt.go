@@ -87,7 +87,7 @@ func (s *Scope) exec(ctx context.Context, st *stmt, run runner) error {
 			s.beginAlone(ctx)
 		}()
 	}
-	if s.atomic > 0 && len(s.x.due) > 0 && !s.x.inOnBegin {
+	if s.atomic > 0 && len(s.x.due) > 0 {
 		if err := s.sendSavepoints(ctx); err != nil {
 			s.account(start)
 			return err
