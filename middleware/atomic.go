@@ -62,7 +62,8 @@ func Atomic(next http.Handler) http.Handler {
 // logged at Debug: PostgreSQL rolled the transaction back, and nothing of
 // it, the statements before the failed one included, was committed; a 2xx
 // or 3xx written over a failed statement becomes 500, as a failed commit
-// does. So where Atomic is mounted twice (the inner one a savepoint). A
+// does. The same holds where Atomic is mounted twice (the inner one a
+// savepoint). A
 // transaction whose connection failed before COMMIT was sent
 // (dbctx.ErrSessionLost, the server's or the network's doing: a backend
 // terminated, a failover) committed nothing: 503 with Retry-After, logged
