@@ -38,7 +38,8 @@ import (
 // may run statements on the scope; nested Atomic calls belong on fn's
 // goroutine. The COMMIT is sent with ctx: where ctx has ended by then (a
 // request whose client left, a deadline), the transaction rolls back and
-// Atomic returns ctx's error, OnCommit's functions unrun; so it does where
+// Atomic returns ctx's error, OnCommit's functions unrun (also where fn
+// ran no statement, and nothing was begun); so it does where
 // the scope's boundary came while fn ran (ErrScopeEnded). Where the
 // transaction's session is lost while fn runs (the server ended it, a
 // statement's context ended mid-way, a [Do] inside fn panicked and its
@@ -307,6 +308,12 @@ func (s *Scope) endTx(ctx context.Context, commit bool) error {
 		return nil
 	}
 	if !begun || c == nil {
+		if commit && ctx.Err() != nil {
+			// Nothing was sent, but the unit's context ended before its
+			// commit, as it would be where a statement ran: its
+			// OnCommit functions do not run.
+			return ctx.Err()
+		}
 		return nil
 	}
 	// Looked at before the pin is touched: the Close of a result handed

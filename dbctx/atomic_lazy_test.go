@@ -152,3 +152,31 @@ func TestNestedAtomicSavepointAfterOnBegin(t *testing.T) {
 		}
 	})
 }
+
+// An Atomic whose context has ended by its commit returns the context's
+// error, OnCommit's functions unrun, whether or not its function ran a
+// statement: a request whose client left sends no group message and no
+// email at OnCommit. Where no statement ran it returned nil and ran them.
+func TestAtomicContextEndedWithoutStatements(t *testing.T) {
+	t.Parallel()
+	p, _ := newPool(t, nil)
+	for _, statement := range []bool{false, true} {
+		ctx, s := p.Scope(context.Background())
+		ctx, cancel := context.WithCancel(ctx)
+		ran := false
+		err := dbctx.Atomic(ctx, func(ctx context.Context) error {
+			if statement {
+				if _, err := s.ExecContext(ctx, "SELECT 1"); err != nil {
+					return err
+				}
+			}
+			dbctx.OnCommit(ctx, func() { ran = true })
+			cancel() // the client leaves
+			return nil
+		})
+		if !errors.Is(err, context.Canceled) || ran {
+			t.Errorf("statement run: %v: Atomic returned %v, OnCommit ran: %v; want context.Canceled, not run", statement, err, ran)
+		}
+		s.End()
+	}
+}
