@@ -50,7 +50,11 @@ var settingsDeclared atomic.Bool
 // two or more identifiers joined by dots) or a built-in parameter a
 // session may set ("statement_timeout", "search_path", "role"…). Names
 // are case-insensitive, as PostgreSQL's are. NewSetting panics on a name
-// that is not one, and on those a unit of work cannot declare:
+// that is not one by its form (identifiers joined by dots); it does not
+// know the server's parameters: a name without a dot that is none
+// ("tenant"), or one no session may set ("server_version"), fails every
+// statement run with it, with the server's error (SQLSTATE 42704, 55P02).
+// It panics too on the names a unit of work cannot declare:
 // session_authorization (the reset relies on it), the transaction_*
 // parameters, which only SET TRANSACTION may set, the
 // default_transaction_* ones, which a transaction reads as it begins,
