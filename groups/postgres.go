@@ -284,6 +284,10 @@ func (e *Postgres) channelOf(group string) string {
 	return "dbscope_" + hex.EncodeToString(h[:16])
 }
 
+// Start connects the listener (ListenDSN), checks that it reaches the
+// pool's database on a primary, and from then on hands the layer what is
+// notified, reconnecting for ever; it fails where the first connection
+// fails (see New).
 func (e *Postgres) Start(in Inbox) error {
 	e.in = in
 	cfg, err := pgx.ParseConfig(e.opts.ListenDSN) // pgx's, so its own settings are not sent
@@ -470,6 +474,8 @@ func (e *Postgres) direct(ctx context.Context, conn *pgconn.PgConn) error {
 // base64 (see Layer.envelope).
 func (e *Postgres) asciiText() bool { return e.recoded.Load() }
 
+// Transactional reports true: a send inside dbctx.Atomic on the engine's
+// pool is a NOTIFY in its transaction, delivered at its commit.
 func (e *Postgres) Transactional() bool { return true }
 
 // joinsTx reports whether Publish with ctx runs in ctx's transaction, if
@@ -482,8 +488,12 @@ func (e *Postgres) joinsTx(ctx context.Context) bool {
 	s := dbctx.From(ctx)
 	return s == nil || s.Pool() == e.pool && !scopes.AtomicOutside(ctx)
 }
+
+// MaxPayload is PostgresOptions.MaxPayload (1 MiB by default), the
+// layer's envelope included.
 func (e *Postgres) MaxPayload() int { return e.opts.MaxPayload }
 
+// Ready returns nil while the listener is connected, else why not.
 func (e *Postgres) Ready() error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -514,6 +524,9 @@ func (e *Postgres) Close() error {
 	return nil
 }
 
+// Publish NOTIFYs payload to group's channel (through the table past
+// NOTIFY's 7,999 bytes), on the scope of the engine's pool that ctx
+// carries, in its transaction if any, else on a scope of its own.
 func (e *Postgres) Publish(ctx context.Context, group string, payload []byte) error {
 	if len(payload) > e.opts.MaxPayload {
 		return fmt.Errorf("%w: %d bytes, the engine carries %d", ErrTooLarge, len(payload), e.opts.MaxPayload)
@@ -533,6 +546,8 @@ func (e *Postgres) Publish(ctx context.Context, group string, payload []byte) er
 	return e.pool.Do(ctx, notify)
 }
 
+// Subscribe LISTENs on group's channel and returns once the listener has
+// (see [Engine]).
 func (e *Postgres) Subscribe(ctx context.Context, group string) error {
 	done := make(chan error, 1)
 	e.mu.Lock()
@@ -566,6 +581,7 @@ func (e *Postgres) Subscribe(ctx context.Context, group string) error {
 	}
 }
 
+// Unsubscribe UNLISTENs group's channel, without waiting.
 func (e *Postgres) Unsubscribe(group string) {
 	e.mu.Lock()
 	e.push(command{channel: e.channelOf(group)})
