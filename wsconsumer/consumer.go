@@ -113,5 +113,6 @@ const StatusTooSlow websocket.StatusCode = 4008
 var ErrNoLayer = errors.New("wsconsumer: Join needs Options.Layer")
 
 // ErrClosed is returned by Send on a session whose socket is closed or not
-// accepted yet.
+// accepted yet, and by Join for a socket that joins nothing (see
+// [Session.Join]).
 var ErrClosed = errors.New("wsconsumer: websocket closed")
