@@ -10,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/coder/websocket"
 	"github.com/dbscope/dbscope/dbctx"
@@ -357,18 +358,23 @@ func (s *Session) SendJSON(ctx context.Context, v any) error {
 	return s.send(ctx, websocket.MessageText, data, true)
 }
 
-// Close closes the socket with a status code and a reason (at most 123
-// bytes, sent to the client; keep internals out of it). It first writes
+// Close closes the socket with a status code and a reason (sent to the
+// client; keep internals out of it), cut to the 123 bytes a close frame
+// holds, at a character boundary. It first writes
 // what a sync callback's Send accepted and holds (see [Session.Send]),
 // bounded by the write timeout, then performs the closing handshake,
 // which coder/websocket bounds at 5s for each side, and then cancels the
 // socket's context (Session.Context, and the ctx of the callbacks): work
-// still under way for the socket stops. Disconnect runs after.
+// still under way for the socket stops. Disconnect runs after. A code no
+// close frame may carry (below 1000, 1004 to 1006, 1015 to 2999, 5000 and
+// above) drops the connection with no frame: the client sees an abnormal
+// closure, Disconnect gets -1, and Close returns the error.
 func (s *Session) Close(code websocket.StatusCode, reason string) error {
 	c := s.conn.Load()
 	if c == nil {
 		return ErrClosed
 	}
+	reason = closeReason(reason)
 	s.ended.CompareAndSwap(0, endServer)
 	flushed := true
 	if o := s.out.Load(); o != nil {
@@ -376,7 +382,7 @@ func (s *Session) Close(code websocket.StatusCode, reason string) error {
 		// at the socket: a client that takes nothing holds no Close.
 		flushed = o.flush()
 	}
-	if flushed {
+	if flushed && sendableCode(code) {
 		// Before the frame goes out, for the read that meets the peer's
 		// answer (closeStatus). Where a held reply's write failed (the
 		// watchdog cut the connection), no frame goes out either: the
@@ -387,6 +393,36 @@ func (s *Session) Close(code websocket.StatusCode, reason string) error {
 	err := c.Close(code, reason)
 	s.sock.cancel()
 	return err
+}
+
+// maxCloseReason is what a close frame's reason holds: its payload, a
+// control frame's 125 bytes, less the status's 2.
+const maxCloseReason = 123
+
+// closeReason returns reason cut to maxCloseReason bytes, at a character
+// boundary: coder/websocket refuses a longer one, and then sends no close
+// frame at all.
+func closeReason(reason string) string {
+	if len(reason) <= maxCloseReason {
+		return reason
+	}
+	i := maxCloseReason
+	for i > 0 && !utf8.RuneStart(reason[i]) {
+		i--
+	}
+	return reason[:i]
+}
+
+// sendableCode reports whether a close frame may carry code (RFC 6455,
+// 7.4; coder/websocket refuses the others, and sends no frame).
+func sendableCode(code websocket.StatusCode) bool {
+	switch {
+	case code == 1004 || code == websocket.StatusNoStatusRcvd || code == websocket.StatusAbnormalClosure:
+		return false
+	case code >= websocket.StatusNormalClosure && code <= websocket.StatusBadGateway:
+		return true
+	}
+	return code >= 3000 && code <= 4999
 }
 
 // Go runs fn in a goroutine tied to the socket: its ctx is canceled when
