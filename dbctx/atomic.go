@@ -23,7 +23,9 @@ import (
 // database takes no slot and no connection. A nested Atomic uses a
 // savepoint, so its failure rolls back only its own work; the savepoint
 // too goes with the first statement inside it, so a nested fn that runs
-// none sends nothing.
+// none sends nothing (where the scope's connection was handed out, by
+// [Scope.Conn] or [Scope.Pgx], it goes at once: fn may run statements
+// there).
 //
 // Transaction control in SQL inside fn (COMMIT, ROLLBACK, BEGIN, END,
 // ABORT, PREPARE TRANSACTION; SAVEPOINT, RELEASE and ROLLBACK TO are
@@ -654,8 +656,20 @@ func (s *Scope) savepoint(ctx context.Context, fn func(ctx context.Context) erro
 	s.x.savepoints++
 	name := "dbctx_sp_" + strconv.Itoa(s.x.savepoints)
 	// Sent with the first statement inside it, as Atomic's BEGIN is: a
-	// function that runs none sends nothing, and takes no slot.
-	s.x.due = append(s.x.due, name)
+	// function that runs none sends nothing, and takes no slot. But where
+	// the connection was handed out (Conn, Pgx), fn may run its statements
+	// there, unseen: the savepoint goes now.
+	eager := s.c != nil && s.c.pin.handedOut
+	if !eager {
+		s.x.due = append(s.x.due, name)
+	}
+	s.mu.Unlock()
+	if eager {
+		if err := s.txStatement(ctx, "SAVEPOINT "+name, 0); err != nil {
+			return err
+		}
+	}
+	s.mu.Lock()
 	run := &atomicRun{s: s, outer: runOf(ctx)}
 	s.atomic++
 	x := s.x

@@ -180,3 +180,57 @@ func TestAtomicContextEndedWithoutStatements(t *testing.T) {
 		s.End()
 	}
 }
+
+// A nested Atomic inside which only a connection handed out before it
+// runs statements (Scope.Conn, Scope.Pgx, kept from the outer Atomic)
+// still rolls them back when its function fails: its savepoint goes at
+// once, as nothing of the scope's could carry it. Sent with the first
+// statement of the scope's own, it was never sent, and the nested
+// function's failure left its rows to commit with the outer transaction.
+func TestNestedAtomicAfterHandOut(t *testing.T) {
+	t.Parallel()
+	forDrivers(t, func(t *testing.T, drv string) {
+		p, env := newPoolWith(t, drv, nil)
+		table := env.Schema() + ".t"
+		mustExec(t, env.Admin(), "CREATE TABLE "+table+" (n int)")
+		errInvalid := errors.New("invalid input")
+		err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+			return dbctx.Atomic(ctx, func(ctx context.Context) error {
+				conn, err := s.Conn(ctx)
+				if err != nil {
+					return err
+				}
+				if _, err := conn.ExecContext(ctx, "INSERT INTO "+table+" VALUES (1)"); err != nil {
+					return err
+				}
+				nerr := dbctx.Atomic(ctx, func(ctx context.Context) error {
+					if _, err := conn.ExecContext(ctx, "INSERT INTO "+table+" VALUES (2)"); err != nil {
+						return err
+					}
+					return errInvalid
+				})
+				if !errors.Is(nerr, errInvalid) {
+					t.Errorf("the nested Atomic: %v, want its function's error", nerr)
+				}
+				return nil
+			})
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []int
+		rows, err := env.Admin().Query("SELECT n FROM " + table + " ORDER BY n")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var n int
+			rows.Scan(&n)
+			got = append(got, n)
+		}
+		if len(got) != 1 || got[0] != 1 {
+			t.Fatalf("rows committed %v: want [1], the nested Atomic's rolled back", got)
+		}
+	})
+}
