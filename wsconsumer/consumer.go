@@ -45,7 +45,9 @@ type Consumer struct {
 	// error closes the socket: dbctx.ErrBusy and dbctx.ErrUnavailable with
 	// 1013 (try again later), dbctx.ErrPoolClosed with 1001 (going away),
 	// any other error or a panic with 1011 (internal error), the detail
-	// logged and not sent to the client. An error that says the client
+	// logged and not sent to the client; so does a callback that ends
+	// its goroutine with runtime.Goexit (t.FailNow in a test), which
+	// Connect's refuses with 500. An error that says the client
 	// went away (a send on a socket it closed, a connection reset, the
 	// socket's context canceled) closes nothing more and is logged at
 	// Debug only (Stats.ClientGone).

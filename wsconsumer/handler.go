@@ -3,8 +3,10 @@ package wsconsumer
 import (
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -308,9 +310,32 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// socket's outlives it).
 		stop := context.AfterFunc(r.Context(), func() { s.cancel(endClient) })
 		locked := s.lockCallbacks()
+		returned := false
+		defer func() {
+			if !returned {
+				// Connect ended its goroutine (runtime.Goexit): refused
+				// as a panic is.
+				if locked {
+					s.cb.Unlock()
+				}
+				stop()
+				close(s.opened)
+				s.leaveGroups()
+				// net/http sends no response of a handler whose
+				// goroutine ends: the 500 goes out whole, now.
+				body := http.StatusText(http.StatusInternalServerError) + "\n"
+				w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+				w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+				w.Header().Set("Connection", "close")
+				w.WriteHeader(http.StatusInternalServerError)
+				io.WriteString(w, body)
+				http.NewResponseController(w).Flush()
+			}
+		}()
 		err := h.call(s.cbCtx(), pool, &Callback{Kind: CallbackConnect, Session: s}, func(ctx context.Context) error {
 			return h.c.Connect(ctx, s)
 		})
+		returned = true
 		if locked {
 			s.cb.Unlock()
 		}
@@ -357,8 +382,18 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.raw = hw.conn
 	s.accept(conn)
 	h.register(s)
+	returned := false
+	defer func() {
+		if !returned {
+			// A callback ended this goroutine (runtime.Goexit), and
+			// exited closed its socket.
+			h.end(s, websocket.StatusInternalError)
+		}
+	}()
 	var code websocket.StatusCode
-	if code, handedOver = h.readLoop(pool, s); handedOver {
+	code, handedOver = h.readLoop(pool, s)
+	returned = true
+	if handedOver {
 		return
 	}
 	h.end(s, code)
@@ -368,27 +403,34 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // releases what it held: from ServeHTTP, or from the goroutine that took
 // the socket over (takeOver).
 func (h *Handler) end(s *Session, code websocket.StatusCode) {
+	defer s.conn.Load().CloseNow() // deferred: Disconnect may end the goroutine (runtime.Goexit)
 	h.unregister(s)
 	s.sock.cancel()
 	s.finish()
 	s.leaveGroups() // waits for an event callback under way
 	s.wg.Wait()
 	h.disconnect(s.pool, s, code)
-	s.conn.Load().CloseNow()
 }
 
 // takeOver goes on with a socket whose ServeHTTP has handed it over, from
 // the goroutine that read its frame f, and ends it as ServeHTTP would
 // have.
 func (h *Handler) takeOver(s *Session, f frame) {
-	code, handedOver := h.readInline(s.pool, s, &f)
-	if handedOver {
-		return // to the next reader
-	}
-	h.end(s, code)
-	s.release()
-	h.live.Add(-1)
-	h.active.Done()
+	code, handedOver := websocket.StatusInternalError, false
+	defer func() {
+		if handedOver {
+			return // to the next reader
+		}
+		// Deferred: a callback may end the goroutine (runtime.Goexit;
+		// exited closed its socket), and Disconnect too.
+		defer func() {
+			s.release()
+			h.live.Add(-1)
+			h.active.Done()
+		}()
+		h.end(s, code)
+	}()
+	code, handedOver = h.readInline(s.pool, s, &f)
 }
 
 // cbCtx is the context callbacks get: the scope's in the sync style, the
@@ -415,7 +457,38 @@ func (h *Handler) call(ctx context.Context, pool *dbctx.Pool, cb *Callback, fn f
 // (internal/lazyslot: an event passed on to the client, or a Disconnect
 // that cleans up in memory, takes none); in the async style directly. A panic
 // becomes a *dbctx.PanicError.
-func (h *Handler) run(ctx context.Context, pool *dbctx.Pool, cb *Callback, fn func(ctx context.Context) error) error {
+func (h *Handler) run(ctx context.Context, pool *dbctx.Pool, cb *Callback, fn func(ctx context.Context) error) (err error) {
+	returned := false
+	defer func() {
+		if !returned {
+			h.exited(cb)
+		}
+	}()
+	err = h.runFn(ctx, pool, cb, fn)
+	returned = true
+	return err
+}
+
+// errGoexit is what a callback that called runtime.Goexit (t.FailNow in
+// a test's consumer) is logged with.
+var errGoexit = errors.New("wsconsumer: the callback called runtime.Goexit")
+
+// exited ends the socket of a callback, cb, that ended its goroutine
+// (runtime.Goexit) rather than return, as one that panicked: logged at
+// ERROR, counted, the socket closed with 1011. Nothing can stop the
+// goroutine's end: the goroutines that run callbacks end their socket in
+// deferred calls.
+func (h *Handler) exited(cb *Callback) {
+	s := cb.Session
+	h.count.failed.Add(1)
+	h.logFailure(s, cb.Kind.String(), errGoexit)
+	if s.conn.Load() != nil && !s.closing.Load() {
+		s.Close(websocket.StatusInternalError, "internal error")
+	}
+	s.sock.cancel()
+}
+
+func (h *Handler) runFn(ctx context.Context, pool *dbctx.Pool, cb *Callback, fn func(ctx context.Context) error) error {
 	if !h.async {
 		if len(h.opts.Pools) > 0 {
 			// The other pools' boundaries inside pool's; a panic in fn
