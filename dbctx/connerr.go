@@ -155,8 +155,11 @@ var misconfiguredClasses = []string{"28", "3D", "42", "22"}
 
 // misconfiguredCodes are single SQLSTATEs of a refusal at connect that no
 // retry fixes: 55000, the database does not allow connections
-// (datallowconn false, template0).
-var misconfiguredCodes = []string{"55000"}
+// (datallowconn false, template0); 55P02, a startup parameter the server
+// takes from its own configuration only, or never (max_connections,
+// server_version in the connection string), as lasting a refusal as an
+// unknown parameter's (class 42).
+var misconfiguredCodes = []string{"55000", "55P02"}
 
 // poolerRefusals are the refusals of PgBouncer at connect that no retry
 // fixes: it says them with 08P01, the code of its every refusal, outages

@@ -78,6 +78,12 @@ func TestConnectErrors(t *testing.T) {
 			dbctx.ErrMisconfigured, ""},
 		{"the server's certificate not trusted", dsn(pgserver.WithParams(env.DSN(), "sslmode", "verify-full")),
 			dbctx.ErrMisconfigured, ""},
+		// A startup parameter the server takes only from its own
+		// configuration, or never: 55P02, as lasting as an unknown one.
+		{"startup parameter not settable at connect", dsn(pgserver.WithParams(env.DSN(), "max_connections", "10")),
+			dbctx.ErrMisconfigured, "55P02"},
+		{"read-only startup parameter", dsn(pgserver.WithParams(env.DSN(), "server_version", "1")),
+			dbctx.ErrMisconfigured, "55P02"},
 		{"connection string does not parse", "postgres://postgres@127.0.0.1:notaport/postgres",
 			dbctx.ErrMisconfigured, ""},
 		{"not PostgreSQL at the address (an HTTP server)", dsn(pgserver.WithTCPAddr(env.DSN(), notPostgres(t))),

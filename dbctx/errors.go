@@ -90,7 +90,10 @@ var (
 	// parameter", and PostgreSQL's refusals it passes on, read in
 	// English) or does not allow connections (55000), the
 	// password is wrong (28P01) or pg_hba.conf has no entry for it, the
-	// role lacks CONNECT, the host name does not resolve, TLS or
+	// role lacks CONNECT, a startup parameter of the connection string
+	// is refused (unknown, a value out of range, one only the server's
+	// configuration sets: 42704, 22023, 55P02), the host name does not
+	// resolve, TLS or
 	// authentication fails, the connection string does not parse, what
 	// answers at the address does not speak PostgreSQL's protocol (an
 	// HTTP server at the wrong port). A connect that fails without a word
