@@ -23,7 +23,7 @@ import (
 // styles and whichever goroutine ran it (the one that read the socket, a
 // reader that read on, a worker, the member's for an Event). Where
 // Disconnect itself ends its goroutine, the connection is closed all the
-// same.
+// same; so where Options.OnCallback ends it.
 func TestGoexitInCallbacks(t *testing.T) {
 	t.Parallel()
 	type setup struct {
@@ -82,7 +82,13 @@ func TestGoexitInCallbacks(t *testing.T) {
 						runtime.Goexit()
 					}
 				},
-			}, &wsconsumer.Options{Logger: quiet(), Layer: layer, InFlight: st.inFlight})
+			}, &wsconsumer.Options{Logger: quiet(), Layer: layer, InFlight: st.inFlight,
+				OnCallback: func(ctx context.Context, cb wsconsumer.Callback) (context.Context, func(error)) {
+					if cb.Kind == wsconsumer.CallbackReceive && cb.Session.Request().URL.Query().Has("hook") {
+						runtime.Goexit()
+					}
+					return ctx, nil
+				}})
 			url := serve(t, h)
 
 			want := int32(0)
@@ -133,8 +139,17 @@ func TestGoexitInCallbacks(t *testing.T) {
 				closed(c, m)
 				want++
 			}
+			// Options.OnCallback that ends the goroutine of a Receive.
+			c := dial(t, url+"?hook")
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if err := c.Write(ctx, websocket.MessageText, []byte("x")); err != nil {
+				t.Fatal(err)
+			}
+			closed(c, "OnCallback")
+			want++
 			// An Event that ends the member's goroutine.
-			c := dial(t, url+"?event")
+			c = dial(t, url+"?event")
 			dbtest.Eventually(t, "joined", func() bool { return h.Len() >= 1 })
 			if err := layer.Send(context.Background(), "g", []byte("exit")); err != nil {
 				t.Fatal(err)
@@ -148,12 +163,10 @@ func TestGoexitInCallbacks(t *testing.T) {
 			dbtest.Eventually(t, "every socket ended", func() bool {
 				return disconnects.Load() == want && h.Len() == 0 && h.Stats().Sockets == 0
 			})
-			if got := h.Stats().Failed; got != 6 {
-				t.Errorf("Stats.Failed = %d, want 6 (Receive 3, Event, Connect, Disconnect)", got)
+			if got := h.Stats().Failed; got != 7 {
+				t.Errorf("Stats.Failed = %d, want 7 (Receive 3, OnCallback, Event, Connect, Disconnect)", got)
 			}
 			c = dial(t, url) // still serving
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
 			if err := c.Write(ctx, websocket.MessageText, []byte("hi")); err != nil {
 				t.Fatal(err)
 			}

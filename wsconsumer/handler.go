@@ -444,27 +444,18 @@ func (s *Session) cbCtx() context.Context {
 
 // call runs a callback, cb, as run does, with Options.OnCallback around
 // it where set.
-func (h *Handler) call(ctx context.Context, pool *dbctx.Pool, cb *Callback, fn func(ctx context.Context) error) error {
-	if h.opts.OnCallback != nil {
-		return h.observed(ctx, pool, cb, fn)
-	}
-	return h.run(ctx, pool, cb, fn)
-}
-
-// run runs a callback, cb: in the sync style as dbctx.Do does on the
-// socket's scope (a slot, CloseOld before and after), an Event or a
-// Disconnect taking its slot at its first statement only
-// (internal/lazyslot: an event passed on to the client, or a Disconnect
-// that cleans up in memory, takes none); in the async style directly. A panic
-// becomes a *dbctx.PanicError.
-func (h *Handler) run(ctx context.Context, pool *dbctx.Pool, cb *Callback, fn func(ctx context.Context) error) (err error) {
+func (h *Handler) call(ctx context.Context, pool *dbctx.Pool, cb *Callback, fn func(ctx context.Context) error) (err error) {
 	returned := false
 	defer func() {
 		if !returned {
 			h.exited(cb)
 		}
 	}()
-	err = h.runFn(ctx, pool, cb, fn)
+	if h.opts.OnCallback != nil {
+		err = h.observed(ctx, pool, cb, fn)
+	} else {
+		err = h.run(ctx, pool, cb, fn)
+	}
 	returned = true
 	return err
 }
@@ -474,10 +465,10 @@ func (h *Handler) run(ctx context.Context, pool *dbctx.Pool, cb *Callback, fn fu
 var errGoexit = errors.New("wsconsumer: the callback called runtime.Goexit")
 
 // exited ends the socket of a callback, cb, that ended its goroutine
-// (runtime.Goexit) rather than return, as one that panicked: logged at
-// ERROR, counted, the socket closed with 1011. Nothing can stop the
-// goroutine's end: the goroutines that run callbacks end their socket in
-// deferred calls.
+// (runtime.Goexit), or whose Options.OnCallback did, rather than return,
+// as one that panicked: logged at ERROR, counted, the socket closed with
+// 1011. Nothing can stop the goroutine's end: the goroutines that run
+// callbacks end their socket in deferred calls.
 func (h *Handler) exited(cb *Callback) {
 	s := cb.Session
 	h.count.failed.Add(1)
@@ -488,7 +479,13 @@ func (h *Handler) exited(cb *Callback) {
 	s.sock.cancel()
 }
 
-func (h *Handler) runFn(ctx context.Context, pool *dbctx.Pool, cb *Callback, fn func(ctx context.Context) error) error {
+// run runs a callback, cb: in the sync style as dbctx.Do does on the
+// socket's scope (a slot, CloseOld before and after), an Event or a
+// Disconnect taking its slot at its first statement only
+// (internal/lazyslot: an event passed on to the client, or a Disconnect
+// that cleans up in memory, takes none); in the async style directly. A panic
+// becomes a *dbctx.PanicError.
+func (h *Handler) run(ctx context.Context, pool *dbctx.Pool, cb *Callback, fn func(ctx context.Context) error) error {
 	if !h.async {
 		if len(h.opts.Pools) > 0 {
 			// The other pools' boundaries inside pool's; a panic in fn
