@@ -31,6 +31,9 @@ type AtomicOptions struct {
 	// about a request (a request id, a user, a tenant), from the
 	// request's context; records are logged with that context too.
 	// Default: none.
+	// A panic in it is not passed on: the record is logged without
+	// its attributes, with log_attrs_panic saying what it panicked with
+	// (so is a panic of Logger's handler, which loses the record).
 	LogAttrs func(ctx context.Context) []slog.Attr
 }
 

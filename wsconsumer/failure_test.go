@@ -7,11 +7,13 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/coder/websocket"
 	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/groups"
 	"github.com/dbscope/dbscope/internal/dbtest"
 	"github.com/dbscope/dbscope/internal/pgtest"
 	"github.com/dbscope/dbscope/wsconsumer"
@@ -287,4 +289,58 @@ func TestServerClosesNotClientGone(t *testing.T) {
 			})
 		}
 	}
+}
+
+// A LogAttrs that panics (a nil user, say, for a socket no middleware
+// authenticated) where the handler logs on a goroutine of its own (an
+// async socket's worker, a group's member, the keepalive goroutine, this
+// one under the handler's lock) does not end the process, nor the
+// socket's handling: the record is logged without its attributes, and
+// says so. The socket is closed as its failure says (1011), and the
+// handler goes on serving.
+func TestLogAttrsPanics(t *testing.T) {
+	t.Parallel()
+	p, _ := dbtest.NewPool(t, nil)
+	logs, log := dbtest.NewLogs()
+	layer := memoryLayer(t)
+	var disconnects atomic.Int32
+	h := wsconsumer.NewAsync(p, wsconsumer.Consumer{
+		Connect: func(ctx context.Context, s *wsconsumer.Session) error { return s.Join(ctx, "g") },
+		Receive: func(context.Context, *wsconsumer.Session, websocket.MessageType, []byte) error {
+			return errors.New("boom")
+		},
+		Event: func(context.Context, *wsconsumer.Session, groups.Event) error {
+			return errors.New("event boom")
+		},
+		Disconnect: func(context.Context, *wsconsumer.Session, websocket.StatusCode) { disconnects.Add(1) },
+	}, &wsconsumer.Options{Logger: log, InFlight: 2, Layer: layer, LogAttrs: func(ctx context.Context) []slog.Attr {
+		var user *struct{ ID string }
+		return []slog.Attr{slog.String("user", user.ID)} // nil: panics
+	}})
+	url := serve(t, h)
+	c := dial(t, url) // a message, on a worker goroutine
+	send(t, c, msg{ID: 1})
+	if _, code := recv(t, c); code != websocket.StatusInternalError {
+		t.Fatalf("closed with %v, want 1011", code)
+	}
+	dbtest.Eventually(t, "the first disconnected", func() bool { return disconnects.Load() == 1 && h.Len() == 0 })
+	c = dial(t, url) // a group's event, on the member's goroutine
+	if err := layer.Send(context.Background(), "g", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if _, code := recv(t, c); code != websocket.StatusInternalError {
+		t.Fatalf("closed with %v, want 1011", code)
+	}
+	dbtest.Eventually(t, "both disconnected", func() bool { return disconnects.Load() == 2 && h.Len() == 0 })
+	recs := logs.AtLeast(slog.LevelError)
+	if len(recs) != 2 || recs[0].Attrs["callback"] != "receive" || recs[1].Attrs["callback"] != "event" {
+		t.Fatalf("want the ERROR records of the two failures:\n%s", logs)
+	}
+	for _, r := range recs {
+		if r.Msg != "wsconsumer: callback failed" || r.Attrs["log_attrs_panic"] == "" {
+			t.Errorf("want each with LogAttrs' panic:\n%s", logs)
+		}
+	}
+	c = dial(t, url) // still serving
+	c.Close(websocket.StatusNormalClosure, "")
 }

@@ -113,6 +113,9 @@ type Options struct {
 	// about a socket (a request id, a user, a tenant), from the upgrade
 	// request's context (values only, once the socket is accepted);
 	// records are logged with that context too. Default: none.
+	// A panic in it is not passed on: the record is logged without
+	// its attributes, with log_attrs_panic saying what it panicked with
+	// (so is a panic of Logger's handler, which loses the record).
 	LogAttrs func(ctx context.Context) []slog.Attr
 
 	// OnCallback, if set, runs around each callback of a socket (Connect,

@@ -6,6 +6,7 @@ package logattrs
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 )
 
@@ -15,12 +16,32 @@ type Func = func(ctx context.Context) []slog.Attr
 // Log logs msg at level with attrs, then f's attributes for ctx (f may be
 // nil). The record is logged with ctx too, for handlers that read it.
 // f is called only when l logs at level.
+//
+// A panic of f's (a nil user in a context no middleware authenticated)
+// or of l's handler does not go on: packages middleware and wsconsumer
+// log from goroutines of their own (a socket's worker, a group member's,
+// the keepalive goroutine, under a lock) and after a commit, where it
+// would end the process, or leave a lock held or a response unsent. The
+// record is logged without f's attributes, with log_attrs_panic saying
+// what f panicked with; a handler's panic loses the record, as a
+// handler's error does.
 func Log(ctx context.Context, l *slog.Logger, f Func, level slog.Level, msg string, attrs ...slog.Attr) {
+	defer func() { recover() }() // the handler's: nowhere to tell of it
 	if !l.Enabled(ctx, level) {
 		return
 	}
 	if f != nil {
-		attrs = append(attrs, f(ctx)...)
+		attrs = append(attrs, call(ctx, f)...)
 	}
 	l.LogAttrs(ctx, level, msg, attrs...)
+}
+
+// call returns f(ctx), or, where f panics, an attribute that says so.
+func call(ctx context.Context, f Func) (attrs []slog.Attr) {
+	defer func() {
+		if v := recover(); v != nil {
+			attrs = []slog.Attr{slog.String("log_attrs_panic", fmt.Sprint(v))}
+		}
+	}()
+	return f(ctx)
 }
