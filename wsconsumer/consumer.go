@@ -114,7 +114,8 @@ const StatusTooSlow websocket.StatusCode = 4008
 // ErrNoLayer is returned by Join on a handler without Options.Layer.
 var ErrNoLayer = errors.New("wsconsumer: Join needs Options.Layer")
 
-// ErrClosed is returned by Send on a session whose socket is closed or not
-// accepted yet, and by Join for a socket that joins nothing (see
-// [Session.Join]).
+// ErrClosed is returned by Send on a session whose socket is closed (by
+// the server, the client or the network) or not accepted yet, and,
+// wrapping the write's error, by a Send whose socket closed under it; and
+// by Join for a socket that joins nothing (see [Session.Join]).
 var ErrClosed = errors.New("wsconsumer: websocket closed")

@@ -796,3 +796,41 @@ func TestIdleAfterSlowMessage(t *testing.T) {
 		})
 	}
 }
+
+// Send on a socket its client closed returns ErrClosed, as on one the
+// server closed: code that sends to sessions it keeps (a broadcast to a
+// map of them) prunes the closed ones by that error. It got the
+// websocket library's "failed to write msg: use of closed network
+// connection", even once the socket's Disconnect had run.
+func TestSendAfterClientClosed(t *testing.T) {
+	t.Parallel()
+	for name, style := range styles {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			p, _ := dbtest.NewPool(t, nil)
+			kept := make(chan *wsconsumer.Session, 1)
+			disconnected := make(chan struct{})
+			h := style(p, wsconsumer.Consumer{
+				Connect:    func(_ context.Context, s *wsconsumer.Session) error { kept <- s; return nil },
+				Disconnect: func(context.Context, *wsconsumer.Session, websocket.StatusCode) { close(disconnected) },
+			}, &wsconsumer.Options{Logger: quiet()})
+			c := dial(t, serve(t, h))
+			s := <-kept
+			dbtest.Eventually(t, "the socket accepted", func() bool { return h.Len() == 1 })
+			if err := s.SendText(context.Background(), "hello"); err != nil {
+				t.Fatalf("send to an open socket: %v", err)
+			}
+			c.Close(websocket.StatusNormalClosure, "")
+			<-disconnected
+			for what, send := range map[string]func() error{
+				"Send":     func() error { return s.Send(context.Background(), websocket.MessageText, []byte("x")) },
+				"SendText": func() error { return s.SendText(context.Background(), "x") },
+				"SendJSON": func() error { return s.SendJSON(context.Background(), msg{ID: 1}) },
+			} {
+				if err := send(); !errors.Is(err, wsconsumer.ErrClosed) {
+					t.Errorf("%s after the client closed: %v, want ErrClosed", what, err)
+				}
+			}
+		})
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"strings"
@@ -280,7 +281,9 @@ func (s *Session) Send(ctx context.Context, typ websocket.MessageType, data []by
 // send need not copy it.
 func (s *Session) send(ctx context.Context, typ websocket.MessageType, data []byte, owned bool) error {
 	c := s.conn.Load()
-	if c == nil || s.closing.Load() {
+	if c == nil || s.closing.Load() || s.sock.Err() != nil {
+		// Not accepted, or closed: by the server (closing), or by the
+		// client or the network, which ended the socket's context.
 		return ErrClosed
 	}
 	if err := ctx.Err(); err != nil {
@@ -297,7 +300,14 @@ func (s *Session) send(ctx context.Context, typ websocket.MessageType, data []by
 		ob.wmu.Lock()
 		defer ob.wmu.Unlock()
 	}
-	return s.write(c, typ, data)
+	if err := s.write(c, typ, data); err != nil {
+		if s.sock.Err() != nil || s.closing.Load() || errors.Is(err, net.ErrClosed) {
+			// The socket closed under the write.
+			return fmt.Errorf("%w: %w", ErrClosed, err)
+		}
+		return err
+	}
+	return nil
 }
 
 // outboxOf returns the outbox of s that ctx is or carries, or nil.
