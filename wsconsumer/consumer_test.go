@@ -5,8 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"log"
 	"net/http"
+	"net/http/httptest"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -832,5 +836,60 @@ func TestSendAfterClientClosed(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// Shutdown returns at its deadline, and ends what is left then, where
+// clients never answer the close (they do not read): it took 5s more,
+// coder/websocket's bound on the closing handshake under way, whose
+// CloseNow only waits for it, and the sockets lived as long; plain and
+// under TLS.
+func TestShutdownDeadlineClientsSilent(t *testing.T) {
+	t.Parallel()
+	for name, style := range styles {
+		for _, tls := range []bool{false, true} {
+			t.Run(fmt.Sprint(name, "/tls=", tls), func(t *testing.T) {
+				t.Parallel()
+				p, _ := dbtest.NewPool(t, nil)
+				var disconnects atomic.Int32
+				h := style(p, wsconsumer.Consumer{
+					Disconnect: func(context.Context, *wsconsumer.Session, websocket.StatusCode) { disconnects.Add(1) },
+				}, &wsconsumer.Options{Logger: quiet()})
+				srv := httptest.NewUnstartedServer(h)
+				srv.Config.ErrorLog = log.New(io.Discard, "", 0)
+				if tls {
+					srv.StartTLS()
+				} else {
+					srv.Start()
+				}
+				t.Cleanup(srv.Close)
+				url := "ws" + strings.TrimPrefix(srv.URL, "http") // wss for https
+				const sockets = 5
+				for range sockets {
+					// Never read: the close is never echoed.
+					c, _, err := websocket.Dial(context.Background(), url, &websocket.DialOptions{HTTPClient: srv.Client()})
+					if err != nil {
+						t.Fatal(err)
+					}
+					t.Cleanup(func() { c.CloseNow() })
+				}
+				dbtest.Eventually(t, "accepted", func() bool { return h.Len() == sockets })
+				const deadline = 200 * time.Millisecond
+				ctx, cancel := context.WithTimeout(context.Background(), deadline)
+				defer cancel()
+				start := time.Now()
+				if err := h.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+					t.Fatalf("Shutdown: %v, want its deadline's error", err)
+				}
+				// Well short of the handshake's 5s, on a loaded machine too.
+				const late = 3 * time.Second
+				if took := time.Since(start); took > late {
+					t.Errorf("Shutdown returned after %v, its deadline %v", took, deadline)
+				}
+				if err := dbtest.Wait(late, func() bool { return disconnects.Load() == sockets && h.Len() == 0 }); err != nil {
+					t.Errorf("%d of %d sockets disconnected %v after the deadline", disconnects.Load(), sockets, late)
+				}
+			})
+		}
 	}
 }

@@ -13,14 +13,7 @@ import (
 // is not read (not Linux), it reports false: a paused socket's client
 // that goes away is then noticed once its socket reads again.
 func peerGone(c net.Conn) bool {
-	for {
-		u, ok := c.(interface{ NetConn() net.Conn }) // *tls.Conn
-		if !ok {
-			break
-		}
-		c = u.NetConn()
-	}
-	sc, ok := c.(syscall.Conn)
+	sc, ok := bottom(c).(syscall.Conn)
 	if !ok {
 		return false
 	}
@@ -34,4 +27,15 @@ func peerGone(c net.Conn) bool {
 		return false
 	}
 	return st == tcpstate.Close || st == tcpstate.CloseWait
+}
+
+// bottom returns the connection c runs on, beneath TLS (nil for nil).
+func bottom(c net.Conn) net.Conn {
+	for {
+		u, ok := c.(interface{ NetConn() net.Conn }) // *tls.Conn
+		if !ok {
+			return c
+		}
+		c = u.NetConn()
+	}
 }

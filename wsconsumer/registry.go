@@ -215,6 +215,14 @@ func (s *Session) ping(timeout time.Duration) {
 func (s *Session) closeNow(by int32) {
 	s.closing.Store(true)
 	s.cancel(by)
+	// coder/websocket's CloseNow only waits while a closing handshake is
+	// under way (Session.Close's, Shutdown's): for a peer that never
+	// echoes the close, 5s. The connection closed under it ends that
+	// handshake now. Beneath TLS: tls.Conn's Close writes an alert, and
+	// would wait behind a write the peer does not take.
+	if c := bottom(s.raw); c != nil {
+		c.Close()
+	}
 	s.conn.Load().CloseNow()
 }
 
