@@ -476,8 +476,12 @@ func (h *Handler) exited(cb *Callback) {
 	s := cb.Session
 	h.count.failed.Add(1)
 	h.logFailure(s, cb.Kind.String(), errGoexit)
-	if s.conn.Load() != nil && !s.closing.Load() {
-		s.Close(websocket.StatusInternalError, "internal error")
+	if c := s.conn.Load(); c != nil && !s.closing.Load() {
+		// Here, not on a goroutine of its own as Close would from a
+		// callback: this one is ending, and its deferred calls end the
+		// socket after.
+		s.closed.Store(true)
+		s.close(c, websocket.StatusInternalError, "internal error")
 	}
 	s.sock.cancel()
 }

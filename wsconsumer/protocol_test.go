@@ -2,7 +2,9 @@ package wsconsumer_test
 
 import (
 	"bufio"
+	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -12,6 +14,8 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/internal/dbtest"
 	"github.com/dbscope/dbscope/wsconsumer"
 )
 
@@ -108,4 +112,51 @@ func readClose(t *testing.T, c net.Conn, br *bufio.Reader) websocket.StatusCode 
 			return websocket.StatusCode(binary.BigEndian.Uint16(p))
 		}
 	}
+}
+
+// A sync callback that closes its socket does not hold its worker slot
+// while the client takes its time to answer the close (up to
+// coder/websocket's 5s, for one that does not read): Close returns at
+// once there, the handshake goes on without the slot, and Sends after it
+// fail with ErrClosed. With one slot, every other socket's messages
+// waited behind such a client.
+func TestCloseInCallbackHoldsNoSlot(t *testing.T) {
+	t.Parallel()
+	p, _ := dbtest.NewPool(t, &dbctx.Options{MaxWorkers: 1})
+	sendErr := make(chan error, 1)
+	h := wsconsumer.NewSync(p, wsconsumer.Consumer{
+		Receive: func(ctx context.Context, s *wsconsumer.Session, _ websocket.MessageType, data []byte) error {
+			if _, err := dbctx.From(ctx).ExecContext(ctx, "SELECT 1"); err != nil {
+				return err
+			}
+			if string(data) == "bye" {
+				if err := s.Close(websocket.StatusNormalClosure, "bye"); err != nil {
+					return err
+				}
+				sendErr <- s.SendText(ctx, "after")
+			}
+			return nil
+		},
+	}, &wsconsumer.Options{Logger: quiet()})
+	url := serve(t, h)
+	c, br := rawUpgrade(t, url) // reads nothing until told
+	if _, err := c.Write(clientFrame(0x1, true, true, []byte("bye"))); err != nil {
+		t.Fatal(err)
+	}
+	dbtest.Eventually(t, "the callback at its statement", func() bool { return p.Stats().Acquired == 1 })
+	// Well short of the handshake's 5s, on a loaded machine too.
+	if err := dbtest.Wait(3*time.Second, func() bool { return p.Stats().InUse == 0 }); err != nil {
+		t.Fatalf("the slot still held while the client has not answered the close: %+v", p.Stats())
+	}
+	if err := <-sendErr; !errors.Is(err, wsconsumer.ErrClosed) {
+		t.Errorf("Send after Close: %v, want ErrClosed", err)
+	}
+	if code := readClose(t, c, br); code != websocket.StatusNormalClosure {
+		t.Fatalf("close %v, want 1000", code)
+	}
+	payload := binary.BigEndian.AppendUint16(nil, uint16(websocket.StatusNormalClosure))
+	if _, err := c.Write(clientFrame(0x8, true, true, payload)); err != nil {
+		t.Fatal(err)
+	}
+	dbtest.Eventually(t, "the socket ended", func() bool { return h.Len() == 0 && h.Stats().Sockets == 0 })
 }

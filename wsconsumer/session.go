@@ -34,6 +34,7 @@ type Session struct {
 	req      *http.Request
 	conn     atomic.Pointer[websocket.Conn] // nil until accepted
 	raw      net.Conn                       // the connection conn runs on, for its TCP state (see pause)
+	closed   atomic.Bool                    // Close was called: Sends fail with ErrClosed
 	opened   chan struct{}                  // closed once accepted, or refused (conn nil then): events wait for it
 	closeDue websocket.StatusCode           // a close asked before the socket was accepted (closeOrDue), with closeWhy; under mu
 	closeWhy string
@@ -281,7 +282,7 @@ func (s *Session) Send(ctx context.Context, typ websocket.MessageType, data []by
 // send need not copy it.
 func (s *Session) send(ctx context.Context, typ websocket.MessageType, data []byte, owned bool) error {
 	c := s.conn.Load()
-	if c == nil || s.closing.Load() || s.sock.Err() != nil {
+	if c == nil || s.closed.Load() || s.closing.Load() || s.sock.Err() != nil {
 		// Not accepted, or closed: by the server (closing), or by the
 		// client or the network, which ended the socket's context.
 		return ErrClosed
@@ -375,16 +376,34 @@ func (s *Session) SendJSON(ctx context.Context, v any) error {
 // bounded by the write timeout, then performs the closing handshake,
 // which coder/websocket bounds at 5s for each side, and then cancels the
 // socket's context (Session.Context, and the ctx of the callbacks): work
-// still under way for the socket stops. Disconnect runs after. A code no
-// close frame may carry (below 1000, 1004 to 1006, 1015 to 2999, 5000 and
-// above) drops the connection with no frame: the client sees an abnormal
-// closure, Disconnect gets -1, and Close returns the error.
+// still under way for the socket stops. Disconnect runs after. Sends
+// after Close return ErrClosed. A code no close frame may carry (below
+// 1000, 1004 to 1006, 1015 to 2999, 5000 and above) drops the connection
+// with no frame: the client sees an abnormal closure, Disconnect gets -1,
+// and Close returns the error.
+//
+// In the sync style, while a callback of the socket is under way (Close
+// called from it, typically), Close returns nil at once and the writes
+// and the handshake go on on a goroutine of their own: the callback's
+// worker slot is not held while a client that does not read, or never
+// answers the close, takes its time. (An async callback that calls Close
+// inside dbctx.Do holds its slot for it: call it outside.)
 func (s *Session) Close(code websocket.StatusCode, reason string) error {
 	c := s.conn.Load()
 	if c == nil {
 		return ErrClosed
 	}
 	reason = closeReason(reason)
+	s.closed.Store(true)
+	if o := s.out.Load(); o != nil && !s.h.async && o.isOpen() {
+		go s.close(c, code, reason)
+		return nil
+	}
+	return s.close(c, code, reason)
+}
+
+// close is Close, on the goroutine that waits for it.
+func (s *Session) close(c *websocket.Conn, code websocket.StatusCode, reason string) error {
 	s.ended.CompareAndSwap(0, endServer)
 	flushed := true
 	if o := s.out.Load(); o != nil {
@@ -627,6 +646,14 @@ func (o *outbox) add(typ websocket.MessageType, data []byte, owned bool) bool {
 	}
 	o.msgs = append(o.msgs, message{typ, data})
 	return true
+}
+
+// isOpen reports whether the outbox is open: a callback of its socket is
+// under way.
+func (o *outbox) isOpen() bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.open
 }
 
 // flush closes the outbox and writes what it holds, in order; the first
