@@ -299,7 +299,11 @@ func (s *Scope) prefixDone(c *session, p *prefix, ok bool, reached int) {
 		// ran.)
 		s.x.begun = c.pc != nil && c.pc.TxStatus() != 'I' || c.pc == nil && (ok || reached > s.pool.resetLen(p))
 	}
-	if p.local && len(p.set) > 0 {
+	if len(p.set) > 0 && (p.local || c.px == nil && len(c.pin.txs) > 0) {
+		// Transaction-local, or at session level in BeginTx's
+		// transaction (prefixBlind), which a rollback undoes, putting
+		// back the values before it: either way, the names a rollback
+		// may bring back (see session.openTx).
 		c.pin.noteTxNames(p.set)
 	}
 	if !ok && p.reset && reached < s.pool.resetLen(p) {

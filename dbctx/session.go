@@ -160,8 +160,10 @@ func (c *session) openTx() *sql.Tx {
 			t.stop()
 			if c.px == nil {
 				// Settings applied at session level in it (prefixBlind)
-				// went with a rollback.
-				c.applied = unknownSettings(c.applied, nil)
+				// went with a rollback, which put back the values
+				// before it: every name applied, before it or in it,
+				// may carry any value.
+				c.applied = unknownSettings(c.pin.txHad(c.applied), nil)
 			}
 		} else {
 			open = append(open, t)

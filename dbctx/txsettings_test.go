@@ -492,3 +492,71 @@ func wantTenant(ctx context.Context, s *dbctx.Scope, q, want string) error {
 	}
 	return nil
 }
+
+// A *sql.Tx of BeginTx rolled back puts back the settings the session had
+// before it, also those the scope applied at session level in it (on
+// another driver, where the scope's statements and their settings go
+// through the *sql.Tx, at session level): the scope's next statement must
+// not take the values it applied in the transaction for the session's.
+// A unit that ran a statement of tenant t1, then began a transaction
+// under no tenant and rolled it back, read t1's rows with its next
+// statement of no tenant.
+func TestSettingsAfterBeginTxRollback(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "BeginTx's settings at session level: another driver, direct")
+	forDrivers(t, func(t *testing.T, drv string) {
+		for _, txTenant := range []string{"", "t2"} {
+			for _, beside := range []bool{false, true} {
+				t.Run(fmt.Sprintf("tenant=%q,beside=%v", txTenant, beside), func(t *testing.T) {
+					env := newEnv(t)
+					rls(t, env)
+					db := openWith(t, env, drv)
+					db.SetMaxOpenConns(1)
+					p := poolOn(t, env, db, &dbctx.Options{MaxWorkers: 1, Logger: quiet()})
+					want := seen{}
+					err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+						var v seen
+						if err := s.QueryRowContext(tenant.With(ctx, "t1"), seenSQL).Scan(&v.tenant, &v.items); err != nil {
+							return err
+						}
+						if txTenant != "" {
+							ctx = tenant.With(ctx, txTenant)
+							want = seen{txTenant, 10}
+						}
+						tx, err := s.BeginTx(ctx, nil)
+						if err != nil {
+							return err
+						}
+						if err := tx.QueryRowContext(ctx, seenSQL).Scan(&v.tenant, &v.items); err != nil {
+							return err
+						}
+						if v != want {
+							t.Errorf("the transaction's statement saw %+v, want %+v", v, want)
+						}
+						if beside {
+							if err := s.QueryRowContext(ctx, seenSQL).Scan(&v.tenant, &v.items); err != nil {
+								return err
+							}
+							if v != want {
+								t.Errorf("the scope's statement in the transaction saw %+v, want %+v", v, want)
+							}
+						}
+						if err := tx.Rollback(); err != nil {
+							return err
+						}
+						if err := s.QueryRowContext(ctx, seenSQL).Scan(&v.tenant, &v.items); err != nil {
+							return err
+						}
+						if v != want {
+							t.Errorf("after the rollback, the scope's statement saw %+v, want %+v", v, want)
+						}
+						return nil
+					})
+					if err != nil {
+						t.Fatal(err)
+					}
+				})
+			}
+		}
+	})
+}
