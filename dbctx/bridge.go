@@ -175,10 +175,18 @@ func (bridgeConn) QueryContext(_ context.Context, _ string, args []driver.NamedV
 var errBridge = errors.New("dbctx: the bridge only carries results")
 
 // badConnError keeps driver.ErrBadConn from database/sql's retries on the
-// bridge, and from errors.Is.
+// bridge, and from errors.Is; the rest of the error's chain
+// (ErrSessionLost, ErrUnavailable, the driver's own error) stays what
+// errors.Is and errors.As find.
 type badConnError struct{ err error }
 
 func (e badConnError) Error() string { return e.err.Error() }
+
+func (e badConnError) Is(target error) bool {
+	return target != driver.ErrBadConn && errors.Is(e.err, target)
+}
+
+func (e badConnError) As(target any) bool { return errors.As(e.err, target) }
 
 // sqlRows is a pgx result as database/sql's driver.Rows, converted as
 // pgx's stdlib driver converts it (its Rows: the value of each column by

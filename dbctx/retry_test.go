@@ -385,3 +385,48 @@ func TestStatementCommittedAsSessionEnds(t *testing.T) {
 		t.Fatalf("an INSERT committed as its session ended: %v, %d rows; want ErrCommitUnknown, 1 row", err, n)
 	}
 }
+
+// The error of a statement whose session was lost says so through every
+// method, also where the driver's own error is driver.ErrBadConn: on
+// another driver than pgx's, a statement whose settings the server
+// refused (a value it cannot take), then a backend killed, made the next
+// QueryRowContext or QueryContext fail with an error that read "session
+// lost" but was not errors.Is ErrSessionLost (the scope's results are
+// handed out through a bridge of database/sql's, which kept
+// driver.ErrBadConn from database/sql's retries by hiding the whole
+// chain).
+func TestSessionLostSeenThroughBadConn(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "kills the scope's own backend, which PgBouncer would replace")
+	for _, method := range []string{"QueryRowContext", "QueryContext"} {
+		t.Run(method, func(t *testing.T) {
+			t.Parallel()
+			p, env := newPoolWith(t, otherDriver, &dbctx.Options{Logger: quiet()})
+			err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+				var x int
+				if err := s.QueryRowContext(tenant.With(ctx, "\xff"), "SELECT 1").Scan(&x); err == nil {
+					t.Fatal("a tenant PostgreSQL cannot take was taken")
+				}
+				env.Terminate(t)
+				if method == "QueryRowContext" {
+					err := s.QueryRowContext(ctx, "SELECT 1").Scan(&x)
+					if !errors.Is(err, dbctx.ErrSessionLost) {
+						t.Errorf("%v (%T): want ErrSessionLost", err, err)
+					}
+					return nil
+				}
+				rows, err := s.QueryContext(ctx, "SELECT 1")
+				if err == nil {
+					rows.Close()
+				}
+				if !errors.Is(err, dbctx.ErrSessionLost) {
+					t.Errorf("%v (%T): want ErrSessionLost", err, err)
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
