@@ -3,6 +3,7 @@ package dbctx
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 
@@ -208,6 +209,7 @@ func (s *Scope) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
 		if ends && settingsInPlay(ctx, c) {
 			return errEndsTxBefore
 		}
+		first := !c.pin.used
 		return withLock(c.pin.conn, func() error {
 			if p != nil && p.reset && !p.seqOnly && c.apart && c.mode == pgx.QueryExecModeCacheStatement {
 				// pgx's batch would bind the reset's statements by the
@@ -242,7 +244,7 @@ func (s *Scope) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
 					return err
 				}
 			}
-			out = &pgxBatch{s: s, c: c, br: br, p: p}
+			out = &pgxBatch{s: s, c: c, br: br, p: p, ctx: ctx, first: first}
 			s.opened(c, out)
 			return nil
 		})
@@ -556,9 +558,13 @@ type pgxBatch struct {
 	br pgx.BatchResults
 	p  *prefix // what went before the batch's queries
 
+	ctx   context.Context // SendBatch's
+	first bool            // the batch was the first statement on the connection (see Scope.observe)
+
 	mu     sync.Mutex
 	closed bool
-	full   bool // PgBouncer's query_wait_timeout seen, counted: see busy
+	full   bool  // PgBouncer's query_wait_timeout seen, counted: see busy
+	gone   error // the error that lost the session and closed b (see seen)
 }
 
 // busy returns err, of b's results, as ErrBusy where it is PgBouncer's
@@ -575,7 +581,45 @@ func (b *pgxBatch) busy(err error) error {
 	return poolerBusyError(err)
 }
 
-func (b *pgxBatch) Exec() (tag pgconn.CommandTag, err error) {
+// seen returns err, of b's results, as the scope tells a statement's
+// error (Scope.observe): where the connection failed under the batch,
+// its session is lost (ErrSessionLost) as it would be for any other
+// statement, rather than left pinned for the scope's next statement to
+// find. b.mu is not held (a boundary holds the scope's lock as it closes
+// b).
+func (b *pgxBatch) seen(err error) error {
+	if err == nil || poolerFull(err) || errors.Is(err, errBatchClosed) {
+		return err
+	}
+	s := b.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.c != b.c:
+		return err // the scope is past it
+	case s.lost:
+		if errors.Is(err, ErrSessionLost) {
+			return err
+		}
+		return fmt.Errorf("%w: %w", ErrSessionLost, err)
+	}
+	err = s.observe(b.ctx, err, b.first)
+	if s.c != b.c {
+		// The connection went with the session (observe closed b):
+		// Close reports it.
+		b.mu.Lock()
+		b.gone = err
+		b.mu.Unlock()
+	}
+	return err
+}
+
+func (b *pgxBatch) Exec() (pgconn.CommandTag, error) {
+	tag, err := b.exec()
+	return tag, b.seen(err)
+}
+
+func (b *pgxBatch) exec() (tag pgconn.CommandTag, err error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.closed {
@@ -586,16 +630,25 @@ func (b *pgxBatch) Exec() (tag pgconn.CommandTag, err error) {
 }
 
 func (b *pgxBatch) Query() (pgx.Rows, error) {
+	rows, err := b.query()
+	if err != nil {
+		err = b.seen(err)
+		return &pgxRows{err: err}, err
+	}
+	return rows, nil
+}
+
+func (b *pgxBatch) query() (pgx.Rows, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.closed {
-		return &pgxRows{err: errBatchClosed}, errBatchClosed
+		return nil, errBatchClosed
 	}
 	var rows pgx.Rows
 	var err error
 	lerr := withLock(b.c.pin.conn, func() error { rows, err = b.br.Query(); return nil })
 	if err = errors.Join(lerr, b.busy(err)); err != nil {
-		return &pgxRows{err: err}, err
+		return nil, err
 	}
 	// Closing them ends this result, not the batch.
 	return &pgxRows{Rows: rows, s: b.s, c: b.c}, nil
@@ -621,11 +674,13 @@ func (b *pgxBatch) Tx() pgx.Tx {
 	return tx
 }
 
-func (b *pgxBatch) Close() error {
+func (b *pgxBatch) Close() error { return b.seen(b.close()) }
+
+func (b *pgxBatch) close() error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.closed {
-		return nil
+		return b.gone
 	}
 	b.closed = true
 	err := withLock(b.c.pin.conn, func() error {
@@ -637,7 +692,7 @@ func (b *pgxBatch) Close() error {
 	return b.busy(err)
 }
 
-func (b *pgxBatch) abort() { b.Close() }
+func (b *pgxBatch) abort() { b.close() }
 
 var errBatchClosed = errors.New("dbctx: batch results closed")
 

@@ -319,3 +319,78 @@ func TestPgxCancelInAtomic(t *testing.T) {
 		return activeQueries(t, env, "SELECT pg_sleep") == 0
 	})
 }
+
+// A batch whose connection fails under it loses the scope's session as
+// any other statement does: its results, and every statement of the scope
+// after it until the boundary, fail with ErrSessionLost. They reported
+// the driver's error alone (57P01, then "conn closed" for the next batch,
+// which went to the dead connection): the error surfaces from the
+// batch's results, after SendBatch returned, and the scope never saw it.
+func TestBatchSessionLost(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "kills the scope's own backend")
+	batch := func(ctx context.Context, s *dbctx.Scope) (execErr, closeErr error) {
+		b := &pgx.Batch{}
+		b.Queue("SELECT 1")
+		br := s.SendBatch(ctx, b)
+		_, execErr = br.Exec()
+		return execErr, br.Close()
+	}
+	for _, mode := range []string{"cache_statement", "exec", "simple_protocol"} {
+		for _, tn := range []string{"", "t1", "in Atomic"} {
+			t.Run(mode+"/"+tn, func(t *testing.T) {
+				t.Parallel()
+				env := newEnv(t)
+				p := onePoolInMode(t, env, mode, dbctx.Options{Logger: quiet()})
+				ctx := context.Background()
+				if tn != "" {
+					ctx = tenant.With(ctx, tn)
+				}
+				err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+					if _, err := queryInt(ctx, s, "SELECT 1"); err != nil {
+						return err
+					}
+					if tn == "in Atomic" {
+						err := dbctx.Atomic(ctx, func(ctx context.Context) error {
+							if _, err := queryInt(ctx, s, "SELECT 1"); err != nil {
+								return err
+							}
+							env.Terminate(t)
+							execErr, closeErr := batch(ctx, s)
+							if !errors.Is(execErr, dbctx.ErrSessionLost) || !errors.Is(closeErr, dbctx.ErrSessionLost) {
+								t.Errorf("in Atomic, the batch's Exec: %v; Close: %v; want ErrSessionLost", execErr, closeErr)
+							}
+							return nil
+						})
+						if !errors.Is(err, dbctx.ErrSessionLost) {
+							t.Errorf("Atomic: %v, want ErrSessionLost", err)
+						}
+						return nil
+					}
+					env.Terminate(t)
+					execErr, closeErr := batch(ctx, s)
+					if !errors.Is(execErr, dbctx.ErrSessionLost) || !errors.Is(closeErr, dbctx.ErrSessionLost) {
+						t.Errorf("the batch's Exec: %v; Close: %v; want ErrSessionLost", execErr, closeErr)
+					}
+					if execErr, _ := batch(ctx, s); !errors.Is(execErr, dbctx.ErrSessionLost) {
+						t.Errorf("the next batch: %v, want ErrSessionLost", execErr)
+					}
+					if _, err := queryInt(ctx, s, "SELECT 1"); !errors.Is(err, dbctx.ErrSessionLost) {
+						t.Errorf("the next statement: %v, want ErrSessionLost", err)
+					}
+					return nil
+				})
+				if err != nil {
+					t.Fatal(err)
+				}
+				// The next unit runs, on a fresh connection.
+				if err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+					_, err := queryInt(ctx, s, "SELECT 1")
+					return err
+				}); err != nil {
+					t.Fatal(err)
+				}
+			})
+		}
+	}
+}
