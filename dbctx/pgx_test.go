@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/dbscope/dbscope/dbctx"
 	"github.com/dbscope/dbscope/internal/dbtest"
@@ -389,6 +391,62 @@ func TestBatchSessionLost(t *testing.T) {
 					return err
 				}); err != nil {
 					t.Fatal(err)
+				}
+			})
+		}
+	}
+}
+
+// A batch or a COPY that is the first statement on a connection given
+// back a moment before (pinned without the socket check, see Pool.check),
+// whose backend was killed meanwhile, runs on another connection with the
+// settings of its context, as a statement would: a backend killed while
+// idle costs no failed statement. Both failed with the server's 57P01
+// (and, in cache_statement mode, "statement outcome unknown ... may have
+// committed", though nothing had run): they are never run again once
+// sent, and were sent without a look at the connection.
+func TestBatchFirstOnDeadConnection(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "kills the connection's own backend")
+	for _, mode := range []string{"cache_statement", "exec", "simple_protocol"} {
+		for _, what := range []string{"batch", "batch in Atomic", "CopyFrom", "CopyFrom in Atomic"} {
+			t.Run(mode+"/"+what, func(t *testing.T) {
+				t.Parallel()
+				env := newEnv(t)
+				rls(t, env)
+				p := onePoolInMode(t, env, mode, dbctx.Options{Logger: quiet()})
+				p.SetRecent(time.Hour) // every check-out skips the socket check
+				ctx := tenant.With(context.Background(), "t2")
+				see(t, p, tenant.With(context.Background(), "t1"))
+				env.Terminate(t)
+				id := newID()
+				var v seen
+				err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+					run := func(ctx context.Context) error {
+						if strings.HasPrefix(what, "CopyFrom") {
+							_, err := s.CopyFrom(ctx, pgx.Identifier{"copied"}, []string{"id", "name"}, pgx.CopyFromRows([][]any{{id, "copied"}}))
+							return err
+						}
+						b := &pgx.Batch{}
+						b.Queue(seenSQL)
+						br := s.SendBatch(ctx, b)
+						err := br.QueryRow().Scan(&v.tenant, &v.items)
+						return errors.Join(err, br.Close())
+					}
+					if strings.HasSuffix(what, "in Atomic") {
+						return dbctx.Atomic(ctx, run)
+					}
+					return run(ctx)
+				})
+				if err != nil {
+					t.Fatalf("%s: %v", what, err)
+				}
+				if strings.HasPrefix(what, "CopyFrom") {
+					v = inserted(t, env, id)
+					v.items = 10
+				}
+				if v != (seen{"t2", 10}) {
+					t.Errorf("%s saw %+v, want t2's", what, v)
 				}
 			})
 		}

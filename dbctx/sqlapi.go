@@ -372,28 +372,39 @@ func (s *Scope) raw(ctx context.Context, got func(*session)) error {
 
 // lookFirst checks a connection pinned without the socket check before
 // raw use, which is never retried: if it is dead and nothing has run on
-// it, another is pinned. Under s.mu.
+// it, another is pinned, and what is owed applied on it. Under s.mu.
 func (s *Scope) lookFirst(ctx context.Context) error {
+	was := s.c
+	c, err := s.lookedAt(ctx)
+	if err != nil || c == was {
+		return err
+	}
+	p, err := s.prefixFor(ctx, c, s.inTx(c), false)
+	if err == nil {
+		err = s.flush(ctx, c, p)
+	}
+	return err
+}
+
+// lookedAt returns the scope's connection, where it was pinned without
+// the socket check (see Pool.check) and nothing has run on it, checked
+// first: if it is dead, another is pinned. For what is never run again
+// once sent (raw access, a batch, COPY), which a dead connection would
+// fail where a statement is run again on another. Under s.mu.
+func (s *Scope) lookedAt(ctx context.Context) (*session, error) {
 	for s.c.pin.unchecked && !s.c.pin.used {
 		c := s.c
 		c.pin.unchecked = false
 		if !c.dead() {
-			return nil
+			break
 		}
 		s.pool.sawDeath()
 		s.unpin(discardDead)
 		if _, err := s.pinned(ctx); err != nil {
-			return err
-		}
-		p, err := s.prefixFor(ctx, s.c, s.inTx(s.c), false)
-		if err == nil {
-			err = s.flush(ctx, s.c, p)
-		}
-		if err != nil {
-			return err
+			return nil, err
 		}
 	}
-	return nil
+	return s.c, nil
 }
 
 // handOut records that user code holds the connection itself: the scope

@@ -109,6 +109,13 @@ func (s *Scope) execLocked(ctx context.Context, st *stmt, run runner) error {
 	if err != nil {
 		return err
 	}
+	if st.how&noRetry != 0 && c.pin.unchecked {
+		// Never run again once sent (a batch, COPY): not sent to a
+		// connection that a look would have found dead.
+		if c, err = s.lookedAt(ctx); err != nil {
+			return err
+		}
+	}
 	if (c.pin.seen|st.kind)&kindPathLate != 0 || s.pool.pathLate.Load() {
 		// After a search_path that puts pg_catalog after a schema of the
 		// user's (or in the same string, or in the connection string:
