@@ -94,3 +94,37 @@ func TestBatchReuseBusy(t *testing.T) {
 		t.Error("once read, the session's round trip is not reused")
 	}
 }
+
+// TestPgxCacheField: the field of pgx.Conn that holds its statement cache
+// is found in the pgx this module is built with (if a pgx upgrade fails
+// this, bring pgxCacheField up to date: until then the sweep's check
+// counts dbscope's statements alone, and code that deallocated pgx's
+// goes unseen), and it counts what pgx prepared.
+func TestPgxCacheField(t *testing.T) {
+	if pgxCacheField.Type == nil {
+		t.Fatal("pgx.Conn has no statementCache field with a Len method")
+	}
+	if n := pgxCached(nil); n != 0 {
+		t.Fatalf("nil conn: %d", n)
+	}
+	env := pgtest.New(t)
+	ctx := context.Background()
+	cfg, err := pgx.ParseConfig(env.DSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.DefaultQueryExecMode = pgx.QueryExecModeCacheStatement
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	for i := range 3 {
+		if _, err := conn.Exec(ctx, "SELECT $1::int + "+strings.Repeat("1", i+1), 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := pgxCached(conn); n != 3 {
+		t.Fatalf("pgxCached = %d, want 3", n)
+	}
+}

@@ -246,7 +246,8 @@
 //     the same round trip, or the pool pays it before the connection goes
 //     back to the *sql.DB: a reset costs no round trip of its own. (The
 //     deallocation is first a check that no such statement exists; where
-//     one does, the round trip goes again with the deallocation.) Where
+//     one does, the round trip goes again with the deallocation. It also
+//     counts the statements pgx and dbscope keep prepared: see below.) Where
 //     that check goes first as a statement prepared on the connection
 //     (pgx's cache_statement mode) and finds the session listening on no
 //     channel either, the reset shares the statement's implicit
@@ -309,14 +310,20 @@
 // connection owes). Where the refusal comes with the rows, or in a
 // transaction, the statement fails (SQLSTATE 0A000, "cached plan must
 // not change result type"), as on pgx alone, and is prepared anew the
-// next time. So, too, a statement pgx kept prepared that code of the
-// user's (DO, a function, CALL) deallocated, in this scope or an
-// earlier one on the connection (EXECUTE 'DEALLOCATE ALL'): PostgreSQL
-// refuses its Bind (SQLSTATE 26000) before it runs, and it is prepared
-// again and run again, once, under the same rules: in a transaction
-// ([Atomic], [Scope.BeginTx]'s), in a batch or through [Scope.Pgx], it
-// fails, once, as on pgx alone. On another driver than pgx's, what the
-// driver keeps prepared is not dropped.
+// next time. Code of the user's (DO, a function, CALL) may deallocate
+// the statements pgx and dbscope keep prepared on the connection
+// (EXECUTE 'DEALLOCATE ALL'): the reset's check, which such code makes
+// owed, also counts them, and where fewer exist on the server than pgx's
+// cache and dbscope's hold, both are dropped (pgx's DeallocateAll: one
+// round trip, on that path alone) before the next scope's first
+// statement, whatever path runs it (a batch, a *sql.Tx, [Scope.Pgx],
+// [Atomic]). In the scope that ran the code, a statement so deallocated
+// is refused at its Bind (SQLSTATE 26000) before it runs, and is
+// prepared again and run again, once, under the same rules as one whose
+// result type changed: in a transaction ([Atomic], [Scope.BeginTx]'s), in
+// a batch or through [Scope.Pgx], it fails, once, as on pgx alone. On
+// another driver than pgx's, what the driver keeps prepared is not
+// dropped.
 //
 // What makes a scope dirty is decided without a round trip, erring toward
 // dirty. Every statement run through the scope's methods is read by a lexer

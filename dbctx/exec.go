@@ -199,31 +199,33 @@ func (s *Scope) pgconnQuery(ctx context.Context, res *result, args []any, sqlFor
 		c.send = sending{}
 		c.tctx = ctx
 	}
-	named := s.pool.named(c)
-	var sd *pgconn.StatementDescription
-	if c.mode != pgx.QueryExecModeExec {
-		var err error
-		if sd, err = c.describe(ctx, query, named); err != nil {
+	named, dropped := s.pool.named(c), false
+	// Again where the sweep's check failed (sweepAgain): the statement
+	// described anew where dropAll dropped its description.
+	for {
+		var sd *pgconn.StatementDescription
+		if c.mode != pgx.QueryExecModeExec {
+			var err error
+			if sd, err = c.describe(ctx, query, named); err != nil {
+				return c.traceEnd(pgconn.CommandTag{}, err)
+			}
+		}
+		eqb := &c.eqb
+		if err := eqb.Build(c.px.TypeMap(), sd, args); err != nil {
 			return c.traceEnd(pgconn.CommandTag{}, err)
 		}
-	}
-	eqb := &c.eqb
-	if err := eqb.Build(c.px.TypeMap(), sd, args); err != nil {
-		return c.traceEnd(pgconn.CommandTag{}, err)
-	}
-	formats := eqb.ResultFormats
-	if sd != nil && (sqlFormats || named) {
-		// A slice of their own: the round trip keeps a named statement's.
-		formats = c.resultFormats(len(sd.Fields))
-		if sqlFormats {
-			for i, f := range sd.Fields {
-				formats[i] = sqlResultFormats[f.DataTypeOID]
+		formats := eqb.ResultFormats
+		if sd != nil && (sqlFormats || named) {
+			// A slice of their own: the round trip keeps a named statement's.
+			formats = c.resultFormats(len(sd.Fields))
+			if sqlFormats {
+				for i, f := range sd.Fields {
+					formats[i] = sqlResultFormats[f.DataTypeOID]
+				}
+			} else {
+				copy(formats, eqb.ResultFormats)
 			}
-		} else {
-			copy(formats, eqb.ResultFormats)
 		}
-	}
-	for {
 		rt := c.roundTrip()
 		s.pool.startPrefix(ctx, c, rt, p, named)
 		switch {
@@ -251,8 +253,8 @@ func (s *Scope) pgconnQuery(ctx context.Context, res *result, args []any, sqlFor
 			return nil
 		}
 		err = join(err, rt.close())
-		if sweepFound(p, reached, err) {
-			p.check = false // and again, with the full sweep
+		var retry bool
+		if retry, err = c.sweepAgain(ctx, p, reached, err, &dropped); retry {
 			continue
 		}
 		s.prefixDone(c, p, false, reached)

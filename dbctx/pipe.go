@@ -3,7 +3,9 @@ package dbctx
 import (
 	"context"
 	"errors"
+	"reflect"
 	"strconv"
+	"unsafe"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -29,7 +31,9 @@ import (
 // transaction: if the check fails, nothing after it ran, the implicit
 // transaction is rolled back, and the round trip goes again with the full
 // sweep (sweepSQL), a DO block, which costs PostgreSQL several times the
-// check.
+// check. The check fails otherwise where the statements pgx and dbscope
+// keep prepared number more than exist (sweepMissing): they are dropped
+// (session.dropAll) and the round trip goes again.
 
 // named reports whether the statements of a prefix on c, and those sent
 // after one, are prepared on c under a name.
@@ -42,17 +46,34 @@ func (pl *Pool) named(c *session) bool {
 // view, which costs PostgreSQL 5-15% less; either lists every statement
 // prepared on the connection (see the package doc).
 //
+// Before that, it fails otherwise (cannot take logarithm of zero, 2201E:
+// sweepMissing) where fewer statements prepared through the protocol
+// exist than its parameter, the count pgx's cache and dbscope's hold
+// (session.kept; 0 where the connection's statements are not named):
+// code the classifier cannot read (DO, a function, CALL) deallocated
+// some (EXECUTE 'DEALLOCATE ALL'), and the next statement bound by one of
+// their names would fail (26000), on whatever path it runs (a batch, a
+// *sql.Tx, Scope.Pgx, inside Atomic). Both caches are then dropped
+// (session.dropAll) and the round trip goes again. Behind a pooler the
+// count is not asked: the server's statements are the pooler's.
+//
 // Its operators are named in pg_catalog, as the reset's statements are:
 // it runs before the reset, under the search_path the last scope left,
 // which may find an operator of the user's first.
-const sweepCheckSQL = "SELECT 1 OPERATOR(pg_catalog./) (pg_catalog.count(*) OPERATOR(pg_catalog.=) 0)::int FROM pg_catalog.pg_prepared_statement() WHERE from_sql"
+const sweepCheckSQL = "SELECT pg_catalog.ln((pg_catalog.count(*) FILTER (WHERE NOT from_sql) OPERATOR(pg_catalog.>=) $1::bigint)::int::double precision), " +
+	"1 OPERATOR(pg_catalog./) (pg_catalog.count(*) FILTER (WHERE from_sql) OPERATOR(pg_catalog.=) 0)::int FROM pg_catalog.pg_prepared_statement()"
 
 // sweepCheckListenSQL is sweepCheckSQL that fails also where the session
 // listens on a channel: the reset after it then goes again, with the full
 // sweep, in a transaction of its own, since UNLISTEN takes effect at
 // commit (see prefixStatements).
-const sweepCheckListenSQL = "SELECT 1 OPERATOR(pg_catalog./) (pg_catalog.count(*) OPERATOR(pg_catalog.=) 0 AND NOT EXISTS (SELECT FROM pg_catalog.pg_listening_channels()))::int " +
-	"FROM pg_catalog.pg_prepared_statement() WHERE from_sql"
+const sweepCheckListenSQL = "SELECT pg_catalog.ln((pg_catalog.count(*) FILTER (WHERE NOT from_sql) OPERATOR(pg_catalog.>=) $1::bigint)::int::double precision), " +
+	"1 OPERATOR(pg_catalog./) (pg_catalog.count(*) FILTER (WHERE from_sql) OPERATOR(pg_catalog.=) 0 AND NOT EXISTS (SELECT FROM pg_catalog.pg_listening_channels()))::int " +
+	"FROM pg_catalog.pg_prepared_statement()"
+
+// isSweepCheck reports whether sql is one of the sweep's checks, which
+// take the count of session.kept as their parameter.
+func isSweepCheck(sql string) bool { return sql == sweepCheckSQL || sql == sweepCheckListenSQL }
 
 // unnamed reports whether p's statement sql goes unnamed where the
 // connection's statements are named (Pool.named). Code the last scope ran
@@ -73,7 +94,7 @@ func (p *prefix) unnamed(sql string) bool {
 	if p.sweep && !p.check {
 		return true
 	}
-	return p.checkApart && (sql == sweepCheckSQL || sql == sweepCheckListenSQL)
+	return p.checkApart && isSweepCheck(sql)
 }
 
 // sweepFound reports whether err, on p's round trip of which reached
@@ -81,6 +102,36 @@ func (p *prefix) unnamed(sql string) bool {
 func sweepFound(p *prefix, reached int, err error) bool {
 	var pe *pgconn.PgError
 	return p != nil && p.check && reached == 0 && errors.As(err, &pe) && pe.Code == "22012"
+}
+
+// sweepMissing reports whether err, on p's round trip of which reached
+// statements ran, is p's sweep check finding fewer statements prepared
+// through the protocol than the connection's caches hold.
+func sweepMissing(p *prefix, reached int, err error) bool {
+	var pe *pgconn.PgError
+	return p != nil && p.check && reached == 0 && errors.As(err, &pe) && pe.Code == "2201E"
+}
+
+// sweepAgain reports whether p's round trip on c, which failed with err
+// after reached of its statements ran, goes again: its check found a
+// statement PREPAREd in SQL (again with the full sweep, no check), or
+// statements missing (again after dropAll, which sets *dropped; where
+// dropAll ran already, nothing is kept to count: with the full sweep).
+// Where it does not, it returns err, or dropAll's error.
+func (c *session) sweepAgain(ctx context.Context, p *prefix, reached int, err error, dropped *bool) (bool, error) {
+	missing := sweepMissing(p, reached, err)
+	switch {
+	case sweepFound(p, reached, err) || missing && *dropped:
+		p.check = false
+		return true, nil
+	case missing:
+		*dropped = true
+		if err := c.dropAll(ctx); err != nil {
+			return false, err
+		}
+		return true, nil
+	}
+	return false, err
 }
 
 // pipeRead is what one request of a round trip sends back, in order.
@@ -138,8 +189,11 @@ func (pl *Pool) startPrefix(ctx context.Context, c *session, rt *roundTrip, p *p
 	i := 0
 	pl.prefixStatements(p, func(sql string, set bool) {
 		var params [][]byte
-		if set {
+		switch {
+		case set:
 			params = c.setConfigParams(p.set, p.local)
+		case isSweepCheck(sql):
+			params = c.keptParams(named)
 		}
 		switch {
 		case !named || p.unnamed(sql):
@@ -261,6 +315,7 @@ func (pl *Pool) readPrefix(c *session, rt *roundTrip) (reached int, err error) {
 // check fails): how many of its statements ran without an error, and the
 // first error.
 func (pl *Pool) runPrefix(ctx context.Context, c *session, p *prefix) (reached int, err error) {
+	dropped := false
 	for {
 		named := pl.named(c)
 		rt := c.roundTrip()
@@ -269,8 +324,8 @@ func (pl *Pool) runPrefix(ctx context.Context, c *session, p *prefix) (reached i
 			reached, err = pl.readPrefix(c, rt)
 		}
 		err = errors.Join(err, rt.close())
-		if sweepFound(p, reached, err) {
-			p.check = false // and again, with the full sweep
+		var retry bool
+		if retry, err = c.sweepAgain(ctx, p, reached, err, &dropped); retry {
 			continue
 		}
 		c.lostStatements(err)
@@ -305,4 +360,64 @@ func (c *session) lostStatements(err error) {
 		}
 	}
 	c.descs.m = nil
+}
+
+// kept returns how many statements pgx's cache and dbscope keep prepared
+// on c under a name: as many exist on the server, or more (a statement
+// pgx dropped from its cache is deallocated at its next statement),
+// unless code of the user's deallocated some.
+func (c *session) kept() int {
+	n := len(c.prep) + pgxCached(c.px)
+	for _, sd := range c.descs.m {
+		if sd.Name != "" {
+			n++
+		}
+	}
+	return n
+}
+
+// keptParams returns the sweep check's parameter, in c's buffer: c.kept()
+// where the connection's statements are named (Pool.named), else 0.
+func (c *session) keptParams(named bool) [][]byte {
+	n := 0
+	if named {
+		n = c.kept()
+	}
+	c.params = append(c.params[:0], strconv.AppendInt(nil, int64(n), 10))
+	return c.params
+}
+
+// dropAll drops every statement prepared on c, with pgx's caches and
+// dbscope's (pgx's DeallocateAll: one round trip): where code of the
+// user's deallocated some of them (sweepMissing), pgx and dbscope would
+// otherwise bind the next by a name that is gone. Under c's lock.
+func (c *session) dropAll(ctx context.Context) error {
+	c.prep, c.stale, c.descs.m = nil, nil, nil
+	return c.px.DeallocateAll(ctx)
+}
+
+// pgx says how many statements its cache_statement mode keeps prepared
+// (stmtcache.Cache's Len) only in an unexported field of pgx.Conn:
+// pgxCacheField is that field, found by reflection at start-up, where
+// the pgx built in has it with that method. Where a pgx version does not,
+// pgxCached is 0 and the check counts dbscope's statements alone
+// (TestPgxCacheField fails, so that this is brought up to date).
+var pgxCacheField = func() reflect.StructField {
+	f, ok := reflect.TypeFor[pgx.Conn]().FieldByName("statementCache")
+	if !ok || f.Type.Kind() != reflect.Interface || !f.Type.Implements(reflect.TypeFor[interface{ Len() int }]()) {
+		return reflect.StructField{}
+	}
+	return f
+}()
+
+// pgxCached returns how many statements px's cache keeps prepared.
+func pgxCached(px *pgx.Conn) int {
+	if px == nil || pgxCacheField.Type == nil {
+		return 0
+	}
+	v := reflect.NewAt(pgxCacheField.Type, unsafe.Add(unsafe.Pointer(px), pgxCacheField.Offset)).Elem()
+	if v.IsNil() {
+		return 0
+	}
+	return v.Interface().(interface{ Len() int }).Len()
 }
