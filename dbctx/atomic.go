@@ -23,9 +23,10 @@ import (
 // database takes no slot and no connection. A nested Atomic uses a
 // savepoint, so its failure rolls back only its own work; the savepoint
 // too goes with the first statement inside it, so a nested fn that runs
-// none sends nothing (where the scope's connection was handed out, by
-// [Scope.Conn] or [Scope.Pgx], it goes at once: fn may run statements
-// there).
+// none sends nothing (where user code holds a handle on the scope's
+// connection that the scope does not see through, from [Scope.Conn],
+// [Scope.Pgx] or [Scope.PrepareContext], it goes at once: fn may run
+// statements there).
 //
 // Transaction control in SQL inside fn (COMMIT, ROLLBACK, BEGIN, END,
 // ABORT, PREPARE TRANSACTION; SAVEPOINT, RELEASE and ROLLBACK TO are
@@ -657,9 +658,10 @@ func (s *Scope) savepoint(ctx context.Context, fn func(ctx context.Context) erro
 	name := "dbctx_sp_" + strconv.Itoa(s.x.savepoints)
 	// Sent with the first statement inside it, as Atomic's BEGIN is: a
 	// function that runs none sends nothing, and takes no slot. But where
-	// the connection was handed out (Conn, Pgx), fn may run its statements
-	// there, unseen: the savepoint goes now.
-	eager := s.c != nil && s.c.pin.handedOut
+	// user code holds a handle that runs statements on the connection
+	// unseen (Conn, Pgx, PrepareContext's *sql.Stmt), fn may run its
+	// statements there: the savepoint goes now.
+	eager := s.c != nil && s.c.pin.blind()
 	if !eager {
 		s.x.due = append(s.x.due, name)
 	}
