@@ -43,7 +43,10 @@ import (
 // request whose client left, a deadline), the transaction rolls back and
 // Atomic returns ctx's error, OnCommit's functions unrun (also where fn
 // ran no statement, and nothing was begun); so it does where
-// the scope's boundary came while fn ran (ErrScopeEnded). Where the
+// the scope's boundary came while fn ran (ErrScopeEnded). A nested
+// Atomic whose ctx has ended by its end (a deadline of its own) rolls
+// back to its savepoint and returns ctx's error, its OnCommit functions
+// unrun, with or without a statement: the outer transaction goes on. Where the
 // transaction's session is lost while fn runs (the server ended it, a
 // statement's context ended mid-way, a [Do] inside fn panicked and its
 // connection was discarded), fn's later statements and Atomic return
@@ -704,6 +707,14 @@ func (s *Scope) savepoint(ctx context.Context, fn func(ctx context.Context) erro
 	}()
 	ferr := fn(context.WithValue(ctx, atomicRunKey{}, run))
 	done = true
+	if ferr == nil && ctx.Err() != nil {
+		// As the outermost Atomic's COMMIT: ctx ended by its end (a
+		// deadline of its own), so its work rolls back, to its
+		// savepoint, and its OnCommit functions do not run, whether or
+		// not fn ran a statement. Its RELEASE, sent with ctx, would
+		// fail, and doom the outer transaction.
+		ferr = ctx.Err()
+	}
 	s.mu.Lock()
 	wasSent := sent()
 	if ferr != nil {
