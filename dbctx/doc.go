@@ -321,9 +321,11 @@
 // is refused at its Bind (SQLSTATE 26000) before it runs, and is
 // prepared again and run again, once, under the same rules as one whose
 // result type changed: in a transaction ([Atomic], [Scope.BeginTx]'s), in
-// a batch or through [Scope.Pgx], it fails, once, as on pgx alone. On
-// another driver than pgx's, what the driver keeps prepared is not
-// dropped.
+// a batch or through [Scope.Pgx], it fails, once, as on pgx alone. The
+// same errors raised inside code the statement ran (a view's function, a
+// trigger's that EXECUTEs a statement gone) came after that code's work,
+// and are returned: the statement is not run again. On another driver
+// than pgx's, what the driver keeps prepared is not dropped.
 //
 // What makes a scope dirty is decided without a round trip, erring toward
 // dirty. Every statement run through the scope's methods is read by a lexer

@@ -104,6 +104,13 @@ func (s *Scope) replannable(ctx context.Context, k queryKind, err error) bool {
 	// (DEALLOCATE ALL): its Bind is refused, and pgx drops it from its
 	// cache as it does on any error. (A statement refused so in SQL,
 	// EXECUTE, is code, not run again above.)
+	// Each is refused so only before it runs where the error comes with
+	// no context: the same error raised inside code the classifier did
+	// not see (a view's function, a trigger's, a default's) has one ("PL/pgSQL
+	// function … at EXECUTE"), and comes after what that code did.
+	if pe.Where != "" {
+		return false
+	}
 	return pe.Code == "0A000" && pe.Routine == "RevalidateCachedQuery" ||
 		pe.Code == "08P01" && pe.Routine == "exec_bind_message" ||
 		pe.Code == "26000" && pe.Routine == "FetchPreparedStatement"
