@@ -26,7 +26,9 @@ import (
 // none sends nothing (where user code holds a handle on the scope's
 // connection that the scope does not see through, from [Scope.Conn],
 // [Scope.Pgx] or [Scope.PrepareContext], it goes at once: fn may run
-// statements there).
+// statements there; where fn takes the connection from rows open before
+// it, with pgx.Rows.Conn, it can go neither then nor later, and should
+// that nested Atomic fail, the outermost transaction rolls back whole).
 //
 // Transaction control in SQL inside fn (COMMIT, ROLLBACK, BEGIN, END,
 // ABORT, PREPARE TRANSACTION; SAVEPOINT, RELEASE and ROLLBACK TO are
@@ -95,7 +97,7 @@ func (s *Scope) atomicTx(ctx context.Context, fn func(ctx context.Context) error
 		s.x = new(scopeExtra)
 	}
 	x := s.x
-	s.atomic, x.atomicCtx, x.begun, x.onCommit, x.beginErr, x.failed, x.lost, x.due = 1, ctx, false, nil, nil, false, false, nil
+	s.atomic, x.atomicCtx, x.begun, x.onCommit, x.beginErr, x.failed, x.lost, x.due, x.unsent = 1, ctx, false, nil, nil, false, false, nil, nil
 	s.mu.Unlock()
 	done := false
 	defer func() {
@@ -287,7 +289,7 @@ func runOf(ctx context.Context) *atomicRun {
 func (s *Scope) endTx(ctx context.Context, commit bool) error {
 	x := s.x
 	begun, doomed := x.begun, x.doomed
-	s.atomic, x.atomicCtx, x.begun, x.doomed, x.due = 0, nil, false, nil, nil
+	s.atomic, x.atomicCtx, x.begun, x.doomed, x.due, x.unsent = 0, nil, false, nil, nil, nil
 	c := s.c
 	if commit && x.beginErr != nil {
 		// Nothing of it ran (see beginAlone).
@@ -680,13 +682,25 @@ func (s *Scope) savepoint(ctx context.Context, fn func(ctx context.Context) erro
 	x := s.x
 	s.mu.Unlock()
 	// sent reports whether the savepoint was sent, and forgets it if not:
-	// nothing ran inside it, nothing is to be released or rolled back.
-	sent := func() bool {
+	// nothing is to be released or rolled back. blind says that it was
+	// still due when user code was handed the connection (see
+	// handOutPinned): what ran inside it cannot be rolled back alone.
+	sent := func() (sent, blind bool) {
 		if i := slices.Index(x.due, name); i >= 0 {
 			x.due = slices.Delete(x.due, i, i+1)
-			return false
+			return false, false
 		}
-		return true
+		if i := slices.Index(x.unsent, name); i >= 0 {
+			x.unsent = slices.Delete(x.unsent, i, i+1)
+			return false, true
+		}
+		return true, false
+	}
+	// failedBlind dooms the transaction where fn failed, its savepoint
+	// never sent, after user code was handed the connection: its work,
+	// if any, cannot be rolled back alone, and must not commit.
+	failedBlind := func(why any) {
+		s.doom(fmt.Errorf("dbctx: a nested Atomic failed whose savepoint was not sent before its connection was handed out (Rows.Conn): %v", why))
 	}
 	done := false
 	defer func() {
@@ -699,10 +713,16 @@ func (s *Scope) savepoint(ctx context.Context, fn func(ctx context.Context) erro
 		case run.ended == 0:
 			run.ended = runCommitted // released (or its release failed: the transaction is doomed)
 		}
-		rollBack := !done && sent()
+		var rollBack, blind bool
+		if !done {
+			rollBack, blind = sent()
+		}
 		s.mu.Unlock()
 		if rollBack {
 			s.rollbackTo(ctx, name)
+		}
+		if blind {
+			failedBlind("it panicked")
 		}
 	}()
 	ferr := fn(context.WithValue(ctx, atomicRunKey{}, run))
@@ -716,13 +736,16 @@ func (s *Scope) savepoint(ctx context.Context, fn func(ctx context.Context) erro
 		ferr = ctx.Err()
 	}
 	s.mu.Lock()
-	wasSent := sent()
+	wasSent, blind := sent()
 	if ferr != nil {
 		x.onCommit = dropIn(x.onCommit, run)
 		run.ended = runRolledBack
 	}
 	s.mu.Unlock()
 	switch {
+	case blind && ferr != nil:
+		failedBlind(ferr)
+		return ferr
 	case !wasSent:
 		return ferr
 	case ferr != nil:

@@ -75,3 +75,56 @@ func TestNestedAtomicAfterPrepare(t *testing.T) {
 		}
 	})
 }
+
+// A nested Atomic begun while rows of the outer one were open, whose
+// function takes the connection from those rows (pgx.Rows.Conn) and runs
+// its statements there: its savepoint, due with the first statement of
+// the scope's own, could be sent neither then (the rows are open) nor
+// later (the statements are unseen). Its function's failure must not
+// let its rows commit with the outer transaction: that transaction
+// rolls back whole, and its Atomic says so. The nested function's rows
+// committed.
+func TestNestedAtomicAfterRowsConn(t *testing.T) {
+	t.Parallel()
+	p, env := newPool(t, nil)
+	table := env.Schema() + ".t"
+	mustExec(t, env.Admin(), "CREATE TABLE "+table+" (n int)")
+	errInvalid := errors.New("invalid input")
+	for _, fail := range []bool{true, false} {
+		mustExec(t, env.Admin(), "TRUNCATE "+table)
+		err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+			return dbctx.Atomic(ctx, func(ctx context.Context) error {
+				if _, err := s.Exec(ctx, "INSERT INTO "+table+" VALUES (1)"); err != nil {
+					return err
+				}
+				rows, err := s.Query(ctx, "SELECT 1")
+				if err != nil {
+					return err
+				}
+				defer rows.Close()
+				nerr := dbctx.Atomic(ctx, func(ctx context.Context) error {
+					pc := rows.Conn()
+					rows.Close()
+					if _, err := pc.Exec(ctx, "INSERT INTO "+table+" VALUES (2)"); err != nil {
+						return err
+					}
+					if fail {
+						return errInvalid
+					}
+					return nil
+				})
+				if fail != errors.Is(nerr, errInvalid) || !fail && nerr != nil {
+					t.Errorf("fail %v: the nested Atomic: %v", fail, nerr)
+				}
+				return nil
+			})
+		})
+		got := committedNs(t, env.Admin(), table)
+		switch {
+		case fail && (err == nil || len(got) != 0):
+			t.Errorf("the nested function failed: Atomic returned %v, rows committed %v; want an error, and none", err, got)
+		case !fail && (err != nil || !slices.Equal(got, []int{1, 2})):
+			t.Errorf("the nested function succeeded: Atomic returned %v, rows committed %v; want nil, [1 2]", err, got)
+		}
+	}
+}

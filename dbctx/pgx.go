@@ -460,6 +460,15 @@ func (s *Scope) handOutPinned(c *session) *pgx.Conn {
 	if s.c != c || c.px == nil {
 		return nil
 	}
+	if s.atomic > 0 && len(s.x.due) > 0 {
+		// Savepoints of nested Atomic calls are due, which cannot go now
+		// (the rows are open) and would come too late with the scope's
+		// next statement: what user code runs on the connection meanwhile
+		// is in none of them. Where such a nested Atomic fails, its
+		// transaction rolls back whole (see savepoint).
+		s.x.unsent = append(s.x.unsent, s.x.due...)
+		s.x.due = nil
+	}
 	s.handOut(c)
 	return c.px
 }

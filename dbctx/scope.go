@@ -81,6 +81,7 @@ type scopeExtra struct {
 	doomed     error      // why the running Atomic's transaction must roll back: a savepoint could not end
 	savepoints int        // savepoints made, for names
 	due        []string   // savepoints of nested Atomic calls not sent yet, outermost first: they go before the first statement inside them (see sendSavepoints)
+	unsent     []string   // savepoints that were due when user code was handed the connection (Rows.Conn): never to be sent (see handOutPinned)
 	failed     bool       // a statement failed in the running Atomic (on another driver, COMMIT's tag is not seen: see endTx)
 	lost       bool       // the running Atomic's session was lost, or a statement of it refused for a session lost before (see loseSession)
 }
