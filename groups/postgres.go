@@ -380,10 +380,53 @@ var listenerSettings = []struct{ name, value string }{
 }
 
 // mentions reports whether options, a startup packet's "options" (-c
-// name=value, --name=value), sets the parameter name, which PostgreSQL
-// also reads with '-' for '_'.
+// name=value, -cname=value, --name=value, separated by spaces, a
+// backslash escaping the next character), sets the parameter name, which
+// PostgreSQL also reads with '-' for '_', in any case. Only a parameter
+// of that name: deadlock_timeout does not set lock_timeout.
 func mentions(options, name string) bool {
-	return strings.Contains(strings.ReplaceAll(options, "-", "_"), name)
+	var args []string
+	var arg strings.Builder
+	in, escaped := false, false
+	for _, r := range options {
+		switch {
+		case escaped:
+			arg.WriteRune(r)
+			escaped, in = false, true
+		case r == '\\':
+			escaped, in = true, true
+		case r == ' ' || r == '\t' || r == '\n' || r == '\r' || r == '\f' || r == '\v':
+			if in {
+				args, in = append(args, arg.String()), false
+				arg.Reset()
+			}
+		default:
+			arg.WriteRune(r)
+			in = true
+		}
+	}
+	if in {
+		args = append(args, arg.String())
+	}
+	for i := 0; i < len(args); i++ {
+		var set string
+		switch a := args[i]; {
+		case a == "-c" && i+1 < len(args):
+			i++
+			set = args[i]
+		case strings.HasPrefix(a, "--"):
+			set = a[2:]
+		case strings.HasPrefix(a, "-c"):
+			set = a[2:]
+		default:
+			continue
+		}
+		n, _, _ := strings.Cut(set, "=")
+		if strings.EqualFold(strings.ReplaceAll(n, "-", "_"), name) {
+			return true
+		}
+	}
+	return false
 }
 
 // sameDatabaseTimeout bounds sameDatabase, the pool's side mostly: the
