@@ -21,14 +21,16 @@ import (
 // part of the transaction. The transaction begins lazily, with fn's first
 // statement, in the same round trip: an fn that never touches the
 // database takes no slot and no connection. A nested Atomic uses a
-// savepoint, so its failure rolls back only its own work; the savepoint
-// too goes with the first statement inside it, so a nested fn that runs
-// none sends nothing (where user code holds a handle on the scope's
-// connection that the scope does not see through, from [Scope.Conn],
-// [Scope.Pgx] or [Scope.PrepareContext], it goes at once: fn may run
-// statements there; where fn takes the connection from rows open before
-// it, with pgx.Rows.Conn, it can go neither then nor later, and should
-// that nested Atomic fail, the outermost transaction rolls back whole).
+// savepoint, so its failure rolls back only its own work. Where the
+// transaction is yet to begin, the savepoint too goes with the first
+// statement inside it, so a nested fn that runs none sends nothing; once
+// it has begun, or where user code holds a handle on the scope's
+// connection that the scope does not see through (from [Scope.Conn],
+// [Scope.Pgx] or [Scope.PrepareContext]), it goes at once: fn may run
+// statements there. (Where fn takes the connection from rows open before
+// the outer Atomic, with pgx.Rows.Conn, it can go neither then nor later,
+// and should that nested Atomic fail, the outermost transaction rolls
+// back whole.)
 //
 // Transaction control in SQL inside fn (COMMIT, ROLLBACK, BEGIN, END,
 // ABORT, PREPARE TRANSACTION; SAVEPOINT, RELEASE and ROLLBACK TO are
@@ -661,12 +663,15 @@ func (s *Scope) savepoint(ctx context.Context, fn func(ctx context.Context) erro
 	// rather than end another's savepoint of the same name.
 	s.x.savepoints++
 	name := "dbctx_sp_" + strconv.Itoa(s.x.savepoints)
-	// Sent with the first statement inside it, as Atomic's BEGIN is: a
-	// function that runs none sends nothing, and takes no slot. But where
-	// user code holds a handle that runs statements on the connection
-	// unseen (Conn, Pgx, PrepareContext's *sql.Stmt), fn may run its
-	// statements there: the savepoint goes now.
-	eager := s.c != nil && s.c.pin.blind()
+	// Where the transaction is yet to begin, sent with the first
+	// statement inside it, as Atomic's BEGIN is: a function that runs
+	// none sends nothing, and takes no slot. Once it has begun (the
+	// connection is the transaction's already), or where user code holds
+	// a handle that runs statements on the connection unseen (Conn, Pgx,
+	// PrepareContext's *sql.Stmt), fn may run its statements there: the
+	// savepoint goes now. (So, too, a nested Atomic on another goroutine
+	// while OnBegin runs, whose savepoint must not wait among those due.)
+	eager := s.x.begun || s.c != nil && s.c.pin.blind()
 	if !eager {
 		s.x.due = append(s.x.due, name)
 	}
