@@ -199,7 +199,8 @@ type sqlRows struct {
 	funcs   []rowValueFunc
 	names   []string
 	res     result
-	preread bool // res's first row was read (more: what Next said)
+	ctx     context.Context // res's statement's (see Scope.rowsFailed)
+	preread bool            // res's first row was read (more: what Next said)
 	more    bool
 
 	mu     sync.Mutex // Close may come from a boundary while a Next runs
@@ -250,15 +251,24 @@ func (r *sqlRows) columns() []string {
 }
 
 func (r *sqlRows) Next(dest []driver.Value) error {
+	err, failed := r.next(dest)
+	if failed {
+		err = r.res.s.rowsFailed(r.ctx, r.res.c, err)
+	}
+	return err // io.EOF itself at the end: database/sql compares it
+}
+
+// next is Next under r.mu; failed says err is the error the rows ended
+// with.
+func (r *sqlRows) next(dest []driver.Value) (err error, failed bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.closed {
 		if r.cut {
-			return errRowsCut
+			return errRowsCut, false
 		}
-		return io.EOF
+		return io.EOF, false
 	}
-	var err error
 	lerr := withLock(r.res.c.pin.conn, func() error {
 		more := r.more
 		if r.preread {
@@ -268,6 +278,7 @@ func (r *sqlRows) Next(dest []driver.Value) error {
 		}
 		if !more {
 			err = r.res.Err()
+			failed = err != nil
 			if err == nil {
 				err = io.EOF
 			}
@@ -277,23 +288,32 @@ func (r *sqlRows) Next(dest []driver.Value) error {
 		return nil
 	})
 	if lerr != nil {
-		return lerr
+		return lerr, true
 	}
-	return err // io.EOF itself at the end: database/sql compares it
+	return err, failed
 }
 
 func (r *sqlRows) Close() error {
+	err := r.close()
+	if err != nil {
+		err = r.res.s.rowsFailed(r.ctx, r.res.c, err)
+	}
+	if errors.Is(err, driver.ErrBadConn) {
+		err = badConnError{err}
+	}
+	return err
+}
+
+// close is Close, from a boundary too (abort): it does not tell the
+// scope.
+func (r *sqlRows) close() error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.closed {
 		return nil
 	}
 	r.closed = true
-	err := r.res.end()
-	if errors.Is(err, driver.ErrBadConn) {
-		err = badConnError{err}
-	}
-	return err
+	return r.res.end()
 }
 
 // readRow reads the one row of a QueryRowContext from res (nil if there is
@@ -343,7 +363,7 @@ func (r *sqlRows) abort() {
 		r.fields = slices.Clone(r.fields)
 	}
 	r.mu.Unlock()
-	r.Close()
+	r.close()
 }
 
 // convert converts one row of raw values into dest.

@@ -36,15 +36,16 @@ var (
 	// ErrSessionLost is returned, wrapping the driver's error, for a
 	// statement whose connection was lost (the server ended the session,
 	// the network failed, its context was canceled) after other
-	// statements of the scope had run on it, and then for every statement
-	// of the scope until its next boundary ([CloseOld], the end of the
-	// request, message or [Do]). Whatever those statements left in the
-	// session (a setting, a tenant, a temporary table, a transaction from
-	// BeginTx) is gone with it, so nothing is run again on a fresh
-	// connection, which would lack it. So inside a transaction, where
-	// the first statement lost is ErrSessionLost too, and so is an
-	// [Atomic] whose transaction was lost (also by a panic in a [Do]
-	// inside its function, which discards the connection).
+	// statements of the scope had run on it, or while rows were read
+	// (from their Err and Close: their statement had run), and then for
+	// every statement of the scope until its next boundary ([CloseOld],
+	// the end of the request, message or [Do]). Whatever those
+	// statements left in the session (a setting, a tenant, a temporary
+	// table, a transaction from BeginTx) is gone with it, so nothing is
+	// run again on a fresh connection, which would lack it. So inside a
+	// transaction, where the first statement lost is ErrSessionLost too,
+	// and so is an [Atomic] whose transaction was lost (also by a panic in
+	// a [Do] inside its function, which discards the connection).
 	ErrSessionLost = errors.New("dbctx: session lost: the connection failed after statements had run on it; not run on a fresh connection, which would lack their session state")
 
 	// ErrCommitUnknown is returned by [Atomic], wrapping the driver's

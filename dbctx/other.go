@@ -67,7 +67,9 @@ func refusedIn(on sqlRunner, err error) error {
 // would have: streamed, or read already (buf).
 type otherRows struct {
 	rows  *sql.Rows
-	c     *session // nil where read already: not counted open
+	c     *session        // nil where read already: not counted open
+	s     *Scope          // the scope that handed them out, where c is set
+	ctx   context.Context // their statement's, where c is set (see Scope.rowsFailed)
 	names []string
 	vals  []any
 	ptrs  []any            // pointers to vals, for Scan
@@ -81,7 +83,8 @@ type otherRows struct {
 
 // openOther returns the rows of a driver's statement on c as the scope's
 // own: counted open on c, or, where c is shared, read to the end.
-func (s *Scope) openOther(c *session, rows *sql.Rows) (*otherRows, error) {
+// ctx is the statement's.
+func (s *Scope) openOther(ctx context.Context, c *session, rows *sql.Rows) (*otherRows, error) {
 	names, err := rows.Columns()
 	if err != nil {
 		rows.Close()
@@ -94,7 +97,7 @@ func (s *Scope) openOther(c *session, rows *sql.Rows) (*otherRows, error) {
 	if c.shared() {
 		return r, r.readAll()
 	}
-	r.c = c
+	r.c, r.s, r.ctx = c, s, ctx
 	s.opened(c, r)
 	return r, nil
 }
@@ -129,30 +132,53 @@ func (r *otherRows) next(dest []driver.Value) error {
 func (r *otherRows) Columns() []string { return r.names }
 
 func (r *otherRows) Next(dest []driver.Value) error {
+	err, failed := r.step(dest)
+	if failed {
+		err = r.s.rowsFailed(r.ctx, r.c, err)
+	}
+	return err
+}
+
+// step is Next under r.mu; failed says err is the error the driver's
+// rows ended with.
+func (r *otherRows) step(dest []driver.Value) (err error, failed bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	switch {
 	case r.closed && r.cut:
-		return errRowsCut
+		return errRowsCut, false
 	case r.closed:
-		return io.EOF
+		return io.EOF, false
 	case r.c == nil:
 		if len(r.buf) == 0 {
-			return io.EOF
+			return io.EOF, false
 		}
 		copy(dest, r.buf[0])
 		r.buf[0], r.buf = nil, r.buf[1:]
-		return nil
+		return nil, false
 	case !r.rows.Next():
 		if err := r.rows.Err(); err != nil {
-			return err
+			return err, true
 		}
-		return io.EOF
+		return io.EOF, false
 	}
-	return r.next(dest)
+	return r.next(dest), false
 }
 
 func (r *otherRows) Close() error {
+	err := r.close()
+	if err != nil {
+		err = r.s.rowsFailed(r.ctx, r.c, err)
+	}
+	if errors.Is(err, driver.ErrBadConn) {
+		err = badConnError{err}
+	}
+	return err
+}
+
+// close is Close, from a boundary too (abort): it does not tell the
+// scope.
+func (r *otherRows) close() error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.closed {
@@ -163,11 +189,7 @@ func (r *otherRows) Close() error {
 		return nil
 	}
 	r.c.pin.open.Add(-1)
-	err := errors.Join(r.rows.Err(), r.rows.Close())
-	if errors.Is(err, driver.ErrBadConn) {
-		err = badConnError{err}
-	}
-	return err
+	return errors.Join(r.rows.Err(), r.rows.Close())
 }
 
 // abort ends the rows from a boundary: whoever reads on is told they were
@@ -180,7 +202,7 @@ func (r *otherRows) abort() {
 		r.columnTypes()
 	}
 	r.mu.Unlock()
-	r.Close()
+	r.close()
 }
 
 // columnTypes returns the driver's column types, read the first time

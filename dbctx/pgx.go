@@ -44,6 +44,7 @@ func (s *Scope) Exec(ctx context.Context, query string, args ...any) (pgconn.Com
 func (s *Scope) Query(ctx context.Context, query string, args ...any) (pgx.Rows, error) {
 	args = s.guardRewriters(args)
 	st := s.stmtOf(query, args, viaPgx|rows)
+	qctx := ctx // the rows'
 	var out *pgxRows
 	err := s.exec(ctx, &st, func(ctx context.Context, c *session, p *prefix) error {
 		return withLock(c.pin.conn, func() error {
@@ -56,7 +57,7 @@ func (s *Scope) Query(ctx context.Context, query string, args ...any) (pgx.Rows,
 				res.finish()
 				return err
 			}
-			r := &pgxRows{Rows: res.Rows, s: s, c: c, res: res, preread: true, more: more}
+			r := &pgxRows{Rows: res.Rows, s: s, c: c, ctx: qctx, res: res, preread: true, more: more}
 			s.opened(c, r)
 			out = r
 			return nil
@@ -325,8 +326,10 @@ type pgxRows struct {
 	pgx.Rows
 	s       *Scope
 	c       *session
-	res     result // its statement's, where the rows are its (not a batch's)
-	err     error
+	ctx     context.Context // its statement's (see Scope.rowsFailed)
+	res     result          // its statement's, where the rows are its (not a batch's)
+	batch   *pgxBatch       // else the batch's
+	err     error           // once closed, the rows' error
 	preread bool
 	more    bool
 
@@ -338,28 +341,52 @@ func (r *pgxRows) Next() bool {
 	if r.Rows == nil {
 		return false
 	}
+	more, err := r.next()
+	if err != nil {
+		r.failed(err)
+	}
+	return more
+}
+
+// next is Next under r.mu; err is the rows' error where they ended with
+// one.
+func (r *pgxRows) next() (more bool, err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.closed {
-		return false
+		return false, nil
 	}
 	if r.preread {
 		r.preread = false
-		if !r.more {
-			r.closeLocked()
-		}
-		return r.more
-	}
-	var more bool
-	if err := withLock(r.c.pin.conn, func() error { more = r.Rows.Next(); return nil }); err != nil {
+		more = r.more
+	} else if err := withLock(r.c.pin.conn, func() error { more = r.Rows.Next(); return nil }); err != nil {
 		r.err = err // the connection is gone (see Err)
 	}
 	if !more {
 		// pgx closes rows read to the end: so do we, which frees the
 		// connection.
-		r.closeLocked()
+		err = r.closeLocked()
 	}
-	return more
+	return more, err
+}
+
+// failed tells the scope of err, the error the rows ended with
+// (Scope.rowsFailed), and keeps what it returns as the rows' error. r.mu
+// is not held.
+func (r *pgxRows) failed(err error) {
+	out := r.s.rowsFailed(r.ctx, r.c, err)
+	r.mu.Lock()
+	r.err = out
+	r.mu.Unlock()
+	if b := r.batch; b != nil && errors.Is(out, ErrSessionLost) {
+		// The batch's Close reports it too, where the scope closed the
+		// batch as it dropped the connection.
+		b.mu.Lock()
+		if b.gone == nil {
+			b.gone = out
+		}
+		b.mu.Unlock()
+	}
 }
 
 func (r *pgxRows) Err() error {
@@ -379,13 +406,18 @@ func (r *pgxRows) Close() {
 		return
 	}
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.closeLocked()
+	err := r.closeLocked()
+	r.mu.Unlock()
+	if err != nil {
+		r.failed(err)
+	}
 }
 
-func (r *pgxRows) closeLocked() {
+// closeLocked closes the rows, if not already, and returns their error
+// then (nil if they were closed already). Under r.mu.
+func (r *pgxRows) closeLocked() error {
 	if r.closed {
-		return
+		return nil
 	}
 	r.closed = true
 	var err error
@@ -395,9 +427,13 @@ func (r *pgxRows) closeLocked() {
 		// A batch's: closing them ends this result only.
 		err = withLock(r.c.pin.conn, func() error { r.Rows.Close(); return nil })
 	}
-	if err != nil && r.err == nil && r.Rows.Err() == nil {
+	if r.err == nil {
+		r.err = r.Rows.Err()
+	}
+	if r.err == nil {
 		r.err = err
 	}
+	return r.err
 }
 
 // abort ends the rows from a boundary: whoever reads on is told they were
@@ -660,7 +696,7 @@ func (b *pgxBatch) query() (pgx.Rows, error) {
 		return nil, err
 	}
 	// Closing them ends this result, not the batch.
-	return &pgxRows{Rows: rows, s: b.s, c: b.c}, nil
+	return &pgxRows{Rows: rows, s: b.s, c: b.c, ctx: b.ctx, batch: b}, nil
 }
 
 // QueryRow is Query's rows scanned once, as pgx's own batch QueryRow.

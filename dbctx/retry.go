@@ -150,6 +150,12 @@ const msgResetFailed = "dbctx: the session reset owed before a statement failed;
 // fresh connection without that state. Otherwise the next statement gets
 // a fresh connection.
 func (s *Scope) observe(ctx context.Context, err error, first bool) (out error) {
+	return s.observeDead(ctx, err, first, false)
+}
+
+// observeDead is observe, told by dead that the connection is known to
+// have failed.
+func (s *Scope) observeDead(ctx context.Context, err error, first, dead bool) (out error) {
 	c := s.c
 	if err == nil || c == nil {
 		return err
@@ -158,7 +164,7 @@ func (s *Scope) observe(ctx context.Context, err error, first bool) (out error) 
 		defer func() { out = s.pool.poolerBusy(out) }()
 	}
 	s.pool.pgxStatementError(err)
-	closed := errors.Is(err, driver.ErrBadConn) || errors.Is(err, sql.ErrConnDone) ||
+	closed := dead || errors.Is(err, driver.ErrBadConn) || errors.Is(err, sql.ErrConnDone) ||
 		(c.pc != nil && c.state().closed) || c.pc == nil && (serverEnded(err) || ctx.Err() != nil && !s.pool.alive(c))
 	if !closed {
 		return err
@@ -188,6 +194,37 @@ func (s *Scope) observe(ctx context.Context, err error, first bool) (out error) 
 		return fmt.Errorf("%w: %w", ErrSessionLost, err)
 	}
 	return err
+}
+
+// rowsFailed returns err, the error that rows the scope handed out (of
+// Query, QueryContext, a batch's Query) ended with as they were read or
+// closed, as the scope tells a statement's error (observe): where the
+// connection failed under them, the session is lost (ErrSessionLost,
+// wrapping err: the rows' statement had run) and the connection dropped
+// now, not found dead by the scope's next statement. ctx is the rows'
+// statement's. No lock of the rows is held: a boundary holds s.mu as it
+// closes them. Rows that end without error do not come here.
+func (s *Scope) rowsFailed(ctx context.Context, c *session, err error) error {
+	if err == nil || errors.Is(err, errRowsCut) || poolerFull(err) {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.c != c:
+		return err // the scope is past the connection (a boundary)
+	case s.lost:
+		if errors.Is(err, ErrSessionLost) {
+			return err
+		}
+		return fmt.Errorf("%w: %w", ErrSessionLost, err)
+	}
+	// Another driver's error without SQLSTATE (an unexpected EOF, a
+	// reset) says nothing of its connection, which the driver may have
+	// closed under database/sql: ask it, on this path alone.
+	dead := c.pc == nil && sqlState(err) == "" && ctx.Err() == nil &&
+		!errors.Is(err, driver.ErrBadConn) && !errors.Is(err, sql.ErrConnDone) && !s.pool.alive(c)
+	return s.observeDead(ctx, err, false, dead)
 }
 
 // poolerFull reports whether err is PgBouncer's refusal of a statement

@@ -58,6 +58,7 @@ func (s *Scope) ExecContext(ctx context.Context, query string, args ...any) (sql
 func (s *Scope) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
 	args = s.guardRewriters(args)
 	st := s.stmtOf(query, args, rows)
+	qctx := ctx // the rows'
 	var out driver.Rows
 	err := s.exec(ctx, &st, func(ctx context.Context, c *session, p *prefix) error {
 		if c.px == nil {
@@ -66,7 +67,7 @@ func (s *Scope) QueryContext(ctx context.Context, query string, args ...any) (*s
 			if err != nil {
 				return refusedIn(on, err)
 			}
-			out, err = s.openOther(c, rows)
+			out, err = s.openOther(qctx, c, rows)
 			return err
 		}
 		return withLock(c.pin.conn, func() error {
@@ -82,7 +83,7 @@ func (s *Scope) QueryContext(ctx context.Context, query string, args ...any) (*s
 				res.finish()
 				return err
 			}
-			r := &sqlRows{m: c.px.TypeMap(), fields: res.FieldDescriptions(), res: res, preread: true, more: more}
+			r := &sqlRows{m: c.px.TypeMap(), fields: res.FieldDescriptions(), res: res, ctx: qctx, preread: true, more: more}
 			s.opened(c, r)
 			out = r
 			return nil

@@ -17,7 +17,13 @@ import (
 // tb's test ends.
 func (e *Env) OpenWrapped(tb testing.TB) *sql.DB {
 	tb.Helper()
-	cfg, err := pgx.ParseConfig(e.dsn)
+	return OpenWrappedDSN(tb, e.dsn)
+}
+
+// OpenWrappedDSN is [Env.OpenWrapped] to dsn (a [Proxy]'s, say).
+func OpenWrappedDSN(tb testing.TB, dsn string) *sql.DB {
+	tb.Helper()
+	cfg, err := pgx.ParseConfig(dsn)
 	if err != nil {
 		tb.Fatalf("pgtest: %v", err)
 	}

@@ -1,0 +1,266 @@
+package dbctx_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http/httptest"
+	"testing"
+
+	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/internal/pgtest"
+	"github.com/dbscope/dbscope/middleware"
+	"github.com/jackc/pgx/v5"
+)
+
+// Rows whose connection fails while they are read (a backend killed, the
+// TCP connection cut) lose the scope's session as a statement's failure
+// does: their error is ErrSessionLost wrapping the driver's, and the scope
+// drops the connection at once, as the error is seen. Rows reported the
+// driver's error alone (57P01, an unexpected EOF), and the scope learned
+// of the loss only at its next statement.
+func TestRowsSessionLost(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "kills the scope's own backend")
+	// More than the socket's buffers hold: the backend is still sending
+	// when it is killed.
+	const big = "SELECT g, repeat('x', 100) FROM generate_series(1, 1000000) g"
+	// Each reads one row, has the connection fail, and reads on (or
+	// closes the rows, which reads them to the end): the rows' error.
+	readers := map[string]func(ctx context.Context, s *dbctx.Scope, fail func()) error{
+		"Query": func(ctx context.Context, s *dbctx.Scope, fail func()) error {
+			rows, err := s.Query(ctx, big)
+			if err != nil {
+				return err
+			}
+			defer rows.Close()
+			rows.Next()
+			fail()
+			for rows.Next() {
+			}
+			return rows.Err()
+		},
+		"Query/Close": func(ctx context.Context, s *dbctx.Scope, fail func()) error {
+			rows, err := s.Query(ctx, big)
+			if err != nil {
+				return err
+			}
+			rows.Next()
+			fail()
+			rows.Close()
+			return rows.Err()
+		},
+		"SendBatch": func(ctx context.Context, s *dbctx.Scope, fail func()) error {
+			b := &pgx.Batch{}
+			b.Queue(big)
+			br := s.SendBatch(ctx, b)
+			rows, err := br.Query()
+			if err != nil {
+				br.Close()
+				return err
+			}
+			rows.Next()
+			fail()
+			for rows.Next() {
+			}
+			err = rows.Err()
+			if cerr := br.Close(); !errors.Is(cerr, dbctx.ErrSessionLost) {
+				return fmt.Errorf("rows: %v; the batch's Close: %v, want ErrSessionLost too", err, cerr)
+			}
+			return err
+		},
+		"QueryContext": func(ctx context.Context, s *dbctx.Scope, fail func()) error {
+			rows, err := s.QueryContext(ctx, big)
+			if err != nil {
+				return err
+			}
+			defer rows.Close()
+			rows.Next()
+			fail()
+			for rows.Next() {
+			}
+			return rows.Err()
+		},
+		"QueryContext/Close": func(ctx context.Context, s *dbctx.Scope, fail func()) error {
+			rows, err := s.QueryContext(ctx, big)
+			if err != nil {
+				return err
+			}
+			rows.Next()
+			fail()
+			return rows.Close()
+		},
+	}
+	type tcase struct{ drv, mode, how, reader string }
+	var cases []tcase
+	for _, mode := range []string{"cache_statement", "exec"} {
+		for _, how := range []string{"terminate", "cut"} {
+			for _, rd := range []string{"Query", "Query/Close", "SendBatch", "QueryContext", "QueryContext/Close"} {
+				cases = append(cases, tcase{pgxDriver, mode, how, rd})
+			}
+		}
+	}
+	for _, how := range []string{"terminate", "cut"} {
+		for _, rd := range []string{"QueryContext", "QueryContext/Close"} {
+			cases = append(cases, tcase{otherDriver, "", how, rd})
+		}
+	}
+	for _, tc := range cases {
+		t.Run(tc.drv+"/"+tc.mode+"/"+tc.how+"/"+tc.reader, func(t *testing.T) {
+			t.Parallel()
+			env := newEnv(t)
+			opts := dbctx.Options{Logger: quiet()}
+			var p *dbctx.Pool
+			fail := func() { env.Terminate(t) }
+			switch {
+			case tc.drv == otherDriver:
+				db := env.OpenWrapped(t)
+				if tc.how == "cut" {
+					px := newProxy(t, env)
+					db = pgtest.OpenWrappedDSN(t, px.DSN())
+					fail = func() { px.Cut(); px.Restore() }
+				}
+				db.SetMaxOpenConns(1)
+				opts.MaxWorkers = 1
+				p = poolOn(t, env, db, &opts)
+			case tc.how == "cut":
+				px := newProxy(t, env)
+				p = poolInMode(t, env, px.DSN(), tc.mode, opts)
+				fail = func() { px.Cut(); px.Restore() }
+			default:
+				p = onePoolInMode(t, env, tc.mode, opts)
+			}
+			ctx := context.Background()
+			var before int
+			var rowsErr error
+			err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+				var err error
+				if before, err = backendPID(ctx, s); err != nil {
+					return err
+				}
+				broken := p.Stats().Discarded.Broken
+				rowsErr = readers[tc.reader](ctx, s, fail)
+				if !errors.Is(rowsErr, dbctx.ErrSessionLost) {
+					t.Errorf("the rows' error: %v (%T), want ErrSessionLost", rowsErr, rowsErr)
+				}
+				if n := p.Stats().Discarded.Broken; n != broken+1 {
+					t.Errorf("connections discarded as broken once the rows failed: %d, want %d", n-broken, 1)
+				}
+				if _, err := backendPID(ctx, s); !errors.Is(err, dbctx.ErrSessionLost) {
+					t.Errorf("the scope's next statement: %v, want ErrSessionLost", err)
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			// What middleware.Answer's doc says of ErrSessionLost, an error
+			// it does not list: the handler's to answer.
+			rec := httptest.NewRecorder()
+			if middleware.Answer(rec, httptest.NewRequest("GET", "/", nil), rowsErr) {
+				t.Errorf("middleware.Answer answered ErrSessionLost with %d; want it left to the handler", rec.Code)
+			}
+			// The next unit of work runs on a fresh connection.
+			err = p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+				after, err := backendPID(ctx, s)
+				if err == nil && after == before {
+					t.Errorf("the next unit ran on backend %d, the one that failed", after)
+				}
+				return err
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// A boundary that closes rows while another goroutine finds their
+// connection failed neither deadlocks nor races: the rows' error is the
+// session's loss, or their being cut, and the connection is discarded
+// once.
+func TestRowsSessionLostRacesEnd(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "kills the scope's own backend")
+	forDrivers(t, func(t *testing.T, drv string) {
+		p, env := newPoolWith(t, drv, &dbctx.Options{Logger: quiet()})
+		for range 5 {
+			ctx, s := p.Scope(context.Background())
+			if _, err := backendPID(ctx, s); err != nil {
+				t.Fatal(err)
+			}
+			rows, err := s.QueryContext(ctx, "SELECT g, repeat('x', 100) FROM generate_series(1, 1000000) g")
+			if err != nil {
+				t.Fatal(err)
+			}
+			rows.Next()
+			env.Terminate(t)
+			done := make(chan error, 1)
+			go func() {
+				for rows.Next() {
+				}
+				done <- errors.Join(rows.Err(), rows.Close())
+			}()
+			s.End()
+			if err := <-done; err == nil {
+				t.Error("rows read on after their backend was killed: no error")
+			}
+		}
+		// The pool works on: a fresh connection.
+		if err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+			_, err := backendPID(ctx, s)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// In an Atomic, rows whose connection fails lose its transaction: their
+// error and Atomic's are ErrSessionLost, and the next unit runs on a
+// fresh connection.
+func TestRowsSessionLostInAtomic(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "kills the scope's own backend")
+	forDrivers(t, func(t *testing.T, drv string) {
+		p, env := newPoolWith(t, drv, &dbctx.Options{Logger: quiet()})
+		var before int
+		err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+			err := dbctx.Atomic(ctx, func(ctx context.Context) error {
+				var err error
+				if before, err = backendPID(ctx, s); err != nil {
+					return err
+				}
+				rows, err := s.QueryContext(ctx, "SELECT g, repeat('x', 100) FROM generate_series(1, 1000000) g")
+				if err != nil {
+					return err
+				}
+				defer rows.Close()
+				rows.Next()
+				env.Terminate(t)
+				for rows.Next() {
+				}
+				if err := rows.Err(); !errors.Is(err, dbctx.ErrSessionLost) {
+					t.Errorf("the rows' error: %v, want ErrSessionLost", err)
+				}
+				return nil
+			})
+			if !errors.Is(err, dbctx.ErrSessionLost) {
+				t.Errorf("Atomic: %v, want ErrSessionLost", err)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+			after, err := backendPID(ctx, s)
+			if err == nil && after == before {
+				t.Errorf("the next unit ran on backend %d, the one that failed", after)
+			}
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
