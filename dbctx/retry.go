@@ -6,7 +6,10 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"strings"
+	"syscall"
 
 	"github.com/jackc/pgx/v5/pgconn"
 )
@@ -165,7 +168,7 @@ func (s *Scope) observeDead(ctx context.Context, err error, first, dead bool) (o
 	}
 	s.pool.pgxStatementError(err)
 	closed := dead || errors.Is(err, driver.ErrBadConn) || errors.Is(err, sql.ErrConnDone) ||
-		(c.pc != nil && c.state().closed) || c.pc == nil && (serverEnded(err) || ctx.Err() != nil && !s.pool.alive(c))
+		(c.pc != nil && c.state().closed) || c.pc == nil && (serverEnded(err) || netFailed(err) || ctx.Err() != nil && !s.pool.alive(c))
 	if !closed {
 		return err
 	}
@@ -194,6 +197,20 @@ func (s *Scope) observeDead(ctx context.Context, err error, first, dead bool) (o
 		return fmt.Errorf("%w: %w", ErrSessionLost, err)
 	}
 	return err
+}
+
+// netFailed reports whether err, of another driver's statement, is its
+// connection's failure as the network tells it (an unexpected EOF, a
+// reset, a net.Error), not the server's word on the statement (no
+// SQLSTATE): the driver gives up the connection, and its next statement
+// would find it so.
+func netFailed(err error) bool {
+	if sqlState(err) != "" {
+		return false
+	}
+	var ne net.Error
+	return errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.As(err, &ne)
 }
 
 // rowsFailed returns err, the error that rows the scope handed out (of

@@ -2,12 +2,15 @@ package dbctx_test
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"net/http/httptest"
 	"testing"
+	"time"
 
 	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/internal/dbtest"
 	"github.com/dbscope/dbscope/internal/pgtest"
 	"github.com/dbscope/dbscope/middleware"
 	"github.com/jackc/pgx/v5"
@@ -260,6 +263,75 @@ func TestRowsSessionLostInAtomic(t *testing.T) {
 			}
 			return err
 		}); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// A QueryRowContext whose connection is cut while it reads (its backend
+// blocked sending the rest of the result) loses the session as any
+// statement does, on every driver: on another driver than pgx's the
+// error is the network's (an unexpected EOF, no SQLSTATE), which the
+// scope did not take for a failed connection: it returned the error
+// alone and kept the dead connection for its next statement to find.
+func TestQueryRowCutMidRead(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "cuts the scope's own connection")
+	forDrivers(t, func(t *testing.T, drv string) {
+		env := newEnv(t)
+		px := newProxy(t, env)
+		var db *sql.DB
+		if drv == otherDriver {
+			db = pgtest.OpenWrappedDSN(t, px.DSN())
+		} else {
+			db = openDSN(t, px.DSN())
+		}
+		db.SetMaxOpenConns(1)
+		p := poolOn(t, env, db, &dbctx.Options{Logger: quiet(), MaxWorkers: 1})
+		var before int
+		err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+			var err error
+			if before, err = backendPID(ctx, s); err != nil {
+				return err
+			}
+			cut := make(chan error, 1)
+			go func() {
+				// Once the backend waits to send more than the socket
+				// holds, cut the connection.
+				cut <- dbtest.Wait(30*time.Second, func() bool {
+					var n int
+					err := env.Admin().QueryRow("SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND wait_event = 'ClientWrite'", before).Scan(&n)
+					return err == nil && n > 0
+				})
+				px.Cut()
+			}()
+			broken := p.Stats().Discarded.Broken
+			var x int
+			var y string
+			err = s.QueryRowContext(ctx, "SELECT g, repeat('x', 1000) FROM generate_series(1, 10000000) g").Scan(&x, &y)
+			if err := <-cut; err != nil {
+				t.Fatalf("the backend never waited to send: %v", err)
+			}
+			if !errors.Is(err, dbctx.ErrSessionLost) {
+				t.Errorf("QueryRowContext: %v, want ErrSessionLost", err)
+			}
+			if n := p.Stats().Discarded.Broken; n != broken+1 {
+				t.Errorf("connections discarded as broken: %d, want 1", n-broken)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		px.Restore()
+		err = p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+			after, err := backendPID(ctx, s)
+			if err == nil && after == before {
+				t.Errorf("the next unit ran on backend %d, the one cut", after)
+			}
+			return err
+		})
+		if err != nil {
 			t.Fatal(err)
 		}
 	})
