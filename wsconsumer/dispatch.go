@@ -387,6 +387,12 @@ func (h *Handler) callback(pool *dbctx.Pool, s *Session, cb *Callback, fn func(c
 	if s.lockCallbacks() {
 		defer s.cb.Unlock()
 	}
+	if s.closed.Load() {
+		// Closed (Session.Close) while this waited, or before its message
+		// or event was read: the handshake may go on without the socket's
+		// callbacks (see Close), none runs from the Close on.
+		return
+	}
 	if cb.Kind == CallbackEvent {
 		s.evGate.RLock()
 		if !s.eventCurrent() {

@@ -377,7 +377,8 @@ func (s *Session) SendJSON(ctx context.Context, v any) error {
 // which coder/websocket bounds at 5s for each side, and then cancels the
 // socket's context (Session.Context, and the ctx of the callbacks): work
 // still under way for the socket stops. Disconnect runs after. Sends
-// after Close return ErrClosed. A code no close frame may carry (below
+// after Close return ErrClosed, and no Receive or Event callback starts
+// after it (a message read, or an event come, meanwhile is dropped). A code no close frame may carry (below
 // 1000, 1004 to 1006, 1015 to 2999, 5000 and above) drops the connection
 // with no frame: the client sees an abnormal closure, Disconnect gets -1,
 // and Close returns the error.
