@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/coder/websocket"
 	"github.com/dbscope/dbscope/dbctx"
@@ -141,4 +142,34 @@ func TestCloseInCallbackNoEventAfter(t *testing.T) {
 		t.Fatal(err)
 	}
 	dbtest.Eventually(t, "the socket ended", func() bool { return h.Len() == 0 && h.Stats().Sockets == 0 })
+}
+
+// A Close that comes while a callback's held replies are being written,
+// to a client that reads nothing, sends no close frame once the write
+// watchdog cuts the connection: Disconnect gets -1, not the status Close
+// would have sent, as where Close writes the replies itself. Not
+// parallel: it looks for the flush in every goroutine's stack.
+func TestCloseDuringFlushCutStatus(t *testing.T) {
+	p, _ := dbtest.NewPool(t, nil)
+	code := make(chan websocket.StatusCode, 1)
+	sess := make(chan *wsconsumer.Session, 1)
+	h := wsconsumer.NewSync(p, wsconsumer.Consumer{
+		Receive: func(ctx context.Context, s *wsconsumer.Session, typ websocket.MessageType, data []byte) error {
+			sess <- s
+			return s.Send(ctx, websocket.MessageBinary, make([]byte, 32<<20)) // held
+		},
+		Disconnect: func(_ context.Context, _ *wsconsumer.Session, c websocket.StatusCode) { code <- c },
+	}, &wsconsumer.Options{Logger: quiet(), WriteTimeout: 500 * time.Millisecond})
+	c := dial(t, serve(t, h)) // and never read
+	if err := c.Write(context.Background(), websocket.MessageText, []byte("go")); err != nil {
+		t.Fatal(err)
+	}
+	s := <-sess
+	dbtest.Eventually(t, "the held reply being written", func() bool { return inStack("wsconsumer.(*outbox).flush(") })
+	s.Close(4000, "bye")
+	var got websocket.StatusCode
+	dbtest.NoHang(t, "Disconnect", func() { got = <-code })
+	if got != -1 {
+		t.Errorf("Disconnect got %v, want -1: no close frame went out", got)
+	}
 }

@@ -600,6 +600,7 @@ type outbox struct {
 	context.Context
 	s         *Session
 	wmu       sync.Mutex // held while a flush writes: Close's close frame, and sends at once, come after
+	broken    bool       // a flush's write failed (the socket is cut); under wmu
 	mu        sync.Mutex
 	open      bool
 	untilSlot bool // an Event's: written at once until its scope holds a slot (no Options.Pools)
@@ -662,7 +663,10 @@ func (o *outbox) isOpen() bool {
 // do nothing. Close calls it too, from any goroutine, so that what Send
 // accepted goes out before the close frame.
 //
-// It reports whether it wrote all it held.
+// It reports whether all that it and the flushes before it held was
+// written: a Close that waited for another flush (the callback's own,
+// where Close ran elsewhere) learns that its write failed too, and
+// sends no close frame.
 func (o *outbox) flush() bool {
 	o.wmu.Lock()
 	defer o.wmu.Unlock()
@@ -673,17 +677,17 @@ func (o *outbox) flush() bool {
 	// and the next callback opens it once this flush is over.
 	o.msgs = msgs[:0]
 	o.mu.Unlock()
-	if len(msgs) == 0 {
-		return true
+	if len(msgs) == 0 || o.broken {
+		clear(msgs)
+		return !o.broken
 	}
 	c := o.s.conn.Load()
-	ok := true
 	for _, m := range msgs {
 		if o.s.write(c, m.typ, m.data) != nil {
-			ok = false
+			o.broken = true
 			break
 		}
 	}
 	clear(msgs)
-	return ok
+	return !o.broken
 }
