@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/binary"
+	"errors"
 	"io"
 	"net"
 	"sync"
@@ -171,5 +172,49 @@ func TestCloseDuringFlushCutStatus(t *testing.T) {
 	dbtest.NoHang(t, "Disconnect", func() { got = <-code })
 	if got != -1 {
 		t.Errorf("Disconnect got %v, want -1: no close frame went out", got)
+	}
+}
+
+// A sync callback that closes its socket and then fails (a Send after
+// the Close, which returns ErrClosed; an error of its own) leaves the
+// close it asked for alone: the client gets its status, not 1011 from a
+// second close racing the first, and an ErrClosed of its own Close is
+// counted as no client going away.
+func TestCloseInCallbackThenFail(t *testing.T) {
+	t.Parallel()
+	for _, ret := range []string{"send", "error"} {
+		t.Run(ret, func(t *testing.T) {
+			t.Parallel()
+			p, _ := dbtest.NewPool(t, nil)
+			code := make(chan websocket.StatusCode, 1)
+			h := wsconsumer.NewSync(p, wsconsumer.Consumer{
+				Receive: func(ctx context.Context, s *wsconsumer.Session, _ websocket.MessageType, _ []byte) error {
+					s.Close(4000, "bye")
+					if ret == "send" {
+						return s.SendText(ctx, "after")
+					}
+					return errors.New("boom")
+				},
+				Disconnect: func(_ context.Context, _ *wsconsumer.Session, c websocket.StatusCode) { code <- c },
+			}, &wsconsumer.Options{Logger: quiet()})
+			c := dial(t, serve(t, h))
+			if err := c.Write(context.Background(), websocket.MessageText, []byte("go")); err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			_, _, err := c.Read(ctx)
+			if got := websocket.CloseStatus(err); got != 4000 {
+				t.Errorf("the client got %v (%v), want 4000", got, err)
+			}
+			var got websocket.StatusCode
+			dbtest.NoHang(t, "Disconnect", func() { got = <-code })
+			if got != 4000 {
+				t.Errorf("Disconnect got %v, want 4000", got)
+			}
+			if st := h.Stats(); st.ClientGone != 0 || (ret == "send") != (st.Failed == 0) {
+				t.Errorf("stats %+v", st)
+			}
+		})
 	}
 }

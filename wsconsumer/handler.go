@@ -476,11 +476,11 @@ func (h *Handler) exited(cb *Callback) {
 	s := cb.Session
 	h.count.failed.Add(1)
 	h.logFailure(s, cb.Kind.String(), errGoexit)
-	if c := s.conn.Load(); c != nil && !s.closing.Load() {
+	if c := s.conn.Load(); c != nil && !s.closing.Load() && !s.closed.Swap(true) {
 		// Here, not on a goroutine of its own as Close would from a
 		// callback: this one is ending, and its deferred calls end the
-		// socket after.
-		s.closed.Store(true)
+		// socket after. (Where the callback closed the socket before it
+		// exited, that close's status stands.)
 		s.close(c, websocket.StatusInternalError, "internal error")
 	}
 	s.sock.cancel()

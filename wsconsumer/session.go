@@ -378,7 +378,8 @@ func (s *Session) SendJSON(ctx context.Context, v any) error {
 // socket's context (Session.Context, and the ctx of the callbacks): work
 // still under way for the socket stops. Disconnect runs after. Sends
 // after Close return ErrClosed, and no Receive or Event callback starts
-// after it (a message read, or an event come, meanwhile is dropped). A code no close frame may carry (below
+// after it (a message read, or an event come, meanwhile is dropped). The
+// first Close decides the status sent: a later one returns ErrClosed. A code no close frame may carry (below
 // 1000, 1004 to 1006, 1015 to 2999, 5000 and above) drops the connection
 // with no frame: the client sees an abnormal closure, Disconnect gets -1,
 // and Close returns the error.
@@ -394,8 +395,16 @@ func (s *Session) Close(code websocket.StatusCode, reason string) error {
 	if c == nil {
 		return ErrClosed
 	}
+	if s.closed.Swap(true) {
+		// Closed already: the first Close's status is the one sent,
+		// though its handshake may go on on a goroutine of its own (a
+		// callback that closes its socket, then fails).
+		return ErrClosed
+	}
+	// Now, not on close's goroutine: an ErrClosed that the callback
+	// meets next is the server's close, not the client going away.
+	s.ended.CompareAndSwap(0, endServer)
 	reason = closeReason(reason)
-	s.closed.Store(true)
 	if o := s.out.Load(); o != nil && !s.h.async && o.isOpen() {
 		go s.close(c, code, reason)
 		return nil
