@@ -128,7 +128,8 @@ type Options struct {
 	// the wait for its slot, get the context it returns instead, which
 	// must be ctx or derived from it (values added). done, if not nil, is
 	// called with the callback's outcome (its error, a *dbctx.PanicError,
-	// or the error that kept it from running, such as dbctx.ErrBusy) once
+	// an error that says it called runtime.Goexit, or the error that
+	// kept it from running, such as dbctx.ErrBusy) once
 	// it has returned and its slot is released. It must not block: the
 	// socket waits for it. Unset, it costs one nil check per callback.
 	OnCallback func(ctx context.Context, cb Callback) (_ context.Context, done func(err error))

@@ -59,7 +59,8 @@ func (k CallbackKind) String() string {
 	return "unknown"
 }
 
-// observed runs a callback as run does, inside Options.OnCallback. A
+// observed runs a callback as run does, inside Options.OnCallback; done
+// is told of a callback that ended its goroutine (errGoexit) too. A
 // panic of the hook's, or of its done, is the callback's failure (a
 // *dbctx.PanicError, which closes the socket with 1011 and is logged), as
 // one of the callback's own is: it runs on the goroutine that reads the
@@ -73,7 +74,16 @@ func (h *Handler) observed(ctx context.Context, pool *dbctx.Pool, cb *Callback, 
 	if err != nil {
 		return err // the callback does not run
 	}
+	returned := false
+	defer func() {
+		if !returned && done != nil {
+			// The callback ended its goroutine (runtime.Goexit): its
+			// outcome is a failure too, told as a panic's would be.
+			guard(func() error { done(errGoexit); return nil })
+		}
+	}()
 	err = h.run(ctx, pool, cb, fn)
+	returned = true
 	if done != nil {
 		if perr := guard(func() error { done(err); return nil }); perr != nil && err == nil {
 			err = perr
