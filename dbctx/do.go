@@ -65,9 +65,8 @@ func (p *Pool) Do(ctx context.Context, fn func(ctx context.Context, s *Scope) er
 		return p.doObserved(ctx, fn)
 	}
 	s := p.newScope(ctx)
-	err := s.do(&s.ctx, fn, false)
-	s.End()
-	return err
+	defer s.End() // deferred: fn may end the goroutine (runtime.Goexit)
+	return s.do(&s.ctx, fn, false)
 }
 
 func init() {

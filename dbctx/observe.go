@@ -2,6 +2,7 @@ package dbctx
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"time"
 
@@ -102,13 +103,21 @@ func (p *Pool) connectObserved(ctx context.Context) (c *session, looked bool, er
 func (p *Pool) doObserved(ctx context.Context, fn func(ctx context.Context, s *Scope) error) error {
 	ctx, done := p.opts.OnDo(ctx)
 	s := p.newScope(ctx)
-	err := s.do(&s.ctx, fn, false)
-	s.End()
-	if done != nil {
-		done(err)
-	}
+	err := errGoexit // unless fn returns: it ended the goroutine (runtime.Goexit)
+	defer func() {
+		s.End()
+		if done != nil {
+			done(err)
+		}
+	}()
+	err = s.do(&s.ctx, fn, false)
 	return err
 }
+
+// errGoexit is the outcome OnDo's done is told of for a Do whose function
+// ended its goroutine (runtime.Goexit: t.FailNow in a test) rather than
+// return.
+var errGoexit = errors.New("dbctx: Do's function called runtime.Goexit")
 
 // A Prelude is what dbscope sends on a connection before a statement of a
 // scope: the session reset that an earlier user of the connection left

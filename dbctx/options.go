@@ -155,7 +155,8 @@ type Options struct {
 	// own (not one that reuses the scope ctx carries): fn gets the
 	// context it returns, which must be ctx or derived from it (a span
 	// added), and done, if not nil, is called with Do's outcome once
-	// the scope has ended, its connection given back.
+	// the scope has ended, its connection given back (an error that says
+	// so where fn ended its goroutine with runtime.Goexit).
 	OnDo func(ctx context.Context) (_ context.Context, done func(err error))
 
 	// TransactionPooling declares that the *sql.DB reaches PostgreSQL
