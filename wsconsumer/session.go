@@ -302,8 +302,10 @@ func (s *Session) send(ctx context.Context, typ websocket.MessageType, data []by
 		defer ob.wmu.Unlock()
 	}
 	if err := s.write(c, typ, data); err != nil {
-		if s.sock.Err() != nil || s.closing.Load() || errors.Is(err, net.ErrClosed) {
-			// The socket closed under the write.
+		if s.sock.Err() != nil || s.closing.Load() || answer.IsGone(err) {
+			// The socket closed under the write: by the server, or by the
+			// client or the network (a reset, a broken pipe) before its
+			// reader noticed.
 			return fmt.Errorf("%w: %w", ErrClosed, err)
 		}
 		return err
