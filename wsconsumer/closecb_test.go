@@ -218,3 +218,33 @@ func TestCloseInCallbackThenFail(t *testing.T) {
 		})
 	}
 }
+
+// A close status no close frame may carry, given to Close from a sync
+// callback (where the close goes on without the callback), is still an
+// error of Close's, as its doc says: the connection is dropped with no
+// frame, and Disconnect gets -1.
+func TestCloseInCallbackBadCode(t *testing.T) {
+	t.Parallel()
+	p, _ := dbtest.NewPool(t, nil)
+	closeErr := make(chan error, 1)
+	code := make(chan websocket.StatusCode, 1)
+	h := wsconsumer.NewSync(p, wsconsumer.Consumer{
+		Receive: func(ctx context.Context, s *wsconsumer.Session, _ websocket.MessageType, _ []byte) error {
+			closeErr <- s.Close(5000, "bye")
+			return nil
+		},
+		Disconnect: func(_ context.Context, _ *wsconsumer.Session, c websocket.StatusCode) { code <- c },
+	}, &wsconsumer.Options{Logger: quiet()})
+	c := dial(t, serve(t, h))
+	if err := c.Write(context.Background(), websocket.MessageText, []byte("go")); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-closeErr; err == nil {
+		t.Errorf("Close(5000) returned nil, want an error")
+	}
+	var got websocket.StatusCode
+	dbtest.NoHang(t, "Disconnect", func() { got = <-code })
+	if got != -1 {
+		t.Errorf("Disconnect got %v, want -1", got)
+	}
+}

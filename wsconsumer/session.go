@@ -387,10 +387,11 @@ func (s *Session) SendJSON(ctx context.Context, v any) error {
 // and Close returns the error.
 //
 // In the sync style, while a callback of the socket is under way (Close
-// called from it, typically), Close returns nil at once and the writes
-// and the handshake go on on a goroutine of their own: the callback's
-// worker slot is not held while a client that does not read, or never
-// answers the close, takes its time. (An async callback that calls Close
+// called from it, typically), Close returns at once (nil, or the error
+// of a code no close frame may carry) and the writes and the handshake
+// go on on a goroutine of their own: the callback's worker slot is not
+// held while a client that does not read, or never answers the close,
+// takes its time. (An async callback that calls Close
 // inside dbctx.Do holds its slot for it: call it outside.)
 func (s *Session) Close(code websocket.StatusCode, reason string) error {
 	c := s.conn.Load()
@@ -409,6 +410,11 @@ func (s *Session) Close(code websocket.StatusCode, reason string) error {
 	reason = closeReason(reason)
 	if o := s.out.Load(); o != nil && !s.h.async && o.isOpen() {
 		go s.close(c, code, reason)
+		if !sendableCode(code) && code != websocket.StatusNoStatusRcvd {
+			// What close meets on its own goroutine, as Close promises
+			// (1005 goes out as a close frame with no status).
+			return fmt.Errorf("wsconsumer: close status %d cannot be sent: the connection is dropped with no close frame", int(code))
+		}
 		return nil
 	}
 	return s.close(c, code, reason)
