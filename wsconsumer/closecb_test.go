@@ -248,3 +248,40 @@ func TestCloseInCallbackBadCode(t *testing.T) {
 		t.Errorf("Disconnect got %v, want -1", got)
 	}
 }
+
+// Close with 1005 (no status) sends a close frame with no status, as
+// coder/websocket does, rather than drop the connection with no frame:
+// the client reads 1005, Disconnect gets it, Close returns nil, as its
+// doc says.
+func TestCloseNoStatus(t *testing.T) {
+	t.Parallel()
+	for name, style := range styles {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			p, _ := dbtest.NewPool(t, nil)
+			closeErr := make(chan error, 1)
+			code := make(chan websocket.StatusCode, 1)
+			h := style(p, wsconsumer.Consumer{
+				Connect: func(ctx context.Context, s *wsconsumer.Session) error {
+					s.Go(func(context.Context) { closeErr <- s.Close(websocket.StatusNoStatusRcvd, "bye") })
+					return nil
+				},
+				Disconnect: func(_ context.Context, _ *wsconsumer.Session, c websocket.StatusCode) { code <- c },
+			}, &wsconsumer.Options{Logger: quiet()})
+			c := dial(t, serve(t, h))
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if _, _, err := c.Read(ctx); websocket.CloseStatus(err) != websocket.StatusNoStatusRcvd {
+				t.Errorf("the client got %v, want a close frame with no status (1005)", err)
+			}
+			if err := <-closeErr; err != nil {
+				t.Errorf("Close: %v", err)
+			}
+			var got websocket.StatusCode
+			dbtest.NoHang(t, "Disconnect", func() { got = <-code })
+			if got != websocket.StatusNoStatusRcvd {
+				t.Errorf("Disconnect got %v, want 1005", got)
+			}
+		})
+	}
+}

@@ -381,10 +381,12 @@ func (s *Session) SendJSON(ctx context.Context, v any) error {
 // still under way for the socket stops. Disconnect runs after. Sends
 // after Close return ErrClosed, and no Receive or Event callback starts
 // after it (a message read, or an event come, meanwhile is dropped). The
-// first Close decides the status sent: a later one returns ErrClosed. A code no close frame may carry (below
-// 1000, 1004 to 1006, 1015 to 2999, 5000 and above) drops the connection
-// with no frame: the client sees an abnormal closure, Disconnect gets -1,
-// and Close returns the error.
+// first Close decides the status sent: a later one returns ErrClosed.
+// 1005 (no status) sends a close frame with no status, which the client
+// reads as 1005 and echoes (Disconnect gets 1005). A code no close frame
+// may carry (below 1000, 1004, 1006, 1015 to 2999, 5000 and above) drops
+// the connection with no frame: the client sees an abnormal closure,
+// Disconnect gets -1, and Close returns the error.
 //
 // In the sync style, while a callback of the socket is under way (Close
 // called from it, typically), Close returns at once (nil, or the error
