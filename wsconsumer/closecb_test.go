@@ -285,3 +285,39 @@ func TestCloseNoStatus(t *testing.T) {
 		})
 	}
 }
+
+// A Join after the socket's Close, in either style, returns ErrClosed and
+// joins nothing: it returned nil and made the closing socket a member of
+// the group (its events then dropped), counted by the layer until the
+// socket ended.
+func TestJoinAfterClose(t *testing.T) {
+	t.Parallel()
+	for _, async := range []bool{false, true} {
+		t.Run(map[bool]string{false: "sync", true: "async"}[async], func(t *testing.T) {
+			t.Parallel()
+			p, _ := dbtest.NewPool(t, nil)
+			layer := memoryLayer(t)
+			joined := make(chan error, 1)
+			c := wsconsumer.Consumer{
+				Receive: func(ctx context.Context, s *wsconsumer.Session, _ websocket.MessageType, _ []byte) error {
+					s.Close(websocket.StatusNormalClosure, "bye")
+					joined <- s.Join(ctx, "g")
+					return nil
+				},
+			}
+			o := &wsconsumer.Options{Logger: quiet(), Layer: layer}
+			h := wsconsumer.NewSync(p, c, o)
+			if async {
+				h = wsconsumer.NewAsync(p, c, o)
+			}
+			conn := dial(t, serve(t, h))
+			send(t, conn, msg{ID: 1})
+			if err := <-joined; !errors.Is(err, wsconsumer.ErrClosed) {
+				t.Errorf("Join after Close: %v, want ErrClosed", err)
+			}
+			if st := layer.Stats(); st.Members != 0 {
+				t.Errorf("Join after Close made a member: %+v", st)
+			}
+		})
+	}
+}

@@ -101,15 +101,17 @@ func (s *Session) lockCallbacks() bool {
 // returns, a message sent to group reaches the socket (the layer's engine
 // has subscribed, which may take a round trip). It needs Options.Layer.
 // ErrClosed means the socket joins nothing: it is disconnecting, it was
-// closed for falling behind its groups (StatusTooSlow), or the layer is
-// closed.
+// closed (by Close, Shutdown, or for falling behind its groups:
+// StatusTooSlow), or the layer is closed.
 func (s *Session) Join(ctx context.Context, group string) error {
 	l := s.h.opts.Layer
 	if l == nil {
 		return ErrNoLayer
 	}
 	s.mu.Lock()
-	if s.finished {
+	if s.finished || s.closed.Load() || s.closing.Load() {
+		// Closed (by Close, or Shutdown's close under way): its events
+		// would be dropped, and the member kept for nothing until the end.
 		s.mu.Unlock()
 		return ErrClosed
 	}
