@@ -35,3 +35,10 @@ func (e *Postgres) ChannelOf(group string) string { return e.channelOf(group) }
 // a primary straight (its backend's pid, pg_is_in_recovery()), before
 // Start: a test plays a standby with it.
 func (e *Postgres) SetDirectSQL(q string) { e.directSQL = q }
+
+// SetCleanupBatch sets how many rows one statement of the payload table's
+// cleanup deletes at most (cleanupBatch). Call it before Start.
+func (e *Postgres) SetCleanupBatch(n int) {
+	e.table.perDelete = n
+	e.table.statements(e.table.quoted)
+}

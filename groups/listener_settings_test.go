@@ -245,3 +245,38 @@ func TestListenerSlowCleanup(t *testing.T) {
 		t.Fatalf("got gap=%v %q, want the message", got[0].Gap, got[0].Data)
 	}
 }
+
+// A backlog of old rows that one DELETE cannot delete within the
+// listener's statement_timeout (a slow DELETE trigger here; rows kept
+// while the listener was down, at scale) is deleted over ticks, in
+// batches: deleted in one statement, the cleanup was canceled at 8 s at
+// every tick and rolled back, and the rows stayed for good.
+func TestCleanupBacklogInBatches(t *testing.T) {
+	t.Parallel()
+	env := pgtest.New(t)
+	o := groups.PostgresOptions{ListenDSN: env.DirectDSN(t), Namespace: env.Schema(), SampleEvery: 100 * time.Millisecond}
+	newInstance(t, env, func(p *dbctx.Pool) groups.Engine {
+		e := groups.NewPostgres(p, &o)
+		e.SetCleanupBatch(10)
+		return e
+	})
+	ctx := context.Background()
+	tbl := env.Schema() + ".dbscope_groups_payloads"
+	for _, q := range []string{
+		"CREATE FUNCTION " + env.Schema() + ".slow() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN PERFORM pg_sleep(0.1); RETURN OLD; END$$",
+		"CREATE TRIGGER slow BEFORE DELETE ON " + tbl + " FOR EACH ROW EXECUTE FUNCTION " + env.Schema() + ".slow()",
+		// 100 rows at 0.1 s each: 10 s in one statement.
+		"INSERT INTO " + tbl + " SELECT gen_random_uuid(), now() - interval '1 hour', 'old' FROM generate_series(1, 100)",
+	} {
+		if _, err := env.Admin().ExecContext(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dbtest.Eventually(t, "the backlog deleted", func() bool {
+		var n int
+		if err := env.Admin().QueryRowContext(ctx, "SELECT count(*) FROM "+tbl).Scan(&n); err != nil {
+			t.Error(err)
+		}
+		return n == 0
+	})
+}

@@ -150,9 +150,10 @@ type PostgresOptions struct {
 // (statement_timeout): where the table is locked (a VACUUM FULL, a
 // CREATE INDEX), a body it cannot read is a gap for its group, and the
 // cleanup waits 200 milliseconds at most and tries again at the next
-// tick; a cleanup that cannot finish in time (a backlog of rows) is
-// logged, and tried again at the next tick; the listener keeps its
-// connection and delivers the rest. It is not ended by the
+// tick; the listener keeps its connection and delivers the rest. The
+// cleanup deletes in batches of 1,000 rows, for a second at most per
+// tick: a backlog (rows kept while the listener was down) goes over
+// ticks, the listener delivering between them. It is not ended by the
 // idle_session_timeout of the database or the role (it sets 0). A
 // ListenDSN that sets any of these keeps its own.
 //

@@ -34,7 +34,9 @@ type payloadTable struct {
 	ddl        string
 	insertSQL  string // the row and the NOTIFY of its reference, in one statement
 	fetchSQL   string
-	cleanupSQL string
+	cleanupSQL string // the stamp, and the first batch of the delete
+	deleteSQL  string // a batch of the delete
+	perDelete  int    // rows deleted in one statement at most: cleanupBatch, or what a test set
 	maxAge     time.Duration
 	perFetch   int // references read in one query at most
 	log        *slog.Logger
@@ -64,8 +66,9 @@ func newPayloadTable(o PostgresOptions) *payloadTable {
 CREATE INDEX IF NOT EXISTS ` + index + " ON " + quoted + " (created)",
 		maxAge: o.PayloadMaxAge,
 		// 16 MiB of bodies in memory at most, between 1 and 100 of them.
-		perFetch: min(max((16<<20)/o.MaxPayload, 1), 100),
-		log:      o.Logger,
+		perFetch:  min(max((16<<20)/o.MaxPayload, 1), 100),
+		perDelete: cleanupBatch,
+		log:       o.Logger,
 	}
 	t.statements(quoted)
 	return t
@@ -82,11 +85,24 @@ func (t *payloadTable) statements(table string) {
 	// another listener's cleanup, a VACUUM FULL), the cleanup waits
 	// cleanupLockTimeout at most, and the next tick tries again: the
 	// listener delivers meanwhile.
-	t.cleanupSQL = fmt.Sprintf("SET LOCAL lock_timeout = %[3]d; "+
-		"UPDATE %[1]s SET created = now() WHERE created = 'infinity'; "+
-		"DELETE FROM %[1]s WHERE created < now() - interval '%[2]d microseconds'",
-		table, t.maxAge.Microseconds(), cleanupLockTimeout.Milliseconds())
+	// The delete goes in batches (cleanupBatch rows), so that a backlog
+	// (rows kept while the listener was down, a slow DELETE trigger) is
+	// deleted over ticks, each statement well within the listener's
+	// statement_timeout, rather than canceled there at every tick.
+	del := fmt.Sprintf("DELETE FROM %[1]s WHERE id IN (SELECT id FROM %[1]s WHERE created < now() - interval '%[2]d microseconds' LIMIT %[3]d)",
+		table, t.maxAge.Microseconds(), t.perDelete)
+	lock := fmt.Sprintf("SET LOCAL lock_timeout = %d; ", cleanupLockTimeout.Milliseconds())
+	t.cleanupSQL = lock + "UPDATE " + table + " SET created = now() WHERE created = 'infinity'; " + del
+	t.deleteSQL = lock + del
 }
+
+// cleanupBatch is how many rows one statement of the cleanup deletes at
+// most; cleanupBudget, how long a tick's cleanup goes on deleting full
+// batches (the listener delivers nothing meanwhile).
+const (
+	cleanupBatch  = 1000
+	cleanupBudget = time.Second
+)
 
 // cleanupLockTimeout bounds the cleanup's wait for a lock on the table.
 const cleanupLockTimeout = 200 * time.Millisecond
@@ -323,29 +339,48 @@ func (e *Postgres) missed(groups []string) {
 // PayloadMaxAge is not deleted before every listener that got its
 // NOTIFY, at the commit, had PayloadMaxAge to read it. A row whose
 // transaction rolled back is gone with it, and every committed one is
-// stamped at the next tick: nothing stays for ever, but where a backlog
-// takes longer to delete than the listener's statement_timeout (8 s; see
-// listenerSettings): the statement is canceled, logged once, and tried
-// again at each tick. It fails only where the connection broke or ctx
-// ended; a statement's error is logged once.
+// stamped at the next tick: nothing stays for ever. The delete goes in
+// batches of cleanupBatch rows, full batches one after another for
+// cleanupBudget at most, then again at the next tick: a backlog goes over
+// ticks, the listener delivering between them. It fails only where the
+// connection broke or ctx ended; a statement's error is logged once (a
+// batch that takes longer than the listener's statement_timeout, 8 s, is
+// canceled, and tried again at each tick).
 func (t *payloadTable) cleanup(ctx context.Context, conn *pgconn.PgConn) error {
+	start := time.Now()
+	q := t.cleanupSQL
+	for {
+		full, err := t.cleanupOnce(ctx, conn, q)
+		if err != nil || !full || time.Since(start) >= cleanupBudget {
+			return err
+		}
+		q = t.deleteSQL // a full batch: there may be more
+	}
+}
+
+// cleanupOnce runs q, the cleanup's statements, and reports whether its
+// delete took a full batch; see cleanup for its errors.
+func (t *payloadTable) cleanupOnce(ctx context.Context, conn *pgconn.PgConn, q string) (full bool, err error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	_, err := conn.Exec(ctx, t.cleanupSQL).ReadAll()
-	if err == nil || conn.IsClosed() || ctx.Err() != nil {
-		return err
+	res, err := conn.Exec(ctx, q).ReadAll()
+	if err == nil {
+		return len(res) > 0 && res[len(res)-1].CommandTag.RowsAffected() >= int64(t.perDelete), nil
+	}
+	if conn.IsClosed() || ctx.Err() != nil {
+		return false, err
 	}
 	if pe := (*pgconn.PgError)(nil); errors.As(err, &pe) && pe.Code == "55P03" {
 		// lock_not_available: the next tick tries again.
 		if !t.cleanupLocked.Swap(true) {
 			t.log.Warn("groups: deleting old large messages from the table waits for a lock on it; trying again at each tick", "table", t.name, "err", err)
 		}
-		return nil
+		return false, nil
 	}
 	if !t.cleanupFailed.Swap(true) {
 		t.log.Error("groups: deleting old large messages from the table failed", "table", t.name, "err", err)
 	}
-	return nil
+	return false, nil
 }
 
 // PostgresStats is a snapshot of the PostgreSQL engine's own figures;
