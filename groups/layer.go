@@ -20,7 +20,8 @@ import (
 
 var (
 	// ErrGroupName is returned for a group name that is not 1 to 100
-	// ASCII letters, digits, '-', '_' or '.' (Channels' rule).
+	// ASCII letters, digits, '-', '_' or '.' (Channels' characters;
+	// Channels takes names of fewer than 100).
 	ErrGroupName = errors.New("groups: invalid group name: want 1 to 100 ASCII letters, digits, '-', '_' or '.'")
 
 	// ErrTooLarge is returned by Send for a message larger than the
