@@ -168,7 +168,7 @@ func (s *Scope) observeDead(ctx context.Context, err error, first, dead bool) (o
 	}
 	s.pool.pgxStatementError(err)
 	closed := dead || errors.Is(err, driver.ErrBadConn) || errors.Is(err, sql.ErrConnDone) ||
-		(c.pc != nil && c.state().closed) || c.pc == nil && (serverEnded(err) || netFailed(err) || ctx.Err() != nil && !s.pool.alive(c))
+		(c.pc != nil && c.state().closed) || c.pc == nil && (serverEnded(err) || (netFailed(err) || ctx.Err() != nil) && !s.pool.alive(c))
 	if !closed {
 		return err
 	}
@@ -199,11 +199,13 @@ func (s *Scope) observeDead(ctx context.Context, err error, first, dead bool) (o
 	return err
 }
 
-// netFailed reports whether err, of another driver's statement, is its
-// connection's failure as the network tells it (an unexpected EOF, a
+// netFailed reports whether err, of another driver's statement, may be
+// its connection's failure as the network tells it (an unexpected EOF, a
 // reset, a net.Error), not the server's word on the statement (no
-// SQLSTATE): the driver gives up the connection, and its next statement
-// would find it so.
+// SQLSTATE). It may as well be an error of the user's that wraps one (an
+// argument's Value decoding a truncated blob: io.ErrUnexpectedEOF),
+// with nothing sent: observe asks the connection whether it lives
+// before it counts it lost.
 func netFailed(err error) bool {
 	if sqlState(err) != "" {
 		return false

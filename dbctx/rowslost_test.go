@@ -3,8 +3,10 @@ package dbctx_test
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
+	"io"
 	"net/http/httptest"
 	"testing"
 	"time"
@@ -333,6 +335,71 @@ func TestQueryRowCutMidRead(t *testing.T) {
 		})
 		if err != nil {
 			t.Fatal(err)
+		}
+	})
+}
+
+// truncatedBlob is an argument whose Value fails as decoding a truncated
+// blob does: an error that wraps io.ErrUnexpectedEOF, nothing sent.
+type truncatedBlob struct{}
+
+func (truncatedBlob) Value() (driver.Value, error) {
+	return nil, fmt.Errorf("decoding the blob: %w", io.ErrUnexpectedEOF)
+}
+
+// An error of the user's that wraps one the network gives (an argument's
+// Value: io.ErrUnexpectedEOF) is not the connection's failure: the
+// session, its backend and what the scope left in it, stay.
+func TestArgErrorKeepsSession(t *testing.T) {
+	t.Parallel()
+	run := map[string]func(ctx context.Context, s *dbctx.Scope) error{
+		"ExecContext": func(ctx context.Context, s *dbctx.Scope) error {
+			_, err := s.ExecContext(ctx, "SELECT $1::text", truncatedBlob{})
+			return err
+		},
+		"QueryContext": func(ctx context.Context, s *dbctx.Scope) error {
+			rows, err := s.QueryContext(ctx, "SELECT $1::text", truncatedBlob{})
+			if err != nil {
+				return err
+			}
+			return rows.Close()
+		},
+		"QueryRowContext": func(ctx context.Context, s *dbctx.Scope) error {
+			var x string
+			return s.QueryRowContext(ctx, "SELECT $1::text", truncatedBlob{}).Scan(&x)
+		},
+	}
+	forDrivers(t, func(t *testing.T, drv string) {
+		p, _ := newPoolWith(t, drv, &dbctx.Options{Logger: quiet()})
+		for name, f := range run {
+			broken := p.Stats().Discarded.Broken
+			err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+				before, err := backendPID(ctx, s)
+				if err != nil {
+					return err
+				}
+				if _, err := s.ExecContext(ctx, "SELECT set_config('app.mark', 'kept', false)"); err != nil {
+					return err
+				}
+				ferr := f(ctx, s)
+				if !errors.Is(ferr, io.ErrUnexpectedEOF) || errors.Is(ferr, dbctx.ErrSessionLost) {
+					t.Errorf("%s: %v, want the argument's error alone", name, ferr)
+				}
+				var after int
+				var mark string
+				if err := s.QueryRowContext(ctx, "SELECT pg_backend_pid(), current_setting('app.mark', true)").Scan(&after, &mark); err != nil {
+					t.Errorf("%s: the next statement: %v", name, err)
+				} else if after != before || mark != "kept" {
+					t.Errorf("%s: the next statement on backend %d with app.mark %q, want %d and kept", name, after, mark, before)
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n := p.Stats().Discarded.Broken; n != broken {
+				t.Errorf("%s: connections discarded as broken: %d", name, n-broken)
+			}
 		}
 	})
 }
