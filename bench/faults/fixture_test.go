@@ -81,7 +81,12 @@ func (f *fixture) stop() {
 	adm := f.env.Admin()
 	adm.SetMaxIdleConns(0)
 	adm.SetMaxIdleConns(4) // pgtest's setting
-	deadline := time.Now().Add(10 * time.Second)
+	// pgx closes a broken connection on a goroutine of its own
+	// (pgconn's asyncClose: a cancel request, Terminate, then a drain of
+	// what the server still sends), bounded by 15 s: the raw server's,
+	// after its backends were killed, may outlive 10 s on a loaded
+	// machine (CI, over TLS).
+	deadline := time.Now().Add(30 * time.Second)
 	for runtime.NumGoroutine() > f.goroutines {
 		if time.Now().After(deadline) {
 			buf := make([]byte, 1<<20)
