@@ -3,7 +3,6 @@ package dbctx
 import (
 	"context"
 	"errors"
-	"fmt"
 	"strings"
 	"sync"
 
@@ -636,20 +635,8 @@ func (b *pgxBatch) seen(err error) error {
 	if err == nil || poolerFull(err) || errors.Is(err, errBatchClosed) {
 		return err
 	}
-	s := b.s
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	switch {
-	case s.c != b.c:
-		return err // the scope is past it
-	case s.lost:
-		if errors.Is(err, ErrSessionLost) {
-			return err
-		}
-		return fmt.Errorf("%w: %w", ErrSessionLost, err)
-	}
-	err = s.observe(b.ctx, err, b.first)
-	if s.c != b.c {
+	gone, err := b.s.failedUnder(b.ctx, b.c, err, b.first)
+	if gone {
 		// The connection went with the session (observe closed b):
 		// Close reports it.
 		b.mu.Lock()

@@ -227,23 +227,37 @@ func (s *Scope) rowsFailed(ctx context.Context, c *session, err error) error {
 	if err == nil || errors.Is(err, errRowsCut) || poolerFull(err) {
 		return err
 	}
+	_, err = s.failedUnder(ctx, c, err, false)
+	return err
+}
+
+// failedUnder returns err, of results the scope handed out on c (rows, a
+// batch's) that failed after the statement that made them returned, as
+// observe tells a statement's error; first says the statement was the
+// first on c. gone reports whether the connection went with the session
+// (observe closed the results). Where the scope is past c (a boundary),
+// err is returned as it is; where the session was lost already, as
+// ErrSessionLost. No lock of the results is held: a boundary holds s.mu
+// as it closes them.
+func (s *Scope) failedUnder(ctx context.Context, c *session, err error, first bool) (gone bool, out error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	switch {
 	case s.c != c:
-		return err // the scope is past the connection (a boundary)
+		return false, err // the scope is past the connection (a boundary)
 	case s.lost:
 		if errors.Is(err, ErrSessionLost) {
-			return err
+			return false, err
 		}
-		return fmt.Errorf("%w: %w", ErrSessionLost, err)
+		return false, fmt.Errorf("%w: %w", ErrSessionLost, err)
 	}
 	// Another driver's error without SQLSTATE (an unexpected EOF, a
 	// reset) says nothing of its connection, which the driver may have
 	// closed under database/sql: ask it, on this path alone.
 	dead := c.pc == nil && sqlState(err) == "" && ctx.Err() == nil &&
 		!errors.Is(err, driver.ErrBadConn) && !errors.Is(err, sql.ErrConnDone) && !s.pool.alive(c)
-	return s.observeDead(ctx, err, false, dead)
+	out = s.observeDead(ctx, err, first, dead)
+	return s.c != c, out
 }
 
 // poolerFull reports whether err is PgBouncer's refusal of a statement
