@@ -230,7 +230,7 @@ func (s *Scope) giveBack(ctx context.Context) error {
 	}
 	if p.opts.OnRelease != nil {
 		ctx, cancel := cleanupCtx(ctx)
-		err := callHook("OnRelease", func() error { return p.opts.OnRelease(ctx, c.pin.conn) })
+		err := callHook("OnRelease", func() error { return p.opts.OnRelease(ctx, c.pin.conn) }, nil)
 		cancel()
 		if err != nil {
 			s.unpin(discardHook)

@@ -182,20 +182,28 @@ func (e *PanicError) Error() string {
 // callHook calls f, a hook of Options named name, and returns its error,
 // or its panic as a *PanicError: a panic unwinding through the pool's
 // bookkeeping would leak the connection or slot at hand (or, from under
-// the scope's lock, crash the process).
-func callHook(name string, f func() error) (err error) {
+// the scope's lock, crash the process). Where f ends the goroutine
+// instead (runtime.Goexit: t.FailNow in a test's hook), which nothing
+// stops, exited (if not nil) gives back what the caller holds that the
+// scope's end would not.
+func callHook(name string, f func() error, exited func()) (err error) {
+	returned := false
 	defer func() {
 		if r := recover(); r != nil {
 			err = &PanicError{Value: r, Stack: debug.Stack(), Hook: name}
+		} else if !returned && exited != nil {
+			exited()
 		}
 	}()
-	return f()
+	err = f()
+	returned = true
+	return err
 }
 
 // observeHook calls f, an observing hook of Options named name (OnWait,
-// OnPin), logging its panic.
-func (p *Pool) observeHook(name string, f func()) {
-	if err := callHook(name, func() error { f(); return nil }); err != nil {
+// OnPin), logging its panic; exited as callHook's.
+func (p *Pool) observeHook(name string, f func(), exited func()) {
+	if err := callHook(name, func() error { f(); return nil }, exited); err != nil {
 		p.opts.Logger.Error("dbctx: Options."+name+" panicked; ignored", "err", err, "stack", string(err.(*PanicError).Stack))
 	}
 }

@@ -78,15 +78,22 @@ func (pn *Pin) sawDead() {
 }
 
 // toldWait tells Options.OnWait of a wait.
+// A slot taken (err nil) is given back if OnWait ends the goroutine
+// (runtime.Goexit) before the caller holds it.
 func (p *Pool) toldWait(ctx context.Context, queued bool, waited time.Duration, err error) {
 	if h := p.opts.OnWait; h != nil {
-		p.observeHook("OnWait", func() { h(ctx, Wait{Queued: queued, Waited: waited, Err: err}) })
+		var exited func()
+		if err == nil {
+			exited = p.releaseSlot
+		}
+		p.observeHook("OnWait", func() { h(ctx, Wait{Queued: queued, Waited: waited, Err: err}) }, exited)
 	}
 }
 
-// connectObserved is connect, for a scope's pin, told to Options.OnPin.
-func (p *Pool) connectObserved(ctx context.Context) (c *session, looked bool, err error) {
-	var pn Pin
+// connectObserved is connect, for a scope's pin, observed for
+// Options.OnPin: the caller tells it with toldPin once the connection is
+// the scope's (OnPin may end the goroutine: runtime.Goexit).
+func (p *Pool) connectObserved(ctx context.Context) (c *session, looked bool, pn Pin, err error) {
 	start := monotonic()
 	c, looked, err = p.connect(ctx, &pn)
 	pn.Took = monotonic() - start
@@ -95,8 +102,12 @@ func (p *Pool) connectObserved(ctx context.Context) (c *session, looked bool, er
 		pn.Checked = looked
 		pn.New = c.pc != nil && c.released == 0
 	}
-	p.observeHook("OnPin", func() { p.opts.OnPin(ctx, pn) })
-	return c, looked, err
+	return c, looked, pn, err
+}
+
+// toldPin tells Options.OnPin of a pin.
+func (p *Pool) toldPin(ctx context.Context, pn Pin) {
+	p.observeHook("OnPin", func() { p.opts.OnPin(ctx, pn) }, nil)
 }
 
 // doObserved is Pool.Do on a fresh scope, inside Options.OnDo.

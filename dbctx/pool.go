@@ -152,7 +152,8 @@ func (p *Pool) connect(ctx context.Context, pn *Pin) (c *session, looked bool, e
 		}
 		if err == nil {
 			c.pin.see(kindUnknown) // what it runs is not seen
-			err = callHook("OnAcquire", func() error { return p.opts.OnAcquire(ctx, c.pin.conn) })
+			err = callHook("OnAcquire", func() error { return p.opts.OnAcquire(ctx, c.pin.conn) },
+				func() { p.discard(c.pin.conn, discardHook) })
 		}
 		if err == nil {
 			break

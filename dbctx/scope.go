@@ -240,14 +240,18 @@ func (s *Scope) pinned(ctx context.Context) (*session, error) {
 	var c *session
 	var looked bool
 	var err error
+	var pn Pin
 	if s.pool.opts.OnPin != nil {
-		c, looked, err = s.pool.connectObserved(ctx)
+		c, looked, pn, err = s.pool.connectObserved(ctx)
 	} else {
 		c, looked, err = s.pool.connect(ctx, nil)
 	}
 	if err != nil {
 		if s.depth == 0 {
 			s.freeSlot()
+		}
+		if s.pool.opts.OnPin != nil {
+			s.pool.toldPin(ctx, pn)
 		}
 		return nil, err
 	}
@@ -258,6 +262,11 @@ func (s *Scope) pinned(ctx context.Context) (*session, error) {
 	}
 	if s.pool.opts.LeakTimeout > 0 {
 		s.watchLeak(c)
+	}
+	if s.pool.opts.OnPin != nil {
+		// Told once the connection is the scope's: OnPin may end the
+		// goroutine (runtime.Goexit), and the scope's end gives it back.
+		s.pool.toldPin(ctx, pn)
 	}
 	return c, nil
 }

@@ -333,7 +333,7 @@ func interruptOn(ctx context.Context, nc net.Conn) func() bool {
 // begun. Not under s.mu: OnBegin runs statements through the scope.
 func (s *Scope) onBegin(ctx context.Context) error {
 	if h := s.pool.opts.OnBegin; h != nil {
-		if err := callHook("OnBegin", func() error { return h(ctx, s) }); err != nil {
+		if err := callHook("OnBegin", func() error { return h(ctx, s) }, nil); err != nil {
 			return fmt.Errorf("dbctx: OnBegin: %w", err)
 		}
 	}
