@@ -14,7 +14,9 @@ var (
 	// statement that waited for a server connection past its
 	// query_wait_timeout (every one of its pool in use). The caller
 	// should shed the work (HTTP 503, websocket close 1013) rather than
-	// retry at once.
+	// retry at once. Each is counted (Stats.Busy) and logged at WARN,
+	// a burst as one record per 10 seconds with its count (see
+	// Options.Logger).
 	ErrBusy = errors.New("dbctx: pool busy")
 
 	// ErrAsyncContext is returned when a handle is used directly from a

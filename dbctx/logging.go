@@ -32,6 +32,7 @@ var recurring = map[string]bool{
 	"dbctx: cleaning up after Do":  true,
 	msgCleaning:                    true, // giveToDB: a connection's owed reset failed on its way back
 	msgPoolerFull:                  true, // one per statement PgBouncer refused
+	msgSlotsFull:                   true, // one per unit of work refused for want of a slot
 }
 
 // recurInterval is how long the repeats of a recurring warning are

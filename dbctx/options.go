@@ -184,9 +184,9 @@ type Options struct {
 
 	// Logger receives warnings, leak reports and misconfigurations (at
 	// ERROR, once per cause: see [ErrMisconfigured]). The warnings that
-	// come once per connection or per failed connect (a session reset
-	// that failed as the server went away, a connect refused during an
-	// outage) are aggregated: the first of a burst is logged at once, the
+	// come once per connection, per failed connect or per unit of work
+	// refused (a session reset that failed as the server went away, a
+	// connect refused during an outage, [ErrBusy]) are aggregated: the first of a burst is logged at once, the
 	// others each 10 seconds as one record with their count
 	// ("repeated") and the attributes of the first held back, its "err"
 	// included. Default: slog.Default().

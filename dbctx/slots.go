@@ -117,8 +117,7 @@ func (p *Pool) acquireSlot(ctx context.Context) error {
 	}
 	if n := p.c.waiting.Add(1); !patient && n-p.c.patient.Load() > int64(p.opts.MaxWaiting) {
 		p.c.waiting.Add(-1)
-		p.c.busy.Add(1)
-		err := fmt.Errorf("%w: %d callers already waiting", ErrBusy, p.opts.MaxWaiting)
+		err := p.slotsBusy(fmt.Errorf("%w: %d callers already waiting", ErrBusy, p.opts.MaxWaiting))
 		p.toldWait(ctx, false, 0, err)
 		return err
 	}
@@ -146,8 +145,7 @@ func (p *Pool) acquireSlot(ctx context.Context) error {
 		pace := q.pace
 		q.mu.Unlock()
 		p.c.waiting.Add(-1)
-		p.c.busy.Add(1)
-		err := fmt.Errorf("%w: %d callers ahead, a slot every %v: no slot within %v", ErrBusy, ahead, pace, p.opts.WaitTimeout)
+		err := p.slotsBusy(fmt.Errorf("%w: %d callers ahead, a slot every %v: no slot within %v", ErrBusy, ahead, pace, p.opts.WaitTimeout))
 		p.toldWait(ctx, false, 0, err)
 		return err
 	}
@@ -192,8 +190,7 @@ func (p *Pool) waitEnded(ctx context.Context, end waitEnd) error {
 		}
 		return nil
 	case timedOut:
-		p.c.busy.Add(1)
-		return fmt.Errorf("%w: no worker slot within %v", ErrBusy, p.opts.WaitTimeout)
+		return p.slotsBusy(fmt.Errorf("%w: no worker slot within %v", ErrBusy, p.opts.WaitTimeout))
 	case closed:
 		return ErrPoolClosed
 	}
@@ -329,3 +326,18 @@ func (p *Pool) closeSlots() {
 	}
 	q.timer.stop()
 }
+
+// slotsBusy counts err, a refusal for want of a worker slot (ErrBusy), in
+// Stats.Busy and logs it: a burst of them is one warning, then one per
+// interval with how many were refused (see recurring).
+func (p *Pool) slotsBusy(err error) error {
+	p.c.busy.Add(1)
+	p.opts.Logger.Warn(msgSlotsFull, "err", err, "max_workers", p.opts.MaxWorkers,
+		"max_waiting", p.opts.MaxWaiting, "wait_timeout", p.opts.WaitTimeout)
+	return err
+}
+
+// msgSlotsFull is the warning of a unit of work refused for want of a
+// worker slot.
+const msgSlotsFull = "dbctx: overloaded: units of work refused (ErrBusy), no worker slot free in time; " +
+	"raise MaxWorkers where PostgreSQL has room, else shed load before it reaches the pool"
