@@ -162,19 +162,21 @@ const (
 type noteEntry struct {
 	query string
 	kind  queryKind
+	stray bool
 }
 
-func (c *noteCache) kind(query string) queryKind {
+// read returns readQuery's answers for query.
+func (c *noteCache) read(query string) (queryKind, bool) {
 	if len(query) > noteMaxQuery {
-		return classify(query)
+		return readQuery(query)
 	}
 	slot := &c[(uintptr(unsafe.Pointer(unsafe.StringData(query)))>>3)%noteSlots]
 	if e := slot.Load(); e != nil && e.query == query {
-		return e.kind
+		return e.kind, e.stray
 	}
-	k := classify(query)
-	slot.Store(&noteEntry{query, k})
-	return k
+	k, stray := readQuery(query)
+	slot.Store(&noteEntry{query, k, stray})
+	return k, stray
 }
 
 // classify reads what query may do to the session, whatever the
@@ -185,8 +187,22 @@ func (c *noteCache) kind(query string) queryKind {
 // read, where a reading byte by byte sees an escaped quote (see
 // encsplit.go).
 func classify(query string) queryKind {
-	var k queryKind
+	k, _ := readQuery(query)
+	return k
+}
+
+// readQuery is classify, and whether query holds a placeholder that
+// PostgreSQL does not read as one: a $ and a digit inside a string, a
+// comment, a quoted identifier or an identifier (x$1), in a reading with
+// standard_conforming_strings on. A driver that puts its arguments into
+// the text, as quoted literals, where its own reading finds placeholders
+// (pgx's simple protocol) may put one there, where its quotes end the
+// string it is in and its text runs: pgx reads E'…' after any word
+// ending in e (a constant typed name, with no space before its quote, is
+// a plain string) and a dollar quote inside an identifier (x$a$).
+func readQuery(query string) (k queryKind, stray bool) {
 	first := true
+	dollars := placeholders(query)
 	readings(query, func(l lexer) bool {
 		c := classifier{lx: l}
 		c.run()
@@ -195,9 +211,29 @@ func classify(query string) queryKind {
 		} else {
 			k = joinKinds(k, c.kind)
 		}
+		if !l.escapes && c.params < dollars {
+			stray = true // no such driver puts arguments into text read with escapes (pgx refuses to)
+		}
 		return true
 	})
-	return k
+	return k, stray
+}
+
+// placeholders counts the $s followed by a digit in query, wherever they
+// are: each begins a placeholder where PostgreSQL reads code.
+func placeholders(query string) int {
+	n := 0
+	for i := strings.IndexByte(query, '$'); i >= 0; {
+		if i+1 < len(query) && isDigit(query[i+1]) {
+			n++
+		}
+		j := strings.IndexByte(query[i+1:], '$')
+		if j < 0 {
+			break
+		}
+		i += 1 + j
+	}
+	return n
 }
 
 // readings calls f with a lexer for each way PostgreSQL may read query,
@@ -740,6 +776,8 @@ type classifier struct {
 	lx   lexer
 	kind queryKind // of the statements read so far
 
+	params int // placeholders ($1) read, in every statement
+
 	stmts int   // statements with tokens so far
 	ntok  int   // tokens in the statement so far
 	first token // its first word (under EXPLAIN, its statement's)
@@ -852,6 +890,8 @@ func (c *classifier) run() {
 			// Unterminated: the server will refuse it, but say the worst.
 			c.kind |= kindUnknown
 			return
+		case tParam:
+			c.params++
 		case tSemi:
 			if c.depth == 0 {
 				c.endStatement()
@@ -892,7 +932,7 @@ func (c *classifier) endStatement() {
 		}
 		c.kind |= k
 	}
-	*c = classifier{lx: c.lx, kind: c.kind, stmts: c.stmts}
+	*c = classifier{lx: c.lx, kind: c.kind, stmts: c.stmts, params: c.params}
 }
 
 // token takes the next token of the current statement.

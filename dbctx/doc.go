@@ -424,10 +424,13 @@
 // transaction, begun under them, and be described before it, under the
 // settings such code set (those a SET or set_config in the text sets are
 // seen: the reset then takes a transaction of its own, and goes before a
-// statement not yet described on the connection). Nor,
-// in pgx's simple protocol with arguments, a text that pgx's own reading
-// of quotes (its sanitizer, which puts the arguments in) reads otherwise
-// than PostgreSQL: the text that runs is then not the text read. What no
+// statement not yet described on the connection). (In pgx's simple
+// protocol pgx puts the arguments into the text where its own reading of
+// quotes finds placeholders, which is not PostgreSQL's: a statement with
+// arguments whose text has a $ and a digit that PostgreSQL does not read
+// as a placeholder, inside a string, a comment or a name, is taken for
+// one of unknown kind, since an argument put there may end the string
+// and run.) What no
 // reset undoes (setseed or the seed setting, dblink_connect, a temporary
 // replication slot made or copied, pg_replication_origin_session_setup, a
 // backup started) is told by the function's name in any schema, or the

@@ -502,3 +502,37 @@ func TestFailedResetCostsTheConnection(t *testing.T) {
 		}
 	}
 }
+
+// In pgx's simple_protocol exec mode pgx puts each argument into the
+// text as a quoted literal wherever its own reading of the text finds a
+// placeholder, and that reading is not PostgreSQL's: it reads E'…' after
+// any word ending in e (a constant typed name, written with no space
+// before its quote, is a plain string), and it takes $a$ for a dollar
+// quote inside an identifier (x$a$). A $1 that PostgreSQL reads inside a
+// string gets the argument put there, whose quotes end the string, and
+// the argument's text runs as statements. The next scope on the
+// connection must not find what they set.
+func TestArgumentPutWhereTheServerReadsNoPlaceholder(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "needs consecutive scopes to share one server session")
+	env := newEnv(t)
+	p := onePoolInMode(t, env, "simple_protocol", dbctx.Options{Logger: quiet()})
+	for _, c := range []struct{ query, arg string }{
+		{`SELECT name'\'' , $1 ; --'`, "; SET app.tenant TO 7; SELECT "},
+		{`SELECT 1 AS x$a$, $a$ $1 $a$`, "$a$; SET app.tenant TO 7; SELECT $a$"},
+		{`SELECT 1 AS x$a$, $a$ $1 $a$`, "$a$; SELECT pg_advisory_lock(7); SELECT $a$"},
+	} {
+		got, same := runThenAsk(t, p, exec(c.query, c.arg),
+			"SELECT coalesce(current_setting('app.tenant', true), '') || (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid())")
+		if got != "0" {
+			t.Errorf("%q with %q: the next scope finds %q, want no tenant and no lock (same backend %v)", c.query, c.arg, got, same)
+		}
+	}
+	// Where PostgreSQL reads every $ and digit as a placeholder, the
+	// statement is still clean.
+	before := p.Stats().Resets
+	runThenAsk(t, p, exec("SELECT '$' || $1::text", "x"), "SELECT 'x'")
+	if n := p.Stats().Resets - before; n != 0 {
+		t.Errorf("SELECT '$' || $1::text cost %d resets, want none", n)
+	}
+}

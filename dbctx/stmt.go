@@ -308,7 +308,7 @@ func (s *Scope) inTx(c *session) bool {
 // another text than the one classified.
 func (s *Scope) kindOf(query string, args []any) (queryKind, how) {
 	var h how
-	text, rewritten, unknown := query, false, false
+	text, rewritten, unknown, values := query, false, false, false
 options:
 	for i, a := range args {
 		if na, ok := a.(sql.NamedArg); ok {
@@ -326,7 +326,7 @@ options:
 			var err error
 			text, _, err = a.(pgx.QueryRewriter).RewriteQuery(context.Background(), nil, query, args[i+1:])
 			unknown = unknown || err != nil // pgx refuses it too
-			rewritten = true
+			rewritten, values = true, true
 			h |= alone
 		case pgx.QueryRewriter:
 			// The text that runs is not the text classified.
@@ -335,14 +335,23 @@ options:
 		case pgx.QueryExecMode, pgx.QueryResultFormats, pgx.QueryResultFormatsByOID:
 			h |= alone
 		default:
+			values = true
 			break options
 		}
 	}
 	var k queryKind
+	var stray bool
 	if rewritten {
-		k = classify(text) // a text of its own each time: not kept
+		k, stray = readQuery(text) // a text of its own each time: not kept
 	} else {
-		k = s.pool.notes.kind(query)
+		k, stray = s.pool.notes.read(query)
+	}
+	if stray && values {
+		// pgx's simple protocol puts the arguments into the text where
+		// its reading finds placeholders: one where PostgreSQL reads
+		// none may end the string it is put in (see readQuery), and
+		// what an argument holds is not read here.
+		unknown = true
 	}
 	if k&kindDML != 0 && s.pool.opts.PlainWrites {
 		// Its table's code leaves nothing, the user says: only its
