@@ -211,8 +211,12 @@ func readQuery(query string) (k queryKind, stray bool) {
 		} else {
 			k = joinKinds(k, c.kind)
 		}
-		if !l.escapes && c.params < dollars {
-			stray = true // no such driver puts arguments into text read with escapes (pgx refuses to)
+		if !l.escapes && c.params < dollars && !stray {
+			// No such driver puts arguments into text read with
+			// escapes (pgx refuses to). Where PostgreSQL reads a $ and
+			// a digit otherwise than as a placeholder, pgx reads the
+			// text too: it may read it so as well ('$5 off').
+			stray = splicedElsewhere(l)
 		}
 		return true
 	})
@@ -532,7 +536,7 @@ func (l *lexer) token() token {
 				j++
 			}
 			l.i = j
-			return token{kind: tParam}
+			return token{kind: tParam, text: q[start:j]}
 		}
 		for j < len(q) && q[j] != '$' && isIdentChar(q[j]) {
 			j += l.mb.charLen(q, j)

@@ -427,10 +427,12 @@
 // statement not yet described on the connection). (In pgx's simple
 // protocol pgx puts the arguments into the text where its own reading of
 // quotes finds placeholders, which is not PostgreSQL's: a statement with
-// arguments whose text has a $ and a digit that PostgreSQL does not read
-// as a placeholder, inside a string, a comment or a name, is taken for
-// one of unknown kind, since an argument put there may end the string
-// and run.) What no
+// arguments where pgx's reading finds a placeholder that PostgreSQL
+// reads inside a string, a comment or a name (pgx reads E'…' after any
+// word ending in e, and a dollar quote inside a name) is taken for one of
+// unknown kind, since an argument put there may end the string and run;
+// a $ and a digit in a string both read alike, '$5 off', costs nothing.)
+// What no
 // reset undoes (setseed or the seed setting, dblink_connect, a temporary
 // replication slot made or copied, pg_replication_origin_session_setup, a
 // backup started) is told by the function's name in any schema, or the
@@ -505,7 +507,10 @@
 //     last client of the server connection left; a composite's field
 //     named currval read after a parenthesis or a subscript, (r.m).currval,
 //     is refused too: the text cannot tell it from a call), and
-//     [Scope.PrepareContext]; New panics with
+//     [Scope.PrepareContext], and, in pgx's simple protocol, a statement
+//     with arguments where pgx's reading of the text (which puts them in)
+//     finds a placeholder that PostgreSQL reads as part of a string, a
+//     comment or a name (name'\'…, x$a$: see the reset above); New panics with
 //     OnAcquire or ResetAlways. Not refused, and not reset either, so that
 //     it reaches another client: what the classifier cannot see (state left
 //     by a function, DO, CALL, a trigger or rule of a DML statement,

@@ -528,11 +528,50 @@ func TestArgumentPutWhereTheServerReadsNoPlaceholder(t *testing.T) {
 			t.Errorf("%q with %q: the next scope finds %q, want no tenant and no lock (same backend %v)", c.query, c.arg, got, same)
 		}
 	}
-	// Where PostgreSQL reads every $ and digit as a placeholder, the
+	// Where pgx finds a placeholder only where PostgreSQL reads one
+	// (every $ and digit, or a $ and digit in a string both read so), the
 	// statement is still clean.
-	before := p.Stats().Resets
-	runThenAsk(t, p, exec("SELECT '$' || $1::text", "x"), "SELECT 'x'")
-	if n := p.Stats().Resets - before; n != 0 {
-		t.Errorf("SELECT '$' || $1::text cost %d resets, want none", n)
+	for _, q := range []string{"SELECT '$' || $1::text", "SELECT $1::text WHERE '$5 off' <> '' -- $2"} {
+		before := p.Stats().Resets
+		runThenAsk(t, p, exec(q, "x"), "SELECT 'x'")
+		if n := p.Stats().Resets - before; n != 0 {
+			t.Errorf("%s cost %d resets, want none", q, n)
+		}
+	}
+}
+
+// Under TransactionPooling, a statement where pgx's simple protocol would
+// put an argument that PostgreSQL reads no placeholder for is refused
+// before anything is sent: behind a pooler, what the argument's text left
+// would reach other clients. The same text run in another exec mode, and
+// one where pgx and PostgreSQL read a $ and digit in a string alike,
+// run.
+func TestSplicedRefusedUnderPooling(t *testing.T) {
+	t.Parallel()
+	env := newEnv(t)
+	p := onePoolInMode(t, env, "simple_protocol", dbctx.Options{TransactionPooling: true, Logger: quiet()})
+	const spliced = `SELECT name'\'' , $1 ; --'`
+	run := func(q string, args ...any) error {
+		return p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+			_, err := s.Exec(ctx, q, args...)
+			return err
+		})
+	}
+	if err := run(spliced, "; SET app.tenant TO 7; SELECT "); !errors.Is(err, dbctx.ErrSessionState) {
+		t.Errorf("%s with an argument: %v, want ErrSessionState", spliced, err)
+	}
+	var got string
+	if err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+		return s.QueryRowContext(ctx, "SELECT coalesce(current_setting('app.tenant', true), '')").Scan(&got)
+	}); err != nil || got != "" {
+		t.Errorf("after the refusal the session's app.tenant is %q (%v), want none", got, err)
+	}
+	// In the extended protocol PostgreSQL gets the argument apart: run
+	// (and refused by PostgreSQL, whose reading has no $1 there).
+	if err := run(spliced, pgx.QueryExecModeExec, "x"); err == nil || errors.Is(err, dbctx.ErrSessionState) {
+		t.Errorf("%s in exec mode: %v, want PostgreSQL's own refusal", spliced, err)
+	}
+	if err := run("SELECT $1::text WHERE '$5 off' <> ''", "x"); err != nil {
+		t.Errorf("a $ and digit in a string both read alike: %v", err)
 	}
 }

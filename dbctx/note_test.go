@@ -701,15 +701,22 @@ func TestClassifyStrayPlaceholder(t *testing.T) {
 		`SELECT '\' || $1`:                 false, // read with escapes, '\' || $1 is one string: pgx refuses that mode
 		`SELECT E'\'' || $1`:               false,
 		"SELECT 1":                         false,
-		"SELECT '$1'":                      true,
-		"SELECT $$ $1 $$, $1":              true,
-		"SELECT 1 -- $1\n, $1":             true,
-		"SELECT 1 /* $1 */":                true,
-		`SELECT "$1", $1`:                  true,
-		"SELECT x$1 FROM t":                true,
-		`SELECT name'\'' , $1 ; --'`:       true,
-		"SELECT 1 AS x$a$, $a$ $1 $a$":     true,
-		"SELECT U&'$1'":                    true,
+		// PostgreSQL reads no placeholder there, and neither does pgx.
+		"SELECT '$1'":                false,
+		"SELECT $$ $1 $$, $1":        false,
+		"SELECT 1 -- $1\n, $1":       false,
+		"SELECT 1 /* $1 /* $2 */ */": false,
+		`SELECT "$1", $1`:            false,
+		"SELECT U&'$1'":              false,
+		"SELECT x FROM t WHERE label = '$5 off' AND id = $1": false,
+		`SELECT "e'", $1`:      false,
+		`SELECT abe'x' || $1`:  false,
+		"SELECT '\xff $1', $1": false, // pgx stops reading at the byte that is not UTF-8
+		// pgx finds a placeholder where PostgreSQL reads none.
+		"SELECT x$1 FROM t":            true,
+		`SELECT name'\'' , $1 ; --'`:   true,
+		"SELECT 1 AS x$a$, $a$ $1 $a$": true,
+		`SELECT e'\'' , $1 ; --'`:      false, // an E'…' to both
 	} {
 		if _, got := readQuery(q); got != want {
 			t.Errorf("readQuery(%q) says stray %v, want %v", q, got, want)

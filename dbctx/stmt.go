@@ -57,12 +57,14 @@ func (st *stmt) txMoveOf() txMove {
 type how uint8
 
 const (
-	viaPgx    how = 1 << iota // pgx's interface: needs pgx's driver
-	alone                     // cannot share its round trip with a prefix
-	rows                      // leaves rows open: Atomic's BEGIN is not pipelined with it
-	noRetry                   // never run again (its input may have been read)
-	notQuiet                  // runs with its own context (see stmtCtx)
-	txControl                 // transaction control alone: needs no settings (see needsNoSettings)
+	viaPgx     how = 1 << iota // pgx's interface: needs pgx's driver
+	alone                      // cannot share its round trip with a prefix
+	rows                       // leaves rows open: Atomic's BEGIN is not pipelined with it
+	noRetry                    // never run again (its input may have been read)
+	notQuiet                   // runs with its own context (see stmtCtx)
+	txControl                  // transaction control alone: needs no settings (see needsNoSettings)
+	spliced                    // pgx's simple protocol would put an argument where PostgreSQL reads no placeholder (see splicedElsewhere)
+	simpleCall                 // run with pgx.QueryExecModeSimpleProtocol among its arguments
 )
 
 // runner runs a statement on the pinned connection c, after p (nil where
@@ -108,6 +110,11 @@ func (s *Scope) execLocked(ctx context.Context, st *stmt, run runner) error {
 	c, err := s.pinned(ctx)
 	if err != nil {
 		return err
+	}
+	if st.how&spliced != 0 && s.pool.opts.TransactionPooling && c.px != nil && (st.how&simpleCall != 0 || c.mode == pgx.QueryExecModeSimpleProtocol) {
+		return fmt.Errorf("%w: %s: pgx's simple protocol would put an argument where PostgreSQL reads no placeholder (in a string, a comment or a name), "+
+			"where its text would run as SQL; write the text so that both read it alike (a space between a name and a quote after it, no $ in a name)",
+			ErrSessionState, describeStmt(st))
 	}
 	if st.how&noRetry != 0 && c.pin.unchecked {
 		// Never run again once sent (a batch, COPY): not sent to a
@@ -309,6 +316,7 @@ func (s *Scope) inTx(c *session) bool {
 func (s *Scope) kindOf(query string, args []any) (queryKind, how) {
 	var h how
 	text, rewritten, unknown, values := query, false, false, false
+	mode := pgx.QueryExecModeSimpleProtocol // or the connection's; another given with the call
 options:
 	for i, a := range args {
 		if na, ok := a.(sql.NamedArg); ok {
@@ -332,7 +340,14 @@ options:
 			// The text that runs is not the text classified.
 			unknown = true
 			h |= alone
-		case pgx.QueryExecMode, pgx.QueryResultFormats, pgx.QueryResultFormatsByOID:
+		case pgx.QueryExecMode:
+			h |= alone
+			if a == pgx.QueryExecModeSimpleProtocol {
+				h |= simpleCall
+			} else {
+				mode = a
+			}
+		case pgx.QueryResultFormats, pgx.QueryResultFormatsByOID:
 			h |= alone
 		default:
 			values = true
@@ -346,12 +361,14 @@ options:
 	} else {
 		k, stray = s.pool.notes.read(query)
 	}
-	if stray && values {
+	if stray && values && mode == pgx.QueryExecModeSimpleProtocol {
 		// pgx's simple protocol puts the arguments into the text where
 		// its reading finds placeholders: one where PostgreSQL reads
-		// none may end the string it is put in (see readQuery), and
-		// what an argument holds is not read here.
+		// none may end the string it is put in (see splicedElsewhere),
+		// and what an argument holds is not read here. Reset after it;
+		// under TransactionPooling, refused on a connection in that mode.
 		unknown = true
+		h |= spliced
 	}
 	if k&kindDML != 0 && s.pool.opts.PlainWrites {
 		// Its table's code leaves nothing, the user says: only its
