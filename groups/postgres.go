@@ -74,7 +74,8 @@ type PostgresOptions struct {
 	// Default: 5 minutes.
 	PayloadMaxAge time.Duration
 
-	// Logger receives the listener's disconnections. Default:
+	// Logger receives the listener's disconnections, and the first of
+	// PostgreSQL's refusals of its reconnections in each outage. Default:
 	// slog.Default().
 	Logger *slog.Logger
 }
@@ -647,6 +648,7 @@ func (e *Postgres) listen(conn *pgconn.PgConn) {
 	defer e.down(ErrClosed, ErrClosed)
 	backoff := minBackoff
 	reconnected := false
+	refusalLogged := false // in this outage (see refusal)
 	for {
 		if conn != nil {
 			err := e.serve(conn, reconnected)
@@ -680,16 +682,40 @@ func (e *Postgres) listen(conn *pgconn.PgConn) {
 			case errors.Is(err, ErrStandbyListener) && !errors.Is(e.refused, ErrStandbyListener):
 				e.refused = err
 				e.opts.Logger.Error("groups: the PostgreSQL listener reconnected to a standby; it delivers nothing until it reaches the primary", "err", err)
+			case !refusalLogged:
+				if level, ok := refusal(err); ok {
+					refusalLogged = true
+					e.opts.Logger.Log(context.Background(), level, "groups: the PostgreSQL listener's reconnection was refused; trying again", "err", err)
+				}
 			}
 			e.setState(err)
 			backoff = min(2*backoff, maxBackoff)
 			continue
 		}
 		e.refused = nil
+		refusalLogged = false
 		backoff = minBackoff
 		conn, reconnected = c, true
 		e.in.Reconnected()
 	}
+}
+
+// refusal reports whether err, a failed reconnection of the listener's,
+// is PostgreSQL's refusal (the server answered, and said why), and the
+// level to log it at: ERROR where only an operator can help (the role may
+// not log in, its password changed, the database is gone: the listener
+// would try forever, and deliver nothing, without a word), WARN where the
+// server is starting, stopping or full (53, 57). A network that fails is
+// told by the record of the broken connection, and is not logged again.
+func refusal(err error) (slog.Level, bool) {
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) {
+		return 0, false
+	}
+	if strings.HasPrefix(pe.Code, "53") || strings.HasPrefix(pe.Code, "57") {
+		return slog.LevelWarn, true
+	}
+	return slog.LevelError, true
 }
 
 const (

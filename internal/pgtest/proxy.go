@@ -35,6 +35,7 @@ type Proxy struct {
 	trips   atomic.Int64 // the clients' turns to send (see Trips)
 	muted   atomic.Bool  // the server's bytes are dropped (see Mute)
 	refused atomic.Int64 // connections closed at once while cut (see Refused)
+	dials   atomic.Int64 // connections accepted (see Accepted)
 }
 
 // Mute drops every byte the server sends from now on, on every
@@ -146,6 +147,11 @@ func (p *Proxy) Restore() {
 // connect while the network is down.
 func (p *Proxy) Refused() int64 { return p.refused.Load() }
 
+// Accepted returns how many connections clients opened to the proxy,
+// those refused while cut included: tests wait on it for a client's
+// attempts to connect.
+func (p *Proxy) Accepted() int64 { return p.dials.Load() }
+
 // Ready returns how many ReadyForQuery messages the server has sent through
 // the proxy: one per round trip that ended with a Sync (or a simple
 // Query), the server's answer to each, counted as the protocol counts
@@ -195,6 +201,7 @@ func (p *Proxy) accept() {
 			}
 			continue // a transient error such as EMFILE; Close ends the loop
 		}
+		p.dials.Add(1)
 		l := &link{client: c, done: make(chan struct{})}
 		l.heard.Store(true)
 		p.mu.Lock()
