@@ -15,6 +15,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/internal/logattrs"
 	"github.com/dbscope/dbscope/internal/scopes"
 )
 
@@ -35,7 +36,8 @@ var (
 // Options configures a [Layer]. A nil *Options means defaults.
 type Options struct {
 	// Logger receives the failures nobody waits for (a send deferred to a
-	// commit). Default: slog.Default().
+	// commit), and the panics of members' callbacks. A panic of its
+	// handler loses the record and ends nothing. Default: slog.Default().
 	Logger *slog.Logger
 }
 
@@ -87,7 +89,7 @@ func New(engine Engine, opts *Options) (*Layer, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	l := &Layer{engine: engine, log: o.Logger, groups: map[string]map[*Member]struct{}{}, closeDone: make(chan struct{})}
+	l := &Layer{engine: engine, log: logattrs.Safe(o.Logger), groups: map[string]map[*Member]struct{}{}, closeDone: make(chan struct{})}
 	l.countSent = func() { l.c.sent.Add(1) }
 	rand.Read(l.origin[:])
 	if err := engine.Start(inbox{l}); err != nil {

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/internal/logattrs"
 	"github.com/dbscope/dbscope/internal/scopes"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -75,7 +76,8 @@ type PostgresOptions struct {
 	PayloadMaxAge time.Duration
 
 	// Logger receives the listener's disconnections, and the first of
-	// PostgreSQL's refusals of its reconnections in each outage. Default:
+	// PostgreSQL's refusals of its reconnections in each outage. A panic
+	// of its handler loses the record and ends nothing. Default:
 	// slog.Default().
 	Logger *slog.Logger
 }
@@ -193,6 +195,7 @@ func NewPostgres(pool *dbctx.Pool, opts *PostgresOptions) *Postgres {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
+	o.Logger = logattrs.Safe(o.Logger) // it logs from the listener's goroutine
 	e := &Postgres{pool: pool, opts: o, refs: map[string]int{}}
 	e.table = newPayloadTable(o)
 	return e

@@ -45,3 +45,54 @@ func call(ctx context.Context, f Func) (attrs []slog.Attr) {
 	}()
 	return f(ctx)
 }
+
+// Safe returns l with its handler's panics recovered: a record whose
+// handler panics is lost, as one whose handler fails is, and the goroutine
+// that logged goes on. For packages that log from goroutines of their own
+// (package groups: a listener's, a member's), where a panic of the user's
+// handler would end the process.
+func Safe(l *slog.Logger) *slog.Logger {
+	if _, ok := l.Handler().(safeHandler); ok {
+		return l
+	}
+	return slog.New(safeHandler{l.Handler()})
+}
+
+// safeHandler is next, its panics recovered.
+type safeHandler struct{ next slog.Handler }
+
+func (h safeHandler) Enabled(ctx context.Context, level slog.Level) (on bool) {
+	defer func() {
+		if recover() != nil {
+			on = false
+		}
+	}()
+	return h.next.Enabled(ctx, level)
+}
+
+func (h safeHandler) Handle(ctx context.Context, r slog.Record) (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			err = fmt.Errorf("logattrs: the Logger's handler panicked: %v", v)
+		}
+	}()
+	return h.next.Handle(ctx, r)
+}
+
+func (h safeHandler) WithAttrs(as []slog.Attr) (out slog.Handler) {
+	defer func() {
+		if recover() != nil {
+			out = h
+		}
+	}()
+	return safeHandler{h.next.WithAttrs(as)}
+}
+
+func (h safeHandler) WithGroup(name string) (out slog.Handler) {
+	defer func() {
+		if recover() != nil {
+			out = h
+		}
+	}()
+	return safeHandler{h.next.WithGroup(name)}
+}
