@@ -26,7 +26,11 @@ type Options struct {
 
 	// NoQueryText leaves db.query.text out of the statements' spans,
 	// where statements carry literal values that must not leave the
-	// process (their parameters are never recorded). Default: false.
+	// process, and the messages of their errors, which can quote a value
+	// PostgreSQL or pgx could not read, a parameter's too (parameters are
+	// not recorded otherwise). The span of a unit of work records its own
+	// error (what Do's function or a callback returned) as it is. Default:
+	// false.
 	NoQueryText bool
 }
 

@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
 )
@@ -31,8 +32,12 @@ const SpanPrelude = "dbscope prelude"
 // db.system.name, db.namespace, server.address, server.port (left out on
 // PostgreSQL's default port, 5432, as OpenTelemetry's conventions say),
 // db.operation.name, db.query.text (see [Options.NoQueryText]; the
-// parameters are never recorded), and for a statement that failed,
-// db.response.status_code and error.type (the SQLSTATE).
+// parameters are not recorded), and for a statement that failed,
+// db.response.status_code and error.type (the SQLSTATE), its status
+// Error and the error recorded with its message (PostgreSQL's or pgx's,
+// which can quote a value it could not read, a parameter's too: invalid
+// input syntax for type integer: "…"; under NoQueryText the status
+// description is the error.type, and the message is left out).
 //
 // What dbscope sends before a statement in the same round trip (a
 // [dbctx.Prelude]: the reset an earlier user of the connection left owed,
@@ -89,7 +94,7 @@ func (t *Tracer) TraceQueryStart(ctx context.Context, conn *pgx.Conn, data pgx.T
 
 // TraceQueryEnd ends a statement's span.
 func (t *Tracer) TraceQueryEnd(ctx context.Context, _ *pgx.Conn, data pgx.TraceQueryEndData) {
-	endStarted(ctx, data.Err)
+	t.endStarted(ctx, data.Err)
 }
 
 // batchKey is the context key of a batch's state.
@@ -163,7 +168,7 @@ func (t *Tracer) TraceBatchEnd(ctx context.Context, _ *pgx.Conn, data pgx.TraceB
 	if err == nil {
 		err = data.Err
 	}
-	endStatement(b.span, err)
+	t.endStatement(b.span, err)
 }
 
 // TraceCopyFromStart starts a COPY's span.
@@ -179,15 +184,15 @@ func (t *Tracer) TraceCopyFromStart(ctx context.Context, conn *pgx.Conn, data pg
 
 // TraceCopyFromEnd ends a COPY's span.
 func (t *Tracer) TraceCopyFromEnd(ctx context.Context, _ *pgx.Conn, data pgx.TraceCopyFromEndData) {
-	endStarted(ctx, data.Err)
+	t.endStarted(ctx, data.Err)
 }
 
 // endStarted ends the span a start callback put in ctx, if it started one:
 // where it found no recording span, it started none, and the span in ctx
 // is not recording either.
-func endStarted(ctx context.Context, err error) {
+func (t *Tracer) endStarted(ctx context.Context, err error) {
 	if span := trace.SpanFromContext(ctx); span.IsRecording() {
-		endStatement(span, err)
+		t.endStatement(span, err)
 	}
 }
 
@@ -257,15 +262,28 @@ func preludeAttrs(pr dbctx.Prelude, attrs []attribute.KeyValue) []attribute.KeyV
 	return attrs
 }
 
-// endStatement ends a statement's span with err as its outcome.
-func endStatement(span trace.Span, err error) {
-	if err != nil {
-		var pe *pgconn.PgError
-		if errors.As(err, &pe) {
-			span.SetAttributes(semconv.DBResponseStatusCode(pe.Code), semconv.ErrorTypeKey.String(pe.Code))
-		} else {
-			span.SetAttributes(semconv.ErrorType(err))
-		}
+// endStatement ends a statement's span with err as its outcome. Under
+// NoQueryText the error's message is left out, as the text is: PostgreSQL
+// and pgx write into it the value they could not read (invalid input
+// syntax for type integer: "…"), a parameter's as readily as a literal's.
+func (t *Tracer) endStatement(span trace.Span, err error) {
+	if err == nil {
+		span.End()
+		return
+	}
+	var pe *pgconn.PgError
+	errType := ""
+	if errors.As(err, &pe) {
+		errType = pe.Code
+		span.SetAttributes(semconv.DBResponseStatusCode(pe.Code), semconv.ErrorTypeKey.String(pe.Code))
+	} else {
+		errType = semconv.ErrorType(err).Value.AsString()
+		span.SetAttributes(semconv.ErrorTypeKey.String(errType))
+	}
+	if t.noText {
+		span.SetStatus(codes.Error, errType)
+		span.End()
+		return
 	}
 	end(span, err)
 }
