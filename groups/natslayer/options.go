@@ -37,7 +37,8 @@ type Options struct {
 	FlushTimeout time.Duration
 
 	// Logger receives the connection's disconnections and reconnections
-	// and the groups that fell behind. Default: slog.Default().
+	// and the groups that fell behind. A panic of its handler loses the
+	// record and ends nothing. Default: slog.Default().
 	Logger *slog.Logger
 
 	// The fields below are for Connect only: New takes the caller's
@@ -98,6 +99,7 @@ func withDefaults(opts *Options) Options {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
+	o.Logger = safeLogger(o.Logger)
 	if o.Name == "" {
 		o.Name = defaultName
 	}
