@@ -362,7 +362,7 @@ func (s *Scope) endTx(ctx context.Context, commit bool) error {
 		var tag string
 		start := monotonic()
 		err := s.runCommit(ctx, c, &tag)
-		s.account(start)
+		s.account(start, 1)
 		switch {
 		case err != nil:
 			s.observe(ctx, err, false)

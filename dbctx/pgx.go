@@ -151,7 +151,7 @@ func (s *Scope) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
 		return errBatch{ErrNoScope}
 	}
 	b = s.guardBatch(b)
-	st := stmt{how: viaPgx | noRetry | rows}
+	st := stmt{how: viaPgx | noRetry | rows, n: len(b.QueuedQueries)}
 	// Settings go before the batch: where it is all transaction control
 	// (a ROLLBACK TO in a failed transaction, say) they are not needed,
 	// and could not run; where it ends its transaction or rolls back to a

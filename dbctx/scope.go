@@ -183,7 +183,8 @@ func (s *Scope) Abort() {
 
 // Timing returns how many statements the scope has run and the time spent
 // in them, waiting for a slot and a connection included (a slot taken
-// ahead by Reserve too), Atomic's COMMIT counted as one. It feeds the
+// ahead by Reserve too), Atomic's COMMIT counted as one, a batch's
+// queries each. It feeds the
 // Server-Timing header of package middleware.
 func (s *Scope) Timing() (queries int, spent time.Duration) {
 	if s == nil {
@@ -194,8 +195,9 @@ func (s *Scope) Timing() (queries int, spent time.Duration) {
 	return s.queries, s.spent
 }
 
-func (s *Scope) account(start time.Duration) {
-	s.queries++
+// account counts n statements that began at start. Under s.mu.
+func (s *Scope) account(start time.Duration, n int) {
+	s.queries += n
 	s.spent += monotonic() - start
 }
 

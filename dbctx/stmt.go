@@ -28,7 +28,11 @@ type stmt struct {
 	kind  queryKind
 	how   how
 	tx    txMove // where kind has kindAlone: whether it ends or begins a transaction in SQL (a batch's, set by SendBatch)
+	n     int    // the statements it is, for Timing, where more than one (a batch's queries)
 }
+
+// count returns the statements st is, for Timing.
+func (st *stmt) count() int { return max(st.n, 1) }
 
 // txMove is what transaction control in SQL does to the transaction
 // (txControlOf).
@@ -91,12 +95,12 @@ func (s *Scope) exec(ctx context.Context, st *stmt, run runner) error {
 	}
 	if s.atomic > 0 && len(s.x.due) > 0 {
 		if err := s.sendSavepoints(ctx); err != nil {
-			s.account(start)
+			s.account(start, st.count())
 			return err
 		}
 	}
 	err := s.execLocked(ctx, st, run)
-	s.account(start)
+	s.account(start, st.count())
 	return err
 }
 

@@ -16,6 +16,7 @@ import (
 	"github.com/dbscope/dbscope/internal/pgtest"
 	"github.com/dbscope/dbscope/middleware"
 	"github.com/go-chi/chi/v5"
+	"github.com/jackc/pgx/v5"
 )
 
 // pidHandler answers the backend that served the request.
@@ -222,6 +223,31 @@ func TestServerTiming(t *testing.T) {
 	code, _, hdr := get(t, srv.URL)
 	if got := hdr.Get("Server-Timing"); code != http.StatusOK || !serverTimingRE.MatchString(got) {
 		t.Fatalf("%d, Server-Timing %q", code, got)
+	}
+}
+
+// A batch counts each of its queries: PostgreSQL runs each, as it runs
+// statements sent one by one (it counted as one, whatever its size).
+func TestServerTimingBatch(t *testing.T) {
+	t.Parallel()
+	p, _ := newPool(t, nil)
+	srv := serve(t, middleware.DBWithOpts(p, &middleware.DBOptions{ServerTiming: true})(
+		http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			ctx := r.Context()
+			s := dbctx.From(ctx)
+			b := &pgx.Batch{}
+			for range 3 {
+				b.Queue("SELECT pg_catalog.count(*) FROM pg_catalog.pg_class")
+			}
+			if err := s.SendBatch(ctx, b).Close(); err != nil {
+				t.Error(err)
+			}
+			s.ExecContext(ctx, "SELECT 1")
+			fmt.Fprint(w, "ok")
+		})))
+	code, _, hdr := get(t, srv.URL)
+	if got := hdr.Get("Server-Timing"); code != http.StatusOK || !strings.HasSuffix(got, `desc="4 queries"`) {
+		t.Fatalf("%d, Server-Timing %q, want 4 queries", code, got)
 	}
 }
 
