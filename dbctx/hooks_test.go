@@ -104,7 +104,7 @@ func TestLeakDetector(t *testing.T) {
 // nothing and serves the next unit of work.
 func TestHookPanics(t *testing.T) {
 	t.Parallel()
-	for _, hook := range []string{"OnAcquire", "OnBegin", "OnRelease", "OnPin", "OnWait"} {
+	for _, hook := range []string{"OnAcquire", "OnBegin", "OnRelease", "OnPin", "OnWait", "OnDo", "OnDo's done"} {
 		t.Run(hook, func(t *testing.T) {
 			t.Parallel()
 			var armed sync.Mutex // held while the hook is to panic
@@ -127,6 +127,10 @@ func TestHookPanics(t *testing.T) {
 				opts.OnRelease = func(context.Context, *sql.Conn) error { boom(); return nil }
 			case "OnPin":
 				opts.OnPin = func(context.Context, dbctx.Pin) { boom() }
+			case "OnDo":
+				opts.OnDo = func(ctx context.Context) (context.Context, func(error)) { boom(); return ctx, nil }
+			case "OnDo's done":
+				opts.OnDo = func(ctx context.Context) (context.Context, func(error)) { return ctx, func(error) { boom() } }
 			case "OnWait":
 				opts.OnWait = func(_ context.Context, w dbctx.Wait) {
 					if w.Err == nil {
@@ -171,7 +175,7 @@ func TestHookPanics(t *testing.T) {
 					t.Errorf("got %v, logs %s; want nil, the cleanup's failure logged", err, logs)
 				}
 			default:
-				if err != nil || logs.Count(slog.LevelError, "dbctx: Options."+hook+" panicked") != 1 {
+				if err != nil || logs.Count(slog.LevelError, "dbctx: Options."+strings.TrimSuffix(hook, "'s done")+" panicked") != 1 {
 					t.Errorf("got %v, logs %s; want nil, the panic logged", err, logs)
 				}
 			}

@@ -111,14 +111,21 @@ func (p *Pool) toldPin(ctx context.Context, pn Pin) {
 }
 
 // doObserved is Pool.Do on a fresh scope, inside Options.OnDo.
+// A panic in OnDo, or in its done, is logged, as one in OnWait or OnPin:
+// Do goes on without what the hook would have added.
 func (p *Pool) doObserved(ctx context.Context, fn func(ctx context.Context, s *Scope) error) error {
-	ctx, done := p.opts.OnDo(ctx)
+	var done func(error)
+	p.observeHook("OnDo", func() {
+		var hctx context.Context
+		hctx, done = p.opts.OnDo(ctx)
+		ctx = hctx
+	}, nil)
 	s := p.newScope(ctx)
 	err := errGoexit // unless fn returns: it ended the goroutine (runtime.Goexit)
 	defer func() {
 		s.End()
 		if done != nil {
-			done(err)
+			p.observeHook("OnDo", func() { done(err) }, nil)
 		}
 	}()
 	err = s.do(&s.ctx, fn, false)

@@ -135,9 +135,10 @@ type Options struct {
 	// work (package dbotel sets them for OpenTelemetry; see [Wait],
 	// [Pin]). Each runs on the goroutine of the unit of work, with its
 	// context, and holds it up while it runs: it must not block. Unset,
-	// each costs one nil check. A panic in OnWait or OnPin is logged and
-	// the unit of work goes on; in OnAcquire, OnBegin or OnRelease it is
-	// the hook's error (a *[PanicError] naming it).
+	// each costs one nil check. A panic in OnWait, OnPin or OnDo (or
+	// OnDo's done) is logged and the unit of work goes on; in OnAcquire,
+	// OnBegin or OnRelease it is the hook's error (a *[PanicError] naming
+	// it).
 	//
 	// OnWait is told of each caller that did not find a worker slot free:
 	// when its wait ends (the slot granted, the wait timed out, its
