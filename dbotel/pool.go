@@ -144,13 +144,15 @@ func waitBounds() []float64 {
 }
 
 // ending returns the done function of a hook that started span, after
-// the done function of the hook it wraps, if any.
+// the done function of the hook it wraps, if any: the span ends even
+// where that one panics (dbctx and wsconsumer recover such a panic, and
+// the span would be left open).
 func ending(span trace.Span, before func(error)) func(error) {
 	return func(err error) {
+		defer end(span, err)
 		if before != nil {
 			before(err)
 		}
-		end(span, err)
 	}
 }
 

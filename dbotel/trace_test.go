@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -273,4 +274,30 @@ func TestPrelude(t *testing.T) {
 			}
 		})
 	}
+}
+
+// The span of a Do ends even where the done function of an OnDo the pool
+// had already panics (dbctx logs the panic and goes on: the span was left
+// open, and the statements' spans under it had no parent in the trace).
+func TestDoSpanEndsWhenWrappedDonePanics(t *testing.T) {
+	t.Parallel()
+	tel := newTelemetry(t)
+	p, _ := tel.newPool(t, &dbctx.Options{
+		Logger: slog.New(slog.DiscardHandler),
+		OnDo: func(ctx context.Context) (context.Context, func(error)) {
+			return ctx, func(error) { panic("the wrapped hook's bug") }
+		},
+	}, 0)
+	if err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+		_, err := s.Exec(ctx, "SELECT 1")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range tel.spans.Started() {
+		if s.EndTime().IsZero() {
+			t.Errorf("span %q never ended", s.Name())
+		}
+	}
+	wantChildren(t, tel.ended(), tel.waitSpan(t, dbotel.SpanDo), "SELECT")
 }
