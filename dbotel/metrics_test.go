@@ -253,3 +253,46 @@ func TestRegisterMetricsNameTaken(t *testing.T) {
 	}
 	reg3.Unregister()
 }
+
+// A wait is recorded, and told to the span, even where the OnWait the
+// pool had already panics (dbctx logs that and goes on): the histogram
+// missed it.
+func TestWaitRecordedWhenWrappedHookPanics(t *testing.T) {
+	t.Parallel()
+	tel := newTelemetry(t)
+	p, _ := tel.newPool(t, &dbctx.Options{
+		MaxWorkers: 1,
+		Logger:     slog.New(slog.DiscardHandler),
+		OnWait:     func(context.Context, dbctx.Wait) { panic("the wrapped hook's bug") },
+		OnPin:      func(context.Context, dbctx.Pin) { panic("the wrapped hook's bug") },
+	}, 0)
+	release := holdSlot(t, p)
+	waited := make(chan error, 1)
+	go func() {
+		waited <- p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+			_, err := s.Exec(ctx, "SELECT 1")
+			return err
+		})
+	}()
+	dbtest.Eventually(t, "a caller to queue", func() bool { return p.Stats().Waiting == 1 })
+	release()
+	if err := <-waited; err != nil {
+		t.Fatal(err)
+	}
+	_, hist := tel.points(t)
+	if st := p.Stats(); hist == nil || st.WaitCount != 1 || hist.Count != 1 {
+		t.Fatalf("wait_time %+v, Stats.WaitCount %d: want the one wait", hist, st.WaitCount)
+	}
+	// Both Do spans have ended (each before its Do returned): the
+	// waiter's is the one with a wait.
+	var waits, pins int
+	for _, s := range tel.ended() {
+		if s.Name() == dbotel.SpanDo {
+			waits += len(events(s, dbotel.EventWait))
+			pins += len(events(s, dbotel.EventPin))
+		}
+	}
+	if waits != 1 || pins != 2 {
+		t.Fatalf("%d wait events, %d pin events on the Do spans; want 1 and 2:\n%s", waits, pins, dump(tel.ended()))
+	}
+}

@@ -62,46 +62,22 @@ func PoolOptions(opts *dbctx.Options, o *Options) *dbctx.Options {
 	}
 	pool := attribute.NewSet(semconv.DBClientConnectionPoolName(oo.PoolName))
 
+	// What dbotel records is recorded even where the hook opts had
+	// panics (dbctx logs that and goes on): the histogram would miss the
+	// wait.
 	onWait := c.OnWait
 	c.OnWait = func(ctx context.Context, w dbctx.Wait) {
+		defer recordWait(ctx, w, waitTime, pool)
 		if onWait != nil {
 			onWait(ctx, w)
 		}
-		if w.Queued {
-			waitTime.RecordSet(ctx, w.Waited.Seconds(), pool)
-		}
-		span := trace.SpanFromContext(ctx)
-		if !span.IsRecording() {
-			return
-		}
-		span.AddEvent(EventWait, trace.WithAttributes(
-			attribute.Float64("dbscope.slot.wait.seconds", w.Waited.Seconds()),
-			attribute.Bool("dbscope.slot.wait.queued", w.Queued),
-			attribute.String("dbscope.slot.wait.outcome", waitOutcome(w.Err)),
-		))
 	}
-
 	onPin := c.OnPin
 	c.OnPin = func(ctx context.Context, p dbctx.Pin) {
+		defer recordPin(ctx, p)
 		if onPin != nil {
 			onPin(ctx, p)
 		}
-		span := trace.SpanFromContext(ctx)
-		if !span.IsRecording() {
-			return
-		}
-		outcome := "pinned"
-		if p.Err != nil {
-			outcome = "failed"
-		}
-		span.AddEvent(EventPin, trace.WithAttributes(
-			attribute.Float64("dbscope.pin.seconds", p.Took.Seconds()),
-			attribute.Bool("dbscope.pin.kept", p.Kept),
-			attribute.Bool("dbscope.pin.new", p.New),
-			attribute.Bool("dbscope.pin.checked", p.Checked),
-			attribute.Int("dbscope.pin.dead", p.Dead),
-			attribute.String("dbscope.pin.outcome", outcome),
-		))
 	}
 
 	onDo := c.OnDo
@@ -118,6 +94,43 @@ func PoolOptions(opts *dbctx.Options, o *Options) *dbctx.Options {
 		return withSpan(ctx, span), ending(span, before)
 	}
 	return &c
+}
+
+// recordWait records w in the wait_time histogram, where the caller
+// queued, and as an event of the span in ctx.
+func recordWait(ctx context.Context, w dbctx.Wait, waitTime dbconv.ClientConnectionWaitTime, pool attribute.Set) {
+	if w.Queued {
+		waitTime.RecordSet(ctx, w.Waited.Seconds(), pool)
+	}
+	span := trace.SpanFromContext(ctx)
+	if !span.IsRecording() {
+		return
+	}
+	span.AddEvent(EventWait, trace.WithAttributes(
+		attribute.Float64("dbscope.slot.wait.seconds", w.Waited.Seconds()),
+		attribute.Bool("dbscope.slot.wait.queued", w.Queued),
+		attribute.String("dbscope.slot.wait.outcome", waitOutcome(w.Err)),
+	))
+}
+
+// recordPin records p as an event of the span in ctx.
+func recordPin(ctx context.Context, p dbctx.Pin) {
+	span := trace.SpanFromContext(ctx)
+	if !span.IsRecording() {
+		return
+	}
+	outcome := "pinned"
+	if p.Err != nil {
+		outcome = "failed"
+	}
+	span.AddEvent(EventPin, trace.WithAttributes(
+		attribute.Float64("dbscope.pin.seconds", p.Took.Seconds()),
+		attribute.Bool("dbscope.pin.kept", p.Kept),
+		attribute.Bool("dbscope.pin.new", p.New),
+		attribute.Bool("dbscope.pin.checked", p.Checked),
+		attribute.Int("dbscope.pin.dead", p.Dead),
+		attribute.String("dbscope.pin.outcome", outcome),
+	))
 }
 
 // waitOutcome names how a wait ended.
