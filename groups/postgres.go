@@ -898,9 +898,10 @@ func (e *Postgres) drain(conn *pgconn.PgConn) error {
 		batch := e.notes[:n]
 		e.notes = e.notes[n:]
 		var bodies map[string][]byte
+		unread := false
 		if len(ids) > 0 {
 			var err error
-			if bodies, err = e.table.fetch(e.ctx, conn, ids); err != nil {
+			if bodies, unread, err = e.table.fetch(e.ctx, conn, ids); err != nil {
 				return err
 			}
 		}
@@ -919,7 +920,7 @@ func (e *Postgres) drain(conn *pgconn.PgConn) error {
 			missing = append(missing, group)
 		}
 		if len(missing) > 0 {
-			e.missed(missing)
+			e.missed(missing, unread)
 		}
 	}
 	e.notes = nil

@@ -286,37 +286,44 @@ func (t *payloadTable) batch(notes []string) (int, []string) {
 // fetch reads the bodies of ids on the listener's connection, which is
 // idle between waits. A row missing is missing from the map. It fails
 // only where the connection broke or ctx ended; a statement's error (the
-// table dropped, a privilege revoked) is logged once, and every body
-// missing.
-func (t *payloadTable) fetch(ctx context.Context, conn *pgconn.PgConn, ids []string) (map[string][]byte, error) {
+// table dropped, a privilege revoked) is logged once until a read
+// succeeds again, and every body missing, unread (not gone: the caller
+// says nothing more of them).
+func (t *payloadTable) fetch(ctx context.Context, conn *pgconn.PgConn, ids []string) (_ map[string][]byte, unread bool, _ error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	arr := "{" + strings.Join(ids, ",") + "}"
 	res := conn.ExecParams(ctx, t.fetchSQL, [][]byte{[]byte(arr)}, nil, nil, nil).Read()
 	if res.Err != nil {
 		if conn.IsClosed() || ctx.Err() != nil {
-			return nil, res.Err
+			return nil, false, res.Err
 		}
 		if !t.fetchFailed.Swap(true) {
-			t.log.Error("groups: reading large messages from the table failed", "table", t.name, "err", res.Err)
+			t.log.Error("groups: reading large messages from the table failed; each is a gap for its group until a read succeeds",
+				"table", t.name, "err", res.Err)
 		}
-		return nil, nil
+		return nil, true, nil
 	}
+	t.fetchFailed.Store(false) // the next failure is news
 	bodies := make(map[string][]byte, len(res.Rows))
 	for _, row := range res.Rows {
 		bodies[string(row[0])] = row[1]
 		t.received.Add(1)
 		t.receivedBytes.Add(int64(len(row[1])))
 	}
-	return bodies, nil
+	return bodies, false, nil
 }
 
 // missed counts the references of groups whose bodies could not be read,
-// and logs them once per batch: their rows were gone. Where this engine
-// has no table (MaxPayload at NOTIFY's limit, larger on a sender) it logs
-// that misconfiguration once, at ERROR.
-func (e *Postgres) missed(groups []string) {
+// and logs them once per batch: their rows were gone (unread: the read
+// failed, and fetch has said so). Where this engine has no table
+// (MaxPayload at NOTIFY's limit, larger on a sender) it logs that
+// misconfiguration once, at ERROR.
+func (e *Postgres) missed(groups []string, unread bool) {
 	e.missing.Add(int64(len(groups)))
+	if unread {
+		return
+	}
 	t := e.table
 	if t == nil {
 		if !e.tableless.Swap(true) {

@@ -19,6 +19,7 @@ import (
 	"github.com/dbscope/dbscope/internal/dbtest"
 	"github.com/dbscope/dbscope/internal/pgserver"
 	"github.com/dbscope/dbscope/internal/pgtest"
+	"github.com/jackc/pgx/v5"
 )
 
 // bigMembers is what members of the tests of large messages take: room
@@ -824,5 +825,61 @@ func TestForeignMessagesWarnedOnce(t *testing.T) {
 	}
 	if n := logs.Count(slog.LevelWarn, "groups: dropped a message not made by this package"); n != 1 {
 		t.Errorf("%d warnings of the %d dropped, want 1", n, forged)
+	}
+}
+
+// Where the listener cannot read its table (dropped under it), each large
+// message is a gap for its group, counted; the failure is logged once, at
+// ERROR, and not again for each batch as rows "gone from the table" (they
+// were never read: it flooded the log with that); once a read succeeds,
+// the next failure is logged again (it was never logged again).
+func TestLargeUnreadableLoggedOnce(t *testing.T) {
+	t.Parallel()
+	env := pgtest.New(t)
+	snd := pgInstances(t, env, 1, nil)[0]
+	logs, log := dbtest.NewLogs()
+	rcv := pgInstances(t, env, 1, &groups.PostgresOptions{Logger: log, PayloadTable: "rcv_payloads"})[0]
+	r := members(t, []*instance{rcv}, 1, nil, "g")[0]
+	ctx := context.Background()
+	table := pgx.Identifier{env.Schema(), "rcv_payloads"}.Sanitize()
+	admin := func(q string) {
+		t.Helper()
+		if _, err := env.Admin().Exec(q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// gap sends a large message (to the sender's table, which the
+	// receiver does not read) and reports whether the member got a gap.
+	gap := func(k int) bool {
+		t.Helper()
+		n := r.n.Load()
+		if err := snd.layer.Send(ctx, "g", body(0, k, 20000, false)); err != nil {
+			t.Fatal(err)
+		}
+		dbtest.Eventually(t, "the event", func() bool { return r.n.Load() > n })
+		got := r.got()
+		return got[len(got)-1].Gap
+	}
+	const failed, gone = "groups: reading large messages from the table failed", "groups: large messages were gone"
+	admin("DROP TABLE " + table)
+	for k := range 3 { // three batches
+		if !gap(k) {
+			t.Fatalf("message %d: no gap", k)
+		}
+	}
+	if n, g, pg := logs.Count(slog.LevelError, failed), logs.Count(slog.LevelWarn, gone), rcv.pg.Stats(); n != 1 || g != 0 || pg.LargeMissing != 3 {
+		t.Fatalf("%d records at ERROR, %d of rows gone, %d missing; want 1, 0, 3:\n%s", n, g, pg.LargeMissing, logs)
+	}
+	// Readable again: the row is not there, and is gone.
+	admin("CREATE UNLOGGED TABLE " + table + " (LIKE " + pgx.Identifier{env.Schema(), "dbscope_groups_payloads"}.Sanitize() + ")")
+	if !gap(3) || logs.Count(slog.LevelWarn, gone) != 1 {
+		t.Fatalf("a row missing from a readable table: want a gap, logged as gone:\n%s", logs)
+	}
+	admin("DROP TABLE " + table)
+	if !gap(4) {
+		t.Fatal("no gap")
+	}
+	if n := logs.Count(slog.LevelError, failed); n != 2 {
+		t.Fatalf("%d records at ERROR after a second failure, want 2:\n%s", n, logs)
 	}
 }
