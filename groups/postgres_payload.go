@@ -41,7 +41,8 @@ type payloadTable struct {
 	perFetch   int // references read in one query at most
 	log        *slog.Logger
 
-	fetchFailed, cleanupFailed, cleanupLocked atomic.Bool // logged once
+	fetchFailed, cleanupFailed atomic.Bool // logged once, until a read or a cleanup succeeds
+	cleanupLocked              atomic.Bool // logged once
 
 	sent, sentBytes, received, receivedBytes atomic.Int64
 }
@@ -350,9 +351,9 @@ func (e *Postgres) missed(groups []string, unread bool) {
 // batches of cleanupBatch rows, full batches one after another for
 // cleanupBudget at most, then again at the next tick: a backlog goes over
 // ticks, the listener delivering between them. It fails only where the
-// connection broke or ctx ended; a statement's error is logged once (a
-// batch that takes longer than the listener's statement_timeout, 8 s, is
-// canceled, and tried again at each tick).
+// connection broke or ctx ended; a statement's error is logged once until
+// a cleanup succeeds (a batch that takes longer than the listener's
+// statement_timeout, 8 s, is canceled, and tried again at each tick).
 func (t *payloadTable) cleanup(ctx context.Context, conn *pgconn.PgConn) error {
 	start := time.Now()
 	q := t.cleanupSQL
@@ -372,6 +373,9 @@ func (t *payloadTable) cleanupOnce(ctx context.Context, conn *pgconn.PgConn, q s
 	defer cancel()
 	res, err := conn.Exec(ctx, q).ReadAll()
 	if err == nil {
+		// The next failure is news. (A wait for a lock is not: another
+		// listener's cleanup of the table, told once.)
+		t.cleanupFailed.Store(false)
 		return len(res) > 0 && res[len(res)-1].CommandTag.RowsAffected() >= int64(t.perDelete), nil
 	}
 	if conn.IsClosed() || ctx.Err() != nil {

@@ -883,3 +883,37 @@ func TestLargeUnreadableLoggedOnce(t *testing.T) {
 		t.Fatalf("%d records at ERROR after a second failure, want 2:\n%s", n, logs)
 	}
 }
+
+// The cleanup of a table it cannot write logs its failure once, and again
+// after a cleanup succeeded (it was logged once for the engine's life).
+func TestLargeCleanupFailureLoggedAgain(t *testing.T) {
+	t.Parallel()
+	env := pgtest.New(t)
+	logs, log := dbtest.NewLogs()
+	pgInstances(t, env, 1, &groups.PostgresOptions{Logger: log, PayloadTable: "cleaned_payloads"})
+	table := pgx.Identifier{env.Schema(), "cleaned_payloads"}.Sanitize()
+	admin := func(q string) {
+		t.Helper()
+		if _, err := env.Admin().Exec(q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const failed = "groups: deleting old large messages from the table failed"
+	admin("ALTER TABLE " + table + " RENAME TO elsewhere")
+	dbtest.Eventually(t, "the failure logged", func() bool { return logs.Count(slog.LevelError, failed) == 1 })
+	admin("ALTER TABLE " + pgx.Identifier{env.Schema(), "elsewhere"}.Sanitize() + " RENAME TO cleaned_payloads")
+	// A row committed: the next cleanup that succeeds stamps it.
+	admin("INSERT INTO " + table + " (id, created, body) VALUES (gen_random_uuid(), 'infinity', '')")
+	dbtest.Eventually(t, "a cleanup", func() bool {
+		var n int
+		if err := env.Admin().QueryRow("SELECT count(*) FROM " + table + " WHERE created = 'infinity'").Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n == 0
+	})
+	admin("ALTER TABLE " + table + " RENAME TO elsewhere")
+	t.Cleanup(func() {
+		admin("ALTER TABLE " + pgx.Identifier{env.Schema(), "elsewhere"}.Sanitize() + " RENAME TO cleaned_payloads")
+	})
+	dbtest.Eventually(t, "the second failure logged", func() bool { return logs.Count(slog.LevelError, failed) == 2 })
+}
