@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync/atomic"
 
 	"github.com/dbscope/dbscope/dbctx"
 	"github.com/dbscope/dbscope/internal/answer"
@@ -23,8 +24,9 @@ type AtomicOptions struct {
 	// transaction is rolled back and the client gets 500. Default: 4 MiB.
 	MaxBuffer int
 
-	// Logger receives commit failures and misconfiguration. Default:
-	// slog.Default().
+	// Logger receives commit failures and misconfiguration (Atomic
+	// mounted without middleware.DB outside it: logged once, each request
+	// answered 500). Default: slog.Default().
 	Logger *slog.Logger
 
 	// LogAttrs, if set, returns attributes added to every record logged
@@ -98,11 +100,14 @@ func AtomicWithOpts(opts *AtomicOptions) func(http.Handler) http.Handler {
 		o.Logger = slog.Default()
 	}
 	return func(next http.Handler) http.Handler {
+		var noDBLogged atomic.Bool // a misconfigured mount: every request fails alike
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			ctx := r.Context()
 			if dbctx.From(ctx) == nil {
-				logattrs.Log(ctx, o.Logger, o.LogAttrs, slog.LevelError, "middleware: Atomic needs middleware.DB mounted outside it",
-					slog.String("path", r.URL.Path))
+				if !noDBLogged.Swap(true) {
+					logattrs.Log(ctx, o.Logger, o.LogAttrs, slog.LevelError, "middleware: Atomic needs middleware.DB mounted outside it",
+						slog.String("path", r.URL.Path))
+				}
 				http.Error(w, http.StatusText(http.StatusInternalServerError), http.StatusInternalServerError)
 				return
 			}

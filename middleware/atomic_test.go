@@ -91,14 +91,23 @@ func insert(w http.ResponseWriter, r *http.Request, n int) {
 	dbctx.From(ctx).ExecContext(ctx, "INSERT INTO t VALUES ($1)", n)
 }
 
+// Atomic mounted without middleware.DB outside it answers every request
+// 500, and says what to mount once, at ERROR (it did for every request: a
+// flood under load).
 func TestAtomicWithoutDB(t *testing.T) {
 	t.Parallel()
-	atomic := middleware.AtomicWithOpts(&middleware.AtomicOptions{Logger: discardLogger()})
+	logs, logger := dbtest.NewLogs()
+	atomic := middleware.AtomicWithOpts(&middleware.AtomicOptions{Logger: logger})
 	srv := serve(t, atomic(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		t.Error("handler ran without a scope")
 	})))
-	if code, _, _ := get(t, srv.URL); code != http.StatusInternalServerError {
-		t.Fatalf("got %d, want 500", code)
+	for range 3 {
+		if code, _, _ := get(t, srv.URL); code != http.StatusInternalServerError {
+			t.Fatalf("got %d, want 500", code)
+		}
+	}
+	if n := logs.Count(slog.LevelError, "middleware: Atomic needs middleware.DB"); n != 1 {
+		t.Fatalf("%d errors logged, want 1:\n%s", n, logs)
 	}
 }
 

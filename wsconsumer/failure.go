@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/http"
 	"runtime/debug"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -204,4 +205,13 @@ func (h *Handler) disconnect(pool *dbctx.Pool, s *Session, code websocket.Status
 // attributes Options.LogAttrs finds in ctx.
 func (h *Handler) log(ctx context.Context, level slog.Level, msg string, attrs ...slog.Attr) {
 	logattrs.Log(ctx, h.opts.Logger, h.opts.LogAttrs, level, msg, attrs...)
+}
+
+// logOnce logs msg at ERROR the first time logged is set: a
+// misconfiguration of the handler's mount, on which every upgrade fails
+// alike (answered 500 and counted in Stats.Failed each time).
+func (h *Handler) logOnce(ctx context.Context, logged *atomic.Bool, msg string, attrs ...slog.Attr) {
+	if !logged.Swap(true) {
+		h.log(ctx, slog.LevelError, msg, attrs...)
+	}
 }

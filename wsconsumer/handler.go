@@ -103,7 +103,8 @@ type Options struct {
 	DisconnectTimeout time.Duration
 
 	// Logger receives the errors and panics of callbacks, which are never
-	// sent to clients, at ERROR; at Debug what a client does that is no
+	// sent to clients, at ERROR, and a misconfiguration of the handler's
+	// mount once; at Debug what a client does that is no
 	// failure of the server's (it hung up mid-reply, reset the
 	// connection, sent no valid upgrade) and refusals (overload, an
 	// outage, MaxSockets), which Stats counts. Default: slog.Default().
@@ -182,6 +183,10 @@ type Handler struct {
 
 	count counters     // see Stats
 	live  atomic.Int64 // sockets admitted: see admit
+
+	// The misconfigurations of the handler's mount, each logged once:
+	// every upgrade fails on it the same way.
+	noPoolLogged, inTxLogged, noHijackLogged atomic.Bool
 
 	mu        sync.Mutex
 	sessions  map[*Session]struct{}
@@ -262,7 +267,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		pool = dbctx.From(r.Context()).Pool()
 	}
 	if pool == nil {
-		h.log(r.Context(), slog.LevelError, "wsconsumer: no pool: pass one or mount middleware.DB outside the handler",
+		h.count.failed.Add(1)
+		h.logOnce(r.Context(), &h.noPoolLogged, "wsconsumer: no pool: pass one or mount middleware.DB outside the handler",
 			slog.String("path", r.URL.Path))
 		http.Error(w, http.StatusText(http.StatusInternalServerError), http.StatusInternalServerError)
 		return
@@ -273,7 +279,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	values, ok := dbctx.Detach(context.WithoutCancel(r.Context()))
 	if !ok {
 		h.count.failed.Add(1)
-		h.log(r.Context(), slog.LevelError, "wsconsumer: websocket route inside a transaction: mount it outside middleware.Atomic",
+		h.logOnce(r.Context(), &h.inTxLogged, "wsconsumer: websocket route inside a transaction: mount it outside middleware.Atomic",
 			slog.String("path", r.URL.Path))
 		http.Error(w, http.StatusText(http.StatusInternalServerError), http.StatusInternalServerError)
 		return
@@ -369,7 +375,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// wrapped around the handler's cannot hijack (a misconfiguration).
 		if errors.Is(hw.err, http.ErrNotSupported) {
 			h.count.failed.Add(1)
-			h.log(values, slog.LevelError, "wsconsumer: the ResponseWriter cannot hijack the connection", slog.String("path", r.URL.Path), slog.Any("err", err))
+			h.logOnce(values, &h.noHijackLogged, "wsconsumer: the ResponseWriter cannot hijack the connection", slog.String("path", r.URL.Path), slog.Any("err", err))
 		} else {
 			h.count.clientGone.Add(1)
 			h.log(values, slog.LevelDebug, "wsconsumer: accept failed", slog.String("path", r.URL.Path), slog.Any("err", err))

@@ -30,7 +30,10 @@ type Stats struct {
 	// Failed counts the callbacks that failed on an error of their own,
 	// a panic, or a misconfiguration of the database: 500 at Connect,
 	// closed 1011 later; logged at ERROR (a misconfiguration by the pool,
-	// once per cause).
+	// once per cause). It counts too the upgrades refused, 500 before any
+	// callback, for a misconfiguration of the handler's mount (no pool,
+	// under middleware.Atomic, a writer that cannot hijack): logged at
+	// ERROR once per cause.
 	Failed int64
 	// ClientGone counts the callbacks that failed because the client had
 	// gone: it hung up mid-reply (or mid-upgrade, in Connect), reset the

@@ -170,7 +170,8 @@ func TestBadOriginPatternPanics(t *testing.T) {
 // whole mux) cannot work: the socket would outlive the request's
 // transaction, and Atomic's writer cannot hijack. It is refused before
 // Connect runs, with 500 and an ERROR that says what to change, where
-// Connect ran and the failed hijack was taken for a client gone.
+// Connect ran and the failed hijack was taken for a client gone; the
+// ERROR once, however many upgrades come.
 func TestSocketUnderAtomic(t *testing.T) {
 	t.Parallel()
 	for name, style := range styles {
@@ -183,17 +184,54 @@ func TestSocketUnderAtomic(t *testing.T) {
 			url := serve(t, middleware.DB(p)(middleware.Atomic(h)))
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
-			_, resp, err := websocket.Dial(ctx, url, nil)
-			if err == nil || resp == nil || resp.StatusCode != http.StatusInternalServerError {
-				t.Fatalf("dial: %v, %v; want 500", err, resp)
+			// Each upgrade is refused and counted; the misconfiguration
+			// is logged once (each was logged: a flood under load).
+			for range 3 {
+				_, resp, err := websocket.Dial(ctx, url, nil)
+				if err == nil || resp == nil || resp.StatusCode != http.StatusInternalServerError {
+					t.Fatalf("dial: %v, %v; want 500", err, resp)
+				}
 			}
 			if n := cc.connects.Load() + cc.disconnects.Load(); n != 0 {
 				t.Errorf("%d callbacks ran", n)
 			}
-			if st := h.Stats(); st.Failed != 1 || st.ClientGone != 0 {
-				t.Errorf("Stats %+v, want Failed 1", st)
+			if st := h.Stats(); st.Failed != 3 || st.ClientGone != 0 {
+				t.Errorf("Stats %+v, want Failed 3", st)
 			}
 			if n := logs.Count(slog.LevelError, "wsconsumer: websocket route inside a transaction"); n != 1 {
+				t.Errorf("%d errors logged about it:\n%s", n, logs)
+			}
+		})
+	}
+}
+
+// A handler without a pool, mounted without middleware.DB, refuses every
+// upgrade with 500 and counts it as failed (it counted nothing), and says
+// what to mount once, at ERROR (it did for every upgrade).
+func TestNoPoolLoggedOnce(t *testing.T) {
+	t.Parallel()
+	for name, style := range styles {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			logs, logger := dbtest.NewLogs()
+			var cc callbackCounter
+			h := style(nil, cc.consumer(), &wsconsumer.Options{Logger: logger})
+			url := serve(t, h)
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			for range 3 {
+				_, resp, err := websocket.Dial(ctx, url, nil)
+				if err == nil || resp == nil || resp.StatusCode != http.StatusInternalServerError {
+					t.Fatalf("dial: %v, %v; want 500", err, resp)
+				}
+			}
+			if n := cc.connects.Load() + cc.disconnects.Load(); n != 0 {
+				t.Errorf("%d callbacks ran", n)
+			}
+			if st := h.Stats(); st.Failed != 3 {
+				t.Errorf("Stats %+v, want Failed 3", st)
+			}
+			if n := logs.Count(slog.LevelError, "wsconsumer: no pool"); n != 1 {
 				t.Errorf("%d errors logged about it:\n%s", n, logs)
 			}
 		})
