@@ -36,6 +36,12 @@ import (
 // ABORT, PREPARE TRANSACTION; SAVEPOINT, RELEASE and ROLLBACK TO are
 // fine) is refused with [ErrInAtomic] before it is sent: what fn ran
 // after it would not be in the transaction Atomic commits or rolls back.
+// Where code the scope does not see ends the transaction (a COMMIT or
+// ROLLBACK on the connection of [Scope.Conn] or [Scope.Pgx], pgx's own
+// transaction there), on pgx's driver, the scope's statements after it
+// are refused with ErrInAtomic, and Atomic returns it (joined to fn's
+// error, where fn failed): what ran before that end was committed or
+// rolled back there, whatever Atomic does. Another driver does not say.
 //
 // Atomic needs a sync scope: in an [Async] context call it inside [Do].
 // Boundaries ([CloseOld]) inside fn do nothing. The error of a failed
@@ -99,7 +105,7 @@ func (s *Scope) atomicTx(ctx context.Context, fn func(ctx context.Context) error
 		s.x = new(scopeExtra)
 	}
 	x := s.x
-	s.atomic, x.atomicCtx, x.begun, x.onCommit, x.beginErr, x.failed, x.lost, x.due, x.unsent = 1, ctx, false, nil, nil, false, false, nil, nil
+	s.atomic, x.atomicCtx, x.begun, x.onCommit, x.beginErr, x.failed, x.lost, x.endedUnder, x.due, x.unsent = 1, ctx, false, nil, nil, false, false, false, nil, nil
 	s.mu.Unlock()
 	done := false
 	defer func() {
@@ -118,7 +124,10 @@ func (s *Scope) atomicTx(ctx context.Context, fn func(ctx context.Context) error
 	s.disarm() // the end of a transaction runs with its own context
 	if ferr != nil {
 		x.onCommit = nil
-		s.endTx(ctx, false)
+		if rerr := s.endTx(ctx, false); errors.Is(rerr, errTxEndedUnder) {
+			// Not rolled back: what ran before that end stands.
+			ferr = join(ferr, rerr)
+		}
 		run.ended = runRolledBack
 		s.mu.Unlock()
 		return ferr
@@ -340,10 +349,20 @@ func (s *Scope) endTx(ctx context.Context, commit bool) error {
 		s.pool.opts.Logger.Warn("dbctx: Atomic ended with rows of a statement in its transaction still open; the transaction is lost with its connection, and the scope's statements fail until its boundary", "commit", commit)
 		return errTxRowsOpen
 	}
+	endedUnder := s.sawTxEnded()
 	c.pin.txOver()
 	// Its COMMIT or ROLLBACK ends a transaction begun in SQL before it
 	// too (its BEGIN was a no-op there).
 	c.pin.seen &^= kindBegin
+	if endedUnder {
+		// Neither COMMIT nor ROLLBACK would end what Atomic began (the
+		// server would warn, and commit or roll back the transaction,
+		// if any, the user's code began since).
+		if c.pc != nil && c.state().tx != 'I' {
+			s.rollbackAtomic(ctx)
+		}
+		return errTxEndedUnder
+	}
 	if commit && doomed != nil {
 		return errors.Join(fmt.Errorf("dbctx: rolled back: a nested Atomic could not end its savepoint: %w", doomed), s.rollbackAtomic(ctx))
 	}
@@ -378,6 +397,11 @@ func (s *Scope) endTx(ctx context.Context, commit bool) error {
 	}
 	return s.rollbackAtomic(ctx)
 }
+
+// errTxEndedUnder is the error of an Atomic whose transaction code the
+// scope does not see ended (see Scope.txEndedUnder), and of the scope's
+// statements in it after that end.
+var errTxEndedUnder = fmt.Errorf("%w: its transaction was ended by code the scope does not see (COMMIT or ROLLBACK on the connection of Scope.Conn or Scope.Pgx, pgx's own transaction there): what ran in it before then was committed or rolled back at that end, not at Atomic's; the scope's statements after it are refused until Atomic returns", ErrInAtomic)
 
 // commitUnknown reports whether err, a COMMIT's on a connection open
 // when it was sent, leaves its outcome unknown: the connection failed

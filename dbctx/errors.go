@@ -124,7 +124,10 @@ var (
 	// PREPARE TRANSACTION, in SQL, alone, in a string of several or in a
 	// batch): the statements after it would run outside the transaction
 	// Atomic commits or rolls back. Return an error from Atomic's function
-	// to roll back; nest [Atomic] for a savepoint.
+	// to roll back; nest [Atomic] for a savepoint. On pgx's driver it is
+	// also the error of Atomic, and of the scope's statements in it,
+	// once code the scope does not see ([Scope.Conn], [Scope.Pgx]) has
+	// ended the transaction Atomic began.
 	ErrInAtomic = errors.New("dbctx: transaction control inside Atomic")
 
 	// ErrConnBusy is returned, before anything is sent, for a statement

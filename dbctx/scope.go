@@ -84,6 +84,7 @@ type scopeExtra struct {
 	unsent     []string   // savepoints that were due when user code was handed the connection (Rows.Conn): never to be sent (see handOutPinned)
 	failed     bool       // a statement failed in the running Atomic (on another driver, COMMIT's tag is not seen: see endTx)
 	lost       bool       // the running Atomic's session was lost, or a statement of it refused for a session lost before (see loseSession)
+	endedUnder bool       // code the scope does not see ended the running Atomic's transaction (see txEndedUnder)
 }
 
 // loseSession marks the scope's session lost (see observe) for why: its
@@ -110,6 +111,28 @@ func (connFailedError) Is(target error) bool { return target == scopes.ErrConnec
 // atomicTxOpen reports whether an Atomic runs and has begun its
 // transaction.
 func (s *Scope) atomicTxOpen() bool { return s.atomic > 0 && s.x.begun }
+
+// txEndedUnder reports whether Atomic's transaction, begun, was ended
+// under it by code the scope does not see: a COMMIT or ROLLBACK on the
+// connection of Scope.Conn or Scope.Pgx (pgx's own transaction there),
+// which the server says by its transaction status, idle, on pgx's
+// driver (another driver's is not seen). Once seen it stays so until
+// Atomic ends. Under s.mu, while no rows of the scope are open.
+func (s *Scope) txEndedUnder() bool {
+	return s.atomicTxOpen() && !s.x.lost && s.sawTxEnded()
+}
+
+// sawTxEnded is txEndedUnder for Atomic's transaction, begun and not
+// lost (see endTx).
+func (s *Scope) sawTxEnded() bool {
+	if c := s.c; !s.x.endedUnder && c != nil && c.pc != nil && c.pin.open.Load() == 0 && !c.pin.inFn.Load() {
+		// (Not read while the scope's rows, or Pgx's fn, drive the
+		// connection.)
+		st := c.state()
+		s.x.endedUnder = st.tx == 'I' && !st.closed
+	}
+	return s.x.endedUnder
+}
 
 // newScope returns a new scope of p, made in ctx: its context carries it,
 // its outer scopes are those ctx carries.

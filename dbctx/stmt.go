@@ -148,6 +148,12 @@ func (s *Scope) execLocked(ctx context.Context, st *stmt, run runner) error {
 		// "conn busy".
 		return errHandleRowsOpen
 	}
+	if s.txEndedUnder() {
+		// Run now, it would run on its own, outside what Atomic commits
+		// or rolls back.
+		s.x.failed = true
+		return errTxEndedUnder
+	}
 	begin, err := s.beginning()
 	if err != nil {
 		return err
