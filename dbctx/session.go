@@ -52,7 +52,7 @@ type session struct {
 	sweepDue bool      // and the reset deallocates statements PREPAREd in SQL
 	apart    bool      // and code apart from DML's own ran (pin.codeApart): its check goes unnamed
 	seqOnly  bool      // and the reset is DISCARD SEQUENCES alone: writes left only sequence state (Options.PlainWrites)
-	dropDue  bool      // a statement of the scope changed how names resolve or text is read (kindResolve): statements pgx keeps prepared are dropped before the next (Scope.execLocked)
+	dropDue  bool      // a statement of the scope changed how names resolve or text is read (kindResolve), or deallocated what is kept prepared (kindPoison: DISCARD ALL, DEALLOCATE): statements pgx and dbscope keep prepared are dropped before the next (Scope.execLocked)
 	setDue   bool      // and settings were set in view (SET, set_config) or names resolved otherwise (kindResolve): the reset takes a transaction of its own (prefix.go) and goes before a statement not yet described (exec.go)
 	descs    descCache // statement descriptions, for the prefixed database/sql queries
 

@@ -229,9 +229,13 @@ func (s *Scope) execLocked(ctx context.Context, st *stmt, run runner) error {
 		s.x.failed = true
 	}
 	if c := s.c; c != nil {
-		if err == nil && st.kind&kindResolve != 0 && c.px != nil && !s.pool.opts.TransactionPooling {
+		if (err == nil && st.kind&kindResolve != 0 || st.kind&kindPoison != 0) && c.px != nil && !s.pool.opts.TransactionPooling {
 			// (A statement that failed changed nothing that outlives its
-			// transaction's rollback.)
+			// transaction's rollback; but DISCARD ALL or DEALLOCATE, in a
+			// string whose later statement failed, deallocated what pgx
+			// and dbscope keep prepared all the same: the statements
+			// after it would fail, the first twice over, where both
+			// named one of their own.)
 			c.dropDue = true
 		}
 		// A transaction begun or ended in SQL. (BeginTx's BEGIN is not
