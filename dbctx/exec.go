@@ -276,7 +276,7 @@ func (s *Scope) pathAlone(c *session, p *prefix) bool {
 		return false
 	}
 	for _, st := range p.set {
-		if strings.IndexByte(st.name, '.') < 0 {
+		if strings.IndexByte(st.name, '.') < 0 && !st.around {
 			// A parameter of PostgreSQL's, not a custom setting: it may
 			// change how the statement reads (search_path, role, DateStyle).
 			return true

@@ -266,7 +266,7 @@ const msgCleaning = "dbctx: cleaning a connection before giving it back"
 func (p *Pool) clean(ctx context.Context, c *session) error {
 	pre := &prefix{reset: c.resetDue, sweep: c.resetDue && c.sweepDue, seqOnly: c.resetDue && c.seqOnly, checkApart: c.apart}
 	if !c.resetDue || c.seqOnly {
-		pre.set = withResets(nil, c.applied)
+		pre.set = roleAround(withResets(nil, c.applied), nil)
 	}
 	var err error
 	if c.px == nil {

@@ -3,6 +3,7 @@ package dbctx
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"time"
 
@@ -187,7 +188,9 @@ func PreludeOf(conn *pgx.Conn) (_ Prelude, ok bool) {
 	sd := &c.send
 	pr := Prelude{Reset: sd.p.reset, Begin: sd.p.begin, Queries: sd.n, Alone: sd.alone, InBatch: sd.batch}
 	for _, st := range sd.p.set {
-		pr.Settings = append(pr.Settings, st.name)
+		if !slices.Contains(pr.Settings, st.name) { // (role may go twice: see roleAround)
+			pr.Settings = append(pr.Settings, st.name)
+		}
 		pr.Local = sd.p.local
 	}
 	return pr, true

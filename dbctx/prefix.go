@@ -120,6 +120,9 @@ func (s *Scope) prefixFor(ctx context.Context, c *session, inTx, begin bool) (*p
 	} else {
 		p = s.prefixSession(c, want, c.resetDue)
 	}
+	if p != nil && len(p.set) > 1 || p != nil && len(p.set) == 1 && p.set[0].name != "role" {
+		p.set = roleAround(p.set, want)
+	}
 	if p != nil && p.reset && c.seqOnly {
 		p.seqOnly, p.sweep = true, false
 	}
@@ -212,6 +215,40 @@ func (s *Scope) prefixTx(c *session, want []setting, reset, inTx, begin bool) *p
 		return nil
 	}
 	return p
+}
+
+// roleAround returns set, the set_config calls of a prefix, in an order
+// where none runs under a role a unit declared: where set changes the
+// role, or the session carries one a unit declared (want, the settings
+// of the statement's context, names it), the role is reset first, the
+// others applied, and want's role set last. PostgreSQL checks the right
+// to set a parameter (a superuser's, or one GRANT SET ON PARAMETER
+// gives) against the current role: applied under a role that lacks it,
+// one that the login may set failed, and so did clearing it for the next
+// unit, on that connection for good. set itself is not changed.
+func roleAround(set, want []setting) []setting {
+	isRole := func(st setting) bool { return st.name == "role" }
+	at, wantAt := slices.IndexFunc(set, isRole), slices.IndexFunc(want, isRole)
+	if at < 0 && wantAt < 0 {
+		return set
+	}
+	out := make([]setting, 0, len(set)+2)
+	// Where set changes the role, the role's last call is that change;
+	// the calls that only put back what the session carries are marked
+	// so (pathAlone: nothing to describe anew for them).
+	changes := at >= 0
+	out = append(out, setting{name: "role", reset: true, around: changes && wantAt >= 0 || !changes})
+	for _, st := range set {
+		if !isRole(st) {
+			out = append(out, st)
+		}
+	}
+	if wantAt >= 0 {
+		w := want[wantAt]
+		w.around = !changes
+		out = append(out, w)
+	}
+	return out
 }
 
 // errEndsTxBefore refuses a batch, or a string of several statements,

@@ -250,6 +250,7 @@ type setting struct {
 	name, value string
 	late        bool // a search_path that puts pg_catalog after another schema (see pathLate)
 	reset       bool // back to what a fresh session has (set_config(name, NULL, …))
+	around      bool // the role put back around the others, no change of its own (see roleAround)
 }
 
 var settingsKey = &ctxKey{name: "dbctx.settings"}
