@@ -41,7 +41,9 @@ import (
 // transaction there), on pgx's driver, the scope's statements after it
 // are refused with ErrInAtomic, and Atomic returns it (joined to fn's
 // error, where fn failed): what ran before that end was committed or
-// rolled back there, whatever Atomic does. Another driver does not say.
+// rolled back there, whatever Atomic does. Another driver does not say:
+// there the scope's statements after it run on their own, each with its
+// settings.
 //
 // Atomic needs a sync scope: in an [Async] context call it inside [Do].
 // Boundaries ([CloseOld]) inside fn do nothing. The error of a failed

@@ -113,7 +113,11 @@ func (s *Scope) prefixFor(ctx context.Context, c *session, inTx, begin bool) (*p
 		c.pin.txOver() // the transaction they were set for is over
 	}
 	var p *prefix
-	if c.px == nil && len(c.pin.txs) > 0 && !begin && !s.pool.localSettings() {
+	if c.px == nil && (len(c.pin.txs) > 0 || s.atomicTxOpen() && c.pin.blind()) && !begin && !s.pool.localSettings() {
+		// (Atomic's transaction, on a connection user code holds: what
+		// it ran there may have ended it, and transaction-local
+		// settings, which go in a round trip of their own here, would
+		// end with the next implicit one.)
 		p = s.prefixBlind(c, want, c.resetDue)
 	} else if inTx || begin || s.pool.localSettings() {
 		p = s.prefixTx(c, want, c.resetDue, inTx, begin)
@@ -158,9 +162,11 @@ func (s *Scope) prefixSession(c *session, want []setting, reset bool) *prefix {
 }
 
 // prefixBlind is prefixFor on another driver while a *sql.Tx of BeginTx
-// is open, as database/sql sees it: the scope sees none of what runs in
-// it, and the server's transaction status is not known (SQL run through
-// the *sql.Tx may have ended the transaction). The settings go at session
+// is open, as database/sql sees it, or Atomic's transaction while user
+// code holds the connection (Scope.Conn, PrepareContext): the scope sees
+// none of what runs in it, and the server's transaction status is not
+// known (SQL run through the *sql.Tx, or on the connection, may have
+// ended the transaction). The settings go at session
 // level, which holds whether a transaction is open or not (a rollback
 // puts back the values before it: the session's are unknown from then
 // on, see session.openTx), before every statement.

@@ -96,3 +96,53 @@ func TestAtomicTxEndedUnderIt(t *testing.T) {
 		}
 	}
 }
+
+// On another driver, which does not report the transaction status, the
+// same end of Atomic's transaction goes unseen; the statements after it
+// still run with their own settings, applied for the session, not for a
+// transaction that is over: they ran with what the session carried, here
+// another context's tenant, or none.
+func TestSettingsAfterAtomicTxEndedOtherDriver(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "raw access to a session kept from one transaction to the next")
+	for _, end := range []string{"COMMIT", "ROLLBACK"} {
+		t.Run(end, func(t *testing.T) {
+			t.Parallel()
+			env := newEnv(t)
+			rls(t, env)
+			db := env.OpenWrapped(t)
+			db.SetMaxOpenConns(1)
+			p := poolOn(t, env, db, &dbctx.Options{MaxWorkers: 1, Logger: quiet()})
+			err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+				var v seen
+				if err := s.QueryRowContext(tenant.With(ctx, "t2"), seenSQL).Scan(&v.tenant, &v.items); err != nil {
+					return err
+				}
+				return dbctx.Atomic(tenant.With(ctx, "t1"), func(ctx context.Context) error {
+					if err := s.QueryRowContext(ctx, seenSQL).Scan(&v.tenant, &v.items); err != nil {
+						return err
+					}
+					c, err := s.Conn(ctx)
+					if err != nil {
+						return err
+					}
+					if _, err := c.ExecContext(ctx, end); err != nil {
+						return err
+					}
+					for i := range 3 {
+						if err := s.QueryRowContext(ctx, seenSQL).Scan(&v.tenant, &v.items); err != nil {
+							return err
+						}
+						if v != (seen{"t1", 10}) {
+							t.Errorf("statement %d after the transaction's end saw %+v", i, v)
+						}
+					}
+					return nil
+				})
+			})
+			if err != nil {
+				t.Error(err)
+			}
+		})
+	}
+}
