@@ -645,9 +645,10 @@ func init() {
 }
 
 // beginAlone begins a pending Atomic's transaction in a round trip of its
-// own, then runs Options.OnBegin in it, which needs the scope unlocked.
-// Its failure is Atomic's: every statement of it fails with it.
-func (s *Scope) beginAlone(ctx context.Context) {
+// own, then runs Options.OnBegin in it, which needs the scope unlocked,
+// behind g (see waitGate). Its failure is Atomic's: every statement of it
+// fails with it.
+func (s *Scope) beginAlone(ctx context.Context, g *beginGate) {
 	s.mu.Lock()
 	st := stmt{query: "BEGIN", how: alone}
 	err := s.execLocked(ctx, &st, func(context.Context, *session, *prefix) error { return nil })
@@ -662,7 +663,7 @@ func (s *Scope) beginAlone(ctx context.Context) {
 		due := x.due
 		x.due = nil
 		s.mu.Unlock()
-		err = s.onBegin(actx)
+		err = s.onBegin(g.through(actx))
 		s.mu.Lock()
 		x.due = due
 		s.mu.Unlock()
@@ -679,6 +680,72 @@ func (s *Scope) beginAlone(ctx context.Context) {
 		x.beginErr = err
 		s.mu.Unlock()
 	}
+}
+
+// beginGate holds the statements of a scope's goroutines while
+// Options.OnBegin runs, on one of them, in the transaction it has just
+// begun (its statements need the scope unlocked): they go after what it
+// sets, not before, in the transaction already begun. OnBegin's own
+// statements, whose contexts come from the one it gets (through), pass.
+type beginGate struct{ done chan struct{} }
+
+type beginGateKey struct{}
+
+// through returns ctx marked for g: statements run with it pass g. A nil
+// g (no OnBegin) returns ctx.
+func (g *beginGate) through(ctx context.Context) context.Context {
+	if g == nil {
+		return ctx
+	}
+	return context.WithValue(ctx, beginGateKey{}, g)
+}
+
+// openGate opens a gate for the OnBegin about to run. Under s.mu.
+func (s *Scope) openGate() *beginGate {
+	if s.x == nil {
+		s.x = new(scopeExtra)
+	}
+	g := &beginGate{done: make(chan struct{})}
+	s.x.gate = g
+	return g
+}
+
+// closeGate lets the statements held by g go; ran false says OnBegin did
+// not return (its goroutine ended in it): nothing of the transaction runs
+// without what it sets. Not under s.mu.
+func (s *Scope) closeGate(g *beginGate, ran bool) {
+	s.mu.Lock()
+	if s.x.gate == g {
+		s.x.gate = nil
+		if !ran && s.x.beginErr == nil && s.atomic > 0 {
+			s.x.beginErr = errOnBeginGone
+		}
+	}
+	s.mu.Unlock()
+	close(g.done)
+}
+
+var errOnBeginGone = errors.New("dbctx: OnBegin did not return")
+
+// waitGate waits while OnBegin runs on another goroutine (see beginGate),
+// or until ctx ends. Under s.mu, let go while it waits.
+func (s *Scope) waitGate(ctx context.Context) error {
+	for s.x != nil && s.x.gate != nil {
+		g := s.x.gate
+		if ctx.Value(beginGateKey{}) == g {
+			return nil // OnBegin's own
+		}
+		s.mu.Unlock()
+		select {
+		case <-g.done:
+		case <-ctx.Done():
+		}
+		s.mu.Lock()
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (s *Scope) savepoint(ctx context.Context, fn func(ctx context.Context) error) (err error) {

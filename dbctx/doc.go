@@ -155,7 +155,8 @@
 // A Scope is safe for concurrent use, as database/sql's *sql.Conn is: the
 // goroutines of one unit of work (an errgroup in a handler, goroutines of
 // a callback) share its one connection, and their statements run on it one
-// after another. QueryRowContext and QueryRow read their row before they
+// after another (while [Options.OnBegin] runs for a transaction one of
+// them began, the others' wait for it). QueryRowContext and QueryRow read their row before they
 // return and hold nothing; rows from QueryContext, Query and SendBatch
 // hold the connection until they are closed or read to the end, and a
 // statement meanwhile fails at once with [ErrConnBusy]; so does an

@@ -129,6 +129,10 @@ type Options struct {
 	// declare a [Setting] instead, which needs neither. Its error ends the
 	// transaction (rolled back) and is returned, wrapped, by BeginTx, or
 	// by every statement of that Atomic, whose commit then fails too.
+	// While it runs, statements of the unit's other goroutines on the
+	// scope wait for it to return, so that they run after what it sets;
+	// its own must run with ctx, or a context derived from it, else they
+	// wait for it too.
 	OnBegin func(ctx context.Context, s *Scope) error
 
 	// OnWait, OnPin and OnDo let a tracer or a meter see the pool at

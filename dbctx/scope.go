@@ -85,6 +85,7 @@ type scopeExtra struct {
 	failed     bool       // a statement failed in the running Atomic (on another driver, COMMIT's tag is not seen: see endTx)
 	lost       bool       // the running Atomic's session was lost, or a statement of it refused for a session lost before (see loseSession)
 	endedUnder bool       // code the scope does not see ended the running Atomic's transaction (see txEndedUnder)
+	gate       *beginGate // while Options.OnBegin runs in a transaction just begun (see waitGate)
 }
 
 // loseSession marks the scope's session lost (see observe) for why: its

@@ -201,6 +201,13 @@ func (s *Scope) BeginTx(ctx context.Context, opts *sql.TxOptions) (*sql.Tx, erro
 	}
 	st := stmt{query: "BEGIN", kind: kindState | kindCode | kindBegin, how: alone | notQuiet}
 	var tx *sql.Tx
+	var g *beginGate // see waitGate
+	ran := false
+	defer func() {
+		if g != nil {
+			s.closeGate(g, ran)
+		}
+	}()
 	err := s.exec(ctx, &st, func(ctx context.Context, _ *session, _ *prefix) error {
 		if s.atomic > 0 {
 			return ErrInAtomic
@@ -227,16 +234,21 @@ func (s *Scope) BeginTx(ctx context.Context, opts *sql.TxOptions) (*sql.Tx, erro
 		if err != nil {
 			tx.Rollback()
 			tx = nil
+		} else if g == nil && s.pool.opts.OnBegin != nil {
+			g = s.openGate()
 		}
 		return err
 	})
 	if err != nil {
+		ran = true
 		return nil, err
 	}
-	if err := s.onBegin(ctx); err != nil {
+	if err := s.onBegin(g.through(ctx)); err != nil {
+		ran = true
 		tx.Rollback()
 		return nil, err
 	}
+	ran = true
 	return tx, nil
 }
 

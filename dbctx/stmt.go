@@ -84,13 +84,25 @@ func (s *Scope) exec(ctx context.Context, st *stmt, run runner) error {
 	start := monotonic()
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.x != nil && s.x.gate != nil {
+		if err := s.waitGate(ctx); err != nil {
+			s.account(start, st.count())
+			return err
+		}
+	}
 	if s.atomic > 0 && s.pool.opts.OnBegin != nil && !s.x.begun && s.x.beginErr == nil {
 		// OnBegin runs statements through the scope: not under s.mu
 		// (taken again however beginAlone ends, for the deferred unlock).
+		// The gate, opened before the lock is let go, holds the
+		// statements of the unit's other goroutines until it has run.
+		g := s.openGate()
 		func() {
 			s.mu.Unlock()
 			defer s.mu.Lock()
-			s.beginAlone(ctx)
+			ran := false
+			defer func() { s.closeGate(g, ran) }()
+			s.beginAlone(ctx, g)
+			ran = true
 		}()
 	}
 	if s.atomic > 0 && len(s.x.due) > 0 {
