@@ -139,7 +139,10 @@ func (s *Scope) check(ctx context.Context, final bool) error {
 	// From here on the boundary runs statements of its own (rollback,
 	// OnRelease) and then gives the connection back.
 	s.disarm()
-	if err := s.rollback(ctx); err != nil {
+	if err := s.rollback(ctx); err == errTxEnding {
+		s.unpin(discardTx)
+		return nil
+	} else if err != nil {
 		s.unpin(discardTx)
 		return err
 	}
@@ -160,10 +163,13 @@ func (s *Scope) check(ctx context.Context, final bool) error {
 func (s *Scope) rollback(ctx context.Context) error {
 	c := s.c
 	var errs []error
+	ended := false // a *sql.Tx ended elsewhere, or is ending
 	for _, t := range c.pin.txs {
 		if err := t.tx.Rollback(); err == nil {
 			s.pool.c.rolledBack.Add(1)
-		} else if !errors.Is(err, sql.ErrTxDone) {
+		} else if errors.Is(err, sql.ErrTxDone) {
+			ended = true
+		} else {
 			errs = append(errs, err)
 		}
 	}
@@ -171,6 +177,17 @@ func (s *Scope) rollback(ctx context.Context) error {
 	// the connection's lock, which a Commit of one still under way on
 	// another goroutine holds (its Rollback here said ErrTxDone).
 	open := c.pc != nil && c.state().tx != 'I' || c.pc == nil && c.inRawTx()
+	if open && ended && c.pc != nil {
+		// A *sql.Tx ended on another goroutine, its transaction still
+		// open: database/sql's Commit (or Rollback) is under way, not
+		// yet sent (it waits for a statement of the *sql.Tx to end).
+		// Rolled back here, that COMMIT would run in no transaction and
+		// report success, or in the next scope's. The connection is
+		// discarded instead: database/sql closes it once the *sql.Tx
+		// has ended, which waits for the Commit, sent as it was meant.
+		c.pin.forgetTxs()
+		return errTxEnding
+	}
 	if c.px == nil && len(c.pin.txs) > 0 {
 		// Settings applied at session level in them (prefixBlind) went
 		// with a rollback.
@@ -193,6 +210,10 @@ func (s *Scope) rollback(ctx context.Context) error {
 	c.pin.txOver()
 	return nil
 }
+
+// errTxEnding is rollback's word that a *sql.Tx is ending on another
+// goroutine: the connection is discarded, not rolled back.
+var errTxEnding = errors.New("dbctx: a transaction of BeginTx is ending on another goroutine")
 
 // execInternal runs a statement of dbscope's own on c: no prefix, no
 // classification.

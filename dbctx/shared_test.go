@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/dbscope/dbscope/dbctx"
+	"github.com/dbscope/dbscope/internal/pgtest"
 )
 
 // parkedIn reports whether a goroutine with a frame of marker (a function
@@ -100,5 +101,107 @@ func TestOnBeginBeforeOtherGoroutines(t *testing.T) {
 				})
 			})
 		}
+	}
+}
+
+// txHolder, txCommitter and scopeEnder name the goroutines of
+// TestTxEndedWhileScopeEnds in stacks.
+func txHolder(ctx context.Context, tx *sql.Tx, key int) error {
+	_, err := tx.ExecContext(ctx, "SELECT pg_advisory_xact_lock($1)", key)
+	return err
+}
+
+func txCommitter(tx *sql.Tx) error { return tx.Commit() }
+
+func scopeEnder(s *dbctx.Scope) { s.End() }
+
+// A *sql.Tx of BeginTx committed on one goroutine while the scope ends on
+// another (which the doc says not to do: boundaries come after the
+// unit's goroutines): Commit reports what PostgreSQL did, and the next
+// scope on the connection is not reached by it. The scope's end found
+// the transaction still open, database/sql's Commit under way but not yet
+// sent (it waits for a statement of the *sql.Tx on a third goroutine),
+// rolled it back itself and gave the connection back, and the late
+// COMMIT, in no transaction, reported success: the row was not there.
+// The goroutines are lined up by their stacks: the Commit waiting for
+// the statement, the end waiting for the connection, then the statement
+// let go.
+func TestTxEndedWhileScopeEnds(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "finds the statement's backend waiting in pg_stat_activity, which a pooler hides")
+	for _, drv := range []string{pgxDriver, otherDriver} {
+		t.Run(drv, func(t *testing.T) {
+			// Not parallel: the goroutines are found by name.
+			env := newEnv(t)
+			db := openWith(t, env, drv)
+			db.SetMaxOpenConns(1) // the next scope gets the same connection
+			p := poolOn(t, env, db, &dbctx.Options{MaxWorkers: 1, Logger: quiet()})
+			mustExec(t, env.Admin(), "CREATE TABLE "+env.Schema()+".t (n int)")
+			const key = 731845502
+			lock, err := env.Admin().Conn(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer lock.Close()
+			for i := 1; i <= 6; i++ {
+				noHang(t, "a Commit as the scope ends", func() {
+					mustExec(t, lock, "SELECT pg_advisory_lock($1)", key)
+					ctx, scope := p.Scope(context.Background())
+					tx, err := scope.BeginTx(ctx, nil)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if _, err := tx.ExecContext(ctx, "INSERT INTO t VALUES ($1)", i); err != nil {
+						t.Fatal(err)
+					}
+					held := make(chan error, 1)
+					go func() { held <- txHolder(ctx, tx, key) }()
+					eventually(t, "the transaction's statement waiting for the lock", func() bool {
+						var n int
+						err := env.Admin().QueryRow("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'", env.AppName()).Scan(&n)
+						return err == nil && n == 1
+					})
+					committed := make(chan error, 1)
+					go func() { committed <- txCommitter(tx) }()
+					eventually(t, "Commit waiting for the statement", func() bool {
+						return parkedIn("dbctx_test.txCommitter", "database/sql.(*Tx).Commit")
+					})
+					ended := make(chan struct{})
+					go func() { scopeEnder(scope); close(ended) }()
+					eventually(t, "the scope's end waiting for the connection", func() bool {
+						return parkedIn("dbctx_test.scopeEnder", "database/sql.(*Conn).Raw") ||
+							parkedIn("dbctx_test.scopeEnder", "database/sql.(*Conn).grabConn") ||
+							parkedIn("dbctx_test.scopeEnder", "database/sql.(*Conn).ExecContext")
+					})
+					mustExec(t, lock, "SELECT pg_advisory_unlock($1)", key)
+					if err := <-held; err != nil {
+						t.Logf("the transaction's statement: %v", err)
+					}
+					cerr := <-committed
+					<-ended
+					// The next scope, on the same connection: its
+					// transaction is its own.
+					err = p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+						return dbctx.Atomic(ctx, func(ctx context.Context) error {
+							_, err := s.ExecContext(ctx, "INSERT INTO t VALUES ($1)", -i)
+							return err
+						})
+					})
+					if err != nil {
+						t.Fatalf("the next scope: %v", err)
+					}
+					var mine, next int
+					if err := env.Admin().QueryRow("SELECT count(*) FILTER (WHERE n = $1), count(*) FILTER (WHERE n = -$1) FROM "+env.Schema()+".t", i).Scan(&mine, &next); err != nil {
+						t.Fatal(err)
+					}
+					if (cerr == nil) != (mine == 1) {
+						t.Errorf("round %d: Commit returned %v; PostgreSQL has %d of its rows", i, cerr, mine)
+					}
+					if next != 1 {
+						t.Errorf("round %d: the next scope's Atomic committed; PostgreSQL has %d of its rows", i, next)
+					}
+				})
+			}
+		})
 	}
 }
