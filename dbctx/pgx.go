@@ -295,14 +295,26 @@ func (s *Scope) guardBatch(b *pgx.Batch) *pgx.Batch {
 // driver other than pgx's stdlib it returns an error.
 func (s *Scope) Pgx(ctx context.Context, fn func(*pgx.Conn) error) error {
 	var c *session
-	if err := s.raw(ctx, func(x *session) { c = x }); err != nil {
+	err := s.raw(ctx, func(x *session) {
+		c = x
+		if c.px != nil {
+			// Under the scope's lock, with the settings just applied:
+			// a statement of another goroutine may not come between
+			// them and fn (its own settings would be fn's, its rows
+			// would make fn's statements fail with pgx's "conn busy").
+			c.pin.inFn.Store(true)
+		}
+	})
+	if err != nil {
+		if c != nil && c.px != nil {
+			c.pin.inFn.Store(false)
+		}
 		return err
 	}
 	if c.px == nil {
 		return errNotPgx
 	}
-	err := func() error {
-		c.pin.inFn.Store(true)
+	err = func() error {
 		defer c.pin.inFn.Store(false)
 		return withLock(c.pin.conn, func() error { return fn(c.px) })
 	}()

@@ -3,6 +3,7 @@ package dbctx_test
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"runtime"
 	"strings"
 	"sync"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/dbscope/dbscope/dbctx"
 	"github.com/dbscope/dbscope/internal/pgtest"
+	"github.com/jackc/pgx/v5"
 )
 
 // parkedIn reports whether a goroutine with a frame of marker (a function
@@ -204,4 +206,65 @@ func TestTxEndedWhileScopeEnds(t *testing.T) {
 			}
 		})
 	}
+}
+
+// Scope.Pgx applies the settings its context declares, then calls fn
+// with the connection: a statement of another goroutine sharing the
+// scope may not come between, or fn runs with that goroutine's settings
+// (here a tenant another goroutine's Scope.Conn applied), or finds the
+// connection busy with its rows (pgx's "conn busy", not ErrConnBusy).
+// Such statements are refused with ErrConnBusy from the settings on, as
+// they are while fn runs.
+func TestPgxFnSettingsNotOvertaken(t *testing.T) {
+	t.Parallel()
+	p, _ := newPool(t, nil)
+	noHang(t, "goroutines sharing a scope", func() {
+		ctx, scope := p.Scope(context.Background())
+		defer scope.End()
+		var wg sync.WaitGroup
+		var stop atomic.Bool
+		var wrong, busy, runs atomic.Int64
+		wg.Go(func() {
+			defer stop.Store(true)
+			c := tenant.With(ctx, "a")
+			for range 5000 {
+				err := scope.Pgx(c, func(pc *pgx.Conn) error {
+					var got string
+					err := pc.QueryRow(c, "SELECT current_setting('app.tenant', true)").Scan(&got)
+					if err == nil && got != "a" {
+						wrong.Add(1)
+					}
+					return err
+				})
+				switch {
+				case err == nil:
+					runs.Add(1)
+				case !errors.Is(err, dbctx.ErrConnBusy):
+					if busy.Add(1) == 1 {
+						t.Logf("Pgx: %v", err)
+					}
+				}
+			}
+		})
+		for _, tn := range []string{"b", "c"} {
+			wg.Go(func() {
+				c := tenant.With(ctx, tn)
+				for !stop.Load() {
+					// Scope.Conn applies the goroutine's tenant.
+					if _, err := scope.Conn(c); err != nil && !errors.Is(err, dbctx.ErrConnBusy) {
+						t.Errorf("Conn: %v", err)
+					}
+					if rows, err := scope.Query(c, "SELECT 1"); err == nil {
+						rows.Close()
+					} else if !errors.Is(err, dbctx.ErrConnBusy) {
+						t.Errorf("Query: %v", err)
+					}
+				}
+			})
+		}
+		wg.Wait()
+		if wrong.Load() > 0 || busy.Load() > 0 {
+			t.Errorf("of %d Pgx calls that ran, fn saw another goroutine's tenant in %d; %d failed with an error other than ErrConnBusy", runs.Load(), wrong.Load(), busy.Load())
+		}
+	})
 }
