@@ -15,7 +15,10 @@ import (
 //
 // Where ctx carries a scope that is not async (a request's, a sync
 // consumer's), fn runs on that scope: a nested Do reuses its slot and
-// connection, so it cannot deadlock even with one slot. Otherwise (an
+// connection, so it cannot deadlock even with one slot. A Do on a
+// goroutine of its own while another goroutine's rows of that scope are
+// open (or Scope.Pgx's fn runs) runs no boundary, which would cut them
+// short: fn's statements fail with ErrConnBusy until they are closed. Otherwise (an
 // [Async] context, a background job's) fn runs on a fresh scope that ends
 // when Do returns. Without a scope in ctx, Do returns ErrNoScope; use
 // [Pool.Do] there.
@@ -158,7 +161,7 @@ func (s *Scope) enterDo(ctx context.Context, lazy bool) error {
 // whatever the cleanup after it does; a failed cleanup has discarded the
 // connection and is counted in Stats.Discarded.
 func (s *Scope) leaveDo(ctx context.Context) {
-	if s.doBoundary && s.atomic == 0 {
+	if s.doBoundary && s.atomic == 0 && !s.busy() {
 		if err := s.release(ctx, false); err != nil {
 			s.pool.logCleanup("dbctx: cleaning up after Do", err)
 		}
@@ -168,9 +171,21 @@ func (s *Scope) leaveDo(ctx context.Context) {
 
 // boundaryAtDo reports whether the outermost Do runs boundaries, at both
 // ends: not inside an Atomic, nor inside a transaction of the caller's,
-// which Do leaves alone.
+// which Do leaves alone, nor while the connection is busy (see busy).
 func (s *Scope) boundaryAtDo() bool {
-	return s.atomic == 0 && !(s.c != nil && s.inTx(s.c))
+	return s.atomic == 0 && !s.busy() && !(s.c != nil && s.inTx(s.c))
+}
+
+// busy reports whether another goroutine of the unit is at work on the
+// scope's connection: rows of its statement open, Scope.Pgx's fn. A Do
+// on a goroutine of its own (the goroutines of a handler, each calling
+// code that uses Do) leaves them alone: its boundary would cut their
+// rows short and give the connection back under them; its statements
+// meanwhile fail with ErrConnBusy, as any statement does. Looked at
+// before the connection's state, which the rows' reads change outside
+// s.mu. Under s.mu.
+func (s *Scope) busy() bool {
+	return s.c != nil && (s.c.pin.open.Load() > 0 || s.c.pin.inFn.Load())
 }
 
 // freeIdleSlot frees the slot of a scope that pins no connection.

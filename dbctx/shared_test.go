@@ -268,3 +268,77 @@ func TestPgxFnSettingsNotOvertaken(t *testing.T) {
 		}
 	})
 }
+
+// A Do on a scope shared by goroutines runs its boundaries (CloseOld)
+// only where the connection is idle: not while rows of another
+// goroutine's statement are open, which the boundary cut short (their
+// reader got "rows closed by the scope" for rows it never closed, with a
+// data race on their buffers under -race) and whose connection it gave
+// back under them. The Do's own statement meanwhile fails with
+// ErrConnBusy, as any statement of the scope does while rows are open;
+// the rows read to the end; and after them Do runs as before. Both
+// styles of rows, both drivers where they exist.
+func TestDoLeavesOtherGoroutinesRows(t *testing.T) {
+	t.Parallel()
+	forDrivers(t, func(t *testing.T, drv string) {
+		p, _ := newPoolWith(t, drv, nil)
+		type rows interface {
+			Next() bool
+			Err() error
+			Close()
+		}
+		open := map[string]func(context.Context, *dbctx.Scope) (rows, error){
+			"QueryContext": func(ctx context.Context, s *dbctx.Scope) (rows, error) {
+				r, err := s.QueryContext(ctx, "SELECT g FROM generate_series(1, 1000) g")
+				if err != nil {
+					return nil, err
+				}
+				return closer{r}, nil
+			},
+		}
+		if drv == pgxDriver {
+			open["Query"] = func(ctx context.Context, s *dbctx.Scope) (rows, error) {
+				return s.Query(ctx, "SELECT g FROM generate_series(1, 1000) g")
+			}
+		}
+		for name, open := range open {
+			noHang(t, name, func() {
+				ctx, scope := p.Scope(context.Background())
+				defer scope.End()
+				r, err := open(ctx, scope)
+				if err != nil {
+					t.Fatal(err)
+				}
+				done := make(chan error)
+				go func() {
+					done <- dbctx.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+						_, err := queryInt(ctx, s, "SELECT 1")
+						return err
+					})
+				}()
+				if err := <-done; !errors.Is(err, dbctx.ErrConnBusy) {
+					t.Errorf("%s: Do on another goroutine while the rows are open: %v, want ErrConnBusy", name, err)
+				}
+				n := 0
+				for r.Next() {
+					n++
+				}
+				if err := r.Err(); err != nil || n != 1000 {
+					t.Errorf("%s: the rows, after another goroutine's Do: %d read, %v", name, n, err)
+				}
+				r.Close()
+				if err := dbctx.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+					_, err := queryInt(ctx, s, "SELECT 1")
+					return err
+				}); err != nil {
+					t.Errorf("%s: Do after the rows: %v", name, err)
+				}
+			})
+		}
+	})
+}
+
+// closer is *sql.Rows with a Close that returns nothing.
+type closer struct{ *sql.Rows }
+
+func (c closer) Close() { c.Rows.Close() }
