@@ -650,6 +650,13 @@ func init() {
 // fails with it.
 func (s *Scope) beginAlone(ctx context.Context, g *beginGate) {
 	s.mu.Lock()
+	if s.atomic == 0 || s.x.begun || s.x.beginErr != nil {
+		// The Atomic ended while the scope was unlocked (its fn returned
+		// on another goroutine), or its transaction was begun: nothing
+		// to begin.
+		s.mu.Unlock()
+		return
+	}
 	st := stmt{query: "BEGIN", how: alone}
 	err := s.execLocked(ctx, &st, func(context.Context, *session, *prefix) error { return nil })
 	x := s.x

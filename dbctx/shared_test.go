@@ -342,3 +342,49 @@ func TestDoLeavesOtherGoroutinesRows(t *testing.T) {
 type closer struct{ *sql.Rows }
 
 func (c closer) Close() { c.Rows.Close() }
+
+// A statement of another goroutine that finds an Atomic pending (fn has
+// run no statement yet) begins its transaction, with OnBegin, as fn's
+// own first statement would; where fn returns meanwhile, on its own
+// goroutine, the Atomic is over by the time the statement takes the
+// scope again: there is nothing to begin, and OnBegin does not run (it
+// was called with no context at all, outside any transaction). Nothing
+// panics, and the statement runs.
+func TestStatementAsAtomicEnds(t *testing.T) {
+	t.Parallel()
+	var outside atomic.Int64
+	p, _ := newPool(t, &dbctx.Options{OnBegin: func(ctx context.Context, s *dbctx.Scope) error {
+		if ctx == nil {
+			outside.Add(1)
+			return errors.New("no context")
+		}
+		_, err := s.ExecContext(ctx, "SET LOCAL app.onbegin = 'in'")
+		return err
+	}})
+	noHang(t, "statements as Atomic calls end", func() {
+		ctx, scope := p.Scope(context.Background())
+		defer scope.End()
+		var stop atomic.Bool
+		var wg sync.WaitGroup
+		for range 2 {
+			wg.Go(func() {
+				for !stop.Load() {
+					if _, err := queryInt(ctx, scope, "SELECT 1"); err != nil {
+						t.Errorf("a statement of another goroutine: %v", err)
+						return
+					}
+				}
+			})
+		}
+		for range 8000 {
+			if err := dbctx.Atomic(ctx, func(ctx context.Context) error { return nil }); err != nil {
+				t.Errorf("Atomic: %v", err)
+			}
+		}
+		stop.Store(true)
+		wg.Wait()
+	})
+	if n := outside.Load(); n > 0 {
+		t.Errorf("OnBegin ran %d times with no context, outside a transaction", n)
+	}
+}
