@@ -346,6 +346,7 @@ type pgxRows struct {
 
 	mu     sync.Mutex // Close may come from a boundary
 	closed bool
+	fields []pgconn.FieldDescription // FieldDescriptions' copy, once asked for
 }
 
 func (r *pgxRows) Next() bool {
@@ -461,10 +462,17 @@ func (r *pgxRows) abort() {
 	r.mu.Unlock()
 }
 
+// The row's accessors run under r.mu, as Next and Close do: a boundary
+// may close the rows from another goroutine (the scope's end while a
+// goroutine still reads), and the connection's next user then reads into
+// the buffers they read. Once closed they read nothing.
+
 func (r *pgxRows) CommandTag() pgconn.CommandTag {
 	if r.Rows == nil {
 		return pgconn.CommandTag{}
 	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	return r.Rows.CommandTag()
 }
 
@@ -472,22 +480,68 @@ func (r *pgxRows) FieldDescriptions() []pgconn.FieldDescription {
 	if r.Rows == nil {
 		return nil
 	}
-	return r.Rows.FieldDescriptions()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return r.fields
+	}
+	if r.fields == nil {
+		// A copy: pgconn keeps them in the connection, for its next
+		// statement.
+		r.fields = copyFields(r.Rows.FieldDescriptions())
+	}
+	return r.fields
+}
+
+func (r *pgxRows) Scan(dest ...any) error {
+	if r.Rows == nil {
+		return r.err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return r.closedErr()
+	}
+	return r.Rows.Scan(dest...)
 }
 
 func (r *pgxRows) Values() ([]any, error) {
 	if r.Rows == nil {
 		return nil, r.err
 	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return nil, r.closedErr()
+	}
 	return r.Rows.Values()
 }
 
+// RawValues returns the row's values as pgx does: valid until the next
+// call of Next, and, where a boundary closes the rows meanwhile, until
+// then.
 func (r *pgxRows) RawValues() [][]byte {
 	if r.Rows == nil {
 		return nil
 	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return nil
+	}
 	return r.Rows.RawValues()
 }
+
+// closedErr is what reading closed rows returns: their error, or that
+// they are closed. Under r.mu.
+func (r *pgxRows) closedErr() error {
+	if r.err != nil {
+		return r.err
+	}
+	return errRowsClosed
+}
+
+var errRowsClosed = errors.New("dbctx: rows closed")
 
 // Conn returns the *pgx.Conn the rows came from while the scope pins it
 // (nil afterwards, when it may be another scope's), and counts it as raw
@@ -619,8 +673,9 @@ type pgxBatch struct {
 
 	mu     sync.Mutex
 	closed bool
-	full   bool  // PgBouncer's query_wait_timeout seen, counted: see busy
-	gone   error // the error that lost the session and closed b (see seen)
+	full   bool     // PgBouncer's query_wait_timeout seen, counted: see busy
+	gone   error    // the error that lost the session and closed b (see seen)
+	rows   *pgxRows // the last Query's, closed with b
 }
 
 // busy returns err, of b's results, as ErrBusy where it is PgBouncer's
@@ -695,7 +750,8 @@ func (b *pgxBatch) query() (pgx.Rows, error) {
 		return nil, err
 	}
 	// Closing them ends this result, not the batch.
-	return &pgxRows{Rows: rows, s: b.s, c: b.c, ctx: b.ctx, batch: b}, nil
+	b.rows = &pgxRows{Rows: rows, s: b.s, c: b.c, ctx: b.ctx, batch: b}
+	return b.rows, nil
 }
 
 // QueryRow is Query's rows scanned once, as pgx's own batch QueryRow.
@@ -727,6 +783,12 @@ func (b *pgxBatch) close() error {
 		return b.gone
 	}
 	b.closed = true
+	if r := b.rows; r != nil {
+		// Closing the batch ends them: they read nothing more.
+		r.mu.Lock()
+		r.closeLocked()
+		r.mu.Unlock()
+	}
 	err := withLock(b.c.pin.conn, func() error {
 		err := b.br.Close()
 		b.s.prefixDone(b.c, b.p, err == nil, all)
@@ -736,7 +798,15 @@ func (b *pgxBatch) close() error {
 	return b.busy(err)
 }
 
-func (b *pgxBatch) abort() { b.close() }
+func (b *pgxBatch) abort() {
+	b.mu.Lock()
+	r := b.rows
+	b.mu.Unlock()
+	if r != nil {
+		r.abort() // cut short, and say so
+	}
+	b.close()
+}
 
 var errBatchClosed = errors.New("dbctx: batch results closed")
 

@@ -388,3 +388,70 @@ func TestStatementAsAtomicEnds(t *testing.T) {
 		t.Errorf("OnBegin ran %d times with no context, outside a transaction", n)
 	}
 }
+
+// rowsReader reads rows of a scope shared with a goroutine that ends the
+// scope meanwhile (which the doc says not to do): the name marks it.
+func rowsReader(rows pgx.Rows, read *atomic.Int64) error {
+	for rows.Next() {
+		var n int
+		var s string
+		if err := rows.Scan(&n, &s); err != nil {
+			rows.Close()
+			return err
+		}
+		if _, err := rows.Values(); err != nil {
+			rows.Close()
+			return err
+		}
+		_ = rows.FieldDescriptions()
+		read.Add(1)
+	}
+	return rows.Err()
+}
+
+// A scope that ends (End, a Detach, the Do that made it returning) while
+// another goroutine reads rows of it, which the doc says not to do,
+// cuts the rows short: the reader gets an error that says so, from Scan
+// or Err, and nothing races or panics. pgx's rows (Query, and a batch's)
+// were scanned outside their lock, as the boundary closed them and the
+// connection's next user read into the buffers Scan was reading: -race
+// saw it, and pgx's Scan could panic (index out of range).
+func TestEndWhileRowsRead(t *testing.T) {
+	t.Parallel()
+	p, _ := newPool(t, &dbctx.Options{MaxWorkers: 2})
+	const q = "SELECT g, repeat('x', g % 50) FROM generate_series(1, 100000) g"
+	for round := range 20 {
+		noHang(t, "rows read as the scope ends", func() {
+			ctx, scope := p.Scope(context.Background())
+			var rows pgx.Rows
+			var err error
+			if round%2 == 0 {
+				rows, err = scope.Query(ctx, q)
+			} else {
+				b := &pgx.Batch{}
+				b.Queue(q)
+				br := scope.SendBatch(ctx, b)
+				defer br.Close()
+				rows, err = br.Query()
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			var read atomic.Int64
+			done := make(chan error, 1)
+			go func() { done <- rowsReader(rows, &read) }()
+			eventually(t, "rows read", func() bool { return read.Load() >= 10 })
+			scope.End()
+			// Another unit takes the connection and reads.
+			if err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+				_, err := queryInt(ctx, s, "SELECT count(*) FROM generate_series(1, 1000)")
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			if err := <-done; err == nil && read.Load() < 100000 {
+				t.Errorf("%d rows of 100000 read, then no error: rows cut short read as exhausted", read.Load())
+			}
+		})
+	}
+}
