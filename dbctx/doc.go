@@ -182,7 +182,10 @@
 // the scope, and nested [Atomic] calls belong on one goroutine: a nested
 // Atomic is a savepoint of the one transaction, and a rollback to it undoes
 // whatever ran after it began, including other goroutines' statements that
-// have already reported success.
+// have already reported success. So does the rollback of an Atomic, or
+// of a *sql.Tx of BeginTx: while its transaction is open, every statement
+// of the scope runs in it, whichever goroutine sends it and with whatever
+// context: a write that must stand on its own must wait for it to end.
 //
 // On another driver than pgx's (lib/pq, or one that wraps pgx's to
 // instrument database/sql) the scope's rows are its own too, and hold the
