@@ -64,7 +64,13 @@ var settingsDeclared atomic.Bool
 // statement prepared once per connection would keep the first unit's
 // reading. (DateStyle, IntervalStyle and TimeZone, declared, change how a literal in a
 // statement's text is read the same way, where pgx keeps the statement
-// prepared: pass dates and times as arguments.) It panics too on a custom
+// prepared: pass dates and times as arguments. pgx decodes dates,
+// timestamps and intervals in the text format, that of exec and
+// simple_protocol modes, in PostgreSQL's defaults only: a declared
+// DateStyle whose output is not ISO (SQL, Postgres, German: the order,
+// ISO, DMY, is harmless), or an IntervalStyle other than postgres, makes
+// it fail to read such a column ("invalid PostgreSQL date/time value",
+// "bad interval format"): format them in SQL (to_char) instead.) It panics too on a custom
 // setting under a prefix that a module of PostgreSQL's reserves
 // (plpgsql.…, pg_stat_statements.…) and that the module does not define
 // (plpgsql.variable_conflict may be declared: see below), which the module's library
