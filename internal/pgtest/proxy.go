@@ -51,6 +51,7 @@ type link struct {
 	done   chan struct{}
 	once   sync.Once
 	heard  atomic.Bool // the server sent bytes since the client last did
+	tap    atomic.Pointer[Tap]
 }
 
 // shut closes both sides of l, once.
@@ -243,13 +244,13 @@ func (p *Proxy) serve(l *link) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		p.pipe(l, s, l.client, nil, func() {
+		p.pipe(l, s, l.client, false, nil, func() {
 			if l.heard.Swap(false) {
 				p.trips.Add(1)
 			}
 		})
 	}()
-	p.pipe(l, l.client, s, &messages{count: 'Z', n: &p.ready, muted: &p.muted}, func() { l.heard.Store(true) })
+	p.pipe(l, l.client, s, true, &messages{count: 'Z', n: &p.ready, muted: &p.muted}, func() { l.heard.Store(true) })
 	wg.Wait()
 }
 
@@ -297,8 +298,9 @@ func (p *Proxy) drop(l *link) {
 
 // pipe copies src to dst, holding bytes back while the proxy is stalled,
 // and shuts l when either side fails. m, if not nil, follows the messages;
-// read is called for every read, before its bytes go on.
-func (p *Proxy) pipe(l *link, dst, src net.Conn, m *messages, read func()) {
+// read is called for every read, before its bytes go on. fromServer says
+// which way the bytes go, for l's Tap.
+func (p *Proxy) pipe(l *link, dst, src net.Conn, fromServer bool, m *messages, read func()) {
 	defer p.drop(l)
 	buf := make([]byte, 32<<10)
 	for {
@@ -311,11 +313,21 @@ func (p *Proxy) pipe(l *link, dst, src net.Conn, m *messages, read func()) {
 			if m != nil && m.muted.Load() {
 				continue
 			}
-			if m != nil {
-				m.feed(buf[:n])
-			}
-			if _, err := dst.Write(buf[:n]); err != nil {
-				return
+			for data := buf[:n]; len(data) > 0; {
+				k, act := len(data), func() {}
+				if t := l.tap.Load(); t != nil {
+					k, act = t.feed(fromServer, data)
+				}
+				if m != nil {
+					m.feed(data[:k])
+				}
+				if k > 0 {
+					if _, err := dst.Write(data[:k]); err != nil {
+						return
+					}
+				}
+				data = data[k:]
+				act()
 			}
 		}
 		if err != nil {
