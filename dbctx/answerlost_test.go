@@ -301,7 +301,9 @@ func TestOnCommitSavepointVariants(t *testing.T) {
 }
 
 // Every write path, its answer lost after PostgreSQL committed it: the
-// row must be there once and the caller told something went wrong.
+// row must be there once and the caller told something went wrong; also
+// where the reset the last unit owes rode with the write (owed), which
+// was run again on another connection, and reported nil.
 func TestAnswerLostEveryPath(t *testing.T) {
 	paths := map[string]func(ctx context.Context, s *dbctx.Scope) error{
 		"ExecContext": func(ctx context.Context, s *dbctx.Scope) error {
@@ -354,12 +356,15 @@ func TestAnswerLostEveryPath(t *testing.T) {
 			return s.SendBatch(ctx, b).Close()
 		},
 	}
+	// Where the last unit left session state, the reset it owes rides
+	// with the write (owed).
 	for _, mode := range []string{"simple_protocol", "exec"} {
-		for _, set := range []bool{false, true} {
+		for _, variant := range []string{"", "setting", "owed"} {
+			set, owed := variant == "setting", variant == "owed"
 			for name, f := range paths {
 				tn := mode + "/" + name
-				if set {
-					tn += "/setting"
+				if variant != "" {
+					tn += "/" + variant
 				}
 				t.Run(tn, func(t *testing.T) {
 					t.Parallel()
@@ -380,8 +385,12 @@ func TestAnswerLostEveryPath(t *testing.T) {
 					if set {
 						ctx = tenant.With(ctx, "7")
 					}
+					warm := "SELECT 1"
+					if owed {
+						warm = "SET work_mem = '7MB'"
+					}
 					if err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
-						_, err := s.ExecContext(ctx, "SELECT 1")
+						_, err := s.ExecContext(ctx, warm)
 						return err
 					}); err != nil {
 						t.Fatal(err)

@@ -349,9 +349,12 @@ func (s *Scope) prefixDone(c *session, p *prefix, ok bool, reached int) {
 		// may bring back (see session.openTx).
 		c.pin.noteTxNames(p.set)
 	}
-	if !ok && p.reset && reached < s.pool.resetLen(p) {
+	if !ok && p.reset && reached < s.pool.resetLen(p) && (c.pc == nil || !c.pc.IsClosed()) {
 		// The reset itself failed (a statement_timeout the last scope
-		// set, say): the connection is given up (see retryable).
+		// set, say): the connection is given up (see retryable). Not
+		// where the connection failed before the reset's answer was
+		// read: the server may have run it all, and the statement
+		// after it in the round trip.
 		c.pin.resetBad = true
 	}
 	if !ok {
