@@ -62,7 +62,10 @@ var (
 	// after it was sent and before the server's answer (a backend
 	// terminated while the commit waited for a synchronous standby, the
 	// network cut): it is not run again (a NOTIFY too leaves no session
-	// state, and is sent as its transaction commits).
+	// state, and is sent as its transaction commits). The same holds
+	// where the answer was being read from what the scope handed out:
+	// a batch's results ([Scope.SendBatch]) and their Close, rows and
+	// their Err and Close.
 	ErrCommitUnknown = errors.New("dbctx: commit outcome unknown: the connection failed after COMMIT was sent, before its answer; PostgreSQL may have committed")
 
 	// ErrSessionState is returned, wrapped with the statement, under

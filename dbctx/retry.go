@@ -256,7 +256,15 @@ func (s *Scope) failedUnder(ctx context.Context, c *session, err error, first bo
 	// closed under database/sql: ask it, on this path alone.
 	dead := c.pc == nil && sqlState(err) == "" && ctx.Err() == nil &&
 		!errors.Is(err, driver.ErrBadConn) && !errors.Is(err, sql.ErrConnDone) && !s.pool.alive(c)
+	// The statement was sent (its results were handed out): outside a
+	// transaction, a connection that failed before its answer, all of
+	// it, leaves unknown whether it committed, as a statement's does.
+	unknown := s.outcomeUnknown(ctx, c, err, c.pc != nil)
 	out = s.observeDead(ctx, err, first, dead)
+	if unknown {
+		s.pool.c.outcomesUnknown.Add(1)
+		out = fmt.Errorf("%w: %w", errOutcomeUnknown, out)
+	}
 	return s.c != c, out
 }
 
