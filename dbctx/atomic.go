@@ -55,7 +55,10 @@ import (
 // request whose client left, a deadline), the transaction rolls back and
 // Atomic returns ctx's error, OnCommit's functions unrun (also where fn
 // ran no statement, and nothing was begun); so it does where
-// the scope's boundary came while fn ran (ErrScopeEnded). A nested
+// the scope's boundary came while fn ran (ErrScopeEnded). Where ctx ends
+// while the COMMIT runs, its answer is still read (on pgx's driver a
+// cancel request goes to the server; on another, it is waited for, 5 s
+// at most, then ErrCommitUnknown) and reported as it is. A nested
 // Atomic whose ctx has ended by its end (a deadline of its own) rolls
 // back to its savepoint and returns ctx's error, its OnCommit functions
 // unrun, with or without a statement: the outer transaction goes on. Where the
@@ -461,9 +464,10 @@ func (s *Scope) rollbackAtomic(ctx context.Context) error {
 // server instead, and the answer is read. A COMMIT the server had not
 // finished fails (57014) and rolls back; one it had finished stands, and
 // is reported so. Where no answer comes within cleanupTimeout of the
-// cancel, the connection is cut as before. Where the connection fails
-// after the COMMIT was sent, before its answer, the error is
-// ErrCommitUnknown.
+// cancel, the connection is cut as before. On another driver no cancel
+// request can be sent: the answer is waited for (commitUncut). Where the
+// connection fails after the COMMIT was sent, before its answer, the
+// error is ErrCommitUnknown.
 func (s *Scope) runCommit(ctx context.Context, c *session, tag *string) error {
 	sent := true
 	err := s.commitOn(ctx, c, tag, &sent)
@@ -480,11 +484,14 @@ var errNotSent error = connFailedError{fmt.Errorf("%w: the connection was closed
 
 // commitOn is runCommit's COMMIT; sent is cleared where it was not sent.
 func (s *Scope) commitOn(ctx context.Context, c *session, tag *string, sent *bool) error {
-	if c.px == nil || ctx.Done() == nil {
+	if ctx.Done() == nil {
 		return s.runTxEnd(ctx, c, "COMMIT", tag, sent)
 	}
 	if err := ctx.Err(); err != nil {
 		return err // not sent (see endTx)
+	}
+	if c.px == nil {
+		return s.commitUncut(ctx, c, tag, sent)
 	}
 	pc := c.pc
 	answered, watched := make(chan struct{}), make(chan struct{})
@@ -514,6 +521,37 @@ func (s *Scope) commitOn(ctx context.Context, c *session, tag *string, sent *boo
 	}
 	return err
 }
+
+// commitUncut is commitOn on another driver, where ctx's end would cut
+// the connection under the COMMIT (database/sql and the driver then say
+// ctx's error, the transaction perhaps committed) and no cancel request
+// can be sent: the COMMIT runs to its answer, cleanupTimeout at most past
+// ctx's end, after which the connection is cut and the outcome unknown
+// (errCommitCut).
+func (s *Scope) commitUncut(ctx context.Context, c *session, tag *string, sent *bool) error {
+	cctx, cut := context.WithCancelCause(context.WithoutCancel(ctx))
+	defer cut(nil)
+	stop := context.AfterFunc(ctx, func() {
+		t := time.NewTimer(cleanupTimeout)
+		defer t.Stop()
+		select {
+		case <-cctx.Done():
+		case <-t.C:
+			cut(errCommitCut)
+		}
+	})
+	defer stop()
+	err := s.runTxEnd(cctx, c, "COMMIT", tag, sent)
+	if err != nil && context.Cause(cctx) == errCommitCut {
+		err = fmt.Errorf("%w: %w", errCommitCut, err)
+	}
+	return err
+}
+
+// errCommitCut is a COMMIT on another driver whose answer did not come
+// within cleanupTimeout of its context's end: the connection was cut
+// under it (commitUnknown).
+var errCommitCut = errors.New("dbctx: no answer to COMMIT within the cleanup timeout after its context ended; connection cut")
 
 // runTxEnd runs COMMIT or ROLLBACK on c, and keeps its command tag.
 // Where sent is given (a COMMIT, on pgx's connection), a connection found

@@ -213,6 +213,65 @@ func TestCommitAnswerAfterContextEnded(t *testing.T) {
 	}
 }
 
+// The same on another driver than pgx's, which cannot send a cancel
+// request: it said ctx's error ("dbctx: commit: context canceled"),
+// OnCommit unrun, for the commit PostgreSQL had made. The COMMIT is read
+// to its answer, up to five seconds (cleanupTimeout) past the context's
+// end; the network comes back once Do has returned, or a second after
+// the cancel, well within that.
+func TestCommitAnswerAfterContextEndedOtherDriver(t *testing.T) {
+	t.Parallel()
+	pgtest.SkipPooled(t, "stalls its own proxy to the server")
+	env := newEnv(t)
+	px := newProxy(t, env)
+	p := poolOn(t, env, pgtest.OpenWrappedDSN(t, px.DSN()), &dbctx.Options{MaxWorkers: 1})
+	sc := env.Schema()
+	mustExec(t, env.Admin(), "CREATE TABLE "+sc+".t (n int); "+
+		"CREATE FUNCTION "+sc+".slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.5); RETURN NULL; END $$; "+
+		"CREATE CONSTRAINT TRIGGER slow AFTER INSERT ON "+sc+".t DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION "+sc+".slow()")
+	count := func() int {
+		var n int
+		if err := env.Admin().QueryRow("SELECT count(*) FROM " + sc + ".t").Scan(&n); err != nil {
+			t.Error(err)
+		}
+		return n
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	returned := make(chan struct{})
+	go func() {
+		defer px.Restore()
+		if dbtest.Wait(time.Minute, func() bool {
+			var n int
+			env.Admin().QueryRow("SELECT count(*) FROM pg_stat_activity WHERE usename = $1 AND state = 'active' AND query ILIKE 'commit%'", env.Role()).Scan(&n)
+			return n > 0
+		}) != nil {
+			return
+		}
+		px.Stall() // the answer to COMMIT is held back
+		if dbtest.Wait(time.Minute, func() bool { return count() == 1 }) != nil {
+			return
+		}
+		cancel()
+		select {
+		case <-returned:
+		case <-time.After(time.Second):
+		}
+	}()
+	committed := false
+	err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+		return dbctx.Atomic(ctx, func(ctx context.Context) error {
+			dbctx.OnCommit(ctx, func() { committed = true })
+			_, err := s.ExecContext(ctx, "INSERT INTO t VALUES (1)")
+			return err
+		})
+	})
+	close(returned)
+	if n := count(); n != 1 || err != nil || !committed {
+		t.Errorf("PostgreSQL holds %d rows; Atomic returned %v, OnCommit ran %v; want 1 row, nil, true", n, err, committed)
+	}
+}
+
 // A handed-out connection whose backend was terminated is discarded at
 // the boundary with no claim of "a result was left open" (none was): the
 // warning is for rows of the raw connection never closed, which it still
