@@ -208,7 +208,9 @@
 // while the answer to a statement sent in the simple protocol (an Exec
 // with no arguments) was read, after the server may have committed it:
 // there, such a write may run twice where pgx's driver itself returns
-// [ErrCommitUnknown].
+// [ErrCommitUnknown]. A statement outside a transaction whose error is
+// the network's (no SQLSTATE, not driver.ErrBadConn) on a connection
+// that then fails a ping is [ErrCommitUnknown] on such a driver too.
 //
 // # Several pools
 //

@@ -391,7 +391,7 @@ var sweepModes = func() []string {
 	if m := os.Getenv("DBSCOPE_SWEEP_MODES"); m != "" {
 		return strings.Split(m, ",")
 	}
-	return []string{"cache_statement", "exec"}
+	return []string{"cache_statement", "exec", otherSweepMode}
 }()
 
 // otherSweepMode is TestFaultSweep on another driver than pgx's (one that

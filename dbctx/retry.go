@@ -259,7 +259,7 @@ func (s *Scope) failedUnder(ctx context.Context, c *session, err error, first bo
 	// The statement was sent (its results were handed out): outside a
 	// transaction, a connection that failed before its answer, all of
 	// it, leaves unknown whether it committed, as a statement's does.
-	unknown := s.outcomeUnknown(ctx, c, err, c.pc != nil)
+	unknown := s.outcomeUnknown(ctx, c, err, true)
 	out = s.observeDead(ctx, err, first, dead)
 	if unknown {
 		s.pool.c.outcomesUnknown.Add(1)
@@ -304,10 +304,21 @@ const msgPoolerFull = "dbctx: PgBouncer found no free server connection within i
 // connection failed excepted; pgconn closed), and not because ctx
 // ended (the caller gave up: that is its news). c is nil where a retry
 // found no connection: that retry sent nothing.
+//
+// On another driver, whose connection dbscope cannot look into: outside
+// any transaction the scope knows of, an error that is the network's
+// (netFailed: no SQLSTATE) on a connection that no longer answers; not
+// driver.ErrBadConn, which says nothing was sent.
 func (s *Scope) outcomeUnknown(ctx context.Context, c *session, err error, open bool) bool {
 	var pe *pgconn.PgError
-	if c == nil || !open || ctx.Err() != nil || errors.As(err, &pe) && !poolerLostServer(pe) ||
+	if c == nil || ctx.Err() != nil || errors.As(err, &pe) && !poolerLostServer(pe) ||
 		s.atomic > 0 || c.inRawTx() || len(c.pin.txs) > 0 {
+		return false
+	}
+	if c.pc == nil {
+		return !s.inTx(c) && netFailed(err) && !errors.Is(err, driver.ErrBadConn) && !s.pool.alive(c)
+	}
+	if !open {
 		return false
 	}
 	st := c.state()
