@@ -57,7 +57,10 @@
 //
 // A statement is canceled when its context ends, as with database/sql: it
 // returns the context's error, and the connection is closed (pgx asks the
-// server to cancel the statement) and discarded. Statements whose context
+// server to cancel the statement) and discarded. Outside a transaction
+// the statement may have run and committed before the cancel reached the
+// server: the context's error does not say it did not (inside [Atomic]
+// it does: nothing commits). Statements whose context
 // is the scope's own (a request's, a socket's) are watched once per scope
 // rather than once per statement.
 //

@@ -124,6 +124,15 @@ var sweepUnits = []sweepUnit{
 		}
 		return err
 	}},
+	{name: "copy-tenant", want: 2, pgx: true, run: func(ctx context.Context, s *dbctx.Scope, r int, _ func()) error {
+		// Into copied, whose tenant column takes app.tenant: the
+		// settings go first (under TransactionPooling, in a transaction
+		// of the COPY's own).
+		ctx = tenant.With(ctx, "t4")
+		_, err := s.CopyFrom(ctx, pgx.Identifier{"copied"}, []string{"id", "name"},
+			pgx.CopyFromRows([][]any{{10 * r, "a"}, {10*r + 1, "b"}}))
+		return err
+	}},
 	{name: "owed-reset", want: 1,
 		before: func(ctx context.Context, s *dbctx.Scope) error {
 			_, err := s.ExecContext(ctx, "SET work_mem = '7MB'; CREATE TEMP TABLE leftover (x int)")
@@ -166,7 +175,7 @@ func TestFaultSweep(t *testing.T) {
 	only := os.Getenv("DBSCOPE_SWEEP_UNIT")
 	for _, mode := range sweepModes {
 		for _, u := range sweepUnits {
-			if only != "" && only != u.name || u.pgx && mode == otherSweepMode {
+			if only != "" && only != u.name || u.pgx && mode == otherSweepMode || u.before != nil && mode == txPoolingSweepMode {
 				continue
 			}
 			t.Run(mode+"/"+u.name, func(t *testing.T) {
@@ -230,7 +239,11 @@ func newSweep(t *testing.T, mode string, u sweepUnit) *sweep {
 func (sw *sweep) rows(t *testing.T, r int) int {
 	t.Helper()
 	var n int
-	q := "SELECT (SELECT count(*) FROM " + sw.env.Schema() + ".u WHERE k = $1) + (SELECT count(*) FROM " + sw.env.Schema() + ".w WHERE run = $1)"
+	// A row of copied under another tenant than the unit's counts 100:
+	// never 0 nor the unit's rows.
+	sc := sw.env.Schema()
+	q := "SELECT (SELECT count(*) FROM " + sc + ".u WHERE k = $1) + (SELECT count(*) FROM " + sc + ".w WHERE run = $1)" +
+		" + (SELECT coalesce(sum(CASE tenant WHEN 't4' THEN 1 ELSE 100 END), 0) FROM " + sc + ".copied WHERE id / 10 = $1)"
 	if err := sw.env.Admin().QueryRow(q, r).Scan(&n); err != nil {
 		t.Fatal(err)
 	}
@@ -248,7 +261,11 @@ func (sw *sweep) run(t *testing.T, fault string, pt *pgtest.Point) *pgtest.Tap {
 	where := fmt.Sprintf("run %d, %s at %+v", r, fault, pt)
 	px := pgtest.NewProxy(t, sw.env)
 	defer px.Close()
-	dsn, err := pgserver.WithParams(px.DSN(), "default_query_exec_mode", sw.mode)
+	mode := sw.mode
+	if mode == txPoolingSweepMode {
+		mode = "exec"
+	}
+	dsn, err := pgserver.WithParams(px.DSN(), "default_query_exec_mode", mode)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -260,7 +277,7 @@ func (sw *sweep) run(t *testing.T, fault string, pt *pgtest.Point) *pgtest.Tap {
 	}
 	defer db.Close()
 	db.SetMaxOpenConns(1)
-	p := dbctx.New(db, &dbctx.Options{MaxWorkers: 1, Logger: quiet()})
+	p := dbctx.New(db, &dbctx.Options{MaxWorkers: 1, Logger: quiet(), TransactionPooling: sw.mode == txPoolingSweepMode})
 	defer p.Close()
 	// The connection stays in the pool's keep, so that nothing but the
 	// unit's own statements goes over it (a reset as it goes back to
@@ -391,10 +408,16 @@ var sweepModes = func() []string {
 	if m := os.Getenv("DBSCOPE_SWEEP_MODES"); m != "" {
 		return strings.Split(m, ",")
 	}
-	return []string{"cache_statement", "exec", otherSweepMode}
+	return []string{"cache_statement", "exec", otherSweepMode, txPoolingSweepMode}
 }()
 
 // otherSweepMode is TestFaultSweep on another driver than pgx's (one that
 // wraps it, in its default exec mode), the units that use database/sql's
 // methods alone.
 const otherSweepMode = "another-driver"
+
+// txPoolingSweepMode is TestFaultSweep in exec mode with
+// Options.TransactionPooling (settings per transaction, COPY with them in
+// a transaction of its own), straight to PostgreSQL; not the unit that
+// sets session state, refused there.
+const txPoolingSweepMode = "exec-txpooling"
