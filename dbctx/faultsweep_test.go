@@ -27,8 +27,11 @@ type sweepUnit struct {
 	want   int  // rows the unit writes where it commits
 	atomic bool // OnCommit is registered, and must run iff committed
 	pgx    bool // it uses the scope's pgx methods: not on another driver
-	before func(ctx context.Context, s *dbctx.Scope) error
-	run    func(ctx context.Context, s *dbctx.Scope, r int, onCommit func()) error
+	// rollback: it rolls back, whatever happens (want 0), and its
+	// OnCommit must never run.
+	rollback bool
+	before   func(ctx context.Context, s *dbctx.Scope) error
+	run      func(ctx context.Context, s *dbctx.Scope, r int, onCommit func()) error
 }
 
 var sweepUnits = []sweepUnit{
@@ -67,6 +70,35 @@ var sweepUnits = []sweepUnit{
 			dbctx.OnCommit(ctx, onCommit)
 			return nil
 		})
+	}},
+	{name: "atomic-rollback", rollback: true, run: func(ctx context.Context, s *dbctx.Scope, r int, onCommit func()) error {
+		// Rolled back, whatever happens: no row, OnCommit never run.
+		err := dbctx.Atomic(ctx, func(ctx context.Context) error {
+			if _, err := s.ExecContext(ctx, "INSERT INTO w VALUES ($1, 1)", r); err != nil {
+				return err
+			}
+			err := dbctx.Atomic(ctx, func(ctx context.Context) error {
+				_, err := s.ExecContext(ctx, "INSERT INTO w VALUES ($1, 2)", r)
+				dbctx.OnCommit(ctx, onCommit)
+				return err
+			})
+			if err != nil {
+				return err
+			}
+			return errRollBack
+		})
+		if errors.Is(err, errRollBack) {
+			return nil
+		}
+		return err
+	}},
+	{name: "read-then-write", want: 1, run: func(ctx context.Context, s *dbctx.Scope, r int, _ func()) error {
+		var n int
+		if err := s.QueryRowContext(ctx, "SELECT count(*) FROM u").Scan(&n); err != nil {
+			return err
+		}
+		_, err := s.ExecContext(ctx, "INSERT INTO u VALUES ($1)", r)
+		return err
 	}},
 	{name: "atomic-pgx", want: 3, atomic: true, pgx: true, run: func(ctx context.Context, s *dbctx.Scope, r int, onCommit func()) error {
 		// A tenant declared, a batch and a COPY inside, a savepoint
@@ -169,7 +201,8 @@ const (
 // of a unit, OnCommit ran iff the unit committed, nothing hung, and the
 // next unit on the pool of one connection runs and sees no session state,
 // nothing idle in a transaction. DBSCOPE_SWEEP_UNIT narrows it to one
-// unit, for a reproducer; -short tries one point in four.
+// unit, for a reproducer; -short tries one point in four (of at most
+// maxSweepPoints).
 func TestFaultSweep(t *testing.T) {
 	pgtest.SkipPooled(t, "cuts, terminates")
 	only := os.Getenv("DBSCOPE_SWEEP_UNIT")
@@ -184,16 +217,19 @@ func TestFaultSweep(t *testing.T) {
 				tap := sw.run(t, "", nil)
 				pts := tap.Points()
 				t.Logf("%d points; the exchange:\n%s", len(pts), tap)
+				// At most maxSweepPoints (a quarter of them under -short),
+				// evenly spaced, the exchange's first and last kept.
+				stride := (len(pts) + maxSweepPoints - 1) / maxSweepPoints
 				if testing.Short() {
-					// One point in four, the exchange's first and last kept.
-					var some []pgtest.Point
-					for i, pt := range pts {
-						if i%4 == 0 || i == len(pts)-1 {
-							some = append(some, pt)
-						}
-					}
-					pts = some
+					stride = max(stride, 4)
 				}
+				var some []pgtest.Point
+				for i, pt := range pts {
+					if i%stride == 0 || i == len(pts)-1 {
+						some = append(some, pt)
+					}
+				}
+				pts = some
 				for _, fault := range []string{faultCut, faultTerminate, faultCancel} {
 					for _, pt := range pts {
 						sw.run(t, fault, &pt)
@@ -345,6 +381,9 @@ func (sw *sweep) run(t *testing.T, fault string, pt *pgtest.Point) *pgtest.Tap {
 	case derr != nil && got != 0:
 		t.Errorf("%s: Do: %v; PostgreSQL holds %d rows of the unit, want none", where, derr, got)
 	}
+	if n := ran.Load(); sw.u.rollback && n != 0 {
+		t.Errorf("%s: Do: %v, %d rows; OnCommit of a rolled back Atomic ran %d times", where, derr, got, n)
+	}
 	if sw.u.atomic {
 		committed := got == sw.u.want
 		if n := ran.Load(); n > 1 || (n == 1) != (committed && derr == nil) {
@@ -401,6 +440,11 @@ func outcomeName(err error, rows int) string {
 	}
 	return fmt.Sprintf("other/%d", rows)
 }
+
+// maxSweepPoints bounds the points TestFaultSweep tries per unit and
+// mode: a reset prepared for the first time on the connection makes
+// an exchange of 350.
+const maxSweepPoints = 150
 
 // sweepModes are the exec modes TestFaultSweep runs in; DBSCOPE_SWEEP_MODES
 // (comma-separated) names others.
