@@ -99,7 +99,7 @@ func (r *result) finish() error {
 		err = join(err, r.rt.close())
 	}
 	if r.p != nil {
-		r.s.prefixDone(r.c, r.p, err == nil, all)
+		r.s.prefixDone(r.c, r.p, err, all)
 		if err != nil {
 			r.c.dropDesc(r.query)
 			r.c.lostStatements(err)
@@ -131,7 +131,7 @@ func (s *Scope) pgxQuery(ctx context.Context, c *session, p *prefix, query strin
 		// Described now, the statement rides with what is owed the next
 		// time.
 		reached, err := s.pool.runTraced(ctx, c, p)
-		s.prefixDone(c, p, err == nil, reached)
+		s.prefixDone(c, p, err, reached)
 		if err == nil {
 			_, err = c.describe(ctx, query, s.pool.named(c))
 		}
@@ -174,14 +174,14 @@ func (s *Scope) pgxBatchQuery(ctx context.Context, res *result, args []any) erro
 	for i := range n {
 		if _, err := br.Exec(); err != nil {
 			br.Close()
-			s.prefixDone(c, p, false, i)
+			s.prefixDone(c, p, failed(err), i)
 			return err
 		}
 	}
 	rows, err := br.Query()
 	if err != nil {
 		br.Close()
-		s.prefixDone(c, p, false, all)
+		s.prefixDone(c, p, failed(err), all)
 		return err
 	}
 	res.Rows, res.br = rows, br
@@ -257,7 +257,7 @@ func (s *Scope) pgconnQuery(ctx context.Context, res *result, args []any, sqlFor
 		if retry, err = c.sweepAgain(ctx, p, reached, err, &dropped); retry {
 			continue
 		}
-		s.prefixDone(c, p, false, reached)
+		s.prefixDone(c, p, failed(err), reached)
 		c.dropDesc(query)
 		c.lostStatements(err)
 		return c.traceEnd(pgconn.CommandTag{}, err)

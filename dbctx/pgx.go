@@ -217,7 +217,7 @@ func (s *Scope) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
 				// statement's own may have replaced (see prefix.unnamed):
 				// what is owed goes first, alone, its check unnamed.
 				reached, err := s.pool.runTraced(ctx, c, p)
-				s.prefixDone(c, p, err == nil, reached)
+				s.prefixDone(c, p, err, reached)
 				if err != nil {
 					return err
 				}
@@ -240,7 +240,7 @@ func (s *Scope) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
 			for i := range n {
 				if _, err := br.Exec(); err != nil {
 					br.Close()
-					s.prefixDone(c, p, false, i)
+					s.prefixDone(c, p, failed(err), i)
 					return err
 				}
 			}
@@ -791,7 +791,7 @@ func (b *pgxBatch) close() error {
 	}
 	err := withLock(b.c.pin.conn, func() error {
 		err := b.br.Close()
-		b.s.prefixDone(b.c, b.p, err == nil, all)
+		b.s.prefixDone(b.c, b.p, err, all)
 		return err
 	})
 	b.c.pin.open.Add(-1)

@@ -318,10 +318,11 @@ func withResets(want, had []setting) []setting {
 }
 
 // prefixDone records what a prefix left on c once the round trip that
-// carried it has ended: ok when it ended without an error, in the
+// carried it has ended: with err, nil where it ended without one, in the
 // transaction state the server reported last; reached counts the
 // statements of p that ran without one (all, if every one did).
-func (s *Scope) prefixDone(c *session, p *prefix, ok bool, reached int) {
+func (s *Scope) prefixDone(c *session, p *prefix, err error, reached int) {
+	ok := err == nil
 	if p.empty() {
 		return
 	}
@@ -349,12 +350,15 @@ func (s *Scope) prefixDone(c *session, p *prefix, ok bool, reached int) {
 		// may bring back (see session.openTx).
 		c.pin.noteTxNames(p.set)
 	}
-	if !ok && p.reset && reached < s.pool.resetLen(p) && (c.pc == nil || !c.pc.IsClosed()) {
+	if !ok && p.reset && reached < s.pool.resetLen(p) && (c.pc == nil || !c.pc.IsClosed() || serverEnded(err)) {
 		// The reset itself failed (a statement_timeout the last scope
-		// set, say): the connection is given up (see retryable). Not
-		// where the connection failed before the reset's answer was
-		// read: the server may have run it all, and the statement
-		// after it in the round trip.
+		// set, say), or the server ended the session before its end (a
+		// backend killed while idle: its FATAL comes after the answers
+		// it had written, so nothing after the reset ran): the
+		// connection is given up, and the statement run again (see
+		// retryable). Not where the connection failed before the
+		// reset's answer was read: the server may have run it all,
+		// and the statement after it in the round trip.
 		c.pin.resetBad = true
 	}
 	if !ok {
@@ -616,14 +620,14 @@ func (s *Scope) flushOn(ctx context.Context, c *session, p *prefix, on execer) e
 		err = withLock(c.pin.conn, func() error {
 			reached, err = s.pool.runTraced(ctx, c, p)
 			// Under the lock: it reads pgconn's state (see shared).
-			s.prefixDone(c, p, err == nil, reached)
+			s.prefixDone(c, p, err, reached)
 			done = true
 			return err
 		})
 	}
 	switch {
 	case c.px == nil:
-		s.prefixDone(c, p, err == nil, reached)
+		s.prefixDone(c, p, err, reached)
 	case !done:
 		// database/sql has closed the connection: nothing ran, and
 		// pgconn, which what the scope handed out may still drive, is
@@ -659,3 +663,14 @@ func (pl *Pool) runOther(ctx context.Context, on execer, p *prefix) (reached int
 	})
 	return reached, err
 }
+
+// failed is err, or, where there is none, an error that says the round
+// trip failed: for prefixDone, from the paths that know it did.
+func failed(err error) error {
+	if err == nil {
+		return errRoundTripFailed
+	}
+	return err
+}
+
+var errRoundTripFailed = errors.New("dbctx: the round trip failed")
