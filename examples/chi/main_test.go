@@ -94,3 +94,10 @@ func TestSaidThenGone(t *testing.T) {
 	t.Parallel()
 	chattest.SaidThenGone(t, start(t))
 }
+
+func TestPgBouncer(t *testing.T) {
+	t.Parallel()
+	chattest.PgBouncer(t, func(ctx context.Context, ln net.Listener, dsn, listenDSN string, log *slog.Logger) error {
+		return run(ctx, chatserver.Config{Listener: ln, DSN: dsn, ListenDSN: listenDSN, TransactionPooling: true, Log: log})
+	})
+}

@@ -50,7 +50,10 @@ type Config struct {
 	// mode: the pool declares dbctx.Options.TransactionPooling, so that the
 	// tenant of every statement is set with it, transaction-locally (a
 	// session-level setting would stay on whichever server connection
-	// PgBouncer picked). The examples' -transaction-pooling flag; false:
+	// PgBouncer picked), and where DSN does not choose pgx's
+	// default_query_exec_mode, Run chooses exec: the default prepares
+	// statements on the server, which PgBouncer before 1.21 loses between
+	// transactions. The examples' -transaction-pooling flag; false:
 	// $TRANSACTION_POOLING=1.
 	TransactionPooling bool
 	// Layer is the engine that carries the rooms between instances:
@@ -116,12 +119,26 @@ func Run(ctx context.Context, cfg Config, routes func(*App) http.Handler) error 
 			}
 		}()
 	}
+	tp := cfg.TransactionPooling || os.Getenv("TRANSACTION_POOLING") == "1"
+	if tp && !strings.Contains(cfg.DSN, "default_query_exec_mode") {
+		// pgx's default exec mode, cache_statement, prepares statements
+		// on the server connection, which PgBouncer (before 1.21, or
+		// without max_prepared_statements) does not carry to the next
+		// transaction: under load, statements fail with prepared
+		// statement "stmtcache_…" already exists, or does not exist.
+		// Behind a pooler, exec, as dbctx's docs say, unless the
+		// connection string chooses.
+		var err error
+		if cfg.DSN, err = pgserver.WithParams(cfg.DSN, "default_query_exec_mode", "exec"); err != nil {
+			return err
+		}
+		log.Info("transaction pooling: default_query_exec_mode=exec (no statement is prepared on the server)")
+	}
 	db, err := tel.openDB(cfg.DSN)
 	if err != nil {
 		return err
 	}
 	defer db.Close()
-	tp := cfg.TransactionPooling || os.Getenv("TRANSACTION_POOLING") == "1"
 	// PlainWrites: the app's schema (chat.Migrate) runs no code that
 	// leaves session state (no trigger or rule; its defaults call only
 	// built-ins), so a message's INSERT owes DISCARD SEQUENCES alone, not
