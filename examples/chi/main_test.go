@@ -101,3 +101,8 @@ func TestPgBouncer(t *testing.T) {
 		return run(ctx, chatserver.Config{Listener: ln, DSN: dsn, ListenDSN: listenDSN, TransactionPooling: true, Log: log})
 	})
 }
+
+func TestCrossSite(t *testing.T) {
+	t.Parallel()
+	chattest.CrossSite(t, start(t))
+}

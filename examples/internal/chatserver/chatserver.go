@@ -178,7 +178,11 @@ func Run(ctx context.Context, cfg Config, routes func(*App) http.Handler) error 
 	a.AsyncWS = wsconsumer.NewAsync(pool, a.asyncConsumer(), wsOpts)
 	a.Metrics = metrics(db, pool, layer, engine, map[string]*wsconsumer.Handler{"sync": a.SyncWS, "async": a.AsyncWS}, log)
 	a.Atomic = middleware.AtomicWithOpts(&middleware.AtomicOptions{Logger: log, LogAttrs: logAttrs})
-	public := tel.handler(routes(a))
+	// A cross-site page may send a POST with its visitor's cookies (a
+	// form, or fetch with text/plain, which no CORS preflight stops):
+	// refused with 403, as websocket upgrades from another origin are. A
+	// real service, whose tenant comes from a session cookie, needs it.
+	public := tel.handler(http.NewCrossOriginProtection().Handler(routes(a)))
 	admin := a.adminRoutes()
 	var adminLn net.Listener
 	switch {
