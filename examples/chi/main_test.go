@@ -106,3 +106,8 @@ func TestCrossSite(t *testing.T) {
 	t.Parallel()
 	chattest.CrossSite(t, start(t))
 }
+
+func TestStartTogether(t *testing.T) {
+	t.Parallel()
+	chattest.StartTogether(t, runOn)
+}

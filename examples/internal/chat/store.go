@@ -109,8 +109,15 @@ func invalid(why string) error { return invalidError(why) }
 // and the policy lets a statement see, and write, its tenant's rows only.
 // The policy binds every role but superusers and those with BYPASSRLS,
 // the table's owner included (FORCE).
+//
+// Run it in a transaction, with whatever else sets up the schema: it
+// takes MigrateLock, a transaction-level advisory lock, first, so that
+// instances starting together run it one after another (run at once,
+// CREATE TABLE IF NOT EXISTS and ALTER TABLE fail with "duplicate key
+// value", "tuple concurrently updated").
 func Migrate(ctx context.Context, db DBTX) error {
 	for _, stmt := range []string{
+		`SELECT pg_advisory_xact_lock(` + MigrateLock + `)`,
 		`CREATE TABLE IF NOT EXISTS messages (
 			id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
 			tenant     text NOT NULL DEFAULT current_setting('app.tenant'),
@@ -140,6 +147,9 @@ func Migrate(ctx context.Context, db DBTX) error {
 	}
 	return nil
 }
+
+// MigrateLock is the key of the advisory lock Migrate takes, in SQL.
+const MigrateLock = "7165431804292546601"
 
 // DefaultTenant is the tenant of a request or a socket that names none.
 const DefaultTenant = "demo"

@@ -150,12 +150,17 @@ func Run(ctx context.Context, cfg Config, routes func(*App) http.Handler) error 
 	defer pool.Close()
 	var asRole string
 	if err := pool.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
-		if err := chat.Migrate(ctx, s); err != nil {
+		// One transaction, which chat.Migrate serializes: instances that
+		// start together (a rollout) take turns, not racing each
+		// other's CREATE TABLE and GRANT.
+		return dbctx.Atomic(ctx, func(ctx context.Context) error {
+			if err := chat.Migrate(ctx, s); err != nil {
+				return err
+			}
+			var err error
+			asRole, err = policyRole(ctx, s, log)
 			return err
-		}
-		var err error
-		asRole, err = policyRole(ctx, s, log)
-		return err
+		})
 	}); err != nil {
 		return fmt.Errorf("create schema: %w", err)
 	}
