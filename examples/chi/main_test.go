@@ -111,3 +111,8 @@ func TestStartTogether(t *testing.T) {
 	t.Parallel()
 	chattest.StartTogether(t, runOn)
 }
+
+func TestSlowBody(t *testing.T) {
+	t.Parallel()
+	chattest.SlowBody(t, start(t))
+}

@@ -206,6 +206,15 @@ func Run(ctx context.Context, cfg Config, routes func(*App) http.Handler) error 
 		return &http.Server{
 			Handler:           h,
 			ReadHeaderTimeout: 10 * time.Second,
+			// The whole request, body included (net/http's default:
+			// no bound): a client that trickles a POST's body would
+			// hold its connection, a goroutine and a file descriptor
+			// for as long as it likes, and, unlike sockets, without
+			// MaxSockets's bound. A websocket, hijacked, is not subject
+			// to it; a request still running then has its context
+			// canceled (net/http's doing), far past what the pool lets
+			// one wait (WaitTimeout 2s, ConnectTimeout 10s).
+			ReadTimeout: 20 * time.Second,
 			// A keep-alive connection between requests is closed after
 			// two idle minutes (net/http's default: never); websockets,
 			// hijacked, are not subject to it: MaxSockets bounds them,
