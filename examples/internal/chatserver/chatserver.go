@@ -373,13 +373,24 @@ var role = dbctx.NewSetting("role")
 
 // Tenant is the middleware that declares each request's tenant, and so
 // each socket's (a socket keeps its upgrade request's values): the
-// X-Tenant header or ?tenant=, DefaultTenant without. A real service
-// takes it from the signed-in user, after authentication. Mount it before
-// or inside middleware.DB: statements read their settings from their own
-// context.
+// X-Tenant header (one: two are refused) or ?tenant=, DefaultTenant
+// without. A real service takes it from the signed-in user, after
+// authentication. Mount it before or inside middleware.DB: statements
+// read their settings from their own context.
 func (a *App) Tenant(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		t := r.Header.Get("X-Tenant")
+		// One X-Tenant only: of two, Header.Get takes the first, where a
+		// proxy that appends its own after the client's, or a log that
+		// reads the last, would mean the other.
+		ts := r.Header.Values("X-Tenant")
+		if len(ts) > 1 {
+			http.Error(w, "more than one X-Tenant header", http.StatusBadRequest)
+			return
+		}
+		t := ""
+		if len(ts) == 1 {
+			t = ts[0]
+		}
 		if t == "" {
 			t = r.URL.Query().Get("tenant")
 		}

@@ -133,6 +133,24 @@ func Tenants(t *testing.T, s *Server) {
 	if resp, _ := s.do(t, "GET", "/api/messages?tenant=bad%00%ff", ""); resp.StatusCode != http.StatusBadRequest {
 		t.Errorf("an invalid tenant: %s, want 400", resp.Status)
 	}
+	// Two X-Tenant headers, the client's and one a proxy appended: which
+	// one is meant is anyone's guess, so neither is taken.
+	for _, method := range []string{"GET", "POST"} {
+		req, err := http.NewRequest(method, s.URL+"/api/messages?room=shared", strings.NewReader(`{"room":"shared","body":"twice"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Add("X-Tenant", "globex")
+		req.Header.Add("X-Tenant", "acme")
+		resp, err := s.Client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest {
+			t.Errorf("%s with two X-Tenant headers: %s, want 400", method, resp.Status)
+		}
+	}
 }
 
 // postAs creates a message over HTTP as tenant's.
