@@ -112,6 +112,7 @@ func TestNotifyAnswerLost(t *testing.T) {
 			got := listen(t, env, ch)
 			px := newProxy(t, env)
 			p := poolOn(t, env, openDSN(t, px.DSN()), &dbctx.Options{MaxWorkers: 1, Logger: quiet()})
+			keepAcrossMute(p)
 			if err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
 				_, err := s.ExecContext(ctx, "SELECT 1")
 				return err
@@ -149,6 +150,7 @@ func TestNotifyArgsAnswerLost(t *testing.T) {
 		got := listen(t, env, ch)
 		px := newProxy(t, env)
 		p := poolInMode(t, env, px.DSN(), mode, dbctx.Options{Logger: quiet()})
+		keepAcrossMute(p)
 		for range 2 { // prepared/described in the modes that keep them
 			if err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
 				_, err := s.ExecContext(ctx, "SELECT pg_notify($1, $2)", ch+"_warm", "x")
@@ -375,6 +377,7 @@ func TestAnswerLostEveryPath(t *testing.T) {
 					mustExec(t, env.Admin(), "GRANT ALL ON "+env.Schema()+".lost TO "+env.Role())
 					px := newProxy(t, env)
 					p := poolInMode(t, env, px.DSN(), mode, dbctx.Options{Logger: quiet()})
+					keepAcrossMute(p)
 					rows := func() int {
 						var n int
 						if err := env.Admin().QueryRow("SELECT count(*) FROM " + env.Schema() + ".lost").Scan(&n); err != nil {
@@ -434,6 +437,7 @@ func TestAtomicFirstWriteAnswerLost(t *testing.T) {
 			mustExec(t, env.Admin(), "GRANT ALL ON "+env.Schema()+".lost TO "+env.Role())
 			px := newProxy(t, env)
 			p := poolInMode(t, env, px.DSN(), mode, dbctx.Options{Logger: quiet()})
+			keepAcrossMute(p)
 			ctx := context.Background()
 			if err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
 				_, err := s.ExecContext(ctx, "SELECT 1")

@@ -315,6 +315,7 @@ func TestCommitAnswerLost(t *testing.T) {
 	mustExec(t, env.Admin(), "CREATE TABLE "+env.Schema()+".lost (n int PRIMARY KEY DEFERRABLE INITIALLY DEFERRED)")
 	px := newProxy(t, env)
 	p := poolOn(t, env, openDSN(t, px.DSN()), &dbctx.Options{MaxWorkers: 1, Logger: quiet()})
+	keepAcrossMute(p)
 	rows := func() int {
 		var n int
 		if err := env.Admin().QueryRow("SELECT count(*) FROM " + env.Schema() + ".lost").Scan(&n); err != nil {

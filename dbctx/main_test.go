@@ -178,3 +178,13 @@ func onePool(t *testing.T, env *pgtest.Env, opts dbctx.Options) *dbctx.Pool {
 	opts.MaxWorkers = 1
 	return poolOn(t, env, db, &opts)
 }
+
+// keepAcrossMute keeps p's connection in its keep between units of work,
+// rather than give it back to the *sql.DB 10 ms after: a test that mutes
+// its proxy before a unit's first statement would otherwise have pgx's
+// stdlib ping the connection as database/sql hands it out again after a
+// second idle (a loaded machine), and the ping's answer never come.
+func keepAcrossMute(p *dbctx.Pool) {
+	p.SetKeepIdle(time.Hour)
+	p.SetKeepFor(time.Hour)
+}

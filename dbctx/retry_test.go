@@ -281,6 +281,7 @@ func TestStatementAnswerLost(t *testing.T) {
 	mustExec(t, env.Admin(), "GRANT ALL ON "+env.Schema()+".lost TO "+env.Role())
 	px := newProxy(t, env)
 	p := poolOn(t, env, openDSN(t, px.DSN()), &dbctx.Options{MaxWorkers: 1, Logger: quiet()})
+	keepAcrossMute(p)
 	rows := func() int {
 		var n int
 		if err := env.Admin().QueryRow("SELECT count(*) FROM " + env.Schema() + ".lost").Scan(&n); err != nil {
