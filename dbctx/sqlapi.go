@@ -199,7 +199,12 @@ func (s *Scope) BeginTx(ctx context.Context, opts *sql.TxOptions) (*sql.Tx, erro
 	if s == nil {
 		return nil, ErrNoScope
 	}
-	st := stmt{query: "BEGIN", kind: kindState | kindCode | kindBegin, how: alone | notQuiet}
+	// Not kindBegin, a transaction begun in SQL: database/sql's is its
+	// own (see rollback), and where database/sql begins none (its
+	// context ended first), none is open. Taken for one, on another
+	// driver, it had the settings of the statements after it applied for
+	// that transaction alone, and so lost with their own round trip.
+	st := stmt{query: "BEGIN", kind: kindState | kindCode, how: alone | notQuiet}
 	var tx *sql.Tx
 	var g *beginGate // see waitGate
 	ran := false

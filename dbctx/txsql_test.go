@@ -550,3 +550,45 @@ func TestSettingsAfterTxEndedInSQL(t *testing.T) {
 		})
 	}
 }
+
+// A BeginTx that begins no transaction (its context ended already)
+// leaves the scope outside any: the statements after it run with their own context's
+// tenant, on both drivers. On another driver the scope took the failed
+// BEGIN for a transaction begun in SQL, still open: it applied each
+// statement's settings for that transaction alone, and the server, in
+// none, dropped them with the set_config's own round trip, so the
+// statement ran with the tenant applied before it, another unit's.
+func TestBeginTxFailedBeginsNothing(t *testing.T) {
+	t.Parallel()
+	failed := map[string]func(ctx context.Context, s *dbctx.Scope) error{
+		"context ended": func(ctx context.Context, s *dbctx.Scope) error {
+			cctx, cancel := context.WithCancel(ctx)
+			cancel()
+			_, err := s.BeginTx(cctx, nil)
+			return err
+		},
+	}
+	forDrivers(t, func(t *testing.T, drv string) {
+		p, _ := newPoolWith(t, drv, &dbctx.Options{MaxWorkers: 1})
+		for name, fail := range failed {
+			ctx, scope := p.Scope(context.Background())
+			var got string
+			if err := scope.QueryRowContext(tenant.With(ctx, "a"), "SELECT current_setting('app.tenant', true)").Scan(&got); err != nil || got != "a" {
+				t.Fatalf("%s: the first statement: %q, %v", name, got, err)
+			}
+			if err := fail(ctx, scope); err == nil {
+				t.Fatalf("%s: BeginTx succeeded", name)
+			}
+			for _, tn := range []string{"b", "c"} {
+				err := scope.QueryRowContext(tenant.With(ctx, tn), "SELECT current_setting('app.tenant', true)").Scan(&got)
+				if err != nil {
+					t.Fatalf("%s: a statement after: %v", name, err)
+				}
+				if got != tn {
+					t.Errorf("%s: a statement after the failed BeginTx ran with app.tenant %q, its context declares %q", name, got, tn)
+				}
+			}
+			scope.End()
+		}
+	})
+}
