@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -226,3 +227,73 @@ func (panicHandler) Enabled(context.Context, slog.Level) bool  { return true }
 func (panicHandler) Handle(context.Context, slog.Record) error { panic("handler boom") }
 func (h panicHandler) WithAttrs([]slog.Attr) slog.Handler      { return h }
 func (h panicHandler) WithGroup(string) slog.Handler           { return h }
+
+// acquireStatement is OnAcquire's statement in TestOnAcquireContextEnds:
+// the name marks its goroutine.
+func acquireStatement(ctx context.Context, conn *sql.Conn) error {
+	_, err := conn.ExecContext(ctx, "SELECT 1")
+	return err
+}
+
+// A unit of work whose context ends while OnAcquire's statement waits for
+// the connection (past database/sql's look at the context, before pgx's)
+// gets its context's error, as a statement of its own would, and the
+// connection is counted discarded for it. It got "driver: bad
+// connection": pgx's stdlib reports a statement that finds its context
+// done as a connection safe to try again, and database/sql closes it (so
+// a second statement of the hook found it "already closed"); a scope
+// sharing goroutines with deadlines of their own saw this now and then.
+// The hook's statement is held behind conn.Raw on another goroutine while
+// the context ends.
+func TestOnAcquireContextEnds(t *testing.T) {
+	t.Parallel()
+	var armed atomic.Bool
+	var cancel context.CancelFunc
+	p, _ := newPool(t, &dbctx.Options{MaxWorkers: 1, OnAcquire: func(ctx context.Context, conn *sql.Conn) error {
+		if !armed.Load() {
+			return nil
+		}
+		held, release := make(chan struct{}), make(chan struct{})
+		rawDone := make(chan struct{})
+		go func() {
+			defer close(rawDone)
+			conn.Raw(func(any) error { close(held); <-release; return nil })
+		}()
+		<-held
+		errc := make(chan error, 1)
+		go func() { errc <- acquireStatement(ctx, conn) }()
+		eventually(t, "OnAcquire's statement waiting for the connection", func() bool {
+			return parkedIn("dbctx_test.acquireStatement", "sync.(*Mutex).Lock")
+		})
+		cancel()
+		close(release)
+		<-rawDone
+		return <-errc
+	}})
+	noHang(t, "a unit whose context ends in OnAcquire", func() {
+		for range 3 {
+			var ctx context.Context
+			ctx, cancel = context.WithCancel(context.Background())
+			armed.Store(true)
+			before := p.Stats().Discarded
+			err := p.Do(ctx, func(ctx context.Context, s *dbctx.Scope) error {
+				_, err := queryInt(ctx, s, "SELECT 1")
+				return err
+			})
+			armed.Store(false)
+			if !errors.Is(err, context.Canceled) {
+				t.Errorf("the unit whose context ended in OnAcquire: %v, want context.Canceled", err)
+			}
+			if d := p.Stats().Discarded; d.Canceled != before.Canceled+1 {
+				t.Errorf("discarded: %+v, then %+v: want one more for a context ended", before, d)
+			}
+			// The next unit gets a connection that works.
+			if err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+				_, err := queryInt(ctx, s, "SELECT 1")
+				return err
+			}); err != nil {
+				t.Errorf("the next unit: %v", err)
+			}
+		}
+	})
+}

@@ -104,7 +104,10 @@ type Options struct {
 	// OnAcquire runs when a scope pins a connection, before user code sees
 	// it, after the reset the connection's last user left owed: set
 	// per-scope state here that a [Setting] cannot express. Its error
-	// discards the connection and is returned to the caller. What it runs
+	// discards the connection and is returned to the caller; where the
+	// caller's context ended meanwhile, the error says so (errors.Is
+	// finds the context's error), whatever the driver made of it, and the
+	// discard is counted as Stats.Discarded.Canceled. What it runs
 	// is not seen: the scope is dirty, and its session reset afterwards.
 	// It may run more than once for one scope: again on another
 	// connection when the one it ran on turns out dead, and when a

@@ -164,7 +164,18 @@ func (p *Pool) connect(ctx context.Context, pn *Pin) (c *session, looked bool, e
 			pn.sawDead()
 			continue
 		}
-		p.discard(c.pin.conn, discardHook)
+		why := discardHook
+		if cerr := ctx.Err(); cerr != nil {
+			// The unit's context ended while OnAcquire ran: that is the
+			// news, whatever the hook's statement said of it (database/sql
+			// reports one cut before it was sent as a bad connection,
+			// driver.ErrBadConn, and closes the connection).
+			why = discardCanceled
+			if !errors.Is(err, cerr) {
+				err = fmt.Errorf("%w: %w", cerr, err)
+			}
+		}
+		p.discard(c.pin.conn, why)
 		return nil, false, fmt.Errorf("dbctx: OnAcquire: %w", err)
 	}
 	p.c.acquired.Add(1)
