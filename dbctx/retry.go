@@ -360,9 +360,23 @@ func sqlState(err error) string {
 // a statement its context ended: a driver may have closed it (pgx's
 // does), and what it would say of the next statement, driver.ErrBadConn,
 // would come too late to try that one again. It costs a round trip, on
-// that path alone.
+// that path alone. The driver is asked itself: database/sql, told by
+// PingContext that the connection is bad, closes the *sql.Conn, and that
+// close waits for a *sql.Tx of BeginTx open on it to end, whose end
+// waits for the scope (its rollback, or the boundary): for ever. The
+// connection is discarded by the caller instead, its *sql.Tx rolled
+// back first.
 func (p *Pool) alive(c *session) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
 	defer cancel()
-	return c.pin.conn.PingContext(ctx) == nil
+	var err error
+	if rerr := c.pin.conn.Raw(func(dc any) error {
+		if pg, ok := dc.(driver.Pinger); ok {
+			err = pg.Ping(ctx)
+		}
+		return nil
+	}); rerr != nil {
+		return false
+	}
+	return err == nil
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/dbscope/dbscope/dbctx"
 	"github.com/dbscope/dbscope/internal/pgtest"
@@ -590,5 +591,43 @@ func TestBeginTxFailedBeginsNothing(t *testing.T) {
 			}
 			scope.End()
 		}
+	})
+}
+
+// A statement of the scope whose context ends mid-way while a *sql.Tx of
+// BeginTx is open (the statement runs in it) fails with its context's
+// error and hangs nothing: the Tx's Rollback and the scope's end return,
+// and the next unit gets a working connection. On another driver the
+// scope asked database/sql whether the connection still worked
+// (PingContext); the driver, whose connection the ended context had
+// closed, said it was bad, and database/sql's close of the *sql.Conn
+// waited for the *sql.Tx to end, whose end waited for the scope: the
+// unit hung for good, with the scope's lock held.
+func TestStatementEndsInBeginTx(t *testing.T) {
+	t.Parallel()
+	forDrivers(t, func(t *testing.T, drv string) {
+		p, _ := newPoolWith(t, drv, &dbctx.Options{MaxWorkers: 1, Logger: quiet()})
+		noHang(t, "a statement cut in BeginTx's transaction", func() {
+			ctx, scope := p.Scope(context.Background())
+			defer scope.End()
+			tx, err := scope.BeginTx(ctx, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			sctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+			defer cancel()
+			_, err = scope.ExecContext(sctx, "SELECT pg_sleep(30)")
+			if !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, dbctx.ErrSessionLost) {
+				t.Errorf("the statement cut short: %v", err)
+			}
+			tx.Rollback()
+			scope.End()
+			if err := p.Do(context.Background(), func(ctx context.Context, s *dbctx.Scope) error {
+				_, err := queryInt(ctx, s, "SELECT 1")
+				return err
+			}); err != nil {
+				t.Errorf("the next unit: %v", err)
+			}
+		})
 	})
 }
