@@ -178,6 +178,12 @@ func (s *Scope) observeDead(ctx context.Context, err error, first, dead bool) (o
 		// inside Scope.Pgx's function, which the driver cut the
 		// connection for. No connection failed.
 		why = discardCanceled
+		if cerr := ctx.Err(); cerr != nil && !errors.Is(err, cerr) {
+			// The driver's word for a statement its context ended before
+			// it was sent (pgx's stdlib: driver.ErrBadConn) says nothing
+			// of the context, whose end is the news.
+			err = fmt.Errorf("%w: %w", cerr, err)
+		}
 	}
 	s.pool.sawDeath()
 	if s.inTx(c) {

@@ -631,3 +631,49 @@ func TestStatementEndsInBeginTx(t *testing.T) {
 		})
 	})
 }
+
+// scopeStatement is the statement of TestStatementContextEndsUnsent: the
+// name marks its goroutine.
+func scopeStatement(ctx context.Context, s *dbctx.Scope) error {
+	_, err := queryInt(ctx, s, "SELECT 1")
+	return err
+}
+
+// A statement of the scope whose context ends before it is sent (here
+// while it waits for the connection, held by the *sql.Conn that
+// Scope.Conn handed out) fails with its context's error, on both
+// drivers. On another driver it failed with "driver: bad connection":
+// pgx's stdlib reports a statement that finds its context done so, and
+// the scope returned that, which errors.Is read as no context error.
+func TestStatementContextEndsUnsent(t *testing.T) {
+	t.Parallel()
+	forDrivers(t, func(t *testing.T, drv string) {
+		p, _ := newPoolWith(t, drv, &dbctx.Options{MaxWorkers: 1, Logger: quiet()})
+		noHang(t, "a statement whose context ends unsent", func() {
+			ctx, scope := p.Scope(context.Background())
+			defer scope.End()
+			conn, err := scope.Conn(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			held, release, rawDone := make(chan struct{}), make(chan struct{}), make(chan struct{})
+			go func() {
+				defer close(rawDone)
+				conn.Raw(func(any) error { close(held); <-release; return nil })
+			}()
+			<-held
+			sctx, cancel := context.WithCancel(ctx)
+			errc := make(chan error, 1)
+			go func() { errc <- scopeStatement(sctx, scope) }()
+			eventually(t, "the statement waiting for the connection", func() bool {
+				return parkedIn("dbctx_test.scopeStatement", "sync.(*Mutex).Lock")
+			})
+			cancel()
+			close(release)
+			<-rawDone
+			if err := <-errc; !errors.Is(err, context.Canceled) {
+				t.Errorf("a statement whose context ended before it was sent: %v, want context.Canceled", err)
+			}
+		})
+	})
+}
