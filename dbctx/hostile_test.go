@@ -307,53 +307,78 @@ func (h *hostile) step(ctx context.Context, scope *dbctx.Scope, r *rand.Rand) {
 // batches, Atomic with goroutines of its own and a nested Atomic,
 // BeginTx and its *sql.Tx, Conn, Pgx, PrepareContext, Do), each statement
 // with a tenant of its own context, a quarter of them with deadlines that
-// end mid-statement, and the pool's hooks running; then the scope ends
-// while they are still at it (End, the Do that made it returning, a
-// Detach). Nothing hangs (noHang), races (-race) or panics; every error
+// end mid-statement, and the pool's hooks running (OnAcquire in half
+// the runs, with the statement's context); then the scope ends while they
+// are still at it (End, the Do that made it returning, a Detach). On
+// pgx's driver and on another (see otherDriver). Nothing hangs (noHang), races (-race) or panics; every error
 // is one the package documents; every statement that answered saw its
 // context's tenant and, in a transaction, what OnBegin set; PostgreSQL
 // has exactly the rows whose transaction reported a commit; the pool
 // ends with nothing in use, pinned or idle in a transaction (newPool's
 // checks), and the next scope on its connections finds none of the
-// session state the goroutines left.
+// session state the goroutines left. It found, each now with a test of
+// its own: on another driver, statements that ran with another
+// goroutine's tenant after a BeginTx whose context had ended
+// (TestBeginTxFailedBeginsNothing), and a unit hung for good by a
+// statement its deadline cut in BeginTx's transaction
+// (TestStatementEndsInBeginTx); with OnAcquire, "driver: bad connection"
+// for a deadline that ended in the hook (TestOnAcquireContextEnds).
 func TestSharedScopeHostile(t *testing.T) {
 	t.Parallel()
 	pgtest.SkipPooled(t, "cancels statements mid-flight; PgBouncer 1.18 crashes on the cancel request")
-	// Left: on another driver, a statement now and then answers with
-	// another goroutine's tenant, and OnAcquire is handed a connection
-	// that fails at once (driver.ErrBadConn), in these runs: pgx's driver
-	// alone here, without OnAcquire.
-	for _, drv := range []string{pgxDriver} {
+	for _, drv := range []string{pgxDriver, otherDriver} {
 		for _, end := range []string{"End", "Do", "Detach"} {
-			t.Run(drv+"/"+end, func(t *testing.T) {
-				t.Parallel()
-				var released atomic.Int64
-				p, env := newPoolWith(t, drv, &dbctx.Options{
-					MaxWorkers:  3,
-					WaitTimeout: time.Minute,
-					Logger:      quiet(),
-					OnRelease: func(ctx context.Context, conn *sql.Conn) error {
-						released.Add(1)
-						return nil
-					},
-					OnBegin: func(ctx context.Context, s *dbctx.Scope) error {
-						_, err := s.ExecContext(ctx, "SET LOCAL app.onbegin = 'in'")
-						return err
-					},
+			for _, acquire := range []bool{false, true} {
+				name := drv + "/" + end
+				if acquire {
+					name += "/OnAcquire"
+				}
+				t.Run(name, func(t *testing.T) {
+					t.Parallel()
+					hostileUnits(t, drv, end, acquire)
 				})
-				for _, tbl := range []string{"t (n bigint)", "noise (n int)"} {
-					mustExec(t, env.Admin(), "CREATE TABLE "+env.Schema()+"."+tbl)
-				}
-				h := &hostile{t: t, drv: drv, pool: p, reported: map[int64]bool{}, by: map[int64]string{}}
-				for round := range 4 {
-					noHang(t, "a unit of work shared by goroutines", func() { h.unit(uint64(round), end) })
-				}
-				h.verify(env)
-				if released.Load() == 0 {
-					t.Errorf("OnRelease never ran")
-				}
-			})
+			}
 		}
+	}
+}
+
+// hostileUnits runs TestSharedScopeHostile's units of work on driver drv,
+// their scope ended by end, with an OnAcquire hook where acquire is set.
+func hostileUnits(t *testing.T, drv, end string, acquire bool) {
+	var released atomic.Int64
+	var onAcquire func(ctx context.Context, conn *sql.Conn) error
+	if acquire {
+		// With the statement's context: a deadline of the
+		// unit's may end it.
+		onAcquire = func(ctx context.Context, conn *sql.Conn) error {
+			_, err := conn.ExecContext(ctx, "SELECT set_config('app.acquired', 'yes', false)")
+			return err
+		}
+	}
+	p, env := newPoolWith(t, drv, &dbctx.Options{
+		OnAcquire:   onAcquire,
+		MaxWorkers:  3,
+		WaitTimeout: time.Minute,
+		Logger:      quiet(),
+		OnRelease: func(ctx context.Context, conn *sql.Conn) error {
+			released.Add(1)
+			return nil
+		},
+		OnBegin: func(ctx context.Context, s *dbctx.Scope) error {
+			_, err := s.ExecContext(ctx, "SET LOCAL app.onbegin = 'in'")
+			return err
+		},
+	})
+	for _, tbl := range []string{"t (n bigint)", "noise (n int)"} {
+		mustExec(t, env.Admin(), "CREATE TABLE "+env.Schema()+"."+tbl)
+	}
+	h := &hostile{t: t, drv: drv, pool: p, reported: map[int64]bool{}, by: map[int64]string{}}
+	for round := range 4 {
+		noHang(t, "a unit of work shared by goroutines", func() { h.unit(uint64(round), end) })
+	}
+	h.verify(env)
+	if released.Load() == 0 {
+		t.Errorf("OnRelease never ran")
 	}
 }
 
