@@ -203,8 +203,9 @@ func (s *Scope) BeginTx(ctx context.Context, opts *sql.TxOptions) (*sql.Tx, erro
 	// own (see rollback), and where database/sql begins none (its
 	// context ended first), none is open. Taken for one, on another
 	// driver, it had the settings of the statements after it applied for
-	// that transaction alone, and so lost with their own round trip.
-	st := stmt{query: "BEGIN", kind: kindState | kindCode, how: alone | notQuiet}
+	// that transaction alone, and so lost with their own round trip. As
+	// one begun in SQL, it is not run again, nor its outcome unknown.
+	st := stmt{query: "BEGIN", kind: kindState | kindCode, how: alone | notQuiet | noRetry | opensTx}
 	var tx *sql.Tx
 	var g *beginGate // see waitGate
 	ran := false

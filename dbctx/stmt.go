@@ -58,7 +58,7 @@ func (st *stmt) txMoveOf() txMove {
 }
 
 // how a statement runs.
-type how uint8
+type how uint16
 
 const (
 	viaPgx     how = 1 << iota // pgx's interface: needs pgx's driver
@@ -69,6 +69,7 @@ const (
 	txControl                  // transaction control alone: needs no settings (see needsNoSettings)
 	spliced                    // pgx's simple protocol would put an argument where PostgreSQL reads no placeholder (see splicedElsewhere)
 	simpleCall                 // run with pgx.QueryExecModeSimpleProtocol among its arguments
+	opensTx                    // BeginTx's BEGIN: its outcome is never unknown, nothing of it commits
 )
 
 // runner runs a statement on the pinned connection c, after p (nil where
@@ -231,7 +232,7 @@ func (s *Scope) execLocked(ctx context.Context, st *stmt, run runner) error {
 			err = run(s.stmtCtx(ctx, st.how), c, p)
 		}
 	}
-	unknown := err != nil && s.outcomeUnknown(ctx, c, err, open)
+	unknown := err != nil && st.how&opensTx == 0 && s.outcomeUnknown(ctx, c, err, open)
 	err = s.observe(ctx, err, first)
 	if unknown {
 		s.pool.c.outcomesUnknown.Add(1)
