@@ -194,12 +194,13 @@ func classify(query string) queryKind {
 // readQuery is classify, and whether query holds a placeholder that
 // PostgreSQL does not read as one: a $ and a digit inside a string, a
 // comment, a quoted identifier or an identifier (x$1), in a reading with
-// standard_conforming_strings on. A driver that puts its arguments into
-// the text, as quoted literals, where its own reading finds placeholders
-// (pgx's simple protocol) may put one there, where its quotes end the
-// string it is in and its text runs: pgx reads E'…' after any word
-// ending in e (a constant typed name, with no space before its quote, is
-// a plain string) and a dollar quote inside an identifier (x$a$).
+// standard_conforming_strings on and in UTF-8. A driver that puts its
+// arguments into the text, as quoted literals, where its own reading finds
+// placeholders (pgx's simple protocol) may put one there, where its quotes
+// end the string it is in and its text runs: pgx reads E'…' after any
+// word ending in e (a constant typed name, with no space before its
+// quote, is a plain string) and a dollar quote inside an identifier
+// (x$a$).
 func readQuery(query string) (k queryKind, stray bool) {
 	first := true
 	dollars := placeholders(query)
@@ -211,11 +212,14 @@ func readQuery(query string) (k queryKind, stray bool) {
 		} else {
 			k = joinKinds(k, c.kind)
 		}
-		if !l.escapes && c.params < dollars && !stray {
+		if !l.escapes && l.mb == splitBytes && c.params < dollars && !stray {
 			// No such driver puts arguments into text read with
-			// escapes (pgx refuses to). Where PostgreSQL reads a $ and
-			// a digit otherwise than as a placeholder, pgx reads the
-			// text too: it may read it so as well ('$5 off').
+			// escapes, or in a client-only encoding: pgx's simple
+			// protocol refuses to run unless standard_conforming_strings
+			// is on and client_encoding is UTF8, where this reading is
+			// PostgreSQL's. Where PostgreSQL reads a $ and a digit
+			// otherwise than as a placeholder, pgx reads the text too:
+			// it may read it so as well ('$5 off').
 			stray = splicedElsewhere(l)
 		}
 		return true

@@ -574,4 +574,9 @@ func TestSplicedRefusedUnderPooling(t *testing.T) {
 	if err := run("SELECT $1::text WHERE '$5 off' <> ''", "x"); err != nil {
 		t.Errorf("a $ and digit in a string both read alike: %v", err)
 	}
+	// Read otherwise in an encoding pgx's simple protocol never runs in
+	// (client_encoding UTF8 alone): pgx and PostgreSQL read it alike.
+	if err := run("SELECT E'ソ\\'s' || $1::text", "x"); err != nil {
+		t.Errorf("an E'…' of UTF-8 text with an escaped quote: %v", err)
+	}
 }
