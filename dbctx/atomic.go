@@ -1,9 +1,11 @@
 package dbctx
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"runtime/debug"
 	"slices"
 	"strconv"
@@ -731,8 +733,13 @@ func (s *Scope) beginAlone(ctx context.Context, g *beginGate) {
 // Options.OnBegin runs, on one of them, in the transaction it has just
 // begun (its statements need the scope unlocked): they go after what it
 // sets, not before, in the transaction already begun. OnBegin's own
-// statements, whose contexts come from the one it gets (through), pass.
-type beginGate struct{ done chan struct{} }
+// statements pass: those of its own goroutine (owner), whatever their
+// context, and those whose contexts come from the one it gets (through),
+// on goroutines it starts.
+type beginGate struct {
+	done  chan struct{}
+	owner uint64 // the goroutine that runs OnBegin (see goid)
+}
 
 type beginGateKey struct{}
 
@@ -750,9 +757,30 @@ func (s *Scope) openGate() *beginGate {
 	if s.x == nil {
 		s.x = new(scopeExtra)
 	}
-	g := &beginGate{done: make(chan struct{})}
+	g := &beginGate{done: make(chan struct{}), owner: goid()}
 	s.x.gate = g
 	return g
+}
+
+// goid returns the current goroutine's id, read from the first line of
+// its stack ("goroutine 7 [running]:"); 0 where it cannot be read. Only
+// where a transaction begins with Options.OnBegin set, and where a
+// statement meets the gate.
+func goid() uint64 {
+	var buf [64]byte
+	b := buf[:runtime.Stack(buf[:], false)]
+	b, ok := bytes.CutPrefix(b, []byte("goroutine "))
+	if !ok {
+		return 0
+	}
+	var id uint64
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			break
+		}
+		id = id*10 + uint64(c-'0')
+	}
+	return id
 }
 
 // closeGate lets the statements held by g go; ran false says OnBegin did
@@ -777,7 +805,7 @@ var errOnBeginGone = errors.New("dbctx: OnBegin did not return")
 func (s *Scope) waitGate(ctx context.Context) error {
 	for s.x != nil && s.x.gate != nil {
 		g := s.x.gate
-		if ctx.Value(beginGateKey{}) == g {
+		if ctx.Value(beginGateKey{}) == g || (g.owner != 0 && goid() == g.owner) {
 			return nil // OnBegin's own
 		}
 		s.mu.Unlock()

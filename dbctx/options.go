@@ -134,8 +134,9 @@ type Options struct {
 	// by every statement of that Atomic, whose commit then fails too.
 	// While it runs, statements of the unit's other goroutines on the
 	// scope wait for it to return, so that they run after what it sets;
-	// its own must run with ctx, or a context derived from it, else they
-	// wait for it too.
+	// its own pass: those of its goroutine, whatever their context, and
+	// those of goroutines it starts, where they run with ctx or a context
+	// derived from it (else they wait for it too).
 	OnBegin func(ctx context.Context, s *Scope) error
 
 	// OnWait, OnPin and OnDo let a tracer or a meter see the pool at

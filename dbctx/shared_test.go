@@ -455,3 +455,52 @@ func TestEndWhileRowsRead(t *testing.T) {
 		})
 	}
 }
+
+// OnBegin whose statement runs with a context of its own (not derived
+// from the one it gets: context.Background, a context kept from before)
+// on a scope used by one goroutine: the transaction begins, the statement
+// runs in it (PostgreSQL's current_setting sees what it set), nothing
+// waits. The gate that holds the unit's other goroutines while OnBegin
+// runs held OnBegin's own statement, for ever, waiting for OnBegin to
+// return.
+func TestOnBeginOwnContext(t *testing.T) {
+	t.Parallel()
+	for _, drv := range []string{pgxDriver, otherDriver} {
+		for _, how := range []string{"Atomic", "BeginTx"} {
+			t.Run(drv+"/"+how, func(t *testing.T) {
+				t.Parallel()
+				p, _ := newPoolWith(t, drv, &dbctx.Options{OnBegin: func(_ context.Context, s *dbctx.Scope) error {
+					_, err := s.ExecContext(context.Background(), "SELECT set_config('app.onbegin', 'on', true)")
+					return err
+				}})
+				noHang(t, "the unit of work", func() {
+					ctx, scope := p.Scope(context.Background())
+					defer scope.End()
+					var got string
+					var err error
+					switch how {
+					case "Atomic":
+						err = dbctx.Atomic(ctx, func(ctx context.Context) error {
+							got, err = racerStatement(ctx, scope)
+							return err
+						})
+					case "BeginTx":
+						var tx *sql.Tx
+						if tx, err = scope.BeginTx(ctx, nil); err == nil {
+							err = tx.QueryRowContext(ctx, "SELECT coalesce(current_setting('app.onbegin', true), '')").Scan(&got)
+							if cerr := tx.Commit(); err == nil {
+								err = cerr
+							}
+						}
+					}
+					if err != nil {
+						t.Fatalf("%s: %v", how, err)
+					}
+					if got != "on" {
+						t.Errorf("the transaction's statement saw app.onbegin %q, want OnBegin's \"on\"", got)
+					}
+				})
+			})
+		}
+	}
+}
