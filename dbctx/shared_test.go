@@ -217,6 +217,7 @@ func TestTxEndedWhileScopeEnds(t *testing.T) {
 // they are while fn runs.
 func TestPgxFnSettingsNotOvertaken(t *testing.T) {
 	t.Parallel()
+	pgtest.SkipPooled(t, "raw access with settings declared, outside a transaction, is refused behind a pooler")
 	p, _ := newPool(t, nil)
 	noHang(t, "goroutines sharing a scope", func() {
 		ctx, scope := p.Scope(context.Background())
